@@ -1,0 +1,19 @@
+//! Size bounds on the wire. Every length read from a peer is checked against
+//! one of these before anything is allocated.
+
+/// Largest Noise message, including the 16-byte authentication tag.
+pub const MAX_NOISE_MESSAGE: usize = 65_535;
+/// Noise AEAD tag length.
+pub const NOISE_TAG: usize = 16;
+/// Largest plaintext in one Noise transport message.
+pub const MAX_NOISE_PLAINTEXT: usize = MAX_NOISE_MESSAGE - NOISE_TAG;
+/// Largest relay frame payload (one Noise message).
+pub const MAX_FRAME_PAYLOAD: usize = MAX_NOISE_MESSAGE;
+/// Largest encoded relay frame on the gRPC stream (payload plus headers).
+pub const MAX_GRPC_MESSAGE: usize = MAX_FRAME_PAYLOAD + 1024;
+/// Largest encoded session envelope (an exec request with a big environment).
+pub const MAX_ENVELOPE: usize = 1024 * 1024;
+/// Largest stdout/stderr/stdin chunk in one envelope; one chunk fits one record.
+pub const MAX_CHUNK: usize = 32 * 1024;
+/// Largest hop traceparent header the relay will look at.
+pub const MAX_HOP_HEADER: usize = 128;
