@@ -1,1 +1,308 @@
-//! TODO
+//! The length-prefixed envelope stream carried inside the Noise session.
+//!
+//! Each message is a `u32` big-endian length followed by that many bytes.
+//! The stream is cut into Noise records without regard to message
+//! boundaries, so several small messages share one record and a big one
+//! spans several.
+//!
+//! [`FrameEncoder`] queues messages and hands out the stream in pieces;
+//! [`FrameDecoder`] takes pieces in any chunking and yields whole messages.
+//! A declared length is checked against the decoder's limit before any
+//! space is reserved for it.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::limits::MAX_ENVELOPE;
+
+/// Length of the big-endian length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Errors framing or deframing the envelope stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// A message is larger than the limit (on encode: the message given;
+    /// on decode: the length the peer declared).
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The message's (declared) length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Queues messages as length-prefixed frames and hands out the resulting
+/// byte stream in pieces.
+#[derive(Debug)]
+pub struct FrameEncoder {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameEncoder {
+    /// An empty encoder accepting messages up to [`MAX_ENVELOPE`] bytes.
+    pub fn new() -> Self {
+        Self::with_max(MAX_ENVELOPE)
+    }
+
+    /// An empty encoder accepting messages up to `max` bytes (capped at
+    /// [`MAX_ENVELOPE`]).
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max: max.min(MAX_ENVELOPE),
+        }
+    }
+
+    /// The largest message [`push`](Self::push) accepts.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Appends `msg` as one frame. Fails, queuing nothing, if `msg` is
+    /// larger than the limit.
+    pub fn push(&mut self, msg: &[u8]) -> Result<(), FramingError> {
+        let too_large = FramingError::TooLarge {
+            len: msg.len(),
+            max: self.max,
+        };
+        if msg.len() > self.max {
+            return Err(too_large);
+        }
+        let len = u32::try_from(msg.len()).map_err(|_| too_large)?;
+        self.buf.reserve(LEN_PREFIX + msg.len());
+        self.buf.put_u32(len);
+        self.buf.put_slice(msg);
+        Ok(())
+    }
+
+    /// Bytes of encoded stream not yet taken.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes up to `max` bytes off the front of the encoded stream (without
+    /// copying). Returns an empty buffer when nothing is pending.
+    pub fn take(&mut self, max: usize) -> Bytes {
+        let n = max.min(self.buf.len());
+        self.buf.split_to(n).freeze()
+    }
+}
+
+/// Reassembles length-prefixed messages from a byte stream fed in any
+/// chunking.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl FrameDecoder {
+    /// An empty decoder that rejects messages longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// The largest message this decoder accepts.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Appends received stream bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed, or
+    /// [`FramingError::TooLarge`] if the next declared length exceeds the
+    /// limit (the error repeats on every later call: the stream cannot be
+    /// resynchronised).
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "fallible, so not an Iterator; the name is the agreed API"
+    )]
+    pub fn next(&mut self) -> Result<Option<Bytes>, FramingError> {
+        let Some(prefix) = self.buf.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let mut raw = [0u8; LEN_PREFIX];
+        raw.copy_from_slice(prefix);
+        let declared = u32::from_be_bytes(raw);
+        let len = usize::try_from(declared).unwrap_or(usize::MAX);
+        if len > self.max {
+            return Err(FramingError::TooLarge { len, max: self.max });
+        }
+        let needed = LEN_PREFIX.saturating_add(len);
+        if self.buf.len() < needed {
+            // The length is checked: make room for the rest of this message
+            // once, rather than growing piecemeal as it arrives.
+            self.buf.reserve(needed - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(LEN_PREFIX);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Bytes received but not yet returned as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode_all(msgs: &[Vec<u8>]) -> Vec<u8> {
+        let mut enc = FrameEncoder::new();
+        for m in msgs {
+            enc.push(m).unwrap();
+        }
+        let mut out = Vec::new();
+        while enc.pending() > 0 {
+            out.extend_from_slice(&enc.take(7));
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_simple() {
+        let msgs = vec![b"hello".to_vec(), Vec::new(), vec![0xab; 300]];
+        let stream = encode_all(&msgs);
+        assert_eq!(stream.len(), 3 * 4 + 5 + 300);
+        let mut dec = FrameDecoder::new(1000);
+        dec.feed(&stream);
+        for m in &msgs {
+            assert_eq!(dec.next().unwrap().unwrap(), m.as_slice());
+        }
+        assert_eq!(dec.next().unwrap(), None);
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn encoder_rejects_oversized() {
+        let mut enc = FrameEncoder::new();
+        let big = vec![0u8; MAX_ENVELOPE + 1];
+        assert_eq!(
+            enc.push(&big),
+            Err(FramingError::TooLarge {
+                len: MAX_ENVELOPE + 1,
+                max: MAX_ENVELOPE
+            })
+        );
+        assert_eq!(enc.pending(), 0);
+        enc.push(&big[..MAX_ENVELOPE]).unwrap();
+        assert_eq!(enc.pending(), MAX_ENVELOPE + 4);
+        let mut small = FrameEncoder::with_max(10);
+        assert!(small.push(&[0; 11]).is_err());
+        assert!(small.push(&[0; 10]).is_ok());
+    }
+
+    #[test]
+    fn take_on_empty_is_empty() {
+        let mut enc = FrameEncoder::default();
+        assert!(enc.take(100).is_empty());
+        enc.push(b"ab").unwrap();
+        assert_eq!(enc.take(0).len(), 0);
+        assert_eq!(enc.take(100).as_ref(), &[0, 0, 0, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_allocation() {
+        let mut dec = FrameDecoder::new(16);
+        dec.feed(&[0xff, 0xff, 0xff, 0xff]);
+        let err = dec.next().unwrap_err();
+        assert_eq!(
+            err,
+            FramingError::TooLarge {
+                len: 0xffff_ffff,
+                max: 16
+            }
+        );
+        assert!(dec.buf.capacity() < 1024);
+        // Sticky.
+        assert!(dec.next().is_err());
+    }
+
+    #[test]
+    fn partial_prefix_and_body_wait() {
+        let mut dec = FrameDecoder::new(16);
+        dec.feed(&[0, 0]);
+        assert_eq!(dec.next().unwrap(), None);
+        dec.feed(&[0, 3, b'x']);
+        assert_eq!(dec.next().unwrap(), None);
+        dec.feed(b"yz");
+        assert_eq!(dec.next().unwrap().unwrap().as_ref(), b"xyz");
+    }
+
+    proptest! {
+        #[test]
+        fn rechunked_stream_yields_exactly_the_messages(
+            msgs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 0..20),
+            cuts in prop::collection::vec(1usize..257, 1..64),
+        ) {
+            let stream = encode_all(&msgs);
+            let mut dec = FrameDecoder::new(600);
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut i = 0;
+            while pos < stream.len() {
+                let n = cuts[i % cuts.len()].min(stream.len() - pos);
+                i += 1;
+                dec.feed(&stream[pos..pos + n]);
+                pos += n;
+                while let Some(m) = dec.next().unwrap() {
+                    got.push(m.to_vec());
+                }
+            }
+            prop_assert_eq!(got, msgs);
+            prop_assert_eq!(dec.buffered(), 0);
+        }
+
+        #[test]
+        fn truncated_stream_yields_none_not_error(
+            msgs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let stream = encode_all(&msgs);
+            let cut = cut.index(stream.len());
+            let mut dec = FrameDecoder::new(300);
+            dec.feed(&stream[..cut]);
+            let mut n = 0;
+            loop {
+                match dec.next() {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => break,
+                    Err(e) => prop_assert!(false, "unexpected error {e}"),
+                }
+            }
+            prop_assert!(n < msgs.len());
+        }
+
+        #[test]
+        fn garbage_lengths_over_max_are_too_large(
+            max in 0usize..100_000,
+            extra in 1u32..1000,
+            tail in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let declared = u32::try_from(max).unwrap().saturating_add(extra);
+            let mut dec = FrameDecoder::new(max);
+            dec.feed(&declared.to_be_bytes());
+            dec.feed(&tail);
+            let err = dec.next().unwrap_err();
+            prop_assert_eq!(err, FramingError::TooLarge { len: declared as usize, max });
+            prop_assert!(dec.buf.capacity() <= 4 + tail.len() + 64);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The two IK handshake messages: [`ClientHandshake`] and [`accept`].
+
+use std::fmt;
+use std::time::SystemTime;
+
+use snow::HandshakeState;
+
+use super::transport::Transport;
+use super::{
+    HandshakeError, ReplayGuard, SessionConfig, TIMESTAMP_LEN, decode_timestamp, encode_timestamp,
+    handshake_err, prologue,
+};
+use crate::keys::{AuthorizedKeys, KEY_LEN, PublicKey, StaticKeypair};
+use crate::limits::{MAX_NOISE_MESSAGE, NOISE_TAG};
+
+/// Length of IK message 1: `e`, encrypted `s`, encrypted timestamp.
+pub(crate) const MSG1_LEN: usize = KEY_LEN + (KEY_LEN + NOISE_TAG) + (TIMESTAMP_LEN + NOISE_TAG);
+/// Shortest message 1 snow could parse (empty payload).
+const MSG1_MIN: usize = KEY_LEN + (KEY_LEN + NOISE_TAG) + NOISE_TAG;
+/// Length of IK message 2: `e`, empty encrypted payload.
+pub(crate) const MSG2_LEN: usize = KEY_LEN + NOISE_TAG;
+
+/// The client's half-finished handshake, waiting for message 2.
+pub struct ClientHandshake {
+    hs: HandshakeState,
+    server: PublicKey,
+    cfg: SessionConfig,
+}
+
+impl fmt::Debug for ClientHandshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientHandshake")
+            .field("suite", &self.cfg.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientHandshake {
+    /// Starts a session with the exec-server whose static key is `server`,
+    /// on `route` (the exec-server id as ASCII), at wall-clock time `now`.
+    /// Returns the handshake state and message 1.
+    pub fn start(
+        local: &StaticKeypair,
+        server: &PublicKey,
+        route: &[u8],
+        now: SystemTime,
+        cfg: SessionConfig,
+    ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+        let prologue = prologue(cfg.suite, route);
+        let mut hs = snow::Builder::new(cfg.suite.params()?)
+            .local_private_key(local.private_bytes())
+            .map_err(handshake_err)?
+            .remote_public_key(server.as_bytes())
+            .map_err(handshake_err)?
+            .prologue(&prologue)
+            .map_err(handshake_err)?
+            .build_initiator()
+            .map_err(handshake_err)?;
+        let mut msg1 = vec![0u8; MSG1_LEN];
+        let n = hs
+            .write_message(&encode_timestamp(now), &mut msg1)
+            .map_err(handshake_err)?;
+        msg1.truncate(n);
+        Ok((
+            ClientHandshake {
+                hs,
+                server: *server,
+                cfg,
+            },
+            msg1,
+        ))
+    }
+
+    /// The exec-server key this handshake pins.
+    pub fn server(&self) -> PublicKey {
+        self.server
+    }
+
+    /// Reads message 2 and enters transport mode. `now` starts the rekey
+    /// timer. Fails with [`HandshakeError::Decrypt`] if the responder does
+    /// not hold the pinned key (or the message was altered).
+    pub fn finish(mut self, msg2: &[u8], now: SystemTime) -> Result<Transport, HandshakeError> {
+        if msg2.len() > MAX_NOISE_MESSAGE || msg2.len() < MSG2_LEN {
+            return Err(HandshakeError::Malformed);
+        }
+        let mut payload = vec![0u8; msg2.len()];
+        let n = self
+            .hs
+            .read_message(msg2, &mut payload)
+            .map_err(handshake_err)?;
+        if n != 0 {
+            return Err(HandshakeError::Malformed);
+        }
+        let state = self.hs.into_transport_mode().map_err(handshake_err)?;
+        Ok(Transport::new(state, self.server, self.cfg, now))
+    }
+}
+
+/// A handshake the exec-server accepted.
+pub struct Accepted {
+    /// The session.
+    pub transport: Transport,
+    /// Message 2, to send to the client.
+    pub msg2: Vec<u8>,
+    /// The client's authenticated static key.
+    pub client: PublicKey,
+}
+
+impl fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accepted")
+            .field("transport", &self.transport)
+            .field("msg2_len", &self.msg2.len())
+            .field("client", &self.client.short())
+            .finish()
+    }
+}
+
+/// Answers message 1 on the exec-server, bound to `route` (its own id as
+/// ASCII) at wall-clock time `now`.
+///
+/// In order: the length is checked; message 1 is decrypted (which
+/// authenticates the client's static key); a key not in `authorized` is
+/// refused with [`HandshakeError::Unauthorized`]; the 12-byte timestamp is
+/// checked against `replay` ([`HandshakeError::ClockSkew`],
+/// [`HandshakeError::Replay`], [`HandshakeError::Busy`]); then message 2 is
+/// written. On any error no reply exists.
+pub fn accept(
+    local: &StaticKeypair,
+    route: &[u8],
+    msg1: &[u8],
+    now: SystemTime,
+    authorized: &AuthorizedKeys,
+    replay: &mut ReplayGuard,
+    cfg: SessionConfig,
+) -> Result<Accepted, HandshakeError> {
+    if msg1.len() > MAX_NOISE_MESSAGE || msg1.len() < MSG1_MIN {
+        return Err(HandshakeError::Malformed);
+    }
+    let ephemeral: [u8; KEY_LEN] = msg1
+        .get(..KEY_LEN)
+        .and_then(|e| e.try_into().ok())
+        .ok_or(HandshakeError::Malformed)?;
+
+    let prologue = prologue(cfg.suite, route);
+    let mut hs = snow::Builder::new(cfg.suite.params()?)
+        .local_private_key(local.private_bytes())
+        .map_err(handshake_err)?
+        .prologue(&prologue)
+        .map_err(handshake_err)?
+        .build_responder()
+        .map_err(handshake_err)?;
+
+    let mut payload = vec![0u8; msg1.len()];
+    let n = hs.read_message(msg1, &mut payload).map_err(handshake_err)?;
+    payload.truncate(n);
+
+    let client = hs
+        .get_remote_static()
+        .and_then(|rs| PublicKey::from_slice(rs).ok())
+        .ok_or(HandshakeError::Malformed)?;
+    if !authorized.contains(&client) {
+        return Err(HandshakeError::Unauthorized { client });
+    }
+
+    let timestamp = decode_timestamp(&payload).ok_or(HandshakeError::Malformed)?;
+    replay.check(&client, &ephemeral, timestamp, now)?;
+
+    let mut msg2 = vec![0u8; MSG2_LEN];
+    let n = hs.write_message(&[], &mut msg2).map_err(handshake_err)?;
+    msg2.truncate(n);
+    let state = hs.into_transport_mode().map_err(handshake_err)?;
+    Ok(Accepted {
+        transport: Transport::new(state, client, cfg, now),
+        msg2,
+        client,
+    })
+}

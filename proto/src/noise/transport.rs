@@ -1,0 +1,378 @@
+//! The session after the handshake: records, rekey and authenticated close.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::SessionConfig;
+use crate::framing::{FrameDecoder, FrameEncoder, FramingError};
+use crate::keys::PublicKey;
+use crate::limits::{MAX_ENVELOPE, MAX_NOISE_MESSAGE, MAX_NOISE_PLAINTEXT, NOISE_TAG};
+
+/// Record type: the body is the next bytes of the envelope stream.
+pub const RECORD_DATA: u8 = 0x01;
+/// Record type: the sender rekeys its sending key right after this record;
+/// the receiver rekeys its receiving key right after reading it. Empty body.
+pub const RECORD_REKEY: u8 = 0x02;
+/// Record type: authenticated close; the body is an optional UTF-8 reason of
+/// at most [`MAX_CLOSE_REASON`] bytes. Nothing may follow it.
+pub const RECORD_CLOSE: u8 = 0x03;
+/// Longest close reason, in bytes.
+pub const MAX_CLOSE_REASON: usize = 256;
+
+/// Largest piece of the envelope stream in one `DATA` record.
+const MAX_DATA_BODY: usize = MAX_NOISE_PLAINTEXT - 1;
+
+/// Errors in an established session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// This side has closed the session; nothing more can be sent.
+    #[error("the session is closed: nothing more can be sent")]
+    Closed,
+    /// A received message has an impossible length or a malformed record.
+    #[error("malformed session message from the peer")]
+    Malformed,
+    /// A received message failed authentication. The session is over.
+    #[error("a session message failed authentication (tampered, reordered or not from the peer)")]
+    Decrypt,
+    /// A record of an unknown type was received.
+    #[error("unknown session record type {0:#04x} from the peer")]
+    UnknownRecord(u8),
+    /// The peer sent a record after its authenticated close.
+    #[error("the peer sent data after closing the session")]
+    AfterClose,
+    /// The envelope stream broke a size limit (sending: the envelope given;
+    /// receiving: the length the peer declared).
+    #[error("session stream: {0}")]
+    Framing(#[from] FramingError),
+    /// An earlier error ended the session; every call now fails.
+    #[error("the session already failed and cannot be used")]
+    Dead,
+    /// Another Noise error (snow's text; it contains no secrets).
+    #[error("session noise error: {0}")]
+    Noise(String),
+}
+
+/// Counters for observability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Noise messages produced (all record types).
+    pub messages_sent: u64,
+    /// Noise messages received and authenticated.
+    pub messages_received: u64,
+    /// Ciphertext bytes produced.
+    pub bytes_sent: u64,
+    /// Ciphertext bytes received and authenticated.
+    pub bytes_received: u64,
+    /// `REKEY` records sent.
+    pub rekeys_sent: u64,
+    /// `REKEY` records received.
+    pub rekeys_received: u64,
+}
+
+/// An established Noise session: encrypts the outgoing envelope stream into
+/// Noise messages and decrypts incoming ones back into envelopes.
+///
+/// Driving it: after [`send`](Self::send), call
+/// [`poll_transmit`](Self::poll_transmit) until it returns `None` and forward
+/// each message; after [`receive`](Self::receive), call
+/// [`poll_envelope`](Self::poll_envelope) until it returns `None` (the
+/// transport buffers whatever has not been taken).
+///
+/// Any error from `receive` or `poll_envelope`, and any encryption failure,
+/// ends the session: every later call returns [`TransportError::Dead`].
+pub struct Transport {
+    state: snow::TransportState,
+    remote: PublicKey,
+    cfg: SessionConfig,
+    encoder: FrameEncoder,
+    decoder: FrameDecoder,
+    sent_since_rekey: u64,
+    last_rekey: SystemTime,
+    closed: bool,
+    peer_closed: Option<String>,
+    dead: bool,
+    stats: TransportStats,
+    tx_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("remote", &self.remote.short())
+            .field("suite", &self.cfg.suite)
+            .field("closed", &self.closed)
+            .field("peer_closed", &self.peer_closed.is_some())
+            .field("dead", &self.dead)
+            .field("pending", &self.encoder.pending())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    pub(crate) fn new(
+        state: snow::TransportState,
+        remote: PublicKey,
+        cfg: SessionConfig,
+        now: SystemTime,
+    ) -> Self {
+        let max = cfg.max_envelope.min(MAX_ENVELOPE);
+        Self {
+            state,
+            remote,
+            cfg,
+            encoder: FrameEncoder::with_max(max),
+            decoder: FrameDecoder::new(max),
+            sent_since_rekey: 0,
+            last_rekey: now,
+            closed: false,
+            peer_closed: None,
+            dead: false,
+            stats: TransportStats::default(),
+            tx_buf: Vec::new(),
+            rx_buf: Vec::new(),
+        }
+    }
+
+    /// Queues one encoded envelope. Fails if this side has closed, the
+    /// session is dead, or the envelope exceeds the configured limit.
+    pub fn send(&mut self, envelope: &[u8]) -> Result<(), TransportError> {
+        self.check_alive()?;
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        self.encoder.push(envelope)?;
+        Ok(())
+    }
+
+    /// The next Noise message to send, or `None` when nothing is pending.
+    ///
+    /// If a rekey is due (at least `rekey_after_messages` messages, or
+    /// `rekey_after` of time, since the last one) and there is data to send,
+    /// a `REKEY` message comes first. Otherwise up to 65,518 bytes of the
+    /// pending stream go out as one `DATA` message, so small envelopes share
+    /// a message and a large one spans several. Every message is at most
+    /// [`MAX_NOISE_MESSAGE`] bytes.
+    pub fn poll_transmit(&mut self, now: SystemTime) -> Result<Option<Bytes>, TransportError> {
+        self.check_alive()?;
+        if self.closed || self.encoder.pending() == 0 {
+            return Ok(None);
+        }
+        if self.rekey_due(now) {
+            let msg = self.encrypt_record(RECORD_REKEY, &[])?;
+            self.state.rekey_outgoing();
+            self.sent_since_rekey = 0;
+            self.last_rekey = now;
+            self.stats.rekeys_sent += 1;
+            return Ok(Some(msg));
+        }
+        let chunk = self.encoder.take(MAX_DATA_BODY);
+        let msg = self.encrypt_record(RECORD_DATA, &chunk)?;
+        self.sent_since_rekey = self.sent_since_rekey.saturating_add(1);
+        Ok(Some(msg))
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has something to send.
+    pub fn has_pending(&self) -> bool {
+        !self.dead && !self.closed && self.encoder.pending() > 0
+    }
+
+    /// Bytes of envelope stream queued but not yet sent.
+    pub fn pending_bytes(&self) -> usize {
+        self.encoder.pending()
+    }
+
+    /// Produces the authenticated `CLOSE` message with `reason` (cut to
+    /// [`MAX_CLOSE_REASON`] bytes at a character boundary). Afterwards
+    /// [`send`](Self::send) fails with [`TransportError::Closed`] and
+    /// [`poll_transmit`](Self::poll_transmit) returns `None`; anything still
+    /// pending is discarded, so drain `poll_transmit` first. Receiving
+    /// continues to work.
+    pub fn close(&mut self, reason: &str) -> Result<Bytes, TransportError> {
+        self.check_alive()?;
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
+        let msg = self.encrypt_record(RECORD_CLOSE, reason.as_bytes())?;
+        self.closed = true;
+        let _discarded = self.encoder.take(usize::MAX);
+        Ok(msg)
+    }
+
+    /// Whether this side has closed the session.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether an earlier error ended the session.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Decrypts and processes one Noise message from the peer. Lengths are
+    /// checked first (16..=65,535 bytes); a message that fails
+    /// authentication, a malformed or unknown record, or any record after
+    /// the peer's close ends the session.
+    pub fn receive(&mut self, ciphertext: &[u8]) -> Result<(), TransportError> {
+        self.check_alive()?;
+        let result = self.receive_inner(ciphertext);
+        if result.is_err() {
+            self.dead = true;
+        }
+        result
+    }
+
+    fn receive_inner(&mut self, ciphertext: &[u8]) -> Result<(), TransportError> {
+        if ciphertext.len() > MAX_NOISE_MESSAGE || ciphertext.len() < NOISE_TAG {
+            return Err(TransportError::Malformed);
+        }
+        self.rx_buf.clear();
+        self.rx_buf.resize(ciphertext.len(), 0);
+        let n = self
+            .state
+            .read_message(ciphertext, &mut self.rx_buf)
+            .map_err(|e| match e {
+                snow::Error::Decrypt => TransportError::Decrypt,
+                snow::Error::Input => TransportError::Malformed,
+                other => TransportError::Noise(other.to_string()),
+            })?;
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += ciphertext.len() as u64;
+
+        let record = self.rx_buf.get(..n).ok_or(TransportError::Malformed)?;
+        let (&kind, body) = record.split_first().ok_or(TransportError::Malformed)?;
+        if self.peer_closed.is_some() {
+            return Err(TransportError::AfterClose);
+        }
+        match kind {
+            RECORD_DATA => self.decoder.feed(body),
+            RECORD_REKEY => {
+                if !body.is_empty() {
+                    return Err(TransportError::Malformed);
+                }
+                self.state.rekey_incoming();
+                self.stats.rekeys_received += 1;
+            }
+            RECORD_CLOSE => {
+                if body.len() > MAX_CLOSE_REASON {
+                    return Err(TransportError::Malformed);
+                }
+                let reason = std::str::from_utf8(body).map_err(|_| TransportError::Malformed)?;
+                self.peer_closed = Some(reason.to_string());
+            }
+            other => return Err(TransportError::UnknownRecord(other)),
+        }
+        Ok(())
+    }
+
+    /// The next complete envelope received, or `None` if more messages are
+    /// needed. An envelope declared longer than the configured limit ends
+    /// the session.
+    pub fn poll_envelope(&mut self) -> Result<Option<Bytes>, TransportError> {
+        self.check_alive()?;
+        match self.decoder.next() {
+            Ok(env) => Ok(env),
+            Err(e) => {
+                self.dead = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The peer's reason, once its authenticated close has been received.
+    pub fn peer_closed(&self) -> Option<&str> {
+        self.peer_closed.as_deref()
+    }
+
+    /// The peer's authenticated static key.
+    pub fn remote_static(&self) -> PublicKey {
+        self.remote
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Counters for observability.
+    pub fn stats(&self) -> TransportStats {
+        self.stats
+    }
+
+    fn check_alive(&self) -> Result<(), TransportError> {
+        if self.dead {
+            return Err(TransportError::Dead);
+        }
+        Ok(())
+    }
+
+    fn rekey_due(&self, now: SystemTime) -> bool {
+        if self.sent_since_rekey == 0 {
+            // The current key has not been used: nothing to refresh.
+            return false;
+        }
+        self.sent_since_rekey >= self.cfg.rekey_after_messages
+            || now
+                .duration_since(self.last_rekey)
+                .is_ok_and(|d| d >= self.cfg.rekey_after)
+    }
+
+    /// Encrypts one record. Any failure ends the session.
+    pub(super) fn encrypt_record(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+    ) -> Result<Bytes, TransportError> {
+        let result = self.encrypt_record_inner(kind, body);
+        if result.is_err() {
+            self.dead = true;
+        }
+        result
+    }
+
+    fn encrypt_record_inner(&mut self, kind: u8, body: &[u8]) -> Result<Bytes, TransportError> {
+        if body.len() > MAX_DATA_BODY {
+            return Err(TransportError::Noise("record too long".into()));
+        }
+        self.tx_buf.clear();
+        self.tx_buf.push(kind);
+        self.tx_buf.extend_from_slice(body);
+        let mut out = vec![0u8; self.tx_buf.len() + NOISE_TAG];
+        let n = self
+            .state
+            .write_message(&self.tx_buf, &mut out)
+            .map_err(|e| TransportError::Noise(e.to_string()))?;
+        out.truncate(n);
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += n as u64;
+        Ok(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+impl Transport {
+    /// Encrypts an arbitrary plaintext, bypassing the record layer.
+    pub(super) fn encrypt_raw(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, snow::Error> {
+        let mut out = vec![0u8; plaintext.len() + NOISE_TAG];
+        let n = self.state.write_message(plaintext, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
