@@ -12,6 +12,7 @@
 //! - [`envelope`]: envelope encode/decode with size limits.
 //! - [`registration`]: the sans-IO proof that a registering exec-server holds
 //!   its static key.
+//! - [`routing`]: the routing headers on relay links (server and session ids).
 //! - [`clock`]: wall-clock helpers shared by the codecs.
 //!
 //! Nothing here depends on an async runtime: the protocol cores take bytes and
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod limits;
 pub mod noise;
 pub mod registration;
+pub mod routing;
 
 mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]

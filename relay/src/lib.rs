@@ -1,1 +1,21 @@
-//! placeholder
+//! The relay: a tonic gRPC service that exec-servers dial out to and clients
+//! connect through. It pairs a client's tunnel stream with the exec-server's
+//! matching stream and forwards frames. It sees frame kinds, sizes, timing and
+//! an optional hop traceparent; it never sees a command, an output byte or a
+//! session key.
+//!
+//! Layout:
+//! - [`config`]: the relay's settings and their bounds.
+//! - [`registry`]: registered exec-servers and sessions waiting to be accepted.
+//! - [`service`]: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
+//! - [`splice`]: forwarding frames between the two halves of a session.
+//! - [`server`]: binding, serving and graceful shutdown.
+
+pub mod config;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod splice;
+
+pub use config::RelayConfig;
+pub use server::{RelayError, run, serve};

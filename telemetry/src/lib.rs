@@ -1,5 +1,5 @@
-//! Trace context for every hop, the stage-span vocabulary, and (soon)
-//! subscriber/export setup.
+//! Trace context for every hop, the stage-span vocabulary, and the
+//! subscriber and tracer setup shared by the binaries.
 //!
 //! Layout:
 //! - [`w3c`]: the strict W3C Trace Context parser and formatter
@@ -11,7 +11,8 @@
 //! - [`otel`]: conversion to and from OpenTelemetry's `SpanContext`, and the
 //!   parent `Context` for the next span.
 //! - [`spans`]: the stage-span names (DESIGN.md §3.2).
-//! - `setup` (subscriber and OTLP/file export): added by another engineer.
+//! - [`setup`]: the one place logging and the tracer provider are installed.
+//! - [`shutdown`]: the one shutdown pattern (SIGINT/SIGTERM cancel a token).
 //!
 //! Extraction never fails a call: an absent or invalid context means the next
 //! span starts a new trace, and an invalid tracestate is dropped on its own.
@@ -21,5 +22,7 @@
 
 pub mod carriers;
 pub mod otel;
+pub mod setup;
+pub mod shutdown;
 pub mod spans;
 pub mod w3c;

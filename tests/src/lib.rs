@@ -1,1 +1,13 @@
-//! placeholder
+//! Fixtures for the cross-crate integration tests.
+//!
+//! Layout:
+//! - [`stack`]: a relay and exec-servers in this process on `127.0.0.1:0`,
+//!   with generated keys, and clients for them.
+//! - [`proxy`]: a tunnel proxy that can reroute or tamper with frames, to
+//!   play a malicious relay.
+//! - [`binaries`]: locating (building if needed) and running the three
+//!   binaries as separate processes.
+
+pub mod binaries;
+pub mod proxy;
+pub mod stack;

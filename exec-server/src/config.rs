@@ -1,0 +1,54 @@
+//! Exec-server settings. Every count and timeout is bounded here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use proto::keys::{AuthorizedKeys, StaticKeypair};
+
+/// Settings for one exec-server.
+#[derive(Debug, Clone)]
+pub struct ExecServerConfig {
+    /// The exec-server's static key.
+    pub key: StaticKeypair,
+    /// Client keys allowed to open sessions.
+    pub authorized: AuthorizedKeys,
+    /// Relay to register with (`http://host:port`), if any.
+    pub relay: Option<String>,
+    /// Address to accept clients on directly, if any.
+    pub listen: Option<SocketAddr>,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+    /// Most concurrent processes per session.
+    pub max_processes_per_session: usize,
+    /// How long a client has to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// After a process exits, how long to keep draining output that
+    /// descendants still write to its pipes.
+    pub exit_drain: Duration,
+    /// Working directory for commands that do not name one.
+    pub default_cwd: Option<PathBuf>,
+    /// Grace period for in-flight commands at shutdown.
+    pub shutdown_grace: Duration,
+    /// Longest wait between relay reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl ExecServerConfig {
+    /// Settings with defaults for everything but the keys.
+    pub fn new(key: StaticKeypair, authorized: AuthorizedKeys) -> Self {
+        Self {
+            key,
+            authorized,
+            relay: None,
+            listen: None,
+            max_sessions: 1024,
+            max_processes_per_session: 256,
+            handshake_timeout: Duration::from_secs(10),
+            exit_drain: Duration::from_secs(2),
+            default_cwd: None,
+            shutdown_grace: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}

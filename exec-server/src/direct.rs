@@ -1,0 +1,63 @@
+//! The tunnel service served by the exec-server itself (`--listen`), so
+//! clients on the same network can skip the relay with identical code.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::pb::tunnel::Frame;
+use proto::pb::tunnel::tunnel_server::Tunnel;
+use proto::routing::SERVER_ID_HEADER;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::link::SESSION_QUEUE;
+use crate::session::{self, ServerContext};
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+/// Direct tunnel service.
+#[derive(Clone)]
+pub struct DirectTunnel {
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+}
+
+impl DirectTunnel {
+    /// A direct tunnel for this exec-server.
+    pub fn new(ctx: Arc<ServerContext>, shutdown: CancellationToken) -> Self {
+        Self { ctx, shutdown }
+    }
+}
+
+#[tonic::async_trait]
+impl Tunnel for DirectTunnel {
+    type OpenStream = FrameStream;
+
+    async fn open(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::OpenStream>, Status> {
+        let named = request
+            .metadata()
+            .get(SERVER_ID_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if named != Some(self.ctx.route.as_str()) {
+            return Err(Status::not_found(format!(
+                "this exec-server's id is not the one named in {SERVER_ID_HEADER}"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let inbound = request.into_inner();
+        let ctx = Arc::clone(&self.ctx);
+        let shutdown = self.shutdown.clone();
+        self.ctx.tasks.spawn(async move {
+            if let Err(e) = session::serve(inbound, tx, ctx, shutdown).await {
+                tracing::debug!(error = %e, "direct session ended");
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,228 @@
+//! The exec-server's link to a relay: dial out, prove the static key,
+//! stay registered (reconnecting with capped, jittered backoff), and accept
+//! each session the relay announces on its own stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::limits::MAX_GRPC_MESSAGE;
+use proto::pb::tunnel::registry_client::RegistryClient;
+use proto::pb::tunnel::{Incoming, RegisterUp, register_down, register_up};
+use proto::registration::ProofInitiator;
+use proto::routing::{SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, format_session_id};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::session::{self, ServerContext};
+
+/// Frames queued toward the relay per session.
+pub const SESSION_QUEUE: usize = 32;
+
+/// Why one registration attempt ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The relay URL is not valid.
+    #[error("invalid relay URL: {0}")]
+    BadUrl(String),
+    /// The relay could not be reached.
+    #[error("cannot reach the relay: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// The relay refused or ended the registration.
+    #[error("relay: {0}")]
+    Status(#[from] tonic::Status),
+    /// The proof of possession failed.
+    #[error("registration proof: {0}")]
+    Proof(#[from] proto::registration::RegistrationError),
+    /// The relay broke the registration protocol.
+    #[error("relay sent an unexpected message during registration")]
+    Protocol,
+}
+
+/// Builds a gRPC endpoint with the link settings shared by every client of
+/// a relay (no Nagle, keepalives, large HTTP/2 windows).
+pub fn endpoint(url: &str) -> Result<Endpoint, LinkError> {
+    let ep = Endpoint::from_shared(url.to_owned()).map_err(|e| LinkError::BadUrl(e.to_string()))?;
+    Ok(ep
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(8 * 1024 * 1024)))
+}
+
+fn registry_client(channel: Channel) -> RegistryClient<Channel> {
+    RegistryClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE)
+}
+
+/// Keeps the exec-server registered with `url` until `shutdown`.
+/// `registered` is set to true while a registration is live.
+pub async fn run(
+    url: String,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+    registered: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = register_once(&url, &ctx, &shutdown, &registered).await;
+        registered.send_replace(false);
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(true) => {
+                tracing::warn!("relay link lost; reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay registration failed")
+            }
+        }
+        let pause = jittered(backoff);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        backoff = (backoff * 2).min(ctx.config.max_backoff);
+    }
+}
+
+/// Adds up to 25% random jitter so that many exec-servers do not reconnect
+/// in lockstep after a relay restart.
+fn jittered(base: Duration) -> Duration {
+    let max_extra = u64::try_from(base.as_millis() / 4).unwrap_or(0).max(1);
+    base + Duration::from_millis(rand::random_range(0..max_extra))
+}
+
+/// One registration. Ok(true) if it was established and later lost,
+/// Ok(false) if shut down before or during.
+async fn register_once(
+    url: &str,
+    ctx: &Arc<ServerContext>,
+    shutdown: &CancellationToken,
+    registered: &watch::Sender<bool>,
+) -> Result<bool, LinkError> {
+    let ep = endpoint(url)?;
+    let channel = tokio::select! {
+        () = shutdown.cancelled() => return Ok(false),
+        c = ep.connect() => c?,
+    };
+    let mut client = registry_client(channel.clone());
+    let (proof, msg1) = ProofInitiator::start(&ctx.config.key)?;
+    let (up_tx, up_rx) = mpsc::channel(4);
+    up_tx
+        .send(RegisterUp {
+            msg: Some(register_up::Msg::Proof(msg1.into())),
+        })
+        .await
+        .map_err(|_| LinkError::Protocol)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(up_rx));
+    if let Ok(v) = MetadataValue::try_from(ctx.route.as_str()) {
+        request.metadata_mut().insert(SERVER_ID_HEADER, v);
+    }
+    let mut down = client.register(request).await?.into_inner();
+    let timeout = ctx.config.handshake_timeout;
+    let register_down::Msg::Proof(msg2) = next(&mut down, timeout).await? else {
+        return Err(LinkError::Protocol);
+    };
+    let msg3 = proof.finish(&msg2)?;
+    up_tx
+        .send(RegisterUp {
+            msg: Some(register_up::Msg::Proof(msg3.into())),
+        })
+        .await
+        .map_err(|_| LinkError::Protocol)?;
+    let register_down::Msg::Registered(r) = next(&mut down, timeout).await? else {
+        return Err(LinkError::Protocol);
+    };
+    if r.server_id != ctx.route {
+        return Err(LinkError::Protocol);
+    }
+    tracing::info!(server_id = %r.server_id, "registered with relay");
+    registered.send_replace(true);
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            m = down.message() => m,
+        };
+        match msg {
+            Ok(Some(m)) => match m.msg {
+                Some(register_down::Msg::Incoming(incoming)) => {
+                    let client = registry_client(channel.clone());
+                    let ctx = Arc::clone(ctx);
+                    let shutdown = shutdown.clone();
+                    ctx.tasks
+                        .clone()
+                        .spawn(accept(client, incoming, ctx, shutdown));
+                }
+                _ => return Err(LinkError::Protocol),
+            },
+            Ok(None) => return Ok(true),
+            Err(status) => {
+                tracing::debug!(%status, "registration stream ended");
+                return Ok(true);
+            }
+        }
+    }
+}
+
+async fn next(
+    down: &mut tonic::Streaming<proto::pb::tunnel::RegisterDown>,
+    timeout: Duration,
+) -> Result<register_down::Msg, LinkError> {
+    match tokio::time::timeout(timeout, down.message()).await {
+        Ok(Ok(Some(m))) => m.msg.ok_or(LinkError::Protocol),
+        Ok(Ok(None)) => Err(LinkError::Protocol),
+        Ok(Err(s)) => Err(LinkError::Status(s)),
+        Err(_) => Err(LinkError::Status(tonic::Status::deadline_exceeded(
+            "relay did not answer the registration",
+        ))),
+    }
+}
+
+async fn accept(
+    mut client: RegistryClient<Channel>,
+    incoming: Incoming,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) {
+    let Ok(session_id) = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref()) else {
+        return;
+    };
+    let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
+    // The session writes `Result` frames (shared with the server-side
+    // streams); a request stream carries plain frames.
+    let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
+    let mut request = tonic::Request::new(frames);
+    let md = request.metadata_mut();
+    if let Ok(v) = MetadataValue::try_from(ctx.route.as_str()) {
+        md.insert(SERVER_ID_HEADER, v);
+    }
+    if let Ok(v) = MetadataValue::try_from(format_session_id(&session_id)) {
+        md.insert(SESSION_ID_HEADER, v);
+    }
+    // The relay passes on the client link's (validated) trace context.
+    if let Ok(v) = MetadataValue::try_from(incoming.traceparent.as_str()) {
+        if !incoming.traceparent.is_empty() {
+            md.insert("traceparent", v);
+        }
+    }
+    let inbound = match client.accept(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            tracing::debug!(%status, "could not accept announced session");
+            return;
+        }
+    };
+    if let Err(e) = session::serve(inbound, out_tx, ctx, shutdown).await {
+        tracing::debug!(error = %e, "session ended");
+    }
+}

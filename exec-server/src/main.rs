@@ -1,0 +1,138 @@
+//! `exec-server`: runs commands for authorized clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use exec_server::ExecServerConfig;
+use proto::keys::{AuthorizedKeys, StaticKeypair};
+
+/// Runs commands for authorized clients, reached through a relay (it dials
+/// out, so it needs no open port) or directly.
+#[derive(Debug, Parser)]
+#[command(name = "exec-server", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a new static private key (mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key and server id for a private key file.
+    Pubkey {
+        /// The private key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+struct RunArgs {
+    /// Relay to register with, e.g. http://relay.example:7600.
+    #[arg(long, env = "REX_RELAY")]
+    relay: Option<String>,
+    /// The exec-server's private key file (from `exec-server keygen`).
+    #[arg(long, env = "REX_KEY")]
+    key: Option<PathBuf>,
+    /// File listing the client public keys allowed in (one per line, # comments).
+    #[arg(long, env = "REX_AUTHORIZED_KEYS")]
+    authorized_keys: Option<PathBuf>,
+    /// Also accept clients directly on this address (same tunnel protocol).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Most concurrent sessions.
+    #[arg(long, default_value_t = 1024)]
+    max_sessions: usize,
+    /// Most concurrent processes per session.
+    #[arg(long, default_value_t = 256)]
+    max_processes: usize,
+    /// Working directory for commands that do not name one.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Keygen { out }) => keygen(&out),
+        Some(Command::Pubkey { key }) => match StaticKeypair::read_file(&key) {
+            Ok(kp) => {
+                println!("{}", kp.public());
+                eprintln!("server id: {}", kp.public().server_id());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        None => serve(cli.run),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("exec-server: {msg}");
+    ExitCode::FAILURE
+}
+
+fn keygen(out: &std::path::Path) -> ExitCode {
+    let kp = match StaticKeypair::generate() {
+        Ok(kp) => kp,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let Err(e) = kp.write_file(out) {
+        return fail(&e.to_string());
+    }
+    println!("{}", kp.public());
+    ExitCode::SUCCESS
+}
+
+fn serve(args: RunArgs) -> ExitCode {
+    let Some(key_path) = args.key else {
+        return fail("--key FILE is required (create one with `exec-server keygen --out FILE`)");
+    };
+    let Some(ak_path) = args.authorized_keys else {
+        return fail("--authorized-keys FILE is required (one client public key per line)");
+    };
+    let key = match StaticKeypair::read_file(&key_path) {
+        Ok(k) => k,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let authorized = match AuthorizedKeys::read_file(&ak_path) {
+        Ok(a) => a,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if authorized.is_empty() {
+        eprintln!(
+            "exec-server: warning: {} lists no keys; every client will be refused",
+            ak_path.display()
+        );
+    }
+    let _telemetry = telemetry::setup::init("exec-server", telemetry::setup::LogDefault::Info);
+    let mut config = ExecServerConfig::new(key, authorized);
+    config.relay = args.relay;
+    config.listen = args.listen;
+    config.max_sessions = args.max_sessions;
+    config.max_processes_per_session = args.max_processes;
+    config.default_cwd = args.cwd;
+    config.shutdown_grace = Duration::from_secs(10);
+    tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let shutdown = telemetry::shutdown::on_signals();
+        match exec_server::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        }
+    })
+}

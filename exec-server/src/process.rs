@@ -1,0 +1,519 @@
+//! One remote process: spawn, pump its pipes into terminal events as they
+//! happen, deliver signals to its process group, report its exit.
+//!
+//! Output is read in chunks of at most [`MAX_CHUNK`] and each chunk waits
+//! for room in the session's bounded event queue before the next read, so a
+//! slow client stops the pipe reads (and so the child) rather than growing a
+//! buffer.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use nix::sys::signal::{Signal as NixSignal, killpg};
+use nix::unistd::Pid;
+use proto::limits::MAX_CHUNK;
+use proto::pb::session::{
+    ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, TerminalEvent, exited,
+    terminal_event,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Stdin chunks buffered per process before the session stops reading.
+pub const STDIN_QUEUE: usize = 8;
+
+/// A control message for a running process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Deliver a signal to the process group.
+    Signal(i32),
+}
+
+/// A terminal event for the session to push, tagged with its call.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The call it belongs to.
+    pub call_id: u64,
+    /// The event.
+    pub event: TerminalEvent,
+    /// Whether this is the call's final event.
+    pub last: bool,
+}
+
+/// What the process task needs from its session.
+#[derive(Debug)]
+pub struct ProcessIo {
+    /// The call id.
+    pub call_id: u64,
+    /// Where events go (bounded; shared by the session's processes).
+    pub events: mpsc::Sender<Outgoing>,
+    /// Signals from the client.
+    pub control: mpsc::Receiver<Control>,
+    /// Stdin chunks from the client; the sender is dropped at stdin close.
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    /// Cancelled when the client cancels the call or the session ends.
+    pub cancel: CancellationToken,
+}
+
+/// Extra environment for the child (trace context).
+pub type ExtraEnv = Vec<(String, String)>;
+
+struct Sequencer {
+    call_id: u64,
+    seq: u64,
+    events: mpsc::Sender<Outgoing>,
+}
+
+impl Sequencer {
+    fn make(&mut self, kind: terminal_event::Kind, last: bool) -> Outgoing {
+        let event = TerminalEvent {
+            seq: self.seq,
+            kind: Some(kind),
+        };
+        self.seq += 1;
+        Outgoing {
+            call_id: self.call_id,
+            event,
+            last,
+        }
+    }
+
+    /// Sends an event, waiting for room. Returns false if the session is gone.
+    async fn send(&mut self, kind: terminal_event::Kind, last: bool) -> bool {
+        let out = self.make(kind, last);
+        self.events.send(out).await.is_ok()
+    }
+}
+
+fn exec_error(kind: ExecErrorKind, message: String) -> terminal_event::Kind {
+    terminal_event::Kind::Error(ExecError {
+        kind: kind as i32,
+        message,
+    })
+}
+
+/// The program name (argv[0]) for logs, spans and error messages. Never
+/// the arguments.
+pub fn program_name(argv0: &[u8]) -> String {
+    let name = Path::new(OsStr::from_bytes(argv0))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.chars().take(64).collect()
+}
+
+fn build_command(
+    req: &ExecRequest,
+    default_cwd: Option<&Path>,
+    extra_env: &ExtraEnv,
+) -> Result<Command, terminal_event::Kind> {
+    let Some((argv0, args)) = req.argv.split_first() else {
+        return Err(exec_error(
+            ExecErrorKind::BadRequest,
+            "empty command: no program given".into(),
+        ));
+    };
+    if argv0.is_empty() {
+        return Err(exec_error(
+            ExecErrorKind::BadRequest,
+            "empty program name".into(),
+        ));
+    }
+    let mut cmd = Command::new(OsStr::from_bytes(argv0));
+    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
+    if req.clear_env {
+        cmd.env_clear();
+    }
+    for var in &req.env {
+        if var.name.is_empty() || var.name.contains(&b'=') || var.name.contains(&0) {
+            return Err(exec_error(
+                ExecErrorKind::BadRequest,
+                "invalid environment variable name".into(),
+            ));
+        }
+        cmd.env(OsStr::from_bytes(&var.name), OsStr::from_bytes(&var.value));
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let cwd: Option<PathBuf> = if req.cwd.is_empty() {
+        default_cwd.map(Path::to_path_buf)
+    } else {
+        Some(PathBuf::from(OsStr::from_bytes(&req.cwd)))
+    };
+    if let Some(dir) = &cwd {
+        if !dir.is_dir() {
+            return Err(exec_error(
+                ExecErrorKind::BadCwd,
+                "working directory does not exist or is not a directory".into(),
+            ));
+        }
+        cmd.current_dir(dir);
+    }
+    let stdin = if req.stdin == StdinMode::Pipe as i32 {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    cmd.stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+fn spawn_error(e: &std::io::Error, program: &str) -> terminal_event::Kind {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => exec_error(
+            ExecErrorKind::NotFound,
+            format!("{program}: command not found"),
+        ),
+        std::io::ErrorKind::PermissionDenied => exec_error(
+            ExecErrorKind::PermissionDenied,
+            format!("{program}: permission denied"),
+        ),
+        _ => exec_error(
+            ExecErrorKind::SpawnFailed,
+            format!("{program}: cannot start: {e}"),
+        ),
+    }
+}
+
+fn signal_group(pgid: Option<u32>, signo: i32) {
+    let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) else {
+        return;
+    };
+    if let Ok(sig) = NixSignal::try_from(signo) {
+        // The group may already be gone; nothing to do then.
+        let _ = killpg(Pid::from_raw(pgid), sig);
+    }
+}
+
+async fn write_stdin(mut pipe: ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(chunk) = rx.recv().await {
+        if pipe.write_all(&chunk).await.is_err() {
+            // The child closed its stdin; drop the rest.
+            return;
+        }
+    }
+    let _ = pipe.shutdown().await;
+}
+
+async fn read_chunk<R: AsyncRead + Unpin>(pipe: &mut Option<R>) -> Option<Bytes> {
+    let reader = pipe.as_mut()?;
+    let mut buf = BytesMut::with_capacity(MAX_CHUNK);
+    match reader.read_buf(&mut buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(buf.freeze()),
+    }
+}
+
+/// Runs one process to completion, pushing its events. The returned
+/// future ends after the final event (exited or error) was queued, or when
+/// the session went away.
+pub async fn run(
+    req: ExecRequest,
+    io: ProcessIo,
+    default_cwd: Option<PathBuf>,
+    extra_env: ExtraEnv,
+    exit_drain: Duration,
+) {
+    let ProcessIo {
+        call_id,
+        events,
+        mut control,
+        stdin,
+        cancel,
+    } = io;
+    let mut seq = Sequencer {
+        call_id,
+        seq: 0,
+        events,
+    };
+    let program = req
+        .argv
+        .first()
+        .map(|a| program_name(a))
+        .unwrap_or_default();
+    let mut cmd = match build_command(&req, default_cwd.as_deref(), &extra_env) {
+        Ok(c) => c,
+        Err(kind) => {
+            seq.send(kind, true).await;
+            return;
+        }
+    };
+    let mut child: Child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            seq.send(spawn_error(&e, &program), true).await;
+            return;
+        }
+    };
+    let pid = child.id();
+    if !seq
+        .send(
+            terminal_event::Kind::Started(Started {
+                pid: pid.unwrap_or(0),
+            }),
+            false,
+        )
+        .await
+    {
+        signal_group(pid, libc_sigkill());
+        return;
+    }
+    if let (Some(pipe), Some(rx)) = (child.stdin.take(), stdin) {
+        tokio::spawn(write_stdin(pipe, rx));
+    }
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut status = None;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut killed = false;
+    loop {
+        if status.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        let drain = async {
+            match drain_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled(), if !killed => {
+                signal_group(pid, libc_sigkill());
+                killed = true;
+            }
+            c = control.recv() => match c {
+                Some(Control::Signal(n)) => signal_group(pid, n),
+                None => {
+                    // The session is gone: nobody can see this process any more.
+                    signal_group(pid, libc_sigkill());
+                    return;
+                }
+            },
+            chunk = read_chunk(&mut stdout), if stdout.is_some() => match chunk {
+                Some(data) => {
+                    if !seq.send(terminal_event::Kind::Stdout(data), false).await {
+                        signal_group(pid, libc_sigkill());
+                        return;
+                    }
+                }
+                None => stdout = None,
+            },
+            chunk = read_chunk(&mut stderr), if stderr.is_some() => match chunk {
+                Some(data) => {
+                    if !seq.send(terminal_event::Kind::Stderr(data), false).await {
+                        signal_group(pid, libc_sigkill());
+                        return;
+                    }
+                }
+                None => stderr = None,
+            },
+            s = child.wait(), if status.is_none() => {
+                match s {
+                    Ok(s) => status = Some(s),
+                    Err(e) => {
+                        seq.send(exec_error(ExecErrorKind::Internal, format!("{program}: wait failed: {e}")), true).await;
+                        return;
+                    }
+                }
+                drain_deadline = Some(tokio::time::Instant::now() + exit_drain);
+            }
+            () = drain => {
+                // Descendants still hold the pipes open; stop waiting for them.
+                stdout = None;
+                stderr = None;
+            }
+        }
+    }
+    let exit = match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => exited::Status::Code(code),
+            (None, Some(sig)) => exited::Status::Signal(sig),
+            (None, None) => exited::Status::Code(-1),
+        },
+        None => exited::Status::Code(-1),
+    };
+    seq.send(
+        terminal_event::Kind::Exited(Exited { status: Some(exit) }),
+        true,
+    )
+    .await;
+}
+
+fn libc_sigkill() -> i32 {
+    NixSignal::SIGKILL as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::pb::session::EnvVar;
+
+    struct Run {
+        events: Vec<TerminalEvent>,
+    }
+
+    impl Run {
+        fn stdout(&self) -> Vec<u8> {
+            self.events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    Some(terminal_event::Kind::Stdout(d)) => Some(d.to_vec()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        }
+        fn last(&self) -> &terminal_event::Kind {
+            self.events.last().unwrap().kind.as_ref().unwrap()
+        }
+    }
+
+    async fn run_req(req: ExecRequest, stdin: Option<Vec<u8>>) -> Run {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_ctl_tx, ctl_rx) = mpsc::channel(4);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let io = ProcessIo {
+            call_id: 9,
+            events: tx,
+            control: ctl_rx,
+            stdin: Some(in_rx),
+            cancel: CancellationToken::new(),
+        };
+        let task = tokio::spawn(run(req, io, None, vec![], Duration::from_secs(2)));
+        if let Some(data) = stdin {
+            in_tx.send(Bytes::from(data)).await.unwrap();
+        }
+        drop(in_tx);
+        let mut events = vec![];
+        while let Some(o) = rx.recv().await {
+            assert_eq!(o.call_id, 9);
+            let last = o.last;
+            events.push(o.event);
+            if last {
+                break;
+            }
+        }
+        task.await.unwrap();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, i as u64, "sequence numbers have no gaps");
+        }
+        Run { events }
+    }
+
+    fn req(argv: &[&str]) -> ExecRequest {
+        ExecRequest {
+            argv: argv
+                .iter()
+                .map(|a| Bytes::from(a.as_bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn output_and_exit_code() {
+        let r = run_req(req(&["sh", "-c", "printf 'a\\nb\\n'; exit 3"]), None).await;
+        assert!(matches!(
+            r.events[0].kind,
+            Some(terminal_event::Kind::Started(_))
+        ));
+        assert_eq!(r.stdout(), b"a\nb\n");
+        assert_eq!(
+            r.last(),
+            &terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Code(3))
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn stdin_is_piped() {
+        let mut rq = req(&["cat"]);
+        rq.stdin = StdinMode::Pipe as i32;
+        let r = run_req(rq, Some(b"hello stdin".to_vec())).await;
+        assert_eq!(r.stdout(), b"hello stdin");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_an_error_event() {
+        let r = run_req(req(&["/no/such/program-xyz"]), None).await;
+        match r.last() {
+            terminal_event::Kind::Error(e) => {
+                assert_eq!(e.kind, ExecErrorKind::NotFound as i32);
+                assert!(e.message.contains("program-xyz"), "{}", e.message);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_cwd_is_an_error_event() {
+        let mut rq = req(&["true"]);
+        rq.cwd = Bytes::from_static(b"/no/such/dir");
+        let r = run_req(rq, None).await;
+        assert!(
+            matches!(r.last(), terminal_event::Kind::Error(e) if e.kind == ExecErrorKind::BadCwd as i32)
+        );
+    }
+
+    #[tokio::test]
+    async fn env_is_passed_and_can_be_cleared() {
+        let mut rq = req(&["/usr/bin/env"]);
+        rq.clear_env = true;
+        rq.env = vec![EnvVar {
+            name: Bytes::from_static(b"ONLY"),
+            value: Bytes::from_static(b"this"),
+        }];
+        let r = run_req(rq, None).await;
+        assert_eq!(r.stdout(), b"ONLY=this\n");
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_process_group() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_ctl_tx, ctl_rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let io = ProcessIo {
+            call_id: 1,
+            events: tx,
+            control: ctl_rx,
+            stdin: None,
+            cancel: cancel.clone(),
+        };
+        // The grandchild holds stdout open; killing only the child would leave it.
+        let task = tokio::spawn(run(
+            req(&["sh", "-c", "sleep 1000 & sleep 1000"]),
+            io,
+            None,
+            vec![],
+            Duration::from_secs(60),
+        ));
+        let started = rx.recv().await.unwrap();
+        assert!(matches!(
+            started.event.kind,
+            Some(terminal_event::Kind::Started(_))
+        ));
+        cancel.cancel();
+        let last = rx.recv().await.unwrap();
+        assert!(last.last);
+        assert_eq!(
+            last.event.kind,
+            Some(terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Signal(9))
+            }))
+        );
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,190 @@
+//! Starting, running and stopping an exec-server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proto::limits::MAX_GRPC_MESSAGE;
+use proto::pb::tunnel::tunnel_server::TunnelServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ExecServerConfig;
+use crate::direct::DirectTunnel;
+use crate::link;
+use crate::session::ServerContext;
+
+/// Why the exec-server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecServerError {
+    /// Neither a relay nor a listen address was given.
+    #[error("nothing to do: give --relay URL, --listen ADDR, or both")]
+    NoTransport,
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The direct gRPC server failed.
+    #[error("direct listener failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running exec-server.
+#[derive(Debug)]
+pub struct ExecServerHandle {
+    registered: watch::Receiver<bool>,
+    local_addr: Option<SocketAddr>,
+    server_id: String,
+    direct: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    link: Option<JoinHandle<()>>,
+    tasks: TaskTracker,
+    sessions: CancellationToken,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+}
+
+impl ExecServerHandle {
+    /// The exec-server's id (derived from its public key).
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// The bound direct-listen address, if listening.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Waits until the relay registration is live (returns immediately
+    /// when there is no relay). Returns false if the server stopped first.
+    pub async fn wait_registered(&mut self) -> bool {
+        if self.link.is_none() {
+            return true;
+        }
+        self.registered.wait_for(|r| *r).await.is_ok()
+    }
+
+    /// A watch of the registration state.
+    pub fn registration(&self) -> watch::Receiver<bool> {
+        self.registered.clone()
+    }
+
+    /// Waits for the server to stop (after its shutdown token is
+    /// cancelled), giving in-flight commands the grace period.
+    pub async fn join(mut self) -> Result<(), ExecServerError> {
+        self.shutdown.cancelled().await;
+        if let Some(link) = self.link.take() {
+            let _ = link.await;
+        }
+        self.tasks.close();
+        if tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; ending the remaining sessions");
+        }
+        self.sessions.cancel();
+        self.tasks.wait().await;
+        match self.direct.take() {
+            Some(direct) => match direct.await {
+                Ok(Err(e)) => Err(ExecServerError::Serve(e)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts the exec-server: binds the direct listener (if any) and starts
+/// the relay link (if any). Stops when `shutdown` is cancelled.
+pub async fn start(
+    config: ExecServerConfig,
+    shutdown: CancellationToken,
+) -> Result<ExecServerHandle, ExecServerError> {
+    if config.relay.is_none() && config.listen.is_none() {
+        return Err(ExecServerError::NoTransport);
+    }
+    let tasks = TaskTracker::new();
+    let grace = config.shutdown_grace;
+    let relay = config.relay.clone();
+    let listen = config.listen;
+    let ctx = ServerContext::new(config, tasks.clone());
+    let server_id = ctx.route.clone();
+    // Sessions outlive the listeners by the grace period; this token ends
+    // them after it.
+    let sessions = CancellationToken::new();
+    let (reg_tx, registered) = watch::channel(false);
+
+    let mut local_addr = None;
+    let direct = match listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ExecServerError::Bind { addr, source })?;
+            local_addr = listener.local_addr().ok();
+            let svc = TunnelServer::new(DirectTunnel::new(Arc::clone(&ctx), sessions.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE);
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+                    .initial_stream_window_size(Some(1024 * 1024))
+                    .initial_connection_window_size(Some(8 * 1024 * 1024))
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                        shutdown.cancelled().await
+                    }),
+            ))
+        }
+        None => None,
+    };
+    let link = relay.map(|url| {
+        let ctx = Arc::clone(&ctx);
+        // The link stops at shutdown; its sessions follow `sessions`.
+        let link_shutdown = shutdown.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let (inner_tx, mut inner_rx) = watch::channel(false);
+            let forward = async {
+                while inner_rx.changed().await.is_ok() {
+                    reg_tx.send_replace(*inner_rx.borrow());
+                }
+            };
+            let run = async {
+                tokio::select! {
+                    () = link::run(url, ctx, sessions, inner_tx) => {}
+                    () = link_shutdown.cancelled() => {}
+                }
+            };
+            tokio::join!(forward, run);
+        })
+    });
+    Ok(ExecServerHandle {
+        registered,
+        local_addr,
+        server_id,
+        direct,
+        link,
+        tasks,
+        sessions,
+        shutdown,
+        grace,
+    })
+}
+
+/// Runs an exec-server until `shutdown` is cancelled.
+pub async fn run(
+    config: ExecServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ExecServerError> {
+    let handle = start(config, shutdown).await?;
+    handle.join().await
+}

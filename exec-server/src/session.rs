@@ -1,0 +1,521 @@
+//! One client session: the Noise handshake, then a single loop that reads
+//! frames, dispatches session messages, and pushes terminal events back.
+//!
+//! The loop never blocks one direction on the other: stdin waiting for a
+//! slow process does not stop output from flowing back, and output waiting
+//! for a slow client does not stop signals or cancel from arriving.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use opentelemetry::KeyValue;
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
+use proto::clock::now_unix_nanos;
+use proto::envelope;
+use proto::keys::PublicKey;
+use proto::limits::MAX_CHUNK;
+use proto::noise::{self, HandshakeError, ReplayGuard, SessionConfig, Transport};
+use proto::pb::session::{Envelope, ExecError};
+use proto::pb::session::{
+    ExecErrorKind, ExecRequest, HelloAck, Pong, TerminalEvent, TraceContext as PbTrace,
+    envelope::Body, terminal_event,
+};
+use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
+use telemetry::{carriers, otel, spans};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+use crate::config::ExecServerConfig;
+use crate::process::{self, Control, Outgoing, ProcessIo, STDIN_QUEUE};
+
+/// Terminal events queued from a session's processes before they wait.
+pub const EVENT_QUEUE: usize = 64;
+/// Plaintext buffered in the Noise transport before the loop stops taking
+/// more events (the outbound gRPC queue is full).
+const TRANSPORT_HIGH_WATER: usize = 256 * 1024;
+/// Signals queued per process.
+const CONTROL_QUEUE: usize = 16;
+
+/// State shared by every session of one exec-server.
+#[derive(Debug)]
+pub struct ServerContext {
+    /// Settings.
+    pub config: ExecServerConfig,
+    /// The route bound into the handshake prologue (this server's id).
+    pub route: String,
+    /// Replay protection for handshake message 1.
+    pub replay: Mutex<ReplayGuard>,
+    /// Limits concurrent sessions.
+    pub sessions: Arc<tokio::sync::Semaphore>,
+    /// Every process task.
+    pub tasks: TaskTracker,
+}
+
+impl ServerContext {
+    /// Shared state for an exec-server.
+    pub fn new(config: ExecServerConfig, tasks: TaskTracker) -> Arc<Self> {
+        let route = config.key.public().server_id();
+        let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));
+        Arc::new(Self {
+            config,
+            route,
+            replay: Mutex::new(ReplayGuard::default()),
+            sessions,
+            tasks,
+        })
+    }
+}
+
+/// The outbound half of a tunnel stream.
+pub type FrameSender = mpsc::Sender<Result<Frame, Status>>;
+
+fn frame(kind: FrameKind, payload: Bytes) -> Frame {
+    Frame {
+        kind: kind as i32,
+        payload,
+        hop_traceparent: String::new(),
+        close_reason: 0,
+    }
+}
+
+/// Sends a clear close frame (best effort).
+pub fn send_clear_close(out: &FrameSender, reason: CloseReason) {
+    let _ = out.try_send(Ok(Frame {
+        kind: FrameKind::Close as i32,
+        payload: Bytes::new(),
+        hop_traceparent: String::new(),
+        close_reason: reason as i32,
+    }));
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The handshake failed or was refused.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The client did not complete the handshake in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The transport failed (decrypt failure, bad record).
+    #[error("transport: {0}")]
+    Transport(#[from] noise::TransportError),
+    /// The client broke the session protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The link to the client went away.
+    #[error("client link lost")]
+    LinkLost,
+}
+
+struct Call {
+    control: mpsc::Sender<Control>,
+    stdin: Option<mpsc::Sender<Bytes>>,
+    cancel: CancellationToken,
+    span: BoxedSpan,
+    trace: PbTrace,
+    program: String,
+}
+
+/// Serves one session over a tunnel stream until it ends.
+pub async fn serve<S>(
+    mut inbound: S,
+    outbound: FrameSender,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let Ok(_permit) = Arc::clone(&ctx.sessions).try_acquire_owned() else {
+        send_clear_close(&outbound, CloseReason::Busy);
+        return Err(SessionError::Protocol("too many sessions"));
+    };
+    let first = tokio::time::timeout(ctx.config.handshake_timeout, inbound.next()).await;
+    let msg1 = match first {
+        Err(_) => {
+            send_clear_close(&outbound, CloseReason::Timeout);
+            return Err(SessionError::HandshakeTimeout);
+        }
+        Ok(Some(Ok(f))) if f.kind == FrameKind::Handshake as i32 => f.payload,
+        Ok(Some(Ok(_))) => {
+            send_clear_close(&outbound, CloseReason::Protocol);
+            return Err(SessionError::Protocol("expected a handshake frame"));
+        }
+        Ok(_) => return Err(SessionError::LinkLost),
+    };
+    let accepted = {
+        let mut replay = ctx.replay.lock().unwrap_or_else(|e| e.into_inner());
+        noise::accept(
+            &ctx.config.key,
+            ctx.route.as_bytes(),
+            &msg1,
+            SystemTime::now(),
+            &ctx.config.authorized,
+            &mut replay,
+            SessionConfig::default(),
+        )
+    };
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            let reason = match &e {
+                HandshakeError::Unauthorized { client } => {
+                    tracing::warn!(client = %client.short(), "refused a client key that is not authorized");
+                    CloseReason::Unauthorized
+                }
+                HandshakeError::Busy => CloseReason::Busy,
+                other => {
+                    tracing::warn!(error = %other, "handshake failed");
+                    CloseReason::HandshakeFailed
+                }
+            };
+            send_clear_close(&outbound, reason);
+            return Err(e.into());
+        }
+    };
+    if outbound
+        .send(Ok(frame(FrameKind::Handshake, accepted.msg2.into())))
+        .await
+        .is_err()
+    {
+        return Err(SessionError::LinkLost);
+    }
+    let client = accepted.client;
+    tracing::debug!(client = %client.short(), "session established");
+    let mut driver = Driver::new(accepted.transport, outbound, ctx, client, shutdown);
+    let result = driver.run(&mut inbound).await;
+    driver.finish();
+    result
+}
+
+struct Driver {
+    transport: Transport,
+    outbound: FrameSender,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+    session_cancel: CancellationToken,
+    calls: HashMap<u64, Call>,
+    events_tx: mpsc::Sender<Outgoing>,
+    events_rx: Option<mpsc::Receiver<Outgoing>>,
+    /// Stdin waiting for room in a process's queue; while set, no more
+    /// frames are read (so stdin order is kept and nothing is dropped).
+    pending_stdin: Option<(u64, Bytes)>,
+    client: PublicKey,
+}
+
+impl Driver {
+    fn new(
+        transport: Transport,
+        outbound: FrameSender,
+        ctx: Arc<ServerContext>,
+        client: PublicKey,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let session_cancel = shutdown.child_token();
+        Self {
+            transport,
+            outbound,
+            ctx,
+            shutdown,
+            session_cancel,
+            calls: HashMap::new(),
+            events_tx,
+            events_rx: Some(events_rx),
+            pending_stdin: None,
+            client,
+        }
+    }
+
+    async fn run<S>(&mut self, inbound: &mut S) -> Result<(), SessionError>
+    where
+        S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+    {
+        let outbound = self.outbound.clone();
+        let shutdown = self.shutdown.clone();
+        let mut events_rx = self
+            .events_rx
+            .take()
+            .ok_or(SessionError::Protocol("driver reused"))?;
+        loop {
+            let can_take_events = self.transport.pending_bytes() < TRANSPORT_HIGH_WATER;
+            let has_output = self.transport.has_pending();
+            let stdin_target = self
+                .pending_stdin
+                .as_ref()
+                .and_then(|(id, _)| self.calls.get(id))
+                .and_then(|c| c.stdin.clone());
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    self.close_authenticated("exec-server shutting down").await;
+                    return Ok(());
+                }
+                permit = outbound.reserve(), if has_output => {
+                    let Ok(permit) = permit else { return Err(SessionError::LinkLost) };
+                    if let Some(msg) = self.transport.poll_transmit(SystemTime::now())? {
+                        permit.send(Ok(frame(FrameKind::Data, msg)));
+                    }
+                }
+                Some(out) = events_rx.recv(), if can_take_events => {
+                    self.push_event(out)?;
+                }
+                permit = reserve_opt(stdin_target.as_ref()), if self.pending_stdin.is_some() => {
+                    // If the process is gone, its stdin is dropped.
+                    if let (Some(permit), Some((_, data))) = (permit, self.pending_stdin.take()) {
+                        permit.send(data);
+                    }
+                    if self.drain_envelopes()? {
+                        return Ok(());
+                    }
+                }
+                f = inbound.next(), if self.pending_stdin.is_none() => {
+                    match f {
+                        None | Some(Err(_)) => return Err(SessionError::LinkLost),
+                        Some(Ok(f)) => {
+                            if self.handle_frame(f)? {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a frame; returns true when the session is over.
+    fn handle_frame(&mut self, f: Frame) -> Result<bool, SessionError> {
+        match FrameKind::try_from(f.kind) {
+            Ok(FrameKind::Data) => {}
+            Ok(FrameKind::Close) => return Ok(true),
+            _ => return Err(SessionError::Protocol("unexpected frame kind")),
+        }
+        self.transport.receive(&f.payload)?;
+        self.drain_envelopes()
+    }
+
+    /// Handles the envelopes decoded so far, stopping early when stdin has
+    /// to wait for room; returns true when the client closed the session.
+    fn drain_envelopes(&mut self) -> Result<bool, SessionError> {
+        while self.pending_stdin.is_none() {
+            let Some(bytes) = self.transport.poll_envelope()? else {
+                break;
+            };
+            let env = envelope::decode(&bytes)
+                .map_err(|_| SessionError::Protocol("undecodable session message"))?;
+            self.handle_envelope(env)?;
+        }
+        Ok(self.pending_stdin.is_none() && self.transport.peer_closed().is_some())
+    }
+
+    fn handle_envelope(&mut self, env: Envelope) -> Result<(), SessionError> {
+        let call_id = env.call_id;
+        match env.body {
+            Some(Body::Hello(_)) => {
+                let ack = HelloAck {
+                    server_version: env!("CARGO_PKG_VERSION").into(),
+                    max_processes: u32::try_from(self.ctx.config.max_processes_per_session)
+                        .unwrap_or(u32::MAX),
+                    max_chunk: MAX_CHUNK as u32,
+                };
+                self.send_envelope(0, PbTrace::default(), Body::HelloAck(ack))?;
+            }
+            Some(Body::Ping(p)) => {
+                let pong = Pong {
+                    nonce: p.nonce,
+                    recv_time_unix_nanos: now_unix_nanos(),
+                };
+                self.send_envelope(0, PbTrace::default(), Body::Pong(pong))?;
+            }
+            Some(Body::Exec(req)) => {
+                self.start_call(call_id, env.trace.unwrap_or_default(), req)?
+            }
+            Some(Body::Stdin(data)) => {
+                if self.calls.get(&call_id).is_some_and(|c| c.stdin.is_some()) {
+                    self.pending_stdin = Some((call_id, data.data));
+                }
+            }
+            Some(Body::StdinClose(_)) => {
+                // Earlier stdin is already queued (reading stops while stdin
+                // waits), so dropping the sender closes after the data.
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.stdin = None;
+                }
+            }
+            Some(Body::Signal(s)) => {
+                if let Some(call) = self.calls.get(&call_id) {
+                    let _ = call.control.try_send(Control::Signal(s.signal));
+                }
+            }
+            Some(Body::Cancel(_)) => {
+                if let Some(call) = self.calls.get(&call_id) {
+                    call.cancel.cancel();
+                }
+            }
+            Some(Body::Pong(_)) => {}
+            Some(Body::HelloAck(_) | Body::Event(_)) | None => {
+                return Err(SessionError::Protocol("unexpected message from client"));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_call(
+        &mut self,
+        call_id: u64,
+        trace: PbTrace,
+        req: ExecRequest,
+    ) -> Result<(), SessionError> {
+        let program = req
+            .argv
+            .first()
+            .map(|a| process::program_name(a))
+            .unwrap_or_default();
+        let parent = otel::context_from(&carriers::envelope::extract(&trace));
+        let tracer = opentelemetry::global::tracer("exec-server");
+        let span = tracer
+            .span_builder(spans::RPC_SERVER_EXEC)
+            .with_kind(SpanKind::Server)
+            .with_attributes(vec![
+                KeyValue::new("process.executable.name", program.clone()),
+                KeyValue::new("rex.call_id", call_id as i64),
+            ])
+            .start_with_context(&tracer, &parent);
+        let span_trace = otel::from_span_context(span.span_context());
+        let event_trace = span_trace
+            .as_ref()
+            .map(carriers::envelope::inject)
+            .unwrap_or_default();
+        let child_env = span_trace
+            .as_ref()
+            .map(carriers::env::child_env)
+            .unwrap_or_default();
+
+        let refuse = |kind: ExecErrorKind, message: &str| {
+            Body::Event(TerminalEvent {
+                seq: 0,
+                kind: Some(terminal_event::Kind::Error(ExecError {
+                    kind: kind as i32,
+                    message: message.into(),
+                })),
+            })
+        };
+        if call_id == 0 || self.calls.contains_key(&call_id) {
+            let body = refuse(
+                ExecErrorKind::BadRequest,
+                "call id is zero or already in use",
+            );
+            return self.send_envelope(call_id, event_trace, body);
+        }
+        if self.calls.len() >= self.ctx.config.max_processes_per_session {
+            let body = refuse(
+                ExecErrorKind::TooManyProcesses,
+                "too many processes on this session",
+            );
+            return self.send_envelope(call_id, event_trace, body);
+        }
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let cancel = self.session_cancel.child_token();
+        let io = ProcessIo {
+            call_id,
+            events: self.events_tx.clone(),
+            control: control_rx,
+            stdin: Some(stdin_rx),
+            cancel: cancel.clone(),
+        };
+        let default_cwd = self.ctx.config.default_cwd.clone();
+        let drain = self.ctx.config.exit_drain;
+        self.ctx
+            .tasks
+            .spawn(process::run(req, io, default_cwd, child_env, drain));
+        self.calls.insert(
+            call_id,
+            Call {
+                control: control_tx,
+                stdin: Some(stdin_tx),
+                cancel,
+                span,
+                trace: event_trace,
+                program,
+            },
+        );
+        Ok(())
+    }
+
+    fn push_event(&mut self, out: Outgoing) -> Result<(), SessionError> {
+        let trace = self
+            .calls
+            .get(&out.call_id)
+            .map(|c| c.trace.clone())
+            .unwrap_or_default();
+        if out.last {
+            if let Some(mut call) = self.calls.remove(&out.call_id) {
+                if let Some(terminal_event::Kind::Error(e)) = &out.event.kind {
+                    call.span.set_status(SpanStatus::error(e.message.clone()));
+                }
+                tracing::debug!(client = %self.client.short(), program = %call.program, "call finished");
+                call.span.end();
+            }
+        }
+        self.send_envelope(out.call_id, trace, Body::Event(out.event))
+    }
+
+    fn send_envelope(
+        &mut self,
+        call_id: u64,
+        trace: PbTrace,
+        body: Body,
+    ) -> Result<(), SessionError> {
+        let env = Envelope {
+            call_id,
+            trace: Some(trace),
+            send_time_unix_nanos: now_unix_nanos(),
+            body: Some(body),
+        };
+        let bytes = envelope::encode(&env)
+            .map_err(|_| SessionError::Protocol("session message too large"))?;
+        self.transport.send(&bytes)?;
+        Ok(())
+    }
+
+    async fn close_authenticated(&mut self, reason: &str) {
+        // Flush what is queued, then the authenticated close.
+        while let Ok(Some(msg)) = self.transport.poll_transmit(SystemTime::now()) {
+            if self
+                .outbound
+                .send(Ok(frame(FrameKind::Data, msg)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Ok(msg) = self.transport.close(reason) {
+            let _ = self.outbound.send(Ok(frame(FrameKind::Data, msg))).await;
+        }
+    }
+
+    /// Ends every process of the session.
+    fn finish(&mut self) {
+        self.session_cancel.cancel();
+        for (_, mut call) in self.calls.drain() {
+            call.span.set_status(SpanStatus::error("session ended"));
+            call.span.end();
+        }
+    }
+}
+
+async fn reserve_opt(tx: Option<&mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit<Bytes>> {
+    match tx {
+        Some(tx) => tx.clone().reserve_owned().await.ok(),
+        None => None,
+    }
+}

@@ -1,0 +1,53 @@
+//! Routing metadata on the relay links (gRPC request headers, in clear).
+
+/// Request header naming the exec-server a client wants (its server id).
+pub const SERVER_ID_HEADER: &str = "rex-server-id";
+/// Request header naming the session an exec-server accepts (hex).
+pub const SESSION_ID_HEADER: &str = "rex-session-id";
+/// Length of a session id in bytes.
+pub const SESSION_ID_LEN: usize = 16;
+
+/// Whether `s` has the form of a server id (32 lowercase hex digits).
+pub fn is_server_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses a session id from its hex form.
+pub fn parse_session_id(s: &str) -> Option<[u8; SESSION_ID_LEN]> {
+    if s.len() != SESSION_ID_LEN * 2 {
+        return None;
+    }
+    let mut out = [0u8; SESSION_ID_LEN];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = s.get(i * 2..i * 2 + 2)?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Formats a session id as lowercase hex.
+pub fn format_session_id(id: &[u8; SESSION_ID_LEN]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_id_shape() {
+        assert!(is_server_id(&"a1".repeat(16)));
+        assert!(!is_server_id(&"A1".repeat(16)));
+        assert!(!is_server_id("abc"));
+    }
+
+    #[test]
+    fn session_id_round_trip() {
+        let id = [7u8; SESSION_ID_LEN];
+        assert_eq!(parse_session_id(&format_session_id(&id)), Some(id));
+        assert_eq!(parse_session_id("zz"), None);
+        assert_eq!(parse_session_id(&"g".repeat(32)), None);
+    }
+}

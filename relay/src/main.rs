@@ -1,0 +1,76 @@
+//! `relay`: forwards Noise ciphertext between core-clients and exec-servers.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use relay::RelayConfig;
+
+/// Pairs core-client sessions with registered exec-servers and forwards their
+/// encrypted frames. Holds no keys and never sees a command or its output.
+#[derive(Debug, Parser)]
+#[command(name = "relay", version)]
+struct Args {
+    /// Address to listen on for exec-servers and clients.
+    #[arg(long, env = "REX_RELAY_LISTEN", default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// Most concurrent sessions per exec-server.
+    #[arg(long, default_value_t = 1024)]
+    max_sessions_per_server: usize,
+    /// Most registered exec-servers.
+    #[arg(long, default_value_t = 10_000)]
+    max_registrations: usize,
+    /// Seconds without a frame before a session is closed.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout_secs: u64,
+    /// Seconds an exec-server has to accept and answer a session.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout_secs: u64,
+    /// Ignore and strip hop trace headers on frames.
+    #[arg(long)]
+    no_hop_headers: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _telemetry = telemetry::setup::init("relay", telemetry::setup::LogDefault::Info);
+    let config = RelayConfig {
+        listen: args.listen,
+        max_registrations: args.max_registrations,
+        max_sessions_per_server: args.max_sessions_per_server,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
+        accept_timeout: Duration::from_secs(args.handshake_timeout_secs),
+        hop_headers: !args.no_hop_headers,
+        ..RelayConfig::default()
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = telemetry::shutdown::on_signals();
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("relay: cannot listen on {}: {e}", config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        match listener.local_addr() {
+            Ok(addr) => eprintln!("relay: listening on {addr}"),
+            Err(e) => eprintln!("relay: listening (address unknown: {e})"),
+        }
+        match relay::serve(listener, config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,99 @@
+//! Binding, serving and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proto::limits::MAX_GRPC_MESSAGE;
+use proto::pb::tunnel::registry_server::RegistryServer;
+use proto::pb::tunnel::tunnel_server::TunnelServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RelayConfig;
+use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
+
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("relay server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// HTTP/2 keepalive interval on relay links (detects dead peers).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// HTTP/2 keepalive timeout.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Per-stream HTTP/2 window: bounds how much one session can have in flight.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Per-connection HTTP/2 window.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled.
+pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let addr = config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RelayError::Bind { addr, source })?;
+    tracing::info!(%addr, "relay listening");
+    serve(listener, config, shutdown).await
+}
+
+/// Serves on an already-bound listener until `shutdown` is cancelled, then
+/// gives in-flight sessions `config.shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let grace = config.shutdown_grace;
+    let tasks = TaskTracker::new();
+    // Sessions get their own token so that they can outlive the listener for
+    // the grace period.
+    let sessions = CancellationToken::new();
+    let state = RelayState::new(config, sessions.clone(), tasks.clone());
+    let tunnel = TunnelServer::new(TunnelService::new(state.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let registry = RegistryServer::new(RegistryServiceImpl::new(state))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let incoming = TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .add_service(tunnel)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(incoming, {
+            let shutdown = shutdown.clone();
+            let sessions = sessions.clone();
+            let tasks = tasks.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("relay shutting down");
+                tasks.close();
+                // Let in-flight sessions finish within the grace period.
+                if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                    sessions.cancel();
+                }
+            }
+        })
+        .await;
+    sessions.cancel();
+    tasks.close();
+    tasks.wait().await;
+    result.map_err(RelayError::from)
+}

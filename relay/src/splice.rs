@@ -1,0 +1,232 @@
+//! Forwarding frames between the client's and the exec-server's halves of a
+//! session.
+//!
+//! Each direction is a pump: read a frame, check it, write it to the other
+//! side's bounded queue (so a slow reader slows the writer, never the relay's
+//! memory). The session ends when either side ends, breaks the protocol, or
+//! the session idles out; the other side is told with a clear close frame.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER};
+use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+
+use crate::registry::FrameSender;
+
+/// Which way a pump forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to exec-server.
+    ToServer,
+    /// Exec-server to client.
+    ToClient,
+}
+
+/// Bounds that apply to one spliced session.
+#[derive(Debug, Clone, Copy)]
+pub struct SpliceLimits {
+    /// Close the session when no frame moved either way for this long.
+    pub idle_timeout: Duration,
+    /// The exec-server must answer the handshake within this long.
+    pub handshake_timeout: Duration,
+    /// Whether hop headers are honoured (otherwise they are stripped).
+    pub hop_headers: bool,
+}
+
+/// Totals for one direction of a finished session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PumpStats {
+    /// Frames forwarded.
+    pub frames: u64,
+    /// Payload bytes forwarded.
+    pub bytes: u64,
+}
+
+/// How a pump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PumpEnd {
+    /// The source ended its stream.
+    SourceClosed,
+    /// The source's stream failed (peer gone).
+    SourceFailed,
+    /// The destination went away.
+    DestinationGone,
+    /// The source broke the protocol.
+    Protocol,
+    /// Nothing moved for too long.
+    Idle,
+    /// The exec-server did not answer the handshake in time.
+    HandshakeTimeout,
+    /// The session was cancelled (the other pump ended, or shutdown).
+    Cancelled,
+}
+
+/// Shared state of one spliced session.
+#[derive(Debug)]
+pub struct Session {
+    started: Instant,
+    last_activity_ms: AtomicU64,
+    /// Cancelled when either pump ends; also a child of the relay's shutdown.
+    pub cancel: CancellationToken,
+}
+
+impl Session {
+    /// A new session whose cancellation follows `parent`.
+    pub fn new(parent: &CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            cancel: parent.child_token(),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+fn close_frame(reason: CloseReason) -> Frame {
+    Frame {
+        kind: FrameKind::Close as i32,
+        payload: Default::default(),
+        hop_traceparent: String::new(),
+        close_reason: reason as i32,
+    }
+}
+
+/// Checks one frame from a peer. Returns `None` if it breaks the protocol.
+fn check(mut frame: Frame, limits: &SpliceLimits) -> Option<Frame> {
+    match FrameKind::try_from(frame.kind) {
+        Ok(FrameKind::Handshake | FrameKind::Data | FrameKind::Close) => {}
+        _ => return None,
+    }
+    if frame.payload.len() > MAX_FRAME_PAYLOAD {
+        return None;
+    }
+    if !limits.hop_headers || frame.hop_traceparent.len() > MAX_HOP_HEADER {
+        // Oversized or disabled hop headers are dropped, never fatal.
+        frame.hop_traceparent.clear();
+    }
+    Some(frame)
+}
+
+/// Forwards frames from `from` to `to` until something ends the session.
+pub async fn pump(
+    mut from: Streaming<Frame>,
+    to: FrameSender,
+    dir: Direction,
+    session: Arc<Session>,
+    limits: SpliceLimits,
+) -> (PumpEnd, PumpStats) {
+    let mut stats = PumpStats::default();
+    let mut first = true;
+    let end = loop {
+        // The exec-server's first frame (handshake message 2) is bounded by
+        // the handshake timeout; after that only the session idle timeout.
+        let wait = if first && dir == Direction::ToClient {
+            limits.handshake_timeout
+        } else {
+            limits.idle_timeout
+        };
+        let next = tokio::select! {
+            () = session.cancel.cancelled() => break PumpEnd::Cancelled,
+            r = tokio::time::timeout(wait, from.message()) => r,
+        };
+        let frame = match next {
+            Err(_) if first && dir == Direction::ToClient => break PumpEnd::HandshakeTimeout,
+            Err(_) => {
+                if session.idle_for() >= limits.idle_timeout {
+                    break PumpEnd::Idle;
+                }
+                continue;
+            }
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => break PumpEnd::SourceClosed,
+            Ok(Err(_)) => break PumpEnd::SourceFailed,
+        };
+        first = false;
+        session.touch();
+        let Some(frame) = check(frame, &limits) else {
+            break PumpEnd::Protocol;
+        };
+        let len = frame.payload.len() as u64;
+        let is_close = frame.kind == FrameKind::Close as i32;
+        let sent = tokio::select! {
+            () = session.cancel.cancelled() => break PumpEnd::Cancelled,
+            r = to.send(Ok(frame)) => r,
+        };
+        if sent.is_err() {
+            break PumpEnd::DestinationGone;
+        }
+        stats.frames += 1;
+        stats.bytes += len;
+        if is_close {
+            break PumpEnd::SourceClosed;
+        }
+    };
+    // Tell the other side why, when it is still there and did not cause it.
+    let reason = match end {
+        PumpEnd::SourceFailed => Some(CloseReason::PeerGone),
+        PumpEnd::Protocol => Some(CloseReason::Protocol),
+        PumpEnd::Idle | PumpEnd::HandshakeTimeout => Some(CloseReason::Timeout),
+        PumpEnd::SourceClosed | PumpEnd::DestinationGone | PumpEnd::Cancelled => None,
+    };
+    if let Some(reason) = reason {
+        let _ = to.try_send(Ok(close_frame(reason)));
+    }
+    session.cancel.cancel();
+    (end, stats)
+}
+
+/// Sends a close frame to a side that will not get its session (best effort).
+pub fn reject(to: &FrameSender, reason: CloseReason) {
+    let _ = to.try_send(Ok(close_frame(reason)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(hop: bool) -> SpliceLimits {
+        SpliceLimits {
+            idle_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            hop_headers: hop,
+        }
+    }
+
+    fn frame(kind: i32, len: usize, hop: &str) -> Frame {
+        Frame {
+            kind,
+            payload: vec![0u8; len].into(),
+            hop_traceparent: hop.to_owned(),
+            close_reason: 0,
+        }
+    }
+
+    #[test]
+    fn frame_checks() {
+        let l = limits(true);
+        assert!(check(frame(FrameKind::Data as i32, 10, ""), &l).is_some());
+        assert!(check(frame(0, 10, ""), &l).is_none());
+        assert!(check(frame(99, 10, ""), &l).is_none());
+        assert!(check(frame(FrameKind::Data as i32, MAX_FRAME_PAYLOAD + 1, ""), &l).is_none());
+        let long = "x".repeat(MAX_HOP_HEADER + 1);
+        let f = check(frame(FrameKind::Data as i32, 1, &long), &l).unwrap();
+        assert!(f.hop_traceparent.is_empty(), "oversized hop header dropped");
+        let f = check(frame(FrameKind::Data as i32, 1, "abc"), &limits(false)).unwrap();
+        assert!(f.hop_traceparent.is_empty(), "hop headers off strips them");
+        let f = check(frame(FrameKind::Data as i32, 1, "abc"), &l).unwrap();
+        assert_eq!(f.hop_traceparent, "abc");
+    }
+}

@@ -1,0 +1,199 @@
+//! The built `relay`, `exec-server` and `core-client` binaries, run as
+//! separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BINARIES: [&str; 3] = ["relay", "exec-server", "core-client"];
+
+fn target_dir() -> PathBuf {
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The path of a workspace binary, building the binaries once if they are
+/// missing (e.g. when only this package's tests were asked for).
+pub fn path(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        if BINARIES.iter().all(|b| dir.join(b).exists()) {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "relay",
+            "-p",
+            "exec-server",
+            "-p",
+            "core-client",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "building the binaries failed");
+    });
+    dir.join(name)
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Lines the child wrote to stderr.
+    pub stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Waits (bounded) for a stderr line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no line containing {needle:?}: {e}"),
+            }
+        }
+    }
+}
+
+fn pump_stderr(stderr: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Spawns a binary with `args`, stderr captured line by line.
+pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(path(name));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    Proc {
+        child,
+        stderr_lines: pump_stderr(stderr),
+    }
+}
+
+/// Runs `keygen` of `binary` into `dir/name`; returns the public key.
+pub fn keygen(binary: &str, dir: &Path, name: &str) -> String {
+    let out = Command::new(path(binary))
+        .args(["keygen", "--out"])
+        .arg(dir.join(name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A relay and an exec-server as separate processes.
+pub struct ProcStack {
+    /// Scratch directory holding the keys.
+    pub dir: tempfile::TempDir,
+    /// The relay process.
+    pub relay: Proc,
+    /// The exec-server process.
+    pub server: Proc,
+    /// The relay URL.
+    pub relay_url: String,
+    /// The exec-server's public key.
+    pub server_pub: String,
+    /// Path of the authorized client key.
+    pub client_key: PathBuf,
+}
+
+impl ProcStack {
+    /// Starts a relay and an exec-server that authorizes a fresh client key.
+    pub fn start(extra_env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server_pub = keygen("exec-server", dir.path(), "server.key");
+        let client_pub = keygen("core-client", dir.path(), "client.key");
+        std::fs::write(
+            dir.path().join("authorized_keys"),
+            format!("# test client\n{client_pub}\n"),
+        )
+        .unwrap();
+        let relay = spawn("relay", &["--listen", "127.0.0.1:0"], extra_env);
+        let line = relay.wait_for_line("listening on", Duration::from_secs(30));
+        let addr = line.rsplit(' ').next().unwrap().trim().to_owned();
+        let relay_url = format!("http://{addr}");
+        let key = dir.path().join("server.key");
+        let ak = dir.path().join("authorized_keys");
+        let server = spawn(
+            "exec-server",
+            &[
+                "--relay",
+                &relay_url,
+                "--key",
+                key.to_str().unwrap(),
+                "--authorized-keys",
+                ak.to_str().unwrap(),
+            ],
+            extra_env,
+        );
+        server.wait_for_line("registered with relay", Duration::from_secs(30));
+        let client_key = dir.path().join("client.key");
+        Self {
+            dir,
+            relay,
+            server,
+            relay_url,
+            server_pub,
+            client_key,
+        }
+    }
+
+    /// A `core-client exec` command through the relay for `argv`.
+    pub fn exec(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new(path("core-client"));
+        cmd.args([
+            "exec",
+            "--relay",
+            &self.relay_url,
+            "--server",
+            &self.server_pub,
+            "--key",
+        ])
+        .arg(&self.client_key)
+        .arg("--")
+        .args(argv);
+        cmd
+    }
+}

@@ -1,0 +1,107 @@
+//! A tunnel proxy that plays a malicious relay: it forwards `Open` to an
+//! upstream tunnel (a relay or an exec-server's direct listener), optionally
+//! naming a different exec-server than the client asked for, and can flip a
+//! bit in a chosen client-to-server data frame.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::{Stream, StreamExt};
+use proto::pb::tunnel::tunnel_client::TunnelClient;
+use proto::pb::tunnel::tunnel_server::{Tunnel, TunnelServer};
+use proto::pb::tunnel::{Frame, FrameKind};
+use proto::routing::SERVER_ID_HEADER;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+/// What the proxy does to sessions.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Name this exec-server upstream instead of the one the client named.
+    pub reroute_to: Option<String>,
+    /// Flip a bit in the N-th (0-based) client data frame of the first
+    /// session only.
+    pub tamper_data_frame: Option<usize>,
+}
+
+#[derive(Clone)]
+struct ProxyService {
+    upstream: String,
+    behaviour: Behaviour,
+    sessions: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl Tunnel for ProxyService {
+    type OpenStream = FrameStream;
+
+    async fn open(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::OpenStream>, Status> {
+        let session_no = self.sessions.fetch_add(1, Ordering::SeqCst);
+        let mut named = request
+            .metadata()
+            .get(SERVER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(other) = &self.behaviour.reroute_to {
+            named = other.clone();
+        }
+        let tamper = if session_no == 0 {
+            self.behaviour.tamper_data_frame
+        } else {
+            None
+        };
+        let mut data_seen = 0usize;
+        let inbound = request.into_inner().map(move |f| {
+            let mut f = f?;
+            if f.kind == FrameKind::Data as i32 {
+                if Some(data_seen) == tamper && !f.payload.is_empty() {
+                    let mut bytes = f.payload.to_vec();
+                    let mid = bytes.len() / 2;
+                    bytes[mid] ^= 0x01;
+                    f.payload = bytes.into();
+                }
+                data_seen += 1;
+            }
+            Ok::<_, Status>(f)
+        });
+        // Forward only successfully read frames upstream.
+        let inbound = inbound.take_while(|r| futures::future::ready(r.is_ok()));
+        let inbound = inbound.filter_map(|r| futures::future::ready(r.ok()));
+        let mut client = TunnelClient::connect(self.upstream.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut up = Request::new(inbound);
+        if let Ok(v) = MetadataValue::try_from(named.as_str()) {
+            up.metadata_mut().insert(SERVER_ID_HEADER, v);
+        }
+        let response = client.open(up).await?;
+        Ok(Response::new(Box::pin(response.into_inner())))
+    }
+}
+
+/// Starts a proxy on `127.0.0.1:0` in front of `upstream`; returns its URL.
+pub async fn start(upstream: String, behaviour: Behaviour) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let svc = ProxyService {
+        upstream,
+        behaviour,
+        sessions: Arc::new(AtomicUsize::new(0)),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TunnelServer::new(svc))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}

@@ -1,0 +1,133 @@
+//! A relay and exec-servers in this process, on loopback.
+
+use std::net::SocketAddr;
+
+use core_client::{Client, ClientConfig, Target};
+use exec_server::{ExecServerConfig, ExecServerHandle};
+use proto::keys::{AuthorizedKeys, StaticKeypair};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running relay.
+pub struct TestRelay {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Cancel to stop it.
+    pub shutdown: CancellationToken,
+    /// Its task.
+    pub task: JoinHandle<Result<(), relay::RelayError>>,
+}
+
+impl TestRelay {
+    /// Starts a relay with default settings on `127.0.0.1:0`.
+    pub async fn start() -> Self {
+        Self::start_with(relay::RelayConfig::default()).await
+    }
+
+    /// Starts a relay with `config` on `127.0.0.1:0`.
+    pub async fn start_with(config: relay::RelayConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay::serve(listener, config, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The URL clients and exec-servers dial.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A running exec-server.
+pub struct TestServer {
+    /// Its key.
+    pub key: StaticKeypair,
+    /// Its handle.
+    pub handle: ExecServerHandle,
+    /// Cancel to stop it.
+    pub shutdown: CancellationToken,
+}
+
+impl TestServer {
+    /// Starts an exec-server registered with `relay_url` (and listening
+    /// directly if `listen`), authorizing `clients`.
+    pub async fn start(
+        relay_url: Option<String>,
+        listen: bool,
+        clients: &[&StaticKeypair],
+    ) -> Self {
+        let key = StaticKeypair::generate().unwrap();
+        let mut config = ExecServerConfig::new(
+            key.clone(),
+            AuthorizedKeys::from_keys(clients.iter().map(|k| k.public())),
+        );
+        config.relay = relay_url;
+        config.listen = listen.then(|| "127.0.0.1:0".parse().unwrap());
+        let shutdown = CancellationToken::new();
+        let mut handle = exec_server::start(config, shutdown.clone()).await.unwrap();
+        assert!(handle.wait_registered().await, "exec-server registered");
+        Self {
+            key,
+            handle,
+            shutdown,
+        }
+    }
+
+    /// The direct URL (when listening).
+    pub fn direct_url(&self) -> String {
+        format!("http://{}", self.handle.local_addr().unwrap())
+    }
+}
+
+/// A relay, one exec-server registered with it, and one authorized client key.
+pub struct Stack {
+    /// The relay.
+    pub relay: TestRelay,
+    /// The exec-server.
+    pub server: TestServer,
+    /// The authorized client key.
+    pub client_key: StaticKeypair,
+}
+
+impl Stack {
+    /// Starts a relay and an exec-server (also listening directly).
+    pub async fn start() -> Self {
+        let relay = TestRelay::start().await;
+        let client_key = StaticKeypair::generate().unwrap();
+        let server = TestServer::start(Some(relay.url()), true, &[&client_key]).await;
+        Self {
+            relay,
+            server,
+            client_key,
+        }
+    }
+
+    /// A client through the relay.
+    pub fn client(&self) -> Client {
+        Client::new(self.client_config())
+    }
+
+    /// Settings for a client through the relay.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(
+            self.client_key.clone(),
+            self.server.key.public(),
+            Target::Relay(self.relay.url()),
+        )
+    }
+
+    /// A client connected straight to the exec-server.
+    pub fn direct_client(&self) -> Client {
+        Client::new(ClientConfig::new(
+            self.client_key.clone(),
+            self.server.key.public(),
+            Target::Direct(self.server.direct_url()),
+        ))
+    }
+}

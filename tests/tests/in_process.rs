@@ -1,0 +1,376 @@
+//! Relay, exec-server and client in one process on loopback.
+
+use std::time::Duration;
+
+use core_client::{
+    Client, ClientConfig, ClientError, ConnectError, Event, ExecFailure, ExecSpec, ExitStatus,
+    Target,
+};
+use integration_tests::proxy::{self, Behaviour};
+use integration_tests::stack::{Stack, TestRelay, TestServer};
+use proto::keys::StaticKeypair;
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in v.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    v
+}
+
+fn sh(script: &str) -> ExecSpec {
+    ExecSpec::new(["sh", "-c", script])
+}
+
+#[tokio::test]
+async fn several_mib_of_stdout_and_stderr_are_byte_exact() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_data = random_bytes(6 * 1024 * 1024 + 17);
+    let err_data = random_bytes(3 * 1024 * 1024 + 5);
+    std::fs::write(dir.path().join("out"), &out_data).unwrap();
+    std::fs::write(dir.path().join("err"), &err_data[..]).unwrap();
+    let mut spec = sh("cat out; cat err >&2");
+    spec.cwd = Some(dir.path().to_path_buf());
+    let output = stack.client().output(spec).await.unwrap().unwrap();
+    assert_eq!(output.status, ExitStatus::Code(0));
+    assert!(output.stdout == out_data, "stdout differs");
+    assert!(output.stderr == err_data, "stderr differs");
+}
+
+#[tokio::test]
+async fn events_arrive_in_order_with_started_first() {
+    let stack = Stack::start().await;
+    let client = stack.client();
+    let mut run = client
+        .exec(sh("echo one; echo two >&2; exit 0"))
+        .await
+        .unwrap();
+    let first = run.next().await.unwrap();
+    assert!(matches!(first, Event::Started { pid } if pid > 0));
+    let mut rest = vec![];
+    while let Some(ev) = run.next().await {
+        rest.push(ev);
+    }
+    assert_eq!(rest.last(), Some(&Event::Exited(ExitStatus::Code(0))));
+}
+
+#[tokio::test]
+async fn stdin_round_trip() {
+    let stack = Stack::start().await;
+    let data = random_bytes(2 * 1024 * 1024 + 3);
+    let mut spec = ExecSpec::new(["cat"]);
+    spec.stdin = true;
+    let run = stack.client().exec(spec).await.unwrap();
+    let control = run.controller();
+    let writer = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            control.write_stdin(&data).await.unwrap();
+            control.close_stdin().await.unwrap();
+        })
+    };
+    let output = run.output().await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(output.status, ExitStatus::Code(0));
+    assert!(output.stdout == data, "stdin did not round-trip");
+}
+
+#[tokio::test]
+async fn exit_codes_and_signals() {
+    let stack = Stack::start().await;
+    let client = stack.client();
+    let ok = client
+        .output(ExecSpec::new(["true"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.status, ExitStatus::Code(0));
+    let three = client.output(sh("echo hi; exit 3")).await.unwrap().unwrap();
+    assert_eq!(three.status, ExitStatus::Code(3));
+    assert_eq!(three.stdout, b"hi\n");
+    let killed = client.output(sh("kill -9 $$")).await.unwrap().unwrap();
+    assert_eq!(killed.status, ExitStatus::Signal(9));
+    assert_eq!(killed.status.shell_code(), 137);
+}
+
+#[tokio::test]
+async fn signal_reaches_the_whole_process_group() {
+    let stack = Stack::start().await;
+    let client = stack.client();
+    // The shell prints its background child's pid, then waits.
+    let mut run = client.exec(sh("sleep 1000 & echo $!; wait")).await.unwrap();
+    let mut pid_line = Vec::new();
+    while !pid_line.ends_with(b"\n") {
+        match run.next().await.unwrap() {
+            Event::Stdout(d) => pid_line.extend_from_slice(&d),
+            Event::Started { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let bg: i32 = String::from_utf8(pid_line).unwrap().trim().parse().unwrap();
+    run.signal(15).await.unwrap();
+    let mut status = None;
+    while let Some(ev) = run.next().await {
+        if let Event::Exited(s) = ev {
+            status = Some(s);
+        }
+    }
+    assert_eq!(status, Some(ExitStatus::Signal(15)));
+    // The background sleep (same host in this test) got the signal too.
+    let gone = (0..200).any(|_| {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(bg), None).is_ok();
+        if alive {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        !alive
+            || std::fs::read_to_string(format!("/proc/{bg}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+    });
+    assert!(gone, "background process survived the group signal");
+}
+
+#[tokio::test]
+async fn cancel_ends_the_call_with_its_exit() {
+    let stack = Stack::start().await;
+    let client = stack.client();
+    let mut run = client.exec(ExecSpec::new(["sleep", "1000"])).await.unwrap();
+    assert!(matches!(run.next().await, Some(Event::Started { .. })));
+    run.cancel().await.unwrap();
+    assert_eq!(run.next().await, Some(Event::Exited(ExitStatus::Signal(9))));
+    // The session is still usable.
+    let out = client.output(sh("echo after")).await.unwrap().unwrap();
+    assert_eq!(out.stdout, b"after\n");
+}
+
+#[tokio::test]
+async fn concurrent_commands_on_one_session_and_across_sessions() {
+    let stack = Stack::start().await;
+    let shared = stack.client();
+    let mut tasks = vec![];
+    for i in 0..24 {
+        // Even tasks share one client (one session); odd ones get their own.
+        let client = if i % 2 == 0 {
+            shared.clone()
+        } else {
+            stack.client()
+        };
+        tasks.push(tokio::spawn(async move {
+            let out = client
+                .output(sh(&format!("printf 'task {i}\\n'; exit {}", i % 7)))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(out.stdout, format!("task {i}\n").into_bytes());
+            assert_eq!(out.status, ExitStatus::Code(i % 7));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn session_is_reused_across_calls() {
+    let stack = Stack::start().await;
+    let client = stack.client();
+    let a = client.output(sh("echo $PPID")).await.unwrap().unwrap();
+    let b = client.output(sh("echo $PPID")).await.unwrap().unwrap();
+    // Same exec-server process either way; reuse is visible as one session:
+    // closing it and running again still works.
+    assert_eq!(a.stdout, b.stdout);
+    client.close().await;
+    let c = client.output(sh("echo again")).await.unwrap().unwrap();
+    assert_eq!(c.stdout, b"again\n");
+}
+
+#[tokio::test]
+async fn direct_connection_uses_the_same_protocol() {
+    let stack = Stack::start().await;
+    let out = stack
+        .direct_client()
+        .output(sh("echo direct"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"direct\n");
+}
+
+#[tokio::test]
+async fn unauthorized_client_key_is_rejected() {
+    let stack = Stack::start().await;
+    let stranger = StaticKeypair::generate().unwrap();
+    let client = Client::new(ClientConfig::new(
+        stranger,
+        stack.server.key.public(),
+        Target::Relay(stack.relay.url()),
+    ));
+    let err = client.exec(sh("echo no")).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Connect(ConnectError::Unauthorized(_))),
+        "{err:?}"
+    );
+    assert!(err.is_connection());
+}
+
+#[tokio::test]
+async fn unknown_exec_server_is_a_clear_error_at_once() {
+    let stack = Stack::start().await;
+    let nobody = StaticKeypair::generate().unwrap();
+    let client = Client::new(ClientConfig::new(
+        stack.client_key.clone(),
+        nobody.public(),
+        Target::Relay(stack.relay.url()),
+    ));
+    let err = client.exec(sh("echo no")).await.unwrap_err();
+    match err {
+        ClientError::Connect(ConnectError::UnknownServer(id)) => {
+            assert_eq!(id, nobody.public().server_id());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_server_key_is_rejected_even_if_a_relay_reroutes() {
+    // The client pins server A, but a malicious relay sends the session to
+    // server B (which authorizes the client). Noise IK must fail.
+    let relay = TestRelay::start().await;
+    let client_key = StaticKeypair::generate().unwrap();
+    let a = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
+    let b = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
+    let evil = proxy::start(
+        relay.url(),
+        Behaviour {
+            reroute_to: Some(b.handle.server_id().to_owned()),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let client = Client::new(ClientConfig::new(
+        client_key,
+        a.key.public(),
+        Target::Relay(evil),
+    ));
+    let err = client.exec(sh("echo no")).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Connect(ConnectError::Handshake(_))),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn tampered_frame_ends_that_session_only() {
+    let stack = Stack::start().await;
+    // Frame 0 is the session hello, frame 1 carries the exec request.
+    let evil = proxy::start(
+        stack.relay.url(),
+        Behaviour {
+            tamper_data_frame: Some(1),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let healthy = stack.client();
+    let mut long = healthy.exec(sh("sleep 0.2; echo survived")).await.unwrap();
+    let victim = Client::new(ClientConfig::new(
+        stack.client_key.clone(),
+        stack.server.key.public(),
+        Target::Relay(evil),
+    ));
+    let mut run = victim.exec(sh("echo never")).await.unwrap();
+    let mut last = None;
+    while let Some(ev) = run.next().await {
+        assert!(
+            !matches!(ev, Event::Stdout(_)),
+            "tampered call produced output"
+        );
+        last = Some(ev);
+    }
+    assert!(
+        matches!(last, Some(Event::Failed(ExecFailure::SessionLost(_)))),
+        "{last:?}"
+    );
+    let mut out = vec![];
+    while let Some(ev) = long.next().await {
+        if let Event::Stdout(d) = ev {
+            out.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(out, b"survived\n");
+}
+
+#[tokio::test]
+async fn missing_program_is_an_error_event() {
+    let stack = Stack::start().await;
+    let err = stack
+        .client()
+        .output(ExecSpec::new(["definitely-not-a-program-xyz"]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    match err {
+        ExecFailure::NotFound(msg) => assert!(msg.contains("definitely-not-a-program-xyz")),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        ExecFailure::NotFound(String::new()).shell_code(),
+        127,
+        "shell convention"
+    );
+}
+
+#[tokio::test]
+async fn relay_unreachable_is_a_connection_error() {
+    let key = StaticKeypair::generate().unwrap();
+    let server = StaticKeypair::generate().unwrap();
+    // Bind then drop to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = Client::new(ClientConfig::new(
+        key,
+        server.public(),
+        Target::Relay(format!("http://127.0.0.1:{port}")),
+    ));
+    let err = client.exec(sh("true")).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Connect(ConnectError::Unreachable { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn exec_server_reregisters_after_relay_restart() {
+    let relay = TestRelay::start().await;
+    let addr = relay.addr;
+    let client_key = StaticKeypair::generate().unwrap();
+    let server = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
+    let mut registered = server.handle.registration();
+    relay.shutdown.cancel();
+    relay.task.await.unwrap().unwrap();
+    registered.wait_for(|r| !*r).await.unwrap();
+    // A new relay on the same address.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(relay::serve(
+        listener,
+        relay::RelayConfig::default(),
+        shutdown,
+    ));
+    registered.wait_for(|r| *r).await.unwrap();
+    let client = Client::new(ClientConfig::new(
+        client_key,
+        server.key.public(),
+        Target::Relay(format!("http://{addr}")),
+    ));
+    let out = client.output(sh("echo back")).await.unwrap().unwrap();
+    assert_eq!(out.stdout, b"back\n");
+}
