@@ -88,7 +88,7 @@ impl ConnectError {
                 Self::Unauthorized("add its public key to the exec-server's authorized keys".into())
             }
             Ok(CloseReason::HandshakeFailed) => Self::Handshake(
-                "the exec-server rejected the handshake (replay or clock skew?)".into(),
+                "the exec-server could not complete it: its key is not the one given with --server, or the two clocks differ by more than two minutes".into(),
             ),
             Ok(CloseReason::Busy) => Self::Busy("too many sessions".into()),
             Ok(CloseReason::Timeout) => Self::Timeout("waiting for the exec-server"),

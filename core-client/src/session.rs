@@ -114,7 +114,16 @@ pub fn spawn(established: Established, keepalive: Duration, queue: usize) -> Ses
     let inbound = established.inbound;
     tokio::spawn(async move {
         let mut driver = driver;
-        let reason = driver.run(inbound).await;
+        let mut inbound = inbound;
+        let reason = driver.run(&mut inbound).await;
+        if driver.closed.is_cancelled() || driver.commands.is_closed() {
+            // Let the authenticated close reach the exec-server before the
+            // stream is dropped (bounded).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+        }
         tracing::debug!(%reason, "session ended");
         *end_reason.lock().await = Some(reason.clone());
         driver.fail_all(&reason);
@@ -155,7 +164,7 @@ fn close_reason_text(reason: i32) -> String {
 }
 
 impl Driver {
-    async fn run(&mut self, mut inbound: Streaming<Frame>) -> String {
+    async fn run(&mut self, inbound: &mut Streaming<Frame>) -> String {
         let mut ping = tokio::time::interval(self.keepalive);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();

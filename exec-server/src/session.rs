@@ -146,6 +146,7 @@ where
         Ok(Some(Ok(f))) if f.kind == FrameKind::Handshake as i32 => f.payload,
         Ok(Some(Ok(_))) => {
             send_clear_close(&outbound, CloseReason::Protocol);
+            linger(&mut inbound).await;
             return Err(SessionError::Protocol("expected a handshake frame"));
         }
         Ok(_) => return Err(SessionError::LinkLost),
@@ -177,6 +178,7 @@ where
                 }
             };
             send_clear_close(&outbound, reason);
+            linger(&mut inbound).await;
             return Err(e.into());
         }
     };
@@ -192,7 +194,25 @@ where
     let mut driver = Driver::new(accepted.transport, outbound, ctx, client, shutdown);
     let result = driver.run(&mut inbound).await;
     driver.finish();
+    if result.is_ok() {
+        linger(&mut inbound).await;
+    }
     result
+}
+
+/// How long a closing side waits for the peer to end the link, so that
+/// its last frame (a close) is delivered rather than reset with the stream.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (bounded) until the peer ends the link.
+async fn linger<S>(inbound: &mut S)
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(_)) = inbound.next().await {}
+    })
+    .await;
 }
 
 struct Driver {
