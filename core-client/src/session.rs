@@ -218,10 +218,10 @@ impl Driver {
                         send_time_unix_nanos: proto::clock::now_unix_nanos(),
                         body: Some(Body::Ping(Ping { nonce: proto::clock::now_unix_nanos() })),
                     };
-                    if let Ok(bytes) = envelope::encode(&env) {
-                        if let Err(e) = self.transport.send(&bytes) {
-                            return format!("transport error: {e}");
-                        }
+                    if let Ok(bytes) = envelope::encode(&env)
+                        && let Err(e) = self.transport.send(&bytes)
+                    {
+                        return format!("transport error: {e}");
                     }
                 }
                 f = inbound.message(), if self.pending_event.is_none() => match f {

@@ -210,10 +210,10 @@ async fn accept(
         md.insert(SESSION_ID_HEADER, v);
     }
     // The relay passes on the client link's (validated) trace context.
-    if let Ok(v) = MetadataValue::try_from(incoming.traceparent.as_str()) {
-        if !incoming.traceparent.is_empty() {
-            md.insert("traceparent", v);
-        }
+    if let Ok(v) = MetadataValue::try_from(incoming.traceparent.as_str())
+        && !incoming.traceparent.is_empty()
+    {
+        md.insert("traceparent", v);
     }
     let inbound = match client.accept(request).await {
         Ok(r) => r.into_inner(),

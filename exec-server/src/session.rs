@@ -476,8 +476,10 @@ impl Driver {
             .get(&out.call_id)
             .map(|c| c.trace.clone())
             .unwrap_or_default();
-        if out.last {
-            if let Some(mut call) = self.calls.remove(&out.call_id) {
+        if out.last
+            && let Some(mut call) = self.calls.remove(&out.call_id)
+        {
+            {
                 if let Some(terminal_event::Kind::Error(e)) = &out.event.kind {
                     call.span.set_status(SpanStatus::error(e.message.clone()));
                 }

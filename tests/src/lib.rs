@@ -8,6 +8,9 @@
 //! - [`binaries`]: locating (building if needed) and running the three
 //!   binaries as separate processes.
 
+// This crate is test support: a fixture that cannot set up panics the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod binaries;
 pub mod proxy;
 pub mod stack;
