@@ -1,0 +1,161 @@
+//! The three built binaries as separate processes on loopback.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use integration_tests::binaries::{self, ProcStack};
+
+fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        pipe.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn run(mut cmd: Command) -> std::process::Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn exec_through_separate_processes() {
+    let stack = ProcStack::start(&[]);
+
+    // The example: output and exit status.
+    let out = run(stack.exec(&["sh", "-c", "echo hi; exit 3"]));
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Several MiB of stdout and stderr, byte-exact.
+    let out = run(stack.exec(&[
+        "sh",
+        "-c",
+        "head -c 4194304 /dev/zero | tr '\\0' 'x'; yes err | head -c 3000000 >&2",
+    ]));
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 4 * 1024 * 1024);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+    let expected_err: Vec<u8> = b"err\n".iter().copied().cycle().take(3_000_000).collect();
+    assert!(out.stderr == expected_err, "stderr differs");
+
+    // Stdin round trip; EOF closes the remote stdin.
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = run_with_stdin(stack.exec(&["cat"]), &input);
+    assert!(out.status.success());
+    assert!(out.stdout == input, "stdin did not round-trip");
+
+    // Killed by a signal: 128 + N.
+    let out = run(stack.exec(&["sh", "-c", "kill -9 $$"]));
+    assert_eq!(out.status.code(), Some(137));
+
+    // A program that does not exist: an error line, shell's 127.
+    let out = run(stack.exec(&["no-such-program-xyz"]));
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("no-such-program-xyz"), "{err}");
+}
+
+#[test]
+fn connection_and_auth_failures_exit_255_with_one_line() {
+    let stack = ProcStack::start(&[]);
+
+    // A client key the exec-server does not authorize.
+    binaries::keygen("core-client", stack.dir.path(), "stranger.key");
+    let mut cmd = Command::new(binaries::path("core-client"));
+    cmd.args([
+        "exec",
+        "--relay",
+        &stack.relay_url,
+        "--server",
+        &stack.server_pub,
+        "--key",
+    ])
+    .arg(stack.dir.path().join("stranger.key"))
+    .args(["--", "true"]);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("does not authorize"), "{err}");
+
+    // An exec-server key nobody registered.
+    let other = binaries::keygen("exec-server", stack.dir.path(), "other.key");
+    let mut cmd = Command::new(binaries::path("core-client"));
+    cmd.args([
+        "exec",
+        "--relay",
+        &stack.relay_url,
+        "--server",
+        &other,
+        "--key",
+    ])
+    .arg(&stack.client_key)
+    .args(["--", "true"]);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no exec-server with this key"), "{err}");
+
+    // A relay that is not there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(binaries::path("core-client"));
+    cmd.args([
+        "exec",
+        "--relay",
+        &format!("http://127.0.0.1:{port}"),
+        "--server",
+        &stack.server_pub,
+        "--key",
+    ])
+    .arg(&stack.client_key)
+    .args(["--", "true"]);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn keygen_writes_a_private_file_and_prints_the_public_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for bin in ["exec-server", "core-client"] {
+        let name = format!("{bin}.key");
+        let public = binaries::keygen(bin, dir.path(), &name);
+        assert_eq!(public.len(), 44);
+        assert!(public.parse::<proto::keys::PublicKey>().is_ok());
+        let mode = std::fs::metadata(dir.path().join(&name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A second keygen never overwrites a key.
+        let again = Command::new(binaries::path(bin))
+            .args(["keygen", "--out"])
+            .arg(dir.path().join(&name))
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+    }
+}
