@@ -2,6 +2,8 @@
 //! seen on the exec-server's side. (Its own test binary: it installs the
 //! global tracer provider.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use core_client::{ExecSpec, ExitStatus};
 use integration_tests::stack::Stack;
 use opentelemetry::trace::{SpanId, TraceContextExt, Tracer, TracerProvider as _};
