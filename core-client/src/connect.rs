@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use opentelemetry::Context;
 use opentelemetry::trace::{Span, TraceContextExt, Tracer};
 use proto::envelope;
@@ -145,15 +144,6 @@ pub struct Established {
     pub hello: HelloAck,
 }
 
-fn data_frame(payload: Bytes) -> Frame {
-    Frame {
-        kind: FrameKind::Data as i32,
-        payload,
-        hop_traceparent: String::new(),
-        close_reason: 0,
-    }
-}
-
 async fn first_frame(
     inbound: &mut Streaming<Frame>,
     url: &str,
@@ -195,12 +185,7 @@ pub async fn establish(
     .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     // Message 1 rides with the stream opening, saving a round trip.
-    let first = Frame {
-        kind: FrameKind::Handshake as i32,
-        payload: msg1.into(),
-        hop_traceparent: String::new(),
-        close_reason: 0,
-    };
+    let first = proto::frames::handshake(msg1.into());
     tx.send(Ok(first))
         .await
         .map_err(|_| ConnectError::Protocol("link closed".into()))?;
@@ -256,7 +241,7 @@ pub async fn establish(
         .poll_transmit(SystemTime::now())
         .map_err(|e| ConnectError::Protocol(e.to_string()))?
     {
-        tx.send(Ok(data_frame(msg)))
+        tx.send(Ok(proto::frames::data(msg)))
             .await
             .map_err(|_| ConnectError::Protocol("link closed".into()))?;
     }

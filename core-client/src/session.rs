@@ -144,15 +144,6 @@ struct Driver {
     closed: CancellationToken,
 }
 
-fn data_frame(payload: Bytes) -> Frame {
-    Frame {
-        kind: FrameKind::Data as i32,
-        payload,
-        hop_traceparent: String::new(),
-        close_reason: 0,
-    }
-}
-
 fn close_reason_text(reason: i32) -> String {
     match CloseReason::try_from(reason) {
         Ok(CloseReason::PeerGone) => "the exec-server went away".into(),
@@ -186,7 +177,7 @@ impl Driver {
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return "the link to the relay was lost".into() };
                     match self.transport.poll_transmit(SystemTime::now()) {
-                        Ok(Some(msg)) => permit.send(Ok(data_frame(msg))),
+                        Ok(Some(msg)) => permit.send(Ok(proto::frames::data(msg))),
                         Ok(None) => {}
                         Err(e) => return format!("transport error: {e}"),
                     }
@@ -332,12 +323,17 @@ impl Driver {
 
     async fn close_authenticated(&mut self) {
         while let Ok(Some(msg)) = self.transport.poll_transmit(SystemTime::now()) {
-            if self.outbound.send(Ok(data_frame(msg))).await.is_err() {
+            if self
+                .outbound
+                .send(Ok(proto::frames::data(msg)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         if let Ok(msg) = self.transport.close("client closed the session") {
-            let _ = self.outbound.send(Ok(data_frame(msg))).await;
+            let _ = self.outbound.send(Ok(proto::frames::data(msg))).await;
         }
     }
 

@@ -75,23 +75,9 @@ impl ServerContext {
 /// The outbound half of a tunnel stream.
 pub type FrameSender = mpsc::Sender<Result<Frame, Status>>;
 
-fn frame(kind: FrameKind, payload: Bytes) -> Frame {
-    Frame {
-        kind: kind as i32,
-        payload,
-        hop_traceparent: String::new(),
-        close_reason: 0,
-    }
-}
-
 /// Sends a clear close frame (best effort).
 pub fn send_clear_close(out: &FrameSender, reason: CloseReason) {
-    let _ = out.try_send(Ok(Frame {
-        kind: FrameKind::Close as i32,
-        payload: Bytes::new(),
-        hop_traceparent: String::new(),
-        close_reason: reason as i32,
-    }));
+    let _ = out.try_send(Ok(proto::frames::close(reason)));
 }
 
 /// Why a session ended.
@@ -183,7 +169,7 @@ where
         }
     };
     if outbound
-        .send(Ok(frame(FrameKind::Handshake, accepted.msg2.into())))
+        .send(Ok(proto::frames::handshake(accepted.msg2.into())))
         .await
         .is_err()
     {
@@ -281,7 +267,7 @@ impl Driver {
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return Err(SessionError::LinkLost) };
                     if let Some(msg) = self.transport.poll_transmit(SystemTime::now())? {
-                        permit.send(Ok(frame(FrameKind::Data, msg)));
+                        permit.send(Ok(proto::frames::data(msg)));
                     }
                 }
                 Some(out) = events_rx.recv(), if can_take_events => {
@@ -513,7 +499,7 @@ impl Driver {
         while let Ok(Some(msg)) = self.transport.poll_transmit(SystemTime::now()) {
             if self
                 .outbound
-                .send(Ok(frame(FrameKind::Data, msg)))
+                .send(Ok(proto::frames::data(msg)))
                 .await
                 .is_err()
             {
@@ -521,7 +507,7 @@ impl Driver {
             }
         }
         if let Ok(msg) = self.transport.close(reason) {
-            let _ = self.outbound.send(Ok(frame(FrameKind::Data, msg))).await;
+            let _ = self.outbound.send(Ok(proto::frames::data(msg))).await;
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`limits`]: every size bound on the wire, in one place.
 //! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
 //!   transport with record framing, rekey and authenticated close).
+//! - [`frames`]: constructors for relay frames (handshake, data, close).
 //! - [`framing`]: the length-prefixed envelope stream inside the session.
 //! - [`envelope`]: envelope encode/decode with size limits.
 //! - [`registration`]: the sans-IO proof that a registering exec-server holds
@@ -20,6 +21,7 @@
 
 pub mod clock;
 pub mod envelope;
+pub mod frames;
 pub mod framing;
 pub mod keys;
 pub mod limits;

@@ -95,15 +95,6 @@ impl Session {
     }
 }
 
-fn close_frame(reason: CloseReason) -> Frame {
-    Frame {
-        kind: FrameKind::Close as i32,
-        payload: Default::default(),
-        hop_traceparent: String::new(),
-        close_reason: reason as i32,
-    }
-}
-
 /// Checks one frame from a peer. Returns `None` if it breaks the protocol.
 fn check(mut frame: Frame, limits: &SpliceLimits) -> Option<Frame> {
     match FrameKind::try_from(frame.kind) {
@@ -182,7 +173,7 @@ pub async fn pump(
         PumpEnd::SourceClosed | PumpEnd::DestinationGone | PumpEnd::Cancelled => None,
     };
     if let Some(reason) = reason {
-        let _ = to.try_send(Ok(close_frame(reason)));
+        let _ = to.try_send(Ok(proto::frames::close(reason)));
     }
     session.cancel.cancel();
     (end, stats)
@@ -190,7 +181,7 @@ pub async fn pump(
 
 /// Sends a close frame to a side that will not get its session (best effort).
 pub fn reject(to: &FrameSender, reason: CloseReason) {
-    let _ = to.try_send(Ok(close_frame(reason)));
+    let _ = to.try_send(Ok(proto::frames::close(reason)));
 }
 
 #[cfg(test)]
