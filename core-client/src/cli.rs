@@ -219,9 +219,7 @@ pub async fn exec(args: ExecArgs) -> Result<u8, CliError> {
 
 /// Runs `keygen`.
 pub fn keygen(out: &std::path::Path) -> Result<u8, CliError> {
-    let kp = StaticKeypair::generate().map_err(|e| CliError::usage(e.to_string()))?;
-    kp.write_file(out)
-        .map_err(|e| CliError::usage(e.to_string()))?;
+    let kp = StaticKeypair::generate_to_file(out).map_err(|e| CliError::usage(e.to_string()))?;
     println!("{}", kp.public());
     Ok(0)
 }

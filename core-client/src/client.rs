@@ -2,6 +2,7 @@
 //! calls and re-established when it is lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use opentelemetry::global::BoxedSpan;
@@ -9,7 +10,7 @@ use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, TraceContextExt
 use opentelemetry::{Context, KeyValue};
 use proto::envelope;
 use proto::limits::MAX_CHUNK;
-use proto::pb::session::{Cancel, Envelope, Signal, StdinClose, StdinData, envelope::Body};
+use proto::pb::session::{Cancel, Signal, StdinClose, StdinData, envelope::Body};
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{Mutex, mpsc};
 use tonic::transport::Channel;
@@ -51,6 +52,7 @@ struct Inner {
     config: ClientConfig,
     channel: Mutex<Option<Channel>>,
     session: Mutex<Option<SessionHandle>>,
+    sessions_opened: AtomicU64,
 }
 
 impl Client {
@@ -61,6 +63,7 @@ impl Client {
                 config,
                 channel: Mutex::new(None),
                 session: Mutex::new(None),
+                sessions_opened: AtomicU64::new(0),
             }),
         }
     }
@@ -68,6 +71,12 @@ impl Client {
     /// The settings.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// How many sessions this client has established so far (1 while one
+    /// warm session serves every call).
+    pub fn sessions_opened(&self) -> u64 {
+        self.inner.sessions_opened.load(Ordering::Relaxed)
     }
 
     /// Establishes the session now (a warm-up), if not already live.
@@ -125,6 +134,7 @@ impl Client {
             }
         };
         let handle = session::spawn(established, config.keepalive, config.outbound_queue);
+        self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
         *guard = Some(handle.clone());
         span.end();
         Ok(handle)
@@ -166,14 +176,8 @@ impl Client {
                 }
             };
             let call_id = session.next_call_id();
-            let env = Envelope {
-                call_id,
-                trace: trace.clone(),
-                send_time_unix_nanos: proto::clock::now_unix_nanos(),
-                body: Some(Body::Exec(request.clone())),
-            };
-            let bytes =
-                envelope::encode(&env).map_err(|e| ClientError::InvalidRequest(e.to_string()))?;
+            let bytes = envelope::encode_new(call_id, trace.clone(), Body::Exec(request.clone()))
+                .map_err(|e| ClientError::InvalidRequest(e.to_string()))?;
             let (tx, rx) = mpsc::channel(self.inner.config.events_per_call);
             match session
                 .send(Command::Start {
@@ -340,13 +344,8 @@ pub struct Controller {
 
 impl Controller {
     fn encode(&self, body: Body) -> Result<Bytes, ClientError> {
-        let env = Envelope {
-            call_id: self.call_id,
-            trace: self.trace.clone(),
-            send_time_unix_nanos: proto::clock::now_unix_nanos(),
-            body: Some(body),
-        };
-        envelope::encode(&env).map_err(|e| ClientError::InvalidRequest(e.to_string()))
+        envelope::encode_new(self.call_id, self.trace.clone(), body)
+            .map_err(|e| ClientError::InvalidRequest(e.to_string()))
     }
 
     async fn send(&self, body: Body) -> Result<(), ClientError> {

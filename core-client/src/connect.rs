@@ -8,7 +8,7 @@ use opentelemetry::trace::{Span, TraceContextExt, Tracer};
 use proto::envelope;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::noise::{ClientHandshake, HandshakeError, SessionConfig, Transport};
-use proto::pb::session::{Envelope, Hello, HelloAck, envelope::Body};
+use proto::pb::session::{Hello, HelloAck, envelope::Body};
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use proto::routing::SERVER_ID_HEADER;
@@ -16,7 +16,7 @@ use telemetry::{carriers, otel, spans};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::config::ClientConfig;
@@ -99,23 +99,11 @@ impl ConnectError {
     }
 }
 
-/// Makes a gRPC endpoint with the link settings (no Nagle, keepalives,
-/// large HTTP/2 windows).
-pub fn endpoint(url: &str, config: &ClientConfig) -> Result<Endpoint, ConnectError> {
-    let ep = Endpoint::from_shared(url.to_owned()).map_err(|_| ConnectError::BadUrl(url.into()))?;
-    Ok(ep
-        .tcp_nodelay(true)
-        .connect_timeout(config.connect_timeout)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_timeout(std::time::Duration::from_secs(20))
-        .initial_stream_window_size(Some(1024 * 1024))
-        .initial_connection_window_size(Some(8 * 1024 * 1024)))
-}
-
 /// Connects a channel to the target.
 pub async fn channel(config: &ClientConfig) -> Result<Channel, ConnectError> {
     let url = config.target.url();
-    endpoint(url, config)?
+    proto::link::endpoint(url, config.connect_timeout)
+        .map_err(|_| ConnectError::BadUrl(url.into()))?
         .connect()
         .await
         .map_err(|e| ConnectError::Unreachable {
@@ -225,15 +213,11 @@ pub async fn establish(
 
     // session.init: hello / hello-ack.
     let mut init_span = tracer.start_with_context(spans::SESSION_INIT, parent);
-    let hello = Envelope {
-        call_id: 0,
-        trace: None,
-        send_time_unix_nanos: proto::clock::now_unix_nanos(),
-        body: Some(Body::Hello(Hello {
-            client_version: env!("CARGO_PKG_VERSION").into(),
-        })),
-    };
-    let bytes = envelope::encode(&hello).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let hello = Body::Hello(Hello {
+        client_version: env!("CARGO_PKG_VERSION").into(),
+    });
+    let bytes =
+        envelope::encode_new(0, None, hello).map_err(|e| ConnectError::Protocol(e.to_string()))?;
     transport
         .send(&bytes)
         .map_err(|e| ConnectError::Protocol(e.to_string()))?;

@@ -43,12 +43,7 @@ impl ExecSpec {
     pub fn program(&self) -> String {
         self.argv
             .first()
-            .map(|a| {
-                std::path::Path::new(a)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            })
+            .map(|a| proto::program::program_name(a.as_bytes()))
             .unwrap_or_default()
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use proto::envelope;
 use proto::noise::Transport;
-use proto::pb::session::{Envelope, Ping, envelope::Body, exited, terminal_event};
+use proto::pb::session::{Ping, envelope::Body, exited, terminal_event};
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -203,13 +203,8 @@ impl Driver {
                     }
                 },
                 _ = ping.tick() => {
-                    let env = Envelope {
-                        call_id: 0,
-                        trace: None,
-                        send_time_unix_nanos: proto::clock::now_unix_nanos(),
-                        body: Some(Body::Ping(Ping { nonce: proto::clock::now_unix_nanos() })),
-                    };
-                    if let Ok(bytes) = envelope::encode(&env)
+                    let ping = Body::Ping(Ping { nonce: proto::clock::now_unix_nanos() });
+                    if let Ok(bytes) = envelope::encode_new(0, None, ping)
                         && let Err(e) = self.transport.send(&bytes)
                     {
                         return format!("transport error: {e}");
@@ -299,20 +294,16 @@ impl Driver {
             ),
             None => return,
         };
-        let Some(sink) = (if last {
-            self.calls.remove(&call_id)
-        } else {
-            self.calls.get(&call_id).cloned()
-        }) else {
+        let Some(sink) = self.calls.get(&call_id) else {
             return;
         };
         match sink.try_send(event) {
+            Ok(()) if last => {
+                self.calls.remove(&call_id);
+            }
             Ok(()) => {}
+            // The sink stays registered until the pending event is delivered.
             Err(mpsc::error::TrySendError::Full(event)) => {
-                if last {
-                    // Keep the sink reachable for the pending delivery.
-                    self.calls.insert(call_id, sink);
-                }
                 self.pending_event = Some((call_id, event, last));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -322,7 +313,13 @@ impl Driver {
     }
 
     async fn close_authenticated(&mut self) {
-        while let Ok(Some(msg)) = self.transport.poll_transmit(SystemTime::now()) {
+        let Ok(messages) = self
+            .transport
+            .flush_and_close("client closed the session", SystemTime::now())
+        else {
+            return;
+        };
+        for msg in messages {
             if self
                 .outbound
                 .send(Ok(proto::frames::data(msg)))
@@ -331,9 +328,6 @@ impl Driver {
             {
                 return;
             }
-        }
-        if let Ok(msg) = self.transport.close("client closed the session") {
-            let _ = self.outbound.send(Ok(proto::frames::data(msg))).await;
         }
     }
 

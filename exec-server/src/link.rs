@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::session::{self, ServerContext};
 
@@ -39,20 +39,6 @@ pub enum LinkError {
     /// The relay broke the registration protocol.
     #[error("relay sent an unexpected message during registration")]
     Protocol,
-}
-
-/// Builds a gRPC endpoint with the link settings shared by every client of
-/// a relay (no Nagle, keepalives, large HTTP/2 windows).
-pub fn endpoint(url: &str) -> Result<Endpoint, LinkError> {
-    let ep = Endpoint::from_shared(url.to_owned()).map_err(|e| LinkError::BadUrl(e.to_string()))?;
-    Ok(ep
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(1024 * 1024))
-        .initial_connection_window_size(Some(8 * 1024 * 1024)))
 }
 
 fn registry_client(channel: Channel) -> RegistryClient<Channel> {
@@ -110,7 +96,8 @@ async fn register_once(
     shutdown: &CancellationToken,
     registered: &watch::Sender<bool>,
 ) -> Result<bool, LinkError> {
-    let ep = endpoint(url)?;
+    let ep = proto::link::endpoint(url, proto::link::CONNECT_TIMEOUT)
+        .map_err(|e| LinkError::BadUrl(e.to_string()))?;
     let channel = tokio::select! {
         () = shutdown.cancelled() => return Ok(false),
         c = ep.connect() => c?,

@@ -83,15 +83,13 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 fn keygen(out: &std::path::Path) -> ExitCode {
-    let kp = match StaticKeypair::generate() {
-        Ok(kp) => kp,
-        Err(e) => return fail(&e.to_string()),
-    };
-    if let Err(e) = kp.write_file(out) {
-        return fail(&e.to_string());
+    match StaticKeypair::generate_to_file(out) {
+        Ok(kp) => {
+            println!("{}", kp.public());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
     }
-    println!("{}", kp.public());
-    ExitCode::SUCCESS
 }
 
 fn serve(args: RunArgs) -> ExitCode {

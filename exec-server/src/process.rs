@@ -26,6 +26,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The signal that ends a process group for good.
+const SIGKILL: i32 = NixSignal::SIGKILL as i32;
+
 /// Stdin chunks buffered per process before the session stops reading.
 pub const STDIN_QUEUE: usize = 8;
 
@@ -97,16 +100,6 @@ fn exec_error(kind: ExecErrorKind, message: String) -> terminal_event::Kind {
         kind: kind as i32,
         message,
     })
-}
-
-/// The program name (argv[0]) for logs, spans and error messages. Never
-/// the arguments.
-pub fn program_name(argv0: &[u8]) -> String {
-    let name = Path::new(OsStr::from_bytes(argv0))
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    name.chars().take(64).collect()
 }
 
 fn build_command(
@@ -241,7 +234,7 @@ pub async fn run(
     let program = req
         .argv
         .first()
-        .map(|a| program_name(a))
+        .map(|a| proto::program::program_name(a))
         .unwrap_or_default();
     let mut cmd = match build_command(&req, default_cwd.as_deref(), &extra_env) {
         Ok(c) => c,
@@ -267,7 +260,7 @@ pub async fn run(
         )
         .await
     {
-        signal_group(pid, libc_sigkill());
+        signal_group(pid, SIGKILL);
         return;
     }
     if let (Some(pipe), Some(rx)) = (child.stdin.take(), stdin) {
@@ -290,21 +283,21 @@ pub async fn run(
         };
         tokio::select! {
             () = cancel.cancelled(), if !killed => {
-                signal_group(pid, libc_sigkill());
+                signal_group(pid, SIGKILL);
                 killed = true;
             }
             c = control.recv() => match c {
                 Some(Control::Signal(n)) => signal_group(pid, n),
                 None => {
                     // The session is gone: nobody can see this process any more.
-                    signal_group(pid, libc_sigkill());
+                    signal_group(pid, SIGKILL);
                     return;
                 }
             },
             chunk = read_chunk(&mut stdout), if stdout.is_some() => match chunk {
                 Some(data) => {
                     if !seq.send(terminal_event::Kind::Stdout(data), false).await {
-                        signal_group(pid, libc_sigkill());
+                        signal_group(pid, SIGKILL);
                         return;
                     }
                 }
@@ -313,7 +306,7 @@ pub async fn run(
             chunk = read_chunk(&mut stderr), if stderr.is_some() => match chunk {
                 Some(data) => {
                     if !seq.send(terminal_event::Kind::Stderr(data), false).await {
-                        signal_group(pid, libc_sigkill());
+                        signal_group(pid, SIGKILL);
                         return;
                     }
                 }
@@ -349,10 +342,6 @@ pub async fn run(
         true,
     )
     .await;
-}
-
-fn libc_sigkill() -> i32 {
-    NixSignal::SIGKILL as i32
 }
 
 #[cfg(test)]

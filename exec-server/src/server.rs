@@ -133,11 +133,7 @@ pub async fn start(
                 .max_encoding_message_size(MAX_GRPC_MESSAGE);
             let shutdown = shutdown.clone();
             Some(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
-                    .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-                    .initial_stream_window_size(Some(1024 * 1024))
-                    .initial_connection_window_size(Some(8 * 1024 * 1024))
+                proto::link::server()
                     .add_service(svc)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                         shutdown.cancelled().await

@@ -382,7 +382,7 @@ impl Driver {
         let program = req
             .argv
             .first()
-            .map(|a| process::program_name(a))
+            .map(|a| proto::program::program_name(a))
             .unwrap_or_default();
         let parent = otel::context_from(&carriers::envelope::extract(&trace));
         let tracer = opentelemetry::global::tracer("exec-server");
@@ -482,21 +482,17 @@ impl Driver {
         trace: PbTrace,
         body: Body,
     ) -> Result<(), SessionError> {
-        let env = Envelope {
-            call_id,
-            trace: Some(trace),
-            send_time_unix_nanos: now_unix_nanos(),
-            body: Some(body),
-        };
-        let bytes = envelope::encode(&env)
+        let bytes = envelope::encode_new(call_id, Some(trace), body)
             .map_err(|_| SessionError::Protocol("session message too large"))?;
         self.transport.send(&bytes)?;
         Ok(())
     }
 
     async fn close_authenticated(&mut self, reason: &str) {
-        // Flush what is queued, then the authenticated close.
-        while let Ok(Some(msg)) = self.transport.poll_transmit(SystemTime::now()) {
+        let Ok(messages) = self.transport.flush_and_close(reason, SystemTime::now()) else {
+            return;
+        };
+        for msg in messages {
             if self
                 .outbound
                 .send(Ok(proto::frames::data(msg)))
@@ -505,9 +501,6 @@ impl Driver {
             {
                 return;
             }
-        }
-        if let Ok(msg) = self.transport.close(reason) {
-            let _ = self.outbound.send(Ok(proto::frames::data(msg))).await;
         }
     }
 

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use crate::limits::MAX_ENVELOPE;
-use crate::pb::session::Envelope;
+use crate::pb::session::{Envelope, TraceContext, envelope::Body};
 
 /// Errors encoding or decoding an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +26,26 @@ pub enum EnvelopeError {
     /// The envelope could not be encoded (the protobuf encoder's reason).
     #[error("cannot encode envelope: {0}")]
     Encode(String),
+}
+
+/// An envelope for `call_id` carrying `trace` and `body`, stamped with the
+/// sender's wall clock now.
+pub fn new(call_id: u64, trace: Option<TraceContext>, body: Body) -> Envelope {
+    Envelope {
+        call_id,
+        trace,
+        send_time_unix_nanos: crate::clock::now_unix_nanos(),
+        body: Some(body),
+    }
+}
+
+/// Builds and encodes an envelope in one step (see [`new`] and [`encode`]).
+pub fn encode_new(
+    call_id: u64,
+    trace: Option<TraceContext>,
+    body: Body,
+) -> Result<Bytes, EnvelopeError> {
+    encode(&new(call_id, trace, body))
 }
 
 /// Encodes `env`, refusing (before encoding) if its encoded length exceeds

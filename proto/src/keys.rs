@@ -162,12 +162,20 @@ impl StaticKeypair {
     }
 
     /// Rebuilds a key pair from its private half.
-    pub fn from_private(private: [u8; KEY_LEN]) -> Self {
-        let public = x25519_public(&private);
-        Self {
+    pub fn from_private(private: [u8; KEY_LEN]) -> Result<Self, KeyError> {
+        let public = x25519_public(&private)?;
+        Ok(Self {
             private,
             public: PublicKey(public),
-        }
+        })
+    }
+
+    /// Generates a key pair and writes its private half to a new file
+    /// (mode 0600, never overwriting): what both `keygen` commands do.
+    pub fn generate_to_file(path: &Path) -> Result<Self, KeyError> {
+        let kp = Self::generate()?;
+        kp.write_file(path)?;
+        Ok(kp)
     }
 
     /// The public half.
@@ -196,7 +204,7 @@ impl StaticKeypair {
         let private = decode_key(line).map_err(|_| KeyError::BadKeyFile {
             path: path.to_path_buf(),
         })?;
-        Ok(Self::from_private(private))
+        Self::from_private(private)
     }
 
     /// Writes the private key to a new file with mode 0600. Refuses to
@@ -227,18 +235,16 @@ impl fmt::Debug for StaticKeypair {
     }
 }
 
-/// Computes the X25519 public key for a private key, using the Noise
-/// machinery (a one-message `N` handshake reveals nothing but the public
-/// key derivation we need).
-fn x25519_public(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
-    // X25519 base-point multiplication, via snow's DH resolver.
+/// Computes the X25519 public key for a private key with snow's DH
+/// resolver (the same implementation the sessions use).
+fn x25519_public(private: &[u8; KEY_LEN]) -> Result<[u8; KEY_LEN], KeyError> {
     use snow::resolvers::{CryptoResolver, DefaultResolver};
-    let mut out = [0u8; KEY_LEN];
-    if let Some(mut dh) = DefaultResolver.resolve_dh(&snow::params::DHChoice::Curve25519) {
-        dh.set(private);
-        out.copy_from_slice(&dh.pubkey()[..KEY_LEN]);
-    }
-    out
+    let mut dh = DefaultResolver
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .ok_or_else(|| KeyError::Generate("X25519 is not available".into()))?;
+    dh.set(private);
+    <[u8; KEY_LEN]>::try_from(dh.pubkey().get(..KEY_LEN).unwrap_or_default())
+        .map_err(|_| KeyError::Malformed)
 }
 
 /// The set of client keys an exec-server accepts.
@@ -315,7 +321,7 @@ mod tests {
     #[test]
     fn private_key_determines_public_key() {
         let kp = StaticKeypair::generate().unwrap();
-        let again = StaticKeypair::from_private(*kp.private_bytes());
+        let again = StaticKeypair::from_private(*kp.private_bytes()).unwrap();
         assert_eq!(again.public(), kp.public());
     }
 

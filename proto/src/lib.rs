@@ -6,6 +6,8 @@
 //! - [`keys`]: static X25519 keys, their text form, key files, authorized-keys
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
+//! - [`link`]: the gRPC endpoint and server settings every relay link shares.
+//! - [`program`]: a command's program name, the only part of it ever reported.
 //! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
 //!   transport with record framing, rekey and authenticated close).
 //! - [`frames`]: constructors for relay frames (handshake, data, close).
@@ -25,7 +27,9 @@ pub mod frames;
 pub mod framing;
 pub mod keys;
 pub mod limits;
+pub mod link;
 pub mod noise;
+pub mod program;
 pub mod registration;
 pub mod routing;
 

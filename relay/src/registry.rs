@@ -192,6 +192,28 @@ impl Registry {
         self.lock().pending.remove(session_id);
     }
 
+    /// Takes a pending session for `server_id`. Fails if the session is
+    /// unknown (or timed out), or belongs to another exec-server (then it
+    /// stays pending for its own).
+    fn claim(
+        &self,
+        session_id: &SessionId,
+        server_id: &str,
+    ) -> Result<oneshot::Sender<AcceptedHalf>, Status> {
+        let mut inner = self.lock();
+        match inner.pending.get(session_id) {
+            Some(p) if p.server_id != server_id => Err(Status::permission_denied(
+                "session belongs to another exec-server",
+            )),
+            Some(_) => inner
+                .pending
+                .remove(session_id)
+                .map(|p| p.deliver)
+                .ok_or_else(|| Status::not_found("no such session is waiting")),
+            None => Err(Status::not_found("no such session is waiting (timed out?)")),
+        }
+    }
+
     /// Hands the exec-server's half to the waiting client side. Fails if the
     /// session is unknown or belongs to another exec-server.
     pub fn accept(
@@ -200,22 +222,7 @@ impl Registry {
         server_id: &str,
         half: AcceptedHalf,
     ) -> Result<(), Status> {
-        let pending = {
-            let mut inner = self.lock();
-            match inner.pending.get(session_id) {
-                Some(p) if p.server_id == server_id => inner.pending.remove(session_id),
-                Some(_) => {
-                    return Err(Status::permission_denied(
-                        "session belongs to another exec-server",
-                    ));
-                }
-                None => None,
-            }
-        };
-        let pending =
-            pending.ok_or_else(|| Status::not_found("no such session is waiting (timed out?)"))?;
-        pending
-            .deliver
+        self.claim(session_id, server_id)?
             .send(half)
             .map_err(|_| Status::not_found("the client gave up on this session"))
     }
@@ -273,12 +280,24 @@ mod tests {
     }
 
     #[test]
-    fn cancelled_session_cannot_be_accepted_and_ids_are_bound_to_server() {
+    fn pending_sessions_are_bound_to_their_server_and_cancellable() {
         let r = Registry::new(10, 10);
-        let (c, _rx) = control();
-        let _g = r.register("s", c).unwrap();
+        let (c1, _r1) = control();
+        let (c2, _r2) = control();
+        let _g1 = r.register("s", c1).unwrap();
+        let _g2 = r.register("t", c2).unwrap();
         let a = r.announce("s").unwrap();
-        r.cancel(&a.session_id);
-        assert_eq!(r.lock().pending.len(), 0);
+        // Another exec-server cannot take it, and it stays pending for "s".
+        let err = r.claim(&a.session_id, "t").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(r.claim(&a.session_id, "s").is_ok());
+        // Claimed once: gone.
+        let err = r.claim(&a.session_id, "s").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        // A cancelled (timed-out) session cannot be claimed.
+        let b = r.announce("s").unwrap();
+        r.cancel(&b.session_id);
+        let err = r.claim(&b.session_id, "s").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
     }
 }

@@ -1,7 +1,6 @@
 //! Binding, serving and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::registry_server::RegistryServer;
@@ -29,15 +28,6 @@ pub enum RelayError {
     #[error("relay server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
-
-/// HTTP/2 keepalive interval on relay links (detects dead peers).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// HTTP/2 keepalive timeout.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Per-stream HTTP/2 window: bounds how much one session can have in flight.
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
-/// Per-connection HTTP/2 window.
-pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
@@ -69,12 +59,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
     let incoming = TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .initial_stream_window_size(Some(STREAM_WINDOW))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+    let result = proto::link::server()
         .add_service(tunnel)
         .add_service(registry)
         .serve_with_incoming_shutdown(incoming, {

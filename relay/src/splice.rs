@@ -121,31 +121,44 @@ pub async fn pump(
 ) -> (PumpEnd, PumpStats) {
     let mut stats = PumpStats::default();
     let mut first = true;
+    // The exec-server's first frame (handshake message 2) is bounded by the
+    // handshake timeout; after that only the session idle timeout applies.
+    // One timer serves the whole pump: it is re-armed when it fires (from the
+    // session's last activity), never per frame.
+    let first_wait = if dir == Direction::ToClient {
+        limits.handshake_timeout
+    } else {
+        limits.idle_timeout
+    };
+    let timer = tokio::time::sleep(first_wait);
+    tokio::pin!(timer);
     let end = loop {
-        // The exec-server's first frame (handshake message 2) is bounded by
-        // the handshake timeout; after that only the session idle timeout.
-        let wait = if first && dir == Direction::ToClient {
-            limits.handshake_timeout
-        } else {
-            limits.idle_timeout
-        };
         let next = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
-            r = tokio::time::timeout(wait, from.message()) => r,
-        };
-        let frame = match next {
-            Err(_) if first && dir == Direction::ToClient => break PumpEnd::HandshakeTimeout,
-            Err(_) => {
-                if session.idle_for() >= limits.idle_timeout {
+            () = &mut timer => {
+                if first && dir == Direction::ToClient {
+                    break PumpEnd::HandshakeTimeout;
+                }
+                let idle = session.idle_for();
+                if idle >= limits.idle_timeout {
                     break PumpEnd::Idle;
                 }
+                timer.as_mut().reset(tokio::time::Instant::now() + (limits.idle_timeout - idle));
                 continue;
             }
-            Ok(Ok(Some(f))) => f,
-            Ok(Ok(None)) => break PumpEnd::SourceClosed,
-            Ok(Err(_)) => break PumpEnd::SourceFailed,
+            r = from.message() => r,
         };
-        first = false;
+        let frame = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => break PumpEnd::SourceClosed,
+            Err(_) => break PumpEnd::SourceFailed,
+        };
+        if first {
+            first = false;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + limits.idle_timeout);
+        }
         session.touch();
         let Some(frame) = check(frame, &limits) else {
             break PumpEnd::Protocol;
@@ -177,11 +190,6 @@ pub async fn pump(
     }
     session.cancel.cancel();
     (end, stats)
-}
-
-/// Sends a close frame to a side that will not get its session (best effort).
-pub fn reject(to: &FrameSender, reason: CloseReason) {
-    let _ = to.try_send(Ok(proto::frames::close(reason)));
 }
 
 #[cfg(test)]

@@ -182,18 +182,18 @@ impl ProcStack {
 
     /// A `core-client exec` command through the relay for `argv`.
     pub fn exec(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new(path("core-client"));
-        cmd.args([
-            "exec",
-            "--relay",
-            &self.relay_url,
-            "--server",
-            &self.server_pub,
-            "--key",
-        ])
-        .arg(&self.client_key)
-        .arg("--")
-        .args(argv);
-        cmd
+        exec_command(&self.relay_url, &self.server_pub, &self.client_key, argv)
     }
+}
+
+/// A `core-client exec` command through `relay_url` to `server_pub`, as `key`.
+pub fn exec_command(relay_url: &str, server_pub: &str, key: &Path, argv: &[&str]) -> Command {
+    let mut cmd = Command::new(path("core-client"));
+    cmd.args([
+        "exec", "--relay", relay_url, "--server", server_pub, "--key",
+    ])
+    .arg(key)
+    .arg("--")
+    .args(argv);
+    cmd
 }

@@ -78,17 +78,8 @@ fn connection_and_auth_failures_exit_255_with_one_line() {
 
     // A client key the exec-server does not authorize.
     binaries::keygen("core-client", stack.dir.path(), "stranger.key");
-    let mut cmd = Command::new(binaries::path("core-client"));
-    cmd.args([
-        "exec",
-        "--relay",
-        &stack.relay_url,
-        "--server",
-        &stack.server_pub,
-        "--key",
-    ])
-    .arg(stack.dir.path().join("stranger.key"))
-    .args(["--", "true"]);
+    let stranger = stack.dir.path().join("stranger.key");
+    let cmd = binaries::exec_command(&stack.relay_url, &stack.server_pub, &stranger, &["true"]);
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -97,17 +88,7 @@ fn connection_and_auth_failures_exit_255_with_one_line() {
 
     // An exec-server key nobody registered.
     let other = binaries::keygen("exec-server", stack.dir.path(), "other.key");
-    let mut cmd = Command::new(binaries::path("core-client"));
-    cmd.args([
-        "exec",
-        "--relay",
-        &stack.relay_url,
-        "--server",
-        &other,
-        "--key",
-    ])
-    .arg(&stack.client_key)
-    .args(["--", "true"]);
+    let cmd = binaries::exec_command(&stack.relay_url, &other, &stack.client_key, &["true"]);
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -120,17 +101,8 @@ fn connection_and_auth_failures_exit_255_with_one_line() {
         .local_addr()
         .unwrap()
         .port();
-    let mut cmd = Command::new(binaries::path("core-client"));
-    cmd.args([
-        "exec",
-        "--relay",
-        &format!("http://127.0.0.1:{port}"),
-        "--server",
-        &stack.server_pub,
-        "--key",
-    ])
-    .arg(&stack.client_key)
-    .args(["--", "true"]);
+    let nowhere = format!("http://127.0.0.1:{port}");
+    let cmd = binaries::exec_command(&nowhere, &stack.server_pub, &stack.client_key, &["true"]);
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);

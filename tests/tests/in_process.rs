@@ -175,20 +175,40 @@ async fn concurrent_commands_on_one_session_and_across_sessions() {
     for t in tasks {
         t.await.unwrap();
     }
+    assert_eq!(
+        shared.sessions_opened(),
+        1,
+        "the shared calls ran on one session"
+    );
 }
 
 #[tokio::test]
 async fn session_is_reused_across_calls() {
     let stack = Stack::start().await;
     let client = stack.client();
-    let a = client.output(sh("echo $PPID")).await.unwrap().unwrap();
-    let b = client.output(sh("echo $PPID")).await.unwrap().unwrap();
-    // Same exec-server process either way; reuse is visible as one session:
-    // closing it and running again still works.
-    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(
+        client.sessions_opened(),
+        0,
+        "nothing is dialled before a call"
+    );
+    for i in 0..3 {
+        let out = client
+            .output(sh(&format!("echo {i}")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+    }
+    assert_eq!(
+        client.sessions_opened(),
+        1,
+        "one warm session served every call"
+    );
+    // After a clean close the next call opens a new session.
     client.close().await;
-    let c = client.output(sh("echo again")).await.unwrap().unwrap();
-    assert_eq!(c.stdout, b"again\n");
+    let again = client.output(sh("echo again")).await.unwrap().unwrap();
+    assert_eq!(again.stdout, b"again\n");
+    assert_eq!(client.sessions_opened(), 2);
 }
 
 #[tokio::test]

@@ -203,6 +203,21 @@ impl Transport {
         Ok(msg)
     }
 
+    /// Ends the session cleanly: every message still pending, then the
+    /// authenticated `CLOSE` with `reason`, in the order to send them.
+    pub fn flush_and_close(
+        &mut self,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Vec<Bytes>, TransportError> {
+        let mut out = Vec::new();
+        while let Some(msg) = self.poll_transmit(now)? {
+            out.push(msg);
+        }
+        out.push(self.close(reason)?);
+        Ok(out)
+    }
+
     /// Whether this side has closed the session.
     pub fn is_closed(&self) -> bool {
         self.closed

@@ -1,0 +1,41 @@
+//! Settings shared by every relay link (client to relay, exec-server to
+//! relay, client to a directly listening exec-server), so that both ends of
+//! a link agree on them.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+
+/// HTTP/2 keepalive interval (detects dead peers on idle links).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a keepalive ping may go unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Per-stream HTTP/2 window: bounds what one session has in flight.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Per-connection HTTP/2 window.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Default TCP/HTTP2 connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A gRPC endpoint for `url` with the link settings: no Nagle, keepalives
+/// (also while idle, so a registration notices a dead relay), large windows.
+pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW)))
+}
+
+/// A gRPC server builder with the link settings.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+}
