@@ -14,13 +14,33 @@ use crate::{Client, ClientConfig, Event, ExecSpec, Target};
 /// Exit code for connection and authentication failures (as ssh uses).
 pub const EXIT_CONNECTION: u8 = 255;
 
-/// Runs commands on exec-servers through an encrypted relay.
+/// Runs commands on exec-servers through an encrypted relay, and shows
+/// where each command's time went.
+///
+/// Spans are exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or
+/// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise they are written
+/// to a local trace file that `core-client trace show` reads.
+/// OTEL_SDK_DISABLED=true turns export off.
 #[derive(Debug, Parser)]
 #[command(name = "core-client", version)]
 pub struct Cli {
+    /// The local trace file (OTLP JSON, one trace per line) [default:
+    /// the user data dir's rex/traces.jsonl]
+    #[arg(long, global = true, env = "REX_TRACE_FILE", value_name = "PATH")]
+    pub trace_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CliCommand,
+}
+
+impl Cli {
+    /// The trace file to use, if any can be named.
+    pub fn trace_file_path(&self) -> Option<PathBuf> {
+        self.trace_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(telemetry::trace_file::default_path)
+    }
 }
 
 /// Subcommands.
@@ -40,9 +60,27 @@ pub enum CliCommand {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Run a relay, an exec-server and a client in this process and run a
-    /// short command through them (no setup needed).
+    /// Run a relay, an exec-server and a client in this process, run a
+    /// short command through them (no setup needed) and print its trace.
     Demo,
+    /// Look at recorded traces.
+    Trace {
+        /// What to do with traces.
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+}
+
+/// `trace` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print a trace from the local trace file as a waterfall and a
+    /// per-stage table.
+    Show {
+        /// A trace id (32 hex digits) or `last`.
+        #[arg(default_value = "last", value_name = "TRACE_ID|last")]
+        trace: String,
+    },
 }
 
 /// Arguments of `exec`.
@@ -70,6 +108,9 @@ pub struct ExecArgs {
     /// Do not forward stdin (the remote stdin is /dev/null).
     #[arg(short = 'n', long)]
     pub no_stdin: bool,
+    /// Print the command's trace id on stderr when it ends.
+    #[arg(long)]
+    pub print_trace_id: bool,
     /// The program and its arguments (no shell unless you run one).
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -148,6 +189,11 @@ pub async fn exec(args: ExecArgs) -> Result<u8, CliError> {
             CliError::usage(e.to_string())
         }
     })?;
+    if args.print_trace_id
+        && let Some(id) = run.trace_id()
+    {
+        eprintln!("core-client: trace {id}");
+    }
     let control = run.controller();
     if !args.no_stdin {
         let control = control.clone();
@@ -215,6 +261,21 @@ pub async fn exec(args: ExecArgs) -> Result<u8, CliError> {
     };
     client.close().await;
     Ok(code)
+}
+
+/// Runs `trace show`: prints the trace to stdout.
+pub fn trace_show(file: Option<&std::path::Path>, selector: &str) -> Result<u8, CliError> {
+    let Some(path) = file else {
+        return Err(CliError::usage(
+            "no trace file: set --trace-file or REX_TRACE_FILE (no user data dir is known)",
+        ));
+    };
+    let mut out = std::io::stdout().lock();
+    crate::waterfall::show(path, selector, &mut out).map_err(|e| CliError {
+        message: e.to_string(),
+        code: 1,
+    })?;
+    Ok(0)
 }
 
 /// Runs `keygen`.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use opentelemetry::global::BoxedSpan;
@@ -18,7 +19,7 @@ use tonic::transport::Channel;
 use crate::config::ClientConfig;
 use crate::connect::{self, ConnectError};
 use crate::exec::{Event, ExecFailure, ExecSpec, Output};
-use crate::session::{self, Command, SessionHandle};
+use crate::session::{self, Command, Routed, SessionHandle, Traced};
 
 /// Why a call could not be dispatched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,9 +149,11 @@ impl Client {
         }
         let parent = spec.parent.clone().unwrap_or_else(Context::current);
         let tracer = opentelemetry::global::tracer("core-client");
+        let dispatched = SystemTime::now();
         let span = tracer
             .span_builder(spans::TOOL_DISPATCH)
             .with_kind(SpanKind::Client)
+            .with_start_time(dispatched)
             .with_attributes(vec![KeyValue::new(
                 "process.executable.name",
                 spec.program(),
@@ -175,6 +178,12 @@ impl Client {
                     return Err(e);
                 }
             };
+            if let Some(s) = span.as_mut() {
+                s.set_attribute(KeyValue::new(
+                    "rex.clock_offset_ns",
+                    session.clock_offset_nanos(),
+                ));
+            }
             let call_id = session.next_call_id();
             let bytes = envelope::encode_new(call_id, trace.clone(), Body::Exec(request.clone()))
                 .map_err(|e| ClientError::InvalidRequest(e.to_string()))?;
@@ -184,6 +193,11 @@ impl Client {
                     call_id,
                     envelope: bytes,
                     events: tx,
+                    trace: Traced {
+                        parent: cx.clone(),
+                        what: "exec",
+                        enqueued: SystemTime::now(),
+                    },
                 })
                 .await
             {
@@ -193,10 +207,12 @@ impl Client {
                             call_id,
                             session,
                             trace,
+                            parent: cx,
                         },
                         events: rx,
                         finished: false,
                         span,
+                        delivery: Delivery::new(dispatched),
                     });
                 }
                 Err(reason) if attempts >= 2 => {
@@ -221,9 +237,81 @@ impl Client {
 /// A running remote command.
 pub struct Execution {
     control: Controller,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Routed>,
     finished: bool,
     span: Option<BoxedSpan>,
+    delivery: Delivery,
+}
+
+/// What `terminal.delivery` and `exec.first_output` need: per-event work
+/// is counted here, never a span per chunk.
+#[derive(Debug, Default)]
+struct Delivery {
+    dispatched: Option<SystemTime>,
+    first: Option<SystemTime>,
+    first_output: bool,
+    events: i64,
+    stdout_bytes: i64,
+    stdout_chunks: i64,
+    stderr_bytes: i64,
+    stderr_chunks: i64,
+    queue_nanos: i64,
+}
+
+impl Delivery {
+    fn new(dispatched: SystemTime) -> Self {
+        Self {
+            dispatched: Some(dispatched),
+            ..Self::default()
+        }
+    }
+
+    /// Counts an event handed to the caller; records `exec.first_output`
+    /// at the first output byte and `terminal.delivery` at the last event.
+    fn handed(&mut self, routed: &Routed, parent: &Context) {
+        let now = SystemTime::now();
+        self.first.get_or_insert(now);
+        self.events += 1;
+        self.queue_nanos = self.queue_nanos.saturating_add(
+            i64::try_from(routed.at.elapsed().as_nanos()).unwrap_or(i64::MAX),
+        );
+        let tracer = opentelemetry::global::tracer("core-client");
+        let len = |d: &Bytes| i64::try_from(d.len()).unwrap_or(i64::MAX);
+        match &routed.event {
+            Event::Stdout(d) => {
+                self.stdout_bytes += len(d);
+                self.stdout_chunks += 1;
+            }
+            Event::Stderr(d) => {
+                self.stderr_bytes += len(d);
+                self.stderr_chunks += 1;
+            }
+            Event::Exited(_) | Event::Failed(_) => {
+                let mut span = tracer
+                    .span_builder(spans::TERMINAL_DELIVERY)
+                    .with_start_time(self.first.unwrap_or(now))
+                    .with_attributes(vec![
+                        KeyValue::new("rex.events", self.events),
+                        KeyValue::new("rex.stdout.bytes", self.stdout_bytes),
+                        KeyValue::new("rex.stdout.chunks", self.stdout_chunks),
+                        KeyValue::new("rex.stderr.bytes", self.stderr_bytes),
+                        KeyValue::new("rex.stderr.chunks", self.stderr_chunks),
+                        KeyValue::new("rex.queue_ns", self.queue_nanos),
+                    ])
+                    .start_with_context(&tracer, parent);
+                span.end_with_timestamp(now);
+            }
+            Event::Started { .. } => {}
+        }
+        if matches!(routed.event, Event::Stdout(_) | Event::Stderr(_)) && !self.first_output {
+            self.first_output = true;
+            let mut span = tracer
+                .span_builder(spans::EXEC_FIRST_OUTPUT)
+                .with_start_time(self.dispatched.unwrap_or(now))
+                .start_with_context(&tracer, parent);
+            span.end_with_timestamp(now);
+        }
+    }
 }
 
 impl std::fmt::Debug for Execution {
@@ -241,6 +329,12 @@ impl Execution {
         self.control.call_id
     }
 
+    /// The call's trace id (32 hex digits), when it is traced.
+    pub fn trace_id(&self) -> Option<String> {
+        let sc = self.control.parent.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
+    }
+
     /// The trace context the call was dispatched with.
     pub fn trace_context(&self) -> Option<&proto::pb::session::TraceContext> {
         self.control.trace.as_ref()
@@ -252,12 +346,17 @@ impl Execution {
         if self.finished {
             return None;
         }
-        let ev = match self.events.recv().await {
-            Some(ev) => ev,
-            None => Event::Failed(ExecFailure::SessionLost(
-                self.control.session.reason().await,
-            )),
+        let routed = match self.events.recv().await {
+            Some(routed) => routed,
+            None => Routed {
+                event: Event::Failed(ExecFailure::SessionLost(
+                    self.control.session.reason().await,
+                )),
+                at: std::time::Instant::now(),
+            },
         };
+        self.delivery.handed(&routed, &self.control.parent);
+        let ev = routed.event;
         if matches!(ev, Event::Exited(_) | Event::Failed(_)) {
             self.finished = true;
             if let Some(mut span) = self.span.take() {
@@ -325,7 +424,10 @@ impl Drop for Execution {
         if !self.finished {
             // Nobody is listening any more: kill the remote process.
             if let Ok(bytes) = self.control.encode(Body::Cancel(Cancel {})) {
-                self.control.session.try_send(Command::Send(bytes));
+                let trace = self.control.traced("cancel");
+                self.control
+                    .session
+                    .try_send(Command::Send(bytes, Some(trace)));
             }
             self.control
                 .session
@@ -340,6 +442,8 @@ pub struct Controller {
     call_id: u64,
     session: SessionHandle,
     trace: Option<proto::pb::session::TraceContext>,
+    /// The call's `tool.dispatch` context.
+    parent: Context,
 }
 
 impl Controller {
@@ -348,10 +452,20 @@ impl Controller {
             .map_err(|e| ClientError::InvalidRequest(e.to_string()))
     }
 
-    async fn send(&self, body: Body) -> Result<(), ClientError> {
+    fn traced(&self, what: &'static str) -> Traced {
+        Traced {
+            parent: self.parent.clone(),
+            what,
+            enqueued: SystemTime::now(),
+        }
+    }
+
+    /// Sends a message; control messages (`what` given) are traced.
+    async fn send(&self, body: Body, what: Option<&'static str>) -> Result<(), ClientError> {
         let bytes = self.encode(body)?;
+        let trace = what.map(|w| self.traced(w));
         self.session
-            .send(Command::Send(bytes))
+            .send(Command::Send(bytes, trace))
             .await
             .map_err(ClientError::SessionLost)
     }
@@ -359,9 +473,12 @@ impl Controller {
     /// Writes to the remote stdin, in chunks.
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
         for chunk in data.chunks(MAX_CHUNK) {
-            self.send(Body::Stdin(StdinData {
-                data: Bytes::copy_from_slice(chunk),
-            }))
+            self.send(
+                Body::Stdin(StdinData {
+                    data: Bytes::copy_from_slice(chunk),
+                }),
+                None,
+            )
             .await?;
         }
         Ok(())
@@ -369,16 +486,18 @@ impl Controller {
 
     /// Closes the remote stdin.
     pub async fn close_stdin(&self) -> Result<(), ClientError> {
-        self.send(Body::StdinClose(StdinClose {})).await
+        self.send(Body::StdinClose(StdinClose {}), Some("stdin_close"))
+            .await
     }
 
     /// Delivers a signal to the remote process group.
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
-        self.send(Body::Signal(Signal { signal })).await
+        self.send(Body::Signal(Signal { signal }), Some("signal"))
+            .await
     }
 
     /// Kills the remote process group.
     pub async fn cancel(&self) -> Result<(), ClientError> {
-        self.send(Body::Cancel(Cancel {})).await
+        self.send(Body::Cancel(Cancel {}), Some("cancel")).await
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::Context;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry::trace::{Span, TraceContextExt, Tracer};
 use proto::envelope;
 use proto::limits::MAX_GRPC_MESSAGE;
@@ -130,6 +130,9 @@ pub struct Established {
     pub inbound: Streaming<Frame>,
     /// The exec-server's hello answer.
     pub hello: HelloAck,
+    /// The exec-server's clock minus ours, estimated from the hello
+    /// exchange (nanoseconds).
+    pub clock_offset_nanos: i64,
 }
 
 async fn first_frame(
@@ -216,8 +219,9 @@ pub async fn establish(
     let hello = Body::Hello(Hello {
         client_version: env!("CARGO_PKG_VERSION").into(),
     });
-    let bytes =
-        envelope::encode_new(0, None, hello).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let hello = envelope::new(0, None, hello);
+    let hello_sent = hello.send_time_unix_nanos;
+    let bytes = envelope::encode(&hello).map_err(|e| ConnectError::Protocol(e.to_string()))?;
     transport
         .send(&bytes)
         .map_err(|e| ConnectError::Protocol(e.to_string()))?;
@@ -229,14 +233,14 @@ pub async fn establish(
             .await
             .map_err(|_| ConnectError::Protocol("link closed".into()))?;
     }
-    let ack = loop {
+    let (ack, ack_sent) = loop {
         if let Some(env) = transport
             .poll_envelope()
             .map_err(|e| ConnectError::Protocol(e.to_string()))?
         {
             let env = envelope::decode(&env).map_err(|e| ConnectError::Protocol(e.to_string()))?;
             match env.body {
-                Some(Body::HelloAck(ack)) => break ack,
+                Some(Body::HelloAck(ack)) => break (ack, env.send_time_unix_nanos),
                 _ => {
                     return Err(ConnectError::Protocol(
                         "expected the session hello answer".into(),
@@ -254,11 +258,19 @@ pub async fn establish(
             .receive(&f.payload)
             .map_err(|e| ConnectError::Protocol(e.to_string()))?;
     };
+    let received = proto::clock::now_unix_nanos();
+    let offset = crate::session::clock_offset(hello_sent, ack_sent, received).unwrap_or(0);
+    init_span.set_attribute(KeyValue::new("rex.clock_offset_ns", offset));
+    init_span.set_attribute(KeyValue::new(
+        "rex.rtt_ns",
+        i64::try_from(received.saturating_sub(hello_sent)).unwrap_or(i64::MAX),
+    ));
     init_span.end();
     Ok(Established {
         transport,
         outbound: tx,
         inbound,
         hello: ack,
+        clock_offset_nanos: offset,
     })
 }

@@ -26,9 +26,17 @@ pub const DEMO_SCRIPT: &str = "echo \"hello from $(uname -s) via the relay\"; \
 for i in 1 2 3; do echo \"line $i\"; done; echo 'this line went to stderr' >&2; \
 echo \"TRACEPARENT seen by the child: ${TRACEPARENT:-none}\"";
 
+/// What the demo's command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The remote exit code.
+    pub code: i32,
+    /// The command's trace id, when it was traced.
+    pub trace_id: Option<String>,
+}
+
 /// Runs the demo, printing progress and the command's output to stdout.
-/// Returns the remote exit code.
-pub async fn run() -> Result<i32, DemoError> {
+pub async fn run() -> Result<Outcome, DemoError> {
     let setup = |e: &dyn std::fmt::Display| DemoError::Setup(e.to_string());
     let shutdown = CancellationToken::new();
 
@@ -71,6 +79,7 @@ pub async fn run() -> Result<i32, DemoError> {
         .exec(ExecSpec::new(["sh", "-c", DEMO_SCRIPT]))
         .await
         .map_err(|e| DemoError::Run(e.to_string()))?;
+    let trace_id = run.trace_id();
     let mut code = 0;
     while let Some(ev) = run.next().await {
         match ev {
@@ -98,5 +107,5 @@ pub async fn run() -> Result<i32, DemoError> {
     shutdown.cancel();
     let _ = server.join().await;
     let _ = relay_task.await;
-    Ok(code)
+    Ok(Outcome { code, trace_id })
 }

@@ -21,6 +21,7 @@
 //! - [`session`]: the driver task of one established session.
 //! - [`cli`]: the `core-client` command line (`exec`, `keygen`, `demo`).
 //! - [`demo`]: relay, exec-server and client in one process, on loopback.
+//! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
 pub mod cli;
 pub mod client;
@@ -29,6 +30,7 @@ pub mod connect;
 pub mod demo;
 pub mod exec;
 pub mod session;
+pub mod waterfall;
 
 pub use client::{Client, ClientError, Controller, Execution};
 pub use config::{ClientConfig, Target};

@@ -1,25 +1,24 @@
 //! `core-client`: run commands on exec-servers through an encrypted relay.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use core_client::cli::{self, Cli, CliCommand, CliError, EXIT_CONNECTION};
+use core_client::cli::{self, Cli, CliCommand, CliError, EXIT_CONNECTION, TraceCommand};
+use telemetry::setup::{self, Export, LogDefault, Options};
+use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let trace_file = cli.trace_file_path();
     let result = match cli.command {
         CliCommand::Keygen { out } => cli::keygen(&out),
         CliCommand::Pubkey { key } => cli::pubkey(&key),
-        CliCommand::Exec(args) => with_runtime("core-client", |_| cli::exec(args)),
-        CliCommand::Demo => with_runtime("core-client", |_| async {
-            core_client::demo::run()
-                .await
-                .map(|code| u8::try_from(code & 0xff).unwrap_or(EXIT_CONNECTION))
-                .map_err(|e| CliError {
-                    message: e.to_string(),
-                    code: 1,
-                })
-        }),
+        CliCommand::Trace {
+            command: TraceCommand::Show { trace },
+        } => cli::trace_show(trace_file.as_deref(), &trace),
+        CliCommand::Exec(args) => with_runtime(trace_file, &["core-client"], |_| cli::exec(args)),
+        CliCommand::Demo => demo(trace_file),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -30,17 +29,72 @@ fn main() -> ExitCode {
     }
 }
 
-fn with_runtime<F, Fut>(service: &'static str, f: F) -> Result<u8, CliError>
+fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
+    let mut export = None;
+    let outcome = with_runtime(
+        trace_file,
+        &["core-client", "relay", "exec-server"],
+        |e| {
+            export = Some(e);
+            async {
+                core_client::demo::run().await.map_err(|e| CliError {
+                    message: e.to_string(),
+                    code: 1,
+                })
+            }
+        },
+    )?;
+    // The spans are flushed by now: show where the command's time went.
+    match (export, &outcome.trace_id) {
+        (Some(Export::File(file)), Some(id)) => {
+            println!();
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = core_client::waterfall::show(file.path(), id, &mut out) {
+                eprintln!("core-client: cannot show the demo's trace: {e}");
+            }
+            println!();
+            println!(
+                "(saved in {}; `core-client trace show {id}` prints it again)",
+                file.path().display()
+            );
+        }
+        (Some(Export::Otlp), Some(id)) => {
+            println!("trace {id} was exported to the configured OTLP endpoint");
+        }
+        _ => {}
+    }
+    Ok(u8::try_from(outcome.code & 0xff).unwrap_or(EXIT_CONNECTION))
+}
+
+/// Runs `f` on a runtime with telemetry set up for `services`, and flushes
+/// the spans (bounded) before returning, whatever `f` returned.
+fn with_runtime<F, Fut, T>(
+    trace_file: Option<PathBuf>,
+    services: &[&'static str],
+    f: F,
+) -> Result<T, CliError>
 where
-    F: FnOnce(()) -> Fut,
-    Fut: std::future::Future<Output = Result<u8, CliError>>,
+    F: FnOnce(Export) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CliError>>,
 {
-    let telemetry = telemetry::setup::init(service, telemetry::setup::LogDefault::Warn);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError {
         message: format!("cannot start runtime: {e}"),
         code: 1,
     })?;
-    let result = runtime.block_on(f(()));
-    drop(telemetry);
+    // The OTLP client lives on the runtime: set up inside it.
+    let _entered = runtime.enter();
+    let local = trace_file.map(|p| TraceFile::new(p, DEFAULT_MAX_BYTES));
+    let options = Options {
+        export: Export::from_env(local),
+        // A CLI tries each export once: a collector that is down must not
+        // hold the exit up.
+        retry: false,
+    };
+    let telemetry = match services {
+        [one] => setup::init(one, LogDefault::Warn, options.clone()),
+        many => setup::init_services(many, LogDefault::Warn, options.clone()),
+    };
+    let result = runtime.block_on(f(options.export));
+    telemetry.shutdown();
     result
 }

@@ -1,16 +1,27 @@
 //! The client side of one established session: a single driver task that
 //! writes queued messages, reads frames, and routes terminal events to
 //! their calls. Callers talk to it through a bounded queue.
+//!
+//! Stage spans made here: `rpc.client.queue` (from the enqueue time each
+//! traced command carries), `relay.frame.send` for the exec request and
+//! control messages, and `relay.frame.recv` for the started/exit events and
+//! the first and last output chunk, all children of the call's
+//! `tool.dispatch`. Other output chunks are only counted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Span, SpanContext, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use proto::envelope;
 use proto::noise::Transport;
 use proto::pb::session::{Ping, envelope::Body, exited, terminal_event};
+use telemetry::framing::{self, SendTracker};
+use telemetry::{carriers, otel, spans};
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +34,27 @@ use crate::exec::{Event, ExecFailure, ExitStatus};
 /// caller messages.
 const TRANSPORT_HIGH_WATER: usize = 256 * 1024;
 
+/// An event on its way to the caller, with when the driver decoded it
+/// (for the delivery queue's residence time).
+#[derive(Debug)]
+pub struct Routed {
+    /// The event.
+    pub event: Event,
+    /// When the driver handed it to the call's queue.
+    pub at: Instant,
+}
+
+/// The trace of a message queued by a call.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    /// The call's `tool.dispatch` context (parent of the driver's spans).
+    pub parent: Context,
+    /// What the message is (`exec`, `signal`, ...), for its spans.
+    pub what: &'static str,
+    /// When the caller queued it.
+    pub enqueued: SystemTime,
+}
+
 /// A message from a caller to the driver.
 #[derive(Debug)]
 pub enum Command {
@@ -33,10 +65,13 @@ pub enum Command {
         /// The encoded exec envelope.
         envelope: Bytes,
         /// Where its events go.
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Routed>,
+        /// The exec request's trace.
+        trace: Traced,
     },
-    /// Send an encoded envelope (stdin, signal, cancel).
-    Send(Bytes),
+    /// Send an encoded envelope (stdin, signal, cancel); control messages
+    /// are traced, stdin data is not.
+    Send(Bytes, Option<Traced>),
     /// The caller dropped the call: stop routing its events.
     Forget(u64),
 }
@@ -49,6 +84,8 @@ pub struct SessionHandle {
     closed: CancellationToken,
     /// Set when the driver ends, with why.
     end_reason: Arc<Mutex<Option<String>>>,
+    /// The latest estimate of the exec-server's clock minus ours.
+    clock_offset: Arc<AtomicI64>,
 }
 
 impl SessionHandle {
@@ -75,6 +112,12 @@ impl SessionHandle {
         let _ = self.commands.try_send(cmd);
     }
 
+    /// The latest estimate of the exec-server's clock minus this host's,
+    /// in nanoseconds (from the hello exchange, then each keepalive).
+    pub fn clock_offset_nanos(&self) -> i64 {
+        self.clock_offset.load(Ordering::Relaxed)
+    }
+
     /// Why the session ended (or "session closed").
     pub async fn reason(&self) -> String {
         self.end_reason
@@ -96,11 +139,13 @@ pub fn spawn(established: Established, keepalive: Duration, queue: usize) -> Ses
     let (tx, rx) = mpsc::channel(queue);
     let closed = CancellationToken::new();
     let end_reason = Arc::new(Mutex::new(None));
+    let clock_offset = Arc::new(AtomicI64::new(established.clock_offset_nanos));
     let handle = SessionHandle {
         commands: tx,
         next_call: Arc::new(AtomicU64::new(1)),
         closed: closed.clone(),
         end_reason: Arc::clone(&end_reason),
+        clock_offset: Arc::clone(&clock_offset),
     };
     let driver = Driver {
         transport: established.transport,
@@ -110,6 +155,10 @@ pub fn spawn(established: Established, keepalive: Duration, queue: usize) -> Ses
         pending_event: None,
         keepalive,
         closed,
+        tracer: opentelemetry::global::tracer("core-client"),
+        sends: SendTracker::default(),
+        frame: (SystemTime::now(), None),
+        clock_offset,
     };
     let inbound = established.inbound;
     tokio::spawn(async move {
@@ -132,16 +181,35 @@ pub fn spawn(established: Established, keepalive: Duration, queue: usize) -> Ses
     handle
 }
 
+/// A call the driver routes events to.
+struct Call {
+    sink: mpsc::Sender<Routed>,
+    /// The call's `tool.dispatch` context.
+    parent: Context,
+    output_chunks: u64,
+    /// The latest output chunk after the first: (arrival, decoded, its
+    /// context, the frame's hop context), recorded once it proves last.
+    last_chunk: Option<ChunkTimes>,
+}
+
+type ChunkTimes = (SystemTime, SystemTime, Option<SpanContext>, Option<SpanContext>);
+
 struct Driver {
     transport: Transport,
     outbound: mpsc::Sender<Result<Frame, Status>>,
     commands: mpsc::Receiver<Command>,
-    calls: HashMap<u64, mpsc::Sender<Event>>,
+    calls: HashMap<u64, Call>,
     /// An event waiting for room in its call's queue; while set, no more
     /// frames are read.
     pending_event: Option<(u64, Event, bool)>,
     keepalive: Duration,
     closed: CancellationToken,
+    tracer: BoxedTracer,
+    /// `relay.frame.send` spans waiting for their bytes to leave.
+    sends: SendTracker,
+    /// The frame being decoded: its arrival and its hop context.
+    frame: (SystemTime, Option<SpanContext>),
+    clock_offset: Arc<AtomicI64>,
 }
 
 fn close_reason_text(reason: i32) -> String {
@@ -167,7 +235,7 @@ impl Driver {
             let target = self
                 .pending_event
                 .as_ref()
-                .and_then(|(id, _, _)| self.calls.get(id).cloned());
+                .and_then(|(id, _, _)| self.calls.get(id).map(|c| c.sink.clone()));
             tokio::select! {
                 biased;
                 () = closed.cancelled() => {
@@ -177,7 +245,15 @@ impl Driver {
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return "the link to the relay was lost".into() };
                     match self.transport.poll_transmit(SystemTime::now()) {
-                        Ok(Some(msg)) => permit.send(Ok(proto::frames::data(msg))),
+                        Ok(Some(msg)) => {
+                            let mut frame = proto::frames::data(msg);
+                            let done = self.sends.transmitted(self.transport.sent_offset());
+                            if let Some(hop) = &done.hop {
+                                frame.hop_traceparent.clone_from(hop);
+                            }
+                            permit.send(Ok(frame));
+                            done.end();
+                        }
                         Ok(None) => {}
                         Err(e) => return format!("transport error: {e}"),
                     }
@@ -185,7 +261,7 @@ impl Driver {
                 permit = reserve(target), if self.pending_event.is_some() => {
                     if let Some((call_id, ev, last)) = self.pending_event.take() {
                         if let Some(permit) = permit {
-                            permit.send(ev);
+                            permit.send(Routed { event: ev, at: Instant::now() });
                         }
                         if last {
                             self.calls.remove(&call_id);
@@ -203,6 +279,7 @@ impl Driver {
                     }
                 },
                 _ = ping.tick() => {
+                    // The nonce is our send time: the pong gives a clock-offset sample.
                     let ping = Body::Ping(Ping { nonce: proto::clock::now_unix_nanos() });
                     if let Ok(bytes) = envelope::encode_new(0, None, ping)
                         && let Err(e) = self.transport.send(&bytes)
@@ -212,6 +289,7 @@ impl Driver {
                 }
                 f = inbound.message(), if self.pending_event.is_none() => match f {
                     Ok(Some(f)) => {
+                        self.frame = (SystemTime::now(), framing::hop_context(&f.hop_traceparent));
                         match FrameKind::try_from(f.kind) {
                             Ok(FrameKind::Data) => {}
                             Ok(FrameKind::Close) => return close_reason_text(f.close_reason),
@@ -235,24 +313,52 @@ impl Driver {
     }
 
     fn command(&mut self, cmd: Command) -> Result<(), String> {
-        let bytes = match cmd {
+        let (bytes, trace) = match cmd {
             Command::Start {
                 call_id,
                 envelope,
                 events,
+                trace,
             } => {
-                self.calls.insert(call_id, events);
-                envelope
+                self.calls.insert(
+                    call_id,
+                    Call {
+                        sink: events,
+                        parent: trace.parent.clone(),
+                        output_chunks: 0,
+                        last_chunk: None,
+                    },
+                );
+                (envelope, Some(trace))
             }
-            Command::Send(bytes) => bytes,
+            Command::Send(bytes, trace) => (bytes, trace),
             Command::Forget(call_id) => {
                 self.calls.remove(&call_id);
                 return Ok(());
             }
         };
+        let Some(trace) = trace else {
+            return self
+                .transport
+                .send(&bytes)
+                .map_err(|e| format!("transport error: {e}"));
+        };
+        // rpc.client.queue: from the caller's enqueue until now.
+        let mut queue = self
+            .tracer
+            .span_builder(spans::RPC_CLIENT_QUEUE)
+            .with_start_time(trace.enqueued)
+            .with_attributes(vec![KeyValue::new("rex.message", trace.what)])
+            .start_with_context(&self.tracer, &trace.parent);
+        queue.end();
+        let send = framing::send_span(&self.tracer, &trace.parent, trace.what);
         self.transport
             .send(&bytes)
-            .map_err(|e| format!("transport error: {e}"))
+            .map_err(|e| format!("transport error: {e}"))?;
+        let hop = framing::hop_header(&trace.parent.span().span_context().clone());
+        self.sends
+            .track(self.transport.queued_offset(), vec![send], hop);
+        Ok(())
     }
 
     /// Routes decoded envelopes until none is left or an event must wait.
@@ -266,8 +372,24 @@ impl Driver {
             let env = envelope::decode(&bytes)
                 .map_err(|_| "the exec-server sent an undecodable message".to_string())?;
             match env.body {
-                Some(Body::Event(ev)) => self.route(env.call_id, ev),
-                Some(Body::Pong(_) | Body::HelloAck(_)) => {}
+                Some(Body::Event(ev)) => {
+                    let origin = env
+                        .trace
+                        .as_ref()
+                        .map(carriers::envelope::extract)
+                        .and_then(|x| match x {
+                            telemetry::w3c::Extracted::Valid(tc) => Some(otel::to_span_context(&tc)),
+                            _ => None,
+                        });
+                    self.route(env.call_id, ev, origin, env.send_time_unix_nanos);
+                }
+                Some(Body::Pong(p)) => {
+                    let now = proto::clock::now_unix_nanos();
+                    if let Some(offset) = clock_offset(p.nonce, p.recv_time_unix_nanos, now) {
+                        self.clock_offset.store(offset, Ordering::Relaxed);
+                    }
+                }
+                Some(Body::HelloAck(_)) => {}
                 Some(Body::Ping(_)) => {}
                 _ => return Err("the exec-server sent an unexpected message".into()),
             }
@@ -275,7 +397,74 @@ impl Driver {
         Ok(())
     }
 
-    fn route(&mut self, call_id: u64, ev: proto::pb::session::TerminalEvent) {
+    /// Records `relay.frame.recv` for the traced events of a call: started,
+    /// the first output chunk, the last output chunk (once the final event
+    /// shows it was the last), and the final event.
+    fn trace_recv(
+        &mut self,
+        call_id: u64,
+        kind: &terminal_event::Kind,
+        origin: Option<SpanContext>,
+        sent_unix_nanos: u64,
+    ) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let (arrived, hop) = (self.frame.0, self.frame.1.clone());
+        let what = match kind {
+            terminal_event::Kind::Started(_) => "started",
+            terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_) => {
+                call.output_chunks += 1;
+                if call.output_chunks > 1 {
+                    call.last_chunk = Some((arrived, SystemTime::now(), origin, hop));
+                    return;
+                }
+                "output.first"
+            }
+            terminal_event::Kind::Exited(_) => "exited",
+            terminal_event::Kind::Error(_) => "error",
+        };
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        let transit = transit_nanos(arrived, sent_unix_nanos, offset);
+        let attrs = |extra: Option<i64>| {
+            extra
+                .map(|t| vec![KeyValue::new("rex.transit_ns", t)])
+                .unwrap_or_default()
+        };
+        if matches!(
+            kind,
+            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
+        ) && let Some((a, d, o, h)) = call.last_chunk.take()
+        {
+            framing::record_recv_until(
+                &self.tracer,
+                &call.parent,
+                (a, d),
+                "output.last",
+                &[o, h],
+                vec![KeyValue::new("rex.output.chunks", call.output_chunks as i64)],
+            );
+        }
+        framing::record_recv(
+            &self.tracer,
+            &call.parent,
+            arrived,
+            what,
+            &[origin, hop],
+            attrs(transit),
+        );
+    }
+
+    fn route(
+        &mut self,
+        call_id: u64,
+        ev: proto::pb::session::TerminalEvent,
+        origin: Option<SpanContext>,
+        sent_unix_nanos: u64,
+    ) {
+        if let Some(kind) = &ev.kind {
+            self.trace_recv(call_id, kind, origin, sent_unix_nanos);
+        }
         let (event, last) = match ev.kind {
             Some(terminal_event::Kind::Started(s)) => (Event::Started { pid: s.pid }, false),
             Some(terminal_event::Kind::Stdout(d)) => (Event::Stdout(d), false),
@@ -294,17 +483,21 @@ impl Driver {
             ),
             None => return,
         };
-        let Some(sink) = self.calls.get(&call_id) else {
+        let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        match sink.try_send(event) {
+        let routed = Routed {
+            event,
+            at: Instant::now(),
+        };
+        match call.sink.try_send(routed) {
             Ok(()) if last => {
                 self.calls.remove(&call_id);
             }
             Ok(()) => {}
             // The sink stays registered until the pending event is delivered.
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                self.pending_event = Some((call_id, event, last));
+            Err(mpsc::error::TrySendError::Full(routed)) => {
+                self.pending_event = Some((call_id, routed.event, last));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.calls.remove(&call_id);
@@ -332,13 +525,45 @@ impl Driver {
     }
 
     fn fail_all(&mut self, reason: &str) {
-        for (_, sink) in self.calls.drain() {
-            let _ = sink.try_send(Event::Failed(ExecFailure::SessionLost(reason.to_owned())));
+        self.sends.abandon(reason);
+        for (_, call) in self.calls.drain() {
+            let _ = call.sink.try_send(Routed {
+                event: Event::Failed(ExecFailure::SessionLost(reason.to_owned())),
+                at: Instant::now(),
+            });
         }
     }
 }
 
-async fn reserve(target: Option<mpsc::Sender<Event>>) -> Option<mpsc::OwnedPermit<Event>> {
+/// The peer's clock minus ours, from a request sent at `sent`, answered
+/// with the peer's time `peer`, and received back at `received` (all Unix
+/// nanoseconds), assuming a symmetric path. `None` for impossible samples.
+pub fn clock_offset(sent: u64, peer: u64, received: u64) -> Option<i64> {
+    if sent == 0 || peer == 0 || received < sent {
+        return None;
+    }
+    let mid = i128::from(sent) + (i128::from(received) - i128::from(sent)) / 2;
+    i64::try_from(i128::from(peer) - mid).ok()
+}
+
+/// How long a message took from the peer's send time to `arrived` here,
+/// correcting the peer's clock by `offset` (peer minus ours).
+fn transit_nanos(arrived: SystemTime, sent_unix_nanos: u64, offset: i64) -> Option<i64> {
+    if sent_unix_nanos == 0 {
+        return None;
+    }
+    let arrived = i128::try_from(
+        arrived
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()?
+            .as_nanos(),
+    )
+    .ok()?;
+    let sent_here = i128::from(sent_unix_nanos) - i128::from(offset);
+    i64::try_from(arrived - sent_here).ok()
+}
+
+async fn reserve(target: Option<mpsc::Sender<Routed>>) -> Option<mpsc::OwnedPermit<Routed>> {
     match target {
         Some(tx) => tx.reserve_owned().await.ok(),
         None => None,

@@ -113,7 +113,6 @@ fn serve(args: RunArgs) -> ExitCode {
             ak_path.display()
         );
     }
-    let _telemetry = telemetry::setup::init("exec-server", telemetry::setup::LogDefault::Info);
     let mut config = ExecServerConfig::new(key, authorized);
     config.relay = args.relay;
     config.listen = args.listen;
@@ -121,16 +120,27 @@ fn serve(args: RunArgs) -> ExitCode {
     config.max_processes_per_session = args.max_processes;
     config.default_cwd = args.cwd;
     config.shutdown_grace = Duration::from_secs(10);
-    tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
-    runtime.block_on(async move {
+    // The OTLP client lives on the runtime: set telemetry up inside it.
+    let entered = runtime.enter();
+    let telemetry = telemetry::setup::init(
+        "exec-server",
+        telemetry::setup::LogDefault::Info,
+        telemetry::setup::Options::service(),
+    );
+    tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
+    let code = runtime.block_on(async move {
         let shutdown = telemetry::shutdown::on_signals();
         match exec_server::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         }
-    })
+    });
+    // Flush the last spans (bounded) while the runtime still runs.
+    telemetry.shutdown();
+    drop(entered);
+    code
 }

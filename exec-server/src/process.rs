@@ -5,17 +5,28 @@
 //! for room in the session's bounded event queue before the next read, so a
 //! slow client stops the pipe reads (and so the child) rather than growing a
 //! buffer.
+//!
+//! Spans made here (DESIGN.md §3.2): `rpc.server.queue` (from the enqueue
+//! time the request carries to this task's start), `process.spawn`,
+//! `process.run` (with the id the child's `TRACEPARENT` already names), and
+//! under it `process.stdout_reader`, `process.stderr_reader` and
+//! `process.exit_watcher`, which count bytes, chunks and the time spent
+//! waiting for room in the session's queue rather than making a span per
+//! chunk.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{Span, SpanId, Status as SpanStatus, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use proto::limits::MAX_CHUNK;
 use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, TerminalEvent, exited,
@@ -24,6 +35,7 @@ use proto::pb::session::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
+use telemetry::spans;
 use tokio_util::sync::CancellationToken;
 
 /// The signal that ends a process group for good.
@@ -48,6 +60,70 @@ pub struct Outgoing {
     pub event: TerminalEvent,
     /// Whether this is the call's final event.
     pub last: bool,
+    /// When it was queued (for the push's queue-residence total).
+    pub queued_at: Instant,
+}
+
+/// Where a process task's spans hang.
+#[derive(Debug, Clone)]
+pub struct ProcessTrace {
+    /// The dispatching call's context (parent of `rpc.server.queue`).
+    pub dispatch: Context,
+    /// `rpc.server.exec`'s context (parent of `process.spawn`/`process.run`).
+    pub exec: Context,
+    /// The id `process.run` gets (the child's `TRACEPARENT` names it).
+    pub run_span_id: SpanId,
+    /// When the request was queued for the task.
+    pub enqueued: SystemTime,
+}
+
+impl ProcessTrace {
+    /// No parent: the spans start a trace of their own.
+    pub fn detached() -> Self {
+        Self {
+            dispatch: Context::new(),
+            exec: Context::new(),
+            run_span_id: telemetry::ids::new_span_id(),
+            enqueued: SystemTime::now(),
+        }
+    }
+}
+
+/// A pipe reader's or the exit watcher's span and its counts.
+struct Watch {
+    span: BoxedSpan,
+    bytes: i64,
+    chunks: i64,
+    blocked: Duration,
+}
+
+impl Watch {
+    fn start(tracer: &BoxedTracer, name: &'static str, parent: &Context) -> Self {
+        Self {
+            span: tracer.start_with_context(name, parent),
+            bytes: 0,
+            chunks: 0,
+            blocked: Duration::ZERO,
+        }
+    }
+
+    fn count(&mut self, len: usize, blocked: Duration) {
+        self.bytes += i64::try_from(len).unwrap_or(i64::MAX);
+        self.chunks += 1;
+        self.blocked += blocked;
+    }
+
+    fn end(mut self) {
+        self.span.set_attributes([
+            KeyValue::new("rex.bytes", self.bytes),
+            KeyValue::new("rex.chunks", self.chunks),
+            KeyValue::new(
+                "rex.blocked_ns",
+                i64::try_from(self.blocked.as_nanos()).unwrap_or(i64::MAX),
+            ),
+        ]);
+        self.span.end();
+    }
 }
 
 /// What the process task needs from its session.
@@ -85,6 +161,7 @@ impl Sequencer {
             call_id: self.call_id,
             event,
             last,
+            queued_at: Instant::now(),
         }
     }
 
@@ -218,7 +295,14 @@ pub async fn run(
     default_cwd: Option<PathBuf>,
     extra_env: ExtraEnv,
     exit_drain: Duration,
+    trace: ProcessTrace,
 ) {
+    let tracer = opentelemetry::global::tracer("exec-server");
+    let mut queue = tracer
+        .span_builder(spans::RPC_SERVER_QUEUE)
+        .with_start_time(trace.enqueued)
+        .start_with_context(&tracer, &trace.dispatch);
+    queue.end();
     let ProcessIo {
         call_id,
         events,
@@ -236,21 +320,36 @@ pub async fn run(
         .first()
         .map(|a| proto::program::program_name(a))
         .unwrap_or_default();
-    let mut cmd = match build_command(&req, default_cwd.as_deref(), &extra_env) {
+    let mut spawn_span = tracer.start_with_context(spans::PROCESS_SPAWN, &trace.exec);
+    let spawned = build_command(&req, default_cwd.as_deref(), &extra_env)
+        .and_then(|mut cmd| cmd.spawn().map_err(|e| spawn_error(&e, &program)));
+    let mut child: Child = match spawned {
         Ok(c) => c,
         Err(kind) => {
+            if let terminal_event::Kind::Error(e) = &kind {
+                spawn_span.set_status(SpanStatus::error(e.message.clone()));
+            }
+            spawn_span.end();
             seq.send(kind, true).await;
             return;
         }
     };
-    let mut child: Child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            seq.send(spawn_error(&e, &program), true).await;
-            return;
-        }
-    };
     let pid = child.id();
+    spawn_span.set_attribute(KeyValue::new("process.pid", i64::from(pid.unwrap_or(0))));
+    spawn_span.end();
+    // process.run gets the id the child's TRACEPARENT already names.
+    let mut run_span = telemetry::ids::start_with_span_id(trace.run_span_id, || {
+        tracer
+            .span_builder(spans::PROCESS_RUN)
+            .with_attributes(vec![
+                KeyValue::new("process.executable.name", program.clone()),
+                KeyValue::new("process.pid", i64::from(pid.unwrap_or(0))),
+            ])
+            .start_with_context(&tracer, &trace.exec)
+    });
+    let run_cx = trace
+        .exec
+        .with_remote_span_context(run_span.span_context().clone());
     if !seq
         .send(
             terminal_event::Kind::Started(Started {
@@ -268,10 +367,23 @@ pub async fn run(
     }
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
+    let mut out_watch = Some(Watch::start(&tracer, spans::PROCESS_STDOUT_READER, &run_cx));
+    let mut err_watch = Some(Watch::start(&tracer, spans::PROCESS_STDERR_READER, &run_cx));
+    let mut exit_watch = Some(Watch::start(&tracer, spans::PROCESS_EXIT_WATCHER, &run_cx));
     let mut status = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut killed = false;
     loop {
+        if stdout.is_none()
+            && let Some(w) = out_watch.take()
+        {
+            w.end();
+        }
+        if stderr.is_none()
+            && let Some(w) = err_watch.take()
+        {
+            w.end();
+        }
         if status.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
@@ -296,18 +408,26 @@ pub async fn run(
             },
             chunk = read_chunk(&mut stdout), if stdout.is_some() => match chunk {
                 Some(data) => {
+                    let (len, t) = (data.len(), Instant::now());
                     if !seq.send(terminal_event::Kind::Stdout(data), false).await {
                         signal_group(pid, SIGKILL);
                         return;
+                    }
+                    if let Some(w) = out_watch.as_mut() {
+                        w.count(len, t.elapsed());
                     }
                 }
                 None => stdout = None,
             },
             chunk = read_chunk(&mut stderr), if stderr.is_some() => match chunk {
                 Some(data) => {
+                    let (len, t) = (data.len(), Instant::now());
                     if !seq.send(terminal_event::Kind::Stderr(data), false).await {
                         signal_group(pid, SIGKILL);
                         return;
+                    }
+                    if let Some(w) = err_watch.as_mut() {
+                        w.count(len, t.elapsed());
                     }
                 }
                 None => stderr = None,
@@ -316,9 +436,13 @@ pub async fn run(
                 match s {
                     Ok(s) => status = Some(s),
                     Err(e) => {
+                        run_span.set_status(SpanStatus::error("wait failed"));
                         seq.send(exec_error(ExecErrorKind::Internal, format!("{program}: wait failed: {e}")), true).await;
                         return;
                     }
+                }
+                if let Some(w) = exit_watch.take() {
+                    w.end();
                 }
                 drain_deadline = Some(tokio::time::Instant::now() + exit_drain);
             }
@@ -337,6 +461,12 @@ pub async fn run(
         },
         None => exited::Status::Code(-1),
     };
+    match exit {
+        exited::Status::Code(c) => run_span.set_attribute(KeyValue::new("process.exit.code", i64::from(c))),
+        exited::Status::Signal(s) => run_span.set_attribute(KeyValue::new("rex.exit.signal", i64::from(s))),
+    }
+    // Exit observed and both pipes drained.
+    run_span.end();
     seq.send(
         terminal_event::Kind::Exited(Exited { status: Some(exit) }),
         true,
@@ -380,7 +510,14 @@ mod tests {
             stdin: Some(in_rx),
             cancel: CancellationToken::new(),
         };
-        let task = tokio::spawn(run(req, io, None, vec![], Duration::from_secs(2)));
+        let task = tokio::spawn(run(
+            req,
+            io,
+            None,
+            vec![],
+            Duration::from_secs(2),
+            ProcessTrace::detached(),
+        ));
         if let Some(data) = stdin {
             in_tx.send(Bytes::from(data)).await.unwrap();
         }
@@ -488,6 +625,7 @@ mod tests {
             None,
             vec![],
             Duration::from_secs(60),
+            ProcessTrace::detached(),
         ));
         let started = rx.recv().await.unwrap();
         assert!(matches!(

@@ -8,7 +8,6 @@ use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -135,7 +134,7 @@ pub async fn start(
             Some(tokio::spawn(
                 proto::link::server()
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    .serve_with_incoming_shutdown(proto::link::incoming(listener), async move {
                         shutdown.cancelled().await
                     }),
             ))

@@ -4,16 +4,26 @@
 //! The loop never blocks one direction on the other: stdin waiting for a
 //! slow process does not stop output from flowing back, and output waiting
 //! for a slow client does not stop signals or cancel from arriving.
+//!
+//! Spans made here: `relay.frame.recv` for the client's exec request and
+//! control messages; `rpc.server.exec` per call, ending when its final
+//! event has left in a record; `terminal.push` from the first event taken
+//! to the last one sent, with byte, chunk and queue-time totals; and
+//! `relay.frame.send` for the started and final events and the first and
+//! last output chunk. Frames carrying those get the call's dispatch context
+//! as their hop header, so the relay's `relay.forward` joins the trace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use opentelemetry::KeyValue;
-use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{
+    Span, SpanContext, SpanKind, Status as SpanStatus, TraceContextExt, Tracer,
+};
+use opentelemetry::{Context, KeyValue};
 use proto::clock::now_unix_nanos;
 use proto::envelope;
 use proto::keys::PublicKey;
@@ -25,6 +35,8 @@ use proto::pb::session::{
     envelope::Body, terminal_event,
 };
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
+use telemetry::framing::{self, SendTracker};
+use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::config::ExecServerConfig;
-use crate::process::{self, Control, Outgoing, ProcessIo, STDIN_QUEUE};
+use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace, STDIN_QUEUE};
 
 /// Terminal events queued from a session's processes before they wait.
 pub const EVENT_QUEUE: usize = 64;
@@ -104,9 +116,56 @@ struct Call {
     control: mpsc::Sender<Control>,
     stdin: Option<mpsc::Sender<Bytes>>,
     cancel: CancellationToken,
+    /// `rpc.server.exec`.
     span: BoxedSpan,
+    /// Its context (parent of `terminal.push`).
+    exec_cx: Context,
+    /// What events carry: `process.run`'s context.
     trace: PbTrace,
+    /// What errors carry: `rpc.server.exec`'s context (an error may come
+    /// before `process.run` exists).
+    error_trace: PbTrace,
+    /// The hop header for the call's traced frames (its dispatch context).
+    hop: Option<String>,
     program: String,
+    push: Push,
+}
+
+/// `terminal.push` and its totals (per-chunk work is counted, not spanned).
+#[derive(Default)]
+struct Push {
+    span: Option<BoxedSpan>,
+    cx: Option<Context>,
+    events: i64,
+    stdout_bytes: i64,
+    stdout_chunks: i64,
+    stderr_bytes: i64,
+    stderr_chunks: i64,
+    queued: Duration,
+    /// The latest output chunk after the first: when it was taken, and the
+    /// stream offset after it; made a span once the final event shows it
+    /// was the last.
+    last_chunk: Option<(SystemTime, u64)>,
+}
+
+impl Push {
+    fn output_chunks(&self) -> i64 {
+        self.stdout_chunks + self.stderr_chunks
+    }
+
+    fn attributes(&self) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("rex.events", self.events),
+            KeyValue::new("rex.stdout.bytes", self.stdout_bytes),
+            KeyValue::new("rex.stdout.chunks", self.stdout_chunks),
+            KeyValue::new("rex.stderr.bytes", self.stderr_bytes),
+            KeyValue::new("rex.stderr.chunks", self.stderr_chunks),
+            KeyValue::new(
+                "rex.queue_ns",
+                i64::try_from(self.queued.as_nanos()).unwrap_or(i64::MAX),
+            ),
+        ]
+    }
 }
 
 /// Serves one session over a tunnel stream until it ends.
@@ -214,6 +273,12 @@ struct Driver {
     /// frames are read (so stdin order is kept and nothing is dropped).
     pending_stdin: Option<(u64, Bytes)>,
     client: PublicKey,
+    tracer: BoxedTracer,
+    /// `relay.frame.send` (and finished calls') spans waiting for their
+    /// bytes to leave.
+    sends: SendTracker,
+    /// The frame being decoded: its arrival and its hop context.
+    frame: (SystemTime, Option<SpanContext>),
 }
 
 impl Driver {
@@ -237,6 +302,9 @@ impl Driver {
             events_rx: Some(events_rx),
             pending_stdin: None,
             client,
+            tracer: opentelemetry::global::tracer("exec-server"),
+            sends: SendTracker::default(),
+            frame: (SystemTime::now(), None),
         }
     }
 
@@ -267,7 +335,13 @@ impl Driver {
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return Err(SessionError::LinkLost) };
                     if let Some(msg) = self.transport.poll_transmit(SystemTime::now())? {
-                        permit.send(Ok(proto::frames::data(msg)));
+                        let mut frame = proto::frames::data(msg);
+                        let done = self.sends.transmitted(self.transport.sent_offset());
+                        if let Some(hop) = &done.hop {
+                            frame.hop_traceparent.clone_from(hop);
+                        }
+                        permit.send(Ok(frame));
+                        done.end();
                     }
                 }
                 Some(out) = events_rx.recv(), if can_take_events => {
@@ -303,6 +377,7 @@ impl Driver {
             Ok(FrameKind::Close) => return Ok(true),
             _ => return Err(SessionError::Protocol("unexpected frame kind")),
         }
+        self.frame = (SystemTime::now(), framing::hop_context(&f.hop_traceparent));
         self.transport.receive(&f.payload)?;
         self.drain_envelopes()
     }
@@ -321,8 +396,36 @@ impl Driver {
         Ok(self.pending_stdin.is_none() && self.transport.peer_closed().is_some())
     }
 
+    /// Records `relay.frame.recv` for a traced client message.
+    fn trace_recv(&self, env: &Envelope, what: &'static str) -> Context {
+        let parent = env
+            .trace
+            .as_ref()
+            .map(|t| otel::context_from(&carriers::envelope::extract(t)))
+            .unwrap_or_default();
+        framing::record_recv(
+            &self.tracer,
+            &parent,
+            self.frame.0,
+            what,
+            &[self.frame.1.clone()],
+            vec![],
+        );
+        parent
+    }
+
     fn handle_envelope(&mut self, env: Envelope) -> Result<(), SessionError> {
         let call_id = env.call_id;
+        let what = match &env.body {
+            Some(Body::Exec(_)) => Some("exec"),
+            Some(Body::StdinClose(_)) => Some("stdin_close"),
+            Some(Body::Signal(_)) => Some("signal"),
+            Some(Body::Cancel(_)) => Some("cancel"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            self.trace_recv(&env, what);
+        }
         match env.body {
             Some(Body::Hello(_)) => {
                 let ack = HelloAck {
@@ -384,22 +487,44 @@ impl Driver {
             .first()
             .map(|a| proto::program::program_name(a))
             .unwrap_or_default();
-        let parent = otel::context_from(&carriers::envelope::extract(&trace));
-        let tracer = opentelemetry::global::tracer("exec-server");
-        let span = tracer
+        let enqueued = SystemTime::now();
+        let extracted = carriers::envelope::extract(&trace);
+        let parent = otel::context_from(&extracted);
+        let hop = match &extracted {
+            Extracted::Valid(tc) => Some(carriers::hop::inject(&tc.parent)),
+            _ => None,
+        };
+        let mut span = self
+            .tracer
             .span_builder(spans::RPC_SERVER_EXEC)
             .with_kind(SpanKind::Server)
             .with_attributes(vec![
                 KeyValue::new("process.executable.name", program.clone()),
                 KeyValue::new("rex.call_id", call_id as i64),
             ])
-            .start_with_context(&tracer, &parent);
-        let span_trace = otel::from_span_context(span.span_context());
-        let event_trace = span_trace
+            .start_with_context(&self.tracer, &parent);
+        let exec_cx = parent.with_remote_span_context(span.span_context().clone());
+        let error_trace = otel::from_span_context(span.span_context())
             .as_ref()
             .map(carriers::envelope::inject)
             .unwrap_or_default();
-        let child_env = span_trace
+        // The process span's context, known before the process exists: the
+        // child's TRACEPARENT and every event name it.
+        let run_span_id = telemetry::ids::new_span_id();
+        let sc = span.span_context();
+        let run_sc = SpanContext::new(
+            sc.trace_id(),
+            run_span_id,
+            sc.trace_flags(),
+            false,
+            sc.trace_state().clone(),
+        );
+        let run_trace = otel::from_span_context(&run_sc);
+        let event_trace = run_trace
+            .as_ref()
+            .map(carriers::envelope::inject)
+            .unwrap_or_default();
+        let child_env = run_trace
             .as_ref()
             .map(carriers::env::child_env)
             .unwrap_or_default();
@@ -414,18 +539,22 @@ impl Driver {
             })
         };
         if call_id == 0 || self.calls.contains_key(&call_id) {
-            let body = refuse(
-                ExecErrorKind::BadRequest,
-                "call id is zero or already in use",
+            let message = "call id is zero or already in use";
+            span.set_status(SpanStatus::error(message));
+            return self.send_envelope(
+                call_id,
+                error_trace,
+                refuse(ExecErrorKind::BadRequest, message),
             );
-            return self.send_envelope(call_id, event_trace, body);
         }
         if self.calls.len() >= self.ctx.config.max_processes_per_session {
-            let body = refuse(
-                ExecErrorKind::TooManyProcesses,
-                "too many processes on this session",
+            let message = "too many processes on this session";
+            span.set_status(SpanStatus::error(message));
+            return self.send_envelope(
+                call_id,
+                error_trace,
+                refuse(ExecErrorKind::TooManyProcesses, message),
             );
-            return self.send_envelope(call_id, event_trace, body);
         }
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
@@ -439,9 +568,20 @@ impl Driver {
         };
         let default_cwd = self.ctx.config.default_cwd.clone();
         let drain = self.ctx.config.exit_drain;
-        self.ctx
-            .tasks
-            .spawn(process::run(req, io, default_cwd, child_env, drain));
+        let trace = ProcessTrace {
+            dispatch: parent,
+            exec: exec_cx.clone(),
+            run_span_id,
+            enqueued,
+        };
+        self.ctx.tasks.spawn(process::run(
+            req,
+            io,
+            default_cwd,
+            child_env,
+            drain,
+            trace,
+        ));
         self.calls.insert(
             call_id,
             Call {
@@ -449,31 +589,106 @@ impl Driver {
                 stdin: Some(stdin_tx),
                 cancel,
                 span,
+                exec_cx,
                 trace: event_trace,
+                error_trace,
+                hop,
                 program,
+                push: Push::default(),
             },
         );
         Ok(())
     }
 
     fn push_event(&mut self, out: Outgoing) -> Result<(), SessionError> {
-        let trace = self
-            .calls
-            .get(&out.call_id)
-            .map(|c| c.trace.clone())
-            .unwrap_or_default();
-        if out.last
-            && let Some(mut call) = self.calls.remove(&out.call_id)
-        {
-            {
-                if let Some(terminal_event::Kind::Error(e)) = &out.event.kind {
-                    call.span.set_status(SpanStatus::error(e.message.clone()));
-                }
-                tracing::debug!(client = %self.client.short(), program = %call.program, "call finished");
-                call.span.end();
+        let Some(call) = self.calls.get_mut(&out.call_id) else {
+            // Refused calls are answered directly; nothing else can get here.
+            return self.send_envelope(out.call_id, PbTrace::default(), Body::Event(out.event));
+        };
+        let now = SystemTime::now();
+        let push = &mut call.push;
+        if push.span.is_none() {
+            let span = self
+                .tracer
+                .span_builder(spans::TERMINAL_PUSH)
+                .with_start_time(now)
+                .start_with_context(&self.tracer, &call.exec_cx);
+            push.cx = Some(call.exec_cx.with_remote_span_context(span.span_context().clone()));
+            push.span = Some(span);
+        }
+        push.events += 1;
+        push.queued += out.queued_at.elapsed();
+        let len = |d: &Bytes| i64::try_from(d.len()).unwrap_or(i64::MAX);
+        let what = match &out.event.kind {
+            Some(terminal_event::Kind::Started(_)) => Some("started"),
+            Some(terminal_event::Kind::Stdout(d)) => {
+                push.stdout_bytes += len(d);
+                push.stdout_chunks += 1;
+                (push.output_chunks() == 1).then_some("output.first")
+            }
+            Some(terminal_event::Kind::Stderr(d)) => {
+                push.stderr_bytes += len(d);
+                push.stderr_chunks += 1;
+                (push.output_chunks() == 1).then_some("output.first")
+            }
+            Some(terminal_event::Kind::Exited(_)) => Some("exited"),
+            Some(terminal_event::Kind::Error(_)) => Some("error"),
+            None => None,
+        };
+        let error = match &out.event.kind {
+            Some(terminal_event::Kind::Error(e)) => Some(e.message.clone()),
+            _ => None,
+        };
+        let trace = if error.is_some() {
+            call.error_trace.clone()
+        } else {
+            call.trace.clone()
+        };
+        let push_cx = push.cx.clone().unwrap_or_default();
+        let send = what.map(|w| framing::send_span(&self.tracer, &push_cx, w));
+        self.send_envelope(out.call_id, trace, Body::Event(out.event))?;
+        let mark = self.transport.queued_offset();
+        let Some(call) = self.calls.get_mut(&out.call_id) else {
+            return Ok(());
+        };
+        let Some(send) = send else {
+            // An output chunk after the first: remember it in case it is the last.
+            call.push.last_chunk = Some((now, mark));
+            return Ok(());
+        };
+        if !out.last {
+            self.sends.track(mark, vec![send], call.hop.clone());
+            return Ok(());
+        }
+        // The final event: the call's spans end once its bytes have left.
+        let Some(mut call) = self.calls.remove(&out.call_id) else {
+            return Ok(());
+        };
+        if let Some((taken, chunk_mark)) = call.push.last_chunk.take() {
+            let mut last = self
+                .tracer
+                .span_builder(spans::RELAY_FRAME_SEND)
+                .with_start_time(taken)
+                .with_attributes(vec![KeyValue::new("rex.message", "output.last")])
+                .start_with_context(&self.tracer, &push_cx);
+            if chunk_mark <= self.transport.sent_offset() {
+                last.end();
+            } else {
+                self.sends.track(chunk_mark, vec![last], None);
             }
         }
-        self.send_envelope(out.call_id, trace, Body::Event(out.event))
+        let mut finishing = vec![send];
+        if let Some(mut push_span) = call.push.span.take() {
+            push_span.set_attributes(call.push.attributes());
+            finishing.push(push_span);
+        }
+        if let Some(message) = error {
+            call.span.set_status(SpanStatus::error(message));
+        }
+        finishing.push(call.span);
+        tracing::debug!(client = %self.client.short(), program = %call.program, "call finished");
+        self.sends.track(mark, finishing, call.hop);
+        Ok(())
     }
 
     fn send_envelope(
@@ -507,6 +722,7 @@ impl Driver {
     /// Ends every process of the session.
     fn finish(&mut self) {
         self.session_cancel.cancel();
+        self.sends.abandon("session ended");
         for (_, mut call) in self.calls.drain() {
             call.span.set_status(SpanStatus::error("session ended"));
             call.span.end();

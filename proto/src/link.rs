@@ -30,6 +30,12 @@ pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, tonic:
         .initial_connection_window_size(Some(CONNECTION_WINDOW)))
 }
 
+/// The accepted connections of `listener`, with Nagle off on each (the
+/// server builder's own setting only applies to listeners it binds itself).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// A gRPC server builder with the link settings.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()

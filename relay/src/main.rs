@@ -34,7 +34,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _telemetry = telemetry::setup::init("relay", telemetry::setup::LogDefault::Info);
     let config = RelayConfig {
         listen: args.listen,
         max_registrations: args.max_registrations,
@@ -52,7 +51,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // The OTLP client lives on the runtime: set telemetry up inside it.
+    let entered = runtime.enter();
+    let telemetry = telemetry::setup::init(
+        "relay",
+        telemetry::setup::LogDefault::Info,
+        telemetry::setup::Options::service(),
+    );
+    let code = runtime.block_on(async move {
         let shutdown = telemetry::shutdown::on_signals();
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
@@ -72,5 +78,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Flush the last spans (bounded) while the runtime still runs.
+    telemetry.shutdown();
+    drop(entered);
+    code
 }

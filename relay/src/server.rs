@@ -6,7 +6,6 @@ use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::registry_server::RegistryServer;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -58,7 +57,7 @@ pub async fn serve(
     let registry = RegistryServer::new(RegistryServiceImpl::new(state))
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let incoming = TcpListenerStream::new(listener);
+    let incoming = proto::link::incoming(listener);
     let result = proto::link::server()
         .add_service(tunnel)
         .add_service(registry)

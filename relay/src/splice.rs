@@ -5,10 +5,22 @@
 //! side's bounded queue (so a slow reader slows the writer, never the relay's
 //! memory). The session ends when either side ends, breaks the protocol, or
 //! the session idles out; the other side is told with a clear close frame.
+//!
+//! A frame with a valid hop header (a traceparent in clear) gets a
+//! `relay.forward` span from its arrival to its write on the other side,
+//! child of that traceparent; the header is rewritten to name the
+//! `relay.forward` span before the frame goes on (the relay is a trace hop).
+//! An invalid or oversized header is removed and the frame forwarded as is.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::KeyValue;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Span, SpanKind, Tracer};
+use telemetry::w3c::{Extracted, TraceContext};
+use telemetry::{carriers, otel, spans};
 
 use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER};
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
@@ -111,6 +123,45 @@ fn check(mut frame: Frame, limits: &SpliceLimits) -> Option<Frame> {
     Some(frame)
 }
 
+/// Starts `relay.forward` for a frame with a valid hop header (arrived at
+/// `arrived`) and rewrites the header to name the new span. A header that
+/// does not parse is removed; the frame itself is never refused for it.
+fn start_forward(
+    tracer: &BoxedTracer,
+    frame: &mut Frame,
+    dir: Direction,
+    arrived: SystemTime,
+) -> Option<opentelemetry::global::BoxedSpan> {
+    if frame.hop_traceparent.is_empty() {
+        return None;
+    }
+    let Some(parent) = carriers::hop::extract(&frame.hop_traceparent) else {
+        frame.hop_traceparent.clear();
+        return None;
+    };
+    let parent_cx = otel::context_from(&Extracted::Valid(TraceContext {
+        parent,
+        state: None,
+    }));
+    let direction = match dir {
+        Direction::ToServer => "to_server",
+        Direction::ToClient => "to_client",
+    };
+    let span = tracer
+        .span_builder(spans::RELAY_FORWARD)
+        .with_kind(SpanKind::Internal)
+        .with_start_time(arrived)
+        .with_attributes(vec![
+            KeyValue::new("rex.direction", direction),
+            KeyValue::new("rex.frame.bytes", frame.payload.len() as i64),
+        ])
+        .start_with_context(tracer, &parent_cx);
+    frame.hop_traceparent = otel::from_span_context(span.span_context())
+        .map(|tc| carriers::hop::inject(&tc.parent))
+        .unwrap_or_default();
+    Some(span)
+}
+
 /// Forwards frames from `from` to `to` until something ends the session.
 pub async fn pump(
     mut from: Streaming<Frame>,
@@ -132,6 +183,10 @@ pub async fn pump(
     };
     let timer = tokio::time::sleep(first_wait);
     tokio::pin!(timer);
+    // With hop headers off the relay makes no per-frame spans at all.
+    let tracer = limits
+        .hop_headers
+        .then(|| opentelemetry::global::tracer("relay"));
     let end = loop {
         let next = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
@@ -159,16 +214,26 @@ pub async fn pump(
                 .as_mut()
                 .reset(tokio::time::Instant::now() + limits.idle_timeout);
         }
+        let arrived = SystemTime::now();
         session.touch();
-        let Some(frame) = check(frame, &limits) else {
+        let Some(mut frame) = check(frame, &limits) else {
             break PumpEnd::Protocol;
         };
+        let forward = tracer
+            .as_ref()
+            .and_then(|t| start_forward(t, &mut frame, dir, arrived));
         let len = frame.payload.len() as u64;
         let is_close = frame.kind == FrameKind::Close as i32;
         let sent = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
             r = to.send(Ok(frame)) => r,
         };
+        if let Some(mut span) = forward {
+            if sent.is_err() {
+                span.set_status(opentelemetry::trace::Status::error("destination gone"));
+            }
+            span.end();
+        }
         if sent.is_err() {
             break PumpEnd::DestinationGone;
         }

@@ -11,8 +11,14 @@
 //! - [`otel`]: conversion to and from OpenTelemetry's `SpanContext`, and the
 //!   parent `Context` for the next span.
 //! - [`spans`]: the stage-span names (DESIGN.md §3.2).
-//! - [`setup`]: the one place logging and the tracer provider are installed.
+//! - [`framing`]: the `relay.frame.send`/`relay.frame.recv` spans both ends
+//!   make for traced messages, and the hop header their frames carry.
+//! - [`ids`]: span ids drawn before their span starts (the child's
+//!   `TRACEPARENT` names `process.run` before the process exists).
+//! - [`setup`]: the one place logging, tracer providers and span export
+//!   (OTLP/gRPC or the local trace file) are set up.
 //! - [`shutdown`]: the one shutdown pattern (SIGINT/SIGTERM cancel a token).
+//! - [`trace_file`]: the local OTLP JSON trace file, its exporter and reader.
 //!
 //! Extraction never fails a call: an absent or invalid context means the next
 //! span starts a new trace, and an invalid tracestate is dropped on its own.
@@ -21,8 +27,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod carriers;
+pub mod framing;
+pub mod ids;
 pub mod otel;
 pub mod setup;
 pub mod shutdown;
 pub mod spans;
+pub mod trace_file;
 pub mod w3c;

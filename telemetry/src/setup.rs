@@ -1,9 +1,35 @@
-//! The one place where the binaries set up logging and the tracer provider.
+//! The one place where the binaries set up logging, tracer providers and
+//! span export (DESIGN.md §3.4).
+//!
+//! Where spans go is decided once, from the standard variables:
+//! - `OTEL_SDK_DISABLED=true`: nowhere (ids are still made and propagated);
+//! - `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//!   set: OTLP over gRPC (the exporter reads the other `OTEL_EXPORTER_OTLP_*`
+//!   variables itself);
+//! - otherwise: the local trace file, when the caller passes one (the CLI
+//!   does), else nowhere.
+//!
+//! `OTEL_SERVICE_NAME` overrides the service's default name and
+//! `OTEL_TRACES_SAMPLER` picks the sampler (`always_off` keeps propagation
+//! but records nothing). Spans are batched and exported off the hot path;
+//! [`TelemetryGuard::shutdown`] flushes them within a bound, so a collector
+//! that is down delays an exit by at most that bound and never fails it.
+
+use std::time::Duration;
 
 use opentelemetry::global;
+use opentelemetry::trace::TracerProvider;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, TracerProviderBuilder};
 use tracing_subscriber::EnvFilter;
+
+use crate::ids::PresetIdGenerator;
+use crate::trace_file::TraceFile;
+
+/// How long shutdown waits for the last spans to be exported.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The log level used when `RUST_LOG` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,30 +40,104 @@ pub enum LogDefault {
     Info,
 }
 
-/// Keeps telemetry alive; dropping it flushes and shuts the tracer down.
+/// Where this process's spans go.
+#[derive(Debug, Clone)]
+pub enum Export {
+    /// Nowhere: `OTEL_SDK_DISABLED=true`, or no endpoint and no local file.
+    Off,
+    /// OTLP over gRPC to the configured endpoint.
+    Otlp,
+    /// The local trace file.
+    File(TraceFile),
+}
+
+impl Export {
+    /// The choice the environment makes, with `local` as the fallback when
+    /// no OTLP endpoint is configured.
+    pub fn from_env(local: Option<TraceFile>) -> Self {
+        Self::decide(|k| std::env::var(k).ok(), local)
+    }
+
+    /// [`from_env`](Self::from_env) over an arbitrary variable lookup.
+    pub fn decide(var: impl Fn(&str) -> Option<String>, local: Option<TraceFile>) -> Self {
+        let set = |k: &str| var(k).is_some_and(|v| !v.trim().is_empty());
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Self::Off;
+        }
+        if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") || set("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            return Self::Otlp;
+        }
+        local.map_or(Self::Off, Self::File)
+    }
+}
+
+/// What a process exports and how patiently it flushes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where spans go.
+    pub export: Export,
+    /// Retry failed OTLP exports (services) or try once (short-lived CLIs,
+    /// which must not linger at exit because a collector is down).
+    pub retry: bool,
+}
+
+impl Options {
+    /// The environment's choice for a long-running service (retries on).
+    pub fn service() -> Self {
+        Self {
+            export: Export::from_env(None),
+            retry: true,
+        }
+    }
+}
+
+/// Keeps telemetry alive; [`shutdown`](Self::shutdown) (or dropping it)
+/// flushes and shuts the tracer providers down.
 #[derive(Debug)]
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    providers: Vec<SdkTracerProvider>,
+    export: Export,
+    done: bool,
 }
 
 impl TelemetryGuard {
-    /// The tracer provider (for tests and embedding).
-    pub fn provider(&self) -> &SdkTracerProvider {
-        &self.provider
+    /// The first (or only) tracer provider.
+    pub fn provider(&self) -> Option<&SdkTracerProvider> {
+        self.providers.first()
+    }
+
+    /// Where spans go.
+    pub fn export(&self) -> &Export {
+        &self.export
+    }
+
+    /// Exports what is buffered and stops, waiting at most
+    /// [`FLUSH_TIMEOUT`] per provider. Blocking: call it outside async code
+    /// (or through `spawn_blocking`) while the runtime is still alive.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        for p in &self.providers {
+            if let Err(e) = p.shutdown_with_timeout(FLUSH_TIMEOUT) {
+                tracing::debug!(error = %e, "span export at shutdown failed");
+            }
+        }
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.force_flush();
-        let _ = self.provider.shutdown();
+        self.stop();
     }
 }
 
-/// Installs a log subscriber writing to stderr (filter from `RUST_LOG`)
-/// and a global tracer provider for `service`, so that every span has a
-/// real trace and span id to propagate.
-pub fn init(service: &'static str, default: LogDefault) -> TelemetryGuard {
+/// Installs the log subscriber (stderr, filter from `RUST_LOG`).
+fn init_logs(default: LogDefault) {
     let level = match default {
         LogDefault::Warn => "warn",
         LogDefault::Info => "info",
@@ -49,14 +149,188 @@ pub fn init(service: &'static str, default: LogDefault) -> TelemetryGuard {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-    let provider = tracer_provider(service);
-    global::set_tracer_provider(provider.clone());
-    TelemetryGuard { provider }
 }
 
-/// A tracer provider for `service` with no exporter.
-pub fn tracer_provider(service: &'static str) -> SdkTracerProvider {
+/// Sets up logs and the global tracer provider for one service, exporting
+/// as `options` says. Must run inside a Tokio runtime when OTLP export may
+/// be chosen (the gRPC client lives on the runtime).
+pub fn init(service: &'static str, default: LogDefault, options: Options) -> TelemetryGuard {
+    init_logs(default);
+    let name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| service.to_owned());
+    let provider = build_provider(name, &options);
+    global::set_tracer_provider(provider.clone());
+    TelemetryGuard {
+        providers: vec![provider],
+        export: options.export,
+        done: false,
+    }
+}
+
+/// Sets up logs and one tracer provider per service for a process that runs
+/// several services at once (the demo): a tracer asked for by a service's
+/// name (`global::tracer("relay")`) reports as that service. Tracers with
+/// other names report as the first service.
+pub fn init_services(
+    services: &[&'static str],
+    default: LogDefault,
+    options: Options,
+) -> TelemetryGuard {
+    init_logs(default);
+    let routes: Vec<(&'static str, SdkTracerProvider)> = services
+        .iter()
+        .map(|s| (*s, build_provider((*s).to_owned(), &options)))
+        .collect();
+    let providers: Vec<SdkTracerProvider> = routes.iter().map(|(_, p)| p.clone()).collect();
+    if let Some(router) = ScopeRouter::new(routes) {
+        global::set_tracer_provider(router);
+    }
+    TelemetryGuard {
+        providers,
+        export: options.export,
+        done: false,
+    }
+}
+
+/// A provider for `service` that exports as `options` says (the one
+/// builder every binary and test uses, so ids are always preset-capable).
+pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
+    let builder = base_builder(service);
+    let builder = match &options.export {
+        Export::Off => builder,
+        Export::File(file) => builder.with_batch_exporter(file.exporter()),
+        Export::Otlp => match otlp_exporter(options.retry) {
+            Ok(exporter) => builder.with_batch_exporter(exporter),
+            Err(e) => {
+                tracing::warn!(error = %e, "OTLP export is configured but unusable; spans are not exported");
+                builder
+            }
+        },
+    };
+    builder.build()
+}
+
+/// A provider builder with the service's resource and the preset-capable id
+/// generator, and no exporter (tests add their own).
+pub fn base_builder(service: String) -> TracerProviderBuilder {
     SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build())
+        .with_id_generator(PresetIdGenerator::default())
+}
+
+fn otlp_exporter(
+    retry: bool,
+) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+    let policy = if retry {
+        RetryPolicy::recommended()
+    } else {
+        RetryPolicy::disabled()
+    };
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_retry_policy(policy)
         .build()
+}
+
+/// A tracer provider that hands out each service's tracer by scope name.
+#[derive(Debug, Clone)]
+struct ScopeRouter {
+    routes: Vec<(&'static str, SdkTracerProvider)>,
+    default: SdkTracerProvider,
+}
+
+impl ScopeRouter {
+    fn new(routes: Vec<(&'static str, SdkTracerProvider)>) -> Option<Self> {
+        let default = routes.first()?.1.clone();
+        Some(Self { routes, default })
+    }
+}
+
+impl TracerProvider for ScopeRouter {
+    type Tracer = SdkTracer;
+
+    fn tracer_with_scope(&self, scope: InstrumentationScope) -> SdkTracer {
+        let provider = self
+            .routes
+            .iter()
+            .find(|(name, _)| *name == scope.name())
+            .map_or(&self.default, |(_, p)| p);
+        provider.tracer_with_scope(scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn decide(vars: &[(&str, &str)]) -> Export {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let dir = std::env::temp_dir().join("rex-setup-test.jsonl");
+        Export::decide(
+            |k| map.get(k).cloned(),
+            Some(TraceFile::new(dir, 1024)),
+        )
+    }
+
+    #[test]
+    fn export_choice_follows_the_standard_variables() {
+        assert!(matches!(decide(&[]), Export::File(_)));
+        assert!(matches!(
+            decide(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]),
+            Export::Otlp
+        ));
+        assert!(matches!(
+            decide(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317")]),
+            Export::Otlp
+        ));
+        assert!(matches!(
+            decide(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "  ")]),
+            Export::File(_)
+        ));
+        assert!(matches!(
+            decide(&[
+                ("OTEL_SDK_DISABLED", "TRUE"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")
+            ]),
+            Export::Off
+        ));
+        assert!(matches!(
+            decide(&[("OTEL_SDK_DISABLED", "false")]),
+            Export::File(_)
+        ));
+        assert!(matches!(Export::decide(|_| None, None), Export::Off));
+    }
+
+    #[test]
+    fn router_reports_each_service_under_its_own_provider() {
+        use opentelemetry::trace::{Span, Tracer};
+        use opentelemetry_sdk::trace::InMemorySpanExporter;
+        let a = InMemorySpanExporter::default();
+        let b = InMemorySpanExporter::default();
+        let pa = base_builder("a".into())
+            .with_simple_exporter(a.clone())
+            .build();
+        let pb = base_builder("b".into())
+            .with_simple_exporter(b.clone())
+            .build();
+        let router = ScopeRouter::new(vec![("a", pa), ("b", pb)]).unwrap();
+        router.tracer("b").start("in-b").end();
+        router.tracer("a").start("in-a").end();
+        router.tracer("other").start("in-default").end();
+        let names = |e: &InMemorySpanExporter| -> Vec<String> {
+            e.get_finished_spans()
+                .unwrap()
+                .iter()
+                .map(|s| s.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(&a), vec!["in-a", "in-default"]);
+        assert_eq!(names(&b), vec!["in-b"]);
+    }
 }

@@ -7,10 +7,15 @@
 //!   play a malicious relay.
 //! - [`binaries`]: locating (building if needed) and running the three
 //!   binaries as separate processes.
+//! - [`otlp`]: an OTLP/gRPC trace receiver that records exported spans.
+//! - [`trace_check`]: assertions over recorded spans (parents, nesting,
+//!   coverage).
 
 // This crate is test support: a fixture that cannot set up panics the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod binaries;
+pub mod otlp;
 pub mod proxy;
 pub mod stack;
+pub mod trace_check;

@@ -14,7 +14,6 @@ use proto::pb::tunnel::tunnel_server::{Tunnel, TunnelServer};
 use proto::pb::tunnel::{Frame, FrameKind};
 use proto::routing::SERVER_ID_HEADER;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -101,7 +100,7 @@ pub async fn start(upstream: String, behaviour: Behaviour) -> String {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TunnelServer::new(svc))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(proto::link::incoming(listener)),
     );
     format!("http://{addr}")
 }

@@ -152,6 +152,28 @@ fn small_envelopes_coalesce() {
 }
 
 #[test]
+fn stream_offsets_say_when_an_envelope_has_left() {
+    let (mut c, _srv) = pair();
+    assert_eq!((c.queued_offset(), c.sent_offset()), (0, 0));
+    let big: Vec<u8> = vec![7; MAX_NOISE_PLAINTEXT * 2];
+    c.send(&big).unwrap();
+    let after_big = c.queued_offset();
+    assert_eq!(after_big, big.len() as u64 + 4);
+    c.send(b"small").unwrap();
+    let after_small = c.queued_offset();
+    assert_eq!(after_small, after_big + 9);
+    // The big envelope needs three messages; the small one rides in the last.
+    c.poll_transmit(t0()).unwrap().unwrap();
+    assert!(c.sent_offset() < after_big);
+    c.poll_transmit(t0()).unwrap().unwrap();
+    assert!(c.sent_offset() < after_big);
+    c.poll_transmit(t0()).unwrap().unwrap();
+    assert_eq!(c.sent_offset(), after_small);
+    assert!(c.poll_transmit(t0()).unwrap().is_none());
+    assert_eq!(c.queued_offset(), c.sent_offset());
+}
+
+#[test]
 fn one_mib_envelope_spans_messages() {
     let (mut c, mut srv) = pair();
     let big: Vec<u8> = (0..MAX_ENVELOPE).map(|i| (i % 251) as u8).collect();

@@ -96,6 +96,8 @@ pub struct Transport {
     stats: TransportStats,
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
+    /// Envelope-stream bytes taken into DATA records so far.
+    stream_sent: u64,
 }
 
 impl fmt::Debug for Transport {
@@ -134,6 +136,7 @@ impl Transport {
             stats: TransportStats::default(),
             tx_buf: Vec::new(),
             rx_buf: Vec::new(),
+            stream_sent: 0,
         }
     }
 
@@ -170,6 +173,7 @@ impl Transport {
             return Ok(Some(msg));
         }
         let chunk = self.encoder.take(MAX_DATA_BODY);
+        self.stream_sent += chunk.len() as u64;
         let msg = self.encrypt_record(RECORD_DATA, &chunk)?;
         self.sent_since_rekey = self.sent_since_rekey.saturating_add(1);
         Ok(Some(msg))
@@ -183,6 +187,19 @@ impl Transport {
     /// Bytes of envelope stream queued but not yet sent.
     pub fn pending_bytes(&self) -> usize {
         self.encoder.pending()
+    }
+
+    /// The envelope-stream offset just past the last envelope queued by
+    /// [`send`](Self::send). An envelope queued when this was `n` has left
+    /// in a message once [`sent_offset`](Self::sent_offset) reaches `n`
+    /// (senders use it to end per-message framing spans).
+    pub fn queued_offset(&self) -> u64 {
+        self.stream_sent + self.encoder.pending() as u64
+    }
+
+    /// Envelope-stream bytes that have left in DATA messages so far.
+    pub fn sent_offset(&self) -> u64 {
+        self.stream_sent
     }
 
     /// Produces the authenticated `CLOSE` message with `reason` (cut to

@@ -1,0 +1,736 @@
+//! Rendering one trace from the local trace file as text: a header, a
+//! waterfall of its spans in tree order, and a per-stage table
+//! (`core-client trace show`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use telemetry::spans::{TERMINAL_DELIVERY, TERMINAL_PUSH};
+use telemetry::trace_file::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
+
+/// The narrowest timeline drawn, in cells.
+pub const MIN_WIDTH: usize = 10;
+
+/// The timeline width [`show`] uses, in cells.
+pub const SHOW_WIDTH: usize = 40;
+
+const FILLED: char = '█';
+const EMPTY: char = '·';
+/// A zero-duration span's instant on the timeline.
+const INSTANT: char = '|';
+
+/// Showing a trace failed; every message fits on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    /// The selector is neither `last` nor a trace id.
+    #[error(transparent)]
+    Selector(#[from] InvalidSelector),
+    /// The trace file could not be read or does not hold the trace.
+    #[error(transparent)]
+    TraceFile(#[from] TraceFileError),
+    /// Writing the rendered trace failed.
+    #[error("writing the trace: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// Finds the trace `selector` names (`last` or a trace id) in the trace file
+/// at `path` and writes it, rendered with a [`SHOW_WIDTH`]-cell timeline.
+pub fn show(path: &Path, selector: &str, out: &mut impl io::Write) -> Result<(), ShowError> {
+    let selector: Selector = selector.parse()?;
+    let trace = trace_file::find(path, &selector)?;
+    out.write_all(render(&trace, SHOW_WIDTH).as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// One span placed in the tree, with its interval clamped (`end >= start`).
+struct Placed<'a> {
+    span: &'a SpanRecord,
+    depth: usize,
+    start: u64,
+    end: u64,
+}
+
+impl Placed<'_> {
+    fn duration(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// Renders `trace` as a header line, a waterfall whose timeline is `width`
+/// cells wide (at least [`MIN_WIDTH`]), and a per-stage table.
+pub fn render(trace: &Trace, width: usize) -> String {
+    let width = width.max(MIN_WIDTH);
+    let placed = tree_order(&trace.spans);
+    let t0 = placed.iter().map(|p| p.start).min().unwrap_or(0);
+    let t1 = placed.iter().map(|p| p.end).max().unwrap_or(t0);
+    let total = t1 - t0;
+
+    let mut services: Vec<&str> = Vec::new();
+    for p in &placed {
+        if !services.contains(&p.span.service.as_str()) {
+            services.push(&p.span.service);
+        }
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "trace {}: {} ms, {} span{}, services: {}",
+        trace.trace_id,
+        ms(total),
+        placed.len(),
+        if placed.len() == 1 { "" } else { "s" },
+        if services.is_empty() {
+            "none".to_owned()
+        } else {
+            services.join(", ")
+        },
+    );
+    if placed.is_empty() {
+        out.push_str("(no spans)\n");
+        return out;
+    }
+    out.push('\n');
+    waterfall(&mut out, &placed, t0, total, width);
+    out.push('\n');
+    stage_table(&mut out, &placed, placed.first().map(Placed::duration));
+    notes(&mut out, &placed);
+    out
+}
+
+/// The spans in tree order with their depths, clamped. The first is the
+/// root span: the earliest-starting root.
+///
+/// A span whose parent is not in the trace is a root; roots and each span's
+/// children are ordered by start time. Spans caught in a parent cycle (no
+/// root above them) are placed as extra roots, so every span appears once.
+fn tree_order(spans: &[SpanRecord]) -> Vec<Placed<'_>> {
+    let bounds: Vec<(u64, u64)> = spans
+        .iter()
+        .map(|s| (s.start_unix_nanos, s.end_unix_nanos.max(s.start_unix_nanos)))
+        .collect();
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    for (i, span) in spans.iter().enumerate() {
+        by_id.entry(span.span_id.as_str()).or_insert(i);
+    }
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+    let mut roots: Vec<usize> = Vec::new();
+    for (i, span) in spans.iter().enumerate() {
+        let parent = span
+            .parent_span_id
+            .as_deref()
+            .and_then(|id| by_id.get(id).copied())
+            .filter(|parent| *parent != i);
+        match parent.and_then(|p| children.get_mut(p)) {
+            Some(siblings) => siblings.push(i),
+            None => roots.push(i),
+        }
+    }
+    let by_start = |i: &usize| (bounds.get(*i).map_or(0, |b| b.0), *i);
+    roots.sort_by_key(by_start);
+    for siblings in &mut children {
+        siblings.sort_by_key(by_start);
+    }
+    // Cycle members, earliest first, as fallback roots after the real ones.
+    let mut everything: Vec<usize> = (0..spans.len()).collect();
+    everything.sort_by_key(by_start);
+    roots.extend(everything);
+
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    let mut visited = vec![false; spans.len()];
+    for root in roots {
+        let mut stack = vec![(root, 0)];
+        while let Some((i, depth)) = stack.pop() {
+            match visited.get_mut(i) {
+                Some(seen) if !*seen => *seen = true,
+                _ => continue,
+            }
+            order.push((i, depth));
+            if let Some(kids) = children.get(i) {
+                stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
+            }
+        }
+    }
+
+    order
+        .into_iter()
+        .filter_map(|(i, depth)| {
+            let (start, end) = *bounds.get(i)?;
+            Some(Placed {
+                span: spans.get(i)?,
+                depth,
+                start,
+                end,
+            })
+        })
+        .collect()
+}
+
+fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width: usize) {
+    let label = |p: &Placed<'_>| format!("{}{}", "  ".repeat(p.depth), p.span.name);
+    let starts: Vec<String> = placed.iter().map(|p| ms(p.start - t0)).collect();
+    let durations: Vec<String> = placed.iter().map(|p| ms(p.duration())).collect();
+    let name_w = column_width("span", placed.iter().map(|p| label(p).chars().count()));
+    let service_w = column_width(
+        "service",
+        placed.iter().map(|p| p.span.service.chars().count()),
+    );
+    let start_w = column_width("start ms", starts.iter().map(String::len));
+    let dur_w = column_width("dur ms", durations.iter().map(String::len));
+
+    let _ = writeln!(
+        out,
+        "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  timeline",
+        "span", "service", "start ms", "dur ms"
+    );
+    for ((p, start), duration) in placed.iter().zip(&starts).zip(&durations) {
+        let _ = writeln!(
+            out,
+            "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  {}",
+            label(p),
+            p.span.service,
+            start,
+            duration,
+            bar(p.start - t0, p.end - t0, total, width),
+        );
+    }
+}
+
+/// The timeline cells for a span at `[start, end]` (offsets from the trace
+/// start) in a trace lasting `total`: filled cells cover the interval, at
+/// least one for a non-zero span; a zero-duration span marks its instant.
+fn bar(start: u64, end: u64, total: u64, width: usize) -> String {
+    let (first, last) = if total == 0 {
+        (0, 1)
+    } else {
+        let cells = width as u128;
+        let total = u128::from(total);
+        let first = (u128::from(start) * cells / total).min(cells - 1);
+        let last = (u128::from(end) * cells).div_ceil(total).min(cells);
+        let last = last.max(first + 1);
+        (
+            usize::try_from(first).unwrap_or(width - 1),
+            usize::try_from(last).unwrap_or(width),
+        )
+    };
+    let mark = if end == start { INSTANT } else { FILLED };
+    (0..width)
+        .map(|cell| {
+            if (first..last).contains(&cell) {
+                mark
+            } else {
+                EMPTY
+            }
+        })
+        .collect()
+}
+
+/// One row per span name, in order of first appearance: count, summed
+/// duration and its share of the root span's duration.
+fn stage_table(out: &mut String, placed: &[Placed<'_>], root_duration: Option<u64>) {
+    let mut stages: Vec<(&str, usize, u64)> = Vec::new();
+    for p in placed {
+        match stages.iter_mut().find(|(name, _, _)| *name == p.span.name) {
+            Some((_, count, sum)) => {
+                *count += 1;
+                *sum = sum.saturating_add(p.duration());
+            }
+            None => stages.push((&p.span.name, 1, p.duration())),
+        }
+    }
+    let rows: Vec<[String; 4]> = stages
+        .iter()
+        .map(|(name, count, sum)| {
+            let share = match root_duration {
+                Some(root) if root > 0 => format!("{:.1}%", *sum as f64 * 100.0 / root as f64),
+                _ => "n/a".to_owned(),
+            };
+            [(*name).to_owned(), count.to_string(), ms(*sum), share]
+        })
+        .collect();
+    let headers = ["stage", "count", "total ms", "share"];
+    let mut widths = [0; 4];
+    for (column, w) in widths.iter_mut().enumerate() {
+        let cells = rows.iter().filter_map(|row| row.get(column));
+        *w = column_width(
+            headers.get(column).copied().unwrap_or(""),
+            cells.map(|c| c.chars().count()),
+        );
+    }
+    let [name_w, count_w, total_w, share_w] = widths;
+    let [h0, h1, h2, h3] = headers;
+    let _ = writeln!(
+        out,
+        "{h0:<name_w$}  {h1:>count_w$}  {h2:>total_w$}  {h3:>share_w$}"
+    );
+    for [name, count, total, share] in &rows {
+        let _ = writeln!(
+            out,
+            "{name:<name_w$}  {count:>count_w$}  {total:>total_w$}  {share:>share_w$}"
+        );
+    }
+}
+
+/// The `rex.*` attributes of the terminal spans, and any errors, one line
+/// per span.
+fn notes(out: &mut String, placed: &[Placed<'_>]) {
+    let mut lines: Vec<String> = Vec::new();
+    for p in placed {
+        if p.span.name == TERMINAL_PUSH || p.span.name == TERMINAL_DELIVERY {
+            let attributes: Vec<String> = p
+                .span
+                .attributes
+                .iter()
+                .filter(|(key, _)| key.starts_with("rex."))
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            if !attributes.is_empty() {
+                lines.push(format!("{}: {}", p.span.name, attributes.join(", ")));
+            }
+        }
+    }
+    for p in placed {
+        if let Some(error) = &p.span.error {
+            lines.push(format!(
+                "error in {} ({}): {error}",
+                p.span.name, p.span.service
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        out.push('\n');
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+}
+
+fn column_width(header: &str, cells: impl Iterator<Item = usize>) -> usize {
+    cells.fold(header.chars().count(), usize::max)
+}
+
+/// Nanoseconds as milliseconds with three decimals (rounded to the
+/// microsecond).
+fn ms(nanos: u64) -> String {
+    let micros = nanos.saturating_add(500) / 1_000;
+    format!("{}.{:03}", micros / 1_000, micros % 1_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const T0: u64 = 1_700_000_000_000_000_000;
+    const MS: u64 = 1_000_000;
+
+    fn span(
+        name: &str,
+        service: &str,
+        id: &str,
+        parent: Option<&str>,
+        start: u64,
+        end: u64,
+    ) -> SpanRecord {
+        SpanRecord {
+            service: service.to_owned(),
+            name: name.to_owned(),
+            trace_id: TRACE_ID.to_owned(),
+            span_id: format!("{id:0>16}"),
+            parent_span_id: parent.map(|p| format!("{p:0>16}")),
+            start_unix_nanos: T0 + start,
+            end_unix_nanos: T0 + end,
+            attributes: Vec::new(),
+            links: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn trace(spans: Vec<SpanRecord>) -> Trace {
+        Trace {
+            trace_id: TRACE_ID.to_owned(),
+            spans,
+        }
+    }
+
+    /// The waterfall rows (after the column header), up to the blank line.
+    fn rows(out: &str) -> Vec<&str> {
+        out.lines()
+            .skip_while(|l| !l.starts_with("span "))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The columns of a row: label (with indentation), service, start,
+    /// duration, bar.
+    fn columns(row: &str) -> (String, Vec<&str>) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        let indent = row.len() - row.trim_start().len();
+        (
+            format!("{}{}", " ".repeat(indent), fields[0]),
+            fields[1..].to_vec(),
+        )
+    }
+
+    fn stage_rows(out: &str) -> Vec<Vec<&str>> {
+        out.lines()
+            .skip_while(|l| !l.starts_with("stage "))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().collect())
+            .collect()
+    }
+
+    fn filled(bar: &str) -> Vec<usize> {
+        bar.chars()
+            .enumerate()
+            .filter(|(_, c)| *c == FILLED)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// A client root with out-of-order children, a grandchild, a repeated
+    /// stage and a server span whose parent is in another trace.
+    fn sample() -> Trace {
+        trace(vec![
+            span("tool.dispatch", "core-client", "a", None, 0, 10 * MS),
+            span(
+                "terminal.delivery",
+                "core-client",
+                "b",
+                Some("a"),
+                5 * MS,
+                10 * MS,
+            ),
+            span("session.acquire", "core-client", "c", Some("a"), MS, 4 * MS),
+            span(
+                "relay.frame.send",
+                "core-client",
+                "d",
+                Some("c"),
+                2 * MS,
+                2 * MS + 500_000,
+            ),
+            span(
+                "relay.frame.send",
+                "core-client",
+                "e",
+                Some("c"),
+                3 * MS,
+                3 * MS + 500_000,
+            ),
+            span(
+                "rpc.server.exec",
+                "exec-server",
+                "f",
+                Some("ffff"),
+                6 * MS,
+                8 * MS,
+            ),
+        ])
+    }
+
+    #[test]
+    fn header_names_the_trace_duration_spans_and_services() {
+        let out = render(&sample(), 40);
+        let header = out.lines().next().unwrap();
+        assert_eq!(
+            header,
+            format!("trace {TRACE_ID}: 10.000 ms, 6 spans, services: core-client, exec-server")
+        );
+    }
+
+    #[test]
+    fn spans_are_in_tree_order_with_indentation() {
+        let out = render(&sample(), 40);
+        let labels: Vec<String> = rows(&out).into_iter().map(|r| columns(r).0).collect();
+        assert_eq!(
+            labels,
+            [
+                "tool.dispatch",
+                "  session.acquire",
+                "    relay.frame.send",
+                "    relay.frame.send",
+                "  terminal.delivery",
+                // Its parent is not in the trace: a second root, by start.
+                "rpc.server.exec",
+            ]
+        );
+        // Columns line up: every bar starts at the same character column.
+        let bar_columns: Vec<usize> = rows(&out).iter().map(|r| r.chars().count() - 40).collect();
+        assert!(bar_columns.windows(2).all(|w| w[0] == w[1]), "{out}");
+    }
+
+    #[test]
+    fn offsets_and_durations_are_milliseconds() {
+        let out = render(&sample(), 40);
+        let rows = rows(&out);
+        let (_, session) = columns(rows[1]);
+        assert_eq!(session[..3], ["core-client", "1.000", "3.000"]);
+        let (_, frame) = columns(rows[2]);
+        assert_eq!(frame[1..3], ["2.000", "0.500"]);
+        let (_, server) = columns(rows[5]);
+        assert_eq!(server[..3], ["exec-server", "6.000", "2.000"]);
+    }
+
+    #[test]
+    fn bars_cover_each_span_interval() {
+        let out = render(&sample(), 40);
+        let rows = rows(&out);
+        let bar = |i: usize| columns(rows[i]).1[3].to_owned();
+        // The root covers the whole trace.
+        assert_eq!(filled(&bar(0)), (0..40).collect::<Vec<_>>());
+        // The delivery covers the second half of its parent's interval.
+        assert_eq!(filled(&bar(4)), (20..40).collect::<Vec<_>>());
+        assert_eq!(bar(4).chars().filter(|c| *c == EMPTY).count(), 20);
+        // 1..4 ms of 10 ms: cells 4 to 15.
+        assert_eq!(filled(&bar(1)), (4..16).collect::<Vec<_>>());
+        // A 0.5 ms span is two cells of 0.25 ms.
+        assert_eq!(filled(&bar(2)), [8, 9]);
+        for i in 0..rows.len() {
+            assert_eq!(bar(i).chars().count(), 40);
+        }
+    }
+
+    #[test]
+    fn milliseconds_round_to_the_microsecond() {
+        assert_eq!(ms(0), "0.000");
+        assert_eq!(ms(1_999_499), "1.999");
+        assert_eq!(ms(1_999_500), "2.000");
+        assert_eq!(ms(12_345_678_901), "12345.679");
+        assert_eq!(ms(u64::MAX), "18446744073709.551");
+    }
+
+    #[test]
+    fn a_short_span_gets_at_least_one_cell() {
+        let t = trace(vec![
+            span("root", "s", "a", None, 0, 1_000 * MS),
+            span("blip", "s", "b", Some("a"), 500 * MS, 500 * MS + 1),
+        ]);
+        let out = render(&t, 40);
+        let rows = rows(&out);
+        assert_eq!(filled(columns(rows[1]).1[3]), [20]);
+    }
+
+    #[test]
+    fn stage_table_counts_totals_and_shares() {
+        let out = render(&sample(), 40);
+        assert!(out.contains("\n\nstage "), "blank line before the table");
+        let table = stage_rows(&out);
+        assert_eq!(
+            table,
+            [
+                vec!["tool.dispatch", "1", "10.000", "100.0%"],
+                vec!["session.acquire", "1", "3.000", "30.0%"],
+                vec!["relay.frame.send", "2", "1.000", "10.0%"],
+                vec!["terminal.delivery", "1", "5.000", "50.0%"],
+                vec!["rpc.server.exec", "1", "2.000", "20.0%"],
+            ]
+        );
+    }
+
+    #[test]
+    fn share_is_of_the_earliest_root() {
+        // The later root is longer; shares are still of the earliest one.
+        let t = trace(vec![
+            span("late", "s", "b", None, 2 * MS, 10 * MS),
+            span("early", "s", "a", None, 0, 4 * MS),
+        ]);
+        let out = render(&t, 40);
+        let table = stage_rows(&out);
+        assert_eq!(table[0], ["early", "1", "4.000", "100.0%"]);
+        assert_eq!(table[1], ["late", "1", "8.000", "200.0%"]);
+    }
+
+    #[test]
+    fn terminal_attributes_and_errors_are_listed() {
+        let mut t = sample();
+        t.spans[1].attributes = vec![
+            ("rex.stdout.bytes".to_owned(), "12".to_owned()),
+            ("thread.id".to_owned(), "7".to_owned()),
+            ("rex.events".to_owned(), "3".to_owned()),
+        ];
+        t.spans[5].error = Some("spawn failed".to_owned());
+        let out = render(&t, 40);
+        assert!(
+            out.lines()
+                .any(|l| l == "terminal.delivery: rex.stdout.bytes=12, rex.events=3"),
+            "{out}"
+        );
+        assert!(!out.contains("thread.id"));
+        assert!(
+            out.lines()
+                .any(|l| l == "error in rpc.server.exec (exec-server): spawn failed"),
+            "{out}"
+        );
+        // Without such attributes or errors there is no notes section.
+        let plain = render(&sample(), 40);
+        assert!(!plain.contains("rex."));
+        assert!(!plain.contains("error in"));
+    }
+
+    #[test]
+    fn a_single_span() {
+        let t = trace(vec![span("only", "s", "a", None, 0, 3 * MS)]);
+        let out = render(&t, 20);
+        assert!(out.starts_with(&format!(
+            "trace {TRACE_ID}: 3.000 ms, 1 span, services: s\n"
+        )));
+        let rows = rows(&out);
+        assert_eq!(rows.len(), 1);
+        let (label, fields) = columns(rows[0]);
+        assert_eq!(label, "only");
+        assert_eq!(fields, ["s", "0.000", "3.000", &"█".repeat(20)]);
+        assert_eq!(stage_rows(&out), [["only", "1", "3.000", "100.0%"]]);
+    }
+
+    #[test]
+    fn zero_duration_trace() {
+        let t = trace(vec![
+            span("root", "s", "a", None, 0, 0),
+            span("kid", "s", "b", Some("a"), 0, 0),
+        ]);
+        let out = render(&t, 40);
+        assert!(out.contains(": 0.000 ms, 2 spans"), "{out}");
+        for row in rows(&out) {
+            let (_, fields) = columns(row);
+            assert_eq!(fields[1..3], ["0.000", "0.000"]);
+            let bar: Vec<char> = fields[3].chars().collect();
+            assert_eq!(bar.len(), 40);
+            assert_eq!(bar[0], INSTANT);
+            assert!(bar[1..].iter().all(|c| *c == EMPTY));
+        }
+        assert_eq!(stage_rows(&out)[0], ["root", "1", "0.000", "n/a"]);
+    }
+
+    #[test]
+    fn end_before_start_is_clamped() {
+        let t = trace(vec![
+            span("root", "s", "a", None, 0, 10 * MS),
+            span("backwards", "s", "b", Some("a"), 6 * MS, 2 * MS),
+        ]);
+        let out = render(&t, 40);
+        let rows = rows(&out);
+        let (_, fields) = columns(rows[1]);
+        assert_eq!(fields[1..3], ["6.000", "0.000"]);
+        // Drawn as an instant at 6 ms, cell 24 of 40.
+        assert_eq!(fields[3].chars().position(|c| c == INSTANT), Some(24));
+        assert_eq!(stage_rows(&out)[1], ["backwards", "1", "0.000", "0.0%"]);
+    }
+
+    #[test]
+    fn narrow_widths_use_ten_cells() {
+        let t = trace(vec![
+            span("root", "s", "a", None, 0, 10 * MS),
+            span("kid", "s", "b", Some("a"), 5 * MS, 10 * MS),
+        ]);
+        for width in [0, 1, 9] {
+            let out = render(&t, width);
+            let rows = rows(&out);
+            assert_eq!(columns(rows[0]).1[3].chars().count(), 10);
+            assert_eq!(filled(columns(rows[1]).1[3]), [5, 6, 7, 8, 9]);
+        }
+    }
+
+    #[test]
+    fn parent_cycles_and_empty_traces_do_not_hang() {
+        let t = trace(vec![
+            span("x", "s", "a", Some("b"), MS, 2 * MS),
+            span("y", "s", "b", Some("a"), 0, 3 * MS),
+            span("z", "s", "c", Some("c"), 4 * MS, 5 * MS),
+        ]);
+        let out = render(&t, 40);
+        let labels: Vec<String> = rows(&out).into_iter().map(|r| columns(r).0).collect();
+        // `z` is its own parent, so a root; the cycle starts at its earliest.
+        assert_eq!(labels, ["z", "y", "  x"]);
+
+        let empty = render(&trace(Vec::new()), 40);
+        assert_eq!(
+            empty,
+            format!("trace {TRACE_ID}: 0.000 ms, 0 spans, services: none\n(no spans)\n")
+        );
+    }
+
+    /// One OTLP JSON line as the exporter writes it (one trace).
+    fn otlp_line(trace_id: &str, name: &str) -> String {
+        format!(
+            concat!(
+                r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","#,
+                r#""value":{{"stringValue":"core-client"}}}}]}},"scopeSpans":[{{"scope":{{"name":"t"}},"#,
+                r#""spans":[{{"traceId":"{}","spanId":"00f067aa0ba902b7","name":"{}","#,
+                r#""kind":1,"startTimeUnixNano":"1700000000000000000","#,
+                r#""endTimeUnixNano":"1700000000002500000","attributes":[],"#,
+                r#""status":{{}}}}]}}]}}]}}"#,
+                "\n"
+            ),
+            trace_id, name
+        )
+    }
+
+    #[test]
+    fn show_finds_and_renders_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let other = "0af7651916cd43dd8448eb211c80319c";
+        std::fs::write(
+            &path,
+            otlp_line(TRACE_ID, "tool.dispatch") + &otlp_line(other, "session.acquire"),
+        )
+        .unwrap();
+
+        let mut out = Vec::new();
+        show(&path, "last", &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(&format!("trace {other}: 2.500 ms, 1 span")),
+            "{text}"
+        );
+        assert!(text.contains(&"█".repeat(SHOW_WIDTH)));
+
+        let mut out = Vec::new();
+        show(&path, &TRACE_ID.to_ascii_uppercase(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(&format!("trace {TRACE_ID}:")), "{text}");
+        assert!(text.contains("tool.dispatch"));
+    }
+
+    #[test]
+    fn show_errors_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let mut out = Vec::new();
+
+        let err = show(&path, "last", &mut out).unwrap_err();
+        assert!(matches!(
+            err,
+            ShowError::TraceFile(TraceFileError::NotFound(_))
+        ));
+        assert!(err.to_string().contains("no traces have been recorded"));
+
+        std::fs::write(&path, otlp_line(TRACE_ID, "x")).unwrap();
+        let err = show(&path, "latest", &mut out).unwrap_err();
+        assert!(matches!(err, ShowError::Selector(_)));
+        assert!(err.to_string().contains("32 hex digits"), "{err}");
+
+        let missing = "0123456789abcdef0123456789abcdef";
+        let err = show(&path, missing, &mut out).unwrap_err();
+        assert!(matches!(
+            err,
+            ShowError::TraceFile(TraceFileError::NoSuchTrace(..))
+        ));
+        assert!(err.to_string().contains(missing));
+
+        for err in [
+            show(&path, "nope", &mut out).unwrap_err(),
+            show(&dir.path().join("none"), "last", &mut out).unwrap_err(),
+        ] {
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+        assert!(out.is_empty(), "nothing is written on error");
+    }
+}

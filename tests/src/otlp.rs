@@ -1,0 +1,393 @@
+//! An in-process OTLP/gRPC trace receiver that records the spans exported
+//! to it, for tests that check what the binaries or the SDK really send.
+//!
+//! Start one with [`OtlpReceiver::start`], point an exporter at
+//! [`OtlpReceiver::endpoint`], then wait for spans with
+//! [`OtlpReceiver::wait_for`]. [`crate::trace_check`] has assertions over
+//! the recorded spans.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// An attribute value as exported over OTLP.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// A floating-point number.
+    Double(f64),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// An array of values.
+    Array(Vec<AttrValue>),
+    /// A nested key/value list.
+    Map(BTreeMap<String, AttrValue>),
+    /// No value (absent, or a kind only the profiling signal uses).
+    Empty,
+}
+
+impl AttrValue {
+    fn from_any(value: Option<&AnyValue>) -> Self {
+        use any_value::Value;
+        match value.and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => Self::Str(s.clone()),
+            Some(Value::BoolValue(b)) => Self::Bool(*b),
+            Some(Value::IntValue(i)) => Self::Int(*i),
+            Some(Value::DoubleValue(d)) => Self::Double(*d),
+            Some(Value::BytesValue(b)) => Self::Bytes(b.clone()),
+            Some(Value::ArrayValue(a)) => {
+                Self::Array(a.values.iter().map(|v| Self::from_any(Some(v))).collect())
+            }
+            Some(Value::KvlistValue(kv)) => Self::Map(attributes(&kv.values)),
+            Some(Value::StringValueStrindex(_)) | None => Self::Empty,
+        }
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, AttrValue> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), AttrValue::from_any(kv.value.as_ref())))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// One span as the receiver got it, flattened with its resource and scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedSpan {
+    /// The resource's `service.name` (empty if it had none).
+    pub service: String,
+    /// The instrumentation scope's name.
+    pub scope: String,
+    /// The span's name.
+    pub name: String,
+    /// The trace id, lowercase hex (32 digits for a valid id).
+    pub trace_id: String,
+    /// The span id, lowercase hex (16 digits for a valid id).
+    pub span_id: String,
+    /// The parent's span id in hex; `None` for a root span.
+    pub parent_span_id: Option<String>,
+    /// The span kind (`opentelemetry_proto::tonic::trace::v1::span::SpanKind`).
+    pub kind: i32,
+    /// Start time, nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    /// End time, nanoseconds since the Unix epoch.
+    pub end_unix_nanos: u64,
+    /// The span's attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Links, as `(trace_id, span_id)` in hex.
+    pub links: Vec<(String, String)>,
+    /// The status message if the status is `Error`, else `None`.
+    pub status_error: Option<String>,
+}
+
+impl RecordedSpan {
+    fn from_proto(service: &str, scope: &str, span: &Span) -> Self {
+        let status_error = span
+            .status
+            .as_ref()
+            .filter(|s| s.code == StatusCode::Error as i32)
+            .map(|s| s.message.clone());
+        Self {
+            service: service.to_owned(),
+            scope: scope.to_owned(),
+            name: span.name.clone(),
+            trace_id: hex(&span.trace_id),
+            span_id: hex(&span.span_id),
+            parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex(&span.parent_span_id)),
+            kind: span.kind,
+            start_unix_nanos: span.start_time_unix_nano,
+            end_unix_nanos: span.end_time_unix_nano,
+            attributes: attributes(&span.attributes),
+            links: span
+                .links
+                .iter()
+                .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                .collect(),
+            status_error,
+        }
+    }
+
+    /// The span's duration (zero if it ends before it starts).
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nanos.saturating_sub(self.start_unix_nanos)
+    }
+
+    /// The attribute `key`, if present.
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes.get(key)
+    }
+
+    /// The attribute `key` if it is a string.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        match self.attr(key)? {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The attribute `key` if it is an integer.
+    pub fn attr_i64(&self, key: &str) -> Option<i64> {
+        match self.attr(key)? {
+            AttrValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The attribute `key` if it is a boolean.
+    pub fn attr_bool(&self, key: &str) -> Option<bool> {
+        match self.attr(key)? {
+            AttrValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The attribute `key` if it is a floating-point number.
+    pub fn attr_f64(&self, key: &str) -> Option<f64> {
+        match self.attr(key)? {
+            AttrValue::Double(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+/// State shared between the receiver handle and the gRPC service.
+#[derive(Debug, Default)]
+struct Shared {
+    spans: Mutex<Vec<RecordedSpan>>,
+    /// Woken (all waiters) after every recorded export.
+    recorded: Notify,
+    requests: AtomicUsize,
+    rejected: AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl Shared {
+    /// The spans, even if a panicking thread poisoned the lock (the data
+    /// is only ever appended to or cleared, so it is still consistent).
+    fn spans(&self) -> MutexGuard<'_, Vec<RecordedSpan>> {
+        self.spans.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The `TraceService` implementation.
+struct Collector(Arc<Shared>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let shared = &self.0;
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        if shared.failing.load(Ordering::SeqCst) {
+            shared.rejected.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::unavailable("OTLP receiver set to fail"));
+        }
+        let mut new = Vec::new();
+        for rs in &request.get_ref().resource_spans {
+            let resource = rs
+                .resource
+                .as_ref()
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = match resource.get("service.name") {
+                Some(AttrValue::Str(s)) => s.as_str(),
+                _ => "",
+            };
+            for ss in &rs.scope_spans {
+                let scope = ss.scope.as_ref().map_or("", |s| s.name.as_str());
+                new.extend(
+                    ss.spans
+                        .iter()
+                        .map(|s| RecordedSpan::from_proto(service, scope, s)),
+                );
+            }
+        }
+        shared.spans().extend(new);
+        
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A running OTLP/gRPC trace receiver on loopback. Stops when dropped.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl OtlpReceiver {
+    /// Starts a receiver on `127.0.0.1:0`.
+    pub async fn start() -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a receiver on `addr`. Panics if it cannot bind.
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("OTLP receiver cannot bind {addr}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let shutdown = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(shared.clone())))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        Self {
+            addr,
+            shared,
+            shutdown,
+            task: Some(tokio::spawn(server)),
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL for an OTLP/gRPC exporter, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// When `true`, every export is answered with `UNAVAILABLE` and its
+    /// spans are dropped; when `false` (the default), exports are recorded.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many export requests arrived, rejected ones included.
+    pub fn export_requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many export requests were rejected because of [`Self::set_failing`].
+    pub fn rejected_requests(&self) -> usize {
+        self.shared.rejected.load(Ordering::SeqCst)
+    }
+
+    /// All spans recorded so far, in arrival order.
+    pub fn spans(&self) -> Vec<RecordedSpan> {
+        self.shared.spans().clone()
+    }
+
+    /// The recorded spans grouped by trace id, each in arrival order.
+    pub fn traces(&self) -> BTreeMap<String, Vec<RecordedSpan>> {
+        let mut traces: BTreeMap<String, Vec<RecordedSpan>> = BTreeMap::new();
+        for span in self.shared.spans().iter() {
+            traces
+                .entry(span.trace_id.clone())
+                .or_default()
+                .push(span.clone());
+        }
+        traces
+    }
+
+    /// The recorded spans of trace `trace_id` (hex), in arrival order.
+    pub fn trace(&self, trace_id: &str) -> Vec<RecordedSpan> {
+        self.shared
+            .spans()
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the recorded spans (the request counters keep counting).
+    pub fn clear(&self) {
+        self.shared.spans().clear();
+    }
+
+    /// Waits until `pred` holds for the recorded spans and returns them.
+    /// Panics after `timeout`, listing the spans seen so far.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[RecordedSpan]) -> bool,
+    ) -> Vec<RecordedSpan> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Created before looking, so an export recorded in between
+            // still wakes it (`notify_waiters` reaches unpolled futures).
+            let recorded = self.shared.recorded.notified();
+            let spans = self.spans();
+            if pred(&spans) {
+                return spans;
+            }
+            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
+                let spans = self.spans();
+                if pred(&spans) {
+                    return spans;
+                }
+                let seen: Vec<String> = spans
+                    .iter()
+                    .map(|s| format!("{}/{}", s.service, s.name))
+                    .collect();
+                panic!(
+                    "OTLP receiver: condition not met after {timeout:?}; \
+                     {} export request(s), {} span(s) seen (service/name): [{}]",
+                    self.export_requests(),
+                    seen.len(),
+                    seen.join(", ")
+                );
+            }
+        }
+    }
+
+    /// Stops the server gracefully and waits (up to 5 s, then aborts it).
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(mut task) = self.task.take() {
+            match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
+                Ok(joined) => joined
+                    .expect("OTLP receiver task panicked")
+                    .expect("OTLP receiver server failed"),
+                Err(_) => task.abort(),
+            }
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

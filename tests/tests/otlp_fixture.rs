@@ -1,0 +1,580 @@
+//! Tests of the OTLP receiver fixture and the trace checks, over a real
+//! OTLP/gRPC client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
+use integration_tests::trace_check;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, InstrumentationScope, KeyValue, any_value::Value,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Link, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+const TRACE_A: [u8; 16] = [0xa1; 16];
+const TRACE_B: [u8; 16] = [0xb2; 16];
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
+fn str_kv(key: &str, value: &str) -> KeyValue {
+    kv(key, Value::StringValue(value.to_owned()))
+}
+
+/// A span of `trace` with id `[id; 8]`, parent `[parent; 8]` (if any),
+/// lasting `[start, end]`.
+fn span(name: &str, trace: [u8; 16], id: u8, parent: Option<u8>, start: u64, end: u64) -> Span {
+    Span {
+        trace_id: trace.to_vec(),
+        span_id: vec![id; 8],
+        parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+        name: name.to_owned(),
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        ..Span::default()
+    }
+}
+
+/// A request with one resource per `(service, spans)`, under scope "test-scope".
+fn request(resources: Vec<(&str, Vec<Span>)>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: resources
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![str_kv("service.name", service)],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "test-scope".to_owned(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            })
+            .collect(),
+    }
+}
+
+async fn export(
+    receiver: &OtlpReceiver,
+    req: ExportTraceServiceRequest,
+) -> Result<(), tonic::Status> {
+    let mut client = TraceServiceClient::connect(receiver.endpoint())
+        .await
+        .unwrap();
+    client.export(req).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn records_every_field_of_an_exported_span() {
+    let receiver = OtlpReceiver::start().await;
+    assert!(receiver.endpoint().starts_with("http://127.0.0.1:"));
+    assert_eq!(
+        receiver.endpoint(),
+        format!("http://127.0.0.1:{}", receiver.addr().port())
+    );
+
+    let root = Span {
+        kind: SpanKind::Server as i32,
+        ..span("root", TRACE_A, 1, None, 1_000, 9_000)
+    };
+    let child = Span {
+        kind: SpanKind::Client as i32,
+        attributes: vec![
+            str_kv("rpc.method", "Exec"),
+            kv("exit.code", Value::IntValue(-3)),
+            kv("cached", Value::BoolValue(true)),
+            kv("ratio", Value::DoubleValue(0.25)),
+        ],
+        links: vec![Link {
+            trace_id: TRACE_B.to_vec(),
+            span_id: vec![0x0f; 8],
+            ..Link::default()
+        }],
+        status: Some(Status {
+            message: "boom".to_owned(),
+            code: StatusCode::Error as i32,
+        }),
+        ..span("child", TRACE_A, 2, Some(1), 2_000, 5_500)
+    };
+    export(&receiver, request(vec![("svc-a", vec![root, child])]))
+        .await
+        .unwrap();
+
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(receiver.export_requests(), 1);
+    assert_eq!(receiver.rejected_requests(), 0);
+
+    let root = &spans[0];
+    assert_eq!(root.service, "svc-a");
+    assert_eq!(root.scope, "test-scope");
+    assert_eq!(root.name, "root");
+    assert_eq!(root.trace_id, "a1".repeat(16));
+    assert_eq!(root.span_id, "0101010101010101");
+    assert_eq!(root.parent_span_id, None);
+    assert_eq!(root.kind, SpanKind::Server as i32);
+    assert_eq!(root.status_error, None);
+    assert!(root.attributes.is_empty());
+    assert!(root.links.is_empty());
+
+    let child = &spans[1];
+    assert_eq!(child.name, "child");
+    assert_eq!(child.span_id, "0202020202020202");
+    assert_eq!(child.parent_span_id.as_deref(), Some("0101010101010101"));
+    assert_eq!(child.kind, SpanKind::Client as i32);
+    assert_eq!(
+        (child.start_unix_nanos, child.end_unix_nanos),
+        (2_000, 5_500)
+    );
+    assert_eq!(child.duration_nanos(), 3_500);
+    assert_eq!(child.attr_str("rpc.method"), Some("Exec"));
+    assert_eq!(child.attr_i64("exit.code"), Some(-3));
+    assert_eq!(child.attr_bool("cached"), Some(true));
+    assert_eq!(child.attr_f64("ratio"), Some(0.25));
+    // Typed getters do not convert between kinds.
+    assert_eq!(child.attr_str("exit.code"), None);
+    assert_eq!(child.attr_i64("missing"), None);
+    assert_eq!(child.attr("cached"), Some(&AttrValue::Bool(true)));
+    assert_eq!(
+        child.links,
+        vec![("b2".repeat(16), "0f0f0f0f0f0f0f0f".to_owned())]
+    );
+    assert_eq!(child.status_error.as_deref(), Some("boom"));
+}
+
+#[tokio::test]
+async fn groups_spans_by_trace_across_requests_and_resources() {
+    let receiver = OtlpReceiver::start().await;
+    export(
+        &receiver,
+        request(vec![
+            ("svc-a", vec![span("a-root", TRACE_A, 1, None, 0, 10)]),
+            ("svc-b", vec![span("b-root", TRACE_B, 7, None, 0, 10)]),
+        ]),
+    )
+    .await
+    .unwrap();
+    export(
+        &receiver,
+        request(vec![(
+            "svc-b",
+            vec![span("a-child", TRACE_A, 2, Some(1), 1, 9)],
+        )]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(receiver.export_requests(), 2);
+
+    let traces = receiver.traces();
+    let a = "a1".repeat(16);
+    let b = "b2".repeat(16);
+    assert_eq!(traces.keys().collect::<Vec<_>>(), vec![&a, &b]);
+    let a_spans: Vec<(&str, &str)> = traces[&a]
+        .iter()
+        .map(|s| (s.service.as_str(), s.name.as_str()))
+        .collect();
+    assert_eq!(a_spans, vec![("svc-a", "a-root"), ("svc-b", "a-child")]);
+    assert_eq!(traces[&b].len(), 1);
+    assert_eq!(traces[&b][0].service, "svc-b");
+    assert_eq!(receiver.trace(&a), traces[&a]);
+    assert!(receiver.trace(&"00".repeat(16)).is_empty());
+
+    receiver.clear();
+    assert!(receiver.spans().is_empty());
+    assert!(receiver.traces().is_empty());
+    assert_eq!(receiver.export_requests(), 2, "clear keeps the counters");
+}
+
+#[tokio::test]
+async fn wait_for_returns_once_a_later_export_arrives() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let delay = Duration::from_millis(200);
+    let sender = tokio::spawn(async move {
+        let mut client = TraceServiceClient::connect(endpoint).await.unwrap();
+        client
+            .export(request(vec![(
+                "svc-a",
+                vec![span("early", TRACE_A, 1, None, 0, 1)],
+            )]))
+            .await
+            .unwrap();
+        tokio::time::sleep(delay).await;
+        client
+            .export(request(vec![(
+                "svc-a",
+                vec![span("late", TRACE_A, 2, Some(1), 0, 1)],
+            )]))
+            .await
+            .unwrap();
+    });
+
+    let started = Instant::now();
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            spans.iter().any(|s| s.name == "late")
+        })
+        .await;
+    assert!(
+        started.elapsed() >= delay,
+        "returned before the late export"
+    );
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["early", "late"]);
+    sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_for_panics_on_timeout_listing_what_it_saw() {
+    let receiver = OtlpReceiver::start().await;
+    export(
+        &receiver,
+        request(vec![("svc-a", vec![span("only", TRACE_A, 1, None, 0, 1)])]),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        receiver
+            .wait_for(Duration::from_millis(200), |spans| spans.len() >= 2)
+            .await
+    });
+    let panic = waiting.await.unwrap_err().into_panic();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(message.contains("svc-a/only"), "{message}");
+    assert!(message.contains("1 span(s)"), "{message}");
+}
+
+#[tokio::test]
+async fn failing_receiver_answers_unavailable_and_records_nothing() {
+    let receiver = OtlpReceiver::start().await;
+    receiver.set_failing(true);
+    let err = export(
+        &receiver,
+        request(vec![("svc-a", vec![span("lost", TRACE_A, 1, None, 0, 1)])]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(receiver.spans().is_empty());
+    assert_eq!(receiver.export_requests(), 1);
+    assert_eq!(receiver.rejected_requests(), 1);
+
+    receiver.set_failing(false);
+    export(
+        &receiver,
+        request(vec![("svc-a", vec![span("kept", TRACE_A, 2, None, 0, 1)])]),
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec!["kept"]);
+    assert_eq!(receiver.export_requests(), 2);
+    assert_eq!(receiver.rejected_requests(), 1);
+}
+
+#[tokio::test]
+async fn start_on_uses_the_given_address() {
+    // Find a free port, release it, then ask for it explicitly.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let receiver = OtlpReceiver::start_on(addr).await;
+    assert_eq!(receiver.addr(), addr);
+    assert_eq!(receiver.endpoint(), format!("http://{addr}"));
+    export(
+        &receiver,
+        request(vec![("svc-a", vec![span("s", TRACE_A, 1, None, 0, 1)])]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(receiver.spans().len(), 1);
+}
+
+async fn refuses_connections_soon(addr: std::net::SocketAddr) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn shutdown_and_drop_stop_the_server() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let addr = receiver.addr();
+    let mut client = TraceServiceClient::connect(endpoint.clone()).await.unwrap();
+    client
+        .export(request(vec![(
+            "svc-a",
+            vec![span("s", TRACE_A, 1, None, 0, 1)],
+        )]))
+        .await
+        .unwrap();
+    receiver.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    assert!(
+        client
+            .export(request(vec![(
+                "svc-a",
+                vec![span("t", TRACE_A, 2, None, 0, 1)]
+            )]))
+            .await
+            .is_err()
+    );
+
+    let receiver = OtlpReceiver::start().await;
+    let addr = receiver.addr();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    drop(receiver);
+    assert!(
+        refuses_connections_soon(addr).await,
+        "still listening after drop"
+    );
+}
+
+// --- trace_check, over hand-made spans ------------------------------------
+
+/// A recorded span of trace "t" with id `id`, parent `parent`, lasting
+/// `[start, end]`.
+fn rec(name: &str, id: &str, parent: Option<&str>, start: u64, end: u64) -> RecordedSpan {
+    RecordedSpan {
+        service: format!("svc-{name}"),
+        scope: "s".to_owned(),
+        name: name.to_owned(),
+        trace_id: "t".to_owned(),
+        span_id: id.to_owned(),
+        parent_span_id: parent.map(str::to_owned),
+        kind: 0,
+        start_unix_nanos: start,
+        end_unix_nanos: end,
+        attributes: BTreeMap::new(),
+        links: Vec::new(),
+        status_error: None,
+    }
+}
+
+fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+    let payload = std::panic::catch_unwind(f).expect_err("expected a panic");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap()
+}
+
+#[test]
+fn navigation_helpers() {
+    let spans = vec![
+        rec("root", "r", None, 0, 100),
+        rec("stage", "a", Some("r"), 0, 50),
+        rec("stage", "b", Some("r"), 50, 100),
+        rec("leaf", "c", Some("a"), 10, 20),
+        rec("orphan", "o", Some("gone"), 0, 1),
+    ];
+    assert_eq!(trace_check::by_name(&spans, "stage").len(), 2);
+    assert!(trace_check::by_name(&spans, "nope").is_empty());
+    let leaf = trace_check::one(&spans, "leaf");
+    assert_eq!(leaf.span_id, "c");
+    assert_eq!(trace_check::parent_of(&spans, leaf).unwrap().span_id, "a");
+    let root = trace_check::one(&spans, "root");
+    assert!(trace_check::parent_of(&spans, root).is_none());
+    let roots: Vec<&str> = trace_check::roots(&spans)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(roots, vec!["root", "orphan"]);
+    let mut below: Vec<&str> = trace_check::descendants(&spans, root)
+        .iter()
+        .map(|s| s.span_id.as_str())
+        .collect();
+    below.sort_unstable();
+    assert_eq!(below, vec!["a", "b", "c"]);
+    assert_eq!(trace_check::children(&spans, root).len(), 2);
+
+    let msg = panic_message(|| {
+        trace_check::one(&spans, "stage");
+    });
+    assert!(
+        msg.contains("exactly one span named \"stage\", found 2"),
+        "{msg}"
+    );
+    let msg = panic_message(|| {
+        trace_check::one(&spans, "nope");
+    });
+    assert!(msg.contains("found 0"), "{msg}");
+}
+
+#[test]
+fn assert_parent_accepts_the_right_parent_and_names_the_wrong_one() {
+    let spans = vec![
+        rec("root", "r", None, 0, 100),
+        rec("stage", "a", Some("r"), 0, 50),
+        rec("leaf", "c", Some("a"), 10, 20),
+        rec("orphan", "o", Some("gone"), 0, 1),
+    ];
+    trace_check::assert_parent(&spans, "stage", "root");
+    trace_check::assert_parent(&spans, "leaf", "stage");
+
+    let msg = panic_message(|| trace_check::assert_parent(&spans, "leaf", "root"));
+    assert!(msg.contains("\"leaf\""), "{msg}");
+    assert!(msg.contains("should have parent \"root\""), "{msg}");
+    assert!(
+        msg.contains("its parent is \"stage\" (service \"svc-stage\")"),
+        "{msg}"
+    );
+
+    let msg = panic_message(|| trace_check::assert_parent(&spans, "root", "stage"));
+    assert!(msg.contains("root span"), "{msg}");
+    let msg = panic_message(|| trace_check::assert_parent(&spans, "orphan", "root"));
+    assert!(
+        msg.contains("span gone, which is not among the spans"),
+        "{msg}"
+    );
+    let msg = panic_message(|| trace_check::assert_parent(&spans, "nope", "root"));
+    assert!(msg.contains("no span named \"nope\""), "{msg}");
+}
+
+#[test]
+#[should_panic(expected = "\"stage\" (service \"svc-stage\") ends after its parent \"root\"")]
+fn assert_contained_panics_for_a_child_ending_too_late() {
+    let spans = vec![
+        rec("root", "r", None, 1_000, 2_000),
+        rec("stage", "a", Some("r"), 1_000, 2_500),
+    ];
+    trace_check::assert_contained(&spans, 100);
+}
+
+#[test]
+fn assert_contained_allows_nesting_and_the_tolerance_and_lists_violations() {
+    let nested = vec![
+        rec("root", "r", None, 1_000, 10_000),
+        rec("stage", "a", Some("r"), 1_000, 6_000),
+        rec("leaf", "c", Some("a"), 2_000, 5_000),
+        // Its parent is not here: not checked.
+        rec("orphan", "o", Some("gone"), 0, 99_999),
+    ];
+    trace_check::assert_contained(&nested, 0);
+
+    let slightly_out = vec![
+        rec("root", "r", None, 1_000, 10_000),
+        rec("stage", "a", Some("r"), 900, 10_100),
+    ];
+    trace_check::assert_contained(&slightly_out, 100);
+    panic_message(|| trace_check::assert_contained(&slightly_out, 99));
+
+    let out = vec![
+        rec("root", "r", None, 10_000, 20_000),
+        rec("early", "a", Some("r"), 7_000, 15_000),
+        rec("late", "b", Some("r"), 15_000, 25_000),
+        rec("fine", "c", Some("r"), 10_000, 20_000),
+    ];
+    let msg = panic_message(|| trace_check::assert_contained(&out, 1_000));
+    assert!(
+        msg.contains(
+            "\"early\" (service \"svc-early\") starts before its parent \"root\" (service \"svc-root\") by 3.000 µs"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("\"late\" (service \"svc-late\") ends after its parent \"root\""),
+        "{msg}"
+    );
+    assert!(msg.contains("by 5.000 µs"), "{msg}");
+    assert!(!msg.contains("fine"), "{msg}");
+}
+
+#[test]
+fn coverage_measures_the_union_of_descendant_intervals() {
+    let full = vec![
+        rec("root", "r", None, 1_000, 2_000),
+        rec("a", "a", Some("r"), 1_000, 1_400),
+        rec("b", "b", Some("r"), 1_400, 2_000),
+    ];
+    assert_eq!(trace_check::coverage(&full, &full[0]), 1.0);
+
+    let half = vec![
+        rec("root", "r", None, 1_000, 2_000),
+        rec("a", "a", Some("r"), 1_250, 1_750),
+    ];
+    assert_eq!(trace_check::coverage(&half, &half[0]), 0.5);
+
+    // [0, 60] and [40, 100] overlap: their union is 100 of 200, not 120.
+    let overlapping = vec![
+        rec("root", "r", None, 0, 200),
+        rec("a", "a", Some("r"), 0, 60),
+        rec("b", "b", Some("r"), 40, 100),
+        // A grandchild inside its parent adds nothing.
+        rec("c", "c", Some("a"), 10, 50),
+    ];
+    assert_eq!(trace_check::coverage(&overlapping, &overlapping[0]), 0.5);
+
+    // Grandchildren count; intervals are clipped to the root's; other
+    // traces' spans and unrelated spans do not count.
+    let mut other_trace = rec("x", "x", Some("r"), 0, 1_000);
+    other_trace.trace_id = "other".to_owned();
+    let deep = vec![
+        rec("root", "r", None, 100, 200),
+        rec("a", "a", Some("r"), 100, 110),
+        rec("g", "g", Some("a"), 150, 175),
+        rec("sticks-out", "s", Some("r"), 190, 500),
+        rec("unrelated", "u", None, 110, 150),
+        other_trace,
+    ];
+    assert_eq!(trace_check::coverage(&deep, &deep[0]), 0.45);
+
+    let bare = vec![rec("root", "r", None, 0, 100)];
+    assert_eq!(trace_check::coverage(&bare, &bare[0]), 0.0);
+}
+
+#[tokio::test]
+async fn checks_work_on_spans_received_over_otlp() {
+    let receiver = OtlpReceiver::start().await;
+    export(
+        &receiver,
+        request(vec![
+            ("client", vec![span("call", TRACE_A, 1, None, 1_000, 2_000)]),
+            (
+                "server",
+                vec![
+                    span("handle", TRACE_A, 2, Some(1), 1_100, 1_900),
+                    span("step", TRACE_A, 3, Some(2), 1_100, 1_500),
+                ],
+            ),
+        ]),
+    )
+    .await
+    .unwrap();
+    let spans = receiver
+        .wait_for(Duration::from_secs(5), |s| s.len() == 3)
+        .await;
+    let trace = receiver.trace(&spans[0].trace_id);
+    trace_check::assert_parent(&trace, "handle", "call");
+    trace_check::assert_parent(&trace, "step", "handle");
+    trace_check::assert_contained(&trace, 0);
+    let root = trace_check::one(&trace, "call");
+    assert_eq!(trace_check::roots(&trace), vec![root]);
+    assert_eq!(root.service, "client");
+    assert_eq!(trace_check::coverage(&trace, root), 0.8);
+}
