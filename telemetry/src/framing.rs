@@ -246,7 +246,7 @@ mod tests {
             &Context::new(),
             arrived,
             "exec",
-            &[hop_cx, Some(SpanContext::empty_context()), None],
+            &[hop_cx.clone(), Some(SpanContext::empty_context()), None],
             vec![],
         );
         let spans = exporter.get_finished_spans().unwrap();

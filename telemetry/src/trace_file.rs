@@ -134,7 +134,11 @@ impl Shared {
         {
             *held = None;
             current = false;
-            fs::rename(&self.path, rotated_path(&self.path))?;
+            match fs::rename(&self.path, rotated_path(&self.path)) {
+                // Another process sharing the path rotated it first.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
         if !current {
             if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {

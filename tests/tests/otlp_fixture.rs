@@ -228,13 +228,18 @@ async fn wait_for_returns_once_a_later_export_arrives() {
 
     let started = Instant::now();
     let spans = receiver
-        .wait_for(Duration::from_secs(10), |spans| {
+        .wait_for(Duration::from_secs(30), |spans| {
             spans.iter().any(|s| s.name == "late")
         })
         .await;
     assert!(
         started.elapsed() >= delay,
         "returned before the late export"
+    );
+    // Woken by the export, not by its timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not woken by the export"
     );
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, vec!["early", "late"]);
