@@ -71,7 +71,8 @@ pub struct ProcessTrace {
     pub dispatch: Context,
     /// `rpc.server.exec`'s context (parent of `process.spawn`/`process.run`).
     pub exec: Context,
-    /// The id `process.run` gets (the child's `TRACEPARENT` names it).
+    /// The id `process.run` gets (the child's `TRACEPARENT` names it);
+    /// `SpanId::INVALID` when the provider cannot preset ids.
     pub run_span_id: SpanId,
     /// When the request was queued for the task.
     pub enqueued: SystemTime,
@@ -338,7 +339,7 @@ pub async fn run(
     spawn_span.set_attribute(KeyValue::new("process.pid", i64::from(pid.unwrap_or(0))));
     spawn_span.end();
     // process.run gets the id the child's TRACEPARENT already names.
-    let mut run_span = telemetry::ids::start_with_span_id(trace.run_span_id, || {
+    let start_run = || {
         tracer
             .span_builder(spans::PROCESS_RUN)
             .with_attributes(vec![
@@ -346,7 +347,12 @@ pub async fn run(
                 KeyValue::new("process.pid", i64::from(pid.unwrap_or(0))),
             ])
             .start_with_context(&tracer, &trace.exec)
-    });
+    };
+    let mut run_span = if trace.run_span_id == SpanId::INVALID {
+        start_run()
+    } else {
+        telemetry::ids::start_with_span_id(trace.run_span_id, start_run)
+    };
     let run_cx = trace
         .exec
         .with_remote_span_context(run_span.span_context().clone());

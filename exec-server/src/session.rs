@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{
-    Span, SpanContext, SpanKind, Status as SpanStatus, TraceContextExt, Tracer,
+    Span, SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceContextExt, Tracer,
 };
 use opentelemetry::{Context, KeyValue};
 use proto::clock::now_unix_nanos;
@@ -494,31 +494,46 @@ impl Driver {
             Extracted::Valid(tc) => Some(carriers::hop::inject(&tc.parent)),
             _ => None,
         };
-        let mut span = self
-            .tracer
-            .span_builder(spans::RPC_SERVER_EXEC)
-            .with_kind(SpanKind::Server)
-            .with_attributes(vec![
-                KeyValue::new("process.executable.name", program.clone()),
-                KeyValue::new("rex.call_id", call_id as i64),
-            ])
-            .start_with_context(&self.tracer, &parent);
+        // The exec span's id is preset too: whether the provider honoured
+        // it says whether process.run's id can be fixed in advance (it can
+        // with the providers `telemetry::setup` builds).
+        let probe = telemetry::ids::new_span_id();
+        let mut span = telemetry::ids::start_with_span_id(probe, || {
+            self.tracer
+                .span_builder(spans::RPC_SERVER_EXEC)
+                .with_kind(SpanKind::Server)
+                .with_attributes(vec![
+                    KeyValue::new("process.executable.name", program.clone()),
+                    KeyValue::new("rex.call_id", call_id as i64),
+                ])
+                .start_with_context(&self.tracer, &parent)
+        });
+        let presets = span.span_context().span_id() == probe;
         let exec_cx = parent.with_remote_span_context(span.span_context().clone());
         let error_trace = otel::from_span_context(span.span_context())
             .as_ref()
             .map(carriers::envelope::inject)
             .unwrap_or_default();
         // The process span's context, known before the process exists: the
-        // child's TRACEPARENT and every event name it.
-        let run_span_id = telemetry::ids::new_span_id();
+        // child's TRACEPARENT and every event name it. (With a provider that
+        // cannot preset ids they name rpc.server.exec instead.)
         let sc = span.span_context();
-        let run_sc = SpanContext::new(
-            sc.trace_id(),
-            run_span_id,
-            sc.trace_flags(),
-            false,
-            sc.trace_state().clone(),
-        );
+        let run_span_id = if presets {
+            telemetry::ids::new_span_id()
+        } else {
+            SpanId::INVALID
+        };
+        let run_sc = if presets {
+            SpanContext::new(
+                sc.trace_id(),
+                run_span_id,
+                sc.trace_flags(),
+                false,
+                sc.trace_state().clone(),
+            )
+        } else {
+            sc.clone()
+        };
         let run_trace = otel::from_span_context(&run_sc);
         let event_trace = run_trace
             .as_ref()

@@ -236,7 +236,7 @@ impl TraceService for Collector {
             }
         }
         shared.spans().extend(new);
-        
+        shared.recorded.notify_waiters();
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }

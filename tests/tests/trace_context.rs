@@ -1,5 +1,5 @@
 //! The span context on the client's side of an exec call is the parent
-//! seen on the exec-server's side. (Its own test binary: it installs the
+//! seen on the exec-server's side, and the child names `process.run`. (Its own test binary: it installs the
 //! global tracer provider.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,13 +7,13 @@
 use core_client::{ExecSpec, ExitStatus};
 use integration_tests::stack::Stack;
 use opentelemetry::trace::{SpanId, TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry_sdk::trace::InMemorySpanExporter;
 use telemetry::spans;
 
 #[tokio::test]
 async fn client_span_is_the_exec_server_parent_and_the_child_sees_the_trace() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
+    let provider = telemetry::setup::base_builder("test".into())
         .with_simple_exporter(exporter.clone())
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -46,6 +46,7 @@ async fn client_span_is_the_exec_server_parent_and_the_child_sees_the_trace() {
     let caller = find("caller");
     let dispatch = find(spans::TOOL_DISPATCH);
     let exec = find(spans::RPC_SERVER_EXEC);
+    let run = find(spans::PROCESS_RUN);
     let trace_id = caller.span_context.trace_id();
     assert_eq!(dispatch.span_context.trace_id(), trace_id);
     assert_eq!(dispatch.parent_span_id, caller.span_context.span_id());
@@ -60,9 +61,10 @@ async fn client_span_is_the_exec_server_parent_and_the_child_sees_the_trace() {
         "the exec-server's span is a child of the client's"
     );
     assert_ne!(exec.parent_span_id, SpanId::INVALID);
-    // The remote child process continues the same trace.
+    assert_eq!(run.parent_span_id, exec.span_context.span_id());
+    // The remote child process continues the same trace, under process.run.
     let child_tp = String::from_utf8(out.stdout).unwrap();
     let parsed = telemetry::w3c::TraceParent::parse(&child_tp).unwrap();
     assert_eq!(parsed.trace_id, trace_id.to_bytes());
-    assert_eq!(parsed.parent_id, exec.span_context.span_id().to_bytes());
+    assert_eq!(parsed.parent_id, run.span_context.span_id().to_bytes());
 }
