@@ -16,15 +16,13 @@ fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// The path of a workspace binary, building the binaries once if they are
-/// missing (e.g. when only this package's tests were asked for).
+/// The path of a workspace binary. The binaries are built (or found up to
+/// date) once per test process, so a test never runs a stale binary when
+/// only this package's tests were asked for.
 pub fn path(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let dir = target_dir();
     BUILT.get_or_init(|| {
-        if BINARIES.iter().all(|b| dir.join(b).exists()) {
-            return;
-        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args([
@@ -42,6 +40,9 @@ pub fn path(name: &str) -> PathBuf {
         }
         let status = cmd.status().unwrap();
         assert!(status.success(), "building the binaries failed");
+        for b in BINARIES {
+            assert!(dir.join(b).exists(), "{b} was not built in {}", dir.display());
+        }
     });
     dir.join(name)
 }

@@ -1,0 +1,594 @@
+//! One remote command is one trace across the three built binaries, each
+//! exporting over OTLP/gRPC to the receiver fixture: every stage span
+//! present, parented as `docs/spans.md` says, nested in time, and covering
+//! the dispatch; the caller's TRACEPARENT continues in and the child's
+//! TRACEPARENT names `process.run`; span count does not grow with output;
+//! arguments, environment, stdin and output never reach a span; a collector
+//! that is down costs nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::binaries::ProcStack;
+use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
+use integration_tests::trace_check::{self, assert_contained, by_name, coverage, one};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use telemetry::spans;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Service env: export to `endpoint`, batching so slowly that only the
+/// SIGTERM flush can deliver the spans in time.
+fn service_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
+    ]
+}
+
+fn start_stack(env: &[(&'static str, String)]) -> ProcStack {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ProcStack::start(&env)
+}
+
+/// Runs `core-client exec` with `--print-trace-id`; returns the output and
+/// the trace id it printed.
+fn exec(stack: &ProcStack, argv: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (Output, String) {
+    let mut cmd = stack.exec(argv);
+    // `exec --print-trace-id --relay ... -- argv`: insert the flag first.
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut c = Command::new(cmd.get_program());
+    c.arg(&args[0]).arg("--print-trace-id").args(&args[1..]);
+    cmd = c;
+    cmd.env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("core-client: trace "))
+        .unwrap_or_else(|| panic!("no trace id printed; stderr: {stderr}"))
+        .trim()
+        .to_owned();
+    (out, id)
+}
+
+/// Stops the relay and the exec-server with SIGTERM (they flush their
+/// spans on the way out) and waits for them to exit.
+fn terminate(stack: &mut ProcStack) {
+    for p in [&mut stack.relay, &mut stack.server] {
+        kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM).unwrap();
+    }
+    for p in [&mut stack.relay, &mut stack.server] {
+        let deadline = Instant::now() + WAIT;
+        while p.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a service ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn services(spans: &[RecordedSpan]) -> BTreeSet<String> {
+    spans.iter().map(|s| s.service.clone()).collect()
+}
+
+/// The stage spans one exec must produce (the metadata spans belong to
+/// the persistence layer).
+fn expected_names() -> Vec<&'static str> {
+    spans::ALL
+        .iter()
+        .copied()
+        .filter(|n| !n.starts_with("metadata."))
+        .collect()
+}
+
+fn has_all_stages(spans: &[RecordedSpan]) -> bool {
+    let names: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    expected_names().iter().all(|n| names.contains(n))
+}
+
+/// Asserts that every span named `child` from `service` has a parent named
+/// `parent`.
+fn assert_parent_in(spans: &[RecordedSpan], service: &str, child: &str, parent: &str) {
+    let kids: Vec<&RecordedSpan> = spans
+        .iter()
+        .filter(|s| s.name == child && s.service == service)
+        .collect();
+    assert!(!kids.is_empty(), "no {child} from {service}");
+    for k in kids {
+        let p = trace_check::parent_of(spans, k)
+            .unwrap_or_else(|| panic!("{service}/{child} has no parent in the trace"));
+        assert_eq!(p.name, parent, "{service}/{child}'s parent");
+    }
+}
+
+/// Every value a span carries, as text (names, attributes, status).
+fn all_text(spans: &[RecordedSpan]) -> String {
+    fn value(v: &AttrValue, out: &mut String) {
+        match v {
+            AttrValue::Str(s) => out.push_str(s),
+            AttrValue::Bytes(b) => out.push_str(&String::from_utf8_lossy(b)),
+            AttrValue::Array(a) => a.iter().for_each(|x| value(x, out)),
+            AttrValue::Map(m) => m.iter().for_each(|(k, x)| {
+                out.push_str(k);
+                value(x, out);
+            }),
+            other => out.push_str(&format!("{other:?}")),
+        }
+        out.push('\n');
+    }
+    let mut out = String::new();
+    for s in spans {
+        out.push_str(&s.name);
+        out.push('\n');
+        for (k, v) in &s.attributes {
+            out.push_str(k);
+            out.push('=');
+            value(v, &mut out);
+        }
+        if let Some(e) = &s.status_error {
+            out.push_str(e);
+        }
+    }
+    out
+}
+
+/// Waits until the receiver's spans stop changing for a while.
+async fn settle(rx: &OtlpReceiver) -> Vec<RecordedSpan> {
+    let deadline = Instant::now() + WAIT;
+    let mut last = rx.spans().len();
+    let mut stable_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = rx.spans().len();
+        if n != last {
+            last = n;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() > Duration::from_millis(800) {
+            return rx.spans();
+        }
+        assert!(Instant::now() < deadline, "spans never settled");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_exec_is_one_trace_across_three_processes() {
+    let rx = OtlpReceiver::start().await;
+    let endpoint = rx.endpoint();
+    let mut stack = start_stack(&service_env(&endpoint));
+    let client_env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+
+    let (out, trace_id) = exec(&stack, &["sh", "-c", "echo hi"], &client_env, b"");
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(out.status.success());
+    // The client flushed at exit; the services flush on SIGTERM (their
+    // batch delay is ten minutes, so nothing else could have sent them).
+    terminate(&mut stack);
+    let all = rx
+        .wait_for(WAIT, |s| {
+            let t: Vec<RecordedSpan> = s.iter().filter(|x| x.trace_id == trace_id).cloned().collect();
+            has_all_stages(&t) && services(&t).len() == 3
+        })
+        .await;
+    let all = {
+        let _ = all;
+        settle(&rx).await
+    };
+
+    // Exactly one trace, from all three services.
+    let traces: BTreeSet<&str> = all.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(traces.len(), 1, "one exec, one trace: {traces:?}");
+    let spans = all;
+    assert_eq!(
+        services(&spans),
+        ["core-client", "exec-server", "relay"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    for name in expected_names() {
+        assert!(!by_name(&spans, name).is_empty(), "{name} missing");
+    }
+    for s in &spans {
+        assert!(
+            spans::ALL.contains(&s.name.as_str()),
+            "{} is not in the vocabulary",
+            s.name
+        );
+    }
+
+    // One tree rooted at tool.dispatch, parented as docs/spans.md says.
+    let roots = trace_check::roots(&spans);
+    assert_eq!(roots.len(), 1, "one root: {roots:?}");
+    let dispatch = one(&spans, spans::TOOL_DISPATCH);
+    assert_eq!(roots[0].span_id, dispatch.span_id);
+    for (service, child, parent) in [
+        ("core-client", spans::SESSION_ACQUIRE, spans::TOOL_DISPATCH),
+        ("core-client", spans::RELAY_CONNECT, spans::SESSION_ACQUIRE),
+        ("core-client", spans::NOISE_HANDSHAKE, spans::SESSION_ACQUIRE),
+        ("core-client", spans::SESSION_INIT, spans::SESSION_ACQUIRE),
+        ("core-client", spans::RPC_CLIENT_QUEUE, spans::TOOL_DISPATCH),
+        ("core-client", spans::RELAY_FRAME_SEND, spans::TOOL_DISPATCH),
+        ("relay", spans::RELAY_FORWARD, spans::TOOL_DISPATCH),
+        ("exec-server", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
+        ("exec-server", spans::RPC_SERVER_QUEUE, spans::TOOL_DISPATCH),
+        ("exec-server", spans::RPC_SERVER_EXEC, spans::TOOL_DISPATCH),
+        ("exec-server", spans::PROCESS_SPAWN, spans::RPC_SERVER_EXEC),
+        ("exec-server", spans::PROCESS_RUN, spans::RPC_SERVER_EXEC),
+        ("exec-server", spans::PROCESS_STDOUT_READER, spans::PROCESS_RUN),
+        ("exec-server", spans::PROCESS_STDERR_READER, spans::PROCESS_RUN),
+        ("exec-server", spans::PROCESS_EXIT_WATCHER, spans::PROCESS_RUN),
+        ("exec-server", spans::TERMINAL_PUSH, spans::RPC_SERVER_EXEC),
+        ("exec-server", spans::RELAY_FRAME_SEND, spans::TERMINAL_PUSH),
+        ("core-client", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
+        ("core-client", spans::TERMINAL_DELIVERY, spans::TOOL_DISPATCH),
+        ("core-client", spans::EXEC_FIRST_OUTPUT, spans::TOOL_DISPATCH),
+    ] {
+        assert_parent_in(&spans, service, child, parent);
+    }
+    // The framing spans: the exec request (and the stdin close the CLI
+    // sends at its stdin's EOF) goes out and in; back come the started,
+    // first-output and exit events (one line: first = last). One relay
+    // hop per traced frame.
+    let messages = |service: &str, name: &str| -> Vec<String> {
+        let mut m: Vec<String> = spans
+            .iter()
+            .filter(|s| s.service == service && s.name == name)
+            .map(|s| s.attr_str("rex.message").unwrap_or("?").to_owned())
+            .collect();
+        m.sort();
+        m
+    };
+    let requests = messages("core-client", spans::RELAY_FRAME_SEND);
+    assert!(
+        requests == ["exec"] || requests == ["exec", "stdin_close"],
+        "{requests:?}"
+    );
+    assert_eq!(messages("exec-server", spans::RELAY_FRAME_RECV), requests);
+    let events = ["exited", "output.first", "started"];
+    assert_eq!(messages("exec-server", spans::RELAY_FRAME_SEND), events);
+    assert_eq!(messages("core-client", spans::RELAY_FRAME_RECV), events);
+    // One relay.forward per frame carrying traced messages (messages
+    // queued together may share a frame), in both directions.
+    let forwards = by_name(&spans, spans::RELAY_FORWARD);
+    assert!(forwards.len() <= requests.len() + events.len());
+    for dir in ["to_server", "to_client"] {
+        assert!(
+            forwards
+                .iter()
+                .any(|f| f.attr_str("rex.direction") == Some(dir)),
+            "no relay.forward {dir}"
+        );
+    }
+    // Each receiver links the relay hop it came through.
+    let forwards: BTreeSet<&str> = by_name(&spans, spans::RELAY_FORWARD)
+        .iter()
+        .map(|s| s.span_id.as_str())
+        .collect();
+    for recv in by_name(&spans, spans::RELAY_FRAME_RECV) {
+        assert!(
+            recv.links.iter().any(|(_, id)| forwards.contains(id.as_str())),
+            "{}/{} links no relay.forward",
+            recv.service,
+            recv.name
+        );
+    }
+
+    // Nested in time. One host, so the clock-offset estimate only has to
+    // absorb the measurement noise it reports.
+    let offset = dispatch
+        .attr_i64("rex.clock_offset_ns")
+        .expect("tool.dispatch carries the clock offset estimate")
+        .unsigned_abs();
+    assert_contained(&spans, offset + 1_000_000);
+
+    // The stages on the dispatch's path explain at least 95% of it
+    // (exec.first_output is a summary, not a stage).
+    let stages: Vec<RecordedSpan> = spans
+        .iter()
+        .filter(|s| s.name != spans::EXEC_FIRST_OUTPUT)
+        .cloned()
+        .collect();
+    let covered = coverage(&stages, dispatch);
+    assert!(
+        covered >= 0.95,
+        "stage spans cover {:.1}% of tool.dispatch",
+        covered * 100.0
+    );
+
+    // Volume attributes.
+    let push = one(&spans, spans::TERMINAL_PUSH);
+    assert_eq!(push.attr_i64("rex.stdout.bytes"), Some(3));
+    assert_eq!(push.attr_i64("rex.stdout.chunks"), Some(1));
+    let delivery = one(&spans, spans::TERMINAL_DELIVERY);
+    assert_eq!(delivery.attr_i64("rex.stdout.bytes"), Some(3));
+    assert_eq!(delivery.attr_i64("rex.events"), Some(3));
+    assert_eq!(dispatch.attr_str("process.executable.name"), Some("sh"));
+    rx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
+    let rx = OtlpReceiver::start().await;
+    let endpoint = rx.endpoint();
+    let mut stack = start_stack(&service_env(&endpoint));
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+
+    // In: a valid TRACEPARENT is continued.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let tp = format!("00-{caller_trace}-{caller_span}-01");
+    let (out, id) = exec(
+        &stack,
+        &["sh", "-c", "printf %s \"$TRACEPARENT\""],
+        &[env[0], ("TRACEPARENT", &tp), ("TRACESTATE", "vendor=x")],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(id, caller_trace, "the caller's trace continues");
+    let child_tp = String::from_utf8(out.stdout).unwrap();
+    let child = telemetry::w3c::TraceParent::parse(&child_tp).unwrap();
+    assert_eq!(hex::encode(child.trace_id), caller_trace);
+
+    // In: every invalid kind starts a new trace, and the command's output
+    // is unchanged.
+    let invalid = [
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", // uppercase
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // trailing data
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  // short trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",  // short parent id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",  // short flags
+        "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01", // bad separator
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", // not hex
+        "",                                                        // empty
+    ];
+    let mut invalid_ids = Vec::new();
+    for bad in invalid {
+        let (out, id) = exec(
+            &stack,
+            &["echo", "unchanged"],
+            &[env[0], ("TRACEPARENT", bad)],
+            b"",
+        );
+        assert!(out.status.success(), "TRACEPARENT {bad:?} failed the command");
+        assert_eq!(out.stdout, b"unchanged\n", "TRACEPARENT {bad:?}");
+        assert_ne!(id, caller_trace, "TRACEPARENT {bad:?} was continued");
+        assert_eq!(id.len(), 32);
+        invalid_ids.push(id);
+    }
+    let distinct: BTreeSet<&String> = invalid_ids.iter().collect();
+    assert_eq!(distinct.len(), invalid_ids.len(), "each starts its own trace");
+
+    // Volume: one line vs 50 MiB.
+    let (small, small_id) = exec(&stack, &["echo", "x"], &env, b"");
+    assert!(small.status.success());
+    let (big, big_id) = exec(
+        &stack,
+        &["head", "-c", "52428800", "/dev/zero"],
+        &env,
+        b"",
+    );
+    assert!(big.status.success());
+    assert_eq!(big.stdout.len(), 50 * 1024 * 1024);
+
+    terminate(&mut stack);
+    rx.wait_for(WAIT, |s| {
+        [&small_id, &big_id, &id].iter().all(|t| {
+            let t: Vec<RecordedSpan> = s.iter().filter(|x| &x.trace_id == *t).cloned().collect();
+            has_all_stages(&t)
+        })
+    })
+    .await;
+    let all = settle(&rx).await;
+    let trace = |id: &str| -> Vec<RecordedSpan> {
+        all.iter().filter(|s| s.trace_id == id).cloned().collect()
+    };
+
+    // Out: the child's TRACEPARENT names its process.run span, and the
+    // dispatch hangs under the caller's span.
+    let continued = trace(caller_trace);
+    let run = one(&continued, spans::PROCESS_RUN);
+    assert_eq!(hex::encode(child.parent_id), run.span_id);
+    let dispatch = one(&continued, spans::TOOL_DISPATCH);
+    assert_eq!(dispatch.parent_span_id.as_deref(), Some(caller_span));
+    // Invalid ones: a new root.
+    for id in &invalid_ids {
+        let t = trace(id);
+        let d = one(&t, spans::TOOL_DISPATCH);
+        assert_eq!(d.parent_span_id, None, "trace {id}: dispatch is a root");
+    }
+
+    let (small, big) = (trace(&small_id), trace(&big_id));
+    let names = |t: &[RecordedSpan]| -> Vec<String> {
+        let mut n: Vec<String> = t.iter().map(|s| format!("{}/{}", s.service, s.name)).collect();
+        n.sort();
+        n
+    };
+    // 50 MiB is many chunks: the last output chunk gets its own framing
+    // spans on each end (first = last for one line); nothing else grows.
+    let mut expected = names(&small);
+    expected.extend([
+        "core-client/relay.frame.recv".to_owned(),
+        "exec-server/relay.frame.send".to_owned(),
+    ]);
+    expected.sort();
+    assert_eq!(names(&big), expected, "span count must not follow output size");
+    let push = one(&big, spans::TERMINAL_PUSH);
+    assert_eq!(push.attr_i64("rex.stdout.bytes"), Some(50 * 1024 * 1024));
+    assert!(push.attr_i64("rex.stdout.chunks").unwrap() > 100);
+    let delivery = one(&big, spans::TERMINAL_DELIVERY);
+    assert_eq!(delivery.attr_i64("rex.stdout.bytes"), Some(50 * 1024 * 1024));
+    rx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_never_carry_arguments_environment_stdin_or_output() {
+    let rx = OtlpReceiver::start().await;
+    let endpoint = rx.endpoint();
+    let mut stack = start_stack(&service_env(&endpoint));
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("TRACESTATE", "vendor=ok"),
+    ];
+    let mut cmd_env = env.to_vec();
+    cmd_env.push(("REX_TEST_UNUSED", "x"));
+    let (out, id) = {
+        // The marker travels as an argument, an environment value and stdin,
+        // and comes back as stdout and stderr.
+        let mut cmd = stack.exec(&[
+            "sh",
+            "-c",
+            "read line; echo \"$line $MARK_ENV\"; echo argmark-3141 >&2",
+        ]);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut c = Command::new(cmd.get_program());
+        c.arg(&args[0])
+            .args(["--print-trace-id", "-e", "MARK_ENV=envmark-2718"])
+            .args(&args[1..]);
+        cmd = c;
+        for (k, v) in &cmd_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"stdinmark-1618\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let id = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("core-client: trace "))
+            .unwrap()
+            .to_owned();
+        (out, id)
+    };
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"stdinmark-1618 envmark-2718\n");
+    terminate(&mut stack);
+    rx.wait_for(WAIT, |s| {
+        let t: Vec<RecordedSpan> = s.iter().filter(|x| x.trace_id == id).cloned().collect();
+        has_all_stages(&t)
+    })
+    .await;
+    let spans = settle(&rx).await;
+    let text = all_text(&spans);
+    for secret in ["stdinmark", "envmark", "argmark", "MARK_ENV", "read line"] {
+        assert!(!text.contains(secret), "{secret:?} leaked into a span");
+    }
+    let server_key = std::fs::read(stack.dir.path().join("server.key")).unwrap();
+    let client_key = std::fs::read(&stack.client_key).unwrap();
+    for key in [server_key, client_key] {
+        let key = String::from_utf8_lossy(&key).trim().to_owned();
+        assert!(!text.contains(&key), "a private key leaked into a span");
+    }
+    // The program name is there.
+    assert_eq!(
+        one(&spans, spans::RPC_SERVER_EXEC).attr_str("process.executable.name"),
+        Some("sh")
+    );
+    rx.shutdown().await;
+}
+
+/// The median wall time of `runs` executions of `f`.
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_the_command_nothing() {
+    let rx = OtlpReceiver::start().await;
+    let up = rx.endpoint();
+    // A port nobody listens on.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let stack = start_stack(&service_env(&down));
+    let (mut t_up, mut t_down) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for (endpoint, times) in [(&up, &mut t_up), (&down, &mut t_down)] {
+            let started = Instant::now();
+            let (out, _) = exec(
+                &stack,
+                &["echo", "ok"],
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+                b"",
+            );
+            times.push(started.elapsed());
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.stdout, b"ok\n");
+        }
+    }
+    let (m_up, m_down) = (median(t_up), median(t_down));
+    // Retrying, or waiting out an export timeout, would add 0.7 s to 10 s.
+    assert!(
+        m_down < m_up * 2 + Duration::from_millis(300),
+        "collector down: median {m_down:?} vs {m_up:?} with it up"
+    );
+    rx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_stopped_by_sigterm_still_flushes_its_spans() {
+    let rx = OtlpReceiver::start().await;
+    let endpoint = rx.endpoint();
+    let stack = start_stack(&[]);
+    let mut cmd = stack.exec(&["sleep", "30"]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // Wait until the remote process runs, then stop the CLI.
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(25), "SIGTERM ended it");
+    // The signal was forwarded: the remote sleep died of it, and the CLI
+    // exits with the remote status (128 + 15).
+    assert_eq!(status.code(), Some(143));
+    let spans = rx
+        .wait_for(WAIT, |s| {
+            s.iter()
+                .any(|x| x.name == spans::TOOL_DISPATCH && x.service == "core-client")
+        })
+        .await;
+    let dispatch = one(&spans, spans::TOOL_DISPATCH);
+    assert!(dispatch.duration_nanos() > 1_000_000_000);
+    drop(stack);
+    rx.shutdown().await;
+}
