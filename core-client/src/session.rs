@@ -244,7 +244,7 @@ impl Driver {
                 }
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return "the link to the relay was lost".into() };
-                    match self.transport.poll_transmit(SystemTime::now()) {
+                    match self.transport.poll_transmit_until(SystemTime::now(), self.sends.next_boundary()) {
                         Ok(Some(msg)) => {
                             let mut frame = proto::frames::data(msg);
                             let done = self.sends.transmitted(self.transport.sent_offset());

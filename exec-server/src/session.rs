@@ -334,7 +334,7 @@ impl Driver {
                 }
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return Err(SessionError::LinkLost) };
-                    if let Some(msg) = self.transport.poll_transmit(SystemTime::now())? {
+                    if let Some(msg) = self.transport.poll_transmit_until(SystemTime::now(), self.sends.next_boundary())? {
                         let mut frame = proto::frames::data(msg);
                         let done = self.sends.transmitted(self.transport.sent_offset());
                         if let Some(hop) = &done.hop {

@@ -63,6 +63,13 @@ impl SendTracker {
         self.pending.push(Pending { mark, spans, hop });
     }
 
+    /// The stream offset at which the earliest waiting message ends: the
+    /// next record should end there, so each traced message completes in a
+    /// record (and frame, with one hop header) of its own.
+    pub fn next_boundary(&self) -> Option<u64> {
+        self.pending.iter().map(|p| p.mark).min()
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
@@ -207,6 +214,7 @@ mod tests {
         t.track(10, vec![send_span(&tracer, &cx, "a")], Some("hop-a".into()));
         t.track(20, vec![send_span(&tracer, &cx, "b")], None);
         t.track(25, vec![send_span(&tracer, &cx, "c")], Some("hop-c".into()));
+        assert_eq!(t.next_boundary(), Some(10));
         let first = t.transmitted(5);
         assert!(first.hop.is_none());
         first.end();

@@ -269,10 +269,10 @@ async fn one_exec_is_one_trace_across_three_processes() {
     let events = ["exited", "output.first", "started"];
     assert_eq!(messages("exec-server", spans::RELAY_FRAME_SEND), events);
     assert_eq!(messages("core-client", spans::RELAY_FRAME_RECV), events);
-    // One relay.forward per frame carrying traced messages (messages
-    // queued together may share a frame), in both directions.
+    // One relay.forward per traced message (each ends a frame of its own),
+    // in both directions.
     let forwards = by_name(&spans, spans::RELAY_FORWARD);
-    assert!(forwards.len() <= requests.len() + events.len());
+    assert_eq!(forwards.len(), requests.len() + events.len());
     for dir in ["to_server", "to_client"] {
         assert!(
             forwards

@@ -160,6 +160,18 @@ impl Transport {
     /// a message and a large one spans several. Every message is at most
     /// [`MAX_NOISE_MESSAGE`] bytes.
     pub fn poll_transmit(&mut self, now: SystemTime) -> Result<Option<Bytes>, TransportError> {
+        self.poll_transmit_until(now, None)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit), except that a `DATA` message
+    /// does not run past stream offset `boundary` (when it lies ahead), so
+    /// the envelope ending there is the last thing in its message. Senders
+    /// use it to give a traced envelope a message (and frame) of its own.
+    pub fn poll_transmit_until(
+        &mut self,
+        now: SystemTime,
+        boundary: Option<u64>,
+    ) -> Result<Option<Bytes>, TransportError> {
         self.check_alive()?;
         if self.closed || self.encoder.pending() == 0 {
             return Ok(None);
@@ -172,7 +184,11 @@ impl Transport {
             self.stats.rekeys_sent += 1;
             return Ok(Some(msg));
         }
-        let chunk = self.encoder.take(MAX_DATA_BODY);
+        let limit = boundary
+            .filter(|b| *b > self.stream_sent)
+            .and_then(|b| usize::try_from(b - self.stream_sent).ok())
+            .map_or(MAX_DATA_BODY, |n| n.min(MAX_DATA_BODY));
+        let chunk = self.encoder.take(limit);
         self.stream_sent += chunk.len() as u64;
         let msg = self.encrypt_record(RECORD_DATA, &chunk)?;
         self.sent_since_rekey = self.sent_since_rekey.saturating_add(1);
