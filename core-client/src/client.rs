@@ -272,9 +272,9 @@ impl Delivery {
         let now = SystemTime::now();
         self.first.get_or_insert(now);
         self.events += 1;
-        self.queue_nanos = self.queue_nanos.saturating_add(
-            i64::try_from(routed.at.elapsed().as_nanos()).unwrap_or(i64::MAX),
-        );
+        self.queue_nanos = self
+            .queue_nanos
+            .saturating_add(i64::try_from(routed.at.elapsed().as_nanos()).unwrap_or(i64::MAX));
         let tracer = opentelemetry::global::tracer("core-client");
         let len = |d: &Bytes| i64::try_from(d.len()).unwrap_or(i64::MAX);
         match &routed.event {

@@ -3,8 +3,8 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::{Context, KeyValue};
 use opentelemetry::trace::{Span, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use proto::envelope;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::noise::{ClientHandshake, HandshakeError, SessionConfig, Transport};

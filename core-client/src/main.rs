@@ -31,19 +31,15 @@ fn main() -> ExitCode {
 
 fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     let mut export = None;
-    let outcome = with_runtime(
-        trace_file,
-        &["core-client", "relay", "exec-server"],
-        |e| {
-            export = Some(e);
-            async {
-                core_client::demo::run().await.map_err(|e| CliError {
-                    message: e.to_string(),
-                    code: 1,
-                })
-            }
-        },
-    )?;
+    let outcome = with_runtime(trace_file, &["core-client", "relay", "exec-server"], |e| {
+        export = Some(e);
+        async {
+            core_client::demo::run().await.map_err(|e| CliError {
+                message: e.to_string(),
+                code: 1,
+            })
+        }
+    })?;
     // The spans are flushed by now: show where the command's time went.
     match (export, &outcome.trace_id) {
         (Some(Export::File(file)), Some(id)) => {

@@ -20,9 +20,9 @@ use opentelemetry::{Context, KeyValue};
 use proto::envelope;
 use proto::noise::Transport;
 use proto::pb::session::{Ping, envelope::Body, exited, terminal_event};
+use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use telemetry::framing::{self, SendTracker};
 use telemetry::{carriers, otel, spans};
-use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
@@ -192,7 +192,12 @@ struct Call {
     last_chunk: Option<ChunkTimes>,
 }
 
-type ChunkTimes = (SystemTime, SystemTime, Option<SpanContext>, Option<SpanContext>);
+type ChunkTimes = (
+    SystemTime,
+    SystemTime,
+    Option<SpanContext>,
+    Option<SpanContext>,
+);
 
 struct Driver {
     transport: Transport,
@@ -378,7 +383,9 @@ impl Driver {
                         .as_ref()
                         .map(carriers::envelope::extract)
                         .and_then(|x| match x {
-                            telemetry::w3c::Extracted::Valid(tc) => Some(otel::to_span_context(&tc)),
+                            telemetry::w3c::Extracted::Valid(tc) => {
+                                Some(otel::to_span_context(&tc))
+                            }
                             _ => None,
                         });
                     self.route(env.call_id, ev, origin, env.send_time_unix_nanos);
@@ -442,7 +449,10 @@ impl Driver {
                 (a, d),
                 "output.last",
                 &[o, h],
-                vec![KeyValue::new("rex.output.chunks", call.output_chunks as i64)],
+                vec![KeyValue::new(
+                    "rex.output.chunks",
+                    call.output_chunks as i64,
+                )],
             );
         }
         framing::record_recv(
@@ -567,5 +577,31 @@ async fn reserve(target: Option<mpsc::Sender<Routed>>) -> Option<mpsc::OwnedPerm
     match target {
         Some(tx) => tx.reserve_owned().await.ok(),
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_offset_is_the_peer_time_minus_the_midpoint() {
+        // Sent at 1000, answered by a clock 500 ahead at (local 1100) 1600,
+        // received at 1200.
+        assert_eq!(clock_offset(1000, 1600, 1200), Some(500));
+        assert_eq!(clock_offset(1000, 900, 1200), Some(-200));
+        // Impossible samples are ignored.
+        assert_eq!(clock_offset(0, 1600, 1200), None);
+        assert_eq!(clock_offset(1000, 0, 1200), None);
+        assert_eq!(clock_offset(1000, 1600, 999), None);
+    }
+
+    #[test]
+    fn transit_corrects_the_senders_clock() {
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_nanos(10_000);
+        // Sent at peer time 9_500 with the peer 500 ahead: local 9_000.
+        assert_eq!(transit_nanos(arrived, 9_500, 500), Some(1_000));
+        assert_eq!(transit_nanos(arrived, 9_500, 0), Some(500));
+        assert_eq!(transit_nanos(arrived, 0, 0), None);
     }
 }

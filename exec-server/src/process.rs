@@ -32,10 +32,10 @@ use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, TerminalEvent, exited,
     terminal_event,
 };
+use telemetry::spans;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
-use telemetry::spans;
 use tokio_util::sync::CancellationToken;
 
 /// The signal that ends a process group for good.
@@ -468,8 +468,12 @@ pub async fn run(
         None => exited::Status::Code(-1),
     };
     match exit {
-        exited::Status::Code(c) => run_span.set_attribute(KeyValue::new("process.exit.code", i64::from(c))),
-        exited::Status::Signal(s) => run_span.set_attribute(KeyValue::new("rex.exit.signal", i64::from(s))),
+        exited::Status::Code(c) => {
+            run_span.set_attribute(KeyValue::new("process.exit.code", i64::from(c)))
+        }
+        exited::Status::Signal(s) => {
+            run_span.set_attribute(KeyValue::new("rex.exit.signal", i64::from(s)))
+        }
     }
     // Exit observed and both pipes drained.
     run_span.end();

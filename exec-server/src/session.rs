@@ -408,7 +408,7 @@ impl Driver {
             &parent,
             self.frame.0,
             what,
-            &[self.frame.1.clone()],
+            std::slice::from_ref(&self.frame.1),
             vec![],
         );
         parent
@@ -589,14 +589,9 @@ impl Driver {
             run_span_id,
             enqueued,
         };
-        self.ctx.tasks.spawn(process::run(
-            req,
-            io,
-            default_cwd,
-            child_env,
-            drain,
-            trace,
-        ));
+        self.ctx
+            .tasks
+            .spawn(process::run(req, io, default_cwd, child_env, drain, trace));
         self.calls.insert(
             call_id,
             Call {
@@ -628,7 +623,10 @@ impl Driver {
                 .span_builder(spans::TERMINAL_PUSH)
                 .with_start_time(now)
                 .start_with_context(&self.tracer, &call.exec_cx);
-            push.cx = Some(call.exec_cx.with_remote_span_context(span.span_context().clone()));
+            push.cx = Some(
+                call.exec_cx
+                    .with_remote_span_context(span.span_context().clone()),
+            );
             push.span = Some(span);
         }
         push.events += 1;

@@ -279,6 +279,49 @@ mod tests {
     }
 
     #[test]
+    fn a_hop_header_becomes_the_parent_of_relay_forward_and_is_rewritten() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = BoxedTracer::new(Box::new(provider.tracer("relay")));
+        let hop = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut f = frame(FrameKind::Data as i32, 10, hop);
+        let arrived = SystemTime::now();
+        let span = start_forward(&tracer, &mut f, Direction::ToClient, arrived).unwrap();
+        drop(span);
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.name, spans::RELAY_FORWARD);
+        assert_eq!(s.start_time, arrived);
+        assert_eq!(
+            s.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+        // The next hop sees relay.forward as its parent, traceparent only.
+        let rewritten = telemetry::w3c::TraceParent::parse(&f.hop_traceparent).unwrap();
+        assert_eq!(rewritten.parent_id, s.span_context.span_id().to_bytes());
+        assert_eq!(rewritten.trace_id, s.span_context.trace_id().to_bytes());
+
+        // A malformed header is removed and makes no span; the frame goes on.
+        for bad in [
+            "garbage",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            let mut f = frame(FrameKind::Data as i32, 10, bad);
+            assert!(start_forward(&tracer, &mut f, Direction::ToServer, arrived).is_none());
+            assert!(f.hop_traceparent.is_empty());
+        }
+        let mut f = frame(FrameKind::Data as i32, 10, "");
+        assert!(start_forward(&tracer, &mut f, Direction::ToServer, arrived).is_none());
+        assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
+    }
+
+    #[test]
     fn frame_checks() {
         let l = limits(true);
         assert!(check(frame(FrameKind::Data as i32, 10, ""), &l).is_some());

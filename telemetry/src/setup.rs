@@ -17,9 +17,9 @@
 
 use std::time::Duration;
 
+use opentelemetry::InstrumentationScope;
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider;
-use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, TracerProviderBuilder};
@@ -272,10 +272,7 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let dir = std::env::temp_dir().join("rex-setup-test.jsonl");
-        Export::decide(
-            |k| map.get(k).cloned(),
-            Some(TraceFile::new(dir, 1024)),
-        )
+        Export::decide(|k| map.get(k).cloned(), Some(TraceFile::new(dir, 1024)))
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub fn path(name: &str) -> PathBuf {
         let status = cmd.status().unwrap();
         assert!(status.success(), "building the binaries failed");
         for b in BINARIES {
-            assert!(dir.join(b).exists(), "{b} was not built in {}", dir.display());
+            assert!(
+                dir.join(b).exists(),
+                "{b} was not built in {}",
+                dir.display()
+            );
         }
     });
     dir.join(name)
@@ -188,8 +192,14 @@ impl ProcStack {
 }
 
 /// A `core-client exec` command through `relay_url` to `server_pub`, as `key`.
+/// Its local trace file is `traces.jsonl` beside the key (never the user's
+/// own), and no OTLP endpoint from the test's environment leaks in.
 pub fn exec_command(relay_url: &str, server_pub: &str, key: &Path, argv: &[&str]) -> Command {
     let mut cmd = Command::new(path("core-client"));
+    let traces = key.parent().unwrap_or(Path::new(".")).join("traces.jsonl");
+    cmd.env("REX_TRACE_FILE", traces)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     cmd.args([
         "exec", "--relay", relay_url, "--server", server_pub, "--key",
     ])

@@ -133,3 +133,77 @@ fn keygen_writes_a_private_file_and_prints_the_public_key() {
         assert!(!again.status.success());
     }
 }
+
+#[test]
+fn trace_show_prints_the_last_command_as_a_waterfall() {
+    let stack = ProcStack::start(&[]);
+    let traces = stack.dir.path().join("traces.jsonl");
+    let mut cmd = stack.exec(&["sh", "-c", "echo hi"]);
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    cmd = Command::new(cmd.get_program());
+    cmd.arg(&args[0])
+        .arg("--print-trace-id")
+        .args(&args[1..])
+        .env("REX_TRACE_FILE", &traces)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let out = run(cmd);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("core-client: trace "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // One line per trace, OTLP JSON.
+    let text = std::fs::read_to_string(&traces).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(line["resourceSpans"].is_array(), "{line}");
+
+    let show = |selector: &str| {
+        Command::new(binaries::path("core-client"))
+            .args(["trace", "show", selector])
+            .env("REX_TRACE_FILE", &traces)
+            .output()
+            .unwrap()
+    };
+    for selector in ["last", id.as_str()] {
+        let out = show(selector);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(&id), "{text}");
+        for name in [
+            "tool.dispatch",
+            "session.acquire",
+            "noise.handshake",
+            "terminal.delivery",
+            "exec.first_output",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+        // The waterfall's indentation: a cold start's stages under session.acquire.
+        assert!(text.contains("\n    relay.connect"), "{text}");
+        // The per-stage table.
+        assert!(text.contains("share"), "{text}");
+    }
+    // Clear errors for a bad id, an unknown id, and no file.
+    let out = show("not-a-trace");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32 hex digits"));
+    let out = show("00000000000000000000000000000001");
+    assert!(!out.status.success());
+    let out = Command::new(binaries::path("core-client"))
+        .args(["trace", "show", "last"])
+        .env("REX_TRACE_FILE", stack.dir.path().join("none.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("none.jsonl"), "{err}");
+}

@@ -187,7 +187,11 @@ async fn one_exec_is_one_trace_across_three_processes() {
     terminate(&mut stack);
     let all = rx
         .wait_for(WAIT, |s| {
-            let t: Vec<RecordedSpan> = s.iter().filter(|x| x.trace_id == trace_id).cloned().collect();
+            let t: Vec<RecordedSpan> = s
+                .iter()
+                .filter(|x| x.trace_id == trace_id)
+                .cloned()
+                .collect();
             has_all_stages(&t) && services(&t).len() == 3
         })
         .await;
@@ -226,7 +230,11 @@ async fn one_exec_is_one_trace_across_three_processes() {
     for (service, child, parent) in [
         ("core-client", spans::SESSION_ACQUIRE, spans::TOOL_DISPATCH),
         ("core-client", spans::RELAY_CONNECT, spans::SESSION_ACQUIRE),
-        ("core-client", spans::NOISE_HANDSHAKE, spans::SESSION_ACQUIRE),
+        (
+            "core-client",
+            spans::NOISE_HANDSHAKE,
+            spans::SESSION_ACQUIRE,
+        ),
         ("core-client", spans::SESSION_INIT, spans::SESSION_ACQUIRE),
         ("core-client", spans::RPC_CLIENT_QUEUE, spans::TOOL_DISPATCH),
         ("core-client", spans::RELAY_FRAME_SEND, spans::TOOL_DISPATCH),
@@ -236,14 +244,34 @@ async fn one_exec_is_one_trace_across_three_processes() {
         ("exec-server", spans::RPC_SERVER_EXEC, spans::TOOL_DISPATCH),
         ("exec-server", spans::PROCESS_SPAWN, spans::RPC_SERVER_EXEC),
         ("exec-server", spans::PROCESS_RUN, spans::RPC_SERVER_EXEC),
-        ("exec-server", spans::PROCESS_STDOUT_READER, spans::PROCESS_RUN),
-        ("exec-server", spans::PROCESS_STDERR_READER, spans::PROCESS_RUN),
-        ("exec-server", spans::PROCESS_EXIT_WATCHER, spans::PROCESS_RUN),
+        (
+            "exec-server",
+            spans::PROCESS_STDOUT_READER,
+            spans::PROCESS_RUN,
+        ),
+        (
+            "exec-server",
+            spans::PROCESS_STDERR_READER,
+            spans::PROCESS_RUN,
+        ),
+        (
+            "exec-server",
+            spans::PROCESS_EXIT_WATCHER,
+            spans::PROCESS_RUN,
+        ),
         ("exec-server", spans::TERMINAL_PUSH, spans::RPC_SERVER_EXEC),
         ("exec-server", spans::RELAY_FRAME_SEND, spans::TERMINAL_PUSH),
         ("core-client", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
-        ("core-client", spans::TERMINAL_DELIVERY, spans::TOOL_DISPATCH),
-        ("core-client", spans::EXEC_FIRST_OUTPUT, spans::TOOL_DISPATCH),
+        (
+            "core-client",
+            spans::TERMINAL_DELIVERY,
+            spans::TOOL_DISPATCH,
+        ),
+        (
+            "core-client",
+            spans::EXEC_FIRST_OUTPUT,
+            spans::TOOL_DISPATCH,
+        ),
     ] {
         assert_parent_in(&spans, service, child, parent);
     }
@@ -288,7 +316,9 @@ async fn one_exec_is_one_trace_across_three_processes() {
         .collect();
     for recv in by_name(&spans, spans::RELAY_FRAME_RECV) {
         assert!(
-            recv.links.iter().any(|(_, id)| forwards.contains(id.as_str())),
+            recv.links
+                .iter()
+                .any(|(_, id)| forwards.contains(id.as_str())),
             "{}/{} links no relay.forward",
             recv.service,
             recv.name
@@ -374,24 +404,26 @@ async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
             &[env[0], ("TRACEPARENT", bad)],
             b"",
         );
-        assert!(out.status.success(), "TRACEPARENT {bad:?} failed the command");
+        assert!(
+            out.status.success(),
+            "TRACEPARENT {bad:?} failed the command"
+        );
         assert_eq!(out.stdout, b"unchanged\n", "TRACEPARENT {bad:?}");
         assert_ne!(id, caller_trace, "TRACEPARENT {bad:?} was continued");
         assert_eq!(id.len(), 32);
         invalid_ids.push(id);
     }
     let distinct: BTreeSet<&String> = invalid_ids.iter().collect();
-    assert_eq!(distinct.len(), invalid_ids.len(), "each starts its own trace");
+    assert_eq!(
+        distinct.len(),
+        invalid_ids.len(),
+        "each starts its own trace"
+    );
 
     // Volume: one line vs 50 MiB.
     let (small, small_id) = exec(&stack, &["echo", "x"], &env, b"");
     assert!(small.status.success());
-    let (big, big_id) = exec(
-        &stack,
-        &["head", "-c", "52428800", "/dev/zero"],
-        &env,
-        b"",
-    );
+    let (big, big_id) = exec(&stack, &["head", "-c", "52428800", "/dev/zero"], &env, b"");
     assert!(big.status.success());
     assert_eq!(big.stdout.len(), 50 * 1024 * 1024);
 
@@ -424,7 +456,10 @@ async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
 
     let (small, big) = (trace(&small_id), trace(&big_id));
     let names = |t: &[RecordedSpan]| -> Vec<String> {
-        let mut n: Vec<String> = t.iter().map(|s| format!("{}/{}", s.service, s.name)).collect();
+        let mut n: Vec<String> = t
+            .iter()
+            .map(|s| format!("{}/{}", s.service, s.name))
+            .collect();
         n.sort();
         n
     };
@@ -436,12 +471,19 @@ async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
         "exec-server/relay.frame.send".to_owned(),
     ]);
     expected.sort();
-    assert_eq!(names(&big), expected, "span count must not follow output size");
+    assert_eq!(
+        names(&big),
+        expected,
+        "span count must not follow output size"
+    );
     let push = one(&big, spans::TERMINAL_PUSH);
     assert_eq!(push.attr_i64("rex.stdout.bytes"), Some(50 * 1024 * 1024));
     assert!(push.attr_i64("rex.stdout.chunks").unwrap() > 100);
     let delivery = one(&big, spans::TERMINAL_DELIVERY);
-    assert_eq!(delivery.attr_i64("rex.stdout.bytes"), Some(50 * 1024 * 1024));
+    assert_eq!(
+        delivery.attr_i64("rex.stdout.bytes"),
+        Some(50 * 1024 * 1024)
+    );
     rx.shutdown().await;
 }
 
@@ -548,7 +590,11 @@ async fn a_collector_that_is_down_costs_the_command_nothing() {
                 b"",
             );
             times.push(started.elapsed());
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert_eq!(out.stdout, b"ok\n");
         }
     }
@@ -577,7 +623,10 @@ async fn a_cli_stopped_by_sigterm_still_flushes_its_spans() {
     std::thread::sleep(Duration::from_millis(1500));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(25), "SIGTERM ended it");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "SIGTERM ended it"
+    );
     // The signal was forwarded: the remote sleep died of it, and the CLI
     // exits with the remote status (128 + 15).
     assert_eq!(status.code(), Some(143));

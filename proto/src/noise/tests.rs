@@ -179,12 +179,18 @@ fn a_boundary_ends_a_message_after_its_envelope() {
     c.send(b"first").unwrap();
     let first_end = c.queued_offset();
     c.send(b"second").unwrap();
-    let m1 = c.poll_transmit_until(t0(), Some(first_end)).unwrap().unwrap();
+    let m1 = c
+        .poll_transmit_until(t0(), Some(first_end))
+        .unwrap()
+        .unwrap();
     assert_eq!(c.sent_offset(), first_end);
     srv.receive(&m1).unwrap();
     assert_eq!(drain(&mut srv), vec![Bytes::from_static(b"first")]);
     // A boundary already passed does not limit the next message.
-    let m2 = c.poll_transmit_until(t0(), Some(first_end)).unwrap().unwrap();
+    let m2 = c
+        .poll_transmit_until(t0(), Some(first_end))
+        .unwrap()
+        .unwrap();
     srv.receive(&m2).unwrap();
     assert_eq!(drain(&mut srv), vec![Bytes::from_static(b"second")]);
     assert!(!c.has_pending());
