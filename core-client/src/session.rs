@@ -187,8 +187,8 @@ struct Call {
     /// The call's `tool.dispatch` context.
     parent: Context,
     output_chunks: u64,
-    /// The latest output chunk after the first: (arrival, decoded, its
-    /// context, the frame's hop context), recorded once it proves last.
+    /// The latest output chunk: (arrival, decoded, its context, the
+    /// frame's hop context), recorded once the final event proves it last.
     last_chunk: Option<ChunkTimes>,
 }
 
@@ -422,8 +422,10 @@ impl Driver {
             terminal_event::Kind::Started(_) => "started",
             terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_) => {
                 call.output_chunks += 1;
+                // Every chunk may be the last (a one-chunk output's first
+                // and last are the same chunk, so span counts stay fixed).
+                call.last_chunk = Some((arrived, SystemTime::now(), origin.clone(), hop.clone()));
                 if call.output_chunks > 1 {
-                    call.last_chunk = Some((arrived, SystemTime::now(), origin, hop));
                     return;
                 }
                 "output.first"

@@ -142,10 +142,18 @@ struct Push {
     stderr_bytes: i64,
     stderr_chunks: i64,
     queued: Duration,
-    /// The latest output chunk after the first: when it was taken, and the
-    /// stream offset after it; made a span once the final event shows it
-    /// was the last.
-    last_chunk: Option<(SystemTime, u64)>,
+    /// The latest output chunk, made a span once the final event shows it
+    /// was the last (for a one-chunk output, the first chunk again).
+    last_chunk: Option<LastChunk>,
+}
+
+/// When the latest output chunk was taken, the stream offset just past it,
+/// and when the record holding its last byte left.
+#[derive(Clone, Copy)]
+struct LastChunk {
+    taken: SystemTime,
+    mark: u64,
+    sent: Option<SystemTime>,
 }
 
 impl Push {
@@ -279,6 +287,9 @@ struct Driver {
     sends: SendTracker,
     /// The frame being decoded: its arrival and its hop context.
     frame: (SystemTime, Option<SpanContext>),
+    /// Per call with output in flight, the stream offset its latest chunk
+    /// ends at (at most one entry per call).
+    unsent_chunks: Vec<(u64, u64)>,
 }
 
 impl Driver {
@@ -305,6 +316,7 @@ impl Driver {
             tracer: opentelemetry::global::tracer("exec-server"),
             sends: SendTracker::default(),
             frame: (SystemTime::now(), None),
+            unsent_chunks: Vec::new(),
         }
     }
 
@@ -336,12 +348,14 @@ impl Driver {
                     let Ok(permit) = permit else { return Err(SessionError::LinkLost) };
                     if let Some(msg) = self.transport.poll_transmit_until(SystemTime::now(), self.sends.next_boundary())? {
                         let mut frame = proto::frames::data(msg);
-                        let done = self.sends.transmitted(self.transport.sent_offset());
+                        let sent = self.transport.sent_offset();
+                        let done = self.sends.transmitted(sent);
                         if let Some(hop) = &done.hop {
                             frame.hop_traceparent.clone_from(hop);
                         }
                         permit.send(Ok(frame));
                         done.end();
+                        self.chunks_sent(sent);
                     }
                 }
                 Some(out) = events_rx.recv(), if can_take_events => {
@@ -632,6 +646,10 @@ impl Driver {
         push.events += 1;
         push.queued += out.queued_at.elapsed();
         let len = |d: &Bytes| i64::try_from(d.len()).unwrap_or(i64::MAX);
+        let is_output = matches!(
+            out.event.kind,
+            Some(terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_))
+        );
         let what = match &out.event.kind {
             Some(terminal_event::Kind::Started(_)) => Some("started"),
             Some(terminal_event::Kind::Stdout(d)) => {
@@ -664,9 +682,17 @@ impl Driver {
         let Some(call) = self.calls.get_mut(&out.call_id) else {
             return Ok(());
         };
+        if is_output {
+            // Every chunk may be the last one: note when it leaves.
+            call.push.last_chunk = Some(LastChunk {
+                taken: now,
+                mark,
+                sent: None,
+            });
+            self.unsent_chunks.retain(|(id, _)| *id != out.call_id);
+            self.unsent_chunks.push((out.call_id, mark));
+        }
         let Some(send) = send else {
-            // An output chunk after the first: remember it in case it is the last.
-            call.push.last_chunk = Some((now, mark));
             return Ok(());
         };
         if !out.last {
@@ -677,17 +703,20 @@ impl Driver {
         let Some(mut call) = self.calls.remove(&out.call_id) else {
             return Ok(());
         };
-        if let Some((taken, chunk_mark)) = call.push.last_chunk.take() {
+        self.unsent_chunks.retain(|(id, _)| *id != out.call_id);
+        if let Some(chunk) = call.push.last_chunk.take() {
             let mut last = self
                 .tracer
                 .span_builder(spans::RELAY_FRAME_SEND)
-                .with_start_time(taken)
-                .with_attributes(vec![KeyValue::new("rex.message", "output.last")])
+                .with_start_time(chunk.taken)
+                .with_attributes(vec![
+                    KeyValue::new("rex.message", "output.last"),
+                    KeyValue::new("rex.output.chunks", call.push.output_chunks()),
+                ])
                 .start_with_context(&self.tracer, &push_cx);
-            if chunk_mark <= self.transport.sent_offset() {
-                last.end();
-            } else {
-                self.sends.track(chunk_mark, vec![last], None);
+            match chunk.sent {
+                Some(at) => last.end_with_timestamp(at),
+                None => self.sends.track(chunk.mark, vec![last], None),
             }
         }
         let mut finishing = vec![send];
@@ -702,6 +731,26 @@ impl Driver {
         tracing::debug!(client = %self.client.short(), program = %call.program, "call finished");
         self.sends.track(mark, finishing, call.hop);
         Ok(())
+    }
+
+    /// Notes when each call's latest output chunk left.
+    fn chunks_sent(&mut self, sent: u64) {
+        if self.unsent_chunks.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let calls = &mut self.calls;
+        self.unsent_chunks.retain(|(id, mark)| {
+            if *mark > sent {
+                return true;
+            }
+            if let Some(chunk) = calls.get_mut(id).and_then(|c| c.push.last_chunk.as_mut())
+                && chunk.mark == *mark
+            {
+                chunk.sent = Some(now);
+            }
+            false
+        });
     }
 
     fn send_envelope(
