@@ -12,7 +12,12 @@ use proto::keys::{AuthorizedKeys, StaticKeypair};
 /// Runs commands for authorized clients, reached through a relay (it dials
 /// out, so it needs no open port) or directly.
 #[derive(Debug, Parser)]
-#[command(name = "exec-server", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "exec-server",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = telemetry::setup::EXPORT_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -10,7 +10,7 @@ use relay::RelayConfig;
 /// Pairs core-client sessions with registered exec-servers and forwards their
 /// encrypted frames. Holds no keys and never sees a command or its output.
 #[derive(Debug, Parser)]
-#[command(name = "relay", version)]
+#[command(name = "relay", version, after_help = telemetry::setup::EXPORT_HELP)]
 struct Args {
     /// Address to listen on for exec-servers and clients.
     #[arg(long, env = "REX_RELAY_LISTEN", default_value = "127.0.0.1:7600")]
@@ -27,7 +27,8 @@ struct Args {
     /// Seconds an exec-server has to accept and answer a session.
     #[arg(long, default_value_t = 10)]
     handshake_timeout_secs: u64,
-    /// Ignore and strip hop trace headers on frames.
+    /// Ignore and strip hop trace headers on frames (then no per-frame
+    /// `relay.forward` spans are made).
     #[arg(long)]
     no_hop_headers: bool,
 }

@@ -28,6 +28,13 @@ use tracing_subscriber::EnvFilter;
 use crate::ids::PresetIdGenerator;
 use crate::trace_file::TraceFile;
 
+/// The `--help` text every service binary shows about span export.
+pub const EXPORT_HELP: &str = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (or \
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), e.g. http://localhost:4317, to export spans over \
+OTLP/gRPC; OTEL_SERVICE_NAME renames the service, OTEL_TRACES_SAMPLER=always_off keeps \
+propagation only, OTEL_SDK_DISABLED=true exports nothing. Spans are flushed on exit and \
+on SIGTERM. Logs go to stderr (RUST_LOG sets the filter).";
+
 /// How long shutdown waits for the last spans to be exported.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
