@@ -1,9 +1,10 @@
 //! The built `relay`, `exec-server` and `core-client` binaries, run as
 //! separate processes.
 
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -207,4 +208,50 @@ pub fn exec_command(relay_url: &str, server_pub: &str, key: &Path, argv: &[&str]
     .arg("--")
     .args(argv);
     cmd
+}
+
+/// Runs `cmd`, feeding it `stdin` (from another thread, so a large input
+/// cannot deadlock against its output), and collects its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // The command may exit without reading it all; that is its business.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// `cmd` (a `core-client exec ...` command) with `extra` arguments put
+/// right after `exec`, e.g. `--print-trace-id`; the environment is kept.
+pub fn with_exec_flags(cmd: &Command, extra: &[&str]) -> Command {
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut c = Command::new(cmd.get_program());
+    c.arg(&args[0]).args(extra).args(&args[1..]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// The trace id a `core-client exec --print-trace-id` run printed.
+pub fn printed_trace_id(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("core-client: trace "))
+        .unwrap_or_else(|| panic!("no trace id printed; stderr: {stderr}"))
+        .trim()
+        .to_owned()
 }

@@ -2,27 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-use integration_tests::binaries::{self, ProcStack};
-
-fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        pipe.write_all(&data).unwrap();
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
+use integration_tests::binaries::{self, ProcStack, run_with_stdin};
 
 fn run(mut cmd: Command) -> std::process::Output {
     cmd.stdin(Stdio::null()).output().unwrap()
@@ -138,23 +120,11 @@ fn keygen_writes_a_private_file_and_prints_the_public_key() {
 fn trace_show_prints_the_last_command_as_a_waterfall() {
     let stack = ProcStack::start(&[]);
     let traces = stack.dir.path().join("traces.jsonl");
-    let mut cmd = stack.exec(&["sh", "-c", "echo hi"]);
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    cmd = Command::new(cmd.get_program());
-    cmd.arg(&args[0])
-        .arg("--print-trace-id")
-        .args(&args[1..])
-        .env("REX_TRACE_FILE", &traces)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let cmd =
+        binaries::with_exec_flags(&stack.exec(&["sh", "-c", "echo hi"]), &["--print-trace-id"]);
     let out = run(cmd);
     assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    let id = err
-        .lines()
-        .find_map(|l| l.strip_prefix("core-client: trace "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = binaries::printed_trace_id(&out);
     // One line per trace, OTLP JSON.
     let text = std::fs::read_to_string(&traces).unwrap();
     assert_eq!(text.lines().count(), 1);

@@ -9,11 +9,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::binaries::ProcStack;
+use integration_tests::binaries::{self, ProcStack};
 use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
 use integration_tests::trace_check::{self, assert_contained, by_name, coverage, one};
 use nix::sys::signal::{Signal, kill};
@@ -36,41 +35,29 @@ fn start_stack(env: &[(&'static str, String)]) -> ProcStack {
     ProcStack::start(&env)
 }
 
-/// Runs `core-client exec` with `--print-trace-id`; returns the output and
-/// the trace id it printed.
+/// Runs `core-client exec --print-trace-id` with `env` and `stdin`;
+/// returns the output and the trace id it printed.
 fn exec(stack: &ProcStack, argv: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (Output, String) {
-    let mut cmd = stack.exec(argv);
-    // `exec --print-trace-id --relay ... -- argv`: insert the flag first.
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let mut c = Command::new(cmd.get_program());
-    c.arg(&args[0]).arg("--print-trace-id").args(&args[1..]);
-    cmd = c;
-    cmd.env_remove("TRACEPARENT")
-        .env_remove("TRACESTATE")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    exec_with(stack, &[], argv, env, stdin)
+}
+
+/// [`exec`] with more `exec` flags.
+fn exec_with(
+    stack: &ProcStack,
+    flags: &[&str],
+    argv: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> (Output, String) {
+    let mut flags = flags.to_vec();
+    flags.push("--print-trace-id");
+    let mut cmd = binaries::with_exec_flags(&stack.exec(argv), &flags);
+    cmd.env_remove("TRACEPARENT").env_remove("TRACESTATE");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = pipe.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let id = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("core-client: trace "))
-        .unwrap_or_else(|| panic!("no trace id printed; stderr: {stderr}"))
-        .trim()
-        .to_owned();
+    let out = binaries::run_with_stdin(cmd, stdin);
+    let id = binaries::printed_trace_id(&out);
     (out, id)
 }
 
@@ -494,46 +481,19 @@ async fn spans_never_carry_arguments_environment_stdin_or_output() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("TRACESTATE", "vendor=ok"),
     ];
-    let mut cmd_env = env.to_vec();
-    cmd_env.push(("REX_TEST_UNUSED", "x"));
-    let (out, id) = {
-        // The marker travels as an argument, an environment value and stdin,
-        // and comes back as stdout and stderr.
-        let mut cmd = stack.exec(&[
+    // The marker travels as an argument, an environment value and stdin,
+    // and comes back as stdout and stderr.
+    let (out, id) = exec_with(
+        &stack,
+        &["-e", "MARK_ENV=envmark-2718"],
+        &[
             "sh",
             "-c",
             "read line; echo \"$line $MARK_ENV\"; echo argmark-3141 >&2",
-        ]);
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut c = Command::new(cmd.get_program());
-        c.arg(&args[0])
-            .args(["--print-trace-id", "-e", "MARK_ENV=envmark-2718"])
-            .args(&args[1..]);
-        cmd = c;
-        for (k, v) in &cmd_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"stdinmark-1618\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let id = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("core-client: trace "))
-            .unwrap()
-            .to_owned();
-        (out, id)
-    };
+        ],
+        &env,
+        b"stdinmark-1618\n",
+    );
     assert!(out.status.success());
     assert_eq!(out.stdout, b"stdinmark-1618 envmark-2718\n");
     terminate(&mut stack);
