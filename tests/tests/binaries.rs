@@ -177,3 +177,46 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("none.jsonl"), "{err}");
 }
+
+#[test]
+fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces = dir.path().join("traces.jsonl");
+    let out = Command::new(binaries::path("core-client"))
+        .arg("demo")
+        .env("REX_TRACE_FILE", &traces)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("hello from"), "{text}");
+    // The waterfall, with spans from each service, and the stage table.
+    assert!(
+        text.contains("services: core-client, relay, exec-server"),
+        "{text}"
+    );
+    for span in [
+        "tool.dispatch",
+        "relay.forward",
+        "process.run",
+        "terminal.delivery",
+    ] {
+        assert!(text.contains(span), "{span} missing:\n{text}");
+    }
+    assert!(text.contains("share"), "{text}");
+    // The child saw the trace, naming a span that is in the waterfall.
+    let tp = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TRACEPARENT seen by the child: "))
+        .unwrap();
+    let tp = telemetry::w3c::TraceParent::parse(tp.trim()).unwrap();
+    assert!(text.contains(&hex::encode(tp.trace_id)), "{text}");
+    assert!(traces.exists());
+}
