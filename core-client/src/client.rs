@@ -275,7 +275,6 @@ impl Delivery {
         self.queue_nanos = self
             .queue_nanos
             .saturating_add(i64::try_from(routed.at.elapsed().as_nanos()).unwrap_or(i64::MAX));
-        let tracer = opentelemetry::global::tracer("core-client");
         let len = |d: &Bytes| i64::try_from(d.len()).unwrap_or(i64::MAX);
         match &routed.event {
             Event::Stdout(d) => {
@@ -287,6 +286,7 @@ impl Delivery {
                 self.stderr_chunks += 1;
             }
             Event::Exited(_) | Event::Failed(_) => {
+                let tracer = opentelemetry::global::tracer("core-client");
                 let mut span = tracer
                     .span_builder(spans::TERMINAL_DELIVERY)
                     .with_start_time(self.first.unwrap_or(now))
@@ -305,6 +305,7 @@ impl Delivery {
         }
         if matches!(routed.event, Event::Stdout(_) | Event::Stderr(_)) && !self.first_output {
             self.first_output = true;
+            let tracer = opentelemetry::global::tracer("core-client");
             let mut span = tracer
                 .span_builder(spans::EXEC_FIRST_OUTPUT)
                 .with_start_time(self.dispatched.unwrap_or(now))

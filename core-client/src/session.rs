@@ -19,9 +19,10 @@ use opentelemetry::trace::{Span, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::envelope;
 use proto::noise::Transport;
-use proto::pb::session::{Ping, envelope::Body, exited, terminal_event};
+use proto::pb::session::{Ping, TraceContext as PbTrace, envelope::Body, exited, terminal_event};
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use telemetry::framing::{self, SendTracker};
+use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -187,17 +188,13 @@ struct Call {
     /// The call's `tool.dispatch` context.
     parent: Context,
     output_chunks: u64,
-    /// The latest output chunk: (arrival, decoded, its context, the
-    /// frame's hop context), recorded once the final event proves it last.
+    /// The latest output chunk, recorded once the final event proves it
+    /// the last.
     last_chunk: Option<ChunkTimes>,
 }
 
-type ChunkTimes = (
-    SystemTime,
-    SystemTime,
-    Option<SpanContext>,
-    Option<SpanContext>,
-);
+/// A chunk's arrival, its decode, and its frame's hop context.
+type ChunkTimes = (SystemTime, SystemTime, Option<SpanContext>);
 
 struct Driver {
     transport: Transport,
@@ -378,17 +375,12 @@ impl Driver {
                 .map_err(|_| "the exec-server sent an undecodable message".to_string())?;
             match env.body {
                 Some(Body::Event(ev)) => {
-                    let origin = env
-                        .trace
-                        .as_ref()
-                        .map(carriers::envelope::extract)
-                        .and_then(|x| match x {
-                            telemetry::w3c::Extracted::Valid(tc) => {
-                                Some(otel::to_span_context(&tc))
-                            }
-                            _ => None,
-                        });
-                    self.route(env.call_id, ev, origin, env.send_time_unix_nanos);
+                    self.route(
+                        env.call_id,
+                        ev,
+                        env.trace.as_ref(),
+                        env.send_time_unix_nanos,
+                    );
                 }
                 Some(Body::Pong(p)) => {
                     let now = proto::clock::now_unix_nanos();
@@ -411,7 +403,7 @@ impl Driver {
         &mut self,
         call_id: u64,
         kind: &terminal_event::Kind,
-        origin: Option<SpanContext>,
+        trace: Option<&PbTrace>,
         sent_unix_nanos: u64,
     ) {
         let Some(call) = self.calls.get_mut(&call_id) else {
@@ -424,7 +416,8 @@ impl Driver {
                 call.output_chunks += 1;
                 // Every chunk may be the last (a one-chunk output's first
                 // and last are the same chunk, so span counts stay fixed).
-                call.last_chunk = Some((arrived, SystemTime::now(), origin.clone(), hop.clone()));
+                // Only times are kept per chunk; nothing is parsed.
+                call.last_chunk = Some((arrived, SystemTime::now(), hop.clone()));
                 if call.output_chunks > 1 {
                     return;
                 }
@@ -433,6 +426,11 @@ impl Driver {
             terminal_event::Kind::Exited(_) => "exited",
             terminal_event::Kind::Error(_) => "error",
         };
+        // The event's own context (the process span), linked from ours.
+        let origin = trace.and_then(|t| match carriers::envelope::extract(t) {
+            Extracted::Valid(tc) => Some(otel::to_span_context(&tc)),
+            _ => None,
+        });
         let offset = self.clock_offset.load(Ordering::Relaxed);
         let transit = transit_nanos(arrived, sent_unix_nanos, offset);
         let attrs = |extra: Option<i64>| {
@@ -443,14 +441,14 @@ impl Driver {
         if matches!(
             kind,
             terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
-        ) && let Some((a, d, o, h)) = call.last_chunk.take()
+        ) && let Some((a, d, h)) = call.last_chunk.take()
         {
             framing::record_recv_until(
                 &self.tracer,
                 &call.parent,
                 (a, d),
                 "output.last",
-                &[o, h],
+                &[origin.clone(), h],
                 vec![KeyValue::new(
                     "rex.output.chunks",
                     call.output_chunks as i64,
@@ -471,11 +469,11 @@ impl Driver {
         &mut self,
         call_id: u64,
         ev: proto::pb::session::TerminalEvent,
-        origin: Option<SpanContext>,
+        trace: Option<&PbTrace>,
         sent_unix_nanos: u64,
     ) {
         if let Some(kind) = &ev.kind {
-            self.trace_recv(call_id, kind, origin, sent_unix_nanos);
+            self.trace_recv(call_id, kind, trace, sent_unix_nanos);
         }
         let (event, last) = match ev.kind {
             Some(terminal_event::Kind::Started(s)) => (Event::Started { pid: s.pid }, false),

@@ -1,0 +1,471 @@
+//! Tracing overhead on a warm exec of `true` through the relay (relay,
+//! exec-server and client in this process, on loopback).
+//!
+//! Three modes run side by side, their order rotating every round: `off`
+//! (no-op tracer provider), `propagation` (SDK provider with the sampler
+//! off: ids are made and carried, nothing is recorded) and `full` (every
+//! span batched and exported over OTLP/gRPC to an in-process receiver).
+//! Each mode opens a fresh session, warms it up, then times execs one after
+//! another. It prints p50/p99 per mode (median and min–max over rounds), the
+//! ratios to `off`, the machine, and whether every span of the full-mode
+//! execs reached the receiver.
+//!
+//! Run: `cargo bench -p integration-tests --bench tracing_overhead`
+//! (options after `--`: `--rounds R` (default 15), `--execs N` (default 150),
+//! `--only off|propagation|full` to run one mode alone, e.g. under a
+//! profiler).
+//! Timings are only reported, never asserted: it exits non-zero only if an
+//! exec fails, an output is wrong, or full mode lost spans.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use core_client::{Client, ExecSpec, ExitStatus};
+use integration_tests::otlp::OtlpReceiver;
+use integration_tests::stack::Stack;
+use opentelemetry::global;
+use opentelemetry::trace::noop::NoopTracerProvider;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+
+const WARMUP: usize = 50;
+/// Time for spans that end just after the exec returns (e.g. the relay's
+/// last forward) to end before a flush.
+const SETTLE: Duration = Duration::from_millis(250);
+/// How long to wait for the receiver to hold every expected trace.
+const ARRIVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Off,
+    Propagation,
+    Full,
+}
+
+const MODES: [Mode; 3] = [Mode::Off, Mode::Propagation, Mode::Full];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Propagation => "propagation",
+            Mode::Full => "full",
+        }
+    }
+}
+
+struct Args {
+    rounds: usize,
+    execs: usize,
+    /// Run only this mode (for profiling one mode); no ratios then.
+    only: Option<Mode>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        rounds: 15,
+        execs: 150,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--only" {
+            args.only = it
+                .next()
+                .and_then(|m| MODES.into_iter().find(|x| x.name() == m));
+            continue;
+        }
+        let target = match a.as_str() {
+            "--rounds" => &mut args.rounds,
+            "--execs" => &mut args.execs,
+            _ => continue,
+        };
+        if let Some(v) = it.next().and_then(|v| v.parse().ok()) {
+            *target = v;
+        }
+    }
+    args.rounds = args.rounds.max(1);
+    args.execs = args.execs.max(1);
+    args
+}
+
+/// The providers for the traced modes, alive for the whole run.
+struct Providers {
+    propagation: SdkTracerProvider,
+    full: SdkTracerProvider,
+}
+
+impl Providers {
+    fn install(&self, mode: Mode) {
+        match mode {
+            Mode::Off => global::set_tracer_provider(NoopTracerProvider::new()),
+            Mode::Propagation => global::set_tracer_provider(self.propagation.clone()),
+            Mode::Full => global::set_tracer_provider(self.full.clone()),
+        }
+    }
+}
+
+/// Exports everything the full provider has buffered (blocking, so off the
+/// runtime's workers).
+async fn flush(provider: &SdkTracerProvider) -> Result<(), String> {
+    let p = provider.clone();
+    tokio::task::spawn_blocking(move || p.force_flush())
+        .await
+        .map_err(|e| format!("flush task failed: {e}"))?
+        .map_err(|e| format!("force_flush failed: {e}"))
+}
+
+/// One exec of `true`, checked; its wall time.
+async fn exec_true(client: &Client) -> Result<Duration, String> {
+    let start = Instant::now();
+    let result = client.output(ExecSpec::new(["true"])).await;
+    let elapsed = start.elapsed();
+    match result {
+        Ok(Ok(out))
+            if out.status == ExitStatus::Code(0)
+                && out.stdout.is_empty()
+                && out.stderr.is_empty() =>
+        {
+            Ok(elapsed)
+        }
+        other => Err(format!("exec of `true` went wrong: {other:?}")),
+    }
+}
+
+/// What the receiver got for one full-mode batch of execs.
+struct Arrival {
+    /// Span count per trace -> number of traces with that count.
+    histogram: BTreeMap<usize, usize>,
+    traces: usize,
+    spans: usize,
+}
+
+/// Waits until the receiver holds `expected` traces (or `ARRIVAL` passes)
+/// and describes what it holds.
+async fn arrival(
+    receiver: &OtlpReceiver,
+    provider: &SdkTracerProvider,
+    expected: usize,
+) -> Result<Arrival, String> {
+    tokio::time::sleep(SETTLE).await;
+    flush(provider).await?;
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let traces = receiver.traces();
+        if traces.len() >= expected || Instant::now() >= deadline {
+            let mut histogram = BTreeMap::new();
+            for spans in traces.values() {
+                *histogram.entry(spans.len()).or_insert(0) += 1;
+            }
+            return Ok(Arrival {
+                histogram,
+                traces: traces.len(),
+                spans: traces.values().map(Vec::len).sum(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        flush(provider).await?;
+    }
+}
+
+/// Runs one mode: install its provider, open a new session, warm up, then
+/// time `execs` execs. In full mode, also returns what reached the receiver.
+async fn run_mode(
+    mode: Mode,
+    client: &Client,
+    providers: &Providers,
+    receiver: &OtlpReceiver,
+    execs: usize,
+) -> Result<(Vec<Duration>, Option<Arrival>, f64), String> {
+    providers.install(mode);
+    client.close().await;
+    for _ in 0..WARMUP {
+        exec_true(client).await?;
+    }
+    if mode == Mode::Full {
+        // Drop the warm-up traces (and the previous session's close, if any)
+        // so the receiver holds exactly the timed execs.
+        tokio::time::sleep(SETTLE).await;
+        flush(&providers.full).await?;
+        receiver.clear();
+    }
+    let mut times = Vec::with_capacity(execs);
+    let cpu_before = process_cpu_nanos();
+    for _ in 0..execs {
+        times.push(exec_true(client).await?);
+    }
+    let arrived = match mode {
+        Mode::Full => {
+            // The export (and the receiver's decoding) is part of the cost.
+            let a = arrival(receiver, &providers.full, execs).await?;
+            receiver.clear();
+            Some(a)
+        }
+        _ => None,
+    };
+    let cpu = process_cpu_nanos().saturating_sub(cpu_before) as f64 / execs as f64 / 1e3;
+    Ok((times, arrived, cpu))
+}
+
+/// CPU time of every thread of this process so far (client, relay,
+/// exec-server, exporter and receiver all live here), in nanoseconds, from
+/// each thread's `/proc/self/task/*/schedstat`. Threads that ended are not
+/// counted; the runtime's and the exporter's threads live throughout.
+fn process_cpu_nanos() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Nearest-rank percentile in microseconds.
+fn percentile(times: &[Duration], p: f64) -> f64 {
+    let mut sorted: Vec<Duration> = times.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1e6
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn print_machine() {
+    let nproc = command_line("nproc", &[]).unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or("?".into(), |n| n.to_string())
+    });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let kernel = command_line("uname", &["-r"]).unwrap_or_else(|| "?".into());
+    let rustc = command_line("rustc", &["--version"]).unwrap_or_else(|| "?".into());
+    let mut commit =
+        command_line("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+    if command_line("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty())
+    {
+        commit.push_str(" (with uncommitted changes)");
+    }
+    println!("machine: nproc {nproc}; cpu {cpu}; kernel {kernel}");
+    println!("toolchain: {rustc}; commit {commit}");
+}
+
+async fn bench(args: &Args) -> Result<bool, String> {
+    let receiver = OtlpReceiver::start().await;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(receiver.endpoint())
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    let batch = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(65_536)
+                .with_scheduled_delay(Duration::from_millis(200))
+                .build(),
+        )
+        .build();
+    let providers = Providers {
+        propagation: telemetry::setup::base_builder("bench".into())
+            .with_sampler(Sampler::AlwaysOff)
+            .build(),
+        full: telemetry::setup::base_builder("bench".into())
+            .with_span_processor(batch)
+            .build(),
+    };
+    let stack = Stack::start().await;
+    let client = stack.client();
+
+    println!(
+        "tracing overhead: warm exec of `true` through the relay; {} rounds x {} timed execs per mode ({} warm-up execs on a new session each)",
+        args.rounds, args.execs, WARMUP
+    );
+    print_machine();
+
+    let mut p50: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut p99: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut histogram: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut traces = 0;
+    let mut spans = 0;
+    for round in 0..args.rounds {
+        let order: Vec<Mode> = match args.only {
+            Some(m) => vec![m],
+            None => (0..3).map(|i| MODES[(round + i) % 3]).collect(),
+        };
+        for &mode in &order {
+            let (times, arrived, cpu_us) =
+                run_mode(mode, &client, &providers, &receiver, args.execs).await?;
+            cpu.entry(mode).or_default().push(cpu_us);
+            p50.entry(mode).or_default().push(percentile(&times, 0.50));
+            p99.entry(mode).or_default().push(percentile(&times, 0.99));
+            if let Some(a) = arrived {
+                for (count, n) in a.histogram {
+                    *histogram.entry(count).or_insert(0) += n;
+                }
+                traces += a.traces;
+                spans += a.spans;
+            }
+        }
+        let names: Vec<&str> = order.iter().map(|m| m.name()).collect();
+        eprintln!(
+            "round {}/{} done ({})",
+            round + 1,
+            args.rounds,
+            names.join(", ")
+        );
+    }
+    client.close().await;
+    global::set_tracer_provider(NoopTracerProvider::new());
+    let full = providers.full.clone();
+    drop(providers);
+    // Blocking (joins the batch worker), so off the runtime's workers.
+    match tokio::task::spawn_blocking(move || full.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("note: shutting the full provider down: {e}"),
+        Err(e) => eprintln!("note: shutting the full provider down: {e}"),
+    }
+
+    if let Some(mode) = args.only {
+        println!(
+            "only {}: p50 {:.1} us, CPU per exec {:.1} us",
+            mode.name(),
+            median(&p50[&mode]),
+            median(&cpu[&mode])
+        );
+        return Ok(true);
+    }
+    println!();
+    println!(
+        "{:<12} {:>11} {:>21} {:>11} {:>21}",
+        "mode", "p50 (us)", "p50 range (us)", "p99 (us)", "p99 range (us)"
+    );
+    for mode in MODES {
+        let (a, b) = (&p50[&mode], &p99[&mode]);
+        let ((alo, ahi), (blo, bhi)) = (min_max(a), min_max(b));
+        println!(
+            "{:<12} {:>11.1} {:>21} {:>11.1} {:>21}",
+            mode.name(),
+            median(a),
+            format!("{alo:.1}-{ahi:.1}"),
+            median(b),
+            format!("{blo:.1}-{bhi:.1}")
+        );
+    }
+    println!();
+    let ratio = |of: &BTreeMap<Mode, Vec<f64>>, mode: Mode| {
+        let per_round: Vec<f64> = of[&mode]
+            .iter()
+            .zip(&of[&Mode::Off])
+            .map(|(m, o)| m / o)
+            .collect();
+        let (lo, hi) = min_max(&per_round);
+        (median(&of[&mode]) / median(&of[&Mode::Off]), lo, hi)
+    };
+    for (label, of) in [("p50", &p50), ("p99", &p99)] {
+        for mode in [Mode::Propagation, Mode::Full] {
+            let (r, lo, hi) = ratio(of, mode);
+            println!(
+                "{}/off {label} ratio {r:.3} (per round {lo:.3}-{hi:.3})",
+                mode.name()
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "CPU per exec (all threads: client, relay, exec-server, exporter, receiver; the child excluded)"
+    );
+    for mode in MODES {
+        let (lo, hi) = min_max(&cpu[&mode]);
+        println!(
+            "{:<12} {:>8.1} us (per round {lo:.1}-{hi:.1})",
+            mode.name(),
+            median(&cpu[&mode])
+        );
+    }
+    for mode in [Mode::Propagation, Mode::Full] {
+        let (r, lo, hi) = ratio(&cpu, mode);
+        println!(
+            "{}/off CPU ratio {r:.3} (per round {lo:.3}-{hi:.3})",
+            mode.name()
+        );
+    }
+    println!();
+
+    let (full_p50, _, _) = ratio(&p50, Mode::Full);
+    let verdict = if full_p50 <= 1.03 { "met" } else { "missed" };
+    println!("full/off p50 ratio {full_p50:.3} (target <= 1.03): {verdict}");
+
+    let expected_traces = args.rounds * args.execs;
+    let per_trace = histogram.keys().next_back().copied().unwrap_or(0);
+    let dropped = (expected_traces * per_trace).saturating_sub(spans);
+    let consistent = traces == expected_traces && histogram.len() == 1 && dropped == 0;
+    let rejected = receiver.rejected_requests();
+    if consistent && rejected == 0 {
+        println!("spans dropped: 0 (target 0); {traces} traces of {per_trace} spans each");
+        Ok(true)
+    } else {
+        println!(
+            "spans dropped: {dropped} (target 0) -- SPANS LOST: expected {expected_traces} traces of {per_trace} spans, \
+             got {traces} traces / {spans} spans; spans per trace -> traces: {histogram:?}; rejected exports: {rejected}"
+        );
+        Ok(false)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(bench(&args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tracing_overhead: FAILED: spans were dropped in full mode");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tracing_overhead: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
