@@ -156,9 +156,7 @@ fn start_forward(
             KeyValue::new("rex.frame.bytes", frame.payload.len() as i64),
         ])
         .start_with_context(tracer, &parent_cx);
-    frame.hop_traceparent = otel::from_span_context(span.span_context())
-        .map(|tc| carriers::hop::inject(&tc.parent))
-        .unwrap_or_default();
+    frame.hop_traceparent = telemetry::framing::hop_header(span.span_context()).unwrap_or_default();
     Some(span)
 }
 

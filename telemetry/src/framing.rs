@@ -179,7 +179,7 @@ pub fn hop_context(hop: &str) -> Option<SpanContext> {
 
 /// The hop header naming `sc` (traceparent only).
 pub fn hop_header(sc: &SpanContext) -> Option<String> {
-    otel::from_span_context(sc).map(|tc| carriers::hop::inject(&tc.parent))
+    otel::traceparent_of(sc).map(|tp| carriers::hop::inject(&tp))
 }
 
 #[cfg(test)]

@@ -36,18 +36,22 @@ pub fn to_span_context(cx: &TraceContext) -> SpanContext {
 /// The tracestate is re-validated by the strict parser; if it fails, it is
 /// dropped.
 pub fn from_span_context(sc: &SpanContext) -> Option<TraceContext> {
-    if !sc.is_valid() {
-        return None;
-    }
-    let parent = TraceParent {
-        trace_id: sc.trace_id().to_bytes(),
-        parent_id: sc.span_id().to_bytes(),
-        flags: sc.trace_flags().to_u8(),
-    };
+    let parent = traceparent_of(sc)?;
     let state = TraceState::parse(&sc.trace_state().header())
         .ok()
         .filter(|s| !s.is_empty());
     Some(TraceContext { parent, state })
+}
+
+/// The traceparent naming `sc` as the parent (no tracestate: cheaper than
+/// [`from_span_context`] where only the traceparent travels); `None` if
+/// `sc` is invalid.
+pub fn traceparent_of(sc: &SpanContext) -> Option<TraceParent> {
+    sc.is_valid().then(|| TraceParent {
+        trace_id: sc.trace_id().to_bytes(),
+        parent_id: sc.span_id().to_bytes(),
+        flags: sc.trace_flags().to_u8(),
+    })
 }
 
 /// The parent context for the next span: the remote span context when

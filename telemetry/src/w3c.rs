@@ -121,6 +121,15 @@ pub enum TraceStateError {
 }
 
 /// Removes optional whitespace (spaces and horizontal tabs) at both ends.
+/// Decodes hex already checked to be lowercase (`0-9a-f`) into `out`
+/// (`hex.len() == 2 * out.len()`); no allocation, no error path.
+fn decode_lower_hex(hex: &[u8], out: &mut [u8]) {
+    let nibble = |c: u8| if c <= b'9' { c - b'0' } else { c - b'a' + 10 };
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = (nibble(pair[0]) << 4) | nibble(pair[1]);
+    }
+}
+
 fn trim_ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
@@ -168,31 +177,28 @@ impl TraceParent {
         // Every byte of the first 55 that is not a separator must be a hex
         // digit; a non-hex byte outranks an uppercase one.
         let mut uppercase = false;
-        for (i, &b) in head.iter().enumerate() {
-            if SEPARATORS.contains(&i) {
-                continue;
-            }
-            match b {
-                b'0'..=b'9' | b'a'..=b'f' => {}
-                b'A'..=b'F' => uppercase = true,
-                _ => return Err(TraceParentError::Malformed),
+        for field in [&head[0..2], &head[3..35], &head[36..52], &head[53..55]] {
+            for &b in field {
+                match b {
+                    b'0'..=b'9' | b'a'..=b'f' => {}
+                    b'A'..=b'F' => uppercase = true,
+                    _ => return Err(TraceParentError::Malformed),
+                }
             }
         }
         if uppercase {
             return Err(TraceParentError::UppercaseHex);
         }
 
+        // The fields were checked to be lowercase hex of the right lengths.
         let mut version = [0u8; 1];
         let mut trace_id = [0u8; 16];
         let mut parent_id = [0u8; 8];
         let mut flags = [0u8; 1];
-        // The slices were checked to be lowercase hex of the right lengths,
-        // so decoding cannot fail; map the impossible error anyway.
-        hex::decode_to_slice(&head[0..2], &mut version)
-            .and_then(|()| hex::decode_to_slice(&head[3..35], &mut trace_id))
-            .and_then(|()| hex::decode_to_slice(&head[36..52], &mut parent_id))
-            .and_then(|()| hex::decode_to_slice(&head[53..55], &mut flags))
-            .map_err(|_| TraceParentError::Malformed)?;
+        decode_lower_hex(&head[0..2], &mut version);
+        decode_lower_hex(&head[3..35], &mut trace_id);
+        decode_lower_hex(&head[36..52], &mut parent_id);
+        decode_lower_hex(&head[53..55], &mut flags);
 
         let flags = match version[0] {
             0xff => return Err(TraceParentError::ForbiddenVersion),
@@ -236,13 +242,15 @@ impl TraceParent {
 impl fmt::Display for TraceParent {
     /// Formats as version 00: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.parent_id),
-            self.flags
-        )
+        // Encoded into a stack buffer: this runs for every traced message.
+        let mut out = [b'-'; TRACEPARENT_LEN];
+        out[0] = b'0';
+        out[1] = b'0';
+        hex::encode_to_slice(self.trace_id, &mut out[3..35])
+            .and_then(|()| hex::encode_to_slice(self.parent_id, &mut out[36..52]))
+            .and_then(|()| hex::encode_to_slice([self.flags], &mut out[53..55]))
+            .map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
