@@ -6,8 +6,7 @@
 //! [`OtlpReceiver::wait_for`]. [`crate::trace_check`] has assertions over
 //! the recorded spans.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -74,12 +73,7 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, AttrValue> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(bytes)
 }
 
 /// One span as the receiver got it, flattened with its resource and scope.
@@ -185,6 +179,9 @@ impl RecordedSpan {
 #[derive(Debug, Default)]
 struct Shared {
     spans: Mutex<Vec<RecordedSpan>>,
+    /// Counting mode: spans per trace id only, nothing flattened or kept.
+    counting: bool,
+    counts: Mutex<HashMap<Vec<u8>, usize>>,
     /// Woken (all waiters) after every recorded export.
     recorded: Notify,
     requests: AtomicUsize,
@@ -214,6 +211,21 @@ impl TraceService for Collector {
         if shared.failing.load(Ordering::SeqCst) {
             shared.rejected.fetch_add(1, Ordering::SeqCst);
             return Err(Status::unavailable("OTLP receiver set to fail"));
+        }
+        if shared.counting {
+            let mut counts = shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            for span in request
+                .get_ref()
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+            {
+                *counts.entry(span.trace_id.clone()).or_insert(0) += 1;
+            }
+            drop(counts);
+            shared.recorded.notify_waiters();
+            return Ok(Response::new(ExportTraceServiceResponse::default()));
         }
         let mut new = Vec::new();
         for rs in &request.get_ref().resource_spans {
@@ -258,11 +270,25 @@ impl OtlpReceiver {
 
     /// Starts a receiver on `addr`. Panics if it cannot bind.
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, false).await
+    }
+
+    /// Starts a receiver on `127.0.0.1:0` that only counts spans per trace
+    /// ([`Self::span_counts`]) instead of recording them: as cheap as a
+    /// receiver can be, for benchmarks that share the machine with it.
+    pub async fn start_counting() -> Self {
+        Self::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), true).await
+    }
+
+    async fn start_with(addr: SocketAddr, counting: bool) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("OTLP receiver cannot bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            counting,
+            ..Shared::default()
+        });
         let shutdown = CancellationToken::new();
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Collector(shared.clone())))
@@ -331,8 +357,23 @@ impl OtlpReceiver {
             .collect()
     }
 
-    /// Forgets the recorded spans (the request counters keep counting).
+    /// In counting mode, the number of spans received per trace id.
+    pub fn span_counts(&self) -> HashMap<Vec<u8>, usize> {
+        self.shared
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets the recorded spans and counts (the request counters keep
+    /// counting).
     pub fn clear(&self) {
+        self.shared
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.shared.spans().clear();
     }
 

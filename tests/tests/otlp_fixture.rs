@@ -583,3 +583,35 @@ async fn checks_work_on_spans_received_over_otlp() {
     assert_eq!(root.service, "client");
     assert_eq!(trace_check::coverage(&trace, root), 0.8);
 }
+
+#[tokio::test]
+async fn counting_mode_counts_spans_per_trace_and_records_nothing() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let rx = OtlpReceiver::start_counting().await;
+    let mut client = TraceServiceClient::connect(rx.endpoint()).await.unwrap();
+    let span = |trace: u8, id: u8| Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        name: "s".into(),
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span(1, 1), span(1, 2), span(2, 3)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    client.export(request).await.unwrap();
+    let counts = rx.span_counts();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts[&vec![1u8; 16]], 2);
+    assert_eq!(counts[&vec![2u8; 16]], 1);
+    assert!(rx.spans().is_empty(), "counting mode keeps no spans");
+    rx.clear();
+    assert!(rx.span_counts().is_empty());
+}
