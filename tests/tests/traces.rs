@@ -599,3 +599,42 @@ async fn a_cli_stopped_by_sigterm_still_flushes_its_spans() {
     drop(stack);
     rx.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_name_and_sdk_disabled_follow_the_standard_variables() {
+    let rx = OtlpReceiver::start().await;
+    let endpoint = rx.endpoint();
+    let stack = start_stack(&[]);
+    let env = ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str());
+
+    let (out, named) = exec(
+        &stack,
+        &["true"],
+        &[env, ("OTEL_SERVICE_NAME", "my-tool")],
+        b"",
+    );
+    assert!(out.status.success());
+    let (out, disabled) = exec(
+        &stack,
+        &["true"],
+        &[env, ("OTEL_SDK_DISABLED", "true")],
+        b"",
+    );
+    assert!(out.status.success());
+    // The CLI exports at exit, so both runs are over: whatever was sent
+    // has arrived once the named trace has.
+    let spans = rx
+        .wait_for(WAIT, |s| s.iter().any(|x| x.trace_id == named))
+        .await;
+    let named_spans: Vec<&RecordedSpan> = spans.iter().filter(|s| s.trace_id == named).collect();
+    assert!(named_spans.iter().all(|s| s.service == "my-tool"));
+    assert!(named_spans.iter().any(|s| s.name == spans::TOOL_DISPATCH));
+    // Disabled: the command still ran and was still given a trace id (the
+    // context propagates), but nothing was exported.
+    assert_eq!(disabled.len(), 32);
+    assert!(
+        rx.spans().iter().all(|s| s.trace_id != disabled),
+        "OTEL_SDK_DISABLED=true exported spans"
+    );
+    rx.shutdown().await;
+}
