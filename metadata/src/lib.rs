@@ -1,0 +1,29 @@
+//! Durable records of what ran, kept off the hot path (DESIGN.md §4).
+//!
+//! Layout:
+//! - [`record`]: what is recorded (a client's commands, an exec-server's
+//!   processes) and the key whose latest state wins.
+//! - [`store`]: the embedded SQLite store (WAL, schema version, refuses a
+//!   newer schema), writes in one transaction per batch, and the queries
+//!   behind `core-client history`.
+//! - [`writer`]: [`Persister`], the background writer thread: `record`
+//!   never waits for the disk; `flush` is the barrier.
+//! - [`location`]: where the database lives by default.
+
+// Tests may unwrap; the library may not (the workspace lints deny it).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod location;
+pub mod record;
+pub mod store;
+pub mod writer;
+
+pub use record::{CommandRecord, Exit, ProcessRecord, Progress, Record, TraceRef};
+pub use store::{Store, StoreError};
+pub use writer::{PersistError, Persister, WriterConfig};
+
+/// Opens the store in `dir` and starts its writer.
+pub fn open(dir: &std::path::Path, config: WriterConfig) -> Result<Persister, StoreError> {
+    let store = Store::open(&dir.join(store::FILE_NAME))?;
+    Ok(Persister::start(store, config))
+}

@@ -1,0 +1,15 @@
+//! Where the metadata database lives by default.
+
+use std::path::PathBuf;
+
+/// The variable that moves the data directory (the binaries' `--data-dir`
+/// reads it too).
+pub const DATA_DIR_ENV: &str = "REX_DATA_DIR";
+
+/// `$REX_DATA_DIR` if set and non-empty, else the user data dir's `rex`.
+pub fn default_dir() -> Option<PathBuf> {
+    std::env::var_os(DATA_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| dirs::data_dir().map(|d| d.join("rex")))
+}

@@ -1,0 +1,528 @@
+//! The embedded store: SQLite in one file, WAL mode, with a schema
+//! version. A database made by a newer version of this code is refused,
+//! never overwritten.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::record::{CommandRecord, Exit, ProcessRecord, Progress, Record, TraceRef};
+
+/// The schema this code writes and reads (SQLite's `user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The database file inside a data directory.
+pub const FILE_NAME: &str = "metadata.sqlite3";
+
+/// Why the store cannot be used. Every message names the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The file (or its directory) cannot be opened or created.
+    #[error("cannot open the metadata database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not a usable database (corrupt, or not SQLite).
+    #[error(
+        "the metadata database {path} is unreadable ({reason}); move it aside to start a new one"
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A newer version of this software made the file.
+    #[error(
+        "the metadata database {path} has schema version {found}, newer than this program's {supported}; use a newer program or another --data-dir"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+    /// A write failed (disk full, read-only, I/O error).
+    #[error("writing the metadata database {path} failed: {reason}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An open store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    server_id TEXT NOT NULL,
+    program TEXT NOT NULL,
+    args TEXT,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    started_unix_ms INTEGER NOT NULL,
+    first_output_us INTEGER,
+    total_us INTEGER,
+    progress TEXT NOT NULL,
+    exit_kind TEXT,
+    exit_value INTEGER,
+    exit_message TEXT,
+    stdout_bytes INTEGER NOT NULL,
+    stderr_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_by_start ON commands (started_unix_ms);
+CREATE TABLE IF NOT EXISTS processes (
+    id TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    client_key TEXT NOT NULL,
+    program TEXT NOT NULL,
+    pid INTEGER,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    started_unix_ms INTEGER NOT NULL,
+    exited_unix_ms INTEGER,
+    progress TEXT NOT NULL,
+    exit_kind TEXT,
+    exit_value INTEGER,
+    exit_message TEXT,
+    stdout_bytes INTEGER NOT NULL,
+    stderr_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS processes_by_start ON processes (started_unix_ms);
+";
+
+fn exit_columns(exit: Option<&Exit>) -> (Option<&'static str>, Option<i64>, Option<&str>) {
+    match exit {
+        None => (None, None, None),
+        Some(Exit::Code(c)) => (Some("code"), Some(i64::from(*c)), None),
+        Some(Exit::Signal(s)) => (Some("signal"), Some(i64::from(*s)), None),
+        Some(Exit::Error(m)) => (Some("error"), None, Some(m.as_str())),
+    }
+}
+
+fn exit_from(kind: Option<String>, value: Option<i64>, message: Option<String>) -> Option<Exit> {
+    let v = || i32::try_from(value.unwrap_or(-1)).unwrap_or(-1);
+    match kind.as_deref() {
+        Some("code") => Some(Exit::Code(v())),
+        Some("signal") => Some(Exit::Signal(v())),
+        Some("error") => Some(Exit::Error(message.unwrap_or_default())),
+        _ => None,
+    }
+}
+
+fn bytes(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating on first use) the database at `path`: WAL mode,
+    /// synchronous commits, schema checked.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        let mut store = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        store.prepare()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn unreadable(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unreadable {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn prepare(&mut self) -> Result<(), StoreError> {
+        // Any read of a file that is not a database fails here.
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.unreadable(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| self.unreadable(e))?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| self.unreadable(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::debug!(%mode, "the metadata database is not in WAL mode");
+        }
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(|e| self.unreadable(e))?;
+        if version < SCHEMA_VERSION {
+            let path = self.path.clone();
+            let tx = self.conn.transaction().map_err(|e| StoreError::Write {
+                path,
+                reason: e.to_string(),
+            })?;
+            tx.execute_batch(SCHEMA)
+                .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
+                .and_then(|()| tx.commit())
+                .map_err(|e| StoreError::Write {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Writes `records` (latest state of each) in one transaction: all of
+    /// them are durable when this returns `Ok`, none of them if it fails.
+    pub fn write(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| StoreError::Write {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut cmd = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO commands (id, server_id, program, args, trace_id, \
+                     span_id, started_unix_ms, first_output_us, total_us, progress, exit_kind, \
+                     exit_value, exit_message, stdout_bytes, stderr_bytes) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .map_err(err)?;
+            let mut proc = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO processes (id, session, client_key, program, pid, \
+                     trace_id, span_id, started_unix_ms, exited_unix_ms, progress, exit_kind, \
+                     exit_value, exit_message, stdout_bytes, stderr_bytes) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .map_err(err)?;
+            for r in records {
+                match r {
+                    Record::Command(c) => {
+                        let (kind, value, message) = exit_columns(c.exit.as_ref());
+                        let args = c
+                            .args
+                            .as_ref()
+                            .map(|a| serde_json::to_string(a).unwrap_or_default());
+                        cmd.execute(params![
+                            c.id,
+                            c.server_id,
+                            c.program,
+                            args,
+                            c.trace.trace_id,
+                            c.trace.span_id,
+                            c.started_unix_ms,
+                            c.first_output_us,
+                            c.total_us,
+                            c.progress.as_str(),
+                            kind,
+                            value,
+                            message,
+                            bytes(c.stdout_bytes),
+                            bytes(c.stderr_bytes),
+                        ])
+                        .map_err(err)?;
+                    }
+                    Record::Process(p) => {
+                        let (kind, value, message) = exit_columns(p.exit.as_ref());
+                        proc.execute(params![
+                            p.id,
+                            p.session,
+                            p.client_key,
+                            p.program,
+                            p.pid,
+                            p.trace.trace_id,
+                            p.trace.span_id,
+                            p.started_unix_ms,
+                            p.exited_unix_ms,
+                            p.progress.as_str(),
+                            kind,
+                            value,
+                            message,
+                            bytes(p.stdout_bytes),
+                            bytes(p.stderr_bytes),
+                        ])
+                        .map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The newest `limit` commands, newest first.
+    pub fn commands(&self, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query_commands("ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1", limit)
+    }
+
+    /// One command by id.
+    pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        Ok(self.query_commands("WHERE id = ?1", id)?.pop())
+    }
+
+    fn query_commands(
+        &self,
+        tail: &str,
+        param: impl rusqlite::ToSql,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let sql = format!(
+            "SELECT id, server_id, program, args, trace_id, span_id, started_unix_ms, \
+             first_output_us, total_us, progress, exit_kind, exit_value, exit_message, \
+             stdout_bytes, stderr_bytes FROM commands {tail}"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.unreadable(e))?;
+        let rows = stmt
+            .query_map([param], |r| {
+                let args: Option<String> = r.get(3)?;
+                Ok(CommandRecord {
+                    id: r.get(0)?,
+                    server_id: r.get(1)?,
+                    program: r.get(2)?,
+                    args: args.and_then(|a| serde_json::from_str(&a).ok()),
+                    trace: TraceRef {
+                        trace_id: r.get(4)?,
+                        span_id: r.get(5)?,
+                    },
+                    started_unix_ms: r.get(6)?,
+                    first_output_us: r.get(7)?,
+                    total_us: r.get(8)?,
+                    progress: Progress::parse(&r.get::<_, String>(9)?),
+                    exit: exit_from(r.get(10)?, r.get(11)?, r.get(12)?),
+                    stdout_bytes: u64::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
+                    stderr_bytes: u64::try_from(r.get::<_, i64>(14)?).unwrap_or(0),
+                })
+            })
+            .map_err(|e| self.unreadable(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.unreadable(e))
+    }
+
+    /// The newest `limit` processes, newest first.
+    pub fn processes(&self, limit: usize) -> Result<Vec<ProcessRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, session, client_key, program, pid, trace_id, span_id, \
+                 started_unix_ms, exited_unix_ms, progress, exit_kind, exit_value, \
+                 exit_message, stdout_bytes, stderr_bytes FROM processes \
+                 ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1",
+            )
+            .map_err(|e| self.unreadable(e))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(ProcessRecord {
+                    id: r.get(0)?,
+                    session: r.get(1)?,
+                    client_key: r.get(2)?,
+                    program: r.get(3)?,
+                    pid: r.get(4)?,
+                    trace: TraceRef {
+                        trace_id: r.get(5)?,
+                        span_id: r.get(6)?,
+                    },
+                    started_unix_ms: r.get(7)?,
+                    exited_unix_ms: r.get(8)?,
+                    progress: Progress::parse(&r.get::<_, String>(9)?),
+                    exit: exit_from(r.get(10)?, r.get(11)?, r.get(12)?),
+                    stdout_bytes: u64::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
+                    stderr_bytes: u64::try_from(r.get::<_, i64>(14)?).unwrap_or(0),
+                })
+            })
+            .map_err(|e| self.unreadable(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.unreadable(e))
+    }
+
+    /// The schema version stored in the file.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.unreadable(e))
+            .map(|v| v.unwrap_or(0))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, new_id};
+
+    pub(crate) fn command(id: &str, progress: Progress) -> CommandRecord {
+        CommandRecord {
+            id: id.into(),
+            server_id: "srv".into(),
+            program: "sh".into(),
+            args: None,
+            trace: TraceRef {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+            },
+            started_unix_ms: 1_000,
+            first_output_us: None,
+            total_us: None,
+            progress,
+            exit: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_the_latest_state_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/db.sqlite3");
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let mut c = command("a", Progress::Dispatched);
+        store.write(&[Record::Command(c.clone())]).unwrap();
+        c.progress = Progress::Finished;
+        c.exit = Some(Exit::Signal(9));
+        c.args = Some(vec!["-c".into(), "x y".into()]);
+        c.total_us = Some(1234);
+        c.stdout_bytes = 5;
+        let mut later = command("b", Progress::Finished);
+        later.started_unix_ms = 2_000;
+        later.exit = Some(Exit::Error("no such program".into()));
+        store
+            .write(&[Record::Command(c.clone()), Record::Command(later.clone())])
+            .unwrap();
+        let got = store.commands(10).unwrap();
+        assert_eq!(
+            got,
+            vec![later, c.clone()],
+            "newest first, updated in place"
+        );
+        assert_eq!(store.commands(1).unwrap().len(), 1);
+        assert_eq!(store.command("a").unwrap(), Some(c));
+
+        let p = ProcessRecord {
+            id: new_id(),
+            session: "s".into(),
+            client_key: "key".into(),
+            program: "true".into(),
+            pid: Some(42),
+            trace: TraceRef::default(),
+            started_unix_ms: 5,
+            exited_unix_ms: Some(6),
+            progress: Progress::Finished,
+            exit: Some(Exit::Code(0)),
+            stdout_bytes: 1,
+            stderr_bytes: 2,
+        };
+        store.write(&[Record::Process(p.clone())]).unwrap();
+        assert_eq!(store.processes(5).unwrap(), vec![p]);
+        // Reopening keeps everything and the schema.
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.commands(10).unwrap().len(), 2);
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 7;")
+                .unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::NewerSchema { found: 7, .. }));
+        let text = err.to_string();
+        assert!(text.contains("db.sqlite3") && text.contains('7'), "{text}");
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 7, "not overwritten");
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'commands'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.sqlite3");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Unreadable { .. }), "{err:?}");
+        assert!(err.to_string().contains("junk.sqlite3"), "{err}");
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_a_clear_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+        // Root ignores directory permissions; nothing to check then.
+        if std::fs::write(ro.join("probe"), b"x").is_ok() {
+            return;
+        }
+        let err = Store::open(&ro.join("db.sqlite3")).unwrap_err();
+        assert!(err.to_string().contains("db.sqlite3"), "{err}");
+    }
+}

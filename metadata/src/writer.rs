@@ -1,0 +1,645 @@
+//! The background writer and its flush barriers.
+//!
+//! [`Persister::record`] never waits for the disk: it puts the record's
+//! latest state in a map keyed by command (so a command's later states
+//! replace its earlier ones, whatever the writer is doing) and wakes the
+//! writer thread, which commits everything pending in one transaction.
+//! Every record gets a sequence number; after a commit, every record
+//! accepted up to the number read when the batch was taken is durable.
+//!
+//! [`Persister::flush`] is the barrier: it returns `Ok` once everything
+//! accepted before the call is committed, or the error of a write attempt
+//! made after the call that left such work uncommitted. A failed batch stays
+//! pending and is retried with backoff (at once when a barrier waits); the
+//! failure is logged once per run of failures and reported by the barriers
+//! that find it unresolved. Records refused because the map was full (only
+//! when the writer has been failing or stalled for a long time) are counted
+//! and reported by the next barrier, never dropped silently.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Link, Span, SpanContext, Status, Tracer};
+use telemetry::spans;
+
+use crate::record::{Key, Record, TraceRef};
+use crate::store::{Store, StoreError};
+
+/// Settings of a [`Persister`].
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most commands waiting to be written; beyond it, new commands are
+    /// refused and counted (a known command's update is always taken).
+    pub max_pending: usize,
+    /// First retry delay after a failed write (doubles up to `retry_max`).
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// The service whose spans `metadata.persist`/`metadata.flush` are.
+    pub service: &'static str,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_pending: 65_536,
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            service: "metadata",
+        }
+    }
+}
+
+/// Why a barrier could not confirm durability.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PersistError {
+    /// The database could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Records were refused because too many were waiting.
+    #[error(
+        "{count} command record(s) were not kept: the metadata writer fell too far behind (writing {path})"
+    )]
+    Dropped {
+        /// How many.
+        count: u64,
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The barrier's time ran out first.
+    #[error("the metadata database {path} did not confirm the records within {waited:?}")]
+    Timeout {
+        /// The database file.
+        path: PathBuf,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The writer has stopped.
+    #[error("the metadata writer for {0} has stopped")]
+    Stopped(PathBuf),
+}
+
+/// Test hooks: make writes fail or stall the writer.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_next: AtomicUsize,
+    stalled: AtomicBool,
+    gate: Mutex<()>,
+    resumed: Condvar,
+}
+
+impl Faults {
+    /// Fails the next `n` write attempts (before touching the database).
+    pub fn fail_next(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds the writer before its next write until [`Faults::resume`].
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets a stalled writer go on.
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+        let _g = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        self.resumed.notify_all();
+    }
+
+    fn wait_while_stalled(&self) {
+        let mut g = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.stalled.load(Ordering::SeqCst) {
+            g = self
+                .resumed
+                .wait_timeout(g, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn take_failure(&self) -> bool {
+        self.fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+struct Pending {
+    record: Record,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Key, Pending>,
+    /// The last sequence number given out.
+    accepted: u64,
+    /// Every record accepted up to this number is committed.
+    durable: u64,
+    /// Write attempts started / finished.
+    attempts_started: u64,
+    attempts_finished: u64,
+    /// The last attempt's failure, until an attempt succeeds.
+    failure: Option<StoreError>,
+    /// Records refused since the last barrier.
+    dropped: u64,
+    /// A barrier waits: write now rather than after the retry delay.
+    urgent: bool,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer (new work, a barrier, stop).
+    work: Condvar,
+    /// Wakes barriers (an attempt finished).
+    done: Condvar,
+    path: PathBuf,
+    config: WriterConfig,
+    faults: Arc<Faults>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Persists records off the hot path; cheap to clone.
+#[derive(Clone)]
+pub struct Persister {
+    shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn link_for(trace: &TraceRef) -> Option<Link> {
+    let tp =
+        telemetry::w3c::TraceParent::parse(&format!("00-{}-{}-01", trace.trace_id, trace.span_id))
+            .ok()?;
+    let sc: SpanContext = telemetry::otel::to_span_context(&telemetry::w3c::TraceContext {
+        parent: tp,
+        state: None,
+    });
+    Some(Link::with_context(sc))
+}
+
+/// Links to the traces of up to `max` records.
+fn links<'a>(records: impl Iterator<Item = &'a Record>, max: usize) -> Vec<Link> {
+    records
+        .filter_map(|r| link_for(r.trace()))
+        .take(max)
+        .collect()
+}
+
+/// Most links one persistence span carries.
+const MAX_LINKS: usize = 32;
+
+impl Persister {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Store, config: WriterConfig) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            path: store.path().to_owned(),
+            config,
+            faults: Arc::new(Faults::default()),
+        });
+        let writer = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("metadata-writer".into())
+            .spawn(move || run(&writer, store))
+            .ok();
+        if thread.is_none() {
+            shared.lock().stop = true;
+        }
+        Self {
+            shared,
+            thread: Arc::new(Mutex::new(thread)),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.shared.path
+    }
+
+    /// The test hooks.
+    pub fn faults(&self) -> Arc<Faults> {
+        Arc::clone(&self.shared.faults)
+    }
+
+    /// Accepts a record's latest state. Never waits for the disk.
+    pub fn record(&self, record: Record) {
+        let key = record.key();
+        let mut s = self.shared.lock();
+        if !s.pending.contains_key(&key) && s.pending.len() >= self.shared.config.max_pending {
+            s.dropped += 1;
+            return;
+        }
+        s.accepted += 1;
+        s.pending.insert(key, Pending { record });
+        drop(s);
+        self.shared.work.notify_one();
+    }
+
+    /// Waits until everything accepted before this call is committed
+    /// (see the module docs). Blocking.
+    pub fn flush(&self) -> Result<(), PersistError> {
+        self.flush_within(Duration::MAX)
+    }
+
+    /// [`flush`](Self::flush), giving up after `limit`.
+    pub fn flush_within(&self, limit: Duration) -> Result<(), PersistError> {
+        let tracer = opentelemetry::global::tracer(self.shared.config.service);
+        let started = Instant::now();
+        let mut s = self.shared.lock();
+        let target = s.accepted;
+        let from_attempt = s.attempts_started;
+        let waiting = s.pending.len();
+        let mut span = tracer
+            .span_builder(spans::METADATA_FLUSH)
+            .with_links(links(s.pending.values().map(|p| &p.record), MAX_LINKS))
+            .with_attributes(vec![KeyValue::new(
+                "rex.records",
+                i64::try_from(waiting).unwrap_or(i64::MAX),
+            )])
+            .start(&tracer);
+        let result = loop {
+            if s.dropped > 0 {
+                let count = std::mem::take(&mut s.dropped);
+                break Err(PersistError::Dropped {
+                    count,
+                    path: self.shared.path.clone(),
+                });
+            }
+            if s.durable >= target {
+                break Ok(());
+            }
+            // An attempt that began after this barrier failed.
+            if s.attempts_finished > from_attempt
+                && s.attempts_finished == s.attempts_started
+                && let Some(e) = &s.failure
+            {
+                break Err(PersistError::Store(e.clone()));
+            }
+            if s.stop {
+                break Err(PersistError::Stopped(self.shared.path.clone()));
+            }
+            s.urgent = true;
+            self.shared.work.notify_one();
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break Err(PersistError::Timeout {
+                    path: self.shared.path.clone(),
+                    waited: limit,
+                });
+            }
+            s = self
+                .shared
+                .done
+                .wait_timeout(s, left.min(Duration::from_secs(3600)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        };
+        drop(s);
+        if let Err(e) = &result {
+            span.set_status(Status::error(e.to_string()));
+        }
+        span.end();
+        result
+    }
+
+    /// Flushes (within `limit`) and stops the writer. Other clones can no
+    /// longer flush afterwards.
+    pub fn shutdown(&self, limit: Duration) -> Result<(), PersistError> {
+        let result = self.flush_within(limit);
+        self.shared.lock().stop = true;
+        self.shared.work.notify_all();
+        self.shared.done.notify_all();
+        // A writer stuck in a write is not waited for.
+        if result.is_ok()
+            && let Some(t) = self
+                .thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+/// The writer thread.
+fn run(shared: &Shared, mut store: Store) {
+    let tracer = opentelemetry::global::tracer(shared.config.service);
+    let mut delay = shared.config.retry_min;
+    let mut warned = false;
+    loop {
+        let mut s = shared.lock();
+        loop {
+            if s.stop && (s.pending.is_empty() || s.failure.is_some()) {
+                drop(s);
+                shared.done.notify_all();
+                return;
+            }
+            if !s.pending.is_empty() && (s.failure.is_none() || s.urgent) {
+                break;
+            }
+            let wait = if s.failure.is_some() && !s.pending.is_empty() {
+                delay
+            } else {
+                Duration::from_secs(3600)
+            };
+            let (next, timeout) = shared
+                .work
+                .wait_timeout(s, wait)
+                .unwrap_or_else(PoisonError::into_inner);
+            s = next;
+            if timeout.timed_out() && !s.pending.is_empty() {
+                break;
+            }
+        }
+        drop(s);
+        shared.faults.wait_while_stalled();
+        let mut s = shared.lock();
+        s.urgent = false;
+        s.attempts_started += 1;
+        let upto = s.accepted;
+        let batch = std::mem::take(&mut s.pending);
+        drop(s);
+
+        let records: Vec<Record> = batch.values().map(|p| p.record.clone()).collect();
+        let mut span = tracer
+            .span_builder(spans::METADATA_PERSIST)
+            .with_links(links(records.iter(), MAX_LINKS))
+            .with_attributes(vec![KeyValue::new(
+                "rex.records",
+                i64::try_from(records.len()).unwrap_or(i64::MAX),
+            )])
+            .start(&tracer);
+        let result = if shared.faults.take_failure() {
+            Err(StoreError::Write {
+                path: shared.path.clone(),
+                reason: "injected failure".into(),
+            })
+        } else {
+            store.write(&records)
+        };
+        if let Err(e) = &result {
+            span.set_status(Status::error(e.to_string()));
+        }
+        span.end();
+
+        let mut s = shared.lock();
+        s.attempts_finished += 1;
+        match result {
+            Ok(()) => {
+                s.durable = s.durable.max(upto);
+                s.failure = None;
+                delay = shared.config.retry_min;
+                warned = false;
+            }
+            Err(e) => {
+                // Keep the batch; a newer state of the same command wins.
+                for (key, p) in batch {
+                    s.pending.entry(key).or_insert(p);
+                }
+                if !warned {
+                    tracing::warn!(error = %e, "metadata records are not being saved; retrying");
+                    warned = true;
+                }
+                s.failure = Some(e);
+                delay = (delay * 2).min(shared.config.retry_max);
+            }
+        }
+        drop(s);
+        shared.done.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{CommandRecord, Progress, TraceRef};
+
+    fn cmd(id: &str, progress: Progress) -> Record {
+        Record::Command(CommandRecord {
+            id: id.into(),
+            server_id: "srv".into(),
+            program: "sh".into(),
+            args: None,
+            trace: TraceRef::default(),
+            started_unix_ms: 1,
+            first_output_us: None,
+            total_us: None,
+            progress,
+            exit: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        })
+    }
+
+    fn open(dir: &tempfile::TempDir) -> (Persister, PathBuf) {
+        let path = dir.path().join("db.sqlite3");
+        let p = Persister::start(Store::open(&path).unwrap(), WriterConfig::default());
+        (p, path)
+    }
+
+    fn stored(path: &std::path::Path) -> Vec<(String, Progress)> {
+        let mut v: Vec<(String, Progress)> = Store::open(path)
+            .unwrap()
+            .commands(1000)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.progress))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn a_barrier_makes_earlier_records_durable_with_their_latest_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        p.record(cmd("a", Progress::Dispatched));
+        p.record(cmd("b", Progress::Dispatched));
+        p.record(cmd("a", Progress::Finished));
+        p.flush().unwrap();
+        assert_eq!(
+            stored(&path),
+            vec![
+                ("a".into(), Progress::Finished),
+                ("b".into(), Progress::Dispatched)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_barrier_waits_only_for_work_accepted_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        p.record(cmd("early", Progress::Finished));
+        p.flush().unwrap();
+        // The writer is stalled: work accepted after this barrier's target
+        // is already durable must not hold the barrier up.
+        p.faults().stall();
+        let done = std::thread::scope(|scope| {
+            let h = scope.spawn(|| p.flush_within(Duration::from_secs(5)));
+            std::thread::sleep(Duration::from_millis(50));
+            p.record(cmd("late", Progress::Dispatched));
+            h.join().unwrap()
+        });
+        assert_eq!(done, Ok(()));
+        // A barrier for the stalled work waits for it.
+        let err = p.flush_within(Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, PersistError::Timeout { .. }), "{err}");
+        // And once the writer runs, a barrier returns although new work
+        // keeps arriving after it.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    p.record(cmd(&format!("stream{}", i % 50), Progress::Running));
+                    i += 1;
+                }
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            p.faults().resume();
+            let r = p.flush_within(Duration::from_secs(10));
+            stop.store(true, Ordering::SeqCst);
+            assert_eq!(r, Ok(()));
+        });
+        assert!(stored(&path).iter().any(|(id, _)| id == "late"));
+    }
+
+    #[test]
+    fn an_injected_failure_is_reported_by_the_next_barrier_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        p.faults().fail_next(1);
+        p.record(cmd("a", Progress::Finished));
+        let err = p.flush().unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert!(err.to_string().contains("db.sqlite3"), "{err}");
+        assert!(stored(&path).is_empty(), "nothing was committed");
+        // Kept and retried: the next barrier sees it committed.
+        p.flush().unwrap();
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Finished)]);
+    }
+
+    #[test]
+    fn a_failed_batch_does_not_overwrite_newer_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        p.faults().fail_next(2);
+        p.record(cmd("a", Progress::Dispatched));
+        assert!(p.flush().is_err());
+        p.record(cmd("a", Progress::Finished));
+        assert!(p.flush().is_err());
+        p.flush().unwrap();
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Finished)]);
+    }
+
+    #[test]
+    fn ordering_later_states_win_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        for i in 0..200 {
+            let progress = if i.is_multiple_of(2) {
+                Progress::Running
+            } else {
+                Progress::Finished
+            };
+            p.record(cmd(&format!("c{}", i % 10), progress));
+        }
+        p.flush().unwrap();
+        let got = stored(&path);
+        assert_eq!(got.len(), 10);
+        // The last state given for each key was from the final round (i in 190..200).
+        for (id, progress) in got {
+            let n: usize = id[1..].parse().unwrap();
+            let expected = if (190 + n).is_multiple_of(2) {
+                Progress::Running
+            } else {
+                Progress::Finished
+            };
+            assert_eq!(progress, expected, "{id}");
+        }
+    }
+
+    #[test]
+    fn overflow_is_counted_and_reported_never_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let p = Persister::start(
+            Store::open(&path).unwrap(),
+            WriterConfig {
+                max_pending: 2,
+                ..WriterConfig::default()
+            },
+        );
+        p.faults().stall();
+        p.record(cmd("a", Progress::Dispatched));
+        p.record(cmd("b", Progress::Dispatched));
+        p.record(cmd("c", Progress::Dispatched)); // refused
+        p.record(cmd("a", Progress::Finished)); // an update is always taken
+        p.faults().resume();
+        let err = p.flush().unwrap_err();
+        assert!(
+            matches!(err, PersistError::Dropped { count: 1, .. }),
+            "{err}"
+        );
+        p.flush().unwrap();
+        assert_eq!(
+            stored(&path),
+            vec![
+                ("a".into(), Progress::Finished),
+                ("b".into(), Progress::Dispatched)
+            ]
+        );
+    }
+
+    #[test]
+    fn shutdown_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        p.record(cmd("a", Progress::Finished));
+        p.shutdown(Duration::from_secs(5)).unwrap();
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Finished)]);
+        // Nothing new: nothing to wait for. New work cannot be made durable.
+        assert_eq!(p.flush(), Ok(()));
+        p.record(cmd("b", Progress::Finished));
+        assert!(matches!(p.flush(), Err(PersistError::Stopped(_))));
+    }
+
+    #[test]
+    fn record_never_waits_for_a_stalled_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, path) = open(&dir);
+        p.faults().stall();
+        let started = Instant::now();
+        for i in 0..10_000 {
+            p.record(cmd(&format!("x{}", i % 100), Progress::Running));
+        }
+        // Nothing here touched the disk; generous bound for a slow machine.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        p.faults().resume();
+        p.flush().unwrap();
+        assert_eq!(stored(&path).len(), 100);
+    }
+}
