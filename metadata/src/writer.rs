@@ -559,7 +559,7 @@ mod tests {
     fn ordering_later_states_win_across_batches() {
         let dir = tempfile::tempdir().unwrap();
         let (p, path) = open(&dir);
-        for i in 0..200 {
+        for i in 0..200usize {
             let progress = if i.is_multiple_of(2) {
                 Progress::Running
             } else {
