@@ -28,12 +28,24 @@ pub struct Cli {
     /// the user data dir's rex/traces.jsonl]
     #[arg(long, global = true, env = "REX_TRACE_FILE", value_name = "PATH")]
     pub trace_file: Option<PathBuf>,
+    /// Where command records are kept (DIR/metadata.sqlite3) [default: the
+    /// user data dir's rex/]
+    #[arg(long, global = true, env = "REX_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CliCommand,
 }
 
 impl Cli {
+    /// The data directory to use, if any can be named.
+    pub fn data_dir_path(&self) -> Option<PathBuf> {
+        self.data_dir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(metadata::location::default_dir)
+    }
+
     /// The trace file to use, if any can be named.
     pub fn trace_file_path(&self) -> Option<PathBuf> {
         self.trace_file
@@ -63,6 +75,15 @@ pub enum CliCommand {
     /// Run a relay, an exec-server and a client in this process, run a
     /// short command through them (no setup needed) and print its trace.
     Demo,
+    /// List recent commands, newest first (from the local records).
+    History {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON (one array of records) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look at recorded traces.
     Trace {
         /// What to do with traces.
@@ -111,6 +132,17 @@ pub struct ExecArgs {
     /// Print the command's trace id on stderr when it ends.
     #[arg(long)]
     pub print_trace_id: bool,
+    /// Record the command's arguments too (by default only the program
+    /// name is recorded).
+    #[arg(long)]
+    pub record_args: bool,
+    /// Do not run the command unless its record can be kept, and fail if
+    /// it could not be saved.
+    #[arg(long, conflicts_with = "no_records")]
+    pub strict_records: bool,
+    /// Keep no record of this command.
+    #[arg(long)]
+    pub no_records: bool,
     /// The program and its arguments (no shell unless you run one).
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -173,9 +205,67 @@ fn exec_spec(args: &ExecArgs) -> Result<ExecSpec, CliError> {
     Ok(spec)
 }
 
+/// How long the CLI waits at exit for its record to be saved.
+const RECORD_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the record store for `exec`: `None` when records are off or the
+/// store cannot be used (reported once), an error only when strict.
+fn open_records(
+    args: &ExecArgs,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Option<metadata::Persister>, CliError> {
+    if args.no_records {
+        return Ok(None);
+    }
+    let writer = metadata::WriterConfig {
+        service: "core-client",
+        ..metadata::WriterConfig::default()
+    };
+    let opened = match data_dir {
+        Some(dir) => metadata::open(dir, writer).map_err(|e| e.to_string()),
+        None => Err("no data directory is known: give --data-dir or REX_DATA_DIR".into()),
+    };
+    match opened {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if args.strict_records => Err(CliError {
+            message: format!("{e} (not running the command: --strict-records)"),
+            code: 1,
+        }),
+        Err(e) => {
+            eprintln!("core-client: warning: {e}; this command is not recorded");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs `exec`: returns the process's exit code.
-pub async fn exec(args: ExecArgs) -> Result<u8, CliError> {
-    let config = client_config(&args)?;
+pub async fn exec(args: ExecArgs, data_dir: Option<PathBuf>) -> Result<u8, CliError> {
+    let mut config = client_config(&args)?;
+    config.metadata = open_records(&args, data_dir.as_deref())?;
+    config.record_args = args.record_args;
+    let records = config.metadata.clone();
+    let strict = args.strict_records;
+    let result = exec_with(args, config).await;
+    // The record is saved before the exit, without holding the exit up
+    // for long.
+    if let Some(records) = records {
+        let saved = tokio::task::spawn_blocking(move || records.shutdown(RECORD_FLUSH))
+            .await
+            .unwrap_or_else(|e| Err(metadata::PersistError::Stopped(e.to_string().into())));
+        if let Err(e) = saved {
+            if strict {
+                return Err(CliError {
+                    message: format!("{e} (--strict-records)"),
+                    code: 1,
+                });
+            }
+            eprintln!("core-client: warning: {e}");
+        }
+    }
+    result
+}
+
+async fn exec_with(args: ExecArgs, config: ClientConfig) -> Result<u8, CliError> {
     let mut spec = exec_spec(&args)?;
     // The caller's trace continues into ours; an invalid value starts a new trace.
     spec.parent = Some(telemetry::otel::context_from(
@@ -278,6 +368,126 @@ pub fn trace_show(file: Option<&std::path::Path>, selector: &str) -> Result<u8, 
     Ok(0)
 }
 
+/// Runs `history`: the newest `limit` command records, as a table or JSON.
+pub fn history(
+    data_dir: Option<&std::path::Path>,
+    limit: usize,
+    json: bool,
+) -> Result<u8, CliError> {
+    let Some(dir) = data_dir else {
+        return Err(CliError::usage(
+            "no data directory is known: give --data-dir or REX_DATA_DIR",
+        ));
+    };
+    let path = dir.join(metadata::store::FILE_NAME);
+    if !path.exists() {
+        return Err(CliError {
+            message: format!(
+                "no commands have been recorded yet ({} does not exist)",
+                path.display()
+            ),
+            code: 1,
+        });
+    }
+    let fail = |e: metadata::StoreError| CliError {
+        message: e.to_string(),
+        code: 1,
+    };
+    let rows = metadata::Store::open(&path)
+        .and_then(|s| s.commands(limit))
+        .map_err(fail)?;
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        serde_json::to_string_pretty(&rows).map_err(|e| CliError {
+            message: e.to_string(),
+            code: 1,
+        })? + "\n"
+    } else {
+        history_table(&rows)
+    };
+    // A closed stdout (e.g. `| head`) is not an error worth a message.
+    let _ = out.write_all(text.as_bytes());
+    Ok(0)
+}
+
+/// The `history` table.
+pub fn history_table(rows: &[metadata::CommandRecord]) -> String {
+    let ms = |us: Option<i64>| {
+        us.map(|u| format!("{:.3}", u as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut table = vec![[
+        "when (UTC)".to_owned(),
+        "server".into(),
+        "program".into(),
+        "exit".into(),
+        "first out ms".into(),
+        "total ms".into(),
+        "trace".into(),
+    ]];
+    for r in rows {
+        let exit = match (&r.exit, r.progress) {
+            (Some(e), _) => e.short(),
+            (None, p) => p.as_str().to_owned(),
+        };
+        table.push([
+            utc_time(r.started_unix_ms),
+            r.server_id.chars().take(8).collect(),
+            r.program.clone(),
+            exit,
+            ms(r.first_output_us),
+            ms(r.total_us),
+            if r.trace.trace_id.is_empty() {
+                "-".into()
+            } else {
+                r.trace.trace_id.clone()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC for Unix milliseconds.
+pub fn utc_time(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Runs `keygen`.
 pub fn keygen(out: &std::path::Path) -> Result<u8, CliError> {
     let kp = StaticKeypair::generate_to_file(out).map_err(|e| CliError::usage(e.to_string()))?;
@@ -375,6 +585,47 @@ mod tests {
             vec![("A".into(), "1".into()), ("B".into(), "=2".into())]
         );
         assert!(spec.stdin);
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_795_269_845_123), "2026-11-21 14:04:05");
+        assert_eq!(utc_time(-1_000), "1969-12-31 23:59:59");
+    }
+
+    #[test]
+    fn history_table_lines_up() {
+        let row = metadata::CommandRecord {
+            id: "x".into(),
+            server_id: "729d6f42801054537bf00a73006349c3".into(),
+            program: "sh".into(),
+            args: None,
+            trace: metadata::TraceRef {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+            },
+            started_unix_ms: 0,
+            first_output_us: Some(1500),
+            total_us: Some(2500),
+            progress: metadata::Progress::Finished,
+            exit: Some(metadata::Exit::Code(3)),
+            stdout_bytes: 1,
+            stderr_bytes: 0,
+        };
+        let text = history_table(&[row]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("when (UTC)"));
+        assert!(
+            lines[1].starts_with("1970-01-01 00:00:00  729d6f42  sh"),
+            "{text}"
+        );
+        assert!(lines[1].contains("1.500") && lines[1].contains("2.500"));
+        assert!(lines[1].ends_with("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let col = lines[0].find("trace").unwrap();
+        assert_eq!(lines[1].find("4bf92f").unwrap(), col);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::connect::{self, ConnectError};
-use crate::exec::{Event, ExecFailure, ExecSpec, Output};
+use crate::exec::{Event, ExecFailure, ExecSpec, ExitStatus, Output};
+use crate::records::CallRecord;
 use crate::session::{self, Command, Routed, SessionHandle, Traced};
 
 /// Why a call could not be dispatched.
@@ -160,6 +161,22 @@ impl Client {
             )])
             .start_with_context(&tracer, &parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
+        let mut record = self.inner.config.metadata.as_ref().map(|store| {
+            let args = self.inner.config.record_args.then(|| {
+                spec.argv
+                    .iter()
+                    .skip(1)
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect()
+            });
+            CallRecord::dispatched(
+                store,
+                self.inner.config.server.server_id(),
+                spec.program(),
+                args,
+                span.span_context(),
+            )
+        });
         let trace =
             otel::from_span_context(span.span_context()).map(|tc| carriers::envelope::inject(&tc));
         let request = spec.to_request();
@@ -174,6 +191,9 @@ impl Client {
                     if let Some(mut s) = span.take() {
                         s.set_status(SpanStatus::error(e.to_string()));
                         s.end();
+                    }
+                    if let Some(r) = record.as_mut() {
+                        r.failed(&e.to_string());
                     }
                     return Err(e);
                 }
@@ -212,13 +232,16 @@ impl Client {
                         events: rx,
                         finished: false,
                         span,
-                        delivery: Delivery::new(dispatched),
+                        delivery: Delivery::new(dispatched, record),
                     });
                 }
                 Err(reason) if attempts >= 2 => {
                     if let Some(mut s) = span.take() {
                         s.set_status(SpanStatus::error(reason.clone()));
                         s.end();
+                    }
+                    if let Some(r) = record.as_mut() {
+                        r.failed(&reason);
                     }
                     return Err(ClientError::SessionLost(reason));
                 }
@@ -247,6 +270,7 @@ pub struct Execution {
 /// is counted here, never a span per chunk.
 #[derive(Debug, Default)]
 struct Delivery {
+    record: Option<CallRecord>,
     dispatched: Option<SystemTime>,
     first: Option<SystemTime>,
     first_output: bool,
@@ -259,9 +283,10 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn new(dispatched: SystemTime) -> Self {
+    fn new(dispatched: SystemTime, record: Option<CallRecord>) -> Self {
         Self {
             dispatched: Some(dispatched),
+            record,
             ..Self::default()
         }
     }
@@ -286,6 +311,15 @@ impl Delivery {
                 self.stderr_chunks += 1;
             }
             Event::Exited(_) | Event::Failed(_) => {
+                if let Some(r) = self.record.as_mut() {
+                    let end = match &routed.event {
+                        Event::Exited(status) => Ok(*status),
+                        Event::Failed(f) => Err(f),
+                        _ => Ok(ExitStatus::Code(-1)),
+                    };
+                    let n = |b: i64| u64::try_from(b).unwrap_or(0);
+                    r.finished(end, n(self.stdout_bytes), n(self.stderr_bytes));
+                }
                 let tracer = opentelemetry::global::tracer("core-client");
                 let mut span = tracer
                     .span_builder(spans::TERMINAL_DELIVERY)
@@ -301,10 +335,17 @@ impl Delivery {
                     .start_with_context(&tracer, parent);
                 span.end_with_timestamp(now);
             }
-            Event::Started { .. } => {}
+            Event::Started { .. } => {
+                if let Some(r) = self.record.as_mut() {
+                    r.running();
+                }
+            }
         }
         if matches!(routed.event, Event::Stdout(_) | Event::Stderr(_)) && !self.first_output {
             self.first_output = true;
+            if let Some(r) = self.record.as_mut() {
+                r.first_output();
+            }
             let tracer = opentelemetry::global::tracer("core-client");
             let mut span = tracer
                 .span_builder(spans::EXEC_FIRST_OUTPUT)
@@ -423,6 +464,9 @@ impl Execution {
 impl Drop for Execution {
     fn drop(&mut self) {
         if !self.finished {
+            if let Some(r) = self.delivery.record.as_mut() {
+                r.failed("the caller stopped waiting for it (cancelled)");
+            }
             // Nobody is listening any more: kill the remote process.
             if let Ok(bytes) = self.control.encode(Body::Cancel(Cancel {})) {
                 let trace = self.control.traced("cancel");

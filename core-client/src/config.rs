@@ -41,6 +41,10 @@ pub struct ClientConfig {
     pub outbound_queue: usize,
     /// Events buffered per call before the session stops reading.
     pub events_per_call: usize,
+    /// Where command records go (off the hot path), if anywhere.
+    pub metadata: Option<metadata::Persister>,
+    /// Record the commands' arguments too (the program name always is).
+    pub record_args: bool,
 }
 
 impl ClientConfig {
@@ -55,6 +59,8 @@ impl ClientConfig {
             keepalive: Duration::from_secs(30),
             outbound_queue: 256,
             events_per_call: 64,
+            metadata: None,
+            record_args: false,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`exec`]: what a call is ([`ExecSpec`]) and what comes back ([`Event`]).
 //! - [`connect`]: reaching the relay, the Noise handshake, session init.
 //! - [`session`]: the driver task of one established session.
+//! - [`records`]: each command's metadata record (off the hot path).
 //! - [`cli`]: the `core-client` command line (`exec`, `keygen`, `demo`).
 //! - [`demo`]: relay, exec-server and client in one process, on loopback.
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
@@ -29,6 +30,7 @@ pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod exec;
+pub mod records;
 pub mod session;
 pub mod waterfall;
 

@@ -11,13 +11,17 @@ use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let trace_file = cli.trace_file_path();
+    let data_dir = cli.data_dir_path();
     let result = match cli.command {
         CliCommand::Keygen { out } => cli::keygen(&out),
         CliCommand::Pubkey { key } => cli::pubkey(&key),
         CliCommand::Trace {
             command: TraceCommand::Show { trace },
         } => cli::trace_show(trace_file.as_deref(), &trace),
-        CliCommand::Exec(args) => with_runtime(trace_file, &["core-client"], |_| cli::exec(args)),
+        CliCommand::Exec(args) => {
+            with_runtime(trace_file, &["core-client"], |_| cli::exec(args, data_dir))
+        }
+        CliCommand::History { limit, json } => cli::history(data_dir.as_deref(), limit, json),
         CliCommand::Demo => demo(trace_file),
     };
     match result {

@@ -32,6 +32,8 @@ pub struct ExecServerConfig {
     pub shutdown_grace: Duration,
     /// Longest wait between relay reconnection attempts.
     pub max_backoff: Duration,
+    /// Where process records go (off the hot path), if anywhere.
+    pub metadata: Option<metadata::Persister>,
 }
 
 impl ExecServerConfig {
@@ -49,6 +51,7 @@ impl ExecServerConfig {
             default_cwd: None,
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
+            metadata: None,
         }
     }
 }

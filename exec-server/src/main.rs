@@ -64,6 +64,13 @@ struct RunArgs {
     /// Working directory for commands that do not name one.
     #[arg(long)]
     cwd: Option<PathBuf>,
+    /// Keep a record of every process in DIR/metadata.sqlite3 [default:
+    /// the user data dir's rex/]
+    #[arg(long, env = "REX_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep no process records.
+    #[arg(long, conflicts_with = "data_dir")]
+    no_records: bool,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +132,22 @@ fn serve(args: RunArgs) -> ExitCode {
     config.max_processes_per_session = args.max_processes;
     config.default_cwd = args.cwd;
     config.shutdown_grace = Duration::from_secs(10);
+    // Process records are kept off the hot path; a store that cannot be
+    // opened is reported once and the server runs without it.
+    let data_dir = args
+        .data_dir
+        .or_else(metadata::location::default_dir)
+        .filter(|_| !args.no_records);
+    config.metadata = data_dir.and_then(|dir| {
+        let writer = metadata::WriterConfig {
+            service: "exec-server",
+            ..metadata::WriterConfig::default()
+        };
+        metadata::open(&dir, writer)
+            .map_err(|e| eprintln!("exec-server: warning: {e}; process records are not kept"))
+            .ok()
+    });
+    let records = config.metadata.clone();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
@@ -144,7 +167,12 @@ fn serve(args: RunArgs) -> ExitCode {
             Err(e) => fail(&e.to_string()),
         }
     });
-    // Flush the last spans (bounded) while the runtime still runs.
+    // Flush the last records and spans (bounded) while the runtime runs.
+    if let Some(records) = records
+        && let Err(e) = records.shutdown(Duration::from_secs(3))
+    {
+        eprintln!("exec-server: warning: {e}");
+    }
     telemetry.shutdown();
     drop(entered);
     code

@@ -32,7 +32,7 @@ use proto::noise::{self, HandshakeError, ReplayGuard, SessionConfig, Transport};
 use proto::pb::session::{Envelope, ExecError};
 use proto::pb::session::{
     ExecErrorKind, ExecRequest, HelloAck, Pong, TerminalEvent, TraceContext as PbTrace,
-    envelope::Body, terminal_event,
+    envelope::Body, exited, terminal_event,
 };
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use telemetry::framing::{self, SendTracker};
@@ -129,6 +129,8 @@ struct Call {
     hop: Option<String>,
     program: String,
     push: Push,
+    /// Its metadata record (latest state), when records are kept.
+    record: Option<metadata::ProcessRecord>,
 }
 
 /// `terminal.push` and its totals (per-chunk work is counted, not spanned).
@@ -290,6 +292,8 @@ struct Driver {
     /// Per call with output in flight, the stream offset its latest chunk
     /// ends at (at most one entry per call).
     unsent_chunks: Vec<(u64, u64)>,
+    /// This session's local id (for process records).
+    session_id: String,
 }
 
 impl Driver {
@@ -317,6 +321,7 @@ impl Driver {
             sends: SendTracker::default(),
             frame: (SystemTime::now(), None),
             unsent_chunks: Vec::new(),
+            session_id: metadata::record::new_id(),
         }
     }
 
@@ -606,6 +611,28 @@ impl Driver {
         self.ctx
             .tasks
             .spawn(process::run(req, io, default_cwd, child_env, drain, trace));
+        let record = self.ctx.config.metadata.as_ref().map(|store| {
+            let sc = span.span_context();
+            let record = metadata::ProcessRecord {
+                id: metadata::record::new_id(),
+                session: self.session_id.clone(),
+                client_key: self.client.to_string(),
+                program: program.clone(),
+                pid: None,
+                trace: metadata::TraceRef {
+                    trace_id: sc.trace_id().to_string(),
+                    span_id: sc.span_id().to_string(),
+                },
+                started_unix_ms: metadata::record::now_unix_ms(),
+                exited_unix_ms: None,
+                progress: metadata::Progress::Dispatched,
+                exit: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+            };
+            store.record(metadata::Record::Process(record.clone()));
+            record
+        });
         self.calls.insert(
             call_id,
             Call {
@@ -619,6 +646,7 @@ impl Driver {
                 hop,
                 program,
                 push: Push::default(),
+                record,
             },
         );
         Ok(())
@@ -670,6 +698,40 @@ impl Driver {
             Some(terminal_event::Kind::Error(e)) => Some(e.message.clone()),
             _ => None,
         };
+        if let (Some(store), Some(record)) =
+            (self.ctx.config.metadata.as_ref(), call.record.as_mut())
+        {
+            // Only state changes are recorded, never a write per chunk.
+            let changed = match &out.event.kind {
+                Some(terminal_event::Kind::Started(st)) => {
+                    record.pid = Some(st.pid);
+                    record.progress = metadata::Progress::Running;
+                    true
+                }
+                Some(terminal_event::Kind::Exited(x)) => {
+                    record.exit = Some(match x.status {
+                        Some(exited::Status::Signal(sig)) => metadata::Exit::Signal(sig),
+                        Some(exited::Status::Code(c)) => metadata::Exit::Code(c),
+                        None => metadata::Exit::Code(-1),
+                    });
+                    true
+                }
+                Some(terminal_event::Kind::Error(e)) => {
+                    record.exit = Some(metadata::Exit::Error(e.message.clone()));
+                    true
+                }
+                _ => false,
+            };
+            if out.last {
+                record.progress = metadata::Progress::Finished;
+                record.exited_unix_ms = Some(metadata::record::now_unix_ms());
+                record.stdout_bytes = u64::try_from(push.stdout_bytes).unwrap_or(0);
+                record.stderr_bytes = u64::try_from(push.stderr_bytes).unwrap_or(0);
+            }
+            if changed {
+                store.record(metadata::Record::Process(record.clone()));
+            }
+        }
         let trace = if error.is_some() {
             call.error_trace.clone()
         } else {
@@ -788,6 +850,14 @@ impl Driver {
         for (_, mut call) in self.calls.drain() {
             call.span.set_status(SpanStatus::error("session ended"));
             call.span.end();
+            if let (Some(store), Some(mut record)) =
+                (self.ctx.config.metadata.as_ref(), call.record)
+            {
+                record.progress = metadata::Progress::Finished;
+                record.exit = Some(metadata::Exit::Error("session ended".into()));
+                record.exited_unix_ms = Some(metadata::record::now_unix_ms());
+                store.record(metadata::Record::Process(record));
+            }
         }
     }
 }

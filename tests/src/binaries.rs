@@ -162,6 +162,7 @@ impl ProcStack {
         let relay_url = format!("http://{addr}");
         let key = dir.path().join("server.key");
         let ak = dir.path().join("authorized_keys");
+        let data = dir.path().join("server-data");
         let server = spawn(
             "exec-server",
             &[
@@ -171,6 +172,8 @@ impl ProcStack {
                 key.to_str().unwrap(),
                 "--authorized-keys",
                 ak.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
             ],
             extra_env,
         );
@@ -197,8 +200,9 @@ impl ProcStack {
 /// own), and no OTLP endpoint from the test's environment leaks in.
 pub fn exec_command(relay_url: &str, server_pub: &str, key: &Path, argv: &[&str]) -> Command {
     let mut cmd = Command::new(path("core-client"));
-    let traces = key.parent().unwrap_or(Path::new(".")).join("traces.jsonl");
-    cmd.env("REX_TRACE_FILE", traces)
+    let dir = key.parent().unwrap_or(Path::new("."));
+    cmd.env("REX_TRACE_FILE", dir.join("traces.jsonl"))
+        .env("REX_DATA_DIR", dir.join("client-data"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     cmd.args([

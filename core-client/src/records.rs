@@ -1,0 +1,104 @@
+//! The client's command records: one per dispatched command, written again
+//! (off the hot path) when it starts running, when its first output
+//! arrives, and when it ends.
+
+use std::time::Instant;
+
+use metadata::{CommandRecord, Exit, Persister, Progress, Record, TraceRef};
+use opentelemetry::trace::SpanContext;
+
+use crate::exec::{ExecFailure, ExitStatus};
+
+/// A command's record and where it goes.
+#[derive(Debug)]
+pub struct CallRecord {
+    store: Persister,
+    record: CommandRecord,
+    started: Instant,
+}
+
+fn micros(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_micros()).unwrap_or(i64::MAX)
+}
+
+impl CallRecord {
+    /// Records a dispatched command (its arguments only when `args` is
+    /// given).
+    pub fn dispatched(
+        store: &Persister,
+        server_id: String,
+        program: String,
+        args: Option<Vec<String>>,
+        dispatch: &SpanContext,
+    ) -> Self {
+        let record = CommandRecord {
+            id: metadata::record::new_id(),
+            server_id,
+            program,
+            args,
+            trace: TraceRef {
+                trace_id: if dispatch.is_valid() {
+                    dispatch.trace_id().to_string()
+                } else {
+                    String::new()
+                },
+                span_id: if dispatch.is_valid() {
+                    dispatch.span_id().to_string()
+                } else {
+                    String::new()
+                },
+            },
+            started_unix_ms: metadata::record::now_unix_ms(),
+            first_output_us: None,
+            total_us: None,
+            progress: Progress::Dispatched,
+            exit: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        };
+        store.record(Record::Command(record.clone()));
+        Self {
+            store: store.clone(),
+            record,
+            started: Instant::now(),
+        }
+    }
+
+    /// The process started.
+    pub fn running(&mut self) {
+        self.record.progress = Progress::Running;
+        self.save();
+    }
+
+    /// The first output byte reached the caller.
+    pub fn first_output(&mut self) {
+        self.record.first_output_us = Some(micros(self.started));
+        self.save();
+    }
+
+    /// The command ended (`Err` when it could not run or was cut off).
+    pub fn finished(&mut self, end: Result<ExitStatus, &ExecFailure>, out: u64, err: u64) {
+        self.record.progress = Progress::Finished;
+        self.record.total_us = Some(micros(self.started));
+        self.record.exit = Some(match end {
+            Ok(ExitStatus::Code(c)) => Exit::Code(c),
+            Ok(ExitStatus::Signal(s)) => Exit::Signal(s),
+            Err(f) => Exit::Error(f.to_string()),
+        });
+        self.record.stdout_bytes = out;
+        self.record.stderr_bytes = err;
+        self.save();
+    }
+
+    /// The command could not be dispatched at all.
+    pub fn failed(&mut self, reason: &str) {
+        self.record.progress = Progress::Finished;
+        self.record.total_us = Some(micros(self.started));
+        self.record.exit = Some(Exit::Error(reason.to_owned()));
+        self.save();
+    }
+
+    fn save(&self) {
+        self.store.record(Record::Command(self.record.clone()));
+    }
+}
