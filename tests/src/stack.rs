@@ -62,6 +62,17 @@ impl TestServer {
         listen: bool,
         clients: &[&StaticKeypair],
     ) -> Self {
+        Self::start_configured(relay_url, listen, clients, |_| {}).await
+    }
+
+    /// [`TestServer::start`], letting `configure` change the settings
+    /// (e.g. give it a metadata store) before it starts.
+    pub async fn start_configured(
+        relay_url: Option<String>,
+        listen: bool,
+        clients: &[&StaticKeypair],
+        configure: impl FnOnce(&mut ExecServerConfig),
+    ) -> Self {
         let key = StaticKeypair::generate().unwrap();
         let mut config = ExecServerConfig::new(
             key.clone(),
@@ -69,6 +80,7 @@ impl TestServer {
         );
         config.relay = relay_url;
         config.listen = listen.then(|| "127.0.0.1:0".parse().unwrap());
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let mut handle = exec_server::start(config, shutdown.clone()).await.unwrap();
         assert!(handle.wait_registered().await, "exec-server registered");
@@ -98,9 +110,16 @@ pub struct Stack {
 impl Stack {
     /// Starts a relay and an exec-server (also listening directly).
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Stack::start`] with the exec-server's settings changed by
+    /// `configure` first.
+    pub async fn start_with(configure: impl FnOnce(&mut ExecServerConfig)) -> Self {
         let relay = TestRelay::start().await;
         let client_key = StaticKeypair::generate().unwrap();
-        let server = TestServer::start(Some(relay.url()), true, &[&client_key]).await;
+        let server =
+            TestServer::start_configured(Some(relay.url()), true, &[&client_key], configure).await;
         Self {
             relay,
             server,
