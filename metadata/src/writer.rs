@@ -345,7 +345,6 @@ impl Persister {
 
 /// The writer thread.
 fn run(shared: &Shared, mut store: Store) {
-    let tracer = opentelemetry::global::tracer(shared.config.service);
     let mut delay = shared.config.retry_min;
     let mut warned = false;
     loop {
@@ -383,6 +382,8 @@ fn run(shared: &Shared, mut store: Store) {
         drop(s);
 
         let records: Vec<Record> = batch.values().map(|p| p.record.clone()).collect();
+        // Taken per batch: telemetry may be set up after the writer starts.
+        let tracer = opentelemetry::global::tracer(shared.config.service);
         let mut span = tracer
             .span_builder(spans::METADATA_PERSIST)
             .with_links(links(records.iter(), MAX_LINKS))
@@ -612,6 +613,50 @@ mod tests {
                 ("b".into(), Progress::Dispatched)
             ]
         );
+    }
+
+    #[test]
+    fn batches_and_barriers_are_spans_linked_to_their_records() {
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider);
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _path) = open(&dir);
+        p.faults().stall();
+        let trace = TraceRef {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+        };
+        let Record::Command(mut c) = cmd("traced", Progress::Finished) else {
+            unreachable!()
+        };
+        c.trace = trace.clone();
+        p.record(Record::Command(c));
+        std::thread::scope(|scope| {
+            let h = scope.spawn(|| p.flush());
+            std::thread::sleep(Duration::from_millis(50));
+            p.faults().resume();
+            h.join().unwrap().unwrap();
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        for name in [spans::METADATA_PERSIST, spans::METADATA_FLUSH] {
+            let s = spans
+                .iter()
+                .find(|s| {
+                    s.name == name
+                        && s.links.iter().any(|l| {
+                            l.span_context.trace_id().to_string() == trace.trace_id
+                                && l.span_context.span_id().to_string() == trace.span_id
+                        })
+                })
+                .unwrap_or_else(|| panic!("no {name} linked to the record's span"));
+            // Linked, never a child on the command's critical path.
+            assert_eq!(s.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+            assert_ne!(s.span_context.trace_id().to_string(), trace.trace_id);
+        }
     }
 
     #[test]
