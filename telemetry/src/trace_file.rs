@@ -501,12 +501,24 @@ impl FromStr for Selector {
     }
 }
 
-/// The trace in `path` that `selector` names.
+/// Whether a trace holds only background work (metadata persistence and
+/// barriers are traces of their own, linked to the commands they carry).
+fn is_background(trace: &Trace) -> bool {
+    trace
+        .spans
+        .iter()
+        .all(|s| s.name == crate::spans::METADATA_PERSIST || s.name == crate::spans::METADATA_FLUSH)
+}
+
+/// The trace in `path` that `selector` names; `last` is the newest trace
+/// that is not only background work.
 pub fn find(path: &Path, selector: &Selector) -> Result<Trace, TraceFileError> {
-    let mut traces = read(path)?;
+    let traces = read(path)?;
     match selector {
         Selector::Last => traces
-            .pop()
+            .into_iter()
+            .rev()
+            .find(|t| !is_background(t))
             .ok_or_else(|| TraceFileError::Empty(path.to_path_buf())),
         Selector::Id(id) => traces
             .into_iter()
@@ -772,7 +784,7 @@ mod tests {
             TraceState::default(),
         );
         let mut span = tracer
-            .span_builder("metadata.persist")
+            .span_builder("linked")
             .with_links(vec![Link::with_context(target)])
             .start(&tracer);
         span.end();
@@ -795,6 +807,12 @@ mod tests {
         let p = provider(&file, "svc");
         let first = parent_child(&p, "first", "first.child");
         let second = parent_child(&p, "second", "second.child");
+        // Background work written after the last command is skipped by `last`.
+        let background = parent_child(
+            &p,
+            crate::spans::METADATA_FLUSH,
+            crate::spans::METADATA_PERSIST,
+        );
         p.shutdown().unwrap();
 
         let ids: Vec<String> = read(&path)
@@ -802,7 +820,11 @@ mod tests {
             .into_iter()
             .map(|t| t.trace_id)
             .collect();
-        assert_eq!(ids, [first.clone(), second.clone()]);
+        assert_eq!(ids, [first.clone(), second.clone(), background.clone()]);
+        assert_eq!(
+            find(&path, &Selector::Id(background)).unwrap().spans.len(),
+            2
+        );
 
         assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, second);
         let upper: Selector = first.to_ascii_uppercase().parse().unwrap();

@@ -125,11 +125,25 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     let out = run(cmd);
     assert!(out.status.success());
     let id = binaries::printed_trace_id(&out);
-    // One line per trace, OTLP JSON.
+    // One trace per line, OTLP JSON: the command's, and the record
+    // writer's own (linked) traces.
     let text = std::fs::read_to_string(&traces).unwrap();
-    assert_eq!(text.lines().count(), 1);
-    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert!(line["resourceSpans"].is_array(), "{line}");
+    let mut command_lines = 0;
+    for l in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(line["resourceSpans"].is_array(), "{line}");
+        let ids: std::collections::BTreeSet<String> = line["resourceSpans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rs| rs["scopeSpans"].as_array().unwrap().iter())
+            .flat_map(|ss| ss["spans"].as_array().unwrap().iter())
+            .map(|s| s["traceId"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 1, "one trace per line: {l}");
+        command_lines += usize::from(ids.contains(&id));
+    }
+    assert_eq!(command_lines, 1);
 
     let show = |selector: &str| {
         Command::new(binaries::path("core-client"))
