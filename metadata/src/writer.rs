@@ -6,6 +6,8 @@
 //! writer thread, which commits everything pending in one transaction.
 //! Every record gets a sequence number; after a commit, every record
 //! accepted up to the number read when the batch was taken is durable.
+//! Commits are grouped: the writer waits a moment (`group_commit`) for more
+//! records before committing, unless a barrier waits.
 //!
 //! [`Persister::flush`] is the barrier: it returns `Ok` once everything
 //! accepted before the call is committed, or the error of a write attempt
@@ -42,6 +44,10 @@ pub struct WriterConfig {
     pub retry_max: Duration,
     /// The service whose spans `metadata.persist`/`metadata.flush` are.
     pub service: &'static str,
+    /// Group commit: after the first record of a batch arrives, wait this
+    /// long for more before committing (a barrier cuts the wait short), so
+    /// the commands' state changes share fsyncs.
+    pub group_commit: Duration,
 }
 
 impl Default for WriterConfig {
@@ -51,6 +57,7 @@ impl Default for WriterConfig {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             service: "metadata",
+            group_commit: Duration::from_millis(20),
         }
     }
 }
@@ -250,9 +257,14 @@ impl Persister {
             return;
         }
         s.accepted += 1;
+        // Only the first record of a batch wakes the writer; later ones
+        // join the batch it is gathering (no wake-up per record).
+        let wake = s.pending.is_empty();
         s.pending.insert(key, Pending { record });
         drop(s);
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
     }
 
     /// Waits until everything accepted before this call is committed
@@ -371,6 +383,20 @@ fn run(shared: &Shared, mut store: Store) {
             if timeout.timed_out() && !s.pending.is_empty() {
                 break;
             }
+        }
+        // Group commit: gather what arrives shortly after, unless a barrier
+        // (or shutdown) waits.
+        let deadline = Instant::now() + shared.config.group_commit;
+        while !s.urgent && !s.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = shared
+                .work
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         drop(s);
         shared.faults.wait_while_stalled();
