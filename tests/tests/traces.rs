@@ -187,10 +187,39 @@ async fn one_exec_is_one_trace_across_three_processes() {
         settle(&rx).await
     };
 
-    // Exactly one trace, from all three services.
-    let traces: BTreeSet<&str> = all.iter().map(|s| s.trace_id.as_str()).collect();
+    // Exactly one trace, from all three services. The record writers'
+    // spans are traces of their own, linked to the command (never on its
+    // critical path).
+    let (background, spans): (Vec<RecordedSpan>, Vec<RecordedSpan>) = all
+        .into_iter()
+        .partition(|s| s.name.starts_with("metadata."));
+    let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
     assert_eq!(traces.len(), 1, "one exec, one trace: {traces:?}");
-    let spans = all;
+    assert!(
+        background.iter().any(|b| b.name == spans::METADATA_PERSIST),
+        "the records were persisted"
+    );
+    for b in &background {
+        assert_ne!(b.trace_id, trace_id);
+        assert!(
+            b.links.iter().all(|(t, _)| *t == trace_id),
+            "{}/{} links another trace",
+            b.service,
+            b.name
+        );
+    }
+    let persisted: BTreeSet<&str> = background
+        .iter()
+        .filter(|b| b.name == spans::METADATA_PERSIST)
+        .flat_map(|b| b.links.iter().map(|(_, s)| s.as_str()))
+        .collect();
+    let dispatch_id = one(&spans, spans::TOOL_DISPATCH).span_id.clone();
+    let exec_id = one(&spans, spans::RPC_SERVER_EXEC).span_id.clone();
+    assert!(
+        persisted.contains(dispatch_id.as_str()),
+        "client record linked"
+    );
+    assert!(persisted.contains(exec_id.as_str()), "server record linked");
     assert_eq!(
         services(&spans),
         ["core-client", "exec-server", "relay"]
