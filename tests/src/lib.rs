@@ -7,6 +7,8 @@
 //!   play a malicious relay.
 //! - [`binaries`]: locating (building if needed) and running the three
 //!   binaries as separate processes.
+//! - [`crash_records`]: the records the persistence crash test writes and
+//!   checks.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that records exported spans.
 //! - [`trace_check`]: assertions over recorded spans (parents, nesting,
 //!   coverage).
@@ -15,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod binaries;
+pub mod crash_records;
 pub mod otlp;
 pub mod proxy;
 pub mod stack;

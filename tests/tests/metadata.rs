@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use core_client::{Client, ExecSpec, ExitStatus};
 use integration_tests::binaries::{self, ProcStack};
+use integration_tests::crash_records::{earlier, record};
 use integration_tests::stack::Stack;
-use metadata::{CommandRecord, Exit, Progress, Store, TraceRef, WriterConfig};
+use metadata::{CommandRecord, Exit, Progress, Store, WriterConfig};
 use rand::Rng;
 
 /// Bound on anything that should be quick, only so a bug cannot hang the
@@ -38,54 +39,6 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 /// How many times the writer is started and killed.
 const CRASH_ITERATIONS: usize = 25;
-
-fn small(i: u64, m: u64) -> i32 {
-    i32::try_from(i % m).unwrap()
-}
-
-fn signed(i: u64) -> i64 {
-    i64::try_from(i).unwrap()
-}
-
-/// What `metadata-crash-writer` writes as record `i`'s final state.
-fn expected(i: u64) -> CommandRecord {
-    CommandRecord {
-        id: format!("{i:08}"),
-        server_id: format!("server{}", i % 3),
-        program: format!("prog{i}"),
-        args: i
-            .is_multiple_of(2)
-            .then(|| vec![format!("arg{i}"), "two words".into(), String::new()]),
-        trace: TraceRef {
-            trace_id: format!("{:032x}", i + 1),
-            span_id: format!("{:016x}", i * 2 + 1),
-        },
-        started_unix_ms: 1_700_000_000_000 + signed(i),
-        first_output_us: (!i.is_multiple_of(4)).then(|| signed(i * 3)),
-        total_us: Some(signed(i * 11)),
-        progress: Progress::Finished,
-        exit: Some(match i % 4 {
-            0 | 1 => Exit::Code(small(i, 256)),
-            2 => Exit::Signal(small(i, 32)),
-            _ => Exit::Error(format!("prog{i}: could not run")),
-        }),
-        stdout_bytes: i * 7,
-        stderr_bytes: i * 13,
-    }
-}
-
-/// The earlier state of record `i` the writer may commit first.
-fn expected_earlier(i: u64) -> CommandRecord {
-    CommandRecord {
-        first_output_us: None,
-        total_us: None,
-        progress: Progress::Running,
-        exit: None,
-        stdout_bytes: i,
-        stderr_bytes: 0,
-        ..expected(i)
-    }
-}
 
 /// One run of the writer: started on `dir` at record `first`, killed with
 /// SIGKILL after `delay` (counted from its first confirmation when
@@ -166,7 +119,7 @@ fn check_store(db: &Path, confirmed: &BTreeSet<u64>, iteration: usize) -> usize 
         .map(|c| (c.id.clone(), c))
         .collect();
     for &i in confirmed {
-        let want = expected(i);
+        let want = record(i);
         match rows.get(&want.id) {
             Some(got) => assert_eq!(got, &want, "record {i} after kill {iteration}"),
             None => panic!(
@@ -182,7 +135,7 @@ fn check_store(db: &Path, confirmed: &BTreeSet<u64>, iteration: usize) -> usize 
             .parse()
             .unwrap_or_else(|_| panic!("a row with id {id:?} after kill {iteration}"));
         assert!(
-            *got == expected(i) || *got == expected_earlier(i),
+            *got == record(i) || *got == earlier(i),
             "row {id} is not a state the writer wrote (after kill {iteration}): {got:?}"
         );
     }
