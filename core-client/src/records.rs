@@ -36,17 +36,13 @@ impl CallRecord {
             server_id,
             program,
             args,
-            trace: TraceRef {
-                trace_id: if dispatch.is_valid() {
-                    dispatch.trace_id().to_string()
-                } else {
-                    String::new()
-                },
-                span_id: if dispatch.is_valid() {
-                    dispatch.span_id().to_string()
-                } else {
-                    String::new()
-                },
+            trace: if dispatch.is_valid() {
+                TraceRef {
+                    trace_id: dispatch.trace_id().to_string(),
+                    span_id: dispatch.span_id().to_string(),
+                }
+            } else {
+                TraceRef::default()
             },
             started_unix_ms: metadata::record::now_unix_ms(),
             first_output_us: None,

@@ -241,7 +241,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 () = closed.cancelled() => {
-                    self.close_authenticated().await;
+                    proto::link::close_session(&mut self.transport, &self.outbound, "client closed the session").await;
                     return "closed by the client".into();
                 }
                 permit = outbound.reserve(), if has_output => {
@@ -276,7 +276,7 @@ impl Driver {
                 cmd = self.commands.recv(), if can_take => match cmd {
                     Some(cmd) => if let Err(e) = self.command(cmd) { return e },
                     None => {
-                        self.close_authenticated().await;
+                        proto::link::close_session(&mut self.transport, &self.outbound, "client closed the session").await;
                         return "closed by the client".into();
                     }
                 },
@@ -511,25 +511,6 @@ impl Driver {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.calls.remove(&call_id);
-            }
-        }
-    }
-
-    async fn close_authenticated(&mut self) {
-        let Ok(messages) = self
-            .transport
-            .flush_and_close("client closed the session", SystemTime::now())
-        else {
-            return;
-        };
-        for msg in messages {
-            if self
-                .outbound
-                .send(Ok(proto::frames::data(msg)))
-                .await
-                .is_err()
-            {
-                return;
             }
         }
     }

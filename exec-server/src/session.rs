@@ -85,7 +85,7 @@ impl ServerContext {
 }
 
 /// The outbound half of a tunnel stream.
-pub type FrameSender = mpsc::Sender<Result<Frame, Status>>;
+pub use proto::link::FrameSender;
 
 /// Sends a clear close frame (best effort).
 pub fn send_clear_close(out: &FrameSender, reason: CloseReason) {
@@ -137,7 +137,8 @@ struct Call {
 #[derive(Default)]
 struct Push {
     span: Option<BoxedSpan>,
-    cx: Option<Context>,
+    /// `terminal.push`'s context (empty until the first event).
+    cx: Context,
     events: i64,
     stdout_bytes: i64,
     stdout_chunks: i64,
@@ -346,7 +347,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    self.close_authenticated("exec-server shutting down").await;
+                    proto::link::close_session(&mut self.transport, &self.outbound, "exec-server shutting down").await;
                     return Ok(());
                 }
                 permit = outbound.reserve(), if has_output => {
@@ -665,10 +666,9 @@ impl Driver {
                 .span_builder(spans::TERMINAL_PUSH)
                 .with_start_time(now)
                 .start_with_context(&self.tracer, &call.exec_cx);
-            push.cx = Some(
-                call.exec_cx
-                    .with_remote_span_context(span.span_context().clone()),
-            );
+            push.cx = call
+                .exec_cx
+                .with_remote_span_context(span.span_context().clone());
             push.span = Some(span);
         }
         push.events += 1;
@@ -737,8 +737,7 @@ impl Driver {
         } else {
             call.trace.clone()
         };
-        let push_cx = push.cx.clone().unwrap_or_default();
-        let send = what.map(|w| framing::send_span(&self.tracer, &push_cx, w));
+        let send = what.map(|w| framing::send_span(&self.tracer, &push.cx, w));
         self.send_envelope(out.call_id, trace, Body::Event(out.event))?;
         let mark = self.transport.queued_offset();
         let Some(call) = self.calls.get_mut(&out.call_id) else {
@@ -775,7 +774,7 @@ impl Driver {
                     KeyValue::new("rex.message", "output.last"),
                     KeyValue::new("rex.output.chunks", call.push.output_chunks()),
                 ])
-                .start_with_context(&self.tracer, &push_cx);
+                .start_with_context(&self.tracer, &call.push.cx);
             match chunk.sent {
                 Some(at) => last.end_with_timestamp(at),
                 None => self.sends.track(chunk.mark, vec![last], None),
@@ -825,22 +824,6 @@ impl Driver {
             .map_err(|_| SessionError::Protocol("session message too large"))?;
         self.transport.send(&bytes)?;
         Ok(())
-    }
-
-    async fn close_authenticated(&mut self, reason: &str) {
-        let Ok(messages) = self.transport.flush_and_close(reason, SystemTime::now()) else {
-            return;
-        };
-        for msg in messages {
-            if self
-                .outbound
-                .send(Ok(proto::frames::data(msg)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
     }
 
     /// Ends every process of the session.

@@ -126,6 +126,64 @@ fn bytes(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+const COMMANDS: &str = "SELECT id, server_id, program, args, trace_id, span_id, \
+    started_unix_ms, first_output_us, total_us, progress, exit_kind, exit_value, \
+    exit_message, stdout_bytes, stderr_bytes FROM commands";
+
+const PROCESSES: &str = "SELECT id, session, client_key, program, pid, trace_id, span_id, \
+    started_unix_ms, exited_unix_ms, progress, exit_kind, exit_value, exit_message, \
+    stdout_bytes, stderr_bytes FROM processes";
+
+/// Byte counts are stored as SQLite's signed integers.
+fn count(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
+}
+
+fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRecord> {
+    let args: Option<String> = r.get(3)?;
+    Ok(CommandRecord {
+        id: r.get(0)?,
+        server_id: r.get(1)?,
+        program: r.get(2)?,
+        args: args.and_then(|a| serde_json::from_str(&a).ok()),
+        trace: TraceRef {
+            trace_id: r.get(4)?,
+            span_id: r.get(5)?,
+        },
+        started_unix_ms: r.get(6)?,
+        first_output_us: r.get(7)?,
+        total_us: r.get(8)?,
+        progress: Progress::parse(&r.get::<_, String>(9)?),
+        exit: exit_from(r.get(10)?, r.get(11)?, r.get(12)?),
+        stdout_bytes: count(r, 13)?,
+        stderr_bytes: count(r, 14)?,
+    })
+}
+
+fn process_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRecord> {
+    Ok(ProcessRecord {
+        id: r.get(0)?,
+        session: r.get(1)?,
+        client_key: r.get(2)?,
+        program: r.get(3)?,
+        pid: r.get(4)?,
+        trace: TraceRef {
+            trace_id: r.get(5)?,
+            span_id: r.get(6)?,
+        },
+        started_unix_ms: r.get(7)?,
+        exited_unix_ms: r.get(8)?,
+        progress: Progress::parse(&r.get::<_, String>(9)?),
+        exit: exit_from(r.get(10)?, r.get(11)?, r.get(12)?),
+        stdout_bytes: count(r, 13)?,
+        stderr_bytes: count(r, 14)?,
+    })
+}
+
 impl Store {
     /// Opens (creating on first use) the database at `path`: WAL mode,
     /// synchronous commits, schema checked.
@@ -289,84 +347,32 @@ impl Store {
 
     /// The newest `limit` commands, newest first.
     pub fn commands(&self, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query_commands("ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1", limit)
+        let sql = format!("{COMMANDS} ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1");
+        self.query(&sql, sql_limit(limit), command_row)
     }
 
     /// One command by id.
     pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        Ok(self.query_commands("WHERE id = ?1", id)?.pop())
-    }
-
-    fn query_commands(
-        &self,
-        tail: &str,
-        param: impl rusqlite::ToSql,
-    ) -> Result<Vec<CommandRecord>, StoreError> {
-        let sql = format!(
-            "SELECT id, server_id, program, args, trace_id, span_id, started_unix_ms, \
-             first_output_us, total_us, progress, exit_kind, exit_value, exit_message, \
-             stdout_bytes, stderr_bytes FROM commands {tail}"
-        );
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.unreadable(e))?;
-        let rows = stmt
-            .query_map([param], |r| {
-                let args: Option<String> = r.get(3)?;
-                Ok(CommandRecord {
-                    id: r.get(0)?,
-                    server_id: r.get(1)?,
-                    program: r.get(2)?,
-                    args: args.and_then(|a| serde_json::from_str(&a).ok()),
-                    trace: TraceRef {
-                        trace_id: r.get(4)?,
-                        span_id: r.get(5)?,
-                    },
-                    started_unix_ms: r.get(6)?,
-                    first_output_us: r.get(7)?,
-                    total_us: r.get(8)?,
-                    progress: Progress::parse(&r.get::<_, String>(9)?),
-                    exit: exit_from(r.get(10)?, r.get(11)?, r.get(12)?),
-                    stdout_bytes: u64::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
-                    stderr_bytes: u64::try_from(r.get::<_, i64>(14)?).unwrap_or(0),
-                })
-            })
-            .map_err(|e| self.unreadable(e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.unreadable(e))
+        let sql = format!("{COMMANDS} WHERE id = ?1");
+        Ok(self.query(&sql, id, command_row)?.pop())
     }
 
     /// The newest `limit` processes, newest first.
     pub fn processes(&self, limit: usize) -> Result<Vec<ProcessRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, session, client_key, program, pid, trace_id, span_id, \
-                 started_unix_ms, exited_unix_ms, progress, exit_kind, exit_value, \
-                 exit_message, stdout_bytes, stderr_bytes FROM processes \
-                 ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1",
-            )
-            .map_err(|e| self.unreadable(e))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!("{PROCESSES} ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?1");
+        self.query(&sql, sql_limit(limit), process_row)
+    }
+
+    /// Runs `sql` with its one parameter and maps each row.
+    fn query<T>(
+        &self,
+        sql: &str,
+        param: impl rusqlite::ToSql,
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.unreadable(e))?;
         let rows = stmt
-            .query_map([limit], |r| {
-                Ok(ProcessRecord {
-                    id: r.get(0)?,
-                    session: r.get(1)?,
-                    client_key: r.get(2)?,
-                    program: r.get(3)?,
-                    pid: r.get(4)?,
-                    trace: TraceRef {
-                        trace_id: r.get(5)?,
-                        span_id: r.get(6)?,
-                    },
-                    started_unix_ms: r.get(7)?,
-                    exited_unix_ms: r.get(8)?,
-                    progress: Progress::parse(&r.get::<_, String>(9)?),
-                    exit: exit_from(r.get(10)?, r.get(11)?, r.get(12)?),
-                    stdout_bytes: u64::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
-                    stderr_bytes: u64::try_from(r.get::<_, i64>(14)?).unwrap_or(0),
-                })
-            })
+            .query_map([param], map)
             .map_err(|e| self.unreadable(e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.unreadable(e))

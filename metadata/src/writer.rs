@@ -26,7 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Link, Span, SpanContext, Status, Tracer};
+use opentelemetry::trace::{
+    Link, Span, SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState, Tracer,
+};
 use telemetry::spans;
 
 use crate::record::{Key, Record, TraceRef};
@@ -192,14 +194,14 @@ impl std::fmt::Debug for Persister {
 }
 
 fn link_for(trace: &TraceRef) -> Option<Link> {
-    let tp =
-        telemetry::w3c::TraceParent::parse(&format!("00-{}-{}-01", trace.trace_id, trace.span_id))
-            .ok()?;
-    let sc: SpanContext = telemetry::otel::to_span_context(&telemetry::w3c::TraceContext {
-        parent: tp,
-        state: None,
-    });
-    Some(Link::with_context(sc))
+    let sc = SpanContext::new(
+        TraceId::from_hex(&trace.trace_id).ok()?,
+        SpanId::from_hex(&trace.span_id).ok()?,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    );
+    sc.is_valid().then(|| Link::with_context(sc))
 }
 
 /// Links to the traces of up to `max` records.

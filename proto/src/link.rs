@@ -45,3 +45,24 @@ pub fn server() -> tonic::transport::Server {
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
 }
+
+/// The sending half of a tunnel stream, as both ends hold it.
+pub type FrameSender = tokio::sync::mpsc::Sender<Result<crate::pb::tunnel::Frame, tonic::Status>>;
+
+/// Ends a session cleanly: sends what the transport still has pending,
+/// then its authenticated close with `reason`. Best effort: a link that is
+/// already gone (or a dead transport) ends it quietly.
+pub async fn close_session(
+    transport: &mut crate::noise::Transport,
+    outbound: &FrameSender,
+    reason: &str,
+) {
+    let Ok(messages) = transport.flush_and_close(reason, std::time::SystemTime::now()) else {
+        return;
+    };
+    for msg in messages {
+        if outbound.send(Ok(crate::frames::data(msg))).await.is_err() {
+            return;
+        }
+    }
+}

@@ -10,8 +10,8 @@ use proto::routing::SESSION_ID_LEN;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::{Status, Streaming};
 
-/// The outbound half of a gRPC stream the relay writes to.
-pub type FrameSender = mpsc::Sender<Result<Frame, Status>>;
+/// The sending half of a tunnel stream.
+pub use proto::link::FrameSender;
 /// The control stream to a registered exec-server.
 pub type ControlSender = mpsc::Sender<Result<RegisterDown, Status>>;
 /// A session id.

@@ -212,14 +212,17 @@ pub async fn pump(
                 .as_mut()
                 .reset(tokio::time::Instant::now() + limits.idle_timeout);
         }
-        let arrived = SystemTime::now();
         session.touch();
         let Some(mut frame) = check(frame, &limits) else {
             break PumpEnd::Protocol;
         };
-        let forward = tracer
-            .as_ref()
-            .and_then(|t| start_forward(t, &mut frame, dir, arrived));
+        // Only frames with a hop header cost a clock read and a span.
+        let forward = match &tracer {
+            Some(t) if !frame.hop_traceparent.is_empty() => {
+                start_forward(t, &mut frame, dir, SystemTime::now())
+            }
+            _ => None,
+        };
         let len = frame.payload.len() as u64;
         let is_close = frame.kind == FrameKind::Close as i32;
         let sent = tokio::select! {
