@@ -26,15 +26,17 @@
 //! Timings are only reported, never asserted: it exits non-zero only if an
 //! exec fails, an output is wrong, or records are missing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use core_client::{Client, Event, ExecSpec, ExitStatus};
 use exec_server::ExecServerConfig;
+use integration_tests::bench::{
+    exec_true, median, min_max, percentile, print_machine, process_cpu_nanos, rotated, run_text,
+    threads_cpu_nanos,
+};
 use integration_tests::stack::Stack;
 use metadata::{Exit, Persister, Progress, Store, WriterConfig};
 use tempfile::TempDir;
@@ -106,28 +108,21 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        rounds: 7,
-        execs: 200,
-        bulk: 5,
-    };
-    let mut words = std::env::args().skip(1);
-    while let Some(word) = words.next() {
-        let slot = match word.as_str() {
-            "--rounds" => &mut args.rounds,
-            "--execs" => &mut args.execs,
-            "--bulk" => &mut args.bulk,
-            // cargo bench passes `--bench`; anything else unknown is ignored.
-            _ => continue,
-        };
-        if let Some(n) = words.next().and_then(|v| v.parse().ok()) {
-            *slot = n;
-        }
+    let (mut rounds, mut execs, mut bulk) = (7, 200, 5);
+    integration_tests::bench::parse_args(
+        &mut [
+            ("--rounds", &mut rounds),
+            ("--execs", &mut execs),
+            ("--bulk", &mut bulk),
+        ],
+        &[],
+        |_, _| {},
+    );
+    Args {
+        rounds,
+        execs,
+        bulk,
     }
-    args.rounds = args.rounds.max(1);
-    args.execs = args.execs.max(1);
-    args.bulk = args.bulk.max(1);
-    args
 }
 
 /// The two persisters of a recording mode and the directories they write.
@@ -212,7 +207,8 @@ impl Side {
         let stack = Stack::start_with(move |cfg: &mut ExecServerConfig| {
             cfg.metadata = server_records;
         })
-        .await;
+        .await
+        .map_err(|e| format!("{} mode: {e}", mode.name()))?;
         let mut config = stack.client_config();
         config.metadata = records.as_ref().map(|r| r.client.clone());
         Ok(Self {
@@ -267,23 +263,6 @@ impl Side {
     }
 }
 
-/// One exec of `true`, checked; its wall time.
-async fn exec_true(client: &Client) -> Result<Duration, String> {
-    let started = Instant::now();
-    let result = client.output(ExecSpec::new(["true"])).await;
-    let took = started.elapsed();
-    match result {
-        Ok(Ok(out))
-            if out.status == ExitStatus::Code(0)
-                && out.stdout.is_empty()
-                && out.stderr.is_empty() =>
-        {
-            Ok(took)
-        }
-        other => Err(format!("exec of `true` went wrong: {other:?}")),
-    }
-}
-
 /// One exec of the 50 MiB command, its output counted as it streams (never
 /// kept) and checked; its wall time.
 async fn exec_bulk(client: &Client) -> Result<Duration, String> {
@@ -314,108 +293,9 @@ async fn exec_bulk(client: &Client) -> Result<Duration, String> {
     }
 }
 
-/// CPU time of every thread of this process so far (client, relays,
-/// exec-servers and the metadata writers all live here; spawned commands
-/// do not), in nanoseconds, summed over `/proc/self/task/*/schedstat`.
-/// Threads that have ended are missing from the sum; the runtime's workers
-/// and the writers live throughout.
-fn process_cpu_nanos() -> u64 {
-    threads_cpu_nanos(|_| true)
-}
-
-/// The same for the metadata writer threads alone.
+/// CPU time of the metadata writer threads so far, in nanoseconds.
 fn writer_cpu_nanos() -> u64 {
-    threads_cpu_nanos(|name| name == "metadata-writer")
-}
-
-/// CPU time of this process's threads whose name passes `keep`.
-fn threads_cpu_nanos(keep: impl Fn(&str) -> bool) -> u64 {
-    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    let mut total = 0u64;
-    for thread in threads.flatten() {
-        let dir = thread.path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !keep(name.trim_end()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
-            continue;
-        };
-        if let Some(ns) = stat
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
-        {
-            total += ns;
-        }
-    }
-    total
-}
-
-/// The `p` quantile of `times` (nearest rank), in microseconds.
-fn percentile(times: &[Duration], p: f64) -> f64 {
-    let mut sorted = times.to_vec();
-    sorted.sort_unstable();
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1e6
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (lo, hi)
-}
-
-/// A command's trimmed stdout, if it ran and succeeded.
-fn run_text(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn print_machine() {
-    let nproc = run_text("nproc", &[])
-        .or_else(|| {
-            std::thread::available_parallelism()
-                .ok()
-                .map(|n| n.to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .filter(|l| l.starts_with("model name"))
-                .find_map(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
-        })
-        .unwrap_or_else(|| "?".into());
-    let kernel = run_text("uname", &["-r"]).unwrap_or_else(|| "?".into());
-    let rustc = run_text("rustc", &["--version"]).unwrap_or_else(|| "?".into());
-    let mut commit =
-        run_text("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty = run_text("git", &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
-    if dirty {
-        commit.push_str(" (with uncommitted changes)");
-    }
-    println!("machine: nproc {nproc}; cpu {cpu}; kernel {kernel}");
-    println!("toolchain: {rustc}; commit {commit}");
+    threads_cpu_nanos(Some("metadata-writer"))
 }
 
 /// What `df` says holds `dir`.
@@ -557,11 +437,7 @@ type Series = BTreeMap<(Scenario, Mode), Vec<f64>>;
 /// `mode`'s median over `off`'s median, and the range of the per-round
 /// ratios.
 fn ratio(series: &Series, scenario: Scenario, mode: Mode) -> (f64, f64, f64) {
-    let of = &series[&(scenario, mode)];
-    let off = &series[&(scenario, Mode::Off)];
-    let per_round: Vec<f64> = of.iter().zip(off).map(|(m, o)| m / o).collect();
-    let (lo, hi) = min_max(&per_round);
-    (median(of) / median(off), lo, hi)
+    integration_tests::bench::ratio(&series[&(scenario, mode)], &series[&(scenario, Mode::Off)])
 }
 
 async fn bench(args: &Args) -> Result<bool, String> {
@@ -591,10 +467,9 @@ async fn bench(args: &Args) -> Result<bool, String> {
     let mut p99 = Series::new();
     let mut cpu = Series::new();
     let mut writer = Series::new();
+    let indices: Vec<usize> = (0..MODES.len()).collect();
     for round in 0..args.rounds {
-        let order: Vec<usize> = (0..MODES.len())
-            .map(|i| (round + i) % MODES.len())
-            .collect();
+        let order = rotated(&indices, round);
         for &i in &order {
             let side = &mut sides[i];
             for scenario in SCENARIOS {
@@ -725,19 +600,5 @@ async fn bench(args: &Args) -> Result<bool, String> {
 
 fn main() -> ExitCode {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(bench(&args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("persistence_overhead: FAILED: records are missing");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("persistence_overhead: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    integration_tests::bench::run("persistence_overhead", "records are missing", bench(&args))
 }

@@ -18,13 +18,14 @@
 //! Timings are only reported, never asserted: it exits non-zero only if an
 //! exec fails, an output is wrong, or full mode lost spans.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use core_client::{Client, ExecSpec, ExitStatus};
+use core_client::Client;
+use integration_tests::bench::{
+    exec_true, median, min_max, percentile, print_machine, process_cpu_nanos, rotated,
+};
 use integration_tests::otlp::OtlpReceiver;
 use integration_tests::stack::Stack;
 use opentelemetry::global;
@@ -68,31 +69,17 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        rounds: 15,
-        execs: 150,
-        only: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--only" {
-            args.only = it
-                .next()
-                .and_then(|m| MODES.into_iter().find(|x| x.name() == m));
-            continue;
-        }
-        let target = match a.as_str() {
-            "--rounds" => &mut args.rounds,
-            "--execs" => &mut args.execs,
-            _ => continue,
-        };
-        if let Some(v) = it.next().and_then(|v| v.parse().ok()) {
-            *target = v;
-        }
+    let (mut rounds, mut execs, mut only) = (15, 150, None);
+    integration_tests::bench::parse_args(
+        &mut [("--rounds", &mut rounds), ("--execs", &mut execs)],
+        &["--only"],
+        |_, mode| only = mode.and_then(|m| MODES.into_iter().find(|x| x.name() == m)),
+    );
+    Args {
+        rounds,
+        execs,
+        only,
     }
-    args.rounds = args.rounds.max(1);
-    args.execs = args.execs.max(1);
-    args
 }
 
 /// The providers for the traced modes, alive for the whole run.
@@ -119,23 +106,6 @@ async fn flush(provider: &SdkTracerProvider) -> Result<(), String> {
         .await
         .map_err(|e| format!("flush task failed: {e}"))?
         .map_err(|e| format!("force_flush failed: {e}"))
-}
-
-/// One exec of `true`, checked; its wall time.
-async fn exec_true(client: &Client) -> Result<Duration, String> {
-    let start = Instant::now();
-    let result = client.output(ExecSpec::new(["true"])).await;
-    let elapsed = start.elapsed();
-    match result {
-        Ok(Ok(out))
-            if out.status == ExitStatus::Code(0)
-                && out.stdout.is_empty()
-                && out.stderr.is_empty() =>
-        {
-            Ok(elapsed)
-        }
-        other => Err(format!("exec of `true` went wrong: {other:?}")),
-    }
 }
 
 /// What the receiver got for one full-mode batch of execs.
@@ -213,85 +183,12 @@ async fn run_mode(
     Ok((times, arrived, cpu))
 }
 
-/// CPU time of every thread of this process so far (client, relay,
-/// exec-server, exporter and receiver all live here), in nanoseconds, from
-/// each thread's `/proc/self/task/*/schedstat`. Threads that ended are not
-/// counted; the runtime's and the exporter's threads live throughout.
-fn process_cpu_nanos() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// Nearest-rank percentile in microseconds.
-fn percentile(times: &[Duration], p: f64) -> f64 {
-    let mut sorted: Vec<Duration> = times.to_vec();
-    sorted.sort_unstable();
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1e6
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
-}
-
-fn command_line(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn print_machine() {
-    let nproc = command_line("nproc", &[]).unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or("?".into(), |n| n.to_string())
-    });
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
-    let kernel = command_line("uname", &["-r"]).unwrap_or_else(|| "?".into());
-    let rustc = command_line("rustc", &["--version"]).unwrap_or_else(|| "?".into());
-    let mut commit =
-        command_line("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    if command_line("git", &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty())
-    {
-        commit.push_str(" (with uncommitted changes)");
-    }
-    println!("machine: nproc {nproc}; cpu {cpu}; kernel {kernel}");
-    println!("toolchain: {rustc}; commit {commit}");
-}
-
 async fn bench(args: &Args) -> Result<bool, String> {
     // A receiver that only counts spans per trace: it shares the 2 cores,
     // so it should cost as little as a receiver can.
-    let receiver = OtlpReceiver::start_counting().await;
+    let receiver = OtlpReceiver::start_counting()
+        .await
+        .map_err(|e| e.to_string())?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(receiver.endpoint())
@@ -313,7 +210,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
             .with_span_processor(batch)
             .build(),
     };
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.map_err(|e| e.to_string())?;
     let client = stack.client();
 
     println!(
@@ -331,7 +228,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
     for round in 0..args.rounds {
         let order: Vec<Mode> = match args.only {
             Some(m) => vec![m],
-            None => (0..3).map(|i| MODES[(round + i) % 3]).collect(),
+            None => rotated(&MODES, round),
         };
         for &mode in &order {
             let (times, arrived, cpu_us) =
@@ -394,13 +291,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
     }
     println!();
     let ratio = |of: &BTreeMap<Mode, Vec<f64>>, mode: Mode| {
-        let per_round: Vec<f64> = of[&mode]
-            .iter()
-            .zip(&of[&Mode::Off])
-            .map(|(m, o)| m / o)
-            .collect();
-        let (lo, hi) = min_max(&per_round);
-        (median(&of[&mode]) / median(&of[&Mode::Off]), lo, hi)
+        integration_tests::bench::ratio(&of[&mode], &of[&Mode::Off])
     };
     for (label, of) in [("p50", &p50), ("p99", &p99)] {
         for mode in [Mode::Propagation, Mode::Full] {
@@ -456,19 +347,9 @@ async fn bench(args: &Args) -> Result<bool, String> {
 
 fn main() -> ExitCode {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(bench(&args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("tracing_overhead: FAILED: spans were dropped in full mode");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("tracing_overhead: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    integration_tests::bench::run(
+        "tracing_overhead",
+        "spans were dropped in full mode",
+        bench(&args),
+    )
 }

@@ -9,47 +9,64 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::error::{FixtureError, Result};
+
 const BINARIES: [&str; 3] = ["relay", "exec-server", "core-client"];
 
-fn target_dir() -> PathBuf {
-    // Test executables live in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+/// The directory the binaries are built in: the profile directory of the
+/// running executable (test and bench executables live in
+/// `<target>/<profile>/deps/`).
+fn target_dir() -> std::result::Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot locate the running executable: {e}"))?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps/", exe.display()))
+}
+
+/// Builds the binaries (or finds them up to date); returns where they are.
+fn build() -> std::result::Result<PathBuf, String> {
+    let dir = target_dir()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--bins",
+        "-p",
+        "relay",
+        "-p",
+        "exec-server",
+        "-p",
+        "core-client",
+    ]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the binaries failed ({status})"));
+    }
+    for b in BINARIES {
+        if !dir.join(b).exists() {
+            return Err(format!("{b} was not built in {}", dir.display()));
+        }
+    }
+    Ok(dir)
 }
 
 /// The path of a workspace binary. The binaries are built (or found up to
 /// date) once per test process, so a test never runs a stale binary when
-/// only this package's tests were asked for.
-pub fn path(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let dir = target_dir();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--bins",
-            "-p",
-            "relay",
-            "-p",
-            "exec-server",
-            "-p",
-            "core-client",
-        ]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().unwrap();
-        assert!(status.success(), "building the binaries failed");
-        for b in BINARIES {
-            assert!(
-                dir.join(b).exists(),
-                "{b} was not built in {}",
-                dir.display()
-            );
-        }
-    });
-    dir.join(name)
+/// only this package's tests were asked for. If that build failed, every
+/// call returns the error.
+pub fn path(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build) {
+        Ok(dir) => Ok(dir.join(name)),
+        Err(reason) => Err(FixtureError::start(name, reason)),
+    }
 }
 
 /// A child process killed when dropped.
@@ -69,14 +86,26 @@ impl Drop for Proc {
 
 impl Proc {
     /// Waits (bounded) for a stderr line containing `needle`; returns it.
-    pub fn wait_for_line(&self, needle: &str, within: Duration) -> String {
+    /// A [`FixtureError::Timeout`] if none came `within`, a
+    /// [`FixtureError::Output`] if stderr closed first.
+    pub fn wait_for_line(&self, needle: &str, within: Duration) -> Result<String> {
         let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok(line) if line.contains(needle) => return Ok(line),
                 Ok(_) => continue,
-                Err(e) => panic!("no line containing {needle:?}: {e}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(FixtureError::Timeout {
+                        what: format!("a stderr line containing {needle:?} ({within:?})"),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(FixtureError::output(
+                        "the process's stderr",
+                        format!("it closed without a line containing {needle:?}"),
+                    ));
+                }
             }
         }
     }
@@ -96,8 +125,8 @@ fn pump_stderr(stderr: ChildStderr) -> mpsc::Receiver<String> {
 }
 
 /// Spawns a binary with `args`, stderr captured line by line.
-pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(path(name));
+pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Proc> {
+    let mut cmd = Command::new(path(name)?);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -106,27 +135,47 @@ pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    Proc {
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| FixtureError::io(format!("spawning {name}"), e))?;
+    let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(FixtureError::start(name, "its stderr was not captured"));
+    };
+    Ok(Proc {
         child,
         stderr_lines: pump_stderr(stderr),
-    }
+    })
 }
 
 /// Runs `keygen` of `binary` into `dir/name`; returns the public key.
-pub fn keygen(binary: &str, dir: &Path, name: &str) -> String {
-    let out = Command::new(path(binary))
+pub fn keygen(binary: &str, dir: &Path, name: &str) -> Result<String> {
+    let what = format!("{binary} keygen --out {}", dir.join(name).display());
+    let out = Command::new(path(binary)?)
         .args(["keygen", "--out"])
         .arg(dir.join(name))
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        .map_err(|e| FixtureError::io(format!("running {what}"), e))?;
+    if !out.status.success() {
+        return Err(FixtureError::output(
+            what,
+            format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        ));
+    }
+    let public = String::from_utf8(out.stdout)
+        .map_err(|e| FixtureError::output(what, format!("the public key is not UTF-8: {e}")))?;
+    Ok(public.trim().to_owned())
+}
+
+/// `path` as a `&str`, for a command-line argument.
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str().ok_or_else(|| {
+        FixtureError::start(
+            "a fixture process",
+            format!("the path {} is not UTF-8", path.display()),
+        )
+    })
 }
 
 /// A relay and an exec-server as separate processes.
@@ -143,25 +192,25 @@ pub struct ProcStack {
     pub server_pub: String,
     /// Path of the authorized client key.
     pub client_key: PathBuf,
+    /// Path of the `core-client` binary.
+    core_client: PathBuf,
 }
 
 impl ProcStack {
     /// Starts a relay and an exec-server that authorizes a fresh client key.
-    pub fn start(extra_env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let server_pub = keygen("exec-server", dir.path(), "server.key");
-        let client_pub = keygen("core-client", dir.path(), "client.key");
-        std::fs::write(
-            dir.path().join("authorized_keys"),
-            format!("# test client\n{client_pub}\n"),
-        )
-        .unwrap();
-        let relay = spawn("relay", &["--listen", "127.0.0.1:0"], extra_env);
-        let line = relay.wait_for_line("listening on", Duration::from_secs(30));
-        let addr = line.rsplit(' ').next().unwrap().trim().to_owned();
+    pub fn start(extra_env: &[(&str, &str)]) -> Result<Self> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| FixtureError::io("creating the stack's scratch directory", e))?;
+        let server_pub = keygen("exec-server", dir.path(), "server.key")?;
+        let client_pub = keygen("core-client", dir.path(), "client.key")?;
+        let ak = dir.path().join("authorized_keys");
+        std::fs::write(&ak, format!("# test client\n{client_pub}\n"))
+            .map_err(|e| FixtureError::io(format!("writing {}", ak.display()), e))?;
+        let relay = spawn("relay", &["--listen", "127.0.0.1:0"], extra_env)?;
+        let line = relay.wait_for_line("listening on", Duration::from_secs(30))?;
+        let addr = line.rsplit(' ').next().unwrap_or(&line).trim().to_owned();
         let relay_url = format!("http://{addr}");
         let key = dir.path().join("server.key");
-        let ak = dir.path().join("authorized_keys");
         let data = dir.path().join("server-data");
         let server = spawn(
             "exec-server",
@@ -169,93 +218,131 @@ impl ProcStack {
                 "--relay",
                 &relay_url,
                 "--key",
-                key.to_str().unwrap(),
+                utf8(&key)?,
                 "--authorized-keys",
-                ak.to_str().unwrap(),
+                utf8(&ak)?,
                 "--data-dir",
-                data.to_str().unwrap(),
+                utf8(&data)?,
             ],
             extra_env,
-        );
-        server.wait_for_line("registered with relay", Duration::from_secs(30));
+        )?;
+        server.wait_for_line("registered with relay", Duration::from_secs(30))?;
         let client_key = dir.path().join("client.key");
-        Self {
+        Ok(Self {
             dir,
             relay,
             server,
             relay_url,
             server_pub,
             client_key,
-        }
+            core_client: path("core-client")?,
+        })
     }
 
     /// A `core-client exec` command through the relay for `argv`.
     pub fn exec(&self, argv: &[&str]) -> Command {
-        exec_command(&self.relay_url, &self.server_pub, &self.client_key, argv)
+        self.exec_with(&[], argv)
+    }
+
+    /// [`ProcStack::exec`] with `flags` right after `exec` (e.g.
+    /// `--print-trace-id`).
+    pub fn exec_with(&self, flags: &[&str], argv: &[&str]) -> Command {
+        exec_command_of(
+            &self.core_client,
+            &self.relay_url,
+            &self.server_pub,
+            &self.client_key,
+            flags,
+            argv,
+        )
     }
 }
 
-/// A `core-client exec` command through `relay_url` to `server_pub`, as `key`.
+/// A `core-client exec` command through `relay_url` to `server_pub`, as
+/// `key`, with `flags` right after `exec` (e.g. `--print-trace-id`).
 /// Its local trace file is `traces.jsonl` beside the key (never the user's
 /// own), and no OTLP endpoint from the test's environment leaks in.
-pub fn exec_command(relay_url: &str, server_pub: &str, key: &Path, argv: &[&str]) -> Command {
-    let mut cmd = Command::new(path("core-client"));
+pub fn exec_command(
+    relay_url: &str,
+    server_pub: &str,
+    key: &Path,
+    flags: &[&str],
+    argv: &[&str],
+) -> Result<Command> {
+    Ok(exec_command_of(
+        &path("core-client")?,
+        relay_url,
+        server_pub,
+        key,
+        flags,
+        argv,
+    ))
+}
+
+/// [`exec_command`] with the `core-client` binary at `program`.
+fn exec_command_of(
+    program: &Path,
+    relay_url: &str,
+    server_pub: &str,
+    key: &Path,
+    flags: &[&str],
+    argv: &[&str],
+) -> Command {
+    let mut cmd = Command::new(program);
     let dir = key.parent().unwrap_or(Path::new("."));
     cmd.env("REX_TRACE_FILE", dir.join("traces.jsonl"))
         .env("REX_DATA_DIR", dir.join("client-data"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-    cmd.args([
-        "exec", "--relay", relay_url, "--server", server_pub, "--key",
-    ])
-    .arg(key)
-    .arg("--")
-    .args(argv);
+    cmd.arg("exec")
+        .args(flags)
+        .args(["--relay", relay_url, "--server", server_pub, "--key"])
+        .arg(key)
+        .arg("--")
+        .args(argv);
     cmd
 }
 
 /// Runs `cmd`, feeding it `stdin` (from another thread, so a large input
 /// cannot deadlock against its output), and collects its output.
-pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
+pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Result<Output> {
+    let what = format!("{:?}", cmd.get_program());
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
+        .map_err(|e| FixtureError::io(format!("spawning {what}"), e))?;
+    let Some(mut pipe) = child.stdin.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(FixtureError::start(what, "its stdin was not piped"));
+    };
     let data = stdin.to_vec();
     // The command may exit without reading it all; that is its business.
     let writer = std::thread::spawn(move || {
         let _ = pipe.write_all(&data);
     });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
-
-/// `cmd` (a `core-client exec ...` command) with `extra` arguments put
-/// right after `exec`, e.g. `--print-trace-id`; the environment is kept.
-pub fn with_exec_flags(cmd: &Command, extra: &[&str]) -> Command {
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let mut c = Command::new(cmd.get_program());
-    c.arg(&args[0]).args(extra).args(&args[1..]);
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
+    let out = child
+        .wait_with_output()
+        .map_err(|e| FixtureError::io(format!("collecting the output of {what}"), e))?;
+    writer
+        .join()
+        .map_err(|_| FixtureError::output(what, "the thread feeding its stdin panicked"))?;
+    Ok(out)
 }
 
 /// The trace id a `core-client exec --print-trace-id` run printed.
-pub fn printed_trace_id(out: &Output) -> String {
+pub fn printed_trace_id(out: &Output) -> Result<String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     stderr
         .lines()
         .find_map(|l| l.strip_prefix("core-client: trace "))
-        .unwrap_or_else(|| panic!("no trace id printed; stderr: {stderr}"))
-        .trim()
-        .to_owned()
+        .map(|id| id.trim().to_owned())
+        .ok_or_else(|| {
+            FixtureError::output(
+                "core-client exec --print-trace-id",
+                format!("no trace id printed; stderr: {stderr}"),
+            )
+        })
 }

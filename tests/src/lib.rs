@@ -12,13 +12,21 @@
 //! - [`otlp`]: an OTLP/gRPC trace receiver that records exported spans.
 //! - [`trace_check`]: assertions over recorded spans (parents, nesting,
 //!   coverage).
+//! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
+//!   time, statistics, the machine line, running on a runtime).
+//! - [`error`]: [`FixtureError`], what a fixture that cannot set up
+//!   returns; tests unwrap it, the benchmarks report it.
+//!
+//! The assertion helpers ([`trace_check`], [`otlp::OtlpReceiver::wait_for`])
+//! panic with a message: that is their job.
 
-// This crate is test support: a fixture that cannot set up panics the test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
+pub mod bench;
 pub mod binaries;
 pub mod crash_records;
+pub mod error;
 pub mod otlp;
 pub mod proxy;
 pub mod stack;
 pub mod trace_check;
+
+pub use error::FixtureError;

@@ -27,6 +27,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::error::{FixtureError, Result};
+
 /// An attribute value as exported over OTLP.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
@@ -205,7 +207,7 @@ impl TraceService for Collector {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+    ) -> std::result::Result<Response<ExportTraceServiceResponse>, Status> {
         let shared = &self.0;
         shared.requests.fetch_add(1, Ordering::SeqCst);
         if shared.failing.load(Ordering::SeqCst) {
@@ -259,32 +261,34 @@ pub struct OtlpReceiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    task: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
 }
 
 impl OtlpReceiver {
     /// Starts a receiver on `127.0.0.1:0`.
-    pub async fn start() -> Self {
+    pub async fn start() -> Result<Self> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// Starts a receiver on `addr`. Panics if it cannot bind.
-    pub async fn start_on(addr: SocketAddr) -> Self {
+    /// Starts a receiver on `addr`; an error if it cannot bind.
+    pub async fn start_on(addr: SocketAddr) -> Result<Self> {
         Self::start_with(addr, false).await
     }
 
     /// Starts a receiver on `127.0.0.1:0` that only counts spans per trace
     /// ([`Self::span_counts`]) instead of recording them: as cheap as a
     /// receiver can be, for benchmarks that share the machine with it.
-    pub async fn start_counting() -> Self {
+    pub async fn start_counting() -> Result<Self> {
         Self::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), true).await
     }
 
-    async fn start_with(addr: SocketAddr, counting: bool) -> Self {
+    async fn start_with(addr: SocketAddr, counting: bool) -> Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
-            .unwrap_or_else(|e| panic!("OTLP receiver cannot bind {addr}: {e}"));
-        let addr = listener.local_addr().unwrap();
+            .map_err(|e| FixtureError::io(format!("binding the OTLP receiver to {addr}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FixtureError::io("reading the OTLP receiver's address", e))?;
         let shared = Arc::new(Shared {
             counting,
             ..Shared::default()
@@ -296,12 +300,12 @@ impl OtlpReceiver {
                 TcpListenerStream::new(listener),
                 shutdown.clone().cancelled_owned(),
             );
-        Self {
+        Ok(Self {
             addr,
             shared,
             shutdown,
             task: Some(tokio::spawn(server)),
-        }
+        })
     }
 
     /// The address it listens on.
@@ -414,16 +418,24 @@ impl OtlpReceiver {
     }
 
     /// Stops the server gracefully and waits (up to 5 s, then aborts it).
-    pub async fn shutdown(mut self) {
+    /// An error if the server task panicked or the server failed.
+    pub async fn shutdown(mut self) -> Result<()> {
         self.shutdown.cancel();
         if let Some(mut task) = self.task.take() {
             match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-                Ok(joined) => joined
-                    .expect("OTLP receiver task panicked")
-                    .expect("OTLP receiver server failed"),
+                Ok(Ok(served)) => served.map_err(|e| {
+                    FixtureError::output("the OTLP receiver's server", format!("it failed: {e}"))
+                })?,
+                Ok(Err(e)) => {
+                    return Err(FixtureError::output(
+                        "the OTLP receiver's server task",
+                        format!("it did not finish: {e}"),
+                    ));
+                }
                 Err(_) => task.abort(),
             }
         }
+        Ok(())
     }
 }
 

@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+use crate::error::{FixtureError, Result};
+
+type FrameStream = Pin<Box<dyn Stream<Item = std::result::Result<Frame, Status>> + Send + 'static>>;
 
 /// What the proxy does to sessions.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +45,7 @@ impl Tunnel for ProxyService {
     async fn open(
         &self,
         request: Request<Streaming<Frame>>,
-    ) -> Result<Response<Self::OpenStream>, Status> {
+    ) -> std::result::Result<Response<Self::OpenStream>, Status> {
         let session_no = self.sessions.fetch_add(1, Ordering::SeqCst);
         let mut named = request
             .metadata()
@@ -89,9 +91,13 @@ impl Tunnel for ProxyService {
 }
 
 /// Starts a proxy on `127.0.0.1:0` in front of `upstream`; returns its URL.
-pub async fn start(upstream: String, behaviour: Behaviour) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
+pub async fn start(upstream: String, behaviour: Behaviour) -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| FixtureError::io("binding the proxy's listener", e))?;
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| FixtureError::io("reading the proxy listener's address", e))?;
     let svc = ProxyService {
         upstream,
         behaviour,
@@ -102,5 +108,5 @@ pub async fn start(upstream: String, behaviour: Behaviour) -> String {
             .add_service(TunnelServer::new(svc))
             .serve_with_incoming(proto::link::incoming(listener)),
     );
-    format!("http://{addr}")
+    Ok(format!("http://{addr}"))
 }

@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{FixtureError, Result};
+
 /// A running relay.
 pub struct TestRelay {
     /// Its address.
@@ -16,26 +18,30 @@ pub struct TestRelay {
     /// Cancel to stop it.
     pub shutdown: CancellationToken,
     /// Its task.
-    pub task: JoinHandle<Result<(), relay::RelayError>>,
+    pub task: JoinHandle<std::result::Result<(), relay::RelayError>>,
 }
 
 impl TestRelay {
     /// Starts a relay with default settings on `127.0.0.1:0`.
-    pub async fn start() -> Self {
+    pub async fn start() -> Result<Self> {
         Self::start_with(relay::RelayConfig::default()).await
     }
 
     /// Starts a relay with `config` on `127.0.0.1:0`.
-    pub async fn start_with(config: relay::RelayConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    pub async fn start_with(config: relay::RelayConfig) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| FixtureError::io("binding the relay's listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(relay::serve(listener, config, shutdown.clone()));
-        Self {
+        Ok(Self {
             addr,
             shutdown,
             task,
-        }
+        })
     }
 
     /// The URL clients and exec-servers dial.
@@ -61,7 +67,7 @@ impl TestServer {
         relay_url: Option<String>,
         listen: bool,
         clients: &[&StaticKeypair],
-    ) -> Self {
+    ) -> Result<Self> {
         Self::start_configured(relay_url, listen, clients, |_| {}).await
     }
 
@@ -72,28 +78,43 @@ impl TestServer {
         listen: bool,
         clients: &[&StaticKeypair],
         configure: impl FnOnce(&mut ExecServerConfig),
-    ) -> Self {
-        let key = StaticKeypair::generate().unwrap();
+    ) -> Result<Self> {
+        let key = StaticKeypair::generate()
+            .map_err(|e| FixtureError::start("the exec-server", format!("no key: {e}")))?;
         let mut config = ExecServerConfig::new(
             key.clone(),
             AuthorizedKeys::from_keys(clients.iter().map(|k| k.public())),
         );
         config.relay = relay_url;
-        config.listen = listen.then(|| "127.0.0.1:0".parse().unwrap());
+        config.listen = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         configure(&mut config);
         let shutdown = CancellationToken::new();
-        let mut handle = exec_server::start(config, shutdown.clone()).await.unwrap();
-        assert!(handle.wait_registered().await, "exec-server registered");
-        Self {
+        let mut handle = exec_server::start(config, shutdown.clone())
+            .await
+            .map_err(|e| FixtureError::start("the exec-server", e))?;
+        if !handle.wait_registered().await {
+            return Err(FixtureError::start(
+                "the exec-server",
+                "it stopped before registering with the relay",
+            ));
+        }
+        Ok(Self {
             key,
             handle,
             shutdown,
-        }
+        })
     }
 
     /// The direct URL (when listening).
-    pub fn direct_url(&self) -> String {
-        format!("http://{}", self.handle.local_addr().unwrap())
+    pub fn direct_url(&self) -> Result<String> {
+        let addr = self
+            .handle
+            .local_addr()
+            .ok_or_else(|| FixtureError::Start {
+                what: "the exec-server's direct listener".into(),
+                reason: "the exec-server does not listen directly".into(),
+            })?;
+        Ok(format!("http://{addr}"))
     }
 }
 
@@ -109,22 +130,24 @@ pub struct Stack {
 
 impl Stack {
     /// Starts a relay and an exec-server (also listening directly).
-    pub async fn start() -> Self {
+    pub async fn start() -> Result<Self> {
         Self::start_with(|_| {}).await
     }
 
     /// [`Stack::start`] with the exec-server's settings changed by
     /// `configure` first.
-    pub async fn start_with(configure: impl FnOnce(&mut ExecServerConfig)) -> Self {
-        let relay = TestRelay::start().await;
-        let client_key = StaticKeypair::generate().unwrap();
+    pub async fn start_with(configure: impl FnOnce(&mut ExecServerConfig)) -> Result<Self> {
+        let relay = TestRelay::start().await?;
+        let client_key = StaticKeypair::generate()
+            .map_err(|e| FixtureError::start("the stack's client", format!("no key: {e}")))?;
         let server =
-            TestServer::start_configured(Some(relay.url()), true, &[&client_key], configure).await;
-        Self {
+            TestServer::start_configured(Some(relay.url()), true, &[&client_key], configure)
+                .await?;
+        Ok(Self {
             relay,
             server,
             client_key,
-        }
+        })
     }
 
     /// A client through the relay.
@@ -142,11 +165,11 @@ impl Stack {
     }
 
     /// A client connected straight to the exec-server.
-    pub fn direct_client(&self) -> Client {
-        Client::new(ClientConfig::new(
+    pub fn direct_client(&self) -> Result<Client> {
+        Ok(Client::new(ClientConfig::new(
             self.client_key.clone(),
             self.server.key.public(),
-            Target::Direct(self.server.direct_url()),
-        ))
+            Target::Direct(self.server.direct_url()?),
+        )))
     }
 }

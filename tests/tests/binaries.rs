@@ -12,7 +12,7 @@ fn run(mut cmd: Command) -> std::process::Output {
 
 #[test]
 fn exec_through_separate_processes() {
-    let stack = ProcStack::start(&[]);
+    let stack = ProcStack::start(&[]).unwrap();
 
     // The example: output and exit status.
     let out = run(stack.exec(&["sh", "-c", "echo hi; exit 3"]));
@@ -38,7 +38,7 @@ fn exec_through_separate_processes() {
 
     // Stdin round trip; EOF closes the remote stdin.
     let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let out = run_with_stdin(stack.exec(&["cat"]), &input);
+    let out = run_with_stdin(stack.exec(&["cat"]), &input).unwrap();
     assert!(out.status.success());
     assert!(out.stdout == input, "stdin did not round-trip");
 
@@ -56,12 +56,19 @@ fn exec_through_separate_processes() {
 
 #[test]
 fn connection_and_auth_failures_exit_255_with_one_line() {
-    let stack = ProcStack::start(&[]);
+    let stack = ProcStack::start(&[]).unwrap();
 
     // A client key the exec-server does not authorize.
-    binaries::keygen("core-client", stack.dir.path(), "stranger.key");
+    binaries::keygen("core-client", stack.dir.path(), "stranger.key").unwrap();
     let stranger = stack.dir.path().join("stranger.key");
-    let cmd = binaries::exec_command(&stack.relay_url, &stack.server_pub, &stranger, &["true"]);
+    let cmd = binaries::exec_command(
+        &stack.relay_url,
+        &stack.server_pub,
+        &stranger,
+        &[],
+        &["true"],
+    )
+    .unwrap();
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -69,8 +76,9 @@ fn connection_and_auth_failures_exit_255_with_one_line() {
     assert!(err.contains("does not authorize"), "{err}");
 
     // An exec-server key nobody registered.
-    let other = binaries::keygen("exec-server", stack.dir.path(), "other.key");
-    let cmd = binaries::exec_command(&stack.relay_url, &other, &stack.client_key, &["true"]);
+    let other = binaries::keygen("exec-server", stack.dir.path(), "other.key").unwrap();
+    let cmd = binaries::exec_command(&stack.relay_url, &other, &stack.client_key, &[], &["true"])
+        .unwrap();
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -84,7 +92,14 @@ fn connection_and_auth_failures_exit_255_with_one_line() {
         .unwrap()
         .port();
     let nowhere = format!("http://127.0.0.1:{port}");
-    let cmd = binaries::exec_command(&nowhere, &stack.server_pub, &stack.client_key, &["true"]);
+    let cmd = binaries::exec_command(
+        &nowhere,
+        &stack.server_pub,
+        &stack.client_key,
+        &[],
+        &["true"],
+    )
+    .unwrap();
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(255));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -98,7 +113,7 @@ fn keygen_writes_a_private_file_and_prints_the_public_key() {
     let dir = tempfile::tempdir().unwrap();
     for bin in ["exec-server", "core-client"] {
         let name = format!("{bin}.key");
-        let public = binaries::keygen(bin, dir.path(), &name);
+        let public = binaries::keygen(bin, dir.path(), &name).unwrap();
         assert_eq!(public.len(), 44);
         assert!(public.parse::<proto::keys::PublicKey>().is_ok());
         let mode = std::fs::metadata(dir.path().join(&name))
@@ -107,7 +122,7 @@ fn keygen_writes_a_private_file_and_prints_the_public_key() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // A second keygen never overwrites a key.
-        let again = Command::new(binaries::path(bin))
+        let again = Command::new(binaries::path(bin).unwrap())
             .args(["keygen", "--out"])
             .arg(dir.path().join(&name))
             .output()
@@ -118,13 +133,12 @@ fn keygen_writes_a_private_file_and_prints_the_public_key() {
 
 #[test]
 fn trace_show_prints_the_last_command_as_a_waterfall() {
-    let stack = ProcStack::start(&[]);
+    let stack = ProcStack::start(&[]).unwrap();
     let traces = stack.dir.path().join("traces.jsonl");
-    let cmd =
-        binaries::with_exec_flags(&stack.exec(&["sh", "-c", "echo hi"]), &["--print-trace-id"]);
+    let cmd = stack.exec_with(&["--print-trace-id"], &["sh", "-c", "echo hi"]);
     let out = run(cmd);
     assert!(out.status.success());
-    let id = binaries::printed_trace_id(&out);
+    let id = binaries::printed_trace_id(&out).unwrap();
     // One trace per line, OTLP JSON: the command's, and the record
     // writer's own (linked) traces.
     let text = std::fs::read_to_string(&traces).unwrap();
@@ -146,7 +160,7 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     assert_eq!(command_lines, 1);
 
     let show = |selector: &str| {
-        Command::new(binaries::path("core-client"))
+        Command::new(binaries::path("core-client").unwrap())
             .args(["trace", "show", selector])
             .env("REX_TRACE_FILE", &traces)
             .output()
@@ -181,7 +195,7 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("32 hex digits"));
     let out = show("00000000000000000000000000000001");
     assert!(!out.status.success());
-    let out = Command::new(binaries::path("core-client"))
+    let out = Command::new(binaries::path("core-client").unwrap())
         .args(["trace", "show", "last"])
         .env("REX_TRACE_FILE", stack.dir.path().join("none.jsonl"))
         .output()
@@ -196,7 +210,7 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
 fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     let dir = tempfile::tempdir().unwrap();
     let traces = dir.path().join("traces.jsonl");
-    let out = Command::new(binaries::path("core-client"))
+    let out = Command::new(binaries::path("core-client").unwrap())
         .arg("demo")
         .env("REX_TRACE_FILE", &traces)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -17,9 +17,12 @@ async fn run_once(hop_headers: bool, exporter: &InMemorySpanExporter) -> Vec<Spa
         hop_headers,
         ..relay::RelayConfig::default()
     })
-    .await;
+    .await
+    .unwrap();
     let client_key = StaticKeypair::generate().unwrap();
-    let server = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
+    let server = TestServer::start(Some(relay.url()), false, &[&client_key])
+        .await
+        .unwrap();
     let client = Client::new(ClientConfig::new(
         client_key,
         server.key.public(),

@@ -30,7 +30,7 @@ fn sh(script: &str) -> ExecSpec {
 
 #[tokio::test]
 async fn several_mib_of_stdout_and_stderr_are_byte_exact() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out_data = random_bytes(6 * 1024 * 1024 + 17);
     let err_data = random_bytes(3 * 1024 * 1024 + 5);
@@ -46,7 +46,7 @@ async fn several_mib_of_stdout_and_stderr_are_byte_exact() {
 
 #[tokio::test]
 async fn events_arrive_in_order_with_started_first() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let client = stack.client();
     let mut run = client
         .exec(sh("echo one; echo two >&2; exit 0"))
@@ -63,7 +63,7 @@ async fn events_arrive_in_order_with_started_first() {
 
 #[tokio::test]
 async fn stdin_round_trip() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let data = random_bytes(2 * 1024 * 1024 + 3);
     let mut spec = ExecSpec::new(["cat"]);
     spec.stdin = true;
@@ -84,7 +84,7 @@ async fn stdin_round_trip() {
 
 #[tokio::test]
 async fn exit_codes_and_signals() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let client = stack.client();
     let ok = client
         .output(ExecSpec::new(["true"]))
@@ -102,7 +102,7 @@ async fn exit_codes_and_signals() {
 
 #[tokio::test]
 async fn signal_reaches_the_whole_process_group() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let client = stack.client();
     // The shell prints its background child's pid, then waits.
     let mut run = client.exec(sh("sleep 1000 & echo $!; wait")).await.unwrap();
@@ -139,7 +139,7 @@ async fn signal_reaches_the_whole_process_group() {
 
 #[tokio::test]
 async fn cancel_ends_the_call_with_its_exit() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let client = stack.client();
     let mut run = client.exec(ExecSpec::new(["sleep", "1000"])).await.unwrap();
     assert!(matches!(run.next().await, Some(Event::Started { .. })));
@@ -152,7 +152,7 @@ async fn cancel_ends_the_call_with_its_exit() {
 
 #[tokio::test]
 async fn concurrent_commands_on_one_session_and_across_sessions() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let shared = stack.client();
     let mut tasks = vec![];
     for i in 0..24 {
@@ -184,7 +184,7 @@ async fn concurrent_commands_on_one_session_and_across_sessions() {
 
 #[tokio::test]
 async fn session_is_reused_across_calls() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let client = stack.client();
     assert_eq!(
         client.sessions_opened(),
@@ -213,9 +213,10 @@ async fn session_is_reused_across_calls() {
 
 #[tokio::test]
 async fn direct_connection_uses_the_same_protocol() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let out = stack
         .direct_client()
+        .unwrap()
         .output(sh("echo direct"))
         .await
         .unwrap()
@@ -225,7 +226,7 @@ async fn direct_connection_uses_the_same_protocol() {
 
 #[tokio::test]
 async fn unauthorized_client_key_is_rejected() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let stranger = StaticKeypair::generate().unwrap();
     let client = Client::new(ClientConfig::new(
         stranger,
@@ -242,7 +243,7 @@ async fn unauthorized_client_key_is_rejected() {
 
 #[tokio::test]
 async fn unknown_exec_server_is_a_clear_error_at_once() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let nobody = StaticKeypair::generate().unwrap();
     let client = Client::new(ClientConfig::new(
         stack.client_key.clone(),
@@ -262,10 +263,14 @@ async fn unknown_exec_server_is_a_clear_error_at_once() {
 async fn wrong_server_key_is_rejected_even_if_a_relay_reroutes() {
     // The client pins server A, but a malicious relay sends the session to
     // server B (which authorizes the client). Noise IK must fail.
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::start().await.unwrap();
     let client_key = StaticKeypair::generate().unwrap();
-    let a = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
-    let b = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
+    let a = TestServer::start(Some(relay.url()), false, &[&client_key])
+        .await
+        .unwrap();
+    let b = TestServer::start(Some(relay.url()), false, &[&client_key])
+        .await
+        .unwrap();
     let evil = proxy::start(
         relay.url(),
         Behaviour {
@@ -273,7 +278,8 @@ async fn wrong_server_key_is_rejected_even_if_a_relay_reroutes() {
             ..Behaviour::default()
         },
     )
-    .await;
+    .await
+    .unwrap();
     let client = Client::new(ClientConfig::new(
         client_key,
         a.key.public(),
@@ -288,7 +294,7 @@ async fn wrong_server_key_is_rejected_even_if_a_relay_reroutes() {
 
 #[tokio::test]
 async fn tampered_frame_ends_that_session_only() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     // Frame 0 is the session hello, frame 1 carries the exec request.
     let evil = proxy::start(
         stack.relay.url(),
@@ -297,7 +303,8 @@ async fn tampered_frame_ends_that_session_only() {
             ..Behaviour::default()
         },
     )
-    .await;
+    .await
+    .unwrap();
     let healthy = stack.client();
     let mut long = healthy.exec(sh("sleep 0.2; echo survived")).await.unwrap();
     let victim = Client::new(ClientConfig::new(
@@ -329,7 +336,7 @@ async fn tampered_frame_ends_that_session_only() {
 
 #[tokio::test]
 async fn missing_program_is_an_error_event() {
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let err = stack
         .client()
         .output(ExecSpec::new(["definitely-not-a-program-xyz"]))
@@ -371,10 +378,12 @@ async fn relay_unreachable_is_a_connection_error() {
 
 #[tokio::test]
 async fn exec_server_reregisters_after_relay_restart() {
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::start().await.unwrap();
     let addr = relay.addr;
     let client_key = StaticKeypair::generate().unwrap();
-    let server = TestServer::start(Some(relay.url()), false, &[&client_key]).await;
+    let server = TestServer::start(Some(relay.url()), false, &[&client_key])
+        .await
+        .unwrap();
     let mut registered = server.handle.registration();
     relay.shutdown.cancel();
     relay.task.await.unwrap().unwrap();

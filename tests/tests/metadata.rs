@@ -230,7 +230,9 @@ async fn stalled_writers_never_hold_commands_up_and_catch_up_after() {
     server_records.faults().stall();
     let stack = {
         let records = server_records.clone();
-        Stack::start_with(move |cfg| cfg.metadata = Some(records)).await
+        Stack::start_with(move |cfg| cfg.metadata = Some(records))
+            .await
+            .unwrap()
     };
     let mut config = stack.client_config();
     config.metadata = Some(client_records.clone());
@@ -344,7 +346,7 @@ fn stderr_of(out: &Output) -> String {
 /// `core-client exec` through `stack` with `flags`, not continuing any
 /// trace of the test's environment.
 fn exec(stack: &ProcStack, flags: &[&str], argv: &[&str]) -> Command {
-    let mut cmd = binaries::with_exec_flags(&stack.exec(argv), flags);
+    let mut cmd = stack.exec_with(flags, argv);
     cmd.env_remove("TRACEPARENT").env_remove("TRACESTATE");
     cmd
 }
@@ -355,7 +357,7 @@ fn client_data(stack: &ProcStack) -> PathBuf {
 
 /// `core-client ARGS` with the data dir and trace file `stack.exec` uses.
 fn core_client(stack: &ProcStack, args: &[&str]) -> Command {
-    let mut cmd = Command::new(binaries::path("core-client"));
+    let mut cmd = Command::new(binaries::path("core-client").unwrap());
     cmd.args(args)
         .env("REX_DATA_DIR", client_data(stack))
         .env("REX_TRACE_FILE", stack.dir.path().join("traces.jsonl"));
@@ -371,12 +373,12 @@ fn history_json(stack: &ProcStack) -> Vec<serde_json::Value> {
 
 #[test]
 fn history_and_trace_show_over_what_the_binaries_recorded() {
-    let stack = ProcStack::start(&[]);
+    let stack = ProcStack::start(&[]).unwrap();
     let script = "echo hi; exit 3";
     let out = run(exec(&stack, &["--print-trace-id"], &["sh", "-c", script]));
     assert_eq!(out.stdout, b"hi\n");
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let trace = binaries::printed_trace_id(&out);
+    let trace = binaries::printed_trace_id(&out).unwrap();
     assert!(is_hex(&trace, 32), "{trace}");
     let server_id = stack
         .server_pub
@@ -432,14 +434,14 @@ fn history_and_trace_show_over_what_the_binaries_recorded() {
         &["sh", "-c", "echo with args", "zero"],
     ));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let with_args = binaries::printed_trace_id(&out);
+    let with_args = binaries::printed_trace_id(&out).unwrap();
     let out = run(exec(
         &stack,
         &["--no-records", "--print-trace-id"],
         &["sh", "-c", "echo unrecorded"],
     ));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let unrecorded = binaries::printed_trace_id(&out);
+    let unrecorded = binaries::printed_trace_id(&out).unwrap();
     let rows = history_json(&stack);
     let ids: Vec<&str> = rows
         .iter()
@@ -494,7 +496,7 @@ fn history_and_trace_show_over_what_the_binaries_recorded() {
 
 #[test]
 fn a_corrupt_database_is_one_line_and_stops_the_command_only_when_strict() {
-    let stack = ProcStack::start(&[]);
+    let stack = ProcStack::start(&[]).unwrap();
     let data = stack.dir.path().join("corrupt-data");
     std::fs::create_dir(&data).unwrap();
     let db = data.join(metadata::store::FILE_NAME);
@@ -551,7 +553,7 @@ fn history_without_a_database_says_nothing_was_recorded_yet() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("empty");
     let out = run({
-        let mut cmd = Command::new(binaries::path("core-client"));
+        let mut cmd = Command::new(binaries::path("core-client").unwrap());
         cmd.arg("history").env("REX_DATA_DIR", &data);
         cmd
     });

@@ -83,7 +83,7 @@ async fn export(
 
 #[tokio::test]
 async fn records_every_field_of_an_exported_span() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     assert!(receiver.endpoint().starts_with("http://127.0.0.1:"));
     assert_eq!(
         receiver.endpoint(),
@@ -161,7 +161,7 @@ async fn records_every_field_of_an_exported_span() {
 
 #[tokio::test]
 async fn groups_spans_by_trace_across_requests_and_resources() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     export(
         &receiver,
         request(vec![
@@ -204,7 +204,7 @@ async fn groups_spans_by_trace_across_requests_and_resources() {
 
 #[tokio::test]
 async fn wait_for_returns_once_a_later_export_arrives() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     let endpoint = receiver.endpoint();
     let delay = Duration::from_millis(200);
     let sender = tokio::spawn(async move {
@@ -248,7 +248,7 @@ async fn wait_for_returns_once_a_later_export_arrives() {
 
 #[tokio::test]
 async fn wait_for_panics_on_timeout_listing_what_it_saw() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     export(
         &receiver,
         request(vec![("svc-a", vec![span("only", TRACE_A, 1, None, 0, 1)])]),
@@ -270,7 +270,7 @@ async fn wait_for_panics_on_timeout_listing_what_it_saw() {
 
 #[tokio::test]
 async fn failing_receiver_answers_unavailable_and_records_nothing() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     receiver.set_failing(true);
     let err = export(
         &receiver,
@@ -302,7 +302,7 @@ async fn start_on_uses_the_given_address() {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    let receiver = OtlpReceiver::start_on(addr).await;
+    let receiver = OtlpReceiver::start_on(addr).await.unwrap();
     assert_eq!(receiver.addr(), addr);
     assert_eq!(receiver.endpoint(), format!("http://{addr}"));
     export(
@@ -326,7 +326,7 @@ async fn refuses_connections_soon(addr: std::net::SocketAddr) -> bool {
 
 #[tokio::test]
 async fn shutdown_and_drop_stop_the_server() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     let endpoint = receiver.endpoint();
     let addr = receiver.addr();
     let mut client = TraceServiceClient::connect(endpoint.clone()).await.unwrap();
@@ -337,7 +337,7 @@ async fn shutdown_and_drop_stop_the_server() {
         )]))
         .await
         .unwrap();
-    receiver.shutdown().await;
+    receiver.shutdown().await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     assert!(
         client
@@ -349,7 +349,7 @@ async fn shutdown_and_drop_stop_the_server() {
             .is_err()
     );
 
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     let addr = receiver.addr();
     assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     drop(receiver);
@@ -555,7 +555,7 @@ fn coverage_measures_the_union_of_descendant_intervals() {
 
 #[tokio::test]
 async fn checks_work_on_spans_received_over_otlp() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = OtlpReceiver::start().await.unwrap();
     export(
         &receiver,
         request(vec![
@@ -589,7 +589,7 @@ async fn counting_mode_counts_spans_per_trace_and_records_nothing() {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    let rx = OtlpReceiver::start_counting().await;
+    let rx = OtlpReceiver::start_counting().await.unwrap();
     let mut client = TraceServiceClient::connect(rx.endpoint()).await.unwrap();
     let span = |trace: u8, id: u8| Span {
         trace_id: vec![trace; 16],

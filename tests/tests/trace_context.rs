@@ -18,7 +18,7 @@ async fn client_span_is_the_exec_server_parent_and_the_child_sees_the_trace() {
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let stack = Stack::start().await;
+    let stack = Stack::start().await.unwrap();
     let client = stack.client();
     // A caller span, so the whole exec is a child of the caller's trace.
     let tracer = provider.tracer("test");

@@ -32,7 +32,7 @@ fn service_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 fn start_stack(env: &[(&'static str, String)]) -> ProcStack {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ProcStack::start(&env)
+    ProcStack::start(&env).unwrap()
 }
 
 /// Runs `core-client exec --print-trace-id` with `env` and `stdin`;
@@ -51,13 +51,13 @@ fn exec_with(
 ) -> (Output, String) {
     let mut flags = flags.to_vec();
     flags.push("--print-trace-id");
-    let mut cmd = binaries::with_exec_flags(&stack.exec(argv), &flags);
+    let mut cmd = stack.exec_with(&flags, argv);
     cmd.env_remove("TRACEPARENT").env_remove("TRACESTATE");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = binaries::run_with_stdin(cmd, stdin);
-    let id = binaries::printed_trace_id(&out);
+    let out = binaries::run_with_stdin(cmd, stdin).unwrap();
+    let id = binaries::printed_trace_id(&out).unwrap();
     (out, id)
 }
 
@@ -161,7 +161,7 @@ async fn settle(rx: &OtlpReceiver) -> Vec<RecordedSpan> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_exec_is_one_trace_across_three_processes() {
-    let rx = OtlpReceiver::start().await;
+    let rx = OtlpReceiver::start().await.unwrap();
     let endpoint = rx.endpoint();
     let mut stack = start_stack(&service_env(&endpoint));
     let client_env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
@@ -375,12 +375,12 @@ async fn one_exec_is_one_trace_across_three_processes() {
     assert_eq!(delivery.attr_i64("rex.stdout.bytes"), Some(3));
     assert_eq!(delivery.attr_i64("rex.events"), Some(3));
     assert_eq!(dispatch.attr_str("process.executable.name"), Some("sh"));
-    rx.shutdown().await;
+    rx.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
-    let rx = OtlpReceiver::start().await;
+    let rx = OtlpReceiver::start().await.unwrap();
     let endpoint = rx.endpoint();
     let mut stack = start_stack(&service_env(&endpoint));
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
@@ -498,12 +498,12 @@ async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
         delivery.attr_i64("rex.stdout.bytes"),
         Some(50 * 1024 * 1024)
     );
-    rx.shutdown().await;
+    rx.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_never_carry_arguments_environment_stdin_or_output() {
-    let rx = OtlpReceiver::start().await;
+    let rx = OtlpReceiver::start().await.unwrap();
     let endpoint = rx.endpoint();
     let mut stack = start_stack(&service_env(&endpoint));
     let env = [
@@ -547,7 +547,7 @@ async fn spans_never_carry_arguments_environment_stdin_or_output() {
         one(&spans, spans::RPC_SERVER_EXEC).attr_str("process.executable.name"),
         Some("sh")
     );
-    rx.shutdown().await;
+    rx.shutdown().await.unwrap();
 }
 
 /// The median wall time of `runs` executions of `f`.
@@ -558,7 +558,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_the_command_nothing() {
-    let rx = OtlpReceiver::start().await;
+    let rx = OtlpReceiver::start().await.unwrap();
     let up = rx.endpoint();
     // A port nobody listens on.
     let down = {
@@ -591,12 +591,12 @@ async fn a_collector_that_is_down_costs_the_command_nothing() {
         m_down < m_up * 2 + Duration::from_millis(300),
         "collector down: median {m_down:?} vs {m_up:?} with it up"
     );
-    rx.shutdown().await;
+    rx.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_stopped_by_sigterm_still_flushes_its_spans() {
-    let rx = OtlpReceiver::start().await;
+    let rx = OtlpReceiver::start().await.unwrap();
     let endpoint = rx.endpoint();
     let stack = start_stack(&[]);
     let mut cmd = stack.exec(&["sleep", "30"]);
@@ -626,12 +626,12 @@ async fn a_cli_stopped_by_sigterm_still_flushes_its_spans() {
     let dispatch = one(&spans, spans::TOOL_DISPATCH);
     assert!(dispatch.duration_nanos() > 1_000_000_000);
     drop(stack);
-    rx.shutdown().await;
+    rx.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_name_and_sdk_disabled_follow_the_standard_variables() {
-    let rx = OtlpReceiver::start().await;
+    let rx = OtlpReceiver::start().await.unwrap();
     let endpoint = rx.endpoint();
     let stack = start_stack(&[]);
     let env = ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str());
@@ -665,5 +665,5 @@ async fn service_name_and_sdk_disabled_follow_the_standard_variables() {
         rx.spans().iter().all(|s| s.trace_id != disabled),
         "OTEL_SDK_DISABLED=true exported spans"
     );
-    rx.shutdown().await;
+    rx.shutdown().await.unwrap();
 }
