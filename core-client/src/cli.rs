@@ -115,8 +115,17 @@ pub struct ExecArgs {
     #[arg(long)]
     pub direct: Option<String>,
     /// The exec-server's public key (as printed by `exec-server keygen`).
-    #[arg(long, env = "REX_SERVER")]
-    pub server: String,
+    #[arg(long, env = "REX_SERVER", required_unless_present = "server_file")]
+    pub server: Option<String>,
+    /// Read the exec-server's public key from a file instead (its first
+    /// non-comment line).
+    #[arg(
+        long,
+        env = "REX_SERVER_FILE",
+        value_name = "PATH",
+        conflicts_with = "server"
+    )]
+    pub server_file: Option<PathBuf>,
     /// This client's private key file (from `core-client keygen`).
     #[arg(long, env = "REX_KEY")]
     pub key: PathBuf,
@@ -180,9 +189,15 @@ fn exit_code(code: i32) -> u8 {
 /// Builds the client settings for `exec`.
 pub fn client_config(args: &ExecArgs) -> Result<ClientConfig, CliError> {
     let key = StaticKeypair::read_file(&args.key).map_err(|e| CliError::usage(e.to_string()))?;
-    let server: PublicKey = args.server.parse().map_err(|_| {
-        CliError::usage("--server: not a valid public key (expected the 44-character key printed by `exec-server keygen`)")
-    })?;
+    let server: PublicKey = match (&args.server, &args.server_file) {
+        (Some(text), _) => text.parse().map_err(|_| {
+            CliError::usage("--server: not a valid public key (expected the 44-character key printed by `exec-server keygen`)")
+        })?,
+        (None, Some(path)) => {
+            PublicKey::read_file(path).map_err(|e| CliError::usage(e.to_string()))?
+        }
+        (None, None) => return Err(CliError::usage("give --server PUBKEY or --server-file PATH")),
+    };
     let target = match (&args.relay, &args.direct) {
         (Some(r), _) => Target::Relay(r.clone()),
         (None, Some(d)) => Target::Direct(d.clone()),

@@ -39,6 +39,22 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Ask the relay whether this exec-server is registered there (exit 0)
+    /// or not (exit 1, with one line on stderr). Made for container
+    /// healthchecks: it reads the same --relay and --key (or REX_RELAY and
+    /// REX_KEY) as the server.
+    Health {
+        /// The relay the exec-server registers with.
+        #[arg(long, env = "REX_RELAY")]
+        relay: String,
+        /// The exec-server's private key file (only its public half is used,
+        /// to name the exec-server).
+        #[arg(long, env = "REX_KEY")]
+        key: PathBuf,
+        /// Seconds the whole probe may take.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, ClapArgs)]
@@ -85,7 +101,30 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
+        Some(Command::Health {
+            relay,
+            key,
+            timeout_secs,
+        }) => health(&relay, &key, Duration::from_secs(timeout_secs)),
         None => serve(cli.run),
+    }
+}
+
+fn health(relay: &str, key: &std::path::Path, timeout: Duration) -> ExitCode {
+    let id = match StaticKeypair::read_file(key) {
+        Ok(kp) => kp.public().server_id(),
+        Err(e) => return fail(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start runtime: {e}")),
+    };
+    match runtime.block_on(proto::health::check(relay, &id, timeout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("server id {id} at {relay}: {e}")),
     }
 }
 

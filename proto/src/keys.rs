@@ -52,6 +52,14 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
     },
+    /// A public key file does not hold a valid public key.
+    #[error(
+        "{path} does not hold a public key (the 44-character key printed by `exec-server keygen`)"
+    )]
+    BadPublicKeyFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// A line of an authorized-keys file is not a key.
     #[error("{path}:{line}: not a valid public key")]
     BadAuthorizedKey {
@@ -99,6 +107,24 @@ impl PublicKey {
             out.push_str(&format!("{b:02x}"));
         }
         out
+    }
+
+    /// Reads a public key from a file: its first line that is neither
+    /// blank nor a `#` comment, up to any whitespace (so the output of
+    /// `exec-server keygen` or an authorized-keys line both work).
+    pub fn read_file(path: &Path) -> Result<Self, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(|| KeyError::BadPublicKeyFile {
+                path: path.to_path_buf(),
+            })
     }
 
     /// A short, non-secret label for logs: the first 8 characters of the text form.
@@ -356,6 +382,24 @@ mod tests {
         assert!(keys.contains(&a) && keys.contains(&b) && !keys.contains(&c));
         let err = AuthorizedKeys::parse("# x\nnot-a-key\n", Path::new("ak")).unwrap_err();
         assert_eq!(err.to_string(), "ak:2: not a valid public key");
+    }
+
+    #[test]
+    fn public_key_file_takes_the_first_key_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StaticKeypair::generate().unwrap().public();
+        let path = dir.path().join("server.pub");
+        std::fs::write(&path, format!("# the exec-server\n\n{key}  # prod-1\n")).unwrap();
+        assert_eq!(PublicKey::read_file(&path).unwrap(), key);
+        std::fs::write(&path, "# nothing\nnot-a-key\n").unwrap();
+        assert!(matches!(
+            PublicKey::read_file(&path),
+            Err(KeyError::BadPublicKeyFile { .. })
+        ));
+        assert!(matches!(
+            PublicKey::read_file(&dir.path().join("missing")),
+            Err(KeyError::Read { .. })
+        ));
     }
 
     #[test]

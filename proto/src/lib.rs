@@ -7,6 +7,7 @@
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
 //! - [`link`]: the gRPC endpoint and server settings every relay link shares.
+//! - [`health`]: the gRPC health protocol the relay answers, and its probe.
 //! - [`program`]: a command's program name, the only part of it ever reported.
 //! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
 //!   transport with record framing, rekey and authenticated close).
@@ -18,13 +19,15 @@
 //! - [`routing`]: the routing headers on relay links (server and session ids).
 //! - [`clock`]: wall-clock helpers shared by the codecs.
 //!
-//! Nothing here depends on an async runtime: the protocol cores take bytes and
+//! Apart from [`health`]'s probe and [`link`]'s settings, nothing here
+//! depends on an async runtime: the protocol cores take bytes and
 //! time and return bytes and events; the services drive them.
 
 pub mod clock;
 pub mod envelope;
 pub mod frames;
 pub mod framing;
+pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod link;

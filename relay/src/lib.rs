@@ -9,9 +9,12 @@
 //! - [`registry`]: registered exec-servers and sessions waiting to be accepted.
 //! - [`service`]: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
 //! - [`splice`]: forwarding frames between the two halves of a session.
+//! - [`health`]: answers to the gRPC health protocol (the relay, and each
+//!   registered exec-server).
 //! - [`server`]: binding, serving and graceful shutdown.
 
 pub mod config;
+pub mod health;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -4,14 +4,21 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use relay::RelayConfig;
 
 /// Pairs core-client sessions with registered exec-servers and forwards their
 /// encrypted frames. Holds no keys and never sees a command or its output.
 #[derive(Debug, Parser)]
-#[command(name = "relay", version, after_help = telemetry::setup::EXPORT_HELP)]
+#[command(
+    name = "relay",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = telemetry::setup::EXPORT_HELP
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on for exec-servers and clients.
     #[arg(long, env = "REX_RELAY_LISTEN", default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
@@ -33,8 +40,27 @@ struct Args {
     no_hop_headers: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask a running relay whether it is serving (exit 0) or not (exit 1,
+    /// with one line on stderr). Made for container healthchecks.
+    Health {
+        /// The relay to ask [default: this host's --listen address, with an
+        /// unspecified IP taken as loopback].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Seconds the whole probe may take.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Health { url, timeout_secs }) = args.command {
+        let url = url.unwrap_or_else(|| local_url(args.listen));
+        return health(&url, Duration::from_secs(timeout_secs));
+    }
     let config = RelayConfig {
         listen: args.listen,
         max_registrations: args.max_registrations,
@@ -84,4 +110,36 @@ fn main() -> ExitCode {
     telemetry.shutdown();
     drop(entered);
     code
+}
+
+/// The URL that reaches a relay listening on `listen` from the same host.
+fn local_url(listen: SocketAddr) -> String {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
+
+fn health(url: &str, timeout: Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(proto::health::check(url, proto::health::RELAY, timeout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay: {url} is not healthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

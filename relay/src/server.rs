@@ -1,6 +1,9 @@
 //! Binding, serving and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proto::health::pb::health_server::HealthServer;
 
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::registry_server::RegistryServer;
@@ -10,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
+use crate::health::RelayHealth;
 use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
 
 /// Why the relay stopped.
@@ -51,6 +55,10 @@ pub async fn serve(
     // the grace period.
     let sessions = CancellationToken::new();
     let state = RelayState::new(config, sessions.clone(), tasks.clone());
+    let health = HealthServer::new(RelayHealth::new(
+        Arc::clone(&state.registry),
+        shutdown.clone(),
+    ));
     let tunnel = TunnelServer::new(TunnelService::new(state.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -61,6 +69,7 @@ pub async fn serve(
     let result = proto::link::server()
         .add_service(tunnel)
         .add_service(registry)
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming, {
             let shutdown = shutdown.clone();
             let sessions = sessions.clone();

@@ -1,0 +1,72 @@
+//! The standard gRPC health protocol (`grpc.health.v1.Health/Check`) as the
+//! relay answers it, and the probe that asks it.
+//!
+//! The relay answers for two kinds of service name:
+//! - `""` (the empty name): the relay itself, serving until it shuts down;
+//! - an exec-server id: serving while that exec-server is registered, and
+//!   `NOT_FOUND` otherwise. A probe run beside an exec-server asks this to
+//!   learn whether that exec-server is reachable through the relay.
+//!
+//! Only `Check` is answered; `Watch` is not offered.
+
+use std::time::Duration;
+
+pub use tonic_health::pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The service name that asks about the relay itself.
+pub const RELAY: &str = "";
+
+/// Why a health probe did not find the service serving.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The URL is not a valid endpoint.
+    #[error("bad URL: {0}")]
+    BadUrl(String),
+    /// No connection could be made.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// The probe took longer than its timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server does not know the service (an exec-server id that is not
+    /// registered).
+    #[error("not registered")]
+    NotFound,
+    /// The server answered, but not `SERVING`.
+    #[error("not serving (status {0})")]
+    NotServing(i32),
+    /// The call failed.
+    #[error("health check failed: {0}")]
+    Rpc(#[source] tonic::Status),
+}
+
+/// Asks the gRPC server at `url` whether `service` is serving; `Ok(())` only
+/// if it is. The whole probe (connect and call) is bounded by `timeout`.
+pub async fn check(url: &str, service: &str, timeout: Duration) -> Result<(), HealthError> {
+    let endpoint = crate::link::endpoint(url, timeout)
+        .map_err(|e| HealthError::BadUrl(e.to_string()))?
+        .timeout(timeout);
+    let probe = async {
+        let channel = endpoint.connect().await.map_err(HealthError::Connect)?;
+        let request = pb::HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        match HealthClient::new(channel).check(request).await {
+            Ok(response) => {
+                let status = response.into_inner().status;
+                if status == ServingStatus::Serving as i32 {
+                    Ok(())
+                } else {
+                    Err(HealthError::NotServing(status))
+                }
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Err(HealthError::NotFound),
+            Err(s) => Err(HealthError::Rpc(s)),
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| HealthError::Timeout(timeout))?
+}
