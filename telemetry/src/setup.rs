@@ -150,10 +150,14 @@ fn init_logs(default: LogDefault) {
         LogDefault::Info => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal: logs collected by a container runtime or
+    // a file stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
 }
