@@ -9,7 +9,16 @@
 //!   binaries as separate processes.
 //! - [`crash_records`]: the records the persistence crash test writes and
 //!   checks.
+//! - [`compose`]: the docker-compose stack the compose tests run against
+//!   (compose commands, one-off core-client containers, health, logs).
+//! - [`memory`]: searching a live process's memory for a byte string.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that records exported spans.
+//! - [`sink`]: a stand-in for Jaeger v2 (OTLP/gRPC in, a bounded store,
+//!   the api_v3 query API and a health endpoint out); the `trace-sink`
+//!   binary serves it.
+//! - [`jaeger`]: a client for Jaeger's api_v3 query API (real Jaeger or
+//!   the sink).
+//! - [`rfc3339`]: RFC 3339 timestamps as the query API takes them.
 //! - [`trace_check`]: assertions over recorded spans (parents, nesting,
 //!   coverage).
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
@@ -22,10 +31,15 @@
 
 pub mod bench;
 pub mod binaries;
+pub mod compose;
 pub mod crash_records;
 pub mod error;
+pub mod jaeger;
+pub mod memory;
 pub mod otlp;
 pub mod proxy;
+pub mod rfc3339;
+pub mod sink;
 pub mod stack;
 pub mod trace_check;
 

@@ -5,6 +5,9 @@
 //! [`OtlpReceiver::endpoint`], then wait for spans with
 //! [`OtlpReceiver::wait_for`]. [`crate::trace_check`] has assertions over
 //! the recorded spans.
+//!
+//! The gRPC server and [`flatten`] (OTLP spans to [`RecordedSpan`]s) also
+//! serve [`crate::sink`] and [`crate::jaeger`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,7 +22,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span, status::StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -199,25 +203,99 @@ impl Shared {
     }
 }
 
-/// The `TraceService` implementation.
-struct Collector(Arc<Shared>);
+/// What an OTLP/gRPC trace server does with each export request: the
+/// receiver here records or counts spans, the trace sink stores them.
+pub(crate) trait Exports: Send + Sync + 'static {
+    /// Takes one export request; an error status rejects it.
+    fn export(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> std::result::Result<ExportTraceServiceResponse, Status>;
+}
+
+/// The `TraceService` implementation over an [`Exports`].
+struct Collector<E>(Arc<E>);
 
 #[tonic::async_trait]
-impl TraceService for Collector {
+impl<E: Exports> TraceService for Collector<E> {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> std::result::Result<Response<ExportTraceServiceResponse>, Status> {
-        let shared = &self.0;
-        shared.requests.fetch_add(1, Ordering::SeqCst);
-        if shared.failing.load(Ordering::SeqCst) {
-            shared.rejected.fetch_add(1, Ordering::SeqCst);
+        self.0.export(request.into_inner()).map(Response::new)
+    }
+}
+
+/// Binds `addr` for the server named `what`; the listener and the address
+/// it got.
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| FixtureError::io(format!("binding the {what} to {addr}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| FixtureError::io(format!("reading the {what}'s address"), e))?;
+    Ok((listener, addr))
+}
+
+/// Serves OTLP/gRPC trace exports arriving on `listener` into `exports`
+/// until `shutdown` is cancelled.
+pub(crate) async fn serve<E: Exports>(
+    listener: TcpListener,
+    exports: Arc<E>,
+    shutdown: CancellationToken,
+) -> std::result::Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(Collector(exports)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// The `service.name` attribute of `resource` (empty if it has none, or
+/// if it is not a string).
+pub(crate) fn service_name(resource: Option<&Resource>) -> &str {
+    resource
+        .into_iter()
+        .flat_map(|r| &r.attributes)
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map_or("", |v| match v {
+            any_value::Value::StringValue(s) => s.as_str(),
+            _ => "",
+        })
+}
+
+/// The spans of `resource_spans`, each flattened with its resource's
+/// service name and its scope's name, in order.
+pub fn flatten(resource_spans: &[ResourceSpans]) -> Vec<RecordedSpan> {
+    let mut out = Vec::new();
+    for rs in resource_spans {
+        let service = service_name(rs.resource.as_ref());
+        for ss in &rs.scope_spans {
+            let scope = ss.scope.as_ref().map_or("", |s| s.name.as_str());
+            out.extend(
+                ss.spans
+                    .iter()
+                    .map(|s| RecordedSpan::from_proto(service, scope, s)),
+            );
+        }
+    }
+    out
+}
+
+impl Exports for Shared {
+    fn export(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> std::result::Result<ExportTraceServiceResponse, Status> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            self.rejected.fetch_add(1, Ordering::SeqCst);
             return Err(Status::unavailable("OTLP receiver set to fail"));
         }
-        if shared.counting {
-            let mut counts = shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.counting {
+            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
             for span in request
-                .get_ref()
                 .resource_spans
                 .iter()
                 .flat_map(|rs| &rs.scope_spans)
@@ -225,33 +303,12 @@ impl TraceService for Collector {
             {
                 *counts.entry(span.trace_id.clone()).or_insert(0) += 1;
             }
-            drop(counts);
-            shared.recorded.notify_waiters();
-            return Ok(Response::new(ExportTraceServiceResponse::default()));
+        } else {
+            let new = flatten(&request.resource_spans);
+            self.spans().extend(new);
         }
-        let mut new = Vec::new();
-        for rs in &request.get_ref().resource_spans {
-            let resource = rs
-                .resource
-                .as_ref()
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            let service = match resource.get("service.name") {
-                Some(AttrValue::Str(s)) => s.as_str(),
-                _ => "",
-            };
-            for ss in &rs.scope_spans {
-                let scope = ss.scope.as_ref().map_or("", |s| s.name.as_str());
-                new.extend(
-                    ss.spans
-                        .iter()
-                        .map(|s| RecordedSpan::from_proto(service, scope, s)),
-                );
-            }
-        }
-        shared.spans().extend(new);
-        shared.recorded.notify_waiters();
-        Ok(Response::new(ExportTraceServiceResponse::default()))
+        self.recorded.notify_waiters();
+        Ok(ExportTraceServiceResponse::default())
     }
 }
 
@@ -283,23 +340,13 @@ impl OtlpReceiver {
     }
 
     async fn start_with(addr: SocketAddr, counting: bool) -> Result<Self> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| FixtureError::io(format!("binding the OTLP receiver to {addr}"), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| FixtureError::io("reading the OTLP receiver's address", e))?;
+        let (listener, addr) = bind(addr, "OTLP receiver").await?;
         let shared = Arc::new(Shared {
             counting,
             ..Shared::default()
         });
         let shutdown = CancellationToken::new();
-        let server = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(shared.clone())))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            );
+        let server = serve(listener, shared.clone(), shutdown.clone());
         Ok(Self {
             addr,
             shared,

@@ -4,7 +4,101 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+use telemetry::spans;
+
 use crate::otlp::RecordedSpan;
+
+/// One exec's tree as `docs/spans.md` draws it: (service, span, parent
+/// span), for every stage span of a cold-start exec.
+pub const EXEC_TREE: &[(&str, &str, &str)] = &[
+    ("core-client", spans::SESSION_ACQUIRE, spans::TOOL_DISPATCH),
+    ("core-client", spans::RELAY_CONNECT, spans::SESSION_ACQUIRE),
+    (
+        "core-client",
+        spans::NOISE_HANDSHAKE,
+        spans::SESSION_ACQUIRE,
+    ),
+    ("core-client", spans::SESSION_INIT, spans::SESSION_ACQUIRE),
+    ("core-client", spans::RPC_CLIENT_QUEUE, spans::TOOL_DISPATCH),
+    ("core-client", spans::RELAY_FRAME_SEND, spans::TOOL_DISPATCH),
+    ("relay", spans::RELAY_FORWARD, spans::TOOL_DISPATCH),
+    ("exec-server", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
+    ("exec-server", spans::RPC_SERVER_QUEUE, spans::TOOL_DISPATCH),
+    ("exec-server", spans::RPC_SERVER_EXEC, spans::TOOL_DISPATCH),
+    ("exec-server", spans::PROCESS_SPAWN, spans::RPC_SERVER_EXEC),
+    ("exec-server", spans::PROCESS_RUN, spans::RPC_SERVER_EXEC),
+    (
+        "exec-server",
+        spans::PROCESS_STDOUT_READER,
+        spans::PROCESS_RUN,
+    ),
+    (
+        "exec-server",
+        spans::PROCESS_STDERR_READER,
+        spans::PROCESS_RUN,
+    ),
+    (
+        "exec-server",
+        spans::PROCESS_EXIT_WATCHER,
+        spans::PROCESS_RUN,
+    ),
+    ("exec-server", spans::TERMINAL_PUSH, spans::RPC_SERVER_EXEC),
+    ("exec-server", spans::RELAY_FRAME_SEND, spans::TERMINAL_PUSH),
+    ("core-client", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
+    (
+        "core-client",
+        spans::TERMINAL_DELIVERY,
+        spans::TOOL_DISPATCH,
+    ),
+    (
+        "core-client",
+        spans::EXEC_FIRST_OUTPUT,
+        spans::TOOL_DISPATCH,
+    ),
+];
+
+/// The stage spans one exec must produce (the metadata spans belong to
+/// the persistence layer and are traces of their own).
+pub fn stage_names() -> Vec<&'static str> {
+    spans::ALL
+        .iter()
+        .copied()
+        .filter(|n| !n.starts_with("metadata."))
+        .collect()
+}
+
+/// Whether `spans` hold every stage span of an exec.
+pub fn has_all_stages(spans: &[RecordedSpan]) -> bool {
+    let names: HashSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    stage_names().iter().all(|n| names.contains(n))
+}
+
+/// Panics unless every span of [`EXEC_TREE`] is present from its service
+/// with the parent the tree gives it.
+pub fn assert_exec_tree(spans: &[RecordedSpan]) {
+    for (service, child, parent) in EXEC_TREE {
+        assert_parent_in(spans, service, child, parent);
+    }
+}
+
+/// Panics unless there is a span named `child` from `service` and each one
+/// has a parent named `parent`.
+pub fn assert_parent_in(spans: &[RecordedSpan], service: &str, child: &str, parent: &str) {
+    let kids: Vec<&RecordedSpan> = spans
+        .iter()
+        .filter(|s| s.name == child && s.service == service)
+        .collect();
+    assert!(
+        !kids.is_empty(),
+        "no {child} from {service}; spans: [{}]",
+        names(spans)
+    );
+    for k in kids {
+        let p = parent_of(spans, k)
+            .unwrap_or_else(|| panic!("{service}/{child} has no parent in the trace"));
+        assert_eq!(p.name, parent, "{service}/{child}'s parent");
+    }
+}
 
 /// The spans named `name`.
 pub fn by_name<'a>(spans: &'a [RecordedSpan], name: &str) -> Vec<&'a RecordedSpan> {

@@ -80,36 +80,6 @@ fn services(spans: &[RecordedSpan]) -> BTreeSet<String> {
     spans.iter().map(|s| s.service.clone()).collect()
 }
 
-/// The stage spans one exec must produce (the metadata spans belong to
-/// the persistence layer).
-fn expected_names() -> Vec<&'static str> {
-    spans::ALL
-        .iter()
-        .copied()
-        .filter(|n| !n.starts_with("metadata."))
-        .collect()
-}
-
-fn has_all_stages(spans: &[RecordedSpan]) -> bool {
-    let names: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    expected_names().iter().all(|n| names.contains(n))
-}
-
-/// Asserts that every span named `child` from `service` has a parent named
-/// `parent`.
-fn assert_parent_in(spans: &[RecordedSpan], service: &str, child: &str, parent: &str) {
-    let kids: Vec<&RecordedSpan> = spans
-        .iter()
-        .filter(|s| s.name == child && s.service == service)
-        .collect();
-    assert!(!kids.is_empty(), "no {child} from {service}");
-    for k in kids {
-        let p = trace_check::parent_of(spans, k)
-            .unwrap_or_else(|| panic!("{service}/{child} has no parent in the trace"));
-        assert_eq!(p.name, parent, "{service}/{child}'s parent");
-    }
-}
-
 /// Every value a span carries, as text (names, attributes, status).
 fn all_text(spans: &[RecordedSpan]) -> String {
     fn value(v: &AttrValue, out: &mut String) {
@@ -179,7 +149,7 @@ async fn one_exec_is_one_trace_across_three_processes() {
                 .filter(|x| x.trace_id == trace_id)
                 .cloned()
                 .collect();
-            has_all_stages(&t) && services(&t).len() == 3
+            trace_check::has_all_stages(&t) && services(&t).len() == 3
         })
         .await;
     let all = {
@@ -227,7 +197,7 @@ async fn one_exec_is_one_trace_across_three_processes() {
             .map(String::from)
             .collect()
     );
-    for name in expected_names() {
+    for name in trace_check::stage_names() {
         assert!(!by_name(&spans, name).is_empty(), "{name} missing");
     }
     for s in &spans {
@@ -243,54 +213,7 @@ async fn one_exec_is_one_trace_across_three_processes() {
     assert_eq!(roots.len(), 1, "one root: {roots:?}");
     let dispatch = one(&spans, spans::TOOL_DISPATCH);
     assert_eq!(roots[0].span_id, dispatch.span_id);
-    for (service, child, parent) in [
-        ("core-client", spans::SESSION_ACQUIRE, spans::TOOL_DISPATCH),
-        ("core-client", spans::RELAY_CONNECT, spans::SESSION_ACQUIRE),
-        (
-            "core-client",
-            spans::NOISE_HANDSHAKE,
-            spans::SESSION_ACQUIRE,
-        ),
-        ("core-client", spans::SESSION_INIT, spans::SESSION_ACQUIRE),
-        ("core-client", spans::RPC_CLIENT_QUEUE, spans::TOOL_DISPATCH),
-        ("core-client", spans::RELAY_FRAME_SEND, spans::TOOL_DISPATCH),
-        ("relay", spans::RELAY_FORWARD, spans::TOOL_DISPATCH),
-        ("exec-server", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
-        ("exec-server", spans::RPC_SERVER_QUEUE, spans::TOOL_DISPATCH),
-        ("exec-server", spans::RPC_SERVER_EXEC, spans::TOOL_DISPATCH),
-        ("exec-server", spans::PROCESS_SPAWN, spans::RPC_SERVER_EXEC),
-        ("exec-server", spans::PROCESS_RUN, spans::RPC_SERVER_EXEC),
-        (
-            "exec-server",
-            spans::PROCESS_STDOUT_READER,
-            spans::PROCESS_RUN,
-        ),
-        (
-            "exec-server",
-            spans::PROCESS_STDERR_READER,
-            spans::PROCESS_RUN,
-        ),
-        (
-            "exec-server",
-            spans::PROCESS_EXIT_WATCHER,
-            spans::PROCESS_RUN,
-        ),
-        ("exec-server", spans::TERMINAL_PUSH, spans::RPC_SERVER_EXEC),
-        ("exec-server", spans::RELAY_FRAME_SEND, spans::TERMINAL_PUSH),
-        ("core-client", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
-        (
-            "core-client",
-            spans::TERMINAL_DELIVERY,
-            spans::TOOL_DISPATCH,
-        ),
-        (
-            "core-client",
-            spans::EXEC_FIRST_OUTPUT,
-            spans::TOOL_DISPATCH,
-        ),
-    ] {
-        assert_parent_in(&spans, service, child, parent);
-    }
+    trace_check::assert_exec_tree(&spans);
     // The framing spans: the exec request (and the stdin close the CLI
     // sends at its stdin's EOF) goes out and in; back come the started,
     // first-output, last-output (for one line, the same chunk) and exit
@@ -451,7 +374,7 @@ async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
     rx.wait_for(WAIT, |s| {
         [&small_id, &big_id, &id].iter().all(|t| {
             let t: Vec<RecordedSpan> = s.iter().filter(|x| &x.trace_id == *t).cloned().collect();
-            has_all_stages(&t)
+            trace_check::has_all_stages(&t)
         })
     })
     .await;
@@ -528,7 +451,7 @@ async fn spans_never_carry_arguments_environment_stdin_or_output() {
     terminate(&mut stack);
     rx.wait_for(WAIT, |s| {
         let t: Vec<RecordedSpan> = s.iter().filter(|x| x.trace_id == id).cloned().collect();
-        has_all_stages(&t)
+        trace_check::has_all_stages(&t)
     })
     .await;
     let spans = settle(&rx).await;

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds the compose stack's images with no registry: statically linked
+# binaries (glibc, crt-static) and a static busybox, each image FROM scratch.
+#
+#   scripts/compose-build.sh            # rex-relay:local, rex-exec-server:local,
+#                                       # rex-core-client:local, rex-trace-sink:local
+#
+# REX_IMAGE_PREFIX changes the images' name prefix (default "rex").
+# Needs: cargo, docker, and a static busybox (Debian: busybox-static).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prefix=${REX_IMAGE_PREFIX:-rex}
+target=x86_64-unknown-linux-gnu
+context=target/docker-context
+
+die() { echo "compose-build: $*" >&2; exit 1; }
+
+is_static() { ! readelf -l "$1" 2>/dev/null | grep -q 'Requesting program interpreter'; }
+
+command -v docker >/dev/null || die "docker is not installed"
+docker info >/dev/null 2>&1 || die "cannot reach the Docker daemon (is it running?)"
+
+busybox=${BUSYBOX:-}
+if [ -z "$busybox" ]; then
+    for candidate in /bin/busybox /usr/bin/busybox; do
+        if [ -x "$candidate" ] && is_static "$candidate"; then busybox=$candidate; break; fi
+    done
+fi
+[ -n "$busybox" ] && is_static "$busybox" \
+    || die "no static busybox found (install Debian's busybox-static, or set BUSYBOX=PATH)"
+
+echo "== static binaries ($target, crt-static)"
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$target" \
+    -p relay -p exec-server -p core-client -p integration-tests \
+    --bin relay --bin exec-server --bin core-client --bin trace-sink
+
+rm -rf "$context"
+mkdir -p "$context"
+for bin in relay exec-server core-client trace-sink; do
+    src=target/$target/release/$bin
+    is_static "$src" || die "$src is not statically linked"
+    strip -o "$context/$bin" "$src"
+done
+cp "$busybox" "$context/busybox"
+
+echo "== images"
+for image in relay exec-server core-client trace-sink; do
+    # The output (and the legacy builder's deprecation notice) is shown
+    # only when the build fails.
+    if ! out=$(docker build --quiet -f "docker/$image.Dockerfile" -t "$prefix-$image:local" "$context" 2>&1); then
+        echo "$out" >&2
+        die "building $prefix-$image:local failed"
+    fi
+    echo "built $prefix-$image:local"
+done

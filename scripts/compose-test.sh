@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The compose integration tests, start to finish: builds the static
+# binaries and images (scripts/compose-build.sh), brings the stack of
+# docker-compose.yml up under a project of its own, runs the compose tests
+# against it (tests/tests/compose.rs), and always tears everything down
+# (containers, networks, volumes), whether the tests pass or not.
+#
+#   scripts/compose-test.sh
+#
+# JAEGER_IMAGE picks the trace store: by default the repository's trace
+# sink (no registry needed); JAEGER_IMAGE=jaegertracing/jaeger:<tag> runs
+# the same tests against real Jaeger. Extra arguments go to the test
+# binary (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "compose-test: $*" >&2; exit 1; }
+
+if docker compose version >/dev/null 2>&1; then
+    compose="docker compose"
+elif command -v docker-compose >/dev/null 2>&1; then
+    compose="docker-compose"
+else
+    die "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+docker info >/dev/null 2>&1 || die "cannot reach the Docker daemon (is it running?)"
+
+project="rex-compose-test-$$"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export REX_IMAGE_PREFIX="${REX_IMAGE_PREFIX:-rex}"
+export JAEGER_IMAGE="${JAEGER_IMAGE:-$REX_IMAGE_PREFIX-trace-sink:local}"
+export JAEGER_UI_PORT="${JAEGER_UI_PORT:-$(free_port)}"
+
+dc() { $compose -p "$project" -f docker-compose.yml "$@"; }
+
+teardown() {
+    local status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "== compose logs (the run failed)" >&2
+        dc logs --no-color --tail=100 >&2 || true
+    fi
+    echo "== tearing down $project"
+    dc down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    # One-off containers left behind by an interrupted test.
+    docker ps -aq --filter "name=$project" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker network ls -q --filter "name=$project" | xargs -r docker network rm >/dev/null 2>&1 || true
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "== images"
+scripts/compose-build.sh
+
+echo "== stack up ($compose, project $project, trace store $JAEGER_IMAGE)"
+dc up -d jaeger relay exec-server
+
+echo "== the default core-client command"
+dc run --rm -T core-client
+
+echo "== compose tests"
+REX_COMPOSE="$compose" \
+REX_COMPOSE_PROJECT="$project" \
+REX_COMPOSE_FILE="$PWD/docker-compose.yml" \
+REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
+    cargo test --locked -p integration-tests --test compose -- --nocapture "$@"

@@ -1,0 +1,116 @@
+//! `trace-sink`: a stand-in for Jaeger v2 where its image cannot be pulled
+//! (see `integration_tests::sink`).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use integration_tests::sink::{DEFAULT_MAX_SPANS, SinkConfig, TraceSink, health};
+use telemetry::setup::{Export, LogDefault, Options};
+
+/// Takes OTLP/gRPC trace exports and answers Jaeger v2's HTTP query API
+/// (api_v3: services, trace search, trace by id) and its health endpoint,
+/// with Jaeger's parameters, status codes and JSON. Spans are kept in
+/// memory, at most --max-spans of them: past that the oldest traces are
+/// dropped whole.
+#[derive(Debug, Parser)]
+#[command(name = "trace-sink", version, args_conflicts_with_subcommands = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address for OTLP/gRPC trace exports.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4317")]
+    otlp_listen: SocketAddr,
+    /// Address for the query API (`/api/v3/...`).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:16686")]
+    http_listen: SocketAddr,
+    /// Address for the health endpoint (`GET /status`).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:13133")]
+    health_listen: SocketAddr,
+    /// Most spans kept in memory (at least 1).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_SPANS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_spans: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask a running sink's health endpoint whether it is serving: exit 0
+    /// if it answers 200, else exit 1 with one line on stderr. Made for
+    /// container healthchecks.
+    Health {
+        /// The health endpoint.
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:13133/status"
+        )]
+        url: String,
+        /// Seconds the probe may take.
+        #[arg(long, value_name = "SECS", default_value_t = 3)]
+        timeout_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trace-sink: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Command::Health { url, timeout_secs }) = args.command {
+        return match runtime.block_on(health::probe(&url, Duration::from_secs(timeout_secs))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trace-sink: not healthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Logs only: the sink exports no spans of its own.
+    let off = Options {
+        export: Export::Off,
+        retry: false,
+    };
+    let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
+    let config = SinkConfig {
+        otlp_listen: args.otlp_listen,
+        http_listen: args.http_listen,
+        health_listen: args.health_listen,
+        max_spans: args.max_spans,
+    };
+    let code = runtime.block_on(async move {
+        let shutdown = telemetry::shutdown::on_signals();
+        let sink = match TraceSink::start(config, shutdown).await {
+            Ok(sink) => sink,
+            Err(e) => {
+                eprintln!("trace-sink: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!(
+            "trace-sink: OTLP/gRPC on {}, query API on {}, health on {}; keeping at most {} spans",
+            sink.otlp_addr(),
+            sink.http_addr(),
+            sink.health_addr(),
+            args.max_spans
+        );
+        match sink.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trace-sink: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    telemetry.shutdown();
+    code
+}
