@@ -71,6 +71,16 @@ fn succeeds_within(stack: &ComposeStack, within: Duration) -> Duration {
     }
 }
 
+/// A command in flight: it has printed and sleeps (it never ends by itself
+/// within a test).
+fn in_flight(stack: &ComposeStack) -> compose::Running {
+    let running = stack
+        .spawn_exec(&[], &["sh", "-c", "echo started; sleep 300"])
+        .unwrap();
+    running.wait_for_line("started", START).unwrap();
+    running
+}
+
 /// Asserts a core-client that lost its command ended with exit 255 and one
 /// clear line of its own.
 fn assert_clear_failure(ended: &compose::Ended, what: &str) {
@@ -216,10 +226,7 @@ fn relay_restart_fails_the_command_in_flight_and_the_exec_server_re_registers() 
     let Some((stack, _guard)) = stack() else {
         return;
     };
-    let running = stack
-        .spawn_exec(&[], &["sh", "-c", "echo started; sleep 300"])
-        .unwrap();
-    running.wait_for_line("started", START).unwrap();
+    let running = in_flight(&stack);
 
     stack.run(&["restart", "-t", "2", "relay"]).unwrap();
     let ended = running.wait(FAIL_WITHIN).unwrap();
@@ -264,10 +271,7 @@ fn killed_exec_server_fails_the_command_in_flight_in_one_line() {
     let Some((stack, _guard)) = stack() else {
         return;
     };
-    let running = stack
-        .spawn_exec(&[], &["sh", "-c", "echo started; sleep 300"])
-        .unwrap();
-    running.wait_for_line("started", START).unwrap();
+    let running = in_flight(&stack);
 
     let exec_server = stack.container("exec-server").unwrap();
     docker(&["kill", "--signal", "KILL", &exec_server]).unwrap();
