@@ -48,10 +48,11 @@ use crate::PROTOCOL_VERSION;
 use crate::keys::PublicKey;
 use crate::limits::MAX_ENVELOPE;
 
-/// The Noise protocol name for sessions with the default suite.
+/// The Noise protocol name for sessions with the ChaChaPoly suite.
 pub const IK_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 
-/// The Noise protocol name for sessions with the AES-GCM suite.
+/// The Noise protocol name for sessions with the AES-GCM suite (the
+/// default).
 pub const IK_PATTERN_AESGCM: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 
 /// Length of the message-1 timestamp payload.
@@ -60,12 +61,17 @@ pub const TIMESTAMP_LEN: usize = 12;
 /// The cipher suite of a session. Both sides must use the same one: it is
 /// part of the protocol name and the prologue, so a mismatch fails the
 /// handshake.
+///
+/// AES-GCM is the default: with hardware AES (and ring's implementation,
+/// which snow uses here) it costs about a quarter of ChaCha20-Poly1305's
+/// CPU per byte, and bulk output is bound by that CPU (`BENCHMARKS.md`,
+/// `pipe`). ChaChaPoly remains for peers without hardware AES.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Suite {
     /// X25519, ChaCha20-Poly1305, BLAKE2s.
-    #[default]
     ChaChaPoly,
     /// X25519, AES-256-GCM, BLAKE2s.
+    #[default]
     AesGcm,
 }
 
@@ -135,7 +141,7 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            suite: Suite::ChaChaPoly,
+            suite: Suite::default(),
             rekey_after_messages: 1 << 16,
             rekey_after: Duration::from_secs(120),
             max_envelope: MAX_ENVELOPE,
