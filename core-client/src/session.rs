@@ -167,8 +167,11 @@ pub fn spawn(established: Established, keepalive: Duration, queue: usize) -> Ses
         let mut inbound = inbound;
         let reason = driver.run(&mut inbound).await;
         if driver.closed.is_cancelled() || driver.commands.is_closed() {
-            // Let the authenticated close reach the exec-server before the
-            // stream is dropped (bounded).
+            // Our close is queued on the link: end our half of the stream
+            // (the queued frames still go out first), so that the relay and
+            // the exec-server see the end at once rather than waiting for
+            // it, then let their side end (bounded).
+            driver.end_link();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                 while let Ok(Some(_)) = inbound.message().await {}
             })
@@ -225,6 +228,13 @@ fn close_reason_text(reason: i32) -> String {
 }
 
 impl Driver {
+    /// Ends our half of the link: the stream to the relay ends once the
+    /// frames already queued on it are sent.
+    fn end_link(&mut self) {
+        let (ended, _) = mpsc::channel(1);
+        self.outbound = ended;
+    }
+
     async fn run(&mut self, inbound: &mut Streaming<Frame>) -> String {
         let mut ping = tokio::time::interval(self.keepalive);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

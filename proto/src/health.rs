@@ -45,9 +45,10 @@ pub enum HealthError {
 /// Asks the gRPC server at `url` whether `service` is serving; `Ok(())` only
 /// if it is. The whole probe (connect and call) is bounded by `timeout`.
 pub async fn check(url: &str, service: &str, timeout: Duration) -> Result<(), HealthError> {
-    let endpoint = crate::link::endpoint(url, timeout)
-        .map_err(|e| HealthError::BadUrl(e.to_string()))?
-        .timeout(timeout);
+    // One deadline for the whole probe (below): a per-request timeout
+    // would surface as a cancelled call instead.
+    let endpoint =
+        crate::link::endpoint(url, timeout).map_err(|e| HealthError::BadUrl(e.to_string()))?;
     let probe = async {
         let channel = endpoint.connect().await.map_err(HealthError::Connect)?;
         let request = pb::HealthCheckRequest {
