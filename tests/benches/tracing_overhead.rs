@@ -20,46 +20,11 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use core_client::Client;
-use integration_tests::bench::{
-    exec_true, median, min_max, percentile, print_machine, process_cpu_nanos, rotated,
-};
+use integration_tests::bench::{median, min_max, percentile, print_machine, rotated};
 use integration_tests::otlp::OtlpReceiver;
 use integration_tests::stack::Stack;
-use opentelemetry::global;
-use opentelemetry::trace::noop::NoopTracerProvider;
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
-};
-
-const WARMUP: usize = 50;
-/// Time for spans that end just after the exec returns (e.g. the relay's
-/// last forward) to end before a flush.
-const SETTLE: Duration = Duration::from_millis(250);
-/// How long to wait for the receiver to hold every expected trace.
-const ARRIVAL: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Mode {
-    Off,
-    Propagation,
-    Full,
-}
-
-const MODES: [Mode; 3] = [Mode::Off, Mode::Propagation, Mode::Full];
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Propagation => "propagation",
-            Mode::Full => "full",
-        }
-    }
-}
+use integration_tests::versus::tracing::{MODES, Mode, Providers, WARMUP, run_mode};
 
 struct Args {
     rounds: usize,
@@ -82,134 +47,13 @@ fn parse_args() -> Args {
     }
 }
 
-/// The providers for the traced modes, alive for the whole run.
-struct Providers {
-    propagation: SdkTracerProvider,
-    full: SdkTracerProvider,
-}
-
-impl Providers {
-    fn install(&self, mode: Mode) {
-        match mode {
-            Mode::Off => global::set_tracer_provider(NoopTracerProvider::new()),
-            Mode::Propagation => global::set_tracer_provider(self.propagation.clone()),
-            Mode::Full => global::set_tracer_provider(self.full.clone()),
-        }
-    }
-}
-
-/// Exports everything the full provider has buffered (blocking, so off the
-/// runtime's workers).
-async fn flush(provider: &SdkTracerProvider) -> Result<(), String> {
-    let p = provider.clone();
-    tokio::task::spawn_blocking(move || p.force_flush())
-        .await
-        .map_err(|e| format!("flush task failed: {e}"))?
-        .map_err(|e| format!("force_flush failed: {e}"))
-}
-
-/// What the receiver got for one full-mode batch of execs.
-struct Arrival {
-    /// Span count per trace -> number of traces with that count.
-    histogram: BTreeMap<usize, usize>,
-    traces: usize,
-    spans: usize,
-}
-
-/// Waits until the receiver holds `expected` traces (or `ARRIVAL` passes)
-/// and describes what it holds.
-async fn arrival(
-    receiver: &OtlpReceiver,
-    provider: &SdkTracerProvider,
-    expected: usize,
-) -> Result<Arrival, String> {
-    tokio::time::sleep(SETTLE).await;
-    flush(provider).await?;
-    let deadline = Instant::now() + ARRIVAL;
-    loop {
-        let counts = receiver.span_counts();
-        if counts.len() >= expected || Instant::now() >= deadline {
-            let mut histogram = BTreeMap::new();
-            for n in counts.values() {
-                *histogram.entry(*n).or_insert(0) += 1;
-            }
-            return Ok(Arrival {
-                histogram,
-                traces: counts.len(),
-                spans: counts.values().sum(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        flush(provider).await?;
-    }
-}
-
-/// Runs one mode: install its provider, open a new session, warm up, then
-/// time `execs` execs. In full mode, also returns what reached the receiver.
-async fn run_mode(
-    mode: Mode,
-    client: &Client,
-    providers: &Providers,
-    receiver: &OtlpReceiver,
-    execs: usize,
-) -> Result<(Vec<Duration>, Option<Arrival>, f64), String> {
-    providers.install(mode);
-    client.close().await;
-    for _ in 0..WARMUP {
-        exec_true(client).await?;
-    }
-    if mode == Mode::Full {
-        // Drop the warm-up traces (and the previous session's close, if any)
-        // so the receiver holds exactly the timed execs.
-        tokio::time::sleep(SETTLE).await;
-        flush(&providers.full).await?;
-        receiver.clear();
-    }
-    let mut times = Vec::with_capacity(execs);
-    let cpu_before = process_cpu_nanos();
-    for _ in 0..execs {
-        times.push(exec_true(client).await?);
-    }
-    let arrived = match mode {
-        Mode::Full => {
-            // The export (and the receiver's decoding) is part of the cost.
-            let a = arrival(receiver, &providers.full, execs).await?;
-            receiver.clear();
-            Some(a)
-        }
-        _ => None,
-    };
-    let cpu = process_cpu_nanos().saturating_sub(cpu_before) as f64 / execs as f64 / 1e3;
-    Ok((times, arrived, cpu))
-}
-
 async fn bench(args: &Args) -> Result<bool, String> {
     // A receiver that only counts spans per trace: it shares the 2 cores,
     // so it should cost as little as a receiver can.
     let receiver = OtlpReceiver::start_counting()
         .await
         .map_err(|e| e.to_string())?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(receiver.endpoint())
-        .build()
-        .map_err(|e| format!("OTLP exporter: {e}"))?;
-    let batch = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(65_536)
-                .with_scheduled_delay(Duration::from_millis(200))
-                .build(),
-        )
-        .build();
-    let providers = Providers {
-        propagation: telemetry::setup::base_builder("bench".into())
-            .with_sampler(Sampler::AlwaysOff)
-            .build(),
-        full: telemetry::setup::base_builder("bench".into())
-            .with_span_processor(batch)
-            .build(),
-    };
+    let providers = Providers::new(&receiver)?;
     let stack = Stack::start().await.map_err(|e| e.to_string())?;
     let client = stack.client();
 
@@ -253,15 +97,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
         );
     }
     client.close().await;
-    global::set_tracer_provider(NoopTracerProvider::new());
-    let full = providers.full.clone();
-    drop(providers);
-    // Blocking (joins the batch worker), so off the runtime's workers.
-    match tokio::task::spawn_blocking(move || full.shutdown()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("note: shutting the full provider down: {e}"),
-        Err(e) => eprintln!("note: shutting the full provider down: {e}"),
-    }
+    providers.shutdown().await;
 
     if let Some(mode) = args.only {
         println!(

@@ -23,6 +23,8 @@
 //!   coverage).
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
 //!   time, statistics, the machine line, running on a runtime).
+//! - [`versus`]: the benchmarks against ssh, socat and local spawning:
+//!   scenarios, targets and the report.
 //! - [`error`]: [`FixtureError`], what a fixture that cannot set up
 //!   returns; tests unwrap it, the benchmarks report it.
 //!
@@ -42,5 +44,6 @@ pub mod rfc3339;
 pub mod sink;
 pub mod stack;
 pub mod trace_check;
+pub mod versus;
 
 pub use error::FixtureError;

@@ -1,0 +1,346 @@
+//! Side by side with the tools people use instead: OpenSSH, a plain TCP
+//! relay (`socat`) and spawning locally, each scenario's two sides run
+//! interleaved in the same rounds and reported as ratios against their
+//! targets.
+//!
+//! Run it with `scripts/bench.sh`, which sets up what it needs (a local
+//! sshd on 127.0.0.1 with a throwaway key and a `/bin/sh` user, socat, the
+//! release `core-client`) and writes the results into `BENCHMARKS.md`.
+//! Options (after `--`): `--rounds R` (default 5), `--only ID[,ID...]`
+//! (`floor`, `warm`, `first_byte`, `cold`, `bulk` (also `relay_tax`),
+//! `tracing`, `pipe`, `scale`), `--write FILE`, `--ssh-port P --ssh-key
+//! FILE --ssh-user NAME`, `--core-client PATH`, `--bulk-mib N` (2048),
+//! `--pipe-mib N` (1024), `--sessions N` (1000), `--execs N` (200),
+//! `--tracing-execs N` (150).
+//!
+//! Timings are only reported, never asserted: it exits non-zero only if a
+//! scenario errors (an exec failed, an output was wrong, a span was lost).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use integration_tests::bench::{print_machine, run_text};
+use integration_tests::otlp::OtlpReceiver;
+use integration_tests::stack::Stack;
+use integration_tests::versus::latency::{self, ColdClient};
+use integration_tests::versus::ssh::Ssh;
+use integration_tests::versus::tracing::{Mode, Providers};
+use integration_tests::versus::{self, Comparison, bulk, pipe, scale};
+
+const SCENARIOS: [&str; 9] = [
+    "floor",
+    "warm",
+    "first_byte",
+    "cold",
+    "bulk",
+    "relay_tax",
+    "tracing",
+    "pipe",
+    "scale",
+];
+
+#[derive(Default)]
+struct Args {
+    rounds: usize,
+    only: Vec<String>,
+    write: Option<PathBuf>,
+    ssh_port: Option<u16>,
+    ssh_key: Option<PathBuf>,
+    ssh_user: Option<String>,
+    core_client: Option<PathBuf>,
+    bulk_mib: usize,
+    pipe_mib: usize,
+    sessions: usize,
+    execs: usize,
+    tracing_execs: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        rounds: 5,
+        bulk_mib: 2048,
+        pipe_mib: 1024,
+        sessions: 1000,
+        execs: 200,
+        tracing_execs: 150,
+        ..Args::default()
+    };
+    let (mut only, mut write, mut port, mut key, mut user, mut cc) =
+        (Vec::new(), None, None, None, None, None);
+    integration_tests::bench::parse_args(
+        &mut [
+            ("--rounds", &mut a.rounds),
+            ("--bulk-mib", &mut a.bulk_mib),
+            ("--pipe-mib", &mut a.pipe_mib),
+            ("--sessions", &mut a.sessions),
+            ("--execs", &mut a.execs),
+            ("--tracing-execs", &mut a.tracing_execs),
+        ],
+        &[
+            "--only",
+            "--write",
+            "--ssh-port",
+            "--ssh-key",
+            "--ssh-user",
+            "--core-client",
+        ],
+        |name, value| match (name, value) {
+            ("--only", Some(v)) => only.extend(v.split(',').map(str::to_owned)),
+            ("--write", v) => write = v.map(PathBuf::from),
+            ("--ssh-port", v) => port = v.and_then(|p| p.parse().ok()),
+            ("--ssh-key", v) => key = v.map(PathBuf::from),
+            ("--ssh-user", v) => user = v,
+            ("--core-client", v) => cc = v.map(PathBuf::from),
+            _ => {}
+        },
+    );
+    a.only = only;
+    a.write = write;
+    a.ssh_port = port;
+    a.ssh_key = key;
+    a.ssh_user = user;
+    a.core_client = cc;
+    a
+}
+
+impl Args {
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == id)
+    }
+
+    fn ssh(&self) -> Result<Ssh, String> {
+        match (&self.ssh_port, &self.ssh_key, &self.ssh_user) {
+            (Some(port), Some(key), Some(user)) => Ok(Ssh {
+                port: *port,
+                key: key.clone(),
+                user: user.clone(),
+            }),
+            _ => Err("the ssh scenarios need --ssh-port, --ssh-key and --ssh-user (scripts/bench.sh sets up an sshd and passes them)".into()),
+        }
+    }
+
+    /// The release `core-client` beside this benchmark's own binary
+    /// (`target/release/deps/versus-*` -> `target/release/core-client`).
+    fn core_client(&self) -> Result<PathBuf, String> {
+        if let Some(path) = &self.core_client {
+            return Ok(path.clone());
+        }
+        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+        let path = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("core-client"))
+            .filter(|p| p.is_file())
+            .ok_or("no release core-client beside the benchmark: `cargo build --release -p core-client` or give --core-client PATH")?;
+        Ok(path)
+    }
+}
+
+fn versions() -> String {
+    let first_line = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = if o.stdout.is_empty() {
+                    o.stderr
+                } else {
+                    o.stdout
+                };
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or("?")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_else(|| "not found".into())
+    };
+    let socat = std::process::Command::new("socat")
+        .arg("-V")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.split_once("socat version ").map(|(_, v)| v.to_owned()))
+        })
+        .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "not found".into());
+    format!(
+        "{}; {}; socat {socat}",
+        run_text("rustc", &["--version"]).unwrap_or_else(|| "rustc ?".into()),
+        first_line("ssh", &["-V"]),
+    )
+}
+
+async fn bench(args: &Args) -> Result<bool, String> {
+    if let Some(unknown) = args.only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        return Err(format!(
+            "unknown scenario {unknown:?} (one of {})",
+            SCENARIOS.join(", ")
+        ));
+    }
+    print_machine();
+    println!("versions: {}", versions());
+    let rounds = args.rounds;
+
+    // Tracing is on for our side of every in-process scenario: every span
+    // is exported over OTLP to a local receiver.
+    let receiver = OtlpReceiver::start_counting()
+        .await
+        .map_err(|e| e.to_string())?;
+    let providers = Providers::new(&receiver)?;
+    providers.install(Mode::Full);
+    let stack = Stack::start().await.map_err(|e| e.to_string())?;
+    let client = stack.client();
+    let direct = stack.direct_client().map_err(|e| e.to_string())?;
+    client.connect().await.map_err(|e| e.to_string())?;
+    direct.connect().await.map_err(|e| e.to_string())?;
+    let scratch = tempfile::tempdir().map_err(|e| format!("scratch dir: {e}"))?;
+
+    let wants_ssh = ["warm", "first_byte", "cold", "bulk", "relay_tax"]
+        .iter()
+        .any(|id| args.wants(id));
+    let ssh = if wants_ssh { Some(args.ssh()?) } else { None };
+    let master = match &ssh {
+        Some(ssh) if args.wants("warm") || args.wants("first_byte") => {
+            Some(ssh.master(&scratch.path().join("ssh-master")).await?)
+        }
+        _ => None,
+    };
+
+    let mut done: Vec<Comparison> = Vec::new();
+    let progress = |c: &Comparison, done: &mut Vec<Comparison>| {
+        eprintln!("{}: ratio/value {:.3}", c.id, c.judged().0);
+        done.push(c.clone());
+    };
+    if args.wants("floor") {
+        progress(&latency::floor(rounds, &client).await?, &mut done);
+    }
+    if let (Some(ssh), Some(master)) = (&ssh, &master) {
+        if args.wants("warm") {
+            let c = latency::warm(rounds, &client, ssh, master.socket()).await?;
+            progress(&c, &mut done);
+        }
+        if args.wants("first_byte") {
+            let c = latency::first_byte(rounds, &client, ssh, master.socket()).await?;
+            progress(&c, &mut done);
+        }
+    }
+    if let Some(ssh) = &ssh
+        && args.wants("cold")
+    {
+        let mut server_pub = stack.server.key.public().to_string();
+        server_pub.retain(|c| !c.is_whitespace());
+        let key = scratch.path().join("client.key");
+        stack
+            .client_key
+            .write_file(&key)
+            .map_err(|e| format!("writing the client key: {e}"))?;
+        let cold = ColdClient {
+            binary: args.core_client()?,
+            relay: stack.relay.url(),
+            server: server_pub,
+            key,
+            data_dir: scratch.path().join("cold"),
+        };
+        progress(&latency::cold(rounds, &cold, ssh).await?, &mut done);
+    }
+    if let Some(ssh) = &ssh
+        && (args.wants("bulk") || args.wants("relay_tax"))
+    {
+        let bytes = args.bulk_mib as u64 * 1024 * 1024;
+        let (b, t) = bulk::bulk_and_relay_tax(rounds, bytes, &client, &direct, ssh).await?;
+        progress(&b, &mut done);
+        progress(&t, &mut done);
+    }
+    if args.wants("tracing") {
+        let c =
+            versus::tracing::scenario(rounds, args.tracing_execs, &client, &providers, &receiver)
+                .await?;
+        progress(&c, &mut done);
+    }
+    drop(master);
+    client.close().await;
+    direct.close().await;
+    providers.shutdown().await;
+
+    if args.wants("pipe") {
+        let options = pipe::PipeOptions {
+            rounds,
+            bytes: args.pipe_mib as u64 * 1024 * 1024,
+        };
+        progress(&pipe::run(&options).await?, &mut done);
+    }
+    if args.wants("scale") {
+        let options = scale::ScaleOptions {
+            rounds,
+            idle_sessions: args.sessions,
+            concurrent_execs: args.execs,
+            output_bytes: 1024 * 1024,
+        };
+        progress(&scale::run(&options).await?, &mut done);
+    }
+
+    let table = versus::table(&done);
+    let notes = versus::notes(&done);
+    println!("\n{table}\n{notes}");
+    if let Some(path) = &args.write {
+        write_report(path, args, &table, &notes)?;
+        println!("results written to {}", path.display());
+    }
+    Ok(true)
+}
+
+/// Writes the generated section of `path` (the rest of the file is kept).
+fn write_report(path: &PathBuf, args: &Args, table: &str, notes: &str) -> Result<(), String> {
+    let document = std::fs::read_to_string(path).unwrap_or_default();
+    let mut section = String::new();
+    let date = run_text("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "?".into());
+    let machine = {
+        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "?".into());
+        let kernel = run_text("uname", &["-r"]).unwrap_or_else(|| "?".into());
+        format!("{nproc} CPUs ({cpu}), kernel {kernel}")
+    };
+    let commit = run_text("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+    let dirty = run_text("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    let _ = writeln!(
+        section,
+        "Generated by `scripts/bench.sh` on {date}: {machine}; {}; commit {commit}{}; {} rounds.\n",
+        versions(),
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        args.rounds
+    );
+    let _ = writeln!(
+        section,
+        "Each cell: median over rounds (min–max across rounds); latencies are each round's p50, with the median p99. \
+         The ratio is ours over the peer (medians), with the min–max of the per-round ratios.\n"
+    );
+    section.push_str(table);
+    section.push('\n');
+    section.push_str(notes);
+    std::fs::write(path, versus::splice_section(&document, &section))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    integration_tests::bench::run("versus", "", bench(&args))
+}

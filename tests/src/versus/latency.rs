@@ -1,0 +1,333 @@
+//! The latency scenarios: `floor` (a warm exec of `true` through the relay
+//! against the exec-server's own spawn of `true`), `warm` (against ssh
+//! through a `ControlMaster`), `first_byte` (dispatch to the first stdout
+//! byte of `echo x`) and `cold` (a new `core-client` process against a
+//! fresh `ssh`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use core_client::{Client, Event, ExecSpec, ExitStatus};
+use proto::pb::session::{ExecRequest, StdinMode, terminal_event};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::rounds::{Plan, latencies};
+use super::ssh::Ssh;
+use super::{Comparison, Target, Unit};
+use crate::bench::exec_true;
+
+/// The exec-server's own path for one `true`, with no session or network:
+/// `exec_server::process::run` spawning it and pushing its events into a
+/// local queue, until the final event. Its wall time.
+pub async fn local_true() -> Result<Duration, String> {
+    let started = Instant::now();
+    let (events_tx, mut events) = mpsc::channel(64);
+    let (_control_tx, control) = mpsc::channel(1);
+    let io = exec_server::process::ProcessIo {
+        call_id: 1,
+        events: events_tx,
+        control,
+        stdin: None,
+        cancel: CancellationToken::new(),
+    };
+    let request = ExecRequest {
+        argv: vec![bytes::Bytes::from_static(b"true")],
+        stdin: StdinMode::Null as i32,
+        ..ExecRequest::default()
+    };
+    let task = tokio::spawn(exec_server::process::run(
+        request,
+        io,
+        None,
+        Vec::new(),
+        Duration::from_secs(2),
+        exec_server::process::ProcessTrace::detached(),
+    ));
+    let mut exited = false;
+    while let Some(out) = events.recv().await {
+        if let Some(terminal_event::Kind::Exited(e)) = &out.event.kind {
+            exited = e.status == Some(proto::pb::session::exited::Status::Code(0));
+        }
+        if out.last {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    task.await.map_err(|e| format!("local spawn task: {e}"))?;
+    if exited {
+        Ok(took)
+    } else {
+        Err("the local spawn of `true` did not exit 0".into())
+    }
+}
+
+/// Times `ssh` (through `control`, if given) running `remote`: until it
+/// exits, checking it printed exactly `expect`.
+async fn ssh_run(
+    ssh: &Ssh,
+    control: Option<&Path>,
+    remote: &str,
+    expect: &[u8],
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let stdout = ssh.output(control, remote).await?;
+    let took = started.elapsed();
+    if stdout == expect {
+        Ok(took)
+    } else {
+        Err(format!("ssh {remote:?} printed {stdout:?}"))
+    }
+}
+
+/// Times `ssh` through `control` running `echo x`: until the first stdout
+/// byte arrives; then checks the whole output and the exit.
+async fn ssh_first_byte(ssh: &Ssh, control: &Path) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut child = ssh
+        .command(Some(control))
+        .arg(ssh.destination())
+        .arg("echo x")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("ssh: no stdout pipe")?;
+    let mut out = vec![0u8; 16];
+    let n = stdout
+        .read(&mut out)
+        .await
+        .map_err(|e| format!("ssh stdout: {e}"))?;
+    let took = started.elapsed();
+    let mut rest = Vec::new();
+    stdout
+        .read_to_end(&mut rest)
+        .await
+        .map_err(|e| format!("ssh stdout: {e}"))?;
+    out.truncate(n);
+    out.extend_from_slice(&rest);
+    let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
+    if status.success() && out == b"x\n" {
+        Ok(took)
+    } else {
+        Err(format!("ssh `echo x` went wrong: {status}, {out:?}"))
+    }
+}
+
+/// Times our `echo x` on the warm session: dispatch until the first stdout
+/// byte is handed over; then checks the whole output and the exit.
+async fn our_first_byte(client: &Client) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut run = client
+        .exec(ExecSpec::new(["echo", "x"]))
+        .await
+        .map_err(|e| format!("exec: {e}"))?;
+    let mut first = None;
+    let mut out = Vec::new();
+    let mut status = None;
+    while let Some(event) = run.next().await {
+        match event {
+            Event::Stdout(bytes) => {
+                first.get_or_insert_with(|| started.elapsed());
+                out.extend_from_slice(&bytes);
+            }
+            Event::Exited(s) => status = Some(s),
+            Event::Failed(f) => return Err(format!("`echo x` failed: {f}")),
+            Event::Started { .. } | Event::Stderr(_) => {}
+        }
+    }
+    match (first, status) {
+        (Some(took), Some(ExitStatus::Code(0))) if out == b"x\n" => Ok(took),
+        other => Err(format!("`echo x` went wrong: {other:?}, {out:?}")),
+    }
+}
+
+/// What the cold scenario runs: the `core-client` binary and its flags.
+#[derive(Debug, Clone)]
+pub struct ColdClient {
+    /// The (release) `core-client` binary.
+    pub binary: PathBuf,
+    /// The relay URL.
+    pub relay: String,
+    /// The exec-server's public key.
+    pub server: String,
+    /// The client's private key file.
+    pub key: PathBuf,
+    /// A scratch directory for its records and local trace file.
+    pub data_dir: PathBuf,
+}
+
+impl ColdClient {
+    /// Times one `core-client exec ... -- true` (a new process: connect,
+    /// handshake, exec), with its defaults: records kept, spans written
+    /// to its local trace file.
+    async fn run(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let out = tokio::process::Command::new(&self.binary)
+            .args([
+                "exec",
+                "-n",
+                "--relay",
+                &self.relay,
+                "--server",
+                &self.server,
+                "--key",
+            ])
+            .arg(&self.key)
+            .args(["--", "true"])
+            .env("REX_DATA_DIR", &self.data_dir)
+            .env("REX_TRACE_FILE", self.data_dir.join("traces.jsonl"))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("TRACEPARENT")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        let took = started.elapsed();
+        if out.status.success() && out.stdout.is_empty() {
+            Ok(took)
+        } else {
+            Err(format!(
+                "core-client exec true went wrong: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+fn comparison(
+    id: &'static str,
+    (ours, peer): (super::Series, super::Series),
+    target: f64,
+    note: String,
+) -> Comparison {
+    Comparison {
+        id,
+        unit: Unit::Micros,
+        ours,
+        peer: Some(peer),
+        target: Target::AtMost(target),
+        notes: vec![note],
+    }
+}
+
+/// `floor`: a warm exec of `true` through the relay against the
+/// exec-server spawning `true` locally. Target ≤ 1.5.
+pub async fn floor(rounds: usize, client: &Client) -> Result<Comparison, String> {
+    let plan = Plan {
+        rounds,
+        warmup: 50,
+        iterations: 200,
+    };
+    let sides = latencies(
+        plan,
+        (
+            "warm exec of `true` through the relay",
+            "exec-server's local spawn of `true`",
+        ),
+        async || exec_true(client).await,
+        async || local_true().await,
+    )
+    .await?;
+    Ok(comparison(
+        "floor",
+        sides,
+        1.5,
+        format!("{} execs of each per round, alternating", plan.iterations),
+    ))
+}
+
+/// `warm`: a warm exec of `true` through the relay against ssh through a
+/// `ControlMaster`. Target ≤ 0.15.
+pub async fn warm(
+    rounds: usize,
+    client: &Client,
+    ssh: &Ssh,
+    master: &Path,
+) -> Result<Comparison, String> {
+    let plan = Plan {
+        rounds,
+        warmup: 10,
+        iterations: 60,
+    };
+    let sides = latencies(
+        plan,
+        (
+            "warm exec of `true` through the relay",
+            "ssh ControlMaster `true`",
+        ),
+        async || exec_true(client).await,
+        async || ssh_run(ssh, Some(master), "true", b"").await,
+    )
+    .await?;
+    Ok(comparison(
+        "warm",
+        sides,
+        0.15,
+        format!(
+            "{} commands of each per round, alternating",
+            plan.iterations
+        ),
+    ))
+}
+
+/// `first_byte`: dispatch to the first stdout byte of `echo x` at the
+/// caller, against ssh through a `ControlMaster`. Target ≤ 0.2.
+pub async fn first_byte(
+    rounds: usize,
+    client: &Client,
+    ssh: &Ssh,
+    master: &Path,
+) -> Result<Comparison, String> {
+    let plan = Plan {
+        rounds,
+        warmup: 10,
+        iterations: 60,
+    };
+    let sides = latencies(
+        plan,
+        ("`echo x` on the warm session", "ssh ControlMaster `echo x`"),
+        async || our_first_byte(client).await,
+        async || ssh_first_byte(ssh, master).await,
+    )
+    .await?;
+    Ok(comparison(
+        "first byte",
+        sides,
+        0.2,
+        "time to the first stdout byte at the caller; whole output checked".into(),
+    ))
+}
+
+/// `cold`: `core-client exec ... -- true` as a new process against a fresh
+/// `ssh localhost true`. Target ≤ 0.1.
+pub async fn cold(rounds: usize, client: &ColdClient, ssh: &Ssh) -> Result<Comparison, String> {
+    let plan = Plan {
+        rounds,
+        warmup: 3,
+        iterations: 20,
+    };
+    let sides = latencies(
+        plan,
+        (
+            "`core-client exec -- true` (new process)",
+            "`ssh localhost true` (new connection)",
+        ),
+        async || client.run().await,
+        async || ssh_run(ssh, None, "true", b"").await,
+    )
+    .await?;
+    Ok(comparison(
+        "cold",
+        sides,
+        0.1,
+        format!(
+            "{} runs of each per round; the client keeps records and writes its spans to its local trace file, as by default",
+            plan.iterations
+        ),
+    ))
+}

@@ -1,0 +1,269 @@
+//! The receiving end of ours: a minimal responder that registers with the
+//! relay as an exec-server does (the registration proof, then an `Accept`
+//! stream per announced session), answers the IK handshake and the session
+//! hello with the project's own code, then decrypts every record and checks
+//! and counts the plaintext until the client's authenticated close.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use exec_server::link::SESSION_QUEUE;
+use proto::envelope;
+use proto::keys::{AuthorizedKeys, PublicKey, StaticKeypair};
+use proto::limits::MAX_GRPC_MESSAGE;
+use proto::noise::{ReplayGuard, SessionConfig, TransportError};
+use proto::pb::session::{HelloAck, envelope::Body};
+use proto::pb::tunnel::registry_client::RegistryClient;
+use proto::pb::tunnel::{
+    Frame, FrameKind, Incoming, RegisterDown, RegisterUp, register_down, register_up,
+};
+use proto::registration::ProofInitiator;
+use proto::routing::{SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, format_session_id};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Streaming};
+
+use super::{CHUNK, Pattern};
+
+/// What the responder counted in one session.
+pub(super) struct Report {
+    /// Plaintext bytes decrypted (and found as sent).
+    pub plaintext: u64,
+    /// Noise messages received after the hello (the close included).
+    pub messages: u64,
+    /// The largest of them, in bytes.
+    pub largest: usize,
+    /// When the client's close (right after its last data) was read.
+    pub finished: Instant,
+}
+
+/// The keys and handshake state the responder's sessions share.
+struct Shared {
+    key: StaticKeypair,
+    route: String,
+    authorized: AuthorizedKeys,
+    replay: Mutex<ReplayGuard>,
+    pattern: Pattern,
+}
+
+/// A registered responder; each session's outcome arrives on `reports`.
+pub(super) struct Responder {
+    task: JoinHandle<()>,
+    reports: mpsc::Receiver<Result<Report, String>>,
+}
+
+impl Responder {
+    /// Registers `key` with the relay at `url`, admitting only `client`.
+    pub(super) async fn start(
+        url: &str,
+        key: StaticKeypair,
+        client: PublicKey,
+    ) -> Result<Self, String> {
+        let link = proto::link::endpoint(url, proto::link::CONNECT_TIMEOUT)
+            .map_err(|e| format!("relay URL: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("responder cannot reach the relay: {e}"))?;
+        let shared = Arc::new(Shared {
+            route: key.public().server_id(),
+            key,
+            authorized: AuthorizedKeys::from_keys([client]),
+            replay: Mutex::new(ReplayGuard::default()),
+            pattern: Pattern::new(),
+        });
+        let (up, down) = register(&link, &shared).await?;
+        let (reports_tx, reports) = mpsc::channel(4);
+        let task = tokio::spawn(serve(link, down, up, shared, reports_tx));
+        Ok(Self { task, reports })
+    }
+
+    /// The next session's outcome, waiting at most `wait`.
+    pub(super) async fn report(&mut self, wait: Duration) -> Result<Report, String> {
+        match tokio::time::timeout(wait, self.reports.recv()).await {
+            Ok(Some(report)) => report,
+            Ok(None) => Err("ours: the responder is gone".into()),
+            Err(_) => Err(format!(
+                "ours: no count from the responder {}s after the last byte was sent",
+                wait.as_secs()
+            )),
+        }
+    }
+
+    /// Ends the registration (sessions end with their links).
+    pub(super) fn stop(self) {
+        self.task.abort();
+    }
+}
+
+fn registry_client(channel: Channel) -> RegistryClient<Channel> {
+    RegistryClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE)
+}
+
+fn insert(metadata: &mut MetadataMap, name: &'static str, value: &str) {
+    if let Ok(v) = MetadataValue::try_from(value) {
+        metadata.insert(name, v);
+    }
+}
+
+/// Registers as an exec-server does; the registration's up and down halves.
+async fn register(
+    link: &Channel,
+    ctx: &Shared,
+) -> Result<(mpsc::Sender<RegisterUp>, Streaming<RegisterDown>), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("responder registration: {e}");
+    let (proof, msg1) = ProofInitiator::start(&ctx.key).map_err(|e| fail(&e))?;
+    let proof_up = |m: Vec<u8>| RegisterUp {
+        msg: Some(register_up::Msg::Proof(m.into())),
+    };
+    let (up, up_rx) = mpsc::channel(4);
+    let closed = |_| fail(&"the stream closed");
+    up.send(proof_up(msg1)).await.map_err(closed)?;
+    let mut request = Request::new(ReceiverStream::new(up_rx));
+    insert(request.metadata_mut(), SERVER_ID_HEADER, &ctx.route);
+    let mut down = registry_client(link.clone())
+        .register(request)
+        .await
+        .map_err(|e| fail(&e))?
+        .into_inner();
+    let Some(register_down::Msg::Proof(msg2)) = down_message(&mut down).await? else {
+        return Err(fail(&"expected the relay's proof message"));
+    };
+    let msg3 = proof.finish(&msg2).map_err(|e| fail(&e))?;
+    up.send(proof_up(msg3)).await.map_err(closed)?;
+    match down_message(&mut down).await? {
+        Some(register_down::Msg::Registered(r)) if r.server_id == ctx.route => Ok((up, down)),
+        _ => Err(fail(&"expected the relay to confirm the registration")),
+    }
+}
+
+async fn down_message(
+    down: &mut Streaming<RegisterDown>,
+) -> Result<Option<register_down::Msg>, String> {
+    match tokio::time::timeout(Duration::from_secs(10), down.message()).await {
+        Ok(Ok(m)) => Ok(m.and_then(|m| m.msg)),
+        Ok(Err(status)) => Err(format!("responder registration: {status}")),
+        Err(_) => Err("responder registration: the relay did not answer".into()),
+    }
+}
+
+/// Accepts every session the relay announces, each on its own task;
+/// sends each session's count (or failure) to `reports`.
+async fn serve(
+    link: Channel,
+    mut down: Streaming<RegisterDown>,
+    _up: mpsc::Sender<RegisterUp>,
+    ctx: Arc<Shared>,
+    reports: mpsc::Sender<Result<Report, String>>,
+) {
+    while let Ok(Some(m)) = down.message().await {
+        if let Some(register_down::Msg::Incoming(incoming)) = m.msg {
+            let (link, ctx, reports) = (link.clone(), Arc::clone(&ctx), reports.clone());
+            tokio::spawn(async move {
+                let report = respond(link, incoming, &ctx).await;
+                let _ = reports.send(report).await;
+            });
+        }
+    }
+}
+
+async fn next_frame(inbound: &mut Streaming<Frame>) -> Result<Frame, String> {
+    match inbound.message().await {
+        Ok(Some(f)) if f.kind == FrameKind::Close as i32 => Err(format!(
+            "responder: closed by the relay ({})",
+            f.close_reason
+        )),
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err("responder: the link ended before the client's close".into()),
+        Err(status) => Err(format!("responder: link failed: {status}")),
+    }
+}
+
+/// One session: accept it, answer the handshake and the hello, then
+/// decrypt, check and count until the client's authenticated close.
+async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Report, String> {
+    let session_id = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref())
+        .map_err(|_| "responder: the relay announced a malformed session id")?;
+    let (out, out_rx) = mpsc::channel(SESSION_QUEUE);
+    let mut request = Request::new(ReceiverStream::new(out_rx));
+    insert(request.metadata_mut(), SERVER_ID_HEADER, &ctx.route);
+    let sid = format_session_id(&session_id);
+    insert(request.metadata_mut(), SESSION_ID_HEADER, &sid);
+    let mut inbound = registry_client(link)
+        .accept(request)
+        .await
+        .map_err(|e| format!("responder: accept: {e}"))?
+        .into_inner();
+    let msg1 = next_frame(&mut inbound).await?;
+    let accepted = {
+        let mut replay = ctx.replay.lock().unwrap_or_else(|e| e.into_inner());
+        proto::noise::accept(
+            &ctx.key,
+            ctx.route.as_bytes(),
+            &msg1.payload,
+            SystemTime::now(),
+            &ctx.authorized,
+            &mut replay,
+            SessionConfig::default(),
+        )
+    }
+    .map_err(|e| format!("responder: {e}"))?;
+    let closed = |_| "responder: the link closed".to_owned();
+    let msg2 = proto::frames::handshake(accepted.msg2.into());
+    out.send(msg2).await.map_err(closed)?;
+    let mut transport = accepted.transport;
+    let noise = |e: TransportError| format!("responder: {e}");
+
+    // The session hello, answered as an exec-server answers it.
+    let hello = loop {
+        if let Some(env) = transport.poll_envelope().map_err(noise)? {
+            break env;
+        }
+        transport
+            .receive(&next_frame(&mut inbound).await?.payload)
+            .map_err(noise)?;
+    };
+    let Ok(Some(Body::Hello(_))) = envelope::decode(&hello).map(|e| e.body) else {
+        return Err("responder: expected the session hello".into());
+    };
+    let ack = HelloAck {
+        server_version: env!("CARGO_PKG_VERSION").into(),
+        max_processes: 0,
+        max_chunk: CHUNK as u32,
+    };
+    let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
+    transport.send(&ack).map_err(noise)?;
+    while let Some(msg) = transport.poll_transmit(SystemTime::now()).map_err(noise)? {
+        out.send(proto::frames::data(msg)).await.map_err(closed)?;
+    }
+
+    let (mut plaintext, mut envelopes, mut messages, mut largest) = (0u64, 0u64, 0u64, 0usize);
+    while transport.peer_closed().is_none() {
+        let frame = next_frame(&mut inbound).await?;
+        if frame.kind != FrameKind::Data as i32 {
+            return Err("responder: a handshake frame inside the session".into());
+        }
+        messages += 1;
+        largest = largest.max(frame.payload.len());
+        transport.receive(&frame.payload).map_err(noise)?;
+        while let Some(env) = transport.poll_envelope().map_err(noise)? {
+            if !ctx.pattern.matches(envelopes, &env) {
+                return Err(format!(
+                    "ours: envelope {envelopes} (at byte {plaintext}) is not what was sent"
+                ));
+            }
+            envelopes += 1;
+            plaintext += env.len() as u64;
+        }
+    }
+    Ok(Report {
+        plaintext,
+        messages,
+        largest,
+        finished: Instant::now(),
+    })
+}
