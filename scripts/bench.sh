@@ -100,7 +100,7 @@ echo "== release binaries"
 cargo build --release --locked -p core-client -p relay -p exec-server
 
 echo "== benchmark"
-write=BENCHMARKS.md
+write="$PWD/BENCHMARKS.md"
 for arg in "$@"; do if [ "$arg" = --write ]; then write=""; fi; done
 cargo bench --locked -p integration-tests --bench versus -- \
     --ssh-port "$port" --ssh-key "$work/client_key" --ssh-user "$user" \
