@@ -153,9 +153,9 @@ pub fn run_text(program: &str, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Prints the `machine:` (CPUs, CPU model, kernel) and `toolchain:`
-/// (rustc, commit) lines.
-pub fn print_machine() {
+/// The machine: CPUs, CPU model and kernel, e.g. `nproc 2; cpu Intel(R)
+/// Xeon(R) Processor; kernel 6.1.0`.
+pub fn machine() -> String {
     let nproc = run_text("nproc", &[])
         .or_else(|| {
             std::thread::available_parallelism()
@@ -173,7 +173,12 @@ pub fn print_machine() {
         })
         .unwrap_or_else(|| "?".into());
     let kernel = run_text("uname", &["-r"]).unwrap_or_else(|| "?".into());
-    let rustc = run_text("rustc", &["--version"]).unwrap_or_else(|| "?".into());
+    format!("nproc {nproc}; cpu {cpu}; kernel {kernel}")
+}
+
+/// The checked-out commit, marked when the work tree has uncommitted
+/// changes to tracked files.
+pub fn commit() -> String {
     let mut commit =
         run_text("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
     let dirty = run_text("git", &["status", "--porcelain", "--untracked-files=no"])
@@ -181,8 +186,15 @@ pub fn print_machine() {
     if dirty {
         commit.push_str(" (with uncommitted changes)");
     }
-    println!("machine: nproc {nproc}; cpu {cpu}; kernel {kernel}");
-    println!("toolchain: {rustc}; commit {commit}");
+    commit
+}
+
+/// Prints the `machine:` (CPUs, CPU model, kernel) and `toolchain:`
+/// (rustc, commit) lines.
+pub fn print_machine() {
+    let rustc = run_text("rustc", &["--version"]).unwrap_or_else(|| "?".into());
+    println!("machine: {}", machine());
+    println!("toolchain: {rustc}; commit {}", commit());
 }
 
 /// Runs `bench` on a multi-threaded runtime and turns its outcome into
