@@ -133,6 +133,9 @@ pub struct Established {
     /// The exec-server's clock minus ours, estimated from the hello
     /// exchange (nanoseconds).
     pub clock_offset_nanos: i64,
+    /// What the link goes to, for messages: "the relay" or "the
+    /// exec-server".
+    pub via: &'static str,
 }
 
 async fn first_frame(
@@ -272,5 +275,9 @@ pub async fn establish(
         inbound,
         hello: ack,
         clock_offset_nanos: offset,
+        via: match config.target {
+            crate::Target::Relay(_) => "the relay",
+            crate::Target::Direct(_) => "the exec-server",
+        },
     })
 }

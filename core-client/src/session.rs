@@ -158,6 +158,7 @@ pub fn spawn(established: Established, keepalive: Duration, queue: usize) -> Ses
         closed,
         tracer: opentelemetry::global::tracer("core-client"),
         sends: SendTracker::default(),
+        via: established.via,
         frame: (SystemTime::now(), None),
         clock_offset,
     };
@@ -212,6 +213,8 @@ struct Driver {
     tracer: BoxedTracer,
     /// `relay.frame.send` spans waiting for their bytes to leave.
     sends: SendTracker,
+    /// What the link goes to ("the relay" or "the exec-server").
+    via: &'static str,
     /// The frame being decoded: its arrival and its hop context.
     frame: (SystemTime, Option<SpanContext>),
     clock_offset: Arc<AtomicI64>,
@@ -255,7 +258,7 @@ impl Driver {
                     return "closed by the client".into();
                 }
                 permit = outbound.reserve(), if has_output => {
-                    let Ok(permit) = permit else { return "the link to the relay was lost".into() };
+                    let Ok(permit) = permit else { return format!("the link to {} was lost", self.via) };
                     match self.transport.poll_transmit_until(SystemTime::now(), self.sends.next_boundary()) {
                         Ok(Some(msg)) => {
                             let mut frame = proto::frames::data(msg);
@@ -317,8 +320,8 @@ impl Driver {
                             return format!("the exec-server closed the session: {reason}");
                         }
                     }
-                    Ok(None) => return "the link to the exec-server ended".into(),
-                    Err(s) => return format!("the link failed: {}", s.message()),
+                    Ok(None) => return format!("{} ended the link", self.via),
+                    Err(s) => return format!("the connection to {} broke: {}", self.via, s.message()),
                 },
             }
         }
