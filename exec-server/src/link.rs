@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::keys::StaticKeypair;
 use proto::limits::MAX_GRPC_MESSAGE;
+use proto::link::FrameSender;
 use proto::pb::tunnel::registry_client::RegistryClient;
-use proto::pb::tunnel::{Incoming, RegisterUp, register_down, register_up};
+use proto::pb::tunnel::{Frame, Incoming, RegisterDown, RegisterUp, register_down, register_up};
 use proto::registration::ProofInitiator;
 use proto::routing::{SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, format_session_id};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -88,6 +91,49 @@ fn jittered(base: Duration) -> Duration {
     base + Duration::from_millis(rand::random_range(0..max_extra))
 }
 
+/// The registration exchange on `channel`: proves possession of `key`
+/// to the relay (a Noise `XN` exchange, each answer awaited at most
+/// `timeout`) and waits until the relay confirms `route` (the key's server
+/// id). Returns the registration stream's halves: announced sessions
+/// arrive on the down half, and the registration lasts while the up half
+/// is held.
+pub async fn register(
+    channel: &Channel,
+    key: &StaticKeypair,
+    route: &str,
+    timeout: Duration,
+) -> Result<(mpsc::Sender<RegisterUp>, Streaming<RegisterDown>), LinkError> {
+    let proof_up = |msg: Vec<u8>| RegisterUp {
+        msg: Some(register_up::Msg::Proof(msg.into())),
+    };
+    let (proof, msg1) = ProofInitiator::start(key)?;
+    let (up_tx, up_rx) = mpsc::channel(4);
+    up_tx
+        .send(proof_up(msg1))
+        .await
+        .map_err(|_| LinkError::Protocol)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(up_rx));
+    if let Ok(v) = MetadataValue::try_from(route) {
+        request.metadata_mut().insert(SERVER_ID_HEADER, v);
+    }
+    let mut down = registry_client(channel.clone())
+        .register(request)
+        .await?
+        .into_inner();
+    let register_down::Msg::Proof(msg2) = next(&mut down, timeout).await? else {
+        return Err(LinkError::Protocol);
+    };
+    let msg3 = proof.finish(&msg2)?;
+    up_tx
+        .send(proof_up(msg3))
+        .await
+        .map_err(|_| LinkError::Protocol)?;
+    match next(&mut down, timeout).await? {
+        register_down::Msg::Registered(r) if r.server_id == route => Ok((up_tx, down)),
+        _ => Err(LinkError::Protocol),
+    }
+}
+
 /// One registration. Ok(true) if it was established and later lost,
 /// Ok(false) if shut down before or during.
 async fn register_once(
@@ -102,38 +148,14 @@ async fn register_once(
         () = shutdown.cancelled() => return Ok(false),
         c = ep.connect() => c?,
     };
-    let mut client = registry_client(channel.clone());
-    let (proof, msg1) = ProofInitiator::start(&ctx.config.key)?;
-    let (up_tx, up_rx) = mpsc::channel(4);
-    up_tx
-        .send(RegisterUp {
-            msg: Some(register_up::Msg::Proof(msg1.into())),
-        })
-        .await
-        .map_err(|_| LinkError::Protocol)?;
-    let mut request = tonic::Request::new(ReceiverStream::new(up_rx));
-    if let Ok(v) = MetadataValue::try_from(ctx.route.as_str()) {
-        request.metadata_mut().insert(SERVER_ID_HEADER, v);
-    }
-    let mut down = client.register(request).await?.into_inner();
-    let timeout = ctx.config.handshake_timeout;
-    let register_down::Msg::Proof(msg2) = next(&mut down, timeout).await? else {
-        return Err(LinkError::Protocol);
-    };
-    let msg3 = proof.finish(&msg2)?;
-    up_tx
-        .send(RegisterUp {
-            msg: Some(register_up::Msg::Proof(msg3.into())),
-        })
-        .await
-        .map_err(|_| LinkError::Protocol)?;
-    let register_down::Msg::Registered(r) = next(&mut down, timeout).await? else {
-        return Err(LinkError::Protocol);
-    };
-    if r.server_id != ctx.route {
-        return Err(LinkError::Protocol);
-    }
-    tracing::info!(server_id = %r.server_id, "registered with relay");
+    let (_up, mut down) = register(
+        &channel,
+        &ctx.config.key,
+        &ctx.route,
+        ctx.config.handshake_timeout,
+    )
+    .await?;
+    tracing::info!(server_id = %ctx.route, "registered with relay");
     registered.send_replace(true);
     loop {
         let msg = tokio::select! {
@@ -143,12 +165,12 @@ async fn register_once(
         match msg {
             Ok(Some(m)) => match m.msg {
                 Some(register_down::Msg::Incoming(incoming)) => {
-                    let client = registry_client(channel.clone());
+                    let channel = channel.clone();
                     let ctx = Arc::clone(ctx);
                     let shutdown = shutdown.clone();
                     ctx.tasks
                         .clone()
-                        .spawn(accept(client, incoming, ctx, shutdown));
+                        .spawn(accept(channel, incoming, ctx, shutdown));
                 }
                 _ => return Err(LinkError::Protocol),
             },
@@ -175,22 +197,24 @@ async fn next(
     }
 }
 
-async fn accept(
-    mut client: RegistryClient<Channel>,
-    incoming: Incoming,
-    ctx: Arc<ServerContext>,
-    shutdown: CancellationToken,
-) {
-    let Ok(session_id) = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref()) else {
-        return;
-    };
+/// Opens this exec-server's half of the announced session `incoming` on
+/// `channel` (route `route`, the client link's trace context passed on):
+/// the frames toward the relay (bounded by [`SESSION_QUEUE`]) and the
+/// frames from it.
+pub async fn open_session(
+    channel: Channel,
+    route: &str,
+    incoming: &Incoming,
+) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
+    let session_id = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref())
+        .map_err(|_| LinkError::Protocol)?;
     let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
     // The session writes `Result` frames (shared with the server-side
     // streams); a request stream carries plain frames.
     let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
     let mut request = tonic::Request::new(frames);
     let md = request.metadata_mut();
-    if let Ok(v) = MetadataValue::try_from(ctx.route.as_str()) {
+    if let Ok(v) = MetadataValue::try_from(route) {
         md.insert(SERVER_ID_HEADER, v);
     }
     if let Ok(v) = MetadataValue::try_from(format_session_id(&session_id)) {
@@ -202,10 +226,20 @@ async fn accept(
     {
         md.insert("traceparent", v);
     }
-    let inbound = match client.accept(request).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            tracing::debug!(%status, "could not accept announced session");
+    let inbound = registry_client(channel).accept(request).await?.into_inner();
+    Ok((out_tx, inbound))
+}
+
+async fn accept(
+    channel: Channel,
+    incoming: Incoming,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) {
+    let (out_tx, inbound) = match open_session(channel, &ctx.route, &incoming).await {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not accept announced session");
             return;
         }
     };

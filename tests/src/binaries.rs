@@ -89,23 +89,41 @@ impl Proc {
     /// A [`FixtureError::Timeout`] if none came `within`, a
     /// [`FixtureError::Output`] if stderr closed first.
     pub fn wait_for_line(&self, needle: &str, within: Duration) -> Result<String> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => continue,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(FixtureError::Timeout {
-                        what: format!("a stderr line containing {needle:?} ({within:?})"),
-                    });
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(FixtureError::output(
-                        "the process's stderr",
-                        format!("it closed without a line containing {needle:?}"),
-                    ));
-                }
+        recv_line(
+            &self.stderr_lines,
+            |line| line.contains(needle),
+            &format!("a stderr line containing {needle:?}"),
+            within,
+        )
+    }
+}
+
+/// Waits (bounded) for a line from `lines` that `wanted` accepts; returns
+/// it. A [`FixtureError::Timeout`] if none came `within`, a
+/// [`FixtureError::Output`] if the lines ended first. `what` names the
+/// line awaited in those errors.
+pub fn recv_line(
+    lines: &mpsc::Receiver<String>,
+    wanted: impl Fn(&str) -> bool,
+    what: &str,
+    within: Duration,
+) -> Result<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return Ok(line),
+            Ok(_) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(FixtureError::Timeout {
+                    what: format!("{what} ({within:?})"),
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(FixtureError::output(
+                    "the process's output",
+                    format!("it ended without {what}"),
+                ));
             }
         }
     }

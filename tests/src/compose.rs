@@ -279,25 +279,13 @@ pub struct Ended {
 impl Running {
     /// Waits (bounded) for a stdout line equal to `line`.
     pub fn wait_for_line(&self, line: &str, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l == line => return Ok(()),
-                Ok(_) => continue,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(FixtureError::Timeout {
-                        what: format!("the stdout line {line:?} ({within:?})"),
-                    });
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(FixtureError::output(
-                        "core-client",
-                        format!("stdout closed before {line:?}"),
-                    ));
-                }
-            }
-        }
+        crate::binaries::recv_line(
+            &self.lines,
+            |l| l == line,
+            &format!("the stdout line {line:?}"),
+            within,
+        )
+        .map(drop)
     }
 
     /// Waits (bounded) for it to end. A [`FixtureError::Timeout`] (and the

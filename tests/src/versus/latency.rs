@@ -215,6 +215,15 @@ fn comparison(
     }
 }
 
+/// The rounds of the scenarios against ssh through a `ControlMaster`.
+fn ssh_plan(rounds: usize) -> Plan {
+    Plan {
+        rounds,
+        warmup: 10,
+        iterations: 60,
+    }
+}
+
 /// `floor`: a warm exec of `true` through the relay against the
 /// exec-server spawning `true` locally. Target ≤ 1.5.
 pub async fn floor(rounds: usize, client: &Client) -> Result<Comparison, String> {
@@ -249,11 +258,7 @@ pub async fn warm(
     ssh: &Ssh,
     master: &Path,
 ) -> Result<Comparison, String> {
-    let plan = Plan {
-        rounds,
-        warmup: 10,
-        iterations: 60,
-    };
+    let plan = ssh_plan(rounds);
     let sides = latencies(
         plan,
         (
@@ -283,11 +288,7 @@ pub async fn first_byte(
     ssh: &Ssh,
     master: &Path,
 ) -> Result<Comparison, String> {
-    let plan = Plan {
-        rounds,
-        warmup: 10,
-        iterations: 60,
-    };
+    let plan = ssh_plan(rounds);
     let sides = latencies(
         plan,
         ("`echo x` on the warm session", "ssh ControlMaster `echo x`"),

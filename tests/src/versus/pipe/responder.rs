@@ -1,32 +1,27 @@
 //! The receiving end of ours: a minimal responder that registers with the
-//! relay as an exec-server does (the registration proof, then an `Accept`
-//! stream per announced session), answers the IK handshake and the session
-//! hello with the project's own code, then decrypts every record and checks
-//! and counts the plaintext until the client's authenticated close.
+//! relay and accepts each announced session with the exec-server's own link
+//! code (`exec_server::link::register`, `open_session`), answers the IK
+//! handshake and the session hello with the project's own code, then
+//! decrypts every record and checks and counts the plaintext until the
+//! client's authenticated close.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use exec_server::link::SESSION_QUEUE;
 use proto::envelope;
 use proto::keys::{AuthorizedKeys, PublicKey, StaticKeypair};
-use proto::limits::MAX_GRPC_MESSAGE;
 use proto::noise::{ReplayGuard, SessionConfig, TransportError};
 use proto::pb::session::{HelloAck, envelope::Body};
-use proto::pb::tunnel::registry_client::RegistryClient;
-use proto::pb::tunnel::{
-    Frame, FrameKind, Incoming, RegisterDown, RegisterUp, register_down, register_up,
-};
-use proto::registration::ProofInitiator;
-use proto::routing::{SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, format_session_id};
+use proto::pb::tunnel::{Frame, FrameKind, Incoming, RegisterDown, RegisterUp, register_down};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::Streaming;
 use tonic::transport::Channel;
-use tonic::{Request, Streaming};
 
 use super::{CHUNK, Pattern};
+
+/// How long each registration answer from the relay may take.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
 
 /// What the responder counted in one session.
 pub(super) struct Report {
@@ -74,7 +69,10 @@ impl Responder {
             replay: Mutex::new(ReplayGuard::default()),
             pattern: Pattern::new(),
         });
-        let (up, down) = register(&link, &shared).await?;
+        let (up, down) =
+            exec_server::link::register(&link, &shared.key, &shared.route, REGISTRATION_WAIT)
+                .await
+                .map_err(|e| format!("responder registration: {e}"))?;
         let (reports_tx, reports) = mpsc::channel(4);
         let task = tokio::spawn(serve(link, down, up, shared, reports_tx));
         Ok(Self { task, reports })
@@ -95,59 +93,6 @@ impl Responder {
     /// Ends the registration (sessions end with their links).
     pub(super) fn stop(self) {
         self.task.abort();
-    }
-}
-
-fn registry_client(channel: Channel) -> RegistryClient<Channel> {
-    RegistryClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE)
-}
-
-fn insert(metadata: &mut MetadataMap, name: &'static str, value: &str) {
-    if let Ok(v) = MetadataValue::try_from(value) {
-        metadata.insert(name, v);
-    }
-}
-
-/// Registers as an exec-server does; the registration's up and down halves.
-async fn register(
-    link: &Channel,
-    ctx: &Shared,
-) -> Result<(mpsc::Sender<RegisterUp>, Streaming<RegisterDown>), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("responder registration: {e}");
-    let (proof, msg1) = ProofInitiator::start(&ctx.key).map_err(|e| fail(&e))?;
-    let proof_up = |m: Vec<u8>| RegisterUp {
-        msg: Some(register_up::Msg::Proof(m.into())),
-    };
-    let (up, up_rx) = mpsc::channel(4);
-    let closed = |_| fail(&"the stream closed");
-    up.send(proof_up(msg1)).await.map_err(closed)?;
-    let mut request = Request::new(ReceiverStream::new(up_rx));
-    insert(request.metadata_mut(), SERVER_ID_HEADER, &ctx.route);
-    let mut down = registry_client(link.clone())
-        .register(request)
-        .await
-        .map_err(|e| fail(&e))?
-        .into_inner();
-    let Some(register_down::Msg::Proof(msg2)) = down_message(&mut down).await? else {
-        return Err(fail(&"expected the relay's proof message"));
-    };
-    let msg3 = proof.finish(&msg2).map_err(|e| fail(&e))?;
-    up.send(proof_up(msg3)).await.map_err(closed)?;
-    match down_message(&mut down).await? {
-        Some(register_down::Msg::Registered(r)) if r.server_id == ctx.route => Ok((up, down)),
-        _ => Err(fail(&"expected the relay to confirm the registration")),
-    }
-}
-
-async fn down_message(
-    down: &mut Streaming<RegisterDown>,
-) -> Result<Option<register_down::Msg>, String> {
-    match tokio::time::timeout(Duration::from_secs(10), down.message()).await {
-        Ok(Ok(m)) => Ok(m.and_then(|m| m.msg)),
-        Ok(Err(status)) => Err(format!("responder registration: {status}")),
-        Err(_) => Err("responder registration: the relay did not answer".into()),
     }
 }
 
@@ -186,18 +131,9 @@ async fn next_frame(inbound: &mut Streaming<Frame>) -> Result<Frame, String> {
 /// One session: accept it, answer the handshake and the hello, then
 /// decrypt, check and count until the client's authenticated close.
 async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Report, String> {
-    let session_id = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref())
-        .map_err(|_| "responder: the relay announced a malformed session id")?;
-    let (out, out_rx) = mpsc::channel(SESSION_QUEUE);
-    let mut request = Request::new(ReceiverStream::new(out_rx));
-    insert(request.metadata_mut(), SERVER_ID_HEADER, &ctx.route);
-    let sid = format_session_id(&session_id);
-    insert(request.metadata_mut(), SESSION_ID_HEADER, &sid);
-    let mut inbound = registry_client(link)
-        .accept(request)
+    let (out, mut inbound) = exec_server::link::open_session(link, &ctx.route, &incoming)
         .await
-        .map_err(|e| format!("responder: accept: {e}"))?
-        .into_inner();
+        .map_err(|e| format!("responder: accept: {e}"))?;
     let msg1 = next_frame(&mut inbound).await?;
     let accepted = {
         let mut replay = ctx.replay.lock().unwrap_or_else(|e| e.into_inner());
@@ -214,7 +150,7 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
     .map_err(|e| format!("responder: {e}"))?;
     let closed = |_| "responder: the link closed".to_owned();
     let msg2 = proto::frames::handshake(accepted.msg2.into());
-    out.send(msg2).await.map_err(closed)?;
+    out.send(Ok(msg2)).await.map_err(closed)?;
     let mut transport = accepted.transport;
     let noise = |e: TransportError| format!("responder: {e}");
 
@@ -238,7 +174,9 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
     let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
     transport.send(&ack).map_err(noise)?;
     while let Some(msg) = transport.poll_transmit(SystemTime::now()).map_err(noise)? {
-        out.send(proto::frames::data(msg)).await.map_err(closed)?;
+        out.send(Ok(proto::frames::data(msg)))
+            .await
+            .map_err(closed)?;
     }
 
     let (mut plaintext, mut envelopes, mut messages, mut largest) = (0u64, 0u64, 0u64, 0usize);
