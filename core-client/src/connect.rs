@@ -209,7 +209,7 @@ pub async fn establish(
             "expected handshake message 2".into(),
         ));
     }
-    let mut transport = hs.finish(&f.payload, SystemTime::now()).map_err(|e| match e {
+    let mut transport = hs.finish(&f.payload, std::time::Instant::now()).map_err(|e| match e {
         HandshakeError::Decrypt => ConnectError::Handshake(
             "the exec-server's key is not the one given with --server (or the message was tampered with)".into(),
         ),
@@ -229,7 +229,7 @@ pub async fn establish(
         .send(&bytes)
         .map_err(|e| ConnectError::Protocol(e.to_string()))?;
     while let Some(msg) = transport
-        .poll_transmit(SystemTime::now())
+        .poll_transmit(std::time::Instant::now())
         .map_err(|e| ConnectError::Protocol(e.to_string()))?
     {
         tx.send(Ok(proto::frames::data(msg)))

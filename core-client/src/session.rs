@@ -259,7 +259,7 @@ impl Driver {
                 }
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return format!("the link to {} was lost", self.via) };
-                    match self.transport.poll_transmit_until(SystemTime::now(), self.sends.next_boundary()) {
+                    match self.transport.poll_transmit_until(Instant::now(), self.sends.next_boundary()) {
                         Ok(Some(msg)) => {
                             let mut frame = proto::frames::data(msg);
                             let done = self.sends.transmitted(self.transport.sent_offset());

@@ -214,6 +214,7 @@ where
             ctx.route.as_bytes(),
             &msg1,
             SystemTime::now(),
+            std::time::Instant::now(),
             &ctx.config.authorized,
             &mut replay,
             SessionConfig::default(),
@@ -352,7 +353,7 @@ impl Driver {
                 }
                 permit = outbound.reserve(), if has_output => {
                     let Ok(permit) = permit else { return Err(SessionError::LinkLost) };
-                    if let Some(msg) = self.transport.poll_transmit_until(SystemTime::now(), self.sends.next_boundary())? {
+                    if let Some(msg) = self.transport.poll_transmit_until(std::time::Instant::now(), self.sends.next_boundary())? {
                         let mut frame = proto::frames::data(msg);
                         let sent = self.transport.sent_offset();
                         let done = self.sends.transmitted(sent);

@@ -82,6 +82,26 @@ impl FrameEncoder {
         Ok(())
     }
 
+    /// Appends `message` as one frame, encoded in place. Fails, queuing
+    /// nothing, if its encoded length is larger than the limit.
+    pub fn push_message(&mut self, message: &impl prost::Message) -> Result<(), FramingError> {
+        let len = message.encoded_len();
+        let too_large = FramingError::TooLarge { len, max: self.max };
+        if len > self.max {
+            return Err(too_large);
+        }
+        let prefix = u32::try_from(len).map_err(|_| too_large)?;
+        self.buf.reserve(LEN_PREFIX + len);
+        self.buf.put_u32(prefix);
+        // Room is reserved: encoding into a growable buffer cannot fail.
+        let before = self.buf.len();
+        if message.encode(&mut self.buf).is_err() || self.buf.len() - before != len {
+            self.buf.truncate(before - LEN_PREFIX);
+            return Err(FramingError::TooLarge { len, max: self.max });
+        }
+        Ok(())
+    }
+
     /// Bytes of encoded stream not yet taken.
     pub fn pending(&self) -> usize {
         self.buf.len()

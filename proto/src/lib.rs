@@ -17,6 +17,8 @@
 //! - [`registration`]: the sans-IO proof that a registering exec-server holds
 //!   its static key.
 //! - [`routing`]: the routing headers on relay links (server and session ids).
+//! - [`session`]: the session protocol as sans-IO state machines
+//!   ([`session::ClientSession`], [`session::ServerSession`]).
 //! - [`clock`]: wall-clock helpers shared by the codecs.
 //!
 //! Apart from [`health`]'s probe and [`link`]'s settings, nothing here
@@ -35,6 +37,7 @@ pub mod noise;
 pub mod program;
 pub mod registration;
 pub mod routing;
+pub mod session;
 
 mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]

@@ -57,7 +57,7 @@ pub async fn close_session(
     outbound: &FrameSender,
     reason: &str,
 ) {
-    let Ok(messages) = transport.flush_and_close(reason, std::time::SystemTime::now()) else {
+    let Ok(messages) = transport.flush_and_close(reason, std::time::Instant::now()) else {
         return;
     };
     for msg in messages {

@@ -1,7 +1,7 @@
 //! The two IK handshake messages: [`ClientHandshake`] and [`accept`].
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use snow::HandshakeState;
 
@@ -79,7 +79,7 @@ impl ClientHandshake {
     /// Reads message 2 and enters transport mode. `now` starts the rekey
     /// timer. Fails with [`HandshakeError::Decrypt`] if the responder does
     /// not hold the pinned key (or the message was altered).
-    pub fn finish(mut self, msg2: &[u8], now: SystemTime) -> Result<Transport, HandshakeError> {
+    pub fn finish(mut self, msg2: &[u8], now: Instant) -> Result<Transport, HandshakeError> {
         if msg2.len() > MAX_NOISE_MESSAGE || msg2.len() < MSG2_LEN {
             return Err(HandshakeError::Malformed);
         }
@@ -117,7 +117,8 @@ impl fmt::Debug for Accepted {
 }
 
 /// Answers message 1 on the exec-server, bound to `route` (its own id as
-/// ASCII) at wall-clock time `now`.
+/// ASCII) at wall-clock time `now` (for the replay guard); `at` starts the
+/// rekey timer.
 ///
 /// In order: the length is checked; message 1 is decrypted (which
 /// authenticates the client's static key); a key not in `authorized` is
@@ -125,11 +126,16 @@ impl fmt::Debug for Accepted {
 /// checked against `replay` ([`HandshakeError::ClockSkew`],
 /// [`HandshakeError::Replay`], [`HandshakeError::Busy`]); then message 2 is
 /// written. On any error no reply exists.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each input is distinct: keys, route, message, both clocks, admission, replay, suite"
+)]
 pub fn accept(
     local: &StaticKeypair,
     route: &[u8],
     msg1: &[u8],
     now: SystemTime,
+    at: Instant,
     authorized: &AuthorizedKeys,
     replay: &mut ReplayGuard,
     cfg: SessionConfig,
@@ -171,7 +177,7 @@ pub fn accept(
     msg2.truncate(n);
     let state = hs.into_transport_mode().map_err(handshake_err)?;
     Ok(Accepted {
-        transport: Transport::new(state, client, cfg, now),
+        transport: Transport::new(state, client, cfg, at),
         msg2,
         client,
     })

@@ -1,7 +1,7 @@
 //! The session after the handshake: records, rekey and authenticated close.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -89,7 +89,7 @@ pub struct Transport {
     encoder: FrameEncoder,
     decoder: FrameDecoder,
     sent_since_rekey: u64,
-    last_rekey: SystemTime,
+    last_rekey: Instant,
     closed: bool,
     peer_closed: Option<String>,
     dead: bool,
@@ -119,7 +119,7 @@ impl Transport {
         state: snow::TransportState,
         remote: PublicKey,
         cfg: SessionConfig,
-        now: SystemTime,
+        now: Instant,
     ) -> Self {
         let max = cfg.max_envelope.min(MAX_ENVELOPE);
         Self {
@@ -151,6 +151,23 @@ impl Transport {
         Ok(())
     }
 
+    /// Queues one message, encoding it straight into the stream (no
+    /// intermediate buffer). Fails like [`send`](Self::send).
+    pub fn send_message(&mut self, message: &impl prost::Message) -> Result<(), TransportError> {
+        self.check_alive()?;
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        self.encoder.push_message(message)?;
+        Ok(())
+    }
+
+    /// Drops everything queued and not yet sent (the session is ending and
+    /// it is no longer worth sending). Returns how many bytes were dropped.
+    pub fn discard_pending(&mut self) -> usize {
+        self.encoder.take(usize::MAX).len()
+    }
+
     /// The next Noise message to send, or `None` when nothing is pending.
     ///
     /// If a rekey is due (at least `rekey_after_messages` messages, or
@@ -159,7 +176,7 @@ impl Transport {
     /// pending stream go out as one `DATA` message, so small envelopes share
     /// a message and a large one spans several. Every message is at most
     /// [`MAX_NOISE_MESSAGE`] bytes.
-    pub fn poll_transmit(&mut self, now: SystemTime) -> Result<Option<Bytes>, TransportError> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Result<Option<Bytes>, TransportError> {
         self.poll_transmit_until(now, None)
     }
 
@@ -169,7 +186,7 @@ impl Transport {
     /// use it to give a traced envelope a message (and frame) of its own.
     pub fn poll_transmit_until(
         &mut self,
-        now: SystemTime,
+        now: Instant,
         boundary: Option<u64>,
     ) -> Result<Option<Bytes>, TransportError> {
         self.check_alive()?;
@@ -241,7 +258,7 @@ impl Transport {
     pub fn flush_and_close(
         &mut self,
         reason: &str,
-        now: SystemTime,
+        now: Instant,
     ) -> Result<Vec<Bytes>, TransportError> {
         let mut out = Vec::new();
         while let Some(msg) = self.poll_transmit(now)? {
@@ -358,15 +375,13 @@ impl Transport {
         Ok(())
     }
 
-    fn rekey_due(&self, now: SystemTime) -> bool {
+    fn rekey_due(&self, now: Instant) -> bool {
         if self.sent_since_rekey == 0 {
             // The current key has not been used: nothing to refresh.
             return false;
         }
         self.sent_since_rekey >= self.cfg.rekey_after_messages
-            || now
-                .duration_since(self.last_rekey)
-                .is_ok_and(|d| d >= self.cfg.rekey_after)
+            || now.saturating_duration_since(self.last_rekey) >= self.cfg.rekey_after
     }
 
     /// Encrypts one record. Any failure ends the session.

@@ -6,7 +6,7 @@
 //! then go out through its [`Transport`] as envelopes of [`CHUNK`] bytes,
 //! one full-size record each.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use core_client::connect::{self, Established};
 use core_client::{ClientConfig, Target};
@@ -118,7 +118,7 @@ async fn send_all(
         let len = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
         transport.send(pattern.envelope(seq, len)).map_err(noise)?;
         (left, seq) = (left - len as u64, seq + 1);
-        while let Some(msg) = transport.poll_transmit(SystemTime::now()).map_err(noise)? {
+        while let Some(msg) = transport.poll_transmit(Instant::now()).map_err(noise)? {
             if outbound.send(Ok(proto::frames::data(msg))).await.is_err() {
                 return Err("ours: the link closed while sending".into());
             }

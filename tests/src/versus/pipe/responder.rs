@@ -142,6 +142,7 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
             ctx.route.as_bytes(),
             &msg1.payload,
             SystemTime::now(),
+            Instant::now(),
             &ctx.authorized,
             &mut replay,
             SessionConfig::default(),
@@ -173,7 +174,7 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
     };
     let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
     transport.send(&ack).map_err(noise)?;
-    while let Some(msg) = transport.poll_transmit(SystemTime::now()).map_err(noise)? {
+    while let Some(msg) = transport.poll_transmit(Instant::now()).map_err(noise)? {
         out.send(Ok(proto::frames::data(msg)))
             .await
             .map_err(closed)?;

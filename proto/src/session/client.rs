@@ -1,0 +1,692 @@
+//! The client's session machine: the initiator of the Noise handshake, the
+//! session hello, calls and their terminal events, keepalive pings and the
+//! clock-offset estimate.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::clock::{Estimate, Sample};
+use super::link::{Link, handshake_frame};
+use super::{
+    CallError, Closed, Limits, Mark, Now, Received, SessionError, Stage, Transmit, Violation,
+};
+use crate::keys::{PublicKey, StaticKeypair};
+use crate::limits::MAX_CHUNK;
+use crate::noise::ClientHandshake;
+use crate::pb::session::{
+    Cancel, Envelope, ExecRequest, Hello, Ping, Pong, Signal, StdinClose, StdinData, StdinMode,
+    TraceContext, envelope::Body, terminal_event,
+};
+use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
+
+/// Pings remembered while waiting for their pongs.
+const PINGS: usize = 8;
+
+/// What the exec-server said in its hello answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Its version.
+    pub server_version: String,
+    /// Most calls it runs at once on this session.
+    pub max_processes: u32,
+    /// Largest output chunk it sends.
+    pub max_chunk: u32,
+    /// The hello exchange's clock-offset sample, if it was a possible one.
+    pub clock: Option<Sample>,
+}
+
+/// A terminal event of one call, as the exec-server pushed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallEvent {
+    /// The call.
+    pub call_id: u64,
+    /// Its place in the call's sequence (from 0, without gaps).
+    pub seq: u64,
+    /// What happened.
+    pub kind: terminal_event::Kind,
+    /// Whether it is the call's final event (exited or error).
+    pub last: bool,
+    /// The trace context the exec-server sent with it.
+    pub trace: Option<TraceContext>,
+    /// Where it came from.
+    pub received: Received,
+}
+
+/// What the client machine tells its caller.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    /// Handshake message 2 proved that the peer holds the pinned key.
+    Secured,
+    /// The hello was answered: calls may start.
+    Ready(Ready),
+    /// A call's terminal event.
+    Call(CallEvent),
+    /// A ping was answered.
+    Pong {
+        /// The ping's nonce (from [`ClientSession::ping`]).
+        nonce: u64,
+        /// The round trip, on the monotonic clock.
+        rtt: Duration,
+        /// The clock-offset sample it gave.
+        sample: Option<Sample>,
+    },
+    /// The session is over: every call still open has ended with it. The
+    /// last event.
+    Ended(Result<Closed, SessionError>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stdin {
+    Null,
+    Open,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Call {
+    next_seq: u64,
+    stdin: Stdin,
+    /// The caller is gone: events are checked, then dropped.
+    forgotten: bool,
+    /// What every message of the call carries.
+    trace: Option<TraceContext>,
+}
+
+enum State {
+    Handshaking { hs: Box<ClientHandshake> },
+    Hello { sent_unix_nanos: u64 },
+    Ready,
+}
+
+/// The client end of one session.
+pub struct ClientSession<T> {
+    pub(super) link: Link<T>,
+    state: State,
+    deadline: Option<Instant>,
+    calls: HashMap<u64, Call>,
+    next_call: u64,
+    max_calls: usize,
+    events: VecDeque<ClientEvent>,
+    deferred: Option<ClientEvent>,
+    reported: bool,
+    clock: Estimate,
+    /// Outstanding pings: nonce and when sent.
+    pings: VecDeque<(u64, Instant)>,
+    last_nonce: u64,
+}
+
+impl<T> std::fmt::Debug for ClientSession<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("ready", &matches!(self.state, State::Ready))
+            .field("calls", &self.calls.len())
+            .field("over", &self.link.is_over())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ClientSession<T> {
+    /// Starts a session with the exec-server whose static key is `server`
+    /// (pinned), as `key`. The first frame to send is handshake message 1.
+    pub fn new(
+        key: &StaticKeypair,
+        server: &PublicKey,
+        limits: Limits,
+        now: Now,
+    ) -> Result<Self, SessionError> {
+        let route = server.server_id();
+        let (hs, msg1) =
+            ClientHandshake::start(key, server, route.as_bytes(), now.wall, limits.noise)?;
+        let mut link = Link::new(limits, now);
+        link.send_clear(handshake_frame(msg1));
+        Ok(Self {
+            link,
+            state: State::Handshaking { hs: Box::new(hs) },
+            deadline: Some(now.at + limits.handshake_timeout),
+            calls: HashMap::new(),
+            next_call: 1,
+            max_calls: limits.max_calls,
+            events: VecDeque::new(),
+            deferred: None,
+            reported: false,
+            clock: Estimate::default(),
+            pings: VecDeque::new(),
+            last_nonce: 0,
+        })
+    }
+
+    /// Whether the hello has been answered and the session not ended.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready) && !self.link.is_over()
+    }
+
+    /// Whether the session is over (it takes no more commands).
+    pub fn is_over(&self) -> bool {
+        self.link.is_over()
+    }
+
+    /// The best current estimate of the exec-server's clock minus ours.
+    pub fn clock_offset(&self) -> Option<Sample> {
+        self.clock.best()
+    }
+
+    /// Bytes queued to send and not yet handed to the link.
+    pub fn backlog(&self) -> usize {
+        self.link.backlog()
+    }
+
+    /// Calls open on the session (including forgotten ones still running).
+    pub fn open_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Hands in a frame from the link.
+    pub fn handle_frame(&mut self, mut frame: Frame, now: Now) {
+        if self.link.is_over() {
+            return;
+        }
+        self.link.begin_frame(&mut frame, now);
+        if let Err(e) = self.frame(frame, now) {
+            self.fail(e, now);
+        }
+        self.sync_end();
+    }
+
+    fn frame(&mut self, frame: Frame, now: Now) -> Result<(), SessionError> {
+        match FrameKind::try_from(frame.kind) {
+            Ok(FrameKind::Handshake) => {
+                let hs =
+                    match std::mem::replace(&mut self.state, State::Hello { sent_unix_nanos: 0 }) {
+                        State::Handshaking { hs } => hs,
+                        other => {
+                            self.state = other;
+                            return Err(SessionError::Protocol(Violation::UnexpectedFrame));
+                        }
+                    };
+                let transport = hs.finish(&frame.payload, now.at)?;
+                self.link.transport = Some(transport);
+                self.events.push_back(ClientEvent::Secured);
+                let sent_unix_nanos = now.unix_nanos();
+                let hello = Body::Hello(Hello {
+                    client_version: env!("CARGO_PKG_VERSION").into(),
+                });
+                self.link
+                    .send(0, None, hello, None, now)
+                    .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
+                self.state = State::Hello { sent_unix_nanos };
+                Ok(())
+            }
+            Ok(FrameKind::Close) => {
+                let reason =
+                    CloseReason::try_from(frame.close_reason).unwrap_or(CloseReason::Unspecified);
+                Err(match self.state {
+                    State::Ready => SessionError::LinkClosed(reason),
+                    _ => SessionError::Refused(reason),
+                })
+            }
+            Ok(FrameKind::Data) if !matches!(self.state, State::Handshaking { .. }) => {
+                self.link.receive(&frame.payload)?;
+                while let Some(env) = self.link.next_envelope()? {
+                    self.envelope(env, now)?;
+                }
+                if let Some(reason) = self.link.peer_closed() {
+                    self.link.peer_close(reason, now);
+                }
+                Ok(())
+            }
+            _ => Err(SessionError::Protocol(Violation::UnexpectedFrame)),
+        }
+    }
+
+    fn envelope(&mut self, env: Envelope, now: Now) -> Result<(), SessionError> {
+        let received = self.link.received(env.send_time_unix_nanos);
+        match env.body {
+            Some(Body::HelloAck(ack)) => {
+                let State::Hello { sent_unix_nanos } = self.state else {
+                    return Err(SessionError::Protocol(Violation::RepeatedHello));
+                };
+                let sample =
+                    Sample::new(sent_unix_nanos, env.send_time_unix_nanos, now.unix_nanos());
+                if let Some(s) = sample {
+                    self.clock.add(s);
+                }
+                if ack.max_processes > 0 {
+                    self.max_calls = self.max_calls.min(ack.max_processes as usize);
+                }
+                self.state = State::Ready;
+                self.deadline = None;
+                self.events.push_back(ClientEvent::Ready(Ready {
+                    server_version: ack.server_version,
+                    max_processes: ack.max_processes,
+                    max_chunk: ack.max_chunk,
+                    clock: sample,
+                }));
+                Ok(())
+            }
+            Some(_) if !matches!(self.state, State::Ready) => Err(SessionError::Protocol(
+                Violation::UnexpectedMessage("message before the hello answer"),
+            )),
+            Some(Body::Event(ev)) => {
+                let kind = ev
+                    .kind
+                    .ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
+                self.call_event(env.call_id, ev.seq, kind, env.trace, received)
+            }
+            Some(Body::Pong(p)) => {
+                self.pong(p, now);
+                Ok(())
+            }
+            Some(Body::Ping(p)) => {
+                let pong = Body::Pong(Pong {
+                    nonce: p.nonce,
+                    recv_time_unix_nanos: now.unix_nanos(),
+                });
+                // Ending already: nothing to answer.
+                let _ = self.link.send(0, None, pong, None, now);
+                Ok(())
+            }
+            Some(Body::Hello(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "hello",
+            ))),
+            Some(Body::Exec(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "exec request",
+            ))),
+            Some(Body::Stdin(_) | Body::StdinClose(_)) => Err(SessionError::Protocol(
+                Violation::UnexpectedMessage("stdin"),
+            )),
+            Some(Body::Signal(_) | Body::Cancel(_)) => Err(SessionError::Protocol(
+                Violation::UnexpectedMessage("signal or cancel"),
+            )),
+            None => Err(SessionError::Protocol(Violation::EmptyMessage)),
+        }
+    }
+
+    fn call_event(
+        &mut self,
+        call_id: u64,
+        seq: u64,
+        kind: terminal_event::Kind,
+        trace: Option<TraceContext>,
+        received: Received,
+    ) -> Result<(), SessionError> {
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(SessionError::Protocol(Violation::UnknownCall(call_id)))?;
+        if seq != call.next_seq {
+            return Err(SessionError::Protocol(Violation::Sequence {
+                call: call_id,
+                expected: call.next_seq,
+                got: seq,
+            }));
+        }
+        let first = seq == 0;
+        let ok = match &kind {
+            terminal_event::Kind::Started(_) => first,
+            terminal_event::Kind::Error(_) => true,
+            _ => !first,
+        };
+        if !ok {
+            return Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                if first {
+                    "event before the start"
+                } else {
+                    "second start"
+                },
+            )));
+        }
+        let last = matches!(
+            kind,
+            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
+        );
+        call.next_seq += 1;
+        let forgotten = call.forgotten;
+        if last {
+            self.calls.remove(&call_id);
+        }
+        if !forgotten {
+            self.events.push_back(ClientEvent::Call(CallEvent {
+                call_id,
+                seq,
+                kind,
+                last,
+                trace,
+                received,
+            }));
+        }
+        Ok(())
+    }
+
+    fn pong(&mut self, p: Pong, now: Now) {
+        let Some(i) = self.pings.iter().position(|(n, _)| *n == p.nonce) else {
+            // Not ours, or long forgotten: nothing to learn from it.
+            return;
+        };
+        let Some((nonce, sent_at)) = self.pings.remove(i) else {
+            return;
+        };
+        let sample = Sample::new(nonce, p.recv_time_unix_nanos, now.unix_nanos());
+        if let Some(s) = sample {
+            self.clock.add(s);
+        }
+        self.events.push_back(ClientEvent::Pong {
+            nonce,
+            rtt: now.at.saturating_duration_since(sent_at),
+            sample,
+        });
+    }
+
+    /// Starts a call: the exec request goes out with `trace` (which every
+    /// later message of the call carries too). Returns the call's id.
+    pub fn start_call(
+        &mut self,
+        request: ExecRequest,
+        trace: Option<TraceContext>,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<u64, CallError> {
+        self.check_ready()?;
+        if self.calls.len() >= self.max_calls {
+            return Err(CallError::TooManyCalls(self.max_calls));
+        }
+        let id = self.next_call;
+        let stdin = if request.stdin == StdinMode::Pipe as i32 {
+            Stdin::Open
+        } else {
+            Stdin::Null
+        };
+        let result = self
+            .link
+            .send(id, trace.as_ref(), Body::Exec(request), mark, now);
+        self.after(now);
+        result?;
+        self.next_call += 1;
+        self.calls.insert(
+            id,
+            Call {
+                next_seq: 0,
+                stdin,
+                forgotten: false,
+                trace,
+            },
+        );
+        Ok(id)
+    }
+
+    fn check_ready(&self) -> Result<(), CallError> {
+        if self.link.is_over() {
+            return Err(CallError::Ended);
+        }
+        match self.state {
+            State::Ready => Ok(()),
+            _ => Err(CallError::NotReady),
+        }
+    }
+
+    fn live_call(&mut self, call_id: u64) -> Result<&mut Call, CallError> {
+        if self.link.is_over() {
+            return Err(CallError::Ended);
+        }
+        match self.calls.get_mut(&call_id) {
+            Some(c) if !c.forgotten => Ok(c),
+            Some(_) => Err(CallError::Finished(call_id)),
+            None if call_id < self.next_call && call_id > 0 => Err(CallError::Finished(call_id)),
+            None => Err(CallError::UnknownCall(call_id)),
+        }
+    }
+
+    fn send_for(
+        &mut self,
+        call_id: u64,
+        body: Body,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        let trace = self.calls.get(&call_id).and_then(|c| c.trace.clone());
+        let result = self.link.send(call_id, trace.as_ref(), body, mark, now);
+        self.after(now);
+        result.map(|_| ())
+    }
+
+    /// Writes to a call's stdin (in chunks of at most [`MAX_CHUNK`]).
+    pub fn write_stdin(&mut self, call_id: u64, data: Bytes, now: Now) -> Result<(), CallError> {
+        if self.live_call(call_id)?.stdin != Stdin::Open {
+            return Err(CallError::StdinClosed(call_id));
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(MAX_CHUNK));
+            self.send_for(call_id, Body::Stdin(StdinData { data: chunk }), None, now)?;
+        }
+        Ok(())
+    }
+
+    /// Closes a call's stdin (after everything written before).
+    pub fn close_stdin(
+        &mut self,
+        call_id: u64,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        let call = self.live_call(call_id)?;
+        if call.stdin != Stdin::Open {
+            return Err(CallError::StdinClosed(call_id));
+        }
+        call.stdin = Stdin::Closed;
+        self.send_for(call_id, Body::StdinClose(StdinClose {}), mark, now)
+    }
+
+    /// Delivers a signal to a call's process group.
+    pub fn signal(
+        &mut self,
+        call_id: u64,
+        signal: i32,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        self.live_call(call_id)?;
+        self.send_for(call_id, Body::Signal(Signal { signal }), mark, now)
+    }
+
+    /// Kills a call's process group; the call ends with its exit event.
+    pub fn cancel(
+        &mut self,
+        call_id: u64,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        self.live_call(call_id)?;
+        self.send_for(call_id, Body::Cancel(Cancel {}), mark, now)
+    }
+
+    /// The caller has gone: the call is cancelled, and its remaining events
+    /// are checked and dropped. Nothing happens for a call already over.
+    pub fn forget(&mut self, call_id: u64, mark: Option<Mark<T>>, now: Now) {
+        if self.live_call(call_id).is_err() {
+            return;
+        }
+        let _ = self.send_for(call_id, Body::Cancel(Cancel {}), mark, now);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.forgotten = true;
+        }
+    }
+
+    /// Sends a ping; its pong comes back as [`ClientEvent::Pong`] with this
+    /// nonce.
+    pub fn ping(&mut self, now: Now) -> Result<u64, CallError> {
+        self.check_ready()?;
+        // The nonce is our send time: the pong gives a clock sample.
+        let nonce = now.unix_nanos().max(self.last_nonce + 1);
+        self.link
+            .send(0, None, Body::Ping(Ping { nonce }), None, now)?;
+        self.last_nonce = nonce;
+        if self.pings.len() >= PINGS {
+            self.pings.pop_front();
+        }
+        self.pings.push_back((nonce, now.at));
+        self.after(now);
+        Ok(nonce)
+    }
+
+    /// Closes the session cleanly: what is queued goes first, then the
+    /// authenticated close; calls still open end with the session.
+    pub fn close(&mut self, now: Now) {
+        self.link.close("client closed the session", now);
+        self.sync_end();
+    }
+
+    /// The peer ended its half of the link (`failure`: the link broke).
+    pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
+        self.link.link_ended(failure, now);
+        self.sync_end();
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
+        let t = self.link.poll_transmit(now);
+        self.sync_end();
+        t
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
+    pub fn has_transmit(&self) -> bool {
+        self.link.has_transmit()
+    }
+
+    /// Whether the driver should end our half of the link now (true once).
+    pub fn poll_end_link(&mut self) -> bool {
+        self.link.poll_end_link()
+    }
+
+    /// The next event for the caller.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.sync_end();
+        self.deferred.take().or_else(|| self.events.pop_front())
+    }
+
+    /// Hands back an event the caller cannot take yet; it is the next one
+    /// [`poll_event`](Self::poll_event) returns, and no frame is read until
+    /// then.
+    pub fn defer(&mut self, event: ClientEvent) {
+        self.deferred = Some(event);
+        self.link.stalled = true;
+    }
+
+    /// Whether the machine reads frames now.
+    pub fn wants_frames(&self) -> bool {
+        // Once over, frames are only drained until the peer ends the link.
+        self.link.is_over() || (self.deferred.is_none() && self.events.is_empty())
+    }
+
+    /// Whether the machine takes commands now (ready, and the backlog
+    /// under its bound).
+    pub fn wants_input(&self) -> bool {
+        self.is_ready() && !self.link.over_backlog()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(linger) = self.link.linger_deadline() {
+            return Some(linger);
+        }
+        if self.link.is_over() {
+            return None;
+        }
+        if let Some(d) = self.deadline {
+            return Some(d);
+        }
+        let limits = &self.link.limits;
+        // Something goes out at least every keepalive, reading or not, so
+        // the exec-server knows we are here.
+        let send = self.link.last_sent + limits.keepalive;
+        if !self.wants_frames() {
+            return Some(send);
+        }
+        let idle = self.link.quiet_since + limits.idle_timeout;
+        let probe = if self.link.keepalive_sent {
+            idle
+        } else {
+            self.link.quiet_since + limits.keepalive
+        };
+        Some(send.min(idle).min(probe))
+    }
+
+    /// Fires whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.link.handle_linger(now);
+        if !self.link.is_over() {
+            self.timers(now);
+        }
+        self.sync_end();
+    }
+
+    fn timers(&mut self, now: Now) {
+        let reading = self.wants_frames();
+        self.link.idle_clock(reading, now);
+        if self.deadline.is_some_and(|d| now.at >= d) {
+            let stage = match self.state {
+                State::Handshaking { .. } => Stage::Handshake,
+                _ => Stage::Hello,
+            };
+            self.fail(SessionError::Timeout(stage), now);
+            return;
+        }
+        if !matches!(self.state, State::Ready) {
+            return;
+        }
+        let limits = self.link.limits;
+        let quiet = now.at.saturating_duration_since(self.link.quiet_since);
+        if reading && quiet >= limits.idle_timeout {
+            self.fail(SessionError::Timeout(Stage::Idle), now);
+            return;
+        }
+        // A probe when nothing has arrived for a keepalive (once per quiet
+        // period), and a sign of life when nothing has left for one.
+        let probe = reading && quiet >= limits.keepalive && !self.link.keepalive_sent;
+        let silent = now.at.saturating_duration_since(self.link.last_sent) >= limits.keepalive;
+        if probe || silent {
+            let sent = self.ping(now).is_ok();
+            if sent && probe {
+                self.link.keepalive_sent = true;
+            }
+        }
+    }
+
+    /// Whether the session is completely over and every event taken: the
+    /// driver can stop.
+    pub fn is_done(&self) -> bool {
+        self.reported && self.link.is_done() && self.deferred.is_none() && self.events.is_empty()
+    }
+
+    fn fail(&mut self, err: SessionError, now: Now) {
+        self.link.fail(err, None, now);
+    }
+
+    fn after(&mut self, now: Now) {
+        let reading = self.wants_frames();
+        self.link.idle_clock(reading, now);
+        self.sync_end();
+    }
+
+    /// Overrides the call cap the hello answer set.
+    #[cfg(test)]
+    pub(super) fn max_calls_for_tests(&mut self, n: usize) {
+        self.max_calls = n;
+    }
+
+    /// Reports the end once it is known: it is the last event.
+    fn sync_end(&mut self) {
+        if self.reported {
+            return;
+        }
+        if let Some(end) = self.link.end() {
+            let end = end.clone();
+            self.reported = true;
+            self.calls.clear();
+            self.pings.clear();
+            self.events.push_back(ClientEvent::Ended(end));
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The errors of the session machines. None of them carries a byte of a
+//! command, its input or its output.
+
+use std::fmt;
+
+use crate::envelope::EnvelopeError;
+use crate::noise::{HandshakeError, TransportError};
+use crate::pb::tunnel::CloseReason;
+
+/// Which part of a session a timeout cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for the peer's handshake message.
+    Handshake,
+    /// Waiting for the answer to the session hello.
+    Hello,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Handshake => "waiting for the handshake",
+            Stage::Hello => "waiting for the session hello answer",
+            Stage::Idle => "waiting for the peer (nothing arrived for the idle timeout)",
+        })
+    }
+}
+
+/// How a peer broke the session protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// A frame of a kind that is not allowed at this point.
+    UnexpectedFrame,
+    /// A message that is not allowed at this point (its kind is named).
+    UnexpectedMessage(&'static str),
+    /// An envelope without a body.
+    EmptyMessage,
+    /// A message for a call that does not exist.
+    UnknownCall(u64),
+    /// A terminal event out of sequence.
+    Sequence {
+        /// The call.
+        call: u64,
+        /// The sequence number expected.
+        expected: u64,
+        /// The one received.
+        got: u64,
+    },
+    /// An event for a call that had already ended.
+    AfterFinal(u64),
+    /// Stdin for a call whose stdin is not a pipe or is already closed.
+    Stdin(u64),
+    /// A second hello.
+    RepeatedHello,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::UnexpectedFrame => f.write_str("a frame of an unexpected kind"),
+            Violation::UnexpectedMessage(what) => write!(f, "an unexpected {what} message"),
+            Violation::EmptyMessage => f.write_str("a message without a body"),
+            Violation::UnknownCall(id) => write!(f, "a message for unknown call {id}"),
+            Violation::Sequence {
+                call,
+                expected,
+                got,
+            } => write!(
+                f,
+                "event {got} of call {call} out of sequence (expected {expected})"
+            ),
+            Violation::AfterFinal(id) => write!(f, "an event after the end of call {id}"),
+            Violation::Stdin(id) => write!(f, "stdin for call {id}, whose stdin is not open"),
+            Violation::RepeatedHello => f.write_str("a second session hello"),
+        }
+    }
+}
+
+/// Why a session ended abnormally. A session that fails ends alone: other
+/// sessions on the same link or exec-server are not affected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    /// The Noise handshake failed or was refused on this side.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The peer (or the relay) refused the session in the clear before it
+    /// was established.
+    #[error("the session was refused: {}", reason_text(*.0))]
+    Refused(CloseReason),
+    /// The relay closed the link in the clear after the session was
+    /// established.
+    #[error("the link was closed: {}", reason_text(*.0))]
+    LinkClosed(CloseReason),
+    /// A stage did not finish in time.
+    #[error("timed out {0}")]
+    Timeout(Stage),
+    /// The Noise transport failed: a record failed authentication, or was
+    /// malformed, or a limit was broken.
+    #[error("the session was corrupted: {0}")]
+    Transport(#[from] TransportError),
+    /// A decrypted message could not be decoded.
+    #[error("a session message could not be decoded: {0}")]
+    Envelope(#[from] EnvelopeError),
+    /// The peer broke the session protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(Violation),
+    /// The link ended without a close.
+    #[error("the link ended")]
+    LinkEnded,
+    /// The link failed.
+    #[error("the link failed: {}", .0.message())]
+    LinkFailed(#[source] tonic::Status),
+}
+
+impl SessionError {
+    /// The clear close reason to send the peer when this error ends the
+    /// session before it is established (none once the peer can read an
+    /// authenticated close).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            SessionError::Handshake(HandshakeError::Unauthorized { .. }) => {
+                Some(CloseReason::Unauthorized)
+            }
+            SessionError::Handshake(HandshakeError::Busy) => Some(CloseReason::Busy),
+            SessionError::Handshake(_) => Some(CloseReason::HandshakeFailed),
+            SessionError::Timeout(_) => Some(CloseReason::Timeout),
+            SessionError::Protocol(_) | SessionError::Envelope(_) | SessionError::Transport(_) => {
+                Some(CloseReason::Protocol)
+            }
+            SessionError::Refused(_)
+            | SessionError::LinkClosed(_)
+            | SessionError::LinkEnded
+            | SessionError::LinkFailed(_) => None,
+        }
+    }
+}
+
+/// A short phrase for a clear close reason.
+pub fn reason_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Unspecified => "no reason given",
+        CloseReason::Unauthorized => "the client key is not authorized",
+        CloseReason::HandshakeFailed => "the handshake failed",
+        CloseReason::PeerGone => "the peer went away",
+        CloseReason::Timeout => "a timeout expired",
+        CloseReason::Protocol => "a protocol error",
+        CloseReason::Busy => "the peer is at capacity",
+        CloseReason::Shutdown => "shutting down",
+        CloseReason::UnknownServer => "no such exec-server is registered",
+        CloseReason::NotAccepted => "the exec-server did not take the session",
+    }
+}
+
+/// Why a caller's command could not be queued. The session itself goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The session is not established yet.
+    #[error("the session is not ready")]
+    NotReady,
+    /// The session is closing or has ended.
+    #[error("the session has ended")]
+    Ended,
+    /// No such call (it ended, or never started).
+    #[error("no call {0} on this session")]
+    UnknownCall(u64),
+    /// The call is over; nothing more can be sent for it.
+    #[error("call {0} has ended")]
+    Finished(u64),
+    /// Too many calls are open on this session.
+    #[error("too many calls on this session (at most {0})")]
+    TooManyCalls(usize),
+    /// The call's stdin is not a pipe, or was closed.
+    #[error("the stdin of call {0} is not open")]
+    StdinClosed(u64),
+    /// The message is larger than the envelope limit.
+    #[error(transparent)]
+    TooLarge(#[from] EnvelopeError),
+}

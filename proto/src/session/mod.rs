@@ -1,0 +1,200 @@
+//! The session protocol as sans-IO state machines: everything a core-client
+//! and an exec-server say to each other inside one Noise session.
+//!
+//! Layout:
+//! - this module: [`Now`] (the time every input carries), [`Limits`] (the
+//!   timers and bounds of a session), [`Mark`] and [`Transmit`] (what leaves,
+//!   and which marked messages it completed), [`Received`] (where an incoming
+//!   message came from);
+//! - [`ClientSession`]: the initiator. Handshake, hello, calls (exec, stdin,
+//!   signal, cancel), keepalive pings and the clock-offset estimate, terminal
+//!   events checked against each call's sequence;
+//! - [`ServerSession`]: the responder. Handshake with the authorized keys and
+//!   the replay guard, hello answer, the call table and its cap, sequence
+//!   numbers and the final event of each call, pong;
+//! - `link` (private): what both share: the Noise transport, clear frames,
+//!   marks and their hop headers, the backlog bound, close and linger;
+//! - [`clock`]: the clock-offset estimate from request/answer pairs;
+//! - [`SessionError`], [`Violation`], [`CallError`]: typed errors.
+//!
+//! # Driving a machine
+//!
+//! Nothing here reads a clock, sleeps or does I/O. The caller hands in
+//! frames from the link ([`handle_frame`](ClientSession::handle_frame)), the
+//! end of the link, commands, and [`Now`]; it drains
+//! [`poll_transmit`](ClientSession::poll_transmit) into the link and
+//! [`poll_event`](ClientSession::poll_event) into its own routing; it calls
+//! [`handle_timeout`](ClientSession::handle_timeout) once the instant from
+//! [`poll_timeout`](ClientSession::poll_timeout) has passed. An event the
+//! caller cannot take yet is handed back with `defer`; until it is taken the
+//! machine reads nothing more.
+//!
+//! # Bounds
+//!
+//! While more than [`Limits::backlog`] bytes wait to be sent, a machine asks
+//! for no more local input (`wants_input` is false), and an exec-server asks
+//! for no more frames either (answers to pings and hellos are output too), so
+//! a peer that never reads cannot grow the other side's memory beyond the
+//! backlog and the answers to one frame. A machine that holds undelivered
+//! events asks for no frames. Idle timers stand still while a machine is not
+//! reading, so a slow reader is never mistaken for a dead peer.
+
+mod client;
+pub mod clock;
+mod error;
+mod link;
+mod server;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
+
+use std::time::{Duration, Instant, SystemTime};
+
+pub use client::{CallEvent, ClientEvent, ClientSession, Ready};
+pub use error::{CallError, SessionError, Stage, Violation};
+pub use server::{Acceptor, ServerEvent, ServerSession};
+
+use crate::noise::SessionConfig;
+use crate::pb::tunnel::Frame;
+
+/// The time an input happens at: the monotonic clock for timers, and the
+/// wall clock for what goes on the wire (send times, handshake timestamps)
+/// and for span timestamps. Drivers take both at once with
+/// [`Now::system`]; tests advance both by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// For timers.
+    pub at: Instant,
+    /// For timestamps.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// The system's clocks, read now.
+    pub fn system() -> Self {
+        Self {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Both clocks moved on by `d`.
+    pub fn after(&self, d: Duration) -> Self {
+        Self {
+            at: self.at + d,
+            wall: self.wall + d,
+        }
+    }
+
+    /// The wall clock in nanoseconds since the Unix epoch.
+    pub fn unix_nanos(&self) -> u64 {
+        crate::clock::unix_nanos(self.wall)
+    }
+}
+
+/// Timers and bounds of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The Noise suite, rekey schedule and envelope limit.
+    pub noise: SessionConfig,
+    /// Client: from the first handshake message until the hello is
+    /// answered. Exec-server: until the client's hello arrives.
+    pub handshake_timeout: Duration,
+    /// Client: a ping is sent when nothing has arrived for this long, and
+    /// when nothing has left for this long (so the exec-server hears from
+    /// a live client at least this often). The exec-server sends no pings.
+    pub keepalive: Duration,
+    /// The session ends when nothing has arrived for this long while the
+    /// machine was reading.
+    pub idle_timeout: Duration,
+    /// After a close, how long to wait for the peer to end the link, so the
+    /// close is delivered rather than cut off.
+    pub linger: Duration,
+    /// Bytes waiting to be sent above which no more input is taken.
+    pub backlog: usize,
+    /// Exec-server: most calls running at once on the session. Client: most
+    /// calls it keeps open at once (the exec-server's own cap, from its
+    /// hello answer, applies too).
+    pub max_calls: usize,
+}
+
+impl Limits {
+    /// A client's defaults: 15 s handshake, a ping after 30 s of silence,
+    /// dead after 90 s.
+    pub fn client() -> Self {
+        Self {
+            noise: SessionConfig::default(),
+            handshake_timeout: Duration::from_secs(15),
+            keepalive: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            linger: Duration::from_secs(2),
+            backlog: 256 * 1024,
+            max_calls: 1024,
+        }
+    }
+
+    /// An exec-server's defaults: 10 s handshake, idle after 120 s (four
+    /// client keepalives), 256 calls per session.
+    pub fn server() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_calls: 256,
+            ..Self::client()
+        }
+    }
+}
+
+/// A message whose departure the caller wants to hear about: when the
+/// record holding its last byte leaves, `tag` comes back in
+/// [`Transmit::done`]. A marked message ends its record, so its frame
+/// carries `hop` (a traceparent in clear for the relay) and no other
+/// message's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark<T> {
+    /// Handed back once the message has left.
+    pub tag: T,
+    /// The hop header for the message's frame.
+    pub hop: Option<String>,
+}
+
+impl<T> Mark<T> {
+    /// A mark with a hop header.
+    pub fn new(tag: T, hop: Option<String>) -> Self {
+        Self { tag, hop }
+    }
+}
+
+/// One frame to send, and what it completed.
+#[derive(Debug)]
+pub struct Transmit<T> {
+    /// The frame.
+    pub frame: Frame,
+    /// Tags of the marked messages whose last byte is in this frame.
+    pub done: Vec<T>,
+    /// Envelope-stream bytes that have left so far, this frame included.
+    pub sent: u64,
+}
+
+/// Where an incoming message came from: when the frame that completed it
+/// was handed in, and that frame's hop header (empty if none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The wall-clock time of the frame's [`handle_frame`](ClientSession::handle_frame).
+    pub arrived: SystemTime,
+    /// The frame's hop header (a traceparent, as the relay rewrote it).
+    pub hop: String,
+    /// The sender's wall clock when it sent the message (Unix nanoseconds;
+    /// 0 if it did not say).
+    pub sent_unix_nanos: u64,
+}
+
+/// How a session ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// This side closed it.
+    Local,
+    /// The peer closed it with an authenticated close, giving this reason.
+    Peer(String),
+}

@@ -1,0 +1,628 @@
+//! The exec-server's session machine: the responder of the Noise handshake
+//! (authorized keys, replay guard), the hello answer, the call table and its
+//! cap, each call's sequence numbers and final event, and pongs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::link::{Link, handshake_frame};
+use super::{
+    CallError, Closed, Limits, Mark, Now, Received, SessionError, Stage, Transmit, Violation,
+};
+use crate::keys::{AuthorizedKeys, PublicKey, StaticKeypair};
+use crate::limits::MAX_CHUNK;
+use crate::noise::{self, ReplayGuard};
+use crate::pb::session::{
+    Envelope, ExecError, ExecErrorKind, ExecRequest, HelloAck, Pong, StdinMode, TerminalEvent,
+    TraceContext, envelope::Body, terminal_event,
+};
+use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
+
+/// What every session of one exec-server shares to answer handshakes.
+#[derive(Debug)]
+pub struct Acceptor {
+    /// The exec-server's static key.
+    pub key: StaticKeypair,
+    /// The route bound into the prologue: the exec-server's id.
+    pub route: String,
+    /// The client keys admitted.
+    pub authorized: AuthorizedKeys,
+    /// Refuses replayed handshake messages.
+    pub replay: Mutex<ReplayGuard>,
+    /// The version named in the hello answer.
+    pub version: String,
+}
+
+impl Acceptor {
+    /// An acceptor for `key`, admitting `authorized`.
+    pub fn new(key: StaticKeypair, authorized: AuthorizedKeys) -> Self {
+        let route = key.public().server_id();
+        Self {
+            key,
+            route,
+            authorized,
+            replay: Mutex::new(ReplayGuard::default()),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// What the exec-server machine tells its caller.
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    /// Handshake message 1 authenticated this client key (message 2 is on
+    /// its way).
+    Authenticated {
+        /// The client's static key.
+        client: PublicKey,
+    },
+    /// Run a program for a new call.
+    Exec {
+        /// The call.
+        call_id: u64,
+        /// What to run.
+        request: ExecRequest,
+        /// The client's trace context.
+        trace: Option<TraceContext>,
+        /// Where it came from.
+        received: Received,
+    },
+    /// An exec request the machine refused itself (bad call id, or too many
+    /// calls); the refusal has been sent.
+    Refused {
+        /// The call.
+        call_id: u64,
+        /// Why.
+        kind: ExecErrorKind,
+        /// The client's trace context.
+        trace: Option<TraceContext>,
+        /// Where it came from.
+        received: Received,
+    },
+    /// Stdin for a call's process.
+    Stdin {
+        /// The call.
+        call_id: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The call's stdin is closed (after everything sent before).
+    StdinClose {
+        /// The call.
+        call_id: u64,
+        /// The client's trace context.
+        trace: Option<TraceContext>,
+        /// Where it came from.
+        received: Received,
+    },
+    /// Deliver a signal to the call's process group.
+    Signal {
+        /// The call.
+        call_id: u64,
+        /// The signal number.
+        signal: i32,
+        /// The client's trace context.
+        trace: Option<TraceContext>,
+        /// Where it came from.
+        received: Received,
+    },
+    /// Kill the call's process group (it ends with its exit event).
+    Cancel {
+        /// The call.
+        call_id: u64,
+        /// The client's trace context.
+        trace: Option<TraceContext>,
+        /// Where it came from.
+        received: Received,
+    },
+    /// The session is over: every call's process should end. The last
+    /// event.
+    Ended(Result<Closed, SessionError>),
+}
+
+/// What [`ServerSession::push`] queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The envelope-stream offset just past it.
+    pub offset: u64,
+    /// Whether it was the call's final event.
+    pub last: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stdin {
+    Null,
+    Open,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Call {
+    next_seq: u64,
+    stdin: Stdin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Handshaking,
+    Hello,
+    Ready,
+}
+
+/// The exec-server end of one session.
+pub struct ServerSession<T> {
+    pub(super) link: Link<T>,
+    acceptor: Arc<Acceptor>,
+    state: State,
+    deadline: Option<Instant>,
+    client: Option<PublicKey>,
+    calls: HashMap<u64, Call>,
+    highest_call: u64,
+    events: VecDeque<ServerEvent>,
+    deferred: Option<ServerEvent>,
+    reported: bool,
+}
+
+impl<T> std::fmt::Debug for ServerSession<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("state", &self.state)
+            .field("calls", &self.calls.len())
+            .field("over", &self.link.is_over())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ServerSession<T> {
+    /// A session waiting for handshake message 1.
+    pub fn new(acceptor: Arc<Acceptor>, limits: Limits, now: Now) -> Self {
+        Self {
+            link: Link::new(limits, now),
+            acceptor,
+            state: State::Handshaking,
+            deadline: Some(now.at + limits.handshake_timeout),
+            client: None,
+            calls: HashMap::new(),
+            highest_call: 0,
+            events: VecDeque::new(),
+            deferred: None,
+            reported: false,
+        }
+    }
+
+    /// The client's authenticated key, once known.
+    pub fn client(&self) -> Option<PublicKey> {
+        self.client
+    }
+
+    /// Whether the session is over.
+    pub fn is_over(&self) -> bool {
+        self.link.is_over()
+    }
+
+    /// Bytes queued to send and not yet handed to the link.
+    pub fn backlog(&self) -> usize {
+        self.link.backlog()
+    }
+
+    /// Calls running on the session.
+    pub fn open_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Hands in a frame from the link.
+    pub fn handle_frame(&mut self, mut frame: Frame, now: Now) {
+        if self.link.is_over() {
+            return;
+        }
+        self.link.begin_frame(&mut frame, now);
+        if let Err(e) = self.frame(frame, now) {
+            self.fail(e, now);
+        }
+        self.after(now);
+    }
+
+    fn frame(&mut self, frame: Frame, now: Now) -> Result<(), SessionError> {
+        match FrameKind::try_from(frame.kind) {
+            Ok(FrameKind::Handshake) if self.state == State::Handshaking => {
+                let accepted = {
+                    let a = &*self.acceptor;
+                    let mut replay = a.replay.lock().unwrap_or_else(|e| e.into_inner());
+                    noise::accept(
+                        &a.key,
+                        a.route.as_bytes(),
+                        &frame.payload,
+                        now.wall,
+                        now.at,
+                        &a.authorized,
+                        &mut replay,
+                        self.link.limits.noise,
+                    )?
+                };
+                self.link.send_clear(handshake_frame(accepted.msg2));
+                self.link.transport = Some(accepted.transport);
+                self.client = Some(accepted.client);
+                self.state = State::Hello;
+                self.events.push_back(ServerEvent::Authenticated {
+                    client: accepted.client,
+                });
+                Ok(())
+            }
+            Ok(FrameKind::Close) => {
+                let reason =
+                    CloseReason::try_from(frame.close_reason).unwrap_or(CloseReason::Unspecified);
+                Err(match self.state {
+                    State::Ready => SessionError::LinkClosed(reason),
+                    _ => SessionError::Refused(reason),
+                })
+            }
+            Ok(FrameKind::Data) if self.state != State::Handshaking => {
+                self.link.receive(&frame.payload)?;
+                while let Some(env) = self.link.next_envelope()? {
+                    self.envelope(env, now)?;
+                }
+                if let Some(reason) = self.link.peer_closed() {
+                    self.link.peer_close(reason, now);
+                }
+                Ok(())
+            }
+            _ => Err(SessionError::Protocol(Violation::UnexpectedFrame)),
+        }
+    }
+
+    fn envelope(&mut self, env: Envelope, now: Now) -> Result<(), SessionError> {
+        let call_id = env.call_id;
+        let trace = env.trace;
+        let received = self.link.received(env.send_time_unix_nanos);
+        let body = env
+            .body
+            .ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
+        match body {
+            Body::Hello(_) if self.state == State::Hello => {
+                let limits = self.link.limits;
+                let ack = HelloAck {
+                    server_version: self.acceptor.version.clone(),
+                    max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
+                    max_chunk: MAX_CHUNK as u32,
+                };
+                self.send(0, None, Body::HelloAck(ack), now)?;
+                self.state = State::Ready;
+                self.deadline = None;
+                Ok(())
+            }
+            Body::Hello(_) => Err(SessionError::Protocol(Violation::RepeatedHello)),
+            _ if self.state != State::Ready => Err(SessionError::Protocol(
+                Violation::UnexpectedMessage("message before the hello"),
+            )),
+            Body::Ping(p) => {
+                let pong = Body::Pong(Pong {
+                    nonce: p.nonce,
+                    recv_time_unix_nanos: now.unix_nanos(),
+                });
+                self.send(0, None, pong, now)
+            }
+            Body::Pong(_) => Ok(()),
+            Body::Exec(request) => self.exec(call_id, request, trace, received, now),
+            Body::Stdin(d) => {
+                if self.stdin_open(call_id)? {
+                    self.events.push_back(ServerEvent::Stdin {
+                        call_id,
+                        data: d.data,
+                    });
+                }
+                Ok(())
+            }
+            Body::StdinClose(_) => {
+                if self.stdin_open(call_id)? {
+                    if let Some(call) = self.calls.get_mut(&call_id) {
+                        call.stdin = Stdin::Closed;
+                    }
+                    self.events.push_back(ServerEvent::StdinClose {
+                        call_id,
+                        trace,
+                        received,
+                    });
+                }
+                Ok(())
+            }
+            Body::Signal(s) => {
+                if self.live(call_id)? {
+                    self.events.push_back(ServerEvent::Signal {
+                        call_id,
+                        signal: s.signal,
+                        trace,
+                        received,
+                    });
+                }
+                Ok(())
+            }
+            Body::Cancel(_) => {
+                if self.live(call_id)? {
+                    self.events.push_back(ServerEvent::Cancel {
+                        call_id,
+                        trace,
+                        received,
+                    });
+                }
+                Ok(())
+            }
+            Body::HelloAck(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "hello answer",
+            ))),
+            Body::Event(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "terminal event",
+            ))),
+        }
+    }
+
+    /// Whether `call_id` is running; `false` for one that has ended (its
+    /// messages may cross its final event), an error for one that never
+    /// existed.
+    fn live(&self, call_id: u64) -> Result<bool, SessionError> {
+        if self.calls.contains_key(&call_id) {
+            Ok(true)
+        } else if call_id > 0 && call_id <= self.highest_call {
+            Ok(false)
+        } else {
+            Err(SessionError::Protocol(Violation::UnknownCall(call_id)))
+        }
+    }
+
+    /// Like [`live`](Self::live), and the call's stdin must be open.
+    fn stdin_open(&self, call_id: u64) -> Result<bool, SessionError> {
+        if !self.live(call_id)? {
+            return Ok(false);
+        }
+        match self.calls.get(&call_id).map(|c| c.stdin) {
+            Some(Stdin::Open) => Ok(true),
+            _ => Err(SessionError::Protocol(Violation::Stdin(call_id))),
+        }
+    }
+
+    fn exec(
+        &mut self,
+        call_id: u64,
+        request: ExecRequest,
+        trace: Option<TraceContext>,
+        received: Received,
+        now: Now,
+    ) -> Result<(), SessionError> {
+        let refusal = if call_id == 0 || call_id <= self.highest_call {
+            Some((ExecErrorKind::BadRequest, "call id is zero or already used"))
+        } else if self.calls.len() >= self.link.limits.max_calls {
+            Some((
+                ExecErrorKind::TooManyProcesses,
+                "too many processes on this session",
+            ))
+        } else {
+            None
+        };
+        self.highest_call = self.highest_call.max(call_id);
+        if let Some((kind, message)) = refusal {
+            let error = Body::Event(TerminalEvent {
+                seq: 0,
+                kind: Some(terminal_event::Kind::Error(ExecError {
+                    kind: kind as i32,
+                    message: message.into(),
+                })),
+            });
+            self.send(call_id, trace.as_ref(), error, now)?;
+            self.events.push_back(ServerEvent::Refused {
+                call_id,
+                kind,
+                trace,
+                received,
+            });
+            return Ok(());
+        }
+        let stdin = if request.stdin == StdinMode::Pipe as i32 {
+            Stdin::Open
+        } else {
+            Stdin::Null
+        };
+        self.calls.insert(call_id, Call { next_seq: 0, stdin });
+        self.events.push_back(ServerEvent::Exec {
+            call_id,
+            request,
+            trace,
+            received,
+        });
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        call_id: u64,
+        trace: Option<&TraceContext>,
+        body: Body,
+        now: Now,
+    ) -> Result<(), SessionError> {
+        match self.link.send(call_id, trace, body, None, now) {
+            Ok(_) | Err(CallError::Ended) => Ok(()),
+            Err(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "message too large to answer",
+            ))),
+        }
+    }
+
+    /// Pushes a terminal event of a call, with the next sequence number. An
+    /// exited or error event is the call's last; nothing more can be pushed
+    /// for it.
+    pub fn push(
+        &mut self,
+        call_id: u64,
+        kind: terminal_event::Kind,
+        trace: Option<&TraceContext>,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<Pushed, CallError> {
+        if self.link.is_over() {
+            return Err(CallError::Ended);
+        }
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(CallError::UnknownCall(call_id))?;
+        let seq = call.next_seq;
+        let last = matches!(
+            kind,
+            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
+        );
+        let body = Body::Event(TerminalEvent {
+            seq,
+            kind: Some(kind),
+        });
+        let result = self.link.send(call_id, trace, body, mark, now);
+        if let Ok(offset) = result {
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                call.next_seq += 1;
+            }
+            if last {
+                self.calls.remove(&call_id);
+            }
+            self.after(now);
+            return Ok(Pushed { seq, offset, last });
+        }
+        self.after(now);
+        result.map(|_| Pushed {
+            seq,
+            offset: 0,
+            last,
+        })
+    }
+
+    /// Closes the session cleanly (shutting down): what is queued goes
+    /// first, then the authenticated close.
+    pub fn close(&mut self, reason: &'static str, now: Now) {
+        self.link.close(reason, now);
+        self.after(now);
+    }
+
+    /// The peer ended its half of the link (`failure`: the link broke).
+    pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
+        self.link.link_ended(failure, now);
+        self.after(now);
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
+        let t = self.link.poll_transmit(now);
+        self.after(now);
+        t
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
+    pub fn has_transmit(&self) -> bool {
+        self.link.has_transmit()
+    }
+
+    /// Whether the driver should end our half of the link now (true once).
+    pub fn poll_end_link(&mut self) -> bool {
+        self.link.poll_end_link()
+    }
+
+    /// The next event for the caller.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.sync_end();
+        self.deferred.take().or_else(|| self.events.pop_front())
+    }
+
+    /// Hands back an event the caller cannot take yet (stdin for a process
+    /// whose queue is full); it is the next one returned, and no frame is
+    /// read until then.
+    pub fn defer(&mut self, event: ServerEvent) {
+        self.deferred = Some(event);
+        self.link.stalled = true;
+    }
+
+    /// Whether the machine reads frames now: not while events wait, nor
+    /// while the backlog is over its bound (every frame may need an
+    /// answer).
+    pub fn wants_frames(&self) -> bool {
+        self.link.is_over()
+            || (self.deferred.is_none() && self.events.is_empty() && !self.link.over_backlog())
+    }
+
+    /// Whether the machine takes terminal events now.
+    pub fn wants_input(&self) -> bool {
+        self.state == State::Ready && !self.link.is_over() && !self.link.over_backlog()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(linger) = self.link.linger_deadline() {
+            return Some(linger);
+        }
+        if self.link.is_over() {
+            return None;
+        }
+        if let Some(d) = self.deadline {
+            return Some(d);
+        }
+        if !self.wants_frames() {
+            return None;
+        }
+        Some(self.link.quiet_since + self.link.limits.idle_timeout)
+    }
+
+    /// Fires whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.link.handle_linger(now);
+        if !self.link.is_over() {
+            let reading = self.wants_frames();
+            self.link.idle_clock(reading, now);
+            if self.deadline.is_some_and(|d| now.at >= d) {
+                let stage = match self.state {
+                    State::Handshaking => Stage::Handshake,
+                    _ => Stage::Hello,
+                };
+                self.fail(SessionError::Timeout(stage), now);
+            } else if reading
+                && now.at.saturating_duration_since(self.link.quiet_since)
+                    >= self.link.limits.idle_timeout
+            {
+                self.fail(SessionError::Timeout(Stage::Idle), now);
+            }
+        }
+        self.sync_end();
+    }
+
+    /// Whether the session is completely over and every event taken.
+    pub fn is_done(&self) -> bool {
+        self.reported && self.link.is_done() && self.deferred.is_none() && self.events.is_empty()
+    }
+
+    fn fail(&mut self, err: SessionError, now: Now) {
+        // Before the client can read an authenticated close, it is told in
+        // the clear.
+        let clear = if self.link.transport.is_none() {
+            err.close_reason()
+        } else {
+            None
+        };
+        self.link.fail(err, clear, now);
+    }
+
+    fn after(&mut self, now: Now) {
+        let reading = self.wants_frames();
+        self.link.idle_clock(reading, now);
+        self.sync_end();
+    }
+
+    fn sync_end(&mut self) {
+        if self.reported {
+            return;
+        }
+        if let Some(end) = self.link.end() {
+            let end = end.clone();
+            self.reported = true;
+            self.calls.clear();
+            self.events.push_back(ServerEvent::Ended(end));
+        }
+    }
+}
