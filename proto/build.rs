@@ -6,6 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // No `connect` helpers: they need tonic's transport, which only the
+    // crates that dial enable.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .build_transport(false)
+        .compile_fds(fds)?;
     Ok(())
 }

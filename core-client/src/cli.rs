@@ -9,7 +9,7 @@ use proto::keys::{PublicKey, StaticKeypair};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{Client, ClientConfig, Event, ExecSpec, Target};
+use rex_client::{Client, ClientConfig, Event, ExecSpec, Target};
 
 /// Exit code for connection and authentication failures (as ssh uses).
 pub const EXIT_CONNECTION: u8 = 255;

@@ -8,7 +8,7 @@ use proto::keys::{AuthorizedKeys, StaticKeypair};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Client, ClientConfig, Event, ExecSpec, Target};
+use rex_client::{Client, ClientConfig, Event, ExecSpec, Target};
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]

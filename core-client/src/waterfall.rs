@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
 use telemetry::spans::{TERMINAL_DELIVERY, TERMINAL_PUSH};
-use telemetry::trace_file::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
 
 /// The narrowest timeline drawn, in cells.
 pub const MIN_WIDTH: usize = 10;
@@ -39,7 +39,7 @@ pub enum ShowError {
 /// at `path` and writes it, rendered with a [`SHOW_WIDTH`]-cell timeline.
 pub fn show(path: &Path, selector: &str, out: &mut impl io::Write) -> Result<(), ShowError> {
     let selector: Selector = selector.parse()?;
-    let trace = trace_file::find(path, &selector)?;
+    let trace = traces::find(path, &selector)?;
     out.write_all(render(&trace, SHOW_WIDTH).as_bytes())?;
     out.flush()?;
     Ok(())

@@ -168,9 +168,10 @@ async fn register_once(
                     let channel = channel.clone();
                     let ctx = Arc::clone(ctx);
                     let shutdown = shutdown.clone();
+                    let span = tracing::debug_span!(parent: None, "session");
                     ctx.tasks
                         .clone()
-                        .spawn(accept(channel, incoming, ctx, shutdown));
+                        .spawn(span, accept(channel, incoming, ctx, shutdown));
                 }
                 _ => return Err(LinkError::Protocol),
             },

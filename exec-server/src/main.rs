@@ -200,7 +200,8 @@ fn serve(args: RunArgs) -> ExitCode {
     );
     tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
     let code = runtime.block_on(async move {
-        let shutdown = telemetry::shutdown::on_signals();
+        let signals = lifecycle::Tasks::new();
+        let shutdown = lifecycle::signals::stop_on_signals(&signals);
         match exec_server::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),

@@ -29,8 +29,7 @@ use opentelemetry::trace::{Span, SpanId, Status as SpanStatus, TraceContextExt, 
 use opentelemetry::{Context, KeyValue};
 use proto::limits::MAX_CHUNK;
 use proto::pb::session::{
-    ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, TerminalEvent, exited,
-    terminal_event,
+    ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, exited, terminal_event,
 };
 use telemetry::spans;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -51,13 +50,14 @@ pub enum Control {
     Signal(i32),
 }
 
-/// A terminal event for the session to push, tagged with its call.
+/// A terminal event for the session to push, tagged with its call (the
+/// session numbers it).
 #[derive(Debug)]
 pub struct Outgoing {
     /// The call it belongs to.
     pub call_id: u64,
     /// The event.
-    pub event: TerminalEvent,
+    pub kind: terminal_event::Kind,
     /// Whether this is the call's final event.
     pub last: bool,
     /// When it was queued (for the push's queue-residence total).
@@ -145,30 +145,21 @@ pub struct ProcessIo {
 /// Extra environment for the child (trace context).
 pub type ExtraEnv = Vec<(String, String)>;
 
-struct Sequencer {
+/// A process's events on their way to its session.
+struct Events {
     call_id: u64,
-    seq: u64,
     events: mpsc::Sender<Outgoing>,
 }
 
-impl Sequencer {
-    fn make(&mut self, kind: terminal_event::Kind, last: bool) -> Outgoing {
-        let event = TerminalEvent {
-            seq: self.seq,
-            kind: Some(kind),
-        };
-        self.seq += 1;
-        Outgoing {
-            call_id: self.call_id,
-            event,
-            last,
-            queued_at: Instant::now(),
-        }
-    }
-
+impl Events {
     /// Sends an event, waiting for room. Returns false if the session is gone.
     async fn send(&mut self, kind: terminal_event::Kind, last: bool) -> bool {
-        let out = self.make(kind, last);
+        let out = Outgoing {
+            call_id: self.call_id,
+            kind,
+            last,
+            queued_at: Instant::now(),
+        };
         self.events.send(out).await.is_ok()
     }
 }
@@ -311,11 +302,7 @@ pub async fn run(
         stdin,
         cancel,
     } = io;
-    let mut seq = Sequencer {
-        call_id,
-        seq: 0,
-        events,
-    };
+    let mut seq = Events { call_id, events };
     let program = req
         .argv
         .first()
@@ -368,9 +355,20 @@ pub async fn run(
         signal_group(pid, SIGKILL);
         return;
     }
-    if let (Some(pipe), Some(rx)) = (child.stdin.take(), stdin) {
-        tokio::spawn(write_stdin(pipe, rx));
-    }
+    // The stdin writer runs inside this task (no task of its own to track):
+    // it is polled with the pipes below until it has written everything.
+    let writer = match (child.stdin.take(), stdin) {
+        (Some(pipe), Some(rx)) => Some(write_stdin(pipe, rx)),
+        _ => None,
+    };
+    let mut writing = writer.is_some();
+    let writer = async move {
+        match writer {
+            Some(w) => w.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(writer);
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let mut out_watch = Some(Watch::start(&tracer, spans::PROCESS_STDOUT_READER, &run_cx));
@@ -400,6 +398,7 @@ pub async fn run(
             }
         };
         tokio::select! {
+            () = &mut writer, if writing => writing = false,
             () = cancel.cancelled(), if !killed => {
                 signal_group(pid, SIGKILL);
                 killed = true;
@@ -490,22 +489,22 @@ mod tests {
     use proto::pb::session::EnvVar;
 
     struct Run {
-        events: Vec<TerminalEvent>,
+        events: Vec<terminal_event::Kind>,
     }
 
     impl Run {
         fn stdout(&self) -> Vec<u8> {
             self.events
                 .iter()
-                .filter_map(|e| match &e.kind {
-                    Some(terminal_event::Kind::Stdout(d)) => Some(d.to_vec()),
+                .filter_map(|e| match e {
+                    terminal_event::Kind::Stdout(d) => Some(d.to_vec()),
                     _ => None,
                 })
                 .flatten()
                 .collect()
         }
         fn last(&self) -> &terminal_event::Kind {
-            self.events.last().unwrap().kind.as_ref().unwrap()
+            self.events.last().unwrap()
         }
     }
 
@@ -533,18 +532,25 @@ mod tests {
         }
         drop(in_tx);
         let mut events = vec![];
+        let mut finals = 0;
         while let Some(o) = rx.recv().await {
             assert_eq!(o.call_id, 9);
-            let last = o.last;
-            events.push(o.event);
-            if last {
+            let is_final = matches!(
+                o.kind,
+                terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
+            );
+            assert_eq!(o.last, is_final, "only the final event is marked last");
+            finals += usize::from(is_final);
+            events.push(o.kind);
+            if o.last {
                 break;
             }
         }
         task.await.unwrap();
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.seq, i as u64, "sequence numbers have no gaps");
-        }
+        // The session numbers events (`proto::session`); here: one final
+        // event, and it is the last.
+        assert_eq!(finals, 1);
+        assert!(rx.try_recv().is_err(), "nothing after the final event");
         Run { events }
     }
 
@@ -561,10 +567,7 @@ mod tests {
     #[tokio::test]
     async fn output_and_exit_code() {
         let r = run_req(req(&["sh", "-c", "printf 'a\\nb\\n'; exit 3"]), None).await;
-        assert!(matches!(
-            r.events[0].kind,
-            Some(terminal_event::Kind::Started(_))
-        ));
+        assert!(matches!(r.events[0], terminal_event::Kind::Started(_)));
         assert_eq!(r.stdout(), b"a\nb\n");
         assert_eq!(
             r.last(),
@@ -638,18 +641,15 @@ mod tests {
             ProcessTrace::detached(),
         ));
         let started = rx.recv().await.unwrap();
-        assert!(matches!(
-            started.event.kind,
-            Some(terminal_event::Kind::Started(_))
-        ));
+        assert!(matches!(started.kind, terminal_event::Kind::Started(_)));
         cancel.cancel();
         let last = rx.recv().await.unwrap();
         assert!(last.last);
         assert_eq!(
-            last.event.kind,
-            Some(terminal_event::Kind::Exited(Exited {
+            last.kind,
+            terminal_event::Kind::Exited(Exited {
                 status: Some(exited::Status::Signal(9))
-            }))
+            })
         );
         task.await.unwrap();
     }

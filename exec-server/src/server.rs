@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use lifecycle::Tasks;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::ExecServerConfig;
 use crate::direct::DirectTunnel;
@@ -43,8 +43,8 @@ pub struct ExecServerHandle {
     server_id: String,
     direct: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     link: Option<JoinHandle<()>>,
-    tasks: TaskTracker,
-    sessions: CancellationToken,
+    /// Every task; its token ends the sessions (after the grace period).
+    tasks: Tasks,
     shutdown: CancellationToken,
     grace: std::time::Duration,
 }
@@ -81,15 +81,13 @@ impl ExecServerHandle {
         if let Some(link) = self.link.take() {
             let _ = link.await;
         }
-        self.tasks.close();
         if tokio::time::timeout(self.grace, self.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("grace period over; ending the remaining sessions");
         }
-        self.sessions.cancel();
-        self.tasks.wait().await;
+        self.tasks.shutdown().await;
         match self.direct.take() {
             Some(direct) => match direct.await {
                 Ok(Err(e)) => Err(ExecServerError::Serve(e)),
@@ -109,15 +107,15 @@ pub async fn start(
     if config.relay.is_none() && config.listen.is_none() {
         return Err(ExecServerError::NoTransport);
     }
-    let tasks = TaskTracker::new();
+    // Sessions outlive the listeners by the grace period; the tasks' token
+    // ends them after it.
+    let tasks = Tasks::new();
+    let sessions = tasks.token().clone();
     let grace = config.shutdown_grace;
     let relay = config.relay.clone();
     let listen = config.listen;
     let ctx = ServerContext::new(config, tasks.clone());
     let server_id = ctx.route.clone();
-    // Sessions outlive the listeners by the grace period; this token ends
-    // them after it.
-    let sessions = CancellationToken::new();
     let (reg_tx, registered) = watch::channel(false);
 
     let mut local_addr = None;
@@ -131,13 +129,17 @@ pub async fn start(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE);
             let shutdown = shutdown.clone();
-            Some(tokio::spawn(
-                proto::link::server()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(proto::link::incoming(listener), async move {
-                        shutdown.cancelled().await
-                    }),
-            ))
+            Some(
+                tasks.spawn(
+                    tracing::info_span!("direct", %addr),
+                    proto::link::server()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(
+                            proto::link::incoming(listener),
+                            async move { shutdown.cancelled().await },
+                        ),
+                ),
+            )
         }
         None => None,
     };
@@ -146,7 +148,7 @@ pub async fn start(
         // The link stops at shutdown; its sessions follow `sessions`.
         let link_shutdown = shutdown.clone();
         let sessions = sessions.clone();
-        tokio::spawn(async move {
+        tasks.spawn(tracing::info_span!("relay link", %url), async move {
             let (inner_tx, mut inner_rx) = watch::channel(false);
             let forward = async {
                 while inner_rx.changed().await.is_ok() {
@@ -169,7 +171,6 @@ pub async fn start(
         direct,
         link,
         tasks,
-        sessions,
         shutdown,
         grace,
     })

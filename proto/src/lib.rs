@@ -17,6 +17,8 @@
 //! - [`registration`]: the sans-IO proof that a registering exec-server holds
 //!   its static key.
 //! - [`routing`]: the routing headers on relay links (server and session ids).
+//! - [`driver`]: the one async driver that runs a session machine over a
+//!   link (either end).
 //! - [`session`]: the session protocol as sans-IO state machines
 //!   ([`session::ClientSession`], [`session::ServerSession`]).
 //! - [`clock`]: wall-clock helpers shared by the codecs.
@@ -26,9 +28,11 @@
 //! time and return bytes and events; the services drive them.
 
 pub mod clock;
+pub mod driver;
 pub mod envelope;
 pub mod frames;
 pub mod framing;
+#[cfg(feature = "health")]
 pub mod health;
 pub mod keys;
 pub mod limits;

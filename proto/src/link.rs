@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
-
 /// HTTP/2 keepalive interval (detects dead peers on idle links).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered.
@@ -19,8 +17,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A gRPC endpoint for `url` with the link settings: no Nagle, keepalives
 /// (also while idle, so a registration notices a dead relay), large windows.
-pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+#[cfg(feature = "channel")]
+pub fn endpoint(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -32,11 +34,13 @@ pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, tonic:
 
 /// The accepted connections of `listener`, with Nagle off on each (the
 /// server builder's own setting only applies to listeners it binds itself).
+#[cfg(feature = "server")]
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// A gRPC server builder with the link settings.
+#[cfg(feature = "server")]
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -27,6 +27,30 @@ pub fn parse_session_id(s: &str) -> Option<[u8; SESSION_ID_LEN]> {
     Some(out)
 }
 
+/// A refusing status that names its reason in its details, so that the
+/// client tells refusals apart by code rather than by message.
+pub fn refuse(
+    code: tonic::Code,
+    message: impl Into<String>,
+    reason: crate::pb::tunnel::CloseReason,
+) -> tonic::Status {
+    use prost::Message;
+    let details = crate::pb::tunnel::Refusal {
+        reason: reason as i32,
+    }
+    .encode_to_vec();
+    tonic::Status::with_details(code, message, details.into())
+}
+
+/// The reason a refusing status names in its details, if any.
+pub fn refusal(status: &tonic::Status) -> Option<crate::pb::tunnel::CloseReason> {
+    use prost::Message;
+    let refusal = crate::pb::tunnel::Refusal::decode(status.details()).ok()?;
+    crate::pb::tunnel::CloseReason::try_from(refusal.reason)
+        .ok()
+        .filter(|r| *r != crate::pb::tunnel::CloseReason::Unspecified)
+}
+
 /// Formats a session id as lowercase hex.
 pub fn format_session_id(id: &[u8; SESSION_ID_LEN]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
@@ -35,6 +59,21 @@ pub fn format_session_id(id: &[u8; SESSION_ID_LEN]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_travels_in_the_status_details() {
+        use crate::pb::tunnel::CloseReason;
+        let s = refuse(
+            tonic::Code::NotFound,
+            "no such server",
+            CloseReason::UnknownServer,
+        );
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert_eq!(refusal(&s), Some(CloseReason::UnknownServer));
+        assert_eq!(refusal(&tonic::Status::not_found("plain")), None);
+        let garbage = tonic::Status::with_details(tonic::Code::Internal, "x", vec![0xff; 3].into());
+        assert_eq!(refusal(&garbage), None);
+    }
 
     #[test]
     fn server_id_shape() {

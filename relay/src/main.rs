@@ -86,7 +86,8 @@ fn main() -> ExitCode {
         telemetry::setup::Options::service(),
     );
     let code = runtime.block_on(async move {
-        let shutdown = telemetry::shutdown::on_signals();
+        let signals = lifecycle::Tasks::new();
+        let shutdown = lifecycle::signals::stop_on_signals(&signals);
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
             Err(e) => {

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use proto::health::pb::health_server::HealthServer;
 
+use lifecycle::Tasks;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::registry_server::RegistryServer;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
 use crate::health::RelayHealth;
@@ -50,11 +50,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let grace = config.shutdown_grace;
-    let tasks = TaskTracker::new();
-    // Sessions get their own token so that they can outlive the listener for
-    // the grace period.
-    let sessions = CancellationToken::new();
-    let state = RelayState::new(config, sessions.clone(), tasks.clone());
+    // Sessions get their own token (the tasks') so that they can outlive
+    // the listener for the grace period.
+    let tasks = Tasks::new();
+    let sessions = tasks.token().clone();
+    let state = RelayState::new(config, tasks.clone());
     let health = HealthServer::new(RelayHealth::new(
         Arc::clone(&state.registry),
         shutdown.clone(),
@@ -77,7 +77,6 @@ pub async fn serve(
             async move {
                 shutdown.cancelled().await;
                 tracing::info!("relay shutting down");
-                tasks.close();
                 // Let in-flight sessions finish within the grace period.
                 if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
                     sessions.cancel();
@@ -85,8 +84,6 @@ pub async fn serve(
             }
         })
         .await;
-    sessions.cancel();
-    tasks.close();
-    tasks.wait().await;
+    tasks.shutdown().await;
     result.map_err(RelayError::from)
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use lifecycle::Tasks;
 use proto::pb::tunnel::registry_server::Registry as RegistryService;
 use proto::pb::tunnel::tunnel_server::Tunnel;
 use proto::pb::tunnel::{
@@ -18,8 +19,6 @@ use telemetry::carriers;
 use telemetry::w3c::Extracted;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::RelayConfig;
@@ -39,20 +38,18 @@ pub struct RelayState {
     pub registry: Arc<Registry>,
     /// Settings.
     pub config: Arc<RelayConfig>,
-    /// Cancelled at shutdown.
-    pub shutdown: CancellationToken,
-    /// Tracks every session and registration task.
-    pub tasks: TaskTracker,
+    /// Every session and registration task; its token is cancelled at
+    /// shutdown.
+    pub tasks: Tasks,
 }
 
 impl RelayState {
     /// New state for a relay.
-    pub fn new(config: RelayConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+    pub fn new(config: RelayConfig, tasks: Tasks) -> Self {
         let registry = Registry::new(config.max_registrations, config.max_sessions_per_server);
         Self {
             registry,
             config: Arc::new(config),
-            shutdown,
             tasks,
         }
     }
@@ -70,13 +67,17 @@ fn header<'a, T>(req: &'a Request<T>, name: &str) -> Option<&'a str> {
     req.metadata().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The refusing status for a registry error, with its reason code.
 fn status_for(e: RegistryError) -> Status {
-    match e {
-        RegistryError::UnknownServer(_) => Status::not_found(e.to_string()),
+    use proto::pb::tunnel::CloseReason;
+    use tonic::Code;
+    let (code, reason) = match e {
+        RegistryError::UnknownServer(_) => (Code::NotFound, CloseReason::UnknownServer),
         RegistryError::ServerBusy(_) | RegistryError::Full => {
-            Status::resource_exhausted(e.to_string())
+            (Code::ResourceExhausted, CloseReason::Busy)
         }
-    }
+    };
+    proto::routing::refuse(code, e.to_string(), reason)
 }
 
 /// The client-facing tunnel.
@@ -122,8 +123,10 @@ impl Tunnel for TunnelService {
         };
         if announced.control.try_send(Ok(incoming)).is_err() {
             state.registry.cancel(&announced.session_id);
-            return Err(Status::unavailable(
+            return Err(proto::routing::refuse(
+                tonic::Code::Unavailable,
                 "the exec-server is not answering its relay link",
+                proto::pb::tunnel::CloseReason::NotAccepted,
             ));
         }
         let half = match tokio::time::timeout(state.config.accept_timeout, announced.accepted).await
@@ -131,13 +134,15 @@ impl Tunnel for TunnelService {
             Ok(Ok(half)) => half,
             _ => {
                 state.registry.cancel(&announced.session_id);
-                return Err(Status::unavailable(
+                return Err(proto::routing::refuse(
+                    tonic::Code::Unavailable,
                     "the exec-server did not accept the session in time",
+                    proto::pb::tunnel::CloseReason::NotAccepted,
                 ));
             }
         };
         let (client_tx, client_rx) = mpsc::channel(state.config.session_queue);
-        let session = Session::new(&state.shutdown);
+        let session = Session::new(state.tasks.token());
         let limits = state.limits();
         let inbound = request.into_inner();
         let permit = announced.permit;
@@ -156,7 +161,8 @@ impl Tunnel for TunnelService {
             session,
             limits,
         );
-        state.tasks.spawn(async move {
+        let span = tracing::debug_span!(parent: None, "session", session = %&sid[..8]);
+        state.tasks.spawn(span, async move {
             let ((up_end, up_stats), (down_end, down_stats)) = tokio::join!(up, down);
             tracing::debug!(
                 session = %&sid[..8],
@@ -234,64 +240,67 @@ impl RegistryService for RegistryServiceImpl {
         // arrive, so the response stream is returned now and the rest of the
         // proof completes in a task.
         let tasks = state.tasks.clone();
-        tasks.spawn(async move {
-            let msg3 = match next_proof(&mut inbound, &state).await {
-                Ok(m) => m,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            };
-            let key = match responder.finish(&msg3) {
-                Ok(k) => k,
-                Err(e) => {
+        tasks.spawn(
+            tracing::debug_span!(parent: None, "registration"),
+            async move {
+                let msg3 = match next_proof(&mut inbound, &state).await {
+                    Ok(m) => m,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let key = match responder.finish(&msg3) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unauthenticated(format!(
+                                "registration proof: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                let server_id = key.server_id();
+                if claimed.as_deref().is_some_and(|c| c != server_id) {
                     let _ = tx
-                        .send(Err(Status::unauthenticated(format!(
-                            "registration proof: {e}"
-                        ))))
+                        .send(Err(Status::permission_denied(
+                            "the claimed server id does not match the proven key",
+                        )))
                         .await;
                     return;
                 }
-            };
-            let server_id = key.server_id();
-            if claimed.as_deref().is_some_and(|c| c != server_id) {
-                let _ = tx
-                    .send(Err(Status::permission_denied(
-                        "the claimed server id does not match the proven key",
-                    )))
-                    .await;
-                return;
-            }
-            let guard = match state.registry.register(&server_id, tx.clone()) {
-                Ok(g) => g,
-                Err(e) => {
-                    let _ = tx.send(Err(status_for(e))).await;
+                let guard = match state.registry.register(&server_id, tx.clone()) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        let _ = tx.send(Err(status_for(e))).await;
+                        return;
+                    }
+                };
+                let registered = RegisterDown {
+                    msg: Some(register_down::Msg::Registered(Registered {
+                        server_id: server_id.clone(),
+                    })),
+                };
+                if tx.send(Ok(registered)).await.is_err() {
                     return;
                 }
-            };
-            let registered = RegisterDown {
-                msg: Some(register_down::Msg::Registered(Registered {
-                    server_id: server_id.clone(),
-                })),
-            };
-            if tx.send(Ok(registered)).await.is_err() {
-                return;
-            }
-            tracing::info!(server = %&server_id[..8], "exec-server registered");
-            // Hold the registration while the control stream lives.
-            loop {
-                tokio::select! {
-                    () = state.shutdown.cancelled() => break,
-                    () = tx.closed() => break,
-                    m = inbound.message() => match m {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    },
+                tracing::info!(server = %&server_id[..8], "exec-server registered");
+                // Hold the registration while the control stream lives.
+                loop {
+                    tokio::select! {
+                        () = state.tasks.token().cancelled() => break,
+                        () = tx.closed() => break,
+                        m = inbound.message() => match m {
+                            Ok(Some(_)) => continue,
+                            Ok(None) | Err(_) => break,
+                        },
+                    }
                 }
-            }
-            drop(guard);
-            tracing::info!(server = %&server_id[..8], "exec-server unregistered");
-        });
+                drop(guard);
+                tracing::info!(server = %&server_id[..8], "exec-server unregistered");
+            },
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

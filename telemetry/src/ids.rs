@@ -3,27 +3,28 @@
 //! The exec-server has to put a child's `TRACEPARENT` (naming its
 //! `process.run` span) into the child's environment before the child is
 //! spawned, but `process.run` only starts once the pid is known. The
-//! providers made by [`setup`](crate::setup) use [`PresetIdGenerator`], so a
-//! span id drawn with [`new_span_id`] can be handed to the next span started
-//! on this thread with [`start_with_span_id`].
+//! providers made by `setup` (feature `export`) use `PresetIdGenerator`, so
+//! a span id drawn with [`new_span_id`] can be handed to the next span
+//! started on this thread with [`start_with_span_id`].
 
 use std::cell::Cell;
 
-use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use opentelemetry::trace::SpanId;
 
 thread_local! {
     static PRESET: Cell<Option<SpanId>> = const { Cell::new(None) };
 }
 
 /// Random ids, except that the next span id may be preset for this thread.
+#[cfg(feature = "export")]
 #[derive(Debug, Default)]
 pub struct PresetIdGenerator {
-    random: RandomIdGenerator,
+    random: opentelemetry_sdk::trace::RandomIdGenerator,
 }
 
-impl IdGenerator for PresetIdGenerator {
-    fn new_trace_id(&self) -> TraceId {
+#[cfg(feature = "export")]
+impl opentelemetry_sdk::trace::IdGenerator for PresetIdGenerator {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
         self.random.new_trace_id()
     }
 
@@ -34,9 +35,15 @@ impl IdGenerator for PresetIdGenerator {
     }
 }
 
-/// A fresh random span id, to be used later with [`start_with_span_id`].
+/// A fresh random span id (never the invalid all-zero id), to be used
+/// later with [`start_with_span_id`].
 pub fn new_span_id() -> SpanId {
-    RandomIdGenerator::default().new_span_id()
+    loop {
+        let id = SpanId::from_bytes(rand::random());
+        if id != SpanId::INVALID {
+            return id;
+        }
+    }
 }
 
 /// Runs `start` (which must start exactly one span, synchronously) so that
@@ -51,7 +58,7 @@ pub fn start_with_span_id<T>(id: SpanId, start: impl FnOnce() -> T) -> T {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "export"))]
 mod tests {
     use super::*;
     use opentelemetry::trace::{Span, TraceContextExt, Tracer, TracerProvider};
@@ -75,6 +82,8 @@ mod tests {
 
     #[test]
     fn unused_preset_is_forgotten() {
+        use opentelemetry_sdk::trace::IdGenerator;
+        assert_ne!(new_span_id(), SpanId::INVALID);
         let id = new_span_id();
         start_with_span_id(id, || ());
         let generator = PresetIdGenerator::default();

@@ -15,10 +15,14 @@
 //!   make for traced messages, and the hop header their frames carry.
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
-//! - [`setup`]: the one place logging, tracer providers and span export
-//!   (OTLP/gRPC or the local trace file) are set up.
-//! - [`shutdown`]: the one shutdown pattern (SIGINT/SIGTERM cancel a token).
-//! - [`trace_file`]: the local OTLP JSON trace file, its exporter and reader.
+//! - `setup` (feature `export`, for binaries): the one place logging, tracer
+//!   providers and span export (OTLP/gRPC or the local trace file) are set
+//!   up.
+//! - `trace_file` (feature `export`): the local OTLP JSON trace file and its
+//!   exporter.
+//!
+//! Without the `export` feature everything here uses the OpenTelemetry API
+//! only, which is all an embedder of the client library links.
 //!
 //! Extraction never fails a call: an absent or invalid context means the next
 //! span starts a new trace, and an invalid tracestate is dropped on its own.
@@ -30,8 +34,9 @@ pub mod carriers;
 pub mod framing;
 pub mod ids;
 pub mod otel;
+#[cfg(feature = "export")]
 pub mod setup;
-pub mod shutdown;
 pub mod spans;
+#[cfg(feature = "export")]
 pub mod trace_file;
 pub mod w3c;

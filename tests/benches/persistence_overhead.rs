@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use core_client::{Client, Event, ExecSpec, ExitStatus};
 use exec_server::ExecServerConfig;
 use integration_tests::bench::{
     exec_true, median, min_max, percentile, print_machine, process_cpu_nanos, rotated, run_text,
@@ -39,6 +38,7 @@ use integration_tests::bench::{
 };
 use integration_tests::stack::Stack;
 use metadata::{Exit, Persister, Progress, Store, WriterConfig};
+use rex_client::{Client, Event, ExecSpec, ExitStatus};
 use tempfile::TempDir;
 
 /// Warm-up execs of `true` per mode, once, before the first round.

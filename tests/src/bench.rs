@@ -5,7 +5,7 @@
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use core_client::{Client, ExecSpec, ExitStatus};
+use rex_client::{Client, ExecSpec, ExitStatus};
 
 /// Reads a benchmark's options from `words` (the command line after the
 /// program name). `--NAME N` for each `(NAME, slot)` of `counts` sets

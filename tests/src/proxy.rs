@@ -78,9 +78,12 @@ impl Tunnel for ProxyService {
         // Forward only successfully read frames upstream.
         let inbound = inbound.take_while(|r| futures::future::ready(r.is_ok()));
         let inbound = inbound.filter_map(|r| futures::future::ready(r.ok()));
-        let mut client = TunnelClient::connect(self.upstream.clone())
+        let channel = tonic::transport::Endpoint::from_shared(self.upstream.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .connect()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut client = TunnelClient::new(channel);
         let mut up = Request::new(inbound);
         if let Ok(v) = MetadataValue::try_from(named.as_str()) {
             up.metadata_mut().insert(SERVER_ID_HEADER, v);

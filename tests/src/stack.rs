@@ -2,9 +2,9 @@
 
 use std::net::SocketAddr;
 
-use core_client::{Client, ClientConfig, Target};
 use exec_server::{ExecServerConfig, ExecServerHandle};
 use proto::keys::{AuthorizedKeys, StaticKeypair};
+use rex_client::{Client, ClientConfig, Target};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use core_client::{Client, ClientConfig, ExecSpec, ExitStatus, Target};
 use integration_tests::stack::{TestRelay, TestServer};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use proto::keys::StaticKeypair;
+use rex_client::{Client, ClientConfig, ExecSpec, ExitStatus, Target};
 use telemetry::spans;
 
 async fn run_once(hop_headers: bool, exporter: &InMemorySpanExporter) -> Vec<SpanData> {

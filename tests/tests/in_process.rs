@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use core_client::{
-    Client, ClientConfig, ClientError, ConnectError, Event, ExecFailure, ExecSpec, ExitStatus,
-    Target,
-};
 use integration_tests::proxy::{self, Behaviour};
 use integration_tests::stack::{Stack, TestRelay, TestServer};
 use proto::keys::StaticKeypair;
+use rex_client::{
+    Client, ClientConfig, ClientError, ConnectError, Event, ExecFailure, ExecSpec, ExitStatus,
+    Target,
+};
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];

@@ -16,12 +16,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use core_client::{Client, ExecSpec, ExitStatus};
 use integration_tests::binaries::{self, ProcStack};
 use integration_tests::crash_records::{earlier, record};
 use integration_tests::stack::Stack;
 use metadata::{CommandRecord, Exit, Progress, Store, WriterConfig};
 use rand::Rng;
+use rex_client::{Client, ExecSpec, ExitStatus};
 
 /// Bound on anything that should be quick, only so a bug cannot hang the
 /// test.
@@ -196,7 +196,7 @@ fn records_confirmed_by_a_flush_survive_sigkill_at_random_points() {
 // Off the hot path
 
 /// Runs `spec`; returns its trace id and output.
-async fn run_traced(client: &Client, spec: ExecSpec) -> (String, core_client::Output) {
+async fn run_traced(client: &Client, spec: ExecSpec) -> (String, rex_client::Output) {
     let exec = tokio::time::timeout(WAIT, client.exec(spec))
         .await
         .expect("exec within the bound")

@@ -4,10 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use core_client::{ExecSpec, ExitStatus};
 use integration_tests::stack::Stack;
 use opentelemetry::trace::{SpanId, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::InMemorySpanExporter;
+use rex_client::{ExecSpec, ExitStatus};
 use telemetry::spans;
 
 #[tokio::test]

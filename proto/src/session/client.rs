@@ -537,6 +537,11 @@ impl<T> ClientSession<T> {
         self.sync_end();
     }
 
+    /// The local side is done: closes the session cleanly.
+    pub fn shutdown(&mut self, now: Now) {
+        self.close(now);
+    }
+
     /// The peer ended its half of the link (`failure`: the link broke).
     pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
         self.link.link_ended(failure, now);

@@ -114,6 +114,29 @@ pub enum SessionError {
     LinkFailed(#[source] tonic::Status),
 }
 
+/// Equal when the same thing went wrong: the same variant with equal
+/// payloads (a failed link: the same status code and message).
+impl PartialEq for SessionError {
+    fn eq(&self, other: &Self) -> bool {
+        use SessionError as E;
+        match (self, other) {
+            (E::Handshake(a), E::Handshake(b)) => a == b,
+            (E::Refused(a), E::Refused(b)) | (E::LinkClosed(a), E::LinkClosed(b)) => a == b,
+            (E::Timeout(a), E::Timeout(b)) => a == b,
+            (E::Transport(a), E::Transport(b)) => a == b,
+            (E::Envelope(a), E::Envelope(b)) => a == b,
+            (E::Protocol(a), E::Protocol(b)) => a == b,
+            (E::LinkEnded, E::LinkEnded) => true,
+            (E::LinkFailed(a), E::LinkFailed(b)) => {
+                a.code() == b.code() && a.message() == b.message()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SessionError {}
+
 impl SessionError {
     /// The clear close reason to send the peer when this error ends the
     /// session before it is established (none once the peer can read an

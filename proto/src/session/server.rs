@@ -503,6 +503,11 @@ impl<T> ServerSession<T> {
         self.after(now);
     }
 
+    /// The exec-server is shutting down: closes the session cleanly.
+    pub fn shutdown(&mut self, now: Now) {
+        self.close("exec-server shutting down", now);
+    }
+
     /// The peer ended its half of the link (`failure`: the link broke).
     pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
         self.link.link_ended(failure, now);

@@ -88,7 +88,8 @@ fn main() -> ExitCode {
         max_spans: args.max_spans,
     };
     let code = runtime.block_on(async move {
-        let shutdown = telemetry::shutdown::on_signals();
+        let signals = lifecycle::Tasks::new();
+        let shutdown = lifecycle::signals::stop_on_signals(&signals);
         let sink = match TraceSink::start(config, shutdown).await {
             Ok(sink) => sink,
             Err(e) => {

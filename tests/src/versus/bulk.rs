@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use core_client::{Client, Event, ExecSpec, ExitStatus};
+use rex_client::{Client, Event, ExecSpec, ExitStatus};
 use tokio::io::AsyncReadExt;
 
 use super::rounds::throughputs;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use core_client::{Client, Event, ExecSpec, ExitStatus};
 use proto::pb::session::{ExecRequest, StdinMode, terminal_event};
+use rex_client::{Client, Event, ExecSpec, ExitStatus};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,7 @@ pub async fn local_true() -> Result<Duration, String> {
     ));
     let mut exited = false;
     while let Some(out) = events.recv().await {
-        if let Some(terminal_event::Kind::Exited(e)) = &out.event.kind {
+        if let terminal_event::Kind::Exited(e) = &out.kind {
             exited = e.status == Some(proto::pb::session::exited::Status::Code(0));
         }
         if out.last {

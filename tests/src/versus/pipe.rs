@@ -5,7 +5,8 @@
 //! - this module: the rounds (a warm-up of each, then each round runs ours
 //!   and the peer once, alternating which goes first) and the report.
 //! - `ours`: a relay in this process and a client pushing full-size Noise
-//!   records through it with core-client's session code;
+//!   records through it, the session opened as the client library opens
+//!   one;
 //!   `responder`: the far end, registered as an exec-server registers,
 //!   which decrypts, checks and counts the plaintext.
 //! - `socat`: the peer, a fresh `socat` per round between two loopback
@@ -109,7 +110,7 @@ pub async fn run(options: &PipeOptions) -> Result<Comparison, String> {
     )];
     if let Some(r) = m.record {
         notes.push(format!(
-            "ours: {} (the default session config) from core-client's session code over a relay \
+            "ours: {} (the default session config) from the project's Noise code, opened as the client library opens a session, over a relay \
              in the bench process (gRPC on 127.0.0.1); {} Noise messages per round, the largest \
              {} bytes ({} plaintext bytes per record); every byte checked at the responder",
             proto::noise::SessionConfig::default().suite.protocol_name(),

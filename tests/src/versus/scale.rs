@@ -18,9 +18,9 @@ mod relay_proc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use core_client::{Client, ClientConfig, Target as Via};
 use futures::StreamExt as _;
 use proto::keys::StaticKeypair;
+use rex_client::{Client, ClientConfig, Target as Via};
 use tokio::time::timeout;
 
 use self::execs::{Numbers, run_execs};

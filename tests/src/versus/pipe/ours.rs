@@ -1,18 +1,26 @@
 //! Ours: Noise transport messages from a client, through a relay in this
 //! process, to the [`responder`](super::responder).
 //!
-//! The client side is core-client's own [`connect::channel`] and
-//! [`connect::establish`] (tunnel, IK handshake, session hello); the bytes
-//! then go out through its [`Transport`] as envelopes of [`CHUNK`] bytes,
-//! one full-size record each.
+//! The client side opens the tunnel stream as the client library does (the
+//! handshake message riding on the stream's opening, then the session
+//! hello), with the project's own Noise code; the bytes then go out through
+//! its [`Transport`] as envelopes of [`CHUNK`] bytes, one full-size record
+//! each.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use core_client::connect::{self, Established};
-use core_client::{ClientConfig, Target};
-use proto::keys::StaticKeypair;
+use proto::envelope;
+use proto::keys::{PublicKey, StaticKeypair};
+use proto::limits::MAX_GRPC_MESSAGE;
 use proto::link::FrameSender;
-use proto::noise::{Transport, TransportError};
+use proto::noise::{ClientHandshake, SessionConfig, Transport, TransportError};
+use proto::pb::session::{Hello, envelope::Body};
+use proto::pb::tunnel::tunnel_client::TunnelClient;
+use proto::pb::tunnel::{Frame, FrameKind};
+use proto::routing::SERVER_ID_HEADER;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 use super::responder::Responder;
@@ -39,9 +47,95 @@ pub(super) struct Pushed {
 pub(super) struct NoisePipe {
     relay: TestRelay,
     responder: Responder,
-    config: ClientConfig,
+    key: StaticKeypair,
+    server: PublicKey,
     channel: Channel,
     pattern: Pattern,
+}
+
+/// An open session: the transport and the link's two halves.
+struct Session {
+    transport: Transport,
+    outbound: FrameSender,
+    inbound: Streaming<Frame>,
+}
+
+async fn next_frame(inbound: &mut Streaming<Frame>) -> Result<Frame, String> {
+    match inbound.message().await {
+        Ok(Some(f)) if f.kind == FrameKind::Close as i32 => {
+            Err(format!("ours: closed in the clear ({})", f.close_reason))
+        }
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err("ours: the link ended during set-up".into()),
+        Err(status) => Err(format!("ours: link failed: {status}")),
+    }
+}
+
+/// Opens a session as the client library does: message 1 rides on the
+/// stream's opening, then message 2, then the session hello and its answer.
+async fn open(
+    channel: Channel,
+    key: &StaticKeypair,
+    server: &PublicKey,
+) -> Result<Session, String> {
+    let noise = |e: TransportError| format!("ours: {e}");
+    let route = server.server_id();
+    let (hs, msg1) = ClientHandshake::start(
+        key,
+        server,
+        route.as_bytes(),
+        SystemTime::now(),
+        SessionConfig::default(),
+    )
+    .map_err(|e| format!("ours: {e}"))?;
+    let (outbound, rx) = mpsc::channel(32);
+    outbound
+        .send(Ok(proto::frames::handshake(msg1.into())))
+        .await
+        .map_err(|_| "ours: link closed".to_owned())?;
+    let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(rx), Result::ok);
+    let mut request = tonic::Request::new(frames);
+    let header = route
+        .parse()
+        .map_err(|_| "ours: the route is not a header value".to_owned())?;
+    request.metadata_mut().insert(SERVER_ID_HEADER, header);
+    let mut inbound = TunnelClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE)
+        .open(request)
+        .await
+        .map_err(|s| format!("ours: opening the tunnel: {s}"))?
+        .into_inner();
+    let msg2 = next_frame(&mut inbound).await?;
+    let mut transport = hs
+        .finish(&msg2.payload, Instant::now())
+        .map_err(|e| format!("ours: {e}"))?;
+    let hello = Body::Hello(Hello {
+        client_version: env!("CARGO_PKG_VERSION").into(),
+    });
+    let hello = envelope::encode_new(0, None, hello).map_err(|e| e.to_string())?;
+    transport.send(&hello).map_err(noise)?;
+    while let Some(msg) = transport.poll_transmit(Instant::now()).map_err(noise)? {
+        outbound
+            .send(Ok(proto::frames::data(msg)))
+            .await
+            .map_err(|_| "ours: link closed".to_owned())?;
+    }
+    loop {
+        if let Some(env) = transport.poll_envelope().map_err(noise)? {
+            match envelope::decode(&env).map(|e| e.body) {
+                Ok(Some(Body::HelloAck(_))) => break,
+                _ => return Err("ours: expected the hello answer".into()),
+            }
+        }
+        let f = next_frame(&mut inbound).await?;
+        transport.receive(&f.payload).map_err(noise)?;
+    }
+    Ok(Session {
+        transport,
+        outbound,
+        inbound,
+    })
 }
 
 impl NoisePipe {
@@ -52,14 +146,16 @@ impl NoisePipe {
         let client_key = StaticKeypair::generate().map_err(|e| format!("client key: {e}"))?;
         let server = server_key.public();
         let responder = Responder::start(&relay.url(), server_key, client_key.public()).await?;
-        let config = ClientConfig::new(client_key, server, Target::Relay(relay.url()));
-        let channel = connect::channel(&config)
+        let channel = proto::link::endpoint(&relay.url(), proto::link::CONNECT_TIMEOUT)
+            .map_err(|e| format!("client: {e}"))?
+            .connect()
             .await
             .map_err(|e| format!("client: {e}"))?;
         Ok(Self {
             relay,
             responder,
-            config,
+            key: client_key,
+            server,
             channel,
             pattern: Pattern::new(),
         })
@@ -67,12 +163,11 @@ impl NoisePipe {
 
     /// Opens a session and pushes `bytes` of plaintext through it.
     pub(super) async fn push(&mut self, bytes: u64) -> Result<Pushed, String> {
-        let Established {
+        let Session {
             mut transport,
             outbound,
             inbound,
-            ..
-        } = connect::establish(&self.config, self.channel.clone(), &Default::default())
+        } = open(self.channel.clone(), &self.key, &self.server)
             .await
             .map_err(|e| format!("ours: opening a session: {e}"))?;
         let started = Instant::now();

@@ -7,7 +7,7 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use core_client::{Client, ExecSpec, ExitStatus};
+use rex_client::{Client, ExecSpec, ExitStatus};
 
 /// The shared part of every exec's expected output.
 pub(super) struct Numbers {

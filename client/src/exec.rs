@@ -118,7 +118,7 @@ pub enum ExecFailure {
     Remote(String),
     /// The session ended before the call finished.
     #[error("session lost: {0}")]
-    SessionLost(String),
+    SessionLost(#[source] crate::error::SessionLost),
 }
 
 impl ExecFailure {

@@ -20,6 +20,14 @@ impl Target {
             Target::Relay(u) | Target::Direct(u) => u,
         }
     }
+
+    /// What the link goes to.
+    pub fn via(&self) -> crate::error::Via {
+        match self {
+            Target::Relay(_) => crate::error::Via::Relay,
+            Target::Direct(_) => crate::error::Via::ExecServer,
+        }
+    }
 }
 
 /// Settings for a [`crate::Client`].
@@ -42,12 +50,25 @@ pub struct ClientConfig {
     /// Events buffered per call before the session stops reading.
     pub events_per_call: usize,
     /// Where command records go (off the hot path), if anywhere.
+    #[cfg(feature = "records")]
     pub metadata: Option<metadata::Persister>,
     /// Record the commands' arguments too (the program name always is).
     pub record_args: bool,
 }
 
 impl ClientConfig {
+    /// The session machine's timers and bounds for these settings: the
+    /// handshake bound, a keepalive ping after `keepalive` of silence, and
+    /// the exec-server declared dead after three unanswered keepalives.
+    pub(crate) fn limits(&self) -> proto::session::Limits {
+        proto::session::Limits {
+            handshake_timeout: self.handshake_timeout,
+            keepalive: self.keepalive,
+            idle_timeout: self.keepalive.saturating_mul(3),
+            ..proto::session::Limits::client()
+        }
+    }
+
     /// Settings with defaults.
     pub fn new(key: StaticKeypair, server: PublicKey, target: Target) -> Self {
         Self {
@@ -59,6 +80,7 @@ impl ClientConfig {
             keepalive: Duration::from_secs(30),
             outbound_queue: 256,
             events_per_call: 64,
+            #[cfg(feature = "records")]
             metadata: None,
             record_args: false,
         }

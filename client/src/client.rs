@@ -1,0 +1,254 @@
+//! The embeddable client: one session per exec-server, reused across calls
+//! and re-established when it is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use lifecycle::Tasks;
+use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use proto::session::CallError;
+use telemetry::{carriers, otel, spans};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tonic::transport::Channel;
+
+use crate::config::ClientConfig;
+use crate::connect;
+use crate::error::{ClientError, ConnectError, InvalidRequest, Waiting};
+use crate::exec::{ExecFailure, ExecSpec, Output};
+use crate::execution::{Controller, Delivery, Execution};
+#[cfg(feature = "records")]
+use crate::records::CallRecord;
+use crate::session::{Command, SessionHandle, Traced};
+
+/// A client for one exec-server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    channel: Mutex<Option<Channel>>,
+    session: Mutex<Option<SessionHandle>>,
+    sessions_opened: AtomicU64,
+    /// The sessions' driver tasks. A session closes by itself once every
+    /// handle on it (this client, its executions and controllers) is gone.
+    tasks: Tasks,
+}
+
+/// The record of a call, when records are kept.
+#[cfg(feature = "records")]
+type Record = Option<CallRecord>;
+#[cfg(not(feature = "records"))]
+type Record = Option<std::convert::Infallible>;
+
+impl Client {
+    /// A client; nothing is dialled until the first call (or [`Client::connect`]).
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                channel: Mutex::new(None),
+                session: Mutex::new(None),
+                sessions_opened: AtomicU64::new(0),
+                tasks: Tasks::new(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// How many sessions this client has established so far (1 while one
+    /// warm session serves every call).
+    pub fn sessions_opened(&self) -> u64 {
+        self.inner.sessions_opened.load(Ordering::Relaxed)
+    }
+
+    /// Establishes the session now (a warm-up), if not already live.
+    pub async fn connect(&self) -> Result<(), ClientError> {
+        self.acquire(&Context::new()).await.map(|_| ())
+    }
+
+    /// Closes the session cleanly (authenticated close) and waits until it
+    /// has ended. The next call opens a new one.
+    pub async fn close(&self) {
+        let session = self.inner.session.lock().await.take();
+        if let Some(s) = session {
+            s.close().await;
+        }
+    }
+
+    async fn acquire(&self, parent: &Context) -> Result<SessionHandle, ClientError> {
+        let tracer = opentelemetry::global::tracer("core-client");
+        let mut span = tracer.start_with_context(spans::SESSION_ACQUIRE, parent);
+        let cx = parent.with_remote_span_context(span.span_context().clone());
+        let mut guard = self.inner.session.lock().await;
+        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
+            span.set_attribute(KeyValue::new("rex.session.reused", true));
+            span.end();
+            return Ok(s.clone());
+        }
+        span.set_attribute(KeyValue::new("rex.session.reused", false));
+        let config = &self.inner.config;
+        let result = async {
+            let channel = {
+                let mut ch = self.inner.channel.lock().await;
+                match ch.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = connect::channel(config).await?;
+                        *ch = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            tokio::time::timeout(
+                config.handshake_timeout,
+                connect::open(config, channel, &cx, &self.inner.tasks),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout(Waiting::Establishing))?
+        }
+        .await;
+        let handle = match result {
+            Ok((handle, _)) => handle,
+            Err(e) => {
+                span.set_status(SpanStatus::error(e.to_string()));
+                span.end();
+                return Err(e.into());
+            }
+        };
+        self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        *guard = Some(handle.clone());
+        span.end();
+        Ok(handle)
+    }
+
+    /// Runs a command; its events arrive on the returned [`Execution`] as
+    /// the exec-server pushes them.
+    pub async fn exec(&self, spec: ExecSpec) -> Result<Execution, ClientError> {
+        if spec.argv.first().is_none_or(|a| a.is_empty()) {
+            return Err(ClientError::InvalidRequest(InvalidRequest::NoProgram));
+        }
+        let parent = spec.parent.clone().unwrap_or_else(Context::current);
+        let tracer = opentelemetry::global::tracer("core-client");
+        let dispatched = SystemTime::now();
+        let span = tracer
+            .span_builder(spans::TOOL_DISPATCH)
+            .with_kind(SpanKind::Client)
+            .with_start_time(dispatched)
+            .with_attributes(vec![KeyValue::new(
+                "process.executable.name",
+                spec.program(),
+            )])
+            .start_with_context(&tracer, &parent);
+        let cx = parent.with_remote_span_context(span.span_context().clone());
+        let record = self.record(&spec, span.span_context());
+        let trace =
+            otel::from_span_context(span.span_context()).map(|tc| carriers::envelope::inject(&tc));
+        let request = spec.to_request();
+        let mut dispatch = Dispatch {
+            span: Some(span),
+            record,
+        };
+        // A session found dead before anything was sent is replaced once.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let session = match self.acquire(&cx).await {
+                Ok(s) => s,
+                Err(e) => return Err(dispatch.fail(e)),
+            };
+            if let Some(s) = dispatch.span.as_mut() {
+                s.set_attribute(KeyValue::new(
+                    "rex.clock_offset_ns",
+                    session.clock_offset_nanos(),
+                ));
+            }
+            let (tx, rx) = mpsc::channel(self.inner.config.events_per_call);
+            let (reply, started) = oneshot::channel();
+            let command = Command::Start {
+                request: request.clone(),
+                trace: trace.clone(),
+                events: tx,
+                traced: Traced::now(&cx, "exec"),
+                reply,
+            };
+            let sent = session.send(command).await;
+            let started = match sent {
+                Ok(()) => started.await.unwrap_or(Err(CallError::Ended)),
+                Err(_) => Err(CallError::Ended),
+            };
+            match started {
+                Ok(call_id) => {
+                    let control = Controller::new(call_id, session, cx);
+                    return Ok(Execution::new(
+                        control,
+                        rx,
+                        dispatch.span.take(),
+                        Delivery::new(dispatched, dispatch.record.take()),
+                    ));
+                }
+                Err(CallError::Ended | CallError::NotReady) if attempts < 2 => continue,
+                Err(e) => {
+                    let err = ClientError::from_call(e, || session.lost());
+                    return Err(dispatch.fail(err));
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "records")]
+    fn record(&self, spec: &ExecSpec, sc: &opentelemetry::trace::SpanContext) -> Record {
+        let config = &self.inner.config;
+        config.metadata.as_ref().map(|store| {
+            let args = config.record_args.then(|| {
+                spec.argv
+                    .iter()
+                    .skip(1)
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect()
+            });
+            CallRecord::dispatched(store, config.server.server_id(), spec.program(), args, sc)
+        })
+    }
+
+    #[cfg(not(feature = "records"))]
+    fn record(&self, _spec: &ExecSpec, _sc: &opentelemetry::trace::SpanContext) -> Record {
+        None
+    }
+
+    /// Runs a command with stdin closed and collects its output.
+    pub async fn output(&self, spec: ExecSpec) -> Result<Result<Output, ExecFailure>, ClientError> {
+        let exec = self.exec(spec).await?;
+        Ok(exec.output().await)
+    }
+}
+
+/// A call being dispatched: its `tool.dispatch` span and record, until an
+/// [`Execution`] takes them over.
+struct Dispatch {
+    span: Option<opentelemetry::global::BoxedSpan>,
+    record: Record,
+}
+
+impl Dispatch {
+    /// The call could not be dispatched: the span and the record say why.
+    fn fail(&mut self, err: ClientError) -> ClientError {
+        if let Some(mut s) = self.span.take() {
+            s.set_status(SpanStatus::error(err.to_string()));
+            s.end();
+        }
+        #[cfg(feature = "records")]
+        if let Some(r) = self.record.as_mut() {
+            r.failed(&err.to_string());
+        }
+        err
+    }
+}

@@ -1,0 +1,138 @@
+//! Establishing a session: reach the relay (or the exec-server directly),
+//! open the tunnel stream with handshake message 1 riding on it, start the
+//! session's driver, and wait until the machine reports the session ready.
+//!
+//! Spans made here, under the caller's `session.acquire`: `relay.connect`
+//! (the tunnel stream opened and paired), `noise.handshake` (until message 2
+//! proved the exec-server's key) and `session.init` (until the hello was
+//! answered).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lifecycle::Tasks;
+use opentelemetry::trace::{Span, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use proto::limits::MAX_GRPC_MESSAGE;
+use proto::pb::tunnel::tunnel_client::TunnelClient;
+use proto::routing::SERVER_ID_HEADER;
+use proto::session::{ClientSession, Now};
+use telemetry::{carriers, otel, spans};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::config::ClientConfig;
+use crate::error::{ConnectError, Waiting};
+use crate::router::{Established, Router};
+use crate::session::{SessionHandle, Shared};
+
+/// Frames queued toward the relay per session.
+pub(crate) const LINK_QUEUE: usize = 32;
+
+/// Connects a channel to the target.
+pub(crate) async fn channel(config: &ClientConfig) -> Result<Channel, ConnectError> {
+    let url = config.target.url();
+    proto::link::endpoint(url, config.connect_timeout)
+        .map_err(|e| ConnectError::BadUrl {
+            url: url.into(),
+            source: Arc::new(e),
+        })?
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            url: url.to_owned(),
+            source: crate::error::LinkCause::Transport(Arc::new(e)),
+        })
+}
+
+/// Opens one session on `channel` and waits until it is ready, recording
+/// the set-up spans under `parent`. The session's driver runs as a task of
+/// `tasks` until the session ends.
+pub(crate) async fn open(
+    config: &ClientConfig,
+    channel: Channel,
+    parent: &Context,
+    tasks: &Tasks,
+) -> Result<(SessionHandle, Established), ConnectError> {
+    let tracer = opentelemetry::global::tracer("core-client");
+    let server_id = config.server.server_id();
+    let url = config.target.url().to_owned();
+    let failed = |e| ConnectError::from_session(e, config.key.public(), &url, &server_id);
+
+    // relay.connect: the tunnel stream is paired with the exec-server.
+    let mut connect_span = tracer.start_with_context(spans::RELAY_CONNECT, parent);
+    let link_cx = parent.with_remote_span_context(connect_span.span_context().clone());
+    let mut machine =
+        ClientSession::new(&config.key, &config.server, config.limits(), Now::system())
+            .map_err(failed)?;
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    // Message 1 rides with the stream opening, saving a round trip.
+    while let Some(t) = machine.poll_transmit(Now::system()) {
+        tx.try_send(Ok(t.frame))
+            .map_err(|_| ConnectError::Unavailable(crate::error::Unavailable::LinkEnded))?;
+    }
+    let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(rx), Result::ok);
+    let mut request = tonic::Request::new(frames);
+    if let Ok(v) = MetadataValue::try_from(server_id.as_str()) {
+        request.metadata_mut().insert(SERVER_ID_HEADER, v);
+    }
+    if let Some(tc) = otel::from_span_context(link_cx.span().span_context()) {
+        carriers::metadata::inject(&tc, request.metadata_mut());
+    }
+    let mut client = TunnelClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let response = client
+        .open(request)
+        .await
+        .map_err(|s| ConnectError::from_status(s, &server_id, &url));
+    connect_span.end();
+    let opened = SystemTime::now();
+    let inbound = response?.into_inner();
+
+    // The driver runs the handshake and the hello from here on.
+    let shared = Shared::new(config.target.via());
+    let (commands, commands_rx) = mpsc::channel(config.outbound_queue);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let router = Router::new(commands_rx, Arc::clone(&shared), ready_tx);
+    let closing = shared.closing.clone();
+    let stop = tasks.token().clone();
+    let span = tracing::debug_span!(parent: None, "session", server = %&server_id[..8]);
+    tasks.spawn(span, async move {
+        let shutdown = async move {
+            tokio::select! {
+                () = closing.cancelled() => {}
+                () = stop.cancelled() => {}
+            }
+        };
+        proto::driver::drive(machine, router, inbound, tx, shutdown).await;
+    });
+    let handle = SessionHandle::new(commands, shared);
+    let established = match ready_rx.await {
+        Ok(Ok(established)) => established,
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => return Err(ConnectError::Timeout(Waiting::Establishing)),
+    };
+
+    // noise.handshake and session.init, from the times the driver saw.
+    let mut hs = tracer
+        .span_builder(spans::NOISE_HANDSHAKE)
+        .with_start_time(opened)
+        .start_with_context(&tracer, parent);
+    hs.end_with_timestamp(established.secured_at.max(opened));
+    let mut init = tracer
+        .span_builder(spans::SESSION_INIT)
+        .with_start_time(established.secured_at.max(opened))
+        .start_with_context(&tracer, parent);
+    if let Some(sample) = established.ready.clock {
+        init.set_attribute(KeyValue::new("rex.clock_offset_ns", sample.offset_nanos));
+        init.set_attribute(KeyValue::new(
+            "rex.rtt_ns",
+            i64::try_from(sample.rtt.as_nanos()).unwrap_or(i64::MAX),
+        ));
+    }
+    init.end_with_timestamp(established.ready_at);
+    Ok((handle, established))
+}

@@ -1,0 +1,373 @@
+//! Typed errors of the client library. Every failure is told apart by a
+//! code (a gRPC status code, a close reason the relay or exec-server sent, a
+//! typed session error), never by message text; causes are kept as sources.
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+use proto::keys::PublicKey;
+use proto::noise::HandshakeError;
+use proto::pb::tunnel::CloseReason;
+use proto::session::{CallError, Closed, SessionError, Stage};
+
+/// What a link goes to: the relay, or an exec-server reached directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A relay.
+    Relay,
+    /// An exec-server's own listener.
+    ExecServer,
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Via::Relay => "the relay",
+            Via::ExecServer => "the exec-server",
+        })
+    }
+}
+
+/// The cause of a failed connection: the transport's error or the gRPC
+/// status the far end answered with.
+#[derive(Debug, Clone)]
+pub enum LinkCause {
+    /// The connection could not be made.
+    Transport(Arc<tonic::transport::Error>),
+    /// The far end answered with an error status.
+    Status(tonic::Status),
+}
+
+impl fmt::Display for LinkCause {
+    /// The innermost cause's text: the part a person can act on.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkCause::Transport(e) => {
+                let mut cur: &(dyn Error + 'static) = e.as_ref();
+                while let Some(next) = cur.source() {
+                    cur = next;
+                }
+                write!(f, "{cur}")
+            }
+            LinkCause::Status(s) if s.message().is_empty() => write!(f, "{}", s.code()),
+            LinkCause::Status(s) => f.write_str(s.message()),
+        }
+    }
+}
+
+impl Error for LinkCause {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            LinkCause::Transport(e) => Some(e.as_ref()),
+            LinkCause::Status(s) => Some(s),
+        }
+    }
+}
+
+/// Why the exec-server (or the relay on its behalf) had no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The relay's limit of sessions for this exec-server.
+    Relay,
+    /// The exec-server's own limit.
+    ExecServer,
+}
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Busy::Relay => "too many sessions at the relay",
+            Busy::ExecServer => "too many sessions",
+        })
+    }
+}
+
+/// Why the handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Message 2 did not prove the pinned key: the exec-server is not the
+    /// one named (or the message was altered on the way).
+    WrongServerKey,
+    /// The exec-server could not complete it.
+    RefusedByServer,
+    /// Another failure on this side.
+    Local(HandshakeError),
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeFailure::WrongServerKey => f.write_str(
+                "the exec-server's key is not the one given with --server (or the message was \
+                 tampered with)",
+            ),
+            HandshakeFailure::RefusedByServer => f.write_str(
+                "the exec-server could not complete it: its key is not the one given with \
+                 --server, or the two clocks differ by more than two minutes",
+            ),
+            HandshakeFailure::Local(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Where setting up a session stopped for want of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The relay (pairing the stream with the exec-server).
+    Relay,
+    /// The exec-server (handshake or hello).
+    ExecServer,
+    /// The whole set-up (its overall bound).
+    Establishing,
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Waiting::Relay => "waiting for the relay",
+            Waiting::ExecServer => "waiting for the exec-server",
+            Waiting::Establishing => "establishing the session",
+        })
+    }
+}
+
+/// Why the exec-server could not be reached although the relay could.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// It is registered but did not take the session in time.
+    NotAccepted,
+    /// It went away during the handshake.
+    Gone,
+    /// The link ended before the session was set up.
+    LinkEnded,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unavailable::NotAccepted => "it did not take the session in time",
+            Unavailable::Gone => "the exec-server went away during the handshake",
+            Unavailable::LinkEnded => "the link closed during the handshake",
+        })
+    }
+}
+
+/// Why a session could not be established.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not usable.
+    #[error("invalid URL {url}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: Arc<tonic::transport::Error>,
+    },
+    /// The relay (or exec-server) could not be reached.
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        #[source]
+        source: LinkCause,
+    },
+    /// The relay knows no exec-server with this key's id.
+    #[error("no exec-server with this key is registered at the relay (id {0})")]
+    UnknownServer(String),
+    /// The exec-server or relay is at a limit.
+    #[error("the exec-server is busy: {0}")]
+    Busy(Busy),
+    /// The exec-server did not answer.
+    #[error("the exec-server did not answer: {0}")]
+    Unavailable(Unavailable),
+    /// The exec-server does not authorize this client's key.
+    #[error(
+        "the exec-server does not authorize this client key ({0}): add its public key to the \
+         exec-server's authorized keys"
+    )]
+    Unauthorized(PublicKey),
+    /// The handshake failed (wrong server key, tampering, clock skew).
+    #[error("handshake failed: {0}")]
+    Handshake(HandshakeFailure),
+    /// A step did not finish in time.
+    #[error("timed out {0}")]
+    Timeout(Waiting),
+    /// The peer or the relay broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[source] Arc<dyn Error + Send + Sync>),
+}
+
+impl ConnectError {
+    /// The error for a refusing gRPC status from the relay (or a directly
+    /// reached exec-server). A relay names its reason in the status details;
+    /// the status code decides otherwise.
+    pub(crate) fn from_status(status: tonic::Status, server_id: &str, url: &str) -> Self {
+        use tonic::Code;
+        if let Some(reason) = proto::routing::refusal(&status) {
+            match reason {
+                CloseReason::UnknownServer => return Self::UnknownServer(server_id.to_owned()),
+                CloseReason::Busy => return Self::Busy(Busy::Relay),
+                CloseReason::NotAccepted | CloseReason::PeerGone => {
+                    return Self::Unavailable(Unavailable::NotAccepted);
+                }
+                _ => {}
+            }
+        }
+        match status.code() {
+            Code::NotFound => Self::UnknownServer(server_id.to_owned()),
+            Code::ResourceExhausted => Self::Busy(Busy::Relay),
+            Code::DeadlineExceeded => Self::Timeout(Waiting::Relay),
+            Code::Unavailable | Code::Unknown | Code::Cancelled => Self::Unreachable {
+                url: url.to_owned(),
+                source: LinkCause::Status(status),
+            },
+            _ => Self::Protocol(Arc::new(status)),
+        }
+    }
+
+    /// The error for a session that ended while it was being set up.
+    pub(crate) fn from_session(err: SessionError, key: PublicKey, url: &str, id: &str) -> Self {
+        match err {
+            SessionError::Refused(reason) => Self::from_close(reason, key),
+            SessionError::Handshake(HandshakeError::Decrypt) => {
+                Self::Handshake(HandshakeFailure::WrongServerKey)
+            }
+            SessionError::Handshake(e) => Self::Handshake(HandshakeFailure::Local(e)),
+            SessionError::Timeout(Stage::Handshake | Stage::Hello | Stage::Idle) => {
+                Self::Timeout(Waiting::ExecServer)
+            }
+            SessionError::LinkEnded => Self::Unavailable(Unavailable::LinkEnded),
+            SessionError::LinkFailed(status) => Self::from_status(status, id, url),
+            other => Self::Protocol(Arc::new(other)),
+        }
+    }
+
+    fn from_close(reason: CloseReason, key: PublicKey) -> Self {
+        match reason {
+            CloseReason::Unauthorized => Self::Unauthorized(key),
+            CloseReason::HandshakeFailed => Self::Handshake(HandshakeFailure::RefusedByServer),
+            CloseReason::Busy => Self::Busy(Busy::ExecServer),
+            CloseReason::Timeout => Self::Timeout(Waiting::ExecServer),
+            CloseReason::PeerGone => Self::Unavailable(Unavailable::Gone),
+            CloseReason::NotAccepted => Self::Unavailable(Unavailable::NotAccepted),
+            other => Self::Protocol(Arc::new(SessionError::Refused(other))),
+        }
+    }
+}
+
+/// Why a session ended under the calls it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLost {
+    via: Via,
+    end: Result<Closed, SessionError>,
+}
+
+impl SessionLost {
+    /// A session over a link to `via` that ended with `end`.
+    pub(crate) fn new(via: Via, end: Result<Closed, SessionError>) -> Self {
+        Self { via, end }
+    }
+
+    /// How it ended: cleanly (by whom), or the session error.
+    pub fn end(&self) -> &Result<Closed, SessionError> {
+        &self.end
+    }
+}
+
+impl fmt::Display for SessionLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let via = self.via;
+        match &self.end {
+            Ok(Closed::Local) => f.write_str("closed by the client"),
+            Ok(Closed::Peer(reason)) => write!(f, "the exec-server closed the session: {reason}"),
+            Err(SessionError::LinkEnded) => write!(f, "{via} ended the link"),
+            Err(SessionError::LinkFailed(s)) => {
+                write!(f, "the connection to {via} broke: {}", s.message())
+            }
+            Err(SessionError::LinkClosed(reason)) => f.write_str(match reason {
+                CloseReason::PeerGone => "the exec-server went away",
+                CloseReason::Timeout => "the session timed out at the relay",
+                CloseReason::Shutdown => "the relay is shutting down",
+                CloseReason::Protocol => "the relay closed the session (protocol error)",
+                _ => "the link was closed",
+            }),
+            Err(SessionError::Transport(e)) => {
+                write!(f, "the session was corrupted ({e}); closed it")
+            }
+            Err(SessionError::Envelope(_)) => {
+                f.write_str("the exec-server sent an undecodable message")
+            }
+            Err(SessionError::Protocol(v)) => {
+                write!(f, "the exec-server broke the session protocol ({v})")
+            }
+            Err(SessionError::Timeout(stage)) => write!(f, "timed out {stage}"),
+            Err(other) => write!(f, "{other}"),
+        }
+    }
+}
+
+impl Error for SessionLost {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.end {
+            Ok(_) => None,
+            Err(e) => Some(e),
+        }
+    }
+}
+
+/// Why a call could not be dispatched.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No session could be established.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The request is not valid (e.g. empty argv, or too large).
+    #[error("invalid request: {0}")]
+    InvalidRequest(#[source] InvalidRequest),
+    /// The session ended while the request was being sent.
+    #[error("session lost: {0}")]
+    SessionLost(#[source] SessionLost),
+    /// The session has as many calls open as it allows.
+    #[error("too many calls on this session (at most {0})")]
+    TooManyCalls(usize),
+}
+
+/// What is wrong with a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// No program was named.
+    #[error("no program given")]
+    NoProgram,
+    /// The request or a stdin write does not fit in a session message.
+    #[error(transparent)]
+    TooLarge(#[from] proto::envelope::EnvelopeError),
+    /// The call's stdin is not a pipe, or was closed already.
+    #[error("the call's stdin is not open")]
+    StdinClosed,
+    /// The call has ended.
+    #[error("the call has ended")]
+    Finished,
+}
+
+impl ClientError {
+    /// Whether this is a connection or authentication failure (ssh uses 255).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::SessionLost(_))
+    }
+
+    /// The error for a command the session machine refused.
+    pub(crate) fn from_call(err: CallError, lost: impl FnOnce() -> SessionLost) -> Self {
+        match err {
+            CallError::NotReady | CallError::Ended => Self::SessionLost(lost()),
+            CallError::TooManyCalls(n) => Self::TooManyCalls(n),
+            CallError::TooLarge(e) => Self::InvalidRequest(InvalidRequest::TooLarge(e)),
+            CallError::StdinClosed(_) => Self::InvalidRequest(InvalidRequest::StdinClosed),
+            CallError::UnknownCall(_) | CallError::Finished(_) => {
+                Self::InvalidRequest(InvalidRequest::Finished)
+            }
+        }
+    }
+}

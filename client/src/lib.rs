@@ -1,0 +1,58 @@
+//! The client library a remote-exec stack embeds: run commands on
+//! exec-servers through an encrypted relay and get their terminal events as
+//! they happen, each command one trace.
+//!
+//! ```no_run
+//! # async fn f(config: rex_client::ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use rex_client::{Client, Event, ExecSpec};
+//! let client = Client::new(config);
+//! let mut run = client.exec(ExecSpec::new(["sh", "-c", "echo hi; exit 3"])).await?;
+//! while let Some(event) = run.next().await {
+//!     if let Event::Stdout(bytes) = event {
+//!         print!("{}", String::from_utf8_lossy(&bytes));
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - `config`: [`ClientConfig`] and the [`Target`] (relay or direct).
+//! - `client`: [`Client`]: one session, reused across calls, re-established
+//!   when lost; dispatch and its `tool.dispatch` span.
+//! - `execution`: [`Execution`] (the call's events, also a `Stream`) and
+//!   [`Controller`] (stdin, signals, cancel).
+//! - `exec`: what a call is ([`ExecSpec`]) and what comes back ([`Event`]).
+//! - `error`: [`ClientError`], [`ConnectError`], [`SessionLost`].
+//! - `connect`: reaching the relay and starting a session's driver.
+//! - `session`: the handle callers hold on a session, and the state they
+//!   share with its driver.
+//! - `router`: the endpoint beside the session driver (the protocol itself
+//!   is `proto::session::ClientSession`, run by `proto::driver`): callers'
+//!   commands in, each call's events out, the client's framing spans.
+//! - `records` (feature `records`, on by default): each command's record.
+//!
+//! Tracing: the dispatch span is a child of [`ExecSpec::parent`], or of the
+//! current OpenTelemetry context, which inside a `tracing` span is that
+//! span's when the application installs a `tracing-opentelemetry` layer.
+
+mod client;
+mod config;
+mod connect;
+mod error;
+mod exec;
+mod execution;
+#[cfg(feature = "records")]
+mod records;
+mod router;
+mod session;
+
+pub use client::Client;
+pub use config::{ClientConfig, Target};
+pub use error::{
+    Busy, ClientError, ConnectError, HandshakeFailure, InvalidRequest, LinkCause, SessionLost,
+    Unavailable, Via, Waiting,
+};
+pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Output};
+pub use execution::{Controller, Execution};
+/// Keys: the client's own static key and the exec-server's public key.
+pub use proto::keys::{KeyError, PublicKey, StaticKeypair};

@@ -1,0 +1,427 @@
+//! The client's endpoint beside the session driver: it applies callers'
+//! commands to the session machine and routes each call's events to its
+//! caller, making the client's framing spans on the way.
+//!
+//! Stage spans made here: `rpc.client.queue` (from the enqueue time each
+//! traced command carries), `relay.frame.send` for the exec request and
+//! control messages (ended when their frame has left), and
+//! `relay.frame.recv` for the started and final events and the first and
+//! last output chunk, all children of the call's `tool.dispatch`. Other
+//! output chunks are only counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{Span, SpanContext, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use proto::driver::{Delivery, Endpoint, Wake};
+use proto::pb::session::{TraceContext as PbTrace, exited, terminal_event};
+use proto::session::{
+    CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
+};
+use telemetry::framing;
+use telemetry::w3c::Extracted;
+use telemetry::{carriers, otel, spans};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::SessionLost;
+use crate::exec::{Event, ExecFailure, ExitStatus};
+use crate::session::{Command, Control, Routed, Shared, Traced};
+
+/// What a marked message hands back once it has left: its
+/// `relay.frame.send` span.
+pub(crate) type Tag = BoxedSpan;
+
+/// The session machine as the client runs it.
+pub(crate) type Machine = ClientSession<Tag>;
+
+/// The session is ready: the hello answer, and when the handshake and the
+/// hello finished (for the set-up spans).
+#[derive(Debug)]
+pub(crate) struct Established {
+    pub(crate) ready: Ready,
+    pub(crate) secured_at: SystemTime,
+    pub(crate) ready_at: SystemTime,
+}
+
+/// What the driver's endpoint waits for besides frames.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once, from the command queue into the machine; boxing would allocate per command"
+)]
+pub(crate) enum Input {
+    Command(Command),
+    Cancelled,
+}
+
+/// A call the router routes events to.
+struct Route {
+    sink: mpsc::Sender<Routed>,
+    /// The call's `tool.dispatch` context.
+    parent: Context,
+    output_chunks: u64,
+    /// The latest output chunk's arrival, decode and hop, recorded once the
+    /// final event proves it the last.
+    last_chunk: Option<(SystemTime, SystemTime, Option<SpanContext>)>,
+}
+
+/// The client's endpoint.
+pub(crate) struct Router {
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    calls: HashMap<u64, Route>,
+    /// The call whose caller has no room for its next event.
+    blocked: Option<u64>,
+    tracer: BoxedTracer,
+    ready: Option<oneshot::Sender<Result<Established, SessionError>>>,
+    secured_at: Option<SystemTime>,
+}
+
+impl Router {
+    pub(crate) fn new(
+        commands: mpsc::Receiver<Command>,
+        shared: Arc<Shared>,
+        ready: oneshot::Sender<Result<Established, SessionError>>,
+    ) -> Self {
+        Self {
+            commands,
+            shared,
+            calls: HashMap::new(),
+            blocked: None,
+            tracer: opentelemetry::global::tracer("core-client"),
+            ready: Some(ready),
+            secured_at: None,
+        }
+    }
+
+    /// `rpc.client.queue` for a traced command taken now, and the
+    /// `relay.frame.send` mark its message goes out with.
+    fn mark(&self, traced: &Traced) -> Mark<Tag> {
+        let mut queue = self
+            .tracer
+            .span_builder(spans::RPC_CLIENT_QUEUE)
+            .with_start_time(traced.enqueued)
+            .with_attributes(vec![KeyValue::new("rex.message", traced.what)])
+            .start_with_context(&self.tracer, &traced.parent);
+        queue.end();
+        let send = framing::send_span(&self.tracer, &traced.parent, traced.what);
+        let hop = framing::hop_header(&traced.parent.span().span_context().clone());
+        Mark::new(send, hop)
+    }
+
+    fn command(&mut self, machine: &mut Machine, cmd: Command, now: Now) {
+        match cmd {
+            Command::Start {
+                request,
+                trace,
+                events,
+                traced,
+                reply,
+            } => {
+                let mark = self.mark(&traced);
+                let started = machine.start_call(request, trace, Some(mark), now);
+                if let Ok(call_id) = started {
+                    self.calls.insert(
+                        call_id,
+                        Route {
+                            sink: events,
+                            parent: traced.parent,
+                            output_chunks: 0,
+                            last_chunk: None,
+                        },
+                    );
+                }
+                // A caller that stopped waiting cancels through the shared
+                // list; nothing to do here if it is gone.
+                let _ = reply.send(started);
+            }
+            Command::Stdin { call_id, data } => {
+                // A call that has ended takes no more input; the process
+                // is gone, as with a pipe whose reader exited.
+                let _ = machine.write_stdin(call_id, data, now);
+            }
+            Command::Control {
+                call_id,
+                control,
+                traced,
+            } => {
+                let mark = Some(self.mark(&traced));
+                let _ = match control {
+                    Control::CloseStdin => machine.close_stdin(call_id, mark, now),
+                    Control::Signal(n) => machine.signal(call_id, n, mark, now),
+                    Control::Cancel => machine.cancel(call_id, mark, now),
+                };
+            }
+        }
+    }
+
+    /// Hands a call's event to its caller; hands it back if the caller has
+    /// no room.
+    fn call_event(
+        &mut self,
+        machine: &mut Machine,
+        ev: CallEvent,
+        now: Now,
+    ) -> Delivery<ClientEvent> {
+        let call_id = ev.call_id;
+        let Some(route) = self.calls.get(&call_id) else {
+            return Delivery::Taken;
+        };
+        if route.sink.is_closed() {
+            // The caller is gone: stop the process.
+            machine.forget(call_id, None, now);
+            self.calls.remove(&call_id);
+            return Delivery::Taken;
+        }
+        if route.sink.capacity() == 0 {
+            self.blocked = Some(call_id);
+            return Delivery::Later(ClientEvent::Call(ev));
+        }
+        self.trace_recv(&ev);
+        let event = to_event(ev.kind);
+        let routed = Routed {
+            event,
+            at: Instant::now(),
+        };
+        // Room was checked and only this task sends to the sink.
+        if let Some(route) = self.calls.get(&call_id) {
+            let _ = route.sink.try_send(routed);
+        }
+        if ev.last {
+            self.calls.remove(&call_id);
+        }
+        Delivery::Taken
+    }
+
+    /// Records `relay.frame.recv` for the traced events of a call: started,
+    /// the first output chunk, the last output chunk (once the final event
+    /// shows it was the last), and the final event.
+    fn trace_recv(&mut self, ev: &CallEvent) {
+        let offset = self.shared.clock_offset();
+        let Some(call) = self.calls.get_mut(&ev.call_id) else {
+            return;
+        };
+        let Received {
+            arrived,
+            hop,
+            sent_unix_nanos,
+        } = &ev.received;
+        let hop = framing::hop_context(hop);
+        let what = match &ev.kind {
+            terminal_event::Kind::Started(_) => "started",
+            terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_) => {
+                call.output_chunks += 1;
+                // Every chunk may be the last (a one-chunk output's first
+                // and last are the same chunk, so span counts stay fixed).
+                // Only times are kept per chunk; nothing is parsed.
+                call.last_chunk = Some((*arrived, SystemTime::now(), hop.clone()));
+                if call.output_chunks > 1 {
+                    return;
+                }
+                "output.first"
+            }
+            terminal_event::Kind::Exited(_) => "exited",
+            terminal_event::Kind::Error(_) => "error",
+        };
+        // The event's own context (the process span), linked from ours.
+        let origin = ev.trace.as_ref().and_then(origin);
+        if ev.last
+            && let Some((a, d, h)) = call.last_chunk.take()
+        {
+            framing::record_recv_until(
+                &self.tracer,
+                &call.parent,
+                (a, d),
+                "output.last",
+                &[origin.clone(), h],
+                vec![KeyValue::new(
+                    "rex.output.chunks",
+                    i64::try_from(call.output_chunks).unwrap_or(i64::MAX),
+                )],
+            );
+        }
+        let attributes = transit_nanos(*arrived, *sent_unix_nanos, offset)
+            .map(|t| vec![KeyValue::new("rex.transit_ns", t)])
+            .unwrap_or_default();
+        framing::record_recv(
+            &self.tracer,
+            &call.parent,
+            *arrived,
+            what,
+            &[origin, hop],
+            attributes,
+        );
+    }
+
+    /// The session is over: every call still open ends with it.
+    fn ended(&mut self, lost: &SessionLost) {
+        for (_, route) in self.calls.drain() {
+            // Best effort: a caller with no room learns it from the closed
+            // queue instead.
+            let _ = route.sink.try_send(Routed {
+                event: Event::Failed(ExecFailure::SessionLost(lost.clone())),
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+fn origin(trace: &PbTrace) -> Option<SpanContext> {
+    match carriers::envelope::extract(trace) {
+        Extracted::Valid(tc) => Some(otel::to_span_context(&tc)),
+        _ => None,
+    }
+}
+
+/// A terminal event as the caller sees it.
+fn to_event(kind: terminal_event::Kind) -> Event {
+    match kind {
+        terminal_event::Kind::Started(s) => Event::Started { pid: s.pid },
+        terminal_event::Kind::Stdout(d) => Event::Stdout(d),
+        terminal_event::Kind::Stderr(d) => Event::Stderr(d),
+        terminal_event::Kind::Exited(x) => Event::Exited(match x.status {
+            Some(exited::Status::Code(c)) => ExitStatus::Code(c),
+            Some(exited::Status::Signal(s)) => ExitStatus::Signal(s),
+            None => ExitStatus::Code(-1),
+        }),
+        terminal_event::Kind::Error(e) => {
+            Event::Failed(ExecFailure::from_remote(e.kind, e.message))
+        }
+    }
+}
+
+/// How long a message took from the peer's send time to `arrived` here,
+/// correcting the peer's clock by `offset` (peer minus ours).
+fn transit_nanos(arrived: SystemTime, sent_unix_nanos: u64, offset: i64) -> Option<i64> {
+    if sent_unix_nanos == 0 {
+        return None;
+    }
+    let arrived = i128::try_from(
+        arrived
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()?
+            .as_nanos(),
+    )
+    .ok()?;
+    let sent_here = i128::from(sent_unix_nanos) - i128::from(offset);
+    i64::try_from(arrived - sent_here).ok()
+}
+
+impl Endpoint<Machine> for Router {
+    type Input = Input;
+
+    fn wait(
+        &mut self,
+        accepting: bool,
+        blocked: bool,
+    ) -> impl std::future::Future<Output = Wake<Input>> + Send {
+        let sink = self
+            .blocked
+            .filter(|_| blocked)
+            .and_then(|id| self.calls.get(&id))
+            .map(|route| route.sink.clone());
+        let shared = Arc::clone(&self.shared);
+        let commands = &mut self.commands;
+        async move {
+            tokio::select! {
+                biased;
+                // Cancellations are taken even over the backlog: they are
+                // bounded by the calls open, and must not wait.
+                () = shared.wake.notified() => Wake::Input(Input::Cancelled),
+                _ = reserve(sink.as_ref()), if blocked => Wake::Ready,
+                cmd = commands.recv(), if accepting => match cmd {
+                    Some(cmd) => Wake::Input(Input::Command(cmd)),
+                    None => Wake::Closed,
+                },
+            }
+        }
+    }
+
+    fn apply(&mut self, machine: &mut Machine, input: Input, now: Now) {
+        match input {
+            Input::Command(cmd) => self.command(machine, cmd, now),
+            Input::Cancelled => {
+                for (call_id, traced) in self.shared.take_cancelled() {
+                    let mark = self.mark(&traced);
+                    machine.forget(call_id, Some(mark), now);
+                    self.calls.remove(&call_id);
+                }
+            }
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        machine: &mut Machine,
+        event: ClientEvent,
+        now: Now,
+    ) -> Delivery<ClientEvent> {
+        match event {
+            ClientEvent::Secured => self.secured_at = Some(now.wall),
+            ClientEvent::Ready(ready) => {
+                if let Some(sample) = ready.clock {
+                    self.shared.set_clock_offset(sample.offset_nanos);
+                }
+                if let Some(tx) = self.ready.take() {
+                    let _ = tx.send(Ok(Established {
+                        ready,
+                        secured_at: self.secured_at.unwrap_or(now.wall),
+                        ready_at: now.wall,
+                    }));
+                }
+            }
+            ClientEvent::Call(ev) => {
+                let delivery = self.call_event(machine, ev, now);
+                if matches!(delivery, Delivery::Taken) {
+                    self.blocked = None;
+                }
+                return delivery;
+            }
+            ClientEvent::Pong { .. } => {
+                if let Some(best) = machine.clock_offset() {
+                    self.shared.set_clock_offset(best.offset_nanos);
+                }
+            }
+            ClientEvent::Ended(end) => {
+                if let (Some(tx), Err(e)) = (self.ready.take(), &end) {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                let lost = SessionLost::new(self.shared.via, end);
+                tracing::debug!(reason = %lost, "session ended");
+                self.shared.set_end(lost.clone());
+                self.ended(&lost);
+            }
+        }
+        Delivery::Taken
+    }
+
+    fn transmitted(&mut self, done: Vec<Tag>, _sent: u64, _now: Now) {
+        for mut span in done {
+            span.end();
+        }
+    }
+}
+
+async fn reserve(sink: Option<&mpsc::Sender<Routed>>) {
+    if let Some(sink) = sink {
+        // Closed counts as ready too: the next delivery finds it closed.
+        let _ = sink.reserve().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn transit_corrects_the_senders_clock() {
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_nanos(10_000);
+        // Sent at peer time 9_500 with the peer 500 ahead: local 9_000.
+        assert_eq!(transit_nanos(arrived, 9_500, 500), Some(1_000));
+        assert_eq!(transit_nanos(arrived, 9_500, 0), Some(500));
+        assert_eq!(transit_nanos(arrived, 0, 0), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! One established session as callers hold it: the bounded command queue
+//! to its driver task, and the state both share (cancellations, how the
+//! session ended, the clock offset).
+//!
+//! Cancellation never goes through the queue: a dropped call is added to
+//! the shared list and the driver woken, so a full queue cannot lose it.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use opentelemetry::Context;
+use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
+use proto::session::{CallError, Closed};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{SessionLost, Via};
+use crate::exec::Event;
+
+/// An event on its way to the caller, with when the driver handed it over
+/// (for the delivery queue's residence time).
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub(crate) event: Event,
+    pub(crate) at: Instant,
+}
+
+/// The trace of a message queued by a call.
+#[derive(Debug, Clone)]
+pub(crate) struct Traced {
+    /// The call's `tool.dispatch` context (parent of the driver's spans).
+    pub(crate) parent: Context,
+    /// What the message is (`exec`, `signal`, ...), for its spans.
+    pub(crate) what: &'static str,
+    /// When the caller queued it.
+    pub(crate) enqueued: SystemTime,
+}
+
+impl Traced {
+    pub(crate) fn now(parent: &Context, what: &'static str) -> Self {
+        Self {
+            parent: parent.clone(),
+            what,
+            enqueued: SystemTime::now(),
+        }
+    }
+}
+
+/// A control message of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    CloseStdin,
+    Signal(i32),
+    Cancel,
+}
+
+/// What callers ask of the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Start a call; its id (or why not) comes back on `reply`.
+    Start {
+        request: ExecRequest,
+        trace: Option<PbTrace>,
+        events: mpsc::Sender<Routed>,
+        traced: Traced,
+        reply: oneshot::Sender<Result<u64, CallError>>,
+    },
+    /// Stdin for a call (at most one chunk).
+    Stdin { call_id: u64, data: Bytes },
+    /// A traced control message for a call.
+    Control {
+        call_id: u64,
+        control: Control,
+        traced: Traced,
+    },
+}
+
+/// What callers and the driver share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Calls whose callers went away, to be cancelled.
+    cancelled: Mutex<Vec<(u64, Traced)>>,
+    /// Wakes the driver for `cancelled`.
+    pub(crate) wake: Notify,
+    /// How the session ended, once it has.
+    end: Mutex<Option<SessionLost>>,
+    /// The latest estimate of the exec-server's clock minus ours (ns).
+    clock_offset: AtomicI64,
+    /// Cancelled to close the session.
+    pub(crate) closing: CancellationToken,
+    /// What the link goes to.
+    pub(crate) via: Via,
+}
+
+impl Shared {
+    pub(crate) fn new(via: Via) -> Arc<Self> {
+        Arc::new(Self {
+            cancelled: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            end: Mutex::new(None),
+            clock_offset: AtomicI64::new(0),
+            closing: CancellationToken::new(),
+            via,
+        })
+    }
+
+    /// Takes the calls cancelled since the last look.
+    pub(crate) fn take_cancelled(&self) -> Vec<(u64, Traced)> {
+        std::mem::take(
+            &mut *self
+                .cancelled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    pub(crate) fn set_end(&self, lost: SessionLost) {
+        *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(lost);
+    }
+
+    pub(crate) fn set_clock_offset(&self, nanos: i64) {
+        self.clock_offset.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The latest estimate of the exec-server's clock minus ours (ns).
+    pub(crate) fn clock_offset(&self) -> i64 {
+        self.clock_offset.load(Ordering::Relaxed)
+    }
+}
+
+/// A handle on a live session. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(commands: mpsc::Sender<Command>, shared: Arc<Shared>) -> Self {
+        Self { commands, shared }
+    }
+
+    /// Whether the session has ended (or is closing).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closing.is_cancelled()
+            || self.commands.is_closed()
+            || self
+                .shared
+                .end
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+    }
+
+    /// Queues a command, waiting for room. Fails if the session ended.
+    pub(crate) async fn send(&self, cmd: Command) -> Result<(), SessionLost> {
+        self.commands.send(cmd).await.map_err(|_| self.lost())
+    }
+
+    /// Cancels a call whose caller went away. Never waits and is never
+    /// lost: the call goes on a shared list and the driver is woken.
+    pub(crate) fn cancel_on_drop(&self, call_id: u64, traced: Traced) {
+        self.shared
+            .cancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((call_id, traced));
+        self.shared.wake.notify_one();
+    }
+
+    /// The latest estimate of the exec-server's clock minus this host's,
+    /// in nanoseconds (from the hello exchange, then each keepalive).
+    pub(crate) fn clock_offset_nanos(&self) -> i64 {
+        self.shared.clock_offset()
+    }
+
+    /// Why the session ended (a clean local close if it did not say).
+    pub(crate) fn lost(&self) -> SessionLost {
+        self.shared
+            .end
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| SessionLost::new(self.shared.via, Ok(Closed::Local)))
+    }
+
+    /// Closes the session cleanly and waits until its driver has stopped.
+    pub(crate) async fn close(&self) {
+        self.shared.closing.cancel();
+        self.commands.closed().await;
+    }
+}

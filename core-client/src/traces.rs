@@ -1,0 +1,798 @@
+//! Reading the local trace file back: every trace in it (the rotated
+//! predecessor first), merged across the lines that hold its spans, and the
+//! trace a selector names. The file is written by
+//! [`telemetry::trace_file`]; malformed lines are skipped and counted.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{TracesData, status};
+use telemetry::trace_file::rotated_path;
+
+/// One span read back from the trace file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanRecord {
+    /// The resource's `service.name`, or `"unknown"`.
+    pub service: String,
+    /// The span name.
+    pub name: String,
+    /// The trace id, 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The span id, 16 lowercase hex digits.
+    pub span_id: String,
+    /// The parent span id (16 hex digits), if the span has a parent.
+    pub parent_span_id: Option<String>,
+    /// Start time, nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    /// End time, nanoseconds since the Unix epoch.
+    pub end_unix_nanos: u64,
+    /// Attributes, values rendered as text.
+    pub attributes: Vec<(String, String)>,
+    /// Links, as `(trace_id, span_id)` hex pairs.
+    pub links: Vec<(String, String)>,
+    /// The status message when the status is error (`"error"` if it has no
+    /// message).
+    pub error: Option<String>,
+}
+
+/// The spans of one trace, from every line that holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// The trace id, 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The spans, in the order they were read.
+    pub spans: Vec<SpanRecord>,
+}
+
+/// Everything read from a trace file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Traces {
+    /// The traces, oldest to newest by their last written line.
+    pub traces: Vec<Trace>,
+    /// Lines that could not be parsed and were skipped.
+    pub skipped_lines: usize,
+}
+
+/// Reading the trace file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceFileError {
+    /// Neither the file nor its rotated predecessor exists.
+    #[error("no traces have been recorded at {} yet", .0.display())]
+    NotFound(PathBuf),
+    /// The file exists but holds no traces.
+    #[error("the trace file {} holds no traces yet", .0.display())]
+    Empty(PathBuf),
+    /// No trace with this id is in the file.
+    #[error("no trace {0} in {path}", path = .1.display())]
+    NoSuchTrace(String, PathBuf),
+    /// Reading the file failed.
+    #[error("reading the trace file {}: {source}", path.display())]
+    Io {
+        /// The file being read.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// The spans in one `TracesData` message, flattened, in message order.
+pub fn spans_from_traces_data(data: &TracesData) -> Vec<SpanRecord> {
+    let mut out = Vec::new();
+    for resource_spans in &data.resource_spans {
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|resource| {
+                resource
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "service.name")
+            })
+            .map(|kv| value_text(kv.value.as_ref()))
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                let error = span.status.as_ref().and_then(|status| {
+                    (status.code == status::StatusCode::Error as i32).then(|| {
+                        if status.message.is_empty() {
+                            "error".to_owned()
+                        } else {
+                            status.message.clone()
+                        }
+                    })
+                });
+                out.push(SpanRecord {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent_span_id: (!span.parent_span_id.iter().all(|b| *b == 0))
+                        .then(|| hex::encode(&span.parent_span_id)),
+                    start_unix_nanos: span.start_time_unix_nano,
+                    end_unix_nanos: span.end_time_unix_nano,
+                    attributes: attributes_text(&span.attributes),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| (hex::encode(&link.trace_id), hex::encode(&link.span_id)))
+                        .collect(),
+                    error,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn attributes_text(attributes: &[KeyValue]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), value_text(kv.value.as_ref())))
+        .collect()
+}
+
+/// An attribute value as text: strings as they are, scalars as Rust prints
+/// them, arrays as `[a, b]`, maps as `{k=v, …}`, bytes as hex.
+fn value_text(value: Option<&AnyValue>) -> String {
+    use any_value::Value;
+    match value.and_then(|v| v.value.as_ref()) {
+        None => String::new(),
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BytesValue(bytes)) => hex::encode(bytes),
+        Some(Value::StringValueStrindex(i)) => format!("#{i}"),
+        Some(Value::ArrayValue(array)) => {
+            let items: Vec<String> = array.values.iter().map(|v| value_text(Some(v))).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Some(Value::KvlistValue(list)) => {
+            let items: Vec<String> = attributes_text(&list.values)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+    }
+}
+
+/// Reads every trace in `path` (and `<path>.1` before it), ordered oldest to
+/// newest by each trace's last line. Malformed lines are skipped.
+pub fn read(path: &Path) -> Result<Vec<Trace>, TraceFileError> {
+    read_all(path).map(|traces| traces.traces)
+}
+
+/// Like [`read`], also counting the malformed lines that were skipped.
+pub fn read_all(path: &Path) -> Result<Traces, TraceFileError> {
+    let mut found = false;
+    let mut merger = Merger::default();
+    for file in [rotated_path(path), path.to_path_buf()] {
+        let bytes = match fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(TraceFileError::Io { path: file, source }),
+        };
+        found = true;
+        for line in bytes.split(|b| *b == b'\n') {
+            merger.line(line);
+        }
+    }
+    if !found {
+        return Err(TraceFileError::NotFound(path.to_path_buf()));
+    }
+    Ok(merger.finish())
+}
+
+/// Merges lines into traces, remembering the line each trace was last seen on.
+#[derive(Default)]
+struct Merger {
+    /// `(last line number, trace)`.
+    traces: Vec<(usize, Trace)>,
+    index: HashMap<String, usize>,
+    lines: usize,
+    skipped: usize,
+}
+
+impl Merger {
+    fn line(&mut self, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        self.lines += 1;
+        let data: TracesData = match serde_json::from_slice(line) {
+            Ok(data) => data,
+            Err(_) => {
+                self.skipped += 1;
+                return;
+            }
+        };
+        for span in spans_from_traces_data(&data) {
+            let slot = match self.index.get(&span.trace_id) {
+                Some(slot) => *slot,
+                None => {
+                    self.traces.push((
+                        self.lines,
+                        Trace {
+                            trace_id: span.trace_id.clone(),
+                            spans: Vec::new(),
+                        },
+                    ));
+                    self.index
+                        .insert(span.trace_id.clone(), self.traces.len() - 1);
+                    self.traces.len() - 1
+                }
+            };
+            if let Some((last, trace)) = self.traces.get_mut(slot) {
+                *last = self.lines;
+                trace.spans.push(span);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Traces {
+        self.traces.sort_by_key(|(last, _)| *last);
+        Traces {
+            traces: self.traces.into_iter().map(|(_, trace)| trace).collect(),
+            skipped_lines: self.skipped,
+        }
+    }
+}
+
+/// Which trace to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The most recently written trace.
+    Last,
+    /// The trace with this id (32 lowercase hex digits).
+    Id(String),
+}
+
+/// A string that is neither `last` nor a trace id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a trace: give `last` or a trace id, 32 hex digits such as \
+     4bf92f3577b34da6a3ce929d0e0e4736"
+)]
+pub struct InvalidSelector(pub String);
+
+impl FromStr for Selector {
+    type Err = InvalidSelector;
+
+    fn from_str(s: &str) -> Result<Selector, InvalidSelector> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("last") {
+            Ok(Selector::Last)
+        } else if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Selector::Id(s.to_ascii_lowercase()))
+        } else {
+            Err(InvalidSelector(s.to_owned()))
+        }
+    }
+}
+
+/// Whether a trace holds only background work (metadata persistence and
+/// barriers are traces of their own, linked to the commands they carry).
+fn is_background(trace: &Trace) -> bool {
+    trace.spans.iter().all(|s| {
+        s.name == telemetry::spans::METADATA_PERSIST || s.name == telemetry::spans::METADATA_FLUSH
+    })
+}
+
+/// The trace in `path` that `selector` names; `last` is the newest trace
+/// that is not only background work.
+pub fn find(path: &Path, selector: &Selector) -> Result<Trace, TraceFileError> {
+    let traces = read(path)?;
+    match selector {
+        Selector::Last => traces
+            .into_iter()
+            .rev()
+            .find(|t| !is_background(t))
+            .ok_or_else(|| TraceFileError::Empty(path.to_path_buf())),
+        Selector::Id(id) => traces
+            .into_iter()
+            .find(|trace| trace.trace_id == *id)
+            .ok_or_else(|| TraceFileError::NoSuchTrace(id.clone(), path.to_path_buf())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::Context;
+    use opentelemetry::KeyValue as OtelKeyValue;
+    use opentelemetry::trace::TraceId;
+    use opentelemetry::trace::{
+        Link, Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
+        Tracer, TracerProvider,
+    };
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::error::OTelSdkError;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use std::fs::OpenOptions;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+    use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
+
+    fn provider(file: &TraceFile, service: &'static str) -> SdkTracerProvider {
+        SdkTracerProvider::builder()
+            .with_resource(Resource::builder().with_service_name(service).build())
+            .with_simple_exporter(file.exporter())
+            .build()
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms)
+    }
+
+    /// Writes one parent/child trace from `provider` and returns its id.
+    fn parent_child(provider: &SdkTracerProvider, parent: &str, child: &str) -> String {
+        let tracer = provider.tracer("test");
+        let mut root = tracer
+            .span_builder(parent.to_owned())
+            .with_start_time(at(0))
+            .start(&tracer);
+        let trace_id = root.span_context().trace_id().to_string();
+        let cx = Context::current().with_remote_span_context(root.span_context().clone());
+        let mut kid = tracer
+            .span_builder(child.to_owned())
+            .with_start_time(at(2))
+            .with_attributes([
+                OtelKeyValue::new("rex.stdout.bytes", 42_i64),
+                OtelKeyValue::new("rex.ok", true),
+            ])
+            .start_with_context(&tracer, &cx);
+        kid.end_with_timestamp(at(7));
+        root.end_with_timestamp(at(10));
+        trace_id
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn writes_and_reads_a_parent_child_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/deeper/traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        assert!(!path.exists(), "opening is lazy");
+        let p = provider(&file, "core-client");
+        let id = parent_child(&p, "tool.dispatch", "terminal.delivery");
+        p.force_flush().unwrap();
+        p.shutdown().unwrap();
+
+        let mode = fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "parent dir is private: {mode:o}");
+
+        let traces = read(&path).unwrap();
+        assert_eq!(traces.len(), 1);
+        let trace = &traces[0];
+        assert_eq!(trace.trace_id, id);
+        assert_eq!(trace.trace_id.len(), 32);
+        assert_eq!(trace.spans.len(), 2);
+        let root = trace
+            .spans
+            .iter()
+            .find(|s| s.name == "tool.dispatch")
+            .unwrap();
+        let kid = trace
+            .spans
+            .iter()
+            .find(|s| s.name == "terminal.delivery")
+            .unwrap();
+        assert_eq!(root.service, "core-client");
+        assert_eq!(kid.service, "core-client");
+        assert_eq!(root.parent_span_id, None);
+        assert_eq!(kid.parent_span_id.as_deref(), Some(root.span_id.as_str()));
+        assert_eq!(root.span_id.len(), 16);
+        assert!(root.start_unix_nanos < kid.start_unix_nanos);
+        assert!(kid.end_unix_nanos < root.end_unix_nanos);
+        assert_eq!(kid.end_unix_nanos - kid.start_unix_nanos, 5_000_000);
+        assert_eq!(
+            root.start_unix_nanos,
+            1_700_000_000 * 1_000_000_000,
+            "times survive the JSON round trip"
+        );
+        assert!(
+            kid.attributes
+                .contains(&("rex.stdout.bytes".to_owned(), "42".to_owned()))
+        );
+        assert!(
+            kid.attributes
+                .contains(&("rex.ok".to_owned(), "true".to_owned()))
+        );
+        assert_eq!(root.error, None);
+    }
+
+    #[test]
+    fn services_sharing_a_file_merge_into_one_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let client = provider(&file, "core-client");
+        let server = provider(&file, "exec-server");
+
+        let client_tracer = client.tracer("client");
+        let server_tracer = server.tracer("server");
+        let mut root = client_tracer
+            .span_builder("tool.dispatch")
+            .with_start_time(at(0))
+            .start(&client_tracer);
+        let cx = Context::current().with_remote_span_context(root.span_context().clone());
+        let mut exec = server_tracer
+            .span_builder("rpc.server.exec")
+            .with_start_time(at(1))
+            .start_with_context(&server_tracer, &cx);
+        exec.set_status(Status::error("boom"));
+        exec.end_with_timestamp(at(3));
+        root.end_with_timestamp(at(4));
+        let id = root.span_context().trace_id().to_string();
+        client.shutdown().unwrap();
+        server.shutdown().unwrap();
+
+        // Each provider wrote its own line, each a valid one-trace message.
+        let written = lines(&path);
+        assert_eq!(written.len(), 2);
+        for line in &written {
+            let data: TracesData = serde_json::from_str(line).unwrap();
+            let spans = spans_from_traces_data(&data);
+            assert_eq!(spans.len(), 1);
+            assert_eq!(spans[0].trace_id, id);
+        }
+
+        let trace = find(&path, &Selector::Id(id.clone())).unwrap();
+        let mut services: Vec<(&str, &str)> = trace
+            .spans
+            .iter()
+            .map(|s| (s.name.as_str(), s.service.as_str()))
+            .collect();
+        services.sort();
+        assert_eq!(
+            services,
+            [
+                ("rpc.server.exec", "exec-server"),
+                ("tool.dispatch", "core-client")
+            ]
+        );
+        let exec = trace
+            .spans
+            .iter()
+            .find(|s| s.name == "rpc.server.exec")
+            .unwrap();
+        let root = trace
+            .spans
+            .iter()
+            .find(|s| s.name == "tool.dispatch")
+            .unwrap();
+        assert_eq!(exec.parent_span_id.as_deref(), Some(root.span_id.as_str()));
+        assert_eq!(exec.error.as_deref(), Some("boom"));
+    }
+
+    fn span_data(trace: u128, span: u64, name: &'static str) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: at(0),
+            end_time: at(1),
+            attributes: vec![],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn one_batch_with_two_traces_writes_one_line_per_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let mut exporter = file.exporter();
+        exporter.set_resource(&Resource::builder().with_service_name("batcher").build());
+        let batch = vec![
+            span_data(0xa, 1, "a1"),
+            span_data(0xb, 2, "b1"),
+            span_data(0xa, 3, "a2"),
+        ];
+        block_on_ready(exporter.export(batch)).unwrap();
+
+        let written = lines(&path);
+        assert_eq!(written.len(), 2);
+        let first = spans_from_traces_data(&serde_json::from_str(&written[0]).unwrap());
+        let names: Vec<&str> = first.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a1", "a2"]);
+        assert!(first.iter().all(|s| s.service == "batcher"));
+        assert!(
+            first
+                .iter()
+                .all(|s| s.trace_id == format!("{:032x}", 0xa_u128))
+        );
+        let second = spans_from_traces_data(&serde_json::from_str(&written[1]).unwrap());
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].name, "b1");
+        assert_eq!(second[0].trace_id, format!("{:032x}", 0xb_u128));
+
+        // After shutdown the exporter refuses to write.
+        exporter.shutdown().unwrap();
+        let refused = block_on_ready(exporter.export(vec![span_data(0xa, 4, "late")]));
+        assert!(matches!(refused, Err(OTelSdkError::AlreadyShutdown)));
+        assert_eq!(lines(&path).len(), 2);
+    }
+
+    /// Polls a future that is ready on its first poll (the exporter's are).
+    fn block_on_ready<F: std::future::Future>(fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("export future was not ready"),
+        }
+    }
+
+    #[test]
+    fn links_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        let tracer = p.tracer("t");
+        let target = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let mut span = tracer
+            .span_builder("linked")
+            .with_links(vec![Link::with_context(target)])
+            .start(&tracer);
+        span.end();
+        p.shutdown().unwrap();
+        let trace = find(&path, &Selector::Last).unwrap();
+        assert_eq!(
+            trace.spans[0].links,
+            [(
+                "0af7651916cd43dd8448eb211c80319c".to_owned(),
+                "b7ad6b7169203331".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn last_and_id_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        let first = parent_child(&p, "first", "first.child");
+        let second = parent_child(&p, "second", "second.child");
+        // Background work written after the last command is skipped by `last`.
+        let background = parent_child(
+            &p,
+            telemetry::spans::METADATA_FLUSH,
+            telemetry::spans::METADATA_PERSIST,
+        );
+        p.shutdown().unwrap();
+
+        let ids: Vec<String> = read(&path)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.trace_id)
+            .collect();
+        assert_eq!(ids, [first.clone(), second.clone(), background.clone()]);
+        assert_eq!(
+            find(&path, &Selector::Id(background)).unwrap().spans.len(),
+            2
+        );
+
+        assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, second);
+        let upper: Selector = first.to_ascii_uppercase().parse().unwrap();
+        assert_eq!(upper, Selector::Id(first.clone()));
+        let found = find(&path, &upper).unwrap();
+        assert_eq!(found.trace_id, first);
+        assert!(found.spans.iter().any(|s| s.name == "first"));
+
+        let missing = "0123456789abcdef0123456789abcdef";
+        let err = find(&path, &Selector::Id(missing.to_owned())).unwrap_err();
+        assert!(matches!(&err, TraceFileError::NoSuchTrace(id, p) if id == missing && *p == path));
+        assert!(err.to_string().contains(missing));
+    }
+
+    #[test]
+    fn a_trace_is_positioned_by_its_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        let tracer = p.tracer("t");
+        // Trace A's child ends first, then trace B completes, then A's root.
+        let mut a_root = tracer.start("a.root");
+        let cx = Context::current().with_remote_span_context(a_root.span_context().clone());
+        let mut a_child = tracer.start_with_context("a.child", &cx);
+        a_child.end();
+        let b = parent_child(&p, "b.root", "b.child");
+        a_root.end();
+        let a = a_root.span_context().trace_id().to_string();
+        p.shutdown().unwrap();
+
+        let traces = read(&path).unwrap();
+        let ids: Vec<&str> = traces.iter().map(|t| t.trace_id.as_str()).collect();
+        assert_eq!(ids, [b.as_str(), a.as_str()]);
+        assert_eq!(traces[1].spans.len(), 2);
+        assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, a);
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        let first = parent_child(&p, "first", "first.child");
+        {
+            let mut raw = OpenOptions::new().append(true).open(&path).unwrap();
+            raw.write_all(b"{not json\n\n[1,2]\n\xff\xfe\n").unwrap();
+        }
+        let second = parent_child(&p, "second", "second.child");
+        p.shutdown().unwrap();
+
+        let all = read_all(&path).unwrap();
+        assert_eq!(all.skipped_lines, 3);
+        let ids: Vec<&str> = all.traces.iter().map(|t| t.trace_id.as_str()).collect();
+        assert_eq!(ids, [first.as_str(), second.as_str()]);
+    }
+
+    #[test]
+    fn missing_file_and_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.jsonl");
+        let err = read(&path).unwrap_err();
+        assert!(matches!(&err, TraceFileError::NotFound(p) if *p == path));
+        let message = err.to_string();
+        assert!(
+            message.contains("no traces have been recorded"),
+            "{message}"
+        );
+        assert!(message.contains("none.jsonl"), "{message}");
+
+        fs::write(&path, "").unwrap();
+        assert!(read(&path).unwrap().is_empty());
+        assert!(matches!(
+            find(&path, &Selector::Last),
+            Err(TraceFileError::Empty(_))
+        ));
+    }
+
+    #[test]
+    fn rotation_keeps_one_older_file_and_reads_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let rotated = rotated_path(&path);
+        assert_eq!(rotated, dir.path().join("traces.jsonl.1"));
+        let file = TraceFile::new(path.clone(), 10);
+        let p = provider(&file, "svc");
+        let mut ids = Vec::new();
+        for name in ["one", "two", "three"] {
+            let tracer = p.tracer("t");
+            let mut span = tracer.start(name);
+            ids.push(span.span_context().trace_id().to_string());
+            span.end();
+        }
+        p.shutdown().unwrap();
+
+        // Every write found the file over 10 bytes, so each rotated it: the
+        // newest trace is in the file, the one before in `.1`, and the
+        // oldest was replaced.
+        assert!(rotated.exists());
+        assert_eq!(lines(&path).len(), 1);
+        assert_eq!(lines(&rotated).len(), 1);
+        let read_ids: Vec<String> = read(&path)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.trace_id)
+            .collect();
+        assert_eq!(read_ids, ids[1..]);
+
+        // A large bound never rotates.
+        let big = dir.path().join("big.jsonl");
+        let file = TraceFile::new(big.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        parent_child(&p, "x", "y");
+        parent_child(&p, "x", "y");
+        p.shutdown().unwrap();
+        assert!(!rotated_path(&big).exists());
+        // The simple processor exports each span on its own: 2 per trace.
+        assert_eq!(lines(&big).len(), 4);
+    }
+
+    #[test]
+    fn a_trace_split_by_rotation_is_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), 10);
+        let p = provider(&file, "svc");
+        // The child's line is rotated into `.1` when the root's is written.
+        let id = parent_child(&p, "root", "child");
+        p.shutdown().unwrap();
+        assert_eq!(lines(&rotated_path(&path)).len(), 1);
+        assert_eq!(lines(&path).len(), 1);
+        let trace = find(&path, &Selector::Last).unwrap();
+        assert_eq!(trace.trace_id, id);
+        let names: Vec<&str> = trace.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["child", "root"]);
+    }
+
+    #[test]
+    fn only_the_rotated_file_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        let id = parent_child(&p, "x", "y");
+        p.shutdown().unwrap();
+        fs::rename(&path, rotated_path(&path)).unwrap();
+        assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, id);
+    }
+
+    #[test]
+    fn a_removed_file_is_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let p = provider(&file, "svc");
+        parent_child(&p, "x", "y");
+        fs::remove_file(&path).unwrap();
+        let id = parent_child(&p, "x", "y");
+        p.shutdown().unwrap();
+        let traces = read(&path).unwrap();
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].trace_id, id);
+    }
+
+    #[test]
+    fn selector_parsing() {
+        assert_eq!("last".parse::<Selector>().unwrap(), Selector::Last);
+        assert_eq!(
+            "4BF92F3577B34DA6A3CE929D0E0E4736"
+                .parse::<Selector>()
+                .unwrap(),
+            Selector::Id("4bf92f3577b34da6a3ce929d0e0e4736".to_owned())
+        );
+        for bad in [
+            "",
+            "first",
+            "4bf92f3577b34da6a3ce929d0e0e473",
+            "4bf92f3577b34da6a3ce929d0e0e47366",
+            "4bf92f3577b34da6a3ce929d0e0e473g",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let err = bad.parse::<Selector>().unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains("32 hex digits"), "{message}");
+            assert!(message.contains("last"), "{message}");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! One call on the exec-server: what its process task is fed (stdin,
+//! signals, cancel), its spans (`rpc.server.exec`, `terminal.push`) and its
+//! record.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{
+    Span, SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceContextExt, Tracer,
+};
+use opentelemetry::{Context, KeyValue};
+use proto::keys::PublicKey;
+use proto::pb::session::{ExecRequest, TraceContext as PbTrace, exited, terminal_event};
+use telemetry::w3c::Extracted;
+use telemetry::{carriers, otel, spans};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ServerContext;
+use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace, STDIN_QUEUE};
+
+/// Signals queued per process.
+const CONTROL_QUEUE: usize = 16;
+
+/// A running call.
+pub(super) struct Call {
+    pub(super) control: mpsc::Sender<Control>,
+    /// Stdin for the process; dropped at stdin close.
+    pub(super) stdin: Option<mpsc::Sender<Bytes>>,
+    pub(super) cancel: CancellationToken,
+    /// `rpc.server.exec`.
+    pub(super) span: BoxedSpan,
+    /// Its context (parent of `terminal.push`).
+    pub(super) exec_cx: Context,
+    /// What events carry: `process.run`'s context.
+    pub(super) trace: PbTrace,
+    /// What errors carry: `rpc.server.exec`'s context (an error may come
+    /// before `process.run` exists).
+    pub(super) error_trace: PbTrace,
+    /// The hop header for the call's traced frames (its dispatch context).
+    pub(super) hop: Option<String>,
+    pub(super) program: String,
+    pub(super) push: Push,
+    /// Its metadata record (latest state), when records are kept.
+    pub(super) record: Option<metadata::ProcessRecord>,
+}
+
+/// `terminal.push` and its totals (per-chunk work is counted, not spanned).
+#[derive(Default)]
+pub(super) struct Push {
+    pub(super) span: Option<BoxedSpan>,
+    /// `terminal.push`'s context (empty until the first event).
+    pub(super) cx: Context,
+    pub(super) events: i64,
+    pub(super) stdout_bytes: i64,
+    pub(super) stdout_chunks: i64,
+    pub(super) stderr_bytes: i64,
+    pub(super) stderr_chunks: i64,
+    pub(super) queued: Duration,
+    /// The latest output chunk, made a span once the final event shows it
+    /// was the last (for a one-chunk output, the first chunk again).
+    pub(super) last_chunk: Option<LastChunk>,
+}
+
+/// When the latest output chunk was taken, the stream offset just past it,
+/// and when the frame holding its last byte left.
+#[derive(Clone, Copy)]
+pub(super) struct LastChunk {
+    pub(super) taken: SystemTime,
+    pub(super) mark: u64,
+    pub(super) sent: Option<SystemTime>,
+}
+
+impl Push {
+    pub(super) fn output_chunks(&self) -> i64 {
+        self.stdout_chunks + self.stderr_chunks
+    }
+
+    pub(super) fn attributes(&self) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("rex.events", self.events),
+            KeyValue::new("rex.stdout.bytes", self.stdout_bytes),
+            KeyValue::new("rex.stdout.chunks", self.stdout_chunks),
+            KeyValue::new("rex.stderr.bytes", self.stderr_bytes),
+            KeyValue::new("rex.stderr.chunks", self.stderr_chunks),
+            KeyValue::new(
+                "rex.queue_ns",
+                i64::try_from(self.queued.as_nanos()).unwrap_or(i64::MAX),
+            ),
+        ]
+    }
+
+    /// Counts an event taken for writing; starts `terminal.push` at the
+    /// first. Returns the message name its framing span gets, if traced.
+    pub(super) fn count(
+        &mut self,
+        out: &Outgoing,
+        tracer: &BoxedTracer,
+        exec_cx: &Context,
+        now: SystemTime,
+    ) -> Option<&'static str> {
+        if self.span.is_none() {
+            let span = tracer
+                .span_builder(spans::TERMINAL_PUSH)
+                .with_start_time(now)
+                .start_with_context(tracer, exec_cx);
+            self.cx = exec_cx.with_remote_span_context(span.span_context().clone());
+            self.span = Some(span);
+        }
+        self.events += 1;
+        self.queued += out.queued_at.elapsed();
+        let len = |d: &Bytes| i64::try_from(d.len()).unwrap_or(i64::MAX);
+        match &out.kind {
+            terminal_event::Kind::Started(_) => Some("started"),
+            terminal_event::Kind::Stdout(d) => {
+                self.stdout_bytes += len(d);
+                self.stdout_chunks += 1;
+                (self.output_chunks() == 1).then_some("output.first")
+            }
+            terminal_event::Kind::Stderr(d) => {
+                self.stderr_bytes += len(d);
+                self.stderr_chunks += 1;
+                (self.output_chunks() == 1).then_some("output.first")
+            }
+            terminal_event::Kind::Exited(_) => Some("exited"),
+            terminal_event::Kind::Error(_) => Some("error"),
+        }
+    }
+}
+
+/// What a new call starts from.
+pub(super) struct Starting<'a> {
+    pub(super) call_id: u64,
+    pub(super) client: Option<PublicKey>,
+    pub(super) session_id: &'a str,
+    pub(super) request: ExecRequest,
+    pub(super) trace: Option<PbTrace>,
+}
+
+impl Call {
+    /// Starts a call: its spans and record, and its process task.
+    pub(super) fn start(
+        ctx: &ServerContext,
+        tracer: &BoxedTracer,
+        starting: Starting<'_>,
+        events: mpsc::Sender<Outgoing>,
+        session_cancel: &CancellationToken,
+    ) -> Self {
+        let Starting {
+            call_id,
+            client,
+            session_id,
+            request,
+            trace,
+        } = starting;
+        let program = request
+            .argv
+            .first()
+            .map(|a| proto::program::program_name(a))
+            .unwrap_or_default();
+        let enqueued = SystemTime::now();
+        let extracted = trace
+            .as_ref()
+            .map(carriers::envelope::extract)
+            .unwrap_or(Extracted::Absent);
+        let parent = otel::context_from(&extracted);
+        let hop = match &extracted {
+            Extracted::Valid(tc) => Some(carriers::hop::inject(&tc.parent)),
+            _ => None,
+        };
+        // The exec span's id is preset too: whether the provider honoured
+        // it says whether process.run's id can be fixed in advance (it can
+        // with the providers `telemetry::setup` builds).
+        let probe = telemetry::ids::new_span_id();
+        let span = telemetry::ids::start_with_span_id(probe, || {
+            tracer
+                .span_builder(spans::RPC_SERVER_EXEC)
+                .with_kind(SpanKind::Server)
+                .with_attributes(vec![
+                    KeyValue::new("process.executable.name", program.clone()),
+                    KeyValue::new("rex.call_id", i64::try_from(call_id).unwrap_or(i64::MAX)),
+                ])
+                .start_with_context(tracer, &parent)
+        });
+        let presets = span.span_context().span_id() == probe;
+        let exec_cx = parent.with_remote_span_context(span.span_context().clone());
+        let error_trace = otel::from_span_context(span.span_context())
+            .as_ref()
+            .map(carriers::envelope::inject)
+            .unwrap_or_default();
+        // The process span's context, known before the process exists: the
+        // child's TRACEPARENT and every event name it. (With a provider that
+        // cannot preset ids they name rpc.server.exec instead.)
+        let sc = span.span_context();
+        let run_span_id = if presets {
+            telemetry::ids::new_span_id()
+        } else {
+            SpanId::INVALID
+        };
+        let run_sc = if presets {
+            SpanContext::new(
+                sc.trace_id(),
+                run_span_id,
+                sc.trace_flags(),
+                false,
+                sc.trace_state().clone(),
+            )
+        } else {
+            sc.clone()
+        };
+        let run_trace = otel::from_span_context(&run_sc);
+        let event_trace = run_trace
+            .as_ref()
+            .map(carriers::envelope::inject)
+            .unwrap_or_default();
+        let child_env = run_trace
+            .as_ref()
+            .map(carriers::env::child_env)
+            .unwrap_or_default();
+
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let cancel = session_cancel.child_token();
+        let io = ProcessIo {
+            call_id,
+            events,
+            control: control_rx,
+            stdin: Some(stdin_rx),
+            cancel: cancel.clone(),
+        };
+        let process_trace = ProcessTrace {
+            dispatch: parent,
+            exec: exec_cx.clone(),
+            run_span_id,
+            enqueued,
+        };
+        let config = &ctx.config;
+        ctx.tasks.spawn(
+            tracing::debug_span!("process", call = call_id, program = %program),
+            process::run(
+                request,
+                io,
+                config.default_cwd.clone(),
+                child_env,
+                config.exit_drain,
+                process_trace,
+            ),
+        );
+        let record = config.metadata.as_ref().map(|store| {
+            let sc = span.span_context();
+            let record = metadata::ProcessRecord {
+                id: metadata::record::new_id(),
+                session: session_id.to_owned(),
+                client_key: client.map(|c| c.to_string()).unwrap_or_default(),
+                program: program.clone(),
+                pid: None,
+                trace: metadata::TraceRef {
+                    trace_id: sc.trace_id().to_string(),
+                    span_id: sc.span_id().to_string(),
+                },
+                started_unix_ms: metadata::record::now_unix_ms(),
+                exited_unix_ms: None,
+                progress: metadata::Progress::Dispatched,
+                exit: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+            };
+            store.record(metadata::Record::Process(record.clone()));
+            record
+        });
+        Self {
+            control: control_tx,
+            stdin: Some(stdin_tx),
+            cancel,
+            span,
+            exec_cx,
+            trace: event_trace,
+            error_trace,
+            hop,
+            program,
+            push: Push::default(),
+            record,
+        }
+    }
+
+    /// Saves the record's state changes (never a write per chunk).
+    pub(super) fn record_event(&mut self, ctx: &ServerContext, out: &Outgoing) {
+        let (Some(store), Some(record)) = (ctx.config.metadata.as_ref(), self.record.as_mut())
+        else {
+            return;
+        };
+        let changed = match &out.kind {
+            terminal_event::Kind::Started(st) => {
+                record.pid = Some(st.pid);
+                record.progress = metadata::Progress::Running;
+                true
+            }
+            terminal_event::Kind::Exited(x) => {
+                record.exit = Some(match x.status {
+                    Some(exited::Status::Signal(sig)) => metadata::Exit::Signal(sig),
+                    Some(exited::Status::Code(c)) => metadata::Exit::Code(c),
+                    None => metadata::Exit::Code(-1),
+                });
+                true
+            }
+            terminal_event::Kind::Error(e) => {
+                record.exit = Some(metadata::Exit::Error(e.message.clone()));
+                true
+            }
+            _ => false,
+        };
+        if out.last {
+            record.progress = metadata::Progress::Finished;
+            record.exited_unix_ms = Some(metadata::record::now_unix_ms());
+            record.stdout_bytes = u64::try_from(self.push.stdout_bytes).unwrap_or(0);
+            record.stderr_bytes = u64::try_from(self.push.stderr_bytes).unwrap_or(0);
+        }
+        if changed {
+            store.record(metadata::Record::Process(record.clone()));
+        }
+    }
+
+    /// The session ended before the call did: its spans and record say so.
+    pub(super) fn abandon(mut self, ctx: &ServerContext) {
+        self.span.set_status(SpanStatus::error("session ended"));
+        self.span.end();
+        if let (Some(store), Some(mut record)) = (ctx.config.metadata.as_ref(), self.record) {
+            record.progress = metadata::Progress::Finished;
+            record.exit = Some(metadata::Exit::Error("session ended".into()));
+            record.exited_unix_ms = Some(metadata::record::now_unix_ms());
+            store.record(metadata::Record::Process(record));
+        }
+    }
+}

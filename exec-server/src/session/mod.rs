@@ -1,0 +1,513 @@
+//! One client session on the exec-server: the session machine
+//! (`proto::session::ServerSession`) run by the one driver
+//! (`proto::driver`), and beside it the endpoint that runs the calls'
+//! processes and pushes their terminal events into the machine.
+//!
+//! Nothing one direction does blocks the other: stdin waiting for a slow
+//! process holds only further frames (never output), and output waiting for
+//! a slow client holds only further events (the processes stop reading
+//! their pipes), while the machine's backlog bound keeps both bounded.
+//!
+//! Spans made here: `relay.frame.recv` for the client's exec request and
+//! control messages; `rpc.server.exec` per call, ending when its final
+//! event has left; `terminal.push` from the first event taken to the last
+//! one sent, with byte, chunk and queue-time totals; and `relay.frame.send`
+//! for the started and final events and the first and last output chunk.
+//! Frames carrying those get the call's dispatch context as their hop
+//! header, so the relay's `relay.forward` joins the trace.
+
+mod call;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::Stream;
+use lifecycle::Tasks;
+use opentelemetry::KeyValue;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
+use proto::driver::{Delivery, Endpoint, Wake};
+use proto::keys::PublicKey;
+use proto::noise::HandshakeError;
+use proto::pb::session::{TraceContext as PbTrace, terminal_event};
+use proto::pb::tunnel::{CloseReason, Frame};
+use proto::session::{
+    Acceptor, Closed, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
+};
+use telemetry::framing;
+use telemetry::{carriers, otel, spans};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use self::call::{Call, LastChunk};
+use crate::config::ExecServerConfig;
+use crate::process::{Control, Outgoing};
+
+/// Terminal events queued from a session's processes before they wait.
+pub const EVENT_QUEUE: usize = 64;
+
+/// The outbound half of a tunnel stream.
+pub use proto::link::FrameSender;
+
+/// State shared by every session of one exec-server.
+#[derive(Debug)]
+pub struct ServerContext {
+    /// Settings.
+    pub config: ExecServerConfig,
+    /// Keys, authorized keys and the replay guard, for handshakes.
+    pub acceptor: Arc<Acceptor>,
+    /// The route bound into the handshake prologue (this server's id).
+    pub route: String,
+    /// Limits concurrent sessions.
+    pub sessions: Arc<tokio::sync::Semaphore>,
+    /// Every session and process task.
+    pub tasks: Tasks,
+}
+
+impl ServerContext {
+    /// Shared state for an exec-server.
+    pub fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
+        let acceptor = Arc::new(Acceptor::new(config.key.clone(), config.authorized.clone()));
+        let route = acceptor.route.clone();
+        let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));
+        Arc::new(Self {
+            config,
+            acceptor,
+            route,
+            sessions,
+            tasks,
+        })
+    }
+
+    /// The session machine's timers and bounds.
+    fn limits(&self) -> proto::session::Limits {
+        proto::session::Limits {
+            handshake_timeout: self.config.handshake_timeout,
+            max_calls: self.config.max_processes_per_session,
+            ..proto::session::Limits::server()
+        }
+    }
+}
+
+/// Sends a clear close frame (best effort).
+pub fn send_clear_close(out: &FrameSender, reason: CloseReason) {
+    let _ = out.try_send(Ok(proto::frames::close(reason)));
+}
+
+/// Why a session could not be served or ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The exec-server is at its session limit; the client was told.
+    #[error("at the limit of concurrent sessions")]
+    Busy,
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// Serves one session over a tunnel stream until it ends. Stops cleanly
+/// when `shutdown` is cancelled.
+pub async fn serve<S>(
+    inbound: S,
+    outbound: FrameSender,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) -> Result<Closed, ServeError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let Ok(_permit) = Arc::clone(&ctx.sessions).try_acquire_owned() else {
+        send_clear_close(&outbound, CloseReason::Busy);
+        return Err(ServeError::Busy);
+    };
+    let machine = ServerSession::new(Arc::clone(&ctx.acceptor), ctx.limits(), Now::system());
+    let runner = Runner::new(ctx, shutdown.child_token());
+    let stop = shutdown.clone();
+    let (_, mut runner) = proto::driver::drive(machine, runner, inbound, outbound, async move {
+        stop.cancelled().await;
+    })
+    .await;
+    match runner.end.take() {
+        Some(Ok(closed)) => Ok(closed),
+        Some(Err(e)) => Err(e.into()),
+        None => Ok(Closed::Local),
+    }
+}
+
+/// What a marked message hands back once it has left: the spans that end
+/// with it.
+type Tag = Vec<BoxedSpan>;
+
+type Machine = ServerSession<Tag>;
+
+/// The exec-server's endpoint: runs the calls' processes.
+struct Runner {
+    ctx: Arc<ServerContext>,
+    tracer: BoxedTracer,
+    calls: HashMap<u64, Call>,
+    /// Events from the session's processes.
+    events_tx: mpsc::Sender<Outgoing>,
+    events_rx: mpsc::Receiver<Outgoing>,
+    /// Cancelled when the session ends: every process is killed.
+    session_cancel: CancellationToken,
+    /// The call whose process has no room for the next stdin.
+    blocked: Option<u64>,
+    client: Option<PublicKey>,
+    /// This session's local id (for process records).
+    session_id: String,
+    /// Per call with output in flight, the stream offset its latest chunk
+    /// ends at (at most one entry per call).
+    unsent_chunks: Vec<(u64, u64)>,
+    /// `output.last` spans whose chunk had not left when the call ended.
+    late: Vec<(u64, BoxedSpan)>,
+    /// How the session ended.
+    end: Option<Result<Closed, SessionError>>,
+}
+
+impl Runner {
+    fn new(ctx: Arc<ServerContext>, session_cancel: CancellationToken) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        Self {
+            ctx,
+            tracer: opentelemetry::global::tracer("exec-server"),
+            calls: HashMap::new(),
+            events_tx,
+            events_rx,
+            session_cancel,
+            blocked: None,
+            client: None,
+            session_id: metadata::record::new_id(),
+            unsent_chunks: Vec::new(),
+            late: Vec::new(),
+            end: None,
+        }
+    }
+
+    /// Records `relay.frame.recv` for a traced client message; returns its
+    /// trace context as a parent.
+    fn trace_recv(&self, trace: Option<&PbTrace>, received: &Received, what: &'static str) {
+        let parent = trace
+            .map(|t| otel::context_from(&carriers::envelope::extract(t)))
+            .unwrap_or_default();
+        framing::record_recv(
+            &self.tracer,
+            &parent,
+            received.arrived,
+            what,
+            &[framing::hop_context(&received.hop)],
+            vec![],
+        );
+    }
+
+    /// An exec request the machine refused: its `rpc.server.exec` says why.
+    fn refused(&self, call_id: u64, trace: Option<&PbTrace>, message: &'static str) {
+        let parent = trace
+            .map(|t| otel::context_from(&carriers::envelope::extract(t)))
+            .unwrap_or_default();
+        let mut span = self
+            .tracer
+            .span_builder(spans::RPC_SERVER_EXEC)
+            .with_kind(SpanKind::Server)
+            .with_attributes(vec![KeyValue::new(
+                "rex.call_id",
+                i64::try_from(call_id).unwrap_or(i64::MAX),
+            )])
+            .start_with_context(&self.tracer, &parent);
+        span.set_status(SpanStatus::error(message));
+        span.end();
+    }
+
+    /// Pushes one process event into the machine, with its spans.
+    fn push(&mut self, machine: &mut Machine, out: Outgoing, now: Now) {
+        let call_id = out.call_id;
+        // Taken out while its event is pushed; put back unless it was the
+        // final one.
+        let Some(mut call) = self.calls.remove(&call_id) else {
+            return;
+        };
+        let what = call.push.count(&out, &self.tracer, &call.exec_cx, now.wall);
+        call.record_event(&self.ctx, &out);
+        let is_output = matches!(
+            out.kind,
+            terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_)
+        );
+        let mut tag: Tag = Vec::new();
+        if let Some(w) = what {
+            tag.push(framing::send_span(&self.tracer, &call.push.cx, w));
+        }
+        let error = match &out.kind {
+            terminal_event::Kind::Error(e) => Some(e.message.clone()),
+            _ => None,
+        };
+        let trace = if error.is_some() {
+            call.error_trace.clone()
+        } else {
+            call.trace.clone()
+        };
+        let hop = call.hop.clone();
+        if !out.last {
+            let mark = (!tag.is_empty()).then(|| Mark::new(tag, hop));
+            if let Ok(pushed) = machine.push(call_id, out.kind, Some(&trace), mark, now)
+                && is_output
+            {
+                // Every chunk may be the last one: note when it leaves.
+                call.push.last_chunk = Some(LastChunk {
+                    taken: now.wall,
+                    mark: pushed.offset,
+                    sent: None,
+                });
+                self.unsent_chunks.retain(|(id, _)| *id != call_id);
+                self.unsent_chunks.push((call_id, pushed.offset));
+            }
+            self.calls.insert(call_id, call);
+            return;
+        }
+        // The final event: the last chunk's span is made now that it is
+        // known to be the last, and the call's spans end once the final
+        // event's frame has left.
+        self.unsent_chunks.retain(|(id, _)| *id != call_id);
+        if let Some(chunk) = call.push.last_chunk.take() {
+            let mut last = self
+                .tracer
+                .span_builder(spans::RELAY_FRAME_SEND)
+                .with_start_time(chunk.taken)
+                .with_attributes(vec![
+                    KeyValue::new("rex.message", "output.last"),
+                    KeyValue::new("rex.output.chunks", call.push.output_chunks()),
+                ])
+                .start_with_context(&self.tracer, &call.push.cx);
+            match chunk.sent {
+                Some(at) => last.end_with_timestamp(at),
+                None => self.late.push((chunk.mark, last)),
+            }
+        }
+        if let Some(mut push_span) = call.push.span.take() {
+            push_span.set_attributes(call.push.attributes());
+            tag.push(push_span);
+        }
+        if let Some(message) = error {
+            call.span.set_status(SpanStatus::error(message));
+        }
+        tracing::debug!(program = %call.program, "call finished");
+        tag.push(call.span);
+        let _ = machine.push(
+            call_id,
+            out.kind,
+            Some(&trace),
+            Some(Mark::new(tag, hop)),
+            now,
+        );
+    }
+
+    /// Notes when each call's latest output chunk left, and ends the spans
+    /// that waited for their bytes to leave.
+    fn sent(&mut self, sent: u64, now: SystemTime) {
+        if !self.unsent_chunks.is_empty() {
+            let calls = &mut self.calls;
+            self.unsent_chunks.retain(|(id, mark)| {
+                if *mark > sent {
+                    return true;
+                }
+                if let Some(chunk) = calls.get_mut(id).and_then(|c| c.push.last_chunk.as_mut())
+                    && chunk.mark == *mark
+                {
+                    chunk.sent = Some(now);
+                }
+                false
+            });
+        }
+        self.late.retain_mut(|(mark, span)| {
+            if *mark > sent {
+                return true;
+            }
+            span.end_with_timestamp(now);
+            false
+        });
+    }
+
+    /// The session is over: every process ends, and the calls' spans and
+    /// records say so.
+    fn ended(&mut self, end: &Result<Closed, SessionError>) {
+        match end {
+            Err(SessionError::Handshake(HandshakeError::Unauthorized { client })) => {
+                tracing::warn!(client = %client.short(), "refused a client key that is not authorized");
+            }
+            Err(SessionError::Handshake(e)) => tracing::warn!(error = %e, "handshake failed"),
+            Err(SessionError::Transport(e)) => {
+                tracing::warn!(error = %e, "a session message failed; closed the session");
+            }
+            Err(SessionError::Protocol(v)) => {
+                tracing::warn!(violation = %v, "the client broke the session protocol; closed the session");
+            }
+            Err(e) => tracing::debug!(error = %e, "session ended"),
+            Ok(_) => tracing::debug!("session closed"),
+        }
+        self.session_cancel.cancel();
+        for (_, call) in self.calls.drain() {
+            call.abandon(&self.ctx);
+        }
+        for (_, mut span) in self.late.drain(..) {
+            span.set_status(SpanStatus::error("session ended"));
+            span.end();
+        }
+    }
+
+    fn stdin_sender(&self) -> Option<mpsc::Sender<bytes::Bytes>> {
+        self.blocked
+            .and_then(|id| self.calls.get(&id))
+            .and_then(|c| c.stdin.clone())
+    }
+}
+
+impl Endpoint<Machine> for Runner {
+    type Input = Outgoing;
+
+    fn wait(
+        &mut self,
+        accepting: bool,
+        blocked: bool,
+    ) -> impl std::future::Future<Output = Wake<Outgoing>> + Send {
+        let stdin = if blocked { self.stdin_sender() } else { None };
+        let events = &mut self.events_rx;
+        async move {
+            tokio::select! {
+                biased;
+                _ = reserve(stdin.as_ref()), if blocked => Wake::Ready,
+                out = events.recv(), if accepting => match out {
+                    Some(out) => Wake::Input(out),
+                    // The runner holds a sender: never reached.
+                    None => Wake::Closed,
+                },
+                // Nothing to wait for here: the driver waits on the link.
+                else => std::future::pending().await,
+            }
+        }
+    }
+
+    fn apply(&mut self, machine: &mut Machine, out: Outgoing, now: Now) {
+        self.push(machine, out, now);
+    }
+
+    fn deliver(
+        &mut self,
+        machine: &mut Machine,
+        event: ServerEvent,
+        now: Now,
+    ) -> Delivery<ServerEvent> {
+        let _ = (machine, now);
+        match event {
+            ServerEvent::Authenticated { client } => {
+                tracing::debug!(client = %client.short(), "session established");
+                self.client = Some(client);
+            }
+            ServerEvent::Exec {
+                call_id,
+                request,
+                trace,
+                received,
+            } => {
+                self.trace_recv(trace.as_ref(), &received, "exec");
+                let call = Call::start(
+                    &self.ctx,
+                    &self.tracer,
+                    call::Starting {
+                        call_id,
+                        client: self.client,
+                        session_id: &self.session_id,
+                        request,
+                        trace,
+                    },
+                    self.events_tx.clone(),
+                    &self.session_cancel,
+                );
+                self.calls.insert(call_id, call);
+            }
+            ServerEvent::Refused {
+                call_id,
+                kind,
+                trace,
+                received,
+            } => {
+                self.trace_recv(trace.as_ref(), &received, "exec");
+                let why = match kind {
+                    proto::pb::session::ExecErrorKind::TooManyProcesses => {
+                        "too many processes on this session"
+                    }
+                    _ => "call id is zero or already used",
+                };
+                self.refused(call_id, trace.as_ref(), why);
+            }
+            ServerEvent::Stdin { call_id, data } => {
+                let Some(stdin) = self.calls.get(&call_id).and_then(|c| c.stdin.as_ref()) else {
+                    return Delivery::Taken;
+                };
+                match stdin.try_send(data) {
+                    Ok(()) => self.blocked = None,
+                    Err(mpsc::error::TrySendError::Full(data)) => {
+                        self.blocked = Some(call_id);
+                        return Delivery::Later(ServerEvent::Stdin { call_id, data });
+                    }
+                    // The process closed its stdin: the rest is dropped, as
+                    // a pipe would.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            ServerEvent::StdinClose {
+                call_id,
+                trace,
+                received,
+            } => {
+                self.trace_recv(trace.as_ref(), &received, "stdin_close");
+                // Earlier stdin is already queued (reading stops while stdin
+                // waits), so dropping the sender closes after the data.
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.stdin = None;
+                }
+            }
+            ServerEvent::Signal {
+                call_id,
+                signal,
+                trace,
+                received,
+            } => {
+                self.trace_recv(trace.as_ref(), &received, "signal");
+                if let Some(call) = self.calls.get(&call_id) {
+                    let _ = call.control.try_send(Control::Signal(signal));
+                }
+            }
+            ServerEvent::Cancel {
+                call_id,
+                trace,
+                received,
+            } => {
+                self.trace_recv(trace.as_ref(), &received, "cancel");
+                if let Some(call) = self.calls.get(&call_id) {
+                    call.cancel.cancel();
+                }
+            }
+            ServerEvent::Ended(end) => {
+                self.ended(&end);
+                self.end = Some(end);
+            }
+        }
+        Delivery::Taken
+    }
+
+    fn transmitted(&mut self, done: Vec<Tag>, sent: u64, now: Now) {
+        for spans in done {
+            for mut span in spans {
+                span.end_with_timestamp(now.wall);
+            }
+        }
+        self.sent(sent, now.wall);
+    }
+}
+
+async fn reserve(tx: Option<&mpsc::Sender<bytes::Bytes>>) {
+    if let Some(tx) = tx {
+        // Closed counts as ready: the retried delivery drops the data.
+        let _ = tx.reserve().await;
+    }
+}

@@ -1,0 +1,17 @@
+//! The one lifecycle pattern every service and the client library follow
+//! (DESIGN.md §8, after mini-redis): a cancellation token tells tasks to
+//! stop, a task tracker lets shutdown wait for them, and every task carries
+//! its span.
+//!
+//! Layout:
+//! - [`tasks`]: [`Tasks`], the tracked set every task is spawned through.
+//! - `signals` (feature `signals`, for service binaries): SIGINT and
+//!   SIGTERM start a graceful shutdown; SIGHUP is reported for a reload.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(feature = "signals")]
+pub mod signals;
+pub mod tasks;
+
+pub use tasks::Tasks;

@@ -1,0 +1,257 @@
+//! The one async driver of a session machine, for either end (in the
+//! manner of quinn's `ConnectionDriver`): it hands the machine frames from
+//! the link, local input and timer expiries, sends what the machine
+//! transmits until the link is full, and hands its events to the
+//! [`Endpoint`] beside it (the client's call routing, the exec-server's
+//! processes). Everything the two ends say to each other is decided by the
+//! machine; the driver only moves bytes and time.
+
+use std::future::Future;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use tonic::Status;
+
+use crate::link::FrameSender;
+use crate::pb::tunnel::Frame;
+use crate::session::{ClientEvent, ClientSession, Now, ServerEvent, ServerSession, Transmit};
+
+/// A session machine, as the driver sees it.
+pub trait Machine: Send {
+    /// What the machine tells its endpoint.
+    type Event: Send;
+    /// What marked messages hand back once they have left.
+    type Tag: Send;
+    /// A frame from the link.
+    fn handle_frame(&mut self, frame: Frame, now: Now);
+    /// The link ended (`failure`: it broke).
+    fn handle_link_end(&mut self, failure: Option<Status>, now: Now);
+    /// Timers due at `now`.
+    fn handle_timeout(&mut self, now: Now);
+    /// The local side is done (shutdown, or no more local input).
+    fn close(&mut self, now: Now);
+    /// The next frame to send.
+    fn poll_transmit(&mut self, now: Now) -> Option<Transmit<Self::Tag>>;
+    /// Whether a frame waits to be sent.
+    fn has_transmit(&self) -> bool;
+    /// Whether our half of the link should end now (true once).
+    fn poll_end_link(&mut self) -> bool;
+    /// The next event.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// An event the endpoint cannot take yet.
+    fn defer(&mut self, event: Self::Event);
+    /// When timers are next due.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Whether frames are read now.
+    fn wants_frames(&self) -> bool;
+    /// Whether local input is taken now.
+    fn wants_input(&self) -> bool;
+    /// Whether the session is over and everything taken.
+    fn is_done(&self) -> bool;
+}
+
+/// What woke an endpoint's [`wait`](Endpoint::wait).
+#[derive(Debug)]
+pub enum Wake<I> {
+    /// Local input for the machine.
+    Input(I),
+    /// The event the endpoint refused may be offered again.
+    Ready,
+    /// There will be no more local input: the session should close.
+    Closed,
+}
+
+/// What an endpoint did with an event.
+#[derive(Debug)]
+pub enum Delivery<E> {
+    /// It took it.
+    Taken,
+    /// It cannot take it yet: the machine holds it until [`Wake::Ready`].
+    Later(E),
+}
+
+/// The local side of a session: where the machine's events go and where
+/// its input comes from.
+pub trait Endpoint<M: Machine>: Send {
+    /// Local input (caller commands, process events).
+    type Input: Send;
+    /// Waits for local input (only asked for while `accepting`) or, while
+    /// `blocked`, for room to take the event it refused.
+    fn wait(
+        &mut self,
+        accepting: bool,
+        blocked: bool,
+    ) -> impl Future<Output = Wake<Self::Input>> + Send;
+    /// Applies local input to the machine.
+    fn apply(&mut self, machine: &mut M, input: Self::Input, now: Now);
+    /// Takes an event, or hands it back if it cannot take it yet.
+    fn deliver(&mut self, machine: &mut M, event: M::Event, now: Now) -> Delivery<M::Event>;
+    /// A frame left: the marked messages it completed, and the envelope
+    /// stream's sent offset.
+    fn transmitted(&mut self, done: Vec<M::Tag>, sent: u64, now: Now);
+}
+
+/// Runs a session until it is over: `inbound` and `outbound` are the link's
+/// two halves, `shutdown` closes the session cleanly when it completes.
+/// Returns the machine and the endpoint (for their final state).
+pub async fn drive<M, E, S, F>(
+    mut machine: M,
+    mut endpoint: E,
+    mut inbound: S,
+    outbound: FrameSender,
+    shutdown: F,
+) -> (M, E)
+where
+    M: Machine,
+    E: Endpoint<M>,
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+    F: Future<Output = ()> + Send,
+{
+    let mut out = Some(outbound);
+    let mut inbound_open = true;
+    let mut input_open = true;
+    let mut blocked = false;
+    let mut shut = false;
+    tokio::pin!(shutdown);
+    loop {
+        let now = Now::system();
+        if !blocked {
+            while let Some(event) = machine.poll_event() {
+                if let Delivery::Later(event) = endpoint.deliver(&mut machine, event, now) {
+                    machine.defer(event);
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        // Send until the link is full.
+        while let Some(tx) = out.as_ref().filter(|_| machine.has_transmit()) {
+            let Ok(permit) = tx.try_reserve() else { break };
+            let Some(t) = machine.poll_transmit(now) else {
+                break;
+            };
+            permit.send(Ok(t.frame));
+            endpoint.transmitted(t.done, t.sent, now);
+        }
+        if machine.poll_end_link() {
+            out = None;
+        }
+        if machine.is_done() {
+            return (machine, endpoint);
+        }
+        let deadline = machine.poll_timeout();
+        let sending = out.is_some() && machine.has_transmit();
+        let reading = inbound_open && machine.wants_frames();
+        let accepting = input_open && machine.wants_input();
+        let mut link_gone = false;
+        tokio::select! {
+            biased;
+            () = &mut shutdown, if !shut => {
+                shut = true;
+                machine.close(Now::system());
+            }
+            permit = reserve(out.as_ref()), if sending => match permit {
+                Some(permit) => {
+                    let now = Now::system();
+                    if let Some(t) = machine.poll_transmit(now) {
+                        permit.send(Ok(t.frame));
+                        endpoint.transmitted(t.done, t.sent, now);
+                    }
+                }
+                // The link's sending half is gone: so is the link.
+                None => link_gone = true,
+            },
+            frame = inbound.next(), if reading => match frame {
+                Some(Ok(frame)) => machine.handle_frame(frame, Now::system()),
+                Some(Err(status)) => {
+                    inbound_open = false;
+                    machine.handle_link_end(Some(status), Now::system());
+                }
+                None => {
+                    inbound_open = false;
+                    machine.handle_link_end(None, Now::system());
+                }
+            },
+            wake = endpoint.wait(accepting, blocked) => match wake {
+                Wake::Input(input) => endpoint.apply(&mut machine, input, Now::system()),
+                Wake::Ready => blocked = false,
+                Wake::Closed => {
+                    input_open = false;
+                    machine.close(Now::system());
+                }
+            },
+            () = sleep(deadline) => machine.handle_timeout(Now::system()),
+        }
+        if link_gone {
+            out = None;
+            let closed = Status::unavailable("the link closed");
+            machine.handle_link_end(Some(closed), Now::system());
+        }
+    }
+}
+
+async fn reserve(
+    tx: Option<&FrameSender>,
+) -> Option<tokio::sync::mpsc::Permit<'_, Result<Frame, Status>>> {
+    tx?.reserve().await.ok()
+}
+
+async fn sleep(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Implements [`Machine`] for a session machine by delegating to its own
+/// methods of the same names.
+macro_rules! machine {
+    ($machine:ident, $event:ident) => {
+        impl<T: Send> Machine for $machine<T> {
+            type Event = $event;
+            type Tag = T;
+            fn handle_frame(&mut self, frame: Frame, now: Now) {
+                $machine::handle_frame(self, frame, now);
+            }
+            fn handle_link_end(&mut self, failure: Option<Status>, now: Now) {
+                $machine::handle_link_end(self, failure, now);
+            }
+            fn handle_timeout(&mut self, now: Now) {
+                $machine::handle_timeout(self, now);
+            }
+            fn close(&mut self, now: Now) {
+                $machine::shutdown(self, now);
+            }
+            fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
+                $machine::poll_transmit(self, now)
+            }
+            fn has_transmit(&self) -> bool {
+                $machine::has_transmit(self)
+            }
+            fn poll_end_link(&mut self) -> bool {
+                $machine::poll_end_link(self)
+            }
+            fn poll_event(&mut self) -> Option<$event> {
+                $machine::poll_event(self)
+            }
+            fn defer(&mut self, event: $event) {
+                $machine::defer(self, event);
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                $machine::poll_timeout(self)
+            }
+            fn wants_frames(&self) -> bool {
+                $machine::wants_frames(self)
+            }
+            fn wants_input(&self) -> bool {
+                $machine::wants_input(self)
+            }
+            fn is_done(&self) -> bool {
+                $machine::is_done(self)
+            }
+        }
+    };
+}
+
+machine!(ClientSession, ClientEvent);
+machine!(ServerSession, ServerEvent);
