@@ -3,13 +3,15 @@
 //! Every carrier goes through this module. It follows the
 //! [W3C Trace Context](https://www.w3.org/TR/trace-context/) grammar to the
 //! letter, which the OpenTelemetry SDK's propagator does not (it accepts, for
-//! example, uppercase hex and trailing data on version `00`):
+//! example, uppercase hex and trailing data on version `00`). It implements
+//! Trace Context Level 1 and the random trace-id flag of Level 2:
 //!
 //! - `traceparent` is exactly `version-trace_id-parent_id-flags`, 2-32-16-2
 //!   lowercase hex digits separated by `-`. Version `ff`, an all-zero trace-id
 //!   and an all-zero parent-id are invalid. Version `00` allows no trailing
 //!   data; a higher (future) version is parsed by its first 55 characters,
-//!   which must be followed by the end of the string or a `-`.
+//!   which must be followed by the end of the string or a `-`, and only the
+//!   flags this version defines (sampled, random) are kept from it.
 //! - `tracestate` is a list of `key=value` members, parsed one by one with
 //!   the spec's current key grammar (1 to 256 characters: a lowercase letter
 //!   or digit, then lowercase letters, digits, `_`, `-`, `*`, `/` and `@`, so
@@ -63,13 +65,20 @@ pub const MAX_TRACESTATE_VALUE_LEN: usize = 256;
 /// removed when a `tracestate` is truncated to [`MAX_TRACESTATE_LEN`].
 pub const TRACESTATE_LARGE_MEMBER: usize = 128;
 
+/// The sampled trace flag (Level 1).
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// The random trace-id trace flag (Level 2): at least the right-most 7 bytes
+/// of the trace-id are random.
+pub const FLAG_RANDOM: u8 = 0x02;
+/// Every trace flag this implementation knows; the others are reserved and
+/// sent as zero.
+pub const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
+
 /// Length of a version-00 traceparent, and of the prefix parsed from a
 /// future version's.
 const TRACEPARENT_LEN: usize = 55;
 /// Byte offsets of the `-` separators in a traceparent.
 const SEPARATORS: [usize; 3] = [2, 35, 52];
-/// The sampled bit of the trace flags.
-const FLAG_SAMPLED: u8 = 0x01;
 
 /// Why a `traceparent` was rejected. Each rule of the spec has its own
 /// variant; the carrier-level conditions ([`Repeated`](Self::Repeated),
@@ -175,7 +184,8 @@ pub struct TraceParent {
     /// The parent-id (span id of the caller's span), 8 bytes, not all zero.
     pub parent_id: [u8; 8],
     /// The trace flags. For version 00 the byte is kept as received; for a
-    /// future version only the sampled bit is kept.
+    /// future version only the [`KNOWN_FLAGS`] are kept. (The outgoing
+    /// conversions in [`crate::otel`] send only the known flags.)
     pub flags: u8,
 }
 
@@ -240,7 +250,7 @@ impl TraceParent {
                 if bytes.len() > TRACEPARENT_LEN && bytes[TRACEPARENT_LEN] != b'-' {
                     return Err(TraceParentError::FutureVersionSuffix);
                 }
-                flags[0] & FLAG_SAMPLED
+                flags[0] & KNOWN_FLAGS
             }
         };
         if trace_id == [0; 16] {
@@ -259,6 +269,11 @@ impl TraceParent {
     /// Whether the sampled flag is set.
     pub fn sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
+    }
+
+    /// Whether the random trace-id flag (Level 2) is set.
+    pub fn random(&self) -> bool {
+        self.flags & FLAG_RANDOM != 0
     }
 
     /// Whether both ids are non-zero (always true for a parsed value).
@@ -754,11 +769,39 @@ mod tests {
     }
 
     #[test]
-    fn future_version_keeps_only_sampled_bit() {
+    fn future_version_keeps_only_known_flags() {
         let p = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-ff")).unwrap();
-        assert_eq!(p.flags, 0x01);
-        let q = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-fe")).unwrap();
+        assert_eq!(p.flags, KNOWN_FLAGS);
+        assert!(p.sampled() && p.random());
+        let q = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-fc")).unwrap();
         assert_eq!(q.flags, 0x00);
+        let r = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-06-x")).unwrap();
+        assert_eq!(r.flags, FLAG_RANDOM);
+        assert!(!r.sampled() && r.random());
+    }
+
+    #[test]
+    fn random_flag_is_read() {
+        assert!(
+            tp(&format!("00-{TRACE_ID}-{PARENT_ID}-02"))
+                .unwrap()
+                .random()
+        );
+        assert!(
+            tp(&format!("00-{TRACE_ID}-{PARENT_ID}-03"))
+                .unwrap()
+                .random()
+        );
+        assert!(
+            !tp(&format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+                .unwrap()
+                .random()
+        );
+        assert!(
+            !tp(&format!("00-{TRACE_ID}-{PARENT_ID}-04"))
+                .unwrap()
+                .random()
+        );
     }
 
     #[test]
