@@ -177,8 +177,7 @@ impl Client {
                 span.span_context(),
             )
         });
-        let trace =
-            otel::from_span_context(span.span_context()).map(|tc| carriers::envelope::inject(&tc));
+        let trace = otel::trace_context_of(&cx).map(|tc| carriers::envelope::inject(&tc));
         let request = spec.to_request();
         let mut span = Some(span);
         // A session found dead before anything was sent is replaced once.

@@ -370,7 +370,7 @@ impl Driver {
         self.transport
             .send(&bytes)
             .map_err(|e| format!("transport error: {e}"))?;
-        let hop = framing::hop_header(&trace.parent.span().span_context().clone());
+        let hop = framing::hop_header_for(trace.parent.span().span_context(), &trace.parent);
         self.sends
             .track(self.transport.queued_offset(), vec![send], hop);
         Ok(())
