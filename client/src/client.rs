@@ -150,8 +150,7 @@ impl Client {
             .start_with_context(&tracer, &parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
         let record = self.record(&spec, span.span_context());
-        let trace =
-            otel::from_span_context(span.span_context()).map(|tc| carriers::envelope::inject(&tc));
+        let trace = otel::trace_context_of(&cx).map(|tc| carriers::envelope::inject(&tc));
         let request = spec.to_request();
         let mut dispatch = Dispatch {
             span: Some(span),

@@ -78,7 +78,7 @@ pub(crate) async fn open(
     if let Ok(v) = MetadataValue::try_from(server_id.as_str()) {
         request.metadata_mut().insert(SERVER_ID_HEADER, v);
     }
-    if let Some(tc) = otel::from_span_context(link_cx.span().span_context()) {
+    if let Some(tc) = otel::trace_context_of(&link_cx) {
         carriers::metadata::inject(&tc, request.metadata_mut());
     }
     let mut client = TunnelClient::new(channel)

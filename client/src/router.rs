@@ -107,7 +107,7 @@ impl Router {
             .start_with_context(&self.tracer, &traced.parent);
         queue.end();
         let send = framing::send_span(&self.tracer, &traced.parent, traced.what);
-        let hop = framing::hop_header(&traced.parent.span().span_context().clone());
+        let hop = framing::hop_header_for(traced.parent.span().span_context(), &traced.parent);
         Mark::new(send, hop)
     }
 

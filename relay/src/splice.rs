@@ -156,7 +156,8 @@ fn start_forward(
             KeyValue::new("rex.frame.bytes", frame.payload.len() as i64),
         ])
         .start_with_context(tracer, &parent_cx);
-    frame.hop_traceparent = telemetry::framing::hop_header(span.span_context()).unwrap_or_default();
+    frame.hop_traceparent =
+        telemetry::framing::hop_header_for(span.span_context(), &parent_cx).unwrap_or_default();
     Some(span)
 }
 

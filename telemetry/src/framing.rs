@@ -182,6 +182,12 @@ pub fn hop_header(sc: &SpanContext) -> Option<String> {
     otel::traceparent_of(sc).map(|tp| carriers::hop::inject(&tp))
 }
 
+/// The hop header naming `sc`, a span under `cx`, with the flags
+/// [`otel::traceparent_for`] gives it (the random flag as `cx` received it).
+pub fn hop_header_for(sc: &SpanContext, cx: &Context) -> Option<String> {
+    otel::traceparent_for(sc, cx).map(|tp| carriers::hop::inject(&tp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +279,23 @@ mod tests {
             Some(hop),
             "hop header round trip"
         );
+    }
+
+    #[test]
+    fn hop_header_for_keeps_the_received_random_flag() {
+        let (tracer, _exporter) = setup();
+        let hop = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02";
+        let parent = otel::context_from(&crate::w3c::Extracted::Valid(
+            crate::w3c::TraceContext::new(carriers::hop::extract(hop).unwrap()),
+        ));
+        // Not sampled: the SDK gives the span no flags.
+        let span = tracer.start_with_context("forward", &parent);
+        let sc = span.span_context().clone();
+        assert_eq!(sc.trace_flags().to_u8(), 0);
+        let header = hop_header_for(&sc, &parent).unwrap();
+        let rewritten = carriers::hop::extract(&header).unwrap();
+        assert_eq!(rewritten.flags, crate::w3c::FLAG_RANDOM);
+        assert_eq!(rewritten.parent_id, sc.span_id().to_bytes());
+        assert_eq!(hop_header(&sc).as_deref().map(|h| &h[53..]), Some("00"));
     }
 }

@@ -3,15 +3,27 @@
 //! Every carrier goes through this module. It follows the
 //! [W3C Trace Context](https://www.w3.org/TR/trace-context/) grammar to the
 //! letter, which the OpenTelemetry SDK's propagator does not (it accepts, for
-//! example, uppercase hex and trailing data on version `00`):
+//! example, uppercase hex and trailing data on version `00`). It implements
+//! Trace Context Level 1 and the random trace-id flag of Level 2:
 //!
 //! - `traceparent` is exactly `version-trace_id-parent_id-flags`, 2-32-16-2
 //!   lowercase hex digits separated by `-`. Version `ff`, an all-zero trace-id
 //!   and an all-zero parent-id are invalid. Version `00` allows no trailing
 //!   data; a higher (future) version is parsed by its first 55 characters,
-//!   which must be followed by the end of the string or a `-`.
-//! - `tracestate` is a list of at most [`MAX_TRACESTATE_MEMBERS`] `key=value`
-//!   members with the spec's key and value grammars and no duplicate keys.
+//!   which must be followed by the end of the string or a `-`, and only the
+//!   flags this version defines (sampled, random) are kept from it.
+//! - `tracestate` is a list of `key=value` members, parsed one by one with
+//!   the spec's current key grammar (1 to 256 characters: a lowercase letter
+//!   or digit, then lowercase letters, digits, `_`, `-`, `*`, `/` and `@`, so
+//!   `tenant@system` and `foo@` are keys and `@foo` is not) and value
+//!   grammar. A list the grammar does not describe (a member without `=`,
+//!   with an invalid key or value, or more than [`MAX_TRACESTATE_MEMBERS`]
+//!   members) cannot be parsed and is dropped whole, as the spec allows and
+//!   the W3C validation suite expects. A repeated key keeps its first
+//!   (left-most, most recent) member and the later ones are discarded. A list
+//!   longer than [`MAX_TRACESTATE_LEN`] characters is truncated by whole
+//!   members in the order the spec prefers: members longer than
+//!   [`TRACESTATE_LARGE_MEMBER`] characters first, then from the right.
 //! - Optional whitespace (OWS: spaces and horizontal tabs) around a header
 //!   value, and around tracestate list members, is not part of the value and
 //!   is removed before parsing (RFC 9110 §5.5, Trace Context §3.3.1.1). Any
@@ -28,22 +40,45 @@ use std::fmt;
 /// parsing. A valid one is 55 bytes; the slack is for future versions.
 pub const MAX_TRACEPARENT_LEN: usize = 512;
 
-/// Largest `tracestate` value accepted, in bytes, including OWS and the `,`
-/// joining repeated headers. The spec asks vendors to propagate at least 512
-/// characters of the combined header and allows truncation beyond that; this
-/// crate rejects (drops) a longer tracestate instead of truncating it.
+/// Most characters of a `tracestate` kept and propagated (its canonical
+/// form: members joined by `,`, no whitespace). The spec asks vendors to
+/// propagate at least 512; a longer list is truncated by whole members (see
+/// [`TraceState::parse`]).
 pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// Largest `tracestate` input looked at, in bytes, including OWS, empty
+/// members and the `,` joining repeated headers; a longer one is dropped
+/// without being parsed. (The longest valid list, 32 members of 513
+/// characters, is about 16 KiB.)
+pub const MAX_TRACESTATE_INPUT_LEN: usize = 32 * 1024;
 
 /// Most list-members a `tracestate` may hold (empty members not counted).
 pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// Longest `tracestate` key, in characters.
+pub const MAX_TRACESTATE_KEY_LEN: usize = 256;
+
+/// Longest `tracestate` value, in characters.
+pub const MAX_TRACESTATE_VALUE_LEN: usize = 256;
+
+/// Members (`key=value`) longer than this many characters are the first
+/// removed when a `tracestate` is truncated to [`MAX_TRACESTATE_LEN`].
+pub const TRACESTATE_LARGE_MEMBER: usize = 128;
+
+/// The sampled trace flag (Level 1).
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// The random trace-id trace flag (Level 2): at least the right-most 7 bytes
+/// of the trace-id are random.
+pub const FLAG_RANDOM: u8 = 0x02;
+/// Every trace flag this implementation knows; the others are reserved and
+/// sent as zero.
+pub const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
 
 /// Length of a version-00 traceparent, and of the prefix parsed from a
 /// future version's.
 const TRACEPARENT_LEN: usize = 55;
 /// Byte offsets of the `-` separators in a traceparent.
 const SEPARATORS: [usize; 3] = [2, 35, 52];
-/// The sampled bit of the trace flags.
-const FLAG_SAMPLED: u8 = 0x01;
 
 /// Why a `traceparent` was rejected. Each rule of the spec has its own
 /// variant; the carrier-level conditions ([`Repeated`](Self::Repeated),
@@ -92,12 +127,14 @@ pub enum TraceParentError {
     FutureVersionSuffix,
 }
 
-/// Why a `tracestate` was rejected. An invalid tracestate is dropped; the
-/// traceparent it came with is still used.
+/// Why a `tracestate` was rejected as a whole. An invalid tracestate is
+/// dropped; the traceparent it came with is still used. (Repeated keys and
+/// an over-long list are not errors: see [`TraceState::parse`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TraceStateError {
-    /// The value is longer than [`MAX_TRACESTATE_LEN`]; nothing was parsed.
-    #[error("tracestate is {len} bytes, over the {MAX_TRACESTATE_LEN}-byte limit")]
+    /// The input is longer than [`MAX_TRACESTATE_INPUT_LEN`]; nothing was
+    /// parsed.
+    #[error("tracestate is {len} bytes, over the {MAX_TRACESTATE_INPUT_LEN}-byte limit")]
     TooLong {
         /// The length of the rejected value, in bytes.
         len: usize,
@@ -108,19 +145,18 @@ pub enum TraceStateError {
     /// A non-empty list-member has no `=`.
     #[error("tracestate list-member has no '='")]
     MissingEquals,
-    /// A key does not match the spec's simple-key or multi-tenant-key grammar.
+    /// A key does not match the spec's key grammar: empty, longer than 256
+    /// characters, not starting with a lowercase letter or digit (e.g. `@foo`),
+    /// or holding a character other than lowercase letters, digits, `_`, `-`,
+    /// `*`, `/` and `@`.
     #[error("tracestate key is invalid")]
     InvalidKey,
     /// A value is empty, longer than 256 characters, holds a character outside
     /// printable ASCII (or `,` or `=`), or ends in a space.
     #[error("tracestate value is invalid")]
     InvalidValue,
-    /// The same key appears twice.
-    #[error("tracestate key is repeated")]
-    DuplicateKey,
 }
 
-/// Removes optional whitespace (spaces and horizontal tabs) at both ends.
 /// Decodes hex already checked to be lowercase (`0-9a-f`) into `out`
 /// (`hex.len() == 2 * out.len()`); no allocation, no error path.
 fn decode_lower_hex(hex: &[u8], out: &mut [u8]) {
@@ -130,6 +166,7 @@ fn decode_lower_hex(hex: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Removes optional whitespace (spaces and horizontal tabs) at both ends.
 fn trim_ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
@@ -147,7 +184,8 @@ pub struct TraceParent {
     /// The parent-id (span id of the caller's span), 8 bytes, not all zero.
     pub parent_id: [u8; 8],
     /// The trace flags. For version 00 the byte is kept as received; for a
-    /// future version only the sampled bit is kept.
+    /// future version only the [`KNOWN_FLAGS`] are kept. (The outgoing
+    /// conversions in [`crate::otel`] send only the known flags.)
     pub flags: u8,
 }
 
@@ -212,7 +250,7 @@ impl TraceParent {
                 if bytes.len() > TRACEPARENT_LEN && bytes[TRACEPARENT_LEN] != b'-' {
                     return Err(TraceParentError::FutureVersionSuffix);
                 }
-                flags[0] & FLAG_SAMPLED
+                flags[0] & KNOWN_FLAGS
             }
         };
         if trace_id == [0; 16] {
@@ -231,6 +269,11 @@ impl TraceParent {
     /// Whether the sampled flag is set.
     pub fn sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
+    }
+
+    /// Whether the random trace-id flag (Level 2) is set.
+    pub fn random(&self) -> bool {
+        self.flags & FLAG_RANDOM != 0
     }
 
     /// Whether both ids are non-zero (always true for a parsed value).
@@ -262,7 +305,8 @@ impl std::str::FromStr for TraceParent {
     }
 }
 
-/// A validated `tracestate` list, in header order.
+/// A validated `tracestate` list, in header order, with unique keys and at
+/// most [`MAX_TRACESTATE_LEN`] characters in its canonical form.
 ///
 /// May be empty: the spec requires accepting an empty header.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -273,20 +317,34 @@ pub struct TraceState {
 impl TraceState {
     /// Parses one `tracestate` value (or several already joined with `,`).
     ///
-    /// Inputs longer than [`MAX_TRACESTATE_LEN`] bytes are rejected before
-    /// parsing. Members are separated by `,`; OWS (spaces and tabs) around a
-    /// member is removed, and empty members are ignored and not counted
-    /// toward [`MAX_TRACESTATE_MEMBERS`].
+    /// Inputs longer than [`MAX_TRACESTATE_INPUT_LEN`] bytes are rejected
+    /// before parsing. Members are separated by `,` and parsed one by one;
+    /// OWS (spaces and tabs) around a member is removed, and empty members
+    /// are ignored and not counted toward [`MAX_TRACESTATE_MEMBERS`].
+    ///
+    /// - A member the grammar does not describe (no `=`, an invalid key or
+    ///   value) makes the whole list invalid, as do more than
+    ///   [`MAX_TRACESTATE_MEMBERS`] members: the list cannot be parsed, and
+    ///   the spec lets a vendor discard it entirely (the W3C validation
+    ///   suite expects that).
+    /// - A key already seen keeps its first (left-most) member; the later
+    ///   member is discarded (the spec lets vendors drop duplicates).
+    /// - A list longer than [`MAX_TRACESTATE_LEN`] characters is truncated
+    ///   by whole members: the right-most member longer than
+    ///   [`TRACESTATE_LARGE_MEMBER`] characters first, while there is one,
+    ///   then the right-most member, until it fits.
     pub fn parse(value: &str) -> Result<Self, TraceStateError> {
-        if value.len() > MAX_TRACESTATE_LEN {
+        if value.len() > MAX_TRACESTATE_INPUT_LEN {
             return Err(TraceStateError::TooLong { len: value.len() });
         }
         let mut members: Vec<(String, String)> = Vec::new();
+        let mut seen = 0usize;
         for member in value.split(',').map(trim_ows) {
             if member.is_empty() {
                 continue;
             }
-            if members.len() == MAX_TRACESTATE_MEMBERS {
+            seen += 1;
+            if seen > MAX_TRACESTATE_MEMBERS {
                 return Err(TraceStateError::TooManyMembers);
             }
             let (key, val) = member
@@ -298,12 +356,38 @@ impl TraceState {
             if !valid_value(val) {
                 return Err(TraceStateError::InvalidValue);
             }
-            if members.iter().any(|(k, _)| k == key) {
-                return Err(TraceStateError::DuplicateKey);
+            if members.iter().all(|(k, _)| k != key) {
+                members.push((key.to_owned(), val.to_owned()));
             }
-            members.push((key.to_owned(), val.to_owned()));
         }
-        Ok(Self { members })
+        let mut state = Self { members };
+        state.truncate(MAX_TRACESTATE_LEN);
+        Ok(state)
+    }
+
+    /// Removes whole members until the canonical form is at most `max_len`
+    /// characters: the right-most member longer than
+    /// [`TRACESTATE_LARGE_MEMBER`] characters while there is one, then the
+    /// right-most member (Trace Context, "tracestate Limits").
+    pub fn truncate(&mut self, max_len: usize) {
+        while self.formatted_len() > max_len {
+            let large = self
+                .members
+                .iter()
+                .rposition(|m| member_len(m) > TRACESTATE_LARGE_MEMBER);
+            match large.or_else(|| self.members.len().checked_sub(1)) {
+                Some(i) => {
+                    self.members.remove(i);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The length of the canonical form ([`Display`](fmt::Display)), in
+    /// characters.
+    pub fn formatted_len(&self) -> usize {
+        self.members.iter().map(member_len).sum::<usize>() + self.members.len().saturating_sub(1)
     }
 
     /// Whether the list has no members.
@@ -330,6 +414,11 @@ impl TraceState {
     }
 }
 
+/// The length of `key=value`.
+fn member_len((key, value): &(String, String)) -> usize {
+    key.len() + 1 + value.len()
+}
+
 impl fmt::Display for TraceState {
     /// Formats as `k=v,k2=v2` (no whitespace); empty for an empty list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -351,39 +440,28 @@ impl std::str::FromStr for TraceState {
     }
 }
 
-/// A character allowed after the first in any part of a key.
-fn key_char(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
-}
-
-/// `first` followed by `1..=max_len - 1` [`key_char`]s, `max_len` in total.
-fn key_part(part: &[u8], max_len: usize, first: impl Fn(u8) -> bool) -> bool {
-    match part.split_first() {
-        Some((&head, rest)) => {
-            part.len() <= max_len && first(head) && rest.iter().all(|&b| key_char(b))
-        }
-        None => false,
-    }
-}
-
 /// The spec's key grammar:
 ///
 /// ```text
-/// key              = simple-key / multi-tenant-key
-/// simple-key       = lcalpha 0*255( lcalpha / DIGIT / "_" / "-"/ "*" / "/" )
-/// multi-tenant-key = tenant-id "@" system-id
-/// tenant-id        = ( lcalpha / DIGIT ) 0*240( lcalpha / DIGIT / "_" / "-"/ "*" / "/" )
-/// system-id        = lcalpha 0*13( lcalpha / DIGIT / "_" / "-"/ "*" / "/" )
+/// key     = ( lcalpha / DIGIT ) 0*255( keychar )
+/// keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"
 /// ```
+///
+/// (The older multi-tenant form `tenant-id "@" system-id` is a special case.)
 fn valid_key(key: &str) -> bool {
     let key = key.as_bytes();
-    match key.iter().position(|&b| b == b'@') {
-        None => key_part(key, 256, |b| b.is_ascii_lowercase()),
-        Some(at) => {
-            key_part(&key[..at], 241, |b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit()
-            }) && key_part(&key[at + 1..], 14, |b| b.is_ascii_lowercase())
+    let keychar = |b: u8| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
+    };
+    match key.split_first() {
+        Some((&first, rest)) => {
+            key.len() <= MAX_TRACESTATE_KEY_LEN
+                && (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && rest.iter().all(|&b| keychar(b))
         }
+        None => false,
     }
 }
 
@@ -391,7 +469,7 @@ fn valid_key(key: &str) -> bool {
 /// and `=`, the last not a space.
 fn valid_value(value: &str) -> bool {
     let value = value.as_bytes();
-    (1..=256).contains(&value.len())
+    (1..=MAX_TRACESTATE_VALUE_LEN).contains(&value.len())
         && value
             .iter()
             .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
@@ -463,8 +541,9 @@ impl Extracted {
 /// - More than one: [`Extracted::Invalid`] with [`TraceParentError::Repeated`].
 /// - One invalid value: [`Extracted::Invalid`]; tracestate is not parsed.
 /// - One valid value: [`Extracted::Valid`]. The tracestate values are joined
-///   with `,` (as the spec prescribes for repeated headers) and parsed; an
-///   invalid or empty tracestate becomes `None` without affecting the parent.
+///   with `,` (as the spec prescribes for repeated headers) and parsed by
+///   [`TraceState::parse`]; an invalid or empty tracestate becomes `None`
+///   without affecting the parent.
 pub fn extract(traceparent_values: &[&str], tracestate_values: &[&str]) -> Extracted {
     match traceparent_values {
         [] => Extracted::Absent,
@@ -488,7 +567,7 @@ fn combine_tracestate(values: &[&str]) -> Option<TraceState> {
         .map(|v| v.len())
         .sum::<usize>()
         .saturating_add(values.len().saturating_sub(1));
-    if values.is_empty() || joined_len > MAX_TRACESTATE_LEN {
+    if values.is_empty() || joined_len > MAX_TRACESTATE_INPUT_LEN {
         return None;
     }
     TraceState::parse(&values.join(","))
@@ -690,11 +769,39 @@ mod tests {
     }
 
     #[test]
-    fn future_version_keeps_only_sampled_bit() {
+    fn future_version_keeps_only_known_flags() {
         let p = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-ff")).unwrap();
-        assert_eq!(p.flags, 0x01);
-        let q = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-fe")).unwrap();
+        assert_eq!(p.flags, KNOWN_FLAGS);
+        assert!(p.sampled() && p.random());
+        let q = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-fc")).unwrap();
         assert_eq!(q.flags, 0x00);
+        let r = tp(&format!("cc-{TRACE_ID}-{PARENT_ID}-06-x")).unwrap();
+        assert_eq!(r.flags, FLAG_RANDOM);
+        assert!(!r.sampled() && r.random());
+    }
+
+    #[test]
+    fn random_flag_is_read() {
+        assert!(
+            tp(&format!("00-{TRACE_ID}-{PARENT_ID}-02"))
+                .unwrap()
+                .random()
+        );
+        assert!(
+            tp(&format!("00-{TRACE_ID}-{PARENT_ID}-03"))
+                .unwrap()
+                .random()
+        );
+        assert!(
+            !tp(&format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+                .unwrap()
+                .random()
+        );
+        assert!(
+            !tp(&format!("00-{TRACE_ID}-{PARENT_ID}-04"))
+                .unwrap()
+                .random()
+        );
     }
 
     #[test]
@@ -711,6 +818,11 @@ mod tests {
 
     fn ts(s: &str) -> Result<TraceState, TraceStateError> {
         TraceState::parse(s)
+    }
+
+    /// `ts(s)` in canonical form.
+    fn canon(s: &str) -> String {
+        ts(s).unwrap().to_string()
     }
 
     #[test]
@@ -731,82 +843,246 @@ mod tests {
     fn tracestate_empty_and_ows() {
         assert!(ts("").unwrap().is_empty());
         assert!(ts(" , ,\t,").unwrap().is_empty());
-        let s = ts(" a=1 ,\t, b=2\t,,").unwrap();
-        assert_eq!(s.to_string(), "a=1,b=2");
+        assert_eq!(canon(" a=1 ,\t, b=2\t,,"), "a=1,b=2");
+        assert_eq!(canon("foo=1 \t , \t bar=2, \t baz=3"), "foo=1,bar=2,baz=3");
+        assert_eq!(canon("\t foo=1 \t"), "foo=1");
         assert_eq!("a=1".parse::<TraceState>(), ts("a=1"));
     }
+
+    // Rule: members are parsed one by one; one the grammar does not describe
+    // makes the whole list invalid, wherever it stands.
+
+    #[test]
+    fn tracestate_invalid_member_invalidates_the_list() {
+        for (bad, why) in [
+            ("foo=1,bar", TraceStateError::MissingEquals),
+            ("bar,foo=1", TraceStateError::MissingEquals),
+            ("foo=1,@foo=1,bar=2", TraceStateError::InvalidKey),
+            ("@foo=1,bar=2", TraceStateError::InvalidKey),
+            ("foo=1,FOO=1", TraceStateError::InvalidKey),
+            ("foo=,bar=3", TraceStateError::InvalidValue),
+            ("foo=1,bar=baz=2", TraceStateError::InvalidValue),
+        ] {
+            assert_eq!(ts(bad), Err(why), "{bad}");
+        }
+    }
+
+    // Rule: a repeated key keeps its first member; later ones are discarded.
+
+    #[test]
+    fn tracestate_duplicate_keys_keep_the_first() {
+        assert_eq!(canon("foo=1,foo=1"), "foo=1");
+        assert_eq!(canon("foo=1,foo=2"), "foo=1");
+        assert_eq!(canon("a=1,b=2,a=3,c=4,b=5"), "a=1,b=2,c=4");
+        assert_eq!(canon("t@s=1,t@s=2"), "t@s=1");
+        // A repeated key is not a grammar error: an invalid member after it
+        // still invalidates the list.
+        assert_eq!(ts("a=1,a=2,B=3"), Err(TraceStateError::InvalidKey));
+    }
+
+    // Rule: at most 32 members; more cannot be parsed.
 
     #[test]
     fn tracestate_32_members_ok_33_invalid() {
         let members = |n: usize| {
-            (0..n)
-                .map(|i| format!("k{i}=v"))
+            (1..=n)
+                .map(|i| format!("bar{i:02}={i:02}"))
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        assert_eq!(ts(&members(32)).unwrap().len(), 32);
+        let s = ts(&members(32)).unwrap();
+        assert_eq!(s.len(), 32);
+        assert_eq!(s.get("bar01"), Some("01"));
         assert_eq!(ts(&members(33)), Err(TraceStateError::TooManyMembers));
         // Empty members do not count.
         assert_eq!(ts(&format!("{},,,, ,", members(32))).unwrap().len(), 32);
+        // Repeated keys do: 33 members are 33 members.
+        assert_eq!(
+            ts(&format!("{},bar01=x", members(32))),
+            Err(TraceStateError::TooManyMembers)
+        );
+    }
+
+    // Rule: the list is truncated to 512 characters by whole members,
+    // members over 128 characters first, then from the right.
+
+    #[test]
+    fn tracestate_512_characters_kept_whole() {
+        // Seven members of 63 characters and one of `last` characters.
+        let list = |last: usize| {
+            let mut parts: Vec<String> =
+                (0..7).map(|i| format!("k{i}={}", "v".repeat(60))).collect();
+            parts.push(format!("k7={}", "v".repeat(last - 3)));
+            parts.join(",")
+        };
+        let at_limit = list(64);
+        assert_eq!(at_limit.len(), MAX_TRACESTATE_LEN);
+        assert_eq!(canon(&at_limit), at_limit);
+        // One character over: the right-most member goes.
+        let over = list(65);
+        assert_eq!(over.len(), MAX_TRACESTATE_LEN + 1);
+        let s = ts(&over).unwrap();
+        assert_eq!(s.len(), 7);
+        assert!(s.get("k7").is_none());
+        // The same when the last member is a short one.
+        let plus = format!("{},x=1", list(61));
+        assert_eq!(plus.len(), 513);
+        assert_eq!(canon(&plus), list(61));
     }
 
     #[test]
-    fn tracestate_too_long() {
-        let long = format!("a={}", "b".repeat(MAX_TRACESTATE_LEN));
-        assert!(matches!(ts(&long), Err(TraceStateError::TooLong { .. })));
+    fn tracestate_truncation_removes_large_members_first() {
+        let big = |k: &str| format!("{k}={}", "v".repeat(150)); // 155 characters
+        // big1, s0..s9, big2, s10..s19, big3: 3 * 155 + 40 + 50 + 22 = 577.
+        let mut parts = vec![big("big1")];
+        parts.extend((0..10).map(|i| format!("s{i}=1")));
+        parts.push(big("big2"));
+        parts.extend((10..20).map(|i| format!("s{i}=1")));
+        parts.push(big("big3"));
+        assert_eq!(parts.join(",").len(), 577);
+        let s = ts(&parts.join(",")).unwrap();
+        // Removing big3 (the right-most large member) leaves 421: enough.
+        assert!(s.get("big3").is_none());
+        assert!(s.get("big1").is_some() && s.get("big2").is_some());
+        assert_eq!(s.len(), 22);
+        assert_eq!(s.formatted_len(), 421);
+        assert_eq!(s.to_string().len(), s.formatted_len());
+        // Large members go before any small one, whatever their place.
+        let mut parts: Vec<String> = (0..4).map(|i| big(&format!("big{i}"))).collect();
+        parts.push("s=1".into());
+        let s = ts(&parts.join(",")).unwrap();
+        assert_eq!(
+            s.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["big0", "big1", "big2", "s"]
+        );
     }
 
     #[test]
-    fn tracestate_duplicate_keys() {
-        assert_eq!(ts("a=1,b=2,a=3"), Err(TraceStateError::DuplicateKey));
-        assert_eq!(ts("t@s=1,t@s=2"), Err(TraceStateError::DuplicateKey));
+    fn tracestate_truncation_then_removes_from_the_right() {
+        // Only members of at most 128 characters: the right-most go first.
+        let member = |i: usize| format!("m{i:02}={}", "v".repeat(120)); // 124 characters
+        let list = (0..6).map(member).collect::<Vec<_>>().join(",");
+        let s = ts(&list).unwrap();
+        assert_eq!(
+            s.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["m00", "m01", "m02", "m03"]
+        );
+        assert_eq!(s.formatted_len(), 4 * 124 + 3);
+        // A large member is removed even when it is the left-most.
+        let with_large = format!("big={},{}", "v".repeat(150), list);
+        let s = ts(&with_large).unwrap();
+        assert!(s.get("big").is_none());
+        assert_eq!(s.len(), 4);
+        // One member longer than the limit on its own leaves nothing.
+        let huge = format!("{}={}", "k".repeat(256), "v".repeat(256));
+        assert!(ts(&huge).unwrap().is_empty());
     }
 
     #[test]
-    fn tracestate_missing_equals() {
-        assert_eq!(ts("a=1,novalue"), Err(TraceStateError::MissingEquals));
+    fn truncate_is_public_and_idempotent() {
+        let mut s = ts("a=1,b=2,c=3").unwrap();
+        s.truncate(7);
+        assert_eq!(s.to_string(), "a=1,b=2");
+        s.truncate(7);
+        assert_eq!(s.to_string(), "a=1,b=2");
+        s.truncate(0);
+        assert!(s.is_empty());
+        s.truncate(0);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn tracestate_input_bound() {
+        let long = format!("a=1{}", " ".repeat(MAX_TRACESTATE_INPUT_LEN));
+        assert_eq!(
+            ts(&long),
+            Err(TraceStateError::TooLong {
+                len: MAX_TRACESTATE_INPUT_LEN + 3
+            })
+        );
+        // Within the bound, OWS and empty members are not limited otherwise.
+        let padded = format!("a=1{},b=2", ",  \t".repeat(1000));
+        assert_eq!(canon(&padded), "a=1,b=2");
+    }
+
+    // Rule: the spec's current key grammar.
+
+    #[test]
+    fn tracestate_keys_up_to_256_characters() {
+        let max = "z".repeat(256);
+        assert_eq!(ts(&format!("{max}=1")).unwrap().get(&max), Some("1"));
+        assert_eq!(
+            ts(&format!("{}=1", "z".repeat(257))),
+            Err(TraceStateError::InvalidKey)
+        );
+        // With at signs, the limit is the key's total length.
+        for key in [
+            format!("{}@{}", "t".repeat(241), "v".repeat(14)),
+            format!("{}@v", "t".repeat(242)),
+            format!("t@{}", "v".repeat(15)),
+            format!("t@{}", "v".repeat(254)),
+        ] {
+            let s = ts(&format!("foo=1,{key}=1")).unwrap();
+            assert_eq!(s.get(&key), Some("1"), "{key}");
+            assert_eq!(s.get("foo"), Some("1"));
+        }
+        assert_eq!(
+            ts(&format!("t@{}=1", "v".repeat(255))),
+            Err(TraceStateError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn tracestate_keys_with_at_signs() {
+        for key in [
+            "tenant@system",
+            "foo@",
+            "foo@@bar",
+            "foo@bar@baz",
+            "1special",
+            "0tenant@sys_-*/9",
+            "a0_-*/=1",
+        ] {
+            let key = key.trim_end_matches("=1");
+            let s = ts(&format!("{key}=1,bar=2")).unwrap();
+            assert_eq!(s.get(key), Some("1"), "{key}");
+            assert_eq!(s.get("bar"), Some("2"), "{key}");
+        }
+        // A key must not start with an at sign.
+        assert_eq!(ts("@foo=1,bar=2"), Err(TraceStateError::InvalidKey));
+        assert_eq!(ts("@=1"), Err(TraceStateError::InvalidKey));
     }
 
     #[test]
     fn tracestate_bad_keys() {
         for bad in [
-            "=v", "A=v", "1a=v", "_a=v", "a b=v", "a =v", "a.b=v", "aB=v", "é=v",
-            // Multi-tenant violations.
-            "@s=v", "t@=v", "t@1s=v", "t@s@x=v", "T@s=v", "_t@s=v",
+            "=v", "A=v", "_a=v", "-a=v", "*a=v", "/a=v", "@a=v", "a b=v", "a =v", "foo =1",
+            "a.b=v", "aB=v", "FOO=1", "é=v", "T@s=v", "t@S=v", "a\tb=v",
         ] {
             assert_eq!(ts(bad), Err(TraceStateError::InvalidKey), "{bad}");
         }
-        // Length limits.
-        let simple_max = format!("a{}", "b".repeat(255));
-        assert!(ts(&format!("{simple_max}=v")).is_ok());
-        assert_eq!(
-            ts(&format!("{simple_max}b=v")),
-            Err(TraceStateError::InvalidKey)
-        );
-        let tenant_max = format!("1{}", "t".repeat(240));
-        assert!(ts(&format!("{tenant_max}@s=v")).is_ok());
-        assert_eq!(
-            ts(&format!("{tenant_max}t@s=v")),
-            Err(TraceStateError::InvalidKey)
-        );
-        let system_max = format!("s{}", "y".repeat(13));
-        assert!(ts(&format!("t@{system_max}=v")).is_ok());
-        assert_eq!(
-            ts(&format!("t@{system_max}y=v")),
-            Err(TraceStateError::InvalidKey)
-        );
     }
 
     #[test]
-    fn tracestate_good_keys() {
-        let s = ts("a0_-*/=1,0tenant@sys_-*/9=2,t@s=3,z=4").unwrap();
-        assert_eq!(s.len(), 4);
-        assert_eq!(s.get("0tenant@sys_-*/9"), Some("2"));
+    fn tracestate_all_allowed_characters() {
+        let key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/";
+        let key_at = format!("{key}@a-z0-9_-*/");
+        // Every value character: 0x20-0x7E but ',' and '=', not ending in a
+        // space (this one starts with one).
+        let value: String = (0x20u8..=0x7e)
+            .filter(|b| *b != b',' && *b != b'=')
+            .map(char::from)
+            .collect();
+        for k in [key.to_owned(), key_at] {
+            let s = ts(&format!("{k}={value}")).unwrap();
+            assert_eq!(s.get(&k), Some(value.as_str()));
+            assert_eq!(s.to_string(), format!("{k}={value}"));
+        }
     }
 
     #[test]
     fn tracestate_bad_values() {
-        for bad in ["a=", "a=x=y", "a=tab\there", "a=\u{7f}", "a=é"] {
+        for bad in ["a=", "a=x=y", "a=tab\there", "a=\u{7f}", "a=é", "a=\n"] {
             assert_eq!(ts(bad), Err(TraceStateError::InvalidValue), "{bad:?}");
         }
         // Spaces and tabs after the value are OWS around the member, so they
@@ -819,8 +1095,7 @@ mod tests {
             Err(TraceStateError::InvalidValue)
         );
         assert!(ts(&format!("a={}", "v".repeat(256))).is_ok());
-        // Leading spaces inside the value are allowed by the grammar, but
-        // trimmed as OWS here only when they precede the key.
+        // Leading spaces are part of the value.
         assert_eq!(ts("a= x").unwrap().get("a"), Some(" x"));
         assert_eq!(ts("a=!~ \"#").unwrap().get("a"), Some("!~ \"#"));
     }
@@ -872,9 +1147,51 @@ mod tests {
         let e = extract(&[VALID], &["rojo=1,congo=2", "  ", "blue=3"]);
         let state = e.into_context().unwrap().state.unwrap();
         assert_eq!(state.to_string(), "rojo=1,congo=2,blue=3");
-        // A duplicate across headers invalidates the combined list.
-        let e = extract(&[VALID], &["a=1", "a=2"]);
-        assert_eq!(e.into_context().unwrap().state, None);
+        // A key repeated across headers keeps its first member.
+        for (states, want) in [
+            (&["foo=1", "foo=1"][..], "foo=1"),
+            (&["foo=1", "foo=2"], "foo=1"),
+            (&["foo=1,bar=2", "bar=3,foo=4,baz=5"], "foo=1,bar=2,baz=5"),
+        ] {
+            let e = extract(&[VALID], states);
+            let state = e.into_context().unwrap().state.unwrap();
+            assert_eq!(state.to_string(), want, "{states:?}");
+        }
+        // Empty headers are empty members.
+        for states in [&["", "foo=1"][..], &["foo=1", ""], &["foo=1", " \t "]] {
+            let e = extract(&[VALID], states);
+            let state = e.into_context().unwrap().state.unwrap();
+            assert_eq!(state.to_string(), "foo=1", "{states:?}");
+        }
+    }
+
+    #[test]
+    fn extract_invalid_member_in_one_header_drops_all() {
+        let long_key = format!("{}=1", "z".repeat(257));
+        for states in [
+            &["foo=1", long_key.as_str()][..],
+            &["foo=1", "@foo=1"],
+            &["foo=1", "bar=2,x"],
+        ] {
+            let cx = extract(&[VALID], states).into_context().unwrap();
+            assert_eq!(cx.state, None, "{states:?}");
+        }
+        // 33 members over four headers.
+        let members = |r: std::ops::RangeInclusive<usize>| {
+            r.map(|i| format!("bar{i:02}={i:02}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (a, b, c) = (members(1..=10), members(11..=20), members(21..=30));
+        let (d32, d33) = (members(31..=32), members(31..=33));
+        let cx = extract(&[VALID], &[&a, &b, &c, &d32])
+            .into_context()
+            .unwrap();
+        assert_eq!(cx.state.unwrap().len(), 32);
+        let cx = extract(&[VALID], &[&a, &b, &c, &d33])
+            .into_context()
+            .unwrap();
+        assert_eq!(cx.state, None);
     }
 
     #[test]
@@ -885,9 +1202,14 @@ mod tests {
             assert_eq!(cx.parent, tp(VALID).unwrap());
             assert_eq!(cx.state, None, "{states:?}");
         }
-        let big = "a=1,".repeat(200);
-        let cx = extract(&[VALID], &[&big, "b=2"]).into_context().unwrap();
+        // Over the input bound in total, though each header is within it.
+        let big = format!("a=1{}", " ".repeat(MAX_TRACESTATE_INPUT_LEN / 2));
+        let cx = extract(&[VALID], &[&big, &big]).into_context().unwrap();
         assert_eq!(cx.state, None);
+        assert_eq!(
+            extract(&[VALID], &[&big]).into_context().unwrap().state,
+            ts("a=1").ok()
+        );
     }
 
     #[test]

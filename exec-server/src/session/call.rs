@@ -185,7 +185,7 @@ impl Call {
         });
         let presets = span.span_context().span_id() == probe;
         let exec_cx = parent.with_remote_span_context(span.span_context().clone());
-        let error_trace = otel::from_span_context(span.span_context())
+        let error_trace = otel::trace_context_for(span.span_context(), &parent)
             .as_ref()
             .map(carriers::envelope::inject)
             .unwrap_or_default();
@@ -209,7 +209,7 @@ impl Call {
         } else {
             sc.clone()
         };
-        let run_trace = otel::from_span_context(&run_sc);
+        let run_trace = otel::trace_context_for(&run_sc, &parent);
         let event_trace = run_trace
             .as_ref()
             .map(carriers::envelope::inject)

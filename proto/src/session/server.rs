@@ -317,38 +317,40 @@ impl<T> ServerSession<T> {
                 }
                 Ok(())
             }
+            // Control messages for a call that has ended (they crossed its
+            // final event) are still reported, so that each traced message
+            // is accounted for; the endpoint finds no process for them.
             Body::StdinClose(_) => {
-                if self.stdin_open(call_id)? {
+                if self.live(call_id)? {
+                    self.stdin_open(call_id)?;
                     if let Some(call) = self.calls.get_mut(&call_id) {
                         call.stdin = Stdin::Closed;
                     }
-                    self.events.push_back(ServerEvent::StdinClose {
-                        call_id,
-                        trace,
-                        received,
-                    });
                 }
+                self.events.push_back(ServerEvent::StdinClose {
+                    call_id,
+                    trace,
+                    received,
+                });
                 Ok(())
             }
             Body::Signal(s) => {
-                if self.live(call_id)? {
-                    self.events.push_back(ServerEvent::Signal {
-                        call_id,
-                        signal: s.signal,
-                        trace,
-                        received,
-                    });
-                }
+                self.live(call_id)?;
+                self.events.push_back(ServerEvent::Signal {
+                    call_id,
+                    signal: s.signal,
+                    trace,
+                    received,
+                });
                 Ok(())
             }
             Body::Cancel(_) => {
-                if self.live(call_id)? {
-                    self.events.push_back(ServerEvent::Cancel {
-                        call_id,
-                        trace,
-                        received,
-                    });
-                }
+                self.live(call_id)?;
+                self.events.push_back(ServerEvent::Cancel {
+                    call_id,
+                    trace,
+                    received,
+                });
                 Ok(())
             }
             Body::HelloAck(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(

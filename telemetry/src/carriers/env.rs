@@ -134,6 +134,22 @@ mod tests {
     }
 
     #[test]
+    fn tracestate_rules() {
+        for (state, kept) in crate::carriers::tracestate_cases() {
+            let e = extract_from(lookup(&[
+                (TRACEPARENT_VAR, VALID),
+                (TRACESTATE_VAR, &state),
+            ]));
+            let vars = child_env(e.context().unwrap());
+            let got = vars
+                .iter()
+                .find(|(k, _)| k == TRACESTATE_VAR)
+                .map(|(_, v)| v.clone());
+            assert_eq!(got, kept, "{state}");
+        }
+    }
+
+    #[test]
     fn reads_the_process_environment() {
         // Only checks that it runs; the process environment is not ours to set
         // in a multi-threaded test binary.

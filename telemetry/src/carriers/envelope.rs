@@ -76,8 +76,18 @@ mod tests {
 
     #[test]
     fn invalid_tracestate_is_dropped() {
-        let cx = extract(&msg(VALID, "a=1,a=2")).into_context().unwrap();
+        let cx = extract(&msg(VALID, "a=1,A=2")).into_context().unwrap();
         assert_eq!(cx.state, None);
         assert_eq!(inject(&cx).tracestate, "");
+    }
+
+    #[test]
+    fn tracestate_rules() {
+        for (state, kept) in crate::carriers::tracestate_cases() {
+            let cx = extract(&msg(VALID, &state)).into_context().unwrap();
+            let out = inject(&cx);
+            assert_eq!(out.traceparent, VALID);
+            assert_eq!(out.tracestate, kept.unwrap_or_default(), "{state}");
+        }
     }
 }

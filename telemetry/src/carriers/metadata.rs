@@ -121,6 +121,38 @@ mod tests {
     }
 
     #[test]
+    fn tracestate_rules() {
+        for (state, kept) in crate::carriers::tracestate_cases() {
+            let mut map = MetadataMap::new();
+            map.insert(TRACEPARENT_KEY, MetadataValue::from_static(VALID));
+            map.insert(
+                TRACESTATE_KEY,
+                AsciiMetadataValue::try_from(state.as_str()).unwrap(),
+            );
+            let cx = extract(&map).into_context().unwrap();
+            let mut out = MetadataMap::new();
+            inject(&cx, &mut out);
+            let got = out
+                .get(TRACESTATE_KEY)
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got, kept, "{state}");
+        }
+    }
+
+    #[test]
+    fn repeated_tracestate_keeps_the_first_of_a_key() {
+        let mut map = MetadataMap::new();
+        map.insert(TRACEPARENT_KEY, MetadataValue::from_static(VALID));
+        map.append(TRACESTATE_KEY, MetadataValue::from_static("foo=1"));
+        map.append(TRACESTATE_KEY, MetadataValue::from_static("foo=2,bar=3"));
+        let got = extract(&map).into_context().unwrap();
+        assert_eq!(got.state.unwrap().to_string(), "foo=1,bar=3");
+        // An invalid member in any value drops them all.
+        map.append(TRACESTATE_KEY, MetadataValue::from_static("@baz=4"));
+        assert_eq!(extract(&map), Extracted::Valid(cx(VALID, &[])));
+    }
+
+    #[test]
     fn invalid_values() {
         let mut map = MetadataMap::new();
         map.insert(
