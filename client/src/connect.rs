@@ -95,11 +95,12 @@ pub(crate) async fn open(
     // The driver runs the handshake and the hello from here on.
     let shared = Shared::new(config.target.via());
     let (commands, commands_rx) = mpsc::channel(config.outbound_queue);
+    let (controls, controls_rx) = mpsc::channel(crate::session::CONTROL_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let router = Router::new(commands_rx, Arc::clone(&shared), ready_tx);
+    let router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx);
     let closing = shared.closing.clone();
     let stop = tasks.token().clone();
-    let span = tracing::debug_span!(parent: None, "session", server = %&server_id[..8]);
+    let span = tracing::info_span!(parent: None, spans::SESSION_CLIENT, server = %&server_id[..8]);
     tasks.spawn(span, async move {
         let shutdown = async move {
             tokio::select! {
@@ -109,7 +110,7 @@ pub(crate) async fn open(
         };
         proto::driver::drive(machine, router, inbound, tx, shutdown).await;
     });
-    let handle = SessionHandle::new(commands, shared);
+    let handle = SessionHandle::new(commands, controls, shared);
     let established = match ready_rx.await {
         Ok(Ok(established)) => established,
         Ok(Err(e)) => return Err(failed(e)),

@@ -70,6 +70,7 @@ struct Route {
 /// The client's endpoint.
 pub(crate) struct Router {
     commands: mpsc::Receiver<Command>,
+    controls: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     calls: HashMap<u64, Route>,
     /// The call whose caller has no room for its next event.
@@ -81,12 +82,13 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) fn new(
-        commands: mpsc::Receiver<Command>,
+        (commands, controls): (mpsc::Receiver<Command>, mpsc::Receiver<Command>),
         shared: Arc<Shared>,
         ready: oneshot::Sender<Result<Established, SessionError>>,
     ) -> Self {
         Self {
             commands,
+            controls,
             shared,
             calls: HashMap::new(),
             blocked: None,
@@ -323,13 +325,15 @@ impl Endpoint<Machine> for Router {
             .and_then(|id| self.calls.get(&id))
             .map(|route| route.sink.clone());
         let shared = Arc::clone(&self.shared);
-        let commands = &mut self.commands;
+        let (commands, controls) = (&mut self.commands, &mut self.controls);
         async move {
             tokio::select! {
                 biased;
-                // Cancellations are taken even over the backlog: they are
-                // bounded by the calls open, and must not wait.
+                // Cancellations, signals and cancels are taken even over
+                // the backlog: they are small and bounded, and must not
+                // wait behind stdin.
                 () = shared.wake.notified() => Wake::Input(Input::Cancelled),
+                Some(cmd) = controls.recv() => Wake::Input(Input::Command(cmd)),
                 _ = reserve(sink.as_ref()), if blocked => Wake::Ready,
                 cmd = commands.recv(), if accepting => match cmd {
                     Some(cmd) => Wake::Input(Input::Command(cmd)),

@@ -56,7 +56,9 @@ pub(crate) enum Control {
     Cancel,
 }
 
-/// What callers ask of the driver.
+/// What callers ask of the driver. Signals and cancels travel on a queue of
+/// their own, taken even while the session's backlog is full, so that a
+/// process that does not read its stdin can still be interrupted.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Start a call; its id (or why not) comes back on `reply`.
@@ -130,16 +132,29 @@ impl Shared {
     }
 }
 
+/// Signals and cancels queued per session (a small bound: they are taken
+/// even over the backlog).
+pub(crate) const CONTROL_QUEUE: usize = 16;
+
 /// A handle on a live session. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionHandle {
     commands: mpsc::Sender<Command>,
+    controls: mpsc::Sender<Command>,
     shared: Arc<Shared>,
 }
 
 impl SessionHandle {
-    pub(crate) fn new(commands: mpsc::Sender<Command>, shared: Arc<Shared>) -> Self {
-        Self { commands, shared }
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        controls: mpsc::Sender<Command>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            commands,
+            controls,
+            shared,
+        }
     }
 
     /// Whether the session has ended (or is closing).
@@ -155,8 +170,18 @@ impl SessionHandle {
     }
 
     /// Queues a command, waiting for room. Fails if the session ended.
+    /// Signals and cancels take the control queue; everything else (stdin
+    /// and its close included, which must keep their order) the command
+    /// queue.
     pub(crate) async fn send(&self, cmd: Command) -> Result<(), SessionLost> {
-        self.commands.send(cmd).await.map_err(|_| self.lost())
+        let queue = match &cmd {
+            Command::Control {
+                control: Control::Signal(_) | Control::Cancel,
+                ..
+            } => &self.controls,
+            _ => &self.commands,
+        };
+        queue.send(cmd).await.map_err(|_| self.lost())
     }
 
     /// Cancels a call whose caller went away. Never waits and is never

@@ -300,9 +300,12 @@ async fn exec_with(args: ExecArgs, config: ClientConfig) -> Result<u8, CliError>
         eprintln!("core-client: trace {id}");
     }
     let control = run.controller();
+    // The stdin pump is the command's only task of its own; it ends with
+    // the process (or when stdin does).
+    let tasks = lifecycle::Tasks::new();
     if !args.no_stdin {
         let control = control.clone();
-        tokio::spawn(async move {
+        tasks.spawn(tracing::debug_span!("stdin"), async move {
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; proto::limits::MAX_CHUNK];
             loop {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use proto::keys::{AuthorizedKeys, StaticKeypair};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use rex_client::{Client, ClientConfig, Event, ExecSpec, Target};
 
@@ -38,17 +37,17 @@ pub struct Outcome {
 /// Runs the demo, printing progress and the command's output to stdout.
 pub async fn run() -> Result<Outcome, DemoError> {
     let setup = |e: &dyn std::fmt::Display| DemoError::Setup(e.to_string());
-    let shutdown = CancellationToken::new();
+    let tasks = lifecycle::Tasks::new();
+    let shutdown = tasks.token().clone();
 
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .map_err(|e| setup(&e))?;
     let relay_addr = listener.local_addr().map_err(|e| setup(&e))?;
-    let relay_task = tokio::spawn(relay::serve(
-        listener,
-        relay::RelayConfig::default(),
-        shutdown.clone(),
-    ));
+    let relay_task = tasks.spawn(
+        tracing::info_span!("relay"),
+        relay::serve(listener, relay::RelayConfig::default(), shutdown.clone()),
+    );
 
     let server_key = StaticKeypair::generate().map_err(|e| setup(&e))?;
     let client_key = StaticKeypair::generate().map_err(|e| setup(&e))?;

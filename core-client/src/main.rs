@@ -89,6 +89,8 @@ where
         // A CLI tries each export once: a collector that is down must not
         // hold the exit up.
         retry: false,
+        // One command: its warnings are its one-line messages on stderr.
+        span_events: false,
     };
     let telemetry = match services {
         [one] => setup::init(one, LogDefault::Warn, options.clone()),

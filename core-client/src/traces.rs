@@ -277,11 +277,13 @@ impl FromStr for Selector {
 }
 
 /// Whether a trace holds only background work (metadata persistence and
-/// barriers are traces of their own, linked to the commands they carry).
+/// barriers, and the session- and link-level spans, are traces of their
+/// own).
 fn is_background(trace: &Trace) -> bool {
-    trace.spans.iter().all(|s| {
-        s.name == telemetry::spans::METADATA_PERSIST || s.name == telemetry::spans::METADATA_FLUSH
-    })
+    trace
+        .spans
+        .iter()
+        .all(|s| telemetry::spans::is_background(&s.name))
 }
 
 /// The trace in `path` that `selector` names; `last` is the newest trace

@@ -53,7 +53,7 @@ impl Tunnel for DirectTunnel {
         let inbound = request.into_inner();
         let ctx = Arc::clone(&self.ctx);
         let shutdown = self.shutdown.clone();
-        let span = tracing::debug_span!(parent: None, "session");
+        let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
         self.ctx.tasks.spawn(span, async move {
             if let Err(e) = session::serve(inbound, tx, ctx, shutdown).await {
                 tracing::debug!(error = %e, "direct session ended");

@@ -16,6 +16,7 @@ pub mod link;
 pub mod process;
 pub mod server;
 pub mod session;
+pub mod stdin;
 
 pub use config::ExecServerConfig;
 pub use server::{ExecServerError, ExecServerHandle, run, start};

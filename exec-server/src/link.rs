@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
 use crate::session::{self, ServerContext};
 
@@ -60,12 +61,17 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let result = register_once(&url, &ctx, &shutdown, &registered).await;
+        // Each attempt is a span of its own; its outcome is an event on it.
+        let attempt =
+            tracing::info_span!(parent: None, telemetry::spans::LINK_REGISTER, relay = %url);
+        let result = register_once(&url, &ctx, &shutdown, &registered)
+            .instrument(attempt.clone())
+            .await;
         registered.send_replace(false);
         if shutdown.is_cancelled() {
             return;
         }
-        match result {
+        attempt.in_scope(|| match result {
             Ok(true) => {
                 tracing::warn!("relay link lost; reconnecting");
                 backoff = Duration::from_millis(100);
@@ -74,7 +80,8 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay registration failed")
             }
-        }
+        });
+        drop(attempt);
         let pause = jittered(backoff);
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -168,7 +175,7 @@ async fn register_once(
                     let channel = channel.clone();
                     let ctx = Arc::clone(ctx);
                     let shutdown = shutdown.clone();
-                    let span = tracing::debug_span!(parent: None, "session");
+                    let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
                     ctx.tasks
                         .clone()
                         .spawn(span, accept(channel, incoming, ctx, shutdown));

@@ -37,11 +37,10 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::stdin::StdinReceiver;
+
 /// The signal that ends a process group for good.
 const SIGKILL: i32 = NixSignal::SIGKILL as i32;
-
-/// Stdin chunks buffered per process before the session stops reading.
-pub const STDIN_QUEUE: usize = 8;
 
 /// A control message for a running process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +136,7 @@ pub struct ProcessIo {
     /// Signals from the client.
     pub control: mpsc::Receiver<Control>,
     /// Stdin chunks from the client; the sender is dropped at stdin close.
-    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub stdin: Option<StdinReceiver>,
     /// Cancelled when the client cancels the call or the session ends.
     pub cancel: CancellationToken,
 }
@@ -259,14 +258,22 @@ fn signal_group(pgid: Option<u32>, signo: i32) {
     }
 }
 
-async fn write_stdin(mut pipe: ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(chunk) = rx.recv().await {
-        if pipe.write_all(&chunk).await.is_err() {
-            // The child closed its stdin; drop the rest.
-            return;
+/// Writes the call's stdin into the child's, reporting each chunk taken.
+/// Once the child has closed its stdin, what follows is dropped (and still
+/// reported taken, so the client is never left waiting for credit).
+async fn write_stdin(mut pipe: ChildStdin, input: StdinReceiver) {
+    let mut open = true;
+    while let Some(chunks) = input.next().await {
+        for chunk in chunks {
+            if open && pipe.write_all(&chunk).await.is_err() {
+                open = false;
+            }
+            input.taken(chunk.len());
         }
     }
-    let _ = pipe.shutdown().await;
+    if open {
+        let _ = pipe.shutdown().await;
+    }
 }
 
 async fn read_chunk<R: AsyncRead + Unpin>(pipe: &mut Option<R>) -> Option<Bytes> {
@@ -511,7 +518,7 @@ mod tests {
     async fn run_req(req: ExecRequest, stdin: Option<Vec<u8>>) -> Run {
         let (tx, mut rx) = mpsc::channel(4);
         let (_ctl_tx, ctl_rx) = mpsc::channel(4);
-        let (in_tx, in_rx) = mpsc::channel(4);
+        let (in_tx, in_rx) = crate::stdin::pipe(Default::default());
         let io = ProcessIo {
             call_id: 9,
             events: tx,
@@ -528,7 +535,7 @@ mod tests {
             ProcessTrace::detached(),
         ));
         if let Some(data) = stdin {
-            in_tx.send(Bytes::from(data)).await.unwrap();
+            in_tx.push(Bytes::from(data));
         }
         drop(in_tx);
         let mut events = vec![];

@@ -123,6 +123,7 @@ mod tests {
                 server_version: "1.0".into(),
                 max_processes: 8,
                 max_chunk: 32768,
+                stdin_window: 262_144,
             }),
             Body::Exec(s::ExecRequest {
                 argv: vec![Bytes::from_static(b"ls"), Bytes::from_static(b"-l")],
@@ -138,6 +139,7 @@ mod tests {
                 data: Bytes::from_static(b"input"),
             }),
             Body::StdinClose(s::StdinClose {}),
+            Body::StdinAck(s::StdinAck { consumed: 65_536 }),
             Body::Signal(s::Signal { signal: 15 }),
             Body::Cancel(s::Cancel {}),
             Body::Ping(s::Ping { nonce: 99 }),

@@ -173,8 +173,10 @@ pub struct StaticKeypair {
 impl StaticKeypair {
     /// Generates a new key pair from the operating system's randomness.
     pub fn generate() -> Result<Self, KeyError> {
+        // Any pattern over X25519 generates the same kind of key pair.
+        const X25519_PARAMS: &str = "Noise_N_25519_ChaChaPoly_BLAKE2s";
         let builder = snow::Builder::new(
-            crate::noise::IK_PATTERN
+            X25519_PARAMS
                 .parse()
                 .map_err(|e: snow::Error| KeyError::Generate(e.to_string()))?,
         );

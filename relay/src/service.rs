@@ -161,7 +161,7 @@ impl Tunnel for TunnelService {
             session,
             limits,
         );
-        let span = tracing::debug_span!(parent: None, "session", session = %&sid[..8]);
+        let span = tracing::info_span!(parent: None, telemetry::spans::RELAY_SESSION, session = %&sid[..8]);
         state.tasks.spawn(span, async move {
             let ((up_end, up_stats), (down_end, down_stats)) = tokio::join!(up, down);
             tracing::debug!(

@@ -23,7 +23,14 @@ use opentelemetry::trace::TracerProvider;
 use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, TracerProviderBuilder};
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::spans;
 
 use crate::ids::PresetIdGenerator;
 use crate::trace_file::TraceFile;
@@ -33,7 +40,8 @@ pub const EXPORT_HELP: &str = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (or \
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), e.g. http://localhost:4317, to export spans over \
 OTLP/gRPC; OTEL_SERVICE_NAME renames the service, OTEL_TRACES_SAMPLER=always_off keeps \
 propagation only, OTEL_SDK_DISABLED=true exports nothing. Spans are flushed on exit and \
-on SIGTERM. Logs go to stderr (RUST_LOG sets the filter).";
+on SIGTERM. Logs go to stderr (RUST_LOG sets the filter); warnings and errors are also \
+recorded as events on the exported spans.";
 
 /// How long shutdown waits for the last spans to be exported.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -86,14 +94,20 @@ pub struct Options {
     /// Retry failed OTLP exports (services) or try once (short-lived CLIs,
     /// which must not linger at exit because a collector is down).
     pub retry: bool,
+    /// Record the process's `tracing` warnings and errors as events on its
+    /// exported session and link spans (services), through a
+    /// `tracing-opentelemetry` layer.
+    pub span_events: bool,
 }
 
 impl Options {
-    /// The environment's choice for a long-running service (retries on).
+    /// The environment's choice for a long-running service (retries on,
+    /// warnings and errors recorded on its spans).
     pub fn service() -> Self {
         Self {
             export: Export::from_env(None),
             retry: true,
+            span_events: true,
         }
     }
 }
@@ -143,8 +157,21 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the log subscriber (stderr, filter from `RUST_LOG`).
-fn init_logs(default: LogDefault) {
+/// Whether the `tracing-opentelemetry` layer takes this span or event: the
+/// spans named in the vocabulary ([`spans::ALL`]), and warnings and errors
+/// (which become events on the nearest such span).
+fn exported(meta: &Metadata<'_>) -> bool {
+    if meta.is_span() {
+        spans::ALL.contains(&meta.name())
+    } else {
+        *meta.level() <= Level::WARN
+    }
+}
+
+/// Installs the subscriber: logs to stderr (filter from `RUST_LOG`), and,
+/// when spans are exported, a `tracing-opentelemetry` layer on `tracer`, so
+/// that the service's warnings and errors land on its spans.
+fn init_logs(default: LogDefault, tracer: Option<SdkTracer>) {
     let level = match default {
         LogDefault::Warn => "warn",
         LogDefault::Info => "info",
@@ -153,12 +180,20 @@ fn init_logs(default: LogDefault) {
     // Colour only on a terminal: logs collected by a container runtime or
     // a file stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // A second init (tests, embedding) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
+        .with_filter(filter);
+    let otel = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter_fn(exported))
+    });
+    // A second init (tests, embedding) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(otel)
         .try_init();
 }
 
@@ -166,13 +201,13 @@ fn init_logs(default: LogDefault) {
 /// as `options` says. Must run inside a Tokio runtime when OTLP export may
 /// be chosen (the gRPC client lives on the runtime).
 pub fn init(service: &'static str, default: LogDefault, options: Options) -> TelemetryGuard {
-    init_logs(default);
     let name = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| service.to_owned());
     let provider = build_provider(name, &options);
     global::set_tracer_provider(provider.clone());
+    init_logs(default, layer_tracer(&options, &provider, service));
     TelemetryGuard {
         providers: vec![provider],
         export: options.export,
@@ -189,19 +224,36 @@ pub fn init_services(
     default: LogDefault,
     options: Options,
 ) -> TelemetryGuard {
-    init_logs(default);
     let routes: Vec<(&'static str, SdkTracerProvider)> = services
         .iter()
         .map(|s| (*s, build_provider((*s).to_owned(), &options)))
         .collect();
     let providers: Vec<SdkTracerProvider> = routes.iter().map(|(_, p)| p.clone()).collect();
+    // The layer reports as the first service.
+    let tracer = routes
+        .first()
+        .and_then(|(name, p)| layer_tracer(&options, p, name));
     if let Some(router) = ScopeRouter::new(routes) {
         global::set_tracer_provider(router);
     }
+    init_logs(default, tracer);
     TelemetryGuard {
         providers,
         export: options.export,
         done: false,
+    }
+}
+
+/// The tracer for the `tracing-opentelemetry` layer: none when nothing is
+/// exported (the layer would only cost).
+fn layer_tracer(
+    options: &Options,
+    provider: &SdkTracerProvider,
+    service: &'static str,
+) -> Option<SdkTracer> {
+    match options.export {
+        Export::Off => None,
+        Export::Otlp | Export::File(_) => Some(provider.tracer(service)),
     }
 }
 

@@ -47,6 +47,37 @@ pub const EXEC_FIRST_OUTPUT: &str = "exec.first_output";
 pub const METADATA_PERSIST: &str = "metadata.persist";
 /// A metadata persistence barrier (both; linked, not on the hot path).
 pub const METADATA_FLUSH: &str = "metadata.flush";
+/// One session's life at the client, from opening the tunnel to its end; a
+/// root of its own (`tracing` span; its warnings are its events).
+pub const SESSION_CLIENT: &str = "session.client";
+/// One session's life at the exec-server, from the link's opening to its
+/// end; a root of its own (`tracing` span).
+pub const SESSION_SERVER: &str = "session.server";
+/// One session spliced by the relay; a root of its own (`tracing` span).
+pub const RELAY_SESSION: &str = "relay.session";
+/// One exec-server's registration stream at the relay; a root of its own
+/// (`tracing` span).
+pub const RELAY_REGISTRATION: &str = "relay.registration";
+/// One attempt of the exec-server to register with a relay and stay
+/// registered; a root of its own (`tracing` span).
+pub const LINK_REGISTER: &str = "link.register";
+
+/// The spans that are roots of their own, never part of a command's
+/// trace: background persistence and the session- and link-level spans.
+pub const BACKGROUND: &[&str] = &[
+    METADATA_PERSIST,
+    METADATA_FLUSH,
+    SESSION_CLIENT,
+    SESSION_SERVER,
+    RELAY_SESSION,
+    RELAY_REGISTRATION,
+    LINK_REGISTER,
+];
+
+/// Whether `name` is one of the [`BACKGROUND`] spans.
+pub fn is_background(name: &str) -> bool {
+    BACKGROUND.contains(&name)
+}
 
 /// Every span name above, in table order.
 pub const ALL: &[&str] = &[
@@ -71,6 +102,11 @@ pub const ALL: &[&str] = &[
     EXEC_FIRST_OUTPUT,
     METADATA_PERSIST,
     METADATA_FLUSH,
+    SESSION_CLIENT,
+    SESSION_SERVER,
+    RELAY_SESSION,
+    RELAY_REGISTRATION,
+    LINK_REGISTER,
 ];
 
 #[cfg(test)]
@@ -89,9 +125,27 @@ mod tests {
 
     #[test]
     fn all_has_every_name_once() {
-        assert_eq!(ALL.len(), 21);
+        assert_eq!(ALL.len(), 26);
         let unique: HashSet<&str> = ALL.iter().copied().collect();
         assert_eq!(unique.len(), ALL.len());
+    }
+
+    /// `docs/spans.md`'s table names exactly the spans of [`ALL`].
+    #[test]
+    fn the_documented_table_names_the_same_spans() {
+        let doc = include_str!("../../docs/spans.md");
+        let mut documented = HashSet::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let first = line.split('|').nth(1).unwrap_or_default();
+            for name in first.split('`').skip(1).step_by(2) {
+                documented.insert(name);
+            }
+        }
+        let named: HashSet<&str> = ALL.iter().copied().collect();
+        assert_eq!(
+            documented, named,
+            "docs/spans.md and telemetry::spans differ"
+        );
     }
 
     #[test]

@@ -109,6 +109,17 @@ pub struct RecordedSpan {
     pub links: Vec<(String, String)>,
     /// The status message if the status is `Error`, else `None`.
     pub status_error: Option<String>,
+    /// The span's events.
+    pub events: Vec<RecordedEvent>,
+}
+
+/// An event on a recorded span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// The event's name (for a `tracing` event, its message).
+    pub name: String,
+    /// Its attributes (a `tracing` event's `level` among them).
+    pub attributes: BTreeMap<String, AttrValue>,
 }
 
 impl RecordedSpan {
@@ -135,6 +146,14 @@ impl RecordedSpan {
                 .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                 .collect(),
             status_error,
+            events: span
+                .events
+                .iter()
+                .map(|e| RecordedEvent {
+                    name: e.name.clone(),
+                    attributes: attributes(&e.attributes),
+                })
+                .collect(),
         }
     }
 

@@ -63,7 +63,7 @@ pub fn stage_names() -> Vec<&'static str> {
     spans::ALL
         .iter()
         .copied()
-        .filter(|n| !n.starts_with("metadata."))
+        .filter(|n| !spans::is_background(n))
         .collect()
 }
 

@@ -405,3 +405,75 @@ async fn exec_server_reregisters_after_relay_restart() {
     let out = client.output(sh("echo back")).await.unwrap().unwrap();
     assert_eq!(out.stdout, b"back\n");
 }
+
+/// A process that never reads its stdin, fed far more than every queue on
+/// the way holds: the caller's writes wait, yet a signal and a cancel still
+/// get through at once.
+async fn stuck_stdin(
+    stack: &Stack,
+    script: &str,
+) -> (rex_client::Execution, tokio::task::JoinHandle<()>) {
+    let mut config = stack.client_config();
+    // The smallest command queue: the stuck writer fills it.
+    config.outbound_queue = 1;
+    let client = Client::new(config);
+    let mut spec = sh(script);
+    spec.stdin = true;
+    let mut run = client.exec(spec).await.unwrap();
+    assert!(matches!(run.next().await, Some(Event::Started { .. })));
+    let control = run.controller();
+    let writer = tokio::spawn(async move {
+        // 64 MiB: the stdin window, the backlog and the queue hold far less.
+        let _ = control.write_stdin(&vec![b'x'; 64 << 20]).await;
+    });
+    // Let the writer run into the full queue (if this machine is slow it
+    // may not have yet; the test then checks the easier case).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!writer.is_finished(), "64 MiB cannot have been taken");
+    (run, writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_is_not_held_up_by_stdin_the_process_never_reads() {
+    let stack = Stack::start().await.unwrap();
+    let (mut run, writer) = stuck_stdin(&stack, "exec sleep 1000").await;
+    let signalled = async {
+        run.signal(15).await.unwrap();
+        run.next().await
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(30), signalled)
+        .await
+        .expect("the signal waited behind stdin");
+    assert_eq!(ended, Some(Event::Exited(ExitStatus::Signal(15))));
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_is_cancelled_even_with_its_queues_full() {
+    let stack = Stack::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pidfile.display());
+    let (run, writer) = stuck_stdin(&stack, &script).await;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Nobody waits for the call any more: its process group is killed.
+    drop(run);
+    let gone = async {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting to be reaped.
+            if stat.is_empty() || stat.contains(") Z") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), gone)
+        .await
+        .expect("the dropped call's process is still running");
+    writer.abort();
+}

@@ -377,6 +377,7 @@ fn rec(name: &str, id: &str, parent: Option<&str>, start: u64, end: u64) -> Reco
         attributes: BTreeMap::new(),
         links: Vec::new(),
         status_error: None,
+        events: Vec::new(),
     }
 }
 

@@ -159,10 +159,9 @@ async fn one_exec_is_one_trace_across_three_processes() {
 
     // Exactly one trace, from all three services. The record writers'
     // spans are traces of their own, linked to the command (never on its
-    // critical path).
-    let (background, spans): (Vec<RecordedSpan>, Vec<RecordedSpan>) = all
-        .into_iter()
-        .partition(|s| s.name.starts_with("metadata."));
+    // critical path), and so are the sessions' and links' own spans.
+    let (background, spans): (Vec<RecordedSpan>, Vec<RecordedSpan>) =
+        all.into_iter().partition(|s| spans::is_background(&s.name));
     let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
     assert_eq!(traces.len(), 1, "one exec, one trace: {traces:?}");
     assert!(
@@ -589,4 +588,59 @@ async fn service_name_and_sdk_disabled_follow_the_standard_variables() {
         "OTEL_SDK_DISABLED=true exported spans"
     );
     rx.shutdown().await.unwrap();
+}
+
+/// The services' own warnings (a refused key, a lost link) are events on
+/// their spans, exported with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_warnings_are_events_on_their_spans() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let endpoint = rx.endpoint();
+    let mut stack = start_stack(&service_env(&endpoint));
+    // A key the exec-server does not authorize.
+    binaries::keygen("core-client", stack.dir.path(), "stranger.key").unwrap();
+    let stranger = stack.dir.path().join("stranger.key");
+    let mut cmd = binaries::exec_command(
+        &stack.relay_url,
+        &stack.server_pub,
+        &stranger,
+        &[],
+        &["true"],
+    )
+    .unwrap();
+    cmd.env("OTEL_SDK_DISABLED", "true");
+    let out = binaries::run_with_stdin(cmd, b"").unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    // The relay goes away: the exec-server's registration is lost.
+    stack.relay.child.kill().unwrap();
+    stack.server.wait_for_line("relay link lost", WAIT).unwrap();
+    terminate(&mut stack);
+    let spans = settle(&rx).await;
+    let warning = |span: &str, message: &str| {
+        spans.iter().any(|s| {
+            s.service == "exec-server" && s.name == span && s.events.iter().any(|e| {
+                e.name.contains(message)
+                    && matches!(e.attributes.get("level"), Some(AttrValue::Str(l)) if l == "WARN")
+            })
+        })
+    };
+    assert!(
+        warning(
+            spans::SESSION_SERVER,
+            "refused a client key that is not authorized"
+        ),
+        "{:#?}",
+        spans
+            .iter()
+            .filter(|s| s.service == "exec-server")
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        warning(spans::LINK_REGISTER, "relay link lost"),
+        "{:#?}",
+        spans
+            .iter()
+            .filter(|s| s.name == spans::LINK_REGISTER)
+            .collect::<Vec<_>>()
+    );
 }

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ServerContext;
-use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace, STDIN_QUEUE};
+use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace};
+use crate::stdin::StdinSender;
 
 /// Signals queued per process.
 const CONTROL_QUEUE: usize = 16;
@@ -27,7 +28,9 @@ const CONTROL_QUEUE: usize = 16;
 pub(super) struct Call {
     pub(super) control: mpsc::Sender<Control>,
     /// Stdin for the process; dropped at stdin close.
-    pub(super) stdin: Option<mpsc::Sender<Bytes>>,
+    pub(super) stdin: Option<StdinSender>,
+    /// Stdin taken by the process, as last reported to the session.
+    pub(super) stdin_reported: u64,
     pub(super) cancel: CancellationToken,
     /// `rpc.server.exec`.
     pub(super) span: BoxedSpan,
@@ -146,6 +149,7 @@ impl Call {
         starting: Starting<'_>,
         events: mpsc::Sender<Outgoing>,
         session_cancel: &CancellationToken,
+        stdin_wake: &std::sync::Arc<tokio::sync::Notify>,
     ) -> Self {
         let Starting {
             call_id,
@@ -220,7 +224,7 @@ impl Call {
             .unwrap_or_default();
 
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let (stdin_tx, stdin_rx) = crate::stdin::pipe(std::sync::Arc::clone(stdin_wake));
         let cancel = session_cancel.child_token();
         let io = ProcessIo {
             call_id,
@@ -272,6 +276,7 @@ impl Call {
         Self {
             control: control_tx,
             stdin: Some(stdin_tx),
+            stdin_reported: 0,
             cancel,
             span,
             exec_cx,

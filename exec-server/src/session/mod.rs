@@ -37,7 +37,7 @@ use proto::session::{
 };
 use telemetry::framing;
 use telemetry::{carriers, otel, spans};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -152,8 +152,8 @@ struct Runner {
     events_rx: mpsc::Receiver<Outgoing>,
     /// Cancelled when the session ends: every process is killed.
     session_cancel: CancellationToken,
-    /// The call whose process has no room for the next stdin.
-    blocked: Option<u64>,
+    /// Woken when a process has taken stdin.
+    stdin_wake: Arc<Notify>,
     client: Option<PublicKey>,
     /// This session's local id (for process records).
     session_id: String,
@@ -176,7 +176,7 @@ impl Runner {
             events_tx,
             events_rx,
             session_cancel,
-            blocked: None,
+            stdin_wake: Arc::new(Notify::new()),
             client: None,
             session_id: metadata::record::new_id(),
             unsent_chunks: Vec::new(),
@@ -354,40 +354,59 @@ impl Runner {
         }
     }
 
-    fn stdin_sender(&self) -> Option<mpsc::Sender<bytes::Bytes>> {
-        self.blocked
-            .and_then(|id| self.calls.get(&id))
-            .and_then(|c| c.stdin.clone())
+    /// Tells the machine how much stdin each process has taken since last
+    /// time (so the client may send more).
+    fn report_stdin(&mut self, machine: &mut Machine, now: Now) {
+        for (call_id, call) in &mut self.calls {
+            let Some(stdin) = &call.stdin else { continue };
+            let taken = stdin.taken();
+            if taken > call.stdin_reported {
+                // A call that just ended takes no acknowledgement.
+                let _ = machine.stdin_taken(*call_id, taken - call.stdin_reported, now);
+                call.stdin_reported = taken;
+            }
+        }
     }
 }
 
+/// What the runner feeds the machine.
+enum Input {
+    /// A process's terminal event.
+    Event(Outgoing),
+    /// Some process has taken stdin.
+    StdinTaken,
+}
+
 impl Endpoint<Machine> for Runner {
-    type Input = Outgoing;
+    type Input = Input;
 
     fn wait(
         &mut self,
         accepting: bool,
-        blocked: bool,
-    ) -> impl std::future::Future<Output = Wake<Outgoing>> + Send {
-        let stdin = if blocked { self.stdin_sender() } else { None };
+        _blocked: bool,
+    ) -> impl std::future::Future<Output = Wake<Input>> + Send {
+        let stdin = Arc::clone(&self.stdin_wake);
         let events = &mut self.events_rx;
         async move {
             tokio::select! {
                 biased;
-                _ = reserve(stdin.as_ref()), if blocked => Wake::Ready,
+                // Acknowledgements are taken even over the backlog: one per
+                // call at most, and a client may be waiting for them.
+                () = stdin.notified() => Wake::Input(Input::StdinTaken),
                 out = events.recv(), if accepting => match out {
-                    Some(out) => Wake::Input(out),
+                    Some(out) => Wake::Input(Input::Event(out)),
                     // The runner holds a sender: never reached.
                     None => Wake::Closed,
                 },
-                // Nothing to wait for here: the driver waits on the link.
-                else => std::future::pending().await,
             }
         }
     }
 
-    fn apply(&mut self, machine: &mut Machine, out: Outgoing, now: Now) {
-        self.push(machine, out, now);
+    fn apply(&mut self, machine: &mut Machine, input: Input, now: Now) {
+        match input {
+            Input::Event(out) => self.push(machine, out, now),
+            Input::StdinTaken => self.report_stdin(machine, now),
+        }
     }
 
     fn deliver(
@@ -421,6 +440,7 @@ impl Endpoint<Machine> for Runner {
                     },
                     self.events_tx.clone(),
                     &self.session_cancel,
+                    &self.stdin_wake,
                 );
                 self.calls.insert(call_id, call);
             }
@@ -439,19 +459,11 @@ impl Endpoint<Machine> for Runner {
                 };
                 self.refused(call_id, trace.as_ref(), why);
             }
+            // Never more than the stdin window is in flight, so it can
+            // always be taken.
             ServerEvent::Stdin { call_id, data } => {
-                let Some(stdin) = self.calls.get(&call_id).and_then(|c| c.stdin.as_ref()) else {
-                    return Delivery::Taken;
-                };
-                match stdin.try_send(data) {
-                    Ok(()) => self.blocked = None,
-                    Err(mpsc::error::TrySendError::Full(data)) => {
-                        self.blocked = Some(call_id);
-                        return Delivery::Later(ServerEvent::Stdin { call_id, data });
-                    }
-                    // The process closed its stdin: the rest is dropped, as
-                    // a pipe would.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if let Some(stdin) = self.calls.get(&call_id).and_then(|c| c.stdin.as_ref()) {
+                    stdin.push(data);
                 }
             }
             ServerEvent::StdinClose {
@@ -460,10 +472,9 @@ impl Endpoint<Machine> for Runner {
                 received,
             } => {
                 self.trace_recv(trace.as_ref(), &received, "stdin_close");
-                // Earlier stdin is already queued (reading stops while stdin
-                // waits), so dropping the sender closes after the data.
-                if let Some(call) = self.calls.get_mut(&call_id) {
-                    call.stdin = None;
+                // Earlier stdin is already queued: the close follows it.
+                if let Some(stdin) = self.calls.get(&call_id).and_then(|c| c.stdin.as_ref()) {
+                    stdin.close();
                 }
             }
             ServerEvent::Signal {
@@ -502,12 +513,5 @@ impl Endpoint<Machine> for Runner {
             }
         }
         self.sent(sent, now.wall);
-    }
-}
-
-async fn reserve(tx: Option<&mpsc::Sender<bytes::Bytes>>) {
-    if let Some(tx) = tx {
-        // Closed counts as ready: the retried delivery drops the data.
-        let _ = tx.reserve().await;
     }
 }

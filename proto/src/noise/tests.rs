@@ -132,6 +132,7 @@ fn handshake_and_envelopes_both_ways() {
             server_version: "s".into(),
             max_processes: 4,
             max_chunk: 32768,
+            stdin_window: 0,
         })),
         ..Default::default()
     };

@@ -9,11 +9,11 @@ use bytes::Bytes;
 
 use super::clock::{Estimate, Sample};
 use super::link::{Link, handshake_frame};
+use super::stdin;
 use super::{
     CallError, Closed, Limits, Mark, Now, Received, SessionError, Stage, Transmit, Violation,
 };
 use crate::keys::{PublicKey, StaticKeypair};
-use crate::limits::MAX_CHUNK;
 use crate::noise::ClientHandshake;
 use crate::pb::session::{
     Cancel, Envelope, ExecRequest, Hello, Ping, Pong, Signal, StdinClose, StdinData, StdinMode,
@@ -85,9 +85,11 @@ enum Stdin {
 }
 
 #[derive(Debug)]
-struct Call {
+struct Call<T> {
     next_seq: u64,
     stdin: Stdin,
+    /// The stdin not yet sent, waiting for credit.
+    out: stdin::Outgoing<T>,
     /// The caller is gone: events are checked, then dropped.
     forgotten: bool,
     /// What every message of the call carries.
@@ -105,9 +107,13 @@ pub struct ClientSession<T> {
     pub(super) link: Link<T>,
     state: State,
     deadline: Option<Instant>,
-    calls: HashMap<u64, Call>,
+    calls: HashMap<u64, Call<T>>,
     next_call: u64,
     max_calls: usize,
+    /// The exec-server's stdin window (0: none).
+    stdin_window: u32,
+    /// Stdin bytes queued in all calls, waiting for credit.
+    stdin_queued: usize,
     events: VecDeque<ClientEvent>,
     deferred: Option<ClientEvent>,
     reported: bool,
@@ -148,6 +154,8 @@ impl<T> ClientSession<T> {
             calls: HashMap::new(),
             next_call: 1,
             max_calls: limits.max_calls,
+            stdin_window: 0,
+            stdin_queued: 0,
             events: VecDeque::new(),
             deferred: None,
             reported: false,
@@ -172,9 +180,10 @@ impl<T> ClientSession<T> {
         self.clock.best()
     }
 
-    /// Bytes queued to send and not yet handed to the link.
+    /// Bytes queued to send and not yet handed to the link (stdin waiting
+    /// for credit included).
     pub fn backlog(&self) -> usize {
-        self.link.backlog()
+        self.link.backlog() + self.stdin_queued
     }
 
     /// Calls open on the session (including forgotten ones still running).
@@ -255,6 +264,7 @@ impl<T> ClientSession<T> {
                 if ack.max_processes > 0 {
                     self.max_calls = self.max_calls.min(ack.max_processes as usize);
                 }
+                self.stdin_window = ack.stdin_window;
                 self.state = State::Ready;
                 self.deadline = None;
                 self.events.push_back(ClientEvent::Ready(Ready {
@@ -278,6 +288,7 @@ impl<T> ClientSession<T> {
                 self.pong(p, now);
                 Ok(())
             }
+            Some(Body::StdinAck(a)) => self.stdin_ack(env.call_id, a.consumed, now),
             Some(Body::Ping(p)) => {
                 let pong = Body::Pong(Pong {
                     nonce: p.nonce,
@@ -343,8 +354,8 @@ impl<T> ClientSession<T> {
         );
         call.next_seq += 1;
         let forgotten = call.forgotten;
-        if last {
-            self.calls.remove(&call_id);
+        if last && let Some(call) = self.calls.remove(&call_id) {
+            self.stdin_queued -= call.out.queued();
         }
         if !forgotten {
             self.events.push_back(ClientEvent::Call(CallEvent {
@@ -408,6 +419,7 @@ impl<T> ClientSession<T> {
             Call {
                 next_seq: 0,
                 stdin,
+                out: stdin::Outgoing::new(self.stdin_window),
                 forgotten: false,
                 trace,
             },
@@ -425,7 +437,7 @@ impl<T> ClientSession<T> {
         }
     }
 
-    fn live_call(&mut self, call_id: u64) -> Result<&mut Call, CallError> {
+    fn live_call(&mut self, call_id: u64) -> Result<&mut Call<T>, CallError> {
         if self.link.is_over() {
             return Err(CallError::Ended);
         }
@@ -450,17 +462,18 @@ impl<T> ClientSession<T> {
         result.map(|_| ())
     }
 
-    /// Writes to a call's stdin (in chunks of at most [`MAX_CHUNK`]).
+    /// Writes to a call's stdin (in chunks of at most
+    /// [`MAX_CHUNK`](crate::limits::MAX_CHUNK)). What the exec-server's
+    /// window does not take yet waits here, counted in the backlog.
     pub fn write_stdin(&mut self, call_id: u64, data: Bytes, now: Now) -> Result<(), CallError> {
-        if self.live_call(call_id)?.stdin != Stdin::Open {
+        let call = self.live_call(call_id)?;
+        if call.stdin != Stdin::Open {
             return Err(CallError::StdinClosed(call_id));
         }
-        let mut rest = data;
-        while !rest.is_empty() {
-            let chunk = rest.split_to(rest.len().min(MAX_CHUNK));
-            self.send_for(call_id, Body::Stdin(StdinData { data: chunk }), None, now)?;
-        }
-        Ok(())
+        let len = data.len();
+        call.out.push(data);
+        self.stdin_queued += len;
+        self.flush_stdin(call_id, now)
     }
 
     /// Closes a call's stdin (after everything written before).
@@ -475,7 +488,43 @@ impl<T> ClientSession<T> {
             return Err(CallError::StdinClosed(call_id));
         }
         call.stdin = Stdin::Closed;
-        self.send_for(call_id, Body::StdinClose(StdinClose {}), mark, now)
+        call.out.close(mark);
+        self.flush_stdin(call_id, now)
+    }
+
+    /// Sends what the call's stdin window allows, then a close that waited
+    /// for it.
+    fn flush_stdin(&mut self, call_id: u64, now: Now) -> Result<(), CallError> {
+        loop {
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return Ok(());
+            };
+            if let Some(data) = call.out.next_chunk() {
+                self.stdin_queued -= data.len();
+                self.send_for(call_id, Body::Stdin(StdinData { data }), None, now)?;
+            } else if let Some(mark) = call.out.take_close() {
+                return self.send_for(call_id, Body::StdinClose(StdinClose {}), mark, now);
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stdin_ack(&mut self, call_id: u64, consumed: u64, now: Now) -> Result<(), SessionError> {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            // It crossed the call's final event.
+            return if call_id > 0 && call_id < self.next_call {
+                Ok(())
+            } else {
+                Err(SessionError::Protocol(Violation::UnknownCall(call_id)))
+            };
+        };
+        call.out
+            .ack(call_id, consumed)
+            .map_err(SessionError::Protocol)?;
+        // A session that is ending sends nothing more; that is not an error.
+        let _ = self.flush_stdin(call_id, now);
+        Ok(())
     }
 
     /// Delivers a signal to a call's process group.
@@ -510,6 +559,9 @@ impl<T> ClientSession<T> {
         let _ = self.send_for(call_id, Body::Cancel(Cancel {}), mark, now);
         if let Some(call) = self.calls.get_mut(&call_id) {
             call.forgotten = true;
+            // Its stdin is not worth sending any more.
+            self.stdin_queued -= call.out.queued();
+            call.out = stdin::Outgoing::new(0);
         }
     }
 
@@ -588,7 +640,7 @@ impl<T> ClientSession<T> {
     /// Whether the machine takes commands now (ready, and the backlog
     /// under its bound).
     pub fn wants_input(&self) -> bool {
-        self.is_ready() && !self.link.over_backlog()
+        self.is_ready() && self.backlog() <= self.link.limits.backlog
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -690,6 +742,7 @@ impl<T> ClientSession<T> {
             let end = end.clone();
             self.reported = true;
             self.calls.clear();
+            self.stdin_queued = 0;
             self.pings.clear();
             self.events.push_back(ClientEvent::Ended(end));
         }

@@ -54,6 +54,10 @@ pub enum Violation {
     Stdin(u64),
     /// A second hello.
     RepeatedHello,
+    /// More of a call's stdin than its window allows.
+    StdinWindow(u64),
+    /// An acknowledgement of more stdin than was sent.
+    StdinAck(u64),
 }
 
 impl fmt::Display for Violation {
@@ -74,6 +78,12 @@ impl fmt::Display for Violation {
             Violation::AfterFinal(id) => write!(f, "an event after the end of call {id}"),
             Violation::Stdin(id) => write!(f, "stdin for call {id}, whose stdin is not open"),
             Violation::RepeatedHello => f.write_str("a second session hello"),
+            Violation::StdinWindow(id) => {
+                write!(f, "more stdin for call {id} than its window allows")
+            }
+            Violation::StdinAck(id) => {
+                write!(f, "an acknowledgement of more stdin than call {id} sent")
+            }
         }
     }
 }

@@ -14,6 +14,8 @@
 //!   numbers and the final event of each call, pong;
 //! - `link` (private): what both share: the Noise transport, clear frames,
 //!   marks and their hop headers, the backlog bound, close and linger;
+//! - `stdin` (private): per-call stdin flow control (a window of bytes
+//!   beyond the exec-server's acknowledgements);
 //! - [`clock`]: the clock-offset estimate from request/answer pairs;
 //! - [`SessionError`], [`Violation`], [`CallError`]: typed errors.
 //!
@@ -44,6 +46,7 @@ pub mod clock;
 mod error;
 mod link;
 mod server;
+mod stdin;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -117,6 +120,11 @@ pub struct Limits {
     /// calls it keeps open at once (the exec-server's own cap, from its
     /// hello answer, applies too).
     pub max_calls: usize,
+    /// Exec-server: bytes of a call's stdin the client may send beyond what
+    /// the process has taken (announced in the hello answer; more is a
+    /// protocol violation). Stdin never has to wait in the exec-server, so
+    /// a process that does not read its stdin holds up nothing else.
+    pub stdin_window: u32,
 }
 
 impl Limits {
@@ -131,6 +139,7 @@ impl Limits {
             linger: Duration::from_secs(2),
             backlog: 256 * 1024,
             max_calls: 1024,
+            stdin_window: 256 * 1024,
         }
     }
 

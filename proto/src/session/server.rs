@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::link::{Link, handshake_frame};
+use super::stdin;
 use super::{
     CallError, Closed, Limits, Mark, Now, Received, SessionError, Stage, Transmit, Violation,
 };
@@ -16,8 +17,8 @@ use crate::keys::{AuthorizedKeys, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
 use crate::pb::session::{
-    Envelope, ExecError, ExecErrorKind, ExecRequest, HelloAck, Pong, StdinMode, TerminalEvent,
-    TraceContext, envelope::Body, terminal_event,
+    Envelope, ExecError, ExecErrorKind, ExecRequest, HelloAck, Pong, StdinAck, StdinMode,
+    TerminalEvent, TraceContext, envelope::Body, terminal_event,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -145,6 +146,8 @@ enum Stdin {
 struct Call {
     next_seq: u64,
     stdin: Stdin,
+    /// What arrived of its stdin, and what the process has taken.
+    received: stdin::Incoming,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +292,7 @@ impl<T> ServerSession<T> {
                     server_version: self.acceptor.version.clone(),
                     max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
                     max_chunk: MAX_CHUNK as u32,
+                    stdin_window: limits.stdin_window,
                 };
                 self.send(0, None, Body::HelloAck(ack), now)?;
                 self.state = State::Ready;
@@ -307,9 +311,18 @@ impl<T> ServerSession<T> {
                 self.send(0, None, pong, now)
             }
             Body::Pong(_) => Ok(()),
+            Body::StdinAck(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "stdin acknowledgement",
+            ))),
             Body::Exec(request) => self.exec(call_id, request, trace, received, now),
             Body::Stdin(d) => {
                 if self.stdin_open(call_id)? {
+                    let window = self.link.limits.stdin_window;
+                    if let Some(call) = self.calls.get_mut(&call_id) {
+                        call.received
+                            .receive(call_id, d.data.len(), window)
+                            .map_err(SessionError::Protocol)?;
+                    }
                     self.events.push_back(ServerEvent::Stdin {
                         call_id,
                         data: d.data,
@@ -427,7 +440,14 @@ impl<T> ServerSession<T> {
         } else {
             Stdin::Null
         };
-        self.calls.insert(call_id, Call { next_seq: 0, stdin });
+        self.calls.insert(
+            call_id,
+            Call {
+                next_seq: 0,
+                stdin,
+                received: stdin::Incoming::default(),
+            },
+        );
         self.events.push_back(ServerEvent::Exec {
             call_id,
             request,
@@ -496,6 +516,22 @@ impl<T> ServerSession<T> {
             offset: 0,
             last,
         })
+    }
+
+    /// The call's process has taken `n` more bytes of its stdin; the client
+    /// is told (in batches) so that it may send more.
+    pub fn stdin_taken(&mut self, call_id: u64, n: u64, now: Now) -> Result<(), CallError> {
+        let window = self.link.limits.stdin_window;
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(CallError::UnknownCall(call_id))?;
+        if let Some(consumed) = call.received.taken(n, window) {
+            let ack = Body::StdinAck(StdinAck { consumed });
+            self.link.send(call_id, None, ack, None, now)?;
+            self.after(now);
+        }
+        Ok(())
     }
 
     /// Closes the session cleanly (shutting down): what is queued goes

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
     let off = Options {
         export: Export::Off,
         retry: false,
+        span_events: false,
     };
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
     let config = SinkConfig {

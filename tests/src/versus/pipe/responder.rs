@@ -171,6 +171,7 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
         server_version: env!("CARGO_PKG_VERSION").into(),
         max_processes: 0,
         max_chunk: CHUNK as u32,
+        stdin_window: 0,
     };
     let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
     transport.send(&ack).map_err(noise)?;
