@@ -176,6 +176,12 @@ impl FrameDecoder {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
+
+    /// The buffer itself, for a caller that decrypts a record in place at
+    /// its end and then keeps only the record's body.
+    pub(crate) fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
 }
 
 #[cfg(test)]

@@ -59,5 +59,7 @@ pub mod pb {
     pub use super::generated::tunnel;
 }
 
-/// The protocol version bound into every Noise prologue.
-pub const PROTOCOL_VERSION: &str = "rex/1";
+/// The protocol version bound into every Noise prologue (a peer of another
+/// version fails the handshake). Version 2: the record type is a trailer,
+/// stdin is flow-controlled.
+pub const PROTOCOL_VERSION: &str = "rex/2";

@@ -8,8 +8,13 @@
 //!   checks the client's static key against its authorized keys, then the
 //!   timestamp in message 1 against its [`ReplayGuard`], before it answers;
 //! - [`Transport`]: the session after the handshake. Each Noise transport
-//!   message carries one record (`DATA`, `REKEY` or `CLOSE`); `DATA` records
-//!   carry the length-prefixed envelope stream ([`crate::framing`]).
+//!   message carries one record (`DATA`, `REKEY` or `CLOSE`): its body, then
+//!   its type as the last byte (a trailer, so that a received record is
+//!   opened in place where its body belongs); `DATA` records carry the
+//!   length-prefixed envelope stream ([`crate::framing`]);
+//! - `cipher` (private): each direction's Noise `CipherState` over `ring`'s
+//!   AEAD, sealing and opening in place (the handshake is `snow`'s; its
+//!   split keys the two directions).
 //!
 //! Nothing here does I/O or reads a clock: the caller passes bytes and the
 //! current time in, and gets bytes and events out.
@@ -25,6 +30,7 @@
 //! A 12-byte timestamp: seconds since the Unix epoch (`u64` big-endian) then
 //! nanoseconds (`u32` big-endian). Message 2's payload is empty.
 
+mod cipher;
 mod handshake;
 mod replay;
 mod transport;

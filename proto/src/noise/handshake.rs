@@ -88,11 +88,16 @@ impl ClientHandshake {
             .hs
             .read_message(msg2, &mut payload)
             .map_err(handshake_err)?;
-        if n != 0 {
+        if n != 0 || !self.hs.is_handshake_finished() {
             return Err(HandshakeError::Malformed);
         }
-        let state = self.hs.into_transport_mode().map_err(handshake_err)?;
-        Ok(Transport::new(state, self.server, self.cfg, now))
+        // The initiator sends with the first key of the split.
+        let (mut send, mut recv) = self.hs.dangerously_get_raw_split();
+        let transport = Transport::new((&send, &recv), self.server, self.cfg, now)
+            .map_err(|e| HandshakeError::Noise(e.to_string()));
+        send.fill(0);
+        recv.fill(0);
+        transport
     }
 }
 
@@ -175,9 +180,18 @@ pub fn accept(
     let mut msg2 = vec![0u8; MSG2_LEN];
     let n = hs.write_message(&[], &mut msg2).map_err(handshake_err)?;
     msg2.truncate(n);
-    let state = hs.into_transport_mode().map_err(handshake_err)?;
+    if !hs.is_handshake_finished() {
+        return Err(HandshakeError::Malformed);
+    }
+    // The responder receives with the first key of the split.
+    let (mut recv, mut send) = hs.dangerously_get_raw_split();
+    let transport = Transport::new((&send, &recv), client, cfg, at)
+        .map_err(|e| HandshakeError::Noise(e.to_string()));
+    send.fill(0);
+    recv.fill(0);
+    let transport = transport?;
     Ok(Accepted {
-        transport: Transport::new(state, client, cfg, at),
+        transport,
         msg2,
         client,
     })

@@ -757,7 +757,7 @@ fn timestamps_round_trip() {
 fn prologue_layout() {
     assert_eq!(
         prologue(Suite::ChaChaPoly, b"abc"),
-        b"rex/1\0Noise_IK_25519_ChaChaPoly_BLAKE2s\0abc".to_vec()
+        b"rex/2\0Noise_IK_25519_ChaChaPoly_BLAKE2s\0abc".to_vec()
     );
 }
 

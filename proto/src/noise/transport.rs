@@ -3,9 +3,10 @@
 use std::fmt;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::SessionConfig;
+use super::cipher::{Cipher, KEY_LEN};
 use crate::framing::{FrameDecoder, FrameEncoder, FramingError};
 use crate::keys::PublicKey;
 use crate::limits::{MAX_ENVELOPE, MAX_NOISE_MESSAGE, MAX_NOISE_PLAINTEXT, NOISE_TAG};
@@ -83,7 +84,8 @@ pub struct TransportStats {
 /// Any error from `receive` or `poll_envelope`, and any encryption failure,
 /// ends the session: every later call returns [`TransportError::Dead`].
 pub struct Transport {
-    state: snow::TransportState,
+    send: Cipher,
+    recv: Cipher,
     remote: PublicKey,
     cfg: SessionConfig,
     encoder: FrameEncoder,
@@ -94,8 +96,6 @@ pub struct Transport {
     peer_closed: Option<String>,
     dead: bool,
     stats: TransportStats,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
     /// Envelope-stream bytes taken into DATA records so far.
     stream_sent: u64,
 }
@@ -115,15 +115,18 @@ impl fmt::Debug for Transport {
 }
 
 impl Transport {
+    /// A session keyed with the handshake's split: `send` for this side's
+    /// records, `recv` for the peer's.
     pub(crate) fn new(
-        state: snow::TransportState,
+        (send, recv): (&[u8; KEY_LEN], &[u8; KEY_LEN]),
         remote: PublicKey,
         cfg: SessionConfig,
         now: Instant,
-    ) -> Self {
+    ) -> Result<Self, TransportError> {
         let max = cfg.max_envelope.min(MAX_ENVELOPE);
-        Self {
-            state,
+        Ok(Self {
+            send: Cipher::new(cfg.suite, send)?,
+            recv: Cipher::new(cfg.suite, recv)?,
             remote,
             cfg,
             encoder: FrameEncoder::with_max(max),
@@ -134,10 +137,8 @@ impl Transport {
             peer_closed: None,
             dead: false,
             stats: TransportStats::default(),
-            tx_buf: Vec::new(),
-            rx_buf: Vec::new(),
             stream_sent: 0,
-        }
+        })
     }
 
     /// Queues one encoded envelope. Fails if this side has closed, the
@@ -195,7 +196,7 @@ impl Transport {
         }
         if self.rekey_due(now) {
             let msg = self.encrypt_record(RECORD_REKEY, &[])?;
-            self.state.rekey_outgoing();
+            self.send.rekey()?;
             self.sent_since_rekey = 0;
             self.last_rekey = now;
             self.stats.rekeys_sent += 1;
@@ -295,41 +296,54 @@ impl Transport {
         if ciphertext.len() > MAX_NOISE_MESSAGE || ciphertext.len() < NOISE_TAG {
             return Err(TransportError::Malformed);
         }
-        self.rx_buf.clear();
-        self.rx_buf.resize(ciphertext.len(), 0);
-        let n = self
-            .state
-            .read_message(ciphertext, &mut self.rx_buf)
-            .map_err(|e| match e {
-                snow::Error::Decrypt => TransportError::Decrypt,
-                snow::Error::Input => TransportError::Malformed,
-                other => TransportError::Noise(other.to_string()),
-            })?;
+        // Opened in place at the end of the envelope stream's buffer: a
+        // DATA record's body is then already where it belongs.
+        let buf = self.decoder.buffer_mut();
+        let start = buf.len();
+        buf.extend_from_slice(ciphertext);
+        let opened = self.recv.open(buf.get_mut(start..).unwrap_or_default());
+        let plain = match opened {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        };
         self.stats.messages_received += 1;
         self.stats.bytes_received += ciphertext.len() as u64;
-
-        let record = self.rx_buf.get(..n).ok_or(TransportError::Malformed)?;
-        let (&kind, body) = record.split_first().ok_or(TransportError::Malformed)?;
+        // The record's type is its last byte.
+        let Some(body_len) = plain.checked_sub(1) else {
+            buf.truncate(start);
+            return Err(TransportError::Malformed);
+        };
+        let kind = buf.get(start + body_len).copied().unwrap_or(0);
         if self.peer_closed.is_some() {
+            buf.truncate(start);
             return Err(TransportError::AfterClose);
         }
         match kind {
-            RECORD_DATA => self.decoder.feed(body),
+            RECORD_DATA => buf.truncate(start + body_len),
             RECORD_REKEY => {
-                if !body.is_empty() {
+                buf.truncate(start);
+                if body_len != 0 {
                     return Err(TransportError::Malformed);
                 }
-                self.state.rekey_incoming();
+                self.recv.rekey()?;
                 self.stats.rekeys_received += 1;
             }
             RECORD_CLOSE => {
-                if body.len() > MAX_CLOSE_REASON {
-                    return Err(TransportError::Malformed);
-                }
-                let reason = std::str::from_utf8(body).map_err(|_| TransportError::Malformed)?;
-                self.peer_closed = Some(reason.to_string());
+                let reason = buf
+                    .get(start..start + body_len)
+                    .filter(|r| r.len() <= MAX_CLOSE_REASON)
+                    .and_then(|r| std::str::from_utf8(r).ok())
+                    .map(str::to_owned);
+                buf.truncate(start);
+                self.peer_closed = Some(reason.ok_or(TransportError::Malformed)?);
             }
-            other => return Err(TransportError::UnknownRecord(other)),
+            other => {
+                buf.truncate(start);
+                return Err(TransportError::UnknownRecord(other));
+            }
         }
         Ok(())
     }
@@ -401,29 +415,26 @@ impl Transport {
         if body.len() > MAX_DATA_BODY {
             return Err(TransportError::Noise("record too long".into()));
         }
-        self.tx_buf.clear();
-        self.tx_buf.push(kind);
-        self.tx_buf.extend_from_slice(body);
-        let mut out = vec![0u8; self.tx_buf.len() + NOISE_TAG];
-        let n = self
-            .state
-            .write_message(&self.tx_buf, &mut out)
-            .map_err(|e| TransportError::Noise(e.to_string()))?;
-        out.truncate(n);
+        // The body, its type as a trailer, and room for the tag: encrypted
+        // in place, one copy of the body in all.
+        let mut out = BytesMut::with_capacity(body.len() + 1 + NOISE_TAG);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&[kind]);
+        self.send.seal(&mut out)?;
+        let n = out.len();
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += n as u64;
-        Ok(Bytes::from(out))
+        Ok(out.freeze())
     }
 }
 
 #[cfg(test)]
 impl Transport {
     /// Encrypts an arbitrary plaintext, bypassing the record layer.
-    pub(super) fn encrypt_raw(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, snow::Error> {
-        let mut out = vec![0u8; plaintext.len() + NOISE_TAG];
-        let n = self.state.write_message(plaintext, &mut out)?;
-        out.truncate(n);
-        Ok(out)
+    pub(super) fn encrypt_raw(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let mut out = BytesMut::from(plaintext);
+        self.send.seal(&mut out)?;
+        Ok(out.to_vec())
     }
 }
 
