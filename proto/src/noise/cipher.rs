@@ -76,7 +76,9 @@ impl Cipher {
     fn next_nonce(&mut self) -> Result<Nonce, TransportError> {
         // 2^64-1 is reserved (for REKEY).
         if self.nonce == u64::MAX {
-            return Err(TransportError::Noise("the nonce counter is exhausted".into()));
+            return Err(TransportError::Noise(
+                "the nonce counter is exhausted".into(),
+            ));
         }
         let n = nonce(self.suite, self.nonce);
         self.nonce += 1;
@@ -126,10 +128,20 @@ mod tests {
 
     /// One IK handshake done with `snow` alone: its raw split for our
     /// ciphers, and `snow`'s own transports from the same handshake.
-    fn keyed(suite: Suite) -> (([u8; 32], [u8; 32]), snow::TransportState, snow::TransportState) {
+    fn keyed(
+        suite: Suite,
+    ) -> (
+        ([u8; 32], [u8; 32]),
+        snow::TransportState,
+        snow::TransportState,
+    ) {
         let params: snow::params::NoiseParams = suite.protocol_name().parse().unwrap();
-        let i_key = snow::Builder::new(params.clone()).generate_keypair().unwrap();
-        let r_key = snow::Builder::new(params.clone()).generate_keypair().unwrap();
+        let i_key = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .unwrap();
+        let r_key = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .unwrap();
         let p = prologue(suite, b"route");
         let mut i = snow::Builder::new(params.clone())
             .local_private_key(&i_key.private)

@@ -12,6 +12,8 @@
 //! - [`ServerSession`]: the responder. Handshake with the authorized keys and
 //!   the replay guard, hello answer, the call table and its cap, sequence
 //!   numbers and the final event of each call, pong;
+//! - `events` (private): a machine's events for its caller, with the one
+//!   handed back and the end reported once, last;
 //! - `link` (private): what both share: the Noise transport, clear frames,
 //!   marks and their hop headers, the backlog bound, close and linger;
 //! - `stdin` (private): per-call stdin flow control (a window of bytes
@@ -44,6 +46,7 @@
 mod client;
 pub mod clock;
 mod error;
+mod events;
 mod link;
 mod server;
 mod stdin;

@@ -1,23 +1,21 @@
 //! The client's session machine: the initiator of the Noise handshake, the
-//! session hello, calls and their terminal events, keepalive pings and the
-//! clock-offset estimate.
+//! session hello, keepalive pings and the clock-offset estimate, timers and
+//! the session's end; its call table is in `calls`.
+
+mod calls;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::clock::{Estimate, Sample};
+use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::stdin;
-use super::{
-    CallError, Closed, Limits, Mark, Now, Received, SessionError, Stage, Transmit, Violation,
-};
+use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::ClientHandshake;
 use crate::pb::session::{
-    Cancel, Envelope, ExecRequest, Hello, Ping, Pong, Signal, StdinClose, StdinData, StdinMode,
-    TraceContext, envelope::Body, terminal_event,
+    Envelope, Hello, Ping, Pong, TraceContext, envelope::Body, terminal_event,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -114,9 +112,7 @@ pub struct ClientSession<T> {
     stdin_window: u32,
     /// Stdin bytes queued in all calls, waiting for credit.
     stdin_queued: usize,
-    events: VecDeque<ClientEvent>,
-    deferred: Option<ClientEvent>,
-    reported: bool,
+    events: Events<ClientEvent>,
     clock: Estimate,
     /// Outstanding pings: nonce and when sent.
     pings: VecDeque<(u64, Instant)>,
@@ -156,9 +152,7 @@ impl<T> ClientSession<T> {
             max_calls: limits.max_calls,
             stdin_window: 0,
             stdin_queued: 0,
-            events: VecDeque::new(),
-            deferred: None,
-            reported: false,
+            events: Events::default(),
             clock: Estimate::default(),
             pings: VecDeque::new(),
             last_nonce: 0,
@@ -216,7 +210,7 @@ impl<T> ClientSession<T> {
                     };
                 let transport = hs.finish(&frame.payload, now.at)?;
                 self.link.transport = Some(transport);
-                self.events.push_back(ClientEvent::Secured);
+                self.events.push(ClientEvent::Secured);
                 let sent_unix_nanos = now.unix_nanos();
                 let hello = Body::Hello(Hello {
                     client_version: env!("CARGO_PKG_VERSION").into(),
@@ -267,7 +261,7 @@ impl<T> ClientSession<T> {
                 self.stdin_window = ack.stdin_window;
                 self.state = State::Ready;
                 self.deadline = None;
-                self.events.push_back(ClientEvent::Ready(Ready {
+                self.events.push(ClientEvent::Ready(Ready {
                     server_version: ack.server_version,
                     max_processes: ack.max_processes,
                     max_chunk: ack.max_chunk,
@@ -314,62 +308,6 @@ impl<T> ClientSession<T> {
         }
     }
 
-    fn call_event(
-        &mut self,
-        call_id: u64,
-        seq: u64,
-        kind: terminal_event::Kind,
-        trace: Option<TraceContext>,
-        received: Received,
-    ) -> Result<(), SessionError> {
-        let call = self
-            .calls
-            .get_mut(&call_id)
-            .ok_or(SessionError::Protocol(Violation::UnknownCall(call_id)))?;
-        if seq != call.next_seq {
-            return Err(SessionError::Protocol(Violation::Sequence {
-                call: call_id,
-                expected: call.next_seq,
-                got: seq,
-            }));
-        }
-        let first = seq == 0;
-        let ok = match &kind {
-            terminal_event::Kind::Started(_) => first,
-            terminal_event::Kind::Error(_) => true,
-            _ => !first,
-        };
-        if !ok {
-            return Err(SessionError::Protocol(Violation::UnexpectedMessage(
-                if first {
-                    "event before the start"
-                } else {
-                    "second start"
-                },
-            )));
-        }
-        let last = matches!(
-            kind,
-            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
-        );
-        call.next_seq += 1;
-        let forgotten = call.forgotten;
-        if last && let Some(call) = self.calls.remove(&call_id) {
-            self.stdin_queued -= call.out.queued();
-        }
-        if !forgotten {
-            self.events.push_back(ClientEvent::Call(CallEvent {
-                call_id,
-                seq,
-                kind,
-                last,
-                trace,
-                received,
-            }));
-        }
-        Ok(())
-    }
-
     fn pong(&mut self, p: Pong, now: Now) {
         let Some(i) = self.pings.iter().position(|(n, _)| *n == p.nonce) else {
             // Not ours, or long forgotten: nothing to learn from it.
@@ -382,187 +320,11 @@ impl<T> ClientSession<T> {
         if let Some(s) = sample {
             self.clock.add(s);
         }
-        self.events.push_back(ClientEvent::Pong {
+        self.events.push(ClientEvent::Pong {
             nonce,
             rtt: now.at.saturating_duration_since(sent_at),
             sample,
         });
-    }
-
-    /// Starts a call: the exec request goes out with `trace` (which every
-    /// later message of the call carries too). Returns the call's id.
-    pub fn start_call(
-        &mut self,
-        request: ExecRequest,
-        trace: Option<TraceContext>,
-        mark: Option<Mark<T>>,
-        now: Now,
-    ) -> Result<u64, CallError> {
-        self.check_ready()?;
-        if self.calls.len() >= self.max_calls {
-            return Err(CallError::TooManyCalls(self.max_calls));
-        }
-        let id = self.next_call;
-        let stdin = if request.stdin == StdinMode::Pipe as i32 {
-            Stdin::Open
-        } else {
-            Stdin::Null
-        };
-        let result = self
-            .link
-            .send(id, trace.as_ref(), Body::Exec(request), mark, now);
-        self.after(now);
-        result?;
-        self.next_call += 1;
-        self.calls.insert(
-            id,
-            Call {
-                next_seq: 0,
-                stdin,
-                out: stdin::Outgoing::new(self.stdin_window),
-                forgotten: false,
-                trace,
-            },
-        );
-        Ok(id)
-    }
-
-    fn check_ready(&self) -> Result<(), CallError> {
-        if self.link.is_over() {
-            return Err(CallError::Ended);
-        }
-        match self.state {
-            State::Ready => Ok(()),
-            _ => Err(CallError::NotReady),
-        }
-    }
-
-    fn live_call(&mut self, call_id: u64) -> Result<&mut Call<T>, CallError> {
-        if self.link.is_over() {
-            return Err(CallError::Ended);
-        }
-        match self.calls.get_mut(&call_id) {
-            Some(c) if !c.forgotten => Ok(c),
-            Some(_) => Err(CallError::Finished(call_id)),
-            None if call_id < self.next_call && call_id > 0 => Err(CallError::Finished(call_id)),
-            None => Err(CallError::UnknownCall(call_id)),
-        }
-    }
-
-    fn send_for(
-        &mut self,
-        call_id: u64,
-        body: Body,
-        mark: Option<Mark<T>>,
-        now: Now,
-    ) -> Result<(), CallError> {
-        let trace = self.calls.get(&call_id).and_then(|c| c.trace.clone());
-        let result = self.link.send(call_id, trace.as_ref(), body, mark, now);
-        self.after(now);
-        result.map(|_| ())
-    }
-
-    /// Writes to a call's stdin (in chunks of at most
-    /// [`MAX_CHUNK`](crate::limits::MAX_CHUNK)). What the exec-server's
-    /// window does not take yet waits here, counted in the backlog.
-    pub fn write_stdin(&mut self, call_id: u64, data: Bytes, now: Now) -> Result<(), CallError> {
-        let call = self.live_call(call_id)?;
-        if call.stdin != Stdin::Open {
-            return Err(CallError::StdinClosed(call_id));
-        }
-        let len = data.len();
-        call.out.push(data);
-        self.stdin_queued += len;
-        self.flush_stdin(call_id, now)
-    }
-
-    /// Closes a call's stdin (after everything written before).
-    pub fn close_stdin(
-        &mut self,
-        call_id: u64,
-        mark: Option<Mark<T>>,
-        now: Now,
-    ) -> Result<(), CallError> {
-        let call = self.live_call(call_id)?;
-        if call.stdin != Stdin::Open {
-            return Err(CallError::StdinClosed(call_id));
-        }
-        call.stdin = Stdin::Closed;
-        call.out.close(mark);
-        self.flush_stdin(call_id, now)
-    }
-
-    /// Sends what the call's stdin window allows, then a close that waited
-    /// for it.
-    fn flush_stdin(&mut self, call_id: u64, now: Now) -> Result<(), CallError> {
-        loop {
-            let Some(call) = self.calls.get_mut(&call_id) else {
-                return Ok(());
-            };
-            if let Some(data) = call.out.next_chunk() {
-                self.stdin_queued -= data.len();
-                self.send_for(call_id, Body::Stdin(StdinData { data }), None, now)?;
-            } else if let Some(mark) = call.out.take_close() {
-                return self.send_for(call_id, Body::StdinClose(StdinClose {}), mark, now);
-            } else {
-                return Ok(());
-            }
-        }
-    }
-
-    fn stdin_ack(&mut self, call_id: u64, consumed: u64, now: Now) -> Result<(), SessionError> {
-        let Some(call) = self.calls.get_mut(&call_id) else {
-            // It crossed the call's final event.
-            return if call_id > 0 && call_id < self.next_call {
-                Ok(())
-            } else {
-                Err(SessionError::Protocol(Violation::UnknownCall(call_id)))
-            };
-        };
-        call.out
-            .ack(call_id, consumed)
-            .map_err(SessionError::Protocol)?;
-        // A session that is ending sends nothing more; that is not an error.
-        let _ = self.flush_stdin(call_id, now);
-        Ok(())
-    }
-
-    /// Delivers a signal to a call's process group.
-    pub fn signal(
-        &mut self,
-        call_id: u64,
-        signal: i32,
-        mark: Option<Mark<T>>,
-        now: Now,
-    ) -> Result<(), CallError> {
-        self.live_call(call_id)?;
-        self.send_for(call_id, Body::Signal(Signal { signal }), mark, now)
-    }
-
-    /// Kills a call's process group; the call ends with its exit event.
-    pub fn cancel(
-        &mut self,
-        call_id: u64,
-        mark: Option<Mark<T>>,
-        now: Now,
-    ) -> Result<(), CallError> {
-        self.live_call(call_id)?;
-        self.send_for(call_id, Body::Cancel(Cancel {}), mark, now)
-    }
-
-    /// The caller has gone: the call is cancelled, and its remaining events
-    /// are checked and dropped. Nothing happens for a call already over.
-    pub fn forget(&mut self, call_id: u64, mark: Option<Mark<T>>, now: Now) {
-        if self.live_call(call_id).is_err() {
-            return;
-        }
-        let _ = self.send_for(call_id, Body::Cancel(Cancel {}), mark, now);
-        if let Some(call) = self.calls.get_mut(&call_id) {
-            call.forgotten = true;
-            // Its stdin is not worth sending any more.
-            self.stdin_queued -= call.out.queued();
-            call.out = stdin::Outgoing::new(0);
-        }
     }
 
     /// Sends a ping; its pong comes back as [`ClientEvent::Pong`] with this
@@ -620,21 +382,21 @@ impl<T> ClientSession<T> {
     /// The next event for the caller.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.sync_end();
-        self.deferred.take().or_else(|| self.events.pop_front())
+        self.events.poll()
     }
 
     /// Hands back an event the caller cannot take yet; it is the next one
     /// [`poll_event`](Self::poll_event) returns, and no frame is read until
     /// then.
     pub fn defer(&mut self, event: ClientEvent) {
-        self.deferred = Some(event);
+        self.events.defer(event);
         self.link.stalled = true;
     }
 
     /// Whether the machine reads frames now.
     pub fn wants_frames(&self) -> bool {
         // Once over, frames are only drained until the peer ends the link.
-        self.link.is_over() || (self.deferred.is_none() && self.events.is_empty())
+        self.link.is_over() || self.events.is_empty()
     }
 
     /// Whether the machine takes commands now (ready, and the backlog
@@ -714,7 +476,7 @@ impl<T> ClientSession<T> {
     /// Whether the session is completely over and every event taken: the
     /// driver can stop.
     pub fn is_done(&self) -> bool {
-        self.reported && self.link.is_done() && self.deferred.is_none() && self.events.is_empty()
+        self.events.ended() && self.link.is_done() && self.events.is_empty()
     }
 
     fn fail(&mut self, err: SessionError, now: Now) {
@@ -735,16 +497,15 @@ impl<T> ClientSession<T> {
 
     /// Reports the end once it is known: it is the last event.
     fn sync_end(&mut self) {
-        if self.reported {
+        if self.events.ended() {
             return;
         }
         if let Some(end) = self.link.end() {
             let end = end.clone();
-            self.reported = true;
             self.calls.clear();
             self.stdin_queued = 0;
             self.pings.clear();
-            self.events.push_back(ClientEvent::Ended(end));
+            self.events.end(ClientEvent::Ended(end));
         }
     }
 }

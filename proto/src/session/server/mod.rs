@@ -1,24 +1,24 @@
 //! The exec-server's session machine: the responder of the Noise handshake
-//! (authorized keys, replay guard), the hello answer, the call table and its
-//! cap, each call's sequence numbers and final event, and pongs.
+//! (authorized keys, replay guard), the hello answer, pongs, timers and the
+//! session's end; its call table is in `calls`.
 
-use std::collections::{HashMap, VecDeque};
+mod calls;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::stdin;
-use super::{
-    CallError, Closed, Limits, Mark, Now, Received, SessionError, Stage, Transmit, Violation,
-};
+use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
 use crate::keys::{AuthorizedKeys, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
 use crate::pb::session::{
-    Envelope, ExecError, ExecErrorKind, ExecRequest, HelloAck, Pong, StdinAck, StdinMode,
-    TerminalEvent, TraceContext, envelope::Body, terminal_event,
+    Envelope, ExecErrorKind, ExecRequest, HelloAck, Pong, TraceContext, envelope::Body,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -166,9 +166,7 @@ pub struct ServerSession<T> {
     client: Option<PublicKey>,
     calls: HashMap<u64, Call>,
     highest_call: u64,
-    events: VecDeque<ServerEvent>,
-    deferred: Option<ServerEvent>,
-    reported: bool,
+    events: Events<ServerEvent>,
 }
 
 impl<T> std::fmt::Debug for ServerSession<T> {
@@ -192,9 +190,7 @@ impl<T> ServerSession<T> {
             client: None,
             calls: HashMap::new(),
             highest_call: 0,
-            events: VecDeque::new(),
-            deferred: None,
-            reported: false,
+            events: Events::default(),
         }
     }
 
@@ -251,7 +247,7 @@ impl<T> ServerSession<T> {
                 self.link.transport = Some(accepted.transport);
                 self.client = Some(accepted.client);
                 self.state = State::Hello;
-                self.events.push_back(ServerEvent::Authenticated {
+                self.events.push(ServerEvent::Authenticated {
                     client: accepted.client,
                 });
                 Ok(())
@@ -323,7 +319,7 @@ impl<T> ServerSession<T> {
                             .receive(call_id, d.data.len(), window)
                             .map_err(SessionError::Protocol)?;
                     }
-                    self.events.push_back(ServerEvent::Stdin {
+                    self.events.push(ServerEvent::Stdin {
                         call_id,
                         data: d.data,
                     });
@@ -340,7 +336,7 @@ impl<T> ServerSession<T> {
                         call.stdin = Stdin::Closed;
                     }
                 }
-                self.events.push_back(ServerEvent::StdinClose {
+                self.events.push(ServerEvent::StdinClose {
                     call_id,
                     trace,
                     received,
@@ -349,7 +345,7 @@ impl<T> ServerSession<T> {
             }
             Body::Signal(s) => {
                 self.live(call_id)?;
-                self.events.push_back(ServerEvent::Signal {
+                self.events.push(ServerEvent::Signal {
                     call_id,
                     signal: s.signal,
                     trace,
@@ -359,7 +355,7 @@ impl<T> ServerSession<T> {
             }
             Body::Cancel(_) => {
                 self.live(call_id)?;
-                self.events.push_back(ServerEvent::Cancel {
+                self.events.push(ServerEvent::Cancel {
                     call_id,
                     trace,
                     received,
@@ -375,88 +371,6 @@ impl<T> ServerSession<T> {
         }
     }
 
-    /// Whether `call_id` is running; `false` for one that has ended (its
-    /// messages may cross its final event), an error for one that never
-    /// existed.
-    fn live(&self, call_id: u64) -> Result<bool, SessionError> {
-        if self.calls.contains_key(&call_id) {
-            Ok(true)
-        } else if call_id > 0 && call_id <= self.highest_call {
-            Ok(false)
-        } else {
-            Err(SessionError::Protocol(Violation::UnknownCall(call_id)))
-        }
-    }
-
-    /// Like [`live`](Self::live), and the call's stdin must be open.
-    fn stdin_open(&self, call_id: u64) -> Result<bool, SessionError> {
-        if !self.live(call_id)? {
-            return Ok(false);
-        }
-        match self.calls.get(&call_id).map(|c| c.stdin) {
-            Some(Stdin::Open) => Ok(true),
-            _ => Err(SessionError::Protocol(Violation::Stdin(call_id))),
-        }
-    }
-
-    fn exec(
-        &mut self,
-        call_id: u64,
-        request: ExecRequest,
-        trace: Option<TraceContext>,
-        received: Received,
-        now: Now,
-    ) -> Result<(), SessionError> {
-        let refusal = if call_id == 0 || call_id <= self.highest_call {
-            Some((ExecErrorKind::BadRequest, "call id is zero or already used"))
-        } else if self.calls.len() >= self.link.limits.max_calls {
-            Some((
-                ExecErrorKind::TooManyProcesses,
-                "too many processes on this session",
-            ))
-        } else {
-            None
-        };
-        self.highest_call = self.highest_call.max(call_id);
-        if let Some((kind, message)) = refusal {
-            let error = Body::Event(TerminalEvent {
-                seq: 0,
-                kind: Some(terminal_event::Kind::Error(ExecError {
-                    kind: kind as i32,
-                    message: message.into(),
-                })),
-            });
-            self.send(call_id, trace.as_ref(), error, now)?;
-            self.events.push_back(ServerEvent::Refused {
-                call_id,
-                kind,
-                trace,
-                received,
-            });
-            return Ok(());
-        }
-        let stdin = if request.stdin == StdinMode::Pipe as i32 {
-            Stdin::Open
-        } else {
-            Stdin::Null
-        };
-        self.calls.insert(
-            call_id,
-            Call {
-                next_seq: 0,
-                stdin,
-                received: stdin::Incoming::default(),
-            },
-        );
-        self.events.push_back(ServerEvent::Exec {
-            call_id,
-            request,
-            trace,
-            received,
-        });
-        Ok(())
-    }
-
     fn send(
         &mut self,
         call_id: u64,
@@ -470,68 +384,6 @@ impl<T> ServerSession<T> {
                 "message too large to answer",
             ))),
         }
-    }
-
-    /// Pushes a terminal event of a call, with the next sequence number. An
-    /// exited or error event is the call's last; nothing more can be pushed
-    /// for it.
-    pub fn push(
-        &mut self,
-        call_id: u64,
-        kind: terminal_event::Kind,
-        trace: Option<&TraceContext>,
-        mark: Option<Mark<T>>,
-        now: Now,
-    ) -> Result<Pushed, CallError> {
-        if self.link.is_over() {
-            return Err(CallError::Ended);
-        }
-        let call = self
-            .calls
-            .get_mut(&call_id)
-            .ok_or(CallError::UnknownCall(call_id))?;
-        let seq = call.next_seq;
-        let last = matches!(
-            kind,
-            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
-        );
-        let body = Body::Event(TerminalEvent {
-            seq,
-            kind: Some(kind),
-        });
-        let result = self.link.send(call_id, trace, body, mark, now);
-        if let Ok(offset) = result {
-            if let Some(call) = self.calls.get_mut(&call_id) {
-                call.next_seq += 1;
-            }
-            if last {
-                self.calls.remove(&call_id);
-            }
-            self.after(now);
-            return Ok(Pushed { seq, offset, last });
-        }
-        self.after(now);
-        result.map(|_| Pushed {
-            seq,
-            offset: 0,
-            last,
-        })
-    }
-
-    /// The call's process has taken `n` more bytes of its stdin; the client
-    /// is told (in batches) so that it may send more.
-    pub fn stdin_taken(&mut self, call_id: u64, n: u64, now: Now) -> Result<(), CallError> {
-        let window = self.link.limits.stdin_window;
-        let call = self
-            .calls
-            .get_mut(&call_id)
-            .ok_or(CallError::UnknownCall(call_id))?;
-        if let Some(consumed) = call.received.taken(n, window) {
-            let ack = Body::StdinAck(StdinAck { consumed });
-            self.link.send(call_id, None, ack, None, now)?;
-            self.after(now);
-        }
-        Ok(())
     }
 
     /// Closes the session cleanly (shutting down): what is queued goes
@@ -572,14 +424,14 @@ impl<T> ServerSession<T> {
     /// The next event for the caller.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.sync_end();
-        self.deferred.take().or_else(|| self.events.pop_front())
+        self.events.poll()
     }
 
     /// Hands back an event the caller cannot take yet (stdin for a process
     /// whose queue is full); it is the next one returned, and no frame is
     /// read until then.
     pub fn defer(&mut self, event: ServerEvent) {
-        self.deferred = Some(event);
+        self.events.defer(event);
         self.link.stalled = true;
     }
 
@@ -587,8 +439,7 @@ impl<T> ServerSession<T> {
     /// while the backlog is over its bound (every frame may need an
     /// answer).
     pub fn wants_frames(&self) -> bool {
-        self.link.is_over()
-            || (self.deferred.is_none() && self.events.is_empty() && !self.link.over_backlog())
+        self.link.is_over() || (self.events.is_empty() && !self.link.over_backlog())
     }
 
     /// Whether the machine takes terminal events now.
@@ -637,7 +488,7 @@ impl<T> ServerSession<T> {
 
     /// Whether the session is completely over and every event taken.
     pub fn is_done(&self) -> bool {
-        self.reported && self.link.is_done() && self.deferred.is_none() && self.events.is_empty()
+        self.events.ended() && self.link.is_done() && self.events.is_empty()
     }
 
     fn fail(&mut self, err: SessionError, now: Now) {
@@ -658,14 +509,13 @@ impl<T> ServerSession<T> {
     }
 
     fn sync_end(&mut self) {
-        if self.reported {
+        if self.events.ended() {
             return;
         }
         if let Some(end) = self.link.end() {
             let end = end.clone();
-            self.reported = true;
             self.calls.clear();
-            self.events.push_back(ServerEvent::Ended(end));
+            self.events.end(ServerEvent::Ended(end));
         }
     }
 }

@@ -1,0 +1,252 @@
+//! The client's call table: starting calls, their stdin (within the
+//! exec-server's window), signals and cancels, and each call's terminal
+//! events checked against its sequence.
+
+use bytes::Bytes;
+
+use super::{Call, ClientEvent, ClientSession, State, Stdin};
+use crate::pb::session::{
+    Cancel, ExecRequest, Signal, StdinClose, StdinData, StdinMode, TraceContext, envelope::Body,
+    terminal_event,
+};
+use crate::session::stdin;
+use crate::session::{CallError, CallEvent, Mark, Now, Received, SessionError, Violation};
+
+impl<T> ClientSession<T> {
+    pub(super) fn call_event(
+        &mut self,
+        call_id: u64,
+        seq: u64,
+        kind: terminal_event::Kind,
+        trace: Option<TraceContext>,
+        received: Received,
+    ) -> Result<(), SessionError> {
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(SessionError::Protocol(Violation::UnknownCall(call_id)))?;
+        if seq != call.next_seq {
+            return Err(SessionError::Protocol(Violation::Sequence {
+                call: call_id,
+                expected: call.next_seq,
+                got: seq,
+            }));
+        }
+        let first = seq == 0;
+        let ok = match &kind {
+            terminal_event::Kind::Started(_) => first,
+            terminal_event::Kind::Error(_) => true,
+            _ => !first,
+        };
+        if !ok {
+            return Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                if first {
+                    "event before the start"
+                } else {
+                    "second start"
+                },
+            )));
+        }
+        let last = matches!(
+            kind,
+            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
+        );
+        call.next_seq += 1;
+        let forgotten = call.forgotten;
+        if last && let Some(call) = self.calls.remove(&call_id) {
+            self.stdin_queued -= call.out.queued();
+        }
+        if !forgotten {
+            self.events.push(ClientEvent::Call(CallEvent {
+                call_id,
+                seq,
+                kind,
+                last,
+                trace,
+                received,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Starts a call: the exec request goes out with `trace` (which every
+    /// later message of the call carries too). Returns the call's id.
+    pub fn start_call(
+        &mut self,
+        request: ExecRequest,
+        trace: Option<TraceContext>,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<u64, CallError> {
+        self.check_ready()?;
+        if self.calls.len() >= self.max_calls {
+            return Err(CallError::TooManyCalls(self.max_calls));
+        }
+        let id = self.next_call;
+        let stdin = if request.stdin == StdinMode::Pipe as i32 {
+            Stdin::Open
+        } else {
+            Stdin::Null
+        };
+        let result = self
+            .link
+            .send(id, trace.as_ref(), Body::Exec(request), mark, now);
+        self.after(now);
+        result?;
+        self.next_call += 1;
+        self.calls.insert(
+            id,
+            Call {
+                next_seq: 0,
+                stdin,
+                out: stdin::Outgoing::new(self.stdin_window),
+                forgotten: false,
+                trace,
+            },
+        );
+        Ok(id)
+    }
+
+    pub(super) fn check_ready(&self) -> Result<(), CallError> {
+        if self.link.is_over() {
+            return Err(CallError::Ended);
+        }
+        match self.state {
+            State::Ready => Ok(()),
+            _ => Err(CallError::NotReady),
+        }
+    }
+
+    fn live_call(&mut self, call_id: u64) -> Result<&mut Call<T>, CallError> {
+        if self.link.is_over() {
+            return Err(CallError::Ended);
+        }
+        match self.calls.get_mut(&call_id) {
+            Some(c) if !c.forgotten => Ok(c),
+            Some(_) => Err(CallError::Finished(call_id)),
+            None if call_id < self.next_call && call_id > 0 => Err(CallError::Finished(call_id)),
+            None => Err(CallError::UnknownCall(call_id)),
+        }
+    }
+
+    fn send_for(
+        &mut self,
+        call_id: u64,
+        body: Body,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        let trace = self.calls.get(&call_id).and_then(|c| c.trace.clone());
+        let result = self.link.send(call_id, trace.as_ref(), body, mark, now);
+        self.after(now);
+        result.map(|_| ())
+    }
+
+    /// Writes to a call's stdin (in chunks of at most
+    /// [`MAX_CHUNK`](crate::limits::MAX_CHUNK)). What the exec-server's
+    /// window does not take yet waits here, counted in the backlog.
+    pub fn write_stdin(&mut self, call_id: u64, data: Bytes, now: Now) -> Result<(), CallError> {
+        let call = self.live_call(call_id)?;
+        if call.stdin != Stdin::Open {
+            return Err(CallError::StdinClosed(call_id));
+        }
+        let len = data.len();
+        call.out.push(data);
+        self.stdin_queued += len;
+        self.flush_stdin(call_id, now)
+    }
+
+    /// Closes a call's stdin (after everything written before).
+    pub fn close_stdin(
+        &mut self,
+        call_id: u64,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        let call = self.live_call(call_id)?;
+        if call.stdin != Stdin::Open {
+            return Err(CallError::StdinClosed(call_id));
+        }
+        call.stdin = Stdin::Closed;
+        call.out.close(mark);
+        self.flush_stdin(call_id, now)
+    }
+
+    /// Sends what the call's stdin window allows, then a close that waited
+    /// for it.
+    fn flush_stdin(&mut self, call_id: u64, now: Now) -> Result<(), CallError> {
+        loop {
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return Ok(());
+            };
+            if let Some(data) = call.out.next_chunk() {
+                self.stdin_queued -= data.len();
+                self.send_for(call_id, Body::Stdin(StdinData { data }), None, now)?;
+            } else if let Some(mark) = call.out.take_close() {
+                return self.send_for(call_id, Body::StdinClose(StdinClose {}), mark, now);
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) fn stdin_ack(
+        &mut self,
+        call_id: u64,
+        consumed: u64,
+        now: Now,
+    ) -> Result<(), SessionError> {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            // It crossed the call's final event.
+            return if call_id > 0 && call_id < self.next_call {
+                Ok(())
+            } else {
+                Err(SessionError::Protocol(Violation::UnknownCall(call_id)))
+            };
+        };
+        call.out
+            .ack(call_id, consumed)
+            .map_err(SessionError::Protocol)?;
+        // A session that is ending sends nothing more; that is not an error.
+        let _ = self.flush_stdin(call_id, now);
+        Ok(())
+    }
+
+    /// Delivers a signal to a call's process group.
+    pub fn signal(
+        &mut self,
+        call_id: u64,
+        signal: i32,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        self.live_call(call_id)?;
+        self.send_for(call_id, Body::Signal(Signal { signal }), mark, now)
+    }
+
+    /// Kills a call's process group; the call ends with its exit event.
+    pub fn cancel(
+        &mut self,
+        call_id: u64,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<(), CallError> {
+        self.live_call(call_id)?;
+        self.send_for(call_id, Body::Cancel(Cancel {}), mark, now)
+    }
+
+    /// The caller has gone: the call is cancelled, and its remaining events
+    /// are checked and dropped. Nothing happens for a call already over.
+    pub fn forget(&mut self, call_id: u64, mark: Option<Mark<T>>, now: Now) {
+        if self.live_call(call_id).is_err() {
+            return;
+        }
+        let _ = self.send_for(call_id, Body::Cancel(Cancel {}), mark, now);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.forgotten = true;
+            // Its stdin is not worth sending any more.
+            self.stdin_queued -= call.out.queued();
+            call.out = stdin::Outgoing::new(0);
+        }
+    }
+}

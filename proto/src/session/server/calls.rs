@@ -1,0 +1,157 @@
+//! The exec-server's call table: new calls (the id rules and the cap),
+//! which calls messages may name, each call's stdin against its window, and
+//! the sequence numbers and final event of what it pushes.
+
+use super::{Call, Pushed, ServerEvent, ServerSession, Stdin};
+use crate::pb::session::{
+    ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent, TraceContext,
+    envelope::Body, terminal_event,
+};
+use crate::session::stdin;
+use crate::session::{CallError, Mark, Now, Received, SessionError, Violation};
+
+impl<T> ServerSession<T> {
+    /// Whether `call_id` is running; `false` for one that has ended (its
+    /// messages may cross its final event), an error for one that never
+    /// existed.
+    pub(super) fn live(&self, call_id: u64) -> Result<bool, SessionError> {
+        if self.calls.contains_key(&call_id) {
+            Ok(true)
+        } else if call_id > 0 && call_id <= self.highest_call {
+            Ok(false)
+        } else {
+            Err(SessionError::Protocol(Violation::UnknownCall(call_id)))
+        }
+    }
+
+    /// Like [`live`](Self::live), and the call's stdin must be open.
+    pub(super) fn stdin_open(&self, call_id: u64) -> Result<bool, SessionError> {
+        if !self.live(call_id)? {
+            return Ok(false);
+        }
+        match self.calls.get(&call_id).map(|c| c.stdin) {
+            Some(Stdin::Open) => Ok(true),
+            _ => Err(SessionError::Protocol(Violation::Stdin(call_id))),
+        }
+    }
+
+    pub(super) fn exec(
+        &mut self,
+        call_id: u64,
+        request: ExecRequest,
+        trace: Option<TraceContext>,
+        received: Received,
+        now: Now,
+    ) -> Result<(), SessionError> {
+        let refusal = if call_id == 0 || call_id <= self.highest_call {
+            Some((ExecErrorKind::BadRequest, "call id is zero or already used"))
+        } else if self.calls.len() >= self.link.limits.max_calls {
+            Some((
+                ExecErrorKind::TooManyProcesses,
+                "too many processes on this session",
+            ))
+        } else {
+            None
+        };
+        self.highest_call = self.highest_call.max(call_id);
+        if let Some((kind, message)) = refusal {
+            let error = Body::Event(TerminalEvent {
+                seq: 0,
+                kind: Some(terminal_event::Kind::Error(ExecError {
+                    kind: kind as i32,
+                    message: message.into(),
+                })),
+            });
+            self.send(call_id, trace.as_ref(), error, now)?;
+            self.events.push(ServerEvent::Refused {
+                call_id,
+                kind,
+                trace,
+                received,
+            });
+            return Ok(());
+        }
+        let stdin = if request.stdin == StdinMode::Pipe as i32 {
+            Stdin::Open
+        } else {
+            Stdin::Null
+        };
+        self.calls.insert(
+            call_id,
+            Call {
+                next_seq: 0,
+                stdin,
+                received: stdin::Incoming::default(),
+            },
+        );
+        self.events.push(ServerEvent::Exec {
+            call_id,
+            request,
+            trace,
+            received,
+        });
+        Ok(())
+    }
+
+    /// Pushes a terminal event of a call, with the next sequence number. An
+    /// exited or error event is the call's last; nothing more can be pushed
+    /// for it.
+    pub fn push(
+        &mut self,
+        call_id: u64,
+        kind: terminal_event::Kind,
+        trace: Option<&TraceContext>,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<Pushed, CallError> {
+        if self.link.is_over() {
+            return Err(CallError::Ended);
+        }
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(CallError::UnknownCall(call_id))?;
+        let seq = call.next_seq;
+        let last = matches!(
+            kind,
+            terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
+        );
+        let body = Body::Event(TerminalEvent {
+            seq,
+            kind: Some(kind),
+        });
+        let result = self.link.send(call_id, trace, body, mark, now);
+        if let Ok(offset) = result {
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                call.next_seq += 1;
+            }
+            if last {
+                self.calls.remove(&call_id);
+            }
+            self.after(now);
+            return Ok(Pushed { seq, offset, last });
+        }
+        self.after(now);
+        result.map(|_| Pushed {
+            seq,
+            offset: 0,
+            last,
+        })
+    }
+
+    /// The call's process has taken `n` more bytes of its stdin; the client
+    /// is told (in batches) so that it may send more.
+    pub fn stdin_taken(&mut self, call_id: u64, n: u64, now: Now) -> Result<(), CallError> {
+        let window = self.link.limits.stdin_window;
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(CallError::UnknownCall(call_id))?;
+        if let Some(consumed) = call.received.taken(n, window) {
+            let ack = Body::StdinAck(StdinAck { consumed });
+            self.link.send(call_id, None, ack, None, now)?;
+            self.after(now);
+        }
+        Ok(())
+    }
+}
