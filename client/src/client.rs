@@ -8,9 +8,8 @@ use std::time::SystemTime;
 use lifecycle::Tasks;
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use proto::session::CallError;
 use telemetry::{carriers, otel, spans};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
@@ -21,6 +20,10 @@ use crate::execution::{Controller, Delivery, Execution};
 #[cfg(feature = "records")]
 use crate::records::CallRecord;
 use crate::session::{Command, SessionHandle, Traced};
+
+/// Room an exec request's envelope needs around it: the call id, the trace
+/// context, the send time and the field tags.
+const ENVELOPE_ROOM: usize = 1024;
 
 /// A client for one exec-server.
 #[derive(Debug, Clone)]
@@ -136,6 +139,18 @@ impl Client {
         if spec.argv.first().is_none_or(|a| a.is_empty()) {
             return Err(ClientError::InvalidRequest(InvalidRequest::NoProgram));
         }
+        let request = spec.to_request();
+        // The request must fit in one session message (with room for the
+        // envelope around it).
+        let len = prost::Message::encoded_len(&request);
+        if len + ENVELOPE_ROOM > proto::limits::MAX_ENVELOPE {
+            return Err(ClientError::InvalidRequest(InvalidRequest::TooLarge(
+                proto::envelope::EnvelopeError::TooLarge {
+                    len: len + ENVELOPE_ROOM,
+                    max: proto::limits::MAX_ENVELOPE,
+                },
+            )));
+        }
         let parent = spec.parent.clone().unwrap_or_else(Context::current);
         let tracer = opentelemetry::global::tracer("core-client");
         let dispatched = SystemTime::now();
@@ -151,7 +166,6 @@ impl Client {
         let cx = parent.with_remote_span_context(span.span_context().clone());
         let record = self.record(&spec, span.span_context());
         let trace = otel::trace_context_of(&cx).map(|tc| carriers::envelope::inject(&tc));
-        let request = spec.to_request();
         let mut dispatch = Dispatch {
             span: Some(span),
             record,
@@ -171,19 +185,16 @@ impl Client {
                 ));
             }
             let (tx, rx) = mpsc::channel(self.inner.config.events_per_call);
-            let (reply, started) = oneshot::channel();
-            let command = Command::Start {
-                request: request.clone(),
-                trace: trace.clone(),
-                events: tx,
-                traced: Traced::now(&cx, "exec"),
-                reply,
-            };
-            let sent = session.send(command).await;
-            let started = match sent {
-                Ok(()) => started.await.unwrap_or(Err(CallError::Ended)),
-                Err(_) => Err(CallError::Ended),
-            };
+            let traced = Traced::now(&cx, "exec");
+            let started = session
+                .start(|call_id| Command::Start {
+                    call_id,
+                    request: request.clone(),
+                    trace: trace.clone(),
+                    events: tx,
+                    traced,
+                })
+                .await;
             match started {
                 Ok(call_id) => {
                     let control = Controller::new(call_id, session, cx);
@@ -194,11 +205,10 @@ impl Client {
                         Delivery::new(dispatched, dispatch.record.take()),
                     ));
                 }
-                Err(CallError::Ended | CallError::NotReady) if attempts < 2 => continue,
-                Err(e) => {
-                    let err = ClientError::from_call(e, || session.lost());
-                    return Err(dispatch.fail(err));
-                }
+                // The session ended before the request was queued: a new
+                // one is opened, once.
+                Err(_) if attempts < 2 => continue,
+                Err(lost) => return Err(dispatch.fail(ClientError::SessionLost(lost))),
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proto::keys::PublicKey;
 use proto::noise::HandshakeError;
 use proto::pb::tunnel::CloseReason;
-use proto::session::{CallError, Closed, SessionError, Stage};
+use proto::session::{Closed, SessionError, Stage};
 
 /// What a link goes to: the relay, or an exec-server reached directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,9 +330,6 @@ pub enum ClientError {
     /// The session ended while the request was being sent.
     #[error("session lost: {0}")]
     SessionLost(#[source] SessionLost),
-    /// The session has as many calls open as it allows.
-    #[error("too many calls on this session (at most {0})")]
-    TooManyCalls(usize),
 }
 
 /// What is wrong with a request.
@@ -341,33 +338,14 @@ pub enum InvalidRequest {
     /// No program was named.
     #[error("no program given")]
     NoProgram,
-    /// The request or a stdin write does not fit in a session message.
+    /// The request does not fit in a session message.
     #[error(transparent)]
     TooLarge(#[from] proto::envelope::EnvelopeError),
-    /// The call's stdin is not a pipe, or was closed already.
-    #[error("the call's stdin is not open")]
-    StdinClosed,
-    /// The call has ended.
-    #[error("the call has ended")]
-    Finished,
 }
 
 impl ClientError {
     /// Whether this is a connection or authentication failure (ssh uses 255).
     pub fn is_connection(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::SessionLost(_))
-    }
-
-    /// The error for a command the session machine refused.
-    pub(crate) fn from_call(err: CallError, lost: impl FnOnce() -> SessionLost) -> Self {
-        match err {
-            CallError::NotReady | CallError::Ended => Self::SessionLost(lost()),
-            CallError::TooManyCalls(n) => Self::TooManyCalls(n),
-            CallError::TooLarge(e) => Self::InvalidRequest(InvalidRequest::TooLarge(e)),
-            CallError::StdinClosed(_) => Self::InvalidRequest(InvalidRequest::StdinClosed),
-            CallError::UnknownCall(_) | CallError::Finished(_) => {
-                Self::InvalidRequest(InvalidRequest::Finished)
-            }
-        }
     }
 }

@@ -19,7 +19,7 @@ use opentelemetry::{Context, KeyValue};
 use proto::driver::{Delivery, Endpoint, Wake};
 use proto::pb::session::{TraceContext as PbTrace, exited, terminal_event};
 use proto::session::{
-    CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
+    CallError, CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
 };
 use telemetry::framing;
 use telemetry::w3c::Extracted;
@@ -116,28 +116,39 @@ impl Router {
     fn command(&mut self, machine: &mut Machine, cmd: Command, now: Now) {
         match cmd {
             Command::Start {
+                call_id,
                 request,
                 trace,
                 events,
                 traced,
-                reply,
             } => {
                 let mark = self.mark(&traced);
-                let started = machine.start_call(request, trace, Some(mark), now);
-                if let Ok(call_id) = started {
-                    self.calls.insert(
-                        call_id,
-                        Route {
-                            sink: events,
-                            parent: traced.parent,
-                            output_chunks: 0,
-                            last_chunk: None,
-                        },
-                    );
+                match machine.start_call(call_id, request, trace, Some(mark), now) {
+                    Ok(()) => {
+                        self.calls.insert(
+                            call_id,
+                            Route {
+                                sink: events,
+                                parent: traced.parent,
+                                output_chunks: 0,
+                                last_chunk: None,
+                            },
+                        );
+                    }
+                    // The call ends before it began; its caller is told.
+                    Err(e) => {
+                        let failure = match e {
+                            CallError::TooManyCalls(_) | CallError::TooLarge(_) => {
+                                ExecFailure::Refused(e.to_string())
+                            }
+                            _ => ExecFailure::SessionLost(self.shared.lost()),
+                        };
+                        let _ = events.try_send(Routed {
+                            event: Event::Failed(failure),
+                            at: Instant::now(),
+                        });
+                    }
                 }
-                // A caller that stopped waiting cancels through the shared
-                // list; nothing to do here if it is gone.
-                let _ = reply.send(started);
             }
             Command::Stdin { call_id, data } => {
                 // A call that has ended takes no more input; the process

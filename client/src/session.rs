@@ -12,8 +12,8 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use opentelemetry::Context;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
-use proto::session::{CallError, Closed};
-use tokio::sync::{Notify, mpsc, oneshot};
+use proto::session::Closed;
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{SessionLost, Via};
@@ -61,13 +61,14 @@ pub(crate) enum Control {
 /// process that does not read its stdin can still be interrupted.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Start a call; its id (or why not) comes back on `reply`.
+    /// Start call `call_id` (ids increase in queue order: see
+    /// [`SessionHandle::start`]); if it cannot start, its events say why.
     Start {
+        call_id: u64,
         request: ExecRequest,
         trace: Option<PbTrace>,
         events: mpsc::Sender<Routed>,
         traced: Traced,
-        reply: oneshot::Sender<Result<u64, CallError>>,
     },
     /// Stdin for a call (at most one chunk).
     Stdin { call_id: u64, data: Bytes },
@@ -122,6 +123,15 @@ impl Shared {
         *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(lost);
     }
 
+    /// Why the session ended (a clean local close if it did not say).
+    pub(crate) fn lost(&self) -> SessionLost {
+        self.end
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| SessionLost::new(self.via, Ok(Closed::Local)))
+    }
+
     pub(crate) fn set_clock_offset(&self, nanos: i64) {
         self.clock_offset.store(nanos, Ordering::Relaxed);
     }
@@ -141,6 +151,9 @@ pub(crate) const CONTROL_QUEUE: usize = 16;
 pub(crate) struct SessionHandle {
     commands: mpsc::Sender<Command>,
     controls: mpsc::Sender<Command>,
+    /// The next call id; held while a start is queued, so that ids reach
+    /// the driver in increasing order.
+    next_call: Arc<AsyncMutex<u64>>,
     shared: Arc<Shared>,
 }
 
@@ -153,8 +166,26 @@ impl SessionHandle {
         Self {
             commands,
             controls,
+            next_call: Arc::new(AsyncMutex::new(1)),
             shared,
         }
+    }
+
+    /// Queues the start of a new call built by `start` from its id, and
+    /// returns the id. The caller does not wait for the driver: a start the
+    /// session refuses ends the call with a failure event.
+    pub(crate) async fn start(
+        &self,
+        start: impl FnOnce(u64) -> Command,
+    ) -> Result<u64, SessionLost> {
+        let mut next = self.next_call.lock().await;
+        let id = *next;
+        self.commands
+            .send(start(id))
+            .await
+            .map_err(|_| self.lost())?;
+        *next += 1;
+        Ok(id)
     }
 
     /// Whether the session has ended (or is closing).
@@ -203,12 +234,7 @@ impl SessionHandle {
 
     /// Why the session ended (a clean local close if it did not say).
     pub(crate) fn lost(&self) -> SessionLost {
-        self.shared
-            .end
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| SessionLost::new(self.shared.via, Ok(Closed::Local)))
+        self.shared.lost()
     }
 
     /// Closes the session cleanly and waits until its driver has stopped.

@@ -7,7 +7,11 @@
 //! - [`server`]: start, run and graceful shutdown.
 //! - [`link`]: the dial-out registration with a relay and session accept.
 //! - [`direct`]: the tunnel service for clients that connect directly.
-//! - [`session`]: one Noise session: handshake, dispatch, event push.
+//! - [`session`]: one client session: the session machine
+//!   (`proto::session::ServerSession`) run by `proto::driver`, and beside it
+//!   the endpoint that starts each call's process and pushes its events.
+//! - [`stdin`]: a call's stdin between the session and the process (never
+//!   more than the session's stdin window), with what the process took.
 //! - [`process`]: one child process: spawn, pipes, signals, exit.
 
 pub mod config;

@@ -7,7 +7,9 @@
 
 use std::future::Future;
 
+use futures_util::future::Either;
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::TraceContextExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,14 +43,21 @@ impl Tasks {
     }
 
     /// Spawns `future`: tracked, inside `span`, with the current
-    /// OpenTelemetry context attached.
+    /// OpenTelemetry context attached (when there is one: attaching an
+    /// empty context on every poll would only cost).
     pub fn spawn<F>(&self, span: tracing::Span, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let cx = opentelemetry::Context::current();
-        self.tracker.spawn(future.instrument(span).with_context(cx))
+        let future = future.instrument(span);
+        let future = if cx.has_active_span() {
+            Either::Left(future.with_context(cx))
+        } else {
+            Either::Right(future)
+        };
+        self.tracker.spawn(future)
     }
 
     /// Tasks still running.

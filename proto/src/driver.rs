@@ -113,8 +113,10 @@ where
     let mut blocked = false;
     let mut shut = false;
     tokio::pin!(shutdown);
+    // The clock is read once per wake-up, and that reading serves the
+    // rest of the turn.
+    let mut now = Now::system();
     loop {
-        let now = Now::system();
         if !blocked {
             while let Some(event) = machine.poll_event() {
                 if let Delivery::Later(event) = endpoint.deliver(&mut machine, event, now) {
@@ -148,44 +150,56 @@ where
             biased;
             () = &mut shutdown, if !shut => {
                 shut = true;
-                machine.close(Now::system());
+                now = Now::system();
+                machine.close(now);
             }
-            permit = reserve(out.as_ref()), if sending => match permit {
-                Some(permit) => {
-                    let now = Now::system();
-                    if let Some(t) = machine.poll_transmit(now) {
-                        permit.send(Ok(t.frame));
-                        endpoint.transmitted(t.done, t.sent, now);
+            permit = reserve(out.as_ref()), if sending => {
+                now = Now::system();
+                match permit {
+                    Some(permit) => {
+                        if let Some(t) = machine.poll_transmit(now) {
+                            permit.send(Ok(t.frame));
+                            endpoint.transmitted(t.done, t.sent, now);
+                        }
+                    }
+                    // The link's sending half is gone: so is the link.
+                    None => link_gone = true,
+                }
+            }
+            frame = inbound.next(), if reading => {
+                now = Now::system();
+                match frame {
+                    Some(Ok(frame)) => machine.handle_frame(frame, now),
+                    Some(Err(status)) => {
+                        inbound_open = false;
+                        machine.handle_link_end(Some(status), now);
+                    }
+                    None => {
+                        inbound_open = false;
+                        machine.handle_link_end(None, now);
                     }
                 }
-                // The link's sending half is gone: so is the link.
-                None => link_gone = true,
-            },
-            frame = inbound.next(), if reading => match frame {
-                Some(Ok(frame)) => machine.handle_frame(frame, Now::system()),
-                Some(Err(status)) => {
-                    inbound_open = false;
-                    machine.handle_link_end(Some(status), Now::system());
+            }
+            wake = endpoint.wait(accepting, blocked) => {
+                now = Now::system();
+                match wake {
+                    Wake::Input(input) => endpoint.apply(&mut machine, input, now),
+                    Wake::Ready => blocked = false,
+                    Wake::Closed => {
+                        input_open = false;
+                        machine.close(now);
+                    }
                 }
-                None => {
-                    inbound_open = false;
-                    machine.handle_link_end(None, Now::system());
-                }
-            },
-            wake = endpoint.wait(accepting, blocked) => match wake {
-                Wake::Input(input) => endpoint.apply(&mut machine, input, Now::system()),
-                Wake::Ready => blocked = false,
-                Wake::Closed => {
-                    input_open = false;
-                    machine.close(Now::system());
-                }
-            },
-            () = sleep(deadline) => machine.handle_timeout(Now::system()),
+            }
+            () = sleep(deadline) => {
+                now = Now::system();
+                machine.handle_timeout(now);
+            }
         }
         if link_gone {
             out = None;
             let closed = Status::unavailable("the link closed");
-            machine.handle_link_end(Some(closed), Now::system());
+            machine.handle_link_end(Some(closed), now);
         }
     }
 }

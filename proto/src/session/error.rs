@@ -198,6 +198,9 @@ pub enum CallError {
     /// No such call (it ended, or never started).
     #[error("no call {0} on this session")]
     UnknownCall(u64),
+    /// A call id that is zero or not above every earlier one.
+    #[error("call id {0} is not above the ids already used on this session")]
+    StaleCallId(u64),
     /// The call is over; nothing more can be sent for it.
     #[error("call {0} has ended")]
     Finished(u64),

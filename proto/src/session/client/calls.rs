@@ -69,20 +69,26 @@ impl<T> ClientSession<T> {
         Ok(())
     }
 
-    /// Starts a call: the exec request goes out with `trace` (which every
-    /// later message of the call carries too). Returns the call's id.
+    /// Starts call `id`: the exec request goes out with `trace` (which every
+    /// later message of the call carries too). Ids are the caller's to
+    /// choose, from 1, and must increase from call to call (the exec-server
+    /// refuses an id it has seen); [`next_call_id`](Self::next_call_id) is
+    /// the smallest one allowed.
     pub fn start_call(
         &mut self,
+        id: u64,
         request: ExecRequest,
         trace: Option<TraceContext>,
         mark: Option<Mark<T>>,
         now: Now,
-    ) -> Result<u64, CallError> {
+    ) -> Result<(), CallError> {
         self.check_ready()?;
+        if id < self.next_call || id == 0 {
+            return Err(CallError::StaleCallId(id));
+        }
         if self.calls.len() >= self.max_calls {
             return Err(CallError::TooManyCalls(self.max_calls));
         }
-        let id = self.next_call;
         let stdin = if request.stdin == StdinMode::Pipe as i32 {
             Stdin::Open
         } else {
@@ -93,7 +99,7 @@ impl<T> ClientSession<T> {
             .send(id, trace.as_ref(), Body::Exec(request), mark, now);
         self.after(now);
         result?;
-        self.next_call += 1;
+        self.next_call = id + 1;
         self.calls.insert(
             id,
             Call {
@@ -104,7 +110,12 @@ impl<T> ClientSession<T> {
                 trace,
             },
         );
-        Ok(id)
+        Ok(())
+    }
+
+    /// The smallest id the next [`start_call`](Self::start_call) may use.
+    pub fn next_call_id(&self) -> u64 {
+        self.next_call
     }
 
     pub(super) fn check_ready(&self) -> Result<(), CallError> {

@@ -45,6 +45,33 @@ fn exec_round_trip() {
 }
 
 #[test]
+fn call_ids_must_increase() {
+    let mut p = Pair::ready();
+    let a = p.exec(false);
+    let req = ExecRequest {
+        argv: vec![Bytes::from_static(b"x")],
+        ..Default::default()
+    };
+    assert_eq!(
+        p.client.start_call(a, req.clone(), None, None, p.now),
+        Err(CallError::StaleCallId(a))
+    );
+    assert_eq!(
+        p.client.start_call(0, req.clone(), None, None, p.now),
+        Err(CallError::StaleCallId(0))
+    );
+    // Gaps are fine: the caller picks its ids.
+    p.client.start_call(a + 10, req, None, None, p.now).unwrap();
+    assert_eq!(p.client.next_call_id(), a + 11);
+    p.run();
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Exec { call_id, .. } if *call_id == a + 10))
+    );
+}
+
+#[test]
 fn interleaved_calls_keep_their_own_order() {
     let mut p = Pair::ready();
     let a = p.exec(false);
@@ -150,12 +177,14 @@ fn the_exec_server_refuses_calls_over_its_cap() {
         ..Default::default()
     };
     assert_eq!(
-        p.client.start_call(req.clone(), None, None, p.now),
+        p.client
+            .start_call(p.client.next_call_id(), req.clone(), None, None, p.now),
         Err(CallError::TooManyCalls(1))
     );
     p.push(a, started());
     p.push(a, exit(0));
-    assert!(p.client.start_call(req, None, None, p.now).is_ok());
+    let next = p.client.next_call_id();
+    assert!(p.client.start_call(next, req, None, None, p.now).is_ok());
 }
 
 #[test]
@@ -196,9 +225,10 @@ fn marked_messages_end_their_frame_and_carry_their_hop() {
         tracestate: String::new(),
     };
     let before = p.up_hops.len();
-    let id = p
-        .client
+    let id = p.client.next_call_id();
+    p.client
         .start_call(
+            id,
             req,
             Some(trace.clone()),
             Some(Mark::new("exec", Some(hop.into()))),

@@ -21,7 +21,7 @@ fn a_clean_close_ends_both_sides_and_the_calls() {
     assert_eq!(p.server.open_calls(), 0);
     assert_eq!(
         p.client
-            .start_call(ExecRequest::default(), None, None, p.now),
+            .start_call(99, ExecRequest::default(), None, None, p.now),
         Err(CallError::Ended)
     );
 }

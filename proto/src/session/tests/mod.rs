@@ -295,7 +295,10 @@ impl Pair {
             },
             ..Default::default()
         };
-        let id = self.client.start_call(req, None, None, self.now).unwrap();
+        let id = self.client.next_call_id();
+        self.client
+            .start_call(id, req, None, None, self.now)
+            .unwrap();
         self.run();
         id
     }
