@@ -243,3 +243,32 @@ impl SessionHandle {
         self.commands.closed().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancellation_is_not_lost_to_a_full_queue() {
+        let (commands, _commands_rx) = mpsc::channel(1);
+        let (controls, _controls_rx) = mpsc::channel(1);
+        let shared = Shared::new(Via::Relay);
+        let handle = SessionHandle::new(commands, controls, Arc::clone(&shared));
+        // Fill the command queue: nothing more fits.
+        handle
+            .send(Command::Stdin {
+                call_id: 1,
+                data: Bytes::from_static(b"x"),
+            })
+            .await
+            .unwrap();
+        assert!(handle.commands.try_reserve().is_err(), "the queue is full");
+        handle.cancel_on_drop(1, Traced::now(&Context::new(), "cancel"));
+        handle.cancel_on_drop(2, Traced::now(&Context::new(), "cancel"));
+        // The driver is woken (a stored permit) and finds both.
+        shared.wake.notified().await;
+        let ids: Vec<u64> = shared.take_cancelled().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert!(shared.take_cancelled().is_empty(), "taken once");
+    }
+}
