@@ -17,7 +17,7 @@ use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::{Delivery, Endpoint, Wake};
-use proto::pb::session::{TraceContext as PbTrace, exited, terminal_event};
+use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_event};
 use proto::session::{
     CallError, CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
 };
@@ -61,6 +61,8 @@ struct Route {
     sink: mpsc::Sender<Routed>,
     /// The call's `tool.dispatch` context.
     parent: Context,
+    /// When its exec request was taken for sending.
+    started: SystemTime,
     output_chunks: u64,
     /// The latest output chunk's arrival, decode and hop, recorded once the
     /// final event proves it the last.
@@ -130,6 +132,7 @@ impl Router {
                             Route {
                                 sink: events,
                                 parent: traced.parent,
+                                started: now.wall,
                                 output_chunks: 0,
                                 last_chunk: None,
                             },
@@ -202,10 +205,38 @@ impl Router {
         if let Some(route) = self.calls.get(&call_id) {
             let _ = route.sink.try_send(routed);
         }
-        if ev.last {
-            self.calls.remove(&call_id);
+        if ev.last
+            && let Some(route) = self.calls.remove(&call_id)
+            && let Some(timings) = ev.timings
+        {
+            // After the caller has its event: this is bookkeeping.
+            self.bring_home(&route, &timings, &ev.received);
         }
         Delivery::Taken
+    }
+
+    /// Writes the exec-server's stages for a finished call where this
+    /// process keeps its spans (the local trace file), placed on our clock.
+    fn bring_home(&self, route: &Route, timings: &CallTimings, received: &Received) {
+        let Some(sink) = telemetry::remote::sink() else {
+            return;
+        };
+        let trace_id = route.parent.span().span_context().trace_id();
+        let offset = self.shared.clock_offset();
+        let window = telemetry::remote::Window {
+            request_sent: route.started,
+            final_arrived: received.arrived,
+        };
+        match telemetry::remote::place(
+            timings,
+            trace_id,
+            received.sent_unix_nanos,
+            offset,
+            Some(window),
+        ) {
+            Ok(spans) => sink.record(spans),
+            Err(e) => tracing::debug!(error = %e, "the exec-server's timings were left out"),
+        }
     }
 
     /// Records `relay.frame.recv` for the traced events of a call: started,

@@ -237,11 +237,36 @@ impl Merger {
 
     fn finish(mut self) -> Traces {
         self.traces.sort_by_key(|(last, _)| *last);
+        for (_, trace) in &mut self.traces {
+            drop_placed_copies(&mut trace.spans);
+        }
         Traces {
             traces: self.traces.into_iter().map(|(_, trace)| trace).collect(),
             skipped_lines: self.skipped,
         }
     }
+}
+
+/// Whether the client wrote this span from the exec-server's summary (a
+/// copy placed on the client's clock).
+pub fn is_placed(span: &SpanRecord) -> bool {
+    span.attributes
+        .iter()
+        .any(|(k, v)| k == telemetry::remote::PLACED && v == "true")
+}
+
+/// Where the exec-server wrote its own spans into the same file (both on
+/// one host sharing the file), the client's placed copies of them go.
+fn drop_placed_copies(spans: &mut Vec<SpanRecord>) {
+    if !spans.iter().any(is_placed) {
+        return;
+    }
+    let own: std::collections::HashSet<String> = spans
+        .iter()
+        .filter(|s| !is_placed(s))
+        .map(|s| s.span_id.clone())
+        .collect();
+    spans.retain(|s| !is_placed(s) || !own.contains(&s.span_id));
 }
 
 /// Which trace to show.

@@ -24,13 +24,14 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
-use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{Span, SpanId, Status as SpanStatus, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{SpanId, TraceContextExt, Tracer};
 use proto::limits::MAX_CHUNK;
 use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, exited, terminal_event,
 };
+use telemetry::remote::{StageSpan, Timeline};
 use telemetry::spans;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
@@ -61,6 +62,9 @@ pub struct Outgoing {
     pub last: bool,
     /// When it was queued (for the push's queue-residence total).
     pub queued_at: Instant,
+    /// With the final event: the process task's stages for the call's
+    /// summary (empty otherwise).
+    pub stages: Timeline,
 }
 
 /// Where a process task's spans hang.
@@ -91,16 +95,16 @@ impl ProcessTrace {
 
 /// A pipe reader's or the exit watcher's span and its counts.
 struct Watch {
-    span: BoxedSpan,
+    span: StageSpan,
     bytes: i64,
     chunks: i64,
     blocked: Duration,
 }
 
 impl Watch {
-    fn start(tracer: &BoxedTracer, name: &'static str, parent: &Context) -> Self {
+    fn start(tracer: &BoxedTracer, name: &'static str, parent: &Context, at: SystemTime) -> Self {
         Self {
-            span: tracer.start_with_context(name, parent),
+            span: StageSpan::start(tracer, name, parent, at),
             bytes: 0,
             chunks: 0,
             blocked: Duration::ZERO,
@@ -113,16 +117,14 @@ impl Watch {
         self.blocked += blocked;
     }
 
-    fn end(mut self) {
-        self.span.set_attributes([
-            KeyValue::new("rex.bytes", self.bytes),
-            KeyValue::new("rex.chunks", self.chunks),
-            KeyValue::new(
-                "rex.blocked_ns",
-                i64::try_from(self.blocked.as_nanos()).unwrap_or(i64::MAX),
-            ),
-        ]);
-        self.span.end();
+    fn end(mut self, stages: &mut Timeline) {
+        self.span.set_int("rex.bytes", self.bytes);
+        self.span.set_int("rex.chunks", self.chunks);
+        self.span.set_int(
+            "rex.blocked_ns",
+            i64::try_from(self.blocked.as_nanos()).unwrap_or(i64::MAX),
+        );
+        stages.push(self.span.end_at(SystemTime::now()));
     }
 }
 
@@ -152,12 +154,22 @@ struct Events {
 
 impl Events {
     /// Sends an event, waiting for room. Returns false if the session is gone.
-    async fn send(&mut self, kind: terminal_event::Kind, last: bool) -> bool {
+    async fn send(&mut self, kind: terminal_event::Kind) -> bool {
+        self.queue(kind, None).await
+    }
+
+    /// Sends the final event, with the task's stages.
+    async fn finish(&mut self, kind: terminal_event::Kind, stages: Timeline) {
+        self.queue(kind, Some(stages)).await;
+    }
+
+    async fn queue(&mut self, kind: terminal_event::Kind, stages: Option<Timeline>) -> bool {
         let out = Outgoing {
             call_id: self.call_id,
             kind,
-            last,
+            last: stages.is_some(),
             queued_at: Instant::now(),
+            stages: stages.unwrap_or_default(),
         };
         self.events.send(out).await.is_ok()
     }
@@ -297,11 +309,17 @@ pub async fn run(
     trace: ProcessTrace,
 ) {
     let tracer = opentelemetry::global::tracer("exec-server");
-    let mut queue = tracer
-        .span_builder(spans::RPC_SERVER_QUEUE)
-        .with_start_time(trace.enqueued)
-        .start_with_context(&tracer, &trace.dispatch);
-    queue.end();
+    // This task's stages, for the call's summary (sent with the final
+    // event).
+    let mut stages = Timeline::default();
+    let taken = SystemTime::now();
+    let queue = StageSpan::start(
+        &tracer,
+        spans::RPC_SERVER_QUEUE,
+        &trace.dispatch,
+        trace.enqueued,
+    );
+    stages.push(queue.end_at(taken));
     let ProcessIo {
         call_id,
         events,
@@ -315,48 +333,46 @@ pub async fn run(
         .first()
         .map(|a| proto::program::program_name(a))
         .unwrap_or_default();
-    let mut spawn_span = tracer.start_with_context(spans::PROCESS_SPAWN, &trace.exec);
+    let mut spawn_span = StageSpan::start(&tracer, spans::PROCESS_SPAWN, &trace.exec, taken);
     let spawned = build_command(&req, default_cwd.as_deref(), &extra_env)
         .and_then(|mut cmd| cmd.spawn().map_err(|e| spawn_error(&e, &program)));
     let mut child: Child = match spawned {
         Ok(c) => c,
         Err(kind) => {
             if let terminal_event::Kind::Error(e) = &kind {
-                spawn_span.set_status(SpanStatus::error(e.message.clone()));
+                spawn_span.fail(e.message.clone());
             }
-            spawn_span.end();
-            seq.send(kind, true).await;
+            stages.push(spawn_span.end_at(SystemTime::now()));
+            seq.finish(kind, stages).await;
             return;
         }
     };
     let pid = child.id();
-    spawn_span.set_attribute(KeyValue::new("process.pid", i64::from(pid.unwrap_or(0))));
-    spawn_span.end();
+    let spawned_at = SystemTime::now();
+    spawn_span.set_int("process.pid", i64::from(pid.unwrap_or(0)));
+    stages.push(spawn_span.end_at(spawned_at));
     // process.run gets the id the child's TRACEPARENT already names.
     let start_run = || {
         tracer
             .span_builder(spans::PROCESS_RUN)
-            .with_attributes(vec![
-                KeyValue::new("process.executable.name", program.clone()),
-                KeyValue::new("process.pid", i64::from(pid.unwrap_or(0))),
-            ])
+            .with_start_time(spawned_at)
             .start_with_context(&tracer, &trace.exec)
     };
-    let mut run_span = if trace.run_span_id == SpanId::INVALID {
+    let run_span = if trace.run_span_id == SpanId::INVALID {
         start_run()
     } else {
         telemetry::ids::start_with_span_id(trace.run_span_id, start_run)
     };
+    let mut run_span = StageSpan::wrap(run_span, spans::PROCESS_RUN, &trace.exec, spawned_at);
+    run_span.set_text("process.executable.name", program.clone());
+    run_span.set_int("process.pid", i64::from(pid.unwrap_or(0)));
     let run_cx = trace
         .exec
         .with_remote_span_context(run_span.span_context().clone());
     if !seq
-        .send(
-            terminal_event::Kind::Started(Started {
-                pid: pid.unwrap_or(0),
-            }),
-            false,
-        )
+        .send(terminal_event::Kind::Started(Started {
+            pid: pid.unwrap_or(0),
+        }))
         .await
     {
         signal_group(pid, SIGKILL);
@@ -378,9 +394,25 @@ pub async fn run(
     tokio::pin!(writer);
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let mut out_watch = Some(Watch::start(&tracer, spans::PROCESS_STDOUT_READER, &run_cx));
-    let mut err_watch = Some(Watch::start(&tracer, spans::PROCESS_STDERR_READER, &run_cx));
-    let mut exit_watch = Some(Watch::start(&tracer, spans::PROCESS_EXIT_WATCHER, &run_cx));
+    let watching = SystemTime::now();
+    let mut out_watch = Some(Watch::start(
+        &tracer,
+        spans::PROCESS_STDOUT_READER,
+        &run_cx,
+        watching,
+    ));
+    let mut err_watch = Some(Watch::start(
+        &tracer,
+        spans::PROCESS_STDERR_READER,
+        &run_cx,
+        watching,
+    ));
+    let mut exit_watch = Some(Watch::start(
+        &tracer,
+        spans::PROCESS_EXIT_WATCHER,
+        &run_cx,
+        watching,
+    ));
     let mut status = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut killed = false;
@@ -388,12 +420,12 @@ pub async fn run(
         if stdout.is_none()
             && let Some(w) = out_watch.take()
         {
-            w.end();
+            w.end(&mut stages);
         }
         if stderr.is_none()
             && let Some(w) = err_watch.take()
         {
-            w.end();
+            w.end(&mut stages);
         }
         if status.is_some() && stdout.is_none() && stderr.is_none() {
             break;
@@ -421,7 +453,7 @@ pub async fn run(
             chunk = read_chunk(&mut stdout), if stdout.is_some() => match chunk {
                 Some(data) => {
                     let (len, t) = (data.len(), Instant::now());
-                    if !seq.send(terminal_event::Kind::Stdout(data), false).await {
+                    if !seq.send(terminal_event::Kind::Stdout(data)).await {
                         signal_group(pid, SIGKILL);
                         return;
                     }
@@ -434,7 +466,7 @@ pub async fn run(
             chunk = read_chunk(&mut stderr), if stderr.is_some() => match chunk {
                 Some(data) => {
                     let (len, t) = (data.len(), Instant::now());
-                    if !seq.send(terminal_event::Kind::Stderr(data), false).await {
+                    if !seq.send(terminal_event::Kind::Stderr(data)).await {
                         signal_group(pid, SIGKILL);
                         return;
                     }
@@ -448,13 +480,14 @@ pub async fn run(
                 match s {
                     Ok(s) => status = Some(s),
                     Err(e) => {
-                        run_span.set_status(SpanStatus::error("wait failed"));
-                        seq.send(exec_error(ExecErrorKind::Internal, format!("{program}: wait failed: {e}")), true).await;
+                        run_span.fail("wait failed".into());
+                        stages.push(run_span.end_at(SystemTime::now()));
+                        seq.finish(exec_error(ExecErrorKind::Internal, format!("{program}: wait failed: {e}")), stages).await;
                         return;
                     }
                 }
                 if let Some(w) = exit_watch.take() {
-                    w.end();
+                    w.end(&mut stages);
                 }
                 drain_deadline = Some(tokio::time::Instant::now() + exit_drain);
             }
@@ -474,18 +507,14 @@ pub async fn run(
         None => exited::Status::Code(-1),
     };
     match exit {
-        exited::Status::Code(c) => {
-            run_span.set_attribute(KeyValue::new("process.exit.code", i64::from(c)))
-        }
-        exited::Status::Signal(s) => {
-            run_span.set_attribute(KeyValue::new("rex.exit.signal", i64::from(s)))
-        }
+        exited::Status::Code(c) => run_span.set_int("process.exit.code", i64::from(c)),
+        exited::Status::Signal(s) => run_span.set_int("rex.exit.signal", i64::from(s)),
     }
     // Exit observed and both pipes drained.
-    run_span.end();
-    seq.send(
+    stages.push(run_span.end_at(SystemTime::now()));
+    seq.finish(
         terminal_event::Kind::Exited(Exited { status: Some(exit) }),
-        true,
+        stages,
     )
     .await;
 }

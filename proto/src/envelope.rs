@@ -113,6 +113,7 @@ mod tests {
             Body::Event(s::TerminalEvent {
                 seq: 3,
                 kind: Some(kind),
+                timings: None,
             })
         };
         vec![

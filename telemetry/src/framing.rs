@@ -16,6 +16,7 @@ use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Link, Span, SpanContext, Status, Tracer};
 use opentelemetry::{Context, KeyValue};
 
+use crate::remote::{Stage, StageSpan};
 use crate::{carriers, otel, spans};
 
 struct Pending {
@@ -120,10 +121,29 @@ pub fn send_span(tracer: &BoxedTracer, parent: &Context, what: &'static str) -> 
         .start_with_context(tracer, parent)
 }
 
+/// [`send_span`] started at `at`, with its stage (for the exec-server's
+/// summary of a call).
+pub fn send_stage(
+    tracer: &BoxedTracer,
+    parent: &Context,
+    what: &'static str,
+    at: SystemTime,
+) -> StageSpan {
+    let span = tracer
+        .span_builder(spans::RELAY_FRAME_SEND)
+        .with_start_time(at)
+        .with_attributes(vec![KeyValue::new("rex.message", what)])
+        .start_with_context(tracer, parent);
+    let mut stage = StageSpan::wrap(span, spans::RELAY_FRAME_SEND, parent, at);
+    stage.note_text("rex.message", what);
+    stage
+}
+
 /// Records a finished `relay.frame.recv` span for one message, from the
 /// arrival of the frame that completed it until now, child of `parent`,
 /// linked to the message's own context and the frame's hop context when
-/// they are valid and differ from the parent.
+/// they are valid and differ from the parent. Returns its stage (for the
+/// exec-server's summary of a call).
 pub fn record_recv(
     tracer: &BoxedTracer,
     parent: &Context,
@@ -131,7 +151,7 @@ pub fn record_recv(
     what: &'static str,
     links: &[Option<SpanContext>],
     attributes: Vec<KeyValue>,
-) {
+) -> Stage {
     record_recv_until(
         tracer,
         parent,
@@ -139,7 +159,7 @@ pub fn record_recv(
         what,
         links,
         attributes,
-    );
+    )
 }
 
 /// [`record_recv`] with an explicit end (for a message whose span is made
@@ -151,7 +171,7 @@ pub fn record_recv_until(
     what: &'static str,
     links: &[Option<SpanContext>],
     mut attributes: Vec<KeyValue>,
-) {
+) -> Stage {
     attributes.push(KeyValue::new("rex.message", what));
     let links: Vec<Link> = links
         .iter()
@@ -159,13 +179,15 @@ pub fn record_recv_until(
         .filter(|sc| sc.is_valid())
         .map(|sc| Link::with_context(sc.clone()))
         .collect();
-    let mut span = tracer
+    let span = tracer
         .span_builder(spans::RELAY_FRAME_RECV)
         .with_start_time(arrived)
         .with_links(links)
         .with_attributes(attributes)
         .start_with_context(tracer, parent);
-    span.end_with_timestamp(decoded.max(arrived));
+    let mut stage = StageSpan::wrap(span, spans::RELAY_FRAME_RECV, parent, arrived);
+    stage.note_text("rex.message", what);
+    stage.end_at(decoded.max(arrived))
 }
 
 /// The span context named by a frame's hop header (best effort).

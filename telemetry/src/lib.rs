@@ -13,6 +13,9 @@
 //! - [`spans`]: the stage-span names (DESIGN.md §3.2).
 //! - [`framing`]: the `relay.frame.send`/`relay.frame.recv` spans both ends
 //!   make for traced messages, and the hop header their frames carry.
+//! - [`remote`]: the exec-server's stage timings for a call, summarised
+//!   into its final event and placed on the client's clock, and the sink
+//!   that writes them into the client's local trace file.
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
@@ -34,6 +37,7 @@ pub mod carriers;
 pub mod framing;
 pub mod ids;
 pub mod otel;
+pub mod remote;
 #[cfg(feature = "export")]
 pub mod setup;
 pub mod spans;

@@ -15,6 +15,7 @@
 //! [`TelemetryGuard::shutdown`] flushes them within a bound, so a collector
 //! that is down delays an exit by at most that bound and never fails it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
@@ -33,7 +34,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::spans;
 
 use crate::ids::PresetIdGenerator;
-use crate::trace_file::TraceFile;
+use crate::trace_file::{RemoteSpans, TraceFile};
 
 /// The `--help` text every service binary shows about span export.
 pub const EXPORT_HELP: &str = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (or \
@@ -117,6 +118,8 @@ impl Options {
 #[derive(Debug)]
 pub struct TelemetryGuard {
     providers: Vec<SdkTracerProvider>,
+    /// Where a client writes the exec-server's stages it brings home.
+    remote: Option<Arc<RemoteSpans>>,
     export: Export,
     done: bool,
 }
@@ -146,6 +149,12 @@ impl TelemetryGuard {
         for p in &self.providers {
             if let Err(e) = p.shutdown_with_timeout(FLUSH_TIMEOUT) {
                 tracing::debug!(error = %e, "span export at shutdown failed");
+            }
+        }
+        if let Some(remote) = self.remote.take() {
+            crate::remote::set_sink(None);
+            if let Err(e) = remote.shutdown(FLUSH_TIMEOUT) {
+                tracing::debug!(error = %e, "writing remote spans at shutdown failed");
             }
         }
     }
@@ -208,8 +217,20 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
     let provider = build_provider(name, &options);
     global::set_tracer_provider(provider.clone());
     init_logs(default, layer_tracer(&options, &provider, service));
+    // With no collector, a client keeps the exec-server's stages it brings
+    // home in its own file (with one, the exec-server exports its own).
+    let remote = match &options.export {
+        Export::File(file) => {
+            let remote = Arc::new(RemoteSpans::new(file));
+            let sink: Arc<dyn crate::remote::RemoteSink> = remote.clone();
+            crate::remote::set_sink(Some(sink));
+            Some(remote)
+        }
+        Export::Off | Export::Otlp => None,
+    };
     TelemetryGuard {
         providers: vec![provider],
+        remote,
         export: options.export,
         done: false,
     }
@@ -237,8 +258,10 @@ pub fn init_services(
         global::set_tracer_provider(router);
     }
     init_logs(default, tracer);
+    // Every service here records its own spans: nothing is brought home.
     TelemetryGuard {
         providers,
+        remote: None,
         export: options.export,
         done: false,
     }

@@ -22,13 +22,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::trace::TraceId;
+use opentelemetry::InstrumentationScope;
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor,
+};
+
+use crate::remote::{RemoteSink, RemoteSpan};
 
 /// The default size at which the trace file is rotated (16 MiB).
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -233,6 +238,74 @@ impl SpanExporter for TraceFileExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = resource.clone();
+    }
+}
+
+/// The service name the exec-server's stages are written under when the
+/// client brings them home.
+pub const REMOTE_SERVICE: &str = "exec-server";
+
+/// Writes the exec-server's stages that a client brought home
+/// ([`crate::remote`]) into the trace file as the exec-server's spans,
+/// through a batch processor of their own (off the caller's path; bounded:
+/// spans beyond its queue are dropped).
+#[derive(Debug)]
+pub struct RemoteSpans {
+    processor: BatchSpanProcessor,
+}
+
+impl RemoteSpans {
+    /// A writer into `file`.
+    pub fn new(file: &TraceFile) -> Self {
+        let mut processor = BatchSpanProcessor::builder(file.exporter()).build();
+        processor.set_resource(
+            &Resource::builder_empty()
+                .with_service_name(REMOTE_SERVICE)
+                .build(),
+        );
+        Self { processor }
+    }
+
+    /// Writes what is queued and stops, waiting at most `timeout`.
+    pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
+        self.processor.shutdown_with_timeout(timeout)
+    }
+}
+
+impl RemoteSink for RemoteSpans {
+    fn record(&self, spans: Vec<RemoteSpan>) {
+        for span in spans {
+            self.processor.on_end(span_data(span));
+        }
+    }
+}
+
+/// A placed remote stage as the SDK's finished span.
+fn span_data(span: RemoteSpan) -> SpanData {
+    SpanData {
+        span_context: SpanContext::new(
+            span.trace_id,
+            span.span_id,
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ),
+        parent_span_id: span.parent,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: span.name.into(),
+        start_time: span.start,
+        end_time: span.end,
+        attributes: span.attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: if span.error {
+            Status::error("")
+        } else {
+            Status::Unset
+        },
+        instrumentation_scope: InstrumentationScope::builder(REMOTE_SERVICE).build(),
     }
 }
 

@@ -139,10 +139,11 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     let out = run(cmd);
     assert!(out.status.success());
     let id = binaries::printed_trace_id(&out).unwrap();
-    // One trace per line, OTLP JSON: the command's, and the record
-    // writer's own (linked) traces.
+    // One trace per line, OTLP JSON: the command's (the client's spans and,
+    // written apart, the exec-server's stages it brought home), and the
+    // record writer's own (linked) traces.
     let text = std::fs::read_to_string(&traces).unwrap();
-    let mut command_lines = 0;
+    let mut command_lines = std::collections::BTreeMap::new();
     for l in text.lines() {
         let line: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(line["resourceSpans"].is_array(), "{line}");
@@ -155,9 +156,23 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
             .map(|s| s["traceId"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(ids.len(), 1, "one trace per line: {l}");
-        command_lines += usize::from(ids.contains(&id));
+        if ids.contains(&id) {
+            let services: Vec<String> = line["resourceSpans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|rs| rs["resource"]["attributes"].as_array().unwrap().iter())
+                .filter(|kv| kv["key"] == "service.name")
+                .map(|kv| kv["value"]["stringValue"].as_str().unwrap().to_owned())
+                .collect();
+            for service in services {
+                *command_lines.entry(service).or_insert(0) += 1;
+            }
+        }
     }
-    assert_eq!(command_lines, 1);
+    let expected: std::collections::BTreeMap<String, i32> =
+        [("core-client".to_owned(), 1), ("exec-server".to_owned(), 1)].into();
+    assert_eq!(command_lines, expected);
 
     let show = |selector: &str| {
         Command::new(binaries::path("core-client").unwrap())
@@ -186,6 +201,22 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
         }
         // The waterfall's indentation: a cold start's stages under session.acquire.
         assert!(text.contains("\n    relay.connect"), "{text}");
+        // With no collector, the exec-server's stages came home inside the
+        // session and are shown with the client's.
+        assert!(
+            text.lines()
+                .any(|l| l.contains("services: ") && l.contains("exec-server")),
+            "{text}"
+        );
+        for name in [
+            "rpc.server.queue",
+            "rpc.server.exec",
+            "process.spawn",
+            "process.run",
+            "terminal.push",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
         // The per-stage table.
         assert!(text.contains("share"), "{text}");
     }

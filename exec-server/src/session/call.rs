@@ -5,13 +5,12 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{
-    Span, SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceContextExt, Tracer,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, Tracer};
 use proto::keys::PublicKey;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace, exited, terminal_event};
+use telemetry::remote::{Stage, StageSpan, Timeline};
 use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
 use tokio::sync::mpsc;
@@ -33,7 +32,11 @@ pub(super) struct Call {
     pub(super) stdin_reported: u64,
     pub(super) cancel: CancellationToken,
     /// `rpc.server.exec`.
-    pub(super) span: BoxedSpan,
+    pub(super) span: StageSpan,
+    /// The call's stages so far, for the summary its final event carries.
+    pub(super) stages: Timeline,
+    /// `relay.frame.send` stages whose messages have not left yet.
+    pub(super) sending: Vec<Stage>,
     /// Its context (parent of `terminal.push`).
     pub(super) exec_cx: Context,
     /// What events carry: `process.run`'s context.
@@ -44,6 +47,9 @@ pub(super) struct Call {
     /// The hop header for the call's traced frames (its dispatch context).
     pub(super) hop: Option<String>,
     pub(super) program: String,
+    /// Whether its trace is sampled (only then does its final event carry
+    /// the call's summary).
+    pub(super) sampled: bool,
     pub(super) push: Push,
     /// Its metadata record (latest state), when records are kept.
     pub(super) record: Option<metadata::ProcessRecord>,
@@ -52,7 +58,7 @@ pub(super) struct Call {
 /// `terminal.push` and its totals (per-chunk work is counted, not spanned).
 #[derive(Default)]
 pub(super) struct Push {
-    pub(super) span: Option<BoxedSpan>,
+    pub(super) span: Option<StageSpan>,
     /// `terminal.push`'s context (empty until the first event).
     pub(super) cx: Context,
     pub(super) events: i64,
@@ -80,18 +86,20 @@ impl Push {
         self.stdout_chunks + self.stderr_chunks
     }
 
-    pub(super) fn attributes(&self) -> Vec<KeyValue> {
-        vec![
-            KeyValue::new("rex.events", self.events),
-            KeyValue::new("rex.stdout.bytes", self.stdout_bytes),
-            KeyValue::new("rex.stdout.chunks", self.stdout_chunks),
-            KeyValue::new("rex.stderr.bytes", self.stderr_bytes),
-            KeyValue::new("rex.stderr.chunks", self.stderr_chunks),
-            KeyValue::new(
-                "rex.queue_ns",
-                i64::try_from(self.queued.as_nanos()).unwrap_or(i64::MAX),
-            ),
-        ]
+    /// Ends the push's totals into its span; the span, to end once the
+    /// final event has left.
+    pub(super) fn finish(&mut self) -> Option<StageSpan> {
+        let mut span = self.span.take()?;
+        span.set_int("rex.events", self.events);
+        span.set_int("rex.stdout.bytes", self.stdout_bytes);
+        span.set_int("rex.stdout.chunks", self.stdout_chunks);
+        span.set_int("rex.stderr.bytes", self.stderr_bytes);
+        span.set_int("rex.stderr.chunks", self.stderr_chunks);
+        span.set_int(
+            "rex.queue_ns",
+            i64::try_from(self.queued.as_nanos()).unwrap_or(i64::MAX),
+        );
+        Some(span)
     }
 
     /// Counts an event taken for writing; starts `terminal.push` at the
@@ -104,10 +112,7 @@ impl Push {
         now: SystemTime,
     ) -> Option<&'static str> {
         if self.span.is_none() {
-            let span = tracer
-                .span_builder(spans::TERMINAL_PUSH)
-                .with_start_time(now)
-                .start_with_context(tracer, exec_cx);
+            let span = StageSpan::start(tracer, spans::TERMINAL_PUSH, exec_cx, now);
             self.cx = exec_cx.with_remote_span_context(span.span_context().clone());
             self.span = Some(span);
         }
@@ -139,6 +144,9 @@ pub(super) struct Starting<'a> {
     pub(super) session_id: &'a str,
     pub(super) request: ExecRequest,
     pub(super) trace: Option<PbTrace>,
+    /// Its exec request's `relay.frame.recv`: the call's first stage, whose
+    /// end is when the request is queued for its process.
+    pub(super) received: Stage,
 }
 
 impl Call {
@@ -157,13 +165,14 @@ impl Call {
             session_id,
             request,
             trace,
+            received,
         } = starting;
         let program = request
             .argv
             .first()
             .map(|a| proto::program::program_name(a))
             .unwrap_or_default();
-        let enqueued = SystemTime::now();
+        let enqueued = received.end.unwrap_or_else(SystemTime::now);
         let extracted = trace
             .as_ref()
             .map(carriers::envelope::extract)
@@ -181,12 +190,12 @@ impl Call {
             tracer
                 .span_builder(spans::RPC_SERVER_EXEC)
                 .with_kind(SpanKind::Server)
-                .with_attributes(vec![
-                    KeyValue::new("process.executable.name", program.clone()),
-                    KeyValue::new("rex.call_id", i64::try_from(call_id).unwrap_or(i64::MAX)),
-                ])
+                .with_start_time(enqueued)
                 .start_with_context(tracer, &parent)
         });
+        let mut span = StageSpan::wrap(span, spans::RPC_SERVER_EXEC, &parent, enqueued);
+        span.set_text("process.executable.name", program.clone());
+        span.set_int("rex.call_id", i64::try_from(call_id).unwrap_or(i64::MAX));
         let presets = span.span_context().span_id() == probe;
         let exec_cx = parent.with_remote_span_context(span.span_context().clone());
         let error_trace = otel::trace_context_for(span.span_context(), &parent)
@@ -273,12 +282,20 @@ impl Call {
             store.record(metadata::Record::Process(record.clone()));
             record
         });
+        let sampled = span.span_context().is_sampled();
         Self {
+            sampled,
+            sending: Vec::new(),
             control: control_tx,
             stdin: Some(stdin_tx),
             stdin_reported: 0,
             cancel,
             span,
+            stages: {
+                let mut stages = Timeline::default();
+                stages.push(received);
+                stages
+            },
             exec_cx,
             trace: event_trace,
             error_trace,
@@ -286,6 +303,15 @@ impl Call {
             program,
             push: Push::default(),
             record,
+        }
+    }
+
+    /// A message of the call's has left at `at`: its sending stage ends.
+    pub(super) fn left(&mut self, span_id: SpanId, at: SystemTime) {
+        if let Some(i) = self.sending.iter().position(|s| s.span_id == span_id) {
+            let mut stage = self.sending.swap_remove(i);
+            stage.end = Some(at);
+            self.stages.push(stage);
         }
     }
 
@@ -328,8 +354,8 @@ impl Call {
 
     /// The session ended before the call did: its spans and record say so.
     pub(super) fn abandon(mut self, ctx: &ServerContext) {
-        self.span.set_status(SpanStatus::error("session ended"));
-        self.span.end();
+        self.span.fail("session ended".into());
+        let _ = self.span.end_at(SystemTime::now());
         if let (Some(store), Some(mut record)) = (ctx.config.metadata.as_ref(), self.record) {
             record.progress = metadata::Progress::Finished;
             record.exit = Some(metadata::Exit::Error("session ended".into()));

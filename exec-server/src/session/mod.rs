@@ -36,6 +36,7 @@ use proto::session::{
     Acceptor, Closed, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
 };
 use telemetry::framing;
+use telemetry::remote::Stage;
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -138,7 +139,15 @@ where
 
 /// What a marked message hands back once it has left: the spans that end
 /// with it.
-type Tag = Vec<BoxedSpan>;
+type Tag = Vec<Leaving>;
+
+/// A span that ends when its message has left, and the call whose summary
+/// takes its stage then (if the call is still running: once its final
+/// event has gone, its summary already holds the stage, open).
+struct Leaving {
+    span: BoxedSpan,
+    call: Option<u64>,
+}
 
 type Machine = ServerSession<Tag>;
 
@@ -186,8 +195,13 @@ impl Runner {
     }
 
     /// Records `relay.frame.recv` for a traced client message; returns its
-    /// trace context as a parent.
-    fn trace_recv(&self, trace: Option<&PbTrace>, received: &Received, what: &'static str) {
+    /// stage.
+    fn trace_recv(
+        &self,
+        trace: Option<&PbTrace>,
+        received: &Received,
+        what: &'static str,
+    ) -> Stage {
         let parent = trace
             .map(|t| otel::context_from(&carriers::envelope::extract(t)))
             .unwrap_or_default();
@@ -198,7 +212,22 @@ impl Runner {
             what,
             &[framing::hop_context(&received.hop)],
             vec![],
-        );
+        )
+    }
+
+    /// Records `relay.frame.recv` for a control message of a call, into
+    /// the call's summary while it runs.
+    fn trace_control(
+        &mut self,
+        call_id: u64,
+        trace: Option<&PbTrace>,
+        received: &Received,
+        what: &'static str,
+    ) {
+        let stage = self.trace_recv(trace, received, what);
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.stages.push(stage);
+        }
     }
 
     /// An exec request the machine refused: its `rpc.server.exec` says why.
@@ -235,7 +264,13 @@ impl Runner {
         );
         let mut tag: Tag = Vec::new();
         if let Some(w) = what {
-            tag.push(framing::send_span(&self.tracer, &call.push.cx, w));
+            let (span, stage) =
+                framing::send_stage(&self.tracer, &call.push.cx, w, now.wall).into_parts();
+            call.sending.push(stage);
+            tag.push(Leaving {
+                span,
+                call: Some(call_id),
+            });
         }
         let error = match &out.kind {
             terminal_event::Kind::Error(e) => Some(e.message.clone()),
@@ -268,37 +303,47 @@ impl Runner {
         // known to be the last, and the call's spans end once the final
         // event's frame has left.
         self.unsent_chunks.retain(|(id, _)| *id != call_id);
+        let mut stages = std::mem::take(&mut call.stages);
+        stages.append(out.stages);
         if let Some(chunk) = call.push.last_chunk.take() {
-            let mut last = self
-                .tracer
-                .span_builder(spans::RELAY_FRAME_SEND)
-                .with_start_time(chunk.taken)
-                .with_attributes(vec![
-                    KeyValue::new("rex.message", "output.last"),
-                    KeyValue::new("rex.output.chunks", call.push.output_chunks()),
-                ])
-                .start_with_context(&self.tracer, &call.push.cx);
+            let mut last =
+                framing::send_stage(&self.tracer, &call.push.cx, "output.last", chunk.taken);
+            last.set_int("rex.output.chunks", call.push.output_chunks());
             match chunk.sent {
-                Some(at) => last.end_with_timestamp(at),
-                None => self.late.push((chunk.mark, last)),
+                Some(at) => stages.push(last.end_at(at)),
+                None => {
+                    let (span, stage) = last.into_parts();
+                    stages.push(stage);
+                    self.late.push((chunk.mark, span));
+                }
             }
         }
-        if let Some(mut push_span) = call.push.span.take() {
-            push_span.set_attributes(call.push.attributes());
-            tag.push(push_span);
+        // Messages still leaving end, in the summary, with the final event
+        // (which leaves after them).
+        for stage in call.sending.drain(..) {
+            stages.push(stage);
+        }
+        if let Some(push_span) = call.push.finish() {
+            let (span, stage) = push_span.into_parts();
+            stages.push(stage);
+            tag.push(Leaving { span, call: None });
         }
         if let Some(message) = error {
-            call.span.set_status(SpanStatus::error(message));
+            call.span.fail(message);
         }
         tracing::debug!(program = %call.program, "call finished");
-        tag.push(call.span);
-        let _ = machine.push(
-            call_id,
-            out.kind,
-            Some(&trace),
-            Some(Mark::new(tag, hop)),
-            now,
-        );
+        let (span, stage) = call.span.into_parts();
+        stages.push(stage);
+        tag.push(Leaving { span, call: None });
+        // The summary goes only with a sampled trace: an unsampled one is
+        // recorded nowhere.
+        let mark = Some(Mark::new(tag, hop));
+        let _ = if call.sampled {
+            let timings = stages.to_wire(now.wall);
+            machine.push_final(call_id, out.kind, timings, Some(&trace), mark, now)
+        } else {
+            machine.push(call_id, out.kind, Some(&trace), mark, now)
+        };
     }
 
     /// Notes when each call's latest output chunk left, and ends the spans
@@ -427,7 +472,7 @@ impl Endpoint<Machine> for Runner {
                 trace,
                 received,
             } => {
-                self.trace_recv(trace.as_ref(), &received, "exec");
+                let received = self.trace_recv(trace.as_ref(), &received, "exec");
                 let call = Call::start(
                     &self.ctx,
                     &self.tracer,
@@ -437,6 +482,7 @@ impl Endpoint<Machine> for Runner {
                         session_id: &self.session_id,
                         request,
                         trace,
+                        received,
                     },
                     self.events_tx.clone(),
                     &self.session_cancel,
@@ -450,7 +496,7 @@ impl Endpoint<Machine> for Runner {
                 trace,
                 received,
             } => {
-                self.trace_recv(trace.as_ref(), &received, "exec");
+                let _ = self.trace_recv(trace.as_ref(), &received, "exec");
                 let why = match kind {
                     proto::pb::session::ExecErrorKind::TooManyProcesses => {
                         "too many processes on this session"
@@ -471,7 +517,7 @@ impl Endpoint<Machine> for Runner {
                 trace,
                 received,
             } => {
-                self.trace_recv(trace.as_ref(), &received, "stdin_close");
+                self.trace_control(call_id, trace.as_ref(), &received, "stdin_close");
                 // Earlier stdin is already queued: the close follows it.
                 if let Some(stdin) = self.calls.get(&call_id).and_then(|c| c.stdin.as_ref()) {
                     stdin.close();
@@ -483,7 +529,7 @@ impl Endpoint<Machine> for Runner {
                 trace,
                 received,
             } => {
-                self.trace_recv(trace.as_ref(), &received, "signal");
+                self.trace_control(call_id, trace.as_ref(), &received, "signal");
                 if let Some(call) = self.calls.get(&call_id) {
                     let _ = call.control.try_send(Control::Signal(signal));
                 }
@@ -493,7 +539,7 @@ impl Endpoint<Machine> for Runner {
                 trace,
                 received,
             } => {
-                self.trace_recv(trace.as_ref(), &received, "cancel");
+                self.trace_control(call_id, trace.as_ref(), &received, "cancel");
                 if let Some(call) = self.calls.get(&call_id) {
                     call.cancel.cancel();
                 }
@@ -507,9 +553,11 @@ impl Endpoint<Machine> for Runner {
     }
 
     fn transmitted(&mut self, done: Vec<Tag>, sent: u64, now: Now) {
-        for spans in done {
-            for mut span in spans {
-                span.end_with_timestamp(now.wall);
+        for leaving in done.into_iter().flatten() {
+            let Leaving { mut span, call } = leaving;
+            span.end_with_timestamp(now.wall);
+            if let Some(call) = call.and_then(|id| self.calls.get_mut(&id)) {
+                call.left(span.span_context().span_id(), now.wall);
             }
         }
         self.sent(sent, now.wall);

@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use super::{Call, ClientEvent, ClientSession, State, Stdin};
 use crate::pb::session::{
-    Cancel, ExecRequest, Signal, StdinClose, StdinData, StdinMode, TraceContext, envelope::Body,
-    terminal_event,
+    CallTimings, Cancel, ExecRequest, Signal, StdinClose, StdinData, StdinMode, TraceContext,
+    envelope::Body, terminal_event,
 };
 use crate::session::stdin;
 use crate::session::{CallError, CallEvent, Mark, Now, Received, SessionError, Violation};
@@ -18,6 +18,7 @@ impl<T> ClientSession<T> {
         call_id: u64,
         seq: u64,
         kind: terminal_event::Kind,
+        timings: Option<CallTimings>,
         trace: Option<TraceContext>,
         received: Received,
     ) -> Result<(), SessionError> {
@@ -62,6 +63,8 @@ impl<T> ClientSession<T> {
                 seq,
                 kind,
                 last,
+                // Only a final event brings the call's remote timings.
+                timings: timings.filter(|_| last),
                 trace,
                 received,
             }));

@@ -15,7 +15,7 @@ use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Trans
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::ClientHandshake;
 use crate::pb::session::{
-    Envelope, Hello, Ping, Pong, TraceContext, envelope::Body, terminal_event,
+    CallTimings, Envelope, Hello, Ping, Pong, TraceContext, envelope::Body, terminal_event,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -46,6 +46,9 @@ pub struct CallEvent {
     pub kind: terminal_event::Kind,
     /// Whether it is the call's final event (exited or error).
     pub last: bool,
+    /// With the final event: the exec-server's stage timings for the call,
+    /// when it sent them.
+    pub timings: Option<CallTimings>,
     /// The trace context the exec-server sent with it.
     pub trace: Option<TraceContext>,
     /// Where it came from.
@@ -276,7 +279,7 @@ impl<T> ClientSession<T> {
                 let kind = ev
                     .kind
                     .ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
-                self.call_event(env.call_id, ev.seq, kind, env.trace, received)
+                self.call_event(env.call_id, ev.seq, kind, ev.timings, env.trace, received)
             }
             Some(Body::Pong(p)) => {
                 self.pong(p, now);

@@ -4,8 +4,8 @@
 
 use super::{Call, Pushed, ServerEvent, ServerSession, Stdin};
 use crate::pb::session::{
-    ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent, TraceContext,
-    envelope::Body, terminal_event,
+    CallTimings, ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent,
+    TraceContext, envelope::Body, terminal_event,
 };
 use crate::session::stdin;
 use crate::session::{CallError, Mark, Now, Received, SessionError, Violation};
@@ -61,6 +61,7 @@ impl<T> ServerSession<T> {
                     kind: kind as i32,
                     message: message.into(),
                 })),
+                timings: None,
             });
             self.send(call_id, trace.as_ref(), error, now)?;
             self.events.push(ServerEvent::Refused {
@@ -104,6 +105,33 @@ impl<T> ServerSession<T> {
         mark: Option<Mark<T>>,
         now: Now,
     ) -> Result<Pushed, CallError> {
+        self.push_event(call_id, kind, None, trace, mark, now)
+    }
+
+    /// Pushes a call's final event (exited or error) with the exec-server's
+    /// stage timings for the call, whose times are relative to `now` (the
+    /// envelope's send time). On any other event the timings are left out.
+    pub fn push_final(
+        &mut self,
+        call_id: u64,
+        kind: terminal_event::Kind,
+        timings: CallTimings,
+        trace: Option<&TraceContext>,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<Pushed, CallError> {
+        self.push_event(call_id, kind, Some(timings), trace, mark, now)
+    }
+
+    fn push_event(
+        &mut self,
+        call_id: u64,
+        kind: terminal_event::Kind,
+        timings: Option<CallTimings>,
+        trace: Option<&TraceContext>,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> Result<Pushed, CallError> {
         if self.link.is_over() {
             return Err(CallError::Ended);
         }
@@ -119,6 +147,7 @@ impl<T> ServerSession<T> {
         let body = Body::Event(TerminalEvent {
             seq,
             kind: Some(kind),
+            timings: timings.filter(|_| last),
         });
         let result = self.link.send(call_id, trace, body, mark, now);
         if let Ok(offset) = result {

@@ -272,3 +272,42 @@ fn the_exec_servers_marks_come_back_when_their_frame_leaves() {
     p.run();
     assert_eq!(p.server_done, vec!["started", "exited"]);
 }
+
+#[test]
+fn the_final_event_brings_the_remote_timings_and_no_other_does() {
+    use crate::pb::session::{CallTimings, StageTiming};
+    let mut p = Pair::ready();
+    let id = p.exec(false);
+    p.push(id, started());
+    let timings = CallTimings {
+        version: 1,
+        stages: vec![StageTiming {
+            name: "process.run".into(),
+            span_id: 7,
+            start_ns: -5_000,
+            duration_ns: 4_000,
+            ..Default::default()
+        }],
+        dropped: 2,
+    };
+    // Offered with an event that is not the last: left out.
+    p.server
+        .push_final(id, out("x"), timings.clone(), None, None, p.now)
+        .unwrap();
+    p.server
+        .push_final(id, exit(0), timings.clone(), None, None, p.now)
+        .unwrap();
+    p.run();
+    let got: Vec<(bool, Option<CallTimings>)> = p
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Call(ev) => Some((ev.last, ev.timings.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(false, None), (false, None), (true, Some(timings))]
+    );
+}

@@ -155,6 +155,7 @@ fn an_event_out_of_sequence_is_a_protocol_violation() {
         call_id: id,
         body: Some(crate::pb::session::envelope::Body::Event(
             crate::pb::session::TerminalEvent {
+                timings: None,
                 seq: 5,
                 kind: Some(out("x")),
             },
@@ -183,6 +184,7 @@ fn events_for_calls_never_started_are_violations() {
         call_id: 99,
         body: Some(crate::pb::session::envelope::Body::Event(
             crate::pb::session::TerminalEvent {
+                timings: None,
                 seq: 0,
                 kind: Some(started()),
             },
