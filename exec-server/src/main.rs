@@ -193,11 +193,15 @@ fn serve(args: RunArgs) -> ExitCode {
     };
     // The OTLP client lives on the runtime: set telemetry up inside it.
     let entered = runtime.enter();
-    let telemetry = telemetry::setup::init(
-        "exec-server",
-        telemetry::setup::LogDefault::Info,
-        telemetry::setup::Options::service(),
-    );
+    let options = match telemetry::setup::Options::service() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("exec-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry =
+        telemetry::setup::init("exec-server", telemetry::setup::LogDefault::Info, options);
     tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();

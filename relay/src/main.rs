@@ -80,11 +80,14 @@ fn main() -> ExitCode {
     };
     // The OTLP client lives on the runtime: set telemetry up inside it.
     let entered = runtime.enter();
-    let telemetry = telemetry::setup::init(
-        "relay",
-        telemetry::setup::LogDefault::Info,
-        telemetry::setup::Options::service(),
-    );
+    let options = match telemetry::setup::Options::service() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = telemetry::setup::init("relay", telemetry::setup::LogDefault::Info, options);
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();
         let shutdown = lifecycle::signals::stop_on_signals(&signals);
