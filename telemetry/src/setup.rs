@@ -12,9 +12,11 @@
 //!   variables are used as they are; over HTTP, as the OTLP exporter
 //!   specification says, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is the full
 //!   URL and `OTEL_EXPORTER_OTLP_ENDPOINT` is a base to which `/v1/traces`
-//!   is appended. The exporter reads the other `OTEL_EXPORTER_OTLP_*`
-//!   variables itself (`..._HEADERS`, `..._TIMEOUT`, `..._COMPRESSION`, each
-//!   with its `..._TRACES_...` form, which wins);
+//!   is appended. The exporter reads `OTEL_EXPORTER_OTLP_HEADERS` and
+//!   `OTEL_EXPORTER_OTLP_TIMEOUT` itself, over either protocol, each
+//!   replaced by its `..._TRACES_...` form when that is set (no compression
+//!   is built in: `..._COMPRESSION` makes the exporter unusable, which is
+//!   logged);
 //! - otherwise: the local trace file, when the caller passes one (the CLI
 //!   does), else nowhere.
 //!

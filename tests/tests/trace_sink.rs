@@ -35,7 +35,8 @@ async fn start(max_spans: usize) -> (TraceSink, JaegerQuery) {
     (sink, query)
 }
 
-/// A provider for `service` exporting over OTLP/gRPC to `endpoint`.
+/// A provider for `service` exporting over OTLP/gRPC to `endpoint`, with
+/// the SDK's exporter as is.
 fn provider(service: &str, endpoint: &str) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
