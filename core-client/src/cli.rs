@@ -17,9 +17,12 @@ pub const EXIT_CONNECTION: u8 = 255;
 /// Runs commands on exec-servers through an encrypted relay, and shows
 /// where each command's time went.
 ///
-/// Spans are exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or
-/// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise they are written
-/// to a local trace file that `core-client trace show` reads.
+/// Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or
+/// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set: over gRPC, or over HTTP
+/// when OTEL_EXPORTER_OTLP_PROTOCOL is http/protobuf or http/json (then
+/// /v1/traces is appended to OTEL_EXPORTER_OTLP_ENDPOINT);
+/// OTEL_EXPORTER_OTLP_HEADERS adds headers (key=value,...). Otherwise they
+/// are written to a local trace file that `core-client trace show` reads.
 /// OTEL_SDK_DISABLED=true turns export off.
 #[derive(Debug, Parser)]
 #[command(name = "core-client", version)]

@@ -58,7 +58,7 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
                 file.path().display()
             );
         }
-        (Some(Export::Otlp), Some(id)) => {
+        (Some(Export::Otlp(_)), Some(id)) => {
             println!("trace {id} was exported to the configured OTLP endpoint");
         }
         _ => {}
@@ -84,8 +84,12 @@ where
     // The OTLP client lives on the runtime: set up inside it.
     let _entered = runtime.enter();
     let local = trace_file.map(|p| TraceFile::new(p, DEFAULT_MAX_BYTES));
+    let export = Export::from_env(local).map_err(|e| CliError {
+        message: e.to_string(),
+        code: 2,
+    })?;
     let options = Options {
-        export: Export::from_env(local),
+        export,
         // A CLI tries each export once: a collector that is down must not
         // hold the exit up.
         retry: false,

@@ -144,6 +144,11 @@ fn keygen(out: &std::path::Path) -> ExitCode {
 }
 
 fn serve(args: RunArgs) -> ExitCode {
+    // A misconfigured export is reported before anything else is done.
+    let options = match telemetry::setup::Options::service() {
+        Ok(options) => options,
+        Err(e) => return fail(&e.to_string()),
+    };
     let Some(key_path) = args.key else {
         return fail("--key FILE is required (create one with `exec-server keygen --out FILE`)");
     };
@@ -193,11 +198,8 @@ fn serve(args: RunArgs) -> ExitCode {
     };
     // The OTLP client lives on the runtime: set telemetry up inside it.
     let entered = runtime.enter();
-    let telemetry = telemetry::setup::init(
-        "exec-server",
-        telemetry::setup::LogDefault::Info,
-        telemetry::setup::Options::service(),
-    );
+    let telemetry =
+        telemetry::setup::init("exec-server", telemetry::setup::LogDefault::Info, options);
     tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();

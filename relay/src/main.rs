@@ -61,6 +61,14 @@ fn main() -> ExitCode {
         let url = url.unwrap_or_else(|| local_url(args.listen));
         return health(&url, Duration::from_secs(timeout_secs));
     }
+    // A misconfigured export is reported before anything else is done.
+    let options = match telemetry::setup::Options::service() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = RelayConfig {
         listen: args.listen,
         max_registrations: args.max_registrations,
@@ -80,11 +88,7 @@ fn main() -> ExitCode {
     };
     // The OTLP client lives on the runtime: set telemetry up inside it.
     let entered = runtime.enter();
-    let telemetry = telemetry::setup::init(
-        "relay",
-        telemetry::setup::LogDefault::Info,
-        telemetry::setup::Options::service(),
-    );
+    let telemetry = telemetry::setup::init("relay", telemetry::setup::LogDefault::Info, options);
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();
         let shutdown = lifecycle::signals::stop_on_signals(&signals);

@@ -19,8 +19,8 @@
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
-//!   providers and span export (OTLP/gRPC or the local trace file) are set
-//!   up.
+//!   providers and span export (OTLP over gRPC or HTTP, or the local trace
+//!   file) are set up.
 //! - `trace_file` (feature `export`): the local OTLP JSON trace file and its
 //!   exporter.
 //!

@@ -1,19 +1,36 @@
 //! The one place where the binaries set up logging, tracer providers and
 //! span export (DESIGN.md §3.4).
 //!
-//! Where spans go is decided once, from the standard variables:
+//! Where spans go is decided once, from the standard variables
+//! ([`Export::from_env`]):
 //! - `OTEL_SDK_DISABLED=true`: nowhere (ids are still made and propagated);
 //! - `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
-//!   set: OTLP over gRPC (the exporter reads the other `OTEL_EXPORTER_OTLP_*`
-//!   variables itself);
+//!   set: OTLP, over the protocol `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` (or
+//!   else `OTEL_EXPORTER_OTLP_PROTOCOL`) names: `grpc` (the default),
+//!   `http/protobuf` or `http/json`. Any other value is an error at
+//!   start-up ([`ConfigError`]), never ignored. Over gRPC both endpoint
+//!   variables are used as they are; over HTTP, as the OTLP exporter
+//!   specification says, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is the full
+//!   URL and `OTEL_EXPORTER_OTLP_ENDPOINT` is a base to which `/v1/traces`
+//!   is appended. The exporter reads `OTEL_EXPORTER_OTLP_HEADERS` and
+//!   `OTEL_EXPORTER_OTLP_TIMEOUT` itself, over either protocol, each
+//!   replaced by its `..._TRACES_...` form when that is set (no compression
+//!   is built in: `..._COMPRESSION` makes the exporter unusable, which is
+//!   logged);
 //! - otherwise: the local trace file, when the caller passes one (the CLI
 //!   does), else nowhere.
 //!
+//! Both transports are plain text (`http://`): no TLS stack is linked. The
+//! HTTP client is hyper on the service's Tokio runtime (`http` module).
+//!
 //! `OTEL_SERVICE_NAME` overrides the service's default name and
 //! `OTEL_TRACES_SAMPLER` picks the sampler (`always_off` keeps propagation
-//! but records nothing). Spans are batched and exported off the hot path;
+//! but records nothing). Spans are batched and exported off the hot path
+//! (the SDK's batch processor runs on a thread of its own);
 //! [`TelemetryGuard::shutdown`] flushes them within a bound, so a collector
 //! that is down delays an exit by at most that bound and never fails it.
+
+mod http;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +38,9 @@ use std::time::Duration;
 use opentelemetry::InstrumentationScope;
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider;
-use opentelemetry_otlp::{RetryPolicy, WithTonicConfig};
+use opentelemetry_otlp::{
+    RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, TracerProviderBuilder};
 use tracing::{Level, Metadata};
@@ -39,7 +58,10 @@ use crate::trace_file::{RemoteSpans, TraceFile};
 /// The `--help` text every service binary shows about span export.
 pub const EXPORT_HELP: &str = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (or \
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), e.g. http://localhost:4317, to export spans over \
-OTLP/gRPC; OTEL_SERVICE_NAME renames the service, OTEL_TRACES_SAMPLER=always_off keeps \
+OTLP/gRPC; OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf (or http/json) exports over OTLP/HTTP \
+instead (e.g. to http://localhost:4318; /v1/traces is appended to \
+OTEL_EXPORTER_OTLP_ENDPOINT), and OTEL_EXPORTER_OTLP_HEADERS adds request headers \
+(key=value,...); OTEL_SERVICE_NAME renames the service, OTEL_TRACES_SAMPLER=always_off keeps \
 propagation only, OTEL_SDK_DISABLED=true exports nothing. Spans are flushed on exit and \
 on SIGTERM. Logs go to stderr (RUST_LOG sets the filter); warnings and errors are also \
 recorded as events on the exported spans.";
@@ -56,35 +78,148 @@ pub enum LogDefault {
     Info,
 }
 
+/// The variable naming the protocol for traces; wins over
+/// [`PROTOCOL_VAR`].
+pub const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// The variable naming the protocol for every signal.
+pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// The full URL for traces; wins over [`ENDPOINT_VAR`].
+pub const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// The endpoint for every signal (over HTTP, a base URL).
+pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The path appended to [`ENDPOINT_VAR`] for traces over HTTP.
+pub const HTTP_TRACES_PATH: &str = "/v1/traces";
+
+/// How spans travel to the OTLP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (`grpc`, the default).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`).
+    HttpProtobuf,
+    /// OTLP/HTTP with JSON bodies (`http/json`).
+    HttpJson,
+}
+
+impl Protocol {
+    /// Every protocol, in the order help texts list them.
+    pub const ALL: [Self; 3] = [Self::Grpc, Self::HttpProtobuf, Self::HttpJson];
+
+    /// The protocol's name in the `OTEL_EXPORTER_OTLP_*PROTOCOL` variables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+            Self::HttpJson => "http/json",
+        }
+    }
+
+    /// The protocol `value` names (surrounding blanks and ASCII case
+    /// ignored), if any.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(value))
+    }
+
+    /// Whether it is one of the OTLP/HTTP encodings.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Self::Grpc)
+    }
+}
+
+/// Where OTLP export sends spans, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpTarget {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The URL the exporter sends to (over HTTP, the full URL of the traces
+    /// endpoint).
+    pub endpoint: String,
+}
+
+/// The environment asks for something this build cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A protocol variable names no protocol.
+    #[error(
+        "{var}={value:?} is not a supported OTLP protocol; use grpc (the default), http/protobuf or http/json"
+    )]
+    UnknownProtocol {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
 /// Where this process's spans go.
 #[derive(Debug, Clone)]
 pub enum Export {
     /// Nowhere: `OTEL_SDK_DISABLED=true`, or no endpoint and no local file.
     Off,
-    /// OTLP over gRPC to the configured endpoint.
-    Otlp,
+    /// OTLP to the configured endpoint.
+    Otlp(OtlpTarget),
     /// The local trace file.
     File(TraceFile),
 }
 
 impl Export {
     /// The choice the environment makes, with `local` as the fallback when
-    /// no OTLP endpoint is configured.
-    pub fn from_env(local: Option<TraceFile>) -> Self {
+    /// no OTLP endpoint is configured. An error if a protocol variable
+    /// names an unknown protocol.
+    pub fn from_env(local: Option<TraceFile>) -> Result<Self, ConfigError> {
         Self::decide(|k| std::env::var(k).ok(), local)
     }
 
     /// [`from_env`](Self::from_env) over an arbitrary variable lookup.
-    pub fn decide(var: impl Fn(&str) -> Option<String>, local: Option<TraceFile>) -> Self {
-        let set = |k: &str| var(k).is_some_and(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-            return Self::Off;
+    pub fn decide(
+        var: impl Fn(&str) -> Option<String>,
+        local: Option<TraceFile>,
+    ) -> Result<Self, ConfigError> {
+        // A variable set to blanks counts as unset.
+        let value = |k: &str| {
+            var(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        if value("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(Self::Off);
         }
-        if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") || set("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            return Self::Otlp;
-        }
-        local.map_or(Self::Off, Self::File)
+        // Checked even when no endpoint is set: a typo is reported the
+        // first time, not when an endpoint is added.
+        let protocol = match [TRACES_PROTOCOL_VAR, PROTOCOL_VAR]
+            .into_iter()
+            .find_map(|k| Some((k, value(k)?)))
+        {
+            None => Protocol::Grpc,
+            Some((var, v)) => {
+                Protocol::parse(&v).ok_or(ConfigError::UnknownProtocol { var, value: v })?
+            }
+        };
+        let endpoint = if let Some(url) = value(TRACES_ENDPOINT_VAR) {
+            url
+        } else if let Some(base) = value(ENDPOINT_VAR) {
+            if protocol.is_http() {
+                signal_url(&base, HTTP_TRACES_PATH)
+            } else {
+                base
+            }
+        } else {
+            return Ok(local.map_or(Self::Off, Self::File));
+        };
+        Ok(Self::Otlp(OtlpTarget { protocol, endpoint }))
     }
+}
+
+/// `path` appended to the base URL `base`, with one `/` between them.
+fn signal_url(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 /// What a process exports and how patiently it flushes.
@@ -103,13 +238,14 @@ pub struct Options {
 
 impl Options {
     /// The environment's choice for a long-running service (retries on,
-    /// warnings and errors recorded on its spans).
-    pub fn service() -> Self {
-        Self {
-            export: Export::from_env(None),
+    /// warnings and errors recorded on its spans); an error if the
+    /// environment names an unknown protocol.
+    pub fn service() -> Result<Self, ConfigError> {
+        Ok(Self {
+            export: Export::from_env(None)?,
             retry: true,
             span_events: true,
-        }
+        })
     }
 }
 
@@ -208,7 +344,7 @@ fn init_logs(default: LogDefault, tracer: Option<SdkTracer>) {
 
 /// Sets up logs and the global tracer provider for one service, exporting
 /// as `options` says. Must run inside a Tokio runtime when OTLP export may
-/// be chosen (the gRPC client lives on the runtime).
+/// be chosen (the gRPC and HTTP clients live on the runtime).
 pub fn init(service: &'static str, default: LogDefault, options: Options) -> TelemetryGuard {
     let name = std::env::var("OTEL_SERVICE_NAME")
         .ok()
@@ -226,7 +362,7 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
             crate::remote::set_sink(Some(sink));
             Some(remote)
         }
-        Export::Off | Export::Otlp => None,
+        Export::Off | Export::Otlp(_) => None,
     };
     TelemetryGuard {
         providers: vec![provider],
@@ -276,7 +412,7 @@ fn layer_tracer(
 ) -> Option<SdkTracer> {
     match options.export {
         Export::Off => None,
-        Export::Otlp | Export::File(_) => Some(provider.tracer(service)),
+        Export::Otlp(_) | Export::File(_) => Some(provider.tracer(service)),
     }
 }
 
@@ -287,7 +423,7 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
     let builder = match &options.export {
         Export::Off => builder,
         Export::File(file) => builder.with_batch_exporter(file.exporter()),
-        Export::Otlp => match otlp_exporter(options.retry) {
+        Export::Otlp(target) => match otlp_exporter(target, options.retry) {
             Ok(exporter) => builder.with_batch_exporter(exporter),
             Err(e) => {
                 tracing::warn!(error = %e, "OTLP export is configured but unusable; spans are not exported");
@@ -306,18 +442,75 @@ pub fn base_builder(service: String) -> TracerProviderBuilder {
         .with_id_generator(PresetIdGenerator::default())
 }
 
+/// Why an OTLP exporter cannot be built.
+#[derive(Debug, thiserror::Error)]
+enum ExporterError {
+    #[error(transparent)]
+    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error(transparent)]
+    Client(#[from] http::HttpClientError),
+    #[error("{0} is an https endpoint, but this build has no TLS: use http://")]
+    Https(String),
+}
+
+/// The export timeout the OTLP exporter also uses:
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`
+/// (milliseconds), else 10 s.
+fn export_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .into_iter()
+    .find_map(|k| var(k)?.trim().parse().ok())
+    .map_or(
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
+        Duration::from_millis,
+    )
+}
+
+/// The exporter for `target`. Headers, timeout and compression come from
+/// the environment, read by the exporter itself.
 fn otlp_exporter(
+    target: &OtlpTarget,
     retry: bool,
-) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+) -> Result<opentelemetry_otlp::SpanExporter, ExporterError> {
     let policy = if retry {
         RetryPolicy::recommended()
     } else {
         RetryPolicy::disabled()
     };
-    opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_retry_policy(policy)
-        .build()
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match target.protocol {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(target.endpoint.clone())
+            .with_retry_policy(policy)
+            .build()?,
+        Protocol::HttpProtobuf | Protocol::HttpJson => {
+            if target
+                .endpoint
+                .get(..8)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+            {
+                return Err(ExporterError::Https(target.endpoint.clone()));
+            }
+            let protocol = if target.protocol == Protocol::HttpJson {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            };
+            let timeout = export_timeout(|k| std::env::var(k).ok());
+            builder
+                .with_http()
+                .with_protocol(protocol)
+                .with_endpoint(target.endpoint.clone())
+                .with_http_client(http::RuntimeHyperClient::new(timeout)?)
+                .with_retry_policy(policy)
+                .build()?
+        }
+    };
+    Ok(exporter)
 }
 
 /// A tracer provider that hands out each service's tracer by scope name.
@@ -352,13 +545,29 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn decide(vars: &[(&str, &str)]) -> Export {
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn try_decide(vars: &[(&str, &str)]) -> Result<Export, ConfigError> {
         let dir = std::env::temp_dir().join("rex-setup-test.jsonl");
-        Export::decide(|k| map.get(k).cloned(), Some(TraceFile::new(dir, 1024)))
+        Export::decide(lookup(vars), Some(TraceFile::new(dir, 1024)))
+    }
+
+    fn decide(vars: &[(&str, &str)]) -> Export {
+        try_decide(vars).unwrap()
+    }
+
+    /// The OTLP target `vars` choose (panics if they choose none).
+    fn target(vars: &[(&str, &str)]) -> (Protocol, String) {
+        match decide(vars) {
+            Export::Otlp(t) => (t.protocol, t.endpoint),
+            other => panic!("{vars:?} chose {other:?}, not OTLP"),
+        }
     }
 
     #[test]
@@ -366,11 +575,11 @@ mod tests {
         assert!(matches!(decide(&[]), Export::File(_)));
         assert!(matches!(
             decide(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]),
-            Export::Otlp
+            Export::Otlp(_)
         ));
         assert!(matches!(
             decide(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317")]),
-            Export::Otlp
+            Export::Otlp(_)
         ));
         assert!(matches!(
             decide(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "  ")]),
@@ -387,7 +596,194 @@ mod tests {
             decide(&[("OTEL_SDK_DISABLED", "false")]),
             Export::File(_)
         ));
-        assert!(matches!(Export::decide(|_| None, None), Export::Off));
+        assert!(matches!(
+            Export::decide(|_| None, None).unwrap(),
+            Export::Off
+        ));
+    }
+
+    #[test]
+    fn grpc_is_the_default_and_uses_either_endpoint_as_is() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317");
+        let grpc = |url: &str| (Protocol::Grpc, url.to_owned());
+        assert_eq!(target(&[base]), grpc("http://c:4317"));
+        assert_eq!(
+            target(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
+            grpc("http://c:4317")
+        );
+        // A blank protocol is no protocol.
+        assert_eq!(
+            target(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", " ")]),
+            grpc("http://c:4317")
+        );
+        assert_eq!(
+            target(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", " http://t:4317/x ")
+            ]),
+            grpc("http://t:4317/x")
+        );
+    }
+
+    #[test]
+    fn http_appends_the_traces_path_to_the_base_endpoint_only() {
+        let proto = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        let http = |url: &str| (Protocol::HttpProtobuf, url.to_owned());
+        for (base, url) in [
+            ("http://c:4318", "http://c:4318/v1/traces"),
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("http://c/otlp", "http://c/otlp/v1/traces"),
+            ("http://c/otlp/", "http://c/otlp/v1/traces"),
+        ] {
+            assert_eq!(
+                target(&[proto, ("OTEL_EXPORTER_OTLP_ENDPOINT", base)]),
+                http(url)
+            );
+        }
+        // The per-signal endpoint is the full URL, whatever its path.
+        for url in [
+            "http://c:4318",
+            "http://c:4318/custom",
+            "http://c:4318/v1/traces",
+        ] {
+            assert_eq!(
+                target(&[
+                    proto,
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url),
+                ]),
+                http(url)
+            );
+        }
+        assert_eq!(
+            target(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+            ]),
+            (Protocol::HttpJson, "http://c:4318/v1/traces".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_traces_protocol_wins_over_the_general_one() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        assert_eq!(
+            target(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ]),
+            (Protocol::HttpProtobuf, "http://c:4318/v1/traces".to_owned())
+        );
+        assert_eq!(
+            target(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ]),
+            (Protocol::Grpc, "http://c:4318".to_owned())
+        );
+        // Names are matched without regard to ASCII case or blanks.
+        assert_eq!(
+            target(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", " HTTP/Protobuf ")
+            ])
+            .0,
+            Protocol::HttpProtobuf
+        );
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::parse(p.name()), Some(p));
+        }
+    }
+
+    #[test]
+    fn an_unknown_protocol_is_an_error_naming_the_variable_and_the_choices() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let err = try_decide(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::UnknownProtocol {
+                var: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                value: "http".to_owned()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"http\" is not a supported OTLP protocol; \
+             use grpc (the default), http/protobuf or http/json"
+        );
+        // The per-signal variable is the one named when it is the one used.
+        let err = try_decide(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/proto"),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::UnknownProtocol { var: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value } if value == "http/proto"),
+            "{err:?}"
+        );
+        // Reported with no endpoint set too, but not when the SDK is off.
+        assert!(try_decide(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "udp")]).is_err());
+        assert!(matches!(
+            decide(&[
+                ("OTEL_SDK_DISABLED", "true"),
+                base,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp")
+            ]),
+            Export::Off
+        ));
+    }
+
+    #[test]
+    fn the_http_timeout_follows_the_exporter_variables() {
+        let t = |vars: &[(&str, &str)]| export_timeout(lookup(vars));
+        assert_eq!(t(&[]), Duration::from_secs(10));
+        assert_eq!(
+            t(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            t(&[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
+            ]),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            t(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]),
+            Duration::from_secs(10)
+        );
+    }
+
+    fn http_target(endpoint: &str) -> OtlpTarget {
+        OtlpTarget {
+            protocol: Protocol::HttpProtobuf,
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_http_exporter_needs_a_runtime_and_plain_http() {
+        let plain = http_target("http://127.0.0.1:4318/v1/traces");
+        assert!(matches!(
+            otlp_exporter(&plain, false),
+            Err(ExporterError::Client(http::HttpClientError::NoRuntime))
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        assert!(otlp_exporter(&plain, true).is_ok());
+        let json = OtlpTarget {
+            protocol: Protocol::HttpJson,
+            ..plain
+        };
+        assert!(otlp_exporter(&json, false).is_ok());
+        let err = otlp_exporter(&http_target("HTTPS://c:4318/v1/traces"), false).unwrap_err();
+        assert!(matches!(err, ExporterError::Https(_)), "{err:?}");
+        assert!(err.to_string().contains("use http://"), "{err}");
     }
 
     #[test]

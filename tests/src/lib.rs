@@ -12,8 +12,9 @@
 //! - [`compose`]: the docker-compose stack the compose tests run against
 //!   (compose commands, one-off core-client containers, health, logs).
 //! - [`memory`]: searching a live process's memory for a byte string.
-//! - [`otlp`]: an OTLP/gRPC trace receiver that records exported spans.
-//! - [`sink`]: a stand-in for Jaeger v2 (OTLP/gRPC in, a bounded store,
+//! - [`otlp`]: an OTLP trace receiver (gRPC and HTTP) that records
+//!   exported spans and the headers they came with.
+//! - [`sink`]: a stand-in for Jaeger v2 (OTLP/gRPC and OTLP/HTTP in, a bounded store,
 //!   the api_v3 query API and a health endpoint out); the `trace-sink`
 //!   binary serves it.
 //! - [`jaeger`]: a client for Jaeger's api_v3 query API (real Jaeger or

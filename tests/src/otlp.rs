@@ -1,13 +1,17 @@
-//! An in-process OTLP/gRPC trace receiver that records the spans exported
-//! to it, for tests that check what the binaries or the SDK really send.
+//! An in-process OTLP trace receiver (gRPC and HTTP) that records the
+//! spans exported to it, for tests that check what the binaries or the SDK
+//! really send.
 //!
 //! Start one with [`OtlpReceiver::start`], point an exporter at
-//! [`OtlpReceiver::endpoint`], then wait for spans with
+//! [`OtlpReceiver::endpoint`] (OTLP/gRPC) or [`OtlpReceiver::http_endpoint`]
+//! (OTLP/HTTP, protobuf or JSON), then wait for spans with
 //! [`OtlpReceiver::wait_for`]. [`crate::trace_check`] has assertions over
 //! the recorded spans.
 //!
-//! The gRPC server and [`flatten`] (OTLP spans to [`RecordedSpan`]s) also
-//! serve [`crate::sink`] and [`crate::jaeger`].
+//! The gRPC and HTTP servers and [`flatten`] (OTLP spans to
+//! [`RecordedSpan`]s) also serve [`crate::sink`] and [`crate::jaeger`].
+
+pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -15,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::http::HeaderMap;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -212,6 +217,9 @@ struct Shared {
     requests: AtomicUsize,
     rejected: AtomicUsize,
     failing: AtomicBool,
+    /// Each export request's headers (gRPC metadata included), in arrival
+    /// order.
+    headers: Mutex<Vec<HeaderMap>>,
 }
 
 impl Shared {
@@ -222,13 +230,16 @@ impl Shared {
     }
 }
 
-/// What an OTLP/gRPC trace server does with each export request: the
-/// receiver here records or counts spans, the trace sink stores them.
+/// What an OTLP trace server (gRPC or HTTP) does with each export
+/// request: the receiver here records or counts spans, the trace sink
+/// stores them.
 pub(crate) trait Exports: Send + Sync + 'static {
-    /// Takes one export request; an error status rejects it.
+    /// Takes one export request, which came with `headers` (gRPC: its
+    /// metadata); an error status rejects it.
     fn export(
         &self,
         request: ExportTraceServiceRequest,
+        headers: &HeaderMap,
     ) -> std::result::Result<ExportTraceServiceResponse, Status>;
 }
 
@@ -241,7 +252,10 @@ impl<E: Exports> TraceService for Collector<E> {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> std::result::Result<Response<ExportTraceServiceResponse>, Status> {
-        self.0.export(request.into_inner()).map(Response::new)
+        let headers = request.metadata().clone().into_headers();
+        self.0
+            .export(request.into_inner(), &headers)
+            .map(Response::new)
     }
 }
 
@@ -306,7 +320,12 @@ impl Exports for Shared {
     fn export(
         &self,
         request: ExportTraceServiceRequest,
+        headers: &HeaderMap,
     ) -> std::result::Result<ExportTraceServiceResponse, Status> {
+        self.headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(headers.clone());
         self.requests.fetch_add(1, Ordering::SeqCst);
         if self.failing.load(Ordering::SeqCst) {
             self.rejected.fetch_add(1, Ordering::SeqCst);
@@ -331,22 +350,25 @@ impl Exports for Shared {
     }
 }
 
-/// A running OTLP/gRPC trace receiver on loopback. Stops when dropped.
+/// A running OTLP trace receiver on loopback, taking OTLP/gRPC on one
+/// port and OTLP/HTTP on another into the same record. Stops when dropped.
 #[derive(Debug)]
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    http_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    task: Option<JoinHandle<Result<()>>>,
 }
 
 impl OtlpReceiver {
-    /// Starts a receiver on `127.0.0.1:0`.
+    /// Starts a receiver on `127.0.0.1:0` (both ports).
     pub async fn start() -> Result<Self> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// Starts a receiver on `addr`; an error if it cannot bind.
+    /// Starts a receiver taking OTLP/gRPC on `addr` (and OTLP/HTTP on
+    /// another port of the same host); an error if it cannot bind.
     pub async fn start_on(addr: SocketAddr) -> Result<Self> {
         Self::start_with(addr, false).await
     }
@@ -360,14 +382,46 @@ impl OtlpReceiver {
 
     async fn start_with(addr: SocketAddr, counting: bool) -> Result<Self> {
         let (listener, addr) = bind(addr, "OTLP receiver").await?;
+        let (http_listener, http_addr) = bind(
+            SocketAddr::new(addr.ip(), 0),
+            "OTLP receiver's HTTP listener",
+        )
+        .await?;
         let shared = Arc::new(Shared {
             counting,
             ..Shared::default()
         });
         let shutdown = CancellationToken::new();
-        let server = serve(listener, shared.clone(), shutdown.clone());
+        let grpc = serve(listener, shared.clone(), shutdown.clone());
+        let http = http::serve(http_listener, shared.clone(), shutdown.clone());
+        // Both run until the token is cancelled; the first failure stops
+        // the other.
+        let token = shutdown.clone();
+        let server = async move {
+            let (grpc, http) = tokio::join!(
+                async {
+                    let served = grpc.await.map_err(|e| {
+                        FixtureError::output(
+                            "the OTLP receiver's server",
+                            format!("it failed: {e}"),
+                        )
+                    });
+                    token.cancel();
+                    served
+                },
+                async {
+                    let served = http
+                        .await
+                        .map_err(|e| FixtureError::io("the OTLP receiver's HTTP server", e));
+                    token.cancel();
+                    served
+                }
+            );
+            grpc.and(http)
+        };
         Ok(Self {
             addr,
+            http_addr,
             shared,
             shutdown,
             task: Some(tokio::spawn(server)),
@@ -382,6 +436,31 @@ impl OtlpReceiver {
     /// The URL for an OTLP/gRPC exporter, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The address taking OTLP/HTTP.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The base URL for an OTLP/HTTP exporter, `http://127.0.0.1:PORT`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`; the traces endpoint is this plus
+    /// [`http::TRACES_PATH`]).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The values of header `name` (case-insensitive) on every export
+    /// request so far, gRPC metadata included, in arrival order.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.shared
+            .headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(|h| h.get_all(name))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
     }
 
     /// When `true`, every export is answered with `UNAVAILABLE` and its
@@ -489,9 +568,7 @@ impl OtlpReceiver {
         self.shutdown.cancel();
         if let Some(mut task) = self.task.take() {
             match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-                Ok(Ok(served)) => served.map_err(|e| {
-                    FixtureError::output("the OTLP receiver's server", format!("it failed: {e}"))
-                })?,
+                Ok(Ok(served)) => served?,
                 Ok(Err(e)) => {
                     return Err(FixtureError::output(
                         "the OTLP receiver's server task",

@@ -1,5 +1,5 @@
 //! Tests of the OTLP receiver fixture and the trace checks, over a real
-//! OTLP/gRPC client.
+//! OTLP/gRPC client and plain OTLP/HTTP requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
 use integration_tests::trace_check;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, InstrumentationScope, KeyValue, any_value::Value,
 };
@@ -294,6 +296,104 @@ async fn failing_receiver_answers_unavailable_and_records_nothing() {
     assert_eq!(names, vec!["kept"]);
     assert_eq!(receiver.export_requests(), 2);
     assert_eq!(receiver.rejected_requests(), 1);
+}
+
+/// `POST` to the receiver's traces endpoint: the status, the content type
+/// and the body of the answer.
+async fn post(
+    receiver: &OtlpReceiver,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!(
+        "{}{}",
+        receiver.http_endpoint(),
+        integration_tests::otlp::http::TRACES_PATH
+    );
+    let mut request = hyper::Request::post(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::new(bytes::Bytes::from(body))).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    let media = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, media, body.to_vec())
+}
+
+#[tokio::test]
+async fn http_exports_are_answered_as_the_otlp_specification_says() {
+    use prost::Message as _;
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let proto = [
+        ("content-type", "application/x-protobuf"),
+        ("x-tenant", "a"),
+    ];
+    let one =
+        |name: &str, id: u8| request(vec![("svc-h", vec![span(name, TRACE_A, id, None, 0, 1)])]);
+
+    let (status, media, body) = post(&receiver, &proto, one("by-proto", 1).encode_to_vec()).await;
+    assert_eq!((status, media.as_str()), (200, "application/x-protobuf"));
+    ExportTraceServiceResponse::decode(body.as_slice()).unwrap();
+
+    let json = [("content-type", "application/json; charset=utf-8")];
+    let (status, media, body) = post(
+        &receiver,
+        &json,
+        serde_json::to_vec(&one("by-json", 2)).unwrap(),
+    )
+    .await;
+    assert_eq!((status, media.as_str()), (200, "application/json"));
+    serde_json::from_slice::<ExportTraceServiceResponse>(&body).unwrap();
+
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["by-proto", "by-json"]);
+    assert_eq!(receiver.header_values("X-Tenant"), ["a"]);
+
+    // Refused, and nothing recorded: another media type, a compressed body,
+    // a body that does not decode.
+    let text = [("content-type", "text/plain")];
+    assert_eq!(post(&receiver, &text, b"spans".to_vec()).await.0, 415);
+    let gzip = [
+        ("content-type", "application/x-protobuf"),
+        ("content-encoding", "gzip"),
+    ];
+    assert_eq!(
+        post(&receiver, &gzip, one("zipped", 3).encode_to_vec())
+            .await
+            .0,
+        415
+    );
+    assert_eq!(post(&receiver, &proto, vec![0xff; 7]).await.0, 400);
+    assert_eq!(
+        post(&receiver, &json, b"{\"resourceSpans\": 7}".to_vec())
+            .await
+            .0,
+        400
+    );
+    // A failing receiver answers 503, which exporters retry.
+    receiver.set_failing(true);
+    assert_eq!(
+        post(&receiver, &proto, one("lost", 4).encode_to_vec())
+            .await
+            .0,
+        503
+    );
+    assert_eq!(receiver.spans().len(), 2);
+    assert_eq!(receiver.rejected_requests(), 1);
+    receiver.shutdown().await.unwrap();
 }
 
 #[tokio::test]

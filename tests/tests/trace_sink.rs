@@ -1,6 +1,6 @@
 //! The trace sink (Jaeger v2's stand-in) and the Jaeger query client,
 //! together: spans exported by the SDK's OTLP exporter from two services
-//! come back through the api_v3 query API whole, with their parents and
+//! (over gRPC, and over HTTP as the binaries export them) come back through the api_v3 query API whole, with their parents and
 //! services; searches, ids and parameters get Jaeger's status codes and
 //! bodies; the store's bound evicts the oldest traces whole; the health
 //! endpoint, its probe and the `trace-sink` binary work.
@@ -21,6 +21,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
+use telemetry::setup::{Export, Options, Protocol};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +35,8 @@ async fn start(max_spans: usize) -> (TraceSink, JaegerQuery) {
     (sink, query)
 }
 
-/// A provider for `service` exporting over OTLP/gRPC to `endpoint`.
+/// A provider for `service` exporting over OTLP/gRPC to `endpoint`, with
+/// the SDK's exporter as is.
 fn provider(service: &str, endpoint: &str) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -44,6 +46,30 @@ fn provider(service: &str, endpoint: &str) -> SdkTracerProvider {
     telemetry::setup::base_builder(service.to_owned())
         .with_batch_exporter(exporter)
         .build()
+}
+
+/// A provider for `service` exporting over OTLP/HTTP (`protocol`) to the
+/// base URL `endpoint`, built as the binaries build theirs.
+fn http_provider(service: &str, endpoint: &str, protocol: Protocol) -> SdkTracerProvider {
+    let vars = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.name()),
+    ];
+    let export = Export::decide(
+        |k| {
+            vars.iter()
+                .find(|(v, _)| *v == k)
+                .map(|(_, x)| (*x).to_owned())
+        },
+        None,
+    )
+    .unwrap();
+    let options = Options {
+        export,
+        retry: false,
+        span_events: false,
+    };
+    telemetry::setup::build_provider(service.to_owned(), &options)
 }
 
 /// Exports what `provider` holds (the batch processor blocks; it runs
@@ -100,7 +126,11 @@ async fn two_service_trace(endpoint: &str, base: SystemTime) -> String {
 /// One trace of `spans` spans (a root and children, 1 ms each) of
 /// `service`, starting at `base`. Returns its trace id.
 async fn flat_trace(endpoint: &str, service: &str, base: SystemTime, spans: usize) -> String {
-    let p = provider(service, endpoint);
+    flat_trace_on(&provider(service, endpoint), base, spans).await
+}
+
+/// [`flat_trace`] through `p`.
+async fn flat_trace_on(p: &SdkTracerProvider, base: SystemTime, spans: usize) -> String {
     let t = p.tracer("flat");
     let root = t.span_builder("root").with_start_time(base).start(&t);
     let root = Context::current_with_span(root);
@@ -112,8 +142,41 @@ async fn flat_trace(endpoint: &str, service: &str, base: SystemTime, spans: usiz
         child.end_with_timestamp(base + 2 * MS);
     }
     root.span().end_with_timestamp(base + 3 * MS);
-    flush(&p).await;
+    flush(p).await;
     root.span().span_context().trace_id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_exported_over_otlp_http_come_back_whole_in_either_encoding() {
+    let (sink, query) = start(1000).await;
+    for (protocol, service) in [
+        (Protocol::HttpProtobuf, "svc-proto"),
+        (Protocol::HttpJson, "svc-json"),
+    ] {
+        let p = http_provider(service, &sink.otlp_http_endpoint(), protocol);
+        let trace_id = flat_trace_on(&p, SystemTime::now(), 3).await;
+        let spans = query.trace(&trace_id).await.unwrap().unwrap();
+        let expected: Vec<String> = ["child1", "child2", "root"]
+            .iter()
+            .map(|n| format!("{service}/{n}"))
+            .collect();
+        assert_eq!(names(&spans), expected, "{protocol:?}");
+        let roots: Vec<&QueriedSpan> = spans
+            .iter()
+            .filter(|s| s.parent_span_id.is_none())
+            .collect();
+        assert_eq!(roots.len(), 1, "{protocol:?}");
+        assert!(
+            spans
+                .iter()
+                .filter(|s| s.name != "root")
+                .all(|s| s.parent_span_id.as_deref() == Some(roots[0].span_id.as_str())),
+            "{protocol:?}"
+        );
+        p.shutdown().unwrap();
+    }
+    assert_eq!((sink.trace_count(), sink.span_count()), (2, 6));
+    sink.shutdown().await.unwrap();
 }
 
 /// `find_traces(service, window)`, which must succeed.
@@ -487,6 +550,8 @@ async fn the_binary_serves_reports_health_and_stops_on_sigterm() {
         .args([
             "--otlp-listen",
             "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
         ])
@@ -507,6 +572,7 @@ async fn the_binary_serves_reports_health_and_stops_on_sigterm() {
     .await
     .expect("no start-up line");
     let otlp = format!("http://{}", addr_after(&started, "OTLP/gRPC on "));
+    let otlp_http = format!("http://{}", addr_after(&started, "OTLP/HTTP on "));
     let http = format!("http://{}", addr_after(&started, "query API on "));
     let health = format!("http://{}/status", addr_after(&started, "health on "));
 
@@ -523,6 +589,9 @@ async fn the_binary_serves_reports_health_and_stops_on_sigterm() {
     let trace_id = flat_trace(&otlp, "bin-svc", SystemTime::now(), 2).await;
     let query = JaegerQuery::new(&http).unwrap();
     assert_eq!(query.trace(&trace_id).await.unwrap().unwrap().len(), 2);
+    let p = http_provider("bin-svc", &otlp_http, Protocol::HttpProtobuf);
+    let trace_id = flat_trace_on(&p, SystemTime::now(), 3).await;
+    assert_eq!(query.trace(&trace_id).await.unwrap().unwrap().len(), 3);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
@@ -549,6 +618,8 @@ async fn the_binary_reports_a_port_it_cannot_bind_in_one_line() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trace-sink"))
         .args([
             "--otlp-listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
             "127.0.0.1:0",
             "--health-listen",
             "127.0.0.1:0",

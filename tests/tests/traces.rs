@@ -1,5 +1,6 @@
 //! One remote command is one trace across the three built binaries, each
-//! exporting over OTLP/gRPC to the receiver fixture: every stage span
+//! exporting over OTLP (gRPC, or HTTP with protobuf bodies) to the receiver
+//! fixture: every stage span
 //! present, parented as `docs/spans.md` says, nested in time, and covering
 //! the dispatch; the caller's TRACEPARENT continues in and the child's
 //! TRACEPARENT names `process.run`; span count does not grow with output;
@@ -17,6 +18,7 @@ use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
 use integration_tests::trace_check::{self, assert_contained, by_name, coverage, one};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use telemetry::setup::Protocol;
 use telemetry::spans;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,6 +30,24 @@ fn service_env(endpoint: &str) -> Vec<(&'static str, String)> {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
     ]
+}
+
+/// The variables that point an exporter at `rx` over `protocol`.
+fn export_env(rx: &OtlpReceiver, protocol: Protocol) -> Vec<(&'static str, String)> {
+    let endpoint = if protocol.is_http() {
+        rx.http_endpoint()
+    } else {
+        rx.endpoint()
+    };
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.name().to_owned()),
+    ]
+}
+
+/// `env` as the borrowed pairs [`exec`] takes.
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 fn start_stack(env: &[(&'static str, String)]) -> ProcStack {
@@ -131,10 +151,24 @@ async fn settle(rx: &OtlpReceiver) -> Vec<RecordedSpan> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_exec_is_one_trace_across_three_processes() {
+    one_exec_is_one_trace(Protocol::Grpc).await;
+}
+
+/// The same trace, whole, when the three export over OTLP/HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_exec_is_one_trace_over_otlp_http() {
+    one_exec_is_one_trace(Protocol::HttpProtobuf).await;
+}
+
+/// Runs one `exec` through the three binaries, all exporting to one
+/// receiver over `protocol`, and checks its trace.
+async fn one_exec_is_one_trace(protocol: Protocol) {
     let rx = OtlpReceiver::start().await.unwrap();
-    let endpoint = rx.endpoint();
-    let mut stack = start_stack(&service_env(&endpoint));
-    let client_env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let export = export_env(&rx, protocol);
+    let mut service = export.clone();
+    service.push(("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()));
+    let mut stack = start_stack(&service);
+    let client_env = pairs(&export);
 
     let (out, trace_id) = exec(&stack, &["sh", "-c", "echo hi"], &client_env, b"");
     assert_eq!(out.stdout, b"hi\n");
@@ -297,7 +331,134 @@ async fn one_exec_is_one_trace_across_three_processes() {
     assert_eq!(delivery.attr_i64("rex.stdout.bytes"), Some(3));
     assert_eq!(delivery.attr_i64("rex.events"), Some(3));
     assert_eq!(dispatch.attr_str("process.executable.name"), Some("sh"));
+
+    // Every export came over the protocol asked for.
+    let types = rx.header_values("content-type");
+    if protocol.is_http() {
+        assert_eq!(types.len(), rx.export_requests());
+        assert!(
+            types.iter().all(|t| t == "application/x-protobuf"),
+            "{types:?}"
+        );
+    } else {
+        assert!(
+            types.iter().all(|t| t.starts_with("application/grpc")),
+            "{types:?}"
+        );
+    }
     rx.shutdown().await.unwrap();
+}
+
+/// Runs `core-client demo` (the three services in one process) exporting
+/// to `rx` over `protocol`, with `env` added; it must succeed.
+async fn demo(rx: &OtlpReceiver, protocol: Protocol, env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(binaries::path("core-client").unwrap());
+    cmd.arg("demo")
+        .env("REX_TRACE_FILE", dir.path().join("traces.jsonl"))
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        .stdin(Stdio::null());
+    for (k, v) in export_env(rx, protocol) {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A header from OTEL_EXPORTER_OTLP_HEADERS (its value percent-decoded)
+/// comes with every export, over gRPC and over HTTP; the traces' own
+/// OTEL_EXPORTER_OTLP_TRACES_HEADERS replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_headers_reach_the_collector_over_both_protocols() {
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let rx = OtlpReceiver::start().await.unwrap();
+        let general = "x-rex-tenant=team%20a,x-rex-other=1";
+        demo(&rx, protocol, &[("OTEL_EXPORTER_OTLP_HEADERS", general)]).await;
+        // The demo flushed before it exited.
+        let n = rx.export_requests();
+        assert!(
+            n > 0 && !rx.spans().is_empty(),
+            "{protocol:?}: nothing exported"
+        );
+        assert_eq!(
+            rx.header_values("x-rex-tenant"),
+            vec!["team a"; n],
+            "{protocol:?}"
+        );
+        assert_eq!(
+            rx.header_values("x-rex-other"),
+            vec!["1"; n],
+            "{protocol:?}"
+        );
+        rx.shutdown().await.unwrap();
+
+        let rx = OtlpReceiver::start().await.unwrap();
+        demo(
+            &rx,
+            protocol,
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", general),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-rex-tenant=traces"),
+            ],
+        )
+        .await;
+        let n = rx.export_requests();
+        assert!(n > 0, "{protocol:?}: nothing exported");
+        assert_eq!(
+            rx.header_values("x-rex-tenant"),
+            vec!["traces"; n],
+            "{protocol:?}"
+        );
+        assert!(rx.header_values("x-rex-other").is_empty(), "{protocol:?}");
+        rx.shutdown().await.unwrap();
+    }
+}
+
+/// An unknown protocol stops each binary at start-up with one line naming
+/// the variable and the protocols it takes.
+#[test]
+fn an_unknown_protocol_stops_each_binary_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        ("relay", &["--listen", "127.0.0.1:0"]),
+        (
+            "exec-server",
+            &["--relay", "http://127.0.0.1:9", "--no-records"],
+        ),
+        ("core-client", &["demo"]),
+    ];
+    for (binary, args) in cases {
+        let out = std::process::Command::new(binaries::path(binary).unwrap())
+            .args(args)
+            .env("REX_TRACE_FILE", dir.path().join("traces.jsonl"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{binary}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "{binary}: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"http/xml\" is not a supported OTLP protocol; \
+                 use grpc (the default), http/protobuf or http/json"
+            )),
+            "{binary}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

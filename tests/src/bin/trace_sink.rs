@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use integration_tests::sink::{DEFAULT_MAX_SPANS, SinkConfig, TraceSink, health};
 use telemetry::setup::{Export, LogDefault, Options};
 
-/// Takes OTLP/gRPC trace exports and answers Jaeger v2's HTTP query API
+/// Takes OTLP trace exports (gRPC, and HTTP with protobuf or JSON bodies)
+/// and answers Jaeger v2's HTTP query API
 /// (api_v3: services, trace search, trace by id) and its health endpoint,
 /// with Jaeger's parameters, status codes and JSON. Spans are kept in
 /// memory, at most --max-spans of them: past that the oldest traces are
@@ -22,6 +23,9 @@ struct Args {
     /// Address for OTLP/gRPC trace exports.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4317")]
     otlp_listen: SocketAddr,
+    /// Address for OTLP/HTTP trace exports (`POST /v1/traces`).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4318")]
+    otlp_http_listen: SocketAddr,
     /// Address for the query API (`/api/v3/...`).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:16686")]
     http_listen: SocketAddr,
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
     let config = SinkConfig {
         otlp_listen: args.otlp_listen,
+        otlp_http_listen: args.otlp_http_listen,
         http_listen: args.http_listen,
         health_listen: args.health_listen,
         max_spans: args.max_spans,
@@ -99,8 +104,9 @@ fn main() -> ExitCode {
             }
         };
         eprintln!(
-            "trace-sink: OTLP/gRPC on {}, query API on {}, health on {}; keeping at most {} spans",
+            "trace-sink: OTLP/gRPC on {}, OTLP/HTTP on {}, query API on {}, health on {}; keeping at most {} spans",
             sink.otlp_addr(),
+            sink.otlp_http_addr(),
             sink.http_addr(),
             sink.health_addr(),
             args.max_spans

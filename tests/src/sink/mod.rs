@@ -1,5 +1,6 @@
 //! A trace sink that stands in for Jaeger v2 where its image cannot be
-//! pulled: it takes OTLP/gRPC trace exports (port 4317) into a bounded
+//! pulled: it takes OTLP trace exports over gRPC (port 4317) and over HTTP
+//! (port 4318, `POST /v1/traces`, protobuf or JSON) into a bounded
 //! store and answers the part of Jaeger's HTTP query API (api_v3, port
 //! 16686) the tests use, with Jaeger's status codes and bodies, and a
 //! health endpoint (port 13133). Tests speak to it only through
@@ -12,7 +13,7 @@
 //! - `params`: reading query parameters as Jaeger (Go) reads them.
 //! - [`health`]: the health endpoint and its probe.
 //!
-//! [`TraceSink::start`] binds and serves all three; the `trace-sink`
+//! [`TraceSink::start`] binds and serves all four; the `trace-sink`
 //! binary is a thin wrapper around it.
 
 pub mod health;
@@ -48,6 +49,8 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct SinkConfig {
     /// OTLP/gRPC trace exports.
     pub otlp_listen: SocketAddr,
+    /// OTLP/HTTP trace exports.
+    pub otlp_http_listen: SocketAddr,
     /// The query API.
     pub http_listen: SocketAddr,
     /// The health endpoint.
@@ -61,6 +64,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         Self {
             otlp_listen: SocketAddr::from(([0, 0, 0, 0], 4317)),
+            otlp_http_listen: SocketAddr::from(([0, 0, 0, 0], 4318)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 16686)),
             health_listen: SocketAddr::from(([0, 0, 0, 0], 13133)),
             max_spans: DEFAULT_MAX_SPANS,
@@ -74,6 +78,7 @@ impl SinkConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             otlp_listen: any,
+            otlp_http_listen: any,
             http_listen: any,
             health_listen: any,
             max_spans,
@@ -91,6 +96,7 @@ impl Exports for Mutex<SpanStore> {
     fn export(
         &self,
         request: ExportTraceServiceRequest,
+        _headers: &axum::http::HeaderMap,
     ) -> std::result::Result<ExportTraceServiceResponse, tonic::Status> {
         let inserted = lock(self).insert(request);
         let partial_success = (inserted.rejected > 0).then(|| ExportTracePartialSuccess {
@@ -101,11 +107,12 @@ impl Exports for Mutex<SpanStore> {
     }
 }
 
-/// A running sink: three servers over one store. They stop when the
+/// A running sink: four servers over one store. They stop when the
 /// shutdown token is cancelled (or the sink is dropped).
 #[derive(Debug)]
 pub struct TraceSink {
     otlp_addr: SocketAddr,
+    otlp_http_addr: SocketAddr,
     http_addr: SocketAddr,
     health_addr: SocketAddr,
     store: Arc<Mutex<SpanStore>>,
@@ -114,10 +121,12 @@ pub struct TraceSink {
 }
 
 impl TraceSink {
-    /// Binds the three listeners of `config` and serves them until
+    /// Binds the four listeners of `config` and serves them until
     /// `shutdown` is cancelled. An error if a listener cannot be bound.
     pub async fn start(config: SinkConfig, shutdown: CancellationToken) -> Result<Self> {
         let (otlp, otlp_addr) = bind(config.otlp_listen, "trace sink's OTLP listener").await?;
+        let (otlp_http, otlp_http_addr) =
+            bind(config.otlp_http_listen, "trace sink's OTLP/HTTP listener").await?;
         let (http, http_addr) = bind(config.http_listen, "trace sink's query listener").await?;
         let (health, health_addr) =
             bind(config.health_listen, "trace sink's health listener").await?;
@@ -129,6 +138,13 @@ impl TraceSink {
             crate::otlp::serve(otlp, exports, token)
                 .await
                 .map_err(|e| FixtureError::output("the trace sink's OTLP server", e))
+        });
+        let token = shutdown.clone();
+        let exports = store.clone();
+        servers.spawn(async move {
+            crate::otlp::http::serve(otlp_http, exports, token)
+                .await
+                .map_err(|e| FixtureError::io("the trace sink's OTLP/HTTP server", e))
         });
         for (listener, router, what) in [
             (http, query::router(store.clone()), "query"),
@@ -144,6 +160,7 @@ impl TraceSink {
         }
         Ok(Self {
             otlp_addr,
+            otlp_http_addr,
             http_addr,
             health_addr,
             store,
@@ -155,6 +172,11 @@ impl TraceSink {
     /// The address taking OTLP/gRPC exports.
     pub fn otlp_addr(&self) -> SocketAddr {
         self.otlp_addr
+    }
+
+    /// The address taking OTLP/HTTP exports.
+    pub fn otlp_http_addr(&self) -> SocketAddr {
+        self.otlp_http_addr
     }
 
     /// The address of the query API.
@@ -170,6 +192,12 @@ impl TraceSink {
     /// The URL for an OTLP/gRPC exporter, `http://ADDR`.
     pub fn otlp_endpoint(&self) -> String {
         format!("http://{}", self.otlp_addr)
+    }
+
+    /// The base URL for an OTLP/HTTP exporter, `http://ADDR`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`: exporters append `/v1/traces`).
+    pub fn otlp_http_endpoint(&self) -> String {
+        format!("http://{}", self.otlp_http_addr)
     }
 
     /// The base URL of the query API, `http://ADDR`.
