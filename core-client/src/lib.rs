@@ -3,12 +3,16 @@
 //! Layout:
 //! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `history`, `trace
 //!   show`, `demo`) and their one-line errors and exit codes.
+//! - [`address`]: relay addresses as people type them.
+//! - [`paths`]: the config directory and the files in it.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
 //!   (the only place that links the relay and the exec-server).
 //! - [`traces`]: reading the local trace file back.
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
+pub mod address;
 pub mod cli;
 pub mod demo;
+pub mod paths;
 pub mod traces;
 pub mod waterfall;
