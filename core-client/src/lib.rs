@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `history`, `trace
 //!   show`, `demo`) and their one-line errors and exit codes.
+//! - [`config`]: the config file (named servers, `[defaults]`), checked
+//!   with file:line messages.
 //! - [`address`]: relay addresses as people type them.
 //! - [`paths`]: the config directory and the files in it.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
@@ -12,6 +14,7 @@
 
 pub mod address;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod paths;
 pub mod traces;
