@@ -5,6 +5,7 @@
 //!   show`, `demo`) and their one-line errors and exit codes.
 //! - [`config`]: the config file (named servers, `[defaults]`), checked
 //!   with file:line messages.
+//! - [`known`]: the known servers (trust on first use, opt-in).
 //! - [`address`]: relay addresses as people type them.
 //! - [`paths`]: the config directory and the files in it.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
@@ -16,6 +17,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod known;
 pub mod paths;
 pub mod traces;
 pub mod waterfall;
