@@ -267,7 +267,11 @@ mod tests {
         handle.cancel_on_drop(2, Traced::now(&Context::new(), "cancel"));
         // The driver is woken (a stored permit) and finds both.
         shared.wake.notified().await;
-        let ids: Vec<u64> = shared.take_cancelled().into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<u64> = shared
+            .take_cancelled()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(ids, vec![1, 2]);
         assert!(shared.take_cancelled().is_empty(), "taken once");
     }
