@@ -64,6 +64,30 @@ pub fn first_stray(doc: &Spanned<DeTable<'_>>) -> Option<StrayKey> {
     strays.into_iter().min_by_key(|s| s.span.start)
 }
 
+/// The dotted name of the innermost key whose value spans `offset` (for
+/// naming the key a wrong type was given to). A table's own span covers
+/// only its header, so every table is searched.
+pub fn key_at(doc: &Spanned<DeTable<'_>>, offset: usize) -> Option<String> {
+    fn search(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
+        for (key, value) in table {
+            path.push(key.get_ref().to_string());
+            if let DeValue::Table(inner) = value.get_ref()
+                && search(inner, offset, path)
+            {
+                return true;
+            }
+            let span = value.span();
+            if span.start <= offset && offset < span.end.max(span.start + 1) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = Vec::new();
+    search(doc.get_ref(), offset, &mut path).then(|| path.join("."))
+}
+
 fn table<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a DeTable<'i>> {
     t.iter()
         .find(|(k, _)| k.get_ref() == key)

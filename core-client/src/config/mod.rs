@@ -120,7 +120,7 @@ pub enum ConfigError {
 pub enum Problem {
     /// Not valid TOML.
     #[error("not valid TOML: {}", first_line(.0.message()))]
-    Syntax(#[source] toml::de::Error),
+    Syntax(#[source] Box<toml::de::Error>),
     /// A key the file's shape does not know.
     #[error("unknown key `{key}`{}{}{}", in_table(.table), hint_text(.hint), suggest::did_you_mean(*.suggestion))]
     UnknownKey {
@@ -134,8 +134,13 @@ pub enum Problem {
         hint: Option<&'static str>,
     },
     /// A value of the wrong type.
-    #[error("{}", first_line(.0.message()))]
-    Type(#[source] toml::de::Error),
+    #[error("{}{}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default(), first_line(source.message()))]
+    Type {
+        /// The key it was given to (dotted), when known.
+        key: Option<String>,
+        /// The deserializer's error.
+        source: Box<toml::de::Error>,
+    },
     /// A relay address that cannot be one.
     #[error(transparent)]
     Relay(#[from] crate::address::AddressError),
@@ -214,7 +219,8 @@ impl Config {
                 problem: Box::new(problem),
             }
         };
-        let tree = toml::de::DeTable::parse(text).map_err(|e| at(e.span(), Problem::Syntax(e)))?;
+        let tree = toml::de::DeTable::parse(text)
+            .map_err(|e| at(e.span(), Problem::Syntax(Box::new(e))))?;
         if let Some(stray) = keys::first_stray(&tree) {
             return Err(at(
                 Some(stray.span),
@@ -226,8 +232,17 @@ impl Config {
                 },
             ));
         }
-        let doc: schema::Document =
-            toml::from_str(text).map_err(|e| at(e.span(), Problem::Type(e)))?;
+        let doc: schema::Document = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            let key = span.as_ref().and_then(|s| keys::key_at(&tree, s.start));
+            at(
+                span,
+                Problem::Type {
+                    key,
+                    source: Box::new(e),
+                },
+            )
+        })?;
         let base = path.parent();
         let lines = Lines { text };
         let entry = |t: &schema::Table, first: usize| -> Result<Entry, ConfigError> {

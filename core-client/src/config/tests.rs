@@ -159,7 +159,11 @@ fn unknown_keys_are_named_with_the_nearest_known_key() {
 fn wrong_types_name_the_line() {
     let (message, line, problem) = failure("[servers.a]\nrelay = \"x\"\nresume = \"yes\"\n");
     assert_eq!(line, 3);
-    assert!(matches!(problem, Problem::Type(_)));
+    assert!(matches!(&problem, Problem::Type { key: Some(k), .. } if k == "servers.a.resume"));
+    assert!(
+        message.contains("`servers.a.resume`: invalid type"),
+        "{message}"
+    );
     assert!(message.starts_with("/etc/rex/config.toml:3:"), "{message}");
     assert!(!message.contains('\n'), "{message}");
 
