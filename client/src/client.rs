@@ -34,6 +34,8 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
+    /// The exec-server's id (derived from its key once, not per call).
+    server_id: String,
     channel: Mutex<Option<Channel>>,
     session: Mutex<Option<SessionHandle>>,
     sessions_opened: AtomicU64,
@@ -53,6 +55,7 @@ impl Client {
     pub fn new(config: ClientConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
+                server_id: config.server.server_id(),
                 config,
                 channel: Mutex::new(None),
                 session: Mutex::new(None),
@@ -158,10 +161,10 @@ impl Client {
             .span_builder(spans::TOOL_DISPATCH)
             .with_kind(SpanKind::Client)
             .with_start_time(dispatched)
-            .with_attributes(vec![KeyValue::new(
-                "process.executable.name",
-                spec.program(),
-            )])
+            .with_attributes(vec![
+                KeyValue::new("process.executable.name", spec.program()),
+                KeyValue::new("rex.server.id", self.inner.server_id.clone()),
+            ])
             .start_with_context(&tracer, &parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
         let record = self.record(&spec, span.span_context());
@@ -224,7 +227,13 @@ impl Client {
                     .map(|a| a.to_string_lossy().into_owned())
                     .collect()
             });
-            CallRecord::dispatched(store, config.server.server_id(), spec.program(), args, sc)
+            CallRecord::dispatched(
+                store,
+                self.inner.server_id.clone(),
+                spec.program(),
+                args,
+                sc,
+            )
         })
     }
 

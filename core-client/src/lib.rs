@@ -1,14 +1,29 @@
 //! The `core-client` command line, over the client library (`rex-client`).
 //!
 //! Layout:
-//! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `history`, `trace
-//!   show`, `demo`) and their one-line errors and exit codes.
+//! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `trust`, `config
+//!   show`, `history`, `trace show`, `completions`, `man`, `demo`) and
+//!   their one-line errors and exit codes.
+//! - [`settings`]: a server's effective settings (flags over the config
+//!   file over built-in defaults) and where each came from.
+//! - [`config`]: the config file (named servers, `[defaults]`), checked
+//!   with file:line messages.
+//! - [`known`]: the known servers (trust on first use, opt-in).
+//! - [`address`]: relay addresses as people type them.
+//! - [`names`]: server ids shown as the names the user gave them.
+//! - [`paths`]: the config directory and the files in it.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
 //!   (the only place that links the relay and the exec-server).
 //! - [`traces`]: reading the local trace file back.
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
+pub mod address;
 pub mod cli;
+pub mod config;
 pub mod demo;
+pub mod known;
+pub mod names;
+pub mod paths;
+pub mod settings;
 pub mod traces;
 pub mod waterfall;

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use core_client::cli::{self, Cli, CliCommand, CliError, EXIT_CONNECTION, TraceCommand};
+use core_client::cli::{
+    self, Cli, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
+};
 use telemetry::setup::{self, Export, LogDefault, Options};
 use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
 
@@ -12,16 +14,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let trace_file = cli.trace_file_path();
     let data_dir = cli.data_dir_path();
+    let config = cli.config.clone();
+    let context = || Context::load(config.as_deref());
     let result = match cli.command {
-        CliCommand::Keygen { out } => cli::keygen(&out),
-        CliCommand::Pubkey { key } => cli::pubkey(&key),
+        CliCommand::Keygen { out } => cli::keygen(out.as_deref()),
+        CliCommand::Pubkey { key } => cli::pubkey(key.as_deref()),
+        CliCommand::Trust(args) => context().and_then(|ctx| cli::trust(&args, ctx)),
+        CliCommand::Config {
+            command: ConfigCommand::Show { name, server },
+        } => context().and_then(|ctx| cli::config_show(name.as_deref(), &server, &ctx)),
         CliCommand::Trace {
             command: TraceCommand::Show { trace },
-        } => cli::trace_show(trace_file.as_deref(), &trace),
-        CliCommand::Exec(args) => {
-            with_runtime(trace_file, &["core-client"], |_| cli::exec(args, data_dir))
-        }
-        CliCommand::History { limit, json } => cli::history(data_dir.as_deref(), limit, json),
+        } => context().and_then(|ctx| cli::trace_show(trace_file.as_deref(), &trace, &ctx.names())),
+        CliCommand::Exec(args) => context().and_then(|ctx| {
+            with_runtime(trace_file, &["core-client"], |_| {
+                cli::exec(args, ctx, data_dir)
+            })
+        }),
+        CliCommand::History {
+            limit,
+            json,
+            server,
+        } => context().and_then(|ctx| {
+            cli::history(
+                data_dir.as_deref(),
+                limit,
+                json,
+                server.as_deref(),
+                &ctx.names(),
+            )
+        }),
+        CliCommand::Completions { shell } => cli::completions(shell),
+        CliCommand::Man { subcommand } => cli::man(subcommand.as_deref()),
         CliCommand::Demo => demo(trace_file),
     };
     match result {
@@ -49,7 +73,12 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
         (Some(Export::File(file)), Some(id)) => {
             println!();
             let mut out = std::io::stdout().lock();
-            if let Err(e) = core_client::waterfall::show(file.path(), id, &mut out) {
+            if let Err(e) = core_client::waterfall::show(
+                file.path(),
+                id,
+                &core_client::names::ServerNames::default(),
+                &mut out,
+            ) {
                 eprintln!("core-client: cannot show the demo's trace: {e}");
             }
             println!();

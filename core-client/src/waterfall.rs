@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use crate::names::ServerNames;
 use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
 use telemetry::spans::{TERMINAL_DELIVERY, TERMINAL_PUSH};
 
@@ -35,12 +36,21 @@ pub enum ShowError {
     Write(#[from] io::Error),
 }
 
+/// The attribute naming the exec-server a dispatch went to.
+pub const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
+
 /// Finds the trace `selector` names (`last` or a trace id) in the trace file
-/// at `path` and writes it, rendered with a [`SHOW_WIDTH`]-cell timeline.
-pub fn show(path: &Path, selector: &str, out: &mut impl io::Write) -> Result<(), ShowError> {
+/// at `path` and writes it, rendered with a [`SHOW_WIDTH`]-cell timeline
+/// and the exec-server named as `names` name it.
+pub fn show(
+    path: &Path,
+    selector: &str,
+    names: &ServerNames,
+    out: &mut impl io::Write,
+) -> Result<(), ShowError> {
     let selector: Selector = selector.parse()?;
     let trace = traces::find(path, &selector)?;
-    out.write_all(render(&trace, SHOW_WIDTH).as_bytes())?;
+    out.write_all(render_named(&trace, SHOW_WIDTH, names).as_bytes())?;
     out.flush()?;
     Ok(())
 }
@@ -62,6 +72,12 @@ impl Placed<'_> {
 /// Renders `trace` as a header line, a waterfall whose timeline is `width`
 /// cells wide (at least [`MIN_WIDTH`]), and a per-stage table.
 pub fn render(trace: &Trace, width: usize) -> String {
+    render_named(trace, width, &ServerNames::default())
+}
+
+/// [`render`], with a line naming the exec-server (as `names` name it,
+/// else by its id) when the trace says which it was.
+pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String {
     let width = width.max(MIN_WIDTH);
     let placed = tree_order(&trace.spans);
     let t0 = placed.iter().map(|p| p.start).min().unwrap_or(0);
@@ -89,6 +105,20 @@ pub fn render(trace: &Trace, width: usize) -> String {
             services.join(", ")
         },
     );
+    let mut servers: Vec<&str> = Vec::new();
+    for p in &placed {
+        for (key, value) in &p.span.attributes {
+            if key == SERVER_ID_ATTRIBUTE && !servers.contains(&value.as_str()) {
+                servers.push(value);
+            }
+        }
+    }
+    for id in servers {
+        let _ = match names.name(id) {
+            Some(name) => writeln!(out, "server {name} (id {id})"),
+            None => writeln!(out, "server {id}"),
+        };
+    }
     if placed.is_empty() {
         out.push_str("(no spans)\n");
         return out;
@@ -446,6 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn the_server_is_named_as_the_user_named_it() {
+        let key = proto::keys::StaticKeypair::generate().unwrap().public();
+        let id = key.server_id();
+        let mut t = sample();
+        t.spans[0]
+            .attributes
+            .push((SERVER_ID_ATTRIBUTE.to_owned(), id.clone()));
+        let unnamed = render(&t, 40);
+        assert_eq!(
+            unnamed.lines().nth(1),
+            Some(format!("server {id}").as_str())
+        );
+        let mut names = ServerNames::default();
+        names.add("build-box", &key);
+        let named = render_named(&t, 40, &names);
+        assert_eq!(
+            named.lines().nth(1),
+            Some(format!("server build-box (id {id})").as_str())
+        );
+        assert_eq!(rows(&named), rows(&unnamed));
+        let plain = render(&sample(), 40);
+        assert!(!plain.lines().any(|l| l.starts_with("server ")), "{plain}");
+    }
+
+    #[test]
     fn spans_are_in_tree_order_with_indentation() {
         let out = render(&sample(), 40);
         let labels: Vec<String> = rows(&out).into_iter().map(|r| columns(r).0).collect();
@@ -684,7 +739,7 @@ mod tests {
         .unwrap();
 
         let mut out = Vec::new();
-        show(&path, "last", &mut out).unwrap();
+        show(&path, "last", &ServerNames::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with(&format!("trace {other}: 2.500 ms, 1 span")),
@@ -693,7 +748,13 @@ mod tests {
         assert!(text.contains(&"█".repeat(SHOW_WIDTH)));
 
         let mut out = Vec::new();
-        show(&path, &TRACE_ID.to_ascii_uppercase(), &mut out).unwrap();
+        show(
+            &path,
+            &TRACE_ID.to_ascii_uppercase(),
+            &ServerNames::default(),
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(&format!("trace {TRACE_ID}:")), "{text}");
         assert!(text.contains("tool.dispatch"));
@@ -705,7 +766,7 @@ mod tests {
         let path = dir.path().join("traces.jsonl");
         let mut out = Vec::new();
 
-        let err = show(&path, "last", &mut out).unwrap_err();
+        let err = show(&path, "last", &ServerNames::default(), &mut out).unwrap_err();
         assert!(matches!(
             err,
             ShowError::TraceFile(TraceFileError::NotFound(_))
@@ -713,12 +774,12 @@ mod tests {
         assert!(err.to_string().contains("no traces have been recorded"));
 
         std::fs::write(&path, otlp_line(TRACE_ID, "x")).unwrap();
-        let err = show(&path, "latest", &mut out).unwrap_err();
+        let err = show(&path, "latest", &ServerNames::default(), &mut out).unwrap_err();
         assert!(matches!(err, ShowError::Selector(_)));
         assert!(err.to_string().contains("32 hex digits"), "{err}");
 
         let missing = "0123456789abcdef0123456789abcdef";
-        let err = show(&path, missing, &mut out).unwrap_err();
+        let err = show(&path, missing, &ServerNames::default(), &mut out).unwrap_err();
         assert!(matches!(
             err,
             ShowError::TraceFile(TraceFileError::NoSuchTrace(..))
@@ -726,8 +787,14 @@ mod tests {
         assert!(err.to_string().contains(missing));
 
         for err in [
-            show(&path, "nope", &mut out).unwrap_err(),
-            show(&dir.path().join("none"), "last", &mut out).unwrap_err(),
+            show(&path, "nope", &ServerNames::default(), &mut out).unwrap_err(),
+            show(
+                &dir.path().join("none"),
+                "last",
+                &ServerNames::default(),
+                &mut out,
+            )
+            .unwrap_err(),
         ] {
             assert!(!err.to_string().contains('\n'), "{err}");
         }

@@ -351,6 +351,26 @@ impl Store {
         self.query(&sql, sql_limit(limit), command_row)
     }
 
+    /// The newest `limit` commands sent to the exec-servers whose id
+    /// starts with `server` (a whole id, or the first digits of one),
+    /// newest first.
+    pub fn commands_on(
+        &self,
+        server: &str,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let sql = format!(
+            "{COMMANDS} WHERE substr(server_id, 1, length(?1)) = ?1 \
+             ORDER BY started_unix_ms DESC, rowid DESC LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.unreadable(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params![server, sql_limit(limit)], command_row)
+            .map_err(|e| self.unreadable(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.unreadable(e))
+    }
+
     /// One command by id.
     pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
         let sql = format!("{COMMANDS} WHERE id = ?1");
@@ -422,6 +442,34 @@ mod tests {
             stdout_bytes: 0,
             stderr_bytes: 0,
         }
+    }
+
+    #[test]
+    fn commands_by_server_id_or_its_first_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
+        let on = |id: &str, server: &str, at: i64| {
+            let mut c = command(id, Progress::Finished);
+            c.server_id = server.into();
+            c.started_unix_ms = at;
+            Record::Command(c)
+        };
+        store
+            .write(&[
+                on("a", "729d6f42aa", 1),
+                on("b", "0000ffff00", 2),
+                on("c", "729d6f42aa", 3),
+                on("d", "729d0000bb", 4),
+            ])
+            .unwrap();
+        let ids = |rows: Vec<CommandRecord>| rows.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.commands_on("729d6f42aa", 10).unwrap()),
+            ["c", "a"]
+        );
+        assert_eq!(ids(store.commands_on("729d6f42", 1).unwrap()), ["c"]);
+        assert_eq!(ids(store.commands_on("729d", 10).unwrap()), ["d", "c", "a"]);
+        assert!(store.commands_on("abcd", 10).unwrap().is_empty());
     }
 
     #[test]

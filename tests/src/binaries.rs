@@ -278,8 +278,9 @@ impl ProcStack {
 
 /// A `core-client exec` command through `relay_url` to `server_pub`, as
 /// `key`, with `flags` right after `exec` (e.g. `--print-trace-id`).
-/// Its local trace file is `traces.jsonl` beside the key (never the user's
-/// own), and no OTLP endpoint from the test's environment leaks in.
+/// Its local trace file is `traces.jsonl` beside the key and its config
+/// directory `config/` there (never the user's own), and no OTLP endpoint
+/// from the test's environment leaks in.
 pub fn exec_command(
     relay_url: &str,
     server_pub: &str,
@@ -310,6 +311,8 @@ fn exec_command_of(
     let dir = key.parent().unwrap_or(Path::new("."));
     cmd.env("REX_TRACE_FILE", dir.join("traces.jsonl"))
         .env("REX_DATA_DIR", dir.join("client-data"))
+        // The user's own config file and known servers are never read.
+        .env("XDG_CONFIG_HOME", dir.join("config"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     cmd.arg("exec")

@@ -178,6 +178,7 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
         Command::new(binaries::path("core-client").unwrap())
             .args(["trace", "show", selector])
             .env("REX_TRACE_FILE", &traces)
+            .env("XDG_CONFIG_HOME", stack.dir.path().join("config"))
             .output()
             .unwrap()
     };
@@ -229,6 +230,7 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     let out = Command::new(binaries::path("core-client").unwrap())
         .args(["trace", "show", "last"])
         .env("REX_TRACE_FILE", stack.dir.path().join("none.jsonl"))
+        .env("XDG_CONFIG_HOME", stack.dir.path().join("config"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -244,6 +246,7 @@ fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     let out = Command::new(binaries::path("core-client").unwrap())
         .arg("demo")
         .env("REX_TRACE_FILE", &traces)
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdin(Stdio::null())

@@ -184,6 +184,7 @@ fn server_key_can_come_from_a_file() {
         ])
         .env("REX_TRACE_FILE", stack.dir.path().join("traces.jsonl"))
         .env("OTEL_SDK_DISABLED", "true")
+        .env("XDG_CONFIG_HOME", stack.dir.path().join("config"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -204,6 +205,7 @@ fn server_key_can_come_from_a_file() {
         .arg(&pub_file)
         .args(["--no-records", "-n", "--", "true"])
         .env("OTEL_SDK_DISABLED", "true")
+        .env("XDG_CONFIG_HOME", stack.dir.path().join("config"))
         .stdin(Stdio::null())
         .output()
         .unwrap();

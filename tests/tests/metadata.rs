@@ -360,7 +360,8 @@ fn core_client(stack: &ProcStack, args: &[&str]) -> Command {
     let mut cmd = Command::new(binaries::path("core-client").unwrap());
     cmd.args(args)
         .env("REX_DATA_DIR", client_data(stack))
-        .env("REX_TRACE_FILE", stack.dir.path().join("traces.jsonl"));
+        .env("REX_TRACE_FILE", stack.dir.path().join("traces.jsonl"))
+        .env("XDG_CONFIG_HOME", stack.dir.path().join("config"));
     cmd
 }
 
@@ -554,7 +555,9 @@ fn history_without_a_database_says_nothing_was_recorded_yet() {
     let data = dir.path().join("empty");
     let out = run({
         let mut cmd = Command::new(binaries::path("core-client").unwrap());
-        cmd.arg("history").env("REX_DATA_DIR", &data);
+        cmd.arg("history")
+            .env("REX_DATA_DIR", &data)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"));
         cmd
     });
     let err = stderr_of(&out);

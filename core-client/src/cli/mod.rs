@@ -1,0 +1,346 @@
+//! The `core-client` command line: its arguments, its commands, and their
+//! one-line errors and exit codes.
+//!
+//! Layout:
+//! - this module: the arguments ([`Cli`]), [`CliError`] and the
+//!   [`Context`] every command reads (config file, known servers).
+//! - `exec`: `exec`, over the effective settings.
+//! - `identity`: `keygen`, `pubkey` and `trust` (keys and known servers).
+//! - `show`: `config show`.
+//! - `views`: `history` and `trace show`, naming servers as the user did.
+//! - `docs`: `completions` and `man`.
+
+mod docs;
+mod exec;
+mod identity;
+mod show;
+mod views;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::known::{KnownError, KnownServers};
+use crate::names::ServerNames;
+use crate::settings::{ServerArgs, SettingsError};
+
+pub use docs::{completions, man};
+pub use exec::exec;
+pub use identity::{keygen, pubkey, trust};
+pub use show::config_show;
+pub use views::{history, history_table, trace_show, utc_time};
+
+/// Exit code for connection and authentication failures (as ssh uses).
+pub const EXIT_CONNECTION: u8 = 255;
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Runs commands on exec-servers through an encrypted relay, and shows
+/// where each command's time went.
+///
+/// Servers are named in a config file ($XDG_CONFIG_HOME/rex/config.toml,
+/// else ~/.config/rex/config.toml, or --config FILE): a
+/// `[servers.build-box]` table with `relay = "10.0.0.5:7600"`, then
+/// `core-client keygen` (once), `core-client trust build-box --server KEY`
+/// and `core-client exec build-box -- make`.
+///
+/// Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or
+/// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set: over gRPC, or over HTTP
+/// when OTEL_EXPORTER_OTLP_PROTOCOL is http/protobuf or http/json (then
+/// /v1/traces is appended to OTEL_EXPORTER_OTLP_ENDPOINT);
+/// OTEL_EXPORTER_OTLP_HEADERS adds headers (key=value,...). Otherwise they
+/// are written to a local trace file that `core-client trace show` reads.
+/// OTEL_SDK_DISABLED=true turns export off.
+#[derive(Debug, Parser)]
+#[command(name = "core-client", version)]
+pub struct Cli {
+    /// The local trace file (OTLP JSON, one trace per line) [default:
+    /// the user data dir's rex/traces.jsonl]
+    #[arg(long, global = true, env = "REX_TRACE_FILE", value_name = "PATH")]
+    pub trace_file: Option<PathBuf>,
+    /// Where command records are kept (DIR/metadata.sqlite3) [default: the
+    /// user data dir's rex/]
+    #[arg(long, global = true, env = "REX_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The config file [default: $XDG_CONFIG_HOME/rex/config.toml, else
+    /// ~/.config/rex/config.toml; none is needed]
+    #[arg(long, global = true, env = "REX_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+impl Cli {
+    /// The data directory to use, if any can be named.
+    pub fn data_dir_path(&self) -> Option<PathBuf> {
+        self.data_dir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(metadata::location::default_dir)
+    }
+
+    /// The trace file to use, if any can be named.
+    pub fn trace_file_path(&self) -> Option<PathBuf> {
+        self.trace_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(telemetry::trace_file::default_path)
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run a command on an exec-server; stream its output; exit with its status.
+    ///
+    /// Name a server from the config file or the known servers
+    /// (`core-client exec build-box -- make`), or say where it is with
+    /// flags. Each setting is taken from the first of: a flag (or its REX_*
+    /// environment variable), the config file's [servers.NAME], its
+    /// [defaults], the known servers (the server's key), built-in
+    /// defaults. `core-client config show NAME` prints them and where each
+    /// came from.
+    ///
+    /// Exit status: the remote command's; 128+N if it died of signal N;
+    /// 127/126 if it could not be run; 255 for connection and
+    /// authentication failures (a changed server key too); 2 for usage and
+    /// configuration errors.
+    Exec(ExecArgs),
+    /// Write a new static private key (mode 0600) and print its public key.
+    ///
+    /// Without --out, the key is this client's default identity:
+    /// $XDG_CONFIG_HOME/rex/client.key (else ~/.config/rex/client.key, in
+    /// a directory of mode 0700), which `exec` uses when no --key is
+    /// given. An existing key is never overwritten.
+    Keygen {
+        /// Where to write the private key (must not exist) [default: the
+        /// default identity]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the public key for a private key file.
+    Pubkey {
+        /// The private key file [default: the default identity]
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Record an exec-server's key under a name (known servers, as ssh's
+    /// known_hosts).
+    ///
+    /// `exec NAME` then uses this key when the config file gives none, and
+    /// refuses to connect if the name is ever offered another key.
+    Trust(TrustArgs),
+    /// Look at the configuration.
+    Config {
+        /// What to look at.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run a relay, an exec-server and a client in this process, run a
+    /// short command through them (no setup needed) and print its trace.
+    Demo,
+    /// List recent commands, newest first (from the local records).
+    History {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON (one array of records) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only commands run on this server: a configured or known name, or
+        /// a server id (or its first digits).
+        #[arg(long, value_name = "NAME|ID")]
+        server: Option<String>,
+    },
+    /// Look at recorded traces.
+    Trace {
+        /// What to do with traces.
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+    /// Print a shell completion script (e.g. `core-client completions bash
+    /// > ~/.local/share/bash-completion/completions/core-client`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `core-client man | man -l -`).
+    Man {
+        /// A subcommand's page instead (e.g. `exec`).
+        subcommand: Option<String>,
+    },
+}
+
+/// `trace` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print a trace from the local trace file as a waterfall and a
+    /// per-stage table.
+    Show {
+        /// A trace id (32 hex digits) or `last`.
+        #[arg(default_value = "last", value_name = "TRACE_ID|last")]
+        trace: String,
+    },
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a server's effective settings and where each came from (a
+    /// flag, the environment, a line of the config file, the known
+    /// servers, or a built-in default). Takes the same flags as `exec`.
+    Show {
+        /// A server name from the config file or the known servers.
+        name: Option<String>,
+        /// Flags, as `exec` takes them.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Arguments of `trust`.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// The name to know the server by (as in [servers.NAME] and `exec NAME`).
+    pub name: String,
+    /// The exec-server's public key (as printed by `exec-server keygen`).
+    #[arg(long, value_name = "PUBKEY", required_unless_present = "server_file")]
+    pub server: Option<String>,
+    /// Read the key from a file instead (its first non-comment line).
+    #[arg(long, value_name = "PATH", conflicts_with = "server")]
+    pub server_file: Option<PathBuf>,
+    /// Replace the key already known for NAME (after a change you expect).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// Arguments of `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// A server named in the config file ([servers.NAME]) or the known
+    /// servers.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where and how.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Do not forward stdin (the remote stdin is /dev/null).
+    #[arg(short = 'n', long)]
+    pub no_stdin: bool,
+    /// Print the command's trace id on stderr when it ends.
+    #[arg(long)]
+    pub print_trace_id: bool,
+    /// Record the command's arguments too (by default only the program
+    /// name is recorded).
+    #[arg(long)]
+    pub record_args: bool,
+    /// Do not run the command unless its record can be kept, and fail if
+    /// it could not be saved.
+    #[arg(long, conflicts_with = "no_records")]
+    pub strict_records: bool,
+    /// Keep no record of this command.
+    #[arg(long)]
+    pub no_records: bool,
+    /// The program and its arguments, after `--` (no shell unless you run one).
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<OsString>,
+}
+
+/// An error at the CLI's edge: the message and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// One clear line (a changed server key's warning is several, as
+    /// ssh's is).
+    pub message: String,
+    /// The exit code.
+    pub code: u8,
+}
+
+impl CliError {
+    fn connection(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_CONNECTION,
+        }
+    }
+
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_USAGE,
+        }
+    }
+
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        Self::usage(e.to_string())
+    }
+}
+
+impl From<KnownError> for CliError {
+    fn from(e: KnownError) -> Self {
+        match e {
+            KnownError::KeyChanged(_) => Self::connection(e.to_string()),
+            _ => Self::usage(e.to_string()),
+        }
+    }
+}
+
+impl From<SettingsError> for CliError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            // Refused as ssh refuses a changed host key.
+            SettingsError::KeyChanged(_) => Self::connection(e.to_string()),
+            _ => Self::usage(e.to_string()),
+        }
+    }
+}
+
+/// What every command may read: the config file (if any) and the known
+/// servers.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// The config file, read and checked.
+    pub config: Option<Config>,
+    /// The known servers.
+    pub known: KnownServers,
+}
+
+impl Context {
+    /// Reads `--config FILE` (which must exist), else the default config
+    /// file if there is one, and the known servers.
+    pub fn load(config: Option<&Path>) -> Result<Self, CliError> {
+        let config = match config.filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => Some(Config::load(path)?),
+            None => match crate::paths::default_config() {
+                Some(path) => Config::load_if_present(&path)?,
+                None => None,
+            },
+        };
+        let known = match crate::paths::known_servers() {
+            Some(path) => KnownServers::load(&path)?,
+            None => KnownServers::default(),
+        };
+        Ok(Self { config, known })
+    }
+
+    /// The names servers are shown by.
+    pub fn names(&self) -> ServerNames {
+        ServerNames::load(self.config.as_ref(), &self.known)
+    }
+}
+
+#[cfg(test)]
+mod tests;

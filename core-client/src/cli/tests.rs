@@ -1,0 +1,177 @@
+use std::ffi::OsString;
+
+use clap::{CommandFactory, Parser};
+
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("core-client").chain(args.iter().copied()))
+}
+
+fn exec_args(args: &[&str]) -> ExecArgs {
+    match parse(args).unwrap().command {
+        CliCommand::Exec(a) => a,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_arguments_are_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn exec_takes_a_name_or_flags_and_a_command() {
+    let a = exec_args(&["exec", "build-box", "--", "make", "-j4"]);
+    assert_eq!(a.name.as_deref(), Some("build-box"));
+    assert_eq!(
+        a.command,
+        vec![OsString::from("make"), OsString::from("-j4")]
+    );
+
+    let a = exec_args(&[
+        "exec",
+        "--relay",
+        "host:7600",
+        "--relay",
+        "[::1]:7600",
+        "--server",
+        "x",
+        "--key",
+        "k",
+        "-e",
+        "A=1",
+        "-o",
+        "warm=off",
+        "--accept-new",
+        "--",
+        "ls",
+        "-la",
+    ]);
+    assert_eq!(a.name, None);
+    assert_eq!(a.server.relay, ["host:7600", "[::1]:7600"]);
+    assert_eq!(a.server.server.as_deref(), Some("x"));
+    assert_eq!(a.server.env, ["A=1"]);
+    assert_eq!(a.server.options, ["warm=off"]);
+    assert!(a.server.accept_new);
+    assert_eq!(a.command, vec![OsString::from("ls"), OsString::from("-la")]);
+
+    // A command is required, after `--`.
+    assert!(parse(&["exec", "build-box"]).is_err());
+    assert!(parse(&["exec", "--relay", "h", "--server", "x"]).is_err());
+    // --relay and --direct exclude each other, as do --server and --server-file.
+    assert!(parse(&["exec", "--relay", "h", "--direct", "http://d", "--", "ls"]).is_err());
+    assert!(parse(&["exec", "--server", "x", "--server-file", "f", "--", "ls"]).is_err());
+}
+
+#[test]
+fn keygen_trust_config_history_parse() {
+    assert!(matches!(
+        parse(&["keygen"]).unwrap().command,
+        CliCommand::Keygen { out: None }
+    ));
+    let CliCommand::Trust(t) = parse(&["trust", "build-box", "--server", "K"])
+        .unwrap()
+        .command
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (t.name.as_str(), t.server.as_deref(), t.replace),
+        ("build-box", Some("K"), false)
+    );
+    assert!(parse(&["trust", "build-box"]).is_err(), "a key is required");
+    let cli = parse(&[
+        "--config",
+        "/c.toml",
+        "config",
+        "show",
+        "build-box",
+        "--relay",
+        "h",
+    ])
+    .unwrap();
+    assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/c.toml")));
+    let CliCommand::Config {
+        command: ConfigCommand::Show { name, server },
+    } = cli.command
+    else {
+        panic!()
+    };
+    assert_eq!(name.as_deref(), Some("build-box"));
+    assert_eq!(server.relay, ["h"]);
+    let CliCommand::History { server, .. } = parse(&["history", "--server", "build-box"])
+        .unwrap()
+        .command
+    else {
+        panic!()
+    };
+    assert_eq!(server.as_deref(), Some("build-box"));
+}
+
+#[test]
+fn help_documents_the_address_forms_and_tls() {
+    let mut cmd = Cli::command();
+    let exec = cmd.find_subcommand_mut("exec").unwrap();
+    let help = exec.render_long_help().to_string();
+    for needle in [
+        "HOST:PORT",
+        "port 7600",
+        "[IPV6]:PORT",
+        "plain HTTP/2 on loopback and private addresses",
+        "TLS elsewhere",
+        "TLS is not supported by this build yet",
+        "--accept-new",
+        "config show",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn completion_scripts_parse_in_bash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut script = Vec::new();
+    clap_complete::generate(
+        clap_complete::Shell::Bash,
+        &mut Cli::command(),
+        "core-client",
+        &mut script,
+    );
+    let text = String::from_utf8(script).unwrap();
+    for sub in ["exec", "trust", "keygen", "completions", "man", "history"] {
+        assert!(text.contains(sub), "{sub} missing");
+    }
+    let path = dir.path().join("core-client.bash");
+    std::fs::write(&path, &text).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The other shells render too.
+    for shell in [clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "core-client", &mut out);
+        assert!(String::from_utf8(out).unwrap().contains("core-client"));
+    }
+}
+
+#[test]
+fn the_man_page_renders() {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH core-client"),
+        "{text}"
+    );
+    assert!(text.contains("completions"));
+}

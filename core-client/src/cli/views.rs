@@ -1,0 +1,267 @@
+//! `history` and `trace show`: what ran, with each server shown by the
+//! name the user gave it (its id's first digits otherwise).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::CliError;
+use crate::names::ServerNames;
+
+/// Runs `trace show`: prints the trace to stdout.
+pub fn trace_show(
+    file: Option<&Path>,
+    selector: &str,
+    names: &ServerNames,
+) -> Result<u8, CliError> {
+    let Some(path) = file else {
+        return Err(CliError::usage(
+            "no trace file: set --trace-file or REX_TRACE_FILE (no user data dir is known)",
+        ));
+    };
+    let mut out = std::io::stdout().lock();
+    crate::waterfall::show(path, selector, names, &mut out)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    Ok(0)
+}
+
+/// The server ids (or first digits of one) `--server` selects: a name's id,
+/// else hex digits taken as an id's start.
+fn server_filter<'a>(server: &'a str, names: &'a ServerNames) -> Result<&'a str, CliError> {
+    if let Some(id) = names.id(server) {
+        return Ok(id);
+    }
+    let hex = !server.is_empty()
+        && server.len() <= 32
+        && server
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hex {
+        return Ok(server);
+    }
+    Err(CliError::usage(format!(
+        "--server: no server named `{server}` with a key in the config file or the known servers \
+         (nor is it a server id)"
+    )))
+}
+
+/// One `history --json` row: the record and the server's name.
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    record: &'a metadata::CommandRecord,
+    /// The name the config file or the known servers give the server.
+    server_name: Option<&'a str>,
+}
+
+/// Runs `history`: the newest `limit` command records (on `server`, if
+/// given), as a table or JSON.
+pub fn history(
+    data_dir: Option<&Path>,
+    limit: usize,
+    json: bool,
+    server: Option<&str>,
+    names: &ServerNames,
+) -> Result<u8, CliError> {
+    let Some(dir) = data_dir else {
+        return Err(CliError::usage(
+            "no data directory is known: give --data-dir or REX_DATA_DIR",
+        ));
+    };
+    let filter = server.map(|s| server_filter(s, names)).transpose()?;
+    let path = dir.join(metadata::store::FILE_NAME);
+    if !path.exists() {
+        return Err(CliError::failed(format!(
+            "no commands have been recorded yet ({} does not exist)",
+            path.display()
+        )));
+    }
+    let fail = |e: metadata::StoreError| CliError::failed(e.to_string());
+    let store = metadata::Store::open(&path).map_err(fail)?;
+    let rows = match filter {
+        Some(id) => store.commands_on(id, limit),
+        None => store.commands(limit),
+    }
+    .map_err(fail)?;
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        let named: Vec<Row<'_>> = rows
+            .iter()
+            .map(|record| Row {
+                record,
+                server_name: names.name(&record.server_id),
+            })
+            .collect();
+        serde_json::to_string_pretty(&named).map_err(|e| CliError::failed(e.to_string()))? + "\n"
+    } else {
+        history_table(&rows, names)
+    };
+    // A closed stdout (e.g. `| head`) is not an error worth a message.
+    let _ = out.write_all(text.as_bytes());
+    Ok(0)
+}
+
+/// The `history` table.
+pub fn history_table(rows: &[metadata::CommandRecord], names: &ServerNames) -> String {
+    let ms = |us: Option<i64>| {
+        us.map(|u| format!("{:.3}", u as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut table = vec![[
+        "when (UTC)".to_owned(),
+        "server".into(),
+        "program".into(),
+        "exit".into(),
+        "first out ms".into(),
+        "total ms".into(),
+        "trace".into(),
+    ]];
+    for r in rows {
+        let exit = match (&r.exit, r.progress) {
+            (Some(e), _) => e.short(),
+            (None, p) => p.as_str().to_owned(),
+        };
+        table.push([
+            utc_time(r.started_unix_ms),
+            names.label(&r.server_id),
+            r.program.clone(),
+            exit,
+            ms(r.first_output_us),
+            ms(r.total_us),
+            if r.trace.trace_id.is_empty() {
+                "-".into()
+            } else {
+                r.trace.trace_id.clone()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC for Unix milliseconds.
+pub fn utc_time(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::keys::StaticKeypair;
+
+    fn row(server_id: &str) -> metadata::CommandRecord {
+        metadata::CommandRecord {
+            id: "x".into(),
+            server_id: server_id.into(),
+            program: "sh".into(),
+            args: None,
+            trace: metadata::TraceRef {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+            },
+            started_unix_ms: 0,
+            first_output_us: Some(1500),
+            total_us: Some(2500),
+            progress: metadata::Progress::Finished,
+            exit: Some(metadata::Exit::Code(3)),
+            stdout_bytes: 1,
+            stderr_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_795_269_845_123), "2026-11-21 14:04:05");
+        assert_eq!(utc_time(-1_000), "1969-12-31 23:59:59");
+    }
+
+    #[test]
+    fn history_table_lines_up() {
+        let text = history_table(
+            &[row("729d6f42801054537bf00a73006349c3")],
+            &ServerNames::default(),
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("when (UTC)"));
+        assert!(
+            lines[1].starts_with("1970-01-01 00:00:00  729d6f42  sh"),
+            "{text}"
+        );
+        assert!(lines[1].contains("1.500") && lines[1].contains("2.500"));
+        assert!(lines[1].ends_with("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let col = lines[0].find("trace").unwrap();
+        assert_eq!(lines[1].find("4bf92f").unwrap(), col);
+    }
+
+    #[test]
+    fn history_names_servers_as_the_user_did() {
+        let key = StaticKeypair::generate().unwrap().public();
+        let mut names = ServerNames::default();
+        names.add("build-box", &key);
+        let rows = [
+            row(&key.server_id()),
+            row("729d6f42801054537bf00a73006349c3"),
+        ];
+        let text = history_table(&rows, &names);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].starts_with("1970-01-01 00:00:00  build-box  sh"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("1970-01-01 00:00:00  729d6f42   sh"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn server_filters() {
+        let key = StaticKeypair::generate().unwrap().public();
+        let mut names = ServerNames::default();
+        names.add("build-box", &key);
+        assert_eq!(server_filter("build-box", &names).unwrap(), key.server_id());
+        assert_eq!(server_filter("729d6f42", &names).unwrap(), "729d6f42");
+        let err = server_filter("other-box", &names).unwrap_err();
+        assert_eq!(err.code, 2);
+        assert!(server_filter("729D", &names).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! Per-server options the config file (and `-o KEY=VALUE`) may set: the
+//! warm policy, resume, and terminal allocation. They are parsed and
+//! checked here; what this build cannot do yet is reported, never dropped
+//! silently ([`OptionValue::unsupported`]).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The option keys, as written in the file and after `-o`.
+pub const OPTION_KEYS: [&str; 3] = ["warm", "resume", "terminal"];
+
+/// The warm policy: keep the session ready between commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Warm {
+    /// No warming (each CLI invocation opens its own session).
+    #[default]
+    Off,
+    /// Ping or re-establish the session on this interval.
+    Every(Duration),
+}
+
+/// When to give the remote command a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Terminal {
+    /// Never: the command gets pipes.
+    #[default]
+    Never,
+    /// When the local stdin is a terminal.
+    Auto,
+    /// Always.
+    Always,
+}
+
+/// An option value that is not valid for its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// `-o` without `=`.
+    #[error("-o takes KEY=VALUE (KEY is one of: warm, resume, terminal, accept_new)")]
+    NotKeyValue,
+    /// A key that is not an option.
+    #[error("unknown option {key:?}{}", crate::config::suggest::did_you_mean(.suggestion.as_deref()))]
+    UnknownKey {
+        /// The key given.
+        key: String,
+        /// The nearest option key.
+        suggestion: Option<String>,
+    },
+    /// `warm` is neither `off` nor an interval.
+    #[error("warm: expected \"off\" or an interval such as \"30s\", \"5m\" or \"1h\"")]
+    Warm,
+    /// `terminal` is not one of its words.
+    #[error("terminal: expected \"never\", \"auto\" or \"always\"")]
+    Terminal,
+    /// A yes/no option got something else.
+    #[error("{0}: expected true or false")]
+    Bool(&'static str),
+}
+
+impl FromStr for Warm {
+    type Err = OptionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Warm::Off);
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| OptionError::Warm)?;
+        let secs = match unit {
+            "s" => Some(n),
+            "m" => n.checked_mul(60),
+            "h" => n.checked_mul(3600),
+            _ => None,
+        };
+        match secs {
+            Some(s) if s > 0 => Ok(Warm::Every(Duration::from_secs(s))),
+            _ => Err(OptionError::Warm),
+        }
+    }
+}
+
+impl fmt::Display for Warm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warm::Off => f.write_str("off"),
+            Warm::Every(d) => write!(f, "{}s", d.as_secs()),
+        }
+    }
+}
+
+impl FromStr for Terminal {
+    type Err = OptionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "never" => Ok(Terminal::Never),
+            "auto" => Ok(Terminal::Auto),
+            "always" => Ok(Terminal::Always),
+            _ => Err(OptionError::Terminal),
+        }
+    }
+}
+
+impl fmt::Display for Terminal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Terminal::Never => "never",
+            Terminal::Auto => "auto",
+            Terminal::Always => "always",
+        })
+    }
+}
+
+/// `true`/`false` (also `yes`/`no`, as ssh's `-o` takes them).
+pub fn parse_bool(key: &'static str, s: &str) -> Result<bool, OptionError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" => Ok(true),
+        "false" | "no" => Ok(false),
+        _ => Err(OptionError::Bool(key)),
+    }
+}
+
+/// One option, as `-o KEY=VALUE` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionValue {
+    /// `warm=…`
+    Warm(Warm),
+    /// `resume=…`
+    Resume(bool),
+    /// `terminal=…`
+    Terminal(Terminal),
+    /// `accept_new=…` (same as `--accept-new`).
+    AcceptNew(bool),
+}
+
+impl OptionValue {
+    /// Parses `KEY=VALUE`.
+    pub fn parse(text: &str) -> Result<Self, OptionError> {
+        let (key, value) = text.split_once('=').ok_or(OptionError::NotKeyValue)?;
+        let key = key.trim().replace('-', "_").to_ascii_lowercase();
+        match key.as_str() {
+            "warm" => value.parse().map(Self::Warm),
+            "resume" => parse_bool("resume", value).map(Self::Resume),
+            "terminal" => value.parse().map(Self::Terminal),
+            "accept_new" => parse_bool("accept_new", value).map(Self::AcceptNew),
+            _ => Err(OptionError::UnknownKey {
+                suggestion: crate::config::suggest::nearest(
+                    &key,
+                    OPTION_KEYS.iter().copied().chain(["accept_new"]),
+                )
+                .map(str::to_owned),
+                key,
+            }),
+        }
+    }
+
+    /// Why this value cannot be honoured by this build, if it cannot.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        match self {
+            Self::Warm(Warm::Every(_)) => Some("a warm policy (a local agent holding sessions)"),
+            Self::Resume(true) => Some("resuming commands over a new link"),
+            Self::Terminal(Terminal::Auto | Terminal::Always) => Some("remote terminals"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse() {
+        assert_eq!("off".parse(), Ok(Warm::Off));
+        assert_eq!("30s".parse(), Ok(Warm::Every(Duration::from_secs(30))));
+        assert_eq!("5m".parse(), Ok(Warm::Every(Duration::from_secs(300))));
+        assert_eq!("1h".parse(), Ok(Warm::Every(Duration::from_secs(3600))));
+        assert_eq!("0s".parse::<Warm>(), Err(OptionError::Warm));
+        assert_eq!("30".parse::<Warm>(), Err(OptionError::Warm));
+        assert_eq!("soon".parse::<Warm>(), Err(OptionError::Warm));
+        assert_eq!("AUTO".parse(), Ok(Terminal::Auto));
+        assert_eq!("tty".parse::<Terminal>(), Err(OptionError::Terminal));
+    }
+
+    #[test]
+    fn dash_o_parses_and_suggests() {
+        assert_eq!(
+            OptionValue::parse("resume=yes"),
+            Ok(OptionValue::Resume(true))
+        );
+        assert_eq!(
+            OptionValue::parse("accept-new=true"),
+            Ok(OptionValue::AcceptNew(true))
+        );
+        assert_eq!(OptionValue::parse("warm"), Err(OptionError::NotKeyValue));
+        let err = OptionValue::parse("terminl=auto").unwrap_err();
+        assert_eq!(
+            err,
+            OptionError::UnknownKey {
+                key: "terminl".into(),
+                suggestion: Some("terminal".into())
+            }
+        );
+        assert!(err.to_string().contains("did you mean `terminal`?"));
+    }
+
+    #[test]
+    fn what_this_build_cannot_do_is_named() {
+        assert!(OptionValue::Warm(Warm::Off).unsupported().is_none());
+        assert!(OptionValue::Resume(false).unsupported().is_none());
+        assert!(
+            OptionValue::Terminal(Terminal::Never)
+                .unsupported()
+                .is_none()
+        );
+        assert!(
+            OptionValue::Warm(Warm::Every(Duration::from_secs(1)))
+                .unsupported()
+                .is_some()
+        );
+        assert!(OptionValue::Resume(true).unsupported().is_some());
+        assert!(
+            OptionValue::Terminal(Terminal::Auto)
+                .unsupported()
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! The config file's shape, as serde reads it: every value keeps its span
+//! so that settings can say which line they came from. Keys are checked
+//! separately ([`crate::config::keys`]) so that an unknown one is named
+//! with the nearest known key; `deny_unknown_fields` stays as a net.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// `[defaults]`: settings for every server.
+    #[serde(default)]
+    pub defaults: Table,
+    /// `[servers.NAME]`: one table per named server.
+    #[serde(default)]
+    pub servers: BTreeMap<String, Spanned<Table>>,
+}
+
+/// One server's table (or `[defaults]`: the same keys less the server's own key).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    /// Relay address, or several tried in order.
+    pub relay: Option<Spanned<Relays>>,
+    /// The exec-server's public key.
+    pub server: Option<Spanned<String>>,
+    /// A file holding the exec-server's public key.
+    pub server_file: Option<Spanned<String>>,
+    /// The client's private key file.
+    pub key: Option<Spanned<String>>,
+    /// The remote working directory.
+    pub cwd: Option<Spanned<String>>,
+    /// Remote environment variables.
+    pub env: Option<BTreeMap<String, Spanned<String>>>,
+    /// Record the server on first use (as `--accept-new`).
+    pub accept_new: Option<Spanned<bool>>,
+    /// The warm policy.
+    pub warm: Option<Spanned<String>>,
+    /// Resume commands over a new link.
+    pub resume: Option<Spanned<bool>>,
+    /// Terminal allocation.
+    pub terminal: Option<Spanned<String>>,
+}
+
+/// `relay = "ADDR"` or `relay = ["ADDR", …]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a relay address or an array of them")]
+pub enum Relays {
+    /// One address.
+    One(String),
+    /// Several, tried in order.
+    Many(Vec<String>),
+}
+
+impl Relays {
+    /// The addresses, in order.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Relays::One(a) => vec![a.as_str()],
+            Relays::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// The keys a `[servers.NAME]` table may hold.
+pub const SERVER_KEYS: [&str; 10] = [
+    "relay",
+    "server",
+    "server_file",
+    "key",
+    "cwd",
+    "env",
+    "accept_new",
+    "warm",
+    "resume",
+    "terminal",
+];
+
+/// The keys `[defaults]` may hold: a server's own key belongs to it alone.
+pub const DEFAULT_KEYS: [&str; 8] = [
+    "relay",
+    "key",
+    "cwd",
+    "env",
+    "accept_new",
+    "warm",
+    "resume",
+    "terminal",
+];
+
+/// The top-level tables.
+pub const ROOT_KEYS: [&str; 2] = ["defaults", "servers"];
