@@ -78,7 +78,9 @@ impl Client {
 
     /// Establishes the session now (a warm-up), if not already live.
     pub async fn connect(&self) -> Result<(), ClientError> {
-        self.acquire(&Context::new()).await.map(|_| ())
+        self.acquire(&Context::new(), SystemTime::now())
+            .await
+            .map(|_| ())
     }
 
     /// Closes the session cleanly (authenticated close) and waits until it
@@ -90,15 +92,25 @@ impl Client {
         }
     }
 
-    async fn acquire(&self, parent: &Context) -> Result<SessionHandle, ClientError> {
+    /// A ready session for a call, from `start`; the session and when it
+    /// was in hand (where the call's next stage starts).
+    async fn acquire(
+        &self,
+        parent: &Context,
+        start: SystemTime,
+    ) -> Result<(SessionHandle, SystemTime), ClientError> {
         let tracer = opentelemetry::global::tracer("core-client");
-        let mut span = tracer.start_with_context(spans::SESSION_ACQUIRE, parent);
+        let mut span = tracer
+            .span_builder(spans::SESSION_ACQUIRE)
+            .with_start_time(start)
+            .start_with_context(&tracer, parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
         let mut guard = self.inner.session.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             span.set_attribute(KeyValue::new("rex.session.reused", true));
-            span.end();
-            return Ok(s.clone());
+            let ready = SystemTime::now();
+            span.end_with_timestamp(ready);
+            return Ok((s.clone(), ready));
         }
         span.set_attribute(KeyValue::new("rex.session.reused", false));
         let config = &self.inner.config;
@@ -132,8 +144,9 @@ impl Client {
         };
         self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
         *guard = Some(handle.clone());
-        span.end();
-        Ok(handle)
+        let ready = SystemTime::now();
+        span.end_with_timestamp(ready);
+        Ok((handle, ready))
     }
 
     /// Runs a command; its events arrive on the returned [`Execution`] as
@@ -175,12 +188,22 @@ impl Client {
         };
         // A session found dead before anything was sent is replaced once.
         let mut attempts = 0;
+        // The stages tile the dispatch: each starts where the previous one
+        // ended, from the same timestamp.
+        let asked = SystemTime::now();
+        let mut prepare = tracer
+            .span_builder(spans::DISPATCH_PREPARE)
+            .with_start_time(dispatched)
+            .start_with_context(&tracer, &cx);
+        prepare.end_with_timestamp(asked);
+        let mut from = asked;
         loop {
             attempts += 1;
-            let session = match self.acquire(&cx).await {
+            let (session, ready) = match self.acquire(&cx, from).await {
                 Ok(s) => s,
                 Err(e) => return Err(dispatch.fail(e)),
             };
+            from = ready;
             if let Some(s) = dispatch.span.as_mut() {
                 s.set_attribute(KeyValue::new(
                     "rex.clock_offset_ns",
@@ -188,7 +211,7 @@ impl Client {
                 ));
             }
             let (tx, rx) = mpsc::channel(self.inner.config.events_per_call);
-            let traced = Traced::now(&cx, "exec");
+            let traced = Traced::at(&cx, "exec", ready);
             let started = session
                 .start(|call_id| Command::Start {
                     call_id,

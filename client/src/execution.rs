@@ -83,9 +83,10 @@ impl Execution {
             Poll::Ready(None) => Routed {
                 event: Event::Failed(ExecFailure::SessionLost(self.control.session.lost())),
                 at: std::time::Instant::now(),
+                decoded: SystemTime::now(),
             },
         };
-        self.delivery.handed(&routed, &self.control.parent);
+        let handed = self.delivery.handed(&routed, &self.control.parent);
         let ev = routed.event;
         if matches!(ev, Event::Exited(_) | Event::Failed(_)) {
             self.finished = true;
@@ -93,7 +94,7 @@ impl Execution {
                 if let Event::Failed(f) = &ev {
                     span.set_status(SpanStatus::error(f.to_string()));
                 }
-                span.end();
+                span.end_with_timestamp(handed);
             }
         }
         Poll::Ready(Some(ev))
@@ -277,8 +278,9 @@ impl Delivery {
     }
 
     /// Counts an event handed to the caller; records `exec.first_output`
-    /// at the first output byte and `terminal.delivery` at the last event.
-    fn handed(&mut self, routed: &Routed, parent: &Context) {
+    /// at the first output byte, and `terminal.delivery` and
+    /// `terminal.handoff` at the last event. Returns when it was handed.
+    fn handed(&mut self, routed: &Routed, parent: &Context) -> SystemTime {
         let now = SystemTime::now();
         self.first.get_or_insert(now);
         self.events += 1;
@@ -311,6 +313,11 @@ impl Delivery {
                     ])
                     .start_with_context(&tracer, parent);
                 span.end_with_timestamp(now);
+                let mut handoff = tracer
+                    .span_builder(spans::TERMINAL_HANDOFF)
+                    .with_start_time(routed.decoded.min(now))
+                    .start_with_context(&tracer, parent);
+                handoff.end_with_timestamp(now);
             }
             Event::Started { .. } =>
             {
@@ -333,6 +340,7 @@ impl Delivery {
                 .start_with_context(&tracer, parent);
             span.end_with_timestamp(now);
         }
+        now
     }
 
     #[cfg(feature = "records")]

@@ -18,6 +18,7 @@ use opentelemetry::trace::{Span, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::{Delivery, Endpoint, Wake};
 use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_event};
+use proto::session::clock::Sample as ClockSample;
 use proto::session::{
     CallError, CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
 };
@@ -31,8 +32,12 @@ use crate::exec::{Event, ExecFailure, ExitStatus};
 use crate::session::{Command, Control, Routed, Shared, Traced};
 
 /// What a marked message hands back once it has left: its
-/// `relay.frame.send` span.
-pub(crate) type Tag = BoxedSpan;
+/// `relay.frame.send` span, and for an exec request its call (whose
+/// request has then left).
+pub(crate) struct Tag {
+    span: BoxedSpan,
+    exec: Option<u64>,
+}
 
 /// The session machine as the client runs it.
 pub(crate) type Machine = ClientSession<Tag>;
@@ -63,6 +68,8 @@ struct Route {
     parent: Context,
     /// When its exec request was taken for sending.
     started: SystemTime,
+    /// When the frame completing its exec request left.
+    left: Option<SystemTime>,
     output_chunks: u64,
     /// The latest output chunk's arrival, decode and hop, recorded once the
     /// final event proves it the last.
@@ -100,19 +107,21 @@ impl Router {
         }
     }
 
-    /// `rpc.client.queue` for a traced command taken now, and the
-    /// `relay.frame.send` mark its message goes out with.
-    fn mark(&self, traced: &Traced) -> Mark<Tag> {
+    /// `rpc.client.queue` for a traced command taken at `now`, and the
+    /// `relay.frame.send` mark its message goes out with (starting where
+    /// the queue ended); `exec` names the call whose request it is.
+    fn mark(&self, traced: &Traced, now: Now, exec: Option<u64>) -> Mark<Tag> {
         let mut queue = self
             .tracer
             .span_builder(spans::RPC_CLIENT_QUEUE)
             .with_start_time(traced.enqueued)
             .with_attributes(vec![KeyValue::new("rex.message", traced.what)])
             .start_with_context(&self.tracer, &traced.parent);
-        queue.end();
-        let send = framing::send_span(&self.tracer, &traced.parent, traced.what);
+        queue.end_with_timestamp(now.wall);
+        let (span, _) =
+            framing::send_stage(&self.tracer, &traced.parent, traced.what, now.wall).into_parts();
         let hop = framing::hop_header_for(traced.parent.span().span_context(), &traced.parent);
-        Mark::new(send, hop)
+        Mark::new(Tag { span, exec }, hop)
     }
 
     fn command(&mut self, machine: &mut Machine, cmd: Command, now: Now) {
@@ -124,7 +133,7 @@ impl Router {
                 events,
                 traced,
             } => {
-                let mark = self.mark(&traced);
+                let mark = self.mark(&traced, now, Some(call_id));
                 match machine.start_call(call_id, request, trace, Some(mark), now) {
                     Ok(()) => {
                         self.calls.insert(
@@ -133,6 +142,7 @@ impl Router {
                                 sink: events,
                                 parent: traced.parent,
                                 started: now.wall,
+                                left: None,
                                 output_chunks: 0,
                                 last_chunk: None,
                             },
@@ -149,6 +159,7 @@ impl Router {
                         let _ = events.try_send(Routed {
                             event: Event::Failed(failure),
                             at: Instant::now(),
+                            decoded: now.wall,
                         });
                     }
                 }
@@ -163,7 +174,7 @@ impl Router {
                 control,
                 traced,
             } => {
-                let mark = Some(self.mark(&traced));
+                let mark = Some(self.mark(&traced, now, None));
                 let _ = match control {
                     Control::CloseStdin => machine.close_stdin(call_id, mark, now),
                     Control::Signal(n) => machine.signal(call_id, n, mark, now),
@@ -195,57 +206,97 @@ impl Router {
             self.blocked = Some(call_id);
             return Delivery::Later(ClientEvent::Call(ev));
         }
-        self.trace_recv(&ev);
+        let decoded = self.trace_recv(&ev);
+        if ev.last
+            && let (Some(route), Some(timings)) = (self.calls.get(&call_id), ev.timings.as_ref())
+        {
+            // Before the caller has its final event, so that the call's
+            // trace is whole when it ends.
+            self.bring_home(route, timings, &ev.received, machine.clock_offset());
+        }
         let event = to_event(ev.kind);
         let routed = Routed {
             event,
             at: Instant::now(),
+            decoded,
         };
         // Room was checked and only this task sends to the sink.
         if let Some(route) = self.calls.get(&call_id) {
             let _ = route.sink.try_send(routed);
         }
-        if ev.last
-            && let Some(route) = self.calls.remove(&call_id)
-            && let Some(timings) = ev.timings
-        {
-            // After the caller has its event: this is bookkeeping.
-            self.bring_home(&route, &timings, &ev.received);
+        if ev.last {
+            self.calls.remove(&call_id);
         }
         Delivery::Taken
     }
 
-    /// Writes the exec-server's stages for a finished call where this
-    /// process keeps its spans (the local trace file), placed on our clock.
-    fn bring_home(&self, route: &Route, timings: &CallTimings, received: &Received) {
-        let Some(sink) = telemetry::remote::sink() else {
+    /// Places the exec-server's stages for a finished call on our clock:
+    /// records the two `link.transit` legs between them and ours, and
+    /// writes the stages where this process keeps its spans (the local
+    /// trace file), if it does.
+    fn bring_home(
+        &self,
+        route: &Route,
+        timings: &CallTimings,
+        received: &Received,
+        clock: Option<ClockSample>,
+    ) {
+        let sc = route.parent.span().span_context().clone();
+        if !sc.is_sampled() {
             return;
-        };
-        let trace_id = route.parent.span().span_context().trace_id();
-        let offset = self.shared.clock_offset();
+        }
+        let offset = clock.map_or_else(|| self.shared.clock_offset(), |c| c.offset_nanos);
+        let left = route.left.unwrap_or(route.started);
         let window = telemetry::remote::Window {
-            request_sent: route.started,
+            request_sent: left,
             final_arrived: received.arrived,
         };
-        match telemetry::remote::place(
+        let placed = match telemetry::remote::place(
             timings,
-            trace_id,
+            sc.trace_id(),
             received.sent_unix_nanos,
             offset,
             Some(window),
         ) {
-            Ok(spans) => sink.record(spans),
-            Err(e) => tracing::debug!(error = %e, "the exec-server's timings were left out"),
+            Ok(placed) => placed,
+            Err(e) => {
+                tracing::debug!(error = %e, "the exec-server's timings were left out");
+                return;
+            }
+        };
+        let uncertainty = clock.map_or(0, |c| {
+            i64::try_from(c.uncertainty().as_nanos()).unwrap_or(i64::MAX)
+        });
+        let legs = [
+            ("to_server", left, placed.first_start()),
+            ("to_client", placed.sent, received.arrived),
+        ];
+        for (direction, from, to) in legs {
+            let mut span = self
+                .tracer
+                .span_builder(spans::LINK_TRANSIT)
+                .with_start_time(from)
+                .with_attributes(vec![
+                    KeyValue::new("rex.direction", direction),
+                    KeyValue::new("rex.clock_offset_ns", placed.offset_ns),
+                    KeyValue::new("rex.clock_uncertainty_ns", uncertainty),
+                ])
+                .start_with_context(&self.tracer, &route.parent);
+            span.end_with_timestamp(to.max(from));
+        }
+        if let Some(sink) = telemetry::remote::sink() {
+            sink.record(placed.spans);
         }
     }
 
     /// Records `relay.frame.recv` for the traced events of a call: started,
     /// the first output chunk, the last output chunk (once the final event
-    /// shows it was the last), and the final event.
-    fn trace_recv(&mut self, ev: &CallEvent) {
+    /// shows it was the last), and the final event. Returns when the event
+    /// was decoded.
+    fn trace_recv(&mut self, ev: &CallEvent) -> SystemTime {
         let offset = self.shared.clock_offset();
         let Some(call) = self.calls.get_mut(&ev.call_id) else {
-            return;
+            return SystemTime::now();
         };
         let Received {
             arrived,
@@ -262,7 +313,7 @@ impl Router {
                 // Only times are kept per chunk; nothing is parsed.
                 call.last_chunk = Some((*arrived, SystemTime::now(), hop.clone()));
                 if call.output_chunks > 1 {
-                    return;
+                    return SystemTime::now();
                 }
                 "output.first"
             }
@@ -289,7 +340,7 @@ impl Router {
         let attributes = transit_nanos(*arrived, *sent_unix_nanos, offset)
             .map(|t| vec![KeyValue::new("rex.transit_ns", t)])
             .unwrap_or_default();
-        framing::record_recv(
+        let stage = framing::record_recv(
             &self.tracer,
             &call.parent,
             *arrived,
@@ -297,6 +348,7 @@ impl Router {
             &[origin, hop],
             attributes,
         );
+        stage.end.unwrap_or_else(SystemTime::now)
     }
 
     /// The session is over: every call still open ends with it.
@@ -307,6 +359,7 @@ impl Router {
             let _ = route.sink.try_send(Routed {
                 event: Event::Failed(ExecFailure::SessionLost(lost.clone())),
                 at: Instant::now(),
+                decoded: SystemTime::now(),
             });
         }
     }
@@ -390,7 +443,7 @@ impl Endpoint<Machine> for Router {
             Input::Command(cmd) => self.command(machine, cmd, now),
             Input::Cancelled => {
                 for (call_id, traced) in self.shared.take_cancelled() {
-                    let mark = self.mark(&traced);
+                    let mark = self.mark(&traced, now, None);
                     machine.forget(call_id, Some(mark), now);
                     self.calls.remove(&call_id);
                 }
@@ -443,9 +496,12 @@ impl Endpoint<Machine> for Router {
         Delivery::Taken
     }
 
-    fn transmitted(&mut self, done: Vec<Tag>, _sent: u64, _now: Now) {
-        for mut span in done {
-            span.end();
+    fn transmitted(&mut self, done: Vec<Tag>, _sent: u64, now: Now) {
+        for Tag { mut span, exec } in done {
+            span.end_with_timestamp(now.wall);
+            if let Some(route) = exec.and_then(|id| self.calls.get_mut(&id)) {
+                route.left = Some(now.wall);
+            }
         }
     }
 }

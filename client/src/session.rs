@@ -25,6 +25,9 @@ use crate::exec::Event;
 pub(crate) struct Routed {
     pub(crate) event: Event,
     pub(crate) at: Instant,
+    /// When it was decoded (where the final event's `terminal.handoff`
+    /// starts).
+    pub(crate) decoded: SystemTime,
 }
 
 /// The trace of a message queued by a call.
@@ -40,10 +43,15 @@ pub(crate) struct Traced {
 
 impl Traced {
     pub(crate) fn now(parent: &Context, what: &'static str) -> Self {
+        Self::at(parent, what, SystemTime::now())
+    }
+
+    /// Queued at `enqueued` (the instant the previous stage ended).
+    pub(crate) fn at(parent: &Context, what: &'static str, enqueued: SystemTime) -> Self {
         Self {
             parent: parent.clone(),
             what,
-            enqueued: SystemTime::now(),
+            enqueued,
         }
     }
 }

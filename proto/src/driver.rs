@@ -133,6 +133,7 @@ where
                 break;
             };
             permit.send(Ok(t.frame));
+            now = after_send(now, &t.done);
             endpoint.transmitted(t.done, t.sent, now);
         }
         if machine.poll_end_link() {
@@ -159,6 +160,7 @@ where
                     Some(permit) => {
                         if let Some(t) = machine.poll_transmit(now) {
                             permit.send(Ok(t.frame));
+                            now = after_send(now, &t.done);
                             endpoint.transmitted(t.done, t.sent, now);
                         }
                     }
@@ -269,3 +271,10 @@ macro_rules! machine {
 
 machine!(ClientSession, ClientEvent);
 machine!(ServerSession, ServerEvent);
+
+/// The time a record carrying marked messages was handed to the link (read
+/// again, so that their send spans include the encoding and sealing); for
+/// other records the wake's time stands.
+fn after_send<T>(now: Now, done: &[T]) -> Now {
+    if done.is_empty() { now } else { Now::system() }
+}

@@ -160,6 +160,29 @@ pub struct RemoteSpan {
     pub attributes: Vec<KeyValue>,
 }
 
+/// A call's remote stages on this host's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// The stages, as spans of the exec-server's.
+    pub spans: Vec<RemoteSpan>,
+    /// The summary's send time (where the exec-server's open stages end).
+    pub sent: SystemTime,
+    /// The offset used (the peer's clock minus ours, nanoseconds).
+    pub offset_ns: i64,
+}
+
+impl Placed {
+    /// Where the remote work starts: its earliest stage, or the send time.
+    pub fn first_start(&self) -> SystemTime {
+        self.spans
+            .iter()
+            .map(|s| s.start)
+            .min()
+            .unwrap_or(self.sent)
+            .min(self.sent)
+    }
+}
+
 /// Why a summary could not be placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Unplaced {
@@ -169,6 +192,9 @@ pub enum Unplaced {
     /// The carrying message states no send time.
     #[error("remote timings without a send time")]
     NoSendTime,
+    /// The times cannot be on this host's clock (out of range).
+    #[error("remote timings out of range")]
+    OutOfRange,
 }
 
 /// What this host saw of the call, on its own clock: the remote side's
@@ -195,7 +221,7 @@ pub fn place(
     sent_unix_nanos: u64,
     offset_ns: i64,
     window: Option<Window>,
-) -> Result<Vec<RemoteSpan>, Unplaced> {
+) -> Result<Placed, Unplaced> {
     if timings.version != VERSION {
         return Err(Unplaced::Version(timings.version));
     }
@@ -222,6 +248,7 @@ pub fn place(
         let nanos = u64::try_from(nanos).ok()?;
         SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
     };
+    let sent_at = at(sent_here).ok_or(Unplaced::OutOfRange)?;
     let spans = timings
         .stages
         .iter()
@@ -267,7 +294,11 @@ pub fn place(
             })
         })
         .collect();
-    Ok(spans)
+    Ok(Placed {
+        spans,
+        sent: sent_at,
+        offset_ns: used,
+    })
 }
 
 /// The offset (peer minus ours) nearest to `estimate` under which the
@@ -477,7 +508,9 @@ mod tests {
         assert_eq!(wire.version, VERSION);
         // The peer's clock is 2 s ahead of ours.
         let offset = 2_000_000_000i64;
-        let placed = place(&wire, TraceId::from(7u128), nanos(sent), offset, None).unwrap();
+        let placed = place(&wire, TraceId::from(7u128), nanos(sent), offset, None)
+            .unwrap()
+            .spans;
         assert_eq!(placed.len(), 2);
         let back = |at: u64| t(at) - Duration::from_secs(2);
         assert_eq!(placed[0].name, spans::RPC_SERVER_EXEC);
@@ -532,7 +565,8 @@ mod tests {
             ms(5),
             Some(window),
         )
-        .unwrap();
+        .unwrap()
+        .spans;
         assert_eq!(placed[0].start, t(5));
         assert_eq!(placed[1].end, t(15));
         assert_eq!(offset_of(&placed), opentelemetry::Value::I64(ms(5)));
@@ -545,7 +579,8 @@ mod tests {
             ms(2),
             Some(window),
         )
-        .unwrap();
+        .unwrap()
+        .spans;
         assert_eq!(placed[1].end, t(16));
         assert_eq!(offset_of(&placed), opentelemetry::Value::I64(ms(4)));
         assert!(
@@ -561,7 +596,8 @@ mod tests {
             ms(9),
             Some(window),
         )
-        .unwrap();
+        .unwrap()
+        .spans;
         assert_eq!(placed[0].start, t(4));
         // Seconds of skew are no different.
         let placed = place(
@@ -571,7 +607,8 @@ mod tests {
             -ms(2_000),
             Some(window),
         )
-        .unwrap();
+        .unwrap()
+        .spans;
         assert!(placed[0].start >= t(4) && placed[1].end <= t(16));
     }
 
@@ -621,7 +658,9 @@ mod tests {
             span_id: 0,
             ..good.clone()
         });
-        let placed = place(&wire, TraceId::from(1u128), nanos(sent), 0, None).unwrap();
+        let placed = place(&wire, TraceId::from(1u128), nanos(sent), 0, None)
+            .unwrap()
+            .spans;
         assert_eq!(placed.len(), 1, "unknown names and invalid ids are dropped");
         let only = &placed[0];
         assert!(only.error);
@@ -664,7 +703,9 @@ mod tests {
         let mut tl = Timeline::default();
         tl.push(stage(spans::PROCESS_RUN, 3, 0, 0, Some(1)));
         let wire = tl.to_wire(t(1));
-        let placed = place(&wire, TraceId::from(1u128), nanos(t(1)), 0, None).unwrap();
+        let placed = place(&wire, TraceId::from(1u128), nanos(t(1)), 0, None)
+            .unwrap()
+            .spans;
         sink().unwrap().record(placed);
         assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
         set_sink(None);

@@ -5,6 +5,9 @@
 /// The caller's exec, from the call to the last event handed back
 /// (core-client).
 pub const TOOL_DISPATCH: &str = "tool.dispatch";
+/// From the call to asking for a session: checking and encoding the
+/// request, starting the trace (core-client).
+pub const DISPATCH_PREPARE: &str = "dispatch.prepare";
 /// Getting a ready session: reused, or connect + handshake + init
 /// (core-client).
 pub const SESSION_ACQUIRE: &str = "session.acquire";
@@ -18,6 +21,10 @@ pub const SESSION_INIT: &str = "session.init";
 pub const RPC_CLIENT_QUEUE: &str = "rpc.client.queue";
 /// Encode, encrypt, frame and write one traced message (both ends).
 pub const RELAY_FRAME_SEND: &str = "relay.frame.send";
+/// Time on the wire between the two ends of a session, one leg (the exec
+/// request out, the final event back), computed by the client from the
+/// sender's send time and the clock offset (core-client).
+pub const LINK_TRANSIT: &str = "link.transit";
 /// A traced frame from arrival to write on the other side (relay).
 pub const RELAY_FORWARD: &str = "relay.forward";
 /// Read, decrypt and decode one traced message (both ends).
@@ -39,6 +46,8 @@ pub const PROCESS_STDERR_READER: &str = "process.stderr_reader";
 pub const PROCESS_EXIT_WATCHER: &str = "process.exit_watcher";
 /// First to last terminal event written to the session (exec-server).
 pub const TERMINAL_PUSH: &str = "terminal.push";
+/// The final event from decoded to handed to the caller (core-client).
+pub const TERMINAL_HANDOFF: &str = "terminal.handoff";
 /// First to last terminal event handed to the caller (core-client).
 pub const TERMINAL_DELIVERY: &str = "terminal.delivery";
 /// Dispatch until the first output byte reaches the caller (core-client).
@@ -82,12 +91,14 @@ pub fn is_background(name: &str) -> bool {
 /// Every span name above, in table order.
 pub const ALL: &[&str] = &[
     TOOL_DISPATCH,
+    DISPATCH_PREPARE,
     SESSION_ACQUIRE,
     RELAY_CONNECT,
     NOISE_HANDSHAKE,
     SESSION_INIT,
     RPC_CLIENT_QUEUE,
     RELAY_FRAME_SEND,
+    LINK_TRANSIT,
     RELAY_FORWARD,
     RELAY_FRAME_RECV,
     RPC_SERVER_QUEUE,
@@ -98,6 +109,7 @@ pub const ALL: &[&str] = &[
     PROCESS_STDERR_READER,
     PROCESS_EXIT_WATCHER,
     TERMINAL_PUSH,
+    TERMINAL_HANDOFF,
     TERMINAL_DELIVERY,
     EXEC_FIRST_OUTPUT,
     METADATA_PERSIST,
@@ -125,7 +137,7 @@ mod tests {
 
     #[test]
     fn all_has_every_name_once() {
-        assert_eq!(ALL.len(), 26);
+        assert_eq!(ALL.len(), 29);
         let unique: HashSet<&str> = ALL.iter().copied().collect();
         assert_eq!(unique.len(), ALL.len());
     }

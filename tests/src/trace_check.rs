@@ -11,6 +11,7 @@ use crate::otlp::RecordedSpan;
 /// One exec's tree as `docs/spans.md` draws it: (service, span, parent
 /// span), for every stage span of a cold-start exec.
 pub const EXEC_TREE: &[(&str, &str, &str)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, spans::TOOL_DISPATCH),
     ("core-client", spans::SESSION_ACQUIRE, spans::TOOL_DISPATCH),
     ("core-client", spans::RELAY_CONNECT, spans::SESSION_ACQUIRE),
     (
@@ -21,6 +22,7 @@ pub const EXEC_TREE: &[(&str, &str, &str)] = &[
     ("core-client", spans::SESSION_INIT, spans::SESSION_ACQUIRE),
     ("core-client", spans::RPC_CLIENT_QUEUE, spans::TOOL_DISPATCH),
     ("core-client", spans::RELAY_FRAME_SEND, spans::TOOL_DISPATCH),
+    ("core-client", spans::LINK_TRANSIT, spans::TOOL_DISPATCH),
     ("relay", spans::RELAY_FORWARD, spans::TOOL_DISPATCH),
     ("exec-server", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
     ("exec-server", spans::RPC_SERVER_QUEUE, spans::TOOL_DISPATCH),
@@ -45,6 +47,7 @@ pub const EXEC_TREE: &[(&str, &str, &str)] = &[
     ("exec-server", spans::TERMINAL_PUSH, spans::RPC_SERVER_EXEC),
     ("exec-server", spans::RELAY_FRAME_SEND, spans::TERMINAL_PUSH),
     ("core-client", spans::RELAY_FRAME_RECV, spans::TOOL_DISPATCH),
+    ("core-client", spans::TERMINAL_HANDOFF, spans::TOOL_DISPATCH),
     (
         "core-client",
         spans::TERMINAL_DELIVERY,
@@ -56,6 +59,95 @@ pub const EXEC_TREE: &[(&str, &str, &str)] = &[
         spans::TOOL_DISPATCH,
     ),
 ];
+
+/// The stages on one exec's path, in order: (service, span, its
+/// `rex.message` or `rex.direction`). They tile `tool.dispatch`: each
+/// starts where the previous one ended, the first where the dispatch
+/// starts, the last where it ends (DESIGN.md §3.2).
+pub const PATH: &[(&str, &str, Option<&str>)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, None),
+    ("core-client", spans::SESSION_ACQUIRE, None),
+    ("core-client", spans::RPC_CLIENT_QUEUE, Some("exec")),
+    ("core-client", spans::RELAY_FRAME_SEND, Some("exec")),
+    ("core-client", spans::LINK_TRANSIT, Some("to_server")),
+    ("exec-server", spans::RELAY_FRAME_RECV, Some("exec")),
+    ("exec-server", spans::RPC_SERVER_EXEC, None),
+    ("core-client", spans::LINK_TRANSIT, Some("to_client")),
+    ("core-client", spans::RELAY_FRAME_RECV, Some("exited")),
+    ("core-client", spans::TERMINAL_HANDOFF, None),
+];
+
+/// Whose clock the exec-server's spans are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteClock {
+    /// The client's: the copies it placed from the in-band summary (its
+    /// local trace file).
+    Placed,
+    /// The exec-server's own (spans it exported itself): the boundaries
+    /// between its stages and the client's are not compared.
+    Own,
+}
+
+/// Panics unless the stages of [`PATH`] tile `dispatch` exactly (no gap,
+/// no overlap, to the nanosecond: each is made from its neighbour's
+/// timestamp). Structural: true on a loaded machine as on a quiet one.
+pub fn assert_tiles(spans: &[RecordedSpan], dispatch: &RecordedSpan, remote: RemoteClock) {
+    let mut at = dispatch.start_unix_nanos;
+    let mut walked = String::new();
+    let mut previous_service = "core-client";
+    for (service, name, label) in PATH {
+        let matching: Vec<&RecordedSpan> = spans
+            .iter()
+            .filter(|s| s.service == *service && s.name == *name)
+            .filter(|s| {
+                label.is_none_or(|l| {
+                    s.attr_str("rex.message") == Some(l) || s.attr_str("rex.direction") == Some(l)
+                })
+            })
+            .collect();
+        let [span] = matching.as_slice() else {
+            panic!(
+                "{service}/{name} {label:?}: expected one span, found {} (path so far: {walked})",
+                matching.len()
+            );
+        };
+        let across = previous_service != *service;
+        previous_service = service;
+        if remote == RemoteClock::Own && across {
+            let _ = write!(walked, "{name} ");
+            at = span.end_unix_nanos;
+            continue;
+        }
+        assert_eq!(
+            span.start_unix_nanos,
+            at,
+            "{service}/{name} {label:?} starts {} ns from where the previous stage ended \
+             (path so far: {walked})",
+            i128::from(span.start_unix_nanos) - i128::from(at)
+        );
+        let _ = write!(walked, "{name} ");
+        at = span.end_unix_nanos;
+    }
+    assert_eq!(
+        at,
+        dispatch.end_unix_nanos,
+        "the last stage ends {} ns from the end of tool.dispatch",
+        i128::from(dispatch.end_unix_nanos) - i128::from(at)
+    );
+}
+
+/// The spans of trace `trace_id` in a local trace file (OTLP JSON, one
+/// `TracesData` per line).
+pub fn from_trace_file(path: &std::path::Path, trace_id: &str) -> Vec<RecordedSpan> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            serde_json::from_str::<opentelemetry_proto::tonic::trace::v1::TracesData>(l).ok()
+        })
+        .flat_map(|data| crate::otlp::flatten(&data.resource_spans))
+        .filter(|s| s.trace_id == trace_id)
+        .collect()
+}
 
 /// The stage spans one exec must produce (the metadata spans belong to
 /// the persistence layer and are traces of their own).
@@ -77,6 +169,14 @@ pub fn has_all_stages(spans: &[RecordedSpan]) -> bool {
 /// with the parent the tree gives it.
 pub fn assert_exec_tree(spans: &[RecordedSpan]) {
     for (service, child, parent) in EXEC_TREE {
+        assert_parent_in(spans, service, child, parent);
+    }
+}
+
+/// [`assert_exec_tree`] for a trace with no relay spans (a client's local
+/// trace file: the relay's hop spans need a collector).
+pub fn assert_exec_tree_without_relay(spans: &[RecordedSpan]) {
+    for (service, child, parent) in EXEC_TREE.iter().filter(|(s, ..)| *s != "relay") {
         assert_parent_in(spans, service, child, parent);
     }
 }

@@ -5,6 +5,7 @@
 use std::process::{Command, Stdio};
 
 use integration_tests::binaries::{self, ProcStack, run_with_stdin};
+use integration_tests::trace_check;
 
 fn run(mut cmd: Command) -> std::process::Output {
     cmd.stdin(Stdio::null()).output().unwrap()
@@ -173,6 +174,12 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     let expected: std::collections::BTreeMap<String, i32> =
         [("core-client".to_owned(), 1), ("exec-server".to_owned(), 1)].into();
     assert_eq!(command_lines, expected);
+    // Three processes, no collector: the stages tile the dispatch exactly,
+    // the exec-server's placed on the client's clock.
+    let spans = trace_check::from_trace_file(&traces, &id);
+    let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
+    trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
+    trace_check::assert_exec_tree_without_relay(&spans);
 
     let show = |selector: &str| {
         Command::new(binaries::path("core-client").unwrap())
@@ -281,4 +288,74 @@ fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     let tp = telemetry::w3c::TraceParent::parse(tp.trim()).unwrap();
     assert!(text.contains(&hex::encode(tp.trace_id)), "{text}");
     assert!(traces.exists());
+}
+
+/// libfaketime's preload library, where Debian's `faketime` package puts
+/// it; `None` (the test skips with a notice) unless `REX_REQUIRE_FAKETIME`
+/// is set, as CI sets it after installing the package.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("REX_REQUIRE_FAKETIME").is_none(),
+            "libfaketime is required (Debian package faketime)"
+        );
+        eprintln!("skipped: libfaketime is not installed (Debian package faketime)");
+    }
+    found
+}
+
+#[test]
+fn a_skewed_exec_server_clock_still_nests_and_tiles_in_the_local_trace() {
+    let Some(lib) = libfaketime() else { return };
+    let lib = lib.to_str().unwrap().to_owned();
+    for skew in ["+2s", "-0.5s"] {
+        // The relay and the exec-server run on the skewed clock (timers on
+        // the real monotonic clock); the client on the real one.
+        let stack = ProcStack::start(&[
+            ("LD_PRELOAD", &lib),
+            ("FAKETIME", skew),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ("FAKETIME_DONT_RESET", "1"),
+        ])
+        .unwrap();
+        let traces = stack.dir.path().join("traces.jsonl");
+        let out = run(stack.exec_with(&["--print-trace-id"], &["sh", "-c", "echo hi"]));
+        assert!(
+            out.status.success(),
+            "{skew}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = binaries::printed_trace_id(&out).unwrap();
+        let spans = trace_check::from_trace_file(&traces, &id);
+        let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
+        // The skew was seen (at least half of it: the estimate's error is
+        // at most half a round trip on loopback)...
+        let offset = dispatch.attr_i64("rex.clock_offset_ns").unwrap();
+        let expected: i64 = if skew.starts_with('+') {
+            2_000_000_000
+        } else {
+            -500_000_000
+        };
+        assert!(
+            (offset - expected).abs() < expected.abs() / 2,
+            "{skew}: clock offset estimate {offset} ns"
+        );
+        // ...and corrected: every exec-server stage nests in its parent on
+        // the client's clock, and the stages tile the dispatch exactly.
+        let remote: Vec<_> = spans
+            .iter()
+            .filter(|s| s.service == "exec-server")
+            .collect();
+        assert!(remote.len() >= 8, "{skew}: {} remote stages", remote.len());
+        trace_check::assert_contained(&spans, 0);
+        trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
+    }
 }

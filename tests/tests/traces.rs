@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::binaries::{self, ProcStack};
 use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
-use integration_tests::trace_check::{self, assert_contained, by_name, coverage, one};
+use integration_tests::trace_check::{self, assert_contained, by_name, one};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use telemetry::setup::Protocol;
@@ -309,19 +309,11 @@ async fn one_exec_is_one_trace(protocol: Protocol) {
         .unsigned_abs();
     assert_contained(&spans, offset + 1_000_000);
 
-    // The stages on the dispatch's path explain at least 95% of it
-    // (exec.first_output is a summary, not a stage).
-    let stages: Vec<RecordedSpan> = spans
-        .iter()
-        .filter(|s| s.name != spans::EXEC_FIRST_OUTPUT)
-        .cloned()
-        .collect();
-    let covered = coverage(&stages, dispatch);
-    assert!(
-        covered >= 0.95,
-        "stage spans cover {:.1}% of tool.dispatch",
-        covered * 100.0
-    );
+    // The stages on the dispatch's path tile it: exactly on each host's
+    // own clock (the exec-server's exported spans keep its clock; the
+    // exact tiling across hosts is checked on the client's trace file,
+    // where the exec-server's stages are placed on the client's clock).
+    trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Own);
 
     // Volume attributes.
     let push = one(&spans, spans::TERMINAL_PUSH);
