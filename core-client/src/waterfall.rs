@@ -123,12 +123,59 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
         out.push_str("(no spans)\n");
         return out;
     }
+    remote_line(&mut out, &trace.spans);
     out.push('\n');
     waterfall(&mut out, &placed, t0, total, width);
     out.push('\n');
     stage_table(&mut out, &placed, placed.first().map(Placed::duration));
     notes(&mut out, &placed);
     out
+}
+
+/// How the exec-server's side of a client's command got here: brought home
+/// in the session and placed with a clock offset (which is said), or not
+/// known at all (an exec-server that sends no timings, with no collector).
+fn remote_line(out: &mut String, spans: &[SpanRecord]) {
+    let client_dispatch = spans
+        .iter()
+        .any(|s| s.name == telemetry::spans::TOOL_DISPATCH && s.service == "core-client");
+    if !client_dispatch {
+        return;
+    }
+    let attr = |s: &SpanRecord, key: &str| -> Option<i64> {
+        s.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse().ok())
+    };
+    if let Some(copy) = spans.iter().find(|s| crate::traces::is_placed(s)) {
+        let used = attr(copy, "rex.clock_offset_ns").unwrap_or(0);
+        let _ = match attr(copy, "rex.clock_offset_measured_ns") {
+            Some(measured) => writeln!(
+                out,
+                "exec-server's stages: brought home in the session, placed with its clock \
+                 {} ms off ours (measured {} ms, moved to keep cause before effect)",
+                signed_ms(used),
+                signed_ms(measured)
+            ),
+            None => writeln!(
+                out,
+                "exec-server's stages: brought home in the session, placed with its clock {} ms off ours",
+                signed_ms(used)
+            ),
+        };
+    } else if !spans.iter().any(|s| s.service != "core-client") {
+        out.push_str(
+            "exec-server's stages: not known (it sent none; export its spans to a collector to see them)\n",
+        );
+    }
+}
+
+/// Nanoseconds as signed milliseconds, three decimals.
+fn signed_ms(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "+" };
+    let abs = nanos.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1_000_000, (abs % 1_000_000) / 1_000)
 }
 
 /// The spans in tree order with their depths, clamped. The first is the
@@ -473,6 +520,46 @@ mod tests {
             header,
             format!("trace {TRACE_ID}: 10.000 ms, 6 spans, services: core-client, exec-server")
         );
+    }
+
+    #[test]
+    fn the_remote_side_says_how_it_was_placed_or_that_it_is_unknown() {
+        let with_attrs = |mut s: SpanRecord, attrs: &[(&str, &str)]| {
+            s.attributes.extend(
+                attrs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            s
+        };
+        let dispatch = span("tool.dispatch", "core-client", "a", None, 0, 10 * MS);
+        let copy = with_attrs(
+            span("rpc.server.exec", "exec-server", "f", Some("a"), MS, 9 * MS),
+            &[
+                ("rex.clock_offset_ns", "2000123456"),
+                ("rex.remote.placed", "true"),
+            ],
+        );
+        let out = render(&trace(vec![dispatch.clone(), copy.clone()]), 40);
+        assert_eq!(
+            out.lines().nth(1),
+            Some(
+                "exec-server's stages: brought home in the session, placed with its clock +2000.123 ms off ours"
+            )
+        );
+        let moved = with_attrs(copy, &[("rex.clock_offset_measured_ns", "-1500")]);
+        let out = render(&trace(vec![dispatch.clone(), moved]), 40);
+        assert!(
+            out.contains("(measured -0.001 ms, moved to keep cause before effect)"),
+            "{out}"
+        );
+        // An exec-server that sent nothing: said so, and the rest prints.
+        let out = render(&trace(vec![dispatch]), 40);
+        assert!(out.contains("exec-server's stages: not known"), "{out}");
+        assert!(out.contains("tool.dispatch"), "{out}");
+        // Its own spans (a shared file, the demo): nothing to say.
+        let out = render(&sample(), 40);
+        assert!(!out.contains("exec-server's stages"), "{out}");
     }
 
     #[test]
