@@ -42,17 +42,7 @@ pub fn known_servers() -> Option<PathBuf> {
     config_dir().map(|d| d.join(KNOWN_FILE))
 }
 
-/// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
+pub use metadata::location::create_private_dir;
 
 /// `~/…` expanded with `$HOME`; a relative path taken relative to `base`
 /// (the directory of the file that named it).

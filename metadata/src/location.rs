@@ -1,6 +1,7 @@
-//! Where the metadata database lives by default.
+//! Where the metadata database lives by default, and how private
+//! directories are made.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The variable that moves the data directory (the binaries' `--data-dir`
 /// reads it too).
@@ -12,4 +13,16 @@ pub fn default_dir() -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| dirs::data_dir().map(|d| d.join("rex")))
+}
+
+/// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -193,7 +193,7 @@ impl Store {
             reason,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir).map_err(|e| open_err(e.to_string()))?;
+            crate::location::create_private_dir(dir).map_err(|e| open_err(e.to_string()))?;
         }
         let conn = Connection::open_with_flags(
             path,
@@ -406,17 +406,6 @@ impl Store {
             .map_err(|e| self.unreadable(e))
             .map(|v| v.unwrap_or(0))
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 #[cfg(test)]
