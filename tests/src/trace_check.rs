@@ -136,6 +136,24 @@ pub fn assert_tiles(spans: &[RecordedSpan], dispatch: &RecordedSpan, remote: Rem
     );
 }
 
+/// The spans of [`PATH`] in `spans`, in order, if each is there once.
+pub fn path_spans(spans: &[RecordedSpan]) -> Option<Vec<RecordedSpan>> {
+    PATH.iter()
+        .map(|(service, name, label)| {
+            let mut matching = spans.iter().filter(|s| {
+                s.service == *service
+                    && s.name == *name
+                    && label.is_none_or(|l| {
+                        s.attr_str("rex.message") == Some(l)
+                            || s.attr_str("rex.direction") == Some(l)
+                    })
+            });
+            let one = matching.next()?;
+            matching.next().is_none().then(|| one.clone())
+        })
+        .collect()
+}
+
 /// The spans of trace `trace_id` in a local trace file (OTLP JSON, one
 /// `TracesData` per line).
 pub fn from_trace_file(path: &std::path::Path, trace_id: &str) -> Vec<RecordedSpan> {
