@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use proto::admission::{AdmissionLimits, Startups};
 use proto::keys::{AuthorizedKeys, StaticKeypair};
+use proto::listener::ConnLimits;
 
 /// Settings for one exec-server.
 #[derive(Debug, Clone)]
@@ -34,7 +36,24 @@ pub struct ExecServerConfig {
     pub max_backoff: Duration,
     /// Where process records go (off the hot path), if anywhere.
     pub metadata: Option<metadata::Persister>,
+    /// The direct listener's connections: how many, per source, and the
+    /// HTTP/2 preface deadline.
+    pub listen_limits: ConnLimits,
+    /// Direct sessions whose handshake message 1 has not yet
+    /// authenticated: early drop and a per-source share. A session slot
+    /// ([`max_sessions`](Self::max_sessions)) is taken only once it has.
+    pub startups: AdmissionLimits,
+    /// How long to wait before registering again after the relay said a
+    /// newer registration of this key took over.
+    pub replaced_backoff: Duration,
 }
+
+/// Default `start:rate:full` for direct sessions not yet authenticated.
+pub const DEFAULT_STARTUPS: Startups = Startups {
+    start: 32,
+    rate: 30,
+    full: 128,
+};
 
 impl ExecServerConfig {
     /// Settings with defaults for everything but the keys.
@@ -52,6 +71,16 @@ impl ExecServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             metadata: None,
+            listen_limits: ConnLimits {
+                max_connections: 1024,
+                per_source: 128,
+                preface_timeout: Duration::from_secs(5),
+            },
+            startups: AdmissionLimits {
+                startups: DEFAULT_STARTUPS,
+                per_source: 16,
+            },
+            replaced_backoff: Duration::from_secs(60),
         }
     }
 }

@@ -49,13 +49,29 @@ impl Tunnel for DirectTunnel {
                 "this exec-server's id is not the one named in {SERVER_ID_HEADER}"
             )));
         }
+        // A place among the sessions not yet authenticated; the session
+        // slot comes once message 1 has authenticated.
+        let startup = match self
+            .ctx
+            .startups
+            .enter(request.remote_addr().map(|a| a.ip()))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(proto::routing::refuse(
+                    tonic::Code::ResourceExhausted,
+                    format!("the exec-server is busy: {e}"),
+                    proto::pb::tunnel::CloseReason::Busy,
+                ));
+            }
+        };
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let inbound = request.into_inner();
         let ctx = Arc::clone(&self.ctx);
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
         self.ctx.tasks.spawn(span, async move {
-            if let Err(e) = session::serve(inbound, tx, ctx, shutdown).await {
+            if let Err(e) = session::serve(inbound, tx, ctx, shutdown, Some(startup)).await {
                 tracing::debug!(error = %e, "direct session ended");
             }
         });

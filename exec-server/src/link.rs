@@ -43,6 +43,30 @@ pub enum LinkError {
     /// The relay broke the registration protocol.
     #[error("relay sent an unexpected message during registration")]
     Protocol,
+    /// Another exec-server proved the same key at the relay and took over
+    /// the registration.
+    #[error("another exec-server with this key registered at the relay and took over its route")]
+    Replaced,
+    /// The relay's allow-list does not (or no longer) admit this key.
+    #[error("the relay does not admit this exec-server key (its --allowed-servers list)")]
+    NotAllowed,
+}
+
+impl LinkError {
+    /// The error for a status from the relay, telling apart the refusals
+    /// that call for a long pause.
+    fn from_relay(status: tonic::Status) -> Self {
+        match proto::routing::refusal(&status) {
+            Some(proto::pb::tunnel::CloseReason::Replaced) => Self::Replaced,
+            Some(proto::pb::tunnel::CloseReason::NotAllowed) => Self::NotAllowed,
+            _ => Self::Status(status),
+        }
+    }
+
+    /// Whether retrying soon is pointless (the relay said so).
+    fn wants_long_pause(&self) -> bool {
+        matches!(self, Self::Replaced | Self::NotAllowed)
+    }
 }
 
 fn registry_client(channel: Channel) -> RegistryClient<Channel> {
@@ -71,18 +95,26 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return;
         }
+        let long_pause = matches!(&result, Err(e) if e.wants_long_pause());
+        let pause = if long_pause {
+            jittered(ctx.config.replaced_backoff)
+        } else {
+            jittered(backoff)
+        };
         attempt.in_scope(|| match result {
             Ok(true) => {
                 tracing::warn!("relay link lost; reconnecting");
                 backoff = Duration::from_millis(100);
             }
             Ok(false) => {}
+            Err(e) if long_pause => {
+                tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "relay registration ended");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay registration failed")
             }
         });
         drop(attempt);
-        let pause = jittered(backoff);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
@@ -125,7 +157,8 @@ pub async fn register(
     }
     let mut down = registry_client(channel.clone())
         .register(request)
-        .await?
+        .await
+        .map_err(LinkError::from_relay)?
         .into_inner();
     let register_down::Msg::Proof(msg2) = next(&mut down, timeout).await? else {
         return Err(LinkError::Protocol);
@@ -184,7 +217,11 @@ async fn register_once(
             },
             Ok(None) => return Ok(true),
             Err(status) => {
-                tracing::debug!(%status, "registration stream ended");
+                let e = LinkError::from_relay(status);
+                if e.wants_long_pause() {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "registration stream ended");
                 return Ok(true);
             }
         }
@@ -198,7 +235,7 @@ async fn next(
     match tokio::time::timeout(timeout, down.message()).await {
         Ok(Ok(Some(m))) => m.msg.ok_or(LinkError::Protocol),
         Ok(Ok(None)) => Err(LinkError::Protocol),
-        Ok(Err(s)) => Err(LinkError::Status(s)),
+        Ok(Err(s)) => Err(LinkError::from_relay(s)),
         Err(_) => Err(LinkError::Status(tonic::Status::deadline_exceeded(
             "relay did not answer the registration",
         ))),
@@ -251,7 +288,7 @@ async fn accept(
             return;
         }
     };
-    if let Err(e) = session::serve(inbound, out_tx, ctx, shutdown).await {
+    if let Err(e) = session::serve(inbound, out_tx, ctx, shutdown, None).await {
         tracing::debug!(error = %e, "session ended");
     }
 }

@@ -87,6 +87,20 @@ struct RunArgs {
     /// Keep no process records.
     #[arg(long, conflicts_with = "data_dir")]
     no_records: bool,
+    /// With --listen: most open direct connections (lowered to fit the
+    /// descriptor limit, which is raised to its hard limit at start).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// With --listen: direct sessions whose handshake has not authenticated,
+    /// START:RATE:FULL (refused at random from START, RATE% rising to 100%
+    /// at FULL) or one hard number; a --max-sessions slot is taken only
+    /// once message 1 has authenticated.
+    #[arg(long, default_value_t = exec_server::config::DEFAULT_STARTUPS, value_name = "START:RATE:FULL")]
+    max_startups: proto::admission::Startups,
+    /// With --listen: most unauthenticated direct sessions from one source
+    /// address (connections per source: 8 times as many).
+    #[arg(long, default_value_t = 16)]
+    max_startups_per_source: usize,
 }
 
 fn main() -> ExitCode {
@@ -175,6 +189,14 @@ fn serve(args: RunArgs) -> ExitCode {
     config.max_sessions = args.max_sessions;
     config.max_processes_per_session = args.max_processes;
     config.default_cwd = args.cwd;
+    let max_connections = match lifecycle::limits::raise_nofile() {
+        Ok(nofile) => lifecycle::limits::connections_within(nofile).min(args.max_connections),
+        Err(_) => args.max_connections,
+    };
+    config.listen_limits.max_connections = max_connections;
+    config.listen_limits.per_source = args.max_startups_per_source.saturating_mul(8);
+    config.startups.startups = args.max_startups;
+    config.startups.per_source = args.max_startups_per_source;
     config.shutdown_grace = Duration::from_secs(10);
     // Process records are kept off the hot path; a store that cannot be
     // opened is reported once and the server runs without it.

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lifecycle::Tasks;
+use proto::admission::Gate;
 use proto::limits::MAX_GRPC_MESSAGE;
+use proto::listener::Connections;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -125,6 +127,15 @@ pub async fn start(
                 .await
                 .map_err(|source| ExecServerError::Bind { addr, source })?;
             local_addr = listener.local_addr().ok();
+            let conns = Connections::new(ctx.config.listen_limits);
+            tasks.spawn(
+                tracing::info_span!("direct limits"),
+                summarise(
+                    Arc::clone(&conns),
+                    Arc::clone(&ctx.startups),
+                    shutdown.clone(),
+                ),
+            );
             let svc = TunnelServer::new(DirectTunnel::new(Arc::clone(&ctx), sessions.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -135,7 +146,7 @@ pub async fn start(
                     proto::link::server()
                         .add_service(svc)
                         .serve_with_incoming_shutdown(
-                            proto::link::incoming(listener),
+                            proto::listener::incoming(listener, conns),
                             async move { shutdown.cancelled().await },
                         ),
                 ),
@@ -174,6 +185,46 @@ pub async fn start(
         shutdown,
         grace,
     })
+}
+
+/// How often the direct listener's refusals are summarised in the log.
+const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs what the direct listener refused, one summary line per interval
+/// (never a line per refusal).
+async fn summarise(conns: Arc<Connections>, startups: Arc<Gate>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(SUMMARY_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let c = conns.take_summary();
+        if c.any_refused() {
+            tracing::warn!(
+                open = conns.open(),
+                accepted = c.accepted,
+                refused_full = c.refused_full,
+                refused_per_source = c.refused_source,
+                displaced_silent = c.displaced,
+                preface_timeouts = c.preface_timeouts,
+                accept_errors = c.accept_errors,
+                "direct connections refused or closed early in the last {}s",
+                SUMMARY_EVERY.as_secs()
+            );
+        }
+        let s = startups.take_refusals();
+        if s.total() > 0 {
+            tracing::warn!(
+                in_flight = startups.in_flight(),
+                dropped_early = s.early,
+                refused_full = s.full,
+                refused_per_source = s.source,
+                "unauthenticated direct sessions refused in the last {}s",
+                SUMMARY_EVERY.as_secs()
+            );
+        }
+    }
 }
 
 /// Runs an exec-server until `shutdown` is cancelled.

@@ -7,9 +7,12 @@
 //! - [`tasks`]: [`Tasks`], the tracked set every task is spawned through.
 //! - `signals` (feature `signals`, for service binaries): SIGINT and
 //!   SIGTERM start a graceful shutdown; SIGHUP is reported for a reload.
+//! - `limits` (feature `limits`): the descriptor limit raised at start.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "limits")]
+pub mod limits;
 #[cfg(feature = "signals")]
 pub mod signals;
 pub mod tasks;

@@ -7,6 +7,10 @@
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
 //! - [`link`]: the gRPC endpoint and server settings every relay link shares.
+//! - [`admission`]: admission of unauthenticated sessions (early drop as the
+//!   table fills, a share per source), decided without IO.
+//! - `listener` (feature `server`): accepting connections where anyone may
+//!   connect (a cap, a share per source, a preface deadline, back-off).
 //! - [`health`]: the gRPC health protocol the relay answers, and its probe.
 //! - [`program`]: a command's program name, the only part of it ever reported.
 //! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
@@ -23,10 +27,11 @@
 //!   ([`session::ClientSession`], [`session::ServerSession`]).
 //! - [`clock`]: wall-clock helpers shared by the codecs.
 //!
-//! Apart from [`health`]'s probe and [`link`]'s settings, nothing here
+//! Apart from [`health`]'s probe, [`link`]'s settings and the listener, nothing here
 //! depends on an async runtime: the protocol cores take bytes and
 //! time and return bytes and events; the services drive them.
 
+pub mod admission;
 pub mod clock;
 pub mod driver;
 pub mod envelope;
@@ -37,6 +42,8 @@ pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod link;
+#[cfg(feature = "server")]
+pub mod listener;
 pub mod noise;
 pub mod program;
 pub mod registration;

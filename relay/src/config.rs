@@ -1,7 +1,11 @@
 //! Relay settings. Every queue, count and timeout is bounded here.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use proto::admission::{AdmissionLimits, Startups};
+use proto::listener::ConnLimits;
 
 /// Settings for one relay.
 #[derive(Debug, Clone)]
@@ -12,7 +16,9 @@ pub struct RelayConfig {
     pub max_registrations: usize,
     /// Most concurrent sessions per registered exec-server.
     pub max_sessions_per_server: usize,
-    /// Frames buffered per direction of a session before backpressure.
+    /// Frames buffered per direction of a session before backpressure
+    /// (the byte bound, [`RelayConfig::session_buffer`], usually comes
+    /// first).
     pub session_queue: usize,
     /// How long an exec-server has to accept an announced session.
     pub accept_timeout: Duration,
@@ -24,7 +30,56 @@ pub struct RelayConfig {
     pub hop_headers: bool,
     /// Grace period for in-flight sessions at shutdown.
     pub shutdown_grace: Duration,
+    /// Connections: how many, per source, and the HTTP/2 preface deadline.
+    pub connections: ConnLimits,
+    /// Sessions not yet authenticated (until the exec-server's handshake
+    /// answer has passed through): early drop and a per-source share.
+    pub startups: AdmissionLimits,
+    /// How long a client has, after opening a session, to send handshake
+    /// message 1 (the exec-server is not told of the session before).
+    pub first_frame_timeout: Duration,
+    /// Registration control.
+    pub registrations: RegistrationLimits,
+    /// Bytes one direction of a session may have queued in the relay.
+    pub session_buffer: usize,
+    /// Bytes all sessions together may have queued in the relay.
+    pub max_buffered: usize,
 }
+
+/// Who may register, and how often.
+#[derive(Debug, Clone)]
+pub struct RegistrationLimits {
+    /// If set, only the exec-server public keys listed in this file may
+    /// register (one per line, `#` comments); re-read when it changes.
+    pub allowed_servers: Option<PathBuf>,
+    /// Most registrations held over one connection.
+    pub per_connection: usize,
+    /// Most registrations held from one source address.
+    pub per_source: usize,
+    /// Registration attempts one source may start per second (sustained).
+    pub rate_per_source: f64,
+    /// Registration attempts one source may start in a burst.
+    pub burst_per_source: f64,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            allowed_servers: None,
+            per_connection: 4,
+            per_source: 64,
+            rate_per_source: 5.0,
+            burst_per_source: 20.0,
+        }
+    }
+}
+
+/// Default `start:rate:full` for unauthenticated sessions.
+pub const DEFAULT_STARTUPS: Startups = Startups {
+    start: 64,
+    rate: 30,
+    full: 256,
+};
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -38,6 +93,19 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(300),
             hop_headers: true,
             shutdown_grace: Duration::from_secs(5),
+            connections: ConnLimits {
+                max_connections: 4096,
+                per_source: 256,
+                preface_timeout: Duration::from_secs(5),
+            },
+            startups: AdmissionLimits {
+                startups: DEFAULT_STARTUPS,
+                per_source: 16,
+            },
+            first_frame_timeout: Duration::from_secs(5),
+            registrations: RegistrationLimits::default(),
+            session_buffer: 128 * 1024,
+            max_buffered: 256 * 1024 * 1024,
         }
     }
 }

@@ -6,19 +6,25 @@
 //!
 //! Layout:
 //! - [`config`]: the relay's settings and their bounds.
-//! - [`registry`]: registered exec-servers and sessions waiting to be accepted.
+//! - [`registry`]: registered exec-servers and sessions waiting to be
+//!   accepted; shares of registrations per connection and per source.
+//! - [`registration`]: the allow-list of exec-server keys and the rate of
+//!   registration attempts.
+//! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
 //! - [`service`]: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
 //! - [`splice`]: forwarding frames between the two halves of a session.
 //! - [`health`]: answers to the gRPC health protocol (the relay, and each
 //!   registered exec-server).
 //! - [`server`]: binding, serving and graceful shutdown.
 
+pub mod budget;
 pub mod config;
 pub mod health;
+pub mod registration;
 pub mod registry;
 pub mod server;
 pub mod service;
 pub mod splice;
 
 pub use config::RelayConfig;
-pub use server::{RelayError, run, serve};
+pub use server::{Relay, RelayError, RelayStats, run, serve};

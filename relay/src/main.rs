@@ -5,10 +5,30 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use proto::admission::{AdmissionLimits, Startups};
+use proto::listener::ConnLimits;
 use relay::RelayConfig;
+use relay::config::RegistrationLimits;
 
 /// Pairs core-client sessions with registered exec-servers and forwards their
 /// encrypted frames. Holds no keys and never sees a command or its output.
+///
+/// Limits (anyone who can reach the relay can try these; none needs a key):
+/// connections are capped relay-wide and per source address, and one that
+/// has not sent its HTTP/2 preface within --preface-timeout-secs is closed
+/// (when the table is full, the oldest such silent one makes room).
+/// Sessions that have not finished their handshake (until the exec-server's
+/// answer has passed) are a small table of their own, --max-startups
+/// START:RATE:FULL (refused at random from START, RATE% rising to 100% at
+/// FULL) with a per-source share; message 1 must arrive within
+/// --first-frame-timeout-secs, before the exec-server hears of the session.
+/// Registrations are rate-limited and capped per connection and per source,
+/// optionally limited to --allowed-servers; the same key registering again
+/// replaces the older registration, which is told why. Bytes queued in the
+/// relay are bounded per session direction and relay-wide; a session over
+/// its share is slowed by HTTP/2 flow control. The soft descriptor limit is
+/// raised to the hard limit at start, and --max-connections is lowered to
+/// fit it. Refusals are logged as summaries every 10 s.
 #[derive(Debug, Parser)]
 #[command(
     name = "relay",
@@ -38,6 +58,47 @@ struct Args {
     /// `relay.forward` spans are made).
     #[arg(long)]
     no_hop_headers: bool,
+    /// Most open connections (lowered to fit the descriptor limit).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Most open connections from one source address (an IPv6 /64).
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_source: usize,
+    /// Seconds a new connection has to send the HTTP/2 preface.
+    #[arg(long, default_value_t = 5)]
+    preface_timeout_secs: u64,
+    /// Sessions not yet authenticated: START:RATE:FULL (random early drop
+    /// from START, RATE% rising to 100% at FULL), or one hard number.
+    #[arg(long, default_value_t = relay::config::DEFAULT_STARTUPS, value_name = "START:RATE:FULL")]
+    max_startups: Startups,
+    /// Most sessions not yet authenticated from one source address.
+    #[arg(long, default_value_t = 16)]
+    max_startups_per_source: usize,
+    /// Seconds a client has to send handshake message 1 after opening.
+    #[arg(long, default_value_t = 5)]
+    first_frame_timeout_secs: u64,
+    /// Only the exec-server public keys in FILE may register (one per line,
+    /// # comments); the file is re-read when it changes, and registrations
+    /// of keys taken out of it end.
+    #[arg(long, env = "REX_ALLOWED_SERVERS", value_name = "FILE")]
+    allowed_servers: Option<std::path::PathBuf>,
+    /// Most registrations over one connection.
+    #[arg(long, default_value_t = 4)]
+    max_registrations_per_connection: usize,
+    /// Most registrations from one source address.
+    #[arg(long, default_value_t = 64)]
+    max_registrations_per_source: usize,
+    /// Registration attempts per second one source address may start
+    /// (sustained; bursts of 4 times as many).
+    #[arg(long, default_value_t = 5.0)]
+    registration_rate: f64,
+    /// KiB one direction of a session may have queued in the relay.
+    #[arg(long, default_value_t = 128)]
+    session_buffer_kib: usize,
+    /// MiB all sessions together may have queued in the relay (each
+    /// direction may always hold one frame beyond it).
+    #[arg(long, default_value_t = 256)]
+    max_buffered_mib: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +130,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Descriptors: as many as allowed, and connections within them.
+    let max_connections = match lifecycle::limits::raise_nofile() {
+        Ok(nofile) => {
+            let fit = lifecycle::limits::connections_within(nofile);
+            if fit < args.max_connections {
+                eprintln!(
+                    "relay: the descriptor limit is {nofile}: at most {fit} connections (not {})",
+                    args.max_connections
+                );
+            }
+            fit.min(args.max_connections)
+        }
+        Err(e) => {
+            eprintln!("relay: warning: cannot read the descriptor limit: {e}");
+            args.max_connections
+        }
+    };
     let config = RelayConfig {
+        connections: ConnLimits {
+            max_connections,
+            per_source: args.max_connections_per_source,
+            preface_timeout: Duration::from_secs(args.preface_timeout_secs),
+        },
+        startups: AdmissionLimits {
+            startups: args.max_startups,
+            per_source: args.max_startups_per_source,
+        },
+        first_frame_timeout: Duration::from_secs(args.first_frame_timeout_secs),
+        registrations: RegistrationLimits {
+            allowed_servers: args.allowed_servers,
+            per_connection: args.max_registrations_per_connection,
+            per_source: args.max_registrations_per_source,
+            rate_per_source: args.registration_rate,
+            burst_per_source: args.registration_rate * 4.0,
+        },
+        session_buffer: args.session_buffer_kib.saturating_mul(1024),
+        max_buffered: args.max_buffered_mib.saturating_mul(1024 * 1024),
         listen: args.listen,
         max_registrations: args.max_registrations,
         max_sessions_per_server: args.max_sessions_per_server,

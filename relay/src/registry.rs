@@ -3,15 +3,18 @@
 //! Critical sections are short and never await, so a plain mutex is used.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use proto::pb::tunnel::{Frame, RegisterDown};
+use proto::admission::Source;
+use proto::keys::PublicKey;
+use proto::pb::tunnel::{CloseReason, Frame, RegisterDown};
 use proto::routing::SESSION_ID_LEN;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-/// The sending half of a tunnel stream.
-pub use proto::link::FrameSender;
+use crate::splice::Outbound;
 /// The control stream to a registered exec-server.
 pub type ControlSender = mpsc::Sender<Result<RegisterDown, Status>>;
 /// A session id.
@@ -23,7 +26,7 @@ pub struct AcceptedHalf {
     /// Frames from the exec-server.
     pub inbound: Streaming<Frame>,
     /// Frames to the exec-server.
-    pub outbound: FrameSender,
+    pub outbound: Outbound,
 }
 
 /// Why a lookup or registration failed.
@@ -38,12 +41,54 @@ pub enum RegistryError {
     /// The relay is at its registration limit.
     #[error("the relay is at its limit of registered exec-servers")]
     Full,
+    /// The connection holds its whole share of registrations.
+    #[error("too many registrations over this connection")]
+    ConnectionFull,
+    /// The source address holds its whole share of registrations.
+    #[error("too many registrations from this address")]
+    SourceFull,
+}
+
+/// Where a registration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The connection (its peer address).
+    pub connection: Option<SocketAddr>,
+    /// The proven key.
+    pub key: Option<PublicKey>,
+}
+
+impl Origin {
+    fn source(&self) -> Option<Source> {
+        self.connection.map(|a| Source::of(a.ip()))
+    }
+}
+
+/// Registrations one connection and one source may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shares {
+    /// Per connection.
+    pub per_connection: usize,
+    /// Per source address.
+    pub per_source: usize,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Self {
+            per_connection: usize::MAX,
+            per_source: usize::MAX,
+        }
+    }
 }
 
 struct ServerEntry {
     generation: u64,
     control: ControlSender,
     sessions: Arc<Semaphore>,
+    origin: Origin,
+    /// Cancelled when a newer registration of the same key replaces it.
+    replaced: CancellationToken,
 }
 
 struct Pending {
@@ -56,6 +101,35 @@ struct Inner {
     next_generation: u64,
     servers: HashMap<String, ServerEntry>,
     pending: HashMap<SessionId, Pending>,
+    by_connection: HashMap<SocketAddr, usize>,
+    by_source: HashMap<Source, usize>,
+}
+
+impl Inner {
+    fn count(&mut self, origin: Origin, up: bool) {
+        fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: K, up: bool) {
+            if up {
+                *map.entry(k).or_insert(0) += 1;
+            } else if let Some(n) = map.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&k);
+                }
+            }
+        }
+        if let Some(c) = origin.connection {
+            bump(&mut self.by_connection, c, up);
+        }
+        if let Some(s) = origin.source() {
+            bump(&mut self.by_source, s, up);
+        }
+    }
+
+    fn remove_server(&mut self, server_id: &str) -> Option<ServerEntry> {
+        let entry = self.servers.remove(server_id)?;
+        self.count(entry.origin, false);
+        Some(entry)
+    }
 }
 
 /// The relay's routing table.
@@ -63,6 +137,7 @@ pub struct Registry {
     inner: Mutex<Inner>,
     max_registrations: usize,
     max_sessions_per_server: usize,
+    shares: Shares,
 }
 
 /// A registration held by a live control stream; dropping it unregisters
@@ -71,6 +146,9 @@ pub struct RegistrationGuard {
     registry: Arc<Registry>,
     server_id: String,
     generation: u64,
+    /// Cancelled when a newer registration of the same key replaces this
+    /// one (the older exec-server has then been told).
+    pub replaced: CancellationToken,
 }
 
 impl Drop for RegistrationGuard {
@@ -81,7 +159,7 @@ impl Drop for RegistrationGuard {
             .get(&self.server_id)
             .is_some_and(|e| e.generation == self.generation)
         {
-            inner.servers.remove(&self.server_id);
+            inner.remove_server(&self.server_id);
         }
     }
 }
@@ -101,10 +179,25 @@ pub struct Announced {
 impl Registry {
     /// A new, empty table.
     pub fn new(max_registrations: usize, max_sessions_per_server: usize) -> Arc<Self> {
+        Self::with_shares(
+            max_registrations,
+            max_sessions_per_server,
+            Shares::default(),
+        )
+    }
+
+    /// A new, empty table whose registrations are shared out per
+    /// connection and per source.
+    pub fn with_shares(
+        max_registrations: usize,
+        max_sessions_per_server: usize,
+        shares: Shares,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
             max_registrations,
             max_sessions_per_server,
+            shares,
         })
     }
 
@@ -114,32 +207,89 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers (or re-registers, replacing the older stream) an exec-server.
+    /// Registers an exec-server (it has proven its key). A registration
+    /// of a key already registered replaces the older one, which is told
+    /// why on its control stream (and its guard's `replaced` fires): the
+    /// key holder that came last wins, so an exec-server that reconnects
+    /// after a blip or a relay restart always gets its route back.
     pub fn register(
         self: &Arc<Self>,
         server_id: &str,
         control: ControlSender,
+        origin: Origin,
     ) -> Result<RegistrationGuard, RegistryError> {
         let mut inner = self.lock();
-        if !inner.servers.contains_key(server_id) && inner.servers.len() >= self.max_registrations {
+        let old = inner.servers.get(server_id).map(|e| e.origin);
+        let held_by = |same: bool, n: Option<&usize>| n.copied().unwrap_or(0) - usize::from(same);
+        if let Some(c) = origin.connection {
+            let same = old.is_some_and(|o| o.connection == Some(c));
+            if held_by(same, inner.by_connection.get(&c)) >= self.shares.per_connection {
+                return Err(RegistryError::ConnectionFull);
+            }
+        }
+        if let Some(s) = origin.source() {
+            let same = old.is_some_and(|o| o.source() == Some(s));
+            if held_by(same, inner.by_source.get(&s)) >= self.shares.per_source {
+                return Err(RegistryError::SourceFull);
+            }
+        }
+        if old.is_none() && inner.servers.len() >= self.max_registrations {
             return Err(RegistryError::Full);
+        }
+        if let Some(older) = inner.remove_server(server_id) {
+            let notice = proto::routing::refuse(
+                tonic::Code::AlreadyExists,
+                "another exec-server proved the same key and took over its registration",
+                CloseReason::Replaced,
+            );
+            let _ = older.control.try_send(Err(notice));
+            older.replaced.cancel();
         }
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let sessions = Arc::new(Semaphore::new(self.max_sessions_per_server));
+        let replaced = CancellationToken::new();
         inner.servers.insert(
             server_id.to_owned(),
             ServerEntry {
                 generation,
                 control,
                 sessions,
+                origin,
+                replaced: replaced.clone(),
             },
         );
+        inner.count(origin, true);
         Ok(RegistrationGuard {
             registry: Arc::clone(self),
             server_id: server_id.to_owned(),
             generation,
+            replaced,
         })
+    }
+
+    /// Ends the registrations `keep` no longer admits (the allow-list
+    /// changed), telling each why. Returns how many ended.
+    pub fn retain(&self, keep: impl Fn(&Origin) -> bool) -> usize {
+        let mut inner = self.lock();
+        let gone: Vec<String> = inner
+            .servers
+            .iter()
+            .filter(|(_, e)| !keep(&e.origin))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            if let Some(entry) = inner.remove_server(id) {
+                let notice = proto::routing::refuse(
+                    tonic::Code::PermissionDenied,
+                    "this exec-server key is no longer on the relay's allow-list",
+                    CloseReason::NotAllowed,
+                );
+                let _ = entry.control.try_send(Err(notice));
+                entry.replaced.cancel();
+            }
+        }
+        gone.len()
     }
 
     /// Whether an exec-server is registered.
@@ -236,6 +386,83 @@ mod tests {
         mpsc::channel(4)
     }
 
+    fn at(ip: [u8; 4], port: u16) -> Origin {
+        Origin {
+            connection: Some(SocketAddr::from((ip, port))),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn a_replaced_registration_is_told_and_shares_are_enforced() {
+        let r = Registry::with_shares(
+            100,
+            10,
+            Shares {
+                per_connection: 2,
+                per_source: 3,
+            },
+        );
+        let (c1, mut r1) = control();
+        let (c2, _r2) = control();
+        let g1 = r.register("s", c1, at([127, 0, 0, 1], 1000)).unwrap();
+        // The same key again (a reconnect): the older one is told, and
+        // its guard no longer unregisters.
+        let g2 = r.register("s", c2, at([127, 0, 0, 1], 1001)).unwrap();
+        assert!(g1.replaced.is_cancelled());
+        let notice = r1.try_recv().unwrap().unwrap_err();
+        assert_eq!(
+            proto::routing::refusal(&notice),
+            Some(CloseReason::Replaced)
+        );
+        drop(g1);
+        assert!(r.is_registered("s"));
+        // Per connection: 2.
+        let (c, _x) = control();
+        let _a = r
+            .register("a", c.clone(), at([127, 0, 0, 1], 1001))
+            .unwrap();
+        assert!(matches!(
+            r.register("b", c.clone(), at([127, 0, 0, 1], 1001)),
+            Err(RegistryError::ConnectionFull)
+        ));
+        // Per source: 3 (s, a, and one more from another connection).
+        let _b = r
+            .register("b", c.clone(), at([127, 0, 0, 1], 1002))
+            .unwrap();
+        assert!(matches!(
+            r.register("d", c.clone(), at([127, 0, 0, 1], 1003)),
+            Err(RegistryError::SourceFull)
+        ));
+        // Replacing from a full source and connection is still allowed.
+        assert!(r.register("s", c.clone(), at([127, 0, 0, 1], 1001)).is_ok());
+        // Another source has its own share.
+        assert!(r.register("d", c, at([127, 0, 0, 2], 1)).is_ok());
+        drop(g2);
+    }
+
+    #[test]
+    fn retain_ends_registrations_no_longer_allowed() {
+        let r = Registry::new(10, 10);
+        let (c1, mut r1) = control();
+        let (c2, _r2) = control();
+        let g1 = r.register("a", c1, at([127, 0, 0, 1], 1)).unwrap();
+        let _g2 = r.register("b", c2, at([127, 0, 0, 2], 1)).unwrap();
+        assert_eq!(
+            r.retain(|o| o
+                .connection
+                .is_some_and(|c| c.ip() != std::net::Ipv4Addr::LOCALHOST)),
+            1
+        );
+        assert!(g1.replaced.is_cancelled());
+        assert!(!r.is_registered("a"));
+        let notice = r1.try_recv().unwrap().unwrap_err();
+        assert_eq!(
+            proto::routing::refusal(&notice),
+            Some(CloseReason::NotAllowed)
+        );
+    }
+
     #[test]
     fn unknown_server_is_reported() {
         let r = Registry::new(10, 10);
@@ -250,8 +477,8 @@ mod tests {
         let r = Registry::new(10, 10);
         let (c1, _r1) = control();
         let (c2, _r2) = control();
-        let g1 = r.register("s", c1).unwrap();
-        let g2 = r.register("s", c2).unwrap();
+        let g1 = r.register("s", c1, Origin::default()).unwrap();
+        let g2 = r.register("s", c2, Origin::default()).unwrap();
         drop(g1);
         assert!(r.is_registered("s"));
         drop(g2);
@@ -262,7 +489,7 @@ mod tests {
     fn session_limit_is_enforced_and_released() {
         let r = Registry::new(10, 2);
         let (c, _rx) = control();
-        let _g = r.register("s", c).unwrap();
+        let _g = r.register("s", c, Origin::default()).unwrap();
         let a = r.announce("s").unwrap();
         let _b = r.announce("s").unwrap();
         assert!(matches!(r.announce("s"), Err(RegistryError::ServerBusy(_))));
@@ -275,8 +502,11 @@ mod tests {
         let r = Registry::new(1, 2);
         let (c1, _r1) = control();
         let (c2, _r2) = control();
-        let _g = r.register("a", c1).unwrap();
-        assert!(matches!(r.register("b", c2), Err(RegistryError::Full)));
+        let _g = r.register("a", c1, Origin::default()).unwrap();
+        assert!(matches!(
+            r.register("b", c2, Origin::default()),
+            Err(RegistryError::Full)
+        ));
     }
 
     #[test]
@@ -284,8 +514,8 @@ mod tests {
         let r = Registry::new(10, 10);
         let (c1, _r1) = control();
         let (c2, _r2) = control();
-        let _g1 = r.register("s", c1).unwrap();
-        let _g2 = r.register("t", c2).unwrap();
+        let _g1 = r.register("s", c1, Origin::default()).unwrap();
+        let _g2 = r.register("t", c2, Origin::default()).unwrap();
         let a = r.announce("s").unwrap();
         // Another exec-server cannot take it, and it stays pending for "s".
         let err = r.claim(&a.session_id, "t").unwrap_err();

@@ -2,19 +2,31 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::health::pb::health_server::HealthServer;
 
 use lifecycle::Tasks;
+use proto::admission::Gate;
 use proto::limits::MAX_GRPC_MESSAGE;
+use proto::listener::Connections;
 use proto::pb::tunnel::registry_server::RegistryServer;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Budget;
 use crate::config::RelayConfig;
 use crate::health::RelayHealth;
+use crate::registration::{AllowList, Reload};
+use crate::registry::Registry;
 use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
+
+/// How often refusals are summarised in the log (and the allow-list
+/// looked at).
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// How often the allow-list file is looked at for changes.
+const ALLOW_LIST_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +39,180 @@ pub enum RelayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The allow-list of exec-server keys could not be read.
+    #[error("--allowed-servers: {0}")]
+    AllowList(#[from] proto::keys::KeyError),
     /// The gRPC server failed.
     #[error("relay server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+}
+
+/// A relay ready to serve, with its counters readable while it runs.
+pub struct Relay {
+    state: RelayState,
+    connections: Arc<Connections>,
+    tasks: Tasks,
+}
+
+/// What a running relay holds, for tests and operators.
+#[derive(Clone)]
+pub struct RelayStats {
+    /// Open connections and what the listener refused.
+    pub connections: Arc<Connections>,
+    /// Sessions not yet authenticated.
+    pub startups: Arc<Gate>,
+    /// Bytes queued in the relay.
+    pub budget: Arc<Budget>,
+    /// The routing table.
+    pub registry: Arc<Registry>,
+}
+
+impl Relay {
+    /// A relay with `config` (reads the allow-list, if any).
+    pub fn new(config: RelayConfig) -> Result<Self, RelayError> {
+        let allowed = match &config.registrations.allowed_servers {
+            Some(path) => Some(AllowList::open(path)?),
+            None => None,
+        };
+        let connections = Connections::new(config.connections);
+        // Sessions get their own token (the tasks') so that they can
+        // outlive the listener for the grace period.
+        let tasks = Tasks::new();
+        let state = RelayState::new(config, tasks.clone(), allowed);
+        Ok(Self {
+            state,
+            connections,
+            tasks,
+        })
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> RelayStats {
+        RelayStats {
+            connections: Arc::clone(&self.connections),
+            startups: Arc::clone(&self.state.startups),
+            budget: Arc::clone(&self.state.budget),
+            registry: Arc::clone(&self.state.registry),
+        }
+    }
+
+    /// Serves on an already-bound listener until `shutdown` is cancelled,
+    /// then gives in-flight sessions `config.shutdown_grace` to finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), RelayError> {
+        let Self {
+            state,
+            connections,
+            tasks,
+        } = self;
+        let grace = state.config.shutdown_grace;
+        let sessions = tasks.token().clone();
+        tasks.spawn(
+            tracing::info_span!("relay limits"),
+            watch_limits(state.clone(), Arc::clone(&connections)),
+        );
+        let health = HealthServer::new(RelayHealth::new(
+            Arc::clone(&state.registry),
+            shutdown.clone(),
+        ));
+        let tunnel = TunnelServer::new(TunnelService::new(state.clone()))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let registry = RegistryServer::new(RegistryServiceImpl::new(state))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let incoming = proto::listener::incoming(listener, connections);
+        let result = proto::link::server()
+            .add_service(tunnel)
+            .add_service(registry)
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, {
+                let shutdown = shutdown.clone();
+                let sessions = sessions.clone();
+                let tasks = tasks.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    tracing::info!("relay shutting down");
+                    // Let in-flight sessions finish within the grace period.
+                    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                        sessions.cancel();
+                    }
+                }
+            })
+            .await;
+        tasks.shutdown().await;
+        result.map_err(RelayError::from)
+    }
+}
+
+/// Logs what was refused, as one summary line per interval (never a line
+/// per refusal), and applies allow-list changes to live registrations.
+async fn watch_limits(state: RelayState, connections: Arc<Connections>) {
+    let stop = state.tasks.token().clone();
+    let mut summary = tokio::time::interval(SUMMARY_EVERY);
+    let mut allow = tokio::time::interval(ALLOW_LIST_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = summary.tick() => {
+                let c = connections.take_summary();
+                if c.any_refused() {
+                    tracing::warn!(
+                        open = connections.open(),
+                        accepted = c.accepted,
+                        refused_full = c.refused_full,
+                        refused_per_source = c.refused_source,
+                        displaced_silent = c.displaced,
+                        preface_timeouts = c.preface_timeouts,
+                        accept_errors = c.accept_errors,
+                        "connections refused or closed early in the last {}s",
+                        SUMMARY_EVERY.as_secs()
+                    );
+                }
+                let s = state.startups.take_refusals();
+                if s.total() > 0 {
+                    tracing::warn!(
+                        in_flight = state.startups.in_flight(),
+                        dropped_early = s.early,
+                        refused_full = s.full,
+                        refused_per_source = s.source,
+                        "unauthenticated sessions refused in the last {}s",
+                        SUMMARY_EVERY.as_secs()
+                    );
+                }
+                let r = state.take_registration_refusals();
+                if r.rate + r.not_allowed + r.full + r.proof > 0 {
+                    tracing::warn!(
+                        registered = state.registry.registrations(),
+                        over_rate = r.rate,
+                        not_allowed = r.not_allowed,
+                        over_share = r.full,
+                        bad_proof = r.proof,
+                        "registrations refused in the last {}s",
+                        SUMMARY_EVERY.as_secs()
+                    );
+                }
+            }
+            _ = allow.tick() => {
+                let Some(list) = &state.allowed else { continue };
+                match list.refresh(true) {
+                    Reload::Unchanged => {}
+                    Reload::Reloaded(n) => {
+                        let ended = state
+                            .registry
+                            .retain(|o| o.key.is_none_or(|k| list.allows(&k)));
+                        tracing::info!(keys = n, ended, path = %list.path().display(), "allow-list re-read");
+                    }
+                    Reload::Failed(e) => {
+                        tracing::warn!(error = %e, "allow-list changed but cannot be read; keeping the previous one");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
@@ -49,41 +232,5 @@ pub async fn serve(
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    let grace = config.shutdown_grace;
-    // Sessions get their own token (the tasks') so that they can outlive
-    // the listener for the grace period.
-    let tasks = Tasks::new();
-    let sessions = tasks.token().clone();
-    let state = RelayState::new(config, tasks.clone());
-    let health = HealthServer::new(RelayHealth::new(
-        Arc::clone(&state.registry),
-        shutdown.clone(),
-    ));
-    let tunnel = TunnelServer::new(TunnelService::new(state.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let registry = RegistryServer::new(RegistryServiceImpl::new(state))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let incoming = proto::link::incoming(listener);
-    let result = proto::link::server()
-        .add_service(tunnel)
-        .add_service(registry)
-        .add_service(health)
-        .serve_with_incoming_shutdown(incoming, {
-            let shutdown = shutdown.clone();
-            let sessions = sessions.clone();
-            let tasks = tasks.clone();
-            async move {
-                shutdown.cancelled().await;
-                tracing::info!("relay shutting down");
-                // Let in-flight sessions finish within the grace period.
-                if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-                    sessions.cancel();
-                }
-            }
-        })
-        .await;
-    tasks.shutdown().await;
-    result.map_err(RelayError::from)
+    Relay::new(config)?.serve(listener, shutdown).await
 }

@@ -1,13 +1,17 @@
 //! The relay's gRPC services: `Tunnel` for clients, `Registry` for
 //! exec-servers.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use lifecycle::Tasks;
+use proto::admission::{Gate, Source};
 use proto::pb::tunnel::registry_server::Registry as RegistryService;
 use proto::pb::tunnel::tunnel_server::Tunnel;
+use proto::pb::tunnel::{CloseReason, FrameKind};
 use proto::pb::tunnel::{
     Frame, Incoming, RegisterDown, RegisterUp, Registered, register_down, register_up,
 };
@@ -19,17 +23,57 @@ use telemetry::carriers;
 use telemetry::w3c::Extracted;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::budget::{Budget, Queue};
 use crate::config::RelayConfig;
-use crate::registry::{AcceptedHalf, Registry, RegistryError};
-use crate::splice::{self, Direction, Session, SpliceLimits};
+use crate::registration::{AllowList, RateLimiter};
+use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, Shares};
+use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
 type DownStream = Pin<Box<dyn Stream<Item = Result<RegisterDown, Status>> + Send + 'static>>;
 
 /// Frames queued on an exec-server's control stream before announcements fail.
 const CONTROL_QUEUE: usize = 64;
+
+/// Registration attempts refused, since they were last taken (for
+/// summaries).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationRefusals {
+    /// Over the source's attempt rate.
+    pub rate: u64,
+    /// Keys not on the allow-list.
+    pub not_allowed: u64,
+    /// Over a connection's, a source's or the relay's share.
+    pub full: u64,
+    /// Failed proofs.
+    pub proof: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    rate: std::sync::atomic::AtomicU64,
+    not_allowed: std::sync::atomic::AtomicU64,
+    full: std::sync::atomic::AtomicU64,
+    proof: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn note(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take(&self) -> RegistrationRefusals {
+        use std::sync::atomic::Ordering::Relaxed;
+        RegistrationRefusals {
+            rate: self.rate.swap(0, Relaxed),
+            not_allowed: self.not_allowed.swap(0, Relaxed),
+            full: self.full.swap(0, Relaxed),
+            proof: self.proof.swap(0, Relaxed),
+        }
+    }
+}
 
 /// State shared by both services.
 #[derive(Clone)]
@@ -41,16 +85,53 @@ pub struct RelayState {
     /// Every session and registration task; its token is cancelled at
     /// shutdown.
     pub tasks: Tasks,
+    /// Sessions not yet authenticated.
+    pub startups: Arc<Gate>,
+    /// Bytes queued in the relay.
+    pub budget: Arc<Budget>,
+    /// The exec-server keys allowed to register, if limited.
+    pub allowed: Option<Arc<AllowList>>,
+    registration_rate: Arc<Mutex<RateLimiter>>,
+    refused: Arc<Counters>,
 }
 
 impl RelayState {
-    /// New state for a relay.
-    pub fn new(config: RelayConfig, tasks: Tasks) -> Self {
-        let registry = Registry::new(config.max_registrations, config.max_sessions_per_server);
+    /// New state for a relay (`allowed`: the allow-list, already read).
+    pub fn new(config: RelayConfig, tasks: Tasks, allowed: Option<AllowList>) -> Self {
+        let shares = Shares {
+            per_connection: config.registrations.per_connection,
+            per_source: config.registrations.per_source,
+        };
+        let registry = Registry::with_shares(
+            config.max_registrations,
+            config.max_sessions_per_server,
+            shares,
+        );
+        let rate = RateLimiter::new(
+            config.registrations.rate_per_source,
+            config.registrations.burst_per_source,
+        );
         Self {
             registry,
+            startups: Gate::new(config.startups),
+            budget: Budget::new(config.max_buffered),
+            allowed: allowed.map(Arc::new),
+            registration_rate: Arc::new(Mutex::new(rate)),
+            refused: Arc::new(Counters::default()),
             config: Arc::new(config),
             tasks,
+        }
+    }
+
+    /// Registration attempts refused since the last call (and resets).
+    pub fn take_registration_refusals(&self) -> RegistrationRefusals {
+        self.refused.take()
+    }
+
+    fn buffers(&self) -> Buffers {
+        Buffers {
+            budget: Arc::clone(&self.budget),
+            session_buffer: self.config.session_buffer,
         }
     }
 
@@ -67,15 +148,21 @@ fn header<'a, T>(req: &'a Request<T>, name: &str) -> Option<&'a str> {
     req.metadata().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The peer's address on the connection a request came over.
+fn peer<T>(req: &Request<T>) -> Option<SocketAddr> {
+    req.remote_addr()
+}
+
 /// The refusing status for a registry error, with its reason code.
 fn status_for(e: RegistryError) -> Status {
     use proto::pb::tunnel::CloseReason;
     use tonic::Code;
     let (code, reason) = match e {
         RegistryError::UnknownServer(_) => (Code::NotFound, CloseReason::UnknownServer),
-        RegistryError::ServerBusy(_) | RegistryError::Full => {
-            (Code::ResourceExhausted, CloseReason::Busy)
-        }
+        RegistryError::ServerBusy(_)
+        | RegistryError::Full
+        | RegistryError::ConnectionFull
+        | RegistryError::SourceFull => (Code::ResourceExhausted, CloseReason::Busy),
     };
     proto::routing::refuse(code, e.to_string(), reason)
 }
@@ -114,6 +201,49 @@ impl Tunnel for TunnelService {
             Extracted::Absent | Extracted::Invalid(_) => String::new(),
         };
         let state = &self.state;
+        // A place among the unauthenticated sessions, held until the
+        // exec-server's handshake answer has passed through.
+        let startup = state
+            .startups
+            .enter(peer(&request).map(|a| a.ip()))
+            .map_err(|e| {
+                proto::routing::refuse(
+                    Code::ResourceExhausted,
+                    format!("the relay is busy: {e}"),
+                    CloseReason::Busy,
+                )
+            })?;
+        // Handshake message 1 rides with the stream's opening: the
+        // exec-server hears of the session only once it has arrived.
+        let mut inbound = request.into_inner();
+        let first =
+            match tokio::time::timeout(state.config.first_frame_timeout, inbound.message()).await {
+                Ok(Ok(Some(f))) if f.kind == FrameKind::Handshake as i32 => f,
+                Ok(Ok(Some(_))) => {
+                    return Err(proto::routing::refuse(
+                        Code::InvalidArgument,
+                        "a session must begin with handshake message 1",
+                        CloseReason::Protocol,
+                    ));
+                }
+                Ok(Ok(None) | Err(_)) => {
+                    return Err(Status::cancelled("the client ended the session"));
+                }
+                Err(_) => {
+                    return Err(proto::routing::refuse(
+                        Code::DeadlineExceeded,
+                        "no handshake message in time",
+                        CloseReason::Timeout,
+                    ));
+                }
+            };
+        if first.payload.len() > proto::limits::MAX_FRAME_PAYLOAD {
+            return Err(proto::routing::refuse(
+                Code::InvalidArgument,
+                "oversized handshake message",
+                CloseReason::Protocol,
+            ));
+        }
         let announced = state.registry.announce(&server_id).map_err(status_for)?;
         let incoming = RegisterDown {
             msg: Some(register_down::Msg::Incoming(Incoming {
@@ -124,9 +254,9 @@ impl Tunnel for TunnelService {
         if announced.control.try_send(Ok(incoming)).is_err() {
             state.registry.cancel(&announced.session_id);
             return Err(proto::routing::refuse(
-                tonic::Code::Unavailable,
+                Code::Unavailable,
                 "the exec-server is not answering its relay link",
-                proto::pb::tunnel::CloseReason::NotAccepted,
+                CloseReason::NotAccepted,
             ));
         }
         let half = match tokio::time::timeout(state.config.accept_timeout, announced.accepted).await
@@ -135,16 +265,34 @@ impl Tunnel for TunnelService {
             _ => {
                 state.registry.cancel(&announced.session_id);
                 return Err(proto::routing::refuse(
-                    tonic::Code::Unavailable,
+                    Code::Unavailable,
                     "the exec-server did not accept the session in time",
-                    proto::pb::tunnel::CloseReason::NotAccepted,
+                    CloseReason::NotAccepted,
                 ));
             }
         };
         let (client_tx, client_rx) = mpsc::channel(state.config.session_queue);
         let session = Session::new(state.tasks.token());
         let limits = state.limits();
-        let inbound = request.into_inner();
+        let buffers = state.buffers();
+        // Message 1 goes first, counted like any frame.
+        let queue = Queue::new(buffers.session_buffer);
+        let first_charge = buffers
+            .budget
+            .charge(&queue, splice::cost(&first), &session.cancel)
+            .await;
+        if half
+            .outbound
+            .send(Charged::counted(first, first_charge))
+            .await
+            .is_err()
+        {
+            return Err(proto::routing::refuse(
+                Code::Unavailable,
+                "the exec-server went away",
+                CloseReason::PeerGone,
+            ));
+        }
         let permit = announced.permit;
         let sid = format_session_id(&announced.session_id);
         let up = splice::pump(
@@ -153,6 +301,8 @@ impl Tunnel for TunnelService {
             Direction::ToServer,
             Arc::clone(&session),
             limits,
+            buffers.clone(),
+            None,
         );
         let down = splice::pump(
             half.inbound,
@@ -160,6 +310,8 @@ impl Tunnel for TunnelService {
             Direction::ToClient,
             session,
             limits,
+            buffers,
+            Some(startup),
         );
         let span = tracing::info_span!(parent: None, telemetry::spans::RELAY_SESSION, session = %&sid[..8]);
         state.tasks.spawn(span, async move {
@@ -168,7 +320,7 @@ impl Tunnel for TunnelService {
                 session = %&sid[..8],
                 ?up_end,
                 ?down_end,
-                up_frames = up_stats.frames,
+                up_frames = up_stats.frames + 1,
                 up_bytes = up_stats.bytes,
                 down_frames = down_stats.frames,
                 down_bytes = down_stats.bytes,
@@ -176,7 +328,7 @@ impl Tunnel for TunnelService {
             );
             drop(permit);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(client_rx))))
+        Ok(Response::new(Box::pin(splice::response_stream(client_rx))))
     }
 }
 
@@ -221,6 +373,22 @@ impl RegistryService for RegistryServiceImpl {
     ) -> Result<Response<Self::RegisterStream>, Status> {
         let state = self.state.clone();
         let claimed = header(&request, SERVER_ID_HEADER).map(str::to_owned);
+        let connection = peer(&request);
+        // Each attempt costs a key exchange: a source gets so many a second.
+        if let Some(addr) = connection {
+            let mut rate = state
+                .registration_rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !rate.allow(Source::of(addr.ip()), Instant::now()) {
+                Counters::note(&state.refused.rate);
+                return Err(proto::routing::refuse(
+                    Code::ResourceExhausted,
+                    "too many registration attempts from this address; retry later",
+                    CloseReason::Busy,
+                ));
+            }
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
 
@@ -228,9 +396,10 @@ impl RegistryService for RegistryServiceImpl {
         // reveals and proves its static key.
         let mut responder = ProofResponder::new().map_err(|e| Status::internal(e.to_string()))?;
         let msg1 = next_proof(&mut inbound, &state).await?;
-        let msg2 = responder
-            .respond(&msg1)
-            .map_err(|e| Status::unauthenticated(format!("registration proof: {e}")))?;
+        let msg2 = responder.respond(&msg1).map_err(|e| {
+            Counters::note(&state.refused.proof);
+            Status::unauthenticated(format!("registration proof: {e}"))
+        })?;
         tx.send(Ok(RegisterDown {
             msg: Some(register_down::Msg::Proof(msg2.into())),
         }))
@@ -253,6 +422,7 @@ impl RegistryService for RegistryServiceImpl {
                 let key = match responder.finish(&msg3) {
                     Ok(k) => k,
                     Err(e) => {
+                        Counters::note(&state.refused.proof);
                         let _ = tx
                             .send(Err(Status::unauthenticated(format!(
                                 "registration proof: {e}"
@@ -263,6 +433,7 @@ impl RegistryService for RegistryServiceImpl {
                 };
                 let server_id = key.server_id();
                 if claimed.as_deref().is_some_and(|c| c != server_id) {
+                    Counters::note(&state.refused.proof);
                     let _ = tx
                         .send(Err(Status::permission_denied(
                             "the claimed server id does not match the proven key",
@@ -270,9 +441,28 @@ impl RegistryService for RegistryServiceImpl {
                         .await;
                     return;
                 }
-                let guard = match state.registry.register(&server_id, tx.clone()) {
+                if let Some(allowed) = &state.allowed {
+                    let _ = allowed.refresh(false);
+                    if !allowed.allows(&key) {
+                        Counters::note(&state.refused.not_allowed);
+                        let _ = tx
+                            .send(Err(proto::routing::refuse(
+                                Code::PermissionDenied,
+                                "this exec-server key is not on the relay's allow-list",
+                                CloseReason::NotAllowed,
+                            )))
+                            .await;
+                        return;
+                    }
+                }
+                let origin = Origin {
+                    connection,
+                    key: Some(key),
+                };
+                let guard = match state.registry.register(&server_id, tx.clone(), origin) {
                     Ok(g) => g,
                     Err(e) => {
+                        Counters::note(&state.refused.full);
                         let _ = tx.send(Err(status_for(e))).await;
                         return;
                     }
@@ -287,9 +477,11 @@ impl RegistryService for RegistryServiceImpl {
                 }
                 tracing::info!(server = %&server_id[..8], "exec-server registered");
                 // Hold the registration while the control stream lives.
+                let replaced = guard.replaced.clone();
                 loop {
                     tokio::select! {
                         () = state.tasks.token().cancelled() => break,
+                        () = replaced.cancelled() => break,
                         () = tx.closed() => break,
                         m = inbound.message() => match m {
                             Ok(Some(_)) => continue,
@@ -297,8 +489,15 @@ impl RegistryService for RegistryServiceImpl {
                         },
                     }
                 }
+                let was_replaced = replaced.is_cancelled();
                 drop(guard);
-                tracing::info!(server = %&server_id[..8], "exec-server unregistered");
+                if was_replaced {
+                    // The notice is in the stream: give it a moment to go.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.closed()).await;
+                    tracing::info!(server = %&server_id[..8], "exec-server registration replaced or no longer allowed; the older one was told");
+                } else {
+                    tracing::info!(server = %&server_id[..8], "exec-server unregistered");
+                }
             },
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -321,6 +520,6 @@ impl RegistryService for RegistryServiceImpl {
             outbound: tx,
         };
         self.state.registry.accept(&session_id, &server_id, half)?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(splice::response_stream(rx))))
     }
 }

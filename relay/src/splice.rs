@@ -2,8 +2,9 @@
 //! session.
 //!
 //! Each direction is a pump: read a frame, check it, write it to the other
-//! side's bounded queue (so a slow reader slows the writer, never the relay's
-//! memory). The session ends when either side ends, breaks the protocol, or
+//! side's queue, bounded in frames and in bytes (its own share and the
+//! relay-wide [`Budget`]); a pump that cannot queue waits before reading
+//! again, so a slow reader slows the writer, never the relay's memory. The session ends when either side ends, breaks the protocol, or
 //! the session idles out; the other side is told with a clear close frame.
 //!
 //! A frame with a valid hop header (a traceparent in clear) gets a
@@ -27,7 +28,63 @@ use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use crate::registry::FrameSender;
+use proto::admission::Ticket;
+use tokio::sync::mpsc;
+
+use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
+
+/// A frame queued toward one side, with the bytes it holds of the budget
+/// (given back when the frame is taken to be sent).
+#[derive(Debug)]
+pub struct Charged {
+    frame: Frame,
+    _charge: Option<Charge>,
+}
+
+impl Charged {
+    /// A frame that is not counted (a clear close: one per session end).
+    pub fn free(frame: Frame) -> Self {
+        Self {
+            frame,
+            _charge: None,
+        }
+    }
+
+    /// A frame with its charge (none: not counted).
+    pub fn counted(frame: Frame, charge: Option<Charge>) -> Self {
+        Self {
+            frame,
+            _charge: charge,
+        }
+    }
+}
+
+/// The relay's queue toward one side of a session.
+pub type Outbound = mpsc::Sender<Charged>;
+
+/// The response stream of a tunnel half: the frames queued on `rx`, each
+/// giving its bytes back as it is taken to be sent.
+pub fn response_stream(
+    rx: mpsc::Receiver<Charged>,
+) -> impl futures::Stream<Item = Result<Frame, tonic::Status>> + Send + 'static {
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
+        Ok(c.frame)
+    })
+}
+
+/// What a pump counts its queued bytes against.
+#[derive(Debug, Clone)]
+pub struct Buffers {
+    /// The relay-wide budget.
+    pub budget: Arc<Budget>,
+    /// The share of one direction of a session.
+    pub session_buffer: usize,
+}
+
+/// The bytes a frame is counted for.
+pub fn cost(frame: &Frame) -> usize {
+    frame.payload.len() + frame.hop_traceparent.len() + FRAME_OVERHEAD
+}
 
 /// Which way a pump forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,13 +219,19 @@ fn start_forward(
 }
 
 /// Forwards frames from `from` to `to` until something ends the session.
+/// `startup` is the session's place among the unauthenticated ones: the
+/// pump toward the client gives it back once the exec-server's first frame
+/// (its handshake answer) has passed.
 pub async fn pump(
     mut from: Streaming<Frame>,
-    to: FrameSender,
+    to: Outbound,
     dir: Direction,
     session: Arc<Session>,
     limits: SpliceLimits,
+    buffers: Buffers,
+    mut startup: Option<Ticket>,
 ) -> (PumpEnd, PumpStats) {
+    let queue = Queue::new(buffers.session_buffer);
     let mut stats = PumpStats::default();
     let mut first = true;
     // The exec-server's first frame (handshake message 2) is bounded by the
@@ -226,9 +289,22 @@ pub async fn pump(
         };
         let len = frame.payload.len() as u64;
         let is_close = frame.kind == FrameKind::Close as i32;
+        // Room in this direction's share and the relay's budget first:
+        // until then nothing more is read from the sender.
+        let Some(charge) = buffers
+            .budget
+            .charge(&queue, cost(&frame), &session.cancel)
+            .await
+        else {
+            break PumpEnd::Cancelled;
+        };
+        let charged = Charged {
+            frame,
+            _charge: Some(charge),
+        };
         let sent = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
-            r = to.send(Ok(frame)) => r,
+            r = to.send(charged) => r,
         };
         if let Some(mut span) = forward {
             if sent.is_err() {
@@ -241,6 +317,11 @@ pub async fn pump(
         }
         stats.frames += 1;
         stats.bytes += len;
+        // The exec-server's handshake answer has passed: the session is
+        // no longer an unauthenticated one.
+        if dir == Direction::ToClient {
+            startup = None;
+        }
         if is_close {
             break PumpEnd::SourceClosed;
         }
@@ -253,9 +334,10 @@ pub async fn pump(
         PumpEnd::SourceClosed | PumpEnd::DestinationGone | PumpEnd::Cancelled => None,
     };
     if let Some(reason) = reason {
-        let _ = to.try_send(Ok(proto::frames::close(reason)));
+        let _ = to.try_send(Charged::free(proto::frames::close(reason)));
     }
     session.cancel.cancel();
+    drop(startup);
     (end, stats)
 }
 

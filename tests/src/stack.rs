@@ -19,6 +19,9 @@ pub struct TestRelay {
     pub shutdown: CancellationToken,
     /// Its task.
     pub task: JoinHandle<std::result::Result<(), relay::RelayError>>,
+    /// Its counters (connections, unauthenticated sessions, queued bytes,
+    /// registrations).
+    pub stats: relay::RelayStats,
 }
 
 impl TestRelay {
@@ -36,11 +39,15 @@ impl TestRelay {
             .local_addr()
             .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(relay::serve(listener, config, shutdown.clone()));
+        let relay = relay::Relay::new(config)
+            .map_err(|e| FixtureError::start("the relay", e.to_string()))?;
+        let stats = relay.stats();
+        let task = tokio::spawn(relay.serve(listener, shutdown.clone()));
         Ok(Self {
             addr,
             shutdown,
             task,
+            stats,
         })
     }
 

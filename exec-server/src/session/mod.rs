@@ -61,8 +61,11 @@ pub struct ServerContext {
     pub acceptor: Arc<Acceptor>,
     /// The route bound into the handshake prologue (this server's id).
     pub route: String,
-    /// Limits concurrent sessions.
+    /// Limits concurrent sessions (authenticated ones: a slot is taken
+    /// once message 1 has authenticated).
     pub sessions: Arc<tokio::sync::Semaphore>,
+    /// Direct sessions not yet authenticated.
+    pub startups: Arc<proto::admission::Gate>,
     /// Every session and process task.
     pub tasks: Tasks,
 }
@@ -73,11 +76,13 @@ impl ServerContext {
         let acceptor = Arc::new(Acceptor::new(config.key.clone(), config.authorized.clone()));
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));
+        let startups = proto::admission::Gate::new(config.startups);
         Arc::new(Self {
             config,
             acceptor,
             route,
             sessions,
+            startups,
             tasks,
         })
     }
@@ -109,28 +114,32 @@ pub enum ServeError {
 }
 
 /// Serves one session over a tunnel stream until it ends. Stops cleanly
-/// when `shutdown` is cancelled.
+/// when `shutdown` is cancelled. `startup` is the session's place among the
+/// unauthenticated ones (direct sessions): given back once message 1 has
+/// authenticated, when a session slot is taken instead (or the client is
+/// told the exec-server is busy).
 pub async fn serve<S>(
     inbound: S,
     outbound: FrameSender,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
+    startup: Option<proto::admission::Ticket>,
 ) -> Result<Closed, ServeError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
-    let Ok(_permit) = Arc::clone(&ctx.sessions).try_acquire_owned() else {
-        send_clear_close(&outbound, CloseReason::Busy);
-        return Err(ServeError::Busy);
-    };
     let machine = ServerSession::new(Arc::clone(&ctx.acceptor), ctx.limits(), Now::system());
-    let runner = Runner::new(ctx, shutdown.child_token());
+    let mut runner = Runner::new(ctx, shutdown.child_token());
+    runner.startup = startup;
     let stop = shutdown.clone();
     let (_, mut runner) = proto::driver::drive(machine, runner, inbound, outbound, async move {
         stop.cancelled().await;
     })
     .await;
     match runner.end.take() {
+        Some(Err(SessionError::Handshake(HandshakeError::Busy))) if runner.refused_busy => {
+            Err(ServeError::Busy)
+        }
         Some(Ok(closed)) => Ok(closed),
         Some(Err(e)) => Err(e.into()),
         None => Ok(Closed::Local),
@@ -173,6 +182,12 @@ struct Runner {
     late: Vec<(u64, BoxedSpan)>,
     /// How the session ended.
     end: Option<Result<Closed, SessionError>>,
+    /// The place among unauthenticated sessions, until authenticated.
+    startup: Option<proto::admission::Ticket>,
+    /// The session slot, once authenticated.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Whether the client was refused for want of a slot.
+    refused_busy: bool,
 }
 
 impl Runner {
@@ -191,6 +206,9 @@ impl Runner {
             unsent_chunks: Vec::new(),
             late: Vec::new(),
             end: None,
+            startup: None,
+            slot: None,
+            refused_busy: false,
         }
     }
 
@@ -376,6 +394,10 @@ impl Runner {
     /// records say so.
     fn ended(&mut self, end: &Result<Closed, SessionError>) {
         match end {
+            // Our own refusal at the session limit (counted, not a fault).
+            Err(SessionError::Handshake(HandshakeError::Busy)) if self.refused_busy => {
+                tracing::debug!("refused an authenticated client: at the session limit");
+            }
             Err(SessionError::Handshake(HandshakeError::Unauthorized { client })) => {
                 tracing::warn!(client = %client.short(), "refused a client key that is not authorized");
             }
@@ -460,11 +482,20 @@ impl Endpoint<Machine> for Runner {
         event: ServerEvent,
         now: Now,
     ) -> Delivery<ServerEvent> {
-        let _ = (machine, now);
         match event {
             ServerEvent::Authenticated { client } => {
-                tracing::debug!(client = %client.short(), "session established");
-                self.client = Some(client);
+                self.startup = None;
+                match Arc::clone(&self.ctx.sessions).try_acquire_owned() {
+                    Ok(slot) => {
+                        tracing::debug!(client = %client.short(), "session established");
+                        self.slot = Some(slot);
+                        self.client = Some(client);
+                    }
+                    Err(_) => {
+                        self.refused_busy = true;
+                        machine.refuse_busy(now);
+                    }
+                }
             }
             ServerEvent::Exec {
                 call_id,

@@ -183,6 +183,8 @@ pub fn reason_text(reason: CloseReason) -> &'static str {
         CloseReason::Shutdown => "shutting down",
         CloseReason::UnknownServer => "no such exec-server is registered",
         CloseReason::NotAccepted => "the exec-server did not take the session",
+        CloseReason::Replaced => "another registration of the same exec-server key took over",
+        CloseReason::NotAllowed => "the relay does not admit this exec-server key",
     }
 }
 

@@ -94,6 +94,12 @@ impl<T> Link<T> {
         self.clear.push_back(frame);
     }
 
+    /// Takes back the clear frames not yet sent (a handshake answer that
+    /// is not to go after all).
+    pub(super) fn retract_clear(&mut self) {
+        self.clear.clear();
+    }
+
     /// Whether the session is over (no more input is taken).
     pub(super) fn is_over(&self) -> bool {
         self.end.is_some()

@@ -386,6 +386,21 @@ impl<T> ServerSession<T> {
         }
     }
 
+    /// Refuses an authenticated client for want of a session slot (the
+    /// exec-server takes one only once message 1 has authenticated): the
+    /// answer to message 1, if it has not left yet, is taken back, and the
+    /// client is told in the clear that the exec-server is busy. Does
+    /// nothing once the hello has been answered.
+    pub fn refuse_busy(&mut self, now: Now) {
+        if self.state != State::Hello || self.link.is_over() {
+            return;
+        }
+        self.link.retract_clear();
+        self.link.transport = None;
+        self.fail(SessionError::Handshake(noise::HandshakeError::Busy), now);
+        self.after(now);
+    }
+
     /// Closes the session cleanly (shutting down): what is queued goes
     /// first, then the authenticated close.
     pub fn close(&mut self, reason: &'static str, now: Now) {

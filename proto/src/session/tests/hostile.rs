@@ -122,6 +122,36 @@ fn an_unauthorized_key_is_refused_in_the_clear() {
 }
 
 #[test]
+fn an_authenticated_client_without_a_slot_is_told_busy() {
+    let mut p = Pair::new();
+    let now = p.now;
+    while let Some(t) = p.client.poll_transmit(now) {
+        p.up.frames.push_back(t.frame);
+    }
+    let msg1 = p.up.frames.pop_front().unwrap();
+    p.server.handle_frame(msg1, now);
+    assert!(matches!(
+        p.server.poll_event(),
+        Some(ServerEvent::Authenticated { .. })
+    ));
+    // No slot: message 2 never leaves; a clear busy does.
+    p.server.refuse_busy(now);
+    let t = p.server.poll_transmit(now).unwrap();
+    assert_eq!(t.frame.kind, FrameKind::Close as i32);
+    assert_eq!(t.frame.close_reason, CloseReason::Busy as i32);
+    p.down.frames.push_back(t.frame);
+    p.run();
+    assert!(matches!(
+        p.client_end(),
+        Some(Err(SessionError::Refused(CloseReason::Busy)))
+    ));
+    assert!(matches!(
+        p.server_end(),
+        Some(Err(SessionError::Handshake(HandshakeError::Busy)))
+    ));
+}
+
+#[test]
 fn a_wrong_server_key_fails_the_handshake() {
     let (client_key, server_key) = keys();
     let (other, _) = keys();
