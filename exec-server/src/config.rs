@@ -2,17 +2,21 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::keys::{AuthorizedKeys, StaticKeypair};
+
+use crate::keys::LiveKeys;
 
 /// Settings for one exec-server.
 #[derive(Debug, Clone)]
 pub struct ExecServerConfig {
     /// The exec-server's static key.
     pub key: StaticKeypair,
-    /// Client keys allowed to open sessions.
-    pub authorized: AuthorizedKeys,
+    /// Client keys allowed to open sessions (kept in step with their
+    /// file, if they come from one).
+    pub keys: Arc<LiveKeys>,
     /// Relay to register with (`http://host:port`), if any.
     pub relay: Option<String>,
     /// Address to accept clients on directly, if any.
@@ -34,14 +38,23 @@ pub struct ExecServerConfig {
     pub max_backoff: Duration,
     /// Where process records go (off the hot path), if anywhere.
     pub metadata: Option<metadata::Persister>,
+    /// Give each command a cgroup v2 of its own where possible (see
+    /// [`crate::contain`]).
+    pub cgroups: bool,
 }
 
 impl ExecServerConfig {
-    /// Settings with defaults for everything but the keys.
+    /// Settings with defaults for everything but the keys; the authorized
+    /// keys never change.
     pub fn new(key: StaticKeypair, authorized: AuthorizedKeys) -> Self {
+        Self::with_keys(key, LiveKeys::fixed(authorized))
+    }
+
+    /// Settings with defaults for everything but the keys.
+    pub fn with_keys(key: StaticKeypair, keys: Arc<LiveKeys>) -> Self {
         Self {
             key,
-            authorized,
+            keys,
             relay: None,
             listen: None,
             max_sessions: 1024,
@@ -52,6 +65,7 @@ impl ExecServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             metadata: None,
+            cgroups: true,
         }
     }
 }

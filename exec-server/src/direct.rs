@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use proto::keys::Origin;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_server::Tunnel;
 use proto::routing::SERVER_ID_HEADER;
@@ -49,13 +50,16 @@ impl Tunnel for DirectTunnel {
                 "this exec-server's id is not the one named in {SERVER_ID_HEADER}"
             )));
         }
+        let origin = request
+            .remote_addr()
+            .map_or(Origin::Unknown, |a| Origin::Direct(a.ip()));
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let inbound = request.into_inner();
         let ctx = Arc::clone(&self.ctx);
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
         self.ctx.tasks.spawn(span, async move {
-            if let Err(e) = session::serve(inbound, tx, ctx, shutdown).await {
+            if let Err(e) = session::serve(inbound, tx, ctx, shutdown, origin).await {
                 tracing::debug!(error = %e, "direct session ended");
             }
         });

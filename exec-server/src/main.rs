@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use exec_server::ExecServerConfig;
-use proto::keys::{AuthorizedKeys, StaticKeypair};
+use exec_server::keys::LiveKeys;
+use proto::keys::StaticKeypair;
 
 /// Runs commands for authorized clients, reached through a relay (it dials
 /// out, so it needs no open port) or directly.
@@ -65,7 +66,10 @@ struct RunArgs {
     /// The exec-server's private key file (from `exec-server keygen`).
     #[arg(long, env = "REX_KEY")]
     key: Option<PathBuf>,
-    /// File listing the client public keys allowed in (one per line, # comments).
+    /// File listing the client public keys allowed in (one per line, #
+    /// comments, optional options before the key: from="CIDR,...", no-env,
+    /// env-allow="NAME,..."). Re-read when it changes (checked at each
+    /// handshake) and on SIGHUP; sessions of a removed key are closed.
     #[arg(long, env = "REX_AUTHORIZED_KEYS")]
     authorized_keys: Option<PathBuf>,
     /// Also accept clients directly on this address (same tunnel protocol).
@@ -159,17 +163,17 @@ fn serve(args: RunArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(&e.to_string()),
     };
-    let authorized = match AuthorizedKeys::read_file(&ak_path) {
+    let keys = match LiveKeys::open(&ak_path) {
         Ok(a) => a,
         Err(e) => return fail(&e.to_string()),
     };
-    if authorized.is_empty() {
+    if keys.snapshot().is_empty() {
         eprintln!(
             "exec-server: warning: {} lists no keys; every client will be refused",
             ak_path.display()
         );
     }
-    let mut config = ExecServerConfig::new(key, authorized);
+    let mut config = ExecServerConfig::with_keys(key, std::sync::Arc::clone(&keys));
     config.relay = args.relay;
     config.listen = args.listen;
     config.max_sessions = args.max_sessions;
@@ -203,7 +207,11 @@ fn serve(args: RunArgs) -> ExitCode {
     tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();
-        let shutdown = lifecycle::signals::stop_on_signals(&signals);
+        // SIGHUP re-reads the authorized keys (and never terminates).
+        let shutdown = lifecycle::signals::stop_and_reload_on_signals(&signals, move || {
+            tracing::info!("SIGHUP received; re-reading the authorized keys");
+            keys.reload();
+        });
         match exec_server::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
