@@ -257,6 +257,10 @@ impl Store {
     }
 
     fn prepare(&mut self) -> Result<(), StoreError> {
+        // Before any statement (rusqlite's default is five seconds).
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.unreadable(e))?;
         // Any read of a file that is not a database fails here.
         let version: i64 = self
             .conn
@@ -269,9 +273,6 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        self.conn
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| self.unreadable(e))?;
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))

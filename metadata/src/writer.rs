@@ -538,6 +538,10 @@ mod tests {
         // Starting and recording never touch the database.
         let p = Persister::start_opening(path.clone(), config);
         p.record(cmd("a", Progress::Dispatched));
+        // The first attempt fails while the command runs; the barrier at
+        // its end finds the writer waiting to retry.
+        std::thread::sleep(Duration::from_millis(300));
+        p.record(cmd("a", Progress::Finished));
         assert_eq!(
             p.flush_within(Duration::from_secs(30)),
             Err(PersistError::Store(StoreError::Locked {
@@ -547,7 +551,7 @@ mod tests {
         holder.execute_batch("COMMIT;").unwrap();
         drop(holder);
         p.flush_within(Duration::from_secs(30)).unwrap();
-        assert_eq!(stored(&path), vec![("a".into(), Progress::Dispatched)]);
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Finished)]);
     }
 
     #[test]
