@@ -313,7 +313,7 @@ async fn exec_with(
                 }
                 interrupted = true;
                 pending = None;
-                let _ = control.signal(2).await;
+                forward(&tasks, &control, Some(2));
                 continue;
             }
             _ = sigterm.recv() => {
@@ -322,13 +322,13 @@ async fn exec_with(
                 }
                 interrupted = true;
                 pending = None;
-                let _ = control.signal(15).await;
+                forward(&tasks, &control, Some(15));
                 continue;
             }
             Ok(()) = &mut broken, if !cancelled => {
                 // Our stdout is gone (e.g. a closed pipe): stop the remote side.
                 cancelled = true;
-                let _ = control.cancel().await;
+                forward(&tasks, &control, None);
                 continue;
             }
         };
@@ -360,15 +360,30 @@ async fn exec_with(
         Outcome::Failed(e) => Err(e),
     };
     // Everything received is written before the exit, unless a signal
-    // says to stop waiting for a stdout nobody reads.
+    // came (output is being dropped then) or comes now: nobody waits for a
+    // stdout nobody reads.
     let written = out.finish();
-    tokio::select! {
-        _ = written => {}
-        _ = sigint.recv() => return Ok(130),
-        _ = sigterm.recv() => return Ok(143),
+    if !interrupted {
+        tokio::select! {
+            _ = written => {}
+            _ = sigint.recv() => return Ok(130),
+            _ = sigterm.recv() => return Ok(143),
+        }
     }
     client.close().await;
     result
+}
+
+/// Sends a signal (or, with `None`, a cancel) to the remote command from
+/// a task of its own: the event loop goes on draining events meanwhile.
+fn forward(tasks: &lifecycle::Tasks, control: &rex_client::Controller, signal: Option<i32>) {
+    let control = control.clone();
+    tasks.spawn(tracing::debug_span!("forward"), async move {
+        let _ = match signal {
+            Some(n) => control.signal(n).await,
+            None => control.cancel().await,
+        };
+    });
 }
 
 /// How the event loop ended.
