@@ -39,7 +39,8 @@ pub struct ExecServerConfig {
     /// Where process records go (off the hot path), if anywhere.
     pub metadata: Option<metadata::Persister>,
     /// Give each command a cgroup v2 of its own where possible (see
-    /// [`crate::contain`]).
+    /// [`crate::contain`]); off by default, as it costs a cgroup migration
+    /// (often an RCU grace period, 5-20 ms) per command.
     pub cgroups: bool,
 }
 
@@ -65,7 +66,7 @@ impl ExecServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             metadata: None,
-            cgroups: true,
+            cgroups: false,
         }
     }
 }

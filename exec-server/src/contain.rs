@@ -9,8 +9,8 @@
 //!   pid is no longer the exec-server's) does not start.
 //! - Every command runs in a process group of its own, which is killed
 //!   when the command is cancelled or its session ends.
-//! - Where cgroup v2 is available and the exec-server's cgroup is writable,
-//!   each command also gets a cgroup of its own (under
+//! - When asked (`--cgroups`), where cgroup v2 is available and the
+//!   exec-server's cgroup is writable, each command also gets a cgroup of its own (under
 //!   `rex-exec.<pid>.<n>/` beside the exec-server's processes), which the
 //!   child joins before it runs the program, so that every descendant,
 //!   including one that calls `setsid` or double-forks, stays inside. The
@@ -19,7 +19,12 @@
 //!   exec-server and kills every command's cgroup when the pipe closes,
 //!   that is when the exec-server exits or is killed.
 //!
-//! Without cgroup v2 (or without `cgroup.kill`, Linux 5.14), what is left
+//! Moving the child into its cgroup costs a cgroup migration, which on
+//! many kernels waits for an RCU grace period (5-20 ms per command, unless
+//! cgroup2 is mounted with `favordynmods`); hence the cgroups are opt-in.
+//!
+//! Without cgroups (not asked for, no cgroup v2, or no `cgroup.kill`
+//! before Linux 5.14), what is left
 //! is the process group and the direct child's death signal: a descendant
 //! that leaves the group (`setsid`, `setpgid`) survives the command's end,
 //! and descendants other than the direct child survive the exec-server's

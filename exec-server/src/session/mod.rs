@@ -87,6 +87,10 @@ impl ServerContext {
         let containment = if config.cgroups {
             Containment::setup()
         } else {
+            tracing::info!(
+                "commands are contained by their process group and the direct child's death \
+                 signal (--cgroups also catches descendants that leave the group)"
+            );
             Containment::without_cgroups()
         };
         Arc::new(Self {
