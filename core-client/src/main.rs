@@ -131,5 +131,9 @@ where
     };
     let result = runtime.block_on(f(options.export));
     telemetry.shutdown();
+    // A blocking read of a terminal's stdin (the stdin pump) is not waited
+    // for at exit.
+    drop(_entered);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }

@@ -2,19 +2,23 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::admission::{AdmissionLimits, Startups};
 use proto::keys::{AuthorizedKeys, StaticKeypair};
 use proto::listener::ConnLimits;
 
+use crate::keys::LiveKeys;
+
 /// Settings for one exec-server.
 #[derive(Debug, Clone)]
 pub struct ExecServerConfig {
     /// The exec-server's static key.
     pub key: StaticKeypair,
-    /// Client keys allowed to open sessions.
-    pub authorized: AuthorizedKeys,
+    /// Client keys allowed to open sessions (kept in step with their
+    /// file, if they come from one).
+    pub keys: Arc<LiveKeys>,
     /// Relay to register with (`http://host:port`), if any.
     pub relay: Option<String>,
     /// Address to accept clients on directly, if any.
@@ -46,6 +50,10 @@ pub struct ExecServerConfig {
     /// How long to wait before registering again after the relay said a
     /// newer registration of this key took over.
     pub replaced_backoff: Duration,
+    /// Give each command a cgroup v2 of its own where possible (see
+    /// [`crate::contain`]); off by default, as it costs a cgroup migration
+    /// (often an RCU grace period, 5-20 ms) per command.
+    pub cgroups: bool,
 }
 
 /// Default `start:rate:full` for direct sessions not yet authenticated.
@@ -56,11 +64,17 @@ pub const DEFAULT_STARTUPS: Startups = Startups {
 };
 
 impl ExecServerConfig {
-    /// Settings with defaults for everything but the keys.
+    /// Settings with defaults for everything but the keys; the authorized
+    /// keys never change.
     pub fn new(key: StaticKeypair, authorized: AuthorizedKeys) -> Self {
+        Self::with_keys(key, LiveKeys::fixed(authorized))
+    }
+
+    /// Settings with defaults for everything but the keys.
+    pub fn with_keys(key: StaticKeypair, keys: Arc<LiveKeys>) -> Self {
         Self {
             key,
-            authorized,
+            keys,
             relay: None,
             listen: None,
             max_sessions: 1024,
@@ -81,6 +95,7 @@ impl ExecServerConfig {
                 per_source: 16,
             },
             replaced_backoff: Duration::from_secs(60),
+            cgroups: false,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use proto::keys::Origin;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_server::Tunnel;
 use proto::routing::SERVER_ID_HEADER;
@@ -65,13 +66,17 @@ impl Tunnel for DirectTunnel {
                 ));
             }
         };
+        let origin = request
+            .remote_addr()
+            .map_or(Origin::Unknown, |a| Origin::Direct(a.ip()));
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let inbound = request.into_inner();
         let ctx = Arc::clone(&self.ctx);
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
         self.ctx.tasks.spawn(span, async move {
-            if let Err(e) = session::serve(inbound, tx, ctx, shutdown, Some(startup)).await {
+            if let Err(e) = session::serve(inbound, tx, ctx, shutdown, Some(startup), origin).await
+            {
                 tracing::debug!(error = %e, "direct session ended");
             }
         });

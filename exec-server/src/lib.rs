@@ -6,7 +6,11 @@
 //! - [`config`]: settings and their bounds.
 //! - [`server`]: start, run and graceful shutdown.
 //! - [`link`]: the dial-out registration with a relay and session accept.
+//! - [`contain`]: a command's processes end with it and with the
+//!   exec-server (death signal, process group, a cgroup v2 per command).
 //! - [`direct`]: the tunnel service for clients that connect directly.
+//! - [`keys`]: the authorized keys in force, re-read when their file
+//!   changes (checked at each handshake) and on SIGHUP.
 //! - [`session`]: one client session: the session machine
 //!   (`proto::session::ServerSession`) run by `proto::driver`, and beside it
 //!   the endpoint that starts each call's process and pushes its events.
@@ -15,7 +19,9 @@
 //! - [`process`]: one child process: spawn, pipes, signals, exit.
 
 pub mod config;
+pub mod contain;
 pub mod direct;
+pub mod keys;
 pub mod link;
 pub mod process;
 pub mod server;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::keys::Origin;
 use proto::keys::StaticKeypair;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::link::FrameSender;
@@ -288,7 +289,7 @@ async fn accept(
             return;
         }
     };
-    if let Err(e) = session::serve(inbound, out_tx, ctx, shutdown, None).await {
+    if let Err(e) = session::serve(inbound, out_tx, ctx, shutdown, None, Origin::Unknown).await {
         tracing::debug!(error = %e, "session ended");
     }
 }

@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +28,7 @@ use nix::unistd::Pid;
 use opentelemetry::Context;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanId, TraceContextExt, Tracer};
+use proto::keys::EnvPolicy;
 use proto::limits::MAX_CHUNK;
 use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, exited, terminal_event,
@@ -38,6 +40,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::contain::{Containment, SpawnError};
 use crate::stdin::StdinReceiver;
 
 /// The signal that ends a process group for good.
@@ -146,6 +149,35 @@ pub struct ProcessIo {
 /// Extra environment for the child (trace context).
 pub type ExtraEnv = Vec<(String, String)>;
 
+/// How a call's process is started.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Working directory for a request that names none.
+    pub default_cwd: Option<PathBuf>,
+    /// Extra environment (trace context), set by the exec-server.
+    pub extra_env: ExtraEnv,
+    /// Which variables the client's key may set.
+    pub env_policy: EnvPolicy,
+    /// After the process exits, how long descendants' output is drained.
+    pub exit_drain: Duration,
+    /// Death signal, process group and cgroup.
+    pub containment: Arc<Containment>,
+}
+
+impl Launch {
+    /// Defaults: no default directory, no extra variables, any variable
+    /// allowed, a two-second drain, no cgroups.
+    pub fn plain() -> Self {
+        Self {
+            default_cwd: None,
+            extra_env: Vec::new(),
+            env_policy: EnvPolicy::Any,
+            exit_drain: Duration::from_secs(2),
+            containment: Containment::without_cgroups(),
+        }
+    }
+}
+
 /// A process's events on their way to its session.
 struct Events {
     call_id: u64,
@@ -182,11 +214,8 @@ fn exec_error(kind: ExecErrorKind, message: String) -> terminal_event::Kind {
     })
 }
 
-fn build_command(
-    req: &ExecRequest,
-    default_cwd: Option<&Path>,
-    extra_env: &ExtraEnv,
-) -> Result<Command, terminal_event::Kind> {
+fn build_command(req: &ExecRequest, launch: &Launch) -> Result<Command, terminal_event::Kind> {
+    let default_cwd = launch.default_cwd.as_deref();
     let Some((argv0, args)) = req.argv.split_first() else {
         return Err(exec_error(
             ExecErrorKind::BadRequest,
@@ -211,9 +240,20 @@ fn build_command(
                 "invalid environment variable name".into(),
             ));
         }
+        if !launch.env_policy.allows(&var.name) {
+            // The name is the client's own; it is told, never logged.
+            return Err(exec_error(
+                ExecErrorKind::PermissionDenied,
+                format!(
+                    "setting the environment variable {} is not allowed for this client key \
+                     (its authorized_keys options)",
+                    String::from_utf8_lossy(&var.name)
+                ),
+            ));
+        }
         cmd.env(OsStr::from_bytes(&var.name), OsStr::from_bytes(&var.value));
     }
-    for (k, v) in extra_env {
+    for (k, v) in &launch.extra_env {
         cmd.env(k, v);
     }
     let cwd: Option<PathBuf> = if req.cwd.is_empty() {
@@ -243,7 +283,13 @@ fn build_command(
     Ok(cmd)
 }
 
-fn spawn_error(e: &std::io::Error, program: &str) -> terminal_event::Kind {
+fn spawn_error(e: &SpawnError, program: &str) -> terminal_event::Kind {
+    let SpawnError::Io(e) = e else {
+        return exec_error(
+            ExecErrorKind::SpawnFailed,
+            format!("{program}: cannot start: {e}"),
+        );
+    };
     match e.kind() {
         std::io::ErrorKind::NotFound => exec_error(
             ExecErrorKind::NotFound,
@@ -300,14 +346,7 @@ async fn read_chunk<R: AsyncRead + Unpin>(pipe: &mut Option<R>) -> Option<Bytes>
 /// Runs one process to completion, pushing its events. The returned
 /// future ends after the final event (exited or error) was queued, or when
 /// the session went away.
-pub async fn run(
-    req: ExecRequest,
-    io: ProcessIo,
-    default_cwd: Option<PathBuf>,
-    extra_env: ExtraEnv,
-    exit_drain: Duration,
-    trace: ProcessTrace,
-) {
+pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: ProcessTrace) {
     let tracer = opentelemetry::global::tracer("exec-server");
     // This task's stages, for the call's summary (sent with the final
     // event).
@@ -334,9 +373,17 @@ pub async fn run(
         .map(|a| proto::program::program_name(a))
         .unwrap_or_default();
     let mut spawn_span = StageSpan::start(&tracer, spans::PROCESS_SPAWN, &trace.exec, taken);
-    let spawned = build_command(&req, default_cwd.as_deref(), &extra_env)
-        .and_then(|mut cmd| cmd.spawn().map_err(|e| spawn_error(&e, &program)));
-    let mut child: Child = match spawned {
+    let spawned = match build_command(&req, &launch) {
+        Ok(cmd) => launch
+            .containment
+            .spawn(cmd)
+            .await
+            .map_err(|e| spawn_error(&e, &program)),
+        Err(e) => Err(e),
+    };
+    // The command's cgroup (if any) is killed when this task ends, however
+    // it ends.
+    let (mut child, _group): (Child, _) = match spawned {
         Ok(c) => c,
         Err(kind) => {
             if let terminal_event::Kind::Error(e) = &kind {
@@ -489,7 +536,7 @@ pub async fn run(
                 if let Some(w) = exit_watch.take() {
                     w.end(&mut stages);
                 }
-                drain_deadline = Some(tokio::time::Instant::now() + exit_drain);
+                drain_deadline = Some(tokio::time::Instant::now() + launch.exit_drain);
             }
             () = drain => {
                 // Descendants still hold the pipes open; stop waiting for them.
@@ -555,14 +602,7 @@ mod tests {
             stdin: Some(in_rx),
             cancel: CancellationToken::new(),
         };
-        let task = tokio::spawn(run(
-            req,
-            io,
-            None,
-            vec![],
-            Duration::from_secs(2),
-            ProcessTrace::detached(),
-        ));
+        let task = tokio::spawn(run(req, io, Launch::plain(), ProcessTrace::detached()));
         if let Some(data) = stdin {
             in_tx.push(Bytes::from(data));
         }
@@ -668,12 +708,14 @@ mod tests {
             cancel: cancel.clone(),
         };
         // The grandchild holds stdout open; killing only the child would leave it.
+        let launch = Launch {
+            exit_drain: Duration::from_secs(60),
+            ..Launch::plain()
+        };
         let task = tokio::spawn(run(
             req(&["sh", "-c", "sleep 1000 & sleep 1000"]),
             io,
-            None,
-            vec![],
-            Duration::from_secs(60),
+            launch,
             ProcessTrace::detached(),
         ));
         let started = rx.recv().await.unwrap();

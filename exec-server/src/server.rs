@@ -119,6 +119,22 @@ pub async fn start(
     let ctx = ServerContext::new(config, tasks.clone());
     let server_id = ctx.route.clone();
     let (reg_tx, registered) = watch::channel(false);
+    // Refusals held back from the log are summed up once per interval.
+    {
+        let ctx = Arc::clone(&ctx);
+        let stop = shutdown.clone();
+        tasks.spawn(tracing::debug_span!("refusal summaries"), async move {
+            let mut tick = tokio::time::interval(ctx.refusals.interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => ctx.refusals.log_summaries(),
+                }
+            }
+            ctx.refusals.log_summaries();
+        });
+    }
 
     let mut local_addr = None;
     let direct = match listen {

@@ -1,5 +1,6 @@
 //! Signals for service binaries: SIGINT and SIGTERM cancel a token (a
-//! graceful shutdown); SIGHUP never terminates a service.
+//! graceful shutdown); SIGHUP never terminates a service (it reloads what
+//! the service reloads, if anything).
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,17 @@ use crate::Tasks;
 /// runtime. If the handlers cannot be installed, says so once (the service
 /// then stops only by SIGKILL).
 pub fn stop_on_signals(tasks: &Tasks) -> CancellationToken {
+    stop_and_reload_on_signals(tasks, || {
+        tracing::info!("SIGHUP received; nothing to reload");
+    })
+}
+
+/// [`stop_on_signals`], calling `reload` on each SIGHUP (until the
+/// shutdown starts).
+pub fn stop_and_reload_on_signals(
+    tasks: &Tasks,
+    reload: impl Fn() + Send + 'static,
+) -> CancellationToken {
     let token = tasks.token().clone();
     let stop = token.clone();
     tasks.spawn(tracing::debug_span!("signals"), async move {
@@ -33,7 +45,7 @@ pub fn stop_on_signals(tasks: &Tasks) -> CancellationToken {
                     tracing::info!("SIGTERM received; shutting down");
                     break;
                 }
-                _ = hup.recv() => tracing::info!("SIGHUP received; nothing to reload"),
+                _ = hup.recv() => reload(),
             }
         }
         stop.cancel();

@@ -27,3 +27,10 @@ pub fn open(dir: &std::path::Path, config: WriterConfig) -> Result<Persister, St
     let store = Store::open(&dir.join(store::FILE_NAME))?;
     Ok(Persister::start(store, config))
 }
+
+/// Starts a writer for the store in `dir` that opens it itself, in the
+/// background: never waits for the disk or a lock (see
+/// [`Persister::start_opening`]).
+pub fn open_in_background(dir: &std::path::Path, config: WriterConfig) -> Persister {
+    Persister::start_opening(dir.join(store::FILE_NAME), config)
+}

@@ -47,7 +47,20 @@ pub enum StoreError {
         /// Ours.
         supported: i64,
     },
-    /// A write failed (disk full, read-only, I/O error).
+    /// Another process holds the database locked (it is not damaged).
+    #[error("the metadata database {path} is locked by another process")]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The disk (or the file's quota) is full (the database is not
+    /// damaged).
+    #[error("the disk holding the metadata database {path} is full")]
+    Full {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A write failed (read-only, I/O error).
     #[error("writing the metadata database {path} failed: {reason}")]
     Write {
         /// The file.
@@ -56,6 +69,27 @@ pub enum StoreError {
         reason: String,
     },
 }
+
+/// What SQLite's error code says about a failure that is not the
+/// database's fault: locked by another process, or a full disk. Decided by
+/// the code, never the message.
+fn transient(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code()? {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(StoreError::Locked {
+            path: path.to_owned(),
+        }),
+        ErrorCode::DiskFull => Some(StoreError::Full {
+            path: path.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// How long a statement waits for another process's lock before failing
+/// with [`StoreError::Locked`] (the writer retries with backoff; a
+/// reader reports it).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// An open store.
 #[derive(Debug)]
@@ -201,7 +235,7 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| open_err(e.to_string()))?;
+        .map_err(|e| transient(path, &e).unwrap_or_else(|| open_err(e.to_string())))?;
         let mut store = Self {
             conn,
             path: path.to_owned(),
@@ -215,14 +249,18 @@ impl Store {
         &self.path
     }
 
-    fn unreadable(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Unreadable {
+    fn unreadable(&self, e: rusqlite::Error) -> StoreError {
+        transient(&self.path, &e).unwrap_or_else(|| StoreError::Unreadable {
             path: self.path.clone(),
             reason: e.to_string(),
-        }
+        })
     }
 
     fn prepare(&mut self) -> Result<(), StoreError> {
+        // Before any statement (rusqlite's default is five seconds).
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.unreadable(e))?;
         // Any read of a file that is not a database fails here.
         let version: i64 = self
             .conn
@@ -235,9 +273,6 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        self.conn
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| self.unreadable(e))?;
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -250,17 +285,17 @@ impl Store {
             .map_err(|e| self.unreadable(e))?;
         if version < SCHEMA_VERSION {
             let path = self.path.clone();
-            let tx = self.conn.transaction().map_err(|e| StoreError::Write {
-                path,
-                reason: e.to_string(),
-            })?;
+            let write_err = |e: rusqlite::Error| {
+                transient(&path, &e).unwrap_or_else(|| StoreError::Write {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            };
+            let tx = self.conn.transaction().map_err(write_err)?;
             tx.execute_batch(SCHEMA)
                 .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
                 .and_then(|()| tx.commit())
-                .map_err(|e| StoreError::Write {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(write_err)?;
         }
         Ok(())
     }
@@ -269,9 +304,11 @@ impl Store {
     /// them are durable when this returns `Ok`, none of them if it fails.
     pub fn write(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let err = |e: rusqlite::Error| StoreError::Write {
-            path: path.clone(),
-            reason: e.to_string(),
+        let err = |e: rusqlite::Error| {
+            transient(&path, &e).unwrap_or_else(|| StoreError::Write {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
@@ -411,6 +448,38 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locked_and_full_are_told_from_corrupt_by_error_code() {
+        let path = Path::new("/x/db");
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        assert_eq!(
+            transient(path, &failure(rusqlite::ffi::SQLITE_BUSY)),
+            Some(StoreError::Locked { path: path.into() })
+        );
+        assert_eq!(
+            transient(path, &failure(rusqlite::ffi::SQLITE_FULL)),
+            Some(StoreError::Full { path: path.into() })
+        );
+        assert_eq!(
+            transient(path, &failure(rusqlite::ffi::SQLITE_CORRUPT)),
+            None
+        );
+        assert_eq!(
+            transient(path, &failure(rusqlite::ffi::SQLITE_NOTADB)),
+            None
+        );
+        // A database another process holds is locked, not unreadable.
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        drop(Store::open(&db).unwrap());
+        let holder = Connection::open(&db).unwrap();
+        holder
+            .execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
+            .unwrap();
+        let err = Store::open(&db).unwrap_err();
+        assert_eq!(err, StoreError::Locked { path: db.clone() }, "{err}");
+    }
     use crate::record::{Record, new_id};
 
     pub(crate) fn command(id: &str, progress: Progress) -> CommandRecord {

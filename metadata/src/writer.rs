@@ -50,6 +50,9 @@ pub struct WriterConfig {
     /// long for more before committing (a barrier cuts the wait short), so
     /// the commands' state changes share fsyncs.
     pub group_commit: Duration,
+    /// Log a warning when writes start failing. Off where the caller
+    /// reports the barrier's error itself (one line, not two).
+    pub log_failures: bool,
 }
 
 impl Default for WriterConfig {
@@ -60,6 +63,7 @@ impl Default for WriterConfig {
             retry_max: Duration::from_secs(5),
             service: "metadata",
             group_commit: Duration::from_millis(20),
+            log_failures: true,
         }
     }
 }
@@ -218,11 +222,24 @@ const MAX_LINKS: usize = 32;
 impl Persister {
     /// Starts the writer thread for `store`.
     pub fn start(store: Store, config: WriterConfig) -> Self {
+        let path = store.path().to_owned();
+        Self::spawn(path, Some(store), config)
+    }
+
+    /// Starts the writer thread for the database at `path`, which the
+    /// thread opens itself: nothing here waits for the disk or for another
+    /// process's lock. A database that cannot be opened is retried like a
+    /// failed write, and reported by the barriers.
+    pub fn start_opening(path: PathBuf, config: WriterConfig) -> Self {
+        Self::spawn(path, None, config)
+    }
+
+    fn spawn(path: PathBuf, store: Option<Store>, config: WriterConfig) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
-            path: store.path().to_owned(),
+            path,
             config,
             faults: Arc::new(Faults::default()),
         });
@@ -358,7 +375,7 @@ impl Persister {
 }
 
 /// The writer thread.
-fn run(shared: &Shared, mut store: Store) {
+fn run(shared: &Shared, mut store: Option<Store>) {
     let mut delay = shared.config.retry_min;
     let mut warned = false;
     loop {
@@ -426,7 +443,12 @@ fn run(shared: &Shared, mut store: Store) {
                 reason: "injected failure".into(),
             })
         } else {
-            store.write(&records)
+            // A store not open yet is opened as part of the attempt.
+            let opened = match store.take() {
+                Some(s) => Ok(s),
+                None => Store::open(&shared.path),
+            };
+            opened.and_then(|s| store.insert(s).write(&records))
         };
         if let Err(e) = &result {
             span.set_status(Status::error(e.to_string()));
@@ -447,7 +469,7 @@ fn run(shared: &Shared, mut store: Store) {
                 for (key, p) in batch {
                     s.pending.entry(key).or_insert(p);
                 }
-                if !warned {
+                if !warned && shared.config.log_failures {
                     tracing::warn!(error = %e, "metadata records are not being saved; retrying");
                     warned = true;
                 }
@@ -498,6 +520,38 @@ mod tests {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    #[test]
+    fn a_locked_database_is_opened_in_the_background_and_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        drop(Store::open(&path).unwrap());
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder
+            .execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
+            .unwrap();
+        let config = WriterConfig {
+            log_failures: false,
+            ..WriterConfig::default()
+        };
+        // Starting and recording never touch the database.
+        let p = Persister::start_opening(path.clone(), config);
+        p.record(cmd("a", Progress::Dispatched));
+        // The first attempt fails while the command runs; the barrier at
+        // its end finds the writer waiting to retry.
+        std::thread::sleep(Duration::from_millis(300));
+        p.record(cmd("a", Progress::Finished));
+        assert_eq!(
+            p.flush_within(Duration::from_secs(30)),
+            Err(PersistError::Store(StoreError::Locked {
+                path: path.clone()
+            }))
+        );
+        holder.execute_batch("COMMIT;").unwrap();
+        drop(holder);
+        p.flush_within(Duration::from_secs(30)).unwrap();
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Finished)]);
     }
 
     #[test]

@@ -5,15 +5,25 @@
 //! authorized-keys file lists. A private key file holds the base64 of the
 //! 32-byte private key on one line and is created with mode 0600.
 //!
+//! A private key file readable or writable by anyone but its owner is
+//! refused, as ssh refuses one.
+//!
+//! An authorized-keys line may start with options, as ssh's does:
+//! `from="10.0.0.0/8,192.168.1.7"` (the key is admitted only from those
+//! source addresses, on direct connections), `no-env` (the key may not set
+//! environment variables) and `env-allow="TERM,LANG"` (only those). See
+//! [`KeyOptions`].
+//!
 //! An exec-server's id is derived from its public key
 //! ([`PublicKey::server_id`]), so only the holder of the private key can
 //! register under it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -60,6 +70,17 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
     },
+    /// A private key file can be read or written by others.
+    #[error(
+        "permissions {mode:04o} for key file {path} are too open: a private key must be \
+         accessible by its owner only (chmod 600 {path}); refusing to use it"
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A line of an authorized-keys file is not a key.
     #[error("{path}:{line}: not a valid public key")]
     BadAuthorizedKey {
@@ -67,6 +88,16 @@ pub enum KeyError {
         path: PathBuf,
         /// 1-based line number.
         line: usize,
+    },
+    /// A line of an authorized-keys file has options that cannot be used.
+    #[error("{path}:{line}: {problem}")]
+    BadKeyOptions {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        problem: OptionsError,
     },
     /// Key generation failed.
     #[error("key generation failed: {0}")]
@@ -216,12 +247,24 @@ impl StaticKeypair {
         &self.private
     }
 
-    /// Reads a private key file.
+    /// Reads a private key file; refuses one that anyone but its owner
+    /// may read or write ([`KeyError::TooOpen`]).
     pub fn read_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        let read_err = |source| KeyError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mode = std::fs::metadata(path)
+            .map_err(read_err)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen {
+                path: path.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
         let line = text
             .lines()
             .map(str::trim)
@@ -275,38 +318,304 @@ fn x25519_public(private: &[u8; KEY_LEN]) -> Result<[u8; KEY_LEN], KeyError> {
         .map_err(|_| KeyError::Malformed)
 }
 
-/// The set of client keys an exec-server accepts.
-#[derive(Debug, Clone, Default)]
-pub struct AuthorizedKeys {
-    keys: HashSet<PublicKey>,
+/// Why the options of an authorized-keys line cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// An option this exec-server does not know (refused rather than
+    /// ignored: an ignored restriction would admit more than meant).
+    #[error("unknown key option {0:?} (known: from=\"CIDR,...\", no-env, env-allow=\"NAME,...\")")]
+    Unknown(String),
+    /// A quoted value is not closed.
+    #[error("unterminated quote in the key options")]
+    Unterminated,
+    /// An option that takes a value has none (or one that needs none has one).
+    #[error("key option {0} needs a quoted value")]
+    MissingValue(&'static str),
+    /// `from=` names something that is not an address or CIDR block.
+    #[error("from=: {0:?} is not an IP address or CIDR block")]
+    BadAddress(String),
+    /// `env-allow=` names something that is not a variable name.
+    #[error("env-allow=: {0:?} is not an environment variable name")]
+    BadName(String),
+    /// `no-env` and `env-allow=` together.
+    #[error("no-env and env-allow= contradict each other")]
+    Contradiction,
 }
 
-impl AuthorizedKeys {
-    /// Builds a set from keys.
-    pub fn from_keys(keys: impl IntoIterator<Item = PublicKey>) -> Self {
-        Self {
-            keys: keys.into_iter().collect(),
+/// An IP address block (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the block (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
+                u128::from(u32::from(net)),
+                u128::from(u32::from(ip)),
+                32,
+                self.prefix,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(u128::from(net), u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
+    let shift = u32::from(bits.saturating_sub(prefix));
+    a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0)
+}
+
+impl FromStr for Cidr {
+    type Err = OptionsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || OptionsError::BadAddress(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Which environment variables a key may set on its commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EnvPolicy {
+    /// Any (the default).
+    #[default]
+    Any,
+    /// None (`no-env`).
+    None,
+    /// Only these names (`env-allow="A,B"`).
+    Only(Vec<String>),
+}
+
+impl EnvPolicy {
+    /// Whether a command of this key may set `name`.
+    pub fn allows(&self, name: &[u8]) -> bool {
+        match self {
+            Self::Any => true,
+            Self::None => false,
+            Self::Only(names) => names.iter().any(|n| n.as_bytes() == name),
+        }
+    }
+}
+
+/// Where a session comes from, for `from=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Not known: through a relay (the exec-server sees only the relay,
+    /// and the relay's word for the client's address could not be
+    /// checked), or a link that gave no peer address.
+    Unknown,
+    /// A direct connection from this peer address.
+    Direct(IpAddr),
+}
+
+/// The options of one authorized key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// `from=`: the source addresses admitted (none given: any). A key with
+    /// `from=` is admitted on direct connections only.
+    pub from: Option<Vec<Cidr>>,
+    /// `no-env` / `env-allow=`.
+    pub env: EnvPolicy,
+}
+
+impl KeyOptions {
+    /// Whether a session from `origin` is admitted.
+    pub fn admits(&self, origin: Origin) -> bool {
+        match (&self.from, origin) {
+            (None, _) => true,
+            (Some(_), Origin::Unknown) => false,
+            (Some(blocks), Origin::Direct(ip)) => blocks.iter().any(|b| b.contains(ip)),
         }
     }
 
-    /// Parses an authorized-keys file: one key per line; blank lines and
+    /// Parses the options field of a line (`opt,opt="v,w",...`).
+    pub fn parse(text: &str) -> Result<Self, OptionsError> {
+        let mut options = Self::default();
+        let mut no_env = false;
+        let mut allow: Option<Vec<String>> = None;
+        for (name, value) in split_options(text)? {
+            match (name.as_str(), value) {
+                ("from", Some(v)) => {
+                    let blocks = v
+                        .split(',')
+                        .map(|b| b.trim().parse())
+                        .collect::<Result<Vec<Cidr>, _>>()?;
+                    options.from.get_or_insert_with(Vec::new).extend(blocks);
+                }
+                ("no-env", None) => no_env = true,
+                ("env-allow", Some(v)) => {
+                    for n in v.split(',').map(str::trim) {
+                        let valid = !n.is_empty()
+                            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                        if !valid {
+                            return Err(OptionsError::BadName(n.to_owned()));
+                        }
+                        allow.get_or_insert_with(Vec::new).push(n.to_owned());
+                    }
+                }
+                ("from", None) => return Err(OptionsError::MissingValue("from=")),
+                ("env-allow", None) => return Err(OptionsError::MissingValue("env-allow=")),
+                _ => return Err(OptionsError::Unknown(name)),
+            }
+        }
+        options.env = match (no_env, allow) {
+            (true, Some(_)) => return Err(OptionsError::Contradiction),
+            (true, None) => EnvPolicy::None,
+            (false, Some(names)) => EnvPolicy::Only(names),
+            (false, None) => EnvPolicy::Any,
+        };
+        Ok(options)
+    }
+}
+
+/// Splits `a,b="x,y",c` into names and optional (unquoted) values.
+fn split_options(text: &str) -> Result<Vec<(String, Option<String>)>, OptionsError> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let end = rest.find([',', '=']).unwrap_or(rest.len());
+        let name = rest[..end].to_ascii_lowercase();
+        rest = &rest[end..];
+        let value = if let Some(after) = rest.strip_prefix('=') {
+            let quoted = after.strip_prefix('"').ok_or(OptionsError::Unterminated)?;
+            let close = quoted.find('"').ok_or(OptionsError::Unterminated)?;
+            rest = &quoted[close + 1..];
+            Some(quoted[..close].to_owned())
+        } else {
+            None
+        };
+        match rest.strip_prefix(',') {
+            Some(r) => rest = r,
+            None if rest.is_empty() => {}
+            None => return Err(OptionsError::Unterminated),
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Splits an authorized-keys line into its options field (if any) and the
+/// rest, at the first whitespace outside quotes.
+fn split_line(line: &str) -> (Option<&str>, &str) {
+    let first = line.split_whitespace().next().unwrap_or("");
+    if first.parse::<PublicKey>().is_ok() {
+        return (None, line);
+    }
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => return (Some(&line[..i]), line[i..].trim_start()),
+            _ => {}
+        }
+    }
+    // An open quote: everything is options (their parse says what is
+    // wrong); else a lone word that is not a key.
+    if quoted {
+        (Some(line), line)
+    } else {
+        (Some(line), "")
+    }
+}
+
+/// The client keys an exec-server accepts, each with its options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizedKeys {
+    keys: HashMap<PublicKey, KeyOptions>,
+}
+
+impl AuthorizedKeys {
+    /// Builds a set from keys (no options).
+    pub fn from_keys(keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        Self {
+            keys: keys
+                .into_iter()
+                .map(|k| (k, KeyOptions::default()))
+                .collect(),
+        }
+    }
+
+    /// Parses an authorized-keys file: one key per line, optionally after
+    /// options (`from="10.0.0.0/8",no-env KEY comment`); blank lines and
     /// lines starting with `#` are ignored; text after the key on a line
-    /// (separated by whitespace) is a comment.
+    /// (separated by whitespace) is a comment. The first line naming a key
+    /// counts.
     pub fn parse(text: &str, path: &Path) -> Result<Self, KeyError> {
-        let mut keys = HashSet::new();
+        let (keys, mut errors) = Self::parse_lenient(text, path);
+        match errors.is_empty() {
+            true => Ok(keys),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// Parses like [`parse`](Self::parse), skipping bad lines: the keys
+    /// of the good lines, and an error per bad line.
+    pub fn parse_lenient(text: &str, path: &Path) -> (Self, Vec<KeyError>) {
+        let mut keys = HashMap::new();
+        let mut errors = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let first = line.split_whitespace().next().unwrap_or("");
-            let key = first.parse().map_err(|_| KeyError::BadAuthorizedKey {
-                path: path.to_path_buf(),
-                line: i + 1,
-            })?;
-            keys.insert(key);
+            let (options, rest) = split_line(line);
+            let first = rest.split_whitespace().next().unwrap_or("");
+            let Ok(key) = first.parse::<PublicKey>() else {
+                // Bad options (an open quote, say) explain more than the key.
+                errors.push(
+                    match options.filter(|_| !rest.is_empty()).map(KeyOptions::parse) {
+                        Some(Err(problem)) => KeyError::BadKeyOptions {
+                            path: path.to_path_buf(),
+                            line: i + 1,
+                            problem,
+                        },
+                        _ => KeyError::BadAuthorizedKey {
+                            path: path.to_path_buf(),
+                            line: i + 1,
+                        },
+                    },
+                );
+                continue;
+            };
+            match options.map(KeyOptions::parse).transpose() {
+                Ok(options) => {
+                    keys.entry(key).or_insert(options.unwrap_or_default());
+                }
+                Err(problem) => errors.push(KeyError::BadKeyOptions {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    problem,
+                }),
+            }
         }
-        Ok(Self { keys })
+        (Self { keys }, errors)
     }
 
     /// Reads and parses an authorized-keys file.
@@ -318,9 +627,19 @@ impl AuthorizedKeys {
         Self::parse(&text, path)
     }
 
-    /// Whether `key` is authorized.
+    /// Whether `key` is authorized (from somewhere).
     pub fn contains(&self, key: &PublicKey) -> bool {
-        self.keys.contains(key)
+        self.keys.contains_key(key)
+    }
+
+    /// The options of `key`, if it is authorized.
+    pub fn options(&self, key: &PublicKey) -> Option<&KeyOptions> {
+        self.keys.get(key)
+    }
+
+    /// Whether `key` is authorized for a session from `origin`.
+    pub fn admits(&self, key: &PublicKey, origin: Origin) -> bool {
+        self.keys.get(key).is_some_and(|o| o.admits(origin))
     }
 
     /// Number of keys.
@@ -384,6 +703,81 @@ mod tests {
         assert!(keys.contains(&a) && keys.contains(&b) && !keys.contains(&c));
         let err = AuthorizedKeys::parse("# x\nnot-a-key\n", Path::new("ak")).unwrap_err();
         assert_eq!(err.to_string(), "ak:2: not a valid public key");
+    }
+
+    #[test]
+    fn private_key_files_open_to_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        StaticKeypair::generate()
+            .unwrap()
+            .write_file(&path)
+            .unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o666, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = StaticKeypair::read_file(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyError::TooOpen { mode: m, .. } if m == mode),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{mode:04o}")) && !text.contains('\n'),
+                "{text}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(StaticKeypair::read_file(&path).is_ok());
+        }
+    }
+
+    #[test]
+    fn key_options_are_parsed_and_applied() {
+        let a = StaticKeypair::generate().unwrap().public();
+        let b = StaticKeypair::generate().unwrap().public();
+        let c = StaticKeypair::generate().unwrap().public();
+        let text = format!(
+            "from=\"127.0.0.0/8,::1\",env-allow=\"TERM,LANG\" {a} alice\nno-env {b}\n{c} carol\n"
+        );
+        let keys = AuthorizedKeys::parse(&text, Path::new("ak")).unwrap();
+        let local: IpAddr = "127.0.0.5".parse().unwrap();
+        let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(keys.admits(&a, Origin::Direct(local)));
+        assert!(keys.admits(&a, Origin::Direct(mapped)));
+        assert!(keys.admits(&a, Origin::Direct("::1".parse().unwrap())));
+        assert!(!keys.admits(&a, Origin::Direct(remote)));
+        assert!(
+            !keys.admits(&a, Origin::Unknown),
+            "from= needs a known address"
+        );
+        assert!(keys.admits(&b, Origin::Unknown) && keys.admits(&c, Origin::Unknown));
+        let env = &keys.options(&a).unwrap().env;
+        assert!(env.allows(b"TERM") && !env.allows(b"LD_PRELOAD") && !env.allows(b"PATH"));
+        assert!(!keys.options(&b).unwrap().env.allows(b"TERM"));
+        assert!(keys.options(&c).unwrap().env.allows(b"LD_PRELOAD"));
+        for (bad, want) in [
+            (format!("bogus {a}"), "unknown key option"),
+            (format!("from=\"10.0.0.0/33\" {a}"), "not an IP address"),
+            (format!("from=\"10.0.0.0/8 {a}"), "unterminated"),
+            (format!("no-env,env-allow=\"A\" {a}"), "contradict"),
+            (
+                format!("env-allow=\"A=B\" {a}"),
+                "not an environment variable name",
+            ),
+        ] {
+            let err = AuthorizedKeys::parse(&bad, Path::new("ak")).unwrap_err();
+            assert!(
+                err.to_string().starts_with("ak:1: ") && err.to_string().contains(want),
+                "{err}"
+            );
+        }
+        let (lenient, errors) =
+            AuthorizedKeys::parse_lenient(&format!("bogus {a}\n{b}\n"), Path::new("ak"));
+        assert_eq!(errors.len(), 1);
+        assert!(!lenient.contains(&a) && lenient.contains(&b));
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`remote`]: the exec-server's stage timings for a call, summarised
 //!   into its final event and placed on the client's clock, and the sink
 //!   that writes them into the client's local trace file.
+//! - [`limited`]: rate-limited logging of refusals anyone can cause (one
+//!   line per kind per interval, the rest counted and summarised).
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
@@ -36,6 +38,7 @@
 pub mod carriers;
 pub mod framing;
 pub mod ids;
+pub mod limited;
 pub mod otel;
 pub mod remote;
 #[cfg(feature = "export")]

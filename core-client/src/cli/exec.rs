@@ -95,8 +95,11 @@ fn exec_spec(args: &ExecArgs, settings: &Settings) -> ExecSpec {
     spec
 }
 
-/// Opens the record store for `exec`: `None` when records are off or the
-/// store cannot be used (reported once), an error only when strict.
+/// Opens the record store for `exec`: `None` when records are off or no
+/// data directory is known (reported once), an error only when strict.
+/// Unless strict, the database is opened by the writer in the background,
+/// so that a locked or slow database never holds the command up; what
+/// went wrong is reported (in one line) at exit.
 fn open_records(
     args: &ExecArgs,
     data_dir: Option<&Path>,
@@ -106,10 +109,13 @@ fn open_records(
     }
     let writer = metadata::WriterConfig {
         service: "core-client",
+        // Failures are reported once, at exit, by the barrier.
+        log_failures: false,
         ..metadata::WriterConfig::default()
     };
     let opened = match data_dir {
-        Some(dir) => metadata::open(dir, writer).map_err(|e| e.to_string()),
+        Some(dir) if args.strict_records => metadata::open(dir, writer).map_err(|e| e.to_string()),
+        Some(dir) => Ok(metadata::open_in_background(dir, writer)),
         None => Err("no data directory is known: give --data-dir or REX_DATA_DIR".into()),
     };
     match opened {
@@ -148,7 +154,7 @@ pub async fn exec(
             if strict {
                 return Err(CliError::failed(format!("{e} (--strict-records)")));
             }
-            eprintln!("core-client: warning: {e}");
+            eprintln!("core-client: warning: {e}; this command's record is not saved");
         }
     }
     result
@@ -280,54 +286,168 @@ async fn exec_with(
             let _ = control.close_stdin().await;
         });
     }
-    // SIGINT/SIGTERM go to the remote process group; a second SIGINT gives up.
+    // SIGINT/SIGTERM go to the remote process group; a second one gives
+    // up waiting. Output is written by a thread of its own, so a stdout
+    // nobody reads never keeps the signals from being seen; once a signal
+    // was forwarded, output that stdout cannot take at once is dropped, so
+    // that the exit status can arrive.
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| CliError::usage(e.to_string()))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| CliError::usage(e.to_string()))?;
+    let (out, mut broken) = Output::start().map_err(|e| CliError::usage(e.to_string()))?;
     let mut interrupted = false;
-    let code = loop {
+    let mut cancelled = false;
+    let mut pending: Option<Chunk> = None;
+    let outcome = loop {
         let ev = tokio::select! {
-            ev = run.next() => ev,
+            ev = run.next(), if pending.is_none() => ev,
+            permit = out.tx.reserve(), if pending.is_some() => {
+                if let (Ok(permit), Some(chunk)) = (permit, pending.take()) {
+                    permit.send(chunk);
+                }
+                continue;
+            }
             _ = sigint.recv() => {
                 if interrupted {
-                    break 130;
+                    break Outcome::GaveUp(130);
                 }
                 interrupted = true;
-                let _ = control.signal(2).await;
+                pending = None;
+                forward(&tasks, &control, Some(2));
                 continue;
             }
             _ = sigterm.recv() => {
-                let _ = control.signal(15).await;
+                if interrupted {
+                    break Outcome::GaveUp(143);
+                }
+                interrupted = true;
+                pending = None;
+                forward(&tasks, &control, Some(15));
+                continue;
+            }
+            Ok(()) = &mut broken, if !cancelled => {
+                // Our stdout is gone (e.g. a closed pipe): stop the remote side.
+                cancelled = true;
+                forward(&tasks, &control, None);
                 continue;
             }
         };
-        match ev {
-            Some(Event::Started { .. }) => {}
-            Some(Event::Stdout(d)) => {
-                let mut out = std::io::stdout().lock();
-                if out.write_all(&d).and_then(|()| out.flush()).is_err() {
-                    // Our stdout is gone (e.g. a closed pipe): stop the remote side.
-                    let _ = control.cancel().await;
-                }
-            }
-            Some(Event::Stderr(d)) => {
-                let mut err = std::io::stderr().lock();
-                let _ = err.write_all(&d).and_then(|()| err.flush());
-            }
-            Some(Event::Exited(status)) => break exit_code(status.shell_code()),
+        let chunk = match ev {
+            Some(Event::Started { .. }) => continue,
+            Some(Event::Stdout(d)) => Chunk::Out(d),
+            Some(Event::Stderr(d)) => Chunk::Err(d),
+            Some(Event::Exited(status)) => break Outcome::Done(exit_code(status.shell_code())),
             Some(Event::Failed(f)) => {
-                let code = f.shell_code();
-                client.close().await;
-                return Err(CliError {
+                break Outcome::Failed(CliError {
                     message: format!("{prefix}{f}"),
-                    code: exit_code(code),
+                    code: exit_code(f.shell_code()),
                 });
             }
-            None => break EXIT_CONNECTION,
+            None => break Outcome::Done(EXIT_CONNECTION),
+        };
+        if interrupted {
+            let _ = out.tx.try_send(chunk);
+        } else {
+            pending = Some(chunk);
         }
     };
+    let result = match outcome {
+        Outcome::GaveUp(code) => {
+            // Nothing more is waited for: not the output, nor the session.
+            return Ok(code);
+        }
+        Outcome::Done(code) => Ok(code),
+        Outcome::Failed(e) => Err(e),
+    };
+    // Everything received is written before the exit, unless a signal
+    // came (output is being dropped then) or comes now: nobody waits for a
+    // stdout nobody reads.
+    let written = out.finish();
+    if !interrupted {
+        tokio::select! {
+            _ = written => {}
+            _ = sigint.recv() => return Ok(130),
+            _ = sigterm.recv() => return Ok(143),
+        }
+    }
     client.close().await;
-    Ok(code)
+    result
+}
+
+/// Sends a signal (or, with `None`, a cancel) to the remote command from
+/// a task of its own: the event loop goes on draining events meanwhile.
+fn forward(tasks: &lifecycle::Tasks, control: &rex_client::Controller, signal: Option<i32>) {
+    let control = control.clone();
+    tasks.spawn(tracing::debug_span!("forward"), async move {
+        let _ = match signal {
+            Some(n) => control.signal(n).await,
+            None => control.cancel().await,
+        };
+    });
+}
+
+/// How the event loop ended.
+enum Outcome {
+    /// The command ended (or the session did): its code.
+    Done(u8),
+    /// The command could not run or was lost.
+    Failed(CliError),
+    /// A second signal: stop waiting (128 + the signal).
+    GaveUp(u8),
+}
+
+/// A piece of the command's output.
+enum Chunk {
+    Out(bytes::Bytes),
+    Err(bytes::Bytes),
+}
+
+/// Chunks waiting for the output thread.
+const OUTPUT_QUEUE: usize = 16;
+
+/// The output thread and its queue.
+struct Output {
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Output {
+    /// Starts the thread; the receiver fires once if stdout fails.
+    fn start() -> std::io::Result<(Self, tokio::sync::oneshot::Receiver<()>)> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(OUTPUT_QUEUE);
+        let (broken_tx, broken) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || {
+                let mut broken_tx = Some(broken_tx);
+                while let Some(chunk) = rx.blocking_recv() {
+                    match chunk {
+                        Chunk::Out(d) if broken_tx.is_some() => {
+                            let mut out = std::io::stdout().lock();
+                            if out.write_all(&d).and_then(|()| out.flush()).is_err()
+                                && let Some(tx) = broken_tx.take()
+                            {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Chunk::Out(_) => {}
+                        Chunk::Err(d) => {
+                            let mut err = std::io::stderr().lock();
+                            let _ = err.write_all(&d).and_then(|()| err.flush());
+                        }
+                    }
+                }
+                let _ = done_tx.send(());
+            })?;
+        Ok((Self { tx, done }, broken))
+    }
+
+    /// Closes the queue; resolves once everything queued is written.
+    fn finish(self) -> tokio::sync::oneshot::Receiver<()> {
+        drop(self.tx);
+        self.done
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,11 @@ pub enum CliCommand {
     /// 127/126 if it could not be run; 255 for connection and
     /// authentication failures (a changed server key too); 2 for usage and
     /// configuration errors.
+    ///
+    /// Ctrl-C (SIGINT) and SIGTERM are passed to the remote command, whose
+    /// status then follows (130 or 143 when it dies of them); from then on,
+    /// output this side's stdout cannot take at once is dropped. A second
+    /// Ctrl-C or SIGTERM stops waiting at once: exit 130 or 143.
     Exec(ExecArgs),
     /// Write a new static private key (mode 0600) and print its public key.
     ///

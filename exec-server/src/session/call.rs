@@ -249,16 +249,27 @@ impl Call {
             enqueued,
         };
         let config = &ctx.config;
+        // The key's options as they are now (a key removed meanwhile may
+        // set nothing; its session is closing).
+        let env_policy = client
+            .and_then(|c| {
+                ctx.acceptor
+                    .keys
+                    .current()
+                    .options(&c)
+                    .map(|o| o.env.clone())
+            })
+            .unwrap_or(proto::keys::EnvPolicy::None);
+        let launch = process::Launch {
+            default_cwd: config.default_cwd.clone(),
+            extra_env: child_env,
+            env_policy,
+            exit_drain: config.exit_drain,
+            containment: std::sync::Arc::clone(&ctx.containment),
+        };
         ctx.tasks.spawn(
             tracing::debug_span!("process", call = call_id, program = %program),
-            process::run(
-                request,
-                io,
-                config.default_cwd.clone(),
-                child_env,
-                config.exit_drain,
-                process_trace,
-            ),
+            process::run(request, io, launch, process_trace),
         );
         let record = config.metadata.as_ref().map(|store| {
             let sc = span.span_context();

@@ -28,23 +28,29 @@ use opentelemetry::KeyValue;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
 use proto::driver::{Delivery, Endpoint, Wake};
-use proto::keys::PublicKey;
+use proto::keys::{AuthorizedKeys, Origin, PublicKey};
 use proto::noise::HandshakeError;
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
 use proto::pb::tunnel::{CloseReason, Frame};
 use proto::session::{
-    Acceptor, Closed, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
+    Acceptor, Closed, KeySource, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
 };
 use telemetry::framing;
+use telemetry::limited::Limiter;
 use telemetry::remote::Stage;
 use telemetry::{carriers, otel, spans};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use self::call::{Call, LastChunk};
 use crate::config::ExecServerConfig;
+use crate::contain::Containment;
 use crate::process::{Control, Outgoing};
+
+/// The authenticated close a session gets when its key is removed from
+/// the authorized keys (or no longer admitted from where it came).
+pub const KEY_REVOKED: &str = "the client key is no longer authorized on this exec-server";
 
 /// Terminal events queued from a session's processes before they wait.
 pub const EVENT_QUEUE: usize = 64;
@@ -68,15 +74,29 @@ pub struct ServerContext {
     pub startups: Arc<proto::admission::Gate>,
     /// Every session and process task.
     pub tasks: Tasks,
+    /// What keeps the commands' processes from outliving them.
+    pub containment: Arc<Containment>,
+    /// Refusals anyone can cause, logged one line per kind per interval.
+    pub refusals: Limiter,
 }
 
 impl ServerContext {
     /// Shared state for an exec-server.
     pub fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
-        let acceptor = Arc::new(Acceptor::new(config.key.clone(), config.authorized.clone()));
+        let keys: Arc<dyn KeySource> = config.keys.clone();
+        let acceptor = Arc::new(Acceptor::with_source(config.key.clone(), keys));
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));
         let startups = proto::admission::Gate::new(config.startups);
+        let containment = if config.cgroups {
+            Containment::setup()
+        } else {
+            tracing::info!(
+                "commands are contained by their process group and the direct child's death \
+                 signal (--cgroups also catches descendants that leave the group)"
+            );
+            Containment::without_cgroups()
+        };
         Arc::new(Self {
             config,
             acceptor,
@@ -84,6 +104,8 @@ impl ServerContext {
             sessions,
             startups,
             tasks,
+            containment,
+            refusals: Limiter::default(),
         })
     }
 
@@ -118,18 +140,22 @@ pub enum ServeError {
 /// unauthenticated ones (direct sessions): given back once message 1 has
 /// authenticated, when a session slot is taken instead (or the client is
 /// told the exec-server is busy).
+/// `origin` is where the session comes from (for keys limited by
+/// `from=`).
 pub async fn serve<S>(
     inbound: S,
     outbound: FrameSender,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
     startup: Option<proto::admission::Ticket>,
+    origin: Origin,
 ) -> Result<Closed, ServeError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
-    let machine = ServerSession::new(Arc::clone(&ctx.acceptor), ctx.limits(), Now::system());
-    let mut runner = Runner::new(ctx, shutdown.child_token());
+    let machine = ServerSession::new(Arc::clone(&ctx.acceptor), ctx.limits(), Now::system())
+        .with_origin(origin);
+    let mut runner = Runner::new(ctx, shutdown.child_token(), origin);
     runner.startup = startup;
     let stop = shutdown.clone();
     let (_, mut runner) = proto::driver::drive(machine, runner, inbound, outbound, async move {
@@ -173,6 +199,10 @@ struct Runner {
     /// Woken when a process has taken stdin.
     stdin_wake: Arc<Notify>,
     client: Option<PublicKey>,
+    /// Where the session comes from.
+    origin: Origin,
+    /// The authorized keys in force: the session ends if its key goes.
+    keys: watch::Receiver<Arc<AuthorizedKeys>>,
     /// This session's local id (for process records).
     session_id: String,
     /// Per call with output in flight, the stream offset its latest chunk
@@ -191,9 +221,12 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(ctx: Arc<ServerContext>, session_cancel: CancellationToken) -> Self {
+    fn new(ctx: Arc<ServerContext>, session_cancel: CancellationToken, origin: Origin) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let keys = ctx.config.keys.subscribe();
         Self {
+            origin,
+            keys,
             ctx,
             tracer: opentelemetry::global::tracer("exec-server"),
             calls: HashMap::new(),
@@ -393,20 +426,34 @@ impl Runner {
     /// The session is over: every process ends, and the calls' spans and
     /// records say so.
     fn ended(&mut self, end: &Result<Closed, SessionError>) {
+        // Refusals anyone can cause are logged one line per kind per
+        // interval (the rest are counted in the summary line).
+        let log = &self.ctx.refusals;
+        let now = std::time::Instant::now();
         match end {
             // Our own refusal at the session limit (counted, not a fault).
             Err(SessionError::Handshake(HandshakeError::Busy)) if self.refused_busy => {
                 tracing::debug!("refused an authenticated client: at the session limit");
             }
             Err(SessionError::Handshake(HandshakeError::Unauthorized { client })) => {
-                tracing::warn!(client = %client.short(), "refused a client key that is not authorized");
+                if let Some(held) = log.admit("unauthorized key", now) {
+                    tracing::warn!(client = %client.short(), held_back = held, "refused a client key that is not authorized");
+                }
             }
-            Err(SessionError::Handshake(e)) => tracing::warn!(error = %e, "handshake failed"),
+            Err(SessionError::Handshake(e)) => {
+                if let Some(held) = log.admit("bad handshake", now) {
+                    tracing::warn!(error = %e, held_back = held, "handshake failed");
+                }
+            }
             Err(SessionError::Transport(e)) => {
-                tracing::warn!(error = %e, "a session message failed; closed the session");
+                if let Some(held) = log.admit("corrupt session message", now) {
+                    tracing::warn!(error = %e, held_back = held, "a session message failed; closed the session");
+                }
             }
             Err(SessionError::Protocol(v)) => {
-                tracing::warn!(violation = %v, "the client broke the session protocol; closed the session");
+                if let Some(held) = log.admit("protocol violation", now) {
+                    tracing::warn!(violation = %v, held_back = held, "the client broke the session protocol; closed the session");
+                }
             }
             Err(e) => tracing::debug!(error = %e, "session ended"),
             Ok(_) => tracing::debug!("session closed"),
@@ -442,6 +489,8 @@ enum Input {
     Event(Outgoing),
     /// Some process has taken stdin.
     StdinTaken,
+    /// The authorized keys changed.
+    KeysChanged,
 }
 
 impl Endpoint<Machine> for Runner {
@@ -454,12 +503,14 @@ impl Endpoint<Machine> for Runner {
     ) -> impl std::future::Future<Output = Wake<Input>> + Send {
         let stdin = Arc::clone(&self.stdin_wake);
         let events = &mut self.events_rx;
+        let keys = &mut self.keys;
         async move {
             tokio::select! {
                 biased;
                 // Acknowledgements are taken even over the backlog: one per
                 // call at most, and a client may be waiting for them.
                 () = stdin.notified() => Wake::Input(Input::StdinTaken),
+                Ok(()) = keys.changed() => Wake::Input(Input::KeysChanged),
                 out = events.recv(), if accepting => match out {
                     Some(out) => Wake::Input(Input::Event(out)),
                     // The runner holds a sender: never reached.
@@ -473,6 +524,15 @@ impl Endpoint<Machine> for Runner {
         match input {
             Input::Event(out) => self.push(machine, out, now),
             Input::StdinTaken => self.report_stdin(machine, now),
+            Input::KeysChanged => {
+                let keys = self.keys.borrow_and_update().clone();
+                if let Some(client) = self.client
+                    && !keys.admits(&client, self.origin)
+                {
+                    tracing::info!(client = %client.short(), "closing a session: its key is no longer authorized");
+                    machine.close(KEY_REVOKED, now);
+                }
+            }
         }
     }
 

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{CallEvent, ClientEvent, ClientSession, Ready};
 pub use error::{CallError, SessionError, Stage, Violation};
-pub use server::{Acceptor, ServerEvent, ServerSession};
+pub use server::{Acceptor, KeySource, ServerEvent, ServerSession};
 
 use crate::noise::SessionConfig;
 use crate::pb::tunnel::Frame;

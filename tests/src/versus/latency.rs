@@ -41,9 +41,7 @@ pub async fn local_true() -> Result<Duration, String> {
     let task = tokio::spawn(exec_server::process::run(
         request,
         io,
-        None,
-        Vec::new(),
-        Duration::from_secs(2),
+        exec_server::process::Launch::plain(),
         exec_server::process::ProcessTrace::detached(),
     ));
     let mut exited = false;

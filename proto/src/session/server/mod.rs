@@ -14,13 +14,30 @@ use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::stdin;
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
-use crate::keys::{AuthorizedKeys, PublicKey, StaticKeypair};
+use crate::keys::{AuthorizedKeys, Origin, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
 use crate::pb::session::{
     Envelope, ExecErrorKind, ExecRequest, HelloAck, Pong, TraceContext, envelope::Body,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
+
+/// Where the machine takes the authorized keys from at each handshake:
+/// a fixed set, or one the exec-server keeps up to date with its file.
+pub trait KeySource: Send + Sync + std::fmt::Debug {
+    /// The keys in force now.
+    fn current(&self) -> Arc<AuthorizedKeys>;
+}
+
+/// A set that never changes.
+#[derive(Debug)]
+struct FixedKeys(Arc<AuthorizedKeys>);
+
+impl KeySource for FixedKeys {
+    fn current(&self) -> Arc<AuthorizedKeys> {
+        Arc::clone(&self.0)
+    }
+}
 
 /// What every session of one exec-server shares to answer handshakes.
 #[derive(Debug)]
@@ -29,8 +46,8 @@ pub struct Acceptor {
     pub key: StaticKeypair,
     /// The route bound into the prologue: the exec-server's id.
     pub route: String,
-    /// The client keys admitted.
-    pub authorized: AuthorizedKeys,
+    /// The client keys admitted, read at each handshake.
+    pub keys: Arc<dyn KeySource>,
     /// Refuses replayed handshake messages.
     pub replay: Mutex<ReplayGuard>,
     /// The version named in the hello answer.
@@ -40,11 +57,16 @@ pub struct Acceptor {
 impl Acceptor {
     /// An acceptor for `key`, admitting `authorized`.
     pub fn new(key: StaticKeypair, authorized: AuthorizedKeys) -> Self {
+        Self::with_source(key, Arc::new(FixedKeys(Arc::new(authorized))))
+    }
+
+    /// An acceptor for `key`, admitting what `keys` holds at each handshake.
+    pub fn with_source(key: StaticKeypair, keys: Arc<dyn KeySource>) -> Self {
         let route = key.public().server_id();
         Self {
             key,
             route,
-            authorized,
+            keys,
             replay: Mutex::new(ReplayGuard::default()),
             version: env!("CARGO_PKG_VERSION").into(),
         }
@@ -164,6 +186,7 @@ pub struct ServerSession<T> {
     state: State,
     deadline: Option<Instant>,
     client: Option<PublicKey>,
+    origin: Origin,
     calls: HashMap<u64, Call>,
     highest_call: u64,
     events: Events<ServerEvent>,
@@ -188,10 +211,18 @@ impl<T> ServerSession<T> {
             state: State::Handshaking,
             deadline: Some(now.at + limits.handshake_timeout),
             client: None,
+            origin: Origin::Unknown,
             calls: HashMap::new(),
             highest_call: 0,
             events: Events::default(),
         }
+    }
+
+    /// Where the session comes from (for keys with `from=`); through a
+    /// relay unless said otherwise.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// The client's authenticated key, once known.
@@ -231,17 +262,27 @@ impl<T> ServerSession<T> {
             Ok(FrameKind::Handshake) if self.state == State::Handshaking => {
                 let accepted = {
                     let a = &*self.acceptor;
+                    let keys = a.keys.current();
                     let mut replay = a.replay.lock().unwrap_or_else(|e| e.into_inner());
-                    noise::accept(
+                    let accepted = noise::accept(
                         &a.key,
                         a.route.as_bytes(),
                         &frame.payload,
                         now.wall,
                         now.at,
-                        &a.authorized,
+                        &keys,
                         &mut replay,
                         self.link.limits.noise,
-                    )?
+                    )?;
+                    // A key limited to some addresses (`from=`) is refused
+                    // from anywhere else.
+                    if !keys.admits(&accepted.client, self.origin) {
+                        return Err(noise::HandshakeError::Unauthorized {
+                            client: accepted.client,
+                        }
+                        .into());
+                    }
+                    accepted
                 };
                 self.link.send_clear(handshake_frame(accepted.msg2));
                 self.link.transport = Some(accepted.transport);

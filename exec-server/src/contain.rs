@@ -1,0 +1,341 @@
+//! Process containment: a command's processes end with it, and with the
+//! exec-server.
+//!
+//! - Every child is spawned from one thread that lives as long as the
+//!   exec-server, and asks the kernel for SIGKILL when its parent dies
+//!   (`PR_SET_PDEATHSIG`, which fires when the *thread* that forked exits,
+//!   hence the one long-lived thread rather than the runtime's workers). A
+//!   child whose parent died before the request took effect (its parent
+//!   pid is no longer the exec-server's) does not start.
+//! - Every command runs in a process group of its own, which is killed
+//!   when the command is cancelled or its session ends.
+//! - When asked (`--cgroups`), where cgroup v2 is available and the
+//!   exec-server's cgroup is writable, each command also gets a cgroup of its own (under
+//!   `rex-exec.<pid>.<n>/` beside the exec-server's processes), which the
+//!   child joins before it runs the program, so that every descendant,
+//!   including one that calls `setsid` or double-forks, stays inside. The
+//!   cgroup is killed (`cgroup.kill`) when the command ends. A guard
+//!   process (`sh`, in its own process group) holds a pipe from the
+//!   exec-server and kills every command's cgroup when the pipe closes,
+//!   that is when the exec-server exits or is killed.
+//!
+//! Moving the child into its cgroup costs a cgroup migration, which on
+//! many kernels waits for an RCU grace period (5-20 ms per command, unless
+//! cgroup2 is mounted with `favordynmods`); hence the cgroups are opt-in.
+//!
+//! Without cgroups (not asked for, no cgroup v2, or no `cgroup.kill`
+//! before Linux 5.14), what is left
+//! is the process group and the direct child's death signal: a descendant
+//! that leaves the group (`setsid`, `setpgid`) survives the command's end,
+//! and descendants other than the direct child survive the exec-server's
+//! death. The exec-server says at start which of the two applies.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use nix::sys::signal::Signal;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+/// Spawn requests waiting for the spawning thread.
+const SPAWN_QUEUE: usize = 64;
+
+/// Sub-cgroups of killed commands waiting to be removed (they can be
+/// removed only once their processes are gone).
+const MAX_LEFTOVERS: usize = 1024;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The spawning thread's queue; the thread never exits (its sender is
+/// never dropped), so a child's parent thread lives as long as the process.
+fn spawner() -> Option<&'static mpsc::Sender<Job>> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<Job>(SPAWN_QUEUE);
+            std::thread::Builder::new()
+                .name("spawner".into())
+                .spawn(move || {
+                    while let Some(job) = rx.blocking_recv() {
+                        job();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Why a command could not be started contained.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The spawn itself failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The spawning thread is not running.
+    #[error("the spawning thread is not running")]
+    NoSpawner,
+}
+
+/// Where the commands' cgroups go, when cgroup v2 can be used.
+#[derive(Debug)]
+struct Cgroups {
+    /// `rex-exec.<pid>.<n>` in the exec-server's own cgroup.
+    base: PathBuf,
+    next: AtomicU64,
+    /// Killed commands' cgroups not removed yet.
+    leftovers: Mutex<Vec<PathBuf>>,
+    /// The guard's stdin: closed when the exec-server goes.
+    _guard: Option<std::process::ChildStdin>,
+}
+
+/// Containment for one exec-server's commands.
+#[derive(Debug)]
+pub struct Containment {
+    cgroups: Option<Cgroups>,
+}
+
+impl Containment {
+    /// Sets up containment: the commands' cgroup where cgroup v2 allows
+    /// one, with its guard. Says (once, in the log) which containment
+    /// applies.
+    pub fn setup() -> Arc<Self> {
+        let cgroups = match Cgroups::create() {
+            Ok(c) => {
+                tracing::info!(cgroup = %c.base.display(), "each command runs in a cgroup of its own, killed when it ends");
+                Some(c)
+            }
+            Err(why) => {
+                tracing::info!(
+                    "no cgroup v2 for commands ({why}): a command's processes are contained by \
+                     their process group only (a descendant that leaves it survives the command)"
+                );
+                None
+            }
+        };
+        Arc::new(Self { cgroups })
+    }
+
+    /// No cgroups: the process group and the death signal only.
+    pub fn without_cgroups() -> Arc<Self> {
+        Arc::new(Self { cgroups: None })
+    }
+
+    /// Whether commands get a cgroup of their own.
+    pub fn has_cgroups(&self) -> bool {
+        self.cgroups.is_some()
+    }
+
+    /// Spawns `cmd` contained: from the spawning thread, with the death
+    /// signal set and (where available) inside a new cgroup, which the
+    /// returned [`CommandGroup`] kills when dropped.
+    pub async fn spawn(
+        self: &Arc<Self>,
+        mut cmd: Command,
+    ) -> Result<(Child, CommandGroup), SpawnError> {
+        let dir = self.cgroups.as_ref().and_then(Cgroups::new_group);
+        let procs = dir.as_ref().and_then(|d| {
+            File::options()
+                .write(true)
+                .open(d.join("cgroup.procs"))
+                .ok()
+                .map(OwnedFd::from)
+        });
+        let group = CommandGroup {
+            dir,
+            owner: Arc::clone(self),
+        };
+        install_pre_exec(&mut cmd, procs);
+        let tx = spawner().ok_or(SpawnError::NoSpawner)?;
+        let handle = tokio::runtime::Handle::current();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _entered = handle.enter();
+            let _ = reply_tx.send(cmd.spawn());
+        });
+        tx.send(job).await.map_err(|_| SpawnError::NoSpawner)?;
+        let child = reply_rx.await.map_err(|_| SpawnError::NoSpawner)??;
+        Ok((child, group))
+    }
+}
+
+/// A command's cgroup (if it has one): killed and removed when dropped.
+#[derive(Debug)]
+pub struct CommandGroup {
+    dir: Option<PathBuf>,
+    owner: Arc<Containment>,
+}
+
+impl CommandGroup {
+    /// The cgroup's directory, if the command has one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+}
+
+impl Drop for CommandGroup {
+    fn drop(&mut self) {
+        let (Some(dir), Some(cgroups)) = (self.dir.take(), self.owner.cgroups.as_ref()) else {
+            return;
+        };
+        kill_cgroup(&dir);
+        cgroups.remove_later(dir);
+    }
+}
+
+/// Kills every process in the cgroup `dir` (and its descendants).
+fn kill_cgroup(dir: &Path) {
+    if let Ok(mut f) = File::options().write(true).open(dir.join("cgroup.kill")) {
+        let _ = f.write_all(b"1");
+    }
+}
+
+impl Cgroups {
+    /// Finds the exec-server's cgroup v2 directory and makes the
+    /// commands' base cgroup in it, with its guard.
+    fn create() -> Result<Self, String> {
+        let dir = own_cgroup_dir().ok_or("cgroup v2 is not mounted")?;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let base = dir.join(format!(
+            "rex-exec.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        if !base.join("cgroup.kill").exists() {
+            let _ = std::fs::remove_dir(&base);
+            return Err("the kernel has no cgroup.kill (Linux 5.14 or later)".into());
+        }
+        let guard = start_guard(&base);
+        if guard.is_none() {
+            tracing::warn!(
+                "cannot start the cgroup guard (sh): commands are killed when they end, but not \
+                 if the exec-server is killed"
+            );
+        }
+        Ok(Self {
+            base,
+            next: AtomicU64::new(0),
+            leftovers: Mutex::new(Vec::new()),
+            _guard: guard,
+        })
+    }
+
+    /// A new, empty cgroup for one command.
+    fn new_group(&self) -> Option<PathBuf> {
+        self.sweep();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let dir = self.base.join(format!("cmd-{n}"));
+        std::fs::create_dir(&dir).ok().map(|()| dir)
+    }
+
+    /// Notes a killed command's cgroup for removal (once its processes
+    /// are gone).
+    fn remove_later(&self, dir: PathBuf) {
+        if std::fs::remove_dir(&dir).is_ok() {
+            return;
+        }
+        let mut left = self
+            .leftovers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if left.len() < MAX_LEFTOVERS {
+            left.push(dir);
+        }
+    }
+
+    /// Removes the killed commands' cgroups that have emptied.
+    fn sweep(&self) {
+        let mut left = self
+            .leftovers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        left.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        // The guard (its stdin now closing) kills what is left and removes
+        // the directories.
+        kill_cgroup(&self.base);
+    }
+}
+
+/// The guard: waits for its stdin (a pipe from the exec-server) to close,
+/// then kills every command's cgroup and removes the directories once
+/// they are empty (for a few seconds at most).
+const GUARD_SCRIPT: &str = r#"cat >/dev/null
+echo 1 > "$1/cgroup.kill" 2>/dev/null
+i=0
+while [ $i -lt 50 ]; do
+  for d in "$1"/cmd-*; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+  rmdir "$1" 2>/dev/null && exit 0
+  i=$((i+1))
+  sleep 0.1
+done"#;
+
+fn start_guard(base: &Path) -> Option<std::process::ChildStdin> {
+    use std::os::unix::process::CommandExt;
+    let mut guard = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(GUARD_SCRIPT)
+        .arg("rex-cgroup-guard")
+        .arg(OsString::from(base.as_os_str()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // Not in the exec-server's process group: a Ctrl-C meant for the
+        // exec-server does not take the guard first.
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    // The guard outlives the exec-server by design (it is not waited for).
+    guard.stdin.take()
+}
+
+/// The exec-server's own cgroup v2 directory, from /proc/self/mountinfo
+/// (where cgroup2 is mounted) and /proc/self/cgroup (the `0::` line).
+fn own_cgroup_dir() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(own.trim_start_matches('/')))
+}
+
+/// Sets the child's death signal, checks its parent is still the
+/// exec-server, and moves it into its cgroup, between fork and exec.
+#[allow(unsafe_code)]
+fn install_pre_exec(cmd: &mut Command, procs: Option<OwnedFd>) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: it makes three system calls
+    // (prctl, getppid, write) through nix, allocates nothing and takes no
+    // lock. The descriptor it writes to was opened (close-on-exec) before
+    // the fork and is owned by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // The exec-server died before the death signal was set.
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            if let Some(fd) = &procs {
+                // No cgroup (say, not allowed here) leaves the process
+                // group as the containment; the command still runs.
+                let _ = nix::unistd::write(fd, b"0");
+            }
+            Ok(())
+        });
+    }
+}

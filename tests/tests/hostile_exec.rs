@@ -1,0 +1,436 @@
+//! The exec-server and CLI under hostile or careless use, through the
+//! built binaries on loopback: keys revoked live and reloaded on SIGHUP,
+//! private key files open to others refused, a flood of refused
+//! handshakes logged in a bounded number of lines, Ctrl-C with a stdout
+//! nobody reads, a locked records database, and a command's processes
+//! (even one that calls `setsid`) ending with the command and with the
+//! exec-server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::binaries::{self, ProcStack};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use proto::keys::StaticKeypair;
+
+/// A number no other process on the machine has in its arguments: used as
+/// `sleep`'s duration, it marks the test's processes.
+fn marker() -> String {
+    format!("1000.{}{}", std::process::id(), rand::random::<u32>())
+}
+
+/// Pids of live (not zombie) `sleep` processes with `marker` in their
+/// arguments.
+fn with_marker(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        // `sleep MARKER` itself, not the CLI that asked for it.
+        let mut args = cmdline.split(|b| *b == 0);
+        let is_sleep = args
+            .next()
+            .is_some_and(|argv0| argv0 == b"sleep" || argv0.ends_with(b"/sleep"));
+        if !zombie && is_sleep && args.any(|arg| arg == marker.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits (bounded) until `ok` holds; returns whether it did.
+fn eventually(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok()
+}
+
+/// Waits (bounded) for `child` to exit; its status if it did.
+fn exits(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    eventually(within, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+fn public_of(key: &Path) -> String {
+    StaticKeypair::read_file(key).unwrap().public().to_string()
+}
+
+fn write_keys(stack: &ProcStack, keys: &[&str]) {
+    let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    std::fs::write(stack.dir.path().join("authorized_keys"), text).unwrap();
+}
+
+fn stderr_lines(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn exec_as(stack: &ProcStack, key: &Path, argv: &[&str]) -> Command {
+    binaries::exec_command(&stack.relay_url, &stack.server_pub, key, &[], argv).unwrap()
+}
+
+#[test]
+fn a_removed_key_is_refused_and_its_sessions_end_and_sighup_reloads() {
+    let stack = ProcStack::start(&[]).unwrap();
+    let first = public_of(&stack.client_key);
+    let second_pub = binaries::keygen("core-client", stack.dir.path(), "second.key").unwrap();
+    let second = stack.dir.path().join("second.key");
+    write_keys(&stack, &[&first, &second_pub]);
+
+    // A long command of the first key.
+    let mark = marker();
+    let mut running = stack
+        .exec(&["sleep", &mark])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || !with_marker(&mark).is_empty()),
+        "the command started"
+    );
+
+    // The first key is removed: the next handshake (its own, here)
+    // re-reads the file, with no restart.
+    write_keys(&stack, &[&second_pub]);
+    let refused = stack.exec(&["true"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(255), "{refused:?}");
+    let text = stderr_lines(&refused).join("\n");
+    assert!(
+        text.contains("does not authorize this client key"),
+        "{text}"
+    );
+
+    // Its running session ends with a clear one-line reason, and the
+    // command's process with it.
+    let status = exits(&mut running, Duration::from_secs(20)).expect("the session ended");
+    assert!(!status.success());
+    let out = running.wait_with_output().unwrap();
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("no longer authorized"), "{lines:?}");
+    assert!(
+        eventually(Duration::from_secs(20), || with_marker(&mark).is_empty()),
+        "the command's process ended with its session"
+    );
+
+    // The second key still works.
+    let ok = exec_as(&stack, &second, &["echo", "ok"]).output().unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+
+    // SIGHUP re-reads the file and never terminates the exec-server.
+    write_keys(&stack, &[&first, &second_pub]);
+    let pid = Pid::from_raw(i32::try_from(stack.server.child.id()).unwrap());
+    kill(pid, Signal::SIGHUP).unwrap();
+    stack
+        .server
+        .wait_for_line("re-reading the authorized keys", Duration::from_secs(20))
+        .unwrap();
+    stack
+        .server
+        .wait_for_line("2 key(s) in force", Duration::from_secs(20))
+        .unwrap();
+    let back = stack.exec(&["echo", "back"]).output().unwrap();
+    assert!(back.status.success(), "{back:?}");
+    assert_eq!(back.stdout, b"back\n");
+    let mut server = stack;
+    assert!(
+        server.server.child.try_wait().unwrap().is_none(),
+        "the exec-server is still running after SIGHUP"
+    );
+}
+
+#[test]
+fn private_key_files_others_can_read_are_refused() {
+    let stack = ProcStack::start(&[]).unwrap();
+    std::fs::set_permissions(&stack.client_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = stack.exec(&["true"]).output().unwrap();
+    assert!(!out.status.success());
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("0644") && lines[0].contains("too open"),
+        "{lines:?}"
+    );
+
+    let key = stack.dir.path().join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = Command::new(binaries::path("exec-server").unwrap())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--key")
+        .arg(&key)
+        .arg("--authorized-keys")
+        .arg(stack.dir.path().join("authorized_keys"))
+        .arg("--no-records")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("0640") && lines[0].contains("too open"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_handshakes_takes_a_bounded_number_of_log_lines() {
+    const ATTEMPTS: u64 = 200;
+    let stack = ProcStack::start(&[]).unwrap();
+    let server: proto::keys::PublicKey = stack.server_pub.parse().unwrap();
+    for _ in 0..ATTEMPTS {
+        let stranger = StaticKeypair::generate().unwrap();
+        let client = rex_client::Client::new(rex_client::ClientConfig::new(
+            stranger,
+            server,
+            rex_client::Target::Relay(stack.relay_url.clone()),
+        ));
+        let refused = client.exec(rex_client::ExecSpec::new(["true"])).await;
+        assert!(refused.is_err());
+        client.close().await;
+    }
+    // Every refusal is accounted for: one line each for the first few, the
+    // rest in summary lines (one per interval).
+    let mut lines = Vec::new();
+    let mut individual = 0u64;
+    let mut summarised = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while individual + summarised < ATTEMPTS && Instant::now() < deadline {
+        let Ok(line) = stack
+            .server
+            .stderr_lines
+            .recv_timeout(Duration::from_secs(1))
+        else {
+            continue;
+        };
+        if !line.contains("WARN") {
+            continue;
+        }
+        lines.push(line.clone());
+        let field = |name: &str| {
+            line.split(name)
+                .nth(1)
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|c| c.parse::<u64>().ok())
+        };
+        if line.contains("refused a client key") {
+            // Its own, and those held back since the last summary.
+            individual += 1;
+            summarised += field("held_back=").unwrap_or(0);
+        } else if let Some(count) = field("count=") {
+            summarised += count;
+        }
+    }
+    assert_eq!(
+        individual + summarised,
+        ATTEMPTS,
+        "{individual} + {summarised}: {lines:#?}"
+    );
+    assert!(
+        lines.len() <= 8,
+        "{} warning lines for {ATTEMPTS} refusals: {lines:#?}",
+        lines.len()
+    );
+}
+
+#[test]
+fn ctrl_c_ends_the_cli_while_its_stdout_is_blocked() {
+    let stack = ProcStack::start(&[]).unwrap();
+    // Its stdout is a pipe nobody reads.
+    let mut cli = stack
+        .exec(&["yes", "a line of output"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let the pipe fill up (and the remote side stall behind it).
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cli.try_wait().unwrap().is_none(), "still running");
+    let pid = Pid::from_raw(i32::try_from(cli.id()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let status = exits(&mut cli, Duration::from_secs(10)).unwrap_or_else(|| {
+        let _ = cli.kill();
+        panic!("the CLI ignored SIGINT while its stdout was blocked");
+    });
+    // The remote command died of SIGINT: 128 + 2.
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+#[test]
+fn a_locked_records_database_neither_fails_nor_holds_up_a_command() {
+    let stack = ProcStack::start(&[]).unwrap();
+    let db = stack
+        .client_key
+        .parent()
+        .unwrap()
+        .join("client-data")
+        .join(metadata::store::FILE_NAME);
+    drop(metadata::Store::open(&db).unwrap());
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let out = stack.exec(&["echo", "done"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"done\n");
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "one line for the records: {lines:?}");
+    assert!(
+        lines[0].starts_with("core-client: warning: ") && lines[0].contains("locked"),
+        "{lines:?}"
+    );
+    drop(holder);
+
+    // `history` says locked, not unreadable.
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let history = Command::new(binaries::path("core-client").unwrap())
+        .arg("--data-dir")
+        .arg(db.parent().unwrap())
+        .arg("history")
+        .env("XDG_CONFIG_HOME", stack.dir.path().join("config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&history.stderr);
+    assert!(!history.status.success());
+    assert!(
+        text.contains("locked") && !text.contains("unreadable"),
+        "{text}"
+    );
+}
+
+/// Whether the exec-server made its commands' cgroup (cgroup v2 with
+/// delegation available here).
+fn has_cgroups(stack: &ProcStack) -> bool {
+    let pid = stack.server.child.id();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+    });
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("0::")
+                    .map(|p| p.trim_start_matches('/').to_owned())
+            })
+        });
+    let made = match (mount, own) {
+        (Some(mount), Some(own)) => mount.join(own).join(format!("rex-exec.{pid}.0")).is_dir(),
+        _ => false,
+    };
+    if !made {
+        eprintln!(
+            "notice: cgroup v2 delegation is not available here; the parts of this test that \
+             need it (setsid descendants) are skipped"
+        );
+    }
+    made
+}
+
+#[test]
+fn a_commands_processes_end_with_the_command_and_with_the_exec_server() {
+    let mut stack = ProcStack::start(&[("REX_CGROUPS", "true")]).unwrap();
+    let cgroups = has_cgroups(&stack);
+
+    // The command ends (Ctrl-C): a child that called setsid ends too.
+    let (escapee, member) = (marker(), marker());
+    let script = format!("setsid sleep {escapee} & sleep {member}");
+    let mut cli = stack
+        .exec(&["sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || {
+        !with_marker(&escapee).is_empty() && !with_marker(&member).is_empty()
+    }));
+    let pid = Pid::from_raw(i32::try_from(cli.id()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    exits(&mut cli, Duration::from_secs(20)).expect("the CLI exited");
+    assert!(eventually(Duration::from_secs(20), || with_marker(&member).is_empty()));
+    if cgroups {
+        assert!(
+            eventually(Duration::from_secs(20), || with_marker(&escapee).is_empty()),
+            "the setsid child survived the command"
+        );
+    }
+    for pid in with_marker(&escapee) {
+        let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL);
+    }
+
+    // The exec-server is killed: its silent direct child dies with it, and
+    // (with cgroups) a setsid grandchild too.
+    let (direct, escapee) = (marker(), marker());
+    let mut quiet = stack
+        .exec(&["sleep", &direct])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let script = format!("setsid sleep {escapee} & wait");
+    let mut loud = stack
+        .exec(&["sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || {
+        !with_marker(&direct).is_empty() && !with_marker(&escapee).is_empty()
+    }));
+    stack.server.child.kill().unwrap();
+    stack.server.child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || with_marker(&direct).is_empty()),
+        "the direct child survived the exec-server"
+    );
+    if cgroups {
+        assert!(
+            eventually(Duration::from_secs(20), || with_marker(&escapee).is_empty()),
+            "the setsid grandchild survived the exec-server"
+        );
+    }
+    for pid in with_marker(&escapee) {
+        let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL);
+    }
+    let _ = quiet.kill();
+    let _ = loud.kill();
+    let _ = quiet.wait();
+    let _ = loud.wait();
+}
