@@ -311,9 +311,10 @@ impl Router {
                 // Every chunk may be the last (a one-chunk output's first
                 // and last are the same chunk, so span counts stay fixed).
                 // Only times are kept per chunk; nothing is parsed.
-                call.last_chunk = Some((*arrived, SystemTime::now(), hop.clone()));
+                let decoded = SystemTime::now();
+                call.last_chunk = Some((*arrived, decoded, hop.clone()));
                 if call.output_chunks > 1 {
-                    return SystemTime::now();
+                    return decoded;
                 }
                 "output.first"
             }

@@ -203,43 +203,16 @@ pub async fn start(
     })
 }
 
-/// How often the direct listener's refusals are summarised in the log.
-const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Logs what the direct listener refused, one summary line per interval
 /// (never a line per refusal).
 async fn summarise(conns: Arc<Connections>, startups: Arc<Gate>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(SUMMARY_EVERY);
+    let mut every = tokio::time::interval(telemetry::limited::SUMMARY_INTERVAL);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let c = conns.take_summary();
-        if c.any_refused() {
-            tracing::warn!(
-                open = conns.open(),
-                accepted = c.accepted,
-                refused_full = c.refused_full,
-                refused_per_source = c.refused_source,
-                displaced_silent = c.displaced,
-                preface_timeouts = c.preface_timeouts,
-                accept_errors = c.accept_errors,
-                "direct connections refused or closed early in the last {}s",
-                SUMMARY_EVERY.as_secs()
-            );
-        }
-        let s = startups.take_refusals();
-        if s.total() > 0 {
-            tracing::warn!(
-                in_flight = startups.in_flight(),
-                dropped_early = s.early,
-                refused_full = s.full,
-                refused_per_source = s.source,
-                "unauthenticated direct sessions refused in the last {}s",
-                SUMMARY_EVERY.as_secs()
-            );
-        }
+        telemetry::limited::warn_admission("direct ", &conns, &startups);
     }
 }
 

@@ -22,9 +22,8 @@ use crate::registration::{AllowList, Reload};
 use crate::registry::Registry;
 use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
 
-/// How often refusals are summarised in the log (and the allow-list
-/// looked at).
-const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// How often refusals are summarised in the log.
+const SUMMARY_EVERY: Duration = telemetry::limited::SUMMARY_INTERVAL;
 /// How often the allow-list file is looked at for changes.
 const ALLOW_LIST_EVERY: Duration = Duration::from_secs(2);
 
@@ -158,31 +157,7 @@ async fn watch_limits(state: RelayState, connections: Arc<Connections>) {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = summary.tick() => {
-                let c = connections.take_summary();
-                if c.any_refused() {
-                    tracing::warn!(
-                        open = connections.open(),
-                        accepted = c.accepted,
-                        refused_full = c.refused_full,
-                        refused_per_source = c.refused_source,
-                        displaced_silent = c.displaced,
-                        preface_timeouts = c.preface_timeouts,
-                        accept_errors = c.accept_errors,
-                        "connections refused or closed early in the last {}s",
-                        SUMMARY_EVERY.as_secs()
-                    );
-                }
-                let s = state.startups.take_refusals();
-                if s.total() > 0 {
-                    tracing::warn!(
-                        in_flight = state.startups.in_flight(),
-                        dropped_early = s.early,
-                        refused_full = s.full,
-                        refused_per_source = s.source,
-                        "unauthenticated sessions refused in the last {}s",
-                        SUMMARY_EVERY.as_secs()
-                    );
-                }
+                telemetry::limited::warn_admission("", &connections, &state.startups);
                 let r = state.take_registration_refusals();
                 if r.rate + r.not_allowed + r.full + r.proof > 0 {
                     tracing::warn!(

@@ -113,6 +113,42 @@ impl Limiter {
     }
 }
 
+/// Logs what a listener's admission refused since the last call, one
+/// summary line each for its connections and its unauthenticated sessions
+/// (nothing when nothing was refused); `scope` names the listener in the
+/// lines (`""` for the relay, `"direct "` for an exec-server's own).
+#[cfg(feature = "export")]
+pub fn warn_admission(
+    scope: &str,
+    conns: &proto::listener::Connections,
+    startups: &proto::admission::Gate,
+) {
+    let every = SUMMARY_INTERVAL.as_secs();
+    let c = conns.take_summary();
+    if c.any_refused() {
+        tracing::warn!(
+            open = conns.open(),
+            accepted = c.accepted,
+            refused_full = c.refused_full,
+            refused_per_source = c.refused_source,
+            displaced_silent = c.displaced,
+            preface_timeouts = c.preface_timeouts,
+            accept_errors = c.accept_errors,
+            "{scope}connections refused or closed early in the last {every}s"
+        );
+    }
+    let s = startups.take_refusals();
+    if s.total() > 0 {
+        tracing::warn!(
+            in_flight = startups.in_flight(),
+            dropped_early = s.early,
+            refused_full = s.full,
+            refused_per_source = s.source,
+            "unauthenticated {scope}sessions refused in the last {every}s"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,15 +96,7 @@ pub fn assert_tiles(spans: &[RecordedSpan], dispatch: &RecordedSpan, remote: Rem
     let mut walked = String::new();
     let mut previous_service = "core-client";
     for (service, name, label) in PATH {
-        let matching: Vec<&RecordedSpan> = spans
-            .iter()
-            .filter(|s| s.service == *service && s.name == *name)
-            .filter(|s| {
-                label.is_none_or(|l| {
-                    s.attr_str("rex.message") == Some(l) || s.attr_str("rex.direction") == Some(l)
-                })
-            })
-            .collect();
+        let matching: Vec<&RecordedSpan> = stage_spans(spans, service, name, *label).collect();
         let [span] = matching.as_slice() else {
             panic!(
                 "{service}/{name} {label:?}: expected one span, found {} (path so far: {walked})",
@@ -136,18 +128,28 @@ pub fn assert_tiles(spans: &[RecordedSpan], dispatch: &RecordedSpan, remote: Rem
     );
 }
 
+/// The spans of one [`PATH`] entry: `name` from `service`, with `label`
+/// as its `rex.message` or `rex.direction` when given.
+fn stage_spans<'a>(
+    spans: &'a [RecordedSpan],
+    service: &'a str,
+    name: &'a str,
+    label: Option<&'a str>,
+) -> impl Iterator<Item = &'a RecordedSpan> {
+    spans.iter().filter(move |s| {
+        s.service == service
+            && s.name == name
+            && label.is_none_or(|l| {
+                s.attr_str("rex.message") == Some(l) || s.attr_str("rex.direction") == Some(l)
+            })
+    })
+}
+
 /// The spans of [`PATH`] in `spans`, in order, if each is there once.
 pub fn path_spans(spans: &[RecordedSpan]) -> Option<Vec<RecordedSpan>> {
     PATH.iter()
         .map(|(service, name, label)| {
-            let mut matching = spans.iter().filter(|s| {
-                s.service == *service
-                    && s.name == *name
-                    && label.is_none_or(|l| {
-                        s.attr_str("rex.message") == Some(l)
-                            || s.attr_str("rex.direction") == Some(l)
-                    })
-            });
+            let mut matching = stage_spans(spans, service, name, *label);
             let one = matching.next()?;
             matching.next().is_none().then(|| one.clone())
         })
