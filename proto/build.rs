@@ -1,7 +1,11 @@
 //! Compiles the protobuf schemas with a pure-Rust compiler (no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/tunnel.proto", "proto/session.proto"];
+    let files = [
+        "proto/tunnel.proto",
+        "proto/session.proto",
+        "proto/agent.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

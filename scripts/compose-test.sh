@@ -10,7 +10,9 @@
 # JAEGER_IMAGE picks the trace store: by default the repository's trace
 # sink (no registry needed); JAEGER_IMAGE=jaegertracing/jaeger:<tag> runs
 # the same tests against real Jaeger. Extra arguments go to the test
-# binary (e.g. a test name filter).
+# binary (e.g. a test name filter). Then the stack is brought up again
+# with TLS between the containers (docker-compose.tls.yml: certificates
+# made at start-up) and the TLS test runs against it (REX_COMPOSE_TLS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +32,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 export REX_IMAGE_PREFIX="${REX_IMAGE_PREFIX:-rex}"
 export JAEGER_IMAGE="${JAEGER_IMAGE:-$REX_IMAGE_PREFIX-trace-sink:local}"
 export JAEGER_UI_PORT="${JAEGER_UI_PORT:-$(free_port)}"
+# A shorter resume grace, so that the test of a relay down for longer than
+# it does not take minutes (tests/tests/compose.rs knows this value).
+export REX_RESUME_GRACE="${REX_RESUME_GRACE:-20s}"
 
-dc() { $compose -p "$project" -f docker-compose.yml "$@"; }
+files=(-f docker-compose.yml)
+dc() { $compose -p "$project" "${files[@]}" "$@"; }
 
 teardown() {
     local status=$?
@@ -65,3 +71,16 @@ REX_COMPOSE_PROJECT="$project" \
 REX_COMPOSE_FILE="$PWD/docker-compose.yml" \
 REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
     cargo test --locked -p integration-tests --test compose -- --nocapture "$@"
+
+echo "== the stack again, with TLS between the containers (docker-compose.tls.yml)"
+files+=(-f docker-compose.tls.yml)
+dc up -d jaeger relay exec-server
+dc run --rm -T core-client
+
+echo "== compose tests over TLS"
+REX_COMPOSE="$compose" \
+REX_COMPOSE_PROJECT="$project" \
+REX_COMPOSE_FILE="$PWD/docker-compose.yml:$PWD/docker-compose.tls.yml" \
+REX_COMPOSE_TLS=1 \
+REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
+    cargo test --locked -p integration-tests --test compose -- --nocapture tls_

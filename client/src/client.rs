@@ -2,28 +2,25 @@
 //! and re-established when it is lost.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
 
 use lifecycle::Tasks;
-use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, Span, Status as SpanStatus, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use telemetry::{carriers, otel, spans};
+use proto::session::Now;
+use telemetry::spans;
 use tokio::sync::{Mutex, mpsc};
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::connect;
-use crate::error::{ClientError, ConnectError, InvalidRequest, Waiting};
+use crate::dispatch::{Dispatch, Records, request_for};
+use crate::error::{ClientError, ConnectError, Waiting};
 use crate::exec::{ExecFailure, ExecSpec, Output};
-use crate::execution::{Controller, Delivery, Execution};
-#[cfg(feature = "records")]
-use crate::records::CallRecord;
-use crate::session::{Command, SessionHandle, Traced};
-
-/// Room an exec request's envelope needs around it: the call id, the trace
-/// context, the send time and the field tags.
-const ENVELOPE_ROOM: usize = 1024;
+use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
+use crate::session::{Command, SessionHandle, StartTaken, Traced};
+use crate::warm::{Schedule, Warm, WarmOutcome, WarmPolicy, WarmStatus};
 
 /// A client for one exec-server.
 #[derive(Debug, Clone)]
@@ -38,31 +35,66 @@ struct Inner {
     server_id: String,
     channel: Mutex<Option<Channel>>,
     session: Mutex<Option<SessionHandle>>,
+    /// Set while a session is being established (under `session`), so
+    /// that a dispatch that waits for it knows it did.
+    establishing: AtomicBool,
     sessions_opened: AtomicU64,
-    /// The sessions' driver tasks. A session closes by itself once every
-    /// handle on it (this client, its executions and controllers) is gone.
+    /// The warm policy's schedule and its task's wake-ups.
+    warm: Arc<Warm>,
+    /// The sessions' driver tasks and the warm task. A session closes by
+    /// itself once every handle on it (this client, its executions and
+    /// controllers) is gone.
     tasks: Tasks,
 }
 
-/// The record of a call, when records are kept.
-#[cfg(feature = "records")]
-type Record = Option<CallRecord>;
-#[cfg(not(feature = "records"))]
-type Record = Option<std::convert::Infallible>;
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The warm task holds no reference to the client: it is told.
+        self.warm.stop.cancel();
+    }
+}
+
+/// How a dispatch got its session (`rex.session.warmth` on its
+/// `session.acquire`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Warmth {
+    /// A live session was there.
+    Warm,
+    /// One was being established (by a warm or another call): it waited
+    /// for it.
+    Waited,
+    /// It established one itself.
+    Cold,
+}
+
+impl Warmth {
+    fn name(self) -> &'static str {
+        match self {
+            Warmth::Warm => "warm",
+            Warmth::Waited => "waited",
+            Warmth::Cold => "cold",
+        }
+    }
+}
 
 impl Client {
     /// A client; nothing is dialled until the first call (or [`Client::connect`]).
     pub fn new(config: ClientConfig) -> Self {
-        Self {
+        let client = Self {
             inner: Arc::new(Inner {
                 server_id: config.server.server_id(),
+                warm: Arc::new(Warm::new(config.warm)),
                 config,
                 channel: Mutex::new(None),
                 session: Mutex::new(None),
+                establishing: AtomicBool::new(false),
                 sessions_opened: AtomicU64::new(0),
                 tasks: Tasks::new(),
             }),
-        }
+        };
+        // Outside a runtime, the warm task starts with the first call.
+        client.ensure_warm_task();
+        client
     }
 
     /// The settings.
@@ -78,9 +110,181 @@ impl Client {
 
     /// Establishes the session now (a warm-up), if not already live.
     pub async fn connect(&self) -> Result<(), ClientError> {
+        self.ensure_warm_task();
         self.acquire(&Context::new(), SystemTime::now())
             .await
             .map(|_| ())
+    }
+
+    /// Turns the warm policy on or off, or changes its interval (telling
+    /// subscribers). Turning it on warms at once; it is off by default
+    /// ([`ClientConfig::warm`]). Call it from within a Tokio runtime (the
+    /// warm task runs on it).
+    pub fn set_warm_policy(&self, policy: WarmPolicy) {
+        self.inner
+            .warm
+            .update(|s| s.set_policy(policy, Now::system()));
+        self.ensure_warm_task();
+    }
+
+    /// The warm policy's state: whether it is on, when the next warm fires
+    /// (none while calls run), when the last one happened, how it went and
+    /// its latency, and the calls running.
+    pub fn warm_status(&self) -> WarmStatus {
+        self.inner.warm.status()
+    }
+
+    /// Every change of [`warm_status`](Self::warm_status) (a warm done,
+    /// the policy changed, a call started or ended), as a watch channel: a
+    /// UI can show an exact countdown without polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<WarmStatus> {
+        self.inner.warm.subscribe()
+    }
+
+    /// Warms now: pings the live session (measuring the round trip) or
+    /// establishes one, and starts the cycle again (the next automatic
+    /// warm is a full interval after this one). Returns the status after
+    /// it; a failure is in its `last_outcome`.
+    pub async fn warm_now(&self) -> WarmStatus {
+        self.ensure_warm_task();
+        self.warm("manual").await
+    }
+
+    /// Starts the warm task, once, if warms are on and a runtime is here.
+    fn ensure_warm_task(&self) {
+        let warm = &self.inner.warm;
+        if !warm.enabled() || tokio::runtime::Handle::try_current().is_err() || !warm.start_once() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let warm = Arc::clone(warm);
+        let span = tracing::debug_span!(parent: None, "warm", server = %&self.inner.server_id[..8]);
+        self.inner.tasks.spawn(span, async move {
+            loop {
+                let due = warm.due();
+                tokio::select! {
+                    () = warm.stop.cancelled() => return,
+                    () = warm.changed.notified() => continue,
+                    () = sleep_until(due) => {}
+                }
+                // A change may have moved the deadline meanwhile.
+                if warm.due().is_some_and(|d| d <= Instant::now()) {
+                    let Some(inner) = weak.upgrade() else { return };
+                    Client { inner }.warm("timer").await;
+                }
+            }
+        });
+    }
+
+    /// One warm: a ping of the live session, or a new session if there is
+    /// none (or it does not answer), in a `session.warm` span of its own.
+    async fn warm(&self, trigger: &'static str) -> WarmStatus {
+        let warm = &self.inner.warm;
+        let _one = warm.one_at_a_time.lock().await;
+        warm.update(Schedule::warm_started);
+        let tracer = opentelemetry::global::tracer("core-client");
+        let live = self.live_session().await;
+        let mut builder = tracer
+            .span_builder(spans::SESSION_WARM)
+            .with_attributes(vec![
+                KeyValue::new("rex.server.id", self.inner.server_id.clone()),
+                KeyValue::new("rex.warm.trigger", trigger),
+            ]);
+        if let Some(origin) = live
+            .as_ref()
+            .map(SessionHandle::origin)
+            .filter(|o| o.is_valid())
+        {
+            builder = builder.with_links(vec![Link::with_context(origin.clone())]);
+        }
+        let mut span = builder.start_with_context(&tracer, &Context::new());
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
+        let started = Instant::now();
+        let timeout = self.inner.config.handshake_timeout;
+        let pinged = match &live {
+            Some(s) => match tokio::time::timeout(timeout, s.ping()).await {
+                Ok(Ok(rtt)) => Some(rtt),
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    // It does not answer: a new session replaces it.
+                    s.abandon();
+                    None
+                }
+            },
+            None => None,
+        };
+        let (outcome, latency, kind) = match pinged {
+            Some(rtt) => (WarmOutcome::Ok, rtt, "ping"),
+            None => match self.session(&cx).await {
+                Ok(_) => (WarmOutcome::Ok, started.elapsed(), "establish"),
+                Err(e) => {
+                    span.set_status(SpanStatus::error(e.to_string()));
+                    (WarmOutcome::Failed(e), started.elapsed(), "establish")
+                }
+            },
+        };
+        span.set_attribute(KeyValue::new("rex.warm.kind", kind));
+        span.set_attribute(KeyValue::new(
+            "rex.warm.latency_ns",
+            i64::try_from(latency.as_nanos()).unwrap_or(i64::MAX),
+        ));
+        span.end();
+        warm.update(|s| s.warm_finished(outcome, latency, Now::system()));
+        warm.status()
+    }
+
+    /// The live session, if there is one.
+    async fn live_session(&self) -> Option<SessionHandle> {
+        self.inner
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    /// A ready session: the live one, or one established now with its
+    /// set-up spans under `cx`; and how it was found.
+    async fn session(&self, cx: &Context) -> Result<(SessionHandle, Warmth), ClientError> {
+        let (mut guard, waited) = match self.inner.session.try_lock() {
+            Ok(guard) => (guard, false),
+            Err(_) => {
+                let establishing = self.inner.establishing.load(Ordering::Acquire);
+                (self.inner.session.lock().await, establishing)
+            }
+        };
+        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
+            let warmth = if waited { Warmth::Waited } else { Warmth::Warm };
+            return Ok((s.clone(), warmth));
+        }
+        self.inner.establishing.store(true, Ordering::Release);
+        let config = &self.inner.config;
+        let result = async {
+            let channel = {
+                let mut ch = self.inner.channel.lock().await;
+                match ch.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = connect::channel(config).await?;
+                        *ch = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            tokio::time::timeout(
+                config.handshake_timeout,
+                connect::open(config, channel, cx, &self.inner.tasks),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout(Waiting::Establishing))?
+        }
+        .await;
+        self.inner.establishing.store(false, Ordering::Release);
+        let (handle, _) = result?;
+        self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        *guard = Some(handle.clone());
+        Ok((handle, Warmth::Cold))
     }
 
     /// Closes the session cleanly (authenticated close) and waits until it
@@ -105,98 +309,41 @@ impl Client {
             .with_start_time(start)
             .start_with_context(&tracer, parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
-        let mut guard = self.inner.session.lock().await;
-        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
-            span.set_attribute(KeyValue::new("rex.session.reused", true));
-            let ready = SystemTime::now();
-            span.end_with_timestamp(ready);
-            return Ok((s.clone(), ready));
-        }
-        span.set_attribute(KeyValue::new("rex.session.reused", false));
-        let config = &self.inner.config;
-        let result = async {
-            let channel = {
-                let mut ch = self.inner.channel.lock().await;
-                match ch.as_ref() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = connect::channel(config).await?;
-                        *ch = Some(c.clone());
-                        c
-                    }
-                }
-            };
-            tokio::time::timeout(
-                config.handshake_timeout,
-                connect::open(config, channel, &cx, &self.inner.tasks),
-            )
-            .await
-            .map_err(|_| ConnectError::Timeout(Waiting::Establishing))?
-        }
-        .await;
-        let handle = match result {
-            Ok((handle, _)) => handle,
+        match self.session(&cx).await {
+            Ok((handle, warmth)) => {
+                span.set_attribute(KeyValue::new("rex.session.reused", warmth != Warmth::Cold));
+                span.set_attribute(KeyValue::new("rex.session.warmth", warmth.name()));
+                let ready = SystemTime::now();
+                span.end_with_timestamp(ready);
+                Ok((handle, ready))
+            }
             Err(e) => {
+                span.set_attribute(KeyValue::new("rex.session.warmth", Warmth::Cold.name()));
                 span.set_status(SpanStatus::error(e.to_string()));
                 span.end();
-                return Err(e.into());
+                Err(e)
             }
-        };
-        self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        *guard = Some(handle.clone());
-        let ready = SystemTime::now();
-        span.end_with_timestamp(ready);
-        Ok((handle, ready))
+        }
     }
 
     /// Runs a command; its events arrive on the returned [`Execution`] as
     /// the exec-server pushes them.
     pub async fn exec(&self, spec: ExecSpec) -> Result<Execution, ClientError> {
-        if spec.argv.first().is_none_or(|a| a.is_empty()) {
-            return Err(ClientError::InvalidRequest(InvalidRequest::NoProgram));
-        }
-        let request = spec.to_request();
-        // The request must fit in one session message (with room for the
-        // envelope around it).
-        let len = prost::Message::encoded_len(&request);
-        if len + ENVELOPE_ROOM > proto::limits::MAX_ENVELOPE {
-            return Err(ClientError::InvalidRequest(InvalidRequest::TooLarge(
-                proto::envelope::EnvelopeError::TooLarge {
-                    len: len + ENVELOPE_ROOM,
-                    max: proto::limits::MAX_ENVELOPE,
-                },
-            )));
-        }
-        let parent = spec.parent.clone().unwrap_or_else(Context::current);
-        let tracer = opentelemetry::global::tracer("core-client");
-        let dispatched = SystemTime::now();
-        let span = tracer
-            .span_builder(spans::TOOL_DISPATCH)
-            .with_kind(SpanKind::Client)
-            .with_start_time(dispatched)
-            .with_attributes(vec![
-                KeyValue::new("process.executable.name", spec.program()),
-                KeyValue::new("rex.server.id", self.inner.server_id.clone()),
-            ])
-            .start_with_context(&tracer, &parent);
-        let cx = parent.with_remote_span_context(span.span_context().clone());
-        let record = self.record(&spec, span.span_context());
-        let trace = otel::trace_context_of(&cx).map(|tc| carriers::envelope::inject(&tc));
-        let mut dispatch = Dispatch {
-            span: Some(span),
-            record,
+        self.ensure_warm_task();
+        let request = request_for(&spec)?;
+        let config = &self.inner.config;
+        let records = Records {
+            #[cfg(feature = "records")]
+            store: config.metadata.as_ref(),
+            #[cfg(not(feature = "records"))]
+            store: None,
+            args: config.record_args,
         };
+        let mut dispatch = Dispatch::begin(&spec, &self.inner.server_id, records);
+        let cx = dispatch.cx.clone();
         // A session found dead before anything was sent is replaced once.
         let mut attempts = 0;
-        // The stages tile the dispatch: each starts where the previous one
-        // ended, from the same timestamp.
-        let asked = SystemTime::now();
-        let mut prepare = tracer
-            .span_builder(spans::DISPATCH_PREPARE)
-            .with_start_time(dispatched)
-            .start_with_context(&tracer, &cx);
-        prepare.end_with_timestamp(asked);
-        let mut from = asked;
+        let mut from = dispatch.prepared;
         loop {
             attempts += 1;
             let (session, ready) = match self.acquire(&cx, from).await {
@@ -210,25 +357,40 @@ impl Client {
                     session.clock_offset_nanos(),
                 ));
             }
-            let (tx, rx) = mpsc::channel(self.inner.config.events_per_call);
+            let (tx, rx) = mpsc::channel(call_queue(
+                self.inner.config.events_per_call,
+                session.output_window(),
+            ));
             let traced = Traced::at(&cx, "exec", ready);
+            let (taken_tx, taken) = StartTaken::new();
             let started = session
                 .start(|call_id| Command::Start {
                     call_id,
                     request: request.clone(),
-                    trace: trace.clone(),
+                    trace: dispatch.trace.clone(),
                     events: tx,
                     traced,
+                    taken: taken_tx,
                 })
                 .await;
             match started {
                 Ok(call_id) => {
-                    let control = Controller::new(call_id, session, cx);
+                    let terminal = spec.terminal.is_some();
+                    let sent = Arc::new(Sent::default());
+                    let control = Controller::new(
+                        call_id,
+                        Carrier::Session(session),
+                        cx,
+                        terminal,
+                        Some(taken),
+                        Arc::clone(&sent),
+                    );
                     return Ok(Execution::new(
                         control,
                         rx,
                         dispatch.span.take(),
-                        Delivery::new(dispatched, dispatch.record.take()),
+                        Delivery::new(dispatch.dispatched, dispatch.record.take(), sent, terminal),
+                        Some(self.inner.warm.call()),
                     ));
                 }
                 // The session ended before the request was queued: a new
@@ -239,32 +401,6 @@ impl Client {
         }
     }
 
-    #[cfg(feature = "records")]
-    fn record(&self, spec: &ExecSpec, sc: &opentelemetry::trace::SpanContext) -> Record {
-        let config = &self.inner.config;
-        config.metadata.as_ref().map(|store| {
-            let args = config.record_args.then(|| {
-                spec.argv
-                    .iter()
-                    .skip(1)
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect()
-            });
-            CallRecord::dispatched(
-                store,
-                self.inner.server_id.clone(),
-                spec.program(),
-                args,
-                sc,
-            )
-        })
-    }
-
-    #[cfg(not(feature = "records"))]
-    fn record(&self, _spec: &ExecSpec, _sc: &opentelemetry::trace::SpanContext) -> Record {
-        None
-    }
-
     /// Runs a command with stdin closed and collects its output.
     pub async fn output(&self, spec: ExecSpec) -> Result<Result<Output, ExecFailure>, ClientError> {
         let exec = self.exec(spec).await?;
@@ -272,24 +408,21 @@ impl Client {
     }
 }
 
-/// A call being dispatched: its `tool.dispatch` span and record, until an
-/// [`Execution`] takes them over.
-struct Dispatch {
-    span: Option<opentelemetry::global::BoxedSpan>,
-    record: Record,
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
-impl Dispatch {
-    /// The call could not be dispatched: the span and the record say why.
-    fn fail(&mut self, err: ClientError) -> ClientError {
-        if let Some(mut s) = self.span.take() {
-            s.set_status(SpanStatus::error(err.to_string()));
-            s.end();
-        }
-        #[cfg(feature = "records")]
-        if let Some(r) = self.record.as_mut() {
-            r.failed(&err.to_string());
-        }
-        err
-    }
+/// The room a call's event queue needs: every event the exec-server may
+/// send beyond what the caller has taken (the output window; every event
+/// costs at least [`EVENT_COST`](proto::session::output::EVENT_COST)), and
+/// the one this side may add (a failure), so that the session never has to
+/// stop for one caller that does not read.
+fn call_queue(events_per_call: usize, output_window: u32) -> usize {
+    let window = usize::try_from(output_window).unwrap_or(usize::MAX);
+    let cost = usize::try_from(proto::session::output::EVENT_COST).unwrap_or(1);
+    events_per_call.max(window / cost + 2)
 }

@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use proto::keys::{PublicKey, StaticKeypair};
+use proto::tls::TlsSettings;
 
-/// How the client reaches the exec-server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the client reaches the exec-server. An `https://` URL is dialled
+/// with TLS (checked against [`ClientConfig::tls`], never downgraded to
+/// plain), an `http://` URL with plain HTTP/2.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// Through a relay at this URL (`http://host:port`).
+    /// Through a relay at this URL (`http://host:port` or `https://…`).
     Relay(String),
     /// Directly to an exec-server listening at this URL.
     Direct(String),
@@ -30,6 +33,10 @@ impl Target {
     }
 }
 
+/// How long the CLI's sessions keep trying to come back after a broken
+/// link: as long as an exec-server keeps them by default.
+pub const DEFAULT_RESUME: Duration = Duration::from_secs(60);
+
 /// Settings for a [`crate::Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -39,6 +46,9 @@ pub struct ClientConfig {
     pub server: PublicKey,
     /// Where to connect.
     pub target: Target,
+    /// For an `https://` target: the CA certificates its certificate is
+    /// checked against (by default the system's).
+    pub tls: TlsSettings,
     /// Timeout for the TCP/HTTP2 connection.
     pub connect_timeout: Duration,
     /// Timeout for the relay pairing, Noise handshake and session init.
@@ -47,13 +57,32 @@ pub struct ClientConfig {
     pub keepalive: Duration,
     /// Messages queued to the session before callers wait.
     pub outbound_queue: usize,
-    /// Events buffered per call before the session stops reading.
+    /// Events buffered per call at least (the queue also holds a whole
+    /// output window, so that a caller that does not read holds up its own
+    /// call only).
     pub events_per_call: usize,
     /// Where command records go (off the hot path), if anywhere.
     #[cfg(feature = "records")]
     pub metadata: Option<metadata::Persister>,
     /// Record the commands' arguments too (the program name always is).
     pub record_args: bool,
+    /// Whether and how often to keep the session warm (off by default;
+    /// [`Client::set_warm_policy`](crate::Client::set_warm_policy) changes
+    /// it later).
+    pub warm: crate::WarmPolicy,
+    /// Other ways to the same exec-server (further relays), tried in
+    /// order after `target` when a session's link breaks and it comes
+    /// back; a session may come back through another relay than it left.
+    pub alternates: Vec<Target>,
+    /// How long a session whose link broke keeps trying to come back and
+    /// resume its calls with nothing lost (as long as the exec-server
+    /// keeps them); `None`: calls end with their link. Off by default in
+    /// the library, on (60 s) in the CLI.
+    pub resume: Option<Duration>,
+    /// Whether calls see [`Event::Reconnecting`](crate::Event) and
+    /// [`Event::Resumed`](crate::Event) when their session's link breaks
+    /// and comes back (otherwise a resume is seen only as a pause).
+    pub resume_events: bool,
 }
 
 impl ClientConfig {
@@ -65,8 +94,27 @@ impl ClientConfig {
             handshake_timeout: self.handshake_timeout,
             keepalive: self.keepalive,
             idle_timeout: self.keepalive.saturating_mul(3),
+            resumable: self.resume.is_some(),
             ..proto::session::Limits::client()
         }
+    }
+
+    /// Takes the others of several ways to the same exec-server (this
+    /// config's target being the `i`th) as its alternates, those after it
+    /// first.
+    #[must_use]
+    pub fn alternates_of(mut self, targets: &[Target], i: usize) -> Self {
+        let n = targets.len();
+        self.alternates = (1..n)
+            .filter_map(|k| targets.get((i + k) % n))
+            .cloned()
+            .collect();
+        self
+    }
+
+    /// Every way to the exec-server, in the order they are tried.
+    pub(crate) fn targets(&self) -> impl Iterator<Item = &Target> {
+        std::iter::once(&self.target).chain(&self.alternates)
     }
 
     /// Settings with defaults.
@@ -75,6 +123,7 @@ impl ClientConfig {
             key,
             server,
             target,
+            tls: TlsSettings::system(),
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(15),
             keepalive: Duration::from_secs(30),
@@ -83,6 +132,10 @@ impl ClientConfig {
             #[cfg(feature = "records")]
             metadata: None,
             record_args: false,
+            warm: crate::WarmPolicy::off(),
+            alternates: Vec::new(),
+            resume: None,
+            resume_events: false,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use lifecycle::Tasks;
 use opentelemetry::trace::{Span, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use proto::driver::drive_link;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::routing::SERVER_ID_HEADER;
@@ -20,11 +21,13 @@ use proto::session::{ClientSession, Now};
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, Waiting};
+use crate::reconnect::{self, Reconnect};
 use crate::router::{Established, Router};
 use crate::session::{SessionHandle, Shared};
 
@@ -34,17 +37,14 @@ pub(crate) const LINK_QUEUE: usize = 32;
 /// Connects a channel to the target.
 pub(crate) async fn channel(config: &ClientConfig) -> Result<Channel, ConnectError> {
     let url = config.target.url();
-    proto::link::endpoint(url, config.connect_timeout)
+    proto::link::endpoint(url, config.connect_timeout, &config.tls)
         .map_err(|e| ConnectError::BadUrl {
             url: url.into(),
             source: Arc::new(e),
         })?
         .connect()
         .await
-        .map_err(|e| ConnectError::Unreachable {
-            url: url.to_owned(),
-            source: crate::error::LinkCause::Transport(Arc::new(e)),
-        })
+        .map_err(|e| ConnectError::unreachable(url, e))
 }
 
 /// Opens one session on `channel` and waits until it is ready, recording
@@ -97,25 +97,64 @@ pub(crate) async fn open(
     let (commands, commands_rx) = mpsc::channel(config.outbound_queue);
     let (controls, controls_rx) = mpsc::channel(crate::session::CONTROL_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx);
+    let router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx)
+        .with_resume_events(config.resume_events);
     let closing = shared.closing.clone();
     let stop = tasks.token().clone();
+    // Closing the session or stopping the client also stops coming back.
+    let giving_up = CancellationToken::new();
+    let mut reconnect = Reconnect::new(config.clone(), giving_up.clone());
     let span = tracing::info_span!(parent: None, spans::SESSION_CLIENT, server = %&server_id[..8]);
     tasks.spawn(span, async move {
-        let shutdown = async move {
-            tokio::select! {
-                () = closing.cancelled() => {}
-                () = stop.cancelled() => {}
+        let shutdown = move || {
+            let (closing, stop, giving_up) = (closing.clone(), stop.clone(), giving_up.clone());
+            async move {
+                tokio::select! {
+                    () = closing.cancelled() => {}
+                    () = stop.cancelled() => {}
+                }
+                giving_up.cancel();
             }
         };
-        proto::driver::drive(machine, router, inbound, tx, shutdown).await;
+        let mut driven = drive_link(machine, router, inbound, tx, shutdown()).await;
+        while driven.machine.is_detached() {
+            let (mut machine, mut router) = (driven.machine, driven.endpoint);
+            let came_back = tokio::select! {
+                r = reconnect.come_back(&mut machine, &mut router) => r,
+                () = shutdown() => Err(proto::session::SessionError::LinkEnded),
+            };
+            match came_back {
+                Ok((inbound, tx)) => {
+                    driven = drive_link(machine, router, inbound, tx, shutdown()).await;
+                    if driven.endpoint.outage.is_none() {
+                        reconnect.resumed();
+                    }
+                }
+                Err(error) => {
+                    let now = Now::system();
+                    if !machine.is_detached() {
+                        // Stopped mid-attempt: that link is gone too.
+                        machine.handle_link_end(Some(tonic::Status::cancelled("stopped")), now);
+                    }
+                    machine.give_up(error, now);
+                    reconnect::drain(&mut machine, &mut router, now);
+                    break;
+                }
+            }
+        }
     });
-    let handle = SessionHandle::new(commands, controls, shared);
     let established = match ready_rx.await {
         Ok(Ok(established)) => established,
         Ok(Err(e)) => return Err(failed(e)),
         Err(_) => return Err(ConnectError::Timeout(Waiting::Establishing)),
     };
+    let handle = SessionHandle::new(
+        commands,
+        controls,
+        shared,
+        established.ready.output_window,
+        parent.span().span_context().clone(),
+    );
 
     // noise.handshake and session.init, from the times the driver saw.
     let mut hs = tracer

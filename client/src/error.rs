@@ -65,6 +65,15 @@ impl Error for LinkCause {
     }
 }
 
+/// The transport's own words on a TLS failure, when it has any worth
+/// reading (a certificate error does; an HTTP/2 reset does not).
+fn tls_detail(cause: &LinkCause) -> String {
+    match cause {
+        LinkCause::Transport(_) => format!(" ({cause})"),
+        LinkCause::Status(_) => String::new(),
+    }
+}
+
 /// Why the exec-server (or the relay on its behalf) had no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Busy {
@@ -156,14 +165,28 @@ impl fmt::Display for Unavailable {
 /// Why a session could not be established.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
-    /// The URL is not usable.
-    #[error("invalid URL {url}")]
+    /// The URL is not usable (not a URL, not http:// or https://, or
+    /// TLS cannot be set up for it, e.g. no CA certificates).
+    #[error("{url}: {source}")]
     BadUrl {
         /// The URL.
         url: String,
         /// Why.
         #[source]
-        source: Arc<tonic::transport::Error>,
+        source: Arc<proto::link::EndpointError>,
+    },
+    /// The TLS handshake with the relay (or exec-server) failed: its
+    /// certificate is not trusted or not for this name, or it does not
+    /// speak TLS. Never retried without TLS.
+    #[error("TLS with {url} failed: {failure}{}", tls_detail(source))]
+    Tls {
+        /// Where.
+        url: String,
+        /// What kind of failure.
+        failure: proto::tls::TlsFailure,
+        /// The transport's error.
+        #[source]
+        source: LinkCause,
     },
     /// The relay (or exec-server) could not be reached.
     #[error("cannot reach {url}: {source}")]
@@ -201,11 +224,37 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// The error for a connection to `url` that could not be made: a TLS
+    /// failure (told apart by type) or an unreachable far end.
+    pub(crate) fn unreachable(url: &str, e: tonic::transport::Error) -> Self {
+        let failure = proto::tls::failure_in(&e);
+        let source = LinkCause::Transport(Arc::new(e));
+        match failure {
+            Some(failure) => Self::Tls {
+                url: url.to_owned(),
+                failure,
+                source,
+            },
+            None => Self::Unreachable {
+                url: url.to_owned(),
+                source,
+            },
+        }
+    }
+
     /// The error for a refusing gRPC status from the relay (or a directly
     /// reached exec-server). A relay names its reason in the status details;
     /// the status code decides otherwise.
     pub(crate) fn from_status(status: tonic::Status, server_id: &str, url: &str) -> Self {
         use tonic::Code;
+        // A TLS listener refusing a plain client says so in HTTP/2.
+        if let Some(failure) = proto::tls::failure_in(&status) {
+            return Self::Tls {
+                url: url.to_owned(),
+                failure,
+                source: LinkCause::Status(status),
+            };
+        }
         if let Some(reason) = proto::routing::refusal(&status) {
             match reason {
                 CloseReason::UnknownServer => return Self::UnknownServer(server_id.to_owned()),
@@ -330,6 +379,38 @@ pub enum ClientError {
     /// The session ended while the request was being sent.
     #[error("session lost: {0}")]
     SessionLost(#[source] SessionLost),
+    /// A call through a local agent could not be made.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Why a call through a local agent could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// No agent answers at the socket (none runs, or the socket is stale).
+    #[error("no agent answers at {}: {source}", path.display())]
+    Unavailable {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The agent holds as many sessions as it may, all in use.
+    #[error("the agent is busy: {0}")]
+    Busy(String),
+    /// The agent could not dispatch the call (its own error, in its words):
+    /// a connection or authentication failure, or a request it refused.
+    #[error("{message}")]
+    Dispatch {
+        /// A connection or authentication failure.
+        connection: bool,
+        /// What the agent said.
+        message: String,
+    },
+    /// The agent went away or broke the agent protocol.
+    #[error("the agent {0}")]
+    Lost(&'static str),
 }
 
 /// What is wrong with a request.
@@ -341,11 +422,43 @@ pub enum InvalidRequest {
     /// The request does not fit in a session message.
     #[error(transparent)]
     TooLarge(#[from] proto::envelope::EnvelopeError),
+    /// A terminal size out of bounds (1 to 10,000 rows and columns).
+    #[error("a terminal of {rows} rows and {cols} columns is out of bounds (1 to 10000 of each)")]
+    TerminalSize {
+        /// Rows asked for.
+        rows: u16,
+        /// Columns asked for.
+        cols: u16,
+    },
+    /// A `TERM` value that is not a terminal type name.
+    #[error(
+        "the TERM value is not a terminal type name (at most 128 printable characters, no spaces)"
+    )]
+    TermValue,
+    /// A resize of a command that runs without a terminal.
+    #[error("the command has no terminal to resize")]
+    NoTerminal,
+}
+
+impl InvalidRequest {
+    /// Checks a terminal size against the bounds.
+    pub(crate) fn check_size(rows: u16, cols: u16) -> Result<(), Self> {
+        if proto::limits::terminal_size_ok(u32::from(rows), u32::from(cols)) {
+            Ok(())
+        } else {
+            Err(Self::TerminalSize { rows, cols })
+        }
+    }
 }
 
 impl ClientError {
     /// Whether this is a connection or authentication failure (ssh uses 255).
     pub fn is_connection(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::SessionLost(_))
+        match self {
+            Self::Connect(_) | Self::SessionLost(_) => true,
+            Self::Agent(AgentError::Dispatch { connection, .. }) => *connection,
+            Self::Agent(_) => true,
+            Self::InvalidRequest(_) => false,
+        }
     }
 }

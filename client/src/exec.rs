@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use opentelemetry::Context;
-use proto::pb::session::{EnvVar, ExecErrorKind, ExecRequest, StdinMode};
+use proto::pb::session::{EnvVar, ExecErrorKind, ExecRequest, StdinMode, Terminal as PbTerminal};
 
 /// A command to run remotely.
 #[derive(Debug, Clone, Default)]
@@ -19,11 +19,25 @@ pub struct ExecSpec {
     pub clear_env: bool,
     /// Working directory (the exec-server's default if None).
     pub cwd: Option<PathBuf>,
-    /// Whether stdin is a pipe the caller writes to (else /dev/null).
+    /// Whether stdin is a pipe the caller writes to (else /dev/null; on a
+    /// terminal, the terminal with nothing typed into it).
     pub stdin: bool,
+    /// Run the program on a pseudo-terminal of this size instead of pipes
+    /// (None: pipes). Its output then comes as [`Event::Stdout`] only.
+    pub terminal: Option<Terminal>,
     /// The caller's trace context; the dispatch span is its child. When
     /// None, the current context is used.
     pub parent: Option<Context>,
+    /// The call is forwarded on another process's behalf (a local agent's
+    /// work): its span is `agent.dispatch`, a child of that process's
+    /// dispatch (`parent`), instead of a `tool.dispatch` of its own.
+    pub forwarded: bool,
+    /// When the caller began dispatching, if it took that instant itself
+    /// (so that its own span before the dispatch ends exactly where
+    /// `tool.dispatch` starts); when None, or later than the call, the
+    /// dispatch starts when [`Client::exec`](crate::Client::exec) is
+    /// called.
+    pub dispatched_at: Option<std::time::SystemTime>,
 }
 
 impl ExecSpec {
@@ -70,7 +84,44 @@ impl ExecSpec {
                 StdinMode::Null as i32
             },
             clear_env: self.clear_env,
+            terminal: self.terminal.as_ref().map(|t| PbTerminal {
+                rows: u32::from(t.rows),
+                cols: u32::from(t.cols),
+                term: t.term.clone().unwrap_or_default(),
+            }),
         }
+    }
+}
+
+/// A pseudo-terminal for a remote command: the exec-server opens one of
+/// this size, makes it the process's controlling terminal (stdin, stdout
+/// and stderr) in a new session, and sends what it shows as stdout.
+/// Resize it with [`Controller::resize`](crate::Controller::resize).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminal {
+    /// Rows (1 to 10,000).
+    pub rows: u16,
+    /// Columns (1 to 10,000).
+    pub cols: u16,
+    /// The process's `TERM` (e.g. `xterm-256color`); None leaves `TERM` as
+    /// the environment has it.
+    pub term: Option<String>,
+}
+
+impl Terminal {
+    /// A terminal of `rows` by `cols`, with no `TERM` of its own.
+    pub fn new(rows: u16, cols: u16) -> Self {
+        Self {
+            rows,
+            cols,
+            term: None,
+        }
+    }
+
+    /// With `TERM` set to `term`.
+    pub fn with_term(mut self, term: impl Into<String>) -> Self {
+        self.term = Some(term.into());
+        self
     }
 }
 
@@ -116,9 +167,47 @@ pub enum ExecFailure {
     /// The exec-server failed to run it.
     #[error("{0}")]
     Remote(String),
+    /// A terminal was asked for and none was given: the exec-server gives
+    /// none (`--no-tty`), or has none left.
+    #[error("{0}")]
+    NoTerminal(String),
     /// The session ended before the call finished.
     #[error("session lost: {0}")]
     SessionLost(#[source] crate::error::SessionLost),
+    /// A call through a local agent ended without its exit: the agent's
+    /// session was lost, or the agent itself went away (as it says).
+    #[error("{0}")]
+    Agent(String),
+    /// The session came back too late: the exec-server had ended the call
+    /// and kept only what was lost (bytes of output that will never
+    /// arrive) and, when known, how the process ended.
+    #[error("{}", lost_text(*stdout, *stderr, exit.as_ref()))]
+    OutputLost {
+        /// Stdout bytes lost.
+        stdout: u64,
+        /// Stderr bytes lost.
+        stderr: u64,
+        /// How the process ended, when known.
+        exit: Option<ExitStatus>,
+    },
+}
+
+fn lost_text(stdout: u64, stderr: u64, exit: Option<&ExitStatus>) -> String {
+    if stdout == 0 && stderr == 0 && exit.is_none() {
+        return "the session could not be resumed: the exec-server no longer had it (it \
+                restarted, or the link was down for longer than it keeps a session); how the \
+                command ended is unknown"
+            .to_owned();
+    }
+    let ended = match exit {
+        Some(ExitStatus::Code(c)) => format!("; the command exited with {c}"),
+        Some(ExitStatus::Signal(n)) => format!("; the command was killed by signal {n}"),
+        None => String::new(),
+    };
+    format!(
+        "the session came back too late to resume the command: {stdout} bytes of stdout \
+         and {stderr} bytes of stderr were lost{ended}"
+    )
 }
 
 impl ExecFailure {
@@ -129,6 +218,9 @@ impl ExecFailure {
             Ok(ExecErrorKind::BadCwd) => Self::BadCwd(message),
             Ok(ExecErrorKind::BadRequest | ExecErrorKind::TooManyProcesses) => {
                 Self::Refused(message)
+            }
+            Ok(ExecErrorKind::TerminalRefused | ExecErrorKind::NoTerminal) => {
+                Self::NoTerminal(message)
             }
             _ => Self::Remote(message),
         }
@@ -161,6 +253,13 @@ pub enum Event {
     Exited(ExitStatus),
     /// The call failed; this is the last event.
     Failed(ExecFailure),
+    /// The session's link broke; the call waits while it comes back (only
+    /// with [`ClientConfig::resume_events`](crate::ClientConfig)).
+    Reconnecting,
+    /// The session came back over a new link: what follows continues the
+    /// output exactly where it stopped (only with
+    /// [`ClientConfig::resume_events`](crate::ClientConfig)).
+    Resumed,
 }
 
 /// Everything a finished call produced.

@@ -3,6 +3,8 @@
 //! (`terminal.delivery`, `exec.first_output`).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
 
@@ -15,13 +17,14 @@ use proto::limits::MAX_CHUNK;
 use telemetry::spans;
 use tokio::sync::mpsc;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, InvalidRequest};
 #[cfg(feature = "records")]
 use crate::exec::ExitStatus;
 use crate::exec::{Event, ExecFailure, Output};
 #[cfg(feature = "records")]
 use crate::records::CallRecord;
-use crate::session::{Command, Control, Routed, SessionHandle, Traced};
+use crate::session::{Command, Control, Routed, SessionHandle, StartTaken, Taken, Traced};
+use crate::warm::ActiveCall;
 
 #[cfg(feature = "records")]
 type Record = Option<CallRecord>;
@@ -35,6 +38,14 @@ pub struct Execution {
     control: Controller,
     events: mpsc::Receiver<Routed>,
     finished: bool,
+    /// When the last event was handed over.
+    ended: Option<SystemTime>,
+    /// The latest event taken and the output credit taken since the
+    /// driver was last told.
+    untold: (u64, u64),
+    /// The call, as the warm schedule counts it (ended with the last
+    /// event, or when dropped).
+    active: Option<ActiveCall>,
     span: Option<BoxedSpan>,
     delivery: Delivery,
 }
@@ -45,11 +56,15 @@ impl Execution {
         events: mpsc::Receiver<Routed>,
         span: Option<BoxedSpan>,
         delivery: Delivery,
+        active: Option<ActiveCall>,
     ) -> Self {
         Self {
             control,
             events,
             finished: false,
+            ended: None,
+            untold: (0, 0),
+            active,
             span,
             delivery,
         }
@@ -64,6 +79,12 @@ impl Execution {
     pub fn trace_id(&self) -> Option<String> {
         let sc = self.control.parent.span().span_context().clone();
         sc.is_valid().then(|| sc.trace_id().to_string())
+    }
+
+    /// When the last event was handed over (the end of the call's
+    /// `tool.dispatch`), once it has been.
+    pub fn ended_at(&self) -> Option<SystemTime> {
+        self.ended
     }
 
     /// The next event, or None after the last one. If the session is lost
@@ -81,15 +102,21 @@ impl Execution {
             Poll::Ready(Some(routed)) => routed,
             // The session ended without a word for this call.
             Poll::Ready(None) => Routed {
-                event: Event::Failed(ExecFailure::SessionLost(self.control.session.lost())),
+                event: Event::Failed(self.control.carrier.failure()),
                 at: std::time::Instant::now(),
                 decoded: SystemTime::now(),
+                flow: None,
             },
         };
+        if let Some((seq, cost)) = routed.flow {
+            self.took(seq, cost);
+        }
         let handed = self.delivery.handed(&routed, &self.control.parent);
         let ev = routed.event;
         if matches!(ev, Event::Exited(_) | Event::Failed(_)) {
             self.finished = true;
+            self.ended = Some(handed);
+            self.active = None;
             if let Some(mut span) = self.span.take() {
                 if let Event::Failed(f) = &ev {
                     span.set_status(SpanStatus::error(f.to_string()));
@@ -98,6 +125,25 @@ impl Execution {
             }
         }
         Poll::Ready(Some(ev))
+    }
+
+    /// Counts an event taken; once a quarter of the session's output
+    /// window has been taken since the last report, the driver is told
+    /// (it acknowledges, and the exec-server may send that much more).
+    fn took(&mut self, seq: u64, cost: u64) {
+        let window = u64::from(self.control.carrier.output_window());
+        if window == 0 {
+            return;
+        }
+        self.untold.0 = seq;
+        self.untold.1 += cost;
+        if self.untold.1 >= (window / 4).max(1) {
+            self.control.carrier.report_taken(Taken {
+                call_id: self.control.call_id,
+                seq,
+                cost: std::mem::take(&mut self.untold.1),
+            });
+        }
     }
 
     /// Writes to the remote stdin (the call must have been started with
@@ -121,8 +167,14 @@ impl Execution {
         self.control.cancel().await
     }
 
-    /// A sender for stdin, signals and cancel usable while another task
-    /// reads events.
+    /// Tells the remote terminal its window is now `rows` by `cols` (see
+    /// [`Controller::resize`]).
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.control.resize(rows, cols).await
+    }
+
+    /// A sender for stdin, signals, resizes and cancel usable while another
+    /// task reads events.
     pub fn controller(&self) -> Controller {
         self.control.clone()
     }
@@ -133,7 +185,7 @@ impl Execution {
         let mut stderr = Vec::new();
         while let Some(ev) = self.next().await {
             match ev {
-                Event::Started { .. } => {}
+                Event::Started { .. } | Event::Reconnecting | Event::Resumed => {}
                 Event::Stdout(d) => stdout.extend_from_slice(&d),
                 Event::Stderr(d) => stderr.extend_from_slice(&d),
                 Event::Exited(status) => {
@@ -146,7 +198,7 @@ impl Execution {
                 Event::Failed(f) => return Err(f),
             }
         }
-        Err(ExecFailure::SessionLost(self.control.session.lost()))
+        Err(self.control.carrier.failure())
     }
 }
 
@@ -180,55 +232,177 @@ impl Drop for Execution {
         // through state the driver owns, never a queue that may be full.
         let traced = Traced::now(&self.control.parent, "cancel");
         self.control
-            .session
+            .carrier
             .cancel_on_drop(self.control.call_id, traced);
     }
 }
 
-/// Sends stdin, signals and cancel for one call.
+/// What carries a call: a session of this client's, or a local agent.
 #[derive(Debug, Clone)]
-pub struct Controller {
-    call_id: u64,
-    session: SessionHandle,
-    /// The call's `tool.dispatch` context.
-    parent: Context,
+pub(crate) enum Carrier {
+    /// A session to the exec-server.
+    Session(SessionHandle),
+    /// A connection to a local agent, which holds the session.
+    #[cfg(feature = "agent")]
+    Agent(crate::agent::AgentCall),
 }
 
-impl Controller {
-    pub(crate) fn new(call_id: u64, session: SessionHandle, parent: Context) -> Self {
-        Self {
-            call_id,
-            session,
-            parent,
+impl Carrier {
+    /// Why the call ended without its last event.
+    pub(crate) fn failure(&self) -> ExecFailure {
+        match self {
+            Carrier::Session(s) => ExecFailure::SessionLost(s.lost()),
+            #[cfg(feature = "agent")]
+            Carrier::Agent(a) => a.failure(),
         }
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), ClientError> {
-        self.session
-            .send(cmd)
-            .await
-            .map_err(ClientError::SessionLost)
+    /// The caller went away before the last event: the call is cancelled,
+    /// never through a queue that may be full.
+    fn cancel_on_drop(&self, call_id: u64, traced: Traced) {
+        match self {
+            Carrier::Session(s) => s.cancel_on_drop(call_id, traced),
+            #[cfg(feature = "agent")]
+            Carrier::Agent(a) => a.cancel_on_drop(),
+        }
+    }
+
+    /// The output window the caller's taking gives back (0: none to give).
+    fn output_window(&self) -> u32 {
+        match self {
+            Carrier::Session(s) => s.output_window(),
+            #[cfg(feature = "agent")]
+            Carrier::Agent(_) => 0,
+        }
+    }
+
+    fn report_taken(&self, taken: Taken) {
+        match self {
+            Carrier::Session(s) => s.report_taken(taken),
+            // The agent gives its session's credit back as it passes
+            // events on.
+            #[cfg(feature = "agent")]
+            Carrier::Agent(_) => {}
+        }
+    }
+}
+
+/// What a call's callers sent, counted for its `terminal.delivery` span
+/// (input is never traced per message).
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    stdin_bytes: AtomicI64,
+    resizes: AtomicI64,
+}
+
+/// Sends stdin, signals, resizes and cancel for one call.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    call_id: u64,
+    carrier: Carrier,
+    /// The call's dispatch context.
+    parent: Context,
+    /// Whether the call runs on a terminal.
+    terminal: bool,
+    sent: Arc<Sent>,
+    /// Whether the driver has taken the call's start (`None`: a carrier
+    /// that keeps a call's messages in order by itself).
+    taken: Option<StartTaken>,
+}
+
+impl Controller {
+    pub(crate) fn new(
+        call_id: u64,
+        carrier: Carrier,
+        parent: Context,
+        terminal: bool,
+        taken: Option<StartTaken>,
+        sent: Arc<Sent>,
+    ) -> Self {
+        Self {
+            call_id,
+            carrier,
+            parent,
+            terminal,
+            sent,
+            taken,
+        }
+    }
+
+    /// Waits until a signal, cancel or resize cannot overtake the call's
+    /// start.
+    async fn started(&self) {
+        if let Some(taken) = &self.taken {
+            taken.wait().await;
+        }
+    }
+
+    async fn send(&self, session: &SessionHandle, cmd: Command) -> Result<(), ClientError> {
+        session.send(cmd).await.map_err(ClientError::SessionLost)
     }
 
     async fn control(&self, control: Control, what: &'static str) -> Result<(), ClientError> {
-        self.send(Command::Control {
-            call_id: self.call_id,
-            control,
-            traced: Traced::now(&self.parent, what),
-        })
-        .await
+        // A signal or cancel must not overtake the call's start.
+        self.started().await;
+        match &self.carrier {
+            Carrier::Session(s) => {
+                let cmd = Command::Control {
+                    call_id: self.call_id,
+                    control,
+                    traced: Traced::now(&self.parent, what),
+                };
+                self.send(s, cmd).await
+            }
+            #[cfg(feature = "agent")]
+            Carrier::Agent(a) => a.control(control).await,
+        }
     }
 
     /// Writes to the remote stdin, in chunks (each waits for room in the
     /// session's bounded queue).
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
         for chunk in data.chunks(MAX_CHUNK) {
-            self.send(Command::Stdin {
-                call_id: self.call_id,
-                data: Bytes::copy_from_slice(chunk),
-            })
-            .await?;
+            match &self.carrier {
+                Carrier::Session(s) => {
+                    let cmd = Command::Stdin {
+                        call_id: self.call_id,
+                        data: Bytes::copy_from_slice(chunk),
+                    };
+                    self.send(s, cmd).await?;
+                }
+                #[cfg(feature = "agent")]
+                Carrier::Agent(a) => a.write_stdin(Bytes::copy_from_slice(chunk)).await?,
+            }
+            let len = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+            self.sent.stdin_bytes.fetch_add(len, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Tells the remote terminal its window is now `rows` by `cols`: the
+    /// exec-server resizes it and the process gets `SIGWINCH`. A size out
+    /// of bounds (1 to 10,000 of each), or a call without a terminal, is
+    /// refused here ([`ClientError::InvalidRequest`]). Resizes are counted
+    /// on the call's `terminal.delivery` span, never traced one by one.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        if !self.terminal {
+            return Err(ClientError::InvalidRequest(InvalidRequest::NoTerminal));
+        }
+        InvalidRequest::check_size(rows, cols).map_err(ClientError::InvalidRequest)?;
+        self.started().await;
+        match &self.carrier {
+            Carrier::Session(s) => {
+                let cmd = Command::Resize {
+                    call_id: self.call_id,
+                    rows,
+                    cols,
+                };
+                self.send(s, cmd).await?;
+            }
+            #[cfg(feature = "agent")]
+            Carrier::Agent(a) => a.resize(rows, cols).await?,
+        }
+        self.sent.resizes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -257,6 +431,10 @@ pub(crate) struct Delivery {
         allow(dead_code, reason = "read only when records are kept")
     )]
     record: Record,
+    /// What the callers sent (`None`: nothing to count, in tests).
+    sent: Option<Arc<Sent>>,
+    /// Whether the call runs on a terminal (then its resizes are counted).
+    terminal: bool,
     dispatched: Option<SystemTime>,
     first: Option<SystemTime>,
     first_output: bool,
@@ -269,10 +447,17 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn new(dispatched: SystemTime, record: Record) -> Self {
+    pub(crate) fn new(
+        dispatched: SystemTime,
+        record: Record,
+        sent: Arc<Sent>,
+        terminal: bool,
+    ) -> Self {
         Self {
             dispatched: Some(dispatched),
             record,
+            sent: Some(sent),
+            terminal,
             ..Self::default()
         }
     }
@@ -297,20 +482,31 @@ impl Delivery {
                 self.stderr_bytes += len(d);
                 self.stderr_chunks += 1;
             }
+            Event::Reconnecting | Event::Resumed => {}
             Event::Exited(_) | Event::Failed(_) => {
                 self.finish_record(&routed.event);
                 let tracer = opentelemetry::global::tracer("core-client");
+                let sent = |n: fn(&Sent) -> &AtomicI64| {
+                    self.sent
+                        .as_ref()
+                        .map_or(0, |s| n(s).load(Ordering::Relaxed))
+                };
+                let mut attributes = vec![
+                    KeyValue::new("rex.events", self.events),
+                    KeyValue::new("rex.stdout.bytes", self.stdout_bytes),
+                    KeyValue::new("rex.stdout.chunks", self.stdout_chunks),
+                    KeyValue::new("rex.stderr.bytes", self.stderr_bytes),
+                    KeyValue::new("rex.stderr.chunks", self.stderr_chunks),
+                    KeyValue::new("rex.queue_ns", self.queue_nanos),
+                    KeyValue::new("rex.stdin.bytes", sent(|s| &s.stdin_bytes)),
+                ];
+                if self.terminal {
+                    attributes.push(KeyValue::new("rex.resizes", sent(|s| &s.resizes)));
+                }
                 let mut span = tracer
                     .span_builder(spans::TERMINAL_DELIVERY)
                     .with_start_time(self.first.unwrap_or(now))
-                    .with_attributes(vec![
-                        KeyValue::new("rex.events", self.events),
-                        KeyValue::new("rex.stdout.bytes", self.stdout_bytes),
-                        KeyValue::new("rex.stdout.chunks", self.stdout_chunks),
-                        KeyValue::new("rex.stderr.bytes", self.stderr_bytes),
-                        KeyValue::new("rex.stderr.chunks", self.stderr_chunks),
-                        KeyValue::new("rex.queue_ns", self.queue_nanos),
-                    ])
+                    .with_attributes(attributes)
                     .start_with_context(&tracer, parent);
                 span.end_with_timestamp(now);
                 let mut handoff = tracer

@@ -18,41 +18,60 @@
 //! Layout:
 //! - `config`: [`ClientConfig`] and the [`Target`] (relay or direct).
 //! - `client`: [`Client`]: one session, reused across calls, re-established
-//!   when lost; dispatch and its `tool.dispatch` span.
+//!   when lost, kept warm by the warm policy; dispatch and its
+//!   `tool.dispatch` span.
+//! - `warm`: [`WarmPolicy`] and [`WarmStatus`]: when the next warm is due
+//!   (pinging a live session or establishing one), none while calls run.
 //! - `execution`: [`Execution`] (the call's events, also a `Stream`) and
-//!   [`Controller`] (stdin, signals, cancel).
-//! - `exec`: what a call is ([`ExecSpec`]) and what comes back ([`Event`]).
+//!   [`Controller`] (stdin, signals, resizes, cancel).
+//! - `exec`: what a call is ([`ExecSpec`], with an optional [`Terminal`])
+//!   and what comes back ([`Event`]).
 //! - `error`: [`ClientError`], [`ConnectError`], [`SessionLost`].
 //! - `connect`: reaching the relay and starting a session's driver.
+//! - `reconnect`: a session whose link broke coming back (backoff, every
+//!   relay in turn, the resume) within [`ClientConfig::resume`].
 //! - `session`: the handle callers hold on a session, and the state they
 //!   share with its driver.
 //! - `router`: the endpoint beside the session driver (the protocol itself
 //!   is `proto::session::ClientSession`, run by `proto::driver`): callers'
 //!   commands in, each call's events out, the client's framing spans.
+//! - `dispatch`: what every dispatch starts with (the request checked,
+//!   its span and `dispatch.prepare`, its record).
+//! - [`agent`] (feature `agent`): calls through a local agent that holds
+//!   the session ([`agent::AgentClient`]), with the same [`Execution`].
 //! - `records` (feature `records`, on by default): each command's record.
 //!
 //! Tracing: the dispatch span is a child of [`ExecSpec::parent`], or of the
 //! current OpenTelemetry context, which inside a `tracing` span is that
 //! span's when the application installs a `tracing-opentelemetry` layer.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 mod client;
 mod config;
 mod connect;
+mod dispatch;
 mod error;
 mod exec;
 mod execution;
 #[cfg(feature = "records")]
+mod reconnect;
 mod records;
 mod router;
 mod session;
+mod warm;
 
 pub use client::Client;
-pub use config::{ClientConfig, Target};
+pub use config::{ClientConfig, DEFAULT_RESUME, Target};
 pub use error::{
-    Busy, ClientError, ConnectError, HandshakeFailure, InvalidRequest, LinkCause, SessionLost,
-    Unavailable, Via, Waiting,
+    AgentError, Busy, ClientError, ConnectError, HandshakeFailure, InvalidRequest, LinkCause,
+    SessionLost, Unavailable, Via, Waiting,
 };
-pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Output};
+pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Output, Terminal};
 pub use execution::{Controller, Execution};
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
+/// TLS for `https://` targets: which CA certificates to trust, and the
+/// kinds of TLS failure.
+pub use proto::tls::{TlsError, TlsFailure, TlsSettings};
+pub use warm::{WarmOutcome, WarmPolicy, WarmStatus};

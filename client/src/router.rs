@@ -7,9 +7,10 @@
 //! control messages (ended when their frame has left), and
 //! `relay.frame.recv` for the started and final events and the first and
 //! last output chunk, all children of the call's `tool.dispatch`. Other
-//! output chunks are only counted.
+//! output chunks are only counted; stdin and resizes are not traced (the
+//! call counts them on `terminal.delivery`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -58,7 +59,8 @@ pub(crate) struct Established {
 )]
 pub(crate) enum Input {
     Command(Command),
-    Cancelled,
+    /// Callers left calls, or took output: see the shared state.
+    Woken,
 }
 
 /// A call the router routes events to.
@@ -84,9 +86,53 @@ pub(crate) struct Router {
     calls: HashMap<u64, Route>,
     /// The call whose caller has no room for its next event.
     blocked: Option<u64>,
+    /// The latest call whose start was taken (ids increase in queue order,
+    /// so every call up to it has been).
+    last_start: u64,
+    /// Calls dropped by their callers before their start was taken (at
+    /// most one entry per call, removed when its start comes).
+    unstarted_cancels: HashSet<u64>,
     tracer: BoxedTracer,
     ready: Option<oneshot::Sender<Result<Established, SessionError>>>,
     secured_at: Option<SystemTime>,
+    /// Pings asked for, by nonce, and who waits for each.
+    pings: Vec<(u64, oneshot::Sender<std::time::Duration>)>,
+    /// Whether calls hear of a broken link and its resume.
+    resume_events: bool,
+    /// The link broke and the session is coming back.
+    pub(crate) outage: Option<Outage>,
+}
+
+/// Pings waiting for their pongs at most.
+const PINGS: usize = 8;
+
+/// A broken link, from when the session noticed until it came back, and
+/// how it came back (for each waiting call's `session.reattach`).
+#[derive(Debug)]
+pub(crate) struct Outage {
+    /// When the loss was noticed.
+    pub(crate) lost_at: SystemTime,
+    /// Each attempt's wait and connect, in order: span name, start, end,
+    /// and whether it worked.
+    pub(crate) phases: Vec<(&'static str, SystemTime, SystemTime, bool)>,
+    /// The attempts made.
+    pub(crate) attempts: u32,
+    /// The URL the session came back through.
+    pub(crate) via: Option<String>,
+    /// When the new link was opened (its handshake starts).
+    pub(crate) opened_at: Option<SystemTime>,
+}
+
+impl Outage {
+    fn new(lost_at: SystemTime) -> Self {
+        Self {
+            lost_at,
+            phases: Vec::new(),
+            attempts: 0,
+            via: None,
+            opened_at: None,
+        }
+    }
 }
 
 impl Router {
@@ -101,10 +147,98 @@ impl Router {
             shared,
             calls: HashMap::new(),
             blocked: None,
+            last_start: 0,
+            unstarted_cancels: HashSet::new(),
             tracer: opentelemetry::global::tracer("core-client"),
             ready: Some(ready),
             secured_at: None,
+            pings: Vec::new(),
+            resume_events: false,
+            outage: None,
         }
+    }
+
+    /// Calls hear of a broken link and its resume
+    /// ([`Event::Reconnecting`], [`Event::Resumed`]).
+    pub(crate) fn with_resume_events(mut self, on: bool) -> Self {
+        self.resume_events = on;
+        self
+    }
+
+    /// Tells every call `event` (best effort: a caller with no room misses
+    /// a notice, never output).
+    fn notify(&self, event: &Event) {
+        if !self.resume_events {
+            return;
+        }
+        for route in self.calls.values() {
+            let _ = route.sink.try_send(Routed {
+                event: event.clone(),
+                at: Instant::now(),
+                decoded: SystemTime::now(),
+                flow: None,
+            });
+        }
+    }
+
+    /// `session.reattach` for a call that waited through an outage, with
+    /// its phases as children, ending at `end`.
+    fn reattach_span(
+        &self,
+        route: &Route,
+        outage: &Outage,
+        end: SystemTime,
+        attributes: Vec<KeyValue>,
+        failed: Option<String>,
+    ) {
+        let tracer = &self.tracer;
+        let mut span = tracer
+            .span_builder(spans::SESSION_REATTACH)
+            .with_start_time(outage.lost_at)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &route.parent);
+        span.set_attribute(KeyValue::new(
+            "rex.resume.attempts",
+            i64::from(outage.attempts),
+        ));
+        if let Some(via) = &outage.via {
+            span.set_attribute(KeyValue::new("rex.resume.via", via.clone()));
+        }
+        let cx = route
+            .parent
+            .with_remote_span_context(span.span_context().clone());
+        let mut attempt = 0i64;
+        for (name, start, stop, ok) in &outage.phases {
+            let mut child = tracer
+                .span_builder(*name)
+                .with_start_time(*start)
+                .start_with_context(tracer, &cx);
+            if *name == spans::SESSION_REATTACH_WAIT {
+                attempt += 1;
+                child.set_attribute(KeyValue::new("rex.attempt", attempt));
+            }
+            if !ok {
+                child.set_status(opentelemetry::trace::Status::error("attempt failed"));
+            }
+            child.end_with_timestamp(*stop);
+        }
+        if let Some(opened) = outage.opened_at {
+            let secured = self.secured_at.unwrap_or(opened).max(opened);
+            let mut hs = tracer
+                .span_builder(spans::NOISE_HANDSHAKE)
+                .with_start_time(opened)
+                .start_with_context(tracer, &cx);
+            hs.end_with_timestamp(secured);
+            let mut resume = tracer
+                .span_builder(spans::SESSION_RESUME)
+                .with_start_time(secured)
+                .start_with_context(tracer, &cx);
+            resume.end_with_timestamp(end.max(secured));
+        }
+        if let Some(message) = failed {
+            span.set_status(opentelemetry::trace::Status::error(message));
+        }
+        span.end_with_timestamp(end);
     }
 
     /// `rpc.client.queue` for a traced command taken at `now`, and the
@@ -132,7 +266,15 @@ impl Router {
                 trace,
                 events,
                 traced,
+                taken,
             } => {
+                taken.send_replace(true);
+                self.last_start = self.last_start.max(call_id);
+                if self.unstarted_cancels.remove(&call_id) {
+                    // Its caller went away before it was sent: it never
+                    // runs.
+                    return;
+                }
                 let mark = self.mark(&traced, now, Some(call_id));
                 match machine.start_call(call_id, request, trace, Some(mark), now) {
                     Ok(()) => {
@@ -160,14 +302,34 @@ impl Router {
                             event: Event::Failed(failure),
                             at: Instant::now(),
                             decoded: now.wall,
+                            flow: None,
                         });
                     }
                 }
+            }
+            Command::Ping { reply } => {
+                if let Ok(nonce) = machine.ping(now) {
+                    // The machine remembers a few pings; so does this.
+                    if self.pings.len() >= PINGS {
+                        self.pings.remove(0);
+                    }
+                    self.pings.push((nonce, reply));
+                }
+                // Otherwise the session is ending: the reply is dropped,
+                // and the caller learns why from the session.
             }
             Command::Stdin { call_id, data } => {
                 // A call that has ended takes no more input; the process
                 // is gone, as with a pipe whose reader exited.
                 let _ = machine.write_stdin(call_id, data, now);
+            }
+            Command::Resize {
+                call_id,
+                rows,
+                cols,
+            } => {
+                // A call that has ended has no window to redraw.
+                let _ = machine.resize(call_id, rows, cols, now);
             }
             Command::Control {
                 call_id,
@@ -210,15 +372,26 @@ impl Router {
         if ev.last
             && let (Some(route), Some(timings)) = (self.calls.get(&call_id), ev.timings.as_ref())
         {
+            // The call's own exchange is a clock sample too (often the
+            // best one a short-lived session gets); later calls use it.
+            let exchange = exchange_sample(route, timings, &ev.received);
+            if let Some(sample) = exchange {
+                machine.add_clock_sample(sample);
+                if let Some(best) = machine.clock_offset() {
+                    self.shared.set_clock_offset(best.offset_nanos);
+                }
+            }
             // Before the caller has its final event, so that the call's
             // trace is whole when it ends.
             self.bring_home(route, timings, &ev.received, machine.clock_offset());
         }
+        let flow = Some((ev.seq, proto::session::output::cost(&ev.kind)));
         let event = to_event(ev.kind);
         let routed = Routed {
             event,
             at: Instant::now(),
             decoded,
+            flow,
         };
         // Room was checked and only this task sends to the sink.
         if let Some(route) = self.calls.get(&call_id) {
@@ -361,9 +534,33 @@ impl Router {
                 event: Event::Failed(ExecFailure::SessionLost(lost.clone())),
                 at: Instant::now(),
                 decoded: SystemTime::now(),
+                flow: None,
             });
         }
     }
+}
+
+/// The call's exchange as a four-timestamp clock sample: its request
+/// leaving here, reaching the exec-server (its earliest stage), the final
+/// event leaving there and arriving here.
+fn exchange_sample(
+    route: &Route,
+    timings: &CallTimings,
+    received: &Received,
+) -> Option<ClockSample> {
+    let (peer_received, peer_sent) =
+        telemetry::remote::peer_times(timings, received.sent_unix_nanos)?;
+    let nanos = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_nanos()).ok())
+    };
+    ClockSample::exchange(
+        nanos(route.left.unwrap_or(route.started))?,
+        peer_received,
+        peer_sent,
+        nanos(received.arrived)?,
+    )
 }
 
 fn origin(trace: &PbTrace) -> Option<SpanContext> {
@@ -374,7 +571,7 @@ fn origin(trace: &PbTrace) -> Option<SpanContext> {
 }
 
 /// A terminal event as the caller sees it.
-fn to_event(kind: terminal_event::Kind) -> Event {
+pub(crate) fn to_event(kind: terminal_event::Kind) -> Event {
     match kind {
         terminal_event::Kind::Started(s) => Event::Started { pid: s.pid },
         terminal_event::Kind::Stdout(d) => Event::Stdout(d),
@@ -428,7 +625,7 @@ impl Endpoint<Machine> for Router {
                 // Cancellations, signals and cancels are taken even over
                 // the backlog: they are small and bounded, and must not
                 // wait behind stdin.
-                () = shared.wake.notified() => Wake::Input(Input::Cancelled),
+                () = shared.wake.notified() => Wake::Input(Input::Woken),
                 Some(cmd) = controls.recv() => Wake::Input(Input::Command(cmd)),
                 _ = reserve(sink.as_ref()), if blocked => Wake::Ready,
                 cmd = commands.recv(), if accepting => match cmd {
@@ -442,11 +639,20 @@ impl Endpoint<Machine> for Router {
     fn apply(&mut self, machine: &mut Machine, input: Input, now: Now) {
         match input {
             Input::Command(cmd) => self.command(machine, cmd, now),
-            Input::Cancelled => {
+            Input::Woken => {
                 for (call_id, traced) in self.shared.take_cancelled() {
+                    if call_id > self.last_start {
+                        // Its start is still queued (cancellations overtake
+                        // it): it is dropped when it comes.
+                        self.unstarted_cancels.insert(call_id);
+                        continue;
+                    }
                     let mark = self.mark(&traced, now, None);
                     machine.forget(call_id, Some(mark), now);
                     self.calls.remove(&call_id);
+                }
+                for t in self.shared.take_taken() {
+                    machine.output_taken(t.call_id, t.seq, t.cost, now);
                 }
             }
         }
@@ -479,9 +685,81 @@ impl Endpoint<Machine> for Router {
                 }
                 return delivery;
             }
-            ClientEvent::Pong { .. } => {
+            ClientEvent::Pong { nonce, rtt, .. } => {
                 if let Some(best) = machine.clock_offset() {
                     self.shared.set_clock_offset(best.offset_nanos);
+                }
+                if let Some(i) = self.pings.iter().position(|(n, _)| *n == nonce) {
+                    let (_, reply) = self.pings.swap_remove(i);
+                    let _ = reply.send(rtt);
+                }
+            }
+            // The driver stops; the session comes back over a new link.
+            ClientEvent::Detached { error } => {
+                tracing::debug!(error = %error, calls = self.calls.len(), "the session's link broke");
+                self.secured_at = None;
+                // A new link that did not come up is the same outage.
+                if self.outage.is_none() {
+                    self.outage = Some(Outage::new(now.wall));
+                    self.notify(&Event::Reconnecting);
+                }
+            }
+            ClientEvent::Resumed { expired, replayed } => {
+                if let Some(outage) = self.outage.take() {
+                    for (call_id, route) in &self.calls {
+                        let bytes = replayed
+                            .iter()
+                            .find(|(id, _)| id == call_id)
+                            .map_or(0, |(_, b)| *b);
+                        let attributes = vec![KeyValue::new(
+                            "rex.replayed.bytes",
+                            i64::try_from(bytes).unwrap_or(i64::MAX),
+                        )];
+                        self.reattach_span(route, &outage, now.wall, attributes, None);
+                    }
+                    // Calls lost with an expired session had theirs with
+                    // their loss.
+                }
+                if !expired {
+                    self.notify(&Event::Resumed);
+                }
+            }
+            ClientEvent::Lost {
+                call_id,
+                stdout_lost,
+                stderr_lost,
+                exit,
+            } => {
+                if let Some(route) = self.calls.remove(&call_id) {
+                    let failure = ExecFailure::OutputLost {
+                        stdout: stdout_lost,
+                        stderr: stderr_lost,
+                        exit: exit.map(|x| match x.status {
+                            Some(exited::Status::Code(c)) => ExitStatus::Code(c),
+                            Some(exited::Status::Signal(s)) => ExitStatus::Signal(s),
+                            None => ExitStatus::Code(-1),
+                        }),
+                    };
+                    if let Some(outage) = &self.outage {
+                        let attributes = vec![
+                            KeyValue::new(
+                                "rex.gap.stdout_bytes",
+                                i64::try_from(stdout_lost).unwrap_or(i64::MAX),
+                            ),
+                            KeyValue::new(
+                                "rex.gap.stderr_bytes",
+                                i64::try_from(stderr_lost).unwrap_or(i64::MAX),
+                            ),
+                        ];
+                        let why = Some("the session came back too late".to_owned());
+                        self.reattach_span(&route, outage, now.wall, attributes, why);
+                    }
+                    let _ = route.sink.try_send(Routed {
+                        event: Event::Failed(failure),
+                        at: Instant::now(),
+                        decoded: now.wall,
+                        flow: None,
+                    });
                 }
             }
             ClientEvent::Ended(end) => {

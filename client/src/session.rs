@@ -11,9 +11,10 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use opentelemetry::Context;
+use opentelemetry::trace::SpanContext;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
 use proto::session::Closed;
-use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{SessionLost, Via};
@@ -28,6 +29,10 @@ pub(crate) struct Routed {
     /// When it was decoded (where the final event's `terminal.handoff`
     /// starts).
     pub(crate) decoded: SystemTime,
+    /// Its place in the call's sequence and its output credit (what the
+    /// caller's taking it gives back to the exec-server); none for an
+    /// event made here (a failure).
+    pub(crate) flow: Option<(u64, u64)>,
 }
 
 /// The trace of a message queued by a call.
@@ -64,9 +69,10 @@ pub(crate) enum Control {
     Cancel,
 }
 
-/// What callers ask of the driver. Signals and cancels travel on a queue of
-/// their own, taken even while the session's backlog is full, so that a
-/// process that does not read its stdin can still be interrupted.
+/// What callers ask of the driver. Signals, cancels and resizes travel on a
+/// queue of their own, taken even while the session's backlog is full, so
+/// that a process that does not read its stdin can still be interrupted
+/// (or redrawn).
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Start call `call_id` (ids increase in queue order: see
@@ -77,6 +83,8 @@ pub(crate) enum Command {
         trace: Option<PbTrace>,
         events: mpsc::Sender<Routed>,
         traced: Traced,
+        /// Set once the driver has taken the start (see [`StartTaken`]).
+        taken: watch::Sender<bool>,
     },
     /// Stdin for a call (at most one chunk).
     Stdin { call_id: u64, data: Bytes },
@@ -86,6 +94,40 @@ pub(crate) enum Command {
         control: Control,
         traced: Traced,
     },
+    /// A terminal call's new window size (counted, not traced).
+    Resize { call_id: u64, rows: u16, cols: u16 },
+    /// A ping; its round trip is the answer.
+    Ping {
+        reply: oneshot::Sender<std::time::Duration>,
+    },
+}
+
+/// Whether the driver has taken a call's start. Signals, cancels and
+/// resizes travel on a queue of their own that the driver serves first, so
+/// one sent right after the start could overtake it and find no call; a
+/// controller waits for this first (or for the session's end).
+#[derive(Debug, Clone)]
+pub(crate) struct StartTaken(watch::Receiver<bool>);
+
+impl StartTaken {
+    /// A new flag, and the sender the start carries.
+    pub(crate) fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Waits until the start was taken, or was dropped with the session.
+    pub(crate) async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|taken| *taken).await;
+    }
+}
+
+/// Output a caller took: through which event of the call, and its credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) call_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) cost: u64,
 }
 
 /// What callers and the driver share.
@@ -93,7 +135,10 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     /// Calls whose callers went away, to be cancelled.
     cancelled: Mutex<Vec<(u64, Traced)>>,
-    /// Wakes the driver for `cancelled`.
+    /// Output callers took, to be acknowledged (one entry per call at
+    /// most: a later report adds to it).
+    taken: Mutex<Vec<Taken>>,
+    /// Wakes the driver for `cancelled` and `taken`.
     pub(crate) wake: Notify,
     /// How the session ended, once it has.
     end: Mutex<Option<SessionLost>>,
@@ -109,6 +154,7 @@ impl Shared {
     pub(crate) fn new(via: Via) -> Arc<Self> {
         Arc::new(Self {
             cancelled: Mutex::new(Vec::new()),
+            taken: Mutex::new(Vec::new()),
             wake: Notify::new(),
             end: Mutex::new(None),
             clock_offset: AtomicI64::new(0),
@@ -125,6 +171,26 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
+    }
+
+    /// Takes the output reports since the last look.
+    pub(crate) fn take_taken(&self) -> Vec<Taken> {
+        std::mem::take(&mut *self.taken.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Reports output a caller took, and wakes the driver.
+    pub(crate) fn report_taken(&self, report: Taken) {
+        {
+            let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+            match taken.iter_mut().find(|t| t.call_id == report.call_id) {
+                Some(t) => {
+                    t.seq = t.seq.max(report.seq);
+                    t.cost += report.cost;
+                }
+                None => taken.push(report),
+            }
+        }
+        self.wake.notify_one();
     }
 
     pub(crate) fn set_end(&self, lost: SessionLost) {
@@ -150,8 +216,8 @@ impl Shared {
     }
 }
 
-/// Signals and cancels queued per session (a small bound: they are taken
-/// even over the backlog).
+/// Signals, cancels and resizes queued per session (a small bound: they
+/// are taken even over the backlog).
 pub(crate) const CONTROL_QUEUE: usize = 16;
 
 /// A handle on a live session. Cheap to clone.
@@ -163,6 +229,11 @@ pub(crate) struct SessionHandle {
     /// the driver in increasing order.
     next_call: Arc<AsyncMutex<u64>>,
     shared: Arc<Shared>,
+    /// The session's output window (0: none).
+    output_window: u32,
+    /// The span it was established under (a call's `session.acquire`, or
+    /// a `session.warm`): what its warms link to.
+    origin: SpanContext,
 }
 
 impl SessionHandle {
@@ -170,13 +241,38 @@ impl SessionHandle {
         commands: mpsc::Sender<Command>,
         controls: mpsc::Sender<Command>,
         shared: Arc<Shared>,
+        output_window: u32,
+        origin: SpanContext,
     ) -> Self {
         Self {
             commands,
             controls,
             next_call: Arc::new(AsyncMutex::new(1)),
             shared,
+            output_window,
+            origin,
         }
+    }
+
+    /// The span it was established under.
+    pub(crate) fn origin(&self) -> &SpanContext {
+        &self.origin
+    }
+
+    /// Gives up on the session (it does not answer): it closes, and the
+    /// next call establishes a new one. Does not wait.
+    pub(crate) fn abandon(&self) {
+        self.shared.closing.cancel();
+    }
+
+    /// The session's output window (0: none).
+    pub(crate) fn output_window(&self) -> u32 {
+        self.output_window
+    }
+
+    /// Reports output a caller took (for the exec-server's credit).
+    pub(crate) fn report_taken(&self, report: Taken) {
+        self.shared.report_taken(report);
     }
 
     /// Queues the start of a new call built by `start` from its id, and
@@ -209,18 +305,27 @@ impl SessionHandle {
     }
 
     /// Queues a command, waiting for room. Fails if the session ended.
-    /// Signals and cancels take the control queue; everything else (stdin
-    /// and its close included, which must keep their order) the command
-    /// queue.
+    /// Signals, cancels and resizes take the control queue; everything else
+    /// (stdin and its close included, which must keep their order) the
+    /// command queue.
     pub(crate) async fn send(&self, cmd: Command) -> Result<(), SessionLost> {
         let queue = match &cmd {
             Command::Control {
                 control: Control::Signal(_) | Control::Cancel,
                 ..
-            } => &self.controls,
+            }
+            | Command::Resize { .. }
+            | Command::Ping { .. } => &self.controls,
             _ => &self.commands,
         };
         queue.send(cmd).await.map_err(|_| self.lost())
+    }
+
+    /// Pings the exec-server; its round trip.
+    pub(crate) async fn ping(&self) -> Result<std::time::Duration, SessionLost> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ping { reply }).await?;
+        answer.await.map_err(|_| self.lost())
     }
 
     /// Cancels a call whose caller went away. Never waits and is never
@@ -261,7 +366,13 @@ mod tests {
         let (commands, _commands_rx) = mpsc::channel(1);
         let (controls, _controls_rx) = mpsc::channel(1);
         let shared = Shared::new(Via::Relay);
-        let handle = SessionHandle::new(commands, controls, Arc::clone(&shared));
+        let handle = SessionHandle::new(
+            commands,
+            controls,
+            Arc::clone(&shared),
+            0,
+            SpanContext::empty_context(),
+        );
         // Fill the command queue: nothing more fits.
         handle
             .send(Command::Stdin {

@@ -1,11 +1,9 @@
 //! Relay addresses as people type them: `http://HOST:PORT`, `https://…`,
 //! `HOST:PORT`, `HOST` (port 7600), `[::1]:7600`. A bare address means
-//! plain HTTP/2 on loopback and private addresses and TLS elsewhere.
-//!
-//! TLS on relay links is not in this build yet: an address that asks for
-//! it (`https://`, or a bare public address) is dialled with plain HTTP/2
-//! and [`RelayAddress::tls_unsupported`] says so, for a one-line warning.
-//! (The session itself is Noise-encrypted end to end either way.)
+//! plain HTTP/2 on loopback and private addresses and TLS elsewhere;
+//! `https://` always means TLS (never downgraded) and `http://` plain.
+//! (The session itself is Noise-encrypted end to end either way; TLS
+//! hides the link's metadata.)
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,7 +16,7 @@ pub const DEFAULT_PORT: u16 = 7600;
 pub struct RelayAddress {
     typed: String,
     url: String,
-    wants_tls: bool,
+    tls: bool,
 }
 
 /// An address that cannot be a relay's.
@@ -66,31 +64,32 @@ impl RelayAddress {
             return match scheme.to_ascii_lowercase().as_str() {
                 "http" => Ok(Self {
                     typed: typed.to_owned(),
-                    url: text.to_owned(),
-                    wants_tls: false,
+                    url: format!("http://{}:{}{path}", host.url_form(), port.unwrap_or(80)),
+                    tls: false,
                 }),
-                // Dialled as plain HTTP/2 on the port HTTPS would use.
                 "https" => Ok(Self {
                     typed: typed.to_owned(),
-                    url: format!("http://{}:{}{path}", host.url_form(), port.unwrap_or(443)),
-                    wants_tls: true,
+                    url: format!("https://{}:{}{path}", host.url_form(), port.unwrap_or(443)),
+                    tls: true,
                 }),
                 other => Err(fail(Problem::Scheme(other.to_owned()))),
             };
         }
         let (host, port) = split_host_port(text).map_err(fail)?;
+        let tls = !host.is_local();
         Ok(Self {
             typed: typed.to_owned(),
             url: format!(
-                "http://{}:{}",
+                "{}://{}:{}",
+                if tls { "https" } else { "http" },
                 host.url_form(),
                 port.unwrap_or(DEFAULT_PORT)
             ),
-            wants_tls: !host.is_local(),
+            tls,
         })
     }
 
-    /// The URL dialled (always `http://…` in this build).
+    /// The URL dialled: `https://…` for TLS, `http://…` for plain HTTP/2.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -100,21 +99,9 @@ impl RelayAddress {
         &self.typed
     }
 
-    /// Whether the address asks for TLS, which this build cannot give
-    /// (the link is plain HTTP/2).
-    pub fn tls_unsupported(&self) -> bool {
-        self.wants_tls
-    }
-
-    /// The one-line warning for an address that asks for TLS.
-    pub fn tls_warning(&self) -> Option<String> {
-        self.wants_tls.then(|| {
-            format!(
-                "relay {}: TLS is not supported by this build yet; using plain HTTP/2 to {} \
-                 (the session is still encrypted end to end; write http://… to say plain is meant)",
-                self.typed, self.url
-            )
-        })
+    /// Whether the link uses TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls
     }
 }
 
@@ -223,14 +210,15 @@ mod tests {
 
     fn parsed(typed: &str) -> (String, bool) {
         let a = RelayAddress::parse(typed).unwrap();
-        (a.url().to_owned(), a.tls_unsupported())
+        assert_eq!(a.uses_tls(), a.url().starts_with("https://"));
+        (a.url().to_owned(), a.uses_tls())
     }
 
     #[test]
     fn every_form_is_accepted() {
         let plain = |url: &str| (url.to_owned(), false);
         let tls = |url: &str| (url.to_owned(), true);
-        // Explicit URLs: http as written; https dialled plain (with a warning).
+        // Explicit URLs: http plain, https TLS, as written.
         assert_eq!(
             parsed("http://127.0.0.1:7600"),
             plain("http://127.0.0.1:7600")
@@ -240,16 +228,25 @@ mod tests {
             plain("http://relay.example:80")
         );
         assert_eq!(
+            parsed("http://relay.example"),
+            plain("http://relay.example:80")
+        );
+        assert_eq!(
             parsed("https://relay.example:7600"),
-            tls("http://relay.example:7600")
+            tls("https://relay.example:7600")
         );
         assert_eq!(
             parsed("https://relay.example"),
-            tls("http://relay.example:443")
+            tls("https://relay.example:443")
         );
         assert_eq!(
             parsed("HTTPS://[2001:db8::1]:9"),
-            tls("http://[2001:db8::1]:9")
+            tls("https://[2001:db8::1]:9")
+        );
+        // TLS on loopback when asked for.
+        assert_eq!(
+            parsed("https://127.0.0.1:7600"),
+            tls("https://127.0.0.1:7600")
         );
         // host:port and host, loopback and private: plain.
         assert_eq!(parsed("127.0.0.1:7601"), plain("http://127.0.0.1:7601"));
@@ -264,30 +261,16 @@ mod tests {
         assert_eq!(parsed("::1"), plain("http://[::1]:7600"));
         assert_eq!(parsed("[fd00::5]:1"), plain("http://[fd00::5]:1"));
         assert_eq!(parsed("[fe80::1]"), plain("http://[fe80::1]:7600"));
-        // Public addresses and other names: TLS wanted, plain dialled.
-        assert_eq!(parsed("relay.example"), tls("http://relay.example:7600"));
+        // Public addresses and other names: TLS.
+        assert_eq!(parsed("relay.example"), tls("https://relay.example:7600"));
         assert_eq!(
             parsed("relay.example:7601"),
-            tls("http://relay.example:7601")
+            tls("https://relay.example:7601")
         );
-        assert_eq!(parsed("8.8.8.8"), tls("http://8.8.8.8:7600"));
+        assert_eq!(parsed("8.8.8.8"), tls("https://8.8.8.8:7600"));
         assert_eq!(
             parsed("[2001:db8::1]:7600"),
-            tls("http://[2001:db8::1]:7600")
-        );
-    }
-
-    #[test]
-    fn the_warning_names_the_address_once() {
-        let a = RelayAddress::parse("relay.example").unwrap();
-        let w = a.tls_warning().unwrap();
-        assert!(w.contains("relay.example") && w.contains("TLS is not supported"));
-        assert!(!w.contains('\n'));
-        assert!(
-            RelayAddress::parse("127.0.0.1")
-                .unwrap()
-                .tls_warning()
-                .is_none()
+            tls("https://[2001:db8::1]:7600")
         );
     }
 

@@ -56,7 +56,7 @@ pub async fn run() -> Result<Outcome, DemoError> {
         server_key.clone(),
         AuthorizedKeys::from_keys([client_key.public()]),
     );
-    server_config.relay = Some(url.clone());
+    server_config.relays = vec![url.clone()];
     let mut server = exec_server::start(server_config, shutdown.clone())
         .await
         .map_err(|e| setup(&e))?;
@@ -82,7 +82,7 @@ pub async fn run() -> Result<Outcome, DemoError> {
     let mut code = 0;
     while let Some(ev) = run.next().await {
         match ev {
-            Event::Started { .. } => {}
+            Event::Started { .. } | Event::Reconnecting | Event::Resumed => {}
             Event::Stdout(d) => {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&d);

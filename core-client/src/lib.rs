@@ -2,8 +2,10 @@
 //!
 //! Layout:
 //! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `trust`, `config
-//!   show`, `history`, `trace show`, `completions`, `man`, `demo`) and
+//!   show`, `history`, `trace show`, `agent`, `completions`, `man`, `demo`) and
 //!   their one-line errors and exit codes.
+//! - [`agent`]: the local agent that holds warm sessions for later
+//!   `exec`s (`core-client agent`).
 //! - [`settings`]: a server's effective settings (flags over the config
 //!   file over built-in defaults) and where each came from.
 //! - [`config`]: the config file (named servers, `[defaults]`), checked
@@ -18,6 +20,7 @@
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
 pub mod address;
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod demo;

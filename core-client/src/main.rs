@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use core_client::cli::agent::AgentCommand;
 use core_client::cli::{
     self, Cli, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
 };
@@ -11,6 +12,8 @@ use telemetry::setup::{self, Export, LogDefault, Options};
 use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
 
 fn main() -> ExitCode {
+    // First: the estimate reads this process's CPU time so far.
+    let started = cli::ProcessStart::read();
     let cli = Cli::parse();
     let trace_file = cli.trace_file_path();
     let data_dir = cli.data_dir_path();
@@ -27,8 +30,8 @@ fn main() -> ExitCode {
             command: TraceCommand::Show { trace },
         } => context().and_then(|ctx| cli::trace_show(trace_file.as_deref(), &trace, &ctx.names())),
         CliCommand::Exec(args) => context().and_then(|ctx| {
-            with_runtime(trace_file, &["core-client"], |_| {
-                cli::exec(args, ctx, data_dir)
+            with_runtime(trace_file, &["core-client"], |_, flusher| {
+                cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher })
             })
         }),
         CliCommand::History {
@@ -44,6 +47,24 @@ fn main() -> ExitCode {
                 &ctx.names(),
             )
         }),
+        CliCommand::Agent { command } => match command {
+            AgentCommand::Start(args) => cli::agent::check(&args).and_then(|()| {
+                if args.foreground {
+                    with_runtime(trace_file, &["core-client-agent"], |export, flusher| {
+                        // Each call's spans are written before its CLI
+                        // exits when both use the local trace file.
+                        let flusher = matches!(export, Export::File(_)).then_some(flusher);
+                        cli::agent::run_foreground(args, flusher)
+                    })
+                } else {
+                    cli::agent::start(&args, trace_file.as_deref())
+                }
+            }),
+            AgentCommand::Stop => cli::agent::stop(),
+            AgentCommand::Status { json } => {
+                context().and_then(|ctx| cli::agent::status(json, &ctx.names()))
+            }
+        },
         CliCommand::Completions { shell } => cli::completions(shell),
         CliCommand::Man { subcommand } => cli::man(subcommand.as_deref()),
         CliCommand::Demo => demo(trace_file),
@@ -59,15 +80,19 @@ fn main() -> ExitCode {
 
 fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     let mut export = None;
-    let outcome = with_runtime(trace_file, &["core-client", "relay", "exec-server"], |e| {
-        export = Some(e);
-        async {
-            core_client::demo::run().await.map_err(|e| CliError {
-                message: e.to_string(),
-                code: 1,
-            })
-        }
-    })?;
+    let outcome = with_runtime(
+        trace_file,
+        &["core-client", "relay", "exec-server"],
+        |e, _| {
+            export = Some(e);
+            async {
+                core_client::demo::run().await.map_err(|e| CliError {
+                    message: e.to_string(),
+                    code: 1,
+                })
+            }
+        },
+    )?;
     // The spans are flushed by now: show where the command's time went.
     match (export, &outcome.trace_id) {
         (Some(Export::File(file)), Some(id)) => {
@@ -103,7 +128,7 @@ fn with_runtime<F, Fut, T>(
     f: F,
 ) -> Result<T, CliError>
 where
-    F: FnOnce(Export) -> Fut,
+    F: FnOnce(Export, setup::Flusher) -> Fut,
     Fut: std::future::Future<Output = Result<T, CliError>>,
 {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError {
@@ -129,7 +154,7 @@ where
         [one] => setup::init(one, LogDefault::Warn, options.clone()),
         many => setup::init_services(many, LogDefault::Warn, options.clone()),
     };
-    let result = runtime.block_on(f(options.export));
+    let result = runtime.block_on(f(options.export, telemetry.flusher()));
     telemetry.shutdown();
     // A blocking read of a terminal's stdin (the stdin pump) is not waited
     // for at exit.

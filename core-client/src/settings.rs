@@ -20,16 +20,21 @@ use crate::known::{KeyChanged, KnownServers};
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerArgs {
     /// Relay address (repeatable: tried in order): http://HOST:PORT,
-    /// https://HOST:PORT, HOST:PORT, HOST (port 7600) or [IPV6]:PORT. A
-    /// bare address means plain HTTP/2 on loopback and private addresses
-    /// and TLS elsewhere; TLS is not supported by this build yet, so those
-    /// (and https://) use plain HTTP/2 with a warning. [env: REX_RELAY]
+    /// https://HOST:PORT, HOST:PORT, HOST (port 7600) or [IPV6]:PORT.
+    /// https:// means TLS (never downgraded to plain) and http:// plain
+    /// HTTP/2; a bare address means plain HTTP/2 on loopback and private
+    /// addresses and TLS elsewhere. [env: REX_RELAY]
     #[arg(long, value_name = "ADDRESS")]
     pub relay: Vec<String>,
     /// Connect straight to an exec-server's --listen address instead of a
-    /// relay.
+    /// relay (http://HOST:PORT, or https://HOST:PORT when it serves TLS).
     #[arg(long, value_name = "URL", conflicts_with = "relay")]
     pub direct: Option<String>,
+    /// For TLS links: trust only the CA certificates in FILE (PEM, e.g.
+    /// the ca.pem of `relay tls-init`) [default: the system's]. [env:
+    /// REX_CA]
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// The exec-server's public key (as printed by `exec-server keygen`).
     /// [env: REX_SERVER]
     #[arg(long, value_name = "PUBKEY")]
@@ -124,6 +129,8 @@ pub struct Settings {
     pub server: Option<Sourced<PublicKey>>,
     /// The client's key file (`None`: none given and no default key).
     pub key: Option<Sourced<PathBuf>>,
+    /// The CA file for TLS links (`None`: the system's CA certificates).
+    pub ca: Option<Sourced<PathBuf>>,
     /// The remote working directory (`None`: the exec-server's own).
     pub cwd: Option<Sourced<PathBuf>>,
     /// Remote environment variables.
@@ -186,7 +193,8 @@ pub struct Inputs<'a> {
     pub name: Option<&'a str>,
     /// The flags.
     pub args: &'a ServerArgs,
-    /// The environment (`REX_RELAY`, `REX_SERVER`, `REX_SERVER_FILE`, `REX_KEY`).
+    /// The environment (`REX_RELAY`, `REX_SERVER`, `REX_SERVER_FILE`, `REX_KEY`,
+    /// `REX_CA`).
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// The config file, if there is one.
     pub config: Option<&'a Config>,
@@ -326,6 +334,14 @@ impl Settings {
                 .map(|p| sourced(p, Source::DefaultKey))
         });
 
+        let ca = first([
+            args.ca.clone().map(|c| sourced(c, Source::Flag("--ca"))),
+            env("REX_CA")
+                .filter(|v| !v.is_empty())
+                .map(|c| sourced(PathBuf::from(c), Source::Env("REX_CA"))),
+        ])
+        .or_else(|| from_file(tables, config, |e| e.ca.as_ref()));
+
         let cwd = first([args.cwd.clone().map(|c| sourced(c, Source::Flag("--cwd")))])
             .or_else(|| from_file(tables, config, |e| e.cwd.as_ref()));
 
@@ -365,6 +381,7 @@ impl Settings {
             route,
             server,
             key,
+            ca,
             cwd,
             env: vars,
             accept_new,

@@ -84,12 +84,29 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
     let t1 = placed.iter().map(|p| p.end).max().unwrap_or(t0);
     let total = t1 - t0;
 
-    let mut services: Vec<&str> = Vec::new();
+    // Each service once, with the hosts its spans were made on.
+    let mut services: Vec<(&str, Vec<&str>)> = Vec::new();
     for p in &placed {
-        if !services.contains(&p.span.service.as_str()) {
-            services.push(&p.span.service);
+        let host = p.span.host.as_deref();
+        match services.iter_mut().find(|(s, _)| *s == p.span.service) {
+            Some((_, hosts)) => {
+                if let Some(h) = host.filter(|h| !hosts.contains(h)) {
+                    hosts.push(h);
+                }
+            }
+            None => services.push((&p.span.service, host.into_iter().collect())),
         }
     }
+    let services: Vec<String> = services
+        .iter()
+        .map(|(service, hosts)| {
+            if hosts.is_empty() {
+                (*service).to_owned()
+            } else {
+                format!("{service} on {}", hosts.join(", "))
+            }
+        })
+        .collect();
 
     let mut out = String::new();
     let _ = writeln!(
@@ -415,6 +432,7 @@ mod tests {
     ) -> SpanRecord {
         SpanRecord {
             service: service.to_owned(),
+            host: None,
             name: name.to_owned(),
             trace_id: TRACE_ID.to_owned(),
             span_id: format!("{id:0>16}"),
@@ -519,6 +537,28 @@ mod tests {
         assert_eq!(
             header,
             format!("trace {TRACE_ID}: 10.000 ms, 6 spans, services: core-client, exec-server")
+        );
+    }
+
+    #[test]
+    fn the_header_names_the_hosts_each_service_ran_on() {
+        let mut t = sample();
+        for s in &mut t.spans {
+            s.host = Some(
+                if s.service == "core-client" {
+                    "laptop"
+                } else {
+                    "build-box"
+                }
+                .into(),
+            );
+        }
+        t.spans[1].host = None;
+        let out = render(&t, 40);
+        let header = out.lines().next().unwrap();
+        assert!(
+            header.ends_with("services: core-client on laptop, exec-server on build-box"),
+            "{header}"
         );
     }
 

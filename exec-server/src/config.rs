@@ -19,10 +19,17 @@ pub struct ExecServerConfig {
     /// Client keys allowed to open sessions (kept in step with their
     /// file, if they come from one).
     pub keys: Arc<LiveKeys>,
-    /// Relay to register with (`http://host:port`), if any.
-    pub relay: Option<String>,
+    /// Relays to register with (`http://host:port`, or `https://…` for
+    /// TLS): with every one, each registration kept alive on its own, so
+    /// that clients reach the exec-server through any of them.
+    pub relays: Vec<String>,
+    /// The roots an `https://` relay's certificate is checked against.
+    pub relay_tls: proto::tls::TlsSettings,
     /// Address to accept clients on directly, if any.
     pub listen: Option<SocketAddr>,
+    /// Serve the direct listener over TLS with this certificate and key
+    /// (then only TLS); plain HTTP/2 when `None`.
+    pub listen_tls: Option<proto::tls::ServerTls>,
     /// Most concurrent sessions.
     pub max_sessions: usize,
     /// Most concurrent processes per session.
@@ -54,7 +61,29 @@ pub struct ExecServerConfig {
     /// [`crate::contain`]); off by default, as it costs a cgroup migration
     /// (often an RCU grace period, 5-20 ms) per command.
     pub cgroups: bool,
+    /// Send each call's stage timings and this host's name home with its
+    /// final event (of a sampled trace), so that a client with no
+    /// collector sees this side's stages; on by default.
+    pub call_timings: bool,
+    /// Whether commands may ask for a pseudo-terminal (`--no-tty`: no;
+    /// such a request is refused with a clear error).
+    pub terminals: bool,
+    /// How long a session whose link broke keeps its processes running for
+    /// its client to resume it (zero: sessions end with their link).
+    pub resume_grace: Duration,
+    /// Per process, the output kept until the client has acknowledged it
+    /// (what a resume can send again); a process waits on its output once
+    /// this much is unacknowledged, so nothing is ever dropped. At most
+    /// `max_processes_per_session` times this per session, and
+    /// `max_sessions` times that in all.
+    pub resume_buffer: u32,
 }
+
+/// Default [`ExecServerConfig::resume_grace`].
+pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(60);
+
+/// Default [`ExecServerConfig::resume_buffer`]: 4 MiB.
+pub const DEFAULT_RESUME_BUFFER: u32 = 4 * 1024 * 1024;
 
 /// Default `start:rate:full` for direct sessions not yet authenticated.
 pub const DEFAULT_STARTUPS: Startups = Startups {
@@ -75,8 +104,10 @@ impl ExecServerConfig {
         Self {
             key,
             keys,
-            relay: None,
+            relays: Vec::new(),
+            relay_tls: proto::tls::TlsSettings::system(),
             listen: None,
+            listen_tls: None,
             max_sessions: 1024,
             max_processes_per_session: 256,
             handshake_timeout: Duration::from_secs(10),
@@ -96,6 +127,10 @@ impl ExecServerConfig {
             },
             replaced_backoff: Duration::from_secs(60),
             cgroups: false,
+            call_timings: true,
+            terminals: true,
+            resume_grace: DEFAULT_RESUME_GRACE,
+            resume_buffer: DEFAULT_RESUME_BUFFER,
         }
     }
 }

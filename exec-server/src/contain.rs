@@ -133,10 +133,14 @@ impl Containment {
 
     /// Spawns `cmd` contained: from the spawning thread, with the death
     /// signal set and (where available) inside a new cgroup, which the
-    /// returned [`CommandGroup`] kills when dropped.
+    /// returned [`CommandGroup`] kills when dropped. With `terminal` (the
+    /// user side of a pseudo-terminal), the child starts a new session
+    /// with it as its controlling terminal; `cmd` must then not ask for a
+    /// process group of its own (the session's is one).
     pub async fn spawn(
         self: &Arc<Self>,
         mut cmd: Command,
+        terminal: Option<OwnedFd>,
     ) -> Result<(Child, CommandGroup), SpawnError> {
         let dir = self.cgroups.as_ref().and_then(Cgroups::new_group);
         let procs = dir.as_ref().and_then(|d| {
@@ -150,7 +154,7 @@ impl Containment {
             dir,
             owner: Arc::clone(self),
         };
-        install_pre_exec(&mut cmd, procs);
+        install_pre_exec(&mut cmd, procs, terminal);
         let tx = spawner().ok_or(SpawnError::NoSpawner)?;
         let handle = tokio::runtime::Handle::current();
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -314,15 +318,16 @@ fn own_cgroup_dir() -> Option<PathBuf> {
 }
 
 /// Sets the child's death signal, checks its parent is still the
-/// exec-server, and moves it into its cgroup, between fork and exec.
+/// exec-server, moves it into its cgroup, and gives it its terminal (a new
+/// session whose controlling terminal it is), between fork and exec.
 #[allow(unsafe_code)]
-fn install_pre_exec(cmd: &mut Command, procs: Option<OwnedFd>) {
+fn install_pre_exec(cmd: &mut Command, procs: Option<OwnedFd>, terminal: Option<OwnedFd>) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it makes three system calls
-    // (prctl, getppid, write) through nix, allocates nothing and takes no
-    // lock. The descriptor it writes to was opened (close-on-exec) before
-    // the fork and is owned by the closure.
+    // async-signal-safe calls are allowed: it makes at most five system
+    // calls (prctl, getppid, write, setsid, ioctl) through nix and rustix,
+    // allocates nothing and takes no lock. The descriptors it uses were
+    // opened (close-on-exec) before the fork and are owned by the closure.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -334,6 +339,13 @@ fn install_pre_exec(cmd: &mut Command, procs: Option<OwnedFd>) {
                 // No cgroup (say, not allowed here) leaves the process
                 // group as the containment; the command still runs.
                 let _ = nix::unistd::write(fd, b"0");
+            }
+            if let Some(tty) = &terminal {
+                // A session of its own (its id, and its process group's,
+                // is the child's pid), then the terminal as its
+                // controlling terminal.
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(tty)?;
             }
             Ok(())
         });

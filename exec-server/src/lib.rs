@@ -6,6 +6,8 @@
 //! - [`config`]: settings and their bounds.
 //! - [`server`]: start, run and graceful shutdown.
 //! - [`link`]: the dial-out registration with a relay and session accept.
+//! - [`credit`]: a call's output credit (the session's output window),
+//!   which its process reserves from before reading its output.
 //! - [`contain`]: a command's processes end with it and with the
 //!   exec-server (death signal, process group, a cgroup v2 per command).
 //! - [`direct`]: the tunnel service for clients that connect directly.
@@ -16,14 +18,18 @@
 //!   the endpoint that starts each call's process and pushes its events.
 //! - [`stdin`]: a call's stdin between the session and the process (never
 //!   more than the session's stdin window), with what the process took.
-//! - [`process`]: one child process: spawn, pipes, signals, exit.
+//! - [`process`]: one child process: spawn, pipes (or its terminal),
+//!   signals, resizes, exit.
+//! - [`pty`]: a pseudo-terminal for a process that asks for one.
 
 pub mod config;
 pub mod contain;
+pub mod credit;
 pub mod direct;
 pub mod keys;
 pub mod link;
 pub mod process;
+pub mod pty;
 pub mod server;
 pub mod session;
 pub mod stdin;

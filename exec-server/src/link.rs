@@ -29,11 +29,11 @@ pub const SESSION_QUEUE: usize = 32;
 /// Why one registration attempt ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The relay URL is not valid.
-    #[error("invalid relay URL: {0}")]
-    BadUrl(String),
-    /// The relay could not be reached.
-    #[error("cannot reach the relay: {0}")]
+    /// The relay URL is not valid (or TLS cannot be set up for it).
+    #[error("relay URL: {0}")]
+    BadUrl(#[from] proto::link::EndpointError),
+    /// The relay could not be reached (TLS failures included).
+    #[error("cannot reach the relay: {}", proto::link::why(.0))]
     Connect(#[from] tonic::transport::Error),
     /// The relay refused or ended the registration.
     #[error("relay: {0}")]
@@ -48,6 +48,10 @@ pub enum LinkError {
     /// the registration.
     #[error("another exec-server with this key registered at the relay and took over its route")]
     Replaced,
+    /// The relay serves TLS only and was dialled with `http://` (or
+    /// another failure of TLS reported in HTTP/2).
+    #[error("relay: TLS: {0}")]
+    Tls(proto::tls::TlsFailure),
     /// The relay's allow-list does not (or no longer) admit this key.
     #[error("the relay does not admit this exec-server key (its --allowed-servers list)")]
     NotAllowed,
@@ -57,6 +61,9 @@ impl LinkError {
     /// The error for a status from the relay, telling apart the refusals
     /// that call for a long pause.
     fn from_relay(status: tonic::Status) -> Self {
+        if let Some(failure) = proto::tls::failure_in(&status) {
+            return Self::Tls(failure);
+        }
         match proto::routing::refusal(&status) {
             Some(proto::pb::tunnel::CloseReason::Replaced) => Self::Replaced,
             Some(proto::pb::tunnel::CloseReason::NotAllowed) => Self::NotAllowed,
@@ -183,8 +190,7 @@ async fn register_once(
     shutdown: &CancellationToken,
     registered: &watch::Sender<bool>,
 ) -> Result<bool, LinkError> {
-    let ep = proto::link::endpoint(url, proto::link::CONNECT_TIMEOUT)
-        .map_err(|e| LinkError::BadUrl(e.to_string()))?;
+    let ep = proto::link::endpoint(url, proto::link::CONNECT_TIMEOUT, &ctx.config.relay_tls)?;
     let channel = tokio::select! {
         () = shutdown.cancelled() => return Ok(false),
         c = ep.connect() => c?,

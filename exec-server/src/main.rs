@@ -40,14 +40,19 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Ask the relay whether this exec-server is registered there (exit 0)
-    /// or not (exit 1, with one line on stderr). Made for container
-    /// healthchecks: it reads the same --relay and --key (or REX_RELAY and
-    /// REX_KEY) as the server.
+    /// Ask each relay whether this exec-server is registered there: exit 0
+    /// when it is at every one, else exit 1 with one line on stderr per
+    /// relay it is not at. Made for container healthchecks: it reads the
+    /// same --relay and --key (or REX_RELAY and REX_KEY) as the server.
     Health {
-        /// The relay the exec-server registers with.
-        #[arg(long, env = "REX_RELAY")]
-        relay: String,
+        /// The relays the exec-server registers with (repeat it, or a
+        /// comma-separated list).
+        #[arg(long, env = "REX_RELAY", value_delimiter = ',', required = true)]
+        relay: Vec<String>,
+        /// For an https:// relay: trust only the CA certificates in FILE
+        /// (PEM) [default: the system's].
+        #[arg(long, env = "REX_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// The exec-server's private key file (only its public half is used,
         /// to name the exec-server).
         #[arg(long, env = "REX_KEY")]
@@ -60,9 +65,17 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct RunArgs {
-    /// Relay to register with, e.g. http://relay.example:7600.
-    #[arg(long, env = "REX_RELAY")]
-    relay: Option<String>,
+    /// Relay to register with: http://HOST:PORT (plain HTTP/2, for
+    /// loopback and private networks) or https://HOST:PORT (TLS; never
+    /// downgraded to plain). Repeat it (or give a comma-separated list) to
+    /// register with several: each registration is kept alive on its own,
+    /// and clients reach the exec-server through any of them.
+    #[arg(long, env = "REX_RELAY", value_delimiter = ',')]
+    relay: Vec<String>,
+    /// For an https:// relay: trust only the CA certificates in FILE (PEM,
+    /// e.g. the ca.pem of `relay tls-init`) [default: the system's].
+    #[arg(long, env = "REX_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// The exec-server's private key file (from `exec-server keygen`).
     #[arg(long, env = "REX_KEY")]
     key: Option<PathBuf>,
@@ -75,6 +88,14 @@ struct RunArgs {
     /// Also accept clients directly on this address (same tunnel protocol).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// With --listen: serve TLS with this certificate chain (PEM, its own
+    /// certificate first; needs --tls-key). The listener then serves only
+    /// TLS: clients dial it with --direct https://.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Most concurrent sessions.
     #[arg(long, default_value_t = 1024)]
     max_sessions: usize,
@@ -113,6 +134,25 @@ struct RunArgs {
     /// grace period.
     #[arg(long, env = "REX_CGROUPS")]
     cgroups: bool,
+    /// Do not send each command's stage timings and this host's name to
+    /// the client with its final event (a client with no collector then
+    /// sees only its own side of the command's trace).
+    #[arg(long)]
+    no_call_timings: bool,
+    /// Run commands with pipes only: refuse every request for a
+    /// pseudo-terminal (`core-client exec -t`) with a clear error.
+    #[arg(long)]
+    no_tty: bool,
+    /// How long a session whose link broke (a relay restart, a network
+    /// blip) keeps its commands running for its client to come back and
+    /// resume it with nothing lost; 0: commands end with their link.
+    #[arg(long, env = "REX_RESUME_GRACE", default_value = "60s", value_parser = lifecycle::durations::parse, value_name = "DURATION")]
+    resume_grace: Duration,
+    /// Per command, the output kept until the client has it (what a
+    /// resume sends again), in bytes; a command that writes more waits, as
+    /// with a slow reader. Also each command's output window.
+    #[arg(long, default_value_t = exec_server::config::DEFAULT_RESUME_BUFFER, value_parser = clap::value_parser!(u32).range(65536..), value_name = "BYTES")]
+    resume_buffer: u32,
 }
 
 fn main() -> ExitCode {
@@ -129,17 +169,40 @@ fn main() -> ExitCode {
         },
         Some(Command::Health {
             relay,
+            ca,
             key,
             timeout_secs,
-        }) => health(&relay, &key, Duration::from_secs(timeout_secs)),
+        }) => health(
+            &relay,
+            ca.as_deref(),
+            &key,
+            Duration::from_secs(timeout_secs),
+        ),
         None => serve(cli.run),
     }
 }
 
-fn health(relay: &str, key: &std::path::Path, timeout: Duration) -> ExitCode {
+/// The roots for an https:// relay: `--ca`'s, else the system's.
+fn relay_tls(ca: Option<&std::path::Path>) -> Result<proto::tls::TlsSettings, String> {
+    match ca {
+        Some(path) => proto::tls::TlsSettings::from_ca_file(path).map_err(|e| format!("--ca: {e}")),
+        None => Ok(proto::tls::TlsSettings::system()),
+    }
+}
+
+fn health(
+    relays: &[String],
+    ca: Option<&std::path::Path>,
+    key: &std::path::Path,
+    timeout: Duration,
+) -> ExitCode {
     let id = match StaticKeypair::read_file(key) {
         Ok(kp) => kp.public().server_id(),
         Err(e) => return fail(&e.to_string()),
+    };
+    let tls = match relay_tls(ca) {
+        Ok(tls) => tls,
+        Err(e) => return fail(&e),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -148,9 +211,17 @@ fn health(relay: &str, key: &std::path::Path, timeout: Duration) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
-    match runtime.block_on(proto::health::check(relay, &id, timeout)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("server id {id} at {relay}: {e}")),
+    let mut healthy = true;
+    for relay in relays {
+        if let Err(e) = runtime.block_on(proto::health::check(relay, &id, timeout, &tls)) {
+            eprintln!("exec-server: server id {id} at {relay}: {e}");
+            healthy = false;
+        }
+    }
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -196,7 +267,21 @@ fn serve(args: RunArgs) -> ExitCode {
         );
     }
     let mut config = ExecServerConfig::with_keys(key, std::sync::Arc::clone(&keys));
-    config.relay = args.relay;
+    config.relay_tls = match relay_tls(args.ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => return fail(&e),
+    };
+    config.listen_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match proto::tls::ServerTls::from_files(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => return fail(&format!("--tls-cert/--tls-key: {e}")),
+        },
+        _ => None,
+    };
+    if config.listen_tls.is_some() && args.listen.is_none() {
+        return fail("--tls-cert and --tls-key are for --listen: give --listen ADDR too");
+    }
+    config.relays = args.relay;
     config.listen = args.listen;
     config.max_sessions = args.max_sessions;
     config.max_processes_per_session = args.max_processes;
@@ -210,6 +295,10 @@ fn serve(args: RunArgs) -> ExitCode {
     config.startups.startups = args.max_startups;
     config.startups.per_source = args.max_startups_per_source;
     config.cgroups = args.cgroups;
+    config.call_timings = !args.no_call_timings;
+    config.terminals = !args.no_tty;
+    config.resume_grace = args.resume_grace;
+    config.resume_buffer = args.resume_buffer;
     config.shutdown_grace = Duration::from_secs(10);
     // Process records are kept off the hot path; a store that cannot be
     // opened is reported once and the server runs without it.

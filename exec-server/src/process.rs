@@ -1,10 +1,15 @@
-//! One remote process: spawn, pump its pipes into terminal events as they
-//! happen, deliver signals to its process group, report its exit.
+//! One remote process: spawn, pump its pipes (or its pseudo-terminal) into
+//! terminal events as they happen, deliver signals to its process group,
+//! resize its terminal, report its exit.
 //!
 //! Output is read in chunks of at most [`MAX_CHUNK`] and each chunk waits
 //! for room in the session's bounded event queue before the next read, so a
 //! slow client stops the pipe reads (and so the child) rather than growing a
-//! buffer.
+//! buffer. A process on a terminal (`ExecRequest.terminal`) has one output,
+//! the terminal's, read the same way and sent as stdout (stderr is merged,
+//! as a terminal does); its stdin is typed into the terminal. After the
+//! exit, the terminal is drained like the pipes (until every holder of its
+//! user side has closed it, which ends its output, or the drain gives up).
 //!
 //! Spans made here (DESIGN.md §3.2): `rpc.server.queue` (from the enqueue
 //! time the request carries to this task's start), `process.spawn`,
@@ -15,9 +20,11 @@
 //! chunk.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -33,18 +40,24 @@ use proto::limits::MAX_CHUNK;
 use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, exited, terminal_event,
 };
+use proto::session::output;
 use telemetry::remote::{StageSpan, Timeline};
 use telemetry::spans;
+use tokio::io::AsyncWrite;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::contain::{Containment, SpawnError};
+use crate::contain::{CommandGroup, Containment, SpawnError};
+use crate::credit::{CHUNK_CREDIT, Credit, Reserved};
+use crate::pty;
 use crate::stdin::StdinReceiver;
 
 /// The signal that ends a process group for good.
 const SIGKILL: i32 = NixSignal::SIGKILL as i32;
+/// The signal a hung-up terminal's session gets.
+const SIGHUP: i32 = NixSignal::SIGHUP as i32;
 
 /// A control message for a running process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +157,14 @@ pub struct ProcessIo {
     pub stdin: Option<StdinReceiver>,
     /// Cancelled when the client cancels the call or the session ends.
     pub cancel: CancellationToken,
+    /// The call's output credit: output is read only with credit for it.
+    pub credit: Credit,
+    /// Cancelled when the session ends (then `cancel` is too): a process
+    /// on a terminal is then hung up before it is killed.
+    pub ended: CancellationToken,
+    /// The terminal's window size (rows, columns) as the client last set
+    /// it, for a call on a terminal; only the latest counts.
+    pub resize: Option<watch::Receiver<(u16, u16)>>,
 }
 
 /// Extra environment for the child (trace context).
@@ -162,11 +183,14 @@ pub struct Launch {
     pub exit_drain: Duration,
     /// Death signal, process group and cgroup.
     pub containment: Arc<Containment>,
+    /// Whether a command may have a terminal (`exec-server --no-tty`
+    /// refuses them).
+    pub terminals: bool,
 }
 
 impl Launch {
     /// Defaults: no default directory, no extra variables, any variable
-    /// allowed, a two-second drain, no cgroups.
+    /// allowed, a two-second drain, no cgroups, terminals allowed.
     pub fn plain() -> Self {
         Self {
             default_cwd: None,
@@ -174,6 +198,7 @@ impl Launch {
             env_policy: EnvPolicy::Any,
             exit_drain: Duration::from_secs(2),
             containment: Containment::without_cgroups(),
+            terminals: true,
         }
     }
 }
@@ -182,16 +207,35 @@ impl Launch {
 struct Events {
     call_id: u64,
     events: mpsc::Sender<Outgoing>,
+    credit: Credit,
 }
 
 impl Events {
-    /// Sends an event, waiting for room. Returns false if the session is gone.
+    /// Sends an event, waiting for its credit and for room. Returns false
+    /// if the session is gone.
     async fn send(&mut self, kind: terminal_event::Kind) -> bool {
+        self.send_reserved(kind, None).await
+    }
+
+    /// Sends an output event with the credit reserved for it before the
+    /// read (taken now if there is none).
+    async fn send_reserved(
+        &mut self,
+        kind: terminal_event::Kind,
+        reserved: Option<Reserved>,
+    ) -> bool {
+        let cost = output::cost(&kind);
+        match reserved {
+            Some(r) => r.spend(cost),
+            None => self.credit.reserve(cost).await.spend(cost),
+        }
         self.queue(kind, None).await
     }
 
     /// Sends the final event, with the task's stages.
     async fn finish(&mut self, kind: terminal_event::Kind, stages: Timeline) {
+        let cost = output::cost(&kind);
+        self.credit.reserve(cost).await.spend(cost);
         self.queue(kind, Some(stages)).await;
     }
 
@@ -214,7 +258,16 @@ fn exec_error(kind: ExecErrorKind, message: String) -> terminal_event::Kind {
     })
 }
 
-fn build_command(req: &ExecRequest, launch: &Launch) -> Result<Command, terminal_event::Kind> {
+/// Why a terminal request is refused on an exec-server run with `--no-tty`.
+pub const NO_TTY: &str =
+    "this exec-server gives commands no terminal (it runs with --no-tty): run without -t";
+
+/// The command for a request, and the pseudo-terminal it runs on if it
+/// asked for one.
+fn build_command(
+    req: &ExecRequest,
+    launch: &Launch,
+) -> Result<(Command, Option<pty::Pair>), terminal_event::Kind> {
     let default_cwd = launch.default_cwd.as_deref();
     let Some((argv0, args)) = req.argv.split_first() else {
         return Err(exec_error(
@@ -253,6 +306,11 @@ fn build_command(req: &ExecRequest, launch: &Launch) -> Result<Command, terminal
         }
         cmd.env(OsStr::from_bytes(&var.name), OsStr::from_bytes(&var.value));
     }
+    // The terminal's type is part of the terminal request, not an
+    // environment variable the key's options govern.
+    if let Some(t) = req.terminal.as_ref().filter(|t| !t.term.is_empty()) {
+        cmd.env("TERM", &t.term);
+    }
     for (k, v) in &launch.extra_env {
         cmd.env(k, v);
     }
@@ -270,6 +328,26 @@ fn build_command(req: &ExecRequest, launch: &Launch) -> Result<Command, terminal
         }
         cmd.current_dir(dir);
     }
+    cmd.kill_on_drop(true);
+    if let Some(t) = &req.terminal {
+        if !launch.terminals {
+            return Err(exec_error(ExecErrorKind::TerminalRefused, NO_TTY.into()));
+        }
+        // The session machine checked the bounds.
+        let size = (u16::try_from(t.rows), u16::try_from(t.cols));
+        let (Ok(rows), Ok(cols)) = size else {
+            return Err(exec_error(
+                ExecErrorKind::BadRequest,
+                "the terminal size is out of bounds".into(),
+            ));
+        };
+        let program = proto::program::program_name(argv0);
+        let pair = pty::open(rows, cols).map_err(|e| no_terminal(&program, &e))?;
+        let [stdin, stdout, stderr] = pair.stdio().map_err(|e| no_terminal(&program, &e))?;
+        // No process group is asked for: the new session is one.
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        return Ok((cmd, Some(pair)));
+    }
     let stdin = if req.stdin == StdinMode::Pipe as i32 {
         Stdio::piped()
     } else {
@@ -278,9 +356,17 @@ fn build_command(req: &ExecRequest, launch: &Launch) -> Result<Command, terminal
     cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    Ok(cmd)
+        .process_group(0);
+    Ok((cmd, None))
+}
+
+/// No pseudo-terminal could be had (the system has none left, or this
+/// process no descriptor): an error for the call, never more.
+fn no_terminal(program: &str, e: &std::io::Error) -> terminal_event::Kind {
+    exec_error(
+        ExecErrorKind::NoTerminal,
+        format!("{program}: cannot open a pseudo-terminal: {e}"),
+    )
 }
 
 fn spawn_error(e: &SpawnError, program: &str) -> terminal_event::Kind {
@@ -316,10 +402,11 @@ fn signal_group(pgid: Option<u32>, signo: i32) {
     }
 }
 
-/// Writes the call's stdin into the child's, reporting each chunk taken.
-/// Once the child has closed its stdin, what follows is dropped (and still
-/// reported taken, so the client is never left waiting for credit).
-async fn write_stdin(mut pipe: ChildStdin, input: StdinReceiver) {
+/// Writes the call's stdin into the child's (its pipe, or its terminal),
+/// reporting each chunk taken. Once the child has closed its stdin, what
+/// follows is dropped (and still reported taken, so the client is never
+/// left waiting for credit).
+async fn write_stdin<W: AsyncWrite + Unpin>(mut pipe: W, input: StdinReceiver) {
     let mut open = true;
     while let Some(chunks) = input.next().await {
         for chunk in chunks {
@@ -329,9 +416,90 @@ async fn write_stdin(mut pipe: ChildStdin, input: StdinReceiver) {
             input.taken(chunk.len());
         }
     }
-    if open {
+    // Only a close the client sent ends the input (on a terminal, by
+    // typing its end-of-file character); a session that went away says
+    // nothing about it (its process is about to be hung up or killed), and
+    // a pipe closes when dropped anyway.
+    if open && input.closed_by_client() {
         let _ = pipe.shutdown().await;
     }
+}
+
+/// The stdin writer, polled with the pipes.
+type Writing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Until the stdin writer has written everything (never, without one).
+async fn wrote(writer: &mut Option<Writing>) {
+    match writer {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The session is gone: nobody can see this process any more, and its
+/// process group is killed. A process on a terminal is hung up first, as
+/// when a terminal's line drops: its session leader's group and each of
+/// its jobs' groups get SIGHUP (as a shell passes it on to its jobs) while
+/// the terminal still works (a
+/// shell that read the end of its input first would exit without doing
+/// so), then `terminal` (every other handle on its controller side
+/// already dropped) is closed, which hangs the terminal up for whatever
+/// else holds it, and the process is given `grace` to end.
+async fn abandon(child: &mut Child, terminal: Option<Arc<pty::Terminal>>, grace: Duration) {
+    let pid = child.id();
+    if terminal.is_some() {
+        // The leader's group, and the jobs it started on the terminal.
+        signal_group(pid, SIGHUP);
+        if let Some(sid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            for group in pty::session_groups(sid) {
+                signal_group(u32::try_from(group).ok(), SIGHUP);
+            }
+        }
+        drop(terminal);
+        let _ = tokio::time::timeout(grace, child.wait()).await;
+    }
+    signal_group(pid, SIGKILL);
+}
+
+/// The terminal's latest window size once it has changed; `None` once the
+/// call's sender is gone.
+async fn resized(rx: &mut Option<watch::Receiver<(u16, u16)>>) -> Option<(u16, u16)> {
+    let rx = rx.as_mut()?;
+    rx.changed().await.ok()?;
+    let size = *rx.borrow_and_update();
+    Some(size)
+}
+
+/// Spawns the command contained, on its terminal if it has one (which is
+/// then handed to the runtime).
+async fn spawn(
+    cmd: Command,
+    pair: Option<pty::Pair>,
+    launch: &Launch,
+    program: &str,
+) -> Result<(Child, CommandGroup, Option<Arc<pty::Terminal>>), terminal_event::Kind> {
+    let controlling = match &pair {
+        Some(p) => Some(p.controlling().map_err(|e| no_terminal(program, &e))?),
+        None => None,
+    };
+    let (child, group) = launch
+        .containment
+        .spawn(cmd, controlling)
+        .await
+        .map_err(|e| spawn_error(&e, program))?;
+    let terminal = match pair.map(pty::Pair::into_terminal).transpose() {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            // The process runs on a terminal nobody can read: it ends now
+            // (its group with it, as the cgroup does when `group` drops).
+            signal_group(child.id(), SIGKILL);
+            return Err(exec_error(
+                ExecErrorKind::Internal,
+                format!("{program}: cannot watch its terminal: {e}"),
+            ));
+        }
+    };
+    Ok((child, group, terminal))
 }
 
 async fn read_chunk<R: AsyncRead + Unpin>(pipe: &mut Option<R>) -> Option<Bytes> {
@@ -365,8 +533,15 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         mut control,
         stdin,
         cancel,
+        credit,
+        ended,
+        mut resize,
     } = io;
-    let mut seq = Events { call_id, events };
+    let mut seq = Events {
+        call_id,
+        events,
+        credit: credit.clone(),
+    };
     let program = req
         .argv
         .first()
@@ -374,16 +549,12 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         .unwrap_or_default();
     let mut spawn_span = StageSpan::start(&tracer, spans::PROCESS_SPAWN, &trace.exec, taken);
     let spawned = match build_command(&req, &launch) {
-        Ok(cmd) => launch
-            .containment
-            .spawn(cmd)
-            .await
-            .map_err(|e| spawn_error(&e, &program)),
+        Ok((cmd, pair)) => spawn(cmd, pair, &launch, &program).await,
         Err(e) => Err(e),
     };
     // The command's cgroup (if any) is killed when this task ends, however
-    // it ends.
-    let (mut child, _group): (Child, _) = match spawned {
+    // it ends; so is its terminal hung up.
+    let (mut child, _group, mut terminal) = match spawned {
         Ok(c) => c,
         Err(kind) => {
             if let terminal_event::Kind::Error(e) = &kind {
@@ -422,25 +593,31 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         }))
         .await
     {
-        signal_group(pid, SIGKILL);
+        abandon(&mut child, terminal.take(), launch.exit_drain).await;
         return;
     }
     // The stdin writer runs inside this task (no task of its own to track):
     // it is polled with the pipes below until it has written everything.
-    let writer = match (child.stdin.take(), stdin) {
-        (Some(pipe), Some(rx)) => Some(write_stdin(pipe, rx)),
+    let piped = req.stdin == StdinMode::Pipe as i32;
+    let mut writer: Option<Writing> = match (&terminal, child.stdin.take(), stdin) {
+        (Some(t), _, Some(rx)) if piped => {
+            Some(Box::pin(write_stdin(pty::Writer::new(Arc::clone(t)), rx)))
+        }
+        (None, Some(pipe), Some(rx)) => Some(Box::pin(write_stdin(pipe, rx))),
         _ => None,
     };
-    let mut writing = writer.is_some();
-    let writer = async move {
-        match writer {
-            Some(w) => w.await,
-            None => std::future::pending().await,
-        }
+    // A terminal has one output, read as stdout.
+    let mut stdout: Option<Box<dyn AsyncRead + Send + Unpin>> = match &terminal {
+        Some(t) => Some(Box::new(pty::Reader(Arc::clone(t)))),
+        None => child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn AsyncRead + Send + Unpin>),
     };
-    tokio::pin!(writer);
-    let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
+    if terminal.is_none() {
+        resize = None;
+    }
     let watching = SystemTime::now();
     let mut out_watch = Some(Watch::start(
         &tracer,
@@ -448,12 +625,9 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         &run_cx,
         watching,
     ));
-    let mut err_watch = Some(Watch::start(
-        &tracer,
-        spans::PROCESS_STDERR_READER,
-        &run_cx,
-        watching,
-    ));
+    let mut err_watch = stderr
+        .is_some()
+        .then(|| Watch::start(&tracer, spans::PROCESS_STDERR_READER, &run_cx, watching));
     let mut exit_watch = Some(Watch::start(
         &tracer,
         spans::PROCESS_EXIT_WATCHER,
@@ -463,6 +637,9 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     let mut status = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut killed = false;
+    // A pipe (or the terminal) is read only with credit for a whole chunk
+    // in hand, taken while signals and cancels are still heard.
+    let mut reserved: Option<Reserved> = None;
     loop {
         if stdout.is_none()
             && let Some(w) = out_watch.take()
@@ -483,25 +660,42 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
                 None => std::future::pending().await,
             }
         };
+        let reading = stdout.is_some() || stderr.is_some();
         tokio::select! {
-            () = &mut writer, if writing => writing = false,
+            () = wrote(&mut writer), if writer.is_some() => writer = None,
+            r = credit.reserve(CHUNK_CREDIT), if reading && reserved.is_none() => reserved = Some(r),
             () = cancel.cancelled(), if !killed => {
+                if ended.is_cancelled() {
+                    // The session is gone: nobody can see this process
+                    // any more.
+                    drop((stdout.take(), writer.take()));
+                    abandon(&mut child, terminal.take(), launch.exit_drain).await;
+                    return;
+                }
                 signal_group(pid, SIGKILL);
                 killed = true;
             }
+            size = resized(&mut resize), if resize.is_some() => match (size, &terminal) {
+                // A terminal that cannot take the size keeps its own.
+                (Some((rows, cols)), Some(t)) => { let _ = t.resize(rows, cols); }
+                _ => resize = None,
+            },
             c = control.recv() => match c {
                 Some(Control::Signal(n)) => signal_group(pid, n),
                 None => {
                     // The session is gone: nobody can see this process any more.
-                    signal_group(pid, SIGKILL);
+                    drop((stdout.take(), writer.take()));
+                    abandon(&mut child, terminal.take(), launch.exit_drain).await;
                     return;
                 }
             },
-            chunk = read_chunk(&mut stdout), if stdout.is_some() => match chunk {
+            chunk = read_chunk(&mut stdout), if stdout.is_some() && reserved.is_some() => match chunk {
                 Some(data) => {
                     let (len, t) = (data.len(), Instant::now());
-                    if !seq.send(terminal_event::Kind::Stdout(data)).await {
-                        signal_group(pid, SIGKILL);
+                    let r = reserved.take();
+                    if !seq.send_reserved(terminal_event::Kind::Stdout(data), r).await {
+                        drop((stdout.take(), writer.take()));
+                        abandon(&mut child, terminal.take(), launch.exit_drain).await;
                         return;
                     }
                     if let Some(w) = out_watch.as_mut() {
@@ -510,11 +704,12 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
                 }
                 None => stdout = None,
             },
-            chunk = read_chunk(&mut stderr), if stderr.is_some() => match chunk {
+            chunk = read_chunk(&mut stderr), if stderr.is_some() && reserved.is_some() => match chunk {
                 Some(data) => {
                     let (len, t) = (data.len(), Instant::now());
-                    if !seq.send(terminal_event::Kind::Stderr(data)).await {
-                        signal_group(pid, SIGKILL);
+                    let r = reserved.take();
+                    if !seq.send_reserved(terminal_event::Kind::Stderr(data), r).await {
+                        abandon(&mut child, None, launch.exit_drain).await;
                         return;
                     }
                     if let Some(w) = err_watch.as_mut() {
@@ -544,6 +739,9 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
                 stderr = None;
             }
         }
+    }
+    if let Some(r) = reserved.take() {
+        r.spend(0);
     }
     let exit = match status {
         Some(s) => match (s.code(), s.signal()) {
@@ -592,20 +790,32 @@ mod tests {
     }
 
     async fn run_req(req: ExecRequest, stdin: Option<Vec<u8>>) -> Run {
+        run_with(req, stdin, Launch::plain()).await
+    }
+
+    async fn run_with(req: ExecRequest, stdin: Option<Vec<u8>>, launch: Launch) -> Run {
         let (tx, mut rx) = mpsc::channel(4);
         let (_ctl_tx, ctl_rx) = mpsc::channel(4);
         let (in_tx, in_rx) = crate::stdin::pipe(Default::default());
+        // The smallest window, given back as each event is taken (as the
+        // client's acknowledgements would), so every output in these tests
+        // goes through the credit.
+        let credit = Credit::new(output::MIN_WINDOW);
         let io = ProcessIo {
             call_id: 9,
             events: tx,
             control: ctl_rx,
             stdin: Some(in_rx),
             cancel: CancellationToken::new(),
+            credit: credit.clone(),
+            ended: CancellationToken::new(),
+            resize: None,
         };
-        let task = tokio::spawn(run(req, io, Launch::plain(), ProcessTrace::detached()));
+        let task = tokio::spawn(run(req, io, launch, ProcessTrace::detached()));
         if let Some(data) = stdin {
             in_tx.push(Bytes::from(data));
         }
+        in_tx.close();
         drop(in_tx);
         let mut events = vec![];
         let mut finals = 0;
@@ -617,6 +827,7 @@ mod tests {
             );
             assert_eq!(o.last, is_final, "only the final event is marked last");
             finals += usize::from(is_final);
+            credit.release(output::cost(&o.kind));
             events.push(o.kind);
             if o.last {
                 break;
@@ -706,6 +917,9 @@ mod tests {
             control: ctl_rx,
             stdin: None,
             cancel: cancel.clone(),
+            credit: Credit::unlimited(),
+            ended: CancellationToken::new(),
+            resize: None,
         };
         // The grandchild holds stdout open; killing only the child would leave it.
         let launch = Launch {
@@ -723,6 +937,208 @@ mod tests {
         cancel.cancel();
         let last = rx.recv().await.unwrap();
         assert!(last.last);
+        assert_eq!(
+            last.kind,
+            terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Signal(9))
+            })
+        );
+        task.await.unwrap();
+    }
+
+    fn on_terminal(argv: &[&str], rows: u32, cols: u32) -> ExecRequest {
+        let mut rq = req(argv);
+        rq.terminal = Some(proto::pb::session::Terminal {
+            rows,
+            cols,
+            term: "vt100".into(),
+        });
+        rq
+    }
+
+    fn no_stderr(r: &Run) -> bool {
+        !r.events
+            .iter()
+            .any(|e| matches!(e, terminal_event::Kind::Stderr(_)))
+    }
+
+    #[tokio::test]
+    async fn a_terminal_is_stdin_stdout_and_stderr_with_its_size_and_type() {
+        let script = "test -t 0 && test -t 1 && test -t 2 && stty size && echo \"$TERM\" \
+                      && echo err >&2";
+        let r = run_req(on_terminal(&["sh", "-c", script], 30, 100), None).await;
+        assert_eq!(r.stdout(), b"30 100\r\nvt100\r\nerr\r\n");
+        assert!(no_stderr(&r), "stderr is merged: {:?}", r.events);
+        assert_eq!(
+            r.last(),
+            &terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Code(0))
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_child_leads_a_session_whose_controlling_terminal_it_is() {
+        // /proc/PID/stat: pid (comm) state ppid pgrp session tty_nr ...
+        let script = "set -- $(cat /proc/$$/stat); \
+                      [ \"$1\" = \"$5\" ] && [ \"$1\" = \"$6\" ] && [ \"$7\" != 0 ] && echo leader";
+        let r = run_req(on_terminal(&["sh", "-c", script], 24, 80), None).await;
+        assert_eq!(r.stdout(), b"leader\r\n");
+    }
+
+    #[tokio::test]
+    async fn output_written_before_the_exit_all_arrives() {
+        let r = run_req(
+            on_terminal(
+                &["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; exit 5"],
+                24,
+                80,
+            ),
+            None,
+        )
+        .await;
+        let out = r.stdout();
+        assert_eq!(out.len(), 300_000);
+        assert!(out.iter().all(|&b| b == b'x'));
+        assert_eq!(
+            r.last(),
+            &terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Code(5))
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn stdin_is_typed_and_its_close_ends_the_input() {
+        let mut rq = on_terminal(&["cat"], 24, 80);
+        rq.stdin = StdinMode::Pipe as i32;
+        let r = run_req(rq, Some(b"hello\n".to_vec())).await;
+        // Echoed by the terminal, then written back by cat.
+        assert_eq!(r.stdout(), b"hello\r\nhello\r\n");
+        assert_eq!(
+            r.last(),
+            &terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Code(0))
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exec_server_without_terminals_refuses_one() {
+        let launch = Launch {
+            terminals: false,
+            ..Launch::plain()
+        };
+        let r = run_with(on_terminal(&["true"], 24, 80), None, launch).await;
+        assert_eq!(r.events.len(), 1, "{:?}", r.events);
+        match r.last() {
+            terminal_event::Kind::Error(e) => {
+                assert_eq!(e.kind, ExecErrorKind::TerminalRefused as i32);
+                assert_eq!(e.message, NO_TTY);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resize_reaches_the_terminal_and_the_child_gets_sigwinch() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_ctl_tx, ctl_rx) = mpsc::channel(4);
+        let (size_tx, size_rx) = watch::channel((24, 80));
+        let cancel = CancellationToken::new();
+        let io = ProcessIo {
+            call_id: 1,
+            events: tx,
+            control: ctl_rx,
+            stdin: None,
+            cancel: cancel.clone(),
+            credit: Credit::unlimited(),
+            ended: CancellationToken::new(),
+            resize: Some(size_rx),
+        };
+        let script = "trap 'stty size' WINCH; echo ready; while :; do sleep 0.05; done";
+        let task = tokio::spawn(run(
+            on_terminal(&["sh", "-c", script], 24, 80),
+            io,
+            Launch::plain(),
+            ProcessTrace::detached(),
+        ));
+        let mut out = Vec::new();
+        let mut resized = false;
+        while !out.ends_with(b"40 120\r\n") {
+            match rx.recv().await.unwrap().kind {
+                terminal_event::Kind::Stdout(d) => out.extend_from_slice(&d),
+                terminal_event::Kind::Started(_) => {}
+                other => panic!("unexpected {other:?} after {out:?}"),
+            }
+            if !resized && out.ends_with(b"ready\r\n") {
+                resized = true;
+                size_tx.send_replace((40, 120));
+            }
+        }
+        cancel.cancel();
+        loop {
+            let o = rx.recv().await.unwrap();
+            if o.last {
+                assert_eq!(
+                    o.kind,
+                    terminal_event::Kind::Exited(Exited {
+                        status: Some(exited::Status::Signal(9))
+                    })
+                );
+                break;
+            }
+        }
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_process_out_of_credit_stops_reading_and_still_hears_a_cancel() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let (_ctl_tx, ctl_rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let credit = Credit::new(output::MIN_WINDOW);
+        let io = ProcessIo {
+            call_id: 1,
+            events: tx,
+            control: ctl_rx,
+            stdin: None,
+            cancel: cancel.clone(),
+            credit: credit.clone(),
+            ended: CancellationToken::new(),
+            resize: None,
+        };
+        let task = tokio::spawn(run(
+            req(&["sh", "-c", "exec yes"]),
+            io,
+            Launch::plain(),
+            ProcessTrace::detached(),
+        ));
+        // Nobody gives credit back: the output stops within the window.
+        let mut taken = 0;
+        for quiet in 0.. {
+            assert!(quiet < 240, "the output never stopped");
+            match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+                Ok(Some(o)) => {
+                    taken += output::cost(&o.kind);
+                    assert!(!o.last);
+                }
+                Ok(None) => panic!("the process task ended"),
+                Err(_) if credit.available() < Some(CHUNK_CREDIT) => break,
+                Err(_) => {}
+            }
+        }
+        assert!(taken <= u64::from(output::MIN_WINDOW));
+        // Waiting for credit, it still hears the cancel; its exit comes
+        // once credit is given back.
+        cancel.cancel();
+        credit.release(taken);
+        let last = loop {
+            let o = rx.recv().await.unwrap();
+            if o.last {
+                break o;
+            }
+        };
         assert_eq!(
             last.kind,
             terminal_event::Kind::Exited(Exited {

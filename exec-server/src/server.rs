@@ -44,7 +44,8 @@ pub struct ExecServerHandle {
     local_addr: Option<SocketAddr>,
     server_id: String,
     direct: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
-    link: Option<JoinHandle<()>>,
+    /// One link per relay.
+    links: Vec<JoinHandle<()>>,
     /// Every task; its token ends the sessions (after the grace period).
     tasks: Tasks,
     shutdown: CancellationToken,
@@ -65,7 +66,7 @@ impl ExecServerHandle {
     /// Waits until the relay registration is live (returns immediately
     /// when there is no relay). Returns false if the server stopped first.
     pub async fn wait_registered(&mut self) -> bool {
-        if self.link.is_none() {
+        if self.links.is_empty() {
             return true;
         }
         self.registered.wait_for(|r| *r).await.is_ok()
@@ -80,7 +81,7 @@ impl ExecServerHandle {
     /// cancelled), giving in-flight commands the grace period.
     pub async fn join(mut self) -> Result<(), ExecServerError> {
         self.shutdown.cancelled().await;
-        if let Some(link) = self.link.take() {
+        for link in std::mem::take(&mut self.links) {
             let _ = link.await;
         }
         if tokio::time::timeout(self.grace, self.tasks.wait())
@@ -106,7 +107,7 @@ pub async fn start(
     config: ExecServerConfig,
     shutdown: CancellationToken,
 ) -> Result<ExecServerHandle, ExecServerError> {
-    if config.relay.is_none() && config.listen.is_none() {
+    if config.relays.is_empty() && config.listen.is_none() {
         return Err(ExecServerError::NoTransport);
     }
     // Sessions outlive the listeners by the grace period; the tasks' token
@@ -114,11 +115,10 @@ pub async fn start(
     let tasks = Tasks::new();
     let sessions = tasks.token().clone();
     let grace = config.shutdown_grace;
-    let relay = config.relay.clone();
+    let relays = config.relays.clone();
     let listen = config.listen;
     let ctx = ServerContext::new(config, tasks.clone());
     let server_id = ctx.route.clone();
-    let (reg_tx, registered) = watch::channel(false);
     // Refusals held back from the log are summed up once per interval.
     {
         let ctx = Arc::clone(&ctx);
@@ -143,6 +143,10 @@ pub async fn start(
                 .await
                 .map_err(|source| ExecServerError::Bind { addr, source })?;
             local_addr = listener.local_addr().ok();
+            if let Some(bound) = local_addr {
+                let tls = ctx.config.listen_tls.is_some();
+                tracing::info!(addr = %bound, tls, "accepting clients directly");
+            }
             let conns = Connections::new(ctx.config.listen_limits);
             tasks.spawn(
                 tracing::info_span!("direct limits"),
@@ -162,7 +166,11 @@ pub async fn start(
                     proto::link::server()
                         .add_service(svc)
                         .serve_with_incoming_shutdown(
-                            proto::listener::incoming(listener, conns),
+                            proto::listener::incoming(
+                                listener,
+                                conns,
+                                ctx.config.listen_tls.clone(),
+                            ),
                             async move { shutdown.cancelled().await },
                         ),
                 ),
@@ -170,33 +178,53 @@ pub async fn start(
         }
         None => None,
     };
-    let link = relay.map(|url| {
-        let ctx = Arc::clone(&ctx);
-        // The link stops at shutdown; its sessions follow `sessions`.
-        let link_shutdown = shutdown.clone();
-        let sessions = sessions.clone();
-        tasks.spawn(tracing::info_span!("relay link", %url), async move {
-            let (inner_tx, mut inner_rx) = watch::channel(false);
-            let forward = async {
-                while inner_rx.changed().await.is_ok() {
-                    reg_tx.send_replace(*inner_rx.borrow());
-                }
-            };
-            let run = async {
-                tokio::select! {
-                    () = link::run(url, ctx, sessions, inner_tx) => {}
-                    () = link_shutdown.cancelled() => {}
-                }
-            };
-            tokio::join!(forward, run);
+    // Registered: with at least one relay (each link says its own).
+    let (reg_tx, registered) = watch::channel(false);
+    let reg_tx = Arc::new(reg_tx);
+    let states: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new(
+        (0..relays.len())
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+    );
+    let links = relays
+        .into_iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let ctx = Arc::clone(&ctx);
+            // The link stops at shutdown; its sessions follow `sessions`.
+            let link_shutdown = shutdown.clone();
+            let sessions = sessions.clone();
+            let (reg_tx, states) = (Arc::clone(&reg_tx), Arc::clone(&states));
+            tasks.spawn(tracing::info_span!("relay link", %url), async move {
+                let (inner_tx, mut inner_rx) = watch::channel(false);
+                let forward = async {
+                    while inner_rx.changed().await.is_ok() {
+                        let now = *inner_rx.borrow();
+                        if let Some(state) = states.get(i) {
+                            state.store(now, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let any = states
+                            .iter()
+                            .any(|s| s.load(std::sync::atomic::Ordering::Relaxed));
+                        reg_tx.send_replace(any);
+                    }
+                };
+                let run = async {
+                    tokio::select! {
+                        () = link::run(url, ctx, sessions, inner_tx) => {}
+                        () = link_shutdown.cancelled() => {}
+                    }
+                };
+                tokio::join!(forward, run);
+            })
         })
-    });
+        .collect();
     Ok(ExecServerHandle {
         registered,
         local_addr,
         server_id,
         direct,
-        link,
+        links,
         tasks,
         shutdown,
         grace,

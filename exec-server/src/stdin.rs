@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 struct Queue {
     chunks: VecDeque<Bytes>,
     closed: bool,
+    /// The close came from the client (not from the session going away).
+    by_client: bool,
 }
 
 #[derive(Debug)]
@@ -72,9 +74,14 @@ impl StdinSender {
         self.shared.ready.notify_one();
     }
 
-    /// Closes the stdin once everything queued has been written.
+    /// Closes the stdin once everything queued has been written (the
+    /// client closed it).
     pub fn close(&self) {
-        self.shared.queue().closed = true;
+        {
+            let mut q = self.shared.queue();
+            q.closed = true;
+            q.by_client = true;
+        }
         self.shared.ready.notify_one();
     }
 
@@ -87,7 +94,8 @@ impl StdinSender {
 impl Drop for StdinSender {
     fn drop(&mut self) {
         // The session is gone: the process's stdin ends.
-        self.close();
+        self.shared.queue().closed = true;
+        self.shared.ready.notify_one();
     }
 }
 
@@ -108,6 +116,12 @@ impl StdinReceiver {
             }
             ready.await;
         }
+    }
+
+    /// Whether the stdin ended because the client closed it (rather than
+    /// because the session went away).
+    pub fn closed_by_client(&self) -> bool {
+        self.shared.queue().by_client
     }
 
     /// Reports `n` more bytes taken (written to the process, or dropped
@@ -141,13 +155,18 @@ mod tests {
         tx.close();
         assert_eq!(rx.next().await.unwrap(), vec![Bytes::from_static(b"d")]);
         assert_eq!(rx.next().await, None, "closed and drained");
+        assert!(rx.closed_by_client());
     }
 
     #[tokio::test]
     async fn dropping_the_session_end_closes_the_stdin() {
         let (tx, rx) = pipe(Arc::new(Notify::new()));
-        let writer = tokio::spawn(async move { rx.next().await });
+        let writer = tokio::spawn(async move { (rx.next().await, rx.closed_by_client()) });
         drop(tx);
-        assert_eq!(writer.await.unwrap(), None);
+        assert_eq!(
+            writer.await.unwrap(),
+            (None, false),
+            "ended, but not closed by the client"
+        );
     }
 }

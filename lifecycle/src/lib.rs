@@ -8,9 +8,12 @@
 //! - `signals` (feature `signals`, for service binaries): SIGINT and
 //!   SIGTERM start a graceful shutdown; SIGHUP is reported for a reload.
 //! - `limits` (feature `limits`): the descriptor limit raised at start.
+//! - `durations` (feature `durations`): durations on command lines.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "durations")]
+pub mod durations;
 #[cfg(feature = "limits")]
 pub mod limits;
 #[cfg(feature = "signals")]

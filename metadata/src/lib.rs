@@ -19,12 +19,12 @@ pub mod store;
 pub mod writer;
 
 pub use record::{CommandRecord, Exit, ProcessRecord, Progress, Record, TraceRef};
-pub use store::{Store, StoreError};
+pub use store::{Durability, Store, StoreError};
 pub use writer::{PersistError, Persister, WriterConfig};
 
 /// Opens the store in `dir` and starts its writer.
 pub fn open(dir: &std::path::Path, config: WriterConfig) -> Result<Persister, StoreError> {
-    let store = Store::open(&dir.join(store::FILE_NAME))?;
+    let store = Store::open_with(&dir.join(store::FILE_NAME), config.durability)?;
     Ok(Persister::start(store, config))
 }
 

@@ -218,10 +218,29 @@ fn process_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRecord> {
     })
 }
 
+/// What a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A power loss or an OS crash: every commit is fsynced
+    /// (`synchronous=FULL`). For services, whose writer is off every path.
+    #[default]
+    PowerLoss,
+    /// The process ending or crashing at any point, but not a power loss,
+    /// which may take the last commits back (`synchronous=NORMAL` in WAL
+    /// mode: the log is fsynced at checkpoints only). For a short-lived CLI
+    /// whose exit waits for its record.
+    ProcessCrash,
+}
+
 impl Store {
     /// Opens (creating on first use) the database at `path`: WAL mode,
     /// synchronous commits, schema checked.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::PowerLoss)
+    }
+
+    /// [`open`](Self::open), with commits as durable as `durability` says.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_owned(),
             reason,
@@ -240,7 +259,7 @@ impl Store {
             conn,
             path: path.to_owned(),
         };
-        store.prepare()?;
+        store.prepare(durability)?;
         Ok(store)
     }
 
@@ -256,7 +275,7 @@ impl Store {
         })
     }
 
-    fn prepare(&mut self) -> Result<(), StoreError> {
+    fn prepare(&mut self, durability: Durability) -> Result<(), StoreError> {
         // Before any statement (rusqlite's default is five seconds).
         self.conn
             .busy_timeout(BUSY_TIMEOUT)
@@ -280,8 +299,12 @@ impl Store {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::debug!(%mode, "the metadata database is not in WAL mode");
         }
+        let synchronous = match durability {
+            Durability::PowerLoss => "PRAGMA synchronous=FULL;",
+            Durability::ProcessCrash => "PRAGMA synchronous=NORMAL;",
+        };
         self.conn
-            .execute_batch("PRAGMA synchronous=FULL;")
+            .execute_batch(synchronous)
             .map_err(|e| self.unreadable(e))?;
         if version < SCHEMA_VERSION {
             let path = self.path.clone();

@@ -53,6 +53,8 @@ pub struct WriterConfig {
     /// Log a warning when writes start failing. Off where the caller
     /// reports the barrier's error itself (one line, not two).
     pub log_failures: bool,
+    /// What a commit survives (the store opened in the background).
+    pub durability: crate::store::Durability,
 }
 
 impl Default for WriterConfig {
@@ -64,6 +66,7 @@ impl Default for WriterConfig {
             service: "metadata",
             group_commit: Duration::from_millis(20),
             log_failures: true,
+            durability: crate::store::Durability::PowerLoss,
         }
     }
 }
@@ -356,10 +359,7 @@ impl Persister {
     /// Flushes (within `limit`) and stops the writer. Other clones can no
     /// longer flush afterwards.
     pub fn shutdown(&self, limit: Duration) -> Result<(), PersistError> {
-        let result = self.flush_within(limit);
-        self.shared.lock().stop = true;
-        self.shared.work.notify_all();
-        self.shared.done.notify_all();
+        let result = self.finish(limit);
         // A writer stuck in a write is not waited for.
         if result.is_ok()
             && let Some(t) = self
@@ -372,12 +372,28 @@ impl Persister {
         }
         result
     }
+
+    /// The barrier, then the writer is told to stop, without waiting for
+    /// it to close the database (which may checkpoint it): for a process
+    /// about to exit, whose records are written once this returns `Ok`.
+    pub fn finish(&self, limit: Duration) -> Result<(), PersistError> {
+        let result = self.flush_within(limit);
+        self.shared.lock().stop = true;
+        self.shared.work.notify_all();
+        self.shared.done.notify_all();
+        result
+    }
 }
 
 /// The writer thread.
 fn run(shared: &Shared, mut store: Option<Store>) {
     let mut delay = shared.config.retry_min;
     let mut warned = false;
+    // Opened at once, so that the first barrier finds it open; a store
+    // that cannot be opened yet is tried again with the first write.
+    if store.is_none() {
+        store = Store::open_with(&shared.path, shared.config.durability).ok();
+    }
     loop {
         let mut s = shared.lock();
         loop {
@@ -446,7 +462,7 @@ fn run(shared: &Shared, mut store: Option<Store>) {
             // A store not open yet is opened as part of the attempt.
             let opened = match store.take() {
                 Some(s) => Ok(s),
-                None => Store::open(&shared.path),
+                None => Store::open_with(&shared.path, shared.config.durability),
             };
             opened.and_then(|s| store.insert(s).write(&records))
         };

@@ -89,18 +89,54 @@ pub trait Endpoint<M: Machine>: Send {
     /// A frame left: the marked messages it completed, and the envelope
     /// stream's sent offset.
     fn transmitted(&mut self, done: Vec<M::Tag>, sent: u64, now: Now);
+    /// Whether the driver should stop and give the link back: the session
+    /// goes on elsewhere (detached, waiting for a new link; or a resume,
+    /// handed to the session it names). Asked after events are delivered.
+    fn hand_over(&self) -> bool {
+        false
+    }
+}
+
+/// How [`drive_link`] stopped.
+pub struct Driven<M, E, S> {
+    /// The machine.
+    pub machine: M,
+    /// The endpoint.
+    pub endpoint: E,
+    /// The link's two halves, when the endpoint asked for a hand-over
+    /// (the sending half is gone once the machine ended it).
+    pub link: Option<(S, Option<FrameSender>)>,
 }
 
 /// Runs a session until it is over: `inbound` and `outbound` are the link's
 /// two halves, `shutdown` closes the session cleanly when it completes.
 /// Returns the machine and the endpoint (for their final state).
 pub async fn drive<M, E, S, F>(
+    machine: M,
+    endpoint: E,
+    inbound: S,
+    outbound: FrameSender,
+    shutdown: F,
+) -> (M, E)
+where
+    M: Machine,
+    E: Endpoint<M>,
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+    F: Future<Output = ()> + Send,
+{
+    let d = drive_link(machine, endpoint, inbound, outbound, shutdown).await;
+    (d.machine, d.endpoint)
+}
+
+/// [`drive`], which also stops when the endpoint asks for a
+/// [hand-over](Endpoint::hand_over), giving the link back.
+pub async fn drive_link<M, E, S, F>(
     mut machine: M,
     mut endpoint: E,
     mut inbound: S,
     outbound: FrameSender,
     shutdown: F,
-) -> (M, E)
+) -> Driven<M, E, S>
 where
     M: Machine,
     E: Endpoint<M>,
@@ -126,6 +162,13 @@ where
                 }
             }
         }
+        if endpoint.hand_over() {
+            return Driven {
+                machine,
+                endpoint,
+                link: Some((inbound, out)),
+            };
+        }
         // Send until the link is full.
         while let Some(tx) = out.as_ref().filter(|_| machine.has_transmit()) {
             let Ok(permit) = tx.try_reserve() else { break };
@@ -140,7 +183,11 @@ where
             out = None;
         }
         if machine.is_done() {
-            return (machine, endpoint);
+            return Driven {
+                machine,
+                endpoint,
+                link: None,
+            };
         }
         let deadline = machine.poll_timeout();
         let sending = out.is_some() && machine.has_transmit();

@@ -119,11 +119,39 @@ mod tests {
         vec![
             Body::Hello(s::Hello {
                 client_version: "1.0".into(),
+                output_window: 1 << 22,
             }),
             Body::HelloAck(s::HelloAck {
                 server_version: "1.0".into(),
                 max_processes: 8,
                 max_chunk: 32768,
+                stdin_window: 262_144,
+                output_window: 1 << 22,
+                resume_token: Bytes::from_static(&[7; 16]),
+            }),
+            Body::OutputAck(s::OutputAck { seq: 9 }),
+            Body::Resume(s::Resume {
+                token: Bytes::from_static(&[7; 16]),
+                proof: Bytes::from_static(&[9; 32]),
+                calls: vec![s::ResumeCall {
+                    call_id: 3,
+                    next_seq: 12,
+                }],
+            }),
+            Body::Resumed(s::Resumed {
+                expired: true,
+                calls: vec![s::ResumedCall {
+                    call_id: 3,
+                    known: false,
+                    stdout_lost: 100,
+                    exit: Some(s::Exited {
+                        status: Some(s::exited::Status::Code(2)),
+                    }),
+                    ..Default::default()
+                }],
+                resume_token: Bytes::from_static(&[8; 16]),
+                output_window: 1 << 22,
+                max_processes: 8,
                 stdin_window: 262_144,
             }),
             Body::Exec(s::ExecRequest {
@@ -135,6 +163,20 @@ mod tests {
                 cwd: Bytes::from_static(b"/tmp"),
                 stdin: s::StdinMode::Pipe as i32,
                 clear_env: true,
+                terminal: None,
+            }),
+            Body::Exec(s::ExecRequest {
+                argv: vec![Bytes::from_static(b"sh")],
+                terminal: Some(s::Terminal {
+                    rows: 30,
+                    cols: 100,
+                    term: "xterm-256color".into(),
+                }),
+                ..Default::default()
+            }),
+            Body::Resize(s::Resize {
+                rows: 40,
+                cols: 120,
             }),
             Body::Stdin(s::StdinData {
                 data: Bytes::from_static(b"input"),

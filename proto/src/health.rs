@@ -21,11 +21,11 @@ pub const RELAY: &str = "";
 /// Why a health probe did not find the service serving.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    /// The URL is not a valid endpoint.
-    #[error("bad URL: {0}")]
-    BadUrl(String),
-    /// No connection could be made.
-    #[error("cannot connect: {0}")]
+    /// The URL is not a valid endpoint (or TLS cannot be set up for it).
+    #[error("{0}")]
+    BadUrl(#[from] crate::link::EndpointError),
+    /// No connection could be made (TLS failures included).
+    #[error("cannot connect: {}", crate::link::why(.0))]
     Connect(#[source] tonic::transport::Error),
     /// The probe took longer than its timeout.
     #[error("no answer within {0:?}")]
@@ -40,15 +40,24 @@ pub enum HealthError {
     /// The call failed.
     #[error("health check failed: {0}")]
     Rpc(#[source] tonic::Status),
+    /// The call failed for a reason of TLS (e.g. `http://` to a relay
+    /// that serves TLS only).
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsFailure),
 }
 
 /// Asks the gRPC server at `url` whether `service` is serving; `Ok(())` only
 /// if it is. The whole probe (connect and call) is bounded by `timeout`.
-pub async fn check(url: &str, service: &str, timeout: Duration) -> Result<(), HealthError> {
+/// An `https://` URL is probed over TLS, trusting `tls`.
+pub async fn check(
+    url: &str,
+    service: &str,
+    timeout: Duration,
+    tls: &crate::tls::TlsSettings,
+) -> Result<(), HealthError> {
     // One deadline for the whole probe (below): a per-request timeout
     // would surface as a cancelled call instead.
-    let endpoint =
-        crate::link::endpoint(url, timeout).map_err(|e| HealthError::BadUrl(e.to_string()))?;
+    let endpoint = crate::link::endpoint(url, timeout, tls)?;
     let probe = async {
         let channel = endpoint.connect().await.map_err(HealthError::Connect)?;
         let request = pb::HealthCheckRequest {
@@ -64,6 +73,9 @@ pub async fn check(url: &str, service: &str, timeout: Duration) -> Result<(), He
                 }
             }
             Err(s) if s.code() == tonic::Code::NotFound => Err(HealthError::NotFound),
+            Err(s) if let Some(failure) = crate::tls::failure_in(&s) => {
+                Err(HealthError::Tls(failure))
+            }
             Err(s) => Err(HealthError::Rpc(s)),
         }
     };

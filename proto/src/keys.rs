@@ -148,6 +148,12 @@ impl PublicKey {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_file_text(&text, path)
+    }
+
+    /// [`PublicKey::read_file`] on the text of the file at `path` (named
+    /// in errors).
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Self, KeyError> {
         text.lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
@@ -265,6 +271,12 @@ impl StaticKeypair {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Self::from_key_file_text(&text, path)
+    }
+
+    /// The private key in the text of a key file at `path` (named in
+    /// errors): its first line that is neither blank nor a `#` comment.
+    pub fn from_key_file_text(text: &str, path: &Path) -> Result<Self, KeyError> {
         let line = text
             .lines()
             .map(str::trim)

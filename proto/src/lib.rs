@@ -2,7 +2,8 @@
 //!
 //! Layout:
 //! - [`pb`]: the generated protobuf types and tonic services (`tunnel`: relay
-//!   links; `session`: the plaintext session messages).
+//!   links; `session`: the plaintext session messages; `agent`: between
+//!   the CLI and its local agent).
 //! - [`keys`]: static X25519 keys, their text form, key files, authorized-keys
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
@@ -11,6 +12,9 @@
 //!   table fills, a share per source), decided without IO.
 //! - `listener` (feature `server`): accepting connections where anyone may
 //!   connect (a cap, a share per source, a preface deadline, back-off).
+//! - `tls` (features `channel` and `server`): TLS on relay links (the
+//!   roots a dialling side trusts, a listener's certificate, what kind of
+//!   TLS failure an error holds).
 //! - [`health`]: the gRPC health protocol the relay answers, and its probe.
 //! - [`program`]: a command's program name, the only part of it ever reported.
 //! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
@@ -49,24 +53,40 @@ pub mod program;
 pub mod registration;
 pub mod routing;
 pub mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
-    pub mod tunnel {
-        include!(concat!(env!("OUT_DIR"), "/rex.tunnel.v1.rs"));
-    }
-    pub mod session {
-        include!(concat!(env!("OUT_DIR"), "/rex.session.v1.rs"));
+    // The packages' own paths, which the generated code refers to.
+    pub mod rex {
+        pub mod tunnel {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/rex.tunnel.v1.rs"));
+            }
+        }
+        pub mod session {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/rex.session.v1.rs"));
+            }
+        }
+        pub mod agent {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/rex.agent.v1.rs"));
+            }
+        }
     }
 }
 
 /// Generated protobuf messages and tonic service stubs.
 pub mod pb {
-    pub use super::generated::session;
-    pub use super::generated::tunnel;
+    pub use super::generated::rex::agent::v1 as agent;
+    pub use super::generated::rex::session::v1 as session;
+    pub use super::generated::rex::tunnel::v1 as tunnel;
 }
 
 /// The protocol version bound into every Noise prologue (a peer of another
 /// version fails the handshake). Version 2: the record type is a trailer,
-/// stdin is flow-controlled.
-pub const PROTOCOL_VERSION: &str = "rex/2";
+/// stdin is flow-controlled. Version 3: output is flow-controlled per call
+/// (an output window and acknowledgements).
+pub const PROTOCOL_VERSION: &str = "rex/3";

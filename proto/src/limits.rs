@@ -17,3 +17,19 @@ pub const MAX_ENVELOPE: usize = 1024 * 1024;
 pub const MAX_CHUNK: usize = 32 * 1024;
 /// Largest hop traceparent header the relay will look at.
 pub const MAX_HOP_HEADER: usize = 128;
+/// Largest terminal window, in rows and in columns (the smallest is 1).
+pub const MAX_TERMINAL_SIZE: u32 = 10_000;
+/// Longest `TERM` value an exec request may carry.
+pub const MAX_TERM: usize = 128;
+
+/// Whether a terminal window of `rows` by `cols` is within bounds.
+pub fn terminal_size_ok(rows: u32, cols: u32) -> bool {
+    (1..=MAX_TERMINAL_SIZE).contains(&rows) && (1..=MAX_TERMINAL_SIZE).contains(&cols)
+}
+
+/// Whether `term` may be a `TERM` value: at most [`MAX_TERM`] bytes of
+/// printable ASCII without spaces (terminfo names such as
+/// `xterm-256color`).
+pub fn term_ok(term: &str) -> bool {
+    term.len() <= MAX_TERM && term.bytes().all(|b| b.is_ascii_graphic())
+}

@@ -15,14 +15,47 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Default TCP/HTTP2 connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a link's endpoint cannot be made.
+#[cfg(feature = "channel")]
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The URL is not one.
+    #[error("invalid URL: {0}")]
+    Url(#[source] tonic::transport::Error),
+    /// The URL is neither `http://` nor `https://`.
+    #[error("unsupported scheme in {0:?} (use http:// or https://)")]
+    Scheme(String),
+    /// `https://`, and TLS cannot be set up (e.g. no CA certificates).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// A gRPC endpoint for `url` with the link settings: no Nagle, keepalives
 /// (also while idle, so a registration notices a dead relay), large windows.
+/// An `https://` URL is dialled with TLS, checking the far end's
+/// certificate against `tls` (its handshake bounded by `connect_timeout`);
+/// an `http://` URL is plain HTTP/2. Nothing else is accepted, and an
+/// `https://` link never falls back to plain.
 #[cfg(feature = "channel")]
 pub fn endpoint(
     url: &str,
     connect_timeout: Duration,
-) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+    tls: &crate::tls::TlsSettings,
+) -> Result<tonic::transport::Endpoint, EndpointError> {
+    let scheme = url
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(EndpointError::Url)?;
+    let endpoint = match scheme.as_str() {
+        "http" => endpoint,
+        "https" => endpoint
+            .tls_config(tls.client_config(connect_timeout)?)
+            .map_err(|e| EndpointError::Tls(crate::tls::TlsError::Link(e)))?,
+        _ => return Err(EndpointError::Scheme(url.to_owned())),
+    };
+    Ok(endpoint
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -30,6 +63,20 @@ pub fn endpoint(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW)))
+}
+
+/// Why a connection failed, in words a person can act on: the innermost
+/// cause, preceded by the kind of TLS failure when there is one.
+pub fn why(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = err;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    #[cfg(feature = "tls")]
+    if let Some(failure) = crate::tls::failure_in(err) {
+        return format!("TLS: {failure} ({innermost})");
+    }
+    innermost.to_string()
 }
 
 /// The accepted connections of `listener`, with Nagle off on each (the

@@ -44,6 +44,9 @@ pub struct RelayConfig {
     pub session_buffer: usize,
     /// Bytes all sessions together may have queued in the relay.
     pub max_buffered: usize,
+    /// Serve TLS with this certificate and key (then only TLS is served);
+    /// plain HTTP/2 when `None`.
+    pub tls: Option<proto::tls::ServerTls>,
 }
 
 /// Who may register, and how often.
@@ -106,6 +109,7 @@ impl Default for RelayConfig {
             registrations: RegistrationLimits::default(),
             session_buffer: 128 * 1024,
             max_buffered: 256 * 1024 * 1024,
+            tls: None,
         }
     }
 }

@@ -16,8 +16,10 @@
 //! - [`health`]: answers to the gRPC health protocol (the relay, and each
 //!   registered exec-server).
 //! - [`server`]: binding, serving and graceful shutdown.
+//! - [`certs`]: `relay tls-init`, a private CA and the relay's certificate.
 
 pub mod budget;
+pub mod certs;
 pub mod config;
 pub mod health;
 pub mod registration;

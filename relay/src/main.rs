@@ -1,6 +1,7 @@
 //! `relay`: forwards Noise ciphertext between core-clients and exec-servers.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,6 +30,13 @@ use relay::config::RegistrationLimits;
 /// its share is slowed by HTTP/2 flow control. The soft descriptor limit is
 /// raised to the hard limit at start, and --max-connections is lowered to
 /// fit it. Refusals are logged as summaries every 10 s.
+///
+/// TLS: with --tls-cert and --tls-key the listener serves only TLS
+/// (clients and exec-servers dial https://); the --preface-timeout-secs
+/// deadline then covers the TLS handshake as well. TLS hides the links'
+/// metadata (server ids, hop headers, frame sizes); sessions are Noise
+/// end to end either way. `relay tls-init` makes a private CA and a
+/// certificate for the relay.
 #[derive(Debug, Parser)]
 #[command(
     name = "relay",
@@ -64,7 +72,8 @@ struct Args {
     /// Most open connections from one source address (an IPv6 /64).
     #[arg(long, default_value_t = 256)]
     max_connections_per_source: usize,
-    /// Seconds a new connection has to send the HTTP/2 preface.
+    /// Seconds a new connection has to send the HTTP/2 preface (with TLS:
+    /// to finish the TLS handshake and send the preface through it).
     #[arg(long, default_value_t = 5)]
     preface_timeout_secs: u64,
     /// Sessions not yet authenticated: START:RATE:FULL (random early drop
@@ -99,6 +108,14 @@ struct Args {
     /// direction may always hold one frame beyond it).
     #[arg(long, default_value_t = 256)]
     max_buffered_mib: usize,
+    /// Serve TLS with this certificate chain (PEM, the relay's own
+    /// certificate first); needs --tls-key. The listener then serves only
+    /// TLS: dial it with https://.
+    #[arg(long, env = "REX_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "REX_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,21 +124,79 @@ enum Command {
     /// with one line on stderr). Made for container healthchecks.
     Health {
         /// The relay to ask [default: this host's --listen address, with an
-        /// unspecified IP taken as loopback].
+        /// unspecified IP taken as loopback; https:// when --tls-cert (or
+        /// REX_TLS_CERT) is set].
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+        /// For an https:// URL: trust only the CA certificates in FILE
+        /// (PEM) [default: the system's].
+        #[arg(long, env = "REX_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Seconds the whole probe may take.
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
+    },
+    /// Make a private CA and a TLS certificate for the relay, signed by
+    /// it, in DIR: ca.pem (give it to clients and exec-servers: --ca
+    /// ca.pem), ca.key, relay.pem and relay.key (for --tls-cert and
+    /// --tls-key). Keys are written mode 0600 and nothing is overwritten;
+    /// a CA already in DIR signs the new certificate, so several relays,
+    /// or a renewed certificate (relay.pem and relay.key moved away
+    /// first), keep one CA file.
+    TlsInit {
+        /// The directory (made, mode 0700, if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A host name or IP address clients dial the relay by
+        /// (repeatable; at least one).
+        #[arg(long = "name", value_name = "HOST", required = true)]
+        names: Vec<String>,
+        /// Days the relay's certificate is valid (the CA's: 10 years).
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// If DIR already has relay.pem and relay.key, keep them and
+        /// succeed (for start-up scripts).
+        #[arg(long)]
+        if_missing: bool,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Health { url, timeout_secs }) = args.command {
-        let url = url.unwrap_or_else(|| local_url(args.listen));
-        return health(&url, Duration::from_secs(timeout_secs));
+    match args.command {
+        Some(Command::Health {
+            url,
+            ca,
+            timeout_secs,
+        }) => {
+            let url = url.unwrap_or_else(|| local_url(args.listen, args.tls_cert.is_some()));
+            return health(&url, ca.as_deref(), Duration::from_secs(timeout_secs));
+        }
+        Some(Command::TlsInit {
+            dir,
+            names,
+            days,
+            if_missing,
+        }) => {
+            return tls_init(relay::certs::InitOptions {
+                dir,
+                names,
+                days,
+                if_missing,
+            });
+        }
+        None => {}
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match proto::tls::ServerTls::from_files(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("relay: --tls-cert/--tls-key: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     // A misconfigured export is reported before anything else is done.
     let options = match telemetry::setup::Options::service() {
         Ok(options) => options,
@@ -174,6 +249,7 @@ fn main() -> ExitCode {
         handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
         accept_timeout: Duration::from_secs(args.handshake_timeout_secs),
         hop_headers: !args.no_hop_headers,
+        tls,
         ..RelayConfig::default()
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -196,6 +272,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if config.tls.is_some() {
+            eprintln!("relay: serving TLS only (dial https://)");
+        }
         match listener.local_addr() {
             Ok(addr) => eprintln!("relay: listening on {addr}"),
             Err(e) => eprintln!("relay: listening (address unknown: {e})"),
@@ -215,7 +294,7 @@ fn main() -> ExitCode {
 }
 
 /// The URL that reaches a relay listening on `listen` from the same host.
-fn local_url(listen: SocketAddr) -> String {
+fn local_url(listen: SocketAddr, tls: bool) -> String {
     let mut addr = listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -223,10 +302,48 @@ fn local_url(listen: SocketAddr) -> String {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{addr}")
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
-fn health(url: &str, timeout: Duration) -> ExitCode {
+fn tls_init(options: relay::certs::InitOptions) -> ExitCode {
+    let dir = options.dir.display().to_string();
+    match relay::certs::init(&options) {
+        Ok(relay::certs::Outcome::Kept) => {
+            println!("{dir}: relay.pem and relay.key are there already; kept");
+            ExitCode::SUCCESS
+        }
+        Ok(relay::certs::Outcome::Made { new_ca }) => {
+            let ca = if new_ca {
+                "a new CA (ca.pem, ca.key)"
+            } else {
+                "the CA already there"
+            };
+            println!(
+                "{dir}: relay.pem and relay.key for {}, signed by {ca}",
+                options.names.join(", ")
+            );
+            println!(
+                "  relay:                    --tls-cert {dir}/relay.pem --tls-key {dir}/relay.key"
+            );
+            println!("  clients and exec-servers: --ca {dir}/ca.pem (and https:// relay URLs)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay: tls-init: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(url: &str, ca: Option<&std::path::Path>, timeout: Duration) -> ExitCode {
+    let tls = match ca.map(proto::tls::TlsSettings::from_ca_file).transpose() {
+        Ok(tls) => tls.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("relay: --ca: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -237,7 +354,12 @@ fn health(url: &str, timeout: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(proto::health::check(url, proto::health::RELAY, timeout)) {
+    match runtime.block_on(proto::health::check(
+        url,
+        proto::health::RELAY,
+        timeout,
+        &tls,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("relay: {url} is not healthy: {e}");

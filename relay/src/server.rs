@@ -108,6 +108,7 @@ impl Relay {
             tasks,
         } = self;
         let grace = state.config.shutdown_grace;
+        let tls = state.config.tls.clone();
         let sessions = tasks.token().clone();
         tasks.spawn(
             tracing::info_span!("relay limits"),
@@ -123,7 +124,7 @@ impl Relay {
         let registry = RegistryServer::new(RegistryServiceImpl::new(state))
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let incoming = proto::listener::incoming(listener, connections);
+        let incoming = proto::listener::incoming(listener, connections, tls);
         let result = proto::link::server()
             .add_service(tunnel)
             .add_service(registry)

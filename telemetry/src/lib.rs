@@ -18,6 +18,8 @@
 //!   that writes them into the client's local trace file.
 //! - [`limited`]: rate-limited logging of refusals anyone can cause (one
 //!   line per kind per interval, the rest counted and summarised).
+//! - [`host`]: this host's name (`host.name` on every span and in the
+//!   stage summaries).
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
@@ -25,6 +27,8 @@
 //!   file) are set up.
 //! - `trace_file` (feature `export`): the local OTLP JSON trace file and its
 //!   exporter.
+//! - `trace_read` (feature `trace-read`): the trace file's lines read back
+//!   into traces.
 //!
 //! Without the `export` feature everything here uses the OpenTelemetry API
 //! only, which is all an embedder of the client library links.
@@ -37,6 +41,7 @@
 
 pub mod carriers;
 pub mod framing;
+pub mod host;
 pub mod ids;
 pub mod limited;
 pub mod otel;
@@ -46,4 +51,6 @@ pub mod setup;
 pub mod spans;
 #[cfg(feature = "export")]
 pub mod trace_file;
+#[cfg(feature = "trace-read")]
+pub mod trace_read;
 pub mod w3c;

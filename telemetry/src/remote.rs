@@ -29,13 +29,15 @@ pub const MAX_ATTRIBUTES: usize = 8;
 /// Longest attribute key or text value, in bytes.
 pub const MAX_TEXT: usize = 64;
 
-/// An attribute value: a counter or a short text.
+/// An attribute value: a counter, a short text or a flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     /// A count, size, duration or code.
     Int(i64),
     /// A short text (e.g. the program name).
     Text(String),
+    /// A yes or no (e.g. whether the call has a terminal).
+    Flag(bool),
 }
 
 /// One finished (or finishing) stage span, as the exec-server made it.
@@ -95,8 +97,9 @@ impl Timeline {
     }
 
     /// The wire summary, with times relative to `sent` (the send time the
-    /// carrying envelope states). Open stages end at `sent`.
-    pub fn to_wire(&self, sent: SystemTime) -> CallTimings {
+    /// carrying envelope states), made on `host`. Open stages end at
+    /// `sent`.
+    pub fn to_wire(&self, sent: SystemTime, host: Option<&str>) -> CallTimings {
         let stages = self
             .stages
             .iter()
@@ -123,6 +126,7 @@ impl Timeline {
                                 Value::Text(t) => {
                                     stage_attribute::Value::Text(truncate(t, MAX_TEXT).to_owned())
                                 }
+                                Value::Flag(b) => stage_attribute::Value::Flag(*b),
                             }),
                         })
                         .collect(),
@@ -133,6 +137,9 @@ impl Timeline {
             version: VERSION,
             stages,
             dropped: self.dropped,
+            host: host
+                .map(|h| truncate(h, MAX_TEXT).to_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -207,6 +214,26 @@ pub struct Window {
     pub final_arrived: SystemTime,
 }
 
+/// The exec-server's own times of a call's exchange, on its clock (Unix
+/// nanoseconds): when its earliest stage began (the request's receipt)
+/// and when the summary was sent (`sent_unix_nanos`, the carrying
+/// envelope's send time). With the client's send and receive times they
+/// make a four-timestamp clock sample (`Sample::exchange`).
+pub fn peer_times(timings: &CallTimings, sent_unix_nanos: u64) -> Option<(u64, u64)> {
+    if timings.version != VERSION || sent_unix_nanos == 0 {
+        return None;
+    }
+    let earliest = timings
+        .stages
+        .iter()
+        .take(MAX_STAGES)
+        .map(|s| s.start_ns)
+        .min()?
+        .min(0);
+    let received = i128::from(sent_unix_nanos) + i128::from(earliest);
+    Some((u64::try_from(received).ok()?, sent_unix_nanos))
+}
+
 /// Places a call's remote timings on this host's clock: `sent_unix_nanos`
 /// is the carrying envelope's send time (the peer's clock) and `offset_ns`
 /// the session's estimate of the peer's clock minus ours. Where the
@@ -249,6 +276,7 @@ pub fn place(
         SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
     };
     let sent_at = at(sent_here).ok_or(Unplaced::OutOfRange)?;
+    let host = truncate(&timings.host, MAX_TEXT);
     let spans = timings
         .stages
         .iter()
@@ -271,6 +299,7 @@ pub fn place(
                     let key = a.key.clone();
                     match a.value.as_ref()? {
                         stage_attribute::Value::Int(n) => Some(KeyValue::new(key, *n)),
+                        stage_attribute::Value::Flag(b) => Some(KeyValue::new(key, *b)),
                         stage_attribute::Value::Text(t) => {
                             Some(KeyValue::new(key, truncate(t, MAX_TEXT).to_owned()))
                         }
@@ -282,6 +311,9 @@ pub fn place(
                 attributes.push(KeyValue::new("rex.clock_offset_measured_ns", offset_ns));
             }
             attributes.push(KeyValue::new(PLACED, true));
+            if !host.is_empty() {
+                attributes.push(KeyValue::new(crate::host::HOST_NAME, host.to_owned()));
+            }
             Some(RemoteSpan {
                 trace_id,
                 span_id,
@@ -412,6 +444,12 @@ impl StageSpan {
         self.stage.attributes.push((key, Value::Text(value)));
     }
 
+    /// Sets a flag on both.
+    pub fn set_flag(&mut self, key: &'static str, value: bool) {
+        self.span.set_attribute(KeyValue::new(key, value));
+        self.stage.attributes.push((key, Value::Flag(value)));
+    }
+
     /// Notes an attribute in the stage only (the span was given it when it
     /// started).
     pub fn note_text(&mut self, key: &'static str, value: &str) {
@@ -504,7 +542,7 @@ mod tests {
         tl.push(stage(spans::RPC_SERVER_EXEC, 1, 9, 10, None));
         tl.push(stage(spans::PROCESS_RUN, 2, 1, 12, Some(15)));
         let sent = t(20);
-        let wire = tl.to_wire(sent);
+        let wire = tl.to_wire(sent, None);
         assert_eq!(wire.version, VERSION);
         // The peer's clock is 2 s ahead of ours.
         let offset = 2_000_000_000i64;
@@ -536,6 +574,53 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_times_are_its_earliest_stage_and_the_send_time() {
+        let mut tl = Timeline::default();
+        tl.push(stage(spans::RELAY_FRAME_RECV, 1, 9, 10, Some(11)));
+        tl.push(stage(spans::RPC_SERVER_EXEC, 2, 9, 11, None));
+        let sent = t(20);
+        let wire = tl.to_wire(sent, None);
+        assert_eq!(
+            peer_times(&wire, nanos(sent)),
+            Some((nanos(t(10)), nanos(sent)))
+        );
+        assert_eq!(peer_times(&wire, 0), None);
+        assert_eq!(
+            peer_times(&Timeline::default().to_wire(sent, None), 1),
+            None
+        );
+    }
+
+    #[test]
+    fn the_host_travels_with_the_summary_and_names_each_placed_span() {
+        let mut tl = Timeline::default();
+        tl.push(stage(spans::RPC_SERVER_EXEC, 1, 9, 10, None));
+        let sent = t(20);
+        let long = "h".repeat(100);
+        let wire = tl.to_wire(sent, Some(&long));
+        assert_eq!(wire.host.len(), MAX_TEXT, "bounded");
+        let wire = tl.to_wire(sent, Some("build-box"));
+        let placed = place(&wire, TraceId::from(7u128), nanos(sent), 0, None)
+            .unwrap()
+            .spans;
+        assert!(
+            placed[0]
+                .attributes
+                .contains(&KeyValue::new(crate::host::HOST_NAME, "build-box"))
+        );
+        let unnamed = tl.to_wire(sent, None);
+        let placed = place(&unnamed, TraceId::from(7u128), nanos(sent), 0, None)
+            .unwrap()
+            .spans;
+        assert!(
+            !placed[0]
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == crate::host::HOST_NAME)
+        );
+    }
+
+    #[test]
     fn a_wrong_estimate_is_moved_to_keep_cause_before_effect() {
         // The remote work runs 10..20 (its clock, 5 ms ahead of ours); the
         // client sent the request at 4 and got the answer at 16 (ours).
@@ -543,7 +628,7 @@ mod tests {
         tl.push(stage(spans::RELAY_FRAME_RECV, 1, 9, 10, Some(11)));
         tl.push(stage(spans::RPC_SERVER_EXEC, 2, 9, 11, None));
         let sent = t(20);
-        let wire = tl.to_wire(sent);
+        let wire = tl.to_wire(sent, None);
         let window = Window {
             request_sent: t(4),
             final_arrived: t(16),
@@ -613,6 +698,36 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_attribute_comes_home_as_its_kind() {
+        let mut tl = Timeline::default();
+        let mut exec = stage(spans::RPC_SERVER_EXEC, 1, 9, 10, None);
+        exec.attributes = vec![
+            ("rex.terminal", Value::Flag(true)),
+            ("rex.terminal.rows", Value::Int(30)),
+            ("process.executable.name", Value::Text("sh".into())),
+        ];
+        tl.push(exec);
+        let sent = t(20);
+        let placed = place(
+            &tl.to_wire(sent, None),
+            TraceId::from(1u128),
+            nanos(sent),
+            0,
+            None,
+        )
+        .unwrap()
+        .spans;
+        let attrs = &placed[0].attributes;
+        for want in [
+            KeyValue::new("rex.terminal", true),
+            KeyValue::new("rex.terminal.rows", 30i64),
+            KeyValue::new("process.executable.name", "sh"),
+        ] {
+            assert!(attrs.contains(&want), "{want:?} not in {attrs:?}");
+        }
+    }
+
+    #[test]
     fn the_timeline_is_bounded_and_counts_what_it_drops() {
         let mut tl = Timeline::default();
         for i in 0..(MAX_STAGES as u64 + 5) {
@@ -624,13 +739,13 @@ mod tests {
         other.push(stage(spans::PROCESS_RUN, 99, 0, 0, Some(1)));
         tl.append(other);
         assert_eq!(tl.dropped(), 6);
-        assert_eq!(tl.to_wire(t(2)).dropped, 6);
+        assert_eq!(tl.to_wire(t(2), None).dropped, 6);
     }
 
     #[test]
     fn what_a_peer_may_not_send_is_left_out() {
         let sent = t(100);
-        let mut wire = Timeline::default().to_wire(sent);
+        let mut wire = Timeline::default().to_wire(sent, None);
         let good = StageTiming {
             name: spans::PROCESS_RUN.into(),
             span_id: 5,
@@ -702,7 +817,7 @@ mod tests {
         set_sink(Some(count.clone()));
         let mut tl = Timeline::default();
         tl.push(stage(spans::PROCESS_RUN, 3, 0, 0, Some(1)));
-        let wire = tl.to_wire(t(1));
+        let wire = tl.to_wire(t(1), None);
         let placed = place(&wire, TraceId::from(1u128), nanos(t(1)), 0, None)
             .unwrap()
             .spans;

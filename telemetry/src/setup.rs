@@ -271,6 +271,15 @@ impl TelemetryGuard {
         &self.export
     }
 
+    /// A handle that exports what has ended so far without stopping (for a
+    /// process that times its own flush: the CLI's `cli.flush`).
+    pub fn flusher(&self) -> Flusher {
+        Flusher {
+            providers: self.providers.clone(),
+            remote: self.remote.clone(),
+        }
+    }
+
     /// Exports what is buffered and stops, waiting at most
     /// [`FLUSH_TIMEOUT`] per provider. Blocking: call it outside async code
     /// (or through `spawn_blocking`) while the runtime is still alive.
@@ -292,6 +301,32 @@ impl TelemetryGuard {
             if let Err(e) = remote.shutdown(FLUSH_TIMEOUT) {
                 tracing::debug!(error = %e, "writing remote spans at shutdown failed");
             }
+        }
+    }
+}
+
+/// Exports the spans that have ended so far, leaving telemetry running
+/// ([`TelemetryGuard::flusher`]).
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    providers: Vec<SdkTracerProvider>,
+    remote: Option<Arc<RemoteSpans>>,
+}
+
+impl Flusher {
+    /// Exports what has ended, waiting (bounded by the exporters' own
+    /// timeouts) until it is written. Blocking, like
+    /// [`TelemetryGuard::shutdown`].
+    pub fn flush(&self) {
+        for p in &self.providers {
+            if let Err(e) = p.force_flush() {
+                tracing::debug!(error = %e, "span export failed");
+            }
+        }
+        if let Some(remote) = &self.remote
+            && let Err(e) = remote.flush()
+        {
+            tracing::debug!(error = %e, "writing remote spans failed");
         }
     }
 }
@@ -437,8 +472,18 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
 /// A provider builder with the service's resource and the preset-capable id
 /// generator, and no exporter (tests add their own).
 pub fn base_builder(service: String) -> TracerProviderBuilder {
+    let mut resource = Resource::builder().with_service_name(service);
+    // OTEL_RESOURCE_ATTRIBUTES may name the host itself.
+    let named = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+        .is_ok_and(|v| v.split(',').any(|kv| kv.trim().starts_with("host.name=")));
+    if let Some(host) = crate::host::name().filter(|_| !named) {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            crate::host::HOST_NAME,
+            host.to_owned(),
+        ));
+    }
     SdkTracerProvider::builder()
-        .with_resource(Resource::builder().with_service_name(service).build())
+        .with_resource(resource.build())
         .with_id_generator(PresetIdGenerator::default())
 }
 

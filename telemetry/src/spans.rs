@@ -2,15 +2,43 @@
 //! named by one of these constants; `docs/spans.md` lists the same names, and
 //! a span is added or renamed in both at once.
 
+/// The CLI's whole life for one `exec`: from the process's start to its
+/// spans being flushed (core-client).
+pub const CLI_RUN: &str = "cli.run";
+/// The CLI from its process's start until it is ready to dispatch: loading,
+/// arguments, configuration, keys, telemetry (core-client).
+pub const CLI_STARTUP: &str = "cli.startup";
+/// The CLI after the last event: the last output written and the session
+/// closed (core-client).
+pub const CLI_FINISH: &str = "cli.finish";
+/// The CLI saving the command's record (the barrier at exit; core-client).
+pub const CLI_RECORDS: &str = "cli.records";
+/// The CLI flushing its spans to the trace file or the collector
+/// (core-client).
+pub const CLI_FLUSH: &str = "cli.flush";
 /// The caller's exec, from the call to the last event handed back
 /// (core-client).
 pub const TOOL_DISPATCH: &str = "tool.dispatch";
+/// A call a local agent makes on a CLI's behalf, from taking the CLI's
+/// request to handing its last event on; the child of the CLI's
+/// `tool.dispatch` (core-client-agent).
+pub const AGENT_DISPATCH: &str = "agent.dispatch";
+/// The CLI asking its local agent: from connecting to its socket until
+/// the agent took the call (core-client).
+pub const AGENT_REQUEST: &str = "agent.request";
+/// The agent's last event on its way to the CLI: from the agent handing it
+/// on until the CLI decoded it (core-client).
+pub const AGENT_REPLY: &str = "agent.reply";
 /// From the call to asking for a session: checking and encoding the
 /// request, starting the trace (core-client).
 pub const DISPATCH_PREPARE: &str = "dispatch.prepare";
 /// Getting a ready session: reused, or connect + handshake + init
 /// (core-client).
 pub const SESSION_ACQUIRE: &str = "session.acquire";
+/// One warm of a client's session: a ping of the live session or the
+/// establishment of a new one; a root of its own, linked to the span that
+/// established the session (core-client).
+pub const SESSION_WARM: &str = "session.warm";
 /// Cold start: connecting to the relay (core-client).
 pub const RELAY_CONNECT: &str = "relay.connect";
 /// Cold start: the Noise handshake (core-client).
@@ -56,6 +84,15 @@ pub const EXEC_FIRST_OUTPUT: &str = "exec.first_output";
 pub const METADATA_PERSIST: &str = "metadata.persist";
 /// A metadata persistence barrier (both; linked, not on the hot path).
 pub const METADATA_FLUSH: &str = "metadata.flush";
+/// A session's link broke under a call and the session came back (or
+/// gave up): from when the loss was noticed to the resume's answer
+/// (core-client; one per call that waited).
+pub const SESSION_REATTACH: &str = "session.reattach";
+/// Coming back: the wait before an attempt (core-client).
+pub const SESSION_REATTACH_WAIT: &str = "session.reattach.wait";
+/// Coming back: the resume asked and answered over the new link
+/// (core-client).
+pub const SESSION_RESUME: &str = "session.resume";
 /// One session's life at the client, from opening the tunnel to its end; a
 /// root of its own (`tracing` span; its warnings are its events).
 pub const SESSION_CLIENT: &str = "session.client";
@@ -74,6 +111,7 @@ pub const LINK_REGISTER: &str = "link.register";
 /// The spans that are roots of their own, never part of a command's
 /// trace: background persistence and the session- and link-level spans.
 pub const BACKGROUND: &[&str] = &[
+    SESSION_WARM,
     METADATA_PERSIST,
     METADATA_FLUSH,
     SESSION_CLIENT,
@@ -83,6 +121,16 @@ pub const BACKGROUND: &[&str] = &[
     LINK_REGISTER,
 ];
 
+/// The CLI's own spans (`core-client exec`): a library call makes none.
+pub const CLI: &[&str] = &[CLI_RUN, CLI_STARTUP, CLI_FINISH, CLI_RECORDS, CLI_FLUSH];
+
+/// The spans of a call through a local agent: a direct call makes none.
+pub const AGENT: &[&str] = &[AGENT_DISPATCH, AGENT_REQUEST, AGENT_REPLY];
+
+/// The spans of a call whose session's link broke: a call over a link
+/// that held makes none.
+pub const RESUME: &[&str] = &[SESSION_REATTACH, SESSION_REATTACH_WAIT, SESSION_RESUME];
+
 /// Whether `name` is one of the [`BACKGROUND`] spans.
 pub fn is_background(name: &str) -> bool {
     BACKGROUND.contains(&name)
@@ -90,9 +138,18 @@ pub fn is_background(name: &str) -> bool {
 
 /// Every span name above, in table order.
 pub const ALL: &[&str] = &[
+    CLI_RUN,
+    CLI_STARTUP,
+    CLI_FINISH,
+    CLI_RECORDS,
+    CLI_FLUSH,
     TOOL_DISPATCH,
+    AGENT_DISPATCH,
+    AGENT_REQUEST,
+    AGENT_REPLY,
     DISPATCH_PREPARE,
     SESSION_ACQUIRE,
+    SESSION_WARM,
     RELAY_CONNECT,
     NOISE_HANDSHAKE,
     SESSION_INIT,
@@ -112,6 +169,9 @@ pub const ALL: &[&str] = &[
     TERMINAL_HANDOFF,
     TERMINAL_DELIVERY,
     EXEC_FIRST_OUTPUT,
+    SESSION_REATTACH,
+    SESSION_REATTACH_WAIT,
+    SESSION_RESUME,
     METADATA_PERSIST,
     METADATA_FLUSH,
     SESSION_CLIENT,
@@ -137,7 +197,7 @@ mod tests {
 
     #[test]
     fn all_has_every_name_once() {
-        assert_eq!(ALL.len(), 29);
+        assert_eq!(ALL.len(), 41);
         let unique: HashSet<&str> = ALL.iter().copied().collect();
         assert_eq!(unique.len(), ALL.len());
     }

@@ -266,6 +266,11 @@ impl RemoteSpans {
         Self { processor }
     }
 
+    /// Writes what is queued now.
+    pub fn flush(&self) -> OTelSdkResult {
+        self.processor.force_flush()
+    }
+
     /// Writes what is queued and stops, waiting at most `timeout`.
     pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
         self.processor.shutdown_with_timeout(timeout)

@@ -275,7 +275,7 @@ async fn exec_bulk(client: &Client) -> Result<Duration, String> {
     let (mut stdout, mut stderr) = (0u64, 0u64);
     let status = loop {
         match exec.next().await {
-            Some(Event::Started { .. }) => {}
+            Some(Event::Started { .. } | Event::Reconnecting | Event::Resumed) => {}
             Some(Event::Stdout(d)) => stdout += d.len() as u64,
             Some(Event::Stderr(d)) => stderr += d.len() as u64,
             Some(Event::Exited(status)) => break status,

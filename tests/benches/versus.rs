@@ -7,7 +7,8 @@
 //! sshd on 127.0.0.1 with a throwaway key and a `/bin/sh` user, socat, the
 //! release `core-client`) and writes the results into `BENCHMARKS.md`.
 //! Options (after `--`): `--rounds R` (default 5), `--only ID[,ID...]`
-//! (`floor`, `warm`, `first_byte`, `cold`, `bulk` (also `relay_tax`),
+//! (`floor`, `warm`, `first_byte`, `cold`, `cli_warm`, `idle_first`, `bulk`
+//! (also `relay_tax`),
 //! `tracing`, `pipe`, `scale`), `--write FILE`, `--ssh-port P --ssh-key
 //! FILE --ssh-user NAME`, `--core-client PATH`, `--bulk-mib N` (2048),
 //! `--pipe-mib N` (1024), `--sessions N` (1000), `--execs N` (200),
@@ -28,11 +29,13 @@ use integration_tests::versus::ssh::Ssh;
 use integration_tests::versus::tracing::{Mode, Providers};
 use integration_tests::versus::{self, Comparison, bulk, pipe, scale};
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 11] = [
     "floor",
     "warm",
     "first_byte",
     "cold",
+    "cli_warm",
+    "idle_first",
     "bulk",
     "relay_tax",
     "tracing",
@@ -201,12 +204,19 @@ async fn bench(args: &Args) -> Result<bool, String> {
     direct.connect().await.map_err(|e| e.to_string())?;
     let scratch = tempfile::tempdir().map_err(|e| format!("scratch dir: {e}"))?;
 
-    let wants_ssh = ["warm", "first_byte", "cold", "bulk", "relay_tax"]
-        .iter()
-        .any(|id| args.wants(id));
+    let wants_ssh = [
+        "warm",
+        "first_byte",
+        "cold",
+        "cli_warm",
+        "bulk",
+        "relay_tax",
+    ]
+    .iter()
+    .any(|id| args.wants(id));
     let ssh = if wants_ssh { Some(args.ssh()?) } else { None };
     let master = match &ssh {
-        Some(ssh) if args.wants("warm") || args.wants("first_byte") => {
+        Some(ssh) if args.wants("warm") || args.wants("first_byte") || args.wants("cli_warm") => {
             Some(ssh.master(&scratch.path().join("ssh-master")).await?)
         }
         _ => None,
@@ -231,7 +241,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
         }
     }
     if let Some(ssh) = &ssh
-        && args.wants("cold")
+        && (args.wants("cold") || args.wants("cli_warm"))
     {
         let mut server_pub = stack.server.key.public().to_string();
         server_pub.retain(|c| !c.is_whitespace());
@@ -246,8 +256,53 @@ async fn bench(args: &Args) -> Result<bool, String> {
             server: server_pub,
             key,
             data_dir: scratch.path().join("cold"),
+            // Where no agent runs.
+            agent_socket: scratch.path().join("no-agent").join("agent.sock"),
         };
-        progress(&latency::cold(rounds, &cold, ssh).await?, &mut done);
+        if args.wants("cold") {
+            progress(&latency::cold(rounds, &cold, ssh).await?, &mut done);
+        }
+        if let Some(master) = &master
+            && args.wants("cli_warm")
+        {
+            let warm = ColdClient {
+                agent_socket: scratch.path().join("agent").join("agent.sock"),
+                data_dir: scratch.path().join("cli-warm"),
+                ..cold.clone()
+            };
+            let agent = |verb: &str| {
+                std::process::Command::new(&warm.binary)
+                    .args(["agent", verb])
+                    .env("REX_AGENT_SOCKET", &warm.agent_socket)
+                    .env("REX_TRACE_FILE", warm.data_dir.join("traces.jsonl"))
+                    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                    .output()
+                    .map_err(|e| format!("core-client agent {verb}: {e}"))
+            };
+            let started = agent("start")?;
+            if !started.status.success() {
+                return Err(format!(
+                    "core-client agent start: {}",
+                    String::from_utf8_lossy(&started.stderr).trim()
+                ));
+            }
+            let c = latency::cli_warm(rounds, &warm, ssh, master.socket()).await;
+            let _ = agent("stop");
+            progress(&c?, &mut done);
+        }
+    }
+    if args.wants("idle_first") {
+        let mut config = stack.client_config();
+        config.warm = rex_client::WarmPolicy::every(std::time::Duration::from_millis(100));
+        let on = rex_client::Client::new(config);
+        let off = stack.client();
+        let cs = latency::idle_first(rounds, &on, &off, &client).await?;
+        on.close().await;
+        off.close().await;
+        for c in &cs {
+            progress(c, &mut done);
+        }
     }
     if let Some(ssh) = &ssh
         && (args.wants("bulk") || args.wants("relay_tax"))

@@ -196,6 +196,45 @@ fn utf8(path: &Path) -> Result<&str> {
     })
 }
 
+/// The files `relay tls-init` makes (a CA, and a certificate signed by
+/// it).
+#[derive(Debug, Clone)]
+pub struct Certs {
+    /// The CA certificate (what clients trust: `--ca`).
+    pub ca: PathBuf,
+    /// The listener's certificate (`--tls-cert`).
+    pub cert: PathBuf,
+    /// Its private key (`--tls-key`).
+    pub key: PathBuf,
+}
+
+/// Runs `relay tls-init --dir DIR --name …` for `names`.
+pub fn tls_init(dir: &Path, names: &[&str]) -> Result<Certs> {
+    let what = format!("relay tls-init --dir {}", dir.display());
+    let mut cmd = Command::new(path("relay")?);
+    cmd.arg("tls-init").arg("--dir").arg(dir);
+    for n in names {
+        cmd.args(["--name", n]);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| FixtureError::io(format!("running {what}"), e))?;
+    if !out.status.success() {
+        return Err(FixtureError::output(
+            what,
+            format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        ));
+    }
+    Ok(Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("relay.pem"),
+        key: dir.join("relay.key"),
+    })
+}
+
+/// The names the loopback certificates are for.
+pub const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
 /// A relay and an exec-server as separate processes.
 pub struct ProcStack {
     /// Scratch directory holding the keys.
@@ -210,6 +249,9 @@ pub struct ProcStack {
     pub server_pub: String,
     /// Path of the authorized client key.
     pub client_key: PathBuf,
+    /// With TLS: the certificates (the relay serves them; clients and the
+    /// exec-server trust the CA).
+    pub certs: Option<Certs>,
     /// Path of the `core-client` binary.
     core_client: PathBuf,
 }
@@ -217,6 +259,17 @@ pub struct ProcStack {
 impl ProcStack {
     /// Starts a relay and an exec-server that authorizes a fresh client key.
     pub fn start(extra_env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(extra_env, false)
+    }
+
+    /// [`ProcStack::start`] with the relay serving TLS (certificates from
+    /// `relay tls-init` for loopback): the exec-server and clients dial
+    /// `https://` and trust its CA.
+    pub fn start_tls(extra_env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(extra_env, true)
+    }
+
+    fn start_with(extra_env: &[(&str, &str)], tls: bool) -> Result<Self> {
         let dir = tempfile::tempdir()
             .map_err(|e| FixtureError::io("creating the stack's scratch directory", e))?;
         let server_pub = keygen("exec-server", dir.path(), "server.key")?;
@@ -224,26 +277,42 @@ impl ProcStack {
         let ak = dir.path().join("authorized_keys");
         std::fs::write(&ak, format!("# test client\n{client_pub}\n"))
             .map_err(|e| FixtureError::io(format!("writing {}", ak.display()), e))?;
-        let relay = spawn("relay", &["--listen", "127.0.0.1:0"], extra_env)?;
+        let certs = if tls {
+            Some(tls_init(&dir.path().join("tls"), &LOOPBACK_NAMES)?)
+        } else {
+            None
+        };
+        let mut relay_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+        if let Some(c) = &certs {
+            relay_args.extend([
+                "--tls-cert".to_owned(),
+                utf8(&c.cert)?.to_owned(),
+                "--tls-key".to_owned(),
+                utf8(&c.key)?.to_owned(),
+            ]);
+        }
+        let relay_args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+        let relay = spawn("relay", &relay_args, extra_env)?;
         let line = relay.wait_for_line("listening on", Duration::from_secs(30))?;
         let addr = line.rsplit(' ').next().unwrap_or(&line).trim().to_owned();
-        let relay_url = format!("http://{addr}");
+        let scheme = if tls { "https" } else { "http" };
+        let relay_url = format!("{scheme}://{addr}");
         let key = dir.path().join("server.key");
         let data = dir.path().join("server-data");
-        let server = spawn(
-            "exec-server",
-            &[
-                "--relay",
-                &relay_url,
-                "--key",
-                utf8(&key)?,
-                "--authorized-keys",
-                utf8(&ak)?,
-                "--data-dir",
-                utf8(&data)?,
-            ],
-            extra_env,
-        )?;
+        let mut server_args = vec![
+            "--relay",
+            &relay_url,
+            "--key",
+            utf8(&key)?,
+            "--authorized-keys",
+            utf8(&ak)?,
+            "--data-dir",
+            utf8(&data)?,
+        ];
+        if let Some(c) = &certs {
+            server_args.extend(["--ca", utf8(&c.ca)?]);
+        }
+        let server = spawn("exec-server", &server_args, extra_env)?;
         server.wait_for_line("registered with relay", Duration::from_secs(30))?;
         let client_key = dir.path().join("client.key");
         Ok(Self {
@@ -253,6 +322,7 @@ impl ProcStack {
             relay_url,
             server_pub,
             client_key,
+            certs,
             core_client: path("core-client")?,
         })
     }
@@ -264,13 +334,17 @@ impl ProcStack {
 
     /// [`ProcStack::exec`] with `flags` right after `exec` (e.g.
     /// `--print-trace-id`).
+    /// With TLS, `--ca` names the stack's CA.
     pub fn exec_with(&self, flags: &[&str], argv: &[&str]) -> Command {
+        let ca = self.certs.as_ref().and_then(|c| c.ca.to_str());
+        let mut all: Vec<&str> = ca.map(|ca| vec!["--ca", ca]).unwrap_or_default();
+        all.extend(flags);
         exec_command_of(
             &self.core_client,
             &self.relay_url,
             &self.server_pub,
             &self.client_key,
-            flags,
+            &all,
             argv,
         )
     }
@@ -298,6 +372,25 @@ pub fn exec_command(
     ))
 }
 
+/// A `core-client` command with no arguments yet, in the sandbox
+/// [`exec_command`] describes for a key in `dir`.
+pub fn core_client(dir: &Path) -> Result<Command> {
+    Ok(core_client_of(&path("core-client")?, dir))
+}
+
+fn core_client_of(program: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("REX_TRACE_FILE", dir.join("traces.jsonl"))
+        .env("REX_DATA_DIR", dir.join("client-data"))
+        // The user's own config file and known servers are never read.
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        // Nor the user's agent: a test's agent (if any) listens here.
+        .env("REX_AGENT_SOCKET", dir.join("agent").join("agent.sock"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    cmd
+}
+
 /// [`exec_command`] with the `core-client` binary at `program`.
 fn exec_command_of(
     program: &Path,
@@ -307,14 +400,7 @@ fn exec_command_of(
     flags: &[&str],
     argv: &[&str],
 ) -> Command {
-    let mut cmd = Command::new(program);
-    let dir = key.parent().unwrap_or(Path::new("."));
-    cmd.env("REX_TRACE_FILE", dir.join("traces.jsonl"))
-        .env("REX_DATA_DIR", dir.join("client-data"))
-        // The user's own config file and known servers are never read.
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let mut cmd = core_client_of(program, key.parent().unwrap_or(Path::new(".")));
     cmd.arg("exec")
         .args(flags)
         .args(["--relay", relay_url, "--server", server_pub, "--key"])

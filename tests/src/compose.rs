@@ -3,8 +3,11 @@
 //! `scripts/compose-test.sh` builds the images, brings the stack up and
 //! runs the compose tests with the stack named in the environment:
 //! `REX_COMPOSE` (the compose command, `docker compose` or
-//! `docker-compose`), `REX_COMPOSE_PROJECT`, `REX_COMPOSE_FILE` and
-//! `REX_JAEGER_URL` (the Jaeger query API). Without them
+//! `docker-compose`), `REX_COMPOSE_PROJECT`, `REX_COMPOSE_FILE` (one
+//! compose file, or several joined by `:` as compose's own `COMPOSE_FILE`
+//! takes them) and `REX_JAEGER_URL` (the Jaeger query API), and
+//! `REX_COMPOSE_TLS=1` when the stack runs with TLS between the
+//! containers (`docker-compose.tls.yml`). Without them
 //! [`ComposeStack::from_env`] returns `None` and the tests skip.
 
 use std::io::{BufRead, BufReader};
@@ -23,9 +26,11 @@ pub const SERVICES: [&str; 3] = ["jaeger", "relay", "exec-server"];
 pub struct ComposeStack {
     compose: Vec<String>,
     project: String,
-    file: PathBuf,
+    files: Vec<PathBuf>,
     /// Base URL of the Jaeger query API (the real Jaeger or the trace sink).
     pub jaeger_url: String,
+    /// Whether the links between the containers use TLS.
+    pub tls: bool,
 }
 
 impl ComposeStack {
@@ -50,8 +55,13 @@ impl ComposeStack {
         Ok(Self {
             compose,
             project: var("REX_COMPOSE_PROJECT")?,
-            file: PathBuf::from(var("REX_COMPOSE_FILE")?),
+            files: var("REX_COMPOSE_FILE")?
+                .split(':')
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from)
+                .collect(),
             jaeger_url: var("REX_JAEGER_URL")?,
+            tls: std::env::var("REX_COMPOSE_TLS").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -63,13 +73,11 @@ impl ComposeStack {
             .split_first()
             .map_or(("docker-compose", &[][..]), |(p, r)| (p.as_str(), r));
         let mut cmd = Command::new(program);
-        cmd.args(rest)
-            .arg("-p")
-            .arg(&self.project)
-            .arg("-f")
-            .arg(&self.file)
-            .args(args)
-            .stdin(Stdio::null());
+        cmd.args(rest).arg("-p").arg(&self.project);
+        for file in &self.files {
+            cmd.arg("-f").arg(file);
+        }
+        cmd.args(args).stdin(Stdio::null());
         cmd
     }
 
@@ -286,6 +294,11 @@ impl Running {
             within,
         )
         .map(drop)
+    }
+
+    /// The next stdout line (bounded wait).
+    pub fn next_line(&self, within: Duration) -> Result<String> {
+        crate::binaries::recv_line(&self.lines, |_| true, "a stdout line", within)
     }
 
     /// Waits (bounded) for it to end. A [`FixtureError::Timeout`] (and the

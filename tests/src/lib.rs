@@ -22,6 +22,7 @@
 //! - [`rfc3339`]: RFC 3339 timestamps as the query API takes them.
 //! - [`trace_check`]: assertions over recorded spans (parents, nesting,
 //!   coverage).
+//! - [`tmux`]: a real terminal driven by keys and read from its screen.
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
 //!   time, statistics, the machine line, running on a runtime).
 //! - [`versus`]: the benchmarks against ssh, socat and local spawning:
@@ -44,6 +45,7 @@ pub mod proxy;
 pub mod rfc3339;
 pub mod sink;
 pub mod stack;
+pub mod tmux;
 pub mod trace_check;
 pub mod versus;
 

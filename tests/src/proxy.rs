@@ -14,6 +14,7 @@ use proto::pb::tunnel::tunnel_server::{Tunnel, TunnelServer};
 use proto::pb::tunnel::{Frame, FrameKind};
 use proto::routing::SERVER_ID_HEADER;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -29,6 +30,43 @@ pub struct Behaviour {
     /// Flip a bit in the N-th (0-based) client data frame of the first
     /// session only.
     pub tamper_data_frame: Option<usize>,
+    /// Hold each `Open` until the test lets it through.
+    pub hold: Option<Arc<Hold>>,
+}
+
+/// Holds `Open`s at the proxy: a test sees each arrive and lets it on.
+#[derive(Debug)]
+pub struct Hold {
+    arrived: AtomicUsize,
+    changed: Notify,
+    pass: Semaphore,
+}
+
+impl Hold {
+    /// A hold that lets nothing through yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            arrived: AtomicUsize::new(0),
+            changed: Notify::new(),
+            pass: Semaphore::new(0),
+        })
+    }
+
+    /// Waits until `n` opens in all have arrived.
+    pub async fn arrived(&self, n: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.arrived.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Lets `n` more opens through.
+    pub fn release(&self, n: usize) {
+        self.pass.add_permits(n);
+    }
 }
 
 #[derive(Clone)]
@@ -47,6 +85,13 @@ impl Tunnel for ProxyService {
         request: Request<Streaming<Frame>>,
     ) -> std::result::Result<Response<Self::OpenStream>, Status> {
         let session_no = self.sessions.fetch_add(1, Ordering::SeqCst);
+        if let Some(hold) = &self.behaviour.hold {
+            hold.arrived.fetch_add(1, Ordering::SeqCst);
+            hold.changed.notify_waiters();
+            if let Ok(permit) = hold.pass.acquire().await {
+                permit.forget();
+            }
+        }
         let mut named = request
             .metadata()
             .get(SERVER_ID_HEADER)

@@ -92,7 +92,7 @@ impl TestServer {
             key.clone(),
             AuthorizedKeys::from_keys(clients.iter().map(|k| k.public())),
         );
-        config.relay = relay_url;
+        config.relays = relay_url.into_iter().collect();
         config.listen = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         configure(&mut config);
         let shutdown = CancellationToken::new();

@@ -88,14 +88,51 @@ pub enum RemoteClock {
     Own,
 }
 
+/// The stages that tile a CLI's `tool.dispatch` when a local agent made
+/// the call: the agent's `agent.dispatch` (which [`PATH`], made by the
+/// agent, tiles in turn) between the CLI's asking and its reply.
+pub const AGENT_PATH: &[(&str, &str, Option<&str>)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, None),
+    ("core-client", spans::AGENT_REQUEST, None),
+    ("core-client-agent", spans::AGENT_DISPATCH, None),
+    ("core-client", spans::AGENT_REPLY, None),
+    ("core-client", spans::TERMINAL_HANDOFF, None),
+];
+
+/// [`PATH`] as made by a client of service `client` (the CLI's
+/// `core-client`, or the agent's `core-client-agent`).
+pub fn path_of(client: &'static str) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    PATH.iter()
+        .map(|&(service, name, label)| {
+            let service = if service == "core-client" {
+                client
+            } else {
+                service
+            };
+            (service, name, label)
+        })
+        .collect()
+}
+
 /// Panics unless the stages of [`PATH`] tile `dispatch` exactly (no gap,
 /// no overlap, to the nanosecond: each is made from its neighbour's
 /// timestamp). Structural: true on a loaded machine as on a quiet one.
 pub fn assert_tiles(spans: &[RecordedSpan], dispatch: &RecordedSpan, remote: RemoteClock) {
+    assert_path_tiles(spans, dispatch, remote, PATH);
+}
+
+/// Panics unless the stages of `path` tile `dispatch` exactly, as
+/// [`assert_tiles`] does for [`PATH`].
+pub fn assert_path_tiles(
+    spans: &[RecordedSpan],
+    dispatch: &RecordedSpan,
+    remote: RemoteClock,
+    path: &[(&str, &str, Option<&str>)],
+) {
     let mut at = dispatch.start_unix_nanos;
     let mut walked = String::new();
-    let mut previous_service = "core-client";
-    for (service, name, label) in PATH {
+    let mut previous_service = path.first().map_or("core-client", |p| p.0);
+    for (service, name, label) in path {
         let matching: Vec<&RecordedSpan> = stage_spans(spans, service, name, *label).collect();
         let [span] = matching.as_slice() else {
             panic!(
@@ -169,14 +206,55 @@ pub fn from_trace_file(path: &std::path::Path, trace_id: &str) -> Vec<RecordedSp
         .collect()
 }
 
-/// The stage spans one exec must produce (the metadata spans belong to
-/// the persistence layer and are traces of their own).
+/// The stage spans one exec through the library must produce (the
+/// metadata spans belong to the persistence layer and are traces of their
+/// own; the CLI's own spans are made by the CLI only, and the agent's by
+/// calls through an agent).
 pub fn stage_names() -> Vec<&'static str> {
     spans::ALL
         .iter()
         .copied()
-        .filter(|n| !spans::is_background(n))
+        .filter(|n| {
+            !spans::is_background(n)
+                && !spans::CLI.contains(n)
+                && !spans::AGENT.contains(n)
+                && !spans::RESUME.contains(n)
+        })
         .collect()
+}
+
+/// The stages that tile `cli.run`, in order (`tool.dispatch` is the
+/// library's; `cli.records` only when records are kept).
+pub const CLI_PATH: &[&str] = &[
+    spans::CLI_STARTUP,
+    spans::TOOL_DISPATCH,
+    spans::CLI_FINISH,
+    spans::CLI_RECORDS,
+    spans::CLI_FLUSH,
+];
+
+/// Panics unless `cli.run` is the root of the CLI's spans and [`CLI_PATH`]
+/// tiles it exactly: each stage a child of `cli.run` starting where the
+/// previous one ended, the first at its start, the last at its end.
+pub fn assert_cli_run_tiles(spans: &[RecordedSpan]) {
+    let run = one(spans, spans::CLI_RUN);
+    let mut at = run.start_unix_nanos;
+    for name in CLI_PATH {
+        let stage = one(spans, name);
+        assert_eq!(
+            stage.parent_span_id.as_deref(),
+            Some(run.span_id.as_str()),
+            "{name} is a child of cli.run"
+        );
+        assert_eq!(
+            stage.start_unix_nanos,
+            at,
+            "{name} starts {} ns from where the previous stage ended",
+            i128::from(stage.start_unix_nanos) - i128::from(at)
+        );
+        at = stage.end_unix_nanos;
+    }
+    assert_eq!(at, run.end_unix_nanos, "cli.flush ends where cli.run ends");
 }
 
 /// Whether `spans` hold every stage span of an exec.

@@ -171,15 +171,32 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
             }
         }
     }
+    // The client's spans leave in two lines: everything until the flush
+    // at exit, then `cli.run` and `cli.flush`, which end once it is done.
     let expected: std::collections::BTreeMap<String, i32> =
-        [("core-client".to_owned(), 1), ("exec-server".to_owned(), 1)].into();
+        [("core-client".to_owned(), 2), ("exec-server".to_owned(), 1)].into();
     assert_eq!(command_lines, expected);
     // Three processes, no collector: the stages tile the dispatch exactly,
-    // the exec-server's placed on the client's clock.
+    // the exec-server's placed on the client's clock, and the CLI's own
+    // stages tile its whole run around the dispatch.
     let spans = trace_check::from_trace_file(&traces, &id);
     let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
     trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
     trace_check::assert_exec_tree_without_relay(&spans);
+    trace_check::assert_cli_run_tiles(&spans);
+    let roots = trace_check::roots(&spans);
+    assert_eq!(roots.len(), 1, "one root");
+    assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
+    // Each span says which host it was made on (the exec-server's, brought
+    // home, name its own).
+    for s in &spans {
+        assert!(
+            s.attributes.contains_key(telemetry::host::HOST_NAME) || s.service == "core-client",
+            "{} from {} names no host",
+            s.name,
+            s.service
+        );
+    }
 
     let show = |selector: &str| {
         Command::new(binaries::path("core-client").unwrap())
@@ -207,8 +224,13 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }
-        // The waterfall's indentation: a cold start's stages under session.acquire.
-        assert!(text.contains("\n    relay.connect"), "{text}");
+        // The waterfall's indentation: the CLI's run, its dispatch, and a
+        // cold start's stages under session.acquire.
+        assert!(text.contains("\ncli.run"), "{text}");
+        assert!(text.contains("\n  cli.startup"), "{text}");
+        assert!(text.contains("\n  tool.dispatch"), "{text}");
+        assert!(text.contains("\n      relay.connect"), "{text}");
+        assert!(text.contains("\n  cli.flush"), "{text}");
         // With no collector, the exec-server's stages came home inside the
         // session and are shown with the client's.
         assert!(
@@ -267,10 +289,19 @@ fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     );
     assert!(text.contains("hello from"), "{text}");
     // The waterfall, with spans from each service, and the stage table.
-    assert!(
-        text.contains("services: core-client, relay, exec-server"),
-        "{text}"
-    );
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("trace "))
+        .unwrap_or_default();
+    let services: Vec<&str> = header
+        .split_once("services: ")
+        .map(|(_, list)| {
+            list.split(", ")
+                .filter_map(|s| s.split(" on ").next())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(services, ["core-client", "relay", "exec-server"], "{text}");
     for span in [
         "tool.dispatch",
         "relay.forward",
@@ -339,10 +370,13 @@ fn a_skewed_exec_server_clock_still_nests_and_tiles_in_the_local_trace() {
         // The skew was seen: the estimate is off by no more than its own
         // uncertainty (half the round trip it was measured over, however
         // slow the machine), plus a millisecond of clock granularity...
-        let offset = dispatch.attr_i64("rex.clock_offset_ns").unwrap();
-        let uncertainty = trace_check::by_name(&spans, telemetry::spans::LINK_TRANSIT)[0]
-            .attr_i64("rex.clock_uncertainty_ns")
-            .unwrap();
+        // (The offset the stages were placed with and its uncertainty come
+        // from the same sample, the best one once the call's own exchange
+        // was added; the dispatch's offset is the session's at dispatch.)
+        assert!(dispatch.attr_i64("rex.clock_offset_ns").is_some());
+        let transit = trace_check::by_name(&spans, telemetry::spans::LINK_TRANSIT)[0];
+        let offset = transit.attr_i64("rex.clock_offset_ns").unwrap();
+        let uncertainty = transit.attr_i64("rex.clock_uncertainty_ns").unwrap();
         let expected: i64 = if skew.starts_with('+') {
             2_000_000_000
         } else {

@@ -1,7 +1,9 @@
 //! The stack in containers (`docker-compose.yml`), with faults: output and
 //! exit status through the core-client container, the trace through the
 //! Jaeger query API, a relay restart, an exec-server killed, a network cut,
-//! and the relay never holding a command's plaintext.
+//! and the relay never holding a command's plaintext; and, with
+//! `docker-compose.tls.yml` added (`REX_COMPOSE_TLS=1`), a command and
+//! its trace over TLS between the containers.
 //!
 //! These run from `scripts/compose-test.sh`, which builds the images,
 //! brings the stack up, names it in the environment and tears it down.
@@ -147,7 +149,10 @@ async fn settled_trace(query: &JaegerQuery, trace_id: &str) -> Vec<QueriedSpan> 
     loop {
         let spans = query.trace(trace_id).await.unwrap().unwrap_or_default();
         let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
-        let complete = trace_check::has_all_stages(&spans) && services.len() == 3;
+        // The CLI's cli.run leaves in its last export, after the rest.
+        let complete = trace_check::has_all_stages(&spans)
+            && services.len() == 3
+            && spans.iter().any(|s| s.name == telemetry::spans::CLI_RUN);
         if complete && last == Some(spans.len()) {
             return spans;
         }
@@ -198,7 +203,8 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
         );
         let roots = trace_check::roots(&spans);
         assert_eq!(roots.len(), 1, "one root: {roots:?}");
-        assert_eq!(roots[0].name, telemetry::spans::TOOL_DISPATCH);
+        assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
+        trace_check::assert_cli_run_tiles(&spans);
         trace_check::assert_exec_tree(&spans);
 
         // Jaeger's search finds it too, and lists the three services.
@@ -222,15 +228,25 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
 }
 
 #[test]
-fn relay_restart_fails_the_command_in_flight_and_the_exec_server_re_registers() {
+fn relay_restart_costs_the_command_in_flight_a_pause_and_the_exec_server_re_registers() {
     let Some((stack, _guard)) = stack() else {
         return;
     };
-    let running = in_flight(&stack);
+    // A command writing a numbered line every quarter second, through the
+    // restart: every line arrives once, in order, and its exit status too.
+    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
+                  sleep 0.25; done; exit 5";
+    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
+    running.wait_for_line("started", START).unwrap();
 
     stack.run(&["restart", "-t", "2", "relay"]).unwrap();
-    let ended = running.wait(FAIL_WITHIN).unwrap();
-    assert_clear_failure(&ended, "relay restart");
+    for i in 0..40 {
+        let line = running.next_line(RECOVER).unwrap();
+        assert_eq!(line, format!("line-{i}"), "every line once, in order");
+    }
+    let ended = running.wait(RECOVER).unwrap();
+    assert_eq!(ended.code, Some(5), "{}", ended.stderr);
+    assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
 
     // The relay is back; the exec-server registers again on its own.
     stack.wait_healthy(&["relay"], RECOVER).unwrap();
@@ -266,6 +282,47 @@ fn relay_restart_fails_the_command_in_flight_and_the_exec_server_re_registers() 
     assert!(out.status.success());
 }
 
+/// The exec-server's resume grace in the stack (`REX_RESUME_GRACE`, which
+/// scripts/compose-test.sh shortens).
+fn resume_grace() -> Duration {
+    std::env::var("REX_RESUME_GRACE")
+        .ok()
+        .and_then(|v| v.strip_suffix('s').and_then(|n| n.parse().ok()))
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+#[test]
+fn a_relay_down_for_longer_than_the_grace_ends_the_command_clearly() {
+    let Some((stack, _guard)) = stack() else {
+        return;
+    };
+    // The command writes while nobody can hear it, then exits. It waits
+    // for a file the test makes once the relay is stopped: a relay being
+    // stopped still forwards for its shutdown grace, so a write timed by a
+    // sleep could slip through on a slow machine.
+    let go = format!("/tmp/relay-gone-{}", std::process::id());
+    let script = format!(
+        "echo started; while [ ! -e {go} ]; do sleep 0.1; done; echo written-while-away; exit 4"
+    );
+    let running = stack.spawn_exec(&[], &["sh", "-c", &script]).unwrap();
+    running.wait_for_line("started", START).unwrap();
+    stack.run(&["stop", "-t", "2", "relay"]).unwrap();
+    let exec_server = stack.container("exec-server").unwrap();
+    docker(&["exec", &exec_server, "/bin/busybox", "touch", &go]).unwrap();
+    std::thread::sleep(resume_grace() + Duration::from_secs(5));
+    stack.run(&["start", "relay"]).unwrap();
+    let ended = running.wait(RECOVER).unwrap();
+    let lines = client_lines(&ended.stderr);
+    assert_eq!(ended.code, Some(255), "{}", ended.stderr);
+    assert_eq!(lines.len(), 1, "{}", ended.stderr);
+    // What was lost, in bytes, and how the command had ended.
+    assert!(lines[0].contains("too late"), "{}", lines[0]);
+    assert!(lines[0].contains("19 bytes of stdout"), "{}", lines[0]);
+    assert!(lines[0].contains("exited with 4"), "{}", lines[0]);
+    stack.ensure_up(RECOVER).unwrap();
+    succeeds_within(&stack, RECOVER);
+}
+
 #[test]
 fn killed_exec_server_fails_the_command_in_flight_in_one_line() {
     let Some((stack, _guard)) = stack() else {
@@ -275,7 +332,9 @@ fn killed_exec_server_fails_the_command_in_flight_in_one_line() {
 
     let exec_server = stack.container("exec-server").unwrap();
     docker(&["kill", "--signal", "KILL", &exec_server]).unwrap();
-    let ended = running.wait(FAIL_WITHIN).unwrap();
+    // The client tries to resume; the exec-server that comes back does
+    // not have the session, and says so.
+    let ended = running.wait(RECOVER).unwrap();
     assert_clear_failure(&ended, "exec-server killed");
 
     // Back up (restarted by its policy, or by us), commands run again.
@@ -373,4 +432,63 @@ fn relay_logs_and_memory_never_hold_a_command_plaintext() {
         !logs.contains(&secret),
         "the relay's logs hold the plaintext"
     );
+}
+
+#[test]
+fn tls_between_the_containers_runs_a_command_as_one_trace() {
+    let Some((stack, _guard)) = stack() else {
+        return;
+    };
+    if !stack.tls {
+        eprintln!(
+            "the TLS compose test runs with docker-compose.tls.yml (REX_COMPOSE_TLS=1): skipped"
+        );
+        return;
+    }
+    // The relay serves TLS only; the exec-server registered over it (the
+    // stack is healthy) and the core-client dials https://relay:7600.
+    let logs = stack.logs("relay").unwrap();
+    assert!(logs.contains("serving TLS only"), "relay logs:\n{logs}");
+    let out = stack
+        .exec(
+            &["--print-trace-id"],
+            &["sh", "-c", "printf 'over\\ttls\\000\\377'; exit 5"],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.stdout, b"over\ttls\0\xff", "{stderr}");
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let trace_id = client_lines(&stderr)
+        .into_iter()
+        .find_map(|l| l.strip_prefix("core-client: trace "))
+        .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
+        .trim()
+        .to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
+        let spans = settled_trace(&query, &trace_id).await;
+        assert!(spans.iter().all(|s| s.trace_id == trace_id));
+        let roots = trace_check::roots(&spans);
+        assert_eq!(roots.len(), 1, "one root: {roots:?}");
+        assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
+        trace_check::assert_cli_run_tiles(&spans);
+        trace_check::assert_exec_tree(&spans);
+    });
+
+    // Plain HTTP/2 to the TLS relay is refused in one line, never served.
+    let out = stack
+        .exec(&["--relay", "http://relay:7600"], &["echo", "plain"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let lines = client_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("serves TLS only"), "{stderr}");
 }

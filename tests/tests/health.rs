@@ -12,14 +12,19 @@ use proto::health::{self, HealthError, RELAY};
 
 const PROBE: Duration = Duration::from_secs(5);
 
+/// A probe of a plain (or, trusting the system, TLS) relay.
+async fn check(url: &str, service: &str, timeout: Duration) -> Result<(), HealthError> {
+    health::check(url, service, timeout, &proto::tls::TlsSettings::system()).await
+}
+
 #[tokio::test]
 async fn relay_answers_for_itself_and_for_registered_exec_servers() {
     let stack = Stack::start().await.unwrap();
     let url = stack.relay.url();
     let id = stack.server.key.public().server_id();
 
-    health::check(&url, RELAY, PROBE).await.unwrap();
-    health::check(&url, &id, PROBE).await.unwrap();
+    check(&url, RELAY, PROBE).await.unwrap();
+    check(&url, &id, PROBE).await.unwrap();
 
     // An id nobody registered, and a name that is not an id at all.
     let other = proto::keys::StaticKeypair::generate()
@@ -27,10 +32,10 @@ async fn relay_answers_for_itself_and_for_registered_exec_servers() {
         .public()
         .server_id();
     assert!(matches!(
-        health::check(&url, &other, PROBE).await,
+        check(&url, &other, PROBE).await,
         Err(HealthError::NotFound)
     ));
-    match health::check(&url, "not-an-id", PROBE).await {
+    match check(&url, "not-an-id", PROBE).await {
         Err(HealthError::Rpc(s)) => assert_eq!(s.code(), tonic::Code::InvalidArgument),
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
@@ -39,7 +44,7 @@ async fn relay_answers_for_itself_and_for_registered_exec_servers() {
     stack.server.shutdown.cancel();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match health::check(&url, &id, PROBE).await {
+        match check(&url, &id, PROBE).await {
             Err(HealthError::NotFound) => break,
             Ok(()) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -48,7 +53,7 @@ async fn relay_answers_for_itself_and_for_registered_exec_servers() {
         }
     }
     // The relay itself still serves.
-    health::check(&url, RELAY, PROBE).await.unwrap();
+    check(&url, RELAY, PROBE).await.unwrap();
 }
 
 #[tokio::test]
@@ -58,11 +63,11 @@ async fn probes_fail_clearly_when_nothing_answers() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let err = health::check(&format!("http://{addr}"), RELAY, PROBE)
+    let err = check(&format!("http://{addr}"), RELAY, PROBE)
         .await
         .unwrap_err();
     assert!(matches!(err, HealthError::Connect(_)), "{err:?}");
-    let err = health::check("not a url", RELAY, PROBE).await.unwrap_err();
+    let err = check("not a url", RELAY, PROBE).await.unwrap_err();
     assert!(matches!(err, HealthError::BadUrl(_)), "{err:?}");
 
     // A listener that accepts but never answers: bounded by the timeout.
@@ -70,7 +75,7 @@ async fn probes_fail_clearly_when_nothing_answers() {
     let silent_addr = silent.local_addr().unwrap();
     let short = Duration::from_millis(500);
     let started = std::time::Instant::now();
-    let err = health::check(&format!("http://{silent_addr}"), RELAY, short)
+    let err = check(&format!("http://{silent_addr}"), RELAY, short)
         .await
         .unwrap_err();
     assert!(
@@ -85,11 +90,11 @@ async fn probes_fail_clearly_when_nothing_answers() {
 async fn relay_reports_not_serving_once_shutdown_starts() {
     let relay = TestRelay::start().await.unwrap();
     let url = relay.url();
-    health::check(&url, RELAY, PROBE).await.unwrap();
+    check(&url, RELAY, PROBE).await.unwrap();
     relay.shutdown.cancel();
     // Either it still answers (NOT_SERVING) or it has stopped listening:
     // never SERVING again.
-    let err = health::check(&url, RELAY, PROBE).await.unwrap_err();
+    let err = check(&url, RELAY, PROBE).await.unwrap_err();
     assert!(
         matches!(
             err,

@@ -42,12 +42,16 @@ fn attacker(n: u8) -> std::net::IpAddr {
 }
 
 async fn channel_from(url: &str, from: std::net::IpAddr) -> Channel {
-    proto::link::endpoint(url, Duration::from_secs(5))
-        .unwrap()
-        .local_address(Some(from))
-        .connect()
-        .await
-        .unwrap()
+    proto::link::endpoint(
+        url,
+        Duration::from_secs(5),
+        &proto::tls::TlsSettings::system(),
+    )
+    .unwrap()
+    .local_address(Some(from))
+    .connect()
+    .await
+    .unwrap()
 }
 
 /// Runs `EXECS` execs, each on a fresh session; how many printed "ok".

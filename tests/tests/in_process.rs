@@ -477,3 +477,76 @@ async fn a_dropped_call_is_cancelled_even_with_its_queues_full() {
         .expect("the dropped call's process is still running");
     writer.abort();
 }
+
+#[tokio::test]
+async fn a_caller_that_stops_reading_holds_up_its_own_call_only() {
+    let stack = Stack::start().await.unwrap();
+    let client = stack.client();
+    // 64 MiB that nobody reads for now: far more than the output window.
+    let mut flood = client
+        .exec(sh("head -c 67108864 /dev/zero; echo done >&2"))
+        .await
+        .unwrap();
+    assert!(matches!(flood.next().await, Some(Event::Started { .. })));
+    // Other calls on the same session run to their end meanwhile.
+    for i in 0..3 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.output(sh(&format!("echo other {i}"))),
+        )
+        .await
+        .expect("another call was held up by the caller that does not read")
+        .unwrap()
+        .unwrap();
+        assert_eq!(out.stdout, format!("other {i}\n").into_bytes());
+    }
+    assert_eq!(client.sessions_opened(), 1, "one session served them all");
+    // The flood's output was held back, not lost: all of it arrives now.
+    let (mut stdout, mut stderr) = (0usize, Vec::new());
+    let status = loop {
+        match flood.next().await.unwrap() {
+            Event::Stdout(d) => {
+                assert!(d.iter().all(|b| *b == 0));
+                stdout += d.len();
+            }
+            Event::Stderr(d) => stderr.extend_from_slice(&d),
+            Event::Exited(s) => break s,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(stdout, 64 * 1024 * 1024);
+    assert_eq!(stderr, b"done\n");
+}
+
+#[tokio::test]
+async fn a_signal_or_cancel_right_after_the_start_is_not_lost() {
+    let stack = Stack::start().await.unwrap();
+    let client = stack.client();
+    // Signals and cancels travel on a queue the driver serves first: they
+    // must still reach a call whose start was queued just before them.
+    let mut run = client.exec(ExecSpec::new(["sleep", "1000"])).await.unwrap();
+    run.cancel().await.unwrap();
+    let last = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut last = None;
+        while let Some(ev) = run.next().await {
+            last = Some(ev);
+        }
+        last
+    })
+    .await
+    .expect("the cancel was lost");
+    assert_eq!(last, Some(Event::Exited(ExitStatus::Signal(9))));
+    let mut run = client.exec(ExecSpec::new(["sleep", "1000"])).await.unwrap();
+    run.signal(15).await.unwrap();
+    let last = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut last = None;
+        while let Some(ev) = run.next().await {
+            last = Some(ev);
+        }
+        last
+    })
+    .await
+    .expect("the signal was lost");
+    assert_eq!(last, Some(Event::Exited(ExitStatus::Signal(15))));
+}

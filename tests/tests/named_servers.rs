@@ -356,16 +356,14 @@ fn relay_addresses_as_typed() {
             "{form}: loopback is plain HTTP/2, silently"
         );
     }
-    // https:// asks for TLS, which this build does not have: plain HTTP/2
-    // and one warning line.
+    // https:// means TLS, even on loopback: this plain relay is refused
+    // with one line, never dialled plain instead.
     let out = exec(&format!("https://{}", site.relay_addr), &[]);
-    assert_eq!(stdout(&out), "ok\n", "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("TLS is not supported by this build yet"),
-        "{err}"
-    );
+    assert!(err.contains("does not speak TLS"), "{err}");
 
     // A list of relays: a dead one is passed over for the next.
     let dead_addr = format!("127.0.0.1:{dead}");

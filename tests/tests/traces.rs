@@ -241,11 +241,17 @@ async fn one_exec_is_one_trace(protocol: Protocol) {
         );
     }
 
-    // One tree rooted at tool.dispatch, parented as docs/spans.md says.
+    // One tree rooted at the CLI's cli.run, whose stages tile it around
+    // tool.dispatch, parented as docs/spans.md says.
     let roots = trace_check::roots(&spans);
     assert_eq!(roots.len(), 1, "one root: {roots:?}");
+    assert_eq!(roots[0].name, spans::CLI_RUN);
     let dispatch = one(&spans, spans::TOOL_DISPATCH);
-    assert_eq!(roots[0].span_id, dispatch.span_id);
+    assert_eq!(
+        dispatch.parent_span_id.as_deref(),
+        Some(roots[0].span_id.as_str())
+    );
+    trace_check::assert_cli_run_tiles(&spans);
     trace_check::assert_exec_tree(&spans);
     // The framing spans: the exec request (and the stdin close the CLI
     // sends at its stdin's EOF) goes out and in; back come the started,
@@ -540,13 +546,15 @@ async fn traceparent_continues_in_and_out_and_output_volume_adds_no_spans() {
     let continued = trace(caller_trace);
     let run = one(&continued, spans::PROCESS_RUN);
     assert_eq!(hex::encode(child.parent_id), run.span_id);
+    let cli_run = one(&continued, spans::CLI_RUN);
+    assert_eq!(cli_run.parent_span_id.as_deref(), Some(caller_span));
     let dispatch = one(&continued, spans::TOOL_DISPATCH);
-    assert_eq!(dispatch.parent_span_id.as_deref(), Some(caller_span));
+    assert_eq!(dispatch.parent_span_id.as_ref(), Some(&cli_run.span_id));
     // Invalid ones: a new root.
     for id in &invalid_ids {
         let t = trace(id);
-        let d = one(&t, spans::TOOL_DISPATCH);
-        assert_eq!(d.parent_span_id, None, "trace {id}: dispatch is a root");
+        let r = one(&t, spans::CLI_RUN);
+        assert_eq!(r.parent_span_id, None, "trace {id}: cli.run is a root");
     }
 
     let (small, big) = (trace(&small_id), trace(&big_id));

@@ -1,21 +1,37 @@
 //! `exec`: run one command with the server's effective settings, trying
-//! each listed relay in turn until one connects, and stream its events.
+//! each listed relay in turn until one connects, and stream its events; on
+//! a remote terminal when asked (the local one then in raw mode, its
+//! window changes passed on).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use proto::keys::{PublicKey, StaticKeypair};
+use proto::limits::MAX_TERMINAL_SIZE;
+use rex_client::agent::{AgentClient, AgentConfig};
 use rex_client::{
-    Busy, Client, ClientConfig, ClientError, ConnectError, Event, ExecSpec, Target, Waiting,
+    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, Event, ExecSpec, Target,
+    Terminal, TlsSettings, Waiting,
 };
+use telemetry::setup::Flusher;
+use telemetry::spans;
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
 
-use super::{CliError, Context, EXIT_CONNECTION, ExecArgs};
+use super::life::{CliRun, ProcessStart};
+use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, tty};
+use crate::config::options::Terminal as TerminalOption;
 use crate::settings::{Inputs, Route, Settings};
+
+/// How long the CLI waits for a running agent to take its call.
+const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the CLI waits at exit for its record to be saved.
 const RECORD_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long a session ended by a local signal may take to close cleanly.
+const HANG_UP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The shell's exit code for a status.
 pub(super) fn exit_code(code: i32) -> u8 {
@@ -45,6 +61,7 @@ struct Plan {
     key: StaticKeypair,
     server: PublicKey,
     targets: Vec<Target>,
+    tls: TlsSettings,
 }
 
 fn plan(settings: &Settings, config_path: Option<&Path>) -> Result<Plan, CliError> {
@@ -78,21 +95,79 @@ fn plan(settings: &Settings, config_path: Option<&Path>) -> Result<Plan, CliErro
             .map(|r| Target::Relay(r.url().to_owned()))
             .collect(),
     };
+    let tls = match &settings.ca {
+        Some(ca) => TlsSettings::from_ca_file(&ca.value)
+            .map_err(|e| CliError::usage(format!("CA file ({}): {e}", ca.source)))?,
+        None => TlsSettings::system(),
+    };
     Ok(Plan {
         key,
         server: server.value,
         targets,
+        tls,
     })
 }
 
-fn exec_spec(args: &ExecArgs, settings: &Settings) -> ExecSpec {
+fn exec_spec(args: &ExecArgs, settings: &Settings, terminal: Option<Terminal>) -> ExecSpec {
     let mut spec = ExecSpec::new(args.command.clone());
     for (k, v) in &settings.env {
         spec.env.push((k.into(), v.value.clone().into()));
     }
     spec.cwd = settings.cwd.as_ref().map(|c| c.value.clone());
     spec.stdin = !args.no_stdin;
+    spec.terminal = terminal;
     spec
+}
+
+/// Whether the command runs on a terminal: never with -T, always with -t,
+/// else as the `terminal` option says (`auto`: when the local stdin and
+/// stdout are terminals and stdin is forwarded, ssh's rule for an
+/// interactive session).
+fn wants_terminal(
+    args: &ExecArgs,
+    option: TerminalOption,
+    stdin_is_terminal: bool,
+    stdout_is_terminal: bool,
+) -> bool {
+    if args.no_tty {
+        return false;
+    }
+    if args.tty {
+        return true;
+    }
+    match option {
+        TerminalOption::Never => false,
+        TerminalOption::Auto => !args.no_stdin && stdin_is_terminal && stdout_is_terminal,
+        TerminalOption::Always => true,
+    }
+}
+
+/// The local window's size, within the bounds a remote terminal takes
+/// (24x80 when there is no local terminal).
+fn local_size() -> (u16, u16) {
+    let max = u16::try_from(MAX_TERMINAL_SIZE).unwrap_or(u16::MAX);
+    let (rows, cols) = tty::size().unwrap_or(tty::DEFAULT_SIZE);
+    (rows.min(max), cols.min(max))
+}
+
+/// The remote terminal: the local window's size and the local TERM (when
+/// it names a terminal type).
+fn remote_terminal(term: Option<String>) -> Terminal {
+    let (rows, cols) = local_size();
+    Terminal {
+        rows,
+        cols,
+        term: term.filter(|t| !t.is_empty() && proto::limits::term_ok(t)),
+    }
+}
+
+/// The next delivery of a signal this mode listens for (never, for one it
+/// does not).
+async fn delivered(signal: &mut Option<Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Opens the record store for `exec`: `None` when records are off or no
@@ -111,6 +186,9 @@ fn open_records(
         service: "core-client",
         // Failures are reported once, at exit, by the barrier.
         log_failures: false,
+        // The exit waits for the record: written through to the OS (it
+        // survives this process however it ends), not fsynced.
+        durability: metadata::Durability::ProcessCrash,
         ..metadata::WriterConfig::default()
     };
     let opened = match data_dir {
@@ -130,26 +208,57 @@ fn open_records(
     }
 }
 
-/// Runs `exec`: returns the process's exit code.
+/// What `exec` needs to trace its own life: when the process started, and
+/// a way to flush its spans while it times that.
+pub struct Lifetime {
+    /// The process's start (read first thing in `main`).
+    pub started: ProcessStart,
+    /// Exports the spans ended so far.
+    pub flusher: Flusher,
+}
+
+/// Runs `exec`: returns the process's exit code. Its own life is traced
+/// (`cli.run`, under the caller's `TRACEPARENT` if any), and its spans are
+/// flushed before it returns.
 pub async fn exec(
     args: ExecArgs,
     mut ctx: Context,
     data_dir: Option<PathBuf>,
+    life: Lifetime,
 ) -> Result<u8, CliError> {
-    let settings = settings(&ctx, args.name.as_deref(), &args.server)?;
+    // The caller's trace continues into ours; an invalid value starts a new trace.
+    let parent = telemetry::otel::context_from(&telemetry::carriers::env::extract_from_env());
+    let mut run = CliRun::start(life.started, &parent);
+    let result = traced_exec(args, &mut ctx, data_dir, &mut run).await;
+    if result.is_err() {
+        run.failed();
+    }
+    run.flush(life.flusher).await;
+    result
+}
+
+async fn traced_exec(
+    args: ExecArgs,
+    ctx: &mut Context,
+    data_dir: Option<PathBuf>,
+    run: &mut CliRun,
+) -> Result<u8, CliError> {
+    let settings = settings(ctx, args.name.as_deref(), &args.server)?;
     for warning in settings.unsupported() {
         eprintln!("core-client: warning: {warning}");
     }
     let plan = plan(&settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
-    let result = exec_with(&args, &settings, plan, records.clone(), &mut ctx).await;
+    let result = exec_with(&args, &settings, plan, records.clone(), ctx, run).await;
+    run.stage(spans::CLI_FINISH);
     // The record is saved before the exit, without holding the exit up
     // for long.
     if let Some(records) = records {
-        let saved = tokio::task::spawn_blocking(move || records.shutdown(RECORD_FLUSH))
+        let saved = tokio::task::spawn_blocking(move || records.finish(RECORD_FLUSH))
             .await
             .unwrap_or_else(|e| Err(metadata::PersistError::Stopped(e.to_string().into())));
+        run.stage(spans::CLI_RECORDS);
         if let Err(e) = saved {
             if strict {
                 return Err(CliError::failed(format!("{e} (--strict-records)")));
@@ -163,11 +272,12 @@ pub async fn exec(
 /// Whether a failure to start through one relay is worth trying the next
 /// relay for: the relay could not be reached, or it does not have the
 /// exec-server (another relay may).
-fn next_relay_may_help(e: &ClientError) -> bool {
+pub(crate) fn next_relay_may_help(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Connect(
             ConnectError::Unreachable { .. }
+                | ConnectError::Tls { .. }
                 | ConnectError::UnknownServer(_)
                 | ConnectError::Busy(Busy::Relay)
                 | ConnectError::Timeout(Waiting::Relay)
@@ -216,44 +326,80 @@ async fn exec_with(
     plan: Plan,
     records: Option<metadata::Persister>,
     ctx: &mut Context,
+    life: &mut CliRun,
 ) -> Result<u8, CliError> {
-    let spec = {
-        let mut spec = exec_spec(args, settings);
-        // The caller's trace continues into ours; an invalid value starts a new trace.
-        spec.parent = Some(telemetry::otel::context_from(
-            &telemetry::carriers::env::extract_from_env(),
-        ));
-        spec
-    };
+    let terminal = wants_terminal(
+        args,
+        settings.terminal.value,
+        tty::stdin_is_terminal(),
+        tty::stdout_is_terminal(),
+    )
+    .then(|| remote_terminal(std::env::var("TERM").ok()));
+    let mut spec = exec_spec(args, settings, terminal);
+    spec.parent = Some(life.context().clone());
+    // The dispatch starts where the CLI's start-up ends.
+    spec.dispatched_at = Some(life.ready());
     let prefix = prefix(settings);
-    let tls_warnings: Vec<Option<String>> = match settings.route.as_ref().map(|r| &r.value) {
-        Some(Route::Relays(relays)) => relays.iter().map(|r| r.tls_warning()).collect(),
-        _ => Vec::new(),
-    };
     let last = plan.targets.len().saturating_sub(1);
     let mut started = None;
-    for (i, target) in plan.targets.into_iter().enumerate() {
-        if let Some(Some(warning)) = tls_warnings.get(i) {
-            eprintln!("core-client: warning: {warning}");
+    if !args.no_agent {
+        match through_agent(args, settings, &plan, records.clone(), &spec, life).await {
+            Ok(ThroughAgent::Started(run)) => {
+                let run = *run;
+                if let Some(url) = plan.targets.first().map(Target::url) {
+                    accept_new(settings, plan.server, url, ctx);
+                }
+                started = Some((None, run));
+            }
+            // No agent runs: this command opens a session of its own.
+            Ok(ThroughAgent::NoAgent) => {}
+            // The agent could not take the call: a dispatch of its own
+            // follows the one that failed.
+            Ok(ThroughAgent::Fallback) => spec.dispatched_at = None,
+            Err(e) if e.is_connection() => {
+                life.dispatched(None);
+                return Err(CliError::connection(format!("{prefix}{e}")));
+            }
+            Err(e) => {
+                life.dispatched(None);
+                return Err(CliError::usage(format!("{prefix}{e}")));
+            }
         }
+    }
+    let targets = if started.is_some() {
+        Vec::new()
+    } else {
+        plan.targets
+    };
+    for (i, target) in targets.iter().enumerate() {
         let url = target.url().to_owned();
-        let mut config = ClientConfig::new(plan.key.clone(), plan.server, target);
+        let mut config = ClientConfig::new(plan.key.clone(), plan.server, target.clone())
+            .alternates_of(&targets, i);
+        config.resume = (!args.no_resume).then_some(rex_client::DEFAULT_RESUME);
+        config.tls = plan.tls.clone();
         config.metadata = records.clone();
         config.record_args = args.record_args;
         let client = Client::new(config);
-        match client.exec(spec.clone()).await {
+        let attempt = client.exec(spec.clone()).await;
+        // A later attempt's dispatch starts when it is made.
+        spec.dispatched_at = None;
+        match attempt {
             Ok(run) => {
                 accept_new(settings, plan.server, &url, ctx);
-                started = Some((client, run));
+                started = Some((Some(client), run));
                 break;
             }
             Err(e) if i < last && next_relay_may_help(&e) => {
                 eprintln!("core-client: warning: {prefix}{e}; trying the next relay");
             }
             Err(e) if e.is_connection() => {
+                life.dispatched(None);
                 return Err(CliError::connection(format!("{prefix}{e}")));
             }
-            Err(e) => return Err(CliError::usage(format!("{prefix}{e}"))),
+            Err(e) => {
+                life.dispatched(None);
+                return Err(CliError::usage(format!("{prefix}{e}")));
+            }
         }
     }
     let Some((client, mut run)) = started else {
@@ -265,8 +411,10 @@ async fn exec_with(
         eprintln!("core-client: trace {id}");
     }
     let control = run.controller();
-    // The stdin pump is the command's only task of its own; it ends with
-    // the process (or when stdin does).
+    let terminal = spec.terminal.is_some();
+    // The stdin pump is the command's only task of its own (with the
+    // window's, on a terminal); it ends with the process (or when stdin
+    // does).
     let tasks = lifecycle::Tasks::new();
     if !args.no_stdin {
         let control = control.clone();
@@ -286,15 +434,45 @@ async fn exec_with(
             let _ = control.close_stdin().await;
         });
     }
-    // SIGINT/SIGTERM go to the remote process group; a second one gives
-    // up waiting. Output is written by a thread of its own, so a stdout
-    // nobody reads never keeps the signals from being seen; once a signal
-    // was forwarded, output that stdout cannot take at once is dropped, so
-    // that the exit status can arrive.
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| CliError::usage(e.to_string()))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| CliError::usage(e.to_string()))?;
+    // Without a terminal, SIGINT/SIGTERM go to the remote process group; a
+    // second one gives up waiting. Output is written by a thread of its
+    // own, so a stdout nobody reads never keeps the signals from being
+    // seen; once a signal was forwarded, output that stdout cannot take at
+    // once is dropped, so that the exit status can arrive. On a terminal,
+    // Ctrl-C is a byte for the remote terminal; SIGINT, SIGTERM or SIGHUP
+    // sent to this process end the session.
+    let sig = |kind| signal(kind).map_err(|e| CliError::usage(e.to_string()));
+    let mut sigint = sig(SignalKind::interrupt())?;
+    let mut sigterm = sig(SignalKind::terminate())?;
+    let mut sighup = terminal.then(|| sig(SignalKind::hangup())).transpose()?;
+    let mut winch = terminal
+        .then(|| sig(SignalKind::window_change()))
+        .transpose()?;
+    let (size_tx, size_rx) = watch::channel(local_size());
+    if terminal {
+        // Only the latest size matters: a window dragged about sends what
+        // the session can take, never a queue of stale sizes.
+        let control = control.clone();
+        let mut sizes = size_rx;
+        tasks.spawn(tracing::debug_span!("resize"), async move {
+            while sizes.changed().await.is_ok() {
+                let (rows, cols) = *sizes.borrow_and_update();
+                if control.resize(rows, cols).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (out, mut broken) = Output::start().map_err(|e| CliError::usage(e.to_string()))?;
+    // Raw mode last, once nothing more can fail before the loop; undone
+    // however this function returns.
+    let raw = if terminal {
+        tty::Raw::enter().map_err(|e| {
+            CliError::usage(format!("cannot put the local terminal in raw mode: {e}"))
+        })?
+    } else {
+        None
+    };
     let mut interrupted = false;
     let mut cancelled = false;
     let mut pending: Option<Chunk> = None;
@@ -308,6 +486,9 @@ async fn exec_with(
                 continue;
             }
             _ = sigint.recv() => {
+                if terminal {
+                    break Outcome::HungUp(130);
+                }
                 if interrupted {
                     break Outcome::GaveUp(130);
                 }
@@ -317,12 +498,20 @@ async fn exec_with(
                 continue;
             }
             _ = sigterm.recv() => {
+                if terminal {
+                    break Outcome::HungUp(143);
+                }
                 if interrupted {
                     break Outcome::GaveUp(143);
                 }
                 interrupted = true;
                 pending = None;
                 forward(&tasks, &control, Some(15));
+                continue;
+            }
+            Some(()) = delivered(&mut sighup) => break Outcome::HungUp(129),
+            Some(()) = delivered(&mut winch) => {
+                size_tx.send_replace(local_size());
                 continue;
             }
             Ok(()) = &mut broken, if !cancelled => {
@@ -333,7 +522,7 @@ async fn exec_with(
             }
         };
         let chunk = match ev {
-            Some(Event::Started { .. }) => continue,
+            Some(Event::Started { .. } | Event::Reconnecting | Event::Resumed) => continue,
             Some(Event::Stdout(d)) => Chunk::Out(d),
             Some(Event::Stderr(d)) => Chunk::Err(d),
             Some(Event::Exited(status)) => break Outcome::Done(exit_code(status.shell_code())),
@@ -351,9 +540,23 @@ async fn exec_with(
             pending = Some(chunk);
         }
     };
+    life.dispatched(run.ended_at());
     let result = match outcome {
         Outcome::GaveUp(code) => {
             // Nothing more is waited for: not the output, nor the session.
+            return Ok(code);
+        }
+        Outcome::HungUp(code) => {
+            // The local terminal first, then the session is closed (its
+            // command killed, its terminal hung up), within a bound.
+            drop(raw);
+            match client {
+                Some(client) => {
+                    let _ = tokio::time::timeout(HANG_UP, client.close()).await;
+                }
+                // Through an agent: the call ends with its connection.
+                None => drop(run),
+            }
             return Ok(code);
         }
         Outcome::Done(code) => Ok(code),
@@ -370,8 +573,85 @@ async fn exec_with(
             _ = sigterm.recv() => return Ok(143),
         }
     }
-    client.close().await;
+    if let Some(client) = client {
+        client.close().await;
+    }
     result
+}
+
+/// What became of a call offered to the agent.
+enum ThroughAgent {
+    /// It runs through the agent.
+    Started(Box<rex_client::Execution>),
+    /// No agent runs (nothing is said).
+    NoAgent,
+    /// The agent has gone or cannot take the call (one line said so).
+    Fallback,
+}
+
+/// Runs the call through a running agent, if there is one; otherwise
+/// (or when it cannot take the call) the command runs without it.
+async fn through_agent(
+    args: &ExecArgs,
+    settings: &Settings,
+    plan: &Plan,
+    records: Option<metadata::Persister>,
+    spec: &ExecSpec,
+    life: &mut CliRun,
+) -> Result<ThroughAgent, ClientError> {
+    let socket = crate::agent::place::socket_path();
+    if !socket.exists() {
+        return Ok(ThroughAgent::NoAgent);
+    }
+    let Some(key_file) = settings
+        .key
+        .as_ref()
+        .and_then(|k| std::path::absolute(&k.value).ok())
+    else {
+        return Ok(ThroughAgent::NoAgent);
+    };
+    let (relays, direct) = match &settings.route.as_ref().map(|r| &r.value) {
+        Some(Route::Direct(url)) => (Vec::new(), Some(url.clone())),
+        _ => (
+            plan.targets.iter().map(|t| t.url().to_owned()).collect(),
+            None,
+        ),
+    };
+    let agent = AgentClient::new(AgentConfig {
+        socket: socket.clone(),
+        relays,
+        direct,
+        server: plan.server,
+        key_file,
+        client: plan.key.public(),
+        ca_file: settings
+            .ca
+            .as_ref()
+            .and_then(|ca| std::path::absolute(&ca.value).ok()),
+        timeout: AGENT_TIMEOUT,
+        metadata: records,
+        record_args: args.record_args,
+    });
+    match agent.exec(spec.clone()).await {
+        Ok(run) => {
+            life.through_agent(agent);
+            Ok(ThroughAgent::Started(Box::new(run)))
+        }
+        Err(ClientError::Agent(AgentError::Unavailable { .. })) => {
+            // Nobody listens: an agent that died left its socket.
+            let _ = std::fs::remove_file(&socket);
+            eprintln!(
+                "core-client: warning: the agent at {} is gone (removed its stale socket);                  running without it",
+                socket.display()
+            );
+            Ok(ThroughAgent::Fallback)
+        }
+        Err(ClientError::Agent(e @ (AgentError::Busy(_) | AgentError::Lost(_)))) => {
+            eprintln!("core-client: warning: {e}; running without the agent");
+            Ok(ThroughAgent::Fallback)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Sends a signal (or, with `None`, a cancel) to the remote command from
@@ -394,6 +674,9 @@ enum Outcome {
     Failed(CliError),
     /// A second signal: stop waiting (128 + the signal).
     GaveUp(u8),
+    /// On a terminal, a signal to this process: the session is ended (128
+    /// + the signal).
+    HungUp(u8),
 }
 
 /// A piece of the command's output.
@@ -478,13 +761,17 @@ mod tests {
             name: None,
             server: args.clone(),
             no_stdin: false,
+            tty: false,
+            no_tty: false,
             print_trace_id: false,
             record_args: false,
             strict_records: false,
             no_records: false,
+            no_agent: false,
+            no_resume: false,
             command: vec!["env".into()],
         };
-        let spec = exec_spec(&exec, &s);
+        let spec = exec_spec(&exec, &s, None);
         assert_eq!(
             spec.env,
             vec![("A".into(), "1".into()), ("B".into(), "=2".into())]
@@ -515,5 +802,65 @@ mod tests {
         assert!(!next_relay_may_help(&ClientError::Connect(
             ConnectError::Unauthorized(key)
         )));
+    }
+
+    fn args_with(flags: &[&str]) -> ExecArgs {
+        use clap::Parser;
+        let cli = super::super::Cli::try_parse_from(
+            ["core-client", "exec"]
+                .iter()
+                .chain(flags)
+                .chain(&["--", "sh"])
+                .copied(),
+        )
+        .unwrap();
+        match cli.command {
+            super::super::CliCommand::Exec(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_terminal_when_forced_or_as_the_option_says() {
+        use TerminalOption::{Always, Auto, Never};
+        let plain = args_with(&[]);
+        let t = args_with(&["-t"]);
+        let big_t = args_with(&["-T"]);
+        let n = args_with(&["-n"]);
+        // -t and -T win over the option and over what the local side is.
+        for option in [Never, Auto, Always] {
+            for (i, o) in [(false, false), (true, true), (true, false)] {
+                assert!(wants_terminal(&t, option, i, o));
+                assert!(!wants_terminal(&big_t, option, i, o));
+            }
+        }
+        // By default a command gets pipes, as ssh gives it.
+        assert!(!wants_terminal(&plain, Never, true, true));
+        // auto: only when stdin and stdout are both terminals, and stdin
+        // is forwarded.
+        assert!(wants_terminal(&plain, Auto, true, true));
+        assert!(!wants_terminal(&plain, Auto, true, false));
+        assert!(!wants_terminal(&plain, Auto, false, true));
+        assert!(!wants_terminal(&n, Auto, true, true));
+        assert!(wants_terminal(&plain, Always, false, false));
+    }
+
+    #[test]
+    fn the_remote_terminal_takes_a_usable_term_only() {
+        let t = remote_terminal(Some("xterm-256color".into()));
+        assert_eq!(t.term.as_deref(), Some("xterm-256color"));
+        assert!(t.rows >= 1 && t.cols >= 1);
+        assert_eq!(remote_terminal(Some(String::new())).term, None);
+        assert_eq!(remote_terminal(Some("bad term".into())).term, None);
+        assert_eq!(remote_terminal(None).term, None);
+    }
+
+    #[test]
+    fn minus_t_and_minus_big_t_conflict() {
+        use clap::Parser;
+        let err =
+            super::super::Cli::try_parse_from(["core-client", "exec", "-t", "-T", "--", "sh"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

@@ -4,16 +4,24 @@
 //! Layout:
 //! - this module: the arguments ([`Cli`]), [`CliError`] and the
 //!   [`Context`] every command reads (config file, known servers).
-//! - `exec`: `exec`, over the effective settings.
+//! - `exec`: `exec`, over the effective settings (through a running agent
+//!   when there is one).
+//! - [`agent`]: `agent start`, `stop` and `status`.
+//! - `tty`: the local terminal in terminal mode (size, raw mode and its
+//!   restoration).
 //! - `identity`: `keygen`, `pubkey` and `trust` (keys and known servers).
+//! - `life`: the CLI's own life as spans (`cli.run` and its stages).
 //! - `show`: `config show`.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
 //! - `docs`: `completions` and `man`.
 
+pub mod agent;
 mod docs;
 mod exec;
 mod identity;
+mod life;
 mod show;
+mod tty;
 mod views;
 
 use std::ffi::OsString;
@@ -27,8 +35,10 @@ use crate::names::ServerNames;
 use crate::settings::{ServerArgs, SettingsError};
 
 pub use docs::{completions, man};
-pub use exec::exec;
+pub(crate) use exec::next_relay_may_help;
+pub use exec::{Lifetime, exec};
 pub use identity::{keygen, pubkey, trust};
+pub use life::ProcessStart;
 pub use show::config_show;
 pub use views::{history, history_table, trace_show, utc_time};
 
@@ -113,6 +123,17 @@ pub enum CliCommand {
     /// status then follows (130 or 143 when it dies of them); from then on,
     /// output this side's stdout cannot take at once is dropped. A second
     /// Ctrl-C or SIGTERM stops waiting at once: exit 130 or 143.
+    ///
+    /// With a terminal (-t, or the `terminal` option), the command runs on
+    /// a pseudo-terminal on the exec-server, sized as the local window and
+    /// with the local TERM; its stderr comes merged into its stdout, as on
+    /// any terminal. The local terminal is put in raw mode (restored
+    /// however `exec` ends) so that every key goes to the remote terminal:
+    /// Ctrl-C is a byte the remote terminal turns into SIGINT for its
+    /// foreground job, and so are Ctrl-Z and Ctrl-\. Window changes are
+    /// passed on. A SIGINT, SIGTERM or SIGHUP sent to core-client itself
+    /// ends the session (the remote command is killed and its terminal hung
+    /// up) and exits 128+N. The exit status is as without a terminal.
     Exec(ExecArgs),
     /// Write a new static private key (mode 0600) and print its public key.
     ///
@@ -147,6 +168,19 @@ pub enum CliCommand {
     /// Run a relay, an exec-server and a client in this process, run a
     /// short command through them (no setup needed) and print its trace.
     Demo,
+    /// A local agent that holds warm sessions, so that each `exec` finds
+    /// its session established (as ssh's ControlMaster does).
+    ///
+    /// `exec` uses a running agent by itself for the same relay, server and
+    /// key (`--no-agent` opts out), and runs without it, saying so in one
+    /// line, if it has gone. The agent listens on a socket only its user
+    /// may use: $REX_AGENT_SOCKET, else $XDG_RUNTIME_DIR/rex/agent.sock,
+    /// else /tmp/rex-agent-UID/agent.sock.
+    Agent {
+        /// What to do.
+        #[command(subcommand)]
+        command: agent::AgentCommand,
+    },
     /// List recent commands, newest first (from the local records).
     History {
         /// How many.
@@ -233,9 +267,23 @@ pub struct ExecArgs {
     /// Where and how.
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Do not forward stdin (the remote stdin is /dev/null).
+    /// Do not forward stdin (the remote stdin is /dev/null; on a terminal,
+    /// nothing is typed into it).
     #[arg(short = 'n', long)]
     pub no_stdin: bool,
+    /// Run the command on a terminal (a pseudo-terminal on the exec-server),
+    /// as `ssh -t` does: for interactive programs (shells, editors, REPLs,
+    /// password prompts). Sized as the local window (24x80 when there is
+    /// none); the local terminal, if stdin is one, goes into raw mode.
+    #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never run the command on a terminal (pipes only), whatever the
+    /// `terminal` option says. Without -t or -T the `terminal` option
+    /// decides: `never` (the default: a command gets pipes, as with ssh),
+    /// `auto` (a terminal when the local stdin and stdout are terminals
+    /// and -n is not given) or `always`.
+    #[arg(short = 'T', long = "no-tty")]
+    pub no_tty: bool,
     /// Print the command's trace id on stderr when it ends.
     #[arg(long)]
     pub print_trace_id: bool,
@@ -250,6 +298,16 @@ pub struct ExecArgs {
     /// Keep no record of this command.
     #[arg(long)]
     pub no_records: bool,
+    /// Do not use a running agent (`core-client agent start`): open a
+    /// session of this command's own.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Let the command end with its link: by default, when the link to
+    /// the exec-server breaks (a relay restart, a network blip), the
+    /// session comes back for up to a minute, through any of the relays,
+    /// and the command goes on with nothing lost.
+    #[arg(long)]
+    pub no_resume: bool,
     /// The program and its arguments, after `--` (no shell unless you run one).
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,

@@ -38,9 +38,11 @@ pub fn render(s: &Settings, ctx: &Context) -> String {
                     if relay.typed() != relay.url() {
                         let _ = write!(value, " (typed {})", relay.typed());
                     }
-                    if relay.tls_unsupported() {
-                        value.push_str(" (TLS wanted: not supported by this build yet)");
-                    }
+                    value.push_str(if relay.uses_tls() {
+                        " (TLS)"
+                    } else {
+                        " (plain HTTP/2)"
+                    });
                     row("relay", value, Some(&r.source));
                 }
             }
@@ -68,6 +70,14 @@ pub fn render(s: &Settings, ctx: &Context) -> String {
             "client key",
             "(none: run `core-client keygen`, or give --key FILE)".into(),
             None,
+        ),
+    }
+    match &s.ca {
+        Some(c) => row("ca", c.value.display().to_string(), Some(&c.source)),
+        None => row(
+            "ca",
+            "(the system's CA certificates, for TLS links)".into(),
+            Some(&Source::Default),
         ),
     }
     match &s.cwd {

@@ -120,7 +120,8 @@ fn help_documents_the_address_forms_and_tls() {
         "[IPV6]:PORT",
         "plain HTTP/2 on loopback and private addresses",
         "TLS elsewhere",
-        "TLS is not supported by this build yet",
+        "https:// means TLS (never downgraded to plain)",
+        "--ca <FILE>",
         "--accept-new",
         "config show",
     ] {

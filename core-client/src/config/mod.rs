@@ -4,6 +4,7 @@
 //! ```toml
 //! [defaults]
 //! relay = "relay.example:7600"     # or ["a:7600", "b:7600"], tried in order
+//! ca = "relay-ca.pem"              # for https:// relays: trust this CA only
 //!
 //! [servers.build-box]
 //! server_file = "build-box.pub"    # or server = "<44-character key>", or `core-client trust`
@@ -64,6 +65,8 @@ pub struct Entry {
     pub server: Option<FromFile<ServerKey>>,
     /// The client's key file.
     pub key: Option<FromFile<PathBuf>>,
+    /// The CA file for `https://` relays.
+    pub ca: Option<FromFile<PathBuf>>,
     /// The remote working directory.
     pub cwd: Option<FromFile<PathBuf>>,
     /// Remote environment variables.
@@ -362,6 +365,7 @@ fn check_entry(
         relays,
         server,
         key: t.key.as_ref().map(path_of),
+        ca: t.ca.as_ref().map(path_of),
         cwd: t
             .cwd
             .as_ref()

@@ -1,5 +1,6 @@
 //! Per-server options the config file (and `-o KEY=VALUE`) may set: the
-//! warm policy, resume, and terminal allocation. They are parsed and
+//! warm policy, resume, and terminal allocation (over which `exec -t` and
+//! `-T` win). They are parsed and
 //! checked here; what this build cannot do yet is reported, never dropped
 //! silently ([`OptionValue::unsupported`]).
 
@@ -26,7 +27,8 @@ pub enum Terminal {
     /// Never: the command gets pipes.
     #[default]
     Never,
-    /// When the local stdin is a terminal.
+    /// When the local stdin and stdout are terminals (and stdin is
+    /// forwarded).
     Auto,
     /// Always.
     Always,
@@ -159,7 +161,6 @@ impl OptionValue {
         match self {
             Self::Warm(Warm::Every(_)) => Some("a warm policy (a local agent holding sessions)"),
             Self::Resume(true) => Some("resuming commands over a new link"),
-            Self::Terminal(Terminal::Auto | Terminal::Always) => Some("remote terminals"),
             _ => None,
         }
     }
@@ -222,7 +223,7 @@ mod tests {
         assert!(
             OptionValue::Terminal(Terminal::Auto)
                 .unsupported()
-                .is_some()
+                .is_none()
         );
     }
 }

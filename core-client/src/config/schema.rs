@@ -32,6 +32,8 @@ pub struct Table {
     pub server_file: Option<Spanned<String>>,
     /// The client's private key file.
     pub key: Option<Spanned<String>>,
+    /// The CA certificates (PEM) an `https://` relay is checked against.
+    pub ca: Option<Spanned<String>>,
     /// The remote working directory.
     pub cwd: Option<Spanned<String>>,
     /// Remote environment variables.
@@ -67,11 +69,12 @@ impl Relays {
 }
 
 /// The keys a `[servers.NAME]` table may hold.
-pub const SERVER_KEYS: [&str; 10] = [
+pub const SERVER_KEYS: [&str; 11] = [
     "relay",
     "server",
     "server_file",
     "key",
+    "ca",
     "cwd",
     "env",
     "accept_new",
@@ -81,9 +84,10 @@ pub const SERVER_KEYS: [&str; 10] = [
 ];
 
 /// The keys `[defaults]` may hold: a server's own key belongs to it alone.
-pub const DEFAULT_KEYS: [&str; 8] = [
+pub const DEFAULT_KEYS: [&str; 9] = [
     "relay",
     "key",
+    "ca",
     "cwd",
     "env",
     "accept_new",

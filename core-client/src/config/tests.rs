@@ -51,9 +51,11 @@ fn every_key_is_read_with_its_line() {
          resume = false\n\
          terminal = \"auto\"\n\
          cwd = \"/tmp\"\n\
+         ca = \"ca.pem\"\n\
          \n\
          [servers.a]\n\
          server = \"{KEY}\"\n\
+         ca = \"/srv/a-ca.pem\"\n\
          [servers.b]\n\
          server_file = \"~/b.pub\"\n"
     );
@@ -61,7 +63,15 @@ fn every_key_is_read_with_its_line() {
     let d = &config.defaults;
     let relays = &d.relays.as_ref().unwrap().value;
     assert_eq!(relays.len(), 2);
-    assert!(relays[1].tls_unsupported());
+    assert!(!relays[0].uses_tls());
+    assert!(relays[1].uses_tls());
+    assert_eq!(
+        d.ca.as_ref().unwrap().value,
+        PathBuf::from("/etc/rex/ca.pem")
+    );
+    assert_eq!(d.ca.as_ref().unwrap().line, 10);
+    let a = &config.servers["a"];
+    assert_eq!(a.ca.as_ref().unwrap().value, PathBuf::from("/srv/a-ca.pem"));
     assert_eq!(
         d.key.as_ref().unwrap().value,
         PathBuf::from("/etc/rex/client.key")
@@ -81,7 +91,7 @@ fn every_key_is_read_with_its_line() {
         config.servers["a"].server.as_ref().unwrap().value,
         ServerKey::Key(_)
     ));
-    assert_eq!(config.servers["a"].server.as_ref().unwrap().line, 12);
+    assert_eq!(config.servers["a"].server.as_ref().unwrap().line, 13);
     let ServerKey::File(b) = &config.servers["b"].server.as_ref().unwrap().value else {
         panic!()
     };

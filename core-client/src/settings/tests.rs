@@ -299,7 +299,7 @@ fn options_flag_over_server_over_defaults_over_built_in() {
     assert_eq!(s.terminal, sourced(Terminal::Auto, w.at(19)));
     // Never silently ignored: each is named with where it came from.
     let warnings = s.unsupported();
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(
         warnings[0].starts_with("warm = 120s (config "),
         "{warnings:?}"
@@ -370,4 +370,53 @@ fn names_must_be_defined_and_keep_their_keys() {
         changed.offered_from.contains("config.toml:12"),
         "{changed:?}"
     );
+}
+
+#[test]
+fn ca_flag_over_env_over_server_over_defaults() {
+    let k = key();
+    let mut w = World::new(&k);
+    let text = format!(
+        "[defaults]\n\
+         ca = \"defaults-ca.pem\"\n\
+         [servers.box]\n\
+         server = \"{k}\"\n\
+         ca = \"/etc/box-ca.pem\"\n\
+         [servers.bare]\n\
+         server = \"{k}\"\n"
+    );
+    w.config = Config::parse(&text, &w.dir.path().join("config.toml")).unwrap();
+    let flag = ServerArgs {
+        ca: Some("flag-ca.pem".into()),
+        ..ServerArgs::default()
+    };
+    w.env.push(("REX_CA", "/env/ca.pem".into()));
+    let s = w.resolve(Some("box"), &flag, true).unwrap();
+    assert_eq!(
+        s.ca.unwrap(),
+        sourced(PathBuf::from("flag-ca.pem"), Source::Flag("--ca"))
+    );
+    let none = ServerArgs::default();
+    let s = w.resolve(Some("box"), &none, true).unwrap();
+    assert_eq!(
+        s.ca.unwrap(),
+        sourced(PathBuf::from("/env/ca.pem"), Source::Env("REX_CA"))
+    );
+    w.env.clear();
+    let s = w.resolve(Some("box"), &none, true).unwrap();
+    assert_eq!(
+        s.ca.unwrap(),
+        sourced(PathBuf::from("/etc/box-ca.pem"), w.at(5))
+    );
+    let s = w.resolve(Some("bare"), &none, true).unwrap();
+    assert_eq!(
+        s.ca.unwrap(),
+        sourced(w.dir.path().join("defaults-ca.pem"), w.at(2))
+    );
+    // Nothing set: none (the system's roots).
+    let unnamed = ServerArgs {
+        server: Some(k.to_string()),
+        ..ServerArgs::default()
+    };
+    assert_eq!(w.resolve(None, &unnamed, false).unwrap().ca, None);
 }

@@ -13,10 +13,11 @@ use proto::pb::session::{ExecRequest, TraceContext as PbTrace, exited, terminal_
 use telemetry::remote::{Stage, StageSpan, Timeline};
 use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerContext;
+use crate::credit::Credit;
 use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace};
 use crate::stdin::StdinSender;
 
@@ -26,6 +27,10 @@ const CONTROL_QUEUE: usize = 16;
 /// A running call.
 pub(super) struct Call {
     pub(super) control: mpsc::Sender<Control>,
+    /// Its output credit, given back as the client acknowledges output.
+    pub(super) credit: Credit,
+    /// The terminal's window size, for a call on a terminal.
+    pub(super) resize: Option<watch::Sender<(u16, u16)>>,
     /// Stdin for the process; dropped at stdin close.
     pub(super) stdin: Option<StdinSender>,
     /// Stdin taken by the process, as last reported to the session.
@@ -47,8 +52,8 @@ pub(super) struct Call {
     /// The hop header for the call's traced frames (its dispatch context).
     pub(super) hop: Option<String>,
     pub(super) program: String,
-    /// Whether its trace is sampled (only then does its final event carry
-    /// the call's summary).
+    /// Whether its final event carries the call's summary: its trace is
+    /// sampled and the exec-server sends timings.
     pub(super) sampled: bool,
     pub(super) push: Push,
     /// Its metadata record (latest state), when records are kept.
@@ -67,6 +72,10 @@ pub(super) struct Push {
     pub(super) stderr_bytes: i64,
     pub(super) stderr_chunks: i64,
     pub(super) queued: Duration,
+    /// Stdin bytes received for the process.
+    pub(super) stdin_bytes: i64,
+    /// Resizes received, for a call on a terminal (`None`: no terminal).
+    pub(super) resizes: Option<i64>,
     /// The latest output chunk, made a span once the final event shows it
     /// was the last (for a one-chunk output, the first chunk again).
     pub(super) last_chunk: Option<LastChunk>,
@@ -99,6 +108,10 @@ impl Push {
             "rex.queue_ns",
             i64::try_from(self.queued.as_nanos()).unwrap_or(i64::MAX),
         );
+        span.set_int("rex.stdin.bytes", self.stdin_bytes);
+        if let Some(n) = self.resizes {
+            span.set_int("rex.resizes", n);
+        }
         Some(span)
     }
 
@@ -158,6 +171,7 @@ impl Call {
         events: mpsc::Sender<Outgoing>,
         session_cancel: &CancellationToken,
         stdin_wake: &std::sync::Arc<tokio::sync::Notify>,
+        output_window: u32,
     ) -> Self {
         let Starting {
             call_id,
@@ -172,6 +186,7 @@ impl Call {
             .first()
             .map(|a| proto::program::program_name(a))
             .unwrap_or_default();
+        let terminal = request.terminal.is_some();
         let enqueued = received.end.unwrap_or_else(SystemTime::now);
         let extracted = trace
             .as_ref()
@@ -196,6 +211,12 @@ impl Call {
         let mut span = StageSpan::wrap(span, spans::RPC_SERVER_EXEC, &parent, enqueued);
         span.set_text("process.executable.name", program.clone());
         span.set_int("rex.call_id", i64::try_from(call_id).unwrap_or(i64::MAX));
+        // The terminal is described, never its content.
+        if let Some(t) = &request.terminal {
+            span.set_flag("rex.terminal", true);
+            span.set_int("rex.terminal.rows", i64::from(t.rows));
+            span.set_int("rex.terminal.cols", i64::from(t.cols));
+        }
         let presets = span.span_context().span_id() == probe;
         let exec_cx = parent.with_remote_span_context(span.span_context().clone());
         let error_trace = otel::trace_context_for(span.span_context(), &parent)
@@ -233,14 +254,31 @@ impl Call {
             .unwrap_or_default();
 
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        // A terminal's window: only the latest size counts, so a burst of
+        // resizes never fills a queue.
+        let (resize_tx, resize_rx) = match &request.terminal {
+            Some(t) => {
+                let size = (
+                    u16::try_from(t.rows).unwrap_or(u16::MAX),
+                    u16::try_from(t.cols).unwrap_or(u16::MAX),
+                );
+                let (tx, rx) = watch::channel(size);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let (stdin_tx, stdin_rx) = crate::stdin::pipe(std::sync::Arc::clone(stdin_wake));
         let cancel = session_cancel.child_token();
+        let credit = Credit::new(output_window);
         let io = ProcessIo {
             call_id,
             events,
             control: control_rx,
             stdin: Some(stdin_rx),
             cancel: cancel.clone(),
+            credit: credit.clone(),
+            ended: session_cancel.clone(),
+            resize: resize_rx,
         };
         let process_trace = ProcessTrace {
             dispatch: parent,
@@ -266,6 +304,7 @@ impl Call {
             env_policy,
             exit_drain: config.exit_drain,
             containment: std::sync::Arc::clone(&ctx.containment),
+            terminals: config.terminals,
         };
         ctx.tasks.spawn(
             tracing::debug_span!("process", call = call_id, program = %program),
@@ -293,11 +332,13 @@ impl Call {
             store.record(metadata::Record::Process(record.clone()));
             record
         });
-        let sampled = span.span_context().is_sampled();
+        let sampled = span.span_context().is_sampled() && config.call_timings;
         Self {
             sampled,
             sending: Vec::new(),
             control: control_tx,
+            credit,
+            resize: resize_tx,
             stdin: Some(stdin_tx),
             stdin_reported: 0,
             cancel,
@@ -312,7 +353,10 @@ impl Call {
             error_trace,
             hop,
             program,
-            push: Push::default(),
+            push: Push {
+                resizes: terminal.then_some(0),
+                ..Push::default()
+            },
             record,
         }
     }
@@ -364,12 +408,12 @@ impl Call {
     }
 
     /// The session ended before the call did: its spans and record say so.
-    pub(super) fn abandon(mut self, ctx: &ServerContext) {
-        self.span.fail("session ended".into());
+    pub(super) fn abandon(mut self, ctx: &ServerContext, why: &'static str) {
+        self.span.fail(why.into());
         let _ = self.span.end_at(SystemTime::now());
         if let (Some(store), Some(mut record)) = (ctx.config.metadata.as_ref(), self.record) {
             record.progress = metadata::Progress::Finished;
-            record.exit = Some(metadata::Exit::Error("session ended".into()));
+            record.exit = Some(metadata::Exit::Error(why.into()));
             record.exited_unix_ms = Some(metadata::record::now_unix_ms());
             store.record(metadata::Record::Process(record));
         }

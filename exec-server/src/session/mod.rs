@@ -17,6 +17,7 @@
 //! header, so the relay's `relay.forward` joins the trace.
 
 mod call;
+mod park;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,13 +28,14 @@ use lifecycle::Tasks;
 use opentelemetry::KeyValue;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
-use proto::driver::{Delivery, Endpoint, Wake};
+use proto::driver::{Delivery, Driven, Endpoint, Wake};
 use proto::keys::{AuthorizedKeys, Origin, PublicKey};
 use proto::noise::HandshakeError;
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
 use proto::pb::tunnel::{CloseReason, Frame};
 use proto::session::{
     Acceptor, Closed, KeySource, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
+    Stage as SessionStage,
 };
 use telemetry::framing;
 use telemetry::limited::Limiter;
@@ -44,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use self::call::{Call, LastChunk};
+pub use self::park::Parked;
+use self::park::{Handover, Inbound};
 use crate::config::ExecServerConfig;
 use crate::contain::Containment;
 use crate::process::{Control, Outgoing};
@@ -78,6 +82,8 @@ pub struct ServerContext {
     pub containment: Arc<Containment>,
     /// Refusals anyone can cause, logged one line per kind per interval.
     pub refusals: Limiter,
+    /// Sessions whose link broke, waiting to be resumed.
+    pub parked: Parked,
 }
 
 impl ServerContext {
@@ -106,6 +112,7 @@ impl ServerContext {
             tasks,
             containment,
             refusals: Limiter::default(),
+            parked: Parked::default(),
         })
     }
 
@@ -114,6 +121,8 @@ impl ServerContext {
         proto::session::Limits {
             handshake_timeout: self.config.handshake_timeout,
             max_calls: self.config.max_processes_per_session,
+            output_window: self.config.resume_buffer,
+            resumable: !self.config.resume_grace.is_zero(),
             ..proto::session::Limits::server()
         }
     }
@@ -151,24 +160,177 @@ pub async fn serve<S>(
     origin: Origin,
 ) -> Result<Closed, ServeError>
 where
-    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send + 'static,
 {
     let machine = ServerSession::new(Arc::clone(&ctx.acceptor), ctx.limits(), Now::system())
         .with_origin(origin);
-    let mut runner = Runner::new(ctx, shutdown.child_token(), origin);
+    let mut runner = Runner::new(Arc::clone(&ctx), shutdown.child_token(), origin);
     runner.startup = startup;
+    let mut driven = drive(
+        &shutdown,
+        machine,
+        runner,
+        Box::pin(inbound),
+        Some(outbound),
+    )
+    .await;
+    loop {
+        let Driven {
+            mut machine,
+            endpoint: mut runner,
+            link,
+        } = driven;
+        // This link asks to resume another session: it goes there, or (not
+        // that session's client, or the session is gone) on as a new one.
+        if let Some(token) = runner.resume.take()
+            && let Some((inbound, outbound)) = link
+        {
+            let Some(back) = hand_over(&ctx, &token, machine, inbound, outbound).await else {
+                return Ok(Closed::Local);
+            };
+            let mut machine = back.machine;
+            let tombstone = ctx.parked.exhume(&token);
+            machine.refuse_resume(tombstone.as_ref(), Now::system());
+            driven = drive(&shutdown, machine, runner, back.inbound, back.outbound).await;
+            continue;
+        }
+        if machine.is_detached()
+            && let Some(link) = park(&ctx, &shutdown, &mut machine, &mut runner).await
+        {
+            let old = std::mem::replace(&mut machine, link.machine);
+            let now = Now::system();
+            let adopted = machine.adopt(old, now);
+            runner.adopted(&machine, adopted);
+            driven = drive(&shutdown, machine, runner, link.inbound, link.outbound).await;
+            continue;
+        }
+        return match runner.end.take() {
+            Some(Err(SessionError::Handshake(HandshakeError::Busy))) if runner.refused_busy => {
+                Err(ServeError::Busy)
+            }
+            Some(Ok(closed)) => Ok(closed),
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(Closed::Local),
+        };
+    }
+}
+
+/// Drives a session over a link until it is over, detached, or its link
+/// asks for another session.
+async fn drive(
+    shutdown: &CancellationToken,
+    machine: Machine,
+    runner: Runner,
+    inbound: Inbound,
+    outbound: Option<FrameSender>,
+) -> Driven<Machine, Runner, Inbound> {
+    // A link whose sending half is gone: the driver finds it closed.
+    let outbound = outbound.unwrap_or_else(|| mpsc::channel(1).0);
     let stop = shutdown.clone();
-    let (_, mut runner) = proto::driver::drive(machine, runner, inbound, outbound, async move {
+    proto::driver::drive_link(machine, runner, inbound, outbound, async move {
         stop.cancelled().await;
     })
-    .await;
-    match runner.end.take() {
-        Some(Err(SessionError::Handshake(HandshakeError::Busy))) if runner.refused_busy => {
-            Err(ServeError::Busy)
+    .await
+}
+
+/// Hands a link that asks to resume `token` to that session, if parked.
+/// `None`: the session took it over; otherwise the link comes back.
+async fn hand_over(
+    ctx: &ServerContext,
+    token: &[u8],
+    machine: Machine,
+    inbound: Inbound,
+    outbound: Option<FrameSender>,
+) -> Option<Handover> {
+    let (refused, back) = tokio::sync::oneshot::channel();
+    let link = Handover {
+        machine,
+        inbound,
+        outbound,
+        refused,
+    };
+    let Some(session) = ctx.parked.find(token) else {
+        return Some(link);
+    };
+    if let Err(e) = session.send(link).await {
+        return Some(e.0);
+    }
+    back.await.ok()
+}
+
+/// Keeps a session whose link broke, its processes running, until its
+/// client resumes it over a new link (returned), its grace runs out, or the
+/// exec-server shuts down (the session is then over, `runner.end` says
+/// why).
+async fn park(
+    ctx: &ServerContext,
+    shutdown: &CancellationToken,
+    machine: &mut Machine,
+    runner: &mut Runner,
+) -> Option<Handover> {
+    let grace = ctx.config.resume_grace;
+    let parked = machine
+        .resume_token()
+        .map(<[u8]>::to_vec)
+        .and_then(|token| ctx.parked.park(&token).map(|rx| (token, rx)));
+    let Some((token, mut links)) = parked else {
+        runner.expire();
+        return None;
+    };
+    tracing::info!(
+        processes = runner.calls.len(),
+        grace_s = grace.as_secs(),
+        "a session's link broke: its commands keep running while its client comes back"
+    );
+    let expiry = tokio::time::sleep(grace);
+    tokio::pin!(expiry);
+    loop {
+        while let Some(event) = machine.poll_event() {
+            let now = Now::system();
+            if let Delivery::Later(event) = runner.deliver(machine, event, now) {
+                machine.defer(event);
+                break;
+            }
         }
-        Some(Ok(closed)) => Ok(closed),
-        Some(Err(e)) => Err(e.into()),
-        None => Ok(Closed::Local),
+        if runner.end.is_some() {
+            ctx.parked.unpark(&token);
+            return None;
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                ctx.parked.unpark(&token);
+                runner.expire();
+                return None;
+            }
+            () = &mut expiry => {
+                ctx.parked.bury(&token, machine.tombstone());
+                tracing::info!(
+                    processes = runner.calls.len(),
+                    "a session was not resumed within its grace: its commands end"
+                );
+                runner.expire();
+                return None;
+            }
+            link = links.recv() => match link {
+                Some(link) if link.machine.may_resume(machine) => {
+                    ctx.parked.unpark(&token);
+                    return Some(link);
+                }
+                // Not this session's client (or a resume seen before).
+                Some(link) => {
+                    let refused = link.refused;
+                    let back = Handover { refused: tokio::sync::oneshot::channel().0, ..link };
+                    let _ = refused.send(back);
+                }
+                None => {}
+            },
+            wake = runner.wait(true, false) => {
+                if let Wake::Input(input) = wake {
+                    runner.apply(machine, input, Now::system());
+                }
+            }
+        }
     }
 }
 
@@ -218,6 +380,9 @@ struct Runner {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Whether the client was refused for want of a slot.
     refused_busy: bool,
+    /// The session this link's client asks to resume (the driver hands
+    /// the link over).
+    resume: Option<bytes::Bytes>,
 }
 
 impl Runner {
@@ -242,6 +407,7 @@ impl Runner {
             startup: None,
             slot: None,
             refused_busy: false,
+            resume: None,
         }
     }
 
@@ -390,7 +556,7 @@ impl Runner {
         // recorded nowhere.
         let mark = Some(Mark::new(tag, hop));
         let _ = if call.sampled {
-            let timings = stages.to_wire(now.wall);
+            let timings = stages.to_wire(now.wall, telemetry::host::name());
             machine.push_final(call_id, out.kind, timings, Some(&trace), mark, now)
         } else {
             machine.push(call_id, out.kind, Some(&trace), mark, now)
@@ -421,6 +587,44 @@ impl Runner {
             span.end_with_timestamp(now);
             false
         });
+    }
+
+    /// A parked session is over (its grace ran out, or the exec-server is
+    /// stopping): its processes end.
+    fn expire(&mut self) {
+        let end = Err(SessionError::Timeout(SessionStage::Resume));
+        self.ended(&end);
+        self.end = Some(end);
+    }
+
+    /// The session's client took it back over a new link: what was in
+    /// flight on the old one is gone with it, and calls the client no
+    /// longer knows end.
+    fn adopted(&mut self, machine: &Machine, adopted: proto::session::Adopted) {
+        self.unsent_chunks.clear();
+        let now = SystemTime::now();
+        for (_, mut span) in self.late.drain(..) {
+            span.end_with_timestamp(now);
+        }
+        let kept = machine.call_ids();
+        let gone: Vec<u64> = self
+            .calls
+            .keys()
+            .filter(|id| !kept.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(call) = self.calls.remove(&id) {
+                call.cancel.cancel();
+                call.abandon(&self.ctx, "its client no longer knew it");
+            }
+        }
+        tracing::info!(
+            replayed_events = adopted.events,
+            replayed_bytes = adopted.bytes,
+            processes = self.calls.len(),
+            "a session was resumed over a new link"
+        );
     }
 
     /// The session is over: every process ends, and the calls' spans and
@@ -459,8 +663,14 @@ impl Runner {
             Ok(_) => tracing::debug!("session closed"),
         }
         self.session_cancel.cancel();
+        let why = match end {
+            Err(SessionError::Timeout(SessionStage::Resume)) => {
+                "its session was not resumed in time"
+            }
+            _ => "session ended",
+        };
         for (_, call) in self.calls.drain() {
-            call.abandon(&self.ctx);
+            call.abandon(&self.ctx, why);
         }
         for (_, mut span) in self.late.drain(..) {
             span.set_status(SpanStatus::error("session ended"));
@@ -578,29 +788,46 @@ impl Endpoint<Machine> for Runner {
                     self.events_tx.clone(),
                     &self.session_cancel,
                     &self.stdin_wake,
+                    machine.output_window(),
                 );
                 self.calls.insert(call_id, call);
             }
             ServerEvent::Refused {
                 call_id,
-                kind,
+                message,
                 trace,
                 received,
+                ..
             } => {
                 let _ = self.trace_recv(trace.as_ref(), &received, "exec");
-                let why = match kind {
-                    proto::pb::session::ExecErrorKind::TooManyProcesses => {
-                        "too many processes on this session"
-                    }
-                    _ => "call id is zero or already used",
-                };
-                self.refused(call_id, trace.as_ref(), why);
+                self.refused(call_id, trace.as_ref(), message);
             }
             // Never more than the stdin window is in flight, so it can
             // always be taken.
             ServerEvent::Stdin { call_id, data } => {
-                if let Some(stdin) = self.calls.get(&call_id).and_then(|c| c.stdin.as_ref()) {
-                    stdin.push(data);
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.push.stdin_bytes = call
+                        .push
+                        .stdin_bytes
+                        .saturating_add(i64::try_from(data.len()).unwrap_or(i64::MAX));
+                    if let Some(stdin) = &call.stdin {
+                        stdin.push(data);
+                    }
+                }
+            }
+            // Counted, not traced: a window dragged about makes many.
+            ServerEvent::Resize {
+                call_id,
+                rows,
+                cols,
+            } => {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    if let Some(n) = call.push.resizes.as_mut() {
+                        *n += 1;
+                    }
+                    if let Some(size) = &call.resize {
+                        size.send_replace((rows, cols));
+                    }
                 }
             }
             ServerEvent::StdinClose {
@@ -625,6 +852,11 @@ impl Endpoint<Machine> for Runner {
                     let _ = call.control.try_send(Control::Signal(signal));
                 }
             }
+            ServerEvent::OutputAcked { call_id, freed } => {
+                if let Some(call) = self.calls.get(&call_id) {
+                    call.credit.release(freed);
+                }
+            }
             ServerEvent::Cancel {
                 call_id,
                 trace,
@@ -635,12 +867,21 @@ impl Endpoint<Machine> for Runner {
                     call.cancel.cancel();
                 }
             }
+            // The driver stops; the session is parked.
+            ServerEvent::Detached { error } => {
+                tracing::debug!(error = %error, "the session's link broke");
+            }
+            ServerEvent::Resume { token } => self.resume = Some(token),
             ServerEvent::Ended(end) => {
                 self.ended(&end);
                 self.end = Some(end);
             }
         }
         Delivery::Taken
+    }
+
+    fn hand_over(&self) -> bool {
+        self.resume.is_some()
     }
 
     fn transmitted(&mut self, done: Vec<Tag>, sent: u64, now: Now) {

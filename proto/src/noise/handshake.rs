@@ -91,9 +91,11 @@ impl ClientHandshake {
         if n != 0 || !self.hs.is_handshake_finished() {
             return Err(HandshakeError::Malformed);
         }
+        let hash = self.hs.get_handshake_hash().to_vec();
         // The initiator sends with the first key of the split.
         let (mut send, mut recv) = self.hs.dangerously_get_raw_split();
         let transport = Transport::new((&send, &recv), self.server, self.cfg, now)
+            .map(|t| t.with_handshake_hash(&hash))
             .map_err(|e| HandshakeError::Noise(e.to_string()));
         send.fill(0);
         recv.fill(0);
@@ -183,9 +185,11 @@ pub fn accept(
     if !hs.is_handshake_finished() {
         return Err(HandshakeError::Malformed);
     }
+    let hash = hs.get_handshake_hash().to_vec();
     // The responder receives with the first key of the split.
     let (mut recv, mut send) = hs.dangerously_get_raw_split();
     let transport = Transport::new((&send, &recv), client, cfg, at)
+        .map(|t| t.with_handshake_hash(&hash))
         .map_err(|e| HandshakeError::Noise(e.to_string()));
     send.fill(0);
     recv.fill(0);

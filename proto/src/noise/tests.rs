@@ -117,6 +117,7 @@ fn handshake_and_envelopes_both_ways() {
         call_id: 0,
         body: Some(Body::Hello(s::Hello {
             client_version: "test".into(),
+            output_window: 0,
         })),
         ..Default::default()
     };
@@ -133,6 +134,8 @@ fn handshake_and_envelopes_both_ways() {
             max_processes: 4,
             max_chunk: 32768,
             stdin_window: 0,
+            output_window: 0,
+            resume_token: Default::default(),
         })),
         ..Default::default()
     };
@@ -757,7 +760,7 @@ fn timestamps_round_trip() {
 fn prologue_layout() {
     assert_eq!(
         prologue(Suite::ChaChaPoly, b"abc"),
-        b"rex/2\0Noise_IK_25519_ChaChaPoly_BLAKE2s\0abc".to_vec()
+        b"rex/3\0Noise_IK_25519_ChaChaPoly_BLAKE2s\0abc".to_vec()
     );
 }
 
@@ -837,4 +840,13 @@ proptest! {
         let mut w = World::new();
         prop_assert!(w.accept(&bytes, t0(), SessionConfig::default()).is_err());
     }
+}
+
+#[test]
+fn both_ends_agree_on_the_handshake_hash() {
+    let (c, srv) = pair();
+    assert_eq!(c.handshake_hash().len(), 32);
+    assert_eq!(c.handshake_hash(), srv.handshake_hash());
+    let (c2, _) = pair();
+    assert_ne!(c.handshake_hash(), c2.handshake_hash(), "one per handshake");
 }

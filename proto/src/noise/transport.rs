@@ -96,6 +96,9 @@ pub struct Transport {
     peer_closed: Option<String>,
     dead: bool,
     stats: TransportStats,
+    /// The handshake's hash (what a session's resume secret and a resume's
+    /// proof are bound to).
+    handshake_hash: Vec<u8>,
     /// Envelope-stream bytes taken into DATA records so far.
     stream_sent: u64,
 }
@@ -137,8 +140,20 @@ impl Transport {
             peer_closed: None,
             dead: false,
             stats: TransportStats::default(),
+            handshake_hash: Vec::new(),
             stream_sent: 0,
         })
+    }
+
+    /// Records the handshake's hash.
+    pub(crate) fn with_handshake_hash(mut self, hash: &[u8]) -> Self {
+        self.handshake_hash = hash.to_vec();
+        self
+    }
+
+    /// The hash of the handshake that made this session.
+    pub fn handshake_hash(&self) -> &[u8] {
+        &self.handshake_hash
     }
 
     /// Queues one encoded envelope. Fails if this side has closed, the

@@ -41,6 +41,30 @@ impl Sample {
         })
     }
 
+    /// The sample of a whole exchange with the peer's own receive and send
+    /// times (NTP's four timestamps): a request sent at our `sent`,
+    /// received by the peer at its `peer_received`, answered at its
+    /// `peer_sent` and received back at our `received`. The peer's time in
+    /// between (running a command, say) is no part of the round trip.
+    /// `None` for an impossible sample.
+    pub fn exchange(sent: u64, peer_received: u64, peer_sent: u64, received: u64) -> Option<Self> {
+        if sent == 0 || peer_received == 0 || received < sent || peer_sent < peer_received {
+            return None;
+        }
+        let away = i128::from(peer_sent) - i128::from(peer_received);
+        let rtt_nanos = i128::from(received - sent) - away;
+        if rtt_nanos < 0 {
+            return None;
+        }
+        let out = i128::from(peer_received) - i128::from(sent);
+        let back = i128::from(peer_sent) - i128::from(received);
+        let offset_nanos = i64::try_from((out + back) / 2).ok()?;
+        Some(Self {
+            offset_nanos,
+            rtt: Duration::from_nanos(u64::try_from(rtt_nanos).ok()?),
+        })
+    }
+
     /// How far off the offset may be: half the round trip.
     pub fn uncertainty(&self) -> Duration {
         self.rtt / 2
@@ -95,6 +119,19 @@ mod tests {
         assert_eq!(Sample::new(0, 1600, 1200), None);
         assert_eq!(Sample::new(1000, 0, 1200), None);
         assert_eq!(Sample::new(1000, 1600, 999), None);
+    }
+
+    #[test]
+    fn an_exchange_leaves_the_peers_own_time_out_of_the_round_trip() {
+        // Sent at 1000; the peer (500 ahead) got it at local 1100 (1600),
+        // worked 5000, answered at local 6100 (6600); back here at 6200.
+        let s = Sample::exchange(1000, 1600, 6600, 6200).unwrap();
+        assert_eq!(s.offset_nanos, 500);
+        assert_eq!(s.rtt, Duration::from_nanos(200));
+        // Clocks that contradict each other give no sample.
+        assert_eq!(Sample::exchange(1000, 1600, 6600, 1100), None);
+        assert_eq!(Sample::exchange(1000, 1600, 1500, 6200), None);
+        assert_eq!(Sample::exchange(0, 1600, 6600, 6200), None);
     }
 
     #[test]

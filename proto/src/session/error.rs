@@ -16,6 +16,8 @@ pub enum Stage {
     Hello,
     /// Nothing arrived for the idle timeout.
     Idle,
+    /// A session whose link broke was not resumed in time.
+    Resume,
 }
 
 impl fmt::Display for Stage {
@@ -24,6 +26,7 @@ impl fmt::Display for Stage {
             Stage::Handshake => "waiting for the handshake",
             Stage::Hello => "waiting for the session hello answer",
             Stage::Idle => "waiting for the peer (nothing arrived for the idle timeout)",
+            Stage::Resume => "waiting for the session to be resumed over a new link",
         })
     }
 }
@@ -58,6 +61,10 @@ pub enum Violation {
     StdinWindow(u64),
     /// An acknowledgement of more stdin than was sent.
     StdinAck(u64),
+    /// More of a call's output than its window allows.
+    OutputWindow(u64),
+    /// An acknowledgement of output that was not sent.
+    OutputAck(u64),
 }
 
 impl fmt::Display for Violation {
@@ -83,6 +90,12 @@ impl fmt::Display for Violation {
             }
             Violation::StdinAck(id) => {
                 write!(f, "an acknowledgement of more stdin than call {id} sent")
+            }
+            Violation::OutputWindow(id) => {
+                write!(f, "more output for call {id} than its window allows")
+            }
+            Violation::OutputAck(id) => {
+                write!(f, "an acknowledgement of output call {id} never sent")
             }
         }
     }
@@ -215,4 +228,24 @@ pub enum CallError {
     /// The message is larger than the envelope limit.
     #[error(transparent)]
     TooLarge(#[from] EnvelopeError),
+    /// The call's output window is full: the event waits for the client's
+    /// acknowledgement.
+    #[error("the output window of call {0} is full")]
+    OutputWindow(u64),
+    /// A resize for a call that runs without a terminal.
+    #[error("call {0} has no terminal to resize")]
+    NoTerminal(u64),
+    /// A terminal size out of bounds.
+    #[error("a terminal of {rows} rows and {cols} columns is out of bounds (1 to 10000 of each)")]
+    TerminalSize {
+        /// Rows asked for.
+        rows: u32,
+        /// Columns asked for.
+        cols: u32,
+    },
+    /// A `TERM` value that is not a terminal type name.
+    #[error(
+        "the TERM value is not a terminal type name (at most 128 printable characters, no spaces)"
+    )]
+    TermValue,
 }

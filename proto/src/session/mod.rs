@@ -7,17 +7,21 @@
 //!   and which marked messages it completed), [`Received`] (where an incoming
 //!   message came from);
 //! - [`ClientSession`]: the initiator. Handshake, hello, calls (exec, stdin,
-//!   signal, cancel), keepalive pings and the clock-offset estimate, terminal
+//!   signal, resize, cancel), keepalive pings and the clock-offset estimate, terminal
 //!   events checked against each call's sequence;
 //! - [`ServerSession`]: the responder. Handshake with the authorized keys and
-//!   the replay guard, hello answer, the call table and its cap, sequence
-//!   numbers and the final event of each call, pong;
+//!   the replay guard, hello answer, the call table and its cap (and the
+//!   bounds of a terminal call), sequence numbers and the final event of
+//!   each call, pong;
 //! - `events` (private): a machine's events for its caller, with the one
 //!   handed back and the end reported once, last;
 //! - `link` (private): what both share: the Noise transport, clear frames,
 //!   marks and their hop headers, the backlog bound, close and linger;
 //! - `stdin` (private): per-call stdin flow control (a window of bytes
 //!   beyond the exec-server's acknowledgements);
+//! - [`output`]: per-call output flow control (a window of output credit
+//!   beyond the client's acknowledgements, so that a caller that stops
+//!   reading holds up its own call only);
 //! - [`clock`]: the clock-offset estimate from request/answer pairs;
 //! - [`SessionError`], [`Violation`], [`CallError`]: typed errors.
 //!
@@ -48,6 +52,8 @@ pub mod clock;
 mod error;
 mod events;
 mod link;
+pub mod output;
+pub mod resume;
 mod server;
 mod stdin;
 
@@ -57,9 +63,11 @@ mod tests;
 
 use std::time::{Duration, Instant, SystemTime};
 
-pub use client::{CallEvent, ClientEvent, ClientSession, Ready};
+pub use client::{CallEvent, ClientEvent, ClientSession, Ready, ReattachError};
 pub use error::{CallError, SessionError, Stage, Violation};
-pub use server::{Acceptor, KeySource, ServerEvent, ServerSession};
+pub use server::{
+    Acceptor, Adopted, KeySource, LOST_RUNS, Lost, ServerEvent, ServerSession, Tombstone,
+};
 
 use crate::noise::SessionConfig;
 use crate::pb::tunnel::Frame;
@@ -128,6 +136,15 @@ pub struct Limits {
     /// protocol violation). Stdin never has to wait in the exec-server, so
     /// a process that does not read its stdin holds up nothing else.
     pub stdin_window: u32,
+    /// Output credit of one call (its output bytes plus
+    /// [`output::EVENT_COST`] per event) that may be unacknowledged:
+    /// client, what it buffers per call; exec-server, what it keeps per
+    /// call. The session uses the smaller.
+    pub output_window: u32,
+    /// Exec-server: offer resumes (keep a session whose link broke, and
+    /// its calls' unacknowledged events). Client: take a session back over
+    /// a new link when its link breaks.
+    pub resumable: bool,
 }
 
 impl Limits {
@@ -143,6 +160,8 @@ impl Limits {
             backlog: 256 * 1024,
             max_calls: 1024,
             stdin_window: 256 * 1024,
+            output_window: 4 * 1024 * 1024,
+            resumable: false,
         }
     }
 

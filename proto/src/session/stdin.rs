@@ -26,6 +26,11 @@ pub(super) struct Outgoing<T> {
     queued: usize,
     /// A close asked for while data was still queued (with its mark).
     close: Option<Option<Mark<T>>>,
+    /// Whether the close has been sent.
+    close_sent: bool,
+    /// What was sent and not acknowledged, from offset `acked` on: kept to
+    /// be sent again over a resumed session.
+    retained: VecDeque<Bytes>,
 }
 
 impl<T> Outgoing<T> {
@@ -37,7 +42,48 @@ impl<T> Outgoing<T> {
             queue: VecDeque::new(),
             queued: 0,
             close: None,
+            close_sent: false,
+            retained: VecDeque::new(),
         }
+    }
+
+    /// Over a resumed session: the exec-server received `received` bytes
+    /// in all (and the close if `closed`); what came after is sent again,
+    /// first, in order. Returns the bytes put back in the queue.
+    pub(super) fn rewind(&mut self, received: u64, closed: bool) -> usize {
+        let received = received.clamp(self.acked, self.sent);
+        let mut offset = self.acked;
+        let mut again = VecDeque::new();
+        let mut kept = VecDeque::new();
+        for chunk in std::mem::take(&mut self.retained) {
+            let end = offset + chunk.len() as u64;
+            if end <= received {
+                kept.push_back(chunk);
+            } else {
+                let have = usize::try_from(received.saturating_sub(offset))
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                if have > 0 {
+                    kept.push_back(chunk.slice(..have));
+                }
+                again.push_back(chunk.slice(have..));
+            }
+            offset = end;
+        }
+        self.retained = kept;
+        // What the exec-server has stays retained until acknowledged; the
+        // rest goes back to the front of the queue.
+        let n: usize = again.iter().map(Bytes::len).sum();
+        for chunk in again.into_iter().rev() {
+            self.queue.push_front(chunk);
+        }
+        self.queued += n;
+        self.sent = received;
+        if self.close_sent && !closed {
+            self.close_sent = false;
+            self.close = Some(None);
+        }
+        n
     }
 
     /// Queues `data` in chunks of at most [`MAX_CHUNK`].
@@ -60,6 +106,22 @@ impl<T> Outgoing<T> {
         if consumed > self.sent {
             return Err(Violation::StdinAck(call_id));
         }
+        // What the process took is never needed again.
+        let mut drop = consumed.saturating_sub(self.acked);
+        while drop > 0 {
+            let Some(front) = self.retained.front_mut() else {
+                break;
+            };
+            let len = front.len() as u64;
+            if len <= drop {
+                drop -= len;
+                self.retained.pop_front();
+            } else {
+                let keep = usize::try_from(drop).unwrap_or(0);
+                *front = front.slice(keep..);
+                drop = 0;
+            }
+        }
         self.acked = self.acked.max(consumed);
         Ok(())
     }
@@ -73,13 +135,16 @@ impl<T> Outgoing<T> {
         let chunk = self.queue.pop_front()?;
         self.queued -= chunk.len();
         self.sent += chunk.len() as u64;
+        self.retained.push_back(chunk.clone());
         Some(chunk)
     }
 
     /// The close, once nothing is queued before it.
     pub(super) fn take_close(&mut self) -> Option<Option<Mark<T>>> {
         if self.queue.is_empty() {
-            self.close.take()
+            let close = self.close.take();
+            self.close_sent |= close.is_some();
+            close
         } else {
             None
         }
@@ -100,6 +165,16 @@ pub(super) struct Incoming {
 }
 
 impl Incoming {
+    /// Bytes that arrived in all.
+    pub(super) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Bytes the process has taken in all.
+    pub(super) fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
     /// Stdin arrived: more than the window (and a chunk) beyond what the
     /// process has taken is a violation.
     pub(super) fn receive(
@@ -159,6 +234,32 @@ mod tests {
         while out.next_chunk().is_some() {}
         assert_eq!(out.queued(), 0);
         assert!(out.take_close().is_some());
+    }
+
+    #[test]
+    fn stdin_not_received_goes_again_once_in_order() {
+        let mut out: Outgoing<()> = Outgoing::new(64 * 1024);
+        out.push(Bytes::from_static(b"0123456789"));
+        out.close(None);
+        let mut sent = Vec::new();
+        while let Some(c) = out.next_chunk() {
+            sent.extend_from_slice(&c);
+        }
+        assert!(out.take_close().is_some());
+        out.ack(1, 3).unwrap();
+        // The exec-server got 6 bytes and no close: the rest goes again,
+        // then the close.
+        assert_eq!(out.rewind(6, false), 4);
+        let mut again = Vec::new();
+        while let Some(c) = out.next_chunk() {
+            again.extend_from_slice(&c);
+        }
+        assert_eq!(again, b"6789");
+        assert!(out.take_close().is_some(), "the close goes again");
+        // Everything arrived this time: nothing goes a third time.
+        assert_eq!(out.rewind(10, true), 0);
+        assert!(out.next_chunk().is_none());
+        assert!(out.take_close().is_none());
     }
 
     #[test]

@@ -50,7 +50,7 @@ async fn ours(client: &Client, bytes: u64) -> Result<Duration, String> {
             }
             Event::Exited(s) => status = Some(s),
             Event::Failed(f) => return Err(format!("bulk exec failed: {f}")),
-            Event::Started { .. } | Event::Stderr(_) => {}
+            Event::Started { .. } | Event::Stderr(_) | Event::Reconnecting | Event::Resumed => {}
         }
     }
     let took = started.elapsed();

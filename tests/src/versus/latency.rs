@@ -32,6 +32,9 @@ pub async fn local_true() -> Result<Duration, String> {
         control,
         stdin: None,
         cancel: CancellationToken::new(),
+        credit: exec_server::credit::Credit::unlimited(),
+        ended: CancellationToken::new(),
+        resize: None,
     };
     let request = ExecRequest {
         argv: vec![bytes::Bytes::from_static(b"true")],
@@ -133,7 +136,7 @@ async fn our_first_byte(client: &Client) -> Result<Duration, String> {
             }
             Event::Exited(s) => status = Some(s),
             Event::Failed(f) => return Err(format!("`echo x` failed: {f}")),
-            Event::Started { .. } | Event::Stderr(_) => {}
+            Event::Started { .. } | Event::Stderr(_) | Event::Reconnecting | Event::Resumed => {}
         }
     }
     match (first, status) {
@@ -155,6 +158,9 @@ pub struct ColdClient {
     pub key: PathBuf,
     /// A scratch directory for its records and local trace file.
     pub data_dir: PathBuf,
+    /// The agent socket it looks for: one where no agent runs for the
+    /// cold scenario, a running agent's for `cli warm`.
+    pub agent_socket: PathBuf,
 }
 
 impl ColdClient {
@@ -180,6 +186,7 @@ impl ColdClient {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("TRACEPARENT")
+            .env("REX_AGENT_SOCKET", &self.agent_socket)
             .stdin(Stdio::null())
             .output()
             .await
@@ -329,4 +336,88 @@ pub async fn cold(rounds: usize, client: &ColdClient, ssh: &Ssh) -> Result<Compa
             plan.iterations
         ),
     ))
+}
+
+/// `cli warm`: `core-client exec ... -- true` as a new process through a
+/// running agent (its warm session) against `ssh` through a
+/// `ControlMaster`. Target ≤ 0.35.
+pub async fn cli_warm(
+    rounds: usize,
+    client: &ColdClient,
+    ssh: &Ssh,
+    master: &Path,
+) -> Result<Comparison, String> {
+    let plan = Plan {
+        rounds,
+        warmup: 5,
+        iterations: 40,
+    };
+    let sides = latencies(
+        plan,
+        (
+            "`core-client exec -- true` through a running agent (new process)",
+            "ssh ControlMaster `true` (new process)",
+        ),
+        async || client.run().await,
+        async || ssh_run(ssh, Some(master), "true", b"").await,
+    )
+    .await?;
+    Ok(comparison(
+        "cli warm",
+        sides,
+        0.35,
+        format!(
+            "{} runs of each per round; the client keeps records and writes its spans (and the agent its own) to the local trace file, as by default",
+            plan.iterations
+        ),
+    ))
+}
+
+/// How long the sessions sit idle (lost) before `idle first`'s command.
+pub const IDLE: Duration = Duration::from_millis(400);
+
+/// `idle first`: the first command after an idle period in which the
+/// session was lost, with the warm policy on (every 100 ms) against off
+/// (target ≤ 0.5), and against a warm call on a live session (target
+/// ≤ 1.1: the policy should make it as fast as a warm call).
+pub async fn idle_first(
+    rounds: usize,
+    on: &Client,
+    off: &Client,
+    live: &Client,
+) -> Result<[Comparison; 2], String> {
+    let plan = Plan {
+        rounds,
+        warmup: 2,
+        iterations: 15,
+    };
+    let after_idle = async |client: &Client| {
+        client.close().await;
+        tokio::time::sleep(IDLE).await;
+        exec_true(client).await
+    };
+    let note = format!(
+        "{} runs of each per round; before each run after idle, the session is closed and the client left idle for {} ms",
+        plan.iterations,
+        IDLE.as_millis()
+    );
+    let label = "first `true` after the session was lost and 400 ms idle, warm policy on (100 ms)";
+    let against_off = latencies(
+        plan,
+        (label, "the same, warm policy off"),
+        async || after_idle(on).await,
+        async || after_idle(off).await,
+    )
+    .await?;
+    let against_warm = latencies(
+        plan,
+        (label, "warm `true` on a live session"),
+        async || after_idle(on).await,
+        async || exec_true(live).await,
+    )
+    .await?;
+    Ok([
+        comparison("idle first", against_off, 0.5, note.clone()),
+        comparison("idle first vs warm", against_warm, 1.1, note),
+    ])
 }

@@ -5,23 +5,25 @@
 use bytes::Bytes;
 
 use super::{Call, ClientEvent, ClientSession, State, Stdin};
+use crate::limits::{term_ok, terminal_size_ok};
 use crate::pb::session::{
-    CallTimings, Cancel, ExecRequest, Signal, StdinClose, StdinData, StdinMode, TraceContext,
-    envelope::Body, terminal_event,
+    Cancel, ExecRequest, OutputAck, Resize, Signal, StdinClose, StdinData, StdinMode,
+    TerminalEvent, TraceContext, envelope::Body, terminal_event,
 };
-use crate::session::stdin;
 use crate::session::{CallError, CallEvent, Mark, Now, Received, SessionError, Violation};
+use crate::session::{output, stdin};
 
 impl<T> ClientSession<T> {
     pub(super) fn call_event(
         &mut self,
         call_id: u64,
-        seq: u64,
-        kind: terminal_event::Kind,
-        timings: Option<CallTimings>,
+        ev: TerminalEvent,
         trace: Option<TraceContext>,
         received: Received,
+        now: Now,
     ) -> Result<(), SessionError> {
+        let TerminalEvent { seq, kind, timings } = ev;
+        let kind = kind.ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
         let call = self
             .calls
             .get_mut(&call_id)
@@ -52,10 +54,26 @@ impl<T> ClientSession<T> {
             kind,
             terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
         );
+        let cost = output::cost(&kind);
+        call.output
+            .receive(call_id, cost)
+            .map_err(SessionError::Protocol)?;
         call.next_seq += 1;
         let forgotten = call.forgotten;
+        if forgotten && !last {
+            // Nobody takes it: taken at once, so the exec-server is never
+            // held up by a caller that has gone.
+            if let Some(ack) = call.output.taken(seq, cost) {
+                let ack = Body::OutputAck(OutputAck { seq: ack });
+                let _ = self.link.send(call_id, None, ack, None, now);
+            }
+        }
         if last && let Some(call) = self.calls.remove(&call_id) {
             self.stdin_queued -= call.out.queued();
+            // The exec-server keeps the call for a resume until told.
+            if self.resumable.is_some() {
+                self.final_acks.push((call_id, seq));
+            }
         }
         if !forgotten {
             self.events.push(ClientEvent::Call(CallEvent {
@@ -86,12 +104,25 @@ impl<T> ClientSession<T> {
         now: Now,
     ) -> Result<(), CallError> {
         self.check_ready()?;
+        self.send_final_acks(now);
         if id < self.next_call || id == 0 {
             return Err(CallError::StaleCallId(id));
         }
         if self.calls.len() >= self.max_calls {
             return Err(CallError::TooManyCalls(self.max_calls));
         }
+        if let Some(t) = &request.terminal {
+            if !terminal_size_ok(t.rows, t.cols) {
+                return Err(CallError::TerminalSize {
+                    rows: t.rows,
+                    cols: t.cols,
+                });
+            }
+            if !term_ok(&t.term) {
+                return Err(CallError::TermValue);
+            }
+        }
+        let terminal = request.terminal.is_some();
         let stdin = if request.stdin == StdinMode::Pipe as i32 {
             Stdin::Open
         } else {
@@ -108,8 +139,10 @@ impl<T> ClientSession<T> {
             Call {
                 next_seq: 0,
                 stdin,
+                terminal,
                 out: stdin::Outgoing::new(self.stdin_window),
                 forgotten: false,
+                output: output::Received::new(self.output_window),
                 trace,
             },
         );
@@ -188,7 +221,7 @@ impl<T> ClientSession<T> {
 
     /// Sends what the call's stdin window allows, then a close that waited
     /// for it.
-    fn flush_stdin(&mut self, call_id: u64, now: Now) -> Result<(), CallError> {
+    pub(super) fn flush_stdin(&mut self, call_id: u64, now: Now) -> Result<(), CallError> {
         loop {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return Ok(());
@@ -226,6 +259,34 @@ impl<T> ClientSession<T> {
         Ok(())
     }
 
+    /// The caller has taken the call's events through `seq`, of `cost`
+    /// output credit in all since it last said ([`output::cost`] of each):
+    /// an acknowledgement goes out once a quarter window has been taken.
+    /// Nothing happens for a call that is over.
+    pub fn output_taken(&mut self, call_id: u64, seq: u64, cost: u64, now: Now) {
+        if self.link.is_over() {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if let Some(ack) = call.output.taken(seq, cost) {
+            let ack = Body::OutputAck(OutputAck { seq: ack });
+            // A session that is ending sends nothing more; that is not an
+            // error.
+            let _ = self.link.send(call_id, None, ack, None, now);
+            self.after(now);
+        }
+    }
+
+    /// Sends an output acknowledgement of `seq`, whatever was received (a
+    /// peer that lies).
+    #[cfg(test)]
+    pub(crate) fn ack_for_tests(&mut self, call_id: u64, seq: u64, now: Now) {
+        let ack = Body::OutputAck(OutputAck { seq });
+        let _ = self.link.send(call_id, None, ack, None, now);
+    }
+
     /// Delivers a signal to a call's process group.
     pub fn signal(
         &mut self,
@@ -236,6 +297,27 @@ impl<T> ClientSession<T> {
     ) -> Result<(), CallError> {
         self.live_call(call_id)?;
         self.send_for(call_id, Body::Signal(Signal { signal }), mark, now)
+    }
+
+    /// Tells a terminal call that its window is now `rows` by `cols` (the
+    /// exec-server resizes the terminal; the process gets `SIGWINCH`). Not
+    /// traced: resizes are only counted.
+    pub fn resize(
+        &mut self,
+        call_id: u64,
+        rows: u16,
+        cols: u16,
+        now: Now,
+    ) -> Result<(), CallError> {
+        let call = self.live_call(call_id)?;
+        if !call.terminal {
+            return Err(CallError::NoTerminal(call_id));
+        }
+        let (rows, cols) = (u32::from(rows), u32::from(cols));
+        if !terminal_size_ok(rows, cols) {
+            return Err(CallError::TerminalSize { rows, cols });
+        }
+        self.send_for(call_id, Body::Resize(Resize { rows, cols }), None, now)
     }
 
     /// Kills a call's process group; the call ends with its exit event.

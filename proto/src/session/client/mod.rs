@@ -3,6 +3,9 @@
 //! the session's end; its call table is in `calls`.
 
 mod calls;
+mod resume;
+
+pub use resume::ReattachError;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -10,8 +13,8 @@ use std::time::{Duration, Instant};
 use super::clock::{Estimate, Sample};
 use super::events::Events;
 use super::link::{Link, handshake_frame};
-use super::stdin;
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
+use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::ClientHandshake;
 use crate::pb::session::{
@@ -31,6 +34,9 @@ pub struct Ready {
     pub max_processes: u32,
     /// Largest output chunk it sends.
     pub max_chunk: u32,
+    /// The output credit of a call that may be unacknowledged (0: none):
+    /// what the caller's queue for one call must hold.
+    pub output_window: u32,
     /// The hello exchange's clock-offset sample, if it was a possible one.
     pub clock: Option<Sample>,
 }
@@ -73,6 +79,34 @@ pub enum ClientEvent {
         /// The clock-offset sample it gave.
         sample: Option<Sample>,
     },
+    /// The link broke under a session the exec-server keeps for a resume:
+    /// the calls wait (the driver stops; [`ClientSession::reattach`] starts
+    /// a new link, [`ClientSession::give_up`] ends the session).
+    Detached {
+        /// How the link broke.
+        error: SessionError,
+    },
+    /// The session is back over a new link (`expired`: the exec-server no
+    /// longer had it; its calls are [`ClientEvent::Lost`]).
+    Resumed {
+        /// Whether the session was gone.
+        expired: bool,
+        /// Per call resumed, the output bytes sent again (what the lost
+        /// link had not delivered).
+        replayed: Vec<(u64, u64)>,
+    },
+    /// A call the resumed session no longer has: the output that will
+    /// never arrive, and how it ended when that is known. The call is over.
+    Lost {
+        /// The call.
+        call_id: u64,
+        /// Stdout bytes lost (0: none known).
+        stdout_lost: u64,
+        /// Stderr bytes lost (0: none known).
+        stderr_lost: u64,
+        /// How its process ended, when known.
+        exit: Option<crate::pb::session::Exited>,
+    },
     /// The session is over: every call still open has ended with it. The
     /// last event.
     Ended(Result<Closed, SessionError>),
@@ -89,18 +123,32 @@ enum Stdin {
 struct Call<T> {
     next_seq: u64,
     stdin: Stdin,
+    /// Whether it runs on a terminal (only then may it be resized).
+    terminal: bool,
     /// The stdin not yet sent, waiting for credit.
     out: stdin::Outgoing<T>,
     /// The caller is gone: events are checked, then dropped.
     forgotten: bool,
+    /// Its output received, taken and acknowledged.
+    output: output::Received,
     /// What every message of the call carries.
     trace: Option<TraceContext>,
 }
 
 enum State {
-    Handshaking { hs: Box<ClientHandshake> },
-    Hello { sent_unix_nanos: u64 },
+    Handshaking {
+        hs: Box<ClientHandshake>,
+    },
+    Hello {
+        sent_unix_nanos: u64,
+    },
     Ready,
+    /// A new link's handshake, to resume the session over it.
+    Reattaching {
+        hs: Box<ClientHandshake>,
+    },
+    /// The resume asked for; waiting for the answer.
+    Resuming,
 }
 
 /// The client end of one session.
@@ -113,6 +161,8 @@ pub struct ClientSession<T> {
     max_calls: usize,
     /// The exec-server's stdin window (0: none).
     stdin_window: u32,
+    /// The session's output window (0: none).
+    output_window: u32,
     /// Stdin bytes queued in all calls, waiting for credit.
     stdin_queued: usize,
     events: Events<ClientEvent>,
@@ -120,6 +170,15 @@ pub struct ClientSession<T> {
     /// Outstanding pings: nonce and when sent.
     pings: VecDeque<(u64, Instant)>,
     last_nonce: u64,
+    /// The session's resume token and secret, when the exec-server offers
+    /// resumes.
+    resumable: Option<resume::Resumable>,
+    /// The link broke: calls are kept until the session is resumed over a
+    /// new link (or given up).
+    detached: bool,
+    /// Final events received and not yet acknowledged: the exec-server
+    /// keeps those calls for a resume until told (with the next message).
+    final_acks: Vec<(u64, u64)>,
 }
 
 impl<T> std::fmt::Debug for ClientSession<T> {
@@ -154,11 +213,15 @@ impl<T> ClientSession<T> {
             next_call: 1,
             max_calls: limits.max_calls,
             stdin_window: 0,
+            output_window: 0,
             stdin_queued: 0,
             events: Events::default(),
             clock: Estimate::default(),
             pings: VecDeque::new(),
             last_nonce: 0,
+            resumable: None,
+            detached: false,
+            final_acks: Vec::new(),
         })
     }
 
@@ -175,6 +238,19 @@ impl<T> ClientSession<T> {
     /// The best current estimate of the exec-server's clock minus ours.
     pub fn clock_offset(&self) -> Option<Sample> {
         self.clock.best()
+    }
+
+    /// Adds a clock-offset sample the caller measured itself (a call's
+    /// whole exchange, from the exec-server's stage timings).
+    pub fn add_clock_sample(&mut self, sample: Sample) {
+        self.clock.add(sample);
+    }
+
+    /// The output credit of one call the exec-server may send beyond what
+    /// the caller has taken (from the hello answer; 0: no limit): how much
+    /// the caller's queue for a call must hold.
+    pub fn output_window(&self) -> u32 {
+        self.output_window
     }
 
     /// Bytes queued to send and not yet handed to the link (stdin waiting
@@ -202,6 +278,9 @@ impl<T> ClientSession<T> {
 
     fn frame(&mut self, frame: Frame, now: Now) -> Result<(), SessionError> {
         match FrameKind::try_from(frame.kind) {
+            Ok(FrameKind::Handshake) if matches!(self.state, State::Reattaching { .. }) => {
+                self.resume_handshake(&frame.payload, now)
+            }
             Ok(FrameKind::Handshake) => {
                 let hs =
                     match std::mem::replace(&mut self.state, State::Hello { sent_unix_nanos: 0 }) {
@@ -217,6 +296,7 @@ impl<T> ClientSession<T> {
                 let sent_unix_nanos = now.unix_nanos();
                 let hello = Body::Hello(Hello {
                     client_version: env!("CARGO_PKG_VERSION").into(),
+                    output_window: self.link.limits.output_window,
                 });
                 self.link
                     .send(0, None, hello, None, now)
@@ -232,7 +312,12 @@ impl<T> ClientSession<T> {
                     _ => SessionError::Refused(reason),
                 })
             }
-            Ok(FrameKind::Data) if !matches!(self.state, State::Handshaking { .. }) => {
+            Ok(FrameKind::Data)
+                if !matches!(
+                    self.state,
+                    State::Handshaking { .. } | State::Reattaching { .. }
+                ) =>
+            {
                 self.link.receive(&frame.payload)?;
                 while let Some(env) = self.link.next_envelope()? {
                     self.envelope(env, now)?;
@@ -262,25 +347,32 @@ impl<T> ClientSession<T> {
                     self.max_calls = self.max_calls.min(ack.max_processes as usize);
                 }
                 self.stdin_window = ack.stdin_window;
+                // The exec-server may not ask for more than we offered.
+                self.output_window =
+                    output::negotiate(ack.output_window, self.link.limits.output_window);
+                self.offered(&ack.resume_token);
                 self.state = State::Ready;
                 self.deadline = None;
                 self.events.push(ClientEvent::Ready(Ready {
                     server_version: ack.server_version,
                     max_processes: ack.max_processes,
                     max_chunk: ack.max_chunk,
+                    output_window: self.output_window,
                     clock: sample,
                 }));
+                Ok(())
+            }
+            Some(Body::Resumed(answer)) if matches!(self.state, State::Resuming) => {
+                self.resumed(answer, now);
                 Ok(())
             }
             Some(_) if !matches!(self.state, State::Ready) => Err(SessionError::Protocol(
                 Violation::UnexpectedMessage("message before the hello answer"),
             )),
-            Some(Body::Event(ev)) => {
-                let kind = ev
-                    .kind
-                    .ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
-                self.call_event(env.call_id, ev.seq, kind, ev.timings, env.trace, received)
-            }
+            Some(Body::Resume(_) | Body::Resumed(_)) => Err(SessionError::Protocol(
+                Violation::UnexpectedMessage("resume"),
+            )),
+            Some(Body::Event(ev)) => self.call_event(env.call_id, ev, env.trace, received, now),
             Some(Body::Pong(p)) => {
                 self.pong(p, now);
                 Ok(())
@@ -304,9 +396,12 @@ impl<T> ClientSession<T> {
             Some(Body::Stdin(_) | Body::StdinClose(_)) => Err(SessionError::Protocol(
                 Violation::UnexpectedMessage("stdin"),
             )),
-            Some(Body::Signal(_) | Body::Cancel(_)) => Err(SessionError::Protocol(
-                Violation::UnexpectedMessage("signal or cancel"),
-            )),
+            Some(Body::Signal(_) | Body::Cancel(_) | Body::Resize(_)) => Err(
+                SessionError::Protocol(Violation::UnexpectedMessage("signal, cancel or resize")),
+            ),
+            Some(Body::OutputAck(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "output acknowledgement",
+            ))),
             None => Err(SessionError::Protocol(Violation::EmptyMessage)),
         }
     }
@@ -334,6 +429,7 @@ impl<T> ClientSession<T> {
     /// nonce.
     pub fn ping(&mut self, now: Now) -> Result<u64, CallError> {
         self.check_ready()?;
+        self.send_final_acks(now);
         // The nonce is our send time: the pong gives a clock sample.
         let nonce = now.unix_nanos().max(self.last_nonce + 1);
         self.link
@@ -449,7 +545,7 @@ impl<T> ClientSession<T> {
         self.link.idle_clock(reading, now);
         if self.deadline.is_some_and(|d| now.at >= d) {
             let stage = match self.state {
-                State::Handshaking { .. } => Stage::Handshake,
+                State::Handshaking { .. } | State::Reattaching { .. } => Stage::Handshake,
                 _ => Stage::Hello,
             };
             self.fail(SessionError::Timeout(stage), now);
@@ -479,7 +575,7 @@ impl<T> ClientSession<T> {
     /// Whether the session is completely over and every event taken: the
     /// driver can stop.
     pub fn is_done(&self) -> bool {
-        self.events.ended() && self.link.is_done() && self.events.is_empty()
+        (self.events.ended() || self.detached) && self.link.is_done() && self.events.is_empty()
     }
 
     fn fail(&mut self, err: SessionError, now: Now) {
@@ -500,11 +596,21 @@ impl<T> ClientSession<T> {
 
     /// Reports the end once it is known: it is the last event.
     fn sync_end(&mut self) {
-        if self.events.ended() {
+        if self.events.ended() || self.detached {
             return;
         }
         if let Some(end) = self.link.end() {
             let end = end.clone();
+            if let Err(e) = &end
+                && self.detachable(e)
+            {
+                // The calls wait for the session to come back.
+                self.detached = true;
+                self.state = State::Ready;
+                self.pings.clear();
+                self.events.push(ClientEvent::Detached { error: e.clone() });
+                return;
+            }
             self.calls.clear();
             self.stdin_queued = 0;
             self.pings.clear();

@@ -3,19 +3,29 @@
 //! the sequence numbers and final event of what it pushes.
 
 use super::{Call, Pushed, ServerEvent, ServerSession, Stdin};
+use crate::limits::{term_ok, terminal_size_ok};
 use crate::pb::session::{
     CallTimings, ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent,
     TraceContext, envelope::Body, terminal_event,
 };
-use crate::session::stdin;
 use crate::session::{CallError, Mark, Now, Received, SessionError, Violation};
+use crate::session::{output, stdin};
+
+/// Why an exec request's terminal size was refused (the bounds are
+/// [`MAX_TERMINAL_SIZE`](crate::limits::MAX_TERMINAL_SIZE)).
+pub(crate) const TERMINAL_SIZE: &str =
+    "the terminal size is out of bounds (1 to 10000 rows and columns)";
+/// Why an exec request's TERM was refused (the bound is
+/// [`MAX_TERM`](crate::limits::MAX_TERM)).
+pub(crate) const TERM_VALUE: &str =
+    "the TERM value is not a terminal type name (at most 128 printable characters, no spaces)";
 
 impl<T> ServerSession<T> {
     /// Whether `call_id` is running; `false` for one that has ended (its
     /// messages may cross its final event), an error for one that never
     /// existed.
     pub(super) fn live(&self, call_id: u64) -> Result<bool, SessionError> {
-        if self.calls.contains_key(&call_id) {
+        if self.calls.get(&call_id).is_some_and(|c| !c.finished) {
             Ok(true)
         } else if call_id > 0 && call_id <= self.highest_call {
             Ok(false)
@@ -45,11 +55,19 @@ impl<T> ServerSession<T> {
     ) -> Result<(), SessionError> {
         let refusal = if call_id == 0 || call_id <= self.highest_call {
             Some((ExecErrorKind::BadRequest, "call id is zero or already used"))
-        } else if self.calls.len() >= self.link.limits.max_calls {
+        } else if self.open_calls() >= self.link.limits.max_calls {
             Some((
                 ExecErrorKind::TooManyProcesses,
                 "too many processes on this session",
             ))
+        } else if let Some(t) = &request.terminal
+            && !terminal_size_ok(t.rows, t.cols)
+        {
+            Some((ExecErrorKind::BadRequest, TERMINAL_SIZE))
+        } else if let Some(t) = &request.terminal
+            && !term_ok(&t.term)
+        {
+            Some((ExecErrorKind::BadRequest, TERM_VALUE))
         } else {
             None
         };
@@ -67,6 +85,7 @@ impl<T> ServerSession<T> {
             self.events.push(ServerEvent::Refused {
                 call_id,
                 kind,
+                message,
                 trace,
                 received,
             });
@@ -82,7 +101,11 @@ impl<T> ServerSession<T> {
             Call {
                 next_seq: 0,
                 stdin,
+                terminal: request.terminal.is_some(),
                 received: stdin::Incoming::default(),
+                output: output::Sent::default(),
+                trace: trace.clone(),
+                finished: false,
             },
         );
         self.events.push(ServerEvent::Exec {
@@ -91,6 +114,36 @@ impl<T> ServerSession<T> {
             trace,
             received,
         });
+        Ok(())
+    }
+
+    /// A resize of a call's terminal. One for a call that has ended (it
+    /// crossed the final event), for a call without a terminal, or of a
+    /// size out of bounds is refused: dropped, the call and the session
+    /// going on as they were (the client machine never sends one; a peer
+    /// that does harms only its own call's window). One for a call that
+    /// never existed is a violation, as any message for it is.
+    pub(super) fn resize(
+        &mut self,
+        call_id: u64,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), SessionError> {
+        if !self.live(call_id)? {
+            return Ok(());
+        }
+        let terminal = self.calls.get(&call_id).is_some_and(|c| c.terminal);
+        if let (true, Ok(rows), Ok(cols)) = (
+            terminal && terminal_size_ok(rows, cols),
+            u16::try_from(rows),
+            u16::try_from(cols),
+        ) {
+            self.events.push(ServerEvent::Resize {
+                call_id,
+                rows,
+                cols,
+            });
+        }
         Ok(())
     }
 
@@ -132,30 +185,53 @@ impl<T> ServerSession<T> {
         mark: Option<Mark<T>>,
         now: Now,
     ) -> Result<Pushed, CallError> {
-        if self.link.is_over() {
+        if self.link.is_over() && !self.detached {
             return Err(CallError::Ended);
         }
         let call = self
             .calls
             .get_mut(&call_id)
+            .filter(|c| !c.finished)
             .ok_or(CallError::UnknownCall(call_id))?;
         let seq = call.next_seq;
         let last = matches!(
             kind,
             terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
         );
-        let body = Body::Event(TerminalEvent {
+        let cost = output::cost(&kind);
+        let window = u64::from(self.output_window);
+        if window != 0 && call.output.in_flight() + cost > window {
+            return Err(CallError::OutputWindow(call_id));
+        }
+        let event = TerminalEvent {
             seq,
             kind: Some(kind),
             timings: timings.filter(|_| last),
-        });
-        let result = self.link.send(call_id, trace, body, mark, now);
+        };
+        // Detached, the event is only kept: a resume sends it.
+        let result = if self.detached {
+            drop(mark);
+            Ok(0)
+        } else {
+            self.link
+                .send(call_id, trace, Body::Event(event.clone()), mark, now)
+        };
         if let Ok(offset) = result {
+            let keep = self.keep_finished();
             if let Some(call) = self.calls.get_mut(&call_id) {
                 call.next_seq += 1;
+                call.output.sent(event, cost);
+                if trace.is_some() {
+                    call.trace = trace.cloned();
+                }
+                call.finished = last;
             }
             if last {
-                self.calls.remove(&call_id);
+                if keep {
+                    self.bound_finished();
+                } else {
+                    self.calls.remove(&call_id);
+                }
             }
             self.after(now);
             return Ok(Pushed { seq, offset, last });
@@ -172,11 +248,15 @@ impl<T> ServerSession<T> {
     /// is told (in batches) so that it may send more.
     pub fn stdin_taken(&mut self, call_id: u64, n: u64, now: Now) -> Result<(), CallError> {
         let window = self.link.limits.stdin_window;
+        let detached = self.detached;
         let call = self
             .calls
             .get_mut(&call_id)
+            .filter(|c| !c.finished)
             .ok_or(CallError::UnknownCall(call_id))?;
-        if let Some(consumed) = call.received.taken(n, window) {
+        if let Some(consumed) = call.received.taken(n, window)
+            && !detached
+        {
             let ack = Body::StdinAck(StdinAck { consumed });
             self.link.send(call_id, None, ack, None, now)?;
             self.after(now);

@@ -3,6 +3,9 @@
 //! session's end; its call table is in `calls`.
 
 mod calls;
+mod resume;
+
+pub use resume::{Adopted, LOST_RUNS, Lost, Tombstone};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +15,8 @@ use bytes::Bytes;
 
 use super::events::Events;
 use super::link::{Link, handshake_frame};
-use super::stdin;
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
+use super::{output, stdin};
 use crate::keys::{AuthorizedKeys, Origin, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
@@ -93,13 +96,15 @@ pub enum ServerEvent {
         /// Where it came from.
         received: Received,
     },
-    /// An exec request the machine refused itself (bad call id, or too many
-    /// calls); the refusal has been sent.
+    /// An exec request the machine refused itself (bad call id, too many
+    /// calls, a terminal out of bounds); the refusal has been sent.
     Refused {
         /// The call.
         call_id: u64,
         /// Why.
         kind: ExecErrorKind,
+        /// Why, as the client was told.
+        message: &'static str,
         /// The client's trace context.
         trace: Option<TraceContext>,
         /// Where it came from.
@@ -132,6 +137,24 @@ pub enum ServerEvent {
         /// Where it came from.
         received: Received,
     },
+    /// The client's caller has taken some of the call's output: `freed`
+    /// more credit may be sent.
+    OutputAcked {
+        /// The call.
+        call_id: u64,
+        /// The credit freed.
+        freed: u64,
+    },
+    /// The call's terminal window changed size (checked: the call has a
+    /// terminal, and the size is within bounds).
+    Resize {
+        /// The call.
+        call_id: u64,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
     /// Kill the call's process group (it ends with its exit event).
     Cancel {
         /// The call.
@@ -140,6 +163,21 @@ pub enum ServerEvent {
         trace: Option<TraceContext>,
         /// Where it came from.
         received: Received,
+    },
+    /// The link broke under a session that can be resumed: its calls (and
+    /// their processes) are kept; the machine takes no more frames, and
+    /// its events are kept for the resume. The driver stops.
+    Detached {
+        /// How the link broke.
+        error: SessionError,
+    },
+    /// The client asks to resume the session `token` names (instead of a
+    /// hello): the endpoint hands that session's machine to
+    /// [`ServerSession::adopt`], or calls
+    /// [`ServerSession::refuse_resume`].
+    Resume {
+        /// The session's token.
+        token: bytes::Bytes,
     },
     /// The session is over: every call's process should end. The last
     /// event.
@@ -168,14 +206,26 @@ enum Stdin {
 struct Call {
     next_seq: u64,
     stdin: Stdin,
+    /// Whether it runs on a terminal (only then may it be resized).
+    terminal: bool,
     /// What arrived of its stdin, and what the process has taken.
     received: stdin::Incoming,
+    /// Its output not yet acknowledged (kept for a resume).
+    output: output::Sent,
+    /// The trace context its events last carried (a resume's replay
+    /// carries it again).
+    trace: Option<TraceContext>,
+    /// Its final event has been pushed (it stays, kept for a resume,
+    /// until the client acknowledges it).
+    finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Handshaking,
     Hello,
+    /// A resume was asked for; the endpoint adopts the session or refuses.
+    Resuming,
     Ready,
 }
 
@@ -189,6 +239,14 @@ pub struct ServerSession<T> {
     origin: Origin,
     calls: HashMap<u64, Call>,
     highest_call: u64,
+    /// The session's output window (from the hello; 0: none).
+    output_window: u32,
+    /// What a resume of this session is checked against, when offered.
+    resumable: Option<resume::Resumable>,
+    /// The resume the client asked for, until adopted or refused.
+    asked: Option<crate::pb::session::Resume>,
+    /// The link broke: the calls are kept for a resume.
+    detached: bool,
     events: Events<ServerEvent>,
 }
 
@@ -214,6 +272,10 @@ impl<T> ServerSession<T> {
             origin: Origin::Unknown,
             calls: HashMap::new(),
             highest_call: 0,
+            output_window: 0,
+            resumable: None,
+            asked: None,
+            detached: false,
             events: Events::default(),
         }
     }
@@ -242,7 +304,14 @@ impl<T> ServerSession<T> {
 
     /// Calls running on the session.
     pub fn open_calls(&self) -> usize {
-        self.calls.len()
+        self.calls.values().filter(|c| !c.finished).count()
+    }
+
+    /// The output credit one call may have unacknowledged (from the
+    /// hello; 0: no limit). The endpoint reads a call's output only while
+    /// it has credit ([`ServerEvent::OutputAcked`] gives some back).
+    pub fn output_window(&self) -> u32 {
+        self.output_window
     }
 
     /// Hands in a frame from the link.
@@ -323,20 +392,34 @@ impl<T> ServerSession<T> {
             .body
             .ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
         match body {
-            Body::Hello(_) if self.state == State::Hello => {
+            Body::Hello(hello) if self.state == State::Hello => {
                 let limits = self.link.limits;
+                self.output_window = output::negotiate(hello.output_window, limits.output_window);
                 let ack = HelloAck {
                     server_version: self.acceptor.version.clone(),
                     max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
                     max_chunk: MAX_CHUNK as u32,
                     stdin_window: limits.stdin_window,
+                    output_window: self.output_window,
+                    resume_token: self.offer_resume(),
                 };
                 self.send(0, None, Body::HelloAck(ack), now)?;
                 self.state = State::Ready;
                 self.deadline = None;
                 Ok(())
             }
-            Body::Hello(_) => Err(SessionError::Protocol(Violation::RepeatedHello)),
+            Body::Resume(asked) if self.state == State::Hello => {
+                // The endpoint finds the session the token names and
+                // adopts it here, or refuses.
+                let token = asked.token.clone();
+                self.asked = Some(asked);
+                self.state = State::Resuming;
+                self.events.push(ServerEvent::Resume { token });
+                Ok(())
+            }
+            Body::Hello(_) | Body::Resume(_) => {
+                Err(SessionError::Protocol(Violation::RepeatedHello))
+            }
             _ if self.state != State::Ready => Err(SessionError::Protocol(
                 Violation::UnexpectedMessage("message before the hello"),
             )),
@@ -351,6 +434,27 @@ impl<T> ServerSession<T> {
             Body::StdinAck(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "stdin acknowledgement",
             ))),
+            Body::OutputAck(a) => {
+                // An acknowledgement may come for a finished call (kept for
+                // a resume), or cross a call's end.
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    let freed = call
+                        .output
+                        .ack(call_id, a.seq, call.next_seq)
+                        .map_err(SessionError::Protocol)?;
+                    let finished = call.finished;
+                    if call.settled() {
+                        self.calls.remove(&call_id);
+                    }
+                    if freed > 0 && !finished {
+                        self.events
+                            .push(ServerEvent::OutputAcked { call_id, freed });
+                    }
+                } else {
+                    self.live(call_id)?;
+                }
+                Ok(())
+            }
             Body::Exec(request) => self.exec(call_id, request, trace, received, now),
             Body::Stdin(d) => {
                 if self.stdin_open(call_id)? {
@@ -394,6 +498,10 @@ impl<T> ServerSession<T> {
                 });
                 Ok(())
             }
+            Body::Resize(r) => {
+                self.resize(call_id, r.rows, r.cols)?;
+                Ok(())
+            }
             Body::Cancel(_) => {
                 self.live(call_id)?;
                 self.events.push(ServerEvent::Cancel {
@@ -403,9 +511,9 @@ impl<T> ServerSession<T> {
                 });
                 Ok(())
             }
-            Body::HelloAck(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
-                "hello answer",
-            ))),
+            Body::HelloAck(_) | Body::Resumed(_) => Err(SessionError::Protocol(
+                Violation::UnexpectedMessage("hello answer"),
+            )),
             Body::Event(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "terminal event",
             ))),
@@ -542,9 +650,16 @@ impl<T> ServerSession<T> {
         self.sync_end();
     }
 
-    /// Whether the session is completely over and every event taken.
+    /// Overrides the output window the hello set (a peer that ignores it).
+    #[cfg(test)]
+    pub(crate) fn set_output_window_for_tests(&mut self, window: u32) {
+        self.output_window = window;
+    }
+
+    /// Whether the session is completely over (or detached) and every
+    /// event taken.
     pub fn is_done(&self) -> bool {
-        self.events.ended() && self.link.is_done() && self.events.is_empty()
+        (self.events.ended() || self.detached) && self.link.is_done() && self.events.is_empty()
     }
 
     fn fail(&mut self, err: SessionError, now: Now) {
@@ -565,11 +680,20 @@ impl<T> ServerSession<T> {
     }
 
     fn sync_end(&mut self) {
-        if self.events.ended() {
+        if self.events.ended() || self.detached {
             return;
         }
         if let Some(end) = self.link.end() {
             let end = end.clone();
+            if let Err(e) = &end
+                && self.detachable(e)
+            {
+                // The link broke under a session that can be resumed: its
+                // calls are kept (the endpoint keeps their processes).
+                self.detached = true;
+                self.events.push(ServerEvent::Detached { error: e.clone() });
+                return;
+            }
             self.calls.clear();
             self.events.end(ServerEvent::Ended(end));
         }

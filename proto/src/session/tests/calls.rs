@@ -289,6 +289,7 @@ fn the_final_event_brings_the_remote_timings_and_no_other_does() {
             ..Default::default()
         }],
         dropped: 2,
+        host: "build-box".into(),
     };
     // Offered with an event that is not the last: left out.
     p.server

@@ -20,7 +20,10 @@ use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 mod calls;
 mod ending;
 mod hostile;
+mod output;
+mod resume;
 mod stdin;
+mod terminal;
 mod timers;
 
 type Tag = &'static str;
@@ -66,6 +69,11 @@ struct Pair {
     server_consumes: bool,
     /// Applied to each frame the client sends before it is queued.
     tamper_up: Option<Tamper>,
+    /// What a new link's exec-server end is made from.
+    client_key: StaticKeypair,
+    server_pub: crate::keys::PublicKey,
+    acceptor: Arc<Acceptor>,
+    server_limits: Limits,
 }
 
 fn keys() -> (StaticKeypair, StaticKeypair) {
@@ -104,7 +112,7 @@ impl Pair {
     ) -> Self {
         let now = Now::system();
         let client = ClientSession::new(client_key, server_pub, client_limits, now).unwrap();
-        let server = ServerSession::new(acceptor, server_limits, now);
+        let server = ServerSession::new(Arc::clone(&acceptor), server_limits, now);
         Self {
             now,
             client,
@@ -121,6 +129,10 @@ impl Pair {
             server_frozen: false,
             server_consumes: true,
             tamper_up: None,
+            client_key: client_key.clone(),
+            server_pub: *server_pub,
+            acceptor,
+            server_limits,
         }
     }
 

@@ -112,6 +112,7 @@ async fn open(
         .map_err(|e| format!("ours: {e}"))?;
     let hello = Body::Hello(Hello {
         client_version: env!("CARGO_PKG_VERSION").into(),
+        output_window: 0,
     });
     let hello = envelope::encode_new(0, None, hello).map_err(|e| e.to_string())?;
     transport.send(&hello).map_err(noise)?;
@@ -146,11 +147,15 @@ impl NoisePipe {
         let client_key = StaticKeypair::generate().map_err(|e| format!("client key: {e}"))?;
         let server = server_key.public();
         let responder = Responder::start(&relay.url(), server_key, client_key.public()).await?;
-        let channel = proto::link::endpoint(&relay.url(), proto::link::CONNECT_TIMEOUT)
-            .map_err(|e| format!("client: {e}"))?
-            .connect()
-            .await
-            .map_err(|e| format!("client: {e}"))?;
+        let channel = proto::link::endpoint(
+            &relay.url(),
+            proto::link::CONNECT_TIMEOUT,
+            &proto::tls::TlsSettings::system(),
+        )
+        .map_err(|e| format!("client: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("client: {e}"))?;
         Ok(Self {
             relay,
             responder,

@@ -57,11 +57,15 @@ impl Responder {
         key: StaticKeypair,
         client: PublicKey,
     ) -> Result<Self, String> {
-        let link = proto::link::endpoint(url, proto::link::CONNECT_TIMEOUT)
-            .map_err(|e| format!("relay URL: {e}"))?
-            .connect()
-            .await
-            .map_err(|e| format!("responder cannot reach the relay: {e}"))?;
+        let link = proto::link::endpoint(
+            url,
+            proto::link::CONNECT_TIMEOUT,
+            &proto::tls::TlsSettings::system(),
+        )
+        .map_err(|e| format!("relay URL: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("responder cannot reach the relay: {e}"))?;
         let shared = Arc::new(Shared {
             route: key.public().server_id(),
             key,
@@ -172,6 +176,8 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
         max_processes: 0,
         max_chunk: CHUNK as u32,
         stdin_window: 0,
+        output_window: 0,
+        resume_token: Default::default(),
     };
     let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
     transport.send(&ack).map_err(noise)?;

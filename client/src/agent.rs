@@ -1,0 +1,496 @@
+//! Calls through a local agent (`core-client agent`), which holds warm
+//! sessions on behalf of short-lived processes (as ssh's ControlMaster
+//! does): the caller gets the same [`Execution`] as through a session of
+//! its own, while the agent runs the call on a session it keeps.
+//!
+//! One Unix-socket connection per call carries the agent protocol
+//! (`proto::pb::agent`; each message a `u32` length and the message). Stdin
+//! goes within a window the agent acknowledges, so a signal never waits
+//! behind it; replies are read only while the caller has room, so a caller
+//! that stops reading holds up its own call only.
+//!
+//! Spans: the dispatch (`tool.dispatch`) starts as for a session; its
+//! stages are `dispatch.prepare`, `agent.request` (until the agent took the
+//! call, at the instant the agent's `agent.dispatch` starts), the agent's
+//! `agent.dispatch` (made by the agent, with the session's stages inside),
+//! `agent.reply` (from the agent handing the last event on until it is
+//! decoded here) and `terminal.handoff`: one host, one clock, so they tile.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span, Tracer};
+use prost::Message;
+use proto::keys::PublicKey;
+use proto::pb::agent::{self as wire, reply, request};
+use telemetry::spans;
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{Dispatch, Records, request_for};
+use crate::error::{AgentError, ClientError};
+use crate::exec::{Event, ExecFailure, ExecSpec};
+use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
+use crate::session::{Control, Routed};
+
+/// Stdin of a call the CLI may send beyond the agent's acknowledgements.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
+/// The largest agent-protocol message (an exec request with a large
+/// environment, or an output chunk).
+pub const MAX_MESSAGE: usize = proto::limits::MAX_ENVELOPE + 64 * 1024;
+/// Replies buffered per call before the connection stops being read.
+const REPLY_QUEUE: usize = 64;
+/// Stdin chunks and controls queued per call.
+const COMMAND_QUEUE: usize = 16;
+/// How long, after a call's last event, to wait for the agent to say it
+/// has written the call's spans.
+const FLUSHED_WITHIN: Duration = Duration::from_secs(2);
+
+/// An event as the caller sees it, from the agent protocol's form.
+pub fn event_of(kind: proto::pb::session::terminal_event::Kind) -> Event {
+    crate::router::to_event(kind)
+}
+
+/// The agent protocol's framing on a Unix socket.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_MESSAGE)
+        .new_codec()
+}
+
+/// Encodes one agent-protocol message.
+pub fn encode(message: &impl Message) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.encoded_len());
+    // Encoding into a buffer sized for the message cannot fail.
+    let _ = message.encode(&mut buf);
+    buf.freeze()
+}
+
+/// How to reach an agent and what the calls need.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The agent's socket.
+    pub socket: PathBuf,
+    /// Relay URLs, tried in order by the agent (or none, with `direct`).
+    pub relays: Vec<String>,
+    /// An exec-server's own listener, instead of relays.
+    pub direct: Option<String>,
+    /// The exec-server's public key (pinned).
+    pub server: PublicKey,
+    /// The client's private key file, which the agent reads itself.
+    pub key_file: PathBuf,
+    /// The client's public key (the agent checks the file holds its pair).
+    pub client: PublicKey,
+    /// The CA certificates (PEM file) `https://` relays are checked
+    /// against; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for the agent to take a call.
+    pub timeout: Duration,
+    /// Where command records go (off the hot path), if anywhere.
+    #[cfg(feature = "records")]
+    pub metadata: Option<metadata::Persister>,
+    /// Record the commands' arguments too (the program name always is).
+    pub record_args: bool,
+}
+
+/// Runs calls through a local agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    config: Arc<AgentConfig>,
+    server_id: String,
+    tasks: lifecycle::Tasks,
+    /// Connections not yet over (the agent may still be writing their
+    /// spans), and a wake-up when one ends.
+    open: Arc<(AtomicUsize, Notify)>,
+}
+
+impl AgentClient {
+    /// A client of the agent at `config.socket`; nothing is dialled until
+    /// a call.
+    pub fn new(config: AgentConfig) -> Self {
+        Self {
+            server_id: config.server.server_id(),
+            config: Arc::new(config),
+            tasks: lifecycle::Tasks::new(),
+            open: Arc::new((AtomicUsize::new(0), Notify::new())),
+        }
+    }
+
+    /// Waits (at most `within`) until the agent has written the spans of
+    /// every call made through this client, so that the trace is whole
+    /// when this process exits.
+    pub async fn settle(&self, within: Duration) {
+        let (open, ended) = &*self.open;
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let wake = ended.notified();
+                if open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                wake.await;
+            }
+        })
+        .await;
+    }
+
+    /// Runs a command through the agent; its events arrive on the returned
+    /// [`Execution`] as the agent passes them on. An agent that cannot be
+    /// reached, or is busy, is an [`AgentError`] (the caller may run the
+    /// call itself instead).
+    pub async fn exec(&self, spec: ExecSpec) -> Result<Execution, ClientError> {
+        let request = request_for(&spec)?;
+        let config = &self.config;
+        let records = Records {
+            #[cfg(feature = "records")]
+            store: config.metadata.as_ref(),
+            #[cfg(not(feature = "records"))]
+            store: None,
+            args: config.record_args,
+        };
+        let mut dispatch = Dispatch::begin(&spec, &self.server_id, records);
+        let tracer = opentelemetry::global::tracer("core-client");
+        let mut asking = tracer
+            .span_builder(spans::AGENT_REQUEST)
+            .with_start_time(dispatch.prepared)
+            .start_with_context(&tracer, &dispatch.cx);
+        let exec = wire::Exec {
+            relays: config.relays.clone(),
+            direct: config.direct.clone().unwrap_or_default(),
+            server_key: Bytes::copy_from_slice(config.server.as_bytes()),
+            key_file: config.key_file.to_string_lossy().into_owned(),
+            client_key: Bytes::copy_from_slice(config.client.as_bytes()),
+            request: Some(request),
+            trace: dispatch.trace.clone(),
+            ca_file: config
+                .ca_file
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let taken = tokio::time::timeout(config.timeout, self.open(exec)).await;
+        let (framed, accepted) = match taken {
+            Ok(Ok(open)) => open,
+            Ok(Err(e)) => {
+                asking.set_status(opentelemetry::trace::Status::error(e.to_string()));
+                asking.end();
+                return Err(dispatch.fail(e.into()));
+            }
+            Err(_) => {
+                asking.end();
+                return Err(dispatch.fail(AgentError::Lost("did not take the call in time").into()));
+            }
+        };
+        let accepted = accepted.max(dispatch.prepared);
+        asking.end_with_timestamp(accepted);
+
+        let (events_tx, events_rx) = mpsc::channel(REPLY_QUEUE);
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (controls, controls_rx) = mpsc::channel(COMMAND_QUEUE);
+        let call = AgentCall {
+            commands,
+            controls,
+            stdin: Arc::new(Semaphore::new(STDIN_WINDOW as usize)),
+            stop: CancellationToken::new(),
+            lost: Arc::new(Mutex::new(None)),
+        };
+        let link = Connection {
+            framed,
+            events: events_tx,
+            commands: commands_rx,
+            controls: controls_rx,
+            call: call.clone(),
+            parent: dispatch.cx.clone(),
+        };
+        let open = Arc::clone(&self.open);
+        open.0.fetch_add(1, Ordering::AcqRel);
+        self.tasks
+            .spawn(tracing::debug_span!("agent call"), async move {
+                link.run().await;
+                open.0.fetch_sub(1, Ordering::AcqRel);
+                open.1.notify_waiters();
+            });
+        let terminal = spec.terminal.is_some();
+        let sent = Arc::new(Sent::default());
+        let control = Controller::new(
+            1,
+            Carrier::Agent(call),
+            dispatch.cx.clone(),
+            terminal,
+            None,
+            Arc::clone(&sent),
+        );
+        Ok(Execution::new(
+            control,
+            events_rx,
+            dispatch.span.take(),
+            Delivery::new(dispatch.dispatched, dispatch.record.take(), sent, terminal),
+            None,
+        ))
+    }
+
+    /// Connects, sends the call, and waits for the agent to take it:
+    /// the connection, and when the agent's `agent.dispatch` began.
+    async fn open(
+        &self,
+        exec: wire::Exec,
+    ) -> Result<(Framed<UnixStream, LengthDelimitedCodec>, SystemTime), AgentError> {
+        let path = &self.config.socket;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| AgentError::Unavailable {
+                path: path.clone(),
+                source: Arc::new(e),
+            })?;
+        let mut framed = Framed::new(stream, codec());
+        let first = wire::Request {
+            body: Some(request::Body::Exec(exec)),
+        };
+        framed
+            .send(encode(&first))
+            .await
+            .map_err(|e| AgentError::Unavailable {
+                path: path.clone(),
+                source: Arc::new(e),
+            })?;
+        let reply = next_reply(&mut framed).await?;
+        match reply.body {
+            Some(reply::Body::AcceptedUnixNanos(n)) => {
+                Ok((framed, SystemTime::UNIX_EPOCH + Duration::from_nanos(n)))
+            }
+            Some(reply::Body::Failure(f)) if f.busy => Err(AgentError::Busy(f.message)),
+            Some(reply::Body::Failure(f)) => Err(AgentError::Dispatch {
+                connection: f.connection,
+                message: f.message,
+            }),
+            _ => Err(AgentError::Lost("answered a call with something else")),
+        }
+    }
+}
+
+async fn next_reply(
+    framed: &mut Framed<UnixStream, LengthDelimitedCodec>,
+) -> Result<wire::Reply, AgentError> {
+    match framed.next().await {
+        Some(Ok(bytes)) => wire::Reply::decode(bytes.freeze())
+            .map_err(|_| AgentError::Lost("sent an undecodable reply")),
+        Some(Err(_)) => Err(AgentError::Lost("sent a malformed reply")),
+        None => Err(AgentError::Lost("closed the connection")),
+    }
+}
+
+/// A call's handle on its agent connection: what its
+/// [`Controller`] sends and how it learns that the call was lost.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentCall {
+    commands: mpsc::Sender<wire::Request>,
+    /// Signals, cancels and the stdin close: never behind stdin.
+    controls: mpsc::Sender<wire::Request>,
+    /// Stdin credit (the agent's window).
+    stdin: Arc<Semaphore>,
+    /// Cancelled when the caller goes away: the connection closes, and
+    /// the agent cancels the call.
+    stop: CancellationToken,
+    /// Why the connection ended before the call did.
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl AgentCall {
+    fn lost_reason(&self) -> String {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "the agent went away during the command".to_owned())
+    }
+
+    /// Why the call ended without its last event.
+    pub(crate) fn failure(&self) -> ExecFailure {
+        ExecFailure::Agent(self.lost_reason())
+    }
+
+    fn lost_error(&self) -> ClientError {
+        AgentError::Dispatch {
+            connection: true,
+            message: self.lost_reason(),
+        }
+        .into()
+    }
+
+    /// The caller went away: the connection closes.
+    pub(crate) fn cancel_on_drop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stdin, within the agent's window.
+    pub(crate) async fn write_stdin(&self, data: Bytes) -> Result<(), ClientError> {
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        match self.stdin.acquire_many(n).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(self.lost_error()),
+        }
+        let msg = wire::Request {
+            body: Some(request::Body::Stdin(data)),
+        };
+        self.commands.send(msg).await.map_err(|_| self.lost_error())
+    }
+
+    /// A terminal's new window size (on the control queue: never behind
+    /// stdin).
+    pub(crate) async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let msg = wire::Request {
+            body: Some(request::Body::Resize(proto::pb::session::Resize {
+                rows: u32::from(rows),
+                cols: u32::from(cols),
+            })),
+        };
+        self.controls.send(msg).await.map_err(|_| self.lost_error())
+    }
+
+    /// A control message.
+    pub(crate) async fn control(&self, control: Control) -> Result<(), ClientError> {
+        let body = match control {
+            Control::CloseStdin => request::Body::StdinClose(wire::Empty {}),
+            Control::Signal(n) => request::Body::Signal(n),
+            Control::Cancel => request::Body::Cancel(wire::Empty {}),
+        };
+        let msg = wire::Request { body: Some(body) };
+        // The close follows the stdin before it, on the same queue.
+        let queue = match control {
+            Control::CloseStdin => &self.commands,
+            _ => &self.controls,
+        };
+        queue.send(msg).await.map_err(|_| self.lost_error())
+    }
+}
+
+/// One call's connection to the agent, driven by a task of its own.
+struct Connection {
+    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    events: mpsc::Sender<Routed>,
+    commands: mpsc::Receiver<wire::Request>,
+    controls: mpsc::Receiver<wire::Request>,
+    call: AgentCall,
+    /// The call's dispatch context (parent of `agent.reply`).
+    parent: opentelemetry::Context,
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let mut pending: Option<Routed> = None;
+        let mut finished = false;
+        let mut writing = true;
+        loop {
+            let room = self.events.clone();
+            tokio::select! {
+                biased;
+                () = self.call.stop.cancelled() => return,
+                Some(msg) = self.controls.recv(), if writing => {
+                    if self.framed.send(encode(&msg)).await.is_err() {
+                        writing = false;
+                    }
+                }
+                permit = room.reserve(), if pending.is_some() => {
+                    let Ok(permit) = permit else { return };
+                    if let Some(r) = pending.take() {
+                        permit.send(r);
+                    }
+                    if finished {
+                        // The agent says when it has written the call's
+                        // spans (bounded: a call's end never waits on it).
+                        let _ = tokio::time::timeout(FLUSHED_WITHIN, self.framed.next()).await;
+                        return;
+                    }
+                }
+                reply = self.framed.next(), if pending.is_none() => {
+                    let reply = match reply {
+                        Some(Ok(bytes)) => wire::Reply::decode(bytes.freeze()).ok(),
+                        _ => None,
+                    };
+                    let Some(reply) = reply else {
+                        self.lose("the agent went away during the command");
+                        return;
+                    };
+                    match self.reply(reply) {
+                        Some((routed, last)) => {
+                            pending = Some(routed);
+                            finished = last;
+                        }
+                        None => continue,
+                    }
+                }
+                msg = self.commands.recv(), if writing => match msg {
+                    Some(msg) => {
+                        if self.framed.send(encode(&msg)).await.is_err() {
+                            writing = false;
+                        }
+                    }
+                    None => writing = false,
+                },
+            }
+        }
+    }
+
+    /// The connection ended before the call: the caller is told.
+    fn lose(&mut self, reason: &str) {
+        *self
+            .call
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+        self.call.stdin.close();
+        let _ = self.events.try_send(Routed {
+            event: Event::Failed(ExecFailure::Agent(reason.to_owned())),
+            at: Instant::now(),
+            decoded: SystemTime::now(),
+            flow: None,
+        });
+    }
+
+    /// What a reply means for the caller: an event (and whether it is the
+    /// last), or nothing (credit given back).
+    fn reply(&mut self, reply: wire::Reply) -> Option<(Routed, bool)> {
+        let decoded = SystemTime::now();
+        let event = match reply.body? {
+            reply::Body::StdinTaken(n) => {
+                self.call
+                    .stdin
+                    .add_permits(usize::try_from(n).unwrap_or(usize::MAX));
+                return None;
+            }
+            reply::Body::Event(ev) => crate::router::to_event(ev.kind?),
+            reply::Body::Failure(f) => Event::Failed(ExecFailure::Agent(f.message)),
+            _ => Event::Failed(ExecFailure::Agent(
+                "the agent sent something unexpected".into(),
+            )),
+        };
+        let last = matches!(event, Event::Exited(_) | Event::Failed(_));
+        if last && reply.ended_unix_nanos != 0 {
+            // The last event's way from the agent's hand to ours.
+            let handed = SystemTime::UNIX_EPOCH + Duration::from_nanos(reply.ended_unix_nanos);
+            let tracer = opentelemetry::global::tracer("core-client");
+            let mut span = tracer
+                .span_builder(spans::AGENT_REPLY)
+                .with_start_time(handed.min(decoded))
+                .with_attributes(vec![KeyValue::new("rex.message", "last")])
+                .start_with_context(&tracer, &self.parent);
+            span.end_with_timestamp(decoded);
+        }
+        Some((
+            Routed {
+                event,
+                at: Instant::now(),
+                decoded,
+                flow: None,
+            },
+            last,
+        ))
+    }
+}

@@ -1,0 +1,201 @@
+//! Coming back after a broken link: a session whose exec-server offered
+//! resumes waits (its calls with it) while this tries, with backoff, every
+//! way to the exec-server in order (the session may come back through
+//! another relay than it left), runs a fresh Noise handshake with the same
+//! keys and asks for the session back. It gives up once
+//! [`ClientConfig::resume`] has passed since the loss was noticed.
+//!
+//! Each wait and connect is noted in the router's [`Outage`], from which
+//! every waiting call gets its `session.reattach` span.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use proto::limits::MAX_GRPC_MESSAGE;
+use proto::link::FrameSender;
+use proto::pb::tunnel::Frame;
+use proto::pb::tunnel::tunnel_client::TunnelClient;
+use proto::routing::SERVER_ID_HEADER;
+use proto::session::{Now, SessionError, Stage};
+use telemetry::spans;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::metadata::MetadataValue;
+
+use crate::config::{ClientConfig, Target};
+use crate::connect::LINK_QUEUE;
+use crate::router::{Machine, Router};
+
+/// The first retry waits this long; each further one twice as long, up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest wait between two rounds of attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A new link's two halves.
+pub(crate) type NewLink = (Streaming<Frame>, FrameSender);
+
+/// What a session needs to come back.
+pub(crate) struct Reconnect {
+    pub(crate) config: ClientConfig,
+    /// The session is closing, or the client is stopping: give up.
+    pub(crate) stop: CancellationToken,
+    /// When the current outage must be over.
+    deadline: Option<Instant>,
+    /// Rounds of attempts in the current outage.
+    rounds: u32,
+}
+
+impl Reconnect {
+    pub(crate) fn new(config: ClientConfig, stop: CancellationToken) -> Self {
+        Self {
+            config,
+            stop,
+            deadline: None,
+            rounds: 0,
+        }
+    }
+
+    /// The session came back: a later outage starts afresh.
+    pub(crate) fn resumed(&mut self) {
+        self.deadline = None;
+        self.rounds = 0;
+    }
+
+    /// Tries until a new link is open with the resume under way, or gives
+    /// up (the error the session then ends with).
+    pub(crate) async fn come_back(
+        &mut self,
+        machine: &mut Machine,
+        router: &mut Router,
+    ) -> Result<NewLink, SessionError> {
+        let within = self.config.resume.unwrap_or_default();
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + within);
+        loop {
+            let wait = backoff(self.rounds);
+            self.rounds = self.rounds.saturating_add(1);
+            if Instant::now() + wait >= deadline {
+                return Err(SessionError::Timeout(Stage::Resume));
+            }
+            if !wait.is_zero() {
+                let start = SystemTime::now();
+                tokio::select! {
+                    () = self.stop.cancelled() => return Err(SessionError::LinkEnded),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                note(router, spans::SESSION_REATTACH_WAIT, start, true);
+            }
+            for target in self.config.targets() {
+                if self.stop.is_cancelled() {
+                    return Err(SessionError::LinkEnded);
+                }
+                let start = SystemTime::now();
+                let tried = self.attempt(target, machine, router).await;
+                note(router, spans::RELAY_CONNECT, start, tried.is_some());
+                if let Some(outage) = router.outage.as_mut() {
+                    outage.attempts = outage.attempts.saturating_add(1);
+                }
+                if let Some(link) = tried {
+                    if let Some(outage) = router.outage.as_mut() {
+                        outage.via = Some(target.url().to_owned());
+                        outage.opened_at = Some(SystemTime::now());
+                    }
+                    return Ok(link);
+                }
+            }
+        }
+    }
+
+    /// One attempt through `target`: the new link with the handshake's
+    /// first message on it, or `None` (the machine is detached again).
+    async fn attempt(
+        &self,
+        target: &Target,
+        machine: &mut Machine,
+        router: &mut Router,
+    ) -> Option<NewLink> {
+        let config = &self.config;
+        let url = target.url();
+        let endpoint = proto::link::endpoint(url, config.connect_timeout, &config.tls).ok()?;
+        let channel = tokio::select! {
+            () = self.stop.cancelled() => return None,
+            c = endpoint.connect() => c.ok()?,
+        };
+        if !machine.is_detached() {
+            return None;
+        }
+        let now = Now::system();
+        machine.reattach(&config.key, &config.server, now).ok()?;
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        while let Some(t) = machine.poll_transmit(now) {
+            let _ = tx.try_send(Ok(t.frame));
+        }
+        let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(rx), Result::ok);
+        let mut request = tonic::Request::new(frames);
+        if let Ok(v) = MetadataValue::try_from(config.server.server_id().as_str()) {
+            request.metadata_mut().insert(SERVER_ID_HEADER, v);
+        }
+        let mut client = TunnelClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let opened = tokio::select! {
+            () = self.stop.cancelled() => Err(tonic::Status::cancelled("the client is stopping")),
+            r = tokio::time::timeout(config.handshake_timeout, client.open(request)) => {
+                r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")))
+            }
+        };
+        match opened {
+            Ok(response) => Some((response.into_inner(), tx)),
+            Err(status) => {
+                // The new link did not come up: detached again.
+                let now = Now::system();
+                machine.handle_link_end(Some(status), now);
+                drain(machine, router, now);
+                None
+            }
+        }
+    }
+}
+
+/// Hands the machine's events to the router between drives.
+pub(crate) fn drain(machine: &mut Machine, router: &mut Router, now: Now) {
+    use proto::driver::Endpoint;
+    while let Some(event) = machine.poll_event() {
+        let _ = router.deliver(machine, event, now);
+    }
+}
+
+/// Phases noted per outage at most (the rest are counted in its
+/// attempts).
+const PHASES: usize = 64;
+
+fn note(router: &mut Router, name: &'static str, start: SystemTime, ok: bool) {
+    if let Some(outage) = router.outage.as_mut().filter(|o| o.phases.len() < PHASES) {
+        outage.phases.push((name, start, SystemTime::now(), ok));
+    }
+}
+
+/// The wait before round `round` of attempts: none for the first.
+fn backoff(round: u32) -> Duration {
+    match round {
+        0 => Duration::ZERO,
+        n => FIRST_BACKOFF
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(MAX_BACKOFF),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), FIRST_BACKOFF);
+        assert_eq!(backoff(2), FIRST_BACKOFF * 2);
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,251 @@
+//! A session outliving its link, on the client: the token the exec-server
+//! offered, the detach when the link breaks (calls kept), the new link's
+//! handshake and resume, and where each call stands after it (stdin sent
+//! again from what arrived, calls the exec-server no longer has reported
+//! lost). See [`crate::session::resume`].
+
+use super::{ClientEvent, ClientSession, State};
+use crate::keys::{PublicKey, StaticKeypair};
+use crate::noise::ClientHandshake;
+use crate::pb::session::{OutputAck, Resume, ResumeCall, Resumed, envelope::Body};
+use crate::session::link::{Link, handshake_frame};
+use crate::session::output;
+use crate::session::resume::ResumeSecret;
+use crate::session::{Now, SessionError, Stage, Violation};
+
+/// The session's resume token and secret.
+#[derive(Debug, Clone)]
+pub(in crate::session) struct Resumable {
+    token: bytes::Bytes,
+    secret: ResumeSecret,
+}
+
+/// Why a session cannot be taken back over a new link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReattachError {
+    /// The session is not waiting for a resume.
+    #[error("the session is not detached")]
+    NotDetached,
+    /// The new handshake could not start.
+    #[error(transparent)]
+    Handshake(#[from] crate::noise::HandshakeError),
+}
+
+impl<T> ClientSession<T> {
+    /// The hello answer's token: the session can be resumed (if this end
+    /// wants resumes).
+    pub(super) fn offered(&mut self, token: &bytes::Bytes) {
+        let hash = self
+            .link
+            .transport
+            .as_ref()
+            .map(|t| t.handshake_hash().to_vec());
+        self.resumable = match hash {
+            Some(hash) if !token.is_empty() && self.link.limits.resumable => Some(Resumable {
+                token: token.clone(),
+                secret: ResumeSecret::from_handshake(&hash),
+            }),
+            _ => None,
+        };
+    }
+
+    /// Whether a link that broke with `error` leaves the session detached:
+    /// it can be resumed, it was established (or being resumed), and the
+    /// link was lost or a new one did not come up (not a violation or a
+    /// corrupt record).
+    pub(super) fn detachable(&self, error: &SessionError) -> bool {
+        if self.resumable.is_none() {
+            return false;
+        }
+        let lost = matches!(
+            error,
+            SessionError::LinkEnded
+                | SessionError::LinkFailed(_)
+                | SessionError::LinkClosed(_)
+                | SessionError::Timeout(Stage::Idle)
+        );
+        match self.state {
+            State::Ready => lost,
+            // A new link that did not come up: another may.
+            State::Reattaching { .. } | State::Resuming => {
+                lost || matches!(error, SessionError::Refused(_) | SessionError::Timeout(_))
+            }
+            State::Handshaking { .. } | State::Hello { .. } => false,
+        }
+    }
+
+    /// Whether the link broke and the calls wait for a resume.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Starts a new link for a detached session: a fresh Noise handshake
+    /// with the same keys (its first frame is the next to send); once the
+    /// exec-server proves its key, the resume is asked for.
+    pub fn reattach(
+        &mut self,
+        key: &StaticKeypair,
+        server: &PublicKey,
+        now: Now,
+    ) -> Result<(), ReattachError> {
+        if !self.detached {
+            return Err(ReattachError::NotDetached);
+        }
+        let limits = self.link.limits;
+        let route = server.server_id();
+        let (hs, msg1) =
+            ClientHandshake::start(key, server, route.as_bytes(), now.wall, limits.noise)?;
+        let mut link = Link::new(limits, now);
+        link.send_clear(handshake_frame(msg1));
+        self.link = link;
+        self.state = State::Reattaching { hs: Box::new(hs) };
+        self.deadline = Some(now.at + limits.handshake_timeout);
+        self.detached = false;
+        Ok(())
+    }
+
+    /// Gives up on a detached session: it ends with `error` (the one its
+    /// link broke with), and every call with it.
+    pub fn give_up(&mut self, error: SessionError, _now: Now) {
+        if !self.detached {
+            return;
+        }
+        self.detached = false;
+        self.calls.clear();
+        self.stdin_queued = 0;
+        self.events.end(ClientEvent::Ended(Err(error)));
+    }
+
+    /// Message 2 of a new link: ask for the session back, proving with the
+    /// secret over this handshake.
+    pub(super) fn resume_handshake(&mut self, msg2: &[u8], now: Now) -> Result<(), SessionError> {
+        let State::Reattaching { hs } = std::mem::replace(&mut self.state, State::Resuming) else {
+            return Err(SessionError::Protocol(Violation::UnexpectedFrame));
+        };
+        let transport = hs.finish(msg2, now.at)?;
+        let hash = transport.handshake_hash().to_vec();
+        self.link.transport = Some(transport);
+        self.events.push(ClientEvent::Secured);
+        let Some(resumable) = self.resumable.as_ref() else {
+            return Err(SessionError::Protocol(Violation::UnexpectedFrame));
+        };
+        let calls = self
+            .calls
+            .iter()
+            .map(|(&call_id, call)| ResumeCall {
+                call_id,
+                next_seq: call.next_seq,
+            })
+            .collect();
+        let resume = Body::Resume(Resume {
+            token: resumable.token.clone(),
+            proof: bytes::Bytes::copy_from_slice(&resumable.secret.proof(&hash)),
+            calls,
+        });
+        self.link
+            .send(0, None, resume, None, now)
+            .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
+        Ok(())
+    }
+
+    /// The answer to the resume: each call where the exec-server has it
+    /// (its stdin sent again from what arrived), or lost.
+    pub(super) fn resumed(&mut self, answer: Resumed, now: Now) {
+        let hash = self
+            .link
+            .transport
+            .as_ref()
+            .map(|t| t.handshake_hash().to_vec())
+            .unwrap_or_default();
+        if answer.expired {
+            // A new session: the calls are gone.
+            self.resumable =
+                (!answer.resume_token.is_empty() && self.link.limits.resumable).then(|| {
+                    Resumable {
+                        token: answer.resume_token.clone(),
+                        secret: ResumeSecret::from_handshake(&hash),
+                    }
+                });
+        } else if let Some(r) = self.resumable.as_mut() {
+            r.secret = r.secret.next(&hash);
+        }
+        self.output_window =
+            output::negotiate(answer.output_window, self.link.limits.output_window);
+        self.stdin_window = answer.stdin_window;
+        self.state = State::Ready;
+        self.deadline = None;
+        // Finished calls the exec-server kept are settled by the resume.
+        self.final_acks.clear();
+        let mut answered = std::collections::HashSet::new();
+        let mut replayed = Vec::new();
+        for c in &answer.calls {
+            answered.insert(c.call_id);
+            let known = c.known && !answer.expired;
+            if known {
+                replayed.push((c.call_id, c.replayed_bytes));
+                if let Some(call) = self.calls.get_mut(&c.call_id) {
+                    let again = call.out.rewind(c.stdin_received, c.stdin_closed);
+                    let _ = call.out.ack(c.call_id, c.stdin_consumed);
+                    self.stdin_queued += again;
+                }
+                continue;
+            }
+            if self.calls.remove(&c.call_id).is_some() {
+                self.events.push(ClientEvent::Lost {
+                    call_id: c.call_id,
+                    stdout_lost: c.stdout_lost,
+                    stderr_lost: c.stderr_lost,
+                    exit: c.exit,
+                });
+            }
+        }
+        // Calls the answer does not name are not the exec-server's either.
+        let unnamed: Vec<u64> = self
+            .calls
+            .keys()
+            .filter(|id| !answered.contains(id))
+            .copied()
+            .collect();
+        for call_id in unnamed {
+            self.calls.remove(&call_id);
+            self.events.push(ClientEvent::Lost {
+                call_id,
+                stdout_lost: 0,
+                stderr_lost: 0,
+                exit: None,
+            });
+        }
+        self.events.push(ClientEvent::Resumed {
+            expired: answer.expired,
+            replayed,
+        });
+        // Stdin that did not arrive goes again.
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for call_id in ids {
+            let _ = self.flush_stdin(call_id, now);
+        }
+    }
+
+    /// Acknowledges the final events received since the last message, so
+    /// that the exec-server stops keeping their calls (sent before the
+    /// next message, and with keepalives).
+    pub(super) fn send_final_acks(&mut self, now: Now) {
+        for (call_id, seq) in std::mem::take(&mut self.final_acks) {
+            let ack = Body::OutputAck(OutputAck { seq });
+            let _ = self.link.send(call_id, None, ack, None, now);
+        }
+    }
+}
+
+#[cfg(test)]
+impl<T> ClientSession<T> {
+    /// The token and secret this session would resume with.
+    pub(in crate::session) fn resume_state(&self) -> Option<Resumable> {
+        self.resumable.clone()
+    }
+
+    /// Puts back (or forges) the token and secret: a stale or stolen one.
+    pub(in crate::session) fn set_resume_state(&mut self, state: Option<Resumable>) {
+        self.resumable = state;
+    }
+}

@@ -1,0 +1,246 @@
+//! Output flow control, per call: the exec-server has at most a window of
+//! output credit of a call unacknowledged, and the client acknowledges
+//! (`OutputAck`, cumulative by sequence number) what its caller has taken.
+//! So a caller that stops reading holds up its own call only: the
+//! exec-server stops reading that process's output, while the session, its
+//! other calls and their callers go on.
+//!
+//! Credit counts an event's stdout/stderr bytes plus [`EVENT_COST`] for
+//! every event, so that many small events are bounded as well as a few
+//! large ones. The client acknowledges once a quarter window has been
+//! taken since its last acknowledgement: a call that prints little sends
+//! no acknowledgement at all.
+
+use std::collections::VecDeque;
+
+use super::Violation;
+use crate::pb::session::{TerminalEvent, terminal_event};
+
+/// The credit every event costs beyond its output bytes.
+pub const EVENT_COST: u64 = 128;
+
+/// The smallest window a session uses: room for a few of the largest
+/// events, so that an exec-server never waits for credit it cannot get.
+pub const MIN_WINDOW: u32 = 4 * (crate::limits::MAX_CHUNK as u32 + EVENT_COST as u32);
+
+/// The output credit of an event.
+pub fn cost(kind: &terminal_event::Kind) -> u64 {
+    let bytes = match kind {
+        terminal_event::Kind::Stdout(d) | terminal_event::Kind::Stderr(d) => d.len() as u64,
+        _ => 0,
+    };
+    bytes + EVENT_COST
+}
+
+/// The window both ends use: the smaller of two, where 0 means none, and
+/// never below [`MIN_WINDOW`].
+pub(super) fn negotiate(a: u32, b: u32) -> u32 {
+    match (a, b) {
+        (0, 0) => 0,
+        (0, w) | (w, 0) => w.max(MIN_WINDOW),
+        (a, b) => a.min(b).max(MIN_WINDOW),
+    }
+}
+
+/// A call's output as the exec-server sends it: every event not yet
+/// acknowledged, kept (so that a resumed session can send it again) and
+/// counted against the window.
+#[derive(Debug, Default)]
+pub(super) struct Sent {
+    in_flight: VecDeque<(u64, u64, TerminalEvent)>,
+    credit: u64,
+}
+
+impl Sent {
+    /// Output credit in flight.
+    pub(super) fn in_flight(&self) -> u64 {
+        self.credit
+    }
+
+    /// `event` (of `cost`) has been sent, or kept to be sent on resume.
+    pub(super) fn sent(&mut self, event: TerminalEvent, cost: u64) {
+        self.in_flight.push_back((event.seq, cost, event));
+        self.credit += cost;
+    }
+
+    /// The events kept from sequence number `from` on, in order.
+    pub(super) fn kept_since(&self, from: u64) -> impl Iterator<Item = &TerminalEvent> {
+        self.in_flight
+            .iter()
+            .filter(move |(seq, ..)| *seq >= from)
+            .map(|(.., e)| e)
+    }
+
+    /// The oldest sequence number kept, if any.
+    #[cfg(test)]
+    pub(super) fn oldest(&self) -> Option<u64> {
+        self.in_flight.front().map(|(seq, ..)| *seq)
+    }
+
+    /// Every event kept, with its sequence number.
+    pub(super) fn kept_with_seq(&self) -> impl Iterator<Item = (u64, &TerminalEvent)> {
+        self.in_flight.iter().map(|(seq, _, e)| (*seq, e))
+    }
+
+    /// Bytes of stdout and stderr kept from `from` on.
+    pub(super) fn bytes_from(&self, from: u64) -> (u64, u64) {
+        let mut out = (0, 0);
+        for e in self.kept_since(from) {
+            match &e.kind {
+                Some(terminal_event::Kind::Stdout(d)) => out.0 += d.len() as u64,
+                Some(terminal_event::Kind::Stderr(d)) => out.1 += d.len() as u64,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether nothing is kept.
+    pub(super) fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// The client took every event through `seq`: the credit freed. An
+    /// acknowledgement of an event not yet sent is a violation; one that
+    /// acknowledges nothing new frees nothing.
+    pub(super) fn ack(&mut self, call_id: u64, seq: u64, next_seq: u64) -> Result<u64, Violation> {
+        if seq >= next_seq {
+            return Err(Violation::OutputAck(call_id));
+        }
+        let mut freed = 0;
+        while let Some(&(s, c, _)) = self.in_flight.front() {
+            if s > seq {
+                break;
+            }
+            self.in_flight.pop_front();
+            freed += c;
+        }
+        self.credit -= freed;
+        Ok(freed)
+    }
+}
+
+/// A call's output as the client receives it.
+#[derive(Debug)]
+pub(super) struct Received {
+    window: u64,
+    received: u64,
+    taken: u64,
+    acked: u64,
+    taken_seq: Option<u64>,
+}
+
+impl Received {
+    pub(super) fn new(window: u32) -> Self {
+        Self {
+            window: u64::from(window),
+            received: 0,
+            taken: 0,
+            acked: 0,
+            taken_seq: None,
+        }
+    }
+
+    /// An event of `cost` arrived: more than the window beyond the
+    /// acknowledgements is a violation.
+    pub(super) fn receive(&mut self, call_id: u64, cost: u64) -> Result<(), Violation> {
+        self.received += cost;
+        if self.window != 0 && self.received - self.acked > self.window {
+            return Err(Violation::OutputWindow(call_id));
+        }
+        Ok(())
+    }
+
+    /// The caller took the events through `seq`, of `cost` in all since it
+    /// last said. Returns the sequence number to acknowledge now, if any:
+    /// once a quarter window has been taken since the last one.
+    pub(super) fn taken(&mut self, seq: u64, cost: u64) -> Option<u64> {
+        self.taken = (self.taken + cost).min(self.received);
+        self.taken_seq = Some(self.taken_seq.map_or(seq, |s| s.max(seq)));
+        if self.window == 0 || self.taken - self.acked < (self.window / 4).max(1) {
+            return None;
+        }
+        self.acked = self.taken;
+        self.taken_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn an_event_costs_its_output_and_a_fixed_part() {
+        let out = terminal_event::Kind::Stdout(Bytes::from_static(b"hello"));
+        assert_eq!(cost(&out), 5 + EVENT_COST);
+        let started = terminal_event::Kind::Started(crate::pb::session::Started { pid: 1 });
+        assert_eq!(cost(&started), EVENT_COST);
+    }
+
+    #[test]
+    fn the_smaller_window_wins_and_zero_means_none() {
+        let (a, b) = (MIN_WINDOW * 2, MIN_WINDOW * 3);
+        assert_eq!(negotiate(a, b), a);
+        assert_eq!(negotiate(0, b), b);
+        assert_eq!(negotiate(b, 0), b);
+        assert_eq!(negotiate(0, 0), 0);
+        assert_eq!(negotiate(10, b), MIN_WINDOW, "never below the floor");
+    }
+
+    fn event(seq: u64) -> TerminalEvent {
+        TerminalEvent {
+            seq,
+            kind: Some(terminal_event::Kind::Stdout(Bytes::from_static(b"xy"))),
+            timings: None,
+        }
+    }
+
+    #[test]
+    fn the_exec_server_keeps_what_was_not_acknowledged_and_frees_the_rest() {
+        let mut sent = Sent::default();
+        sent.sent(event(0), 100);
+        sent.sent(event(1), 200);
+        sent.sent(event(2), 300);
+        assert_eq!(
+            sent.kept_since(1).map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(sent.bytes_from(1), (4, 0));
+        assert_eq!(sent.oldest(), Some(0));
+        assert_eq!(sent.in_flight(), 600);
+        assert_eq!(sent.ack(1, 1, 3), Ok(300));
+        assert_eq!(sent.in_flight(), 300);
+        assert_eq!(sent.ack(1, 0, 3), Ok(0), "nothing new");
+        assert_eq!(sent.ack(1, 3, 3), Err(Violation::OutputAck(1)));
+        assert_eq!(sent.ack(1, 2, 3), Ok(300));
+        assert_eq!(sent.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_client_acknowledges_each_quarter_window_taken() {
+        let mut rx = Received::new(1000);
+        for _ in 0..4 {
+            rx.receive(1, 100).unwrap();
+        }
+        assert_eq!(rx.taken(0, 100), None);
+        assert_eq!(rx.taken(1, 100), None);
+        assert_eq!(rx.taken(2, 100), Some(2), "a quarter window taken");
+        assert_eq!(rx.taken(3, 100), None);
+        // Up to the window beyond the acknowledgement may arrive; more is
+        // a violation.
+        for _ in 0..9 {
+            rx.receive(1, 100).unwrap();
+        }
+        assert_eq!(rx.receive(1, 100), Err(Violation::OutputWindow(1)));
+    }
+
+    #[test]
+    fn without_a_window_nothing_is_acknowledged_or_refused() {
+        let mut rx = Received::new(0);
+        for i in 0..100 {
+            rx.receive(1, 1 << 20).unwrap();
+            assert_eq!(rx.taken(i, 1 << 20), None);
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! A session outliving its link, on the exec-server: the token and secret
+//! it is offered with, the detach when its link breaks, and its adoption by
+//! the machine of a new link whose client proves it may resume it (see
+//! [`crate::session::resume`]).
+
+use std::collections::BTreeMap;
+
+use ring::rand::SecureRandom;
+
+use super::{Call, ServerSession, State, Stdin};
+use crate::keys::PublicKey;
+use crate::pb::session::{Exited, Resumed, ResumedCall, StdinAck, envelope::Body, terminal_event};
+use crate::session::output;
+use crate::session::resume::{ResumeSecret, TOKEN_LEN};
+use crate::session::{Now, SessionError};
+
+/// What a resume of the session is checked against.
+#[derive(Debug, Clone)]
+pub(super) struct Resumable {
+    pub(super) token: [u8; TOKEN_LEN],
+    pub(super) secret: ResumeSecret,
+}
+
+/// What a session whose grace expired leaves behind for a client that
+/// comes back late: per call, the output it will never get and how it
+/// ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The client that held the session.
+    pub client: Option<PublicKey>,
+    /// Per call, what it lost.
+    pub calls: BTreeMap<u64, Lost>,
+}
+
+/// Runs of a lost call's output kept in its tombstone at most: beyond,
+/// neighbouring runs merge (a loss is then counted from the start of the
+/// run the client stopped in).
+pub const LOST_RUNS: usize = 64;
+
+/// A call's output that was never delivered, and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Runs of output events: the first event's sequence number and the
+    /// stdout and stderr bytes from there to the next run.
+    pub runs: Vec<(u64, u64, u64)>,
+    /// One past the last output event's sequence number.
+    pub end: u64,
+    /// How the process ended, when it did.
+    pub exit: Option<Exited>,
+}
+
+impl Lost {
+    /// The stdout and stderr bytes a client that had every event before
+    /// `next_seq` never got.
+    pub fn since(&self, next_seq: u64) -> (u64, u64) {
+        let mut lost = (0, 0);
+        for (i, &(_, out, err)) in self.runs.iter().enumerate() {
+            let next = self.runs.get(i + 1).map_or(self.end, |r| r.0);
+            if next > next_seq {
+                lost.0 += out;
+                lost.1 += err;
+            }
+        }
+        lost
+    }
+
+    pub(in crate::session) fn push(&mut self, seq: u64, out: u64, err: u64) {
+        self.runs.push((seq, out, err));
+        self.end = seq.saturating_add(1);
+        if self.runs.len() > LOST_RUNS {
+            // Merge the two neighbours that cover the fewest events, so
+            // that runs stay even.
+            let end = self.end;
+            let span = |i: usize| {
+                let next = self.runs.get(i + 2).map_or(end, |r| r.0);
+                self.runs
+                    .get(i)
+                    .map_or(u64::MAX, |r| next.saturating_sub(r.0))
+            };
+            let at = (0..self.runs.len() - 1)
+                .min_by_key(|&i| span(i))
+                .unwrap_or(0);
+            if let Some(next) = self.runs.get(at + 1).copied() {
+                self.runs.remove(at + 1);
+                if let Some(run) = self.runs.get_mut(at) {
+                    run.1 += next.1;
+                    run.2 += next.2;
+                }
+            }
+        }
+    }
+}
+
+/// What a resume gave back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Adopted {
+    /// Events sent again.
+    pub events: u64,
+    /// Their stdout and stderr bytes.
+    pub bytes: u64,
+    /// Calls the client no longer knew (cancelled).
+    pub dropped: u64,
+}
+
+impl<T> ServerSession<T> {
+    /// A resume token for the hello answer (empty: resume not offered),
+    /// and the secret to check a resume against.
+    pub(super) fn offer_resume(&mut self) -> bytes::Bytes {
+        if !self.link.limits.resumable {
+            return bytes::Bytes::new();
+        }
+        let Some(hash) = self
+            .link
+            .transport
+            .as_ref()
+            .map(|t| t.handshake_hash().to_vec())
+        else {
+            return bytes::Bytes::new();
+        };
+        let mut token = [0u8; TOKEN_LEN];
+        if ring::rand::SystemRandom::new().fill(&mut token).is_err() {
+            return bytes::Bytes::new();
+        }
+        self.resumable = Some(Resumable {
+            token,
+            secret: ResumeSecret::from_handshake(&hash),
+        });
+        bytes::Bytes::copy_from_slice(&token)
+    }
+
+    /// Whether a link that broke with `error` leaves the session detached
+    /// (kept for a resume) rather than over: a resume was offered, the
+    /// session was established, and the link was lost (not a violation, a
+    /// corrupt record or a close).
+    pub(super) fn detachable(&self, error: &SessionError) -> bool {
+        self.resumable.is_some()
+            && self.state == State::Ready
+            && matches!(
+                error,
+                SessionError::LinkEnded
+                    | SessionError::LinkFailed(_)
+                    | SessionError::LinkClosed(_)
+                    | SessionError::Timeout(crate::session::Stage::Idle)
+            )
+    }
+
+    /// Whether the link broke and the session waits for a resume.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// The token a resume of this session names, if it may be resumed.
+    pub fn resume_token(&self) -> Option<&[u8]> {
+        self.resumable.as_ref().map(|r| r.token.as_slice())
+    }
+
+    /// Whether `parked` (a detached session) is the one this session's
+    /// client asked to resume, and the client may: the same token, the
+    /// same client key, and a proof made with its secret over this
+    /// session's own handshake (so a resume seen before, or made by
+    /// another key, is refused).
+    pub fn may_resume(&self, parked: &ServerSession<T>) -> bool {
+        let (Some(asked), Some(resumable), Some(hash)) = (
+            self.asked.as_ref(),
+            parked.resumable.as_ref(),
+            self.link.transport.as_ref().map(|t| t.handshake_hash()),
+        ) else {
+            return false;
+        };
+        parked.detached
+            && asked.token.as_ref() == resumable.token.as_slice()
+            && self.client.is_some()
+            && parked.client == self.client
+            && resumable.secret.verify(hash, &asked.proof)
+    }
+
+    /// Takes over `parked`, the session the client asked to resume (checked
+    /// with [`may_resume`](Self::may_resume)): its calls and what they kept
+    /// come to this link. The client is told where each call stands, and
+    /// every event it has not had is sent again, in order. Calls the
+    /// client no longer knows are dropped (their processes end: the
+    /// endpoint sees them gone from [`call_ids`](Self::call_ids)).
+    pub fn adopt(&mut self, mut parked: ServerSession<T>, now: Now) -> Adopted {
+        let Some(asked) = self.asked.take() else {
+            return Adopted::default();
+        };
+        let hash = self
+            .link
+            .transport
+            .as_ref()
+            .map(|t| t.handshake_hash().to_vec())
+            .unwrap_or_default();
+        self.resumable = parked.resumable.take().map(|r| Resumable {
+            token: r.token,
+            secret: r.secret.next(&hash),
+        });
+        self.output_window = parked.output_window;
+        self.highest_call = parked.highest_call;
+        let mut calls = std::mem::take(&mut parked.calls);
+        let wanted: BTreeMap<u64, u64> = asked
+            .calls
+            .iter()
+            .map(|c| (c.call_id, c.next_seq))
+            .collect();
+        let mut adopted = Adopted::default();
+        // Calls the client has done with (or forgotten) end here.
+        calls.retain(|id, call| {
+            let keep = wanted.contains_key(id);
+            if !keep && !call.finished {
+                adopted.dropped += 1;
+            }
+            keep
+        });
+        let mut answer = Vec::new();
+        for (&call_id, &from) in &wanted {
+            match calls.get(&call_id) {
+                // Nothing is ever dropped from what a call keeps (its
+                // process waits for credit instead), so nothing is lost.
+                Some(call) => answer.push(ResumedCall {
+                    call_id,
+                    known: true,
+                    stdin_received: call.received.received(),
+                    stdin_consumed: call.received.consumed(),
+                    stdin_closed: call.stdin == Stdin::Closed,
+                    replayed_bytes: {
+                        let (out, err) = call.output.bytes_from(from);
+                        out + err
+                    },
+                    ..ResumedCall::default()
+                }),
+                None => answer.push(ResumedCall {
+                    call_id,
+                    known: false,
+                    ..ResumedCall::default()
+                }),
+            }
+        }
+        let resumed = Resumed {
+            expired: false,
+            calls: answer,
+            resume_token: bytes::Bytes::new(),
+            output_window: self.output_window,
+            max_processes: u32::try_from(self.link.limits.max_calls).unwrap_or(u32::MAX),
+            stdin_window: self.link.limits.stdin_window,
+        };
+        self.calls = calls;
+        self.state = State::Ready;
+        self.deadline = None;
+        if self.send(0, None, Body::Resumed(resumed), now).is_err() {
+            return adopted;
+        }
+        // What the client has not had, again, in order; and the stdin
+        // acknowledgements it may have missed.
+        let mut replay = Vec::new();
+        for (&call_id, call) in &self.calls {
+            let from = wanted.get(&call_id).copied().unwrap_or(u64::MAX);
+            for event in call.output.kept_since(from) {
+                replay.push((call_id, call.trace.clone(), event.clone()));
+            }
+        }
+        for (call_id, trace, event) in replay {
+            if let Some(terminal_event::Kind::Stdout(d) | terminal_event::Kind::Stderr(d)) =
+                &event.kind
+            {
+                adopted.bytes += d.len() as u64;
+            }
+            adopted.events += 1;
+            let _ = self
+                .link
+                .send(call_id, trace.as_ref(), Body::Event(event), None, now);
+        }
+        let acks: Vec<(u64, u64)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !c.finished && c.received.consumed() > 0)
+            .map(|(id, c)| (*id, c.received.consumed()))
+            .collect();
+        for (call_id, consumed) in acks {
+            let _ = self.link.send(
+                call_id,
+                None,
+                Body::StdinAck(StdinAck { consumed }),
+                None,
+                now,
+            );
+        }
+        self.after(now);
+        adopted
+    }
+
+    /// Refuses the resume the client asked for: the session it names is
+    /// gone (`tombstone` says what became of its calls, when known). This
+    /// link goes on as a new session, which the answer names.
+    pub fn refuse_resume(&mut self, tombstone: Option<&Tombstone>, now: Now) {
+        let Some(asked) = self.asked.take() else {
+            return;
+        };
+        let token = self.offer_resume();
+        let limits = self.link.limits;
+        self.output_window = output::negotiate(limits.output_window, limits.output_window);
+        let calls = asked
+            .calls
+            .iter()
+            .map(|c| {
+                let known = tombstone
+                    .filter(|t| t.client.is_some() && t.client == self.client)
+                    .and_then(|t| t.calls.get(&c.call_id));
+                let (stdout_lost, stderr_lost) = known.map_or((0, 0), |k| k.since(c.next_seq));
+                ResumedCall {
+                    call_id: c.call_id,
+                    known: false,
+                    stdout_lost,
+                    stderr_lost,
+                    exit: known.and_then(|k| k.exit),
+                    ..ResumedCall::default()
+                }
+            })
+            .collect();
+        let resumed = Resumed {
+            expired: true,
+            calls,
+            resume_token: token,
+            output_window: self.output_window,
+            max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
+            stdin_window: limits.stdin_window,
+        };
+        self.state = State::Ready;
+        self.deadline = None;
+        let _ = self.send(0, None, Body::Resumed(resumed), now);
+        self.after(now);
+    }
+
+    /// The calls the session holds (running, or finished and kept for a
+    /// resume).
+    pub fn call_ids(&self) -> Vec<u64> {
+        self.calls.keys().copied().collect()
+    }
+
+    /// A detached session's grace expired: what its calls lose (their kept
+    /// output) and how they ended, for a client that comes back late.
+    pub fn tombstone(&self) -> Tombstone {
+        Tombstone {
+            client: self.client,
+            calls: self
+                .calls
+                .iter()
+                .map(|(&id, call)| {
+                    let mut lost = Lost::default();
+                    for (seq, event) in call.output.kept_with_seq() {
+                        match &event.kind {
+                            Some(terminal_event::Kind::Stdout(d)) => {
+                                lost.push(seq, d.len() as u64, 0);
+                            }
+                            Some(terminal_event::Kind::Stderr(d)) => {
+                                lost.push(seq, 0, d.len() as u64);
+                            }
+                            Some(terminal_event::Kind::Exited(x)) => lost.exit = Some(*x),
+                            _ => {}
+                        }
+                    }
+                    (id, lost)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `call` is kept only for a resume (its final event pushed).
+    pub(super) fn keep_finished(&self) -> bool {
+        self.resumable.is_some()
+    }
+
+    /// Removes finished calls beyond the limit of calls, oldest first (their
+    /// final events would be lost to a resume; a client acknowledges them
+    /// with its next message, so only a flood of short calls on a session
+    /// whose client stopped talking comes here).
+    pub(super) fn bound_finished(&mut self) {
+        let max = self.link.limits.max_calls;
+        let finished: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.finished)
+            .map(|(id, _)| *id)
+            .collect();
+        let over = (finished.len()).saturating_sub(max);
+        for id in finished.into_iter().take(over) {
+            self.calls.remove(&id);
+        }
+    }
+}
+
+impl Call {
+    /// Whether it is over and the client has acknowledged its every event.
+    pub(super) fn settled(&self) -> bool {
+        self.finished && self.output.is_empty()
+    }
+}

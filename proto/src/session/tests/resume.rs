@@ -1,0 +1,454 @@
+//! Resume: a session outliving its link. The link is cut at each point of
+//! a call; the client comes back over a new link to a new exec-server
+//! machine that adopts the detached one, and gets every event exactly once
+//! and in order, its stdin taken exactly once; a resume that is stale, from
+//! another key or too late is refused and says what was lost.
+
+use super::*;
+use crate::session::server::{LOST_RUNS, Lost, Tombstone};
+
+fn resumable() -> Pair {
+    let client = Limits {
+        resumable: true,
+        ..Limits::client()
+    };
+    let server = Limits {
+        resumable: true,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(client, server);
+    p.run();
+    assert!(p.client.is_ready(), "{:?}", p.client_events);
+    p.client_events.clear();
+    p.server_events.clear();
+    p
+}
+
+impl Pair {
+    /// The link breaks: whatever was on the wire is lost and both ends see
+    /// it go. Both must detach.
+    fn cut(&mut self) {
+        self.up = Wire::default();
+        self.down = Wire::default();
+        let now = self.now;
+        self.client_reads = true;
+        self.server_reads = true;
+        self.client.handle_link_end(None, now);
+        self.server.handle_link_end(None, now);
+        self.run();
+        assert!(self.client.is_detached(), "{:?}", self.client_events);
+        assert!(self.server.is_detached(), "{:?}", self.server_events);
+        assert!(
+            matches!(
+                self.client_events.last(),
+                Some(ClientEvent::Detached { .. })
+            ),
+            "{:?}",
+            self.client_events
+        );
+        assert!(
+            matches!(
+                self.server_events.last(),
+                Some(ServerEvent::Detached { .. })
+            ),
+            "{:?}",
+            self.server_events
+        );
+    }
+
+    /// The client starts a new link to a new exec-server machine, which
+    /// answers the hello-less resume; returns the detached machine and the
+    /// token the client asked for.
+    fn relink(&mut self) -> (ServerSession<Tag>, Bytes) {
+        let key = self.client_key.clone();
+        let server_pub = self.server_pub;
+        self.client.reattach(&key, &server_pub, self.now).unwrap();
+        let fresh = ServerSession::new(Arc::clone(&self.acceptor), self.server_limits, self.now);
+        let parked = std::mem::replace(&mut self.server, fresh);
+        self.server_events.clear();
+        self.run();
+        let token = self
+            .server_events
+            .iter()
+            .find_map(|e| match e {
+                ServerEvent::Resume { token } => Some(token.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no resume asked: {:?}", self.server_events));
+        (parked, token)
+    }
+
+    /// [`relink`](Self::relink), and the new machine adopts the old.
+    fn resume(&mut self) -> server::Adopted {
+        let (parked, token) = self.relink();
+        assert_eq!(parked.resume_token(), Some(token.as_ref()));
+        assert!(self.server.may_resume(&parked));
+        let adopted = self.server.adopt(parked, self.now);
+        self.run();
+        assert!(
+            self.client_events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Resumed { expired: false, .. })),
+            "{:?}",
+            self.client_events
+        );
+        assert!(!self.client.is_detached());
+        adopted
+    }
+
+    /// The call's output as the client received it, in order.
+    fn client_output(&self, id: u64) -> (Vec<u64>, Vec<u8>, Option<Kind>) {
+        let mut seqs = Vec::new();
+        let mut bytes = Vec::new();
+        let mut last = None;
+        for (call, seq, kind, is_last) in self.client_calls() {
+            if call != id {
+                continue;
+            }
+            seqs.push(seq);
+            if let Kind::Stdout(d) = &kind {
+                bytes.extend_from_slice(d);
+            }
+            if is_last {
+                last = Some(kind);
+            }
+        }
+        (seqs, bytes, last)
+    }
+
+    fn stdin_at_server(&self, id: u64) -> Vec<u8> {
+        self.server_events
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::Stdin { call_id, data } if *call_id == id => Some(data.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+fn assert_in_order(seqs: &[u64]) {
+    let want: Vec<u64> = (0..seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "every event once, in order");
+}
+
+#[test]
+fn a_session_that_cannot_resume_ends_with_its_link() {
+    let mut p = Pair::ready();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.up = Wire::default();
+    p.down = Wire::default();
+    let now = p.now;
+    p.client.handle_link_end(None, now);
+    p.server.handle_link_end(None, now);
+    p.run();
+    assert!(!p.client.is_detached() && !p.server.is_detached());
+    assert!(p.client_end().is_some_and(Result::is_err));
+    assert!(p.server_end().is_some_and(Result::is_err));
+}
+
+#[test]
+fn output_lost_mid_call_is_sent_again_exactly_once() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, out("one "));
+    // What follows is on the wire when it breaks.
+    p.client_reads = false;
+    p.push(id, out("two "));
+    p.push(id, out("three"));
+    p.cut();
+    let adopted = p.resume();
+    assert_eq!(adopted.events, 2, "{adopted:?}");
+    assert_eq!(adopted.bytes, 9);
+    assert!(
+        p.client_events.iter().any(|e| matches!(
+            e,
+            ClientEvent::Resumed { replayed, .. } if replayed == &[(id, 9)]
+        )),
+        "{:?}",
+        p.client_events
+    );
+    assert_eq!(adopted.dropped, 0);
+    // The process goes on over the new link.
+    p.push(id, out(" four"));
+    p.push(id, exit(3));
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"one two three four");
+    assert_eq!(last, Some(exit(3)));
+}
+
+#[test]
+fn a_call_that_exited_while_its_final_event_was_lost_still_ends() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    p.push(id, out("done"));
+    p.push(id, exit(0));
+    p.cut();
+    // The exec-server kept the finished call for the resume.
+    assert_eq!(p.server.call_ids(), vec![id]);
+    p.resume();
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"done");
+    assert_eq!(last, Some(exit(0)));
+    // Once the client has it, the exec-server forgets the call.
+    p.client.ping(p.now).unwrap();
+    p.run();
+    assert!(p.server.call_ids().is_empty(), "{:?}", p.server.call_ids());
+}
+
+#[test]
+fn a_cut_before_the_call_started_resumes_the_call() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.client_reads = false;
+    p.cut();
+    p.resume();
+    p.push(id, started());
+    p.push(id, exit(0));
+    let (seqs, _, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn stdin_in_flight_is_sent_again_and_taken_exactly_once() {
+    let mut p = resumable();
+    let id = p.exec(true);
+    p.push(id, started());
+    p.client
+        .write_stdin(id, Bytes::from_static(b"arrived "), p.now)
+        .unwrap();
+    p.run();
+    // This stdin is on the wire when it breaks: the exec-server never has it.
+    p.server_reads = false;
+    p.client
+        .write_stdin(id, Bytes::from_static(b"lost "), p.now)
+        .unwrap();
+    p.client.close_stdin(id, None, p.now).unwrap();
+    p.run();
+    p.cut();
+    p.resume();
+    let mut closes = 0;
+    for e in &p.server_events {
+        if matches!(e, ServerEvent::StdinClose { call_id, .. } if *call_id == id) {
+            closes += 1;
+        }
+    }
+    // Before the cut and after the resume, in order, once.
+    let before: Vec<u8> = b"arrived ".to_vec();
+    let after = p.stdin_at_server(id);
+    assert_eq!(after, b"lost ", "sent again, from where it stopped");
+    assert_eq!([before, after].concat(), b"arrived lost ");
+    assert_eq!(closes, 1);
+}
+
+#[test]
+fn stdin_the_exec_server_had_is_not_sent_again() {
+    let mut p = resumable();
+    let id = p.exec(true);
+    p.push(id, started());
+    // The exec-server has it, but its process has not taken it.
+    p.server_consumes = false;
+    p.client
+        .write_stdin(id, Bytes::from_static(b"held"), p.now)
+        .unwrap();
+    p.run();
+    assert_eq!(p.stdin_at_server(id), b"held");
+    p.cut();
+    p.resume();
+    assert!(p.stdin_at_server(id).is_empty(), "{:?}", p.server_events);
+}
+
+#[test]
+fn a_session_resumes_again_after_a_second_cut() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    for word in ["a", "b", "c"] {
+        p.client_reads = false;
+        p.push(id, out(word));
+        p.cut();
+        p.resume();
+    }
+    p.push(id, exit(0));
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"abc");
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn a_stale_resume_is_refused() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    let stale = p.client.resume_state();
+    p.cut();
+    p.resume();
+    // The resume moved both ends to a new secret: the old one, seen once,
+    // proves nothing now.
+    p.cut();
+    p.client.set_resume_state(stale);
+    let (parked, _) = p.relink();
+    assert!(!p.server.may_resume(&parked));
+}
+
+#[test]
+fn a_resume_from_another_key_is_refused() {
+    let (client_key, server_key) = keys();
+    let thief = StaticKeypair::generate().unwrap();
+    let acceptor = Arc::new(Acceptor::new(
+        server_key.clone(),
+        AuthorizedKeys::from_keys([client_key.public(), thief.public()]),
+    ));
+    let client_limits = Limits {
+        resumable: true,
+        ..Limits::client()
+    };
+    let server_limits = Limits {
+        resumable: true,
+        ..Limits::server()
+    };
+    let pair = |key: &StaticKeypair| {
+        let mut p = Pair::from_parts(
+            key,
+            &server_key.public(),
+            Arc::clone(&acceptor),
+            client_limits,
+            server_limits,
+        );
+        p.run();
+        assert!(p.client.is_ready());
+        p
+    };
+    let mut p = pair(&client_key);
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    // Another authorized client that learnt the token, and even the secret.
+    let mut other = pair(&thief);
+    other.client_events.clear();
+    other.server_events.clear();
+    other.cut();
+    other.client.set_resume_state(p.client.resume_state());
+    let (_, token) = other.relink();
+    assert_eq!(p.server.resume_token(), Some(token.as_ref()));
+    assert!(!other.server.may_resume(&p.server));
+    // The session's own client still can.
+    p.resume();
+}
+
+#[test]
+fn a_late_resume_is_told_what_was_lost() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    // Delivered (not yet acknowledged): not lost.
+    p.push(id, out("seen"));
+    p.client_reads = false;
+    p.push(id, out("never seen"));
+    p.push(id, exit(9));
+    p.cut();
+    let (parked, _) = p.relink();
+    // The grace expired: the endpoint kept only what the calls lost.
+    let tombstone: Tombstone = parked.tombstone();
+    drop(parked);
+    p.server.refuse_resume(Some(&tombstone), p.now);
+    p.run();
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Resumed { expired: true, .. })),
+        "{:?}",
+        p.client_events
+    );
+    let lost = p
+        .client_events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Lost {
+                call_id,
+                stdout_lost,
+                stderr_lost,
+                exit,
+            } if *call_id == id => Some((*stdout_lost, *stderr_lost, *exit)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no loss reported: {:?}", p.client_events));
+    assert_eq!(lost.0, 10);
+    assert_eq!(lost.1, 0);
+    assert_eq!(
+        lost.2,
+        Some(Exited {
+            status: Some(exited::Status::Code(9))
+        })
+    );
+    // The link goes on as a new session.
+    assert!(p.client.is_ready());
+    let again = p.exec(false);
+    p.push(again, started());
+    p.push(again, exit(0));
+    assert_eq!(p.client_output(again).2, Some(exit(0)));
+}
+
+#[test]
+fn a_client_that_gives_up_ends_its_calls() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    p.client.give_up(SessionError::LinkEnded, p.now);
+    p.run();
+    assert!(p.client_end().is_some_and(Result::is_err));
+    assert_eq!(p.client.open_calls(), 0);
+}
+
+#[test]
+fn a_detached_exec_server_keeps_what_its_processes_write() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    // While nobody is connected, the process goes on writing.
+    let pushed = p.server.push(id, out("while away"), None, None, p.now);
+    assert!(pushed.is_ok(), "{pushed:?}");
+    p.server.push(id, exit(0), None, None, p.now).unwrap();
+    let adopted = p.resume();
+    assert_eq!(adopted.events, 2);
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"while away");
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn a_long_loss_is_counted_in_runs_from_where_the_client_stopped() {
+    let mut lost = Lost::default();
+    for seq in 0..10 {
+        lost.push(seq, 10, 1);
+    }
+    assert_eq!(lost.since(0), (100, 10));
+    assert_eq!(lost.since(7), (30, 3));
+    assert_eq!(lost.since(10), (0, 0));
+    // Many more events than runs: merged, never more than the bound, and
+    // the total stays exact.
+    let mut long = Lost::default();
+    for seq in 0..10_000 {
+        long.push(seq, 3, 0);
+    }
+    assert!(long.runs.len() <= LOST_RUNS);
+    assert_eq!(long.since(0), (30_000, 0));
+    // From the middle: counted from the start of the run it falls in.
+    let (out, _) = long.since(5_000);
+    assert!(
+        (15_000..=15_000 + 3 * 10_000 / LOST_RUNS as u64 * 2).contains(&out),
+        "{out}"
+    );
+}

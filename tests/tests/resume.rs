@@ -1,0 +1,272 @@
+//! Commands survive a lost link: the relay is killed (SIGKILL) in the
+//! middle of a command and comes back, or one of two relays dies for good;
+//! the command goes on where it stopped, every byte exactly once, and ends
+//! with its real exit status; the outage is a stage of its trace. And the
+//! ways it can still end clearly: `--no-resume`, or a relay that never
+//! comes back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use integration_tests::binaries::{self, ProcStack};
+use integration_tests::trace_check;
+use telemetry::spans;
+
+/// Bounds every wait here (never a measure of speed).
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A command that writes numbered lines for a few seconds, then exits 7:
+/// its output is known exactly, and a relay killed meanwhile lands mid
+/// stream.
+const PACED: &str = "i=0; while [ $i -lt 80 ]; do seq $((i*4000)) $((i*4000+3999)); \
+                     i=$((i+1)); sleep 0.05; done; exit 7";
+
+fn expected() -> Vec<u8> {
+    let out = Command::new("sh").args(["-c", PACED]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    out.stdout
+}
+
+/// Runs `cmd`, reading its stdout as it comes; `started` hears once some
+/// output has arrived.
+fn run_watched(mut cmd: Command) -> (mpsc::Receiver<()>, std::thread::JoinHandle<Output>) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let mut told = false;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    if !told && all.len() > 100_000 {
+                        told = true;
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+        let mut out = child.wait_with_output().unwrap();
+        out.stdout = all;
+        out
+    });
+    (rx, handle)
+}
+
+/// Kills the relay (no goodbye to anyone) and starts it again on its
+/// address once `down` has passed.
+fn bounce_relay(stack: &mut ProcStack, down: Duration) {
+    let addr = stack.relay_url.trim_start_matches("http://").to_owned();
+    let _ = stack.relay.child.kill();
+    let _ = stack.relay.child.wait();
+    std::thread::sleep(down);
+    stack.relay = binaries::spawn("relay", &["--listen", &addr], &[]).unwrap();
+    stack.relay.wait_for_line("listening on", PATIENCE).unwrap();
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn a_relay_killed_mid_command_costs_a_pause_not_the_command() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    let want = expected();
+    let traces = stack.dir.path().join("traces.jsonl");
+    let cmd = stack.exec_with(&["--print-trace-id", "--no-agent"], &["sh", "-c", PACED]);
+    let (started, done) = run_watched(cmd);
+    started.recv_timeout(PATIENCE).unwrap();
+    bounce_relay(&mut stack, Duration::from_millis(300));
+    let out = done.join().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert_eq!(out.stdout.len(), want.len(), "{stderr}");
+    assert!(out.stdout == want, "the output differs from the command's");
+
+    // The outage is a stage of the command's trace, under its dispatch,
+    // with how it came back.
+    let id = binaries::printed_trace_id(&out).unwrap();
+    let spans = trace_check::from_trace_file(&traces, &id);
+    let dispatch = trace_check::one(&spans, spans::TOOL_DISPATCH);
+    let reattach = trace_check::one(&spans, spans::SESSION_REATTACH);
+    assert_eq!(
+        reattach.parent_span_id.as_deref(),
+        Some(dispatch.span_id.as_str())
+    );
+    assert!(reattach.start_unix_nanos >= dispatch.start_unix_nanos);
+    assert!(reattach.end_unix_nanos <= dispatch.end_unix_nanos);
+    for key in [
+        "rex.replayed.bytes",
+        "rex.resume.attempts",
+        "rex.resume.via",
+    ] {
+        assert!(reattach.attributes.contains_key(key), "{key}: {reattach:?}");
+    }
+    let children: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id.as_deref() == Some(reattach.span_id.as_str()))
+        .map(|s| s.name.as_str())
+        .collect();
+    for name in [
+        spans::RELAY_CONNECT,
+        spans::NOISE_HANDSHAKE,
+        spans::SESSION_RESUME,
+    ] {
+        assert!(children.contains(&name), "{name} missing: {children:?}");
+    }
+    // Nothing of the command's output is in any span.
+    for s in &spans {
+        for v in s.attributes.values() {
+            assert!(
+                !format!("{v:?}").contains("123456"),
+                "{} carries output",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn stdin_in_flight_arrives_exactly_once_across_a_relay_restart() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    // The remote side digests what it read; the local side knows what it
+    // sent.
+    let input: Vec<u8> = (0..6_000_000u32).map(|i| (i % 253) as u8).collect();
+    let mut cmd = stack.exec_with(&["--no-agent"], &["sh", "-c", "cksum; exit 3"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let half = input.len() / 2;
+    let first = input[..half].to_vec();
+    let rest = input[half..].to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&first).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stdin
+    });
+    let stdin = writer.join().unwrap();
+    bounce_relay(&mut stack, Duration::from_millis(200));
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut stdin = stdin;
+        stdin.write_all(&rest).unwrap();
+    });
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let local = {
+        let mut c = Command::new("cksum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(&input).unwrap();
+        c.wait_with_output().unwrap().stdout
+    };
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), text(&local));
+}
+
+#[test]
+fn a_command_comes_back_through_the_other_relay_when_one_dies() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    // A second relay, and the exec-server registered with both.
+    let second = binaries::spawn("relay", &["--listen", "127.0.0.1:0"], &[]).unwrap();
+    let line = second.wait_for_line("listening on", PATIENCE).unwrap();
+    let second_url = format!("http://{}", line.rsplit(' ').next().unwrap().trim());
+    let dir = stack.dir.path().to_owned();
+    let (key, ak) = (dir.join("server.key"), dir.join("authorized_keys"));
+    stack.server = binaries::spawn(
+        "exec-server",
+        &[
+            "--relay",
+            &stack.relay_url,
+            "--relay",
+            &second_url,
+            "--key",
+            key.to_str().unwrap(),
+            "--authorized-keys",
+            ak.to_str().unwrap(),
+            "--no-records",
+        ],
+        &[],
+    )
+    .unwrap();
+    for _ in 0..2 {
+        stack
+            .server
+            .wait_for_line("registered with relay", PATIENCE)
+            .unwrap();
+    }
+    // Its health probe answers per relay.
+    let health = |relays: &[&str]| {
+        let mut args = vec!["health".to_owned()];
+        for r in relays {
+            args.extend(["--relay".to_owned(), (*r).to_owned()]);
+        }
+        args.extend(["--key".to_owned(), key.to_str().unwrap().to_owned()]);
+        Command::new(binaries::path("exec-server").unwrap())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let both = health(&[&stack.relay_url, &second_url]);
+    assert!(both.status.success(), "{}", text(&both.stderr));
+
+    // The first relay dies for good in the middle of a command: it comes
+    // back through the second.
+    let want = expected();
+    let mut cmd = binaries::core_client(&dir).unwrap();
+    cmd.arg("exec")
+        .args([
+            "--no-agent",
+            "--relay",
+            &stack.relay_url,
+            "--relay",
+            &second_url,
+        ])
+        .args(["--server", &stack.server_pub, "--key"])
+        .arg(&stack.client_key)
+        .args(["--", "sh", "-c", PACED]);
+    let (started, done) = run_watched(cmd);
+    started.recv_timeout(PATIENCE).unwrap();
+    let _ = stack.relay.child.kill();
+    let _ = stack.relay.child.wait();
+    let out = done.join().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(out.stdout == want, "the output differs from the command's");
+    // And the health probe names the relay that is gone, and only it.
+    let one = health(&[&stack.relay_url, &second_url]);
+    assert_eq!(one.status.code(), Some(1));
+    let lines = text(&one.stderr);
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(lines.contains(&stack.relay_url), "{lines}");
+}
+
+#[test]
+fn without_resume_the_command_ends_with_its_link() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    let cmd = stack.exec_with(&["--no-agent", "--no-resume"], &["sh", "-c", PACED]);
+    let (started, done) = run_watched(cmd);
+    started.recv_timeout(PATIENCE).unwrap();
+    bounce_relay(&mut stack, Duration::from_millis(300));
+    let out = done.join().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
