@@ -9,7 +9,7 @@ use core_client::cli::{
     self, Cli, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
 };
 use telemetry::setup::{self, Export, LogDefault, Options};
-use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
+use telemetry::trace_file::{Retention, TraceFile};
 
 fn main() -> ExitCode {
     // First: the estimate reads this process's CPU time so far.
@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         CliCommand::Trace {
             command: TraceCommand::Show { trace },
         } => context().and_then(|ctx| cli::trace_show(trace_file.as_deref(), &trace, &ctx.names())),
+        CliCommand::Report(args) => context()
+            .and_then(|ctx| cli::report::report(&args, trace_file.as_deref(), &ctx.names())),
         CliCommand::Exec(args) => context().and_then(|ctx| {
             with_runtime(trace_file, &["core-client"], |_, flusher| {
                 cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher })
@@ -137,7 +139,11 @@ where
     })?;
     // The OTLP client lives on the runtime: set up inside it.
     let _entered = runtime.enter();
-    let local = trace_file.map(|p| TraceFile::new(p, DEFAULT_MAX_BYTES));
+    let retention = Retention::from_env().map_err(|e| CliError {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let local = trace_file.map(|p| TraceFile::new(p, retention));
     let export = Export::from_env(local).map_err(|e| CliError {
         message: e.to_string(),
         code: 2,

@@ -1,6 +1,6 @@
-//! Reading the local trace file back: every trace in it (the rotated
-//! predecessor first), merged across the lines that hold its spans, and the
-//! trace a selector names. The file is written by
+//! Reading the local trace file back: every trace in it (the oldest rotated
+//! generation first), merged across the lines that hold its spans, and the
+//! trace a selector names (searched newest first). The file is written by
 //! [`telemetry::trace_file`] and its lines parsed by
 //! [`telemetry::trace_read`]; malformed lines are skipped and counted.
 
@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use telemetry::trace_file::rotated_path;
+use telemetry::trace_file::files_newest_first;
 use telemetry::trace_read::Merger;
 pub use telemetry::trace_read::{SpanRecord, Trace, Traces, is_placed, spans_from_traces_data};
 
@@ -35,27 +35,37 @@ pub enum TraceFileError {
     },
 }
 
-/// Reads every trace in `path` (and `<path>.1` before it), ordered oldest to
-/// newest by each trace's last line. Malformed lines are skipped.
+/// Reads every trace in `path` and its rotated generations, ordered oldest
+/// to newest by each trace's last line. Malformed lines are skipped.
 pub fn read(path: &Path) -> Result<Vec<Trace>, TraceFileError> {
     read_all(path).map(|traces| traces.traces)
 }
 
 /// Like [`read`], also counting the malformed lines that were skipped.
 pub fn read_all(path: &Path) -> Result<Traces, TraceFileError> {
-    let mut found = false;
-    let mut merger = Merger::default();
-    for file in [rotated_path(path), path.to_path_buf()] {
-        let bytes = match fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(TraceFileError::Io { path: file, source }),
-        };
-        found = true;
-        merger.lines(&bytes);
-    }
-    if !found {
+    let mut files = files_newest_first(path);
+    if files.is_empty() {
         return Err(TraceFileError::NotFound(path.to_path_buf()));
+    }
+    files.reverse();
+    read_files(&files)
+}
+
+/// The traces in `files`, read in that order (oldest first).
+fn read_files(files: &[PathBuf]) -> Result<Traces, TraceFileError> {
+    let mut merger = Merger::default();
+    for file in files {
+        match fs::read(file) {
+            Ok(bytes) => merger.lines(&bytes),
+            // Rotated away while being read: what is left is read.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(TraceFileError::Io {
+                    path: file.clone(),
+                    source,
+                });
+            }
+        }
     }
     Ok(merger.finish())
 }
@@ -103,19 +113,37 @@ fn is_background(trace: &Trace) -> bool {
 }
 
 /// The trace in `path` that `selector` names; `last` is the newest trace
-/// that is not only background work.
+/// that is not only background work. The generations are searched newest
+/// first, and the one before the generation that holds the trace is read
+/// with it (a trace's first spans may have been written before a rotation).
 pub fn find(path: &Path, selector: &Selector) -> Result<Trace, TraceFileError> {
-    let traces = read(path)?;
+    let files = files_newest_first(path);
+    if files.is_empty() {
+        return Err(TraceFileError::NotFound(path.to_path_buf()));
+    }
+    for (at, file) in files.iter().enumerate() {
+        let traces = read_files(std::slice::from_ref(file))?.traces;
+        let Some(id) = pick(traces, selector).map(|t| t.trace_id) else {
+            continue;
+        };
+        let mut both: Vec<PathBuf> = files.iter().skip(at).take(2).cloned().collect();
+        both.reverse();
+        let merged = read_files(&both)?.traces;
+        if let Some(trace) = merged.into_iter().find(|t| t.trace_id == id) {
+            return Ok(trace);
+        }
+    }
+    Err(match selector {
+        Selector::Last => TraceFileError::Empty(path.to_path_buf()),
+        Selector::Id(id) => TraceFileError::NoSuchTrace(id.clone(), path.to_path_buf()),
+    })
+}
+
+/// The trace `selector` names among `traces` (oldest to newest).
+fn pick(traces: Vec<Trace>, selector: &Selector) -> Option<Trace> {
     match selector {
-        Selector::Last => traces
-            .into_iter()
-            .rev()
-            .find(|t| !is_background(t))
-            .ok_or_else(|| TraceFileError::Empty(path.to_path_buf())),
-        Selector::Id(id) => traces
-            .into_iter()
-            .find(|trace| trace.trace_id == *id)
-            .ok_or_else(|| TraceFileError::NoSuchTrace(id.clone(), path.to_path_buf())),
+        Selector::Last => traces.into_iter().rev().find(|t| !is_background(t)),
+        Selector::Id(id) => traces.into_iter().find(|trace| trace.trace_id == *id),
     }
 }
 
@@ -137,7 +165,7 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, SystemTime};
-    use telemetry::trace_file::{DEFAULT_MAX_BYTES, TraceFile};
+    use telemetry::trace_file::{Retention, TraceFile, rotated_path};
 
     fn provider(file: &TraceFile, service: &'static str) -> SdkTracerProvider {
         SdkTracerProvider::builder()
@@ -184,7 +212,7 @@ mod tests {
     fn writes_and_reads_a_parent_child_trace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/deeper/traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         assert!(!path.exists(), "opening is lazy");
         let p = provider(&file, "core-client");
         let id = parent_child(&p, "tool.dispatch", "terminal.delivery");
@@ -238,7 +266,7 @@ mod tests {
     fn services_sharing_a_file_merge_into_one_trace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let client = provider(&file, "core-client");
         let server = provider(&file, "exec-server");
 
@@ -327,7 +355,7 @@ mod tests {
     fn one_batch_with_two_traces_writes_one_line_per_trace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let mut exporter = file.exporter();
         exporter.set_resource(&Resource::builder().with_service_name("batcher").build());
         let batch = vec![
@@ -374,7 +402,7 @@ mod tests {
     fn links_are_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let p = provider(&file, "svc");
         let tracer = p.tracer("t");
         let target = SpanContext::new(
@@ -404,7 +432,7 @@ mod tests {
     fn last_and_id_lookup() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let p = provider(&file, "svc");
         let first = parent_child(&p, "first", "first.child");
         let second = parent_child(&p, "second", "second.child");
@@ -444,7 +472,7 @@ mod tests {
     fn a_trace_is_positioned_by_its_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let p = provider(&file, "svc");
         let tracer = p.tracer("t");
         // Trace A's child ends first, then trace B completes, then A's root.
@@ -468,7 +496,7 @@ mod tests {
     fn malformed_lines_are_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let p = provider(&file, "svc");
         let first = parent_child(&p, "first", "first.child");
         {
@@ -511,7 +539,13 @@ mod tests {
         let path = dir.path().join("traces.jsonl");
         let rotated = rotated_path(&path);
         assert_eq!(rotated, dir.path().join("traces.jsonl.1"));
-        let file = TraceFile::new(path.clone(), 10);
+        let file = TraceFile::new(
+            path.clone(),
+            Retention {
+                file_bytes: 10,
+                generations: 1,
+            },
+        );
         let p = provider(&file, "svc");
         let mut ids = Vec::new();
         for name in ["one", "two", "three"] {
@@ -537,7 +571,7 @@ mod tests {
 
         // A large bound never rotates.
         let big = dir.path().join("big.jsonl");
-        let file = TraceFile::new(big.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(big.clone(), Retention::default());
         let p = provider(&file, "svc");
         parent_child(&p, "x", "y");
         parent_child(&p, "x", "y");
@@ -548,10 +582,54 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_in_an_older_generation_is_found_and_all_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(
+            path.clone(),
+            Retention {
+                file_bytes: 10,
+                generations: 3,
+            },
+        );
+        let p = provider(&file, "svc");
+        let mut ids = Vec::new();
+        for name in ["one", "two", "three", "four", "five"] {
+            let mut span = p.tracer("t").start(name);
+            ids.push(span.span_context().trace_id().to_string());
+            span.end();
+        }
+        p.shutdown().unwrap();
+        // Four files: the current one and three generations; "one" is gone
+        // and said to be.
+        assert!(telemetry::trace_file::generation_path(&path, 3).exists());
+        assert!(!telemetry::trace_file::generation_path(&path, 4).exists());
+        assert!(telemetry::trace_file::rotated_away_before(&path).is_some());
+        let read_ids: Vec<String> = read(&path)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.trace_id)
+            .collect();
+        assert_eq!(read_ids, ids[1..]);
+        let oldest = find(&path, &Selector::Id(ids[1].clone())).unwrap();
+        assert_eq!(oldest.spans[0].name, "two");
+        assert!(matches!(
+            find(&path, &Selector::Id(ids[0].clone())),
+            Err(TraceFileError::NoSuchTrace(..))
+        ));
+    }
+
+    #[test]
     fn a_trace_split_by_rotation_is_merged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), 10);
+        let file = TraceFile::new(
+            path.clone(),
+            Retention {
+                file_bytes: 10,
+                generations: 1,
+            },
+        );
         let p = provider(&file, "svc");
         // The child's line is rotated into `.1` when the root's is written.
         let id = parent_child(&p, "root", "child");
@@ -568,7 +646,7 @@ mod tests {
     fn only_the_rotated_file_is_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let p = provider(&file, "svc");
         let id = parent_child(&p, "x", "y");
         p.shutdown().unwrap();
@@ -580,7 +658,7 @@ mod tests {
     fn a_removed_file_is_recreated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let p = provider(&file, "svc");
         parent_child(&p, "x", "y");
         fs::remove_file(&path).unwrap();

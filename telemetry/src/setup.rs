@@ -600,7 +600,10 @@ mod tests {
 
     fn try_decide(vars: &[(&str, &str)]) -> Result<Export, ConfigError> {
         let dir = std::env::temp_dir().join("rex-setup-test.jsonl");
-        Export::decide(lookup(vars), Some(TraceFile::new(dir, 1024)))
+        Export::decide(
+            lookup(vars),
+            Some(TraceFile::new(dir, crate::trace_file::Retention::default())),
+        )
     }
 
     fn decide(vars: &[(&str, &str)]) -> Export {

@@ -1,18 +1,29 @@
 //! The local trace file: where spans go when no OTLP endpoint is configured
-//! (`core-client trace show` reads it back).
+//! (`core-client trace show` and `report` read it back).
+//!
+//! Layout:
+//! - this module: [`TraceFile`] (appending whole lines under one lock) and
+//!   its span exporter, and [`RemoteSpans`] (the exec-server's stages a
+//!   client brought home).
+//! - [`retention`]: how much is kept (the current file and its rotated
+//!   generations) and what was rotated away.
+//! - `compact`: lines without default values.
 //!
 //! Format: JSON Lines. Each line is one OTLP JSON `TracesData` message
 //! holding the spans of one trace that one exporter wrote in one batch, so a
 //! trace that crosses services (or batches) spans several lines with the same
-//! trace id, which a reader merges. Lines are appended whole, under one lock,
-//! so exporters sharing a [`TraceFile`] never interleave.
+//! trace id, which a reader merges. Fields holding their default value are
+//! left out, as the OTLP JSON mapping allows. Lines are appended whole,
+//! under one lock, so exporters sharing a [`TraceFile`] never interleave.
 //!
-//! Size bound: before a write, a file already larger than its `max_bytes` is
-//! renamed to `<path>.1` (replacing an older one) and a new file is started;
-//! readers read `<path>.1` and then `<path>`.
+//! Size bound: before a write, a file already larger than its
+//! [`Retention::file_bytes`] is rotated (see [`retention`]); readers read
+//! the generations oldest first (`<path>.N` ... `<path>.1`, then `<path>`).
+
+mod compact;
+pub mod retention;
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -35,8 +46,9 @@ use opentelemetry_sdk::trace::{
 
 use crate::remote::{RemoteSink, RemoteSpan};
 
-/// The default size at which the trace file is rotated (16 MiB).
-pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+pub use retention::{
+    Retention, files_newest_first, generation_path, rotated_away_before, rotated_path,
+};
 
 /// The environment variable that overrides [`default_path`].
 pub const PATH_ENV: &str = "REX_TRACE_FILE";
@@ -50,13 +62,6 @@ pub fn default_path() -> Option<PathBuf> {
     }
 }
 
-/// The rotated predecessor of `path`: `<path>.1`.
-pub fn rotated_path(path: &Path) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(".1");
-    PathBuf::from(name)
-}
-
 /// A trace file that any number of exporters append to. Cloning shares the
 /// same file and lock. The file is opened on the first write.
 #[derive(Debug, Clone)]
@@ -67,20 +72,20 @@ pub struct TraceFile {
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
-    max_bytes: u64,
+    retention: Retention,
     /// The open file, while it is still the one at `path`; the lock every
     /// line is written under.
     file: Mutex<Option<File>>,
 }
 
 impl TraceFile {
-    /// A trace file at `path`, rotated once it exceeds `max_bytes`. Nothing
-    /// is created until the first span is written.
-    pub fn new(path: PathBuf, max_bytes: u64) -> TraceFile {
+    /// A trace file at `path`, kept as `retention` says. Nothing is created
+    /// until the first span is written.
+    pub fn new(path: PathBuf, retention: Retention) -> TraceFile {
         TraceFile {
             inner: Arc::new(Shared {
                 path,
-                max_bytes,
+                retention,
                 file: Mutex::new(None),
             }),
         }
@@ -133,15 +138,11 @@ impl Shared {
         };
         if on_disk
             .as_ref()
-            .is_some_and(|meta| meta.len() > self.max_bytes)
+            .is_some_and(|meta| meta.len() > self.retention.file_bytes)
         {
             *held = None;
             current = false;
-            match fs::rename(&self.path, rotated_path(&self.path)) {
-                // Another process sharing the path rotated it first.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                other => other?,
-            }
+            retention::rotate(&self.path, self.retention)?;
         }
         if !current {
             if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -180,7 +181,9 @@ impl TraceFileExporter {
             let data = TracesData {
                 resource_spans: group_spans_by_resource_and_scope(spans, &resource),
             };
-            let mut line = serde_json::to_vec(&data).map_err(|err| self.failure(&err))?;
+            let mut value = serde_json::to_value(&data).map_err(|err| self.failure(&err))?;
+            compact::compact(&mut value);
+            let mut line = serde_json::to_vec(&value).map_err(|err| self.failure(&err))?;
             line.push(b'\n');
             self.file
                 .append_line(&line)
@@ -360,7 +363,7 @@ mod tests {
         let blocker = dir.path().join("blocker");
         fs::write(&blocker, "x").unwrap();
         let path = blocker.join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), DEFAULT_MAX_BYTES);
+        let file = TraceFile::new(path.clone(), Retention::default());
         let exporter = file.exporter();
         match block_on_ready(exporter.export(vec![span_data("x")])) {
             Err(OTelSdkError::InternalFailure(message)) => {
