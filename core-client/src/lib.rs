@@ -2,7 +2,8 @@
 //!
 //! Layout:
 //! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `trust`, `config
-//!   show`, `history`, `trace show`, `agent`, `completions`, `man`, `demo`) and
+//!   show`, `history`, `trace show`, `report`, `agent`, `completions`, `man`,
+//!   `demo`) and
 //!   their one-line errors and exit codes.
 //! - [`agent`]: the local agent that holds warm sessions for later
 //!   `exec`s (`core-client agent`).
@@ -17,6 +18,8 @@
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
 //!   (the only place that links the relay and the exec-server).
 //! - [`traces`]: reading the local trace file back.
+//! - [`report`]: the numbers of many commands (`report`): percentiles,
+//!   cold and warm, first output, A/B and gates.
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
 pub mod address;
@@ -27,6 +30,7 @@ pub mod demo;
 pub mod known;
 pub mod names;
 pub mod paths;
+pub mod report;
 pub mod settings;
 pub mod traces;
 pub mod waterfall;

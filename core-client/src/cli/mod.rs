@@ -13,6 +13,7 @@
 //! - `life`: the CLI's own life as spans (`cli.run` and its stages).
 //! - `show`: `config show`.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
+//! - `report`: `report`, over many commands (see [`crate::report`]).
 //! - `docs`: `completions` and `man`.
 
 pub mod agent;
@@ -20,6 +21,7 @@ mod docs;
 mod exec;
 mod identity;
 mod life;
+pub mod report;
 mod show;
 mod tty;
 mod views;
@@ -194,6 +196,18 @@ pub enum CliCommand {
         #[arg(long, value_name = "NAME|ID")]
         server: Option<String>,
     },
+    /// Where the time goes across many commands: per-stage percentiles
+    /// and shares, cold against warm, time to first output, the slowest
+    /// commands, an A/B comparison and go/no-go gates.
+    ///
+    /// Reads the local trace file (every rotated generation), an OTLP JSON
+    /// file (--file) or Jaeger (--jaeger URL --service NAME). Prints tables
+    /// or JSON (--json).
+    ///
+    /// Exit status: 0, or 1 when a gate fails (or rests on fewer than
+    /// --min-count commands); 2 for a malformed gate or other usage error;
+    /// 3 when the source cannot be read.
+    Report(report::ReportArgs),
     /// Look at recorded traces.
     Trace {
         /// What to do with traces.

@@ -28,7 +28,10 @@ pub fn trace_show(
 
 /// The server ids (or first digits of one) `--server` selects: a name's id,
 /// else hex digits taken as an id's start.
-fn server_filter<'a>(server: &'a str, names: &'a ServerNames) -> Result<&'a str, CliError> {
+pub(crate) fn server_filter<'a>(
+    server: &'a str,
+    names: &'a ServerNames,
+) -> Result<&'a str, CliError> {
     if let Some(id) = names.id(server) {
         return Ok(id);
     }

@@ -1,0 +1,269 @@
+//! `report`: the numbers of many commands, with gates and a baseline.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use clap::Args;
+
+use super::CliError;
+use crate::names::ServerNames;
+use crate::report::compare::{self, Side};
+use crate::report::gate::Gate;
+use crate::report::jaeger::Search;
+use crate::report::source::{self, Filter, Input};
+use crate::report::{Report, SCHEMA, aggregate, text};
+
+/// Exit status when a gate fails.
+pub const EXIT_GATE_FAILED: u8 = 1;
+/// Exit status when the source cannot be read.
+pub const EXIT_NO_SOURCE: u8 = 3;
+
+/// Arguments of `report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Read this OTLP JSON file (one `TracesData` per line, or one
+    /// document) instead of the local trace file.
+    #[arg(long, value_name = "FILE", conflicts_with = "jaeger")]
+    pub file: Option<PathBuf>,
+    /// Read from Jaeger's query API instead (v2, /api/v3), e.g.
+    /// http://localhost:16686.
+    #[arg(long, value_name = "URL", requires = "service")]
+    pub jaeger: Option<String>,
+    /// With --jaeger: the service whose traces to read (the client's:
+    /// core-client, or your embedder's).
+    #[arg(long, value_name = "NAME", requires = "jaeger")]
+    pub service: Option<String>,
+    /// With --jaeger: at most this many traces per search.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "jaeger")]
+    pub limit: u32,
+    /// Commands dispatched at or after this time: RFC 3339, a date
+    /// (midnight UTC), or a duration ago (90m, 2h, 7d) [default: all; with
+    /// --jaeger, 7d]
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Commands dispatched before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only this program (the command's argv[0] file name).
+    #[arg(long, value_name = "NAME")]
+    pub program: Option<String>,
+    /// Only commands run on this server: a configured or known name, or a
+    /// server id (or its first digits).
+    #[arg(long, value_name = "NAME|ID")]
+    pub server: Option<String>,
+    /// How many of the slowest commands to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// Print JSON (schema rex.report/1, docs/report.md) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// A go/no-go check (repeatable): exit 1 unless every gate holds, e.g.
+    /// 'p90(link.transit) < 2ms', 'share(session.acquire).p50 >= 0.30',
+    /// 'cold.p50 / warm.p50 < 3'. The language is in the README.
+    #[arg(long = "gate", value_name = "EXPR")]
+    pub gates: Vec<String>,
+    /// Statistics over fewer commands than this make a gate fail, and an
+    /// A/B row say "too little data".
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub min_count: u64,
+    /// Compare with a baseline: an OTLP JSON file, or a window of the same
+    /// source such as 14d..7d (START..END, either side may be empty).
+    #[arg(long, value_name = "FILE|START..END")]
+    pub baseline: Option<String>,
+}
+
+/// Runs `report`.
+pub fn report(
+    args: &ReportArgs,
+    trace_file: Option<&Path>,
+    names: &ServerNames,
+) -> Result<u8, CliError> {
+    let gates = args
+        .gates
+        .iter()
+        .map(|g| Gate::parse(g).map_err(|e| CliError::usage(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = SystemTime::now();
+    let filter = filter(args, names, now)?;
+    let current = read(args, &filter, trace_file)?;
+    let baseline = match &args.baseline {
+        None => None,
+        Some(spec) => Some(baseline(args, spec, &filter, trace_file, now)?),
+    };
+    let report = build(args, current, baseline, &gates, filter);
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        out.write_all(text::render(&report, &|id| names.label(id)).as_bytes())
+    };
+    // A closed pipe (`| head`) is not an error of the report's.
+    if let Err(e) = written
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(CliError::failed(format!("writing the report: {e}")));
+    }
+    Ok(if report.gates.iter().all(|g| g.pass) {
+        0
+    } else {
+        EXIT_GATE_FAILED
+    })
+}
+
+/// The report of `current` (and the comparison with `baseline`), with the
+/// gates checked.
+pub fn build(
+    args: &ReportArgs,
+    current: Input,
+    baseline: Option<(String, Input)>,
+    gates: &[Gate],
+    filter: Filter,
+) -> Report {
+    let numbers = aggregate::numbers(&current.commands, &current.reducer.table, args.top);
+    let comparison = baseline.as_ref().map(|(name, base)| {
+        compare::compare(
+            name,
+            &Side {
+                commands: &base.commands,
+                table: &base.reducer.table,
+            },
+            &Side {
+                commands: &current.commands,
+                table: &current.reducer.table,
+            },
+            args.min_count,
+        )
+    });
+    let gates = gates
+        .iter()
+        .map(|g| g.check(&numbers, args.min_count))
+        .collect();
+    Report {
+        schema: SCHEMA,
+        source: current.info,
+        filter,
+        numbers,
+        comparison,
+        gates,
+    }
+}
+
+fn filter(args: &ReportArgs, names: &ServerNames, now: SystemTime) -> Result<Filter, CliError> {
+    let time = |flag: &str, t: &Option<String>| -> Result<Option<u64>, CliError> {
+        t.as_deref()
+            .map(|t| {
+                source::parse_time(t, now).map_err(|e| CliError::usage(format!("--{flag}: {e}")))
+            })
+            .transpose()
+    };
+    let mut since_ns = time("since", &args.since)?;
+    let until_ns = time("until", &args.until)?;
+    if args.jaeger.is_some() && since_ns.is_none() {
+        since_ns = source::parse_time("7d", now).ok();
+    }
+    if let (Some(a), Some(b)) = (since_ns, until_ns)
+        && a >= b
+    {
+        return Err(CliError::usage("--until is not after --since"));
+    }
+    let server = args
+        .server
+        .as_deref()
+        .map(|s| super::views::server_filter(s, names).map(str::to_owned))
+        .transpose()?;
+    Ok(Filter {
+        since_ns,
+        until_ns,
+        program: args.program.clone(),
+        server,
+        traces: None,
+    })
+}
+
+/// Reads the source the arguments name.
+fn read(args: &ReportArgs, filter: &Filter, trace_file: Option<&Path>) -> Result<Input, CliError> {
+    let no_source = |e: source::SourceError| CliError {
+        message: e.to_string(),
+        code: EXIT_NO_SOURCE,
+    };
+    if let (Some(url), Some(service)) = (&args.jaeger, &args.service) {
+        return read_jaeger(url, service, args.limit, filter).map_err(no_source);
+    }
+    if let Some(file) = &args.file {
+        return Input::file(file, filter).map_err(no_source);
+    }
+    let Some(path) = trace_file else {
+        return Err(CliError::usage(
+            "no trace file: set --trace-file or REX_TRACE_FILE (no user data dir is known), or give --file or --jaeger",
+        ));
+    };
+    Input::trace_file(path, filter).map_err(no_source)
+}
+
+fn read_jaeger(
+    url: &str,
+    service: &str,
+    limit: u32,
+    filter: &Filter,
+) -> Result<Input, source::SourceError> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let search = Search {
+        base: url,
+        service,
+        since_ns: filter.since_ns.unwrap_or(0),
+        until_ns: filter.until_ns.unwrap_or(now),
+        limit,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| source::SourceError::Io {
+            path: PathBuf::from(url),
+            source: e,
+        })?;
+    let body = runtime.block_on(search.run())?;
+    let mut input = Input::new("jaeger");
+    input.info.read.push(url.trim_end_matches('/').to_owned());
+    if !body.is_empty() {
+        input.jaeger_answer(&body, filter);
+    }
+    Ok(input)
+}
+
+/// The baseline `spec` names: a file, else a window of the same source.
+fn baseline(
+    args: &ReportArgs,
+    spec: &str,
+    filter: &Filter,
+    trace_file: Option<&Path>,
+    now: SystemTime,
+) -> Result<(String, Input), CliError> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        // A file: the same program and server, any time.
+        let f = Filter {
+            since_ns: None,
+            until_ns: None,
+            ..filter.clone()
+        };
+        let input = Input::file(path, &f).map_err(|e| CliError {
+            message: format!("--baseline: {e}"),
+            code: EXIT_NO_SOURCE,
+        })?;
+        return Ok((spec.to_owned(), input));
+    }
+    let (since_ns, until_ns) = source::parse_window(spec, now)
+        .map_err(|e| CliError::usage(format!("--baseline: {e} (no such file either)")))?;
+    let f = Filter {
+        since_ns,
+        until_ns,
+        ..filter.clone()
+    };
+    let input = read(args, &f, trace_file)?;
+    Ok((format!("the window {spec}"), input))
+}

@@ -1,0 +1,766 @@
+//! Go/no-go gates: small expressions over a report's numbers, each true or
+//! false, for scripts and CI (`--gate 'p90(link.transit) < 2ms'`).
+//!
+//! ```text
+//! gate    = expr CMP expr                      CMP: < <= > >= == !=
+//! expr    = term { (+|-) term }
+//! term    = factor { (*|/) factor }
+//! factor  = - factor | NUMBER [UNIT] | ( expr ) | stat
+//! stat    = STAT ( STAGE )                     a stage's time per command
+//!         | share ( STAGE ) . SHARE            its share of the dispatch
+//!         | POP . STAT                         a population's dispatch
+//! STAT    = p50 | p90 | p99 | max | mean | count
+//! SHARE   = p50 | p90 | mean | max
+//! POP     = all | cold | warm | waited | first_output | after_first_output | unattributed
+//! UNIT    = ns | us | µs | ms | s | %
+//! ```
+//!
+//! STAGE is a span name (`link.transit`: its time per command, summed
+//! over its spans wherever it occurs) or `unattributed`, or a quoted name.
+//! Values are durations or plain numbers, checked when the gate is read:
+//! a duration is compared only with a duration (`2ms`, not `2`), and a
+//! duration divided by a duration is a number (`cold.p50 / warm.p50 < 3`).
+//! `count` is a number. A gate whose statistics rest on fewer commands
+//! than the minimum fails, saying so, rather than passing on no data.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::aggregate::Numbers;
+use super::stats::Summary;
+
+/// A malformed gate, with what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--gate {expr:?}: {reason}")]
+pub struct GateError {
+    /// The gate as given.
+    pub expr: String,
+    /// What is wrong, at which point.
+    pub reason: String,
+}
+
+/// A parsed gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    text: String,
+    left: Expr,
+    cmp: Cmp,
+    right: Expr,
+}
+
+/// A gate's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateResult {
+    /// The gate as given.
+    pub gate: String,
+    /// Whether it holds (and rests on enough commands).
+    pub pass: bool,
+    /// Its two sides' values, as text (`1.204ms`), when known.
+    pub left: Option<String>,
+    /// The right side's value.
+    pub right: Option<String>,
+    /// The fewest commands any of its statistics rests on.
+    pub commands: Option<u64>,
+    /// Why it failed when not by its comparison (too little data).
+    pub reason: Option<String>,
+}
+
+impl fmt::Display for GateResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}  {}",
+            if self.pass { "PASS" } else { "FAIL" },
+            self.gate
+        )?;
+        match (&self.reason, &self.left, &self.right) {
+            (Some(reason), _, _) => write!(f, "  ({reason})"),
+            (None, Some(l), Some(r)) => {
+                write!(f, "  ({l} {} {r}", self.op())?;
+                if let Some(n) = self.commands {
+                    write!(f, "; {n} commands")?;
+                }
+                write!(f, ")")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl GateResult {
+    fn op(&self) -> &str {
+        ["<=", ">=", "==", "!=", "<", ">"]
+            .into_iter()
+            .find(|op| self.gate.contains(op))
+            .unwrap_or("?")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Duration,
+    Number,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    P50,
+    P90,
+    P99,
+    Max,
+    Mean,
+    Count,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pop {
+    All,
+    Warmth(&'static str),
+    FirstOutput,
+    AfterFirstOutput,
+    Unattributed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expr {
+    /// A number (durations in nanoseconds).
+    Lit(f64, Kind),
+    Stage(String, Field),
+    Share(String, Field),
+    Pop(Pop, Field),
+    Neg(Box<Expr>),
+    Bin(Box<Expr>, char, Box<Expr>),
+}
+
+impl Gate {
+    /// Reads a gate.
+    pub fn parse(text: &str) -> Result<Gate, GateError> {
+        let fail = |reason: String| GateError {
+            expr: text.to_owned(),
+            reason,
+        };
+        let tokens = lex(text).map_err(fail)?;
+        let mut p = Parser { tokens, at: 0 };
+        let left = p.expr().map_err(fail)?;
+        let cmp = match p.next() {
+            Some(Token::Cmp(c)) => c,
+            Some(other) => {
+                return Err(fail(format!(
+                    "expected a comparison (< <= > >= == !=), found {other}"
+                )));
+            }
+            None => return Err(fail("expected a comparison such as `< 2ms`".into())),
+        };
+        let right = p.expr().map_err(fail)?;
+        if let Some(extra) = p.next() {
+            return Err(fail(format!("unexpected {extra} after the gate")));
+        }
+        let (lk, rk) = (kind(&left).map_err(fail)?, kind(&right).map_err(fail)?);
+        if lk != rk {
+            return Err(fail(format!(
+                "compares a {} with a {}: give the number a unit (such as 2ms) or compare a ratio",
+                kind_name(lk),
+                kind_name(rk)
+            )));
+        }
+        Ok(Gate {
+            text: text.trim().to_owned(),
+            left,
+            cmp,
+            right,
+        })
+    }
+
+    /// Checks the gate against `numbers`; statistics over fewer than
+    /// `min_count` commands make it fail.
+    pub fn check(&self, numbers: &Numbers, min_count: u64) -> GateResult {
+        let mut result = GateResult {
+            gate: self.text.clone(),
+            pass: false,
+            left: None,
+            right: None,
+            commands: None,
+            reason: None,
+        };
+        let mut fewest: Option<(u64, String)> = None;
+        let left = eval(&self.left, numbers, &mut fewest);
+        let right = eval(&self.right, numbers, &mut fewest);
+        result.commands = fewest.as_ref().map(|(n, _)| *n);
+        let (l, r) = match (left, right) {
+            (Ok(l), Ok(r)) => (l, r),
+            (Err(reason), _) | (_, Err(reason)) => {
+                result.reason = Some(reason);
+                return result;
+            }
+        };
+        let k = kind(&self.left).unwrap_or(Kind::Number);
+        result.left = Some(show(l, k));
+        result.right = Some(show(r, k));
+        if let Some((n, what)) = fewest
+            && n < min_count
+        {
+            result.reason = Some(format!(
+                "too little data: {what} rests on {n} command{} (at least {min_count} needed; see --min-count)",
+                if n == 1 { "" } else { "s" }
+            ));
+            return result;
+        }
+        result.pass = match self.cmp {
+            Cmp::Lt => l < r,
+            Cmp::Le => l <= r,
+            Cmp::Gt => l > r,
+            Cmp::Ge => l >= r,
+            Cmp::Eq => l == r,
+            Cmp::Ne => l != r,
+        };
+        result
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Duration => "duration",
+        Kind::Number => "number",
+    }
+}
+
+/// The kind of `e`, or why it mixes kinds.
+fn kind(e: &Expr) -> Result<Kind, String> {
+    Ok(match e {
+        Expr::Lit(_, k) => *k,
+        Expr::Stage(_, f) | Expr::Pop(_, f) => {
+            if *f == Field::Count {
+                Kind::Number
+            } else {
+                Kind::Duration
+            }
+        }
+        Expr::Share(..) => Kind::Number,
+        Expr::Neg(inner) => kind(inner)?,
+        Expr::Bin(a, op, b) => {
+            let (ka, kb) = (kind(a)?, kind(b)?);
+            match (op, ka, kb) {
+                ('+' | '-', x, y) if x == y => x,
+                ('*', Kind::Number, y) => y,
+                ('*', x, Kind::Number) => x,
+                ('/', x, Kind::Number) => x,
+                ('/', Kind::Duration, Kind::Duration) => Kind::Number,
+                _ => {
+                    return Err(format!(
+                        "`{op}` between a {} and a {} has no meaning",
+                        kind_name(ka),
+                        kind_name(kb)
+                    ));
+                }
+            }
+        }
+    })
+}
+
+fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64, String> {
+    let mut note = |count: u64, what: String| {
+        if fewest.as_ref().is_none_or(|(c, _)| count < *c) {
+            *fewest = Some((count, what));
+        }
+    };
+    Ok(match e {
+        Expr::Lit(v, _) => *v,
+        Expr::Neg(inner) => -eval(inner, n, fewest)?,
+        Expr::Bin(a, op, b) => {
+            let (x, y) = (eval(a, n, fewest)?, eval(b, n, fewest)?);
+            match op {
+                '+' => x + y,
+                '-' => x - y,
+                '*' => x * y,
+                _ => {
+                    if y == 0.0 {
+                        return Err("divides by zero".into());
+                    }
+                    x / y
+                }
+            }
+        }
+        Expr::Stage(stage, field) => {
+            if stage == "unattributed" {
+                return pop(&Pop::Unattributed, *field, n, &mut note);
+            }
+            let Some(stats) = n.stages_by_name.get(stage) else {
+                if *field == Field::Count {
+                    return Ok(0.0);
+                }
+                return Err(format!("no command has a `{stage}` stage"));
+            };
+            if *field != Field::Count {
+                note(stats.time.count, format!("{}({stage})", field_name(*field)));
+            }
+            summary_field(&stats.time, *field)
+        }
+        Expr::Share(stage, field) => {
+            let shares = if stage == "unattributed" {
+                n.unattributed.as_ref().map(|u| u.share)
+            } else {
+                n.stages_by_name.get(stage).map(|s| s.share)
+            };
+            let Some(s) = shares else {
+                return Err(format!("no command has a `{stage}` stage"));
+            };
+            note(n.commands, format!("share({stage})"));
+            match field {
+                Field::P50 => s.p50,
+                Field::P90 => s.p90,
+                Field::Max => s.max,
+                _ => s.mean,
+            }
+        }
+        Expr::Pop(p, field) => pop(p, *field, n, &mut note)?,
+    })
+}
+
+fn pop(
+    p: &Pop,
+    field: Field,
+    n: &Numbers,
+    note: &mut impl FnMut(u64, String),
+) -> Result<f64, String> {
+    let (summary, name) = match p {
+        Pop::All => (n.dispatch, "all".to_owned()),
+        Pop::Warmth(w) => (
+            n.warmth
+                .iter()
+                .find(|r| r.warmth.name() == *w)
+                .map(|r| r.dispatch),
+            (*w).to_owned(),
+        ),
+        Pop::FirstOutput => (n.time_to_first_output, "first_output".to_owned()),
+        Pop::AfterFirstOutput => (n.after_first_output, "after_first_output".to_owned()),
+        Pop::Unattributed => (
+            n.unattributed.as_ref().map(|u| u.time),
+            "unattributed".to_owned(),
+        ),
+    };
+    if field == Field::Count {
+        return Ok(summary.map_or(0.0, |s| s.count as f64));
+    }
+    let Some(summary) = summary else {
+        note(0, name.clone());
+        return Err(format!("too little data: no {name} commands"));
+    };
+    note(summary.count, format!("{name}.{}", field_name(field)));
+    Ok(summary_field(&summary, field))
+}
+
+fn summary_field(s: &Summary, field: Field) -> f64 {
+    match field {
+        Field::P50 => s.p50_ns as f64,
+        Field::P90 => s.p90_ns as f64,
+        Field::P99 => s.p99_ns as f64,
+        Field::Max => s.max_ns as f64,
+        Field::Mean => s.mean_ns as f64,
+        Field::Count => s.count as f64,
+    }
+}
+
+fn field_name(f: Field) -> &'static str {
+    match f {
+        Field::P50 => "p50",
+        Field::P90 => "p90",
+        Field::P99 => "p99",
+        Field::Max => "max",
+        Field::Mean => "mean",
+        Field::Count => "count",
+    }
+}
+
+/// A value as text: durations with a unit, numbers as they are.
+fn show(v: f64, k: Kind) -> String {
+    match k {
+        Kind::Number => {
+            let text = format!("{v:.4}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            text.to_owned()
+        }
+        Kind::Duration => super::text::duration(v),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Num(f64, Kind),
+    Ident(String),
+    Quoted(String),
+    Cmp(Cmp),
+    Sym(char),
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Token::Num(v, _) => write!(f, "the number {v}"),
+            Token::Ident(s) => write!(f, "`{s}`"),
+            Token::Quoted(s) => write!(f, "\"{s}\""),
+            Token::Cmp(_) => write!(f, "a comparison"),
+            Token::Sym(c) => write!(f, "`{c}`"),
+        }
+    }
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        if c.is_whitespace() {
+            i += 1;
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            let start = i;
+            while chars
+                .get(i)
+                .is_some_and(|c| c.is_ascii_digit() || *c == '.')
+            {
+                i += 1;
+            }
+            let digits: String = chars.get(start..i).unwrap_or_default().iter().collect();
+            let value: f64 = digits
+                .parse()
+                .map_err(|_| format!("`{digits}` is not a number"))?;
+            let unit_start = i;
+            while chars.get(i).is_some_and(|c| c.is_alphabetic() || *c == '%') {
+                i += 1;
+            }
+            let unit: String = chars
+                .get(unit_start..i)
+                .unwrap_or_default()
+                .iter()
+                .collect();
+            let (scale, kind) = match unit.as_str() {
+                "" => (1.0, Kind::Number),
+                "%" => (0.01, Kind::Number),
+                "ns" => (1.0, Kind::Duration),
+                "us" | "µs" => (1e3, Kind::Duration),
+                "ms" => (1e6, Kind::Duration),
+                "s" => (1e9, Kind::Duration),
+                other => {
+                    return Err(format!(
+                        "`{digits}{other}`: unknown unit `{other}` (use ns, us, ms, s or %)"
+                    ));
+                }
+            };
+            out.push(Token::Num(value * scale, kind));
+        } else if c.is_alphabetic() || c == '_' {
+            let start = i;
+            while chars
+                .get(i)
+                .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '/'))
+            {
+                i += 1;
+            }
+            out.push(Token::Ident(
+                chars.get(start..i).unwrap_or_default().iter().collect(),
+            ));
+        } else if c == '"' {
+            let start = i + 1;
+            i = start;
+            while chars.get(i).is_some_and(|c| *c != '"') {
+                i += 1;
+            }
+            if chars.get(i).is_none() {
+                return Err("a quoted stage name is not closed".into());
+            }
+            out.push(Token::Quoted(
+                chars.get(start..i).unwrap_or_default().iter().collect(),
+            ));
+            i += 1;
+        } else if matches!(c, '<' | '>' | '=' | '!') {
+            let two = chars.get(i + 1) == Some(&'=');
+            let cmp = match (c, two) {
+                ('<', false) => Cmp::Lt,
+                ('<', true) => Cmp::Le,
+                ('>', false) => Cmp::Gt,
+                ('>', true) => Cmp::Ge,
+                ('=', true) => Cmp::Eq,
+                ('!', true) => Cmp::Ne,
+                _ => return Err(format!("`{c}` is not a comparison (< <= > >= == !=)")),
+            };
+            out.push(Token::Cmp(cmp));
+            i += if two { 2 } else { 1 };
+        } else if matches!(c, '(' | ')' | '+' | '-' | '*' | '/' | '.') {
+            out.push(Token::Sym(c));
+            i += 1;
+        } else {
+            return Err(format!("unexpected `{c}`"));
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        t
+    }
+
+    fn expect(&mut self, c: char) -> Result<(), String> {
+        match self.next() {
+            Some(Token::Sym(s)) if s == c => Ok(()),
+            Some(other) => Err(format!("expected `{c}`, found {other}")),
+            None => Err(format!("expected `{c}` before the end")),
+        }
+    }
+
+    fn expr(&mut self) -> Result<Expr, String> {
+        let mut left = self.term()?;
+        while let Some(Token::Sym(op @ ('+' | '-'))) = self.peek().cloned() {
+            self.at += 1;
+            left = Expr::Bin(Box::new(left), op, Box::new(self.term()?));
+        }
+        Ok(left)
+    }
+
+    fn term(&mut self) -> Result<Expr, String> {
+        let mut left = self.factor()?;
+        while let Some(Token::Sym(op @ ('*' | '/'))) = self.peek().cloned() {
+            self.at += 1;
+            left = Expr::Bin(Box::new(left), op, Box::new(self.factor()?));
+        }
+        Ok(left)
+    }
+
+    fn factor(&mut self) -> Result<Expr, String> {
+        match self.next() {
+            Some(Token::Sym('-')) => Ok(Expr::Neg(Box::new(self.factor()?))),
+            Some(Token::Num(v, k)) => Ok(Expr::Lit(v, k)),
+            Some(Token::Sym('(')) => {
+                let e = self.expr()?;
+                self.expect(')')?;
+                Ok(e)
+            }
+            Some(Token::Ident(name)) => self.stat(&name),
+            Some(other) => Err(format!("expected a number or a statistic, found {other}")),
+            None => Err("expected a number or a statistic before the end".into()),
+        }
+    }
+
+    fn stage(&mut self) -> Result<String, String> {
+        self.expect('(')?;
+        let stage = match self.next() {
+            Some(Token::Ident(s) | Token::Quoted(s)) if !s.is_empty() => s,
+            Some(other) => return Err(format!("expected a stage name, found {other}")),
+            None => return Err("expected a stage name".into()),
+        };
+        self.expect(')')?;
+        Ok(stage)
+    }
+
+    fn stat(&mut self, name: &str) -> Result<Expr, String> {
+        if name == "share" {
+            let stage = self.stage()?;
+            self.expect('.')?;
+            let field = match self.next() {
+                Some(Token::Ident(f)) => f,
+                _ => return Err("expected share(STAGE).p50, .p90, .mean or .max".into()),
+            };
+            let field = match field.as_str() {
+                "p50" => Field::P50,
+                "p90" => Field::P90,
+                "mean" => Field::Mean,
+                "max" => Field::Max,
+                other => return Err(format!("share(...).{other}: use p50, p90, mean or max")),
+            };
+            return Ok(Expr::Share(stage, field));
+        }
+        if let Some(field) = parse_field(name) {
+            if !matches!(self.peek(), Some(Token::Sym('('))) {
+                return Err(format!("`{name}` needs a stage: {name}(STAGE)"));
+            }
+            return Ok(Expr::Stage(self.stage()?, field));
+        }
+        if let Some((pop, field)) = name.rsplit_once('.') {
+            let pop = match pop {
+                "all" => Pop::All,
+                "cold" => Pop::Warmth("cold"),
+                "warm" => Pop::Warmth("warm"),
+                "waited" => Pop::Warmth("waited"),
+                "first_output" => Pop::FirstOutput,
+                "after_first_output" => Pop::AfterFirstOutput,
+                "unattributed" => Pop::Unattributed,
+                other => {
+                    return Err(format!(
+                        "`{other}` is not a population (all, cold, warm, waited, first_output, \
+                         after_first_output, unattributed)"
+                    ));
+                }
+            };
+            let field = parse_field(field)
+                .ok_or_else(|| format!("`{name}`: use .p50, .p90, .p99, .max, .mean or .count"))?;
+            return Ok(Expr::Pop(pop, field));
+        }
+        Err(format!(
+            "`{name}` is not a statistic: use p50(STAGE), share(STAGE).p50, cold.p50, ..."
+        ))
+    }
+}
+
+fn parse_field(name: &str) -> Option<Field> {
+    Some(match name {
+        "p50" => Field::P50,
+        "p90" => Field::P90,
+        "p99" => Field::P99,
+        "max" => Field::Max,
+        "mean" => Field::Mean,
+        "count" => Field::Count,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::command::{Command, Reducer};
+    use super::super::scan::{Attrs, Span, TraceSpans};
+    use super::*;
+    use std::sync::Arc;
+
+    fn numbers(count: u64) -> Numbers {
+        let mut reducer = Reducer::default();
+        let mut commands: Vec<Command> = Vec::new();
+        for i in 0..count {
+            let trace = u128::from(i) + 1;
+            let span =
+                |id: u64, parent: u64, name: &str, start: u64, end: u64, warmth: Option<&str>| {
+                    Span {
+                        trace,
+                        id,
+                        parent,
+                        name: Arc::from(name),
+                        service: Arc::from("core-client"),
+                        start,
+                        end,
+                        error: false,
+                        attrs: Attrs {
+                            warmth: warmth.map(Box::from),
+                            ..Attrs::default()
+                        },
+                    }
+                };
+            let cold = i % 2 == 0;
+            // Cold: 10 ms with 4 ms acquire; warm: 5 ms with 0.5 ms; the
+            // rest is link.transit.
+            let (total, acquire) = if cold {
+                (10_000_000, 4_000_000)
+            } else {
+                (5_000_000, 500_000)
+            };
+            let spans = vec![
+                span(1, 0, "tool.dispatch", 0, total, None),
+                span(
+                    2,
+                    1,
+                    "session.acquire",
+                    0,
+                    acquire,
+                    Some(if cold { "cold" } else { "warm" }),
+                ),
+                span(3, 1, "link.transit", acquire, total, None),
+            ];
+            commands.extend(reducer.commands(TraceSpans {
+                trace,
+                spans,
+                dropped: 0,
+            }));
+        }
+        super::super::aggregate::numbers(&commands, &reducer.table, 5)
+    }
+
+    fn check(gate: &str, count: u64, min: u64) -> GateResult {
+        Gate::parse(gate).unwrap().check(&numbers(count), min)
+    }
+
+    #[test]
+    fn true_and_false_gates() {
+        // link.transit: 6 ms (cold) and 4.5 ms (warm), ten of each.
+        assert!(check("p90(link.transit) <= 6ms", 20, 10).pass);
+        assert!(!check("p90(link.transit) < 6ms", 20, 10).pass);
+        assert!(check("p50(link.transit) == 4.5ms", 20, 10).pass);
+        assert!(check("cold.p50 / warm.p50 < 3", 20, 10).pass);
+        assert!(check("cold.p50 / warm.p50 >= 2", 20, 10).pass);
+        assert!(!check("cold.p50 / warm.p50 > 2", 20, 10).pass);
+        // Shares: 0.4 (cold) and 0.1 (warm); p50 is 0.1, p90 0.4.
+        assert!(check("share(session.acquire).p50 >= 10%", 20, 10).pass);
+        assert!(!check("share(session.acquire).p50 >= 0.30", 20, 10).pass);
+        assert!(check("share(session.acquire).p90 >= 0.30", 20, 10).pass);
+        assert!(check("all.count == 20", 20, 10).pass);
+        assert!(check("count(noise.handshake) == 0", 20, 10).pass);
+        assert!(check("-(warm.p50 - cold.p50) == 5000us", 20, 10).pass);
+        assert!(check("unattributed.max == 0ns", 20, 10).pass);
+        let r = check("p90(link.transit) < 6ms", 20, 10);
+        assert_eq!(
+            r.to_string(),
+            "FAIL  p90(link.transit) < 6ms  (6.00ms < 6.00ms; 20 commands)"
+        );
+    }
+
+    #[test]
+    fn too_little_data_fails_and_says_so() {
+        let r = check("cold.p50 / warm.p50 < 3", 6, 10);
+        assert!(!r.pass);
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.contains("too little data") && reason.contains("3 commands"),
+            "{reason}"
+        );
+        let r = check("p50(noise.handshake) < 1ms", 20, 10);
+        assert!(!r.pass);
+        assert!(
+            r.reason
+                .unwrap()
+                .contains("no command has a `noise.handshake` stage")
+        );
+        let r = check("waited.p50 < 1ms", 20, 10);
+        assert!(!r.pass);
+        assert!(r.reason.unwrap().contains("too little data"));
+    }
+
+    #[test]
+    fn malformed_gates_are_refused_with_a_reason() {
+        for (gate, says) in [
+            ("p90(link.transit) < 2", "give the number a unit"),
+            ("p90(link.transit)", "expected a comparison"),
+            ("p90(link.transit) < 2parsecs", "unknown unit"),
+            ("p95(link.transit) < 2ms", "is not a statistic"),
+            ("p90 < 2ms", "needs a stage"),
+            ("share(x).p99 < 1", "use p50, p90, mean or max"),
+            ("lukewarm.p50 < 1ms", "is not a population"),
+            ("cold.p50 * warm.p50 < 1ms", "has no meaning"),
+            ("(cold.p50 < 1ms", "expected `)`"),
+            ("cold.p50 < 1ms extra", "unexpected"),
+            ("cold.p50 =< 1ms", "is not a comparison"),
+            ("", "expected a number or a statistic"),
+        ] {
+            let err = Gate::parse(gate).unwrap_err();
+            assert!(err.reason.contains(says), "{gate:?}: {}", err.reason);
+            assert!(err.to_string().starts_with("--gate "), "{err}");
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! Reading OTLP JSON quickly and in bounded memory: each line (or a whole
+//! document) is parsed into borrowed pieces, only what a report needs is
+//! kept ([`Span`]), and spans are grouped into traces over a window of
+//! lines: a trace not seen for [`WINDOW_LINES`] lines is handed on as
+//! complete. A trace's lines lie close together in a trace file (one
+//! command's exporters write within moments of each other), so nothing is
+//! held for the whole file.
+//!
+//! Accepted: the trace file's lines (`{"resourceSpans": [...]}`), the same
+//! as one pretty-printed document, and Jaeger's query answers
+//! (`{"result": {"resourceSpans": [...]}}`). Ids are hex, as the OTLP JSON
+//! mapping says, or base64 (protobuf's JSON mapping, which some tools use).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// A trace not seen for this many lines is complete.
+pub const WINDOW_LINES: u64 = 4096;
+/// At most this many traces are held open at once (the oldest is handed
+/// on first).
+const MAX_OPEN: usize = 16_384;
+/// At most this many spans are kept per trace (more are counted, not kept).
+pub const MAX_SPANS_PER_TRACE: usize = 4096;
+
+/// The attributes a report reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attrs {
+    /// `process.executable.name`.
+    pub program: Option<Box<str>>,
+    /// `rex.server.id`.
+    pub server: Option<Box<str>>,
+    /// `rex.session.warmth`.
+    pub warmth: Option<Box<str>>,
+    /// `rex.session.reused`.
+    pub reused: Option<bool>,
+    /// `rex.direction`.
+    pub direction: Option<Box<str>>,
+    /// `rex.remote.placed`.
+    pub placed: bool,
+}
+
+/// One span, as much of it as a report needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// The trace id.
+    pub trace: u128,
+    /// The span id.
+    pub id: u64,
+    /// The parent span id, 0 for a root.
+    pub parent: u64,
+    /// The span name (interned).
+    pub name: Arc<str>,
+    /// The resource's `service.name` (interned).
+    pub service: Arc<str>,
+    /// Start, nanoseconds since the Unix epoch.
+    pub start: u64,
+    /// End, nanoseconds since the Unix epoch.
+    pub end: u64,
+    /// Whether its status is error.
+    pub error: bool,
+    /// The attributes read.
+    pub attrs: Attrs,
+}
+
+impl Span {
+    /// Its duration in nanoseconds (0 if it ends before it starts).
+    pub fn duration(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// The spans of one trace, from every line that held them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSpans {
+    /// The trace id.
+    pub trace: u128,
+    /// Its spans, in the order read.
+    pub spans: Vec<Span>,
+    /// Spans beyond [`MAX_SPANS_PER_TRACE`], not kept.
+    pub dropped: usize,
+}
+
+/// What was read, beyond the traces themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Lines (or documents) read.
+    pub lines: u64,
+    /// Lines that were not OTLP JSON, skipped.
+    pub skipped: u64,
+    /// The first few skipped lines' numbers (1-based, per input).
+    pub skipped_at: Vec<u64>,
+    /// Whether the last line had no newline and did not parse (a file
+    /// being written, or cut short).
+    pub truncated_tail: bool,
+    /// Spans read.
+    pub spans: u64,
+}
+
+/// Groups spans into traces over a window of lines and hands each
+/// complete trace to a sink.
+pub struct Scanner<F: FnMut(TraceSpans)> {
+    sink: F,
+    open: HashMap<u128, (u64, TraceSpans)>,
+    names: HashMap<Box<str>, Arc<str>>,
+    line: u64,
+    parsed: u64,
+    stats: ScanStats,
+}
+
+impl<F: FnMut(TraceSpans)> Scanner<F> {
+    /// A scanner handing complete traces to `sink`.
+    pub fn new(sink: F) -> Self {
+        Scanner {
+            sink,
+            open: HashMap::new(),
+            names: HashMap::new(),
+            line: 0,
+            parsed: 0,
+            stats: ScanStats::default(),
+        }
+    }
+
+    /// Reads the lines of `bytes`, numbered from `line_base + 1`, and
+    /// returns the number of the last. With `at_end`, the last line may
+    /// lack its newline; one that does not parse is a cut tail, not a
+    /// skipped line.
+    pub fn lines(&mut self, bytes: &[u8], line_base: u64, at_end: bool) -> u64 {
+        let mut number = line_base;
+        let mut lines = bytes.split(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            let last = lines.peek().is_none();
+            if last && line.is_empty() {
+                break;
+            }
+            number += 1;
+            self.line_at(line, number, at_end && last && !bytes.ends_with(b"\n"));
+        }
+        number
+    }
+
+    /// Lines that parsed so far.
+    pub fn parsed_lines(&self) -> u64 {
+        self.parsed
+    }
+
+    /// Reads one line (without its newline), numbered `number` in its
+    /// input; `unterminated` when it is the input's last and has no newline.
+    fn line_at(&mut self, line: &[u8], number: u64, unterminated: bool) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        self.stats.lines += 1;
+        self.line += 1;
+        if self.parse(line) {
+            self.parsed += 1;
+        } else if unterminated {
+            self.stats.truncated_tail = true;
+        } else {
+            self.stats.skipped += 1;
+            if self.stats.skipped_at.len() < 5 {
+                self.stats.skipped_at.push(number);
+            }
+        }
+        if self.line.is_multiple_of(1024) {
+            self.expire();
+        }
+    }
+
+    /// Reads `bytes` as one JSON document; whether it parsed.
+    pub fn document(&mut self, bytes: &[u8]) -> bool {
+        self.line += 1;
+        self.stats.lines += 1;
+        let parsed = self.parse(bytes);
+        self.parsed += u64::from(parsed);
+        parsed
+    }
+
+    /// Parses one JSON value and takes in its spans; whether it parsed.
+    fn parse(&mut self, json: &[u8]) -> bool {
+        let Ok(doc) = serde_json::from_slice::<Document<'_>>(json) else {
+            return false;
+        };
+        let Some(resource_spans) = doc.resource_spans.or(doc.result.map(|r| r.resource_spans))
+        else {
+            return false;
+        };
+        for rs in resource_spans {
+            let service = rs
+                .resource
+                .and_then(|r| {
+                    r.attributes
+                        .into_iter()
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| kv.value.and_then(|v| v.string_value))
+                })
+                .unwrap_or(Cow::Borrowed("unknown"));
+            let service = self.intern(&service);
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    self.span(span, &service);
+                }
+            }
+        }
+        true
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(found) = self.names.get(name) {
+            return found.clone();
+        }
+        let interned: Arc<str> = Arc::from(name);
+        // Bounded: a hostile file's distinct names are not all kept.
+        if self.names.len() < 10_000 {
+            self.names.insert(name.into(), interned.clone());
+        }
+        interned
+    }
+
+    fn span(&mut self, raw: RawSpan<'_>, service: &Arc<str>) {
+        self.stats.spans += 1;
+        let (Some(trace), Some(id)) = (
+            raw.trace_id.0,
+            raw.span_id.0.and_then(|s| u64::try_from(s).ok()),
+        ) else {
+            return;
+        };
+        let mut attrs = Attrs::default();
+        for kv in raw.attributes {
+            let Some(value) = kv.value else { continue };
+            let text = || value.string_value.as_deref().map(Box::from);
+            match &*kv.key {
+                "process.executable.name" => attrs.program = text(),
+                "rex.server.id" => attrs.server = text(),
+                "rex.session.warmth" => attrs.warmth = text(),
+                "rex.direction" => attrs.direction = text(),
+                "rex.session.reused" => attrs.reused = value.bool_value,
+                "rex.remote.placed" => attrs.placed = value.bool_value == Some(true),
+                _ => {}
+            }
+        }
+        let span = Span {
+            trace,
+            id,
+            parent: raw
+                .parent_span_id
+                .0
+                .and_then(|p| u64::try_from(p).ok())
+                .unwrap_or(0),
+            name: self.intern(&raw.name),
+            service: service.clone(),
+            start: raw.start.map_or(0, |t| t.0),
+            end: raw.end.map_or(0, |t| t.0),
+            error: raw.status.is_some_and(|s| s.code.is_some_and(|c| c.0 == 2)),
+            attrs,
+        };
+        let line = self.line;
+        let entry = self.open.entry(trace).or_insert_with(|| {
+            (
+                line,
+                TraceSpans {
+                    trace,
+                    spans: Vec::new(),
+                    dropped: 0,
+                },
+            )
+        });
+        entry.0 = line;
+        if entry.1.spans.len() < MAX_SPANS_PER_TRACE {
+            entry.1.spans.push(span);
+        } else {
+            entry.1.dropped += 1;
+        }
+        if self.open.len() > MAX_OPEN {
+            self.hand_on_oldest();
+        }
+    }
+
+    /// Hands on every trace not seen for [`WINDOW_LINES`] lines.
+    fn expire(&mut self) {
+        let horizon = self.line.saturating_sub(WINDOW_LINES);
+        let done: Vec<u128> = self
+            .open
+            .iter()
+            .filter(|(_, (last, _))| *last < horizon)
+            .map(|(id, _)| *id)
+            .collect();
+        self.hand_on(done);
+    }
+
+    fn hand_on_oldest(&mut self) {
+        if let Some(oldest) = self
+            .open
+            .iter()
+            .min_by_key(|(_, (last, _))| *last)
+            .map(|(id, _)| *id)
+        {
+            self.hand_on(vec![oldest]);
+        }
+    }
+
+    /// Hands on the traces `ids`, oldest last line first.
+    fn hand_on(&mut self, ids: Vec<u128>) {
+        let mut done: Vec<(u64, TraceSpans)> =
+            ids.iter().filter_map(|id| self.open.remove(id)).collect();
+        done.sort_by_key(|(last, _)| *last);
+        for (_, trace) in done {
+            (self.sink)(trace);
+        }
+    }
+
+    /// Hands on every trace still open and returns what was read.
+    pub fn finish(mut self) -> ScanStats {
+        let all: Vec<u128> = self.open.keys().copied().collect();
+        self.hand_on(all);
+        self.stats
+    }
+}
+
+#[derive(Deserialize)]
+struct Document<'a> {
+    #[serde(borrow, rename = "resourceSpans", default)]
+    resource_spans: Option<Vec<ResourceSpans<'a>>>,
+    #[serde(borrow, default)]
+    result: Option<QueryResult<'a>>,
+}
+
+#[derive(Deserialize)]
+struct QueryResult<'a> {
+    #[serde(borrow, rename = "resourceSpans", default)]
+    resource_spans: Vec<ResourceSpans<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResourceSpans<'a> {
+    #[serde(borrow, default)]
+    resource: Option<Resource<'a>>,
+    #[serde(borrow, rename = "scopeSpans", default)]
+    scope_spans: Vec<ScopeSpans<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Resource<'a> {
+    #[serde(borrow, default)]
+    attributes: Vec<KeyValue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ScopeSpans<'a> {
+    #[serde(borrow, default)]
+    spans: Vec<RawSpan<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawSpan<'a> {
+    #[serde(rename = "traceId", default)]
+    trace_id: Id<16>,
+    #[serde(rename = "spanId", default)]
+    span_id: Id<8>,
+    #[serde(rename = "parentSpanId", default)]
+    parent_span_id: Id<8>,
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(rename = "startTimeUnixNano", default)]
+    start: Option<Nanos>,
+    #[serde(rename = "endTimeUnixNano", default)]
+    end: Option<Nanos>,
+    #[serde(borrow, default)]
+    attributes: Vec<KeyValue<'a>>,
+    #[serde(default)]
+    status: Option<Status>,
+}
+
+#[derive(Deserialize)]
+struct KeyValue<'a> {
+    #[serde(borrow, default)]
+    key: Cow<'a, str>,
+    #[serde(borrow, default)]
+    value: Option<AnyValue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnyValue<'a> {
+    #[serde(borrow, rename = "stringValue", default)]
+    string_value: Option<Cow<'a, str>>,
+    #[serde(rename = "boolValue", default)]
+    bool_value: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    code: Option<Code>,
+}
+
+/// A status code: a number, or its enum name.
+struct Code(u8);
+
+impl<'de> Deserialize<'de> for Code {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Code;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a status code")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Code, E> {
+                Ok(Code(u8::try_from(v).unwrap_or(0)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Code, E> {
+                Ok(Code(u8::try_from(v).unwrap_or(0)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Code, E> {
+                Ok(Code(if v == "STATUS_CODE_ERROR" { 2 } else { 0 }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A `u64` written as a JSON string (the mapping's way) or a number.
+struct Nanos(u64);
+
+impl<'de> Deserialize<'de> for Nanos {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Nanos;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("nanoseconds as a string or a number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Nanos, E> {
+                Ok(Nanos(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Nanos, E> {
+                v.parse().map(Nanos).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An id of `N` bytes: hex (`2N` digits) or base64; missing, empty, all
+/// zero or unreadable is no id. The value is the bytes read big-endian.
+#[derive(Default)]
+struct Id<const N: usize>(Option<u128>);
+
+impl<'de, const N: usize> Deserialize<'de> for Id<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const N: usize>;
+        impl<const N: usize> Visitor<'_> for V<N> {
+            type Value = Id<N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an id of {N} bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Id(parse_id::<N>(v).filter(|id| *id != 0)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Id(None))
+            }
+        }
+        d.deserialize_any(V::<N>)
+    }
+}
+
+/// `text` as an id of `N` bytes.
+fn parse_id<const N: usize>(text: &str) -> Option<u128> {
+    if text.is_empty() {
+        return Some(0);
+    }
+    if text.len() == 2 * N && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return u128::from_str_radix(text, 16).ok();
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    (bytes.len() == N).then(|| {
+        bytes
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> (Vec<TraceSpans>, ScanStats) {
+        let mut traces = Vec::new();
+        let mut scanner = Scanner::new(|t| traces.push(t));
+        scanner.lines(text.as_bytes(), 0, true);
+        let stats = scanner.finish();
+        (traces, stats)
+    }
+
+    fn read_document(text: &str) -> (Vec<TraceSpans>, bool) {
+        let mut traces = Vec::new();
+        let mut scanner = Scanner::new(|t| traces.push(t));
+        let parsed = scanner.document(text.as_bytes());
+        scanner.finish();
+        (traces, parsed)
+    }
+
+    const LINE: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"core-client"}}]},"scopeSpans":[{"scope":{"name":"x"},"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"b7ad6b7169203331","name":"tool.dispatch","startTimeUnixNano":"1000","endTimeUnixNano":"5000","attributes":[{"key":"process.executable.name","value":{"stringValue":"ls"}},{"key":"rex.session.reused","value":{"boolValue":true}}],"status":{"code":2}}]}]}]}"#;
+
+    #[test]
+    fn a_line_gives_its_spans_with_what_a_report_reads() {
+        let (traces, stats) = read(&format!("{LINE}\n"));
+        assert_eq!(stats.lines, 1);
+        assert_eq!(stats.skipped, 0);
+        assert_eq!(traces.len(), 1);
+        let span = &traces[0].spans[0];
+        assert_eq!(span.trace, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(span.id, 0xb7ad6b7169203331);
+        assert_eq!(span.parent, 0);
+        assert_eq!(&*span.name, "tool.dispatch");
+        assert_eq!(&*span.service, "core-client");
+        assert_eq!((span.start, span.end, span.duration()), (1000, 5000, 4000));
+        assert!(span.error);
+        assert_eq!(span.attrs.program.as_deref(), Some("ls"));
+        assert_eq!(span.attrs.reused, Some(true));
+    }
+
+    #[test]
+    fn bad_lines_are_counted_a_cut_tail_is_told_apart_and_the_rest_read() {
+        let text = format!("{LINE}\nnot json\n{{\"other\":1}}\n\n{}", &LINE[..60]);
+        let (traces, stats) = read(&text);
+        assert_eq!(traces.len(), 1);
+        assert_eq!(stats.skipped, 2);
+        assert_eq!(stats.skipped_at, [2, 3]);
+        assert!(stats.truncated_tail);
+    }
+
+    #[test]
+    fn a_pretty_printed_document_and_a_jaeger_answer_are_read_whole() {
+        let value: serde_json::Value = serde_json::from_str(LINE).unwrap();
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let (_, stats) = read(&pretty);
+        assert!(stats.skipped > 0, "line by line it does not parse");
+        let (traces, parsed) = read_document(&pretty);
+        assert!(parsed);
+        assert_eq!(traces.len(), 1);
+        let (traces, parsed) = read_document(&format!("{{\"result\":{LINE}}}"));
+        assert!(parsed);
+        assert_eq!(traces.len(), 1);
+        assert!(!read_document("[1, 2]").1);
+    }
+
+    #[test]
+    fn ids_may_be_base64_and_empty_parents_are_roots() {
+        let line = LINE
+            .replace(
+                "0af7651916cd43dd8448eb211c80319c",
+                "CvdlGRbNQ92ESOshHIAxnA==",
+            )
+            .replace(
+                "\"spanId\":\"b7ad6b7169203331\"",
+                "\"spanId\":\"t61rcWkgMzE=\",\"parentSpanId\":\"\"",
+            );
+        let (traces, _) = read(&line);
+        assert_eq!(traces[0].trace, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(traces[0].spans[0].id, 0xb7ad6b7169203331);
+        assert_eq!(traces[0].spans[0].parent, 0);
+    }
+
+    #[test]
+    fn spans_of_one_trace_on_several_lines_are_one_trace() {
+        let second = LINE.replace("b7ad6b7169203331", "00000000000000aa");
+        let (traces, _) = read(&format!("{LINE}\n{second}\n"));
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn a_trace_unseen_for_the_window_is_handed_on_before_the_end() {
+        let handed = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = handed.clone();
+        let mut scanner = Scanner::new(move |t: TraceSpans| sink.borrow_mut().push(t.trace));
+        let mut base = scanner.lines(format!("{LINE}\n").as_bytes(), 0, false);
+        let other = LINE.replace(
+            "0af7651916cd43dd8448eb211c80319c",
+            "000000000000000000000000000000bb",
+        );
+        let many = format!("{other}\n").repeat(usize::try_from(WINDOW_LINES).unwrap() + 1024);
+        base = scanner.lines(many.as_bytes(), base, true);
+        assert_eq!(base, WINDOW_LINES + 1025);
+        assert_eq!(*handed.borrow(), [0x0af7651916cd43dd8448eb211c80319c]);
+        let stats = scanner.finish();
+        assert_eq!(*handed.borrow(), [0x0af7651916cd43dd8448eb211c80319c, 0xbb]);
+        assert_eq!(stats.lines, WINDOW_LINES + 1025);
+    }
+}

@@ -1,0 +1,416 @@
+//! Where a report's commands come from: the local trace file (with its
+//! rotated generations), a given OTLP JSON file, or Jaeger's query API; and
+//! which of them it keeps (a time window, a program, servers).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::command::{Command, Reducer};
+use super::scan::{ScanStats, Scanner};
+
+/// Files are read in blocks of this size.
+const BLOCK: usize = 8 * 1024 * 1024;
+/// A file that is one JSON document (not one per line) is read whole only
+/// up to this size.
+const MAX_DOCUMENT: u64 = 512 * 1024 * 1024;
+
+/// Reading a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// There is no such file (nor any rotated generation of it).
+    #[error("no traces at {}: the file does not exist", .0.display())]
+    NotFound(PathBuf),
+    /// Reading failed.
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Jaeger could not be asked or answered badly.
+    #[error("{0}")]
+    Jaeger(#[from] super::jaeger::JaegerError),
+}
+
+/// Which commands to keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Filter {
+    /// Dispatched at or after, nanoseconds since the Unix epoch.
+    pub since_ns: Option<u64>,
+    /// Dispatched before, nanoseconds since the Unix epoch.
+    pub until_ns: Option<u64>,
+    /// This program only.
+    pub program: Option<String>,
+    /// Servers whose id starts with this (a name resolved to its id).
+    pub server: Option<String>,
+    /// Only these traces (a probe's own commands).
+    #[serde(skip)]
+    pub traces: Option<std::collections::HashSet<u128>>,
+}
+
+impl Filter {
+    /// Whether `command` is kept.
+    pub fn keeps(&self, command: &Command) -> bool {
+        self.since_ns.is_none_or(|t| command.start >= t)
+            && self.until_ns.is_none_or(|t| command.start < t)
+            && self
+                .program
+                .as_deref()
+                .is_none_or(|p| command.program.as_deref() == Some(p))
+            && self.server.as_deref().is_none_or(|s| {
+                command
+                    .server
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(s))
+            })
+            && self
+                .traces
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&command.trace))
+    }
+}
+
+/// What was read, for the report's header and its warnings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceInfo {
+    /// `trace-file`, `file` or `jaeger`.
+    pub kind: String,
+    /// The files read, oldest first (or the Jaeger URL).
+    pub read: Vec<String>,
+    /// Lines (or documents) read.
+    pub lines: u64,
+    /// Lines that were not OTLP JSON, skipped.
+    pub skipped_lines: u64,
+    /// The first few of those, as `FILE:LINE`.
+    pub skipped_at: Vec<String>,
+    /// Files whose last line was cut short (being written, or truncated).
+    pub truncated: Vec<String>,
+    /// Spans read.
+    pub spans: u64,
+    /// Traces read that held no command (`tool.dispatch`).
+    pub traces_without_commands: u64,
+    /// Commands read, before filtering.
+    pub commands_read: u64,
+    /// When older generations of the trace file were rotated away: spans
+    /// before this (RFC 3339) may be gone.
+    pub rotated_away_before: Option<String>,
+}
+
+/// Commands read from a source, and how the reading went.
+#[derive(Debug, Default)]
+pub struct Input {
+    /// The commands kept, in the order read.
+    pub commands: Vec<Command>,
+    /// Their stage paths.
+    pub reducer: Reducer,
+    /// How the reading went.
+    pub info: SourceInfo,
+}
+
+impl Input {
+    /// An input filling from `kind` sources.
+    pub fn new(kind: &str) -> Input {
+        Input {
+            info: SourceInfo {
+                kind: kind.to_owned(),
+                ..SourceInfo::default()
+            },
+            ..Input::default()
+        }
+    }
+
+    /// Reads the local trace file at `path` and its rotated generations,
+    /// oldest first.
+    pub fn trace_file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
+        let mut files = telemetry::trace_file::files_newest_first(path);
+        if files.is_empty() {
+            return Err(SourceError::NotFound(path.to_path_buf()));
+        }
+        files.reverse();
+        let mut input = Input::new("trace-file");
+        for file in &files {
+            match input.read_file(file, filter) {
+                // Rotated away while being read: the rest is still read.
+                Err(SourceError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                }
+                other => other?,
+            }
+        }
+        input.info.rotated_away_before =
+            telemetry::trace_file::rotated_away_before(path).map(system_rfc3339);
+        Ok(input)
+    }
+
+    /// Reads one OTLP JSON file (lines, or one document).
+    pub fn file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
+        let mut input = Input::new("file");
+        input.read_file(path, filter)?;
+        Ok(input)
+    }
+
+    /// Reads `path` in blocks, line by line; a file where no line parses
+    /// but that is one JSON document is read whole.
+    fn read_file(&mut self, path: &Path, filter: &Filter) -> Result<(), SourceError> {
+        let io_error = |source: io::Error| {
+            if source.kind() == io::ErrorKind::NotFound {
+                SourceError::NotFound(path.to_path_buf())
+            } else {
+                SourceError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        };
+        let mut file = File::open(path).map_err(io_error)?;
+        self.info.read.push(path.display().to_string());
+        let name = path.display().to_string();
+        let mut block = vec![0u8; BLOCK];
+        let mut carry: Vec<u8> = Vec::new();
+        let mut line_base = 0u64;
+        let (stats, parsed_any) = {
+            let commands = &mut self.commands;
+            let reducer = &mut self.reducer;
+            let mut scanner = Scanner::new(|trace| {
+                for c in reducer.commands(trace) {
+                    if filter.keeps(&c) {
+                        commands.push(c);
+                    }
+                    // Counted below from the reducer.
+                }
+            });
+            loop {
+                let n = read_full(&mut file, &mut block).map_err(io_error)?;
+                let eof = n < block.len();
+                carry.extend_from_slice(block.get(..n).unwrap_or_default());
+                let cut = if eof {
+                    carry.len()
+                } else {
+                    match carry.iter().rposition(|b| *b == b'\n') {
+                        Some(at) => at + 1,
+                        None => continue,
+                    }
+                };
+                let rest = carry.split_off(cut);
+                line_base = scanner.lines(&carry, line_base, eof);
+                carry = rest;
+                if eof {
+                    break;
+                }
+            }
+            let parsed_any = scanner.parsed_lines() > 0;
+            (scanner.finish(), parsed_any)
+        };
+        let stats = if !parsed_any && stats.skipped + u64::from(stats.truncated_tail) > 0 {
+            // Not one JSON value per line: perhaps one document.
+            self.read_document(path, filter, io_error).unwrap_or(stats)
+        } else {
+            stats
+        };
+        self.count(&stats, &name);
+        Ok(())
+    }
+
+    /// Reads `path` whole as one document, if it is not too large; the
+    /// stats of that reading if it parsed.
+    fn read_document(
+        &mut self,
+        path: &Path,
+        filter: &Filter,
+        io_error: impl Fn(io::Error) -> SourceError,
+    ) -> Option<ScanStats> {
+        let size = std::fs::metadata(path).map_err(&io_error).ok()?.len();
+        if size > MAX_DOCUMENT {
+            return None;
+        }
+        let bytes = std::fs::read(path).map_err(io_error).ok()?;
+        let commands = &mut self.commands;
+        let reducer = &mut self.reducer;
+        let mut scanner = Scanner::new(|trace| {
+            commands.extend(
+                reducer
+                    .commands(trace)
+                    .into_iter()
+                    .filter(|c| filter.keeps(c)),
+            );
+        });
+        if !scanner.document(&bytes) {
+            return None;
+        }
+        Some(scanner.finish())
+    }
+
+    /// Adds one input's reading to the totals.
+    fn count(&mut self, stats: &ScanStats, name: &str) {
+        self.info.lines += stats.lines;
+        self.info.skipped_lines += stats.skipped;
+        self.info.spans += stats.spans;
+        for line in &stats.skipped_at {
+            if self.info.skipped_at.len() < 5 {
+                self.info.skipped_at.push(format!("{name}:{line}"));
+            }
+        }
+        if stats.truncated_tail {
+            self.info.truncated.push(name.to_owned());
+        }
+        self.info.traces_without_commands = self.reducer.traces_without_commands;
+        self.info.commands_read = self.reducer.commands_read;
+    }
+
+    /// Takes in the spans of one Jaeger answer.
+    pub fn jaeger_answer(&mut self, body: &[u8], filter: &Filter) {
+        let commands = &mut self.commands;
+        let reducer = &mut self.reducer;
+        let mut scanner = Scanner::new(|trace| {
+            commands.extend(
+                reducer
+                    .commands(trace)
+                    .into_iter()
+                    .filter(|c| filter.keeps(c)),
+            );
+        });
+        let parsed = scanner.document(body);
+        let mut stats = scanner.finish();
+        if !parsed {
+            stats.skipped += 1;
+        }
+        self.count(&stats, "jaeger");
+    }
+}
+
+/// Reads until `buf` is full or the end of the input.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(buf.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn system_rfc3339(t: SystemTime) -> String {
+    let nanos = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    super::aggregate::rfc3339(nanos)
+}
+
+/// A time as `--since`, `--until` and windows take it: RFC 3339
+/// (`2026-11-20T09:00:00Z`), a date (`2026-11-20`, midnight UTC), `now`,
+/// or a duration ago (`90m`, `2h`, `7d`, `1w`).
+pub fn parse_time(text: &str, now: SystemTime) -> Result<u64, String> {
+    let text = text.trim();
+    let now_ns = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    if text.eq_ignore_ascii_case("now") {
+        return Ok(now_ns);
+    }
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return u64::try_from(ts.as_nanosecond()).map_err(|_| format!("{text:?} is before 1970"));
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        let ts = date
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map_err(|e| format!("{text:?}: {e}"))?
+            .timestamp();
+        return u64::try_from(ts.as_nanosecond()).map_err(|_| format!("{text:?} is before 1970"));
+    }
+    let ago = duration_ago(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not a time: give RFC 3339 (2026-11-20T09:00:00Z), a date (2026-11-20), \
+             `now`, or a duration ago (90m, 2h, 7d)"
+        )
+    })?;
+    Ok(now_ns.saturating_sub(ago))
+}
+
+/// A duration such as `90m`, `2h`, `7d`, `1w`, `1h30m`, in nanoseconds.
+fn duration_ago(text: &str) -> Option<u64> {
+    let span: jiff::Span = text.parse().ok()?;
+    let seconds = span.get_weeks() as i128 * 7 * 86_400
+        + span.get_days() as i128 * 86_400
+        + span.get_hours() as i128 * 3600
+        + span.get_minutes() as i128 * 60
+        + span.get_seconds() as i128;
+    if span.get_years() != 0 || span.get_months() != 0 || span.is_negative() {
+        return None;
+    }
+    let nanos = seconds * 1_000_000_000
+        + span.get_milliseconds() as i128 * 1_000_000
+        + span.get_microseconds() as i128 * 1_000
+        + span.get_nanoseconds() as i128;
+    u64::try_from(nanos).ok()
+}
+
+/// A window `START..END` (either may be empty: open).
+pub fn parse_window(text: &str, now: SystemTime) -> Result<(Option<u64>, Option<u64>), String> {
+    let (start, end) = text
+        .split_once("..")
+        .ok_or_else(|| format!("{text:?} is neither a file nor a window such as 14d..7d"))?;
+    let side = |s: &str| -> Result<Option<u64>, String> {
+        if s.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse_time(s, now).map(Some)
+        }
+    };
+    let (start, end) = (side(start)?, side(end)?);
+    if let (Some(a), Some(b)) = (start, end)
+        && a >= b
+    {
+        return Err(format!("{text:?}: the window ends before it starts"));
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn times_as_people_write_them() {
+        let now = at(10 * 86_400);
+        let s = 1_000_000_000u64;
+        assert_eq!(parse_time("now", now), Ok(10 * 86_400 * s));
+        assert_eq!(parse_time("2h", now), Ok((10 * 86_400 - 7200) * s));
+        assert_eq!(parse_time("7d", now), Ok(3 * 86_400 * s));
+        assert_eq!(parse_time("1w", now), Ok(3 * 86_400 * s));
+        assert_eq!(parse_time("1h30m", now), Ok((10 * 86_400 - 5400) * s));
+        assert_eq!(parse_time("1970-01-02", now), Ok(86_400 * s));
+        assert_eq!(parse_time("1970-01-02T00:00:01Z", now), Ok(86_401 * s));
+        let err = parse_time("yesterday", now).unwrap_err();
+        assert!(err.contains("RFC 3339"), "{err}");
+        assert!(parse_time("1y", now).is_err());
+    }
+
+    #[test]
+    fn windows() {
+        let now = at(10 * 86_400);
+        let s = 1_000_000_000u64;
+        assert_eq!(
+            parse_window("8d..7d", now),
+            Ok((Some(2 * 86_400 * s), Some(3 * 86_400 * s)))
+        );
+        assert_eq!(parse_window("..7d", now), Ok((None, Some(3 * 86_400 * s))));
+        assert!(
+            parse_window("7d..8d", now)
+                .unwrap_err()
+                .contains("ends before")
+        );
+        assert!(parse_window("a-file.jsonl", now).is_err());
+    }
+}

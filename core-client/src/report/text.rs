@@ -1,0 +1,384 @@
+//! The report as a terminal table.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use super::aggregate::{Numbers, StageRow};
+use super::compare::Comparison;
+use super::stats::{Shares, Summary};
+
+/// A duration in nanoseconds with three significant digits and a unit
+/// (`452µs`, `6.00ms`, `1.25s`).
+pub fn duration(ns: f64) -> String {
+    let (value, unit) = match ns.abs() {
+        a if a < 1e3 => return format!("{ns:.0}ns"),
+        a if a < 1e6 => (ns / 1e3, "µs"),
+        a if a < 1e9 => (ns / 1e6, "ms"),
+        _ => (ns / 1e9, "s"),
+    };
+    let digits = match value.abs() {
+        a if a < 10.0 => 2,
+        a if a < 100.0 => 1,
+        _ => 0,
+    };
+    format!("{value:.digits$}{unit}")
+}
+
+fn d(ns: u64) -> String {
+    duration(ns as f64)
+}
+
+fn signed(ns: i64) -> String {
+    if ns > 0 {
+        format!("+{}", duration(ns as f64))
+    } else {
+        duration(ns as f64)
+    }
+}
+
+fn pct(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// The report as text; `server` names a server id as the user knows it.
+pub fn render(report: &Report, server: &dyn Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    header(&mut out, report);
+    let n = &report.numbers;
+    if n.commands > 0 {
+        stages(&mut out, n);
+        warmth(&mut out, n);
+        first_output(&mut out, n);
+        slowest(&mut out, n, server);
+        cli(&mut out, n);
+    }
+    if let Some(c) = &report.comparison {
+        comparison(&mut out, c);
+    }
+    if !report.gates.is_empty() {
+        let _ = writeln!(out, "\ngates");
+        for g in &report.gates {
+            let _ = writeln!(out, "  {g}");
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, r: &Report) {
+    let n = &r.numbers;
+    let i = &r.source;
+    let what = match i.kind.as_str() {
+        "jaeger" => format!("Jaeger at {}", i.read.join(", ")),
+        "trace-file" => match i.read.len() {
+            0 | 1 => format!(
+                "the trace file {}",
+                i.read.last().map_or("", String::as_str)
+            ),
+            k => format!(
+                "the trace file {} and {} older generation{}",
+                i.read.last().map_or("", String::as_str),
+                k - 1,
+                if k == 2 { "" } else { "s" }
+            ),
+        },
+        _ => i.read.join(", "),
+    };
+    let _ = write!(
+        out,
+        "{} command{} from {what}",
+        n.commands,
+        if n.commands == 1 { "" } else { "s" }
+    );
+    if let (Some(first), Some(last)) = (&n.first_start, &n.last_start) {
+        let _ = write!(out, ", {first} to {last}");
+    }
+    let _ = writeln!(out);
+    let mut notes = Vec::new();
+    if n.commands > 0 {
+        notes.push(format!("{} failed", n.failed));
+        notes.push(format!("{} printed nothing", n.without_output));
+    }
+    if i.commands_read > n.commands {
+        notes.push(format!(
+            "{} left out by the filters",
+            i.commands_read - n.commands
+        ));
+    }
+    if i.skipped_lines > 0 {
+        notes.push(format!(
+            "{} unreadable line{} skipped ({})",
+            i.skipped_lines,
+            if i.skipped_lines == 1 { "" } else { "s" },
+            i.skipped_at.join(", ")
+        ));
+    }
+    for file in &i.truncated {
+        notes.push(format!(
+            "the last line of {file} is cut short (not counted)"
+        ));
+    }
+    if let Some(before) = &i.rotated_away_before {
+        notes.push(format!("traces up to {before} were rotated away"));
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "  {}", notes.join("; "));
+    }
+    if n.commands == 0 {
+        let _ = writeln!(
+            out,
+            "  no commands: {} trace{} read, none with a tool.dispatch span{}",
+            i.traces_without_commands,
+            if i.traces_without_commands == 1 {
+                ""
+            } else {
+                "s"
+            },
+            if i.commands_read > 0 {
+                " that the filters keep"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+const STAGE_WIDTH: usize = 34;
+
+fn summary_cells(s: &Summary) -> String {
+    format!(
+        "{:>7} {:>9} {:>9} {:>9} {:>9}",
+        s.count,
+        d(s.p50_ns),
+        d(s.p90_ns),
+        d(s.p99_ns),
+        d(s.max_ns)
+    )
+}
+
+fn share_cells(s: &Shares) -> String {
+    format!("{:>8} {:>8}", pct(s.p50), pct(s.mean))
+}
+
+fn stages(out: &mut String, n: &Numbers) {
+    let _ = writeln!(
+        out,
+        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "stage", "count", "p50", "p90", "p99", "max", "share50", "share"
+    );
+    if let Some(dispatch) = &n.dispatch {
+        let _ = writeln!(
+            out,
+            "{:<STAGE_WIDTH$} {} {:>8} {:>8}",
+            "tool.dispatch",
+            summary_cells(dispatch),
+            "100%",
+            "100%"
+        );
+    }
+    for StageRow {
+        name,
+        depth,
+        time,
+        share,
+        ..
+    } in &n.stages
+    {
+        let label = format!(
+            "{}{name}",
+            "  ".repeat(usize::try_from(*depth).unwrap_or(0) + 1)
+        );
+        let _ = writeln!(
+            out,
+            "{label:<STAGE_WIDTH$} {} {}",
+            summary_cells(time),
+            share_cells(share)
+        );
+    }
+    if let Some(u) = &n.unattributed {
+        let _ = writeln!(
+            out,
+            "{:<STAGE_WIDTH$} {} {}",
+            "  (unattributed)",
+            summary_cells(&u.time),
+            share_cells(&u.share)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  (share50: the median command's share of its dispatch; share: the mean share)"
+    );
+}
+
+fn warmth(out: &mut String, n: &Numbers) {
+    if n.warmth.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>12}",
+        "cold vs warm (dispatch)", "count", "p50", "p90", "max", "acquire p50"
+    );
+    for w in &n.warmth {
+        let _ = writeln!(
+            out,
+            "  {:<width$} {:>7} {:>9} {:>9} {:>9} {:>12}",
+            w.warmth.name(),
+            w.dispatch.count,
+            d(w.dispatch.p50_ns),
+            d(w.dispatch.p90_ns),
+            d(w.dispatch.max_ns),
+            w.acquire.map_or_else(|| "-".to_owned(), |a| d(a.p50_ns)),
+            width = STAGE_WIDTH - 2
+        );
+    }
+    match n.cold_start_cost {
+        Some(cost) => {
+            let _ = writeln!(
+                out,
+                "  a cold start costs {} at p50 and {} at p90 (cold minus warm)",
+                signed(cost.p50_ns),
+                signed(cost.p90_ns)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  (no cold start cost: it needs both cold and warm commands)"
+            );
+        }
+    }
+}
+
+fn first_output(out: &mut String, n: &Numbers) {
+    let _ = writeln!(
+        out,
+        "\n{:<STAGE_WIDTH$} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+        "time to first output",
+        "count",
+        "printed",
+        "before p50",
+        "before p90",
+        "after p50",
+        "after p90"
+    );
+    for p in &n.first_output {
+        let cells = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
+            s.as_ref().map_or_else(|| "-".to_owned(), |s| d(f(s)))
+        };
+        let _ = write!(
+            out,
+            "  {:<width$} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            p.program,
+            p.commands,
+            p.commands - p.without_output,
+            cells(&p.before_first_output, |s| s.p50_ns),
+            cells(&p.before_first_output, |s| s.p90_ns),
+            cells(&p.after_first_output, |s| s.p50_ns),
+            cells(&p.after_first_output, |s| s.p90_ns),
+            width = STAGE_WIDTH - 2
+        );
+        if p.without_output > 0 {
+            let _ = write!(out, "  ({} printed nothing)", p.without_output);
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
+    if n.slowest.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nslowest commands (core-client trace show TRACE)");
+    for s in &n.slowest {
+        let dominant = match (&s.dominant, s.dominant_ns) {
+            (Some(stage), Some(ns)) => format!(
+                "{stage} {} ({})",
+                d(ns),
+                pct(super::aggregate::share(ns, s.dispatch_ns))
+            ),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:>9}  {}  {:<12} {:<14} {:<6}  {}  dominant: {dominant}",
+            d(s.dispatch_ns),
+            s.trace_id,
+            s.program.as_deref().unwrap_or("?"),
+            s.server.as_deref().map_or_else(|| "?".to_owned(), server),
+            s.warmth.name(),
+            s.start,
+        );
+    }
+}
+
+fn cli(out: &mut String, n: &Numbers) {
+    if n.cli.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "the CLI's own time", "count", "p50", "p90", "p99", "max"
+    );
+    for row in &n.cli {
+        let indent = if row.name == telemetry::spans::CLI_RUN {
+            ""
+        } else {
+            "  "
+        };
+        let label = format!("{indent}{}", row.name);
+        let _ = writeln!(out, "{label:<STAGE_WIDTH$} {}", summary_cells(&row.time));
+    }
+}
+
+fn comparison(out: &mut String, c: &Comparison) {
+    let _ = writeln!(
+        out,
+        "\ncompared with {} ({} commands; now {})",
+        c.baseline, c.baseline_commands, c.current_commands
+    );
+    let _ = writeln!(
+        out,
+        "{:<STAGE_WIDTH$} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}  verdict",
+        "", "base p50", "now p50", "base p90", "now p90", "p50 change", "P(slower)", "p"
+    );
+    for r in &c.rows {
+        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
+            s.as_ref().map_or_else(|| "-".to_owned(), |s| d(f(s)))
+        };
+        let _ = writeln!(
+            out,
+            "  {:<width$} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}  {}",
+            r.what,
+            cell(&r.baseline, |s| s.p50_ns),
+            cell(&r.current, |s| s.p50_ns),
+            cell(&r.baseline, |s| s.p90_ns),
+            cell(&r.current, |s| s.p90_ns),
+            r.p50_change_ns.map_or_else(|| "-".to_owned(), signed),
+            r.prob_slower
+                .map_or_else(|| "-".to_owned(), |p| format!("{p:.2}")),
+            r.p_value
+                .map_or_else(|| "-".to_owned(), |p| format!("{p:.2e}")),
+            r.verdict,
+            width = STAGE_WIDTH - 2
+        );
+    }
+    let _ = writeln!(out, "  ({})", c.method);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_with_three_digits() {
+        assert_eq!(duration(0.0), "0ns");
+        assert_eq!(duration(999.0), "999ns");
+        assert_eq!(duration(4_520.0), "4.52µs");
+        assert_eq!(duration(452_000.0), "452µs");
+        assert_eq!(duration(6_000_000.0), "6.00ms");
+        assert_eq!(duration(45_200_000.0), "45.2ms");
+        assert_eq!(duration(1_250_000_000.0), "1.25s");
+        assert_eq!(duration(-5_000_000.0), "-5.00ms");
+    }
+}
