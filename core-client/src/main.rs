@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         } => context().and_then(|ctx| cli::trace_show(trace_file.as_deref(), &trace, &ctx.names())),
         CliCommand::Report(args) => context()
             .and_then(|ctx| cli::report::report(&args, trace_file.as_deref(), &ctx.names())),
+        CliCommand::Probe(args) => context().and_then(|ctx| {
+            with_runtime(trace_file, &["core-client"], |export, flusher| {
+                cli::probe::probe(args, ctx, export, flusher)
+            })
+        }),
         CliCommand::Exec(args) => context().and_then(|ctx| {
             with_runtime(trace_file, &["core-client"], |_, flusher| {
                 cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher })

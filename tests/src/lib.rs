@@ -23,6 +23,8 @@
 //! - [`trace_check`]: assertions over recorded spans (parents, nesting,
 //!   coverage).
 //! - [`tmux`]: a real terminal driven by keys and read from its screen.
+//! - [`synthetic`]: trace files of commands with known stage times (the
+//!   report's tests and its scale benchmark).
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
 //!   time, statistics, the machine line, running on a runtime).
 //! - [`versus`]: the benchmarks against ssh, socat and local spawning:
@@ -45,6 +47,7 @@ pub mod proxy;
 pub mod rfc3339;
 pub mod sink;
 pub mod stack;
+pub mod synthetic;
 pub mod tmux;
 pub mod trace_check;
 pub mod versus;

@@ -56,15 +56,17 @@ pub(super) fn settings(
     })?)
 }
 
-/// What `exec` needs that the settings must provide.
-struct Plan {
-    key: StaticKeypair,
-    server: PublicKey,
-    targets: Vec<Target>,
-    tls: TlsSettings,
+/// What `exec` (and `probe`) need that the settings must provide.
+pub(super) struct Plan {
+    pub(super) key: StaticKeypair,
+    pub(super) server: PublicKey,
+    pub(super) targets: Vec<Target>,
+    pub(super) tls: TlsSettings,
 }
 
-fn plan(settings: &Settings, config_path: Option<&Path>) -> Result<Plan, CliError> {
+/// The key, server, relays and TLS settings, or the usage error saying
+/// which is missing.
+pub(super) fn plan(settings: &Settings, config_path: Option<&Path>) -> Result<Plan, CliError> {
     let config =
         config_path.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
     let route = settings.route.as_ref().ok_or_else(|| {

@@ -14,6 +14,7 @@
 //! - `show`: `config show`.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
 //! - `report`: `report`, over many commands (see [`crate::report`]).
+//! - `probe`: `probe`, a command run many times and reported on.
 //! - `docs`: `completions` and `man`.
 
 pub mod agent;
@@ -21,6 +22,7 @@ mod docs;
 mod exec;
 mod identity;
 mod life;
+pub mod probe;
 pub mod report;
 mod show;
 mod tty;
@@ -208,6 +210,18 @@ pub enum CliCommand {
     /// --min-count commands); 2 for a malformed gate or other usage error;
     /// 3 when the source cannot be read.
     Report(report::ReportArgs),
+    /// Run a command many times against one exec-server and print the
+    /// report of exactly those commands (`mtr` for remote commands).
+    ///
+    /// --cold opens a new session for each command, --warm (the default)
+    /// shares one session established first, both together alternate
+    /// them. A progress line shows on a terminal; Ctrl-C stops starting
+    /// commands and reports those that ran. Their traces land in the trace
+    /// file like any others.
+    ///
+    /// Exit status: 0, or 1 when a gate fails; 2 for usage errors; 255
+    /// when no command could be run.
+    Probe(probe::ProbeArgs),
     /// Look at recorded traces.
     Trace {
         /// What to do with traces.

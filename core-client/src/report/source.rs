@@ -146,6 +146,31 @@ impl Input {
         Ok(input)
     }
 
+    /// Reads the local trace file's newest generations, newest first, until
+    /// every trace in `wanted` has been seen (for the commands just run).
+    pub fn recent(
+        path: &Path,
+        filter: &Filter,
+        wanted: &std::collections::HashSet<u128>,
+    ) -> Result<Input, SourceError> {
+        let files = telemetry::trace_file::files_newest_first(path);
+        if files.is_empty() {
+            return Err(SourceError::NotFound(path.to_path_buf()));
+        }
+        let mut input = Input::new("trace-file");
+        for (at, file) in files.iter().enumerate() {
+            // The next older generation is read too: a trace's first spans
+            // may have been written before a rotation.
+            let found: std::collections::HashSet<u128> =
+                input.commands.iter().map(|c| c.trace).collect();
+            if at > 0 && wanted.is_subset(&found) {
+                break;
+            }
+            input.read_file(file, filter)?;
+        }
+        Ok(input)
+    }
+
     /// Reads one OTLP JSON file (lines, or one document).
     pub fn file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
         let mut input = Input::new("file");

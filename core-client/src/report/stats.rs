@@ -93,7 +93,8 @@ impl Shares {
                 _ => 0.0,
             }
         };
-        let sum: f64 = present.iter().sum();
+        // An empty sum is -0.0; adding 0.0 makes it 0.0.
+        let sum: f64 = present.iter().sum::<f64>() + 0.0;
         Some(Shares {
             mean: sum / n as f64,
             p50: at(50.0),
