@@ -101,12 +101,123 @@ pub struct ScanStats {
     pub spans: u64,
 }
 
+/// Names seen, each kept once (bounded: a hostile file's distinct names
+/// are not all kept).
+#[derive(Debug, Default)]
+pub struct Names {
+    map: HashMap<Box<str>, Arc<str>>,
+}
+
+impl Names {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(found) = self.map.get(name) {
+            return found.clone();
+        }
+        let interned: Arc<str> = Arc::from(name);
+        if self.map.len() < 10_000 {
+            self.map.insert(name.into(), interned.clone());
+        }
+        interned
+    }
+}
+
+/// What one line held.
+#[derive(Debug)]
+enum Parsed {
+    /// Nothing but white space.
+    Blank,
+    /// OTLP JSON: its spans (those with a trace and span id), and how many
+    /// spans it had in all.
+    Spans(Vec<Span>, u64),
+    /// Not OTLP JSON.
+    Failed,
+}
+
+/// A line's outcome.
+fn parse_line(line: &[u8], names: &mut Names) -> Parsed {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Parsed::Blank;
+    }
+    parse(line, names).map_or(Parsed::Failed, |(spans, all)| Parsed::Spans(spans, all))
+}
+
+/// Parses one JSON value: its spans and how many it had in all, or `None`
+/// when it is not OTLP JSON.
+fn parse(json: &[u8], names: &mut Names) -> Option<(Vec<Span>, u64)> {
+    let doc = serde_json::from_slice::<Document<'_>>(json).ok()?;
+    let resource_spans = doc
+        .resource_spans
+        .or(doc.result.map(|r| r.resource_spans))?;
+    let mut spans = Vec::new();
+    let mut all = 0;
+    for rs in resource_spans {
+        let service = rs
+            .resource
+            .and_then(|r| {
+                r.attributes
+                    .into_iter()
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.and_then(|v| v.string_value))
+            })
+            .unwrap_or(Cow::Borrowed("unknown"));
+        let service = names.intern(&service);
+        for ss in rs.scope_spans {
+            for raw in ss.spans {
+                all += 1;
+                if let Some(span) = span(raw, &service, names) {
+                    spans.push(span);
+                }
+            }
+        }
+    }
+    Some((spans, all))
+}
+
+/// The span `raw` describes, if it has a trace and a span id.
+fn span(raw: RawSpan<'_>, service: &Arc<str>, names: &mut Names) -> Option<Span> {
+    let trace = raw.trace_id.0?;
+    let id = raw.span_id.0.and_then(|s| u64::try_from(s).ok())?;
+    let mut attrs = Attrs::default();
+    for kv in raw.attributes {
+        let Some(value) = kv.value else { continue };
+        let text = || value.string_value.as_deref().map(Box::from);
+        match &*kv.key {
+            "process.executable.name" => attrs.program = text(),
+            "rex.server.id" => attrs.server = text(),
+            "rex.session.warmth" => attrs.warmth = text(),
+            "rex.direction" => attrs.direction = text(),
+            "rex.session.reused" => attrs.reused = value.bool_value,
+            "rex.remote.placed" => attrs.placed = value.bool_value == Some(true),
+            _ => {}
+        }
+    }
+    Some(Span {
+        trace,
+        id,
+        parent: raw
+            .parent_span_id
+            .0
+            .and_then(|p| u64::try_from(p).ok())
+            .unwrap_or(0),
+        name: names.intern(&raw.name),
+        service: service.clone(),
+        start: raw.start.map_or(0, |t| t.0),
+        end: raw.end.map_or(0, |t| t.0),
+        error: raw.status.is_some_and(|s| s.code.is_some_and(|c| c.0 == 2)),
+        attrs,
+    })
+}
+
+/// Inputs at least this large are parsed on several threads.
+const PARALLEL_FROM: usize = 1024 * 1024;
+
 /// Groups spans into traces over a window of lines and hands each
 /// complete trace to a sink.
 pub struct Scanner<F: FnMut(TraceSpans)> {
     sink: F,
     open: HashMap<u128, (u64, TraceSpans)>,
-    names: HashMap<Box<str>, Arc<str>>,
+    names: Names,
+    threads: usize,
     line: u64,
     parsed: u64,
     stats: ScanStats,
@@ -118,27 +229,58 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
         Scanner {
             sink,
             open: HashMap::new(),
-            names: HashMap::new(),
+            names: Names::default(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             line: 0,
             parsed: 0,
             stats: ScanStats::default(),
         }
     }
 
+    /// The same scanner parsing on at most `threads` threads.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
     /// Reads the lines of `bytes`, numbered from `line_base + 1`, and
     /// returns the number of the last. With `at_end`, the last line may
     /// lack its newline; one that does not parse is a cut tail, not a
-    /// skipped line.
+    /// skipped line. A large input is parsed on several threads and taken
+    /// in in order.
     pub fn lines(&mut self, bytes: &[u8], line_base: u64, at_end: bool) -> u64 {
+        let unterminated = at_end && !bytes.is_empty() && !bytes.ends_with(b"\n");
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        if body.is_empty() {
+            return line_base;
+        }
+        let chunks = split_at_newlines(
+            body,
+            if body.len() >= PARALLEL_FROM {
+                self.threads
+            } else {
+                1
+            },
+        );
+        let parsed: Vec<Vec<Parsed>> = if chunks.len() == 1 {
+            vec![parse_chunk(body, &mut self.names)]
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = chunks
+                    .iter()
+                    .map(|chunk| scope.spawn(move || parse_chunk(chunk, &mut Names::default())))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        let total: usize = parsed.iter().map(Vec::len).sum();
         let mut number = line_base;
-        let mut lines = bytes.split(|b| *b == b'\n').peekable();
-        while let Some(line) = lines.next() {
-            let last = lines.peek().is_none();
-            if last && line.is_empty() {
-                break;
-            }
+        for (i, line) in parsed.into_iter().flatten().enumerate() {
             number += 1;
-            self.line_at(line, number, at_end && last && !bytes.ends_with(b"\n"));
+            self.take(line, number, unterminated && i + 1 == total);
         }
         number
     }
@@ -148,22 +290,30 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
         self.parsed
     }
 
-    /// Reads one line (without its newline), numbered `number` in its
-    /// input; `unterminated` when it is the input's last and has no newline.
-    fn line_at(&mut self, line: &[u8], number: u64, unterminated: bool) {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
+    /// Takes in one line's outcome, numbered `number` in its input;
+    /// `unterminated` when it is the input's last and has no newline.
+    fn take(&mut self, line: Parsed, number: u64, unterminated: bool) {
+        let spans = match line {
+            Parsed::Blank => return,
+            Parsed::Failed => None,
+            Parsed::Spans(spans, all) => Some((spans, all)),
+        };
         self.stats.lines += 1;
         self.line += 1;
-        if self.parse(line) {
-            self.parsed += 1;
-        } else if unterminated {
-            self.stats.truncated_tail = true;
-        } else {
-            self.stats.skipped += 1;
-            if self.stats.skipped_at.len() < 5 {
-                self.stats.skipped_at.push(number);
+        match spans {
+            Some((spans, all)) => {
+                self.parsed += 1;
+                self.stats.spans += all;
+                for span in spans {
+                    self.add(span);
+                }
+            }
+            None if unterminated => self.stats.truncated_tail = true,
+            None => {
+                self.stats.skipped += 1;
+                if self.stats.skipped_at.len() < 5 {
+                    self.stats.skipped_at.push(number);
+                }
             }
         }
         if self.line.is_multiple_of(1024) {
@@ -175,90 +325,21 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
     pub fn document(&mut self, bytes: &[u8]) -> bool {
         self.line += 1;
         self.stats.lines += 1;
-        let parsed = self.parse(bytes);
-        self.parsed += u64::from(parsed);
-        parsed
-    }
-
-    /// Parses one JSON value and takes in its spans; whether it parsed.
-    fn parse(&mut self, json: &[u8]) -> bool {
-        let Ok(doc) = serde_json::from_slice::<Document<'_>>(json) else {
+        let Some((spans, all)) = parse(bytes, &mut self.names) else {
             return false;
         };
-        let Some(resource_spans) = doc.resource_spans.or(doc.result.map(|r| r.resource_spans))
-        else {
-            return false;
-        };
-        for rs in resource_spans {
-            let service = rs
-                .resource
-                .and_then(|r| {
-                    r.attributes
-                        .into_iter()
-                        .find(|kv| kv.key == "service.name")
-                        .and_then(|kv| kv.value.and_then(|v| v.string_value))
-                })
-                .unwrap_or(Cow::Borrowed("unknown"));
-            let service = self.intern(&service);
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    self.span(span, &service);
-                }
-            }
+        self.parsed += 1;
+        self.stats.spans += all;
+        for span in spans {
+            self.add(span);
         }
         true
     }
 
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(found) = self.names.get(name) {
-            return found.clone();
-        }
-        let interned: Arc<str> = Arc::from(name);
-        // Bounded: a hostile file's distinct names are not all kept.
-        if self.names.len() < 10_000 {
-            self.names.insert(name.into(), interned.clone());
-        }
-        interned
-    }
-
-    fn span(&mut self, raw: RawSpan<'_>, service: &Arc<str>) {
-        self.stats.spans += 1;
-        let (Some(trace), Some(id)) = (
-            raw.trace_id.0,
-            raw.span_id.0.and_then(|s| u64::try_from(s).ok()),
-        ) else {
-            return;
-        };
-        let mut attrs = Attrs::default();
-        for kv in raw.attributes {
-            let Some(value) = kv.value else { continue };
-            let text = || value.string_value.as_deref().map(Box::from);
-            match &*kv.key {
-                "process.executable.name" => attrs.program = text(),
-                "rex.server.id" => attrs.server = text(),
-                "rex.session.warmth" => attrs.warmth = text(),
-                "rex.direction" => attrs.direction = text(),
-                "rex.session.reused" => attrs.reused = value.bool_value,
-                "rex.remote.placed" => attrs.placed = value.bool_value == Some(true),
-                _ => {}
-            }
-        }
-        let span = Span {
-            trace,
-            id,
-            parent: raw
-                .parent_span_id
-                .0
-                .and_then(|p| u64::try_from(p).ok())
-                .unwrap_or(0),
-            name: self.intern(&raw.name),
-            service: service.clone(),
-            start: raw.start.map_or(0, |t| t.0),
-            end: raw.end.map_or(0, |t| t.0),
-            error: raw.status.is_some_and(|s| s.code.is_some_and(|c| c.0 == 2)),
-            attrs,
-        };
+    /// Adds `span` to its trace.
+    fn add(&mut self, span: Span) {
         let line = self.line;
+        let trace = span.trace;
         let entry = self.open.entry(trace).or_insert_with(|| {
             (
                 line,
@@ -319,6 +400,43 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
         self.hand_on(all);
         self.stats
     }
+}
+
+/// Each line of `chunk` parsed, in order.
+fn parse_chunk(chunk: &[u8], names: &mut Names) -> Vec<Parsed> {
+    chunk
+        .split(|b| *b == b'\n')
+        .map(|line| parse_line(line, names))
+        .collect()
+}
+
+/// `body` cut into at most `n` pieces of whole lines (the newline between
+/// two pieces dropped, as between any two lines).
+fn split_at_newlines(body: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut pieces = Vec::with_capacity(n);
+    let mut rest = body;
+    for left in (1..=n.max(1)).rev() {
+        if left == 1 || rest.is_empty() {
+            pieces.push(rest);
+            break;
+        }
+        let target = rest.len() / left;
+        match rest
+            .get(target..)
+            .and_then(|tail| tail.iter().position(|b| *b == b'\n'))
+        {
+            Some(at) => {
+                let cut = target + at;
+                pieces.push(rest.get(..cut).unwrap_or_default());
+                rest = rest.get(cut + 1..).unwrap_or_default();
+            }
+            None => {
+                pieces.push(rest);
+                break;
+            }
+        }
+    }
+    pieces
 }
 
 #[derive(Deserialize)]
@@ -566,6 +684,51 @@ mod tests {
         assert_eq!(traces[0].trace, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!(traces[0].spans[0].id, 0xb7ad6b7169203331);
         assert_eq!(traces[0].spans[0].parent, 0);
+    }
+
+    #[test]
+    fn parallel_parsing_reads_what_one_thread_reads() {
+        let mut text = String::new();
+        for i in 0..6000u32 {
+            match i % 1000 {
+                7 => text.push_str("garbage\n"),
+                8 => text.push('\n'),
+                _ => {
+                    let id = format!("{:032x}", i / 3 + 1);
+                    text.push_str(&LINE.replace("0af7651916cd43dd8448eb211c80319c", &id));
+                    text.push('\n');
+                }
+            }
+        }
+        text.push_str(&LINE[..50]);
+        assert!(text.len() > PARALLEL_FROM);
+        let run = |threads: usize| {
+            let mut traces = Vec::new();
+            let mut scanner = Scanner::new(|t: TraceSpans| traces.push((t.trace, t.spans.len())))
+                .with_threads(threads);
+            let last = scanner.lines(text.as_bytes(), 0, true);
+            let stats = scanner.finish();
+            traces.sort_unstable();
+            (traces, stats, last)
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
+        assert_eq!(one.1.skipped, 6);
+        assert_eq!(one.1.skipped_at, [8, 1008, 2008, 3008, 4008]);
+        assert!(one.1.truncated_tail);
+        assert_eq!(one.2, 6001);
+    }
+
+    #[test]
+    fn pieces_are_whole_lines() {
+        let body = b"a\n\nbb\nccc\nd";
+        for n in 1..6 {
+            let pieces = split_at_newlines(body, n);
+            assert!(pieces.len() <= n);
+            assert_eq!(pieces.join(&b'\n'), body.to_vec(), "{n}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use super::scan::{ScanStats, Scanner};
 
 /// Files are read in blocks of this size.
 const BLOCK: usize = 8 * 1024 * 1024;
+/// A longer line is skipped (and counted), not held.
+const MAX_LINE: usize = 64 * 1024 * 1024;
 /// A file that is one JSON document (not one per line) is read whole only
 /// up to this size.
 const MAX_DOCUMENT: u64 = 512 * 1024 * 1024;
@@ -194,10 +196,14 @@ impl Input {
         let mut file = File::open(path).map_err(io_error)?;
         self.info.read.push(path.display().to_string());
         let name = path.display().to_string();
-        let mut block = vec![0u8; BLOCK];
-        let mut carry: Vec<u8> = Vec::new();
+        // Lines are read into `buf`; only the last, partial line of a
+        // block is moved to the front for the next.
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * BLOCK);
         let mut line_base = 0u64;
-        let (stats, parsed_any) = {
+        // Inside a line over MAX_LINE: dropped until its newline.
+        let mut skipping = false;
+        let mut oversized = 0u64;
+        let (mut stats, parsed_any) = {
             let commands = &mut self.commands;
             let reducer = &mut self.reducer;
             let mut scanner = Scanner::new(|trace| {
@@ -205,24 +211,47 @@ impl Input {
                     if filter.keeps(&c) {
                         commands.push(c);
                     }
-                    // Counted below from the reducer.
                 }
             });
             loop {
-                let n = read_full(&mut file, &mut block).map_err(io_error)?;
-                let eof = n < block.len();
-                carry.extend_from_slice(block.get(..n).unwrap_or_default());
+                let start = buf.len();
+                buf.resize(start + BLOCK, 0);
+                let n = read_full(&mut file, buf.get_mut(start..).unwrap_or_default())
+                    .map_err(io_error)?;
+                buf.truncate(start + n);
+                let eof = n < BLOCK;
+                if skipping {
+                    match buf.iter().position(|b| *b == b'\n') {
+                        Some(at) => {
+                            buf.drain(..=at);
+                            skipping = false;
+                        }
+                        None => {
+                            buf.clear();
+                            if eof {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 let cut = if eof {
-                    carry.len()
+                    buf.len()
                 } else {
-                    match carry.iter().rposition(|b| *b == b'\n') {
+                    match buf.iter().rposition(|b| *b == b'\n') {
                         Some(at) => at + 1,
+                        None if buf.len() >= MAX_LINE => {
+                            buf.clear();
+                            skipping = true;
+                            oversized += 1;
+                            line_base += 1;
+                            continue;
+                        }
                         None => continue,
                     }
                 };
-                let rest = carry.split_off(cut);
-                line_base = scanner.lines(&carry, line_base, eof);
-                carry = rest;
+                line_base = scanner.lines(buf.get(..cut).unwrap_or_default(), line_base, eof);
+                buf.drain(..cut);
                 if eof {
                     break;
                 }
@@ -230,12 +259,16 @@ impl Input {
             let parsed_any = scanner.parsed_lines() > 0;
             (scanner.finish(), parsed_any)
         };
-        let stats = if !parsed_any && stats.skipped + u64::from(stats.truncated_tail) > 0 {
-            // Not one JSON value per line: perhaps one document.
-            self.read_document(path, filter, io_error).unwrap_or(stats)
-        } else {
-            stats
-        };
+        stats.skipped += oversized;
+        stats.lines += oversized;
+        let stats =
+            if !parsed_any && oversized == 0 && stats.skipped + u64::from(stats.truncated_tail) > 0
+            {
+                // Not one JSON value per line: perhaps one document.
+                self.read_document(path, filter, io_error).unwrap_or(stats)
+            } else {
+                stats
+            };
         self.count(&stats, &name);
         Ok(())
     }
