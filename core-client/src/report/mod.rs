@@ -7,7 +7,8 @@
 //!   path, warmth, first output, unattributed time, the dominant stage).
 //! - [`source`]: the local trace file (with its generations), an OTLP JSON
 //!   file, or Jaeger ([`jaeger`]); and the filters.
-//! - [`stats`]: nearest-rank percentiles and shares.
+//! - [`stats`]: nearest-rank percentiles and shares; [`histogram`]:
+//!   logarithmic buckets.
 //! - [`aggregate`]: a population's numbers.
 //! - [`compare`]: A/B with a rank test.
 //! - [`gate`]: go/no-go expressions.
@@ -18,6 +19,7 @@ pub mod aggregate;
 pub mod command;
 pub mod compare;
 pub mod gate;
+pub mod histogram;
 pub mod jaeger;
 pub mod scan;
 pub mod source;
