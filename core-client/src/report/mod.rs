@@ -14,6 +14,8 @@
 //! - [`gate`]: go/no-go expressions.
 //! - [`text`]: the terminal table; [`Report`] is also the `--json` schema
 //!   (`docs/report.md`).
+//! - [`waterfall`]: the median and the slowest command, their spans read
+//!   again and laid out; [`html`]: the page (`--html`).
 
 pub mod aggregate;
 pub mod command;
@@ -25,6 +27,7 @@ pub mod scan;
 pub mod source;
 pub mod stats;
 pub mod text;
+pub mod waterfall;
 
 use serde::Serialize;
 

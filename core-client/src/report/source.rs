@@ -2,15 +2,18 @@
 //! rotated generations), a given OTLP JSON file, or Jaeger's query API; and
 //! which of them it keeps (a time window, a program, servers).
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::command::{Command, Reducer};
-use super::scan::{ScanStats, Scanner};
+use super::scan::{MAX_SPANS_PER_TRACE, ScanStats, Scanner, TraceSpans};
 
 /// Files are read in blocks of this size.
 const BLOCK: usize = 8 * 1024 * 1024;
@@ -110,6 +113,68 @@ pub struct Input {
     pub reducer: Reducer,
     /// How the reading went.
     pub info: SourceInfo,
+    /// Where the spans came from, to read some of them again.
+    pub origin: Origin,
+}
+
+/// Where an input's spans came from, so that the spans of a few of its
+/// traces can be read again once the report has picked them (its
+/// waterfalls).
+#[derive(Debug, Clone, Default)]
+pub enum Origin {
+    /// Nowhere they can be read again.
+    #[default]
+    Nothing,
+    /// The local trace file (its generations are found again, so a
+    /// rotation in between loses nothing).
+    TraceFile(PathBuf),
+    /// One OTLP JSON file.
+    File(PathBuf),
+    /// A Jaeger answer, kept whole (it is bounded).
+    Answer(Bytes),
+}
+
+impl Origin {
+    /// The spans of the traces `ids` (at most
+    /// [`super::scan::MAX_SPANS_PER_TRACE`] each; a trace's spans from
+    /// several files are one trace), in no particular order.
+    pub fn traces(&self, ids: &HashSet<u128>) -> Result<Vec<TraceSpans>, SourceError> {
+        let mut found: HashMap<u128, TraceSpans> = HashMap::new();
+        let mut sink = |trace: TraceSpans| match found.entry(trace.trace) {
+            Entry::Vacant(e) => {
+                e.insert(trace);
+            }
+            Entry::Occupied(mut e) => {
+                let held = e.get_mut();
+                let room = MAX_SPANS_PER_TRACE.saturating_sub(held.spans.len());
+                held.dropped += trace.dropped + trace.spans.len().saturating_sub(room);
+                held.spans.extend(trace.spans.into_iter().take(room));
+            }
+        };
+        match self {
+            Origin::Nothing => {}
+            Origin::TraceFile(path) => {
+                let mut files = telemetry::trace_file::files_newest_first(path);
+                files.reverse();
+                for file in &files {
+                    match scan_file(file, Some(ids), &mut sink) {
+                        Err(SourceError::NotFound(_)) => {}
+                        other => {
+                            other?;
+                        }
+                    }
+                }
+            }
+            Origin::File(path) => {
+                scan_file(path, Some(ids), &mut sink)?;
+            }
+            Origin::Answer(body) => {
+                // An answer that did not parse has no commands either.
+                let _ = scan_document(body, Some(ids), &mut sink);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
 }
 
 impl Input {
@@ -133,11 +198,11 @@ impl Input {
         }
         files.reverse();
         let mut input = Input::new("trace-file");
+        input.origin = Origin::TraceFile(path.to_path_buf());
         for file in &files {
             match input.read_file(file, filter) {
-                // Rotated away while being read: the rest is still read.
-                Err(SourceError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                }
+                // Rotated away before it was opened: the rest is still read.
+                Err(SourceError::NotFound(_)) => {}
                 other => other?,
             }
         }
@@ -149,99 +214,27 @@ impl Input {
     /// Reads one OTLP JSON file (lines, or one document).
     pub fn file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
         let mut input = Input::new("file");
+        input.origin = Origin::File(path.to_path_buf());
         input.read_file(path, filter)?;
         Ok(input)
     }
 
-    /// Reads `path` in blocks, line by line; a file where no line parses
-    /// but that is one JSON document is read whole.
+    /// Reads `path`'s commands (see [`scan_file`]).
     fn read_file(&mut self, path: &Path, filter: &Filter) -> Result<(), SourceError> {
-        let io_error = |source: io::Error| {
-            if source.kind() == io::ErrorKind::NotFound {
-                SourceError::NotFound(path.to_path_buf())
-            } else {
-                SourceError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        };
-        let mut file = File::open(path).map_err(io_error)?;
-        self.info.read.push(path.display().to_string());
-        let name = path.display().to_string();
-        let mut block = vec![0u8; BLOCK];
-        let mut carry: Vec<u8> = Vec::new();
-        let mut line_base = 0u64;
-        let (stats, parsed_any) = {
-            let commands = &mut self.commands;
-            let reducer = &mut self.reducer;
-            let mut scanner = Scanner::new(|trace| {
-                for c in reducer.commands(trace) {
-                    if filter.keeps(&c) {
-                        commands.push(c);
-                    }
-                    // Counted below from the reducer.
-                }
-            });
-            loop {
-                let n = read_full(&mut file, &mut block).map_err(io_error)?;
-                let eof = n < block.len();
-                carry.extend_from_slice(block.get(..n).unwrap_or_default());
-                let cut = if eof {
-                    carry.len()
-                } else {
-                    match carry.iter().rposition(|b| *b == b'\n') {
-                        Some(at) => at + 1,
-                        None => continue,
-                    }
-                };
-                let rest = carry.split_off(cut);
-                line_base = scanner.lines(&carry, line_base, eof);
-                carry = rest;
-                if eof {
-                    break;
-                }
-            }
-            let parsed_any = scanner.parsed_lines() > 0;
-            (scanner.finish(), parsed_any)
-        };
-        let stats = if !parsed_any && stats.skipped + u64::from(stats.truncated_tail) > 0 {
-            // Not one JSON value per line: perhaps one document.
-            self.read_document(path, filter, io_error).unwrap_or(stats)
-        } else {
-            stats
-        };
-        self.count(&stats, &name);
-        Ok(())
-    }
-
-    /// Reads `path` whole as one document, if it is not too large; the
-    /// stats of that reading if it parsed.
-    fn read_document(
-        &mut self,
-        path: &Path,
-        filter: &Filter,
-        io_error: impl Fn(io::Error) -> SourceError,
-    ) -> Option<ScanStats> {
-        let size = std::fs::metadata(path).map_err(&io_error).ok()?.len();
-        if size > MAX_DOCUMENT {
-            return None;
-        }
-        let bytes = std::fs::read(path).map_err(io_error).ok()?;
         let commands = &mut self.commands;
         let reducer = &mut self.reducer;
-        let mut scanner = Scanner::new(|trace| {
+        let stats = scan_file(path, None, &mut |trace| {
             commands.extend(
                 reducer
                     .commands(trace)
                     .into_iter()
                     .filter(|c| filter.keeps(c)),
             );
-        });
-        if !scanner.document(&bytes) {
-            return None;
-        }
-        Some(scanner.finish())
+        })?;
+        let name = path.display().to_string();
+        self.info.read.push(name.clone());
+        self.count(&stats, &name);
+        Ok(())
     }
 
     /// Adds one input's reading to the totals.
@@ -265,7 +258,7 @@ impl Input {
     pub fn jaeger_answer(&mut self, body: &[u8], filter: &Filter) {
         let commands = &mut self.commands;
         let reducer = &mut self.reducer;
-        let mut scanner = Scanner::new(|trace| {
+        let stats = scan_document(body, None, &mut |trace| {
             commands.extend(
                 reducer
                     .commands(trace)
@@ -273,13 +266,93 @@ impl Input {
                     .filter(|c| filter.keeps(c)),
             );
         });
-        let parsed = scanner.document(body);
-        let mut stats = scanner.finish();
-        if !parsed {
-            stats.skipped += 1;
-        }
+        let stats = stats.unwrap_or_else(|stats| ScanStats {
+            skipped: stats.skipped + 1,
+            ..stats
+        });
         self.count(&stats, "jaeger");
     }
+}
+
+/// A scanner handing traces to `sink`, keeping only `only`'s if given.
+fn scanner<F: FnMut(TraceSpans)>(sink: F, only: Option<&HashSet<u128>>) -> Scanner<F> {
+    match only {
+        Some(ids) => Scanner::only(sink, ids.clone()),
+        None => Scanner::new(sink),
+    }
+}
+
+/// Reads `path` in blocks, line by line, handing its traces (only `only`'s
+/// if given) to `sink`; a file where no line parses but that is one JSON
+/// document is read whole.
+fn scan_file(
+    path: &Path,
+    only: Option<&HashSet<u128>>,
+    sink: &mut dyn FnMut(TraceSpans),
+) -> Result<ScanStats, SourceError> {
+    let io_error = |source: io::Error| {
+        if source.kind() == io::ErrorKind::NotFound {
+            SourceError::NotFound(path.to_path_buf())
+        } else {
+            SourceError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    let mut block = vec![0u8; BLOCK];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut line_base = 0u64;
+    let (stats, parsed_any) = {
+        let mut scanner = scanner(&mut *sink, only);
+        loop {
+            let n = read_full(&mut file, &mut block).map_err(io_error)?;
+            let eof = n < block.len();
+            carry.extend_from_slice(block.get(..n).unwrap_or_default());
+            let cut = if eof {
+                carry.len()
+            } else {
+                match carry.iter().rposition(|b| *b == b'\n') {
+                    Some(at) => at + 1,
+                    None => continue,
+                }
+            };
+            let rest = carry.split_off(cut);
+            line_base = scanner.lines(&carry, line_base, eof);
+            carry = rest;
+            if eof {
+                break;
+            }
+        }
+        let parsed_any = scanner.parsed_lines() > 0;
+        (scanner.finish(), parsed_any)
+    };
+    if !parsed_any && stats.skipped + u64::from(stats.truncated_tail) > 0 {
+        // Not one JSON value per line: perhaps one document, if it is not
+        // too large.
+        let size = std::fs::metadata(path).map_err(io_error)?.len();
+        if size <= MAX_DOCUMENT {
+            let bytes = std::fs::read(path).map_err(io_error)?;
+            if let Ok(whole) = scan_document(&bytes, only, sink) {
+                return Ok(whole);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Reads `bytes` as one JSON document, handing its traces (only `only`'s if
+/// given) to `sink`; what was read, as an error if it did not parse.
+fn scan_document(
+    bytes: &[u8],
+    only: Option<&HashSet<u128>>,
+    sink: &mut dyn FnMut(TraceSpans),
+) -> Result<ScanStats, ScanStats> {
+    let mut scanner = scanner(sink, only);
+    let parsed = scanner.document(bytes);
+    let stats = scanner.finish();
+    if parsed { Ok(stats) } else { Err(stats) }
 }
 
 /// Reads until `buf` is full or the end of the input.
@@ -379,6 +452,68 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// One OTLP JSON line with one span of `trace` named `name`.
+    fn line(trace: u128, span: u64, name: &str) -> String {
+        format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{trace:032x}","spanId":"{span:016x}","name":"{name}","startTimeUnixNano":"1","endTimeUnixNano":"2"}}]}}]}}]}}"#
+        )
+    }
+
+    fn names(mut traces: Vec<TraceSpans>) -> Vec<(u128, Vec<String>)> {
+        traces.sort_by_key(|t| t.trace);
+        traces
+            .into_iter()
+            .map(|t| {
+                let mut names: Vec<String> = t.spans.iter().map(|s| s.name.to_string()).collect();
+                names.sort();
+                (t.trace, names)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_spans_of_chosen_traces_are_read_again_from_every_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        // Trace 1 was split by a rotation: one span in <path>.1, one in
+        // <path>; trace 2 is not asked for; trace 3 is only in <path>.
+        std::fs::write(
+            telemetry::trace_file::generation_path(&path, 1),
+            format!("{}\n{}\n", line(1, 1, "a"), line(2, 2, "x")),
+        )
+        .unwrap();
+        std::fs::write(
+            &path,
+            format!("{}\n{}\nnot json\n", line(1, 3, "b"), line(3, 4, "c")),
+        )
+        .unwrap();
+        let ids = HashSet::from([1, 3, 9]);
+        let origin = Origin::TraceFile(path.clone());
+        let found = names(origin.traces(&ids).unwrap());
+        assert_eq!(
+            found,
+            [(1, vec!["a".into(), "b".into()]), (3, vec!["c".into()])]
+        );
+        // One file; a pretty-printed document too.
+        let found = names(Origin::File(path.clone()).traces(&ids).unwrap());
+        assert_eq!(found, [(1, vec!["b".into()]), (3, vec!["c".into()])]);
+        let value: serde_json::Value = serde_json::from_str(&line(3, 4, "c")).unwrap();
+        let doc = dir.path().join("doc.json");
+        std::fs::write(&doc, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        let found = names(Origin::File(doc).traces(&ids).unwrap());
+        assert_eq!(found, [(3, vec!["c".into()])]);
+        // A Jaeger answer kept in memory.
+        let answer = Bytes::from(format!("{{\"result\":{}}}", line(1, 3, "b")));
+        let found = names(Origin::Answer(answer).traces(&ids).unwrap());
+        assert_eq!(found, [(1, vec!["b".into()])]);
+        assert!(Origin::Nothing.traces(&ids).unwrap().is_empty());
+        // A file that is gone is an error.
+        assert!(matches!(
+            Origin::File(dir.path().join("gone")).traces(&ids),
+            Err(SourceError::NotFound(_))
+        ));
     }
 
     #[test]
