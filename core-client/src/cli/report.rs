@@ -94,8 +94,10 @@ pub fn report(
     let report = build(args, current, baseline, &gates, filter);
     let mut out = std::io::stdout().lock();
     let written = if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)
+        // Serialized first, so that a closed pipe is told by its kind.
+        serde_json::to_vec_pretty(&report)
             .map_err(std::io::Error::other)
+            .and_then(|json| out.write_all(&json))
             .and_then(|()| writeln!(out))
     } else {
         out.write_all(text::render(&report, &|id| names.label(id)).as_bytes())
