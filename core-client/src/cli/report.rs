@@ -1,5 +1,6 @@
 //! `report`: the numbers of many commands, with gates and a baseline.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -10,8 +11,10 @@ use super::CliError;
 use crate::names::ServerNames;
 use crate::report::compare::{self, Side};
 use crate::report::gate::Gate;
+use crate::report::html::{self, Extras};
 use crate::report::jaeger::Search;
-use crate::report::source::{self, Filter, Input};
+use crate::report::source::{self, Filter, Input, Origin};
+use crate::report::waterfall::{self, Pick};
 use crate::report::{Report, SCHEMA, aggregate, text};
 
 /// Exit status when a gate fails.
@@ -71,6 +74,14 @@ pub struct ReportArgs {
     /// source such as 14d..7d (START..END, either side may be empty).
     #[arg(long, value_name = "FILE|START..END")]
     pub baseline: Option<String>,
+    /// Also write the report as one self-contained HTML page to FILE (it
+    /// fetches nothing and runs no script; send it to a colleague): the
+    /// stage tree, each stage's distribution, cold against warm, time to
+    /// first output, the slowest commands, and the waterfalls of the
+    /// median and the slowest command. The tables or --json are printed
+    /// as well.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// Runs `report`.
@@ -86,7 +97,15 @@ pub fn report(
         .collect::<Result<Vec<_>, _>>()?;
     let now = SystemTime::now();
     let filter = filter(args, names, now)?;
-    let current = read(args, &filter, trace_file)?;
+    let current = read(args, &filter, trace_file, args.html.is_some())?;
+    // The page's waterfalls: picked now, their spans read again later.
+    let page = args.html.as_ref().map(|path| {
+        (
+            path,
+            waterfall::pick(&current.commands),
+            current.origin.clone(),
+        )
+    });
     let baseline = match &args.baseline {
         None => None,
         Some(spec) => Some(baseline(args, spec, &filter, trace_file, now)?),
@@ -107,6 +126,9 @@ pub fn report(
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         return Err(CliError::failed(format!("writing the report: {e}")));
+    }
+    if let Some((path, picks, origin)) = page {
+        write_page(path, &report, picks, &origin, names)?;
     }
     Ok(if report.gates.iter().all(|g| g.pass) {
         0
@@ -185,14 +207,52 @@ fn filter(args: &ReportArgs, names: &ServerNames, now: SystemTime) -> Result<Fil
     })
 }
 
-/// Reads the source the arguments name.
-fn read(args: &ReportArgs, filter: &Filter, trace_file: Option<&Path>) -> Result<Input, CliError> {
+/// Writes the page of `report` to `path`, with the waterfalls of `picks`
+/// (their spans read again from `origin`).
+fn write_page(
+    path: &Path,
+    report: &Report,
+    picks: Vec<Pick>,
+    origin: &Origin,
+    names: &ServerNames,
+) -> Result<(), CliError> {
+    let ids: HashSet<u128> = picks.iter().map(|p| p.trace).collect();
+    let (waterfalls, error) = match origin.traces(&ids) {
+        Ok(traces) => (
+            picks
+                .into_iter()
+                .map(|p| waterfall::lay_out(p, &traces))
+                .collect(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let page = html::render(
+        report,
+        &Extras {
+            waterfalls: &waterfalls,
+            waterfall_error: error.as_deref(),
+            server: &|id| names.label(id),
+        },
+    );
+    std::fs::write(path, page)
+        .map_err(|e| CliError::failed(format!("writing the page {}: {e}", path.display())))
+}
+
+/// Reads the source the arguments name; with `keep_answer`, a Jaeger
+/// answer is kept to read spans from again.
+fn read(
+    args: &ReportArgs,
+    filter: &Filter,
+    trace_file: Option<&Path>,
+    keep_answer: bool,
+) -> Result<Input, CliError> {
     let no_source = |e: source::SourceError| CliError {
         message: e.to_string(),
         code: EXIT_NO_SOURCE,
     };
     if let (Some(url), Some(service)) = (&args.jaeger, &args.service) {
-        return read_jaeger(url, service, args.limit, filter).map_err(no_source);
+        return read_jaeger(url, service, args.limit, filter, keep_answer).map_err(no_source);
     }
     if let Some(file) = &args.file {
         return Input::file(file, filter).map_err(no_source);
@@ -210,6 +270,7 @@ fn read_jaeger(
     service: &str,
     limit: u32,
     filter: &Filter,
+    keep_answer: bool,
 ) -> Result<Input, source::SourceError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -233,6 +294,9 @@ fn read_jaeger(
     input.info.read.push(url.trim_end_matches('/').to_owned());
     if !body.is_empty() {
         input.jaeger_answer(&body, filter);
+        if keep_answer {
+            input.origin = Origin::Answer(body);
+        }
     }
     Ok(input)
 }
@@ -266,6 +330,6 @@ fn baseline(
         until_ns,
         ..filter.clone()
     };
-    let input = read(args, &f, trace_file)?;
+    let input = read(args, &f, trace_file, false)?;
     Ok((format!("the window {spec}"), input))
 }

@@ -22,6 +22,7 @@ pub mod command;
 pub mod compare;
 pub mod gate;
 pub mod histogram;
+pub mod html;
 pub mod jaeger;
 pub mod scan;
 pub mod source;
