@@ -23,6 +23,8 @@
 //! - [`trace_check`]: assertions over recorded spans (parents, nesting,
 //!   coverage).
 //! - [`tmux`]: a real terminal driven by keys and read from its screen.
+//! - [`chromium`]: a real headless browser whose every request goes to a
+//!   proxy the test counts.
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
 //!   time, statistics, the machine line, running on a runtime).
 //! - [`versus`]: the benchmarks against ssh, socat and local spawning:
@@ -35,6 +37,7 @@
 
 pub mod bench;
 pub mod binaries;
+pub mod chromium;
 pub mod compose;
 pub mod crash_records;
 pub mod error;
