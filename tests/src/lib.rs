@@ -25,6 +25,8 @@
 //! - [`tmux`]: a real terminal driven by keys and read from its screen.
 //! - [`synthetic`]: trace files of commands with known stage times (the
 //!   report's tests and its scale benchmark).
+//! - [`chromium`]: a real headless browser whose every request goes to a
+//!   proxy the test counts.
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
 //!   time, statistics, the machine line, running on a runtime).
 //! - [`versus`]: the benchmarks against ssh, socat and local spawning:
@@ -37,6 +39,7 @@
 
 pub mod bench;
 pub mod binaries;
+pub mod chromium;
 pub mod compose;
 pub mod crash_records;
 pub mod error;

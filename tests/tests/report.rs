@@ -477,11 +477,16 @@ fn the_trace_file_and_what_was_rotated_away() {
     let dir = tempfile::tempdir().unwrap();
     let trace_file = dir.path().join("traces.jsonl");
     let commands = twenty();
-    write(
-        &PathBuf::from(format!("{}.1", trace_file.display())),
-        &commands[..10],
-    );
-    write(&trace_file, &commands[10..]);
+    // Command 11's client line went into `.1`, its exec-server stages
+    // into the file after the rotation.
+    let [client, server] = commands[10].lines();
+    let rotated = PathBuf::from(format!("{}.1", trace_file.display()));
+    write(&rotated, &commands[..10]);
+    let older = std::fs::read_to_string(&rotated).unwrap();
+    std::fs::write(&rotated, format!("{older}{client}\n")).unwrap();
+    write(&trace_file, &commands[11..]);
+    let newer = std::fs::read_to_string(&trace_file).unwrap();
+    std::fs::write(&trace_file, format!("{server}\n{newer}")).unwrap();
     std::fs::write(
         format!("{}.dropped", trace_file.display()),
         "1795432186587685591\n",
@@ -495,6 +500,9 @@ fn the_trace_file_and_what_was_rotated_away() {
         r["source"]["rotated_away_before"],
         "2026-11-23T11:09:46.587685Z"
     );
+    // The split command is one command, whole.
+    assert_eq!(ns(&r["stages_by_name"]["rpc.server.exec"]["count"]), 20);
+    assert_eq!(ns(&r["unattributed"]["max_ns"]), 0);
     let text = String::from_utf8(report(dir.path(), &[]).stdout).unwrap();
     assert!(
         text.contains("and 1 older generation") && text.contains("rotated away"),

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use rex_client::{Client, ClientConfig, Event, ExecSpec};
 use telemetry::setup::{Export, Flusher};
 use tokio::sync::mpsc;
 
-use super::report::{EXIT_GATE_FAILED, ReportArgs};
+use super::report::ReportArgs;
 use super::{CliError, Context};
 use crate::report::gate::Gate;
 use crate::report::source::{Filter, Input};
@@ -63,6 +63,10 @@ pub struct ProbeArgs {
     /// How many of the slowest commands to list.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+    /// Also write the report as one self-contained HTML page to FILE (as
+    /// `report --html`).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -177,30 +181,20 @@ pub async fn probe(
         server: None,
         top: args.top,
         json: args.json,
+        html: args.html.clone(),
         gates: args.gates.clone(),
         min_count: args.min_count,
         baseline: None,
     };
+    let page = args.html.as_deref().map(|path| {
+        (
+            path,
+            crate::report::waterfall::pick(&input.commands),
+            input.origin.clone(),
+        )
+    });
     let report = super::report::build(&report_args, input, None, &gates, filter);
-    let names = ctx.names();
-    let mut out = std::io::stdout().lock();
-    let written = if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)
-            .map_err(std::io::Error::other)
-            .and_then(|()| writeln!(out))
-    } else {
-        out.write_all(crate::report::text::render(&report, &|id| names.label(id)).as_bytes())
-    };
-    if let Err(e) = written
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        return Err(CliError::failed(format!("writing the report: {e}")));
-    }
-    Ok(if report.gates.iter().all(|g| g.pass) {
-        0
-    } else {
-        EXIT_GATE_FAILED
-    })
+    super::report::emit(&report, args.json, page, &ctx.names())
 }
 
 /// What every run needs.

@@ -1,5 +1,6 @@
 //! `report`: the numbers of many commands, with gates and a baseline.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -10,8 +11,10 @@ use super::CliError;
 use crate::names::ServerNames;
 use crate::report::compare::{self, Side};
 use crate::report::gate::Gate;
+use crate::report::html::{self, Extras};
 use crate::report::jaeger::Search;
-use crate::report::source::{self, Filter, Input};
+use crate::report::source::{self, Filter, Input, Origin};
+use crate::report::waterfall::{self, Pick};
 use crate::report::{Report, SCHEMA, aggregate, text};
 
 /// Exit status when a gate fails.
@@ -71,6 +74,14 @@ pub struct ReportArgs {
     /// source such as 14d..7d (START..END, either side may be empty).
     #[arg(long, value_name = "FILE|START..END")]
     pub baseline: Option<String>,
+    /// Also write the report as one self-contained HTML page to FILE (it
+    /// fetches nothing and runs no script; send it to a colleague): the
+    /// stage tree, each stage's distribution, cold against warm, time to
+    /// first output, the slowest commands, and the waterfalls of the
+    /// median and the slowest command. The tables or --json are printed
+    /// as well.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// Runs `report`.
@@ -86,25 +97,53 @@ pub fn report(
         .collect::<Result<Vec<_>, _>>()?;
     let now = SystemTime::now();
     let filter = filter(args, names, now)?;
-    let current = read(args, &filter, trace_file)?;
+    let current = read(args, &filter, trace_file, args.html.is_some())?;
+    // The page's waterfalls: picked now, their spans read again later.
+    let page = args.html.as_deref().map(|path| {
+        (
+            path,
+            waterfall::pick(&current.commands),
+            current.origin.clone(),
+        )
+    });
     let baseline = match &args.baseline {
         None => None,
         Some(spec) => Some(baseline(args, spec, &filter, trace_file, now)?),
     };
     let report = build(args, current, baseline, &gates, filter);
+    emit(&report, args.json, page, names)
+}
+
+/// A page to write: where, the commands whose waterfalls it draws, and
+/// where their spans are read again from.
+pub(super) type Page<'a> = (&'a Path, Vec<Pick>, Origin);
+
+/// Prints `report` (tables, or JSON), writes its page if asked, and gives
+/// the exit status (1 when a gate failed).
+pub(super) fn emit(
+    report: &Report,
+    json: bool,
+    page: Option<Page<'_>>,
+    names: &ServerNames,
+) -> Result<u8, CliError> {
     let mut out = std::io::stdout().lock();
-    let written = if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)
+    let written = if json {
+        // Serialized first, so that a closed pipe is told by its kind.
+        serde_json::to_vec_pretty(report)
             .map_err(std::io::Error::other)
+            .and_then(|json| out.write_all(&json))
             .and_then(|()| writeln!(out))
     } else {
-        out.write_all(text::render(&report, &|id| names.label(id)).as_bytes())
+        out.write_all(text::render(report, &|id| names.label(id)).as_bytes())
     };
     // A closed pipe (`| head`) is not an error of the report's.
     if let Err(e) = written
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         return Err(CliError::failed(format!("writing the report: {e}")));
+    }
+    if let Some((path, picks, origin)) = page {
+        write_page(path, report, picks, &origin, names)?;
     }
     Ok(if report.gates.iter().all(|g| g.pass) {
         0
@@ -183,14 +222,52 @@ fn filter(args: &ReportArgs, names: &ServerNames, now: SystemTime) -> Result<Fil
     })
 }
 
-/// Reads the source the arguments name.
-fn read(args: &ReportArgs, filter: &Filter, trace_file: Option<&Path>) -> Result<Input, CliError> {
+/// Writes the page of `report` to `path`, with the waterfalls of `picks`
+/// (their spans read again from `origin`).
+fn write_page(
+    path: &Path,
+    report: &Report,
+    picks: Vec<Pick>,
+    origin: &Origin,
+    names: &ServerNames,
+) -> Result<(), CliError> {
+    let ids: HashSet<u128> = picks.iter().map(|p| p.trace).collect();
+    let (waterfalls, error) = match origin.traces(&ids) {
+        Ok(traces) => (
+            picks
+                .into_iter()
+                .map(|p| waterfall::lay_out(p, &traces))
+                .collect(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let page = html::render(
+        report,
+        &Extras {
+            waterfalls: &waterfalls,
+            waterfall_error: error.as_deref(),
+            server: &|id| names.label(id),
+        },
+    );
+    std::fs::write(path, page)
+        .map_err(|e| CliError::failed(format!("writing the page {}: {e}", path.display())))
+}
+
+/// Reads the source the arguments name; with `keep_answer`, a Jaeger
+/// answer is kept to read spans from again.
+fn read(
+    args: &ReportArgs,
+    filter: &Filter,
+    trace_file: Option<&Path>,
+    keep_answer: bool,
+) -> Result<Input, CliError> {
     let no_source = |e: source::SourceError| CliError {
         message: e.to_string(),
         code: EXIT_NO_SOURCE,
     };
     if let (Some(url), Some(service)) = (&args.jaeger, &args.service) {
-        return read_jaeger(url, service, args.limit, filter).map_err(no_source);
+        return read_jaeger(url, service, args.limit, filter, keep_answer).map_err(no_source);
     }
     if let Some(file) = &args.file {
         return Input::file(file, filter).map_err(no_source);
@@ -208,6 +285,7 @@ fn read_jaeger(
     service: &str,
     limit: u32,
     filter: &Filter,
+    keep_answer: bool,
 ) -> Result<Input, source::SourceError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -231,6 +309,9 @@ fn read_jaeger(
     input.info.read.push(url.trim_end_matches('/').to_owned());
     if !body.is_empty() {
         input.jaeger_answer(&body, filter);
+        if keep_answer {
+            input.origin = Origin::Answer(body);
+        }
     }
     Ok(input)
 }
@@ -264,6 +345,6 @@ fn baseline(
         until_ns,
         ..filter.clone()
     };
-    let input = read(args, &f, trace_file)?;
+    let input = read(args, &f, trace_file, false)?;
     Ok((format!("the window {spec}"), input))
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::command::{Command, StageId, StageTable, Warmth};
+use super::histogram::Histogram;
 use super::stats::{Shares, Summary};
 
 /// At most this many programs get a row of their own in the first-output
@@ -33,6 +34,9 @@ pub struct StageRow {
     pub time: Summary,
     /// Its share of each command's dispatch, over all commands.
     pub share: Shares,
+    /// Its duration's distribution in logarithmic buckets (the `histogram`
+    /// module: five per decade from 100 ns).
+    pub histogram: Histogram,
 }
 
 /// One stage name's numbers, whatever its path (what gates read).
@@ -55,6 +59,8 @@ pub struct WarmthRow {
     pub dispatch: Summary,
     /// Their `session.acquire`, if they have one.
     pub acquire: Option<Summary>,
+    /// Their dispatch's distribution in logarithmic buckets.
+    pub histogram: Histogram,
 }
 
 /// What a cold start costs: the cold dispatch's percentiles minus the warm
@@ -138,6 +144,9 @@ pub struct Numbers {
     pub last_start: Option<String>,
     /// The dispatch (`tool.dispatch`).
     pub dispatch: Option<Summary>,
+    /// The dispatch's distribution in logarithmic buckets (five per decade
+    /// from 100 ns; empty without commands).
+    pub dispatch_histogram: Histogram,
     /// Each stage path, in tree order.
     pub stages: Vec<StageRow>,
     /// Each stage name, whatever its path.
@@ -210,6 +219,7 @@ pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers 
         failed: commands.iter().filter(|c| c.failed).count() as u64,
         first_start: commands.iter().map(|c| c.start).min().map(rfc3339),
         last_start: commands.iter().map(|c| c.start).max().map(rfc3339),
+        dispatch_histogram: Histogram::of(&dispatch),
         dispatch: Summary::of(&mut dispatch),
         stages,
         stages_by_name,
@@ -276,6 +286,7 @@ fn stage_rows(
                 path: table.path_text(id),
                 name: stage.name.to_string(),
                 depth: stage.depth,
+                histogram: Histogram::of(values),
                 time: Summary::of(values)?,
                 share: Shares::of(present, absent)?,
             })
@@ -310,6 +321,7 @@ fn warmth_rows(commands: &[Command], table: &StageTable) -> Vec<WarmthRow> {
                 .collect();
             Some(WarmthRow {
                 warmth: *w,
+                histogram: Histogram::of(&dispatch),
                 dispatch: Summary::of(&mut dispatch)?,
                 acquire: Summary::of(&mut acquire),
             })
@@ -509,6 +521,18 @@ mod tests {
             (40_000_000, 50_000_000)
         );
         assert_eq!(cold.acquire.unwrap().p50_ns, 30_000_000);
+        // The histograms count every command once; 40 and 50 ms both fall
+        // in bucket 28 (39.8 ms to 63.1 ms).
+        assert_eq!(cold.histogram.counts, [2]);
+        assert_eq!(cold.histogram.first, 28);
+        assert_eq!(n.dispatch_histogram.counts.iter().sum::<u64>(), 12);
+        assert_eq!(warm.histogram.counts.iter().sum::<u64>(), 10);
+        let exec = n
+            .stages
+            .iter()
+            .find(|s| s.path == "rpc.server.exec")
+            .unwrap();
+        assert_eq!(exec.histogram.counts.iter().sum::<u64>(), exec.time.count);
         let cost = n.cold_start_cost.unwrap();
         assert_eq!(
             (cost.p50_ns, cost.p90_ns),

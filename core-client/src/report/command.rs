@@ -438,7 +438,7 @@ fn union_within(spans: &[&Span], start: u64, end: u64) -> u64 {
 
 /// Where a span and the client's placed copy of it are both there (the
 /// exec-server wrote its own into the same file), the copy goes.
-fn without_placed_copies(spans: Vec<Span>) -> Vec<Span> {
+pub(super) fn without_placed_copies(spans: Vec<Span>) -> Vec<Span> {
     if !spans.iter().any(|s| s.attrs.placed) {
         return spans;
     }

@@ -89,7 +89,8 @@ impl fmt::Display for GateResult {
 }
 
 impl GateResult {
-    fn op(&self) -> &str {
+    /// The comparison's operator, as the gate writes it.
+    pub(super) fn op(&self) -> &str {
         ["<=", ">=", "==", "!=", "<", ">"]
             .into_iter()
             .find(|op| self.gate.contains(op))

@@ -7,22 +7,28 @@
 //!   path, warmth, first output, unattributed time, the dominant stage).
 //! - [`source`]: the local trace file (with its generations), an OTLP JSON
 //!   file, or Jaeger ([`jaeger`]); and the filters.
-//! - [`stats`]: nearest-rank percentiles and shares.
+//! - [`stats`]: nearest-rank percentiles and shares; [`histogram`]:
+//!   logarithmic buckets.
 //! - [`aggregate`]: a population's numbers.
 //! - [`compare`]: A/B with a rank test.
 //! - [`gate`]: go/no-go expressions.
 //! - [`text`]: the terminal table; [`Report`] is also the `--json` schema
 //!   (`docs/report.md`).
+//! - [`waterfall`]: the median and the slowest command, their spans read
+//!   again and laid out; [`html`]: the page (`--html`).
 
 pub mod aggregate;
 pub mod command;
 pub mod compare;
 pub mod gate;
+pub mod histogram;
+pub mod html;
 pub mod jaeger;
 pub mod scan;
 pub mod source;
 pub mod stats;
 pub mod text;
+pub mod waterfall;
 
 use serde::Serialize;
 

@@ -12,7 +12,7 @@
 //! mapping says, or base64 (protobuf's JSON mapping, which some tools use).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -221,6 +221,7 @@ pub struct Scanner<F: FnMut(TraceSpans)> {
     line: u64,
     parsed: u64,
     stats: ScanStats,
+    only: Option<HashSet<u128>>,
 }
 
 impl<F: FnMut(TraceSpans)> Scanner<F> {
@@ -234,6 +235,16 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
             line: 0,
             parsed: 0,
             stats: ScanStats::default(),
+            only: None,
+        }
+    }
+
+    /// A scanner that keeps only the spans of the traces `ids` (the others
+    /// are counted, not kept).
+    pub fn only(sink: F, ids: HashSet<u128>) -> Self {
+        Scanner {
+            only: Some(ids),
+            ..Scanner::new(sink)
         }
     }
 
@@ -290,6 +301,12 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
         self.parsed
     }
 
+    /// What was read since the last call (one input's part), the traces
+    /// still open kept open.
+    pub fn take_stats(&mut self) -> ScanStats {
+        std::mem::take(&mut self.stats)
+    }
+
     /// Takes in one line's outcome, numbered `number` in its input;
     /// `unterminated` when it is the input's last and has no newline.
     fn take(&mut self, line: Parsed, number: u64, unterminated: bool) {
@@ -338,6 +355,13 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
 
     /// Adds `span` to its trace.
     fn add(&mut self, span: Span) {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|ids| !ids.contains(&span.trace))
+        {
+            return;
+        }
         let line = self.line;
         let trace = span.trace;
         let entry = self.open.entry(trace).or_insert_with(|| {
@@ -737,6 +761,22 @@ mod tests {
         let (traces, _) = read(&format!("{LINE}\n{second}\n"));
         assert_eq!(traces.len(), 1);
         assert_eq!(traces[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn only_the_traces_asked_for_are_kept() {
+        let other = LINE.replace(
+            "0af7651916cd43dd8448eb211c80319c",
+            "000000000000000000000000000000bb",
+        );
+        let mut traces = Vec::new();
+        let mut scanner = Scanner::only(|t| traces.push(t), HashSet::from([0xbb]));
+        scanner.lines(format!("{LINE}\n{other}\n{LINE}\n").as_bytes(), 0, true);
+        let stats = scanner.finish();
+        assert_eq!(stats.spans, 3);
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].trace, 0xbb);
+        assert_eq!(traces[0].spans.len(), 1);
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! rotated generations), a given OTLP JSON file, or Jaeger's query API; and
 //! which of them it keeps (a time window, a program, servers).
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::command::{Command, Reducer};
-use super::scan::{ScanStats, Scanner};
+use super::scan::{MAX_SPANS_PER_TRACE, ScanStats, Scanner, TraceSpans};
 
 /// Files are read in blocks of this size.
 const BLOCK: usize = 8 * 1024 * 1024;
@@ -112,6 +115,61 @@ pub struct Input {
     pub reducer: Reducer,
     /// How the reading went.
     pub info: SourceInfo,
+    /// Where the spans came from, to read some of them again.
+    pub origin: Origin,
+}
+
+/// Where an input's spans came from, so that the spans of a few of its
+/// traces can be read again once the report has picked them (its
+/// waterfalls).
+#[derive(Debug, Clone, Default)]
+pub enum Origin {
+    /// Nowhere they can be read again.
+    #[default]
+    Nothing,
+    /// The local trace file (its generations are found again, so a
+    /// rotation in between loses nothing).
+    TraceFile(PathBuf),
+    /// One OTLP JSON file.
+    File(PathBuf),
+    /// A Jaeger answer, kept whole (it is bounded).
+    Answer(Bytes),
+}
+
+impl Origin {
+    /// The spans of the traces `ids` (at most
+    /// [`super::scan::MAX_SPANS_PER_TRACE`] each; a trace's spans from
+    /// several files are one trace), in no particular order.
+    pub fn traces(&self, ids: &HashSet<u128>) -> Result<Vec<TraceSpans>, SourceError> {
+        let mut found: HashMap<u128, TraceSpans> = HashMap::new();
+        let mut sink = |trace: TraceSpans| match found.entry(trace.trace) {
+            Entry::Vacant(e) => {
+                e.insert(trace);
+            }
+            Entry::Occupied(mut e) => {
+                let held = e.get_mut();
+                let room = MAX_SPANS_PER_TRACE.saturating_sub(held.spans.len());
+                held.dropped += trace.dropped + trace.spans.len().saturating_sub(room);
+                held.spans.extend(trace.spans.into_iter().take(room));
+            }
+        };
+        match self {
+            Origin::Nothing => {}
+            Origin::TraceFile(path) => {
+                let mut files = telemetry::trace_file::files_newest_first(path);
+                files.reverse();
+                scan_files(&files, Some(ids), &mut sink)?;
+            }
+            Origin::File(path) => {
+                scan_files(std::slice::from_ref(path), Some(ids), &mut sink)?;
+            }
+            Origin::Answer(body) => {
+                // An answer that did not parse has no commands either.
+                let _ = scan_document(body, Some(ids), &mut sink);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
 }
 
 impl Input {
@@ -127,7 +185,8 @@ impl Input {
     }
 
     /// Reads the local trace file at `path` and its rotated generations,
-    /// oldest first.
+    /// oldest first, as one stream (a trace split by a rotation is one
+    /// trace).
     pub fn trace_file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
         let mut files = telemetry::trace_file::files_newest_first(path);
         if files.is_empty() {
@@ -135,14 +194,8 @@ impl Input {
         }
         files.reverse();
         let mut input = Input::new("trace-file");
-        for file in &files {
-            match input.read_file(file, filter) {
-                // Rotated away while being read: the rest is still read.
-                Err(SourceError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                }
-                other => other?,
-            }
-        }
+        input.origin = Origin::TraceFile(path.to_path_buf());
+        input.read_files(&files, filter)?;
         input.info.rotated_away_before =
             telemetry::trace_file::rotated_away_before(path).map(system_rfc3339);
         Ok(input)
@@ -153,153 +206,67 @@ impl Input {
     pub fn recent(
         path: &Path,
         filter: &Filter,
-        wanted: &std::collections::HashSet<u128>,
+        wanted: &HashSet<u128>,
     ) -> Result<Input, SourceError> {
         let files = telemetry::trace_file::files_newest_first(path);
         if files.is_empty() {
             return Err(SourceError::NotFound(path.to_path_buf()));
         }
-        let mut input = Input::new("trace-file");
-        for (at, file) in files.iter().enumerate() {
-            // The next older generation is read too: a trace's first spans
-            // may have been written before a rotation.
-            let found: std::collections::HashSet<u128> =
-                input.commands.iter().map(|c| c.trace).collect();
-            if at > 0 && wanted.is_subset(&found) {
+        // The newest generations holding them, read oldest first (the one
+        // before the first that has them all too: a trace's first spans
+        // may have been written before a rotation).
+        let mut take = files.len();
+        for n in 1..=files.len() {
+            let mut input = Input::new("trace-file");
+            let mut newest: Vec<PathBuf> = files.iter().take(n).cloned().collect();
+            newest.reverse();
+            input.read_files(&newest, filter)?;
+            let found: HashSet<u128> = input.commands.iter().map(|c| c.trace).collect();
+            if wanted.is_subset(&found) {
+                take = (n + 1).min(files.len());
                 break;
             }
-            input.read_file(file, filter)?;
         }
+        let mut chosen: Vec<PathBuf> = files.into_iter().take(take).collect();
+        chosen.reverse();
+        let mut input = Input::new("trace-file");
+        input.origin = Origin::TraceFile(path.to_path_buf());
+        input.read_files(&chosen, filter)?;
         Ok(input)
     }
 
     /// Reads one OTLP JSON file (lines, or one document).
     pub fn file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
         let mut input = Input::new("file");
+        input.origin = Origin::File(path.to_path_buf());
         input.read_file(path, filter)?;
         Ok(input)
     }
 
-    /// Reads `path` in blocks, line by line; a file where no line parses
-    /// but that is one JSON document is read whole.
+    /// Reads `path`'s commands (see [`scan_files`]).
     fn read_file(&mut self, path: &Path, filter: &Filter) -> Result<(), SourceError> {
-        let io_error = |source: io::Error| {
-            if source.kind() == io::ErrorKind::NotFound {
-                SourceError::NotFound(path.to_path_buf())
-            } else {
-                SourceError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        };
-        let mut file = File::open(path).map_err(io_error)?;
-        self.info.read.push(path.display().to_string());
-        let name = path.display().to_string();
-        // Lines are read into `buf`; only the last, partial line of a
-        // block is moved to the front for the next.
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * BLOCK);
-        let mut line_base = 0u64;
-        // Inside a line over MAX_LINE: dropped until its newline.
-        let mut skipping = false;
-        let mut oversized = 0u64;
-        let (mut stats, parsed_any) = {
-            let commands = &mut self.commands;
-            let reducer = &mut self.reducer;
-            let mut scanner = Scanner::new(|trace| {
-                for c in reducer.commands(trace) {
-                    if filter.keeps(&c) {
-                        commands.push(c);
-                    }
-                }
-            });
-            loop {
-                let start = buf.len();
-                buf.resize(start + BLOCK, 0);
-                let n = read_full(&mut file, buf.get_mut(start..).unwrap_or_default())
-                    .map_err(io_error)?;
-                buf.truncate(start + n);
-                let eof = n < BLOCK;
-                if skipping {
-                    match buf.iter().position(|b| *b == b'\n') {
-                        Some(at) => {
-                            buf.drain(..=at);
-                            skipping = false;
-                        }
-                        None => {
-                            buf.clear();
-                            if eof {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                let cut = if eof {
-                    buf.len()
-                } else {
-                    match buf.iter().rposition(|b| *b == b'\n') {
-                        Some(at) => at + 1,
-                        None if buf.len() >= MAX_LINE => {
-                            buf.clear();
-                            skipping = true;
-                            oversized += 1;
-                            line_base += 1;
-                            continue;
-                        }
-                        None => continue,
-                    }
-                };
-                line_base = scanner.lines(buf.get(..cut).unwrap_or_default(), line_base, eof);
-                buf.drain(..cut);
-                if eof {
-                    break;
-                }
-            }
-            let parsed_any = scanner.parsed_lines() > 0;
-            (scanner.finish(), parsed_any)
-        };
-        stats.skipped += oversized;
-        stats.lines += oversized;
-        let stats =
-            if !parsed_any && oversized == 0 && stats.skipped + u64::from(stats.truncated_tail) > 0
-            {
-                // Not one JSON value per line: perhaps one document.
-                self.read_document(path, filter, io_error).unwrap_or(stats)
-            } else {
-                stats
-            };
-        self.count(&stats, &name);
-        Ok(())
+        self.read_files(std::slice::from_ref(&path.to_path_buf()), filter)
     }
 
-    /// Reads `path` whole as one document, if it is not too large; the
-    /// stats of that reading if it parsed.
-    fn read_document(
-        &mut self,
-        path: &Path,
-        filter: &Filter,
-        io_error: impl Fn(io::Error) -> SourceError,
-    ) -> Option<ScanStats> {
-        let size = std::fs::metadata(path).map_err(&io_error).ok()?.len();
-        if size > MAX_DOCUMENT {
-            return None;
-        }
-        let bytes = std::fs::read(path).map_err(io_error).ok()?;
+    /// Reads the commands of `files`, in order, as one stream; a file that
+    /// is gone (rotated away) before it is opened is passed over.
+    fn read_files(&mut self, files: &[PathBuf], filter: &Filter) -> Result<(), SourceError> {
         let commands = &mut self.commands;
         let reducer = &mut self.reducer;
-        let mut scanner = Scanner::new(|trace| {
+        let read = scan_files(files, None, &mut |trace| {
             commands.extend(
                 reducer
                     .commands(trace)
                     .into_iter()
                     .filter(|c| filter.keeps(c)),
             );
-        });
-        if !scanner.document(&bytes) {
-            return None;
+        })?;
+        for (path, stats) in read {
+            let name = path.display().to_string();
+            self.info.read.push(name.clone());
+            self.count(&stats, &name);
         }
-        Some(scanner.finish())
+        Ok(())
     }
 
     /// Adds one input's reading to the totals.
@@ -323,7 +290,7 @@ impl Input {
     pub fn jaeger_answer(&mut self, body: &[u8], filter: &Filter) {
         let commands = &mut self.commands;
         let reducer = &mut self.reducer;
-        let mut scanner = Scanner::new(|trace| {
+        let stats = scan_document(body, None, &mut |trace| {
             commands.extend(
                 reducer
                     .commands(trace)
@@ -331,13 +298,170 @@ impl Input {
                     .filter(|c| filter.keeps(c)),
             );
         });
-        let parsed = scanner.document(body);
-        let mut stats = scanner.finish();
-        if !parsed {
-            stats.skipped += 1;
-        }
+        let stats = stats.unwrap_or_else(|stats| ScanStats {
+            skipped: stats.skipped + 1,
+            ..stats
+        });
         self.count(&stats, "jaeger");
     }
+}
+
+/// A scanner handing traces to `sink`, keeping only `only`'s if given.
+fn scanner<F: FnMut(TraceSpans)>(sink: F, only: Option<&HashSet<u128>>) -> Scanner<F> {
+    match only {
+        Some(ids) => Scanner::only(sink, ids.clone()),
+        None => Scanner::new(sink),
+    }
+}
+
+/// Reads `files` in order as one stream of lines (a trace whose spans are
+/// in two of them is one trace), in blocks, handing the traces (only
+/// `only`'s if given) to `sink`; what was read from each file. A file gone
+/// before it is opened is passed over (a rotation moved it). A file where
+/// no line parses but that is one JSON document is read whole.
+fn scan_files(
+    files: &[PathBuf],
+    only: Option<&HashSet<u128>>,
+    sink: &mut dyn FnMut(TraceSpans),
+) -> Result<Vec<(PathBuf, ScanStats)>, SourceError> {
+    let mut read = Vec::with_capacity(files.len());
+    let mut documents = Vec::new();
+    {
+        let mut scanner = scanner(&mut *sink, only);
+        for path in files {
+            match scan_lines(path, &mut scanner) {
+                Ok((stats, true)) => read.push((path.clone(), stats)),
+                Ok((stats, false)) => {
+                    // Not one JSON value per line: perhaps one document.
+                    documents.push(read.len());
+                    read.push((path.clone(), stats));
+                }
+                Err(SourceError::NotFound(_)) if files.len() > 1 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let tail = scanner.finish();
+        if let Some((_, last)) = read.last_mut() {
+            last.spans += tail.spans;
+        }
+    }
+    for at in documents {
+        let Some((path, stats)) = read.get_mut(at) else {
+            continue;
+        };
+        if let Some(whole) = read_document(path, only, sink)? {
+            *stats = whole;
+        }
+    }
+    Ok(read)
+}
+
+/// Reads `path`'s lines into `scanner`; what was read, and whether the
+/// file looked like OTLP JSON lines (something parsed, or nothing failed).
+fn scan_lines<F: FnMut(TraceSpans)>(
+    path: &Path,
+    scanner: &mut Scanner<F>,
+) -> Result<(ScanStats, bool), SourceError> {
+    let io_error = |source: io::Error| io_error(path, source);
+    let mut file = File::open(path).map_err(io_error)?;
+    let parsed_before = scanner.parsed_lines();
+    // Lines are read into `buf`; only the last, partial line of a block
+    // is moved to the front for the next.
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * BLOCK);
+    let mut line_base = 0u64;
+    // Inside a line over MAX_LINE: dropped until its newline.
+    let mut skipping = false;
+    let mut oversized = 0u64;
+    loop {
+        let start = buf.len();
+        buf.resize(start + BLOCK, 0);
+        let n = read_full(&mut file, buf.get_mut(start..).unwrap_or_default()).map_err(io_error)?;
+        buf.truncate(start + n);
+        let eof = n < BLOCK;
+        if skipping {
+            match buf.iter().position(|b| *b == b'\n') {
+                Some(at) => {
+                    buf.drain(..=at);
+                    skipping = false;
+                }
+                None => {
+                    buf.clear();
+                    if eof {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let cut = if eof {
+            buf.len()
+        } else {
+            match buf.iter().rposition(|b| *b == b'\n') {
+                Some(at) => at + 1,
+                None if buf.len() >= MAX_LINE => {
+                    buf.clear();
+                    skipping = true;
+                    oversized += 1;
+                    line_base += 1;
+                    continue;
+                }
+                None => continue,
+            }
+        };
+        line_base = scanner.lines(buf.get(..cut).unwrap_or_default(), line_base, eof);
+        buf.drain(..cut);
+        if eof {
+            break;
+        }
+    }
+    let mut stats = scanner.take_stats();
+    stats.skipped += oversized;
+    stats.lines += oversized;
+    let parsed_any = scanner.parsed_lines() > parsed_before;
+    let looks_like_lines =
+        parsed_any || oversized > 0 || stats.skipped + u64::from(stats.truncated_tail) == 0;
+    Ok((stats, looks_like_lines))
+}
+
+/// `path` read whole as one document, if it is not too large and parses.
+fn read_document(
+    path: &Path,
+    only: Option<&HashSet<u128>>,
+    sink: &mut dyn FnMut(TraceSpans),
+) -> Result<Option<ScanStats>, SourceError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| io_error(path, e))?
+        .len();
+    if size > MAX_DOCUMENT {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    Ok(scan_document(&bytes, only, sink).ok())
+}
+
+/// Reading `path` failed with `source`.
+fn io_error(path: &Path, source: io::Error) -> SourceError {
+    if source.kind() == io::ErrorKind::NotFound {
+        SourceError::NotFound(path.to_path_buf())
+    } else {
+        SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Reads `bytes` as one JSON document, handing its traces (only `only`'s if
+/// given) to `sink`; what was read, as an error if it did not parse.
+fn scan_document(
+    bytes: &[u8],
+    only: Option<&HashSet<u128>>,
+    sink: &mut dyn FnMut(TraceSpans),
+) -> Result<ScanStats, ScanStats> {
+    let mut scanner = scanner(sink, only);
+    let parsed = scanner.document(bytes);
+    let stats = scanner.finish();
+    if parsed { Ok(stats) } else { Err(stats) }
 }
 
 /// Reads until `buf` is full or the end of the input.
@@ -437,6 +561,68 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// One OTLP JSON line with one span of `trace` named `name`.
+    fn line(trace: u128, span: u64, name: &str) -> String {
+        format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{trace:032x}","spanId":"{span:016x}","name":"{name}","startTimeUnixNano":"1","endTimeUnixNano":"2"}}]}}]}}]}}"#
+        )
+    }
+
+    fn names(mut traces: Vec<TraceSpans>) -> Vec<(u128, Vec<String>)> {
+        traces.sort_by_key(|t| t.trace);
+        traces
+            .into_iter()
+            .map(|t| {
+                let mut names: Vec<String> = t.spans.iter().map(|s| s.name.to_string()).collect();
+                names.sort();
+                (t.trace, names)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_spans_of_chosen_traces_are_read_again_from_every_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        // Trace 1 was split by a rotation: one span in <path>.1, one in
+        // <path>; trace 2 is not asked for; trace 3 is only in <path>.
+        std::fs::write(
+            telemetry::trace_file::generation_path(&path, 1),
+            format!("{}\n{}\n", line(1, 1, "a"), line(2, 2, "x")),
+        )
+        .unwrap();
+        std::fs::write(
+            &path,
+            format!("{}\n{}\nnot json\n", line(1, 3, "b"), line(3, 4, "c")),
+        )
+        .unwrap();
+        let ids = HashSet::from([1, 3, 9]);
+        let origin = Origin::TraceFile(path.clone());
+        let found = names(origin.traces(&ids).unwrap());
+        assert_eq!(
+            found,
+            [(1, vec!["a".into(), "b".into()]), (3, vec!["c".into()])]
+        );
+        // One file; a pretty-printed document too.
+        let found = names(Origin::File(path.clone()).traces(&ids).unwrap());
+        assert_eq!(found, [(1, vec!["b".into()]), (3, vec!["c".into()])]);
+        let value: serde_json::Value = serde_json::from_str(&line(3, 4, "c")).unwrap();
+        let doc = dir.path().join("doc.json");
+        std::fs::write(&doc, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        let found = names(Origin::File(doc).traces(&ids).unwrap());
+        assert_eq!(found, [(3, vec!["c".into()])]);
+        // A Jaeger answer kept in memory.
+        let answer = Bytes::from(format!("{{\"result\":{}}}", line(1, 3, "b")));
+        let found = names(Origin::Answer(answer).traces(&ids).unwrap());
+        assert_eq!(found, [(1, vec!["b".into()])]);
+        assert!(Origin::Nothing.traces(&ids).unwrap().is_empty());
+        // A file that is gone is an error.
+        assert!(matches!(
+            Origin::File(dir.path().join("gone")).traces(&ids),
+            Err(SourceError::NotFound(_))
+        ));
     }
 
     #[test]

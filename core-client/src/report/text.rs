@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::Report;
 use super::aggregate::{Numbers, StageRow};
 use super::compare::Comparison;
+use super::source::SourceInfo;
 use super::stats::{Shares, Summary};
 
 /// A duration in nanoseconds with three significant digits and a unit
@@ -66,8 +67,30 @@ pub fn render(report: &Report, server: &dyn Fn(&str) -> String) -> String {
 
 fn header(out: &mut String, r: &Report) {
     let n = &r.numbers;
-    let i = &r.source;
-    let what = match i.kind.as_str() {
+    let _ = write!(
+        out,
+        "{} command{} from {}",
+        n.commands,
+        if n.commands == 1 { "" } else { "s" },
+        source(&r.source)
+    );
+    if let (Some(first), Some(last)) = (&n.first_start, &n.last_start) {
+        let _ = write!(out, ", {first} to {last}");
+    }
+    let _ = writeln!(out);
+    let notes = notes(r);
+    if !notes.is_empty() {
+        let _ = writeln!(out, "  {}", notes.join("; "));
+    }
+    if let Some(none) = no_commands(r) {
+        let _ = writeln!(out, "  {none}");
+    }
+}
+
+/// What was read, as the header says it (`the trace file X and 2 older
+/// generations`, `Jaeger at URL`, the files).
+pub fn source(i: &SourceInfo) -> String {
+    match i.kind.as_str() {
         "jaeger" => format!("Jaeger at {}", i.read.join(", ")),
         "trace-file" => match i.read.len() {
             0 | 1 => format!(
@@ -82,17 +105,14 @@ fn header(out: &mut String, r: &Report) {
             ),
         },
         _ => i.read.join(", "),
-    };
-    let _ = write!(
-        out,
-        "{} command{} from {what}",
-        n.commands,
-        if n.commands == 1 { "" } else { "s" }
-    );
-    if let (Some(first), Some(last)) = (&n.first_start, &n.last_start) {
-        let _ = write!(out, ", {first} to {last}");
     }
-    let _ = writeln!(out);
+}
+
+/// The header's notes: failures, silent commands, what the filters left
+/// out, skipped and cut lines, and what was rotated away.
+pub fn notes(r: &Report) -> Vec<String> {
+    let n = &r.numbers;
+    let i = &r.source;
     let mut notes = Vec::new();
     if n.commands > 0 {
         notes.push(format!("{} failed", n.failed));
@@ -120,13 +140,15 @@ fn header(out: &mut String, r: &Report) {
     if let Some(before) = &i.rotated_away_before {
         notes.push(format!("traces up to {before} were rotated away"));
     }
-    if !notes.is_empty() {
-        let _ = writeln!(out, "  {}", notes.join("; "));
-    }
-    if n.commands == 0 {
-        let _ = writeln!(
-            out,
-            "  no commands: {} trace{} read, none with a tool.dispatch span{}",
+    notes
+}
+
+/// Why there are no numbers, when there are no commands.
+pub fn no_commands(r: &Report) -> Option<String> {
+    let i = &r.source;
+    (r.numbers.commands == 0).then(|| {
+        format!(
+            "no commands: {} trace{} read, none with a tool.dispatch span{}",
             i.traces_without_commands,
             if i.traces_without_commands == 1 {
                 ""
@@ -138,8 +160,8 @@ fn header(out: &mut String, r: &Report) {
             } else {
                 ""
             }
-        );
-    }
+        )
+    })
 }
 
 const STAGE_WIDTH: usize = 34;

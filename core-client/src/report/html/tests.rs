@@ -1,0 +1,386 @@
+use std::sync::Arc;
+
+use super::super::SCHEMA;
+use super::super::aggregate::numbers;
+use super::super::command::{Command, Reducer};
+use super::super::compare::{Side, compare};
+use super::super::gate::Gate;
+use super::super::scan::{Attrs, Span, TraceSpans};
+use super::super::source::{Filter, SourceInfo};
+use super::super::waterfall::{self, Waterfall};
+use super::*;
+
+const EVIL: &str = "<script>alert(1)</script>";
+const EVIL_STAGE: &str = "x\"><img src=http://evil.example/x onerror=alert(1)>";
+
+fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
+    Span {
+        trace,
+        id,
+        parent,
+        name: Arc::from(name),
+        service: Arc::from("core-client"),
+        start,
+        end,
+        error: false,
+        attrs: Attrs::default(),
+    }
+}
+
+/// One command's trace: `cli.run` over `cli.startup` and a dispatch of
+/// `total` µs whose session was `warmth`, with a remote stage and an odd
+/// stage name, run by `program`.
+fn trace(id: u128, total: u64, warmth: &str, program: &str) -> TraceSpans {
+    let us = 1_000;
+    let t0 = 1_700_000_000_000_000_000 + u64::try_from(id).unwrap() * 1_000_000_000;
+    let end = t0 + total * us;
+    let acquire_end = t0 + total * us / 3;
+    let mut dispatch = span(id, 2, 1, "tool.dispatch", t0, end);
+    dispatch.attrs.program = Some(program.into());
+    dispatch.attrs.server = Some("<b>box</b>".into());
+    let mut acquire = span(id, 3, 2, "session.acquire", t0, acquire_end);
+    acquire.attrs.warmth = Some(warmth.into());
+    let mut run = span(id, 5, 4, "process.run", acquire_end + us, end - us);
+    run.service = Arc::from("exec-server");
+    let mut odd = span(
+        id,
+        7,
+        4,
+        EVIL_STAGE,
+        acquire_end + 2 * us,
+        acquire_end + 3 * us,
+    );
+    odd.service = Arc::from("<i>svc</i>");
+    odd.error = true;
+    TraceSpans {
+        trace: id,
+        spans: vec![
+            span(id, 1, 0, "cli.run", t0 - 500 * us, end + 100 * us),
+            span(id, 8, 1, "cli.startup", t0 - 500 * us, t0),
+            dispatch,
+            acquire,
+            span(id, 4, 2, "rpc.server.exec", acquire_end, end),
+            run,
+            odd,
+            span(id, 6, 2, "exec.first_output", t0, acquire_end + 2 * us),
+        ],
+        dropped: 0,
+    }
+}
+
+struct Fixture {
+    report: Report,
+    waterfalls: Vec<Waterfall>,
+}
+
+fn fixture(gates: &[&str], with_baseline: bool) -> Fixture {
+    let mut reducer = Reducer::default();
+    let mut traces = Vec::new();
+    let mut commands: Vec<Command> = Vec::new();
+    for i in 1..=12u64 {
+        let (warmth, program) = if i % 3 == 0 {
+            ("cold", EVIL)
+        } else {
+            ("warm", "ls")
+        };
+        let t = trace(u128::from(i), 1_000 + 100 * i, warmth, program);
+        commands.extend(reducer.commands(t.clone()));
+        traces.push(t);
+    }
+    let n = numbers(&commands, &reducer.table, 5);
+    let comparison = with_baseline.then(|| {
+        let side = Side {
+            commands: &commands,
+            table: &reducer.table,
+        };
+        compare(EVIL, &side, &side, 10)
+    });
+    let gates = gates
+        .iter()
+        .map(|g| Gate::parse(g).unwrap().check(&n, 10))
+        .collect();
+    let report = Report {
+        schema: SCHEMA,
+        source: SourceInfo {
+            kind: "jaeger".into(),
+            read: vec!["http://jaeger.example:16686".into()],
+            skipped_lines: 1,
+            skipped_at: vec![format!("{EVIL}:3")],
+            commands_read: 12,
+            ..SourceInfo::default()
+        },
+        filter: Filter::default(),
+        numbers: n,
+        comparison,
+        gates,
+    };
+    let waterfalls = waterfall::pick(&commands)
+        .into_iter()
+        .map(|p| waterfall::lay_out(p, &traces))
+        .collect();
+    Fixture { report, waterfalls }
+}
+
+fn page(f: &Fixture) -> String {
+    render(
+        &f.report,
+        &Extras {
+            waterfalls: &f.waterfalls,
+            waterfall_error: None,
+            server: &|id| format!("{id}!"),
+        },
+    )
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn every_section_is_there() {
+    let f = fixture(
+        &["p90(session.acquire) < 1s", "cold.p50 / warm.p50 < 1"],
+        true,
+    );
+    let html = page(&f);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.trim_end().ends_with("</html>"));
+    for id in [
+        "summary",
+        "gates",
+        "gate-list",
+        "comparison",
+        "comparison-table",
+        "stages",
+        "stage-table",
+        "distributions",
+        "dist-table",
+        "dist-axis",
+        "dist-dispatch",
+        "cold-warm",
+        "cold-cost",
+        "warmth-chart",
+        "warmth-table",
+        "first-output",
+        "first-output-table",
+        "slowest",
+        "slowest-table",
+        "waterfalls",
+        "service-legend",
+        "waterfall-median",
+        "waterfall-slowest",
+        "cli",
+        "cli-table",
+    ] {
+        assert_eq!(count(&html, &format!(" id=\"{id}\"")), 1, "#{id}");
+    }
+    let n = &f.report.numbers;
+    // One distribution per stage path, and the dispatch's.
+    assert_eq!(count(&html, "<svg class=\"dist\""), n.stages.len() + 1);
+    for i in 0..n.stages.len() {
+        assert!(html.contains(&format!("id=\"dist-{i}\"")), "dist-{i}");
+    }
+    // One stage-table row per stage, the dispatch and the unattributed.
+    assert_eq!(count(&html, "<tr class=\"stage\">"), n.stages.len());
+    assert_eq!(count(&html, "<tr class=\"root\">"), 1);
+    // The slowest list and the gates.
+    assert_eq!(count(&html, "<code class=\"trace\">"), 5 + 2);
+    assert_eq!(count(&html, "<li class=\"pass\">"), 1);
+    assert_eq!(count(&html, "<li class=\"fail\">"), 1);
+    // Each waterfall draws every span of its dispatch: the dispatch,
+    // acquire, exec, process.run, the odd one, first output.
+    assert_eq!(f.waterfalls.len(), 2);
+    for w in &f.waterfalls {
+        assert_eq!(w.bars.len(), 6);
+    }
+    assert_eq!(count(&html, "<rect class=\"span"), 12);
+    assert_eq!(count(&html, "<rect class=\"span error\""), 2);
+    // Cold against warm: both rows, and the cost of a cold start.
+    assert_eq!(count(&html, "<g class=\"warmth-row"), 2);
+    assert!(html.contains("A cold start costs <strong>+"));
+    // The server is named as the user knows it (escaped).
+    assert!(html.contains("&lt;b&gt;box&lt;/b&gt;!"));
+    // The legend: the three services, known ones first.
+    let legend = &html[html.find("id=\"service-legend\"").unwrap()..];
+    let legend = &legend[..legend.find("</ul>").unwrap()];
+    let core = legend.find(">core-client<").unwrap();
+    let server = legend.find(">exec-server<").unwrap();
+    let odd = legend.find("&lt;i&gt;svc&lt;/i&gt;").unwrap();
+    assert!(core < server && server < odd, "{legend}");
+}
+
+#[test]
+fn text_from_the_data_is_escaped() {
+    let html = page(&fixture(&["p50(session.acquire) < 1ms"], true));
+    assert!(!html.contains(EVIL), "the program name came through raw");
+    assert!(!html.contains(EVIL_STAGE));
+    assert!(!html.contains("<img"));
+    assert!(!html.contains("<b>box"));
+    assert!(!html.contains("<i>svc"));
+    assert!(!html.to_lowercase().contains("<script"));
+    let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;";
+    // In the first-output table, the slowest list, the waterfalls' headers,
+    // the skipped line's note and the A/B's baseline.
+    assert!(count(&html, escaped) >= 5, "{}", count(&html, escaped));
+    assert!(html.contains("x&quot;&gt;&lt;img src=http://evil.example/x onerror=alert(1)&gt;"));
+}
+
+/// Every attribute of every tag, as (lower-case name, value): a small
+/// tokenizer for the page's own markup (whose attribute values never hold
+/// a raw `<` or `>`).
+fn attributes(html: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let close = after.find('>').unwrap_or(after.len());
+        let tag = &after[..close];
+        rest = &after[close..];
+        // Past the tag's name.
+        let mut t = tag.trim_start_matches(|c: char| !c.is_whitespace());
+        loop {
+            t = t.trim_start_matches(|c: char| c.is_whitespace() || c == '/');
+            if t.is_empty() {
+                break;
+            }
+            let name_end = t
+                .find(|c: char| c == '=' || c.is_whitespace() || c == '/')
+                .unwrap_or(t.len());
+            let name = t[..name_end].to_ascii_lowercase();
+            t = t[name_end..].trim_start();
+            let value = if let Some(v) = t.strip_prefix('=') {
+                let v = v.trim_start();
+                match v.chars().next() {
+                    Some(q @ ('"' | '\'')) => {
+                        let end = v[1..].find(q).map_or(v.len(), |e| e + 1);
+                        t = v.get(end + 1..).unwrap_or("");
+                        v[1..end].to_owned()
+                    }
+                    _ => {
+                        let end = v.find(char::is_whitespace).unwrap_or(v.len());
+                        t = &v[end..];
+                        v[..end].to_owned()
+                    }
+                }
+            } else {
+                String::new()
+            };
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// The values of the attributes named `name`.
+fn attribute_values(html: &str, name: &str) -> Vec<String> {
+    attributes(html)
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn nothing_is_fetched() {
+    let html = page(&fixture(&["p50(session.acquire) < 1ms"], true));
+    // No element that fetches, and no style that does.
+    for tag in [
+        "<script", "<img", "<link", "<iframe", "<object", "<embed", "<image", "<use",
+    ] {
+        assert!(!html.to_lowercase().contains(tag), "{tag}");
+    }
+    let lower = html.to_lowercase();
+    assert!(!lower.contains("url("));
+    assert!(!lower.contains("@import"));
+    let fetching: Vec<(String, String)> = attributes(&html)
+        .into_iter()
+        .filter(|(n, _)| {
+            [
+                "src",
+                "srcset",
+                "action",
+                "formaction",
+                "data",
+                "poster",
+                "background",
+            ]
+            .contains(&n.as_str())
+                || (n.ends_with("href") && n != "href")
+        })
+        .collect();
+    assert!(fetching.is_empty(), "{fetching:?}");
+    let hrefs = attribute_values(&html, "href");
+    assert!(!hrefs.is_empty(), "the navigation links");
+    for href in hrefs {
+        assert!(href.starts_with('#'), "href={href}");
+        assert!(!href.contains("http://") && !href.contains("https://"));
+    }
+    // The Jaeger URL and the evil stage's URL are text, not links.
+    assert!(html.contains("Jaeger at http://jaeger.example:16686"));
+    // And the browser is told to fetch nothing.
+    assert!(html.contains("content=\"default-src 'none'; style-src 'unsafe-inline'\""));
+}
+
+#[test]
+fn the_attribute_scan_finds_urls() {
+    // The helper above can fail.
+    let html = r#"<p title="a src=x">src=text</p><img alt=x src="http://a/b"><a href=https://c>x</a><image  HREF = '//d' />"#;
+    assert_eq!(attribute_values(html, "src"), ["http://a/b"]);
+    assert_eq!(attribute_values(html, "href"), ["https://c", "//d"]);
+    assert_eq!(attribute_values(html, "title"), ["a src=x"]);
+}
+
+#[test]
+fn a_report_without_commands_says_why() {
+    let report = Report {
+        schema: SCHEMA,
+        source: SourceInfo {
+            kind: "file".into(),
+            read: vec!["empty.jsonl".into()],
+            traces_without_commands: 3,
+            ..SourceInfo::default()
+        },
+        filter: Filter::default(),
+        numbers: numbers(&[], &Default::default(), 10),
+        comparison: None,
+        gates: Vec::new(),
+    };
+    let html = render(
+        &report,
+        &Extras {
+            waterfalls: &[],
+            waterfall_error: None,
+            server: &|id| id.to_owned(),
+        },
+    );
+    assert!(html.contains("0 commands from empty.jsonl"));
+    assert!(html.contains("no commands: 3 traces read, none with a tool.dispatch span"));
+    assert!(!html.contains("id=\"stages\""));
+    assert!(!html.contains("<nav>"));
+}
+
+#[test]
+fn waterfalls_say_when_spans_are_missing_or_left_out() {
+    let mut f = fixture(&[], false);
+    f.waterfalls[0].bars.clear();
+    f.waterfalls[1].left_out = 7;
+    let html = render(
+        &f.report,
+        &Extras {
+            waterfalls: &f.waterfalls,
+            waterfall_error: Some("reading <x>: gone"),
+            server: &|id| id.to_owned(),
+        },
+    );
+    assert!(html.contains("The spans could not be read again: reading &lt;x&gt;: gone"));
+    assert!(html.contains("Its spans were not found again"));
+    assert!(html.contains("7 shorter spans are not drawn (at most 300 per waterfall"));
+    assert!(!html.contains("id=\"waterfall-median\""));
+    assert!(html.contains("id=\"waterfall-slowest\""));
+}
+
+#[test]
+fn escaping() {
+    assert_eq!(Esc("a<b>&\"c'").to_string(), "a&lt;b&gt;&amp;&quot;c&#39;");
+    assert_eq!(Esc("µs – plain").to_string(), "µs – plain");
+}
