@@ -537,6 +537,7 @@ fn jaeger_is_a_source() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let page = stack.dir.path().join("page.html");
     let r = json(&report(
         stack.dir.path(),
         &[
@@ -545,9 +546,18 @@ fn jaeger_is_a_source() {
             "--service",
             "core-client",
             "--json",
+            "--html",
+            page.to_str().unwrap(),
         ],
     ));
     assert_eq!(r["source"]["kind"], "jaeger");
+    // The page's waterfalls are drawn from the same answer.
+    let html = std::fs::read_to_string(&page).unwrap();
+    for id in ["fall-median", "fall-slowest"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    assert!(!html.contains("were not found again"));
+    assert!(!html.contains("could not be read again"));
     assert_eq!(r["commands"], 3);
     assert!(r["stages_by_name"]["session.acquire"].is_object(), "{r}");
     let programs = r["first_output"].as_array().unwrap();
