@@ -342,6 +342,16 @@ fn names(spans: &[SpanData]) -> BTreeMap<String, usize> {
     n
 }
 
+/// The one span of `name` whose `rex.message` is `what`.
+fn message<'a>(spans: &'a [SpanData], name: &str, what: &str) -> &'a SpanData {
+    let found: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == name && attr(s, "rex.message") == Some(Value::from(what.to_owned())))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} ({what}): {:?}", names(spans));
+    found[0]
+}
+
 fn attr(span: &SpanData, key: &str) -> Option<Value> {
     span.attributes
         .iter()
@@ -361,7 +371,10 @@ async fn session(stack: &Stack, print: usize, resizes: u16) -> String {
     let client = stack.client();
     let mut run = client.exec(spec).await.unwrap();
     let id = run.trace_id().unwrap();
-    until(&mut run, &mut Vec::new(), b"printed\r\n").await;
+    let mut shown = Vec::new();
+    until(&mut run, &mut shown, b"printed\r\n").await;
+    // What the terminal showed first.
+    assert!(shown.starts_with(b"ready\r\n"), "{shown:?}");
     for i in 0..resizes {
         run.resize(30 + i, 90 + i).await.unwrap();
     }
@@ -412,8 +425,27 @@ async fn the_terminal_is_an_attribute_and_its_input_and_resizes_are_counted() {
         attr(the(&quiet, spans::TERMINAL_DELIVERY), "rex.resizes"),
         Some(Value::I64(0))
     );
-    // The first output is the terminal's first byte.
-    assert!(busy.iter().any(|s| s.name == spans::EXEC_FIRST_OUTPUT));
+    // The first output is the terminal's first byte: it ends once the
+    // first stdout event has come (its frame decoded, after the exec-server
+    // sent it and after the start was handed over), and before the rest
+    // (the exit, which the session only makes after the caller, having
+    // seen the output, typed its line). All spans of one process: one
+    // clock, so this is order, not timing.
+    for trace in [&quiet, &busy] {
+        let first = the(trace, spans::EXEC_FIRST_OUTPUT);
+        let dispatch = the(trace, spans::TOOL_DISPATCH);
+        assert_eq!(first.start_time, dispatch.start_time);
+        assert_eq!(first.parent_span_id, dispatch.span_context.span_id());
+        let sent = message(trace, spans::RELAY_FRAME_SEND, "output.first");
+        let received = message(trace, spans::RELAY_FRAME_RECV, "output.first");
+        let exited = message(trace, spans::RELAY_FRAME_RECV, "exited");
+        let delivery = the(trace, spans::TERMINAL_DELIVERY);
+        assert!(sent.start_time <= received.start_time);
+        assert!(received.end_time <= first.end_time);
+        assert!(delivery.start_time <= first.end_time);
+        assert!(first.end_time <= exited.start_time);
+        assert!(first.end_time <= delivery.end_time);
+    }
     // What was typed or shown is in no span.
     for span in busy.iter().chain(&quiet) {
         for kv in &span.attributes {
