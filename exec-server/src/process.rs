@@ -793,6 +793,10 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     if let Some(r) = reserved.take() {
         r.spend(0);
     }
+    // The terminal is released before the final event (every handle on its
+    // controller side closed), so a client that has seen the exit can have
+    // another at once, even when the system had none left.
+    drop((writer.take(), stdout.take(), terminal.take()));
     let exit = match status {
         Some(s) => match (s.code(), s.signal()) {
             (Some(code), _) => exited::Status::Code(code),
