@@ -495,7 +495,7 @@ async fn exec_with(
             }
             _ = sigint.recv() => {
                 if terminal {
-                    break Outcome::HungUp(130);
+                    break Outcome::HungUp(2);
                 }
                 if interrupted {
                     break Outcome::GaveUp(130);
@@ -507,7 +507,7 @@ async fn exec_with(
             }
             _ = sigterm.recv() => {
                 if terminal {
-                    break Outcome::HungUp(143);
+                    break Outcome::HungUp(15);
                 }
                 if interrupted {
                     break Outcome::GaveUp(143);
@@ -517,7 +517,7 @@ async fn exec_with(
                 forward(&tasks, &control, Some(15));
                 continue;
             }
-            Some(()) = delivered(&mut sighup) => break Outcome::HungUp(129),
+            Some(()) = delivered(&mut sighup) => break Outcome::HungUp(1),
             Some(()) = delivered(&mut winch) => {
                 size_tx.send_replace(local_size());
                 continue;
@@ -554,10 +554,12 @@ async fn exec_with(
             // Nothing more is waited for: not the output, nor the session.
             return Ok(code);
         }
-        Outcome::HungUp(code) => {
-            // The local terminal first, then the session is closed (its
-            // command killed, its terminal hung up), within a bound.
+        Outcome::HungUp(signal) => {
+            // The local terminal first (so that the line below reads as
+            // one), then the session is closed (its command killed, its
+            // terminal hung up), within a bound.
             drop(raw);
+            eprintln!("{}", hung_up_line(signal));
             match client {
                 Some(client) => {
                     let _ = tokio::time::timeout(HANG_UP, client.close()).await;
@@ -565,7 +567,7 @@ async fn exec_with(
                 // Through an agent: the call ends with its connection.
                 None => drop(run),
             }
-            return Ok(code);
+            return Ok(128 + signal);
         }
         Outcome::Done(code) => Ok(code),
         Outcome::Failed(e) => Err(e),
@@ -682,9 +684,24 @@ enum Outcome {
     Failed(CliError),
     /// A second signal: stop waiting (128 + the signal).
     GaveUp(u8),
-    /// On a terminal, a signal to this process: the session is ended (128
-    /// + the signal).
+    /// On a terminal, this signal to this process: the session is ended
+    /// (the exit code is 128 + the signal).
     HungUp(u8),
+}
+
+/// The one line `exec` says when a signal to it ended a terminal session
+/// (as ssh says "Killed by signal 15.").
+fn hung_up_line(signal: u8) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    };
+    format!(
+        "core-client: killed by {name} (signal {signal}): the remote command's terminal was hung \
+         up"
+    )
 }
 
 /// A piece of the command's output.
@@ -786,6 +803,16 @@ mod tests {
         );
         assert_eq!(spec.cwd, Some(PathBuf::from("/w")));
         assert!(spec.stdin);
+    }
+
+    #[test]
+    fn a_hang_up_by_signal_is_one_line_naming_it() {
+        for (signal, name) in [(1, "SIGHUP"), (2, "SIGINT"), (15, "SIGTERM")] {
+            let line = hung_up_line(signal);
+            assert!(line.starts_with("core-client: killed by "), "{line}");
+            assert!(line.contains(name), "{line}");
+            assert_eq!(line.lines().count(), 1);
+        }
     }
 
     #[test]

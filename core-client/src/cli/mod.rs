@@ -138,7 +138,8 @@ pub enum CliCommand {
     /// foreground job, and so are Ctrl-Z and Ctrl-\. Window changes are
     /// passed on. A SIGINT, SIGTERM or SIGHUP sent to core-client itself
     /// ends the session (the remote command is killed and its terminal hung
-    /// up) and exits 128+N. The exit status is as without a terminal.
+    /// up), restores the local terminal, says so in one line and exits
+    /// 128+N. The exit status is otherwise as without a terminal.
     Exec(ExecArgs),
     /// Write a new static private key (mode 0600) and print its public key.
     ///
