@@ -231,7 +231,13 @@ impl AgentClient {
             control,
             events_rx,
             dispatch.span.take(),
-            Delivery::new(dispatch.dispatched, dispatch.record.take(), sent, terminal),
+            Delivery::new(
+                dispatch.dispatched,
+                dispatch.record.take(),
+                sent,
+                terminal,
+                spec.login_shell,
+            ),
             None,
         ))
     }

@@ -389,7 +389,13 @@ impl Client {
                         control,
                         rx,
                         dispatch.span.take(),
-                        Delivery::new(dispatch.dispatched, dispatch.record.take(), sent, terminal),
+                        Delivery::new(
+                            dispatch.dispatched,
+                            dispatch.record.take(),
+                            sent,
+                            terminal,
+                            spec.login_shell,
+                        ),
                         Some(self.inner.warm.call()),
                     ));
                 }

@@ -45,7 +45,13 @@ pub(crate) struct Records<'a> {
 /// The request for `spec`, if it is one: a program, and small enough for
 /// one session message.
 pub(crate) fn request_for(spec: &ExecSpec) -> Result<ExecRequest, ClientError> {
-    if spec.argv.first().is_none_or(|a| a.is_empty()) {
+    if spec.login_shell {
+        if !spec.argv.is_empty() {
+            return Err(ClientError::InvalidRequest(
+                InvalidRequest::LoginShellWithCommand,
+            ));
+        }
+    } else if spec.argv.first().is_none_or(|a| a.is_empty()) {
         return Err(ClientError::InvalidRequest(InvalidRequest::NoProgram));
     }
     if let Some(t) = &spec.terminal {
@@ -96,10 +102,12 @@ impl Dispatch {
         } else {
             (spans::TOOL_DISPATCH, SpanKind::Client)
         };
-        let mut attributes = vec![
-            KeyValue::new("process.executable.name", spec.program()),
-            KeyValue::new("rex.server.id", server_id.to_owned()),
-        ];
+        let mut attributes = vec![KeyValue::new("rex.server.id", server_id.to_owned())];
+        // A login shell is named once the exec-server says which it started.
+        match spec.program() {
+            Some(program) => attributes.push(KeyValue::new("process.executable.name", program)),
+            None => attributes.push(KeyValue::new("rex.login_shell", true)),
+        }
         // The terminal is described, never its content.
         if let Some(t) = &spec.terminal {
             attributes.push(KeyValue::new("rex.terminal", true));
@@ -162,7 +170,10 @@ fn record(
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect()
         });
-        CallRecord::dispatched(store, server_id.to_owned(), spec.program(), args, sc)
+        let program = spec
+            .program()
+            .unwrap_or_else(|| crate::records::LOGIN_SHELL.to_owned());
+        CallRecord::dispatched(store, server_id.to_owned(), program, args, sc)
     })
 }
 

@@ -438,6 +438,9 @@ pub enum InvalidRequest {
     /// A resize of a command that runs without a terminal.
     #[error("the command has no terminal to resize")]
     NoTerminal,
+    /// A login shell asked for with a program too.
+    #[error("a login shell is asked for with no command")]
+    LoginShellWithCommand,
 }
 
 impl InvalidRequest {

@@ -8,11 +8,21 @@ use bytes::Bytes;
 use opentelemetry::Context;
 use proto::pb::session::{EnvVar, ExecErrorKind, ExecRequest, StdinMode, Terminal as PbTerminal};
 
-/// A command to run remotely.
+/// A command to run remotely: a program and its arguments
+/// ([`ExecSpec::new`]), or the remote user's login shell
+/// ([`ExecSpec::login_shell`]).
 #[derive(Debug, Clone, Default)]
 pub struct ExecSpec {
     /// Program and arguments. No shell is involved unless argv runs one.
+    /// Empty for a login shell (anything else is refused).
     pub argv: Vec<OsString>,
+    /// Instead of `argv`: the login shell of the user the exec-server runs
+    /// as (from its password database, else `/bin/sh`), started as a login
+    /// shell in that user's home directory (unless `cwd` names another), as
+    /// `ssh HOST` does without a command. The exec-server names the shell
+    /// in [`Event::Started`]; one too old to start login shells refuses
+    /// the call ([`ExecFailure::Refused`]) and runs nothing.
+    pub login_shell: bool,
     /// Environment variables to set.
     pub env: Vec<(OsString, OsString)>,
     /// Start from an empty environment.
@@ -53,12 +63,27 @@ impl ExecSpec {
         }
     }
 
-    /// The program name (argv[0]'s file name), for spans and messages.
-    pub fn program(&self) -> String {
-        self.argv
-            .first()
-            .map(|a| proto::program::program_name(a.as_bytes()))
-            .unwrap_or_default()
+    /// A spec for the remote user's login shell (see
+    /// [`login_shell`](Self::login_shell)), with stdin closed.
+    pub fn login_shell() -> Self {
+        Self {
+            login_shell: true,
+            ..Self::default()
+        }
+    }
+
+    /// The program name (argv[0]'s file name), for spans and messages;
+    /// None for a login shell, which the exec-server chooses.
+    pub fn program(&self) -> Option<String> {
+        if self.login_shell {
+            return None;
+        }
+        Some(
+            self.argv
+                .first()
+                .map(|a| proto::program::program_name(a.as_bytes()))
+                .unwrap_or_default(),
+        )
     }
 
     pub(crate) fn to_request(&self) -> ExecRequest {
@@ -89,6 +114,7 @@ impl ExecSpec {
                 cols: u32::from(t.cols),
                 term: t.term.clone().unwrap_or_default(),
             }),
+            login_shell: self.login_shell,
         }
     }
 }
@@ -244,6 +270,9 @@ pub enum Event {
     Started {
         /// Its pid on the exec-server.
         pid: u32,
+        /// The program's file name, when the exec-server chose the program
+        /// (a login shell, e.g. `bash`).
+        program: Option<String>,
     },
     /// Bytes the process wrote to stdout.
     Stdout(Bytes),

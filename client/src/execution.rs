@@ -113,6 +113,16 @@ impl Execution {
         }
         let handed = self.delivery.handed(&routed, &self.control.parent);
         let ev = routed.event;
+        // A login shell is named as the exec-server started it.
+        if let Event::Started {
+            program: Some(program),
+            ..
+        } = &ev
+            && self.delivery.login_shell
+            && let Some(span) = self.span.as_mut()
+        {
+            span.set_attribute(KeyValue::new("process.executable.name", program.clone()));
+        }
         if matches!(ev, Event::Exited(_) | Event::Failed(_)) {
             self.finished = true;
             self.ended = Some(handed);
@@ -435,6 +445,8 @@ pub(crate) struct Delivery {
     sent: Option<Arc<Sent>>,
     /// Whether the call runs on a terminal (then its resizes are counted).
     terminal: bool,
+    /// Whether the call is a login shell (named when it starts).
+    login_shell: bool,
     dispatched: Option<SystemTime>,
     first: Option<SystemTime>,
     first_output: bool,
@@ -452,12 +464,14 @@ impl Delivery {
         record: Record,
         sent: Arc<Sent>,
         terminal: bool,
+        login_shell: bool,
     ) -> Self {
         Self {
             dispatched: Some(dispatched),
             record,
             sent: Some(sent),
             terminal,
+            login_shell,
             ..Self::default()
         }
     }
@@ -515,12 +529,13 @@ impl Delivery {
                     .start_with_context(&tracer, parent);
                 handoff.end_with_timestamp(now);
             }
-            Event::Started { .. } =>
-            {
+            Event::Started { program, .. } => {
                 #[cfg(feature = "records")]
                 if let Some(r) = self.record.as_mut() {
-                    r.running();
+                    r.running(program.as_deref().filter(|_| self.login_shell));
                 }
+                #[cfg(not(feature = "records"))]
+                let _ = program;
             }
         }
         if matches!(routed.event, Event::Stdout(_) | Event::Stderr(_)) && !self.first_output {

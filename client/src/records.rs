@@ -9,6 +9,10 @@ use opentelemetry::trace::SpanContext;
 
 use crate::exec::{ExecFailure, ExitStatus};
 
+/// The program a login shell's record names until the exec-server says
+/// which shell it started.
+pub(crate) const LOGIN_SHELL: &str = "(login shell)";
+
 /// A command's record and where it goes.
 #[derive(Debug)]
 pub struct CallRecord {
@@ -60,9 +64,13 @@ impl CallRecord {
         }
     }
 
-    /// The process started.
-    pub fn running(&mut self) {
+    /// The process started; `program` names a login shell the
+    /// exec-server chose.
+    pub fn running(&mut self, program: Option<&str>) {
         self.record.progress = Progress::Running;
+        if let Some(p) = program {
+            p.clone_into(&mut self.record.program);
+        }
         self.save();
     }
 

@@ -293,7 +293,10 @@ impl Router {
                     // The call ends before it began; its caller is told.
                     Err(e) => {
                         let failure = match e {
-                            CallError::TooManyCalls(_) | CallError::TooLarge(_) => {
+                            CallError::TooManyCalls(_)
+                            | CallError::TooLarge(_)
+                            | CallError::NoLoginShell
+                            | CallError::LoginShellWithCommand => {
                                 ExecFailure::Refused(e.to_string())
                             }
                             _ => ExecFailure::SessionLost(self.shared.lost()),
@@ -573,7 +576,11 @@ fn origin(trace: &PbTrace) -> Option<SpanContext> {
 /// A terminal event as the caller sees it.
 pub(crate) fn to_event(kind: terminal_event::Kind) -> Event {
     match kind {
-        terminal_event::Kind::Started(s) => Event::Started { pid: s.pid },
+        terminal_event::Kind::Started(s) => Event::Started {
+            pid: s.pid,
+            program: (!s.program.is_empty())
+                .then(|| proto::program::program_name(s.program.as_bytes())),
+        },
         terminal_event::Kind::Stdout(d) => Event::Stdout(d),
         terminal_event::Kind::Stderr(d) => Event::Stderr(d),
         terminal_event::Kind::Exited(x) => Event::Exited(match x.status {

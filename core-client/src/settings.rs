@@ -375,7 +375,7 @@ impl Settings {
         let accept_new = accept_new.unwrap_or_else(|| sourced(false, Source::Default));
         let warm = warm.unwrap_or_else(|| sourced(Warm::Off, Source::Default));
         let resume = resume.unwrap_or_else(|| sourced(false, Source::Default));
-        let terminal = terminal.unwrap_or_else(|| sourced(Terminal::Never, Source::Default));
+        let terminal = terminal.unwrap_or_else(|| sourced(Terminal::default(), Source::Default));
         Ok(Self {
             name: name.map(str::to_owned),
             route,

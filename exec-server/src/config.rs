@@ -68,6 +68,11 @@ pub struct ExecServerConfig {
     /// Whether commands may ask for a pseudo-terminal (`--no-tty`: no;
     /// such a request is refused with a clear error).
     pub terminals: bool,
+    /// Whether a call may ask for the login shell instead of a command
+    /// (on by default). Off, the hello answer offers none and a request
+    /// for one is refused: clients see an exec-server older than login
+    /// shells.
+    pub login_shells: bool,
     /// How long a session whose link broke keeps its processes running for
     /// its client to resume it (zero: sessions end with their link).
     pub resume_grace: Duration,
@@ -129,6 +134,7 @@ impl ExecServerConfig {
             cgroups: false,
             call_timings: true,
             terminals: true,
+            login_shells: true,
             resume_grace: DEFAULT_RESUME_GRACE,
             resume_buffer: DEFAULT_RESUME_BUFFER,
         }

@@ -21,6 +21,7 @@
 //! - [`process`]: one child process: spawn, pipes (or its terminal),
 //!   signals, resizes, exit.
 //! - [`pty`]: a pseudo-terminal for a process that asks for one.
+//! - [`shell`]: the login shell a call may ask for instead of a command.
 
 pub mod config;
 pub mod contain;
@@ -32,6 +33,7 @@ pub mod process;
 pub mod pty;
 pub mod server;
 pub mod session;
+pub mod shell;
 pub mod stdin;
 
 pub use config::ExecServerConfig;

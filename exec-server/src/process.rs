@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use crate::contain::{CommandGroup, Containment, SpawnError};
 use crate::credit::{CHUNK_CREDIT, Credit, Reserved};
 use crate::pty;
+use crate::shell::LoginShell;
 use crate::stdin::StdinReceiver;
 
 /// The signal that ends a process group for good.
@@ -186,6 +187,9 @@ pub struct Launch {
     /// Whether a command may have a terminal (`exec-server --no-tty`
     /// refuses them).
     pub terminals: bool,
+    /// The login shell for a request that asks for one, as read when the
+    /// call started (None: the process task reads it).
+    pub login_shell: Option<LoginShell>,
 }
 
 impl Launch {
@@ -199,6 +203,7 @@ impl Launch {
             exit_drain: Duration::from_secs(2),
             containment: Containment::without_cgroups(),
             terminals: true,
+            login_shell: None,
         }
     }
 }
@@ -262,29 +267,73 @@ fn exec_error(kind: ExecErrorKind, message: String) -> terminal_event::Kind {
 pub const NO_TTY: &str =
     "this exec-server gives commands no terminal (it runs with --no-tty): run without -t";
 
-/// The command for a request, and the pseudo-terminal it runs on if it
-/// asked for one.
+/// The program the request runs, and its login shell if it asked for
+/// that instead.
+fn program_of(req: &ExecRequest, launch: &Launch) -> (String, Option<LoginShell>) {
+    if req.login_shell {
+        let shell = launch
+            .login_shell
+            .clone()
+            .unwrap_or_else(LoginShell::of_this_user);
+        return (shell.program(), Some(shell));
+    }
+    let program = req
+        .argv
+        .first()
+        .map(|a| proto::program::program_name(a))
+        .unwrap_or_default();
+    (program, None)
+}
+
+/// The command for a request (its program, or its login shell), and the
+/// pseudo-terminal it runs on if it asked for one.
 fn build_command(
     req: &ExecRequest,
     launch: &Launch,
+    shell: Option<&LoginShell>,
+    program: &str,
 ) -> Result<(Command, Option<pty::Pair>), terminal_event::Kind> {
-    let default_cwd = launch.default_cwd.as_deref();
-    let Some((argv0, args)) = req.argv.split_first() else {
-        return Err(exec_error(
-            ExecErrorKind::BadRequest,
-            "empty command: no program given".into(),
-        ));
+    let default_cwd = match shell {
+        // A login starts at home (when there is one to start in).
+        Some(s) => s.home_dir().or(launch.default_cwd.as_deref()),
+        None => launch.default_cwd.as_deref(),
     };
-    if argv0.is_empty() {
-        return Err(exec_error(
-            ExecErrorKind::BadRequest,
-            "empty program name".into(),
-        ));
-    }
-    let mut cmd = Command::new(OsStr::from_bytes(argv0));
-    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
+    let mut cmd = match (shell, req.argv.split_first()) {
+        (Some(_), Some(_)) => {
+            return Err(exec_error(
+                ExecErrorKind::BadRequest,
+                "a login shell request names no command".into(),
+            ));
+        }
+        (Some(s), None) => {
+            let mut cmd = Command::new(&s.path);
+            cmd.arg0(s.argv0());
+            cmd
+        }
+        (None, None) => {
+            return Err(exec_error(
+                ExecErrorKind::BadRequest,
+                "empty command: no program given".into(),
+            ));
+        }
+        (None, Some((argv0, _))) if argv0.is_empty() => {
+            return Err(exec_error(
+                ExecErrorKind::BadRequest,
+                "empty program name".into(),
+            ));
+        }
+        (None, Some((argv0, args))) => {
+            let mut cmd = Command::new(OsStr::from_bytes(argv0));
+            cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
+            cmd
+        }
+    };
     if req.clear_env {
         cmd.env_clear();
+    }
+    // What a login sets, before what the request sets.
+    for (k, v) in shell.map(LoginShell::env).unwrap_or_default() {
+        cmd.env(k, v);
     }
     for var in &req.env {
         if var.name.is_empty() || var.name.contains(&b'=') || var.name.contains(&0) {
@@ -341,9 +390,8 @@ fn build_command(
                 "the terminal size is out of bounds".into(),
             ));
         };
-        let program = proto::program::program_name(argv0);
-        let pair = pty::open(rows, cols).map_err(|e| no_terminal(&program, &e))?;
-        let [stdin, stdout, stderr] = pair.stdio().map_err(|e| no_terminal(&program, &e))?;
+        let pair = pty::open(rows, cols).map_err(|e| no_terminal(program, &e))?;
+        let [stdin, stdout, stderr] = pair.stdio().map_err(|e| no_terminal(program, &e))?;
         // No process group is asked for: the new session is one.
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         return Ok((cmd, Some(pair)));
@@ -542,13 +590,9 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         events,
         credit: credit.clone(),
     };
-    let program = req
-        .argv
-        .first()
-        .map(|a| proto::program::program_name(a))
-        .unwrap_or_default();
+    let (program, shell) = program_of(&req, &launch);
     let mut spawn_span = StageSpan::start(&tracer, spans::PROCESS_SPAWN, &trace.exec, taken);
-    let spawned = match build_command(&req, &launch) {
+    let spawned = match build_command(&req, &launch, shell.as_ref(), &program) {
         Ok((cmd, pair)) => spawn(cmd, pair, &launch, &program).await,
         Err(e) => Err(e),
     };
@@ -590,6 +634,12 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     if !seq
         .send(terminal_event::Kind::Started(Started {
             pid: pid.unwrap_or(0),
+            // The client learns which shell it got.
+            program: if shell.is_some() {
+                program.clone()
+            } else {
+                String::new()
+            },
         }))
         .await
     {
@@ -743,6 +793,10 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     if let Some(r) = reserved.take() {
         r.spend(0);
     }
+    // The terminal is released before the final event (every handle on its
+    // controller side closed), so a client that has seen the exit can have
+    // another at once, even when the system had none left.
+    drop((writer.take(), stdout.take(), terminal.take()));
     let exit = match status {
         Some(s) => match (s.code(), s.signal()) {
             (Some(code), _) => exited::Status::Code(code),
@@ -904,6 +958,93 @@ mod tests {
         }];
         let r = run_req(rq, None).await;
         assert_eq!(r.stdout(), b"ONLY=this\n");
+    }
+
+    fn login_shell_request(script: &str) -> (ExecRequest, Option<Vec<u8>>) {
+        let rq = ExecRequest {
+            login_shell: true,
+            stdin: StdinMode::Pipe as i32,
+            ..Default::default()
+        };
+        (rq, Some(script.as_bytes().to_vec()))
+    }
+
+    /// The lines after `marker` in `out` (a login shell may print what its
+    /// profile says first).
+    fn after(out: &[u8], marker: &str) -> String {
+        let text = String::from_utf8_lossy(out).into_owned();
+        let at = text.find(marker).unwrap_or_else(|| panic!("{text:?}"));
+        text[at + marker.len()..].to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_login_shell_runs_as_one_at_home_and_is_named() {
+        let home = tempfile::tempdir().unwrap();
+        let home_path = home.path().canonicalize().unwrap();
+        let launch = Launch {
+            login_shell: Some(LoginShell {
+                path: "/bin/sh".into(),
+                home: Some(home_path.clone()),
+                user: Some("tester".into()),
+            }),
+            // A login's home comes before the exec-server's default.
+            default_cwd: Some("/".into()),
+            ..Launch::plain()
+        };
+        let (rq, stdin) = login_shell_request(
+            "echo MARK; echo \"$0\"; pwd -P; echo \"$HOME $USER $LOGNAME $SHELL\"; exit 3\n",
+        );
+        let r = run_with(rq, stdin, launch.clone()).await;
+        let terminal_event::Kind::Started(started) = &r.events[0] else {
+            panic!("{:?}", r.events)
+        };
+        assert_eq!(started.program, "sh");
+        let home = home_path.display();
+        assert_eq!(
+            after(&r.stdout(), "MARK\n"),
+            format!("-sh\n{home}\n{home} tester tester /bin/sh\n")
+        );
+        assert_eq!(
+            r.last(),
+            &terminal_event::Kind::Exited(Exited {
+                status: Some(exited::Status::Code(3))
+            })
+        );
+        // A directory asked for wins over home.
+        let (mut rq, stdin) = login_shell_request("echo MARK; pwd -P\n");
+        rq.cwd = Bytes::from_static(b"/");
+        let r = run_with(rq, stdin, launch).await;
+        assert_eq!(after(&r.stdout(), "MARK\n"), "/\n");
+    }
+
+    #[tokio::test]
+    async fn a_login_shell_is_this_users_when_none_is_given() {
+        let shell = LoginShell::of_this_user();
+        let (rq, stdin) = login_shell_request("echo MARK; echo \"$0\"\n");
+        let r = run_req(rq, stdin).await;
+        let terminal_event::Kind::Started(started) = &r.events[0] else {
+            panic!("{:?}", r.events)
+        };
+        assert_eq!(started.program, shell.program());
+        let argv0 = shell.argv0().into_string().unwrap();
+        assert_eq!(after(&r.stdout(), "MARK\n"), format!("{argv0}\n"));
+        // A command names no program in its start: the client knows it.
+        let r = run_req(req(&["true"]), None).await;
+        let terminal_event::Kind::Started(started) = &r.events[0] else {
+            panic!("{:?}", r.events)
+        };
+        assert_eq!(started.program, "");
+    }
+
+    #[tokio::test]
+    async fn a_login_shell_with_a_command_is_a_bad_request() {
+        let mut rq = req(&["sh"]);
+        rq.login_shell = true;
+        let r = run_req(rq, None).await;
+        assert_eq!(r.events.len(), 1, "{:?}", r.events);
+        assert!(
+            matches!(r.last(), terminal_event::Kind::Error(e) if e.kind == ExecErrorKind::BadRequest as i32)
+        );
     }
 
     #[tokio::test]

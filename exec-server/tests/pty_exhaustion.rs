@@ -1,7 +1,9 @@
 //! No pseudo-terminal to be had is an error for the call, never a crash:
 //! the process runs out of descriptors (its own test binary, since the
 //! limit is process-wide) and a terminal command gets a `NO_TERMINAL`
-//! error event; with the limit back, the next one runs.
+//! error event; with the limit back, the next one runs. (The system out of
+//! pseudo-terminals, a devpts of its own with room for two, is
+//! `tests/tests/pty_exhaustion.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -57,9 +59,10 @@ fn a_terminal_when_none_can_be_opened_is_an_error_event() {
         .build()
         .unwrap();
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    // The lowest free descriptor: every one below it is taken, and with
-    // the limit there no new one can be had.
-    let lowest = nix::unistd::dup(std::io::stdin()).unwrap();
+    // The lowest free descriptor (what a new open gets, whatever this
+    // process's stdin is, even closed): every one below it is taken, and
+    // with the limit there no new one can be had.
+    let lowest = std::fs::File::open("/dev/null").unwrap();
     let free = u64::try_from(std::os::fd::AsRawFd::as_raw_fd(&lowest)).unwrap();
     drop(lowest);
     setrlimit(Resource::RLIMIT_NOFILE, free, hard).unwrap();

@@ -128,6 +128,7 @@ mod tests {
                 stdin_window: 262_144,
                 output_window: 1 << 22,
                 resume_token: Bytes::from_static(&[7; 16]),
+                login_shell: true,
             }),
             Body::OutputAck(s::OutputAck { seq: 9 }),
             Body::Resume(s::Resume {
@@ -153,6 +154,7 @@ mod tests {
                 output_window: 1 << 22,
                 max_processes: 8,
                 stdin_window: 262_144,
+                login_shell: true,
             }),
             Body::Exec(s::ExecRequest {
                 argv: vec![Bytes::from_static(b"ls"), Bytes::from_static(b"-l")],
@@ -164,6 +166,12 @@ mod tests {
                 stdin: s::StdinMode::Pipe as i32,
                 clear_env: true,
                 terminal: None,
+                login_shell: false,
+            }),
+            Body::Exec(s::ExecRequest {
+                login_shell: true,
+                stdin: s::StdinMode::Pipe as i32,
+                ..Default::default()
             }),
             Body::Exec(s::ExecRequest {
                 argv: vec![Bytes::from_static(b"sh")],
@@ -190,7 +198,10 @@ mod tests {
                 nonce: 99,
                 recv_time_unix_nanos: 5,
             }),
-            ev(Kind::Started(s::Started { pid: 42 })),
+            ev(Kind::Started(s::Started {
+                pid: 42,
+                program: "bash".into(),
+            })),
             ev(Kind::Stdout(Bytes::from_static(b"out"))),
             ev(Kind::Stderr(Bytes::from_static(b"err"))),
             ev(Kind::Exited(s::Exited {

@@ -4,9 +4,10 @@
 //! `send-keys` and the screen is read with `capture-pane`. Every wait polls
 //! the screen until what is expected shows or a deadline passes.
 //!
-//! tmux is not everywhere: [`available`] says whether it can be run here,
-//! and [`REQUIRE`] names the variable that makes its absence a failure
-//! rather than a skip (CI sets it).
+//! tmux is not everywhere: [`available`] says whether it can be run here
+//! ([`tool`], whether a shell or interpreter the tests drive can), and
+//! [`REQUIRE`] names the variable that makes an absence a failure rather
+//! than a skip (CI sets it).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -36,6 +37,29 @@ pub fn available(test: &str) -> bool {
         panic!("{test}: tmux is required ({REQUIRE}=1) but cannot be run");
     }
     eprintln!("{test}: skipped: tmux is not installed (set {REQUIRE}=1 to make this a failure)");
+    false
+}
+
+/// Whether `program` (a shell or an interpreter such as `bash` or
+/// `python3`, which the terminal tests drive on both ends) runs here: it
+/// is run with `-c ""`. When it does not, prints a skip notice for `what`
+/// in `test` and returns false, unless [`REQUIRE`] is `1`: then it panics,
+/// as for tmux itself.
+pub fn tool(test: &str, program: &str, what: &str) -> bool {
+    let found = Command::new(program)
+        .args(["-c", ""])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return true;
+    }
+    if std::env::var(REQUIRE).is_ok_and(|v| v == "1") {
+        panic!("{test}: {program} is required ({REQUIRE}=1) but cannot be run");
+    }
+    eprintln!(
+        "{test}: {what} skipped: {program} is not installed (set {REQUIRE}=1 to make this a \
+         failure)"
+    );
     false
 }
 

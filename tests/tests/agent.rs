@@ -1,6 +1,7 @@
 //! The local agent (`core-client agent`) with the three binaries as
 //! processes: start, status and stop; execs through it behaving exactly as
-//! without it (stdin, output, exit codes, signals); `--no-agent`; a stale
+//! without it (stdin, output, exit codes, signals, the login shell named by
+//! the shell the exec-server started); `--no-agent`; a stale
 //! socket; the agent killed in the middle of a command; another user
 //! refused; a CLI that stops reading holding up its own call only; and the
 //! agent as a hop of the trace, which still tiles.
@@ -171,6 +172,39 @@ fn exec_through_the_agent_is_exactly_exec_without_it() {
         .unwrap();
     assert_eq!(out.stdout, b"alone\n");
     assert_eq!(f.served(), 3);
+}
+
+#[test]
+fn the_login_shell_through_the_agent_is_named_as_without_it() {
+    let f = Fixture::new();
+    f.start_agent();
+    let shell = exec_server::shell::LoginShell::of_this_user();
+    // No command: the login shell, reading the script from its stdin.
+    let out = binaries::run_with_stdin(
+        f.stack.exec_with(&["--print-trace-id"], &[]),
+        b"echo \"zero=$0\"; exit 6\n",
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let zero = format!("zero={}", shell.argv0().into_string().unwrap());
+    assert!(
+        text(&out.stdout).lines().any(|l| l == zero),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(f.served(), 1, "it went through the agent");
+    // The CLI's dispatch is named by the shell the exec-server started.
+    let id = binaries::printed_trace_id(&out).unwrap();
+    let spans = trace_check::from_trace_file(&f.dir().join("traces.jsonl"), &id);
+    for name in [spans::TOOL_DISPATCH, spans::AGENT_DISPATCH] {
+        let dispatch = trace_check::one(&spans, name);
+        assert_eq!(
+            dispatch.attr_str("process.executable.name"),
+            Some(shell.program().as_str()),
+            "{name}"
+        );
+        assert_eq!(dispatch.attr_bool("rex.login_shell"), Some(true), "{name}");
+    }
 }
 
 #[test]

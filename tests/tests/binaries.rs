@@ -56,6 +56,44 @@ fn exec_through_separate_processes() {
 }
 
 #[test]
+fn exec_without_a_command_runs_the_login_shell_with_pipes_when_stdin_is_no_terminal() {
+    let stack = ProcStack::start(&[]).unwrap();
+    let shell = exec_server::shell::LoginShell::of_this_user();
+    // As `ssh HOST` with its stdin a pipe: the login shell reads it, with
+    // no terminal (and none is asked for: -t would force one).
+    let script = b"test -t 0 || echo no-terminal; echo \"zero=$0\"; exit 4\n";
+    let out = run_with_stdin(stack.exec_with(&["--print-trace-id"], &[]), script).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"no-terminal"), "{stdout}");
+    let zero = format!("zero={}", shell.argv0().into_string().unwrap());
+    assert!(lines.contains(&zero.as_str()), "{stdout}");
+    // Its trace names the shell by its file name.
+    let id = binaries::printed_trace_id(&out).unwrap();
+    let spans = trace_check::from_trace_file(&stack.dir.path().join("traces.jsonl"), &id);
+    let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
+    assert_eq!(
+        dispatch.attr_str("process.executable.name"),
+        Some(shell.program().as_str())
+    );
+    assert_eq!(dispatch.attr_bool("rex.login_shell"), Some(true));
+    // And the record too.
+    let out = run({
+        let mut cmd = binaries::core_client(stack.dir.path()).unwrap();
+        cmd.args(["history", "--json", "--limit", "1"]);
+        cmd
+    });
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        history[0]["program"].as_str(),
+        Some(shell.program().as_str()),
+        "{history}"
+    );
+}
+
+#[test]
 fn connection_and_auth_failures_exit_255_with_one_line() {
     let stack = ProcStack::start(&[]).unwrap();
 

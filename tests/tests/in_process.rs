@@ -53,7 +53,7 @@ async fn events_arrive_in_order_with_started_first() {
         .await
         .unwrap();
     let first = run.next().await.unwrap();
-    assert!(matches!(first, Event::Started { pid } if pid > 0));
+    assert!(matches!(first, Event::Started { pid, program: None } if pid > 0));
     let mut rest = vec![];
     while let Some(ev) = run.next().await {
         rest.push(ev);

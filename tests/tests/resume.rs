@@ -3,7 +3,8 @@
 //! the command goes on where it stopped, every byte exactly once, and ends
 //! with its real exit status; the outage is a stage of its trace. And the
 //! ways it can still end clearly: `--no-resume`, or a relay that never
-//! comes back.
+//! comes back. A terminal whose link is lost for good (no resume within
+//! the exec-server's grace) is hung up: its session leader gets SIGHUP.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -269,4 +270,59 @@ fn without_resume_the_command_ends_with_its_link() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(255), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_terminal_whose_link_is_not_back_within_the_grace_is_hung_up() {
+    let mut stack = ProcStack::start(&[("REX_RESUME_GRACE", "1s")]).unwrap();
+    let dir = stack.dir.path().to_path_buf();
+    let marker = dir.join("hung-up");
+    // The session leader says on the exec-server's side that it heard the
+    // hang-up (a file in its directory), as a shell does when its line
+    // drops.
+    let script = "trap 'echo HUP > hung-up; exit 0' HUP; echo ready; while :; do sleep 0.05; done";
+    let mut cmd = stack.exec_with(
+        &["--no-agent", "-t", "-n", "--cwd", dir.to_str().unwrap()],
+        &["sh", "-c", script],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut client = cmd.spawn().unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut shown = Vec::new();
+    while !shown.ends_with(b"ready\r\n") {
+        let mut buf = [0u8; 256];
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the command ended first: {}", text(&shown));
+        shown.extend_from_slice(&buf[..n]);
+    }
+    assert!(!marker.exists());
+    // The link goes for good: the relay is killed (no goodbye to anyone)
+    // and never comes back, so the client cannot resume the session.
+    stack.relay.child.kill().unwrap();
+    stack.relay.child.wait().unwrap();
+    stack
+        .server
+        .wait_for_line("a session's link broke", PATIENCE)
+        .unwrap();
+    stack
+        .server
+        .wait_for_line("not resumed within its grace", PATIENCE)
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session leader never heard the hang-up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Written whole once the trap has run (it exits right after).
+    while std::fs::read_to_string(&marker).unwrap() != "HUP\n" {
+        assert!(std::time::Instant::now() < deadline, "{marker:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
 }

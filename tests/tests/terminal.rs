@@ -342,6 +342,16 @@ fn names(spans: &[SpanData]) -> BTreeMap<String, usize> {
     n
 }
 
+/// The one span of `name` whose `rex.message` is `what`.
+fn message<'a>(spans: &'a [SpanData], name: &str, what: &str) -> &'a SpanData {
+    let found: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == name && attr(s, "rex.message") == Some(Value::from(what.to_owned())))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} ({what}): {:?}", names(spans));
+    found[0]
+}
+
 fn attr(span: &SpanData, key: &str) -> Option<Value> {
     span.attributes
         .iter()
@@ -361,7 +371,10 @@ async fn session(stack: &Stack, print: usize, resizes: u16) -> String {
     let client = stack.client();
     let mut run = client.exec(spec).await.unwrap();
     let id = run.trace_id().unwrap();
-    until(&mut run, &mut Vec::new(), b"printed\r\n").await;
+    let mut shown = Vec::new();
+    until(&mut run, &mut shown, b"printed\r\n").await;
+    // What the terminal showed first.
+    assert!(shown.starts_with(b"ready\r\n"), "{shown:?}");
     for i in 0..resizes {
         run.resize(30 + i, 90 + i).await.unwrap();
     }
@@ -412,8 +425,27 @@ async fn the_terminal_is_an_attribute_and_its_input_and_resizes_are_counted() {
         attr(the(&quiet, spans::TERMINAL_DELIVERY), "rex.resizes"),
         Some(Value::I64(0))
     );
-    // The first output is the terminal's first byte.
-    assert!(busy.iter().any(|s| s.name == spans::EXEC_FIRST_OUTPUT));
+    // The first output is the terminal's first byte: it ends once the
+    // first stdout event has come (its frame decoded, after the exec-server
+    // sent it and after the start was handed over), and before the rest
+    // (the exit, which the session only makes after the caller, having
+    // seen the output, typed its line). All spans of one process: one
+    // clock, so this is order, not timing.
+    for trace in [&quiet, &busy] {
+        let first = the(trace, spans::EXEC_FIRST_OUTPUT);
+        let dispatch = the(trace, spans::TOOL_DISPATCH);
+        assert_eq!(first.start_time, dispatch.start_time);
+        assert_eq!(first.parent_span_id, dispatch.span_context.span_id());
+        let sent = message(trace, spans::RELAY_FRAME_SEND, "output.first");
+        let received = message(trace, spans::RELAY_FRAME_RECV, "output.first");
+        let exited = message(trace, spans::RELAY_FRAME_RECV, "exited");
+        let delivery = the(trace, spans::TERMINAL_DELIVERY);
+        assert!(sent.start_time <= received.start_time);
+        assert!(received.end_time <= first.end_time);
+        assert!(delivery.start_time <= first.end_time);
+        assert!(first.end_time <= exited.start_time);
+        assert!(first.end_time <= delivery.end_time);
+    }
     // What was typed or shown is in no span.
     for span in busy.iter().chain(&quiet) {
         for kv in &span.attributes {
@@ -491,4 +523,140 @@ async fn the_end_of_the_session_hangs_the_terminal_up() {
     assert!(alive(job));
     client.close().await;
     eventually("the background job ended with the session", || !alive(job)).await;
+}
+
+/// The lines of a terminal's output (CR LF or LF ended).
+fn shown_lines(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .split(['\r', '\n'])
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_login_shell_is_the_users_own_at_home_and_is_named_by_its_file_name() {
+    exporter();
+    let stack = Stack::start().await.unwrap();
+    let shell = exec_server::shell::LoginShell::of_this_user();
+    let mut spec = ExecSpec::login_shell();
+    spec.terminal = Some(Terminal::new(24, 80));
+    spec.stdin = true;
+    let client = stack.client();
+    let mut run = client.exec(spec).await.unwrap();
+    let id = run.trace_id().unwrap();
+    let started = tokio::time::timeout(WAIT, run.next()).await.unwrap();
+    assert_eq!(
+        started.as_ref().map(|e| match e {
+            Event::Started { program, .. } => program.clone(),
+            _ => None,
+        }),
+        Some(Some(shell.program())),
+        "{started:?}"
+    );
+    // Typed before the shell has read its profile: the terminal keeps it.
+    run.write_stdin(b"echo \"zero=$0\"; echo \"home=$(pwd -P)\"; exit 5\n")
+        .await
+        .unwrap();
+    let (out, last) = finish(&mut run).await;
+    assert_eq!(last, Event::Exited(ExitStatus::Code(5)));
+    let lines = shown_lines(&out);
+    let argv0 = shell.argv0().into_string().unwrap();
+    assert!(lines.contains(&format!("zero={argv0}")), "{lines:?}");
+    if let Some(home) = shell.home_dir() {
+        let home = home.canonicalize().unwrap();
+        assert!(
+            lines.contains(&format!("home={}", home.display())),
+            "{lines:?}"
+        );
+    }
+    client.close().await;
+
+    // Spans name the shell by its file name, never by its path or argv[0].
+    let spans = trace_of(&id);
+    let name = Some(Value::from(shell.program()));
+    let dispatch = the(&spans, spans::TOOL_DISPATCH);
+    assert_eq!(attr(dispatch, "process.executable.name"), name);
+    assert_eq!(attr(dispatch, "rex.login_shell"), Some(Value::Bool(true)));
+    for server_side in [spans::RPC_SERVER_EXEC, spans::PROCESS_RUN] {
+        assert_eq!(
+            attr(the(&spans, server_side), "process.executable.name"),
+            name,
+            "{server_side}"
+        );
+    }
+    let path = shell.path.display().to_string();
+    for span in &spans {
+        for kv in &span.attributes {
+            let text = kv.value.as_str();
+            assert!(
+                text != path && text != argv0,
+                "{} carries {} = {text}",
+                span.name,
+                kv.key
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_login_shell_without_a_terminal_runs_with_pipes_in_the_directory_asked_for() {
+    exporter();
+    let stack = Stack::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ExecSpec::login_shell();
+    spec.stdin = true;
+    spec.cwd = Some(dir.path().to_path_buf());
+    let client = stack.client();
+    let mut run = client.exec(spec).await.unwrap();
+    run.write_stdin(b"test -t 0 || echo piped; echo \"here=$(pwd -P)\"; exit 3\n")
+        .await
+        .unwrap();
+    run.close_stdin().await.unwrap();
+    let mut out = Vec::new();
+    let last = loop {
+        match tokio::time::timeout(WAIT, run.next()).await.unwrap() {
+            Some(Event::Stdout(d)) => out.extend_from_slice(&d),
+            Some(Event::Stderr(_) | Event::Started { .. }) => {}
+            Some(last) => break last,
+            None => panic!("no final event"),
+        }
+    };
+    assert_eq!(last, Event::Exited(ExitStatus::Code(3)));
+    let lines = shown_lines(&out);
+    let here = dir.path().canonicalize().unwrap();
+    assert!(lines.contains(&"piped".to_owned()), "{lines:?}");
+    assert!(
+        lines.contains(&format!("here={}", here.display())),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_exec_server_without_login_shells_refuses_one_clearly_and_runs_commands() {
+    exporter();
+    let stack = Stack::start_with(|c| c.login_shells = false).await.unwrap();
+    let client = stack.client();
+    let mut run = client.exec(ExecSpec::login_shell()).await.unwrap();
+    let last = tokio::time::timeout(WAIT, run.next()).await.unwrap();
+    let Some(Event::Failed(failure @ ExecFailure::Refused(message))) = &last else {
+        panic!("{last:?}")
+    };
+    assert!(message.contains("does not start login shells"), "{message}");
+    assert!(message.contains("older"), "{message}");
+    assert_eq!(failure.shell_code(), 255);
+    // The session is whole: a command runs.
+    let out = client
+        .output(ExecSpec::new(["sh", "-c", "echo still"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"still\n");
+    // A login shell with a command is refused here, before anything is
+    // sent.
+    let mut both = ExecSpec::login_shell();
+    both.argv = vec!["sh".into()];
+    assert!(matches!(
+        client.exec(both).await.unwrap_err(),
+        ClientError::InvalidRequest(InvalidRequest::LoginShellWithCommand)
+    ));
 }

@@ -4,11 +4,15 @@
 //! built binaries, an interactive remote shell shows its prompt, runs what
 //! is typed, is interrupted by Ctrl-C, follows the window's size and runs a
 //! REPL; on the way out the local terminal is back as it was, also when
-//! the link is cut while it is in raw mode. Every wait polls the screen
-//! until the text expected shows, or a generous deadline passes.
+//! the link is cut while it is in raw mode, or when the client is sent
+//! SIGTERM. The remote shell is `sh` and `bash` (`core-client exec -t ...
+//! -- bash`), and `core-client exec NAME` without a command gives the
+//! remote user's login shell on a terminal, as `ssh NAME` does. Every
+//! wait polls the screen until the text expected shows, or a generous
+//! deadline passes.
 //!
-//! Without tmux these tests print a skip notice and pass, unless
-//! `REX_REQUIRE_TMUX=1` (CI) makes that a failure.
+//! Without tmux (or bash, or python3) these tests print a skip notice and
+//! pass, unless `REX_REQUIRE_TMUX=1` (CI) makes that a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -104,12 +108,61 @@ fn assert_restored(tmux: &Tmux, dir: &Path, rc: &str) {
     assert!(shows(&pane_settings(tmux), &cooked));
 }
 
-#[test]
-fn an_interactive_shell_through_the_relay_as_a_person_uses_it() {
-    let Some((stack, tmux)) = start(
-        "an_interactive_shell_through_the_relay_as_a_person_uses_it",
-        &["--print-trace-id"],
-    ) else {
+/// The remote interactive `sh` the sessions run, prompt `remote$ `.
+const SH: &[&str] = &["env", "PS1=remote$ ", "sh", "-i"];
+
+/// The remote interactive `bash`, prompt `remote$ ` (no start-up files:
+/// the prompt is the test's).
+const BASH: &[&str] = &["env", "PS1=remote$ ", "bash", "--norc", "--noprofile", "-i"];
+
+/// A 100x30 tmux pane showing a local `sh` whose prompt is `local$ `, in
+/// the stack's directory.
+fn local_pane(stack: &ProcStack) -> Tmux {
+    let tmux = Tmux::start(stack.dir.path(), 100, 30, "env 'PS1=local$ ' sh -i").unwrap();
+    tmux.wait_for("the local prompt", WAIT, |s| last(s) == "local$")
+        .unwrap();
+    tmux
+}
+
+/// As [`start`], with `remote` (a program and its arguments) as the
+/// remote command of `rex-shell`.
+fn start_remote(test: &str, flags: &[&str], remote: &[&str]) -> Option<(ProcStack, Tmux)> {
+    if !tmux::available(test) {
+        return None;
+    }
+    let stack = ProcStack::start(&[]).unwrap();
+    let mut all = vec!["-t"];
+    all.extend_from_slice(flags);
+    let cmd = stack.exec_with(&all, remote);
+    tmux::script_for(&cmd, &stack.dir.path().join("rex-shell")).unwrap();
+    let tmux = local_pane(&stack);
+    Some((stack, tmux))
+}
+
+/// Waits until the pane's terminal is in raw mode (the client has taken
+/// it over).
+fn wait_raw(tmux: &Tmux) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let settings = pane_settings(tmux);
+        if shows(&settings, &["-icanon", "-echo", "-isig", "-opost"]) {
+            return settings;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the local terminal never went raw: {settings}\n{}",
+            tmux.screen().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A person's session with the remote shell `remote` (prompt `remote$ `),
+/// through the relay: the prompt, the window's size and type, a typed
+/// command, Ctrl-C, a resize, a REPL, `exit` and the local terminal as it
+/// was; then the trace.
+fn a_person_uses(test: &str, remote: &[&str]) {
+    let Some((stack, tmux)) = start_remote(test, &["--print-trace-id"], remote) else {
         return;
     };
     let dir = stack.dir.path();
@@ -169,12 +222,8 @@ fn an_interactive_shell_through_the_relay_as_a_person_uses_it() {
     });
     assert!(resized, "{}", tmux.screen().unwrap());
 
-    // A REPL with line editing.
-    let python = Command::new("python3")
-        .args(["-c", ""])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if python {
+    // A REPL with line editing (required with REX_REQUIRE_TMUX=1).
+    if tmux::tool(test, "python3", "its REPL") {
         tmux.type_line("python3 -i").unwrap();
         tmux.wait_for("the python prompt", WAIT, |s| last(s) == ">>>")
             .unwrap();
@@ -184,8 +233,6 @@ fn an_interactive_shell_through_the_relay_as_a_person_uses_it() {
         tmux.type_line("exit()").unwrap();
         tmux.wait_for("the remote prompt again", WAIT, |s| last(s) == "remote$")
             .unwrap();
-    } else {
-        eprintln!("python3 is not installed here: its REPL was not tried");
     }
 
     // `exit`: the remote status, and the local terminal as it was.
@@ -211,6 +258,131 @@ fn an_interactive_shell_through_the_relay_as_a_person_uses_it() {
     let delivery = trace_check::one(&spans, telemetry::spans::TERMINAL_DELIVERY);
     assert!(delivery.attr_i64("rex.resizes").unwrap() >= 1);
     assert!(delivery.attr_i64("rex.stdin.bytes").unwrap() > 0);
+}
+
+#[test]
+fn an_interactive_shell_through_the_relay_as_a_person_uses_it() {
+    a_person_uses(
+        "an_interactive_shell_through_the_relay_as_a_person_uses_it",
+        SH,
+    );
+}
+
+#[test]
+fn bash_through_the_relay_as_a_person_uses_it() {
+    // `core-client exec -t ... -- bash`, as the "done" says.
+    let test = "bash_through_the_relay_as_a_person_uses_it";
+    if !tmux::tool(test, "bash", "the bash session") {
+        return;
+    }
+    a_person_uses(test, BASH);
+}
+
+#[test]
+fn exec_with_no_command_is_the_login_shell_on_a_terminal() {
+    let test = "exec_with_no_command_is_the_login_shell_on_a_terminal";
+    if !tmux::available(test) {
+        return;
+    }
+    let stack = ProcStack::start(&[]).unwrap();
+    let dir = stack.dir.path();
+    // A named server, so that the line typed is `core-client exec box`,
+    // as `ssh box`.
+    let config = dir.join("config").join("rex");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        format!(
+            "[servers.box]\nrelay = {:?}\nserver = {:?}\nkey = {:?}\n",
+            stack.relay_url,
+            stack.server_pub,
+            stack.client_key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut cmd = integration_tests::binaries::core_client(dir).unwrap();
+    cmd.args(["exec", "box"]);
+    tmux::script_for(&cmd, &dir.join("rex-shell")).unwrap();
+    let tmux = local_pane(&stack);
+    tmux.type_line(LOCAL_LINE).unwrap();
+
+    // Stdin and stdout are the pane: a terminal is asked for by default
+    // (the local one goes raw), and a prompt appears below the line typed.
+    wait_raw(&tmux);
+    tmux.wait_for("the login shell's prompt", WAIT, |s| {
+        let l = lines(s);
+        let typed = l.iter().rposition(|x| x.contains("./rex-shell"));
+        typed.is_some_and(|i| l.len() > i + 1 && !l[l.len() - 1].trim().is_empty())
+    })
+    .unwrap();
+    // The prompt is the remote user's; from here on it is ours.
+    tmux.type_line("PS1='remote$ '").unwrap();
+    tmux.wait_for("the remote prompt", WAIT, |s| last(s) == "remote$")
+        .unwrap();
+
+    // A command runs, in the login shell (argv[0] starting with `-`), at
+    // the user's home.
+    let shell = exec_server::shell::LoginShell::of_this_user();
+    let zero = format!("zero={}", shell.argv0().into_string().unwrap());
+    tmux.type_line("echo \"zero=$0\"; echo \"home=$(pwd -P)\"; echo $((6 * 7))")
+        .unwrap();
+    let screen = tmux
+        .wait_for("the command's output", WAIT, |s| {
+            has_line(s, "42") && last(s) == "remote$"
+        })
+        .unwrap();
+    assert!(has_line(&screen, &zero), "{screen}");
+    if let Some(home) = shell.home_dir() {
+        let home = format!("home={}", home.canonicalize().unwrap().display());
+        assert!(has_line(&screen, &home), "{screen}");
+    }
+
+    // `exit` returns to the local shell, its terminal as it was.
+    tmux.type_line("exit").unwrap();
+    assert_restored(&tmux, dir, "rc=0");
+}
+
+#[test]
+fn sigterm_to_the_client_in_raw_mode_restores_the_terminal_and_exits_143_with_one_line() {
+    let Some((stack, tmux)) = start_remote(
+        "sigterm_to_the_client_in_raw_mode_restores_the_terminal_and_exits_143_with_one_line",
+        &[],
+        SH,
+    ) else {
+        return;
+    };
+    let dir = stack.dir.path();
+    // The client's pid: a wrapper notes its own, then becomes the client.
+    let wrapper = dir.join("rex-pid");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\necho $$ > client.pid\nexec ./rex-shell \"$@\"\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    tmux.type_line(&LOCAL_LINE.replace("./rex-shell", "./rex-pid"))
+        .unwrap();
+    tmux.wait_for("the remote prompt", WAIT, |s| last(s) == "remote$")
+        .unwrap();
+    wait_raw(&tmux);
+    let pid: i32 = std::fs::read_to_string(dir.join("client.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_restored(&tmux, dir, "rc=143");
+    let err = std::fs::read_to_string(dir.join("client.err")).unwrap();
+    assert_eq!(err.lines().count(), 1, "one clear line: {err:?}");
+    assert!(err.starts_with("core-client: "), "{err:?}");
+    assert!(err.contains("SIGTERM"), "{err:?}");
 }
 
 #[test]

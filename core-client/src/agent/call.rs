@@ -211,6 +211,7 @@ fn spec_of(
 ) -> ExecSpec {
     let os = |b: &Bytes| OsStr::from_bytes(b.as_ref()).to_os_string();
     let mut spec = ExecSpec::new(request.argv.iter().map(os));
+    spec.login_shell = request.login_shell;
     spec.env = request
         .env
         .iter()
@@ -319,7 +320,10 @@ fn to_kind(ev: Event) -> Option<Kind> {
     };
     Some(match ev {
         Event::Reconnecting | Event::Resumed => return None,
-        Event::Started { pid } => Kind::Started(Started { pid }),
+        Event::Started { pid, program } => Kind::Started(Started {
+            pid,
+            program: program.unwrap_or_default(),
+        }),
         Event::Stdout(d) => Kind::Stdout(d),
         Event::Stderr(d) => Kind::Stderr(d),
         Event::Exited(ExitStatus::Code(c)) => Kind::Exited(Exited {

@@ -111,7 +111,12 @@ pub(super) fn plan(settings: &Settings, config_path: Option<&Path>) -> Result<Pl
 }
 
 fn exec_spec(args: &ExecArgs, settings: &Settings, terminal: Option<Terminal>) -> ExecSpec {
-    let mut spec = ExecSpec::new(args.command.clone());
+    // No command: the remote user's login shell, as `ssh HOST` runs.
+    let mut spec = if args.command.is_empty() {
+        ExecSpec::login_shell()
+    } else {
+        ExecSpec::new(args.command.clone())
+    };
     for (k, v) in &settings.env {
         spec.env.push((k.into(), v.value.clone().into()));
     }
@@ -122,9 +127,11 @@ fn exec_spec(args: &ExecArgs, settings: &Settings, terminal: Option<Terminal>) -
 }
 
 /// Whether the command runs on a terminal: never with -T, always with -t,
-/// else as the `terminal` option says (`auto`: when the local stdin and
-/// stdout are terminals and stdin is forwarded, ssh's rule for an
-/// interactive session).
+/// else as the `terminal` option says, as ssh's `RequestTTY` does: `auto`
+/// (the default) gives one to the login shell (no command) when the local
+/// stdin and stdout are terminals and stdin is forwarded, ssh's rule for an
+/// interactive session, and pipes to a command; `always` to both; `never`
+/// to neither.
 fn wants_terminal(
     args: &ExecArgs,
     option: TerminalOption,
@@ -137,9 +144,10 @@ fn wants_terminal(
     if args.tty {
         return true;
     }
+    let shell = args.command.is_empty();
     match option {
         TerminalOption::Never => false,
-        TerminalOption::Auto => !args.no_stdin && stdin_is_terminal && stdout_is_terminal,
+        TerminalOption::Auto => shell && !args.no_stdin && stdin_is_terminal && stdout_is_terminal,
         TerminalOption::Always => true,
     }
 }
@@ -489,7 +497,7 @@ async fn exec_with(
             }
             _ = sigint.recv() => {
                 if terminal {
-                    break Outcome::HungUp(130);
+                    break Outcome::HungUp(2);
                 }
                 if interrupted {
                     break Outcome::GaveUp(130);
@@ -501,7 +509,7 @@ async fn exec_with(
             }
             _ = sigterm.recv() => {
                 if terminal {
-                    break Outcome::HungUp(143);
+                    break Outcome::HungUp(15);
                 }
                 if interrupted {
                     break Outcome::GaveUp(143);
@@ -511,7 +519,7 @@ async fn exec_with(
                 forward(&tasks, &control, Some(15));
                 continue;
             }
-            Some(()) = delivered(&mut sighup) => break Outcome::HungUp(129),
+            Some(()) = delivered(&mut sighup) => break Outcome::HungUp(1),
             Some(()) = delivered(&mut winch) => {
                 size_tx.send_replace(local_size());
                 continue;
@@ -548,10 +556,12 @@ async fn exec_with(
             // Nothing more is waited for: not the output, nor the session.
             return Ok(code);
         }
-        Outcome::HungUp(code) => {
-            // The local terminal first, then the session is closed (its
-            // command killed, its terminal hung up), within a bound.
+        Outcome::HungUp(signal) => {
+            // The local terminal first (so that the line below reads as
+            // one), then the session is closed (its command killed, its
+            // terminal hung up), within a bound.
             drop(raw);
+            eprintln!("{}", hung_up_line(signal));
             match client {
                 Some(client) => {
                     let _ = tokio::time::timeout(HANG_UP, client.close()).await;
@@ -559,7 +569,7 @@ async fn exec_with(
                 // Through an agent: the call ends with its connection.
                 None => drop(run),
             }
-            return Ok(code);
+            return Ok(128 + signal);
         }
         Outcome::Done(code) => Ok(code),
         Outcome::Failed(e) => Err(e),
@@ -676,9 +686,24 @@ enum Outcome {
     Failed(CliError),
     /// A second signal: stop waiting (128 + the signal).
     GaveUp(u8),
-    /// On a terminal, a signal to this process: the session is ended (128
-    /// + the signal).
+    /// On a terminal, this signal to this process: the session is ended
+    /// (the exit code is 128 + the signal).
     HungUp(u8),
+}
+
+/// The one line `exec` says when a signal to it ended a terminal session
+/// (as ssh says "Killed by signal 15.").
+fn hung_up_line(signal: u8) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    };
+    format!(
+        "core-client: killed by {name} (signal {signal}): the remote command's terminal was hung \
+         up"
+    )
 }
 
 /// A piece of the command's output.
@@ -783,6 +808,16 @@ mod tests {
     }
 
     #[test]
+    fn a_hang_up_by_signal_is_one_line_naming_it() {
+        for (signal, name) in [(1, "SIGHUP"), (2, "SIGINT"), (15, "SIGTERM")] {
+            let line = hung_up_line(signal);
+            assert!(line.starts_with("core-client: killed by "), "{line}");
+            assert!(line.contains(name), "{line}");
+            assert_eq!(line.lines().count(), 1);
+        }
+    }
+
+    #[test]
     fn shell_exit_codes() {
         assert_eq!(exit_code(3), 3);
         assert_eq!(exit_code(128 + 9), 137);
@@ -806,45 +841,93 @@ mod tests {
         )));
     }
 
-    fn args_with(flags: &[&str]) -> ExecArgs {
+    fn parse(args: &[&str]) -> ExecArgs {
         use clap::Parser;
-        let cli = super::super::Cli::try_parse_from(
-            ["core-client", "exec"]
-                .iter()
-                .chain(flags)
-                .chain(&["--", "sh"])
-                .copied(),
-        )
-        .unwrap();
+        let cli =
+            super::super::Cli::try_parse_from(["core-client", "exec"].iter().chain(args).copied())
+                .unwrap();
         match cli.command {
             super::super::CliCommand::Exec(a) => a,
             other => panic!("{other:?}"),
         }
     }
 
+    /// `exec FLAGS -- sh`: a command.
+    fn args_with(flags: &[&str]) -> ExecArgs {
+        let all: Vec<&str> = flags.iter().copied().chain(["--", "sh"]).collect();
+        parse(&all)
+    }
+
     #[test]
     fn a_terminal_when_forced_or_as_the_option_says() {
         use TerminalOption::{Always, Auto, Never};
-        let plain = args_with(&[]);
-        let t = args_with(&["-t"]);
-        let big_t = args_with(&["-T"]);
-        let n = args_with(&["-n"]);
-        // -t and -T win over the option and over what the local side is.
-        for option in [Never, Auto, Always] {
-            for (i, o) in [(false, false), (true, true), (true, false)] {
-                assert!(wants_terminal(&t, option, i, o));
-                assert!(!wants_terminal(&big_t, option, i, o));
+        let shell = parse(&["box"]);
+        let shell_n = parse(&["box", "-n"]);
+        for args in [
+            args_with(&[]),
+            args_with(&["-n"]),
+            shell.clone(),
+            shell_n.clone(),
+        ] {
+            let mut t = args.clone();
+            t.tty = true;
+            let mut big_t = args.clone();
+            big_t.no_tty = true;
+            // -t and -T win over the option and over what the local side
+            // is, for a command and for the login shell.
+            for option in [Never, Auto, Always] {
+                for (i, o) in [(false, false), (true, true), (true, false)] {
+                    assert!(wants_terminal(&t, option, i, o));
+                    assert!(!wants_terminal(&big_t, option, i, o));
+                }
             }
+            // never: pipes; always: a terminal, whatever the local side.
+            assert!(!wants_terminal(&args, Never, true, true));
+            assert!(wants_terminal(&args, Always, false, false));
         }
-        // By default a command gets pipes, as ssh gives it.
-        assert!(!wants_terminal(&plain, Never, true, true));
-        // auto: only when stdin and stdout are both terminals, and stdin
-        // is forwarded.
-        assert!(wants_terminal(&plain, Auto, true, true));
-        assert!(!wants_terminal(&plain, Auto, true, false));
-        assert!(!wants_terminal(&plain, Auto, false, true));
-        assert!(!wants_terminal(&n, Auto, true, true));
-        assert!(wants_terminal(&plain, Always, false, false));
+        // auto, the default: a command gets pipes, as ssh gives it...
+        assert_eq!(TerminalOption::default(), Auto);
+        assert!(!wants_terminal(&args_with(&[]), Auto, true, true));
+        // ...and the login shell a terminal when stdin and stdout are
+        // both terminals and stdin is forwarded (ssh's rule for an
+        // interactive session); else pipes, as `ssh -T HOST` gives.
+        assert!(wants_terminal(&shell, Auto, true, true));
+        assert!(!wants_terminal(&shell, Auto, true, false));
+        assert!(!wants_terminal(&shell, Auto, false, true));
+        assert!(!wants_terminal(&shell_n, Auto, true, true));
+    }
+
+    #[test]
+    fn no_command_is_the_login_shell() {
+        let key = StaticKeypair::generate().unwrap().public();
+        let server = ServerArgs {
+            server: Some(key.to_string()),
+            ..ServerArgs::default()
+        };
+        let ctx = Context::default();
+        let s = Settings::resolve(&Inputs {
+            name: None,
+            args: &server,
+            env: &|_| None,
+            config: None,
+            known: &ctx.known,
+            default_key: None,
+        })
+        .unwrap();
+        for args in [
+            parse(&["box"]),
+            parse(&["box", "--"]),
+            parse(&["--server", "k"]),
+        ] {
+            assert!(args.command.is_empty());
+            let spec = exec_spec(&args, &s, None);
+            assert!(spec.login_shell);
+            assert!(spec.argv.is_empty());
+            assert_eq!(spec.program(), None);
+        }
+        let spec = exec_spec(&args_with(&[]), &s, None);
+        assert!(!spec.login_shell);
+        assert_eq!(spec.program().as_deref(), Some("sh"));
     }
 
     #[test]

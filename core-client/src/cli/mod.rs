@@ -108,11 +108,16 @@ impl Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
-    /// Run a command on an exec-server; stream its output; exit with its status.
+    /// Run a command (or, without one, a login shell) on an exec-server;
+    /// stream its output; exit with its status.
     ///
     /// Name a server from the config file or the known servers
     /// (`core-client exec build-box -- make`), or say where it is with
-    /// flags. Each setting is taken from the first of: a flag (or its REX_*
+    /// flags. Without a command (`core-client exec build-box`), the
+    /// exec-server starts the login shell of the user it runs as (from its
+    /// password database, else /bin/sh) in that user's home directory
+    /// (unless --cwd names another), as `ssh HOST` does: on a terminal when
+    /// the local stdin and stdout are terminals, else with pipes. Each setting is taken from the first of: a flag (or its REX_*
     /// environment variable), the config file's [servers.NAME], its
     /// [defaults], the known servers (the server's key), built-in
     /// defaults. `core-client config show NAME` prints them and where each
@@ -128,8 +133,8 @@ pub enum CliCommand {
     /// output this side's stdout cannot take at once is dropped. A second
     /// Ctrl-C or SIGTERM stops waiting at once: exit 130 or 143.
     ///
-    /// With a terminal (-t, or the `terminal` option), the command runs on
-    /// a pseudo-terminal on the exec-server, sized as the local window and
+    /// With a terminal (-t; or the login shell, as above; or the `terminal`
+    /// option), the command runs on a pseudo-terminal on the exec-server, sized as the local window and
     /// with the local TERM; its stderr comes merged into its stdout, as on
     /// any terminal. The local terminal is put in raw mode (restored
     /// however `exec` ends) so that every key goes to the remote terminal:
@@ -137,7 +142,8 @@ pub enum CliCommand {
     /// foreground job, and so are Ctrl-Z and Ctrl-\. Window changes are
     /// passed on. A SIGINT, SIGTERM or SIGHUP sent to core-client itself
     /// ends the session (the remote command is killed and its terminal hung
-    /// up) and exits 128+N. The exit status is as without a terminal.
+    /// up), restores the local terminal, says so in one line and exits
+    /// 128+N. The exit status is otherwise as without a terminal.
     Exec(ExecArgs),
     /// Write a new static private key (mode 0600) and print its public key.
     ///
@@ -286,7 +292,7 @@ pub struct TrustArgs {
 }
 
 /// Arguments of `exec`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     /// A server named in the config file ([servers.NAME]) or the known
     /// servers.
@@ -305,11 +311,13 @@ pub struct ExecArgs {
     /// none); the local terminal, if stdin is one, goes into raw mode.
     #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
     pub tty: bool,
-    /// Never run the command on a terminal (pipes only), whatever the
-    /// `terminal` option says. Without -t or -T the `terminal` option
-    /// decides: `never` (the default: a command gets pipes, as with ssh),
-    /// `auto` (a terminal when the local stdin and stdout are terminals
-    /// and -n is not given) or `always`.
+    /// Never run the command (or the login shell) on a terminal: pipes
+    /// only, as `ssh -T` gives, whatever the `terminal` option says.
+    /// Without -t or -T the `terminal` option decides, as ssh's
+    /// RequestTTY: `auto` (the default) gives the login shell a terminal
+    /// when the local stdin and stdout are terminals and -n is not given,
+    /// and a command pipes; `always` gives both a terminal; `never`
+    /// neither.
     #[arg(short = 'T', long = "no-tty")]
     pub no_tty: bool,
     /// Print the command's trace id on stderr when it ends.
@@ -336,8 +344,9 @@ pub struct ExecArgs {
     /// and the command goes on with nothing lost.
     #[arg(long)]
     pub no_resume: bool,
-    /// The program and its arguments, after `--` (no shell unless you run one).
-    #[arg(last = true, required = true, num_args = 1..)]
+    /// The program and its arguments, after `--` (no shell unless you run
+    /// one). Without a command: the remote user's login shell.
+    #[arg(last = true, num_args = 1..)]
     pub command: Vec<OsString>,
 }
 

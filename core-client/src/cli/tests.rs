@@ -56,9 +56,13 @@ fn exec_takes_a_name_or_flags_and_a_command() {
     assert!(a.server.accept_new);
     assert_eq!(a.command, vec![OsString::from("ls"), OsString::from("-la")]);
 
-    // A command is required, after `--`.
-    assert!(parse(&["exec", "build-box"]).is_err());
-    assert!(parse(&["exec", "--relay", "h", "--server", "x"]).is_err());
+    // Without a command (nothing after `--`, or no `--`): the login shell.
+    assert!(exec_args(&["exec", "build-box"]).command.is_empty());
+    assert!(exec_args(&["exec", "build-box", "--"]).command.is_empty());
+    let a = exec_args(&["exec", "--relay", "h", "--server", "x"]);
+    assert_eq!((a.name, a.command.len()), (None, 0));
+    // A command comes after `--` only.
+    assert!(parse(&["exec", "build-box", "ls"]).is_err());
     // --relay and --direct exclude each other, as do --server and --server-file.
     assert!(parse(&["exec", "--relay", "h", "--direct", "http://d", "--", "ls"]).is_err());
     assert!(parse(&["exec", "--server", "x", "--server-file", "f", "--", "ls"]).is_err());

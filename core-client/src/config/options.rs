@@ -21,16 +21,18 @@ pub enum Warm {
     Every(Duration),
 }
 
-/// When to give the remote command a terminal.
+/// When `exec` asks for a remote terminal (ssh's `RequestTTY`); `-t` and
+/// `-T` win over it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Terminal {
-    /// Never: the command gets pipes.
-    #[default]
+    /// Never: a command and the login shell get pipes.
     Never,
-    /// When the local stdin and stdout are terminals (and stdin is
-    /// forwarded).
+    /// For the login shell (`exec` without a command) when the local stdin
+    /// and stdout are terminals and stdin is forwarded; a command gets
+    /// pipes. The default, as ssh's.
+    #[default]
     Auto,
-    /// Always.
+    /// Always: a command and the login shell get a terminal.
     Always,
 }
 

@@ -327,7 +327,7 @@ fn options_flag_over_server_over_defaults_over_built_in() {
     assert_eq!(s.accept_new, sourced(false, Source::Default));
     assert_eq!(s.warm, sourced(Warm::Off, Source::Default));
     assert_eq!(s.resume, sourced(false, Source::Default));
-    assert_eq!(s.terminal, sourced(Terminal::Never, Source::Default));
+    assert_eq!(s.terminal, sourced(Terminal::Auto, Source::Default));
 
     let bad = ServerArgs {
         options: vec!["wram=off".into()],

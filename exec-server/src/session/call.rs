@@ -181,11 +181,19 @@ impl Call {
             trace,
             received,
         } = starting;
-        let program = request
-            .argv
-            .first()
-            .map(|a| proto::program::program_name(a))
-            .unwrap_or_default();
+        // A login shell is read from the password database now, so that
+        // the spans and the record name it.
+        let login_shell = request
+            .login_shell
+            .then(crate::shell::LoginShell::of_this_user);
+        let program = match &login_shell {
+            Some(shell) => shell.program(),
+            None => request
+                .argv
+                .first()
+                .map(|a| proto::program::program_name(a))
+                .unwrap_or_default(),
+        };
         let terminal = request.terminal.is_some();
         let enqueued = received.end.unwrap_or_else(SystemTime::now);
         let extracted = trace
@@ -305,6 +313,7 @@ impl Call {
             exit_drain: config.exit_drain,
             containment: std::sync::Arc::clone(&ctx.containment),
             terminals: config.terminals,
+            login_shell,
         };
         ctx.tasks.spawn(
             tracing::debug_span!("process", call = call_id, program = %program),

@@ -90,7 +90,9 @@ impl ServerContext {
     /// Shared state for an exec-server.
     pub fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
         let keys: Arc<dyn KeySource> = config.keys.clone();
-        let acceptor = Arc::new(Acceptor::with_source(config.key.clone(), keys));
+        let mut acceptor = Acceptor::with_source(config.key.clone(), keys);
+        acceptor.login_shell = config.login_shells;
+        let acceptor = Arc::new(acceptor);
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));
         let startups = proto::admission::Gate::new(config.startups);

@@ -136,6 +136,7 @@ fn handshake_and_envelopes_both_ways() {
             stdin_window: 0,
             output_window: 0,
             resume_token: Default::default(),
+            login_shell: false,
         })),
         ..Default::default()
     };

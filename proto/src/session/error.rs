@@ -248,4 +248,14 @@ pub enum CallError {
         "the TERM value is not a terminal type name (at most 128 printable characters, no spaces)"
     )]
     TermValue,
+    /// A login shell asked of an exec-server that does not start them (an
+    /// older one: its hello answer does not offer them).
+    #[error(
+        "the exec-server does not start login shells (it is older than this client): name the \
+         command to run"
+    )]
+    NoLoginShell,
+    /// A login shell asked for with a command too.
+    #[error("a login shell is asked for with no command")]
+    LoginShellWithCommand,
 }

@@ -174,7 +174,10 @@ mod tests {
     fn an_event_costs_its_output_and_a_fixed_part() {
         let out = terminal_event::Kind::Stdout(Bytes::from_static(b"hello"));
         assert_eq!(cost(&out), 5 + EVENT_COST);
-        let started = terminal_event::Kind::Started(crate::pb::session::Started { pid: 1 });
+        let started = terminal_event::Kind::Started(crate::pb::session::Started {
+            pid: 1,
+            program: String::new(),
+        });
         assert_eq!(cost(&started), EVENT_COST);
     }
 

@@ -111,6 +111,14 @@ impl<T> ClientSession<T> {
         if self.calls.len() >= self.max_calls {
             return Err(CallError::TooManyCalls(self.max_calls));
         }
+        if request.login_shell {
+            if !request.argv.is_empty() {
+                return Err(CallError::LoginShellWithCommand);
+            }
+            if !self.login_shell {
+                return Err(CallError::NoLoginShell);
+            }
+        }
         if let Some(t) = &request.terminal {
             if !terminal_size_ok(t.rows, t.cols) {
                 return Err(CallError::TerminalSize {

@@ -37,6 +37,8 @@ pub struct Ready {
     /// The output credit of a call that may be unacknowledged (0: none):
     /// what the caller's queue for one call must hold.
     pub output_window: u32,
+    /// Whether it starts login shells (`ExecRequest.login_shell`).
+    pub login_shell: bool,
     /// The hello exchange's clock-offset sample, if it was a possible one.
     pub clock: Option<Sample>,
 }
@@ -163,6 +165,9 @@ pub struct ClientSession<T> {
     stdin_window: u32,
     /// The session's output window (0: none).
     output_window: u32,
+    /// Whether the exec-server starts login shells (its hello answer
+    /// says so).
+    login_shell: bool,
     /// Stdin bytes queued in all calls, waiting for credit.
     stdin_queued: usize,
     events: Events<ClientEvent>,
@@ -214,6 +219,7 @@ impl<T> ClientSession<T> {
             max_calls: limits.max_calls,
             stdin_window: 0,
             output_window: 0,
+            login_shell: false,
             stdin_queued: 0,
             events: Events::default(),
             clock: Estimate::default(),
@@ -347,6 +353,7 @@ impl<T> ClientSession<T> {
                     self.max_calls = self.max_calls.min(ack.max_processes as usize);
                 }
                 self.stdin_window = ack.stdin_window;
+                self.login_shell = ack.login_shell;
                 // The exec-server may not ask for more than we offered.
                 self.output_window =
                     output::negotiate(ack.output_window, self.link.limits.output_window);
@@ -358,6 +365,7 @@ impl<T> ClientSession<T> {
                     max_processes: ack.max_processes,
                     max_chunk: ack.max_chunk,
                     output_window: self.output_window,
+                    login_shell: ack.login_shell,
                     clock: sample,
                 }));
                 Ok(())

@@ -172,6 +172,7 @@ impl<T> ClientSession<T> {
         self.output_window =
             output::negotiate(answer.output_window, self.link.limits.output_window);
         self.stdin_window = answer.stdin_window;
+        self.login_shell = answer.login_shell;
         self.state = State::Ready;
         self.deadline = None;
         // Finished calls the exec-server kept are settled by the resume.

@@ -20,6 +20,11 @@ pub(crate) const TERMINAL_SIZE: &str =
 pub(crate) const TERM_VALUE: &str =
     "the TERM value is not a terminal type name (at most 128 printable characters, no spaces)";
 
+/// Why a login shell was refused by an endpoint that starts none.
+pub(crate) const NO_LOGIN_SHELL: &str = "this exec-server does not start login shells";
+/// Why a login shell request with a command was refused.
+pub(crate) const LOGIN_SHELL_WITH_COMMAND: &str = "a login shell request names no command";
+
 impl<T> ServerSession<T> {
     /// Whether `call_id` is running; `false` for one that has ended (its
     /// messages may cross its final event), an error for one that never
@@ -60,6 +65,10 @@ impl<T> ServerSession<T> {
                 ExecErrorKind::TooManyProcesses,
                 "too many processes on this session",
             ))
+        } else if request.login_shell && !self.acceptor.login_shell {
+            Some((ExecErrorKind::BadRequest, NO_LOGIN_SHELL))
+        } else if request.login_shell && !request.argv.is_empty() {
+            Some((ExecErrorKind::BadRequest, LOGIN_SHELL_WITH_COMMAND))
         } else if let Some(t) = &request.terminal
             && !terminal_size_ok(t.rows, t.cols)
         {

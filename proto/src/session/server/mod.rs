@@ -55,6 +55,9 @@ pub struct Acceptor {
     pub replay: Mutex<ReplayGuard>,
     /// The version named in the hello answer.
     pub version: String,
+    /// Whether the endpoint starts login shells (`ExecRequest.login_shell`);
+    /// the hello answer says so, and a request for one is refused without.
+    pub login_shell: bool,
 }
 
 impl Acceptor {
@@ -72,6 +75,7 @@ impl Acceptor {
             keys,
             replay: Mutex::new(ReplayGuard::default()),
             version: env!("CARGO_PKG_VERSION").into(),
+            login_shell: true,
         }
     }
 }
@@ -402,6 +406,7 @@ impl<T> ServerSession<T> {
                     stdin_window: limits.stdin_window,
                     output_window: self.output_window,
                     resume_token: self.offer_resume(),
+                    login_shell: self.acceptor.login_shell,
                 };
                 self.send(0, None, Body::HelloAck(ack), now)?;
                 self.state = State::Ready;

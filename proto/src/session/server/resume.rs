@@ -242,6 +242,7 @@ impl<T> ServerSession<T> {
             output_window: self.output_window,
             max_processes: u32::try_from(self.link.limits.max_calls).unwrap_or(u32::MAX),
             stdin_window: self.link.limits.stdin_window,
+            login_shell: self.acceptor.login_shell,
         };
         self.calls = calls;
         self.state = State::Ready;
@@ -323,6 +324,7 @@ impl<T> ServerSession<T> {
             output_window: self.output_window,
             max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
             stdin_window: limits.stdin_window,
+            login_shell: self.acceptor.login_shell,
         };
         self.state = State::Ready;
         self.deadline = None;

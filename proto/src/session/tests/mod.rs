@@ -20,6 +20,7 @@ use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 mod calls;
 mod ending;
 mod hostile;
+mod login_shell;
 mod output;
 mod resume;
 mod stdin;
@@ -347,7 +348,10 @@ impl Pair {
 }
 
 fn started() -> Kind {
-    Kind::Started(Started { pid: 7 })
+    Kind::Started(Started {
+        pid: 7,
+        program: String::new(),
+    })
 }
 
 fn exit(code: i32) -> Kind {

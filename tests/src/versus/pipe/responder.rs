@@ -178,6 +178,7 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
         stdin_window: 0,
         output_window: 0,
         resume_token: Default::default(),
+        login_shell: false,
     };
     let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
     transport.send(&ack).map_err(noise)?;
