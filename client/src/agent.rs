@@ -56,6 +56,7 @@ pub fn stdin_cost(len: usize) -> u32 {
         .unwrap_or(u32::MAX)
         .saturating_add(STDIN_MESSAGE_COST)
 }
+
 /// The largest agent-protocol message (an exec request with a large
 /// environment, or an output chunk).
 pub const MAX_MESSAGE: usize = proto::limits::MAX_ENVELOPE + 64 * 1024;
