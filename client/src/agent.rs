@@ -5,9 +5,11 @@
 //!
 //! One Unix-socket connection per call carries the agent protocol
 //! (`proto::pb::agent`; each message a `u32` length and the message). Stdin
-//! goes within a window the agent acknowledges, so a signal never waits
-//! behind it; replies are read only while the caller has room, so a caller
-//! that stops reading holds up its own call only.
+//! goes within a window the agent acknowledges (counted in bytes, each
+//! message costing [`STDIN_MESSAGE_COST`] more, so that the agent's queue
+//! is bounded in bytes), so a signal never waits behind it; replies are
+//! read only while the caller has room, so a caller that stops reading
+//! holds up its own call only.
 //!
 //! Spans: the dispatch (`tool.dispatch`) starts as for a session; its
 //! stages are `dispatch.prepare`, `agent.request` (until the agent took the
@@ -28,6 +30,7 @@ use opentelemetry::trace::{Span, Tracer};
 use prost::Message;
 use proto::keys::PublicKey;
 use proto::pb::agent::{self as wire, reply, request};
+use proto::pb::session::exited;
 use telemetry::spans;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -36,12 +39,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Dispatch, Records, request_for};
 use crate::error::{AgentError, ClientError};
-use crate::exec::{Event, ExecFailure, ExecSpec};
+use crate::exec::{Event, ExecFailure, ExecSpec, ExitStatus};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
 use crate::session::{Control, Routed};
 
-/// Stdin of a call the CLI may send beyond the agent's acknowledgements.
+/// Stdin of a call the CLI may send beyond the agent's acknowledgements,
+/// in [`stdin_cost`] units.
 pub const STDIN_WINDOW: u32 = 256 * 1024;
+/// What a stdin message costs in the window beyond its bytes (the room it
+/// takes in the agent's queue).
+pub const STDIN_MESSAGE_COST: u32 = 64;
+
+/// What a stdin message of `len` bytes costs in the window.
+pub fn stdin_cost(len: usize) -> u32 {
+    u32::try_from(len)
+        .unwrap_or(u32::MAX)
+        .saturating_add(STDIN_MESSAGE_COST)
+}
+
 /// The largest agent-protocol message (an exec request with a large
 /// environment, or an output chunk).
 pub const MAX_MESSAGE: usize = proto::limits::MAX_ENVELOPE + 64 * 1024;
@@ -56,6 +71,27 @@ const FLUSHED_WITHIN: Duration = Duration::from_secs(2);
 /// An event as the caller sees it, from the agent protocol's form.
 pub fn event_of(kind: proto::pb::session::terminal_event::Kind) -> Event {
     crate::router::to_event(kind)
+}
+
+/// What a reply of the agent's means for the call: an event (a failure the
+/// agent reported is one too, typed as the library types it), or `None`
+/// for a reply that carries none.
+pub fn event_of_reply(body: reply::Body) -> Option<Event> {
+    Some(match body {
+        reply::Body::Event(ev) => crate::router::to_event(ev.kind?),
+        reply::Body::Failure(f) => Event::Failed(ExecFailure::Agent(f.message)),
+        reply::Body::OutputLost(lost) => Event::Failed(ExecFailure::OutputLost {
+            stdout: lost.stdout,
+            stderr: lost.stderr,
+            exit: lost.exit.and_then(|x| match x.status? {
+                exited::Status::Code(c) => Some(ExitStatus::Code(c)),
+                exited::Status::Signal(n) => Some(ExitStatus::Signal(n)),
+            }),
+        }),
+        _ => Event::Failed(ExecFailure::Agent(
+            "the agent sent something unexpected".into(),
+        )),
+    })
 }
 
 /// The agent protocol's framing on a Unix socket.
@@ -92,6 +128,9 @@ pub struct AgentConfig {
     /// The CA certificates (PEM file) `https://` relays are checked
     /// against; `None`: the system's.
     pub ca_file: Option<PathBuf>,
+    /// The server's warm policy, when the settings give one (`None`: the
+    /// agent's own).
+    pub warm: Option<crate::WarmPolicy>,
     /// How long to wait for the agent to take a call.
     pub timeout: Duration,
     /// Where command records go (off the hot path), if anywhere.
@@ -99,6 +138,29 @@ pub struct AgentConfig {
     pub metadata: Option<metadata::Persister>,
     /// Record the commands' arguments too (the program name always is).
     pub record_args: bool,
+}
+
+impl AgentConfig {
+    /// The route as the agent protocol names it (the agent holds one
+    /// session per route).
+    pub fn route(&self) -> wire::Route {
+        wire::Route {
+            relays: self.relays.clone(),
+            direct: self.direct.clone().unwrap_or_default(),
+            server_key: Bytes::copy_from_slice(self.server.as_bytes()),
+            key_file: self.key_file.to_string_lossy().into_owned(),
+            client_key: Bytes::copy_from_slice(self.client.as_bytes()),
+            ca_file: self
+                .ca_file
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            warm: self.warm.map(|w| wire::WarmOption {
+                off: !w.enabled,
+                interval_ms: u64::try_from(w.interval.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
 }
 
 /// Runs calls through a local agent.
@@ -162,18 +224,9 @@ impl AgentClient {
             .with_start_time(dispatch.prepared)
             .start_with_context(&tracer, &dispatch.cx);
         let exec = wire::Exec {
-            relays: config.relays.clone(),
-            direct: config.direct.clone().unwrap_or_default(),
-            server_key: Bytes::copy_from_slice(config.server.as_bytes()),
-            key_file: config.key_file.to_string_lossy().into_owned(),
-            client_key: Bytes::copy_from_slice(config.client.as_bytes()),
+            route: Some(config.route()),
             request: Some(request),
             trace: dispatch.trace.clone(),
-            ca_file: config
-                .ca_file
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default(),
         };
         let taken = tokio::time::timeout(config.timeout, self.open(exec)).await;
         let (framed, accepted) = match taken {
@@ -259,13 +312,12 @@ impl AgentClient {
         let first = wire::Request {
             body: Some(request::Body::Exec(exec)),
         };
+        // An agent that takes the connection and closes it (at its limit,
+        // say) is there: not an agent that has gone.
         framed
             .send(encode(&first))
             .await
-            .map_err(|e| AgentError::Unavailable {
-                path: path.clone(),
-                source: Arc::new(e),
-            })?;
+            .map_err(|_| AgentError::Lost("closed the connection"))?;
         let reply = next_reply(&mut framed).await?;
         match reply.body {
             Some(reply::Body::AcceptedUnixNanos(n)) => {
@@ -337,8 +389,7 @@ impl AgentCall {
 
     /// Stdin, within the agent's window.
     pub(crate) async fn write_stdin(&self, data: Bytes) -> Result<(), ClientError> {
-        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        match self.stdin.acquire_many(n).await {
+        match self.stdin.acquire_many(stdin_cost(data.len())).await {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(self.lost_error()),
         }
@@ -466,16 +517,16 @@ impl Connection {
         let decoded = SystemTime::now();
         let event = match reply.body? {
             reply::Body::StdinTaken(n) => {
+                // Never more than the window (an agent that says more is
+                // not believed).
+                let room =
+                    (STDIN_WINDOW as usize).saturating_sub(self.call.stdin.available_permits());
                 self.call
                     .stdin
-                    .add_permits(usize::try_from(n).unwrap_or(usize::MAX));
+                    .add_permits(usize::try_from(n).unwrap_or(usize::MAX).min(room));
                 return None;
             }
-            reply::Body::Event(ev) => crate::router::to_event(ev.kind?),
-            reply::Body::Failure(f) => Event::Failed(ExecFailure::Agent(f.message)),
-            _ => Event::Failed(ExecFailure::Agent(
-                "the agent sent something unexpected".into(),
-            )),
+            body => event_of_reply(body)?,
         };
         let last = matches!(event, Event::Exited(_) | Event::Failed(_));
         if last && reply.ended_unix_nanos != 0 {

@@ -1,14 +1,13 @@
 //! The embeddable client: one session per exec-server, reused across calls
 //! and re-established when it is lost.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use lifecycle::Tasks;
-use opentelemetry::trace::{Link, Span, Status as SpanStatus, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span, Status as SpanStatus, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use proto::session::Now;
 use telemetry::spans;
 use tokio::sync::{Mutex, mpsc};
 use tonic::transport::Channel;
@@ -20,7 +19,7 @@ use crate::error::{ClientError, ConnectError, Waiting};
 use crate::exec::{ExecFailure, ExecSpec, Output};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
 use crate::session::{Command, SessionHandle, StartTaken, Traced};
-use crate::warm::{Schedule, Warm, WarmOutcome, WarmPolicy, WarmStatus};
+use crate::warm::{Perform, Trigger, Warm, WarmOutcome, WarmPolicy, WarmStatus, Warmed};
 
 /// A client for one exec-server.
 #[derive(Debug, Clone)]
@@ -35,9 +34,9 @@ struct Inner {
     server_id: String,
     channel: Mutex<Option<Channel>>,
     session: Mutex<Option<SessionHandle>>,
-    /// Set while a session is being established (under `session`), so
-    /// that a dispatch that waits for it knows it did.
-    establishing: AtomicBool,
+    /// Sessions established so far (counted under `session`'s lock, so
+    /// that a dispatch that had to wait for the lock knows whether a
+    /// session was established meanwhile).
     sessions_opened: AtomicU64,
     /// The warm policy's schedule and its task's wake-ups.
     warm: Arc<Warm>,
@@ -60,8 +59,8 @@ impl Drop for Inner {
 enum Warmth {
     /// A live session was there.
     Warm,
-    /// One was being established (by a warm or another call): it waited
-    /// for it.
+    /// One was being established (by a warm or another call) when it
+    /// asked: it waited for it.
     Waited,
     /// It established one itself.
     Cold,
@@ -87,7 +86,6 @@ impl Client {
                 config,
                 channel: Mutex::new(None),
                 session: Mutex::new(None),
-                establishing: AtomicBool::new(false),
                 sessions_opened: AtomicU64::new(0),
                 tasks: Tasks::new(),
             }),
@@ -121,9 +119,7 @@ impl Client {
     /// ([`ClientConfig::warm`]). Call it from within a Tokio runtime (the
     /// warm task runs on it).
     pub fn set_warm_policy(&self, policy: WarmPolicy) {
-        self.inner
-            .warm
-            .update(|s| s.set_policy(policy, Now::system()));
+        self.inner.warm.set_policy(policy);
         self.ensure_warm_task();
     }
 
@@ -147,7 +143,11 @@ impl Client {
     /// it; a failure is in its `last_outcome`.
     pub async fn warm_now(&self) -> WarmStatus {
         self.ensure_warm_task();
-        self.warm("manual").await
+        match self.inner.warm.warm(self, Trigger::Manual).await {
+            Warmed::Done(status) => status,
+            // A manual warm is always made, and this client is here.
+            Warmed::NotDue | Warmed::Gone => self.inner.warm.status(),
+        }
     }
 
     /// Starts the warm task, once, if warms are on and a runtime is here.
@@ -156,109 +156,110 @@ impl Client {
         if !warm.enabled() || tokio::runtime::Handle::try_current().is_err() || !warm.start_once() {
             return;
         }
-        let weak = Arc::downgrade(&self.inner);
+        let performer = Warmer(Arc::downgrade(&self.inner));
         let warm = Arc::clone(warm);
         let span = tracing::debug_span!(parent: None, "warm", server = %&self.inner.server_id[..8]);
-        self.inner.tasks.spawn(span, async move {
-            loop {
-                let due = warm.due();
-                tokio::select! {
-                    () = warm.stop.cancelled() => return,
-                    () = warm.changed.notified() => continue,
-                    () = sleep_until(due) => {}
-                }
-                // A change may have moved the deadline meanwhile.
-                if warm.due().is_some_and(|d| d <= Instant::now()) {
-                    let Some(inner) = weak.upgrade() else { return };
-                    Client { inner }.warm("timer").await;
-                }
-            }
-        });
+        self.inner
+            .tasks
+            .spawn(span, async move { warm.run(performer).await });
     }
 
-    /// One warm: a ping of the live session, or a new session if there is
-    /// none (or it does not answer), in a `session.warm` span of its own.
-    async fn warm(&self, trigger: &'static str) -> WarmStatus {
-        let warm = &self.inner.warm;
-        let _one = warm.one_at_a_time.lock().await;
-        warm.update(Schedule::warm_started);
+    /// One warm in a `session.warm` span of its own: a ping of the live
+    /// session (or of one another call or warm just established), or a new
+    /// session if there is none or it does not answer.
+    async fn warm_once(&self, trigger: Trigger) -> (WarmOutcome, Duration) {
         let tracer = opentelemetry::global::tracer("core-client");
-        let live = self.live_session().await;
-        let mut builder = tracer
+        let mut span = tracer
             .span_builder(spans::SESSION_WARM)
             .with_attributes(vec![
                 KeyValue::new("rex.server.id", self.inner.server_id.clone()),
-                KeyValue::new("rex.warm.trigger", trigger),
-            ]);
-        if let Some(origin) = live
+                KeyValue::new("rex.warm.trigger", trigger.name()),
+            ])
+            .start_with_context(&tracer, &Context::new());
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
+        let (outcome, latency, kind, pinged) = self.ping_or_establish(&cx).await;
+        if let Some(origin) = pinged
             .as_ref()
             .map(SessionHandle::origin)
             .filter(|o| o.is_valid())
         {
-            builder = builder.with_links(vec![Link::with_context(origin.clone())]);
+            span.add_link(origin.clone(), Vec::new());
         }
-        let mut span = builder.start_with_context(&tracer, &Context::new());
-        let cx = Context::new().with_remote_span_context(span.span_context().clone());
-        let started = Instant::now();
-        let timeout = self.inner.config.handshake_timeout;
-        let pinged = match &live {
-            Some(s) => match tokio::time::timeout(timeout, s.ping()).await {
-                Ok(Ok(rtt)) => Some(rtt),
-                Ok(Err(_)) => None,
-                Err(_) => {
-                    // It does not answer: a new session replaces it.
-                    s.abandon();
-                    None
-                }
-            },
-            None => None,
-        };
-        let (outcome, latency, kind) = match pinged {
-            Some(rtt) => (WarmOutcome::Ok, rtt, "ping"),
-            None => match self.session(&cx).await {
-                Ok(_) => (WarmOutcome::Ok, started.elapsed(), "establish"),
-                Err(e) => {
-                    span.set_status(SpanStatus::error(e.to_string()));
-                    (WarmOutcome::Failed(e), started.elapsed(), "establish")
-                }
-            },
-        };
+        if let WarmOutcome::Failed(e) = &outcome {
+            span.set_status(SpanStatus::error(e.to_string()));
+        }
         span.set_attribute(KeyValue::new("rex.warm.kind", kind));
         span.set_attribute(KeyValue::new(
             "rex.warm.latency_ns",
             i64::try_from(latency.as_nanos()).unwrap_or(i64::MAX),
         ));
         span.end();
-        warm.update(|s| s.warm_finished(outcome, latency, Now::system()));
-        warm.status()
+        (outcome, latency)
     }
 
-    /// The live session, if there is one.
-    async fn live_session(&self) -> Option<SessionHandle> {
-        self.inner
-            .session
-            .lock()
-            .await
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .cloned()
+    /// Pings the session there is (the round trip), or establishes one
+    /// (the time it took): the outcome, latency, kind (`ping`,
+    /// `establish`) and the session pinged.
+    async fn ping_or_establish(
+        &self,
+        cx: &Context,
+    ) -> (WarmOutcome, Duration, &'static str, Option<SessionHandle>) {
+        let started = Instant::now();
+        let timeout = self.inner.config.handshake_timeout;
+        // A session that does not answer is replaced, once.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let session = match self.session(cx).await {
+                Ok((_, Warmth::Cold)) => {
+                    return (WarmOutcome::Ok, started.elapsed(), "establish", None);
+                }
+                Ok((s, Warmth::Warm | Warmth::Waited)) => s,
+                Err(e) => {
+                    return (WarmOutcome::Failed(e), started.elapsed(), "establish", None);
+                }
+            };
+            let failure = match tokio::time::timeout(timeout, session.ping()).await {
+                Ok(Ok(rtt)) => return (WarmOutcome::Ok, rtt, "ping", Some(session)),
+                // It has ended: the next look finds it closed.
+                Ok(Err(lost)) => ClientError::SessionLost(lost),
+                Err(_) => {
+                    // It does not answer: a new session replaces it.
+                    session.abandon();
+                    ClientError::Connect(ConnectError::Timeout(Waiting::ExecServer))
+                }
+            };
+            if attempts >= 2 {
+                return (
+                    WarmOutcome::Failed(failure),
+                    started.elapsed(),
+                    "ping",
+                    Some(session),
+                );
+            }
+        }
     }
 
     /// A ready session: the live one, or one established now with its
     /// set-up spans under `cx`; and how it was found.
     async fn session(&self, cx: &Context) -> Result<(SessionHandle, Warmth), ClientError> {
+        // Sessions are counted under the lock: one counted while this
+        // dispatch waited for the lock was being established when it came.
+        let opened = self.inner.sessions_opened.load(Ordering::Acquire);
         let (mut guard, waited) = match self.inner.session.try_lock() {
             Ok(guard) => (guard, false),
-            Err(_) => {
-                let establishing = self.inner.establishing.load(Ordering::Acquire);
-                (self.inner.session.lock().await, establishing)
-            }
+            Err(_) => (self.inner.session.lock().await, true),
         };
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
-            let warmth = if waited { Warmth::Waited } else { Warmth::Warm };
+            let established_meanwhile =
+                waited && self.inner.sessions_opened.load(Ordering::Acquire) != opened;
+            let warmth = if established_meanwhile {
+                Warmth::Waited
+            } else {
+                Warmth::Warm
+            };
             return Ok((s.clone(), warmth));
         }
-        self.inner.establishing.store(true, Ordering::Release);
         let config = &self.inner.config;
         let result = async {
             let channel = {
@@ -280,9 +281,8 @@ impl Client {
             .map_err(|_| ConnectError::Timeout(Waiting::Establishing))?
         }
         .await;
-        self.inner.establishing.store(false, Ordering::Release);
         let (handle, _) = result?;
-        self.inner.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        self.inner.sessions_opened.fetch_add(1, Ordering::AcqRel);
         *guard = Some(handle.clone());
         Ok((handle, Warmth::Cold))
     }
@@ -339,6 +339,9 @@ impl Client {
             store: None,
             args: config.record_args,
         };
+        // The call counts from its dispatch: no warm is scheduled until it
+        // ends (or fails).
+        let active = self.inner.warm.call();
         let mut dispatch = Dispatch::begin(&spec, &self.inner.server_id, records);
         let cx = dispatch.cx.clone();
         // A session found dead before anything was sent is replaced once.
@@ -396,7 +399,7 @@ impl Client {
                             terminal,
                             spec.login_shell,
                         ),
-                        Some(self.inner.warm.call()),
+                        Some(active),
                     ));
                 }
                 // The session ended before the request was queued: a new
@@ -414,11 +417,20 @@ impl Client {
     }
 }
 
-/// Sleeps until `due`, or forever without one.
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
+/// The client as its warm timer sees it: held weakly, so that the timer
+/// does not keep a client nobody else holds.
+struct Warmer(Weak<Inner>);
+
+impl Perform for Warmer {
+    async fn perform(&self, trigger: Trigger) -> Option<(WarmOutcome, Duration)> {
+        let inner = self.0.upgrade()?;
+        Some(Client { inner }.warm_once(trigger).await)
+    }
+}
+
+impl Perform for Client {
+    async fn perform(&self, trigger: Trigger) -> Option<(WarmOutcome, Duration)> {
+        Some(self.warm_once(trigger).await)
     }
 }
 

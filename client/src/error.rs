@@ -413,6 +413,20 @@ pub enum AgentError {
     Lost(&'static str),
 }
 
+impl AgentError {
+    /// Whether no agent listens at the socket at all (it is stale, or gone),
+    /// as against one that is there but could not take the call (busy, at
+    /// its limit, not ours to use).
+    pub fn agent_gone(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(
+            self,
+            AgentError::Unavailable { source, .. }
+                if matches!(source.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound)
+        )
+    }
+}
+
 /// What is wrong with a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRequest {
@@ -463,5 +477,26 @@ impl ClientError {
             Self::Agent(_) => true,
             Self::InvalidRequest(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn only_a_socket_nobody_listens_on_means_the_agent_is_gone() {
+        let unavailable = |kind: ErrorKind| AgentError::Unavailable {
+            path: "/run/rex/agent.sock".into(),
+            source: Arc::new(std::io::Error::from(kind)),
+        };
+        assert!(unavailable(ErrorKind::ConnectionRefused).agent_gone());
+        assert!(unavailable(ErrorKind::NotFound).agent_gone());
+        // There, but busy (its backlog full) or not ours to use.
+        assert!(!unavailable(ErrorKind::WouldBlock).agent_gone());
+        assert!(!unavailable(ErrorKind::PermissionDenied).agent_gone());
+        assert!(!AgentError::Busy("full".into()).agent_gone());
+        assert!(!AgentError::Lost("closed the connection").agent_gone());
     }
 }

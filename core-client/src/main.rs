@@ -55,22 +55,25 @@ fn main() -> ExitCode {
             )
         }),
         CliCommand::Agent { command } => match command {
-            AgentCommand::Start(args) => cli::agent::check(&args).and_then(|()| {
-                if args.foreground {
-                    with_runtime(trace_file, &["core-client-agent"], |export, flusher| {
-                        // Each call's spans are written before its CLI
-                        // exits when both use the local trace file.
-                        let flusher = matches!(export, Export::File(_)).then_some(flusher);
-                        cli::agent::run_foreground(args, flusher)
-                    })
-                } else {
-                    cli::agent::start(&args, trace_file.as_deref())
-                }
-            }),
+            AgentCommand::Start(args) => cli::agent::check(&args)
+                .and_then(|()| context())
+                .and_then(|ctx| {
+                    if args.foreground {
+                        with_runtime(trace_file, &["core-client-agent"], |export, flusher| {
+                            // Each call's spans are written before its CLI
+                            // exits when both use the local trace file.
+                            let flusher = matches!(export, Export::File(_)).then_some(flusher);
+                            cli::agent::run_foreground(args, flusher, ctx)
+                        })
+                    } else {
+                        cli::agent::start(&args, trace_file.as_deref(), config.as_deref(), &ctx)
+                    }
+                }),
             AgentCommand::Stop => cli::agent::stop(),
             AgentCommand::Status { json } => {
                 context().and_then(|ctx| cli::agent::status(json, &ctx.names()))
             }
+            AgentCommand::Warm(args) => context().and_then(|ctx| cli::agent::warm(&args, &ctx)),
         },
         CliCommand::Completions { shell } => cli::completions(shell),
         CliCommand::Man { subcommand } => cli::man(subcommand.as_deref()),

@@ -258,6 +258,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
             data_dir: scratch.path().join("cold"),
             // Where no agent runs.
             agent_socket: scratch.path().join("no-agent").join("agent.sock"),
+            through_agent: false,
         };
         if args.wants("cold") {
             progress(&latency::cold(rounds, &cold, ssh).await?, &mut done);
@@ -268,12 +269,14 @@ async fn bench(args: &Args) -> Result<bool, String> {
             let warm = ColdClient {
                 agent_socket: scratch.path().join("agent").join("agent.sock"),
                 data_dir: scratch.path().join("cli-warm"),
+                through_agent: true,
                 ..cold.clone()
             };
             let agent = |verb: &str| {
                 std::process::Command::new(&warm.binary)
                     .args(["agent", verb])
                     .env("REX_AGENT_SOCKET", &warm.agent_socket)
+                    .env("XDG_CONFIG_HOME", warm.data_dir.join("config"))
                     .env("REX_TRACE_FILE", warm.data_dir.join("traces.jsonl"))
                     .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
                     .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")

@@ -196,13 +196,20 @@ pub fn path_spans(spans: &[RecordedSpan]) -> Option<Vec<RecordedSpan>> {
 /// The spans of trace `trace_id` in a local trace file (OTLP JSON, one
 /// `TracesData` per line).
 pub fn from_trace_file(path: &std::path::Path, trace_id: &str) -> Vec<RecordedSpan> {
+    all_from_trace_file(path)
+        .into_iter()
+        .filter(|s| s.trace_id == trace_id)
+        .collect()
+}
+
+/// Every span in a local trace file.
+pub fn all_from_trace_file(path: &std::path::Path) -> Vec<RecordedSpan> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             serde_json::from_str::<opentelemetry_proto::tonic::trace::v1::TracesData>(l).ok()
         })
         .flat_map(|data| crate::otlp::flatten(&data.resource_spans))
-        .filter(|s| s.trace_id == trace_id)
         .collect()
 }
 

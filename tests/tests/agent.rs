@@ -1,18 +1,22 @@
 //! The local agent (`core-client agent`) with the three binaries as
 //! processes: start, status and stop; execs through it behaving exactly as
 //! without it (stdin, output, exit codes, signals, the login shell named by
-//! the shell the exec-server started); `--no-agent`; a stale
-//! socket; the agent killed in the middle of a command; another user
-//! refused; a CLI that stops reading holding up its own call only; and the
+//! the shell the exec-server started); `--no-agent`; a stale socket, and a
+//! busy agent's socket left alone; the agent killed in the middle of a
+//! command; another user refused; a CLI that stops reading holding up its
+//! own call only; its bounds (sessions, connections); the config file's
+//! `warm` option (servers warm from the agent's start) and `agent warm`;
+//! recovering from a relay restart by its next warm; and the
 //! agent as a hop of the trace, which still tiles.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
 use integration_tests::binaries::{self, ProcStack};
 use integration_tests::trace_check;
@@ -53,9 +57,94 @@ impl Fixture {
     }
 
     fn start_agent(&self) -> u32 {
-        let out = self.agent(&["start", "--persist", "10m"]).output().unwrap();
+        self.start_agent_with(&[])
+    }
+
+    /// `agent start --persist 10m ARGS`: its pid.
+    fn start_agent_with(&self, args: &[&str]) -> u32 {
+        let out = self
+            .agent(&["start", "--persist", "10m"])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         self.status()["pid"].as_u64().unwrap() as u32
+    }
+
+    /// Writes the config file `exec NAME` and the agent read.
+    fn write_config(&self, config: &str) {
+        let dir = self.dir().join("config").join("rex");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+    }
+
+    /// A `[servers.NAME]` table for this stack's exec-server through
+    /// `relay`, with `warm` if given.
+    fn server_table(&self, name: &str, relay: &str, warm: Option<&str>) -> String {
+        let mut table = format!(
+            "[servers.{name}]\nrelay = \"{relay}\"\nserver = \"{}\"\nkey = \"{}\"\n",
+            self.stack.server_pub,
+            self.stack.client_key.display()
+        );
+        if let Some(w) = warm {
+            table.push_str(&format!("warm = \"{w}\"\n"));
+        }
+        table
+    }
+
+    /// `core-client ARGS` in this fixture's sandbox (its config, trace
+    /// file and agent).
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = binaries::core_client(self.dir()).unwrap();
+        cmd.args(args);
+        cmd
+    }
+
+    /// `core-client exec` through `relay` (another spelling of the stack's
+    /// relay is another route to the agent).
+    fn exec_via(&self, relay: &str, argv: &[&str]) -> Command {
+        binaries::exec_command(
+            relay,
+            &self.stack.server_pub,
+            &self.stack.client_key,
+            &[],
+            argv,
+        )
+        .unwrap()
+    }
+
+    /// The session held for `target`, from `agent status --json`.
+    fn session(&self, target: &str) -> Option<serde_json::Value> {
+        self.status()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"] == target)
+            .cloned()
+    }
+
+    /// Every span the CLI and the agent wrote so far.
+    fn spans(&self) -> Vec<integration_tests::otlp::RecordedSpan> {
+        trace_check::all_from_trace_file(&self.dir().join("traces.jsonl"))
+    }
+
+    /// The `session.warm` spans of the agent made on `trigger`.
+    fn warms(&self, trigger: &str) -> Vec<integration_tests::otlp::RecordedSpan> {
+        self.spans()
+            .into_iter()
+            .filter(|s| s.name == spans::SESSION_WARM && s.service == "core-client-agent")
+            .filter(|s| s.attr_str("rex.warm.trigger") == Some(trigger))
+            .collect()
+    }
+
+    /// `rex.session.warmth` of the agent's `session.acquire` for a command
+    /// run with `--print-trace-id`.
+    fn warmth_of(&self, out: &Output) -> String {
+        let id = binaries::printed_trace_id(out).unwrap();
+        let spans = trace_check::from_trace_file(&self.dir().join("traces.jsonl"), &id);
+        let acquire = trace_check::one(&spans, spans::SESSION_ACQUIRE);
+        assert_eq!(acquire.service, "core-client-agent", "through the agent");
+        acquire.attr_str("rex.session.warmth").unwrap().to_owned()
     }
 
     fn status(&self) -> serde_json::Value {
@@ -441,5 +530,410 @@ fn the_agent_survives_a_relay_restart() {
     // one, through the same agent.
     let out = f.stack.exec(&["echo", "after"]).output().unwrap();
     assert_eq!(out.stdout, b"after\n", "{}", text(&out.stderr));
+    assert_eq!(f.served(), 2);
+}
+
+/// The stack's relay by another name: another route for the agent.
+fn other_spelling(relay_url: &str) -> String {
+    relay_url.replace("127.0.0.1", "localhost")
+}
+
+/// A child whose stdout lines arrive on a channel (read by a thread of its
+/// own), so that a test can wait for one without hanging.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line of its stdout.
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(PATIENCE)
+            .expect("no line from the command")
+    }
+
+    /// Its exit code and the rest of its stdout (lines) and stderr.
+    fn finish(mut self) -> (Option<i32>, Vec<String>, String) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("the command did not end");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let rest = self.lines.iter().collect();
+        (status.code(), rest, err)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+/// Polls `agent status --json` until `wanted` accepts it.
+fn until_status(f: &Fixture, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = f.status();
+        if wanted(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never got there: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn persist_is_passed_on_exactly() {
+    let f = Fixture::new();
+    let out = f
+        .agent(&["start", "--persist", "90500ms"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(f.status()["persist_ms"], 90_500, "not rounded to seconds");
+}
+
+#[test]
+fn servers_with_a_warm_interval_are_warm_from_the_agents_start() {
+    let f = Fixture::new();
+    let relay = f.stack.relay_url.clone();
+    let other = other_spelling(&relay);
+    f.write_config(&format!(
+        "{}{}",
+        f.server_table("box", &relay, Some("1h")),
+        f.server_table("quiet", &other, Some("off"))
+    ));
+    let out = f.agent(&["start", "--persist", "10m"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("keeping 1 server warm"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    // `box` is held and had its first warm before `agent start` returned;
+    // `quiet` is not held.
+    let status = f.status();
+    assert_eq!(status["sessions"].as_array().unwrap().len(), 1);
+    let held = f.session(&relay).expect("box held from the start");
+    assert_eq!(held["warm"]["enabled"], true);
+    assert_eq!(held["warm"]["interval_ms"], 3_600_000);
+    assert_eq!(held["warm"]["last_outcome"], "ok");
+    assert_eq!(held["calls_served"], 0);
+    let last = held["warm"]["last_warm_at_ms"].as_u64().unwrap();
+    assert_eq!(held["warm"]["next_warm_at_ms"], last + 3_600_000);
+    // The first command to it finds its session warm.
+    let out = f
+        .cli(&["exec", "--print-trace-id", "box", "--", "echo", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"hi\n", "{}", text(&out.stderr));
+    assert_eq!(f.warmth_of(&out), "warm");
+    // `quiet` is held from its first command, and not warmed on a timer.
+    let out = f
+        .cli(&["exec", "quiet", "--", "echo", "q"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"q\n", "{}", text(&out.stderr));
+    let quiet = f.session(&other).expect("held once used");
+    assert_eq!(quiet["warm"]["enabled"], false);
+    assert_eq!(quiet["warm"]["next_warm_at_ms"], serde_json::Value::Null);
+    assert_eq!(quiet["calls_served"], 1);
+    // A command's `warm` option changes the session's policy.
+    let out = f
+        .cli(&["exec", "-o", "warm=2h", "quiet", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let quiet = f.session(&other).unwrap();
+    assert_eq!(quiet["warm"]["enabled"], true);
+    assert_eq!(quiet["warm"]["interval_ms"], 7_200_000);
+}
+
+#[test]
+fn agent_warm_warms_now_and_starts_the_cycle_again() {
+    let f = Fixture::new();
+    let relay = f.stack.relay_url.clone();
+    f.write_config(&f.server_table("box", &relay, Some("1h")));
+    f.start_agent();
+    let before = f.session(&relay).unwrap();
+    let first = before["warm"]["last_warm_at_ms"].as_u64().unwrap();
+    assert!(f.warms("manual").is_empty());
+    // By name.
+    let out = f.cli(&["agent", "warm", "box"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with(&format!("box via {relay}: warm (")),
+        "{said}"
+    );
+    assert!(said.contains("; next warm in "), "{said}");
+    // One more warm, a ping of the session held, and the cycle counts from
+    // it.
+    let manual = f.warms("manual");
+    assert_eq!(manual.len(), 1);
+    assert_eq!(manual[0].attr_str("rex.warm.kind"), Some("ping"));
+    let after = f.session(&relay).unwrap();
+    let last = after["warm"]["last_warm_at_ms"].as_u64().unwrap();
+    assert!(last >= first);
+    assert_eq!(after["warm"]["next_warm_at_ms"], last + 3_600_000);
+    assert_eq!(after["warm"]["last_outcome"], "ok");
+    // With no name: every session held.
+    let out = f.cli(&["agent", "warm"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+    assert_eq!(f.warms("manual").len(), 2);
+    // A server not held yet, named by flags: held now, its session
+    // established by the warm.
+    let other = other_spelling(&relay);
+    let key = f.stack.client_key.display().to_string();
+    let out = f
+        .cli(&[
+            "agent",
+            "warm",
+            "--relay",
+            &other,
+            "--server",
+            &f.stack.server_pub,
+            "--key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manual = f.warms("manual");
+    assert_eq!(manual.len(), 3);
+    assert!(
+        manual
+            .iter()
+            .any(|w| w.attr_str("rex.warm.kind") == Some("establish"))
+    );
+    let held = f.session(&other).expect("held by the warm");
+    assert_eq!(held["warm"]["last_outcome"], "ok");
+    assert_eq!(held["calls_served"], 0);
+    // A warm that fails says why and exits 1.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = f
+        .cli(&[
+            "agent",
+            "warm",
+            "--relay",
+            &nowhere,
+            "--server",
+            &f.stack.server_pub,
+            "--key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("failed: cannot reach"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn at_most_max_sessions_are_held() {
+    let f = Fixture::new();
+    f.start_agent_with(&["--max-sessions", "1"]);
+    let a = f.stack.relay_url.clone();
+    let b = other_spelling(&a);
+    let out = f.exec_via(&a, &["echo", "a"]).output().unwrap();
+    assert_eq!(out.stdout, b"a\n", "{}", text(&out.stderr));
+    assert!(f.session(&a).is_some());
+    // A new route takes the place of the idle one used least recently.
+    let out = f.exec_via(&b, &["echo", "b"]).output().unwrap();
+    assert_eq!(out.stdout, b"b\n", "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let status = f.status();
+    assert_eq!(status["sessions"].as_array().unwrap().len(), 1);
+    assert!(f.session(&a).is_none(), "dropped");
+    assert_eq!(f.session(&b).unwrap()["calls_served"], 1);
+    // With its one session running a command, a command for another route
+    // runs without the agent, saying so in one line.
+    let long = Running::spawn(f.exec_via(&b, &["sh", "-c", "echo ready; read x; echo $x"]));
+    assert_eq!(long.line(), "ready");
+    let out = f.exec_via(&a, &["echo", "around"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"around\n");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the agent is busy") && err.contains("running without the agent"),
+        "{err}"
+    );
+    assert!(f.socket.exists());
+    let status = f.status();
+    assert_eq!(status["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(status["calls_running"], 1);
+    let mut long = long;
+    long.child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"done\n")
+        .unwrap();
+    let (code, rest, err) = long.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(rest, ["done"]);
+    assert_eq!(f.session(&b).unwrap()["calls_served"], 2);
+}
+
+#[test]
+fn a_busy_agent_keeps_its_socket_and_the_command_runs_without_it() {
+    let f = Fixture::new();
+    f.start_agent_with(&["--max-connections", "1"]);
+    let long = Running::spawn(f.stack.exec(&["sh", "-c", "echo ready; read x; echo $x"]));
+    assert_eq!(long.line(), "ready");
+    // The one connection is taken: the next command runs without the
+    // agent, and the agent's socket stays.
+    let out = f.stack.exec(&["echo", "second"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"second\n");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("busy"), "{err}");
+    assert!(!err.contains("stale"), "{err}");
+    assert!(f.socket.exists(), "a live agent's socket is never removed");
+    let status = f.agent(&["status"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        text(&status.stderr).contains("busy"),
+        "{}",
+        text(&status.stderr)
+    );
+    let mut long = long;
+    long.child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"first\n")
+        .unwrap();
+    let (code, rest, err) = long.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(rest, ["first"]);
+    // Free again: through the agent.
+    let out = f.stack.exec(&["echo", "third"]).output().unwrap();
+    assert_eq!(out.stdout, b"third\n");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(f.served(), 2);
+}
+
+#[test]
+fn signals_reach_the_remote_command_through_the_agent_as_without_it() {
+    use nix::sys::signal::Signal;
+    let f = Fixture::new();
+    f.start_agent();
+    let trap = "trap 'echo caught; exit 7' TERM; echo ready; sleep 60 >/dev/null 2>&1 & wait";
+    for (flags, through) in [(&[][..], true), (&["--no-agent"][..], false)] {
+        let served = if through { f.served() } else { 0 };
+        // Ctrl-C: the remote command dies of it, and so the CLI exits 130.
+        let run = Running::spawn(
+            f.stack
+                .exec_with(flags, &["sh", "-c", "echo ready; exec sleep 60"]),
+        );
+        assert_eq!(run.line(), "ready");
+        run.signal(Signal::SIGINT);
+        let (code, rest, err) = run.finish();
+        assert_eq!(code, Some(130), "through the agent: {through}: {err}");
+        assert!(rest.is_empty());
+        // SIGTERM reaches the command's own handler: its output and its
+        // exit status come back.
+        let run = Running::spawn(f.stack.exec_with(flags, &["sh", "-c", trap]));
+        assert_eq!(run.line(), "ready");
+        run.signal(Signal::SIGTERM);
+        let (code, rest, err) = run.finish();
+        assert_eq!(code, Some(7), "through the agent: {through}: {err}");
+        assert_eq!(rest, ["caught"]);
+        assert!(err.is_empty(), "{err}");
+        if through {
+            assert_eq!(f.served(), served + 2, "both ran through the agent");
+        }
+    }
+}
+
+#[test]
+fn the_agent_recovers_by_its_next_warm_after_a_relay_restart() {
+    let mut f = Fixture::new();
+    f.start_agent_with(&["--warm-interval", "200ms"]);
+    let out = f.stack.exec(&["echo", "before"]).output().unwrap();
+    assert_eq!(out.stdout, b"before\n");
+    let addr = f.stack.relay_url.trim_start_matches("http://").to_owned();
+    let _ = f.stack.relay.child.kill();
+    let _ = f.stack.relay.child.wait();
+    let restarted = unix_ms_now();
+    f.stack.relay = binaries::spawn("relay", &["--listen", &addr], &[]).unwrap();
+    f.stack
+        .server
+        .wait_for_line("registered with relay", PATIENCE)
+        .unwrap();
+    // With no command, a warm after the restart brings the session back.
+    let relay = f.stack.relay_url.clone();
+    until_status(&f, |s| {
+        s["sessions"].as_array().unwrap().iter().any(|h| {
+            h["target"] == relay.as_str()
+                && h["warm"]["last_warm_at_ms"]
+                    .as_u64()
+                    .is_some_and(|t| t > restarted)
+                && h["warm"]["last_outcome"] == "ok"
+        })
+    });
+    // The next command finds it warm.
+    let out = f
+        .stack
+        .exec_with(&["--print-trace-id"], &["echo", "after"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"after\n", "{}", text(&out.stderr));
+    assert_eq!(f.warmth_of(&out), "warm");
     assert_eq!(f.served(), 2);
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use integration_tests::proxy::{self, Behaviour, Hold};
 use integration_tests::stack::Stack;
@@ -81,6 +81,17 @@ fn warm_client(stack: &Stack, policy: WarmPolicy) -> Client {
     Client::new(config)
 }
 
+/// A client with `policy` on, once the warm it makes at creation (which
+/// establishes its session) is over: nothing of the test races it.
+async fn warmed_client(stack: &Stack, policy: WarmPolicy) -> (Client, WarmStatus) {
+    let client = warm_client(stack, policy);
+    let mut rx = client.subscribe();
+    let first = until(&mut rx, |s| s.last_warm_at.is_some() && !s.warming).await;
+    assert!(first.last_outcome.as_ref().is_some_and(WarmOutcome::is_ok));
+    assert_eq!(client.sessions_opened(), 1);
+    (client, first)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warms_keep_one_session_and_each_says_when_the_next_fires() {
     exporter();
@@ -117,8 +128,7 @@ async fn warms_keep_one_session_and_each_says_when_the_next_fires() {
 async fn calls_pause_the_timer_and_the_last_to_end_rearms_it() {
     exporter();
     let stack = Stack::start().await.unwrap();
-    let client = warm_client(&stack, WarmPolicy::every(NEVER));
-    let warmed = client.warm_now().await;
+    let (client, warmed) = warmed_client(&stack, WarmPolicy::every(NEVER)).await;
     assert!(warmed.next_warm_at.is_some());
     let mut spec = ExecSpec::new(["sh", "-c", "read x; echo $x"]);
     spec.stdin = true;
@@ -131,17 +141,18 @@ async fn calls_pause_the_timer_and_the_last_to_end_rearms_it() {
     );
     run.write_stdin(b"bye\n").await.unwrap();
     run.close_stdin().await.unwrap();
+    let before_end = SystemTime::now();
     let out = run.output().await.unwrap();
+    let after_end = SystemTime::now();
     assert_eq!(out.stdout, b"bye\n");
     let after = client.warm_status();
     assert_eq!(after.active, 0);
     let next = after
         .next_warm_at
         .expect("re-armed when the last call ended");
-    assert!(
-        next > warmed.next_warm_at.unwrap(),
-        "a full interval from the call's end, which came after the warm"
-    );
+    // A full interval from the call's end, which came between the two
+    // readings of the clock.
+    assert!(next >= before_end + NEVER && next <= after_end + NEVER);
     assert_eq!(
         after.last_warm_at, warmed.last_warm_at,
         "the call was no warm"
@@ -152,7 +163,7 @@ async fn calls_pause_the_timer_and_the_last_to_end_rearms_it() {
 async fn a_manual_warm_starts_the_cycle_again() {
     exporter();
     let stack = Stack::start().await.unwrap();
-    let client = warm_client(&stack, WarmPolicy::every(NEVER));
+    let (client, initial) = warmed_client(&stack, WarmPolicy::every(NEVER)).await;
     let mut rx = client.subscribe();
     let first = client.warm_now().await;
     let second = client.warm_now().await;
@@ -160,6 +171,7 @@ async fn a_manual_warm_starts_the_cycle_again() {
         assert!(s.last_outcome.as_ref().is_some_and(WarmOutcome::is_ok));
         assert_eq!(s.next_warm_at, Some(s.last_warm_at.unwrap() + NEVER));
     }
+    assert!(first.last_warm_at > initial.last_warm_at);
     assert!(second.last_warm_at > first.last_warm_at);
     // Subscribers heard of it (once: nothing more is pending after).
     let seen = until(&mut rx, |s| s.last_warm_at == second.last_warm_at).await;
@@ -172,8 +184,7 @@ async fn a_manual_warm_starts_the_cycle_again() {
 async fn a_warm_establishes_a_session_that_is_gone() {
     exporter();
     let stack = Stack::start().await.unwrap();
-    let client = warm_client(&stack, WarmPolicy::every(NEVER));
-    client.warm_now().await;
+    let (client, _) = warmed_client(&stack, WarmPolicy::every(NEVER)).await;
     client.close().await;
     let again = client.warm_now().await;
     assert!(again.last_outcome.as_ref().is_some_and(WarmOutcome::is_ok));
@@ -190,35 +201,52 @@ async fn a_warm_establishes_a_session_that_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_warm_says_why_and_is_tried_again_next_tick() {
-    exporter();
+    let exporter = exporter();
     let stack = Stack::start().await.unwrap();
     // A relay address where nothing listens.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut config = ClientConfig::new(
-        stack.client_key.clone(),
-        stack.server.key.public(),
-        Target::Relay(url),
-    );
-    config.warm = WarmPolicy::every(NEVER);
+    // A server of this test's own, so that its warms' spans are told apart.
+    let server = proto::keys::StaticKeypair::generate().unwrap().public();
+    let mut config = ClientConfig::new(stack.client_key.clone(), server, Target::Relay(url));
+    config.warm = WarmPolicy::every(Duration::from_millis(200));
     let client = Client::new(config);
-    let failed = client.warm_now().await;
-    assert!(
+    let mut rx = client.subscribe();
+    let unreachable = |s: &WarmStatus| {
         matches!(
-            failed.last_outcome,
+            s.last_outcome,
             Some(WarmOutcome::Failed(ClientError::Connect(
                 ConnectError::Unreachable { .. }
             )))
-        ),
-        "{:?}",
-        failed.last_outcome
-    );
+        )
+    };
+    // The warm at creation fails and says why...
+    let failed = until(&mut rx, |s| s.last_warm_at.is_some() && !s.warming).await;
+    assert!(unreachable(&failed), "{:?}", failed.last_outcome);
     assert_eq!(
         failed.next_warm_at,
-        Some(failed.last_warm_at.unwrap() + NEVER),
-        "tried again on the next tick"
+        Some(failed.last_warm_at.unwrap() + Duration::from_millis(200)),
+        "due again on the next tick"
     );
+    // ...and the timer makes it again on the next tick, with the same
+    // result.
+    let retried = until(&mut rx, |s| {
+        s.last_warm_at > failed.last_warm_at && !s.warming
+    })
+    .await;
+    assert!(unreachable(&retried), "{:?}", retried.last_outcome);
+    client.set_warm_policy(WarmPolicy::off());
+    let spans = exporter.get_finished_spans().unwrap();
+    let warms = of_server(&spans, &server.server_id(), spans::SESSION_WARM);
+    assert!(warms.len() >= 2, "{} warms", warms.len());
+    for w in warms {
+        assert_eq!(attr(w, "rex.warm.trigger"), Some(Value::from("timer")));
+        assert!(matches!(
+            w.status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,13 +279,13 @@ async fn session_acquire_says_whether_the_session_was_warm_waited_for_or_cold() 
     )
     .await
     .unwrap();
-    let mut config = ClientConfig::new(
+    // Warms only when the test asks (a warm on a timer would race the
+    // first call).
+    let client = Client::new(ClientConfig::new(
         stack.client_key.clone(),
         stack.server.key.public(),
         Target::Relay(url),
-    );
-    config.warm = WarmPolicy::every(NEVER);
-    let client = Client::new(config);
+    ));
     let warmth = |run: &rex_client::Execution| {
         let trace = run.trace_id().unwrap();
         let spans = exporter.get_finished_spans().unwrap();
@@ -294,6 +322,8 @@ async fn session_acquire_says_whether_the_session_was_warm_waited_for_or_cold() 
     // warm is establishing (the proxy holds it meanwhile).
     let mut call = Box::pin(client.exec(echo()));
     assert!(futures::poll!(&mut call).is_pending());
+    // It counts as running from its dispatch: no warm is scheduled.
+    assert_eq!(client.warm_status().active, 1);
     hold.release(1);
     let warmed = warming.await.unwrap();
     assert!(warmed.last_outcome.unwrap().is_ok());
@@ -329,4 +359,60 @@ async fn session_acquire_says_whether_the_session_was_warm_waited_for_or_cold() 
             "{stage} under the establishing warm"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_that_finds_a_session_another_call_just_opened_pings_it() {
+    let exporter = exporter();
+    let stack = Stack::start().await.unwrap();
+    let hold = Hold::new();
+    let url = proxy::start(
+        stack.relay.url(),
+        Behaviour {
+            hold: Some(hold.clone()),
+            ..Behaviour::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client = Client::new(ClientConfig::new(
+        stack.client_key.clone(),
+        stack.server.key.public(),
+        Target::Relay(url),
+    ));
+    // A call establishes the session; the proxy holds it meanwhile.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.output(ExecSpec::new(["echo", "x"])).await }
+    });
+    tokio::time::timeout(PATIENCE, hold.arrived(1))
+        .await
+        .unwrap();
+    // A warm asked for now waits for that session...
+    let mut warm = Box::pin(client.warm_now());
+    assert!(futures::poll!(&mut warm).is_pending());
+    hold.release(1);
+    let out = call.await.unwrap().unwrap().unwrap();
+    assert_eq!(out.stdout, b"x\n");
+    // ...and pings it: no second session.
+    let warmed = warm.await;
+    assert!(warmed.last_outcome.unwrap().is_ok());
+    assert_eq!(client.sessions_opened(), 1);
+    let spans = exporter.get_finished_spans().unwrap();
+    let trigger = Value::from("manual");
+    let warms: Vec<&SpanData> = of_server(
+        &spans,
+        &stack.server.key.public().server_id(),
+        spans::SESSION_WARM,
+    )
+    .into_iter()
+    .filter(|w| attr(w, "rex.warm.trigger") == Some(trigger.clone()))
+    .collect();
+    assert_eq!(warms.len(), 1);
+    assert_eq!(attr(warms[0], "rex.warm.kind"), Some(Value::from("ping")));
+    assert_eq!(
+        warms[0].links.links.len(),
+        1,
+        "linked to the span the session was established under"
+    );
 }

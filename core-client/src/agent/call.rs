@@ -5,9 +5,12 @@
 //!
 //! Three tasks serve a call, so that nothing one direction does holds up
 //! the other: the reader (requests: signals and cancels go through at once,
-//! stdin into a queue the window bounds), the stdin writer (into the call,
-//! acknowledged back so the CLI may send more), and the pump (events out to
-//! the CLI's socket; a CLI that stops reading stops its own call only).
+//! stdin into a queue the window bounds in bytes), the stdin writer (into
+//! the call, acknowledged back so the CLI may send more), and the pump
+//! (events out to the CLI's socket; a CLI that stops reading stops its own
+//! call only). A failure is passed on typed as the library types it, so
+//! that the CLI prints the same line and exits with the same code as
+//! without the agent.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -24,9 +27,9 @@ use proto::pb::session::terminal_event::Kind;
 use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, TerminalEvent, exited,
 };
-use rex_client::agent::{STDIN_WINDOW, encode};
-use rex_client::{Controller, Event, ExecFailure, ExecSpec, ExitStatus, Target};
-use tokio::sync::mpsc;
+use rex_client::agent::{STDIN_MESSAGE_COST, STDIN_WINDOW, encode, stdin_cost};
+use rex_client::{Controller, Event, ExecFailure, ExecSpec, ExitStatus, Target, WarmPolicy};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::pool::{PoolError, Route};
@@ -41,14 +44,19 @@ pub(super) async fn serve(
     reader: Reader,
     mut writer: Writer,
 ) {
-    let route = match route_of(&exec) {
-        Ok(r) => r,
-        Err(message) => {
+    let (route, key_file, warm) = match exec.route.as_ref().map(route_of) {
+        Some(Ok(r)) => r,
+        Some(Err(message)) => {
+            let _ = writer.send(encode(&failure(false, false, message))).await;
+            return;
+        }
+        None => {
+            let message = "the call names no route".to_owned();
             let _ = writer.send(encode(&failure(false, false, message))).await;
             return;
         }
     };
-    let (claim, clients) = match agent.pool.claim(&route, &PathBuf::from(&exec.key_file)) {
+    let (claim, clients) = match agent.pool.claim(&route, &key_file, warm) {
         Ok(c) => c,
         Err(e @ PoolError::Busy(_)) => {
             let _ = writer
@@ -96,16 +104,16 @@ pub(super) async fn serve(
         return;
     };
     let control = run.controller();
-    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_WINDOW as usize);
+    let stdin = StdinQueue::new();
     let (taken_tx, mut taken_rx) = mpsc::channel::<u64>(64);
     let gone = CancellationToken::new();
     agent.tasks.spawn(
         tracing::debug_span!("agent stdin"),
-        write_stdin(control.clone(), stdin_rx, taken_tx),
+        write_stdin(control.clone(), stdin.rx, taken_tx),
     );
     agent.tasks.spawn(
         tracing::debug_span!("agent requests"),
-        read_requests(reader, control, stdin_tx, gone.clone()),
+        read_requests(reader, control, stdin.tx, gone.clone()),
     );
     // The pump: events out, and stdin acknowledgements.
     let mut seq = 0u64;
@@ -127,22 +135,8 @@ pub(super) async fn serve(
                 let Some(ev) = ev else { break };
                 let last = matches!(ev, Event::Exited(_) | Event::Failed(_));
                 let ended = if last { run.ended_at().map_or(0, unix_nanos) } else { 0 };
-                let body = match ev {
-                    // The agent's calls see a resume only as a pause.
-                    Event::Reconnecting | Event::Resumed => continue,
-                    Event::Failed(ExecFailure::SessionLost(lost)) => {
-                        reply::Body::Failure(wire::Failure {
-                            connection: true,
-                            busy: false,
-                            message: format!("session lost: {lost}"),
-                        })
-                    }
-                    other => reply::Body::Event(TerminalEvent {
-                        seq,
-                        kind: to_kind(other),
-                        timings: None,
-                    }),
-                };
+                // The agent's calls see a resume only as a pause.
+                let Some(body) = body_of(ev, seq) else { continue };
                 seq += 1;
                 let reply = wire::Reply {
                     body: Some(body),
@@ -170,8 +164,11 @@ pub(super) async fn serve(
     agent.activity();
 }
 
-/// What the agent needs of the request: the route, checked.
-fn route_of(exec: &wire::Exec) -> Result<Route, String> {
+/// What the agent needs of a route: the route (the pool's key), checked,
+/// the client's key file and the warm policy asked for, if any.
+pub(super) fn route_of(
+    route: &wire::Route,
+) -> Result<(Route, PathBuf, Option<WarmPolicy>), String> {
     let key = |bytes: &Bytes, what: &str| -> Result<PublicKey, String> {
         let array: [u8; 32] = bytes
             .as_ref()
@@ -179,27 +176,39 @@ fn route_of(exec: &wire::Exec) -> Result<Route, String> {
             .map_err(|_| format!("the {what} key is not 32 bytes"))?;
         Ok(PublicKey::from_bytes(array))
     };
-    let targets: Vec<Target> = if exec.direct.is_empty() {
-        exec.relays.iter().cloned().map(Target::Relay).collect()
+    let targets: Vec<Target> = if route.direct.is_empty() {
+        route.relays.iter().cloned().map(Target::Relay).collect()
     } else {
-        vec![Target::Direct(exec.direct.clone())]
+        vec![Target::Direct(route.direct.clone())]
     };
     if targets.is_empty() {
         return Err("no relay or direct address".into());
     }
-    if !std::path::Path::new(&exec.key_file).is_absolute() {
+    let key_file = PathBuf::from(&route.key_file);
+    if !key_file.is_absolute() {
         return Err("the key file's path must be absolute".into());
     }
-    let ca_file = (!exec.ca_file.is_empty()).then(|| PathBuf::from(&exec.ca_file));
+    let ca_file = (!route.ca_file.is_empty()).then(|| PathBuf::from(&route.ca_file));
     if ca_file.as_ref().is_some_and(|p| !p.is_absolute()) {
         return Err("the CA file's path must be absolute".into());
     }
-    Ok(Route {
-        targets,
-        server: key(&exec.server_key, "exec-server's")?,
-        client: key(&exec.client_key, "client's")?,
-        ca_file,
-    })
+    let warm = route.warm.as_ref().map(|w| {
+        if w.off {
+            WarmPolicy::off()
+        } else {
+            WarmPolicy::every(std::time::Duration::from_millis(w.interval_ms))
+        }
+    });
+    Ok((
+        Route {
+            targets,
+            server: key(&route.server_key, "exec-server's")?,
+            client: key(&route.client_key, "client's")?,
+            ca_file,
+        },
+        key_file,
+        warm,
+    ))
 }
 
 /// The call as the agent makes it: forwarded, under the CLI's dispatch,
@@ -238,13 +247,63 @@ fn spec_of(
     spec
 }
 
+/// A call's stdin queue, bounded in bytes: each message costs
+/// [`stdin_cost`] of [`STDIN_WINDOW`], given back once the call took it
+/// (when the CLI is told it may send that much more).
+struct StdinQueue {
+    tx: StdinSender,
+    rx: StdinReceiver,
+}
+
+struct StdinSender {
+    queue: mpsc::Sender<Bytes>,
+    room: Arc<Semaphore>,
+}
+
+struct StdinReceiver {
+    queue: mpsc::Receiver<Bytes>,
+    room: Arc<Semaphore>,
+}
+
+impl StdinQueue {
+    fn new() -> Self {
+        // Every message costs at least STDIN_MESSAGE_COST: the window holds
+        // at most this many.
+        let most = (STDIN_WINDOW / STDIN_MESSAGE_COST) as usize;
+        let (tx, rx) = mpsc::channel(most);
+        let room = Arc::new(Semaphore::new(STDIN_WINDOW as usize));
+        Self {
+            tx: StdinSender {
+                queue: tx,
+                room: Arc::clone(&room),
+            },
+            rx: StdinReceiver { queue: rx, room },
+        }
+    }
+}
+
+impl StdinSender {
+    /// Queues `data` if the window has room for it; false if not (the CLI
+    /// sent beyond its window).
+    fn push(&self, data: Bytes) -> bool {
+        let Ok(permit) = self.room.try_acquire_many(stdin_cost(data.len())) else {
+            return false;
+        };
+        if self.queue.try_send(data).is_err() {
+            return false;
+        }
+        permit.forget();
+        true
+    }
+}
+
 /// The requests after the first: stdin into the queue (the window bounds
 /// it: more is the CLI breaking the protocol, which ends its call),
 /// signals and cancels into the call at once.
 async fn read_requests(
     mut reader: Reader,
     control: Controller,
-    stdin: mpsc::Sender<Bytes>,
+    stdin: StdinSender,
     gone: CancellationToken,
 ) {
     let mut stdin = Some(stdin);
@@ -264,8 +323,7 @@ async fn read_requests(
         };
         match req.body {
             Some(request::Body::Stdin(data)) => {
-                let fits = stdin.as_ref().is_some_and(|tx| tx.try_send(data).is_ok());
-                if !fits {
+                if !stdin.as_ref().is_some_and(|tx| tx.push(data)) {
                     gone.cancel();
                     return;
                 }
@@ -294,14 +352,16 @@ async fn read_requests(
     }
 }
 
-/// Writes the CLI's stdin into the call, telling the CLI what was taken.
-async fn write_stdin(control: Controller, mut rx: mpsc::Receiver<Bytes>, taken: mpsc::Sender<u64>) {
-    while let Some(data) = rx.recv().await {
-        let n = data.len() as u64;
+/// Writes the CLI's stdin into the call, telling the CLI what was taken
+/// (in window units: its room is given back).
+async fn write_stdin(control: Controller, mut rx: StdinReceiver, taken: mpsc::Sender<u64>) {
+    while let Some(data) = rx.queue.recv().await {
+        let cost = stdin_cost(data.len());
         if control.write_stdin(&data).await.is_err() {
             return;
         }
-        if taken.send(n).await.is_err() {
+        rx.room.add_permits(cost as usize);
+        if taken.send(u64::from(cost)).await.is_err() {
             return;
         }
     }
@@ -310,39 +370,64 @@ async fn write_stdin(control: Controller, mut rx: mpsc::Receiver<Bytes>, taken: 
     let _ = control.close_stdin().await;
 }
 
-/// An event as the agent protocol carries it.
-fn to_kind(ev: Event) -> Option<Kind> {
+/// An event as the agent protocol carries it, with its sequence number;
+/// `None` for what the CLI is not told (a resume is only a pause).
+/// Failures keep their type: the exec-server's by their kind, a lost
+/// output with its counts, a lost session as the connection failure it is.
+fn body_of(ev: Event, seq: u64) -> Option<reply::Body> {
+    let event = |kind: Kind| {
+        Some(reply::Body::Event(TerminalEvent {
+            seq,
+            kind: Some(kind),
+            timings: None,
+        }))
+    };
     let error = |kind: ExecErrorKind, message: String| {
-        Kind::Error(ExecError {
+        event(Kind::Error(ExecError {
             kind: kind as i32,
             message,
-        })
+        }))
     };
-    Some(match ev {
-        Event::Reconnecting | Event::Resumed => return None,
-        Event::Started { pid, program } => Kind::Started(Started {
+    let exited = |status: ExitStatus| Exited {
+        status: Some(match status {
+            ExitStatus::Code(c) => exited::Status::Code(c),
+            ExitStatus::Signal(s) => exited::Status::Signal(s),
+        }),
+    };
+    match ev {
+        Event::Reconnecting | Event::Resumed => None,
+        Event::Started { pid, program } => event(Kind::Started(Started {
             pid,
             program: program.unwrap_or_default(),
-        }),
-        Event::Stdout(d) => Kind::Stdout(d),
-        Event::Stderr(d) => Kind::Stderr(d),
-        Event::Exited(ExitStatus::Code(c)) => Kind::Exited(Exited {
-            status: Some(exited::Status::Code(c)),
-        }),
-        Event::Exited(ExitStatus::Signal(s)) => Kind::Exited(Exited {
-            status: Some(exited::Status::Signal(s)),
-        }),
-        Event::Failed(f) => {
-            let kind = match &f {
-                ExecFailure::NotFound(_) => ExecErrorKind::NotFound,
-                ExecFailure::PermissionDenied(_) => ExecErrorKind::PermissionDenied,
-                ExecFailure::BadCwd(_) => ExecErrorKind::BadCwd,
-                ExecFailure::Refused(_) => ExecErrorKind::BadRequest,
-                _ => ExecErrorKind::Internal,
-            };
-            error(kind, f.to_string())
-        }
-    })
+        })),
+        Event::Stdout(d) => event(Kind::Stdout(d)),
+        Event::Stderr(d) => event(Kind::Stderr(d)),
+        Event::Exited(status) => event(Kind::Exited(exited(status))),
+        Event::Failed(f) => match f {
+            ExecFailure::NotFound(m) => error(ExecErrorKind::NotFound, m),
+            ExecFailure::PermissionDenied(m) => error(ExecErrorKind::PermissionDenied, m),
+            ExecFailure::BadCwd(m) => error(ExecErrorKind::BadCwd, m),
+            ExecFailure::Refused(m) => error(ExecErrorKind::BadRequest, m),
+            ExecFailure::Remote(m) => error(ExecErrorKind::Internal, m),
+            ExecFailure::NoTerminal(m) => error(ExecErrorKind::NoTerminal, m),
+            ExecFailure::OutputLost {
+                stdout,
+                stderr,
+                exit,
+            } => Some(reply::Body::OutputLost(wire::OutputLost {
+                stdout,
+                stderr,
+                exit: exit.map(exited),
+            })),
+            lost @ (ExecFailure::SessionLost(_) | ExecFailure::Agent(_)) => {
+                Some(reply::Body::Failure(wire::Failure {
+                    connection: true,
+                    busy: false,
+                    message: lost.to_string(),
+                }))
+            }
+        },
+    }
 }
 
 fn failure(connection: bool, busy: bool, message: String) -> wire::Reply {
@@ -370,48 +455,124 @@ mod tests {
     #[test]
     fn a_request_names_its_route_or_is_refused() {
         let key = proto::keys::StaticKeypair::generate().unwrap().public();
-        let mut exec = wire::Exec {
+        let mut r = wire::Route {
             relays: vec!["http://a:1".into(), "http://b:2".into()],
             server_key: Bytes::copy_from_slice(key.as_bytes()),
             client_key: Bytes::copy_from_slice(key.as_bytes()),
             key_file: "/k".into(),
             ..Default::default()
         };
-        let route = route_of(&exec).unwrap();
+        let (route, key_file, warm) = route_of(&r).unwrap();
         assert_eq!(route.targets.len(), 2);
         assert_eq!(route.server, key);
-        exec.direct = "http://d:3".into();
+        assert_eq!(key_file, PathBuf::from("/k"));
+        assert_eq!(warm, None, "the agent's own policy");
+        r.warm = Some(wire::WarmOption {
+            off: false,
+            interval_ms: 1500,
+        });
         assert_eq!(
-            route_of(&exec).unwrap().targets,
+            route_of(&r).unwrap().2,
+            Some(WarmPolicy::every(Duration::from_millis(1500)))
+        );
+        r.warm = Some(wire::WarmOption {
+            off: true,
+            interval_ms: 0,
+        });
+        assert_eq!(route_of(&r).unwrap().2, Some(WarmPolicy::off()));
+        r.direct = "http://d:3".into();
+        assert_eq!(
+            route_of(&r).unwrap().0.targets,
             vec![Target::Direct("http://d:3".into())]
         );
-        exec.key_file = "relative".into();
-        assert!(route_of(&exec).unwrap_err().contains("absolute"));
-        exec.key_file = "/k".into();
-        exec.server_key = Bytes::from_static(b"short");
-        assert!(route_of(&exec).unwrap_err().contains("32 bytes"));
+        r.key_file = "relative".into();
+        assert!(route_of(&r).unwrap_err().contains("absolute"));
+        r.key_file = "/k".into();
+        r.server_key = Bytes::from_static(b"short");
+        assert!(route_of(&r).unwrap_err().contains("32 bytes"));
+    }
+
+    /// An event through the agent protocol and back, as the CLI gets it.
+    fn through(ev: Event) -> Event {
+        let body = body_of(ev, 0).expect("passed on");
+        rex_client::agent::event_of_reply(body).expect("an event")
     }
 
     #[test]
     fn events_keep_their_exit_codes_through_the_agent() {
-        let back = |ev| rex_client::agent::event_of(to_kind(ev).unwrap());
-        assert_eq!(to_kind(Event::Resumed), None);
-        assert_eq!(
-            back(Event::Exited(ExitStatus::Code(3))),
-            Event::Exited(ExitStatus::Code(3))
-        );
-        assert_eq!(
-            back(Event::Exited(ExitStatus::Signal(9))),
-            Event::Exited(ExitStatus::Signal(9))
-        );
-        let Event::Failed(f) = back(Event::Failed(ExecFailure::NotFound("x".into()))) else {
+        assert_eq!(body_of(Event::Resumed, 0), None);
+        assert_eq!(body_of(Event::Reconnecting, 0), None);
+        for ev in [
+            Event::Started {
+                pid: 7,
+                program: Some("bash".into()),
+            },
+            Event::Started {
+                pid: 8,
+                program: None,
+            },
+            Event::Stdout(Bytes::from_static(b"out")),
+            Event::Stderr(Bytes::from_static(b"err")),
+            Event::Exited(ExitStatus::Code(3)),
+            Event::Exited(ExitStatus::Signal(9)),
+        ] {
+            assert_eq!(through(ev.clone()), ev);
+        }
+    }
+
+    #[test]
+    fn failures_keep_their_type_line_and_exit_code_through_the_agent() {
+        let m = || "why".to_owned();
+        let lost = ExecFailure::OutputLost {
+            stdout: 10,
+            stderr: 2,
+            exit: Some(ExitStatus::Signal(15)),
+        };
+        // The same failure as without the agent: same type, same line,
+        // same code.
+        for f in [
+            ExecFailure::NotFound(m()),
+            ExecFailure::PermissionDenied(m()),
+            ExecFailure::BadCwd(m()),
+            ExecFailure::Refused(m()),
+            ExecFailure::Remote(m()),
+            ExecFailure::NoTerminal(m()),
+            lost.clone(),
+            ExecFailure::OutputLost {
+                stdout: 0,
+                stderr: 0,
+                exit: None,
+            },
+        ] {
+            assert_eq!(through(Event::Failed(f.clone())), Event::Failed(f));
+        }
+        // A lost session is a connection failure in the agent's words,
+        // printed and exiting as the library's would.
+        let agent = ExecFailure::Agent("session lost: the relay ended the link".into());
+        let Event::Failed(back) = through(Event::Failed(agent.clone())) else {
             panic!()
         };
-        assert_eq!(f.shell_code(), 127);
-        let Event::Failed(f) = back(Event::Failed(ExecFailure::BadCwd("x".into()))) else {
-            panic!()
-        };
-        assert_eq!(f.shell_code(), 126);
+        assert_eq!(back.to_string(), agent.to_string());
+        assert_eq!(back.shell_code(), 255);
+    }
+
+    #[test]
+    fn the_stdin_queue_is_bounded_in_bytes() {
+        let queue = StdinQueue::new();
+        let chunk = Bytes::from(vec![0u8; 32 * 1024]);
+        let fits = (STDIN_WINDOW / stdin_cost(chunk.len())) as usize;
+        for _ in 0..fits {
+            assert!(queue.tx.push(chunk.clone()));
+        }
+        assert!(!queue.tx.push(chunk.clone()), "beyond the window");
+        // Tiny messages count their cost too: the queue's count is bounded
+        // by the same window.
+        let small = StdinQueue::new();
+        let most = (STDIN_WINDOW / STDIN_MESSAGE_COST) as usize;
+        for _ in 0..most {
+            assert!(small.tx.push(Bytes::new()));
+        }
+        assert!(!small.tx.push(Bytes::new()));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //!
 //! Layout:
 //! - this module: [`Agent`] and [`run`]: the listener on the user's socket
-//!   (connections from other users refused by their peer credentials), the
-//!   first request of each connection (a call, `status` or `stop`), and
-//!   the idle timer (`--persist`);
+//!   (connections from other users refused by their peer credentials, and
+//!   beyond `--max-connections` answered busy), the first request of each
+//!   connection (a call, `status`, `warm` or `stop`), the sessions held
+//!   from the start (servers whose `warm` option is an interval), and the
+//!   idle timer (`--persist`);
 //! - [`place`]: where the socket lives, and its private directory;
 //! - [`pool`]: the sessions held (at most `--max-sessions`, each kept warm);
 //! - `call`: one CLI's call through the agent.
@@ -28,9 +30,10 @@ use futures::{SinkExt, StreamExt};
 use lifecycle::Tasks;
 use prost::Message;
 use proto::pb::agent::{self as wire, reply, request};
-use rex_client::WarmPolicy;
 use rex_client::agent::{codec, encode};
+use rex_client::{Client, WarmPolicy};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +46,9 @@ type Writer = FramedWrite<tokio::net::unix::OwnedWriteHalf, LengthDelimitedCodec
 const FIRST_REQUEST: Duration = Duration::from_secs(5);
 /// How long stopping waits for the sessions to close.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+/// Connections beyond the limit being told that the agent is busy, at
+/// most (more are closed at once).
+const REFUSING: usize = 16;
 
 /// The agent's settings.
 #[derive(Debug, Clone)]
@@ -53,8 +59,14 @@ pub struct Options {
     pub persist: Option<Duration>,
     /// Most sessions held.
     pub max_sessions: usize,
-    /// The warm policy of every session held.
+    /// Most connections open at once (calls, status, warm and stop).
+    pub max_connections: usize,
+    /// The warm policy of a session held for a server whose settings give
+    /// none.
     pub warm: WarmPolicy,
+    /// Sessions held from the start, warmed as each says (the servers
+    /// whose `warm` option is an interval).
+    pub prewarm: Vec<wire::Route>,
     /// Writes the agent's spans now: given when they go to the local trace
     /// file, so that each call's are there before its CLI exits.
     pub flusher: Option<telemetry::setup::Flusher>,
@@ -95,7 +107,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Notes a call starting or ending: the idle timer starts again.
+    /// Notes a call starting or ending (or a warm asked for): the idle
+    /// timer starts again.
     fn activity(&self) {
         *self
             .last_activity
@@ -128,7 +141,6 @@ impl Agent {
             }
             _ => 0,
         };
-        let ms = |t: Option<SystemTime>| t.map_or(0, unix_ms);
         wire::Status {
             pid: std::process::id(),
             started_unix_ms: unix_ms(self.started),
@@ -139,35 +151,67 @@ impl Agent {
             idle_until_unix_ms: idle_until,
             max_sessions: u32::try_from(self.pool.max()).unwrap_or(u32::MAX),
             calls_running: running,
-            sessions: self
-                .pool
-                .status()
-                .into_iter()
-                .map(|h| {
-                    let warm = h.warm.as_ref();
-                    wire::Held {
-                        server_id: h.server_id,
-                        target: h.target,
-                        client_key: h.client.to_string(),
-                        warm_enabled: warm.is_some_and(|w| w.enabled),
-                        warm_interval_ms: warm.map_or(0, |w| {
-                            u64::try_from(w.interval.as_millis()).unwrap_or(u64::MAX)
-                        }),
-                        next_warm_unix_ms: ms(warm.and_then(|w| w.next_warm_at)),
-                        last_warm_unix_ms: ms(warm.and_then(|w| w.last_warm_at)),
-                        last_warm_failure: match warm.and_then(|w| w.last_outcome.as_ref()) {
-                            Some(rex_client::WarmOutcome::Failed(e)) => e.to_string(),
-                            _ => String::new(),
-                        },
-                        last_latency_us: warm
-                            .and_then(|w| w.last_latency)
-                            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                        calls_running: h.running,
-                        calls_served: h.served,
-                    }
-                })
-                .collect(),
+            sessions: self.pool.status().into_iter().map(held_of).collect(),
         }
+    }
+
+    /// Holds `route`'s session (warmed as it says), or says why not.
+    fn hold(&self, route: &wire::Route) -> Result<(pool::Route, Client), String> {
+        let (route, key_file, warm) = call::route_of(route)?;
+        let client = self
+            .pool
+            .hold(&route, &key_file, warm)
+            .map_err(|e| e.to_string())?;
+        Ok((route, client))
+    }
+
+    /// `agent warm`: each route's session (every one held, when none is
+    /// named) warmed now, its cycle starting again.
+    async fn warm_now(&self, routes: &[wire::Route]) -> wire::Warmed {
+        let mut refused = Vec::new();
+        let clients: Vec<(pool::Route, Client)> = if routes.is_empty() {
+            self.pool.current()
+        } else {
+            routes
+                .iter()
+                .filter_map(|r| self.hold(r).map_err(|e| refused.push(e)).ok())
+                .collect()
+        };
+        futures::future::join_all(clients.iter().map(|(_, c)| c.warm_now())).await;
+        wire::Warmed {
+            sessions: clients
+                .iter()
+                .filter_map(|(route, _)| self.pool.status_of(route))
+                .map(held_of)
+                .collect(),
+            refused,
+        }
+    }
+}
+
+/// A held session as the agent protocol shows it.
+fn held_of(h: pool::HeldStatus) -> wire::Held {
+    let ms = |t: Option<SystemTime>| t.map_or(0, unix_ms);
+    let warm = h.warm.as_ref();
+    wire::Held {
+        server_id: h.server_id,
+        target: h.target,
+        client_key: h.client.to_string(),
+        warm_enabled: warm.is_some_and(|w| w.enabled),
+        warm_interval_ms: warm.map_or(0, |w| {
+            u64::try_from(w.interval.as_millis()).unwrap_or(u64::MAX)
+        }),
+        next_warm_unix_ms: ms(warm.and_then(|w| w.next_warm_at)),
+        last_warm_unix_ms: ms(warm.and_then(|w| w.last_warm_at)),
+        last_warm_failure: match warm.and_then(|w| w.last_outcome.as_ref()) {
+            Some(rex_client::WarmOutcome::Failed(e)) => e.to_string(),
+            _ => String::new(),
+        },
+        last_latency_us: warm
+            .and_then(|w| w.last_latency)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        calls_running: h.running,
+        calls_served: h.served,
     }
 }
 
@@ -181,17 +225,25 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 /// removed).
 pub async fn bind(socket: &Path) -> Result<UnixListener, AgentRunError> {
     place::prepare_dir(socket)?;
-    if socket.exists() {
-        if UnixStream::connect(socket).await.is_ok() {
-            return Err(AgentRunError::Running(socket.to_path_buf()));
-        }
-        // Nobody listens: a stale socket of an agent that died.
-        let _ = std::fs::remove_file(socket);
-    }
     let listen = |source| AgentRunError::Listen {
         path: socket.to_path_buf(),
         source,
     };
+    if socket.exists() {
+        use std::io::ErrorKind;
+        match UnixStream::connect(socket).await {
+            // Someone listens (if busy, still there).
+            Ok(_) => return Err(AgentRunError::Running(socket.to_path_buf())),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Err(AgentRunError::Running(socket.to_path_buf()));
+            }
+            // Nobody listens: a stale socket of an agent that died.
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+                let _ = std::fs::remove_file(socket);
+            }
+            Err(e) => return Err(listen(e)),
+        }
+    }
     let listener = UnixListener::bind(socket).map_err(listen)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
@@ -202,6 +254,8 @@ pub async fn bind(socket: &Path) -> Result<UnixListener, AgentRunError> {
 /// signal via `shutdown`, or `--persist` idle), then closes its sessions
 /// and removes its socket.
 pub async fn run(listener: UnixListener, options: Options, shutdown: CancellationToken) {
+    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
     let agent = Arc::new(Agent {
         pool: Pool::new(options.max_sessions, options.warm),
         tasks: Tasks::new(),
@@ -211,6 +265,12 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
         stop: shutdown.child_token(),
         options,
     });
+    // The servers to keep warm from the start: each warms at once.
+    for route in &agent.options.prewarm {
+        if let Err(e) = agent.hold(route) {
+            tracing::warn!(error = %e, "cannot keep a configured server warm");
+        }
+    }
     let uid = nix::unistd::getuid().as_raw();
     loop {
         let idle = idle_deadline(&agent);
@@ -230,11 +290,33 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
                 };
                 match stream.peer_cred() {
                     Ok(cred) if cred.uid() == uid => {
-                        let agent2 = Arc::clone(&agent);
-                        agent.tasks.spawn(
-                            tracing::debug_span!("agent connection"),
-                            connection(agent2, stream),
-                        );
+                        match Arc::clone(&connections).try_acquire_owned() {
+                            Ok(open) => {
+                                let agent2 = Arc::clone(&agent);
+                                agent.tasks.spawn(
+                                    tracing::debug_span!("agent connection"),
+                                    async move {
+                                        connection(agent2, stream).await;
+                                        drop(open);
+                                    },
+                                );
+                            }
+                            // At the limit: told it is busy (the CLI runs
+                            // its command itself), while few are being
+                            // told; else closed at once.
+                            Err(_) => {
+                                if let Ok(telling) = Arc::clone(&refusing).try_acquire_owned() {
+                                    let limit = agent.options.max_connections;
+                                    agent.tasks.spawn(
+                                        tracing::debug_span!("agent refusal"),
+                                        async move {
+                                            refuse_busy(stream, limit).await;
+                                            drop(telling);
+                                        },
+                                    );
+                                }
+                            }
+                        }
                     }
                     Ok(cred) => {
                         tracing::warn!(uid = cred.uid(), "refused a connection from another user");
@@ -291,6 +373,18 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream) {
             };
             let _ = writer.send(encode(&status)).await;
         }
+        Some(request::Body::Warm(w)) => {
+            // Asked to keep sessions warm: not idle.
+            agent.activity();
+            let warmed = agent.warm_now(&w.routes).await;
+            // The warms' spans are written before the CLI hears of them.
+            agent.flush_spans().await;
+            let reply = wire::Reply {
+                body: Some(reply::Body::Warmed(warmed)),
+                ended_unix_nanos: 0,
+            };
+            let _ = writer.send(encode(&reply)).await;
+        }
         Some(request::Body::Stop(_)) => {
             let stopping = wire::Reply {
                 body: Some(reply::Body::Stopping(wire::Empty {})),
@@ -305,30 +399,62 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream) {
     }
 }
 
-/// Asks the agent at `socket` for one reply to `request` (status, stop).
-pub async fn ask(socket: &Path, request: request::Body) -> std::io::Result<wire::Reply> {
+/// A connection beyond the limit: its first request is answered "busy"
+/// (bounded in time), and it is closed.
+async fn refuse_busy(stream: UnixStream, limit: usize) {
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, codec());
+    let mut writer = FramedWrite::new(write, codec());
+    let _ = tokio::time::timeout(FIRST_REQUEST, async {
+        let _ = reader.next().await;
+        let busy = wire::Reply {
+            body: Some(reply::Body::Failure(wire::Failure {
+                connection: false,
+                busy: true,
+                message: format!("it has {limit} connections open, its most"),
+            })),
+            ended_unix_nanos: 0,
+        };
+        let _ = writer.send(encode(&busy)).await;
+    })
+    .await;
+}
+
+/// Asks the agent at `socket` for one reply to `request` (status, warm,
+/// stop); a busy agent's refusal is an error.
+pub async fn ask(
+    socket: &Path,
+    request: request::Body,
+    wait: Duration,
+) -> std::io::Result<wire::Reply> {
+    use std::io::{Error, ErrorKind};
+    let did_not_answer = || Error::new(ErrorKind::TimedOut, "the agent did not answer");
     let stream = tokio::time::timeout(FIRST_REQUEST, UnixStream::connect(socket))
         .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "the agent did not answer")
-        })??;
+        .map_err(|_| did_not_answer())??;
     let mut framed = tokio_util::codec::Framed::new(stream, codec());
     framed
         .send(encode(&wire::Request {
             body: Some(request),
         }))
         .await?;
-    match tokio::time::timeout(FIRST_REQUEST, framed.next()).await {
+    let reply = match tokio::time::timeout(wait, framed.next()).await {
         Ok(Some(Ok(bytes))) => wire::Reply::decode(bytes.freeze())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Ok(Some(Err(e))) => Err(e),
-        Ok(None) => Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the agent closed the connection",
+            .map_err(|e| Error::new(ErrorKind::InvalidData, e))?,
+        Ok(Some(Err(e))) => return Err(e),
+        Ok(None) => {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "the agent closed the connection",
+            ));
+        }
+        Err(_) => return Err(did_not_answer()),
+    };
+    match reply.body {
+        Some(reply::Body::Failure(f)) if f.busy => Err(Error::new(
+            ErrorKind::ResourceBusy,
+            format!("the agent is busy: {}", f.message),
         )),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the agent did not answer",
-        )),
+        _ => Ok(reply),
     }
 }

@@ -1,8 +1,10 @@
 //! The sessions the agent holds: one client (kept warm) per route — the
 //! same relays or direct address, exec-server key and client key — at
 //! most a set number of them. A new route takes the place of the one used
-//! least recently among those with no call running; when every one is in
-//! use, the call is refused as busy (the CLI then runs it itself).
+//! least recently among those with no call running (its session closes);
+//! when every one is in use, the call is refused as busy (the CLI then runs
+//! it itself). Each route is warmed as the latest call or warm for it asked
+//! (the server's `warm` option), else as the agent's `--warm-interval` says.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,8 +32,10 @@ pub struct Route {
 #[derive(Debug)]
 struct Held {
     clients: Vec<Option<Client>>,
-    /// The target that worked last (tried first).
+    /// The target that worked last (tried first, and the one kept warm).
     current: usize,
+    /// Its warm policy.
+    warm: WarmPolicy,
     running: u32,
     served: u64,
     last_used: Instant,
@@ -98,7 +102,8 @@ pub struct HeldStatus {
 }
 
 impl Pool {
-    /// A pool of at most `max` sessions, each kept warm by `warm`.
+    /// A pool of at most `max` sessions, each kept warm by `warm` unless
+    /// its calls ask otherwise.
     pub fn new(max: usize, warm: WarmPolicy) -> Arc<Self> {
         Arc::new(Self {
             held: Mutex::new(HashMap::new()),
@@ -113,73 +118,22 @@ impl Pool {
     }
 
     /// Claims `route`'s session for a call (making room, and reading the
-    /// key file, for a new route); the targets' clients in the order to
-    /// try them.
+    /// key file, for a new route; warming it as `warm` says, if it says);
+    /// the targets' clients in the order to try them.
     pub fn claim(
         self: &Arc<Self>,
         route: &Route,
         key_file: &Path,
+        warm: Option<WarmPolicy>,
     ) -> Result<(Claim, Vec<(usize, Client)>), PoolError> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if !held.contains_key(route) {
-            if held.len() >= self.max {
-                let idle = held
-                    .iter()
-                    .filter(|(_, h)| h.running == 0)
-                    .min_by_key(|(_, h)| h.last_used)
-                    .map(|(r, _)| r.clone());
-                match idle {
-                    // Its client closes its session once dropped.
-                    Some(r) => {
-                        held.remove(&r);
-                    }
-                    None => return Err(PoolError::Busy(held.len())),
-                }
-            }
-            held.insert(
-                route.clone(),
-                Held {
-                    clients: vec![None; route.targets.len()],
-                    current: 0,
-                    running: 0,
-                    served: 0,
-                    last_used: Instant::now(),
-                },
-            );
-        }
-        let Some(h) = held.get_mut(route) else {
-            return Err(PoolError::Key("the route vanished".into()));
-        };
+        let h = self.entry(&mut held, route, warm)?;
         let mut key = None;
         let n = route.targets.len();
         let mut order = Vec::with_capacity(n);
-        for i in (0..n).map(|k| (h.current + k) % n) {
-            let client = match &h.clients[i] {
-                Some(c) => c.clone(),
-                None => {
-                    let key = match &key {
-                        Some(k) => k,
-                        None => key.insert(read_key(key_file, &route.client)?),
-                    };
-                    let mut config =
-                        ClientConfig::new(key.clone(), route.server, route.targets[i].clone())
-                            .alternates_of(&route.targets, i);
-                    config.resume = Some(rex_client::DEFAULT_RESUME);
-                    config.tls = match &route.ca_file {
-                        Some(ca) => TlsSettings::from_ca_file(ca)?,
-                        None => TlsSettings::system(),
-                    };
-                    config.warm = if i == h.current {
-                        self.warm
-                    } else {
-                        WarmPolicy::off()
-                    };
-                    let c = Client::new(config);
-                    h.clients[i] = Some(c.clone());
-                    c
-                }
-            };
-            order.push((i, client));
+        let first = h.current;
+        for i in (0..n).map(|k| (first + k) % n) {
+            order.push((i, client_of(h, route, i, key_file, &mut key)?));
         }
         h.running += 1;
         h.served += 1;
@@ -193,6 +147,83 @@ impl Pool {
         ))
     }
 
+    /// Holds `route`'s session (making room, and reading the key file, if
+    /// it is new) without a call, warmed as `warm` says if it says: the
+    /// client of the target tried first. Its session is established by its
+    /// first warm (at once when warms are on) or call.
+    pub fn hold(
+        &self,
+        route: &Route,
+        key_file: &Path,
+        warm: Option<WarmPolicy>,
+    ) -> Result<Client, PoolError> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = self.entry(&mut held, route, warm)?;
+        let current = h.current;
+        client_of(h, route, current, key_file, &mut None)
+    }
+
+    /// Every route held, with the client of the target tried first.
+    pub fn current(&self) -> Vec<(Route, Client)> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.iter()
+            .filter_map(|(r, h)| {
+                let c = h.clients.get(h.current).cloned().flatten()?;
+                Some((r.clone(), c))
+            })
+            .collect()
+    }
+
+    /// `route`'s entry, made (in the place of the idle one used least
+    /// recently, when full) if it is new, with its warm policy as `warm`
+    /// says if it says.
+    fn entry<'a>(
+        &self,
+        held: &'a mut HashMap<Route, Held>,
+        route: &Route,
+        warm: Option<WarmPolicy>,
+    ) -> Result<&'a mut Held, PoolError> {
+        if !held.contains_key(route) {
+            if held.len() >= self.max {
+                let idle = held
+                    .iter()
+                    .filter(|(_, h)| h.running == 0)
+                    .min_by_key(|(_, h)| h.last_used)
+                    .map(|(r, _)| r.clone());
+                match idle {
+                    // Its clients close their sessions once dropped.
+                    Some(r) => {
+                        held.remove(&r);
+                    }
+                    None => return Err(PoolError::Busy(held.len())),
+                }
+            }
+            held.insert(
+                route.clone(),
+                Held {
+                    clients: vec![None; route.targets.len()],
+                    current: 0,
+                    warm: warm.unwrap_or(self.warm),
+                    running: 0,
+                    served: 0,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        let Some(h) = held.get_mut(route) else {
+            return Err(PoolError::Key("the route vanished".into()));
+        };
+        if let Some(w) = warm
+            && w != h.warm
+        {
+            h.warm = w;
+            if let Some(Some(c)) = h.clients.get(h.current) {
+                c.set_warm_policy(w);
+            }
+        }
+        Ok(h)
+    }
+
     /// Target `i` of `route` worked: it is tried first from now on, and
     /// kept warm instead of the one before.
     pub fn worked(&self, route: &Route, i: usize) {
@@ -204,7 +235,7 @@ impl Pool {
                 old.set_warm_policy(WarmPolicy::off());
             }
             if let Some(Some(new)) = h.clients.get(i) {
-                new.set_warm_policy(self.warm);
+                new.set_warm_policy(h.warm);
             }
             h.current = i;
         }
@@ -219,26 +250,15 @@ impl Pool {
     /// Every session held, for `agent status`.
     pub fn status(&self) -> Vec<HeldStatus> {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<HeldStatus> = held
-            .iter()
-            .map(|(route, h)| {
-                let current = h.clients.get(h.current).and_then(Option::as_ref);
-                HeldStatus {
-                    server_id: route.server.server_id(),
-                    target: route
-                        .targets
-                        .get(h.current)
-                        .map(|t| t.url().to_owned())
-                        .unwrap_or_default(),
-                    client: route.client,
-                    warm: current.map(Client::warm_status),
-                    running: h.running,
-                    served: h.served,
-                }
-            })
-            .collect();
+        let mut out: Vec<HeldStatus> = held.iter().map(|(r, h)| status_of(r, h)).collect();
         out.sort_by(|a, b| a.server_id.cmp(&b.server_id).then(a.target.cmp(&b.target)));
         out
+    }
+
+    /// `route`'s session, if it is held.
+    pub fn status_of(&self, route: &Route) -> Option<HeldStatus> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(route).map(|h| status_of(route, h))
     }
 
     /// Closes every session cleanly (waiting, bounded by `within`).
@@ -252,6 +272,57 @@ impl Pool {
         let closing = futures::future::join_all(clients.iter().map(Client::close));
         let _ = tokio::time::timeout(within, closing).await;
     }
+}
+
+fn status_of(route: &Route, h: &Held) -> HeldStatus {
+    let current = h.clients.get(h.current).and_then(Option::as_ref);
+    HeldStatus {
+        server_id: route.server.server_id(),
+        target: route
+            .targets
+            .get(h.current)
+            .map(|t| t.url().to_owned())
+            .unwrap_or_default(),
+        client: route.client,
+        warm: current.map(Client::warm_status),
+        running: h.running,
+        served: h.served,
+    }
+}
+
+/// Target `i`'s client of `route`, made (reading the key file once into
+/// `key`) if it is not yet; warmed if it is the target tried first.
+fn client_of(
+    h: &mut Held,
+    route: &Route,
+    i: usize,
+    key_file: &Path,
+    key: &mut Option<StaticKeypair>,
+) -> Result<Client, PoolError> {
+    if let Some(Some(c)) = h.clients.get(i) {
+        return Ok(c.clone());
+    }
+    let key = match key {
+        Some(k) => k,
+        None => key.insert(read_key(key_file, &route.client)?),
+    };
+    let mut config = ClientConfig::new(key.clone(), route.server, route.targets[i].clone())
+        .alternates_of(&route.targets, i);
+    config.resume = Some(rex_client::DEFAULT_RESUME);
+    config.tls = match &route.ca_file {
+        Some(ca) => TlsSettings::from_ca_file(ca)?,
+        None => TlsSettings::system(),
+    };
+    config.warm = if i == h.current {
+        h.warm
+    } else {
+        WarmPolicy::off()
+    };
+    let c = Client::new(config);
+    if let Some(slot) = h.clients.get_mut(i) {
+        *slot = Some(c.clone());
+    }
+    Ok(c)
 }
 
 /// Reads the client's key file (refused if others may read it), which must

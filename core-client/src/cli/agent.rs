@@ -1,7 +1,9 @@
-//! `agent start`, `agent stop`, `agent status`: the local agent that holds
-//! warm sessions for later `exec`s (as ssh's ControlMaster).
+//! `agent start`, `agent stop`, `agent status`, `agent warm`: the local
+//! agent that holds warm sessions for later `exec`s (as ssh's
+//! ControlMaster).
 
 use lifecycle::durations::parse as parse_duration;
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,14 +13,22 @@ use clap::{Args, Subcommand};
 use proto::pb::agent::{self as wire, reply, request};
 use rex_client::WarmPolicy;
 
-use super::{CliError, EXIT_USAGE};
+use super::{CliError, Context, EXIT_USAGE};
 use crate::agent::{self, Options, place};
+use crate::config::options::Warm;
 use crate::names::ServerNames;
+use crate::settings::ServerArgs;
 
-/// How long `agent start` waits for the agent to answer.
-const START_WAIT: Duration = Duration::from_secs(10);
+/// How long `agent start` waits for the agent to answer, and for the
+/// first warm of the servers it keeps warm from the start.
+const START_WAIT: Duration = Duration::from_secs(30);
 /// How long `agent stop` waits for the agent to be gone.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How long `agent status` and `agent stop` wait for an answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// How long `agent warm` waits for the warms (each is bounded by the
+/// handshake timeout).
+const WARM_WAIT: Duration = Duration::from_secs(60);
 
 /// `agent` subcommands.
 #[derive(Debug, Subcommand)]
@@ -37,6 +47,22 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Warm sessions now: each named server's (held from now on if it was
+    /// not), or the one the flags name, or every session held when none
+    /// is named. Each one's cycle starts again: its next warm is a full
+    /// interval later.
+    Warm(WarmArgs),
+}
+
+/// `agent warm`'s servers.
+#[derive(Debug, Args, Clone)]
+pub struct WarmArgs {
+    /// Servers named in the config file or the known servers.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Or where and how, as `exec` takes it.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// `agent start`'s settings.
@@ -47,11 +73,17 @@ pub struct StartArgs {
     #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     pub persist: Duration,
     /// Most sessions held (a new server or key takes the place of the
-    /// session used least recently among those idle).
+    /// session used least recently among those idle; when all are running
+    /// commands, a command for another server runs without the agent).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_sessions: usize,
+    /// Most connections open at once (each command through the agent is
+    /// one): beyond it, the agent answers busy and the command runs
+    /// without it.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: usize,
     /// How often each held session is warmed (pinged, or established
-    /// again if lost).
+    /// again if lost), unless the server's `warm` option says otherwise.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub warm_interval: Duration,
     /// Run in this process, in the foreground (for a service manager).
@@ -63,19 +95,69 @@ fn options(
     args: &StartArgs,
     socket: PathBuf,
     flusher: Option<telemetry::setup::Flusher>,
+    prewarm: Vec<wire::Route>,
 ) -> Options {
     Options {
         socket,
         persist: (!args.persist.is_zero()).then_some(args.persist),
         max_sessions: args.max_sessions.max(1),
+        max_connections: args.max_connections.max(1),
         warm: WarmPolicy::every(args.warm_interval),
+        prewarm,
         flusher,
     }
 }
 
+/// The servers the agent keeps warm from its start: every server named in
+/// the config file or the known servers whose `warm` option (its own, or
+/// `[defaults]`'s) is an interval, as `exec NAME` would reach it. A server
+/// that cannot be (no relay, no key...) is named in `skipped`, with why.
+fn prewarm(ctx: &Context) -> (Vec<wire::Route>, Vec<String>) {
+    let mut names: BTreeSet<String> = ctx
+        .config
+        .as_ref()
+        .map(|c| c.servers.keys().cloned().collect())
+        .unwrap_or_default();
+    names.extend(ctx.known.entries().iter().filter_map(|k| k.name.clone()));
+    let mut routes = Vec::new();
+    let mut skipped = Vec::new();
+    for name in names {
+        let settings = match super::exec::settings(ctx, Some(&name), &ServerArgs::default()) {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push(format!("{name}: {}", e.message));
+                continue;
+            }
+        };
+        if !matches!(settings.warm.value, Warm::Every(_)) {
+            continue;
+        }
+        match route_of(ctx, &settings) {
+            Ok(route) => routes.push(route),
+            Err(e) => skipped.push(format!("{name}: {}", e.message)),
+        }
+    }
+    (routes, skipped)
+}
+
+/// The agent-protocol route of a server's settings, as `exec` reaches it.
+fn route_of(ctx: &Context, settings: &crate::settings::Settings) -> Result<wire::Route, CliError> {
+    let plan = super::exec::plan(settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
+    let config = super::exec::agent_config(place::socket_path(), settings, &plan, None, false)
+        .ok_or_else(|| CliError::usage("the client key file's path cannot be made absolute"))?;
+    Ok(config.route())
+}
+
 /// `agent start`: in the background (a process of its own that outlives
-/// this one), or in the foreground with `--foreground`.
-pub fn start(args: &StartArgs, trace_file: Option<&Path>) -> Result<u8, CliError> {
+/// this one), or in the foreground with `--foreground`. In the background,
+/// it returns once the servers kept warm from the start have had their
+/// first warm (so that the next `exec` finds them warm).
+pub fn start(
+    args: &StartArgs,
+    trace_file: Option<&Path>,
+    config: Option<&Path>,
+    ctx: &Context,
+) -> Result<u8, CliError> {
     let socket = place::socket_path();
     place::prepare_dir(&socket).map_err(|e| CliError::failed(e.to_string()))?;
     let log = socket.with_file_name("agent.log");
@@ -91,21 +173,32 @@ pub fn start(args: &StartArgs, trace_file: Option<&Path>) -> Result<u8, CliError
     let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
     let log_file = std::fs::File::create(&log)
         .map_err(|e| CliError::failed(format!("{}: {e}", log.display())))?;
+    // The agent works the servers to keep warm out itself; what it cannot
+    // keep warm is said here.
+    for why in prewarm(ctx).1 {
+        eprintln!("core-client: warning: not kept warm: {why}");
+    }
     let mut cmd = Command::new(exe);
     cmd.args(["agent", "start", "--foreground"])
         .arg("--persist")
-        .arg(format!("{}s", args.persist.as_secs()))
+        .arg(exactly(args.persist))
         .arg("--max-sessions")
         .arg(args.max_sessions.to_string())
+        .arg("--max-connections")
+        .arg(args.max_connections.to_string())
         .arg("--warm-interval")
-        .arg(format!("{}ms", args.warm_interval.as_millis()))
+        .arg(exactly(args.warm_interval))
         .env(place::SOCKET_ENV, &socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // It writes its spans where this process would.
+    // It writes its spans where this process would, and reads the config
+    // file this process read.
     if let Some(t) = trace_file {
         cmd.env(telemetry::trace_file::PATH_ENV, t);
+    }
+    if let Some(c) = config.and_then(|c| std::path::absolute(c).ok()) {
+        cmd.arg("--config").arg(c);
     }
     // Its own process group: the terminal's signals (Ctrl-C) are not its.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -115,13 +208,29 @@ pub fn start(args: &StartArgs, trace_file: Option<&Path>) -> Result<u8, CliError
     let deadline = Instant::now() + START_WAIT;
     loop {
         if let Ok(status) = runtime.block_on(status_of(&socket)) {
+            let status = first_warms(&runtime, &socket, status, deadline);
+            let names = ctx.names();
+            for h in &status.sessions {
+                if !h.last_warm_failure.is_empty() {
+                    eprintln!(
+                        "core-client: warning: {}: its first warm failed: {}",
+                        server_label(&names, &h.server_id),
+                        h.last_warm_failure
+                    );
+                }
+            }
             let persist = if args.persist.is_zero() {
                 "it runs until `core-client agent stop`".to_owned()
             } else {
                 format!("it stops after {} with no command", human(args.persist))
             };
+            let warm = match status.sessions.len() {
+                0 => String::new(),
+                1 => "; keeping 1 server warm".to_owned(),
+                n => format!("; keeping {n} servers warm"),
+            };
             println!(
-                "agent started (pid {}) at {}; {persist}",
+                "agent started (pid {}) at {}; {persist}{warm}",
                 status.pid,
                 socket.display()
             );
@@ -145,19 +254,53 @@ pub fn start(args: &StartArgs, trace_file: Option<&Path>) -> Result<u8, CliError
     }
 }
 
+/// A duration as `--persist` and `--warm-interval` take it, exactly.
+fn exactly(d: Duration) -> String {
+    format!("{}ns", d.as_nanos())
+}
+
+/// Waits (until `deadline`) for the first warm of each session the agent
+/// holds from its start (it holds them all before it answers): the status
+/// then.
+fn first_warms(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    mut status: wire::Status,
+    deadline: Instant,
+) -> wire::Status {
+    let done = |s: &wire::Status| {
+        s.sessions
+            .iter()
+            .all(|h| !h.warm_enabled || h.last_warm_unix_ms != 0)
+    };
+    while !done(&status) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        match runtime.block_on(status_of(socket)) {
+            Ok(s) => status = s,
+            Err(_) => break,
+        }
+    }
+    status
+}
+
 /// `agent start --foreground`: runs the agent until it is stopped.
 pub async fn run_foreground(
     args: StartArgs,
     flusher: Option<telemetry::setup::Flusher>,
+    ctx: Context,
 ) -> Result<u8, CliError> {
     let socket = place::socket_path();
     let listener = agent::bind(&socket)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
+    let (routes, skipped) = prewarm(&ctx);
+    for why in &skipped {
+        tracing::warn!("not kept warm: {why}");
+    }
     let tasks = lifecycle::Tasks::new();
     let shutdown = lifecycle::signals::stop_on_signals(&tasks);
     tracing::info!(socket = %socket.display(), "agent listening");
-    agent::run(listener, options(&args, socket, flusher), shutdown).await;
+    agent::run(listener, options(&args, socket, flusher, routes), shutdown).await;
     Ok(0)
 }
 
@@ -166,7 +309,11 @@ pub fn stop() -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
     let reply = runtime
-        .block_on(agent::ask(&socket, request::Body::Stop(wire::Empty {})))
+        .block_on(agent::ask(
+            &socket,
+            request::Body::Stop(wire::Empty {}),
+            ANSWER_WAIT,
+        ))
         .map_err(|e| not_running(&socket, &e))?;
     if !matches!(reply.body, Some(reply::Body::Stopping(_))) {
         return Err(CliError::failed("the agent did not agree to stop"));
@@ -196,15 +343,90 @@ pub fn status(json: bool, names: &ServerNames) -> Result<u8, CliError> {
     Ok(0)
 }
 
-fn not_running(socket: &Path, e: &std::io::Error) -> CliError {
-    CliError {
-        message: format!("no agent is running at {} ({e})", socket.display()),
-        code: 1,
+/// `agent warm [NAME...]`: the sessions warmed, one line each.
+pub fn warm(args: &WarmArgs, ctx: &Context) -> Result<u8, CliError> {
+    let socket = place::socket_path();
+    let flags = !args.server.relay.is_empty()
+        || args.server.direct.is_some()
+        || args.server.server.is_some()
+        || args.server.server_file.is_some();
+    let mut routes = Vec::new();
+    let names: Vec<Option<&str>> = if args.names.is_empty() {
+        if flags { vec![None] } else { Vec::new() }
+    } else {
+        args.names.iter().map(|n| Some(n.as_str())).collect()
+    };
+    for name in names {
+        let settings = super::exec::settings(ctx, name, &args.server)?;
+        routes.push(route_of(ctx, &settings)?);
     }
+    let runtime = runtime()?;
+    let reply = runtime
+        .block_on(agent::ask(
+            &socket,
+            request::Body::Warm(wire::WarmNow { routes }),
+            WARM_WAIT,
+        ))
+        .map_err(|e| not_running(&socket, &e))?;
+    let Some(reply::Body::Warmed(warmed)) = reply.body else {
+        return Err(CliError::failed("the agent answered something else"));
+    };
+    let names = ctx.names();
+    let text = warmed_lines(&warmed, &names, SystemTime::now());
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    for why in &warmed.refused {
+        eprintln!("core-client: cannot warm: {why}");
+    }
+    let failed = warmed
+        .sessions
+        .iter()
+        .any(|h| !h.last_warm_failure.is_empty());
+    Ok(u8::from(failed || !warmed.refused.is_empty()))
+}
+
+/// One line per session `agent warm` warmed: how it went and when the
+/// next warm is.
+pub fn warmed_lines(w: &wire::Warmed, names: &ServerNames, now: SystemTime) -> String {
+    let mut out = String::new();
+    if w.sessions.is_empty() && w.refused.is_empty() {
+        out.push_str("no sessions held (name a server to warm it)\n");
+    }
+    for h in &w.sessions {
+        let server = server_label(names, &h.server_id);
+        let how = if h.last_warm_failure.is_empty() {
+            format!("warm ({:.3} ms)", h.last_latency_us as f64 / 1000.0)
+        } else {
+            format!("failed: {}", h.last_warm_failure)
+        };
+        let next = if h.warm_enabled {
+            format!("next warm {}", relative(h.next_warm_unix_ms, now))
+        } else {
+            "not warmed on a timer".to_owned()
+        };
+        out.push_str(&format!("{server} via {}: {how}; {next}\n", h.target));
+    }
+    out
+}
+
+/// A server as the user knows it: its name, else its id's first digits.
+fn server_label(names: &ServerNames, id: &str) -> String {
+    names
+        .name(id)
+        .map_or_else(|| id[..id.len().min(16)].to_owned(), str::to_owned)
+}
+
+fn not_running(socket: &Path, e: &std::io::Error) -> CliError {
+    use std::io::ErrorKind;
+    let message = match e.kind() {
+        // There, but at its connection limit.
+        ErrorKind::ResourceBusy => format!("{e} (at {})", socket.display()),
+        _ => format!("no agent is running at {} ({e})", socket.display()),
+    };
+    CliError { message, code: 1 }
 }
 
 async fn status_of(socket: &Path) -> std::io::Result<wire::Status> {
-    match agent::ask(socket, request::Body::Status(wire::Empty {}))
+    match agent::ask(socket, request::Body::Status(wire::Empty {}), ANSWER_WAIT)
         .await?
         .body
     {
@@ -299,10 +521,7 @@ pub fn status_table(
         "last outcome"
     ));
     for h in &s.sessions {
-        let server = names.name(&h.server_id).map_or_else(
-            || h.server_id[..h.server_id.len().min(16)].to_owned(),
-            str::to_owned,
-        );
+        let server = server_label(names, &h.server_id);
         let next = if !h.warm_enabled {
             "off".to_owned()
         } else if h.next_warm_unix_ms == 0 && h.calls_running > 0 {
@@ -400,6 +619,49 @@ pub fn check(args: &StartArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_passed_to_the_agent_exactly() {
+        for d in [
+            Duration::from_millis(500),
+            Duration::from_millis(90_500),
+            Duration::from_nanos(1_500),
+            Duration::from_secs(600),
+        ] {
+            assert_eq!(parse_duration(&exactly(d)), Ok(d));
+        }
+    }
+
+    #[test]
+    fn agent_warm_says_how_each_warm_went_and_when_the_next_is() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let held = |failure: &str, enabled: bool| wire::Held {
+            server_id: "ab".repeat(16),
+            target: "http://10.0.0.5:7600".into(),
+            warm_enabled: enabled,
+            warm_interval_ms: 30_000,
+            next_warm_unix_ms: if enabled { 1_000_030_000 } else { 0 },
+            last_warm_unix_ms: 1_000_000_000,
+            last_warm_failure: failure.into(),
+            last_latency_us: 1_250,
+            ..Default::default()
+        };
+        let warmed = wire::Warmed {
+            sessions: vec![held("", true), held("cannot reach it", false)],
+            refused: vec![],
+        };
+        let text = warmed_lines(&warmed, &ServerNames::default(), now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "abababababababab via http://10.0.0.5:7600: warm (1.250 ms); next warm in 30s",
+                "abababababababab via http://10.0.0.5:7600: failed: cannot reach it; not warmed on a timer",
+            ]
+        );
+        let none = warmed_lines(&wire::Warmed::default(), &ServerNames::default(), now);
+        assert!(none.starts_with("no sessions held"));
+    }
 
     #[test]
     fn the_status_table_says_when_each_warm_fires_and_fired() {

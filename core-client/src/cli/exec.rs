@@ -21,8 +21,8 @@ use tokio::sync::watch;
 
 use super::life::{CliRun, ProcessStart};
 use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, tty};
-use crate::config::options::Terminal as TerminalOption;
-use crate::settings::{Inputs, Route, Settings};
+use crate::config::options::{Terminal as TerminalOption, Warm};
+use crate::settings::{Inputs, Route, Settings, Source};
 
 /// How long the CLI waits for a running agent to take its call.
 const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -601,6 +601,57 @@ enum ThroughAgent {
     Fallback,
 }
 
+/// The warm policy the settings give the agent for this server: `None`
+/// when nothing sets `warm` (the agent's own `--warm-interval` then).
+pub(super) fn warm_policy(settings: &Settings) -> Option<rex_client::WarmPolicy> {
+    if settings.warm.source == Source::Default {
+        return None;
+    }
+    Some(match settings.warm.value {
+        Warm::Off => rex_client::WarmPolicy::off(),
+        Warm::Every(d) => rex_client::WarmPolicy::every(d),
+    })
+}
+
+/// How a command reaches the agent at `socket` and what the agent needs
+/// to hold its session (`None` when the key file's path cannot be made
+/// absolute, or none is known).
+pub(super) fn agent_config(
+    socket: PathBuf,
+    settings: &Settings,
+    plan: &Plan,
+    records: Option<metadata::Persister>,
+    record_args: bool,
+) -> Option<AgentConfig> {
+    let key_file = settings
+        .key
+        .as_ref()
+        .and_then(|k| std::path::absolute(&k.value).ok())?;
+    let (relays, direct) = match &settings.route.as_ref().map(|r| &r.value) {
+        Some(Route::Direct(url)) => (Vec::new(), Some(url.clone())),
+        _ => (
+            plan.targets.iter().map(|t| t.url().to_owned()).collect(),
+            None,
+        ),
+    };
+    Some(AgentConfig {
+        socket,
+        relays,
+        direct,
+        server: plan.server,
+        key_file,
+        client: plan.key.public(),
+        ca_file: settings
+            .ca
+            .as_ref()
+            .and_then(|ca| std::path::absolute(&ca.value).ok()),
+        warm: warm_policy(settings),
+        timeout: AGENT_TIMEOUT,
+        metadata: records,
+        record_args,
+    })
+}
+
 /// Runs the call through a running agent, if there is one; otherwise
 /// (or when it cannot take the call) the command runs without it.
 async fn through_agent(
@@ -615,50 +666,31 @@ async fn through_agent(
     if !socket.exists() {
         return Ok(ThroughAgent::NoAgent);
     }
-    let Some(key_file) = settings
-        .key
-        .as_ref()
-        .and_then(|k| std::path::absolute(&k.value).ok())
+    let Some(config) = agent_config(socket.clone(), settings, plan, records, args.record_args)
     else {
         return Ok(ThroughAgent::NoAgent);
     };
-    let (relays, direct) = match &settings.route.as_ref().map(|r| &r.value) {
-        Some(Route::Direct(url)) => (Vec::new(), Some(url.clone())),
-        _ => (
-            plan.targets.iter().map(|t| t.url().to_owned()).collect(),
-            None,
-        ),
-    };
-    let agent = AgentClient::new(AgentConfig {
-        socket: socket.clone(),
-        relays,
-        direct,
-        server: plan.server,
-        key_file,
-        client: plan.key.public(),
-        ca_file: settings
-            .ca
-            .as_ref()
-            .and_then(|ca| std::path::absolute(&ca.value).ok()),
-        timeout: AGENT_TIMEOUT,
-        metadata: records,
-        record_args: args.record_args,
-    });
+    let agent = AgentClient::new(config);
     match agent.exec(spec.clone()).await {
         Ok(run) => {
             life.through_agent(agent);
             Ok(ThroughAgent::Started(Box::new(run)))
         }
-        Err(ClientError::Agent(AgentError::Unavailable { .. })) => {
-            // Nobody listens: an agent that died left its socket.
+        // Nobody listens: an agent that died left its socket.
+        Err(ClientError::Agent(e)) if e.agent_gone() => {
             let _ = std::fs::remove_file(&socket);
             eprintln!(
-                "core-client: warning: the agent at {} is gone (removed its stale socket);                  running without it",
+                "core-client: warning: the agent at {} is gone (removed its stale socket); \
+                 running without it",
                 socket.display()
             );
             Ok(ThroughAgent::Fallback)
         }
-        Err(ClientError::Agent(e @ (AgentError::Busy(_) | AgentError::Lost(_)))) => {
+        // An agent that is there but could not take the call: its socket
+        // stays.
+        Err(ClientError::Agent(
+            e @ (AgentError::Unavailable { .. } | AgentError::Busy(_) | AgentError::Lost(_)),
+        )) => {
             eprintln!("core-client: warning: {e}; running without the agent");
             Ok(ThroughAgent::Fallback)
         }

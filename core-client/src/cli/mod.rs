@@ -183,9 +183,11 @@ pub enum CliCommand {
     ///
     /// `exec` uses a running agent by itself for the same relay, server and
     /// key (`--no-agent` opts out), and runs without it, saying so in one
-    /// line, if it has gone. The agent listens on a socket only its user
-    /// may use: $REX_AGENT_SOCKET, else $XDG_RUNTIME_DIR/rex/agent.sock,
-    /// else /tmp/rex-agent-UID/agent.sock.
+    /// line, if it has gone or is busy. Servers whose `warm` option is an
+    /// interval are held and warmed from the agent's start; `agent warm`
+    /// warms now. The agent listens on a socket only its user may use:
+    /// $REX_AGENT_SOCKET, else $XDG_RUNTIME_DIR/rex/agent.sock, else
+    /// /tmp/rex-agent-UID/agent.sock.
     Agent {
         /// What to do.
         #[command(subcommand)]

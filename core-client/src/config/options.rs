@@ -1,6 +1,6 @@
 //! Per-server options the config file (and `-o KEY=VALUE`) may set: the
-//! warm policy, resume, and terminal allocation (over which `exec -t` and
-//! `-T` win). They are parsed and
+//! warm policy (which the local agent keeps), resume, and terminal
+//! allocation (over which `exec -t` and `-T` win). They are parsed and
 //! checked here; what this build cannot do yet is reported, never dropped
 //! silently ([`OptionValue::unsupported`]).
 
@@ -11,13 +11,16 @@ use std::time::Duration;
 /// The option keys, as written in the file and after `-o`.
 pub const OPTION_KEYS: [&str; 3] = ["warm", "resume", "terminal"];
 
-/// The warm policy: keep the session ready between commands.
+/// The warm policy: how the local agent (`core-client agent`) keeps the
+/// server's session ready between commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Warm {
-    /// No warming (each CLI invocation opens its own session).
+    /// Not warmed on a timer (the agent still holds the session its
+    /// commands use).
     #[default]
     Off,
-    /// Ping or re-establish the session on this interval.
+    /// Ping or re-establish the session on this interval; the agent holds
+    /// it from its start.
     Every(Duration),
 }
 
@@ -161,7 +164,6 @@ impl OptionValue {
     /// Why this value cannot be honoured by this build, if it cannot.
     pub fn unsupported(&self) -> Option<&'static str> {
         match self {
-            Self::Warm(Warm::Every(_)) => Some("a warm policy (a local agent holding sessions)"),
             Self::Resume(true) => Some("resuming commands over a new link"),
             _ => None,
         }
@@ -219,7 +221,8 @@ mod tests {
         assert!(
             OptionValue::Warm(Warm::Every(Duration::from_secs(1)))
                 .unsupported()
-                .is_some()
+                .is_none(),
+            "the agent keeps it"
         );
         assert!(OptionValue::Resume(true).unsupported().is_some());
         assert!(

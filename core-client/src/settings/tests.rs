@@ -297,11 +297,12 @@ fn options_flag_over_server_over_defaults_over_built_in() {
     );
     assert_eq!(s.resume, sourced(true, w.at(18)));
     assert_eq!(s.terminal, sourced(Terminal::Auto, w.at(19)));
-    // Never silently ignored: each is named with where it came from.
+    // Never silently ignored: each is named with where it came from (the
+    // warm policy is the agent's to keep).
     let warnings = s.unsupported();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].starts_with("warm = 120s (config "),
+        warnings[0].starts_with("resume = true (config "),
         "{warnings:?}"
     );
     assert!(

@@ -161,6 +161,10 @@ pub struct ColdClient {
     /// The agent socket it looks for: one where no agent runs for the
     /// cold scenario, a running agent's for `cli warm`.
     pub agent_socket: PathBuf,
+    /// Whether every run must go through the agent at `agent_socket`: a
+    /// run that fell back to a session of its own (it says so on stderr)
+    /// is an error, never measured as warm.
+    pub through_agent: bool,
 }
 
 impl ColdClient {
@@ -187,20 +191,54 @@ impl ColdClient {
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("TRACEPARENT")
             .env("REX_AGENT_SOCKET", &self.agent_socket)
+            // Never the user's own config file, known servers or agent.
+            .env("XDG_CONFIG_HOME", self.data_dir.join("config"))
             .stdin(Stdio::null())
             .output()
             .await
             .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
         let took = started.elapsed();
-        if out.status.success() && out.stdout.is_empty() {
-            Ok(took)
-        } else {
-            Err(format!(
+        if !out.status.success() || !out.stdout.is_empty() {
+            return Err(format!(
                 "core-client exec true went wrong: {}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            ));
         }
+        if self.through_agent && !out.stderr.is_empty() {
+            return Err(format!(
+                "core-client exec true did not run through the agent: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(took)
+    }
+
+    /// The calls the agent at `agent_socket` has served in all (`agent
+    /// status --json`).
+    pub async fn agent_served(&self) -> Result<u64, String> {
+        let out = tokio::process::Command::new(&self.binary)
+            .args(["agent", "status", "--json"])
+            .env("REX_AGENT_SOCKET", &self.agent_socket)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "core-client agent status: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("core-client agent status --json: {e}"))?;
+        let sessions = status["sessions"]
+            .as_array()
+            .ok_or("core-client agent status --json: no sessions")?;
+        Ok(sessions
+            .iter()
+            .filter_map(|s| s["calls_served"].as_u64())
+            .sum())
     }
 }
 
@@ -340,34 +378,50 @@ pub async fn cold(rounds: usize, client: &ColdClient, ssh: &Ssh) -> Result<Compa
 
 /// `cli warm`: `core-client exec ... -- true` as a new process through a
 /// running agent (its warm session) against `ssh` through a
-/// `ControlMaster`. Target ≤ 0.35.
+/// `ControlMaster`. Target ≤ 0.35. Every run is checked to have gone
+/// through the agent: none may say it fell back, and the agent's count of
+/// calls served must rise by exactly the number of runs.
 pub async fn cli_warm(
     rounds: usize,
     client: &ColdClient,
     ssh: &Ssh,
     master: &Path,
 ) -> Result<Comparison, String> {
+    if !client.through_agent {
+        return Err("cli warm measures runs through the agent only".into());
+    }
     let plan = Plan {
         rounds,
         warmup: 5,
         iterations: 40,
     };
+    let served_before = client.agent_served().await?;
+    let mut runs = 0u64;
     let sides = latencies(
         plan,
         (
             "`core-client exec -- true` through a running agent (new process)",
             "ssh ControlMaster `true` (new process)",
         ),
-        async || client.run().await,
+        async || {
+            runs += 1;
+            client.run().await
+        },
         async || ssh_run(ssh, Some(master), "true", b"").await,
     )
     .await?;
+    let served = client.agent_served().await? - served_before;
+    if served != runs {
+        return Err(format!(
+            "the agent served {served} of the {runs} runs: the others ran without it"
+        ));
+    }
     Ok(comparison(
         "cli warm",
         sides,
         0.35,
         format!(
-            "{} runs of each per round; the client keeps records and writes its spans (and the agent its own) to the local trace file, as by default",
+            "{} runs of each per round, each checked to have run through the agent (its calls served rose by exactly the runs); the client keeps records and writes its spans (and the agent its own) to the local trace file, as by default",
             plan.iterations
         ),
     ))
