@@ -92,18 +92,21 @@ fn main() {
             payload: vec![1u8; 96].into(),
             hop_traceparent: String::new(),
             close_reason: 0,
+            hop_timings: Vec::new(),
         },
         Frame {
             kind: FrameKind::Data as i32,
             payload: vec![2u8; 40].into(),
             hop_traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             close_reason: 0,
+            hop_timings: Vec::new(),
         },
         Frame {
             kind: FrameKind::Close as i32,
             payload: Default::default(),
             hop_traceparent: String::new(),
             close_reason: CloseReason::Busy as i32,
+            hop_timings: Vec::new(),
         },
     ];
     for (i, f) in frames.iter().enumerate() {

@@ -11,6 +11,7 @@ pub fn handshake(payload: Bytes) -> Frame {
         payload,
         hop_traceparent: String::new(),
         close_reason: 0,
+        hop_timings: Vec::new(),
     }
 }
 
@@ -21,6 +22,7 @@ pub fn data(payload: Bytes) -> Frame {
         payload,
         hop_traceparent: String::new(),
         close_reason: 0,
+        hop_timings: Vec::new(),
     }
 }
 
@@ -31,5 +33,6 @@ pub fn close(reason: CloseReason) -> Frame {
         payload: Bytes::new(),
         hop_traceparent: String::new(),
         close_reason: reason as i32,
+        hop_timings: Vec::new(),
     }
 }

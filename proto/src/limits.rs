@@ -17,6 +17,8 @@ pub const MAX_ENVELOPE: usize = 1024 * 1024;
 pub const MAX_CHUNK: usize = 32 * 1024;
 /// Largest hop traceparent header the relay will look at.
 pub const MAX_HOP_HEADER: usize = 128;
+/// Most relay timings on one frame (a client reads no more).
+pub const MAX_HOP_TIMINGS: usize = 4;
 /// Largest terminal window, in rows and in columns (the smallest is 1).
 pub const MAX_TERMINAL_SIZE: u32 = 10_000;
 /// Longest `TERM` value an exec request may carry.

@@ -12,6 +12,15 @@
 //! child of that traceparent; the header is rewritten to name the
 //! `relay.forward` span before the frame goes on (the relay is a trace hop).
 //! An invalid or oversized header is removed and the frame forwarded as is.
+//!
+//! The relay's forwards of traced frames are also told to the client, in
+//! clear on its frames (`Frame.hop_timings`): each traced frame toward the
+//! client carries its own forward and those toward the exec-server since
+//! the last one, so a client with no collector can place the relay's stage
+//! in its own trace. `relay.forward` therefore ends when the frame is ready
+//! to go on (room in the other side's buffers found), the instant its
+//! timing is read. Timings a peer sends are removed: only the relay writes
+//! them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +32,8 @@ use opentelemetry::trace::{Span, SpanKind, Tracer};
 use telemetry::w3c::{Extracted, TraceContext};
 use telemetry::{carriers, otel, spans};
 
-use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER};
-use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
+use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER, MAX_HOP_TIMINGS};
+use proto::pb::tunnel::{CloseReason, Frame, FrameKind, HopDirection, HopTiming};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
@@ -139,6 +148,9 @@ pub enum PumpEnd {
 pub struct Session {
     started: Instant,
     last_activity_ms: AtomicU64,
+    /// Forwards toward the exec-server not yet told to the client (the
+    /// newest [`MAX_HOP_TIMINGS`] - 1; the client's frame carries its own).
+    to_tell: std::sync::Mutex<std::collections::VecDeque<HopTiming>>,
     /// Cancelled when either pump ends; also a child of the relay's shutdown.
     pub cancel: CancellationToken,
 }
@@ -149,8 +161,32 @@ impl Session {
         Arc::new(Self {
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            to_tell: std::sync::Mutex::new(std::collections::VecDeque::new()),
             cancel: parent.child_token(),
         })
+    }
+
+    /// Keeps a forward toward the exec-server to tell the client.
+    fn note(&self, timing: HopTiming) {
+        let mut held = self
+            .to_tell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while held.len() + 1 >= MAX_HOP_TIMINGS {
+            held.pop_front();
+        }
+        held.push_back(timing);
+    }
+
+    /// The forwards to tell the client, and `own` (its frame's).
+    fn tell(&self, own: HopTiming) -> Vec<HopTiming> {
+        let mut held = self
+            .to_tell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<HopTiming> = held.drain(..).collect();
+        all.push(own);
+        all
     }
 
     fn touch(&self) {
@@ -177,8 +213,46 @@ fn check(mut frame: Frame, limits: &SpliceLimits) -> Option<Frame> {
         // Oversized or disabled hop headers are dropped, never fatal.
         frame.hop_traceparent.clear();
     }
+    // Only the relay tells its timings.
+    frame.hop_timings.clear();
     Some(frame)
 }
+
+/// A traced frame's forward: its span and what its timing needs.
+struct Forward {
+    span: opentelemetry::global::BoxedSpan,
+    arrived: SystemTime,
+    trace_id: [u8; 16],
+    parent: u64,
+}
+
+impl Forward {
+    /// Its timing, the frame ready to go on at `ready`.
+    fn timing(&self, dir: Direction, ready: SystemTime, frame_bytes: usize) -> HopTiming {
+        let nanos = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        };
+        HopTiming {
+            trace_id: self.trace_id.to_vec().into(),
+            parent_span_id: self.parent,
+            span_id: u64::from_be_bytes(self.span.span_context().span_id().to_bytes()),
+            direction: match dir {
+                Direction::ToServer => HopDirection::ToServer,
+                Direction::ToClient => HopDirection::ToClient,
+            } as i32,
+            arrived_unix_nanos: nanos(self.arrived),
+            duration_ns: nanos(ready).saturating_sub(nanos(self.arrived)),
+            frame_bytes: u32::try_from(frame_bytes).unwrap_or(u32::MAX),
+            host: telemetry::host::name()
+                .map(|h| h.chars().take(64).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The bytes a frame's timings are counted for, at most.
+const TIMINGS_COST: usize = MAX_HOP_TIMINGS * 128;
 
 /// Starts `relay.forward` for a frame with a valid hop header (arrived at
 /// `arrived`) and rewrites the header to name the new span. A header that
@@ -188,7 +262,7 @@ fn start_forward(
     frame: &mut Frame,
     dir: Direction,
     arrived: SystemTime,
-) -> Option<opentelemetry::global::BoxedSpan> {
+) -> Option<Forward> {
     if frame.hop_traceparent.is_empty() {
         return None;
     }
@@ -215,7 +289,12 @@ fn start_forward(
         .start_with_context(tracer, &parent_cx);
     frame.hop_traceparent =
         telemetry::framing::hop_header_for(span.span_context(), &parent_cx).unwrap_or_default();
-    Some(span)
+    Some(Forward {
+        span,
+        arrived,
+        trace_id: parent.trace_id,
+        parent: u64::from_be_bytes(parent.parent_id),
+    })
 }
 
 /// Forwards frames from `from` to `to` until something ends the session.
@@ -289,15 +368,31 @@ pub async fn pump(
         };
         let len = frame.payload.len() as u64;
         let is_close = frame.kind == FrameKind::Close as i32;
+        // A traced frame toward the client will carry timings.
+        let told = if forward.is_some() && dir == Direction::ToClient {
+            TIMINGS_COST
+        } else {
+            0
+        };
         // Room in this direction's share and the relay's budget first:
         // until then nothing more is read from the sender.
         let Some(charge) = buffers
             .budget
-            .charge(&queue, cost(&frame), &session.cancel)
+            .charge(&queue, cost(&frame) + told, &session.cancel)
             .await
         else {
             break PumpEnd::Cancelled;
         };
+        // The frame is ready to go on: its forward's end.
+        let ready = forward.as_ref().map(|f| {
+            let ready = SystemTime::now();
+            let timing = f.timing(dir, ready, frame.payload.len());
+            match dir {
+                Direction::ToServer => session.note(timing),
+                Direction::ToClient => frame.hop_timings = session.tell(timing),
+            }
+            ready
+        });
         let charged = Charged {
             frame,
             _charge: Some(charge),
@@ -306,11 +401,12 @@ pub async fn pump(
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
             r = to.send(charged) => r,
         };
-        if let Some(mut span) = forward {
+        if let (Some(mut f), Some(ready)) = (forward, ready) {
             if sent.is_err() {
-                span.set_status(opentelemetry::trace::Status::error("destination gone"));
+                f.span
+                    .set_status(opentelemetry::trace::Status::error("destination gone"));
             }
-            span.end();
+            f.span.end_with_timestamp(ready);
         }
         if sent.is_err() {
             break PumpEnd::DestinationGone;
@@ -359,7 +455,62 @@ mod tests {
             payload: vec![0u8; len].into(),
             hop_traceparent: hop.to_owned(),
             close_reason: 0,
+            hop_timings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_forward_is_told_with_its_trace_parent_and_times() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::SdkTracerProvider;
+        let tracer = BoxedTracer::new(Box::new(
+            SdkTracerProvider::builder().build().tracer("relay"),
+        ));
+        let hop = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut f = frame(FrameKind::Data as i32, 10, hop);
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000);
+        let forward = start_forward(&tracer, &mut f, Direction::ToServer, arrived).unwrap();
+        let t = forward.timing(Direction::ToServer, arrived + Duration::from_nanos(250), 10);
+        assert_eq!(
+            t.trace_id.as_ref(),
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128.to_be_bytes()
+        );
+        assert_eq!(t.parent_span_id, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(
+            t.span_id.to_be_bytes(),
+            forward.span.span_context().span_id().to_bytes()
+        );
+        assert_eq!(t.direction, HopDirection::ToServer as i32);
+        assert_eq!(
+            (t.arrived_unix_nanos, t.duration_ns, t.frame_bytes),
+            (1_000, 250, 10)
+        );
+    }
+
+    #[test]
+    fn the_client_is_told_its_frame_and_the_last_forwards_toward_the_server() {
+        let session = Session::new(&CancellationToken::new());
+        let timing = |id: u64| HopTiming {
+            span_id: id,
+            ..HopTiming::default()
+        };
+        for id in 1..=5 {
+            session.note(timing(id));
+        }
+        let told: Vec<u64> = session.tell(timing(9)).iter().map(|t| t.span_id).collect();
+        // Bounded: the newest toward the server, then the frame's own.
+        assert_eq!(told, [3, 4, 5, 9]);
+        assert!(told.len() <= MAX_HOP_TIMINGS);
+        let told: Vec<u64> = session.tell(timing(10)).iter().map(|t| t.span_id).collect();
+        assert_eq!(told, [10]);
+    }
+
+    #[test]
+    fn timings_a_peer_sends_are_removed() {
+        let mut f = frame(FrameKind::Data as i32, 10, "");
+        f.hop_timings.push(HopTiming::default());
+        let f = check(f, &limits(true)).unwrap();
+        assert!(f.hop_timings.is_empty());
     }
 
     #[test]

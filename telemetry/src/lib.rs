@@ -18,6 +18,9 @@
 //!   that writes them into the client's local trace file.
 //! - [`limited`]: rate-limited logging of refusals anyone can cause (one
 //!   line per kind per interval, the rest counted and summarised).
+//! - [`hops`]: the relay's forwards of a call, brought home on the
+//!   client's frames and placed on its clock (the wire's legs split at the
+//!   relay).
 //! - [`host`]: this host's name (`host.name` on every span and in the
 //!   stage summaries).
 //! - [`ids`]: span ids drawn before their span starts (the child's
@@ -41,6 +44,7 @@
 
 pub mod carriers;
 pub mod framing;
+pub mod hops;
 pub mod host;
 pub mod ids;
 pub mod limited;

@@ -148,6 +148,8 @@ impl Timeline {
 /// span of the exec-server's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteSpan {
+    /// The service that made it: [`EXEC_SERVER`] or [`RELAY`].
+    pub service: &'static str,
     /// The call's trace.
     pub trace_id: TraceId,
     /// The exec-server's span id.
@@ -315,6 +317,7 @@ pub fn place(
                 attributes.push(KeyValue::new(crate::host::HOST_NAME, host.to_owned()));
             }
             Some(RemoteSpan {
+                service: EXEC_SERVER,
                 trace_id,
                 span_id,
                 parent: SpanId::from_bytes(s.parent_span_id.to_be_bytes()),
@@ -351,6 +354,11 @@ fn causal_offset(estimate: i64, first: i128, last: i128, window: Window) -> i128
     }
     estimate.clamp(low, high)
 }
+
+/// The service name of placed exec-server stages.
+pub const EXEC_SERVER: &str = "exec-server";
+/// The service name of placed relay forwards.
+pub const RELAY: &str = "relay";
 
 /// The attribute that marks a span written by the client from the
 /// exec-server's summary (a copy of a span the exec-server exports

@@ -244,46 +244,51 @@ impl SpanExporter for TraceFileExporter {
     }
 }
 
-/// The service name the exec-server's stages are written under when the
-/// client brings them home.
-pub const REMOTE_SERVICE: &str = "exec-server";
-
-/// Writes the exec-server's stages that a client brought home
-/// ([`crate::remote`]) into the trace file as the exec-server's spans,
-/// through a batch processor of their own (off the caller's path; bounded:
-/// spans beyond its queue are dropped).
+/// Writes the exec-server's stages and the relay's forwards that a client
+/// brought home ([`crate::remote`], [`crate::hops`]) into the trace file as
+/// those services' spans, through batch processors of their own (off the
+/// caller's path; bounded: spans beyond their queues are dropped).
 #[derive(Debug)]
 pub struct RemoteSpans {
-    processor: BatchSpanProcessor,
+    exec_server: BatchSpanProcessor,
+    relay: BatchSpanProcessor,
 }
 
 impl RemoteSpans {
     /// A writer into `file`.
     pub fn new(file: &TraceFile) -> Self {
-        let mut processor = BatchSpanProcessor::builder(file.exporter()).build();
-        processor.set_resource(
-            &Resource::builder_empty()
-                .with_service_name(REMOTE_SERVICE)
-                .build(),
-        );
-        Self { processor }
+        let processor = |service: &'static str| {
+            let mut processor = BatchSpanProcessor::builder(file.exporter()).build();
+            processor.set_resource(&Resource::builder_empty().with_service_name(service).build());
+            processor
+        };
+        Self {
+            exec_server: processor(crate::remote::EXEC_SERVER),
+            relay: processor(crate::remote::RELAY),
+        }
     }
 
     /// Writes what is queued now.
     pub fn flush(&self) -> OTelSdkResult {
-        self.processor.force_flush()
+        self.exec_server.force_flush().and(self.relay.force_flush())
     }
 
-    /// Writes what is queued and stops, waiting at most `timeout`.
+    /// Writes what is queued and stops, waiting at most `timeout` for each.
     pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
-        self.processor.shutdown_with_timeout(timeout)
+        self.exec_server
+            .shutdown_with_timeout(timeout)
+            .and(self.relay.shutdown_with_timeout(timeout))
     }
 }
 
 impl RemoteSink for RemoteSpans {
     fn record(&self, spans: Vec<RemoteSpan>) {
         for span in spans {
-            self.processor.on_end(span_data(span));
+            if span.service == crate::remote::RELAY {
+                self.relay.on_end(span_data(span));
+            } else {
+                self.exec_server.on_end(span_data(span));
+            }
         }
     }
 }
@@ -313,7 +318,7 @@ fn span_data(span: RemoteSpan) -> SpanData {
         } else {
             Status::Unset
         },
-        instrumentation_scope: InstrumentationScope::builder(REMOTE_SERVICE).build(),
+        instrumentation_scope: InstrumentationScope::builder(span.service).build(),
     }
 }
 

@@ -1,0 +1,283 @@
+//! The relay's forwards of a call's frames, brought home on the client's
+//! frames (`HopTiming`, in clear: the relay holds no session key) and
+//! placed on the client's clock, so that a client with no collector sees
+//! the relay's stage and the time on the wire split into its legs:
+//! client → relay → exec-server and back.
+//!
+//! The relay's clock is estimated from the call itself, as NTP does from
+//! four timestamps: the exec request leaving the client (t1), reaching the
+//! relay (t2, the relay's clock), the final event leaving the relay (t3)
+//! and reaching the client (t4); offset = ((t2 − t1) + (t3 − t4)) / 2.
+//! It is then moved, if it must be, to the nearest offset under which each
+//! forward lies inside its leg (after the request left and before the
+//! exec-server received it; after the exec-server sent the final event and
+//! before the client received it), as for the exec-server's stages. The
+//! timings are untrusted input: only those naming the call's trace and
+//! dispatch, with sane times, are placed, at most [`MAX_HOP_TIMINGS`].
+
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanId, TraceId};
+use proto::limits::MAX_HOP_TIMINGS;
+use proto::pb::tunnel::{HopDirection, HopTiming};
+
+use crate::remote::{PLACED, RELAY, RemoteSpan};
+use crate::spans;
+
+/// A call's relay forwards on the client's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacedHops {
+    /// The forwards, as the relay's `relay.forward` spans.
+    pub spans: Vec<RemoteSpan>,
+    /// The exec request's forward (start, end).
+    pub to_server: (SystemTime, SystemTime),
+    /// The final event's forward (start, end).
+    pub to_client: (SystemTime, SystemTime),
+    /// The offset used (the relay's clock minus ours, nanoseconds).
+    pub offset_ns: i64,
+}
+
+/// What the client saw of the call on its own clock, and where it placed
+/// the exec-server's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Legs {
+    /// The exec request left (the end of its `relay.frame.send`).
+    pub request_left: SystemTime,
+    /// The exec-server's work began (its receipt of the request, placed).
+    pub remote_first: SystemTime,
+    /// The exec-server sent the final event (placed).
+    pub remote_sent: SystemTime,
+    /// The final event's frame arrived.
+    pub final_arrived: SystemTime,
+}
+
+fn nanos(t: SystemTime) -> i128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+fn at(n: i128) -> Option<SystemTime> {
+    let n = u64::try_from(n).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(n))
+}
+
+/// Places `timings` (as received, any number) for the call of `trace_id`
+/// whose dispatch is `dispatch`; `None` when they do not hold both the
+/// request's and the final event's forward, or no offset puts both inside
+/// their legs.
+pub fn place(
+    timings: &[HopTiming],
+    trace_id: TraceId,
+    dispatch: SpanId,
+    legs: Legs,
+) -> Option<PlacedHops> {
+    let trace = trace_id.to_bytes();
+    let dispatch = u64::from_be_bytes(dispatch.to_bytes());
+    let span_max = nanos(legs.final_arrived) - nanos(legs.request_left);
+    let ours: Vec<&HopTiming> = timings
+        .iter()
+        .filter(|t| {
+            t.trace_id.as_ref() == trace
+                && t.parent_span_id == dispatch
+                && t.span_id != 0
+                && i128::from(t.duration_ns) <= span_max
+        })
+        .take(MAX_HOP_TIMINGS * 4)
+        .collect();
+    let direction = |t: &&&HopTiming, d: HopDirection| t.direction == d as i32;
+    // The exec request is the first traced message toward the server; the
+    // final event the last toward the client.
+    let out = ours
+        .iter()
+        .filter(|t| direction(t, HopDirection::ToServer))
+        .min_by_key(|t| t.arrived_unix_nanos)?;
+    let back = ours
+        .iter()
+        .filter(|t| direction(t, HopDirection::ToClient))
+        .max_by_key(|t| t.arrived_unix_nanos)?;
+    let (t1, t4) = (nanos(legs.request_left), nanos(legs.final_arrived));
+    let t2 = i128::from(out.arrived_unix_nanos);
+    let d2 = i128::from(out.duration_ns);
+    let t3 = i128::from(back.arrived_unix_nanos);
+    let d3 = i128::from(back.duration_ns);
+    let estimate = ((t2 - t1) + (t3 + d3 - t4)) / 2;
+    // Each forward inside its leg: t2 - o >= t1; t2 + d2 - o <= first;
+    // t3 - o >= sent; t3 + d3 - o <= t4.
+    let high = (t2 - t1).min(t3 - nanos(legs.remote_sent));
+    let low = (t2 + d2 - nanos(legs.remote_first)).max(t3 + d3 - t4);
+    if low > high {
+        return None;
+    }
+    let offset = estimate.clamp(low, high);
+    let measured = i64::try_from(estimate).unwrap_or(i64::MAX);
+    let used = i64::try_from(offset).ok()?;
+    let place_one = |t: &HopTiming| -> Option<RemoteSpan> {
+        let start = at(i128::from(t.arrived_unix_nanos) - offset)?;
+        let end = at(i128::from(t.arrived_unix_nanos) + i128::from(t.duration_ns) - offset)?;
+        let direction = if t.direction == HopDirection::ToServer as i32 {
+            "to_server"
+        } else {
+            "to_client"
+        };
+        let mut attributes = vec![
+            KeyValue::new("rex.direction", direction),
+            KeyValue::new("rex.frame.bytes", i64::from(t.frame_bytes)),
+            KeyValue::new("rex.clock_offset_ns", used),
+            KeyValue::new(PLACED, true),
+        ];
+        if used != measured {
+            attributes.push(KeyValue::new("rex.clock_offset_measured_ns", measured));
+        }
+        let host: String = t.host.chars().take(64).collect();
+        if !host.is_empty() {
+            attributes.push(KeyValue::new(crate::host::HOST_NAME, host));
+        }
+        Some(RemoteSpan {
+            service: RELAY,
+            trace_id,
+            span_id: SpanId::from_bytes(t.span_id.to_be_bytes()),
+            parent: SpanId::from_bytes(t.parent_span_id.to_be_bytes()),
+            name: spans::RELAY_FORWARD,
+            start,
+            end,
+            error: false,
+            attributes,
+        })
+    };
+    let out_span = place_one(out)?;
+    let back_span = place_one(back)?;
+    let to_server = (out_span.start, out_span.end);
+    let to_client = (back_span.start, back_span.end);
+    let mut placed: Vec<RemoteSpan> = ours
+        .iter()
+        .filter(|t| t.span_id != out.span_id && t.span_id != back.span_id)
+        .filter_map(|t| place_one(t))
+        .collect();
+    placed.push(out_span);
+    placed.push(back_span);
+    placed.dedup_by_key(|s| s.span_id);
+    Some(PlacedHops {
+        spans: placed,
+        to_server,
+        to_client,
+        offset_ns: used,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+    const DISPATCH: u64 = 0x00f0_67aa_0ba9_02b7;
+
+    fn t(ns: i128) -> SystemTime {
+        at(ns).unwrap()
+    }
+
+    fn timing(id: u64, dir: HopDirection, arrived: u64, dur: u64) -> HopTiming {
+        HopTiming {
+            trace_id: TRACE.to_be_bytes().to_vec().into(),
+            parent_span_id: DISPATCH,
+            span_id: id,
+            direction: dir as i32,
+            arrived_unix_nanos: arrived,
+            duration_ns: dur,
+            frame_bytes: 100,
+            host: "relay-host".into(),
+        }
+    }
+
+    /// Client clock: request leaves at 1000, exec-server placed from 1200
+    /// to 1800, final arrives at 2000. The relay runs 1,000,000 ns ahead
+    /// and forwards out at 1100..1120 and back at 1880..1890 (its clock:
+    /// +1,000,000).
+    fn legs() -> Legs {
+        Legs {
+            request_left: t(1000),
+            remote_first: t(1200),
+            remote_sent: t(1800),
+            final_arrived: t(2000),
+        }
+    }
+
+    fn place_with(timings: &[HopTiming]) -> Option<PlacedHops> {
+        place(
+            timings,
+            TraceId::from_bytes(TRACE.to_be_bytes()),
+            SpanId::from_bytes(DISPATCH.to_be_bytes()),
+            legs(),
+        )
+    }
+
+    #[test]
+    fn forwards_land_in_their_legs_on_our_clock() {
+        let ahead = 1_000_000;
+        let timings = [
+            timing(1, HopDirection::ToServer, 1100 + ahead, 20),
+            timing(2, HopDirection::ToClient, 1500 + ahead, 5),
+            timing(3, HopDirection::ToClient, 1880 + ahead, 10),
+        ];
+        let placed = place_with(&timings).unwrap();
+        // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 from the legs' sides:
+        // the offset is 1,000,000 - 5, inside what the legs allow.
+        assert_eq!(placed.offset_ns, 1_000_000 - 5);
+        assert_eq!(placed.to_server, (t(1105), t(1125)));
+        assert_eq!(placed.to_client, (t(1885), t(1895)));
+        assert_eq!(placed.spans.len(), 3);
+        for s in &placed.spans {
+            assert_eq!(s.service, RELAY);
+            assert_eq!(s.name, spans::RELAY_FORWARD);
+            assert_eq!(s.parent, SpanId::from_bytes(DISPATCH.to_be_bytes()));
+            assert!(s.start >= legs().request_left && s.end <= legs().final_arrived);
+        }
+    }
+
+    #[test]
+    fn an_estimate_outside_the_legs_is_moved_into_them() {
+        // An asymmetric path: the estimate would put the return forward
+        // before the exec-server sent the final event.
+        let timings = [
+            timing(1, HopDirection::ToServer, 1190, 5),
+            timing(2, HopDirection::ToClient, 1805, 5),
+        ];
+        let placed = place_with(&timings).unwrap();
+        // Bounds: o <= min(1190 - 1000, 1805 - 1800) = 5; o >= max(1195 -
+        // 1200, 1810 - 2000) = -5. The estimate ((190) + (-190)) / 2 = 0.
+        assert_eq!(placed.offset_ns, 0);
+        let placed = place_with(&[
+            timing(1, HopDirection::ToServer, 1100, 5),
+            timing(2, HopDirection::ToClient, 1950, 5),
+        ])
+        .unwrap();
+        // The estimate ((100) + (-45)) / 2 = 27 lies within [-45, 100]:
+        // kept as measured.
+        assert_eq!(placed.offset_ns, 27);
+        assert!(placed.spans.iter().any(|s| {
+            s.attributes
+                .iter()
+                .all(|kv| kv.key.as_str() != "rex.clock_offset_measured_ns")
+        }));
+        // Forwards too long for their legs: nothing is placed.
+        assert!(
+            place_with(&[
+                timing(1, HopDirection::ToServer, 1100, 500),
+                timing(2, HopDirection::ToClient, 1850, 5),
+            ])
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn other_calls_timings_and_half_sets_are_not_placed() {
+        let mut other = timing(1, HopDirection::ToServer, 1100, 5);
+        other.parent_span_id = 7;
+        let back = timing(2, HopDirection::ToClient, 1850, 5);
+        assert!(place_with(&[other, back.clone()]).is_none());
+        assert!(place_with(std::slice::from_ref(&back)).is_none());
+        let mut foreign = timing(1, HopDirection::ToServer, 1100, 5);
+        foreign.trace_id = vec![1u8; 16].into();
+        assert!(place_with(&[foreign, back]).is_none());
+    }
+}
