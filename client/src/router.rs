@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{Span, SpanContext, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span, SpanContext, SpanId, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::{Delivery, Endpoint, Wake};
+use proto::limits::MAX_HOP_TIMINGS;
 use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_event};
+use proto::pb::tunnel::{HopDirection, HopTiming};
 use proto::session::clock::Sample as ClockSample;
 use proto::session::{
     CallError, CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
@@ -76,6 +78,48 @@ struct Route {
     /// The latest output chunk's arrival, decode and hop, recorded once the
     /// final event proves it the last.
     last_chunk: Option<(SystemTime, SystemTime, Option<SpanContext>)>,
+    /// The relay's forwards of this call's frames, as the relay told them.
+    relay: RelayTimings,
+}
+
+/// A call's relay forwards, bounded: the first toward the exec-server (the
+/// exec request's), the latest toward the client (at the end, the final
+/// event's), and a few others.
+#[derive(Debug, Default)]
+struct RelayTimings {
+    out: Option<HopTiming>,
+    back: Option<HopTiming>,
+    others: Vec<HopTiming>,
+}
+
+impl RelayTimings {
+    fn add(&mut self, t: HopTiming) {
+        let other = if t.direction == HopDirection::ToServer as i32 {
+            match &self.out {
+                Some(first) if first.arrived_unix_nanos <= t.arrived_unix_nanos => Some(t),
+                _ => self.out.replace(t),
+            }
+        } else {
+            match &self.back {
+                Some(latest) if latest.arrived_unix_nanos > t.arrived_unix_nanos => Some(t),
+                _ => self.back.replace(t),
+            }
+        };
+        if let Some(o) = other
+            && self.others.len() < MAX_HOP_TIMINGS
+        {
+            self.others.push(o);
+        }
+    }
+
+    fn all(&self) -> Vec<HopTiming> {
+        self.out
+            .iter()
+            .chain(self.back.iter())
+            .chain(self.others.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 /// The client's endpoint.
@@ -287,6 +331,7 @@ impl Router {
                                 left: None,
                                 output_chunks: 0,
                                 last_chunk: None,
+                                relay: RelayTimings::default(),
                             },
                         );
                     }
@@ -354,10 +399,22 @@ impl Router {
     fn call_event(
         &mut self,
         machine: &mut Machine,
-        ev: CallEvent,
+        mut ev: CallEvent,
         now: Now,
     ) -> Delivery<ClientEvent> {
         let call_id = ev.call_id;
+        // The relay's timings go to the calls they name (a frame may hold
+        // several calls' messages), once.
+        for timing in std::mem::take(&mut ev.received.relay) {
+            let named = SpanId::from_bytes(timing.parent_span_id.to_be_bytes());
+            if let Some(route) = self
+                .calls
+                .values_mut()
+                .find(|r| r.parent.span().span_context().span_id() == named)
+            {
+                route.relay.add(timing);
+            }
+        }
         let Some(route) = self.calls.get(&call_id) else {
             return Delivery::Taken;
         };
@@ -423,9 +480,28 @@ impl Router {
         }
         let offset = clock.map_or_else(|| self.shared.clock_offset(), |c| c.offset_nanos);
         let left = route.left.unwrap_or(route.started);
-        let window = telemetry::remote::Window {
-            request_sent: left,
-            final_arrived: received.arrived,
+        // The relay's forwards first, between the request leaving and the
+        // final event arriving; the exec-server's work then lies between
+        // them (the relay forwarded the request before it arrived, and
+        // received the final event after it left).
+        let hops = telemetry::hops::place(
+            &route.relay.all(),
+            sc.trace_id(),
+            sc.span_id(),
+            telemetry::hops::Legs {
+                request_left: left,
+                final_arrived: received.arrived,
+            },
+        );
+        let window = match &hops {
+            Some(h) => telemetry::remote::Window {
+                request_sent: h.to_server.1,
+                final_arrived: h.to_client.0,
+            },
+            None => telemetry::remote::Window {
+                request_sent: left,
+                final_arrived: received.arrived,
+            },
         };
         let placed = match telemetry::remote::place(
             timings,
@@ -443,25 +519,47 @@ impl Router {
         let uncertainty = clock.map_or(0, |c| {
             i64::try_from(c.uncertainty().as_nanos()).unwrap_or(i64::MAX)
         });
-        let legs = [
-            ("to_server", left, placed.first_start()),
-            ("to_client", placed.sent, received.arrived),
-        ];
-        for (direction, from, to) in legs {
+        let legs = match &hops {
+            Some(h) => vec![
+                ("to_server", "client_relay", left, h.to_server.0),
+                (
+                    "to_server",
+                    "relay_server",
+                    h.to_server.1,
+                    placed.first_start(),
+                ),
+                ("to_client", "server_relay", placed.sent, h.to_client.0),
+                ("to_client", "relay_client", h.to_client.1, received.arrived),
+            ],
+            None => vec![
+                ("to_server", "end_to_end", left, placed.first_start()),
+                ("to_client", "end_to_end", placed.sent, received.arrived),
+            ],
+        };
+        for (direction, leg, from, to) in legs {
+            let mut attributes = vec![
+                KeyValue::new("rex.direction", direction),
+                KeyValue::new("rex.leg", leg),
+                KeyValue::new("rex.clock_offset_ns", placed.offset_ns),
+                KeyValue::new("rex.clock_uncertainty_ns", uncertainty),
+            ];
+            if let Some(h) = &hops {
+                attributes.push(KeyValue::new("rex.relay.clock_offset_ns", h.offset_ns));
+            }
             let mut span = self
                 .tracer
                 .span_builder(spans::LINK_TRANSIT)
                 .with_start_time(from)
-                .with_attributes(vec![
-                    KeyValue::new("rex.direction", direction),
-                    KeyValue::new("rex.clock_offset_ns", placed.offset_ns),
-                    KeyValue::new("rex.clock_uncertainty_ns", uncertainty),
-                ])
+                .with_attributes(attributes)
                 .start_with_context(&self.tracer, &route.parent);
             span.end_with_timestamp(to.max(from));
         }
         if let Some(sink) = telemetry::remote::sink() {
-            sink.record(placed.spans);
+            let mut spans = placed.spans;
+            if let Some(h) = hops {
+                spans.extend(h.spans);
+            }
+            sink.record(spans);
         }
     }
 
@@ -478,6 +576,7 @@ impl Router {
             arrived,
             hop,
             sent_unix_nanos,
+            ..
         } = &ev.received;
         let hop = framing::hop_context(hop);
         let what = match &ev.kind {

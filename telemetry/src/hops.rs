@@ -8,12 +8,14 @@
 //! four timestamps: the exec request leaving the client (t1), reaching the
 //! relay (t2, the relay's clock), the final event leaving the relay (t3)
 //! and reaching the client (t4); offset = ((t2 − t1) + (t3 − t4)) / 2.
-//! It is then moved, if it must be, to the nearest offset under which each
-//! forward lies inside its leg (after the request left and before the
-//! exec-server received it; after the exec-server sent the final event and
-//! before the client received it), as for the exec-server's stages. The
-//! timings are untrusted input: only those naming the call's trace and
-//! dispatch, with sane times, are placed, at most [`MAX_HOP_TIMINGS`].
+//! That estimate is the midpoint of the offsets under which both forwards
+//! lie between the request leaving and the final event arriving (there is
+//! none when they cannot); the exec-server's stages are then
+//! placed between the two forwards (the request reached it after the
+//! relay forwarded it, and the final event left it before the relay
+//! received it), which causality always allows. The timings are untrusted
+//! input: only those naming the call's trace and dispatch, with sane
+//! times, are placed, at most [`MAX_HOP_TIMINGS`].
 
 use std::time::{Duration, SystemTime};
 
@@ -38,16 +40,11 @@ pub struct PlacedHops {
     pub offset_ns: i64,
 }
 
-/// What the client saw of the call on its own clock, and where it placed
-/// the exec-server's work.
+/// What the client saw of the call on its own clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Legs {
     /// The exec request left (the end of its `relay.frame.send`).
     pub request_left: SystemTime,
-    /// The exec-server's work began (its receipt of the request, placed).
-    pub remote_first: SystemTime,
-    /// The exec-server sent the final event (placed).
-    pub remote_sent: SystemTime,
     /// The final event's frame arrived.
     pub final_arrived: SystemTime,
 }
@@ -64,8 +61,8 @@ fn at(n: i128) -> Option<SystemTime> {
 
 /// Places `timings` (as received, any number) for the call of `trace_id`
 /// whose dispatch is `dispatch`; `None` when they do not hold both the
-/// request's and the final event's forward, or no offset puts both inside
-/// their legs.
+/// request's and the final event's forward, or no offset puts both
+/// between the request leaving and the final event arriving.
 pub fn place(
     timings: &[HopTiming],
     trace_id: TraceId,
@@ -102,15 +99,15 @@ pub fn place(
     let t3 = i128::from(back.arrived_unix_nanos);
     let d3 = i128::from(back.duration_ns);
     let estimate = ((t2 - t1) + (t3 + d3 - t4)) / 2;
-    // Each forward inside its leg: t2 - o >= t1; t2 + d2 - o <= first;
-    // t3 - o >= sent; t3 + d3 - o <= t4.
-    let high = (t2 - t1).min(t3 - nanos(legs.remote_sent));
-    let low = (t2 + d2 - nanos(legs.remote_first)).max(t3 + d3 - t4);
-    if low > high {
+    // Both forwards between the request leaving and the final event
+    // arriving: t2 - o >= t1 and t3 + d3 - o <= t4 (and the request's
+    // forward before the final event's, on the relay's clock).
+    // The estimate is their midpoint: it fits whenever any offset does.
+    let (high, low) = (t2 - t1, t3 + d3 - t4);
+    if low > high || t2 + d2 > t3 {
         return None;
     }
-    let offset = estimate.clamp(low, high);
-    let measured = i64::try_from(estimate).unwrap_or(i64::MAX);
+    let offset = estimate;
     let used = i64::try_from(offset).ok()?;
     let place_one = |t: &HopTiming| -> Option<RemoteSpan> {
         let start = at(i128::from(t.arrived_unix_nanos) - offset)?;
@@ -126,9 +123,6 @@ pub fn place(
             KeyValue::new("rex.clock_offset_ns", used),
             KeyValue::new(PLACED, true),
         ];
-        if used != measured {
-            attributes.push(KeyValue::new("rex.clock_offset_measured_ns", measured));
-        }
         let host: String = t.host.chars().take(64).collect();
         if !host.is_empty() {
             attributes.push(KeyValue::new(crate::host::HOST_NAME, host));
@@ -189,15 +183,11 @@ mod tests {
         }
     }
 
-    /// Client clock: request leaves at 1000, exec-server placed from 1200
-    /// to 1800, final arrives at 2000. The relay runs 1,000,000 ns ahead
-    /// and forwards out at 1100..1120 and back at 1880..1890 (its clock:
-    /// +1,000,000).
+    /// Client clock: the request leaves at 1000, the final event arrives
+    /// at 2000.
     fn legs() -> Legs {
         Legs {
             request_left: t(1000),
-            remote_first: t(1200),
-            remote_sent: t(1800),
             final_arrived: t(2000),
         }
     }
@@ -212,7 +202,9 @@ mod tests {
     }
 
     #[test]
-    fn forwards_land_in_their_legs_on_our_clock() {
+    fn forwards_land_between_the_request_and_the_answer_on_our_clock() {
+        // The relay runs 1,000,000 ns ahead and forwards out at 1100..1120
+        // and back at 1880..1890 (our clock).
         let ahead = 1_000_000;
         let timings = [
             timing(1, HopDirection::ToServer, 1100 + ahead, 20),
@@ -220,8 +212,7 @@ mod tests {
             timing(3, HopDirection::ToClient, 1880 + ahead, 10),
         ];
         let placed = place_with(&timings).unwrap();
-        // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 from the legs' sides:
-        // the offset is 1,000,000 - 5, inside what the legs allow.
+        // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 besides the skew.
         assert_eq!(placed.offset_ns, 1_000_000 - 5);
         assert_eq!(placed.to_server, (t(1105), t(1125)));
         assert_eq!(placed.to_client, (t(1885), t(1895)));
@@ -235,35 +226,30 @@ mod tests {
     }
 
     #[test]
-    fn an_estimate_outside_the_legs_is_moved_into_them() {
-        // An asymmetric path: the estimate would put the return forward
-        // before the exec-server sent the final event.
-        let timings = [
-            timing(1, HopDirection::ToServer, 1190, 5),
-            timing(2, HopDirection::ToClient, 1805, 5),
-        ];
-        let placed = place_with(&timings).unwrap();
-        // Bounds: o <= min(1190 - 1000, 1805 - 1800) = 5; o >= max(1195 -
-        // 1200, 1810 - 2000) = -5. The estimate ((190) + (-190)) / 2 = 0.
-        assert_eq!(placed.offset_ns, 0);
+    fn the_estimate_is_the_middle_of_what_fits_and_misfits_are_left_out() {
+        // A path slow one way.
         let placed = place_with(&[
-            timing(1, HopDirection::ToServer, 1100, 5),
-            timing(2, HopDirection::ToClient, 1950, 5),
+            timing(1, HopDirection::ToServer, 1010, 5),
+            timing(2, HopDirection::ToClient, 1400, 5),
         ])
         .unwrap();
-        // The estimate ((100) + (-45)) / 2 = 27 lies within [-45, 100]:
-        // kept as measured.
-        assert_eq!(placed.offset_ns, 27);
-        assert!(placed.spans.iter().any(|s| {
-            s.attributes
-                .iter()
-                .all(|kv| kv.key.as_str() != "rex.clock_offset_measured_ns")
-        }));
-        // Forwards too long for their legs: nothing is placed.
+        // ((10) + (1405 - 2000)) / 2 = -292, between -595 and 10.
+        assert_eq!(placed.offset_ns, -292);
+        assert!(placed.to_server.0 >= legs().request_left);
+        assert!(placed.to_client.1 <= legs().final_arrived);
+        // Forwards that cannot both fit, or that overlap on the relay's
+        // clock: nothing is placed.
+        assert!(
+            place_with(&[
+                timing(1, HopDirection::ToServer, 1100, 5),
+                timing(2, HopDirection::ToClient, 3100, 5),
+            ])
+            .is_none()
+        );
         assert!(
             place_with(&[
                 timing(1, HopDirection::ToServer, 1100, 500),
-                timing(2, HopDirection::ToClient, 1850, 5),
+                timing(2, HopDirection::ToClient, 1300, 5),
             ])
             .is_none()
         );

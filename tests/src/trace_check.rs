@@ -77,6 +77,26 @@ pub const PATH: &[(&str, &str, Option<&str>)] = &[
     ("core-client", spans::TERMINAL_HANDOFF, None),
 ];
 
+/// [`PATH`] with the wire split at the relay, when the relay told the
+/// client its forwards: each `link.transit` leg (by `rex.leg`) and the
+/// relay's `relay.forward` between them.
+pub const RELAYED_PATH: &[(&str, &str, Option<&str>)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, None),
+    ("core-client", spans::SESSION_ACQUIRE, None),
+    ("core-client", spans::RPC_CLIENT_QUEUE, Some("exec")),
+    ("core-client", spans::RELAY_FRAME_SEND, Some("exec")),
+    ("core-client", spans::LINK_TRANSIT, Some("client_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_server")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_server")),
+    ("exec-server", spans::RELAY_FRAME_RECV, Some("exec")),
+    ("exec-server", spans::RPC_SERVER_EXEC, None),
+    ("core-client", spans::LINK_TRANSIT, Some("server_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_client")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_client")),
+    ("core-client", spans::RELAY_FRAME_RECV, Some("exited")),
+    ("core-client", spans::TERMINAL_HANDOFF, None),
+];
+
 /// Whose clock the exec-server's spans are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteClock {
@@ -99,10 +119,20 @@ pub const AGENT_PATH: &[(&str, &str, Option<&str>)] = &[
     ("core-client", spans::TERMINAL_HANDOFF, None),
 ];
 
-/// [`PATH`] as made by a client of service `client` (the CLI's
-/// `core-client`, or the agent's `core-client-agent`).
-pub fn path_of(client: &'static str) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
-    PATH.iter()
+/// The path a client of service `client` (the CLI's `core-client`, or
+/// the agent's `core-client-agent`) made in `spans`: [`RELAYED_PATH`] when
+/// its wire time is split at the relay, else [`PATH`].
+pub fn path_of(
+    spans: &[RecordedSpan],
+    client: &'static str,
+) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    let relayed = spans.iter().any(|s| {
+        s.service == client
+            && s.name == spans::LINK_TRANSIT
+            && s.attr_str("rex.leg") == Some("client_relay")
+    });
+    let path = if relayed { RELAYED_PATH } else { PATH };
+    path.iter()
         .map(|&(service, name, label)| {
             let service = if service == "core-client" {
                 client
@@ -118,7 +148,7 @@ pub fn path_of(client: &'static str) -> Vec<(&'static str, &'static str, Option<
 /// no overlap, to the nanosecond: each is made from its neighbour's
 /// timestamp). Structural: true on a loaded machine as on a quiet one.
 pub fn assert_tiles(spans: &[RecordedSpan], dispatch: &RecordedSpan, remote: RemoteClock) {
-    assert_path_tiles(spans, dispatch, remote, PATH);
+    assert_path_tiles(spans, dispatch, remote, &path_of(spans, "core-client"));
 }
 
 /// Panics unless the stages of `path` tile `dispatch` exactly, as
@@ -134,7 +164,7 @@ pub fn assert_path_tiles(
     let mut previous_service = path.first().map_or("core-client", |p| p.0);
     for (service, name, label) in path {
         let matching: Vec<&RecordedSpan> = stage_spans(spans, service, name, *label).collect();
-        let [span] = matching.as_slice() else {
+        let Some(span) = pick(&matching, at) else {
             panic!(
                 "{service}/{name} {label:?}: expected one span, found {} (path so far: {walked})",
                 matching.len()
@@ -165,8 +195,22 @@ pub fn assert_path_tiles(
     );
 }
 
-/// The spans of one [`PATH`] entry: `name` from `service`, with `label`
-/// as its `rex.message` or `rex.direction` when given.
+/// The one span of a path entry: the only candidate, or, where several
+/// fit (a relay forwards several frames each way), the one starting
+/// nearest to where the path has got (exactly there, on one clock).
+fn pick<'a>(candidates: &[&'a RecordedSpan], at: u64) -> Option<&'a RecordedSpan> {
+    match candidates {
+        [] => None,
+        [one] => Some(one),
+        many => many
+            .iter()
+            .copied()
+            .min_by_key(|s| (i128::from(s.start_unix_nanos) - i128::from(at)).unsigned_abs()),
+    }
+}
+
+/// The spans of one path entry: `name` from `service`, with `label` as its
+/// `rex.message`, `rex.direction` or `rex.leg` when given.
 fn stage_spans<'a>(
     spans: &'a [RecordedSpan],
     service: &'a str,
@@ -177,18 +221,29 @@ fn stage_spans<'a>(
         s.service == service
             && s.name == name
             && label.is_none_or(|l| {
-                s.attr_str("rex.message") == Some(l) || s.attr_str("rex.direction") == Some(l)
+                s.attr_str("rex.message") == Some(l)
+                    || s.attr_str("rex.direction") == Some(l)
+                    || s.attr_str("rex.leg") == Some(l)
             })
     })
 }
 
-/// The spans of [`PATH`] in `spans`, in order, if each is there once.
+/// The spans of the CLI's path (see [`path_of`]) in `spans`, in order, if
+/// each is there (where several fit, the one starting where the previous
+/// ended).
 pub fn path_spans(spans: &[RecordedSpan]) -> Option<Vec<RecordedSpan>> {
-    PATH.iter()
+    let start = spans
+        .iter()
+        .find(|s| s.name == spans::TOOL_DISPATCH)
+        .map_or(0, |d| d.start_unix_nanos);
+    let mut at = start;
+    path_of(spans, "core-client")
+        .iter()
         .map(|(service, name, label)| {
-            let mut matching = stage_spans(spans, service, name, *label);
-            let one = matching.next()?;
-            matching.next().is_none().then(|| one.clone())
+            let matching: Vec<&RecordedSpan> = stage_spans(spans, service, name, *label).collect();
+            let one = pick(&matching, at)?;
+            at = one.end_unix_nanos;
+            Some(one.clone())
         })
         .collect()
 }

@@ -338,7 +338,7 @@ fn the_agent_is_a_hop_of_the_trace_and_the_stages_still_tile() {
         &spans,
         hop,
         trace_check::RemoteClock::Placed,
-        &trace_check::path_of("core-client-agent"),
+        &trace_check::path_of(&spans, "core-client-agent"),
     );
     let acquire = spans
         .iter()

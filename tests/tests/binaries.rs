@@ -210,17 +210,32 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
         }
     }
     // The client's spans leave in two lines: everything until the flush
-    // at exit, then `cli.run` and `cli.flush`, which end once it is done.
-    let expected: std::collections::BTreeMap<String, i32> =
-        [("core-client".to_owned(), 2), ("exec-server".to_owned(), 1)].into();
+    // at exit, then `cli.run` and `cli.flush`, which end once it is done;
+    // the exec-server's stages and the relay's forwards it brought home,
+    // one line each.
+    let expected: std::collections::BTreeMap<String, i32> = [
+        ("core-client".to_owned(), 2),
+        ("exec-server".to_owned(), 1),
+        ("relay".to_owned(), 1),
+    ]
+    .into();
     assert_eq!(command_lines, expected);
-    // Three processes, no collector: the stages tile the dispatch exactly,
-    // the exec-server's placed on the client's clock, and the CLI's own
-    // stages tile its whole run around the dispatch.
+    // Three processes, no collector: every service's stages are there and
+    // tile the dispatch exactly, the wire split at the relay (the
+    // exec-server's and the relay's placed on the client's clock), and the
+    // CLI's own stages tile its whole run around the dispatch.
     let spans = trace_check::from_trace_file(&traces, &id);
     let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
+    assert_eq!(
+        trace_check::path_of(&spans, "core-client"),
+        trace_check::RELAYED_PATH
+    );
+    assert_eq!(
+        trace_check::by_name(&spans, telemetry::spans::LINK_TRANSIT).len(),
+        4
+    );
     trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
-    trace_check::assert_exec_tree_without_relay(&spans);
+    trace_check::assert_exec_tree(&spans);
     trace_check::assert_cli_run_tiles(&spans);
     let roots = trace_check::roots(&spans);
     assert_eq!(roots.len(), 1, "one root");

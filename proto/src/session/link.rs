@@ -65,6 +65,8 @@ pub(super) struct Link<T> {
     /// The frame being processed.
     arrived: SystemTime,
     hop: String,
+    /// Its relay timings, until a message takes them.
+    relay: Vec<crate::pb::tunnel::HopTiming>,
 }
 
 impl<T> Link<T> {
@@ -86,6 +88,7 @@ impl<T> Link<T> {
             last_sent: now.at,
             arrived: now.wall,
             hop: String::new(),
+            relay: Vec::new(),
         }
     }
 
@@ -125,17 +128,21 @@ impl<T> Link<T> {
     pub(super) fn begin_frame(&mut self, frame: &mut Frame, now: Now) {
         self.arrived = now.wall;
         self.hop = std::mem::take(&mut frame.hop_traceparent);
+        self.relay = std::mem::take(&mut frame.hop_timings);
+        self.relay.truncate(crate::limits::MAX_HOP_TIMINGS);
         self.quiet_since = now.at;
         self.stalled = false;
         self.keepalive_sent = false;
     }
 
-    /// Where a message of the frame being processed came from.
-    pub(super) fn received(&self, sent_unix_nanos: u64) -> Received {
+    /// Where a message of the frame being processed came from (the
+    /// frame's relay timings go with the first).
+    pub(super) fn received(&mut self, sent_unix_nanos: u64) -> Received {
         Received {
             arrived: self.arrived,
             hop: self.hop.clone(),
             sent_unix_nanos,
+            relay: std::mem::take(&mut self.relay),
         }
     }
 

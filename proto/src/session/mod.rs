@@ -219,6 +219,10 @@ pub struct Received {
     /// The sender's wall clock when it sent the message (Unix nanoseconds;
     /// 0 if it did not say).
     pub sent_unix_nanos: u64,
+    /// The relay's timings the frame carried (at most
+    /// [`MAX_HOP_TIMINGS`](crate::limits::MAX_HOP_TIMINGS)), given with the
+    /// first message the frame completed (they name their own calls).
+    pub relay: Vec<crate::pb::tunnel::HopTiming>,
 }
 
 /// How a session ended without an error.
