@@ -229,7 +229,7 @@ impl AgentClient {
         );
         Ok(Execution::new(
             control,
-            events_rx,
+            (events_rx, Arc::default()),
             dispatch.span.take(),
             Delivery::new(dispatch.dispatched, dispatch.record.take(), sent, terminal),
             None,

@@ -65,9 +65,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{CallEvent, ClientEvent, ClientSession, Ready, ReattachError};
 pub use error::{CallError, SessionError, Stage, Violation};
-pub use server::{
-    Acceptor, Adopted, KeySource, LOST_RUNS, Lost, ServerEvent, ServerSession, Tombstone,
-};
+pub use server::{Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, Tombstone};
 
 use crate::noise::SessionConfig;
 use crate::pb::tunnel::Frame;

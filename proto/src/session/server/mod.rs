@@ -5,9 +5,9 @@
 mod calls;
 mod resume;
 
-pub use resume::{Adopted, LOST_RUNS, Lost, Tombstone};
+pub use resume::{Account, Adopted, Tombstone};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -218,6 +218,10 @@ struct Call {
     /// Its final event has been pushed (it stays, kept for a resume,
     /// until the client acknowledges it).
     finished: bool,
+    /// Stdout and stderr bytes pushed, in all.
+    produced: (u64, u64),
+    /// Its exit, once pushed.
+    exit: Option<crate::pb::session::Exited>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +251,10 @@ pub struct ServerSession<T> {
     asked: Option<crate::pb::session::Resume>,
     /// The link broke: the calls are kept for a resume.
     detached: bool,
+    /// Finished calls removed before the client acknowledged their final
+    /// events (oldest first, as many as calls at most): what a resume
+    /// tells the client of them.
+    trimmed: VecDeque<(u64, Account)>,
     events: Events<ServerEvent>,
 }
 
@@ -276,6 +284,7 @@ impl<T> ServerSession<T> {
             resumable: None,
             asked: None,
             detached: false,
+            trimmed: VecDeque::new(),
             events: Events::default(),
         }
     }

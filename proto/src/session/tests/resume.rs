@@ -5,7 +5,7 @@
 //! another key or too late is refused and says what was lost.
 
 use super::*;
-use crate::session::server::{LOST_RUNS, Lost, Tombstone};
+use crate::session::server::Tombstone;
 
 fn resumable() -> Pair {
     let client = Limits {
@@ -114,6 +114,23 @@ impl Pair {
             }
         }
         (seqs, bytes, last)
+    }
+
+    /// What the client was told of a call it lost: the bytes lost (stdout,
+    /// stderr), the exit, and whether the whole session had expired.
+    fn lost(&self, id: u64) -> (Option<(u64, u64)>, Option<Exited>, bool) {
+        self.client_events
+            .iter()
+            .find_map(|e| match e {
+                ClientEvent::Lost {
+                    call_id,
+                    lost,
+                    exit,
+                    expired,
+                } if *call_id == id => Some((*lost, *exit, *expired)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no loss reported: {:?}", self.client_events))
     }
 
     fn stdin_at_server(&self, id: u64) -> Vec<u8> {
@@ -369,27 +386,16 @@ fn a_late_resume_is_told_what_was_lost() {
         "{:?}",
         p.client_events
     );
-    let lost = p
-        .client_events
-        .iter()
-        .find_map(|e| match e {
-            ClientEvent::Lost {
-                call_id,
-                stdout_lost,
-                stderr_lost,
-                exit,
-            } if *call_id == id => Some((*stdout_lost, *stderr_lost, *exit)),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no loss reported: {:?}", p.client_events));
-    assert_eq!(lost.0, 10);
-    assert_eq!(lost.1, 0);
+    let (lost, ended, expired) = p.lost(id);
+    // Exactly what never arrived: "seen" did.
+    assert_eq!(lost, Some((10, 0)));
     assert_eq!(
-        lost.2,
+        ended,
         Some(Exited {
             status: Some(exited::Status::Code(9))
         })
     );
+    assert!(expired);
     // The link goes on as a new session.
     assert!(p.client.is_ready());
     let again = p.exec(false);
@@ -429,26 +435,53 @@ fn a_detached_exec_server_keeps_what_its_processes_write() {
 }
 
 #[test]
-fn a_long_loss_is_counted_in_runs_from_where_the_client_stopped() {
-    let mut lost = Lost::default();
-    for seq in 0..10 {
-        lost.push(seq, 10, 1);
+fn a_finished_call_trimmed_before_its_end_arrived_is_accounted_exactly_or_said_unknown() {
+    // The exec-server keeps one finished call for a resume; the client
+    // (which stopped reading) has three whose final events it never got.
+    let client = Limits {
+        resumable: true,
+        ..Limits::client()
+    };
+    let server = Limits {
+        resumable: true,
+        max_calls: 1,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(client, server);
+    p.run();
+    assert!(p.client.is_ready());
+    p.client.max_calls_for_tests(8);
+    // The first call's start and first output arrive; nothing after.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = p.exec(false);
+        ids.push(id);
+        p.push(id, started());
+        p.push(id, out("seen "));
+        p.client_reads = false;
+        p.push(id, out("unseen"));
+        p.push(id, exit(n));
     }
-    assert_eq!(lost.since(0), (100, 10));
-    assert_eq!(lost.since(7), (30, 3));
-    assert_eq!(lost.since(10), (0, 0));
-    // Many more events than runs: merged, never more than the bound, and
-    // the total stays exact.
-    let mut long = Lost::default();
-    for seq in 0..10_000 {
-        long.push(seq, 3, 0);
-    }
-    assert!(long.runs.len() <= LOST_RUNS);
-    assert_eq!(long.since(0), (30_000, 0));
-    // From the middle: counted from the start of the run it falls in.
-    let (out, _) = long.since(5_000);
-    assert!(
-        (15_000..=15_000 + 3 * 10_000 / LOST_RUNS as u64 * 2).contains(&out),
-        "{out}"
+    // Only the newest finished call is still held.
+    assert_eq!(p.server.call_ids(), vec![ids[2]]);
+    p.cut();
+    p.resume();
+    // The oldest: its account was dropped too (one is kept): unknown.
+    let (lost, ended, expired) = p.lost(ids[0]);
+    assert_eq!((lost, ended, expired), (None, None, false));
+    // The next: what it produced less what arrived, and its exit.
+    let (lost, ended, expired) = p.lost(ids[1]);
+    assert_eq!(lost, Some((11, 0)));
+    assert_eq!(
+        ended,
+        Some(Exited {
+            status: Some(exited::Status::Code(1))
+        })
     );
+    assert!(!expired);
+    // The one still held comes back whole.
+    let (seqs, bytes, last) = p.client_output(ids[2]);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"seen unseen");
+    assert_eq!(last, Some(exit(2)));
 }
