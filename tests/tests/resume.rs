@@ -351,3 +351,125 @@ fn without_resume_the_command_ends_with_its_link() {
     assert_eq!(out.status.code(), Some(255), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// A command that prints `ready`, waits for `flag`, then prints the
+/// numbers 1 to `n` and exits 5.
+fn after_flag(flag: &std::path::Path, n: u64) -> String {
+    format!(
+        "echo ready; while [ ! -e '{}' ]; do sleep 0.05; done; seq 1 {n}; exit 5",
+        flag.display()
+    )
+}
+
+fn after_flag_output(n: u64) -> Vec<u8> {
+    let mut want = b"ready\n".to_vec();
+    for i in 1..=n {
+        want.extend_from_slice(format!("{i}\n").as_bytes());
+    }
+    want
+}
+
+/// The number after `key=` in a log line.
+fn logged(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+/// Lines the command prints once its flag is there: about 2.6 MB, more
+/// than the bounds below and less than one command's own buffer (4 MiB),
+/// so only those bounds can stop it.
+const LINES: u64 = 400_000;
+
+/// One MiB, the bound the tests below set.
+const BOUND: u64 = 1 << 20;
+
+#[test]
+fn a_parked_sessions_output_stops_at_its_bound_and_arrives_whole_after_the_resume() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    let bound = BOUND.to_string();
+    stack
+        .restart_server(&["--resume-session-buffer", &bound], 1)
+        .unwrap();
+    let flag = stack.dir.path().join("go");
+    let cmd = stack.exec_with(&["--no-agent"], &["sh", "-c", &after_flag(&flag, LINES)]);
+    let (lines, done) = run_lines(cmd);
+    assert_eq!(lines.recv_timeout(PATIENCE).unwrap(), "ready");
+    // The link goes; only then does the command write.
+    stack.kill_relay();
+    stack
+        .server
+        .wait_for_line("a session's link broke", PATIENCE)
+        .unwrap();
+    std::fs::write(&flag, b"").unwrap();
+    // It writes until the session's bound, then waits on its output.
+    let reached = stack
+        .server
+        .wait_for_line("reached its bound", PATIENCE)
+        .unwrap();
+    assert_eq!(logged(&reached, "session_bound"), BOUND, "{reached}");
+    stack.start_relay_again().unwrap();
+    let resumed = stack
+        .server
+        .wait_for_line("was resumed over a new link", PATIENCE)
+        .unwrap();
+    // What was kept while the link was down stayed within the bound.
+    assert!(logged(&resumed, "replayed_bytes") <= BOUND, "{resumed}");
+    let out = done.join().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == after_flag_output(LINES),
+        "the output differs from the command's"
+    );
+}
+
+#[test]
+fn the_exec_server_wide_bound_holds_across_parked_sessions() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    let bound = BOUND.to_string();
+    stack
+        .restart_server(&["--resume-total-buffer", &bound], 1)
+        .unwrap();
+    let flag = stack.dir.path().join("go");
+    // Two commands, each in a session of its own.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let cmd = stack.exec_with(&["--no-agent"], &["sh", "-c", &after_flag(&flag, LINES)]);
+            let (lines, done) = run_lines(cmd);
+            assert_eq!(lines.recv_timeout(PATIENCE).unwrap(), "ready");
+            (lines, done)
+        })
+        .collect();
+    stack.kill_relay();
+    for _ in 0..2 {
+        stack
+            .server
+            .wait_for_line("a session's link broke", PATIENCE)
+            .unwrap();
+    }
+    std::fs::write(&flag, b"").unwrap();
+    let reached = stack
+        .server
+        .wait_for_line("reached its bound", PATIENCE)
+        .unwrap();
+    assert_eq!(logged(&reached, "total_bound"), BOUND, "{reached}");
+    stack.start_relay_again().unwrap();
+    let mut replayed = 0;
+    for _ in 0..2 {
+        let resumed = stack
+            .server
+            .wait_for_line("was resumed over a new link", PATIENCE)
+            .unwrap();
+        replayed += logged(&resumed, "replayed_bytes");
+    }
+    assert!(replayed <= BOUND, "{replayed} bytes kept for both");
+    for (_, done) in runs {
+        let out = done.join().unwrap();
+        assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+        assert!(
+            out.stdout == after_flag_output(LINES),
+            "the output differs from the command's"
+        );
+    }
+}

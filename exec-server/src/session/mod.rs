@@ -50,6 +50,7 @@ pub use self::park::Parked;
 use self::park::{Handover, Inbound};
 use crate::config::ExecServerConfig;
 use crate::contain::Containment;
+use crate::credit::{Budget, Retention};
 use crate::process::{Control, Outgoing};
 
 /// The authenticated close a session gets when its key is removed from
@@ -84,6 +85,8 @@ pub struct ServerContext {
     pub refusals: Limiter,
     /// Sessions whose link broke, waiting to be resumed.
     pub parked: Parked,
+    /// Output kept for those sessions, against the exec-server's bound.
+    pub retained: Arc<Budget>,
 }
 
 impl ServerContext {
@@ -104,7 +107,6 @@ impl ServerContext {
             Containment::without_cgroups()
         };
         Arc::new(Self {
-            config,
             acceptor,
             route,
             sessions,
@@ -113,6 +115,8 @@ impl ServerContext {
             containment,
             refusals: Limiter::default(),
             parked: Parked::default(),
+            retained: Budget::new(config.resume_total_buffer),
+            config,
         })
     }
 
@@ -277,9 +281,27 @@ async fn park(
         runner.expire();
         return None;
     };
+    // What is held now (sent and unacknowledged, queued, or reserved for a
+    // read) counts against the bounds at once; what the processes read
+    // from now on, as they read it.
+    let held = machine.retained().saturating_add(
+        runner
+            .calls
+            .iter()
+            .map(|(&id, call)| {
+                let window = u64::from(machine.output_window());
+                let free = call.credit.available().unwrap_or(window);
+                window
+                    .saturating_sub(free)
+                    .saturating_sub(machine.retained_by(id))
+            })
+            .sum(),
+    );
+    runner.retention.detach(held);
     tracing::info!(
         processes = runner.calls.len(),
         grace_s = grace.as_secs(),
+        held_bytes = held,
         "a session's link broke: its commands keep running while its client comes back"
     );
     let expiry = tokio::time::sleep(grace);
@@ -383,6 +405,16 @@ struct Runner {
     /// The session this link's client asks to resume (the driver hands
     /// the link over).
     resume: Option<bytes::Bytes>,
+    /// The bounds on what its processes may still write while its link is
+    /// down.
+    retention: Arc<Retention>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // Whatever it held against the exec-server's bound goes back.
+        self.retention.attach();
+    }
 }
 
 impl Runner {
@@ -392,7 +424,6 @@ impl Runner {
         Self {
             origin,
             keys,
-            ctx,
             tracer: opentelemetry::global::tracer("exec-server"),
             calls: HashMap::new(),
             events_tx,
@@ -408,6 +439,8 @@ impl Runner {
             slot: None,
             refused_busy: false,
             resume: None,
+            retention: Retention::new(ctx.config.resume_session_buffer, Arc::clone(&ctx.retained)),
+            ctx,
         }
     }
 
@@ -601,6 +634,8 @@ impl Runner {
     /// flight on the old one is gone with it, and calls the client no
     /// longer knows end.
     fn adopted(&mut self, machine: &Machine, adopted: proto::session::Adopted) {
+        // Its client acknowledges the output as it takes it again.
+        self.retention.attach();
         self.unsent_chunks.clear();
         let now = SystemTime::now();
         for (_, mut span) in self.late.drain(..) {
@@ -663,6 +698,7 @@ impl Runner {
             Ok(_) => tracing::debug!("session closed"),
         }
         self.session_cancel.cancel();
+        self.retention.attach();
         let why = match end {
             Err(SessionError::Timeout(SessionStage::Resume)) => {
                 "its session was not resumed in time"
@@ -788,7 +824,7 @@ impl Endpoint<Machine> for Runner {
                     self.events_tx.clone(),
                     &self.session_cancel,
                     &self.stdin_wake,
-                    machine.output_window(),
+                    (machine.output_window(), &self.retention),
                 );
                 self.calls.insert(call_id, call);
             }

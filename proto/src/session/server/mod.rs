@@ -316,6 +316,18 @@ impl<T> ServerSession<T> {
         self.calls.values().filter(|c| !c.finished).count()
     }
 
+    /// The output credit of `call_id`'s events kept unacknowledged (0 for
+    /// a call it does not hold).
+    pub fn retained_by(&self, call_id: u64) -> u64 {
+        self.calls.get(&call_id).map_or(0, |c| c.output.in_flight())
+    }
+
+    /// The output credit of every call's events kept unacknowledged
+    /// (finished calls kept for a resume included).
+    pub fn retained(&self) -> u64 {
+        self.calls.values().map(|c| c.output.in_flight()).sum()
+    }
+
     /// The output credit one call may have unacknowledged (from the
     /// hello; 0: no limit). The endpoint reads a call's output only while
     /// it has credit ([`ServerEvent::OutputAcked`] gives some back).
