@@ -340,6 +340,38 @@ fn a_command_comes_back_through_the_other_relay_when_one_dies() {
 }
 
 #[test]
+fn a_session_that_does_not_come_back_in_time_ends_its_command_with_one_line() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    let traces = stack.dir.path().join("traces.jsonl");
+    let cmd = stack.exec_with(
+        &["--no-agent", "--print-trace-id", "-o", "resume=2s"],
+        &["sh", "-c", PACED],
+    );
+    let (started, done) = run_watched(cmd);
+    started.recv_timeout(PATIENCE).unwrap();
+    // The relay dies for good.
+    stack.kill_relay();
+    let out = done.join().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("core-client: trace "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    // The outage is in the trace, failed where the client gave up, its
+    // attempts tiling it.
+    let id = binaries::printed_trace_id(&out).unwrap();
+    let spans = trace_check::from_trace_file(&traces, &id);
+    let reattach = trace_check::one(&spans, spans::SESSION_REATTACH);
+    assert!(reattach.status_error.is_some(), "{reattach:?}");
+    trace_check::assert_children_tile(&spans, reattach);
+    let dispatch = trace_check::one(&spans, spans::TOOL_DISPATCH);
+    assert!(dispatch.status_error.is_some());
+    assert!(reattach.end_unix_nanos <= dispatch.end_unix_nanos);
+}
+
+#[test]
 fn without_resume_the_command_ends_with_its_link() {
     let mut stack = ProcStack::start(&[]).unwrap();
     let cmd = stack.exec_with(&["--no-agent", "--no-resume"], &["sh", "-c", PACED]);

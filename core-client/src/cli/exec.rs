@@ -375,7 +375,7 @@ async fn exec_with(
         let url = target.url().to_owned();
         let mut config = ClientConfig::new(plan.key.clone(), plan.server, target.clone())
             .alternates_of(&targets, i);
-        config.resume = (!args.no_resume).then_some(rex_client::DEFAULT_RESUME);
+        config.resume = settings.resume.value.duration();
         config.tls = plan.tls.clone();
         config.metadata = records.clone();
         config.record_args = args.record_args;
@@ -768,7 +768,6 @@ mod tests {
             strict_records: false,
             no_records: false,
             no_agent: false,
-            no_resume: false,
             command: vec!["env".into()],
         };
         let spec = exec_spec(&exec, &s, None);

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{CliError, Context};
-use crate::config::options::OptionValue;
+use crate::config::options::{OptionValue, Resume};
 use crate::settings::{Route, ServerArgs, Settings, Source};
 
 /// Runs `config show`: prints the settings table.
@@ -110,11 +110,12 @@ pub fn render(s: &Settings, ctx: &Context) -> String {
     );
     row(
         "resume",
-        format!(
-            "{}{}",
-            s.resume.value,
-            unsupported(OptionValue::Resume(s.resume.value))
-        ),
+        match s.resume.value {
+            Resume::Off => "off (a command ends with its link)".to_owned(),
+            within @ Resume::Within(_) => {
+                format!("{within} (how long a command waits for its session to come back)")
+            }
+        },
         Some(&s.resume.source),
     );
     row(
