@@ -127,6 +127,7 @@ impl ServerContext {
             max_calls: self.config.max_processes_per_session,
             output_window: self.config.resume_buffer,
             resumable: !self.config.resume_grace.is_zero(),
+            resume_grace: self.config.resume_grace,
             ..proto::session::Limits::server()
         }
     }
@@ -304,11 +305,18 @@ async fn park(
         held_bytes = held,
         "a session's link broke: its commands keep running while its client comes back"
     );
-    let expiry = tokio::time::sleep(grace);
-    tokio::pin!(expiry);
     loop {
         while let Some(event) = machine.poll_event() {
             let now = Now::system();
+            // Its grace passed (the machine's timer): what a late client is
+            // told is kept, and its commands end.
+            if let ServerEvent::Expired { tombstone } = &event {
+                ctx.parked.bury(&token, tombstone.clone());
+                tracing::info!(
+                    processes = runner.calls.len(),
+                    "a session was not resumed within its grace: its commands end"
+                );
+            }
             if let Delivery::Later(event) = runner.deliver(machine, event, now) {
                 machine.defer(event);
                 break;
@@ -318,6 +326,7 @@ async fn park(
             ctx.parked.unpark(&token);
             return None;
         }
+        let deadline = machine.poll_timeout();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
@@ -325,15 +334,7 @@ async fn park(
                 runner.expire();
                 return None;
             }
-            () = &mut expiry => {
-                ctx.parked.bury(&token, machine.tombstone());
-                tracing::info!(
-                    processes = runner.calls.len(),
-                    "a session was not resumed within its grace: its commands end"
-                );
-                runner.expire();
-                return None;
-            }
+            () = sleep_until(deadline) => machine.handle_timeout(Now::system()),
             link = links.recv() => match link {
                 Some(link) if link.machine.may_resume(machine) => {
                     ctx.parked.unpark(&token);
@@ -353,6 +354,14 @@ async fn park(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -908,6 +917,8 @@ impl Endpoint<Machine> for Runner {
                 tracing::debug!(error = %error, "the session's link broke");
             }
             ServerEvent::Resume { token } => self.resume = Some(token),
+            // The endpoint kept its tombstone (see `park`).
+            ServerEvent::Expired { .. } => self.expire(),
             ServerEvent::Ended(end) => {
                 self.ended(&end);
                 self.end = Some(end);

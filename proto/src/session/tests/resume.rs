@@ -485,3 +485,171 @@ fn a_finished_call_trimmed_before_its_end_arrived_is_accounted_exactly_or_said_u
     assert_eq!(bytes, b"seen unseen");
     assert_eq!(last, Some(exit(2)));
 }
+
+#[test]
+fn a_detached_session_expires_when_its_grace_has_passed_and_a_late_client_is_told_exactly() {
+    let grace = Duration::from_secs(60);
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, out("seen "));
+    p.client_reads = false;
+    p.push(id, out("unseen"));
+    p.cut();
+    // The grace is the detached machine's own timer.
+    let detached_at = p.now.at;
+    assert_eq!(p.server.poll_timeout(), Some(detached_at + grace));
+    // Its processes go on meanwhile.
+    p.server.push(id, out(" later"), None, None, p.now).unwrap();
+    // Not yet over just before the grace ends...
+    p.advance(grace - Duration::from_millis(1));
+    assert!(p.server.is_detached(), "{:?}", p.server_events);
+    assert!(
+        !p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Expired { .. }))
+    );
+    // ...over once it has: the last event, with what the calls produced.
+    p.advance(Duration::from_millis(1));
+    assert!(!p.server.is_detached());
+    let tombstone = match p.server_events.last() {
+        Some(ServerEvent::Expired { tombstone }) => tombstone.clone(),
+        other => panic!("expected the expiry last: {other:?}"),
+    };
+    assert_eq!(tombstone.client, Some(p.client_key.public()));
+    assert_eq!(tombstone.calls[&id].stdout_total, 17);
+    assert_eq!(tombstone.calls[&id].exit, None, "still running at expiry");
+    assert!(p.server.is_done());
+    assert_eq!(p.server.poll_timeout(), None);
+    // Nothing more can be pushed, and the session cannot be resumed.
+    assert!(p.server.push(id, out("x"), None, None, p.now).is_err());
+    let (parked, _) = p.relink();
+    assert!(!p.server.may_resume(&parked));
+    p.server.refuse_resume(Some(&tombstone), p.now);
+    p.run();
+    // The client knows it received 5 bytes of the 17: 12 were lost.
+    let (lost, ended, expired) = p.lost(id);
+    assert_eq!((lost, ended, expired), (Some((12, 0)), None, true));
+}
+
+#[test]
+fn a_resume_whose_handshake_times_out_detaches_again_and_a_later_one_succeeds() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    p.push(id, out("kept"));
+    p.cut();
+    // A new link whose far end never answers the handshake.
+    let key = p.client_key.clone();
+    let server_pub = p.server_pub;
+    p.client.reattach(&key, &server_pub, p.now).unwrap();
+    let fresh = ServerSession::new(Arc::clone(&p.acceptor), p.server_limits, p.now);
+    let parked = std::mem::replace(&mut p.server, fresh);
+    p.server_frozen = true;
+    let seen = p.client_events.len();
+    let timeout = Limits::client().handshake_timeout;
+    p.advance(timeout - Duration::from_millis(1));
+    assert_eq!(p.client_events.len(), seen, "{:?}", p.client_events);
+    p.advance(Duration::from_millis(1));
+    // Detached again (not ended): its calls wait for the next attempt.
+    assert!(p.client.is_detached(), "{:?}", p.client_events);
+    assert!(
+        matches!(
+            &p.client_events[seen..],
+            [ClientEvent::Detached {
+                error: SessionError::Timeout(Stage::Handshake)
+            }]
+        ),
+        "{:?}",
+        p.client_events
+    );
+    assert!(p.client_end().is_none());
+    assert_eq!(p.client.open_calls(), 1);
+    // The next attempt reaches the exec-server, which still has it.
+    p.server = parked;
+    p.server_frozen = false;
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.client_reads = true;
+    let adopted = p.resume();
+    assert_eq!(adopted.bytes, 4);
+    p.push(id, exit(0));
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"kept");
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn a_detached_call_whose_window_is_full_takes_no_more_until_acknowledged_after_the_resume() {
+    use crate::session::output::{MIN_WINDOW, cost};
+    let client = Limits {
+        resumable: true,
+        output_window: MIN_WINDOW,
+        ..Limits::client()
+    };
+    let server = Limits {
+        resumable: true,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(client, server);
+    p.run();
+    assert!(p.client.is_ready());
+    assert_eq!(p.server.output_window(), MIN_WINDOW);
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    // While nobody is connected, the process writes until its window is
+    // full: then its output is refused (its endpoint stops reading it).
+    let chunk = || Kind::Stdout(Bytes::from(vec![b'z'; crate::limits::MAX_CHUNK]));
+    let mut pushed = 0u64;
+    loop {
+        match p.server.push(id, chunk(), None, None, p.now) {
+            Ok(_) => pushed += 1,
+            Err(CallError::OutputWindow(call)) => {
+                assert_eq!(call, id);
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(pushed > 0);
+    assert!(p.server.retained() <= u64::from(MIN_WINDOW));
+    // Still refused however long the session stays detached.
+    p.advance(Duration::from_secs(30));
+    assert!(matches!(
+        p.server.push(id, chunk(), None, None, p.now),
+        Err(CallError::OutputWindow(_))
+    ));
+    // Resumed: everything kept arrives; the window frees only as the
+    // client's caller takes it.
+    p.resume();
+    let events: Vec<(u64, Kind)> = p
+        .client_calls()
+        .into_iter()
+        .filter(|(call, ..)| *call == id)
+        .map(|(_, seq, kind, _)| (seq, kind))
+        .collect();
+    assert_eq!(events.len() as u64, 1 + pushed);
+    assert!(matches!(
+        p.server.push(id, chunk(), None, None, p.now),
+        Err(CallError::OutputWindow(_))
+    ));
+    let (last_seq, _) = events.last().cloned().unwrap();
+    let taken: u64 = events.iter().map(|(_, k)| cost(k)).sum();
+    p.client.output_taken(id, last_seq, taken, p.now);
+    p.run();
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::OutputAcked { call_id, .. } if *call_id == id)),
+        "{:?}",
+        p.server_events
+    );
+    p.push(id, out("more"));
+    p.push(id, exit(0));
+    let (seqs, _, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(last, Some(exit(0)));
+}
