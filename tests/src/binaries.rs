@@ -341,9 +341,43 @@ impl ProcStack {
     /// `extra` (e.g. another `--relay`, or resume bounds), waiting until it
     /// has registered with `registrations` relays.
     pub fn restart_server(&mut self, extra: &[&str], registrations: usize) -> Result<()> {
+        let args: Vec<String> = self.server_args.clone();
+        self.respawn_server(args, extra, registrations)
+    }
+
+    /// [`restart_server`](Self::restart_server) registering through
+    /// `relays` (e.g. a forwarder in front of the stack's relay) instead
+    /// of the stack's relay.
+    pub fn restart_server_via(
+        &mut self,
+        relays: &[&str],
+        extra: &[&str],
+        registrations: usize,
+    ) -> Result<()> {
+        let mut args = Vec::new();
+        let mut given = self.server_args.iter();
+        while let Some(a) = given.next() {
+            if a == "--relay" {
+                given.next();
+            } else {
+                args.push(a.clone());
+            }
+        }
+        for r in relays {
+            args.extend(["--relay".to_owned(), (*r).to_owned()]);
+        }
+        self.respawn_server(args, extra, registrations)
+    }
+
+    fn respawn_server(
+        &mut self,
+        args: Vec<String>,
+        extra: &[&str],
+        registrations: usize,
+    ) -> Result<()> {
         let _ = self.server.child.kill();
         let _ = self.server.child.wait();
-        let mut args: Vec<&str> = self.server_args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend(extra);
         let env: Vec<(&str, &str)> = self
             .env
@@ -356,6 +390,16 @@ impl ProcStack {
                 .wait_for_line("registered with relay", Duration::from_secs(30))?;
         }
         Ok(())
+    }
+
+    /// The relay's socket address.
+    pub fn relay_addr(&self) -> Result<std::net::SocketAddr> {
+        let addr = self
+            .relay_url
+            .split_once("://")
+            .map_or(self.relay_url.as_str(), |(_, a)| a);
+        addr.parse()
+            .map_err(|e| FixtureError::start("the relay", format!("{addr}: {e}")))
     }
 
     /// Kills the relay (SIGKILL: no goodbye to anyone).
