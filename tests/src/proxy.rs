@@ -161,17 +161,26 @@ pub async fn start(upstream: String, behaviour: Behaviour) -> Result<String> {
 
 /// A TCP forwarder in front of an address (a relay, an exec-server's
 /// listener): it passes bytes both ways, and a test can cut every
-/// connection open through it at once, as a network blip would (new
-/// connections go through as before). Its tasks run on the runtime it
-/// was started on.
+/// connection open through it at once, as a network blip would, or freeze
+/// them (nothing passes any more, but the connections stay open, as when
+/// a network drops packets); new connections go through as before. Its
+/// tasks run on the runtime it was started on.
 #[derive(Debug)]
 pub struct Cutter {
     addr: SocketAddr,
-    /// Cancelled to cut the connections open now (replaced at each cut).
-    current: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    /// Cancelled to cut (or freeze) the connections open now (replaced at
+    /// each cut).
+    current: Arc<std::sync::Mutex<Fault>>,
     /// Cancelled when the cutter is dropped: it stops listening.
     stop: tokio_util::sync::CancellationToken,
     cuts: Arc<AtomicUsize>,
+}
+
+/// What ends the forwarding of the connections open now.
+#[derive(Debug, Default, Clone)]
+struct Fault {
+    cut: tokio_util::sync::CancellationToken,
+    freeze: tokio_util::sync::CancellationToken,
 }
 
 impl Cutter {
@@ -183,9 +192,7 @@ impl Cutter {
         let addr = listener
             .local_addr()
             .map_err(|e| FixtureError::io("reading the cutter's address", e))?;
-        let current = Arc::new(std::sync::Mutex::new(
-            tokio_util::sync::CancellationToken::new(),
-        ));
+        let current = Arc::new(std::sync::Mutex::new(Fault::default()));
         let stop = tokio_util::sync::CancellationToken::new();
         let (conns, end) = (Arc::clone(&current), stop.clone());
         tokio::spawn(async move {
@@ -197,10 +204,11 @@ impl Cutter {
                 let Ok((mut down, _)) = accepted else {
                     continue;
                 };
-                let cut = conns
+                let fault = conns
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
+                let gone = end.clone();
                 tokio::spawn(async move {
                     let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -208,9 +216,11 @@ impl Cutter {
                     let _ = down.set_nodelay(true);
                     let _ = up.set_nodelay(true);
                     // Cut: both sockets are dropped, as a broken network
-                    // leaves them (no goodbye).
+                    // leaves them (no goodbye). Frozen: they stay open
+                    // until the forwarder goes, and nothing passes.
                     tokio::select! {
-                        () = cut.cancelled() => {}
+                        () = fault.cut.cancelled() => {}
+                        () = fault.freeze.cancelled() => gone.cancelled().await,
                         _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
                     }
                 });
@@ -236,17 +246,28 @@ impl Cutter {
 
     /// Cuts every connection open through it now.
     pub fn cut(&self) {
-        let old = std::mem::take(
+        self.fault().cut.cancel();
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Freezes every connection open through it now: they stay open and
+    /// nothing passes any more.
+    pub fn freeze(&self) {
+        self.fault().freeze.cancel();
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The fault of the connections open now; new ones get a fresh one.
+    fn fault(&self) -> Fault {
+        std::mem::take(
             &mut *self
                 .current
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        old.cancel();
-        self.cuts.fetch_add(1, Ordering::SeqCst);
+        )
     }
 
-    /// How many cuts so far.
+    /// How many cuts and freezes so far.
     pub fn cuts(&self) -> usize {
         self.cuts.load(Ordering::SeqCst)
     }

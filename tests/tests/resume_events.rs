@@ -50,9 +50,24 @@ async fn next(run: &mut rex_client::Execution) -> Event {
         .expect("the call has not ended")
 }
 
-/// Runs a call across a cut of the client's link; returns the events
-/// other than output, and the output.
+/// How the client's link breaks.
+#[derive(Clone, Copy)]
+enum Break {
+    /// Its connection is closed: every end sees it go.
+    Cut,
+    /// Nothing passes any more but the connection stays open: the client
+    /// finds it dead (its keepalives go unanswered) while the relay and
+    /// the exec-server still hold the session on it.
+    Freeze,
+}
+
+/// Runs a call across a break of the client's link; returns the events
+/// other than output, the output, and the call's resumes.
 async fn across_a_cut(resume_events: bool) -> (Vec<Event>, Vec<u8>, u32) {
+    across(resume_events, Break::Cut).await
+}
+
+async fn across(resume_events: bool, fault: Break) -> (Vec<Event>, Vec<u8>, u32) {
     let relay = TestRelay::start().await.unwrap();
     let cutter = Cutter::start(relay.addr).await.unwrap();
     let client_key = StaticKeypair::generate().unwrap();
@@ -63,6 +78,8 @@ async fn across_a_cut(resume_events: bool) -> (Vec<Event>, Vec<u8>, u32) {
         ClientConfig::new(client_key, server.key.public(), Target::Relay(cutter.url()));
     config.resume = Some(PATIENCE);
     config.resume_events = resume_events;
+    // A frozen link is found dead after three keepalives unanswered.
+    config.keepalive = Duration::from_millis(500);
     let client = Client::new(config);
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("flag");
@@ -77,7 +94,10 @@ async fn across_a_cut(resume_events: bool) -> (Vec<Event>, Vec<u8>, u32) {
                 out.extend_from_slice(&d);
                 if !cut && out.len() > 50_000 {
                     cut = true;
-                    cutter.cut();
+                    match fault {
+                        Break::Cut => cutter.cut(),
+                        Break::Freeze => cutter.freeze(),
+                    }
                 } else if cut {
                     after_cut += d.len();
                     // Well past anything that was on its way before the
@@ -122,4 +142,20 @@ async fn without_resume_events_a_resume_is_only_a_pause() {
     );
     assert_numbers(&out);
     assert_eq!(resumes, 1, "counted all the same");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_finds_its_link_dead_first_takes_its_session_over() {
+    // The exec-server still holds the session on the old link when the
+    // client comes back over a new one: it gives the old one up for it.
+    let (notices, out, resumes) = across(true, Break::Freeze).await;
+    assert!(
+        matches!(
+            notices.as_slice(),
+            [Event::Started { .. }, Event::Reconnecting, Event::Resumed]
+        ),
+        "{notices:?}"
+    );
+    assert_numbers(&out);
+    assert_eq!(resumes, 1);
 }

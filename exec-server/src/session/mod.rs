@@ -199,6 +199,16 @@ where
             driven = drive(&shutdown, machine, runner, back.inbound, back.outbound).await;
             continue;
         }
+        // Its client came back over a new link before this end found the
+        // old one broken: the old link is dropped, the new one adopts.
+        if let Some(link) = runner.takeover.take() {
+            let old = std::mem::replace(&mut machine, link.machine);
+            let now = Now::system();
+            let adopted = machine.adopt(old, now);
+            runner.adopted(&machine, adopted);
+            driven = drive(&shutdown, machine, runner, link.inbound, link.outbound).await;
+            continue;
+        }
         if machine.is_detached()
             && let Some(link) = park(&ctx, &shutdown, &mut machine, &mut runner).await
         {
@@ -274,11 +284,8 @@ async fn park(
     runner: &mut Runner,
 ) -> Option<Handover> {
     let grace = ctx.config.resume_grace;
-    let parked = machine
-        .resume_token()
-        .map(<[u8]>::to_vec)
-        .and_then(|token| ctx.parked.park(&token).map(|rx| (token, rx)));
-    let Some((token, mut links)) = parked else {
+    runner.register(machine);
+    let (Some(token), Some(mut links)) = (runner.token.clone(), runner.takeovers.take()) else {
         runner.expire();
         return None;
     };
@@ -323,29 +330,25 @@ async fn park(
             }
         }
         if runner.end.is_some() {
-            ctx.parked.unpark(&token);
             return None;
         }
         let deadline = machine.poll_timeout();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                ctx.parked.unpark(&token);
                 runner.expire();
                 return None;
             }
             () = sleep_until(deadline) => machine.handle_timeout(Now::system()),
             link = links.recv() => match link {
                 Some(link) if link.machine.may_resume(machine) => {
-                    ctx.parked.unpark(&token);
+                    // Still registered: the resumed session may be taken
+                    // back again.
+                    runner.takeovers = Some(links);
                     return Some(link);
                 }
                 // Not this session's client (or a resume seen before).
-                Some(link) => {
-                    let refused = link.refused;
-                    let back = Handover { refused: tokio::sync::oneshot::channel().0, ..link };
-                    let _ = refused.send(back);
-                }
+                Some(link) => link.refuse(),
                 None => {}
             },
             wake = runner.wait(true, false) => {
@@ -354,6 +357,15 @@ async fn park(
                 }
             }
         }
+    }
+}
+
+/// The next link asking to take the session over, or never without a
+/// registration.
+async fn takeover(links: Option<&mut mpsc::Receiver<Handover>>) -> Option<Handover> {
+    match links {
+        Some(links) => links.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -417,12 +429,23 @@ struct Runner {
     /// The bounds on what its processes may still write while its link is
     /// down.
     retention: Arc<Retention>,
+    /// The session's resume token, once registered (see
+    /// [`Runner::register`]).
+    token: Option<Vec<u8>>,
+    /// New links whose client asks to resume this session.
+    takeovers: Option<mpsc::Receiver<Handover>>,
+    /// A new link that takes the session over from its current one.
+    takeover: Option<Handover>,
 }
 
 impl Drop for Runner {
     fn drop(&mut self) {
-        // Whatever it held against the exec-server's bound goes back.
+        // Whatever it held against the exec-server's bound goes back, and
+        // nobody can resume it any more.
         self.retention.attach();
+        if let Some(token) = &self.token {
+            self.ctx.parked.unpark(token);
+        }
     }
 }
 
@@ -449,8 +472,26 @@ impl Runner {
             refused_busy: false,
             resume: None,
             retention: Retention::new(ctx.config.resume_session_buffer, Arc::clone(&ctx.retained)),
+            token: None,
+            takeovers: None,
+            takeover: None,
             ctx,
         }
+    }
+
+    /// Registers the session under its resume token once it has one, so
+    /// that a new link whose client asks to resume it finds it, whether its
+    /// current link is known to be broken yet or not.
+    fn register(&mut self, machine: &Machine) {
+        if self.token.is_some() {
+            return;
+        }
+        let Some(token) = machine.resume_token().map(<[u8]>::to_vec) else {
+            return;
+        };
+        // Too many registered: this session cannot be resumed.
+        self.takeovers = self.ctx.parked.park(&token);
+        self.token = Some(token);
     }
 
     /// Records `relay.frame.recv` for a traced client message; returns its
@@ -708,6 +749,9 @@ impl Runner {
         }
         self.session_cancel.cancel();
         self.retention.attach();
+        if let Some(token) = &self.token {
+            self.ctx.parked.unpark(token);
+        }
         let why = match end {
             Err(SessionError::Timeout(SessionStage::Resume)) => {
                 "its session was not resumed in time"
@@ -746,6 +790,9 @@ enum Input {
     StdinTaken,
     /// The authorized keys changed.
     KeysChanged,
+    /// A new link whose client asks to resume this session (boxed: its
+    /// machine is large, and this is rare).
+    Takeover(Box<Handover>),
 }
 
 impl Endpoint<Machine> for Runner {
@@ -759,9 +806,11 @@ impl Endpoint<Machine> for Runner {
         let stdin = Arc::clone(&self.stdin_wake);
         let events = &mut self.events_rx;
         let keys = &mut self.keys;
+        let takeovers = self.takeovers.as_mut();
         async move {
             tokio::select! {
                 biased;
+                Some(link) = takeover(takeovers) => Wake::Input(Input::Takeover(Box::new(link))),
                 // Acknowledgements are taken even over the backlog: one per
                 // call at most, and a client may be waiting for them.
                 () = stdin.notified() => Wake::Input(Input::StdinTaken),
@@ -779,6 +828,20 @@ impl Endpoint<Machine> for Runner {
         match input {
             Input::Event(out) => self.push(machine, out, now),
             Input::StdinTaken => self.report_stdin(machine, now),
+            // Its client came back over a new link while this one still
+            // looked alive: this one is given up for it.
+            Input::Takeover(link) => {
+                if self.takeover.is_none() && link.machine.may_resume(machine) {
+                    tracing::info!(
+                        "a session's client came back over a new link before its old one was \
+                         found broken"
+                    );
+                    machine.supersede(now);
+                    self.takeover = Some(*link);
+                } else {
+                    link.refuse();
+                }
+            }
             Input::KeysChanged => {
                 let keys = self.keys.borrow_and_update().clone();
                 if let Some(client) = self.client
@@ -797,6 +860,7 @@ impl Endpoint<Machine> for Runner {
         event: ServerEvent,
         now: Now,
     ) -> Delivery<ServerEvent> {
+        self.register(machine);
         match event {
             ServerEvent::Authenticated { client } => {
                 self.startup = None;
@@ -928,7 +992,7 @@ impl Endpoint<Machine> for Runner {
     }
 
     fn hand_over(&self) -> bool {
-        self.resume.is_some()
+        self.resume.is_some() || self.takeover.is_some()
     }
 
     fn transmitted(&mut self, done: Vec<Tag>, sent: u64, now: Now) {

@@ -123,11 +123,12 @@ impl<T> ServerSession<T> {
         self.resumable.as_ref().map(|r| r.token.as_slice())
     }
 
-    /// Whether `parked` (a detached session) is the one this session's
-    /// client asked to resume, and the client may: the same token, the
-    /// same client key, and a proof made with its secret over this
-    /// session's own handshake (so a resume seen before, or made by
-    /// another key, is refused).
+    /// Whether `parked` (a detached session, or one whose link this end
+    /// has not yet found broken) is the one this session's client asked to
+    /// resume, and the client may: the same token, the same client key,
+    /// and a proof made with its secret over this session's own handshake
+    /// (so a resume seen before, or made by another key, is refused). A
+    /// session that is over (its grace expired) cannot be resumed.
     pub fn may_resume(&self, parked: &ServerSession<T>) -> bool {
         let (Some(asked), Some(resumable), Some(hash)) = (
             self.asked.as_ref(),
@@ -136,11 +137,24 @@ impl<T> ServerSession<T> {
         ) else {
             return false;
         };
-        parked.detached
+        (parked.detached || !parked.link.is_over())
             && asked.token.as_ref() == resumable.token.as_slice()
             && self.client.is_some()
             && parked.client == self.client
             && resumable.secret.verify(hash, &asked.proof)
+    }
+
+    /// Gives up this session's link for a new one its client has proved it
+    /// holds ([`may_resume`](Self::may_resume)): the client found the old
+    /// link broken before this end did (a network that dropped packets
+    /// rather than the connection). The session detaches at once, its
+    /// calls kept, ready to be adopted.
+    pub fn supersede(&mut self, now: Now) {
+        if self.detached || self.link.is_over() || self.resumable.is_none() {
+            return;
+        }
+        let why = tonic::Status::aborted("the client resumed the session over a new link");
+        self.handle_link_end(Some(why), now);
     }
 
     /// Takes over `parked`, the session the client asked to resume (checked

@@ -653,3 +653,41 @@ fn a_detached_call_whose_window_is_full_takes_no_more_until_acknowledged_after_t
     assert_in_order(&seqs);
     assert_eq!(last, Some(exit(0)));
 }
+
+#[test]
+fn a_resume_takes_over_a_session_whose_link_this_end_has_not_found_broken() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    p.push(id, out("in flight"));
+    // Only the client sees the link go (packets dropped, no reset): the
+    // exec-server's machine is still attached to it.
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.client_reads = true;
+    p.server_frozen = true;
+    let now = p.now;
+    p.client.handle_link_end(None, now);
+    p.run();
+    assert!(p.client.is_detached());
+    assert!(!p.server.is_detached());
+    // Nothing of the old link reaches the new one.
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.server_frozen = false;
+    let (mut held, _) = p.relink();
+    assert!(!held.is_detached() && !held.is_over());
+    // Its client proves it holds the session: the old link is given up.
+    assert!(p.server.may_resume(&held));
+    held.supersede(p.now);
+    assert!(held.is_detached());
+    let adopted = p.server.adopt(held, p.now);
+    p.run();
+    assert_eq!(adopted.bytes, 9);
+    p.push(id, exit(0));
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"in flight");
+    assert_eq!(last, Some(exit(0)));
+}
