@@ -32,9 +32,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 export REX_IMAGE_PREFIX="${REX_IMAGE_PREFIX:-rex}"
 export JAEGER_IMAGE="${JAEGER_IMAGE:-$REX_IMAGE_PREFIX-trace-sink:local}"
 export JAEGER_UI_PORT="${JAEGER_UI_PORT:-$(free_port)}"
-# A shorter resume grace, so that the test of a relay down for longer than
-# it does not take minutes (tests/tests/compose.rs knows this value).
-export REX_RESUME_GRACE="${REX_RESUME_GRACE:-20s}"
+# The exec-server's resume grace (tests/tests/compose.rs knows this
+# value): longer than the 40 s the HTTP/2 keepalives may take to find a
+# cut connection dead at either end, so that a command in flight across a
+# network cut is always resumed in time; the test of a relay down for
+# longer than the grace waits it out.
+export REX_RESUME_GRACE="${REX_RESUME_GRACE:-60s}"
 
 files=(-f docker-compose.yml)
 dc() { $compose -p "$project" "${files[@]}" "$@"; }

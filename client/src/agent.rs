@@ -81,8 +81,11 @@ pub fn event_of_reply(body: reply::Body) -> Option<Event> {
         reply::Body::Event(ev) => crate::router::to_event(ev.kind?),
         reply::Body::Failure(f) => Event::Failed(ExecFailure::Agent(f.message)),
         reply::Body::OutputLost(lost) => Event::Failed(ExecFailure::OutputLost {
-            stdout: lost.stdout,
-            stderr: lost.stderr,
+            gap: (!lost.gap_unknown).then_some(crate::exec::Gap {
+                stdout: lost.stdout,
+                stderr: lost.stderr,
+            }),
+            session_expired: lost.session_expired,
             exit: lost.exit.and_then(|x| match x.status? {
                 exited::Status::Code(c) => Some(ExitStatus::Code(c)),
                 exited::Status::Signal(n) => Some(ExitStatus::Signal(n)),
@@ -282,7 +285,7 @@ impl AgentClient {
         );
         Ok(Execution::new(
             control,
-            events_rx,
+            (events_rx, Arc::default()),
             dispatch.span.take(),
             Delivery::new(
                 dispatch.dispatched,

@@ -18,7 +18,7 @@ use crate::dispatch::{Dispatch, Records, request_for};
 use crate::error::{ClientError, ConnectError, Waiting};
 use crate::exec::{ExecFailure, ExecSpec, Output};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
-use crate::session::{Command, SessionHandle, StartTaken, Traced};
+use crate::session::{CallShared, Command, SessionHandle, StartTaken, Traced};
 use crate::warm::{Perform, Trigger, Warm, WarmOutcome, WarmPolicy, WarmStatus, Warmed};
 
 /// A client for one exec-server.
@@ -366,6 +366,7 @@ impl Client {
             ));
             let traced = Traced::at(&cx, "exec", ready);
             let (taken_tx, taken) = StartTaken::new();
+            let call = Arc::new(CallShared::default());
             let started = session
                 .start(|call_id| Command::Start {
                     call_id,
@@ -374,6 +375,7 @@ impl Client {
                     events: tx,
                     traced,
                     taken: taken_tx,
+                    call: Arc::clone(&call),
                 })
                 .await;
             match started {
@@ -390,7 +392,7 @@ impl Client {
                     );
                     return Ok(Execution::new(
                         control,
-                        rx,
+                        (rx, call),
                         dispatch.span.take(),
                         Delivery::new(
                             dispatch.dispatched,

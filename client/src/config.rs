@@ -49,7 +49,12 @@ pub struct ClientConfig {
     /// For an `https://` target: the CA certificates its certificate is
     /// checked against (by default the system's).
     pub tls: TlsSettings,
-    /// Timeout for the TCP/HTTP2 connection.
+    /// How long reaching the relay (or the exec-server's own listener)
+    /// may take: the TCP connection and, for `https://`, its TLS
+    /// handshake. Short (3 s by default) so that a caller with several
+    /// relays (the CLI tries its `--relay` list in order, and a session
+    /// that comes back tries [`alternates`](Self::alternates) in turn)
+    /// soon goes on to the next.
     pub connect_timeout: Duration,
     /// Timeout for the relay pairing, Noise handshake and session init.
     pub handshake_timeout: Duration,
@@ -124,7 +129,7 @@ impl ClientConfig {
             server,
             target,
             tls: TlsSettings::system(),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(15),
             keepalive: Duration::from_secs(30),
             outbound_queue: 256,

@@ -117,6 +117,7 @@ pub(crate) async fn open(
             }
         };
         let mut driven = drive_link(machine, router, inbound, tx, shutdown()).await;
+        let mut resumes = 0;
         while driven.machine.is_detached() {
             let (mut machine, mut router) = (driven.machine, driven.endpoint);
             let came_back = tokio::select! {
@@ -126,7 +127,10 @@ pub(crate) async fn open(
             match came_back {
                 Ok((inbound, tx)) => {
                     driven = drive_link(machine, router, inbound, tx, shutdown()).await;
-                    if driven.endpoint.outage.is_none() {
+                    // It came back (and may have broken again since): a
+                    // later outage has its own time to come back.
+                    if driven.endpoint.resumes != resumes {
+                        resumes = driven.endpoint.resumes;
                         reconnect.resumed();
                     }
                 }

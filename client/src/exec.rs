@@ -204,36 +204,56 @@ pub enum ExecFailure {
     /// session was lost, or the agent itself went away (as it says).
     #[error("{0}")]
     Agent(String),
-    /// The session came back too late: the exec-server had ended the call
-    /// and kept only what was lost (bytes of output that will never
-    /// arrive) and, when known, how the process ended.
-    #[error("{}", lost_text(*stdout, *stderr, exit.as_ref()))]
+    /// The command's output will not all arrive: its session came back
+    /// too late (the exec-server had ended the call, or restarted), or the
+    /// exec-server no longer kept the call's last events. Says exactly how
+    /// much was lost when the exec-server still knew, and how the process
+    /// ended when known.
+    #[error("{}", lost_text(gap.as_ref(), exit.as_ref(), *session_expired))]
     OutputLost {
-        /// Stdout bytes lost.
-        stdout: u64,
-        /// Stderr bytes lost.
-        stderr: u64,
+        /// The output that will never arrive; `None`: unknown (the
+        /// exec-server kept no account of the call).
+        gap: Option<Gap>,
         /// How the process ended, when known.
         exit: Option<ExitStatus>,
+        /// Whether the whole session was gone (otherwise only this call).
+        session_expired: bool,
     },
 }
 
-fn lost_text(stdout: u64, stderr: u64, exit: Option<&ExitStatus>) -> String {
-    if stdout == 0 && stderr == 0 && exit.is_none() {
-        return "the session could not be resumed: the exec-server no longer had it (it \
-                restarted, or the link was down for longer than it keeps a session); how the \
-                command ended is unknown"
-            .to_owned();
-    }
-    let ended = match exit {
-        Some(ExitStatus::Code(c)) => format!("; the command exited with {c}"),
-        Some(ExitStatus::Signal(n)) => format!("; the command was killed by signal {n}"),
-        None => String::new(),
+/// Output of a call that will never arrive, in bytes per stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Gap {
+    /// Stdout bytes lost.
+    pub stdout: u64,
+    /// Stderr bytes lost.
+    pub stderr: u64,
+}
+
+fn lost_text(gap: Option<&Gap>, exit: Option<&ExitStatus>, expired: bool) -> String {
+    let why = if expired {
+        "the session came back too late to resume the command (the exec-server had ended \
+         it, or had restarted)"
+    } else {
+        "the exec-server no longer kept the command's last events (too many finished \
+         commands were waiting for this client)"
     };
-    format!(
-        "the session came back too late to resume the command: {stdout} bytes of stdout \
-         and {stderr} bytes of stderr were lost{ended}"
-    )
+    let what = match gap {
+        Some(g) => format!(
+            "{} bytes of stdout and {} bytes of stderr were lost",
+            g.stdout, g.stderr
+        ),
+        None => "how much of its output was lost is unknown".to_owned(),
+    };
+    let ended = match (exit, gap) {
+        (Some(ExitStatus::Code(c)), _) => format!("the command exited with {c}"),
+        (Some(ExitStatus::Signal(n)), _) => format!("the command was killed by signal {n}"),
+        (None, Some(_)) if expired => {
+            "the command was still running when the exec-server ended it".to_owned()
+        }
+        (None, _) => "how the command ended is unknown".to_owned(),
+    };
+    format!("{why}: {what}; {ended}")
 }
 
 impl ExecFailure {

@@ -23,7 +23,9 @@ use crate::exec::ExitStatus;
 use crate::exec::{Event, ExecFailure, Output};
 #[cfg(feature = "records")]
 use crate::records::CallRecord;
-use crate::session::{Command, Control, Routed, SessionHandle, StartTaken, Taken, Traced};
+use crate::session::{
+    CallShared, Command, Control, Routed, SessionHandle, StartTaken, Taken, Traced,
+};
 use crate::warm::ActiveCall;
 
 #[cfg(feature = "records")]
@@ -48,12 +50,15 @@ pub struct Execution {
     active: Option<ActiveCall>,
     span: Option<BoxedSpan>,
     delivery: Delivery,
+    /// What the call shares with its session's driver (how it ended, when
+    /// the driver ended it; its resumes).
+    call: Arc<CallShared>,
 }
 
 impl Execution {
     pub(crate) fn new(
         control: Controller,
-        events: mpsc::Receiver<Routed>,
+        (events, call): (mpsc::Receiver<Routed>, Arc<CallShared>),
         span: Option<BoxedSpan>,
         delivery: Delivery,
         active: Option<ActiveCall>,
@@ -61,6 +66,7 @@ impl Execution {
         Self {
             control,
             events,
+            call,
             finished: false,
             ended: None,
             untold: (0, 0),
@@ -87,6 +93,21 @@ impl Execution {
         self.ended
     }
 
+    /// How many times the call's session came back over a new link while
+    /// the call ran (0: its link never broke, or the call went through a
+    /// local agent, which resumes without telling). Each resume is also a
+    /// `session.reattach` span in the call's trace.
+    pub fn resumes(&self) -> u32 {
+        self.call.resumes()
+    }
+
+    /// The call's output bytes (stdout and stderr) sent again after those
+    /// resumes: what the broken links had not delivered. They are part of
+    /// the events, each byte once.
+    pub fn replayed_bytes(&self) -> u64 {
+        self.call.replayed()
+    }
+
     /// The next event, or None after the last one. If the session is lost
     /// mid-call, the last event is [`Event::Failed`].
     pub async fn next(&mut self) -> Option<Event> {
@@ -100,9 +121,15 @@ impl Execution {
         let routed = match self.events.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(routed)) => routed,
-            // The session ended without a word for this call.
+            // The driver ended the call (its word is in the shared state,
+            // where a full queue cannot lose it), or the session ended
+            // without a word for it.
             Poll::Ready(None) => Routed {
-                event: Event::Failed(self.control.carrier.failure()),
+                event: Event::Failed(
+                    self.call
+                        .take_fate()
+                        .unwrap_or_else(|| self.control.carrier.failure()),
+                ),
                 at: std::time::Instant::now(),
                 decoded: SystemTime::now(),
                 flow: None,
@@ -569,4 +596,110 @@ impl Delivery {
 
     #[cfg(not(feature = "records"))]
     fn finish_record(&mut self, _event: &Event) {}
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::error::Via;
+    use crate::exec::{ExitStatus, Gap};
+    use crate::session::Shared;
+    use opentelemetry::trace::SpanContext;
+
+    fn routed(event: Event) -> Routed {
+        Routed {
+            event,
+            at: std::time::Instant::now(),
+            decoded: SystemTime::now(),
+            flow: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_drivers_last_word_is_not_lost_to_a_full_queue() {
+        let (commands, _commands_rx) = mpsc::channel(1);
+        let (controls, _controls_rx) = mpsc::channel(1);
+        let session = SessionHandle::new(
+            commands,
+            controls,
+            Shared::new(Via::Relay),
+            0,
+            SpanContext::empty_context(),
+        );
+        let control = Controller::new(
+            1,
+            Carrier::Session(session),
+            Context::new(),
+            false,
+            None,
+            Arc::default(),
+        );
+        // A queue with no room left: the caller has not read.
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(routed(Event::Stdout(Bytes::from_static(b"before"))))
+            .unwrap();
+        assert!(
+            tx.try_send(routed(Event::Started {
+                pid: 1,
+                program: None,
+            }))
+            .is_err()
+        );
+        let call = Arc::new(CallShared::default());
+        let mut run = Execution::new(
+            control,
+            (rx, Arc::clone(&call)),
+            None,
+            Delivery::default(),
+            None,
+        );
+        // The driver ends the call: its word goes to the shared state, and
+        // the queue closes.
+        let lost = ExecFailure::OutputLost {
+            gap: Some(Gap {
+                stdout: 10,
+                stderr: 0,
+            }),
+            exit: Some(ExitStatus::Code(3)),
+            session_expired: true,
+        };
+        call.end(lost.clone());
+        drop(tx);
+        // Everything queued first, then exactly that word.
+        assert_eq!(
+            run.next().await,
+            Some(Event::Stdout(Bytes::from_static(b"before")))
+        );
+        assert_eq!(run.next().await, Some(Event::Failed(lost)));
+        assert_eq!(run.next().await, None);
+    }
+
+    #[test]
+    fn a_loss_says_how_much_only_when_it_is_known() {
+        let known = ExecFailure::OutputLost {
+            gap: Some(Gap {
+                stdout: 0,
+                stderr: 7,
+            }),
+            exit: None,
+            session_expired: true,
+        }
+        .to_string();
+        assert!(
+            known.contains("0 bytes of stdout and 7 bytes of stderr"),
+            "{known}"
+        );
+        assert!(known.contains("still running"), "{known}");
+        let unknown = ExecFailure::OutputLost {
+            gap: None,
+            exit: None,
+            session_expired: false,
+        };
+        let text = unknown.to_string();
+        assert!(text.contains("unknown"), "{text}");
+        assert!(!text.contains(" bytes"), "{text}");
+        assert!(text.contains("no longer kept"), "{text}");
+        assert_eq!(unknown.shell_code(), 255);
+    }
 }

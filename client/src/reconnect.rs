@@ -76,31 +76,39 @@ impl Reconnect {
         loop {
             let wait = backoff(self.rounds);
             self.rounds = self.rounds.saturating_add(1);
-            if Instant::now() + wait >= deadline {
-                return Err(SessionError::Timeout(Stage::Resume));
-            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // The next attempt would come too late: the rest of the time
+            // passes (the calls wait as long as they were told to), then
+            // the session gives up.
+            let giving_up = wait >= left;
+            let wait = wait.min(left);
             if !wait.is_zero() {
-                let start = SystemTime::now();
                 tokio::select! {
-                    () = self.stop.cancelled() => return Err(SessionError::LinkEnded),
+                    () = self.stop.cancelled() => {
+                        note(router, spans::SESSION_REATTACH_WAIT, false);
+                        return Err(SessionError::LinkEnded);
+                    }
                     () = tokio::time::sleep(wait) => {}
                 }
-                note(router, spans::SESSION_REATTACH_WAIT, start, true);
+                note(router, spans::SESSION_REATTACH_WAIT, !giving_up);
+            }
+            if giving_up {
+                return Err(SessionError::Timeout(Stage::Resume));
             }
             for target in self.config.targets() {
                 if self.stop.is_cancelled() {
                     return Err(SessionError::LinkEnded);
                 }
-                let start = SystemTime::now();
                 let tried = self.attempt(target, machine, router).await;
-                note(router, spans::RELAY_CONNECT, start, tried.is_some());
+                let at = note(router, spans::RELAY_CONNECT, tried.is_some());
                 if let Some(outage) = router.outage.as_mut() {
                     outage.attempts = outage.attempts.saturating_add(1);
                 }
                 if let Some(link) = tried {
                     if let Some(outage) = router.outage.as_mut() {
                         outage.via = Some(target.url().to_owned());
-                        outage.opened_at = Some(SystemTime::now());
+                        // The handshake starts where the connect ended.
+                        outage.opened_at = Some(at);
                     }
                     return Ok(link);
                 }
@@ -167,13 +175,12 @@ pub(crate) fn drain(machine: &mut Machine, router: &mut Router, now: Now) {
     }
 }
 
-/// Phases noted per outage at most (the rest are counted in its
-/// attempts).
-const PHASES: usize = 64;
-
-fn note(router: &mut Router, name: &'static str, start: SystemTime, ok: bool) {
-    if let Some(outage) = router.outage.as_mut().filter(|o| o.phases.len() < PHASES) {
-        outage.phases.push((name, start, SystemTime::now(), ok));
+/// Notes a phase of the outage, from where the last one ended to now;
+/// returns now.
+fn note(router: &mut Router, name: &'static str, ok: bool) -> SystemTime {
+    match router.outage.as_mut() {
+        Some(outage) => outage.note(name, ok),
+        None => SystemTime::now(),
     }
 }
 

@@ -31,8 +31,8 @@ use telemetry::{carriers, otel, spans};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::SessionLost;
-use crate::exec::{Event, ExecFailure, ExitStatus};
-use crate::session::{Command, Control, Routed, Shared, Traced};
+use crate::exec::{Event, ExecFailure, ExitStatus, Gap};
+use crate::session::{CallShared, Command, Control, Routed, Shared, Traced};
 
 /// What a marked message hands back once it has left: its
 /// `relay.frame.send` span, and for an exec request its call (whose
@@ -68,6 +68,9 @@ pub(crate) enum Input {
 /// A call the router routes events to.
 struct Route {
     sink: mpsc::Sender<Routed>,
+    /// What the call's caller shares with the driver (its fate, its
+    /// resumes).
+    call: Arc<CallShared>,
     /// The call's `tool.dispatch` context.
     parent: Context,
     /// When its exec request was taken for sending.
@@ -145,6 +148,13 @@ pub(crate) struct Router {
     resume_events: bool,
     /// The link broke and the session is coming back.
     pub(crate) outage: Option<Outage>,
+    /// Whether the session is up: not between a broken link and the
+    /// answer to its resume. Until then callers' controls, cancellations
+    /// and acknowledgements wait (none may precede the resume on a new
+    /// link, and none is lost).
+    online: bool,
+    /// Times the session came back over a new link.
+    pub(crate) resumes: u64,
 }
 
 /// Pings waiting for their pongs at most.
@@ -156,9 +166,12 @@ const PINGS: usize = 8;
 pub(crate) struct Outage {
     /// When the loss was noticed.
     pub(crate) lost_at: SystemTime,
-    /// Each attempt's wait and connect, in order: span name, start, end,
-    /// and whether it worked.
+    /// Each phase (wait, connect, a new link that broke), in order: span
+    /// name, start, end, and whether it worked. Each starts where the one
+    /// before ended (the first at the loss), so that they tile the outage.
     pub(crate) phases: Vec<(&'static str, SystemTime, SystemTime, bool)>,
+    /// Where the next phase starts.
+    pub(crate) cursor: SystemTime,
     /// The attempts made.
     pub(crate) attempts: u32,
     /// The URL the session came back through.
@@ -167,15 +180,40 @@ pub(crate) struct Outage {
     pub(crate) opened_at: Option<SystemTime>,
 }
 
+/// Phases kept per outage at most: beyond, the last one stretches over
+/// the rest (the attempts are still counted).
+const PHASES: usize = 64;
+
 impl Outage {
     fn new(lost_at: SystemTime) -> Self {
         Self {
             lost_at,
             phases: Vec::new(),
+            cursor: lost_at,
             attempts: 0,
             via: None,
             opened_at: None,
         }
+    }
+
+    /// A phase named `name` ran from where the last one ended to `end`
+    /// (never before it); returns where the next one starts.
+    pub(crate) fn note_at(&mut self, name: &'static str, end: SystemTime, ok: bool) -> SystemTime {
+        let start = self.cursor;
+        let end = end.max(start);
+        if self.phases.len() < PHASES {
+            self.phases.push((name, start, end, ok));
+        } else if let Some(last) = self.phases.last_mut() {
+            last.2 = end;
+            last.3 &= ok;
+        }
+        self.cursor = end;
+        end
+    }
+
+    /// [`note_at`](Self::note_at) now.
+    pub(crate) fn note(&mut self, name: &'static str, ok: bool) -> SystemTime {
+        self.note_at(name, SystemTime::now(), ok)
     }
 }
 
@@ -199,6 +237,8 @@ impl Router {
             pings: Vec::new(),
             resume_events: false,
             outage: None,
+            online: true,
+            resumes: 0,
         }
     }
 
@@ -267,7 +307,10 @@ impl Router {
             child.end_with_timestamp(*stop);
         }
         if let Some(opened) = outage.opened_at {
-            let secured = self.secured_at.unwrap_or(opened).max(opened);
+            let secured = self
+                .secured_at
+                .unwrap_or(opened)
+                .clamp(opened, end.max(opened));
             let mut hs = tracer
                 .span_builder(spans::NOISE_HANDSHAKE)
                 .with_start_time(opened)
@@ -311,6 +354,7 @@ impl Router {
                 events,
                 traced,
                 taken,
+                call,
             } => {
                 taken.send_replace(true);
                 self.last_start = self.last_start.max(call_id);
@@ -326,6 +370,7 @@ impl Router {
                             call_id,
                             Route {
                                 sink: events,
+                                call,
                                 parent: traced.parent,
                                 started: now.wall,
                                 left: None,
@@ -346,12 +391,9 @@ impl Router {
                             }
                             _ => ExecFailure::SessionLost(self.shared.lost()),
                         };
-                        let _ = events.try_send(Routed {
-                            event: Event::Failed(failure),
-                            at: Instant::now(),
-                            decoded: now.wall,
-                            flow: None,
-                        });
+                        // Its queue closes with this: the caller finds it.
+                        call.end(failure);
+                        drop(events);
                     }
                 }
             }
@@ -627,17 +669,34 @@ impl Router {
         stage.end.unwrap_or_else(SystemTime::now)
     }
 
-    /// The session is over: every call still open ends with it.
+    /// The session is over: every call still open ends with it (told
+    /// through its shared state as its queue closes, so that a full queue
+    /// cannot lose it).
     fn ended(&mut self, lost: &SessionLost) {
         for (_, route) in self.calls.drain() {
-            // Best effort: a caller with no room learns it from the closed
-            // queue instead.
-            let _ = route.sink.try_send(Routed {
-                event: Event::Failed(ExecFailure::SessionLost(lost.clone())),
-                at: Instant::now(),
-                decoded: SystemTime::now(),
-                flow: None,
-            });
+            route.call.end(ExecFailure::SessionLost(lost.clone()));
+        }
+    }
+
+    /// A new link came up during an outage but broke before the resume was
+    /// answered: its handshake (and resume, if asked) are phases of the
+    /// outage that did not work.
+    fn new_link_broke(&mut self, now: SystemTime) {
+        let secured = self.secured_at.take();
+        let Some(outage) = self.outage.as_mut() else {
+            return;
+        };
+        if outage.opened_at.take().is_none() {
+            return;
+        }
+        match secured.filter(|s| *s >= outage.cursor) {
+            Some(secured) => {
+                outage.note_at(spans::NOISE_HANDSHAKE, secured, true);
+                outage.note_at(spans::SESSION_RESUME, now, false);
+            }
+            None => {
+                outage.note_at(spans::NOISE_HANDSHAKE, now, false);
+            }
         }
     }
 }
@@ -724,20 +783,26 @@ impl Endpoint<Machine> for Router {
             .and_then(|id| self.calls.get(&id))
             .map(|route| route.sink.clone());
         let shared = Arc::clone(&self.shared);
+        let online = self.online;
         let (commands, controls) = (&mut self.commands, &mut self.controls);
         async move {
             tokio::select! {
                 biased;
                 // Cancellations, signals and cancels are taken even over
                 // the backlog: they are small and bounded, and must not
-                // wait behind stdin.
-                () = shared.wake.notified() => Wake::Input(Input::Woken),
-                Some(cmd) = controls.recv() => Wake::Input(Input::Command(cmd)),
+                // wait behind stdin. Not while a new link's resume is
+                // under way: nothing may precede it there, and they wait
+                // (a woken driver's permit is kept) rather than be lost.
+                () = shared.wake.notified(), if online => Wake::Input(Input::Woken),
+                Some(cmd) = controls.recv(), if online => Wake::Input(Input::Command(cmd)),
                 _ = reserve(sink.as_ref()), if blocked => Wake::Ready,
                 cmd = commands.recv(), if accepting => match cmd {
                     Some(cmd) => Wake::Input(Input::Command(cmd)),
                     None => Wake::Closed,
                 },
+                // Nothing to wait for here: the link and the timers wake
+                // the driver.
+                else => std::future::pending().await,
             }
         }
     }
@@ -803,20 +868,25 @@ impl Endpoint<Machine> for Router {
             // The driver stops; the session comes back over a new link.
             ClientEvent::Detached { error } => {
                 tracing::debug!(error = %error, calls = self.calls.len(), "the session's link broke");
-                self.secured_at = None;
+                self.online = false;
                 // A new link that did not come up is the same outage.
+                self.new_link_broke(now.wall);
+                self.secured_at = None;
                 if self.outage.is_none() {
                     self.outage = Some(Outage::new(now.wall));
                     self.notify(&Event::Reconnecting);
                 }
             }
             ClientEvent::Resumed { expired, replayed } => {
+                self.online = true;
+                self.resumes += 1;
                 if let Some(outage) = self.outage.take() {
                     for (call_id, route) in &self.calls {
                         let bytes = replayed
                             .iter()
                             .find(|(id, _)| id == call_id)
                             .map_or(0, |(_, b)| *b);
+                        route.call.resumed(bytes);
                         let attributes = vec![KeyValue::new(
                             "rex.replayed.bytes",
                             i64::try_from(bytes).unwrap_or(i64::MAX),
@@ -832,40 +902,41 @@ impl Endpoint<Machine> for Router {
             }
             ClientEvent::Lost {
                 call_id,
-                stdout_lost,
-                stderr_lost,
+                lost,
                 exit,
+                expired,
             } => {
                 if let Some(route) = self.calls.remove(&call_id) {
+                    let gap = lost.map(|(stdout, stderr)| Gap { stdout, stderr });
                     let failure = ExecFailure::OutputLost {
-                        stdout: stdout_lost,
-                        stderr: stderr_lost,
+                        gap,
                         exit: exit.map(|x| match x.status {
                             Some(exited::Status::Code(c)) => ExitStatus::Code(c),
                             Some(exited::Status::Signal(s)) => ExitStatus::Signal(s),
                             None => ExitStatus::Code(-1),
                         }),
+                        session_expired: expired,
                     };
                     if let Some(outage) = &self.outage {
-                        let attributes = vec![
-                            KeyValue::new(
-                                "rex.gap.stdout_bytes",
-                                i64::try_from(stdout_lost).unwrap_or(i64::MAX),
-                            ),
-                            KeyValue::new(
-                                "rex.gap.stderr_bytes",
-                                i64::try_from(stderr_lost).unwrap_or(i64::MAX),
-                            ),
-                        ];
-                        let why = Some("the session came back too late".to_owned());
+                        let attributes = match gap {
+                            Some(g) => vec![
+                                KeyValue::new(
+                                    "rex.gap.stdout_bytes",
+                                    i64::try_from(g.stdout).unwrap_or(i64::MAX),
+                                ),
+                                KeyValue::new(
+                                    "rex.gap.stderr_bytes",
+                                    i64::try_from(g.stderr).unwrap_or(i64::MAX),
+                                ),
+                            ],
+                            None => vec![KeyValue::new("rex.gap.known", false)],
+                        };
+                        let why = Some(failure.to_string());
                         self.reattach_span(&route, outage, now.wall, attributes, why);
                     }
-                    let _ = route.sink.try_send(Routed {
-                        event: Event::Failed(failure),
-                        at: Instant::now(),
-                        decoded: now.wall,
-                        flow: None,
-                    });
+                    // Its queue closes with this: the caller finds it after
+                    // the events before it, whatever room the queue had.
+                    route.call.end(failure);
                 }
             }
             ClientEvent::Ended(end) => {
@@ -874,6 +945,20 @@ impl Endpoint<Machine> for Router {
                 }
                 let lost = SessionLost::new(self.shared.via, end);
                 tracing::debug!(reason = %lost, "session ended");
+                // The client gave up coming back: each waiting call's
+                // outage ends here, failed.
+                self.new_link_broke(now.wall);
+                if let Some(mut outage) = self.outage.take() {
+                    // From its last attempt to now (the give-up itself).
+                    if now.wall > outage.cursor {
+                        outage.note_at(spans::SESSION_REATTACH_WAIT, now.wall, false);
+                    }
+                    let end = outage.cursor;
+                    let why = format!("gave up coming back: {lost}");
+                    for route in self.calls.values() {
+                        self.reattach_span(route, &outage, end, Vec::new(), Some(why.clone()));
+                    }
+                }
                 self.shared.set_end(lost.clone());
                 self.ended(&lost);
             }

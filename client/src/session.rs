@@ -5,7 +5,7 @@
 //! Cancellation never goes through the queue: a dropped call is added to
 //! the shared list and the driver woken, so a full queue cannot lose it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -18,7 +18,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{SessionLost, Via};
-use crate::exec::Event;
+use crate::exec::{Event, ExecFailure};
 
 /// An event on its way to the caller, with when the driver handed it over
 /// (for the delivery queue's residence time).
@@ -61,6 +61,53 @@ impl Traced {
     }
 }
 
+/// What a call's caller and the driver share besides its event queue: how
+/// the call ended when the driver (not the exec-server) ended it, kept
+/// here so that a full queue can never lose it, and its resumes.
+#[derive(Debug, Default)]
+pub(crate) struct CallShared {
+    /// The call's last event, made by the driver (a lost session, lost
+    /// output): the caller takes it once the queue is drained and closed.
+    fate: Mutex<Option<ExecFailure>>,
+    /// Times the call's session came back over a new link.
+    resumes: AtomicU32,
+    /// Output bytes sent again after those resumes.
+    replayed: AtomicU64,
+}
+
+impl CallShared {
+    /// Sets how the call ended (the first word stands).
+    pub(crate) fn end(&self, failure: ExecFailure) {
+        self.fate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(failure);
+    }
+
+    /// How the driver ended the call, if it did.
+    pub(crate) fn take_fate(&self) -> Option<ExecFailure> {
+        self.fate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The session came back; `replayed` output bytes of the call were
+    /// sent again.
+    pub(crate) fn resumed(&self, replayed: u64) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        self.replayed.fetch_add(replayed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn resumes(&self) -> u32 {
+        self.resumes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+}
+
 /// A control message of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
@@ -85,6 +132,8 @@ pub(crate) enum Command {
         traced: Traced,
         /// Set once the driver has taken the start (see [`StartTaken`]).
         taken: watch::Sender<bool>,
+        /// What the call's caller shares with the driver.
+        call: Arc<CallShared>,
     },
     /// Stdin for a call (at most one chunk).
     Stdin { call_id: u64, data: Bytes },

@@ -11,7 +11,7 @@ use clap::Args;
 use proto::keys::PublicKey;
 
 use crate::address::{AddressError, RelayAddress};
-use crate::config::options::{OptionError, OptionValue, Terminal, Warm};
+use crate::config::options::{OptionError, OptionValue, Resume, Terminal, Warm};
 use crate::config::{Config, Entry, FromFile, ServerKey};
 use crate::known::{KeyChanged, KnownServers};
 
@@ -19,12 +19,15 @@ use crate::known::{KeyChanged, KnownServers};
 /// `config show`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerArgs {
-    /// Relay address (repeatable: tried in order): http://HOST:PORT,
+    /// Relay address (repeatable, or a comma-separated list): http://HOST:PORT,
     /// https://HOST:PORT, HOST:PORT, HOST (port 7600) or [IPV6]:PORT.
     /// https:// means TLS (never downgraded to plain) and http:// plain
     /// HTTP/2; a bare address means plain HTTP/2 on loopback and private
-    /// addresses and TLS elsewhere. [env: REX_RELAY]
-    #[arg(long, value_name = "ADDRESS")]
+    /// addresses and TLS elsewhere. A new session tries them in order,
+    /// each for at most 3 s to connect, going on to the next when one
+    /// cannot be reached or does not have the exec-server; a session whose
+    /// link breaks comes back through any of them. [env: REX_RELAY]
+    #[arg(long, value_name = "ADDRESS", value_delimiter = ',')]
     pub relay: Vec<String>,
     /// Connect straight to an exec-server's --listen address instead of a
     /// relay (http://HOST:PORT, or https://HOST:PORT when it serves TLS).
@@ -61,9 +64,17 @@ pub struct ServerArgs {
     #[arg(long)]
     pub accept_new: bool,
     /// Set an option as the config file would (repeatable): warm=off|30s,
-    /// resume=true|false, terminal=never|auto|always, accept_new=true|false.
+    /// resume=true|false|DURATION, terminal=never|auto|always,
+    /// accept_new=true|false.
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Let the command end with its link (resume=false): by default, when
+    /// the link to the exec-server breaks (a relay restart, a network
+    /// blip), the session comes back for up to a minute (the `resume`
+    /// option: resume=5m waits five), through any of the relays, and the
+    /// command goes on with nothing lost.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 /// Where a setting came from.
@@ -139,8 +150,8 @@ pub struct Settings {
     pub accept_new: Sourced<bool>,
     /// The warm policy.
     pub warm: Sourced<Warm>,
-    /// Resume over a new link.
-    pub resume: Sourced<bool>,
+    /// Resume over a new link, and for how long.
+    pub resume: Sourced<Resume>,
     /// Terminal allocation.
     pub terminal: Sourced<Terminal>,
     /// Whether the name's key is the one the known servers hold.
@@ -257,7 +268,14 @@ impl Settings {
         } else if !args.relay.is_empty() {
             Some(relays_from(&args.relay, Source::Flag("--relay"))?)
         } else if let Some(r) = env("REX_RELAY").filter(|r| !r.is_empty()) {
-            Some(relays_from(&[r], Source::Env("REX_RELAY"))?)
+            // A comma-separated list, as --relay takes.
+            let list: Vec<String> = r
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            Some(relays_from(&list, Source::Env("REX_RELAY"))?)
         } else {
             from_file(tables, config, |e| e.relays.as_ref())
                 .map(|s| sourced(Route::Relays(s.value), s.source))
@@ -368,13 +386,17 @@ impl Settings {
         .or_else(|| from_file(tables, config, |e| e.accept_new.as_ref()));
         let warm =
             first([flag_o(opt_warm)]).or_else(|| from_file(tables, config, |e| e.warm.as_ref()));
-        let resume = first([flag_o(opt_resume)])
-            .or_else(|| from_file(tables, config, |e| e.resume.as_ref()));
+        let resume = first([
+            args.no_resume
+                .then(|| sourced(Resume::Off, Source::Flag("--no-resume"))),
+            flag_o(opt_resume),
+        ])
+        .or_else(|| from_file(tables, config, |e| e.resume.as_ref()));
         let terminal = first([flag_o(opt_terminal)])
             .or_else(|| from_file(tables, config, |e| e.terminal.as_ref()));
         let accept_new = accept_new.unwrap_or_else(|| sourced(false, Source::Default));
         let warm = warm.unwrap_or_else(|| sourced(Warm::Off, Source::Default));
-        let resume = resume.unwrap_or_else(|| sourced(false, Source::Default));
+        let resume = resume.unwrap_or_else(|| sourced(Resume::default(), Source::Default));
         let terminal = terminal.unwrap_or_else(|| sourced(Terminal::default(), Source::Default));
         Ok(Self {
             name: name.map(str::to_owned),
@@ -390,42 +412,6 @@ impl Settings {
             terminal,
             known: is_known,
         })
-    }
-
-    /// The options this build cannot honour, each with its source: one
-    /// warning line each (they are never dropped silently).
-    pub fn unsupported(&self) -> Vec<String> {
-        let options = [
-            (
-                "warm",
-                self.warm.value.to_string(),
-                OptionValue::Warm(self.warm.value),
-                &self.warm.source,
-            ),
-            (
-                "resume",
-                self.resume.value.to_string(),
-                OptionValue::Resume(self.resume.value),
-                &self.resume.source,
-            ),
-            (
-                "terminal",
-                self.terminal.value.to_string(),
-                OptionValue::Terminal(self.terminal.value),
-                &self.terminal.source,
-            ),
-        ];
-        options
-            .into_iter()
-            .filter_map(|(key, shown, value, source)| {
-                value.unsupported().map(|what| {
-                    format!(
-                        "{key} = {shown} ({source}) is not supported yet by this build ({what}); \
-                         running without it"
-                    )
-                })
-            })
-            .collect()
     }
 }
 

@@ -165,7 +165,12 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
             .find(|(k, _)| k == key)
             .and_then(|(_, v)| v.parse().ok())
     };
-    if let Some(copy) = spans.iter().find(|s| crate::traces::is_placed(s)) {
+    let placed = |service: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && crate::traces::is_placed(s))
+    };
+    if let Some(copy) = placed(telemetry::remote::EXEC_SERVER) {
         let used = attr(copy, "rex.clock_offset_ns").unwrap_or(0);
         let _ = match attr(copy, "rex.clock_offset_measured_ns") {
             Some(measured) => writeln!(
@@ -184,6 +189,13 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
     } else if !spans.iter().any(|s| s.service != "core-client") {
         out.push_str(
             "exec-server's stages: not known (it sent none; export its spans to a collector to see them)\n",
+        );
+    }
+    if let Some(copy) = placed(telemetry::remote::RELAY) {
+        let _ = writeln!(
+            out,
+            "relay's forwards: told on its frames, placed with its clock {} ms off ours",
+            signed_ms(attr(copy, "rex.clock_offset_ns").unwrap_or(0))
         );
     }
 }

@@ -78,10 +78,14 @@ pub struct ExecServerConfig {
     pub resume_grace: Duration,
     /// Per process, the output kept until the client has acknowledged it
     /// (what a resume can send again); a process waits on its output once
-    /// this much is unacknowledged, so nothing is ever dropped. At most
-    /// `max_processes_per_session` times this per session, and
-    /// `max_sessions` times that in all.
+    /// this much is unacknowledged, so nothing is ever dropped.
     pub resume_buffer: u32,
+    /// While a session's link is down: the output kept for it in all (its
+    /// processes wait once it is reached).
+    pub resume_session_buffer: u64,
+    /// While links are down: the output kept for all such sessions of the
+    /// exec-server together.
+    pub resume_total_buffer: u64,
 }
 
 /// Default [`ExecServerConfig::resume_grace`].
@@ -89,6 +93,13 @@ pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(60);
 
 /// Default [`ExecServerConfig::resume_buffer`]: 4 MiB.
 pub const DEFAULT_RESUME_BUFFER: u32 = 4 * 1024 * 1024;
+
+/// Default [`ExecServerConfig::resume_session_buffer`]: 32 MiB (eight
+/// processes' windows).
+pub const DEFAULT_RESUME_SESSION_BUFFER: u64 = 32 * 1024 * 1024;
+
+/// Default [`ExecServerConfig::resume_total_buffer`]: 256 MiB.
+pub const DEFAULT_RESUME_TOTAL_BUFFER: u64 = 256 * 1024 * 1024;
 
 /// Default `start:rate:full` for direct sessions not yet authenticated.
 pub const DEFAULT_STARTUPS: Startups = Startups {
@@ -137,6 +148,8 @@ impl ExecServerConfig {
             login_shells: true,
             resume_grace: DEFAULT_RESUME_GRACE,
             resume_buffer: DEFAULT_RESUME_BUFFER,
+            resume_session_buffer: DEFAULT_RESUME_SESSION_BUFFER,
+            resume_total_buffer: DEFAULT_RESUME_TOTAL_BUFFER,
         }
     }
 }

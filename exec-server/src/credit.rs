@@ -3,48 +3,269 @@
 //! before it reads its output, and the session's acknowledgements give
 //! back to. A caller that stops reading so stops its own process's reads,
 //! and nothing else.
+//!
+//! While a session's link is down ([`Retention`]), what its processes may
+//! still read is bounded twice more: per session and exec-server-wide.
+//! Every reservation is then also charged to both, and a process whose
+//! charge does not fit waits (it stops reading its pipes, so it blocks on
+//! its output as it would with a slow reader): nothing is dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use proto::limits::MAX_CHUNK;
 use proto::session::output::EVENT_COST;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// What one read of a pipe may cost: its largest chunk and the event.
 pub const CHUNK_CREDIT: u64 = MAX_CHUNK as u64 + EVENT_COST;
+
+/// Bytes of output retained for sessions whose link is down, against a
+/// bound: the exec-server's total.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: Mutex<u64>,
+    freed: Notify,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: Mutex::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.used.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `n` if it fits.
+    fn try_take(&self, n: u64) -> bool {
+        let mut used = self.lock();
+        if *used + n > self.limit {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    /// Takes `n` whether it fits or not (what was already retained when a
+    /// link broke): until it is given back, nothing more fits.
+    fn force(&self, n: u64) {
+        *self.lock() += n;
+    }
+
+    /// Gives `n` back.
+    fn give(&self, n: u64) {
+        {
+            let mut used = self.lock();
+            *used = used.saturating_sub(n);
+        }
+        self.freed.notify_waiters();
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+/// One session's output while its link is down: each reservation of its
+/// processes is charged to the session's bound and to the exec-server's
+/// [`Budget`], and waits while it does not fit. Everything is given back
+/// when the session is resumed (its client acknowledges the output as
+/// usual from then on) or ends.
+#[derive(Debug)]
+pub struct Retention {
+    session_limit: u64,
+    total: Arc<Budget>,
+    state: Mutex<Held>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    detached: bool,
+    /// Moves at every detach and attach: a charge made in an earlier
+    /// period is never given back into a later one.
+    epoch: u64,
+    /// Charged to both bounds in this period.
+    charged: u64,
+    /// Whether a process has waited on a bound in this period (said once).
+    told: bool,
+}
+
+/// What a reservation charged (nothing while the link is up).
+#[derive(Debug, Default, Clone, Copy)]
+struct Charge {
+    epoch: u64,
+    amount: u64,
+}
+
+impl Retention {
+    /// A session's retention: `session_limit` bytes for the session, and
+    /// the exec-server's `total`.
+    pub fn new(session_limit: u64, total: Arc<Budget>) -> Arc<Self> {
+        Arc::new(Self {
+            session_limit,
+            total,
+            state: Mutex::new(Held::default()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session's link broke with `retained` bytes of output already
+    /// held (sent and unacknowledged, queued, or reserved): they are
+    /// charged at once, and every reservation from now on too.
+    pub fn detach(&self, retained: u64) {
+        let mut held = self.lock();
+        if held.detached {
+            return;
+        }
+        held.detached = true;
+        held.epoch += 1;
+        held.charged = retained;
+        held.told = false;
+        self.total.force(retained);
+    }
+
+    /// The session has a link again (or is over): everything charged is
+    /// given back and processes waiting on a bound go on.
+    pub fn attach(&self) {
+        {
+            let mut held = self.lock();
+            if held.detached {
+                held.detached = false;
+                held.epoch += 1;
+                self.total.give(std::mem::take(&mut held.charged));
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Bytes charged to the session now.
+    pub fn charged(&self) -> u64 {
+        self.lock().charged
+    }
+
+    /// Charges `amount`, waiting while it does not fit (nothing while the
+    /// link is up). Cancel-safe: a charge is taken whole or not at all.
+    async fn charge(&self, amount: u64) -> Charge {
+        loop {
+            let changed = self.changed.notified();
+            let freed = self.total.freed.notified();
+            tokio::pin!(changed, freed);
+            changed.as_mut().enable();
+            freed.as_mut().enable();
+            {
+                let mut held = self.lock();
+                if !held.detached {
+                    return Charge::default();
+                }
+                if held.charged + amount <= self.session_limit && self.total.try_take(amount) {
+                    held.charged += amount;
+                    return Charge {
+                        epoch: held.epoch,
+                        amount,
+                    };
+                }
+                if !held.told {
+                    held.told = true;
+                    let (session, total) = (held.charged, self.total.used());
+                    tracing::info!(
+                        session_bytes = session,
+                        session_bound = self.session_limit,
+                        total_bytes = total,
+                        total_bound = self.total.limit(),
+                        "the output kept for a parked session reached its bound: its commands wait \
+                         for their client to come back (nothing is dropped)"
+                    );
+                }
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                () = &mut freed => {}
+            }
+        }
+    }
+
+    /// Gives back what a charge did not spend.
+    fn refund(&self, charge: Charge, spent: u64) {
+        let unspent = charge.amount.saturating_sub(spent);
+        if unspent == 0 {
+            return;
+        }
+        {
+            let mut held = self.lock();
+            if !held.detached || held.epoch != charge.epoch {
+                return;
+            }
+            held.charged = held.charged.saturating_sub(unspent);
+            self.total.give(unspent);
+        }
+        self.changed.notify_waiters();
+    }
+}
 
 /// One call's output credit; cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct Credit {
     /// `None`: no window (every reservation is granted at once).
     window: Option<Arc<Semaphore>>,
+    /// Its session's bounds while the link is down.
+    retention: Option<Arc<Retention>>,
 }
 
 impl Credit {
-    /// Credit of `window` (0: no limit).
-    pub fn new(window: u32) -> Self {
+    /// Credit of `window` (0: no limit), charged to `retention` while its
+    /// session's link is down.
+    pub fn new(window: u32, retention: Option<Arc<Retention>>) -> Self {
         Self {
             window: (window != 0).then(|| Arc::new(Semaphore::new(window as usize))),
+            retention,
         }
     }
 
     /// No limit.
     pub fn unlimited() -> Self {
-        Self { window: None }
+        Self {
+            window: None,
+            retention: None,
+        }
     }
 
-    /// Waits until `amount` is free and takes it.
+    /// Waits until `amount` is free and takes it. Cancel-safe: nothing is
+    /// taken unless it returns.
     pub async fn reserve(&self, amount: u64) -> Reserved {
-        if let Some(window) = &self.window {
-            let n = u32::try_from(amount).unwrap_or(u32::MAX);
-            // The semaphore is never closed: acquiring only waits.
-            if let Ok(permit) = window.acquire_many(n).await {
-                permit.forget();
-            }
+        let n = u32::try_from(amount).unwrap_or(u32::MAX);
+        // The semaphore is never closed: acquiring only waits.
+        let permit = match &self.window {
+            Some(window) => window.acquire_many(n).await.ok(),
+            None => None,
+        };
+        let charge = match &self.retention {
+            Some(r) => r.charge(amount).await,
+            None => Charge::default(),
+        };
+        if let Some(permit) = permit {
+            permit.forget();
         }
         Reserved {
             credit: self.clone(),
             amount,
+            charge,
         }
     }
 
@@ -68,22 +289,27 @@ impl Credit {
 pub struct Reserved {
     credit: Credit,
     amount: u64,
+    charge: Charge,
 }
 
 impl Reserved {
     /// The event costs `cost`: the rest of the reservation goes back.
     pub fn spend(self, cost: u64) {
         self.credit.release(self.amount.saturating_sub(cost));
+        if let Some(r) = &self.credit.retention {
+            r.refund(self.charge, cost);
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn a_reservation_waits_for_acknowledged_credit() {
-        let credit = Credit::new(1000);
+        let credit = Credit::new(1000, None);
         credit.reserve(600).await.spend(600);
         assert_eq!(credit.available(), Some(400));
         // More than is free waits...
@@ -105,5 +331,96 @@ mod tests {
         let credit = Credit::unlimited();
         credit.reserve(u64::MAX).await.spend(5);
         assert_eq!(credit.available(), None);
+    }
+
+    /// Lets every ready task run (the runtime is the current thread's).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_detached_session_reads_only_within_its_bound_and_goes_on_when_back() {
+        let total = Budget::new(10_000);
+        let retention = Retention::new(1000, Arc::clone(&total));
+        // Two processes, windows far larger than the session's bound.
+        let a = Credit::new(1 << 20, Some(Arc::clone(&retention)));
+        let b = Credit::new(1 << 20, Some(Arc::clone(&retention)));
+        // While the link is up, the bound does not apply.
+        a.reserve(5000).await.spend(5000);
+        assert_eq!(retention.charged(), 0);
+        // It breaks with 300 already held.
+        retention.detach(300);
+        assert_eq!(total.used(), 300);
+        a.reserve(400).await.spend(400);
+        // Unspent charge goes back.
+        b.reserve(300).await.spend(100);
+        assert_eq!(retention.charged(), 800);
+        assert_eq!(total.used(), 800);
+        // More than the session's bound waits, for either process.
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.reserve(300).await.spend(300) }
+        });
+        settle().await;
+        assert!(!waiting.is_finished(), "a process over the bound waits");
+        assert_eq!(retention.charged(), 800, "nothing more was taken");
+        // The session is back: everything charged goes back, and it goes
+        // on (uncharged).
+        retention.attach();
+        waiting.await.unwrap();
+        assert_eq!(retention.charged(), 0);
+        assert_eq!(total.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_exec_server_wide_bound_holds_across_sessions() {
+        let total = Budget::new(1000);
+        let one = Retention::new(1000, Arc::clone(&total));
+        let two = Retention::new(1000, Arc::clone(&total));
+        let a = Credit::new(1 << 20, Some(Arc::clone(&one)));
+        let b = Credit::new(1 << 20, Some(Arc::clone(&two)));
+        one.detach(0);
+        two.detach(0);
+        a.reserve(700).await.spend(700);
+        // Within its own session's bound, over the total: it waits.
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.reserve(500).await.spend(500) }
+        });
+        settle().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(total.used(), 700);
+        // The other session comes back (or ends): room again.
+        one.attach();
+        waiting.await.unwrap();
+        assert_eq!(total.used(), 500);
+        assert_eq!(two.charged(), 500);
+        two.attach();
+        assert_eq!(total.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_given_up_while_waiting_takes_nothing() {
+        let total = Budget::new(1000);
+        let retention = Retention::new(100, Arc::clone(&total));
+        let credit = Credit::new(5000, Some(Arc::clone(&retention)));
+        retention.detach(100);
+        // Its window part was free, its charge was not: dropped while
+        // waiting, it leaves the window whole.
+        let given_up =
+            tokio::time::timeout(std::time::Duration::from_millis(10), credit.reserve(200)).await;
+        assert!(given_up.is_err());
+        assert_eq!(credit.available(), Some(5000));
+        assert_eq!(retention.charged(), 100);
+        // A charge from before a resume is never given back into the next
+        // outage.
+        retention.attach();
+        let before = credit.reserve(300).await;
+        retention.detach(0);
+        before.spend(0);
+        assert_eq!(retention.charged(), 0);
+        assert_eq!(total.used(), 0);
     }
 }

@@ -153,6 +153,16 @@ struct RunArgs {
     /// with a slow reader. Also each command's output window.
     #[arg(long, default_value_t = exec_server::config::DEFAULT_RESUME_BUFFER, value_parser = clap::value_parser!(u32).range(65536..), value_name = "BYTES")]
     resume_buffer: u32,
+    /// While a session's link is down, the output kept for it in all, in
+    /// bytes (what its commands wrote and its client has not had); once
+    /// reached, its commands wait on their output until the client is
+    /// back (nothing is dropped). 32 MiB: eight commands' --resume-buffer.
+    #[arg(long, default_value_t = exec_server::config::DEFAULT_RESUME_SESSION_BUFFER, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
+    resume_session_buffer: u64,
+    /// While links are down, the output kept for all such sessions
+    /// together, in bytes; once reached, their commands wait likewise.
+    #[arg(long, default_value_t = exec_server::config::DEFAULT_RESUME_TOTAL_BUFFER, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
+    resume_total_buffer: u64,
 }
 
 fn main() -> ExitCode {
@@ -299,6 +309,8 @@ fn serve(args: RunArgs) -> ExitCode {
     config.terminals = !args.no_tty;
     config.resume_grace = args.resume_grace;
     config.resume_buffer = args.resume_buffer;
+    config.resume_session_buffer = args.resume_session_buffer;
+    config.resume_total_buffer = args.resume_total_buffer;
     config.shutdown_grace = Duration::from_secs(10);
     // Process records are kept off the hot path; a store that cannot be
     // opened is reported once and the server runs without it.

@@ -854,7 +854,7 @@ mod tests {
         // The smallest window, given back as each event is taken (as the
         // client's acknowledgements would), so every output in these tests
         // goes through the credit.
-        let credit = Credit::new(output::MIN_WINDOW);
+        let credit = Credit::new(output::MIN_WINDOW, None);
         let io = ProcessIo {
             call_id: 9,
             events: tx,
@@ -1238,7 +1238,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(64);
         let (_ctl_tx, ctl_rx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
-        let credit = Credit::new(output::MIN_WINDOW);
+        let credit = Credit::new(output::MIN_WINDOW, None);
         let io = ProcessIo {
             call_id: 1,
             events: tx,

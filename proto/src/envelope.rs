@@ -144,7 +144,8 @@ mod tests {
                 calls: vec![s::ResumedCall {
                     call_id: 3,
                     known: false,
-                    stdout_lost: 100,
+                    accounted: true,
+                    stdout_total: 100,
                     exit: Some(s::Exited {
                         status: Some(s::exited::Status::Code(2)),
                     }),

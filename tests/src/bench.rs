@@ -71,10 +71,20 @@ pub fn process_cpu_nanos() -> u64 {
     threads_cpu_nanos(None)
 }
 
+/// CPU time of every thread of process `pid` so far, in nanoseconds, as
+/// [`process_cpu_nanos`] counts it for this one.
+pub fn pid_cpu_nanos(pid: u32) -> u64 {
+    tasks_cpu_nanos(&format!("/proc/{pid}/task"), None)
+}
+
 /// CPU time of this process's threads named `name` (all threads if
 /// `None`), in nanoseconds, as [`process_cpu_nanos`] counts it.
 pub fn threads_cpu_nanos(name: Option<&str>) -> u64 {
-    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+    tasks_cpu_nanos("/proc/self/task", name)
+}
+
+fn tasks_cpu_nanos(tasks: &str, name: Option<&str>) -> u64 {
+    let Ok(threads) = std::fs::read_dir(tasks) else {
         return 0;
     };
     let mut total = 0u64;

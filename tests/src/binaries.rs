@@ -254,6 +254,10 @@ pub struct ProcStack {
     pub certs: Option<Certs>,
     /// Path of the `core-client` binary.
     core_client: PathBuf,
+    /// The exec-server's arguments (for [`ProcStack::restart_server`]).
+    server_args: Vec<String>,
+    /// The environment the processes were started with.
+    env: Vec<(String, String)>,
 }
 
 impl ProcStack {
@@ -315,6 +319,7 @@ impl ProcStack {
         let server = spawn("exec-server", &server_args, extra_env)?;
         server.wait_for_line("registered with relay", Duration::from_secs(30))?;
         let client_key = dir.path().join("client.key");
+        let server_args = server_args.iter().map(|a| (*a).to_owned()).collect();
         Ok(Self {
             dir,
             relay,
@@ -324,7 +329,112 @@ impl ProcStack {
             client_key,
             certs,
             core_client: path("core-client")?,
+            server_args,
+            env: extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         })
+    }
+
+    /// Stops the exec-server and starts it again with its arguments and
+    /// `extra` (e.g. another `--relay`, or resume bounds), waiting until it
+    /// has registered with `registrations` relays.
+    pub fn restart_server(&mut self, extra: &[&str], registrations: usize) -> Result<()> {
+        let args: Vec<String> = self.server_args.clone();
+        self.respawn_server(args, extra, registrations)
+    }
+
+    /// [`restart_server`](Self::restart_server) registering through
+    /// `relays` (e.g. a forwarder in front of the stack's relay) instead
+    /// of the stack's relay.
+    pub fn restart_server_via(
+        &mut self,
+        relays: &[&str],
+        extra: &[&str],
+        registrations: usize,
+    ) -> Result<()> {
+        let mut args = Vec::new();
+        let mut given = self.server_args.iter();
+        while let Some(a) = given.next() {
+            if a == "--relay" {
+                given.next();
+            } else {
+                args.push(a.clone());
+            }
+        }
+        for r in relays {
+            args.extend(["--relay".to_owned(), (*r).to_owned()]);
+        }
+        self.respawn_server(args, extra, registrations)
+    }
+
+    fn respawn_server(
+        &mut self,
+        args: Vec<String>,
+        extra: &[&str],
+        registrations: usize,
+    ) -> Result<()> {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(extra);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.server = spawn("exec-server", &args, &env)?;
+        for _ in 0..registrations {
+            self.server
+                .wait_for_line("registered with relay", Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// The relay's socket address.
+    pub fn relay_addr(&self) -> Result<std::net::SocketAddr> {
+        let addr = self
+            .relay_url
+            .split_once("://")
+            .map_or(self.relay_url.as_str(), |(_, a)| a);
+        addr.parse()
+            .map_err(|e| FixtureError::start("the relay", format!("{addr}: {e}")))
+    }
+
+    /// Kills the relay (SIGKILL: no goodbye to anyone).
+    pub fn kill_relay(&mut self) {
+        let _ = self.relay.child.kill();
+        let _ = self.relay.child.wait();
+    }
+
+    /// Starts the relay again on its address (after
+    /// [`kill_relay`](Self::kill_relay)), waiting until it listens.
+    pub fn start_relay_again(&mut self) -> Result<()> {
+        let addr = self
+            .relay_url
+            .split_once("://")
+            .map_or(self.relay_url.as_str(), |(_, a)| a)
+            .to_owned();
+        let mut args = vec!["--listen".to_owned(), addr];
+        if let Some(c) = &self.certs {
+            args.extend([
+                "--tls-cert".to_owned(),
+                utf8(&c.cert)?.to_owned(),
+                "--tls-key".to_owned(),
+                utf8(&c.key)?.to_owned(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.relay = spawn("relay", &args, &env)?;
+        self.relay
+            .wait_for_line("listening on", Duration::from_secs(30))?;
+        Ok(())
     }
 
     /// A `core-client exec` command through the relay for `argv`.

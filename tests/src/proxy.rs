@@ -158,3 +158,124 @@ pub async fn start(upstream: String, behaviour: Behaviour) -> Result<String> {
     );
     Ok(format!("http://{addr}"))
 }
+
+/// A TCP forwarder in front of an address (a relay, an exec-server's
+/// listener): it passes bytes both ways, and a test can cut every
+/// connection open through it at once, as a network blip would, or freeze
+/// them (nothing passes any more, but the connections stay open, as when
+/// a network drops packets); new connections go through as before. Its
+/// tasks run on the runtime it was started on.
+#[derive(Debug)]
+pub struct Cutter {
+    addr: SocketAddr,
+    /// Cancelled to cut (or freeze) the connections open now (replaced at
+    /// each cut).
+    current: Arc<std::sync::Mutex<Fault>>,
+    /// Cancelled when the cutter is dropped: it stops listening.
+    stop: tokio_util::sync::CancellationToken,
+    cuts: Arc<AtomicUsize>,
+}
+
+/// What ends the forwarding of the connections open now.
+#[derive(Debug, Default, Clone)]
+struct Fault {
+    cut: tokio_util::sync::CancellationToken,
+    freeze: tokio_util::sync::CancellationToken,
+}
+
+impl Cutter {
+    /// Starts a forwarder on `127.0.0.1:0` to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| FixtureError::io("binding the cutter's listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FixtureError::io("reading the cutter's address", e))?;
+        let current = Arc::new(std::sync::Mutex::new(Fault::default()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (conns, end) = (Arc::clone(&current), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = end.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut down, _)) = accepted else {
+                    continue;
+                };
+                let fault = conns
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let gone = end.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    // Cut: both sockets are dropped, as a broken network
+                    // leaves them (no goodbye). Frozen: they stay open
+                    // until the forwarder goes, and nothing passes.
+                    tokio::select! {
+                        () = fault.cut.cancelled() => {}
+                        () = fault.freeze.cancelled() => gone.cancelled().await,
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            current,
+            stop,
+            cuts: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL to dial through it (plain HTTP/2).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every connection open through it now.
+    pub fn cut(&self) {
+        self.fault().cut.cancel();
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Freezes every connection open through it now: they stay open and
+    /// nothing passes any more.
+    pub fn freeze(&self) {
+        self.fault().freeze.cancel();
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The fault of the connections open now; new ones get a fresh one.
+    fn fault(&self) -> Fault {
+        std::mem::take(
+            &mut *self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// How many cuts and freezes so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut();
+    }
+}

@@ -228,6 +228,65 @@ fn stage_spans<'a>(
     })
 }
 
+/// The stage of the CLI's path (see [`path_of`]; its span name) during
+/// which `outage` happened:
+/// the one whose interval holds it whole. An outage (`session.reattach`)
+/// is not one of the stages that tile the dispatch: the command goes on
+/// meanwhile (it is usually running, inside `rpc.server.exec`). Panics
+/// unless exactly one stage holds it.
+pub fn stage_holding(spans: &[RecordedSpan], outage: &RecordedSpan) -> &'static str {
+    let holding: Vec<&'static str> = path_of(spans, "core-client")
+        .iter()
+        .filter(|(service, name, label)| {
+            stage_spans(spans, service, name, *label).any(|s| {
+                s.start_unix_nanos <= outage.start_unix_nanos
+                    && outage.end_unix_nanos <= s.end_unix_nanos
+            })
+        })
+        .map(|(_, name, _)| *name)
+        .collect();
+    match holding.as_slice() {
+        [one] => one,
+        found => panic!(
+            "{} [{}, {}] lies within {} stages of the path ({found:?}), not one",
+            outage.name,
+            outage.start_unix_nanos,
+            outage.end_unix_nanos,
+            found.len()
+        ),
+    }
+}
+
+/// Panics unless the direct children of `parent` tile it exactly: in
+/// order of their start, each starts where the one before ended, the
+/// first where `parent` starts, and the last ends where it ends.
+pub fn assert_children_tile(spans: &[RecordedSpan], parent: &RecordedSpan) {
+    let mut kids = children(spans, parent);
+    kids.sort_by_key(|s| (s.start_unix_nanos, s.end_unix_nanos));
+    assert!(!kids.is_empty(), "{} has no children", parent.name);
+    let mut at = parent.start_unix_nanos;
+    let mut walked = String::new();
+    for kid in kids {
+        assert_eq!(
+            kid.start_unix_nanos,
+            at,
+            "{} starts {} ns from where the one before it ended under {} (so far: {walked})",
+            kid.name,
+            i128::from(kid.start_unix_nanos) - i128::from(at),
+            parent.name
+        );
+        let _ = write!(walked, "{} ", kid.name);
+        at = kid.end_unix_nanos;
+    }
+    assert_eq!(
+        at,
+        parent.end_unix_nanos,
+        "the last child of {} ends {} ns from its end (children: {walked})",
+        parent.name,
+        i128::from(parent.end_unix_nanos) - i128::from(at)
+    );
+}
+
 /// The spans of the CLI's path (see [`path_of`]) in `spans`, in order, if
 /// each is there (where several fit, the one starting where the previous
 /// ended).

@@ -285,12 +285,19 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
         assert!(text.contains("\n      relay.connect"), "{text}");
         assert!(text.contains("\n  cli.flush"), "{text}");
         // With no collector, the exec-server's stages came home inside the
-        // session and are shown with the client's.
+        // session, and the relay's forwards on its frames: all three
+        // services are shown with the client's, and how each was placed.
         assert!(
-            text.lines()
-                .any(|l| l.contains("services: ") && l.contains("exec-server")),
+            text.lines().any(|l| l.contains("services: ")
+                && l.contains("exec-server")
+                && l.contains("relay")),
             "{text}"
         );
+        assert!(
+            text.contains("relay's forwards: told on its frames"),
+            "{text}"
+        );
+        assert!(text.contains("relay.forward"), "{text}");
         for name in [
             "rpc.server.queue",
             "rpc.server.exec",

@@ -1,7 +1,9 @@
 //! The stack in containers (`docker-compose.yml`), with faults: output and
 //! exit status through the core-client container, the trace through the
-//! Jaeger query API, a relay restart, an exec-server killed, a network cut,
-//! and the relay never holding a command's plaintext; and, with
+//! Jaeger query API, a relay restart and a network cut that a command in
+//! flight survives, a relay down for longer than the resume grace and an
+//! exec-server killed that end it clearly, and the relay never holding a
+//! command's plaintext; and, with
 //! `docker-compose.tls.yml` added (`REX_COMPOSE_TLS=1`), a command and
 //! its trace over TLS between the containers.
 //!
@@ -20,10 +22,9 @@ use integration_tests::compose::{self, ComposeStack, client_lines, docker};
 use integration_tests::jaeger::{JaegerQuery, QueriedSpan};
 use integration_tests::{memory, trace_check};
 
-/// How long the stack may take to become healthy again after a fault.
+/// How long the stack may take to become healthy again after a fault
+/// (a bound on waiting, never a measure).
 const RECOVER: Duration = Duration::from_secs(120);
-/// How long a command in flight may take to fail once its path is broken.
-const FAIL_WITHIN: Duration = Duration::from_secs(45);
 /// How long a one-off core-client container may take to start and print.
 const START: Duration = Duration::from_secs(60);
 
@@ -248,7 +249,8 @@ fn relay_restart_costs_the_command_in_flight_a_pause_and_the_exec_server_re_regi
     assert_eq!(ended.code, Some(5), "{}", ended.stderr);
     assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
 
-    // The relay is back; the exec-server registers again on its own.
+    // The relay is back; the exec-server registers again on its own (how
+    // long it took is printed, never judged).
     stack.wait_healthy(&["relay"], RECOVER).unwrap();
     let relay_up = Instant::now();
     let exec_server = stack.container("exec-server").unwrap();
@@ -258,8 +260,8 @@ fn relay_restart_costs_the_command_in_flight_a_pause_and_the_exec_server_re_regi
             break;
         }
         assert!(
-            relay_up.elapsed() < Duration::from_secs(15),
-            "the exec-server did not re-register within 15 s: {probe:?}"
+            relay_up.elapsed() < RECOVER,
+            "the exec-server did not re-register within {RECOVER:?}: {probe:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -304,7 +306,15 @@ fn a_relay_down_for_longer_than_the_grace_ends_the_command_clearly() {
     let script = format!(
         "echo started; while [ ! -e {go} ]; do sleep 0.1; done; echo written-while-away; exit 4"
     );
-    let running = stack.spawn_exec(&[], &["sh", "-c", &script]).unwrap();
+    // The client keeps trying to come back for longer than the relay is
+    // down (its default, a minute, may be shorter than the grace).
+    let patience = format!(
+        "resume={}s",
+        (resume_grace() + Duration::from_secs(60)).as_secs()
+    );
+    let running = stack
+        .spawn_exec(&["-o", &patience], &["sh", "-c", &script])
+        .unwrap();
     running.wait_for_line("started", START).unwrap();
     stack.run(&["stop", "-t", "2", "relay"]).unwrap();
     let exec_server = stack.container("exec-server").unwrap();
@@ -343,7 +353,7 @@ fn killed_exec_server_fails_the_command_in_flight_in_one_line() {
 }
 
 #[test]
-fn network_cut_fails_commands_clearly_and_they_succeed_once_restored() {
+fn network_cut_pauses_the_command_in_flight_and_fails_new_commands_clearly() {
     let Some((stack, _guard)) = stack() else {
         return;
     };
@@ -352,7 +362,20 @@ fn network_cut_fails_commands_clearly_and_they_succeed_once_restored() {
     assert_eq!(networks.len(), 1, "{networks:?}");
     let network = &networks[0];
 
+    // A command writing a numbered line every quarter second: the cut
+    // (shorter than the exec-server's resume grace) costs it a pause, not
+    // the command. Whether the exec-server's connections survive the cut
+    // or are found dead (by the HTTP/2 keepalives, at most 40 s) and its
+    // session resumed, every line arrives once, in order, and its exit
+    // status too.
+    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
+                  sleep 0.25; done; exit 5";
+    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
+    running.wait_for_line("started", START).unwrap();
+
     docker(&["network", "disconnect", network, &exec_server]).unwrap();
+    // A new command cannot reach the exec-server: it fails in one clear
+    // line (how long that took is printed, never judged).
     let cut = std::panic::catch_unwind(|| {
         let started = Instant::now();
         let out = stack.exec(&[], &["echo", "unreachable"]).output().unwrap();
@@ -361,16 +384,32 @@ fn network_cut_fails_commands_clearly_and_they_succeed_once_restored() {
         assert!(out.stdout.is_empty());
         let lines = client_lines(&stderr);
         assert_eq!(lines.len(), 1, "one line: {stderr}");
-        assert!(started.elapsed() < FAIL_WITHIN + START);
-        eprintln!("network cut: after {:?}: {}", started.elapsed(), lines[0]);
+        eprintln!(
+            "network cut: a new command failed after {:?}: {}",
+            started.elapsed(),
+            lines[0]
+        );
     });
     // Restore before judging, so a failure leaves the stack whole.
     docker(&["network", "connect", network, &exec_server]).unwrap();
+    let restored = Instant::now();
     if let Err(panic) = cut {
         std::panic::resume_unwind(panic);
     }
+
+    for i in 0..40 {
+        let line = running.next_line(RECOVER).unwrap();
+        assert_eq!(line, format!("line-{i}"), "every line once, in order");
+    }
+    let ended = running.wait(RECOVER).unwrap();
+    assert_eq!(ended.code, Some(5), "{}", ended.stderr);
+    assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
+    eprintln!(
+        "network cut: the command in flight ended {:?} after the network was restored",
+        restored.elapsed()
+    );
     let took = succeeds_within(&stack, RECOVER);
-    eprintln!("commands succeeded again {took:?} after the network was restored");
+    eprintln!("commands succeeded again {took:?} after the command in flight ended");
 }
 
 #[test]

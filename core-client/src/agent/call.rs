@@ -411,13 +411,15 @@ fn body_of(ev: Event, seq: u64) -> Option<reply::Body> {
             ExecFailure::Remote(m) => error(ExecErrorKind::Internal, m),
             ExecFailure::NoTerminal(m) => error(ExecErrorKind::NoTerminal, m),
             ExecFailure::OutputLost {
-                stdout,
-                stderr,
+                gap,
                 exit,
+                session_expired,
             } => Some(reply::Body::OutputLost(wire::OutputLost {
-                stdout,
-                stderr,
+                stdout: gap.map_or(0, |g| g.stdout),
+                stderr: gap.map_or(0, |g| g.stderr),
                 exit: exit.map(exited),
+                gap_unknown: gap.is_none(),
+                session_expired,
             })),
             lost @ (ExecFailure::SessionLost(_) | ExecFailure::Agent(_)) => {
                 Some(reply::Body::Failure(wire::Failure {
@@ -524,9 +526,12 @@ mod tests {
     fn failures_keep_their_type_line_and_exit_code_through_the_agent() {
         let m = || "why".to_owned();
         let lost = ExecFailure::OutputLost {
-            stdout: 10,
-            stderr: 2,
+            gap: Some(rex_client::Gap {
+                stdout: 10,
+                stderr: 2,
+            }),
             exit: Some(ExitStatus::Signal(15)),
+            session_expired: true,
         };
         // The same failure as without the agent: same type, same line,
         // same code.
@@ -539,9 +544,14 @@ mod tests {
             ExecFailure::NoTerminal(m()),
             lost.clone(),
             ExecFailure::OutputLost {
-                stdout: 0,
-                stderr: 0,
+                gap: Some(rex_client::Gap::default()),
                 exit: None,
+                session_expired: false,
+            },
+            ExecFailure::OutputLost {
+                gap: None,
+                exit: Some(ExitStatus::Code(3)),
+                session_expired: false,
             },
         ] {
             assert_eq!(through(Event::Failed(f.clone())), Event::Failed(f));

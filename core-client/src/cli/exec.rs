@@ -254,9 +254,6 @@ async fn traced_exec(
     run: &mut CliRun,
 ) -> Result<u8, CliError> {
     let settings = settings(ctx, args.name.as_deref(), &args.server)?;
-    for warning in settings.unsupported() {
-        eprintln!("core-client: warning: {warning}");
-    }
     let plan = plan(&settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
@@ -385,7 +382,7 @@ async fn exec_with(
         let url = target.url().to_owned();
         let mut config = ClientConfig::new(plan.key.clone(), plan.server, target.clone())
             .alternates_of(&targets, i);
-        config.resume = (!args.no_resume).then_some(rex_client::DEFAULT_RESUME);
+        config.resume = settings.resume.value.duration();
         config.tls = plan.tls.clone();
         config.metadata = records.clone();
         config.record_args = args.record_args;
@@ -827,7 +824,6 @@ mod tests {
             strict_records: false,
             no_records: false,
             no_agent: false,
-            no_resume: false,
             command: vec!["env".into()],
         };
         let spec = exec_spec(&exec, &s, None);

@@ -340,12 +340,6 @@ pub struct ExecArgs {
     /// session of this command's own.
     #[arg(long)]
     pub no_agent: bool,
-    /// Let the command end with its link: by default, when the link to
-    /// the exec-server breaks (a relay restart, a network blip), the
-    /// session comes back for up to a minute, through any of the relays,
-    /// and the command goes on with nothing lost.
-    #[arg(long)]
-    pub no_resume: bool,
     /// The program and its arguments, after `--` (no shell unless you run
     /// one). Without a command: the remote user's login shell.
     #[arg(last = true, num_args = 1..)]

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{CliError, Context};
-use crate::config::options::OptionValue;
+use crate::config::options::Resume;
 use crate::settings::{Route, ServerArgs, Settings, Source};
 
 /// Runs `config show`: prints the settings table.
@@ -23,11 +23,6 @@ pub fn render(s: &Settings, ctx: &Context) -> String {
             value,
             source.map_or_else(|| "-".to_owned(), ToString::to_string),
         ]);
-    };
-    let unsupported = |v: OptionValue| {
-        v.unsupported()
-            .map(|_| " (not supported yet by this build)")
-            .unwrap_or_default()
     };
     match &s.route {
         Some(r) => match &r.value {
@@ -99,31 +94,20 @@ pub fn render(s: &Settings, ctx: &Context) -> String {
         s.accept_new.value.to_string(),
         Some(&s.accept_new.source),
     );
-    row(
-        "warm",
-        format!(
-            "{}{}",
-            s.warm.value,
-            unsupported(OptionValue::Warm(s.warm.value))
-        ),
-        Some(&s.warm.source),
-    );
+    row("warm", s.warm.value.to_string(), Some(&s.warm.source));
     row(
         "resume",
-        format!(
-            "{}{}",
-            s.resume.value,
-            unsupported(OptionValue::Resume(s.resume.value))
-        ),
+        match s.resume.value {
+            Resume::Off => "off (a command ends with its link)".to_owned(),
+            within @ Resume::Within(_) => {
+                format!("{within} (how long a command waits for its session to come back)")
+            }
+        },
         Some(&s.resume.source),
     );
     row(
         "terminal",
-        format!(
-            "{}{}",
-            s.terminal.value,
-            unsupported(OptionValue::Terminal(s.terminal.value))
-        ),
+        s.terminal.value.to_string(),
         Some(&s.terminal.source),
     );
 

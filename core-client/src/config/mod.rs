@@ -34,7 +34,7 @@ use proto::keys::PublicKey;
 use toml::Spanned;
 
 use crate::address::RelayAddress;
-use options::{OptionError, Terminal, Warm};
+use options::{OptionError, Resume, Terminal, Warm};
 
 /// A value read from the file, with the line it is on (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +75,8 @@ pub struct Entry {
     pub accept_new: Option<FromFile<bool>>,
     /// The warm policy.
     pub warm: Option<FromFile<Warm>>,
-    /// Resume over a new link.
-    pub resume: Option<FromFile<bool>>,
+    /// Resume over a new link, and for how long.
+    pub resume: Option<FromFile<Resume>>,
     /// Terminal allocation.
     pub terminal: Option<FromFile<Terminal>>,
 }
@@ -373,7 +373,17 @@ fn check_entry(
         env,
         accept_new: lines.flag(&t.accept_new),
         warm: lines.parsed(&t.warm)?,
-        resume: lines.flag(&t.resume),
+        resume: t
+            .resume
+            .as_ref()
+            .map(|r| match r.get_ref() {
+                schema::ResumeValue::Flag(on) => Ok(lines.from(r.span(), Resume::from_flag(*on))),
+                schema::ResumeValue::Within(text) => text
+                    .parse()
+                    .map(|v| lines.from(r.span(), v))
+                    .map_err(|e| (r.span(), Problem::Option(e))),
+            })
+            .transpose()?,
         terminal: lines.parsed(&t.terminal)?,
     })
 }

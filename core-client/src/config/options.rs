@@ -1,8 +1,7 @@
 //! Per-server options the config file (and `-o KEY=VALUE`) may set: the
-//! warm policy (which the local agent keeps), resume, and terminal
-//! allocation (over which `exec -t` and `-T` win). They are parsed and
-//! checked here; what this build cannot do yet is reported, never dropped
-//! silently ([`OptionValue::unsupported`]).
+//! warm policy (which the local agent keeps), resume (`true`, `false` or
+//! how long), and terminal allocation (over which `exec -t` and `-T` win).
+//! They are parsed and checked here.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +21,67 @@ pub enum Warm {
     /// Ping or re-establish the session on this interval; the agent holds
     /// it from its start.
     Every(Duration),
+}
+
+/// Whether, and for how long, a command whose link breaks waits for its
+/// session to come back (through any of its relays) and goes on with
+/// nothing lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The command ends with its link.
+    Off,
+    /// The client keeps trying to come back for this long after the link
+    /// broke.
+    Within(Duration),
+}
+
+impl Default for Resume {
+    /// A minute ([`rex_client::DEFAULT_RESUME`]): as long as an
+    /// exec-server keeps a session by default.
+    fn default() -> Self {
+        Resume::Within(rex_client::DEFAULT_RESUME)
+    }
+}
+
+impl Resume {
+    /// `true` is the default time, `false` off.
+    pub fn from_flag(on: bool) -> Self {
+        if on { Resume::default() } else { Resume::Off }
+    }
+
+    /// How long the client keeps trying (`None`: off).
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Resume::Off => None,
+            Resume::Within(d) => Some(d),
+        }
+    }
+}
+
+impl FromStr for Resume {
+    type Err = OptionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" => return Ok(Resume::default()),
+            "false" | "no" | "off" => return Ok(Resume::Off),
+            _ => {}
+        }
+        match lifecycle::durations::parse(s.trim()) {
+            Ok(d) if d.is_zero() => Ok(Resume::Off),
+            Ok(d) => Ok(Resume::Within(d)),
+            Err(_) => Err(OptionError::Resume),
+        }
+    }
+}
+
+impl fmt::Display for Resume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resume::Off => f.write_str("off"),
+            Resume::Within(d) if d.subsec_nanos() == 0 => write!(f, "{}s", d.as_secs()),
+            Resume::Within(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
 }
 
 /// When `exec` asks for a remote terminal (ssh's `RequestTTY`); `-t` and
@@ -56,6 +116,9 @@ pub enum OptionError {
     /// `warm` is neither `off` nor an interval.
     #[error("warm: expected \"off\" or an interval such as \"30s\", \"5m\" or \"1h\"")]
     Warm,
+    /// `resume` is neither a yes/no nor a duration.
+    #[error("resume: expected true, false or a duration such as \"30s\" or \"5m\"")]
+    Resume,
     /// `terminal` is not one of its words.
     #[error("terminal: expected \"never\", \"auto\" or \"always\"")]
     Terminal,
@@ -133,7 +196,7 @@ pub enum OptionValue {
     /// `warm=…`
     Warm(Warm),
     /// `resume=…`
-    Resume(bool),
+    Resume(Resume),
     /// `terminal=…`
     Terminal(Terminal),
     /// `accept_new=…` (same as `--accept-new`).
@@ -147,7 +210,7 @@ impl OptionValue {
         let key = key.trim().replace('-', "_").to_ascii_lowercase();
         match key.as_str() {
             "warm" => value.parse().map(Self::Warm),
-            "resume" => parse_bool("resume", value).map(Self::Resume),
+            "resume" => value.parse().map(Self::Resume),
             "terminal" => value.parse().map(Self::Terminal),
             "accept_new" => parse_bool("accept_new", value).map(Self::AcceptNew),
             _ => Err(OptionError::UnknownKey {
@@ -158,14 +221,6 @@ impl OptionValue {
                 .map(str::to_owned),
                 key,
             }),
-        }
-    }
-
-    /// Why this value cannot be honoured by this build, if it cannot.
-    pub fn unsupported(&self) -> Option<&'static str> {
-        match self {
-            Self::Resume(true) => Some("resuming commands over a new link"),
-            _ => None,
         }
     }
 }
@@ -185,14 +240,32 @@ mod tests {
         assert_eq!("soon".parse::<Warm>(), Err(OptionError::Warm));
         assert_eq!("AUTO".parse(), Ok(Terminal::Auto));
         assert_eq!("tty".parse::<Terminal>(), Err(OptionError::Terminal));
+        assert_eq!("90s".parse(), Ok(Resume::Within(Duration::from_secs(90))));
+        assert_eq!("2m".parse(), Ok(Resume::Within(Duration::from_secs(120))));
+        assert_eq!("0".parse(), Ok(Resume::Off));
+        assert_eq!(
+            Resume::Within(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
+        assert_eq!(Resume::default().to_string(), "60s");
+        assert_eq!(Resume::Off.to_string(), "off");
     }
 
     #[test]
     fn dash_o_parses_and_suggests() {
         assert_eq!(
             OptionValue::parse("resume=yes"),
-            Ok(OptionValue::Resume(true))
+            Ok(OptionValue::Resume(Resume::default()))
         );
+        assert_eq!(
+            OptionValue::parse("resume=3s"),
+            Ok(OptionValue::Resume(Resume::Within(Duration::from_secs(3))))
+        );
+        assert_eq!(
+            OptionValue::parse("resume=false"),
+            Ok(OptionValue::Resume(Resume::Off))
+        );
+        assert_eq!(OptionValue::parse("resume=later"), Err(OptionError::Resume));
         assert_eq!(
             OptionValue::parse("accept-new=true"),
             Ok(OptionValue::AcceptNew(true))
@@ -207,28 +280,5 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("did you mean `terminal`?"));
-    }
-
-    #[test]
-    fn what_this_build_cannot_do_is_named() {
-        assert!(OptionValue::Warm(Warm::Off).unsupported().is_none());
-        assert!(OptionValue::Resume(false).unsupported().is_none());
-        assert!(
-            OptionValue::Terminal(Terminal::Never)
-                .unsupported()
-                .is_none()
-        );
-        assert!(
-            OptionValue::Warm(Warm::Every(Duration::from_secs(1)))
-                .unsupported()
-                .is_none(),
-            "the agent keeps it"
-        );
-        assert!(OptionValue::Resume(true).unsupported().is_some());
-        assert!(
-            OptionValue::Terminal(Terminal::Auto)
-                .unsupported()
-                .is_none()
-        );
     }
 }

@@ -42,10 +42,23 @@ pub struct Table {
     pub accept_new: Option<Spanned<bool>>,
     /// The warm policy.
     pub warm: Option<Spanned<String>>,
-    /// Resume commands over a new link.
-    pub resume: Option<Spanned<bool>>,
+    /// Resume commands over a new link: `true`, `false`, or for how long.
+    pub resume: Option<Spanned<ResumeValue>>,
     /// Terminal allocation.
     pub terminal: Option<Spanned<String>>,
+}
+
+/// `resume = true | false | "DURATION"`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "true, false, or a duration such as \"30s\" or \"5m\""
+)]
+pub enum ResumeValue {
+    /// On (for the default time) or off.
+    Flag(bool),
+    /// For this long.
+    Within(String),
 }
 
 /// `relay = "ADDR"` or `relay = ["ADDR", …]`.

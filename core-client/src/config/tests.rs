@@ -167,16 +167,26 @@ fn unknown_keys_are_named_with_the_nearest_known_key() {
 
 #[test]
 fn wrong_types_name_the_line() {
-    let (message, line, problem) = failure("[servers.a]\nrelay = \"x\"\nresume = \"yes\"\n");
+    let (message, line, problem) = failure("[servers.a]\nrelay = \"x\"\naccept_new = \"yes\"\n");
     assert_eq!(line, 3);
-    assert!(matches!(&problem, Problem::Type { key: Some(k), .. } if k == "servers.a.resume"));
+    assert!(matches!(&problem, Problem::Type { key: Some(k), .. } if k == "servers.a.accept_new"));
     assert!(
-        message.contains("`servers.a.resume`: invalid type"),
+        message.contains("`servers.a.accept_new`: invalid type"),
         "{message}"
     );
     assert!(message.starts_with("/etc/rex/config.toml:3:"), "{message}");
     assert!(!message.contains('\n'), "{message}");
 
+    // resume takes true, false or a duration, and nothing else.
+    let (message, line, _) = failure("[servers.a]\nrelay = \"x\"\nresume = 5\n");
+    assert_eq!(line, 3);
+    assert!(message.contains("a duration"), "{message}");
+    let (message, line, problem) = failure("[defaults]\nresume = \"soon\"\n");
+    assert_eq!(line, 2);
+    assert!(
+        matches!(problem, Problem::Option(OptionError::Resume)),
+        "{message}"
+    );
     let (_, line, _) = failure("[servers.a]\nrelay = 7600\n");
     assert_eq!(line, 2);
     let (_, line, _) = failure("[defaults]\nenv = { A = 1 }\n");

@@ -36,7 +36,7 @@ impl World {
              env = {{ B = \"box\", C = \"box\" }}\n\
              accept_new = true\n\
              warm = \"2m\"\n\
-             resume = true\n\
+             resume = \"5m\"\n\
              terminal = \"auto\"\n\
              [servers.bare]\n"
         );
@@ -277,10 +277,9 @@ fn options_flag_over_server_over_defaults_over_built_in() {
     let s = w.resolve(Some("box"), &flags, true).unwrap();
     let o = Source::Flag("-o");
     assert_eq!(s.warm, sourced(Warm::Off, o.clone()));
-    assert_eq!(s.resume, sourced(false, o.clone()));
+    assert_eq!(s.resume, sourced(Resume::Off, o.clone()));
     assert_eq!(s.terminal, sourced(Terminal::Never, o.clone()));
     assert_eq!(s.accept_new, sourced(false, o));
-    assert!(s.unsupported().is_empty());
     let accept = ServerArgs {
         accept_new: true,
         ..ServerArgs::default()
@@ -295,29 +294,18 @@ fn options_flag_over_server_over_defaults_over_built_in() {
         s.warm,
         sourced(Warm::Every(Duration::from_secs(120)), w.at(17))
     );
-    assert_eq!(s.resume, sourced(true, w.at(18)));
+    assert_eq!(
+        s.resume,
+        sourced(Resume::Within(Duration::from_secs(300)), w.at(18))
+    );
     assert_eq!(s.terminal, sourced(Terminal::Auto, w.at(19)));
-    // Never silently ignored: each is named with where it came from (the
-    // warm policy is the agent's to keep).
-    let warnings = s.unsupported();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].starts_with("resume = true (config "),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings
-            .iter()
-            .all(|w| w.contains("not supported yet by this build"))
-    );
-
     let s = w.resolve(Some("bare"), &none, true).unwrap();
     assert_eq!(s.accept_new, sourced(false, w.at(6)));
     assert_eq!(
         s.warm,
         sourced(Warm::Every(Duration::from_secs(60)), w.at(7))
     );
-    assert_eq!(s.resume, sourced(false, w.at(8)));
+    assert_eq!(s.resume, sourced(Resume::Off, w.at(8)));
     assert_eq!(s.terminal, sourced(Terminal::Always, w.at(9)));
 
     let flags = ServerArgs {
@@ -327,8 +315,16 @@ fn options_flag_over_server_over_defaults_over_built_in() {
     let s = w.resolve(None, &flags, false).unwrap();
     assert_eq!(s.accept_new, sourced(false, Source::Default));
     assert_eq!(s.warm, sourced(Warm::Off, Source::Default));
-    assert_eq!(s.resume, sourced(false, Source::Default));
+    assert_eq!(s.resume, sourced(Resume::default(), Source::Default));
     assert_eq!(s.terminal, sourced(Terminal::Auto, Source::Default));
+    // --no-resume wins over everything.
+    let off = ServerArgs {
+        no_resume: true,
+        options: vec!["resume=10m".into()],
+        ..ServerArgs::default()
+    };
+    let s = w.resolve(Some("box"), &off, true).unwrap();
+    assert_eq!(s.resume, sourced(Resume::Off, Source::Flag("--no-resume")));
 
     let bad = ServerArgs {
         options: vec!["wram=off".into()],

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerContext;
-use crate::credit::Credit;
+use crate::credit::{Credit, Retention};
 use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace};
 use crate::stdin::StdinSender;
 
@@ -171,7 +171,7 @@ impl Call {
         events: mpsc::Sender<Outgoing>,
         session_cancel: &CancellationToken,
         stdin_wake: &std::sync::Arc<tokio::sync::Notify>,
-        output_window: u32,
+        (output_window, retention): (u32, &std::sync::Arc<Retention>),
     ) -> Self {
         let Starting {
             call_id,
@@ -277,7 +277,7 @@ impl Call {
         };
         let (stdin_tx, stdin_rx) = crate::stdin::pipe(std::sync::Arc::clone(stdin_wake));
         let cancel = session_cancel.child_token();
-        let credit = Credit::new(output_window);
+        let credit = Credit::new(output_window, Some(std::sync::Arc::clone(retention)));
         let io = ProcessIo {
             call_id,
             events,

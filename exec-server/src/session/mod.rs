@@ -50,6 +50,7 @@ pub use self::park::Parked;
 use self::park::{Handover, Inbound};
 use crate::config::ExecServerConfig;
 use crate::contain::Containment;
+use crate::credit::{Budget, Retention};
 use crate::process::{Control, Outgoing};
 
 /// The authenticated close a session gets when its key is removed from
@@ -84,6 +85,8 @@ pub struct ServerContext {
     pub refusals: Limiter,
     /// Sessions whose link broke, waiting to be resumed.
     pub parked: Parked,
+    /// Output kept for those sessions, against the exec-server's bound.
+    pub retained: Arc<Budget>,
 }
 
 impl ServerContext {
@@ -106,7 +109,6 @@ impl ServerContext {
             Containment::without_cgroups()
         };
         Arc::new(Self {
-            config,
             acceptor,
             route,
             sessions,
@@ -115,6 +117,8 @@ impl ServerContext {
             containment,
             refusals: Limiter::default(),
             parked: Parked::default(),
+            retained: Budget::new(config.resume_total_buffer),
+            config,
         })
     }
 
@@ -125,6 +129,7 @@ impl ServerContext {
             max_calls: self.config.max_processes_per_session,
             output_window: self.config.resume_buffer,
             resumable: !self.config.resume_grace.is_zero(),
+            resume_grace: self.config.resume_grace,
             ..proto::session::Limits::server()
         }
     }
@@ -194,6 +199,16 @@ where
             let tombstone = ctx.parked.exhume(&token);
             machine.refuse_resume(tombstone.as_ref(), Now::system());
             driven = drive(&shutdown, machine, runner, back.inbound, back.outbound).await;
+            continue;
+        }
+        // Its client came back over a new link before this end found the
+        // old one broken: the old link is dropped, the new one adopts.
+        if let Some(link) = runner.takeover.take() {
+            let old = std::mem::replace(&mut machine, link.machine);
+            let now = Now::system();
+            let adopted = machine.adopt(old, now);
+            runner.adopted(&machine, adopted);
+            driven = drive(&shutdown, machine, runner, link.inbound, link.outbound).await;
             continue;
         }
         if machine.is_detached()
@@ -271,60 +286,71 @@ async fn park(
     runner: &mut Runner,
 ) -> Option<Handover> {
     let grace = ctx.config.resume_grace;
-    let parked = machine
-        .resume_token()
-        .map(<[u8]>::to_vec)
-        .and_then(|token| ctx.parked.park(&token).map(|rx| (token, rx)));
-    let Some((token, mut links)) = parked else {
+    runner.register(machine);
+    let (Some(token), Some(mut links)) = (runner.token.clone(), runner.takeovers.take()) else {
         runner.expire();
         return None;
     };
+    // What is held now (sent and unacknowledged, queued, or reserved for a
+    // read) counts against the bounds at once; what the processes read
+    // from now on, as they read it.
+    let held = machine.retained().saturating_add(
+        runner
+            .calls
+            .iter()
+            .map(|(&id, call)| {
+                let window = u64::from(machine.output_window());
+                let free = call.credit.available().unwrap_or(window);
+                window
+                    .saturating_sub(free)
+                    .saturating_sub(machine.retained_by(id))
+            })
+            .sum(),
+    );
+    runner.retention.detach(held);
     tracing::info!(
         processes = runner.calls.len(),
         grace_s = grace.as_secs(),
+        held_bytes = held,
         "a session's link broke: its commands keep running while its client comes back"
     );
-    let expiry = tokio::time::sleep(grace);
-    tokio::pin!(expiry);
     loop {
         while let Some(event) = machine.poll_event() {
             let now = Now::system();
+            // Its grace passed (the machine's timer): what a late client is
+            // told is kept, and its commands end.
+            if let ServerEvent::Expired { tombstone } = &event {
+                ctx.parked.bury(&token, tombstone.clone());
+                tracing::info!(
+                    processes = runner.calls.len(),
+                    "a session was not resumed within its grace: its commands end"
+                );
+            }
             if let Delivery::Later(event) = runner.deliver(machine, event, now) {
                 machine.defer(event);
                 break;
             }
         }
         if runner.end.is_some() {
-            ctx.parked.unpark(&token);
             return None;
         }
+        let deadline = machine.poll_timeout();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                ctx.parked.unpark(&token);
                 runner.expire();
                 return None;
             }
-            () = &mut expiry => {
-                ctx.parked.bury(&token, machine.tombstone());
-                tracing::info!(
-                    processes = runner.calls.len(),
-                    "a session was not resumed within its grace: its commands end"
-                );
-                runner.expire();
-                return None;
-            }
+            () = sleep_until(deadline) => machine.handle_timeout(Now::system()),
             link = links.recv() => match link {
                 Some(link) if link.machine.may_resume(machine) => {
-                    ctx.parked.unpark(&token);
+                    // Still registered: the resumed session may be taken
+                    // back again.
+                    runner.takeovers = Some(links);
                     return Some(link);
                 }
                 // Not this session's client (or a resume seen before).
-                Some(link) => {
-                    let refused = link.refused;
-                    let back = Handover { refused: tokio::sync::oneshot::channel().0, ..link };
-                    let _ = refused.send(back);
-                }
+                Some(link) => link.refuse(),
                 None => {}
             },
             wake = runner.wait(true, false) => {
@@ -333,6 +359,23 @@ async fn park(
                 }
             }
         }
+    }
+}
+
+/// The next link asking to take the session over, or never without a
+/// registration.
+async fn takeover(links: Option<&mut mpsc::Receiver<Handover>>) -> Option<Handover> {
+    match links {
+        Some(links) => links.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -385,6 +428,27 @@ struct Runner {
     /// The session this link's client asks to resume (the driver hands
     /// the link over).
     resume: Option<bytes::Bytes>,
+    /// The bounds on what its processes may still write while its link is
+    /// down.
+    retention: Arc<Retention>,
+    /// The session's resume token, once registered (see
+    /// [`Runner::register`]).
+    token: Option<Vec<u8>>,
+    /// New links whose client asks to resume this session.
+    takeovers: Option<mpsc::Receiver<Handover>>,
+    /// A new link that takes the session over from its current one.
+    takeover: Option<Handover>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // Whatever it held against the exec-server's bound goes back, and
+        // nobody can resume it any more.
+        self.retention.attach();
+        if let Some(token) = &self.token {
+            self.ctx.parked.unpark(token);
+        }
+    }
 }
 
 impl Runner {
@@ -394,7 +458,6 @@ impl Runner {
         Self {
             origin,
             keys,
-            ctx,
             tracer: opentelemetry::global::tracer("exec-server"),
             calls: HashMap::new(),
             events_tx,
@@ -410,7 +473,27 @@ impl Runner {
             slot: None,
             refused_busy: false,
             resume: None,
+            retention: Retention::new(ctx.config.resume_session_buffer, Arc::clone(&ctx.retained)),
+            token: None,
+            takeovers: None,
+            takeover: None,
+            ctx,
         }
+    }
+
+    /// Registers the session under its resume token once it has one, so
+    /// that a new link whose client asks to resume it finds it, whether its
+    /// current link is known to be broken yet or not.
+    fn register(&mut self, machine: &Machine) {
+        if self.token.is_some() {
+            return;
+        }
+        let Some(token) = machine.resume_token().map(<[u8]>::to_vec) else {
+            return;
+        };
+        // Too many registered: this session cannot be resumed.
+        self.takeovers = self.ctx.parked.park(&token);
+        self.token = Some(token);
     }
 
     /// Records `relay.frame.recv` for a traced client message; returns its
@@ -603,6 +686,8 @@ impl Runner {
     /// flight on the old one is gone with it, and calls the client no
     /// longer knows end.
     fn adopted(&mut self, machine: &Machine, adopted: proto::session::Adopted) {
+        // Its client acknowledges the output as it takes it again.
+        self.retention.attach();
         self.unsent_chunks.clear();
         let now = SystemTime::now();
         for (_, mut span) in self.late.drain(..) {
@@ -665,6 +750,10 @@ impl Runner {
             Ok(_) => tracing::debug!("session closed"),
         }
         self.session_cancel.cancel();
+        self.retention.attach();
+        if let Some(token) = &self.token {
+            self.ctx.parked.unpark(token);
+        }
         let why = match end {
             Err(SessionError::Timeout(SessionStage::Resume)) => {
                 "its session was not resumed in time"
@@ -703,6 +792,9 @@ enum Input {
     StdinTaken,
     /// The authorized keys changed.
     KeysChanged,
+    /// A new link whose client asks to resume this session (boxed: its
+    /// machine is large, and this is rare).
+    Takeover(Box<Handover>),
 }
 
 impl Endpoint<Machine> for Runner {
@@ -716,9 +808,11 @@ impl Endpoint<Machine> for Runner {
         let stdin = Arc::clone(&self.stdin_wake);
         let events = &mut self.events_rx;
         let keys = &mut self.keys;
+        let takeovers = self.takeovers.as_mut();
         async move {
             tokio::select! {
                 biased;
+                Some(link) = takeover(takeovers) => Wake::Input(Input::Takeover(Box::new(link))),
                 // Acknowledgements are taken even over the backlog: one per
                 // call at most, and a client may be waiting for them.
                 () = stdin.notified() => Wake::Input(Input::StdinTaken),
@@ -736,6 +830,20 @@ impl Endpoint<Machine> for Runner {
         match input {
             Input::Event(out) => self.push(machine, out, now),
             Input::StdinTaken => self.report_stdin(machine, now),
+            // Its client came back over a new link while this one still
+            // looked alive: this one is given up for it.
+            Input::Takeover(link) => {
+                if self.takeover.is_none() && link.machine.may_resume(machine) {
+                    tracing::info!(
+                        "a session's client came back over a new link before its old one was \
+                         found broken"
+                    );
+                    machine.supersede(now);
+                    self.takeover = Some(*link);
+                } else {
+                    link.refuse();
+                }
+            }
             Input::KeysChanged => {
                 let keys = self.keys.borrow_and_update().clone();
                 if let Some(client) = self.client
@@ -754,6 +862,7 @@ impl Endpoint<Machine> for Runner {
         event: ServerEvent,
         now: Now,
     ) -> Delivery<ServerEvent> {
+        self.register(machine);
         match event {
             ServerEvent::Authenticated { client } => {
                 self.startup = None;
@@ -790,7 +899,7 @@ impl Endpoint<Machine> for Runner {
                     self.events_tx.clone(),
                     &self.session_cancel,
                     &self.stdin_wake,
-                    machine.output_window(),
+                    (machine.output_window(), &self.retention),
                 );
                 self.calls.insert(call_id, call);
             }
@@ -874,6 +983,8 @@ impl Endpoint<Machine> for Runner {
                 tracing::debug!(error = %error, "the session's link broke");
             }
             ServerEvent::Resume { token } => self.resume = Some(token),
+            // The endpoint kept its tombstone (see `park`).
+            ServerEvent::Expired { .. } => self.expire(),
             ServerEvent::Ended(end) => {
                 self.ended(&end);
                 self.end = Some(end);
@@ -883,7 +994,7 @@ impl Endpoint<Machine> for Runner {
     }
 
     fn hand_over(&self) -> bool {
-        self.resume.is_some()
+        self.resume.is_some() || self.takeover.is_some()
     }
 
     fn transmitted(&mut self, done: Vec<Tag>, sent: u64, now: Now) {

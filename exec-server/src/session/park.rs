@@ -1,12 +1,14 @@
-//! Sessions whose link broke, waiting for their client to resume them: the
-//! registry a new link's resume is looked up in (by the token the session
-//! was offered), and what a session whose grace ran out leaves behind for a
-//! client that comes back late (its calls' losses and exits).
+//! Sessions that can be resumed, by the token each was offered: where a
+//! new link whose client asks to resume one is sent, whether the session
+//! is parked (its link broke) or still holds a link this end has not yet
+//! found broken (the client found it first: the session gives it up for
+//! the new one). And what a session whose grace ran out leaves behind for
+//! a client that comes back late (its calls' accounts and exits).
 //!
 //! A parked session keeps its driver's task: its processes go on pushing
-//! events into its machine (each within its output window, so a process
-//! that writes more waits), until a new link is handed to it or its grace
-//! runs out.
+//! events into its machine (each within its output window and the
+//! session's bounds, so a process that writes more waits), until a new
+//! link is handed to it or its grace runs out.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -23,7 +25,7 @@ use super::{FrameSender, Machine};
 /// Tombstones kept for clients that come back late (oldest dropped first).
 pub const TOMBSTONES: usize = 1024;
 
-/// Most parked sessions: each holds a session slot too, so this only
+/// Most sessions registered: each holds a session slot too, so this only
 /// bounds the registry.
 const MAX_PARKED: usize = 65_536;
 
@@ -42,6 +44,19 @@ pub(super) struct Handover {
     pub(super) outbound: Option<FrameSender>,
     /// Where a refused hand-over goes back.
     pub(super) refused: oneshot::Sender<Handover>,
+}
+
+impl Handover {
+    /// Gives the link back to the exec-server, which goes on with it as a
+    /// new session (its client is told the session it asked for is gone).
+    pub(super) fn refuse(self) {
+        let refused = self.refused;
+        let back = Handover {
+            refused: oneshot::channel().0,
+            ..self
+        };
+        let _ = refused.send(back);
+    }
 }
 
 /// The parked sessions of one exec-server, and the tombstones of those
@@ -65,8 +80,8 @@ impl Parked {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Parks the session `token` names; what arrives on the receiver is a
-    /// link that asks to resume it. `None` when too many are parked.
+    /// Registers the session `token` names; what arrives on the receiver
+    /// is a link that asks to resume it. `None` when too many are.
     pub(super) fn park(&self, token: &[u8]) -> Option<mpsc::Receiver<Handover>> {
         let mut inner = self.lock();
         if inner.waiting.len() >= MAX_PARKED {
@@ -77,12 +92,12 @@ impl Parked {
         Some(rx)
     }
 
-    /// The session is no longer parked (resumed, or over).
+    /// The session can no longer be resumed (it is over).
     pub(super) fn unpark(&self, token: &[u8]) {
         self.lock().waiting.remove(token);
     }
 
-    /// Where a resume of `token` goes, if that session is parked.
+    /// Where a resume of `token` goes, if that session can be resumed.
     pub(super) fn find(&self, token: &[u8]) -> Option<mpsc::Sender<Handover>> {
         self.lock().waiting.get(token).cloned()
     }
@@ -106,7 +121,7 @@ impl Parked {
         inner.tombstones.remove(at).map(|(_, t)| t)
     }
 
-    /// How many sessions are parked.
+    /// How many sessions can be resumed.
     pub fn len(&self) -> usize {
         self.lock().waiting.len()
     }

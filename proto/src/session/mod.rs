@@ -65,9 +65,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{CallEvent, ClientEvent, ClientSession, Ready, ReattachError};
 pub use error::{CallError, SessionError, Stage, Violation};
-pub use server::{
-    Acceptor, Adopted, KeySource, LOST_RUNS, Lost, ServerEvent, ServerSession, Tombstone,
-};
+pub use server::{Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, Tombstone};
 
 use crate::noise::SessionConfig;
 use crate::pb::tunnel::Frame;
@@ -145,6 +143,10 @@ pub struct Limits {
     /// its calls' unacknowledged events). Client: take a session back over
     /// a new link when its link breaks.
     pub resumable: bool,
+    /// Exec-server: how long a session whose link broke waits for its
+    /// client to resume it; then it ends ([`ServerEvent::Expired`], with
+    /// what a client that comes back late is told).
+    pub resume_grace: Duration,
 }
 
 impl Limits {
@@ -162,6 +164,7 @@ impl Limits {
             stdin_window: 256 * 1024,
             output_window: 4 * 1024 * 1024,
             resumable: false,
+            resume_grace: Duration::from_secs(60),
         }
     }
 

@@ -77,11 +77,6 @@ impl Sent {
         self.in_flight.front().map(|(seq, ..)| *seq)
     }
 
-    /// Every event kept, with its sequence number.
-    pub(super) fn kept_with_seq(&self) -> impl Iterator<Item = (u64, &TerminalEvent)> {
-        self.in_flight.iter().map(|(seq, _, e)| (*seq, e))
-    }
-
     /// Bytes of stdout and stderr kept from `from` on.
     pub(super) fn bytes_from(&self, from: u64) -> (u64, u64) {
         let mut out = (0, 0);

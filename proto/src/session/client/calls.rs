@@ -59,6 +59,11 @@ impl<T> ClientSession<T> {
             .receive(call_id, cost)
             .map_err(SessionError::Protocol)?;
         call.next_seq += 1;
+        match &kind {
+            terminal_event::Kind::Stdout(d) => call.received.0 += d.len() as u64,
+            terminal_event::Kind::Stderr(d) => call.received.1 += d.len() as u64,
+            _ => {}
+        }
         let forgotten = call.forgotten;
         if forgotten && !last {
             // Nobody takes it: taken at once, so the exec-server is never
@@ -152,6 +157,7 @@ impl<T> ClientSession<T> {
                 forgotten: false,
                 output: output::Received::new(self.output_window),
                 trace,
+                received: (0, 0),
             },
         );
         Ok(())

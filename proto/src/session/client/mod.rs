@@ -102,12 +102,15 @@ pub enum ClientEvent {
     Lost {
         /// The call.
         call_id: u64,
-        /// Stdout bytes lost (0: none known).
-        stdout_lost: u64,
-        /// Stderr bytes lost (0: none known).
-        stderr_lost: u64,
+        /// The stdout and stderr bytes that will never arrive, exactly;
+        /// `None`: the exec-server no longer knows how much the call
+        /// produced, so what was lost is unknown.
+        lost: Option<(u64, u64)>,
         /// How its process ended, when known.
         exit: Option<crate::pb::session::Exited>,
+        /// Whether the whole session was gone (its grace expired, or the
+        /// exec-server restarted); otherwise only this call was.
+        expired: bool,
     },
     /// The session is over: every call still open has ended with it. The
     /// last event.
@@ -135,6 +138,8 @@ struct Call<T> {
     output: output::Received,
     /// What every message of the call carries.
     trace: Option<TraceContext>,
+    /// Stdout and stderr bytes received, in all.
+    received: (u64, u64),
 }
 
 enum State {

@@ -191,12 +191,21 @@ impl<T> ClientSession<T> {
                 }
                 continue;
             }
-            if self.calls.remove(&c.call_id).is_some() {
+            if let Some(call) = self.calls.remove(&c.call_id) {
+                // What it produced less what arrived here: exactly what
+                // will never arrive.
+                let lost = c.accounted.then(|| {
+                    (
+                        c.stdout_total.saturating_sub(call.received.0),
+                        c.stderr_total.saturating_sub(call.received.1),
+                    )
+                });
+                self.stdin_queued -= call.out.queued();
                 self.events.push(ClientEvent::Lost {
                     call_id: c.call_id,
-                    stdout_lost: c.stdout_lost,
-                    stderr_lost: c.stderr_lost,
+                    lost,
                     exit: c.exit,
+                    expired: answer.expired,
                 });
             }
         }
@@ -208,12 +217,14 @@ impl<T> ClientSession<T> {
             .copied()
             .collect();
         for call_id in unnamed {
-            self.calls.remove(&call_id);
+            if let Some(call) = self.calls.remove(&call_id) {
+                self.stdin_queued -= call.out.queued();
+            }
             self.events.push(ClientEvent::Lost {
                 call_id,
-                stdout_lost: 0,
-                stderr_lost: 0,
+                lost: None,
                 exit: None,
+                expired: answer.expired,
             });
         }
         self.events.push(ClientEvent::Resumed {

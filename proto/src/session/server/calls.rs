@@ -115,6 +115,8 @@ impl<T> ServerSession<T> {
                 output: output::Sent::default(),
                 trace: trace.clone(),
                 finished: false,
+                produced: (0, 0),
+                exit: None,
             },
         );
         self.events.push(ServerEvent::Exec {
@@ -208,6 +210,15 @@ impl<T> ServerSession<T> {
             terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
         );
         let cost = output::cost(&kind);
+        let bytes = match &kind {
+            terminal_event::Kind::Stdout(d) => (d.len() as u64, 0),
+            terminal_event::Kind::Stderr(d) => (0, d.len() as u64),
+            _ => (0, 0),
+        };
+        let exit = match &kind {
+            terminal_event::Kind::Exited(x) => Some(*x),
+            _ => None,
+        };
         let window = u64::from(self.output_window);
         if window != 0 && call.output.in_flight() + cost > window {
             return Err(CallError::OutputWindow(call_id));
@@ -229,6 +240,11 @@ impl<T> ServerSession<T> {
             let keep = self.keep_finished();
             if let Some(call) = self.calls.get_mut(&call_id) {
                 call.next_seq += 1;
+                call.produced.0 += bytes.0;
+                call.produced.1 += bytes.1;
+                if exit.is_some() {
+                    call.exit = exit;
+                }
                 call.output.sent(event, cost);
                 if trace.is_some() {
                     call.trace = trace.cloned();

@@ -5,9 +5,9 @@
 mod calls;
 mod resume;
 
-pub use resume::{Adopted, LOST_RUNS, Lost, Tombstone};
+pub use resume::{Account, Adopted, Tombstone};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -183,6 +183,14 @@ pub enum ServerEvent {
         /// The session's token.
         token: bytes::Bytes,
     },
+    /// A session whose link broke was not resumed within its grace
+    /// ([`Limits::resume_grace`]): it is over, every call's process should
+    /// end, and `tombstone` is what a client that comes back late is told
+    /// ([`ServerSession::refuse_resume`]). The last event.
+    Expired {
+        /// What its calls produced and how they ended.
+        tombstone: Tombstone,
+    },
     /// The session is over: every call's process should end. The last
     /// event.
     Ended(Result<Closed, SessionError>),
@@ -222,6 +230,10 @@ struct Call {
     /// Its final event has been pushed (it stays, kept for a resume,
     /// until the client acknowledges it).
     finished: bool,
+    /// Stdout and stderr bytes pushed, in all.
+    produced: (u64, u64),
+    /// Its exit, once pushed.
+    exit: Option<crate::pb::session::Exited>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,8 +261,16 @@ pub struct ServerSession<T> {
     resumable: Option<resume::Resumable>,
     /// The resume the client asked for, until adopted or refused.
     asked: Option<crate::pb::session::Resume>,
-    /// The link broke: the calls are kept for a resume.
+    /// The link broke (when): the calls are kept for a resume until the
+    /// grace has passed.
     detached: bool,
+    detached_at: Option<Instant>,
+    /// The latest time an input carried.
+    clock: Instant,
+    /// Finished calls removed before the client acknowledged their final
+    /// events (oldest first, as many as calls at most): what a resume
+    /// tells the client of them.
+    trimmed: VecDeque<(u64, Account)>,
     events: Events<ServerEvent>,
 }
 
@@ -280,6 +300,9 @@ impl<T> ServerSession<T> {
             resumable: None,
             asked: None,
             detached: false,
+            detached_at: None,
+            clock: now.at,
+            trimmed: VecDeque::new(),
             events: Events::default(),
         }
     }
@@ -309,6 +332,18 @@ impl<T> ServerSession<T> {
     /// Calls running on the session.
     pub fn open_calls(&self) -> usize {
         self.calls.values().filter(|c| !c.finished).count()
+    }
+
+    /// The output credit of `call_id`'s events kept unacknowledged (0 for
+    /// a call it does not hold).
+    pub fn retained_by(&self, call_id: u64) -> u64 {
+        self.calls.get(&call_id).map_or(0, |c| c.output.in_flight())
+    }
+
+    /// The output credit of every call's events kept unacknowledged
+    /// (finished calls kept for a resume included).
+    pub fn retained(&self) -> u64 {
+        self.calls.values().map(|c| c.output.in_flight()).sum()
     }
 
     /// The output credit one call may have unacknowledged (from the
@@ -618,6 +653,9 @@ impl<T> ServerSession<T> {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.detached {
+            return self.grace_end();
+        }
         if let Some(linger) = self.link.linger_deadline() {
             return Some(linger);
         }
@@ -633,8 +671,21 @@ impl<T> ServerSession<T> {
         Some(self.link.quiet_since + self.link.limits.idle_timeout)
     }
 
+    /// When a detached session's grace ends.
+    fn grace_end(&self) -> Option<Instant> {
+        self.detached_at
+            .map(|at| at + self.link.limits.resume_grace)
+    }
+
     /// Fires whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.clock = self.clock.max(now.at);
+        if self.detached {
+            if self.grace_end().is_some_and(|end| now.at >= end) {
+                self.expire();
+            }
+            return;
+        }
         self.link.handle_linger(now);
         if !self.link.is_over() {
             let reading = self.wants_frames();
@@ -679,9 +730,20 @@ impl<T> ServerSession<T> {
     }
 
     fn after(&mut self, now: Now) {
+        self.clock = self.clock.max(now.at);
         let reading = self.wants_frames();
         self.link.idle_clock(reading, now);
         self.sync_end();
+    }
+
+    /// The grace passed without a resume: the session is over, and what a
+    /// late client is told is handed to the endpoint.
+    fn expire(&mut self) {
+        let tombstone = self.tombstone();
+        self.detached = false;
+        self.detached_at = None;
+        self.calls.clear();
+        self.events.end(ServerEvent::Expired { tombstone });
     }
 
     fn sync_end(&mut self) {
@@ -694,8 +756,10 @@ impl<T> ServerSession<T> {
                 && self.detachable(e)
             {
                 // The link broke under a session that can be resumed: its
-                // calls are kept (the endpoint keeps their processes).
+                // calls are kept (the endpoint keeps their processes) for
+                // the grace.
                 self.detached = true;
+                self.detached_at = Some(self.clock);
                 self.events.push(ServerEvent::Detached { error: e.clone() });
                 return;
             }

@@ -22,71 +22,40 @@ pub(super) struct Resumable {
 }
 
 /// What a session whose grace expired leaves behind for a client that
-/// comes back late: per call, the output it will never get and how it
+/// comes back late: per call, how much output it produced and how it
 /// ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tombstone {
     /// The client that held the session.
     pub client: Option<PublicKey>,
-    /// Per call, what it lost.
-    pub calls: BTreeMap<u64, Lost>,
+    /// Per call, its account.
+    pub calls: BTreeMap<u64, Account>,
 }
 
-/// Runs of a lost call's output kept in its tombstone at most: beyond,
-/// neighbouring runs merge (a loss is then counted from the start of the
-/// run the client stopped in).
-pub const LOST_RUNS: usize = 64;
-
-/// A call's output that was never delivered, and how it ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Lost {
-    /// Runs of output events: the first event's sequence number and the
-    /// stdout and stderr bytes from there to the next run.
-    pub runs: Vec<(u64, u64, u64)>,
-    /// One past the last output event's sequence number.
-    pub end: u64,
+/// What the exec-server still knows of a call it no longer holds: every
+/// stdout and stderr byte the call produced (the client, which knows what
+/// it received, works out exactly what it lost), and how it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Stdout bytes the call produced, in all.
+    pub stdout_total: u64,
+    /// Stderr bytes the call produced, in all.
+    pub stderr_total: u64,
     /// How the process ended, when it did.
     pub exit: Option<Exited>,
 }
 
-impl Lost {
-    /// The stdout and stderr bytes a client that had every event before
-    /// `next_seq` never got.
-    pub fn since(&self, next_seq: u64) -> (u64, u64) {
-        let mut lost = (0, 0);
-        for (i, &(_, out, err)) in self.runs.iter().enumerate() {
-            let next = self.runs.get(i + 1).map_or(self.end, |r| r.0);
-            if next > next_seq {
-                lost.0 += out;
-                lost.1 += err;
-            }
-        }
-        lost
-    }
-
-    pub(in crate::session) fn push(&mut self, seq: u64, out: u64, err: u64) {
-        self.runs.push((seq, out, err));
-        self.end = seq.saturating_add(1);
-        if self.runs.len() > LOST_RUNS {
-            // Merge the two neighbours that cover the fewest events, so
-            // that runs stay even.
-            let end = self.end;
-            let span = |i: usize| {
-                let next = self.runs.get(i + 2).map_or(end, |r| r.0);
-                self.runs
-                    .get(i)
-                    .map_or(u64::MAX, |r| next.saturating_sub(r.0))
-            };
-            let at = (0..self.runs.len() - 1)
-                .min_by_key(|&i| span(i))
-                .unwrap_or(0);
-            if let Some(next) = self.runs.get(at + 1).copied() {
-                self.runs.remove(at + 1);
-                if let Some(run) = self.runs.get_mut(at) {
-                    run.1 += next.1;
-                    run.2 += next.2;
-                }
-            }
+impl Account {
+    /// The answer for a resumed call of this account.
+    fn answer(self, call_id: u64) -> ResumedCall {
+        ResumedCall {
+            call_id,
+            known: false,
+            accounted: true,
+            stdout_total: self.stdout_total,
+            stderr_total: self.stderr_total,
+            exit: self.exit,
+            ..ResumedCall::default()
         }
     }
 }
@@ -154,11 +123,12 @@ impl<T> ServerSession<T> {
         self.resumable.as_ref().map(|r| r.token.as_slice())
     }
 
-    /// Whether `parked` (a detached session) is the one this session's
-    /// client asked to resume, and the client may: the same token, the
-    /// same client key, and a proof made with its secret over this
-    /// session's own handshake (so a resume seen before, or made by
-    /// another key, is refused).
+    /// Whether `parked` (a detached session, or one whose link this end
+    /// has not yet found broken) is the one this session's client asked to
+    /// resume, and the client may: the same token, the same client key,
+    /// and a proof made with its secret over this session's own handshake
+    /// (so a resume seen before, or made by another key, is refused). A
+    /// session that is over (its grace expired) cannot be resumed.
     pub fn may_resume(&self, parked: &ServerSession<T>) -> bool {
         let (Some(asked), Some(resumable), Some(hash)) = (
             self.asked.as_ref(),
@@ -167,11 +137,24 @@ impl<T> ServerSession<T> {
         ) else {
             return false;
         };
-        parked.detached
+        (parked.detached || !parked.link.is_over())
             && asked.token.as_ref() == resumable.token.as_slice()
             && self.client.is_some()
             && parked.client == self.client
             && resumable.secret.verify(hash, &asked.proof)
+    }
+
+    /// Gives up this session's link for a new one its client has proved it
+    /// holds ([`may_resume`](Self::may_resume)): the client found the old
+    /// link broken before this end did (a network that dropped packets
+    /// rather than the connection). The session detaches at once, its
+    /// calls kept, ready to be adopted.
+    pub fn supersede(&mut self, now: Now) {
+        if self.detached || self.link.is_over() || self.resumable.is_none() {
+            return;
+        }
+        let why = tonic::Status::aborted("the client resumed the session over a new link");
+        self.handle_link_end(Some(why), now);
     }
 
     /// Takes over `parked`, the session the client asked to resume (checked
@@ -196,6 +179,7 @@ impl<T> ServerSession<T> {
         });
         self.output_window = parked.output_window;
         self.highest_call = parked.highest_call;
+        self.trimmed = std::mem::take(&mut parked.trimmed);
         let mut calls = std::mem::take(&mut parked.calls);
         let wanted: BTreeMap<u64, u64> = asked
             .calls
@@ -228,11 +212,21 @@ impl<T> ServerSession<T> {
                     },
                     ..ResumedCall::default()
                 }),
-                None => answer.push(ResumedCall {
-                    call_id,
-                    known: false,
-                    ..ResumedCall::default()
-                }),
+                // Trimmed (its final event kept too long unacknowledged):
+                // what it produced and how it ended, when still known.
+                None => answer.push(
+                    self.trimmed
+                        .iter()
+                        .find(|(id, _)| *id == call_id)
+                        .map_or_else(
+                            || ResumedCall {
+                                call_id,
+                                known: false,
+                                ..ResumedCall::default()
+                            },
+                            |(_, account)| account.answer(call_id),
+                        ),
+                ),
             }
         }
         let resumed = Resumed {
@@ -303,18 +297,17 @@ impl<T> ServerSession<T> {
             .calls
             .iter()
             .map(|c| {
-                let known = tombstone
+                tombstone
                     .filter(|t| t.client.is_some() && t.client == self.client)
-                    .and_then(|t| t.calls.get(&c.call_id));
-                let (stdout_lost, stderr_lost) = known.map_or((0, 0), |k| k.since(c.next_seq));
-                ResumedCall {
-                    call_id: c.call_id,
-                    known: false,
-                    stdout_lost,
-                    stderr_lost,
-                    exit: known.and_then(|k| k.exit),
-                    ..ResumedCall::default()
-                }
+                    .and_then(|t| t.calls.get(&c.call_id))
+                    .map_or_else(
+                        || ResumedCall {
+                            call_id: c.call_id,
+                            known: false,
+                            ..ResumedCall::default()
+                        },
+                        |account| account.answer(c.call_id),
+                    )
             })
             .collect();
         let resumed = Resumed {
@@ -338,31 +331,15 @@ impl<T> ServerSession<T> {
         self.calls.keys().copied().collect()
     }
 
-    /// A detached session's grace expired: what its calls lose (their kept
-    /// output) and how they ended, for a client that comes back late.
+    /// A detached session's grace expired: what its calls (and those it
+    /// trimmed) produced and how they ended, for a client that comes back
+    /// late.
     pub fn tombstone(&self) -> Tombstone {
+        let mut calls: BTreeMap<u64, Account> = self.trimmed.iter().copied().collect();
+        calls.extend(self.calls.iter().map(|(&id, call)| (id, call.account())));
         Tombstone {
             client: self.client,
-            calls: self
-                .calls
-                .iter()
-                .map(|(&id, call)| {
-                    let mut lost = Lost::default();
-                    for (seq, event) in call.output.kept_with_seq() {
-                        match &event.kind {
-                            Some(terminal_event::Kind::Stdout(d)) => {
-                                lost.push(seq, d.len() as u64, 0);
-                            }
-                            Some(terminal_event::Kind::Stderr(d)) => {
-                                lost.push(seq, 0, d.len() as u64);
-                            }
-                            Some(terminal_event::Kind::Exited(x)) => lost.exit = Some(*x),
-                            _ => {}
-                        }
-                    }
-                    (id, lost)
-                })
-                .collect(),
+            calls,
         }
     }
 
@@ -377,15 +354,24 @@ impl<T> ServerSession<T> {
     /// whose client stopped talking comes here).
     pub(super) fn bound_finished(&mut self) {
         let max = self.link.limits.max_calls;
-        let finished: Vec<u64> = self
+        let mut finished: Vec<u64> = self
             .calls
             .iter()
             .filter(|(_, c)| c.finished)
             .map(|(id, _)| *id)
             .collect();
+        // Ids only increase: the smallest are the oldest.
+        finished.sort_unstable();
         let over = (finished.len()).saturating_sub(max);
         for id in finished.into_iter().take(over) {
-            self.calls.remove(&id);
+            if let Some(call) = self.calls.remove(&id) {
+                // Its account is kept (as many as calls at most), so that a
+                // client that comes back is told what it lost.
+                if self.trimmed.len() >= max.max(1) {
+                    self.trimmed.pop_front();
+                }
+                self.trimmed.push_back((id, call.account()));
+            }
         }
     }
 }
@@ -394,5 +380,14 @@ impl Call {
     /// Whether it is over and the client has acknowledged its every event.
     pub(super) fn settled(&self) -> bool {
         self.finished && self.output.is_empty()
+    }
+
+    /// What it produced and how it ended.
+    fn account(&self) -> Account {
+        Account {
+            stdout_total: self.produced.0,
+            stderr_total: self.produced.1,
+            exit: self.exit,
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! another key or too late is refused and says what was lost.
 
 use super::*;
-use crate::session::server::{LOST_RUNS, Lost, Tombstone};
+use crate::session::server::Tombstone;
 
 fn resumable() -> Pair {
     let client = Limits {
@@ -114,6 +114,23 @@ impl Pair {
             }
         }
         (seqs, bytes, last)
+    }
+
+    /// What the client was told of a call it lost: the bytes lost (stdout,
+    /// stderr), the exit, and whether the whole session had expired.
+    fn lost(&self, id: u64) -> (Option<(u64, u64)>, Option<Exited>, bool) {
+        self.client_events
+            .iter()
+            .find_map(|e| match e {
+                ClientEvent::Lost {
+                    call_id,
+                    lost,
+                    exit,
+                    expired,
+                } if *call_id == id => Some((*lost, *exit, *expired)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no loss reported: {:?}", self.client_events))
     }
 
     fn stdin_at_server(&self, id: u64) -> Vec<u8> {
@@ -369,27 +386,16 @@ fn a_late_resume_is_told_what_was_lost() {
         "{:?}",
         p.client_events
     );
-    let lost = p
-        .client_events
-        .iter()
-        .find_map(|e| match e {
-            ClientEvent::Lost {
-                call_id,
-                stdout_lost,
-                stderr_lost,
-                exit,
-            } if *call_id == id => Some((*stdout_lost, *stderr_lost, *exit)),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no loss reported: {:?}", p.client_events));
-    assert_eq!(lost.0, 10);
-    assert_eq!(lost.1, 0);
+    let (lost, ended, expired) = p.lost(id);
+    // Exactly what never arrived: "seen" did.
+    assert_eq!(lost, Some((10, 0)));
     assert_eq!(
-        lost.2,
+        ended,
         Some(Exited {
             status: Some(exited::Status::Code(9))
         })
     );
+    assert!(expired);
     // The link goes on as a new session.
     assert!(p.client.is_ready());
     let again = p.exec(false);
@@ -429,26 +435,259 @@ fn a_detached_exec_server_keeps_what_its_processes_write() {
 }
 
 #[test]
-fn a_long_loss_is_counted_in_runs_from_where_the_client_stopped() {
-    let mut lost = Lost::default();
-    for seq in 0..10 {
-        lost.push(seq, 10, 1);
+fn a_finished_call_trimmed_before_its_end_arrived_is_accounted_exactly_or_said_unknown() {
+    // The exec-server keeps one finished call for a resume; the client
+    // (which stopped reading) has three whose final events it never got.
+    let client = Limits {
+        resumable: true,
+        ..Limits::client()
+    };
+    let server = Limits {
+        resumable: true,
+        max_calls: 1,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(client, server);
+    p.run();
+    assert!(p.client.is_ready());
+    p.client.max_calls_for_tests(8);
+    // The first call's start and first output arrive; nothing after.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = p.exec(false);
+        ids.push(id);
+        p.push(id, started());
+        p.push(id, out("seen "));
+        p.client_reads = false;
+        p.push(id, out("unseen"));
+        p.push(id, exit(n));
     }
-    assert_eq!(lost.since(0), (100, 10));
-    assert_eq!(lost.since(7), (30, 3));
-    assert_eq!(lost.since(10), (0, 0));
-    // Many more events than runs: merged, never more than the bound, and
-    // the total stays exact.
-    let mut long = Lost::default();
-    for seq in 0..10_000 {
-        long.push(seq, 3, 0);
-    }
-    assert!(long.runs.len() <= LOST_RUNS);
-    assert_eq!(long.since(0), (30_000, 0));
-    // From the middle: counted from the start of the run it falls in.
-    let (out, _) = long.since(5_000);
-    assert!(
-        (15_000..=15_000 + 3 * 10_000 / LOST_RUNS as u64 * 2).contains(&out),
-        "{out}"
+    // Only the newest finished call is still held.
+    assert_eq!(p.server.call_ids(), vec![ids[2]]);
+    p.cut();
+    p.resume();
+    // The oldest: its account was dropped too (one is kept): unknown.
+    let (lost, ended, expired) = p.lost(ids[0]);
+    assert_eq!((lost, ended, expired), (None, None, false));
+    // The next: what it produced less what arrived, and its exit.
+    let (lost, ended, expired) = p.lost(ids[1]);
+    assert_eq!(lost, Some((11, 0)));
+    assert_eq!(
+        ended,
+        Some(Exited {
+            status: Some(exited::Status::Code(1))
+        })
     );
+    assert!(!expired);
+    // The one still held comes back whole.
+    let (seqs, bytes, last) = p.client_output(ids[2]);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"seen unseen");
+    assert_eq!(last, Some(exit(2)));
+}
+
+#[test]
+fn a_detached_session_expires_when_its_grace_has_passed_and_a_late_client_is_told_exactly() {
+    let grace = Duration::from_secs(60);
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, out("seen "));
+    p.client_reads = false;
+    p.push(id, out("unseen"));
+    p.cut();
+    // The grace is the detached machine's own timer.
+    let detached_at = p.now.at;
+    assert_eq!(p.server.poll_timeout(), Some(detached_at + grace));
+    // Its processes go on meanwhile.
+    p.server.push(id, out(" later"), None, None, p.now).unwrap();
+    // Not yet over just before the grace ends...
+    p.advance(grace - Duration::from_millis(1));
+    assert!(p.server.is_detached(), "{:?}", p.server_events);
+    assert!(
+        !p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Expired { .. }))
+    );
+    // ...over once it has: the last event, with what the calls produced.
+    p.advance(Duration::from_millis(1));
+    assert!(!p.server.is_detached());
+    let tombstone = match p.server_events.last() {
+        Some(ServerEvent::Expired { tombstone }) => tombstone.clone(),
+        other => panic!("expected the expiry last: {other:?}"),
+    };
+    assert_eq!(tombstone.client, Some(p.client_key.public()));
+    assert_eq!(tombstone.calls[&id].stdout_total, 17);
+    assert_eq!(tombstone.calls[&id].exit, None, "still running at expiry");
+    assert!(p.server.is_done());
+    assert_eq!(p.server.poll_timeout(), None);
+    // Nothing more can be pushed, and the session cannot be resumed.
+    assert!(p.server.push(id, out("x"), None, None, p.now).is_err());
+    let (parked, _) = p.relink();
+    assert!(!p.server.may_resume(&parked));
+    p.server.refuse_resume(Some(&tombstone), p.now);
+    p.run();
+    // The client knows it received 5 bytes of the 17: 12 were lost.
+    let (lost, ended, expired) = p.lost(id);
+    assert_eq!((lost, ended, expired), (Some((12, 0)), None, true));
+}
+
+#[test]
+fn a_resume_whose_handshake_times_out_detaches_again_and_a_later_one_succeeds() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    p.push(id, out("kept"));
+    p.cut();
+    // A new link whose far end never answers the handshake.
+    let key = p.client_key.clone();
+    let server_pub = p.server_pub;
+    p.client.reattach(&key, &server_pub, p.now).unwrap();
+    let fresh = ServerSession::new(Arc::clone(&p.acceptor), p.server_limits, p.now);
+    let parked = std::mem::replace(&mut p.server, fresh);
+    p.server_frozen = true;
+    let seen = p.client_events.len();
+    let timeout = Limits::client().handshake_timeout;
+    p.advance(timeout - Duration::from_millis(1));
+    assert_eq!(p.client_events.len(), seen, "{:?}", p.client_events);
+    p.advance(Duration::from_millis(1));
+    // Detached again (not ended): its calls wait for the next attempt.
+    assert!(p.client.is_detached(), "{:?}", p.client_events);
+    assert!(
+        matches!(
+            &p.client_events[seen..],
+            [ClientEvent::Detached {
+                error: SessionError::Timeout(Stage::Handshake)
+            }]
+        ),
+        "{:?}",
+        p.client_events
+    );
+    assert!(p.client_end().is_none());
+    assert_eq!(p.client.open_calls(), 1);
+    // The next attempt reaches the exec-server, which still has it.
+    p.server = parked;
+    p.server_frozen = false;
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.client_reads = true;
+    let adopted = p.resume();
+    assert_eq!(adopted.bytes, 4);
+    p.push(id, exit(0));
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"kept");
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn a_detached_call_whose_window_is_full_takes_no_more_until_acknowledged_after_the_resume() {
+    use crate::session::output::{MIN_WINDOW, cost};
+    let client = Limits {
+        resumable: true,
+        output_window: MIN_WINDOW,
+        ..Limits::client()
+    };
+    let server = Limits {
+        resumable: true,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(client, server);
+    p.run();
+    assert!(p.client.is_ready());
+    assert_eq!(p.server.output_window(), MIN_WINDOW);
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    // While nobody is connected, the process writes until its window is
+    // full: then its output is refused (its endpoint stops reading it).
+    let chunk = || Kind::Stdout(Bytes::from(vec![b'z'; crate::limits::MAX_CHUNK]));
+    let mut pushed = 0u64;
+    loop {
+        match p.server.push(id, chunk(), None, None, p.now) {
+            Ok(_) => pushed += 1,
+            Err(CallError::OutputWindow(call)) => {
+                assert_eq!(call, id);
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(pushed > 0);
+    assert!(p.server.retained() <= u64::from(MIN_WINDOW));
+    // Still refused however long the session stays detached.
+    p.advance(Duration::from_secs(30));
+    assert!(matches!(
+        p.server.push(id, chunk(), None, None, p.now),
+        Err(CallError::OutputWindow(_))
+    ));
+    // Resumed: everything kept arrives; the window frees only as the
+    // client's caller takes it.
+    p.resume();
+    let events: Vec<(u64, Kind)> = p
+        .client_calls()
+        .into_iter()
+        .filter(|(call, ..)| *call == id)
+        .map(|(_, seq, kind, _)| (seq, kind))
+        .collect();
+    assert_eq!(events.len() as u64, 1 + pushed);
+    assert!(matches!(
+        p.server.push(id, chunk(), None, None, p.now),
+        Err(CallError::OutputWindow(_))
+    ));
+    let (last_seq, _) = events.last().cloned().unwrap();
+    let taken: u64 = events.iter().map(|(_, k)| cost(k)).sum();
+    p.client.output_taken(id, last_seq, taken, p.now);
+    p.run();
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::OutputAcked { call_id, .. } if *call_id == id)),
+        "{:?}",
+        p.server_events
+    );
+    p.push(id, out("more"));
+    p.push(id, exit(0));
+    let (seqs, _, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn a_resume_takes_over_a_session_whose_link_this_end_has_not_found_broken() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    p.push(id, out("in flight"));
+    // Only the client sees the link go (packets dropped, no reset): the
+    // exec-server's machine is still attached to it.
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.client_reads = true;
+    p.server_frozen = true;
+    let now = p.now;
+    p.client.handle_link_end(None, now);
+    p.run();
+    assert!(p.client.is_detached());
+    assert!(!p.server.is_detached());
+    // Nothing of the old link reaches the new one.
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.server_frozen = false;
+    let (mut held, _) = p.relink();
+    assert!(!held.is_detached() && !held.is_over());
+    // Its client proves it holds the session: the old link is given up.
+    assert!(p.server.may_resume(&held));
+    held.supersede(p.now);
+    assert!(held.is_detached());
+    let adopted = p.server.adopt(held, p.now);
+    p.run();
+    assert_eq!(adopted.bytes, 9);
+    p.push(id, exit(0));
+    let (seqs, bytes, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(bytes, b"in flight");
+    assert_eq!(last, Some(exit(0)));
 }
