@@ -410,7 +410,7 @@ impl RegistryService for RegistryServiceImpl {
         // proof completes in a task.
         let tasks = state.tasks.clone();
         tasks.spawn(
-            tracing::debug_span!(parent: None, "registration"),
+            tracing::info_span!(parent: None, telemetry::spans::RELAY_REGISTRATION),
             async move {
                 let msg3 = match next_proof(&mut inbound, &state).await {
                     Ok(m) => m,

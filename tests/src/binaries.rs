@@ -563,3 +563,25 @@ pub fn printed_trace_id(out: &Output) -> Result<String> {
             )
         })
 }
+
+/// libfaketime's preload library, where Debian's `faketime` package puts
+/// it; `None` (the test skips with a notice) unless `REX_REQUIRE_FAKETIME`
+/// is set, as CI sets it after installing the package.
+pub fn libfaketime() -> Option<std::path::PathBuf> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("REX_REQUIRE_FAKETIME").is_none(),
+            "libfaketime is required (Debian package faketime)"
+        );
+        eprintln!("skipped: libfaketime is not installed (Debian package faketime)");
+    }
+    found
+}

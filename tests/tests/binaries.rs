@@ -381,31 +381,11 @@ fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     assert!(traces.exists());
 }
 
-/// libfaketime's preload library, where Debian's `faketime` package puts
-/// it; `None` (the test skips with a notice) unless `REX_REQUIRE_FAKETIME`
-/// is set, as CI sets it after installing the package.
-fn libfaketime() -> Option<std::path::PathBuf> {
-    let found = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("REX_REQUIRE_FAKETIME").is_none(),
-            "libfaketime is required (Debian package faketime)"
-        );
-        eprintln!("skipped: libfaketime is not installed (Debian package faketime)");
-    }
-    found
-}
-
 #[test]
 fn a_skewed_exec_server_clock_still_nests_and_tiles_in_the_local_trace() {
-    let Some(lib) = libfaketime() else { return };
+    let Some(lib) = binaries::libfaketime() else {
+        return;
+    };
     let lib = lib.to_str().unwrap().to_owned();
     for skew in ["+2s", "-0.5s"] {
         // The relay and the exec-server run on the skewed clock (timers on

@@ -751,6 +751,95 @@ async fn service_name_and_sdk_disabled_follow_the_standard_variables() {
     rx.shutdown().await.unwrap();
 }
 
+/// With the exec-server's clock 2 s ahead (libfaketime), what the services
+/// export keeps their own raw clocks, as a collector (Jaeger) then shows
+/// them, and the client's exported spans carry the offset it measured, so
+/// the skew can be read off the trace. (The local trace file's placement
+/// on the client's clock is checked in `binaries.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_spans_keep_a_skewed_clock_and_carry_the_offset() {
+    let Some(lib) = binaries::libfaketime() else {
+        return;
+    };
+    let lib = lib.to_str().unwrap().to_owned();
+    const SKEW_NS: u64 = 2_000_000_000;
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut env = service_env(&rx.endpoint());
+    env.extend([
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", "+2s".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("FAKETIME_DONT_RESET", "1".to_owned()),
+    ]);
+    let mut stack = start_stack(&env);
+    let client_env = service_env(&rx.endpoint());
+    let (out, id) = exec(&stack, &["sh", "-c", "echo hi"], &pairs(&client_env), b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    terminate(&mut stack);
+    let all = settle(&rx).await;
+    let spans: Vec<RecordedSpan> = all.into_iter().filter(|s| s.trace_id == id).collect();
+    let dispatch = one(&spans, spans::TOOL_DISPATCH);
+    assert_eq!(dispatch.service, "core-client");
+
+    // The client's spans carry the estimate, within its own uncertainty
+    // (half the round trip it was measured over) and a millisecond.
+    let estimate = dispatch
+        .attr_i64("rex.clock_offset_ns")
+        .expect("tool.dispatch carries the clock offset estimate");
+    let transit = by_name(&spans, spans::LINK_TRANSIT)
+        .into_iter()
+        .find(|s| s.service == "core-client")
+        .expect("the client exports its link.transit");
+    let offset = transit.attr_i64("rex.clock_offset_ns").unwrap();
+    let uncertainty = transit.attr_i64("rex.clock_uncertainty_ns").unwrap();
+    for value in [estimate, offset] {
+        assert!(
+            (value - SKEW_NS as i64).abs() <= uncertainty + 1_000_000,
+            "clock offset estimate {value} ns, uncertainty {uncertainty} ns"
+        );
+    }
+
+    // The exec-server's exported spans keep its raw clock: each lies in
+    // the dispatch's window moved 2 s ahead (it ran within the dispatch),
+    // not in the window itself.
+    let remote: Vec<&RecordedSpan> = spans
+        .iter()
+        .filter(|s| s.service == "exec-server")
+        .collect();
+    assert!(remote.len() >= 8, "{} exec-server spans", remote.len());
+    let slack = 1_000_000;
+    for s in &remote {
+        assert!(
+            s.start_unix_nanos + slack >= dispatch.start_unix_nanos + SKEW_NS
+                && s.end_unix_nanos <= dispatch.end_unix_nanos + SKEW_NS + slack,
+            "{} is not on the exec-server's own (skewed) clock",
+            s.name
+        );
+    }
+    rx.shutdown().await.unwrap();
+}
+
+/// An exec-server's registration is a span of the relay's own (a root),
+/// exported when the registration ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_a_relay_span_of_its_own() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = start_stack(&service_env(&rx.endpoint()));
+    terminate(&mut stack);
+    let spans = settle(&rx).await;
+    let registrations: Vec<&RecordedSpan> = spans
+        .iter()
+        .filter(|s| s.service == "relay" && s.name == spans::RELAY_REGISTRATION)
+        .collect();
+    assert_eq!(registrations.len(), 1, "{spans:#?}");
+    assert_eq!(registrations[0].parent_span_id, None);
+    rx.shutdown().await.unwrap();
+}
+
 /// The services' own warnings (a refused key, a lost link) are events on
 /// their spans, exported with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
