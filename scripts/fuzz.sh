@@ -37,6 +37,9 @@ rm -f fuzz/target/.rustc_info.json
 
 echo "== building the fuzz targets (sanitizer: $sanitizer)"
 cargo fuzz build -O -s "$sanitizer"
+# The seed writer is an example (cargo fuzz leaves it out): checked here
+# so that it keeps up with the messages it encodes.
+(cd fuzz && cargo check --quiet --example seeds)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -50,6 +50,7 @@ fn envelopes() -> Vec<Vec<u8>> {
                 cols: 80,
                 term: "xterm".into(),
             }),
+            login_shell: false,
         }),
         Body::OutputAck(session::OutputAck { seq: 7 }),
         Body::Resize(session::Resize {
@@ -187,6 +188,41 @@ fn main() {
             std::process::exit(1);
         }
     }
+
+    // Answers to the client's message 1 and to the exec-server's proof
+    // message 1: no valid one can exist (the ephemeral keys are fresh),
+    // so lengths around the real ones.
+    write("noise_initiate", "msg2-length", &[3u8; 48]);
+    write("noise_initiate", "long", &[3u8; 96]);
+    write("registration_initiate", "msg2-length", &[4u8; 96]);
+    write("registration_initiate", "short", &[4u8; 32]);
+
+    // The record layer: envelopes through it, then raw records of each
+    // type (data, rekey, close with a reason, an unknown type).
+    let step = |kind: u8, bytes: &[u8]| {
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_be_bytes();
+        [[kind].as_slice(), &len, bytes].concat()
+    };
+    let envs = envelopes();
+    let mut sent = Vec::new();
+    for env in &envs {
+        sent.extend(step(2, env));
+    }
+    write("transport_record", "envelopes", &sent);
+    write(
+        "transport_record",
+        "records",
+        &[
+            step(1, &[0, 0, 0, 2, 9, 9, 0x01]),
+            step(1, &[0x02]),
+            step(2, envs.first().map_or(&[][..], |e| &e[..])),
+            step(1, b"done\x03"),
+            step(1, &[0x01]),
+        ]
+        .concat(),
+    );
+    write("transport_record", "unknown", &step(1, &[1, 2, 3, 0x7f]));
+    write("transport_record", "raw", &step(0, &[0u8; 40]));
 
     // Headers.
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -443,13 +443,33 @@ impl Transport {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl Transport {
     /// Encrypts an arbitrary plaintext, bypassing the record layer.
-    pub(super) fn encrypt_raw(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, TransportError> {
+    #[doc(hidden)]
+    pub fn encrypt_raw(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, TransportError> {
         let mut out = BytesMut::from(plaintext);
         self.send.seal(&mut out)?;
         Ok(out.to_vec())
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Transport {
+    /// Two ends of one session keyed with fixed keys, with no handshake:
+    /// for the record layer's fuzz target only (what the first sends, the
+    /// second receives). Never built outside the `fuzzing` feature.
+    #[doc(hidden)]
+    pub fn fuzzing_pair(
+        remote: PublicKey,
+        cfg: SessionConfig,
+        now: Instant,
+    ) -> Result<(Transport, Transport), TransportError> {
+        let (a, b) = ([1u8; KEY_LEN], [2u8; KEY_LEN]);
+        Ok((
+            Transport::new((&a, &b), remote, cfg, now)?,
+            Transport::new((&b, &a), remote, cfg, now)?,
+        ))
     }
 }
 
