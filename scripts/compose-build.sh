@@ -55,3 +55,9 @@ for image in relay exec-server core-client trace-sink; do
     fi
     echo "built $prefix-$image:local"
 done
+
+# REX_PRUNE_BUILDS=1 (CI, where disk is scarce): the images hold the
+# binaries now, so their build is removed.
+if [ "${REX_PRUNE_BUILDS:-0}" = 1 ]; then
+    rm -rf "target/$target" "$context"
+fi

@@ -73,7 +73,7 @@ REX_COMPOSE="$compose" \
 REX_COMPOSE_PROJECT="$project" \
 REX_COMPOSE_FILE="$PWD/docker-compose.yml" \
 REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
-    cargo test --locked -p integration-tests --test compose -- --nocapture "$@"
+    cargo test --locked --workspace --test compose -- --nocapture "$@"
 
 echo "== the stack again, with TLS between the containers (docker-compose.tls.yml)"
 files+=(-f docker-compose.tls.yml)
@@ -86,4 +86,4 @@ REX_COMPOSE_PROJECT="$project" \
 REX_COMPOSE_FILE="$PWD/docker-compose.yml:$PWD/docker-compose.tls.yml" \
 REX_COMPOSE_TLS=1 \
 REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
-    cargo test --locked -p integration-tests --test compose -- --nocapture tls_
+    cargo test --locked --workspace --test compose -- --nocapture tls_
