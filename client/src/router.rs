@@ -486,6 +486,10 @@ impl Router {
             // Before the caller has its final event, so that the call's
             // trace is whole when it ends.
             self.bring_home(route, timings, &ev.received, machine.clock_offset());
+        } else if ev.last
+            && let Some(route) = self.calls.get(&call_id)
+        {
+            self.unreported(route, &ev.received);
         }
         let flow = Some((ev.seq, proto::session::output::cost(&ev.kind)));
         let event = to_event(ev.kind);
@@ -602,6 +606,67 @@ impl Router {
                 spans.extend(h.spans);
             }
             sink.record(spans);
+        }
+    }
+
+    /// A finished call the exec-server reported no stages for (one from
+    /// before the summaries, or `--no-call-timings`): what lies between
+    /// the request leaving and the final event arriving is one
+    /// `remote.unreported` stage, with the relay's forwards and the legs to
+    /// and from it around it when the relay told them, so the dispatch
+    /// still tiles.
+    fn unreported(&self, route: &Route, received: &Received) {
+        let sc = route.parent.span().span_context().clone();
+        if !sc.is_sampled() {
+            return;
+        }
+        let left = route.left.unwrap_or(route.started);
+        let hops = telemetry::hops::place(
+            &route.relay.all(),
+            sc.trace_id(),
+            sc.span_id(),
+            telemetry::hops::Legs {
+                request_left: left,
+                final_arrived: received.arrived,
+            },
+        );
+        let stages = match &hops {
+            Some(h) => vec![
+                (
+                    spans::LINK_TRANSIT,
+                    Some(("to_server", "client_relay")),
+                    left,
+                    h.to_server.0,
+                ),
+                (spans::REMOTE_UNREPORTED, None, h.to_server.1, h.to_client.0),
+                (
+                    spans::LINK_TRANSIT,
+                    Some(("to_client", "relay_client")),
+                    h.to_client.1,
+                    received.arrived,
+                ),
+            ],
+            None => vec![(spans::REMOTE_UNREPORTED, None, left, received.arrived)],
+        };
+        for (name, leg, from, to) in stages {
+            let mut attributes = Vec::new();
+            if let Some((direction, leg)) = leg {
+                attributes.push(KeyValue::new("rex.direction", direction));
+                attributes.push(KeyValue::new("rex.leg", leg));
+            }
+            if let Some(h) = &hops {
+                attributes.push(KeyValue::new("rex.relay.clock_offset_ns", h.offset_ns));
+            }
+            let mut span = self
+                .tracer
+                .span_builder(name)
+                .with_start_time(from)
+                .with_attributes(attributes)
+                .start_with_context(&self.tracer, &route.parent);
+            span.end_with_timestamp(to.max(from));
+        }
+        if let (Some(sink), Some(h)) = (telemetry::remote::sink(), hops) {
+            sink.record(h.spans);
         }
     }
 

@@ -186,7 +186,10 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
                 signed_ms(used)
             ),
         };
-    } else if !spans.iter().any(|s| s.service != "core-client") {
+    } else if !spans
+        .iter()
+        .any(|s| s.service == telemetry::remote::EXEC_SERVER)
+    {
         out.push_str(
             "exec-server's stages: not known (it sent none; export its spans to a collector to see them)\n",
         );

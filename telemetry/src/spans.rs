@@ -53,6 +53,11 @@ pub const RELAY_FRAME_SEND: &str = "relay.frame.send";
 /// request out, the final event back), computed by the client from the
 /// sender's send time and the clock offset (core-client).
 pub const LINK_TRANSIT: &str = "link.transit";
+/// The exec-server's side of a call it reported no stages for (one from
+/// before the summaries, or `exec-server --no-call-timings`): its wire legs
+/// and its work as one stage, made by the client so the dispatch still
+/// tiles (core-client).
+pub const REMOTE_UNREPORTED: &str = "remote.unreported";
 /// A traced frame from arrival to write on the other side (relay).
 pub const RELAY_FORWARD: &str = "relay.forward";
 /// Read, decrypt and decode one traced message (both ends).
@@ -156,6 +161,7 @@ pub const ALL: &[&str] = &[
     RPC_CLIENT_QUEUE,
     RELAY_FRAME_SEND,
     LINK_TRANSIT,
+    REMOTE_UNREPORTED,
     RELAY_FORWARD,
     RELAY_FRAME_RECV,
     RPC_SERVER_QUEUE,
@@ -197,7 +203,7 @@ mod tests {
 
     #[test]
     fn all_has_every_name_once() {
-        assert_eq!(ALL.len(), 41);
+        assert_eq!(ALL.len(), 42);
         let unique: HashSet<&str> = ALL.iter().copied().collect();
         assert_eq!(unique.len(), ALL.len());
     }

@@ -97,6 +97,34 @@ pub const RELAYED_PATH: &[(&str, &str, Option<&str>)] = &[
     ("core-client", spans::TERMINAL_HANDOFF, None),
 ];
 
+/// [`PATH`] for an exec-server that reported no stages: its side is the
+/// client's one `remote.unreported` stage.
+pub const UNREPORTED_PATH: &[(&str, &str, Option<&str>)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, None),
+    ("core-client", spans::SESSION_ACQUIRE, None),
+    ("core-client", spans::RPC_CLIENT_QUEUE, Some("exec")),
+    ("core-client", spans::RELAY_FRAME_SEND, Some("exec")),
+    ("core-client", spans::REMOTE_UNREPORTED, None),
+    ("core-client", spans::RELAY_FRAME_RECV, Some("exited")),
+    ("core-client", spans::TERMINAL_HANDOFF, None),
+];
+
+/// [`UNREPORTED_PATH`] with the relay's forwards around the exec-server's
+/// side, when the relay told them.
+pub const RELAYED_UNREPORTED_PATH: &[(&str, &str, Option<&str>)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, None),
+    ("core-client", spans::SESSION_ACQUIRE, None),
+    ("core-client", spans::RPC_CLIENT_QUEUE, Some("exec")),
+    ("core-client", spans::RELAY_FRAME_SEND, Some("exec")),
+    ("core-client", spans::LINK_TRANSIT, Some("client_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_server")),
+    ("core-client", spans::REMOTE_UNREPORTED, None),
+    ("relay", spans::RELAY_FORWARD, Some("to_client")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_client")),
+    ("core-client", spans::RELAY_FRAME_RECV, Some("exited")),
+    ("core-client", spans::TERMINAL_HANDOFF, None),
+];
+
 /// Whose clock the exec-server's spans are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteClock {
@@ -121,7 +149,8 @@ pub const AGENT_PATH: &[(&str, &str, Option<&str>)] = &[
 
 /// The path a client of service `client` (the CLI's `core-client`, or
 /// the agent's `core-client-agent`) made in `spans`: [`RELAYED_PATH`] when
-/// its wire time is split at the relay, else [`PATH`].
+/// its wire time is split at the relay, else [`PATH`] (or their
+/// `UNREPORTED` forms when the exec-server reported no stages).
 pub fn path_of(
     spans: &[RecordedSpan],
     client: &'static str,
@@ -131,7 +160,15 @@ pub fn path_of(
             && s.name == spans::LINK_TRANSIT
             && s.attr_str("rex.leg") == Some("client_relay")
     });
-    let path = if relayed { RELAYED_PATH } else { PATH };
+    let unreported = spans
+        .iter()
+        .any(|s| s.service == client && s.name == spans::REMOTE_UNREPORTED);
+    let path = match (relayed, unreported) {
+        (true, false) => RELAYED_PATH,
+        (false, false) => PATH,
+        (true, true) => RELAYED_UNREPORTED_PATH,
+        (false, true) => UNREPORTED_PATH,
+    };
     path.iter()
         .map(|&(service, name, label)| {
             let service = if service == "core-client" {

@@ -328,6 +328,61 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
     assert!(err.contains("none.jsonl"), "{err}");
 }
 
+/// An exec-server that sends no stage summaries (as one from before them
+/// does, here `--no-call-timings`): the command runs, its trace still
+/// tiles the dispatch (the exec-server's side one `remote.unreported`
+/// stage between the relay's forwards), and the waterfall prints, saying
+/// the remote side is not known.
+#[test]
+fn an_exec_server_that_sends_no_stages_still_gives_a_tiled_trace_and_a_waterfall() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    stack.restart_server(&["--no-call-timings"], 1).unwrap();
+    let traces = stack.dir.path().join("traces.jsonl");
+    let out = run(stack.exec_with(&["--print-trace-id"], &["sh", "-c", "echo hi"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hi\n");
+    let id = binaries::printed_trace_id(&out).unwrap();
+    let spans = trace_check::from_trace_file(&traces, &id);
+    assert!(
+        spans.iter().all(|s| s.service != "exec-server"),
+        "no exec-server stages were sent"
+    );
+    let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
+    assert_eq!(
+        trace_check::path_of(&spans, "core-client"),
+        trace_check::RELAYED_UNREPORTED_PATH
+    );
+    trace_check::assert_parent_in(
+        &spans,
+        "core-client",
+        telemetry::spans::REMOTE_UNREPORTED,
+        telemetry::spans::TOOL_DISPATCH,
+    );
+    trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
+    trace_check::assert_cli_run_tiles(&spans);
+
+    let out = Command::new(binaries::path("core-client").unwrap())
+        .args(["trace", "show", "last"])
+        .env("REX_TRACE_FILE", &traces)
+        .env("XDG_CONFIG_HOME", stack.dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&id), "{text}");
+    assert!(text.contains("exec-server's stages: not known"), "{text}");
+    assert!(text.contains("remote.unreported"), "{text}");
+    assert!(text.contains("terminal.delivery"), "{text}");
+}
+
 #[test]
 fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     let dir = tempfile::tempdir().unwrap();
