@@ -136,6 +136,10 @@ pub const AGENT: &[&str] = &[AGENT_DISPATCH, AGENT_REQUEST, AGENT_REPLY];
 /// that held makes none.
 pub const RESUME: &[&str] = &[SESSION_REATTACH, SESSION_REATTACH_WAIT, SESSION_RESUME];
 
+/// The spans a call makes only when its exec-server reported no stages: a
+/// call to one that did makes none.
+pub const UNREPORTED: &[&str] = &[REMOTE_UNREPORTED];
+
 /// Whether `name` is one of the [`BACKGROUND`] spans.
 pub fn is_background(name: &str) -> bool {
     BACKGROUND.contains(&name)

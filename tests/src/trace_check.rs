@@ -377,6 +377,7 @@ pub fn stage_names() -> Vec<&'static str> {
                 && !spans::CLI.contains(n)
                 && !spans::AGENT.contains(n)
                 && !spans::RESUME.contains(n)
+                && !spans::UNREPORTED.contains(n)
         })
         .collect()
 }
