@@ -530,15 +530,7 @@ impl Router {
         // final event arriving; the exec-server's work then lies between
         // them (the relay forwarded the request before it arrived, and
         // received the final event after it left).
-        let hops = telemetry::hops::place(
-            &route.relay.all(),
-            sc.trace_id(),
-            sc.span_id(),
-            telemetry::hops::Legs {
-                request_left: left,
-                final_arrived: received.arrived,
-            },
-        );
+        let hops = place_hops(route, &sc, left, received);
         let window = match &hops {
             Some(h) => telemetry::remote::Window {
                 request_sent: h.to_server.1,
@@ -592,13 +584,7 @@ impl Router {
             if let Some(h) = &hops {
                 attributes.push(KeyValue::new("rex.relay.clock_offset_ns", h.offset_ns));
             }
-            let mut span = self
-                .tracer
-                .span_builder(spans::LINK_TRANSIT)
-                .with_start_time(from)
-                .with_attributes(attributes)
-                .start_with_context(&self.tracer, &route.parent);
-            span.end_with_timestamp(to.max(from));
+            self.placed_stage(route, spans::LINK_TRANSIT, from, to, attributes);
         }
         if let Some(sink) = telemetry::remote::sink() {
             let mut spans = placed.spans;
@@ -621,15 +607,7 @@ impl Router {
             return;
         }
         let left = route.left.unwrap_or(route.started);
-        let hops = telemetry::hops::place(
-            &route.relay.all(),
-            sc.trace_id(),
-            sc.span_id(),
-            telemetry::hops::Legs {
-                request_left: left,
-                final_arrived: received.arrived,
-            },
-        );
+        let hops = place_hops(route, &sc, left, received);
         let stages = match &hops {
             Some(h) => vec![
                 (
@@ -657,17 +635,30 @@ impl Router {
             if let Some(h) = &hops {
                 attributes.push(KeyValue::new("rex.relay.clock_offset_ns", h.offset_ns));
             }
-            let mut span = self
-                .tracer
-                .span_builder(name)
-                .with_start_time(from)
-                .with_attributes(attributes)
-                .start_with_context(&self.tracer, &route.parent);
-            span.end_with_timestamp(to.max(from));
+            self.placed_stage(route, name, from, to, attributes);
         }
         if let (Some(sink), Some(h)) = (telemetry::remote::sink(), hops) {
             sink.record(h.spans);
         }
+    }
+
+    /// One stage of the call placed on our clock from `from` to `to`, a
+    /// child of the call's dispatch.
+    fn placed_stage(
+        &self,
+        route: &Route,
+        name: &'static str,
+        from: SystemTime,
+        to: SystemTime,
+        attributes: Vec<KeyValue>,
+    ) {
+        let mut span = self
+            .tracer
+            .span_builder(name)
+            .with_start_time(from)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &route.parent);
+        span.end_with_timestamp(to.max(from));
     }
 
     /// Records `relay.frame.recv` for the traced events of a call: started,
@@ -1046,6 +1037,25 @@ async fn reserve(sink: Option<&mpsc::Sender<Routed>>) {
         // Closed counts as ready too: the next delivery finds it closed.
         let _ = sink.reserve().await;
     }
+}
+
+/// The relay's forwards of a finished call, placed between the request
+/// leaving (`left`) and the final event arriving, if the relay told them.
+fn place_hops(
+    route: &Route,
+    sc: &opentelemetry::trace::SpanContext,
+    left: SystemTime,
+    received: &Received,
+) -> Option<telemetry::hops::PlacedHops> {
+    telemetry::hops::place(
+        &route.relay.all(),
+        sc.trace_id(),
+        sc.span_id(),
+        telemetry::hops::Legs {
+            request_left: left,
+            final_arrived: received.arrived,
+        },
+    )
 }
 
 #[cfg(test)]
