@@ -54,8 +54,8 @@ mod dispatch;
 mod error;
 mod exec;
 mod execution;
-#[cfg(feature = "records")]
 mod reconnect;
+#[cfg(feature = "records")]
 mod records;
 mod router;
 mod session;
