@@ -8,7 +8,7 @@ use core_client::cli::agent::AgentCommand;
 use core_client::cli::{
     self, Cli, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
 };
-use telemetry::setup::{self, Export, LogDefault, Options};
+use telemetry::setup::{self, COMMAND_SPAN_QUEUE, Export, LogDefault, Options, SERVICE_SPAN_QUEUE};
 use telemetry::trace_file::{Retention, TraceFile};
 
 fn main() -> ExitCode {
@@ -32,14 +32,20 @@ fn main() -> ExitCode {
         CliCommand::Report(args) => context()
             .and_then(|ctx| cli::report::report(&args, trace_file.as_deref(), &ctx.names())),
         CliCommand::Probe(args) => context().and_then(|ctx| {
-            with_runtime(trace_file, &["core-client"], |export, flusher| {
-                cli::probe::probe(args, ctx, export, flusher)
-            })
+            with_runtime(
+                trace_file,
+                &["core-client"],
+                SERVICE_SPAN_QUEUE,
+                |export, flusher| cli::probe::probe(args, ctx, export, flusher),
+            )
         }),
         CliCommand::Exec(args) => context().and_then(|ctx| {
-            with_runtime(trace_file, &["core-client"], |_, flusher| {
-                cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher })
-            })
+            with_runtime(
+                trace_file,
+                &["core-client"],
+                COMMAND_SPAN_QUEUE,
+                |_, flusher| cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher }),
+            )
         }),
         CliCommand::History {
             limit,
@@ -59,12 +65,17 @@ fn main() -> ExitCode {
                 .and_then(|()| context())
                 .and_then(|ctx| {
                     if args.foreground {
-                        with_runtime(trace_file, &["core-client-agent"], |export, flusher| {
-                            // Each call's spans are written before its CLI
-                            // exits when both use the local trace file.
-                            let flusher = matches!(export, Export::File(_)).then_some(flusher);
-                            cli::agent::run_foreground(args, flusher, ctx)
-                        })
+                        with_runtime(
+                            trace_file,
+                            &["core-client-agent"],
+                            SERVICE_SPAN_QUEUE,
+                            |export, flusher| {
+                                // Each call's spans are written before its CLI
+                                // exits when both use the local trace file.
+                                let flusher = matches!(export, Export::File(_)).then_some(flusher);
+                                cli::agent::run_foreground(args, flusher, ctx)
+                            },
+                        )
                     } else {
                         cli::agent::start(&args, trace_file.as_deref(), config.as_deref(), &ctx)
                     }
@@ -93,6 +104,7 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     let outcome = with_runtime(
         trace_file,
         &["core-client", "relay", "exec-server"],
+        SERVICE_SPAN_QUEUE,
         |e, _| {
             export = Some(e);
             async {
@@ -130,11 +142,13 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     Ok(u8::try_from(outcome.code & 0xff).unwrap_or(EXIT_CONNECTION))
 }
 
-/// Runs `f` on a runtime with telemetry set up for `services`, and flushes
-/// the spans (bounded) before returning, whatever `f` returned.
+/// Runs `f` on a runtime with telemetry set up for `services` (each
+/// exporter queueing at most `span_queue` spans), and flushes the spans
+/// (bounded) before returning, whatever `f` returned.
 fn with_runtime<F, Fut, T>(
     trace_file: Option<PathBuf>,
     services: &[&'static str],
+    span_queue: usize,
     f: F,
 ) -> Result<T, CliError>
 where
@@ -163,6 +177,7 @@ where
         retry: false,
         // One command: its warnings are its one-line messages on stderr.
         span_events: false,
+        span_queue,
     };
     let telemetry = match services {
         [one] => setup::init(one, LogDefault::Warn, options.clone()),

@@ -42,7 +42,10 @@ use opentelemetry_otlp::{
     RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, TracerProviderBuilder};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanExporter,
+    TracerProviderBuilder,
+};
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -234,6 +237,40 @@ pub struct Options {
     /// exported session and link spans (services), through a
     /// `tracing-opentelemetry` layer.
     pub span_events: bool,
+    /// How many finished spans wait for export (each exporter's queue)
+    /// before more are dropped: [`SERVICE_SPAN_QUEUE`] or
+    /// [`COMMAND_SPAN_QUEUE`]. `OTEL_BSP_MAX_QUEUE_SIZE` overrides it.
+    pub span_queue: usize,
+}
+
+/// The span queue of a long-running process (a service, the agent, a
+/// probe): the SDK's default.
+pub const SERVICE_SPAN_QUEUE: usize = 2048;
+
+/// The span queue of one command's process: it makes tens of spans, and
+/// a queue's slots are allocated and written when it is made, which a
+/// short-lived process pays at each start (2,048 slots are hundreds of
+/// page faults).
+pub const COMMAND_SPAN_QUEUE: usize = 256;
+
+/// A batch processor for `exporter` whose queue holds `queue` spans
+/// (unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise) and which exports
+/// when half of it is filled, so that spans keep arriving while a batch
+/// is written.
+pub(crate) fn batch_processor<E: SpanExporter + 'static>(
+    exporter: E,
+    queue: usize,
+) -> BatchSpanProcessor {
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        let queue = queue.max(2);
+        config = config
+            .with_max_queue_size(queue)
+            .with_max_export_batch_size((queue / 2).min(512));
+    }
+    BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config.build())
+        .build()
 }
 
 impl Options {
@@ -245,6 +282,7 @@ impl Options {
             export: Export::from_env(None)?,
             retry: true,
             span_events: true,
+            span_queue: SERVICE_SPAN_QUEUE,
         })
     }
 }
@@ -392,7 +430,7 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
     // home in its own file (with one, the exec-server exports its own).
     let remote = match &options.export {
         Export::File(file) => {
-            let remote = Arc::new(RemoteSpans::new(file));
+            let remote = Arc::new(RemoteSpans::new(file, options.span_queue));
             let sink: Arc<dyn crate::remote::RemoteSink> = remote.clone();
             crate::remote::set_sink(Some(sink));
             Some(remote)
@@ -457,9 +495,13 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
     let builder = base_builder(service);
     let builder = match &options.export {
         Export::Off => builder,
-        Export::File(file) => builder.with_batch_exporter(file.exporter()),
+        Export::File(file) => {
+            builder.with_span_processor(batch_processor(file.exporter(), options.span_queue))
+        }
         Export::Otlp(target) => match otlp_exporter(target, options.retry) {
-            Ok(exporter) => builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                builder.with_span_processor(batch_processor(exporter, options.span_queue))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "OTLP export is configured but unusable; spans are not exported");
                 builder

@@ -68,6 +68,7 @@ fn http_provider(service: &str, endpoint: &str, protocol: Protocol) -> SdkTracer
         export,
         retry: false,
         span_events: false,
+        span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
     };
     telemetry::setup::build_provider(service.to_owned(), &options)
 }

@@ -30,7 +30,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
@@ -247,47 +247,80 @@ impl SpanExporter for TraceFileExporter {
 /// Writes the exec-server's stages and the relay's forwards that a client
 /// brought home ([`crate::remote`], [`crate::hops`]) into the trace file as
 /// those services' spans, through batch processors of their own (off the
-/// caller's path; bounded: spans beyond their queues are dropped).
+/// caller's path; bounded: spans beyond their queues are dropped). The
+/// processors (a queue and a thread each) start with the first spans: a
+/// command run through the agent brings nothing home itself.
 #[derive(Debug)]
 pub struct RemoteSpans {
+    file: TraceFile,
+    queue: usize,
+    processors: OnceLock<Processors>,
+}
+
+/// One batch processor per remote service.
+#[derive(Debug)]
+struct Processors {
     exec_server: BatchSpanProcessor,
     relay: BatchSpanProcessor,
 }
 
 impl RemoteSpans {
-    /// A writer into `file`.
-    pub fn new(file: &TraceFile) -> Self {
-        let processor = |service: &'static str| {
-            let mut processor = BatchSpanProcessor::builder(file.exporter()).build();
-            processor.set_resource(&Resource::builder_empty().with_service_name(service).build());
-            processor
-        };
+    /// A writer into `file`, each service's queue holding `queue` spans.
+    pub fn new(file: &TraceFile, queue: usize) -> Self {
         Self {
-            exec_server: processor(crate::remote::EXEC_SERVER),
-            relay: processor(crate::remote::RELAY),
+            file: file.clone(),
+            queue,
+            processors: OnceLock::new(),
         }
+    }
+
+    /// The processors, started now if they were not.
+    fn processors(&self) -> &Processors {
+        self.processors.get_or_init(|| {
+            let processor = |service: &'static str| {
+                let mut processor = crate::setup::batch_processor(self.file.exporter(), self.queue);
+                processor
+                    .set_resource(&Resource::builder_empty().with_service_name(service).build());
+                processor
+            };
+            Processors {
+                exec_server: processor(crate::remote::EXEC_SERVER),
+                relay: processor(crate::remote::RELAY),
+            }
+        })
     }
 
     /// Writes what is queued now.
     pub fn flush(&self) -> OTelSdkResult {
-        self.exec_server.force_flush().and(self.relay.force_flush())
+        match self.processors.get() {
+            Some(p) => p.exec_server.force_flush().and(p.relay.force_flush()),
+            None => Ok(()),
+        }
     }
 
     /// Writes what is queued and stops, waiting at most `timeout` for each.
     pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
-        self.exec_server
-            .shutdown_with_timeout(timeout)
-            .and(self.relay.shutdown_with_timeout(timeout))
+        match self.processors.get() {
+            Some(p) => p
+                .exec_server
+                .shutdown_with_timeout(timeout)
+                .and(p.relay.shutdown_with_timeout(timeout)),
+            None => Ok(()),
+        }
     }
 }
 
 impl RemoteSink for RemoteSpans {
     fn record(&self, spans: Vec<RemoteSpan>) {
+        if spans.is_empty() {
+            return;
+        }
+        let processors = self.processors();
         for span in spans {
             if span.service == crate::remote::RELAY {
-                self.relay.on_end(span_data(span));
+                processors.relay.on_end(span_data(span));
             } else {
-                self.exec_server.on_end(span_data(span));
+                processors.exec_server.on_end(span_data(span));
             }
         }
     }
@@ -359,6 +392,43 @@ mod tests {
             std::task::Poll::Ready(out) => out,
             std::task::Poll::Pending => panic!("export future was not ready"),
         }
+    }
+
+    fn remote_span(service: &'static str, name: &'static str) -> RemoteSpan {
+        RemoteSpan {
+            service,
+            trace_id: TraceId::from(7u128),
+            span_id: opentelemetry::trace::SpanId::from(3u64),
+            parent: opentelemetry::trace::SpanId::INVALID,
+            name,
+            start: std::time::SystemTime::UNIX_EPOCH,
+            end: std::time::SystemTime::UNIX_EPOCH,
+            error: false,
+            attributes: vec![],
+        }
+    }
+
+    #[test]
+    fn remote_spans_start_their_writers_with_the_first_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let remote = RemoteSpans::new(&TraceFile::new(path.clone(), Retention::default()), 8);
+        // Nothing brought home: no queue, no thread, nothing written.
+        remote.record(Vec::new());
+        assert!(remote.processors.get().is_none());
+        remote.flush().unwrap();
+        assert!(!path.exists());
+
+        remote.record(vec![
+            remote_span(crate::remote::EXEC_SERVER, "process.spawn"),
+            remote_span(crate::remote::RELAY, "relay.forward"),
+        ]);
+        assert!(remote.processors.get().is_some());
+        remote.flush().unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("process.spawn"), "{text}");
+        assert!(text.contains("relay.forward"), "{text}");
+        remote.shutdown(Duration::from_secs(5)).unwrap();
     }
 
     #[test]
