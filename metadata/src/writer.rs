@@ -185,11 +185,23 @@ impl Shared {
     }
 }
 
-/// Persists records off the hot path; cheap to clone.
+/// Persists records off the hot path; cheap to clone. The writer thread
+/// (and with it the database) starts with the first record: a process
+/// that ends up recording nothing never opens the database.
 #[derive(Clone)]
 pub struct Persister {
     shared: Arc<Shared>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    thread: Arc<Mutex<Writer>>,
+}
+
+/// The writer thread's state.
+enum Writer {
+    /// Not started: no record yet (and the store, if opened already).
+    Idle(Option<Store>),
+    /// Started.
+    Running(JoinHandle<()>),
+    /// Joined, or it could not be started.
+    Gone,
 }
 
 impl std::fmt::Debug for Persister {
@@ -223,15 +235,15 @@ fn links<'a>(records: impl Iterator<Item = &'a Record>, max: usize) -> Vec<Link>
 const MAX_LINKS: usize = 32;
 
 impl Persister {
-    /// Starts the writer thread for `store`.
+    /// A writer for `store` (its thread starts with the first record).
     pub fn start(store: Store, config: WriterConfig) -> Self {
         let path = store.path().to_owned();
         Self::spawn(path, Some(store), config)
     }
 
-    /// Starts the writer thread for the database at `path`, which the
-    /// thread opens itself: nothing here waits for the disk or for another
-    /// process's lock. A database that cannot be opened is retried like a
+    /// A writer for the database at `path`, which its thread (started with
+    /// the first record) opens itself: nothing here waits for the disk or
+    /// for another process's lock. A database that cannot be opened is retried like a
     /// failed write, and reported by the barriers.
     pub fn start_opening(path: PathBuf, config: WriterConfig) -> Self {
         Self::spawn(path, None, config)
@@ -246,18 +258,35 @@ impl Persister {
             config,
             faults: Arc::new(Faults::default()),
         });
-        let writer = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("metadata-writer".into())
-            .spawn(move || run(&writer, store))
-            .ok();
-        if thread.is_none() {
-            shared.lock().stop = true;
-        }
         Self {
             shared,
-            thread: Arc::new(Mutex::new(thread)),
+            thread: Arc::new(Mutex::new(Writer::Idle(store))),
         }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.thread.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the writer thread if it has not started.
+    fn ensure_started(&self) {
+        let mut writer = self.writer();
+        let Writer::Idle(store) = &mut *writer else {
+            return;
+        };
+        let store = store.take();
+        let shared = Arc::clone(&self.shared);
+        *writer = match std::thread::Builder::new()
+            .name("metadata-writer".into())
+            .spawn(move || run(&shared, store))
+        {
+            Ok(handle) => Writer::Running(handle),
+            Err(_) => {
+                self.shared.lock().stop = true;
+                self.shared.done.notify_all();
+                Writer::Gone
+            }
+        };
     }
 
     /// The database file.
@@ -285,6 +314,7 @@ impl Persister {
         s.pending.insert(key, Pending { record });
         drop(s);
         if wake {
+            self.ensure_started();
             self.shared.work.notify_one();
         }
     }
@@ -361,14 +391,11 @@ impl Persister {
     pub fn shutdown(&self, limit: Duration) -> Result<(), PersistError> {
         let result = self.finish(limit);
         // A writer stuck in a write is not waited for.
-        if result.is_ok()
-            && let Some(t) = self
-                .thread
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-        {
-            let _ = t.join();
+        if result.is_ok() {
+            let mut writer = self.writer();
+            if let Writer::Running(t) = std::mem::replace(&mut *writer, Writer::Gone) {
+                let _ = t.join();
+            }
         }
         result
     }
@@ -551,7 +578,7 @@ mod tests {
             log_failures: false,
             ..WriterConfig::default()
         };
-        // Starting and recording never touch the database.
+        // Starting and recording never wait for the database.
         let p = Persister::start_opening(path.clone(), config);
         p.record(cmd("a", Progress::Dispatched));
         // The first attempt fails while the command runs; the barrier at
@@ -785,4 +812,23 @@ mod tests {
         p.flush().unwrap();
         assert_eq!(stored(&path).len(), 100);
     }
+
+    #[test]
+    fn a_writer_given_no_record_starts_no_thread_and_opens_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite3");
+        let p = Persister::start_opening(path.clone(), WriterConfig::default());
+        p.flush_within(Duration::from_secs(5)).unwrap();
+        assert!(matches!(*p.writer(), Writer::Idle(_)));
+        p.shutdown(Duration::from_secs(5)).unwrap();
+        assert!(!path.exists(), "nothing recorded, yet the database was made");
+
+        // The first record starts it.
+        let p = Persister::start_opening(path.clone(), WriterConfig::default());
+        p.record(cmd("a", Progress::Dispatched));
+        assert!(matches!(*p.writer(), Writer::Running(_)));
+        p.shutdown(Duration::from_secs(30)).unwrap();
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Dispatched)]);
+    }
+
 }
