@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Dispatch, Records, request_for};
 use crate::error::{AgentError, ClientError};
-use crate::exec::{Event, ExecFailure, ExecSpec, ExitStatus};
+use crate::exec::{Event, ExecFailure, ExecSpec, ExitStatus, Recording};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
 use crate::session::{Control, Routed};
 
@@ -141,6 +141,11 @@ pub struct AgentConfig {
     pub metadata: Option<metadata::Persister>,
     /// Record the commands' arguments too (the program name always is).
     pub record_args: bool,
+    /// Ask the agent to keep each call's record, if the agent keeps the
+    /// records in this directory (absolute): then this process writes no
+    /// record (and opens no database). When the agent does not, the record
+    /// goes to `metadata` as usual.
+    pub records_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -175,6 +180,8 @@ pub struct AgentClient {
     /// Connections not yet over (the agent may still be writing their
     /// spans), and a wake-up when one ends.
     open: Arc<(AtomicUsize, Notify)>,
+    /// Why a record the agent keeps was not saved (the last such).
+    record_error: Arc<Mutex<Option<String>>>,
 }
 
 impl AgentClient {
@@ -186,7 +193,17 @@ impl AgentClient {
             config: Arc::new(config),
             tasks: lifecycle::Tasks::new(),
             open: Arc::new((AtomicUsize::new(0), Notify::new())),
+            record_error: Arc::default(),
         }
+    }
+
+    /// Why the agent could not save (or did not confirm) the record of a
+    /// call it kept, once the call is over ([`settle`](Self::settle)).
+    pub fn record_error(&self) -> Option<String> {
+        self.record_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits (at most `within`) until the agent has written the spans of
@@ -219,20 +236,40 @@ impl AgentClient {
             #[cfg(not(feature = "records"))]
             store: None,
             args: config.record_args,
+        }
+        .chosen(spec.recording);
+        // The agent is asked to keep the record; until it says it does,
+        // none is started here.
+        let record_in = match (&config.records_dir, spec.recording) {
+            (Some(dir), Recording::AsConfigured | Recording::On { .. }) => Some(wire::RecordIn {
+                data_dir: dir.to_string_lossy().into_owned(),
+                args: records.args,
+            }),
+            _ => None,
         };
-        let mut dispatch = Dispatch::begin(&spec, &self.server_id, records);
+        let mut dispatch = if record_in.is_some() {
+            let none = Records {
+                store: None,
+                args: false,
+            };
+            Dispatch::begin(&spec, &self.server_id, none)
+        } else {
+            Dispatch::begin(&spec, &self.server_id, records)
+        };
         let tracer = opentelemetry::global::tracer("core-client");
         let mut asking = tracer
             .span_builder(spans::AGENT_REQUEST)
             .with_start_time(dispatch.prepared)
             .start_with_context(&tracer, &dispatch.cx);
+        let asked = record_in.is_some();
         let exec = wire::Exec {
             route: Some(config.route()),
             request: Some(request),
             trace: dispatch.trace.clone(),
+            record: record_in,
         };
         let taken = tokio::time::timeout(config.timeout, self.open(exec)).await;
-        let (framed, accepted) = match taken {
+        let (framed, accepted, recording) = match taken {
             Ok(Ok(open)) => open,
             Ok(Err(e)) => {
                 asking.set_status(opentelemetry::trace::Status::error(e.to_string()));
@@ -246,6 +283,9 @@ impl AgentClient {
         };
         let accepted = accepted.max(dispatch.prepared);
         asking.end_with_timestamp(accepted);
+        if asked && !recording {
+            dispatch.start_record(&spec, &self.server_id, records);
+        }
 
         let (events_tx, events_rx) = mpsc::channel(REPLY_QUEUE);
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -264,6 +304,8 @@ impl AgentClient {
             controls: controls_rx,
             call: call.clone(),
             parent: dispatch.cx.clone(),
+            recording,
+            record_error: Arc::clone(&self.record_error),
         };
         let open = Arc::clone(&self.open);
         open.0.fetch_add(1, Ordering::AcqRel);
@@ -299,11 +341,12 @@ impl AgentClient {
     }
 
     /// Connects, sends the call, and waits for the agent to take it:
-    /// the connection, and when the agent's `agent.dispatch` began.
+    /// the connection, when the agent's `agent.dispatch` began, and
+    /// whether the agent keeps the call's record.
     async fn open(
         &self,
         exec: wire::Exec,
-    ) -> Result<(Framed<UnixStream, LengthDelimitedCodec>, SystemTime), AgentError> {
+    ) -> Result<(Framed<UnixStream, LengthDelimitedCodec>, SystemTime, bool), AgentError> {
         let path = &self.config.socket;
         let stream = UnixStream::connect(path)
             .await
@@ -323,9 +366,11 @@ impl AgentClient {
             .map_err(|_| AgentError::Lost("closed the connection"))?;
         let reply = next_reply(&mut framed).await?;
         match reply.body {
-            Some(reply::Body::AcceptedUnixNanos(n)) => {
-                Ok((framed, SystemTime::UNIX_EPOCH + Duration::from_nanos(n)))
-            }
+            Some(reply::Body::AcceptedUnixNanos(n)) => Ok((
+                framed,
+                SystemTime::UNIX_EPOCH + Duration::from_nanos(n),
+                reply.recording,
+            )),
             Some(reply::Body::Failure(f)) if f.busy => Err(AgentError::Busy(f.message)),
             Some(reply::Body::Failure(f)) => Err(AgentError::Dispatch {
                 connection: f.connection,
@@ -440,6 +485,10 @@ struct Connection {
     call: AgentCall,
     /// The call's dispatch context (parent of `agent.reply`).
     parent: opentelemetry::Context,
+    /// The agent keeps the call's record.
+    recording: bool,
+    /// Why the agent could not save a record it keeps.
+    record_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Connection {
@@ -464,8 +513,10 @@ impl Connection {
                     }
                     if finished {
                         // The agent says when it has written the call's
-                        // spans (bounded: a call's end never waits on it).
-                        let _ = tokio::time::timeout(FLUSHED_WITHIN, self.framed.next()).await;
+                        // spans and record (bounded: a call's end never
+                        // waits on it).
+                        let flushed = tokio::time::timeout(FLUSHED_WITHIN, self.framed.next()).await;
+                        self.note_flushed(flushed.ok().flatten().and_then(Result::ok));
                         return;
                     }
                 }
@@ -495,6 +546,30 @@ impl Connection {
                     None => writing = false,
                 },
             }
+        }
+    }
+
+    /// What the agent said after the call's last event: a record it keeps
+    /// that was not saved (or not confirmed) is kept for the caller.
+    fn note_flushed(&self, reply: Option<BytesMut>) {
+        if !self.recording {
+            return;
+        }
+        let error = match reply.and_then(|b| wire::Reply::decode(b.freeze()).ok()) {
+            Some(wire::Reply {
+                body: Some(reply::Body::Flushed(f)),
+                ..
+            }) => (!f.record_error.is_empty()).then_some(f.record_error),
+            _ => Some(
+                "the agent did not confirm that it saved the command's record (it may yet)"
+                    .to_owned(),
+            ),
+        };
+        if let Some(e) = error {
+            *self
+                .record_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e);
         }
     }
 

@@ -338,7 +338,8 @@ impl Client {
             #[cfg(not(feature = "records"))]
             store: None,
             args: config.record_args,
-        };
+        }
+        .chosen(spec.recording);
         // The call counts from its dispatch: no warm is scheduled until it
         // ends (or fails).
         let active = self.inner.warm.call();

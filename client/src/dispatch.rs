@@ -42,6 +42,22 @@ pub(crate) struct Records<'a> {
     pub(crate) args: bool,
 }
 
+impl Records<'_> {
+    /// Where the record goes as the call chose (`recording`) over the
+    /// client's settings.
+    pub(crate) fn chosen(self, recording: crate::exec::Recording) -> Self {
+        use crate::exec::Recording;
+        match recording {
+            Recording::AsConfigured => self,
+            Recording::Off => Self {
+                store: None,
+                args: false,
+            },
+            Recording::On { args } => Self { args, ..self },
+        }
+    }
+}
+
 /// The request for `spec`, if it is one: a program, and small enough for
 /// one session message.
 pub(crate) fn request_for(spec: &ExecSpec) -> Result<ExecRequest, ClientError> {
@@ -138,6 +154,14 @@ impl Dispatch {
             trace,
             dispatched,
             prepared,
+        }
+    }
+
+    /// Starts the call's record now, in `records` (for a call whose record
+    /// was left to another process that declined it).
+    pub(crate) fn start_record(&mut self, spec: &ExecSpec, server_id: &str, records: Records<'_>) {
+        if let Some(span) = &self.span {
+            self.record = record(spec, server_id, records, span.span_context());
         }
     }
 

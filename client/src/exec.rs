@@ -48,6 +48,25 @@ pub struct ExecSpec {
     /// dispatch starts when [`Client::exec`](crate::Client::exec) is
     /// called.
     pub dispatched_at: Option<std::time::SystemTime>,
+    /// Whether the call is recorded, when the client keeps records
+    /// ([`ClientConfig::metadata`](crate::ClientConfig::metadata)).
+    pub recording: Recording,
+}
+
+/// Whether a call is recorded, when its client keeps records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recording {
+    /// As the client's configuration says (its `record_args` for the
+    /// arguments).
+    #[default]
+    AsConfigured,
+    /// Not recorded.
+    Off,
+    /// Recorded, with its arguments or without.
+    On {
+        /// Record the arguments too (the program name always is).
+        args: bool,
+    },
 }
 
 impl ExecSpec {

@@ -67,7 +67,7 @@ pub use error::{
     AgentError, Busy, ClientError, ConnectError, HandshakeFailure, InvalidRequest, LinkCause,
     SessionLost, Unavailable, Via, Waiting,
 };
-pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Gap, Output, Terminal};
+pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Gap, Output, Recording, Terminal};
 pub use execution::{Controller, Execution};
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};

@@ -73,11 +73,17 @@ fn main() -> ExitCode {
                                 // Each call's spans are written before its CLI
                                 // exits when both use the local trace file.
                                 let flusher = matches!(export, Export::File(_)).then_some(flusher);
-                                cli::agent::run_foreground(args, flusher, ctx)
+                                cli::agent::run_foreground(args, flusher, ctx, data_dir.as_deref())
                             },
                         )
                     } else {
-                        cli::agent::start(&args, trace_file.as_deref(), config.as_deref(), &ctx)
+                        cli::agent::start(
+                            &args,
+                            trace_file.as_deref(),
+                            data_dir.as_deref(),
+                            config.as_deref(),
+                            &ctx,
+                        )
                     }
                 }),
             AgentCommand::Stop => cli::agent::stop(),

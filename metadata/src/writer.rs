@@ -821,7 +821,10 @@ mod tests {
         p.flush_within(Duration::from_secs(5)).unwrap();
         assert!(matches!(*p.writer(), Writer::Idle(_)));
         p.shutdown(Duration::from_secs(5)).unwrap();
-        assert!(!path.exists(), "nothing recorded, yet the database was made");
+        assert!(
+            !path.exists(),
+            "nothing recorded, yet the database was made"
+        );
 
         // The first record starts it.
         let p = Persister::start_opening(path.clone(), WriterConfig::default());
@@ -830,5 +833,4 @@ mod tests {
         p.shutdown(Duration::from_secs(30)).unwrap();
         assert_eq!(stored(&path), vec![("a".into(), Progress::Dispatched)]);
     }
-
 }

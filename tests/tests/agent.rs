@@ -42,6 +42,19 @@ impl Fixture {
         self.stack.dir.path()
     }
 
+    /// Where the CLIs keep their records (`binaries::core_client`'s).
+    fn data_dir(&self) -> PathBuf {
+        self.stack.client_key.parent().unwrap().join("client-data")
+    }
+
+    /// The command records in `dir`, newest first.
+    fn records_in(&self, dir: &Path) -> Vec<metadata::CommandRecord> {
+        metadata::Store::open(&dir.join("metadata.sqlite3"))
+            .unwrap()
+            .commands(100)
+            .unwrap()
+    }
+
     /// `core-client agent ARGS` with this fixture's socket and files.
     fn agent(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binaries::path("core-client").unwrap());
@@ -49,6 +62,8 @@ impl Fixture {
             .args(args)
             .env("REX_AGENT_SOCKET", &self.socket)
             .env("REX_TRACE_FILE", self.dir().join("traces.jsonl"))
+            // The CLIs' data directory: the agent keeps their records.
+            .env("REX_DATA_DIR", self.data_dir())
             .env("XDG_CONFIG_HOME", self.dir().join("config"))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -370,6 +385,114 @@ fn a_stale_socket_is_removed_and_the_command_runs_without_it() {
     // And no line at all when no agent runs.
     let out = f.stack.exec(&["echo", "quiet"]).output().unwrap();
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_agent_keeps_the_records_of_the_commands_run_through_it() {
+    let f = Fixture::new();
+    f.start_agent();
+    let out = f
+        .stack
+        .exec_with(&["--print-trace-id"], &["sh", "-c", "echo out; exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(f.served(), 1, "it went through the agent");
+    let id = binaries::printed_trace_id(&out).unwrap();
+    // Saved before the CLI exited, with the command's outcome; made by the
+    // agent (the record's span is the agent's dispatch), so the CLI wrote
+    // nothing of its own.
+    let records = f.records_in(&f.data_dir());
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record.program, "sh");
+    assert_eq!(record.args, None, "arguments only with --record-args");
+    assert_eq!(record.exit, Some(metadata::Exit::Code(4)));
+    assert_eq!(record.progress, metadata::Progress::Finished);
+    assert_eq!(record.stdout_bytes, 4);
+    assert_eq!(record.trace.trace_id, id);
+    let spans = trace_check::from_trace_file(&f.dir().join("traces.jsonl"), &id);
+    let dispatch = trace_check::one(&spans, spans::AGENT_DISPATCH);
+    assert_eq!(record.trace.span_id, dispatch.span_id);
+
+    // --record-args is passed on; --no-records records nothing.
+    let out = f
+        .stack
+        .exec_with(&["--record-args"], &["echo", "a", "b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = f
+        .stack
+        .exec_with(&["--no-records"], &["true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(f.served(), 3);
+    let records = f.records_in(&f.data_dir());
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].program, "echo");
+    assert_eq!(records[0].args, Some(vec!["a".to_owned(), "b".to_owned()]));
+}
+
+#[test]
+fn a_command_whose_cli_is_killed_still_has_its_outcome_recorded_by_the_agent() {
+    let f = Fixture::new();
+    f.start_agent();
+    let mut child = f
+        .stack
+        .exec(&["sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while f.status()["calls_running"] != 1 {
+        assert!(Instant::now() < deadline, "the call never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The agent cancels the call and records how it ended.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let records = f.records_in(&f.data_dir());
+        if let [record] = records.as_slice()
+            && record.progress == metadata::Progress::Finished
+        {
+            assert_eq!(record.program, "sleep");
+            assert!(
+                !matches!(record.exit, Some(metadata::Exit::Code(0)) | None),
+                "{record:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {records:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_cli_with_another_data_directory_keeps_its_own_records() {
+    let f = Fixture::new();
+    f.start_agent();
+    let other = f.dir().join("other-data");
+    let out = f
+        .stack
+        .exec(&["true"])
+        .env("REX_DATA_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(f.served(), 1, "it went through the agent");
+    let records = f.records_in(&other);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].exit, Some(metadata::Exit::Code(0)));
+    assert!(
+        !f.data_dir().join("metadata.sqlite3").exists(),
+        "the agent recorded a command it was not asked to"
+    );
 }
 
 #[test]

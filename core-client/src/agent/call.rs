@@ -28,7 +28,9 @@ use proto::pb::session::{
     ExecError, ExecErrorKind, ExecRequest, Exited, Started, StdinMode, TerminalEvent, exited,
 };
 use rex_client::agent::{STDIN_MESSAGE_COST, STDIN_WINDOW, encode, stdin_cost};
-use rex_client::{Controller, Event, ExecFailure, ExecSpec, ExitStatus, Target, WarmPolicy};
+use rex_client::{
+    Controller, Event, ExecFailure, ExecSpec, ExitStatus, Recording, Target, WarmPolicy,
+};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -72,14 +74,17 @@ pub(super) async fn serve(
         }
     };
     agent.activity();
+    let recording = agent.recording(exec.record.as_ref());
     let accepted = wire::Reply {
         body: Some(reply::Body::AcceptedUnixNanos(unix_nanos(taken))),
-        ended_unix_nanos: 0,
+        recording: recording != Recording::Off,
+        ..wire::Reply::default()
     };
     if writer.send(encode(&accepted)).await.is_err() {
         return;
     }
-    let spec = spec_of(exec.request.unwrap_or_default(), exec.trace.as_ref(), taken);
+    let mut spec = spec_of(exec.request.unwrap_or_default(), exec.trace.as_ref(), taken);
+    spec.recording = recording;
     // The targets in order; one that another relay may help with goes on
     // to the next.
     let mut started = None;
@@ -125,7 +130,7 @@ pub(super) async fn serve(
             Some(n) = taken_rx.recv() => {
                 let ack = wire::Reply {
                     body: Some(reply::Body::StdinTaken(n)),
-                    ended_unix_nanos: 0,
+                    ..wire::Reply::default()
                 };
                 if writer.send(encode(&ack)).await.is_err() {
                     break;
@@ -141,17 +146,25 @@ pub(super) async fn serve(
                 let reply = wire::Reply {
                     body: Some(body),
                     ended_unix_nanos: ended,
+                    recording: false,
                 };
                 if writer.send(encode(&reply)).await.is_err() {
                     break;
                 }
                 if last {
-                    // The call's spans are written before its CLI exits.
+                    // The call's spans (and record) are written before
+                    // its CLI exits.
                     drop(run);
-                    agent.flush_spans().await;
+                    let (record_error, ()) = if recording == Recording::Off {
+                        (None, agent.flush_spans().await)
+                    } else {
+                        tokio::join!(agent.flush_records(), agent.flush_spans())
+                    };
                     let flushed = wire::Reply {
-                        body: Some(reply::Body::Flushed(wire::Empty {})),
-                        ended_unix_nanos: 0,
+                        body: Some(reply::Body::Flushed(wire::Flushed {
+                            record_error: record_error.unwrap_or_default(),
+                        })),
+                        ..wire::Reply::default()
                     };
                     let _ = writer.send(encode(&flushed)).await;
                     break;
@@ -439,7 +452,7 @@ fn failure(connection: bool, busy: bool, message: String) -> wire::Reply {
             busy,
             message,
         })),
-        ended_unix_nanos: 0,
+        ..wire::Reply::default()
     }
 }
 

@@ -70,7 +70,34 @@ pub struct Options {
     /// Writes the agent's spans now: given when they go to the local trace
     /// file, so that each call's are there before its CLI exits.
     pub flusher: Option<telemetry::setup::Flusher>,
+    /// Where the agent keeps the records of the calls that ask it to (a
+    /// CLI whose data directory is this one), so that the CLI opens no
+    /// database of its own.
+    pub records: Option<AgentRecords>,
 }
+
+/// The command records the agent keeps for its callers.
+#[derive(Debug, Clone)]
+pub struct AgentRecords {
+    /// The data directory (absolute) the store is in.
+    pub dir: PathBuf,
+    /// Its writer (started with the first record).
+    pub store: metadata::Persister,
+}
+
+impl AgentRecords {
+    /// Whether a CLI's data directory `dir` is this one.
+    fn is_for(&self, dir: &Path) -> bool {
+        match (std::fs::canonicalize(dir), std::fs::canonicalize(&self.dir)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => std::path::absolute(dir).is_ok_and(|a| a == self.dir),
+        }
+    }
+}
+
+/// How long a call's end waits for its record to be written (within the
+/// CLI's wait for the agent's `flushed`).
+const RECORD_FLUSH: Duration = Duration::from_millis(1500);
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +143,33 @@ impl Agent {
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         self.last_activity_unix_ms
             .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    /// How a call whose CLI asked `asked` is recorded: in the agent's
+    /// store if it is the CLI's, else not at all (the CLI records it).
+    fn recording(&self, asked: Option<&wire::RecordIn>) -> rex_client::Recording {
+        match (asked, &self.options.records) {
+            (Some(asked), Some(records)) if records.is_for(Path::new(&asked.data_dir)) => {
+                rex_client::Recording::On { args: asked.args }
+            }
+            _ => rex_client::Recording::Off,
+        }
+    }
+
+    /// Writes the records taken so far (bounded): why not, in one line.
+    async fn flush_records(&self) -> Option<String> {
+        let store = self.options.records.as_ref()?.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || store.flush_within(RECORD_FLUSH)).await;
+        match flushed {
+            Ok(Ok(())) => None,
+            Ok(Err(e @ metadata::PersistError::Timeout { .. })) => Some(format!(
+                "{e}; the agent keeps the command's record and goes on trying to save it"
+            )),
+            Ok(Err(e)) => Some(format!("{e}; this command's record is not saved")),
+            Err(_) => {
+                Some("the agent's record writer failed; this command's record is not saved".into())
+            }
+        }
     }
 
     /// Writes the spans ended so far, if they go to the local trace file.
@@ -257,7 +311,11 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
     let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let agent = Arc::new(Agent {
-        pool: Pool::new(options.max_sessions, options.warm),
+        pool: Pool::new(
+            options.max_sessions,
+            options.warm,
+            options.records.as_ref().map(|r| r.store.clone()),
+        ),
         tasks: Tasks::new(),
         started: SystemTime::now(),
         last_activity: Mutex::new(Instant::now()),
@@ -329,6 +387,9 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
     let _ = std::fs::remove_file(&agent.options.socket);
     agent.tasks.token().cancel();
     agent.pool.close_all(CLOSE_WITHIN).await;
+    if let Some(records) = agent.options.records.clone() {
+        let _ = tokio::task::spawn_blocking(move || records.store.shutdown(CLOSE_WITHIN)).await;
+    }
 }
 
 /// When the agent stops for idleness, if it will.
@@ -369,7 +430,7 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream) {
         Some(request::Body::Status(_)) => {
             let status = wire::Reply {
                 body: Some(reply::Body::Status(agent.status())),
-                ended_unix_nanos: 0,
+                ..wire::Reply::default()
             };
             let _ = writer.send(encode(&status)).await;
         }
@@ -381,14 +442,14 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream) {
             agent.flush_spans().await;
             let reply = wire::Reply {
                 body: Some(reply::Body::Warmed(warmed)),
-                ended_unix_nanos: 0,
+                ..wire::Reply::default()
             };
             let _ = writer.send(encode(&reply)).await;
         }
         Some(request::Body::Stop(_)) => {
             let stopping = wire::Reply {
                 body: Some(reply::Body::Stopping(wire::Empty {})),
-                ended_unix_nanos: 0,
+                ..wire::Reply::default()
             };
             let _ = writer.send(encode(&stopping)).await;
             tracing::info!("asked to stop");
@@ -413,7 +474,7 @@ async fn refuse_busy(stream: UnixStream, limit: usize) {
                 busy: true,
                 message: format!("it has {limit} connections open, its most"),
             })),
-            ended_unix_nanos: 0,
+            ..wire::Reply::default()
         };
         let _ = writer.send(encode(&busy)).await;
     })

@@ -61,6 +61,9 @@ pub struct Pool {
     held: Mutex<HashMap<Route, Held>>,
     max: usize,
     warm: WarmPolicy,
+    /// Where the calls that ask for it are recorded (each call chooses:
+    /// none is recorded unless it asks).
+    records: Option<metadata::Persister>,
 }
 
 /// A call's claim on its route's session: counted as running until dropped.
@@ -104,11 +107,12 @@ pub struct HeldStatus {
 impl Pool {
     /// A pool of at most `max` sessions, each kept warm by `warm` unless
     /// its calls ask otherwise.
-    pub fn new(max: usize, warm: WarmPolicy) -> Arc<Self> {
+    pub fn new(max: usize, warm: WarmPolicy, records: Option<metadata::Persister>) -> Arc<Self> {
         Arc::new(Self {
             held: Mutex::new(HashMap::new()),
             max: max.max(1),
             warm,
+            records,
         })
     }
 
@@ -133,7 +137,10 @@ impl Pool {
         let mut order = Vec::with_capacity(n);
         let first = h.current;
         for i in (0..n).map(|k| (first + k) % n) {
-            order.push((i, client_of(h, route, i, key_file, &mut key)?));
+            order.push((
+                i,
+                client_of(h, route, i, key_file, &mut key, self.records.as_ref())?,
+            ));
         }
         h.running += 1;
         h.served += 1;
@@ -160,7 +167,14 @@ impl Pool {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let h = self.entry(&mut held, route, warm)?;
         let current = h.current;
-        client_of(h, route, current, key_file, &mut None)
+        client_of(
+            h,
+            route,
+            current,
+            key_file,
+            &mut None,
+            self.records.as_ref(),
+        )
     }
 
     /// Every route held, with the client of the target tried first.
@@ -291,13 +305,15 @@ fn status_of(route: &Route, h: &Held) -> HeldStatus {
 }
 
 /// Target `i`'s client of `route`, made (reading the key file once into
-/// `key`) if it is not yet; warmed if it is the target tried first.
+/// `key`, recording into `records` the calls that ask) if it is not yet;
+/// warmed if it is the target tried first.
 fn client_of(
     h: &mut Held,
     route: &Route,
     i: usize,
     key_file: &Path,
     key: &mut Option<StaticKeypair>,
+    records: Option<&metadata::Persister>,
 ) -> Result<Client, PoolError> {
     if let Some(Some(c)) = h.clients.get(i) {
         return Ok(c.clone());
@@ -309,6 +325,7 @@ fn client_of(
     let mut config = ClientConfig::new(key.clone(), route.server, route.targets[i].clone())
         .alternates_of(&route.targets, i);
     config.resume = Some(rex_client::DEFAULT_RESUME);
+    config.metadata = records.cloned();
     config.tls = match &route.ca_file {
         Some(ca) => TlsSettings::from_ca_file(ca)?,
         None => TlsSettings::system(),

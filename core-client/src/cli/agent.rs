@@ -96,6 +96,7 @@ fn options(
     socket: PathBuf,
     flusher: Option<telemetry::setup::Flusher>,
     prewarm: Vec<wire::Route>,
+    records: Option<agent::AgentRecords>,
 ) -> Options {
     Options {
         socket,
@@ -105,7 +106,26 @@ fn options(
         warm: WarmPolicy::every(args.warm_interval),
         prewarm,
         flusher,
+        records,
     }
+}
+
+/// The records the agent keeps for the CLIs whose data directory is
+/// `data_dir` (none when no data directory is known). The database is
+/// opened in the background with the first record; what goes wrong is
+/// told to the CLI of each call.
+fn records(data_dir: Option<&Path>) -> Option<agent::AgentRecords> {
+    let dir = std::path::absolute(data_dir?).ok()?;
+    let writer = metadata::WriterConfig {
+        service: "core-client-agent",
+        // Each call's CLI is told (one line) when its record is not saved.
+        log_failures: false,
+        // As the CLI's own: written through to the OS at each call's end.
+        durability: metadata::Durability::ProcessCrash,
+        ..metadata::WriterConfig::default()
+    };
+    let store = metadata::open_in_background(&dir, writer);
+    Some(agent::AgentRecords { dir, store })
 }
 
 /// The servers the agent keeps warm from its start: every server named in
@@ -143,8 +163,9 @@ fn prewarm(ctx: &Context) -> (Vec<wire::Route>, Vec<String>) {
 /// The agent-protocol route of a server's settings, as `exec` reaches it.
 fn route_of(ctx: &Context, settings: &crate::settings::Settings) -> Result<wire::Route, CliError> {
     let plan = super::exec::plan(settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
-    let config = super::exec::agent_config(place::socket_path(), settings, &plan, None, false)
-        .ok_or_else(|| CliError::usage("the client key file's path cannot be made absolute"))?;
+    let config =
+        super::exec::agent_config(place::socket_path(), settings, &plan, None, false, None)
+            .ok_or_else(|| CliError::usage("the client key file's path cannot be made absolute"))?;
     Ok(config.route())
 }
 
@@ -155,6 +176,7 @@ fn route_of(ctx: &Context, settings: &crate::settings::Settings) -> Result<wire:
 pub fn start(
     args: &StartArgs,
     trace_file: Option<&Path>,
+    data_dir: Option<&Path>,
     config: Option<&Path>,
     ctx: &Context,
 ) -> Result<u8, CliError> {
@@ -192,10 +214,13 @@ pub fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // It writes its spans where this process would, and reads the config
-    // file this process read.
+    // It writes its spans and records where this process would, and reads
+    // the config file this process read.
     if let Some(t) = trace_file {
         cmd.env(telemetry::trace_file::PATH_ENV, t);
+    }
+    if let Some(d) = data_dir.and_then(|d| std::path::absolute(d).ok()) {
+        cmd.env(metadata::location::DATA_DIR_ENV, d);
     }
     if let Some(c) = config.and_then(|c| std::path::absolute(c).ok()) {
         cmd.arg("--config").arg(c);
@@ -288,6 +313,7 @@ pub async fn run_foreground(
     args: StartArgs,
     flusher: Option<telemetry::setup::Flusher>,
     ctx: Context,
+    data_dir: Option<&Path>,
 ) -> Result<u8, CliError> {
     let socket = place::socket_path();
     let listener = agent::bind(&socket)
@@ -300,7 +326,8 @@ pub async fn run_foreground(
     let tasks = lifecycle::Tasks::new();
     let shutdown = lifecycle::signals::stop_on_signals(&tasks);
     tracing::info!(socket = %socket.display(), "agent listening");
-    agent::run(listener, options(&args, socket, flusher, routes), shutdown).await;
+    let options = options(&args, socket, flusher, routes, records(data_dir));
+    agent::run(listener, options, shutdown).await;
     Ok(0)
 }
 

@@ -619,6 +619,7 @@ pub(super) fn agent_config(
     plan: &Plan,
     records: Option<metadata::Persister>,
     record_args: bool,
+    records_dir: Option<PathBuf>,
 ) -> Option<AgentConfig> {
     let key_file = settings
         .key
@@ -646,6 +647,7 @@ pub(super) fn agent_config(
         timeout: AGENT_TIMEOUT,
         metadata: records,
         record_args,
+        records_dir,
     })
 }
 
@@ -663,8 +665,21 @@ async fn through_agent(
     if !socket.exists() {
         return Ok(ThroughAgent::NoAgent);
     }
-    let Some(config) = agent_config(socket.clone(), settings, plan, records, args.record_args)
-    else {
+    // The agent keeps the record when it keeps this process's store (not
+    // with --strict-records, whose failures must stop the command here).
+    let records_dir = records
+        .as_ref()
+        .filter(|_| !args.strict_records)
+        .and_then(|r| r.path().parent())
+        .and_then(|dir| std::path::absolute(dir).ok());
+    let Some(config) = agent_config(
+        socket.clone(),
+        settings,
+        plan,
+        records,
+        args.record_args,
+        records_dir,
+    ) else {
         return Ok(ThroughAgent::NoAgent);
     };
     let agent = AgentClient::new(config);

@@ -183,6 +183,9 @@ impl CliRun {
         match self.agent.take() {
             Some(agent) => {
                 let _ = tokio::join!(own, agent.settle(AGENT_SETTLE));
+                if let Some(e) = agent.record_error() {
+                    eprintln!("core-client: warning: {e}");
+                }
             }
             None => {
                 let _ = own.await;

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
         export: Export::Off,
         retry: false,
         span_events: false,
+        span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
     };
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
     let config = SinkConfig {
