@@ -159,6 +159,7 @@ impl Dispatch {
 
     /// Starts the call's record now, in `records` (for a call whose record
     /// was left to another process that declined it).
+    #[cfg(feature = "agent")]
     pub(crate) fn start_record(&mut self, spec: &ExecSpec, server_id: &str, records: Records<'_>) {
         if let Some(span) = &self.span {
             self.record = record(spec, server_id, records, span.span_context());

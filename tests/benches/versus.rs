@@ -278,6 +278,9 @@ async fn bench(args: &Args) -> Result<bool, String> {
                     .env("REX_AGENT_SOCKET", &warm.agent_socket)
                     .env("XDG_CONFIG_HOME", warm.data_dir.join("config"))
                     .env("REX_TRACE_FILE", warm.data_dir.join("traces.jsonl"))
+                    // The CLI's data directory, as a user's agent and CLI
+                    // share theirs: the agent keeps the records.
+                    .env("REX_DATA_DIR", &warm.data_dir)
                     .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
                     .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                     .output()
