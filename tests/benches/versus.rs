@@ -243,18 +243,17 @@ async fn bench(args: &Args) -> Result<bool, String> {
     if let Some(ssh) = &ssh
         && (args.wants("cold") || args.wants("cli_warm"))
     {
-        let mut server_pub = stack.server.key.public().to_string();
-        server_pub.retain(|c| !c.is_whitespace());
-        let key = scratch.path().join("client.key");
-        stack
-            .client_key
-            .write_file(&key)
-            .map_err(|e| format!("writing the client key: {e}"))?;
+        // A CLI user's commands reach a relay and an exec-server running
+        // as their own processes, as they are deployed (an exec-server
+        // inside this process would spawn each command by forking all of
+        // this benchmark's memory).
+        let procs = integration_tests::binaries::ProcStack::start(&[])
+            .map_err(|e| format!("starting the relay and exec-server processes: {e}"))?;
         let cold = ColdClient {
             binary: args.core_client()?,
-            relay: stack.relay.url(),
-            server: server_pub,
-            key,
+            relay: procs.relay_url.clone(),
+            server: procs.server_pub.clone(),
+            key: procs.client_key.clone(),
             data_dir: scratch.path().join("cold"),
             // Where no agent runs.
             agent_socket: scratch.path().join("no-agent").join("agent.sock"),
