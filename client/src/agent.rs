@@ -269,15 +269,22 @@ impl AgentClient {
             record: record_in,
         };
         let taken = tokio::time::timeout(config.timeout, self.open(exec)).await;
+        // A call the agent did not take is recorded here, as failed.
         let (framed, accepted, recording) = match taken {
             Ok(Ok(open)) => open,
             Ok(Err(e)) => {
                 asking.set_status(opentelemetry::trace::Status::error(e.to_string()));
                 asking.end();
+                if asked {
+                    dispatch.start_record(&spec, &self.server_id, records);
+                }
                 return Err(dispatch.fail(e.into()));
             }
             Err(_) => {
                 asking.end();
+                if asked {
+                    dispatch.start_record(&spec, &self.server_id, records);
+                }
                 return Err(dispatch.fail(AgentError::Lost("did not take the call in time").into()));
             }
         };

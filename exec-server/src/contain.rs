@@ -318,18 +318,28 @@ fn own_cgroup_dir() -> Option<PathBuf> {
 }
 
 /// Sets the child's death signal, checks its parent is still the
-/// exec-server, moves it into its cgroup, and gives it its terminal (a new
-/// session whose controlling terminal it is), between fork and exec.
+/// exec-server, moves it into its cgroup, gives it its terminal (a new
+/// session whose controlling terminal it is), and starts it with every
+/// standard signal's default action (a signal the exec-server was started
+/// with ignored, as `nohup` ignores SIGHUP and a script's `&` ignores
+/// SIGQUIT, would otherwise stay ignored in the command: Ctrl-\\ would not
+/// quit it), between fork and exec.
 #[allow(unsafe_code)]
 fn install_pre_exec(cmd: &mut Command, procs: Option<OwnedFd>, terminal: Option<OwnedFd>) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it makes at most five system
-    // calls (prctl, getppid, write, setsid, ioctl) through nix and rustix,
-    // allocates nothing and takes no lock. The descriptors it uses were
-    // opened (close-on-exec) before the fork and are owned by the closure.
+    // async-signal-safe calls are allowed: it makes system calls only
+    // (sigaction for each signal, prctl, getppid, write, setsid, ioctl)
+    // through nix and rustix, allocates nothing and takes no lock. The
+    // descriptors it uses were opened (close-on-exec) before the fork and
+    // are owned by the closure.
     unsafe {
         cmd.pre_exec(move || {
+            for signal in Signal::iterator() {
+                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+                    let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
+                }
+            }
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != parent {
                 // The exec-server died before the death signal was set.

@@ -2,9 +2,10 @@
 //! built binaries on loopback: keys revoked live and reloaded on SIGHUP,
 //! private key files open to others refused, a flood of refused
 //! handshakes logged in a bounded number of lines, Ctrl-C with a stdout
-//! nobody reads, a locked records database, and a command's processes
+//! nobody reads, a locked records database, a command's processes
 //! (even one that calls `setsid`) ending with the command and with the
-//! exec-server.
+//! exec-server, and commands starting with every signal's default action
+//! whatever the exec-server was started ignoring (as under `nohup`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -433,4 +434,67 @@ fn a_commands_processes_end_with_the_command_and_with_the_exec_server() {
     let _ = loud.kill();
     let _ = quiet.wait();
     let _ = loud.wait();
+}
+
+/// The signals a `/proc/PID/status` says its process ignores (bit N-1 for
+/// signal N).
+fn ignored(status: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn commands_start_with_default_signal_actions_whatever_the_exec_server_ignores() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    // Its exec-server again, started as `nohup` starts a process (and some
+    // service managers do): with these signals ignored, which an exec
+    // keeps.
+    stack.server.child.kill().unwrap();
+    stack.server.child.wait().unwrap();
+    let dir = stack.dir.path();
+    let mut server = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' HUP INT QUIT TERM USR1; exec \"$0\" \"$@\"")
+        .arg(binaries::path("exec-server").unwrap())
+        .args(["--relay", &stack.relay_url, "--key"])
+        .arg(dir.join("server.key"))
+        .arg("--authorized-keys")
+        .arg(dir.join("authorized_keys"))
+        .arg("--data-dir")
+        .arg(dir.join("nohup-server-data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let o = stack.exec(&["cat", "/proc/self/status"]).output().unwrap();
+            let ok = o.status.success();
+            out = Some(o);
+            ok
+        }),
+        "no command ran through the restarted exec-server: {}",
+        String::from_utf8_lossy(&out.as_ref().unwrap().stderr)
+    );
+    // The exec-server handles SIGHUP, SIGINT and SIGTERM itself (which an
+    // exec resets); the others it keeps ignored.
+    let own = ignored(&std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap());
+    for n in [3, 10] {
+        assert_ne!(
+            own & (1 << (n - 1)),
+            0,
+            "the exec-server ignores signal {n}"
+        );
+    }
+    // The standard signals (1 to 31); real-time ones are as inherited.
+    let theirs = ignored(&String::from_utf8(out.unwrap().stdout).unwrap()) & 0x7fff_ffff;
+    assert_eq!(theirs, 0, "the command ignores signals {theirs:#x}");
+    let _ = server.kill();
+    let _ = server.wait();
 }
