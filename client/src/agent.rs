@@ -11,6 +11,10 @@
 //! read only while the caller has room, so a caller that stops reading
 //! holds up its own call only.
 //!
+//! Records: when [`AgentConfig::records_dir`] is the agent's own data
+//! directory, the agent keeps the call's record (this process writes
+//! none); otherwise the record is kept here as for a session.
+//!
 //! Spans: the dispatch (`tool.dispatch`) starts as for a session; its
 //! stages are `dispatch.prepare`, `agent.request` (until the agent took the
 //! call, at the instant the agent's `agent.dispatch` starts), the agent's

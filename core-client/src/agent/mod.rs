@@ -8,8 +8,9 @@
 //!   (connections from other users refused by their peer credentials, and
 //!   beyond `--max-connections` answered busy), the first request of each
 //!   connection (a call, `status`, `warm` or `stop`), the sessions held
-//!   from the start (servers whose `warm` option is an interval), and the
-//!   idle timer (`--persist`);
+//!   from the start (servers whose `warm` option is an interval), the
+//!   command records it keeps for the CLIs whose data directory is its
+//!   own ([`AgentRecords`]), and the idle timer (`--persist`);
 //! - [`place`]: where the socket lives, and its private directory;
 //! - [`pool`]: the sessions held (at most `--max-sessions`, each kept warm);
 //! - `call`: one CLI's call through the agent.
