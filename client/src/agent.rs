@@ -251,15 +251,12 @@ impl AgentClient {
             }),
             _ => None,
         };
-        let mut dispatch = if record_in.is_some() {
-            let none = Records {
-                store: None,
-                args: false,
-            };
-            Dispatch::begin(&spec, &self.server_id, none)
+        let here = if record_in.is_some() {
+            records.chosen(Recording::Off)
         } else {
-            Dispatch::begin(&spec, &self.server_id, records)
+            records
         };
+        let mut dispatch = Dispatch::begin(&spec, &self.server_id, here);
         let tracer = opentelemetry::global::tracer("core-client");
         let mut asking = tracer
             .span_builder(spans::AGENT_REQUEST)

@@ -162,6 +162,15 @@ impl Fixture {
         acquire.attr_str("rex.session.warmth").unwrap().to_owned()
     }
 
+    /// Waits (bounded) until the agent runs exactly one call.
+    fn until_one_call_runs(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.status()["calls_running"] != 1 {
+            assert!(Instant::now() < deadline, "the call never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn status(&self) -> serde_json::Value {
         let out = self.agent(&["status", "--json"]).output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -447,11 +456,7 @@ fn a_command_whose_cli_is_killed_still_has_its_outcome_recorded_by_the_agent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while f.status()["calls_running"] != 1 {
-        assert!(Instant::now() < deadline, "the call never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    f.until_one_call_runs();
     child.kill().unwrap();
     child.wait().unwrap();
     // The agent cancels the call and records how it ended.
@@ -507,11 +512,7 @@ fn killing_the_agent_mid_command_fails_it_with_one_line_and_255() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while f.status()["calls_running"] != 1 {
-        assert!(Instant::now() < deadline, "the call never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    f.until_one_call_runs();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
