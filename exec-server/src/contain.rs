@@ -1,12 +1,12 @@
 //! Process containment: a command's processes end with it, and with the
 //! exec-server.
 //!
-//! - Every child is spawned from one thread that lives as long as the
-//!   exec-server, and asks the kernel for SIGKILL when its parent dies
-//!   (`PR_SET_PDEATHSIG`, which fires when the *thread* that forked exits,
-//!   hence the one long-lived thread rather than the runtime's workers). A
-//!   child whose parent died before the request took effect (its parent
-//!   pid is no longer the exec-server's) does not start.
+//! - Every child is started ([`crate::spawn`]) from one thread that lives
+//!   as long as the exec-server, and asks the kernel for SIGKILL when its
+//!   parent dies (`PR_SET_PDEATHSIG`, which fires when the *thread* that
+//!   made the child exits, hence the one long-lived thread rather than the
+//!   runtime's workers). A child whose parent died before the request took
+//!   effect (its parent pid is no longer the exec-server's) does not start.
 //! - Every command runs in a process group of its own, which is killed
 //!   when the command is cancelled or its session ends.
 //! - When asked (`--cgroups`), where cgroup v2 is available and the
@@ -33,14 +33,14 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use nix::sys::signal::Signal;
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::spawn::{self, Child, Command};
 
 /// Spawn requests waiting for the spawning thread.
 const SPAWN_QUEUE: usize = 64;
@@ -139,32 +139,31 @@ impl Containment {
     /// process group of its own (the session's is one).
     pub async fn spawn(
         self: &Arc<Self>,
-        mut cmd: Command,
+        cmd: Command,
         terminal: Option<OwnedFd>,
     ) -> Result<(Child, CommandGroup), SpawnError> {
         let dir = self.cgroups.as_ref().and_then(Cgroups::new_group);
-        let procs = dir.as_ref().and_then(|d| {
-            File::options()
-                .write(true)
-                .open(d.join("cgroup.procs"))
-                .ok()
-                .map(OwnedFd::from)
-        });
         let group = CommandGroup {
             dir,
             owner: Arc::clone(self),
         };
-        install_pre_exec(&mut cmd, procs, terminal);
+        let procs_path = group.dir.as_ref().map(|d| d.join("cgroup.procs"));
+        // Listening before the child exists: its exit cannot be missed.
+        let sigchld = spawn::listen_for_exits()?;
         let tx = spawner().ok_or(SpawnError::NoSpawner)?;
-        let handle = tokio::runtime::Handle::current();
         let (reply_tx, reply_rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _entered = handle.enter();
-            let _ = reply_tx.send(cmd.spawn());
+            let procs = procs_path
+                .and_then(|p| File::options().write(true).open(p).ok().map(OwnedFd::from));
+            let placement = spawn::Placement {
+                terminal: terminal.as_ref().map(AsFd::as_fd),
+                procs: procs.as_ref().map(AsFd::as_fd),
+            };
+            let _ = reply_tx.send(spawn::start(cmd, placement));
         });
         tx.send(job).await.map_err(|_| SpawnError::NoSpawner)?;
-        let child = reply_rx.await.map_err(|_| SpawnError::NoSpawner)??;
-        Ok((child, group))
+        let started = reply_rx.await.map_err(|_| SpawnError::NoSpawner)??;
+        Ok((started.into_child(sigchld)?, group))
     }
 }
 
@@ -315,49 +314,4 @@ fn own_cgroup_dir() -> Option<PathBuf> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(mount.join(own.trim_start_matches('/')))
-}
-
-/// Sets the child's death signal, checks its parent is still the
-/// exec-server, moves it into its cgroup, gives it its terminal (a new
-/// session whose controlling terminal it is), and starts it with every
-/// standard signal's default action (a signal the exec-server was started
-/// with ignored, as `nohup` ignores SIGHUP and a script's `&` ignores
-/// SIGQUIT, would otherwise stay ignored in the command: Ctrl-\\ would not
-/// quit it), between fork and exec.
-#[allow(unsafe_code)]
-fn install_pre_exec(cmd: &mut Command, procs: Option<OwnedFd>, terminal: Option<OwnedFd>) {
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it makes system calls only
-    // (sigaction for each signal, prctl, getppid, write, setsid, ioctl)
-    // through nix and rustix, allocates nothing and takes no lock. The
-    // descriptors it uses were opened (close-on-exec) before the fork and
-    // are owned by the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            for signal in Signal::iterator() {
-                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
-                    let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
-                }
-            }
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                // The exec-server died before the death signal was set.
-                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
-            }
-            if let Some(fd) = &procs {
-                // No cgroup (say, not allowed here) leaves the process
-                // group as the containment; the command still runs.
-                let _ = nix::unistd::write(fd, b"0");
-            }
-            if let Some(tty) = &terminal {
-                // A session of its own (its id, and its process group's,
-                // is the child's pid), then the terminal as its
-                // controlling terminal.
-                rustix::process::setsid()?;
-                rustix::process::ioctl_tiocsctty(tty)?;
-            }
-            Ok(())
-        });
-    }
 }

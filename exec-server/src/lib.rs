@@ -10,6 +10,9 @@
 //!   which its process reserves from before reading its output.
 //! - [`contain`]: a command's processes end with it and with the
 //!   exec-server (death signal, process group, a cgroup v2 per command).
+//! - [`spawn`]: starting a process without copying the exec-server
+//!   (`clone(CLONE_VM | CLONE_VFORK)`, the containment steps in the child),
+//!   and waiting for its exit.
 //! - [`direct`]: the tunnel service for clients that connect directly.
 //! - [`keys`]: the authorized keys in force, re-read when their file
 //!   changes (checked at each handshake) and on SIGHUP.
@@ -34,6 +37,7 @@ pub mod pty;
 pub mod server;
 pub mod session;
 pub mod shell;
+pub mod spawn;
 pub mod stdin;
 
 pub use config::ExecServerConfig;

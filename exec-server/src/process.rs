@@ -25,7 +25,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,7 +44,6 @@ use telemetry::remote::{StageSpan, Timeline};
 use telemetry::spans;
 use tokio::io::AsyncWrite;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -53,10 +51,14 @@ use crate::contain::{CommandGroup, Containment, SpawnError};
 use crate::credit::{CHUNK_CREDIT, Credit, Reserved};
 use crate::pty;
 use crate::shell::LoginShell;
+use crate::spawn::{Child, Command, Stdio};
 use crate::stdin::StdinReceiver;
 
 /// The signal that ends a process group for good.
 const SIGKILL: i32 = NixSignal::SIGKILL as i32;
+/// How long an abandoned process, killed, is waited for (so that it is
+/// reaped here rather than at a later spawn).
+const REAP_WAIT: Duration = Duration::from_secs(1);
 /// The signal a hung-up terminal's session gets.
 const SIGHUP: i32 = NixSignal::SIGHUP as i32;
 
@@ -377,7 +379,6 @@ fn build_command(
         }
         cmd.current_dir(dir);
     }
-    cmd.kill_on_drop(true);
     if let Some(t) = &req.terminal {
         if !launch.terminals {
             return Err(exec_error(ExecErrorKind::TerminalRefused, NO_TTY.into()));
@@ -397,14 +398,14 @@ fn build_command(
         return Ok((cmd, Some(pair)));
     }
     let stdin = if req.stdin == StdinMode::Pipe as i32 {
-        Stdio::piped()
+        Stdio::Piped
     } else {
-        Stdio::null()
+        Stdio::Null
     };
     cmd.stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped)
+        .process_group(true);
     Ok((cmd, None))
 }
 
@@ -507,6 +508,8 @@ async fn abandon(child: &mut Child, terminal: Option<Arc<pty::Terminal>>, grace:
         let _ = tokio::time::timeout(grace, child.wait()).await;
     }
     signal_group(pid, SIGKILL);
+    // Reaped here, as a rule: it exits as soon as the kill lands.
+    let _ = tokio::time::timeout(REAP_WAIT, child.wait()).await;
 }
 
 /// The terminal's latest window size once it has changed; `None` once the

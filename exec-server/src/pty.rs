@@ -1,7 +1,7 @@
 //! A pseudo-terminal for a call's process: the pair is opened (with the
 //! window size asked for) before the spawn, the child gets the user side as
 //! its stdin, stdout, stderr and controlling terminal (see
-//! `contain::install_pre_exec`), and the exec-server keeps the controller
+//! `spawn`), and the exec-server keeps the controller
 //! side: its output is read as the process's stdout, stdin is written to
 //! it, and a resize sets its window (the process gets `SIGWINCH`). Closing
 //! it hangs the terminal up.
@@ -12,10 +12,10 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use crate::spawn::Stdio;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::pty::{OpenptFlags, grantpt, ioctl_tiocgptpeer, openpt, ptsname, unlockpt};
@@ -77,9 +77,9 @@ impl Pair {
     /// The child's stdin, stdout and stderr: the user side, three times.
     pub fn stdio(&self) -> io::Result<[Stdio; 3]> {
         Ok([
-            Stdio::from(self.user.try_clone()?),
-            Stdio::from(self.user.try_clone()?),
-            Stdio::from(self.user.try_clone()?),
+            Stdio::Fd(self.user.try_clone()?),
+            Stdio::Fd(self.user.try_clone()?),
+            Stdio::Fd(self.user.try_clone()?),
         ])
     }
 
