@@ -785,6 +785,53 @@ mod tests {
         assert_eq!(out, "ran as-sh\n");
     }
 
+    #[test]
+    fn a_child_starts_with_nothing_blocked_and_no_standard_signal_ignored() {
+        // This thread blocks SIGUSR1, and the process ignores SIGUSR2.
+        let mut usr1 = nix::sys::signal::SigSet::empty();
+        usr1.add(nix::sys::signal::Signal::SIGUSR1);
+        usr1.thread_block().unwrap();
+        // SAFETY (test): ignoring a signal nobody in this process uses.
+        #[allow(unsafe_code)]
+        unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGUSR2,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+            .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(dir.path().join("status")).unwrap();
+        let mut cmd = Command::new("cat");
+        cmd.args(["/proc/self/status"])
+            .stdout(Stdio::Fd(OwnedFd::from(out)));
+        let started = start(
+            cmd,
+            Placement {
+                terminal: None,
+                procs: None,
+            },
+        )
+        .unwrap();
+        let pid = rustix::process::Pid::from_raw(started.pid).unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        std::mem::forget(started);
+        assert_eq!(status.exit_status(), Some(0));
+        let text = std::fs::read_to_string(dir.path().join("status")).unwrap();
+        let mask = |name: &str| {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(mask("SigBlk:"), 0, "{text}");
+        assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{text}");
+        // The spawning thread's own mask is as it was.
+        let now = nix::sys::signal::SigSet::thread_get_mask().unwrap();
+        assert!(now.contains(nix::sys::signal::Signal::SIGUSR1));
+    }
+
     #[tokio::test]
     async fn a_failed_start_says_why_and_leaves_no_child() {
         let cmd = Command::new("/nonexistent/program");
