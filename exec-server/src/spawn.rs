@@ -189,11 +189,6 @@ pub struct Started {
 }
 
 impl Started {
-    /// The process's id.
-    pub fn pid(&self) -> u32 {
-        self.pid.unsigned_abs()
-    }
-
     /// Hands the pipes to the runtime (must be called within one);
     /// `sigchld` must have been listening since before the start.
     pub fn into_child(mut self, sigchld: Signal) -> io::Result<Child> {
@@ -646,6 +641,18 @@ unsafe fn child_steps(s: &Shared) -> c_int {
 mod tests {
     use super::*;
 
+    /// No terminal, no cgroup.
+    const UNCONFINED: Placement<'static> = Placement {
+        terminal: None,
+        procs: None,
+    };
+
+    /// Starts `cmd` and hands it to the runtime.
+    fn running(cmd: Command) -> Child {
+        let sigchld = listen_for_exits().unwrap();
+        start(cmd, UNCONFINED).unwrap().into_child(sigchld).unwrap()
+    }
+
     #[test]
     fn a_bare_name_is_found_on_the_path_and_a_name_with_a_slash_is_not_searched() {
         let dir = tempfile::tempdir().unwrap();
@@ -709,16 +716,7 @@ mod tests {
             .stdout(Stdio::Piped)
             .stderr(Stdio::Piped)
             .process_group(true);
-        let sigchld = listen_for_exits().unwrap();
-        let started = start(
-            cmd,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap();
-        let mut child = started.into_child(sigchld).unwrap();
+        let mut child = running(cmd);
         let pid = child.id().unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stdin = child.stdin.take().unwrap();
@@ -761,17 +759,7 @@ mod tests {
             .unwrap();
         let mut cmd = Command::new(&script);
         cmd.args(["as-sh"]).stdout(Stdio::Piped);
-        let sigchld = listen_for_exits().unwrap();
-        let mut child = start(
-            cmd,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap()
-        .into_child(sigchld)
-        .unwrap();
+        let mut child = running(cmd);
         use tokio::io::AsyncReadExt;
         let mut out = String::new();
         child
@@ -805,14 +793,7 @@ mod tests {
         let mut cmd = Command::new("cat");
         cmd.args(["/proc/self/status"])
             .stdout(Stdio::Fd(OwnedFd::from(out)));
-        let started = start(
-            cmd,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap();
+        let started = start(cmd, UNCONFINED).unwrap();
         let pid = rustix::process::Pid::from_raw(started.pid).unwrap();
         let (_, status) =
             rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
@@ -835,25 +816,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_start_says_why_and_leaves_no_child() {
         let cmd = Command::new("/nonexistent/program");
-        let e = start(
-            cmd,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap_err();
+        let e = start(cmd, UNCONFINED).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let mut cmd = Command::new("true");
         cmd.current_dir("/nonexistent-dir");
-        let e = start(
-            cmd,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap_err();
+        let e = start(cmd, UNCONFINED).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
@@ -861,33 +828,13 @@ mod tests {
     async fn a_dropped_child_is_killed_and_reaped() {
         let mut cmd = Command::new("sleep");
         cmd.args(["30"]);
-        let sigchld = listen_for_exits().unwrap();
-        let child = start(
-            cmd,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap()
-        .into_child(sigchld)
-        .unwrap();
+        let child = running(cmd);
         let pid = child.id().unwrap();
         drop(child);
         // Reaped now or at the next start.
         let mut again = Command::new("true");
         again.stdout(Stdio::Null);
-        let sigchld = listen_for_exits().unwrap();
-        let mut next = start(
-            again,
-            Placement {
-                terminal: None,
-                procs: None,
-            },
-        )
-        .unwrap()
-        .into_child(sigchld)
-        .unwrap();
+        let mut next = running(again);
         next.wait().await.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::path::Path::new(&format!("/proc/{pid}")).exists() {
