@@ -28,22 +28,36 @@ fn main() -> ExitCode {
         } => context().and_then(|ctx| cli::config_show(name.as_deref(), &server, &ctx)),
         CliCommand::Trace {
             command: TraceCommand::Show { trace },
-        } => context().and_then(|ctx| cli::trace_show(trace_file.as_deref(), &trace, &ctx.names())),
-        CliCommand::Report(args) => context()
-            .and_then(|ctx| cli::report::report(&args, trace_file.as_deref(), &ctx.names())),
+        } => context().and_then(|ctx| {
+            cli::agent::barrier();
+            cli::trace_show(trace_file.as_deref(), &trace, &ctx.names())
+        }),
+        CliCommand::Report(args) => context().and_then(|ctx| {
+            cli::agent::barrier();
+            cli::report::report(&args, trace_file.as_deref(), &ctx.names())
+        }),
         CliCommand::Probe(args) => context().and_then(|ctx| {
             with_runtime(
                 trace_file,
                 &["core-client"],
-                SERVICE_SPAN_QUEUE,
+                Process::Service,
+                Flavor::Workers,
                 |export, flusher| cli::probe::probe(args, ctx, export, flusher),
             )
         }),
         CliCommand::Exec(args) => context().and_then(|ctx| {
+            // Through a running agent, this process only relays one call:
+            // one thread does it (no workers to start).
+            let flavor = if !args.no_agent && core_client::agent::place::socket_path().exists() {
+                Flavor::OneThread
+            } else {
+                Flavor::Workers
+            };
             with_runtime(
                 trace_file,
                 &["core-client"],
-                COMMAND_SPAN_QUEUE,
+                Process::Command,
+                flavor,
                 |_, flusher| cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher }),
             )
         }),
@@ -52,6 +66,7 @@ fn main() -> ExitCode {
             json,
             server,
         } => context().and_then(|ctx| {
+            cli::agent::barrier();
             cli::history(
                 data_dir.as_deref(),
                 limit,
@@ -68,7 +83,8 @@ fn main() -> ExitCode {
                         with_runtime(
                             trace_file,
                             &["core-client-agent"],
-                            SERVICE_SPAN_QUEUE,
+                            Process::Service,
+                            Flavor::Workers,
                             |export, flusher| {
                                 // Each call's spans are written before its CLI
                                 // exits when both use the local trace file.
@@ -87,6 +103,7 @@ fn main() -> ExitCode {
                     }
                 }),
             AgentCommand::Stop => cli::agent::stop(),
+            AgentCommand::Flush => cli::agent::flush(),
             AgentCommand::Status { json } => {
                 context().and_then(|ctx| cli::agent::status(json, &ctx.names()))
             }
@@ -110,7 +127,8 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     let outcome = with_runtime(
         trace_file,
         &["core-client", "relay", "exec-server"],
-        SERVICE_SPAN_QUEUE,
+        Process::Service,
+        Flavor::Workers,
         |e, _| {
             export = Some(e);
             async {
@@ -148,20 +166,46 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     Ok(u8::try_from(outcome.code & 0xff).unwrap_or(EXIT_CONNECTION))
 }
 
-/// Runs `f` on a runtime with telemetry set up for `services` (each
-/// exporter queueing at most `span_queue` spans), and flushes the spans
-/// (bounded) before returning, whatever `f` returned.
+/// What kind of process this run is, for its span export.
+#[derive(Clone, Copy)]
+enum Process {
+    /// One command: tens of spans, written by the command itself as it
+    /// exits (no exporter thread).
+    Command,
+    /// Long-running (the agent) or many calls (probe, demo): batched.
+    Service,
+}
+
+/// Which runtime a command runs on.
+#[derive(Clone, Copy)]
+enum Flavor {
+    /// Worker threads, one per core (sessions of its own, services).
+    Workers,
+    /// This thread only (a call relayed through the agent).
+    OneThread,
+}
+
+/// Runs `f` on a runtime of `flavor` with telemetry set up for `services`
+/// as `process` needs it, and flushes the spans (bounded) before
+/// returning, whatever `f` returned.
 fn with_runtime<F, Fut, T>(
     trace_file: Option<PathBuf>,
     services: &[&'static str],
-    span_queue: usize,
+    process: Process,
+    flavor: Flavor,
     f: F,
 ) -> Result<T, CliError>
 where
     F: FnOnce(Export, setup::Flusher) -> Fut,
     Fut: std::future::Future<Output = Result<T, CliError>>,
 {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| CliError {
+    let runtime = match flavor {
+        Flavor::Workers => tokio::runtime::Runtime::new(),
+        Flavor::OneThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| CliError {
         message: format!("cannot start runtime: {e}"),
         code: 1,
     })?;
@@ -183,14 +227,26 @@ where
         retry: false,
         // One command: its warnings are its one-line messages on stderr.
         span_events: false,
-        span_queue,
+        span_queue: match process {
+            Process::Command => COMMAND_SPAN_QUEUE,
+            Process::Service => SERVICE_SPAN_QUEUE,
+        },
+        inline: matches!(process, Process::Command),
     };
     let telemetry = match services {
         [one] => setup::init(one, LogDefault::Warn, options.clone()),
         many => setup::init_services(many, LogDefault::Warn, options.clone()),
     };
+    let otlp = matches!(options.export, Export::Otlp(_));
     let result = runtime.block_on(f(options.export, telemetry.flusher()));
-    telemetry.shutdown();
+    match flavor {
+        // An OTLP exporter needs the runtime running while it sends; on
+        // one thread only `block_on` runs it.
+        Flavor::OneThread if otlp => {
+            let _ = runtime.block_on(tokio::task::spawn_blocking(move || telemetry.shutdown()));
+        }
+        _ => telemetry.shutdown(),
+    }
     // A blocking read of a terminal's stdin (the stdin pump) is not waited
     // for at exit.
     drop(_entered);

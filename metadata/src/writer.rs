@@ -319,6 +319,13 @@ impl Persister {
         }
     }
 
+    /// Whether any record was ever offered (accepted or dropped): when
+    /// none was, a barrier has nothing to wait for.
+    pub fn offered(&self) -> bool {
+        let s = self.shared.lock();
+        s.accepted > 0 || s.dropped > 0
+    }
+
     /// Waits until everything accepted before this call is committed
     /// (see the module docs). Blocking.
     pub fn flush(&self) -> Result<(), PersistError> {

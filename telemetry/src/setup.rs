@@ -56,7 +56,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::spans;
 
 use crate::ids::PresetIdGenerator;
-use crate::trace_file::{RemoteSpans, TraceFile};
+use crate::trace_file::{InlineProcessor, RemoteSpans, TraceFile};
 
 /// The `--help` text every service binary shows about span export.
 pub const EXPORT_HELP: &str = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (or \
@@ -241,6 +241,11 @@ pub struct Options {
     /// before more are dropped: [`SERVICE_SPAN_QUEUE`] or
     /// [`COMMAND_SPAN_QUEUE`]. `OTEL_BSP_MAX_QUEUE_SIZE` overrides it.
     pub span_queue: usize,
+    /// Write spans to the local trace file in the thread that flushes,
+    /// with no exporter thread (one command's process, which flushes as
+    /// it exits); the buffer is written out whenever it is half full.
+    /// OTLP export is batched whatever this says.
+    pub inline: bool,
 }
 
 /// The span queue of a long-running process (a service, the agent, a
@@ -283,6 +288,7 @@ impl Options {
             retry: true,
             span_events: true,
             span_queue: SERVICE_SPAN_QUEUE,
+            inline: false,
         })
     }
 }
@@ -295,6 +301,8 @@ pub struct TelemetryGuard {
     /// Where a client writes the exec-server's stages it brings home.
     remote: Option<Arc<RemoteSpans>>,
     export: Export,
+    /// Spans to the trace file are written by whoever flushes.
+    inline: bool,
     done: bool,
 }
 
@@ -315,6 +323,7 @@ impl TelemetryGuard {
         Flusher {
             providers: self.providers.clone(),
             remote: self.remote.clone(),
+            in_place: self.inline && matches!(self.export, Export::File(_) | Export::Off),
         }
     }
 
@@ -349,9 +358,17 @@ impl TelemetryGuard {
 pub struct Flusher {
     providers: Vec<SdkTracerProvider>,
     remote: Option<Arc<RemoteSpans>>,
+    in_place: bool,
 }
 
 impl Flusher {
+    /// Whether a flush only writes the local trace file, in the calling
+    /// thread (no exporter thread or network to wait for): it may then be
+    /// called from async code.
+    pub fn in_place(&self) -> bool {
+        self.in_place
+    }
+
     /// Exports what has ended, waiting (bounded by the exporters' own
     /// timeouts) until it is written. Blocking, like
     /// [`TelemetryGuard::shutdown`].
@@ -440,6 +457,7 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
     TelemetryGuard {
         providers: vec![provider],
         remote,
+        inline: options.inline,
         export: options.export,
         done: false,
     }
@@ -471,6 +489,7 @@ pub fn init_services(
     TelemetryGuard {
         providers,
         remote: None,
+        inline: options.inline,
         export: options.export,
         done: false,
     }
@@ -495,6 +514,9 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
     let builder = base_builder(service);
     let builder = match &options.export {
         Export::Off => builder,
+        Export::File(file) if options.inline => {
+            builder.with_span_processor(InlineProcessor::new(file, options.span_queue))
+        }
         Export::File(file) => {
             builder.with_span_processor(batch_processor(file.exporter(), options.span_queue))
         }

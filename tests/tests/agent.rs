@@ -47,8 +47,10 @@ impl Fixture {
         self.stack.client_key.parent().unwrap().join("client-data")
     }
 
-    /// The command records in `dir`, newest first.
+    /// The command records in `dir`, newest first (the agent's barrier
+    /// passed first: it saves a call's record after the call's exit).
     fn records_in(&self, dir: &Path) -> Vec<metadata::CommandRecord> {
+        self.flushed();
         metadata::Store::open(&dir.join("metadata.sqlite3"))
             .unwrap()
             .commands(100)
@@ -138,9 +140,23 @@ impl Fixture {
             .cloned()
     }
 
-    /// Every span the CLI and the agent wrote so far.
+    /// `agent flush`: everything the agent took is written.
+    fn flushed(&self) {
+        let out = self.agent(&["flush"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    /// Every span the CLI and the agent wrote so far (the agent's barrier
+    /// passed first).
     fn spans(&self) -> Vec<integration_tests::otlp::RecordedSpan> {
+        self.flushed();
         trace_check::all_from_trace_file(&self.dir().join("traces.jsonl"))
+    }
+
+    /// Trace `id`'s spans (the agent's barrier passed first).
+    fn trace(&self, id: &str) -> Vec<integration_tests::otlp::RecordedSpan> {
+        self.flushed();
+        trace_check::from_trace_file(&self.dir().join("traces.jsonl"), id)
     }
 
     /// The `session.warm` spans of the agent made on `trigger`.
@@ -156,7 +172,7 @@ impl Fixture {
     /// run with `--print-trace-id`.
     fn warmth_of(&self, out: &Output) -> String {
         let id = binaries::printed_trace_id(out).unwrap();
-        let spans = trace_check::from_trace_file(&self.dir().join("traces.jsonl"), &id);
+        let spans = self.trace(&id);
         let acquire = trace_check::one(&spans, spans::SESSION_ACQUIRE);
         assert_eq!(acquire.service, "core-client-agent", "through the agent");
         acquire.attr_str("rex.session.warmth").unwrap().to_owned()
@@ -238,6 +254,21 @@ fn agent_start_status_and_stop() {
     assert!(!f.socket.exists(), "the socket goes with the agent");
     let gone = f.agent(&["status"]).output().unwrap();
     assert_eq!(gone.status.code(), Some(1));
+    // Its barrier says so too; the readers that pass it run on.
+    let flush = f.agent(&["flush"]).output().unwrap();
+    assert_eq!(flush.status.code(), Some(1));
+    assert!(
+        text(&flush.stderr).contains("no agent is running"),
+        "{}",
+        text(&flush.stderr)
+    );
+    let history = f.cli(&["history"]).output().unwrap();
+    let said = text(&history.stderr);
+    assert!(
+        said.contains("no commands have been recorded yet"),
+        "{said}"
+    );
+    assert!(!said.contains("agent"), "{said}");
     assert_eq!(text(&gone.stderr).lines().count(), 1);
     assert!(text(&gone.stderr).contains("no agent is running"));
 }
@@ -308,7 +339,7 @@ fn the_login_shell_through_the_agent_is_named_as_without_it() {
     assert_eq!(f.served(), 1, "it went through the agent");
     // The CLI's dispatch is named by the shell the exec-server started.
     let id = binaries::printed_trace_id(&out).unwrap();
-    let spans = trace_check::from_trace_file(&f.dir().join("traces.jsonl"), &id);
+    let spans = f.trace(&id);
     for name in [spans::TOOL_DISPATCH, spans::AGENT_DISPATCH] {
         let dispatch = trace_check::one(&spans, name);
         assert_eq!(
@@ -339,8 +370,16 @@ fn the_agent_is_a_hop_of_the_trace_and_the_stages_still_tile() {
         .output()
         .unwrap();
     let id = binaries::printed_trace_id(&out).unwrap();
-    // The agent wrote its spans before the CLI exited.
-    let spans = trace_check::from_trace_file(&f.dir().join("traces.jsonl"), &id);
+    // The agent writes its spans once it has handed the exit on, off the
+    // CLI's path; `trace show` passes its barrier first.
+    let shown = f.cli(&["trace", "show", &id]).output().unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains(spans::AGENT_DISPATCH) && shown.contains("core-client-agent"),
+        "{shown}"
+    );
+    let spans = f.trace(&id);
     let run = trace_check::one(&spans, spans::CLI_RUN);
     assert_eq!(trace_check::roots(&spans).len(), 1);
     assert_eq!(trace_check::roots(&spans)[0].span_id, run.span_id);
@@ -408,8 +447,8 @@ fn the_agent_keeps_the_records_of_the_commands_run_through_it() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert_eq!(f.served(), 1, "it went through the agent");
     let id = binaries::printed_trace_id(&out).unwrap();
-    // Saved before the CLI exited, with the command's outcome; made by the
-    // agent (the record's span is the agent's dispatch), so the CLI wrote
+    // Saved with the command's outcome (by `agent flush`, the barrier
+    // `history` passes too); made by the agent (the record's span is the agent's dispatch), so the CLI wrote
     // nothing of its own.
     let records = f.records_in(&f.data_dir());
     assert_eq!(records.len(), 1, "{records:?}");
@@ -420,7 +459,7 @@ fn the_agent_keeps_the_records_of_the_commands_run_through_it() {
     assert_eq!(record.progress, metadata::Progress::Finished);
     assert_eq!(record.stdout_bytes, 4);
     assert_eq!(record.trace.trace_id, id);
-    let spans = trace_check::from_trace_file(&f.dir().join("traces.jsonl"), &id);
+    let spans = f.trace(&id);
     let dispatch = trace_check::one(&spans, spans::AGENT_DISPATCH);
     assert_eq!(record.trace.span_id, dispatch.span_id);
 

@@ -69,6 +69,7 @@ fn http_provider(service: &str, endpoint: &str, protocol: Protocol) -> SdkTracer
         retry: false,
         span_events: false,
         span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
+        inline: false,
     };
     telemetry::setup::build_provider(service.to_owned(), &options)
 }

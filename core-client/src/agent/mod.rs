@@ -7,7 +7,8 @@
 //! - this module: [`Agent`] and [`run`]: the listener on the user's socket
 //!   (connections from other users refused by their peer credentials, and
 //!   beyond `--max-connections` answered busy), the first request of each
-//!   connection (a call, `status`, `warm` or `stop`), the sessions held
+//!   connection (a call, `status`, `warm`, `flush` or `stop`), the
+//!   barrier readers pass ([`flushed`]), the sessions held
 //!   from the start (servers whose `warm` option is an interval), the
 //!   command records it keeps for the CLIs whose data directory is its
 //!   own ([`AgentRecords`]), and the idle timer (`--persist`);
@@ -447,6 +448,16 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream) {
             };
             let _ = writer.send(encode(&reply)).await;
         }
+        Some(request::Body::Flush(_)) => {
+            let (record_error, ()) = tokio::join!(agent.flush_records(), agent.flush_spans());
+            let flushed = wire::Reply {
+                body: Some(reply::Body::Flushed(wire::Flushed {
+                    record_error: record_error.unwrap_or_default(),
+                })),
+                ..wire::Reply::default()
+            };
+            let _ = writer.send(encode(&flushed)).await;
+        }
         Some(request::Body::Stop(_)) => {
             let stopping = wire::Reply {
                 body: Some(reply::Body::Stopping(wire::Empty {})),
@@ -482,8 +493,25 @@ async fn refuse_busy(stream: UnixStream, limit: usize) {
     .await;
 }
 
+/// Waits (at most `wait`) until the agent at `socket` has written the
+/// spans and saved the records of every call that ended before now: `None`
+/// when all is written, else why a record could not be saved. An error
+/// when no agent answers.
+pub async fn flushed(socket: &Path, wait: Duration) -> std::io::Result<Option<String>> {
+    match ask(socket, request::Body::Flush(wire::Empty {}), wait)
+        .await?
+        .body
+    {
+        Some(reply::Body::Flushed(f)) => Ok((!f.record_error.is_empty()).then_some(f.record_error)),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the agent answered something else",
+        )),
+    }
+}
+
 /// Asks the agent at `socket` for one reply to `request` (status, warm,
-/// stop); a busy agent's refusal is an error.
+/// flush, stop); a busy agent's refusal is an error.
 pub async fn ask(
     socket: &Path,
     request: request::Body,

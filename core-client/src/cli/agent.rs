@@ -29,6 +29,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How long `agent warm` waits for the warms (each is bounded by the
 /// handshake timeout).
 const WARM_WAIT: Duration = Duration::from_secs(60);
+/// How long `agent flush` (and the readers' barrier) waits for the agent's
+/// writes (its record writer waits at most 1.5 s).
+const FLUSH_WAIT: Duration = Duration::from_secs(3);
 
 /// `agent` subcommands.
 #[derive(Debug, Subcommand)]
@@ -52,6 +55,12 @@ pub enum AgentCommand {
     /// is named. Each one's cycle starts again: its next warm is a full
     /// interval later.
     Warm(WarmArgs),
+    /// Wait until the agent has written the spans and saved the records of
+    /// every command that ended through it (it does so just after each
+    /// command's exit, off the command's path). `trace show`, `report` and
+    /// `history` do this first by themselves; scripts that read the trace
+    /// file or the records directly can run it first.
+    Flush,
 }
 
 /// `agent warm`'s servers.
@@ -113,13 +122,13 @@ fn options(
 /// The records the agent keeps for the CLIs whose data directory is
 /// `data_dir` (none when no data directory is known). The database is
 /// opened in the background with the first record; what goes wrong is
-/// told to the CLI of each call.
+/// logged (the calls' CLIs do not wait for their records), and told by
+/// `agent flush`.
 fn records(data_dir: Option<&Path>) -> Option<agent::AgentRecords> {
     let dir = std::path::absolute(data_dir?).ok()?;
     let writer = metadata::WriterConfig {
         service: "core-client-agent",
-        // Each call's CLI is told (one line) when its record is not saved.
-        log_failures: false,
+        log_failures: true,
         // As the CLI's own: written through to the OS at each call's end.
         durability: metadata::Durability::ProcessCrash,
         ..metadata::WriterConfig::default()
@@ -351,6 +360,31 @@ pub fn stop() -> Result<u8, CliError> {
     }
     println!("agent stopped");
     Ok(0)
+}
+
+/// `agent flush`: exit 0 once everything is written, 1 with a line when
+/// a record could not be saved or no agent runs.
+pub fn flush() -> Result<u8, CliError> {
+    let socket = place::socket_path();
+    let runtime = runtime()?;
+    match runtime.block_on(agent::flushed(&socket, FLUSH_WAIT)) {
+        Ok(None) => Ok(0),
+        Ok(Some(record_error)) => Err(CliError::failed(record_error)),
+        Err(e) => Err(not_running(&socket, &e)),
+    }
+}
+
+/// Before reading the trace file or the records: a running agent's
+/// barrier (nothing when none runs; an agent that does not answer in time
+/// is not waited for longer).
+pub fn barrier() {
+    let socket = place::socket_path();
+    if !socket.exists() {
+        return;
+    }
+    if let Ok(runtime) = runtime() {
+        let _ = runtime.block_on(agent::flushed(&socket, FLUSH_WAIT));
+    }
 }
 
 /// `agent status`.

@@ -262,9 +262,15 @@ async fn traced_exec(
     // The record is saved before the exit, without holding the exit up
     // for long.
     if let Some(records) = records {
-        let saved = tokio::task::spawn_blocking(move || records.finish(RECORD_FLUSH))
-            .await
-            .unwrap_or_else(|e| Err(metadata::PersistError::Stopped(e.to_string().into())));
+        // Nothing to wait for when no record was made here (the agent kept
+        // it, say): no thread is started for the barrier.
+        let saved = if records.offered() {
+            tokio::task::spawn_blocking(move || records.finish(RECORD_FLUSH))
+                .await
+                .unwrap_or_else(|e| Err(metadata::PersistError::Stopped(e.to_string().into())))
+        } else {
+            Ok(())
+        };
         run.stage(spans::CLI_RECORDS);
         if let Err(e) = saved {
             if strict {
@@ -350,7 +356,7 @@ async fn exec_with(
     let last = plan.targets.len().saturating_sub(1);
     let mut started = None;
     if !args.no_agent {
-        match through_agent(args, settings, &plan, records.clone(), &spec, life).await {
+        match through_agent(args, settings, &plan, records.clone(), &spec).await {
             Ok(ThroughAgent::Started(run)) => {
                 let run = *run;
                 if let Some(url) = plan.targets.first().map(Target::url) {
@@ -470,7 +476,7 @@ async fn exec_with(
             }
         });
     }
-    let (out, mut broken) = Output::start().map_err(|e| CliError::usage(e.to_string()))?;
+    let (mut out, mut broken) = Output::new();
     // Raw mode last, once nothing more can fail before the loop; undone
     // however this function returns.
     let raw = if terminal {
@@ -541,6 +547,7 @@ async fn exec_with(
             }
             None => break Outcome::Done(EXIT_CONNECTION),
         };
+        out.run().map_err(|e| CliError::usage(e.to_string()))?;
         if interrupted {
             let _ = out.tx.try_send(chunk);
         } else {
@@ -659,7 +666,6 @@ async fn through_agent(
     plan: &Plan,
     records: Option<metadata::Persister>,
     spec: &ExecSpec,
-    life: &mut CliRun,
 ) -> Result<ThroughAgent, ClientError> {
     let socket = crate::agent::place::socket_path();
     if !socket.exists() {
@@ -684,10 +690,7 @@ async fn through_agent(
     };
     let agent = AgentClient::new(config);
     match agent.exec(spec.clone()).await {
-        Ok(run) => {
-            life.through_agent(agent);
-            Ok(ThroughAgent::Started(Box::new(run)))
-        }
+        Ok(run) => Ok(ThroughAgent::Started(Box::new(run))),
         // Nobody listens: an agent that died left its socket.
         Err(ClientError::Agent(e)) if e.agent_gone() => {
             let _ = std::fs::remove_file(&socket);
@@ -759,48 +762,85 @@ enum Chunk {
 /// Chunks waiting for the output thread.
 const OUTPUT_QUEUE: usize = 16;
 
-/// The output thread and its queue.
+/// The output thread and its queue. The thread starts with the first
+/// output: a command that prints nothing starts none.
 struct Output {
     tx: tokio::sync::mpsc::Sender<Chunk>,
+    /// The thread's ends, until it starts.
+    idle: Option<Writer>,
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// What the output thread takes: its queue, where it says stdout broke,
+/// and where it says it wrote everything.
+struct Writer {
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    broken: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
 impl Output {
-    /// Starts the thread; the receiver fires once if stdout fails.
-    fn start() -> std::io::Result<(Self, tokio::sync::oneshot::Receiver<()>)> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(OUTPUT_QUEUE);
+    /// The queue; the receiver fires once if stdout fails.
+    fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(OUTPUT_QUEUE);
         let (broken_tx, broken) = tokio::sync::oneshot::channel();
         let (done_tx, done) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("output".into())
-            .spawn(move || {
-                let mut broken_tx = Some(broken_tx);
-                while let Some(chunk) = rx.blocking_recv() {
-                    match chunk {
-                        Chunk::Out(d) if broken_tx.is_some() => {
-                            let mut out = std::io::stdout().lock();
-                            if out.write_all(&d).and_then(|()| out.flush()).is_err()
-                                && let Some(tx) = broken_tx.take()
-                            {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Chunk::Out(_) => {}
-                        Chunk::Err(d) => {
-                            let mut err = std::io::stderr().lock();
-                            let _ = err.write_all(&d).and_then(|()| err.flush());
-                        }
-                    }
-                }
-                let _ = done_tx.send(());
-            })?;
-        Ok((Self { tx, done }, broken))
+        let idle = Writer {
+            rx,
+            broken: broken_tx,
+            done: done_tx,
+        };
+        (
+            Self {
+                tx,
+                idle: Some(idle),
+                done,
+            },
+            broken,
+        )
     }
 
-    /// Closes the queue; resolves once everything queued is written.
+    /// Starts the thread, if it has not started.
+    fn run(&mut self) -> std::io::Result<()> {
+        let Some(writer) = self.idle.take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || writer.run())?;
+        Ok(())
+    }
+
+    /// Closes the queue; resolves once everything queued is written (at
+    /// once when nothing was).
     fn finish(self) -> tokio::sync::oneshot::Receiver<()> {
         drop(self.tx);
+        drop(self.idle);
         self.done
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut broken = Some(self.broken);
+        while let Some(chunk) = self.rx.blocking_recv() {
+            match chunk {
+                Chunk::Out(d) if broken.is_some() => {
+                    let mut out = std::io::stdout().lock();
+                    if out.write_all(&d).and_then(|()| out.flush()).is_err()
+                        && let Some(tx) = broken.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                }
+                Chunk::Out(_) => {}
+                Chunk::Err(d) => {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(&d).and_then(|()| err.flush());
+                }
+            }
+        }
+        let _ = self.done.send(());
     }
 }
 

@@ -8,18 +8,19 @@
 //!
 //! `cli.run` and `cli.flush` can only end once the flush they measure is
 //! over, so they leave in a second, last export at exit.
+//!
+//! Through the agent, `cli.flush` is this process's own spans only: the
+//! agent writes its own (and keeps the record) once it has handed the
+//! exit on, off this process's path; readers pass its barrier first
+//! ([`crate::agent::flushed`]).
 
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use rex_client::agent::AgentClient;
 use telemetry::setup::Flusher;
 use telemetry::spans;
-
-/// How long the flush at exit waits for an agent to write its spans.
-const AGENT_SETTLE: Duration = Duration::from_secs(2);
 
 /// When this process started, as well as the kernel lets us know it.
 ///
@@ -96,9 +97,6 @@ pub struct CliRun {
     /// Where the next stage starts (the previous one's end).
     at: SystemTime,
     failed: bool,
-    /// An agent the dispatch went through: its spans are waited for at
-    /// the flush.
-    agent: Option<AgentClient>,
 }
 
 impl CliRun {
@@ -122,7 +120,6 @@ impl CliRun {
             start,
             at: start.at,
             failed: false,
-            agent: None,
         }
     }
 
@@ -163,12 +160,6 @@ impl CliRun {
         self.at = now;
     }
 
-    /// The dispatch went through `agent`: its spans are waited for (the
-    /// agent writes them) while this process flushes its own.
-    pub fn through_agent(&mut self, agent: AgentClient) {
-        self.agent = Some(agent);
-    }
-
     /// The command failed: `cli.run` says so.
     pub fn failed(&mut self) {
         self.failed = true;
@@ -179,17 +170,11 @@ impl CliRun {
     /// exporters' shutdown.
     pub async fn flush(mut self, flusher: Flusher) {
         let from = self.at;
-        let own = tokio::task::spawn_blocking(move || flusher.flush());
-        match self.agent.take() {
-            Some(agent) => {
-                let _ = tokio::join!(own, agent.settle(AGENT_SETTLE));
-                if let Some(e) = agent.record_error() {
-                    eprintln!("core-client: warning: {e}");
-                }
-            }
-            None => {
-                let _ = own.await;
-            }
+        // Spans written here, in this thread, need no thread to wait on.
+        if flusher.in_place() {
+            flusher.flush();
+        } else {
+            let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
         }
         let now = SystemTime::now().max(from);
         let mut flush = self.stage_from(spans::CLI_FLUSH, from);

@@ -5,6 +5,8 @@
 //! - this module: [`TraceFile`] (appending whole lines under one lock) and
 //!   its span exporter, and [`RemoteSpans`] (the exec-server's stages a
 //!   client brought home).
+//! - `inline`: [`InlineProcessor`], which writes a command's spans in
+//!   the thread that flushes them.
 //! - [`retention`]: how much is kept (the current file and its rotated
 //!   generations) and what was rotated away.
 //! - `compact`: lines without default values.
@@ -21,6 +23,7 @@
 //! the generations oldest first (`<path>.N` ... `<path>.1`, then `<path>`).
 
 mod compact;
+mod inline;
 pub mod retention;
 
 use std::collections::HashMap;
@@ -46,6 +49,7 @@ use opentelemetry_sdk::trace::{
 
 use crate::remote::{RemoteSink, RemoteSpan};
 
+pub use inline::InlineProcessor;
 pub use retention::{
     Retention, files_newest_first, generation_path, rotated_away_before, rotated_path,
 };

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         retry: false,
         span_events: false,
         span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
+        inline: false,
     };
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
     let config = SinkConfig {
