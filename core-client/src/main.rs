@@ -86,8 +86,8 @@ fn main() -> ExitCode {
                             Process::Service,
                             Flavor::Workers,
                             |export, flusher| {
-                                // Each call's spans are written before its CLI
-                                // exits when both use the local trace file.
+                                // Each call's spans are written just after it
+                                // ends when both use the local trace file.
                                 let flusher = matches!(export, Export::File(_)).then_some(flusher);
                                 cli::agent::run_foreground(args, flusher, ctx, data_dir.as_deref())
                             },

@@ -152,8 +152,9 @@ pub(super) async fn serve(
                     break;
                 }
                 if last {
-                    // The call's spans (and record) are written before
-                    // its CLI exits.
+                    // The call's spans (and record) are written at once,
+                    // then `flushed` says so (for a client that waits for
+                    // it: the CLI does not).
                     drop(run);
                     let (record_error, ()) = if recording == Recording::Off {
                         (None, agent.flush_spans().await)

@@ -70,7 +70,8 @@ pub struct Options {
     /// whose `warm` option is an interval).
     pub prewarm: Vec<wire::Route>,
     /// Writes the agent's spans now: given when they go to the local trace
-    /// file, so that each call's are there before its CLI exits.
+    /// file, so that each call's are written just after its exit is handed
+    /// on, and before a `flush` is answered.
     pub flusher: Option<telemetry::setup::Flusher>,
     /// Where the agent keeps the records of the calls that ask it to (a
     /// CLI whose data directory is this one), so that the CLI opens no
