@@ -6,8 +6,9 @@
 //! command; another user refused; a CLI that stops reading holding up its
 //! own call only; its bounds (sessions, connections); the config file's
 //! `warm` option (servers warm from the agent's start) and `agent warm`;
-//! recovering from a relay restart by its next warm; and the
-//! agent as a hop of the trace, which still tiles.
+//! recovering from a relay restart by its next warm; the agent as a hop
+//! of the trace, which still tiles; and a CLI that exports over OTLP
+//! through it (on one thread) sending its spans before it exits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,6 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use integration_tests::binaries::{self, ProcStack};
+use integration_tests::otlp::OtlpReceiver;
 use integration_tests::trace_check;
 use telemetry::spans;
 
@@ -409,6 +411,49 @@ fn the_agent_is_a_hop_of_the_trace_and_the_stages_still_tile() {
         .unwrap();
     assert_eq!(acquire.service, "core-client-agent");
     assert_eq!(acquire.attr_str("rex.session.warmth"), Some("warm"));
+}
+
+#[test]
+fn a_cli_exporting_over_otlp_through_the_agent_sends_its_spans_before_it_exits() {
+    let f = Fixture::new();
+    f.start_agent();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rx = rt.block_on(OtlpReceiver::start()).unwrap();
+    // Over gRPC and over HTTP: both clients live on the CLI's one thread,
+    // which must go on running them while the last spans leave.
+    for (protocol, endpoint) in [
+        ("grpc", rx.endpoint()),
+        ("http/protobuf", rx.http_endpoint()),
+    ] {
+        let out = f
+            .stack
+            .exec_with(&["--print-trace-id"], &["true"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{protocol}: {}", text(&out.stderr));
+        let id = binaries::printed_trace_id(&out).unwrap();
+        // Received by the time the CLI exited: `cli.run` leaves last.
+        let cli: Vec<String> = rx
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == id && s.service == "core-client")
+            .map(|s| s.name)
+            .collect();
+        for name in [
+            spans::CLI_RUN,
+            spans::CLI_FLUSH,
+            spans::TOOL_DISPATCH,
+            spans::AGENT_REQUEST,
+        ] {
+            assert!(
+                cli.iter().any(|n| n == name),
+                "{protocol}: {name} in {cli:?}"
+            );
+        }
+    }
+    assert_eq!(f.served(), 2, "both went through the agent");
 }
 
 #[test]
@@ -1024,7 +1069,9 @@ fn a_busy_agent_keeps_its_socket_and_the_command_runs_without_it() {
     let (code, rest, err) = long.finish();
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(rest, ["first"]);
-    // Free again: through the agent.
+    // Free again: through the agent. A call's place is given back as it
+    // ends (before the agent writes its spans and record), so the status
+    // asked for at once is answered.
     let out = f.stack.exec(&["echo", "third"]).output().unwrap();
     assert_eq!(out.stdout, b"third\n");
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));

@@ -31,20 +31,22 @@ use rex_client::agent::{STDIN_MESSAGE_COST, STDIN_WINDOW, encode, stdin_cost};
 use rex_client::{
     Controller, Event, ExecFailure, ExecSpec, ExitStatus, Recording, Target, WarmPolicy,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::pool::{PoolError, Route};
 use super::{Agent, Reader, Writer};
 
 /// Serves one call whose request arrived at `taken` (the start of its
-/// `agent.dispatch`).
+/// `agent.dispatch`) on a connection holding `open`, its place within
+/// `--max-connections`, which is given back as soon as the call is over.
 pub(super) async fn serve(
     agent: Arc<Agent>,
     exec: wire::Exec,
     taken: SystemTime,
     reader: Reader,
     mut writer: Writer,
+    open: OwnedSemaphorePermit,
 ) {
     let (route, key_file, warm) = match exec.route.as_ref().map(route_of) {
         Some(Ok(r)) => r,
@@ -73,6 +75,7 @@ pub(super) async fn serve(
             return;
         }
     };
+    let mut claim = Some(claim);
     agent.activity();
     let recording = agent.recording(exec.record.as_ref());
     let accepted = wire::Reply {
@@ -152,10 +155,20 @@ pub(super) async fn serve(
                     break;
                 }
                 if last {
+                    // The call is over: the next command may have its
+                    // place at once, and the session counts it as ended
+                    // (the CLI does not wait for what follows).
+                    drop(run);
+                    drop(open);
+                    claim.take();
+                    agent.activity();
                     // The call's spans (and record) are written at once,
                     // then `flushed` says so (for a client that waits for
-                    // it: the CLI does not).
-                    drop(run);
+                    // it). Beyond the bound, the background writers
+                    // write them without this barrier.
+                    let Ok(_writing) = Arc::clone(&agent.writing_out).try_acquire_owned() else {
+                        break;
+                    };
                     let (record_error, ()) = if recording == Recording::Off {
                         (None, agent.flush_spans().await)
                     } else {

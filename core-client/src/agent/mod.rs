@@ -35,7 +35,7 @@ use proto::pb::agent::{self as wire, reply, request};
 use rex_client::agent::{codec, encode};
 use rex_client::{Client, WarmPolicy};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +133,10 @@ pub struct Agent {
     last_activity: Mutex<Instant>,
     /// Wall-clock twin of `last_activity` (for `status`).
     last_activity_unix_ms: AtomicU64,
+    /// Calls whose spans and record are being written out after their
+    /// end (at most `max_connections`; beyond, the background writers
+    /// write them without a barrier).
+    writing_out: Arc<Semaphore>,
     stop: CancellationToken,
 }
 
@@ -323,6 +327,7 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
         started: SystemTime::now(),
         last_activity: Mutex::new(Instant::now()),
         last_activity_unix_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+        writing_out: Arc::new(Semaphore::new(options.max_connections.max(1))),
         stop: shutdown.child_token(),
         options,
     });
@@ -356,10 +361,7 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
                                 let agent2 = Arc::clone(&agent);
                                 agent.tasks.spawn(
                                     tracing::debug_span!("agent connection"),
-                                    async move {
-                                        connection(agent2, stream).await;
-                                        drop(open);
-                                    },
+                                    connection(agent2, stream, open),
                                 );
                             }
                             // At the limit: told it is busy (the CLI runs
@@ -416,8 +418,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// One connection: its first request says what it is.
-async fn connection(agent: Arc<Agent>, stream: UnixStream) {
+/// One connection (holding `open`, its place within `--max-connections`):
+/// its first request says what it is.
+async fn connection(agent: Arc<Agent>, stream: UnixStream, open: OwnedSemaphorePermit) {
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, codec());
     let mut writer = FramedWrite::new(write, codec());
@@ -428,7 +431,7 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream) {
     let taken = SystemTime::now();
     match first.and_then(|r| r.body) {
         Some(request::Body::Exec(exec)) => {
-            call::serve(agent, exec, taken, reader, writer).await;
+            call::serve(agent, exec, taken, reader, writer, open).await;
         }
         Some(request::Body::Status(_)) => {
             let status = wire::Reply {
