@@ -110,55 +110,71 @@ mod tests {
     use opentelemetry::trace::{Tracer, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
 
-    fn lines(path: &std::path::Path) -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+    /// A provider writing through an inline processor of `queue` spans to
+    /// a trace file in a scratch directory; the file's lines.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        provider: SdkTracerProvider,
+    }
+
+    impl Fixture {
+        fn new(queue: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("traces.jsonl");
+            let file = TraceFile::new(path.clone(), Retention::total(1 << 20));
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(InlineProcessor::new(&file, queue))
+                .build();
+            Self {
+                _dir: dir,
+                path,
+                provider,
+            }
+        }
+
+        fn span(&self, name: impl Into<std::borrow::Cow<'static, str>>) {
+            self.provider.tracer("test").in_span(name, |_| {});
+        }
+
+        fn lines(&self) -> Vec<String> {
+            std::fs::read_to_string(&self.path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
     }
 
     #[test]
     fn spans_are_written_when_flushed_and_at_shutdown_not_before() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::total(1 << 20));
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(InlineProcessor::new(&file, 8))
-            .build();
-        let tracer = provider.tracer("test");
-        tracer.in_span("first", |_| {});
-        assert!(lines(&path).is_empty(), "nothing is written before a flush");
-        provider.force_flush().unwrap();
-        let after_flush = lines(&path);
+        let f = Fixture::new(8);
+        f.span("first");
+        assert!(f.lines().is_empty(), "nothing is written before a flush");
+        f.provider.force_flush().unwrap();
+        let after_flush = f.lines();
         assert_eq!(after_flush.len(), 1);
         assert!(after_flush[0].contains("\"first\""));
-        tracer.in_span("second", |_| {});
-        provider.shutdown().unwrap();
-        let all = lines(&path);
+        f.span("second");
+        f.provider.shutdown().unwrap();
+        let all = f.lines();
         assert_eq!(all.len(), 2, "the flush wrote nothing twice");
         assert!(all[1].contains("\"second\"") && !all[1].contains("\"first\""));
     }
 
     #[test]
     fn a_half_full_buffer_is_written_by_the_thread_that_ends_a_span() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::total(1 << 20));
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(InlineProcessor::new(&file, 4))
-            .build();
-        let tracer = provider.tracer("test");
-        tracer.in_span("a", |_| {});
-        assert!(lines(&path).is_empty());
-        tracer.in_span("b", |_| {});
-        let text = lines(&path).concat();
+        let f = Fixture::new(4);
+        f.span("a");
+        assert!(f.lines().is_empty());
+        f.span("b");
+        let text = f.lines().concat();
         assert!(text.contains("\"a\"") && text.contains("\"b\""), "{text}");
         for i in 0..10 {
-            tracer.in_span(format!("n{i}"), |_| {});
+            f.span(format!("n{i}"));
         }
-        provider.shutdown().unwrap();
-        let text = lines(&path).concat();
+        f.provider.shutdown().unwrap();
+        let text = f.lines().concat();
         assert!(
             (0..10).all(|i| text.contains(&format!("\"n{i}\""))),
             "none lost: {text}"
