@@ -363,8 +363,10 @@ pub struct Flusher {
 
 impl Flusher {
     /// Whether a flush only writes the local trace file, in the calling
-    /// thread (no exporter thread or network to wait for): it may then be
-    /// called from async code.
+    /// thread (no network and no runtime to wait for; the exec-server's
+    /// stages a direct session brought home are still written by their
+    /// own threads, which need neither): it may then be called from async
+    /// code.
     pub fn in_place(&self) -> bool {
         self.in_place
     }

@@ -256,6 +256,8 @@ fn agent_start_status_and_stop() {
     assert!(!f.socket.exists(), "the socket goes with the agent");
     let gone = f.agent(&["status"]).output().unwrap();
     assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(text(&gone.stderr).lines().count(), 1);
+    assert!(text(&gone.stderr).contains("no agent is running"));
     // Its barrier says so too; the readers that pass it run on.
     let flush = f.agent(&["flush"]).output().unwrap();
     assert_eq!(flush.status.code(), Some(1));
@@ -271,8 +273,6 @@ fn agent_start_status_and_stop() {
         "{said}"
     );
     assert!(!said.contains("agent"), "{said}");
-    assert_eq!(text(&gone.stderr).lines().count(), 1);
-    assert!(text(&gone.stderr).contains("no agent is running"));
 }
 
 #[test]
@@ -492,9 +492,9 @@ fn the_agent_keeps_the_records_of_the_commands_run_through_it() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert_eq!(f.served(), 1, "it went through the agent");
     let id = binaries::printed_trace_id(&out).unwrap();
-    // Saved with the command's outcome (by `agent flush`, the barrier
-    // `history` passes too); made by the agent (the record's span is the agent's dispatch), so the CLI wrote
-    // nothing of its own.
+    // Saved with the command's outcome (seen after `agent flush`, the
+    // barrier `history` passes too); made by the agent (the record's span
+    // is the agent's dispatch), so the CLI wrote nothing of its own.
     let records = f.records_in(&f.data_dir());
     assert_eq!(records.len(), 1, "{records:?}");
     let record = &records[0];

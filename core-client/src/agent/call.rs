@@ -169,17 +169,7 @@ pub(super) async fn serve(
                     let Ok(_writing) = Arc::clone(&agent.writing_out).try_acquire_owned() else {
                         break;
                     };
-                    let (record_error, ()) = if recording == Recording::Off {
-                        (None, agent.flush_spans().await)
-                    } else {
-                        tokio::join!(agent.flush_records(), agent.flush_spans())
-                    };
-                    let flushed = wire::Reply {
-                        body: Some(reply::Body::Flushed(wire::Flushed {
-                            record_error: record_error.unwrap_or_default(),
-                        })),
-                        ..wire::Reply::default()
-                    };
+                    let flushed = agent.write_out(recording != Recording::Off).await;
                     let _ = writer.send(encode(&flushed)).await;
                     break;
                 }

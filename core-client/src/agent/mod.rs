@@ -179,6 +179,23 @@ impl Agent {
         }
     }
 
+    /// Writes the spans ended so far and, with `records`, saves the records
+    /// taken so far: the `flushed` reply that says so (with why a record
+    /// could not be saved, if so).
+    async fn write_out(&self, records: bool) -> wire::Reply {
+        let (record_error, ()) = if records {
+            tokio::join!(self.flush_records(), self.flush_spans())
+        } else {
+            (None, self.flush_spans().await)
+        };
+        wire::Reply {
+            body: Some(reply::Body::Flushed(wire::Flushed {
+                record_error: record_error.unwrap_or_default(),
+            })),
+            ..wire::Reply::default()
+        }
+    }
+
     /// Writes the spans ended so far, if they go to the local trace file.
     async fn flush_spans(&self) {
         if let Some(flusher) = self.options.flusher.clone() {
@@ -453,13 +470,7 @@ async fn connection(agent: Arc<Agent>, stream: UnixStream, open: OwnedSemaphoreP
             let _ = writer.send(encode(&reply)).await;
         }
         Some(request::Body::Flush(_)) => {
-            let (record_error, ()) = tokio::join!(agent.flush_records(), agent.flush_spans());
-            let flushed = wire::Reply {
-                body: Some(reply::Body::Flushed(wire::Flushed {
-                    record_error: record_error.unwrap_or_default(),
-                })),
-                ..wire::Reply::default()
-            };
+            let flushed = agent.write_out(true).await;
             let _ = writer.send(encode(&flushed)).await;
         }
         Some(request::Body::Stop(_)) => {
