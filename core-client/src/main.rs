@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use core_client::cli::agent::AgentCommand;
 use core_client::cli::{
-    self, Cli, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
+    self, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
 };
 use telemetry::setup::{self, COMMAND_SPAN_QUEUE, Export, LogDefault, Options, SERVICE_SPAN_QUEUE};
 use telemetry::trace_file::{Retention, TraceFile};
@@ -14,10 +13,10 @@ use telemetry::trace_file::{Retention, TraceFile};
 fn main() -> ExitCode {
     // First: the estimate reads this process's CPU time so far.
     let started = cli::ProcessStart::read();
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let trace_file = cli.trace_file_path();
     let data_dir = cli.data_dir_path();
-    let config = cli.config.clone();
+    let config = cli.global.config.clone();
     let context = || Context::load(config.as_deref());
     let result = match cli.command {
         CliCommand::Keygen { out } => cli::keygen(out.as_deref()),

@@ -11,6 +11,7 @@
 //!   restoration).
 //! - `identity`: `keygen`, `pubkey` and `trust` (keys and known servers).
 //! - `life`: the CLI's own life as spans (`cli.run` and its stages).
+//! - `parse`: parsing the command line (`exec` by a parser of its own).
 //! - `show`: `config show`.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
 //! - `report`: `report`, over many commands (see [`crate::report`]).
@@ -22,6 +23,7 @@ mod docs;
 mod exec;
 mod identity;
 mod life;
+mod parse;
 pub mod probe;
 pub mod report;
 mod show;
@@ -43,6 +45,7 @@ pub(crate) use exec::next_relay_may_help;
 pub use exec::{Lifetime, exec};
 pub use identity::{keygen, pubkey, trust};
 pub use life::ProcessStart;
+pub use parse::parse;
 pub use show::config_show;
 pub use views::{history, history_table, trace_show, utc_time};
 
@@ -70,6 +73,17 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "core-client", version)]
 pub struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Options every subcommand takes (before or after it).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// The local trace file (OTLP JSON, one trace per line) [default:
     /// the user data dir's rex/traces.jsonl]
     #[arg(long, global = true, env = "REX_TRACE_FILE", value_name = "PATH")]
@@ -82,15 +96,13 @@ pub struct Cli {
     /// ~/.config/rex/config.toml; none is needed]
     #[arg(long, global = true, env = "REX_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: CliCommand,
 }
 
 impl Cli {
     /// The data directory to use, if any can be named.
     pub fn data_dir_path(&self) -> Option<PathBuf> {
-        self.data_dir
+        self.global
+            .data_dir
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(metadata::location::default_dir)
@@ -98,7 +110,8 @@ impl Cli {
 
     /// The trace file to use, if any can be named.
     pub fn trace_file_path(&self) -> Option<PathBuf> {
-        self.trace_file
+        self.global
+            .trace_file
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(telemetry::trace_file::default_path)
@@ -108,42 +121,9 @@ impl Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
-    /// Run a command (or, without one, a login shell) on an exec-server;
-    /// stream its output; exit with its status.
-    ///
-    /// Name a server from the config file or the known servers
-    /// (`core-client exec build-box -- make`), or say where it is with
-    /// flags. Without a command (`core-client exec build-box`), the
-    /// exec-server starts the login shell of the user it runs as (from its
-    /// password database, else /bin/sh) in that user's home directory
-    /// (unless --cwd names another), as `ssh HOST` does: on a terminal when
-    /// the local stdin and stdout are terminals, else with pipes. Each setting is taken from the first of: a flag (or its REX_*
-    /// environment variable), the config file's [servers.NAME], its
-    /// [defaults], the known servers (the server's key), built-in
-    /// defaults. `core-client config show NAME` prints them and where each
-    /// came from.
-    ///
-    /// Exit status: the remote command's; 128+N if it died of signal N;
-    /// 127/126 if it could not be run; 255 for connection and
-    /// authentication failures (a changed server key too); 2 for usage and
-    /// configuration errors.
-    ///
-    /// Ctrl-C (SIGINT) and SIGTERM are passed to the remote command, whose
-    /// status then follows (130 or 143 when it dies of them); from then on,
-    /// output this side's stdout cannot take at once is dropped. A second
-    /// Ctrl-C or SIGTERM stops waiting at once: exit 130 or 143.
-    ///
-    /// With a terminal (-t; or the login shell, as above; or the `terminal`
-    /// option), the command runs on a pseudo-terminal on the exec-server, sized as the local window and
-    /// with the local TERM; its stderr comes merged into its stdout, as on
-    /// any terminal. The local terminal is put in raw mode (restored
-    /// however `exec` ends) so that every key goes to the remote terminal:
-    /// Ctrl-C is a byte the remote terminal turns into SIGINT for its
-    /// foreground job, and so are Ctrl-Z and Ctrl-\. Window changes are
-    /// passed on. A SIGINT, SIGTERM or SIGHUP sent to core-client itself
-    /// ends the session (the remote command is killed and its terminal hung
-    /// up), restores the local terminal, says so in one line and exits
-    /// 128+N. The exit status is otherwise as without a terminal.
+    /// Run a command on an exec-server (its help is in `parse`, which the
+    /// parser of `exec` alone shares).
+    #[command(about = parse::EXEC_ABOUT, long_about = parse::EXEC_LONG_ABOUT)]
     Exec(ExecArgs),
     /// Write a new static private key (mode 0600) and print its public key.
     ///

@@ -95,7 +95,10 @@ fn keygen_trust_config_history_parse() {
         "h",
     ])
     .unwrap();
-    assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/c.toml")));
+    assert_eq!(
+        cli.global.config.as_deref(),
+        Some(std::path::Path::new("/c.toml"))
+    );
     let CliCommand::Config {
         command: ConfigCommand::Show { name, server },
     } = cli.command
@@ -179,4 +182,67 @@ fn the_man_page_renders() {
         "{text}"
     );
     assert!(text.contains("completions"));
+}
+
+/// The parser of `exec` alone ([`parse`]'s fast path) must give what the
+/// whole parser gives: the same arguments, the same help, the same errors
+/// (message and status) for every kind of `exec` command line.
+#[test]
+fn the_parser_of_exec_alone_agrees_with_the_whole_parser() {
+    let lines: &[&[&str]] = &[
+        &["exec", "build-box", "--", "make", "-j4"],
+        &[
+            "exec", "--relay", "a:1", "--relay", "b:2", "--server", "x", "-n", "--", "ls",
+        ],
+        &[
+            "exec",
+            "-e",
+            "A=1",
+            "-o",
+            "warm=off",
+            "--accept-new",
+            "--no-agent",
+            "--",
+            "sh",
+        ],
+        &[
+            "exec",
+            "--trace-file",
+            "/t.jsonl",
+            "--data-dir",
+            "/d",
+            "--config",
+            "/c.toml",
+        ],
+        &[
+            "exec",
+            "build-box",
+            "--print-trace-id",
+            "--record-args",
+            "--strict-records",
+        ],
+        &["exec", "-t", "--", "top"],
+        &["exec"],
+        &["exec", "--help"],
+        &["exec", "-h"],
+        &["exec", "--version"],
+        &["exec", "--bogus"],
+        &["exec", "-t", "-T", "--", "sh"],
+        &["exec", "--strict-records", "--no-records"],
+        &["exec", "--relay"],
+        &["exec", "a", "b"],
+        &["exec", "--", "--help"],
+    ];
+    let outcome = |r: Result<Cli, clap::Error>| match r {
+        Ok(cli) => format!("{:?} {:?}", cli.global, cli.command),
+        Err(e) => format!("{:?} {} {}", e.kind(), e.exit_code(), e.render()),
+    };
+    for line in lines {
+        let args = || std::iter::once("core-client").chain(line.iter().copied());
+        let whole = outcome(Cli::try_parse_from(args()));
+        let alone = outcome(super::parse::parse_exec(
+            args().map(OsString::from).collect(),
+        ));
+        assert_eq!(alone, whole, "core-client {}", line.join(" "));
+    }
 }
