@@ -50,14 +50,22 @@ pub(super) fn parse_exec(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     })
 }
 
+/// `exec`'s summary: the first paragraph of its help, without the full
+/// stop (as clap takes it from a doc comment).
+macro_rules! exec_summary {
+    () => {
+        "Run a command (or, without one, a login shell) on an exec-server; \
+         stream its output; exit with its status"
+    };
+}
+
 /// `exec`'s summary (the first paragraph of [`EXEC_LONG_ABOUT`]).
-pub(super) const EXEC_ABOUT: &str = "Run a command (or, without one, a login shell) on an exec-server; \
-    stream its output; exit with its status";
+pub(super) const EXEC_ABOUT: &str = exec_summary!();
 
 /// `exec`'s help.
-pub(super) const EXEC_LONG_ABOUT: &str = "\
-    Run a command (or, without one, a login shell) on an exec-server; \
-    stream its output; exit with its status.\n\n\
+pub(super) const EXEC_LONG_ABOUT: &str = concat!(
+    exec_summary!(),
+    ".\n\n\
     Name a server from the config file or the known servers (`core-client \
     exec build-box -- make`), or say where it is with flags. Without a \
     command (`core-client exec build-box`), the exec-server starts the \
@@ -87,4 +95,5 @@ pub(super) const EXEC_LONG_ABOUT: &str = "\
     changes are passed on. A SIGINT, SIGTERM or SIGHUP sent to core-client \
     itself ends the session (the remote command is killed and its terminal \
     hung up), restores the local terminal, says so in one line and exits \
-    128+N. The exit status is otherwise as without a terminal.";
+    128+N. The exit status is otherwise as without a terminal."
+);
