@@ -10,8 +10,8 @@ use proto::keys::{PublicKey, StaticKeypair};
 use proto::limits::MAX_TERMINAL_SIZE;
 use rex_client::agent::{AgentClient, AgentConfig};
 use rex_client::{
-    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, Event, ExecSpec, Target,
-    Terminal, TlsSettings, Waiting,
+    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, ExecSpec, Target, Terminal,
+    TlsSettings, Waiting,
 };
 use telemetry::setup::Flusher;
 use telemetry::spans;
@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use super::call::{Call, Chunk, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
 use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
@@ -447,17 +448,17 @@ async fn exec_with(
             let _ = control.close_stdin().await;
         });
     }
-    // Without a terminal, SIGINT/SIGTERM go to the remote process group; a
-    // second one gives up waiting. Output is written by a thread of its
-    // own, so a stdout nobody reads never keeps the signals from being
-    // seen; once a signal was forwarded, output that stdout cannot take at
-    // once is dropped, so that the exit status can arrive. On a terminal,
-    // Ctrl-C is a byte for the remote terminal; SIGINT, SIGTERM or SIGHUP
-    // sent to this process end the session.
+    // The signals the call listens for (see `call`'s rules). Output is
+    // written by a thread of its own, so a stdout nobody reads never keeps
+    // the signals from being seen.
+    let mut call = Call::new(terminal, prefix);
     let sig = |kind| signal(kind).map_err(|e| CliError::usage(e.to_string()));
     let mut sigint = sig(SignalKind::interrupt())?;
     let mut sigterm = sig(SignalKind::terminate())?;
-    let mut sighup = terminal.then(|| sig(SignalKind::hangup())).transpose()?;
+    let mut sighup = call
+        .listens(LocalSignal::HangUp)
+        .then(|| sig(SignalKind::hangup()))
+        .transpose()?;
     let mut winch = terminal
         .then(|| sig(SignalKind::window_change()))
         .transpose()?;
@@ -486,72 +487,48 @@ async fn exec_with(
     } else {
         None
     };
-    let mut interrupted = false;
-    let mut cancelled = false;
-    let mut pending: Option<Chunk> = None;
-    let outcome = loop {
-        let ev = tokio::select! {
-            ev = run.next(), if pending.is_none() => ev,
-            permit = out.tx.reserve(), if pending.is_some() => {
-                if let (Ok(permit), Some(chunk)) = (permit, pending.take()) {
+    let mut stdout_gone = false;
+    // Output held until the output thread has room for it.
+    let mut held: Option<Chunk> = None;
+    let (outcome, finish) = loop {
+        let input = tokio::select! {
+            ev = run.next(), if held.is_none() => Input::Event(ev),
+            permit = out.tx.reserve(), if held.is_some() => {
+                if let (Ok(permit), Some(chunk)) = (permit, held.take()) {
                     permit.send(chunk);
                 }
                 continue;
             }
-            _ = sigint.recv() => {
-                if terminal {
-                    break Outcome::HungUp(2);
-                }
-                if interrupted {
-                    break Outcome::GaveUp(130);
-                }
-                interrupted = true;
-                pending = None;
-                forward(&tasks, &control, Some(2));
-                continue;
-            }
-            _ = sigterm.recv() => {
-                if terminal {
-                    break Outcome::HungUp(15);
-                }
-                if interrupted {
-                    break Outcome::GaveUp(143);
-                }
-                interrupted = true;
-                pending = None;
-                forward(&tasks, &control, Some(15));
-                continue;
-            }
-            Some(()) = delivered(&mut sighup) => break Outcome::HungUp(1),
+            _ = sigint.recv() => Input::Signal(LocalSignal::Interrupt),
+            _ = sigterm.recv() => Input::Signal(LocalSignal::Terminate),
+            Some(()) = delivered(&mut sighup) => Input::Signal(LocalSignal::HangUp),
             Some(()) = delivered(&mut winch) => {
                 size_tx.send_replace(local_size());
                 continue;
             }
-            Ok(()) = &mut broken, if !cancelled => {
-                // Our stdout is gone (e.g. a closed pipe): stop the remote side.
-                cancelled = true;
-                forward(&tasks, &control, None);
-                continue;
+            Ok(()) = &mut broken, if !stdout_gone => {
+                stdout_gone = true;
+                Input::StdoutGone
             }
         };
-        let chunk = match ev {
-            Some(Event::Started { .. } | Event::Reconnecting | Event::Resumed) => continue,
-            Some(Event::Stdout(d)) => Chunk::Out(d),
-            Some(Event::Stderr(d)) => Chunk::Err(d),
-            Some(Event::Exited(status)) => break Outcome::Done(exit_code(status.shell_code())),
-            Some(Event::Failed(f)) => {
-                break Outcome::Failed(CliError {
-                    message: format!("{prefix}{f}"),
-                    code: exit_code(f.shell_code()),
-                });
+        match call.input(input) {
+            Step::Nothing => {}
+            Step::Write { chunk, hold } => {
+                out.run().map_err(|e| CliError::usage(e.to_string()))?;
+                if hold {
+                    held = Some(chunk);
+                } else {
+                    let _ = out.tx.try_send(chunk);
+                }
             }
-            None => break Outcome::Done(EXIT_CONNECTION),
-        };
-        out.run().map_err(|e| CliError::usage(e.to_string()))?;
-        if interrupted {
-            let _ = out.tx.try_send(chunk);
-        } else {
-            pending = Some(chunk);
+            Step::Forward { signal, drop_held } => {
+                if drop_held {
+                    held = None;
+                }
+                forward(&tasks, &control, signal);
+            }
+            Step::Finish(outcome) => break (outcome, true),
+            Step::End(outcome) => break (outcome, false),
         }
     };
     life.dispatched(run.ended_at());
@@ -578,15 +555,19 @@ async fn exec_with(
         Outcome::Done(code) => Ok(code),
         Outcome::Failed(e) => Err(e),
     };
-    // Everything received is written before the exit, unless a signal
-    // came (output is being dropped then) or comes now: nobody waits for a
-    // stdout nobody reads.
-    let written = out.finish();
-    if !interrupted {
-        tokio::select! {
-            _ = written => {}
-            _ = sigint.recv() => return Ok(130),
-            _ = sigterm.recv() => return Ok(143),
+    // Everything received is written before the exit, unless the call
+    // says not to wait for it, or a signal comes meanwhile.
+    let mut written = std::pin::pin!(out.finish());
+    if finish && call.waits_for_output() {
+        loop {
+            let input = tokio::select! {
+                _ = &mut written => break,
+                _ = sigint.recv() => Input::Signal(LocalSignal::Interrupt),
+                _ = sigterm.recv() => Input::Signal(LocalSignal::Terminate),
+            };
+            if let Step::End(Outcome::GaveUp(code)) = call.input(input) {
+                return Ok(code);
+            }
         }
     }
     if let Some(client) = client {
@@ -725,19 +706,6 @@ fn forward(tasks: &lifecycle::Tasks, control: &rex_client::Controller, signal: O
     });
 }
 
-/// How the event loop ended.
-enum Outcome {
-    /// The command ended (or the session did): its code.
-    Done(u8),
-    /// The command could not run or was lost.
-    Failed(CliError),
-    /// A second signal: stop waiting (128 + the signal).
-    GaveUp(u8),
-    /// On a terminal, this signal to this process: the session is ended
-    /// (the exit code is 128 + the signal).
-    HungUp(u8),
-}
-
 /// The one line `exec` says when a signal to it ended a terminal session
 /// (as ssh says "Killed by signal 15.").
 fn hung_up_line(signal: u8) -> String {
@@ -751,12 +719,6 @@ fn hung_up_line(signal: u8) -> String {
         "core-client: killed by {name} (signal {signal}): the remote command's terminal was hung \
          up"
     )
-}
-
-/// A piece of the command's output.
-enum Chunk {
-    Out(bytes::Bytes),
-    Err(bytes::Bytes),
 }
 
 /// Chunks waiting for the output thread.

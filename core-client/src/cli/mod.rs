@@ -19,6 +19,7 @@
 //! - `docs`: `completions` and `man`.
 
 pub mod agent;
+mod call;
 mod docs;
 mod exec;
 mod identity;
@@ -327,7 +328,7 @@ pub struct ExecArgs {
 }
 
 /// An error at the CLI's edge: the message and the exit code.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct CliError {
     /// One clear line (a changed server key's warning is several, as
     /// ssh's is).
