@@ -42,6 +42,7 @@ use opentelemetry_otlp::{
     RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanExporter,
     TracerProviderBuilder,
@@ -538,7 +539,15 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
 /// A provider builder with the service's resource and the preset-capable id
 /// generator, and no exporter (tests add their own).
 pub fn base_builder(service: String) -> TracerProviderBuilder {
-    let mut resource = Resource::builder().with_service_name(service);
+    // The SDK's own detector is left out: the service name it would give
+    // (`unknown_service:` and the executable's name, read from /proc) is
+    // always replaced by ours, and reading it costs every process's start.
+    let mut resource = Resource::builder_empty()
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector),
+            Box::new(EnvResourceDetector::new()),
+        ])
+        .with_service_name(service);
     // OTEL_RESOURCE_ATTRIBUTES may name the host itself.
     let named = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
         .is_ok_and(|v| v.split(',').any(|kv| kv.trim().starts_with("host.name=")));
@@ -925,5 +934,37 @@ mod tests {
         };
         assert_eq!(names(&a), vec!["in-a", "in-default"]);
         assert_eq!(names(&b), vec!["in-b"]);
+    }
+
+    #[test]
+    fn the_resource_names_the_service_and_the_sdk() {
+        use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+        let dir = tempfile::tempdir().unwrap();
+        let file = TraceFile::new(
+            dir.path().join("t.jsonl"),
+            crate::trace_file::Retention::default(),
+        );
+        let provider = base_builder("svc".into())
+            .with_simple_exporter(file.exporter())
+            .build();
+        drop(provider.tracer("t").start("s"));
+        provider.force_flush().unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let attrs = &line["resourceSpans"][0]["resource"]["attributes"];
+        let value = |key: &str| {
+            attrs
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["key"] == key)
+                .map(|a| a["value"]["stringValue"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(value("service.name").as_deref(), Some("svc"));
+        assert_eq!(value("telemetry.sdk.language").as_deref(), Some("rust"));
+        assert_eq!(
+            value("telemetry.sdk.name").as_deref(),
+            Some("opentelemetry")
+        );
     }
 }
