@@ -6,6 +6,8 @@
 //!   [`Context`] every command reads (config file, known servers).
 //! - `exec`: `exec`, over the effective settings (through a running agent
 //!   when there is one).
+//! - `call`: what `exec` does with a running call's events and this
+//!   process's signals, as a state machine without I/O.
 //! - [`agent`]: `agent start`, `stop` and `status`.
 //! - `tty`: the local terminal in terminal mode (size, raw mode and its
 //!   restoration).
