@@ -5,7 +5,8 @@
 //!
 //! Layout: [`Call`] is the machine; [`Input`] what it is told,
 //! [`LocalSignal`] the signals to this process it hears, [`Step`] what it
-//! asks for, and [`Outcome`] how the call ends.
+//! asks for, [`Drain`] what is written out after the last event, and
+//! [`Outcome`] how the call ends.
 //!
 //! The rules, as ssh's: without a terminal, the first SIGINT or SIGTERM
 //! goes to the remote process group and the second gives up waiting (130
@@ -14,8 +15,10 @@
 //! Ctrl-C is a byte for the remote terminal, and SIGINT, SIGTERM or SIGHUP
 //! sent to this process end the session (128 + the signal). A stdout that
 //! is gone cancels the remote command, once. After the last event,
-//! everything received is written before the exit, unless a signal was
-//! forwarded or comes then.
+//! everything received is written before the exit; once a signal was
+//! forwarded, only if stdout and stderr can take it at once (a stdout
+//! nobody reads never holds up the exit). A signal while it is written
+//! gives up waiting.
 
 use bytes::Bytes;
 use rex_client::Event;
@@ -78,9 +81,9 @@ pub(super) enum Step {
         signal: Option<i32>,
         drop_held: bool,
     },
-    /// The events are over: write out what the output holds (unless
-    /// [`Call::waits_for_output`] says not to), then end with this
-    /// outcome. A signal meanwhile is told to the machine as before.
+    /// The events are over: write out what the output holds, as
+    /// [`Call::drain`] says, then end with this outcome. A signal
+    /// meanwhile is told to the machine as before.
     Finish(Outcome),
     /// End at once: nothing more is written or waited for.
     End(Outcome),
@@ -98,6 +101,16 @@ pub(super) enum Outcome {
     /// On a terminal, this signal to this process: the session is ended
     /// (the exit code is 128 + the signal).
     HungUp(u8),
+}
+
+/// What is written out after the last event, before the exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Everything received.
+    All,
+    /// Everything received if stdout and stderr can take more at once;
+    /// else nothing more (once a signal was forwarded).
+    IfWritable,
 }
 
 /// Where the call is.
@@ -141,11 +154,15 @@ impl Call {
         signal != LocalSignal::HangUp || self.terminal
     }
 
-    /// Whether, after the last event, output is written out before the
-    /// exit (not once a signal was forwarded: nobody waits then for a
-    /// stdout nobody reads).
-    pub(super) fn waits_for_output(&self) -> bool {
-        !self.interrupted
+    /// What is written out after the last event: everything, or (once a
+    /// signal was forwarded) only what stdout and stderr can take, so that
+    /// nobody waits for a stdout nobody reads.
+    pub(super) fn drain(&self) -> Drain {
+        if self.interrupted {
+            Drain::IfWritable
+        } else {
+            Drain::All
+        }
     }
 
     /// Tells the machine what happened; returns what to do.
@@ -266,7 +283,7 @@ mod tests {
             }
         );
         assert_eq!(call.input(exited(3)), Step::Finish(Outcome::Done(3)));
-        assert!(call.waits_for_output());
+        assert_eq!(call.drain(), Drain::All);
         // Nothing after the last event is taken for an event.
         assert_eq!(call.input(out("late")), Step::Nothing);
     }
@@ -333,11 +350,13 @@ mod tests {
     }
 
     #[test]
-    fn after_a_forwarded_signal_the_exit_does_not_wait_for_output() {
+    fn after_a_forwarded_signal_output_is_written_out_only_if_it_can_be() {
         let mut call = Call::new(false, String::new());
-        call.input(Input::Signal(LocalSignal::Interrupt));
-        assert_eq!(call.input(exited(130)), Step::Finish(Outcome::Done(130)));
-        assert!(!call.waits_for_output());
+        call.input(Input::Signal(LocalSignal::Terminate));
+        // The command's own handler answers: its output and its status.
+        assert_eq!(call.input(out("caught")), write("caught", false));
+        assert_eq!(call.input(exited(7)), Step::Finish(Outcome::Done(7)));
+        assert_eq!(call.drain(), Drain::IfWritable);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! window changes passed on).
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use proto::keys::{PublicKey, StaticKeypair};
@@ -19,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use super::call::{Call, Chunk, Input, LocalSignal, Outcome, Step};
+use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
 use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
@@ -555,10 +556,15 @@ async fn exec_with(
         Outcome::Done(code) => Ok(code),
         Outcome::Failed(e) => Err(e),
     };
-    // Everything received is written before the exit, unless the call
-    // says not to wait for it, or a signal comes meanwhile.
+    // What was received is written before the exit, as the call says
+    // (after a forwarded signal, only if stdout and stderr can take it),
+    // unless a signal comes meanwhile.
     let mut written = std::pin::pin!(out.finish());
-    if finish && call.waits_for_output() {
+    let drain = match call.drain() {
+        Drain::All => true,
+        Drain::IfWritable => Output::writable_now(),
+    };
+    if finish && drain {
         loop {
             let input = tokio::select! {
                 _ = &mut written => break,
@@ -773,6 +779,13 @@ impl Output {
         Ok(())
     }
 
+    /// Whether stdout and stderr can both take more output now, without
+    /// waiting (a pipe nobody reads, when full, cannot).
+    fn writable_now() -> bool {
+        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+        writable_now(&[stdout.as_fd(), stderr.as_fd()])
+    }
+
     /// Closes the queue; resolves once everything queued is written (at
     /// once when nothing was).
     fn finish(self) -> tokio::sync::oneshot::Receiver<()> {
@@ -780,6 +793,21 @@ impl Output {
         drop(self.idle);
         self.done
     }
+}
+
+/// Whether every one of `fds` can take more output now, without waiting.
+fn writable_now(fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::OUT))
+        .collect();
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut polled, Some(&now))
+        .is_ok_and(|_| polled.iter().all(|fd| fd.revents() == PollFlags::OUT))
 }
 
 impl Writer {
@@ -860,6 +888,24 @@ mod tests {
             assert!(line.contains(name), "{line}");
             assert_eq!(line.lines().count(), 1);
         }
+    }
+
+    #[test]
+    fn a_full_pipe_cannot_take_output_at_once() {
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        assert!(writable_now(&[write.as_fd()]));
+        // Fill it, as a stdout nobody reads ends up.
+        rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK).unwrap();
+        let chunk = [0u8; 4096];
+        while rustix::io::write(&write, &chunk).is_ok() {}
+        assert!(!writable_now(&[write.as_fd()]));
+        // One full among writable ones is enough to say no.
+        let (_r2, other) = rustix::pipe::pipe().unwrap();
+        assert!(!writable_now(&[other.as_fd(), write.as_fd()]));
+        // Read a little: room again.
+        let mut buf = vec![0u8; 65536];
+        rustix::io::read(&read, &mut buf).unwrap();
+        assert!(writable_now(&[other.as_fd(), write.as_fd()]));
     }
 
     #[test]
