@@ -8,7 +8,7 @@
 //! asks for, [`Drain`] what is written out after the last event, and
 //! [`Outcome`] how the call ends.
 //!
-//! The rules, as ssh's: without a terminal, the first SIGINT or SIGTERM
+//! The rules: without a terminal, the first SIGINT or SIGTERM
 //! goes to the remote process group and the second gives up waiting (130
 //! or 143); once a signal was forwarded, output that stdout cannot take at
 //! once is dropped, so that the exit status can arrive. On a terminal,
