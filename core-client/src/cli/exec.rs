@@ -562,7 +562,7 @@ async fn exec_with(
     let mut written = std::pin::pin!(out.finish());
     let drain = match call.drain() {
         Drain::All => true,
-        Drain::IfWritable => Output::writable_now(),
+        Drain::IfWritable => writable_now(&[std::io::stdout().as_fd(), std::io::stderr().as_fd()]),
     };
     if finish && drain {
         loop {
@@ -779,13 +779,6 @@ impl Output {
         Ok(())
     }
 
-    /// Whether stdout and stderr can both take more output now, without
-    /// waiting (a pipe nobody reads, when full, cannot).
-    fn writable_now() -> bool {
-        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-        writable_now(&[stdout.as_fd(), stderr.as_fd()])
-    }
-
     /// Closes the queue; resolves once everything queued is written (at
     /// once when nothing was).
     fn finish(self) -> tokio::sync::oneshot::Receiver<()> {
@@ -795,7 +788,8 @@ impl Output {
     }
 }
 
-/// Whether every one of `fds` can take more output now, without waiting.
+/// Whether every one of `fds` can take more output now, without waiting
+/// (a pipe nobody reads, when full, cannot).
 fn writable_now(fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let mut polled: Vec<PollFd<'_>> = fds
