@@ -8,8 +8,9 @@
 //! ```
 //!
 //! A named line pins the key the name must have (`core-client trust`, or
-//! `--accept-new` on first use); its relay, when recorded, is only where it
-//! was first seen. A `-` line is a relay and exec-server pairing accepted
+//! `--accept-new` on first use); its relay, when recorded (`trust
+//! --relay`, or where it was first seen), is where `exec NAME` reaches it
+//! when nothing else names a relay. A `-` line is a relay and exec-server pairing accepted
 //! without a name. A name whose key differs from its line is refused
 //! ([`KeyChanged`]).
 
@@ -228,9 +229,14 @@ impl KnownServers {
         Ok(())
     }
 
-    /// Replaces `name`'s key: its lines go, a new one is appended. The
-    /// file is rewritten whole and renamed into place.
-    pub fn replace(&mut self, name: &str, key: PublicKey) -> Result<(), KnownError> {
+    /// Replaces `name`'s line (its key and relay): its lines go, a new one
+    /// is appended. The file is rewritten whole and renamed into place.
+    pub fn replace(
+        &mut self,
+        name: &str,
+        key: PublicKey,
+        relay: Option<&str>,
+    ) -> Result<(), KnownError> {
         let fail = |source| KnownError::Write {
             path: self.path.clone(),
             source,
@@ -247,7 +253,7 @@ impl KnownServers {
                 kept.push('\n');
             }
         }
-        kept.push_str(&line_for(Some(name), &key, None));
+        kept.push_str(&line_for(Some(name), &key, relay));
         let tmp = self.path.with_extension("new");
         {
             let mut file = std::fs::OpenOptions::new()
@@ -327,7 +333,7 @@ mod tests {
         known.add(Some("a"), k1, None).unwrap();
         known.add(None, k3, Some("http://10.0.0.1:7600")).unwrap();
         known.add(Some("b"), k2, None).unwrap();
-        known.replace("a", k2).unwrap();
+        known.replace("a", k2, None).unwrap();
         assert_eq!(known.by_name("a").unwrap().key, k2);
         assert_eq!(known.by_name("b").unwrap().key, k2);
         assert_eq!(known.entries().len(), 3);

@@ -1,7 +1,7 @@
 //! A server's effective settings and where each came from: a flag (or its
 //! environment variable) over the config file's `[servers.NAME]`, over its
-//! `[defaults]`, over the known servers (for the key), over the built-in
-//! defaults. `exec` runs with them; `config show` prints them.
+//! `[defaults]`, over the known servers (for the key and the relay), over
+//! the built-in defaults. `exec` runs with them; `config show` prints them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -222,7 +222,7 @@ fn first<T>(candidates: impl IntoIterator<Item = Option<Sourced<T>>>) -> Option<
 
 impl Settings {
     /// Works out the settings: flag > environment > the server's table >
-    /// `[defaults]` > known servers (key only) > built-in default.
+    /// `[defaults]` > known servers (key and relay) > built-in default.
     pub fn resolve(inputs: &Inputs<'_>) -> Result<Self, SettingsError> {
         let Inputs {
             name,
@@ -280,9 +280,20 @@ impl Settings {
             from_file(tables, config, |e| e.relays.as_ref())
                 .map(|s| sourced(Route::Relays(s.value), s.source))
         };
+        // Last, the relay a known server's line records.
+        let named = name.and_then(|n| known.by_name(n));
+        let route = match (route, named) {
+            (None, Some(k)) => match &k.relay {
+                Some(relay) => Some(sourced(
+                    Route::Relays(vec![RelayAddress::parse(relay)?]),
+                    Source::Known(format!("{}:{}", known.path().display(), k.line)),
+                )),
+                None => None,
+            },
+            (route, _) => route,
+        };
 
         // The exec-server's key.
-        let named = name.and_then(|n| known.by_name(n));
         let server = if let Some(text) = &args.server {
             Some(sourced(
                 parse_key(text, "--server")?,

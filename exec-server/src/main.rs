@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a new static private key (mode 0600) and print its public key.
+    /// Write a new static private key (mode 0600) and print its public key,
+    /// which is also written beside it, to FILE.pub (as ssh-keygen does).
     Keygen {
         /// Where to write the private key (must not exist).
         #[arg(long)]

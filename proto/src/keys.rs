@@ -164,6 +164,25 @@ impl PublicKey {
             })
     }
 
+    /// Writes the key as one line (mode 0644), over any file already
+    /// there: what `keygen` writes beside a new private key.
+    pub fn write_file(&self, path: &Path) -> Result<(), KeyError> {
+        let err = |source| KeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(err)?;
+        f.write_all(format!("{self}\n").as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        Ok(())
+    }
+
     /// A short, non-secret label for logs: the first 8 characters of the text form.
     pub fn short(&self) -> String {
         let s = self.to_string();
@@ -197,6 +216,14 @@ fn decode_key(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
     }
     let v = STANDARD.decode(s).map_err(|_| KeyError::Malformed)?;
     <[u8; KEY_LEN]>::try_from(v.as_slice()).map_err(|_| KeyError::Malformed)
+}
+
+/// Where `keygen` writes the public half of the private key file `key`:
+/// beside it, `.pub` added to its name (`server.key` -> `server.key.pub`).
+pub fn public_key_path(key: &Path) -> std::path::PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".pub");
+    std::path::PathBuf::from(name)
 }
 
 /// A static X25519 key pair. The private half is never printed: `Debug`
@@ -235,11 +262,14 @@ impl StaticKeypair {
         })
     }
 
-    /// Generates a key pair and writes its private half to a new file
-    /// (mode 0600, never overwriting): what both `keygen` commands do.
+    /// Generates a key pair, writes its private half to a new file (mode
+    /// 0600, never overwriting) and its public half beside it, to
+    /// [`public_key_path`] (mode 0644, as ssh-keygen does): what both
+    /// `keygen` commands do.
     pub fn generate_to_file(path: &Path) -> Result<Self, KeyError> {
         let kp = Self::generate()?;
         kp.write_file(path)?;
+        kp.public.write_file(&public_key_path(path))?;
         Ok(kp)
     }
 

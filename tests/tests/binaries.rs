@@ -160,6 +160,19 @@ fn keygen_writes_a_private_file_and_prints_the_public_key() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        // The public half beside it, as ssh-keygen writes it: one line,
+        // readable as a key file and as an authorized-keys line.
+        let pub_path = dir.path().join(format!("{name}.pub"));
+        assert_eq!(
+            std::fs::read_to_string(&pub_path).unwrap(),
+            format!("{public}\n")
+        );
+        assert_eq!(
+            proto::keys::PublicKey::read_file(&pub_path).unwrap(),
+            public.parse().unwrap()
+        );
+        let keys = proto::keys::AuthorizedKeys::read_file(&pub_path).unwrap();
+        assert!(keys.contains(&public.parse().unwrap()));
         // A second keygen never overwrites a key.
         let again = Command::new(binaries::path(bin).unwrap())
             .args(["keygen", "--out"])

@@ -348,6 +348,53 @@ fn accept_new_records_on_first_use_and_a_changed_key_is_refused() {
 }
 
 #[test]
+fn a_known_servers_relay_reaches_it_without_a_relay_flag_or_config() {
+    let site = Site::start();
+    // The key from the file keygen wrote beside the server's key, and the
+    // relay recorded with it.
+    let server_pub_file = site.path().join("server.key.pub");
+    let out = site.run(&[
+        "trust",
+        "build-box",
+        "--server-file",
+        server_pub_file.to_str().unwrap(),
+        "--relay",
+        &site.relay_addr,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let known = site.config_dir().join("known_servers");
+    let text = std::fs::read_to_string(&known).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == format!("build-box {} http://{}", site.server_pub, site.relay_addr)),
+        "{text}"
+    );
+    assert!(!site.config_dir().join("config.toml").exists());
+    let out = site.run(&["exec", "build-box", "--", "sh", "-c", "echo here; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "here\n");
+    let out = site.run(&["config", "show", "build-box"]);
+    let text = stdout(&out);
+    let relay = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("relay"))
+        .unwrap_or_else(|| panic!("no relay in:\n{text}"));
+    assert!(
+        relay.contains(&site.relay_addr) && relay.contains("known servers"),
+        "{text}"
+    );
+
+    // A line written by hand, `NAME KEY RELAY`, works the same.
+    std::fs::write(
+        &known,
+        format!("by-hand {} {}\n", site.server_pub, site.relay_addr),
+    )
+    .unwrap();
+    let out = site.run(&["exec", "by-hand", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
 fn relay_addresses_as_typed() {
     let site = Site::start();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -478,6 +525,11 @@ fn the_default_key_is_made_once_and_never_overwritten() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&key), 0o600);
     assert_eq!(mode(key.parent().unwrap()), 0o700);
+    let pub_path = dir.path().join("config/rex/client.key.pub");
+    assert_eq!(
+        std::fs::read_to_string(&pub_path).unwrap(),
+        format!("{public}\n")
+    );
     let before = std::fs::read(&key).unwrap();
     let out = core_client_in(dir.path(), &["keygen"]);
     assert_eq!(out.status.code(), Some(2));

@@ -73,8 +73,9 @@ pub(super) fn plan(settings: &Settings, config_path: Option<&Path>) -> Result<Pl
         config_path.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
     let route = settings.route.as_ref().ok_or_else(|| {
         CliError::usage(format!(
-            "no relay: give --relay ADDRESS (or --direct URL), or set `relay` in [defaults] or \
-             the server's table of {config}"
+            "no relay: give --relay ADDRESS (or --direct URL), set `relay` in [defaults] or \
+             the server's table of {config}, or record it with `core-client trust NAME --relay \
+             ADDRESS`"
         ))
     })?;
     let server = settings.server.as_ref().ok_or_else(|| {

@@ -92,18 +92,31 @@ pub fn trust(args: &TrustArgs, mut ctx: Context) -> Result<u8, CliError> {
     } else {
         "flag --server-file".to_owned()
     };
+    let relay = match &args.relay {
+        Some(typed) => Some(
+            crate::address::RelayAddress::parse(typed)
+                .map_err(|e| CliError::usage(format!("--relay: {e}")))?
+                .url()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let known = &mut ctx.known;
     match known.check(&args.name, &key, &offered) {
         Ok(true) => {
-            eprintln!(
-                "core-client: `{}` is already known with this key (id {})",
-                args.name,
-                key.server_id()
-            );
-            return Ok(0);
+            let recorded = known.by_name(&args.name).and_then(|k| k.relay.clone());
+            if relay.is_none() || relay == recorded {
+                eprintln!(
+                    "core-client: `{}` is already known with this key (id {})",
+                    args.name,
+                    key.server_id()
+                );
+                return Ok(0);
+            }
+            known.replace(&args.name, key, relay.as_deref())?;
         }
-        Ok(false) => known.add(Some(&args.name), key, None)?,
-        Err(_) if args.replace => known.replace(&args.name, key)?,
+        Ok(false) => known.add(Some(&args.name), key, relay.as_deref())?,
+        Err(_) if args.replace => known.replace(&args.name, key, relay.as_deref())?,
         Err(changed) => return Err(CliError::failed(changed.to_string())),
     }
     eprintln!(

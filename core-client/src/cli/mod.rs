@@ -128,7 +128,8 @@ pub enum CliCommand {
     /// parser of `exec` alone shares).
     #[command(about = parse::EXEC_ABOUT, long_about = parse::EXEC_LONG_ABOUT)]
     Exec(ExecArgs),
-    /// Write a new static private key (mode 0600) and print its public key.
+    /// Write a new static private key (mode 0600) and print its public key,
+    /// which is also written beside it, to FILE.pub (as ssh-keygen does).
     ///
     /// Without --out, the key is this client's default identity:
     /// $XDG_CONFIG_HOME/rex/client.key (else ~/.config/rex/client.key, in
@@ -274,6 +275,11 @@ pub struct TrustArgs {
     /// Replace the key already known for NAME (after a change you expect).
     #[arg(long)]
     pub replace: bool,
+    /// Record the relay NAME is reached through (any address --relay
+    /// takes): `exec NAME` uses it when no flag, variable or config file
+    /// names a relay.
+    #[arg(long, value_name = "ADDRESS")]
+    pub relay: Option<String>,
 }
 
 /// Arguments of `exec`.

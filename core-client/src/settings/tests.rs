@@ -126,6 +126,38 @@ fn relay_flag_over_env_over_server_over_defaults() {
 }
 
 #[test]
+fn a_known_servers_relay_is_used_when_nothing_else_names_one() {
+    let k = key();
+    let mut w = World::new(&k);
+    let none = ServerArgs::default();
+    w.known
+        .add(Some("solo"), k, Some("http://127.0.0.9:7601"))
+        .unwrap();
+    // No config file: the known line's relay, and its key.
+    let s = w.resolve(Some("solo"), &none, false).unwrap();
+    assert_eq!(relays(&s), ["http://127.0.0.9:7601"]);
+    assert!(
+        matches!(s.route.unwrap().source, Source::Known(at) if at.ends_with("known_servers:2"))
+    );
+    // The config file's [defaults] relay wins over it.
+    let s = w.resolve(Some("solo"), &none, true).unwrap();
+    assert_eq!(relays(&s), ["http://10.0.0.1:7600"]);
+    // And a flag over both.
+    let flags = ServerArgs {
+        relay: vec!["127.0.0.1:1".into()],
+        ..ServerArgs::default()
+    };
+    let s = w.resolve(Some("solo"), &flags, false).unwrap();
+    assert_eq!(relays(&s), ["http://127.0.0.1:1"]);
+    // A known line without a relay gives none.
+    w.known.add(Some("norelay"), key(), None).unwrap();
+    assert_eq!(
+        w.resolve(Some("norelay"), &none, false).unwrap().route,
+        None
+    );
+}
+
+#[test]
 fn server_key_flag_over_env_over_table_over_known() {
     let (k_table, k_flag, k_env, k_known) = (key(), key(), key(), key());
     let mut w = World::new(&k_table);
