@@ -236,8 +236,16 @@ impl Conn {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     // The sender reset (or its socket failed): so does the
-                    // path, to the other end.
-                    self.cut(CutKind::Reset);
+                    // path, after what it sent before (a reset travels
+                    // behind the data, as on a wire).
+                    let due = last_due.max(Instant::now() + self.shared.path(direction).delay);
+                    lane.push(
+                        Item::Cut {
+                            kind: CutKind::Reset,
+                            due,
+                        },
+                        counters,
+                    );
                     return;
                 }
             };
@@ -287,6 +295,10 @@ impl Conn {
                 None => return,
                 Some(Item::Data { bytes, .. }) => {
                     if !self.write_all(dst, &bytes) {
+                        // The receiver is gone: nothing more goes its way.
+                        // The other direction, reading from it, passes its
+                        // reset on behind what was already in flight.
+                        lane.abort();
                         return;
                     }
                     counters
@@ -306,8 +318,7 @@ impl Conn {
     }
 
     /// Writes all of `bytes`, however slowly the receiver reads; false if
-    /// the connection was cut or the receiver is gone (then the path
-    /// resets, as a real one would after a failed delivery).
+    /// the connection was cut or the receiver is gone.
     fn write_all(&self, mut dst: &TcpStream, bytes: &[u8]) -> bool {
         let mut written = 0;
         while written < bytes.len() {
@@ -315,20 +326,14 @@ impl Conn {
                 return false;
             }
             match dst.write(&bytes[written..]) {
-                Ok(0) => {
-                    self.cut(CutKind::Reset);
-                    return false;
-                }
+                Ok(0) => return false,
                 Ok(n) => written += n,
                 Err(e)
                     if matches!(
                         e.kind(),
                         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                     ) => {}
-                Err(_) => {
-                    self.cut(CutKind::Reset);
-                    return false;
-                }
+                Err(_) => return false,
             }
         }
         true

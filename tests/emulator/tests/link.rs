@@ -362,3 +362,27 @@ fn shutdown_closes_open_connections() {
     assert_eq!(client.read_to_end(&mut rest).unwrap_or(0), 0);
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
 }
+
+#[test]
+fn a_senders_reset_travels_behind_its_data() {
+    let (server, accepted) = accepting_server();
+    let link = Emulator::start(Config::new(server).rtt(Duration::from_millis(40))).unwrap();
+    let mut client = TcpStream::connect(link.addr()).unwrap();
+    let mut server_side = accepted.recv().unwrap();
+    client.write_all(b"last words").unwrap();
+    // Give the emulator the bytes before the reset (it reads at once).
+    std::thread::sleep(Duration::from_millis(5));
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    server_side
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = [0u8; 10];
+    server_side.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"last words");
+    let mut more = [0u8; 1];
+    let err = server_side.read(&mut more).expect_err("then the reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+}
