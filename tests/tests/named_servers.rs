@@ -395,6 +395,54 @@ fn a_known_servers_relay_reaches_it_without_a_relay_flag_or_config() {
 }
 
 #[test]
+fn exec_name_command_args_without_a_double_dash_as_ssh_takes_them() {
+    let site = Site::start();
+    let out = site.run(&[
+        "trust",
+        "build-box",
+        "--server",
+        &site.server_pub,
+        "--relay",
+        &site.relay_addr,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The first word after the name starts the command; the options after
+    // it, and `--`, are the command's.
+    let script = r#"printf '%s|' "$@"; exit 5"#;
+    let out = site.run(&[
+        "exec",
+        "-n",
+        "build-box",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        "-n",
+        "--relay",
+        "x",
+        "--",
+        "-t",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "-n|--relay|x|--|-t|");
+    // `--` still works, the same.
+    let out = site.run(&[
+        "exec",
+        "build-box",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        "-n",
+        "--relay",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "-n|--relay|x|");
+}
+
+#[test]
 fn relay_addresses_as_typed() {
     let site = Site::start();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

@@ -329,8 +329,10 @@ pub struct ExecArgs {
     /// session of this command's own.
     #[arg(long)]
     pub no_agent: bool,
-    /// The program and its arguments, after `--` (no shell unless you run
-    /// one). Without a command: the remote user's login shell.
+    /// The program and its arguments (no shell unless you run one): the
+    /// first word after NAME starts it, as with ssh, and every word after
+    /// that is the command's, options too; or give it after `--`. Without
+    /// a command: the remote user's login shell.
     #[arg(last = true, num_args = 1..)]
     pub command: Vec<OsString>,
 }

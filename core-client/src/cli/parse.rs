@@ -19,23 +19,117 @@ pub fn parse() -> Cli {
     if args.get(1).is_some_and(|a| a == "exec") {
         return parse_exec(args).unwrap_or_else(|e| e.exit());
     }
-    Cli::parse_from(args)
+    parse_whole(args).unwrap_or_else(|e| e.exit())
 }
 
-/// [`Cli`] from a command line whose first argument is `exec`, by a
-/// parser of the global options and `exec` alone.
-pub(super) fn parse_exec(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+/// [`Cli`] by the whole parser, `exec`'s command found as ssh finds it
+/// (see [`command_starts`]).
+pub(super) fn parse_whole(mut args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    if args.iter().any(|a| a == "exec") {
+        args = command_starts(args, &exec_parser());
+    }
+    Cli::try_parse_from(args)
+}
+
+/// The parser of the global options and `exec` alone.
+fn exec_parser() -> clap::Command {
     // As the derived parser does: the variant's help over the doc comment
     // of `ExecArgs`.
     let exec = ExecArgs::augment_args(clap::Command::new("exec"))
         .about(EXEC_ABOUT)
         .long_about(EXEC_LONG_ABOUT);
-    let mut parser = GlobalArgs::augment_args(
-        clap::Command::new("core-client").version(env!("CARGO_PKG_VERSION")),
-    )
-    .subcommand_required(true)
-    .arg_required_else_help(true)
-    .subcommand(exec);
+    GlobalArgs::augment_args(clap::Command::new("core-client").version(env!("CARGO_PKG_VERSION")))
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(exec)
+}
+
+/// ssh's habit: in `exec NAME COMMAND [ARG]...` the first word after the
+/// name starts the remote command, and every word after it (options
+/// too, and `--`) is the command's. Returns the command line with `--`
+/// put before that word, which is how clap is told; a line that already
+/// has `--` before it, or is not an `exec` line, is returned as it is.
+/// `parser` says which options take a value (the global options and
+/// `exec`'s).
+fn command_starts(mut args: Vec<OsString>, parser: &clap::Command) -> Vec<OsString> {
+    let exec = parser.find_subcommand("exec");
+    let takes_value = |word: &str| -> Option<bool> {
+        let args = parser
+            .get_arguments()
+            .chain(exec.into_iter().flat_map(|e| e.get_arguments()));
+        let mut args = args.filter(|a| !a.is_positional());
+        let found = if let Some(long) = word.strip_prefix("--") {
+            args.find(|a| {
+                a.get_long() == Some(long)
+                    || a.get_all_aliases()
+                        .into_iter()
+                        .flatten()
+                        .any(|alias| alias == long)
+            })
+        } else {
+            let short = word.chars().next()?;
+            args.find(|a| a.get_short() == Some(short))
+        };
+        found.map(|a| a.get_action().takes_values())
+    };
+    let mut in_exec = false;
+    let mut name_seen = false;
+    let mut i = 1;
+    while i < args.len() {
+        let Some(word) = args.get(i).and_then(|a| a.to_str()) else {
+            // Not UTF-8: not an option; a positional.
+            if in_exec && name_seen {
+                args.insert(i, OsString::from("--"));
+                return args;
+            }
+            if in_exec {
+                name_seen = true;
+            } else {
+                return args;
+            }
+            i += 1;
+            continue;
+        };
+        if word == "--" {
+            return args;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            // `--opt=value` carries its value; `--opt value` takes the next.
+            if !long.contains('=') && takes_value(word) == Some(true) {
+                i += 1;
+            }
+        } else if let Some(shorts) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // A cluster such as `-nt`; the first short that takes a value
+            // takes the rest of the word, or the next word.
+            for (at, c) in shorts.char_indices() {
+                if takes_value(&c.to_string()) == Some(true) {
+                    if at + c.len_utf8() == shorts.len() {
+                        i += 1;
+                    }
+                    break;
+                }
+            }
+        } else if !in_exec {
+            if word != "exec" {
+                return args;
+            }
+            in_exec = true;
+        } else if !name_seen {
+            name_seen = true;
+        } else {
+            args.insert(i, OsString::from("--"));
+            return args;
+        }
+        i += 1;
+    }
+    args
+}
+
+/// [`Cli`] from a command line whose first argument is `exec`, by a
+/// parser of the global options and `exec` alone.
+pub(super) fn parse_exec(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let mut parser = exec_parser();
+    let args = command_starts(args, &parser);
     let matches = parser.try_get_matches_from_mut(args)?;
     let global = GlobalArgs::from_arg_matches(&matches)?;
     let Some(("exec", exec)) = matches.subcommand() else {
@@ -67,7 +161,10 @@ pub(super) const EXEC_LONG_ABOUT: &str = concat!(
     exec_summary!(),
     ".\n\n\
     Name a server from the config file or the known servers (`core-client \
-    exec build-box -- make`), or say where it is with flags. Without a \
+    exec build-box make -j4`: as with ssh, the first word after the name \
+    starts the command, and the words after it are the command's, options \
+    too; `core-client exec build-box -- make -j4` is the same), or say \
+    where it is with flags (then the command comes after `--`). Without a \
     command (`core-client exec build-box`), the exec-server starts the \
     login shell of the user it runs as (from its password database, else \
     /bin/sh) in that user's home directory (unless --cwd names another), \

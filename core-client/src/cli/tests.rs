@@ -1,11 +1,20 @@
 use std::ffi::OsString;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use super::*;
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-    Cli::try_parse_from(std::iter::once("core-client").chain(args.iter().copied()))
+    super::parse::parse_whole(
+        std::iter::once("core-client")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect(),
+    )
+}
+
+fn words(list: &[&str]) -> Vec<OsString> {
+    list.iter().map(OsString::from).collect()
 }
 
 fn exec_args(args: &[&str]) -> ExecArgs {
@@ -61,8 +70,54 @@ fn exec_takes_a_name_or_flags_and_a_command() {
     assert!(exec_args(&["exec", "build-box", "--"]).command.is_empty());
     let a = exec_args(&["exec", "--relay", "h", "--server", "x"]);
     assert_eq!((a.name, a.command.len()), (None, 0));
-    // A command comes after `--` only.
-    assert!(parse(&["exec", "build-box", "ls"]).is_err());
+    // As with ssh, the first word after the name starts the command, and
+    // every word after it is the command's: options and `--` too.
+    let a = exec_args(&["exec", "build-box", "ls", "-la", "--relay", "x", "--", "-t"]);
+    assert_eq!(a.name.as_deref(), Some("build-box"));
+    assert_eq!(a.command, words(&["ls", "-la", "--relay", "x", "--", "-t"]));
+    assert!(a.server.relay.is_empty());
+    // Options between the name and the command are exec's, with their
+    // values (separate, joined, or in a cluster of shorts).
+    let a = exec_args(&[
+        "exec",
+        "-nt",
+        "build-box",
+        "--relay",
+        "h:1",
+        "-e",
+        "A=1",
+        "-eB=2",
+        "--cwd=/x",
+        "-o",
+        "warm=off",
+        "--trace-file",
+        "/t",
+        "make",
+        "-j4",
+    ]);
+    assert_eq!(a.name.as_deref(), Some("build-box"));
+    assert!(a.no_stdin && a.tty);
+    assert_eq!(a.server.relay, ["h:1"]);
+    assert_eq!(a.server.env, ["A=1", "B=2"]);
+    assert_eq!(a.server.options, ["warm=off"]);
+    assert_eq!(a.command, words(&["make", "-j4"]));
+    // Global options before `exec`, through the whole parser.
+    let cli = parse(&[
+        "--config",
+        "/c.toml",
+        "exec",
+        "build-box",
+        "echo",
+        "--config",
+    ])
+    .unwrap();
+    assert_eq!(cli.global.config.as_deref(), Some(Path::new("/c.toml")));
+    match cli.command {
+        CliCommand::Exec(a) => assert_eq!(a.command, words(&["echo", "--config"])),
+        other => panic!("{other:?}"),
+    }
+    // Other subcommands are left alone.
+    assert!(parse(&["trust", "exec", "--server", "x", "y"]).is_err());
     // --relay and --direct exclude each other, as do --server and --server-file.
     assert!(parse(&["exec", "--relay", "h", "--direct", "http://d", "--", "ls"]).is_err());
     assert!(parse(&["exec", "--server", "x", "--server-file", "f", "--", "ls"]).is_err());
@@ -232,6 +287,21 @@ fn the_parser_of_exec_alone_agrees_with_the_whole_parser() {
         &["exec", "--relay"],
         &["exec", "a", "b"],
         &["exec", "--", "--help"],
+        &["exec", "build-box", "make", "-j4", "--", "x"],
+        &["exec", "build-box", "--help", "ls"],
+        &["exec", "build-box", "ls", "--help"],
+        &[
+            "exec",
+            "-nt",
+            "build-box",
+            "-e",
+            "A=1",
+            "-eB=2",
+            "--cwd=/x",
+            "ls",
+        ],
+        &["exec", "--relay", "h", "--server", "x", "ls", "-la"],
+        &["exec", "--trace-file", "/t", "build-box", "--bogus", "ls"],
     ];
     let outcome = |r: Result<Cli, clap::Error>| match r {
         Ok(cli) => format!("{:?} {:?}", cli.global, cli.command),
@@ -239,7 +309,9 @@ fn the_parser_of_exec_alone_agrees_with_the_whole_parser() {
     };
     for line in lines {
         let args = || std::iter::once("core-client").chain(line.iter().copied());
-        let whole = outcome(Cli::try_parse_from(args()));
+        let whole = outcome(super::parse::parse_whole(
+            args().map(OsString::from).collect(),
+        ));
         let alone = outcome(super::parse::parse_exec(
             args().map(OsString::from).collect(),
         ));
