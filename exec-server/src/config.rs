@@ -57,9 +57,8 @@ pub struct ExecServerConfig {
     /// How long to wait before registering again after the relay said a
     /// newer registration of this key took over.
     pub replaced_backoff: Duration,
-    /// Give each command a cgroup v2 of its own where possible (see
-    /// [`crate::contain`]); off by default, as it costs a cgroup migration
-    /// (often an RCU grace period, 5-20 ms) per command.
+    /// Give each command a cgroup v2 of its own where the exec-server can
+    /// make one (see [`crate::contain`]); on by default.
     pub cgroups: bool,
     /// Send each call's stage timings and this host's name home with its
     /// final event (of a sampled trace), so that a client with no
@@ -142,7 +141,7 @@ impl ExecServerConfig {
                 per_source: 16,
             },
             replaced_backoff: Duration::from_secs(60),
-            cgroups: false,
+            cgroups: true,
             call_timings: true,
             terminals: true,
             login_shells: true,

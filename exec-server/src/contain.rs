@@ -9,22 +9,21 @@
 //!   effect (its parent pid is no longer the exec-server's) does not start.
 //! - Every command runs in a process group of its own, which is killed
 //!   when the command is cancelled or its session ends.
-//! - When asked (`--cgroups`), where cgroup v2 is available and the
-//!   exec-server's cgroup is writable, each command also gets a cgroup of its own (under
-//!   `rex-exec.<pid>.<n>/` beside the exec-server's processes), which the
-//!   child joins before it runs the program, so that every descendant,
-//!   including one that calls `setsid` or double-forks, stays inside. The
-//!   cgroup is killed (`cgroup.kill`) when the command ends. A guard
+//! - By default (unless `--no-cgroups`), where cgroup v2 is mounted (on
+//!   its own, or as the `unified` hierarchy beside v1's) and the
+//!   exec-server's own cgroup is writable (root, or a delegated cgroup),
+//!   each command gets a cgroup of its own (under `rex-exec.<pid>.<n>/`
+//!   beside the exec-server's processes). The child is made in it by
+//!   `clone3(CLONE_INTO_CGROUP)`, or, where that is refused, moves itself
+//!   in before the program starts; so every descendant, including one that
+//!   calls `setsid` or double-forks, stays inside. The cgroup is killed
+//!   (`cgroup.kill`) when the command ends and removed once empty. A guard
 //!   process (`sh`, in its own process group) holds a pipe from the
 //!   exec-server and kills every command's cgroup when the pipe closes,
 //!   that is when the exec-server exits or is killed.
 //!
-//! Moving the child into its cgroup costs a cgroup migration, which on
-//! many kernels waits for an RCU grace period (5-20 ms per command, unless
-//! cgroup2 is mounted with `favordynmods`); hence the cgroups are opt-in.
-//!
-//! Without cgroups (not asked for, no cgroup v2, or no `cgroup.kill`
-//! before Linux 5.14), what is left
+//! Without cgroups (turned off, no cgroup v2, no writable cgroup, or no
+//! `cgroup.kill` before Linux 5.14), what is left
 //! is the process group and the direct child's death signal: a descendant
 //! that leaves the group (`setsid`, `setpgid`) survives the command's end,
 //! and descendants other than the direct child survive the exec-server's
@@ -89,7 +88,10 @@ struct Cgroups {
     base: PathBuf,
     next: AtomicU64,
     /// Killed commands' cgroups not removed yet.
-    leftovers: Mutex<Vec<PathBuf>>,
+    leftovers: Arc<Mutex<Vec<PathBuf>>>,
+    /// Wakes the sweeper (which removes them once empty); it ends when
+    /// this is dropped.
+    sweeper: Option<std::sync::mpsc::SyncSender<()>>,
     /// The guard's stdin: closed when the exec-server goes.
     _guard: Option<std::process::ChildStdin>,
 }
@@ -147,22 +149,30 @@ impl Containment {
             dir,
             owner: Arc::clone(self),
         };
-        let procs_path = group.dir.as_ref().map(|d| d.join("cgroup.procs"));
+        let dir_path = group.dir.clone();
         // Listening before the child exists: its exit cannot be missed.
         let sigchld = spawn::listen_for_exits()?;
         let tx = spawner().ok_or(SpawnError::NoSpawner)?;
         let (reply_tx, reply_rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let procs = procs_path
-                .and_then(|p| File::options().write(true).open(p).ok().map(OwnedFd::from));
+            let dir = dir_path.and_then(|p| File::open(p).ok().map(OwnedFd::from));
             let placement = spawn::Placement {
                 terminal: terminal.as_ref().map(AsFd::as_fd),
-                procs: procs.as_ref().map(AsFd::as_fd),
+                cgroup: dir.as_ref().map(AsFd::as_fd),
             };
             let _ = reply_tx.send(spawn::start(cmd, placement));
         });
         tx.send(job).await.map_err(|_| SpawnError::NoSpawner)?;
         let started = reply_rx.await.map_err(|_| SpawnError::NoSpawner)??;
+        if group.dir.is_some() && !spawn::born_in_cgroups() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "clone3 into a cgroup is refused here (an old kernel or a seccomp filter): \
+                     each command moves into its cgroup as it starts, a cgroup migration each"
+                );
+            });
+        }
         Ok((started.into_child(sigchld)?, group))
     }
 }
@@ -221,10 +231,12 @@ impl Cgroups {
                  if the exec-server is killed"
             );
         }
+        let leftovers = Arc::new(Mutex::new(Vec::new()));
         Ok(Self {
             base,
             next: AtomicU64::new(0),
-            leftovers: Mutex::new(Vec::new()),
+            sweeper: start_sweeper(Arc::clone(&leftovers)),
+            leftovers,
             _guard: guard,
         })
     }
@@ -243,23 +255,60 @@ impl Cgroups {
         if std::fs::remove_dir(&dir).is_ok() {
             return;
         }
-        let mut left = self
-            .leftovers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if left.len() < MAX_LEFTOVERS {
-            left.push(dir);
+        {
+            let mut left = self
+                .leftovers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if left.len() < MAX_LEFTOVERS {
+                left.push(dir);
+            }
+        }
+        if let Some(wake) = &self.sweeper {
+            // Full: the sweeper is already awake.
+            let _ = wake.try_send(());
         }
     }
 
     /// Removes the killed commands' cgroups that have emptied.
     fn sweep(&self) {
-        let mut left = self
-            .leftovers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        left.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+        sweep(&self.leftovers);
     }
+}
+
+/// Removes the cgroups in `leftovers` that have emptied; true when none
+/// is left.
+fn sweep(leftovers: &Mutex<Vec<PathBuf>>) -> bool {
+    let mut left = leftovers.lock().unwrap_or_else(PoisonError::into_inner);
+    left.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+    left.is_empty()
+}
+
+/// How often the sweeper tries again while killed cgroups are not empty.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Rounds the sweeper tries for, once woken, before it waits to be woken
+/// again (the next spawn sweeps too).
+const SWEEP_ROUNDS: u32 = 500;
+
+/// A thread that, when woken, removes killed commands' cgroups as they
+/// empty (their processes take a moment to die after `cgroup.kill`).
+fn start_sweeper(leftovers: Arc<Mutex<Vec<PathBuf>>>) -> Option<std::sync::mpsc::SyncSender<()>> {
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("cgroup-sweeper".into())
+        .spawn(move || {
+            while woken.recv().is_ok() {
+                for _ in 0..SWEEP_ROUNDS {
+                    if sweep(&leftovers) {
+                        break;
+                    }
+                    std::thread::sleep(SWEEP_EVERY);
+                }
+            }
+        })
+        .ok()
+        .map(|_| wake)
 }
 
 impl Drop for Cgroups {
@@ -314,4 +363,79 @@ fn own_cgroup_dir() -> Option<PathBuf> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(mount.join(own.trim_start_matches('/')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Runs `cat /proc/self/cgroup` contained; its output and its group.
+    async fn cat_own_cgroup(c: &Arc<Containment>) -> (String, CommandGroup) {
+        let mut cmd = Command::new("cat");
+        cmd.args(["/proc/self/cgroup"])
+            .stdout(spawn::Stdio::Piped)
+            .process_group(true);
+        let (mut child, group) = c.spawn(cmd, None).await.unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert!(child.wait().await.unwrap().success());
+        (out, group)
+    }
+
+    #[tokio::test]
+    async fn a_command_starts_inside_a_cgroup_of_its_own_which_is_removed_after() {
+        let c = Containment::setup();
+        if !c.has_cgroups() {
+            eprintln!("notice: no writable cgroup v2 here; skipped");
+            return;
+        }
+        let (first, group) = cat_own_cgroup(&c).await;
+        let dir = group.dir().unwrap().to_path_buf();
+        let line = first.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        // The path the process reads is its cgroup's, within the mount.
+        assert!(dir.ends_with(line.trim_start_matches('/')), "{first}");
+        let (second, other) = cat_own_cgroup(&c).await;
+        assert_ne!(first, second, "two commands shared a cgroup");
+        let other_dir = other.dir().unwrap().to_path_buf();
+        // A process left in the cgroup (its command has ended) is killed
+        // with it.
+        let mut cmd = Command::new("sleep");
+        cmd.args(["300"]).process_group(true);
+        let (sleeper, third) = c.spawn(cmd, None).await.unwrap();
+        let pid = sleeper.id().unwrap();
+        let third_dir = third.dir().unwrap().to_path_buf();
+        std::mem::forget(sleeper);
+        drop(group);
+        drop(other);
+        drop(third);
+        // Killed and removed, without another spawn (bounded wait).
+        for _ in 0..1000 {
+            if !dir.exists() && !other_dir.exists() && !third_dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+        assert!(
+            !third_dir.exists(),
+            "{} is left behind",
+            third_dir.display()
+        );
+        let status = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()),
+            rustix::process::WaitOptions::empty(),
+        )
+        .unwrap()
+        .unwrap()
+        .1;
+        assert_eq!(status.terminating_signal(), Some(9));
+        eprintln!("born in the cgroup by clone3: {}", spawn::born_in_cgroups());
+    }
 }

@@ -127,14 +127,14 @@ struct RunArgs {
     /// address (connections per source: 8 times as many).
     #[arg(long, default_value_t = 16)]
     max_startups_per_source: usize,
-    /// Run each command in a cgroup v2 of its own (where the exec-server's
-    /// cgroup is writable), killed when the command ends and when the
+    /// Do not run each command in a cgroup v2 of its own. By default, where
+    /// the exec-server's cgroup is writable (root, or delegated), every
+    /// command gets one, killed when the command ends and when the
     /// exec-server dies, so that even descendants that leave the process
-    /// group (setsid) end with it. Costs about 5-20 ms per command on
-    /// kernels where moving a process between cgroups waits for an RCU
-    /// grace period.
-    #[arg(long, env = "REX_CGROUPS")]
-    cgroups: bool,
+    /// group (setsid) end with it; elsewhere the process group is the
+    /// containment, as with this option.
+    #[arg(long, env = "REX_NO_CGROUPS")]
+    no_cgroups: bool,
     /// Do not send each command's stage timings and this host's name to
     /// the client with its final event (a client with no collector then
     /// sees only its own side of the command's trace).
@@ -305,7 +305,7 @@ fn serve(args: RunArgs) -> ExitCode {
     config.listen_limits.per_source = args.max_startups_per_source.saturating_mul(8);
     config.startups.startups = args.max_startups;
     config.startups.per_source = args.max_startups_per_source;
-    config.cgroups = args.cgroups;
+    config.cgroups = !args.no_cgroups;
     config.call_timings = !args.no_call_timings;
     config.terminals = !args.no_tty;
     config.resume_grace = args.resume_grace;

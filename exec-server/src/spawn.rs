@@ -19,7 +19,9 @@
 //! runs in it), asks for its death signal, joins its cgroup, starts its
 //! session or process group, puts its standard streams in place, changes
 //! directory and calls `execve`. A failure is left in the shared memory
-//! for the spawning thread to report.
+//! for the spawning thread to report. A child given a cgroup is made in it
+//! by `clone3` ([`clone3`]) where the kernel allows, else it moves itself
+//! in before anything else runs.
 //!
 //! The exit is waited for on SIGCHLD (each [`Child`] listens from before
 //! its process existed) with a non-blocking `waitpid` for its own pid only.
@@ -39,6 +41,8 @@ use std::sync::{Mutex, PoisonError};
 use nix::libc::{self, c_char, c_int, c_void};
 use tokio::net::unix::pipe;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+
+mod clone3;
 
 /// The child's stack (it makes a dozen system calls through libc).
 const STACK: usize = 64 * 1024;
@@ -171,14 +175,22 @@ impl Command {
     }
 }
 
+/// Whether children given a cgroup are made in it by `clone3` (rather
+/// than moving themselves in, at the cost of a migration): true until the
+/// kernel has refused `clone3`.
+pub fn born_in_cgroups() -> bool {
+    clone3::available()
+}
+
 /// How the child is contained, beyond its [`Command`].
 #[derive(Debug, Clone, Copy)]
 pub struct Placement<'a> {
     /// Its terminal: the child starts a new session with it as its
     /// controlling terminal.
     pub terminal: Option<BorrowedFd<'a>>,
-    /// The `cgroup.procs` of the cgroup it joins (best effort).
-    pub procs: Option<BorrowedFd<'a>>,
+    /// The directory of the cgroup it starts in (best effort: where it
+    /// can be neither made there nor moved there, it runs outside).
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// A started process, before the runtime takes its pipes.
@@ -489,7 +501,7 @@ pub fn start(cmd: Command, how: Placement<'_>) -> io::Result<Started> {
     let argv = pointers(&plan.argv);
     let sh_argv = pointers(&plan.sh_argv);
     let envp = pointers(&plan.envp);
-    let shared = Shared {
+    let mut shared = Shared {
         path: plan.path.as_ptr(),
         argv: argv.as_ptr(),
         sh_argv: sh_argv.as_ptr(),
@@ -501,12 +513,35 @@ pub fn start(cmd: Command, how: Placement<'_>) -> io::Result<Started> {
             theirs[2].as_raw_fd(),
         ],
         terminal: how.terminal.map_or(-1, |t| t.as_raw_fd()),
-        procs: how.procs.map_or(-1, |p| p.as_raw_fd()),
+        procs: -1,
         group: cmd.group,
         parent: rustix::process::getpid().as_raw_nonzero().get(),
         error: AtomicI32::new(0),
     };
-    let pid = clone_child(&shared)?;
+    let born_in = match how.cgroup {
+        Some(dir) if clone3::available() => clone_child(&shared, Some(dir)).ok(),
+        _ => None,
+    };
+    // Without clone3 into the cgroup, the child writes itself into its
+    // `cgroup.procs` (kept open until it has exec'd).
+    let mut procs = None;
+    let pid = match born_in {
+        Some(pid) => pid,
+        None => {
+            procs = how.cgroup.and_then(|dir| {
+                rustix::fs::openat(
+                    dir,
+                    "cgroup.procs",
+                    rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .ok()
+            });
+            shared.procs = procs.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+            clone_child(&shared, None)?
+        }
+    };
+    drop(procs);
     // The child has called `execve` or exited by now (CLONE_VFORK).
     drop(theirs);
     let started = Started { pid, pipes: ours };
@@ -521,9 +556,10 @@ pub fn start(cmd: Command, how: Placement<'_>) -> io::Result<Started> {
 }
 
 /// `clone(CLONE_VM | CLONE_VFORK)` running [`child_main`] on a stack of its
-/// own, with every signal blocked on this thread meanwhile.
+/// own, with every signal blocked on this thread meanwhile; with `cgroup`,
+/// `clone3` making the child in that cgroup (an error if it cannot).
 #[allow(unsafe_code)]
-fn clone_child(shared: &Shared) -> io::Result<libc::pid_t> {
+fn clone_child(shared: &Shared, cgroup: Option<BorrowedFd<'_>>) -> io::Result<libc::pid_t> {
     let mut stack: Vec<u8> = Vec::with_capacity(STACK);
     // SAFETY: the stack's top is within (one past the end of) the
     // allocation, aligned down to 16 bytes as the ABI asks; the child
@@ -534,21 +570,31 @@ fn clone_child(shared: &Shared) -> io::Result<libc::pid_t> {
     // returns, and the child only reads them (and stores `error`, an
     // atomic).
     unsafe {
-        let top = stack.as_mut_ptr().add(STACK);
-        let top = top.sub(top as usize % 16);
+        let arg = std::ptr::from_ref(shared).cast_mut().cast::<c_void>();
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut before: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
-        let pid = libc::clone(
-            child_main,
-            top.cast::<c_void>(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::from_ref(shared).cast_mut().cast::<c_void>(),
-        );
-        let error = io::Error::last_os_error();
+        let made = match cgroup {
+            Some(dir) => clone3::start(child_main, arg, stack.as_mut_ptr(), STACK, dir),
+            None => {
+                let top = stack.as_mut_ptr().add(STACK);
+                let top = top.sub(top as usize % 16);
+                let pid = libc::clone(
+                    child_main,
+                    top.cast::<c_void>(),
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    arg,
+                );
+                if pid < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(pid)
+                }
+            }
+        };
         libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-        if pid < 0 { Err(error) } else { Ok(pid) }
+        made
     }
 }
 
@@ -644,7 +690,7 @@ mod tests {
     /// No terminal, no cgroup.
     const UNCONFINED: Placement<'static> = Placement {
         terminal: None,
-        procs: None,
+        cgroup: None,
     };
 
     /// Starts `cmd` and hands it to the runtime.

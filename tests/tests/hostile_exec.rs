@@ -334,9 +334,13 @@ fn a_locked_records_database_neither_fails_nor_holds_up_a_command() {
     );
 }
 
-/// Whether the exec-server made its commands' cgroup (cgroup v2 with
-/// delegation available here).
-fn has_cgroups(stack: &ProcStack) -> bool {
+/// Set (CI) to make a missing writable cgroup v2 a failure rather than a
+/// skip.
+const REQUIRE_CGROUPS: &str = "REX_REQUIRE_CGROUPS";
+
+/// The exec-server's commands' cgroup directory, if it made one (cgroup v2
+/// with delegation available here).
+fn commands_cgroup(stack: &ProcStack) -> Option<std::path::PathBuf> {
     let pid = stack.server.child.id();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = mountinfo.lines().find_map(|l| {
@@ -353,10 +357,16 @@ fn has_cgroups(stack: &ProcStack) -> bool {
             })
         });
     let made = match (mount, own) {
-        (Some(mount), Some(own)) => mount.join(own).join(format!("rex-exec.{pid}.0")).is_dir(),
-        _ => false,
+        (Some(mount), Some(own)) => {
+            Some(mount.join(own).join(format!("rex-exec.{pid}.0"))).filter(|d| d.is_dir())
+        }
+        _ => None,
     };
-    if !made {
+    if made.is_none() {
+        assert!(
+            std::env::var_os(REQUIRE_CGROUPS).is_none(),
+            "{REQUIRE_CGROUPS} is set but the exec-server made no cgroup for its commands"
+        );
         eprintln!(
             "notice: cgroup v2 delegation is not available here; the parts of this test that \
              need it (setsid descendants) are skipped"
@@ -365,9 +375,67 @@ fn has_cgroups(stack: &ProcStack) -> bool {
     made
 }
 
+/// Whether the exec-server made its commands' cgroup.
+fn has_cgroups(stack: &ProcStack) -> bool {
+    commands_cgroup(stack).is_some()
+}
+
+#[test]
+fn a_setsid_descendant_ends_when_the_command_ends_and_its_cgroup_is_removed() {
+    let stack = ProcStack::start(&[]).unwrap();
+    let Some(cgroup) = commands_cgroup(&stack) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escapee.pid");
+    let sleeper = marker();
+    // The command starts a sleeper in a session of its own (out of the
+    // command's process group), which writes its pid; the command ends
+    // (its leader exits) once the pid is written.
+    let script = format!(
+        "setsid sh -c 'echo $$ > \"$1\"; exec sleep {sleeper}' sh \"$1\" \
+         </dev/null >/dev/null 2>&1 & \
+         i=0; while [ ! -s \"$1\" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+    );
+    let out = stack
+        .exec(&["sh", "-c", &script, "sh", pidfile.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // It did leave the command's process group and session.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let gone = || !Path::new(&format!("/proc/{pid}")).exists() || with_marker(&sleeper).is_empty();
+    let ended = eventually(Duration::from_secs(20), gone);
+    if !ended {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(ended, "the setsid sleeper outlived its command: {stat}");
+    // The command's cgroup is removed once empty (only the exec-server's
+    // base directory is left).
+    let cmd_groups = || {
+        std::fs::read_dir(&cgroup)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("cmd-"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || cmd_groups() == 0),
+        "{} command cgroups left in {}",
+        cmd_groups(),
+        cgroup.display()
+    );
+}
+
 #[test]
 fn a_commands_processes_end_with_the_command_and_with_the_exec_server() {
-    let mut stack = ProcStack::start(&[("REX_CGROUPS", "true")]).unwrap();
+    let mut stack = ProcStack::start(&[]).unwrap();
     let cgroups = has_cgroups(&stack);
 
     // The command ends (Ctrl-C): a child that called setsid ends too.

@@ -103,8 +103,8 @@ impl ServerContext {
             Containment::setup()
         } else {
             tracing::info!(
-                "commands are contained by their process group and the direct child's death \
-                 signal (--cgroups also catches descendants that leave the group)"
+                "cgroups are off (--no-cgroups): a command's processes are contained by their \
+                 process group only (a descendant that leaves it survives the command)"
             );
             Containment::without_cgroups()
         };
