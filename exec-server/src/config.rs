@@ -60,6 +60,9 @@ pub struct ExecServerConfig {
     /// Give each command a cgroup v2 of its own where the exec-server can
     /// make one (see [`crate::contain`]); on by default.
     pub cgroups: bool,
+    /// Which of the exec-server's own variables its commands get (the
+    /// default allow-list and `--pass-env`; never `REX_*` or `OTEL_*`).
+    pub pass_env: crate::environment::PassEnv,
     /// Send each call's stage timings and this host's name home with its
     /// final event (of a sampled trace), so that a client with no
     /// collector sees this side's stages; on by default.
@@ -142,6 +145,7 @@ impl ExecServerConfig {
             },
             replaced_backoff: Duration::from_secs(60),
             cgroups: true,
+            pass_env: crate::environment::PassEnv::default(),
             call_timings: true,
             terminals: true,
             login_shells: true,

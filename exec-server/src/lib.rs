@@ -13,6 +13,9 @@
 //! - [`spawn`]: starting a process without copying the exec-server
 //!   (`clone(CLONE_VM | CLONE_VFORK)`, the containment steps in the child),
 //!   and waiting for its exit.
+//! - [`environment`]: the environment a command starts with (an
+//!   allow-list of the exec-server's variables, never its own settings or
+//!   telemetry's, and what the request sets).
 //! - [`direct`]: the tunnel service for clients that connect directly.
 //! - [`keys`]: the authorized keys in force, re-read when their file
 //!   changes (checked at each handshake) and on SIGHUP.
@@ -30,6 +33,7 @@ pub mod config;
 pub mod contain;
 pub mod credit;
 pub mod direct;
+pub mod environment;
 pub mod keys;
 pub mod link;
 pub mod process;

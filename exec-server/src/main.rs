@@ -135,6 +135,13 @@ struct RunArgs {
     /// containment, as with this option.
     #[arg(long, env = "REX_NO_CGROUPS")]
     no_cgroups: bool,
+    /// Also pass this variable of the exec-server's own environment to
+    /// every command (a name, or a prefix ending in *; repeat it or give a
+    /// comma-separated list). Commands get only PATH, HOME, USER, LOGNAME,
+    /// SHELL, LANG, LANGUAGE, LC_*, TERM, TZ and TMPDIR of it by default,
+    /// never REX_* or OTEL_*, plus what the request sets.
+    #[arg(long, env = "REX_PASS_ENV", value_delimiter = ',', value_name = "NAME")]
+    pass_env: Vec<String>,
     /// Do not send each command's stage timings and this host's name to
     /// the client with its final event (a client with no collector then
     /// sees only its own side of the command's trace).
@@ -306,6 +313,10 @@ fn serve(args: RunArgs) -> ExitCode {
     config.startups.startups = args.max_startups;
     config.startups.per_source = args.max_startups_per_source;
     config.cgroups = !args.no_cgroups;
+    config.pass_env = match exec_server::environment::PassEnv::with_additions(&args.pass_env) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("--pass-env: {e}")),
+    };
     config.call_timings = !args.no_call_timings;
     config.terminals = !args.no_tty;
     config.resume_grace = args.resume_grace;

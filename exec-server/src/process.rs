@@ -178,6 +178,9 @@ pub type ExtraEnv = Vec<(String, String)>;
 pub struct Launch {
     /// Working directory for a request that names none.
     pub default_cwd: Option<PathBuf>,
+    /// The exec-server's variables the command gets (its allow-list's),
+    /// unless the request asks for an empty environment.
+    pub inherited: crate::environment::Inherited,
     /// Extra environment (trace context), set by the exec-server.
     pub extra_env: ExtraEnv,
     /// Which variables the client's key may set.
@@ -195,11 +198,13 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// Defaults: no default directory, no extra variables, any variable
-    /// allowed, a two-second drain, no cgroups, terminals allowed.
+    /// Defaults: no default directory, the default allow-list of this
+    /// process's variables, no extra variables, any variable allowed, a
+    /// two-second drain, no cgroups, terminals allowed.
     pub fn plain() -> Self {
         Self {
             default_cwd: None,
+            inherited: crate::environment::PassEnv::default().from_process(),
             extra_env: Vec::new(),
             env_policy: EnvPolicy::Any,
             exit_drain: Duration::from_secs(2),
@@ -330,8 +335,12 @@ fn build_command(
             cmd
         }
     };
-    if req.clear_env {
-        cmd.env_clear();
+    // Built, never inherited whole (see `crate::environment`).
+    cmd.env_clear();
+    if !req.clear_env {
+        for (k, v) in launch.inherited.iter() {
+            cmd.env(k, v);
+        }
     }
     // What a login sets, before what the request sets.
     for (k, v) in shell.map(LoginShell::env).unwrap_or_default() {

@@ -566,3 +566,51 @@ fn commands_start_with_default_signal_actions_whatever_the_exec_server_ignores()
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_commands_environment_is_built_from_the_allow_list_and_the_request_never_our_secrets() {
+    let stack = ProcStack::start(&[
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer otel-secret",
+        ),
+        ("REX_TEST_SECRET", "rex-secret"),
+        ("UNLISTED_SECRET", "unlisted-secret"),
+        ("LC_TIME", "C"),
+        ("REX_PASS_ENV", "EXTRA_PASSED,EXTRA_PREFIX_*"),
+        ("EXTRA_PASSED", "extra"),
+        ("EXTRA_PREFIX_ONE", "one"),
+    ])
+    .unwrap();
+    let out = stack
+        .exec_with(&["-e", "FROM_REQUEST=hello"], &["env"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let env = String::from_utf8(out.stdout).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .collect();
+    for secret in ["otel-secret", "rex-secret", "unlisted-secret"] {
+        assert!(!env.contains(secret), "{secret} reached the command");
+    }
+    for name in &names {
+        assert!(
+            !name.starts_with("REX_") && !name.starts_with("OTEL_"),
+            "{name} reached the command"
+        );
+    }
+    for line in [
+        "FROM_REQUEST=hello",
+        "LC_TIME=C",
+        "EXTRA_PASSED=extra",
+        "EXTRA_PREFIX_ONE=one",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing");
+    }
+    // The search path, and the trace context the exec-server injects.
+    assert!(names.contains(&"PATH"), "{names:?}");
+    assert!(names.contains(&"TRACEPARENT"), "{names:?}");
+}

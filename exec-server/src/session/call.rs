@@ -308,6 +308,7 @@ impl Call {
             .unwrap_or(proto::keys::EnvPolicy::None);
         let launch = process::Launch {
             default_cwd: config.default_cwd.clone(),
+            inherited: std::sync::Arc::clone(&ctx.inherited),
             extra_env: child_env,
             env_policy,
             exit_drain: config.exit_drain,

@@ -81,6 +81,8 @@ pub struct ServerContext {
     pub tasks: Tasks,
     /// What keeps the commands' processes from outliving them.
     pub containment: Arc<Containment>,
+    /// The exec-server's variables every command gets (read at start).
+    pub inherited: crate::environment::Inherited,
     /// Refusals anyone can cause, logged one line per kind per interval.
     pub refusals: Limiter,
     /// Sessions whose link broke, waiting to be resumed.
@@ -115,6 +117,7 @@ impl ServerContext {
             startups,
             tasks,
             containment,
+            inherited: config.pass_env.from_process(),
             refusals: Limiter::default(),
             parked: Parked::default(),
             retained: Budget::new(config.resume_total_buffer),
