@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 
 use rex_client::{Client, ClientConfig, Event, ExecSpec, Target};
 
+use crate::stdout::Stdout;
+
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -26,12 +28,14 @@ for i in 1 2 3; do echo \"line $i\"; done; echo 'this line went to stderr' >&2; 
 echo \"TRACEPARENT seen by the child: ${TRACEPARENT:-none}\"";
 
 /// What the demo's command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Outcome {
     /// The remote exit code.
     pub code: i32,
     /// The command's trace id, when it was traced.
     pub trace_id: Option<String>,
+    /// Where the demo printed (and whether its reader went away).
+    pub stdout: Stdout,
 }
 
 /// Runs the demo, printing progress and the command's output to stdout.
@@ -63,11 +67,15 @@ pub async fn run() -> Result<Outcome, DemoError> {
     if !server.wait_registered().await {
         return Err(DemoError::Setup("exec-server did not register".into()));
     }
-    println!("relay      listening on {relay_addr}");
-    println!("exec-server registered  (id {})", server.server_id());
-    println!("client     key {}", client_key.public());
-    println!("$ sh -c '<demo script>'   # through the relay, end-to-end encrypted");
-    println!();
+    // Writes to `out` never fail (a reader that went away is kept in it).
+    let mut out = Stdout::new();
+    let _ = writeln!(out, "relay      listening on {relay_addr}");
+    let _ = writeln!(out, "exec-server registered  (id {})", server.server_id());
+    let _ = writeln!(out, "client     key {}", client_key.public());
+    let _ = writeln!(
+        out,
+        "$ sh -c '<demo script>'   # through the relay, end-to-end encrypted\n"
+    );
 
     let client = Client::new(ClientConfig::new(
         client_key,
@@ -84,19 +92,14 @@ pub async fn run() -> Result<Outcome, DemoError> {
         match ev {
             Event::Started { .. } | Event::Reconnecting | Event::Resumed => {}
             Event::Stdout(d) => {
-                let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&d);
-                let _ = out.flush();
             }
             Event::Stderr(d) => {
-                let mut out = std::io::stdout().lock();
                 let _ = out.write_all(b"[stderr] ");
                 let _ = out.write_all(&d);
-                let _ = out.flush();
             }
             Event::Exited(status) => {
-                println!();
-                println!("exited with status {}", status.shell_code());
+                let _ = writeln!(out, "\nexited with status {}", status.shell_code());
                 code = status.shell_code();
             }
             Event::Failed(f) => return Err(DemoError::Run(f.to_string())),
@@ -106,5 +109,9 @@ pub async fn run() -> Result<Outcome, DemoError> {
     shutdown.cancel();
     let _ = server.join().await;
     let _ = relay_task.await;
-    Ok(Outcome { code, trace_id })
+    Ok(Outcome {
+        code,
+        trace_id,
+        stdout: out,
+    })
 }

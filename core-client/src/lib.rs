@@ -17,6 +17,8 @@
 //! - [`paths`]: the config directory and the files in it.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
 //!   (the only place that links the relay and the exec-server).
+//! - [`stdout`]: stdout for a command that prints as it goes, where a
+//!   reader that went away is remembered (exit 141), never a panic.
 //! - [`traces`]: reading the local trace file back.
 //! - [`report`]: the numbers of many commands (`report`): percentiles,
 //!   cold and warm, first output, A/B and gates.
@@ -32,5 +34,6 @@ pub mod names;
 pub mod paths;
 pub mod report;
 pub mod settings;
+pub mod stdout;
 pub mod traces;
 pub mod waterfall;

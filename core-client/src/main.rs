@@ -1,5 +1,6 @@
 //! `core-client`: run commands on exec-servers through an encrypted relay.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -139,10 +140,11 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
         },
     )?;
     // The spans are flushed by now: show where the command's time went.
+    // (Writes to `out` never fail: a reader that went away is kept in it.)
+    let mut out = outcome.stdout;
     match (export, &outcome.trace_id) {
-        (Some(Export::File(file)), Some(id)) => {
-            println!();
-            let mut out = std::io::stdout().lock();
+        (Some(Export::File(file)), Some(id)) if out.failure().is_none() => {
+            let _ = writeln!(out);
             if let Err(e) = core_client::waterfall::show(
                 file.path(),
                 id,
@@ -151,18 +153,25 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
             ) {
                 eprintln!("core-client: cannot show the demo's trace: {e}");
             }
-            println!();
-            println!(
-                "(saved in {}; `core-client trace show {id}` prints it again)",
+            let _ = writeln!(
+                out,
+                "\n(saved in {}; `core-client trace show {id}` prints it again)",
                 file.path().display()
             );
         }
         (Some(Export::Otlp(_)), Some(id)) => {
-            println!("trace {id} was exported to the configured OTLP endpoint");
+            let _ = writeln!(
+                out,
+                "trace {id} was exported to the configured OTLP endpoint"
+            );
         }
         _ => {}
     }
-    Ok(u8::try_from(outcome.code & 0xff).unwrap_or(EXIT_CONNECTION))
+    match out.exit_code() {
+        Some(Ok(code)) => Ok(code),
+        Some(Err(message)) => Err(CliError { message, code: 1 }),
+        None => Ok(u8::try_from(outcome.code & 0xff).unwrap_or(EXIT_CONNECTION)),
+    }
 }
 
 /// What kind of process this run is, for its span export.

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use integration_tests::binaries::{self, ProcStack, run_with_stdin};
 use integration_tests::trace_check;
@@ -504,4 +504,82 @@ fn a_skewed_exec_server_clock_still_nests_and_tiles_in_the_local_trace() {
         trace_check::assert_contained(&spans, 0);
         trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
     }
+}
+
+/// Waits for `child` to exit, at most `within` (a failure bound only).
+fn wait_within(child: &mut std::process::Child, within: std::time::Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{:?} did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exec_into_a_reader_that_goes_away_exits_141_and_ends_the_remote_command() {
+    use std::io::BufRead;
+    let stack = ProcStack::start(&[]).unwrap();
+    let pid_file = stack.dir.path().join("remote.pid");
+    // `exec … | head -1`: one line read, then the reader goes away, while
+    // the remote command writes on for ever.
+    let script = format!("echo $$ > {}; while :; do echo y; done", pid_file.display());
+    let mut child = stack
+        .exec(&["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "y\n");
+    drop(reader);
+    let status = wait_within(&mut child, std::time::Duration::from_secs(60));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The remote command was ended, not left writing to nobody.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remote command {pid} still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn demo_into_a_reader_that_went_away_exits_141_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    // `core-client demo | head -0`: a stdout whose reader is gone.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(binaries::path("core-client").unwrap())
+        .arg("demo")
+        .env("REX_TRACE_FILE", dir.path().join("traces.jsonl"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

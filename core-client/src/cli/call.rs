@@ -14,7 +14,9 @@
 //! once is dropped, so that the exit status can arrive. On a terminal,
 //! Ctrl-C is a byte for the remote terminal, and SIGINT, SIGTERM or SIGHUP
 //! sent to this process end the session (128 + the signal). A stdout that
-//! is gone cancels the remote command, once. After the last event,
+//! is gone (`exec … | head -1`) cancels the remote command, once, and the
+//! call then ends as a local command would, killed by SIGPIPE: exit 141
+//! (128 + 13), whatever the cancelled command's status. After the last event,
 //! everything received is written before the exit; once a signal was
 //! forwarded, only if stdout and stderr can take it at once (a stdout
 //! nobody reads never holds up the exit). A signal while it is written
@@ -23,7 +25,7 @@
 use bytes::Bytes;
 use rex_client::Event;
 
-use super::{CliError, EXIT_CONNECTION};
+use super::{CliError, EXIT_CONNECTION, EXIT_STDOUT_GONE};
 
 /// A signal to this process that the call listens for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +201,9 @@ impl Call {
             }
             Some(Event::Stdout(d)) => Chunk::Out(d),
             Some(Event::Stderr(d)) => Chunk::Err(d),
+            Some(Event::Exited(_)) | None if self.cancelled => {
+                return self.finish(Outcome::Done(EXIT_STDOUT_GONE));
+            }
             Some(Event::Exited(status)) => {
                 return self.finish(Outcome::Done(super::exec::exit_code(status.shell_code())));
             }
@@ -411,6 +416,23 @@ mod tests {
         assert_eq!(call.input(Input::StdoutGone), Step::Nothing);
         // Output is still taken in order (the writer drops stdout's).
         assert_eq!(call.input(out("a")), write("a", true));
+        // The cancelled command's status is not this call's: it ends as
+        // one killed by SIGPIPE.
+        let killed = Input::Event(Some(Event::Exited(ExitStatus::Signal(9))));
+        assert_eq!(call.input(killed), Step::Finish(Outcome::Done(141)));
+        let mut call = Call::new(false, String::new());
+        assert_eq!(call.input(Input::StdoutGone), cancel);
+        assert_eq!(call.input(exited(0)), Step::Finish(Outcome::Done(141)));
+        let mut call = Call::new(false, String::new());
+        assert_eq!(call.input(Input::StdoutGone), cancel);
+        assert_eq!(
+            call.input(Input::Event(None)),
+            Step::Finish(Outcome::Done(141))
+        );
+        // Without it, a command's own 141 is its own.
+        let mut call = Call::new(false, String::new());
         assert_eq!(call.input(exited(141)), Step::Finish(Outcome::Done(141)));
+        let mut call = Call::new(false, String::new());
+        assert_eq!(call.input(exited(0)), Step::Finish(Outcome::Done(0)));
     }
 }

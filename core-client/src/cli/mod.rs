@@ -56,6 +56,9 @@ pub use views::{history, history_table, trace_show, utc_time};
 pub const EXIT_CONNECTION: u8 = 255;
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code once stdout is gone (`… | head -1`): that of a process
+/// killed by SIGPIPE, 128 + 13.
+pub const EXIT_STDOUT_GONE: u8 = 128 + 13;
 
 /// Runs commands on exec-servers through an encrypted relay, and shows
 /// where each command's time went.

@@ -177,7 +177,8 @@ pub(super) const EXEC_LONG_ABOUT: &str = concat!(
     Exit status: the remote command's; 128+N if it died of signal N; \
     127/126 if it could not be run; 255 for connection and authentication \
     failures (a changed server key too); 2 for usage and configuration \
-    errors.\n\n\
+    errors; 141 when stdout goes away (`| head -1`; the remote command is \
+    ended), as for a local command killed by SIGPIPE.\n\n\
     Ctrl-C (SIGINT) and SIGTERM are passed to the remote command, whose \
     status then follows (130 or 143 when it dies of them); from then on, \
     output this side's stdout cannot take at once is dropped. A second \
