@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh                      # every scenario, 5 rounds
 #   scripts/bench.sh --rounds 7 --only warm,cold
+#   scripts/bench.sh --only network --rtts 0,50 --write /tmp/net.md
 #
 # Sets up what it needs on this machine and takes it all down again: the
 # openssh-server and socat packages (installed if missing; the system sshd
@@ -12,7 +13,8 @@
 # and client key, and an sshd bound to 127.0.0.1 only on a free port.
 # Needs root (for the user and sshd). Arguments go to the benchmark
 # (tests/benches/versus.rs): --rounds, --only, --bulk-mib, --pipe-mib,
-# --sessions, --execs, --tracing-execs; --write defaults to BENCHMARKS.md.
+# --sessions, --execs, --tracing-execs, --rtts, --network-runs; --write
+# defaults to BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

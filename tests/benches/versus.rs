@@ -9,10 +9,11 @@
 //! Options (after `--`): `--rounds R` (default 5), `--only ID[,ID...]`
 //! (`floor`, `warm`, `first_byte`, `cold`, `cli_warm`, `idle_first`, `bulk`
 //! (also `relay_tax`),
-//! `tracing`, `pipe`, `scale`), `--write FILE`, `--ssh-port P --ssh-key
+//! `tracing`, `pipe`, `scale`, `network`), `--write FILE`, `--ssh-port P --ssh-key
 //! FILE --ssh-user NAME`, `--core-client PATH`, `--bulk-mib N` (2048),
 //! `--pipe-mib N` (1024), `--sessions N` (1000), `--execs N` (200),
-//! `--tracing-execs N` (150).
+//! `--tracing-execs N` (150), `--rtts MS[,MS...]` (0,10,50,200: the
+//! round trips `network` emulates), `--network-runs N` (3).
 //!
 //! Timings are only reported, never asserted: it exits non-zero only if a
 //! scenario errors (an exec failed, an output was wrong, a span was lost).
@@ -27,9 +28,9 @@ use integration_tests::stack::Stack;
 use integration_tests::versus::latency::{self, ColdClient};
 use integration_tests::versus::ssh::Ssh;
 use integration_tests::versus::tracing::{Mode, Providers};
-use integration_tests::versus::{self, Comparison, bulk, pipe, scale};
+use integration_tests::versus::{self, Comparison, bulk, network, pipe, scale};
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "floor",
     "warm",
     "first_byte",
@@ -41,6 +42,7 @@ const SCENARIOS: [&str; 11] = [
     "tracing",
     "pipe",
     "scale",
+    "network",
 ];
 
 #[derive(Default)]
@@ -57,6 +59,8 @@ struct Args {
     sessions: usize,
     execs: usize,
     tracing_execs: usize,
+    rtts_ms: Vec<u64>,
+    network_runs: usize,
 }
 
 fn parse_args() -> Args {
@@ -67,10 +71,13 @@ fn parse_args() -> Args {
         sessions: 1000,
         execs: 200,
         tracing_execs: 150,
+        rtts_ms: vec![0, 10, 50, 200],
+        network_runs: 3,
         ..Args::default()
     };
     let (mut only, mut write, mut port, mut key, mut user, mut cc) =
         (Vec::new(), None, None, None, None, None);
+    let mut rtts: Option<Vec<u64>> = None;
     integration_tests::bench::parse_args(
         &mut [
             ("--rounds", &mut a.rounds),
@@ -79,6 +86,7 @@ fn parse_args() -> Args {
             ("--sessions", &mut a.sessions),
             ("--execs", &mut a.execs),
             ("--tracing-execs", &mut a.tracing_execs),
+            ("--network-runs", &mut a.network_runs),
         ],
         &[
             "--only",
@@ -87,6 +95,7 @@ fn parse_args() -> Args {
             "--ssh-key",
             "--ssh-user",
             "--core-client",
+            "--rtts",
         ],
         |name, value| match (name, value) {
             ("--only", Some(v)) => only.extend(v.split(',').map(str::to_owned)),
@@ -95,6 +104,13 @@ fn parse_args() -> Args {
             ("--ssh-key", v) => key = v.map(PathBuf::from),
             ("--ssh-user", v) => user = v,
             ("--core-client", v) => cc = v.map(PathBuf::from),
+            ("--rtts", Some(v)) => {
+                rtts = v.split(',').map(|ms| ms.trim().parse().ok()).collect();
+                if rtts.is_none() {
+                    eprintln!("versus: --rtts takes round trips in milliseconds, e.g. 0,10,50,200");
+                    std::process::exit(2);
+                }
+            }
             _ => {}
         },
     );
@@ -104,6 +120,9 @@ fn parse_args() -> Args {
     a.ssh_key = key;
     a.ssh_user = user;
     a.core_client = cc;
+    if let Some(rtts) = rtts {
+        a.rtts_ms = rtts;
+    }
     a
 }
 
@@ -211,6 +230,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
         "cli_warm",
         "bulk",
         "relay_tax",
+        "network",
     ]
     .iter()
     .any(|id| args.wants(id));
@@ -240,8 +260,9 @@ async fn bench(args: &Args) -> Result<bool, String> {
             progress(&c, &mut done);
         }
     }
+    let mut sections = String::new();
     if let Some(ssh) = &ssh
-        && (args.wants("cold") || args.wants("cli_warm"))
+        && (args.wants("cold") || args.wants("cli_warm") || args.wants("network"))
     {
         // A CLI user's commands reach a relay and an exec-server running
         // as their own processes, as they are deployed (an exec-server
@@ -271,30 +292,35 @@ async fn bench(args: &Args) -> Result<bool, String> {
                 through_agent: true,
                 ..cold.clone()
             };
-            let agent = |verb: &str| {
-                std::process::Command::new(&warm.binary)
-                    .args(["agent", verb])
-                    .env("REX_AGENT_SOCKET", &warm.agent_socket)
-                    .env("XDG_CONFIG_HOME", warm.data_dir.join("config"))
-                    .env("REX_TRACE_FILE", warm.data_dir.join("traces.jsonl"))
-                    // The CLI's data directory, as a user's agent and CLI
-                    // share theirs: the agent keeps the records.
-                    .env("REX_DATA_DIR", &warm.data_dir)
-                    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                    .output()
-                    .map_err(|e| format!("core-client agent {verb}: {e}"))
-            };
-            let started = agent("start")?;
-            if !started.status.success() {
-                return Err(format!(
-                    "core-client agent start: {}",
-                    String::from_utf8_lossy(&started.stderr).trim()
-                ));
-            }
+            warm.agent("start")?;
             let c = latency::cli_warm(rounds, &warm, ssh, master.socket()).await;
-            let _ = agent("stop");
+            let _ = warm.agent("stop");
             progress(&c?, &mut done);
+        }
+        if args.wants("network") {
+            let options = network::NetworkOptions {
+                rtts_ms: args.rtts_ms.clone(),
+                rounds,
+                runs: args.network_runs,
+            };
+            let agent_client = ColdClient {
+                agent_socket: scratch.path().join("network-agent").join("agent.sock"),
+                data_dir: scratch.path().join("network-agent"),
+                ..cold.clone()
+            };
+            let relay = procs.relay_addr().map_err(|e| e.to_string())?;
+            let (cs, table) =
+                network::run(&options, relay, &cold, &agent_client, ssh, scratch.path()).await?;
+            for c in &cs {
+                progress(c, &mut done);
+            }
+            let _ = writeln!(
+                sections,
+                "\n### Across an emulated network (`network`)\n\n\
+                 Each side's median over rounds ({} rounds of {} runs each, the four sides interleaved), in ms (min–max across rounds) and in round trips (median ÷ round trip). \
+                 The link emulator (`tests/emulator`) sits between the CLI or agent and the relay (the relay next to the exec-server), and between `ssh` and the sshd, with the same settings: half the round trip each way, no rate limit.\n\n{table}",
+                rounds, args.network_runs
+            );
         }
     }
     if args.wants("idle_first") {
@@ -346,7 +372,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
     }
 
     let table = versus::table(&done);
-    let notes = versus::notes(&done);
+    let notes = format!("{}{sections}", versus::notes(&done));
     println!("\n{table}\n{notes}");
     if let Some(path) = &args.write {
         write_report(path, args, &table, &notes)?;

@@ -67,7 +67,7 @@ pub async fn local_true() -> Result<Duration, String> {
 
 /// Times `ssh` (through `control`, if given) running `remote`: until it
 /// exits, checking it printed exactly `expect`.
-async fn ssh_run(
+pub(crate) async fn ssh_run(
     ssh: &Ssh,
     control: Option<&Path>,
     remote: &str,
@@ -171,7 +171,7 @@ impl ColdClient {
     /// Times one `core-client exec ... -- true` (a new process: connect,
     /// handshake, exec), with its defaults: records kept, spans written
     /// to its local trace file.
-    async fn run(&self) -> Result<Duration, String> {
+    pub(crate) async fn run(&self) -> Result<Duration, String> {
         let started = Instant::now();
         let out = tokio::process::Command::new(&self.binary)
             .args([
@@ -212,6 +212,30 @@ impl ColdClient {
             ));
         }
         Ok(took)
+    }
+
+    /// Runs `core-client agent VERB` (`start`, `stop`) for the agent at
+    /// `agent_socket`, sharing this client's data directory (as a user's
+    /// agent and CLI share theirs: the agent keeps the records).
+    pub fn agent(&self, verb: &str) -> Result<(), String> {
+        let out = std::process::Command::new(&self.binary)
+            .args(["agent", verb])
+            .env("REX_AGENT_SOCKET", &self.agent_socket)
+            .env("XDG_CONFIG_HOME", self.data_dir.join("config"))
+            .env("REX_TRACE_FILE", self.data_dir.join("traces.jsonl"))
+            .env("REX_DATA_DIR", &self.data_dir)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .output()
+            .map_err(|e| format!("core-client agent {verb}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "core-client agent {verb}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
     }
 
     /// The calls the agent at `agent_socket` has served in all (`agent

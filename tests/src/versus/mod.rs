@@ -14,6 +14,8 @@
 //! - [`tracing`]: `tracing` (full export against off), and the modes and
 //!   providers the `tracing_overhead` benchmark shares.
 //! - [`pipe`]: raw Noise-over-relay throughput against `socat`.
+//! - [`network`]: the cold CLI, the CLI through the agent and ssh (fresh
+//!   and `ControlMaster`) across the link emulator at several round trips.
 //! - [`scale`]: many idle sessions and many concurrent execs through one
 //!   relay process, and the relay's memory per session.
 //!
@@ -22,6 +24,7 @@
 
 pub mod bulk;
 pub mod latency;
+pub mod network;
 pub mod pipe;
 pub mod rounds;
 pub mod scale;
@@ -41,6 +44,8 @@ pub enum Unit {
     MibPerSec,
     /// Memory in KiB per session (lower is better).
     KibPerSession,
+    /// A latency in round trips of the emulated path (lower is better).
+    RoundTrips,
 }
 
 impl Unit {
@@ -50,6 +55,7 @@ impl Unit {
             Unit::Micros => "µs",
             Unit::MibPerSec => "MiB/s",
             Unit::KibPerSession => "KiB/session",
+            Unit::RoundTrips => "round trips",
         }
     }
 }
