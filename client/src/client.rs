@@ -106,6 +106,19 @@ impl Client {
         self.inner.sessions_opened.load(Ordering::Relaxed)
     }
 
+    /// The live session's counters (flights sent, round trips waited on
+    /// before its first call's first event, retries after early data was
+    /// refused), as of the last event it delivered; `None` without a
+    /// session.
+    pub async fn session_counters(&self) -> Option<crate::SessionCounters> {
+        self.inner
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .map(SessionHandle::counters)
+    }
+
     /// Establishes the session now (a warm-up), if not already live.
     pub async fn connect(&self) -> Result<(), ClientError> {
         self.ensure_warm_task();

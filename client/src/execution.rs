@@ -17,6 +17,7 @@ use proto::limits::MAX_CHUNK;
 use telemetry::spans;
 use tokio::sync::mpsc;
 
+use crate::SessionCounters;
 use crate::error::{ClientError, InvalidRequest};
 #[cfg(feature = "records")]
 use crate::exec::ExitStatus;
@@ -108,6 +109,14 @@ impl Execution {
         self.call.replayed()
     }
 
+    /// What opening its session cost the call (flights sent and round
+    /// trips waited on before its first event, retries after early data
+    /// was refused), once its first event has arrived; `None` for a call
+    /// on a session that was already there, or through a local agent.
+    pub fn session_counters(&self) -> Option<SessionCounters> {
+        self.call.counters()
+    }
+
     /// The next event, or None after the last one. If the session is lost
     /// mid-call, the last event is [`Event::Failed`].
     pub async fn next(&mut self) -> Option<Event> {
@@ -155,6 +164,9 @@ impl Execution {
             self.ended = Some(handed);
             self.active = None;
             if let Some(mut span) = self.span.take() {
+                if let Some(c) = self.call.counters() {
+                    counters_on(&mut span, c);
+                }
                 if let Event::Failed(f) = &ev {
                     span.set_status(SpanStatus::error(f.to_string()));
                 }
@@ -596,6 +608,21 @@ impl Delivery {
 
     #[cfg(not(feature = "records"))]
     fn finish_record(&mut self, _event: &Event) {}
+}
+
+/// What opening its session cost a call, on its `tool.dispatch`.
+fn counters_on(span: &mut BoxedSpan, c: SessionCounters) {
+    span.set_attribute(KeyValue::new(
+        spans::ATTR_SESSION_FLIGHTS,
+        i64::from(c.flights),
+    ));
+    if let Some(n) = c.round_trips {
+        span.set_attribute(KeyValue::new(spans::ATTR_SESSION_ROUND_TRIPS, i64::from(n)));
+    }
+    span.set_attribute(KeyValue::new(
+        spans::ATTR_SESSION_EARLY_RETRIES,
+        i64::from(c.early_retries),
+    ));
 }
 
 #[cfg(test)]

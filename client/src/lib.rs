@@ -71,6 +71,8 @@ pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Gap, Output, Recording,
 pub use execution::{Controller, Execution};
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
+/// What a session's start cost, counted from the protocol's steps.
+pub use proto::session::Counters as SessionCounters;
 /// TLS for `https://` targets: which CA certificates to trust, and the
 /// kinds of TLS failure.
 pub use proto::tls::{TlsError, TlsFailure, TlsSettings};

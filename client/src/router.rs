@@ -491,6 +491,15 @@ impl Router {
         {
             self.unreported(route, &ev.received);
         }
+        let counters = machine.counters();
+        self.shared.set_counters(counters);
+        if ev.seq == 0
+            && machine.first_call() == Some(call_id)
+            && let Some(route) = self.calls.get(&call_id)
+        {
+            // The call opened the session: what that cost it.
+            route.call.set_counters(counters);
+        }
         let flow = Some((ev.seq, proto::session::output::cost(&ev.kind)));
         let event = to_event(ev.kind);
         let routed = Routed {

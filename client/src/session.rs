@@ -13,7 +13,7 @@ use bytes::Bytes;
 use opentelemetry::Context;
 use opentelemetry::trace::SpanContext;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
-use proto::session::Closed;
+use proto::session::{Closed, Counters};
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +73,9 @@ pub(crate) struct CallShared {
     resumes: AtomicU32,
     /// Output bytes sent again after those resumes.
     replayed: AtomicU64,
+    /// The session's counters when the call's first event arrived, if the
+    /// call was the session's first.
+    counters: Mutex<Option<Counters>>,
 }
 
 impl CallShared {
@@ -105,6 +108,15 @@ impl CallShared {
 
     pub(crate) fn replayed(&self) -> u64 {
         self.replayed.load(Ordering::Relaxed)
+    }
+
+    /// The call opened its session: what the session's start cost it.
+    pub(crate) fn set_counters(&self, counters: Counters) {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner) = Some(counters);
+    }
+
+    pub(crate) fn counters(&self) -> Option<Counters> {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -193,6 +205,8 @@ pub(crate) struct Shared {
     end: Mutex<Option<SessionLost>>,
     /// The latest estimate of the exec-server's clock minus ours (ns).
     clock_offset: AtomicI64,
+    /// The session's counters as of the last event it delivered.
+    counters: Mutex<Counters>,
     /// Cancelled to close the session.
     pub(crate) closing: CancellationToken,
     /// What the link goes to.
@@ -207,6 +221,7 @@ impl Shared {
             wake: Notify::new(),
             end: Mutex::new(None),
             clock_offset: AtomicI64::new(0),
+            counters: Mutex::new(Counters::default()),
             closing: CancellationToken::new(),
             via,
         })
@@ -262,6 +277,15 @@ impl Shared {
     /// The latest estimate of the exec-server's clock minus ours (ns).
     pub(crate) fn clock_offset(&self) -> i64 {
         self.clock_offset.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_counters(&self, counters: Counters) {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner) = counters;
+    }
+
+    /// The session's counters as of the last event it delivered.
+    pub(crate) fn counters(&self) -> Counters {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -392,6 +416,11 @@ impl SessionHandle {
     /// in nanoseconds (from the hello exchange, then each keepalive).
     pub(crate) fn clock_offset_nanos(&self) -> i64 {
         self.shared.clock_offset()
+    }
+
+    /// The session's counters as of the last event it delivered.
+    pub(crate) fn counters(&self) -> Counters {
+        self.shared.counters()
     }
 
     /// Why the session ended (a clean local close if it did not say).

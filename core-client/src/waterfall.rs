@@ -9,7 +9,10 @@ use std::path::Path;
 
 use crate::names::ServerNames;
 use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
-use telemetry::spans::{TERMINAL_DELIVERY, TERMINAL_PUSH};
+use telemetry::spans::{
+    ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS, TERMINAL_DELIVERY,
+    TERMINAL_PUSH,
+};
 
 /// The narrowest timeline drawn, in cells.
 pub const MIN_WIDTH: usize = 10;
@@ -140,6 +143,7 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
         out.push_str("(no spans)\n");
         return out;
     }
+    session_line(&mut out, &trace.spans);
     remote_line(&mut out, &trace.spans);
     out.push('\n');
     waterfall(&mut out, &placed, t0, total, width);
@@ -147,6 +151,40 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
     stage_table(&mut out, &placed, placed.first().map(Placed::duration));
     notes(&mut out, &placed);
     out
+}
+
+/// What opening its session cost the command, from the session's own
+/// counters (only a command that opened its session has them).
+fn session_line(out: &mut String, spans: &[SpanRecord]) {
+    let value = |span: &SpanRecord, key: &str| {
+        span.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let Some((span, round_trips)) = spans
+        .iter()
+        .find_map(|s| value(s, ATTR_SESSION_ROUND_TRIPS).map(|n| (s, n)))
+    else {
+        return;
+    };
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let _ = write!(
+        out,
+        "session: {} before the first event",
+        plural(round_trips, "round trip", "round trips")
+    );
+    if let Some(flights) = value(span, ATTR_SESSION_FLIGHTS) {
+        let _ = write!(out, ", {}", plural(flights, "flight", "flights"));
+    }
+    if let Some(retries) = value(span, ATTR_SESSION_EARLY_RETRIES).filter(|n| *n > 0) {
+        let _ = write!(
+            out,
+            ", {} after early data was refused",
+            plural(retries, "retry", "retries")
+        );
+    }
+    out.push('\n');
 }
 
 /// How the exec-server's side of a client's command got here: brought home
@@ -553,6 +591,40 @@ mod tests {
             header,
             format!("trace {TRACE_ID}: 10.000 ms, 6 spans, services: core-client, exec-server")
         );
+    }
+
+    #[test]
+    fn the_session_line_says_the_round_trips_the_command_waited_on() {
+        let mut t = sample();
+        for (key, value) in [
+            ("rex.session.round_trips", "1"),
+            ("rex.session.flights", "1"),
+            ("rex.session.early_retries", "0"),
+        ] {
+            t.spans[0]
+                .attributes
+                .push((key.to_owned(), value.to_owned()));
+        }
+        let out = render(&t, 40);
+        assert!(
+            out.lines()
+                .any(|l| l == "session: 1 round trip before the first event, 1 flight"),
+            "{out}"
+        );
+        t.spans[0].attributes = vec![
+            ("rex.session.round_trips".into(), "4".into()),
+            ("rex.session.flights".into(), "4".into()),
+            ("rex.session.early_retries".into(), "1".into()),
+        ];
+        let out = render(&t, 40);
+        assert!(
+            out.lines().any(|l| l
+                == "session: 4 round trips before the first event, 4 flights, 1 retry after \
+                    early data was refused"),
+            "{out}"
+        );
+        // A command on a session that was already there says nothing.
+        assert!(!render(&sample(), 40).contains("session:"));
     }
 
     #[test]

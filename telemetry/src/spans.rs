@@ -113,6 +113,19 @@ pub const RELAY_REGISTRATION: &str = "relay.registration";
 /// registered; a root of its own (`tracing` span).
 pub const LINK_REGISTER: &str = "link.register";
 
+/// `tool.dispatch` (and `agent.dispatch`) attribute, on the call that
+/// opened its session: the flights the session's client sent until the
+/// call's first event arrived.
+pub const ATTR_SESSION_FLIGHTS: &str = "rex.session.flights";
+/// `tool.dispatch` (and `agent.dispatch`) attribute, on the call that
+/// opened its session: the round trips it waited on before its first event
+/// (counted from the protocol's steps, not from time).
+pub const ATTR_SESSION_ROUND_TRIPS: &str = "rex.session.round_trips";
+/// `tool.dispatch` (and `agent.dispatch`) attribute, on the call that
+/// opened its session: calls sent again after the exec-server refused to
+/// run them from handshake message 1.
+pub const ATTR_SESSION_EARLY_RETRIES: &str = "rex.session.early_retries";
+
 /// The spans that are roots of their own, never part of a command's
 /// trace: background persistence and the session- and link-level spans.
 pub const BACKGROUND: &[&str] = &[

@@ -36,6 +36,9 @@ impl<T> ClientSession<T> {
             }));
         }
         let first = seq == 0;
+        if first && self.first_call == Some(call_id) && self.counters.round_trips.is_none() {
+            self.counters.round_trips = Some(self.counters.flights);
+        }
         let ok = match &kind {
             terminal_event::Kind::Started(_) => first,
             terminal_event::Kind::Error(_) => true,
@@ -147,6 +150,7 @@ impl<T> ClientSession<T> {
         self.after(now);
         result?;
         self.next_call = id + 1;
+        self.first_call.get_or_insert(id);
         self.calls.insert(
             id,
             Call {

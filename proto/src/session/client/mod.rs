@@ -43,6 +43,27 @@ pub struct Ready {
     pub clock: Option<Sample>,
 }
 
+/// What the session's start cost, counted from the protocol's own steps
+/// (never from elapsed time).
+///
+/// A *flight* is what the client sends before it next has to hear from the
+/// exec-server: the first is handshake message 1 (with the relay `Open`),
+/// and each later one is the first thing sent after something arrived. A
+/// round trip is a flight that had to wait for an answer before the next
+/// could go, so the round trips before the first event of the session's
+/// first call are the flights sent until that event arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Flights sent so far.
+    pub flights: u32,
+    /// Round trips waited on before the first event of the session's first
+    /// call (`None` until that event has arrived).
+    pub round_trips: Option<u32>,
+    /// Calls sent again once the session was up because the exec-server
+    /// refused to run them from handshake message 1 (early data).
+    pub early_retries: u32,
+}
+
 /// A terminal event of one call, as the exec-server pushed it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallEvent {
@@ -189,6 +210,13 @@ pub struct ClientSession<T> {
     /// Final events received and not yet acknowledged: the exec-server
     /// keeps those calls for a resume until told (with the next message).
     final_acks: Vec<(u64, u64)>,
+    /// Flights and round trips so far.
+    counters: Counters,
+    /// Something arrived since the last flight: the next frame sent starts
+    /// a new one.
+    answered: bool,
+    /// The session's first call, once started.
+    first_call: Option<u64>,
 }
 
 impl<T> std::fmt::Debug for ClientSession<T> {
@@ -233,6 +261,9 @@ impl<T> ClientSession<T> {
             resumable: None,
             detached: false,
             final_acks: Vec::new(),
+            counters: Counters::default(),
+            answered: true,
+            first_call: None,
         })
     }
 
@@ -270,6 +301,17 @@ impl<T> ClientSession<T> {
         self.link.backlog() + self.stdin_queued
     }
 
+    /// Flights sent and round trips waited on so far ([`Counters`]).
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The session's first call, once started (the call
+    /// [`Counters::round_trips`] is about).
+    pub fn first_call(&self) -> Option<u64> {
+        self.first_call
+    }
+
     /// Calls open on the session (including forgotten ones still running).
     pub fn open_calls(&self) -> usize {
         self.calls.len()
@@ -281,6 +323,7 @@ impl<T> ClientSession<T> {
             return;
         }
         self.link.begin_frame(&mut frame, now);
+        self.answered = true;
         if let Err(e) = self.frame(frame, now) {
             self.fail(e, now);
         }
@@ -477,6 +520,10 @@ impl<T> ClientSession<T> {
     /// The next frame to send.
     pub fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
         let t = self.link.poll_transmit(now);
+        if t.is_some() && self.answered {
+            self.answered = false;
+            self.counters.flights = self.counters.flights.saturating_add(1);
+        }
         self.sync_end();
         t
     }

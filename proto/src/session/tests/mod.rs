@@ -18,6 +18,7 @@ use crate::pb::session::{
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
 mod calls;
+mod counters;
 mod ending;
 mod hostile;
 mod login_shell;
