@@ -53,9 +53,11 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
-    /// The disk (or the file's quota) is full (the database is not
-    /// damaged).
-    #[error("the disk holding the metadata database {path} is full")]
+    /// The disk is full, or a quota or the file size limit is reached
+    /// (the database is not damaged).
+    #[error(
+        "the disk holding the metadata database {path} is full (or a quota or file size limit is reached); the database is not damaged"
+    )]
     Full {
         /// The file.
         path: PathBuf,
@@ -70,11 +72,21 @@ pub enum StoreError {
     },
 }
 
-/// What SQLite's error code says about a failure that is not the
-/// database's fault: locked by another process, or a full disk. Decided by
-/// the code, never the message.
-fn transient(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
+/// What SQLite's error code (and, for an I/O error, the system call's
+/// error number) says about a failure that is not the database's fault:
+/// locked by another process, or no room to write. Decided by the codes,
+/// never the message.
+fn transient(path: &Path, e: &rusqlite::Error, errno: Option<i32>) -> Option<StoreError> {
     use rusqlite::ErrorCode;
+    use std::io::ErrorKind;
+    let no_room = || {
+        errno.is_some_and(|n| {
+            matches!(
+                std::io::Error::from_raw_os_error(n).kind(),
+                ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+            )
+        })
+    };
     match e.sqlite_error_code()? {
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(StoreError::Locked {
             path: path.to_owned(),
@@ -82,7 +94,41 @@ fn transient(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
         ErrorCode::DiskFull => Some(StoreError::Full {
             path: path.to_owned(),
         }),
+        // Reading a database in WAL mode writes its shared-memory index
+        // (`-shm`): on a full disk even a read fails, as an I/O error.
+        ErrorCode::SystemIoFailure | ErrorCode::CannotOpen if no_room() => Some(StoreError::Full {
+            path: path.to_owned(),
+        }),
         _ => None,
+    }
+}
+
+/// SQLite's record of one connection's last failed system call. Made and
+/// used within one method of [`Store`] (while its connection is open, even
+/// when a transaction borrows it), never kept.
+#[derive(Debug, Clone, Copy)]
+struct OsErrno {
+    db: *mut rusqlite::ffi::sqlite3,
+}
+
+impl OsErrno {
+    #[allow(unsafe_code)]
+    fn of(conn: &Connection) -> Self {
+        Self {
+            // SAFETY: the handle is only passed to `sqlite3_system_errno`
+            // (by `get`) while its connection is open (see the type's
+            // doc); it is never closed or shared with another thread.
+            db: unsafe { conn.handle() },
+        }
+    }
+
+    /// The error number of the connection's last failed system call.
+    #[allow(unsafe_code)]
+    fn get(self) -> Option<i32> {
+        // SAFETY: `db` is an open connection's handle (see `of`), and
+        // `sqlite3_system_errno` only reads a field of it.
+        let n = unsafe { rusqlite::ffi::sqlite3_system_errno(self.db) };
+        (n != 0).then_some(n)
     }
 }
 
@@ -254,7 +300,7 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| transient(path, &e).unwrap_or_else(|| open_err(e.to_string())))?;
+        .map_err(|e| transient(path, &e, None).unwrap_or_else(|| open_err(e.to_string())))?;
         let mut store = Self {
             conn,
             path: path.to_owned(),
@@ -269,7 +315,8 @@ impl Store {
     }
 
     fn unreadable(&self, e: rusqlite::Error) -> StoreError {
-        transient(&self.path, &e).unwrap_or_else(|| StoreError::Unreadable {
+        let errno = OsErrno::of(&self.conn).get();
+        transient(&self.path, &e, errno).unwrap_or_else(|| StoreError::Unreadable {
             path: self.path.clone(),
             reason: e.to_string(),
         })
@@ -308,8 +355,9 @@ impl Store {
             .map_err(|e| self.unreadable(e))?;
         if version < SCHEMA_VERSION {
             let path = self.path.clone();
+            let errno = OsErrno::of(&self.conn);
             let write_err = |e: rusqlite::Error| {
-                transient(&path, &e).unwrap_or_else(|| StoreError::Write {
+                transient(&path, &e, errno.get()).unwrap_or_else(|| StoreError::Write {
                     path: path.clone(),
                     reason: e.to_string(),
                 })
@@ -327,8 +375,9 @@ impl Store {
     /// them are durable when this returns `Ok`, none of them if it fails.
     pub fn write(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let path = self.path.clone();
+        let errno = OsErrno::of(&self.conn);
         let err = |e: rusqlite::Error| {
-            transient(&path, &e).unwrap_or_else(|| StoreError::Write {
+            transient(&path, &e, errno.get()).unwrap_or_else(|| StoreError::Write {
                 path: path.clone(),
                 reason: e.to_string(),
             })
@@ -477,19 +526,41 @@ mod tests {
         let path = Path::new("/x/db");
         let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
         assert_eq!(
-            transient(path, &failure(rusqlite::ffi::SQLITE_BUSY)),
+            transient(path, &failure(rusqlite::ffi::SQLITE_BUSY), None),
             Some(StoreError::Locked { path: path.into() })
         );
         assert_eq!(
-            transient(path, &failure(rusqlite::ffi::SQLITE_FULL)),
+            transient(path, &failure(rusqlite::ffi::SQLITE_FULL), None),
             Some(StoreError::Full { path: path.into() })
         );
         assert_eq!(
-            transient(path, &failure(rusqlite::ffi::SQLITE_CORRUPT)),
+            transient(path, &failure(rusqlite::ffi::SQLITE_CORRUPT), None),
             None
         );
         assert_eq!(
-            transient(path, &failure(rusqlite::ffi::SQLITE_NOTADB)),
+            transient(path, &failure(rusqlite::ffi::SQLITE_NOTADB), None),
+            None
+        );
+        // An I/O error is no room to write when its system call said so
+        // (ENOSPC, EDQUOT, EFBIG), and damage otherwise.
+        let full = Some(StoreError::Full { path: path.into() });
+        for errno in [28, 122, 27] {
+            assert_eq!(
+                transient(
+                    path,
+                    &failure(rusqlite::ffi::SQLITE_IOERR_SHMSIZE),
+                    Some(errno)
+                ),
+                full,
+                "errno {errno}"
+            );
+        }
+        assert_eq!(
+            transient(path, &failure(rusqlite::ffi::SQLITE_IOERR_READ), Some(5)),
+            None
+        );
+        assert_eq!(
+            transient(path, &failure(rusqlite::ffi::SQLITE_CORRUPT), Some(28)),
             None
         );
         // A database another process holds is locked, not unreadable.

@@ -2,7 +2,8 @@
 //! built binaries on loopback: keys revoked live and reloaded on SIGHUP,
 //! private key files open to others refused, a flood of refused
 //! handshakes logged in a bounded number of lines, Ctrl-C with a stdout
-//! nobody reads, a locked records database, a command's processes
+//! nobody reads, a locked records database, history on a full disk, a
+//! command's environment (never the exec-server's secrets), a command's processes
 //! (even one that calls `setsid`) ending with the command and with the
 //! exec-server, and commands starting with every signal's default action
 //! whatever the exec-server was started ignoring (as under `nohup`).
@@ -331,6 +332,65 @@ fn a_locked_records_database_neither_fails_nor_holds_up_a_command() {
     assert!(
         text.contains("locked") && !text.contains("unreadable"),
         "{text}"
+    );
+}
+
+#[test]
+fn history_on_a_full_disk_says_so_and_not_that_the_database_is_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(metadata::store::FILE_NAME);
+    let mut store = metadata::Store::open(&db).unwrap();
+    store
+        .write(&[metadata::Record::Command(metadata::CommandRecord {
+            id: metadata::record::new_id(),
+            server_id: "0123456789abcdef".into(),
+            program: "recorded-program".into(),
+            args: None,
+            trace: metadata::TraceRef {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+            },
+            started_unix_ms: 1_700_000_000_000,
+            first_output_us: Some(10),
+            total_us: Some(20),
+            progress: metadata::Progress::Finished,
+            exit: Some(metadata::Exit::Code(0)),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        })])
+        .unwrap();
+    // Closed: its write-ahead log and shared-memory index are gone, and
+    // a reader must write the index again.
+    drop(store);
+    let history = |limit: bool| {
+        // No room to write (the file size limit, 8 KiB, with SIGXFSZ
+        // ignored: writes past it fail with EFBIG, as on a full disk with
+        // ENOSPC), and room again.
+        let ulimit = if limit { "ulimit -f 16; " } else { "" };
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; {ulimit}exec \"$0\" --data-dir \"$1\" history"
+            ))
+            .arg(binaries::path("core-client").unwrap())
+            .arg(dir.path())
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .output()
+            .unwrap()
+    };
+    let full = history(true);
+    let text = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "{full:?}");
+    assert!(
+        text.contains("is full") && !text.contains("unreadable") && !text.contains("move it aside"),
+        "{text}"
+    );
+    // The database was intact: with room, history shows its command.
+    let ok = history(false);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("recorded-program"),
+        "{ok:?}"
     );
 }
 
