@@ -53,7 +53,10 @@ struct Args {
     /// Most concurrent sessions per exec-server.
     #[arg(long, default_value_t = 1024)]
     max_sessions_per_server: usize,
-    /// Most registered exec-servers.
+    /// Most registered exec-servers. When full, a newcomer takes the place
+    /// of the oldest registration (one that never carried a session first)
+    /// of the source address holding the most; keys on --allowed-servers
+    /// have room reserved and are never displaced.
     #[arg(long, default_value_t = 10_000)]
     max_registrations: usize,
     /// Seconds without a frame before a session is closed.
@@ -94,7 +97,9 @@ struct Args {
     /// Most registrations over one connection.
     #[arg(long, default_value_t = 4)]
     max_registrations_per_connection: usize,
-    /// Most registrations from one source address.
+    /// Most registrations from one source address; beyond it, a newcomer
+    /// takes the place of that address's oldest registration (one that
+    /// never carried a session first).
     #[arg(long, default_value_t = 64)]
     max_registrations_per_source: usize,
     /// Registration attempts per second one source address may start

@@ -1,5 +1,18 @@
 //! Registered exec-servers and sessions waiting for their exec-server.
 //!
+//! Only a registration that has proven its key enters the table (the
+//! proof runs before, outside it), so an attempt that has not proven one
+//! never takes room from one that has. The table cannot lock a real
+//! exec-server out:
+//! - a key on the relay's allow-list has room reserved: it is never
+//!   refused for want of room, nor displaced to make room;
+//! - otherwise, a newcomer whose source address holds its whole share
+//!   displaces that address's least valuable entry, and a newcomer to a
+//!   full table displaces the least valuable entry of the address holding
+//!   the most; the least valuable is the oldest that has never carried a
+//!   session, else the oldest. The displaced exec-server is told (a `BUSY`
+//!   refusal) and registers again as after any lost link.
+//!
 //! Critical sections are short and never await, so a plain mutex is used.
 
 use std::collections::HashMap;
@@ -89,6 +102,10 @@ struct ServerEntry {
     origin: Origin,
     /// Cancelled when a newer registration of the same key replaces it.
     replaced: CancellationToken,
+    /// On the allow-list: room reserved, never displaced.
+    reserved: bool,
+    /// Whether it has accepted a session (a client reached it).
+    served: bool,
 }
 
 struct Pending {
@@ -129,6 +146,42 @@ impl Inner {
         let entry = self.servers.remove(server_id)?;
         self.count(entry.origin, false);
         Some(entry)
+    }
+
+    /// The entry to displace (never a reserved one, nor `newcomer`'s own):
+    /// from `source` if given, else from the source holding the most
+    /// displaceable entries; the oldest that has never carried a session,
+    /// else the oldest.
+    fn victim(&self, source: Option<Option<Source>>, newcomer: &str) -> Option<String> {
+        let displaceable = || {
+            self.servers
+                .iter()
+                .filter(|(id, e)| !e.reserved && id.as_str() != newcomer)
+        };
+        let source = match source {
+            Some(s) => s,
+            None => {
+                let mut held: HashMap<Option<Source>, usize> = HashMap::new();
+                for (_, e) in displaceable() {
+                    *held.entry(e.origin.source()).or_insert(0) += 1;
+                }
+                held.into_iter().max_by_key(|(_, n)| *n)?.0
+            }
+        };
+        displaceable()
+            .filter(|(_, e)| e.origin.source() == source)
+            .min_by_key(|(_, e)| (e.served, e.generation))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Removes `server_id` to make room, telling it why.
+    fn displace(&mut self, server_id: &str, why: &'static str) {
+        if let Some(entry) = self.remove_server(server_id) {
+            let notice =
+                proto::routing::refuse(tonic::Code::ResourceExhausted, why, CloseReason::Busy);
+            let _ = entry.control.try_send(Err(notice));
+            entry.replaced.cancel();
+        }
     }
 }
 
@@ -207,34 +260,53 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers an exec-server (it has proven its key). A registration
+    /// Registers an exec-server (it has proven its key; `reserved`: the
+    /// key is on the allow-list). A registration
     /// of a key already registered replaces the older one, which is told
     /// why on its control stream (and its guard's `replaced` fires): the
     /// key holder that came last wins, so an exec-server that reconnects
-    /// after a blip or a relay restart always gets its route back.
+    /// after a blip or a relay restart always gets its route back. Room is
+    /// made as the module says; a connection over its share is refused.
     pub fn register(
         self: &Arc<Self>,
         server_id: &str,
         control: ControlSender,
         origin: Origin,
+        reserved: bool,
     ) -> Result<RegistrationGuard, RegistryError> {
         let mut inner = self.lock();
         let old = inner.servers.get(server_id).map(|e| e.origin);
         let held_by = |same: bool, n: Option<&usize>| n.copied().unwrap_or(0) - usize::from(same);
-        if let Some(c) = origin.connection {
-            let same = old.is_some_and(|o| o.connection == Some(c));
-            if held_by(same, inner.by_connection.get(&c)) >= self.shares.per_connection {
-                return Err(RegistryError::ConnectionFull);
+        if !reserved {
+            if let Some(c) = origin.connection {
+                // Its own connection: nobody else's registrations are at
+                // stake.
+                let same = old.is_some_and(|o| o.connection == Some(c));
+                if held_by(same, inner.by_connection.get(&c)) >= self.shares.per_connection {
+                    return Err(RegistryError::ConnectionFull);
+                }
             }
-        }
-        if let Some(s) = origin.source() {
-            let same = old.is_some_and(|o| o.source() == Some(s));
-            if held_by(same, inner.by_source.get(&s)) >= self.shares.per_source {
-                return Err(RegistryError::SourceFull);
+            if let Some(s) = origin.source() {
+                let same = old.is_some_and(|o| o.source() == Some(s));
+                if held_by(same, inner.by_source.get(&s)) >= self.shares.per_source {
+                    let victim = inner
+                        .victim(Some(Some(s)), server_id)
+                        .ok_or(RegistryError::SourceFull)?;
+                    inner.displace(
+                        &victim,
+                        "displaced: its address holds its whole share of this relay's \
+                         registrations (--max-registrations-per-source) and a newer one came",
+                    );
+                }
             }
-        }
-        if old.is_none() && inner.servers.len() >= self.max_registrations {
-            return Err(RegistryError::Full);
+            if old.is_none() && inner.servers.len() >= self.max_registrations {
+                let victim = inner.victim(None, server_id).ok_or(RegistryError::Full)?;
+                inner.displace(
+                    &victim,
+                    "displaced: this relay's registration table is full (--max-registrations) \
+                     and its address holds the most",
+                );
+            }
         }
         if let Some(older) = inner.remove_server(server_id) {
             let notice = proto::routing::refuse(
@@ -257,6 +329,8 @@ impl Registry {
                 sessions,
                 origin,
                 replaced: replaced.clone(),
+                reserved,
+                served: false,
             },
         );
         inner.count(origin, true);
@@ -355,11 +429,16 @@ impl Registry {
             Some(p) if p.server_id != server_id => Err(Status::permission_denied(
                 "session belongs to another exec-server",
             )),
-            Some(_) => inner
-                .pending
-                .remove(session_id)
-                .map(|p| p.deliver)
-                .ok_or_else(|| Status::not_found("no such session is waiting")),
+            Some(_) => {
+                if let Some(e) = inner.servers.get_mut(server_id) {
+                    e.served = true;
+                }
+                inner
+                    .pending
+                    .remove(session_id)
+                    .map(|p| p.deliver)
+                    .ok_or_else(|| Status::not_found("no such session is waiting"))
+            }
             None => Err(Status::not_found("no such session is waiting (timed out?)")),
         }
     }
@@ -405,10 +484,14 @@ mod tests {
         );
         let (c1, mut r1) = control();
         let (c2, _r2) = control();
-        let g1 = r.register("s", c1, at([127, 0, 0, 1], 1000)).unwrap();
+        let g1 = r
+            .register("s", c1, at([127, 0, 0, 1], 1000), false)
+            .unwrap();
         // The same key again (a reconnect): the older one is told, and
         // its guard no longer unregisters.
-        let g2 = r.register("s", c2, at([127, 0, 0, 1], 1001)).unwrap();
+        let g2 = r
+            .register("s", c2, at([127, 0, 0, 1], 1001), false)
+            .unwrap();
         assert!(g1.replaced.is_cancelled());
         let notice = r1.try_recv().unwrap().unwrap_err();
         assert_eq!(
@@ -420,25 +503,132 @@ mod tests {
         // Per connection: 2.
         let (c, _x) = control();
         let _a = r
-            .register("a", c.clone(), at([127, 0, 0, 1], 1001))
+            .register("a", c.clone(), at([127, 0, 0, 1], 1001), false)
             .unwrap();
         assert!(matches!(
-            r.register("b", c.clone(), at([127, 0, 0, 1], 1001)),
+            r.register("b", c.clone(), at([127, 0, 0, 1], 1001), false),
             Err(RegistryError::ConnectionFull)
         ));
         // Per source: 3 (s, a, and one more from another connection).
         let _b = r
-            .register("b", c.clone(), at([127, 0, 0, 1], 1002))
+            .register("b", c.clone(), at([127, 0, 0, 1], 1002), false)
             .unwrap();
-        assert!(matches!(
-            r.register("d", c.clone(), at([127, 0, 0, 1], 1003)),
-            Err(RegistryError::SourceFull)
-        ));
-        // Replacing from a full source and connection is still allowed.
-        assert!(r.register("s", c.clone(), at([127, 0, 0, 1], 1001)).is_ok());
+        // Replacing from a full source and connection is allowed.
+        assert!(
+            r.register("s", c.clone(), at([127, 0, 0, 1], 1001), false)
+                .is_ok()
+        );
         // Another source has its own share.
-        assert!(r.register("d", c, at([127, 0, 0, 2], 1)).is_ok());
+        assert!(r.register("d", c, at([127, 0, 0, 2], 1), false).is_ok());
         drop(g2);
+    }
+
+    #[test]
+    fn a_full_source_makes_room_from_its_own_oldest_unserved_entry() {
+        let r = Registry::with_shares(
+            100,
+            10,
+            Shares {
+                per_connection: 10,
+                per_source: 3,
+            },
+        );
+        let (c, mut seen) = control();
+        let (other, _o) = control();
+        let (real, _r) = control();
+        let _a = r
+            .register("a", c.clone(), at([10, 0, 0, 1], 1), false)
+            .unwrap();
+        let _b = r
+            .register("b", c.clone(), at([10, 0, 0, 1], 2), false)
+            .unwrap();
+        let _x = r.register("x", other, at([10, 0, 0, 2], 1), false).unwrap();
+        // "a" carries a session: it is kept while an unserved one is left.
+        let a = r.announce("a").unwrap();
+        assert!(r.claim(&a.session_id, "a").is_ok());
+        let _c = r
+            .register("c", c.clone(), at([10, 0, 0, 1], 3), false)
+            .unwrap();
+        let _d = r.register("d", real, at([10, 0, 0, 1], 4), false).unwrap();
+        assert!(r.is_registered("a") && r.is_registered("c") && r.is_registered("d"));
+        assert!(
+            !r.is_registered("b"),
+            "the oldest unserved entry makes room"
+        );
+        assert!(r.is_registered("x"), "another address is not touched");
+        let notice = seen.try_recv().unwrap().unwrap_err();
+        assert_eq!(proto::routing::refusal(&notice), Some(CloseReason::Busy));
+        assert!(notice.message().contains("--max-registrations-per-source"));
+    }
+
+    #[test]
+    fn a_full_table_makes_room_from_the_address_holding_the_most() {
+        let r = Registry::with_shares(
+            4,
+            10,
+            Shares {
+                per_connection: 100,
+                per_source: 100,
+            },
+        );
+        let (c, _rx) = control();
+        // The real exec-server registered first; then a flood from one
+        // address fills the table.
+        let _real = r
+            .register("real", c.clone(), at([10, 0, 0, 9], 1), false)
+            .unwrap();
+        let mut flood = Vec::new();
+        for i in 0..3u16 {
+            flood.push(
+                r.register(&format!("f{i}"), c.clone(), at([10, 0, 0, 1], i), false)
+                    .unwrap(),
+            );
+        }
+        // More of the flood displaces the flood's own oldest, never the
+        // real one.
+        for i in 3..50u16 {
+            flood.push(
+                r.register(&format!("f{i}"), c.clone(), at([10, 0, 0, 1], i), false)
+                    .unwrap(),
+            );
+            assert!(r.is_registered("real"), "after {i}");
+            assert_eq!(r.registrations(), 4);
+        }
+        // An exec-server from a third address gets in (making room from
+        // the flood).
+        let (late, _l) = control();
+        let _late = r
+            .register("late", late, at([10, 0, 0, 3], 1), false)
+            .unwrap();
+        assert!(r.is_registered("real") && r.is_registered("late"));
+        assert_eq!(r.registrations(), 4);
+    }
+
+    #[test]
+    fn allow_listed_keys_have_room_reserved_and_are_never_displaced() {
+        let r = Registry::with_shares(
+            2,
+            10,
+            Shares {
+                per_connection: 1,
+                per_source: 1,
+            },
+        );
+        let (c, _rx) = control();
+        let mut held = Vec::new();
+        for i in 0..5u16 {
+            held.push(
+                r.register(&format!("k{i}"), c.clone(), at([10, 0, 0, 1], 1), true)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(r.registrations(), 5);
+        // Nothing reserved can be displaced: the table is full for others.
+        assert!(matches!(
+            r.register("other", c, at([10, 0, 0, 2], 1), false),
+            Err(RegistryError::Full)
+        ));
+        assert_eq!(r.registrations(), 5);
     }
 
     #[test]
@@ -446,8 +636,8 @@ mod tests {
         let r = Registry::new(10, 10);
         let (c1, mut r1) = control();
         let (c2, _r2) = control();
-        let g1 = r.register("a", c1, at([127, 0, 0, 1], 1)).unwrap();
-        let _g2 = r.register("b", c2, at([127, 0, 0, 2], 1)).unwrap();
+        let g1 = r.register("a", c1, at([127, 0, 0, 1], 1), false).unwrap();
+        let _g2 = r.register("b", c2, at([127, 0, 0, 2], 1), false).unwrap();
         assert_eq!(
             r.retain(|o| o
                 .connection
@@ -477,8 +667,8 @@ mod tests {
         let r = Registry::new(10, 10);
         let (c1, _r1) = control();
         let (c2, _r2) = control();
-        let g1 = r.register("s", c1, Origin::default()).unwrap();
-        let g2 = r.register("s", c2, Origin::default()).unwrap();
+        let g1 = r.register("s", c1, Origin::default(), false).unwrap();
+        let g2 = r.register("s", c2, Origin::default(), false).unwrap();
         drop(g1);
         assert!(r.is_registered("s"));
         drop(g2);
@@ -489,7 +679,7 @@ mod tests {
     fn session_limit_is_enforced_and_released() {
         let r = Registry::new(10, 2);
         let (c, _rx) = control();
-        let _g = r.register("s", c, Origin::default()).unwrap();
+        let _g = r.register("s", c, Origin::default(), false).unwrap();
         let a = r.announce("s").unwrap();
         let _b = r.announce("s").unwrap();
         assert!(matches!(r.announce("s"), Err(RegistryError::ServerBusy(_))));
@@ -500,13 +690,17 @@ mod tests {
     #[test]
     fn registration_limit() {
         let r = Registry::new(1, 2);
-        let (c1, _r1) = control();
+        let (c1, mut r1) = control();
         let (c2, _r2) = control();
-        let _g = r.register("a", c1, Origin::default()).unwrap();
-        assert!(matches!(
-            r.register("b", c2, Origin::default()),
-            Err(RegistryError::Full)
-        ));
+        let g = r.register("a", c1, Origin::default(), false).unwrap();
+        // Full: the newcomer takes the oldest entry's place, which is told.
+        let _h = r.register("b", c2, Origin::default(), false).unwrap();
+        assert_eq!(r.registrations(), 1);
+        assert!(r.is_registered("b") && !r.is_registered("a"));
+        assert!(g.replaced.is_cancelled());
+        let notice = r1.try_recv().unwrap().unwrap_err();
+        assert_eq!(proto::routing::refusal(&notice), Some(CloseReason::Busy));
+        assert!(notice.message().contains("--max-registrations"));
     }
 
     #[test]
@@ -514,8 +708,8 @@ mod tests {
         let r = Registry::new(10, 10);
         let (c1, _r1) = control();
         let (c2, _r2) = control();
-        let _g1 = r.register("s", c1, Origin::default()).unwrap();
-        let _g2 = r.register("t", c2, Origin::default()).unwrap();
+        let _g1 = r.register("s", c1, Origin::default(), false).unwrap();
+        let _g2 = r.register("t", c2, Origin::default(), false).unwrap();
         let a = r.announce("s").unwrap();
         // Another exec-server cannot take it, and it stays pending for "s".
         let err = r.claim(&a.session_id, "t").unwrap_err();

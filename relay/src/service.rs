@@ -459,7 +459,12 @@ impl RegistryService for RegistryServiceImpl {
                     connection,
                     key: Some(key),
                 };
-                let guard = match state.registry.register(&server_id, tx.clone(), origin) {
+                // Past the allow-list (if any): its keys have room reserved.
+                let reserved = state.allowed.is_some();
+                let guard = match state
+                    .registry
+                    .register(&server_id, tx.clone(), origin, reserved)
+                {
                     Ok(g) => g,
                     Err(e) => {
                         Counters::note(&state.refused.full);

@@ -347,6 +347,85 @@ async fn a_registration_flood_neither_fills_the_relay_nor_keeps_a_real_exec_serv
     drop(held);
 }
 
+/// Registers `n` throwaway keys from `from`, over connections of 4 (the
+/// per-connection share); the registrations held.
+async fn throwaway_registrations(
+    url: &str,
+    from: std::net::IpAddr,
+    n: usize,
+) -> Vec<(
+    mpsc::Sender<proto::pb::tunnel::RegisterUp>,
+    tonic::Streaming<proto::pb::tunnel::RegisterDown>,
+)> {
+    let mut held = Vec::new();
+    for chunk in 0..n.div_ceil(4) {
+        let channel = channel_from(url, from).await;
+        for _ in 0..4.min(n - chunk * 4) {
+            let key = StaticKeypair::generate().unwrap();
+            let route = key.public().server_id();
+            held.push(
+                exec_server::link::register(&channel, &key, &route, Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_registration_table_cannot_keep_a_real_exec_server_out() {
+    // A small table, and room for the attacker to fill it fast: 20
+    // registrations, from the real exec-server's own address.
+    let mut config = relay::RelayConfig {
+        max_registrations: 20,
+        ..relay::RelayConfig::default()
+    };
+    config.registrations.rate_per_source = 1000.0;
+    config.registrations.burst_per_source = 1000.0;
+    let relay = TestRelay::start_with(config).await.unwrap();
+    let url = relay.url();
+    let honest = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let flood = throwaway_registrations(&url, honest, 20).await;
+    assert_eq!(relay.stats.registry.registrations(), 20);
+    // The real exec-server registers all the same, and serves a command.
+    let client_key = StaticKeypair::generate().unwrap();
+    let real = tokio::time::timeout(
+        Duration::from_secs(60),
+        TestServer::start(Some(url.clone()), false, &[&client_key]),
+    )
+    .await
+    .expect("the real exec-server registered")
+    .unwrap();
+    let route = real.key.public().server_id();
+    assert!(relay.stats.registry.is_registered(&route));
+    assert_eq!(relay.stats.registry.registrations(), 20);
+    let config = ClientConfig::new(
+        client_key.clone(),
+        real.key.public(),
+        Target::Relay(url.clone()),
+    );
+    let out = Client::new(config.clone())
+        .output(sh("echo ok"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"ok\n");
+    // More of the flood, from the same address and from another: the
+    // exec-server that carried a session is not the one displaced.
+    let more = throwaway_registrations(&url, honest, 24).await;
+    let other = throwaway_registrations(&url, attacker(2), 8).await;
+    assert!(relay.stats.registry.is_registered(&route));
+    assert_eq!(relay.stats.registry.registrations(), 20);
+    let out = Client::new(config)
+        .output(sh("echo ok"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"ok\n");
+    drop((flood, more, other));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allow_list_admits_only_its_keys_and_is_reread() {
     let dir = tempfile::tempdir().unwrap();
