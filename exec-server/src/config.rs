@@ -78,6 +78,12 @@ pub struct ExecServerConfig {
     /// How long a session whose link broke keeps its processes running for
     /// its client to resume it (zero: sessions end with their link).
     pub resume_grace: Duration,
+    /// The replay guard's window: how far a client's clock may be from
+    /// ours (a handshake message 1 stamped further away is refused, or
+    /// its early data not run), and how long after the exec-server starts
+    /// a call riding in message 1 is sent again after the handshake
+    /// instead (the guard remembers nothing from before the start).
+    pub replay_window: Duration,
     /// Per process, the output kept until the client has acknowledged it
     /// (what a resume can send again); a process waits on its output once
     /// this much is unacknowledged, so nothing is ever dropped.
@@ -89,6 +95,9 @@ pub struct ExecServerConfig {
     /// exec-server together.
     pub resume_total_buffer: u64,
 }
+
+/// Default [`ExecServerConfig::replay_window`].
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(120);
 
 /// Default [`ExecServerConfig::resume_grace`].
 pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(60);
@@ -150,6 +159,7 @@ impl ExecServerConfig {
             terminals: true,
             login_shells: true,
             resume_grace: DEFAULT_RESUME_GRACE,
+            replay_window: DEFAULT_REPLAY_WINDOW,
             resume_buffer: DEFAULT_RESUME_BUFFER,
             resume_session_buffer: DEFAULT_RESUME_SESSION_BUFFER,
             resume_total_buffer: DEFAULT_RESUME_TOTAL_BUFFER,

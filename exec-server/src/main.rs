@@ -156,6 +156,13 @@ struct RunArgs {
     /// resume it with nothing lost; 0: commands end with their link.
     #[arg(long, env = "REX_RESUME_GRACE", default_value = "60s", value_parser = lifecycle::durations::parse, value_name = "DURATION")]
     resume_grace: Duration,
+    /// How far a client's clock may be from this host's (a handshake
+    /// stamped further away is refused), and how long after this
+    /// exec-server starts a client's first call is sent again after the
+    /// handshake rather than run from its first message (replays of what
+    /// an earlier run accepted are refused only once they are this old).
+    #[arg(long, env = "REX_REPLAY_WINDOW", default_value = "120s", value_parser = lifecycle::durations::parse, value_name = "DURATION")]
+    replay_window: Duration,
     /// Per command, the output kept until the client has it (what a
     /// resume sends again), in bytes; a command that writes more waits, as
     /// with a slow reader. Also each command's output window.
@@ -320,6 +327,10 @@ fn serve(args: RunArgs) -> ExitCode {
     config.call_timings = !args.no_call_timings;
     config.terminals = !args.no_tty;
     config.resume_grace = args.resume_grace;
+    if args.replay_window < Duration::from_secs(1) {
+        return fail("--replay-window: at least 1s");
+    }
+    config.replay_window = args.replay_window;
     config.resume_buffer = args.resume_buffer;
     config.resume_session_buffer = args.resume_session_buffer;
     config.resume_total_buffer = args.resume_total_buffer;

@@ -28,7 +28,12 @@
 //! # Message 1 payload
 //!
 //! A 12-byte timestamp: seconds since the Unix epoch (`u64` big-endian) then
-//! nanoseconds (`u32` big-endian). Message 2's payload is empty.
+//! nanoseconds (`u32` big-endian), then optionally *early data*: the
+//! session's first messages (the hello and the first call), protected by
+//! the exec-server's static key alone. Message 2's payload is empty when
+//! message 1 carried none; otherwise one byte says whether the early data
+//! runs (1) or must be sent again over the session (0, "retry after the
+//! handshake"): see [`ReplayGuard::check_early`].
 
 mod cipher;
 mod handshake;
@@ -43,8 +48,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use handshake::{Accepted, ClientHandshake, accept};
-pub use replay::ReplayGuard;
+pub use handshake::{
+    Accepted, AcceptedEarly, ClientHandshake, EarlyAnswer, MAX_EARLY_DATA, accept, accept_early,
+};
+pub use replay::{Early, EarlyRefusal, ReplayGuard};
 pub use transport::{
     MAX_CLOSE_REASON, RECORD_CLOSE, RECORD_DATA, RECORD_REKEY, Transport, TransportError,
     TransportStats,
@@ -213,6 +220,16 @@ pub enum HandshakeError {
          than the allowed window"
     )]
     ClockSkew,
+    /// The early data does not fit in message 1.
+    #[error(
+        "early data too large: {len} bytes, message 1 carries at most {max} (one Noise message)"
+    )]
+    EarlyDataTooLarge {
+        /// Its length.
+        len: usize,
+        /// The most message 1 carries.
+        max: usize,
+    },
     /// The replay guard is full of recent handshakes.
     #[error("handshake refused: the exec-server is busy (too many recent handshakes)")]
     Busy,

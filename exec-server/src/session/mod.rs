@@ -30,7 +30,7 @@ use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
 use proto::driver::{Delivery, Driven, Endpoint, Wake};
 use proto::keys::{AuthorizedKeys, Origin, PublicKey};
-use proto::noise::HandshakeError;
+use proto::noise::{HandshakeError, ReplayGuard};
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
 use proto::pb::tunnel::{CloseReason, Frame};
 use proto::session::{
@@ -91,12 +91,20 @@ pub struct ServerContext {
     pub retained: Arc<Budget>,
 }
 
+/// Handshakes the replay guard remembers within its window.
+const REPLAY_CAPACITY: usize = 65_536;
+
 impl ServerContext {
     /// Shared state for an exec-server.
     pub fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
         let keys: Arc<dyn KeySource> = config.keys.clone();
         let mut acceptor = Acceptor::with_source(config.key.clone(), keys);
         acceptor.login_shell = config.login_shells;
+        // It remembers nothing from before this start.
+        acceptor.replay = std::sync::Mutex::new(
+            ReplayGuard::new(config.replay_window, REPLAY_CAPACITY)
+                .started_at(std::time::SystemTime::now()),
+        );
         let acceptor = Arc::new(acceptor);
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));

@@ -5,6 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use snow::HandshakeState;
 
+use super::replay::Early;
 use super::transport::Transport;
 use super::{
     HandshakeError, ReplayGuard, SessionConfig, TIMESTAMP_LEN, decode_timestamp, encode_timestamp,
@@ -19,6 +20,27 @@ pub(crate) const MSG1_LEN: usize = KEY_LEN + (KEY_LEN + NOISE_TAG) + (TIMESTAMP_
 const MSG1_MIN: usize = KEY_LEN + (KEY_LEN + NOISE_TAG) + NOISE_TAG;
 /// Length of IK message 2: `e`, empty encrypted payload.
 pub(crate) const MSG2_LEN: usize = KEY_LEN + NOISE_TAG;
+
+/// The most early data message 1 can carry: one Noise message (64 KiB)
+/// less its keys, tags and timestamp.
+pub const MAX_EARLY_DATA: usize = crate::limits::MAX_NOISE_MESSAGE - MSG1_LEN;
+
+/// Message 2's payload when message 1 carried early data: it ran.
+const EARLY_ACCEPTED: u8 = 1;
+/// Message 2's payload when message 1 carried early data: it did not run;
+/// send it again over the session.
+const EARLY_REFUSED: u8 = 0;
+
+/// What message 2 said of message 1's early data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyAnswer {
+    /// Message 1 carried none (message 2's payload is empty).
+    None,
+    /// It is being run.
+    Accepted,
+    /// "Early data refused: retry after the handshake".
+    Refused,
+}
 
 /// The client's half-finished handshake, waiting for message 2.
 pub struct ClientHandshake {
@@ -46,6 +68,27 @@ impl ClientHandshake {
         now: SystemTime,
         cfg: SessionConfig,
     ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+        Self::start_early(local, server, route, now, cfg, &[])
+    }
+
+    /// [`start`](Self::start), with `early` (the session's first messages,
+    /// protected by the exec-server's static key alone) after the
+    /// timestamp in message 1. More than [`MAX_EARLY_DATA`] is refused
+    /// with [`HandshakeError::EarlyDataTooLarge`].
+    pub fn start_early(
+        local: &StaticKeypair,
+        server: &PublicKey,
+        route: &[u8],
+        now: SystemTime,
+        cfg: SessionConfig,
+        early: &[u8],
+    ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+        if early.len() > MAX_EARLY_DATA {
+            return Err(HandshakeError::EarlyDataTooLarge {
+                len: early.len(),
+                max: MAX_EARLY_DATA,
+            });
+        }
         let prologue = prologue(cfg.suite, route);
         let mut hs = snow::Builder::new(cfg.suite.params()?)
             .local_private_key(local.private_bytes())
@@ -56,9 +99,12 @@ impl ClientHandshake {
             .map_err(handshake_err)?
             .build_initiator()
             .map_err(handshake_err)?;
-        let mut msg1 = vec![0u8; MSG1_LEN];
+        let mut payload = Vec::with_capacity(TIMESTAMP_LEN + early.len());
+        payload.extend_from_slice(&encode_timestamp(now));
+        payload.extend_from_slice(early);
+        let mut msg1 = vec![0u8; MSG1_LEN + early.len()];
         let n = hs
-            .write_message(&encode_timestamp(now), &mut msg1)
+            .write_message(&payload, &mut msg1)
             .map_err(handshake_err)?;
         msg1.truncate(n);
         Ok((
@@ -79,7 +125,20 @@ impl ClientHandshake {
     /// Reads message 2 and enters transport mode. `now` starts the rekey
     /// timer. Fails with [`HandshakeError::Decrypt`] if the responder does
     /// not hold the pinned key (or the message was altered).
-    pub fn finish(mut self, msg2: &[u8], now: Instant) -> Result<Transport, HandshakeError> {
+    pub fn finish(self, msg2: &[u8], now: Instant) -> Result<Transport, HandshakeError> {
+        match self.finish_early(msg2, now)? {
+            (transport, EarlyAnswer::None) => Ok(transport),
+            _ => Err(HandshakeError::Malformed),
+        }
+    }
+
+    /// [`finish`](Self::finish), with what message 2 said of the early
+    /// data message 1 carried.
+    pub fn finish_early(
+        mut self,
+        msg2: &[u8],
+        now: Instant,
+    ) -> Result<(Transport, EarlyAnswer), HandshakeError> {
         if msg2.len() > MAX_NOISE_MESSAGE || msg2.len() < MSG2_LEN {
             return Err(HandshakeError::Malformed);
         }
@@ -88,7 +147,13 @@ impl ClientHandshake {
             .hs
             .read_message(msg2, &mut payload)
             .map_err(handshake_err)?;
-        if n != 0 || !self.hs.is_handshake_finished() {
+        let answer = match payload.get(..n) {
+            Some([]) => EarlyAnswer::None,
+            Some([EARLY_ACCEPTED]) => EarlyAnswer::Accepted,
+            Some([EARLY_REFUSED]) => EarlyAnswer::Refused,
+            _ => return Err(HandshakeError::Malformed),
+        };
+        if !self.hs.is_handshake_finished() {
             return Err(HandshakeError::Malformed);
         }
         let hash = self.hs.get_handshake_hash().to_vec();
@@ -99,7 +164,7 @@ impl ClientHandshake {
             .map_err(|e| HandshakeError::Noise(e.to_string()));
         send.fill(0);
         recv.fill(0);
-        transport
+        Ok((transport?, answer))
     }
 }
 
@@ -123,6 +188,19 @@ impl fmt::Debug for Accepted {
     }
 }
 
+/// A handshake the exec-server accepted, and the early data message 1
+/// carried when it may run ([`accept_early`]).
+#[derive(Debug)]
+pub struct AcceptedEarly {
+    /// The session.
+    pub accepted: Accepted,
+    /// What the guard said of message 1's early data (`None`: it carried
+    /// none).
+    pub early: Option<Early>,
+    /// The early data, when it may run.
+    pub data: Option<Vec<u8>>,
+}
+
 /// Answers message 1 on the exec-server, bound to `route` (its own id as
 /// ASCII) at wall-clock time `now` (for the replay guard); `at` starts the
 /// rekey timer.
@@ -132,7 +210,8 @@ impl fmt::Debug for Accepted {
 /// refused with [`HandshakeError::Unauthorized`]; the 12-byte timestamp is
 /// checked against `replay` ([`HandshakeError::ClockSkew`],
 /// [`HandshakeError::Replay`], [`HandshakeError::Busy`]); then message 2 is
-/// written. On any error no reply exists.
+/// written. On any error no reply exists. A message 1 with early data is
+/// refused as malformed: see [`accept_early`].
 #[allow(
     clippy::too_many_arguments,
     reason = "each input is distinct: keys, route, message, both clocks, admission, replay, suite"
@@ -147,6 +226,71 @@ pub fn accept(
     replay: &mut ReplayGuard,
     cfg: SessionConfig,
 ) -> Result<Accepted, HandshakeError> {
+    let (hs, client, ephemeral, payload) = read_msg1(local, route, msg1, authorized, cfg)?;
+    let timestamp = decode_timestamp(&payload).ok_or(HandshakeError::Malformed)?;
+    replay.check(&client, &ephemeral, timestamp, now)?;
+    respond(hs, client, &[], at, cfg)
+}
+
+/// [`accept`] for a message 1 that may carry early data after its
+/// timestamp (the session's first messages). Without early data it is
+/// [`accept`]. With it, the replay guard decides
+/// ([`ReplayGuard::check_early`]): a replay, or a timestamp beyond the
+/// window ahead, is refused entirely; otherwise the handshake completes,
+/// and message 2 says whether the early data runs
+/// ([`AcceptedEarly::data`]) or must be sent again over the session.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each input is distinct: keys, route, message, both clocks, admission, replay, suite"
+)]
+pub fn accept_early(
+    local: &StaticKeypair,
+    route: &[u8],
+    msg1: &[u8],
+    now: SystemTime,
+    at: Instant,
+    authorized: &AuthorizedKeys,
+    replay: &mut ReplayGuard,
+    cfg: SessionConfig,
+) -> Result<AcceptedEarly, HandshakeError> {
+    let (hs, client, ephemeral, mut payload) = read_msg1(local, route, msg1, authorized, cfg)?;
+    let stamp = payload
+        .get(..TIMESTAMP_LEN)
+        .ok_or(HandshakeError::Malformed)?;
+    let timestamp = decode_timestamp(stamp).ok_or(HandshakeError::Malformed)?;
+    if payload.len() == TIMESTAMP_LEN {
+        replay.check(&client, &ephemeral, timestamp, now)?;
+        let accepted = respond(hs, client, &[], at, cfg)?;
+        return Ok(AcceptedEarly {
+            accepted,
+            early: None,
+            data: None,
+        });
+    }
+    let early = replay.check_early(&client, &ephemeral, timestamp, now)?;
+    let answer = match early {
+        Early::Accepted => EARLY_ACCEPTED,
+        Early::Refused(_) => EARLY_REFUSED,
+    };
+    let accepted = respond(hs, client, &[answer], at, cfg)?;
+    let data = (early == Early::Accepted).then(|| payload.split_off(TIMESTAMP_LEN));
+    Ok(AcceptedEarly {
+        accepted,
+        early: Some(early),
+        data,
+    })
+}
+
+/// Reads message 1: the length checked, decrypted (the client's static key
+/// authenticated) and the key found in `authorized`. Returns the
+/// handshake, the client's key, its ephemeral key and the payload.
+fn read_msg1(
+    local: &StaticKeypair,
+    route: &[u8],
+    msg1: &[u8],
+    authorized: &AuthorizedKeys,
+    cfg: SessionConfig,
+) -> Result<(HandshakeState, PublicKey, [u8; KEY_LEN], Vec<u8>), HandshakeError> {
     if msg1.len() > MAX_NOISE_MESSAGE || msg1.len() < MSG1_MIN {
         return Err(HandshakeError::Malformed);
     }
@@ -175,12 +319,21 @@ pub fn accept(
     if !authorized.contains(&client) {
         return Err(HandshakeError::Unauthorized { client });
     }
+    Ok((hs, client, ephemeral, payload))
+}
 
-    let timestamp = decode_timestamp(&payload).ok_or(HandshakeError::Malformed)?;
-    replay.check(&client, &ephemeral, timestamp, now)?;
-
-    let mut msg2 = vec![0u8; MSG2_LEN];
-    let n = hs.write_message(&[], &mut msg2).map_err(handshake_err)?;
+/// Writes message 2 (with `payload`) and enters transport mode.
+fn respond(
+    mut hs: HandshakeState,
+    client: PublicKey,
+    payload: &[u8],
+    at: Instant,
+    cfg: SessionConfig,
+) -> Result<Accepted, HandshakeError> {
+    let mut msg2 = vec![0u8; MSG2_LEN + payload.len()];
+    let n = hs
+        .write_message(payload, &mut msg2)
+        .map_err(handshake_err)?;
     msg2.truncate(n);
     if !hs.is_handshake_finished() {
         return Err(HandshakeError::Malformed);

@@ -44,6 +44,8 @@ pub(super) struct Link<T> {
     /// Frames outside the transport (handshake messages, a clear close);
     /// they go before anything the transport produces.
     clear: VecDeque<Frame>,
+    /// Handed back with the next clear frame's transmit.
+    clear_tag: Option<T>,
     marks: VecDeque<Pending<T>>,
     ending: Ending,
     /// Set once: how the session ended (the machine then takes no input).
@@ -75,6 +77,7 @@ impl<T> Link<T> {
             limits,
             transport: None,
             clear: VecDeque::new(),
+            clear_tag: None,
             marks: VecDeque::new(),
             ending: Ending::Open,
             end: None,
@@ -95,6 +98,13 @@ impl<T> Link<T> {
     /// Queues a frame outside the transport.
     pub(super) fn send_clear(&mut self, frame: Frame) {
         self.clear.push_back(frame);
+    }
+
+    /// Queues the first frame, whose transmit hands `tag` back (message 1
+    /// carrying a call).
+    pub(super) fn send_clear_marked(&mut self, frame: Frame, tag: Option<T>) {
+        self.clear.push_back(frame);
+        self.clear_tag = tag;
     }
 
     /// Takes back the clear frames not yet sent (a handshake answer that
@@ -238,7 +248,7 @@ impl<T> Link<T> {
         if let Some(frame) = self.clear.pop_front() {
             return Some(Transmit {
                 frame,
-                done: Vec::new(),
+                done: self.clear_tag.take().into_iter().collect(),
                 sent: self.transport.as_ref().map_or(0, Transport::sent_offset),
             });
         }

@@ -63,7 +63,10 @@ mod tests;
 
 use std::time::{Duration, Instant, SystemTime};
 
-pub use client::{CallEvent, ClientEvent, ClientSession, Counters, Ready, ReattachError};
+pub use client::{
+    CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError, Ready,
+    ReattachError,
+};
 pub use error::{CallError, SessionError, Stage, Violation};
 pub use server::{Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, Tombstone};
 

@@ -13,6 +13,32 @@ use crate::pb::session::{
 use crate::session::{CallError, CallEvent, Mark, Now, Received, SessionError, Violation};
 use crate::session::{output, stdin};
 
+/// Checks a call before it is sent: a login shell without a command, and
+/// only to an exec-server that offers them (`login_shell`); a terminal of
+/// a size and type within bounds.
+pub(super) fn check_request(request: &ExecRequest, login_shell: bool) -> Result<(), CallError> {
+    if request.login_shell {
+        if !request.argv.is_empty() {
+            return Err(CallError::LoginShellWithCommand);
+        }
+        if !login_shell {
+            return Err(CallError::NoLoginShell);
+        }
+    }
+    if let Some(t) = &request.terminal {
+        if !terminal_size_ok(t.rows, t.cols) {
+            return Err(CallError::TerminalSize {
+                rows: t.rows,
+                cols: t.cols,
+            });
+        }
+        if !term_ok(&t.term) {
+            return Err(CallError::TermValue);
+        }
+    }
+    Ok(())
+}
+
 impl<T> ClientSession<T> {
     pub(super) fn call_event(
         &mut self,
@@ -119,25 +145,7 @@ impl<T> ClientSession<T> {
         if self.calls.len() >= self.max_calls {
             return Err(CallError::TooManyCalls(self.max_calls));
         }
-        if request.login_shell {
-            if !request.argv.is_empty() {
-                return Err(CallError::LoginShellWithCommand);
-            }
-            if !self.login_shell {
-                return Err(CallError::NoLoginShell);
-            }
-        }
-        if let Some(t) = &request.terminal {
-            if !terminal_size_ok(t.rows, t.cols) {
-                return Err(CallError::TerminalSize {
-                    rows: t.rows,
-                    cols: t.cols,
-                });
-            }
-            if !term_ok(&t.term) {
-                return Err(CallError::TermValue);
-            }
-        }
+        check_request(&request, self.login_shell)?;
         let terminal = request.terminal.is_some();
         let stdin = if request.stdin == StdinMode::Pipe as i32 {
             Stdin::Open

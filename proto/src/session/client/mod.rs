@@ -10,15 +10,17 @@ pub use resume::ReattachError;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::Mark;
 use super::clock::{Estimate, Sample};
 use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
-use crate::noise::ClientHandshake;
+use crate::noise::{ClientHandshake, EarlyAnswer};
 use crate::pb::session::{
-    CallTimings, Envelope, Hello, Ping, Pong, TraceContext, envelope::Body, terminal_event,
+    CallTimings, Envelope, ExecRequest, Hello, Ping, Pong, StdinMode, TraceContext, envelope::Body,
+    terminal_event,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -163,6 +165,42 @@ struct Call<T> {
     received: (u64, u64),
 }
 
+/// The first call, riding in handshake message 1 (early data) with the
+/// hello ([`ClientSession::with_call`]).
+#[derive(Debug)]
+pub struct FirstCall<T> {
+    /// Its id (from 1).
+    pub id: u64,
+    /// What to run.
+    pub request: ExecRequest,
+    /// The trace context every message of the call carries.
+    pub trace: Option<TraceContext>,
+    /// Handed back with message 1's transmit.
+    pub mark: Option<Mark<T>>,
+}
+
+/// Why a session could not start with its first call in message 1.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FirstCallError {
+    /// The call is not one that can be sent.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The session could not start (early data over
+    /// [`MAX_EARLY_DATA`](crate::noise::MAX_EARLY_DATA) among them).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// A call sent in message 1, kept until message 2 says whether it runs.
+#[derive(Debug)]
+struct Early {
+    id: u64,
+    request: ExecRequest,
+    trace: Option<TraceContext>,
+    /// When the hello left with it (for the hello's clock sample).
+    sent_unix_nanos: u64,
+}
+
 enum State {
     Handshaking {
         hs: Box<ClientHandshake>,
@@ -217,6 +255,8 @@ pub struct ClientSession<T> {
     answered: bool,
     /// The session's first call, once started.
     first_call: Option<u64>,
+    /// The call message 1 carried, until message 2 answers.
+    early: Option<Early>,
 }
 
 impl<T> std::fmt::Debug for ClientSession<T> {
@@ -264,6 +304,128 @@ impl<T> ClientSession<T> {
             counters: Counters::default(),
             answered: true,
             first_call: None,
+            early: None,
+        })
+    }
+
+    /// Starts a session whose first call rides with the hello in
+    /// handshake message 1 (early data), so that a cold call costs one
+    /// round trip. If the exec-server will not run it from message 1 (it
+    /// cannot rule out a replay: see
+    /// [`ReplayGuard::check_early`](crate::noise::ReplayGuard::check_early)),
+    /// its message 2 says so and the call is sent again, once, over the
+    /// session ([`Counters::early_retries`]). The call is checked as
+    /// [`start_call`](Self::start_call) checks it (a login shell is left to
+    /// the exec-server to refuse, as its hello answer is not known yet).
+    pub fn with_call(
+        key: &StaticKeypair,
+        server: &PublicKey,
+        limits: Limits,
+        now: Now,
+        first: FirstCall<T>,
+    ) -> Result<Self, FirstCallError> {
+        let FirstCall {
+            id,
+            request,
+            trace,
+            mark,
+        } = first;
+        if id == 0 {
+            return Err(CallError::StaleCallId(id).into());
+        }
+        calls::check_request(&request, true)?;
+        let sent_unix_nanos = now.unix_nanos();
+        let hello = Envelope {
+            call_id: 0,
+            trace: None,
+            send_time_unix_nanos: sent_unix_nanos,
+            body: Some(Body::Hello(Hello {
+                client_version: env!("CARGO_PKG_VERSION").into(),
+                output_window: limits.output_window,
+            })),
+        };
+        let exec = Envelope {
+            call_id: id,
+            trace: trace.clone(),
+            send_time_unix_nanos: sent_unix_nanos,
+            body: Some(Body::Exec(request.clone())),
+        };
+        let mut early = crate::framing::FrameEncoder::with_max(limits.noise.max_envelope);
+        for env in [&hello, &exec] {
+            early.push_message(env).map_err(
+                |crate::framing::FramingError::TooLarge { len, max }| {
+                    CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max })
+                },
+            )?;
+        }
+        let early = early.take(usize::MAX);
+        let route = server.server_id();
+        let (hs, msg1) = ClientHandshake::start_early(
+            key,
+            server,
+            route.as_bytes(),
+            now.wall,
+            limits.noise,
+            &early,
+        )
+        .map_err(SessionError::from)?;
+        let mut frame = handshake_frame(msg1);
+        let mut tag = None;
+        if let Some(mark) = mark {
+            frame.hop_traceparent = mark.hop.unwrap_or_default();
+            tag = Some(mark.tag);
+        }
+        let mut link = Link::new(limits, now);
+        link.send_clear_marked(frame, tag);
+        let terminal = request.terminal.is_some();
+        let stdin = if request.stdin == StdinMode::Pipe as i32 {
+            Stdin::Open
+        } else {
+            Stdin::Null
+        };
+        let mut calls = HashMap::new();
+        calls.insert(
+            id,
+            Call {
+                next_seq: 0,
+                stdin,
+                terminal,
+                // Both windows are set again by the hello answer, which
+                // comes before the call's first event.
+                out: stdin::Outgoing::new(0),
+                forgotten: false,
+                output: output::Received::new(limits.output_window),
+                trace: trace.clone(),
+                received: (0, 0),
+            },
+        );
+        Ok(Self {
+            link,
+            state: State::Handshaking { hs: Box::new(hs) },
+            deadline: Some(now.at + limits.handshake_timeout),
+            calls,
+            next_call: id + 1,
+            max_calls: limits.max_calls,
+            stdin_window: 0,
+            output_window: 0,
+            login_shell: false,
+            stdin_queued: 0,
+            events: Events::default(),
+            clock: Estimate::default(),
+            pings: VecDeque::new(),
+            last_nonce: 0,
+            resumable: None,
+            detached: false,
+            final_acks: Vec::new(),
+            counters: Counters::default(),
+            answered: true,
+            first_call: Some(id),
+            early: Some(Early {
+                id,
+                request,
+                trace,
+                sent_unix_nanos,
+            }),
         })
     }
 
@@ -344,17 +506,40 @@ impl<T> ClientSession<T> {
                             return Err(SessionError::Protocol(Violation::UnexpectedFrame));
                         }
                     };
-                let transport = hs.finish(&frame.payload, now.at)?;
+                let (transport, answer) = hs.finish_early(&frame.payload, now.at)?;
                 self.link.transport = Some(transport);
                 self.events.push(ClientEvent::Secured);
-                let sent_unix_nanos = now.unix_nanos();
-                let hello = Body::Hello(Hello {
-                    client_version: env!("CARGO_PKG_VERSION").into(),
-                    output_window: self.link.limits.output_window,
-                });
-                self.link
-                    .send(0, None, hello, None, now)
-                    .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
+                let early = self.early.take();
+                let sent_unix_nanos = match (early, answer) {
+                    (None, EarlyAnswer::None) => {
+                        let sent_unix_nanos = now.unix_nanos();
+                        self.send_hello(now)?;
+                        sent_unix_nanos
+                    }
+                    // The hello and the call are on their way to run.
+                    (Some(early), EarlyAnswer::Accepted) => early.sent_unix_nanos,
+                    // Not run: both again, once, over the session.
+                    (Some(early), EarlyAnswer::Refused) => {
+                        let sent_unix_nanos = now.unix_nanos();
+                        self.send_hello(now)?;
+                        self.link
+                            .send(
+                                early.id,
+                                early.trace.as_ref(),
+                                Body::Exec(early.request),
+                                None,
+                                now,
+                            )
+                            .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
+                        self.counters.early_retries += 1;
+                        sent_unix_nanos
+                    }
+                    _ => {
+                        return Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                            "an answer about early data that was not sent",
+                        )));
+                    }
+                };
                 self.state = State::Hello { sent_unix_nanos };
                 Ok(())
             }
@@ -406,6 +591,12 @@ impl<T> ClientSession<T> {
                 self.output_window =
                     output::negotiate(ack.output_window, self.link.limits.output_window);
                 self.offered(&ack.resume_token);
+                // A call that rode in message 1 takes the windows now in
+                // force (its first event comes after this answer).
+                for call in self.calls.values_mut() {
+                    call.out = stdin::Outgoing::new(self.stdin_window);
+                    call.output = output::Received::new(self.output_window);
+                }
                 self.state = State::Ready;
                 self.deadline = None;
                 self.events.push(ClientEvent::Ready(Ready {
@@ -460,6 +651,17 @@ impl<T> ClientSession<T> {
             ))),
             None => Err(SessionError::Protocol(Violation::EmptyMessage)),
         }
+    }
+
+    fn send_hello(&mut self, now: Now) -> Result<(), SessionError> {
+        let hello = Body::Hello(Hello {
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            output_window: self.link.limits.output_window,
+        });
+        self.link
+            .send(0, None, hello, None, now)
+            .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
+        Ok(())
     }
 
     fn pong(&mut self, p: Pong, now: Now) {

@@ -267,6 +267,13 @@ pub struct ServerSession<T> {
     detached_at: Option<Instant>,
     /// The latest time an input carried.
     clock: Instant,
+    /// Early data from message 1 that may run (the hello and the first
+    /// call), and when it arrived: taken once the endpoint has taken
+    /// `Authenticated`.
+    early: Option<(Bytes, Now)>,
+    /// What the replay guard said of message 1's early data, if it carried
+    /// any.
+    early_answer: Option<noise::Early>,
     /// Finished calls removed before the client acknowledged their final
     /// events (oldest first, as many as calls at most): what a resume
     /// tells the client of them.
@@ -302,6 +309,8 @@ impl<T> ServerSession<T> {
             detached: false,
             detached_at: None,
             clock: now.at,
+            early: None,
+            early_answer: None,
             trimmed: VecDeque::new(),
             events: Events::default(),
         }
@@ -372,7 +381,7 @@ impl<T> ServerSession<T> {
                     let a = &*self.acceptor;
                     let keys = a.keys.current();
                     let mut replay = a.replay.lock().unwrap_or_else(|e| e.into_inner());
-                    let accepted = noise::accept(
+                    let answered = noise::accept_early(
                         &a.key,
                         a.route.as_bytes(),
                         &frame.payload,
@@ -384,13 +393,17 @@ impl<T> ServerSession<T> {
                     )?;
                     // A key limited to some addresses (`from=`) is refused
                     // from anywhere else.
-                    if !keys.admits(&accepted.client, self.origin) {
+                    if !keys.admits(&answered.accepted.client, self.origin) {
                         return Err(noise::HandshakeError::Unauthorized {
-                            client: accepted.client,
+                            client: answered.accepted.client,
                         }
                         .into());
                     }
-                    accepted
+                    self.early_answer = answered.early;
+                    // Run once the endpoint has taken `Authenticated` (and
+                    // not refused the session a slot).
+                    self.early = answered.data.map(|d| (Bytes::from(d), now));
+                    answered.accepted
                 };
                 self.link.send_clear(handshake_frame(accepted.msg2));
                 self.link.transport = Some(accepted.transport);
@@ -586,6 +599,8 @@ impl<T> ServerSession<T> {
         }
         self.link.retract_clear();
         self.link.transport = None;
+        // Nothing of message 1 runs.
+        self.early = None;
         self.fail(SessionError::Handshake(noise::HandshakeError::Busy), now);
         self.after(now);
     }
@@ -628,7 +643,52 @@ impl<T> ServerSession<T> {
     /// The next event for the caller.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.sync_end();
+        if self.events.is_empty()
+            && let Some((data, now)) = self.early.take()
+            && !self.link.is_over()
+        {
+            if let Err(e) = self.run_early(&data, now) {
+                self.fail(e, now);
+            }
+            self.after(now);
+        }
         self.events.poll()
+    }
+
+    /// What the replay guard said of the early data message 1 carried
+    /// (`None`: it carried none).
+    pub fn early_data(&self) -> Option<noise::Early> {
+        self.early_answer
+    }
+
+    /// Runs message 1's early data: the hello, then at most one call.
+    fn run_early(&mut self, data: &Bytes, now: Now) -> Result<(), SessionError> {
+        let mut decoder = crate::framing::FrameDecoder::new(self.link.limits.noise.max_envelope);
+        decoder.feed(data);
+        let mut seen = 0;
+        while let Some(bytes) = decoder
+            .next()
+            .map_err(|_| SessionError::Protocol(Violation::UnexpectedMessage("early data")))?
+        {
+            let env = crate::envelope::decode_bytes(bytes)?;
+            let allowed = matches!(
+                (&env.body, seen),
+                (Some(Body::Hello(_)), 0) | (Some(Body::Exec(_)), 1)
+            );
+            if !allowed {
+                return Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                    "early data other than the hello and one call",
+                )));
+            }
+            seen += 1;
+            self.envelope(env, now)?;
+        }
+        if decoder.buffered() > 0 || seen == 0 {
+            return Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "early data cut short",
+            )));
+        }
+        Ok(())
     }
 
     /// Hands back an event the caller cannot take yet (stdin for a process
@@ -643,7 +703,8 @@ impl<T> ServerSession<T> {
     /// while the backlog is over its bound (every frame may need an
     /// answer).
     pub fn wants_frames(&self) -> bool {
-        self.link.is_over() || (self.events.is_empty() && !self.link.over_backlog())
+        self.link.is_over()
+            || (self.events.is_empty() && self.early.is_none() && !self.link.over_backlog())
     }
 
     /// Whether the machine takes terminal events now.

@@ -19,6 +19,7 @@ use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
 mod calls;
 mod counters;
+mod early;
 mod ending;
 mod hostile;
 mod login_shell;
@@ -114,6 +115,19 @@ impl Pair {
     ) -> Self {
         let now = Now::system();
         let client = ClientSession::new(client_key, server_pub, client_limits, now).unwrap();
+        Self::with_client(client, client_key, server_pub, acceptor, server_limits, now)
+    }
+
+    /// A pair of `client` (made by the test) and a new exec-server
+    /// session, at `now`.
+    fn with_client(
+        client: ClientSession<Tag>,
+        client_key: &StaticKeypair,
+        server_pub: &crate::keys::PublicKey,
+        acceptor: Arc<Acceptor>,
+        server_limits: Limits,
+        now: Now,
+    ) -> Self {
         let server = ServerSession::new(Arc::clone(&acceptor), server_limits, now);
         Self {
             now,
