@@ -309,6 +309,19 @@ impl Client {
         }
     }
 
+    /// Closes the session without waiting for the exec-server's answer:
+    /// its authenticated close is sent (after anything queued) and this
+    /// returns once the transport has taken it, so a process that exits
+    /// next spends no round trip on closing. The exec-server ends the
+    /// session (and any command still running in it) when the close
+    /// arrives. Waits at most `bound` for a link that takes nothing.
+    pub async fn close_sent(&self, bound: std::time::Duration) {
+        let session = self.inner.session.lock().await.take();
+        if let Some(s) = session {
+            s.close_sent(bound).await;
+        }
+    }
+
     /// A ready session for a call, from `start`; the session and when it
     /// was in hand (where the call's next stage starts).
     async fn acquire(

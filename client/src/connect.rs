@@ -20,13 +20,13 @@ use proto::routing::SERVER_ID_HEADER;
 use proto::session::{ClientSession, Now};
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, Waiting};
+use crate::outbound::Outbound;
 use crate::reconnect::{self, Reconnect};
 use crate::router::{Established, Router};
 use crate::session::{SessionHandle, Shared};
@@ -73,7 +73,8 @@ pub(crate) async fn open(
         tx.try_send(Ok(t.frame))
             .map_err(|_| ConnectError::Unavailable(crate::error::Unavailable::LinkEnded))?;
     }
-    let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(rx), Result::ok);
+    let shared = Shared::new(config.target.via());
+    let frames = Outbound::new(rx, Arc::clone(&shared.drained));
     let mut request = tonic::Request::new(frames);
     if let Ok(v) = MetadataValue::try_from(server_id.as_str()) {
         request.metadata_mut().insert(SERVER_ID_HEADER, v);
@@ -93,7 +94,6 @@ pub(crate) async fn open(
     let inbound = response?.into_inner();
 
     // The driver runs the handshake and the hello from here on.
-    let shared = Shared::new(config.target.via());
     let (commands, commands_rx) = mpsc::channel(config.outbound_queue);
     let (controls, controls_rx) = mpsc::channel(crate::session::CONTROL_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();

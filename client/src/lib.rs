@@ -28,6 +28,8 @@
 //!   and what comes back ([`Event`]).
 //! - `error`: [`ClientError`], [`ConnectError`], [`SessionLost`].
 //! - `connect`: reaching the relay and starting a session's driver.
+//! - `outbound`: a link's sending half as the transport takes it, and
+//!   when it has taken the last frame (a close sent, never waited for).
 //! - `reconnect`: a session whose link broke coming back (backoff, every
 //!   relay in turn, the resume) within [`ClientConfig::resume`].
 //! - `session`: the handle callers hold on a session, and the state they
@@ -54,6 +56,7 @@ mod dispatch;
 mod error;
 mod exec;
 mod execution;
+mod outbound;
 mod reconnect;
 #[cfg(feature = "records")]
 mod records;

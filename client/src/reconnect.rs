@@ -18,13 +18,13 @@ use proto::routing::SERVER_ID_HEADER;
 use proto::session::{Now, SessionError, Stage};
 use telemetry::spans;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::metadata::MetadataValue;
 
 use crate::config::{ClientConfig, Target};
 use crate::connect::LINK_QUEUE;
+use crate::outbound::Outbound;
 use crate::router::{Machine, Router};
 
 /// The first retry waits this long; each further one twice as long, up to
@@ -140,7 +140,7 @@ impl Reconnect {
         while let Some(t) = machine.poll_transmit(now) {
             let _ = tx.try_send(Ok(t.frame));
         }
-        let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(rx), Result::ok);
+        let frames = Outbound::new(rx, router.drained());
         let mut request = tonic::Request::new(frames);
         if let Ok(v) = MetadataValue::try_from(config.server.server_id().as_str()) {
             request.metadata_mut().insert(SERVER_ID_HEADER, v);

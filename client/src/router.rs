@@ -218,6 +218,11 @@ impl Outage {
 }
 
 impl Router {
+    /// Where the transport says it has taken a link's last frame.
+    pub(crate) fn drained(&self) -> Arc<crate::outbound::Drained> {
+        Arc::clone(&self.shared.drained)
+    }
+
     pub(crate) fn new(
         (commands, controls): (mpsc::Receiver<Command>, mpsc::Receiver<Command>),
         shared: Arc<Shared>,

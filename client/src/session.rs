@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{SessionLost, Via};
 use crate::exec::{Event, ExecFailure};
+use crate::outbound::Drained;
 
 /// An event on its way to the caller, with when the driver handed it over
 /// (for the delivery queue's residence time).
@@ -209,6 +210,8 @@ pub(crate) struct Shared {
     counters: Mutex<Counters>,
     /// Cancelled to close the session.
     pub(crate) closing: CancellationToken,
+    /// Whether the transport has taken the current link's last frame.
+    pub(crate) drained: Arc<Drained>,
     /// What the link goes to.
     pub(crate) via: Via,
 }
@@ -223,6 +226,7 @@ impl Shared {
             clock_offset: AtomicI64::new(0),
             counters: Mutex::new(Counters::default()),
             closing: CancellationToken::new(),
+            drained: Arc::new(Drained::default()),
             via,
         })
     }
@@ -426,6 +430,24 @@ impl SessionHandle {
     /// Why the session ended (a clean local close if it did not say).
     pub(crate) fn lost(&self) -> SessionLost {
         self.shared.lost()
+    }
+
+    /// Sends the session's authenticated close (after what is queued) and
+    /// returns once the transport has taken it (or the driver stopped),
+    /// without waiting for the exec-server's answer; at most `bound`.
+    pub(crate) async fn close_sent(&self, bound: std::time::Duration) {
+        self.shared.closing.cancel();
+        let _ = tokio::time::timeout(bound, async {
+            tokio::select! {
+                () = self.shared.drained.wait() => {}
+                () = self.commands.closed() => {}
+            }
+        })
+        .await;
+        // The transport writes what it took on its next turns.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Closes the session cleanly and waits until its driver has stopped.

@@ -100,3 +100,37 @@ fn a_link_reset_mid_command_is_survived() {
         "the session came back over a new connection: {stats}"
     );
 }
+
+/// The CLI sends its close and exits without waiting for the answer (no
+/// round trip spent closing, see the `network` benchmark): the close must
+/// still arrive, so the exec-server ends the session rather than holding
+/// it for a resume.
+#[test]
+fn the_cli_exits_without_waiting_for_its_close_and_the_session_still_closes_cleanly() {
+    let stack = ProcStack::start(&[("RUST_LOG", "info,exec_server=debug")]).unwrap();
+    let link = emulated(&stack, Duration::from_millis(50));
+    let mut cmd = binaries::exec_command(
+        &link.url(),
+        &stack.server_pub,
+        &stack.client_key,
+        &[],
+        &["true"],
+    )
+    .unwrap();
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The exec-server got the authenticated close (its session closed),
+    // not a broken link it would hold for a resume.
+    let line = binaries::recv_line(
+        &stack.server.stderr_lines,
+        |l| l.contains("session closed") || l.contains("link broke"),
+        "the session's end",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(line.contains("session closed"), "{line}");
+}

@@ -32,6 +32,9 @@ const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long the CLI waits at exit for its record to be saved.
 const RECORD_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The most an exit waits for the transport to take the session's close
+/// (it never waits for the exec-server's answer).
+const CLOSE_SENT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a session ended by a local signal may take to close cleanly.
 const HANG_UP: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -577,8 +580,9 @@ async fn exec_with(
             }
         }
     }
+    // The close is sent, never waited for: the exit costs no round trip.
     if let Some(client) = client {
-        client.close().await;
+        client.close_sent(CLOSE_SENT).await;
     }
     result
 }
