@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use proto::keys::Origin;
+use proto::listener::Connections;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_server::Tunnel;
 use proto::routing::SERVER_ID_HEADER;
@@ -24,12 +25,22 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'st
 pub struct DirectTunnel {
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
+    connections: Arc<Connections>,
 }
 
 impl DirectTunnel {
-    /// A direct tunnel for this exec-server.
-    pub fn new(ctx: Arc<ServerContext>, shutdown: CancellationToken) -> Self {
-        Self { ctx, shutdown }
+    /// A direct tunnel for this exec-server, whose listener holds
+    /// `connections`.
+    pub fn new(
+        ctx: Arc<ServerContext>,
+        shutdown: CancellationToken,
+        connections: Arc<Connections>,
+    ) -> Self {
+        Self {
+            ctx,
+            shutdown,
+            connections,
+        }
     }
 }
 
@@ -61,10 +72,23 @@ impl Tunnel for DirectTunnel {
             Err(e) => {
                 return Err(proto::routing::refuse(
                     tonic::Code::ResourceExhausted,
-                    format!("the exec-server is busy: {e}"),
+                    format!(
+                        "the exec-server is busy: {e} (its --max-startups, --max-startups-per-source)"
+                    ),
                     proto::pb::tunnel::CloseReason::Busy,
                 ));
             }
+        };
+        // Once the session has authenticated, its connection is no
+        // longer an unauthenticated one of its address.
+        let startup = match request.remote_addr() {
+            Some(client) => {
+                let connections = Arc::clone(&self.connections);
+                startup.on_authenticated(move || {
+                    connections.trust(client);
+                })
+            }
+            None => startup,
         };
         let origin = request
             .remote_addr()

@@ -124,7 +124,8 @@ struct RunArgs {
     #[arg(long, default_value_t = exec_server::config::DEFAULT_STARTUPS, value_name = "START:RATE:FULL")]
     max_startups: proto::admission::Startups,
     /// With --listen: most unauthenticated direct sessions from one source
-    /// address (connections per source: 8 times as many).
+    /// address (connections per source: 8 times as many, counting only
+    /// connections that have not carried an authenticated session).
     #[arg(long, default_value_t = 16)]
     max_startups_per_source: usize,
     /// Do not run each command in a cgroup v2 of its own. By default, where

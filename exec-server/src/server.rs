@@ -156,9 +156,13 @@ pub async fn start(
                     shutdown.clone(),
                 ),
             );
-            let svc = TunnelServer::new(DirectTunnel::new(Arc::clone(&ctx), sessions.clone()))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE);
+            let svc = TunnelServer::new(DirectTunnel::new(
+                Arc::clone(&ctx),
+                sessions.clone(),
+                Arc::clone(&conns),
+            ))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
             let shutdown = shutdown.clone();
             Some(
                 tasks.spawn(

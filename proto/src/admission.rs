@@ -234,11 +234,41 @@ pub struct Gate {
     admitted: AtomicU64,
 }
 
+/// What to do once a session has authenticated (e.g. trust its
+/// connection: [`crate::listener::Connections::trust`]).
+type OnAuthenticated = Box<dyn FnOnce() + Send + Sync>;
+
 /// A place in a [`Gate`]'s table; given back when dropped.
-#[derive(Debug)]
 pub struct Ticket {
     gate: Arc<Gate>,
     source: Option<Source>,
+    on_authenticated: Option<OnAuthenticated>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("source", &self.source)
+            .field("on_authenticated", &self.on_authenticated.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// Runs `f` when (and only if) the session authenticates
+    /// ([`Ticket::authenticated`]).
+    pub fn on_authenticated(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_authenticated = Some(Box::new(f));
+        self
+    }
+
+    /// The session has authenticated: its place is given back, and what
+    /// [`Ticket::on_authenticated`] asked for is done.
+    pub fn authenticated(mut self) {
+        if let Some(f) = self.on_authenticated.take() {
+            f();
+        }
+    }
 }
 
 impl Drop for Ticket {
@@ -274,6 +304,7 @@ impl Gate {
                 Ok(Ticket {
                     gate: Arc::clone(self),
                     source,
+                    on_authenticated: None,
                 })
             }
             Err(refusal) => {

@@ -1,7 +1,11 @@
 //! Accepting connections for a gRPC server (the relay, `exec-server
 //! --listen`) where anyone may connect:
 //!
-//! - a cap on open connections and a per-source share of it;
+//! - a cap on open connections and a per-source share of it; the share
+//!   bounds unauthenticated connections only: a connection that has
+//!   carried an authenticated session ([`Connections::trust`]) counts
+//!   against the cap alone, so one honest client with many sessions (or
+//!   many clients behind one address) is never refused for its address;
 //! - a deadline for the HTTP/2 preface and the first frame: a connection
 //!   that has not sent them in time is closed (with TLS, the deadline
 //!   covers the TLS handshake too: it runs from the accept until the
@@ -94,15 +98,20 @@ struct Evict {
 #[derive(Debug)]
 struct Member {
     source: Source,
+    peer: SocketAddr,
     evict: Arc<Evict>,
     silent: bool,
+    /// Has carried an authenticated session: out of its source's share.
+    trusted: bool,
 }
 
 #[derive(Debug, Default)]
 struct Table {
     next_id: u64,
     members: HashMap<u64, Member>,
+    /// Untrusted connections per source.
     by_source: HashMap<Source, usize>,
+    by_peer: HashMap<SocketAddr, u64>,
     /// Ids in arrival order; ids that spoke or left are skipped lazily.
     silent: VecDeque<u64>,
 }
@@ -110,13 +119,22 @@ struct Table {
 impl Table {
     fn remove(&mut self, id: u64) -> Option<Member> {
         let m = self.members.remove(&id)?;
-        if let Some(n) = self.by_source.get_mut(&m.source) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_source.remove(&m.source);
-            }
+        if self.by_peer.get(&m.peer) == Some(&id) {
+            self.by_peer.remove(&m.peer);
+        }
+        if !m.trusted {
+            self.leave_source(m.source);
         }
         Some(m)
+    }
+
+    fn leave_source(&mut self, source: Source) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
     }
 
     /// Closes the oldest silent connection; whether there was one.
@@ -218,10 +236,13 @@ impl Connections {
             id,
             Member {
                 source,
+                peer,
                 evict: Arc::clone(&evict),
                 silent: true,
+                trusted: false,
             },
         );
+        t.by_peer.insert(peer, id);
         *t.by_source.entry(source).or_insert(0) += 1;
         t.silent.push_back(id);
         // Ids of connections that spoke pile up in the queue: compact it
@@ -246,6 +267,33 @@ impl Connections {
         if let Some(m) = self.lock().members.get_mut(&id) {
             m.silent = false;
         }
+    }
+
+    /// Marks the open connection from `peer` as one that has carried an
+    /// authenticated session: from now on it counts against the cap on
+    /// connections only, not against its source's share. Whether there
+    /// was such a connection.
+    pub fn trust(&self, peer: SocketAddr) -> bool {
+        let mut t = self.lock();
+        let Some(&id) = t.by_peer.get(&peer) else {
+            return false;
+        };
+        let Some(m) = t.members.get_mut(&id) else {
+            return false;
+        };
+        if m.trusted {
+            return true;
+        }
+        m.trusted = true;
+        m.silent = false;
+        let source = m.source;
+        t.leave_source(source);
+        true
+    }
+
+    /// Connections open now that have carried an authenticated session.
+    pub fn trusted(&self) -> usize {
+        self.lock().members.values().filter(|m| m.trusted).count()
     }
 }
 
@@ -721,6 +769,41 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await,
             Ok(Ok(0) | Err(_))
         )
+    }
+
+    #[test]
+    fn a_trusted_connection_leaves_its_sources_share_but_not_the_cap() {
+        let conns = Connections::new(limits(5, 2));
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let a = conns.admit(at(1)).unwrap();
+        let _b = conns.admit(at(2)).unwrap();
+        assert!(conns.admit(at(3)).is_none(), "the source's share is 2");
+        // The first carries an authenticated session: room for one more
+        // unauthenticated one from the address.
+        assert!(conns.trust(at(1)));
+        assert!(conns.trust(at(1)), "trusting twice changes nothing");
+        assert!(!conns.trust(at(9)), "no such connection");
+        let c = conns.admit(at(3)).unwrap();
+        assert!(conns.admit(at(4)).is_none());
+        assert_eq!(conns.trusted(), 1);
+        // More trusted ones, up to the cap on all connections.
+        assert!(conns.trust(at(3)));
+        let _d = conns.admit(at(4)).unwrap();
+        assert!(conns.trust(at(4)));
+        let _e = conns.admit(at(5)).unwrap();
+        assert_eq!(conns.open(), 5);
+        assert!(conns.admit(at(6)).is_none(), "the cap is 5");
+        // A trusted connection gone gives its place in the cap back,
+        // and the source's count of untrusted ones is unchanged.
+        drop((a, c));
+        assert_eq!(conns.open(), 3);
+        assert_eq!(conns.trusted(), 1);
+        assert!(
+            conns.admit(at(6)).is_none(),
+            "still two untrusted from the address"
+        );
+        let other = SocketAddr::from(([127, 0, 0, 2], 1));
+        assert!(conns.admit(other).is_some(), "room in the cap");
     }
 
     #[tokio::test]

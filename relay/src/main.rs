@@ -72,7 +72,9 @@ struct Args {
     /// Most open connections (lowered to fit the descriptor limit).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
-    /// Most open connections from one source address (an IPv6 /64).
+    /// Most open connections from one source address (an IPv6 /64) that
+    /// have not carried an authenticated session (those count against
+    /// --max-connections only).
     #[arg(long, default_value_t = 256)]
     max_connections_per_source: usize,
     /// Seconds a new connection has to send the HTTP/2 preface (with TLS:

@@ -73,11 +73,11 @@ impl Relay {
             Some(path) => Some(AllowList::open(path)?),
             None => None,
         };
-        let connections = Connections::new(config.connections);
         // Sessions get their own token (the tasks') so that they can
         // outlive the listener for the grace period.
         let tasks = Tasks::new();
         let state = RelayState::new(config, tasks.clone(), allowed);
+        let connections = Arc::clone(&state.connections);
         Ok(Self {
             state,
             connections,

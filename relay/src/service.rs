@@ -91,6 +91,9 @@ pub struct RelayState {
     pub budget: Arc<Budget>,
     /// The exec-server keys allowed to register, if limited.
     pub allowed: Option<Arc<AllowList>>,
+    /// The listener's connections: one that carries an authenticated
+    /// session leaves its source's share.
+    pub connections: Arc<proto::listener::Connections>,
     registration_rate: Arc<Mutex<RateLimiter>>,
     refused: Arc<Counters>,
 }
@@ -113,6 +116,7 @@ impl RelayState {
         );
         Self {
             registry,
+            connections: proto::listener::Connections::new(config.connections),
             startups: Gate::new(config.startups),
             budget: Budget::new(config.max_buffered),
             allowed: allowed.map(Arc::new),
@@ -203,16 +207,22 @@ impl Tunnel for TunnelService {
         let state = &self.state;
         // A place among the unauthenticated sessions, held until the
         // exec-server's handshake answer has passed through.
-        let startup = state
-            .startups
-            .enter(peer(&request).map(|a| a.ip()))
-            .map_err(|e| {
-                proto::routing::refuse(
-                    Code::ResourceExhausted,
-                    format!("the relay is busy: {e}"),
-                    CloseReason::Busy,
-                )
-            })?;
+        let client = peer(&request);
+        let mut startup = state.startups.enter(client.map(|a| a.ip())).map_err(|e| {
+            proto::routing::refuse(
+                Code::ResourceExhausted,
+                format!("the relay is busy: {e} (--max-startups, --max-startups-per-source)"),
+                CloseReason::Busy,
+            )
+        })?;
+        // Once the session has authenticated, its connection is no
+        // longer an unauthenticated one of its address.
+        if let Some(client) = client {
+            let connections = Arc::clone(&state.connections);
+            startup = startup.on_authenticated(move || {
+                connections.trust(client);
+            });
+        }
         // Handshake message 1 rides with the stream's opening: the
         // exec-server hears of the session only once it has arrived.
         let mut inbound = request.into_inner();

@@ -368,6 +368,7 @@ pub async fn pump(
         };
         let len = frame.payload.len() as u64;
         let is_close = frame.kind == FrameKind::Close as i32;
+        let is_handshake = frame.kind == FrameKind::Handshake as i32;
         // A traced frame toward the client will carry timings.
         let told = if forward.is_some() && dir == Direction::ToClient {
             TIMINGS_COST
@@ -414,9 +415,13 @@ pub async fn pump(
         stats.frames += 1;
         stats.bytes += len;
         // The exec-server's handshake answer has passed: the session is
-        // no longer an unauthenticated one.
-        if dir == Direction::ToClient {
-            startup = None;
+        // no longer an unauthenticated one (authenticated, unless the
+        // exec-server's first word was a refusal).
+        if dir == Direction::ToClient
+            && let Some(ticket) = startup.take()
+            && is_handshake
+        {
+            ticket.authenticated();
         }
         if is_close {
             break PumpEnd::SourceClosed;

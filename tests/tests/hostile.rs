@@ -347,6 +347,74 @@ async fn a_registration_flood_neither_fills_the_relay_nor_keeps_a_real_exec_serv
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_with_more_sessions_than_its_address_share_of_connections_opens_them_all() {
+    use futures::StreamExt as _;
+    // Shares of 8 connections per address, at the relay and at the
+    // exec-server's listener; the client holds 24 sessions (a connection
+    // each) from one address, through each.
+    const SESSIONS: usize = 24;
+    const SHARE: usize = 8;
+    let mut config = relay::RelayConfig::default();
+    config.connections.per_source = SHARE;
+    let relay = TestRelay::start_with(config).await.unwrap();
+    let client_key = StaticKeypair::generate().unwrap();
+    let server = TestServer::start_configured(Some(relay.url()), true, &[&client_key], |c| {
+        c.listen_limits.per_source = SHARE;
+    })
+    .await
+    .unwrap();
+    for target in [
+        Target::Relay(relay.url()),
+        Target::Direct(server.direct_url().unwrap()),
+    ] {
+        let what = format!("{target:?}");
+        let config = ClientConfig::new(client_key.clone(), server.key.public(), target);
+        let clients: Vec<Client> = (0..SESSIONS).map(|_| Client::new(config.clone())).collect();
+        let failed: Vec<String> = futures::stream::iter(&clients)
+            .map(Client::connect)
+            .buffer_unordered(4)
+            .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
+            .collect()
+            .await;
+        assert!(
+            failed.is_empty(),
+            "{what}: {} failed: {failed:?}",
+            failed.len()
+        );
+        for c in &clients {
+            let out = c.output(sh("echo ok")).await.unwrap().unwrap();
+            assert_eq!(out.stdout, b"ok\n", "{what}");
+        }
+        for c in &clients {
+            c.close().await;
+        }
+    }
+    // Unauthenticated connections from that address are still held to
+    // its share: of 2 x SHARE silent ones, at least SHARE are refused
+    // (the exec-server's own registration link is one of the address's).
+    let before = relay.stats.connections.take_summary().refused_source;
+    assert_eq!(before, 0, "the honest client was refused a connection");
+    let addr = relay.url().trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..2 * SHARE {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for _ in 0..200 {
+        refused += relay.stats.connections.take_summary().refused_source;
+        if refused >= SHARE as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused >= SHARE as u64,
+        "{refused} silent connections refused"
+    );
+    drop(silent);
+}
+
 /// Registers `n` throwaway keys from `from`, over connections of 4 (the
 /// per-connection share); the registrations held.
 async fn throwaway_registrations(

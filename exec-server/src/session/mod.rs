@@ -876,7 +876,9 @@ impl Endpoint<Machine> for Runner {
         self.register(machine);
         match event {
             ServerEvent::Authenticated { client } => {
-                self.startup = None;
+                if let Some(ticket) = self.startup.take() {
+                    ticket.authenticated();
+                }
                 match Arc::clone(&self.ctx.sessions).try_acquire_owned() {
                     Ok(slot) => {
                         tracing::debug!(client = %client.short(), "session established");
