@@ -12,7 +12,8 @@
 //! - [`config`]: the config file (named servers, `[defaults]`), checked
 //!   with file:line messages.
 //! - [`known`]: the known servers (trust on first use, opt-in).
-//! - [`address`]: relay addresses as people type them.
+//! - [`address`]: relay addresses as people type them (`proto`'s, which
+//!   the exec-server's `--relay` reads too).
 //! - [`names`]: server ids shown as the names the user gave them.
 //! - [`paths`]: the config directory and the files in it.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
@@ -24,7 +25,7 @@
 //!   cold and warm, first output, A/B and gates.
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
-pub mod address;
+pub use proto::address;
 pub mod agent;
 pub mod cli;
 pub mod config;

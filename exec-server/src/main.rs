@@ -66,11 +66,14 @@ enum Command {
 
 #[derive(Debug, ClapArgs)]
 struct RunArgs {
-    /// Relay to register with: http://HOST:PORT (plain HTTP/2, for
-    /// loopback and private networks) or https://HOST:PORT (TLS; never
-    /// downgraded to plain). Repeat it (or give a comma-separated list) to
+    /// Relay to register with, written as core-client's --relay is:
+    /// http://HOST:PORT (plain HTTP/2), https://HOST:PORT (TLS; never
+    /// downgraded to plain), HOST:PORT, HOST (port 7600) or [IPV6]:PORT (a
+    /// bare address means plain HTTP/2 on loopback and private addresses
+    /// and TLS elsewhere). Repeat it (or give a comma-separated list) to
     /// register with several: each registration is kept alive on its own,
-    /// and clients reach the exec-server through any of them.
+    /// and clients reach the exec-server through any of them. An address
+    /// that cannot be one is refused at start (exit 2).
     #[arg(long, env = "REX_RELAY", value_delimiter = ',')]
     relay: Vec<String>,
     /// For an https:// relay: trust only the CA certificates in FILE (PEM,
@@ -222,6 +225,10 @@ fn health(
     key: &std::path::Path,
     timeout: Duration,
 ) -> ExitCode {
+    let relays = match relay_urls(relays) {
+        Ok(urls) => urls,
+        Err(e) => return usage(&e),
+    };
     let id = match StaticKeypair::read_file(key) {
         Ok(kp) => kp.public().server_id(),
         Err(e) => return fail(&e.to_string()),
@@ -238,7 +245,7 @@ fn health(
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
     let mut healthy = true;
-    for relay in relays {
+    for relay in &relays {
         if let Err(e) = runtime.block_on(proto::health::check(relay, &id, timeout, &tls)) {
             eprintln!("exec-server: server id {id} at {relay}: {e}");
             healthy = false;
@@ -256,6 +263,24 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A usage error: one line, exit 2.
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("exec-server: {msg}");
+    ExitCode::from(2)
+}
+
+/// The relays' URLs, each address read as core-client reads its --relay.
+fn relay_urls(typed: &[String]) -> Result<Vec<String>, String> {
+    typed
+        .iter()
+        .map(|t| {
+            proto::address::RelayAddress::parse(t)
+                .map(|a| a.url().to_owned())
+                .map_err(|e| format!("--relay: {e}"))
+        })
+        .collect()
+}
+
 fn keygen(out: &std::path::Path) -> ExitCode {
     match StaticKeypair::generate_to_file(out) {
         Ok(kp) => {
@@ -271,6 +296,10 @@ fn serve(args: RunArgs) -> ExitCode {
     let options = match telemetry::setup::Options::service() {
         Ok(options) => options,
         Err(e) => return fail(&e.to_string()),
+    };
+    let relays = match relay_urls(&args.relay) {
+        Ok(urls) => urls,
+        Err(e) => return usage(&e),
     };
     let Some(key_path) = args.key else {
         return fail("--key FILE is required (create one with `exec-server keygen --out FILE`)");
@@ -307,7 +336,7 @@ fn serve(args: RunArgs) -> ExitCode {
     if config.listen_tls.is_some() && args.listen.is_none() {
         return fail("--tls-cert and --tls-key are for --listen: give --listen ADDR too");
     }
-    config.relays = args.relay;
+    config.relays = relays;
     config.listen = args.listen;
     config.max_sessions = args.max_sessions;
     config.max_processes_per_session = args.max_processes;

@@ -8,6 +8,8 @@
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
 //! - [`link`]: the gRPC endpoint and server settings every relay link shares.
+//! - [`address`]: relay addresses as people type them (`HOST:PORT`,
+//!   `http://…`, `https://…`), for every `--relay` flag.
 //! - [`admission`]: admission of unauthenticated sessions (early drop as the
 //!   table fills, a share per source), decided without IO.
 //! - `listener` (feature `server`): accepting connections where anyone may
@@ -35,6 +37,7 @@
 //! depends on an async runtime: the protocol cores take bytes and
 //! time and return bytes and events; the services drive them.
 
+pub mod address;
 pub mod admission;
 pub mod clock;
 pub mod driver;

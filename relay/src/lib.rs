@@ -29,4 +29,4 @@ pub mod service;
 pub mod splice;
 
 pub use config::RelayConfig;
-pub use server::{Relay, RelayError, RelayStats, run, serve};
+pub use server::{Relay, RelayError, RelayStats, bind, run, serve};

@@ -272,10 +272,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();
         let shutdown = lifecycle::signals::stop_on_signals(&signals);
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match relay::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("relay: cannot listen on {}: {e}", config.listen);
+                eprintln!("relay: {e}");
                 return ExitCode::FAILURE;
             }
         };

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use proto::health::pb::health_server::HealthServer;
 
+use futures::StreamExt;
 use lifecycle::Tasks;
 use proto::admission::Gate;
 use proto::limits::MAX_GRPC_MESSAGE;
@@ -124,25 +125,25 @@ impl Relay {
         let registry = RegistryServer::new(RegistryServiceImpl::new(state))
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let incoming = proto::listener::incoming(listener, connections, tls);
-        let result = proto::link::server()
+        // The listener goes first on shutdown (the port is free at once for
+        // a relay started in this one's place); connections are then told
+        // to drain (an HTTP/2 GOAWAY: no new sessions, in-flight ones go on).
+        let incoming = proto::listener::incoming(listener, connections, tls)
+            .take_until(shutdown.clone().cancelled_owned());
+        let serving = proto::link::server()
             .add_service(tunnel)
             .add_service(registry)
             .add_service(health)
-            .serve_with_incoming_shutdown(incoming, {
-                let shutdown = shutdown.clone();
-                let sessions = sessions.clone();
-                let tasks = tasks.clone();
-                async move {
-                    shutdown.cancelled().await;
-                    tracing::info!("relay shutting down");
-                    // Let in-flight sessions finish within the grace period.
-                    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-                        sessions.cancel();
-                    }
-                }
-            })
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let drain = async {
+            shutdown.cancelled().await;
+            tracing::info!("relay shutting down");
+            // Let in-flight sessions finish within the grace period.
+            if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                sessions.cancel();
+            }
+        };
+        let (result, ()) = tokio::join!(serving, drain);
         tasks.shutdown().await;
         result.map_err(RelayError::from)
     }
@@ -191,12 +192,30 @@ async fn watch_limits(state: RelayState, connections: Arc<Connections>) {
     }
 }
 
+/// The listen socket's backlog of connections not yet accepted.
+const BACKLOG: u32 = 1024;
+
+/// Binds `addr` for listening with SO_REUSEADDR, so that a relay started
+/// right after another on the same port (a restart) takes it at once,
+/// whatever connections of the last one are still in TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    bind().map_err(|source| RelayError::Bind { addr, source })
+}
+
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
     let addr = config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RelayError::Bind { addr, source })?;
+    let listener = bind(addr)?;
     tracing::info!(%addr, "relay listening");
     serve(listener, config, shutdown).await
 }

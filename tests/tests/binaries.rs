@@ -583,3 +583,103 @@ fn demo_into_a_reader_that_went_away_exits_141_without_a_panic() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn exec_server_relay_takes_the_addresses_core_client_takes_and_refuses_bad_ones_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_pub = binaries::keygen("exec-server", dir.path(), "server.key").unwrap();
+    let client_pub = binaries::keygen("core-client", dir.path(), "client.key").unwrap();
+    let ak = dir.path().join("authorized_keys");
+    std::fs::write(&ak, format!("{client_pub}\n")).unwrap();
+    let key = dir.path().join("server.key");
+    let server_args = |relay: &str| {
+        vec![
+            "--relay".to_owned(),
+            relay.to_owned(),
+            "--key".to_owned(),
+            key.to_str().unwrap().to_owned(),
+            "--authorized-keys".to_owned(),
+            ak.to_str().unwrap().to_owned(),
+            "--no-records".to_owned(),
+        ]
+    };
+    // Bad addresses: one line, exit 2, at once (never retried).
+    for bad in ["htp://127.0.0.1:7600", "127.0.0.1:99999", "[::1]7600", ""] {
+        let out = Command::new(binaries::path("exec-server").unwrap())
+            .args(server_args(bad))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{bad}: {stderr}");
+        assert!(
+            stderr.starts_with("exec-server: --relay: relay address"),
+            "{bad}: {stderr}"
+        );
+    }
+    // `exec-server health` reads --relay the same way.
+    let out = Command::new(binaries::path("exec-server").unwrap())
+        .args(["health", "--relay", "htp://x", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // HOST:PORT, as core-client takes it: registers, and serves.
+    let relay = binaries::spawn("relay", &["--listen", "127.0.0.1:0"], &[]).unwrap();
+    let line = relay
+        .wait_for_line("listening on", std::time::Duration::from_secs(30))
+        .unwrap();
+    let relay_addr = line.rsplit(' ').next().unwrap().trim().to_owned();
+    let args = server_args(&relay_addr);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = binaries::spawn("exec-server", &args, &[]).unwrap();
+    server
+        .wait_for_line("registered with relay", std::time::Duration::from_secs(30))
+        .unwrap();
+    let out = run(binaries::exec_command(
+        &relay_addr,
+        &server_pub,
+        &dir.path().join("client.key"),
+        &[],
+        &["sh", "-c", "echo via; exit 6"],
+    )
+    .unwrap());
+    assert_eq!(out.stdout, b"via\n");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_relay_restarted_on_its_port_right_after_sigterm_binds_at_once() {
+    let mut stack = ProcStack::start(&[]).unwrap();
+    // The relay has a live connection (the exec-server's registration) to
+    // drain when it is told to stop, and accepted connections that leave
+    // TIME_WAIT behind.
+    let out = run(stack.exec(&["true"]));
+    assert!(out.status.success());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(stack.relay.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // At once, while the old relay may still drain: the port is free.
+    stack.start_relay_again().unwrap();
+    // And the new relay serves: the exec-server registers again.
+    stack
+        .server
+        .wait_for_line("registered with relay", std::time::Duration::from_secs(60))
+        .unwrap();
+    let out = run(stack.exec(&["sh", "-c", "echo again"]));
+    assert_eq!(
+        out.stdout,
+        b"again\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
