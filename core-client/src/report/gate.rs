@@ -15,8 +15,12 @@
 //! UNIT    = ns | us | µs | ms | s | %
 //! ```
 //!
-//! STAGE is a span name (`link.transit`: its time per command, summed
-//! over its spans wherever it occurs) or `unattributed`, or a quoted name.
+//! STAGE names any row the report prints: a span name (`tool.dispatch`,
+//! the whole dispatch; `link.transit`: its time per command, summed over
+//! its spans wherever it occurs), `unattributed`, a warmth (`cold`, `warm`,
+//! `waited`: their dispatch) or one of the CLI's own stages (`cli.run`...);
+//! or a quoted name. A name that is none of them is refused with the names
+//! there are.
 //! Values are durations or plain numbers, checked when the gate is read:
 //! a duration is compared only with a duration (`2ms`, not `2`), and a
 //! duration divided by a duration is a number (`cold.p50 / warm.p50 < 3`).
@@ -293,28 +297,40 @@ fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64
             }
         }
         Expr::Stage(stage, field) => {
-            if stage == "unattributed" {
-                return pop(&Pop::Unattributed, *field, n, &mut note);
+            if let Some(p) = row_population(stage) {
+                return pop(&p, *field, n, &mut note);
             }
-            let Some(stats) = n.stages_by_name.get(stage) else {
+            let time = match n.stages_by_name.get(stage) {
+                Some(stats) => Some(&stats.time),
+                None => n.cli.iter().find(|r| r.name == *stage).map(|r| &r.time),
+            };
+            let Some(time) = time else {
                 if *field == Field::Count {
                     return Ok(0.0);
                 }
-                return Err(format!("no command has a `{stage}` stage"));
+                return Err(unknown_row(stage, n));
             };
             if *field != Field::Count {
-                note(stats.time.count, format!("{}({stage})", field_name(*field)));
+                note(time.count, format!("{}({stage})", field_name(*field)));
             }
-            summary_field(&stats.time, *field)
+            summary_field(time, *field)
         }
         Expr::Share(stage, field) => {
-            let shares = if stage == "unattributed" {
+            let whole = super::stats::Shares {
+                p50: 1.0,
+                p90: 1.0,
+                mean: 1.0,
+                max: 1.0,
+            };
+            let shares = if stage == "unattributed" || stage == "(unattributed)" {
                 n.unattributed.as_ref().map(|u| u.share)
+            } else if stage == telemetry::spans::TOOL_DISPATCH {
+                n.dispatch.map(|_| whole)
             } else {
                 n.stages_by_name.get(stage).map(|s| s.share)
             };
             let Some(s) = shares else {
-                return Err(format!("no command has a `{stage}` stage"));
+                return Err(unknown_row(stage, n));
             };
             note(n.commands, format!("share({stage})"));
             match field {
@@ -326,6 +342,59 @@ fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64
         }
         Expr::Pop(p, field) => pop(p, *field, n, &mut note)?,
     })
+}
+
+/// The population a report row stands for, when `name` is one: the
+/// dispatch (`tool.dispatch`), what no stage covers, or a warmth.
+fn row_population(name: &str) -> Option<Pop> {
+    Some(match name {
+        telemetry::spans::TOOL_DISPATCH => Pop::All,
+        "unattributed" | "(unattributed)" => Pop::Unattributed,
+        "cold" => Pop::Warmth("cold"),
+        "warm" => Pop::Warmth("warm"),
+        "waited" => Pop::Warmth("waited"),
+        _ => return None,
+    })
+}
+
+/// Every row name the report prints for `n`, in its order: the dispatch,
+/// each stage, `unattributed`, each warmth, the CLI's own stages.
+pub fn row_names(n: &Numbers) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !names.iter().any(|known| known == name) {
+            names.push(name.to_owned());
+        }
+    };
+    if n.dispatch.is_some() {
+        add(telemetry::spans::TOOL_DISPATCH);
+    }
+    for row in &n.stages {
+        add(&row.name);
+    }
+    if n.unattributed.is_some() {
+        add("unattributed");
+    }
+    for w in &n.warmth {
+        add(w.warmth.name());
+    }
+    for row in &n.cli {
+        add(&row.name);
+    }
+    names
+}
+
+/// Why `name` names nothing, with the names that exist.
+fn unknown_row(name: &str, n: &Numbers) -> String {
+    let names = row_names(n);
+    if names.is_empty() {
+        format!("no command has a `{name}` stage (the report has no rows)")
+    } else {
+        format!(
+            "no command has a `{name}` stage; the report's rows are: {}",
+            names.join(", ")
+        )
+    }
 }
 
 fn pop(
@@ -719,6 +788,50 @@ mod tests {
         assert_eq!(
             r.to_string(),
             "FAIL  p90(link.transit) < 6ms  (6.00ms < 6.00ms; 20 commands)"
+        );
+    }
+
+    #[test]
+    fn every_row_the_report_prints_can_be_named() {
+        let n = numbers(20);
+        let names = row_names(&n);
+        assert_eq!(
+            names,
+            [
+                "tool.dispatch",
+                "session.acquire",
+                "link.transit",
+                "unattributed",
+                "cold",
+                "warm"
+            ]
+        );
+        for name in &names {
+            for stat in ["p50", "p90", "p99", "max", "mean"] {
+                let gate = format!("{stat}({name}) >= 0ns");
+                let r = Gate::parse(&gate).unwrap().check(&n, 10);
+                assert!(r.pass, "{r}");
+            }
+            let r = Gate::parse(&format!("count({name}) > 0"))
+                .unwrap()
+                .check(&n, 10);
+            assert!(r.pass, "{r}");
+        }
+        // The issue's gate: the dispatch is 10 ms (cold) or 5 ms (warm).
+        assert!(check("p99(tool.dispatch) < 60s", 20, 10).pass);
+        assert!(check("p50(tool.dispatch) == all.p50", 20, 10).pass);
+        assert!(check("max(tool.dispatch) == 10ms", 20, 10).pass);
+        assert!(check("p50(cold) == cold.p50", 20, 10).pass);
+        assert!(check("share(tool.dispatch).p50 == 100%", 20, 10).pass);
+        // An unknown name says which names there are.
+        let r = check("p99(tool.dispach) < 60s", 20, 10);
+        assert!(!r.pass);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some(
+                "no command has a `tool.dispach` stage; the report's rows are: tool.dispatch, \
+                 session.acquire, link.transit, unattributed, cold, warm"
+            )
         );
     }
 
