@@ -79,6 +79,9 @@ impl Tunnel for DirectTunnel {
                 ));
             }
         };
+        // Never displaced here (its message 1 is read by the session
+        // itself): it keeps its place until it authenticates or ends.
+        startup.advanced();
         // Once the session has authenticated, its connection is no
         // longer an unauthenticated one of its address.
         let startup = match request.remote_addr() {

@@ -13,16 +13,25 @@
 //! - A per-source share: one source address (an IPv4 address, or an IPv6
 //!   /64) may hold at most `per_source` of the table.
 //!
+//! - Under pressure the least advanced goes first: a session that has
+//!   not yet sent its handshake message 1 ([`Ticket::advanced`] not yet
+//!   called) can be displaced. When a newcomer would be refused (dropped
+//!   early, the table full, or its source over its share), the oldest such
+//!   session (of that source, for a share) is ended instead
+//!   ([`Ticket::displaced`] fires) and the newcomer takes its place. An
+//!   honest client sends message 1 with its `Open`, so a flood of `Open`s
+//!   that never send one displaces itself, not the honest client.
+//!
 //! [`Admission`] is the table itself (counts only; the caller hands in a
 //! random roll). [`Gate`] is the thread-safe form the services share: it
 //! hands out [`Ticket`]s that give their place back when dropped, and
 //! counts what it refused so that the services can log summaries rather
 //! than one line per refusal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// `start:rate:full`: random early drop of unauthenticated sessions.
@@ -204,6 +213,11 @@ impl Admission {
     pub fn from_source(&self, source: Source) -> usize {
         self.by_source.get(&source).copied().unwrap_or(0)
     }
+
+    /// Whether `source` holds its whole share.
+    pub fn over_share(&self, source: Source) -> bool {
+        self.from_source(source) >= self.limits.per_source
+    }
 }
 
 /// Refusals counted since they were last taken.
@@ -215,22 +229,74 @@ pub struct Refusals {
     pub full: u64,
     /// Over the source's share.
     pub source: u64,
+    /// Sessions that had not sent message 1, ended to make room.
+    pub displaced: u64,
 }
 
 impl Refusals {
-    /// Total refusals.
+    /// Total refusals (displaced sessions included).
     pub fn total(&self) -> u64 {
-        self.early + self.full + self.source
+        self.early + self.full + self.source + self.displaced
+    }
+}
+
+/// A ticket's state, shared with the gate's queue of displaceable ones.
+#[derive(Debug, Default)]
+struct Standing {
+    /// Sent message 1 (or gone): no longer displaceable.
+    settled: AtomicBool,
+    /// Displaced: its place was given to a newcomer.
+    displaced: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+/// A ticket that can still be displaced.
+#[derive(Debug)]
+struct Waiting {
+    source: Option<Source>,
+    standing: Arc<Standing>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    table: Admission,
+    /// Oldest first; settled ones are skipped (and compacted) lazily.
+    waiting: VecDeque<Waiting>,
+}
+
+impl GateInner {
+    /// Displaces the oldest unsettled ticket (of `source`, if given),
+    /// giving its place back; whether there was one.
+    fn displace(&mut self, source: Option<Option<Source>>) -> bool {
+        let pos = self.waiting.iter().position(|w| {
+            !w.standing.settled.load(Ordering::Acquire) && source.is_none_or(|s| s == w.source)
+        });
+        let Some(w) = pos.and_then(|i| self.waiting.remove(i)) else {
+            return false;
+        };
+        w.standing.settled.store(true, Ordering::Release);
+        w.standing.displaced.store(true, Ordering::Release);
+        w.standing.wake.notify_waiters();
+        self.table.release(w.source);
+        true
+    }
+
+    fn compact(&mut self) {
+        if self.waiting.len() > 2 * self.table.in_flight() + 64 {
+            self.waiting
+                .retain(|w| !w.standing.settled.load(Ordering::Acquire));
+        }
     }
 }
 
 /// A shared admission table that hands out tickets.
 #[derive(Debug)]
 pub struct Gate {
-    table: Mutex<Admission>,
+    inner: Mutex<GateInner>,
     early: AtomicU64,
     full: AtomicU64,
     source: AtomicU64,
+    displaced: AtomicU64,
     admitted: AtomicU64,
 }
 
@@ -242,6 +308,7 @@ type OnAuthenticated = Box<dyn FnOnce() + Send + Sync>;
 pub struct Ticket {
     gate: Arc<Gate>,
     source: Option<Source>,
+    standing: Arc<Standing>,
     on_authenticated: Option<OnAuthenticated>,
 }
 
@@ -255,6 +322,26 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
+    /// The session has sent its handshake message 1: it can no longer be
+    /// displaced to make room.
+    pub fn advanced(&self) {
+        self.standing.settled.store(true, Ordering::Release);
+    }
+
+    /// Resolves once the session has been displaced to make room (never,
+    /// once [`Ticket::advanced`] was called).
+    pub async fn displaced(&self) {
+        loop {
+            let notified = self.standing.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.standing.displaced.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Runs `f` when (and only if) the session authenticates
     /// ([`Ticket::authenticated`]).
     pub fn on_authenticated(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Self {
@@ -273,7 +360,13 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.gate.lock().release(self.source);
+        let mut inner = self.gate.lock();
+        self.standing.settled.store(true, Ordering::Release);
+        // A displaced ticket's place was given back already.
+        if !self.standing.displaced.load(Ordering::Acquire) {
+            inner.table.release(self.source);
+        }
+        inner.compact();
     }
 }
 
@@ -281,29 +374,53 @@ impl Gate {
     /// A gate over an empty table.
     pub fn new(limits: AdmissionLimits) -> Arc<Self> {
         Arc::new(Self {
-            table: Mutex::new(Admission::new(limits)),
+            inner: Mutex::new(GateInner {
+                table: Admission::new(limits),
+                waiting: VecDeque::new(),
+            }),
             early: AtomicU64::new(0),
             full: AtomicU64::new(0),
             source: AtomicU64::new(0),
+            displaced: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Admission> {
+    fn lock(&self) -> MutexGuard<'_, GateInner> {
         // Counts stay consistent even if a holder panicked.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits a session from `addr` (`None`: unknown, no per-source share).
     pub fn enter(self: &Arc<Self>, addr: Option<IpAddr>) -> Result<Ticket, Refusal> {
         let source = addr.map(Source::of);
-        let result = self.lock().admit(source, roll());
+        let mut inner = self.lock();
+        let mut result = inner.table.admit(source, roll());
+        if result.is_err() {
+            // The least advanced goes first: the oldest session that has
+            // not sent message 1 (of this source, when it holds its whole
+            // share).
+            let among = source.filter(|s| inner.table.over_share(*s)).map(Some);
+            if inner.displace(among) {
+                self.displaced.fetch_add(1, Ordering::Relaxed);
+                // Its place, without another roll.
+                result = inner.table.admit(source, 1.0);
+            }
+        }
         match result {
             Ok(()) => {
+                let standing = Arc::new(Standing::default());
+                inner.waiting.push_back(Waiting {
+                    source,
+                    standing: Arc::clone(&standing),
+                });
+                inner.compact();
+                drop(inner);
                 self.admitted.fetch_add(1, Ordering::Relaxed);
                 Ok(Ticket {
                     gate: Arc::clone(self),
                     source,
+                    standing,
                     on_authenticated: None,
                 })
             }
@@ -321,7 +438,7 @@ impl Gate {
 
     /// Sessions holding a ticket now.
     pub fn in_flight(&self) -> usize {
-        self.lock().in_flight()
+        self.lock().table.in_flight()
     }
 
     /// Tickets handed out so far.
@@ -335,6 +452,7 @@ impl Gate {
             early: self.early.swap(0, Ordering::Relaxed),
             full: self.full.swap(0, Ordering::Relaxed),
             source: self.source.swap(0, Ordering::Relaxed),
+            displaced: self.displaced.swap(0, Ordering::Relaxed),
         }
     }
 }
@@ -443,6 +561,8 @@ mod tests {
         let gate = Gate::new(limits("1", 1));
         let local = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let t = gate.enter(local).unwrap();
+        // It has sent message 1: it keeps its place.
+        t.advanced();
         assert_eq!(gate.enter(local).unwrap_err(), Refusal::Full);
         assert_eq!(gate.in_flight(), 1);
         drop(t);
@@ -453,5 +573,75 @@ mod tests {
         assert_eq!(r.total(), 1);
         assert_eq!(gate.take_refusals().total(), 0);
         assert_eq!(gate.admitted(), 2);
+    }
+
+    #[tokio::test]
+    async fn under_pressure_the_oldest_session_without_message_1_makes_room() {
+        // A table of 4 (no random drop: the test is deterministic), 3
+        // per source.
+        let gate = Gate::new(limits("4", 3));
+        let flood = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        let honest = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        // Two honest sessions that sent message 1, then silent ones.
+        let h1 = gate.enter(honest).unwrap();
+        h1.advanced();
+        let h2 = gate.enter(honest).unwrap();
+        h2.advanced();
+        let s1 = gate.enter(flood).unwrap();
+        let s2 = gate.enter(flood).unwrap();
+        assert_eq!(gate.in_flight(), 4);
+        // A flood of newcomers (bounded): each takes the place of the
+        // oldest silent one, never an honest session's.
+        let mut held = vec![s1, s2];
+        for _ in 0..50 {
+            held.push(gate.enter(flood).unwrap());
+            assert_eq!(gate.in_flight(), 4);
+        }
+        let displaced = futures::future::join_all(held.iter().map(|t| async {
+            tokio::time::timeout(std::time::Duration::from_millis(1), t.displaced())
+                .await
+                .is_ok()
+        }))
+        .await;
+        assert_eq!(displaced.iter().filter(|d| **d).count(), 50);
+        assert!(!displaced[50] && !displaced[51], "the newest two are in");
+        assert_eq!(gate.take_refusals().displaced, 50);
+        // An honest newcomer gets in the same way, and once it has sent
+        // message 1 the flood cannot take its place.
+        let h3 = gate.enter(honest).unwrap();
+        h3.advanced();
+        for _ in 0..10 {
+            held.push(gate.enter(flood).unwrap());
+        }
+        assert_eq!(gate.in_flight(), 4);
+        // Only settled sessions left: a newcomer is refused.
+        for t in &held[held.len() - 1..] {
+            t.advanced();
+        }
+        assert!(gate.enter(flood).is_err());
+        drop(held);
+        assert_eq!(gate.in_flight(), 3);
+        drop((h1, h2, h3));
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_source_over_its_share_displaces_its_own_oldest_silent_session() {
+        let gate = Gate::new(limits("100:30:100", 2));
+        let a = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        let b = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+        let other = gate.enter(b).unwrap();
+        let a1 = gate.enter(a).unwrap();
+        a1.advanced();
+        let a2 = gate.enter(a).unwrap();
+        // Over its share: its own silent one goes, not another source's.
+        let a3 = gate.enter(a).unwrap();
+        assert!(a2.standing.displaced.load(Ordering::Acquire));
+        assert!(!other.standing.displaced.load(Ordering::Acquire));
+        a3.advanced();
+        // Both of its places hold sessions that sent message 1: refused.
+        assert_eq!(gate.enter(a).unwrap_err(), Refusal::Source);
+        drop((a1, a2, a3, other));
+        assert_eq!(gate.in_flight(), 0);
     }
 }

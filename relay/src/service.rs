@@ -226,27 +226,40 @@ impl Tunnel for TunnelService {
         // Handshake message 1 rides with the stream's opening: the
         // exec-server hears of the session only once it has arrived.
         let mut inbound = request.into_inner();
-        let first =
-            match tokio::time::timeout(state.config.first_frame_timeout, inbound.message()).await {
-                Ok(Ok(Some(f))) if f.kind == FrameKind::Handshake as i32 => f,
-                Ok(Ok(Some(_))) => {
-                    return Err(proto::routing::refuse(
-                        Code::InvalidArgument,
-                        "a session must begin with handshake message 1",
-                        CloseReason::Protocol,
-                    ));
-                }
-                Ok(Ok(None) | Err(_)) => {
-                    return Err(Status::cancelled("the client ended the session"));
-                }
-                Err(_) => {
-                    return Err(proto::routing::refuse(
-                        Code::DeadlineExceeded,
-                        "no handshake message in time",
-                        CloseReason::Timeout,
-                    ));
-                }
-            };
+        // Until message 1 has come, a newer session may take this one's
+        // place when the table is under pressure.
+        let waited = tokio::select! {
+            () = startup.displaced() => {
+                return Err(proto::routing::refuse(
+                    Code::ResourceExhausted,
+                    "the relay is busy: too many unauthenticated sessions, and this one had not \
+                     sent handshake message 1 (--max-startups, --max-startups-per-source)",
+                    CloseReason::Busy,
+                ));
+            }
+            r = tokio::time::timeout(state.config.first_frame_timeout, inbound.message()) => r,
+        };
+        startup.advanced();
+        let first = match waited {
+            Ok(Ok(Some(f))) if f.kind == FrameKind::Handshake as i32 => f,
+            Ok(Ok(Some(_))) => {
+                return Err(proto::routing::refuse(
+                    Code::InvalidArgument,
+                    "a session must begin with handshake message 1",
+                    CloseReason::Protocol,
+                ));
+            }
+            Ok(Ok(None) | Err(_)) => {
+                return Err(Status::cancelled("the client ended the session"));
+            }
+            Err(_) => {
+                return Err(proto::routing::refuse(
+                    Code::DeadlineExceeded,
+                    "no handshake message in time",
+                    CloseReason::Timeout,
+                ));
+            }
+        };
         if first.payload.len() > proto::limits::MAX_FRAME_PAYLOAD {
             return Err(proto::routing::refuse(
                 Code::InvalidArgument,

@@ -144,6 +144,7 @@ pub fn warn_admission(
             dropped_early = s.early,
             refused_full = s.full,
             refused_per_source = s.source,
+            displaced_without_message_1 = s.displaced,
             "unauthenticated {scope}sessions refused in the last {every}s"
         );
     }

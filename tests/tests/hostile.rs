@@ -100,12 +100,22 @@ impl Opens {
 /// address, none of which ever sends handshake message 1; each is held
 /// (its request stream open) until refused or `stop`.
 fn silent_opens(url: String, server_id: String, stop: CancellationToken) -> JoinSet<Opens> {
+    silent_opens_from(url, server_id, stop, attacker(0))
+}
+
+/// [`silent_opens`] from the address `from`.
+fn silent_opens_from(
+    url: String,
+    server_id: String,
+    stop: CancellationToken,
+    from: std::net::IpAddr,
+) -> JoinSet<Opens> {
     let mut set = JoinSet::new();
     set.spawn(async move {
         // A few connections, as a client library would use.
         let mut channels = Vec::new();
         for _ in 0..4 {
-            channels.push(channel_from(&url, attacker(0)).await);
+            channels.push(channel_from(&url, from).await);
         }
         let mut opens = JoinSet::new();
         let mut tally = Opens::default();
@@ -166,14 +176,16 @@ async fn silent_opens_at_the_relay_do_not_lock_clients_out() {
     let server_id = stack.server.key.public().server_id();
     let stop = CancellationToken::new();
     let mut attack = silent_opens(stack.relay.url(), server_id.clone(), stop.clone());
-    // Let the attack fill what it can first: until it is refused beyond
-    // its share (a bounded wait for that event, however slow the machine).
+    // Let the attack fill what it can first: until it is turned away
+    // beyond its share, refused or its oldest silent sessions displaced (a
+    // bounded wait for that event, however slow the machine).
     let startups = &stack.relay.stats.startups;
     let mut refused = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while refused == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        refused += startups.take_refusals().source;
+        let r = startups.take_refusals();
+        refused += r.source + r.displaced;
     }
     let ok = legit_execs(&stack.client_config()).await;
     let in_flight = startups.in_flight();
@@ -188,6 +200,37 @@ async fn silent_opens_at_the_relay_do_not_lock_clients_out() {
         "the attacker was never refused beyond its share"
     );
     assert!(stack.relay.stats.registry.is_registered(&server_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_opens_from_the_honest_clients_own_address_do_not_lock_it_out() {
+    let stack = Stack::start().await.unwrap();
+    let server_id = stack.server.key.public().server_id();
+    let stop = CancellationToken::new();
+    let honest = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let mut attack = silent_opens_from(stack.relay.url(), server_id.clone(), stop.clone(), honest);
+    // Until the flood holds its address's whole share (bounded wait).
+    let startups = &stack.relay.stats.startups;
+    let mut displaced = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while displaced == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        displaced += startups.take_refusals().displaced;
+    }
+    let ok = legit_execs(&stack.client_config()).await;
+    let in_flight = startups.in_flight();
+    stop.cancel();
+    let tally = attack.join_next().await.unwrap().unwrap();
+    // Each honest session sends message 1 with its open: the flood's
+    // silent sessions are the ones that make room, from the same address.
+    eprintln!("silent opens from the honest address: {ok} of {EXECS}; {tally:?}");
+    assert!(
+        ok * 100 >= EXECS * 95,
+        "only {ok} of {EXECS} honest execs succeeded"
+    );
+    assert!(displaced > 0, "the flood never filled its share");
+    assert!(in_flight <= 16 + 1, "{in_flight} unauthenticated sessions");
+    assert!(tally.refused_busy > 0, "{tally:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
