@@ -75,20 +75,46 @@ fn tls_detail(cause: &LinkCause) -> String {
 }
 
 /// Why the exec-server (or the relay on its behalf) had no room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Busy {
-    /// The relay's limit of sessions for this exec-server.
-    Relay,
-    /// The exec-server's own limit.
+    /// What was dialled (the relay, or an exec-server reached directly)
+    /// refused the session at one of its limits, which its words name.
+    Link {
+        /// The URL dialled.
+        url: String,
+        /// Its words (printable characters only, bounded).
+        said: String,
+    },
+    /// The exec-server's own limit of sessions, after the handshake.
     ExecServer,
+}
+
+/// Most characters of a refusal's words kept.
+const MAX_REFUSAL_WORDS: usize = 240;
+
+impl Busy {
+    /// A refusal by `url` with `message` (the far end's own words, kept
+    /// printable and bounded: they are untrusted).
+    fn link(url: &str, message: &str) -> Self {
+        let said = message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_REFUSAL_WORDS)
+            .collect();
+        Busy::Link {
+            url: url.to_owned(),
+            said,
+        }
+    }
 }
 
 impl fmt::Display for Busy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Busy::Relay => "too many sessions at the relay",
-            Busy::ExecServer => "too many sessions",
-        })
+        match self {
+            Busy::Link { url, said } if said.is_empty() => write!(f, "{url} is at a limit"),
+            Busy::Link { url, said } => write!(f, "{url} refused the session: {said}"),
+            Busy::ExecServer => f.write_str("too many sessions"),
+        }
     }
 }
 
@@ -258,7 +284,7 @@ impl ConnectError {
         if let Some(reason) = proto::routing::refusal(&status) {
             match reason {
                 CloseReason::UnknownServer => return Self::UnknownServer(server_id.to_owned()),
-                CloseReason::Busy => return Self::Busy(Busy::Relay),
+                CloseReason::Busy => return Self::Busy(Busy::link(url, status.message())),
                 CloseReason::NotAccepted | CloseReason::PeerGone => {
                     return Self::Unavailable(Unavailable::NotAccepted);
                 }
@@ -267,7 +293,7 @@ impl ConnectError {
         }
         match status.code() {
             Code::NotFound => Self::UnknownServer(server_id.to_owned()),
-            Code::ResourceExhausted => Self::Busy(Busy::Relay),
+            Code::ResourceExhausted => Self::Busy(Busy::link(url, status.message())),
             Code::DeadlineExceeded => Self::Timeout(Waiting::Relay),
             Code::Unavailable | Code::Unknown | Code::Cancelled => Self::Unreachable {
                 url: url.to_owned(),
@@ -484,6 +510,27 @@ impl ClientError {
 mod tests {
     use super::*;
     use std::io::ErrorKind;
+
+    #[test]
+    fn a_refusal_at_a_limit_says_where_and_which_limit() {
+        let status = proto::routing::refuse(
+            tonic::Code::ResourceExhausted,
+            "the relay is busy: too many unauthenticated sessions \u{1b}[31m(--max-startups)",
+            CloseReason::Busy,
+        );
+        let e = ConnectError::from_status(status, "abcd", "http://relay:7600");
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "the exec-server is busy: http://relay:7600 refused the session: the relay is busy: \
+             too many unauthenticated sessions [31m(--max-startups)"
+        );
+        // The far end's words are bounded.
+        let long = "x".repeat(10_000);
+        let status = tonic::Status::resource_exhausted(long);
+        let e = ConnectError::from_status(status, "abcd", "http://exec:7601");
+        assert!(e.to_string().len() < MAX_REFUSAL_WORDS + 100, "{e}");
+    }
 
     #[test]
     fn only_a_socket_nobody_listens_on_means_the_agent_is_gone() {

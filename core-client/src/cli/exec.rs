@@ -298,7 +298,7 @@ pub(crate) fn next_relay_may_help(e: &ClientError) -> bool {
             ConnectError::Unreachable { .. }
                 | ConnectError::Tls { .. }
                 | ConnectError::UnknownServer(_)
-                | ConnectError::Busy(Busy::Relay)
+                | ConnectError::Busy(Busy::Link { .. })
                 | ConnectError::Timeout(Waiting::Relay)
         )
     )
