@@ -14,9 +14,14 @@
 //!   URL and `OTEL_EXPORTER_OTLP_ENDPOINT` is a base to which `/v1/traces`
 //!   is appended. The exporter reads `OTEL_EXPORTER_OTLP_HEADERS` and
 //!   `OTEL_EXPORTER_OTLP_TIMEOUT` itself, over either protocol, each
-//!   replaced by its `..._TRACES_...` form when that is set (no compression
-//!   is built in: `..._COMPRESSION` makes the exporter unusable, which is
-//!   logged);
+//!   replaced by its `..._TRACES_...` form when that is set, and
+//!   `OTEL_EXPORTER_OTLP_COMPRESSION` (or `..._TRACES_COMPRESSION`):
+//!   `gzip` compresses each export, over either protocol (`zstd` is not
+//!   built in and makes the exporter unusable, which is said);
+//!   spans that cannot be exported (a collector that refuses them or
+//!   cannot be reached, an exporter that cannot be built) are dropped with
+//!   one warning line, once per process, naming the endpoint and the
+//!   reason (`setup/reported.rs`);
 //! - otherwise: the local trace file, when the caller passes one (the CLI
 //!   does), else nowhere.
 //!
@@ -31,6 +36,7 @@
 //! that is down delays an exit by at most that bound and never fails it.
 
 mod http;
+mod reported;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,8 +70,9 @@ pub const EXPORT_HELP: &str = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (or \
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), e.g. http://localhost:4317, to export spans over \
 OTLP/gRPC; OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf (or http/json) exports over OTLP/HTTP \
 instead (e.g. to http://localhost:4318; /v1/traces is appended to \
-OTEL_EXPORTER_OTLP_ENDPOINT), and OTEL_EXPORTER_OTLP_HEADERS adds request headers \
-(key=value,...); OTEL_SERVICE_NAME renames the service, OTEL_TRACES_SAMPLER=always_off keeps \
+OTEL_EXPORTER_OTLP_ENDPOINT), OTEL_EXPORTER_OTLP_HEADERS adds request headers \
+(key=value,...) and OTEL_EXPORTER_OTLP_COMPRESSION=gzip compresses exports; spans that \
+cannot be exported are dropped with one warning naming the endpoint and why; OTEL_SERVICE_NAME renames the service, OTEL_TRACES_SAMPLER=always_off keeps \
 propagation only, OTEL_SDK_DISABLED=true exports nothing. Spans are flushed on exit and \
 on SIGTERM. Logs go to stderr (RUST_LOG sets the filter); warnings and errors are also \
 recorded as events on the exported spans.";
@@ -341,7 +348,12 @@ impl TelemetryGuard {
         }
         for p in &self.providers {
             if let Err(e) = p.shutdown_with_timeout(FLUSH_TIMEOUT) {
-                tracing::debug!(error = %e, "span export at shutdown failed");
+                match &self.export {
+                    Export::Otlp(target) => reported::warn_once(&target.endpoint, &e),
+                    Export::Off | Export::File(_) => {
+                        tracing::debug!(error = %e, "span export at shutdown failed");
+                    }
+                }
             }
         }
         if let Some(remote) = self.remote.take() {
@@ -443,9 +455,12 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
         .ok()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| service.to_owned());
-    let provider = build_provider(name, &options);
+    let (provider, unusable) = build(name, &options);
     global::set_tracer_provider(provider.clone());
     init_logs(default, layer_tracer(&options, &provider, service));
+    if let Some((endpoint, e)) = unusable {
+        reported::warn_once(&endpoint, &e);
+    }
     // With no collector, a client keeps the exec-server's stages it brings
     // home in its own file (with one, the exec-server exports its own).
     let remote = match &options.export {
@@ -475,9 +490,14 @@ pub fn init_services(
     default: LogDefault,
     options: Options,
 ) -> TelemetryGuard {
+    let mut unusable = None;
     let routes: Vec<(&'static str, SdkTracerProvider)> = services
         .iter()
-        .map(|s| (*s, build_provider((*s).to_owned(), &options)))
+        .map(|s| {
+            let (provider, failed) = build((*s).to_owned(), &options);
+            unusable = unusable.take().or(failed);
+            (*s, provider)
+        })
         .collect();
     let providers: Vec<SdkTracerProvider> = routes.iter().map(|(_, p)| p.clone()).collect();
     // The layer reports as the first service.
@@ -488,6 +508,9 @@ pub fn init_services(
         global::set_tracer_provider(router);
     }
     init_logs(default, tracer);
+    if let Some((endpoint, e)) = unusable {
+        reported::warn_once(&endpoint, &e);
+    }
     // Every service here records its own spans: nothing is brought home.
     TelemetryGuard {
         providers,
@@ -514,6 +537,20 @@ fn layer_tracer(
 /// A provider for `service` that exports as `options` says (the one
 /// builder every binary and test uses, so ids are always preset-capable).
 pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
+    let (provider, unusable) = build(service, options);
+    if let Some((endpoint, e)) = unusable {
+        reported::warn_once(&endpoint, &e);
+    }
+    provider
+}
+
+/// [`build_provider`], with the endpoint and error of an OTLP exporter
+/// that cannot be built (said once logs are set up).
+fn build(
+    service: String,
+    options: &Options,
+) -> (SdkTracerProvider, Option<(String, ExporterError)>) {
+    let mut unusable = None;
     let builder = base_builder(service);
     let builder = match &options.export {
         Export::Off => builder,
@@ -524,16 +561,17 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
             builder.with_span_processor(batch_processor(file.exporter(), options.span_queue))
         }
         Export::Otlp(target) => match otlp_exporter(target, options.retry) {
-            Ok(exporter) => {
-                builder.with_span_processor(batch_processor(exporter, options.span_queue))
-            }
+            Ok(exporter) => builder.with_span_processor(batch_processor(
+                reported::Reported::new(exporter, target.endpoint.clone()),
+                options.span_queue,
+            )),
             Err(e) => {
-                tracing::warn!(error = %e, "OTLP export is configured but unusable; spans are not exported");
+                unusable = Some((target.endpoint.clone(), e));
                 builder
             }
         },
     };
-    builder.build()
+    (builder.build(), unusable)
 }
 
 /// A provider builder with the service's resource and the preset-capable id

@@ -278,8 +278,13 @@ pub(crate) async fn serve<E: Exports>(
     exports: Arc<E>,
     shutdown: CancellationToken,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    // Compressed exports (OTEL_EXPORTER_OTLP_COMPRESSION=gzip) are taken,
+    // as a collector takes them; `grpc-encoding` is recorded with the
+    // other headers.
+    let service = TraceServiceServer::new(Collector(exports))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(Collector(exports)))
+        .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
 }

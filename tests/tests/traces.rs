@@ -894,3 +894,95 @@ async fn service_warnings_are_events_on_their_spans() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_compression_gzip_is_honoured_by_either_variable() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let endpoint = rx.endpoint();
+    let stack = start_stack(&[]);
+    for var in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    ] {
+        let zipped_before = rx.header_values("grpc-encoding").len();
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            (var, "gzip"),
+        ];
+        let (out, id) = exec(&stack, &["true"], &env, b"");
+        assert!(
+            out.status.success(),
+            "{var}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+        let spans = rx
+            .wait_for(WAIT, |s| {
+                s.iter()
+                    .any(|s| s.name == spans::TOOL_DISPATCH && s.trace_id == id)
+            })
+            .await;
+        assert!(!spans.is_empty());
+        // Every export so far was compressed, this one's too.
+        let encodings = rx.header_values("grpc-encoding");
+        assert!(
+            encodings.len() > zipped_before && encodings.iter().all(|e| e == "gzip"),
+            "{var}: {encodings:?}"
+        );
+    }
+    // Without it, nothing is compressed.
+    let zipped_before = rx.header_values("grpc-encoding").len();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let (out, id) = exec(&stack, &["true"], &env, b"");
+    assert!(out.status.success());
+    rx.wait_for(WAIT, |s| {
+        s.iter()
+            .any(|s| s.name == spans::TOOL_DISPATCH && s.trace_id == id)
+    })
+    .await;
+    assert_eq!(rx.header_values("grpc-encoding").len(), zipped_before);
+    rx.shutdown().await.unwrap();
+}
+
+#[test]
+fn an_otlp_endpoint_that_cannot_be_reached_is_one_warning_naming_it_and_why() {
+    let stack = start_stack(&[]);
+    // A port nothing listens on, over each protocol; and an https://
+    // endpoint, which this build cannot dial.
+    let cases = [
+        ("grpc", "http://127.0.0.1:1"),
+        ("http/protobuf", "http://127.0.0.1:1/v1/traces"),
+        ("grpc", "https://127.0.0.1:1"),
+        ("http/protobuf", "https://127.0.0.1:1/v1/traces"),
+    ];
+    for (protocol, endpoint) in cases {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ];
+        // Several spans, several exports' worth: still one line.
+        let (out, _) = exec(&stack, &["sh", "-c", "echo ran"], &env, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{protocol} {endpoint}: {stderr}");
+        assert_eq!(out.stdout, b"ran\n");
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("spans cannot be exported"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{protocol} {endpoint}: {stderr}");
+        let line = warnings[0];
+        assert!(
+            line.contains(&format!("spans cannot be exported to {endpoint} (")),
+            "{line}"
+        );
+        // The reason is given: something between the parentheses.
+        let reason = line
+            .split_once(&format!("{endpoint} ("))
+            .and_then(|(_, rest)| rest.rsplit_once("); they are dropped"))
+            .map(|(reason, _)| reason)
+            .unwrap_or_default();
+        assert!(!reason.trim().is_empty(), "{line}");
+        // Besides it, only the trace id line.
+        assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    }
+}
