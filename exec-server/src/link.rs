@@ -12,7 +12,10 @@ use proto::link::FrameSender;
 use proto::pb::tunnel::registry_client::RegistryClient;
 use proto::pb::tunnel::{Frame, Incoming, RegisterDown, RegisterUp, register_down, register_up};
 use proto::registration::ProofInitiator;
-use proto::routing::{SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, format_session_id};
+use proto::routing::{
+    SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, SPARE_TOKEN_LEN,
+    format_session_id,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,19 @@ use crate::session::{self, ServerContext};
 
 /// Frames queued toward the relay per session.
 pub const SESSION_QUEUE: usize = 32;
+
+/// A registration's halves (announced sessions arrive on the down half; it
+/// lasts while the up half is held) and its spare token, if any.
+pub type Registration = (
+    mpsc::Sender<RegisterUp>,
+    Streaming<RegisterDown>,
+    Option<[u8; SPARE_TOKEN_LEN]>,
+);
+
+/// How many times in a row a spare stream may fail to open (or be dropped
+/// unused by the relay) before this registration stops keeping one; the
+/// sessions are then announced, as to a relay that keeps none.
+const SPARE_FAILURES: u32 = 5;
 
 /// Why one registration attempt ended.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +166,18 @@ pub async fn register(
     route: &str,
     timeout: Duration,
 ) -> Result<(mpsc::Sender<RegisterUp>, Streaming<RegisterDown>), LinkError> {
+    let (up, down, _) = register_with_spares(channel, key, route, timeout).await?;
+    Ok((up, down))
+}
+
+/// [`register`], also returning the token with which this registration
+/// may keep spare streams at the relay (`None` if the relay keeps none).
+pub async fn register_with_spares(
+    channel: &Channel,
+    key: &StaticKeypair,
+    route: &str,
+    timeout: Duration,
+) -> Result<Registration, LinkError> {
     let proof_up = |msg: Vec<u8>| RegisterUp {
         msg: Some(register_up::Msg::Proof(msg.into())),
     };
@@ -177,7 +205,10 @@ pub async fn register(
         .await
         .map_err(|_| LinkError::Protocol)?;
     match next(&mut down, timeout).await? {
-        register_down::Msg::Registered(r) if r.server_id == route => Ok((up_tx, down)),
+        register_down::Msg::Registered(r) if r.server_id == route => {
+            let spare = <[u8; SPARE_TOKEN_LEN]>::try_from(r.spare_token.as_ref()).ok();
+            Ok((up_tx, down, spare))
+        }
         _ => Err(LinkError::Protocol),
     }
 }
@@ -195,7 +226,7 @@ async fn register_once(
         () = shutdown.cancelled() => return Ok(false),
         c = ep.connect() => c?,
     };
-    let (_up, mut down) = register(
+    let (_up, mut down, spare) = register_with_spares(
         &channel,
         &ctx.config.key,
         &ctx.route,
@@ -204,6 +235,22 @@ async fn register_once(
     .await?;
     tracing::info!(server_id = %ctx.route, "registered with relay");
     registered.send_replace(true);
+    // A spare stream at the relay while this registration lasts.
+    let spares = shutdown.child_token();
+    let _stop_spares = spares.clone().drop_guard();
+    if let Some(token) = spare {
+        let span = tracing::debug_span!("link.spare");
+        ctx.tasks.clone().spawn(
+            span,
+            keep_spare(
+                channel.clone(),
+                token,
+                Arc::clone(ctx),
+                shutdown.clone(),
+                spares,
+            ),
+        );
+    }
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(false),
@@ -280,6 +327,84 @@ pub async fn open_session(
     }
     let inbound = registry_client(channel).accept(request).await?.into_inner();
     Ok((out_tx, inbound))
+}
+
+/// Opens a spare half at the relay for the next client's `Open`
+/// (`token` from the registration).
+async fn open_spare(
+    channel: Channel,
+    route: &str,
+    token: &[u8; SPARE_TOKEN_LEN],
+) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
+    let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
+    let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
+    let mut request = tonic::Request::new(frames);
+    let md = request.metadata_mut();
+    if let Ok(v) = MetadataValue::try_from(route) {
+        md.insert(SERVER_ID_HEADER, v);
+    }
+    if let Ok(v) = MetadataValue::try_from(format_session_id(token)) {
+        md.insert(SPARE_TOKEN_HEADER, v);
+    }
+    let inbound = registry_client(channel).accept(request).await?.into_inner();
+    Ok((out_tx, inbound))
+}
+
+/// Keeps one spare stream at the relay while the registration lasts
+/// (until `spares` is cancelled): a client's `Open` is spliced to it at
+/// once, with no announcement and no round trip to this exec-server.
+/// When a client's first frame arrives on it, it becomes that client's
+/// session and the next spare is opened.
+async fn keep_spare(
+    channel: Channel,
+    token: [u8; SPARE_TOKEN_LEN],
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+    spares: CancellationToken,
+) {
+    let mut failures = 0;
+    while failures < SPARE_FAILURES {
+        let opened = tokio::select! {
+            () = spares.cancelled() => return,
+            o = open_spare(channel.clone(), &ctx.route, &token) => o,
+        };
+        let first = match opened {
+            Ok((out_tx, mut inbound)) => {
+                let first = tokio::select! {
+                    () = spares.cancelled() => return,
+                    f = inbound.message() => f,
+                };
+                match first {
+                    Ok(Some(frame)) => Some((frame, out_tx, inbound)),
+                    Ok(None) | Err(_) => None,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not open a spare stream");
+                None
+            }
+        };
+        let Some((frame, out_tx, inbound)) = first else {
+            failures += 1;
+            tokio::select! {
+                () = spares.cancelled() => return,
+                () = tokio::time::sleep(jittered(Duration::from_millis(200) * failures)) => {}
+            }
+            continue;
+        };
+        failures = 0;
+        let inbound = futures::StreamExt::chain(futures::stream::iter([Ok(frame)]), inbound);
+        let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
+        let (ctx, shutdown) = (Arc::clone(&ctx), shutdown.clone());
+        ctx.tasks.clone().spawn(span, async move {
+            if let Err(e) =
+                session::serve(inbound, out_tx, ctx, shutdown, None, Origin::Unknown).await
+            {
+                tracing::debug!(error = %e, "session ended");
+            }
+        });
+    }
+    tracing::debug!("stopped keeping a spare stream at the relay: sessions are announced");
 }
 
 async fn accept(

@@ -4,6 +4,11 @@
 pub const SERVER_ID_HEADER: &str = "rex-server-id";
 /// Request header naming the session an exec-server accepts (hex).
 pub const SESSION_ID_HEADER: &str = "rex-session-id";
+/// Request metadata naming a spare `Accept` stream by its registration's
+/// spare token (hex), instead of a session id.
+pub const SPARE_TOKEN_HEADER: &str = "rex-spare-token";
+/// The length of a registration's spare token.
+pub const SPARE_TOKEN_LEN: usize = 16;
 /// Length of a session id in bytes.
 pub const SESSION_ID_LEN: usize = 16;
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use proto::admission::Source;
 use proto::keys::PublicKey;
 use proto::pb::tunnel::{CloseReason, Frame, RegisterDown};
-use proto::routing::SESSION_ID_LEN;
+use proto::routing::{SESSION_ID_LEN, SPARE_TOKEN_LEN};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
@@ -95,8 +95,19 @@ impl Default for Shares {
     }
 }
 
+/// Whether two tokens are equal, in time that does not depend on where
+/// they differ.
+fn same_token(a: &[u8; SPARE_TOKEN_LEN], b: &[u8; SPARE_TOKEN_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The most spare `Accept` streams one registration keeps at the relay.
+pub const MAX_SPARES: usize = 2;
+
 struct ServerEntry {
     generation: u64,
+    spare_token: [u8; SPARE_TOKEN_LEN],
+    spares: Vec<AcceptedHalf>,
     control: ControlSender,
     sessions: Arc<Semaphore>,
     origin: Origin,
@@ -202,6 +213,8 @@ pub struct RegistrationGuard {
     /// Cancelled when a newer registration of the same key replaces this
     /// one (the older exec-server has then been told).
     pub replaced: CancellationToken,
+    /// The token with which this registration keeps spare streams.
+    pub spare_token: [u8; SPARE_TOKEN_LEN],
 }
 
 impl Drop for RegistrationGuard {
@@ -319,12 +332,16 @@ impl Registry {
         }
         inner.next_generation += 1;
         let generation = inner.next_generation;
+        let mut spare_token = [0u8; SPARE_TOKEN_LEN];
+        rand::fill(&mut spare_token);
         let sessions = Arc::new(Semaphore::new(self.max_sessions_per_server));
         let replaced = CancellationToken::new();
         inner.servers.insert(
             server_id.to_owned(),
             ServerEntry {
                 generation,
+                spare_token,
+                spares: Vec::new(),
                 control,
                 sessions,
                 origin,
@@ -339,6 +356,7 @@ impl Registry {
             server_id: server_id.to_owned(),
             generation,
             replaced,
+            spare_token,
         })
     }
 
@@ -409,6 +427,55 @@ impl Registry {
             permit,
             control,
         })
+    }
+
+    /// Keeps `half` as a spare of `server_id`'s registration, for the next
+    /// `Open`: refused unless `token` is that registration's spare token
+    /// (only the exec-server that proved its key was told it), and when it
+    /// already keeps [`MAX_SPARES`] live ones.
+    pub fn add_spare(
+        &self,
+        server_id: &str,
+        token: &[u8; SPARE_TOKEN_LEN],
+        half: AcceptedHalf,
+    ) -> Result<(), Status> {
+        let mut inner = self.lock();
+        let entry = inner
+            .servers
+            .get_mut(server_id)
+            .filter(|e| same_token(&e.spare_token, token))
+            .ok_or_else(|| Status::permission_denied("unknown registration or spare token"))?;
+        entry.spares.retain(|h| !h.outbound.is_closed());
+        if entry.spares.len() >= MAX_SPARES {
+            return Err(Status::resource_exhausted(
+                "this registration already keeps its spare streams",
+            ));
+        }
+        entry.spares.push(half);
+        Ok(())
+    }
+
+    /// A spare stream of `server_id` for a new session, with its session
+    /// slot, if the registration keeps a live one; `None` when it keeps
+    /// none (the session is then announced).
+    pub fn take_spare(
+        &self,
+        server_id: &str,
+    ) -> Result<Option<(OwnedSemaphorePermit, AcceptedHalf)>, RegistryError> {
+        let mut inner = self.lock();
+        let entry = inner
+            .servers
+            .get_mut(server_id)
+            .ok_or_else(|| RegistryError::UnknownServer(server_id.to_owned()))?;
+        entry.spares.retain(|h| !h.outbound.is_closed());
+        if entry.spares.is_empty() {
+            return Ok(None);
+        }
+        let permit = Arc::clone(&entry.sessions)
+            .try_acquire_owned()
+            .map_err(|_| RegistryError::ServerBusy(server_id.to_owned()))?;
+        entry.served = true;
+        Ok(entry.spares.pop().map(|half| (permit, half)))
     }
 
     /// Forgets a pending session (timed out or failed to announce).

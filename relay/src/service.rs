@@ -17,18 +17,19 @@ use proto::pb::tunnel::{
 };
 use proto::registration::ProofResponder;
 use proto::routing::{
-    SERVER_ID_HEADER, SESSION_ID_HEADER, format_session_id, is_server_id, parse_session_id,
+    SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, format_session_id,
+    is_server_id, parse_session_id,
 };
 use telemetry::carriers;
 use telemetry::w3c::Extracted;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::budget::{Budget, Queue};
 use crate::config::RelayConfig;
 use crate::registration::{AllowList, RateLimiter};
-use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, Shares};
+use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares};
 use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
@@ -267,32 +268,17 @@ impl Tunnel for TunnelService {
                 CloseReason::Protocol,
             ));
         }
-        let announced = state.registry.announce(&server_id).map_err(status_for)?;
-        let incoming = RegisterDown {
-            msg: Some(register_down::Msg::Incoming(Incoming {
-                session_id: announced.session_id.to_vec().into(),
-                traceparent,
-            })),
-        };
-        if announced.control.try_send(Ok(incoming)).is_err() {
-            state.registry.cancel(&announced.session_id);
-            return Err(proto::routing::refuse(
-                Code::Unavailable,
-                "the exec-server is not answering its relay link",
-                CloseReason::NotAccepted,
-            ));
-        }
-        let half = match tokio::time::timeout(state.config.accept_timeout, announced.accepted).await
-        {
-            Ok(Ok(half)) => half,
-            _ => {
-                state.registry.cancel(&announced.session_id);
-                return Err(proto::routing::refuse(
-                    Code::Unavailable,
-                    "the exec-server did not accept the session in time",
-                    CloseReason::NotAccepted,
-                ));
+        // A spare stream the exec-server keeps here takes the session at
+        // once; otherwise it is announced and waits for an `Accept`.
+        let (half, permit, session_id) = match state.registry.take_spare(&server_id) {
+            Ok(Some((permit, half))) => {
+                let mut session_id = [0u8; SESSION_ID_LEN];
+                rand::fill(&mut session_id);
+                tracing::debug!(server = %&server_id[..8], "session spliced to a spare stream");
+                (half, permit, session_id)
             }
+            Ok(None) => announce(state, &server_id, traceparent).await?,
+            Err(e) => return Err(status_for(e)),
         };
         let (client_tx, client_rx) = mpsc::channel(state.config.session_queue);
         let session = Session::new(state.tasks.token());
@@ -316,8 +302,7 @@ impl Tunnel for TunnelService {
                 CloseReason::PeerGone,
             ));
         }
-        let permit = announced.permit;
-        let sid = format_session_id(&announced.session_id);
+        let sid = format_session_id(&session_id);
         let up = splice::pump(
             inbound,
             half.outbound,
@@ -353,6 +338,44 @@ impl Tunnel for TunnelService {
         });
         Ok(Response::new(Box::pin(splice::response_stream(client_rx))))
     }
+}
+
+/// Announces a new session to `server_id` on its registration stream and
+/// waits (bounded) for its `Accept`: the exec-server's half, the session
+/// slot and the session id.
+async fn announce(
+    state: &RelayState,
+    server_id: &str,
+    traceparent: String,
+) -> Result<(AcceptedHalf, OwnedSemaphorePermit, SessionId), Status> {
+    let announced = state.registry.announce(server_id).map_err(status_for)?;
+    tracing::debug!(server = %&server_id[..8], "session announced to the exec-server");
+    let incoming = RegisterDown {
+        msg: Some(register_down::Msg::Incoming(Incoming {
+            session_id: announced.session_id.to_vec().into(),
+            traceparent,
+        })),
+    };
+    if announced.control.try_send(Ok(incoming)).is_err() {
+        state.registry.cancel(&announced.session_id);
+        return Err(proto::routing::refuse(
+            Code::Unavailable,
+            "the exec-server is not answering its relay link",
+            CloseReason::NotAccepted,
+        ));
+    }
+    let half = match tokio::time::timeout(state.config.accept_timeout, announced.accepted).await {
+        Ok(Ok(half)) => half,
+        _ => {
+            state.registry.cancel(&announced.session_id);
+            return Err(proto::routing::refuse(
+                Code::Unavailable,
+                "the exec-server did not accept the session in time",
+                CloseReason::NotAccepted,
+            ));
+        }
+    };
+    Ok((half, announced.permit, announced.session_id))
 }
 
 /// The exec-server-facing registry.
@@ -498,6 +521,7 @@ impl RegistryService for RegistryServiceImpl {
                 let registered = RegisterDown {
                     msg: Some(register_down::Msg::Registered(Registered {
                         server_id: server_id.clone(),
+                        spare_token: guard.spare_token.to_vec().into(),
                     })),
                 };
                 if tx.send(Ok(registered)).await.is_err() {
@@ -539,15 +563,33 @@ impl RegistryService for RegistryServiceImpl {
             .filter(|s| is_server_id(s))
             .ok_or_else(|| Status::invalid_argument("missing or malformed server id"))?
             .to_owned();
-        let session_id = header(&request, SESSION_ID_HEADER)
-            .and_then(parse_session_id)
-            .ok_or_else(|| Status::invalid_argument("missing or malformed session id"))?;
+        // A spare, kept for the next `Open`: named by the registration's
+        // spare token (same form as a session id).
+        let spare = header(&request, SPARE_TOKEN_HEADER).map(parse_session_id);
+        let session_id = match spare {
+            Some(_) => None,
+            None => Some(
+                header(&request, SESSION_ID_HEADER)
+                    .and_then(parse_session_id)
+                    .ok_or_else(|| Status::invalid_argument("missing or malformed session id"))?,
+            ),
+        };
         let (tx, rx) = mpsc::channel(self.state.config.session_queue);
         let half = AcceptedHalf {
             inbound: request.into_inner(),
             outbound: tx,
         };
-        self.state.registry.accept(&session_id, &server_id, half)?;
+        match (spare, session_id) {
+            (Some(token), _) => {
+                let token =
+                    token.ok_or_else(|| Status::invalid_argument("malformed spare token"))?;
+                self.state.registry.add_spare(&server_id, &token, half)?;
+            }
+            (None, Some(session_id)) => {
+                self.state.registry.accept(&session_id, &server_id, half)?;
+            }
+            (None, None) => return Err(Status::invalid_argument("missing session id")),
+        }
         Ok(Response::new(Box::pin(splice::response_stream(rx))))
     }
 }
