@@ -4,9 +4,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
+use proto::admission::Ticket;
 use proto::keys::Origin;
 use proto::listener::Connections;
+use proto::pb::tunnel::CloseReason;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_server::Tunnel;
 use proto::routing::SERVER_ID_HEADER;
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::link::SESSION_QUEUE;
-use crate::session::{self, ServerContext};
+use crate::session::{self, FrameSender, ServerContext};
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
 
@@ -79,9 +81,6 @@ impl Tunnel for DirectTunnel {
                 ));
             }
         };
-        // Never displaced here (its message 1 is read by the session
-        // itself): it keeps its place until it authenticates or ends.
-        startup.advanced();
         // Once the session has authenticated, its connection is no
         // longer an unauthenticated one of its address.
         let startup = match request.remote_addr() {
@@ -102,11 +101,51 @@ impl Tunnel for DirectTunnel {
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
         self.ctx.tasks.spawn(span, async move {
+            let Some(inbound) = first_message(inbound, &startup, &tx, &ctx).await else {
+                return;
+            };
             if let Err(e) = session::serve(inbound, tx, ctx, shutdown, Some(startup), origin).await
             {
                 tracing::debug!(error = %e, "direct session ended");
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A session's stream with its first message read: until it has come, the
+/// session can be displaced by a newer one when the table of
+/// unauthenticated sessions is under pressure (then, or when it does not
+/// come in time, the client is told why and `None` returned).
+async fn first_message(
+    mut inbound: Streaming<Frame>,
+    startup: &Ticket,
+    tx: &FrameSender,
+    ctx: &ServerContext,
+) -> Option<impl Stream<Item = Result<Frame, Status>> + Unpin + Send + 'static> {
+    let refuse = |code, why: &str, reason| proto::routing::refuse(code, why, reason);
+    let waited = tokio::select! {
+        () = startup.displaced() => Err(refuse(
+            tonic::Code::ResourceExhausted,
+            "the exec-server is busy: too many unauthenticated sessions, and this one had not \
+             sent handshake message 1 (its --max-startups, --max-startups-per-source)",
+            CloseReason::Busy,
+        )),
+        r = tokio::time::timeout(ctx.config.handshake_timeout, inbound.next()) => r.map_err(|_| {
+            refuse(
+                tonic::Code::DeadlineExceeded,
+                "no handshake message in time",
+                CloseReason::Timeout,
+            )
+        }),
+    };
+    startup.advanced();
+    match waited {
+        Ok(Some(first)) => Some(futures::stream::iter([first]).chain(inbound)),
+        Ok(None) => None,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            None
+        }
     }
 }

@@ -11,7 +11,11 @@
 //!   linearly to 100% at `full` (random early drop), so that a flood
 //!   cannot make the table deterministically full for everyone else.
 //! - A per-source share: one source address (an IPv4 address, or an IPv6
-//!   /64) may hold at most `per_source` of the table.
+//!   /64) may hold at most `per_source` of the table's sessions that have
+//!   not yet sent handshake message 1 (one that has counts against the
+//!   table alone, until the exec-server answers it: an honest client's
+//!   burst of sessions, each sending message 1 with its `Open`, is not
+//!   held to one address's share).
 //!
 //! - Under pressure the least advanced goes first: a session that has
 //!   not yet sent its handshake message 1 ([`Ticket::advanced`] not yet
@@ -194,6 +198,13 @@ impl Admission {
     /// Gives back a place taken by [`admit`](Self::admit).
     pub fn release(&mut self, source: Option<Source>) {
         self.total = self.total.saturating_sub(1);
+        self.settle(source);
+    }
+
+    /// The session from `source` has sent message 1: it leaves its
+    /// source's share, and keeps its place in the table until
+    /// [`release_settled`](Self::release_settled).
+    pub fn settle(&mut self, source: Option<Source>) {
         if let Some(s) = source
             && let Some(n) = self.by_source.get_mut(&s)
         {
@@ -202,6 +213,11 @@ impl Admission {
                 self.by_source.remove(&s);
             }
         }
+    }
+
+    /// Gives back the place of a session [`settle`](Self::settle)d before.
+    pub fn release_settled(&mut self) {
+        self.total = self.total.saturating_sub(1);
     }
 
     /// Sessions admitted and not yet released.
@@ -274,6 +290,7 @@ impl GateInner {
         let Some(w) = pos.and_then(|i| self.waiting.remove(i)) else {
             return false;
         };
+        // Under the gate's lock, as every change of `settled` is.
         w.standing.settled.store(true, Ordering::Release);
         w.standing.displaced.store(true, Ordering::Release);
         w.standing.wake.notify_waiters();
@@ -325,7 +342,10 @@ impl Ticket {
     /// The session has sent its handshake message 1: it can no longer be
     /// displaced to make room.
     pub fn advanced(&self) {
-        self.standing.settled.store(true, Ordering::Release);
+        let mut inner = self.gate.lock();
+        if !self.standing.settled.swap(true, Ordering::AcqRel) {
+            inner.table.settle(self.source);
+        }
     }
 
     /// Resolves once the session has been displaced to make room (never,
@@ -361,9 +381,12 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut inner = self.gate.lock();
-        self.standing.settled.store(true, Ordering::Release);
+        let settled = self.standing.settled.swap(true, Ordering::AcqRel);
         // A displaced ticket's place was given back already.
-        if !self.standing.displaced.load(Ordering::Acquire) {
+        if self.standing.displaced.load(Ordering::Acquire) {
+        } else if settled {
+            inner.table.release_settled();
+        } else {
             inner.table.release(self.source);
         }
         inner.compact();
@@ -631,17 +654,33 @@ mod tests {
         let a = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
         let b = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         let other = gate.enter(b).unwrap();
+        // Sent message 1: out of its source's share.
         let a1 = gate.enter(a).unwrap();
         a1.advanced();
         let a2 = gate.enter(a).unwrap();
-        // Over its share: its own silent one goes, not another source's.
         let a3 = gate.enter(a).unwrap();
+        // Over its share (2 silent): its own oldest silent one goes, not
+        // one that sent message 1, nor another source's.
+        let a4 = gate.enter(a).unwrap();
         assert!(a2.standing.displaced.load(Ordering::Acquire));
-        assert!(!other.standing.displaced.load(Ordering::Acquire));
+        for kept in [&a1, &a3, &a4, &other] {
+            assert!(!kept.standing.displaced.load(Ordering::Acquire));
+        }
+        assert_eq!(gate.in_flight(), 4);
+        // Once they have sent message 1, a burst from the source (an
+        // honest client's sessions) is not held to the share.
         a3.advanced();
-        // Both of its places hold sessions that sent message 1: refused.
-        assert_eq!(gate.enter(a).unwrap_err(), Refusal::Source);
-        drop((a1, a2, a3, other));
+        a4.advanced();
+        let burst: Vec<Ticket> = (0..10)
+            .map(|_| {
+                let t = gate.enter(a).unwrap();
+                t.advanced();
+                t
+            })
+            .collect();
+        assert_eq!(gate.in_flight(), 14);
+        assert_eq!(gate.take_refusals().total(), 1);
+        drop((a1, a2, a3, a4, other, burst));
         assert_eq!(gate.in_flight(), 0);
     }
 }

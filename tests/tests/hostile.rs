@@ -143,15 +143,19 @@ fn silent_opens_from(
                 match result {
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => Some(true),
                     Err(_) => Some(false),
-                    // Accepted (a direct listener answers at once): hold it.
+                    // Accepted (a direct listener answers at once): hold it
+                    // until it is ended (refused as busy, counted as such)
+                    // or the attack stops.
                     Ok(response) => {
                         let mut inbound = response.into_inner();
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            _ = inbound.message() => {}
-                        }
+                        let refused = tokio::select! {
+                            () = stop.cancelled() => false,
+                            r = inbound.message() => {
+                                matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted)
+                            }
+                        };
                         drop(tx);
-                        Some(false)
+                        Some(refused)
                     }
                 }
             });
@@ -230,6 +234,27 @@ async fn silent_opens_from_the_honest_clients_own_address_do_not_lock_it_out() {
     );
     assert!(displaced > 0, "the flood never filled its share");
     assert!(in_flight <= 16 + 1, "{in_flight} unauthenticated sessions");
+    assert!(tally.refused_busy > 0, "{tally:?}");
+
+    // The same at the exec-server's own listener (its share is 16 too;
+    // the flood, at 100 a second, holds it well within half a second).
+    let stop = CancellationToken::new();
+    let url = stack.server.direct_url().unwrap();
+    let mut attack = silent_opens_from(url.clone(), server_id, stop.clone(), honest);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let direct = ClientConfig::new(
+        stack.client_key.clone(),
+        stack.server.key.public(),
+        Target::Direct(url),
+    );
+    let ok = legit_execs(&direct).await;
+    stop.cancel();
+    let tally = attack.join_next().await.unwrap().unwrap();
+    eprintln!("silent opens from the honest address at --listen: {ok} of {EXECS}; {tally:?}");
+    assert!(
+        ok * 100 >= EXECS * 95,
+        "only {ok} of {EXECS} honest direct execs succeeded"
+    );
     assert!(tally.refused_busy > 0, "{tally:?}");
 }
 
