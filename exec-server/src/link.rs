@@ -307,26 +307,15 @@ pub async fn open_session(
 ) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
     let session_id = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref())
         .map_err(|_| LinkError::Protocol)?;
-    let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
-    // The session writes `Result` frames (shared with the server-side
-    // streams); a request stream carries plain frames.
-    let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
-    let mut request = tonic::Request::new(frames);
-    let md = request.metadata_mut();
-    if let Ok(v) = MetadataValue::try_from(route) {
-        md.insert(SERVER_ID_HEADER, v);
-    }
-    if let Ok(v) = MetadataValue::try_from(format_session_id(&session_id)) {
-        md.insert(SESSION_ID_HEADER, v);
-    }
     // The relay passes on the client link's (validated) trace context.
-    if let Ok(v) = MetadataValue::try_from(incoming.traceparent.as_str())
-        && !incoming.traceparent.is_empty()
-    {
-        md.insert("traceparent", v);
-    }
-    let inbound = registry_client(channel).accept(request).await?.into_inner();
-    Ok((out_tx, inbound))
+    let traceparent = Some(incoming.traceparent.as_str()).filter(|t| !t.is_empty());
+    open_half(
+        channel,
+        route,
+        (SESSION_ID_HEADER, &session_id),
+        traceparent,
+    )
+    .await
 }
 
 /// Opens a spare half at the relay for the next client's `Open`
@@ -336,15 +325,31 @@ async fn open_spare(
     route: &str,
     token: &[u8; SPARE_TOKEN_LEN],
 ) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
+    open_half(channel, route, (SPARE_TOKEN_HEADER, token), None).await
+}
+
+/// An `Accept` call for route `route`, named by `name` (a session id or a
+/// spare token, in hex), with the client link's `traceparent` if known.
+async fn open_half(
+    channel: Channel,
+    route: &str,
+    (header, name): (&'static str, &[u8; SESSION_ID_LEN]),
+    traceparent: Option<&str>,
+) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
     let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
+    // The session writes `Result` frames (shared with the server-side
+    // streams); a request stream carries plain frames.
     let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
     let mut request = tonic::Request::new(frames);
     let md = request.metadata_mut();
     if let Ok(v) = MetadataValue::try_from(route) {
         md.insert(SERVER_ID_HEADER, v);
     }
-    if let Ok(v) = MetadataValue::try_from(format_session_id(token)) {
-        md.insert(SPARE_TOKEN_HEADER, v);
+    if let Ok(v) = MetadataValue::try_from(format_session_id(name)) {
+        md.insert(header, v);
+    }
+    if let Some(Ok(v)) = traceparent.map(MetadataValue::try_from) {
+        md.insert("traceparent", v);
     }
     let inbound = registry_client(channel).accept(request).await?.into_inner();
     Ok((out_tx, inbound))
