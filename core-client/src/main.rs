@@ -18,7 +18,13 @@ fn main() -> ExitCode {
     let trace_file = cli.trace_file_path();
     let data_dir = cli.data_dir_path();
     let config = cli.global.config.clone();
-    let context = || Context::load(config.as_deref());
+    let verbose = cli::Verbose(cli.global.verbose);
+    let context = || {
+        Context::load(config.as_deref()).map(|mut ctx| {
+            ctx.verbose = verbose;
+            ctx
+        })
+    };
     let result = match cli.command {
         CliCommand::Keygen { out } => cli::keygen(out.as_deref()),
         CliCommand::Pubkey { key } => cli::pubkey(key.as_deref()),

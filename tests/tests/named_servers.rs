@@ -443,6 +443,85 @@ fn exec_name_command_args_without_a_double_dash_as_ssh_takes_them() {
 }
 
 #[test]
+fn minus_v_says_each_step_on_stderr_and_never_keys_or_the_command() {
+    let site = Site::start();
+    let out = site.run(&[
+        "trust",
+        "build-box",
+        "--server",
+        &site.server_pub,
+        "--relay",
+        &site.relay_addr,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let known = site.config_dir().join("known_servers");
+    let secret = "s3cr3t-value";
+    let script = "echo out-marker; exit 5";
+    let token = format!("TOKEN={secret}");
+    // Without -v: nothing on stderr.
+    let out = site.run(&["exec", "build-box", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(stderr(&out), "");
+    for flags in [&["-v"][..], &["-vv"][..], &["--verbose"][..]] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend(["-e", token.as_str()]);
+        args.extend(["build-box", "sh", "-c", script]);
+        let out = site.run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{err}");
+        assert_eq!(stdout(&out), "out-marker\n");
+        let lines: Vec<&str> = err.lines().collect();
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        assert!(lines.iter().all(|l| l.starts_with("debug")), "{err}");
+        assert!(has(&format!("known servers: {}", known.display())), "{err}");
+        assert!(
+            has(&format!(
+                "relay http://{} (plain HTTP/2) from known servers {}:2",
+                site.relay_addr,
+                known.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            has(&format!("server key id {}", server_id(&site.server_pub))),
+            "{err}"
+        );
+        assert!(has("client key file"), "{err}");
+        assert!(
+            has(&format!("connecting to http://{}", site.relay_addr)),
+            "{err}"
+        );
+        assert!(has("handshake done"), "{err}");
+        assert!(has("exit status 5"), "{err}");
+        // -vv says more: every setting's source, environment by name.
+        let vv = flags == ["-vv"];
+        assert_eq!(has("debug2: "), vv, "{err}");
+        assert_eq!(has("env TOKEN (value not shown) from flag -e"), vv, "{err}");
+        // Never a key, the command or a value.
+        for never in [
+            secret,
+            "out-marker",
+            site.server_pub.as_str(),
+            site.client_pub.as_str(),
+        ] {
+            assert!(!err.contains(never), "{never} in: {err}");
+        }
+        let private = std::fs::read_to_string(site.config_dir().join("client.key")).unwrap();
+        assert!(!err.contains(private.trim()), "{err}");
+    }
+    // A relay that cannot be reached: said, with why.
+    let out = site.run(&["exec", "-v", "--relay", "127.0.0.1:1", "build-box", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = stderr(&out);
+    assert!(
+        err.contains("debug1: connecting to http://127.0.0.1:1")
+            && err.contains("debug1: http://127.0.0.1:1: "),
+        "{err}"
+    );
+}
+
+#[test]
 fn relay_addresses_as_typed() {
     let site = Site::start();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,8 +11,8 @@ use proto::keys::{PublicKey, StaticKeypair};
 use proto::limits::MAX_TERMINAL_SIZE;
 use rex_client::agent::{AgentClient, AgentConfig};
 use rex_client::{
-    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, ExecSpec, Target, Terminal,
-    TlsSettings, Waiting,
+    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, Event, ExecSpec, Target,
+    Terminal, TlsSettings, Waiting,
 };
 use telemetry::setup::Flusher;
 use telemetry::spans;
@@ -260,6 +260,7 @@ async fn traced_exec(
     run: &mut CliRun,
 ) -> Result<u8, CliError> {
     let settings = settings(ctx, args.name.as_deref(), &args.server)?;
+    say_settings(ctx, &settings);
     let plan = plan(&settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
@@ -286,6 +287,103 @@ async fn traced_exec(
         }
     }
     result
+}
+
+/// `-v`: the files read and where the settings that route the command
+/// came from; `-vv`: every setting's source (environment variables by
+/// name only).
+fn say_settings(ctx: &Context, s: &Settings) {
+    let v = ctx.verbose;
+    if !v.at(1) {
+        return;
+    }
+    match &ctx.config {
+        Some(c) => v.say(1, format_args!("reading config file {}", c.path.display())),
+        None => v.say(1, format_args!("no config file")),
+    }
+    v.say(
+        1,
+        format_args!("known servers: {}", ctx.known.path().display()),
+    );
+    if let Some(name) = &s.name {
+        let known = if s.known { "known" } else { "not known" };
+        v.say(1, format_args!("server `{name}` ({known})"));
+    }
+    match &s.route {
+        Some(r) => match &r.value {
+            Route::Direct(url) => v.say(1, format_args!("direct {url} from {}", r.source)),
+            Route::Relays(relays) => {
+                for relay in relays {
+                    v.say(
+                        1,
+                        format_args!(
+                            "relay {} ({}) from {}",
+                            relay.url(),
+                            if relay.uses_tls() {
+                                "TLS"
+                            } else {
+                                "plain HTTP/2"
+                            },
+                            r.source
+                        ),
+                    );
+                }
+            }
+        },
+        None => v.say(1, format_args!("no relay")),
+    }
+    if let Some(k) = &s.server {
+        v.say(
+            1,
+            format_args!("server key id {} from {}", k.value.server_id(), k.source),
+        );
+    }
+    if let Some(k) = &s.key {
+        v.say(
+            1,
+            format_args!("client key file {} from {}", k.value.display(), k.source),
+        );
+    }
+    if !v.at(2) {
+        return;
+    }
+    if let Some(c) = &s.ca {
+        v.say(
+            2,
+            format_args!("ca {} from {}", c.value.display(), c.source),
+        );
+    }
+    if let Some(c) = &s.cwd {
+        v.say(
+            2,
+            format_args!("cwd {} from {}", c.value.display(), c.source),
+        );
+    }
+    for (name, value) in &s.env {
+        v.say(
+            2,
+            format_args!("env {name} (value not shown) from {}", value.source),
+        );
+    }
+    v.say(
+        2,
+        format_args!(
+            "accept_new {} from {}",
+            s.accept_new.value, s.accept_new.source
+        ),
+    );
+    v.say(
+        2,
+        format_args!("warm {} from {}", s.warm.value, s.warm.source),
+    );
+    v.say(
+        2,
+        format_args!("resume {} from {}", s.resume.value, s.resume.source),
+    );
+    v.say(
+        2,
+        format_args!("terminal {} from {}", s.terminal.value, s.terminal.source),
+    );
 }
 
 /// Whether a failure to start through one relay is worth trying the next
@@ -361,9 +459,11 @@ async fn exec_with(
     let prefix = prefix(settings);
     let last = plan.targets.len().saturating_sub(1);
     let mut started = None;
+    let v = ctx.verbose;
     if !args.no_agent {
         match through_agent(args, settings, &plan, records.clone(), &spec).await {
             Ok(ThroughAgent::Started(run)) => {
+                v.say(1, format_args!("running through the agent's session"));
                 let run = *run;
                 if let Some(url) = plan.targets.first().map(Target::url) {
                     accept_new(settings, plan.server, url, ctx);
@@ -371,7 +471,12 @@ async fn exec_with(
                 started = Some((None, run));
             }
             // No agent runs: this command opens a session of its own.
-            Ok(ThroughAgent::NoAgent) => {}
+            Ok(ThroughAgent::NoAgent) => {
+                v.say(
+                    1,
+                    format_args!("no agent running: opening a session of this command's own"),
+                );
+            }
             // The agent could not take the call: a dispatch of its own
             // follows the one that failed.
             Ok(ThroughAgent::Fallback) => spec.dispatched_at = None,
@@ -399,9 +504,23 @@ async fn exec_with(
         config.metadata = records.clone();
         config.record_args = args.record_args;
         let client = Client::new(config);
+        v.say(
+            1,
+            format_args!(
+                "connecting to {url} for server id {}",
+                plan.server.server_id()
+            ),
+        );
         let attempt = client.exec(spec.clone()).await;
         // A later attempt's dispatch starts when it is made.
         spec.dispatched_at = None;
+        match &attempt {
+            Ok(_) => v.say(
+                1,
+                format_args!("connected through {url}: handshake done, the server's key proved"),
+            ),
+            Err(e) => v.say(1, format_args!("{url}: {e}")),
+        }
         match attempt {
             Ok(run) => {
                 accept_new(settings, plan.server, &url, ctx);
@@ -428,7 +547,10 @@ async fn exec_with(
         && let Some(id) = run.trace_id()
     {
         eprintln!("core-client: trace {id}");
+    } else if let Some(id) = run.trace_id() {
+        v.say(2, format_args!("trace {id}"));
     }
+    v.say(1, format_args!("command started"));
     let control = run.controller();
     let terminal = spec.terminal.is_some();
     // The stdin pump is the command's only task of its own (with the
@@ -516,6 +638,14 @@ async fn exec_with(
                 Input::StdoutGone
             }
         };
+        match &input {
+            Input::Event(Some(Event::Reconnecting)) => {
+                v.say(1, format_args!("link lost: resuming the session"));
+            }
+            Input::Event(Some(Event::Resumed)) => v.say(1, format_args!("session resumed")),
+            Input::Event(None) => v.say(1, format_args!("the session ended")),
+            _ => {}
+        }
         match call.input(input) {
             Step::Nothing => {}
             Step::Write { chunk, hold } => {
@@ -537,6 +667,13 @@ async fn exec_with(
         }
     };
     life.dispatched(run.ended_at());
+    match &outcome {
+        Outcome::Done(code) => v.say(1, format_args!("exit status {code}")),
+        Outcome::Failed(e) => v.say(1, format_args!("failed: exit status {}", e.code)),
+        Outcome::GaveUp(code) | Outcome::HungUp(code) => {
+            v.say(1, format_args!("stopped waiting: exit status {code}"));
+        }
+    }
     let result = match outcome {
         Outcome::GaveUp(code) => {
             // Nothing more is waited for: not the output, nor the session.

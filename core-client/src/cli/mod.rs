@@ -15,6 +15,7 @@
 //! - `life`: the CLI's own life as spans (`cli.run` and its stages).
 //! - `parse`: parsing the command line (`exec` by a parser of its own).
 //! - `show`: `config show`.
+//! - `verbose`: `-v`, what `exec` does, one line a step.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
 //! - `report`: `report`, over many commands (see [`crate::report`]).
 //! - `probe`: `probe`, a command run many times and reported on.
@@ -31,6 +32,7 @@ pub mod probe;
 pub mod report;
 mod show;
 mod tty;
+mod verbose;
 mod views;
 
 use std::ffi::OsString;
@@ -50,6 +52,7 @@ pub use identity::{keygen, pubkey, trust};
 pub use life::ProcessStart;
 pub use parse::parse;
 pub use show::config_show;
+pub use verbose::Verbose;
 pub use views::{history, history_table, trace_show, utc_time};
 
 /// Exit code for connection and authentication failures (as ssh uses).
@@ -102,6 +105,11 @@ pub struct GlobalArgs {
     /// ~/.config/rex/config.toml; none is needed]
     #[arg(long, global = true, env = "REX_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Say what `exec` does, one line a step on stderr (the config and
+    /// known-servers entries used, each relay tried, the connection's
+    /// outcome, resumes); -vv says more. Never keys or the command.
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 impl Cli {
@@ -406,6 +414,8 @@ pub struct Context {
     pub config: Option<Config>,
     /// The known servers.
     pub known: KnownServers,
+    /// How much `exec` says of what it does (`-v`).
+    pub verbose: Verbose,
 }
 
 impl Context {
@@ -423,7 +433,11 @@ impl Context {
             Some(path) => KnownServers::load(&path)?,
             None => KnownServers::default(),
         };
-        Ok(Self { config, known })
+        Ok(Self {
+            config,
+            known,
+            verbose: Verbose::default(),
+        })
     }
 
     /// The names servers are shown by.

@@ -302,6 +302,8 @@ fn the_parser_of_exec_alone_agrees_with_the_whole_parser() {
         ],
         &["exec", "--relay", "h", "--server", "x", "ls", "-la"],
         &["exec", "--trace-file", "/t", "build-box", "--bogus", "ls"],
+        &["exec", "-vv", "build-box", "ls", "-v"],
+        &["exec", "-v", "--verbose", "build-box", "-n", "ls"],
     ];
     let outcome = |r: Result<Cli, clap::Error>| match r {
         Ok(cli) => format!("{:?} {:?}", cli.global, cli.command),
