@@ -5,6 +5,7 @@
 #   scripts/bench.sh                      # every scenario, 5 rounds
 #   scripts/bench.sh --rounds 7 --only warm,cold
 #   scripts/bench.sh --only network --rtts 0,50 --write /tmp/net.md
+#   scripts/bench.sh --quick              # every scenario once, small counts, writes nothing
 #
 # Sets up what it needs on this machine and takes it all down again: the
 # openssh-server and socat packages (installed if missing; the system sshd
@@ -13,8 +14,9 @@
 # and client key, and an sshd bound to 127.0.0.1 only on a free port.
 # Needs root (for the user and sshd). Arguments go to the benchmark
 # (tests/benches/versus.rs): --rounds, --only, --bulk-mib, --pipe-mib,
-# --sessions, --execs, --tracing-execs, --rtts, --network-runs; --write
-# defaults to BENCHMARKS.md.
+# --sessions, --execs, --tracing-execs, --rtts, --network-runs, --quick;
+# --write defaults to BENCHMARKS.md (with --quick, to nothing: its small
+# counts are a check that everything runs, not figures to keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,7 +105,9 @@ cargo build --release --locked -p core-client -p relay -p exec-server
 
 echo "== benchmark"
 write="$PWD/BENCHMARKS.md"
-for arg in "$@"; do if [ "$arg" = --write ]; then write=""; fi; done
+for arg in "$@"; do
+    case "$arg" in --write|--quick) write="" ;; esac
+done
 cargo bench --locked -p integration-tests --bench versus -- \
     --ssh-port "$port" --ssh-key "$work/client_key" --ssh-user "$user" \
     --core-client "$PWD/target/release/core-client" \

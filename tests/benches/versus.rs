@@ -13,7 +13,10 @@
 //! FILE --ssh-user NAME`, `--core-client PATH`, `--bulk-mib N` (2048),
 //! `--pipe-mib N` (1024), `--sessions N` (1000), `--execs N` (200),
 //! `--tracing-execs N` (150), `--rtts MS[,MS...]` (0,10,50,200: the
-//! round trips `network` emulates), `--network-runs N` (3).
+//! round trips `network` emulates), `--network-runs N` (3). `--quick`
+//! starts from small defaults instead (1 round, 256 MiB, 200 sessions,
+//! 40 execs, 30 tracing execs, round trips 0,50, 1 network run; options
+//! given still apply): a check that every scenario runs to the end.
 //!
 //! Timings are only reported, never asserted: it exits non-zero only if a
 //! scenario errors (an exec failed, an output was wrong, a span was lost).
@@ -64,16 +67,33 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        rounds: 5,
-        bulk_mib: 2048,
-        pipe_mib: 1024,
-        sessions: 1000,
-        execs: 200,
-        tracing_execs: 150,
-        rtts_ms: vec![0, 10, 50, 200],
-        network_runs: 3,
-        ..Args::default()
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mut a = if quick {
+        // Every scenario once, with small counts: a check that the whole
+        // benchmark runs, not a measurement.
+        Args {
+            rounds: 1,
+            bulk_mib: 256,
+            pipe_mib: 256,
+            sessions: 200,
+            execs: 40,
+            tracing_execs: 30,
+            rtts_ms: vec![0, 50],
+            network_runs: 1,
+            ..Args::default()
+        }
+    } else {
+        Args {
+            rounds: 5,
+            bulk_mib: 2048,
+            pipe_mib: 1024,
+            sessions: 1000,
+            execs: 200,
+            tracing_execs: 150,
+            rtts_ms: vec![0, 10, 50, 200],
+            network_runs: 3,
+            ..Args::default()
+        }
     };
     let (mut only, mut write, mut port, mut key, mut user, mut cc) =
         (Vec::new(), None, None, None, None, None);
