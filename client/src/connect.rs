@@ -73,7 +73,7 @@ pub(crate) async fn open(
         tx.try_send(Ok(t.frame))
             .map_err(|_| ConnectError::Unavailable(crate::error::Unavailable::LinkEnded))?;
     }
-    let shared = Shared::new(config.target.via());
+    let shared = Shared::new(&config.target);
     let frames = Outbound::new(rx, Arc::clone(&shared.drained));
     let mut request = tonic::Request::new(frames);
     if let Ok(v) = MetadataValue::try_from(server_id.as_str()) {
@@ -100,6 +100,7 @@ pub(crate) async fn open(
     let router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx)
         .with_resume_events(config.resume_events);
     let closing = shared.closing.clone();
+    let link = Arc::clone(&shared);
     let stop = tasks.token().clone();
     // Closing the session or stopping the client also stops coming back.
     let giving_up = CancellationToken::new();
@@ -146,6 +147,7 @@ pub(crate) async fn open(
                 }
             }
         }
+        link.link.ended();
     });
     let established = match ready_rx.await {
         Ok(Ok(established)) => established,

@@ -117,6 +117,19 @@ impl Execution {
         self.call.counters()
     }
 
+    /// The state of the call's session link, as a watch (only the latest
+    /// state is kept): lost and being reconnected (through which relay or
+    /// address, since when), up again (after how long), ended. `None` for
+    /// a call through a local agent, which holds the link. A caller that
+    /// never looks holds nothing up.
+    pub fn link(&self) -> Option<tokio::sync::watch::Receiver<crate::LinkState>> {
+        match &self.control.carrier {
+            Carrier::Session(s) => Some(s.link()),
+            #[cfg(feature = "agent")]
+            Carrier::Agent(_) => None,
+        }
+    }
+
     /// The next event, or None after the last one. If the session is lost
     /// mid-call, the last event is [`Event::Failed`].
     pub async fn next(&mut self) -> Option<Event> {
@@ -629,7 +642,6 @@ fn counters_on(span: &mut BoxedSpan, c: SessionCounters) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::error::Via;
     use crate::exec::{ExitStatus, Gap};
     use crate::session::Shared;
     use opentelemetry::trace::SpanContext;
@@ -650,7 +662,7 @@ mod tests {
         let session = SessionHandle::new(
             commands,
             controls,
-            Shared::new(Via::Relay),
+            Shared::new(&crate::Target::Relay("http://relay".into())),
             0,
             SpanContext::empty_context(),
         );

@@ -28,6 +28,8 @@
 //!   and what comes back ([`Event`]).
 //! - `error`: [`ClientError`], [`ConnectError`], [`SessionLost`].
 //! - `connect`: reaching the relay and starting a session's driver.
+//! - `link`: [`LinkState`], a session's link as callers watch it (up,
+//!   lost and being reconnected through which URL, ended).
 //! - `outbound`: a link's sending half as the transport takes it, and
 //!   when it has taken the last frame (a close sent, never waited for).
 //! - `reconnect`: a session whose link broke coming back (backoff, every
@@ -56,6 +58,7 @@ mod dispatch;
 mod error;
 mod exec;
 mod execution;
+mod link;
 mod outbound;
 mod reconnect;
 #[cfg(feature = "records")]
@@ -72,6 +75,7 @@ pub use error::{
 };
 pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Gap, Output, Recording, Terminal};
 pub use execution::{Controller, Execution};
+pub use link::LinkState;
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
 /// What a session's start cost, counted from the protocol's steps.

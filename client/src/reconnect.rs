@@ -126,6 +126,7 @@ impl Reconnect {
     ) -> Option<NewLink> {
         let config = &self.config;
         let url = target.url();
+        router.link().trying(url);
         let endpoint = proto::link::endpoint(url, config.connect_timeout, &config.tls).ok()?;
         let channel = tokio::select! {
             () = self.stop.cancelled() => return None,

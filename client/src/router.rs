@@ -218,6 +218,11 @@ impl Outage {
 }
 
 impl Router {
+    /// The link's state, as callers watch it.
+    pub(crate) fn link(&self) -> &crate::link::LinkWatch {
+        &self.shared.link
+    }
+
     /// Where the transport says it has taken a link's last frame.
     pub(crate) fn drained(&self) -> Arc<crate::outbound::Drained> {
         Arc::clone(&self.shared.drained)
@@ -944,6 +949,7 @@ impl Endpoint<Machine> for Router {
                 self.secured_at = None;
                 if self.outage.is_none() {
                     self.outage = Some(Outage::new(now.wall));
+                    self.shared.link.lost();
                     self.notify(&Event::Reconnecting);
                 }
             }
@@ -967,6 +973,7 @@ impl Endpoint<Machine> for Router {
                     // their loss.
                 }
                 if !expired {
+                    self.shared.link.resumed();
                     self.notify(&Event::Resumed);
                 }
             }

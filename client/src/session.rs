@@ -17,8 +17,10 @@ use proto::session::{Closed, Counters};
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Target;
 use crate::error::{SessionLost, Via};
 use crate::exec::{Event, ExecFailure};
+use crate::link::LinkWatch;
 use crate::outbound::Drained;
 
 /// An event on its way to the caller, with when the driver handed it over
@@ -214,10 +216,12 @@ pub(crate) struct Shared {
     pub(crate) drained: Arc<Drained>,
     /// What the link goes to.
     pub(crate) via: Via,
+    /// The link's state, for callers that watch it.
+    pub(crate) link: LinkWatch,
 }
 
 impl Shared {
-    pub(crate) fn new(via: Via) -> Arc<Self> {
+    pub(crate) fn new(target: &Target) -> Arc<Self> {
         Arc::new(Self {
             cancelled: Mutex::new(Vec::new()),
             taken: Mutex::new(Vec::new()),
@@ -227,7 +231,8 @@ impl Shared {
             counters: Mutex::new(Counters::default()),
             closing: CancellationToken::new(),
             drained: Arc::new(Drained::default()),
-            via,
+            via: target.via(),
+            link: LinkWatch::new(target.url()),
         })
     }
 
@@ -432,6 +437,11 @@ impl SessionHandle {
         self.shared.lost()
     }
 
+    /// A watch of the session's link.
+    pub(crate) fn link(&self) -> watch::Receiver<crate::LinkState> {
+        self.shared.link.subscribe()
+    }
+
     /// Sends the session's authenticated close (after what is queued) and
     /// returns once the transport has taken it (or the driver stopped),
     /// without waiting for the exec-server's answer; at most `bound`.
@@ -465,7 +475,7 @@ mod tests {
     async fn a_cancellation_is_not_lost_to_a_full_queue() {
         let (commands, _commands_rx) = mpsc::channel(1);
         let (controls, _controls_rx) = mpsc::channel(1);
-        let shared = Shared::new(Via::Relay);
+        let shared = Shared::new(&Target::Relay("http://relay".into()));
         let handle = SessionHandle::new(
             commands,
             controls,

@@ -11,7 +11,7 @@ use proto::keys::{PublicKey, StaticKeypair};
 use proto::limits::MAX_TERMINAL_SIZE;
 use rex_client::agent::{AgentClient, AgentConfig};
 use rex_client::{
-    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, Event, ExecSpec, Target,
+    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, ExecSpec, LinkState, Target,
     Terminal, TlsSettings, Waiting,
 };
 use telemetry::setup::Flusher;
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
+use super::link_notice::LinkNotice;
 use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
 use crate::settings::{Inputs, Route, Settings, Source};
@@ -386,6 +387,33 @@ fn say_settings(ctx: &Context, s: &Settings) {
     );
 }
 
+/// The link's next state; `None` once the session is gone (then never
+/// again: the caller stops asking); never ready without a watch.
+async fn link_changed(link: &mut Option<watch::Receiver<LinkState>>) -> Option<LinkState> {
+    match link {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Ready at `deadline`; never without one.
+async fn until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a notice's line to stderr, if there is one.
+fn say(line: Option<String>) {
+    if let Some(line) = line {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}
+
 /// Whether a failure to start through one relay is worth trying the next
 /// relay for: the relay could not be reached, or it does not have the
 /// exec-server (another relay may).
@@ -614,6 +642,9 @@ async fn exec_with(
     } else {
         None
     };
+    // The link's losses and returns, told on a terminal (and by -v).
+    let mut link = run.link();
+    let mut notice = LinkNotice::new(tty::stderr_is_terminal(), raw.is_some(), v);
     let mut stdout_gone = false;
     // Output held until the output thread has room for it.
     let mut held: Option<Chunk> = None;
@@ -637,14 +668,20 @@ async fn exec_with(
                 stdout_gone = true;
                 Input::StdoutGone
             }
-        };
-        match &input {
-            Input::Event(Some(Event::Reconnecting)) => {
-                v.say(1, format_args!("link lost: resuming the session"));
+            state = link_changed(&mut link) => {
+                match state {
+                    Some(state) => say(notice.seen(&state)),
+                    None => link = None,
+                }
+                continue;
             }
-            Input::Event(Some(Event::Resumed)) => v.say(1, format_args!("session resumed")),
-            Input::Event(None) => v.say(1, format_args!("the session ended")),
-            _ => {}
+            () = until(notice.due()) => {
+                say(notice.tell());
+                continue;
+            }
+        };
+        if let Input::Event(None) = &input {
+            v.say(1, format_args!("the session ended"));
         }
         match call.input(input) {
             Step::Nothing => {}

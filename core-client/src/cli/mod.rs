@@ -13,6 +13,7 @@
 //!   restoration).
 //! - `identity`: `keygen`, `pubkey` and `trust` (keys and known servers).
 //! - `life`: the CLI's own life as spans (`cli.run` and its stages).
+//! - `link_notice`: a lost link and its return, told on a terminal.
 //! - `parse`: parsing the command line (`exec` by a parser of its own).
 //! - `show`: `config show`.
 //! - `verbose`: `-v`, what `exec` does, one line a step.
@@ -27,6 +28,7 @@ mod docs;
 mod exec;
 mod identity;
 mod life;
+mod link_notice;
 mod parse;
 pub mod probe;
 pub mod report;

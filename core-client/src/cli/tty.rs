@@ -31,6 +31,11 @@ pub(super) fn stdout_is_terminal() -> bool {
     isatty(io::stdout().as_fd())
 }
 
+/// Whether stderr is a terminal.
+pub(super) fn stderr_is_terminal() -> bool {
+    isatty(io::stderr().as_fd())
+}
+
 /// The local window (rows, columns): from stdin, stdout or stderr,
 /// whichever is a terminal that knows its size.
 pub(super) fn size() -> Option<(u16, u16)> {
