@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use crate::abandon;
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, Waiting};
 use crate::outbound::Outbound;
@@ -119,7 +120,10 @@ pub(crate) async fn open(
         };
         let mut driven = drive_link(machine, router, inbound, tx, shutdown()).await;
         let mut resumes = 0;
-        while driven.machine.is_detached() {
+        let (machine, mut router) = loop {
+            if !driven.machine.is_detached() {
+                break (driven.machine, driven.endpoint);
+            }
             let (mut machine, mut router) = (driven.machine, driven.endpoint);
             let came_back = tokio::select! {
                 r = reconnect.come_back(&mut machine, &mut router) => r,
@@ -143,9 +147,18 @@ pub(crate) async fn open(
                     }
                     machine.give_up(error, now);
                     reconnect::drain(&mut machine, &mut router, now);
-                    break;
+                    break (machine, router);
                 }
             }
+        };
+        // Calls lost with the session may still run at the exec-server:
+        // it is told to end them before their callers hear of the end.
+        if let Some((end, at)) = router.take_held_end() {
+            let ended = match machine.abandonment() {
+                Some(abandonment) => abandon::give_up(&reconnect.config, abandonment).await,
+                None => false,
+            };
+            router.end_session(end, ended, at);
         }
         link.link.ended();
     });

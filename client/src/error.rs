@@ -338,12 +338,31 @@ impl ConnectError {
 pub struct SessionLost {
     via: Via,
     end: Result<Closed, SessionError>,
+    remote_ended: bool,
 }
 
 impl SessionLost {
     /// A session over a link to `via` that ended with `end`.
     pub(crate) fn new(via: Via, end: Result<Closed, SessionError>) -> Self {
-        Self { via, end }
+        Self {
+            via,
+            end,
+            remote_ended: false,
+        }
+    }
+
+    /// The same, noting whether the exec-server was told to end the
+    /// session's processes (this end gave the session up) and answered.
+    pub(crate) fn with_remote_ended(mut self, remote_ended: bool) -> Self {
+        self.remote_ended = remote_ended;
+        self
+    }
+
+    /// Whether this end gave the session up at the exec-server, which
+    /// answered: its commands there were ended rather than left running
+    /// for the exec-server's resume grace.
+    pub fn remote_ended(&self) -> bool {
+        self.remote_ended
     }
 
     /// How it ended: cleanly (by whom), or the session error.
@@ -380,7 +399,11 @@ impl fmt::Display for SessionLost {
             }
             Err(SessionError::Timeout(stage)) => write!(f, "timed out {stage}"),
             Err(other) => write!(f, "{other}"),
+        }?;
+        if self.remote_ended {
+            f.write_str("; its commands on the exec-server were ended (abandoned by the client)")?;
         }
+        Ok(())
     }
 }
 

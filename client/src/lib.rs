@@ -49,6 +49,7 @@
 //! current OpenTelemetry context, which inside a `tracing` span is that
 //! span's when the application installs a `tracing-opentelemetry` layer.
 
+mod abandon;
 #[cfg(feature = "agent")]
 pub mod agent;
 mod client;

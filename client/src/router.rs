@@ -23,7 +23,8 @@ use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_
 use proto::pb::tunnel::{HopDirection, HopTiming};
 use proto::session::clock::Sample as ClockSample;
 use proto::session::{
-    CallError, CallEvent, ClientEvent, ClientSession, Mark, Now, Ready, Received, SessionError,
+    CallError, CallEvent, ClientEvent, ClientSession, Closed, Mark, Now, Ready, Received,
+    SessionError,
 };
 use telemetry::framing;
 use telemetry::w3c::Extracted;
@@ -155,6 +156,10 @@ pub(crate) struct Router {
     online: bool,
     /// Times the session came back over a new link.
     pub(crate) resumes: u64,
+    /// How the session ended, held while it is given up at the
+    /// exec-server (its calls may still run there): the calls hear of it
+    /// afterwards ([`Router::end_held`]).
+    held_end: Option<(Result<Closed, SessionError>, Now)>,
 }
 
 /// Pings waiting for their pongs at most.
@@ -249,6 +254,7 @@ impl Router {
             outage: None,
             online: true,
             resumes: 0,
+            held_end: None,
         }
     }
 
@@ -1016,28 +1022,19 @@ impl Endpoint<Machine> for Router {
                     route.call.end(failure);
                 }
             }
+            // Only a machine that gives a session up says this.
+            ClientEvent::Abandoned { .. } => {}
             ClientEvent::Ended(end) => {
-                if let (Some(tx), Err(e)) = (self.ready.take(), &end) {
-                    let _ = tx.send(Err(e.clone()));
+                if end.is_err() && !self.calls.is_empty() && machine.abandonment().is_some() {
+                    // The exec-server may still run the calls: they hear
+                    // of the end once it has been told to end them. No
+                    // new call takes the session meanwhile.
+                    self.shared
+                        .set_end(SessionLost::new(self.shared.via, end.clone()));
+                    self.held_end = Some((end, now));
+                } else {
+                    self.end_session(end, false, now);
                 }
-                let lost = SessionLost::new(self.shared.via, end);
-                tracing::debug!(reason = %lost, "session ended");
-                // The client gave up coming back: each waiting call's
-                // outage ends here, failed.
-                self.new_link_broke(now.wall);
-                if let Some(mut outage) = self.outage.take() {
-                    // From its last attempt to now (the give-up itself).
-                    if now.wall > outage.cursor {
-                        outage.note_at(spans::SESSION_REATTACH_WAIT, now.wall, false);
-                    }
-                    let end = outage.cursor;
-                    let why = format!("gave up coming back: {lost}");
-                    for route in self.calls.values() {
-                        self.reattach_span(route, &outage, end, Vec::new(), Some(why.clone()));
-                    }
-                }
-                self.shared.set_end(lost.clone());
-                self.ended(&lost);
             }
         }
         Delivery::Taken
@@ -1050,6 +1047,46 @@ impl Endpoint<Machine> for Router {
                 route.left = Some(now.wall);
             }
         }
+    }
+}
+
+impl Router {
+    /// The end held while the session is given up at the exec-server, if
+    /// it was.
+    pub(crate) fn take_held_end(&mut self) -> Option<(Result<Closed, SessionError>, Now)> {
+        self.held_end.take()
+    }
+
+    /// The session is over (at `now`): its calls end with `end`
+    /// (`remote_ended`: the exec-server was told to end their processes,
+    /// and answered).
+    pub(crate) fn end_session(
+        &mut self,
+        end: Result<Closed, SessionError>,
+        remote_ended: bool,
+        now: Now,
+    ) {
+        if let (Some(tx), Err(e)) = (self.ready.take(), &end) {
+            let _ = tx.send(Err(e.clone()));
+        }
+        let lost = SessionLost::new(self.shared.via, end).with_remote_ended(remote_ended);
+        tracing::debug!(reason = %lost, "session ended");
+        // The client gave up coming back: each waiting call's
+        // outage ends here, failed.
+        self.new_link_broke(now.wall);
+        if let Some(mut outage) = self.outage.take() {
+            // From its last attempt to now (the give-up itself).
+            if now.wall > outage.cursor {
+                outage.note_at(spans::SESSION_REATTACH_WAIT, now.wall, false);
+            }
+            let end = outage.cursor;
+            let why = format!("gave up coming back: {lost}");
+            for route in self.calls.values() {
+                self.reattach_span(route, &outage, end, Vec::new(), Some(why.clone()));
+            }
+        }
+        self.shared.set_end(lost.clone());
+        self.ended(&lost);
     }
 }
 

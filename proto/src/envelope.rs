@@ -138,6 +138,7 @@ mod tests {
                     call_id: 3,
                     next_seq: 12,
                 }],
+                abandon: true,
             }),
             Body::Resumed(s::Resumed {
                 expired: true,

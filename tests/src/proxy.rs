@@ -1,12 +1,13 @@
 //! A tunnel proxy that plays a malicious relay: it forwards `Open` to an
 //! upstream tunnel (a relay or an exec-server's direct listener), optionally
 //! naming a different exec-server than the client asked for, and can flip a
-//! bit in a chosen client-to-server data frame.
+//! bit in a chosen client-to-server data frame, or in the next
+//! exec-server-to-client one once the test says so.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures::{Stream, StreamExt};
 use proto::pb::tunnel::tunnel_client::TunnelClient;
@@ -32,6 +33,9 @@ pub struct Behaviour {
     pub tamper_data_frame: Option<usize>,
     /// Hold each `Open` until the test lets it through.
     pub hold: Option<Arc<Hold>>,
+    /// Once the test sets it, flip a bit in the next exec-server-to-client
+    /// data frame of the first session (once): tampering mid-command.
+    pub tamper_reply: Option<Arc<AtomicBool>>,
 }
 
 /// Holds `Open`s at the proxy: a test sees each arrive and lets it on.
@@ -134,7 +138,27 @@ impl Tunnel for ProxyService {
             up.metadata_mut().insert(SERVER_ID_HEADER, v);
         }
         let response = client.open(up).await?;
-        Ok(Response::new(Box::pin(response.into_inner())))
+        let armed = self
+            .behaviour
+            .tamper_reply
+            .clone()
+            .filter(|_| session_no == 0);
+        let replies = response.into_inner().map(move |f| {
+            let mut f = f?;
+            if f.kind == FrameKind::Data as i32
+                && !f.payload.is_empty()
+                && armed
+                    .as_ref()
+                    .is_some_and(|a| a.swap(false, Ordering::SeqCst))
+            {
+                let mut bytes = f.payload.to_vec();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                f.payload = bytes.into();
+            }
+            Ok::<_, Status>(f)
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 

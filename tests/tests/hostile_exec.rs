@@ -5,17 +5,21 @@
 //! nobody reads, a locked records database, history on a full disk, a
 //! command's environment (never the exec-server's secrets), a command's processes
 //! (even one that calls `setsid`) ending with the command and with the
-//! exec-server, and commands starting with every signal's default action
-//! whatever the exec-server was started ignoring (as under `nohup`).
+//! exec-server, commands starting with every signal's default action
+//! whatever the exec-server was started ignoring (as under `nohup`), and a
+//! command whose client gave up on a tampered link ending at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::binaries::{self, ProcStack};
+use integration_tests::proxy::{self, Behaviour};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto::keys::StaticKeypair;
@@ -673,4 +677,125 @@ fn a_commands_environment_is_built_from_the_allow_list_and_the_request_never_our
     // The search path, and the trace context the exec-server injects.
     assert!(names.contains(&"PATH"), "{names:?}");
     assert!(names.contains(&"TRACEPARENT"), "{names:?}");
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// The latest records in a records directory's database, once it has one.
+fn records_in(dir: &Path) -> Option<metadata::Store> {
+    let db = dir.join(metadata::store::FILE_NAME);
+    db.exists()
+        .then(|| metadata::Store::open(&db).ok())
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_client_gave_up_on_a_tampered_link_ends_and_both_records_say_why() {
+    let stack = ProcStack::start(&[]).unwrap();
+    // A relay that flips a bit in a reply once the command runs: the
+    // client cannot go on with the session (exit 255); the exec-server
+    // sees only the link go, and would keep the command for its resume
+    // grace (60 s) unless told.
+    let armed = Arc::new(AtomicBool::new(false));
+    let evil = proxy::start(
+        stack.relay_url.clone(),
+        Behaviour {
+            tamper_reply: Some(Arc::clone(&armed)),
+            ..Behaviour::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = stack.dir.path().to_owned();
+    let pid_file = dir.join("command.pid");
+    let script = format!(
+        "echo $$ > '{}'; while sleep 0.2; do echo tick; done",
+        pid_file.display()
+    );
+    let mut cli = binaries::exec_command(
+        &evil,
+        &stack.server_pub,
+        &stack.client_key,
+        &[],
+        &["sh", "-c", &script],
+    )
+    .unwrap()
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The proxy runs on this runtime; the waiting is done beside it.
+    let (pid, status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut pid = None;
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                pid = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                pid.is_some()
+            }),
+            "the command never started"
+        );
+        armed.store(true, Ordering::SeqCst);
+        let status = exits(&mut cli, Duration::from_secs(30));
+        if status.is_none() {
+            let _ = cli.kill();
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = cli.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        (pid.unwrap(), status, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("abandoned by the client"),
+        "the CLI says its command was ended: {stderr}"
+    );
+    // The command is gone, long before the 60 s grace.
+    let gone =
+        tokio::task::spawn_blocking(move || eventually(Duration::from_secs(30), || ended(pid)))
+            .await
+            .unwrap();
+    assert!(gone, "the remote command runs on after its client gave up");
+    // Both records say why: the exec-server's process record, and the
+    // command record the CLI's history shows.
+    let server_data = dir.join("server-data");
+    let client_data = dir.join("client-data");
+    let (server_exit, client_exit) = tokio::task::spawn_blocking(move || {
+        let mut found = (None, None);
+        eventually(Duration::from_secs(30), || {
+            found.0 = records_in(&server_data)
+                .and_then(|s| s.processes(10).ok())
+                .and_then(|r| r.into_iter().find(|p| p.pid == Some(pid)))
+                .and_then(|p| p.exit);
+            found.1 = records_in(&client_data)
+                .and_then(|s| s.commands(10).ok())
+                .and_then(|r| r.into_iter().next())
+                .and_then(|c| c.exit);
+            found.0.is_some() && found.1.is_some()
+        });
+        found
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        server_exit,
+        Some(metadata::Exit::Error("abandoned by its client".into()))
+    );
+    assert!(
+        matches!(&client_exit, Some(metadata::Exit::Error(m)) if m.contains("abandoned by the client")),
+        "{client_exit:?}"
+    );
 }

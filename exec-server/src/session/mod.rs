@@ -57,6 +57,10 @@ use crate::process::{Control, Outgoing};
 /// the authorized keys (or no longer admitted from where it came).
 pub const KEY_REVOKED: &str = "the client key is no longer authorized on this exec-server";
 
+/// What a process's record says when its client gave its session up (a
+/// tampered link, a resume abandoned, the caller gone).
+pub const ABANDONED_BY_CLIENT: &str = "abandoned by its client";
+
 /// Terminal events queued from a session's processes before they wait.
 pub const EVENT_QUEUE: usize = 64;
 
@@ -711,11 +715,25 @@ impl Runner {
             .filter(|id| !kept.contains(id))
             .copied()
             .collect();
+        // A client that gave the session up (it could not go on with it)
+        // wants every process ended now, not at the grace's end.
+        let why = if adopted.abandoned {
+            ABANDONED_BY_CLIENT
+        } else {
+            "its client no longer knew it"
+        };
         for id in gone {
             if let Some(call) = self.calls.remove(&id) {
                 call.cancel.cancel();
-                call.abandon(&self.ctx, "its client no longer knew it");
+                call.abandon(&self.ctx, why);
             }
+        }
+        if adopted.abandoned {
+            tracing::info!(
+                processes = adopted.dropped,
+                "a session's client gave it up: its commands end"
+            );
+            return;
         }
         tracing::info!(
             replayed_events = adopted.events,

@@ -64,11 +64,13 @@ mod tests;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{
-    CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError, Ready,
+    Abandonment, CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError, Ready,
     ReattachError,
 };
 pub use error::{CallError, SessionError, Stage, Violation};
-pub use server::{Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, Tombstone};
+pub use server::{
+    ABANDONED, Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, Tombstone,
+};
 
 use crate::noise::SessionConfig;
 use crate::pb::tunnel::Frame;

@@ -5,7 +5,7 @@
 mod calls;
 mod resume;
 
-pub use resume::ReattachError;
+pub use resume::{Abandonment, ReattachError};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -135,6 +135,14 @@ pub enum ClientEvent {
         /// exec-server restarted); otherwise only this call was.
         expired: bool,
     },
+    /// The exec-server took the session this machine gave up
+    /// ([`ClientSession::abandon`]): its calls' processes end (`expired`:
+    /// it no longer had the session, so they had ended already). The
+    /// machine then closes.
+    Abandoned {
+        /// Whether the session was already gone.
+        expired: bool,
+    },
     /// The session is over: every call still open has ended with it. The
     /// last event.
     Ended(Result<Closed, SessionError>),
@@ -257,6 +265,11 @@ pub struct ClientSession<T> {
     first_call: Option<u64>,
     /// The call message 1 carried, until message 2 answers.
     early: Option<Early>,
+    /// Calls that were open when the session ended with an error or was
+    /// given up: the exec-server may still be running them.
+    orphaned: usize,
+    /// This machine only gives a session up ([`ClientSession::abandon`]).
+    abandoning: bool,
 }
 
 impl<T> std::fmt::Debug for ClientSession<T> {
@@ -305,6 +318,8 @@ impl<T> ClientSession<T> {
             answered: true,
             first_call: None,
             early: None,
+            orphaned: 0,
+            abandoning: false,
         })
     }
 
@@ -426,6 +441,8 @@ impl<T> ClientSession<T> {
                 trace,
                 sent_unix_nanos,
             }),
+            orphaned: 0,
+            abandoning: false,
         })
     }
 
@@ -872,6 +889,9 @@ impl<T> ClientSession<T> {
                 self.pings.clear();
                 self.events.push(ClientEvent::Detached { error: e.clone() });
                 return;
+            }
+            if end.is_err() {
+                self.orphaned = self.calls.len();
             }
             self.calls.clear();
             self.stdin_queued = 0;

@@ -20,6 +20,22 @@ pub(in crate::session) struct Resumable {
     secret: ResumeSecret,
 }
 
+/// What giving a session up takes: its token and secret, which prove to
+/// the exec-server that the session is this client's
+/// ([`ClientSession::abandonment`], [`ClientSession::abandon`]).
+#[derive(Debug, Clone)]
+pub struct Abandonment {
+    resumable: Resumable,
+    calls: usize,
+}
+
+impl Abandonment {
+    /// The calls the session still had when it was lost.
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+}
+
 /// Why a session cannot be taken back over a new link.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReattachError {
@@ -54,7 +70,7 @@ impl<T> ClientSession<T> {
     /// link was lost or a new one did not come up (not a violation or a
     /// corrupt record).
     pub(super) fn detachable(&self, error: &SessionError) -> bool {
-        if self.resumable.is_none() {
+        if self.resumable.is_none() || self.abandoning {
             return false;
         }
         let lost = matches!(
@@ -111,9 +127,52 @@ impl<T> ClientSession<T> {
             return;
         }
         self.detached = false;
+        self.orphaned = self.calls.len();
         self.calls.clear();
         self.stdin_queued = 0;
         self.events.end(ClientEvent::Ended(Err(error)));
+    }
+
+    /// What it takes to give this session up, when the exec-server may
+    /// still be running calls of it that this end has lost: the session
+    /// is detached, or ended with an error (a corrupt record, a timeout)
+    /// while calls were open, and the exec-server offered resumes. `None`
+    /// when there is nothing to end there.
+    pub fn abandonment(&self) -> Option<Abandonment> {
+        let calls = if self.detached {
+            self.calls.len()
+        } else if matches!(self.link.end(), Some(Err(_))) {
+            self.orphaned
+        } else {
+            0
+        };
+        let resumable = self.resumable.clone().filter(|_| calls > 0)?;
+        Some(Abandonment { resumable, calls })
+    }
+
+    /// A machine that gives up the session `abandonment` names: a fresh
+    /// Noise handshake with the same keys (its first frame is the next to
+    /// send), then the resume with the proof and `abandon` set and no
+    /// calls. The exec-server ends the session's processes at once
+    /// (rather than keeping them for its resume grace) and says so;
+    /// [`ClientEvent::Abandoned`] reports the answer, and the machine
+    /// closes.
+    pub fn abandon(
+        key: &StaticKeypair,
+        server: &PublicKey,
+        limits: crate::session::Limits,
+        abandonment: Abandonment,
+        now: Now,
+    ) -> Result<Self, SessionError> {
+        let mut machine = Self::new(key, server, limits, now)?;
+        let State::Handshaking { hs } = std::mem::replace(&mut machine.state, State::Resuming)
+        else {
+            return Err(SessionError::Protocol(Violation::UnexpectedFrame));
+        };
+        machine.state = State::Reattaching { hs };
+        machine.resumable = Some(abandonment.resumable);
+        machine.abandoning = true;
+        Ok(machine)
     }
 
     /// Message 2 of a new link: ask for the session back, proving with the
@@ -141,6 +200,7 @@ impl<T> ClientSession<T> {
             token: resumable.token.clone(),
             proof: bytes::Bytes::copy_from_slice(&resumable.secret.proof(&hash)),
             calls,
+            abandon: self.abandoning,
         });
         self.link
             .send(0, None, resume, None, now)
@@ -151,6 +211,17 @@ impl<T> ClientSession<T> {
     /// The answer to the resume: each call where the exec-server has it
     /// (its stdin sent again from what arrived), or lost.
     pub(super) fn resumed(&mut self, answer: Resumed, now: Now) {
+        if self.abandoning {
+            // Given up: whatever the answer, the session is done with.
+            self.state = State::Ready;
+            self.deadline = None;
+            self.resumable = None;
+            self.events.push(ClientEvent::Abandoned {
+                expired: answer.expired,
+            });
+            self.close(now);
+            return;
+        }
         let hash = self
             .link
             .transport

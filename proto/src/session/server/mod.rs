@@ -5,7 +5,7 @@
 mod calls;
 mod resume;
 
-pub use resume::{Account, Adopted, Tombstone};
+pub use resume::{ABANDONED, Account, Adopted, Tombstone};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

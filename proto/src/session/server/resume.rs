@@ -60,6 +60,9 @@ impl Account {
     }
 }
 
+/// The close a session given up by its client ends with.
+pub const ABANDONED: &str = "abandoned by the client";
+
 /// What a resume gave back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Adopted {
@@ -69,6 +72,11 @@ pub struct Adopted {
     pub bytes: u64,
     /// Calls the client no longer knew (cancelled).
     pub dropped: u64,
+    /// The client gave the session up ([`Resume::abandon`]): every call
+    /// was dropped, and the session closes.
+    ///
+    /// [`Resume::abandon`]: crate::pb::session::Resume::abandon
+    pub abandoned: bool,
 }
 
 impl<T> ServerSession<T> {
@@ -181,12 +189,17 @@ impl<T> ServerSession<T> {
         self.highest_call = parked.highest_call;
         self.trimmed = std::mem::take(&mut parked.trimmed);
         let mut calls = std::mem::take(&mut parked.calls);
+        // A client that gives the session up wants none of its calls.
         let wanted: BTreeMap<u64, u64> = asked
             .calls
             .iter()
+            .filter(|_| !asked.abandon)
             .map(|c| (c.call_id, c.next_seq))
             .collect();
-        let mut adopted = Adopted::default();
+        let mut adopted = Adopted {
+            abandoned: asked.abandon,
+            ..Adopted::default()
+        };
         // Calls the client has done with (or forgotten) end here.
         calls.retain(|id, call| {
             let keep = wanted.contains_key(id);
@@ -278,6 +291,9 @@ impl<T> ServerSession<T> {
                 None,
                 now,
             );
+        }
+        if adopted.abandoned {
+            self.close(ABANDONED, now);
         }
         self.after(now);
         adopted

@@ -691,3 +691,169 @@ fn a_resume_takes_over_a_session_whose_link_this_end_has_not_found_broken() {
     assert_eq!(bytes, b"in flight");
     assert_eq!(last, Some(exit(0)));
 }
+
+impl Pair {
+    /// The client machine gives up its session over a new link to a new
+    /// exec-server machine, which adopts the one it names; returns what
+    /// the adoption gave back.
+    fn abandon_over_new_link(&mut self) -> server::Adopted {
+        let abandonment = self
+            .client
+            .abandonment()
+            .unwrap_or_else(|| panic!("nothing to give up: {:?}", self.client_events));
+        let client_limits = Limits {
+            resumable: true,
+            ..Limits::client()
+        };
+        let giver = ClientSession::abandon(
+            &self.client_key,
+            &self.server_pub,
+            client_limits,
+            abandonment,
+            self.now,
+        )
+        .unwrap();
+        self.client = giver;
+        self.client_events.clear();
+        self.up = Wire::default();
+        self.down = Wire::default();
+        let fresh = ServerSession::new(Arc::clone(&self.acceptor), self.server_limits, self.now);
+        let parked = std::mem::replace(&mut self.server, fresh);
+        self.server_events.clear();
+        self.run();
+        assert!(
+            self.server_events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::Resume { .. })),
+            "{:?}",
+            self.server_events
+        );
+        assert!(self.server.may_resume(&parked));
+        let adopted = self.server.adopt(parked, self.now);
+        self.run();
+        adopted
+    }
+}
+
+#[test]
+fn a_client_that_gives_up_a_detached_session_ends_its_calls_at_the_exec_server() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    assert_eq!(p.client.abandonment().map(|a| a.calls()), Some(1));
+    p.client.give_up(SessionError::LinkEnded, p.now);
+    p.run();
+    assert_eq!(p.client.abandonment().map(|a| a.calls()), Some(1));
+    let adopted = p.abandon_over_new_link();
+    assert!(adopted.abandoned);
+    assert_eq!(adopted.dropped, 1);
+    assert_eq!(adopted.events, 0, "nothing is sent again");
+    assert!(p.server.call_ids().is_empty(), "its process ends");
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Abandoned { expired: false })),
+        "{:?}",
+        p.client_events
+    );
+    // Both ends are done with it.
+    assert!(
+        p.client_end().is_some_and(Result::is_ok),
+        "{:?}",
+        p.client_events
+    );
+    assert!(
+        p.server_end().is_some_and(Result::is_ok),
+        "{:?}",
+        p.server_events
+    );
+}
+
+#[test]
+fn a_session_ended_by_a_corrupt_record_is_given_up_at_the_exec_server() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    // A relay flips a bit on the way to the client: the client ends the
+    // session; the exec-server sees only its link go, and keeps it.
+    p.client_reads = false;
+    p.push(id, out("tampered"));
+    let mut frame = p.down.frames.pop_back().unwrap();
+    let mut bytes = frame.payload.to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    frame.payload = bytes.into();
+    p.down.frames.push_back(frame);
+    p.client_reads = true;
+    p.run();
+    assert!(
+        matches!(p.client_end(), Some(Err(SessionError::Transport(_)))),
+        "{:?}",
+        p.client_events
+    );
+    p.server.handle_link_end(None, p.now);
+    p.run();
+    assert!(p.server.is_detached());
+    assert_eq!(p.client.abandonment().map(|a| a.calls()), Some(1));
+    let adopted = p.abandon_over_new_link();
+    assert!(adopted.abandoned);
+    assert!(p.server.call_ids().is_empty());
+}
+
+#[test]
+fn nothing_is_given_up_when_nothing_was_lost() {
+    // A clean close, or an error with no call open: nothing to end.
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, exit(0));
+    p.cut();
+    assert!(p.client.abandonment().is_none());
+    let mut q = resumable();
+    q.client.close(q.now);
+    q.run();
+    assert!(q.client.abandonment().is_none());
+}
+
+#[test]
+fn giving_up_a_session_the_exec_server_no_longer_has_is_answered() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.cut();
+    let abandonment = p.client.abandonment().unwrap();
+    let giver = ClientSession::abandon(
+        &p.client_key,
+        &p.server_pub,
+        Limits {
+            resumable: true,
+            ..Limits::client()
+        },
+        abandonment,
+        p.now,
+    )
+    .unwrap();
+    p.client = giver;
+    p.client_events.clear();
+    p.up = Wire::default();
+    p.down = Wire::default();
+    p.server = ServerSession::new(Arc::clone(&p.acceptor), p.server_limits, p.now);
+    p.run();
+    // Gone (expired, or the exec-server restarted): refused, and the
+    // giver is told and closes.
+    p.server.refuse_resume(None, p.now);
+    p.run();
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Abandoned { expired: true })),
+        "{:?}",
+        p.client_events
+    );
+    assert!(
+        p.client_end().is_some_and(Result::is_ok),
+        "{:?}",
+        p.client_events
+    );
+}
