@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use lifecycle::Tasks;
-use opentelemetry::trace::{Span, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::drive_link;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::routing::SERVER_ID_HEADER;
 use proto::session::{ClientSession, Now};
-use telemetry::{carriers, otel, spans};
+use telemetry::{carriers, otel, semconv, spans};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
@@ -63,7 +63,11 @@ pub(crate) async fn open(
     let failed = |e| ConnectError::from_session(e, config.key.public(), &url, &server_id);
 
     // relay.connect: the tunnel stream is paired with the exec-server.
-    let mut connect_span = tracer.start_with_context(spans::RELAY_CONNECT, parent);
+    let mut connect_span = tracer
+        .span_builder(spans::RELAY_CONNECT)
+        .with_kind(SpanKind::Client)
+        .with_attributes(connect_attributes(&url))
+        .start_with_context(&tracer, parent);
     let link_cx = parent.with_remote_span_context(connect_span.span_context().clone());
     let mut machine =
         ClientSession::new(&config.key, &config.server, config.limits(), Now::system())
@@ -86,10 +90,13 @@ pub(crate) async fn open(
     let mut client = TunnelClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let response = client
-        .open(request)
-        .await
-        .map_err(|s| ConnectError::from_status(s, &server_id, &url));
+    let response = client.open(request).await;
+    if let Err(status) = &response {
+        let error = semconv::grpc_error_type(status.code());
+        connect_span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
+        connect_span.set_status(opentelemetry::trace::Status::error(error));
+    }
+    let response = response.map_err(|s| ConnectError::from_status(s, &server_id, &url));
     connect_span.end();
     let opened = SystemTime::now();
     let inbound = response?.into_inner();
@@ -106,7 +113,7 @@ pub(crate) async fn open(
     // Closing the session or stopping the client also stops coming back.
     let giving_up = CancellationToken::new();
     let mut reconnect = Reconnect::new(config.clone(), giving_up.clone());
-    let span = tracing::info_span!(parent: None, spans::SESSION_CLIENT, server = %&server_id[..8]);
+    let span = tracing::info_span!(parent: None, spans::SESSION_CLIENT, rex.server.short_id = %&server_id[..8]);
     tasks.spawn(span, async move {
         let shutdown = move || {
             let (closing, stop, giving_up) = (closing.clone(), stop.clone(), giving_up.clone());
@@ -194,4 +201,12 @@ pub(crate) async fn open(
     }
     init.end_with_timestamp(established.ready_at);
     Ok((handle, established))
+}
+
+/// `relay.connect`'s semantic-convention attributes: a gRPC call to
+/// `Tunnel/Open` at the URL's host and port.
+pub(crate) fn connect_attributes(url: &str) -> Vec<KeyValue> {
+    let mut attributes = semconv::rpc(semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN).to_vec();
+    attributes.extend(semconv::server(url));
+    attributes
 }

@@ -309,10 +309,17 @@ impl Router {
             .with_remote_span_context(span.span_context().clone());
         let mut attempt = 0i64;
         for (name, start, stop, ok) in &outage.phases {
-            let mut child = tracer
-                .span_builder(*name)
-                .with_start_time(*start)
-                .start_with_context(tracer, &cx);
+            let mut builder = tracer.span_builder(*name).with_start_time(*start);
+            if *name == spans::RELAY_CONNECT {
+                // A call to Tunnel/Open, as the first link's.
+                builder = builder
+                    .with_kind(opentelemetry::trace::SpanKind::Client)
+                    .with_attributes(telemetry::semconv::rpc(
+                        telemetry::semconv::TUNNEL_SERVICE,
+                        telemetry::semconv::METHOD_OPEN,
+                    ));
+            }
+            let mut child = builder.start_with_context(tracer, &cx);
             if *name == spans::SESSION_REATTACH_WAIT {
                 attempt += 1;
                 child.set_attribute(KeyValue::new("rex.attempt", attempt));

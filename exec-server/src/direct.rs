@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use telemetry::semconv;
 
 use futures::{Stream, StreamExt as _};
 use proto::admission::Ticket;
@@ -92,6 +93,7 @@ impl Tunnel for DirectTunnel {
             }
             None => startup,
         };
+        let local = request.local_addr();
         let origin = request
             .remote_addr()
             .map_or(Origin::Unknown, |a| Origin::Direct(a.ip()));
@@ -99,7 +101,16 @@ impl Tunnel for DirectTunnel {
         let inbound = request.into_inner();
         let ctx = Arc::clone(&self.ctx);
         let shutdown = self.shutdown.clone();
-        let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
+        let span = tracing::info_span!(
+            parent: None,
+            telemetry::spans::SESSION_SERVER,
+            otel.kind = "server",
+        );
+        semconv::set_on(
+            &span,
+            semconv::rpc(semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN),
+        );
+        semconv::set_on(&span, local.into_iter().flat_map(semconv::server_at));
         self.ctx.tasks.spawn(span, async move {
             let Some(inbound) = first_message(inbound, &startup, &tx, &ctx).await else {
                 return;

@@ -16,6 +16,7 @@ use proto::routing::{
     SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, SPARE_TOKEN_LEN,
     format_session_id,
 };
+use telemetry::semconv;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,21 @@ impl LinkError {
         }
     }
 
+    /// `error.type` on the attempt's `link.register` span: the gRPC status
+    /// code's name when the relay answered with one, else the kind.
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::BadUrl(_) => "bad_url",
+            Self::Connect(_) => "connect",
+            Self::Status(status) => semconv::grpc_error_type(status.code()),
+            Self::Proof(_) => "proof",
+            Self::Protocol => "protocol",
+            Self::Replaced => "replaced",
+            Self::Tls(_) => "tls",
+            Self::NotAllowed => "not_allowed",
+        }
+    }
+
     /// Whether retrying soon is pointless (the relay said so).
     fn wants_long_pause(&self) -> bool {
         matches!(self, Self::Replaced | Self::NotAllowed)
@@ -110,8 +126,17 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     loop {
         // Each attempt is a span of its own; its outcome is an event on it.
-        let attempt =
-            tracing::info_span!(parent: None, telemetry::spans::LINK_REGISTER, relay = %url);
+        let attempt = tracing::info_span!(
+            parent: None,
+            telemetry::spans::LINK_REGISTER,
+            otel.kind = "client",
+            rex.relay.url = %url,
+        );
+        semconv::set_on(
+            &attempt,
+            semconv::rpc(semconv::REGISTRY_SERVICE, semconv::METHOD_REGISTER),
+        );
+        semconv::set_on(&attempt, semconv::server(&url));
         let result = register_once(&url, &ctx, &shutdown, &registered)
             .instrument(attempt.clone())
             .await;
@@ -125,6 +150,9 @@ pub async fn run(
         } else {
             jittered(backoff)
         };
+        if let Err(e) = &result {
+            semconv::fail(&attempt, e.error_type());
+        }
         attempt.in_scope(|| match result {
             Ok(true) => {
                 tracing::warn!("relay link lost; reconnecting");

@@ -20,8 +20,8 @@ use proto::routing::{
     SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, format_session_id,
     is_server_id, parse_session_id,
 };
-use telemetry::carriers;
 use telemetry::w3c::Extracted;
+use telemetry::{carriers, semconv};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -206,6 +206,7 @@ impl Tunnel for TunnelService {
             Extracted::Absent | Extracted::Invalid(_) => String::new(),
         };
         let state = &self.state;
+        let local = request.local_addr();
         // A place among the unauthenticated sessions, held until the
         // exec-server's handshake answer has passed through.
         let client = peer(&request);
@@ -321,9 +322,22 @@ impl Tunnel for TunnelService {
             buffers,
             Some(startup),
         );
-        let span = tracing::info_span!(parent: None, telemetry::spans::RELAY_SESSION, session = %&sid[..8]);
+        let span = tracing::info_span!(
+            parent: None,
+            telemetry::spans::RELAY_SESSION,
+            otel.kind = "server",
+            rex.session.short_id = %&sid[..8],
+        );
+        semconv::set_on(
+            &span,
+            semconv::rpc(semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN),
+        );
+        semconv::set_on(&span, local.into_iter().flat_map(semconv::server_at));
         state.tasks.spawn(span, async move {
             let ((up_end, up_stats), (down_end, down_stats)) = tokio::join!(up, down);
+            if let Some(error) = splice::error_type(up_end).or(splice::error_type(down_end)) {
+                semconv::fail(&tracing::Span::current(), error);
+            }
             tracing::debug!(
                 session = %&sid[..8],
                 ?up_end,
@@ -408,6 +422,16 @@ async fn next_proof(
     }
 }
 
+/// Refuses a registration on its stream: the status goes to the
+/// exec-server and `error.type` on the registration's span.
+async fn refuse_registration(tx: &mpsc::Sender<Result<RegisterDown, Status>>, status: Status) {
+    semconv::fail(
+        &tracing::Span::current(),
+        semconv::grpc_error_type(status.code()),
+    );
+    let _ = tx.send(Err(status)).await;
+}
+
 #[tonic::async_trait]
 impl RegistryService for RegistryServiceImpl {
     type RegisterStream = DownStream;
@@ -420,6 +444,7 @@ impl RegistryService for RegistryServiceImpl {
         let state = self.state.clone();
         let claimed = header(&request, SERVER_ID_HEADER).map(str::to_owned);
         let connection = peer(&request);
+        let local = request.local_addr();
         // Each attempt costs a key exchange: a source gets so many a second.
         if let Some(addr) = connection {
             let mut rate = state
@@ -455,13 +480,23 @@ impl RegistryService for RegistryServiceImpl {
         // arrive, so the response stream is returned now and the rest of the
         // proof completes in a task.
         let tasks = state.tasks.clone();
+        let span = tracing::info_span!(
+            parent: None,
+            telemetry::spans::RELAY_REGISTRATION,
+            otel.kind = "server",
+        );
+        semconv::set_on(
+            &span,
+            semconv::rpc(semconv::REGISTRY_SERVICE, semconv::METHOD_REGISTER),
+        );
+        semconv::set_on(&span, local.into_iter().flat_map(semconv::server_at));
         tasks.spawn(
-            tracing::info_span!(parent: None, telemetry::spans::RELAY_REGISTRATION),
+            span,
             async move {
                 let msg3 = match next_proof(&mut inbound, &state).await {
                     Ok(m) => m,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        refuse_registration(&tx, status).await;
                         return;
                     }
                 };
@@ -469,35 +504,41 @@ impl RegistryService for RegistryServiceImpl {
                     Ok(k) => k,
                     Err(e) => {
                         Counters::note(&state.refused.proof);
-                        let _ = tx
-                            .send(Err(Status::unauthenticated(format!(
+                        refuse_registration(
+                            &tx,
+                            Status::unauthenticated(format!(
                                 "registration proof: {e}"
-                            ))))
-                            .await;
+                            )),
+                        )
+                        .await;
                         return;
                     }
                 };
                 let server_id = key.server_id();
                 if claimed.as_deref().is_some_and(|c| c != server_id) {
                     Counters::note(&state.refused.proof);
-                    let _ = tx
-                        .send(Err(Status::permission_denied(
+                    refuse_registration(
+                        &tx,
+                        Status::permission_denied(
                             "the claimed server id does not match the proven key",
-                        )))
-                        .await;
+                        ),
+                    )
+                    .await;
                     return;
                 }
                 if let Some(allowed) = &state.allowed {
                     let _ = allowed.refresh(false);
                     if !allowed.allows(&key) {
                         Counters::note(&state.refused.not_allowed);
-                        let _ = tx
-                            .send(Err(proto::routing::refuse(
+                        refuse_registration(
+                            &tx,
+                            proto::routing::refuse(
                                 Code::PermissionDenied,
                                 "this exec-server key is not on the relay's allow-list",
                                 CloseReason::NotAllowed,
-                            )))
-                            .await;
+                            ),
+                        )
+                        .await;
                         return;
                     }
                 }
@@ -514,7 +555,7 @@ impl RegistryService for RegistryServiceImpl {
                     Ok(g) => g,
                     Err(e) => {
                         Counters::note(&state.refused.full);
-                        let _ = tx.send(Err(status_for(e))).await;
+                        refuse_registration(&tx, status_for(e)).await;
                         return;
                     }
                 };

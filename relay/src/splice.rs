@@ -143,6 +143,22 @@ pub enum PumpEnd {
     Cancelled,
 }
 
+/// `error.type` for a pump the relay ended as a failure (a broken
+/// protocol, an idle session, no handshake in time); `None` when a peer
+/// ended it (closed, or went away: a CLI leaves once its close is sent,
+/// without waiting) or the other half ended first.
+pub fn error_type(end: PumpEnd) -> Option<&'static str> {
+    match end {
+        PumpEnd::SourceClosed
+        | PumpEnd::SourceFailed
+        | PumpEnd::DestinationGone
+        | PumpEnd::Cancelled => None,
+        PumpEnd::Protocol => Some("protocol"),
+        PumpEnd::Idle => Some("idle"),
+        PumpEnd::HandshakeTimeout => Some("handshake_timeout"),
+    }
+}
+
 /// Shared state of one spliced session.
 #[derive(Debug)]
 pub struct Session {

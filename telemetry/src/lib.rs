@@ -23,6 +23,9 @@
 //!   relay).
 //! - [`host`]: this host's name (`host.name` on every span and in the
 //!   stage summaries).
+//! - [`semconv`]: the OpenTelemetry semantic-convention attribute names
+//!   (`rpc.*`, `server.*`, `error.type`, `service.version`), pinned to one
+//!   version.
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
@@ -50,6 +53,7 @@ pub mod ids;
 pub mod limited;
 pub mod otel;
 pub mod remote;
+pub mod semconv;
 #[cfg(feature = "export")]
 pub mod setup;
 pub mod spans;

@@ -48,6 +48,8 @@ use opentelemetry_otlp::{
     RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
+
+use crate::semconv;
 use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanExporter,
@@ -586,15 +588,27 @@ pub fn base_builder(service: String) -> TracerProviderBuilder {
             Box::new(EnvResourceDetector::new()),
         ])
         .with_service_name(service);
-    // OTEL_RESOURCE_ATTRIBUTES may name the host itself.
-    let named = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
-        .is_ok_and(|v| v.split(',').any(|kv| kv.trim().starts_with("host.name=")));
-    if let Some(host) = crate::host::name().filter(|_| !named) {
+    // OTEL_RESOURCE_ATTRIBUTES may name the host and the version itself.
+    let named = |key: &str| {
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+            v.split(',')
+                .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+        })
+    };
+    if let Some(host) = crate::host::name().filter(|_| !named(semconv::HOST_NAME)) {
         resource = resource.with_attribute(opentelemetry::KeyValue::new(
-            crate::host::HOST_NAME,
+            semconv::HOST_NAME,
             host.to_owned(),
         ));
     }
+    if !named(semconv::SERVICE_VERSION) {
+        // The workspace's one version: every binary's.
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            semconv::SERVICE_VERSION,
+            env!("CARGO_PKG_VERSION"),
+        ));
+    }
+    let resource = resource.with_schema_url([], semconv::SCHEMA_URL);
     SdkTracerProvider::builder()
         .with_resource(resource.build())
         .with_id_generator(PresetIdGenerator::default())

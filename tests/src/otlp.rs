@@ -92,6 +92,9 @@ fn hex(bytes: &[u8]) -> String {
 pub struct RecordedSpan {
     /// The resource's `service.name` (empty if it had none).
     pub service: String,
+    /// The resource's attributes (`service.name`, `service.version`,
+    /// `host.name`, ...).
+    pub resource: BTreeMap<String, AttrValue>,
     /// The instrumentation scope's name.
     pub scope: String,
     /// The span's name.
@@ -128,7 +131,12 @@ pub struct RecordedEvent {
 }
 
 impl RecordedSpan {
-    fn from_proto(service: &str, scope: &str, span: &Span) -> Self {
+    fn from_proto(
+        service: &str,
+        resource: &BTreeMap<String, AttrValue>,
+        scope: &str,
+        span: &Span,
+    ) -> Self {
         let status_error = span
             .status
             .as_ref()
@@ -136,6 +144,7 @@ impl RecordedSpan {
             .map(|s| s.message.clone());
         Self {
             service: service.to_owned(),
+            resource: resource.clone(),
             scope: scope.to_owned(),
             name: span.name.clone(),
             trace_id: hex(&span.trace_id),
@@ -309,12 +318,17 @@ pub fn flatten(resource_spans: &[ResourceSpans]) -> Vec<RecordedSpan> {
     let mut out = Vec::new();
     for rs in resource_spans {
         let service = service_name(rs.resource.as_ref());
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
         for ss in &rs.scope_spans {
             let scope = ss.scope.as_ref().map_or("", |s| s.name.as_str());
             out.extend(
                 ss.spans
                     .iter()
-                    .map(|s| RecordedSpan::from_proto(service, scope, s)),
+                    .map(|s| RecordedSpan::from_proto(service, &resource, scope, s)),
             );
         }
     }

@@ -466,6 +466,7 @@ async fn shutdown_and_drop_stop_the_server() {
 fn rec(name: &str, id: &str, parent: Option<&str>, start: u64, end: u64) -> RecordedSpan {
     RecordedSpan {
         service: format!("svc-{name}"),
+        resource: BTreeMap::new(),
         scope: "s".to_owned(),
         name: name.to_owned(),
         trace_id: "t".to_owned(),

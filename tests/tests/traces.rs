@@ -986,3 +986,165 @@ fn an_otlp_endpoint_that_cannot_be_reached_is_one_warning_naming_it_and_why() {
         assert_eq!(stderr.lines().count(), 2, "{stderr}");
     }
 }
+
+/// The attributes a collector's user filters on (semantic conventions
+/// 1.27.0, `docs/spans.md`): the relay's spans are SERVER spans of the
+/// gRPC methods they serve, the client's and the exec-server's calls to it
+/// CLIENT spans, with `rpc.*` and `server.*`; a failed call has
+/// `error.type`; every resource has `service.version` and `host.name`;
+/// and every other attribute is the project's own, under `rex.*`. Checked
+/// in the OTLP export and in the CLI's local trace file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_carry_the_semantic_conventions_in_the_export_and_the_trace_file() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use telemetry::semconv;
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = start_stack(&service_env(&rx.endpoint()));
+    let port = i64::from(stack.relay_addr().unwrap().port());
+    let client_env = [("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())];
+    let (out, trace_id) = exec(&stack, &["true"], &pairs(&client_env), b"");
+    assert!(out.status.success());
+    // An exec-server the relay does not know: the Open is refused.
+    let other = binaries::keygen("exec-server", stack.dir.path(), "other.key").unwrap();
+    let mut cmd = binaries::exec_command(
+        &stack.relay_url,
+        &other,
+        &stack.client_key,
+        &["--no-resume"],
+        &["true"],
+    )
+    .unwrap();
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint());
+    let refused = binaries::run_with_stdin(cmd, b"").unwrap();
+    assert_eq!(refused.status.code(), Some(255));
+    // The same command with no collector: its spans go to the trace file.
+    let (out, file_trace) = exec(&stack, &["true"], &[], b"");
+    assert!(out.status.success());
+    terminate(&mut stack);
+    let spans = settle(&rx).await;
+
+    let kind = |s: &RecordedSpan| s.kind;
+    let rpc = |s: &RecordedSpan, service: &str, method: &str| {
+        assert_eq!(s.attr_str(semconv::RPC_SYSTEM), Some("grpc"), "{s:#?}");
+        assert_eq!(s.attr_str(semconv::RPC_SERVICE), Some(service), "{s:#?}");
+        assert_eq!(s.attr_str(semconv::RPC_METHOD), Some(method), "{s:#?}");
+    };
+    let at_relay = |s: &RecordedSpan| {
+        assert_eq!(
+            s.attr_str(semconv::SERVER_ADDRESS),
+            Some("127.0.0.1"),
+            "{s:#?}"
+        );
+        assert_eq!(s.attr_i64(semconv::SERVER_PORT), Some(port), "{s:#?}");
+    };
+    let named = |service: &str, name: &str| -> Vec<&RecordedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.service == service && s.name == name)
+            .collect()
+    };
+
+    // The relay serves Tunnel/Open and Registry/Register.
+    let sessions = named("relay", spans::RELAY_SESSION);
+    assert!(!sessions.is_empty(), "{spans:#?}");
+    for s in &sessions {
+        assert_eq!(kind(s), SpanKind::Server as i32, "{s:#?}");
+        rpc(s, semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN);
+        at_relay(s);
+        assert_eq!(s.attr(semconv::ERROR_TYPE), None, "a clean session: {s:#?}");
+        assert_eq!(s.attr_str("rex.session.short_id").map(str::len), Some(8));
+    }
+    let registrations = named("relay", spans::RELAY_REGISTRATION);
+    assert_eq!(registrations.len(), 1, "{spans:#?}");
+    assert_eq!(kind(registrations[0]), SpanKind::Server as i32);
+    rpc(
+        registrations[0],
+        semconv::REGISTRY_SERVICE,
+        semconv::METHOD_REGISTER,
+    );
+    at_relay(registrations[0]);
+    // The exec-server calls Registry/Register.
+    let registers = named("exec-server", spans::LINK_REGISTER);
+    assert!(!registers.is_empty(), "{spans:#?}");
+    for s in &registers {
+        assert_eq!(kind(s), SpanKind::Client as i32, "{s:#?}");
+        rpc(s, semconv::REGISTRY_SERVICE, semconv::METHOD_REGISTER);
+        at_relay(s);
+        assert_eq!(s.attr_str("rex.relay.url"), Some(stack.relay_url.as_str()));
+    }
+    // The CLI calls Tunnel/Open: once connected, once refused.
+    let connects = named("core-client", spans::RELAY_CONNECT);
+    let ok = connects
+        .iter()
+        .find(|s| s.trace_id == trace_id)
+        .unwrap_or_else(|| panic!("{connects:#?}"));
+    let failed = connects
+        .iter()
+        .find(|s| s.status_error.is_some())
+        .unwrap_or_else(|| panic!("{connects:#?}"));
+    for s in [ok, failed] {
+        assert_eq!(kind(s), SpanKind::Client as i32, "{s:#?}");
+        rpc(s, semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN);
+        at_relay(s);
+    }
+    assert_eq!(ok.attr(semconv::ERROR_TYPE), None);
+    assert_eq!(failed.attr_str(semconv::ERROR_TYPE), Some("NOT_FOUND"));
+
+    // Every resource says its version and its host.
+    let version = env!("CARGO_PKG_VERSION");
+    for service in ["core-client", "relay", "exec-server"] {
+        let s = spans.iter().find(|s| s.service == service).unwrap();
+        assert_eq!(
+            s.resource.get(semconv::SERVICE_VERSION),
+            Some(&AttrValue::Str(version.to_owned())),
+            "{service}: {:?}",
+            s.resource
+        );
+        assert!(
+            matches!(s.resource.get(semconv::HOST_NAME), Some(AttrValue::Str(h)) if !h.is_empty()),
+            "{service}: {:?}",
+            s.resource
+        );
+    }
+    // Our own attributes are all `rex.*`; the rest are the conventions'
+    // (and the span-timing ones the tracing bridge adds).
+    let conventions = [
+        "rpc.system",
+        "rpc.service",
+        "rpc.method",
+        "server.address",
+        "server.port",
+        "error.type",
+        "host.name",
+        "process.executable.name",
+        "process.pid",
+        "process.exit.code",
+    ];
+    let bridge = ["code.", "thread.", "busy_ns", "idle_ns", "target"];
+    for s in &spans {
+        for key in s.attributes.keys() {
+            assert!(
+                key.starts_with("rex.")
+                    || conventions.contains(&key.as_str())
+                    || bridge.iter().any(|b| key.starts_with(b)),
+                "{}/{}: {key} is neither rex.* nor a semantic convention",
+                s.service,
+                s.name
+            );
+        }
+    }
+
+    // The trace file has the CLI's side alike.
+    let file = stack.client_key.parent().unwrap().join("traces.jsonl");
+    let local = trace_check::from_trace_file(&file, &file_trace);
+    let connect = one(&local, spans::RELAY_CONNECT);
+    assert_eq!(connect.kind, SpanKind::Client as i32, "{connect:#?}");
+    rpc(connect, semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN);
+    at_relay(connect);
+    assert_eq!(
+        connect.resource.get(semconv::SERVICE_VERSION),
+        Some(&AttrValue::Str(version.to_owned()))
+    );
+    assert!(connect.resource.contains_key(semconv::HOST_NAME));
+    rx.shutdown().await.unwrap();
+}
