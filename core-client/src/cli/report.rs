@@ -63,7 +63,7 @@ pub struct ReportArgs {
     pub json: bool,
     /// A go/no-go check (repeatable): exit 1 unless every gate holds, e.g.
     /// 'p90(link.transit) < 2ms', 'share(session.acquire).p50 >= 0.30',
-    /// 'cold.p50 / warm.p50 < 3'. The language is in the README.
+    /// 'cold.p50 / warm.p50 < 3'. The language is in docs/tracing.md.
     #[arg(long = "gate", value_name = "EXPR")]
     pub gates: Vec<String>,
     /// Statistics over fewer commands than this make a gate fail, and an
