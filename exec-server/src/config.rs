@@ -94,6 +94,11 @@ pub struct ExecServerConfig {
     /// While links are down: the output kept for all such sessions of the
     /// exec-server together.
     pub resume_total_buffer: u64,
+    /// Output not yet acknowledged by its client, for all sessions
+    /// together (a command whose read does not fit waits on its output).
+    pub max_unacked_output: u64,
+    /// The same, for the sessions of one client key.
+    pub max_unacked_output_per_key: u64,
 }
 
 /// Default [`ExecServerConfig::replay_window`].
@@ -163,6 +168,8 @@ impl ExecServerConfig {
             resume_buffer: DEFAULT_RESUME_BUFFER,
             resume_session_buffer: DEFAULT_RESUME_SESSION_BUFFER,
             resume_total_buffer: DEFAULT_RESUME_TOTAL_BUFFER,
+            max_unacked_output: crate::unacked::DEFAULT_TOTAL,
+            max_unacked_output_per_key: crate::unacked::DEFAULT_PER_KEY,
         }
     }
 }

@@ -9,12 +9,19 @@
 //! Every reservation is then also charged to both, and a process whose
 //! charge does not fit waits (it stops reading its pipes, so it blocks on
 //! its output as it would with a slow reader): nothing is dropped.
+//!
+//! Whether the link is up or not, every reservation is also charged to
+//! the exec-server's budget for unacknowledged output ([`Unacked`]) until
+//! the client acknowledges it (or the call is over and gone).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use proto::keys::PublicKey;
 use proto::limits::MAX_CHUNK;
 use proto::session::output::EVENT_COST;
 use tokio::sync::{Notify, Semaphore};
+
+use crate::unacked::{Share, Unacked};
 
 /// What one read of a pipe may cost: its largest chunk and the event.
 pub const CHUNK_CREDIT: u64 = MAX_CHUNK as u64 + EVENT_COST;
@@ -226,6 +233,22 @@ pub struct Credit {
     window: Option<Arc<Semaphore>>,
     /// Its session's bounds while the link is down.
     retention: Option<Arc<Retention>>,
+    /// What the call holds of the exec-server's budget for unacknowledged
+    /// output (given back when the last clone goes).
+    unacked: Option<Arc<Share>>,
+}
+
+/// A charge to the budget taken while a reservation waits for the rest:
+/// given back if the reservation is given up.
+struct Pending<'a> {
+    share: &'a Share,
+    amount: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.share.give(self.amount);
+    }
 }
 
 impl Credit {
@@ -235,7 +258,18 @@ impl Credit {
         Self {
             window: (window != 0).then(|| Arc::new(Semaphore::new(window as usize))),
             retention,
+            unacked: None,
         }
+    }
+
+    /// The same credit, each reservation also charged to `budget` for
+    /// `key` until acknowledged. `window` is the call's output window
+    /// (its client acknowledges once a quarter of it has been taken).
+    #[must_use]
+    pub fn charged_to(mut self, budget: Arc<Unacked>, key: Option<PublicKey>, window: u32) -> Self {
+        let floor = u64::from(window) / 4 + CHUNK_CREDIT;
+        self.unacked = Some(Arc::new(budget.share(key, floor)));
+        self
     }
 
     /// No limit.
@@ -243,6 +277,7 @@ impl Credit {
         Self {
             window: None,
             retention: None,
+            unacked: None,
         }
     }
 
@@ -255,6 +290,16 @@ impl Credit {
             Some(window) => window.acquire_many(n).await.ok(),
             None => None,
         };
+        let pending = match &self.unacked {
+            Some(share) => {
+                share.take(amount).await;
+                Some(Pending {
+                    share: share.as_ref(),
+                    amount,
+                })
+            }
+            None => None,
+        };
         let charge = match &self.retention {
             Some(r) => r.charge(amount).await,
             None => Charge::default(),
@@ -262,6 +307,8 @@ impl Credit {
         if let Some(permit) = permit {
             permit.forget();
         }
+        // Charged for good: held until acknowledged.
+        std::mem::forget(pending);
         Reserved {
             credit: self.clone(),
             amount,
@@ -274,6 +321,9 @@ impl Credit {
     pub fn release(&self, amount: u64) {
         if let Some(window) = &self.window {
             window.add_permits(usize::try_from(amount).unwrap_or(usize::MAX));
+        }
+        if let Some(share) = &self.unacked {
+            share.give(amount);
         }
     }
 

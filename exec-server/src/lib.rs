@@ -22,6 +22,9 @@
 //! - [`session`]: one client session: the session machine
 //!   (`proto::session::ServerSession`) run by `proto::driver`, and beside it
 //!   the endpoint that starts each call's process and pushes its events.
+//! - [`unacked`]: the one budget for output clients have not
+//!   acknowledged (per client key and in all): a command whose read does
+//!   not fit waits on its output.
 //! - [`stdin`]: a call's stdin between the session and the process (never
 //!   more than the session's stdin window), with what the process took.
 //! - [`process`]: one child process: spawn, pipes (or its terminal),
@@ -43,6 +46,7 @@ pub mod session;
 pub mod shell;
 pub mod spawn;
 pub mod stdin;
+pub mod unacked;
 
 pub use config::ExecServerConfig;
 pub use server::{ExecServerError, ExecServerHandle, run, start};

@@ -182,6 +182,17 @@ struct RunArgs {
     /// together, in bytes; once reached, their commands wait likewise.
     #[arg(long, default_value_t = exec_server::config::DEFAULT_RESUME_TOTAL_BUFFER, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
     resume_total_buffer: u64,
+    /// Output the exec-server holds that its clients have not yet
+    /// acknowledged, for all sessions together, in bytes; a command whose
+    /// next read does not fit waits on its output (as with a slow reader),
+    /// so clients that stop reading cannot grow the exec-server. A command
+    /// may always hold a quarter of its output window and one 64 KiB read
+    /// (what its client takes before it acknowledges). 256 MiB.
+    #[arg(long, default_value_t = exec_server::unacked::DEFAULT_TOTAL, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
+    max_unacked_output: u64,
+    /// The same, for the sessions of one client key. 64 MiB.
+    #[arg(long, default_value_t = exec_server::unacked::DEFAULT_PER_KEY, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
+    max_unacked_output_per_key: u64,
 }
 
 fn main() -> ExitCode {
@@ -364,6 +375,8 @@ fn serve(args: RunArgs) -> ExitCode {
     config.resume_buffer = args.resume_buffer;
     config.resume_session_buffer = args.resume_session_buffer;
     config.resume_total_buffer = args.resume_total_buffer;
+    config.max_unacked_output = args.max_unacked_output;
+    config.max_unacked_output_per_key = args.max_unacked_output_per_key;
     config.shutdown_grace = Duration::from_secs(10);
     // Process records are kept off the hot path; a store that cannot be
     // opened is reported once and the server runs without it.

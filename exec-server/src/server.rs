@@ -50,9 +50,16 @@ pub struct ExecServerHandle {
     tasks: Tasks,
     shutdown: CancellationToken,
     grace: std::time::Duration,
+    unacked: Arc<crate::unacked::Unacked>,
 }
 
 impl ExecServerHandle {
+    /// The budget for output clients have not acknowledged: what it
+    /// holds now and at most.
+    pub fn unacked(&self) -> &Arc<crate::unacked::Unacked> {
+        &self.unacked
+    }
+
     /// The exec-server's id (derived from its public key).
     pub fn server_id(&self) -> &str {
         &self.server_id
@@ -232,6 +239,7 @@ pub async fn start(
         tasks,
         shutdown,
         grace,
+        unacked: Arc::clone(&ctx.unacked),
     })
 }
 

@@ -684,3 +684,114 @@ async fn clients_that_stop_reading_cannot_grow_the_relay() {
     at_least_90_percent(ok, "stalled readers");
     drop(stalled);
 }
+
+/// What `yes {tag} | head -c {len}` prints.
+fn yes_output(tag: &str, len: usize) -> Vec<u8> {
+    let line = format!("{tag}\n");
+    line.as_bytes().iter().copied().cycle().take(len).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_hold_at_most_the_exec_servers_budget_and_then_finish_byte_exact()
+{
+    const STALLED: usize = 8;
+    // Each command's output window (the default): unbounded, eight
+    // stalled readers would hold 32 MiB.
+    const WINDOW: u32 = 4 * 1024 * 1024;
+    const TOTAL: u64 = 3 * 1024 * 1024;
+    const PER_KEY: u64 = 2 * 1024 * 1024;
+    // What each command may always hold (what its client takes before it
+    // acknowledges, and one read): the budget is exceeded by at most the
+    // floors of commands started while it was full.
+    const FLOOR: u64 = WINDOW as u64 / 4 + exec_server::credit::CHUNK_CREDIT;
+    // More than a command's whole window: each must wait on its output.
+    const OUTPUT: usize = 6 * 1024 * 1024 + 17;
+    let relay = TestRelay::start().await.unwrap();
+    let keys = [
+        StaticKeypair::generate().unwrap(),
+        StaticKeypair::generate().unwrap(),
+    ];
+    let server =
+        TestServer::start_configured(Some(relay.url()), false, &[&keys[0], &keys[1]], |c| {
+            c.max_unacked_output = TOTAL;
+            c.max_unacked_output_per_key = PER_KEY;
+        })
+        .await
+        .unwrap();
+    // Half the readers with each key; none reads a byte yet.
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let key = keys[i % 2].clone();
+        let client = Client::new(ClientConfig::new(
+            key,
+            server.key.public(),
+            Target::Relay(relay.url()),
+        ));
+        let tag = format!("reader {i} abcdefgh");
+        let run = client
+            .exec(sh(&format!("yes '{tag}' | head -c {OUTPUT}")))
+            .await
+            .unwrap();
+        stalled.push((client, run, tag));
+    }
+    let budget = server.handle.unacked();
+    // Until the budget is full and nothing more moves.
+    let mut last = u64::MAX;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let used = budget.used();
+        if budget.waits() > 0 && used == last {
+            break;
+        }
+        last = used;
+    }
+    let per_key = [
+        budget.used_by(&keys[0].public()),
+        budget.used_by(&keys[1].public()),
+    ];
+    let peak = budget.peak();
+    eprintln!(
+        "stalled readers: the exec-server holds {} bytes unacknowledged now ({per_key:?} per key, floors {}), \
+         {peak} at most (budget {TOTAL}, {PER_KEY} per key, without it {}); {} reads waited",
+        budget.used(),
+        budget.floors(),
+        STALLED as u64 * u64::from(WINDOW),
+        budget.waits()
+    );
+    assert!(budget.waits() > 0, "no read had to wait");
+    assert!(
+        peak <= TOTAL + STALLED as u64 * FLOOR,
+        "peak {peak} over the budget and the floors"
+    );
+    for held in per_key {
+        assert!(
+            held <= PER_KEY + (STALLED / 2) as u64 * FLOOR,
+            "{held} over a key's share"
+        );
+    }
+    // The readers read again: every command finishes, byte-exact.
+    for (client, mut run, tag) in stalled {
+        let mut out = Vec::new();
+        let mut status = None;
+        while let Some(ev) = run.next().await {
+            match ev {
+                rex_client::Event::Stdout(d) => out.extend_from_slice(&d),
+                rex_client::Event::Exited(s) => status = Some(s),
+                rex_client::Event::Failed(f) => panic!("{tag}: {f}"),
+                _ => {}
+            }
+        }
+        assert_eq!(status, Some(ExitStatus::Code(0)), "{tag}");
+        assert_eq!(out.len(), OUTPUT, "{tag}");
+        assert!(out == yes_output(&tag, OUTPUT), "{tag}: output differs");
+        client.close().await;
+    }
+    // Everything acknowledged (or gone with its session) is given back.
+    for _ in 0..200 {
+        if budget.used() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(budget.used(), 0);
+}

@@ -277,7 +277,11 @@ impl Call {
         };
         let (stdin_tx, stdin_rx) = crate::stdin::pipe(std::sync::Arc::clone(stdin_wake));
         let cancel = session_cancel.child_token();
-        let credit = Credit::new(output_window, Some(std::sync::Arc::clone(retention)));
+        let credit = Credit::new(output_window, Some(std::sync::Arc::clone(retention))).charged_to(
+            std::sync::Arc::clone(&ctx.unacked),
+            client,
+            output_window,
+        );
         let io = ProcessIo {
             call_id,
             events,

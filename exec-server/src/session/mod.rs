@@ -93,6 +93,8 @@ pub struct ServerContext {
     pub parked: Parked,
     /// Output kept for those sessions, against the exec-server's bound.
     pub retained: Arc<Budget>,
+    /// Output not yet acknowledged, per client key and in all.
+    pub unacked: Arc<crate::unacked::Unacked>,
 }
 
 /// Handshakes the replay guard remembers within its window.
@@ -133,6 +135,10 @@ impl ServerContext {
             refusals: Limiter::default(),
             parked: Parked::default(),
             retained: Budget::new(config.resume_total_buffer),
+            unacked: crate::unacked::Unacked::new(
+                config.max_unacked_output,
+                config.max_unacked_output_per_key,
+            ),
             config,
         })
     }
@@ -453,6 +459,10 @@ struct Runner {
     takeovers: Option<mpsc::Receiver<Handover>>,
     /// A new link that takes the session over from its current one.
     takeover: Option<Handover>,
+    /// The output credit of finished calls whose output the client has
+    /// not all acknowledged: charged to the exec-server's budget until it
+    /// has (or the session no longer keeps the call).
+    finished: HashMap<u64, crate::credit::Credit>,
 }
 
 impl Drop for Runner {
@@ -492,6 +502,7 @@ impl Runner {
             token: None,
             takeovers: None,
             takeover: None,
+            finished: HashMap::new(),
             ctx,
         }
     }
@@ -620,6 +631,7 @@ impl Runner {
         // known to be the last, and the call's spans end once the final
         // event's frame has left.
         self.unsent_chunks.retain(|(id, _)| *id != call_id);
+        self.finished.insert(call_id, call.credit.clone());
         let mut stages = std::mem::take(&mut call.stages);
         stages.append(out.stages);
         if let Some(chunk) = call.push.last_chunk.take() {
@@ -661,6 +673,7 @@ impl Runner {
         } else {
             machine.push(call_id, out.kind, Some(&trace), mark, now)
         };
+        self.forget_finished(machine);
     }
 
     /// Notes when each call's latest output chunk left, and ends the spans
@@ -708,6 +721,7 @@ impl Runner {
         for (_, mut span) in self.late.drain(..) {
             span.end_with_timestamp(now);
         }
+        self.forget_finished(machine);
         let kept = machine.call_ids();
         let gone: Vec<u64> = self
             .calls
@@ -796,6 +810,16 @@ impl Runner {
             span.set_status(SpanStatus::error("session ended"));
             span.end();
         }
+    }
+
+    /// Lets go of the credit of finished calls the session no longer
+    /// keeps (acknowledged, trimmed, or dropped by a resume).
+    fn forget_finished(&mut self, machine: &Machine) {
+        if self.finished.is_empty() {
+            return;
+        }
+        let kept = machine.call_ids();
+        self.finished.retain(|id, _| kept.contains(id));
     }
 
     /// Tells the machine how much stdin each process has taken since last
@@ -997,6 +1021,9 @@ impl Endpoint<Machine> for Runner {
             ServerEvent::OutputAcked { call_id, freed } => {
                 if let Some(call) = self.calls.get(&call_id) {
                     call.credit.release(freed);
+                } else if let Some(credit) = self.finished.get(&call_id) {
+                    credit.release(freed);
+                    self.forget_finished(machine);
                 }
             }
             ServerEvent::Cancel {
