@@ -154,6 +154,44 @@ fn main() {
     write("framing", "stream", &[[7u8].as_slice(), &stream].concat());
     write("framing", "too-long", &[1u8, 0, 0, 0x20, 0, 1, 2, 3]);
 
+    // Early data: the hello and the first call as message 1 carries them
+    // (an envelope stream), and the shapes the exec-server must refuse.
+    let hello = session::Envelope {
+        call_id: 0,
+        trace: None,
+        send_time_unix_nanos: 1_750_000_000_000_000_000,
+        body: Some(Body::Hello(session::Hello {
+            client_version: "rex/3".into(),
+            output_window: 4 << 20,
+        })),
+    };
+    let exec = |call_id: u64| session::Envelope {
+        call_id,
+        trace: None,
+        send_time_unix_nanos: 1_750_000_000_000_000_000,
+        body: Some(Body::Exec(session::ExecRequest {
+            argv: vec![b"true".to_vec().into()],
+            ..Default::default()
+        })),
+    };
+    let streams: [(&str, Vec<session::Envelope>); 5] = [
+        ("hello-and-call", vec![hello.clone(), exec(1)]),
+        ("hello-only", vec![hello.clone()]),
+        ("two-calls", vec![hello.clone(), exec(1), exec(2)]),
+        ("call-first", vec![exec(1), hello.clone()]),
+        ("call-zero", vec![hello.clone(), exec(0)]),
+    ];
+    for (name, envs) in streams {
+        let mut early = FrameEncoder::with_max(64 * 1024);
+        for env in &envs {
+            if let Err(err) = early.push_message(env) {
+                eprintln!("seeds: early data: {err}");
+                std::process::exit(1);
+            }
+        }
+        write("early_data", name, &early.take(usize::MAX));
+    }
+
     // Handshake message 1 from the authorized client, at the targets' clock.
     let server = rex_fuzz::server_key();
     let client = rex_fuzz::client_key();
