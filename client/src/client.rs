@@ -2,14 +2,16 @@
 //! and re-established when it is lost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use lifecycle::Tasks;
 use opentelemetry::trace::{Span, Status as SpanStatus, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use proto::noise::EarlyTicket;
+use proto::session::output;
 use telemetry::spans;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
@@ -18,7 +20,8 @@ use crate::dispatch::{Dispatch, Records, request_for};
 use crate::error::{ClientError, ConnectError, Waiting};
 use crate::exec::{ExecFailure, ExecSpec, Output};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
-use crate::session::{CallShared, Command, SessionHandle, StartTaken, Traced};
+use crate::router::FIRST_CALL;
+use crate::session::{NewCall, SessionHandle, Traced};
 use crate::warm::{Perform, Trigger, Warm, WarmOutcome, WarmPolicy, WarmStatus, Warmed};
 
 /// A client for one exec-server.
@@ -38,6 +41,12 @@ struct Inner {
     /// that a dispatch that had to wait for the lock knows whether a
     /// session was established meanwhile).
     sessions_opened: AtomicU64,
+    /// The exec-server run's ticket, for early data (from the latest
+    /// hello answer, or the config).
+    early_ticket: std::sync::Mutex<Option<EarlyTicket>>,
+    /// The latest dispatch's request was handed to a link in handshake
+    /// message 1 (see [`Client::request_left`]).
+    early_left: std::sync::atomic::AtomicBool,
     /// The warm policy's schedule and its task's wake-ups.
     warm: Arc<Warm>,
     /// The sessions' driver tasks and the warm task. A session closes by
@@ -79,6 +88,7 @@ impl Warmth {
 impl Client {
     /// A client; nothing is dialled until the first call (or [`Client::connect`]).
     pub fn new(config: ClientConfig) -> Self {
+        let config_ticket = config.early_ticket;
         let client = Self {
             inner: Arc::new(Inner {
                 server_id: config.server.server_id(),
@@ -87,6 +97,8 @@ impl Client {
                 channel: Mutex::new(None),
                 session: Mutex::new(None),
                 sessions_opened: AtomicU64::new(0),
+                early_ticket: std::sync::Mutex::new(config_ticket),
+                early_left: std::sync::atomic::AtomicBool::new(false),
                 tasks: Tasks::new(),
             }),
         };
@@ -119,10 +131,33 @@ impl Client {
             .map(SessionHandle::counters)
     }
 
+    /// The ticket of the exec-server's run that the latest session was
+    /// given (or the config's): kept by a caller that outlives this
+    /// client (the CLI keeps it in a file) and given to the next one
+    /// ([`ClientConfig::early_ticket`]), whose cold calls then run from
+    /// handshake message 1.
+    pub fn early_ticket(&self) -> Option<EarlyTicket> {
+        *self
+            .inner
+            .early_ticket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the latest [`exec`](Self::exec) handed its request to a
+    /// relay (in handshake message 1, establishing its session) before it
+    /// failed. Then no other way must be tried with a new request: the
+    /// relay's refusal is no proof that the exec-server did not get it.
+    /// (This client already tried its alternates with the same message 1,
+    /// which the exec-server runs at most once.)
+    pub fn request_left(&self) -> bool {
+        self.inner.early_left.load(Ordering::Acquire)
+    }
+
     /// Establishes the session now (a warm-up), if not already live.
     pub async fn connect(&self) -> Result<(), ClientError> {
         self.ensure_warm_task();
-        self.acquire(&Context::new(), SystemTime::now())
+        self.acquire(&Context::new(), SystemTime::now(), None)
             .await
             .map(|_| ())
     }
@@ -256,6 +291,18 @@ impl Client {
     /// A ready session: the live one, or one established now with its
     /// set-up spans under `cx`; and how it was found.
     async fn session(&self, cx: &Context) -> Result<(SessionHandle, Warmth), ClientError> {
+        let (handle, warmth, _) = self.session_with(cx, None).await?;
+        Ok((handle, warmth))
+    }
+
+    /// [`session`](Self::session), with a call: if a session has to be
+    /// established for it, the call rides in its handshake message 1 (as
+    /// call 1); otherwise it is handed back, to be started on the session.
+    async fn session_with(
+        &self,
+        cx: &Context,
+        first: Option<(NewCall, Context)>,
+    ) -> Result<(SessionHandle, Warmth, FirstCall), ClientError> {
         // Sessions are counted under the lock: one counted while this
         // dispatch waited for the lock was being established when it came.
         let opened = self.inner.sessions_opened.load(Ordering::Acquire);
@@ -271,7 +318,11 @@ impl Client {
             } else {
                 Warmth::Warm
             };
-            return Ok((s.clone(), warmth));
+            return Ok((
+                s.clone(),
+                warmth,
+                FirstCall::Back(first.map(|(call, _)| Box::new(call))),
+            ));
         }
         let config = &self.inner.config;
         let result = async {
@@ -288,16 +339,34 @@ impl Client {
             };
             tokio::time::timeout(
                 config.handshake_timeout,
-                connect::open(config, channel, cx, &self.inner.tasks),
+                connect::open(
+                    config,
+                    channel,
+                    cx,
+                    &self.inner.tasks,
+                    (first, self.early_ticket()),
+                    &self.inner.early_left,
+                ),
             )
             .await
             .map_err(|_| ConnectError::Timeout(Waiting::Establishing))?
         }
         .await;
-        let (handle, _) = result?;
+        let opened = result?;
+        if let Some(ticket) = opened.ticket {
+            *self
+                .inner
+                .early_ticket
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(ticket);
+        }
         self.inner.sessions_opened.fetch_add(1, Ordering::AcqRel);
-        *guard = Some(handle.clone());
-        Ok((handle, Warmth::Cold))
+        *guard = Some(opened.handle.clone());
+        let first = match opened.first_at {
+            Some(at) => FirstCall::Sent(at),
+            None => FirstCall::Back(None),
+        };
+        Ok((opened.handle, Warmth::Cold, first))
     }
 
     /// Closes the session cleanly (authenticated close) and waits until it
@@ -322,26 +391,43 @@ impl Client {
         }
     }
 
-    /// A ready session for a call, from `start`; the session and when it
-    /// was in hand (where the call's next stage starts).
+    /// A ready session for a call, from `start`: the session, when it was
+    /// in hand (where the call's next stage starts), and what became of
+    /// `call`: sent as call 1 in the handshake of a session established
+    /// for it, or handed back to be started on the session.
     async fn acquire(
         &self,
         parent: &Context,
         start: SystemTime,
-    ) -> Result<(SessionHandle, SystemTime), ClientError> {
+        call: Option<NewCall>,
+    ) -> Result<(SessionHandle, SystemTime, FirstCall), ClientError> {
         let tracer = opentelemetry::global::tracer("core-client");
         let mut span = tracer
             .span_builder(spans::SESSION_ACQUIRE)
             .with_start_time(start)
             .start_with_context(&tracer, parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
-        match self.session(&cx).await {
-            Ok((handle, warmth)) => {
+        // A session set up while the call rides in its message 1 has its
+        // set-up spans beside the call's path (children of the dispatch),
+        // not within `session.acquire`, which ends as the call leaves.
+        match self
+            .session_with(&cx, call.map(|c| (c, parent.clone())))
+            .await
+        {
+            Ok((handle, warmth, first)) => {
                 span.set_attribute(KeyValue::new("rex.session.reused", warmth != Warmth::Cold));
                 span.set_attribute(KeyValue::new("rex.session.warmth", warmth.name()));
-                let ready = SystemTime::now();
+                // A call sent in message 1 is on its way from there: the
+                // session's set-up goes on beside it.
+                let ready = match &first {
+                    FirstCall::Sent(at) => {
+                        span.set_attribute(KeyValue::new(spans::ATTR_SESSION_EARLY_DATA, true));
+                        *at
+                    }
+                    FirstCall::Back(_) => SystemTime::now(),
+                };
                 span.end_with_timestamp(ready);
-                Ok((handle, ready))
+                Ok((handle, ready, first))
             }
             Err(e) => {
                 span.set_attribute(KeyValue::new("rex.session.warmth", Warmth::Cold.name()));
@@ -370,13 +456,39 @@ impl Client {
         // ends (or fails).
         let active = self.inner.warm.call();
         let mut dispatch = Dispatch::begin(&spec, &self.inner.server_id, records);
+        self.inner.early_left.store(false, Ordering::Release);
         let cx = dispatch.cx.clone();
         // A session found dead before anything was sent is replaced once.
         let mut attempts = 0;
         let mut from = dispatch.prepared;
+        let limits = config.limits();
         loop {
             attempts += 1;
-            let (session, ready) = match self.acquire(&cx, from).await {
+            // A call that may have to establish its session is made ready
+            // to ride in its message 1; its queue holds the largest window
+            // the session can agree.
+            let early = (config.early_data && limits.output_window != 0)
+                .then(|| {
+                    proto::session::fits_early(&limits, &request, dispatch.trace.as_ref()).then(
+                        || {
+                            NewCall::start(
+                                request.clone(),
+                                dispatch.trace.clone(),
+                                &cx,
+                                call_queue(
+                                    config.events_per_call,
+                                    limits.output_window.max(output::MIN_WINDOW),
+                                ),
+                            )
+                        },
+                    )
+                })
+                .flatten();
+            let (first, ours) = match early {
+                Some((call, ours)) => (Some(call), Some(ours)),
+                None => (None, None),
+            };
+            let (session, ready, first) = match self.acquire(&cx, from, first).await {
                 Ok(s) => s,
                 Err(e) => return Err(dispatch.fail(e)),
             };
@@ -387,55 +499,56 @@ impl Client {
                     session.clock_offset_nanos(),
                 ));
             }
-            let (tx, rx) = mpsc::channel(call_queue(
-                self.inner.config.events_per_call,
-                session.output_window(),
-            ));
-            let traced = Traced::at(&cx, "exec", ready);
-            let (taken_tx, taken) = StartTaken::new();
-            let call = Arc::new(CallShared::default());
-            let started = session
-                .start(|call_id| Command::Start {
-                    call_id,
-                    request: request.clone(),
-                    trace: dispatch.trace.clone(),
-                    events: tx,
-                    traced,
-                    taken: taken_tx,
-                    call: Arc::clone(&call),
-                })
-                .await;
-            match started {
-                Ok(call_id) => {
-                    let terminal = spec.terminal.is_some();
-                    let sent = Arc::new(Sent::default());
-                    let control = Controller::new(
-                        call_id,
-                        Carrier::Session(session),
-                        cx,
-                        terminal,
-                        Some(taken),
-                        Arc::clone(&sent),
-                    );
-                    return Ok(Execution::new(
-                        control,
-                        (rx, call),
-                        dispatch.span.take(),
-                        Delivery::new(
-                            dispatch.dispatched,
-                            dispatch.record.take(),
-                            sent,
-                            terminal,
-                            spec.login_shell,
+            let (call_id, (rx, call, taken)) = match (first, ours) {
+                (FirstCall::Sent(_), Some(ours)) => (FIRST_CALL, ours),
+                (FirstCall::Back(back), ours) => {
+                    let (mut new, ours) = match (back, ours) {
+                        (Some(new), Some(ours)) => (*new, ours),
+                        _ => NewCall::start(
+                            request.clone(),
+                            dispatch.trace.clone(),
+                            &cx,
+                            call_queue(config.events_per_call, session.output_window()),
                         ),
-                        Some(active),
-                    ));
+                    };
+                    new.traced = Traced::at(&cx, "exec", ready);
+                    match session.start(|call_id| new.into_command(call_id)).await {
+                        Ok(call_id) => (call_id, ours),
+                        // The session ended before the request was queued:
+                        // a new one is opened, once.
+                        Err(_) if attempts < 2 => continue,
+                        Err(lost) => return Err(dispatch.fail(ClientError::SessionLost(lost))),
+                    }
                 }
-                // The session ended before the request was queued: a new
-                // one is opened, once.
-                Err(_) if attempts < 2 => continue,
-                Err(lost) => return Err(dispatch.fail(ClientError::SessionLost(lost))),
-            }
+                (FirstCall::Sent(_), None) => {
+                    // Only a call given to the session's opening is sent in
+                    // its message 1.
+                    return Err(dispatch.fail(ClientError::SessionLost(session.lost())));
+                }
+            };
+            let terminal = spec.terminal.is_some();
+            let sent = Arc::new(Sent::default());
+            let control = Controller::new(
+                call_id,
+                Carrier::Session(session),
+                cx,
+                terminal,
+                Some(taken),
+                Arc::clone(&sent),
+            );
+            return Ok(Execution::new(
+                control,
+                (rx, call),
+                dispatch.span.take(),
+                Delivery::new(
+                    dispatch.dispatched,
+                    dispatch.record.take(),
+                    sent,
+                    terminal,
+                    spec.login_shell,
+                ),
+                Some(active),
+            ));
         }
     }
 
@@ -444,6 +557,15 @@ impl Client {
         let exec = self.exec(spec).await?;
         Ok(exec.output().await)
     }
+}
+
+/// What became of the call a dispatch offered to its session's opening.
+enum FirstCall {
+    /// It rode in handshake message 1 as call 1, taken at this instant.
+    Sent(SystemTime),
+    /// No session was established for it (a live one was there): back to
+    /// the dispatch, if it offered one.
+    Back(Option<Box<NewCall>>),
 }
 
 /// The client as its warm timer sees it: held weakly, so that the timer

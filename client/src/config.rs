@@ -88,6 +88,19 @@ pub struct ClientConfig {
     /// [`Event::Resumed`](crate::Event) when their session's link breaks
     /// and comes back (otherwise a resume is seen only as a pause).
     pub resume_events: bool,
+    /// Whether a call that has to establish its session sends itself in
+    /// handshake message 1 (early data: one round trip for a cold call,
+    /// not three). The exec-server runs it from there only when it can
+    /// rule out a replay, otherwise the call is sent again after the
+    /// handshake, once (see the project's `docs/session.md`). On by
+    /// default; off, a cold call waits for the handshake and the hello.
+    pub early_data: bool,
+    /// The exec-server run's ticket an earlier client was given
+    /// ([`Client::early_ticket`](crate::Client::early_ticket)), so that
+    /// this client's first cold call runs from message 1 too (without one,
+    /// the first is sent again after the handshake, and the hello answer
+    /// gives the ticket for the next).
+    pub early_ticket: Option<proto::noise::EarlyTicket>,
 }
 
 impl ClientConfig {
@@ -141,6 +154,8 @@ impl ClientConfig {
             alternates: Vec::new(),
             resume: None,
             resume_events: false,
+            early_data: true,
+            early_ticket: None,
         }
     }
 }

@@ -8,16 +8,20 @@
 //! answered).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use lifecycle::Tasks;
 use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use proto::driver::Endpoint as _;
 use proto::driver::drive_link;
 use proto::limits::MAX_GRPC_MESSAGE;
+use proto::noise::EarlyTicket;
+use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::routing::SERVER_ID_HEADER;
-use proto::session::{ClientSession, Now};
+use proto::session::{ClientSession, FirstCallError, Now};
 use telemetry::{carriers, otel, semconv, spans};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -25,19 +29,25 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::abandon;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Target};
 use crate::error::{ConnectError, Waiting};
+use crate::exec::ExecFailure;
 use crate::outbound::Outbound;
 use crate::reconnect::{self, Reconnect};
-use crate::router::{Established, Router};
-use crate::session::{SessionHandle, Shared};
+use crate::router::{FIRST_CALL, Router};
+use crate::session::{NewCall, SessionHandle, Shared};
 
 /// Frames queued toward the relay per session.
 pub(crate) const LINK_QUEUE: usize = 32;
 
 /// Connects a channel to the target.
 pub(crate) async fn channel(config: &ClientConfig) -> Result<Channel, ConnectError> {
-    let url = config.target.url();
+    channel_to(config, &config.target).await
+}
+
+/// Connects a channel to `target` (the config's or one of its alternates).
+async fn channel_to(config: &ClientConfig, target: &Target) -> Result<Channel, ConnectError> {
+    let url = target.url();
     proto::link::endpoint(url, config.connect_timeout, &config.tls)
         .map_err(|e| ConnectError::BadUrl {
             url: url.into(),
@@ -48,43 +58,32 @@ pub(crate) async fn channel(config: &ClientConfig) -> Result<Channel, ConnectErr
         .map_err(|e| ConnectError::unreachable(url, e))
 }
 
-/// Opens one session on `channel` and waits until it is ready, recording
-/// the set-up spans under `parent`. The session's driver runs as a task of
-/// `tasks` until the session ends.
-pub(crate) async fn open(
-    config: &ClientConfig,
+/// Opens the tunnel stream on `channel` with `first` (handshake message 1)
+/// riding on it: the stream's two ends.
+async fn open_stream(
     channel: Channel,
-    parent: &Context,
-    tasks: &Tasks,
-) -> Result<(SessionHandle, Established), ConnectError> {
-    let tracer = opentelemetry::global::tracer("core-client");
-    let server_id = config.server.server_id();
-    let url = config.target.url().to_owned();
-    let failed = |e| ConnectError::from_session(e, config.key.public(), &url, &server_id);
-
-    // relay.connect: the tunnel stream is paired with the exec-server.
-    let mut connect_span = tracer
-        .span_builder(spans::RELAY_CONNECT)
-        .with_kind(SpanKind::Client)
-        .with_attributes(connect_attributes(&url))
-        .start_with_context(&tracer, parent);
-    let link_cx = parent.with_remote_span_context(connect_span.span_context().clone());
-    let mut machine =
-        ClientSession::new(&config.key, &config.server, config.limits(), Now::system())
-            .map_err(failed)?;
+    first: &[Frame],
+    (shared, connect_span): (&Shared, &mut opentelemetry::global::BoxedSpan),
+    (server_id, url): (&str, &str),
+    link_cx: &Context,
+) -> Result<
+    (
+        tonic::Streaming<Frame>,
+        mpsc::Sender<Result<Frame, tonic::Status>>,
+    ),
+    ConnectError,
+> {
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    // Message 1 rides with the stream opening, saving a round trip.
-    while let Some(t) = machine.poll_transmit(Now::system()) {
-        tx.try_send(Ok(t.frame))
+    for frame in first {
+        tx.try_send(Ok(frame.clone()))
             .map_err(|_| ConnectError::Unavailable(crate::error::Unavailable::LinkEnded))?;
     }
-    let shared = Shared::new(&config.target);
     let frames = Outbound::new(rx, Arc::clone(&shared.drained));
     let mut request = tonic::Request::new(frames);
-    if let Ok(v) = MetadataValue::try_from(server_id.as_str()) {
+    if let Ok(v) = MetadataValue::try_from(server_id) {
         request.metadata_mut().insert(SERVER_ID_HEADER, v);
     }
-    if let Some(tc) = otel::trace_context_of(&link_cx) {
+    if let Some(tc) = otel::trace_context_of(link_cx) {
         carriers::metadata::inject(&tc, request.metadata_mut());
     }
     let mut client = TunnelClient::new(channel)
@@ -96,17 +95,152 @@ pub(crate) async fn open(
         connect_span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
         connect_span.set_status(opentelemetry::trace::Status::error(error));
     }
-    let response = response.map_err(|s| ConnectError::from_status(s, &server_id, &url));
-    connect_span.end();
-    let opened = SystemTime::now();
-    let inbound = response?.into_inner();
+    let response = response.map_err(|s| ConnectError::from_status(s, server_id, url))?;
+    Ok((response.into_inner(), tx))
+}
 
-    // The driver runs the handshake and the hello from here on.
+/// Whether the relay refused a session it says it did not take (it does
+/// not have the exec-server, is at a limit, or the exec-server did not
+/// answer it), so that another relay may.
+pub(crate) fn relay_refused(e: &ConnectError) -> bool {
+    matches!(
+        e,
+        ConnectError::UnknownServer(_)
+            | ConnectError::Busy(crate::error::Busy::Link { .. })
+            | ConnectError::Timeout(Waiting::Relay)
+    )
+}
+
+/// A session just opened.
+pub(crate) struct Opened {
+    pub(crate) handle: SessionHandle,
+    /// When the call given to [`open`] was taken as call 1 (sent in
+    /// handshake message 1, or ended there if it could not be sent): where
+    /// its `session.acquire` ends and its `rpc.client.queue` starts.
+    pub(crate) first_at: Option<SystemTime>,
+    /// The exec-server run's ticket, from its hello answer.
+    pub(crate) ticket: Option<EarlyTicket>,
+}
+
+/// Opens one session on `channel` and waits until it is ready, recording
+/// the set-up spans under `parent`; `first`, if given, rides in handshake
+/// message 1 as call 1 with `ticket` (early data: see
+/// [`ClientSession::with_call`]), and its events arrive as the session's
+/// first; the set-up spans then go under the context given with it (the
+/// call's dispatch), as they outlast `parent`, and `left` is set once
+/// message 1 with it was handed to the link. A relay that refuses such a
+/// session is passed over for the config's alternates, in order, with the
+/// same message 1. The session's driver runs as a task of `tasks` until the
+/// session ends.
+pub(crate) async fn open(
+    config: &ClientConfig,
+    channel: Channel,
+    parent: &Context,
+    tasks: &Tasks,
+    (first, ticket): (Option<(NewCall, Context)>, Option<EarlyTicket>),
+    left: &AtomicBool,
+) -> Result<Opened, ConnectError> {
+    let tracer = opentelemetry::global::tracer("core-client");
+    let origin = parent.span().span_context().clone();
+    // With a first call, the set-up goes on after `parent` (its
+    // `session.acquire`) has ended: its spans go under the call's dispatch.
+    let (first, setup_parent) = match first {
+        Some((call, dispatch)) => (Some(call), dispatch),
+        None => (None, parent.clone()),
+    };
+    let parent = &setup_parent;
+    let server_id = config.server.server_id();
+    let url = config.target.url().to_owned();
+    let failed = |e| ConnectError::from_session(e, config.key.public(), &url, &server_id);
+
+    // relay.connect: the tunnel stream is paired with the exec-server.
+    let mut connect_span = tracer
+        .span_builder(spans::RELAY_CONNECT)
+        .with_kind(SpanKind::Client)
+        .with_attributes(connect_attributes(&url))
+        .start_with_context(&tracer, parent);
+    let link_cx = parent.with_remote_span_context(connect_span.span_context().clone());
+    let shared = Shared::new(&config.target);
     let (commands, commands_rx) = mpsc::channel(config.outbound_queue);
     let (controls, controls_rx) = mpsc::channel(crate::session::CONTROL_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx)
+    let mut router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx)
         .with_resume_events(config.resume_events);
+    let now = Now::system();
+    let (mut machine, first_at) = match first {
+        // The first call rides in message 1 (early data).
+        Some(mut call) => {
+            call.traced.enqueued = now.wall;
+            let first = router.first_call(call, ticket.unwrap_or(EarlyTicket::NONE), now);
+            match ClientSession::with_call(&config.key, &config.server, config.limits(), now, first)
+            {
+                Ok(machine) => (machine, Some(now.wall)),
+                Err(FirstCallError::Call(e)) => {
+                    // Not a call that can be sent: it ends, the session
+                    // opens without it.
+                    router.fail_first_call(ExecFailure::Refused(e.to_string()));
+                    let machine =
+                        ClientSession::new(&config.key, &config.server, config.limits(), now)
+                            .map_err(failed)?;
+                    (machine, Some(now.wall))
+                }
+                Err(FirstCallError::Session(e)) => return Err(failed(e)),
+            }
+        }
+        None => (
+            ClientSession::new(&config.key, &config.server, config.limits(), now)
+                .map_err(failed)?,
+            None,
+        ),
+    };
+    // Message 1 rides with the stream opening, saving a round trip.
+    let mut first_frames = Vec::new();
+    while let Some(t) = machine.poll_transmit(now) {
+        first_frames.push(t.frame);
+        router.transmitted(t.done, t.sent, Now::system());
+    }
+    if first_at.is_some() {
+        left.store(true, Ordering::Release);
+    }
+    let mut alternates = config.alternates.iter();
+    let mut channel = channel;
+    let (inbound, tx) = loop {
+        let opened = open_stream(
+            channel,
+            &first_frames,
+            (&shared, &mut connect_span),
+            (&server_id, &url),
+            &link_cx,
+        )
+        .await;
+        match opened {
+            Ok(opened) => break opened,
+            // The relay says it did not take the session; but its word is
+            // no proof that message 1, with the call, did not reach the
+            // exec-server. The same message 1 goes through the next relay:
+            // the exec-server runs it at most once (it refuses a replay).
+            Err(e) if first_at.is_some() && relay_refused(&e) => {
+                let next = loop {
+                    let Some(target) = alternates.next() else {
+                        connect_span.end();
+                        return Err(e);
+                    };
+                    if let Ok(c) = channel_to(config, target).await {
+                        break c;
+                    }
+                };
+                channel = next;
+            }
+            Err(e) => {
+                connect_span.end();
+                return Err(e);
+            }
+        }
+    };
+    connect_span.end();
+    let opened = SystemTime::now();
+
+    // The driver runs the handshake and the hello from here on.
     let closing = shared.closing.clone();
     let link = Arc::clone(&shared);
     let stop = tasks.token().clone();
@@ -174,23 +308,31 @@ pub(crate) async fn open(
         Ok(Err(e)) => return Err(failed(e)),
         Err(_) => return Err(ConnectError::Timeout(Waiting::Establishing)),
     };
+    let next_call = if first_at.is_some() {
+        FIRST_CALL + 1
+    } else {
+        1
+    };
     let handle = SessionHandle::new(
         commands,
         controls,
         shared,
-        established.ready.output_window,
-        parent.span().span_context().clone(),
+        (established.ready.output_window, next_call),
+        origin,
     );
 
-    // noise.handshake and session.init, from the times the driver saw.
+    // noise.handshake and session.init, from the times the driver saw: a
+    // handshake whose message 1 carried the first call started as it left,
+    // before the stream was paired.
+    let hs_start = first_at.unwrap_or(opened);
     let mut hs = tracer
         .span_builder(spans::NOISE_HANDSHAKE)
-        .with_start_time(opened)
+        .with_start_time(hs_start)
         .start_with_context(&tracer, parent);
-    hs.end_with_timestamp(established.secured_at.max(opened));
+    hs.end_with_timestamp(established.secured_at.max(hs_start));
     let mut init = tracer
         .span_builder(spans::SESSION_INIT)
-        .with_start_time(established.secured_at.max(opened))
+        .with_start_time(established.secured_at.max(hs_start))
         .start_with_context(&tracer, parent);
     if let Some(sample) = established.ready.clock {
         init.set_attribute(KeyValue::new("rex.clock_offset_ns", sample.offset_nanos));
@@ -200,7 +342,11 @@ pub(crate) async fn open(
         ));
     }
     init.end_with_timestamp(established.ready_at);
-    Ok((handle, established))
+    Ok(Opened {
+        handle,
+        first_at,
+        ticket: established.ready.early_ticket,
+    })
 }
 
 /// `relay.connect`'s semantic-convention attributes: a gRPC call to

@@ -663,7 +663,7 @@ mod tests {
             commands,
             controls,
             Shared::new(&crate::Target::Relay("http://relay".into())),
-            0,
+            (0, 1),
             SpanContext::empty_context(),
         );
         let control = Controller::new(

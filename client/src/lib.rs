@@ -79,6 +79,8 @@ pub use execution::{Controller, Execution};
 pub use link::LinkState;
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
+/// Names an exec-server's run, for early data ([`Client::early_ticket`]).
+pub use proto::noise::{EarlyTicket, TICKET_LEN};
 /// What a session's start cost, counted from the protocol's steps.
 pub use proto::session::Counters as SessionCounters;
 /// TLS for `https://` targets: which CA certificates to trust, and the

@@ -19,12 +19,13 @@ use opentelemetry::trace::{Span, SpanContext, SpanId, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::{Delivery, Endpoint, Wake};
 use proto::limits::MAX_HOP_TIMINGS;
+use proto::noise::EarlyTicket;
 use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_event};
 use proto::pb::tunnel::{HopDirection, HopTiming};
 use proto::session::clock::Sample as ClockSample;
 use proto::session::{
-    CallError, CallEvent, ClientEvent, ClientSession, Closed, Mark, Now, Ready, Received,
-    SessionError,
+    CallError, CallEvent, ClientEvent, ClientSession, Closed, FirstCall, Mark, Now, Ready,
+    Received, SessionError,
 };
 use telemetry::framing;
 use telemetry::w3c::Extracted;
@@ -33,7 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::SessionLost;
 use crate::exec::{Event, ExecFailure, ExitStatus, Gap};
-use crate::session::{CallShared, Command, Control, Routed, Shared, Traced};
+use crate::session::{CallShared, Command, Control, NewCall, Routed, Shared, Traced};
+
+/// The id of a call that rides in handshake message 1.
+pub(crate) const FIRST_CALL: u64 = 1;
 
 /// What a marked message hands back once it has left: its
 /// `relay.frame.send` span, and for an exec request its call (whose
@@ -366,6 +370,55 @@ impl Router {
             framing::send_stage(&self.tracer, &traced.parent, traced.what, now.wall).into_parts();
         let hop = framing::hop_header_for(traced.parent.span().span_context(), &traced.parent);
         Mark::new(Tag { span, exec }, hop)
+    }
+
+    /// Routes `new` as call 1, riding in handshake message 1 (early data):
+    /// its `rpc.client.queue`, and the mark message 1 goes out with.
+    pub(crate) fn first_call(
+        &mut self,
+        new: NewCall,
+        ticket: EarlyTicket,
+        now: Now,
+    ) -> FirstCall<Tag> {
+        let NewCall {
+            request,
+            trace,
+            events,
+            traced,
+            taken,
+            call,
+        } = new;
+        taken.send_replace(true);
+        self.last_start = FIRST_CALL;
+        let mark = self.mark(&traced, now, Some(FIRST_CALL));
+        self.calls.insert(
+            FIRST_CALL,
+            Route {
+                sink: events,
+                call,
+                parent: traced.parent,
+                started: now.wall,
+                left: None,
+                output_chunks: 0,
+                last_chunk: None,
+                relay: RelayTimings::default(),
+            },
+        );
+        FirstCall {
+            id: FIRST_CALL,
+            request,
+            trace,
+            mark: Some(mark),
+            ticket,
+        }
+    }
+
+    /// Call 1 could not be sent in message 1: it ends with `failure`
+    /// (its queue closes with its route, and its caller finds it).
+    pub(crate) fn fail_first_call(&mut self, failure: ExecFailure) {
+        if let Some(route) = self.calls.remove(&FIRST_CALL) {
+            route.call.end(failure);
+        }
     }
 
     fn command(&mut self, machine: &mut Machine, cmd: Command, now: Now) {

@@ -166,6 +166,61 @@ pub(crate) enum Command {
     },
 }
 
+/// A call to start, before it has an id: what [`Command::Start`] carries
+/// besides the id. A cold dispatch hands it to the session's opening, so
+/// that it rides in handshake message 1 (early data).
+#[derive(Debug)]
+pub(crate) struct NewCall {
+    pub(crate) request: ExecRequest,
+    pub(crate) trace: Option<PbTrace>,
+    pub(crate) events: mpsc::Sender<Routed>,
+    pub(crate) traced: Traced,
+    pub(crate) taken: watch::Sender<bool>,
+    pub(crate) call: Arc<CallShared>,
+}
+
+/// The caller's ends of a [`NewCall`]: its event queue, what it shares
+/// with the driver, and whether its start was taken.
+pub(crate) type CallerEnds = (mpsc::Receiver<Routed>, Arc<CallShared>, StartTaken);
+
+impl NewCall {
+    /// A call of `request` under the dispatch `parent`, its event queue
+    /// holding `queue` events; queued now (the caller sets `traced` again
+    /// when it queues it later).
+    pub(crate) fn start(
+        request: ExecRequest,
+        trace: Option<PbTrace>,
+        parent: &Context,
+        queue: usize,
+    ) -> (Self, CallerEnds) {
+        let (events, rx) = mpsc::channel(queue);
+        let (taken, started) = StartTaken::new();
+        let call = Arc::new(CallShared::default());
+        let new = Self {
+            request,
+            trace,
+            events,
+            traced: Traced::now(parent, "exec"),
+            taken,
+            call: Arc::clone(&call),
+        };
+        (new, (rx, call, started))
+    }
+
+    /// Its start, as call `call_id`.
+    pub(crate) fn into_command(self, call_id: u64) -> Command {
+        Command::Start {
+            call_id,
+            request: self.request,
+            trace: self.trace,
+            events: self.events,
+            traced: self.traced,
+            taken: self.taken,
+            call: self.call,
+        }
+    }
+}
+
 /// Whether the driver has taken a call's start. Signals, cancels and
 /// resizes travel on a queue of their own that the driver serves first, so
 /// one sent right after the start could overtake it and find no call; a
@@ -319,17 +374,19 @@ pub(crate) struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// A handle whose next call is `next_call` (1, or 2 when the first
+    /// rode in handshake message 1).
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
         controls: mpsc::Sender<Command>,
         shared: Arc<Shared>,
-        output_window: u32,
+        (output_window, next_call): (u32, u64),
         origin: SpanContext,
     ) -> Self {
         Self {
             commands,
             controls,
-            next_call: Arc::new(AsyncMutex::new(1)),
+            next_call: Arc::new(AsyncMutex::new(next_call)),
             shared,
             output_window,
             origin,
@@ -480,7 +537,7 @@ mod tests {
             commands,
             controls,
             Arc::clone(&shared),
-            0,
+            (0, 1),
             SpanContext::empty_context(),
         );
         // Fill the command queue: nothing more fits.

@@ -16,6 +16,8 @@
 //!   the exec-server's `--relay` reads too).
 //! - [`names`]: server ids shown as the names the user gave them.
 //! - [`paths`]: the config directory and the files in it.
+//! - [`tickets`]: the exec-servers' early-data tickets, kept between runs
+//!   in the data directory.
 //! - [`demo`]: relay, exec-server and client in one process, on loopback
 //!   (the only place that links the relay and the exec-server).
 //! - [`stdout`]: stdout for a command that prints as it goes, where a
@@ -36,5 +38,6 @@ pub mod paths;
 pub mod report;
 pub mod settings;
 pub mod stdout;
+pub mod tickets;
 pub mod traces;
 pub mod waterfall;

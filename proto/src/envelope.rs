@@ -128,6 +128,7 @@ mod tests {
                 stdin_window: 262_144,
                 output_window: 1 << 22,
                 resume_token: Bytes::from_static(&[7; 16]),
+                early_ticket: Bytes::from_static(&[9; 16]),
                 login_shell: true,
             }),
             Body::OutputAck(s::OutputAck { seq: 9 }),

@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use handshake::{
     Accepted, AcceptedEarly, ClientHandshake, EarlyAnswer, MAX_EARLY_DATA, accept, accept_early,
 };
-pub use replay::{Early, EarlyRefusal, ReplayGuard};
+pub use replay::{Early, EarlyRefusal, EarlyTicket, ReplayGuard, TICKET_LEN};
 pub use transport::{
     MAX_CLOSE_REASON, RECORD_CLOSE, RECORD_DATA, RECORD_REKEY, Transport, TransportError,
     TransportStats,

@@ -242,6 +242,7 @@ impl Tunnel for TunnelService {
             r = tokio::time::timeout(state.config.first_frame_timeout, inbound.message()) => r,
         };
         startup.advanced();
+        let arrived = std::time::SystemTime::now();
         let first = match waited {
             Ok(Ok(Some(f))) if f.kind == FrameKind::Handshake as i32 => f,
             Ok(Ok(Some(_))) => {
@@ -285,18 +286,26 @@ impl Tunnel for TunnelService {
         let session = Session::new(state.tasks.token());
         let limits = state.limits();
         let buffers = state.buffers();
-        // Message 1 goes first, counted like any frame.
+        // Message 1 goes first, checked, traced and counted like any frame.
+        let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived) else {
+            return Err(proto::routing::refuse(
+                Code::InvalidArgument,
+                "a malformed handshake message",
+                CloseReason::Protocol,
+            ));
+        };
         let queue = Queue::new(buffers.session_buffer);
         let first_charge = buffers
             .budget
             .charge(&queue, splice::cost(&first), &session.cancel)
             .await;
-        if half
+        let delivered = half
             .outbound
             .send(Charged::counted(first, first_charge))
             .await
-            .is_err()
-        {
+            .is_ok();
+        forward.sent(delivered);
+        if !delivered {
             return Err(proto::routing::refuse(
                 Code::Unavailable,
                 "the exec-server went away",

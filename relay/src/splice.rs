@@ -313,6 +313,53 @@ fn start_forward(
     })
 }
 
+/// Handshake message 1, which the relay reads with the stream's opening
+/// (it may carry the session's first call, early data): checked as every
+/// frame is (`None`: it breaks the protocol) and, with a hop header,
+/// traced as one (`relay.forward`), its timing kept to tell the client.
+/// Call [`FirstForward::sent`] once it has been handed on.
+pub fn first_frame(
+    frame: Frame,
+    session: &Session,
+    limits: &SpliceLimits,
+    arrived: SystemTime,
+) -> Option<(Frame, FirstForward)> {
+    let mut frame = check(frame, limits)?;
+    let forward = match limits.hop_headers {
+        true if !frame.hop_traceparent.is_empty() => {
+            let tracer = opentelemetry::global::tracer("relay");
+            start_forward(&tracer, &mut frame, Direction::ToServer, arrived)
+        }
+        _ => None,
+    };
+    // Ready to go on: its forward's end, told to the client with the
+    // exec-server's answer.
+    let ready = SystemTime::now();
+    if let Some(f) = &forward {
+        session.note(f.timing(Direction::ToServer, ready, frame.payload.len()));
+    }
+    Some((frame, FirstForward { forward, ready }))
+}
+
+/// The forward of message 1 ([`first_frame`]), ended once it was handed on.
+pub struct FirstForward {
+    forward: Option<Forward>,
+    ready: SystemTime,
+}
+
+impl FirstForward {
+    /// It was handed on (`delivered`), or the exec-server was gone.
+    pub fn sent(self, delivered: bool) {
+        if let Some(mut f) = self.forward {
+            if !delivered {
+                f.span
+                    .set_status(opentelemetry::trace::Status::error("destination gone"));
+            }
+            f.span.end_with_timestamp(self.ready);
+        }
+    }
+}
+
 /// Forwards frames from `from` to `to` until something ends the session.
 /// `startup` is the session's place among the unauthenticated ones: the
 /// pump toward the client gives it back once the exec-server's first frame

@@ -125,6 +125,12 @@ pub const ATTR_SESSION_ROUND_TRIPS: &str = "rex.session.round_trips";
 /// opened its session: calls sent again after the exec-server refused to
 /// run them from handshake message 1.
 pub const ATTR_SESSION_EARLY_RETRIES: &str = "rex.session.early_retries";
+/// `session.acquire` attribute: true when the call established its session
+/// with itself in handshake message 1 (early data); the span then ends as
+/// the call leaves, and the session's set-up spans (`relay.connect`,
+/// `noise.handshake`, `session.init`) are the dispatch's children, beside
+/// the call's path.
+pub const ATTR_SESSION_EARLY_DATA: &str = "rex.session.early_data";
 
 /// The spans that are roots of their own, never part of a command's
 /// trace: background persistence and the session- and link-level spans.

@@ -291,11 +291,12 @@ fn trace_show_prints_the_last_command_as_a_waterfall() {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }
         // The waterfall's indentation: the CLI's run, its dispatch, and a
-        // cold start's stages under session.acquire.
+        // cold start's set-up, beside the path under the dispatch (the
+        // command rode in handshake message 1).
         assert!(text.contains("\ncli.run"), "{text}");
         assert!(text.contains("\n  cli.startup"), "{text}");
         assert!(text.contains("\n  tool.dispatch"), "{text}");
-        assert!(text.contains("\n      relay.connect"), "{text}");
+        assert!(text.contains("\n    relay.connect"), "{text}");
         assert!(text.contains("\n  cli.flush"), "{text}");
         // With no collector, the exec-server's stages came home inside the
         // session, and the relay's forwards on its frames: all three

@@ -57,8 +57,16 @@ async fn hop_headers_give_relay_forward_spans_and_can_be_turned_off() {
         .iter()
         .filter(|s| s.name == spans::RELAY_FORWARD)
         .collect();
-    // exec out; started, first output, exit back.
-    assert_eq!(forwards.len(), 4, "one per traced message");
+    // exec out (in handshake message 1, and again after the handshake:
+    // this client knows no ticket of the exec-server's run); started, first
+    // output, exit back.
+    let resent = dispatch
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == spans::ATTR_SESSION_EARLY_RETRIES)
+        .map(|kv| kv.value.clone());
+    assert_eq!(resent, Some(opentelemetry::Value::I64(1)));
+    assert_eq!(forwards.len(), 5, "one per traced message");
     for f in &forwards {
         assert_eq!(f.span_context.trace_id(), dispatch.span_context.trace_id());
         assert_eq!(f.parent_span_id, dispatch.span_context.span_id());

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
 use super::link_notice::LinkNotice;
-use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, tty};
+use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, Verbose, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
 use crate::settings::{Inputs, Route, Settings, Source};
 
@@ -265,7 +265,8 @@ async fn traced_exec(
     let plan = plan(&settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
-    let result = exec_with(&args, &settings, plan, records.clone(), ctx, run).await;
+    let tickets = data_dir.as_deref().map(crate::tickets::Tickets::in_dir);
+    let result = exec_with(&args, &settings, plan, (records.clone(), tickets), ctx, run).await;
     run.stage(spans::CLI_FINISH);
     // The record is saved before the exit, without holding the exit up
     // for long.
@@ -469,7 +470,7 @@ async fn exec_with(
     args: &ExecArgs,
     settings: &Settings,
     plan: Plan,
-    records: Option<metadata::Persister>,
+    (records, tickets): (Option<metadata::Persister>, Option<crate::tickets::Tickets>),
     ctx: &mut Context,
     life: &mut CliRun,
 ) -> Result<u8, CliError> {
@@ -531,6 +532,9 @@ async fn exec_with(
         config.tls = plan.tls.clone();
         config.metadata = records.clone();
         config.record_args = args.record_args;
+        let server_id = plan.server.server_id();
+        config.early_ticket = tickets.as_ref().and_then(|t| t.get(&server_id));
+        let known_ticket = config.early_ticket;
         let client = Client::new(config);
         v.say(
             1,
@@ -552,10 +556,13 @@ async fn exec_with(
         match attempt {
             Ok(run) => {
                 accept_new(settings, plan.server, &url, ctx);
+                keep_ticket(&client, known_ticket, tickets.as_ref(), &server_id, v);
                 started = Some((Some(client), run));
                 break;
             }
-            Err(e) if i < last && next_relay_may_help(&e) => {
+            // A request that left in message 1 is not sent again through
+            // another relay (the library tried them with the same message 1).
+            Err(e) if i < last && next_relay_may_help(&e) && !client.request_left() => {
                 eprintln!("core-client: warning: {prefix}{e}; trying the next relay");
             }
             Err(e) if e.is_connection() => {
@@ -759,6 +766,54 @@ async fn exec_with(
         client.close_sent(CLOSE_SENT).await;
     }
     result
+}
+
+/// Keeps the ticket of the exec-server's run that the session was given,
+/// if it is new, for the next `exec`'s early data (see
+/// [`crate::tickets`]); says under `-v` whether this one's command rode in
+/// handshake message 1 with a ticket of that run.
+fn keep_ticket(
+    client: &Client,
+    known: Option<rex_client::EarlyTicket>,
+    tickets: Option<&crate::tickets::Tickets>,
+    server_id: &str,
+    v: Verbose,
+) {
+    let given = client.early_ticket();
+    match (known, given) {
+        (Some(k), Some(g)) if k == g => v.say(
+            1,
+            format_args!("early data: the command went in handshake message 1 with the ticket of the server's current run"),
+        ),
+        (Some(_), _) => v.say(
+            1,
+            format_args!(
+                "the server restarted since its early-data ticket was kept: the command is sent \
+                 again after the handshake"
+            ),
+        ),
+        (None, _) => v.say(
+            1,
+            format_args!(
+                "no early-data ticket kept for this server: the command is sent again after the \
+                 handshake"
+            ),
+        ),
+    }
+    if let (Some(g), Some(tickets)) = (given, tickets)
+        && known != Some(g)
+    {
+        match tickets.put(server_id, g) {
+            Ok(()) => v.say(
+                2,
+                format_args!("kept the server's early-data ticket for the next exec"),
+            ),
+            Err(e) => v.say(
+                1,
+                format_args!("cannot keep the server's early-data ticket: {e}"),
+            ),
+        }
+    }
 }
 
 /// What became of a call offered to the agent.

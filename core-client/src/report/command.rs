@@ -208,8 +208,16 @@ impl Command {
 
 /// Direct children of a dispatch that run alongside the tiled path and
 /// would double-count it (or, for `exec.first_output`, cover it from the
-/// start).
-const ALONGSIDE: &[&str] = &[spans::EXEC_FIRST_OUTPUT, spans::TERMINAL_DELIVERY];
+/// start). A session whose first call rode in handshake message 1 has its
+/// set-up (`relay.connect`, `noise.handshake`, `session.init`) here too:
+/// it happened while the call travelled.
+const ALONGSIDE: &[&str] = &[
+    spans::EXEC_FIRST_OUTPUT,
+    spans::TERMINAL_DELIVERY,
+    spans::RELAY_CONNECT,
+    spans::NOISE_HANDSHAKE,
+    spans::SESSION_INIT,
+];
 
 /// Turns traces into commands, naming stage paths in one table.
 #[derive(Debug, Default)]

@@ -106,11 +106,10 @@ impl ServerContext {
         let keys: Arc<dyn KeySource> = config.keys.clone();
         let mut acceptor = Acceptor::with_source(config.key.clone(), keys);
         acceptor.login_shell = config.login_shells;
-        // It remembers nothing from before this start.
-        acceptor.replay = std::sync::Mutex::new(
-            ReplayGuard::new(config.replay_window, REPLAY_CAPACITY)
-                .started_at(std::time::SystemTime::now()),
-        );
+        // It remembers nothing from before this start: its ticket is new,
+        // so no early data made for an earlier run runs in this one.
+        acceptor.replay =
+            std::sync::Mutex::new(ReplayGuard::new(config.replay_window, REPLAY_CAPACITY));
         let acceptor = Arc::new(acceptor);
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));

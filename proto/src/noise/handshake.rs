@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use snow::HandshakeState;
 
-use super::replay::Early;
+use super::replay::{Early, EarlyTicket, TICKET_LEN};
 use super::transport::Transport;
 use super::{
     HandshakeError, ReplayGuard, SessionConfig, TIMESTAMP_LEN, decode_timestamp, encode_timestamp,
@@ -22,8 +22,8 @@ const MSG1_MIN: usize = KEY_LEN + (KEY_LEN + NOISE_TAG) + NOISE_TAG;
 pub(crate) const MSG2_LEN: usize = KEY_LEN + NOISE_TAG;
 
 /// The most early data message 1 can carry: one Noise message (64 KiB)
-/// less its keys, tags and timestamp.
-pub const MAX_EARLY_DATA: usize = crate::limits::MAX_NOISE_MESSAGE - MSG1_LEN;
+/// less its keys, tags, timestamp and ticket.
+pub const MAX_EARLY_DATA: usize = crate::limits::MAX_NOISE_MESSAGE - MSG1_LEN - TICKET_LEN;
 
 /// Message 2's payload when message 1 carried early data: it ran.
 const EARLY_ACCEPTED: u8 = 1;
@@ -68,21 +68,39 @@ impl ClientHandshake {
         now: SystemTime,
         cfg: SessionConfig,
     ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
-        Self::start_early(local, server, route, now, cfg, &[])
+        Self::begin(local, server, route, now, cfg, None)
     }
 
     /// [`start`](Self::start), with `early` (the session's first messages,
     /// protected by the exec-server's static key alone) after the
-    /// timestamp in message 1. More than [`MAX_EARLY_DATA`] is refused
-    /// with [`HandshakeError::EarlyDataTooLarge`].
+    /// timestamp and `ticket` (the exec-server run's that the client knows
+    /// of, or [`EarlyTicket::NONE`]) in message 1. More than
+    /// [`MAX_EARLY_DATA`] is refused with
+    /// [`HandshakeError::EarlyDataTooLarge`].
     pub fn start_early(
         local: &StaticKeypair,
         server: &PublicKey,
         route: &[u8],
         now: SystemTime,
         cfg: SessionConfig,
+        ticket: EarlyTicket,
         early: &[u8],
     ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+        Self::begin(local, server, route, now, cfg, Some((ticket, early)))
+    }
+
+    fn begin(
+        local: &StaticKeypair,
+        server: &PublicKey,
+        route: &[u8],
+        now: SystemTime,
+        cfg: SessionConfig,
+        early: Option<(EarlyTicket, &[u8])>,
+    ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+        let (ticket, early): (&[u8], &[u8]) = match &early {
+            Some((ticket, early)) => (ticket.as_bytes(), early),
+            None => (&[], &[]),
+        };
         if early.len() > MAX_EARLY_DATA {
             return Err(HandshakeError::EarlyDataTooLarge {
                 len: early.len(),
@@ -99,10 +117,11 @@ impl ClientHandshake {
             .map_err(handshake_err)?
             .build_initiator()
             .map_err(handshake_err)?;
-        let mut payload = Vec::with_capacity(TIMESTAMP_LEN + early.len());
+        let mut payload = Vec::with_capacity(TIMESTAMP_LEN + ticket.len() + early.len());
         payload.extend_from_slice(&encode_timestamp(now));
+        payload.extend_from_slice(ticket);
         payload.extend_from_slice(early);
-        let mut msg1 = vec![0u8; MSG1_LEN + early.len()];
+        let mut msg1 = vec![0u8; MSG1_LEN + ticket.len() + early.len()];
         let n = hs
             .write_message(&payload, &mut msg1)
             .map_err(handshake_err)?;
@@ -267,13 +286,17 @@ pub fn accept_early(
             data: None,
         });
     }
-    let early = replay.check_early(&client, &ephemeral, timestamp, now)?;
+    let ticket = payload
+        .get(TIMESTAMP_LEN..TIMESTAMP_LEN + TICKET_LEN)
+        .and_then(EarlyTicket::from_slice)
+        .ok_or(HandshakeError::Malformed)?;
+    let early = replay.check_early(&client, &ephemeral, timestamp, ticket, now)?;
     let answer = match early {
         Early::Accepted => EARLY_ACCEPTED,
         Early::Refused(_) => EARLY_REFUSED,
     };
     let accepted = respond(hs, client, &[answer], at, cfg)?;
-    let data = (early == Early::Accepted).then(|| payload.split_off(TIMESTAMP_LEN));
+    let data = (early == Early::Accepted).then(|| payload.split_off(TIMESTAMP_LEN + TICKET_LEN));
     Ok(AcceptedEarly {
         accepted,
         early: Some(early),

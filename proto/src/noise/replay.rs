@@ -29,14 +29,16 @@ type Entry = [u8; 2 * KEY_LEN];
 /// [`check_early`](Self::check_early) decides whether the call a message 1
 /// carries may run from it (in the manner of TLS 1.3's 0-RTT, RFC 8446
 /// §8): only a message the guard can remember, so that any replay of it is
-/// refused. Early data is refused (the handshake goes on, the call is sent
-/// again over the session) for a message stamped before the window, and
-/// for one stamped at or before the *early floor*: the guard's start plus
-/// the window (a guard that starts empty cannot know what an earlier one,
-/// before a restart, accepted within the window), raised to the timestamp
-/// of any message that found the guard full (which it could not
-/// remember). A guard that has not been told when it started
-/// ([`started_at`](Self::started_at)) accepts no early data.
+/// refused. A guard starts empty, so it cannot know what an earlier one
+/// (before the exec-server restarted) accepted: each guard has a
+/// [ticket](EarlyTicket) of its own, which the hello answer hands to the
+/// client, and it runs early data only from a message 1 carrying its own
+/// ticket (like TLS 1.3's session tickets, whose keys a restarted server no
+/// longer holds). Early data is refused (the handshake goes on, the call is
+/// sent again over the session) for a message with another run's ticket or
+/// none, for one stamped before the window, and for one stamped at or
+/// before the *early floor*: the timestamp of any message that found the
+/// guard full (which it could not remember).
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
     window: Duration,
@@ -45,6 +47,49 @@ pub struct ReplayGuard {
     by_time: BTreeSet<(Duration, Entry)>,
     latest: Duration,
     early_floor: Duration,
+    /// This run's ticket (none if the system's random source failed:
+    /// then no early data runs).
+    ticket: Option<EarlyTicket>,
+}
+
+/// The length of an [`EarlyTicket`].
+pub const TICKET_LEN: usize = 16;
+
+/// Names one run of an exec-server (one [`ReplayGuard`]): random, handed
+/// to clients in the hello answer, and carried in a message 1 with early
+/// data, which runs only under the run that issued it. Not a secret (a
+/// replayed message 1 carries the ticket it was made with, sealed to the
+/// exec-server's key): a name that is never used twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EarlyTicket([u8; TICKET_LEN]);
+
+impl EarlyTicket {
+    /// No ticket: what a client that knows none of the exec-server's runs
+    /// sends (its early data is then sent again after the handshake).
+    pub const NONE: Self = Self([0; TICKET_LEN]);
+
+    /// The ticket of these bytes.
+    pub const fn from_bytes(bytes: [u8; TICKET_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Its bytes.
+    pub const fn as_bytes(&self) -> &[u8; TICKET_LEN] {
+        &self.0
+    }
+
+    /// The ticket of a message field, if it is one.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// A new random ticket.
+    fn random() -> Option<Self> {
+        use ring::rand::SecureRandom as _;
+        let mut t = [0u8; TICKET_LEN];
+        ring::rand::SystemRandom::new().fill(&mut t).ok()?;
+        Some(Self(t)).filter(|t| *t != Self::NONE)
+    }
 }
 
 /// Whether the call a message 1 carries may run from it
@@ -62,10 +107,10 @@ pub enum Early {
 pub enum EarlyRefusal {
     /// Its timestamp is older than the window.
     Stale,
-    /// The guard started (the exec-server restarted) within the window of
-    /// its timestamp, or could not remember a message as recent.
+    /// Its ticket is another run's (the exec-server restarted since the
+    /// client was given it), or it carried none.
     Restarted,
-    /// The guard is full.
+    /// The guard is full, or could not remember a message as recent.
     Full,
 }
 
@@ -86,16 +131,14 @@ impl ReplayGuard {
             seen: HashSet::new(),
             by_time: BTreeSet::new(),
             latest: Duration::ZERO,
-            early_floor: Duration::MAX,
+            early_floor: Duration::ZERO,
+            ticket: EarlyTicket::random(),
         }
     }
 
-    /// The guard of an exec-server that started at `now`: early data is
-    /// refused for messages stamped up to `now` plus the window.
-    pub fn started_at(mut self, now: SystemTime) -> Self {
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        self.early_floor = now.saturating_add(self.window);
-        self
+    /// This run's ticket, for the hello answer (none: no early data runs).
+    pub fn ticket(&self) -> Option<EarlyTicket> {
+        self.ticket
     }
 
     /// The accepted clock difference.
@@ -154,6 +197,7 @@ impl ReplayGuard {
         client: &PublicKey,
         ephemeral: &[u8; KEY_LEN],
         timestamp: Duration,
+        ticket: EarlyTicket,
         now: SystemTime,
     ) -> Result<Early, HandshakeError> {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -180,8 +224,12 @@ impl ReplayGuard {
         }
         self.seen.insert(entry);
         self.by_time.insert((timestamp, entry));
-        if timestamp <= self.early_floor {
+        if self.ticket != Some(ticket) {
+            // Made for another run, which may have run it.
             return Ok(Early::Refused(EarlyRefusal::Restarted));
+        }
+        if timestamp <= self.early_floor {
+            return Ok(Early::Refused(EarlyRefusal::Full));
         }
         Ok(Early::Accepted)
     }

@@ -137,6 +137,7 @@ fn handshake_and_envelopes_both_ways() {
             output_window: 0,
             resume_token: Default::default(),
             login_shell: false,
+            early_ticket: Default::default(),
         })),
         ..Default::default()
     };
@@ -857,54 +858,58 @@ fn replay_guard_early_data_runs_only_what_it_can_remember() {
     let kp = StaticKeypair::generate().unwrap().public();
     let ts = |s: u64| Duration::from_secs(1_700_000_000 + s);
     let at = |s: u64| UNIX_EPOCH + ts(s);
-    // Started at 0 with a 10 s window: early data from 10 s on.
-    let mut g = ReplayGuard::new(Duration::from_secs(10), 3).started_at(at(0));
+    let mut g = ReplayGuard::new(Duration::from_secs(10), 4);
+    let ticket = g.ticket().unwrap();
+    assert_ne!(ticket, EarlyTicket::NONE);
+    // Another run's ticket (or none): the handshake goes on, nothing runs
+    // early; remembered all the same, so its replay is refused entirely.
+    let other = ReplayGuard::new(Duration::from_secs(10), 3)
+        .ticket()
+        .unwrap();
+    assert_ne!(other, ticket, "one ticket per run");
+    for (eph, t) in [(1u8, other), (8, EarlyTicket::NONE)] {
+        assert_eq!(
+            g.check_early(&kp, &[eph; 32], ts(5), t, at(5)),
+            Ok(Early::Refused(EarlyRefusal::Restarted))
+        );
+        assert_eq!(
+            g.check_early(&kp, &[eph; 32], ts(5), ticket, at(6)),
+            Err(HandshakeError::Replay)
+        );
+    }
+    // This run's ticket: it runs, once.
     assert_eq!(
-        g.check_early(&kp, &[1; 32], ts(5), at(5)),
-        Ok(Early::Refused(EarlyRefusal::Restarted))
-    );
-    // Remembered all the same: its replay is refused entirely.
-    assert_eq!(
-        g.check_early(&kp, &[1; 32], ts(5), at(6)),
-        Err(HandshakeError::Replay)
-    );
-    assert_eq!(
-        g.check_early(&kp, &[2; 32], ts(11), at(11)),
+        g.check_early(&kp, &[2; 32], ts(11), ticket, at(11)),
         Ok(Early::Accepted)
     );
     assert_eq!(
-        g.check_early(&kp, &[2; 32], ts(11), at(12)),
+        g.check_early(&kp, &[2; 32], ts(11), ticket, at(12)),
         Err(HandshakeError::Replay)
     );
     // Older than the window: the handshake goes on, nothing runs early.
     assert_eq!(
-        g.check_early(&kp, &[3; 32], ts(0), at(12)),
+        g.check_early(&kp, &[3; 32], ts(0), ticket, at(12)),
         Ok(Early::Refused(EarlyRefusal::Stale))
     );
     // Ahead by more than the window: refused entirely.
     assert_eq!(
-        g.check_early(&kp, &[4; 32], ts(30), at(12)),
+        g.check_early(&kp, &[4; 32], ts(30), ticket, at(12)),
         Err(HandshakeError::ClockSkew)
     );
-    g.check_early(&kp, &[5; 32], ts(12), at(12)).unwrap();
+    g.check_early(&kp, &[5; 32], ts(12), ticket, at(12))
+        .unwrap();
     // Full: not remembered, so nothing stamped up to it runs early, even
     // once there is room.
     assert_eq!(
-        g.check_early(&kp, &[6; 32], ts(13), at(13)),
+        g.check_early(&kp, &[6; 32], ts(13), ticket, at(13)),
         Ok(Early::Refused(EarlyRefusal::Full))
     );
     assert_eq!(
-        g.check_early(&kp, &[6; 32], ts(13), at(16)),
-        Ok(Early::Refused(EarlyRefusal::Restarted))
+        g.check_early(&kp, &[6; 32], ts(13), ticket, at(16)),
+        Ok(Early::Refused(EarlyRefusal::Full))
     );
     assert_eq!(
-        g.check_early(&kp, &[7; 32], ts(22), at(22)),
+        g.check_early(&kp, &[7; 32], ts(22), ticket, at(22)),
         Ok(Early::Accepted)
-    );
-    // A guard never told when it started runs nothing early.
-    let mut g = ReplayGuard::default();
-    assert_eq!(
-        g.check_early(&kp, &[1; 32], ts(0), at(0)),
-        Ok(Early::Refused(EarlyRefusal::Restarted))
     );
 }

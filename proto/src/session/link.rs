@@ -19,7 +19,8 @@ struct Pending<T> {
     /// The envelope-stream offset just past it.
     end: u64,
     hop: Option<String>,
-    tag: T,
+    /// Handed back once it has left (none: only its hop header matters).
+    tag: Option<T>,
 }
 
 /// How far the session has got in ending.
@@ -194,6 +195,32 @@ impl<T> Link<T> {
         mark: Option<Mark<T>>,
         now: Now,
     ) -> Result<u64, CallError> {
+        let mark = mark.map(|m| (Some(m.tag), m.hop));
+        self.send_hopped(call_id, trace, body, mark, now)
+    }
+
+    /// [`send`](Self::send) with `hop` as the hop header of the frame that
+    /// ends the message, and no tag.
+    pub(super) fn send_with_hop(
+        &mut self,
+        call_id: u64,
+        trace: Option<&TraceContext>,
+        body: Body,
+        hop: Option<String>,
+        now: Now,
+    ) -> Result<u64, CallError> {
+        let mark = hop.is_some().then_some((None, hop));
+        self.send_hopped(call_id, trace, body, mark, now)
+    }
+
+    fn send_hopped(
+        &mut self,
+        call_id: u64,
+        trace: Option<&TraceContext>,
+        body: Body,
+        mark: Option<(Option<T>, Option<String>)>,
+        now: Now,
+    ) -> Result<u64, CallError> {
         if self.ending != Ending::Open || self.end.is_some() {
             return Err(CallError::Ended);
         }
@@ -212,12 +239,8 @@ impl<T> Link<T> {
             _ => CallError::Ended,
         })?;
         let end = transport.queued_offset();
-        if let Some(mark) = mark {
-            self.marks.push_back(Pending {
-                end,
-                hop: mark.hop,
-                tag: mark.tag,
-            });
+        if let Some((tag, hop)) = mark {
+            self.marks.push_back(Pending { end, hop, tag });
         }
         Ok(end)
     }
@@ -266,7 +289,7 @@ impl<T> Link<T> {
                         {
                             frame.hop_traceparent = hop;
                         }
-                        done.push(p.tag);
+                        done.extend(p.tag);
                     }
                 }
                 Some(Transmit { frame, done, sent })

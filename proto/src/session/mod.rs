@@ -65,7 +65,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{
     Abandonment, CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError, Ready,
-    ReattachError,
+    ReattachError, fits_early,
 };
 pub use error::{CallError, SessionError, Stage, Violation};
 pub use server::{

@@ -63,7 +63,9 @@ impl<T> ClientSession<T> {
         }
         let first = seq == 0;
         if first && self.first_call == Some(call_id) && self.counters.round_trips.is_none() {
-            self.counters.round_trips = Some(self.counters.flights);
+            // The answer to the flight that carried the request: as many
+            // round trips as flights up to that one.
+            self.counters.round_trips = Some(self.first_flight.unwrap_or(self.counters.flights));
         }
         let ok = match &kind {
             terminal_event::Kind::Started(_) => first,
@@ -158,7 +160,10 @@ impl<T> ClientSession<T> {
         self.after(now);
         result?;
         self.next_call = id + 1;
-        self.first_call.get_or_insert(id);
+        if self.first_call.is_none() {
+            self.first_call = Some(id);
+            self.first_flight = Some(self.next_flight());
+        }
         self.calls.insert(
             id,
             Call {

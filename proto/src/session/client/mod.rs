@@ -17,7 +17,7 @@ use super::link::{Link, handshake_frame};
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
-use crate::noise::{ClientHandshake, EarlyAnswer};
+use crate::noise::{ClientHandshake, EarlyAnswer, EarlyTicket};
 use crate::pb::session::{
     CallTimings, Envelope, ExecRequest, Hello, Ping, Pong, StdinMode, TraceContext, envelope::Body,
     terminal_event,
@@ -43,6 +43,9 @@ pub struct Ready {
     pub login_shell: bool,
     /// The hello exchange's clock-offset sample, if it was a possible one.
     pub clock: Option<Sample>,
+    /// The exec-server run's ticket, for the early data of later sessions
+    /// ([`FirstCall::ticket`]), if it offered one.
+    pub early_ticket: Option<EarlyTicket>,
 }
 
 /// What the session's start cost, counted from the protocol's own steps
@@ -50,10 +53,11 @@ pub struct Ready {
 ///
 /// A *flight* is what the client sends before it next has to hear from the
 /// exec-server: the first is handshake message 1 (with the relay `Open`),
-/// and each later one is the first thing sent after something arrived. A
-/// round trip is a flight that had to wait for an answer before the next
-/// could go, so the round trips before the first event of the session's
-/// first call are the flights sent until that event arrived.
+/// and each later one is the first thing sent after something arrived. The
+/// round trips before the first event of the session's first call are the
+/// flights up to the one that carried the request that event answers (a
+/// flight sent meanwhile that the event does not wait for, such as closing
+/// the call's stdin, is not one).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Flights sent so far.
@@ -185,6 +189,10 @@ pub struct FirstCall<T> {
     pub trace: Option<TraceContext>,
     /// Handed back with message 1's transmit.
     pub mark: Option<Mark<T>>,
+    /// The ticket of the exec-server's run, from an earlier session's
+    /// hello answer ([`Ready::early_ticket`]); with another run's, or
+    /// [`EarlyTicket::NONE`], the call is sent again after the handshake.
+    pub ticket: EarlyTicket,
 }
 
 /// Why a session could not start with its first call in message 1.
@@ -205,6 +213,8 @@ struct Early {
     id: u64,
     request: ExecRequest,
     trace: Option<TraceContext>,
+    /// Message 1's hop header, for the frame that sends it again.
+    hop: Option<String>,
     /// When the hello left with it (for the hello's clock sample).
     sent_unix_nanos: u64,
 }
@@ -263,6 +273,9 @@ pub struct ClientSession<T> {
     answered: bool,
     /// The session's first call, once started.
     first_call: Option<u64>,
+    /// The flight that carries (or carried) its request, the last time it
+    /// was sent.
+    first_flight: Option<u32>,
     /// The call message 1 carried, until message 2 answers.
     early: Option<Early>,
     /// Calls that were open when the session ended with an error or was
@@ -280,6 +293,51 @@ impl<T> std::fmt::Debug for ClientSession<T> {
             .field("over", &self.link.is_over())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a first call of `request` (with `trace`) fits in handshake
+/// message 1 beside the hello ([`ClientSession::with_call`] refuses one
+/// that does not with [`HandshakeError::EarlyDataTooLarge`]); a caller
+/// sends a larger one after the handshake instead.
+///
+/// [`HandshakeError::EarlyDataTooLarge`]: crate::noise::HandshakeError::EarlyDataTooLarge
+pub fn fits_early(limits: &Limits, request: &ExecRequest, trace: Option<&TraceContext>) -> bool {
+    early_payload(limits, u64::MAX, 1, request, trace)
+        .is_ok_and(|early| early.len() <= crate::noise::MAX_EARLY_DATA)
+}
+
+/// Message 1's early data: the hello and the first call, framed.
+fn early_payload(
+    limits: &Limits,
+    sent_unix_nanos: u64,
+    id: u64,
+    request: &ExecRequest,
+    trace: Option<&TraceContext>,
+) -> Result<bytes::Bytes, CallError> {
+    let hello = Envelope {
+        call_id: 0,
+        trace: None,
+        send_time_unix_nanos: sent_unix_nanos,
+        body: Some(Body::Hello(Hello {
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            output_window: limits.output_window,
+        })),
+    };
+    let exec = Envelope {
+        call_id: id,
+        trace: trace.cloned(),
+        send_time_unix_nanos: sent_unix_nanos,
+        body: Some(Body::Exec(request.clone())),
+    };
+    let mut early = crate::framing::FrameEncoder::with_max(limits.noise.max_envelope);
+    for env in [&hello, &exec] {
+        early.push_message(env).map_err(
+            |crate::framing::FramingError::TooLarge { len, max }| {
+                CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max })
+            },
+        )?;
+    }
+    Ok(early.take(usize::MAX))
 }
 
 impl<T> ClientSession<T> {
@@ -317,6 +375,7 @@ impl<T> ClientSession<T> {
             counters: Counters::default(),
             answered: true,
             first_call: None,
+            first_flight: None,
             early: None,
             orphaned: 0,
             abandoning: false,
@@ -344,36 +403,14 @@ impl<T> ClientSession<T> {
             request,
             trace,
             mark,
+            ticket,
         } = first;
         if id == 0 {
             return Err(CallError::StaleCallId(id).into());
         }
         calls::check_request(&request, true)?;
         let sent_unix_nanos = now.unix_nanos();
-        let hello = Envelope {
-            call_id: 0,
-            trace: None,
-            send_time_unix_nanos: sent_unix_nanos,
-            body: Some(Body::Hello(Hello {
-                client_version: env!("CARGO_PKG_VERSION").into(),
-                output_window: limits.output_window,
-            })),
-        };
-        let exec = Envelope {
-            call_id: id,
-            trace: trace.clone(),
-            send_time_unix_nanos: sent_unix_nanos,
-            body: Some(Body::Exec(request.clone())),
-        };
-        let mut early = crate::framing::FrameEncoder::with_max(limits.noise.max_envelope);
-        for env in [&hello, &exec] {
-            early.push_message(env).map_err(
-                |crate::framing::FramingError::TooLarge { len, max }| {
-                    CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max })
-                },
-            )?;
-        }
-        let early = early.take(usize::MAX);
+        let early = early_payload(&limits, sent_unix_nanos, id, &request, trace.as_ref())?;
         let route = server.server_id();
         let (hs, msg1) = ClientHandshake::start_early(
             key,
@@ -381,12 +418,15 @@ impl<T> ClientSession<T> {
             route.as_bytes(),
             now.wall,
             limits.noise,
+            ticket,
             &early,
         )
         .map_err(SessionError::from)?;
         let mut frame = handshake_frame(msg1);
         let mut tag = None;
+        let mut hop = None;
         if let Some(mark) = mark {
+            hop.clone_from(&mark.hop);
             frame.hop_traceparent = mark.hop.unwrap_or_default();
             tag = Some(mark.tag);
         }
@@ -435,15 +475,25 @@ impl<T> ClientSession<T> {
             counters: Counters::default(),
             answered: true,
             first_call: Some(id),
+            first_flight: Some(1),
             early: Some(Early {
                 id,
                 request,
                 trace,
+                hop,
                 sent_unix_nanos,
             }),
             orphaned: 0,
             abandoning: false,
         })
+    }
+
+    /// The flight the next frame sent belongs to: a new one if something
+    /// arrived since the last was sent.
+    fn next_flight(&self) -> u32 {
+        self.counters
+            .flights
+            .saturating_add(u32::from(self.answered))
     }
 
     /// Whether the hello has been answered and the session not ended.
@@ -540,15 +590,16 @@ impl<T> ClientSession<T> {
                         let sent_unix_nanos = now.unix_nanos();
                         self.send_hello(now)?;
                         self.link
-                            .send(
+                            .send_with_hop(
                                 early.id,
                                 early.trace.as_ref(),
                                 Body::Exec(early.request),
-                                None,
+                                early.hop,
                                 now,
                             )
                             .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
                         self.counters.early_retries += 1;
+                        self.first_flight = Some(self.next_flight());
                         sent_unix_nanos
                     }
                     _ => {
@@ -623,6 +674,7 @@ impl<T> ClientSession<T> {
                     output_window: self.output_window,
                     login_shell: ack.login_shell,
                     clock: sample,
+                    early_ticket: EarlyTicket::from_slice(&ack.early_ticket),
                 }));
                 Ok(())
             }

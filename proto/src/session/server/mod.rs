@@ -455,6 +455,14 @@ impl<T> ServerSession<T> {
                     output_window: self.output_window,
                     resume_token: self.offer_resume(),
                     login_shell: self.acceptor.login_shell,
+                    early_ticket: self
+                        .acceptor
+                        .replay
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .ticket()
+                        .map(|t| Bytes::copy_from_slice(t.as_bytes()))
+                        .unwrap_or_default(),
                 };
                 self.send(0, None, Body::HelloAck(ack), now)?;
                 self.state = State::Ready;

@@ -5,10 +5,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use super::*;
-use crate::noise::{Early, EarlyRefusal, MAX_EARLY_DATA, ReplayGuard};
+use crate::noise::{Early, EarlyRefusal, EarlyTicket, MAX_EARLY_DATA, ReplayGuard};
 
 const WINDOW: Duration = Duration::from_secs(120);
 
@@ -19,33 +18,46 @@ fn request() -> ExecRequest {
     }
 }
 
-/// An acceptor admitting `client`, whose replay guard started at
-/// `started` with room for `capacity` initiations.
-fn acceptor(
-    server: &StaticKeypair,
-    client: &StaticKeypair,
-    started: SystemTime,
-    capacity: usize,
-) -> Arc<Acceptor> {
+/// An acceptor (one run of an exec-server) admitting `client`, whose
+/// replay guard has room for `capacity` initiations.
+fn acceptor(server: &StaticKeypair, client: &StaticKeypair, capacity: usize) -> Arc<Acceptor> {
     let mut a = Acceptor::new(server.clone(), AuthorizedKeys::from_keys([client.public()]));
-    a.replay = Mutex::new(ReplayGuard::new(WINDOW, capacity).started_at(started));
+    a.replay = Mutex::new(ReplayGuard::new(WINDOW, capacity));
     Arc::new(a)
 }
 
-/// An exec-server up for longer than the window.
-fn long_up(server: &StaticKeypair, client: &StaticKeypair, now: Now) -> Arc<Acceptor> {
-    acceptor(server, client, now.wall - 2 * WINDOW, 1024)
+/// A run of an exec-server with room in its replay guard.
+fn running(server: &StaticKeypair, client: &StaticKeypair) -> Arc<Acceptor> {
+    acceptor(server, client, 1024)
 }
 
-/// A pair whose client starts with its first call in message 1, its wall
-/// clock `skew` away from the exec-server's; the frames it sends are
-/// recorded.
+/// The ticket `acceptor`'s run hands out in its hello answers.
+fn ticket_of(acceptor: &Acceptor) -> EarlyTicket {
+    acceptor.replay.lock().unwrap().ticket().unwrap()
+}
+
+/// A pair whose client starts with its first call in message 1, with the
+/// ticket of `acceptor`'s run, its wall clock `skew` away from the
+/// exec-server's; the frames it sends are recorded.
 fn early_pair(
     client_key: &StaticKeypair,
     server_key: &StaticKeypair,
     acceptor: Arc<Acceptor>,
     now: Now,
     skew: Duration,
+) -> (Pair, Rc<RefCell<Vec<Frame>>>) {
+    let ticket = ticket_of(&acceptor);
+    early_pair_with(client_key, server_key, acceptor, now, skew, ticket)
+}
+
+/// [`early_pair`], with `ticket` in message 1.
+fn early_pair_with(
+    client_key: &StaticKeypair,
+    server_key: &StaticKeypair,
+    acceptor: Arc<Acceptor>,
+    now: Now,
+    skew: Duration,
+    ticket: EarlyTicket,
 ) -> (Pair, Rc<RefCell<Vec<Frame>>>) {
     let client_now = Now {
         at: now.at,
@@ -61,6 +73,7 @@ fn early_pair(
             request: request(),
             trace: None,
             mark: Some(Mark::new("exec", None)),
+            ticket,
         },
     )
     .unwrap();
@@ -114,7 +127,7 @@ fn replay_to(acceptor: &Arc<Acceptor>, frames: &[Frame], now: Now) -> Vec<Server
 fn an_accepted_call_runs_from_message_1_in_one_round_trip() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    let acceptor = long_up(&server_key, &client_key, now);
+    let acceptor = running(&server_key, &client_key);
     let (mut p, _) = early_pair(&client_key, &server_key, acceptor, now, Duration::ZERO);
     p.run();
     assert_eq!(p.server.early_data(), Some(Early::Accepted));
@@ -145,7 +158,7 @@ fn an_accepted_call_runs_from_message_1_in_one_round_trip() {
 fn the_same_message_1_replayed_inside_the_window_is_refused_and_runs_nothing() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    let acceptor = long_up(&server_key, &client_key, now);
+    let acceptor = running(&server_key, &client_key);
     let (mut p, sent) = early_pair(
         &client_key,
         &server_key,
@@ -202,7 +215,7 @@ fn runs_once_after_a_retry(mut p: Pair, why: EarlyRefusal) {
 fn a_timestamp_outside_the_window_is_run_once_after_the_handshake() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    let acceptor = long_up(&server_key, &client_key, now);
+    let acceptor = running(&server_key, &client_key);
     // The client's clock is behind the exec-server's by more than the
     // window.
     let (p, _) = early_pair(
@@ -219,23 +232,69 @@ fn a_timestamp_outside_the_window_is_run_once_after_the_handshake() {
 fn an_exec_server_restarted_within_the_window_runs_the_call_once_after_the_handshake() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    // Up for a minute: the register knows nothing of what an earlier run
-    // accepted in the window.
-    let acceptor = acceptor(
-        &server_key,
+    // The client learned the ticket of a run that has since ended; the
+    // new run's register knows nothing of what that one accepted.
+    let before = running(&server_key, &client_key);
+    let restarted = running(&server_key, &client_key);
+    let (p, _) = early_pair_with(
         &client_key,
-        now.wall - Duration::from_secs(60),
-        1024,
+        &server_key,
+        restarted,
+        now,
+        Duration::ZERO,
+        ticket_of(&before),
     );
-    let (p, _) = early_pair(&client_key, &server_key, acceptor, now, Duration::ZERO);
     runs_once_after_a_retry(p, EarlyRefusal::Restarted);
+}
+
+#[test]
+fn a_client_that_knows_no_ticket_runs_the_call_once_after_the_handshake_and_learns_one() {
+    let (client_key, server_key) = keys();
+    let now = Now::system();
+    let acceptor = running(&server_key, &client_key);
+    let (mut p, _) = early_pair_with(
+        &client_key,
+        &server_key,
+        Arc::clone(&acceptor),
+        now,
+        Duration::ZERO,
+        EarlyTicket::NONE,
+    );
+    p.run();
+    assert_eq!(
+        p.server.early_data(),
+        Some(Early::Refused(EarlyRefusal::Restarted))
+    );
+    assert_eq!(execs(&p.server_events), [1]);
+    // The hello answer hands it this run's ticket: its next session's
+    // early data runs from message 1.
+    let ready = p
+        .client_events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Ready(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ready.early_ticket, Some(ticket_of(&acceptor)));
+    let (mut next, _) = early_pair_with(
+        &client_key,
+        &server_key,
+        acceptor,
+        now,
+        Duration::ZERO,
+        ready.early_ticket.unwrap(),
+    );
+    next.run();
+    assert_eq!(next.server.early_data(), Some(Early::Accepted));
+    assert_eq!(execs(&next.server_events), [1]);
 }
 
 #[test]
 fn a_message_1_replayed_to_a_restarted_exec_server_runs_nothing() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    let before = long_up(&server_key, &client_key, now);
+    let before = running(&server_key, &client_key);
     let (mut p, sent) = early_pair(&client_key, &server_key, before, now, Duration::ZERO);
     p.run();
     assert_eq!(execs(&p.server_events), [1]);
@@ -243,7 +302,7 @@ fn a_message_1_replayed_to_a_restarted_exec_server_runs_nothing() {
     // The exec-server restarts (an empty register) and the recording is
     // played to it, inside the window and after it.
     let later = now.after(Duration::from_secs(10));
-    let restarted = acceptor(&server_key, &client_key, later.wall, 1024);
+    let restarted = running(&server_key, &client_key);
     for at in [later, now.after(WINDOW + Duration::from_secs(30))] {
         let events = replay_to(&restarted, &recorded, at);
         assert!(execs(&events).is_empty(), "{events:?}");
@@ -254,7 +313,7 @@ fn a_message_1_replayed_to_a_restarted_exec_server_runs_nothing() {
 fn a_full_register_runs_the_call_once_after_the_handshake() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    let acceptor = acceptor(&server_key, &client_key, now.wall - 2 * WINDOW, 1);
+    let acceptor = acceptor(&server_key, &client_key, 1);
     // A first session takes the register's only place.
     let (mut first, _) = early_pair(
         &client_key,
@@ -290,7 +349,7 @@ fn early_data_from_an_unauthorized_key_runs_nothing() {
     let (client_key, server_key) = keys();
     let stranger = StaticKeypair::generate().unwrap();
     let now = Now::system();
-    let acceptor = long_up(&server_key, &client_key, now);
+    let acceptor = running(&server_key, &client_key);
     let (mut p, _) = early_pair(&stranger, &server_key, acceptor, now, Duration::ZERO);
     p.run();
     assert!(execs(&p.server_events).is_empty());
@@ -324,6 +383,7 @@ fn oversize_early_data_is_refused_with_a_clear_error() {
             request: big,
             trace: None,
             mark: None,
+            ticket: EarlyTicket::NONE,
         },
     )
     .unwrap_err();
@@ -344,7 +404,7 @@ fn oversize_early_data_is_refused_with_a_clear_error() {
 fn early_data_other_than_the_hello_and_one_call_ends_the_session_and_runs_nothing() {
     let (client_key, server_key) = keys();
     let now = Now::system();
-    let acceptor = long_up(&server_key, &client_key, now);
+    let acceptor = running(&server_key, &client_key);
     // A message 1 whose early data is a call with no hello before it.
     let exec = crate::pb::session::Envelope {
         call_id: 1,
@@ -362,6 +422,7 @@ fn early_data_other_than_the_hello_and_one_call_ends_the_session_and_runs_nothin
         route.as_bytes(),
         now.wall,
         Limits::client().noise,
+        ticket_of(&acceptor),
         &early,
     )
     .unwrap();
