@@ -36,6 +36,123 @@ pub struct Behaviour {
     /// Once the test sets it, flip a bit in the next exec-server-to-client
     /// data frame of the first session (once): tampering mid-command.
     pub tamper_reply: Option<Arc<AtomicBool>>,
+    /// Keep every client frame of every session, as an attacker on the
+    /// path would, to [`replay`] later.
+    pub record: Option<Arc<Recording>>,
+}
+
+/// The client frames of the sessions a proxy carried (at most
+/// [`Recording::MAX_SESSIONS`], each at most [`Recording::MAX_FRAMES`]).
+#[derive(Debug, Default)]
+pub struct Recording {
+    sessions: std::sync::Mutex<Vec<(String, Vec<Frame>)>>,
+}
+
+impl Recording {
+    /// Sessions kept at most.
+    pub const MAX_SESSIONS: usize = 64;
+    /// Frames kept per session at most.
+    pub const MAX_FRAMES: usize = 1024;
+
+    /// Each session's exec-server id and client frames, in order.
+    pub fn sessions(&self) -> Vec<(String, Vec<Frame>)> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts a session's record; its index.
+    fn begin(&self, server_id: &str) -> Option<usize> {
+        let mut all = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (all.len() < Self::MAX_SESSIONS).then(|| {
+            all.push((server_id.to_owned(), Vec::new()));
+            all.len() - 1
+        })
+    }
+
+    fn keep(&self, session: usize, frame: &Frame) {
+        let mut all = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, frames)) = all.get_mut(session)
+            && frames.len() < Self::MAX_FRAMES
+        {
+            frames.push(frame.clone());
+        }
+    }
+}
+
+/// What a replayed session got back.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Handshake frames received (the exec-server's message 2).
+    pub handshakes: usize,
+    /// Data frames received.
+    pub data: usize,
+    /// Close frames received, and the last one's reason.
+    pub closes: usize,
+    /// The last close frame's reason (`CloseReason`).
+    pub close_reason: Option<i32>,
+    /// How the stream ended, if with an error.
+    pub status: Option<Status>,
+}
+
+/// Opens a session to the relay at `relay` for `server_id` and sends
+/// `frames` (a recorded client's) on it, reading what comes back until
+/// the stream ends or `within` has passed.
+pub async fn replay(
+    relay: &str,
+    server_id: &str,
+    frames: Vec<Frame>,
+    within: std::time::Duration,
+) -> Result<Replayed> {
+    let channel = tonic::transport::Endpoint::from_shared(relay.to_owned())
+        .map_err(|e| FixtureError::start("the replay's channel", e))?
+        .connect()
+        .await
+        .map_err(|e| FixtureError::start("the replay's connection", e))?;
+    let mut client = TunnelClient::new(channel);
+    // The stream stays open after the frames, as a client's would: a relay
+    // ends a session whose client has ended its half.
+    let mut up = Request::new(futures::stream::iter(frames).chain(futures::stream::pending()));
+    if let Ok(v) = MetadataValue::try_from(server_id) {
+        up.metadata_mut().insert(SERVER_ID_HEADER, v);
+    }
+    let mut got = Replayed::default();
+    let read = async {
+        let mut inbound = match client.open(up).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                got.status = Some(status);
+                return;
+            }
+        };
+        loop {
+            match inbound.message().await {
+                Ok(Some(f)) => match FrameKind::try_from(f.kind) {
+                    Ok(FrameKind::Handshake) => got.handshakes += 1,
+                    Ok(FrameKind::Data) => got.data += 1,
+                    Ok(FrameKind::Close) => {
+                        got.closes += 1;
+                        got.close_reason = Some(f.close_reason);
+                    }
+                    _ => {}
+                },
+                Ok(None) => return,
+                Err(status) => {
+                    got.status = Some(status);
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    Ok(got)
 }
 
 /// Holds `Open`s at the proxy: a test sees each arrive and lets it on.
@@ -111,8 +228,16 @@ impl Tunnel for ProxyService {
             None
         };
         let mut data_seen = 0usize;
+        let record = self
+            .behaviour
+            .record
+            .clone()
+            .and_then(|r| r.begin(&named).map(|i| (r, i)));
         let inbound = request.into_inner().map(move |f| {
             let mut f = f?;
+            if let Some((r, i)) = &record {
+                r.keep(*i, &f);
+            }
             if f.kind == FrameKind::Data as i32 {
                 if Some(data_seen) == tamper && !f.payload.is_empty() {
                     let mut bytes = f.payload.to_vec();

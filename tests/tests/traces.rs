@@ -325,7 +325,7 @@ async fn one_exec_is_one_trace(protocol: Protocol) {
         "a first exec to this exec-server knows no ticket"
     );
     let forwards = by_name(&spans, spans::RELAY_FORWARD);
-    assert_eq!(forwards.len(), requests.len() + hops + resent);
+    assert_eq!(forwards.len(), received.len() + hops + resent);
     for dir in ["to_server", "to_client"] {
         assert!(
             forwards

@@ -208,12 +208,13 @@ impl Command {
 
 /// Direct children of a dispatch that run alongside the tiled path and
 /// would double-count it (or, for `exec.first_output`, cover it from the
-/// start). A session whose first call rode in handshake message 1 has its
-/// set-up (`relay.connect`, `noise.handshake`, `session.init`) here too:
-/// it happened while the call travelled.
-const ALONGSIDE: &[&str] = &[
-    spans::EXEC_FIRST_OUTPUT,
-    spans::TERMINAL_DELIVERY,
+/// start).
+const ALONGSIDE: &[&str] = &[spans::EXEC_FIRST_OUTPUT, spans::TERMINAL_DELIVERY];
+
+/// A session's set-up, alongside the path when it is a direct child of the
+/// dispatch: the call rode in handshake message 1, and the set-up happened
+/// while it travelled (under `session.acquire` it is part of the path).
+const SETUP_ALONGSIDE: &[&str] = &[
     spans::RELAY_CONNECT,
     spans::NOISE_HANDSHAKE,
     spans::SESSION_INIT,
@@ -332,7 +333,7 @@ impl Reducer {
         let tiled: Vec<&Span> = direct
             .iter()
             .copied()
-            .filter(|s| !ALONGSIDE.contains(&&*s.name))
+            .filter(|s| !ALONGSIDE.contains(&&*s.name) && !SETUP_ALONGSIDE.contains(&&*s.name))
             .collect();
         let covered = union_within(&tiled, dispatch.start, dispatch.end);
         let dominant =

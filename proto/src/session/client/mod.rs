@@ -295,15 +295,19 @@ impl<T> std::fmt::Debug for ClientSession<T> {
     }
 }
 
-/// Whether a first call of `request` (with `trace`) fits in handshake
-/// message 1 beside the hello ([`ClientSession::with_call`] refuses one
-/// that does not with [`HandshakeError::EarlyDataTooLarge`]); a caller
-/// sends a larger one after the handshake instead.
+/// Whether a first call of `request` (with `trace`) can ride in
+/// handshake message 1 beside the hello: it fits
+/// ([`ClientSession::with_call`] refuses one that does not with
+/// [`HandshakeError::EarlyDataTooLarge`]), and it is no login shell (which
+/// is sent only to an exec-server whose hello answer says it starts them:
+/// an older one would read it as a request with no program). A caller
+/// sends another after the handshake instead.
 ///
 /// [`HandshakeError::EarlyDataTooLarge`]: crate::noise::HandshakeError::EarlyDataTooLarge
 pub fn fits_early(limits: &Limits, request: &ExecRequest, trace: Option<&TraceContext>) -> bool {
-    early_payload(limits, u64::MAX, 1, request, trace)
-        .is_ok_and(|early| early.len() <= crate::noise::MAX_EARLY_DATA)
+    !request.login_shell
+        && early_payload(limits, u64::MAX, 1, request, trace)
+            .is_ok_and(|early| early.len() <= crate::noise::MAX_EARLY_DATA)
 }
 
 /// Message 1's early data: the hello and the first call, framed.
@@ -389,8 +393,9 @@ impl<T> ClientSession<T> {
     /// [`ReplayGuard::check_early`](crate::noise::ReplayGuard::check_early)),
     /// its message 2 says so and the call is sent again, once, over the
     /// session ([`Counters::early_retries`]). The call is checked as
-    /// [`start_call`](Self::start_call) checks it (a login shell is left to
-    /// the exec-server to refuse, as its hello answer is not known yet).
+    /// [`start_call`](Self::start_call) checks it; a login shell is refused
+    /// ([`CallError::NoLoginShell`]: whether the exec-server starts them is
+    /// known only from its hello answer; see [`fits_early`]).
     pub fn with_call(
         key: &StaticKeypair,
         server: &PublicKey,
@@ -408,7 +413,7 @@ impl<T> ClientSession<T> {
         if id == 0 {
             return Err(CallError::StaleCallId(id).into());
         }
-        calls::check_request(&request, true)?;
+        calls::check_request(&request, false)?;
         let sent_unix_nanos = now.unix_nanos();
         let early = early_payload(&limits, sent_unix_nanos, id, &request, trace.as_ref())?;
         let route = server.server_id();
