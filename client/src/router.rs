@@ -502,6 +502,12 @@ impl Router {
                 control,
                 traced,
             } => {
+                // A call whose last event has arrived has nothing to close,
+                // signal or cancel: nothing is sent (or traced after its
+                // dispatch ended).
+                if !self.calls.contains_key(&call_id) {
+                    return;
+                }
                 let mark = Some(self.mark(&traced, now, None));
                 let _ = match control {
                     Control::CloseStdin => machine.close_stdin(call_id, mark, now),
