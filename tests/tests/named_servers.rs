@@ -493,6 +493,9 @@ fn minus_v_says_each_step_on_stderr_and_never_keys_or_the_command() {
             "{err}"
         );
         assert!(has("handshake done"), "{err}");
+        // The early data's outcome and the round trips it cost.
+        assert!(has("early data: ") || has("early-data ticket"), "{err}");
+        assert!(has("round trip(s) before the first event"), "{err}");
         assert!(has("exit status 5"), "{err}");
         // -vv says more: every setting's source, environment by name.
         let vv = flags == ["-vv"];

@@ -711,6 +711,18 @@ async fn exec_with(
         }
     };
     life.dispatched(run.ended_at());
+    if let Some(c) = run.session_counters()
+        && let Some(round_trips) = c.round_trips
+    {
+        v.say(
+            1,
+            format_args!(
+                "session: {round_trips} round trip(s) before the first event, {} flight(s), {} \
+                 retry(ies) after early data was refused",
+                c.flights, c.early_retries
+            ),
+        );
+    }
     match &outcome {
         Outcome::Done(code) => v.say(1, format_args!("exit status {code}")),
         Outcome::Failed(e) => v.say(1, format_args!("failed: exit status {}", e.code)),
