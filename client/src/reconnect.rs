@@ -103,6 +103,7 @@ impl Reconnect {
                 let at = note(router, spans::RELAY_CONNECT, tried.is_some());
                 if let Some(outage) = router.outage.as_mut() {
                     outage.attempts = outage.attempts.saturating_add(1);
+                    outage.dialled(target.url());
                 }
                 if let Some(link) = tried {
                     if let Some(outage) = router.outage.as_mut() {

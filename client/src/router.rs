@@ -185,6 +185,9 @@ pub(crate) struct Outage {
     pub(crate) attempts: u32,
     /// The URL the session came back through.
     pub(crate) via: Option<String>,
+    /// The URL each `relay.connect` phase dialled, in order (at most
+    /// [`PHASES`]).
+    pub(crate) dialled: Vec<String>,
     /// When the new link was opened (its handshake starts).
     pub(crate) opened_at: Option<SystemTime>,
 }
@@ -201,7 +204,15 @@ impl Outage {
             cursor: lost_at,
             attempts: 0,
             via: None,
+            dialled: Vec::new(),
             opened_at: None,
+        }
+    }
+
+    /// A `relay.connect` phase dialled `url`.
+    pub(crate) fn dialled(&mut self, url: &str) {
+        if self.dialled.len() < PHASES {
+            self.dialled.push(url.to_owned());
         }
     }
 
@@ -312,16 +323,23 @@ impl Router {
             .parent
             .with_remote_span_context(span.span_context().clone());
         let mut attempt = 0i64;
+        let mut dialled = outage.dialled.iter();
         for (name, start, stop, ok) in &outage.phases {
             let mut builder = tracer.span_builder(*name).with_start_time(*start);
             if *name == spans::RELAY_CONNECT {
-                // A call to Tunnel/Open, as the first link's.
-                builder = builder
-                    .with_kind(opentelemetry::trace::SpanKind::Client)
-                    .with_attributes(telemetry::semconv::rpc(
+                // A call to Tunnel/Open, as the first link's, at the URL
+                // this attempt dialled.
+                let attributes = match dialled.next() {
+                    Some(url) => crate::connect::connect_attributes(url),
+                    None => telemetry::semconv::rpc(
                         telemetry::semconv::TUNNEL_SERVICE,
                         telemetry::semconv::METHOD_OPEN,
-                    ));
+                    )
+                    .to_vec(),
+                };
+                builder = builder
+                    .with_kind(opentelemetry::trace::SpanKind::Client)
+                    .with_attributes(attributes);
             }
             let mut child = builder.start_with_context(tracer, &cx);
             if *name == spans::SESSION_REATTACH_WAIT {

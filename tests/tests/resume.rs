@@ -206,6 +206,16 @@ fn a_relay_killed_mid_command_costs_a_pause_not_the_command() {
     ] {
         assert!(children.contains(&name), "{name} missing: {children:?}");
     }
+    // Each attempt's relay.connect says what it dialled, as the first
+    // link's does.
+    for connect in trace_check::children(&spans, reattach)
+        .iter()
+        .filter(|s| s.name == spans::RELAY_CONNECT)
+    {
+        for key in ["rpc.system", "rpc.method", "server.address", "server.port"] {
+            assert!(connect.attributes.contains_key(key), "{key}: {connect:?}");
+        }
+    }
     // Nothing of the command's output is in any span.
     for s in &spans {
         for v in s.attributes.values() {
