@@ -90,6 +90,22 @@ struct Route {
     relay: RelayTimings,
 }
 
+impl Route {
+    /// The route of a call whose request is taken for sending at `now`.
+    fn new(sink: mpsc::Sender<Routed>, call: Arc<CallShared>, parent: Context, now: Now) -> Self {
+        Self {
+            sink,
+            call,
+            parent,
+            started: now.wall,
+            left: None,
+            output_chunks: 0,
+            last_chunk: None,
+            relay: RelayTimings::default(),
+        }
+    }
+}
+
 /// A call's relay forwards, bounded: the first toward the exec-server (the
 /// exec request's), the latest toward the client (at the end, the final
 /// event's), and a few others.
@@ -409,19 +425,8 @@ impl Router {
         taken.send_replace(true);
         self.last_start = FIRST_CALL;
         let mark = self.mark(&traced, now, Some(FIRST_CALL));
-        self.calls.insert(
-            FIRST_CALL,
-            Route {
-                sink: events,
-                call,
-                parent: traced.parent,
-                started: now.wall,
-                left: None,
-                output_chunks: 0,
-                last_chunk: None,
-                relay: RelayTimings::default(),
-            },
-        );
+        self.calls
+            .insert(FIRST_CALL, Route::new(events, call, traced.parent, now));
         FirstCall {
             id: FIRST_CALL,
             request,
@@ -460,19 +465,8 @@ impl Router {
                 let mark = self.mark(&traced, now, Some(call_id));
                 match machine.start_call(call_id, request, trace, Some(mark), now) {
                     Ok(()) => {
-                        self.calls.insert(
-                            call_id,
-                            Route {
-                                sink: events,
-                                call,
-                                parent: traced.parent,
-                                started: now.wall,
-                                left: None,
-                                output_chunks: 0,
-                                last_chunk: None,
-                                relay: RelayTimings::default(),
-                            },
-                        );
+                        self.calls
+                            .insert(call_id, Route::new(events, call, traced.parent, now));
                     }
                     // The call ends before it began; its caller is told.
                     Err(e) => {

@@ -358,7 +358,13 @@ impl<T> ClientSession<T> {
             ClientHandshake::start(key, server, route.as_bytes(), now.wall, limits.noise)?;
         let mut link = Link::new(limits, now);
         link.send_clear(handshake_frame(msg1));
-        Ok(Self {
+        Ok(Self::handshaking(link, hs, limits, now))
+    }
+
+    /// A session whose message 1 is queued on `link`, waiting for message
+    /// 2, with no call yet.
+    fn handshaking(link: Link<T>, hs: ClientHandshake, limits: Limits, now: Now) -> Self {
+        Self {
             link,
             state: State::Handshaking { hs: Box::new(hs) },
             deadline: Some(now.at + limits.handshake_timeout),
@@ -383,7 +389,7 @@ impl<T> ClientSession<T> {
             early: None,
             orphaned: 0,
             abandoning: false,
-        })
+        }
     }
 
     /// Starts a session whose first call rides with the hello in
@@ -443,8 +449,8 @@ impl<T> ClientSession<T> {
         } else {
             Stdin::Null
         };
-        let mut calls = HashMap::new();
-        calls.insert(
+        let mut session = Self::handshaking(link, hs, limits, now);
+        session.calls.insert(
             id,
             Call {
                 next_seq: 0,
@@ -459,38 +465,17 @@ impl<T> ClientSession<T> {
                 received: (0, 0),
             },
         );
-        Ok(Self {
-            link,
-            state: State::Handshaking { hs: Box::new(hs) },
-            deadline: Some(now.at + limits.handshake_timeout),
-            calls,
-            next_call: id + 1,
-            max_calls: limits.max_calls,
-            stdin_window: 0,
-            output_window: 0,
-            login_shell: false,
-            stdin_queued: 0,
-            events: Events::default(),
-            clock: Estimate::default(),
-            pings: VecDeque::new(),
-            last_nonce: 0,
-            resumable: None,
-            detached: false,
-            final_acks: Vec::new(),
-            counters: Counters::default(),
-            answered: true,
-            first_call: Some(id),
-            first_flight: Some(1),
-            early: Some(Early {
-                id,
-                request,
-                trace,
-                hop,
-                sent_unix_nanos,
-            }),
-            orphaned: 0,
-            abandoning: false,
-        })
+        session.next_call = id + 1;
+        session.first_call = Some(id);
+        session.first_flight = Some(1);
+        session.early = Some(Early {
+            id,
+            request,
+            trace,
+            hop,
+            sent_unix_nanos,
+        });
+        Ok(session)
     }
 
     /// The flight the next frame sent belongs to: a new one if something
