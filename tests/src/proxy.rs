@@ -104,12 +104,13 @@ pub struct Replayed {
 
 /// Opens a session to the relay at `relay` for `server_id` and sends
 /// `frames` (a recorded client's) on it, reading what comes back until
-/// the stream ends or `within` has passed.
+/// the stream ends, `within` has passed, or (with `until_answer`) the
+/// exec-server's handshake answer has come.
 pub async fn replay(
     relay: &str,
     server_id: &str,
     frames: Vec<Frame>,
-    within: std::time::Duration,
+    (within, until_answer): (std::time::Duration, bool),
 ) -> Result<Replayed> {
     let channel = tonic::transport::Endpoint::from_shared(relay.to_owned())
         .map_err(|e| FixtureError::start("the replay's channel", e))?
@@ -135,7 +136,12 @@ pub async fn replay(
         loop {
             match inbound.message().await {
                 Ok(Some(f)) => match FrameKind::try_from(f.kind) {
-                    Ok(FrameKind::Handshake) => got.handshakes += 1,
+                    Ok(FrameKind::Handshake) => {
+                        got.handshakes += 1;
+                        if until_answer {
+                            return;
+                        }
+                    }
                     Ok(FrameKind::Data) => got.data += 1,
                     Ok(FrameKind::Close) => {
                         got.closes += 1;

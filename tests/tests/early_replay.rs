@@ -17,8 +17,11 @@ use integration_tests::binaries::{self, ProcStack};
 use integration_tests::proxy::{self, Behaviour, Recording, Replayed};
 use link_emulator::{Config, Emulator};
 
-/// How long a replay waits for the exec-server's answers.
+/// How long a replay reads what comes back (a refused replay gets no
+/// answer at all: the whole time is waited).
 const REPLAY_WAIT: Duration = Duration::from_secs(5);
+/// The bound on waiting for an answer that must come (it ends the wait).
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `sh -c 'echo run >> FILE'` through `url` with the CLI; returns the
 /// session counters' `early_retries` from its trace.
@@ -58,7 +61,7 @@ async fn replay_all(stack: &ProcStack, recording: &Recording) -> Vec<Replayed> {
     let mut got = Vec::new();
     for (server, frames) in recording.sessions() {
         got.push(
-            proxy::replay(&stack.relay_url, &server, frames, REPLAY_WAIT)
+            proxy::replay(&stack.relay_url, &server, frames, (REPLAY_WAIT, false))
                 .await
                 .unwrap(),
         );
@@ -111,9 +114,14 @@ async fn a_recorded_session_replayed_before_and_after_a_restart_never_runs_its_c
     // outright (a replay), not even answered.
     let (server, frames) = recorded[1].clone();
     let msg1 = vec![frames[0].clone()];
-    let got = proxy::replay(&stack.relay_url, &server, msg1.clone(), REPLAY_WAIT)
-        .await
-        .unwrap();
+    let got = proxy::replay(
+        &stack.relay_url,
+        &server,
+        msg1.clone(),
+        (REPLAY_WAIT, false),
+    )
+    .await
+    .unwrap();
     assert_eq!(got.handshakes, 0, "{got:?}");
     assert_eq!(lines(&file), 2);
 
@@ -122,7 +130,7 @@ async fn a_recorded_session_replayed_before_and_after_a_restart_never_runs_its_c
     // answered (message 2: "again after the handshake", which a recording
     // cannot do): its command does not run.
     stack.restart_server(&[], 1).unwrap();
-    let got = proxy::replay(&stack.relay_url, &server, msg1.clone(), REPLAY_WAIT)
+    let got = proxy::replay(&stack.relay_url, &server, msg1.clone(), (ANSWER_WAIT, true))
         .await
         .unwrap();
     assert_eq!(
@@ -135,7 +143,7 @@ async fn a_recorded_session_replayed_before_and_after_a_restart_never_runs_its_c
         let got = replay_all(&stack, &recording).await;
         assert_eq!(lines(&file), 2, "after the restart, round {round}: {got:?}");
     }
-    let got = proxy::replay(&stack.relay_url, &server, msg1, REPLAY_WAIT)
+    let got = proxy::replay(&stack.relay_url, &server, msg1, (REPLAY_WAIT, false))
         .await
         .unwrap();
     assert_eq!(got.handshakes, 0, "a replay once more: {got:?}");
