@@ -1040,6 +1040,9 @@ impl Endpoint<Machine> for Runner {
                 tracing::debug!(error = %error, "the session's link broke");
             }
             ServerEvent::Resume { token } => self.resume = Some(token),
+            // This endpoint's hello answer offers no forwarding
+            // (`span_batch_max` 0), so the machine hands none up.
+            ServerEvent::Spans(_) => {}
             // The endpoint kept its tombstone (see `park`).
             ServerEvent::Expired { .. } => self.expire(),
             ServerEvent::Ended(end) => {

@@ -138,6 +138,7 @@ fn handshake_and_envelopes_both_ways() {
             resume_token: Default::default(),
             login_shell: false,
             early_ticket: Default::default(),
+            span_batch_max: 0,
         })),
         ..Default::default()
     };

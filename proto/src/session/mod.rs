@@ -64,12 +64,14 @@ mod tests;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{
-    Abandonment, CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError, Ready,
-    ReattachError, fits_early,
+    Abandonment, CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError,
+    ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, Ready, ReattachError, SpanCounts,
+    fits_early,
 };
 pub use error::{CallError, SessionError, Stage, Violation};
 pub use server::{
-    ABANDONED, Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, Tombstone,
+    ABANDONED, Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, SpanBatch,
+    Tombstone,
 };
 
 use crate::noise::SessionConfig;

@@ -110,6 +110,8 @@ impl<T> ClientSession<T> {
             if self.resumable.is_some() {
                 self.final_acks.push((call_id, seq));
             }
+            // The call's own spans go after its final event.
+            self.release_spans(call_id, now);
         }
         if !forgotten {
             self.events.push(ClientEvent::Call(CallEvent {

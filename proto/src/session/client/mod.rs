@@ -3,8 +3,10 @@
 //! the session's end; its call table is in `calls`.
 
 mod calls;
+mod forward;
 mod resume;
 
+pub use forward::{ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, SpanCounts};
 pub use resume::{Abandonment, ReattachError};
 
 use std::collections::{HashMap, VecDeque};
@@ -283,6 +285,8 @@ pub struct ClientSession<T> {
     orphaned: usize,
     /// This machine only gives a session up ([`ClientSession::abandon`]).
     abandoning: bool,
+    /// The client's spans forwarded to the exec-server.
+    forwarding: forward::Forwarding,
 }
 
 impl<T> std::fmt::Debug for ClientSession<T> {
@@ -389,6 +393,7 @@ impl<T> ClientSession<T> {
             early: None,
             orphaned: 0,
             abandoning: false,
+            forwarding: forward::Forwarding::default(),
         }
     }
 
@@ -645,6 +650,7 @@ impl<T> ClientSession<T> {
                 }
                 self.stdin_window = ack.stdin_window;
                 self.login_shell = ack.login_shell;
+                self.forwarding.max = ack.span_batch_max;
                 // The exec-server may not ask for more than we offered.
                 self.output_window =
                     output::negotiate(ack.output_window, self.link.limits.output_window);
@@ -707,6 +713,9 @@ impl<T> ClientSession<T> {
             ),
             Some(Body::OutputAck(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "output acknowledgement",
+            ))),
+            Some(Body::Spans(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "forwarded spans",
             ))),
             None => Err(SessionError::Protocol(Violation::EmptyMessage)),
         }
@@ -936,6 +945,7 @@ impl<T> ClientSession<T> {
                 self.orphaned = self.calls.len();
             }
             self.calls.clear();
+            self.drop_held_spans();
             self.stdin_queued = 0;
             self.pings.clear();
             self.events.end(ClientEvent::Ended(end));

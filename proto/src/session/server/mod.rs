@@ -58,6 +58,9 @@ pub struct Acceptor {
     /// Whether the endpoint starts login shells (`ExecRequest.login_shell`);
     /// the hello answer says so, and a request for one is refused without.
     pub login_shell: bool,
+    /// The most bytes of one batch of a client's forwarded spans the
+    /// endpoint takes (the hello answer says so); 0: it takes none.
+    pub span_batch_max: u32,
 }
 
 impl Acceptor {
@@ -76,6 +79,7 @@ impl Acceptor {
             replay: Mutex::new(ReplayGuard::default()),
             version: env!("CARGO_PKG_VERSION").into(),
             login_shell: true,
+            span_batch_max: 0,
         }
     }
 }
@@ -183,6 +187,9 @@ pub enum ServerEvent {
         /// The session's token.
         token: bytes::Bytes,
     },
+    /// A batch of the client's own spans to export for it (only after the
+    /// hello, so from an authenticated client; within the batch limit).
+    Spans(SpanBatch),
     /// A session whose link broke was not resumed within its grace
     /// ([`Limits::resume_grace`]): it is over, every call's process should
     /// end, and `tombstone` is what a client that comes back late is told
@@ -194,6 +201,19 @@ pub enum ServerEvent {
     /// The session is over: every call's process should end. The last
     /// event.
     Ended(Result<Closed, SessionError>),
+}
+
+/// A client's forwarded spans ([`ServerEvent::Spans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanBatch {
+    /// The call they belong to.
+    pub call_id: u64,
+    /// An encoded OTLP `TracesData`, as the client sent it (unchecked).
+    pub traces: Bytes,
+    /// Spans in it, as the client says.
+    pub spans: u32,
+    /// Spans the client says it dropped since its last batch.
+    pub dropped: u32,
 }
 
 /// What [`ServerSession::push`] queued.
@@ -278,6 +298,8 @@ pub struct ServerSession<T> {
     /// events (oldest first, as many as calls at most): what a resume
     /// tells the client of them.
     trimmed: VecDeque<(u64, Account)>,
+    /// Spans of forwarded batches refused (over the limit, or not taken).
+    spans_refused: u64,
     events: Events<ServerEvent>,
 }
 
@@ -312,6 +334,7 @@ impl<T> ServerSession<T> {
             early: None,
             early_answer: None,
             trimmed: VecDeque::new(),
+            spans_refused: 0,
             events: Events::default(),
         }
     }
@@ -336,6 +359,12 @@ impl<T> ServerSession<T> {
     /// Bytes queued to send and not yet handed to the link.
     pub fn backlog(&self) -> usize {
         self.link.backlog()
+    }
+
+    /// Spans of forwarded batches refused (over the limit the hello answer
+    /// gave, or sent when it offered none).
+    pub fn spans_refused(&self) -> u64 {
+        self.spans_refused
     }
 
     /// Calls running on the session.
@@ -455,6 +484,7 @@ impl<T> ServerSession<T> {
                     output_window: self.output_window,
                     resume_token: self.offer_resume(),
                     login_shell: self.acceptor.login_shell,
+                    span_batch_max: self.acceptor.span_batch_max,
                     early_ticket: self
                         .acceptor
                         .replay
@@ -517,6 +547,21 @@ impl<T> ServerSession<T> {
                 Ok(())
             }
             Body::Exec(request) => self.exec(call_id, request, trace, received, now),
+            Body::Spans(batch) => {
+                let max = self.acceptor.span_batch_max as usize;
+                if max == 0 || batch.traces.len() > max {
+                    // Not what the hello answer offered: dropped, counted.
+                    self.spans_refused += u64::from(batch.spans.max(1));
+                } else {
+                    self.events.push(ServerEvent::Spans(SpanBatch {
+                        call_id,
+                        traces: batch.traces,
+                        spans: batch.spans,
+                        dropped: batch.dropped,
+                    }));
+                }
+                Ok(())
+            }
             Body::Stdin(d) => {
                 if self.stdin_open(call_id)? {
                     let window = self.link.limits.stdin_window;

@@ -21,6 +21,7 @@ mod calls;
 mod counters;
 mod early;
 mod ending;
+mod forward;
 mod hostile;
 mod login_shell;
 mod output;
