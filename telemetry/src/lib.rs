@@ -26,6 +26,9 @@
 //! - [`semconv`]: the OpenTelemetry semantic-convention attribute names
 //!   (`rpc.*`, `server.*`, `error.type`, `service.version`), pinned to one
 //!   version.
+//! - [`forward`]: a client's own spans forwarded through its session to
+//!   the exec-server, which exports them (collected per trace on the
+//!   client with feature `forward`; exported with feature `export`).
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
@@ -46,6 +49,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod carriers;
+pub mod forward;
 pub mod framing;
 pub mod hops;
 pub mod host;

@@ -36,7 +36,7 @@
 //! that is down delays an exit by at most that bound and never fails it.
 
 mod http;
-mod reported;
+pub(crate) mod reported;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -616,7 +616,7 @@ pub fn base_builder(service: String) -> TracerProviderBuilder {
 
 /// Why an OTLP exporter cannot be built.
 #[derive(Debug, thiserror::Error)]
-enum ExporterError {
+pub(crate) enum ExporterError {
     #[error(transparent)]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error(transparent)]
@@ -643,7 +643,7 @@ fn export_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
 
 /// The exporter for `target`. Headers, timeout and compression come from
 /// the environment, read by the exporter itself.
-fn otlp_exporter(
+pub(crate) fn otlp_exporter(
     target: &OtlpTarget,
     retry: bool,
 ) -> Result<opentelemetry_otlp::SpanExporter, ExporterError> {

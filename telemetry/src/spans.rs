@@ -132,6 +132,11 @@ pub const ATTR_SESSION_EARLY_RETRIES: &str = "rex.session.early_retries";
 /// the call's path.
 pub const ATTR_SESSION_EARLY_DATA: &str = "rex.session.early_data";
 
+/// On the resource of a client's spans that its exec-server exported for
+/// it (forwarded through the session): the client key's id. A client's own
+/// value is replaced.
+pub const FORWARDED_FOR: &str = "rex.forwarded_for";
+
 /// The spans that are roots of their own, never part of a command's
 /// trace: background persistence and the session- and link-level spans.
 pub const BACKGROUND: &[&str] = &[

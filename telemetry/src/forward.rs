@@ -1,0 +1,50 @@
+//! A client's own spans forwarded through its session to the exec-server,
+//! which exports them with its exporter (docs/tracing.md, Forwarding).
+//!
+//! - [`SpanSource`]: where a client takes the finished spans of a call's
+//!   trace from, encoded as OTLP `TracesData` batches; API only, so the
+//!   client library names it without the SDK.
+//! - `collect` (feature `forward`): [`SpanCollector`], a span processor
+//!   that keeps the finished spans of each trace (bounded) until a call
+//!   takes them.
+//! - `export` (feature `export`): [`Forwarder`], the exec-server's side:
+//!   batches decoded, checked, marked as forwarded for the client's key and
+//!   exported, within per-key and total rate limits.
+
+#[cfg(feature = "forward")]
+mod collect;
+#[cfg(feature = "export")]
+mod export;
+
+#[cfg(feature = "forward")]
+pub use collect::{SpanCollector, SpanCollectorProcessor};
+#[cfg(feature = "export")]
+pub use export::{ForwardCounts, ForwardLimits, Forwarder, Offered};
+
+use opentelemetry::trace::TraceId;
+
+/// One batch of spans to forward: an encoded OTLP `TracesData`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The encoded message.
+    pub traces: Vec<u8>,
+    /// Spans in it.
+    pub spans: u32,
+}
+
+/// What [`SpanSource::take`] found for a trace.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// Batches of at most the asked size, in the order the spans ended.
+    pub batches: Vec<Batch>,
+    /// Spans of the trace that fit no batch (one span alone over the size),
+    /// or that the source could not keep: not forwarded.
+    pub dropped: u32,
+}
+
+/// Where a client takes its finished spans of a call from.
+pub trait SpanSource: Send + Sync + std::fmt::Debug {
+    /// Takes the spans of `trace_id` that have ended so far (each is handed
+    /// out once), as batches of at most `max_bytes` each.
+    fn take(&self, trace_id: TraceId, max_bytes: usize) -> Taken;
+}

@@ -1,0 +1,679 @@
+//! The exec-server's side: a client's forwarded batches decoded, checked,
+//! marked as forwarded for the client's key and exported with the
+//! exec-server's own OTLP exporter, keeping the client's resource, scopes
+//! and timestamps. Bounded: per-key and total rates of spans and bytes
+//! (token buckets), a queue of batches waiting for export; what does not
+//! fit is dropped and counted, with one warning per process.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData, span, status};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use crate::setup::OtlpTarget;
+use crate::spans;
+
+/// Bounds on what an exec-server takes of its clients' spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardLimits {
+    /// The most bytes of one batch (announced in the hello answer).
+    pub batch_bytes: u32,
+    /// Spans per second one client key may forward (its bucket holds 4 s
+    /// worth).
+    pub key_spans_per_sec: u32,
+    /// Spans per second all clients together may forward (4 s worth held).
+    pub total_spans_per_sec: u32,
+    /// Bytes per second all clients together may forward (4 s held).
+    pub total_bytes_per_sec: u32,
+    /// Batches waiting for export, at most.
+    pub queue: usize,
+    /// Client keys whose buckets are remembered, at most.
+    pub keys: usize,
+}
+
+impl Default for ForwardLimits {
+    fn default() -> Self {
+        Self {
+            batch_bytes: 256 * 1024,
+            key_spans_per_sec: 500,
+            total_spans_per_sec: 5_000,
+            total_bytes_per_sec: 4 * 1024 * 1024,
+            queue: 64,
+            keys: 4096,
+        }
+    }
+}
+
+/// How long a bucket's worth of rate is.
+const BURST: Duration = Duration::from_secs(4);
+
+/// What became of an offered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued for export.
+    Queued,
+    /// Dropped: over the client key's rate.
+    KeyRate,
+    /// Dropped: over the total rate.
+    TotalRate,
+    /// Dropped: the export queue is full.
+    QueueFull,
+}
+
+/// Spans forwarded and dropped since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardCounts {
+    /// Spans handed to the exporter.
+    pub exported: u64,
+    /// Spans dropped here (rates, queue, undecodable batches, resources
+    /// that claim to be a service of ours, a failed export).
+    pub dropped: u64,
+    /// Spans the clients said they dropped themselves.
+    pub dropped_by_clients: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    exported: AtomicU64,
+    dropped: AtomicU64,
+    dropped_by_clients: AtomicU64,
+    warned: AtomicBool,
+}
+
+impl Counts {
+    fn drop_spans(&self, n: u64, why: &str) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "forwarded client spans are dropped ({why}); later drops are counted, not said"
+            );
+        }
+    }
+}
+
+/// A token bucket on a caller's clock.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(rate) * BURST.as_secs_f64(),
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: u32, now: Instant) {
+        let cap = f64::from(rate) * BURST.as_secs_f64();
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * f64::from(rate)).min(cap);
+        self.at = self.at.max(now);
+    }
+
+    fn has(&self, n: f64) -> bool {
+        self.tokens >= n
+    }
+}
+
+#[derive(Debug)]
+struct Buckets {
+    keys: HashMap<String, Bucket>,
+    spans: Bucket,
+    bytes: Bucket,
+}
+
+/// A batch waiting for export.
+#[derive(Debug)]
+struct Job {
+    traces: Vec<u8>,
+    spans: u32,
+    client: String,
+}
+
+/// The exec-server's forwarding of its clients' spans: [`offer`] from the
+/// session, export on a task of the runtime it was started on.
+///
+/// [`offer`]: Forwarder::offer
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    tx: mpsc::Sender<Job>,
+    limits: ForwardLimits,
+    buckets: Arc<Mutex<Buckets>>,
+    counts: Arc<Counts>,
+}
+
+/// Why forwarding cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("forwarding client spans to {endpoint}: {reason}")]
+pub struct ForwardError {
+    endpoint: String,
+    reason: String,
+}
+
+impl Forwarder {
+    /// Starts exporting forwarded batches to `target` on the current Tokio
+    /// runtime. `own` are the service names a client's resource may not
+    /// claim (the exec-server's and the relay's).
+    pub fn start(
+        target: &OtlpTarget,
+        limits: ForwardLimits,
+        own: Vec<String>,
+    ) -> Result<Self, ForwardError> {
+        let exporter = crate::setup::otlp_exporter(target, true).map_err(|e| ForwardError {
+            endpoint: target.endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+        let exporter = crate::setup::reported::Reported::new(exporter, target.endpoint.clone());
+        Ok(Self::with_exporter(exporter, limits, own))
+    }
+
+    /// [`start`](Self::start) with any exporter (tests).
+    pub fn with_exporter<E: SpanExporter + 'static>(
+        exporter: E,
+        limits: ForwardLimits,
+        own: Vec<String>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(limits.queue.max(1));
+        let counts = Arc::new(Counts::default());
+        tokio::spawn(run(exporter, rx, own, Arc::clone(&counts)));
+        let now = Instant::now();
+        Self {
+            tx,
+            limits,
+            buckets: Arc::new(Mutex::new(Buckets {
+                keys: HashMap::new(),
+                spans: Bucket::full(limits.total_spans_per_sec, now),
+                bytes: Bucket::full(limits.total_bytes_per_sec, now),
+            })),
+            counts,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> ForwardLimits {
+        self.limits
+    }
+
+    /// Spans exported and dropped so far.
+    pub fn counts(&self) -> ForwardCounts {
+        ForwardCounts {
+            exported: self.counts.exported.load(Ordering::Relaxed),
+            dropped: self.counts.dropped.load(Ordering::Relaxed),
+            dropped_by_clients: self.counts.dropped_by_clients.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Offers a batch from the client whose key id is `client`, at `now`:
+    /// queued for export if within the rates and the queue, else dropped
+    /// and counted. Never waits. `dropped` is what the client says it
+    /// dropped itself.
+    pub fn offer(
+        &self,
+        client: &str,
+        traces: Vec<u8>,
+        spans: u32,
+        dropped: u32,
+        now: Instant,
+    ) -> Offered {
+        let counts = &self.counts;
+        counts
+            .dropped_by_clients
+            .fetch_add(u64::from(dropped), Ordering::Relaxed);
+        let n = f64::from(spans.max(1));
+        let bytes = traces.len() as f64;
+        let l = &self.limits;
+        let verdict = {
+            let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+            b.spans.refill(l.total_spans_per_sec, now);
+            b.bytes.refill(l.total_bytes_per_sec, now);
+            if !b.keys.contains_key(client) && b.keys.len() >= l.keys {
+                // Forget the keys whose buckets are full again: they are
+                // where a new one would start.
+                let rate = l.key_spans_per_sec;
+                b.keys.retain(|_, k| {
+                    k.refill(rate, now);
+                    !k.has(f64::from(rate) * BURST.as_secs_f64())
+                });
+            }
+            let Buckets {
+                keys,
+                spans: total,
+                bytes: total_bytes,
+            } = &mut *b;
+            if !keys.contains_key(client) && keys.len() >= l.keys {
+                Offered::KeyRate
+            } else {
+                let key = keys
+                    .entry(client.to_owned())
+                    .or_insert_with(|| Bucket::full(l.key_spans_per_sec, now));
+                key.refill(l.key_spans_per_sec, now);
+                if !key.has(n) {
+                    Offered::KeyRate
+                } else if !total.has(n) || !total_bytes.has(bytes) {
+                    Offered::TotalRate
+                } else {
+                    key.tokens -= n;
+                    total.tokens -= n;
+                    total_bytes.tokens -= bytes;
+                    Offered::Queued
+                }
+            }
+        };
+        let verdict = match verdict {
+            Offered::Queued => {
+                let job = Job {
+                    traces,
+                    spans,
+                    client: client.to_owned(),
+                };
+                match self.tx.try_send(job) {
+                    Ok(()) => Offered::Queued,
+                    Err(_) => Offered::QueueFull,
+                }
+            }
+            other => other,
+        };
+        match verdict {
+            Offered::Queued => {}
+            Offered::KeyRate => counts.drop_spans(u64::from(spans), "a client key over its rate"),
+            Offered::TotalRate => counts.drop_spans(u64::from(spans), "over the total rate"),
+            Offered::QueueFull => counts.drop_spans(u64::from(spans), "the export queue is full"),
+        }
+        verdict
+    }
+}
+
+/// Exports batches one at a time until every sender has gone.
+async fn run<E: SpanExporter>(
+    mut exporter: E,
+    mut rx: mpsc::Receiver<Job>,
+    own: Vec<String>,
+    counts: Arc<Counts>,
+) {
+    while let Some(job) = rx.recv().await {
+        let Ok(data) = TracesData::decode(job.traces.as_slice()) else {
+            counts.drop_spans(u64::from(job.spans), "a batch that is not OTLP");
+            continue;
+        };
+        for rs in data.resource_spans {
+            let Some((resource, spans)) = convert(rs, &job.client, &own) else {
+                continue;
+            };
+            let n = spans.len() as u64;
+            match resource {
+                Err(claimed) => {
+                    counts.drop_spans(n, "a resource that claims to be a service of ours");
+                    tracing::debug!(service = %claimed, "forwarded spans refused");
+                }
+                Ok(resource) => {
+                    exporter.set_resource(&resource);
+                    match exporter.export(spans).await {
+                        Ok(()) => {
+                            counts.exported.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(_) => counts.drop_spans(n, "the export failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A resource's spans as the SDK's, with the resource marked as forwarded
+/// for `client`; `Err` with the name if it claims one of `own`.
+#[allow(clippy::type_complexity)]
+fn convert(
+    rs: ResourceSpans,
+    client: &str,
+    own: &[String],
+) -> Option<(Result<Resource, String>, Vec<SpanData>)> {
+    let mut attributes: Vec<KeyValue> = rs
+        .resource
+        .map(|r| r.attributes)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(key_value)
+        .filter(|kv| !kv.key.as_str().starts_with(spans::FORWARDED_FOR))
+        .collect();
+    let service = attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "service.name")
+        .map(|kv| kv.value.as_str().into_owned());
+    attributes.push(KeyValue::new(spans::FORWARDED_FOR, client.to_owned()));
+    let mut builder = Resource::builder_empty().with_attributes(attributes);
+    if !rs.schema_url.is_empty() {
+        builder = builder.with_schema_url([], rs.schema_url);
+    }
+    let resource = match service {
+        Some(name) if own.contains(&name) => Err(name),
+        _ => Ok(builder.build()),
+    };
+    let mut out = Vec::new();
+    for ss in rs.scope_spans {
+        let scope = ss.scope.map_or_else(
+            || InstrumentationScope::builder("").build(),
+            |s| {
+                let mut b = InstrumentationScope::builder(s.name);
+                if !s.version.is_empty() {
+                    b = b.with_version(s.version);
+                }
+                b.build()
+            },
+        );
+        for s in ss.spans {
+            if let Some(span) = span_data(s, &scope) {
+                out.push(span);
+            }
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some((resource, out))
+}
+
+fn trace_id(bytes: &[u8]) -> Option<TraceId> {
+    Some(TraceId::from_bytes(bytes.try_into().ok()?))
+}
+
+fn span_id(bytes: &[u8]) -> Option<SpanId> {
+    Some(SpanId::from_bytes(bytes.try_into().ok()?))
+}
+
+fn time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+fn context(trace: &[u8], span: &[u8], state: &str) -> Option<SpanContext> {
+    let state = TraceState::from_key_value(
+        state
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())),
+    )
+    .unwrap_or_default();
+    Some(SpanContext::new(
+        trace_id(trace)?,
+        span_id(span)?,
+        TraceFlags::SAMPLED,
+        true,
+        state,
+    ))
+}
+
+fn span_data(
+    s: opentelemetry_proto::tonic::trace::v1::Span,
+    scope: &InstrumentationScope,
+) -> Option<SpanData> {
+    let span_context = context(&s.trace_id, &s.span_id, &s.trace_state)?;
+    let parent_span_id = if s.parent_span_id.is_empty() {
+        SpanId::INVALID
+    } else {
+        span_id(&s.parent_span_id)?
+    };
+    let span_kind = match span::SpanKind::try_from(s.kind) {
+        Ok(span::SpanKind::Server) => SpanKind::Server,
+        Ok(span::SpanKind::Client) => SpanKind::Client,
+        Ok(span::SpanKind::Producer) => SpanKind::Producer,
+        Ok(span::SpanKind::Consumer) => SpanKind::Consumer,
+        _ => SpanKind::Internal,
+    };
+    let status = match s.status {
+        Some(st) if st.code == status::StatusCode::Error as i32 => Status::error(st.message),
+        Some(st) if st.code == status::StatusCode::Ok as i32 => Status::Ok,
+        _ => Status::Unset,
+    };
+    let events = s
+        .events
+        .into_iter()
+        .map(|e| {
+            Event::new(
+                e.name,
+                time(e.time_unix_nano),
+                e.attributes.into_iter().filter_map(key_value).collect(),
+                e.dropped_attributes_count,
+            )
+        })
+        .collect();
+    let links = s
+        .links
+        .into_iter()
+        .filter_map(|l| {
+            Some(Link::new(
+                context(&l.trace_id, &l.span_id, &l.trace_state)?,
+                l.attributes.into_iter().filter_map(key_value).collect(),
+                l.dropped_attributes_count,
+            ))
+        })
+        .collect();
+    let mut span_events = SpanEvents::default();
+    span_events.events = events;
+    span_events.dropped_count = s.dropped_events_count;
+    let mut span_links = SpanLinks::default();
+    span_links.links = links;
+    span_links.dropped_count = s.dropped_links_count;
+    Some(SpanData {
+        span_context,
+        parent_span_id,
+        parent_span_is_remote: false,
+        span_kind,
+        name: Cow::Owned(s.name),
+        start_time: time(s.start_time_unix_nano),
+        end_time: time(s.end_time_unix_nano),
+        attributes: s.attributes.into_iter().filter_map(key_value).collect(),
+        dropped_attributes_count: s.dropped_attributes_count,
+        events: span_events,
+        links: span_links,
+        status,
+        instrumentation_scope: scope.clone(),
+    })
+}
+
+fn key_value(kv: opentelemetry_proto::tonic::common::v1::KeyValue) -> Option<KeyValue> {
+    Some(KeyValue::new(kv.key, value(kv.value?)?))
+}
+
+fn value(v: AnyValue) -> Option<Value> {
+    use opentelemetry::{Array, StringValue};
+    Some(match v.value? {
+        any_value::Value::StringValue(s) => Value::String(s.into()),
+        any_value::Value::BoolValue(b) => Value::Bool(b),
+        any_value::Value::IntValue(i) => Value::I64(i),
+        any_value::Value::DoubleValue(d) => Value::F64(d),
+        any_value::Value::ArrayValue(a) => {
+            let items: Vec<any_value::Value> =
+                a.values.into_iter().filter_map(|v| v.value).collect();
+            if items
+                .iter()
+                .all(|i| matches!(i, any_value::Value::StringValue(_)))
+            {
+                Value::Array(Array::String(
+                    items
+                        .into_iter()
+                        .filter_map(|i| match i {
+                            any_value::Value::StringValue(s) => Some(StringValue::from(s)),
+                            _ => None,
+                        })
+                        .collect(),
+                ))
+            } else if items
+                .iter()
+                .all(|i| matches!(i, any_value::Value::IntValue(_)))
+            {
+                Value::Array(Array::I64(
+                    items
+                        .into_iter()
+                        .filter_map(|i| match i {
+                            any_value::Value::IntValue(n) => Some(n),
+                            _ => None,
+                        })
+                        .collect(),
+                ))
+            } else {
+                return None;
+            }
+        }
+        // Maps and bytes: not made by the SDK's attributes.
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::{SpanCollector, SpanSource as _};
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+    /// An in-memory exporter that records each batch's resource too.
+    #[derive(Debug, Clone, Default)]
+    struct Recording {
+        inner: InMemorySpanExporter,
+        resources: Arc<Mutex<Vec<Resource>>>,
+        current: Option<Resource>,
+    }
+
+    impl SpanExporter for Recording {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            if let Some(r) = &self.current {
+                self.resources.lock().unwrap().push(r.clone());
+            }
+            self.inner.export(batch).await
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.current = Some(resource.clone());
+        }
+    }
+
+    /// One client trace of `n` spans, encoded, as a client would send it.
+    fn client_batch(service: &str, n: usize) -> (TraceId, Vec<u8>) {
+        let collector = SpanCollector::default();
+        let provider = crate::setup::base_builder(service.into())
+            .with_span_processor(collector.processor())
+            .build();
+        let tracer = provider.tracer("core-client");
+        let trace = tracer.in_span("cli.run", |cx| {
+            for _ in 1..n {
+                let mut s = tracer.start("tool.dispatch");
+                use opentelemetry::trace::Span as _;
+                s.set_attribute(KeyValue::new("rex.clock_offset_ns", 42i64));
+            }
+            cx.span().span_context().trace_id()
+        });
+        let taken = collector.take(trace, usize::MAX);
+        (trace, taken.batches[0].traces.clone())
+    }
+
+    async fn settle(f: &Forwarder, want: u64) {
+        for _ in 0..6000 {
+            let c = f.counts();
+            if c.exported + c.dropped >= want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn own() -> Vec<String> {
+        vec!["exec-server".into(), "relay".into()]
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_exported_with_its_resource_marked_for_the_client() {
+        let exporter = Recording::default();
+        let f = Forwarder::with_exporter(exporter.clone(), ForwardLimits::default(), own());
+        let (trace, bytes) = client_batch("core-client", 3);
+        assert_eq!(
+            f.offer("key1", bytes, 3, 2, Instant::now()),
+            Offered::Queued
+        );
+        settle(&f, 3).await;
+        assert_eq!(
+            f.counts(),
+            ForwardCounts {
+                exported: 3,
+                dropped: 0,
+                dropped_by_clients: 2
+            }
+        );
+        let spans = exporter.inner.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 3);
+        assert!(spans.iter().all(|s| s.span_context.trace_id() == trace));
+        let dispatch = spans.iter().find(|s| s.name == "tool.dispatch").unwrap();
+        assert!(
+            dispatch
+                .attributes
+                .contains(&KeyValue::new("rex.clock_offset_ns", 42i64))
+        );
+        let root = spans.iter().find(|s| s.name == "cli.run").unwrap();
+        assert!(root.start_time <= dispatch.start_time);
+        let resources = exporter.resources.lock().unwrap();
+        let r = &resources[0];
+        assert_eq!(
+            r.get(&opentelemetry::Key::new("service.name")),
+            Some(Value::from("core-client"))
+        );
+        assert_eq!(
+            r.get(&opentelemetry::Key::new(spans::FORWARDED_FOR)),
+            Some(Value::from("key1"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_cannot_claim_to_be_the_exec_server_or_the_relay() {
+        let exporter = Recording::default();
+        let f = Forwarder::with_exporter(exporter.clone(), ForwardLimits::default(), own());
+        for service in ["exec-server", "relay"] {
+            let (_, bytes) = client_batch(service, 2);
+            assert_eq!(f.offer("k", bytes, 2, 0, Instant::now()), Offered::Queued);
+        }
+        assert_eq!(
+            f.offer("k", vec![0xff; 8], 1, 0, Instant::now()),
+            Offered::Queued
+        );
+        settle(&f, 5).await;
+        assert_eq!(f.counts().exported, 0);
+        assert_eq!(f.counts().dropped, 5);
+        assert!(exporter.inner.get_finished_spans().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rates_per_key_and_in_all_drop_with_a_count() {
+        let exporter = Recording::default();
+        let limits = ForwardLimits {
+            key_spans_per_sec: 1,
+            total_spans_per_sec: 2,
+            ..ForwardLimits::default()
+        };
+        let f = Forwarder::with_exporter(exporter.clone(), limits, own());
+        let now = Instant::now();
+        let (_, bytes) = client_batch("core-client", 3);
+        // Each key holds 4 spans' worth, all keys 8.
+        assert_eq!(f.offer("a", bytes.clone(), 3, 0, now), Offered::Queued);
+        assert_eq!(f.offer("a", bytes.clone(), 3, 0, now), Offered::KeyRate);
+        assert_eq!(f.offer("b", bytes.clone(), 3, 0, now), Offered::Queued);
+        assert_eq!(f.offer("c", bytes.clone(), 3, 0, now), Offered::TotalRate);
+        // Two seconds on, key a has two more and all keys four.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(f.offer("a", bytes.clone(), 3, 0, later), Offered::Queued);
+        settle(&f, 9 + 6).await;
+        assert_eq!(f.counts().exported, 9);
+        assert_eq!(f.counts().dropped, 6);
+    }
+}
