@@ -6,8 +6,9 @@
 //! command's environment (never the exec-server's secrets), a command's processes
 //! (even one that calls `setsid`) ending with the command and with the
 //! exec-server, commands starting with every signal's default action
-//! whatever the exec-server was started ignoring (as under `nohup`), and a
-//! command whose client gave up on a tampered link ending at once.
+//! whatever the exec-server was started ignoring (as under `nohup`), a
+//! command whose client gave up on a tampered link ending at once, and one
+//! whose client was killed outright ending when its resume grace runs out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -797,5 +798,77 @@ async fn a_command_whose_client_gave_up_on_a_tampered_link_ends_and_both_records
     assert!(
         matches!(&client_exit, Some(metadata::Exit::Error(m)) if m.contains("abandoned by the client")),
         "{client_exit:?}"
+    );
+}
+
+/// The exec-server's resume grace in the kill test: short, so the test
+/// waits seconds rather than the default minute.
+const SHORT_GRACE: &str = "3s";
+
+#[test]
+fn a_command_whose_client_was_killed_ends_at_the_grace_and_its_record_says_why() {
+    let stack = ProcStack::start(&[("REX_RESUME_GRACE", SHORT_GRACE)]).unwrap();
+    let dir = stack.dir.path().to_owned();
+    let pid_file = dir.join("command.pid");
+    // The command and a child of its own (a pipeline member in the
+    // background): both must go.
+    let child_marker = marker();
+    let script = format!(
+        "sleep {child_marker} & echo $$ > '{}'; while sleep 0.2; do echo tick; done",
+        pid_file.display()
+    );
+    let mut cli = stack
+        .exec(&["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pid = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            pid.is_some() && !with_marker(&child_marker).is_empty()
+        }),
+        "the command never started"
+    );
+    let pid = pid.unwrap();
+    // The client is killed outright: it cannot abandon the session, and
+    // nobody resumes it.
+    kill(
+        Pid::from_raw(i32::try_from(cli.id()).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = cli.wait();
+    stack
+        .server
+        .wait_for_line("a session's link broke", Duration::from_secs(60))
+        .unwrap();
+    stack
+        .server
+        .wait_for_line("not resumed within its grace", Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || ended(pid)
+            && with_marker(&child_marker).is_empty()),
+        "the command of a killed client runs on after the grace"
+    );
+    let server_data = dir.join("server-data");
+    let mut exit = None;
+    eventually(Duration::from_secs(60), || {
+        exit = records_in(&server_data)
+            .and_then(|s| s.processes(10).ok())
+            .and_then(|r| r.into_iter().find(|p| p.pid == Some(pid)))
+            .and_then(|p| p.exit);
+        exit.is_some()
+    });
+    assert_eq!(
+        exit,
+        Some(metadata::Exit::Error(
+            "its session was not resumed in time".into()
+        ))
     );
 }
