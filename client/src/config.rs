@@ -101,6 +101,19 @@ pub struct ClientConfig {
     /// the first is sent again after the handshake, and the hello answer
     /// gives the ticket for the next).
     pub early_ticket: Option<proto::noise::EarlyTicket>,
+    /// Forward each call's own spans to an exec-server that takes them
+    /// (its hello answer says so when it exports over OTLP), so that the
+    /// whole trace reaches its collector although this process has no
+    /// route to one: after the call's final event, the spans of its trace
+    /// that have ended are taken from here and sent inside the session,
+    /// and the rest when its dispatch ends. A
+    /// `telemetry::forward::SpanCollector` (re-exported with the
+    /// `forward-spans` feature) whose processor is on the embedder's
+    /// tracer provider collects them, the embedder's own spans and its
+    /// `tracing` spans (through `tracing-opentelemetry`) included. Set it
+    /// only when this process exports no spans to a collector itself, or
+    /// they reach it twice. `None` (the default): nothing is forwarded.
+    pub span_source: Option<std::sync::Arc<dyn telemetry::forward::SpanSource>>,
 }
 
 impl ClientConfig {
@@ -156,6 +169,7 @@ impl ClientConfig {
             resume_events: false,
             early_data: true,
             early_ticket: None,
+            span_source: None,
         }
     }
 }

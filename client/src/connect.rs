@@ -165,7 +165,8 @@ pub(crate) async fn open(
     let (controls, controls_rx) = mpsc::channel(crate::session::CONTROL_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();
     let mut router = Router::new((commands_rx, controls_rx), Arc::clone(&shared), ready_tx)
-        .with_resume_events(config.resume_events);
+        .with_resume_events(config.resume_events)
+        .with_span_source(config.span_source.clone());
     let now = Now::system();
     let (mut machine, first_at) = match first {
         // The first call rides in message 1 (early data).

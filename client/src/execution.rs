@@ -117,6 +117,18 @@ impl Execution {
         self.call.counters()
     }
 
+    /// Whether the call's exec-server takes this client's forwarded spans
+    /// ([`ClientConfig::span_source`](crate::ClientConfig::span_source));
+    /// `None` for a call through a local agent, or before its session's
+    /// hello was answered.
+    pub fn spans_forwarded(&self) -> Option<bool> {
+        match &self.control.carrier {
+            Carrier::Session(s) => s.forwarding(),
+            #[cfg(feature = "agent")]
+            Carrier::Agent(_) => None,
+        }
+    }
+
     /// The state of the call's session link, as a watch (only the latest
     /// state is kept): lost and being reconnected (through which relay or
     /// address, since when), up again (after how long), ended. `None` for
@@ -184,6 +196,14 @@ impl Execution {
                     span.set_status(SpanStatus::error(f.to_string()));
                 }
                 span.end_with_timestamp(handed);
+                // The dispatch's spans ended since the final event go to
+                // an exec-server that takes them (its driver decides).
+                let sc = self.control.parent.span().span_context().clone();
+                if sc.is_sampled()
+                    && let Carrier::Session(s) = &self.control.carrier
+                {
+                    s.forward(self.control.call_id, sc.trace_id());
+                }
             }
         }
         Poll::Ready(Some(ev))

@@ -86,4 +86,11 @@ pub use proto::session::Counters as SessionCounters;
 /// TLS for `https://` targets: which CA certificates to trust, and the
 /// kinds of TLS failure.
 pub use proto::tls::{TlsError, TlsFailure, TlsSettings};
+/// Collects an embedder's finished spans per trace for
+/// [`ClientConfig::span_source`]: add its
+/// [`processor`](SpanCollector::processor) to the tracer provider.
+#[cfg(feature = "forward-spans")]
+pub use telemetry::forward::SpanCollector;
+/// Where [`ClientConfig::span_source`] takes a call's spans from.
+pub use telemetry::forward::SpanSource;
 pub use warm::{WarmOutcome, WarmPolicy, WarmStatus};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{Span, SpanContext, SpanId, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span, SpanContext, SpanId, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::{Delivery, Endpoint, Wake};
 use proto::limits::MAX_HOP_TIMINGS;
@@ -27,6 +27,7 @@ use proto::session::{
     CallError, CallEvent, ClientEvent, ClientSession, Closed, FirstCall, Mark, Now, Ready,
     Received, SessionError,
 };
+use telemetry::forward::SpanSource;
 use telemetry::framing;
 use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
@@ -180,6 +181,9 @@ pub(crate) struct Router {
     /// exec-server (its calls may still run there): the calls hear of it
     /// afterwards ([`Router::end_held`]).
     held_end: Option<(Result<Closed, SessionError>, Now)>,
+    /// Where the calls' own spans are taken from to forward them to an
+    /// exec-server that takes them.
+    span_source: Option<Arc<dyn SpanSource>>,
 }
 
 /// Pings waiting for their pongs at most.
@@ -286,6 +290,37 @@ impl Router {
             online: true,
             resumes: 0,
             held_end: None,
+            span_source: None,
+        }
+    }
+
+    /// Forwards the calls' spans from `source` to an exec-server that
+    /// takes them.
+    pub(crate) fn with_span_source(mut self, source: Option<Arc<dyn SpanSource>>) -> Self {
+        self.span_source = source;
+        self
+    }
+
+    /// Forwards the spans of `trace_id` that have ended so far as call
+    /// `call_id`'s, if the exec-server takes them (otherwise they stay
+    /// where the process keeps them).
+    fn forward_spans(&self, machine: &mut Machine, call_id: u64, trace_id: TraceId, now: Now) {
+        let (Some(source), Some(max)) = (&self.span_source, machine.span_batch_max()) else {
+            return;
+        };
+        let taken = source.take(trace_id, max as usize);
+        machine.spans_dropped(taken.dropped);
+        for batch in taken.batches {
+            // A batch the session cannot take is counted by it.
+            let _ =
+                machine.forward_spans(call_id, bytes::Bytes::from(batch.traces), batch.spans, now);
+        }
+    }
+
+    /// Forwards what the calls' callers asked for since the last look.
+    fn forward_asked(&self, machine: &mut Machine, now: Now) {
+        for (call_id, trace_id) in self.shared.take_forwards() {
+            self.forward_spans(machine, call_id, trace_id, now);
         }
     }
 
@@ -606,8 +641,15 @@ impl Router {
         if let Some(route) = self.calls.get(&call_id) {
             let _ = route.sink.try_send(routed);
         }
-        if ev.last {
-            self.calls.remove(&call_id);
+        if ev.last
+            && let Some(route) = self.calls.remove(&call_id)
+        {
+            // The call's spans ended so far go after its final event (the
+            // rest when its dispatch ends: `Shared::forward`).
+            let sc = route.parent.span().span_context().clone();
+            if sc.is_sampled() {
+                self.forward_spans(machine, call_id, sc.trace_id(), now);
+            }
         }
         Delivery::Taken
     }
@@ -984,6 +1026,7 @@ impl Endpoint<Machine> for Router {
                 for t in self.shared.take_taken() {
                     machine.output_taken(t.call_id, t.seq, t.cost, now);
                 }
+                self.forward_asked(machine, now);
             }
         }
     }
@@ -997,6 +1040,8 @@ impl Endpoint<Machine> for Router {
         match event {
             ClientEvent::Secured => self.secured_at = Some(now.wall),
             ClientEvent::Ready(ready) => {
+                self.shared
+                    .set_forwarding(machine.span_batch_max().is_some());
                 if let Some(sample) = ready.clock {
                     self.shared.set_clock_offset(sample.offset_nanos);
                 }
@@ -1125,6 +1170,11 @@ impl Endpoint<Machine> for Router {
                 route.left = Some(now.wall);
             }
         }
+    }
+
+    fn closing(&mut self, machine: &mut Machine, now: Now) {
+        // Spans whose dispatch ended just before the close go first.
+        self.forward_asked(machine, now);
     }
 }
 

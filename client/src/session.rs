@@ -273,7 +273,17 @@ pub(crate) struct Shared {
     pub(crate) via: Via,
     /// The link's state, for callers that watch it.
     pub(crate) link: LinkWatch,
+    /// Calls whose spans to forward now (their dispatch has ended), with
+    /// their trace ids; at most [`FORWARDS`].
+    forwards: Mutex<Vec<(u64, opentelemetry::trace::TraceId)>>,
+    /// Whether the exec-server takes forwarded spans (its hello answer):
+    /// 0 not known yet, 1 yes, 2 no.
+    forwarding: std::sync::atomic::AtomicU8,
 }
+
+/// Calls waiting for their spans to be forwarded, at most (more stay
+/// where the process keeps its spans).
+pub(crate) const FORWARDS: usize = 64;
 
 impl Shared {
     pub(crate) fn new(target: &Target) -> Arc<Self> {
@@ -288,7 +298,45 @@ impl Shared {
             drained: Arc::new(Drained::default()),
             via: target.via(),
             link: LinkWatch::new(target.url()),
+            forwards: Mutex::new(Vec::new()),
+            forwarding: std::sync::atomic::AtomicU8::new(0),
         })
+    }
+
+    /// Asks the driver to forward call `call_id`'s spans of `trace_id`
+    /// ended so far (never waits; beyond [`FORWARDS`] they stay local).
+    pub(crate) fn forward(&self, call_id: u64, trace_id: opentelemetry::trace::TraceId) {
+        {
+            let mut f = self.forwards.lock().unwrap_or_else(PoisonError::into_inner);
+            if f.len() >= FORWARDS {
+                return;
+            }
+            f.push((call_id, trace_id));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes the forwards asked for since the last look.
+    pub(crate) fn take_forwards(&self) -> Vec<(u64, opentelemetry::trace::TraceId)> {
+        std::mem::take(&mut *self.forwards.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Records whether the exec-server takes forwarded spans.
+    pub(crate) fn set_forwarding(&self, taken: bool) {
+        self.forwarding.store(
+            if taken { 1 } else { 2 },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the exec-server takes forwarded spans (`None`: not known
+    /// yet).
+    pub(crate) fn forwarding(&self) -> Option<bool> {
+        match self.forwarding.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 
     /// Takes the calls cancelled since the last look.
@@ -458,6 +506,18 @@ impl SessionHandle {
             _ => &self.commands,
         };
         queue.send(cmd).await.map_err(|_| self.lost())
+    }
+
+    /// Asks the driver to forward call `call_id`'s spans of `trace_id`
+    /// ended so far (never waits).
+    pub(crate) fn forward(&self, call_id: u64, trace_id: opentelemetry::trace::TraceId) {
+        self.shared.forward(call_id, trace_id);
+    }
+
+    /// Whether the exec-server takes forwarded spans (`None`: not known
+    /// yet).
+    pub(crate) fn forwarding(&self) -> Option<bool> {
+        self.shared.forwarding()
     }
 
     /// Pings the exec-server; its round trip.

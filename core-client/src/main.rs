@@ -246,6 +246,9 @@ where
             Process::Service => SERVICE_SPAN_QUEUE,
         },
         inline: matches!(process, Process::Command),
+        // With no collector, the spans of each call are kept for an
+        // exec-server that exports them for this client.
+        collect: true,
     };
     let telemetry = match services {
         [one] => setup::init(one, LogDefault::Warn, options.clone()),

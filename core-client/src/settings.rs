@@ -75,6 +75,12 @@ pub struct ServerArgs {
     /// command goes on with nothing lost.
     #[arg(long)]
     pub no_resume: bool,
+    /// Keep the command's spans in the local trace file only (config key
+    /// span_forwarding=false): by default, with no OTLP endpoint of its
+    /// own, the command hands its spans through the session to an
+    /// exec-server that exports them to its collector.
+    #[arg(long, env = "REX_NO_SPAN_FORWARDING")]
+    pub no_span_forwarding: bool,
 }
 
 /// Where a setting came from.
@@ -154,6 +160,9 @@ pub struct Settings {
     pub resume: Sourced<Resume>,
     /// Terminal allocation.
     pub terminal: Sourced<Terminal>,
+    /// Forward the command's spans through the session (when there is no
+    /// collector of our own).
+    pub span_forwarding: Sourced<bool>,
     /// Whether the name's key is the one the known servers hold.
     pub known: bool,
 }
@@ -403,6 +412,11 @@ impl Settings {
             flag_o(opt_resume),
         ])
         .or_else(|| from_file(tables, config, |e| e.resume.as_ref()));
+        let span_forwarding = first([args
+            .no_span_forwarding
+            .then(|| sourced(false, Source::Flag("--no-span-forwarding")))])
+        .or_else(|| from_file(tables, config, |e| e.span_forwarding.as_ref()))
+        .unwrap_or_else(|| sourced(true, Source::Default));
         let terminal = first([flag_o(opt_terminal)])
             .or_else(|| from_file(tables, config, |e| e.terminal.as_ref()));
         let accept_new = accept_new.unwrap_or_else(|| sourced(false, Source::Default));
@@ -421,6 +435,7 @@ impl Settings {
             warm,
             resume,
             terminal,
+            span_forwarding,
             known: is_known,
         })
     }

@@ -75,6 +75,10 @@ pub struct ExecServerConfig {
     /// for one is refused: clients see an exec-server older than login
     /// shells.
     pub login_shells: bool,
+    /// Where clients' own spans forwarded through their sessions are
+    /// exported (the hello answer offers forwarding only with one): set by
+    /// the binary when it exports over OTLP, unless `--no-span-forwarding`.
+    pub span_forwarding: Option<telemetry::forward::Forwarder>,
     /// How long a session whose link broke keeps its processes running for
     /// its client to resume it (zero: sessions end with their link).
     pub resume_grace: Duration,
@@ -163,6 +167,7 @@ impl ExecServerConfig {
             call_timings: true,
             terminals: true,
             login_shells: true,
+            span_forwarding: None,
             resume_grace: DEFAULT_RESUME_GRACE,
             replay_window: DEFAULT_REPLAY_WINDOW,
             resume_buffer: DEFAULT_RESUME_BUFFER,

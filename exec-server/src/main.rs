@@ -151,6 +151,12 @@ struct RunArgs {
     /// sees only its own side of the command's trace).
     #[arg(long)]
     no_call_timings: bool,
+    /// Do not take clients' own spans through their sessions to export
+    /// them with this exec-server's (only offered when it exports over
+    /// OTLP; clients with no collector of their own then keep their spans
+    /// in their local trace files).
+    #[arg(long, env = "REX_NO_SPAN_FORWARDING")]
+    no_span_forwarding: bool,
     /// Run commands with pipes only: refuse every request for a
     /// pseudo-terminal (`core-client exec -t`) with a clear error.
     #[arg(long)]
@@ -402,6 +408,25 @@ fn serve(args: RunArgs) -> ExitCode {
     let entered = runtime.enter();
     let telemetry =
         telemetry::setup::init("exec-server", telemetry::setup::LogDefault::Info, options);
+    if let telemetry::setup::Export::Otlp(target) = telemetry.export()
+        && !args.no_span_forwarding
+    {
+        // A client's resource may not claim to be this service or the relay.
+        let own = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .into_iter()
+            .chain(["exec-server".to_owned(), "relay".to_owned()])
+            .collect();
+        match telemetry::forward::Forwarder::start(
+            target,
+            telemetry::forward::ForwardLimits::default(),
+            own,
+        ) {
+            Ok(f) => config.span_forwarding = Some(f),
+            Err(e) => tracing::warn!("{e}; clients' spans are not taken"),
+        }
+    }
     tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();

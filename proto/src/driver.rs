@@ -95,6 +95,10 @@ pub trait Endpoint<M: Machine>: Send {
     fn hand_over(&self) -> bool {
         false
     }
+    /// The session is about to close (shutdown, or no more local input):
+    /// the last chance to queue what must go before the close (it is sent
+    /// first).
+    fn closing(&mut self, _machine: &mut M, _now: Now) {}
 }
 
 /// How [`drive_link`] stopped.
@@ -199,6 +203,7 @@ where
             () = &mut shutdown, if !shut => {
                 shut = true;
                 now = Now::system();
+                endpoint.closing(&mut machine, now);
                 machine.close(now);
             }
             permit = reserve(out.as_ref()), if sending => {
@@ -236,6 +241,7 @@ where
                     Wake::Ready => blocked = false,
                     Wake::Closed => {
                         input_open = false;
+                        endpoint.closing(&mut machine, now);
                         machine.close(now);
                     }
                 }

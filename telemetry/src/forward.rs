@@ -21,7 +21,27 @@ pub use collect::{SpanCollector, SpanCollectorProcessor};
 #[cfg(feature = "export")]
 pub use export::{ForwardCounts, ForwardLimits, Forwarder, Offered};
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use opentelemetry::trace::TraceId;
+
+/// The process's source, installed by its telemetry set-up.
+static SOURCE: RwLock<Option<Arc<dyn SpanSource>>> = RwLock::new(None);
+
+/// Installs (or, with `None`, removes) the process's span source: what a
+/// client forwards from when it is asked to.
+pub fn set_source(source: Option<Arc<dyn SpanSource>>) {
+    *SOURCE.write().unwrap_or_else(PoisonError::into_inner) = source;
+}
+
+/// The process's span source, if its telemetry set-up installed one (a
+/// binary that keeps its spans in the local trace file).
+pub fn source() -> Option<Arc<dyn SpanSource>> {
+    SOURCE
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
 
 /// One batch of spans to forward: an encoded OTLP `TracesData`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -256,6 +256,11 @@ pub struct Options {
     /// it exits); the buffer is written out whenever it is half full.
     /// OTLP export is batched whatever this says.
     pub inline: bool,
+    /// With the local trace file only (no OTLP endpoint): also keep each
+    /// trace's finished spans for forwarding through a session
+    /// ([`crate::forward`]), installed as the process's
+    /// [`forward::source`](crate::forward::source).
+    pub collect: bool,
 }
 
 /// The span queue of a long-running process (a service, the agent, a
@@ -299,6 +304,7 @@ impl Options {
             span_events: true,
             span_queue: SERVICE_SPAN_QUEUE,
             inline: false,
+            collect: false,
         })
     }
 }
@@ -457,7 +463,14 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
         .ok()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| service.to_owned());
-    let (provider, unusable) = build(name, &options);
+    let collector = match &options.export {
+        Export::File(_) if options.collect => Some(crate::forward::SpanCollector::default()),
+        _ => None,
+    };
+    let (provider, unusable) = build_with(name, &options, collector.as_ref());
+    if let Some(c) = collector {
+        crate::forward::set_source(Some(Arc::new(c)));
+    }
     global::set_tracer_provider(provider.clone());
     init_logs(default, layer_tracer(&options, &provider, service));
     if let Some((endpoint, e)) = unusable {
@@ -552,8 +565,20 @@ fn build(
     service: String,
     options: &Options,
 ) -> (SdkTracerProvider, Option<(String, ExporterError)>) {
+    build_with(service, options, None)
+}
+
+/// [`build`], with `collector`'s processor too.
+fn build_with(
+    service: String,
+    options: &Options,
+    collector: Option<&crate::forward::SpanCollector>,
+) -> (SdkTracerProvider, Option<(String, ExporterError)>) {
     let mut unusable = None;
-    let builder = base_builder(service);
+    let mut builder = base_builder(service);
+    if let Some(c) = collector {
+        builder = builder.with_span_processor(c.processor());
+    }
     let builder = match &options.export {
         Export::Off => builder,
         Export::File(file) if options.inline => {

@@ -70,6 +70,7 @@ fn http_provider(service: &str, endpoint: &str, protocol: Protocol) -> SdkTracer
         span_events: false,
         span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
         inline: false,
+        collect: false,
     };
     telemetry::setup::build_provider(service.to_owned(), &options)
 }

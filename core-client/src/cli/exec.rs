@@ -380,6 +380,13 @@ fn say_settings(ctx: &Context, s: &Settings) {
     );
     v.say(
         2,
+        format_args!(
+            "span_forwarding {} from {}",
+            s.span_forwarding.value, s.span_forwarding.source
+        ),
+    );
+    v.say(
+        2,
         format_args!("resume {} from {}", s.resume.value, s.resume.source),
     );
     v.say(
@@ -535,6 +542,11 @@ async fn exec_with(
         let server_id = plan.server.server_id();
         config.early_ticket = tickets.as_ref().and_then(|t| t.get(&server_id));
         let known_ticket = config.early_ticket;
+        // With no collector of our own (spans go to the local trace
+        // file), an exec-server that exports them takes them.
+        if settings.span_forwarding.value {
+            config.span_source = telemetry::forward::source();
+        }
         let client = Client::new(config);
         v.say(
             1,
@@ -722,6 +734,23 @@ async fn exec_with(
                 c.flights, c.early_retries
             ),
         );
+    }
+    // Said only where forwarding applies: no collector of our own, and
+    // not turned off.
+    let forwarding = settings.span_forwarding.value && telemetry::forward::source().is_some();
+    match run.spans_forwarded() {
+        Some(true) if forwarding => v.say(
+            1,
+            format_args!("spans: handed to the exec-server, which exports them to its collector"),
+        ),
+        Some(false) if forwarding => v.say(
+            1,
+            format_args!(
+                "spans: the exec-server does not take forwarded spans; they stay in the local \
+                 trace file"
+            ),
+        ),
+        _ => {}
     }
     match &outcome {
         Outcome::Done(code) => v.say(1, format_args!("exit status {code}")),

@@ -96,6 +96,11 @@ pub fn render(s: &Settings, ctx: &Context) -> String {
     );
     row("warm", s.warm.value.to_string(), Some(&s.warm.source));
     row(
+        "span_forwarding",
+        s.span_forwarding.value.to_string(),
+        Some(&s.span_forwarding.source),
+    );
+    row(
         "resume",
         match s.resume.value {
             Resume::Off => "off (a command ends with its link)".to_owned(),

@@ -79,6 +79,8 @@ pub struct Entry {
     pub resume: Option<FromFile<Resume>>,
     /// Terminal allocation.
     pub terminal: Option<FromFile<Terminal>>,
+    /// Forward the command's spans through the session.
+    pub span_forwarding: Option<FromFile<bool>>,
 }
 
 /// A config file, read and checked.
@@ -372,6 +374,7 @@ fn check_entry(
             .map(|c| lines.from(c.span(), PathBuf::from(c.get_ref()))),
         env,
         accept_new: lines.flag(&t.accept_new),
+        span_forwarding: lines.flag(&t.span_forwarding),
         warm: lines.parsed(&t.warm)?,
         resume: t
             .resume

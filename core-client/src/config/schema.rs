@@ -46,6 +46,9 @@ pub struct Table {
     pub resume: Option<Spanned<ResumeValue>>,
     /// Terminal allocation.
     pub terminal: Option<Spanned<String>>,
+    /// Forward the command's spans through the session to an exec-server
+    /// that exports them (when there is no collector of our own).
+    pub span_forwarding: Option<Spanned<bool>>,
 }
 
 /// `resume = true | false | "DURATION"`.
@@ -82,7 +85,7 @@ impl Relays {
 }
 
 /// The keys a `[servers.NAME]` table may hold.
-pub const SERVER_KEYS: [&str; 11] = [
+pub const SERVER_KEYS: [&str; 12] = [
     "relay",
     "server",
     "server_file",
@@ -94,10 +97,11 @@ pub const SERVER_KEYS: [&str; 11] = [
     "warm",
     "resume",
     "terminal",
+    "span_forwarding",
 ];
 
 /// The keys `[defaults]` may hold: a server's own key belongs to it alone.
-pub const DEFAULT_KEYS: [&str; 9] = [
+pub const DEFAULT_KEYS: [&str; 10] = [
     "relay",
     "key",
     "ca",
@@ -107,6 +111,7 @@ pub const DEFAULT_KEYS: [&str; 9] = [
     "warm",
     "resume",
     "terminal",
+    "span_forwarding",
 ];
 
 /// The top-level tables.

@@ -106,7 +106,7 @@ fn the_key_lists_match_the_tables() {
             "relay" => "\"h\"".to_owned(),
             "server" => format!("\"{KEY}\""),
             "env" => "{}".into(),
-            "accept_new" | "resume" => "true".into(),
+            "accept_new" | "resume" | "span_forwarding" => "true".into(),
             "warm" => "\"off\"".into(),
             "terminal" => "\"never\"".into(),
             _ => "\"x\"".into(),

@@ -106,6 +106,10 @@ impl ServerContext {
         let keys: Arc<dyn KeySource> = config.keys.clone();
         let mut acceptor = Acceptor::with_source(config.key.clone(), keys);
         acceptor.login_shell = config.login_shells;
+        acceptor.span_batch_max = config
+            .span_forwarding
+            .as_ref()
+            .map_or(0, |f| f.limits().batch_bytes);
         // It remembers nothing from before this start: its ticket is new,
         // so no early data made for an earlier run runs in this one.
         acceptor.replay =
@@ -1040,9 +1044,21 @@ impl Endpoint<Machine> for Runner {
                 tracing::debug!(error = %error, "the session's link broke");
             }
             ServerEvent::Resume { token } => self.resume = Some(token),
-            // This endpoint's hello answer offers no forwarding
-            // (`span_batch_max` 0), so the machine hands none up.
-            ServerEvent::Spans(_) => {}
+            // The client's own spans: exported for its key, within the
+            // forwarder's rates (never waited for).
+            ServerEvent::Spans(batch) => {
+                if let (Some(forwarder), Some(client)) =
+                    (&self.ctx.config.span_forwarding, self.client)
+                {
+                    forwarder.offer(
+                        &client.to_string(),
+                        batch.traces.to_vec(),
+                        batch.spans,
+                        batch.dropped,
+                        std::time::Instant::now(),
+                    );
+                }
+            }
             // The endpoint kept its tombstone (see `park`).
             ServerEvent::Expired { .. } => self.expire(),
             ServerEvent::Ended(end) => {

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         span_events: false,
         span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
         inline: false,
+        collect: false,
     };
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
     let config = SinkConfig {

@@ -92,6 +92,14 @@ impl<T> ClientSession<T> {
         self.forwarding.counts
     }
 
+    /// Counts `spans` the caller could not forward (its own bounds): the
+    /// next batch sent says so.
+    pub fn spans_dropped(&mut self, spans: u32) {
+        if spans > 0 {
+            self.forwarding.drop_spans(spans);
+        }
+    }
+
     /// Forwards `spans` finished spans of call `call_id` (`traces`: an
     /// encoded OTLP `TracesData`) to the exec-server, after the call's
     /// final event: at once if it has arrived (or the call is not open),

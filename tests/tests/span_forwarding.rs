@@ -1,0 +1,198 @@
+//! A client with no collector of its own hands its spans through the
+//! session to an exec-server that exports them: they reach the
+//! exec-server's collector once, marked `rex.forwarded_for`; a client with
+//! its own endpoint forwards nothing; an exec-server with forwarding off
+//! takes none, and the CLI says so once under `-v`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use integration_tests::binaries::{self, ProcStack};
+use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use telemetry::spans;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn stack(extra: &[(&str, &str)], rx: &OtlpReceiver) -> ProcStack {
+    let endpoint = rx.endpoint();
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    env.extend_from_slice(extra);
+    ProcStack::start(&env).unwrap()
+}
+
+/// `core-client exec --print-trace-id FLAGS -- sh -c 'echo hi'` with `env`;
+/// its stderr and trace id.
+fn exec(stack: &ProcStack, flags: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let mut all = flags.to_vec();
+    all.push("--print-trace-id");
+    let mut cmd = stack.exec_with(&all, &["sh", "-c", "echo hi"]);
+    cmd.env_remove("TRACEPARENT").env_remove("TRACESTATE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = binaries::run_with_stdin(cmd, b"").unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"hi\n");
+    let id = binaries::printed_trace_id(&out).unwrap();
+    (String::from_utf8_lossy(&out.stderr).into_owned(), id)
+}
+
+/// Stops the relay and the exec-server (they flush on SIGTERM).
+fn terminate(stack: &mut ProcStack) {
+    for p in [&mut stack.relay, &mut stack.server] {
+        kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM).unwrap();
+    }
+    for p in [&mut stack.relay, &mut stack.server] {
+        let deadline = Instant::now() + WAIT;
+        while p.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a service ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The receiver's spans once nothing new has arrived for a while.
+async fn settle(rx: &OtlpReceiver) -> Vec<RecordedSpan> {
+    let deadline = Instant::now() + WAIT;
+    let mut last = rx.spans().len();
+    let mut stable_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = rx.spans().len();
+        if n != last {
+            last = n;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() > Duration::from_millis(800) {
+            return rx.spans();
+        }
+        assert!(Instant::now() < deadline, "spans never settled");
+    }
+}
+
+fn of(spans: &[RecordedSpan], trace: &str, service: &str) -> Vec<RecordedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.trace_id == trace && s.service == service)
+        .cloned()
+        .collect()
+}
+
+/// Every span id once.
+fn assert_once(spans: &[RecordedSpan]) {
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), spans.len(), "a span arrived twice: {spans:#?}");
+}
+
+fn client_key(stack: &ProcStack) -> String {
+    proto::keys::StaticKeypair::read_file(&stack.client_key)
+        .unwrap()
+        .public()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_collector_reaches_the_exec_servers_once() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = stack(&[], &rx);
+    let (stderr, trace) = exec(&stack, &["-v"], &[]);
+    assert_eq!(
+        stderr.matches("spans: handed to the exec-server").count(),
+        1,
+        "{stderr}"
+    );
+    terminate(&mut stack);
+    rx.wait_for(WAIT, |s| {
+        let mine = of(s, &trace, "core-client");
+        mine.iter().any(|x| x.name == spans::TOOL_DISPATCH)
+            && mine.iter().any(|x| x.name == spans::RELAY_CONNECT)
+    })
+    .await;
+    let all = settle(&rx).await;
+    let client = of(&all, &trace, "core-client");
+    assert_once(&client);
+    let key = client_key(&stack);
+    for s in &client {
+        assert_eq!(
+            s.resource.get(spans::FORWARDED_FOR),
+            Some(&AttrValue::Str(key.clone())),
+            "{s:?}"
+        );
+    }
+    // The stages of the call's path, the client's own included, in one
+    // trace with the relay's and the exec-server's.
+    for name in [
+        spans::TOOL_DISPATCH,
+        spans::RELAY_CONNECT,
+        spans::NOISE_HANDSHAKE,
+        spans::RPC_CLIENT_QUEUE,
+        spans::TERMINAL_HANDOFF,
+    ] {
+        assert!(client.iter().any(|s| s.name == name), "{name}: {client:#?}");
+    }
+    assert!(!of(&all, &trace, "exec-server").is_empty());
+    assert!(!of(&all, &trace, "relay").is_empty());
+    // Nothing of the services' own is marked as forwarded.
+    assert!(
+        all.iter()
+            .filter(|s| s.service != "core-client")
+            .all(|s| !s.resource.contains_key(spans::FORWARDED_FOR))
+    );
+    rx.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_its_own_collector_forwards_nothing() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = stack(&[], &rx);
+    let endpoint = rx.endpoint();
+    let (stderr, trace) = exec(
+        &stack,
+        &["-v"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    assert!(!stderr.contains("spans:"), "{stderr}");
+    terminate(&mut stack);
+    rx.wait_for(WAIT, |s| {
+        of(s, &trace, "core-client")
+            .iter()
+            .any(|x| x.name == spans::CLI_RUN)
+    })
+    .await;
+    let all = settle(&rx).await;
+    let client = of(&all, &trace, "core-client");
+    assert_once(&client);
+    assert!(
+        client
+            .iter()
+            .all(|s| !s.resource.contains_key(spans::FORWARDED_FOR)),
+        "exported by the client itself only"
+    );
+    rx.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_server_with_forwarding_off_takes_none_and_the_cli_says_so() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = stack(&[("REX_NO_SPAN_FORWARDING", "true")], &rx);
+    let (stderr, trace) = exec(&stack, &["-v"], &[]);
+    assert_eq!(
+        stderr
+            .matches("the exec-server does not take forwarded spans")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    terminate(&mut stack);
+    rx.wait_for(WAIT, |s| !of(s, &trace, "exec-server").is_empty())
+        .await;
+    let all = settle(&rx).await;
+    assert!(of(&all, &trace, "core-client").is_empty());
+    // They stay in the local trace file.
+    let local = std::fs::read_to_string(stack.client_key.with_file_name("traces.jsonl")).unwrap();
+    assert!(local.contains(&trace) && local.contains(spans::TOOL_DISPATCH));
+    rx.shutdown().await.unwrap();
+}
