@@ -62,6 +62,8 @@ impl<T> ClientSession<T> {
             }));
         }
         let first = seq == 0;
+        // The request arrived: it is never sent again.
+        call.request = None;
         if first && self.first_call == Some(call_id) && self.counters.round_trips.is_none() {
             // The answer to the flight that carried the request: as many
             // round trips as flights up to that one.
@@ -156,6 +158,7 @@ impl<T> ClientSession<T> {
         } else {
             Stdin::Null
         };
+        let kept = request.clone();
         let result = self
             .link
             .send(id, trace.as_ref(), Body::Exec(request), mark, now);
@@ -177,6 +180,7 @@ impl<T> ClientSession<T> {
                 output: output::Received::new(self.output_window),
                 trace,
                 received: (0, 0),
+                request: Some(kept),
             },
         );
         Ok(())

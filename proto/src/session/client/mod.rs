@@ -177,6 +177,9 @@ struct Call<T> {
     trace: Option<TraceContext>,
     /// Stdout and stderr bytes received, in all.
     received: (u64, u64),
+    /// The request, until the call's first event shows that it arrived:
+    /// sent again when a resume finds that it never did.
+    request: Option<ExecRequest>,
 }
 
 /// The first call, riding in handshake message 1 (early data) with the
@@ -468,6 +471,7 @@ impl<T> ClientSession<T> {
                 output: output::Received::new(limits.output_window),
                 trace: trace.clone(),
                 received: (0, 0),
+                request: Some(request.clone()),
             },
         );
         session.next_call = id + 1;

@@ -252,6 +252,22 @@ impl<T> ClientSession<T> {
         let mut replayed = Vec::new();
         for c in &answer.calls {
             answered.insert(c.call_id);
+            // A request the exec-server never had goes again (it never
+            // ran), and its stdin from the start.
+            if c.unsent
+                && !answer.expired
+                && let Some(call) = self.calls.get_mut(&c.call_id)
+                && let Some(request) = call.request.clone()
+            {
+                let trace = call.trace.clone();
+                let again = call.out.rewind(0, false);
+                self.stdin_queued += again;
+                replayed.push((c.call_id, 0));
+                let _ = self
+                    .link
+                    .send(c.call_id, trace.as_ref(), Body::Exec(request), None, now);
+                continue;
+            }
             let known = c.known && !answer.expired;
             if known {
                 replayed.push((c.call_id, c.replayed_bytes));

@@ -225,6 +225,14 @@ impl<T> ServerSession<T> {
                     },
                     ..ResumedCall::default()
                 }),
+                // Its request never arrived (the link broke first): it
+                // never ran, and the client sends it again.
+                None if call_id > self.highest_call => answer.push(ResumedCall {
+                    call_id,
+                    known: false,
+                    unsent: true,
+                    ..ResumedCall::default()
+                }),
                 // Trimmed (its final event kept too long unacknowledged):
                 // what it produced and how it ended, when still known.
                 None => answer.push(

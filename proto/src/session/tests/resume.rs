@@ -235,6 +235,57 @@ fn a_cut_before_the_call_started_resumes_the_call() {
 }
 
 #[test]
+fn a_request_lost_with_the_link_is_sent_again_and_runs_once_with_its_stdin() {
+    let mut p = resumable();
+    // The request and some stdin are on the wire when it breaks: the
+    // exec-server never had the call.
+    p.server_reads = false;
+    let id = p.exec(true);
+    p.client
+        .write_stdin(id, Bytes::from_static(b"sent before the cut"), p.now)
+        .unwrap();
+    p.client.close_stdin(id, None, p.now).unwrap();
+    p.run();
+    p.cut();
+    p.resume();
+    let runs = p
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Exec { call_id, .. } if *call_id == id))
+        .count();
+    assert_eq!(runs, 1, "{:?}", p.server_events);
+    assert_eq!(p.stdin_at_server(id), b"sent before the cut");
+    assert!(
+        !p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Lost { .. })),
+        "{:?}",
+        p.client_events
+    );
+    p.push(id, started());
+    p.push(id, exit(0));
+    let (seqs, _, last) = p.client_output(id);
+    assert_in_order(&seqs);
+    assert_eq!(last, Some(exit(0)));
+}
+
+#[test]
+fn a_request_that_arrived_is_not_sent_again_after_a_resume() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    // It arrived (the exec-server holds it) but nothing came back yet.
+    p.client_reads = false;
+    p.cut();
+    p.resume();
+    let runs = p
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Exec { call_id, .. } if *call_id == id))
+        .count();
+    assert_eq!(runs, 0, "{:?}", p.server_events);
+}
+
+#[test]
 fn stdin_in_flight_is_sent_again_and_taken_exactly_once() {
     let mut p = resumable();
     let id = p.exec(true);
