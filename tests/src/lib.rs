@@ -29,6 +29,9 @@
 //!   proxy the test counts.
 //! - [`bench`](mod@bench): what the benchmarks share (options, timing an exec, CPU
 //!   time, statistics, the machine line, running on a runtime).
+//! - [`soak`]: honest clients running mixed, checked commands for a while
+//!   under faults (relay restarts, cut links, a flood), counting losses,
+//!   resumes and memory.
 //! - [`versus`]: the benchmarks against ssh, socat and local spawning:
 //!   scenarios, targets and the report.
 //! - [`error`]: [`FixtureError`], what a fixture that cannot set up
@@ -49,6 +52,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod rfc3339;
 pub mod sink;
+pub mod soak;
 pub mod stack;
 pub mod synthetic;
 pub mod tmux;
