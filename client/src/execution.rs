@@ -122,6 +122,13 @@ impl Execution {
     /// `None` for a call through a local agent, or before its session's
     /// hello was answered.
     pub fn spans_forwarded(&self) -> Option<bool> {
+        self.span_batch_max().map(|max| max > 0)
+    }
+
+    /// The most bytes of one batch of forwarded spans the call's
+    /// exec-server takes: `Some(0)` when it takes none; `None` for a call
+    /// through a local agent, or before its session's hello was answered.
+    pub fn span_batch_max(&self) -> Option<u32> {
         match &self.control.carrier {
             Carrier::Session(s) => s.forwarding(),
             #[cfg(feature = "agent")]

@@ -1040,8 +1040,7 @@ impl Endpoint<Machine> for Router {
         match event {
             ClientEvent::Secured => self.secured_at = Some(now.wall),
             ClientEvent::Ready(ready) => {
-                self.shared
-                    .set_forwarding(machine.span_batch_max().is_some());
+                self.shared.set_forwarding(machine.span_batch_max());
                 if let Some(sample) = ready.clock {
                     self.shared.set_clock_offset(sample.offset_nanos);
                 }

@@ -276,14 +276,17 @@ pub(crate) struct Shared {
     /// Calls whose spans to forward now (their dispatch has ended), with
     /// their trace ids; at most [`FORWARDS`].
     forwards: Mutex<Vec<(u64, opentelemetry::trace::TraceId)>>,
-    /// Whether the exec-server takes forwarded spans (its hello answer):
-    /// 0 not known yet, 1 yes, 2 no.
-    forwarding: std::sync::atomic::AtomicU8,
+    /// The most bytes of a forwarded batch the exec-server takes (its
+    /// hello answer): 0 it takes none, [`NOT_KNOWN`] not known yet.
+    forwarding: std::sync::atomic::AtomicU64,
 }
 
 /// Calls waiting for their spans to be forwarded, at most (more stay
 /// where the process keeps its spans).
 pub(crate) const FORWARDS: usize = 64;
+
+/// [`Shared`]'s forwarding before the hello answer.
+const NOT_KNOWN: u64 = u64::MAX;
 
 impl Shared {
     pub(crate) fn new(target: &Target) -> Arc<Self> {
@@ -299,7 +302,7 @@ impl Shared {
             via: target.via(),
             link: LinkWatch::new(target.url()),
             forwards: Mutex::new(Vec::new()),
-            forwarding: std::sync::atomic::AtomicU8::new(0),
+            forwarding: std::sync::atomic::AtomicU64::new(NOT_KNOWN),
         })
     }
 
@@ -321,21 +324,21 @@ impl Shared {
         std::mem::take(&mut *self.forwards.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Records whether the exec-server takes forwarded spans.
-    pub(crate) fn set_forwarding(&self, taken: bool) {
+    /// Records the most bytes of a forwarded batch the exec-server takes
+    /// (`None`: it takes none).
+    pub(crate) fn set_forwarding(&self, max: Option<u32>) {
         self.forwarding.store(
-            if taken { 1 } else { 2 },
+            max.map_or(0, u64::from),
             std::sync::atomic::Ordering::Relaxed,
         );
     }
 
-    /// Whether the exec-server takes forwarded spans (`None`: not known
-    /// yet).
-    pub(crate) fn forwarding(&self) -> Option<bool> {
+    /// The most bytes of a forwarded batch the exec-server takes:
+    /// `Some(0)` it takes none, `None` not known yet.
+    pub(crate) fn forwarding(&self) -> Option<u32> {
         match self.forwarding.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
+            NOT_KNOWN => None,
+            max => Some(u32::try_from(max).unwrap_or(u32::MAX)),
         }
     }
 
@@ -514,9 +517,9 @@ impl SessionHandle {
         self.shared.forward(call_id, trace_id);
     }
 
-    /// Whether the exec-server takes forwarded spans (`None`: not known
-    /// yet).
-    pub(crate) fn forwarding(&self) -> Option<bool> {
+    /// The most bytes of a forwarded batch the exec-server takes:
+    /// `Some(0)` it takes none, `None` not known yet.
+    pub(crate) fn forwarding(&self) -> Option<u32> {
         self.shared.forwarding()
     }
 

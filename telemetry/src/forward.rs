@@ -7,6 +7,9 @@
 //! - `collect` (feature `forward`): [`SpanCollector`], a span processor
 //!   that keeps the finished spans of each trace (bounded) until a call
 //!   takes them.
+//! - `spool` (feature `forward`): [`Spool`], what a client could not send
+//!   before it exited, kept on disk (bounded) for the next session to the
+//!   same exec-server.
 //! - `export` (feature `export`): [`Forwarder`], the exec-server's side:
 //!   batches decoded, checked, marked as forwarded for the client's key and
 //!   exported, within per-key and total rate limits.
@@ -15,11 +18,15 @@
 mod collect;
 #[cfg(feature = "export")]
 mod export;
+#[cfg(feature = "forward")]
+mod spool;
 
 #[cfg(feature = "forward")]
 pub use collect::{SpanCollector, SpanCollectorProcessor};
 #[cfg(feature = "export")]
 pub use export::{ForwardCounts, ForwardLimits, Forwarder, Offered};
+#[cfg(feature = "forward")]
+pub use spool::{Spool, SpoolLimits, Spooled, WithSpool};
 
 use std::sync::{Arc, PoisonError, RwLock};
 

@@ -196,3 +196,100 @@ async fn an_exec_server_with_forwarding_off_takes_none_and_the_cli_says_so() {
     assert!(local.contains(&trace) && local.contains(spans::TOOL_DISPATCH));
     rx.shutdown().await.unwrap();
 }
+
+/// The spans of `trace` named `name` the receiver holds.
+fn named(spans: &[RecordedSpan], trace: &str, name: &str) -> usize {
+    of(spans, trace, "core-client")
+        .iter()
+        .filter(|s| s.name == name)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_last_spans_go_with_the_next_session_once() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = stack(&[], &rx);
+    let (stderr, first) = exec(&stack, &["-v"], &[]);
+    // `cli.run` and its last stages end after the session closed: they
+    // wait in the spool.
+    assert_eq!(
+        stderr.matches("left for the next session").count(),
+        1,
+        "{stderr}"
+    );
+    let spool = stack
+        .client_key
+        .with_file_name("client-data")
+        .join("span_spool");
+    let pending = |spool: &std::path::Path| {
+        std::fs::read_dir(spool)
+            .unwrap()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".batch"))
+            .count()
+    };
+    assert!(pending(&spool) >= 1);
+    // The second command's session takes them after its call's final
+    // event; its own last spans wait in turn.
+    let (_, second) = exec(&stack, &[], &[]);
+    rx.wait_for(WAIT, |s| named(s, &first, spans::CLI_RUN) >= 1)
+        .await;
+    let (_, third) = exec(&stack, &[], &[]);
+    rx.wait_for(WAIT, |s| named(s, &second, spans::CLI_RUN) >= 1)
+        .await;
+    terminate(&mut stack);
+    let all = settle(&rx).await;
+    let key = client_key(&stack);
+    for trace in [&first, &second] {
+        let client = of(&all, trace, "core-client");
+        assert_once(&client);
+        for name in [
+            spans::CLI_RUN,
+            spans::CLI_STARTUP,
+            spans::TOOL_DISPATCH,
+            spans::CLI_FINISH,
+            spans::CLI_FLUSH,
+        ] {
+            assert_eq!(named(&all, trace, name), 1, "{name}: {client:#?}");
+        }
+        assert!(client.iter().all(|s| s.resource.get(spans::FORWARDED_FOR)
+            == Some(&AttrValue::Str(key.clone()))));
+        // The whole trace under the one root.
+        let root = client.iter().find(|s| s.name == spans::CLI_RUN).unwrap();
+        assert!(
+            client
+                .iter()
+                .any(|s| s.parent_span_id.as_deref() == Some(root.span_id.as_str()))
+        );
+    }
+    // The third's wait for a fourth session: in the spool, not sent.
+    assert_eq!(named(&all, &third, spans::CLI_RUN), 0);
+    assert!(named(&all, &third, spans::TOOL_DISPATCH) == 1);
+    assert!(pending(&spool) >= 1);
+    rx.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_spooled_when_forwarding_is_off_on_either_side() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let spool = |stack: &ProcStack| {
+        stack
+            .client_key
+            .with_file_name("client-data")
+            .join("span_spool")
+    };
+    // The exec-server takes none.
+    let mut off = stack(&[("REX_NO_SPAN_FORWARDING", "true")], &rx);
+    let (stderr, _) = exec(&off, &["-v"], &[]);
+    assert!(!stderr.contains("left for the next session"), "{stderr}");
+    assert!(!spool(&off).exists());
+    terminate(&mut off);
+    // The client forwards none.
+    let mut on = stack(&[], &rx);
+    let (stderr, _) = exec(&on, &["-v", "--no-span-forwarding"], &[]);
+    assert!(!stderr.contains("left for the next session"), "{stderr}");
+    assert!(!spool(&on).exists());
+    terminate(&mut on);
+    rx.shutdown().await.unwrap();
+}

@@ -14,6 +14,8 @@ use rex_client::{
     AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, ExecSpec, LinkState, Target,
     Terminal, TlsSettings, Waiting,
 };
+use std::sync::Arc;
+use telemetry::forward::{Spool, SpoolLimits, WithSpool};
 use telemetry::setup::Flusher;
 use telemetry::spans;
 use tokio::io::AsyncReadExt;
@@ -250,7 +252,27 @@ pub async fn exec(
     if result.is_err() {
         run.failed();
     }
-    run.flush(life.flusher).await;
+    match run.flush(life.flusher).await {
+        Some((spool, Ok(written))) => ctx.verbose.say(
+            1,
+            format_args!(
+                "spans: {} left for the next session to this exec-server ({}){}",
+                written.spans,
+                spool.dir().display(),
+                if written.dropped > 0 {
+                    format!("; {} older ones let go", written.dropped)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        Some((spool, Err(e))) => eprintln!(
+            "core-client: warning: cannot keep the last spans for the exec-server in {}: {e}; \
+             they stay in the local trace file",
+            spool.dir().display()
+        ),
+        None => {}
+    }
     result
 }
 
@@ -266,7 +288,16 @@ async fn traced_exec(
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
     let tickets = data_dir.as_deref().map(crate::tickets::Tickets::in_dir);
-    let result = exec_with(&args, &settings, plan, (records.clone(), tickets), ctx, run).await;
+    let spool = data_dir.as_deref().map(spool_root);
+    let result = exec_with(
+        &args,
+        &settings,
+        plan,
+        (records.clone(), tickets, spool),
+        ctx,
+        run,
+    )
+    .await;
     run.stage(spans::CLI_FINISH);
     // The record is saved before the exit, without holding the exit up
     // for long.
@@ -289,6 +320,12 @@ async fn traced_exec(
         }
     }
     result
+}
+
+/// Where spans not yet forwarded at exit wait for the next session, under
+/// the data directory.
+pub fn spool_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("span_spool")
 }
 
 /// `-v`: the files read and where the settings that route the command
@@ -477,10 +514,24 @@ async fn exec_with(
     args: &ExecArgs,
     settings: &Settings,
     plan: Plan,
-    (records, tickets): (Option<metadata::Persister>, Option<crate::tickets::Tickets>),
+    (records, tickets, spool_root): (
+        Option<metadata::Persister>,
+        Option<crate::tickets::Tickets>,
+        Option<PathBuf>,
+    ),
     ctx: &mut Context,
     life: &mut CliRun,
 ) -> Result<u8, CliError> {
+    // Spans an earlier command could not send to this exec-server before
+    // it exited go with this session's.
+    let spool = spool_root
+        .as_deref()
+        .map(|root| Spool::new(root, &plan.server.server_id(), SpoolLimits::default()));
+    let source = settings
+        .span_forwarding
+        .value
+        .then(telemetry::forward::source)
+        .flatten();
     let terminal = wants_terminal(
         args,
         settings.terminal.value,
@@ -544,9 +595,12 @@ async fn exec_with(
         let known_ticket = config.early_ticket;
         // With no collector of our own (spans go to the local trace
         // file), an exec-server that exports them takes them.
-        if settings.span_forwarding.value {
-            config.span_source = telemetry::forward::source();
-        }
+        config.span_source = match (&source, &spool) {
+            (Some(source), Some(spool)) => {
+                Some(Arc::new(WithSpool::new(Arc::clone(source), spool.clone())))
+            }
+            (source, _) => source.clone(),
+        };
         let client = Client::new(config);
         v.say(
             1,
@@ -737,7 +791,13 @@ async fn exec_with(
     }
     // Said only where forwarding applies: no collector of our own, and
     // not turned off.
-    let forwarding = settings.span_forwarding.value && telemetry::forward::source().is_some();
+    let forwarding = source.is_some();
+    if forwarding
+        && let (Some(spool), Some(max)) = (spool, run.span_batch_max())
+        && max > 0
+    {
+        life.spool_rest(spool, max);
+    }
     match run.spans_forwarded() {
         Some(true) if forwarding => v.say(
             1,

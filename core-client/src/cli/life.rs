@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use telemetry::forward::{Spool, Spooled};
 use telemetry::setup::Flusher;
 use telemetry::spans;
 
@@ -97,6 +98,9 @@ pub struct CliRun {
     /// Where the next stage starts (the previous one's end).
     at: SystemTime,
     failed: bool,
+    /// Where spans not yet forwarded at exit are kept, and the batch size
+    /// the exec-server takes ([`CliRun::spool_rest`]).
+    spool: Option<(Spool, u32)>,
 }
 
 impl CliRun {
@@ -120,6 +124,7 @@ impl CliRun {
             start,
             at: start.at,
             failed: false,
+            spool: None,
         }
     }
 
@@ -165,10 +170,18 @@ impl CliRun {
         self.failed = true;
     }
 
+    /// The exec-server took this command's spans (batches of at most
+    /// `max` bytes): those that end after the session closed (`cli.run`
+    /// and its last stages) go to `spool`, for the next session to it.
+    pub fn spool_rest(&mut self, spool: Spool, max: u32) {
+        self.spool = Some((spool, max));
+    }
+
     /// Exports every span ended so far (`cli.flush`, timed), then ends
     /// `cli.flush` and `cli.run` where it finished; they leave with the
-    /// exporters' shutdown.
-    pub async fn flush(mut self, flusher: Flusher) {
+    /// exporters' shutdown (and, with [`CliRun::spool_rest`], their
+    /// forwarded copies go to the spool: what it wrote is returned).
+    pub async fn flush(mut self, flusher: Flusher) -> Option<(Spool, std::io::Result<Spooled>)> {
         let from = self.at;
         // Spans written here, in this thread, need no thread to wait on.
         if flusher.in_place() {
@@ -183,6 +196,11 @@ impl CliRun {
             self.span.set_status(Status::error("the command failed"));
         }
         self.span.end_with_timestamp(now);
+        let (spool, max) = self.spool.take()?;
+        let source = telemetry::forward::source()?;
+        let rest = source.take(self.span.span_context().trace_id(), max as usize);
+        let written = spool.write(&rest);
+        Some((spool, written))
     }
 
     fn stage_from(&self, name: &'static str, from: SystemTime) -> BoxedSpan {
