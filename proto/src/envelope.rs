@@ -159,6 +159,7 @@ mod tests {
                 max_processes: 8,
                 stdin_window: 262_144,
                 login_shell: true,
+                span_batch_max: 4096,
             }),
             Body::Exec(s::ExecRequest {
                 argv: vec![Bytes::from_static(b"ls"), Bytes::from_static(b"-l")],

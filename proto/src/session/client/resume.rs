@@ -244,6 +244,9 @@ impl<T> ClientSession<T> {
             output::negotiate(answer.output_window, self.link.limits.output_window);
         self.stdin_window = answer.stdin_window;
         self.login_shell = answer.login_shell;
+        // Spans go only where the exec-server takes them now (it may have
+        // restarted with forwarding off).
+        self.forwarding.max = answer.span_batch_max;
         self.state = State::Ready;
         self.deadline = None;
         // Finished calls the exec-server kept are settled by the resume.

@@ -258,6 +258,7 @@ impl<T> ServerSession<T> {
             max_processes: u32::try_from(self.link.limits.max_calls).unwrap_or(u32::MAX),
             stdin_window: self.link.limits.stdin_window,
             login_shell: self.acceptor.login_shell,
+            span_batch_max: self.acceptor.span_batch_max,
         };
         self.calls = calls;
         self.state = State::Ready;
@@ -342,6 +343,7 @@ impl<T> ServerSession<T> {
             max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
             stdin_window: limits.stdin_window,
             login_shell: self.acceptor.login_shell,
+            span_batch_max: self.acceptor.span_batch_max,
         };
         self.state = State::Ready;
         self.deadline = None;

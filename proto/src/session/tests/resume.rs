@@ -908,3 +908,56 @@ fn giving_up_a_session_the_exec_server_no_longer_has_is_answered() {
         p.client_events
     );
 }
+
+/// A pair whose exec-server takes forwarded batches of up to `max` bytes,
+/// its sessions resumable; and the keys.
+fn resumable_forwarding(max: u32) -> (Pair, StaticKeypair, StaticKeypair) {
+    let (client_key, server_key) = keys();
+    let mut p = Pair::from_parts(
+        &client_key,
+        &server_key.public(),
+        Arc::new(forwarding_acceptor(&client_key, &server_key, max)),
+        Limits {
+            resumable: true,
+            ..Limits::client()
+        },
+        Limits {
+            resumable: true,
+            ..Limits::server()
+        },
+    );
+    p.run();
+    assert!(p.client.is_ready());
+    (p, client_key, server_key)
+}
+
+fn forwarding_acceptor(client: &StaticKeypair, server: &StaticKeypair, max: u32) -> Acceptor {
+    let mut acceptor = Acceptor::new(server.clone(), AuthorizedKeys::from_keys([client.public()]));
+    acceptor.span_batch_max = max;
+    acceptor
+}
+
+#[test]
+fn a_resumed_session_forwards_spans_only_as_the_answer_says() {
+    let (mut p, client_key, server_key) = resumable_forwarding(4096);
+    assert_eq!(p.client.span_batch_max(), Some(4096));
+    // The exec-server that answers the resume takes none now.
+    p.cut();
+    p.acceptor = Arc::new(forwarding_acceptor(&client_key, &server_key, 0));
+    p.resume();
+    assert_eq!(p.client.span_batch_max(), None);
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, exit(0));
+    p.run();
+    assert_eq!(
+        p.client
+            .forward_spans(id, Bytes::from_static(b"s"), 1, p.now),
+        Err(crate::session::ForwardError::NotOffered)
+    );
+    // And one that takes them again, with its size.
+    p.cut();
+    p.acceptor = Arc::new(forwarding_acceptor(&client_key, &server_key, 2048));
+    p.resume();
+    assert_eq!(p.client.span_batch_max(), Some(2048));
+}
