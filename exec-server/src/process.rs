@@ -11,7 +11,7 @@
 //! exit, the terminal is drained like the pipes (until every holder of its
 //! user side has closed it, which ends its output, or the drain gives up).
 //!
-//! Spans made here (DESIGN.md §3.2): `rpc.server.queue` (from the enqueue
+//! Spans made here (docs/spans.md): `rpc.server.queue` (from the enqueue
 //! time the request carries to this task's start), `process.spawn`,
 //! `process.run` (with the id the child's `TRACEPARENT` already names), and
 //! under it `process.stdout_reader`, `process.stderr_reader` and

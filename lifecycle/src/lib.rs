@@ -1,5 +1,5 @@
 //! The one lifecycle pattern every service and the client library follow
-//! (DESIGN.md §8, after mini-redis): a cancellation token tells tasks to
+//! (docs/architecture.md, "Shutdown"): a cancellation token tells tasks to
 //! stop, a task tracker lets shutdown wait for them, and every task carries
 //! its span.
 //!

@@ -1,4 +1,4 @@
-//! Durable records of what ran, kept off the hot path (DESIGN.md §4).
+//! Durable records of what ran, kept off the hot path (docs/architecture.md, "Records off the hot path").
 //!
 //! Layout:
 //! - [`record`]: what is recorded (a client's commands, an exec-server's

@@ -10,7 +10,7 @@
 //!   and the relay's hop header.
 //! - [`otel`]: conversion to and from OpenTelemetry's `SpanContext`, and the
 //!   parent `Context` for the next span.
-//! - [`spans`]: the stage-span names (DESIGN.md §3.2).
+//! - [`spans`]: the stage-span names (docs/spans.md).
 //! - [`framing`]: the `relay.frame.send`/`relay.frame.recv` spans both ends
 //!   make for traced messages, and the hop header their frames carry.
 //! - [`remote`]: the exec-server's stage timings for a call, summarised

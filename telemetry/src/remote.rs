@@ -1,4 +1,4 @@
-//! The remote side comes home (DESIGN.md §3.4): the exec-server's stage
+//! The remote side comes home (docs/spans.md, "The remote side comes home"): the exec-server's stage
 //! spans for one call, summarised into the call's final event
 //! ([`Timeline::to_wire`]), and placed on the client's clock
 //! ([`place`]) so that a client with no collector can write them into its

@@ -1,5 +1,5 @@
 //! The one place where the binaries set up logging, tracer providers and
-//! span export (DESIGN.md §3.4).
+//! span export (docs/tracing.md).
 //!
 //! Where spans go is decided once, from the standard variables
 //! ([`Export::from_env`]):

@@ -1,4 +1,4 @@
-//! The stage-span vocabulary (DESIGN.md §3.2). Every span the services make is
+//! The stage-span vocabulary (docs/spans.md). Every span the services make is
 //! named by one of these constants; `docs/spans.md` lists the same names, and
 //! a span is added or renamed in both at once.
 

@@ -63,7 +63,7 @@ pub const EXEC_TREE: &[(&str, &str, &str)] = &[
 /// The stages on one exec's path, in order: (service, span, its
 /// `rex.message` or `rex.direction`). They tile `tool.dispatch`: each
 /// starts where the previous one ended, the first where the dispatch
-/// starts, the last where it ends (DESIGN.md §3.2).
+/// starts, the last where it ends (docs/spans.md).
 pub const PATH: &[(&str, &str, Option<&str>)] = &[
     ("core-client", spans::DISPATCH_PREPARE, None),
     ("core-client", spans::SESSION_ACQUIRE, None),
