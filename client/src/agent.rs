@@ -304,6 +304,7 @@ impl AgentClient {
             stdin: Arc::new(Semaphore::new(STDIN_WINDOW as usize)),
             stop: CancellationToken::new(),
             lost: Arc::new(Mutex::new(None)),
+            span_batch_max: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         };
         let link = Connection {
             framed,
@@ -414,9 +415,19 @@ pub(crate) struct AgentCall {
     stop: CancellationToken,
     /// Why the connection ended before the call did.
     lost: Arc<Mutex<Option<String>>>,
+    /// What the agent said with the last event: the call's exec-server
+    /// takes the agent's forwarded spans in batches of at most this many
+    /// bytes (0: no, or not said).
+    span_batch_max: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl AgentCall {
+    /// The most bytes of a forwarded batch the call's exec-server takes
+    /// from the agent, once the last event said so.
+    pub(crate) fn span_batch_max(&self) -> Option<u32> {
+        Some(self.span_batch_max.load(Ordering::Relaxed)).filter(|m| *m > 0)
+    }
+
     fn lost_reason(&self) -> String {
         self.lost
             .lock()
@@ -615,6 +626,11 @@ impl Connection {
             body => event_of_reply(body)?,
         };
         let last = matches!(event, Event::Exited(_) | Event::Failed(_));
+        if last {
+            self.call
+                .span_batch_max
+                .store(reply.span_batch_max, Ordering::Relaxed);
+        }
         if last && reply.ended_unix_nanos != 0 {
             // The last event's way from the agent's hand to ours.
             let handed = SystemTime::UNIX_EPOCH + Duration::from_nanos(reply.ended_unix_nanos);

@@ -126,13 +126,15 @@ impl Execution {
     }
 
     /// The most bytes of one batch of forwarded spans the call's
-    /// exec-server takes: `Some(0)` when it takes none; `None` for a call
-    /// through a local agent, or before its session's hello was answered.
+    /// exec-server takes: `Some(0)` when it takes none; `None` before its
+    /// session's hello was answered. Through a local agent: `Some` once
+    /// the last event said that the agent forwards its spans to an
+    /// exec-server that takes them, else `None`.
     pub fn span_batch_max(&self) -> Option<u32> {
         match &self.control.carrier {
             Carrier::Session(s) => s.forwarding(),
             #[cfg(feature = "agent")]
-            Carrier::Agent(_) => None,
+            Carrier::Agent(a) => a.span_batch_max(),
         }
     }
 

@@ -293,3 +293,81 @@ async fn nothing_is_spooled_when_forwarding_is_off_on_either_side() {
     terminate(&mut on);
     rx.shutdown().await.unwrap();
 }
+
+/// `core-client agent ARGS` in the stack's sandbox (the socket, trace
+/// file and data directory its `exec` commands use), no OTLP endpoint.
+fn agent(stack: &ProcStack, args: &[&str]) -> std::process::Command {
+    let dir = stack.client_key.parent().unwrap();
+    let mut cmd = std::process::Command::new(binaries::path("core-client").unwrap());
+    cmd.arg("agent")
+        .args(args)
+        .env("REX_AGENT_SOCKET", dir.join("agent").join("agent.sock"))
+        .env("REX_TRACE_FILE", dir.join("traces.jsonl"))
+        .env("REX_DATA_DIR", dir.join("client-data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("REX_NO_SPAN_FORWARDING")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_through_the_agent_forward_the_agents_and_the_clis_spans_once() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let mut stack = stack(&[], &rx);
+    let out = agent(&stack, &["start", "--persist", "10m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (stderr, first) = exec(&stack, &["-v"], &[]);
+    assert!(stderr.contains("through the agent"), "{stderr}");
+    // The CLI's own spans (it has no session) wait in the spool for the
+    // agent's next session to the exec-server.
+    assert_eq!(
+        stderr.matches("left for the next session").count(),
+        1,
+        "{stderr}"
+    );
+    // The agent's spans of the call went with its session.
+    rx.wait_for(WAIT, |s| {
+        s.iter()
+            .any(|x| x.trace_id == first && x.name == spans::AGENT_DISPATCH)
+    })
+    .await;
+    let (stderr, second) = exec(&stack, &["-v"], &[]);
+    assert!(stderr.contains("through the agent"), "{stderr}");
+    rx.wait_for(WAIT, |s| {
+        s.iter()
+            .any(|x| x.trace_id == first && x.name == spans::CLI_RUN)
+    })
+    .await;
+    let _ = agent(&stack, &["stop"]).output();
+    terminate(&mut stack);
+    let all = settle(&rx).await;
+    let key = client_key(&stack);
+    let mine: Vec<RecordedSpan> = all
+        .iter()
+        .filter(|s| s.trace_id == first && s.service != "exec-server" && s.service != "relay")
+        .cloned()
+        .collect();
+    assert_once(&mine);
+    assert!(
+        mine.iter()
+            .all(|s| s.resource.get(spans::FORWARDED_FOR) == Some(&AttrValue::Str(key.clone())))
+    );
+    // The CLI's root and the agent's dispatch of the call, once each.
+    for name in [spans::CLI_RUN, spans::AGENT_DISPATCH] {
+        assert_eq!(
+            mine.iter().filter(|s| s.name == name).count(),
+            1,
+            "{name}: {mine:#?}"
+        );
+    }
+    // The second command's agent-side spans went with its own call.
+    assert!(
+        all.iter()
+            .any(|s| s.trace_id == second && s.name == spans::AGENT_DISPATCH)
+    );
+    rx.shutdown().await.unwrap();
+}

@@ -146,10 +146,18 @@ pub(super) async fn serve(
                 // The agent's calls see a resume only as a pause.
                 let Some(body) = body_of(ev, seq) else { continue };
                 seq += 1;
+                // The CLI's own spans of the call may wait in the spool
+                // for this agent's next session to the exec-server.
+                let span_batch_max = if last && agent.pool.forwards_spans() {
+                    run.span_batch_max().unwrap_or(0)
+                } else {
+                    0
+                };
                 let reply = wire::Reply {
                     body: Some(body),
                     ended_unix_nanos: ended,
                     recording: false,
+                    span_batch_max,
                 };
                 if writer.send(encode(&reply)).await.is_err() {
                     break;

@@ -40,6 +40,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use self::pool::Pool;
+pub use self::pool::SpanForwarding;
 
 type Reader = FramedRead<tokio::net::unix::OwnedReadHalf, LengthDelimitedCodec>;
 type Writer = FramedWrite<tokio::net::unix::OwnedWriteHalf, LengthDelimitedCodec>;
@@ -77,6 +78,8 @@ pub struct Options {
     /// CLI whose data directory is this one), so that the CLI opens no
     /// database of its own.
     pub records: Option<AgentRecords>,
+    /// How its sessions forward their calls' spans (and the spools').
+    pub spans: SpanForwarding,
 }
 
 /// The command records the agent keeps for its callers.
@@ -339,6 +342,7 @@ pub async fn run(listener: UnixListener, options: Options, shutdown: Cancellatio
             options.max_sessions,
             options.warm,
             options.records.as_ref().map(|r| r.store.clone()),
+            options.spans.clone(),
         ),
         tasks: Tasks::new(),
         started: SystemTime::now(),

@@ -7,12 +7,13 @@
 //! (the server's `warm` option), else as the agent's `--warm-interval` says.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto::keys::{PublicKey, StaticKeypair};
 use rex_client::{Client, ClientConfig, Target, TlsSettings, WarmPolicy, WarmStatus};
+use telemetry::forward::{SpanSource, Spool, SpoolLimits, WithSpool};
 
 /// What a session is held for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,6 +65,35 @@ pub struct Pool {
     /// Where the calls that ask for it are recorded (each call chooses:
     /// none is recorded unless it asks).
     records: Option<metadata::Persister>,
+    /// How the sessions forward their calls' spans.
+    spans: SpanForwarding,
+}
+
+/// How the agent's sessions forward their calls' spans to an exec-server
+/// that takes them (docs/tracing.md, Forwarding).
+#[derive(Debug, Clone, Default)]
+pub struct SpanForwarding {
+    /// Where the spans are taken from: the agent's own collector, when it
+    /// has no OTLP endpoint and forwarding is not turned off (`None`:
+    /// nothing is forwarded).
+    pub source: Option<Arc<dyn SpanSource>>,
+    /// The spools (under the data directory) whose batches go with each
+    /// session's calls: what the CLIs and earlier processes left.
+    pub spool_root: Option<PathBuf>,
+}
+
+impl SpanForwarding {
+    /// The span source of a session to `server`.
+    fn for_server(&self, server: &PublicKey) -> Option<Arc<dyn SpanSource>> {
+        let source = self.source.as_ref()?;
+        Some(match &self.spool_root {
+            Some(root) => Arc::new(WithSpool::new(
+                Arc::clone(source),
+                Spool::new(root, &server.server_id(), SpoolLimits::default()),
+            )),
+            None => Arc::clone(source),
+        })
+    }
 }
 
 /// A call's claim on its route's session: counted as running until dropped.
@@ -107,13 +137,24 @@ pub struct HeldStatus {
 impl Pool {
     /// A pool of at most `max` sessions, each kept warm by `warm` unless
     /// its calls ask otherwise.
-    pub fn new(max: usize, warm: WarmPolicy, records: Option<metadata::Persister>) -> Arc<Self> {
+    pub fn new(
+        max: usize,
+        warm: WarmPolicy,
+        records: Option<metadata::Persister>,
+        spans: SpanForwarding,
+    ) -> Arc<Self> {
         Arc::new(Self {
             held: Mutex::new(HashMap::new()),
             max: max.max(1),
             warm,
             records,
+            spans,
         })
+    }
+
+    /// Whether the sessions forward their calls' spans.
+    pub fn forwards_spans(&self) -> bool {
+        self.spans.source.is_some()
     }
 
     /// Most sessions held.
@@ -139,7 +180,14 @@ impl Pool {
         for i in (0..n).map(|k| (first + k) % n) {
             order.push((
                 i,
-                client_of(h, route, i, key_file, &mut key, self.records.as_ref())?,
+                client_of(
+                    h,
+                    route,
+                    i,
+                    key_file,
+                    &mut key,
+                    (self.records.as_ref(), &self.spans),
+                )?,
             ));
         }
         h.running += 1;
@@ -173,7 +221,7 @@ impl Pool {
             current,
             key_file,
             &mut None,
-            self.records.as_ref(),
+            (self.records.as_ref(), &self.spans),
         )
     }
 
@@ -313,7 +361,7 @@ fn client_of(
     i: usize,
     key_file: &Path,
     key: &mut Option<StaticKeypair>,
-    records: Option<&metadata::Persister>,
+    (records, spans): (Option<&metadata::Persister>, &SpanForwarding),
 ) -> Result<Client, PoolError> {
     if let Some(Some(c)) = h.clients.get(i) {
         return Ok(c.clone());
@@ -326,6 +374,7 @@ fn client_of(
         .alternates_of(&route.targets, i);
     config.resume = Some(rex_client::DEFAULT_RESUME);
     config.metadata = records.cloned();
+    config.span_source = spans.for_server(&route.server);
     config.tls = match &route.ca_file {
         Some(ca) => TlsSettings::from_ca_file(ca)?,
         None => TlsSettings::system(),

@@ -105,7 +105,7 @@ fn options(
     socket: PathBuf,
     flusher: Option<telemetry::setup::Flusher>,
     prewarm: Vec<wire::Route>,
-    records: Option<agent::AgentRecords>,
+    (records, data_dir): (Option<agent::AgentRecords>, Option<&Path>),
 ) -> Options {
     Options {
         socket,
@@ -116,8 +116,27 @@ fn options(
         prewarm,
         flusher,
         records,
+        spans: span_forwarding(data_dir),
     }
 }
+
+/// The agent forwards its calls' spans, with the spools under
+/// `data_dir`, when it keeps its spans in the local trace file (no OTLP
+/// endpoint) unless `REX_NO_SPAN_FORWARDING` says otherwise (as for
+/// `exec`).
+fn span_forwarding(data_dir: Option<&Path>) -> agent::SpanForwarding {
+    let off = std::env::var(NO_SPAN_FORWARDING_ENV)
+        .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "no" | "off"));
+    agent::SpanForwarding {
+        source: (!off).then(telemetry::forward::source).flatten(),
+        spool_root: data_dir
+            .and_then(|d| std::path::absolute(d).ok())
+            .map(|d| super::exec::spool_root(&d)),
+    }
+}
+
+/// Turns span forwarding off (as `exec --no-span-forwarding`).
+const NO_SPAN_FORWARDING_ENV: &str = "REX_NO_SPAN_FORWARDING";
 
 /// The records the agent keeps for the CLIs whose data directory is
 /// `data_dir` (none when no data directory is known). The database is
@@ -335,7 +354,13 @@ pub async fn run_foreground(
     let tasks = lifecycle::Tasks::new();
     let shutdown = lifecycle::signals::stop_on_signals(&tasks);
     tracing::info!(socket = %socket.display(), "agent listening");
-    let options = options(&args, socket, flusher, routes, records(data_dir));
+    let options = options(
+        &args,
+        socket,
+        flusher,
+        routes,
+        (records(data_dir), data_dir),
+    );
     agent::run(listener, options, shutdown).await;
     Ok(0)
 }

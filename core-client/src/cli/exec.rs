@@ -324,7 +324,7 @@ async fn traced_exec(
 
 /// Where spans not yet forwarded at exit wait for the next session, under
 /// the data directory.
-pub fn spool_root(data_dir: &Path) -> PathBuf {
+pub(crate) fn spool_root(data_dir: &Path) -> PathBuf {
     data_dir.join("span_spool")
 }
 
