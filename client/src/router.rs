@@ -184,6 +184,11 @@ pub(crate) struct Router {
     /// Where the calls' own spans are taken from to forward them to an
     /// exec-server that takes them.
     span_source: Option<Arc<dyn SpanSource>>,
+    /// The calls whose spans were forwarded, with their traces, latest
+    /// last (at most [`crate::session::FORWARDS`]): at the close, what
+    /// ended since in their traces goes too (a caller's span around the
+    /// call, say).
+    forwarded: std::collections::VecDeque<(u64, TraceId)>,
 }
 
 /// Pings waiting for their pongs at most.
@@ -291,6 +296,7 @@ impl Router {
             resumes: 0,
             held_end: None,
             span_source: None,
+            forwarded: std::collections::VecDeque::new(),
         }
     }
 
@@ -304,10 +310,16 @@ impl Router {
     /// Forwards the spans of `trace_id` that have ended so far as call
     /// `call_id`'s, if the exec-server takes them (otherwise they stay
     /// where the process keeps them).
-    fn forward_spans(&self, machine: &mut Machine, call_id: u64, trace_id: TraceId, now: Now) {
+    fn forward_spans(&mut self, machine: &mut Machine, call_id: u64, trace_id: TraceId, now: Now) {
         let (Some(source), Some(max)) = (&self.span_source, machine.span_batch_max()) else {
             return;
         };
+        if !self.forwarded.contains(&(call_id, trace_id)) {
+            if self.forwarded.len() >= crate::session::FORWARDS {
+                self.forwarded.pop_front();
+            }
+            self.forwarded.push_back((call_id, trace_id));
+        }
         let taken = source.take(trace_id, max as usize);
         machine.spans_dropped(taken.dropped);
         for batch in taken.batches {
@@ -318,7 +330,7 @@ impl Router {
     }
 
     /// Forwards what the calls' callers asked for since the last look.
-    fn forward_asked(&self, machine: &mut Machine, now: Now) {
+    fn forward_asked(&mut self, machine: &mut Machine, now: Now) {
         for (call_id, trace_id) in self.shared.take_forwards() {
             self.forward_spans(machine, call_id, trace_id, now);
         }
@@ -1172,8 +1184,12 @@ impl Endpoint<Machine> for Router {
     }
 
     fn closing(&mut self, machine: &mut Machine, now: Now) {
-        // Spans whose dispatch ended just before the close go first.
+        // Spans whose dispatch ended just before the close go first, and
+        // what ended since in the traces of the calls already forwarded.
         self.forward_asked(machine, now);
+        for (call_id, trace_id) in std::mem::take(&mut self.forwarded) {
+            self.forward_spans(machine, call_id, trace_id, now);
+        }
     }
 }
 
