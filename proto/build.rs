@@ -2,6 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
+        "proto/clock.proto",
         "proto/tunnel.proto",
         "proto/session.proto",
         "proto/agent.proto",

@@ -22,7 +22,7 @@ use proto::limits::MAX_HOP_TIMINGS;
 use proto::noise::EarlyTicket;
 use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_event};
 use proto::pb::tunnel::{HopDirection, HopTiming};
-use proto::session::clock::Sample as ClockSample;
+use proto::session::clock::{Offset, Sample as ClockSample, Source};
 use proto::session::{
     CallError, CallEvent, ClientEvent, ClientSession, Closed, FirstCall, Mark, Now, Ready,
     Received, SessionError,
@@ -620,13 +620,12 @@ impl Router {
             let exchange = exchange_sample(route, timings, &ev.received);
             if let Some(sample) = exchange {
                 machine.add_clock_sample(sample);
-                if let Some(best) = machine.clock_offset() {
-                    self.shared.set_clock_offset(best.offset_nanos);
-                }
             }
+            let local = telemetry::clock::status();
+            let offset = self.refresh_offset(machine, &local);
             // Before the caller has its final event, so that the call's
             // trace is whole when it ends.
-            self.bring_home(route, timings, &ev.received, machine.clock_offset());
+            self.bring_home(route, timings, &ev.received, offset, &local);
         } else if ev.last
             && let Some(route) = self.calls.get(&call_id)
         {
@@ -666,6 +665,19 @@ impl Router {
         Delivery::Taken
     }
 
+    /// The exec-server's clock minus ours from the best source now (`local`
+    /// being what we read of our own clock), kept for the offsets the
+    /// session's other spans state.
+    fn refresh_offset(
+        &self,
+        machine: &Machine,
+        local: &proto::session::clock::Status,
+    ) -> Option<Offset> {
+        let offset = machine.clock_interval(local, proto::clock::unix_nanos(SystemTime::now()))?;
+        self.shared.set_clock_offset(offset.offset_nanos);
+        Some(offset)
+    }
+
     /// Places the exec-server's stages for a finished call on our clock:
     /// records the two `link.transit` legs between them and ours, and
     /// writes the stages where this process keeps its spans (the local
@@ -675,19 +687,26 @@ impl Router {
         route: &Route,
         timings: &CallTimings,
         received: &Received,
-        clock: Option<ClockSample>,
+        offset: Option<Offset>,
+        local: &proto::session::clock::Status,
     ) {
         let sc = route.parent.span().span_context().clone();
         if !sc.is_sampled() {
             return;
         }
-        let offset = clock.map_or_else(|| self.shared.clock_offset(), |c| c.offset_nanos);
+        // No sample at all (none could be taken): the last offset known,
+        // with no bound to speak of.
+        let offset = offset.unwrap_or(Offset {
+            source: Source::TwoWay,
+            offset_nanos: self.shared.clock_offset(),
+            bound: std::time::Duration::MAX,
+        });
         let left = route.left.unwrap_or(route.started);
         // The relay's forwards first, between the request leaving and the
         // final event arriving; the exec-server's work then lies between
         // them (the relay forwarded the request before it arrived, and
         // received the final event after it left).
-        let hops = place_hops(route, &sc, left, received);
+        let hops = place_hops(route, &sc, left, received, local);
         let window = match &hops {
             Some(h) => telemetry::remote::Window {
                 request_sent: h.to_server.1,
@@ -711,37 +730,45 @@ impl Router {
                 return;
             }
         };
-        let uncertainty = clock.map_or(0, |c| {
-            i64::try_from(c.uncertainty().as_nanos()).unwrap_or(i64::MAX)
-        });
+        let server = placed.offset;
+        // Each leg with the clocks of its far ends (ours is the reference),
+        // and the leg opposite it: the two make one round trip.
         let legs = match &hops {
             Some(h) => vec![
-                ("to_server", "client_relay", left, h.to_server.0),
-                (
+                Leg::new("to_server", "client_relay", left, h.to_server.0, &[h.offset], 3),
+                Leg::new(
                     "to_server",
                     "relay_server",
                     h.to_server.1,
                     placed.first_start(),
+                    &[h.offset, server],
+                    2,
                 ),
-                ("to_client", "server_relay", placed.sent, h.to_client.0),
-                ("to_client", "relay_client", h.to_client.1, received.arrived),
+                Leg::new(
+                    "to_client",
+                    "server_relay",
+                    placed.sent,
+                    h.to_client.0,
+                    &[server, h.offset],
+                    1,
+                ),
+                Leg::new(
+                    "to_client",
+                    "relay_client",
+                    h.to_client.1,
+                    received.arrived,
+                    &[h.offset],
+                    0,
+                ),
             ],
             None => vec![
-                ("to_server", "end_to_end", left, placed.first_start()),
-                ("to_client", "end_to_end", placed.sent, received.arrived),
+                Leg::new("to_server", "end_to_end", left, placed.first_start(), &[server], 1),
+                Leg::new("to_client", "end_to_end", placed.sent, received.arrived, &[server], 0),
             ],
         };
-        for (direction, leg, from, to) in legs {
-            let mut attributes = vec![
-                KeyValue::new("rex.direction", direction),
-                KeyValue::new("rex.leg", leg),
-                KeyValue::new("rex.clock_offset_ns", placed.offset_ns),
-                KeyValue::new("rex.clock_uncertainty_ns", uncertainty),
-            ];
-            if let Some(h) = &hops {
-                attributes.push(KeyValue::new("rex.relay.clock_offset_ns", h.offset_ns));
-            }
-            self.placed_stage(route, spans::LINK_TRANSIT, from, to, attributes);
+        for leg in &legs {
+            let attributes = leg.attributes(&legs);
+            self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
         }
         if let Some(sink) = telemetry::remote::sink() {
             let mut spans = placed.spans;
@@ -764,7 +791,7 @@ impl Router {
             return;
         }
         let left = route.left.unwrap_or(route.started);
-        let hops = place_hops(route, &sc, left, received);
+        let hops = place_hops(route, &sc, left, received, &telemetry::clock::status());
         let stages = match &hops {
             Some(h) => vec![
                 (
@@ -790,7 +817,7 @@ impl Router {
                 attributes.push(KeyValue::new("rex.leg", leg));
             }
             if let Some(h) = &hops {
-                attributes.push(KeyValue::new("rex.relay.clock_offset_ns", h.offset_ns));
+                attributes.extend(clock_attributes(&h.offset));
             }
             self.placed_stage(route, name, from, to, attributes);
         }
@@ -1053,9 +1080,7 @@ impl Endpoint<Machine> for Router {
             ClientEvent::Secured => self.secured_at = Some(now.wall),
             ClientEvent::Ready(ready) => {
                 self.shared.set_forwarding(machine.span_batch_max());
-                if let Some(sample) = ready.clock {
-                    self.shared.set_clock_offset(sample.offset_nanos);
-                }
+                self.refresh_offset(machine, &telemetry::clock::status());
                 if let Some(tx) = self.ready.take() {
                     let _ = tx.send(Ok(Established {
                         ready,
@@ -1072,9 +1097,7 @@ impl Endpoint<Machine> for Router {
                 return delivery;
             }
             ClientEvent::Pong { nonce, rtt, .. } => {
-                if let Some(best) = machine.clock_offset() {
-                    self.shared.set_clock_offset(best.offset_nanos);
-                }
+                self.refresh_offset(machine, &telemetry::clock::status());
                 if let Some(i) = self.pings.iter().position(|(n, _)| *n == nonce) {
                     let (_, reply) = self.pings.swap_remove(i);
                     let _ = reply.send(rtt);
@@ -1247,6 +1270,7 @@ fn place_hops(
     sc: &opentelemetry::trace::SpanContext,
     left: SystemTime,
     received: &Received,
+    local: &proto::session::clock::Status,
 ) -> Option<telemetry::hops::PlacedHops> {
     telemetry::hops::place(
         &route.relay.all(),
@@ -1256,7 +1280,99 @@ fn place_hops(
             request_left: left,
             final_arrived: received.arrived,
         },
+        local,
     )
+}
+
+/// How a stage placed with `offset` was placed: its source, the offset
+/// and its bound.
+fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
+    [
+        KeyValue::new(spans::ATTR_CLOCK_SOURCE, offset.source.as_str()),
+        KeyValue::new(spans::ATTR_CLOCK_OFFSET, offset.offset_nanos),
+        KeyValue::new(spans::ATTR_CLOCK_BOUND, offset.bound_nanos()),
+    ]
+}
+
+/// One `link.transit` leg of a call: when it ran on our clock, the clocks
+/// of its far ends, and which leg of the call runs opposite it.
+struct Leg {
+    direction: &'static str,
+    name: &'static str,
+    from: SystemTime,
+    to: SystemTime,
+    /// The loosest source among its ends.
+    source: Source,
+    /// The sum of its ends' bounds.
+    bound: std::time::Duration,
+    /// The index of the leg that makes a round trip with it.
+    opposite: usize,
+}
+
+impl Leg {
+    fn new(
+        direction: &'static str,
+        name: &'static str,
+        from: SystemTime,
+        to: SystemTime,
+        ends: &[Offset],
+        opposite: usize,
+    ) -> Self {
+        let rank = |s: Source| match s {
+            Source::SameHost => 0,
+            Source::Synchronized => 1,
+            _ => 2,
+        };
+        let source = ends
+            .iter()
+            .map(|o| o.source)
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(Source::SameHost);
+        let bound = ends
+            .iter()
+            .fold(std::time::Duration::ZERO, |b, o| b.saturating_add(o.bound));
+        Self {
+            direction,
+            name,
+            from,
+            to: to.max(from),
+            source,
+            bound,
+            opposite,
+        }
+    }
+
+    fn duration_nanos(&self) -> i64 {
+        self.to
+            .duration_since(self.from)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    /// Its attributes: direction and leg, how its clocks were placed, and,
+    /// when the split is unknown, the round trip it makes with its
+    /// opposite (the one measured interval).
+    fn attributes(&self, legs: &[Leg]) -> Vec<KeyValue> {
+        let mut attributes = vec![
+            KeyValue::new("rex.direction", self.direction),
+            KeyValue::new("rex.leg", self.name),
+            KeyValue::new(spans::ATTR_CLOCK_SOURCE, self.source.as_str()),
+            KeyValue::new(
+                spans::ATTR_CLOCK_BOUND,
+                i64::try_from(self.bound.as_nanos()).unwrap_or(i64::MAX),
+            ),
+        ];
+        if self.source.knows_split() {
+            attributes.push(KeyValue::new(spans::ATTR_CLOCK_SPLIT, "measured"));
+        } else {
+            attributes.push(KeyValue::new(spans::ATTR_CLOCK_SPLIT, "unknown"));
+            let opposite = legs.get(self.opposite).map_or(0, Leg::duration_nanos);
+            attributes.push(KeyValue::new(
+                spans::ATTR_ROUND_TRIP,
+                self.duration_nanos().saturating_add(opposite),
+            ));
+        }
+        attributes
+    }
 }
 
 #[cfg(test)]

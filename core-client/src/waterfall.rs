@@ -9,10 +9,17 @@ use std::path::Path;
 
 use crate::names::ServerNames;
 use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
+use proto::session::clock::Source;
 use telemetry::spans::{
-    ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS, TERMINAL_DELIVERY,
-    TERMINAL_PUSH,
+    ATTR_CLOCK_BOUND, ATTR_CLOCK_MEASURED, ATTR_CLOCK_OFFSET, ATTR_CLOCK_SOURCE, ATTR_CLOCK_SPLIT,
+    ATTR_ROUND_TRIP, ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS,
+    LINK_TRANSIT, TERMINAL_DELIVERY, TERMINAL_PUSH,
 };
+
+/// The offset attribute trace files written before clock sources name.
+const LEGACY_CLOCK_OFFSET: &str = "rex.clock_offset_ns";
+/// The moved-from estimate in trace files written before clock sources.
+const LEGACY_CLOCK_MEASURED: &str = "rex.clock_offset_measured_ns";
 
 /// The narrowest timeline drawn, in cells.
 pub const MIN_WIDTH: usize = 10;
@@ -21,6 +28,8 @@ pub const MIN_WIDTH: usize = 10;
 pub const SHOW_WIDTH: usize = 40;
 
 const FILLED: char = '█';
+/// A `link.transit` leg whose share of its round trip is unknown.
+const UNSPLIT: char = '░';
 const EMPTY: char = '·';
 /// A zero-duration span's instant on the timeline.
 const INSTANT: char = '|';
@@ -188,8 +197,9 @@ fn session_line(out: &mut String, spans: &[SpanRecord]) {
 }
 
 /// How the exec-server's side of a client's command got here: brought home
-/// in the session and placed with a clock offset (which is said), or not
-/// known at all (an exec-server that sends no timings, with no collector).
+/// in the session and placed on our clock (from which clock source, within
+/// what bound), or not known at all (an exec-server that sends no timings,
+/// with no collector).
 fn remote_line(out: &mut String, spans: &[SpanRecord]) {
     let client_dispatch = spans
         .iter()
@@ -197,33 +207,17 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
     if !client_dispatch {
         return;
     }
-    let attr = |s: &SpanRecord, key: &str| -> Option<i64> {
-        s.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse().ok())
-    };
     let placed = |service: &str| {
         spans
             .iter()
             .find(|s| s.service == service && crate::traces::is_placed(s))
     };
     if let Some(copy) = placed(telemetry::remote::EXEC_SERVER) {
-        let used = attr(copy, "rex.clock_offset_ns").unwrap_or(0);
-        let _ = match attr(copy, "rex.clock_offset_measured_ns") {
-            Some(measured) => writeln!(
-                out,
-                "exec-server's stages: brought home in the session, placed with its clock \
-                 {} ms off ours (measured {} ms, moved to keep cause before effect)",
-                signed_ms(used),
-                signed_ms(measured)
-            ),
-            None => writeln!(
-                out,
-                "exec-server's stages: brought home in the session, placed with its clock {} ms off ours",
-                signed_ms(used)
-            ),
-        };
+        let _ = writeln!(
+            out,
+            "exec-server's stages: brought home in the session, {}",
+            placement(copy)
+        );
     } else if !spans
         .iter()
         .any(|s| s.service == telemetry::remote::EXEC_SERVER)
@@ -233,12 +227,78 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
         );
     }
     if let Some(copy) = placed(telemetry::remote::RELAY) {
-        let _ = writeln!(
-            out,
-            "relay's forwards: told on its frames, placed with its clock {} ms off ours",
-            signed_ms(attr(copy, "rex.clock_offset_ns").unwrap_or(0))
-        );
+        let _ = writeln!(out, "relay's forwards: told on its frames, {}", placement(copy));
     }
+}
+
+/// How a placed span was placed on our clock, in words: its clock source,
+/// the offset and its bound.
+fn placement(copy: &SpanRecord) -> String {
+    let offset = int_attr(copy, ATTR_CLOCK_OFFSET)
+        .or_else(|| int_attr(copy, LEGACY_CLOCK_OFFSET))
+        .unwrap_or(0);
+    let bound = int_attr(copy, ATTR_CLOCK_BOUND);
+    let moved = int_attr(copy, ATTR_CLOCK_MEASURED)
+        .or_else(|| int_attr(copy, LEGACY_CLOCK_MEASURED))
+        .map(|measured| {
+            format!(
+                " (estimated {} ms, moved to keep cause before effect)",
+                signed_ms(measured)
+            )
+        })
+        .unwrap_or_default();
+    match clock_source(copy) {
+        Some(Source::SameHost) => {
+            "placed on our clock as it is (same host: one kernel, one clock, exact)".to_owned()
+        }
+        Some(Source::Synchronized) => format!(
+            "placed with its clock {} ms{} off ours{moved} (both kernels synchronized)",
+            signed_ms(offset),
+            plus_minus(bound)
+        ),
+        _ => format!(
+            "placed with its clock {} ms{} off ours{moved} (estimated from round trips: how \
+             each round trip splits between its two ways is unknown)",
+            signed_ms(offset),
+            plus_minus(bound)
+        ),
+    }
+}
+
+/// ` ± x.xxx` for a bound, or nothing when it is unknown.
+fn plus_minus(bound: Option<i64>) -> String {
+    bound
+        .filter(|b| *b >= 0 && *b < i64::MAX)
+        .map(|b| format!(" ± {} ms", ms(b.unsigned_abs())))
+        .unwrap_or_default()
+}
+
+/// An integer attribute of a span.
+fn int_attr(span: &SpanRecord, key: &str) -> Option<i64> {
+    span.attributes
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// A text attribute of a span.
+fn text_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
+    span.attributes
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The clock source that placed a span (`None`: not placed, or by a
+/// version that did not say).
+fn clock_source(span: &SpanRecord) -> Option<Source> {
+    text_attr(span, ATTR_CLOCK_SOURCE).and_then(Source::parse)
+}
+
+/// Whether a `link.transit` leg was placed by an estimate that cannot
+/// tell how its round trip splits.
+fn split_unknown(span: &SpanRecord) -> bool {
+    text_attr(span, ATTR_CLOCK_SPLIT) == Some("unknown")
 }
 
 /// Nanoseconds as signed milliseconds, three decimals.
@@ -317,15 +377,43 @@ fn tree_order(spans: &[SpanRecord]) -> Vec<Placed<'_>> {
 }
 
 fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width: usize) {
-    let label = |p: &Placed<'_>| format!("{}{}", "  ".repeat(p.depth), p.span.name);
-    let starts: Vec<String> = placed.iter().map(|p| ms(p.start - t0)).collect();
-    let durations: Vec<String> = placed.iter().map(|p| ms(p.duration())).collect();
+    let label = |p: &Placed<'_>| match text_attr(p.span, "rex.leg") {
+        Some(leg) if p.span.name == LINK_TRANSIT => {
+            format!("{}{} ({leg})", "  ".repeat(p.depth), p.span.name)
+        }
+        _ => format!("{}{}", "  ".repeat(p.depth), p.span.name),
+    };
+    // A placed span's start carries its bound where the drawing can show
+    // it: at least one timeline cell.
+    let cell = total / width.max(1) as u64;
+    let starts: Vec<String> = placed
+        .iter()
+        .map(|p| {
+            let bound = int_attr(p.span, ATTR_CLOCK_BOUND)
+                .filter(|b| crate::traces::is_placed(p.span) && *b > 0 && b.unsigned_abs() >= cell);
+            match bound {
+                Some(b) => format!("{}±{}", ms(p.start - t0), ms(b.unsigned_abs())),
+                None => ms(p.start - t0),
+            }
+        })
+        .collect();
+    // A leg whose split is unknown has no duration of its own to state.
+    let durations: Vec<String> = placed
+        .iter()
+        .map(|p| {
+            if split_unknown(p.span) {
+                "?".to_owned()
+            } else {
+                ms(p.duration())
+            }
+        })
+        .collect();
     let name_w = column_width("span", placed.iter().map(|p| label(p).chars().count()));
     let service_w = column_width(
         "service",
         placed.iter().map(|p| p.span.service.chars().count()),
     );
-    let start_w = column_width("start ms", starts.iter().map(String::len));
+    let start_w = column_width("start ms", starts.iter().map(|s| s.chars().count()));
     let dur_w = column_width("dur ms", durations.iter().map(String::len));
 
     let _ = writeln!(
@@ -334,15 +422,32 @@ fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width
         "span", "service", "start ms", "dur ms"
     );
     for ((p, start), duration) in placed.iter().zip(&starts).zip(&durations) {
+        let unsplit = split_unknown(p.span);
+        let mut drawn = bar(p.start - t0, p.end - t0, total, width);
+        if unsplit {
+            drawn = drawn.replace(FILLED, &UNSPLIT.to_string());
+        }
         let _ = writeln!(
             out,
-            "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  {}",
+            "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  {drawn}{}",
             label(p),
             p.span.service,
             start,
             duration,
-            bar(p.start - t0, p.end - t0, total, width),
+            if unsplit { round_trip_note(p.span) } else { String::new() },
         );
+    }
+}
+
+/// What a leg of an unknown split stands for: the round trip it makes
+/// with its opposite leg, stated on the outbound leg.
+fn round_trip_note(span: &SpanRecord) -> String {
+    match (text_attr(span, "rex.direction"), int_attr(span, ATTR_ROUND_TRIP)) {
+        (Some("to_server"), Some(rtt)) => format!(
+            "  {} ms there and back, split unknown",
+            ms(rtt.unsigned_abs())
+        ),
+        _ => "  (the way back of a round trip above)".to_owned(),
     }
 }
 
@@ -651,19 +756,13 @@ mod tests {
 
     #[test]
     fn the_remote_side_says_how_it_was_placed_or_that_it_is_unknown() {
-        let with_attrs = |mut s: SpanRecord, attrs: &[(&str, &str)]| {
-            s.attributes.extend(
-                attrs
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-            );
-            s
-        };
         let dispatch = span("tool.dispatch", "core-client", "a", None, 0, 10 * MS);
         let copy = with_attrs(
             span("rpc.server.exec", "exec-server", "f", Some("a"), MS, 9 * MS),
             &[
-                ("rex.clock_offset_ns", "2000123456"),
+                ("rex.clock.source", "two-way"),
+                ("rex.clock.offset_ns", "2000123456"),
+                ("rex.clock.bound_ns", "25650000"),
                 ("rex.remote.placed", "true"),
             ],
         );
@@ -671,13 +770,60 @@ mod tests {
         assert_eq!(
             out.lines().nth(1),
             Some(
-                "exec-server's stages: brought home in the session, placed with its clock +2000.123 ms off ours"
+                "exec-server's stages: brought home in the session, placed with its clock \
+                 +2000.123 ms ± 25.650 ms off ours (estimated from round trips: how each round \
+                 trip splits between its two ways is unknown)"
             )
         );
-        let moved = with_attrs(copy, &[("rex.clock_offset_measured_ns", "-1500")]);
+        let moved = with_attrs(copy, &[("rex.clock.measured_ns", "-1500")]);
         let out = render(&trace(vec![dispatch.clone(), moved]), 40);
         assert!(
-            out.contains("(measured -0.001 ms, moved to keep cause before effect)"),
+            out.contains("(estimated -0.001 ms, moved to keep cause before effect)"),
+            "{out}"
+        );
+        // A trace file from before clock sources: an estimate, unbounded.
+        let legacy = with_attrs(
+            span("rpc.server.exec", "exec-server", "f", Some("a"), MS, 9 * MS),
+            &[
+                ("rex.clock_offset_ns", "-1500"),
+                ("rex.remote.placed", "true"),
+            ],
+        );
+        let out = render(&trace(vec![dispatch.clone(), legacy]), 40);
+        assert!(
+            out.contains("placed with its clock -0.001 ms off ours (estimated from round trips"),
+            "{out}"
+        );
+        // The same host, and both kernels synchronized.
+        let same = with_attrs(
+            span("rpc.server.exec", "exec-server", "f", Some("a"), MS, 9 * MS),
+            &[
+                ("rex.clock.source", "same-host"),
+                ("rex.clock.offset_ns", "0"),
+                ("rex.clock.bound_ns", "0"),
+                ("rex.remote.placed", "true"),
+            ],
+        );
+        let out = render(&trace(vec![dispatch.clone(), same]), 40);
+        assert!(
+            out.contains("placed on our clock as it is (same host: one kernel, one clock, exact)"),
+            "{out}"
+        );
+        let synced = with_attrs(
+            span("relay.forward", "relay", "e", Some("a"), MS, 2 * MS),
+            &[
+                ("rex.clock.source", "synchronized"),
+                ("rex.clock.offset_ns", "0"),
+                ("rex.clock.bound_ns", "1250000"),
+                ("rex.remote.placed", "true"),
+            ],
+        );
+        let out = render(&trace(vec![dispatch.clone(), synced]), 40);
+        assert!(
+            out.contains(
+                "relay's forwards: told on its frames, placed with its clock +0.000 ms ± 1.250 ms \
+                 off ours (both kernels synchronized)"
+            ),
             "{out}"
         );
         // An exec-server that sent nothing: said so, and the rest prints.
@@ -688,6 +834,96 @@ mod tests {
         let out = render(&sample(), 40);
         assert!(!out.contains("exec-server's stages"), "{out}");
     }
+
+    fn with_attrs(mut s: SpanRecord, attrs: &[(&str, &str)]) -> SpanRecord {
+        s.attributes.extend(
+            attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        s
+    }
+
+    /// A dispatch of 0..100 ms with the exec-server's work at 40..60 and
+    /// the legs to and from it, placed with `source`.
+    fn legs(source: &str, split: &str, bound: &str) -> Trace {
+        let placed = |s: SpanRecord| {
+            with_attrs(
+                s,
+                &[
+                    ("rex.clock.source", source),
+                    ("rex.clock.offset_ns", "0"),
+                    ("rex.clock.bound_ns", bound),
+                    ("rex.remote.placed", "true"),
+                ],
+            )
+        };
+        let leg = |id: &str, direction: &str, start: u64, end: u64| {
+            with_attrs(
+                span("link.transit", "core-client", id, Some("a"), start, end),
+                &[
+                    ("rex.direction", direction),
+                    ("rex.leg", "end_to_end"),
+                    ("rex.clock.source", source),
+                    ("rex.clock.bound_ns", bound),
+                    ("rex.clock.split", split),
+                    ("rex.round_trip_ns", "80000000"),
+                ],
+            )
+        };
+        trace(vec![
+            span("tool.dispatch", "core-client", "a", None, 0, 100 * MS),
+            leg("b", "to_server", 5 * MS, 40 * MS),
+            placed(span(
+                "rpc.server.exec",
+                "exec-server",
+                "f",
+                Some("a"),
+                40 * MS,
+                60 * MS,
+            )),
+            leg("c", "to_client", 60 * MS, 100 * MS),
+        ])
+    }
+
+    #[test]
+    fn legs_of_an_unknown_split_are_one_round_trip_and_known_ones_their_own() {
+        // Placed by the two-way estimate (± 20 ms): neither leg states a
+        // duration; the outbound one states the round trip; the placed
+        // work's start carries its bound.
+        let out = render(&legs("two-way", "unknown", "20000000"), 40);
+        let leg_rows: Vec<&str> = rows(&out)
+            .into_iter()
+            .filter(|r| r.contains("link.transit"))
+            .collect();
+        assert_eq!(leg_rows.len(), 2, "{out}");
+        for row in &leg_rows {
+            // The label is two words: "link.transit (end_to_end)".
+            let (_, cols) = columns(row);
+            assert_eq!(cols[3], "?", "{row}");
+            assert!(row.contains('░') && !row.contains('█'), "{row}");
+        }
+        assert!(
+            leg_rows[0].ends_with("80.000 ms there and back, split unknown"),
+            "{out}"
+        );
+        assert!(leg_rows[1].ends_with("(the way back of a round trip above)"), "{out}");
+        assert!(out.contains("40.000±20.000"), "{out}");
+        // The same host: each leg its own, drawn solid, no ±.
+        let out = render(&legs("same-host", "measured", "0"), 40);
+        let leg_rows: Vec<&str> = rows(&out)
+            .into_iter()
+            .filter(|r| r.contains("link.transit"))
+            .collect();
+        let durations: Vec<String> = leg_rows.iter().map(|r| columns(r).1[3].to_owned()).collect();
+        assert_eq!(durations, ["35.000", "40.000"], "{out}");
+        assert!(!out.contains('░') && !out.contains('±'), "{out}");
+        // A bound smaller than a timeline cell is not worth a ±.
+        let out = render(&legs("synchronized", "measured", "100000"), 40);
+        assert!(!out.contains('±') || out.contains("± 0.100 ms off ours"), "{out}");
+        assert!(!out.contains("40.000±"), "{out}");
+    }
+
 
     #[test]
     fn the_server_is_named_as_the_user_named_it() {

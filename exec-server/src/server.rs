@@ -11,6 +11,9 @@ use proto::pb::tunnel::tunnel_server::TunnelServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// How often the exec-server reads its kernel's clock state anew.
+const CLOCK_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecServerConfig;
@@ -140,6 +143,23 @@ pub async fn start(
                 }
             }
             ctx.refusals.log_summaries();
+        });
+    }
+
+    // What the kernel says of its clock is told to clients in every hello
+    // answer and pong; it may become synchronized (or lose it) while up.
+    {
+        let ctx = Arc::clone(&ctx);
+        let stop = shutdown.clone();
+        tasks.spawn(tracing::debug_span!("clock status"), async move {
+            let mut tick = tokio::time::interval(CLOCK_STATUS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => ctx.refresh_clock(),
+                }
+            }
         });
     }
 

@@ -131,6 +131,11 @@ mod tests {
                 early_ticket: Bytes::from_static(&[9; 16]),
                 span_batch_max: 65536,
                 login_shell: true,
+                clock: Some(crate::pb::clock::ClockStatus {
+                    boot: Bytes::from_static(&[3; 16]),
+                    synchronized: true,
+                    max_error_ns: 250_000,
+                }),
             }),
             Body::OutputAck(s::OutputAck { seq: 9 }),
             Body::Resume(s::Resume {
@@ -207,6 +212,7 @@ mod tests {
             Body::Pong(s::Pong {
                 nonce: 99,
                 recv_time_unix_nanos: 5,
+                clock: None,
             }),
             ev(Kind::Started(s::Started {
                 pid: 42,

@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`pb`]: the generated protobuf types and tonic services (`tunnel`: relay
 //!   links; `session`: the plaintext session messages; `agent`: between
-//!   the CLI and its local agent).
+//!   the CLI and its local agent; `clock`: what a process tells its peers of
+//!   its clock).
 //! - [`keys`]: static X25519 keys, their text form, key files, authorized-keys
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
@@ -63,6 +64,11 @@ mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
     // The packages' own paths, which the generated code refers to.
     pub mod rex {
+        pub mod clock {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/rex.clock.v1.rs"));
+            }
+        }
         pub mod tunnel {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.tunnel.v1.rs"));
@@ -84,6 +90,7 @@ mod generated {
 /// Generated protobuf messages and tonic service stubs.
 pub mod pb {
     pub use super::generated::rex::agent::v1 as agent;
+    pub use super::generated::rex::clock::v1 as clock;
     pub use super::generated::rex::session::v1 as session;
     pub use super::generated::rex::tunnel::v1 as tunnel;
 }

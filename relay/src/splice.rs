@@ -263,12 +263,14 @@ impl Forward {
             host: telemetry::host::name()
                 .map(|h| h.chars().take(64).collect())
                 .unwrap_or_default(),
+            clock: Some(telemetry::clock::status().to_wire()),
         }
     }
 }
 
-/// The bytes a frame's timings are counted for, at most.
-const TIMINGS_COST: usize = MAX_HOP_TIMINGS * 128;
+/// The bytes a frame's timings are counted for, at most (each names its
+/// span, times, host and clock).
+const TIMINGS_COST: usize = MAX_HOP_TIMINGS * 160;
 
 /// Starts `relay.forward` for a frame with a valid hop header (arrived at
 /// `arrived`) and rewrites the header to name the new span. A header that

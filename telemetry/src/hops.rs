@@ -4,13 +4,18 @@
 //! the relay's stage and the time on the wire split into its legs:
 //! client → relay → exec-server and back.
 //!
-//! The relay's clock is estimated from the call itself, as NTP does from
-//! four timestamps: the exec request leaving the client (t1), reaching the
+//! The relay's clock is placed from the tightest source there is: the same
+//! kernel as ours (the relay's boot id digest, told on its timings, equals
+//! ours: offset exactly 0), both kernels synchronized (0, within the sum of
+//! their stated errors), else the call itself, as NTP does from four
+//! timestamps: the exec request leaving the client (t1), reaching the
 //! relay (t2, the relay's clock), the final event leaving the relay (t3)
 //! and reaching the client (t4); offset = ((t2 − t1) + (t3 − t4)) / 2.
 //! That estimate is the midpoint of the offsets under which both forwards
 //! lie between the request leaving and the final event arriving (there is
-//! none when they cannot); the exec-server's stages are then
+//! none when they cannot), and half their spread is its bound: how the
+//! round trip splits between the two ways is unknown to it. The
+//! exec-server's stages are then
 //! placed between the two forwards (the request reached it after the
 //! relay forwarded it, and the final event left it before the relay
 //! received it), which causality always allows. The timings are untrusted
@@ -23,6 +28,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use proto::limits::MAX_HOP_TIMINGS;
 use proto::pb::tunnel::{HopDirection, HopTiming};
+use proto::session::clock::{Offset, Source, Status};
 
 use crate::remote::{PLACED, RELAY, RemoteSpan};
 use crate::spans;
@@ -36,8 +42,8 @@ pub struct PlacedHops {
     pub to_server: (SystemTime, SystemTime),
     /// The final event's forward (start, end).
     pub to_client: (SystemTime, SystemTime),
-    /// The offset used (the relay's clock minus ours, nanoseconds).
-    pub offset_ns: i64,
+    /// The offset used (the relay's clock minus ours) and its source.
+    pub offset: Offset,
 }
 
 /// What the client saw of the call on its own clock.
@@ -60,14 +66,16 @@ fn at(n: i128) -> Option<SystemTime> {
 }
 
 /// Places `timings` (as received, any number) for the call of `trace_id`
-/// whose dispatch is `dispatch`; `None` when they do not hold both the
-/// request's and the final event's forward, or no offset puts both
-/// between the request leaving and the final event arriving.
+/// whose dispatch is `dispatch`, `local` being what this process reads of
+/// its own clock; `None` when they do not hold both the request's and the
+/// final event's forward, or no offset puts both between the request
+/// leaving and the final event arriving.
 pub fn place(
     timings: &[HopTiming],
     trace_id: TraceId,
     dispatch: SpanId,
     legs: Legs,
+    local: &Status,
 ) -> Option<PlacedHops> {
     let trace = trace_id.to_bytes();
     let dispatch = u64::from_be_bytes(dispatch.to_bytes());
@@ -107,8 +115,26 @@ pub fn place(
     if low > high || t2 + d2 > t3 {
         return None;
     }
-    let offset = estimate;
-    let used = i64::try_from(offset).ok()?;
+    let two_way = Offset {
+        source: Source::TwoWay,
+        offset_nanos: i64::try_from(estimate).ok()?,
+        bound: Duration::from_nanos(u64::try_from((high - low) / 2).ok()?),
+    };
+    let relay = out
+        .clock
+        .as_ref()
+        .or(back.clock.as_ref())
+        .map(Status::from_wire)
+        .unwrap_or_default();
+    let chosen = proto::session::clock::choose_with(local, &relay, Some(two_way));
+    // An exact source that contradicts what the call saw (a clock stepped
+    // mid-call) is not believed: the call's own estimate is.
+    let chosen = match chosen {
+        Some(c) if (low..=high).contains(&i128::from(c.offset_nanos)) => c,
+        _ => two_way,
+    };
+    let offset = i128::from(chosen.offset_nanos);
+    let used = chosen.offset_nanos;
     let place_one = |t: &HopTiming| -> Option<RemoteSpan> {
         let start = at(i128::from(t.arrived_unix_nanos) - offset)?;
         let end = at(i128::from(t.arrived_unix_nanos) + i128::from(t.duration_ns) - offset)?;
@@ -120,7 +146,9 @@ pub fn place(
         let mut attributes = vec![
             KeyValue::new("rex.direction", direction),
             KeyValue::new("rex.frame.bytes", i64::from(t.frame_bytes)),
-            KeyValue::new("rex.clock_offset_ns", used),
+            KeyValue::new(spans::ATTR_CLOCK_SOURCE, chosen.source.as_str()),
+            KeyValue::new(spans::ATTR_CLOCK_OFFSET, used),
+            KeyValue::new(spans::ATTR_CLOCK_BOUND, chosen.bound_nanos()),
             KeyValue::new(PLACED, true),
         ];
         let host: String = t.host.chars().take(64).collect();
@@ -155,7 +183,7 @@ pub fn place(
         spans: placed,
         to_server,
         to_client,
-        offset_ns: used,
+        offset: chosen,
     })
 }
 
@@ -180,6 +208,7 @@ mod tests {
             duration_ns: dur,
             frame_bytes: 100,
             host: "relay-host".into(),
+            clock: None,
         }
     }
 
@@ -198,6 +227,7 @@ mod tests {
             TraceId::from_bytes(TRACE.to_be_bytes()),
             SpanId::from_bytes(DISPATCH.to_be_bytes()),
             legs(),
+            &Status::default(),
         )
     }
 
@@ -213,7 +243,11 @@ mod tests {
         ];
         let placed = place_with(&timings).unwrap();
         // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 besides the skew.
-        assert_eq!(placed.offset_ns, 1_000_000 - 5);
+        assert_eq!(placed.offset.offset_nanos, 1_000_000 - 5);
+        assert_eq!(placed.offset.source, Source::TwoWay);
+        // Feasible offsets run from 1890 - 2000 to 1100 - 1000 besides
+        // the skew: half that spread is the bound.
+        assert_eq!(placed.offset.bound, Duration::from_nanos(105));
         assert_eq!(placed.to_server, (t(1105), t(1125)));
         assert_eq!(placed.to_client, (t(1885), t(1895)));
         assert_eq!(placed.spans.len(), 3);
@@ -234,7 +268,7 @@ mod tests {
         ])
         .unwrap();
         // ((10) + (1405 - 2000)) / 2 = -292, between -595 and 10.
-        assert_eq!(placed.offset_ns, -292);
+        assert_eq!(placed.offset.offset_nanos, -292);
         assert!(placed.to_server.0 >= legs().request_left);
         assert!(placed.to_client.1 <= legs().final_arrived);
         // Forwards that cannot both fit, or that overlap on the relay's
@@ -265,5 +299,48 @@ mod tests {
         let mut foreign = timing(1, HopDirection::ToServer, 1100, 5);
         foreign.trace_id = vec![1u8; 16].into();
         assert!(place_with(&[foreign, back]).is_none());
+    }
+
+    #[test]
+    fn a_relay_on_our_kernel_is_placed_on_its_raw_times() {
+        // A path slow one way (10 out, 595 back): the call's estimate
+        // would split it evenly; the relay says it runs on our kernel.
+        let boot = Some([4; 16]);
+        let ours = Status {
+            boot,
+            max_error: None,
+        };
+        let told = Some(ours.to_wire());
+        let mut out = timing(1, HopDirection::ToServer, 1010, 5);
+        let mut back = timing(2, HopDirection::ToClient, 1400, 5);
+        out.clock = told.clone();
+        back.clock = told;
+        let placed = place(
+            &[out.clone(), back.clone()],
+            TraceId::from_bytes(TRACE.to_be_bytes()),
+            SpanId::from_bytes(DISPATCH.to_be_bytes()),
+            legs(),
+            &ours,
+        )
+        .unwrap();
+        assert_eq!(placed.offset.source, Source::SameHost);
+        assert_eq!(placed.offset.offset_nanos, 0);
+        assert_eq!(placed.to_server, (t(1010), t(1015)));
+        assert_eq!(placed.to_client, (t(1400), t(1405)));
+        let attrs = &placed.spans[0].attributes;
+        assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_SOURCE, "same-host")));
+        assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_BOUND, 0i64)));
+        // Told the same boot id but with times no shared clock could give
+        // (the forward before the request left): the call's own estimate.
+        out.arrived_unix_nanos = 900;
+        let placed = place(
+            &[out, back],
+            TraceId::from_bytes(TRACE.to_be_bytes()),
+            SpanId::from_bytes(DISPATCH.to_be_bytes()),
+            legs(),
+            &ours,
+        )
+        .unwrap();
+        assert_eq!(placed.offset.source, Source::TwoWay);
     }
 }

@@ -21,6 +21,8 @@
 //! - [`hops`]: the relay's forwards of a call, brought home on the
 //!   client's frames and placed on its clock (the wire's legs split at the
 //!   relay).
+//! - [`clock`]: what this process tells its peers of its clock (its
+//!   kernel's boot id digest, whether the kernel says it is synchronized).
 //! - [`host`]: this host's name (`host.name` on every span and in the
 //!   stage summaries).
 //! - [`semconv`]: the OpenTelemetry semantic-convention attribute names
@@ -50,6 +52,7 @@
 
 pub mod carriers;
 pub mod forward;
+pub mod clock;
 pub mod framing;
 pub mod hops;
 pub mod host;

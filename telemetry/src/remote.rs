@@ -17,6 +17,7 @@ use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanContext, SpanId, Status, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::pb::session::{CallTimings, StageAttribute, StageTiming, stage_attribute};
+use proto::session::clock::Offset;
 
 use crate::spans;
 
@@ -176,8 +177,8 @@ pub struct Placed {
     pub spans: Vec<RemoteSpan>,
     /// The summary's send time (where the exec-server's open stages end).
     pub sent: SystemTime,
-    /// The offset used (the peer's clock minus ours, nanoseconds).
-    pub offset_ns: i64,
+    /// The offset used (the peer's clock minus ours) and its source.
+    pub offset: Offset,
 }
 
 impl Placed {
@@ -237,20 +238,23 @@ pub fn peer_times(timings: &CallTimings, sent_unix_nanos: u64) -> Option<(u64, u
 }
 
 /// Places a call's remote timings on this host's clock: `sent_unix_nanos`
-/// is the carrying envelope's send time (the peer's clock) and `offset_ns`
-/// the session's estimate of the peer's clock minus ours. Where the
-/// estimate would put the remote work outside `window` (its error is up to
-/// half a round trip), the offset is moved to the nearest one that keeps
-/// cause before effect, as a clock-skew adjuster does; both values are
-/// attributes. Stages with names outside the vocabulary, invalid ids, or
-/// beyond the limits are left out.
+/// is the carrying envelope's send time (the peer's clock) and `offset`
+/// the peer's clock minus ours, an interval from its best source. Where
+/// the offset would put the remote work outside `window`, it is moved to
+/// the nearest one within its bound that keeps cause before effect (a
+/// two-way estimate, whose error is up to half a round trip, as far as
+/// that takes: as a clock-skew adjuster does); the source, the offset
+/// used, its bound and the estimate it was moved from are attributes.
+/// Stages with names outside the vocabulary, invalid ids, or beyond the
+/// limits are left out.
 pub fn place(
     timings: &CallTimings,
     trace_id: TraceId,
     sent_unix_nanos: u64,
-    offset_ns: i64,
+    offset: Offset,
     window: Option<Window>,
 ) -> Result<Placed, Unplaced> {
+    let offset_ns = offset.offset_nanos;
     if timings.version != VERSION {
         return Err(Unplaced::Version(timings.version));
     }
@@ -267,7 +271,7 @@ pub fn place(
         .unwrap_or(0)
         .min(0);
     let used = match window {
-        Some(w) => causal_offset(offset_ns, sent + earliest, sent, w),
+        Some(w) => causal_offset(offset, sent + earliest, sent, w),
         None => i128::from(offset_ns),
     };
     // The send time on our clock.
@@ -308,9 +312,14 @@ pub fn place(
                     }
                 })
                 .collect();
-            attributes.push(KeyValue::new("rex.clock_offset_ns", used));
+            attributes.push(KeyValue::new(
+                spans::ATTR_CLOCK_SOURCE,
+                offset.source.as_str(),
+            ));
+            attributes.push(KeyValue::new(spans::ATTR_CLOCK_OFFSET, used));
+            attributes.push(KeyValue::new(spans::ATTR_CLOCK_BOUND, offset.bound_nanos()));
             if used != offset_ns {
-                attributes.push(KeyValue::new("rex.clock_offset_measured_ns", offset_ns));
+                attributes.push(KeyValue::new(spans::ATTR_CLOCK_MEASURED, offset_ns));
             }
             attributes.push(KeyValue::new(PLACED, true));
             if !host.is_empty() {
@@ -332,15 +341,21 @@ pub fn place(
     Ok(Placed {
         spans,
         sent: sent_at,
-        offset_ns: used,
+        offset: Offset {
+            offset_nanos: used,
+            ..offset
+        },
     })
 }
 
-/// The offset (peer minus ours) nearest to `estimate` under which the
-/// remote work, from `first` to `last` on the peer's clock, lies within
-/// `window` on ours; the estimate when no offset can (clocks running at
-/// different rates).
-fn causal_offset(estimate: i64, first: i128, last: i128, window: Window) -> i128 {
+/// The offset (peer minus ours) nearest to `offset`'s value under which
+/// the remote work, from `first` to `last` on the peer's clock, lies
+/// within `window` on ours, searched within the offset's bound; for a
+/// two-way estimate that contradicts its bound (drift beyond the stated
+/// rate), anywhere that fits. The value itself when no offset can
+/// (clocks running at different rates), or when an exact source (the
+/// same host) has no room.
+fn causal_offset(offset: Offset, first: i128, last: i128, window: Window) -> i128 {
     let nanos = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
@@ -348,11 +363,19 @@ fn causal_offset(estimate: i64, first: i128, last: i128, window: Window) -> i128
     // first - o >= request_sent, and last - o <= final_arrived.
     let high = first - nanos(window.request_sent);
     let low = last - nanos(window.final_arrived);
-    let estimate = i128::from(estimate);
+    let estimate = i128::from(offset.offset_nanos);
     if low > high {
         return estimate;
     }
-    estimate.clamp(low, high)
+    let bound = i128::from(offset.bound_nanos());
+    let (lo, hi) = (low.max(estimate - bound), high.min(estimate + bound));
+    if lo <= hi {
+        estimate.clamp(lo, hi)
+    } else if offset.source.knows_split() {
+        estimate
+    } else {
+        estimate.clamp(low, high)
+    }
 }
 
 /// The service name of placed exec-server stages.
@@ -518,6 +541,16 @@ fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::session::clock::Source;
+
+    /// A two-way estimate of `nanos`, loose enough for any test's window.
+    fn two_way(nanos: i64) -> Offset {
+        Offset {
+            source: Source::TwoWay,
+            offset_nanos: nanos,
+            bound: Duration::from_secs(3600),
+        }
+    }
 
     fn t(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
@@ -554,7 +587,7 @@ mod tests {
         assert_eq!(wire.version, VERSION);
         // The peer's clock is 2 s ahead of ours.
         let offset = 2_000_000_000i64;
-        let placed = place(&wire, TraceId::from(7u128), nanos(sent), offset, None)
+        let placed = place(&wire, TraceId::from(7u128), nanos(sent), two_way(offset), None)
             .unwrap()
             .spans;
         assert_eq!(placed.len(), 2);
@@ -576,7 +609,7 @@ mod tests {
         assert!(
             placed[1]
                 .attributes
-                .contains(&KeyValue::new("rex.clock_offset_ns", offset))
+                .contains(&KeyValue::new(spans::ATTR_CLOCK_OFFSET, offset))
         );
         assert_eq!(placed[1].trace_id, TraceId::from(7u128));
     }
@@ -608,7 +641,7 @@ mod tests {
         let wire = tl.to_wire(sent, Some(&long));
         assert_eq!(wire.host.len(), MAX_TEXT, "bounded");
         let wire = tl.to_wire(sent, Some("build-box"));
-        let placed = place(&wire, TraceId::from(7u128), nanos(sent), 0, None)
+        let placed = place(&wire, TraceId::from(7u128), nanos(sent), two_way(0), None)
             .unwrap()
             .spans;
         assert!(
@@ -617,7 +650,7 @@ mod tests {
                 .contains(&KeyValue::new(crate::host::HOST_NAME, "build-box"))
         );
         let unnamed = tl.to_wire(sent, None);
-        let placed = place(&unnamed, TraceId::from(7u128), nanos(sent), 0, None)
+        let placed = place(&unnamed, TraceId::from(7u128), nanos(sent), two_way(0), None)
             .unwrap()
             .spans;
         assert!(
@@ -646,7 +679,7 @@ mod tests {
             placed[0]
                 .attributes
                 .iter()
-                .find(|kv| kv.key.as_str() == "rex.clock_offset_ns")
+                .find(|kv| kv.key.as_str() == spans::ATTR_CLOCK_OFFSET)
                 .map(|kv| kv.value.clone())
                 .unwrap()
         };
@@ -655,7 +688,7 @@ mod tests {
             &wire,
             TraceId::from(1u128),
             nanos(sent),
-            ms(5),
+            two_way(ms(5)),
             Some(window),
         )
         .unwrap()
@@ -669,7 +702,7 @@ mod tests {
             &wire,
             TraceId::from(1u128),
             nanos(sent),
-            ms(2),
+            two_way(ms(2)),
             Some(window),
         )
         .unwrap()
@@ -679,14 +712,14 @@ mod tests {
         assert!(
             placed[0]
                 .attributes
-                .contains(&KeyValue::new("rex.clock_offset_measured_ns", ms(2)))
+                .contains(&KeyValue::new(spans::ATTR_CLOCK_MEASURED, ms(2)))
         );
         // Too large: it would start before the request was sent.
         let placed = place(
             &wire,
             TraceId::from(1u128),
             nanos(sent),
-            ms(9),
+            two_way(ms(9)),
             Some(window),
         )
         .unwrap()
@@ -697,12 +730,58 @@ mod tests {
             &wire,
             TraceId::from(1u128),
             nanos(sent),
-            -ms(2_000),
+            two_way(-ms(2_000)),
             Some(window),
         )
         .unwrap()
         .spans;
         assert!(placed[0].start >= t(4) && placed[1].end <= t(16));
+    }
+
+    #[test]
+    fn an_exact_source_is_moved_only_within_its_bound() {
+        // The same work (10..20 on the peer's clock), the request sent at
+        // 4 and the answer back at 16 on ours.
+        let mut tl = Timeline::default();
+        tl.push(stage(spans::RELAY_FRAME_RECV, 1, 9, 10, Some(11)));
+        tl.push(stage(spans::RPC_SERVER_EXEC, 2, 9, 11, None));
+        let sent = t(20);
+        let wire = tl.to_wire(sent, None);
+        let window = Window {
+            request_sent: t(4),
+            final_arrived: t(16),
+        };
+        let ms = |n: u64| Duration::from_millis(n);
+        let at = |source, offset: i64, bound| Offset {
+            source,
+            offset_nanos: offset * 1_000_000,
+            bound,
+        };
+        let place_at = |o: Offset| {
+            place(&wire, TraceId::from(1u128), nanos(sent), o, Some(window))
+                .unwrap()
+                .spans
+        };
+        // The same host, 0 ± 0, though the window cannot hold it: kept,
+        // and said to be exact.
+        let placed = place_at(at(Source::SameHost, 0, Duration::ZERO));
+        assert_eq!((placed[0].start, placed[1].end), (t(10), t(20)));
+        let attrs = &placed[0].attributes;
+        assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_SOURCE, "same-host")));
+        assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_BOUND, 0i64)));
+        // Synchronized, 0 ± 5 ms: moved 4 ms, within its bound.
+        let placed = place_at(at(Source::Synchronized, 0, ms(5)));
+        assert_eq!(placed[1].end, t(16));
+        // ± 1 ms cannot reach: kept where its source put it.
+        let placed = place_at(at(Source::Synchronized, 0, ms(1)));
+        assert_eq!(placed[1].end, t(20));
+        // A two-way estimate whose bound cannot reach is moved anyway: its
+        // bound assumed a drift rate the clocks exceeded.
+        let placed = place_at(at(Source::TwoWay, 0, ms(1)));
+        assert_eq!(placed[1].end, t(16));
+        let attrs = &placed[0].attributes;
+        assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_SOURCE, "two-way")));
+        assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_MEASURED, 0i64)));
     }
 
     #[test]
@@ -720,7 +799,7 @@ mod tests {
             &tl.to_wire(sent, None),
             TraceId::from(1u128),
             nanos(sent),
-            0,
+            two_way(0),
             None,
         )
         .unwrap()
@@ -781,7 +860,7 @@ mod tests {
             span_id: 0,
             ..good.clone()
         });
-        let placed = place(&wire, TraceId::from(1u128), nanos(sent), 0, None)
+        let placed = place(&wire, TraceId::from(1u128), nanos(sent), two_way(0), None)
             .unwrap()
             .spans;
         assert_eq!(placed.len(), 1, "unknown names and invalid ids are dropped");
@@ -802,12 +881,12 @@ mod tests {
 
         wire.version = 2;
         assert_eq!(
-            place(&wire, TraceId::from(1u128), nanos(sent), 0, None),
+            place(&wire, TraceId::from(1u128), nanos(sent), two_way(0), None),
             Err(Unplaced::Version(2))
         );
         wire.version = VERSION;
         assert_eq!(
-            place(&wire, TraceId::from(1u128), 0, 0, None),
+            place(&wire, TraceId::from(1u128), 0, two_way(0), None),
             Err(Unplaced::NoSendTime)
         );
     }
@@ -826,7 +905,7 @@ mod tests {
         let mut tl = Timeline::default();
         tl.push(stage(spans::PROCESS_RUN, 3, 0, 0, Some(1)));
         let wire = tl.to_wire(t(1), None);
-        let placed = place(&wire, TraceId::from(1u128), nanos(t(1)), 0, None)
+        let placed = place(&wire, TraceId::from(1u128), nanos(t(1)), two_way(0), None)
             .unwrap()
             .spans;
         sink().unwrap().record(placed);

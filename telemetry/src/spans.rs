@@ -136,6 +136,44 @@ pub const ATTR_SESSION_EARLY_DATA: &str = "rex.session.early_data";
 /// it (forwarded through the session): the client key's id. A client's own
 /// value is replaced.
 pub const FORWARDED_FOR: &str = "rex.forwarded_for";
+/// Placed spans (the exec-server's stages and the relay's forwards a client
+/// wrote from what they told) and `link.transit` legs: where the clock
+/// offset that placed them came from (`same-host`, `synchronized`,
+/// `two-way`; for a leg, the loosest of its two ends').
+pub const ATTR_CLOCK_SOURCE: &str = "rex.clock.source";
+/// Placed spans and legs: the offset used, the peer's clock minus ours, in
+/// nanoseconds (exported timestamps are never shifted by it).
+pub const ATTR_CLOCK_OFFSET: &str = "rex.clock.offset_ns";
+/// Placed spans and legs: how far the truth may be from the offset used,
+/// either way, in nanoseconds (0 on the same host; for a leg, the sum of
+/// its ends' bounds).
+pub const ATTR_CLOCK_BOUND: &str = "rex.clock.bound_ns";
+/// Placed exec-server stages: the two-way estimate, when keeping cause
+/// before effect moved the offset used away from it.
+pub const ATTR_CLOCK_MEASURED: &str = "rex.clock.measured_ns";
+/// `link.transit` legs: `measured` when both ends' clocks are known
+/// (same host, synchronized) so each leg is its own, `unknown` when the
+/// two-way estimate placed them: only their round trip is measured.
+pub const ATTR_CLOCK_SPLIT: &str = "rex.clock.split";
+/// `link.transit` legs whose split is unknown: the round trip they make
+/// with their opposite leg, in nanoseconds (measured on our clock and the
+/// peer's, whatever the offset).
+pub const ATTR_ROUND_TRIP: &str = "rex.round_trip_ns";
+
+/// Every attribute name above.
+pub const ATTRIBUTES: &[&str] = &[
+    ATTR_SESSION_FLIGHTS,
+    ATTR_SESSION_ROUND_TRIPS,
+    ATTR_SESSION_EARLY_RETRIES,
+    ATTR_SESSION_EARLY_DATA,
+    ATTR_CLOCK_SOURCE,
+    ATTR_CLOCK_OFFSET,
+    ATTR_CLOCK_BOUND,
+    ATTR_CLOCK_MEASURED,
+    ATTR_CLOCK_SPLIT,
+    ATTR_ROUND_TRIP,
+    FORWARDED_FOR,
+];
 
 /// The spans that are roots of their own, never part of a command's
 /// trace: background persistence and the session- and link-level spans.
@@ -252,6 +290,18 @@ mod tests {
             documented, named,
             "docs/spans.md and telemetry::spans differ"
         );
+    }
+
+    /// `docs/spans.md` documents every attribute the vocabulary names.
+    #[test]
+    fn the_documented_attributes_are_the_vocabularys() {
+        let doc = include_str!("../../docs/spans.md");
+        for name in ATTRIBUTES {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/spans.md does not document {name}"
+            );
+        }
     }
 
     #[test]

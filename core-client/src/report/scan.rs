@@ -42,6 +42,15 @@ pub struct Attrs {
     pub direction: Option<Box<str>>,
     /// `rex.remote.placed`.
     pub placed: bool,
+    /// `rex.clock.source`: the clock source that placed a span.
+    pub clock_source: Option<Box<str>>,
+    /// `rex.clock.bound_ns`: how far off its placement may be.
+    pub clock_bound_ns: Option<i64>,
+    /// `rex.clock.split` is `unknown`: a `link.transit` leg whose share of
+    /// its round trip is not known.
+    pub split_unknown: bool,
+    /// `rex.round_trip_ns`: the round trip such a leg is part of.
+    pub round_trip_ns: Option<i64>,
 }
 
 /// One span, as much of it as a report needs.
@@ -188,6 +197,10 @@ fn span(raw: RawSpan<'_>, service: &Arc<str>, names: &mut Names) -> Option<Span>
             "rex.direction" => attrs.direction = text(),
             "rex.session.reused" => attrs.reused = value.bool_value,
             "rex.remote.placed" => attrs.placed = value.bool_value == Some(true),
+            "rex.clock.source" => attrs.clock_source = text(),
+            "rex.clock.bound_ns" => attrs.clock_bound_ns = value.int_value.and_then(|i| i.0),
+            "rex.clock.split" => attrs.split_unknown = value.string_value.as_deref() == Some("unknown"),
+            "rex.round_trip_ns" => attrs.round_trip_ns = value.int_value.and_then(|i| i.0),
             _ => {}
         }
     }
@@ -531,6 +544,40 @@ struct AnyValue<'a> {
     string_value: Option<Cow<'a, str>>,
     #[serde(rename = "boolValue", default)]
     bool_value: Option<bool>,
+    #[serde(rename = "intValue", default)]
+    int_value: Option<Int>,
+}
+
+/// An integer attribute: a string or a number (OTLP JSON writes int64 as
+/// a string); anything else is no value, never an error.
+struct Int(Option<i64>);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer as a string or a number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                Ok(Int(i64::try_from(v).ok()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(Some(v)))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Int, E> {
+                Ok(Int(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Int, E> {
+                Ok(Int(None))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Int, E> {
+                Ok(Int(v.parse().ok()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

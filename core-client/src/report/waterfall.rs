@@ -111,6 +111,16 @@ pub struct Bar {
     pub duration_ns: u64,
     /// Whether its status is error.
     pub error: bool,
+    /// The clock source that placed it on the client's clock (a span the
+    /// client wrote for another host, or a `link.transit` leg).
+    pub clock_source: Option<String>,
+    /// How far off its placement may be, nanoseconds (0: exact).
+    pub clock_bound_ns: i64,
+    /// For a `link.transit` leg whose split is unknown: the round trip it
+    /// is part of, nanoseconds.
+    pub unsplit_round_trip_ns: Option<i64>,
+    /// For a leg: `to_server` or `to_client`.
+    pub direction: Option<String>,
 }
 
 /// A picked command's spans, laid out.
@@ -170,6 +180,13 @@ pub fn lay_out(pick: Pick, traces: &[TraceSpans]) -> Waterfall {
             offset_ns: i64::try_from(i128::from(span.start) - i128::from(root.start)).unwrap_or(0),
             duration_ns: span.duration(),
             error: span.error,
+            clock_source: span.attrs.clock_source.as_deref().map(str::to_owned),
+            clock_bound_ns: span.attrs.clock_bound_ns.unwrap_or(0).max(0),
+            unsplit_round_trip_ns: span
+                .attrs
+                .split_unknown
+                .then_some(span.attrs.round_trip_ns.unwrap_or(0)),
+            direction: span.attrs.direction.as_deref().map(str::to_owned),
         });
     }
     Waterfall {

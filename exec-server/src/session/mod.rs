@@ -101,6 +101,17 @@ pub struct ServerContext {
 const REPLAY_CAPACITY: usize = 65_536;
 
 impl ServerContext {
+    /// Reads this host's clock state anew, for the next hello answers and
+    /// pongs.
+    pub fn refresh_clock(&self) {
+        let status = Some(telemetry::clock::status().to_wire());
+        *self
+            .acceptor
+            .clock
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
     /// Shared state for an exec-server.
     pub fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
         let keys: Arc<dyn KeySource> = config.keys.clone();
@@ -114,6 +125,7 @@ impl ServerContext {
         // so no early data made for an earlier run runs in this one.
         acceptor.replay =
             std::sync::Mutex::new(ReplayGuard::new(config.replay_window, REPLAY_CAPACITY));
+        acceptor.clock = std::sync::RwLock::new(Some(telemetry::clock::status().to_wire()));
         let acceptor = Arc::new(acceptor);
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));

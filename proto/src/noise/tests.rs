@@ -139,6 +139,7 @@ fn handshake_and_envelopes_both_ways() {
             login_shell: false,
             early_ticket: Default::default(),
             span_batch_max: 0,
+            clock: None,
         })),
         ..Default::default()
     };

@@ -733,6 +733,7 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
             p.warmth.name(),
             Esc(&p.trace_hex())
         );
+        clocks(out, &w.bars);
         if w.bars.is_empty() {
             out.push_str(
                 "<p class=\"muted\">Its spans were not found again in the source (rotated away since?).</p>",
@@ -752,6 +753,38 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
         out.push_str("</div>\n");
     }
     out.push_str("</section>\n");
+}
+
+/// Which clock source placed each other host's spans on the client's
+/// clock, and within what bound: one line under a waterfall's title.
+fn clocks(out: &mut String, bars: &[super::waterfall::Bar]) {
+    let mut said: Vec<String> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for b in bars.iter().filter(|b| b.name != telemetry::spans::LINK_TRANSIT) {
+        let Some(source) = &b.clock_source else {
+            continue;
+        };
+        if seen.contains(&b.service.as_str()) {
+            continue;
+        }
+        seen.push(&b.service);
+        let how = match (source.as_str(), b.clock_bound_ns) {
+            ("same-host", _) | (_, 0) => format!("{source}, exact"),
+            ("two-way", bound) => format!(
+                "{source} ± {} (how a round trip splits between its two ways is unknown)",
+                duration(bound as f64)
+            ),
+            (_, bound) => format!("{source} ± {}", duration(bound as f64)),
+        };
+        said.push(format!("{} placed by {how}", b.service));
+    }
+    if !said.is_empty() {
+        let _ = write!(
+            out,
+            "<p class=\"fall-meta clocks\">Clocks: {}.</p>",
+            Esc(&said.join("; "))
+        );
+    }
 }
 
 fn cli(out: &mut String, n: &Numbers) {
@@ -870,6 +903,8 @@ svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans
 .span-name { font-size: 12px; fill: var(--fg); }
 .span-dur { font-size: 11px; fill: var(--muted); }
 .span.error { stroke: #cf222e; stroke-width: 2; }
+.span.unsplit { fill-opacity: 0.35; stroke: var(--muted); stroke-dasharray: 3 2; }
+.bound { stroke: var(--fg); stroke-width: 1.5; }
 "#;
 
 #[cfg(test)]

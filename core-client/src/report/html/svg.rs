@@ -302,7 +302,10 @@ pub fn waterfall(out: &mut String, fall: &Waterfall, palette: &Palette) {
     out.push_str("</svg>");
 }
 
-/// One span's row of a waterfall at `y`.
+/// One span's row of a waterfall at `y`. A leg whose split is unknown is
+/// drawn faint and dashed with the round trip it belongs to as its label
+/// (never a duration of its own); a placed span whose bound spans at least
+/// two pixels carries a whisker of ± its bound at its start.
 fn row(out: &mut String, bar: &Bar, y: f64, x: &dyn Fn(i64) -> f64, palette: &Palette) {
     let indent = 6.0 + INDENT * f64::from(bar.depth.min(16));
     // About 6.6 px a character at the names' size.
@@ -314,20 +317,66 @@ fn row(out: &mut String, bar: &Bar, y: f64, x: &dyn Fn(i64) -> f64, palette: &Pa
         .saturating_add(i64::try_from(bar.duration_ns).unwrap_or(i64::MAX)));
     let width = (end - start).max(1.5);
     let colour = palette.colour(&bar.service);
-    let error = if bar.error { " error" } else { "" };
+    let mut class = String::from("span");
+    if bar.error {
+        class.push_str(" error");
+    }
     let took = duration(bar.duration_ns as f64);
+    let (label, took_said) = match bar.unsplit_round_trip_ns {
+        Some(rtt) if bar.direction.as_deref() == Some("to_server") => {
+            class.push_str(" unsplit");
+            let rtt = duration(rtt as f64);
+            (
+                format!("{rtt} there and back, split unknown"),
+                format!("one way of a {rtt} round trip whose split is unknown"),
+            )
+        }
+        Some(_) => {
+            class.push_str(" unsplit");
+            (
+                "? (the way back)".to_owned(),
+                "the way back of the round trip above (split unknown)".to_owned(),
+            )
+        }
+        None => (took.clone(), format!("takes {took}")),
+    };
+    let placed = match (&bar.clock_source, bar.clock_bound_ns) {
+        (Some(source), 0) => format!("; placed by its clock source {source}, exactly"),
+        (Some(source), b) => format!(
+            "; placed by its clock source {source}, ± {}",
+            duration(b as f64)
+        ),
+        (None, _) => String::new(),
+    };
     let _ = write!(
         out,
-        r#"<g class="span-row"><title>{name_full} ({service}): starts at {at} from the dispatch, takes {took}{failed}</title><text x="{indent:.1}" y="{ty:.1}" class="span-name">{name}</text><rect class="span{error}" x="{start:.1}" y="{by:.1}" width="{width:.1}" height="12" rx="2" fill="{colour}"/><text x="{lx:.1}" y="{ty:.1}" class="span-dur">{took}</text></g>"#,
+        r#"<g class="span-row"><title>{name_full} ({service}): starts at {at} from the dispatch, {took_said}{failed}{placed}</title><text x="{indent:.1}" y="{ty:.1}" class="span-name">{name}</text><rect class="{class}" x="{start:.1}" y="{by:.1}" width="{width:.1}" height="12" rx="2" fill="{colour}"/><text x="{lx:.1}" y="{ty:.1}" class="span-dur">{label}</text>"#,
         name_full = Esc(&bar.name),
         service = Esc(&bar.service),
         at = duration(bar.offset_ns as f64),
         failed = if bar.error { " (error)" } else { "" },
+        placed = Esc(&placed),
         ty = y + 13.5,
         name = Esc(&name),
         by = y + 3.5,
         lx = start + width + 4.0,
+        label = Esc(&label),
     );
+    if bar.clock_source.is_some() && bar.unsplit_round_trip_ns.is_none() && bar.clock_bound_ns > 0
+    {
+        let (lo, hi) = (
+            x(bar.offset_ns.saturating_sub(bar.clock_bound_ns)),
+            x(bar.offset_ns.saturating_add(bar.clock_bound_ns)),
+        );
+        if hi - lo >= 2.0 {
+            let _ = write!(
+                out,
+                r#"<line class="bound" x1="{lo:.1}" x2="{hi:.1}" y1="{my:.1}" y2="{my:.1}"/>"#,
+                my = y + 9.5,
+            );
+        }
+    }
+    out.push_str("</g>");
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.

@@ -384,3 +384,67 @@ fn escaping() {
     assert_eq!(Esc("a<b>&\"c'").to_string(), "a&lt;b&gt;&amp;&quot;c&#39;");
     assert_eq!(Esc("µs – plain").to_string(), "µs – plain");
 }
+
+#[test]
+fn legs_of_an_unknown_split_are_one_round_trip_and_bounds_are_whiskers() {
+    let mut f = fixture(&[], false);
+    let ms = 1_000_000i64;
+    let bar = |name: &str, service: &str, at: i64, took: i64| waterfall::Bar {
+        name: name.to_owned(),
+        service: service.to_owned(),
+        depth: 1,
+        offset_ns: at,
+        duration_ns: u64::try_from(took).unwrap(),
+        error: false,
+        clock_source: None,
+        clock_bound_ns: 0,
+        unsplit_round_trip_ns: None,
+        direction: None,
+    };
+    let leg = |direction: &str, at: i64, took: i64| waterfall::Bar {
+        clock_source: Some("two-way".into()),
+        clock_bound_ns: 20 * ms,
+        unsplit_round_trip_ns: Some(80 * ms),
+        direction: Some(direction.into()),
+        ..bar("link.transit", "core-client", at, took)
+    };
+    let placed = waterfall::Bar {
+        clock_source: Some("two-way".into()),
+        clock_bound_ns: 20 * ms,
+        ..bar("rpc.server.exec", "exec-server", 40 * ms, 20 * ms)
+    };
+    let mut dispatch = bar("tool.dispatch", "core-client", 0, 100 * ms);
+    dispatch.depth = 0;
+    f.waterfalls[0].bars = vec![
+        dispatch,
+        leg("to_server", 5 * ms, 35 * ms),
+        placed,
+        leg("to_client", 60 * ms, 40 * ms),
+    ];
+    let html = page(&f);
+    // Both legs faint, neither with a duration of its own: the round trip
+    // is the measured interval, said once.
+    assert_eq!(count(&html, "<rect class=\"span unsplit\""), 2);
+    assert_eq!(count(&html, "80.0ms there and back, split unknown"), 1, "{html}");
+    assert_eq!(count(&html, "? (the way back)"), 1);
+    assert!(!html.contains(">35.0ms<") && !html.contains(">40.0ms<"), "{html}");
+    // The placed stage: a whisker of ± 20 ms at its start, and the
+    // header says which source placed the exec-server.
+    assert_eq!(count(&html, "<line class=\"bound\""), 1);
+    assert!(
+        html.contains("Clocks: exec-server placed by two-way ± 20.0ms (how a round trip splits"),
+        "{html}"
+    );
+    // The same host: exact, no whisker.
+    for b in &mut f.waterfalls[0].bars {
+        if b.clock_source.is_some() {
+            b.clock_source = Some("same-host".into());
+            b.clock_bound_ns = 0;
+            b.unsplit_round_trip_ns = None;
+        }
+    }
+    let html = page(&f);
+    assert_eq!(count(&html, "unsplit"), count(&page(&fixture(&[], false)), "unsplit"));
+    assert_eq!(count(&html, "<line class=\"bound\""), 0);
+    assert!(html.contains("Clocks: exec-server placed by same-host, exact."), "{html}");
+}

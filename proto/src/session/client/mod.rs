@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::Mark;
-use super::clock::{Estimate, Sample};
+use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
@@ -259,6 +259,8 @@ pub struct ClientSession<T> {
     stdin_queued: usize,
     events: Events<ClientEvent>,
     clock: Estimate,
+    /// What the exec-server last told of its clock.
+    peer_clock: Status,
     /// Outstanding pings: nonce and when sent.
     pings: VecDeque<(u64, Instant)>,
     last_nonce: u64,
@@ -384,6 +386,7 @@ impl<T> ClientSession<T> {
             stdin_queued: 0,
             events: Events::default(),
             clock: Estimate::default(),
+            peer_clock: Status::default(),
             pings: VecDeque::new(),
             last_nonce: 0,
             resumable: None,
@@ -508,6 +511,13 @@ impl<T> ClientSession<T> {
     /// The best current estimate of the exec-server's clock minus ours.
     pub fn clock_offset(&self) -> Option<Sample> {
         self.clock.best()
+    }
+
+    /// The exec-server's clock minus ours as an interval, from the
+    /// tightest source available now ([`clock::choose`]): `ours` is what
+    /// the caller read of its own clock, `now_unix_nanos` its wall clock.
+    pub fn clock_interval(&self, ours: &Status, now_unix_nanos: u64) -> Option<Offset> {
+        clock::choose(ours, &self.peer_clock, &self.clock, now_unix_nanos)
     }
 
     /// Adds a clock-offset sample the caller measured itself (a call's
@@ -649,6 +659,9 @@ impl<T> ClientSession<T> {
                 if let Some(s) = sample {
                     self.clock.add(s);
                 }
+                if let Some(c) = &ack.clock {
+                    self.peer_clock = Status::from_wire(c);
+                }
                 if ack.max_processes > 0 {
                     self.max_calls = self.max_calls.min(ack.max_processes as usize);
                 }
@@ -698,6 +711,7 @@ impl<T> ClientSession<T> {
                 let pong = Body::Pong(Pong {
                     nonce: p.nonce,
                     recv_time_unix_nanos: now.unix_nanos(),
+                    clock: None,
                 });
                 // Ending already: nothing to answer.
                 let _ = self.link.send(0, None, pong, None, now);
@@ -747,6 +761,9 @@ impl<T> ClientSession<T> {
         let sample = Sample::new(nonce, p.recv_time_unix_nanos, now.unix_nanos());
         if let Some(s) = sample {
             self.clock.add(s);
+        }
+        if let Some(c) = &p.clock {
+            self.peer_clock = Status::from_wire(c);
         }
         self.events.push(ClientEvent::Pong {
             nonce,

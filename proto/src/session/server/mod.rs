@@ -8,7 +8,7 @@ mod resume;
 pub use resume::{ABANDONED, Account, Adopted, Tombstone};
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use super::{output, stdin};
 use crate::keys::{AuthorizedKeys, Origin, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
+use crate::pb::clock::ClockStatus;
 use crate::pb::session::{
     Envelope, ExecErrorKind, ExecRequest, HelloAck, Pong, TraceContext, envelope::Body,
 };
@@ -61,6 +62,9 @@ pub struct Acceptor {
     /// The most bytes of one batch of a client's forwarded spans the
     /// endpoint takes (the hello answer says so); 0: it takes none.
     pub span_batch_max: u32,
+    /// What the endpoint last read of its clock, told in the hello answer
+    /// and every pong (the endpoint refreshes it; `None`: tell nothing).
+    pub clock: RwLock<Option<ClockStatus>>,
 }
 
 impl Acceptor {
@@ -80,7 +84,13 @@ impl Acceptor {
             version: env!("CARGO_PKG_VERSION").into(),
             login_shell: true,
             span_batch_max: 0,
+            clock: RwLock::new(None),
         }
+    }
+
+    /// The clock status to tell a client now.
+    fn clock(&self) -> Option<ClockStatus> {
+        self.clock.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -493,6 +503,7 @@ impl<T> ServerSession<T> {
                         .ticket()
                         .map(|t| Bytes::copy_from_slice(t.as_bytes()))
                         .unwrap_or_default(),
+                    clock: self.acceptor.clock(),
                 };
                 self.send(0, None, Body::HelloAck(ack), now)?;
                 self.state = State::Ready;
@@ -518,6 +529,7 @@ impl<T> ServerSession<T> {
                 let pong = Body::Pong(Pong {
                     nonce: p.nonce,
                     recv_time_unix_nanos: now.unix_nanos(),
+                    clock: self.acceptor.clock(),
                 });
                 self.send(0, None, pong, now)
             }

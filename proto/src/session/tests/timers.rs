@@ -177,3 +177,50 @@ fn a_client_that_never_sends_its_handshake_is_dropped_with_a_clear_timeout() {
         ))))
     ));
 }
+
+#[test]
+fn the_exec_servers_clock_status_comes_in_the_hello_answer_and_pongs() {
+    use crate::session::clock::{Source, Status};
+    let mut p = Pair::new();
+    let same = Status {
+        boot: Some([7; 16]),
+        max_error: None,
+    };
+    *p.acceptor.clock.write().unwrap() = Some(same.to_wire());
+    p.run();
+    assert!(p.client.is_ready());
+    let now = p.now.unix_nanos();
+    // Told the same boot id as ours: the same clock, exactly.
+    let o = p.client.clock_interval(&same, now).unwrap();
+    assert_eq!(o.source, Source::SameHost);
+    assert_eq!((o.offset_nanos, o.bound_nanos()), (0, 0));
+    // Another kernel, unsynchronized: the hello's two-way sample.
+    let other = Status {
+        boot: Some([8; 16]),
+        max_error: Some(Duration::from_millis(1)),
+    };
+    assert_eq!(
+        p.client.clock_interval(&other, now).unwrap().source,
+        Source::TwoWay
+    );
+    // The exec-server's kernel becomes synchronized with a 1 ms error;
+    // the next pong says so. Both synchronized, ± 2 ms: but the
+    // simulated round trips are tighter, so the two-way estimate holds.
+    let synced = Status {
+        boot: Some([7; 16]),
+        max_error: Some(Duration::from_millis(1)),
+    };
+    *p.acceptor.clock.write().unwrap() = Some(synced.to_wire());
+    p.advance(Duration::from_secs(31));
+    let now = p.now.unix_nanos();
+    let o = p.client.clock_interval(&other, now).unwrap();
+    assert_eq!(o.source, Source::TwoWay);
+    assert!(o.bound < Duration::from_millis(2), "{o:?}");
+    // An hour later with no new sample (pings stopped by a frozen
+    // exec-server would end the session, so look ahead instead): drift
+    // makes the synchronized bound the tighter one.
+    let later = now + 3_600 * 1_000_000_000;
+    let o = p.client.clock_interval(&other, later).unwrap();
+    assert_eq!(o.source, Source::Synchronized);
+    assert_eq!(o.bound, Duration::from_millis(2));
+}
