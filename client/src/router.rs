@@ -767,7 +767,7 @@ impl Router {
             ],
         };
         for leg in &legs {
-            let attributes = leg.attributes(&legs);
+            let attributes = leg.attributes(&legs, &server, hops.as_ref().map(|h| &h.offset));
             self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
         }
         if let Some(sink) = telemetry::remote::sink() {
@@ -792,34 +792,33 @@ impl Router {
         }
         let left = route.left.unwrap_or(route.started);
         let hops = place_hops(route, &sc, left, received, &telemetry::clock::status());
-        let stages = match &hops {
-            Some(h) => vec![
-                (
-                    spans::LINK_TRANSIT,
-                    Some(("to_server", "client_relay")),
-                    left,
-                    h.to_server.0,
-                ),
-                (spans::REMOTE_UNREPORTED, None, h.to_server.1, h.to_client.0),
-                (
-                    spans::LINK_TRANSIT,
-                    Some(("to_client", "relay_client")),
-                    h.to_client.1,
-                    received.arrived,
-                ),
-            ],
-            None => vec![(spans::REMOTE_UNREPORTED, None, left, received.arrived)],
-        };
-        for (name, leg, from, to) in stages {
-            let mut attributes = Vec::new();
-            if let Some((direction, leg)) = leg {
-                attributes.push(KeyValue::new("rex.direction", direction));
-                attributes.push(KeyValue::new("rex.leg", leg));
+        match &hops {
+            Some(h) => {
+                // The legs to and from the relay, as a reported call's are;
+                // the relay's forwards and everything beyond them undivided.
+                let legs = [
+                    Leg::new("to_server", "client_relay", left, h.to_server.0, &[h.offset], 1),
+                    Leg::new(
+                        "to_client",
+                        "relay_client",
+                        h.to_client.1,
+                        received.arrived,
+                        &[h.offset],
+                        0,
+                    ),
+                ];
+                for leg in &legs {
+                    let attributes = leg.attributes(&legs, &h.offset, Some(&h.offset));
+                    self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
+                }
+                let attributes = clock_attributes(&h.offset).to_vec();
+                let (from, to) = (h.to_server.1, h.to_client.0);
+                self.placed_stage(route, spans::REMOTE_UNREPORTED, from, to, attributes);
             }
-            if let Some(h) = &hops {
-                attributes.extend(clock_attributes(&h.offset));
+            None => {
+                let (from, to) = (left, received.arrived);
+                self.placed_stage(route, spans::REMOTE_UNREPORTED, from, to, Vec::new());
             }
-            self.placed_stage(route, name, from, to, attributes);
         }
         if let (Some(sink), Some(h)) = (telemetry::remote::sink(), hops) {
             sink.record(h.spans);
@@ -1294,17 +1293,16 @@ fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
     ]
 }
 
-/// One `link.transit` leg of a call: when it ran on our clock, the clocks
-/// of its far ends, and which leg of the call runs opposite it.
+/// One `link.transit` leg of a call: when it ran on our clock, whether the
+/// clocks of its far ends tell how its round trip splits, and which leg of
+/// the call runs opposite it.
 struct Leg {
     direction: &'static str,
     name: &'static str,
     from: SystemTime,
     to: SystemTime,
-    /// The loosest source among its ends.
-    source: Source,
-    /// The sum of its ends' bounds.
-    bound: std::time::Duration,
+    /// Every far end was placed by a source that sees asymmetry.
+    knows_split: bool,
     /// The index of the leg that makes a round trip with it.
     opposite: usize,
 }
@@ -1318,26 +1316,12 @@ impl Leg {
         ends: &[Offset],
         opposite: usize,
     ) -> Self {
-        let rank = |s: Source| match s {
-            Source::SameHost => 0,
-            Source::Synchronized => 1,
-            _ => 2,
-        };
-        let source = ends
-            .iter()
-            .map(|o| o.source)
-            .max_by_key(|s| rank(*s))
-            .unwrap_or(Source::SameHost);
-        let bound = ends
-            .iter()
-            .fold(std::time::Duration::ZERO, |b, o| b.saturating_add(o.bound));
         Self {
             direction,
             name,
             from,
             to: to.max(from),
-            source,
-            bound,
+            knows_split: ends.iter().all(|o| o.source.knows_split()),
             opposite,
         }
     }
@@ -1348,20 +1332,24 @@ impl Leg {
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
     }
 
-    /// Its attributes: direction and leg, how its clocks were placed, and,
-    /// when the split is unknown, the round trip it makes with its
-    /// opposite (the one measured interval).
-    fn attributes(&self, legs: &[Leg]) -> Vec<KeyValue> {
+    /// Its attributes: direction and leg, how the far clock was placed
+    /// (`placed`: the exec-server's, or the relay's when the exec-server
+    /// told nothing) and the relay's offset if it told its forwards, and
+    /// whether its split is known; when not, the round trip it makes with
+    /// its opposite (the one measured interval).
+    fn attributes(&self, legs: &[Leg], placed: &Offset, relay: Option<&Offset>) -> Vec<KeyValue> {
         let mut attributes = vec![
             KeyValue::new("rex.direction", self.direction),
             KeyValue::new("rex.leg", self.name),
-            KeyValue::new(spans::ATTR_CLOCK_SOURCE, self.source.as_str()),
-            KeyValue::new(
-                spans::ATTR_CLOCK_BOUND,
-                i64::try_from(self.bound.as_nanos()).unwrap_or(i64::MAX),
-            ),
         ];
-        if self.source.knows_split() {
+        attributes.extend(clock_attributes(placed));
+        if let Some(relay) = relay {
+            attributes.push(KeyValue::new(
+                "rex.relay.clock_offset_ns",
+                relay.offset_nanos,
+            ));
+        }
+        if self.knows_split {
             attributes.push(KeyValue::new(spans::ATTR_CLOCK_SPLIT, "measured"));
         } else {
             attributes.push(KeyValue::new(spans::ATTR_CLOCK_SPLIT, "unknown"));

@@ -464,6 +464,8 @@ fn a_skewed_exec_server_clock_still_nests_and_tiles_in_the_local_trace() {
             ("FAKETIME", skew),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
             ("FAKETIME_DONT_RESET", "1"),
+            // Their clocks are not their kernel's: they must not say so.
+            ("REX_CLOCK_STATUS", "withheld"),
         ])
         .unwrap();
         let traces = stack.dir.path().join("traces.jsonl");
@@ -484,8 +486,9 @@ fn a_skewed_exec_server_clock_still_nests_and_tiles_in_the_local_trace() {
         // was added; the dispatch's offset is the session's at dispatch.)
         assert!(dispatch.attr_i64("rex.clock_offset_ns").is_some());
         let transit = trace_check::by_name(&spans, telemetry::spans::LINK_TRANSIT)[0];
-        let offset = transit.attr_i64("rex.clock_offset_ns").unwrap();
-        let uncertainty = transit.attr_i64("rex.clock_uncertainty_ns").unwrap();
+        let offset = transit.attr_i64("rex.clock.offset_ns").unwrap();
+        let uncertainty = transit.attr_i64("rex.clock.bound_ns").unwrap();
+        assert_eq!(transit.attr_str("rex.clock.source"), Some("two-way"));
         let expected: i64 = if skew.starts_with('+') {
             2_000_000_000
         } else {

@@ -821,6 +821,8 @@ async fn exported_spans_keep_a_skewed_clock_and_carry_the_offset() {
         ("FAKETIME", "+2s".to_owned()),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
         ("FAKETIME_DONT_RESET", "1".to_owned()),
+        // Their clocks are not their kernel's: they must not say so.
+        ("REX_CLOCK_STATUS", "withheld".to_owned()),
     ]);
     let mut stack = start_stack(&env);
     let client_env = service_env(&rx.endpoint());
@@ -845,8 +847,9 @@ async fn exported_spans_keep_a_skewed_clock_and_carry_the_offset() {
         .into_iter()
         .find(|s| s.service == "core-client")
         .expect("the client exports its link.transit");
-    let offset = transit.attr_i64("rex.clock_offset_ns").unwrap();
-    let uncertainty = transit.attr_i64("rex.clock_uncertainty_ns").unwrap();
+    let offset = transit.attr_i64("rex.clock.offset_ns").unwrap();
+    let uncertainty = transit.attr_i64("rex.clock.bound_ns").unwrap();
+    assert_eq!(transit.attr_str("rex.clock.source"), Some("two-way"));
     for value in [estimate, offset] {
         assert!(
             (value - SKEW_NS as i64).abs() <= uncertainty + 1_000_000,

@@ -40,6 +40,12 @@ struct Args {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     max_spans: usize,
+    /// A Jaeger configuration file, accepted so that the sink can stand in
+    /// for Jaeger in the compose file unchanged. It must exist; the sink
+    /// reads only its own flags (it never adjusts clock skew, as that file
+    /// tells Jaeger not to).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +95,16 @@ fn main() -> ExitCode {
         collect: false,
     };
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
+    if let Some(path) = &args.config {
+        if !path.is_file() {
+            eprintln!(
+                "trace-sink: --config {}: no such file (it stands in for Jaeger's configuration)",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(config = %path.display(), "a Jaeger configuration was given: the sink keeps its own settings and never adjusts clock skew");
+    }
     let config = SinkConfig {
         otlp_listen: args.otlp_listen,
         otlp_http_listen: args.otlp_http_listen,

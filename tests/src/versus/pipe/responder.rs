@@ -179,8 +179,7 @@ async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Repo
         output_window: 0,
         resume_token: Default::default(),
         login_shell: false,
-        early_ticket: Default::default(),
-        span_batch_max: 0,
+        ..HelloAck::default()
     };
     let ack = envelope::encode_new(0, None, Body::HelloAck(ack)).map_err(|e| e.to_string())?;
     transport.send(&ack).map_err(noise)?;
