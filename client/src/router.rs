@@ -735,7 +735,14 @@ impl Router {
         // and the leg opposite it: the two make one round trip.
         let legs = match &hops {
             Some(h) => vec![
-                Leg::new("to_server", "client_relay", left, h.to_server.0, &[h.offset], 3),
+                Leg::new(
+                    "to_server",
+                    "client_relay",
+                    left,
+                    h.to_server.0,
+                    &[h.offset],
+                    3,
+                ),
                 Leg::new(
                     "to_server",
                     "relay_server",
@@ -762,8 +769,22 @@ impl Router {
                 ),
             ],
             None => vec![
-                Leg::new("to_server", "end_to_end", left, placed.first_start(), &[server], 1),
-                Leg::new("to_client", "end_to_end", placed.sent, received.arrived, &[server], 0),
+                Leg::new(
+                    "to_server",
+                    "end_to_end",
+                    left,
+                    placed.first_start(),
+                    &[server],
+                    1,
+                ),
+                Leg::new(
+                    "to_client",
+                    "end_to_end",
+                    placed.sent,
+                    received.arrived,
+                    &[server],
+                    0,
+                ),
             ],
         };
         for leg in &legs {
@@ -797,7 +818,14 @@ impl Router {
                 // The legs to and from the relay, as a reported call's are;
                 // the relay's forwards and everything beyond them undivided.
                 let legs = [
-                    Leg::new("to_server", "client_relay", left, h.to_server.0, &[h.offset], 1),
+                    Leg::new(
+                        "to_server",
+                        "client_relay",
+                        left,
+                        h.to_server.0,
+                        &[h.offset],
+                        1,
+                    ),
                     Leg::new(
                         "to_client",
                         "relay_client",

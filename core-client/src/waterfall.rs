@@ -227,7 +227,11 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
         );
     }
     if let Some(copy) = placed(telemetry::remote::RELAY) {
-        let _ = writeln!(out, "relay's forwards: told on its frames, {}", placement(copy));
+        let _ = writeln!(
+            out,
+            "relay's forwards: told on its frames, {}",
+            placement(copy)
+        );
     }
 }
 
@@ -434,7 +438,11 @@ fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width
             p.span.service,
             start,
             duration,
-            if unsplit { round_trip_note(p.span) } else { String::new() },
+            if unsplit {
+                round_trip_note(p.span)
+            } else {
+                String::new()
+            },
         );
     }
 }
@@ -442,7 +450,10 @@ fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width
 /// What a leg of an unknown split stands for: the round trip it makes
 /// with its opposite leg, stated on the outbound leg.
 fn round_trip_note(span: &SpanRecord) -> String {
-    match (text_attr(span, "rex.direction"), int_attr(span, ATTR_ROUND_TRIP)) {
+    match (
+        text_attr(span, "rex.direction"),
+        int_attr(span, ATTR_ROUND_TRIP),
+    ) {
         (Some("to_server"), Some(rtt)) => format!(
             "  {} ms there and back, split unknown",
             ms(rtt.unsigned_abs())
@@ -907,7 +918,10 @@ mod tests {
             leg_rows[0].ends_with("80.000 ms there and back, split unknown"),
             "{out}"
         );
-        assert!(leg_rows[1].ends_with("(the way back of a round trip above)"), "{out}");
+        assert!(
+            leg_rows[1].ends_with("(the way back of a round trip above)"),
+            "{out}"
+        );
         assert!(out.contains("40.000±20.000"), "{out}");
         // The same host: each leg its own, drawn solid, no ±.
         let out = render(&legs("same-host", "measured", "0"), 40);
@@ -915,15 +929,20 @@ mod tests {
             .into_iter()
             .filter(|r| r.contains("link.transit"))
             .collect();
-        let durations: Vec<String> = leg_rows.iter().map(|r| columns(r).1[3].to_owned()).collect();
+        let durations: Vec<String> = leg_rows
+            .iter()
+            .map(|r| columns(r).1[3].to_owned())
+            .collect();
         assert_eq!(durations, ["35.000", "40.000"], "{out}");
         assert!(!out.contains('░') && !out.contains('±'), "{out}");
         // A bound smaller than a timeline cell is not worth a ±.
         let out = render(&legs("synchronized", "measured", "100000"), 40);
-        assert!(!out.contains('±') || out.contains("± 0.100 ms off ours"), "{out}");
+        assert!(
+            !out.contains('±') || out.contains("± 0.100 ms off ours"),
+            "{out}"
+        );
         assert!(!out.contains("40.000±"), "{out}");
     }
-
 
     #[test]
     fn the_server_is_named_as_the_user_named_it() {

@@ -587,9 +587,15 @@ mod tests {
         assert_eq!(wire.version, VERSION);
         // The peer's clock is 2 s ahead of ours.
         let offset = 2_000_000_000i64;
-        let placed = place(&wire, TraceId::from(7u128), nanos(sent), two_way(offset), None)
-            .unwrap()
-            .spans;
+        let placed = place(
+            &wire,
+            TraceId::from(7u128),
+            nanos(sent),
+            two_way(offset),
+            None,
+        )
+        .unwrap()
+        .spans;
         assert_eq!(placed.len(), 2);
         let back = |at: u64| t(at) - Duration::from_secs(2);
         assert_eq!(placed[0].name, spans::RPC_SERVER_EXEC);
@@ -650,9 +656,15 @@ mod tests {
                 .contains(&KeyValue::new(crate::host::HOST_NAME, "build-box"))
         );
         let unnamed = tl.to_wire(sent, None);
-        let placed = place(&unnamed, TraceId::from(7u128), nanos(sent), two_way(0), None)
-            .unwrap()
-            .spans;
+        let placed = place(
+            &unnamed,
+            TraceId::from(7u128),
+            nanos(sent),
+            two_way(0),
+            None,
+        )
+        .unwrap()
+        .spans;
         assert!(
             !placed[0]
                 .attributes

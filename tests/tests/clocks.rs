@@ -63,9 +63,7 @@ fn echo(stack: &ProcStack, emulator: &Emulator) -> (Vec<RecordedSpan>, String) {
 fn leg<'a>(spans: &'a [RecordedSpan], name: &str) -> &'a RecordedSpan {
     spans
         .iter()
-        .find(|s| {
-            s.name == telemetry::spans::LINK_TRANSIT && s.attr_str("rex.leg") == Some(name)
-        })
+        .find(|s| s.name == telemetry::spans::LINK_TRANSIT && s.attr_str("rex.leg") == Some(name))
         .unwrap_or_else(|| panic!("no {name} leg in {spans:#?}"))
 }
 
@@ -73,7 +71,8 @@ fn forward<'a>(spans: &'a [RecordedSpan], direction: &str) -> Vec<&'a RecordedSp
     spans
         .iter()
         .filter(|s| {
-            s.name == telemetry::spans::RELAY_FORWARD && s.attr_str("rex.direction") == Some(direction)
+            s.name == telemetry::spans::RELAY_FORWARD
+                && s.attr_str("rex.direction") == Some(direction)
         })
         .collect()
 }
@@ -101,7 +100,12 @@ fn on_one_host_the_legs_are_placed_from_raw_times_and_keep_their_asymmetry() {
         );
         assert!(placed.iter().any(|s| s.service == "relay"), "{shown}");
         for s in &placed {
-            assert_eq!(s.attr_str("rex.clock.source"), Some("same-host"), "{}", s.name);
+            assert_eq!(
+                s.attr_str("rex.clock.source"),
+                Some("same-host"),
+                "{}",
+                s.name
+            );
             assert_eq!(s.attr_i64("rex.clock.offset_ns"), Some(0), "{}", s.name);
             assert_eq!(s.attr_i64("rex.clock.bound_ns"), Some(0), "{}", s.name);
         }
@@ -120,7 +124,12 @@ fn on_one_host_the_legs_are_placed_from_raw_times_and_keep_their_asymmetry() {
         let back = leg(&spans, "relay_client");
         assert_eq!(out.end_unix_nanos, request_forward.start_unix_nanos);
         assert_eq!(back.start_unix_nanos, final_forward.end_unix_nanos);
-        for l in [out, back, leg(&spans, "relay_server"), leg(&spans, "server_relay")] {
+        for l in [
+            out,
+            back,
+            leg(&spans, "relay_server"),
+            leg(&spans, "server_relay"),
+        ] {
             assert_eq!(l.attr_str("rex.clock.split"), Some("measured"), "{shown}");
             assert_eq!(l.attr_str("rex.clock.source"), Some("same-host"));
             assert_eq!(l.attr_i64("rex.round_trip_ns"), None);
@@ -132,17 +141,25 @@ fn on_one_host_the_legs_are_placed_from_raw_times_and_keep_their_asymmetry() {
             back.end_unix_nanos - back.start_unix_nanos >= nanos(DOWN),
             "{shown}"
         );
-        assert!(out.end_unix_nanos - out.start_unix_nanos >= nanos(UP), "{shown}");
+        assert!(
+            out.end_unix_nanos - out.start_unix_nanos >= nanos(UP),
+            "{shown}"
+        );
         // The waterfall says why it knows, and states each leg's duration.
         assert!(
             shown.contains("exec-server's stages: brought home in the session, placed on our clock as it is (same host"),
             "{shown}"
         );
         assert!(
-            shown.contains("relay's forwards: told on its frames, placed on our clock as it is (same host"),
+            shown.contains(
+                "relay's forwards: told on its frames, placed on our clock as it is (same host"
+            ),
             "{shown}"
         );
-        assert!(!shown.contains("split unknown") && !shown.contains('░'), "{shown}");
+        assert!(
+            !shown.contains("split unknown") && !shown.contains('░'),
+            "{shown}"
+        );
     }
 }
 
@@ -171,7 +188,12 @@ fn a_clock_that_is_not_its_kernels_is_estimated_and_the_split_is_unknown() {
     // (50 ms at least), so half of it bounds the offset from below.
     let half_rtt = nanos(UP + DOWN) / 2;
     for s in &placed {
-        assert_eq!(s.attr_str("rex.clock.source"), Some("two-way"), "{}", s.name);
+        assert_eq!(
+            s.attr_str("rex.clock.source"),
+            Some("two-way"),
+            "{}",
+            s.name
+        );
         let bound = s.attr_i64("rex.clock.bound_ns").unwrap();
         assert!(
             u64::try_from(bound).unwrap() >= half_rtt,
@@ -203,11 +225,16 @@ fn a_clock_that_is_not_its_kernels_is_estimated_and_the_split_is_unknown() {
         assert_eq!(u64::try_from(rtt).unwrap(), sum);
     }
     // The client↔relay round trip crossed the emulated path.
-    let rtt = leg(&spans, "client_relay").attr_i64("rex.round_trip_ns").unwrap();
+    let rtt = leg(&spans, "client_relay")
+        .attr_i64("rex.round_trip_ns")
+        .unwrap();
     assert!(u64::try_from(rtt).unwrap() >= nanos(UP + DOWN), "{shown}");
     // The waterfall never states a leg's own duration: it says the round
     // trip, with the split unknown, and the header says why.
-    let leg_rows: Vec<&str> = shown.lines().filter(|l| l.contains("link.transit (")).collect();
+    let leg_rows: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.contains("link.transit ("))
+        .collect();
     assert_eq!(leg_rows.len(), 4, "{shown}");
     for row in &leg_rows {
         assert!(row.contains(" ? ") && !row.contains('█'), "{shown}");

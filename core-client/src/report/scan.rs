@@ -199,7 +199,9 @@ fn span(raw: RawSpan<'_>, service: &Arc<str>, names: &mut Names) -> Option<Span>
             "rex.remote.placed" => attrs.placed = value.bool_value == Some(true),
             "rex.clock.source" => attrs.clock_source = text(),
             "rex.clock.bound_ns" => attrs.clock_bound_ns = value.int_value.and_then(|i| i.0),
-            "rex.clock.split" => attrs.split_unknown = value.string_value.as_deref() == Some("unknown"),
+            "rex.clock.split" => {
+                attrs.split_unknown = value.string_value.as_deref() == Some("unknown")
+            }
             "rex.round_trip_ns" => attrs.round_trip_ns = value.int_value.and_then(|i| i.0),
             _ => {}
         }

@@ -409,7 +409,10 @@ mod tests {
         assert_eq!(o.bound, Duration::from_micros(500));
         // A two-way sample with a wider bound does not displace it.
         e.add(sample(40, 2000, SECOND));
-        assert_eq!(choose(&ours, &peer, &e, SECOND).unwrap().source, Source::Synchronized);
+        assert_eq!(
+            choose(&ours, &peer, &e, SECOND).unwrap().source,
+            Source::Synchronized
+        );
         // A tighter one (a 400 µs round trip: ± 200 µs) does.
         e.add(sample(40, 400, SECOND));
         let o = choose(&ours, &peer, &e, SECOND).unwrap();
@@ -450,7 +453,10 @@ mod tests {
             max_error: Some(Duration::from_micros(1500)),
         };
         assert_eq!(Status::from_wire(&s.to_wire()), s);
-        assert_eq!(Status::from_wire(&Status::default().to_wire()), Status::default());
+        assert_eq!(
+            Status::from_wire(&Status::default().to_wire()),
+            Status::default()
+        );
         let short = ClockStatus {
             boot: bytes::Bytes::from_static(&[1; 5]),
             ..ClockStatus::default()

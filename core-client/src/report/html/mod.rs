@@ -760,7 +760,10 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
 fn clocks(out: &mut String, bars: &[super::waterfall::Bar]) {
     let mut said: Vec<String> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
-    for b in bars.iter().filter(|b| b.name != telemetry::spans::LINK_TRANSIT) {
+    for b in bars
+        .iter()
+        .filter(|b| b.name != telemetry::spans::LINK_TRANSIT)
+    {
         let Some(source) = &b.clock_source else {
             continue;
         };

@@ -362,8 +362,7 @@ fn row(out: &mut String, bar: &Bar, y: f64, x: &dyn Fn(i64) -> f64, palette: &Pa
         lx = start + width + 4.0,
         label = Esc(&label),
     );
-    if bar.clock_source.is_some() && bar.unsplit_round_trip_ns.is_none() && bar.clock_bound_ns > 0
-    {
+    if bar.clock_source.is_some() && bar.unsplit_round_trip_ns.is_none() && bar.clock_bound_ns > 0 {
         let (lo, hi) = (
             x(bar.offset_ns.saturating_sub(bar.clock_bound_ns)),
             x(bar.offset_ns.saturating_add(bar.clock_bound_ns)),

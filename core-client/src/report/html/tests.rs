@@ -425,9 +425,16 @@ fn legs_of_an_unknown_split_are_one_round_trip_and_bounds_are_whiskers() {
     // Both legs faint, neither with a duration of its own: the round trip
     // is the measured interval, said once.
     assert_eq!(count(&html, "<rect class=\"span unsplit\""), 2);
-    assert_eq!(count(&html, "80.0ms there and back, split unknown"), 1, "{html}");
+    assert_eq!(
+        count(&html, "80.0ms there and back, split unknown"),
+        1,
+        "{html}"
+    );
     assert_eq!(count(&html, "? (the way back)"), 1);
-    assert!(!html.contains(">35.0ms<") && !html.contains(">40.0ms<"), "{html}");
+    assert!(
+        !html.contains(">35.0ms<") && !html.contains(">40.0ms<"),
+        "{html}"
+    );
     // The placed stage: a whisker of ± 20 ms at its start, and the
     // header says which source placed the exec-server.
     assert_eq!(count(&html, "<line class=\"bound\""), 1);
@@ -444,7 +451,13 @@ fn legs_of_an_unknown_split_are_one_round_trip_and_bounds_are_whiskers() {
         }
     }
     let html = page(&f);
-    assert_eq!(count(&html, "unsplit"), count(&page(&fixture(&[], false)), "unsplit"));
+    assert_eq!(
+        count(&html, "unsplit"),
+        count(&page(&fixture(&[], false)), "unsplit")
+    );
     assert_eq!(count(&html, "<line class=\"bound\""), 0);
-    assert!(html.contains("Clocks: exec-server placed by same-host, exact."), "{html}");
+    assert!(
+        html.contains("Clocks: exec-server placed by same-host, exact."),
+        "{html}"
+    );
 }
