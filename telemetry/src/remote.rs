@@ -244,7 +244,8 @@ pub fn peer_times(timings: &CallTimings, sent_unix_nanos: u64) -> Option<(u64, u
 /// the nearest one within its bound that keeps cause before effect (a
 /// two-way estimate, whose error is up to half a round trip, as far as
 /// that takes: as a clock-skew adjuster does); the source, the offset
-/// used, its bound and the estimate it was moved from are attributes.
+/// used, its bound (the source's, plus the move) and the estimate it was
+/// moved from are attributes.
 /// Stages with names outside the vocabulary, invalid ids, or beyond the
 /// limits are left out.
 pub fn place(
@@ -277,6 +278,15 @@ pub fn place(
     // The send time on our clock.
     let sent_here = sent - used;
     let used = i64::try_from(used).unwrap_or(offset_ns);
+    // Moved from the source's value, the offset used is as far from the
+    // truth as the source's bound plus the move, at worst.
+    let placed_by = Offset {
+        offset_nanos: used,
+        bound: offset
+            .bound
+            .saturating_add(Duration::from_nanos(used.abs_diff(offset_ns))),
+        ..offset
+    };
     let at = |nanos: i128| -> Option<SystemTime> {
         let nanos = u64::try_from(nanos).ok()?;
         SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
@@ -317,7 +327,10 @@ pub fn place(
                 offset.source.as_str(),
             ));
             attributes.push(KeyValue::new(spans::ATTR_CLOCK_OFFSET, used));
-            attributes.push(KeyValue::new(spans::ATTR_CLOCK_BOUND, offset.bound_nanos()));
+            attributes.push(KeyValue::new(
+                spans::ATTR_CLOCK_BOUND,
+                placed_by.bound_nanos(),
+            ));
             if used != offset_ns {
                 attributes.push(KeyValue::new(spans::ATTR_CLOCK_MEASURED, offset_ns));
             }
@@ -341,10 +354,7 @@ pub fn place(
     Ok(Placed {
         spans,
         sent: sent_at,
-        offset: Offset {
-            offset_nanos: used,
-            ..offset
-        },
+        offset: placed_by,
     })
 }
 
@@ -781,9 +791,14 @@ mod tests {
         let attrs = &placed[0].attributes;
         assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_SOURCE, "same-host")));
         assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_BOUND, 0i64)));
-        // Synchronized, 0 ± 5 ms: moved 4 ms, within its bound.
+        // Synchronized, 0 ± 5 ms: moved 4 ms, within its bound; the
+        // truth may now be 5 + 4 ms from the offset used.
         let placed = place_at(at(Source::Synchronized, 0, ms(5)));
         assert_eq!(placed[1].end, t(16));
+        assert!(placed[0].attributes.contains(&KeyValue::new(
+            spans::ATTR_CLOCK_BOUND,
+            i64::try_from(ms(9).as_nanos()).unwrap()
+        )));
         // ± 1 ms cannot reach: kept where its source put it.
         let placed = place_at(at(Source::Synchronized, 0, ms(1)));
         assert_eq!(placed[1].end, t(20));
