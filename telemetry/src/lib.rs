@@ -51,8 +51,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod carriers;
-pub mod forward;
 pub mod clock;
+pub mod forward;
 pub mod framing;
 pub mod hops;
 pub mod host;

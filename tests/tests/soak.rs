@@ -33,5 +33,8 @@ async fn a_minute_of_mixed_commands_under_faults_loses_nothing() {
     // Every client's session was cut by the relay's restart and came back.
     assert!(report.resumes >= 1, "{said}");
     assert_eq!(report.expired, 0, "{said}");
-    assert!(report.memory.iter().all(|m| !m.samples.is_empty()), "{said}");
+    assert!(
+        report.memory.iter().all(|m| !m.samples.is_empty()),
+        "{said}"
+    );
 }
