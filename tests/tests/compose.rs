@@ -1,6 +1,7 @@
 //! The stack in containers (`docker-compose.yml`), with faults: output and
 //! exit status through the core-client container, the trace through the
-//! Jaeger query API, a relay restart and a network cut that a command in
+//! Jaeger query API (the core-client has no route to Jaeger: its spans
+//! travel through its sessions), a relay restart and a network cut that a command in
 //! flight survives, a relay down for longer than the resume grace and an
 //! exec-server killed that end it clearly, and the relay never holding a
 //! command's plaintext; and, with
@@ -142,6 +143,37 @@ fn output_is_byte_exact_with_the_remote_exit_status() {
     assert_eq!(out.status.code(), Some(137));
 }
 
+/// Runs a command whose session carries the previous command's last
+/// spans (`cli.run` ends after its session closed: the core-client has no
+/// route to Jaeger and leaves them for the next session to the
+/// exec-server, which exports them).
+fn carry_the_last_spans(stack: &ComposeStack) {
+    let out = stack.exec(&[], &["true"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts the client's spans of the trace arrived once each (`cli.run`
+/// once: the root, never sent twice).
+fn assert_client_spans_once(spans: &[QueriedSpan]) {
+    let client: Vec<&QueriedSpan> = spans
+        .iter()
+        .filter(|s| s.service == "core-client")
+        .collect();
+    let ids: BTreeSet<&str> = client.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), client.len(), "a client span arrived twice");
+    assert_eq!(
+        client
+            .iter()
+            .filter(|s| s.name == telemetry::spans::CLI_RUN)
+            .count(),
+        1
+    );
+}
+
 /// The trace's spans once every stage from all three services is in
 /// Jaeger and no more arrive (bounded).
 async fn settled_trace(query: &JaegerQuery, trace_id: &str) -> Vec<QueriedSpan> {
@@ -186,6 +218,7 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
         .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
         .trim()
         .to_owned();
+    carry_the_last_spans(&stack);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,8 +228,11 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
         let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
         let spans = settled_trace(&query, &trace_id).await;
 
-        // One trace, one root, parented as docs/spans.md says.
+        // One trace, one root, parented as docs/spans.md says; the
+        // client's spans came through its sessions (it has no route to
+        // Jaeger), once.
         assert!(spans.iter().all(|s| s.trace_id == trace_id));
+        assert_client_spans_once(&spans);
         let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
         assert_eq!(
             services,
@@ -358,9 +394,10 @@ fn network_cut_pauses_the_command_in_flight_and_fails_new_commands_clearly() {
         return;
     };
     let exec_server = stack.container("exec-server").unwrap();
+    // The exec-server is on Jaeger's network and the clients': cut from
+    // both.
     let networks = stack.networks("exec-server").unwrap();
-    assert_eq!(networks.len(), 1, "{networks:?}");
-    let network = &networks[0];
+    assert_eq!(networks.len(), 2, "{networks:?}");
 
     // A command writing a numbered line every quarter second: the cut
     // (shorter than the exec-server's resume grace) costs it a pause, not
@@ -373,7 +410,9 @@ fn network_cut_pauses_the_command_in_flight_and_fails_new_commands_clearly() {
     let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
     running.wait_for_line("started", START).unwrap();
 
-    docker(&["network", "disconnect", network, &exec_server]).unwrap();
+    for network in &networks {
+        docker(&["network", "disconnect", network, &exec_server]).unwrap();
+    }
     // A new command cannot reach the exec-server: it fails in one clear
     // line (how long that took is printed, never judged).
     let cut = std::panic::catch_unwind(|| {
@@ -391,7 +430,9 @@ fn network_cut_pauses_the_command_in_flight_and_fails_new_commands_clearly() {
         );
     });
     // Restore before judging, so a failure leaves the stack whole.
-    docker(&["network", "connect", network, &exec_server]).unwrap();
+    for network in &networks {
+        docker(&["network", "connect", network, &exec_server]).unwrap();
+    }
     let restored = Instant::now();
     if let Err(panic) = cut {
         std::panic::resume_unwind(panic);
@@ -504,6 +545,7 @@ fn tls_between_the_containers_runs_a_command_as_one_trace() {
         .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
         .trim()
         .to_owned();
+    carry_the_last_spans(&stack);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -512,6 +554,7 @@ fn tls_between_the_containers_runs_a_command_as_one_trace() {
         let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
         let spans = settled_trace(&query, &trace_id).await;
         assert!(spans.iter().all(|s| s.trace_id == trace_id));
+        assert_client_spans_once(&spans);
         let roots = trace_check::roots(&spans);
         assert_eq!(roots.len(), 1, "one root: {roots:?}");
         assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
