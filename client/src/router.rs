@@ -731,43 +731,26 @@ impl Router {
             }
         };
         let server = placed.offset;
-        // Each leg with the clocks of its far ends (ours is the reference),
-        // and the leg opposite it: the two make one round trip.
+        // Each leg with the clocks of its far ends (ours is the reference).
         let legs = match &hops {
-            Some(h) => vec![
-                Leg::new(
-                    "to_server",
-                    "client_relay",
-                    left,
-                    h.to_server.0,
-                    &[h.offset],
-                    3,
-                ),
-                Leg::new(
+            Some(h) => {
+                let [out, back] = relay_legs(h, left, received.arrived);
+                let there = Leg::new(
                     "to_server",
                     "relay_server",
                     h.to_server.1,
                     placed.first_start(),
                     &[h.offset, server],
-                    2,
-                ),
-                Leg::new(
+                );
+                let home = Leg::new(
                     "to_client",
                     "server_relay",
                     placed.sent,
                     h.to_client.0,
                     &[server, h.offset],
-                    1,
-                ),
-                Leg::new(
-                    "to_client",
-                    "relay_client",
-                    h.to_client.1,
-                    received.arrived,
-                    &[h.offset],
-                    0,
-                ),
-            ],
+                );
+                vec![out, there, home, back]
+            }
             None => vec![
                 Leg::new(
                     "to_server",
@@ -775,7 +758,6 @@ impl Router {
                     left,
                     placed.first_start(),
                     &[server],
-                    1,
                 ),
                 Leg::new(
                     "to_client",
@@ -783,7 +765,6 @@ impl Router {
                     placed.sent,
                     received.arrived,
                     &[server],
-                    0,
                 ),
             ],
         };
@@ -817,24 +798,7 @@ impl Router {
             Some(h) => {
                 // The legs to and from the relay, as a reported call's are;
                 // the relay's forwards and everything beyond them undivided.
-                let legs = [
-                    Leg::new(
-                        "to_server",
-                        "client_relay",
-                        left,
-                        h.to_server.0,
-                        &[h.offset],
-                        1,
-                    ),
-                    Leg::new(
-                        "to_client",
-                        "relay_client",
-                        h.to_client.1,
-                        received.arrived,
-                        &[h.offset],
-                        0,
-                    ),
-                ];
+                let legs = relay_legs(h, left, received.arrived);
                 for leg in &legs {
                     let attributes = leg.attributes(&legs, &h.offset, Some(&h.offset));
                     self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
@@ -1321,9 +1285,36 @@ fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
     ]
 }
 
+/// The legs between us and the relay: from the request leaving (`left`)
+/// to the relay's forward of it, and from its forward of the final event
+/// to that event arriving here (`arrived`).
+fn relay_legs(
+    hops: &telemetry::hops::PlacedHops,
+    left: SystemTime,
+    arrived: SystemTime,
+) -> [Leg; 2] {
+    [
+        Leg::new(
+            "to_server",
+            "client_relay",
+            left,
+            hops.to_server.0,
+            &[hops.offset],
+        ),
+        Leg::new(
+            "to_client",
+            "relay_client",
+            hops.to_client.1,
+            arrived,
+            &[hops.offset],
+        ),
+    ]
+}
+
 /// One `link.transit` leg of a call: when it ran on our clock, whether the
 /// clocks of its far ends tell how its round trip splits, and which leg of
-/// the call runs opposite it.
+/// the call runs opposite it (the one of the same pair going the other
+/// way: the two make one round trip).
 struct Leg {
     direction: &'static str,
     name: &'static str,
@@ -1331,8 +1322,6 @@ struct Leg {
     to: SystemTime,
     /// Every far end was placed by a source that sees asymmetry.
     knows_split: bool,
-    /// The index of the leg that makes a round trip with it.
-    opposite: usize,
 }
 
 impl Leg {
@@ -1342,7 +1331,6 @@ impl Leg {
         from: SystemTime,
         to: SystemTime,
         ends: &[Offset],
-        opposite: usize,
     ) -> Self {
         Self {
             direction,
@@ -1350,7 +1338,16 @@ impl Leg {
             from,
             to: to.max(from),
             knows_split: ends.iter().all(|o| o.source.knows_split()),
-            opposite,
+        }
+    }
+
+    /// The round trip it is part of: the client's with the relay, the
+    /// relay's with the exec-server, or end to end.
+    fn pair(&self) -> &'static str {
+        match self.name {
+            "client_relay" | "relay_client" => "client_relay",
+            "relay_server" | "server_relay" => "relay_server",
+            other => other,
         }
     }
 
@@ -1381,7 +1378,10 @@ impl Leg {
             attributes.push(KeyValue::new(spans::ATTR_CLOCK_SPLIT, "measured"));
         } else {
             attributes.push(KeyValue::new(spans::ATTR_CLOCK_SPLIT, "unknown"));
-            let opposite = legs.get(self.opposite).map_or(0, Leg::duration_nanos);
+            let opposite = legs
+                .iter()
+                .find(|l| l.pair() == self.pair() && l.direction != self.direction)
+                .map_or(0, Leg::duration_nanos);
             attributes.push(KeyValue::new(
                 spans::ATTR_ROUND_TRIP,
                 self.duration_nanos().saturating_add(opposite),

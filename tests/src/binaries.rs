@@ -450,17 +450,62 @@ impl ProcStack {
     /// `--print-trace-id`).
     /// With TLS, `--ca` names the stack's CA.
     pub fn exec_with(&self, flags: &[&str], argv: &[&str]) -> Command {
+        self.exec_via(&self.relay_url, flags, argv)
+    }
+
+    /// [`ProcStack::exec_with`] through `url` instead of the relay's own
+    /// (a path in front of it, such as the link emulator).
+    pub fn exec_via(&self, url: &str, flags: &[&str], argv: &[&str]) -> Command {
         let ca = self.certs.as_ref().and_then(|c| c.ca.to_str());
         let mut all: Vec<&str> = ca.map(|ca| vec!["--ca", ca]).unwrap_or_default();
         all.extend(flags);
         exec_command_of(
             &self.core_client,
-            &self.relay_url,
+            url,
             &self.server_pub,
             &self.client_key,
             &all,
             argv,
         )
+    }
+
+    /// Runs `argv` with no agent through `url`, stdin closed, and returns
+    /// its trace id and that trace's spans from the stack's trace file; an
+    /// error carrying its stderr if it did not exit 0.
+    pub fn traced_exec(
+        &self,
+        url: &str,
+        argv: &[&str],
+    ) -> Result<(String, Vec<crate::otlp::RecordedSpan>)> {
+        let out = self
+            .exec_via(url, &["--no-agent", "--print-trace-id"], argv)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| FixtureError::io("running core-client exec", e))?;
+        if !out.status.success() {
+            return Err(FixtureError::output(
+                "core-client exec",
+                format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+            ));
+        }
+        let id = printed_trace_id(&out)?;
+        let spans = crate::trace_check::from_trace_file(&self.dir.path().join("traces.jsonl"), &id);
+        Ok((id, spans))
+    }
+
+    /// `core-client trace show ID` over the stack's trace file: its output.
+    pub fn trace_show(&self, id: &str) -> Result<String> {
+        let out = core_client_of(&self.core_client, self.dir.path())
+            .args(["trace", "show", id])
+            .output()
+            .map_err(|e| FixtureError::io("running core-client trace show", e))?;
+        if !out.status.success() {
+            return Err(FixtureError::output(
+                "core-client trace show",
+                String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

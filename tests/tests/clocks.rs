@@ -4,12 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use integration_tests::binaries::{self, ProcStack};
 use integration_tests::otlp::RecordedSpan;
-use integration_tests::trace_check;
 use link_emulator::{Config, Emulator, PathSettings};
 
 const UP: Duration = Duration::from_millis(5);
@@ -29,35 +27,10 @@ fn stack_behind_an_asymmetric_path(env: &[(&str, &str)]) -> (ProcStack, Emulator
 /// Runs `echo hi` through the emulator; its spans from the CLI's trace
 /// file and the `trace show` text.
 fn echo(stack: &ProcStack, emulator: &Emulator) -> (Vec<RecordedSpan>, String) {
-    let out = binaries::exec_command(
-        &emulator.url(),
-        &stack.server_pub,
-        &stack.client_key,
-        &["--no-agent", "--print-trace-id"],
-        &["sh", "-c", "echo hi"],
-    )
-    .unwrap()
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = binaries::printed_trace_id(&out).unwrap();
-    let spans = trace_check::from_trace_file(&stack.dir.path().join("traces.jsonl"), &id);
-    let shown = binaries::core_client(stack.dir.path())
-        .unwrap()
-        .args(["trace", "show", &id])
-        .output()
+    let (id, spans) = stack
+        .traced_exec(&emulator.url(), &["sh", "-c", "echo hi"])
         .unwrap();
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
-    );
-    (spans, String::from_utf8(shown.stdout).unwrap())
+    (spans, stack.trace_show(&id).unwrap())
 }
 
 fn leg<'a>(spans: &'a [RecordedSpan], name: &str) -> &'a RecordedSpan {

@@ -9,11 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::binaries::{self, ProcStack};
+use integration_tests::binaries::ProcStack;
 use integration_tests::proxy::{self, Behaviour, Recording, Replayed};
 use link_emulator::{Config, Emulator};
 
@@ -27,27 +26,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// session counters' `early_retries` from its trace.
 fn append(stack: &ProcStack, url: &str, file: &std::path::Path) -> i64 {
     let script = format!("echo run >> {}", file.display());
-    let out = binaries::exec_command(
-        url,
-        &stack.server_pub,
-        &stack.client_key,
-        &["--no-agent", "--print-trace-id"],
-        &["sh", "-c", &script],
-    )
-    .unwrap()
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = binaries::printed_trace_id(&out).unwrap();
-    let spans = integration_tests::trace_check::from_trace_file(
-        &stack.dir.path().join("traces.jsonl"),
-        &id,
-    );
+    let (_, spans) = stack.traced_exec(url, &["sh", "-c", &script]).unwrap();
     integration_tests::trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH)
         .attr_i64(telemetry::spans::ATTR_SESSION_EARLY_RETRIES)
         .unwrap()

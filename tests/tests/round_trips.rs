@@ -3,35 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use integration_tests::binaries::{self, ProcStack};
+use integration_tests::binaries::ProcStack;
 use integration_tests::trace_check;
 use link_emulator::{Config, Emulator};
 
 /// Runs a cold `core-client exec -- true` through the emulator and returns
 /// its `tool.dispatch` span's counters and the `trace show` text.
 fn cold_true(stack: &ProcStack, emulator: &Emulator) -> ((i64, i64, i64), String) {
-    let out = binaries::exec_command(
-        &emulator.url(),
-        &stack.server_pub,
-        &stack.client_key,
-        &["--no-agent", "--print-trace-id"],
-        &["true"],
-    )
-    .unwrap()
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = binaries::printed_trace_id(&out).unwrap();
-    let traces = stack.dir.path().join("traces.jsonl");
-    let spans = trace_check::from_trace_file(&traces, &id);
+    let (id, spans) = stack.traced_exec(&emulator.url(), &["true"]).unwrap();
     let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
     let counters = (
         dispatch
@@ -44,17 +25,7 @@ fn cold_true(stack: &ProcStack, emulator: &Emulator) -> ((i64, i64, i64), String
             .attr_i64(telemetry::spans::ATTR_SESSION_EARLY_RETRIES)
             .unwrap(),
     );
-    let shown = binaries::core_client(stack.dir.path())
-        .unwrap()
-        .args(["trace", "show", &id])
-        .output()
-        .unwrap();
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
-    );
-    (counters, String::from_utf8(shown.stdout).unwrap())
+    (counters, stack.trace_show(&id).unwrap())
 }
 
 #[test]
