@@ -9,7 +9,8 @@
 //! Options (after `--`): `--rounds R` (default 5), `--only ID[,ID...]`
 //! (`floor`, `warm`, `first_byte`, `cold`, `cli_warm`, `idle_first`, `bulk`
 //! (also `relay_tax`),
-//! `tracing`, `pipe`, `scale`, `network`), `--write FILE`, `--ssh-port P --ssh-key
+//! `tracing`, `forwarding` (`cold_forwarded` and `tracing_forwarded`),
+//! `pipe`, `scale`, `network`), `--write FILE`, `--ssh-port P --ssh-key
 //! FILE --ssh-user NAME`, `--core-client PATH`, `--bulk-mib N` (2048),
 //! `--pipe-mib N` (1024), `--sessions N` (1000), `--execs N` (200),
 //! `--tracing-execs N` (150), `--rtts MS[,MS...]` (0,10,50,200: the
@@ -33,7 +34,7 @@ use integration_tests::versus::ssh::Ssh;
 use integration_tests::versus::tracing::{Mode, Providers};
 use integration_tests::versus::{self, Comparison, bulk, network, pipe, scale};
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "floor",
     "warm",
     "first_byte",
@@ -43,6 +44,7 @@ const SCENARIOS: [&str; 12] = [
     "bulk",
     "relay_tax",
     "tracing",
+    "forwarding",
     "pipe",
     "scale",
     "network",
@@ -373,6 +375,21 @@ async fn bench(args: &Args) -> Result<bool, String> {
     client.close().await;
     direct.close().await;
     providers.shutdown().await;
+
+    if args.wants("forwarding") {
+        let pairs = versus::forwarding::Pairs::start().await?;
+        let run = async {
+            let binary = args.core_client()?;
+            let c = versus::forwarding::cold(rounds, &binary, &pairs, scratch.path()).await?;
+            progress(&c, &mut done);
+            let c = versus::forwarding::tracing(rounds, args.tracing_execs, &pairs).await?;
+            progress(&c, &mut done);
+            Ok::<(), String>(())
+        };
+        let ran = run.await;
+        pairs.shutdown().await;
+        ran?;
+    }
 
     if args.wants("pipe") {
         let options = pipe::PipeOptions {

@@ -13,6 +13,9 @@
 //! - [`bulk`]: `bulk` and `relay tax`.
 //! - [`tracing`]: `tracing` (full export against off), and the modes and
 //!   providers the `tracing_overhead` benchmark shares.
+//! - [`forwarding`]: the cold CLI and an embedder whose spans the
+//!   exec-server takes through the session, against their spans kept
+//!   locally and against tracing off.
 //! - [`pipe`]: raw Noise-over-relay throughput against `socat`.
 //! - [`network`]: the cold CLI, the CLI through the agent and ssh (fresh
 //!   and `ControlMaster`) across the link emulator at several round trips.
@@ -23,6 +26,7 @@
 //! an output differed); a missed target is reported, never an error.
 
 pub mod bulk;
+pub mod forwarding;
 pub mod latency;
 pub mod network;
 pub mod pipe;
