@@ -12,8 +12,12 @@
 //!   same exec-server.
 //! - `export` (feature `export`): [`Forwarder`], the exec-server's side:
 //!   batches decoded, checked, marked as forwarded for the client's key and
-//!   exported, within per-key and total rate limits.
+//!   exported, within its budget.
+//! - `budget` (feature `export`): what clients may forward: steady rates
+//!   per key and in all, credited for each call a client runs.
 
+#[cfg(feature = "export")]
+mod budget;
 #[cfg(feature = "forward")]
 mod collect;
 #[cfg(feature = "export")]

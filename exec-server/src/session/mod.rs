@@ -955,6 +955,13 @@ impl Endpoint<Machine> for Runner {
                 received,
             } => {
                 let received = self.trace_recv(trace.as_ref(), &received, "exec");
+                // The call's spans may come home through the session: its
+                // client may forward one call's worth more.
+                if let (Some(forwarder), Some(client)) =
+                    (&self.ctx.config.span_forwarding, self.client)
+                {
+                    forwarder.called(&client.to_string(), std::time::Instant::now());
+                }
                 let call = Call::start(
                     &self.ctx,
                     &self.tracer,

@@ -6,7 +6,6 @@
 //! fit is dropped and counted, with one warning per process.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +21,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
+use super::budget::Budget;
 use crate::setup::OtlpTarget;
 use crate::spans;
 
@@ -41,6 +41,11 @@ pub struct ForwardLimits {
     pub queue: usize,
     /// Client keys whose buckets are remembered, at most.
     pub keys: usize,
+    /// Spans each call a client runs adds to its key's and the total
+    /// budget, beyond the steady rates (up to 256 calls' worth held).
+    pub call_spans: u32,
+    /// Bytes each call adds to the total budget, likewise.
+    pub call_bytes: u32,
 }
 
 impl Default for ForwardLimits {
@@ -52,12 +57,11 @@ impl Default for ForwardLimits {
             total_bytes_per_sec: 4 * 1024 * 1024,
             queue: 64,
             keys: 4096,
+            call_spans: 64,
+            call_bytes: 64 * 1024,
         }
     }
 }
-
-/// How long a bucket's worth of rate is.
-const BURST: Duration = Duration::from_secs(4);
 
 /// What became of an offered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,40 +107,6 @@ impl Counts {
     }
 }
 
-/// A token bucket on a caller's clock.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(rate: u32, now: Instant) -> Self {
-        Self {
-            tokens: f64::from(rate) * BURST.as_secs_f64(),
-            at: now,
-        }
-    }
-
-    fn refill(&mut self, rate: u32, now: Instant) {
-        let cap = f64::from(rate) * BURST.as_secs_f64();
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * f64::from(rate)).min(cap);
-        self.at = self.at.max(now);
-    }
-
-    fn has(&self, n: f64) -> bool {
-        self.tokens >= n
-    }
-}
-
-#[derive(Debug)]
-struct Buckets {
-    keys: HashMap<String, Bucket>,
-    spans: Bucket,
-    bytes: Bucket,
-}
-
 /// A batch waiting for export.
 #[derive(Debug)]
 struct Job {
@@ -153,7 +123,7 @@ struct Job {
 pub struct Forwarder {
     tx: mpsc::Sender<Job>,
     limits: ForwardLimits,
-    buckets: Arc<Mutex<Buckets>>,
+    budget: Arc<Mutex<Budget>>,
     counts: Arc<Counts>,
 }
 
@@ -191,15 +161,10 @@ impl Forwarder {
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
         let counts = Arc::new(Counts::default());
         tokio::spawn(run(exporter, rx, own, Arc::clone(&counts)));
-        let now = Instant::now();
         Self {
             tx,
             limits,
-            buckets: Arc::new(Mutex::new(Buckets {
-                keys: HashMap::new(),
-                spans: Bucket::full(limits.total_spans_per_sec, now),
-                bytes: Bucket::full(limits.total_bytes_per_sec, now),
-            })),
+            budget: Arc::new(Mutex::new(Budget::new(limits, Instant::now()))),
             counts,
         }
     }
@@ -218,6 +183,15 @@ impl Forwarder {
         }
     }
 
+    /// A call of the client whose key id is `client` started at `now`:
+    /// it may forward one call's worth more (`call_spans`).
+    pub fn called(&self, client: &str, now: Instant) {
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .called(client, now);
+    }
+
     /// Offers a batch from the client whose key id is `client`, at `now`:
     /// queued for export if within the rates and the queue, else dropped
     /// and counted. Never waits. `dropped` is what the client says it
@@ -234,46 +208,11 @@ impl Forwarder {
         counts
             .dropped_by_clients
             .fetch_add(u64::from(dropped), Ordering::Relaxed);
-        let n = f64::from(spans.max(1));
-        let bytes = traces.len() as f64;
-        let l = &self.limits;
-        let verdict = {
-            let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-            b.spans.refill(l.total_spans_per_sec, now);
-            b.bytes.refill(l.total_bytes_per_sec, now);
-            if !b.keys.contains_key(client) && b.keys.len() >= l.keys {
-                // Forget the keys whose buckets are full again: they are
-                // where a new one would start.
-                let rate = l.key_spans_per_sec;
-                b.keys.retain(|_, k| {
-                    k.refill(rate, now);
-                    !k.has(f64::from(rate) * BURST.as_secs_f64())
-                });
-            }
-            let Buckets {
-                keys,
-                spans: total,
-                bytes: total_bytes,
-            } = &mut *b;
-            if !keys.contains_key(client) && keys.len() >= l.keys {
-                Offered::KeyRate
-            } else {
-                let key = keys
-                    .entry(client.to_owned())
-                    .or_insert_with(|| Bucket::full(l.key_spans_per_sec, now));
-                key.refill(l.key_spans_per_sec, now);
-                if !key.has(n) {
-                    Offered::KeyRate
-                } else if !total.has(n) || !total_bytes.has(bytes) {
-                    Offered::TotalRate
-                } else {
-                    key.tokens -= n;
-                    total.tokens -= n;
-                    total_bytes.tokens -= bytes;
-                    Offered::Queued
-                }
-            }
-        };
+        let verdict = self
+            .budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(client, f64::from(spans.max(1)), traces.len() as f64, now);
         let verdict = match verdict {
             Offered::Queued => {
                 let job = Job {
@@ -298,39 +237,84 @@ impl Forwarder {
     }
 }
 
-/// Exports batches one at a time until every sender has gone.
+/// Batches taken together into one export, at most.
+const GROUP_JOBS: usize = 32;
+/// Encoded bytes taken together into one export, at most (well under a
+/// collector's usual 4 MiB limit on a request).
+const GROUP_BYTES: usize = 1024 * 1024;
+
+/// Exports batches until every sender has gone: those waiting are taken
+/// together (up to [`GROUP_JOBS`] and [`GROUP_BYTES`]), and consecutive
+/// spans of one client and resource go in one export request.
 async fn run<E: SpanExporter>(
     mut exporter: E,
     mut rx: mpsc::Receiver<Job>,
     own: Vec<String>,
     counts: Arc<Counts>,
 ) {
-    while let Some(job) = rx.recv().await {
-        let Ok(data) = TracesData::decode(job.traces.as_slice()) else {
-            counts.drop_spans(u64::from(job.spans), "a batch that is not OTLP");
-            continue;
-        };
-        for rs in data.resource_spans {
-            let Some((resource, spans)) = convert(rs, &job.client, &own) else {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.traces.len();
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_JOBS && bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += job.traces.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut group: Option<(String, Resource, Vec<SpanData>)> = None;
+        for job in jobs {
+            let Ok(data) = TracesData::decode(job.traces.as_slice()) else {
+                counts.drop_spans(u64::from(job.spans), "a batch that is not OTLP");
                 continue;
             };
-            let n = spans.len() as u64;
-            match resource {
-                Err(claimed) => {
-                    counts.drop_spans(n, "a resource that claims to be a service of ours");
-                    tracing::debug!(service = %claimed, "forwarded spans refused");
-                }
-                Ok(resource) => {
-                    exporter.set_resource(&resource);
-                    match exporter.export(spans).await {
-                        Ok(()) => {
-                            counts.exported.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(_) => counts.drop_spans(n, "the export failed"),
+            for rs in data.resource_spans {
+                let Some((resource, spans)) = convert(rs, &job.client, &own) else {
+                    continue;
+                };
+                match resource {
+                    Err(claimed) => {
+                        counts.drop_spans(
+                            spans.len() as u64,
+                            "a resource that claims to be a service of ours",
+                        );
+                        tracing::debug!(service = %claimed, "forwarded spans refused");
                     }
+                    Ok(resource) => match &mut group {
+                        Some((client, r, held)) if *client == job.client && *r == resource => {
+                            held.extend(spans);
+                        }
+                        _ => {
+                            if let Some(done) = group.take() {
+                                export(&mut exporter, done, &counts).await;
+                            }
+                            group = Some((job.client.clone(), resource, spans));
+                        }
+                    },
                 }
             }
         }
+        if let Some(done) = group {
+            export(&mut exporter, done, &counts).await;
+        }
+    }
+}
+
+/// One export request: `spans` with their resource.
+async fn export<E: SpanExporter>(
+    exporter: &mut E,
+    (_, resource, spans): (String, Resource, Vec<SpanData>),
+    counts: &Counts,
+) {
+    let n = spans.len() as u64;
+    exporter.set_resource(&resource);
+    match exporter.export(spans).await {
+        Ok(()) => {
+            counts.exported.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(_) => counts.drop_spans(n, "the export failed"),
     }
 }
 
@@ -633,6 +617,41 @@ mod tests {
             r.get(&opentelemetry::Key::new(spans::FORWARDED_FOR)),
             Some(Value::from("key1"))
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_batches_of_one_client_go_in_one_export_in_order() {
+        let exporter = Recording::default();
+        let f = Forwarder::with_exporter(exporter.clone(), ForwardLimits::default(), own());
+        let now = Instant::now();
+        let mut sent = Vec::new();
+        // All offered before the export task runs (one thread): a, a, b, a.
+        for key in ["a", "a", "b", "a"] {
+            let (trace, bytes) = client_batch("core-client", 3);
+            assert_eq!(f.offer(key, bytes, 3, 0, now), Offered::Queued);
+            sent.push(trace);
+        }
+        settle(&f, 12).await;
+        assert_eq!(f.counts().exported, 12);
+        let for_key: Vec<Value> = exporter
+            .resources
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.get(&opentelemetry::Key::new(spans::FORWARDED_FOR)).unwrap())
+            .collect();
+        assert_eq!(
+            for_key,
+            [Value::from("a"), Value::from("b"), Value::from("a")]
+        );
+        let mut traces: Vec<TraceId> = Vec::new();
+        for s in exporter.inner.get_finished_spans().unwrap() {
+            let t = s.span_context.trace_id();
+            if traces.last() != Some(&t) {
+                traces.push(t);
+            }
+        }
+        assert_eq!(traces, sent);
     }
 
     #[tokio::test]
