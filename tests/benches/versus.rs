@@ -301,6 +301,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
             // Where no agent runs.
             agent_socket: scratch.path().join("no-agent").join("agent.sock"),
             through_agent: false,
+            env: Vec::new(),
         };
         if args.wants("cold") {
             progress(&latency::cold(rounds, &cold, ssh).await?, &mut done);

@@ -235,7 +235,10 @@ impl Spool {
         out
     }
 
-    /// Writes one file atomically.
+    /// Writes one file atomically (renamed into place once written), not
+    /// durably: no fsync on the command's way out. A batch that a crash
+    /// leaves torn is refused by the exec-server as not OTLP and counted;
+    /// its spans are in the local trace file either way.
     fn put(&self, kind: &str, spans: u32, data: &[u8]) -> std::io::Result<()> {
         use std::io::Write as _;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -244,7 +247,6 @@ impl Spool {
         let tmp = self.dir.join(format!(".tmp-{pid}-{n}"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
         drop(f);
         let name = format!("{at:024}-{pid}-{n}-{spans}.{kind}");
         std::fs::rename(&tmp, self.dir.join(name)).inspect_err(|_| {

@@ -165,6 +165,9 @@ pub struct ColdClient {
     /// run that fell back to a session of its own (it says so on stderr)
     /// is an error, never measured as warm.
     pub through_agent: bool,
+    /// Environment set for each run beyond the scenario's own (e.g.
+    /// `REX_NO_SPAN_FORWARDING`).
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl ColdClient {
@@ -193,6 +196,7 @@ impl ColdClient {
             .env("REX_AGENT_SOCKET", &self.agent_socket)
             // Never the user's own config file, known servers or agent.
             .env("XDG_CONFIG_HOME", self.data_dir.join("config"))
+            .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .await
