@@ -33,7 +33,7 @@ use telemetry::spans;
 use super::latency::ColdClient;
 use super::rounds::{Plan, latencies};
 use super::{Comparison, Series, Target, Unit};
-use crate::bench::{exec_true, percentile, rotated};
+use crate::bench::{exec_true, percentile, pid_cpu_nanos, process_cpu_nanos, rotated};
 use crate::binaries::ProcStack;
 use crate::otlp::{OtlpReceiver, RecordedSpan};
 
@@ -184,6 +184,16 @@ pub async fn cold(
     })
 }
 
+/// CPU time so far of this process and of `stack`'s relay and
+/// exec-server, in nanoseconds.
+fn cpu(stack: &ProcStack) -> [u64; 3] {
+    [
+        process_cpu_nanos(),
+        pid_cpu_nanos(stack.relay.child.id()),
+        pid_cpu_nanos(stack.server.child.id()),
+    ]
+}
+
 /// How the embedder traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -245,6 +255,14 @@ impl Embedder {
             Mode::Off => &self.off,
             Mode::Forwarded => &self.forwarded,
             Mode::Direct => &self.direct,
+        }
+    }
+
+    fn stack(mode: Mode, pairs: &Pairs) -> &ProcStack {
+        if mode == Mode::Off {
+            &pairs.quiet
+        } else {
+            &pairs.exporting
         }
     }
 
@@ -365,6 +383,10 @@ async fn check_arrival(
     Ok(per_trace)
 }
 
+fn cpu_cells(c: [f64; 3]) -> String {
+    format!("{:.0} / {:.0} / {:.0}", c[0], c[1], c[2])
+}
+
 /// `tracing forwarded`: the embedder's modes in turn every round (the
 /// order rotating), `execs` timed execs each on a new warm session.
 pub async fn tracing(rounds: usize, execs: usize, pairs: &Pairs) -> Result<Comparison, String> {
@@ -392,6 +414,9 @@ async fn tracing_with(
     // modes: forwarding must deliver what exporting directly does.
     let mut shapes = BTreeSet::new();
     let mut forwarded_traces = 0;
+    // CPU µs per exec of this process, the relay and the exec-server, per
+    // mode, summed over rounds (the export's and arrival's share included).
+    let mut cpu_each = [[0.0f64; 3]; 3];
     pairs.receiver.clear();
     for round in 0..rounds {
         for (i, mode) in rotated(&[0, 1, 2], round).into_iter().map(|i| (i, modes[i])) {
@@ -402,6 +427,8 @@ async fn tracing_with(
                 exec_true(client).await?;
             }
             let mut times = Vec::with_capacity(execs);
+            let stack = Embedder::stack(mode, pairs);
+            let before = cpu(stack);
             for _ in 0..execs {
                 times.push(exec_true(client).await?);
             }
@@ -411,12 +438,21 @@ async fn tracing_with(
                 let p = embedder.exporting.clone();
                 let _ = tokio::task::spawn_blocking(move || p.force_flush()).await;
             }
+            // This process's share now (the arrival check's polling is
+            // the receiver's, not the embedder's); the services' once their
+            // exports are done.
+            let mine = process_cpu_nanos();
             if mode != Mode::Off {
                 let shape = check_arrival(&pairs.receiver, mode, WARMUP + execs, &mut seen).await?;
                 shapes.insert(shape);
                 if mode == Mode::Forwarded {
                     forwarded_traces += WARMUP + execs;
                 }
+            }
+            let mut after = cpu(stack);
+            after[0] = mine;
+            for (k, (a, b)) in after.iter().zip(before).enumerate() {
+                cpu_each[i][k] += a.saturating_sub(b) as f64 / 1e3 / (execs * rounds) as f64;
             }
             series[i].values.push(percentile(&times, 0.50));
             series[i].p99.push(percentile(&times, 0.99));
@@ -440,9 +476,13 @@ async fn tracing_with(
         notes: vec![format!(
             "{execs} execs per mode per round on a new warm session, this process embedding the client library against a relay and exec-server run as processes; \
              the embedder's spans forwarded: {} traces, all received once, as many as exported directly (client spans -> traces each round: {shape:?}); \
-             against the embedder exporting its spans itself (median p50 {:.1} µs): ratio {direct_ratio:.3}",
+             against the embedder exporting its spans itself (median p50 {:.1} µs): ratio {direct_ratio:.3}; \
+             CPU µs per exec (this process, relay, exec-server: the timed execs and the session's close; the services' until their exports arrived): off {}, forwarded {}, direct {}",
             forwarded_traces,
             crate::bench::median(&direct.values),
+            cpu_cells(cpu_each[0]),
+            cpu_cells(cpu_each[1]),
+            cpu_cells(cpu_each[2]),
         )],
     })
 }
