@@ -65,7 +65,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{
     Abandonment, CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError,
-    ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, Ready, ReattachError, SpanCounts,
+    ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, Ready, ReattachError, SpanCounts,
     fits_early,
 };
 pub use error::{CallError, SessionError, Stage, Violation};

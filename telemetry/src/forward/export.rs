@@ -638,7 +638,10 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .map(|r| r.get(&opentelemetry::Key::new(spans::FORWARDED_FOR)).unwrap())
+            .map(|r| {
+                r.get(&opentelemetry::Key::new(spans::FORWARDED_FOR))
+                    .unwrap()
+            })
             .collect();
         assert_eq!(
             for_key,

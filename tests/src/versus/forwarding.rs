@@ -132,7 +132,12 @@ pub async fn cold(
         &scratch.join("cold-not-forwarded"),
         vec![("REX_NO_SPAN_FORWARDING", "true")],
     );
-    let quiet = cold_client(binary, &pairs.quiet, &scratch.join("cold-quiet"), Vec::new());
+    let quiet = cold_client(
+        binary,
+        &pairs.quiet,
+        &scratch.join("cold-quiet"),
+        Vec::new(),
+    );
     pairs.receiver.clear();
     let mut forwarded = 0;
     let (ours, peer) = latencies(
@@ -217,7 +222,11 @@ struct Embedder {
 impl Embedder {
     fn new(pairs: &Pairs) -> Result<Self, String> {
         let collector = SpanCollector::default();
-        let resource = || Resource::builder_empty().with_service_name(EMBEDDER).build();
+        let resource = || {
+            Resource::builder_empty()
+                .with_service_name(EMBEDDER)
+                .build()
+        };
         let collecting = SdkTracerProvider::builder()
             .with_resource(resource())
             .with_span_processor(collector.processor())
@@ -360,13 +369,19 @@ async fn check_arrival(
         *per_trace.entry(spans.len()).or_insert(0) += 1;
         let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
         if ids.len() != spans.len() {
-            return Err(format!("tracing forwarded: a span arrived twice in trace {id}"));
+            return Err(format!(
+                "tracing forwarded: a span arrived twice in trace {id}"
+            ));
         }
         let marked = spans
             .iter()
             .filter(|s| s.resource.contains_key(spans::FORWARDED_FOR))
             .count();
-        let want = if mode == Mode::Forwarded { spans.len() } else { 0 };
+        let want = if mode == Mode::Forwarded {
+            spans.len()
+        } else {
+            0
+        };
         if marked != want {
             return Err(format!(
                 "tracing forwarded ({mode:?}): {marked} of {} spans marked forwarded in trace {id}",
@@ -419,7 +434,10 @@ async fn tracing_with(
     let mut cpu_each = [[0.0f64; 3]; 3];
     pairs.receiver.clear();
     for round in 0..rounds {
-        for (i, mode) in rotated(&[0, 1, 2], round).into_iter().map(|i| (i, modes[i])) {
+        for (i, mode) in rotated(&[0, 1, 2], round)
+            .into_iter()
+            .map(|i| (i, modes[i]))
+        {
             embedder.install(mode);
             let client = embedder.client(mode);
             client.close().await;

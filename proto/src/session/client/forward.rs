@@ -2,8 +2,16 @@
 //! (its hello answer's `span_batch_max`): sent after the call's final
 //! event, never before it; held (bounded) while the call is still open;
 //! dropped with a count when over a bound, never queued without one.
+//!
+//! Batches ready to go are gathered into one message (encoded OTLP
+//! `TracesData` messages joined end to end are one such message holding
+//! them all) and sent when it would outgrow the exec-server's limit, when
+//! the first has waited [`LINGER`], or at the session's close (in the same
+//! flight as the close): a busy client sends a few messages a second, not
+//! one or two per call.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -17,11 +25,15 @@ pub const HELD_BATCHES: usize = 16;
 /// Bytes of batches held for calls still open, at most.
 pub const HELD_BYTES: usize = 512 * 1024;
 
+/// How long a batch ready to go waits for others to go with it, at most.
+pub const LINGER: Duration = Duration::from_millis(50);
+
 /// What became of a batch handed to
 /// [`ClientSession::forward_spans`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    /// Queued to send now (the call's final event has arrived).
+    /// Queued to send (the call's final event has arrived): within
+    /// [`LINGER`], or with the session's close.
     Sent,
     /// Held until the call's final event arrives, then sent.
     Held,
@@ -60,6 +72,18 @@ struct Held {
     spans: u32,
 }
 
+/// Batches ready to go, gathered into one message.
+#[derive(Debug)]
+struct Gathered {
+    /// The call of the latest batch (the envelope's).
+    call_id: u64,
+    parts: Vec<Bytes>,
+    bytes: usize,
+    spans: u32,
+    /// When the first was gathered.
+    since: Instant,
+}
+
 /// The client machine's forwarding state.
 #[derive(Debug, Default)]
 pub(super) struct Forwarding {
@@ -67,6 +91,7 @@ pub(super) struct Forwarding {
     pub(super) max: u32,
     held: VecDeque<Held>,
     held_bytes: usize,
+    gathered: Option<Gathered>,
     counts: SpanCounts,
     /// Dropped since the last batch sent (said in the next one).
     unreported: u32,
@@ -133,7 +158,7 @@ impl<T> ClientSession<T> {
             });
             return Ok(Forwarded::Held);
         }
-        Ok(self.send_spans(call_id, traces, spans, now))
+        Ok(self.gather_spans(call_id, traces, spans, now))
     }
 
     /// Sends the batches held for `call_id`, whose final event has just
@@ -149,35 +174,93 @@ impl<T> ClientSession<T> {
         self.forwarding.held = rest;
         for h in mine {
             self.forwarding.held_bytes -= h.traces.len();
-            self.send_spans(h.call_id, h.traces, h.spans, now);
+            self.gather_spans(h.call_id, h.traces, h.spans, now);
         }
     }
 
-    /// Forgets held batches: the session ended with their calls open.
+    /// Forgets held and gathered batches: the session ended with them
+    /// unsent.
     pub(super) fn drop_held_spans(&mut self) {
-        let held: u32 = self.forwarding.held.drain(..).map(|h| h.spans).sum();
+        let mut lost: u32 = self.forwarding.held.drain(..).map(|h| h.spans).sum();
         self.forwarding.held_bytes = 0;
-        if held > 0 {
-            self.forwarding.drop_spans(held);
+        if let Some(g) = self.forwarding.gathered.take() {
+            lost = lost.saturating_add(g.spans);
+        }
+        if lost > 0 {
+            self.forwarding.drop_spans(lost);
         }
     }
 
-    fn send_spans(&mut self, call_id: u64, traces: Bytes, spans: u32, now: Now) -> Forwarded {
-        if self.backlog() + traces.len() > self.link.limits.backlog {
-            return self.forwarding.drop_spans(spans);
+    /// When the gathered batches go, if any wait.
+    pub(super) fn spans_due(&self) -> Option<Instant> {
+        self.forwarding.gathered.as_ref().map(|g| g.since + LINGER)
+    }
+
+    /// Sends the gathered batches if they have waited long enough.
+    pub(super) fn spans_timer(&mut self, now: Now) {
+        if self.spans_due().is_some_and(|due| now.at >= due) {
+            self.send_gathered(now);
         }
+    }
+
+    /// Adds a batch to those gathered: what was gathered goes first if
+    /// this one would take it over the exec-server's limit, and all of it
+    /// once half the limit is reached.
+    fn gather_spans(&mut self, call_id: u64, traces: Bytes, spans: u32, now: Now) -> Forwarded {
+        let max = self.forwarding.max as usize;
+        if self
+            .forwarding
+            .gathered
+            .as_ref()
+            .is_some_and(|g| g.bytes + traces.len() > max)
+        {
+            self.send_gathered(now);
+        }
+        let g = self.forwarding.gathered.get_or_insert_with(|| Gathered {
+            call_id,
+            parts: Vec::new(),
+            bytes: 0,
+            spans: 0,
+            since: now.at,
+        });
+        g.call_id = call_id;
+        g.bytes += traces.len();
+        g.spans = g.spans.saturating_add(spans);
+        g.parts.push(traces);
+        if g.bytes * 2 >= max {
+            self.send_gathered(now);
+        }
+        Forwarded::Sent
+    }
+
+    /// Sends what is gathered as one message (at the close, before it).
+    pub(super) fn send_gathered(&mut self, now: Now) {
+        let Some(g) = self.forwarding.gathered.take() else {
+            return;
+        };
+        // An exec-server that came back (a resume) taking no spans, or a
+        // backlog with no room: counted, not sent.
+        if self.forwarding.max == 0 || self.backlog() + g.bytes > self.link.limits.backlog {
+            self.forwarding.drop_spans(g.spans);
+            return;
+        }
+        let traces = match <[Bytes; 1]>::try_from(g.parts) {
+            Ok([one]) => one,
+            Err(parts) => Bytes::from(parts.concat()),
+        };
         let body = Body::Spans(ForwardedSpans {
             traces,
-            spans,
+            spans: g.spans,
             dropped: self.forwarding.unreported,
         });
-        match self.link.send(call_id, None, body, None, now) {
+        match self.link.send(g.call_id, None, body, None, now) {
             Ok(_) => {
                 self.forwarding.unreported = 0;
-                self.forwarding.counts.sent += u64::from(spans);
-                Forwarded::Sent
+                self.forwarding.counts.sent += u64::from(g.spans);
             }
-            Err(_) => self.forwarding.drop_spans(spans),
+            Err(_) => {
+                self.forwarding.drop_spans(g.spans);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ mod calls;
 mod forward;
 mod resume;
 
-pub use forward::{ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, SpanCounts};
+pub use forward::{ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, SpanCounts};
 pub use resume::{Abandonment, ReattachError};
 
 use std::collections::{HashMap, VecDeque};
@@ -793,6 +793,10 @@ impl<T> ClientSession<T> {
     /// Closes the session cleanly: what is queued goes first, then the
     /// authenticated close; calls still open end with the session.
     pub fn close(&mut self, now: Now) {
+        // Gathered spans go first, in the close's flight.
+        if !self.link.is_over() {
+            self.send_gathered(now);
+        }
         self.link.close("client closed the session", now);
         self.sync_end();
     }
@@ -867,11 +871,12 @@ impl<T> ClientSession<T> {
             return Some(d);
         }
         let limits = &self.link.limits;
+        let spans = self.spans_due().filter(|_| !self.detached);
         // Something goes out at least every keepalive, reading or not, so
         // the exec-server knows we are here.
         let send = self.link.last_sent + limits.keepalive;
         if !self.wants_frames() {
-            return Some(send);
+            return Some(spans.map_or(send, |s| s.min(send)));
         }
         let idle = self.link.quiet_since + limits.idle_timeout;
         let probe = if self.link.keepalive_sent {
@@ -879,7 +884,8 @@ impl<T> ClientSession<T> {
         } else {
             self.link.quiet_since + limits.keepalive
         };
-        Some(send.min(idle).min(probe))
+        let due = send.min(idle).min(probe);
+        Some(spans.map_or(due, |s| s.min(due)))
     }
 
     /// Fires whatever timers are due at `now`.
@@ -904,6 +910,9 @@ impl<T> ClientSession<T> {
         }
         if !matches!(self.state, State::Ready) {
             return;
+        }
+        if !self.detached {
+            self.spans_timer(now);
         }
         let limits = self.link.limits;
         let quiet = now.at.saturating_duration_since(self.link.quiet_since);

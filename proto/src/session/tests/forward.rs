@@ -81,26 +81,30 @@ fn batches_of_an_open_call_wait_for_its_final_event_in_order() {
     p.push(a, out("x"));
     assert!(batches(&p).is_empty());
     p.push(a, exit(0));
-    // a's batches, in the order given, and after its final event: the
-    // client sent them once that event had arrived.
+    // a's batches wait for others to go with them, at most LINGER.
+    assert!(batches(&p).is_empty());
+    p.advance(LINGER);
+    // a's batches, in the order given, after its final event, as one
+    // message (OTLP messages joined end to end are one).
     let got = batches(&p);
     assert_eq!(
         got.iter()
             .map(|b| (b.call_id, b.traces.clone(), b.spans))
             .collect::<Vec<_>>(),
-        vec![(a, otlp(b"a1"), 2), (a, otlp(b"a2"), 3)]
+        vec![(a, otlp(b"a1a2"), 5)]
     );
     p.push(b, exit(1));
+    p.advance(LINGER);
     let got = batches(&p);
-    assert_eq!(got.len(), 3);
-    assert_eq!((got[2].call_id, got[2].traces.clone()), (b, otlp(b"b1")));
-    // A finished call's batch goes at once.
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[1].call_id, got[1].traces.clone()), (b, otlp(b"b1")));
+    // A finished call's batch goes without waiting for a final event.
     assert_eq!(
         p.client.forward_spans(a, otlp(b"a3"), 1, p.now),
         Ok(Forwarded::Sent)
     );
-    p.run();
-    assert_eq!(batches(&p).len(), 4);
+    p.advance(LINGER);
+    assert_eq!(batches(&p).len(), 3);
     assert_eq!(
         p.client.span_counts(),
         SpanCounts {
@@ -108,6 +112,67 @@ fn batches_of_an_open_call_wait_for_its_final_event_in_order() {
             dropped: 0
         }
     );
+}
+
+#[test]
+fn batches_of_many_calls_go_together_and_before_the_close() {
+    let mut p = forwarding(MAX);
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let id = p.exec(false);
+        p.push(id, started());
+        p.push(id, exit(0));
+        calls.push(id);
+    }
+    for (id, tag) in calls.iter().zip([&b"x"[..], b"y", b"z"]) {
+        assert_eq!(
+            p.client
+                .forward_spans(*id, Bytes::from_static(tag), 2, p.now),
+            Ok(Forwarded::Sent)
+        );
+    }
+    // Nothing has gone yet; the close takes them, ahead of itself.
+    p.run();
+    assert!(batches(&p).is_empty());
+    p.client.close(p.now);
+    p.run();
+    let got = batches(&p);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].call_id, got[0].traces.clone(), got[0].spans),
+        (calls[2], otlp(b"xyz"), 6)
+    );
+    assert!(
+        p.server_end().is_some_and(|e| e.is_ok()),
+        "{:?}",
+        p.server_end()
+    );
+    assert_eq!(p.client.span_counts().sent, 6);
+}
+
+#[test]
+fn gathered_batches_never_outgrow_the_exec_servers_limit() {
+    let mut p = forwarding(10);
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, exit(0));
+    // 3 bytes wait; 4 more would still fit but reach half the limit: both
+    // go at once. Then 3 wait, and 8 would outgrow 10: the 3 go first.
+    for (tag, sent) in [
+        (&b"abc"[..], 0),
+        (b"defg", 1),
+        (b"hij", 1),
+        (b"klmnopqr", 3),
+    ] {
+        p.client
+            .forward_spans(id, Bytes::from_static(tag), 1, p.now)
+            .unwrap();
+        p.run();
+        assert_eq!(batches(&p).len(), sent, "after {tag:?}");
+    }
+    let got: Vec<Bytes> = batches(&p).into_iter().map(|b| b.traces).collect();
+    assert_eq!(got, [otlp(b"abcdefg"), otlp(b"hij"), otlp(b"klmnopqr")]);
+    assert!(got.iter().all(|t| t.len() <= 10));
 }
 
 #[test]
@@ -134,11 +199,14 @@ fn batches_over_a_bound_are_dropped_with_a_count() {
     );
     assert_eq!(p.client.span_counts().dropped, 7);
     p.push(id, exit(0));
+    p.advance(LINGER);
+    // The held batches go together; the message tells the exec-server
+    // what was dropped, once.
     let got = batches(&p);
-    assert_eq!(got.len(), HELD_BATCHES);
-    // The first batch sent tells the exec-server what was dropped, once.
+    assert_eq!(got.len(), 1);
     assert_eq!(got[0].dropped, 7);
-    assert!(got[1..].iter().all(|b| b.dropped == 0));
+    assert_eq!(got[0].spans, HELD_BATCHES as u32);
+    assert_eq!(got[0].traces, Bytes::from(vec![b'h'; HELD_BATCHES]));
     assert_eq!(
         p.client.span_counts(),
         SpanCounts {
