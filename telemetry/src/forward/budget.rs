@@ -82,21 +82,21 @@ impl Budget {
     /// of keys still spending.
     fn key(&mut self, client: &str, now: Instant) -> Option<&mut Bucket> {
         let rate = self.limits.key_spans_per_sec;
-        if !self.keys.contains_key(client) && self.keys.len() >= self.limits.keys {
-            // Forget the keys whose buckets are full again: they are where
-            // a new one would start.
-            self.keys.retain(|_, k| {
-                k.refill(rate, now);
-                !k.is_full(rate)
-            });
+        if !self.keys.contains_key(client) {
             if self.keys.len() >= self.limits.keys {
-                return None;
+                // Forget the keys whose buckets are full again: they are
+                // where a new one would start.
+                self.keys.retain(|_, k| {
+                    k.refill(rate, now);
+                    !k.is_full(rate)
+                });
+                if self.keys.len() >= self.limits.keys {
+                    return None;
+                }
             }
+            self.keys.insert(client.to_owned(), Bucket::full(rate, now));
         }
-        let key = self
-            .keys
-            .entry(client.to_owned())
-            .or_insert_with(|| Bucket::full(rate, now));
+        let key = self.keys.get_mut(client)?;
         key.refill(rate, now);
         Some(key)
     }
