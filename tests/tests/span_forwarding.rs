@@ -371,3 +371,64 @@ async fn commands_through_the_agent_forward_the_agents_and_the_clis_spans_once()
     );
     rx.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_told_not_to_forward_keeps_its_spans_local() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    // Told by its flag, then by the config file's `[defaults]`.
+    for told in ["flag", "config"] {
+        let mut stack = stack(&[], &rx);
+        let dir = stack.client_key.parent().unwrap().to_path_buf();
+        let mut start = vec!["start", "--persist", "10m"];
+        if told == "flag" {
+            start.push("--no-span-forwarding");
+        } else {
+            let config = dir.join("config").join("rex");
+            std::fs::create_dir_all(&config).unwrap();
+            std::fs::write(
+                config.join("config.toml"),
+                "[defaults]\nspan_forwarding = false\n",
+            )
+            .unwrap();
+        }
+        let out = agent(&stack, &start).output().unwrap();
+        assert!(out.status.success(), "{told}: {out:?}");
+        let (stderr, first) = exec(&stack, &["-v"], &[]);
+        assert!(stderr.contains("through the agent"), "{told}: {stderr}");
+        // The agent's session takes no spans from it: the CLI spools none.
+        assert!(
+            !stderr.contains("left for the next session"),
+            "{told}: {stderr}"
+        );
+        let (_, second) = exec(&stack, &[], &[]);
+        // The exec-server's side of each command arrives; nothing of the
+        // agent's or the CLI's does.
+        rx.wait_for(WAIT, |s| {
+            [&first, &second].iter().all(|t| {
+                s.iter()
+                    .any(|x| &x.trace_id == *t && x.name == spans::RPC_SERVER_EXEC)
+            })
+        })
+        .await;
+        let _ = agent(&stack, &["stop"]).output();
+        terminate(&mut stack);
+        let all = settle(&rx).await;
+        for t in [&first, &second] {
+            let theirs: Vec<&RecordedSpan> = all
+                .iter()
+                .filter(|s| &s.trace_id == t && s.service != "exec-server" && s.service != "relay")
+                .collect();
+            assert!(theirs.is_empty(), "{told}: forwarded: {theirs:#?}");
+        }
+        // They stay in the local trace file.
+        let local = std::fs::read_to_string(dir.join("traces.jsonl")).unwrap();
+        assert!(local.contains(&first), "{told}");
+        assert!(local.contains(spans::AGENT_DISPATCH), "{told}");
+        assert!(
+            !dir.join("client-data").join("span_spool").exists(),
+            "{told}"
+        );
+        rx.clear();
+    }
+    rx.shutdown().await.unwrap();
+}

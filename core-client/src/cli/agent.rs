@@ -98,6 +98,11 @@ pub struct StartArgs {
     /// Run in this process, in the foreground (for a service manager).
     #[arg(long)]
     pub foreground: bool,
+    /// Keep the agent's spans in the local trace file: never forward them
+    /// through its sessions to an exec-server that would export them (also
+    /// `span_forwarding = false` in the config file's `[defaults]`).
+    #[arg(long, env = "REX_NO_SPAN_FORWARDING")]
+    pub no_span_forwarding: bool,
 }
 
 fn options(
@@ -105,8 +110,16 @@ fn options(
     socket: PathBuf,
     flusher: Option<telemetry::setup::Flusher>,
     prewarm: Vec<wire::Route>,
-    (records, data_dir): (Option<agent::AgentRecords>, Option<&Path>),
+    (records, data_dir, config): (
+        Option<agent::AgentRecords>,
+        Option<&Path>,
+        Option<&crate::config::Config>,
+    ),
 ) -> Options {
+    let forwarding = !args.no_span_forwarding
+        && config
+            .and_then(|c| c.defaults.span_forwarding.as_ref())
+            .is_none_or(|f| f.value);
     Options {
         socket,
         persist: (!args.persist.is_zero()).then_some(args.persist),
@@ -116,27 +129,21 @@ fn options(
         prewarm,
         flusher,
         records,
-        spans: span_forwarding(data_dir),
+        spans: span_forwarding(data_dir, forwarding),
     }
 }
 
 /// The agent forwards its calls' spans, with the spools under
 /// `data_dir`, when it keeps its spans in the local trace file (no OTLP
-/// endpoint) unless `REX_NO_SPAN_FORWARDING` says otherwise (as for
-/// `exec`).
-fn span_forwarding(data_dir: Option<&Path>) -> agent::SpanForwarding {
-    let off = std::env::var(NO_SPAN_FORWARDING_ENV)
-        .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "no" | "off"));
+/// endpoint) and `forwarding` is not turned off (as for `exec`).
+fn span_forwarding(data_dir: Option<&Path>, forwarding: bool) -> agent::SpanForwarding {
     agent::SpanForwarding {
-        source: (!off).then(telemetry::forward::source).flatten(),
+        source: forwarding.then(telemetry::forward::source).flatten(),
         spool_root: data_dir
             .and_then(|d| std::path::absolute(d).ok())
             .map(|d| super::exec::spool_root(&d)),
     }
 }
-
-/// Turns span forwarding off (as `exec --no-span-forwarding`).
-const NO_SPAN_FORWARDING_ENV: &str = "REX_NO_SPAN_FORWARDING";
 
 /// The records the agent keeps for the CLIs whose data directory is
 /// `data_dir` (none when no data directory is known). The database is
@@ -238,6 +245,7 @@ pub fn start(
         .arg(args.max_connections.to_string())
         .arg("--warm-interval")
         .arg(exactly(args.warm_interval))
+        .args(args.no_span_forwarding.then_some("--no-span-forwarding"))
         .env(place::SOCKET_ENV, &socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -359,7 +367,7 @@ pub async fn run_foreground(
         socket,
         flusher,
         routes,
-        (records(data_dir), data_dir),
+        (records(data_dir), data_dir, ctx.config.as_ref()),
     );
     agent::run(listener, options, shutdown).await;
     Ok(0)
