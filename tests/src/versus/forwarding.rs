@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::global;
 use opentelemetry::trace::noop::NoopTracerProvider;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use proto::keys::{PublicKey, StaticKeypair};
 use rex_client::{Client, ClientConfig, SpanCollector, Target as Route};
 use telemetry::spans;
@@ -231,19 +230,7 @@ impl Embedder {
             .with_resource(resource())
             .with_span_processor(collector.processor())
             .build();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(pairs.receiver.endpoint())
-            .build()
-            .map_err(|e| format!("OTLP exporter: {e}"))?;
-        let batch = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_max_queue_size(65_536)
-                    .with_scheduled_delay(Duration::from_millis(200))
-                    .build(),
-            )
-            .build();
+        let batch = super::tracing::batch_to(&pairs.receiver)?;
         let exporting = SdkTracerProvider::builder()
             .with_resource(resource())
             .with_span_processor(batch)

@@ -157,23 +157,29 @@ pub async fn run_mode(
     Ok((times, arrived, cpu))
 }
 
+/// A batch processor exporting over OTLP/gRPC to `receiver` every 200 ms,
+/// with room for every span of a round.
+pub fn batch_to(receiver: &OtlpReceiver) -> Result<BatchSpanProcessor, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(receiver.endpoint())
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    Ok(BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(65_536)
+                .with_scheduled_delay(Duration::from_millis(200))
+                .build(),
+        )
+        .build())
+}
+
 impl Providers {
     /// The providers, the full one exporting to `receiver` (batched every
     /// 200 ms, with room for every span of a round).
     pub fn new(receiver: &OtlpReceiver) -> Result<Self, String> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(receiver.endpoint())
-            .build()
-            .map_err(|e| format!("OTLP exporter: {e}"))?;
-        let batch = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_max_queue_size(65_536)
-                    .with_scheduled_delay(Duration::from_millis(200))
-                    .build(),
-            )
-            .build();
+        let batch = batch_to(receiver)?;
         Ok(Self {
             propagation: telemetry::setup::base_builder("bench".into())
                 .with_sampler(Sampler::AlwaysOff)
