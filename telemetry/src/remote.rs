@@ -566,6 +566,21 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
     }
 
+    /// Remote work from 10 to 20 (the peer's clock: a frame received,
+    /// the exec running till the send at 20), its request sent at 4 and
+    /// its answer back at 16 (ours): the wire, the send time, the window.
+    fn work_10_to_20() -> (CallTimings, SystemTime, Window) {
+        let mut tl = Timeline::default();
+        tl.push(stage(spans::RELAY_FRAME_RECV, 1, 9, 10, Some(11)));
+        tl.push(stage(spans::RPC_SERVER_EXEC, 2, 9, 11, None));
+        let sent = t(20);
+        let window = Window {
+            request_sent: t(4),
+            final_arrived: t(16),
+        };
+        (tl.to_wire(sent, None), sent, window)
+    }
+
     fn stage(name: &'static str, id: u64, parent: u64, start: u64, end: Option<u64>) -> Stage {
         Stage {
             name,
@@ -687,15 +702,7 @@ mod tests {
     fn a_wrong_estimate_is_moved_to_keep_cause_before_effect() {
         // The remote work runs 10..20 (its clock, 5 ms ahead of ours); the
         // client sent the request at 4 and got the answer at 16 (ours).
-        let mut tl = Timeline::default();
-        tl.push(stage(spans::RELAY_FRAME_RECV, 1, 9, 10, Some(11)));
-        tl.push(stage(spans::RPC_SERVER_EXEC, 2, 9, 11, None));
-        let sent = t(20);
-        let wire = tl.to_wire(sent, None);
-        let window = Window {
-            request_sent: t(4),
-            final_arrived: t(16),
-        };
+        let (wire, sent, window) = work_10_to_20();
         let ms = |n: i64| n * 1_000_000;
         let offset_of = |placed: &[RemoteSpan]| {
             placed[0]
@@ -764,15 +771,7 @@ mod tests {
     fn an_exact_source_is_moved_only_within_its_bound() {
         // The same work (10..20 on the peer's clock), the request sent at
         // 4 and the answer back at 16 on ours.
-        let mut tl = Timeline::default();
-        tl.push(stage(spans::RELAY_FRAME_RECV, 1, 9, 10, Some(11)));
-        tl.push(stage(spans::RPC_SERVER_EXEC, 2, 9, 11, None));
-        let sent = t(20);
-        let wire = tl.to_wire(sent, None);
-        let window = Window {
-            request_sent: t(4),
-            final_arrived: t(16),
-        };
+        let (wire, sent, window) = work_10_to_20();
         let ms = |n: u64| Duration::from_millis(n);
         let at = |source, offset: i64, bound| Offset {
             source,

@@ -150,6 +150,17 @@ fn assert_in_order(seqs: &[u64]) {
     assert_eq!(seqs, want, "every event once, in order");
 }
 
+/// Call `id`'s events reached the client once each, in order, ending with
+/// `last`; its output was `bytes`, when given.
+fn assert_output(p: &Pair, id: u64, bytes: Option<&[u8]>, last: Kind) {
+    let (seqs, got, end) = p.client_output(id);
+    assert_in_order(&seqs);
+    if let Some(bytes) = bytes {
+        assert_eq!(got, bytes);
+    }
+    assert_eq!(end, Some(last));
+}
+
 #[test]
 fn a_session_that_cannot_resume_ends_with_its_link() {
     let mut p = Pair::ready();
@@ -192,10 +203,7 @@ fn output_lost_mid_call_is_sent_again_exactly_once() {
     // The process goes on over the new link.
     p.push(id, out(" four"));
     p.push(id, exit(3));
-    let (seqs, bytes, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(bytes, b"one two three four");
-    assert_eq!(last, Some(exit(3)));
+    assert_output(&p, id, Some(b"one two three four"), exit(3));
 }
 
 #[test]
@@ -210,10 +218,7 @@ fn a_call_that_exited_while_its_final_event_was_lost_still_ends() {
     // The exec-server kept the finished call for the resume.
     assert_eq!(p.server.call_ids(), vec![id]);
     p.resume();
-    let (seqs, bytes, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(bytes, b"done");
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, Some(b"done"), exit(0));
     // Once the client has it, the exec-server forgets the call.
     p.client.ping(p.now).unwrap();
     p.run();
@@ -229,9 +234,7 @@ fn a_cut_before_the_call_started_resumes_the_call() {
     p.resume();
     p.push(id, started());
     p.push(id, exit(0));
-    let (seqs, _, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, None, exit(0));
 }
 
 #[test]
@@ -264,9 +267,7 @@ fn a_request_lost_with_the_link_is_sent_again_and_runs_once_with_its_stdin() {
     );
     p.push(id, started());
     p.push(id, exit(0));
-    let (seqs, _, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, None, exit(0));
 }
 
 #[test]
@@ -346,10 +347,7 @@ fn a_session_resumes_again_after_a_second_cut() {
         p.resume();
     }
     p.push(id, exit(0));
-    let (seqs, bytes, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(bytes, b"abc");
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, Some(b"abc"), exit(0));
 }
 
 #[test]
@@ -479,10 +477,7 @@ fn a_detached_exec_server_keeps_what_its_processes_write() {
     p.server.push(id, exit(0), None, None, p.now).unwrap();
     let adopted = p.resume();
     assert_eq!(adopted.events, 2);
-    let (seqs, bytes, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(bytes, b"while away");
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, Some(b"while away"), exit(0));
 }
 
 #[test]
@@ -626,10 +621,7 @@ fn a_resume_whose_handshake_times_out_detaches_again_and_a_later_one_succeeds() 
     let adopted = p.resume();
     assert_eq!(adopted.bytes, 4);
     p.push(id, exit(0));
-    let (seqs, bytes, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(bytes, b"kept");
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, Some(b"kept"), exit(0));
 }
 
 #[test]
@@ -700,9 +692,7 @@ fn a_detached_call_whose_window_is_full_takes_no_more_until_acknowledged_after_t
     );
     p.push(id, out("more"));
     p.push(id, exit(0));
-    let (seqs, _, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, None, exit(0));
 }
 
 #[test]
@@ -737,10 +727,7 @@ fn a_resume_takes_over_a_session_whose_link_this_end_has_not_found_broken() {
     p.run();
     assert_eq!(adopted.bytes, 9);
     p.push(id, exit(0));
-    let (seqs, bytes, last) = p.client_output(id);
-    assert_in_order(&seqs);
-    assert_eq!(bytes, b"in flight");
-    assert_eq!(last, Some(exit(0)));
+    assert_output(&p, id, Some(b"in flight"), exit(0));
 }
 
 impl Pair {
