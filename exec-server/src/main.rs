@@ -418,16 +418,18 @@ fn serve(args: RunArgs) -> ExitCode {
             .into_iter()
             .chain(["exec-server".to_owned(), "relay".to_owned()])
             .collect();
-        match telemetry::forward::Forwarder::start(
-            target,
-            telemetry::forward::ForwardLimits::default(),
-            own,
-        ) {
+        // Forwarded spans leave on the schedule of the service's own.
+        let limits = telemetry::forward::ForwardLimits {
+            linger: telemetry::setup::batch_delay(),
+            ..telemetry::forward::ForwardLimits::default()
+        };
+        match telemetry::forward::Forwarder::start(target, limits, own) {
             Ok(f) => config.span_forwarding = Some(f),
             Err(e) => tracing::warn!("{e}; clients' spans are not taken"),
         }
     }
     tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
+    let forwarder = config.span_forwarding.clone();
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();
         // SIGHUP re-reads the authorized keys (and never terminates).
@@ -435,10 +437,17 @@ fn serve(args: RunArgs) -> ExitCode {
             tracing::info!("SIGHUP received; re-reading the authorized keys");
             keys.reload();
         });
-        match exec_server::run(config, shutdown).await {
+        let code = match exec_server::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
+        };
+        // The clients' spans still waiting go before the service's own.
+        if let Some(f) = forwarder
+            && !f.shutdown(Duration::from_secs(3)).await
+        {
+            eprintln!("exec-server: warning: forwarded client spans were still exporting at exit");
         }
+        code
     });
     // Flush the last records and spans (bounded) while the runtime runs.
     if let Some(records) = records

@@ -273,6 +273,15 @@ pub const SERVICE_SPAN_QUEUE: usize = 2048;
 /// page faults).
 pub const COMMAND_SPAN_QUEUE: usize = 256;
 
+/// The batch processor's delay between exports: `OTEL_BSP_SCHEDULE_DELAY`
+/// (milliseconds) when it is a number, else the SDK's 5 s.
+pub fn batch_delay() -> Duration {
+    std::env::var("OTEL_BSP_SCHEDULE_DELAY")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(5), Duration::from_millis)
+}
+
 /// A batch processor for `exporter` whose queue holds `queue` spans
 /// (unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise) and which exports
 /// when half of it is filled, so that spans keep arriving while a batch

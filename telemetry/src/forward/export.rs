@@ -3,7 +3,10 @@
 //! exec-server's own OTLP exporter, keeping the client's resource, scopes
 //! and timestamps. Bounded: per-key and total rates of spans and bytes
 //! (token buckets), a queue of batches waiting for export; what does not
-//! fit is dropped and counted, with one warning per process.
+//! fit is dropped and counted, with one warning per process. Batches leave
+//! on the exporter's own schedule: the first one waits up to `linger` for
+//! others to join it (so exports stay off the calls that carried them),
+//! and [`Forwarder::shutdown`] sends what waits.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +22,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData, span, sta
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::budget::Budget;
 use crate::setup::OtlpTarget;
@@ -46,6 +50,10 @@ pub struct ForwardLimits {
     pub call_spans: u32,
     /// Bytes each call adds to the total budget, likewise.
     pub call_bytes: u32,
+    /// How long the first waiting batch waits for others before they are
+    /// exported together (a full group leaves at once): the exec-server
+    /// uses its batch processor's delay, `OTEL_BSP_SCHEDULE_DELAY`.
+    pub linger: Duration,
 }
 
 impl Default for ForwardLimits {
@@ -59,6 +67,7 @@ impl Default for ForwardLimits {
             keys: 4096,
             call_spans: 64,
             call_bytes: 64 * 1024,
+            linger: Duration::from_secs(5),
         }
     }
 }
@@ -125,6 +134,10 @@ pub struct Forwarder {
     limits: ForwardLimits,
     budget: Arc<Mutex<Budget>>,
     counts: Arc<Counts>,
+    /// Set by [`Forwarder::shutdown`]: what waits leaves now.
+    closing: Arc<watch::Sender<bool>>,
+    /// The export task, awaited by [`Forwarder::shutdown`].
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// Why forwarding cannot start.
@@ -160,12 +173,36 @@ impl Forwarder {
     ) -> Self {
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
         let counts = Arc::new(Counts::default());
-        tokio::spawn(run(exporter, rx, own, Arc::clone(&counts)));
+        let (closing, closed) = watch::channel(false);
+        let exports = Exports {
+            exporter,
+            own,
+            counts: Arc::clone(&counts),
+        };
+        let task = tokio::spawn(run(exports, rx, limits.linger, closed));
         Self {
             tx,
             limits,
             budget: Arc::new(Mutex::new(Budget::new(limits, Instant::now()))),
             counts,
+            closing: Arc::new(closing),
+            task: Arc::new(Mutex::new(Some(task))),
+        }
+    }
+
+    /// Exports what waits and stops, within `within`; false if the export
+    /// did not finish in time (what it held is lost). Batches offered
+    /// after this are not exported.
+    pub async fn shutdown(&self, within: Duration) -> bool {
+        self.closing.send_replace(true);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match task {
+            Some(task) => tokio::time::timeout(within, task).await.is_ok(),
+            None => true,
         }
     }
 
@@ -243,27 +280,98 @@ const GROUP_JOBS: usize = 32;
 /// collector's usual 4 MiB limit on a request).
 const GROUP_BYTES: usize = 1024 * 1024;
 
-/// Exports batches until every sender has gone: those waiting are taken
-/// together (up to [`GROUP_JOBS`] and [`GROUP_BYTES`]), and consecutive
-/// spans of one client and resource go in one export request.
-async fn run<E: SpanExporter>(
-    mut exporter: E,
-    mut rx: mpsc::Receiver<Job>,
+/// What the export task exports with.
+struct Exports<E> {
+    exporter: E,
+    /// Service names a client's resource may not claim.
     own: Vec<String>,
     counts: Arc<Counts>,
+}
+
+/// Exports batches until every sender has gone or the forwarder shuts
+/// down: the first waiting batch waits up to `linger` for others (up to
+/// [`GROUP_JOBS`] and [`GROUP_BYTES`]), then they go together, and
+/// consecutive spans of one client and resource in one export request.
+/// At the end, what is queued goes at once.
+async fn run<E: SpanExporter>(
+    mut exports: Exports<E>,
+    mut rx: mpsc::Receiver<Job>,
+    linger: Duration,
+    mut closed: watch::Receiver<bool>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.traces.len();
-        let mut jobs = vec![first];
-        while jobs.len() < GROUP_JOBS && bytes < GROUP_BYTES {
-            match rx.try_recv() {
-                Ok(job) => {
-                    bytes += job.traces.len();
-                    jobs.push(job);
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            _ = closed.wait_for(|c| *c) => break,
+        };
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut group = Group::new(first);
+        let mut closing = false;
+        while !group.full() {
+            tokio::select! {
+                // What is queued joins before the deadline is looked at.
+                biased;
+                job = rx.recv() => match job {
+                    Some(job) => group.push(job),
+                    None => break,
+                },
+                _ = closed.wait_for(|c| *c) => {
+                    closing = true;
+                    break;
                 }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        exports.send(group.jobs).await;
+        if closing {
+            break;
+        }
+    }
+    // Shutting down: the queue as it stands, in full groups.
+    while let Ok(first) = rx.try_recv() {
+        let mut group = Group::new(first);
+        while !group.full() {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
                 Err(_) => break,
             }
         }
+        exports.send(group.jobs).await;
+    }
+}
+
+/// Batches taken together into one export.
+struct Group {
+    jobs: Vec<Job>,
+    bytes: usize,
+}
+
+impl Group {
+    fn new(first: Job) -> Self {
+        Self {
+            bytes: first.traces.len(),
+            jobs: vec![first],
+        }
+    }
+
+    fn push(&mut self, job: Job) {
+        self.bytes += job.traces.len();
+        self.jobs.push(job);
+    }
+
+    fn full(&self) -> bool {
+        self.jobs.len() >= GROUP_JOBS || self.bytes >= GROUP_BYTES
+    }
+}
+
+impl<E: SpanExporter> Exports<E> {
+    /// Decodes, checks and exports `jobs`, consecutive spans of one client
+    /// and resource in one request.
+    async fn send(&mut self, jobs: Vec<Job>) {
+        let counts = Arc::clone(&self.counts);
         let mut group: Option<(String, Resource, Vec<SpanData>)> = None;
         for job in jobs {
             let Ok(data) = TracesData::decode(job.traces.as_slice()) else {
@@ -271,7 +379,7 @@ async fn run<E: SpanExporter>(
                 continue;
             };
             for rs in data.resource_spans {
-                let Some((resource, spans)) = convert(rs, &job.client, &own) else {
+                let Some((resource, spans)) = convert(rs, &job.client, &self.own) else {
                     continue;
                 };
                 match resource {
@@ -288,7 +396,7 @@ async fn run<E: SpanExporter>(
                         }
                         _ => {
                             if let Some(done) = group.take() {
-                                export(&mut exporter, done, &counts).await;
+                                export(&mut self.exporter, done, &counts).await;
                             }
                             group = Some((job.client.clone(), resource, spans));
                         }
@@ -297,7 +405,7 @@ async fn run<E: SpanExporter>(
             }
         }
         if let Some(done) = group {
-            export(&mut exporter, done, &counts).await;
+            export(&mut self.exporter, done, &counts).await;
         }
     }
 }
@@ -578,10 +686,18 @@ mod tests {
         vec!["exec-server".into(), "relay".into()]
     }
 
+    /// The defaults, with batches waiting a short while.
+    fn limits() -> ForwardLimits {
+        ForwardLimits {
+            linger: Duration::from_millis(100),
+            ..ForwardLimits::default()
+        }
+    }
+
     #[tokio::test]
     async fn a_batch_is_exported_with_its_resource_marked_for_the_client() {
         let exporter = Recording::default();
-        let f = Forwarder::with_exporter(exporter.clone(), ForwardLimits::default(), own());
+        let f = Forwarder::with_exporter(exporter.clone(), limits(), own());
         let (trace, bytes) = client_batch("core-client", 3);
         assert_eq!(
             f.offer("key1", bytes, 3, 2, Instant::now()),
@@ -622,7 +738,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_batches_of_one_client_go_in_one_export_in_order() {
         let exporter = Recording::default();
-        let f = Forwarder::with_exporter(exporter.clone(), ForwardLimits::default(), own());
+        let f = Forwarder::with_exporter(exporter.clone(), limits(), own());
         let now = Instant::now();
         let mut sent = Vec::new();
         // All offered before the export task runs (one thread): a, a, b, a.
@@ -660,7 +776,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_cannot_claim_to_be_the_exec_server_or_the_relay() {
         let exporter = Recording::default();
-        let f = Forwarder::with_exporter(exporter.clone(), ForwardLimits::default(), own());
+        let f = Forwarder::with_exporter(exporter.clone(), limits(), own());
         for service in ["exec-server", "relay"] {
             let (_, bytes) = client_batch(service, 2);
             assert_eq!(f.offer("k", bytes, 2, 0, Instant::now()), Offered::Queued);
@@ -681,7 +797,7 @@ mod tests {
         let limits = ForwardLimits {
             key_spans_per_sec: 1,
             total_spans_per_sec: 2,
-            ..ForwardLimits::default()
+            ..limits()
         };
         let f = Forwarder::with_exporter(exporter.clone(), limits, own());
         let now = Instant::now();
@@ -697,5 +813,53 @@ mod tests {
         settle(&f, 9 + 6).await;
         assert_eq!(f.counts().exported, 9);
         assert_eq!(f.counts().dropped, 6);
+    }
+
+    #[tokio::test]
+    async fn batches_wait_for_the_linger_and_shutdown_sends_them() {
+        let exporter = Recording::default();
+        let limits = ForwardLimits {
+            linger: Duration::from_secs(3600),
+            ..ForwardLimits::default()
+        };
+        let f = Forwarder::with_exporter(exporter.clone(), limits, own());
+        for key in ["a", "b"] {
+            let (_, bytes) = client_batch("core-client", 3);
+            assert_eq!(f.offer(key, bytes, 3, 0, Instant::now()), Offered::Queued);
+        }
+        // The export task has run (it took the first batch) and waits.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(f.counts().exported, 0);
+        assert!(exporter.inner.get_finished_spans().unwrap().is_empty());
+        assert!(f.shutdown(Duration::from_secs(60)).await);
+        assert_eq!(f.counts().exported, 6);
+        assert_eq!(exporter.inner.get_finished_spans().unwrap().len(), 6);
+        // After the shutdown nothing is exported.
+        let (_, bytes) = client_batch("core-client", 3);
+        f.offer("a", bytes, 3, 0, Instant::now());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(f.counts().exported, 6);
+        assert!(f.shutdown(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_full_group_leaves_without_waiting() {
+        let exporter = Recording::default();
+        let limits = ForwardLimits {
+            linger: Duration::from_secs(3600),
+            ..ForwardLimits::default()
+        };
+        let f = Forwarder::with_exporter(exporter.clone(), limits, own());
+        let now = Instant::now();
+        for _ in 0..GROUP_JOBS {
+            let (_, bytes) = client_batch("core-client", 1);
+            assert_eq!(f.offer("a", bytes, 1, 0, now), Offered::Queued);
+        }
+        settle(&f, GROUP_JOBS as u64).await;
+        assert_eq!(f.counts().exported, GROUP_JOBS as u64);
+        // One request for the one client and resource.
+        assert_eq!(exporter.resources.lock().unwrap().len(), 1);
     }
 }
