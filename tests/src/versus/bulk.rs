@@ -101,7 +101,7 @@ async fn ssh_bulk(ssh: &Ssh, bytes: u64) -> Result<Duration, String> {
 }
 
 /// `bulk` (relay against ssh, target ≥ 2.0) and `relay tax` (relay against
-/// direct, target ≥ 0.8), from the same rounds.
+/// direct, target ≥ 0.95), from the same rounds.
 pub async fn bulk_and_relay_tax(
     rounds: usize,
     bytes: u64,
@@ -142,7 +142,7 @@ pub async fn bulk_and_relay_tax(
         unit: Unit::MibPerSec,
         ours: relayed,
         peer: Some(direct_side),
-        target: Target::AtLeast(0.8),
+        target: Target::AtLeast(0.95),
         notes: vec![format!("{note}; same rounds as `bulk`")],
     };
     Ok((bulk, tax))

@@ -151,7 +151,7 @@ pub async fn run(options: &PipeOptions) -> Result<Comparison, String> {
             values: m.peer,
             p99: Vec::new(),
         }),
-        target: Target::AtLeast(0.6),
+        target: Target::AtLeast(1.0),
         notes,
     })
 }
