@@ -815,14 +815,20 @@ mod tests {
         assert_eq!(f.counts().dropped, 6);
     }
 
-    #[tokio::test]
-    async fn batches_wait_for_the_linger_and_shutdown_sends_them() {
+    /// A forwarder whose batches would wait an hour, and its exporter.
+    fn lingering() -> (Recording, Forwarder) {
         let exporter = Recording::default();
         let limits = ForwardLimits {
             linger: Duration::from_secs(3600),
             ..ForwardLimits::default()
         };
         let f = Forwarder::with_exporter(exporter.clone(), limits, own());
+        (exporter, f)
+    }
+
+    #[tokio::test]
+    async fn batches_wait_for_the_linger_and_shutdown_sends_them() {
+        let (exporter, f) = lingering();
         for key in ["a", "b"] {
             let (_, bytes) = client_batch("core-client", 3);
             assert_eq!(f.offer(key, bytes, 3, 0, Instant::now()), Offered::Queued);
@@ -846,12 +852,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_group_leaves_without_waiting() {
-        let exporter = Recording::default();
-        let limits = ForwardLimits {
-            linger: Duration::from_secs(3600),
-            ..ForwardLimits::default()
-        };
-        let f = Forwarder::with_exporter(exporter.clone(), limits, own());
+        let (exporter, f) = lingering();
         let now = Instant::now();
         for _ in 0..GROUP_JOBS {
             let (_, bytes) = client_batch("core-client", 1);
