@@ -21,7 +21,7 @@ async fn both_pipes_deliver_every_byte() {
     };
     let c = pipe::run(&options).await.unwrap();
     assert_eq!((c.id, c.unit), ("pipe", Unit::MibPerSec));
-    assert_eq!(c.target, Target::AtLeast(0.6));
+    assert_eq!(c.target, Target::AtLeast(1.0));
     let peer = c.peer.as_ref().unwrap();
     for series in [&c.ours, peer] {
         assert_eq!(series.values.len(), 2, "{}", series.label);
