@@ -47,6 +47,8 @@ pub struct RelayConfig {
     /// Serve TLS with this certificate and key (then only TLS is served);
     /// plain HTTP/2 when `None`.
     pub tls: Option<proto::tls::ServerTls>,
+    /// The fleet's directory in etcd (`None`: a relay on its own).
+    pub directory: Option<crate::directory::DirectoryConfig>,
 }
 
 /// Who may register, and how often.
@@ -110,6 +112,7 @@ impl Default for RelayConfig {
             session_buffer: 128 * 1024,
             max_buffered: 256 * 1024 * 1024,
             tls: None,
+            directory: None,
         }
     }
 }

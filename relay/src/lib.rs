@@ -10,6 +10,8 @@
 //!   accepted; shares of registrations per connection and per source.
 //! - [`registration`]: the allow-list of exec-server keys and the rate of
 //!   registration attempts.
+//! - [`directory`]: the fleet's directory in etcd (which relay holds each
+//!   exec-server) and its local copy.
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
 //! - [`service`]: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
 //! - [`splice`]: forwarding frames between the two halves of a session.
@@ -21,6 +23,7 @@
 pub mod budget;
 pub mod certs;
 pub mod config;
+pub mod directory;
 pub mod health;
 pub mod registration;
 pub mod registry;

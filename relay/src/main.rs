@@ -10,6 +10,7 @@ use proto::admission::{AdmissionLimits, Startups};
 use proto::listener::ConnLimits;
 use relay::RelayConfig;
 use relay::config::RegistrationLimits;
+use relay::directory::DirectoryConfig;
 
 /// Pairs core-client sessions with registered exec-servers and forwards their
 /// encrypted frames. Holds no keys and never sees a command or its output.
@@ -123,6 +124,44 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "REX_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Join a fleet of relays through its directory: etcd v3 endpoints
+    /// (http:// or https://, comma-separated). The relay writes an entry
+    /// for each exec-server registered with it (under a lease it keeps
+    /// alive: its entries vanish within --directory-ttl-secs of its death)
+    /// and keeps a watched copy of everyone's entries.
+    #[arg(
+        long,
+        env = "REX_RELAY_DIRECTORY",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    directory: Vec<String>,
+    /// The prefix of the directory's keys (entries are under
+    /// PREFIX/servers/).
+    #[arg(long, env = "REX_RELAY_DIRECTORY_PREFIX", default_value = relay::directory::DEFAULT_PREFIX, requires = "directory")]
+    directory_prefix: String,
+    /// Seconds the relay's directory lease lives without a keep-alive
+    /// (renewed every third of it).
+    #[arg(long, default_value_t = relay::directory::DEFAULT_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(2..=300), requires = "directory")]
+    directory_ttl_secs: u64,
+    /// For https:// directory endpoints: trust only the CA certificates in
+    /// FILE (PEM) [default: the system's].
+    #[arg(
+        long,
+        env = "REX_RELAY_DIRECTORY_CA",
+        value_name = "FILE",
+        requires = "directory"
+    )]
+    directory_ca: Option<PathBuf>,
+    /// The URL other relays of the fleet dial to reach this one [default:
+    /// http(s)://<--listen>, when that is not an unspecified address].
+    #[arg(
+        long,
+        env = "REX_RELAY_ADVERTISE",
+        value_name = "URL",
+        requires = "directory"
+    )]
+    advertise: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +243,13 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    let directory = match directory_config(&args) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // A misconfigured export is reported before anything else is done.
     let options = match telemetry::setup::Options::service() {
         Ok(options) => options,
@@ -257,6 +303,7 @@ fn main() -> ExitCode {
         accept_timeout: Duration::from_secs(args.handshake_timeout_secs),
         hop_headers: !args.no_hop_headers,
         tls,
+        directory,
         ..RelayConfig::default()
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -282,9 +329,24 @@ fn main() -> ExitCode {
         if config.tls.is_some() {
             eprintln!("relay: serving TLS only (dial https://)");
         }
+        let mut config = config;
         match listener.local_addr() {
-            Ok(addr) => eprintln!("relay: listening on {addr}"),
+            Ok(addr) => {
+                eprintln!("relay: listening on {addr}");
+                if let Some(d) = config.directory.as_mut()
+                    && d.advertise.is_empty()
+                {
+                    d.advertise = local_url(addr, config.tls.is_some());
+                }
+            }
             Err(e) => eprintln!("relay: listening (address unknown: {e})"),
+        }
+        if let Some(d) = &config.directory {
+            if d.advertise.is_empty() {
+                eprintln!("relay: --directory: the address bound is unknown: set --advertise URL");
+                return ExitCode::FAILURE;
+            }
+            eprintln!("relay: in the fleet's directory as {}", d.advertise);
         }
         match relay::serve(listener, config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -298,6 +360,52 @@ fn main() -> ExitCode {
     telemetry.shutdown();
     drop(entered);
     code
+}
+
+/// The directory settings from the flags (`None` without --directory).
+fn directory_config(args: &Args) -> Result<Option<DirectoryConfig>, String> {
+    if args.directory.is_empty() {
+        return Ok(None);
+    }
+    // Without --advertise: the address bound (known once bound, for a
+    // port 0), filled in by `main`.
+    let advertise = match &args.advertise {
+        Some(url) if !relay::directory::entry::is_relay_url(url) => {
+            return Err(format!(
+                "--advertise: {url:?} is not an http:// or https:// URL"
+            ));
+        }
+        Some(url) => url.clone(),
+        None if args.listen.ip().is_unspecified() => {
+            return Err(format!(
+                "--directory: other relays cannot dial {} (an unspecified address): set --advertise URL",
+                args.listen
+            ));
+        }
+        None => String::new(),
+    };
+    let ca = match &args.directory_ca {
+        Some(path) => proto::tls::TlsSettings::from_ca_file(path)
+            .map_err(|e| format!("--directory-ca: {e}"))?,
+        None => proto::tls::TlsSettings::default(),
+    };
+    Ok(Some(DirectoryConfig {
+        endpoints: args
+            .directory
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect(),
+        prefix: args.directory_prefix.clone(),
+        ttl: Duration::from_secs(args.directory_ttl_secs),
+        advertise,
+        tls: ca,
+    }))
 }
 
 /// The URL that reaches a relay listening on `listen` from the same host.

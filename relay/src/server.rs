@@ -65,6 +65,8 @@ pub struct RelayStats {
     pub budget: Arc<Budget>,
     /// The routing table.
     pub registry: Arc<Registry>,
+    /// The fleet's directory, if the relay is in one.
+    pub directory: Option<crate::directory::Directory>,
 }
 
 impl Relay {
@@ -93,6 +95,7 @@ impl Relay {
             startups: Arc::clone(&self.state.startups),
             budget: Arc::clone(&self.state.budget),
             registry: Arc::clone(&self.state.registry),
+            directory: self.state.directory.clone(),
         }
     }
 
@@ -115,6 +118,14 @@ impl Relay {
             tracing::info_span!("relay limits"),
             watch_limits(state.clone(), Arc::clone(&connections)),
         );
+        // The directory stops with the listener: its entries go at once
+        // (no new session should be sent here), sessions drain meanwhile.
+        if let Some(directory) = state.directory.clone() {
+            tasks.spawn(
+                tracing::info_span!("relay directory"),
+                directory.run(shutdown.clone()),
+            );
+        }
         let health = HealthServer::new(RelayHealth::new(
             Arc::clone(&state.registry),
             shutdown.clone(),

@@ -28,6 +28,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::budget::{Budget, Queue};
 use crate::config::RelayConfig;
+use crate::directory::Directory;
 use crate::registration::{AllowList, RateLimiter};
 use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares};
 use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};
@@ -95,6 +96,8 @@ pub struct RelayState {
     /// The listener's connections: one that carries an authenticated
     /// session leaves its source's share.
     pub connections: Arc<proto::listener::Connections>,
+    /// The fleet's directory, if the relay is in one.
+    pub directory: Option<Directory>,
     registration_rate: Arc<Mutex<RateLimiter>>,
     refused: Arc<Counters>,
 }
@@ -121,6 +124,7 @@ impl RelayState {
             startups: Gate::new(config.startups),
             budget: Budget::new(config.max_buffered),
             allowed: allowed.map(Arc::new),
+            directory: config.directory.clone().map(Directory::new),
             registration_rate: Arc::new(Mutex::new(rate)),
             refused: Arc::new(Counters::default()),
             config: Arc::new(config),
@@ -578,6 +582,8 @@ impl RegistryService for RegistryServiceImpl {
                     return;
                 }
                 tracing::info!(server = %&server_id[..8], "exec-server registered");
+                // In the fleet's directory while it lasts.
+                let published = state.directory.as_ref().map(|d| d.publish(&server_id));
                 // Hold the registration while the control stream lives.
                 let replaced = guard.replaced.clone();
                 loop {
@@ -592,6 +598,7 @@ impl RegistryService for RegistryServiceImpl {
                     }
                 }
                 let was_replaced = replaced.is_cancelled();
+                drop(published);
                 drop(guard);
                 if was_replaced {
                     // The notice is in the stream: give it a moment to go.

@@ -11,6 +11,8 @@
 //!   checks.
 //! - [`compose`]: the docker-compose stack the compose tests run against
 //!   (compose commands, one-off core-client containers, health, logs).
+//! - [`etcd`]: a real etcd (single member, loopback) for the fleet's
+//!   directory, that can be stopped and started again.
 //! - [`memory`]: searching a live process's memory for a byte string.
 //! - [`otlp`]: an OTLP trace receiver (gRPC and HTTP) that records
 //!   exported spans and the headers they came with.
@@ -46,6 +48,7 @@ pub mod chromium;
 pub mod compose;
 pub mod crash_records;
 pub mod error;
+pub mod etcd;
 pub mod jaeger;
 pub mod memory;
 pub mod otlp;

@@ -35,6 +35,33 @@ impl TestRelay {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| FixtureError::io("binding the relay's listener", e))?;
+        Self::serve_on(listener, config)
+    }
+
+    /// Starts a relay with `config` on `127.0.0.1:0` in the fleet whose
+    /// directory is the etcd at `etcd_url` (its lease living `ttl`).
+    pub async fn start_in_fleet(
+        mut config: relay::RelayConfig,
+        etcd_url: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| FixtureError::io("binding the relay's listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;
+        config.directory = Some(relay::directory::DirectoryConfig {
+            endpoints: vec![etcd_url.to_owned()],
+            prefix: relay::directory::DEFAULT_PREFIX.to_owned(),
+            ttl,
+            advertise: format!("http://{addr}"),
+            tls: proto::tls::TlsSettings::default(),
+        });
+        Self::serve_on(listener, config)
+    }
+
+    fn serve_on(listener: TcpListener, config: relay::RelayConfig) -> Result<Self> {
         let addr = listener
             .local_addr()
             .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;
@@ -49,6 +76,11 @@ impl TestRelay {
             task,
             stats,
         })
+    }
+
+    /// The relay's directory, if it was started in a fleet.
+    pub fn directory(&self) -> Option<&relay::directory::Directory> {
+        self.stats.directory.as_ref()
     }
 
     /// The URL clients and exec-servers dial.
