@@ -49,6 +49,21 @@ pub struct RelayConfig {
     pub tls: Option<proto::tls::ServerTls>,
     /// The fleet's directory in etcd (`None`: a relay on its own).
     pub directory: Option<crate::directory::DirectoryConfig>,
+    /// Membership of a fleet (`None`: no session is forwarded to or taken
+    /// from another relay).
+    pub fleet: Option<FleetConfig>,
+}
+
+/// What a relay of a fleet needs to forward sessions and take forwarded
+/// ones.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The fleet's shared key.
+    pub fleet: std::sync::Arc<crate::fleet::Fleet>,
+    /// CA certificates for peers dialled with `https://`.
+    pub peer_tls: proto::tls::TlsSettings,
+    /// Most sessions forwarded to other relays at once.
+    pub max_forwarded: usize,
 }
 
 /// Who may register, and how often.
@@ -113,6 +128,7 @@ impl Default for RelayConfig {
             max_buffered: 256 * 1024 * 1024,
             tls: None,
             directory: None,
+            fleet: None,
         }
     }
 }

@@ -12,6 +12,9 @@
 //!   registration attempts.
 //! - [`directory`]: the fleet's directory in etcd (which relay holds each
 //!   exec-server) and its local copy.
+//! - [`fleet`]: the fleet key, and the proof a forwarding relay gives.
+//! - [`forward`]: forwarding a session to the relay that holds its
+//!   exec-server.
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
 //! - [`service`]: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
 //! - [`splice`]: forwarding frames between the two halves of a session.
@@ -24,6 +27,8 @@ pub mod budget;
 pub mod certs;
 pub mod config;
 pub mod directory;
+pub mod fleet;
+pub mod forward;
 pub mod health;
 pub mod registration;
 pub mod registry;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use proto::admission::{AdmissionLimits, Startups};
 use proto::listener::ConnLimits;
 use relay::RelayConfig;
-use relay::config::RegistrationLimits;
+use relay::config::{FleetConfig, RegistrationLimits};
 use relay::directory::DirectoryConfig;
 
 /// Pairs core-client sessions with registered exec-servers and forwards their
@@ -153,6 +153,24 @@ struct Args {
         requires = "directory"
     )]
     directory_ca: Option<PathBuf>,
+    /// The fleet's shared key (a file `relay fleet-key` makes, mode 0600):
+    /// the relay proves with it that it is a member when it forwards a
+    /// session, and takes forwarded sessions only with a proof made with
+    /// it. Needed with --directory.
+    #[arg(long, env = "REX_RELAY_FLEET_KEY", value_name = "FILE")]
+    fleet_key: Option<PathBuf>,
+    /// For peer relays dialled with https://: trust only the CA
+    /// certificates in FILE (PEM) [default: the system's].
+    #[arg(
+        long,
+        env = "REX_RELAY_FLEET_CA",
+        value_name = "FILE",
+        requires = "fleet_key"
+    )]
+    fleet_ca: Option<PathBuf>,
+    /// Most sessions forwarded to other relays of the fleet at once.
+    #[arg(long, default_value_t = 4096, requires = "fleet_key")]
+    max_forwarded: usize,
     /// The URL other relays of the fleet dial to reach this one [default:
     /// http(s)://<--listen>, when that is not an unspecified address].
     #[arg(
@@ -181,6 +199,13 @@ enum Command {
         /// Seconds the whole probe may take.
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
+    },
+    /// Make a fleet key in FILE (mode 0600; never overwritten): give the
+    /// same file to every relay of the fleet (--fleet-key).
+    FleetKey {
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Make a private CA and a TLS certificate for the relay, signed by
     /// it, in DIR: ca.pem (give it to clients and exec-servers: --ca
@@ -231,6 +256,7 @@ fn main() -> ExitCode {
                 if_missing,
             });
         }
+        Some(Command::FleetKey { out }) => return fleet_key(&out),
         None => {}
     }
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -243,13 +269,20 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let directory = match directory_config(&args) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("relay: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (directory, fleet) =
+        match directory_config(&args).and_then(|d| Ok((d, fleet_config(&args)?))) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    if directory.is_some() && fleet.is_none() {
+        eprintln!(
+            "relay: --directory needs --fleet-key (make one with `relay fleet-key --out FILE`)"
+        );
+        return ExitCode::FAILURE;
+    }
     // A misconfigured export is reported before anything else is done.
     let options = match telemetry::setup::Options::service() {
         Ok(options) => options,
@@ -304,6 +337,7 @@ fn main() -> ExitCode {
         hop_headers: !args.no_hop_headers,
         tls,
         directory,
+        fleet,
         ..RelayConfig::default()
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -406,6 +440,42 @@ fn directory_config(args: &Args) -> Result<Option<DirectoryConfig>, String> {
         advertise,
         tls: ca,
     }))
+}
+
+/// The fleet settings from the flags (`None` without --fleet-key).
+fn fleet_config(args: &Args) -> Result<Option<FleetConfig>, String> {
+    let Some(path) = &args.fleet_key else {
+        return Ok(None);
+    };
+    let fleet = relay::fleet::Fleet::from_file(path).map_err(|e| format!("--fleet-key: {e}"))?;
+    let peer_tls = match &args.fleet_ca {
+        Some(path) => {
+            proto::tls::TlsSettings::from_ca_file(path).map_err(|e| format!("--fleet-ca: {e}"))?
+        }
+        None => proto::tls::TlsSettings::default(),
+    };
+    Ok(Some(FleetConfig {
+        fleet: std::sync::Arc::new(fleet),
+        peer_tls,
+        max_forwarded: args.max_forwarded,
+    }))
+}
+
+fn fleet_key(out: &std::path::Path) -> ExitCode {
+    let written = proto::keys::StaticKeypair::generate().and_then(|k| k.write_file(out));
+    match written {
+        Ok(()) => {
+            println!(
+                "{}: a fleet key; give this file to every relay of the fleet (--fleet-key)",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay: fleet-key: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The URL that reaches a relay listening on `listen` from the same host.

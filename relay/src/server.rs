@@ -183,6 +183,13 @@ async fn watch_limits(state: RelayState, connections: Arc<Connections>) {
                         SUMMARY_EVERY.as_secs()
                     );
                 }
+                if r.forward > 0 {
+                    tracing::warn!(
+                        refused = r.forward,
+                        "forwarded sessions refused (no valid fleet proof) in the last {}s",
+                        SUMMARY_EVERY.as_secs()
+                    );
+                }
             }
             _ = allow.tick() => {
                 let Some(list) = &state.allowed else { continue };

@@ -29,6 +29,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::budget::{Budget, Queue};
 use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::fleet::{PROOF_HEADER, ProofError};
+use crate::forward::Peers;
 use crate::registration::{AllowList, RateLimiter};
 use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares};
 use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};
@@ -51,6 +53,8 @@ pub struct RegistrationRefusals {
     pub full: u64,
     /// Failed proofs.
     pub proof: u64,
+    /// Forwarded sessions whose fleet proof was refused.
+    pub forward: u64,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +63,7 @@ struct Counters {
     not_allowed: std::sync::atomic::AtomicU64,
     full: std::sync::atomic::AtomicU64,
     proof: std::sync::atomic::AtomicU64,
+    forward: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -73,6 +78,7 @@ impl Counters {
             not_allowed: self.not_allowed.swap(0, Relaxed),
             full: self.full.swap(0, Relaxed),
             proof: self.proof.swap(0, Relaxed),
+            forward: self.forward.swap(0, Relaxed),
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct RelayState {
     pub connections: Arc<proto::listener::Connections>,
     /// The fleet's directory, if the relay is in one.
     pub directory: Option<Directory>,
+    /// The other relays of its fleet, if it has a fleet key.
+    pub peers: Option<Arc<Peers>>,
     registration_rate: Arc<Mutex<RateLimiter>>,
     refused: Arc<Counters>,
 }
@@ -125,6 +133,13 @@ impl RelayState {
             budget: Budget::new(config.max_buffered),
             allowed: allowed.map(Arc::new),
             directory: config.directory.clone().map(Directory::new),
+            peers: config.fleet.as_ref().map(|f| {
+                Arc::new(Peers::new(
+                    Arc::clone(&f.fleet),
+                    f.peer_tls.clone(),
+                    f.max_forwarded,
+                ))
+            }),
             registration_rate: Arc::new(Mutex::new(rate)),
             refused: Arc::new(Counters::default()),
             config: Arc::new(config),
@@ -211,10 +226,17 @@ impl Tunnel for TunnelService {
         };
         let state = &self.state;
         let local = request.local_addr();
+        // A session another relay of the fleet forwards: its proof names
+        // the client's address, which this relay's shares then count.
+        let forwarded_for = match header(&request, PROOF_HEADER) {
+            None => None,
+            Some(proof) => Some(verify_forward(state, proof, &server_id)?),
+        };
+        let client = peer(&request);
+        let source = forwarded_for.or(client.map(|a| a.ip()));
         // A place among the unauthenticated sessions, held until the
         // exec-server's handshake answer has passed through.
-        let client = peer(&request);
-        let mut startup = state.startups.enter(client.map(|a| a.ip())).map_err(|e| {
+        let mut startup = state.startups.enter(source).map_err(|e| {
             proto::routing::refuse(
                 Code::ResourceExhausted,
                 format!("the relay is busy: {e} (--max-startups, --max-startups-per-source)"),
@@ -274,48 +296,87 @@ impl Tunnel for TunnelService {
                 CloseReason::Protocol,
             ));
         }
-        // A spare stream the exec-server keeps here takes the session at
-        // once; otherwise it is announced and waits for an `Accept`.
-        let (half, permit, session_id) = match state.registry.take_spare(&server_id) {
-            Ok(Some((permit, half))) => {
-                let mut session_id = [0u8; SESSION_ID_LEN];
-                rand::fill(&mut session_id);
-                tracing::debug!(server = %&server_id[..8], "session spliced to a spare stream");
-                (half, permit, session_id)
-            }
-            Ok(None) => announce(state, &server_id, traceparent).await?,
-            Err(e) => return Err(status_for(e)),
-        };
-        let (client_tx, client_rx) = mpsc::channel(state.config.session_queue);
         let session = Session::new(state.tasks.token());
         let limits = state.limits();
         let buffers = state.buffers();
-        // Message 1 goes first, checked, traced and counted like any frame.
-        let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived) else {
-            return Err(proto::routing::refuse(
-                Code::InvalidArgument,
-                "a malformed handshake message",
-                CloseReason::Protocol,
-            ));
+        // An exec-server this relay does not hold, that the fleet's
+        // directory places at another relay: the session goes there (one
+        // hop: a forwarded session is only ever served locally).
+        let elsewhere = match (&state.peers, &state.directory) {
+            (Some(peers), Some(directory))
+                if forwarded_for.is_none() && !state.registry.is_registered(&server_id) =>
+            {
+                directory.lookup(&server_id).map(|e| (peers, e.relay))
+            }
+            _ => None,
         };
-        let queue = Queue::new(buffers.session_buffer);
-        let first_charge = buffers
-            .budget
-            .charge(&queue, splice::cost(&first), &session.cancel)
-            .await;
-        let delivered = half
-            .outbound
-            .send(Charged::counted(first, first_charge))
-            .await
-            .is_ok();
-        forward.sent(delivered);
-        if !delivered {
-            return Err(proto::routing::refuse(
-                Code::Unavailable,
-                "the exec-server went away",
-                CloseReason::PeerGone,
-            ));
-        }
+        let (half, permit, session_id) = if let Some((peers, url)) = elsewhere {
+            let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived)
+            else {
+                return Err(malformed_first());
+            };
+            let queue = Queue::new(buffers.session_buffer);
+            let charge = buffers
+                .budget
+                .charge(&queue, splice::cost(&first), &session.cancel)
+                .await;
+            let client_ip = source.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            let opened = peers
+                .open(
+                    &url,
+                    &server_id,
+                    client_ip,
+                    &traceparent,
+                    Charged::counted(first, charge),
+                    state.config.session_queue,
+                    state.config.accept_timeout,
+                )
+                .await;
+            forward.sent(opened.is_ok());
+            let opened = opened?;
+            tracing::debug!(server = %&server_id[..8], peer = %url, "session forwarded to the exec-server's relay");
+            let mut session_id = [0u8; SESSION_ID_LEN];
+            rand::fill(&mut session_id);
+            (opened.half, opened.permit, session_id)
+        } else {
+            // A spare stream the exec-server keeps here takes the session
+            // at once; otherwise it is announced and waits for an `Accept`.
+            let (half, permit, session_id) = match state.registry.take_spare(&server_id) {
+                Ok(Some((permit, half))) => {
+                    let mut session_id = [0u8; SESSION_ID_LEN];
+                    rand::fill(&mut session_id);
+                    tracing::debug!(server = %&server_id[..8], "session spliced to a spare stream");
+                    (half, permit, session_id)
+                }
+                Ok(None) => announce(state, &server_id, traceparent).await?,
+                Err(e) => return Err(status_for(e)),
+            };
+            // Message 1 goes first, checked, traced and counted like any frame.
+            let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived)
+            else {
+                return Err(malformed_first());
+            };
+            let queue = Queue::new(buffers.session_buffer);
+            let first_charge = buffers
+                .budget
+                .charge(&queue, splice::cost(&first), &session.cancel)
+                .await;
+            let delivered = half
+                .outbound
+                .send(Charged::counted(first, first_charge))
+                .await
+                .is_ok();
+            forward.sent(delivered);
+            if !delivered {
+                return Err(proto::routing::refuse(
+                    Code::Unavailable,
+                    "the exec-server went away",
+                    CloseReason::PeerGone,
+                ));
+            }
+            (half, permit, session_id)
+        };
+        let (client_tx, client_rx) = mpsc::channel(state.config.session_queue);
         let sid = format_session_id(&session_id);
         let up = splice::pump(
             inbound,
@@ -365,6 +426,41 @@ impl Tunnel for TunnelService {
         });
         Ok(Response::new(Box::pin(splice::response_stream(client_rx))))
     }
+}
+
+fn malformed_first() -> Status {
+    proto::routing::refuse(
+        Code::InvalidArgument,
+        "a malformed handshake message",
+        CloseReason::Protocol,
+    )
+}
+
+/// Checks the proof of a forwarded session: the client address it vouches
+/// for, or the refusal.
+fn verify_forward(
+    state: &RelayState,
+    proof: &str,
+    server_id: &str,
+) -> Result<std::net::IpAddr, Status> {
+    let checked = match &state.peers {
+        Some(peers) => peers
+            .fleet()
+            .verify(proof, server_id, std::time::SystemTime::now()),
+        None => Err(ProofError::NoFleet),
+    };
+    checked.map_err(|e| {
+        Counters::note(&state.refused.forward);
+        let code = match e {
+            ProofError::Busy => Code::ResourceExhausted,
+            _ => Code::PermissionDenied,
+        };
+        proto::routing::refuse(
+            code,
+            format!("a forwarded session refused: {e}"),
+            CloseReason::NotAllowed,
+        )
+    })
 }
 
 /// Announces a new session to `server_id` on its registration stream and

@@ -81,6 +81,14 @@ pub fn response_stream(
     })
 }
 
+/// The request stream of a session opened at another relay: the frames
+/// queued on `rx`, each giving its bytes back as it is taken to be sent.
+pub fn request_stream(
+    rx: mpsc::Receiver<Charged>,
+) -> impl futures::Stream<Item = Frame> + Send + 'static {
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| c.frame)
+}
+
 /// What a pump counts its queued bytes against.
 #[derive(Debug, Clone)]
 pub struct Buffers {

@@ -39,12 +39,19 @@ impl TestRelay {
     }
 
     /// Starts a relay with `config` on `127.0.0.1:0` in the fleet whose
-    /// directory is the etcd at `etcd_url` (its lease living `ttl`).
+    /// directory is the etcd at `etcd_url` (its lease living `ttl`) and
+    /// whose key is `fleet_secret`.
     pub async fn start_in_fleet(
         mut config: relay::RelayConfig,
         etcd_url: &str,
         ttl: std::time::Duration,
+        fleet_secret: &[u8],
     ) -> Result<Self> {
+        config.fleet = Some(relay::config::FleetConfig {
+            fleet: std::sync::Arc::new(relay::fleet::Fleet::from_secret(fleet_secret)),
+            peer_tls: proto::tls::TlsSettings::default(),
+            max_forwarded: 4096,
+        });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| FixtureError::io("binding the relay's listener", e))?;

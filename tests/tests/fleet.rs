@@ -2,14 +2,20 @@
 //! registrations, every relay's copy follows the store, and the store going
 //! away degrades nothing that was already working.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use integration_tests::etcd::{self, Etcd};
 use integration_tests::stack::{TestRelay, TestServer};
 use proto::keys::StaticKeypair;
+use proto::pb::tunnel::tunnel_client::TunnelClient;
+use proto::pb::tunnel::{CloseReason, Frame, FrameKind};
 use relay::directory::Directory;
+use rex_client::{Client, ClientConfig, ExecSpec, ExitStatus, Target};
 
 const TTL: Duration = Duration::from_secs(3);
+const FLEET: [u8; 32] = [42; 32];
 
 /// Polls `ok` every 50 ms for up to `within`.
 async fn eventually(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
@@ -33,10 +39,10 @@ async fn a_registration_is_in_every_relays_copy_while_it_lasts() {
         return;
     }
     let store = Etcd::start().unwrap();
-    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL)
+    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
         .await
         .unwrap();
-    let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL)
+    let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
         .await
         .unwrap();
     let client = StaticKeypair::generate().unwrap();
@@ -86,7 +92,7 @@ async fn entries_that_do_not_parse_are_skipped_and_counted() {
         return;
     }
     let store = Etcd::start().unwrap();
-    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL)
+    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
         .await
         .unwrap();
     let directory = a.directory().unwrap().clone();
@@ -126,10 +132,10 @@ async fn without_the_store_known_routes_stay_and_entries_come_back_with_it() {
         return;
     }
     let mut store = Etcd::start().unwrap();
-    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL)
+    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
         .await
         .unwrap();
-    let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL)
+    let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
         .await
         .unwrap();
     let client = StaticKeypair::generate().unwrap();
@@ -157,6 +163,18 @@ async fn without_the_store_known_routes_stay_and_entries_come_back_with_it() {
     // The route B knew is still known; a registration at B while the
     // store is away is taken (and served locally, as without a fleet).
     assert_eq!(holder(&db, &first_id), Some(a.url()));
+    let via_b = Client::new(ClientConfig::new(
+        client.clone(),
+        first.key.public(),
+        Target::Relay(b.url()),
+    ));
+    let out = via_b
+        .output(ExecSpec::new(["echo", "cached"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"cached\n", "the cached route did not work");
+    via_b.close().await;
     let second = TestServer::start(Some(b.url()), false, &[&client])
         .await
         .unwrap();
@@ -199,11 +217,19 @@ fn a_killed_relays_entries_vanish_with_its_lease() {
     let client_pub = keygen("core-client", dir.path(), "client.key").unwrap();
     let ak = dir.path().join("authorized_keys");
     std::fs::write(&ak, format!("{client_pub}\n")).unwrap();
+    let fleet_key = dir.path().join("fleet.key");
+    let made = std::process::Command::new(integration_tests::binaries::path("relay").unwrap())
+        .args(["fleet-key", "--out", fleet_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     let mut relay = spawn(
         "relay",
         &[
             "--listen",
             "127.0.0.1:0",
+            "--fleet-key",
+            fleet_key.to_str().unwrap(),
             "--directory",
             &store.url(),
             "--directory-ttl-secs",
@@ -260,4 +286,266 @@ fn a_killed_relays_entries_vanish_with_its_lease() {
         "the killed relay's entry vanished {:?} after the kill (lease 2 s)",
         killed.elapsed()
     );
+}
+
+/// What `yes {tag} | head -c {len}` prints.
+fn yes_output(tag: &str, len: usize) -> Vec<u8> {
+    format!("{tag}\n")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
+/// Two relays of one fleet, an exec-server registered at the second,
+/// and the first's copy of the directory knowing it.
+struct Fleet {
+    _store: Etcd,
+    a: TestRelay,
+    b: TestRelay,
+    server: TestServer,
+    client: StaticKeypair,
+}
+
+impl Fleet {
+    async fn start() -> Self {
+        let store = Etcd::start().unwrap();
+        let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
+            .await
+            .unwrap();
+        let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
+            .await
+            .unwrap();
+        let client = StaticKeypair::generate().unwrap();
+        let server = TestServer::start(Some(b.url()), false, &[&client])
+            .await
+            .unwrap();
+        let id = server.key.public().server_id();
+        let seen_by_a = a.directory().unwrap().clone();
+        assert!(
+            eventually(Duration::from_secs(20), || holder(&seen_by_a, &id)
+                == Some(b.url()))
+            .await
+        );
+        Self {
+            _store: store,
+            a,
+            b,
+            server,
+            client,
+        }
+    }
+
+    fn id(&self) -> String {
+        self.server.key.public().server_id()
+    }
+
+    fn client_via(&self, relay: &TestRelay) -> Client {
+        Client::new(ClientConfig::new(
+            self.client.clone(),
+            self.server.key.public(),
+            Target::Relay(relay.url()),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_one_relay_reaches_an_exec_server_registered_at_another_byte_exact() {
+    if !etcd::available(
+        "a_client_of_one_relay_reaches_an_exec_server_registered_at_another_byte_exact",
+    ) {
+        return;
+    }
+    let fleet = Fleet::start().await;
+    assert!(!fleet.a.stats.registry.is_registered(&fleet.id()));
+    let client = fleet.client_via(&fleet.a);
+    // Output, larger than any window or buffer on the way.
+    const LEN: usize = 3 * 1024 * 1024 + 7;
+    let out = client
+        .output(ExecSpec::new([
+            "sh",
+            "-c",
+            &format!("yes fleet | head -c {LEN}"),
+        ]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(0));
+    assert!(out.stdout == yes_output("fleet", LEN), "output differs");
+    // Input, through both relays and back.
+    let input: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut cat = ExecSpec::new(["cat"]);
+    cat.stdin = true;
+    let mut run = client.exec(cat).await.unwrap();
+    let writer = {
+        let input = input.clone();
+        let controller = run.controller();
+        tokio::spawn(async move {
+            for chunk in input.chunks(64 * 1024) {
+                controller.write_stdin(chunk).await.unwrap();
+            }
+            controller.close_stdin().await.unwrap();
+        })
+    };
+    let mut echoed = Vec::new();
+    let mut status = None;
+    while let Some(ev) = run.next().await {
+        match ev {
+            rex_client::Event::Stdout(d) => echoed.extend_from_slice(&d),
+            rex_client::Event::Exited(s) => status = Some(s),
+            rex_client::Event::Failed(f) => panic!("cat failed: {f}"),
+            _ => {}
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(status, Some(ExitStatus::Code(0)));
+    assert_eq!(echoed.len(), input.len());
+    assert!(echoed == input, "stdin came back different");
+    client.close().await;
+}
+
+/// Opens a session at `url` for `server_id` with `metadata` and message 1
+/// (any bytes: the relay refuses or forwards before anything reads it);
+/// the refusal's reason, or `None` if it was taken.
+async fn open_with(
+    url: &str,
+    server_id: &str,
+    metadata: &[(&'static str, String)],
+) -> Result<(), (tonic::Code, Option<CloseReason>, String)> {
+    let channel = proto::link::endpoint(
+        url,
+        Duration::from_secs(5),
+        &proto::tls::TlsSettings::default(),
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(Frame {
+        kind: FrameKind::Handshake as i32,
+        payload: vec![0u8; 96].into(),
+        ..Frame::default()
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert(proto::routing::SERVER_ID_HEADER, server_id.parse().unwrap());
+    for (k, v) in metadata {
+        request.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        TunnelClient::new(channel).open(request),
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    match answer {
+        Ok(_) => Ok(()),
+        Err(status) => Err((
+            status.code(),
+            proto::routing::refusal(&status),
+            status.message().to_owned(),
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_session_needs_the_fleets_proof_and_is_never_forwarded_again() {
+    if !etcd::available("a_forwarded_session_needs_the_fleets_proof_and_is_never_forwarded_again") {
+        return;
+    }
+    let fleet = Fleet::start().await;
+    let id = fleet.id();
+    let client_ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let now = std::time::SystemTime::now();
+    // At B, which holds the exec-server: a proof of another fleet, and
+    // one for another server, are refused before the exec-server hears.
+    let outsider = relay::fleet::Fleet::from_secret(&[1; 32]);
+    let (code, reason, _) = open_with(
+        &fleet.b.url(),
+        &id,
+        &[(
+            relay::fleet::PROOF_HEADER,
+            outsider.prove(&id, client_ip, now),
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (code, reason),
+        (tonic::Code::PermissionDenied, Some(CloseReason::NotAllowed))
+    );
+    let member = relay::fleet::Fleet::from_secret(&FLEET);
+    let other_id = "0123456789abcdef0123456789abcdef";
+    let (code, reason, _) = open_with(
+        &fleet.b.url(),
+        &id,
+        &[(
+            relay::fleet::PROOF_HEADER,
+            member.prove(other_id, client_ip, now),
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (code, reason),
+        (tonic::Code::PermissionDenied, Some(CloseReason::NotAllowed))
+    );
+    // At A, which does not hold it: a session already forwarded (with a
+    // member's proof) is not forwarded again, though A knows where to.
+    assert_eq!(
+        holder(fleet.a.directory().unwrap(), &id),
+        Some(fleet.b.url())
+    );
+    let (code, reason, _) = open_with(
+        &fleet.a.url(),
+        &id,
+        &[(
+            relay::fleet::PROOF_HEADER,
+            member.prove(&id, client_ip, now),
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (code, reason),
+        (tonic::Code::NotFound, Some(CloseReason::UnknownServer))
+    );
+    // A relay outside the fleet, reading the same directory, cannot use
+    // B as a forwarder: its proof is refused, and its client told so.
+    let outsider_relay = TestRelay::start_in_fleet(
+        relay::RelayConfig::default(),
+        &fleet._store.url(),
+        TTL,
+        &[1; 32],
+    )
+    .await
+    .unwrap();
+    let seen = outsider_relay.directory().unwrap().clone();
+    assert!(
+        eventually(Duration::from_secs(20), || holder(&seen, &id)
+            == Some(fleet.b.url()))
+        .await
+    );
+    let (code, reason, message) = open_with(&outsider_relay.url(), &id, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (code, reason),
+        (tonic::Code::PermissionDenied, Some(CloseReason::NotAllowed))
+    );
+    assert!(message.contains(&fleet.b.url()), "{message}");
+    // The member's own client still gets through A.
+    let client = fleet.client_via(&fleet.a);
+    let out = client
+        .output(ExecSpec::new(["echo", "ok"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"ok\n");
 }
