@@ -262,6 +262,24 @@ fn main() {
     write("transport_record", "unknown", &step(1, &[1, 2, 3, 0x7f]));
     write("transport_record", "raw", &step(0, &[0u8; 40]));
 
+    // The relay fleet: a directory entry, and a proof at the targets' clock.
+    write(
+        "directory_entry",
+        "valid",
+        br#"{"relay":"http://10.0.0.5:7600","registered_at":"2026-11-25T08:00:00Z"}"#,
+    );
+    write(
+        "directory_entry",
+        "key",
+        format!("/rex/servers/{}", rex_fuzz::FLEET_SERVER).as_bytes(),
+    );
+    let fleet = relay::fleet::Fleet::from_secret(&rex_fuzz::FLEET_SECRET);
+    for (name, client) in [("v4", "10.1.2.3"), ("v6", "2001:db8::1")] {
+        let client = client.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let proof = fleet.prove(rex_fuzz::FLEET_SERVER, client, rex_fuzz::now());
+        write("fleet_proof", name, proof.as_bytes());
+    }
+
     // Headers.
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     write("hop_header", "valid", tp.as_bytes());

@@ -13,6 +13,11 @@ const SERVER_PRIVATE: [u8; 32] = [7; 32];
 /// The authorized client's fixed private key.
 const CLIENT_PRIVATE: [u8; 32] = [9; 32];
 
+/// The fleet key of the relay targets.
+pub const FLEET_SECRET: [u8; 32] = [5; 32];
+/// The server id the fleet proofs name.
+pub const FLEET_SERVER: &str = "0123456789abcdef0123456789abcdef";
+
 /// The exec-server's fixed key pair.
 pub fn server_key() -> StaticKeypair {
     keypair(SERVER_PRIVATE)
