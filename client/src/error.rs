@@ -176,6 +176,9 @@ pub enum Unavailable {
     Gone,
     /// The link ended before the session was set up.
     LinkEnded,
+    /// The relay forwards to the exec-server's relay in its fleet, which it
+    /// cannot reach (the relay's account, which names it).
+    RouteUnreachable(String),
 }
 
 impl fmt::Display for Unavailable {
@@ -184,6 +187,7 @@ impl fmt::Display for Unavailable {
             Unavailable::NotAccepted => "it did not take the session in time",
             Unavailable::Gone => "the exec-server went away during the handshake",
             Unavailable::LinkEnded => "the link closed during the handshake",
+            Unavailable::RouteUnreachable(why) => return f.write_str(why),
         })
     }
 }
@@ -287,6 +291,11 @@ impl ConnectError {
                 CloseReason::Busy => return Self::Busy(Busy::link(url, status.message())),
                 CloseReason::NotAccepted | CloseReason::PeerGone => {
                     return Self::Unavailable(Unavailable::NotAccepted);
+                }
+                CloseReason::RouteUnreachable => {
+                    return Self::Unavailable(Unavailable::RouteUnreachable(
+                        status.message().to_owned(),
+                    ));
                 }
                 _ => {}
             }

@@ -156,7 +156,7 @@ impl Peers {
             Err(_) => Err(proto::routing::refuse(
                 Code::Unavailable,
                 format!("the exec-server's relay ({url}) did not answer in time"),
-                CloseReason::NotAccepted,
+                CloseReason::RouteUnreachable,
             )),
         }
     }
@@ -178,7 +178,7 @@ fn relayed(url: &str, status: &Status) -> Status {
                 "the exec-server's relay ({url}) cannot be reached: {}",
                 status.message()
             ),
-            CloseReason::PeerGone,
+            CloseReason::RouteUnreachable,
         ),
     }
 }

@@ -310,6 +310,7 @@ impl Tunnel for TunnelService {
             }
             _ => None,
         };
+        let forwarded_to = elsewhere.as_ref().map(|(_, url)| url.clone());
         let (half, permit, session_id) = if let Some((peers, url)) = elsewhere {
             let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived)
             else {
@@ -401,7 +402,17 @@ impl Tunnel for TunnelService {
             telemetry::spans::RELAY_SESSION,
             otel.kind = "server",
             rex.session.short_id = %&sid[..8],
+            rex.relay.forwarded_to = tracing::field::Empty,
+            rex.relay.forwarded = tracing::field::Empty,
         );
+        // A hop of the fleet: where this relay sent the session, or that
+        // another relay sent it here.
+        if let Some(url) = &forwarded_to {
+            span.record("rex.relay.forwarded_to", url.as_str());
+        }
+        if forwarded_for.is_some() {
+            span.record("rex.relay.forwarded", true);
+        }
         semconv::set_on(
             &span,
             semconv::rpc(semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN),

@@ -198,6 +198,7 @@ pub fn reason_text(reason: CloseReason) -> &'static str {
         CloseReason::NotAccepted => "the exec-server did not take the session",
         CloseReason::Replaced => "another registration of the same exec-server key took over",
         CloseReason::NotAllowed => "the relay does not admit this exec-server key",
+        CloseReason::RouteUnreachable => "the exec-server's relay in the fleet cannot be reached",
     }
 }
 
