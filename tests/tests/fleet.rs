@@ -205,61 +205,118 @@ fn stored_keys(store: &Etcd) -> integration_tests::error::Result<Vec<String>> {
         .collect())
 }
 
+/// Key files for the binaries, in a scratch directory: an exec-server's,
+/// an authorized client's, and a fleet key made by `relay fleet-key`.
+struct Keys {
+    dir: tempfile::TempDir,
+    server_pub: String,
+    client_key: std::path::PathBuf,
+    fleet_key: std::path::PathBuf,
+}
+
+impl Keys {
+    fn make() -> Self {
+        use integration_tests::binaries::{self, keygen};
+        let dir = tempfile::tempdir().unwrap();
+        let server_pub = keygen("exec-server", dir.path(), "server.key").unwrap();
+        let client_pub = keygen("core-client", dir.path(), "client.key").unwrap();
+        std::fs::write(
+            dir.path().join("authorized_keys"),
+            format!("{client_pub}\n"),
+        )
+        .unwrap();
+        let fleet_key = dir.path().join("fleet.key");
+        let made = std::process::Command::new(binaries::path("relay").unwrap())
+            .args(["fleet-key", "--out", fleet_key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        Self {
+            client_key: dir.path().join("client.key"),
+            dir,
+            server_pub,
+            fleet_key,
+        }
+    }
+
+    /// The fleet key's secret, for relays in this process.
+    fn fleet_secret(&self) -> [u8; 32] {
+        *StaticKeypair::read_file(&self.fleet_key)
+            .unwrap()
+            .private_bytes()
+    }
+
+    fn client(&self) -> StaticKeypair {
+        StaticKeypair::read_file(&self.client_key).unwrap()
+    }
+
+    fn server_key(&self) -> proto::keys::PublicKey {
+        self.server_pub.parse().unwrap()
+    }
+
+    /// A relay binary in the fleet with `extra` flags and `env`; its URL.
+    fn relay(
+        &self,
+        store: &Etcd,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (integration_tests::binaries::Proc, String) {
+        let store_url = store.url();
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--fleet-key",
+            self.fleet_key.to_str().unwrap(),
+            "--directory",
+            &store_url,
+        ];
+        args.extend_from_slice(extra);
+        let relay = integration_tests::binaries::spawn("relay", &args, env).unwrap();
+        let line = relay
+            .wait_for_line("in the fleet's directory as", Duration::from_secs(30))
+            .unwrap();
+        let url = line.rsplit(' ').next().unwrap().to_owned();
+        (relay, url)
+    }
+
+    /// The exec-server binary registered at `relay_url`.
+    fn exec_server(
+        &self,
+        relay_url: &str,
+        env: &[(&str, &str)],
+    ) -> integration_tests::binaries::Proc {
+        let path = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
+        let server = integration_tests::binaries::spawn(
+            "exec-server",
+            &[
+                "--relay",
+                relay_url,
+                "--key",
+                &path("server.key"),
+                "--authorized-keys",
+                &path("authorized_keys"),
+                "--data-dir",
+                &path("data"),
+            ],
+            env,
+        )
+        .unwrap();
+        server
+            .wait_for_line("registered with relay", Duration::from_secs(30))
+            .unwrap();
+        server
+    }
+}
+
 #[test]
 fn a_killed_relays_entries_vanish_with_its_lease() {
-    use integration_tests::binaries::{keygen, spawn};
     if !etcd::available("a_killed_relays_entries_vanish_with_its_lease") {
         return;
     }
     let store = Etcd::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    keygen("exec-server", dir.path(), "server.key").unwrap();
-    let client_pub = keygen("core-client", dir.path(), "client.key").unwrap();
-    let ak = dir.path().join("authorized_keys");
-    std::fs::write(&ak, format!("{client_pub}\n")).unwrap();
-    let fleet_key = dir.path().join("fleet.key");
-    let made = std::process::Command::new(integration_tests::binaries::path("relay").unwrap())
-        .args(["fleet-key", "--out", fleet_key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let mut relay = spawn(
-        "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--fleet-key",
-            fleet_key.to_str().unwrap(),
-            "--directory",
-            &store.url(),
-            "--directory-ttl-secs",
-            "2",
-        ],
-        &[],
-    )
-    .unwrap();
-    let line = relay
-        .wait_for_line("in the fleet's directory as", Duration::from_secs(30))
-        .unwrap();
-    let relay_url = line.rsplit(' ').next().unwrap().to_owned();
-    let _server = spawn(
-        "exec-server",
-        &[
-            "--relay",
-            &relay_url,
-            "--key",
-            dir.path().join("server.key").to_str().unwrap(),
-            "--authorized-keys",
-            ak.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        &[],
-    )
-    .unwrap();
-    _server
-        .wait_for_line("registered with relay", Duration::from_secs(30))
-        .unwrap();
+    let keys = Keys::make();
+    let (mut relay, relay_url) = keys.relay(&store, &["--directory-ttl-secs", "2"], &[]);
+    let _server = keys.exec_server(&relay_url, &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while stored_keys(&store).unwrap().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -550,33 +607,6 @@ async fn a_forwarded_session_needs_the_fleets_proof_and_is_never_forwarded_again
     assert_eq!(out.stdout, b"ok\n");
 }
 
-/// A relay binary in the fleet of `fleet_key` and `store`, exporting to
-/// `endpoint` when given; its URL.
-fn fleet_relay(
-    store: &Etcd,
-    fleet_key: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (integration_tests::binaries::Proc, String) {
-    let relay = integration_tests::binaries::spawn(
-        "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--fleet-key",
-            fleet_key.to_str().unwrap(),
-            "--directory",
-            &store.url(),
-        ],
-        env,
-    )
-    .unwrap();
-    let line = relay
-        .wait_for_line("in the fleet's directory as", Duration::from_secs(30))
-        .unwrap();
-    let url = line.rsplit(' ').next().unwrap().to_owned();
-    (relay, url)
-}
-
 /// Both relays of a forwarded session export their spans of it: each its
 /// `relay.session` (the first naming where it forwarded the session, the
 /// second marked forwarded), and, in the command's trace, the second
@@ -584,55 +614,25 @@ fn fleet_relay(
 /// waterfall shows both relays and the leg between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_relays_of_a_forwarded_session_are_in_its_trace() {
-    use integration_tests::binaries::{self, keygen, spawn};
+    use integration_tests::binaries;
     use integration_tests::otlp::OtlpReceiver;
     if !etcd::available("both_relays_of_a_forwarded_session_are_in_its_trace") {
         return;
     }
     let store = Etcd::start().unwrap();
     let rx = OtlpReceiver::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server_pub = keygen("exec-server", dir.path(), "server.key").unwrap();
-    let client_pub = keygen("core-client", dir.path(), "client.key").unwrap();
-    let ak = dir.path().join("authorized_keys");
-    std::fs::write(&ak, format!("{client_pub}\n")).unwrap();
-    let fleet_key = dir.path().join("fleet.key");
-    let made = std::process::Command::new(binaries::path("relay").unwrap())
-        .args(["fleet-key", "--out", fleet_key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    let keys = Keys::make();
     let endpoint = rx.endpoint();
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
     ];
-    let (_a, a_url) = fleet_relay(&store, &fleet_key, &env);
-    let (_b, b_url) = fleet_relay(&store, &fleet_key, &env);
-    let server = spawn(
-        "exec-server",
-        &[
-            "--relay",
-            &b_url,
-            "--key",
-            dir.path().join("server.key").to_str().unwrap(),
-            "--authorized-keys",
-            ak.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        &env,
-    )
-    .unwrap();
-    server
-        .wait_for_line("registered with relay", Duration::from_secs(30))
-        .unwrap();
+    let (_a, a_url) = keys.relay(&store, &[], &env);
+    let (_b, b_url) = keys.relay(&store, &[], &env);
+    let _server = keys.exec_server(&b_url, &env);
     // Until A's copy of the directory has the entry: a client of A whose
     // Open is refused as unknown would be a race, not a failure.
-    let key = format!("/rex/servers/{}", {
-        let public: proto::keys::PublicKey = server_pub.parse().unwrap();
-        public.server_id()
-    });
+    let key = format!("/rex/servers/{}", keys.server_key().server_id());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while store
         .ctl(&["get", "--keys-only", &key])
@@ -649,8 +649,8 @@ async fn both_relays_of_a_forwarded_session_are_in_its_trace() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut cmd = binaries::exec_command(
         &a_url,
-        &server_pub,
-        &dir.path().join("client.key"),
+        &keys.server_pub,
+        &keys.client_key,
         &["--print-trace-id"],
         &["echo", "through two relays"],
     )
@@ -707,63 +707,24 @@ async fn both_relays_of_a_forwarded_session_are_in_its_trace() {
 /// clear error naming that relay, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_entry_fails_clearly_and_promptly() {
-    use integration_tests::binaries::{keygen, spawn};
     if !etcd::available("a_stale_entry_fails_clearly_and_promptly") {
         return;
     }
     let store = Etcd::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let fleet_key = dir.path().join("fleet.key");
-    StaticKeypair::from_private(FLEET)
-        .unwrap()
-        .write_file(&fleet_key)
-        .unwrap();
-    let server_pub = keygen("exec-server", dir.path(), "server.key").unwrap();
-    let client = StaticKeypair::generate().unwrap();
-    let ak = dir.path().join("authorized_keys");
-    std::fs::write(&ak, format!("{}\n", client.public())).unwrap();
+    let keys = Keys::make();
     // B's lease outlives the test: its entry stays after it dies.
-    let mut b = spawn(
-        "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--fleet-key",
-            fleet_key.to_str().unwrap(),
-            "--directory",
-            &store.url(),
-            "--directory-ttl-secs",
-            "300",
-        ],
-        &[],
+    let (mut b, b_url) = keys.relay(&store, &["--directory-ttl-secs", "300"], &[]);
+    let _server = keys.exec_server(&b_url, &[]);
+    let a = TestRelay::start_in_fleet(
+        relay::RelayConfig::default(),
+        &store.url(),
+        TTL,
+        &keys.fleet_secret(),
     )
+    .await
     .unwrap();
-    let line = b
-        .wait_for_line("in the fleet's directory as", Duration::from_secs(30))
-        .unwrap();
-    let b_url = line.rsplit(' ').next().unwrap().to_owned();
-    let server = spawn(
-        "exec-server",
-        &[
-            "--relay",
-            &b_url,
-            "--key",
-            dir.path().join("server.key").to_str().unwrap(),
-            "--authorized-keys",
-            ak.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        &[],
-    )
-    .unwrap();
-    server
-        .wait_for_line("registered with relay", Duration::from_secs(30))
-        .unwrap();
-    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
-        .await
-        .unwrap();
-    let server_key: proto::keys::PublicKey = server_pub.parse().unwrap();
+    let server_key = keys.server_key();
+    let client = keys.client();
     let id = server_key.server_id();
     let seen = a.directory().unwrap().clone();
     assert!(
