@@ -1283,14 +1283,20 @@ mod tests {
         }
         assert!(taken <= u64::from(output::MIN_WINDOW));
         // Waiting for credit, it still hears the cancel; its exit comes
-        // once credit is given back.
+        // once credit is given back. What the pipe still held comes first,
+        // and is acknowledged as a client would (else it could take the
+        // credit given back and leave the exit waiting on more).
         cancel.cancel();
         credit.release(taken);
         let last = loop {
-            let o = rx.recv().await.unwrap();
+            let o = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("no exit after the cancel")
+                .unwrap();
             if o.last {
                 break o;
             }
+            credit.release(output::cost(&o.kind));
         };
         assert_eq!(
             last.kind,
