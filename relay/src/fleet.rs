@@ -57,14 +57,6 @@ pub enum ProofError {
     Busy,
 }
 
-/// Why the fleet key cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetKeyError {
-    /// The file is not a key file, can be read by others, or cannot be read.
-    #[error(transparent)]
-    Key(#[from] proto::keys::KeyError),
-}
-
 /// The fleet's shared secret, and the proofs this relay has seen.
 pub struct Fleet {
     key: hmac::Key,
@@ -88,7 +80,7 @@ fn signed(time: u64, nonce: &str, client: &str, server_id: &str) -> String {
 impl Fleet {
     /// The fleet of the secret in `path` (a key file as `relay fleet-key`
     /// writes it: mode 0600, refused if others may read it).
-    pub fn from_file(path: &Path) -> Result<Self, FleetKeyError> {
+    pub fn from_file(path: &Path) -> Result<Self, proto::keys::KeyError> {
         let secret = proto::keys::StaticKeypair::read_file(path)?;
         Ok(Self::from_secret(secret.private_bytes()))
     }

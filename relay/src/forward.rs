@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime};
 use proto::pb::tunnel::CloseReason;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::routing::SERVER_ID_HEADER;
+use telemetry::carriers;
+use telemetry::w3c::TraceContext;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -34,7 +36,6 @@ pub struct Peers {
     tls: proto::tls::TlsSettings,
     links: Mutex<HashMap<String, Channel>>,
     sessions: Arc<Semaphore>,
-    max_sessions: usize,
     connect_timeout: Duration,
 }
 
@@ -61,7 +62,6 @@ impl Peers {
             tls,
             links: Mutex::new(HashMap::new()),
             sessions: Arc::new(Semaphore::new(max_sessions)),
-            max_sessions,
             connect_timeout: proto::link::CONNECT_TIMEOUT,
         }
     }
@@ -69,11 +69,6 @@ impl Peers {
     /// This relay's fleet.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
-    }
-
-    /// Forwarded sessions open now.
-    pub fn forwarded(&self) -> usize {
-        self.max_sessions - self.sessions.available_permits()
     }
 
     fn link(&self, url: &str) -> Result<Channel, Status> {
@@ -99,7 +94,8 @@ impl Peers {
 
     /// Opens `server_id`'s session at the peer relay `url` for `client`,
     /// sending `first` (handshake message 1) with the opening; waits (up to
-    /// `within`) for the peer to answer, and gives its half. The peer's
+    /// `within`) for the peer to answer, and gives its half. The client
+    /// link's trace context (`trace`) goes on with the opening. The peer's
     /// refusal is passed on with its reason, naming the peer.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
@@ -107,7 +103,7 @@ impl Peers {
         url: &str,
         server_id: &str,
         client: IpAddr,
-        traceparent: &str,
+        trace: Option<&TraceContext>,
         first: Charged,
         queue: usize,
         within: Duration,
@@ -132,14 +128,13 @@ impl Peers {
         for (key, value) in [
             (SERVER_ID_HEADER, server_id),
             (PROOF_HEADER, proof.as_str()),
-            ("traceparent", traceparent),
         ] {
-            if value.is_empty() {
-                continue;
-            }
             if let Ok(value) = value.parse() {
                 metadata.insert(key, value);
             }
+        }
+        if let Some(cx) = trace {
+            carriers::metadata::inject(cx, metadata);
         }
         let mut peer = TunnelClient::new(channel)
             .max_decoding_message_size(proto::limits::MAX_GRPC_MESSAGE)

@@ -220,10 +220,13 @@ impl Tunnel for TunnelService {
             .to_owned();
         // The client link's trace context is validated as untrusted input and
         // passed on to the exec-server's announcement; invalid values are dropped.
-        let traceparent = match carriers::metadata::extract(request.metadata()) {
-            Extracted::Valid(ctx) => ctx.parent.to_string(),
-            Extracted::Absent | Extracted::Invalid(_) => String::new(),
+        let trace = match carriers::metadata::extract(request.metadata()) {
+            Extracted::Valid(ctx) => Some(ctx),
+            Extracted::Absent | Extracted::Invalid(_) => None,
         };
+        let traceparent = trace
+            .as_ref()
+            .map_or_else(String::new, |ctx| ctx.parent.to_string());
         let state = &self.state;
         let local = request.local_addr();
         // A session another relay of the fleet forwards: its proof names
@@ -312,23 +315,16 @@ impl Tunnel for TunnelService {
         };
         let forwarded_to = elsewhere.as_ref().map(|(_, url)| url.clone());
         let (half, permit, session_id) = if let Some((peers, url)) = elsewhere {
-            let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived)
-            else {
-                return Err(malformed_first());
-            };
-            let queue = Queue::new(buffers.session_buffer);
-            let charge = buffers
-                .budget
-                .charge(&queue, splice::cost(&first), &session.cancel)
-                .await;
+            let (first, forward) =
+                charged_first(first, &session, &limits, &buffers, arrived).await?;
             let client_ip = source.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
             let opened = peers
                 .open(
                     &url,
                     &server_id,
                     client_ip,
-                    &traceparent,
-                    Charged::counted(first, charge),
+                    trace.as_ref(),
+                    first,
                     state.config.session_queue,
                     state.config.accept_timeout,
                 )
@@ -336,37 +332,21 @@ impl Tunnel for TunnelService {
             forward.sent(opened.is_ok());
             let opened = opened?;
             tracing::debug!(server = %&server_id[..8], peer = %url, "session forwarded to the exec-server's relay");
-            let mut session_id = [0u8; SESSION_ID_LEN];
-            rand::fill(&mut session_id);
-            (opened.half, opened.permit, session_id)
+            (opened.half, opened.permit, new_session_id())
         } else {
             // A spare stream the exec-server keeps here takes the session
             // at once; otherwise it is announced and waits for an `Accept`.
             let (half, permit, session_id) = match state.registry.take_spare(&server_id) {
                 Ok(Some((permit, half))) => {
-                    let mut session_id = [0u8; SESSION_ID_LEN];
-                    rand::fill(&mut session_id);
                     tracing::debug!(server = %&server_id[..8], "session spliced to a spare stream");
-                    (half, permit, session_id)
+                    (half, permit, new_session_id())
                 }
                 Ok(None) => announce(state, &server_id, traceparent).await?,
                 Err(e) => return Err(status_for(e)),
             };
-            // Message 1 goes first, checked, traced and counted like any frame.
-            let Some((first, forward)) = splice::first_frame(first, &session, &limits, arrived)
-            else {
-                return Err(malformed_first());
-            };
-            let queue = Queue::new(buffers.session_buffer);
-            let first_charge = buffers
-                .budget
-                .charge(&queue, splice::cost(&first), &session.cancel)
-                .await;
-            let delivered = half
-                .outbound
-                .send(Charged::counted(first, first_charge))
-                .await
-                .is_ok();
+            let (first, forward) =
+                charged_first(first, &session, &limits, &buffers, arrived).await?;
+            let delivered = half.outbound.send(first).await.is_ok();
             forward.sent(delivered);
             if !delivered {
                 return Err(proto::routing::refuse(
@@ -439,12 +419,37 @@ impl Tunnel for TunnelService {
     }
 }
 
-fn malformed_first() -> Status {
-    proto::routing::refuse(
-        Code::InvalidArgument,
-        "a malformed handshake message",
-        CloseReason::Protocol,
-    )
+/// A fresh id for a session that was not announced (a spare stream took
+/// it, or it was forwarded).
+fn new_session_id() -> SessionId {
+    let mut id = [0u8; SESSION_ID_LEN];
+    rand::fill(&mut id);
+    id
+}
+
+/// Message 1, ready to go on: checked, traced and counted like any frame
+/// (its bytes charged to the session's first queue and the relay's
+/// budget). Call [`splice::FirstForward::sent`] once it has been handed on.
+async fn charged_first(
+    first: Frame,
+    session: &Session,
+    limits: &SpliceLimits,
+    buffers: &Buffers,
+    arrived: std::time::SystemTime,
+) -> Result<(Charged, splice::FirstForward), Status> {
+    let Some((first, forward)) = splice::first_frame(first, session, limits, arrived) else {
+        return Err(proto::routing::refuse(
+            Code::InvalidArgument,
+            "a malformed handshake message",
+            CloseReason::Protocol,
+        ));
+    };
+    let queue = Queue::new(buffers.session_buffer);
+    let charge = buffers
+        .budget
+        .charge(&queue, splice::cost(&first), &session.cancel)
+        .await;
+    Ok((Charged::counted(first, charge), forward))
 }
 
 /// Checks the proof of a forwarded session: the client address it vouches

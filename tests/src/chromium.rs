@@ -40,16 +40,7 @@ pub fn available(test: &str) -> bool {
         .stdin(Stdio::null())
         .output()
         .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var(REQUIRE).is_ok_and(|v| v == "1") {
-        panic!("{test}: chromium is required ({REQUIRE}=1) but cannot be run");
-    }
-    eprintln!(
-        "{test}: skipped: chromium is not installed (set {REQUIRE}=1 to make this a failure)"
-    );
-    false
+    crate::required::present(test, found, "chromium", REQUIRE)
 }
 
 /// A TCP listener on loopback that counts the connections made to it (the

@@ -28,16 +28,7 @@ pub fn available(test: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var(REQUIRE).is_ok_and(|v| v == "1") {
-        panic!("{test}: etcd is required ({REQUIRE}=1) but cannot be run");
-    }
-    eprintln!(
-        "{test}: skipped: etcd is not installed (Debian: etcd-server; set {REQUIRE}=1 to make this a failure)"
-    );
-    false
+    crate::required::present(test, found, "etcd (Debian: etcd-server)", REQUIRE)
 }
 
 /// A running single-member etcd.
@@ -104,7 +95,6 @@ impl Etcd {
 
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_WITHIN;
-        let health = format!("{}/health", self.url());
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -117,7 +107,7 @@ impl Etcd {
                     format!("exited {status}: {tail:?}"),
                 ));
             }
-            if http_ok(self.client_port, &health) {
+            if healthy(self.client_port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -153,17 +143,17 @@ impl Etcd {
     }
 }
 
-/// Whether `GET url` on 127.0.0.1:`port` answers 200 with `"health":"true"`.
-fn http_ok(port: u16, url: &str) -> bool {
+/// Whether etcd on 127.0.0.1:`port` answers `GET /health` with 200 and
+/// `"health":"true"`.
+fn healthy(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let path = url
-        .split_once(&format!(":{port}"))
-        .map_or("/health", |(_, p)| p);
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut answer = String::new();

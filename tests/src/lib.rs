@@ -36,6 +36,8 @@
 //!   resumes and memory.
 //! - [`versus`]: the benchmarks against ssh, socat and local spawning:
 //!   scenarios, targets and the report.
+//! - [`required`]: a tool a test needs, present, or a skip (a failure
+//!   where CI requires it).
 //! - [`error`]: [`FixtureError`], what a fixture that cannot set up
 //!   returns; tests unwrap it, the benchmarks report it.
 //!
@@ -53,6 +55,7 @@ pub mod jaeger;
 pub mod memory;
 pub mod otlp;
 pub mod proxy;
+pub mod required;
 pub mod rfc3339;
 pub mod sink;
 pub mod soak;

@@ -11,6 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{FixtureError, Result};
 
+/// A listener for a relay on `127.0.0.1:0`.
+async fn bind_loopback() -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| FixtureError::io("binding the relay's listener", e))
+}
+
 /// A running relay.
 pub struct TestRelay {
     /// Its address.
@@ -32,10 +39,7 @@ impl TestRelay {
 
     /// Starts a relay with `config` on `127.0.0.1:0`.
     pub async fn start_with(config: relay::RelayConfig) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| FixtureError::io("binding the relay's listener", e))?;
-        Self::serve_on(listener, config)
+        Self::serve_on(bind_loopback().await?, config)
     }
 
     /// Starts a relay with `config` on `127.0.0.1:0` in the fleet whose
@@ -52,9 +56,7 @@ impl TestRelay {
             peer_tls: proto::tls::TlsSettings::default(),
             max_forwarded: 4096,
         });
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| FixtureError::io("binding the relay's listener", e))?;
+        let listener = bind_loopback().await?;
         let addr = listener
             .local_addr()
             .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;

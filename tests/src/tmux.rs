@@ -30,14 +30,7 @@ pub fn available(test: &str) -> bool {
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var(REQUIRE).is_ok_and(|v| v == "1") {
-        panic!("{test}: tmux is required ({REQUIRE}=1) but cannot be run");
-    }
-    eprintln!("{test}: skipped: tmux is not installed (set {REQUIRE}=1 to make this a failure)");
-    false
+    crate::required::present(test, found, "tmux", REQUIRE)
 }
 
 /// Whether `program` (a shell or an interpreter such as `bash` or

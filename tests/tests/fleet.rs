@@ -38,51 +38,30 @@ async fn a_registration_is_in_every_relays_copy_while_it_lasts() {
     if !etcd::available("a_registration_is_in_every_relays_copy_while_it_lasts") {
         return;
     }
-    let store = Etcd::start().unwrap();
-    let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
-        .await
-        .unwrap();
-    let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
-        .await
-        .unwrap();
-    let client = StaticKeypair::generate().unwrap();
-    let server = TestServer::start(Some(a.url()), false, &[&client])
-        .await
-        .unwrap();
-    let id = server.key.public().server_id();
-    let seen_by_b = b.directory().unwrap().clone();
-    assert!(
-        eventually(Duration::from_secs(20), || holder(&seen_by_b, &id)
-            == Some(a.url()))
-        .await,
-        "relay B never saw the registration at A: {:?}",
-        seen_by_b.stats()
-    );
-    // A holds it itself: its own entry is not a route elsewhere.
-    assert_eq!(holder(a.directory().unwrap(), &id), None);
+    // The exec-server registers at B; A's copy has it (or this fails).
+    let fleet = Fleet::start().await;
+    let id = fleet.id();
+    let seen_by_a = fleet.a.directory().unwrap().clone();
+    // B holds it itself: its own entry is not a route elsewhere.
+    assert_eq!(holder(fleet.b.directory().unwrap(), &id), None);
     // What the store holds, read with etcd's own tool.
-    let stored = store
+    let stored = fleet
+        .store
         .ctl(&["get", "--print-value-only", &format!("/rex/servers/{id}")])
         .unwrap();
     let entry: serde_json::Value = serde_json::from_str(stored.trim()).unwrap();
-    assert_eq!(entry["relay"], a.url());
+    assert_eq!(entry["relay"], fleet.b.url());
     assert!(entry["registered_at"].as_str().unwrap().ends_with('Z'));
-    // The registration ends: the entry goes from the store and from B.
-    server.shutdown.cancel();
+    // The registration ends: the entry goes from the store and from A.
+    fleet.server.shutdown.cancel();
     assert!(
-        eventually(Duration::from_secs(20), || holder(&seen_by_b, &id)
+        eventually(Duration::from_secs(20), || holder(&seen_by_a, &id)
             .is_none())
         .await,
         "the entry outlived the registration"
     );
-    assert_eq!(
-        store
-            .ctl(&["get", "--prefix", "--keys-only", "/rex/servers/"])
-            .unwrap()
-            .trim(),
-        ""
-    );
-    let stats = seen_by_b.stats();
+    assert_eq!(stored_keys(&fleet.store).unwrap(), Vec::<String>::new());
+    let stats = seen_by_a.stats();
     assert!(stats.connected && stats.skipped == 0, "{stats:?}");
 }
 
@@ -358,7 +337,7 @@ fn yes_output(tag: &str, len: usize) -> Vec<u8> {
 /// Two relays of one fleet, an exec-server registered at the second,
 /// and the first's copy of the directory knowing it.
 struct Fleet {
-    _store: Etcd,
+    store: Etcd,
     a: TestRelay,
     b: TestRelay,
     server: TestServer,
@@ -386,7 +365,7 @@ impl Fleet {
             .await
         );
         Self {
-            _store: store,
+            store,
             a,
             b,
             server,
@@ -577,7 +556,7 @@ async fn a_forwarded_session_needs_the_fleets_proof_and_is_never_forwarded_again
     // B as a forwarder: its proof is refused, and its client told so.
     let outsider_relay = TestRelay::start_in_fleet(
         relay::RelayConfig::default(),
-        &fleet._store.url(),
+        &fleet.store.url(),
         TTL,
         &[1; 32],
     )
