@@ -11,6 +11,20 @@ use proto::listener::ConnLimits;
 
 use crate::keys::LiveKeys;
 
+/// How an exec-server holds the relays it is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RelayMode {
+    /// A registration with every relay, each kept alive on its own:
+    /// clients reach the exec-server through any of them.
+    #[default]
+    Each,
+    /// The relays are one fleet sharing a directory, any of which forwards
+    /// to the others: one registration at a time, at the first relay of the
+    /// list that accepts it, moving on down the list (and round to its
+    /// start) when it is lost or refused.
+    Fleet,
+}
+
 /// Settings for one exec-server.
 #[derive(Debug, Clone)]
 pub struct ExecServerConfig {
@@ -23,6 +37,9 @@ pub struct ExecServerConfig {
     /// TLS): with every one, each registration kept alive on its own, so
     /// that clients reach the exec-server through any of them.
     pub relays: Vec<String>,
+    /// How the exec-server holds [`relays`](Self::relays): a registration
+    /// with each, or one at a time with a fleet.
+    pub relay_mode: RelayMode,
     /// The roots an `https://` relay's certificate is checked against.
     pub relay_tls: proto::tls::TlsSettings,
     /// Address to accept clients on directly, if any.
@@ -141,6 +158,7 @@ impl ExecServerConfig {
             key,
             keys,
             relays: Vec::new(),
+            relay_mode: RelayMode::Each,
             relay_tls: proto::tls::TlsSettings::system(),
             listen: None,
             listen_tls: None,

@@ -115,16 +115,20 @@ fn registry_client(channel: Channel) -> RegistryClient<Channel> {
         .max_encoding_message_size(MAX_GRPC_MESSAGE)
 }
 
-/// Keeps the exec-server registered with `url` until `shutdown`.
-/// `registered` is set to true while a registration is live.
+/// Keeps the exec-server registered with one of `urls` until `shutdown`:
+/// the first that accepts, moving on down the list (and round to its start)
+/// each time a registration is lost or refused. With one URL, that relay
+/// is retried with backoff. `registered` is set to true while a
+/// registration is live.
 pub async fn run(
-    url: String,
+    urls: Vec<String>,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
     registered: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
-    loop {
+    let mut turn = Turns::new(urls.len());
+    while let Some(url) = urls.get(turn.current()) {
         // Each attempt is a span of its own; its outcome is an event on it.
         let attempt = tracing::info_span!(
             parent: None,
@@ -136,42 +140,94 @@ pub async fn run(
             &attempt,
             semconv::rpc(semconv::REGISTRY_SERVICE, semconv::METHOD_REGISTER),
         );
-        semconv::set_on(&attempt, semconv::server(&url));
-        let result = register_once(&url, &ctx, &shutdown, &registered)
+        semconv::set_on(&attempt, semconv::server(url));
+        let result = register_once(url, &ctx, &shutdown, &registered)
             .instrument(attempt.clone())
             .await;
         registered.send_replace(false);
         if shutdown.is_cancelled() {
             return;
         }
+        let was_registered = matches!(result, Ok(true));
+        if was_registered {
+            backoff = Duration::from_millis(100);
+        }
         let long_pause = matches!(&result, Err(e) if e.wants_long_pause());
+        // Another relay of the fleet is tried at once; a pause comes only
+        // after every one has been tried.
+        let round_over = turn.advance(was_registered);
         let pause = if long_pause {
             jittered(ctx.config.replaced_backoff)
-        } else {
+        } else if round_over {
             jittered(backoff)
+        } else {
+            Duration::ZERO
         };
         if let Err(e) = &result {
             semconv::fail(&attempt, e.error_type());
         }
         attempt.in_scope(|| match result {
-            Ok(true) => {
-                tracing::warn!("relay link lost; reconnecting");
-                backoff = Duration::from_millis(100);
-            }
+            Ok(true) => tracing::warn!("relay link lost; reconnecting"),
             Ok(false) => {}
             Err(e) if long_pause => {
                 tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "relay registration ended");
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay registration failed")
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "relay registration failed")
             }
         });
         drop(attempt);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+        if !pause.is_zero() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
         }
-        backoff = (backoff * 2).min(ctx.config.max_backoff);
+        if round_over && !was_registered {
+            backoff = (backoff * 2).min(ctx.config.max_backoff);
+        }
+    }
+}
+
+/// Whose turn it is among a link's relays: a round is over when every
+/// relay has been tried since the last registration (with one relay, after
+/// each attempt).
+#[derive(Debug)]
+struct Turns {
+    len: usize,
+    current: usize,
+    tried: usize,
+}
+
+impl Turns {
+    fn new(len: usize) -> Self {
+        Self {
+            len,
+            current: 0,
+            tried: 0,
+        }
+    }
+
+    /// The relay to try now.
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// Moves to the next relay after an attempt; `registered`: the attempt
+    /// had been registered (a new round starts). Returns whether a round
+    /// is over (time to pause before the next attempt).
+    fn advance(&mut self, registered: bool) -> bool {
+        self.current = (self.current + 1) % self.len.max(1);
+        if registered {
+            self.tried = 0;
+        }
+        self.tried += 1;
+        if self.tried >= self.len {
+            self.tried = 0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -455,5 +511,43 @@ async fn accept(
     };
     if let Err(e) = session::serve(inbound, out_tx, ctx, shutdown, None, Origin::Unknown).await {
         tracing::debug!(error = %e, "session ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Turns;
+
+    #[test]
+    fn one_relay_ends_a_round_with_every_attempt() {
+        let mut turns = Turns::new(1);
+        assert_eq!(turns.current(), 0);
+        assert!(turns.advance(false));
+        assert!(turns.advance(true));
+        assert_eq!(turns.current(), 0);
+    }
+
+    #[test]
+    fn a_fleet_tries_each_relay_in_turn_before_pausing() {
+        let mut turns = Turns::new(3);
+        let mut seen = vec![turns.current()];
+        let mut rounds = Vec::new();
+        for _ in 0..6 {
+            rounds.push(turns.advance(false));
+            seen.push(turns.current());
+        }
+        assert_eq!(seen, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(rounds, [false, false, true, false, false, true]);
+    }
+
+    #[test]
+    fn a_lost_registration_moves_on_at_once_and_starts_a_new_round() {
+        let mut turns = Turns::new(3);
+        assert!(!turns.advance(false)); // 0 refused: 1 next
+        assert!(!turns.advance(true)); // registered at 1, then lost: 2 at once
+        assert_eq!(turns.current(), 2);
+        assert!(!turns.advance(false)); // 2 refused: 0, still in the round
+        assert!(turns.advance(false)); // 0 refused too: every relay tried
+        assert_eq!(turns.current(), 1);
     }
 }

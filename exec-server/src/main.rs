@@ -42,14 +42,18 @@ enum Command {
         key: PathBuf,
     },
     /// Ask each relay whether this exec-server is registered there: exit 0
-    /// when it is at every one, else exit 1 with one line on stderr per
-    /// relay it is not at. Made for container healthchecks: it reads the
-    /// same --relay and --key (or REX_RELAY and REX_KEY) as the server.
+    /// when it is at every one (with --fleet: at one of them), else exit 1
+    /// with one line on stderr per relay it is not at. Made for container
+    /// healthchecks: it reads the same --relay, --fleet and --key (or
+    /// REX_RELAY, REX_RELAY_FLEET and REX_KEY) as the server.
     Health {
         /// The relays the exec-server registers with (repeat it, or a
         /// comma-separated list).
         #[arg(long, env = "REX_RELAY", value_delimiter = ',', required = true)]
         relay: Vec<String>,
+        /// The relays are one fleet: healthy when registered at one.
+        #[arg(long, env = "REX_RELAY_FLEET")]
+        fleet: bool,
         /// For an https:// relay: trust only the CA certificates in FILE
         /// (PEM) [default: the system's].
         #[arg(long, env = "REX_CA", value_name = "FILE")]
@@ -76,6 +80,13 @@ struct RunArgs {
     /// that cannot be one is refused at start (exit 2).
     #[arg(long, env = "REX_RELAY", value_delimiter = ',')]
     relay: Vec<String>,
+    /// The --relay list is one fleet of relays sharing a directory (`relay
+    /// --directory`), any of which reaches the others: hold one
+    /// registration, at the first relay of the list that accepts it, and
+    /// move on down the list when it is lost (a relay going down costs
+    /// commands in flight a pause, not their run).
+    #[arg(long, env = "REX_RELAY_FLEET")]
+    fleet: bool,
     /// For an https:// relay: trust only the CA certificates in FILE (PEM,
     /// e.g. the ca.pem of `relay tls-init`) [default: the system's].
     #[arg(long, env = "REX_CA", value_name = "FILE")]
@@ -215,11 +226,13 @@ fn main() -> ExitCode {
         },
         Some(Command::Health {
             relay,
+            fleet,
             ca,
             key,
             timeout_secs,
         }) => health(
             &relay,
+            fleet,
             ca.as_deref(),
             &key,
             Duration::from_secs(timeout_secs),
@@ -238,6 +251,7 @@ fn relay_tls(ca: Option<&std::path::Path>) -> Result<proto::tls::TlsSettings, St
 
 fn health(
     relays: &[String],
+    fleet: bool,
     ca: Option<&std::path::Path>,
     key: &std::path::Path,
     timeout: Duration,
@@ -261,11 +275,21 @@ fn health(
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
-    let mut healthy = true;
+    let mut missing = Vec::new();
     for relay in &relays {
         if let Err(e) = runtime.block_on(proto::health::check(relay, &id, timeout, &tls)) {
-            eprintln!("exec-server: server id {id} at {relay}: {e}");
-            healthy = false;
+            missing.push(format!("exec-server: server id {id} at {relay}: {e}"));
+        }
+    }
+    // A fleet's exec-server is registered at one relay of it at a time.
+    let healthy = if fleet {
+        missing.len() < relays.len()
+    } else {
+        missing.is_empty()
+    };
+    if !healthy {
+        for line in &missing {
+            eprintln!("{line}");
         }
     }
     if healthy {
@@ -354,6 +378,9 @@ fn serve(args: RunArgs) -> ExitCode {
         return fail("--tls-cert and --tls-key are for --listen: give --listen ADDR too");
     }
     config.relays = relays;
+    if args.fleet {
+        config.relay_mode = exec_server::config::RelayMode::Fleet;
+    }
     config.listen = args.listen;
     config.max_sessions = args.max_sessions;
     config.max_processes_per_session = args.max_processes;

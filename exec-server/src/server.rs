@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 const CLOCK_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ExecServerConfig;
+use crate::config::{ExecServerConfig, RelayMode};
 use crate::direct::DirectTunnel;
 use crate::link;
 use crate::session::ServerContext;
@@ -125,7 +125,12 @@ pub async fn start(
     let tasks = Tasks::new();
     let sessions = tasks.token().clone();
     let grace = config.shutdown_grace;
-    let relays = config.relays.clone();
+    // One link per relay, or one for the whole fleet.
+    let relays: Vec<Vec<String>> = match config.relay_mode {
+        RelayMode::Each => config.relays.iter().map(|u| vec![u.clone()]).collect(),
+        RelayMode::Fleet if config.relays.is_empty() => Vec::new(),
+        RelayMode::Fleet => vec![config.relays.clone()],
+    };
     let listen = config.listen;
     let ctx = ServerContext::new(config, tasks.clone());
     let server_id = ctx.route.clone();
@@ -220,13 +225,17 @@ pub async fn start(
     let links = relays
         .into_iter()
         .enumerate()
-        .map(|(i, url)| {
+        .map(|(i, urls)| {
             let ctx = Arc::clone(&ctx);
             // The link stops at shutdown; its sessions follow `sessions`.
             let link_shutdown = shutdown.clone();
             let sessions = sessions.clone();
             let (reg_tx, states) = (Arc::clone(&reg_tx), Arc::clone(&states));
-            tasks.spawn(tracing::info_span!("relay link", %url), async move {
+            let span = match urls.as_slice() {
+                [url] => tracing::info_span!("relay link", %url),
+                fleet => tracing::info_span!("relay link", fleet = %fleet.join(",")),
+            };
+            tasks.spawn(span, async move {
                 let (inner_tx, mut inner_rx) = watch::channel(false);
                 let forward = async {
                     while inner_rx.changed().await.is_ok() {
@@ -242,7 +251,7 @@ pub async fn start(
                 };
                 let run = async {
                     tokio::select! {
-                        () = link::run(url, ctx, sessions, inner_tx) => {}
+                        () = link::run(urls, ctx, sessions, inner_tx) => {}
                         () = link_shutdown.cancelled() => {}
                     }
                 };

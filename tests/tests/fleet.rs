@@ -264,26 +264,32 @@ impl Keys {
         relay_url: &str,
         env: &[(&str, &str)],
     ) -> integration_tests::binaries::Proc {
-        let path = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
-        let server = integration_tests::binaries::spawn(
-            "exec-server",
-            &[
-                "--relay",
-                relay_url,
-                "--key",
-                &path("server.key"),
-                "--authorized-keys",
-                &path("authorized_keys"),
-                "--data-dir",
-                &path("data"),
-            ],
-            env,
-        )
-        .unwrap();
+        let server = self.exec_server_with(&["--relay", relay_url], env);
         server
             .wait_for_line("registered with relay", Duration::from_secs(30))
             .unwrap();
         server
+    }
+
+    /// The exec-server binary with `relays` (its `--relay` and `--fleet`
+    /// flags), not yet registered.
+    fn exec_server_with(
+        &self,
+        relays: &[&str],
+        env: &[(&str, &str)],
+    ) -> integration_tests::binaries::Proc {
+        let path = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
+        let mut args = relays.to_vec();
+        let (key, authorized, data) = (path("server.key"), path("authorized_keys"), path("data"));
+        args.extend_from_slice(&[
+            "--key",
+            &key,
+            "--authorized-keys",
+            &authorized,
+            "--data-dir",
+            &data,
+        ]);
+        integration_tests::binaries::spawn("exec-server", &args, env).unwrap()
     }
 }
 
@@ -322,6 +328,132 @@ fn a_killed_relays_entries_vanish_with_its_lease() {
         "the killed relay's entry vanished {:?} after the kill (lease 2 s)",
         killed.elapsed()
     );
+}
+
+/// The home relay killed in the middle of a command: the exec-server
+/// (`--fleet`) registers at the next relay of its list, the directory
+/// follows (the killed relay's lease runs out, the entry stays, naming the
+/// new home), and the command in flight comes back through the client's own
+/// relay: stdin written during the outage reaches it, its output arrives
+/// once, and it ends with its real exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_resumes_when_its_exec_server_moves_to_another_relay_of_the_fleet() {
+    if !etcd::available(
+        "a_command_resumes_when_its_exec_server_moves_to_another_relay_of_the_fleet",
+    ) {
+        return;
+    }
+    let store = Etcd::start().unwrap();
+    let keys = Keys::make();
+    let ttl = ["--directory-ttl-secs", "2"];
+    let (_a, a_url) = keys.relay(&store, &ttl, &[]);
+    let (mut b, b_url) = keys.relay(&store, &ttl, &[]);
+    let fleet_list = format!("{b_url},{a_url}");
+    let server = keys.exec_server_with(&["--fleet", "--relay", &fleet_list], &[]);
+    let registered_at = |want: &str| {
+        let line = server
+            .wait_for_line("registered with relay", Duration::from_secs(30))
+            .unwrap();
+        assert!(line.contains(want), "registered elsewhere: {line}");
+    };
+    registered_at(&b_url);
+    let id = keys.server_key().server_id();
+    let entry_names = |relay: &str| {
+        store
+            .ctl(&["get", "--print-value-only", &format!("/rex/servers/{id}")])
+            .unwrap()
+            .contains(&format!("\"relay\":\"{relay}\""))
+    };
+    let names_within = |relay: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !entry_names(relay) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        entry_names(relay)
+    };
+    assert!(names_within(&b_url), "the first home is B");
+
+    let mut config = ClientConfig::new(
+        keys.client(),
+        keys.server_key(),
+        Target::Relay(a_url.clone()),
+    );
+    config.resume = Some(Duration::from_secs(60));
+    config.resume_events = true;
+    let client = Client::new(config);
+    // A's copy of the directory learns the route (the first command waits
+    // until it has).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.output(ExecSpec::new(["echo", "ok"])).await {
+            Ok(Ok(out)) if out.stdout == b"ok\n" => break,
+            other if std::time::Instant::now() > deadline => panic!("no route via A: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut spec = ExecSpec::new([
+        "sh",
+        "-c",
+        "echo started; read line; echo \"got $line\"; exit 7",
+    ]);
+    spec.stdin = true;
+    let mut exec = client.exec(spec).await.unwrap();
+    let mut stdout = Vec::new();
+    while !stdout.ends_with(b"started\n") {
+        match tokio::time::timeout(Duration::from_secs(30), exec.next()).await {
+            Ok(Some(rex_client::Event::Stdout(d))) => stdout.extend_from_slice(&d),
+            Ok(Some(rex_client::Event::Started { .. })) => {}
+            other => panic!("before the kill: {other:?}"),
+        }
+    }
+
+    // B dies with no goodbye; the command's link (client → A → B) breaks.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    registered_at(&a_url);
+    eprintln!(
+        "the exec-server registered at A {:?} after the kill",
+        killed.elapsed()
+    );
+    exec.write_stdin(b"hello\n").await.unwrap();
+    let mut status = None;
+    let mut reconnecting = 0;
+    let mut resumed = 0;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(90), exec.next())
+        .await
+        .expect("the command never came back")
+    {
+        match event {
+            rex_client::Event::Stdout(d) => stdout.extend_from_slice(&d),
+            rex_client::Event::Exited(s) => status = Some(s),
+            rex_client::Event::Reconnecting => reconnecting += 1,
+            rex_client::Event::Resumed => {
+                resumed += 1;
+                eprintln!(
+                    "the command came back {:?} after the kill",
+                    killed.elapsed()
+                );
+            }
+            rex_client::Event::Failed(f) => panic!("the command failed: {f}"),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&stdout), "started\ngot hello\n");
+    assert_eq!(status, Some(ExitStatus::Code(7)));
+    assert_eq!((reconnecting, resumed), (1, 1));
+    assert_eq!(exec.resumes(), 1);
+
+    // The killed relay's lease runs out; the entry is A's, and stays.
+    assert!(names_within(&a_url), "the entry should name the new home");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(entry_names(&a_url), "B's expired lease took A's entry");
+    let again = client
+        .output(ExecSpec::new(["echo", "ok"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.stdout, b"ok\n");
 }
 
 /// What `yes {tag} | head -c {len}` prints.
