@@ -471,6 +471,13 @@ async fn registrations(
         }
     }
     // The rest, `at_once` at a time.
+    let writes = || {
+        relays
+            .iter()
+            .map(|r| r.directory().map_or(0, |d| d.stats().writes))
+            .collect::<Vec<_>>()
+    };
+    let writes_before = writes();
     let burst_started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = opts.paced;
@@ -507,6 +514,11 @@ async fn registrations(
         .map_err(|e| format!("visibility thread: {e}"))?
         .map_err(|_| "the visibility thread panicked".to_owned())??;
     let burst_visible = burst_started.elapsed();
+    let burst_writes: Vec<u64> = writes()
+        .iter()
+        .zip(&writes_before)
+        .map(|(after, before)| after - before)
+        .collect();
     result?;
 
     let burst = opts.servers - opts.paced;
@@ -521,6 +533,20 @@ async fn registrations(
             opts.at_once,
             burst_accepted.as_secs_f64(),
             burst as f64 / burst_accepted.as_secs_f64().max(1e-9),
+            burst_visible.as_secs_f64(),
+        ),
+    );
+    let per_relay: Vec<String> = burst_writes.iter().map(u64::to_string).collect();
+    table.row(
+        "directory writes in the burst",
+        format!(
+            "{} by the {RELAYS} relays ({}), each relay one put at a time: {:.0} puts/s per relay \
+             over the {:.2} s until all were seen",
+            burst_writes.iter().sum::<u64>(),
+            per_relay.join(", "),
+            burst_writes.iter().sum::<u64>() as f64
+                / RELAYS as f64
+                / burst_visible.as_secs_f64().max(1e-9),
             burst_visible.as_secs_f64(),
         ),
     );
@@ -707,9 +733,11 @@ async fn forwarding(
         table.row(
             format!("bulk {mib:.0} MiB {label}"),
             format!(
-                "{:.0} MiB/s (rounds {lo:.0}–{hi:.0}); this process's CPU {:.2} s/GiB",
+                "{:.0} MiB/s (rounds {lo:.0}–{hi:.0}); this process's CPU {:.2} s/GiB, \
+                 i.e. {:.2} cores busy",
                 median(&s.values),
-                median(c)
+                median(c),
+                median(&s.values) / 1024.0 * median(c)
             ),
         );
     }
@@ -829,12 +857,19 @@ async fn bench(opts: Options, etcd_url: String) -> Result<bool, String> {
         "etcd_disk_wal_fsync_duration_seconds_count",
         "",
     );
+    let fsync_secs = delta(
+        &empty,
+        &full,
+        "etcd_disk_wal_fsync_duration_seconds_sum",
+        "",
+    );
     let db = |m: &Metrics| m.sum("etcd_mvcc_db_total_size_in_use_in_bytes", "");
     table.row(
         "etcd, registering",
         format!(
-            "{puts:.0} puts in {fsyncs:.0} WAL fsyncs; database in use {:.2} → {:.2} MiB, \
-             resident {:.1} → {:.1} MiB",
+            "{puts:.0} puts in {fsyncs:.0} WAL fsyncs (mean fsync {:.2} ms); database in use \
+             {:.2} → {:.2} MiB, resident {:.1} → {:.1} MiB",
+            fsync_secs * 1e3 / fsyncs.max(1.0),
             db(&empty) / MIB,
             db(&full) / MIB,
             empty.sum("process_resident_memory_bytes", "") / MIB,
