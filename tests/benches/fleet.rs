@@ -155,6 +155,7 @@ struct Pending {
 /// One registration's visibility: at the first other relay, and at both.
 struct Visible {
     phase: Phase,
+    accepted: Instant,
     first: Duration,
     everywhere: Duration,
 }
@@ -229,6 +230,7 @@ fn watch_visibility(
             }
             visible.push(Visible {
                 phase: p.phase,
+                accepted: p.accepted,
                 first: seen.iter().copied().min().unwrap_or_default(),
                 everywhere: seen.iter().copied().max().unwrap_or_default(),
             });
@@ -581,6 +583,29 @@ async fn registrations(
                 spread_ms(&everywhere),
                 percentile(&first, 0.5) / 1e3
             ),
+        );
+    }
+    // Whether entries are written in the order accepted: the burst's
+    // visibility by quarter of acceptance (first to last).
+    let mut burst: Vec<&Visible> = sweeps
+        .visible
+        .iter()
+        .filter(|v| v.phase == Phase::Burst)
+        .collect();
+    burst.sort_by_key(|v| v.accepted);
+    let quarter = burst.len() / 4;
+    if quarter > 0 {
+        let p50s: Vec<String> = burst
+            .chunks(quarter)
+            .take(4)
+            .map(|q| {
+                let times: Vec<Duration> = q.iter().map(|v| v.everywhere).collect();
+                format!("{:.1}", percentile(&times, 0.5) / 1e3)
+            })
+            .collect();
+        table.row(
+            "visibility in the burst by quarter of acceptance, first to last",
+            format!("p50 {} ms", p50s.join(" / ")),
         );
     }
     Ok(held)
