@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds the compose stack's images with no registry: statically linked
-# binaries (glibc, crt-static) and a static busybox, each image FROM scratch.
+# binaries (glibc, crt-static) and a static busybox, each image FROM scratch;
+# and, for the fleet of relays (docker-compose.fleet.yml), an etcd image of
+# this machine's etcd and etcdctl with the C library they are linked to.
 #
 #   scripts/compose-build.sh            # rex-relay:local, rex-exec-server:local,
-#                                       # rex-core-client:local, rex-trace-sink:local
+#                                       # rex-core-client:local, rex-trace-sink:local,
+#                                       # rex-etcd:local
 #
 # REX_IMAGE_PREFIX changes the images' name prefix (default "rex").
-# Needs: cargo, docker, and a static busybox (Debian: busybox-static).
+# Needs: cargo, docker, a static busybox (Debian: busybox-static), and
+# etcd and etcdctl (Debian: etcd-server, etcd-client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,11 @@ fi
 [ -n "$busybox" ] && is_static "$busybox" \
     || die "no static busybox found (install Debian's busybox-static, or set BUSYBOX=PATH)"
 
+for tool in etcd etcdctl; do
+    command -v "$tool" >/dev/null \
+        || die "no $tool found (install Debian's etcd-server and etcd-client)"
+done
+
 echo "== static binaries ($target, crt-static)"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --release --locked --target "$target" \
@@ -45,8 +54,20 @@ for bin in relay exec-server core-client trace-sink; do
 done
 cp "$busybox" "$context/busybox"
 
+# etcd's image: its two programs and every library they load (by the path
+# they are loaded from), and a data directory that only its user reads.
+root="$context/etcd-root"
+for tool in etcd etcdctl; do
+    bin=$(command -v "$tool")
+    install -D -m 0755 "$bin" "$root/usr/bin/$tool"
+    for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+        [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+    done
+done
+install -d -m 0700 "$context/etcd-data"
+
 echo "== images"
-for image in relay exec-server core-client trace-sink; do
+for image in relay exec-server core-client trace-sink etcd; do
     # The output (and the legacy builder's deprecation notice) is shown
     # only when the build fails.
     if ! out=$(docker build --quiet -f "docker/$image.Dockerfile" -t "$prefix-$image:local" "$context" 2>&1); then

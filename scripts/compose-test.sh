@@ -12,7 +12,9 @@
 # the same tests against real Jaeger. Extra arguments go to the test
 # binary (e.g. a test name filter). Then the stack is brought up again
 # with TLS between the containers (docker-compose.tls.yml: certificates
-# made at start-up) and the TLS test runs against it (REX_COMPOSE_TLS=1).
+# made at start-up) and the TLS test runs against it (REX_COMPOSE_TLS=1);
+# last, as a fleet of two relays on etcd (docker-compose.fleet.yml) for the
+# fleet's tests (REX_COMPOSE_FLEET=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,3 +89,16 @@ REX_COMPOSE_FILE="$PWD/docker-compose.yml:$PWD/docker-compose.tls.yml" \
 REX_COMPOSE_TLS=1 \
 REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
     cargo test --locked --workspace --test compose -- --nocapture tls_
+
+echo "== the stack again, a fleet of two relays on etcd (docker-compose.fleet.yml)"
+files=(-f docker-compose.yml -f docker-compose.fleet.yml)
+dc up -d jaeger etcd relay relay-b exec-server
+dc run --rm -T core-client
+
+echo "== compose tests of the fleet"
+REX_COMPOSE="$compose" \
+REX_COMPOSE_PROJECT="$project" \
+REX_COMPOSE_FILE="$PWD/docker-compose.yml:$PWD/docker-compose.fleet.yml" \
+REX_COMPOSE_FLEET=1 \
+REX_JAEGER_URL="http://127.0.0.1:$JAEGER_UI_PORT" \
+    cargo test --locked --workspace --test compose -- --nocapture fleet_

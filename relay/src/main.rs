@@ -142,7 +142,7 @@ struct Args {
     directory_prefix: String,
     /// Seconds the relay's directory lease lives without a keep-alive
     /// (renewed every third of it).
-    #[arg(long, default_value_t = relay::directory::DEFAULT_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(2..=300), requires = "directory")]
+    #[arg(long, env = "REX_RELAY_DIRECTORY_TTL_SECS", default_value_t = relay::directory::DEFAULT_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(2..=300), requires = "directory")]
     directory_ttl_secs: u64,
     /// For https:// directory endpoints: trust only the CA certificates in
     /// FILE (PEM) [default: the system's].
@@ -206,6 +206,10 @@ enum Command {
         /// The file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// If FILE already holds a fleet key, keep it and succeed (for
+        /// start-up scripts).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Make a private CA and a TLS certificate for the relay, signed by
     /// it, in DIR: ca.pem (give it to clients and exec-servers: --ca
@@ -256,7 +260,7 @@ fn main() -> ExitCode {
                 if_missing,
             });
         }
-        Some(Command::FleetKey { out }) => return fleet_key(&out),
+        Some(Command::FleetKey { out, if_missing }) => return fleet_key(&out, if_missing),
         None => {}
     }
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -461,7 +465,21 @@ fn fleet_config(args: &Args) -> Result<Option<FleetConfig>, String> {
     }))
 }
 
-fn fleet_key(out: &std::path::Path) -> ExitCode {
+fn fleet_key(out: &std::path::Path, if_missing: bool) -> ExitCode {
+    if if_missing && out.exists() {
+        // Kept only if it is one: a file that is not fails here, not at
+        // the relay's start.
+        return match relay::fleet::Fleet::from_file(out) {
+            Ok(_) => {
+                println!("{}: a fleet key is already there; kept", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay: fleet-key: {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let written = proto::keys::StaticKeypair::generate().and_then(|k| k.write_file(out));
     match written {
         Ok(()) => {

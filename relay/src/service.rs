@@ -164,6 +164,7 @@ impl RelayState {
             idle_timeout: self.config.idle_timeout,
             handshake_timeout: self.config.handshake_timeout,
             hop_headers: self.config.hop_headers,
+            from_peer: false,
         }
     }
 }
@@ -368,12 +369,16 @@ impl Tunnel for TunnelService {
             buffers.clone(),
             None,
         );
+        let down_limits = SpliceLimits {
+            from_peer: forwarded_to.is_some(),
+            ..limits
+        };
         let down = splice::pump(
             half.inbound,
             client_tx,
             Direction::ToClient,
             session,
-            limits,
+            down_limits,
             buffers,
             Some(startup),
         );

@@ -121,7 +121,20 @@ pub struct SpliceLimits {
     pub handshake_timeout: Duration,
     /// Whether hop headers are honoured (otherwise they are stripped).
     pub hop_headers: bool,
+    /// The source (toward the client) is the relay of the fleet this one
+    /// forwarded the session to. When the session ends from the client's
+    /// side, what that relay still sends is read and dropped, for at most
+    /// [`PEER_DRAIN`], until it ends its stream: the frames queued toward
+    /// it (the client's last ones, its close) are then sent before the
+    /// stream is let go (letting go of it first would reset the stream and
+    /// lose them, and the exec-server would take the end for a broken
+    /// link).
+    pub from_peer: bool,
 }
+
+/// How long a session forwarded to another relay waits for that relay to
+/// end its stream once the client's side has ended.
+pub const PEER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Totals for one direction of a finished session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +336,15 @@ fn start_forward(
     })
 }
 
+/// Reads and drops what `from` still sends until it ends, for at most
+/// `within`.
+async fn drain(from: &mut Streaming<Frame>, within: Duration) {
+    let _ = tokio::time::timeout(within, async {
+        while let Ok(Some(_)) = from.message().await {}
+    })
+    .await;
+}
+
 /// Handshake message 1, which the relay reads with the stream's opening
 /// (it may carry the session's first call, early data): checked as every
 /// frame is (`None`: it breaks the protocol) and, with a hop header,
@@ -500,6 +522,9 @@ pub async fn pump(
             break PumpEnd::SourceClosed;
         }
     };
+    if end == PumpEnd::Cancelled && limits.from_peer && dir == Direction::ToClient {
+        drain(&mut from, PEER_DRAIN).await;
+    }
     // Tell the other side why, when it is still there and did not cause it.
     let reason = match end {
         PumpEnd::SourceFailed => Some(CloseReason::PeerGone),
@@ -524,6 +549,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(1),
             hop_headers: hop,
+            from_peer: false,
         }
     }
 

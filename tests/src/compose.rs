@@ -7,7 +7,9 @@
 //! compose file, or several joined by `:` as compose's own `COMPOSE_FILE`
 //! takes them) and `REX_JAEGER_URL` (the Jaeger query API), and
 //! `REX_COMPOSE_TLS=1` when the stack runs with TLS between the
-//! containers (`docker-compose.tls.yml`). Without them
+//! containers (`docker-compose.tls.yml`), `REX_COMPOSE_FLEET=1` when it
+//! runs as a fleet of two relays on etcd (`docker-compose.fleet.yml`).
+//! Without them
 //! [`ComposeStack::from_env`] returns `None` and the tests skip.
 
 use std::io::{BufRead, BufReader};
@@ -21,6 +23,9 @@ use crate::error::{FixtureError, Result};
 /// The long-running services of the stack.
 pub const SERVICES: [&str; 3] = ["jaeger", "relay", "exec-server"];
 
+/// The long-running services of the fleet's stack.
+pub const FLEET_SERVICES: [&str; 5] = ["jaeger", "etcd", "relay", "relay-b", "exec-server"];
+
 /// A compose stack brought up by `scripts/compose-test.sh`.
 #[derive(Debug, Clone)]
 pub struct ComposeStack {
@@ -31,6 +36,8 @@ pub struct ComposeStack {
     pub jaeger_url: String,
     /// Whether the links between the containers use TLS.
     pub tls: bool,
+    /// Whether the stack is a fleet of two relays on etcd.
+    pub fleet: bool,
 }
 
 impl ComposeStack {
@@ -62,6 +69,7 @@ impl ComposeStack {
                 .collect(),
             jaeger_url: var("REX_JAEGER_URL")?,
             tls: std::env::var("REX_COMPOSE_TLS").is_ok_and(|v| v == "1"),
+            fleet: std::env::var("REX_COMPOSE_FLEET").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -199,15 +207,15 @@ impl ComposeStack {
     /// Starts whatever of the long-running services is not running and
     /// waits (bounded) until all are healthy.
     pub fn ensure_up(&self, within: Duration) -> Result<()> {
-        self.run(&[
-            "up",
-            "-d",
-            "--no-recreate",
-            "jaeger",
-            "relay",
-            "exec-server",
-        ])?;
-        self.wait_healthy(&SERVICES, within)
+        let services: &[&str] = if self.fleet {
+            &FLEET_SERVICES
+        } else {
+            &SERVICES
+        };
+        let mut args = vec!["up", "-d", "--no-recreate"];
+        args.extend_from_slice(services);
+        self.run(&args)?;
+        self.wait_healthy(services, within)
     }
 
     /// Waits (bounded) until each of `services` reports healthy.

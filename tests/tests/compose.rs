@@ -6,7 +6,11 @@
 //! exec-server killed that end it clearly, and the relay never holding a
 //! command's plaintext; and, with
 //! `docker-compose.tls.yml` added (`REX_COMPOSE_TLS=1`), a command and
-//! its trace over TLS between the containers.
+//! its trace over TLS between the containers; and with
+//! `docker-compose.fleet.yml` added (`REX_COMPOSE_FLEET=1`), a fleet of two
+//! relays on etcd: a command forwarded from one to the other, byte-exact,
+//! as one trace holding both; the home relay killed mid-command, the
+//! command resuming through the other; etcd stopped and started again.
 //!
 //! These run from `scripts/compose-test.sh`, which builds the images,
 //! brings the stack up, names it in the environment and tears it down.
@@ -28,6 +32,8 @@ use integration_tests::{memory, trace_check};
 const RECOVER: Duration = Duration::from_secs(120);
 /// How long a one-off core-client container may take to start and print.
 const START: Duration = Duration::from_secs(60);
+/// The services whose spans a command's trace holds.
+const THREE: [&str; 3] = ["core-client", "exec-server", "relay"];
 
 /// The stack is shared: one test at a time.
 static STACK: Mutex<()> = Mutex::new(());
@@ -174,24 +180,24 @@ fn assert_client_spans_once(spans: &[QueriedSpan]) {
     );
 }
 
-/// The trace's spans once every stage from all three services is in
+/// The trace's spans once every stage from each of `services` is in
 /// Jaeger and no more arrive (bounded).
-async fn settled_trace(query: &JaegerQuery, trace_id: &str) -> Vec<QueriedSpan> {
+async fn settled_trace(query: &JaegerQuery, trace_id: &str, services: &[&str]) -> Vec<QueriedSpan> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last: Option<usize> = None;
     loop {
         let spans = query.trace(trace_id).await.unwrap().unwrap_or_default();
-        let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+        let seen: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
         // The CLI's cli.run leaves in its last export, after the rest.
         let complete = trace_check::has_all_stages(&spans)
-            && services.len() == 3
+            && services.iter().all(|s| seen.contains(s))
             && spans.iter().any(|s| s.name == telemetry::spans::CLI_RUN);
         if complete && last == Some(spans.len()) {
             return spans;
         }
         assert!(
             Instant::now() < deadline,
-            "trace {trace_id} incomplete in Jaeger after 60 s: {} spans from {services:?}",
+            "trace {trace_id} incomplete in Jaeger after 60 s: {} spans from {seen:?}",
             spans.len()
         );
         last = complete.then_some(spans.len());
@@ -226,7 +232,7 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
         .unwrap();
     runtime.block_on(async {
         let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
-        let spans = settled_trace(&query, &trace_id).await;
+        let spans = settled_trace(&query, &trace_id, &THREE).await;
 
         // One trace, one root, parented as docs/spans.md says; the
         // client's spans came through its sessions (it has no route to
@@ -552,7 +558,7 @@ fn tls_between_the_containers_runs_a_command_as_one_trace() {
         .unwrap();
     runtime.block_on(async {
         let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
-        let spans = settled_trace(&query, &trace_id).await;
+        let spans = settled_trace(&query, &trace_id, &THREE).await;
         assert!(spans.iter().all(|s| s.trace_id == trace_id));
         assert_client_spans_once(&spans);
         let roots = trace_check::roots(&spans);
@@ -573,4 +579,265 @@ fn tls_between_the_containers_runs_a_command_as_one_trace() {
     let lines = client_lines(&stderr);
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("serves TLS only"), "{stderr}");
+}
+
+/// The fleet's tests run with docker-compose.fleet.yml; elsewhere they say
+/// so and skip.
+fn fleet_stack() -> Option<(ComposeStack, MutexGuard<'static, ()>)> {
+    let (stack, guard) = stack()?;
+    if !stack.fleet {
+        eprintln!(
+            "the fleet's compose tests run with docker-compose.fleet.yml (REX_COMPOSE_FLEET=1): \
+             skipped"
+        );
+        return None;
+    }
+    Some((stack, guard))
+}
+
+/// `etcdctl` in the etcd container; its output.
+fn etcdctl(stack: &ComposeStack, args: &[&str]) -> String {
+    let mut all = vec![
+        "exec",
+        "-T",
+        "etcd",
+        "/usr/bin/etcdctl",
+        "--endpoints=http://127.0.0.1:2379",
+    ];
+    all.extend_from_slice(args);
+    let out = stack.run(&all).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The relay the directory names for the exec-server (the stack's only
+/// one), if any.
+fn home(stack: &ComposeStack) -> Option<String> {
+    let value = etcdctl(
+        stack,
+        &["get", "--prefix", "--print-value-only", "/rex/servers/"],
+    );
+    let entry: serde_json::Value = serde_json::from_str(value.trim()).ok()?;
+    entry["relay"].as_str().map(str::to_owned)
+}
+
+/// The lease the exec-server's entry is under (none when there is no
+/// entry).
+fn entry_lease(stack: &ComposeStack) -> Option<i64> {
+    let out = etcdctl(stack, &["get", "--prefix", "-w", "json", "/rex/servers/"]);
+    let got: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    got["kvs"][0]["lease"].as_i64()
+}
+
+/// Waits (bounded) until the directory names `relay` as the exec-server's
+/// home.
+fn home_becomes(stack: &ComposeStack, relay: &str) {
+    let deadline = Instant::now() + RECOVER;
+    while home(stack).as_deref() != Some(relay) {
+        assert!(
+            Instant::now() < deadline,
+            "the directory names {:?}, not {relay}",
+            home(stack)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The exec-server at relay-b, where the stack puts it (a test that moved
+/// it has it start again, so that it registers at the head of its list).
+fn home_at_relay_b(stack: &ComposeStack) {
+    if home(stack).as_deref() != Some("http://relay-b:7600") {
+        stack.run(&["restart", "-t", "2", "exec-server"]).unwrap();
+        stack.wait_healthy(&["exec-server"], RECOVER).unwrap();
+    }
+    home_becomes(stack, "http://relay-b:7600");
+    // The client's relay has the route (its copy follows the store).
+    succeeds_within(stack, RECOVER);
+}
+
+#[test]
+fn fleet_a_command_through_one_relay_reaches_the_exec_server_at_the_other_as_one_trace() {
+    let Some((stack, _guard)) = fleet_stack() else {
+        return;
+    };
+    home_at_relay_b(&stack);
+    // The client cannot reach relay-b: `relay` forwards its session.
+    assert!(
+        !stack.networks("relay-b").unwrap().iter().any(|n| stack
+            .networks("core-client")
+            .unwrap_or_default()
+            .contains(n)),
+        "relay-b shares a network with the clients"
+    );
+    let out = stack
+        .exec(
+            &["--print-trace-id"],
+            &[
+                "sh",
+                "-c",
+                "printf 'two\\trelays\\000\\377'; head -c 300000 /dev/zero; exit 6",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut expected = b"two\trelays\0\xff".to_vec();
+    expected.extend(std::iter::repeat_n(0u8, 300_000));
+    assert!(
+        out.stdout == expected,
+        "{} bytes; {stderr}",
+        out.stdout.len()
+    );
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let trace_id = client_lines(&stderr)
+        .into_iter()
+        .find_map(|l| l.strip_prefix("core-client: trace "))
+        .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
+        .trim()
+        .to_owned();
+    carry_the_last_spans(&stack);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
+        let spans = settled_trace(
+            &query,
+            &trace_id,
+            &["core-client", "exec-server", "relay", "relay-b"],
+        )
+        .await;
+        assert_client_spans_once(&spans);
+        let roots = trace_check::roots(&spans);
+        assert_eq!(roots.len(), 1, "one root: {roots:?}");
+        assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
+        trace_check::assert_cli_run_tiles(&spans);
+        // The leg between the relays: toward the exec-server relay-b's
+        // forward of a frame is a child of relay's, toward the client
+        // relay's a child of relay-b's.
+        let forwards = |service: &str, direction: &str| -> Vec<&QueriedSpan> {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.service == service
+                        && s.name == telemetry::spans::RELAY_FORWARD
+                        && s.attr_str("rex.direction") == Some(direction)
+                })
+                .collect()
+        };
+        let under = |child: &str, parent: &str, direction: &str| {
+            let parents: BTreeSet<&str> = forwards(parent, direction)
+                .iter()
+                .map(|s| s.span_id.as_str())
+                .collect();
+            forwards(child, direction)
+                .iter()
+                .filter(|s| {
+                    s.parent_span_id
+                        .as_deref()
+                        .is_some_and(|p| parents.contains(p))
+                })
+                .count()
+        };
+        assert!(
+            under("relay-b", "relay", "to_server") >= 1,
+            "no relay-b forward toward the exec-server under relay's"
+        );
+        assert!(
+            under("relay", "relay-b", "to_client") >= 1,
+            "no relay forward toward the client under relay-b's"
+        );
+    });
+}
+
+#[test]
+fn fleet_the_home_relay_killed_mid_command_and_the_command_resumes_through_the_other() {
+    let Some((stack, _guard)) = fleet_stack() else {
+        return;
+    };
+    home_at_relay_b(&stack);
+    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
+                  sleep 0.25; done; exit 5";
+    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
+    running.wait_for_line("started", START).unwrap();
+
+    // The home relay dies with no goodbye: the exec-server moves to the
+    // next relay of its list, and the command comes back through the
+    // client's relay, every line once, in order.
+    stack.run(&["kill", "relay-b"]).unwrap();
+    let killed = Instant::now();
+    let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for i in 0..40 {
+            let line = running.next_line(RECOVER).unwrap();
+            assert_eq!(line, format!("line-{i}"), "every line once, in order");
+        }
+        let ended = running.wait(RECOVER).unwrap();
+        assert_eq!(ended.code, Some(5), "{}", ended.stderr);
+        assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
+        // The directory names the new home (relay-b's lease has run out
+        // or been overwritten).
+        home_becomes(&stack, "http://relay:7600");
+        eprintln!(
+            "fleet: the command in flight ended {:?} after the kill",
+            killed.elapsed()
+        );
+    }));
+    // relay-b back before judging, so that a failure leaves the stack whole.
+    stack.run(&["start", "relay-b"]).unwrap();
+    stack.wait_healthy(&["relay-b"], RECOVER).unwrap();
+    if let Err(panic) = judged {
+        std::panic::resume_unwind(panic);
+    }
+    // relay-b back, the exec-server stays where it is and is served.
+    let out = stack.exec(&[], &["echo", "after"]).output().unwrap();
+    assert_eq!(
+        out.stdout,
+        b"after\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fleet_without_etcd_routes_known_keep_working_and_the_directory_comes_back() {
+    let Some((stack, _guard)) = fleet_stack() else {
+        return;
+    };
+    home_at_relay_b(&stack);
+    let lease = entry_lease(&stack).expect("the entry has a lease");
+    stack.run(&["stop", "-t", "2", "etcd"]).unwrap();
+    let judged = std::panic::catch_unwind(|| {
+        // Both relays have lost the store; the route relay has is still
+        // good, and the forwarded command runs.
+        for i in 0..3 {
+            let out = stack
+                .exec(&[], &["sh", "-c", &format!("echo no-store-{i}")])
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.stdout,
+                format!("no-store-{i}\n").into_bytes(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    stack.run(&["start", "etcd"]).unwrap();
+    stack.wait_healthy(&["etcd"], RECOVER).unwrap();
+    if let Err(panic) = judged {
+        std::panic::resume_unwind(panic);
+    }
+    // The store is back: relay-b writes its entry again under a fresh
+    // lease, and commands still go through.
+    let deadline = Instant::now() + RECOVER;
+    while entry_lease(&stack).is_none_or(|l| l == lease) {
+        assert!(
+            Instant::now() < deadline,
+            "the entry was not written again under a new lease"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    home_becomes(&stack, "http://relay-b:7600");
+    let took = succeeds_within(&stack, RECOVER);
+    eprintln!("fleet: commands through the fleet {took:?} after etcd was back");
 }

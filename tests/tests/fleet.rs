@@ -293,6 +293,37 @@ impl Keys {
     }
 }
 
+/// `relay fleet-key` never overwrites a key; with `--if-missing` it keeps
+/// one that is there (for start-up scripts) and refuses a file that is not
+/// one.
+#[test]
+fn fleet_key_is_made_once_and_kept() {
+    use integration_tests::binaries;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fleet.key");
+    let make = |extra: &[&str]| {
+        let mut args = vec!["fleet-key", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        std::process::Command::new(binaries::path("relay").unwrap())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    assert!(make(&[]).status.success());
+    let first = std::fs::read(&out).unwrap();
+    let again = make(&[]);
+    assert!(!again.status.success(), "overwrote a fleet key: {again:?}");
+    let kept = make(&["--if-missing"]);
+    assert!(kept.status.success(), "{kept:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), first, "the key changed");
+    std::fs::write(&out, "not a key\n").unwrap();
+    let refused = make(&["--if-missing"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("fleet.key"), "{stderr}");
+}
+
 #[test]
 fn a_killed_relays_entries_vanish_with_its_lease() {
     if !etcd::available("a_killed_relays_entries_vanish_with_its_lease") {
@@ -811,6 +842,40 @@ async fn both_relays_of_a_forwarded_session_are_in_its_trace() {
     assert!(
         chained >= 2,
         "no relay.forward child of another (one per direction at least): {forwards:#?}"
+    );
+}
+
+/// A forwarded session its client closes ends cleanly at the exec-server:
+/// the client's last frames and its close cross both relays before the
+/// link between them is let go, so nothing is held there for a resume that
+/// will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_session_the_client_closes_ends_cleanly_at_the_exec_server() {
+    if !etcd::available("a_forwarded_session_the_client_closes_ends_cleanly_at_the_exec_server") {
+        return;
+    }
+    let fleet = Fleet::start().await;
+    let mut config = ClientConfig::new(
+        fleet.client.clone(),
+        fleet.server.key.public(),
+        Target::Relay(fleet.a.url()),
+    );
+    config.resume = Some(Duration::from_secs(60));
+    let client = Client::new(config);
+    let unacked = std::sync::Arc::clone(fleet.server.handle.unacked());
+    for _ in 0..3 {
+        let out = client
+            .output(ExecSpec::new(["head", "-c", "300000", "/dev/zero"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.stdout.len(), 300_000);
+        client.close().await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || unacked.used() == 0).await,
+        "the exec-server holds {} bytes for sessions that were closed",
+        unacked.used()
     );
 }
 
