@@ -107,27 +107,42 @@ impl Route {
     }
 }
 
-/// A call's relay forwards, bounded: the first toward the exec-server (the
-/// exec request's), the latest toward the client (at the end, the final
-/// event's), and a few others.
+/// A call's relay forwards, bounded: for each relay of the session's path
+/// (the client's, and the one a fleet forwarded the session to), the first
+/// toward the exec-server (the exec request's) and the latest toward the
+/// client (at the end, the final event's); and a few others.
 #[derive(Debug, Default)]
 struct RelayTimings {
+    ends: [RelayEnds; 2],
+    others: Vec<HopTiming>,
+}
+
+/// One relay's first forward toward the exec-server and latest toward the
+/// client.
+#[derive(Debug, Default)]
+struct RelayEnds {
     out: Option<HopTiming>,
     back: Option<HopTiming>,
-    others: Vec<HopTiming>,
 }
 
 impl RelayTimings {
     fn add(&mut self, t: HopTiming) {
+        // A third relay is none of a session's path: not kept.
+        let Some(ends) = usize::try_from(t.path_hop)
+            .ok()
+            .and_then(|i| self.ends.get_mut(i))
+        else {
+            return;
+        };
         let other = if t.direction == HopDirection::ToServer as i32 {
-            match &self.out {
+            match &ends.out {
                 Some(first) if first.arrived_unix_nanos <= t.arrived_unix_nanos => Some(t),
-                _ => self.out.replace(t),
+                _ => ends.out.replace(t),
             }
         } else {
-            match &self.back {
+            match &ends.back {
                 Some(latest) if latest.arrived_unix_nanos > t.arrived_unix_nanos => Some(t),
-                _ => self.back.replace(t),
+                _ => ends.back.replace(t),
             }
         };
         if let Some(o) = other
@@ -137,10 +152,21 @@ impl RelayTimings {
         }
     }
 
+    /// Whether one of the forwards kept is span `span_id`.
+    fn holds(&self, span_id: u64) -> bool {
+        span_id != 0
+            && self
+                .ends
+                .iter()
+                .flat_map(|e| e.out.iter().chain(e.back.iter()))
+                .chain(self.others.iter())
+                .any(|t| t.span_id == span_id)
+    }
+
     fn all(&self) -> Vec<HopTiming> {
-        self.out
+        self.ends
             .iter()
-            .chain(self.back.iter())
+            .flat_map(|e| e.out.iter().chain(e.back.iter()))
             .chain(self.others.iter())
             .cloned()
             .collect()
@@ -588,12 +614,25 @@ impl Router {
         let call_id = ev.call_id;
         // The relay's timings go to the calls they name (a frame may hold
         // several calls' messages), once.
+        let mut chained = Vec::new();
         for timing in std::mem::take(&mut ev.received.relay) {
             let named = SpanId::from_bytes(timing.parent_span_id.to_be_bytes());
-            if let Some(route) = self
+            match self
                 .calls
                 .values_mut()
                 .find(|r| r.parent.span().span_context().span_id() == named)
+            {
+                Some(route) => route.relay.add(timing),
+                None => chained.push(timing),
+            }
+        }
+        // Through two relays of a fleet, a relay's forward may name the
+        // other relay's forward of the same frame: it goes to that call.
+        for timing in chained {
+            if let Some(route) = self
+                .calls
+                .values_mut()
+                .find(|r| r.relay.holds(timing.parent_span_id))
             {
                 route.relay.add(timing);
             }
@@ -709,8 +748,8 @@ impl Router {
         let hops = place_hops(route, &sc, left, received, local);
         let window = match &hops {
             Some(h) => telemetry::remote::Window {
-                request_sent: h.to_server.1,
-                final_arrived: h.to_client.0,
+                request_sent: h.nearest_server().0.1,
+                final_arrived: h.nearest_server().1.0,
             },
             None => telemetry::remote::Window {
                 request_sent: left,
@@ -734,22 +773,27 @@ impl Router {
         // Each leg with the clocks of its far ends (ours is the reference).
         let legs = match &hops {
             Some(h) => {
-                let [out, back] = relay_legs(h, left, received.arrived);
+                let (to_server, to_client) = h.nearest_server();
+                let nearest = h.inner.as_ref().map_or(h.offset, |i| i.offset);
                 let there = Leg::new(
                     "to_server",
                     "relay_server",
-                    h.to_server.1,
+                    to_server.1,
                     placed.first_start(),
-                    &[h.offset, server],
+                    &[nearest, server],
                 );
                 let home = Leg::new(
                     "to_client",
                     "server_relay",
                     placed.sent,
-                    h.to_client.0,
-                    &[server, h.offset],
+                    to_client.0,
+                    &[server, nearest],
                 );
-                vec![out, there, home, back]
+                // Beyond the relays, in the middle of the legs to them.
+                let mut legs = relay_legs(h, left, received.arrived);
+                let middle = legs.len() / 2;
+                legs.splice(middle..middle, [there, home]);
+                legs
             }
             None => vec![
                 Leg::new(
@@ -803,8 +847,10 @@ impl Router {
                     let attributes = leg.attributes(&legs, &h.offset, Some(&h.offset));
                     self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
                 }
-                let attributes = clock_attributes(&h.offset).to_vec();
-                let (from, to) = (h.to_server.1, h.to_client.0);
+                let nearest = h.inner.as_ref().map_or(h.offset, |i| i.offset);
+                let attributes = clock_attributes(&nearest).to_vec();
+                let (to_server, to_client) = h.nearest_server();
+                let (from, to) = (to_server.1, to_client.0);
                 self.placed_stage(route, spans::REMOTE_UNREPORTED, from, to, attributes);
             }
             None => {
@@ -1287,28 +1333,49 @@ fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
 
 /// The legs between us and the relay: from the request leaving (`left`)
 /// to the relay's forward of it, and from its forward of the final event
-/// to that event arriving here (`arrived`).
+/// to that event arriving here (`arrived`); with a second relay of a fleet,
+/// the legs between the two relays in the middle (toward the exec-server
+/// first).
 fn relay_legs(
     hops: &telemetry::hops::PlacedHops,
     left: SystemTime,
     arrived: SystemTime,
-) -> [Leg; 2] {
-    [
-        Leg::new(
-            "to_server",
-            "client_relay",
-            left,
-            hops.to_server.0,
-            &[hops.offset],
-        ),
-        Leg::new(
-            "to_client",
-            "relay_client",
-            hops.to_client.1,
-            arrived,
-            &[hops.offset],
-        ),
-    ]
+) -> Vec<Leg> {
+    let out = Leg::new(
+        "to_server",
+        "client_relay",
+        left,
+        hops.to_server.0,
+        &[hops.offset],
+    );
+    let back = Leg::new(
+        "to_client",
+        "relay_client",
+        hops.to_client.1,
+        arrived,
+        &[hops.offset],
+    );
+    match &hops.inner {
+        Some(inner) => vec![
+            out,
+            Leg::new(
+                "to_server",
+                "relay_relay",
+                hops.to_server.1,
+                inner.to_server.0,
+                &[hops.offset, inner.offset],
+            ),
+            Leg::new(
+                "to_client",
+                "relay_relay",
+                inner.to_client.1,
+                hops.to_client.0,
+                &[inner.offset, hops.offset],
+            ),
+            back,
+        ],
+        None => vec![out, back],
+    }
 }
 
 /// One `link.transit` leg of a call: when it ran on our clock, whether the

@@ -17,8 +17,13 @@ pub const MAX_ENVELOPE: usize = 1024 * 1024;
 pub const MAX_CHUNK: usize = 32 * 1024;
 /// Largest hop traceparent header the relay will look at.
 pub const MAX_HOP_HEADER: usize = 128;
-/// Most relay timings on one frame (a client reads no more).
-pub const MAX_HOP_TIMINGS: usize = 4;
+/// Most timings one relay tells on a frame (its forward of that frame and
+/// its newest toward the exec-server).
+pub const RELAY_HOP_TIMINGS: usize = 4;
+/// Most relay timings on one frame (a client reads no more): two relays'
+/// worth, as a session crosses at most two (one hop between relays of a
+/// fleet).
+pub const MAX_HOP_TIMINGS: usize = 2 * RELAY_HOP_TIMINGS;
 /// Largest terminal window, in rows and in columns (the smallest is 1).
 pub const MAX_TERMINAL_SIZE: u32 = 10_000;
 /// Longest `TERM` value an exec request may carry.

@@ -165,6 +165,7 @@ impl RelayState {
             handshake_timeout: self.config.handshake_timeout,
             hop_headers: self.config.hop_headers,
             from_peer: false,
+            path_hop: 0,
         }
     }
 }
@@ -301,7 +302,10 @@ impl Tunnel for TunnelService {
             ));
         }
         let session = Session::new(state.tasks.token());
-        let limits = state.limits();
+        let limits = SpliceLimits {
+            path_hop: u32::from(forwarded_for.is_some()),
+            ..state.limits()
+        };
         let buffers = state.buffers();
         // An exec-server this relay does not hold, that the fleet's
         // directory places at another relay: the session goes there (one
@@ -369,6 +373,9 @@ impl Tunnel for TunnelService {
             buffers.clone(),
             None,
         );
+        // From the relay it was forwarded to: read to its end when the
+        // client's side ends, and its timings on the frames toward the
+        // client kept, so that a client with no collector sees both relays.
         let down_limits = SpliceLimits {
             from_peer: forwarded_to.is_some(),
             ..limits

@@ -19,8 +19,10 @@
 //! the last one, so a client with no collector can place the relay's stage
 //! in its own trace. `relay.forward` therefore ends when the frame is ready
 //! to go on (room in the other side's buffers found), the instant its
-//! timing is read. Timings a peer sends are removed: only the relay writes
-//! them.
+//! timing is read. Timings a peer sends are removed: only relays write
+//! them, and only the fleet's relay a session was forwarded to has its own
+//! kept on the way to the client (so a frame carries at most two relays'
+//! worth).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +34,7 @@ use opentelemetry::trace::{Span, SpanKind, Tracer};
 use telemetry::w3c::{Extracted, TraceContext};
 use telemetry::{carriers, otel, spans};
 
-use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER, MAX_HOP_TIMINGS};
+use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER, RELAY_HOP_TIMINGS};
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind, HopDirection, HopTiming};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
@@ -122,14 +124,19 @@ pub struct SpliceLimits {
     /// Whether hop headers are honoured (otherwise they are stripped).
     pub hop_headers: bool,
     /// The source (toward the client) is the relay of the fleet this one
-    /// forwarded the session to. When the session ends from the client's
-    /// side, what that relay still sends is read and dropped, for at most
-    /// [`PEER_DRAIN`], until it ends its stream: the frames queued toward
-    /// it (the client's last ones, its close) are then sent before the
-    /// stream is let go (letting go of it first would reset the stream and
-    /// lose them, and the exec-server would take the end for a broken
-    /// link).
+    /// forwarded the session to. Its timings on frames toward the client
+    /// are kept, ahead of this relay's own (at most [`RELAY_HOP_TIMINGS`]
+    /// of each; any other source's are removed). And when the session ends
+    /// from the client's side, what that relay still sends is read and
+    /// dropped, for at most [`PEER_DRAIN`], until it ends its stream: the
+    /// frames queued toward it (the client's last ones, its close) are then
+    /// sent before the stream is let go (letting go of it first would reset
+    /// the stream and lose them, and the exec-server would take the end for
+    /// a broken link).
     pub from_peer: bool,
+    /// This relay's place on the session's path, told on its timings: 0
+    /// the client's relay, 1 the relay a session was forwarded to.
+    pub path_hop: u32,
 }
 
 /// How long a session forwarded to another relay waits for that relay to
@@ -186,7 +193,7 @@ pub struct Session {
     started: Instant,
     last_activity_ms: AtomicU64,
     /// Forwards toward the exec-server not yet told to the client (the
-    /// newest [`MAX_HOP_TIMINGS`] - 1; the client's frame carries its own).
+    /// newest [`RELAY_HOP_TIMINGS`] - 1; the client's frame carries its own).
     to_tell: std::sync::Mutex<std::collections::VecDeque<HopTiming>>,
     /// Cancelled when either pump ends; also a child of the relay's shutdown.
     pub cancel: CancellationToken,
@@ -209,21 +216,23 @@ impl Session {
             .to_tell
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while held.len() + 1 >= MAX_HOP_TIMINGS {
+        while held.len() + 1 >= RELAY_HOP_TIMINGS {
             held.pop_front();
         }
         held.push_back(timing);
     }
 
-    /// The forwards to tell the client, and `own` (its frame's).
-    fn tell(&self, own: HopTiming) -> Vec<HopTiming> {
+    /// The forwards to tell the client after `peer`'s (the timings of the
+    /// relay the session was forwarded to, if kept), and `own` (its
+    /// frame's).
+    fn tell(&self, mut peer: Vec<HopTiming>, own: HopTiming) -> Vec<HopTiming> {
         let mut held = self
             .to_tell
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all: Vec<HopTiming> = held.drain(..).collect();
-        all.push(own);
-        all
+        peer.extend(held.drain(..));
+        peer.push(own);
+        peer
     }
 
     fn touch(&self) {
@@ -250,8 +259,15 @@ fn check(mut frame: Frame, limits: &SpliceLimits) -> Option<Frame> {
         // Oversized or disabled hop headers are dropped, never fatal.
         frame.hop_traceparent.clear();
     }
-    // Only the relay tells its timings.
-    frame.hop_timings.clear();
+    // Only relays tell their timings (the one a session was forwarded to
+    // through this relay, as its pump toward the client asks).
+    if limits.from_peer {
+        // The peer's newest, at most one relay's worth.
+        let extra = frame.hop_timings.len().saturating_sub(RELAY_HOP_TIMINGS);
+        frame.hop_timings.drain(..extra);
+    } else {
+        frame.hop_timings.clear();
+    }
     Some(frame)
 }
 
@@ -265,7 +281,13 @@ struct Forward {
 
 impl Forward {
     /// Its timing, the frame ready to go on at `ready`.
-    fn timing(&self, dir: Direction, ready: SystemTime, frame_bytes: usize) -> HopTiming {
+    fn timing(
+        &self,
+        dir: Direction,
+        ready: SystemTime,
+        frame_bytes: usize,
+        path_hop: u32,
+    ) -> HopTiming {
         let nanos = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -285,13 +307,14 @@ impl Forward {
                 .map(|h| h.chars().take(64).collect())
                 .unwrap_or_default(),
             clock: Some(telemetry::clock::status().to_wire()),
+            path_hop,
         }
     }
 }
 
-/// The bytes a frame's timings are counted for, at most (each names its
-/// span, times, host and clock).
-const TIMINGS_COST: usize = MAX_HOP_TIMINGS * 160;
+/// The bytes a relay's timings on a frame are counted for, at most (each
+/// names its span, times, host and clock).
+const TIMINGS_COST: usize = RELAY_HOP_TIMINGS * 160;
 
 /// Starts `relay.forward` for a frame with a valid hop header (arrived at
 /// `arrived`) and rewrites the header to name the new span. A header that
@@ -368,7 +391,12 @@ pub fn first_frame(
     // exec-server's answer.
     let ready = SystemTime::now();
     if let Some(f) = &forward {
-        session.note(f.timing(Direction::ToServer, ready, frame.payload.len()));
+        session.note(f.timing(
+            Direction::ToServer,
+            ready,
+            frame.payload.len(),
+            limits.path_hop,
+        ));
     }
     Some((frame, FirstForward { forward, ready }))
 }
@@ -464,11 +492,16 @@ pub async fn pump(
         let len = frame.payload.len() as u64;
         let is_close = frame.kind == FrameKind::Close as i32;
         let is_handshake = frame.kind == FrameKind::Handshake as i32;
-        // A traced frame toward the client will carry timings.
-        let told = if forward.is_some() && dir == Direction::ToClient {
-            TIMINGS_COST
-        } else {
-            0
+        // A traced frame toward the client will carry timings (and a
+        // peer's may carry its own).
+        let told = match (
+            forward.is_some() && dir == Direction::ToClient,
+            limits.from_peer,
+        ) {
+            (true, true) => 2 * TIMINGS_COST,
+            (true, false) => TIMINGS_COST,
+            (false, true) if !frame.hop_timings.is_empty() => TIMINGS_COST,
+            (false, _) => 0,
         };
         // Room in this direction's share and the relay's budget first:
         // until then nothing more is read from the sender.
@@ -482,10 +515,13 @@ pub async fn pump(
         // The frame is ready to go on: its forward's end.
         let ready = forward.as_ref().map(|f| {
             let ready = SystemTime::now();
-            let timing = f.timing(dir, ready, frame.payload.len());
+            let timing = f.timing(dir, ready, frame.payload.len(), limits.path_hop);
             match dir {
                 Direction::ToServer => session.note(timing),
-                Direction::ToClient => frame.hop_timings = session.tell(timing),
+                Direction::ToClient => {
+                    let peer = std::mem::take(&mut frame.hop_timings);
+                    frame.hop_timings = session.tell(peer, timing);
+                }
             }
             ready
         });
@@ -543,6 +579,7 @@ pub async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::limits::MAX_HOP_TIMINGS;
 
     fn limits(hop: bool) -> SpliceLimits {
         SpliceLimits {
@@ -550,6 +587,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             hop_headers: hop,
             from_peer: false,
+            path_hop: 0,
         }
     }
 
@@ -574,7 +612,12 @@ mod tests {
         let mut f = frame(FrameKind::Data as i32, 10, hop);
         let arrived = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000);
         let forward = start_forward(&tracer, &mut f, Direction::ToServer, arrived).unwrap();
-        let t = forward.timing(Direction::ToServer, arrived + Duration::from_nanos(250), 10);
+        let t = forward.timing(
+            Direction::ToServer,
+            arrived + Duration::from_nanos(250),
+            10,
+            1,
+        );
         assert_eq!(
             t.trace_id.as_ref(),
             0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128.to_be_bytes()
@@ -601,11 +644,19 @@ mod tests {
         for id in 1..=5 {
             session.note(timing(id));
         }
-        let told: Vec<u64> = session.tell(timing(9)).iter().map(|t| t.span_id).collect();
+        let told: Vec<u64> = session
+            .tell(Vec::new(), timing(9))
+            .iter()
+            .map(|t| t.span_id)
+            .collect();
         // Bounded: the newest toward the server, then the frame's own.
         assert_eq!(told, [3, 4, 5, 9]);
         assert!(told.len() <= MAX_HOP_TIMINGS);
-        let told: Vec<u64> = session.tell(timing(10)).iter().map(|t| t.span_id).collect();
+        let told: Vec<u64> = session
+            .tell(Vec::new(), timing(10))
+            .iter()
+            .map(|t| t.span_id)
+            .collect();
         assert_eq!(told, [10]);
     }
 
@@ -615,6 +666,41 @@ mod tests {
         f.hop_timings.push(HopTiming::default());
         let f = check(f, &limits(true)).unwrap();
         assert!(f.hop_timings.is_empty());
+    }
+
+    #[test]
+    fn the_forwarded_relays_timings_are_kept_bounded_and_told_first() {
+        let peer = SpliceLimits {
+            from_peer: true,
+            ..limits(true)
+        };
+        let mut f = frame(FrameKind::Data as i32, 10, "");
+        for id in 1..=6 {
+            f.hop_timings.push(HopTiming {
+                span_id: id,
+                path_hop: 1,
+                ..HopTiming::default()
+            });
+        }
+        let f = check(f, &peer).unwrap();
+        let kept: Vec<u64> = f.hop_timings.iter().map(|t| t.span_id).collect();
+        assert_eq!(kept, [3, 4, 5, 6], "the peer's newest, one relay's worth");
+        let session = Session::new(&CancellationToken::new());
+        session.note(HopTiming {
+            span_id: 8,
+            ..HopTiming::default()
+        });
+        let own = HopTiming {
+            span_id: 9,
+            ..HopTiming::default()
+        };
+        let told: Vec<u64> = session
+            .tell(f.hop_timings, own)
+            .iter()
+            .map(|t| t.span_id)
+            .collect();
+        assert_eq!(told, [3, 4, 5, 6, 8, 9]);
+        assert!(told.len() <= MAX_HOP_TIMINGS);
     }
 
     #[test]

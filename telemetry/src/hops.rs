@@ -18,7 +18,10 @@
 //! exec-server's stages are then
 //! placed between the two forwards (the request reached it after the
 //! relay forwarded it, and the final event left it before the relay
-//! received it), which causality always allows. The timings are untrusted
+//! received it), which causality always allows. A session that crossed two
+//! relays of a fleet brings both relays' forwards (each tells its place on
+//! the path): the second relay's are placed the same way between the
+//! first's, and the exec-server's stages between the second's. The timings are untrusted
 //! input: only those naming the call's trace and dispatch, with sane
 //! times, are placed, at most [`MAX_HOP_TIMINGS`].
 
@@ -36,14 +39,50 @@ use crate::spans;
 /// A call's relay forwards on the client's clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedHops {
-    /// The forwards, as the relay's `relay.forward` spans.
+    /// The forwards, as the relays' `relay.forward` spans.
     pub spans: Vec<RemoteSpan>,
+    /// The exec request's forward at the client's relay (start, end).
+    pub to_server: (SystemTime, SystemTime),
+    /// The final event's forward at the client's relay (start, end).
+    pub to_client: (SystemTime, SystemTime),
+    /// The offset used for the client's relay (its clock minus ours) and
+    /// its source.
+    pub offset: Offset,
+    /// When the session crossed two relays of a fleet: the second's
+    /// forwards, placed between the first's.
+    pub inner: Option<InnerHop>,
+}
+
+/// The second relay of a session's path (the one the client's relay
+/// forwarded it to): its forwards of the exec request and of the final
+/// event on the client's clock, and the offset used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InnerHop {
     /// The exec request's forward (start, end).
     pub to_server: (SystemTime, SystemTime),
     /// The final event's forward (start, end).
     pub to_client: (SystemTime, SystemTime),
-    /// The offset used (the relay's clock minus ours) and its source.
+    /// Its clock minus ours, and the source.
     pub offset: Offset,
+}
+
+impl PlacedHops {
+    /// The exec request's last forward and the final event's first (start,
+    /// end each): the exec-server's work lies between them.
+    pub fn nearest_server(&self) -> ((SystemTime, SystemTime), (SystemTime, SystemTime)) {
+        match &self.inner {
+            Some(inner) => (inner.to_server, inner.to_client),
+            None => (self.to_server, self.to_client),
+        }
+    }
+}
+
+/// One relay's forwards, placed.
+struct Placed {
+    spans: Vec<RemoteSpan>,
+    to_server: (SystemTime, SystemTime),
+    to_client: (SystemTime, SystemTime),
+    offset: Offset,
 }
 
 /// What the client saw of the call on its own clock.
@@ -68,8 +107,10 @@ fn at(n: i128) -> Option<SystemTime> {
 /// Places `timings` (as received, any number) for the call of `trace_id`
 /// whose dispatch is `dispatch`, `local` being what this process reads of
 /// its own clock; `None` when they do not hold both the request's and the
-/// final event's forward, or no offset puts both between the request
-/// leaving and the final event arriving.
+/// final event's forward at the client's relay, or no offset puts both
+/// between the request leaving and the final event arriving. When the
+/// session crossed two relays of a fleet, the second relay's forwards are
+/// placed the same way between the first's (left out if they do not fit).
 pub fn place(
     timings: &[HopTiming],
     trace_id: TraceId,
@@ -80,16 +121,83 @@ pub fn place(
     let trace = trace_id.to_bytes();
     let dispatch = u64::from_be_bytes(dispatch.to_bytes());
     let span_max = nanos(legs.final_arrived) - nanos(legs.request_left);
-    let ours: Vec<&HopTiming> = timings
+    let sane: Vec<&HopTiming> = timings
         .iter()
         .filter(|t| {
-            t.trace_id.as_ref() == trace
-                && t.parent_span_id == dispatch
-                && t.span_id != 0
-                && i128::from(t.duration_ns) <= span_max
+            t.trace_id.as_ref() == trace && t.span_id != 0 && i128::from(t.duration_ns) <= span_max
         })
         .take(MAX_HOP_TIMINGS * 4)
         .collect();
+    let to_server = |t: &&HopTiming| t.direction == HopDirection::ToServer as i32;
+    let to_client = |t: &&HopTiming| t.direction == HopDirection::ToClient as i32;
+    // The chain of forwards: toward the exec-server, the client's relay
+    // forwards the dispatch's frames and the second relay the first's
+    // forwards; toward the client, the second relay forwards the
+    // dispatch's and the client's relay the second's.
+    let second_back: Vec<u64> = sane
+        .iter()
+        .filter(|t| t.path_hop == 1 && to_client(t) && t.parent_span_id == dispatch)
+        .map(|t| t.span_id)
+        .collect();
+    let first: Vec<&HopTiming> = sane
+        .iter()
+        .copied()
+        .filter(|t| {
+            t.path_hop == 0
+                && (t.parent_span_id == dispatch
+                    || (to_client(t) && second_back.contains(&t.parent_span_id)))
+        })
+        .collect();
+    let first_out: Vec<u64> = first
+        .iter()
+        .filter(|t| to_server(t))
+        .map(|t| t.span_id)
+        .collect();
+    let second: Vec<&HopTiming> = sane
+        .iter()
+        .copied()
+        .filter(|t| {
+            t.path_hop == 1
+                && ((to_server(t) && first_out.contains(&t.parent_span_id))
+                    || (to_client(t) && t.parent_span_id == dispatch))
+        })
+        .collect();
+    let outer = place_relay(&first, trace_id, legs, local)?;
+    let between = Legs {
+        request_left: outer.to_server.1,
+        final_arrived: outer.to_client.0,
+    };
+    let inner = if second.is_empty() {
+        None
+    } else {
+        place_relay(&second, trace_id, between, local)
+    };
+    let mut spans = outer.spans;
+    let inner = inner.map(|placed| {
+        spans.extend(placed.spans);
+        InnerHop {
+            to_server: placed.to_server,
+            to_client: placed.to_client,
+            offset: placed.offset,
+        }
+    });
+    Some(PlacedHops {
+        spans,
+        to_server: outer.to_server,
+        to_client: outer.to_client,
+        offset: outer.offset,
+        inner,
+    })
+}
+
+/// Places one relay's forwards (`ours`, already checked to be the call's)
+/// between `legs`.
+fn place_relay(
+    ours: &[&HopTiming],
+    trace_id: TraceId,
+    legs: Legs,
+    local: &Status,
+) -> Option<Placed> {
     let direction = |t: &&&HopTiming, d: HopDirection| t.direction == d as i32;
     // The exec request is the first traced message toward the server; the
     // final event the last toward the client.
@@ -179,7 +287,7 @@ pub fn place(
     placed.push(out_span);
     placed.push(back_span);
     placed.dedup_by_key(|s| s.span_id);
-    Some(PlacedHops {
+    Some(Placed {
         spans: placed,
         to_server,
         to_client,
@@ -209,6 +317,7 @@ mod tests {
             frame_bytes: 100,
             host: "relay-host".into(),
             clock: None,
+            path_hop: 0,
         }
     }
 
@@ -342,5 +451,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(placed.offset.source, Source::TwoWay);
+    }
+
+    #[test]
+    fn a_second_relay_of_a_fleet_is_placed_between_the_first_relays_forwards() {
+        // The client's relay runs 1_000 ahead of us and forwards out at
+        // 1100..1110 and back at 1880..1890 (our clock); the second relay
+        // runs 5_000 ahead and forwards at 1200..1205 and 1700..1710.
+        let (a, b) = (1_000u64, 5_000u64);
+        let mut b_out = timing(2, HopDirection::ToServer, 1200 + b, 5);
+        let mut b_back = timing(3, HopDirection::ToClient, 1700 + b, 10);
+        let mut a_back = timing(4, HopDirection::ToClient, 1880 + a, 10);
+        b_out.path_hop = 1;
+        b_back.path_hop = 1;
+        b_out.parent_span_id = 1; // the first relay's forward of the request
+        a_back.parent_span_id = 3; // the second relay's forward of the final event
+        let a_out = timing(1, HopDirection::ToServer, 1100 + a, 10);
+        let placed = place_with(&[a_out.clone(), b_out.clone(), b_back.clone(), a_back]).unwrap();
+        // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 besides its 1_000.
+        assert_eq!(placed.offset.offset_nanos, 1_000 - 5);
+        assert_eq!(placed.to_server, (t(1105), t(1115)));
+        assert_eq!(placed.to_client, (t(1885), t(1895)));
+        let inner = placed.inner.expect("the second relay placed");
+        // Between 1115 and 1885: ((1200 - 1115) + (1710 - 1885)) / 2 = -45
+        // besides its 5_000.
+        assert_eq!(inner.offset.offset_nanos, 5_000 - 45);
+        assert_eq!(inner.to_server, (t(1245), t(1250)));
+        assert_eq!(inner.to_client, (t(1745), t(1755)));
+        assert!(inner.to_server.0 >= placed.to_server.1);
+        assert!(inner.to_client.1 <= placed.to_client.0);
+        assert_eq!(placed.nearest_server(), (inner.to_server, inner.to_client));
+        assert_eq!(placed.spans.len(), 4);
+        let parent = |id: u64| {
+            placed
+                .spans
+                .iter()
+                .find(|s| s.span_id == SpanId::from_bytes(id.to_be_bytes()))
+                .map(|s| s.parent)
+                .unwrap()
+        };
+        assert_eq!(parent(2), SpanId::from_bytes(1u64.to_be_bytes()));
+        assert_eq!(parent(4), SpanId::from_bytes(3u64.to_be_bytes()));
+
+        // A second relay's forwards that name no forward of the first are
+        // not the call's: the first relay alone is placed.
+        let mut stray = b_out;
+        stray.parent_span_id = 99;
+        let alone = place_with(&[
+            a_out,
+            stray,
+            b_back,
+            timing(4, HopDirection::ToClient, 1880 + a, 10),
+        ])
+        .unwrap();
+        assert_eq!(alone.inner, None);
+        assert_eq!(alone.spans.len(), 2);
     }
 }

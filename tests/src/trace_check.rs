@@ -97,6 +97,30 @@ pub const RELAYED_PATH: &[(&str, &str, Option<&str>)] = &[
     ("core-client", spans::TERMINAL_HANDOFF, None),
 ];
 
+/// [`RELAYED_PATH`] through two relays of a fleet (the client's relay
+/// forwarded the session to the exec-server's): the wire split at both,
+/// with the leg between them each way.
+pub const FLEET_PATH: &[(&str, &str, Option<&str>)] = &[
+    ("core-client", spans::DISPATCH_PREPARE, None),
+    ("core-client", spans::SESSION_ACQUIRE, None),
+    ("core-client", spans::RPC_CLIENT_QUEUE, Some("exec")),
+    ("core-client", spans::RELAY_FRAME_SEND, Some("exec")),
+    ("core-client", spans::LINK_TRANSIT, Some("client_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_server")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_server")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_server")),
+    ("exec-server", spans::RELAY_FRAME_RECV, Some("exec")),
+    ("exec-server", spans::RPC_SERVER_EXEC, None),
+    ("core-client", spans::LINK_TRANSIT, Some("server_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_client")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_relay")),
+    ("relay", spans::RELAY_FORWARD, Some("to_client")),
+    ("core-client", spans::LINK_TRANSIT, Some("relay_client")),
+    ("core-client", spans::RELAY_FRAME_RECV, Some("exited")),
+    ("core-client", spans::TERMINAL_HANDOFF, None),
+];
+
 /// [`PATH`] for an exec-server that reported no stages: its side is the
 /// client's one `remote.unreported` stage.
 pub const UNREPORTED_PATH: &[(&str, &str, Option<&str>)] = &[
@@ -149,8 +173,9 @@ pub const AGENT_PATH: &[(&str, &str, Option<&str>)] = &[
 
 /// The path a client of service `client` (the CLI's `core-client`, or
 /// the agent's `core-client-agent`) made in `spans`: [`RELAYED_PATH`] when
-/// its wire time is split at the relay, else [`PATH`] (or their
-/// `UNREPORTED` forms when the exec-server reported no stages).
+/// its wire time is split at the relay ([`FLEET_PATH`] at two relays of a
+/// fleet), else [`PATH`] (or their `UNREPORTED` forms when the exec-server
+/// reported no stages).
 pub fn path_of(
     spans: &[RecordedSpan],
     client: &'static str,
@@ -163,7 +188,13 @@ pub fn path_of(
     let unreported = spans
         .iter()
         .any(|s| s.service == client && s.name == spans::REMOTE_UNREPORTED);
+    let fleet = spans.iter().any(|s| {
+        s.service == client
+            && s.name == spans::LINK_TRANSIT
+            && s.attr_str("rex.leg") == Some("relay_relay")
+    });
     let path = match (relayed, unreported) {
+        (true, false) if fleet => FLEET_PATH,
         (true, false) => RELAYED_PATH,
         (false, false) => PATH,
         (true, true) => RELAYED_UNREPORTED_PATH,

@@ -879,6 +879,75 @@ async fn a_forwarded_session_the_client_closes_ends_cleanly_at_the_exec_server()
     );
 }
 
+/// With no collector anywhere, the client's own trace file shows both
+/// relays of a forwarded session: each relay's forwards of the exec request
+/// and of the final event, placed on the client's clock (the second
+/// relay's between the first's), with the leg between the two relays each
+/// way, and the command's stages tile its dispatch exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_trace_shows_both_relays_of_a_forwarded_session() {
+    use integration_tests::{binaries, trace_check};
+    if !etcd::available("the_local_trace_shows_both_relays_of_a_forwarded_session") {
+        return;
+    }
+    let store = Etcd::start().unwrap();
+    let keys = Keys::make();
+    let (_a, a_url) = keys.relay(&store, &[], &[]);
+    let (_b, b_url) = keys.relay(&store, &[], &[]);
+    let _server = keys.exec_server(&b_url, &[]);
+    let run = || {
+        let cmd = binaries::exec_command(
+            &a_url,
+            &keys.server_pub,
+            &keys.client_key,
+            &["--print-trace-id"],
+            &["echo", "through two relays"],
+        )
+        .unwrap();
+        binaries::run_with_stdin(cmd, b"").unwrap()
+    };
+    // Until A's copy of the directory has the route.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = run();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"through two relays\n");
+    let trace = binaries::printed_trace_id(&out).unwrap();
+    let traces = keys.client_key.parent().unwrap().join("traces.jsonl");
+    let spans = trace_check::from_trace_file(&traces, &trace);
+    assert_eq!(
+        trace_check::path_of(&spans, "core-client"),
+        trace_check::FLEET_PATH
+    );
+    let dispatch = trace_check::one(&spans, telemetry::spans::TOOL_DISPATCH);
+    trace_check::assert_tiles(&spans, dispatch, trace_check::RemoteClock::Placed);
+    let legs: Vec<&str> = trace_check::by_name(&spans, telemetry::spans::LINK_TRANSIT)
+        .iter()
+        .filter_map(|s| s.attr_str("rex.leg"))
+        .collect();
+    assert_eq!(
+        legs.iter().filter(|l| **l == "relay_relay").count(),
+        2,
+        "{legs:?}"
+    );
+    // Each relay's forward of the request: the second's a child of the
+    // first's, as the relays' own exports have it.
+    let forwards = trace_check::by_name(&spans, telemetry::spans::RELAY_FORWARD);
+    let ids: std::collections::HashSet<&str> =
+        forwards.iter().map(|s| s.span_id.as_str()).collect();
+    assert!(
+        forwards
+            .iter()
+            .any(|s| s.parent_span_id.as_deref().is_some_and(|p| ids.contains(p))),
+        "no relay.forward under the other relay's: {forwards:#?}"
+    );
+}
+
 /// A route to a relay that died (its entry not yet expired) fails in one
 /// clear error naming that relay, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
