@@ -21,13 +21,15 @@
 //! Layout:
 //! - [`entry`]: keys and values.
 //! - `cache`: the local copy.
+//! - `dirty`: the entries still to write, oldest first.
 //! - `etcd`: the store's API, the part used here.
 
 mod cache;
+mod dirty;
 pub mod entry;
 mod etcd;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -36,6 +38,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use cache::{Cache, Change};
+use dirty::Dirty;
 pub use entry::Entry;
 pub use etcd::EtcdError;
 use etcd::{Etcd, EventType};
@@ -109,7 +112,7 @@ struct Inner {
 struct Local {
     next: u64,
     held: HashMap<String, Held>,
-    dirty: HashSet<String>,
+    dirty: Dirty,
 }
 
 #[derive(Clone, Copy)]
@@ -283,7 +286,9 @@ impl Directory {
         {
             let mut local = inner.lock_local();
             let held: Vec<String> = local.held.keys().cloned().collect();
-            local.dirty.extend(held);
+            for id in held {
+                local.dirty.insert(id);
+            }
         }
         self.write_dirty(&mut etcd, lease).await?;
         let mut watch = self.resync(&mut etcd).await?;
@@ -380,10 +385,9 @@ impl Directory {
         loop {
             let next = {
                 let mut local = inner.lock_local();
-                let Some(id) = local.dirty.iter().next().cloned() else {
+                let Some(id) = local.dirty.pop() else {
                     return Ok(());
                 };
-                local.dirty.remove(&id);
                 let held = local.held.get(&id).copied();
                 (id, held)
             };
@@ -402,7 +406,7 @@ impl Directory {
             };
             inner.note_write();
             if let Err(e) = written {
-                inner.lock_local().dirty.insert(id);
+                inner.lock_local().dirty.retry(id);
                 return Err(e);
             }
         }
