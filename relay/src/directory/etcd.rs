@@ -29,6 +29,8 @@ pub(crate) use pb::{WatchResponse, event::EventType};
 
 /// Keys read per page of a snapshot.
 const PAGE: i64 = 1000;
+/// Most operations in one transaction (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
 /// Largest response accepted (a page of entries is far less).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
@@ -189,14 +191,30 @@ impl Etcd {
         Ok(KeepAlive { tx, rx, id })
     }
 
-    /// Writes `key` under lease `lease`.
-    pub async fn put(&mut self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), EtcdError> {
-        let request = PutRequest {
-            key: key.as_bytes().to_vec(),
-            value,
-            lease,
+    /// Writes every one of `entries` (key, value; no key twice) under lease
+    /// `lease`, in one transaction: at most [`MAX_TXN_OPS`].
+    pub async fn put_all(
+        &mut self,
+        entries: Vec<(String, Vec<u8>)>,
+        lease: i64,
+    ) -> Result<(), EtcdError> {
+        let success = entries
+            .into_iter()
+            .take(MAX_TXN_OPS)
+            .map(|(key, value)| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key.into_bytes(),
+                    value,
+                    lease,
+                })),
+            })
+            .collect();
+        let request = TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure: Vec::new(),
         };
-        bounded("put", self.timeout, self.kv.put(request)).await?;
+        bounded("put", self.timeout, self.kv.txn(request)).await?;
         Ok(())
     }
 

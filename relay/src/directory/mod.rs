@@ -152,7 +152,12 @@ impl Inner {
     }
 
     fn note_write(&self) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.note_writes(1);
+    }
+
+    fn note_writes(&self, n: usize) {
+        self.writes
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -378,35 +383,72 @@ impl Directory {
         }
     }
 
-    /// Writes what changed locally: entries of servers held here, deletes
-    /// of those no longer held. What fails stays to be written.
+    /// Writes what changed locally, oldest first: entries of servers held
+    /// here (many in one transaction), deletes of those no longer held.
+    /// What fails stays to be written, first.
     async fn write_dirty(&self, etcd: &mut Etcd, lease: i64) -> Result<(), EtcdError> {
         let inner = &self.inner;
         loop {
-            let next = {
+            let (puts, deletes) = {
                 let mut local = inner.lock_local();
-                let Some(id) = local.dirty.pop() else {
-                    return Ok(());
-                };
-                let held = local.held.get(&id).copied();
-                (id, held)
-            };
-            let (id, held) = next;
-            let key = entry::key(&inner.servers, &id);
-            let written = match held {
-                Some(h) => {
-                    let value = Entry {
-                        relay: inner.config.advertise.clone(),
-                        registered_at: h.at,
+                let mut puts = Vec::new();
+                let mut deletes = Vec::new();
+                while puts.len() < etcd::MAX_TXN_OPS {
+                    let Some(id) = local.dirty.pop() else {
+                        break;
+                    };
+                    match local.held.get(&id) {
+                        Some(h) => puts.push((id, h.at)),
+                        None => deletes.push(id),
                     }
-                    .encode();
-                    etcd.put(&key, value, lease).await
                 }
-                None => etcd.delete_if_leased(&key, lease).await.map(drop),
+                (puts, deletes)
             };
-            inner.note_write();
-            if let Err(e) = written {
-                inner.lock_local().dirty.retry(id);
+            if puts.is_empty() && deletes.is_empty() {
+                return Ok(());
+            }
+            let mut unwritten: Vec<String> = Vec::new();
+            let mut failure = None;
+            if !puts.is_empty() {
+                let entries = puts
+                    .iter()
+                    .map(|(id, at)| {
+                        let value = Entry {
+                            relay: inner.config.advertise.clone(),
+                            registered_at: *at,
+                        }
+                        .encode();
+                        (entry::key(&inner.servers, id), value)
+                    })
+                    .collect();
+                match etcd.put_all(entries, lease).await {
+                    Ok(()) => inner.note_writes(puts.len()),
+                    Err(e) => {
+                        unwritten.extend(puts.into_iter().map(|(id, _)| id));
+                        failure = Some(e);
+                    }
+                }
+            }
+            for id in deletes {
+                if failure.is_some() {
+                    unwritten.push(id);
+                    continue;
+                }
+                let key = entry::key(&inner.servers, &id);
+                match etcd.delete_if_leased(&key, lease).await {
+                    Ok(_) => inner.note_writes(1),
+                    Err(e) => {
+                        unwritten.push(id);
+                        failure = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                let mut local = inner.lock_local();
+                // Back at the front, in their order.
+                for id in unwritten.into_iter().rev() {
+                    local.dirty.retry(id);
+                }
                 return Err(e);
             }
         }
