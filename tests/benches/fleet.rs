@@ -542,7 +542,7 @@ async fn registrations(
     table.row(
         "directory writes in the burst",
         format!(
-            "{} by the {RELAYS} relays ({}), each relay one put at a time: {:.0} puts/s per relay \
+            "{} by the {RELAYS} relays ({}): {:.0} entries/s per relay \
              over the {:.2} s until all were seen",
             burst_writes.iter().sum::<u64>(),
             per_relay.join(", "),
