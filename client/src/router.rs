@@ -748,8 +748,8 @@ impl Router {
         let hops = place_hops(route, &sc, left, received, local);
         let window = match &hops {
             Some(h) => telemetry::remote::Window {
-                request_sent: h.nearest_server().0.1,
-                final_arrived: h.nearest_server().1.0,
+                request_sent: h.nearest_server().to_server.1,
+                final_arrived: h.nearest_server().to_client.0,
             },
             None => telemetry::remote::Window {
                 request_sent: left,
@@ -773,21 +773,20 @@ impl Router {
         // Each leg with the clocks of its far ends (ours is the reference).
         let legs = match &hops {
             Some(h) => {
-                let (to_server, to_client) = h.nearest_server();
-                let nearest = h.inner.as_ref().map_or(h.offset, |i| i.offset);
+                let nearest = h.nearest_server();
                 let there = Leg::new(
                     "to_server",
                     "relay_server",
-                    to_server.1,
+                    nearest.to_server.1,
                     placed.first_start(),
-                    &[nearest, server],
+                    &[nearest.offset, server],
                 );
                 let home = Leg::new(
                     "to_client",
                     "server_relay",
                     placed.sent,
-                    to_client.0,
-                    &[server, nearest],
+                    nearest.to_client.0,
+                    &[server, nearest.offset],
                 );
                 // Beyond the relays, in the middle of the legs to them.
                 let mut legs = relay_legs(h, left, received.arrived);
@@ -813,7 +812,7 @@ impl Router {
             ],
         };
         for leg in &legs {
-            let attributes = leg.attributes(&legs, &server, hops.as_ref().map(|h| &h.offset));
+            let attributes = leg.attributes(&legs, &server, hops.as_ref().map(|h| &h.first.offset));
             self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
         }
         if let Some(sink) = telemetry::remote::sink() {
@@ -844,13 +843,12 @@ impl Router {
                 // the relay's forwards and everything beyond them undivided.
                 let legs = relay_legs(h, left, received.arrived);
                 for leg in &legs {
-                    let attributes = leg.attributes(&legs, &h.offset, Some(&h.offset));
+                    let attributes = leg.attributes(&legs, &h.first.offset, Some(&h.first.offset));
                     self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
                 }
-                let nearest = h.inner.as_ref().map_or(h.offset, |i| i.offset);
-                let attributes = clock_attributes(&nearest).to_vec();
-                let (to_server, to_client) = h.nearest_server();
-                let (from, to) = (to_server.1, to_client.0);
+                let nearest = h.nearest_server();
+                let attributes = clock_attributes(&nearest.offset).to_vec();
+                let (from, to) = (nearest.to_server.1, nearest.to_client.0);
                 self.placed_stage(route, spans::REMOTE_UNREPORTED, from, to, attributes);
             }
             None => {
@@ -1341,36 +1339,37 @@ fn relay_legs(
     left: SystemTime,
     arrived: SystemTime,
 ) -> Vec<Leg> {
+    let first = &hops.first;
     let out = Leg::new(
         "to_server",
         "client_relay",
         left,
-        hops.to_server.0,
-        &[hops.offset],
+        first.to_server.0,
+        &[first.offset],
     );
     let back = Leg::new(
         "to_client",
         "relay_client",
-        hops.to_client.1,
+        first.to_client.1,
         arrived,
-        &[hops.offset],
+        &[first.offset],
     );
-    match &hops.inner {
-        Some(inner) => vec![
+    match &hops.second {
+        Some(second) => vec![
             out,
             Leg::new(
                 "to_server",
                 "relay_relay",
-                hops.to_server.1,
-                inner.to_server.0,
-                &[hops.offset, inner.offset],
+                first.to_server.1,
+                second.to_server.0,
+                &[first.offset, second.offset],
             ),
             Leg::new(
                 "to_client",
                 "relay_relay",
-                inner.to_client.1,
-                hops.to_client.0,
-                &[inner.offset, hops.offset],
+                second.to_client.1,
+                first.to_client.0,
+                &[second.offset, first.offset],
             ),
             back,
         ],

@@ -41,23 +41,17 @@ use crate::spans;
 pub struct PlacedHops {
     /// The forwards, as the relays' `relay.forward` spans.
     pub spans: Vec<RemoteSpan>,
-    /// The exec request's forward at the client's relay (start, end).
-    pub to_server: (SystemTime, SystemTime),
-    /// The final event's forward at the client's relay (start, end).
-    pub to_client: (SystemTime, SystemTime),
-    /// The offset used for the client's relay (its clock minus ours) and
-    /// its source.
-    pub offset: Offset,
-    /// When the session crossed two relays of a fleet: the second's
-    /// forwards, placed between the first's.
-    pub inner: Option<InnerHop>,
+    /// The client's relay's.
+    pub first: RelayHop,
+    /// When the session crossed two relays of a fleet, the second's (the
+    /// relay the client's forwarded it to), placed between the first's.
+    pub second: Option<RelayHop>,
 }
 
-/// The second relay of a session's path (the one the client's relay
-/// forwarded it to): its forwards of the exec request and of the final
-/// event on the client's clock, and the offset used.
+/// One relay's forwards of the exec request and of the final event on the
+/// client's clock, and the offset used.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InnerHop {
+pub struct RelayHop {
     /// The exec request's forward (start, end).
     pub to_server: (SystemTime, SystemTime),
     /// The final event's forward (start, end).
@@ -67,22 +61,11 @@ pub struct InnerHop {
 }
 
 impl PlacedHops {
-    /// The exec request's last forward and the final event's first (start,
-    /// end each): the exec-server's work lies between them.
-    pub fn nearest_server(&self) -> ((SystemTime, SystemTime), (SystemTime, SystemTime)) {
-        match &self.inner {
-            Some(inner) => (inner.to_server, inner.to_client),
-            None => (self.to_server, self.to_client),
-        }
+    /// The relay next to the exec-server (the second, if any): the
+    /// exec-server's work lies between its forwards.
+    pub fn nearest_server(&self) -> &RelayHop {
+        self.second.as_ref().unwrap_or(&self.first)
     }
-}
-
-/// One relay's forwards, placed.
-struct Placed {
-    spans: Vec<RemoteSpan>,
-    to_server: (SystemTime, SystemTime),
-    to_client: (SystemTime, SystemTime),
-    offset: Offset,
 }
 
 /// What the client saw of the call on its own clock.
@@ -162,31 +145,24 @@ pub fn place(
                     || (to_client(t) && t.parent_span_id == dispatch))
         })
         .collect();
-    let outer = place_relay(&first, trace_id, legs, local)?;
+    let (mut spans, first) = place_relay(&first, trace_id, legs, local)?;
     let between = Legs {
-        request_left: outer.to_server.1,
-        final_arrived: outer.to_client.0,
+        request_left: first.to_server.1,
+        final_arrived: first.to_client.0,
     };
-    let inner = if second.is_empty() {
+    let second = if second.is_empty() {
         None
     } else {
         place_relay(&second, trace_id, between, local)
     };
-    let mut spans = outer.spans;
-    let inner = inner.map(|placed| {
-        spans.extend(placed.spans);
-        InnerHop {
-            to_server: placed.to_server,
-            to_client: placed.to_client,
-            offset: placed.offset,
-        }
+    let second = second.map(|(placed, hop)| {
+        spans.extend(placed);
+        hop
     });
     Some(PlacedHops {
         spans,
-        to_server: outer.to_server,
-        to_client: outer.to_client,
-        offset: outer.offset,
-        inner,
+        first,
+        second,
     })
 }
 
@@ -197,7 +173,7 @@ fn place_relay(
     trace_id: TraceId,
     legs: Legs,
     local: &Status,
-) -> Option<Placed> {
+) -> Option<(Vec<RemoteSpan>, RelayHop)> {
     let direction = |t: &&&HopTiming, d: HopDirection| t.direction == d as i32;
     // The exec request is the first traced message toward the server; the
     // final event the last toward the client.
@@ -287,12 +263,14 @@ fn place_relay(
     placed.push(out_span);
     placed.push(back_span);
     placed.dedup_by_key(|s| s.span_id);
-    Some(Placed {
-        spans: placed,
-        to_server,
-        to_client,
-        offset: chosen,
-    })
+    Some((
+        placed,
+        RelayHop {
+            to_server,
+            to_client,
+            offset: chosen,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -352,13 +330,13 @@ mod tests {
         ];
         let placed = place_with(&timings).unwrap();
         // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 besides the skew.
-        assert_eq!(placed.offset.offset_nanos, 1_000_000 - 5);
-        assert_eq!(placed.offset.source, Source::TwoWay);
+        assert_eq!(placed.first.offset.offset_nanos, 1_000_000 - 5);
+        assert_eq!(placed.first.offset.source, Source::TwoWay);
         // Feasible offsets run from 1890 - 2000 to 1100 - 1000 besides
         // the skew: half that spread is the bound.
-        assert_eq!(placed.offset.bound, Duration::from_nanos(105));
-        assert_eq!(placed.to_server, (t(1105), t(1125)));
-        assert_eq!(placed.to_client, (t(1885), t(1895)));
+        assert_eq!(placed.first.offset.bound, Duration::from_nanos(105));
+        assert_eq!(placed.first.to_server, (t(1105), t(1125)));
+        assert_eq!(placed.first.to_client, (t(1885), t(1895)));
         assert_eq!(placed.spans.len(), 3);
         for s in &placed.spans {
             assert_eq!(s.service, RELAY);
@@ -377,9 +355,9 @@ mod tests {
         ])
         .unwrap();
         // ((10) + (1405 - 2000)) / 2 = -292, between -595 and 10.
-        assert_eq!(placed.offset.offset_nanos, -292);
-        assert!(placed.to_server.0 >= legs().request_left);
-        assert!(placed.to_client.1 <= legs().final_arrived);
+        assert_eq!(placed.first.offset.offset_nanos, -292);
+        assert!(placed.first.to_server.0 >= legs().request_left);
+        assert!(placed.first.to_client.1 <= legs().final_arrived);
         // Forwards that cannot both fit, or that overlap on the relay's
         // clock: nothing is placed.
         assert!(
@@ -432,10 +410,10 @@ mod tests {
             &ours,
         )
         .unwrap();
-        assert_eq!(placed.offset.source, Source::SameHost);
-        assert_eq!(placed.offset.offset_nanos, 0);
-        assert_eq!(placed.to_server, (t(1010), t(1015)));
-        assert_eq!(placed.to_client, (t(1400), t(1405)));
+        assert_eq!(placed.first.offset.source, Source::SameHost);
+        assert_eq!(placed.first.offset.offset_nanos, 0);
+        assert_eq!(placed.first.to_server, (t(1010), t(1015)));
+        assert_eq!(placed.first.to_client, (t(1400), t(1405)));
         let attrs = &placed.spans[0].attributes;
         assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_SOURCE, "same-host")));
         assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_BOUND, 0i64)));
@@ -450,7 +428,7 @@ mod tests {
             &ours,
         )
         .unwrap();
-        assert_eq!(placed.offset.source, Source::TwoWay);
+        assert_eq!(placed.first.offset.source, Source::TwoWay);
     }
 
     #[test]
@@ -469,18 +447,18 @@ mod tests {
         let a_out = timing(1, HopDirection::ToServer, 1100 + a, 10);
         let placed = place_with(&[a_out.clone(), b_out.clone(), b_back.clone(), a_back]).unwrap();
         // ((1100 - 1000) + (1890 - 2000)) / 2 = -5 besides its 1_000.
-        assert_eq!(placed.offset.offset_nanos, 1_000 - 5);
-        assert_eq!(placed.to_server, (t(1105), t(1115)));
-        assert_eq!(placed.to_client, (t(1885), t(1895)));
-        let inner = placed.inner.expect("the second relay placed");
+        assert_eq!(placed.first.offset.offset_nanos, 1_000 - 5);
+        assert_eq!(placed.first.to_server, (t(1105), t(1115)));
+        assert_eq!(placed.first.to_client, (t(1885), t(1895)));
+        let inner = placed.second.expect("the second relay placed");
         // Between 1115 and 1885: ((1200 - 1115) + (1710 - 1885)) / 2 = -45
         // besides its 5_000.
         assert_eq!(inner.offset.offset_nanos, 5_000 - 45);
         assert_eq!(inner.to_server, (t(1245), t(1250)));
         assert_eq!(inner.to_client, (t(1745), t(1755)));
-        assert!(inner.to_server.0 >= placed.to_server.1);
-        assert!(inner.to_client.1 <= placed.to_client.0);
-        assert_eq!(placed.nearest_server(), (inner.to_server, inner.to_client));
+        assert!(inner.to_server.0 >= placed.first.to_server.1);
+        assert!(inner.to_client.1 <= placed.first.to_client.0);
+        assert_eq!(placed.nearest_server(), &inner);
         assert_eq!(placed.spans.len(), 4);
         let parent = |id: u64| {
             placed
@@ -504,7 +482,7 @@ mod tests {
             timing(4, HopDirection::ToClient, 1880 + a, 10),
         ])
         .unwrap();
-        assert_eq!(alone.inner, None);
+        assert_eq!(alone.second, None);
         assert_eq!(alone.spans.len(), 2);
     }
 }

@@ -23,6 +23,7 @@ use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use integration_tests::binaries;
 use integration_tests::compose::{self, ComposeStack, client_lines, docker};
 use integration_tests::jaeger::{JaegerQuery, QueriedSpan};
 use integration_tests::{memory, trace_check};
@@ -205,6 +206,27 @@ async fn settled_trace(query: &JaegerQuery, trace_id: &str, services: &[&str]) -
     }
 }
 
+/// Command trace `trace_id` once it has settled in Jaeger with spans of
+/// every one of `services` (the CLI's last spans carried by one more
+/// command first): one trace, one root (`cli.run`), the client's spans
+/// there once each, and the CLI's stages tiling its run.
+fn one_trace(stack: &ComposeStack, trace_id: &str, services: &[&str]) -> Vec<QueriedSpan> {
+    carry_the_last_spans(stack);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
+    let spans = runtime.block_on(settled_trace(&query, trace_id, services));
+    assert!(spans.iter().all(|s| s.trace_id == trace_id));
+    assert_client_spans_once(&spans);
+    let roots = trace_check::roots(&spans);
+    assert_eq!(roots.len(), 1, "one root: {roots:?}");
+    assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
+    trace_check::assert_cli_run_tiles(&spans);
+    spans
+}
+
 #[test]
 fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
     let Some((stack, _guard)) = stack() else {
@@ -218,13 +240,13 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.stdout, b"traced\n", "{stderr}");
     assert!(out.status.success(), "{stderr}");
-    let trace_id = client_lines(&stderr)
-        .into_iter()
-        .find_map(|l| l.strip_prefix("core-client: trace "))
-        .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
-        .trim()
-        .to_owned();
-    carry_the_last_spans(&stack);
+    let trace_id = binaries::printed_trace_id(&out).unwrap();
+    // One trace, one root, parented as docs/spans.md says; the client's
+    // spans came through its sessions (it has no route to Jaeger), once.
+    let spans = one_trace(&stack, &trace_id, &THREE);
+    let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, BTreeSet::from(THREE));
+    trace_check::assert_exec_tree(&spans);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -232,24 +254,6 @@ fn the_command_is_one_trace_in_jaeger_across_all_three_services() {
         .unwrap();
     runtime.block_on(async {
         let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
-        let spans = settled_trace(&query, &trace_id, &THREE).await;
-
-        // One trace, one root, parented as docs/spans.md says; the
-        // client's spans came through its sessions (it has no route to
-        // Jaeger), once.
-        assert!(spans.iter().all(|s| s.trace_id == trace_id));
-        assert_client_spans_once(&spans);
-        let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
-        assert_eq!(
-            services,
-            BTreeSet::from(["core-client", "exec-server", "relay"])
-        );
-        let roots = trace_check::roots(&spans);
-        assert_eq!(roots.len(), 1, "one root: {roots:?}");
-        assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
-        trace_check::assert_cli_run_tiles(&spans);
-        trace_check::assert_exec_tree(&spans);
-
         // Jaeger's search finds it too, and lists the three services.
         let after = SystemTime::now() + Duration::from_secs(5);
         let found = query
@@ -545,28 +549,9 @@ fn tls_between_the_containers_runs_a_command_as_one_trace() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.stdout, b"over\ttls\0\xff", "{stderr}");
     assert_eq!(out.status.code(), Some(5), "{stderr}");
-    let trace_id = client_lines(&stderr)
-        .into_iter()
-        .find_map(|l| l.strip_prefix("core-client: trace "))
-        .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
-        .trim()
-        .to_owned();
-    carry_the_last_spans(&stack);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
-        let spans = settled_trace(&query, &trace_id, &THREE).await;
-        assert!(spans.iter().all(|s| s.trace_id == trace_id));
-        assert_client_spans_once(&spans);
-        let roots = trace_check::roots(&spans);
-        assert_eq!(roots.len(), 1, "one root: {roots:?}");
-        assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
-        trace_check::assert_cli_run_tiles(&spans);
-        trace_check::assert_exec_tree(&spans);
-    });
+    let trace_id = binaries::printed_trace_id(&out).unwrap();
+    let spans = one_trace(&stack, &trace_id, &THREE);
+    trace_check::assert_exec_tree(&spans);
 
     // Plain HTTP/2 to the TLS relay is refused in one line, never served.
     let out = stack
@@ -688,66 +673,47 @@ fn fleet_a_command_through_one_relay_reaches_the_exec_server_at_the_other_as_one
         out.stdout.len()
     );
     assert_eq!(out.status.code(), Some(6), "{stderr}");
-    let trace_id = client_lines(&stderr)
-        .into_iter()
-        .find_map(|l| l.strip_prefix("core-client: trace "))
-        .unwrap_or_else(|| panic!("no trace id printed: {stderr}"))
-        .trim()
-        .to_owned();
-    carry_the_last_spans(&stack);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let query = JaegerQuery::new(&stack.jaeger_url).unwrap();
-        let spans = settled_trace(
-            &query,
-            &trace_id,
-            &["core-client", "exec-server", "relay", "relay-b"],
-        )
-        .await;
-        assert_client_spans_once(&spans);
-        let roots = trace_check::roots(&spans);
-        assert_eq!(roots.len(), 1, "one root: {roots:?}");
-        assert_eq!(roots[0].name, telemetry::spans::CLI_RUN);
-        trace_check::assert_cli_run_tiles(&spans);
-        // The leg between the relays: toward the exec-server relay-b's
-        // forward of a frame is a child of relay's, toward the client
-        // relay's a child of relay-b's.
-        let forwards = |service: &str, direction: &str| -> Vec<&QueriedSpan> {
-            spans
-                .iter()
-                .filter(|s| {
-                    s.service == service
-                        && s.name == telemetry::spans::RELAY_FORWARD
-                        && s.attr_str("rex.direction") == Some(direction)
-                })
-                .collect()
-        };
-        let under = |child: &str, parent: &str, direction: &str| {
-            let parents: BTreeSet<&str> = forwards(parent, direction)
-                .iter()
-                .map(|s| s.span_id.as_str())
-                .collect();
-            forwards(child, direction)
-                .iter()
-                .filter(|s| {
-                    s.parent_span_id
-                        .as_deref()
-                        .is_some_and(|p| parents.contains(p))
-                })
-                .count()
-        };
-        assert!(
-            under("relay-b", "relay", "to_server") >= 1,
-            "no relay-b forward toward the exec-server under relay's"
-        );
-        assert!(
-            under("relay", "relay-b", "to_client") >= 1,
-            "no relay forward toward the client under relay-b's"
-        );
-    });
+    let trace_id = binaries::printed_trace_id(&out).unwrap();
+    let spans = one_trace(
+        &stack,
+        &trace_id,
+        &["core-client", "exec-server", "relay", "relay-b"],
+    );
+    // The leg between the relays: toward the exec-server relay-b's
+    // forward of a frame is a child of relay's, toward the client
+    // relay's a child of relay-b's.
+    let forwards = |service: &str, direction: &str| -> Vec<&QueriedSpan> {
+        spans
+            .iter()
+            .filter(|s| {
+                s.service == service
+                    && s.name == telemetry::spans::RELAY_FORWARD
+                    && s.attr_str("rex.direction") == Some(direction)
+            })
+            .collect()
+    };
+    let under = |child: &str, parent: &str, direction: &str| {
+        let parents: BTreeSet<&str> = forwards(parent, direction)
+            .iter()
+            .map(|s| s.span_id.as_str())
+            .collect();
+        forwards(child, direction)
+            .iter()
+            .filter(|s| {
+                s.parent_span_id
+                    .as_deref()
+                    .is_some_and(|p| parents.contains(p))
+            })
+            .count()
+    };
+    assert!(
+        under("relay-b", "relay", "to_server") >= 1,
+        "no relay-b forward toward the exec-server under relay's"
+    );
+    assert!(
+        under("relay", "relay-b", "to_client") >= 1,
+        "no relay forward toward the client under relay-b's"
+    );
 }
 
 #[test]
