@@ -96,6 +96,10 @@ pub struct ExecServerConfig {
     /// exported (the hello answer offers forwarding only with one): set by
     /// the binary when it exports over OTLP, unless `--no-span-forwarding`.
     pub span_forwarding: Option<telemetry::forward::Forwarder>,
+    /// How long a session's client may be silent before its link is taken
+    /// for broken (the client is asked after a quarter of it, and a live
+    /// one answers); then the resume grace begins.
+    pub idle_timeout: Duration,
     /// How long a session whose link broke keeps its processes running for
     /// its client to resume it (zero: sessions end with their link).
     pub resume_grace: Duration,
@@ -124,6 +128,9 @@ pub struct ExecServerConfig {
 
 /// Default [`ExecServerConfig::replay_window`].
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(120);
+
+/// Default [`ExecServerConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Default [`ExecServerConfig::resume_grace`].
 pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(60);
@@ -186,6 +193,7 @@ impl ExecServerConfig {
             terminals: true,
             login_shells: true,
             span_forwarding: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             resume_grace: DEFAULT_RESUME_GRACE,
             replay_window: DEFAULT_REPLAY_WINDOW,
             resume_buffer: DEFAULT_RESUME_BUFFER,

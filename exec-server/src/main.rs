@@ -172,6 +172,12 @@ struct RunArgs {
     /// pseudo-terminal (`core-client exec -t`) with a clear error.
     #[arg(long)]
     no_tty: bool,
+    /// How long a client may be silent before its session's link is taken
+    /// for broken (a vanished laptop, a black-holed path): it is asked
+    /// after a quarter of this, and a live client answers; then the resume
+    /// grace begins. At least 1s.
+    #[arg(long, env = "REX_IDLE_TIMEOUT", default_value = "120s", value_parser = lifecycle::durations::parse, value_name = "DURATION")]
+    idle_timeout: Duration,
     /// How long a session whose link broke (a relay restart, a network
     /// blip) keeps its commands running for its client to come back and
     /// resume it with nothing lost; 0: commands end with their link.
@@ -400,6 +406,10 @@ fn serve(args: RunArgs) -> ExitCode {
     };
     config.call_timings = !args.no_call_timings;
     config.terminals = !args.no_tty;
+    if args.idle_timeout < Duration::from_secs(1) {
+        return fail("--idle-timeout: at least 1s");
+    }
+    config.idle_timeout = args.idle_timeout;
     config.resume_grace = args.resume_grace;
     if args.replay_window < Duration::from_secs(1) {
         return fail("--replay-window: at least 1s");

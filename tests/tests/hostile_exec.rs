@@ -8,7 +8,8 @@
 //! exec-server, commands starting with every signal's default action
 //! whatever the exec-server was started ignoring (as under `nohup`), a
 //! command whose client gave up on a tampered link ending at once, and one
-//! whose client was killed outright ending when its resume grace runs out.
+//! whose client was killed outright, or whose path fell silent, ending
+//! when its resume grace runs out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -801,13 +802,72 @@ async fn a_command_whose_client_gave_up_on_a_tampered_link_ends_and_both_records
     );
 }
 
-/// The exec-server's resume grace in the kill test: short, so the test
-/// waits seconds rather than the default minute.
+/// The exec-server's resume grace in the kill and silence tests: short,
+/// so the tests wait seconds rather than the default minute.
 const SHORT_GRACE: &str = "3s";
 
 #[test]
 fn a_command_whose_client_was_killed_ends_at_the_grace_and_its_record_says_why() {
     let stack = ProcStack::start(&[("REX_RESUME_GRACE", SHORT_GRACE)]).unwrap();
+    abandoned_command_ends(&stack, None, |cli| {
+        // The client is killed outright: it cannot abandon the session,
+        // and nobody resumes it.
+        kill(
+            Pid::from_raw(i32::try_from(cli.id()).unwrap()),
+            Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = cli.wait();
+    });
+}
+
+#[test]
+fn a_command_whose_client_fell_silent_ends_at_the_idle_timeout_and_grace() {
+    // The exec-server takes a client silent for 2 s for gone (it asks
+    // after 0.5 s; a live client answers).
+    let stack = ProcStack::start(&[
+        ("REX_RESUME_GRACE", SHORT_GRACE),
+        ("REX_IDLE_TIMEOUT", "2s"),
+    ])
+    .unwrap();
+    // A live client that sends nothing for four times that long is kept:
+    // it answers when asked.
+    let quiet = stack
+        .exec(&["sh", "-c", "sleep 8; exit 3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        quiet.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    let link =
+        link_emulator::Emulator::start(link_emulator::Config::new(stack.relay_addr().unwrap()))
+            .unwrap();
+    let mut cli = None;
+    abandoned_command_ends(&stack, Some(&link.url()), |c| {
+        // The path goes silent both ways, its connection left open (a
+        // laptop closed, a path black-holed): no close, no reset, nothing
+        // more arrives. The client still thinks it has a link.
+        for d in link_emulator::Direction::BOTH {
+            link.stall(d, Duration::from_secs(3600));
+        }
+        assert!(exits(c, Duration::from_secs(1)).is_none());
+        cli = Some(c.id());
+    });
+    let _ = kill(
+        Pid::from_raw(i32::try_from(cli.unwrap()).unwrap()),
+        Signal::SIGKILL,
+    );
+}
+
+/// Runs a command (and a child of its own) through `via` (the relay's own
+/// address by default), lets `lose` take
+/// its client away, and checks that both end once the exec-server's resume
+/// grace has run out, with the record saying why.
+fn abandoned_command_ends(stack: &ProcStack, via: Option<&str>, lose: impl FnOnce(&mut Child)) {
     let dir = stack.dir.path().to_owned();
     let pid_file = dir.join("command.pid");
     // The command and a child of its own (a pipeline member in the
@@ -817,13 +877,16 @@ fn a_command_whose_client_was_killed_ends_at_the_grace_and_its_record_says_why()
         "sleep {child_marker} & echo $$ > '{}'; while sleep 0.2; do echo tick; done",
         pid_file.display()
     );
-    let mut cli = stack
-        .exec(&["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let argv = ["sh", "-c", &script];
+    let mut cli = match via {
+        Some(url) => stack.exec_via(url, &[], &argv),
+        None => stack.exec(&argv),
+    }
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut pid = None;
     assert!(
         eventually(Duration::from_secs(60), || {
@@ -835,14 +898,7 @@ fn a_command_whose_client_was_killed_ends_at_the_grace_and_its_record_says_why()
         "the command never started"
     );
     let pid = pid.unwrap();
-    // The client is killed outright: it cannot abandon the session, and
-    // nobody resumes it.
-    kill(
-        Pid::from_raw(i32::try_from(cli.id()).unwrap()),
-        Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = cli.wait();
+    lose(&mut cli);
     stack
         .server
         .wait_for_line("a session's link broke", Duration::from_secs(60))
@@ -854,7 +910,7 @@ fn a_command_whose_client_was_killed_ends_at_the_grace_and_its_record_says_why()
     assert!(
         eventually(Duration::from_secs(60), || ended(pid)
             && with_marker(&child_marker).is_empty()),
-        "the command of a killed client runs on after the grace"
+        "the command of a lost client runs on after the grace"
     );
     let server_data = dir.join("server-data");
     let mut exit = None;

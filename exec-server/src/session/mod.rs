@@ -166,7 +166,7 @@ impl ServerContext {
             output_window: self.config.resume_buffer,
             resumable: !self.config.resume_grace.is_zero(),
             resume_grace: self.config.resume_grace,
-            ..proto::session::Limits::server()
+            ..proto::session::Limits::server_idle(self.config.idle_timeout)
         }
     }
 }

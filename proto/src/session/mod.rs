@@ -122,7 +122,10 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Client: a ping is sent when nothing has arrived for this long, and
     /// when nothing has left for this long (so the exec-server hears from
-    /// a live client at least this often). The exec-server sends no pings.
+    /// a live client at least this often). Exec-server: a ping is sent
+    /// when nothing has arrived for this long (once per quiet period), so
+    /// a live client is heard from before the idle timeout however rarely
+    /// it pings by itself.
     pub keepalive: Duration,
     /// The session ends when nothing has arrived for this long while the
     /// machine was reading.
@@ -178,9 +181,17 @@ impl Limits {
     /// An exec-server's defaults: 10 s handshake, idle after 120 s (four
     /// client keepalives), 256 calls per session.
     pub fn server() -> Self {
+        Self::server_idle(Duration::from_secs(120))
+    }
+
+    /// An exec-server's defaults with the client declared gone after
+    /// `idle` of silence: it is asked whether it is there after a quarter
+    /// of that (at least 100 ms).
+    pub fn server_idle(idle: Duration) -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
+            keepalive: (idle / 4).max(Duration::from_millis(100)),
+            idle_timeout: idle,
             max_calls: 256,
             ..Self::client()
         }

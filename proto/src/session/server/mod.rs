@@ -22,7 +22,7 @@ use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
 use crate::pb::clock::ClockStatus;
 use crate::pb::session::{
-    Envelope, ExecErrorKind, ExecRequest, HelloAck, Pong, TraceContext, envelope::Body,
+    Envelope, ExecErrorKind, ExecRequest, HelloAck, Ping, Pong, TraceContext, envelope::Body,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -310,6 +310,8 @@ pub struct ServerSession<T> {
     trimmed: VecDeque<(u64, Account)>,
     /// Spans of forwarded batches refused (over the limit, or not taken).
     spans_refused: u64,
+    /// Probes sent to a quiet client (each ping's nonce).
+    pub(super) pings_sent: u64,
     events: Events<ServerEvent>,
 }
 
@@ -345,6 +347,7 @@ impl<T> ServerSession<T> {
             early_answer: None,
             trimmed: VecDeque::new(),
             spans_refused: 0,
+            pings_sent: 0,
             events: Events::default(),
         }
     }
@@ -794,7 +797,11 @@ impl<T> ServerSession<T> {
         if !self.wants_frames() {
             return None;
         }
-        Some(self.link.quiet_since + self.link.limits.idle_timeout)
+        let idle = self.link.quiet_since + self.link.limits.idle_timeout;
+        if self.state == State::Ready && !self.link.keepalive_sent {
+            return Some(idle.min(self.link.quiet_since + self.link.limits.keepalive));
+        }
+        Some(idle)
     }
 
     /// When a detached session's grace ends.
@@ -822,14 +829,33 @@ impl<T> ServerSession<T> {
                     _ => Stage::Hello,
                 };
                 self.fail(SessionError::Timeout(stage), now);
-            } else if reading
-                && now.at.saturating_duration_since(self.link.quiet_since)
-                    >= self.link.limits.idle_timeout
-            {
-                self.fail(SessionError::Timeout(Stage::Idle), now);
+            } else if reading {
+                let quiet = now.at.saturating_duration_since(self.link.quiet_since);
+                if quiet >= self.link.limits.idle_timeout {
+                    self.fail(SessionError::Timeout(Stage::Idle), now);
+                } else if quiet >= self.link.limits.keepalive
+                    && !self.link.keepalive_sent
+                    && self.state == State::Ready
+                {
+                    self.probe(now);
+                }
             }
         }
         self.sync_end();
+    }
+
+    /// Asks a client that has been quiet for a keepalive whether it is
+    /// still there (once per quiet period): a live client answers, however
+    /// rarely it pings by itself, and a gone one is declared dead at the
+    /// idle timeout.
+    fn probe(&mut self, now: Now) {
+        self.pings_sent += 1;
+        let ping = Body::Ping(Ping {
+            nonce: self.pings_sent,
+        });
+        // A session that cannot send is ending anyway.
+        let _ = self.link.send(0, None, ping, None, now);
+        self.link.keepalive_sent = true;
     }
 
     /// Overrides the output window the hello set (a peer that ignores it).

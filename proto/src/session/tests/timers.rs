@@ -28,8 +28,9 @@ fn keepalive_pings_measure_the_clock_and_keep_the_session() {
 #[test]
 fn a_silent_exec_server_is_declared_dead_after_the_idle_timeout() {
     let mut p = Pair::ready();
-    // The exec-server stops reading (and so answering).
-    p.server_reads = false;
+    // The exec-server falls silent (hung, or the path black-holed both
+    // ways): it neither answers nor, now, asks whether the client is there.
+    p.server_frozen = true;
     p.advance(Duration::from_secs(89));
     assert!(p.client_end().is_none());
     p.advance(Duration::from_secs(2));
@@ -43,14 +44,20 @@ fn a_silent_exec_server_is_declared_dead_after_the_idle_timeout() {
     );
 }
 
-#[test]
-fn a_silent_client_is_dropped_by_the_exec_server() {
+/// A client that never pings by itself.
+fn quiet_client() -> Limits {
     let mut client = Limits::client();
-    // A client that never pings.
     client.keepalive = Duration::from_secs(3600);
     client.idle_timeout = Duration::from_secs(7200);
-    let mut p = Pair::with(client, Limits::server());
+    client
+}
+
+#[test]
+fn a_silent_client_is_dropped_by_the_exec_server() {
+    let mut p = Pair::with(quiet_client(), Limits::server());
     p.run();
+    // The client is gone: nothing it is sent is read or answered.
+    p.client_reads = false;
     p.advance(Duration::from_secs(119));
     assert!(p.server_end().is_none());
     p.advance(Duration::from_secs(2));
@@ -58,6 +65,20 @@ fn a_silent_client_is_dropped_by_the_exec_server() {
         p.server_end(),
         Some(Err(SessionError::Timeout(Stage::Idle)))
     ));
+}
+
+#[test]
+fn a_live_client_that_never_pings_answers_the_exec_servers_probes() {
+    // An exec-server that gives up on a client after 2 s of silence asks
+    // after 0.5 s; the client answers, so hours of quiet end nothing.
+    let mut p = Pair::with(quiet_client(), Limits::server_idle(Duration::from_secs(2)));
+    p.run();
+    p.advance(Duration::from_secs(3600));
+    assert!(p.client_end().is_none() && p.server_end().is_none());
+    // One probe per quiet period: about one every half second, not a
+    // stream of them.
+    let probes = p.server.pings_sent;
+    assert!((7000..=7200).contains(&probes), "{probes}");
 }
 
 #[test]
