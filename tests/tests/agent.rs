@@ -541,6 +541,18 @@ fn a_command_whose_cli_is_killed_still_has_its_outcome_recorded_by_the_agent() {
         .spawn()
         .unwrap();
     f.until_one_call_runs();
+    // The agent counts a call from its claim on the session, before the
+    // command starts: a CLI killed that early leaves nothing to record.
+    // Its command is running once its record says so.
+    let deadline = Instant::now() + PATIENCE;
+    while !f
+        .records_in(&f.data_dir())
+        .iter()
+        .any(|r| r.progress == metadata::Progress::Running)
+    {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     // The agent cancels the call and records how it ended.
