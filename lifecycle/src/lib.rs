@@ -9,9 +9,13 @@
 //!   SIGTERM start a graceful shutdown; SIGHUP is reported for a reload.
 //! - `limits` (feature `limits`): the descriptor limit raised at start.
 //! - `durations` (feature `durations`): durations on command lines.
+//! - `config_file` (feature `config-file`): a service's settings from a
+//!   TOML file, each key a flag's long name.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "config-file")]
+pub mod config_file;
 #[cfg(feature = "durations")]
 pub mod durations;
 #[cfg(feature = "limits")]

@@ -48,6 +48,12 @@ use relay::directory::DirectoryConfig;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Settings from a TOML file: each key is a flag's long name
+    /// (`max-connections = 512`, `directory = ["http://etcd-1:2379"]`,
+    /// `no-hop-headers = true`); a flag or its environment variable wins
+    /// over the file, and the file over the default.
+    #[arg(long, env = "REX_RELAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on for exec-servers and clients.
     #[arg(long, env = "REX_RELAY_LISTEN", default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
@@ -237,7 +243,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match lifecycle::config_file::parse::<Args>("config") {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match args.command {
         Some(Command::Health {
             url,

@@ -219,3 +219,58 @@ fn server_key_can_come_from_a_file() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("does not hold a public key"), "{err}");
 }
+
+#[test]
+fn a_relay_takes_its_settings_from_a_config_file_and_its_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (from_file, from_flag) = (port(), port());
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{from_file}\"\nmax-connections = 64\nno-hop-headers = true\n"
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let relay = binaries::spawn("relay", &["--config", file], &[]).unwrap();
+    let line = relay
+        .wait_for_line("listening on", Duration::from_secs(30))
+        .unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{from_file}")), "{line}");
+    // `relay health` checks the relay the file describes.
+    let out = probe("relay", &["--config", file, "health"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(relay);
+    // A flag wins over the file.
+    let flag = format!("127.0.0.1:{from_flag}");
+    let relay = binaries::spawn("relay", &["--config", file, "--listen", &flag], &[]).unwrap();
+    let line = relay
+        .wait_for_line("listening on", Duration::from_secs(30))
+        .unwrap();
+    assert!(line.contains(&flag), "{line}");
+    drop(relay);
+    // A key that is no flag: one line naming the file and the key, and
+    // nothing started.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "max_connections = 64\n").unwrap();
+    let out = probe("relay", &["--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("unknown key `max_connections`"),
+        "{err}"
+    );
+}
