@@ -147,6 +147,15 @@ fn with_file(
         let Some(arg) = command
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()) && a.get_id() != file_arg)
+            .filter(|a| {
+                !matches!(
+                    a.get_action(),
+                    ArgAction::Help
+                        | ArgAction::HelpShort
+                        | ArgAction::HelpLong
+                        | ArgAction::Version
+                )
+            })
         else {
             return Err(ConfigFileError::UnknownKey {
                 path: path.to_owned(),
@@ -272,7 +281,7 @@ mod tests {
             let path = std::env::temp_dir().join(format!(
                 "config-file-test-{}-{}.toml",
                 std::process::id(),
-                rand_suffix()
+                next_suffix()
             ));
             std::fs::write(&path, text).unwrap();
             Self(path)
@@ -285,7 +294,7 @@ mod tests {
         }
     }
 
-    fn rand_suffix() -> u64 {
+    fn next_suffix() -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         N.fetch_add(1, Ordering::Relaxed)
@@ -337,6 +346,7 @@ mod tests {
         let cases = [
             ("max_connections = 5\n", "unknown key `max_connections`"),
             ("config = \"/x\"\n", "unknown key `config`"),
+            ("help = true\n", "unknown key `help`"),
             ("quiet = \"yes\"\n", "`quiet`: true or false"),
             (
                 "listen = [\"a\", \"b\"]\n",
