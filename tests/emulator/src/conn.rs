@@ -99,9 +99,7 @@ impl Conn {
         match kind {
             CutKind::Close => {
                 counters.closes.fetch_add(1, Ordering::Relaxed);
-                for s in [&self.client, &self.server] {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
+                self.close_both();
             }
             CutKind::Reset => {
                 counters.resets.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +113,25 @@ impl Conn {
         }
         for lane in &self.lanes {
             lane.abort();
+        }
+    }
+
+    /// Closes the connection because the emulator stops: not a cut (a
+    /// connection that was ending by itself may still be listed), so not
+    /// counted as one.
+    pub(crate) fn close_at_stop(&self) {
+        if self.cut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.close_both();
+        for lane in &self.lanes {
+            lane.abort();
+        }
+    }
+
+    fn close_both(&self) {
+        for s in [&self.client, &self.server] {
+            let _ = s.shutdown(Shutdown::Both);
         }
     }
 

@@ -179,7 +179,7 @@ impl Emulator {
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         let _ = accept.join();
         for conn in self.shared.live_conns() {
-            conn.cut(CutKind::Close);
+            conn.close_at_stop();
         }
         let threads = std::mem::take(
             &mut *self

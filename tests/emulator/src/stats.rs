@@ -88,7 +88,8 @@ pub struct LinkStats {
     pub failed_connects: u64,
     /// Connections open now.
     pub active: u64,
-    /// Connections cut with a close.
+    /// Connections cut with a close (asked for; not those the emulator
+    /// closes as it stops).
     pub closes: u64,
     /// Connections cut with a reset (asked for, or passed on from an end
     /// that reset).
