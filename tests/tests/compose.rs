@@ -281,19 +281,10 @@ fn relay_restart_costs_the_command_in_flight_a_pause_and_the_exec_server_re_regi
     };
     // A command writing a numbered line every quarter second, through the
     // restart: every line arrives once, in order, and its exit status too.
-    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
-                  sleep 0.25; done; exit 5";
-    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
-    running.wait_for_line("started", START).unwrap();
+    let running = numbered_lines(&stack);
 
     stack.run(&["restart", "-t", "2", "relay"]).unwrap();
-    for i in 0..40 {
-        let line = running.next_line(RECOVER).unwrap();
-        assert_eq!(line, format!("line-{i}"), "every line once, in order");
-    }
-    let ended = running.wait(RECOVER).unwrap();
-    assert_eq!(ended.code, Some(5), "{}", ended.stderr);
-    assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
+    every_line_once_then_exit_5(running);
 
     // The relay is back; the exec-server registers again on its own (how
     // long it took is printed, never judged).
@@ -415,10 +406,7 @@ fn network_cut_pauses_the_command_in_flight_and_fails_new_commands_clearly() {
     // or are found dead (by the HTTP/2 keepalives, at most 40 s) and its
     // session resumed, every line arrives once, in order, and its exit
     // status too.
-    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
-                  sleep 0.25; done; exit 5";
-    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
-    running.wait_for_line("started", START).unwrap();
+    let running = numbered_lines(&stack);
 
     for network in &networks {
         docker(&["network", "disconnect", network, &exec_server]).unwrap();
@@ -448,13 +436,7 @@ fn network_cut_pauses_the_command_in_flight_and_fails_new_commands_clearly() {
         std::panic::resume_unwind(panic);
     }
 
-    for i in 0..40 {
-        let line = running.next_line(RECOVER).unwrap();
-        assert_eq!(line, format!("line-{i}"), "every line once, in order");
-    }
-    let ended = running.wait(RECOVER).unwrap();
-    assert_eq!(ended.code, Some(5), "{}", ended.stderr);
-    assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
+    every_line_once_then_exit_5(running);
     eprintln!(
         "network cut: the command in flight ended {:?} after the network was restored",
         restored.elapsed()
@@ -722,10 +704,7 @@ fn fleet_the_home_relay_killed_mid_command_and_the_command_resumes_through_the_o
         return;
     };
     home_at_relay_b(&stack);
-    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
-                  sleep 0.25; done; exit 5";
-    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
-    running.wait_for_line("started", START).unwrap();
+    let running = numbered_lines(&stack);
 
     // The home relay dies with no goodbye: the exec-server moves to the
     // next relay of its list, and the command comes back through the
@@ -733,13 +712,7 @@ fn fleet_the_home_relay_killed_mid_command_and_the_command_resumes_through_the_o
     stack.run(&["kill", "relay-b"]).unwrap();
     let killed = Instant::now();
     let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        for i in 0..40 {
-            let line = running.next_line(RECOVER).unwrap();
-            assert_eq!(line, format!("line-{i}"), "every line once, in order");
-        }
-        let ended = running.wait(RECOVER).unwrap();
-        assert_eq!(ended.code, Some(5), "{}", ended.stderr);
-        assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
+        every_line_once_then_exit_5(running);
         // The directory names the new home (relay-b's lease has run out
         // or been overwritten).
         home_becomes(&stack, "http://relay:7600");
@@ -806,4 +779,26 @@ fn fleet_without_etcd_routes_known_keep_working_and_the_directory_comes_back() {
     home_becomes(&stack, "http://relay-b:7600");
     let took = succeeds_within(&stack, RECOVER);
     eprintln!("fleet: commands through the fleet {took:?} after etcd was back");
+}
+
+/// A command writing 40 numbered lines, one every quarter second, then
+/// exiting 5; returned once it has started.
+fn numbered_lines(stack: &ComposeStack) -> compose::Running {
+    let script = "echo started; i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); \
+                  sleep 0.25; done; exit 5";
+    let running = stack.spawn_exec(&[], &["sh", "-c", script]).unwrap();
+    running.wait_for_line("started", START).unwrap();
+    running
+}
+
+/// [`numbered_lines`]' whole output: every line once, in order, exit
+/// status 5, and no line from the client itself.
+fn every_line_once_then_exit_5(running: compose::Running) {
+    for i in 0..40 {
+        let line = running.next_line(RECOVER).unwrap();
+        assert_eq!(line, format!("line-{i}"), "every line once, in order");
+    }
+    let ended = running.wait(RECOVER).unwrap();
+    assert_eq!(ended.code, Some(5), "{}", ended.stderr);
+    assert!(client_lines(&ended.stderr).is_empty(), "{}", ended.stderr);
 }
