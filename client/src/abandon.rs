@@ -56,7 +56,8 @@ pub(crate) async fn give_up(config: &ClientConfig, abandonment: Abandonment) -> 
 
 /// One attempt through `target`.
 async fn attempt(config: &ClientConfig, target: &Target, abandonment: Abandonment) -> bool {
-    let Ok(endpoint) = proto::link::endpoint(target.url(), config.connect_timeout, &config.tls)
+    let Ok(endpoint) =
+        proto::link::client_endpoint(target.url(), config.connect_timeout, &config.tls)
     else {
         return false;
     };

@@ -128,7 +128,8 @@ impl Reconnect {
         let config = &self.config;
         let url = target.url();
         router.link().trying(url);
-        let endpoint = proto::link::endpoint(url, config.connect_timeout, &config.tls).ok()?;
+        let endpoint =
+            proto::link::client_endpoint(url, config.connect_timeout, &config.tls).ok()?;
         let channel = tokio::select! {
             () = self.stop.cancelled() => return None,
             c = endpoint.connect() => c.ok()?,

@@ -8,10 +8,26 @@ use std::time::Duration;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Per-stream HTTP/2 window: bounds what one session has in flight.
+/// Per-stream HTTP/2 window: bounds what one session has in flight on a
+/// link, and what a relay holds unread of a session whose far side has
+/// stopped reading.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
-/// Per-connection HTTP/2 window.
-pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Per-stream HTTP/2 window of a client's link, the side that takes a
+/// session's output. A client reads what arrives at once (each call's
+/// output waits in its own queue, bounded by the call's output credit), so
+/// a large window costs it nothing; this one is a call's whole output
+/// credit ([`crate::session::Limits::client`]), so that across a long path
+/// the credit, not HTTP/2, is what limits a call (at the 1 MiB of the other
+/// links, a 50 ms round trip held output to about 20 MiB/s).
+pub const CLIENT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection HTTP/2 window: the protocol's largest, so that it never
+/// binds. Data a receiver has not yet read holds its connection's window
+/// as well as its stream's; a relay that stops reading a session whose
+/// client stopped reading (a frozen process, a laptop asleep) would
+/// otherwise take from every other session on the same link (an
+/// exec-server's, or a fleet peer's) until a few such sessions held it all
+/// and the link carried nothing. Each stream's window is the bound.
+pub const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Default TCP/HTTP2 connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +79,18 @@ pub fn endpoint(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW)))
+}
+
+/// [`endpoint`] for a client's link: the same settings, with the larger
+/// stream window of the side that takes output
+/// ([`CLIENT_STREAM_WINDOW`]).
+#[cfg(feature = "channel")]
+pub fn client_endpoint(
+    url: &str,
+    connect_timeout: Duration,
+    tls: &crate::tls::TlsSettings,
+) -> Result<tonic::transport::Endpoint, EndpointError> {
+    Ok(endpoint(url, connect_timeout, tls)?.initial_stream_window_size(Some(CLIENT_STREAM_WINDOW)))
 }
 
 /// Why a connection failed, in words a person can act on: the innermost

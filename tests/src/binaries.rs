@@ -146,6 +146,18 @@ fn pump_stderr(stderr: ChildStderr) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Waits (bounded, checking every 50 ms) until `ok` holds; whether it did.
+pub fn eventually(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok()
+}
+
 /// Spawns a binary with `args`, stderr captured line by line.
 pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Proc> {
     let mut cmd = Command::new(path(name)?);

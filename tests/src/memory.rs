@@ -1,6 +1,7 @@
-//! Searching a live process's memory (`/proc/PID/mem`, readable regions
-//! from `/proc/PID/maps`) for a byte string: how the compose tests show
-//! that the relay never holds a command's plaintext.
+//! A live process's memory: its resident size, and searching it
+//! (`/proc/PID/mem`, readable regions from `/proc/PID/maps`) for a byte
+//! string, which is how the compose tests show that the relay never holds
+//! a command's plaintext.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -17,6 +18,17 @@ pub struct Scan {
     pub bytes: u64,
     /// Occurrences of the needle.
     pub hits: usize,
+}
+
+/// The resident memory of process `pid` (`VmRSS`), KiB; `None` if it is
+/// gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Counts the occurrences of `needle` in every readable mapping of process

@@ -36,6 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries::{Proc, ProcStack};
+use crate::memory::rss_kib;
 
 /// What a soak does.
 #[derive(Debug, Clone)]
@@ -337,16 +338,6 @@ impl Report {
         }
         out
     }
-}
-
-/// The resident memory of process `pid`, KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Runs a soak; its report. Fails only when the processes cannot be set

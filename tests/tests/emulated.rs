@@ -2,20 +2,104 @@
 //! through the link emulator (a 50 ms round trip), as a user tens of
 //! milliseconds away does. Output arrives byte-exact with its exit status,
 //! the emulator saw the bytes cross, and a link reset mid-command is
-//! survived (the session resumes through a new connection). Counts and
-//! contents are asserted, never elapsed times.
+//! survived (the session resumes through a new connection). Across a long
+//! path a call's output credit, not HTTP/2's window, is what bounds the
+//! output in flight, and Ctrl-C ends a command that prints without end
+//! with at most that much after it. Counts and contents are asserted, never
+//! elapsed times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::binaries::{self, ProcStack};
 use link_emulator::{Config, CutKind, Emulator};
 
 fn emulated(stack: &ProcStack, rtt: Duration) -> Emulator {
     Emulator::start(Config::new(stack.relay_addr().unwrap()).rtt(rtt)).unwrap()
+}
+
+/// A call's output credit (the client's default), what may be in flight.
+fn credit() -> u64 {
+    u64::from(proto::session::Limits::client().output_window)
+}
+/// HTTP/2 frame headers and control frames beside the data.
+const FRAMING: u64 = 64 * 1024;
+
+#[test]
+fn across_a_long_path_the_calls_credit_bounds_the_output_in_flight_not_http2() {
+    const LEN: usize = 16 * 1024 * 1024;
+    let stack = ProcStack::start(&[]).unwrap();
+    // Long enough that the relay always has more than the other links'
+    // HTTP/2 window to send before the first acknowledgement returns.
+    let link = emulated(&stack, Duration::from_millis(400));
+    let out = stack
+        .exec_via(
+            &link.url(),
+            &[],
+            &["head", "-c", &LEN.to_string(), "/dev/zero"],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), LEN);
+    assert!(out.stdout.iter().all(|&b| b == 0));
+    let stats = link.shutdown();
+    // More than one HTTP/2 stream window of the other links was on the
+    // path at once (at 1 MiB, a 50 ms round trip held output to about
+    // 20 MiB/s), and never more than the call's credit.
+    let window = u64::from(proto::link::STREAM_WINDOW);
+    assert!(stats.down.peak_queued > window + FRAMING, "{stats}");
+    assert!(stats.down.peak_queued <= credit() + FRAMING, "{stats}");
+}
+
+#[test]
+fn ctrl_c_across_a_50ms_link_ends_a_command_that_prints_without_end_with_at_most_its_credit_after()
+{
+    let stack = ProcStack::start(&[]).unwrap();
+    let link = emulated(&stack, Duration::from_millis(50));
+    let mut cli = stack
+        .exec_via(&link.url(), &[], &["yes", "a line of output"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = cli.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut before = 0u64;
+    let reading = Instant::now();
+    while before == 0 || reading.elapsed() < Duration::from_secs(2) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the output ended before Ctrl-C");
+        before += n as u64;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(cli.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut after = 0u64;
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        after += n as u64;
+    }
+    let status = cli.wait().unwrap();
+    // The remote command died of SIGINT: 128 + 2.
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    // What was in flight when the signal left, and what the pipes held:
+    // the credit bounds it.
+    assert!(
+        after <= credit() + 1024 * 1024,
+        "{after} bytes after Ctrl-C ({before} before)"
+    );
 }
 
 #[test]

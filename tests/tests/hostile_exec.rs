@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use integration_tests::binaries::{self, ProcStack};
+use integration_tests::binaries::{self, ProcStack, eventually};
 use integration_tests::proxy::{self, Behaviour};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -62,18 +62,6 @@ fn with_marker(marker: &str) -> Vec<u32> {
         }
     }
     found
-}
-
-/// Waits (bounded) until `ok` holds; returns whether it did.
-fn eventually(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
 }
 
 /// Waits (bounded) for `child` to exit; its status if it did.
