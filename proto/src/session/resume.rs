@@ -9,8 +9,11 @@
 //! handshake's hash. A proof so binds the secret to one new handshake: it
 //! is worthless in any other session, so a resume message seen twice, or
 //! sent by another key, is refused. Both ends then move to the next secret,
-//! derived from the old one and the new handshake hash, so that a secret
-//! that served once never serves again.
+//! derived from the one proved and the new handshake hash: the client when
+//! the answer arrives, the exec-server as it sends it. The answer may be
+//! lost (the new link breaks first), leaving the client with the secret it
+//! proved, so the exec-server takes that one too until the client proves
+//! the next: a secret serves until its successor has.
 
 use ring::{digest, hmac};
 

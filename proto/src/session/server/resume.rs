@@ -18,7 +18,22 @@ use crate::session::{Now, SessionError};
 #[derive(Debug, Clone)]
 pub(super) struct Resumable {
     pub(super) token: [u8; TOKEN_LEN],
+    /// The secret a client holds once it has had the last resume's answer.
     pub(super) secret: ResumeSecret,
+    /// The secret the client last proved, which it still holds if that
+    /// answer was lost (the new link broke before it arrived): good until
+    /// the client proves [`secret`](Self::secret).
+    pub(super) proven: Option<ResumeSecret>,
+}
+
+impl Resumable {
+    /// The secret `proof` was made with over the handshake `hash`: the
+    /// current one, or the one last proved.
+    fn proved(&self, hash: &[u8], proof: &[u8]) -> Option<&ResumeSecret> {
+        std::iter::once(&self.secret)
+            .chain(&self.proven)
+            .find(|s| s.verify(hash, proof))
+    }
 }
 
 /// What a session whose grace expired leaves behind for a client that
@@ -101,6 +116,7 @@ impl<T> ServerSession<T> {
         self.resumable = Some(Resumable {
             token,
             secret: ResumeSecret::from_handshake(&hash),
+            proven: None,
         });
         bytes::Bytes::copy_from_slice(&token)
     }
@@ -135,8 +151,12 @@ impl<T> ServerSession<T> {
     /// has not yet found broken) is the one this session's client asked to
     /// resume, and the client may: the same token, the same client key,
     /// and a proof made with its secret over this session's own handshake
-    /// (so a resume seen before, or made by another key, is refused). A
-    /// session that is over (its grace expired) cannot be resumed.
+    /// (so a resume seen before, or made by another key, is refused). The
+    /// secret is the one the last resume moved to or, until the client
+    /// has proved that one, the one it proved then: a client whose last
+    /// resume was answered over a link that broke before the answer
+    /// arrived never had the next. A session that is over (its grace
+    /// expired) cannot be resumed.
     pub fn may_resume(&self, parked: &ServerSession<T>) -> bool {
         let (Some(asked), Some(resumable), Some(hash)) = (
             self.asked.as_ref(),
@@ -149,7 +169,7 @@ impl<T> ServerSession<T> {
             && asked.token.as_ref() == resumable.token.as_slice()
             && self.client.is_some()
             && parked.client == self.client
-            && resumable.secret.verify(hash, &asked.proof)
+            && resumable.proved(hash, &asked.proof).is_some()
     }
 
     /// Gives up this session's link for a new one its client has proved it
@@ -181,9 +201,13 @@ impl<T> ServerSession<T> {
             .as_ref()
             .map(|t| t.handshake_hash().to_vec())
             .unwrap_or_default();
-        self.resumable = parked.resumable.take().map(|r| Resumable {
-            token: r.token,
-            secret: r.secret.next(&hash),
+        self.resumable = parked.resumable.take().and_then(|r| {
+            let proved = r.proved(&hash, &asked.proof)?.clone();
+            Some(Resumable {
+                token: r.token,
+                secret: proved.next(&hash),
+                proven: Some(proved),
+            })
         });
         self.output_window = parked.output_window;
         self.highest_call = parked.highest_call;

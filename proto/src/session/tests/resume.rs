@@ -358,12 +358,47 @@ fn a_stale_resume_is_refused() {
     let stale = p.client.resume_state();
     p.cut();
     p.resume();
-    // The resume moved both ends to a new secret: the old one, seen once,
-    // proves nothing now.
+    // The client proves the secret that resume moved it to: the old one,
+    // superseded, proves nothing now.
+    p.cut();
+    p.resume();
     p.cut();
     p.client.set_resume_state(stale);
     let (parked, _) = p.relink();
     assert!(!p.server.may_resume(&parked));
+}
+
+#[test]
+fn a_resume_whose_answer_was_lost_resumes_again_with_the_secret_it_proved() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    p.push(id, out("kept"));
+    p.cut();
+    // The exec-server adopts the session and answers; the new link breaks
+    // before the answer arrives.
+    let (parked, _) = p.relink();
+    assert!(p.server.may_resume(&parked));
+    let _ = p.server.adopt(parked, p.now);
+    assert!(p.client.resume_state().is_some());
+    p.cut();
+    // The client never had the answer, nor the secret it names: the
+    // exec-server still takes the one it proved, and nothing is lost.
+    let adopted = p.resume();
+    assert_eq!(adopted.bytes, 4);
+    p.push(id, exit(0));
+    assert_output(&p, id, Some(b"kept"), exit(0));
+    assert!(
+        !p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Lost { .. })),
+        "{:?}",
+        p.client_events
+    );
+    // And both ends agree on the secret that resume moved them to.
+    p.cut();
+    p.resume();
 }
 
 #[test]
