@@ -43,10 +43,15 @@ fn build() -> std::result::Result<PathBuf, String> {
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
-    // A test runner sets the tests' own manifest directory; a build script
-    // that watches it (ring's does) would otherwise be run again here and
-    // again in the runner's next build, each rebuilding what depends on it.
-    cmd.env_remove("CARGO_MANIFEST_DIR");
+    // A test runner sets the tests' own package variables (manifest
+    // directory, name, version); a build script that watches them (ring's
+    // does) would otherwise be run again here, and again in the runner's
+    // next build, each rebuilding what depends on it (about 25 s a time).
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_package_variable) {
+            cmd.env_remove(key);
+        }
+    }
     let status = cmd
         .status()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
@@ -59,6 +64,22 @@ fn build() -> std::result::Result<PathBuf, String> {
         }
     }
     Ok(dir)
+}
+
+/// Whether `key` is one of the variables cargo sets for a package's own
+/// build and tests (rather than one that configures cargo).
+fn is_package_variable(key: &str) -> bool {
+    ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+        .iter()
+        .any(|p| key.starts_with(p))
+        || [
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ]
+        .contains(&key)
 }
 
 /// The path of a workspace binary. The binaries are built (or found up to
