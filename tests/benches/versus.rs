@@ -10,13 +10,15 @@
 //! (`floor`, `warm`, `first_byte`, `cold`, `cli_warm`, `idle_first`, `bulk`
 //! (also `relay_tax`),
 //! `tracing`, `forwarding` (`cold_forwarded` and `tracing_forwarded`),
-//! `pipe`, `scale`, `network`), `--write FILE`, `--ssh-port P --ssh-key
+//! `pipe`, `scale`, `network`, `path_bulk`), `--write FILE`, `--ssh-port P --ssh-key
 //! FILE --ssh-user NAME`, `--core-client PATH`, `--bulk-mib N` (2048),
 //! `--pipe-mib N` (1024), `--sessions N` (1000), `--execs N` (200),
 //! `--tracing-execs N` (150), `--rtts MS[,MS...]` (0,10,50,200: the
-//! round trips `network` emulates), `--network-runs N` (3). `--quick`
+//! round trips `network` and `path_bulk` emulate), `--network-runs N`
+//! (3), `--path-mib N` (128: `path_bulk`'s output per run). `--quick`
 //! starts from small defaults instead (1 round, 256 MiB, 200 sessions,
-//! 40 execs, 30 tracing execs, round trips 0,50, 1 network run; options
+//! 40 execs, 30 tracing execs, round trips 0,50, 1 network run, 16 MiB
+//! across the path; options
 //! given still apply): a check that every scenario runs to the end.
 //!
 //! Timings are only reported, never asserted: it exits non-zero only if a
@@ -34,7 +36,7 @@ use integration_tests::versus::ssh::Ssh;
 use integration_tests::versus::tracing::{Mode, Providers};
 use integration_tests::versus::{self, Comparison, bulk, network, pipe, scale};
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "floor",
     "warm",
     "first_byte",
@@ -48,6 +50,7 @@ const SCENARIOS: [&str; 13] = [
     "pipe",
     "scale",
     "network",
+    "path_bulk",
 ];
 
 #[derive(Default)]
@@ -66,6 +69,7 @@ struct Args {
     tracing_execs: usize,
     rtts_ms: Vec<u64>,
     network_runs: usize,
+    path_mib: usize,
 }
 
 fn parse_args() -> Args {
@@ -82,6 +86,7 @@ fn parse_args() -> Args {
             tracing_execs: 30,
             rtts_ms: vec![0, 50],
             network_runs: 1,
+            path_mib: 16,
             ..Args::default()
         }
     } else {
@@ -94,6 +99,7 @@ fn parse_args() -> Args {
             tracing_execs: 150,
             rtts_ms: vec![0, 10, 50, 200],
             network_runs: 3,
+            path_mib: 128,
             ..Args::default()
         }
     };
@@ -109,6 +115,7 @@ fn parse_args() -> Args {
             ("--execs", &mut a.execs),
             ("--tracing-execs", &mut a.tracing_execs),
             ("--network-runs", &mut a.network_runs),
+            ("--path-mib", &mut a.path_mib),
         ],
         &[
             "--only",
@@ -253,6 +260,7 @@ async fn bench(args: &Args) -> Result<bool, String> {
         "bulk",
         "relay_tax",
         "network",
+        "path_bulk",
     ]
     .iter()
     .any(|id| args.wants(id));
@@ -365,6 +373,27 @@ async fn bench(args: &Args) -> Result<bool, String> {
         let (b, t) = bulk::bulk_and_relay_tax(rounds, bytes, &client, &direct, ssh).await?;
         progress(&b, &mut done);
         progress(&t, &mut done);
+    }
+    if let Some(ssh) = &ssh
+        && args.wants("path_bulk")
+    {
+        let options = versus::path_bulk::PathBulkOptions {
+            rtts_ms: args.rtts_ms.clone(),
+            rounds,
+            bytes: args.path_mib as u64 * 1024 * 1024,
+        };
+        let (cs, table) =
+            versus::path_bulk::run(&options, stack.relay.addr, &stack.client_config(), ssh).await?;
+        for c in &cs {
+            progress(c, &mut done);
+        }
+        let _ = writeln!(
+            sections,
+            "\n### Bulk across an emulated network (`path_bulk`)\n\n\
+             Each side's median MiB/s over {rounds} rounds (min–max across rounds), ours and ssh run in turn in each round. \
+             The link emulator sits between the client and the relay (the relay next to the exec-server), and between `ssh` and the sshd, with the same settings: half the round trip each way; the last row adds a 100 Mbit/s bottleneck with a {} KiB buffer each way (ours only).\n\n{table}",
+            versus::path_bulk::CAP_BUFFER / 1024
+        );
     }
     if args.wants("tracing") {
         let c =

@@ -35,7 +35,7 @@ fn command(bytes: u64) -> String {
 
 /// Streams `bytes` zeros from `client`; the time from the call to the exit,
 /// after checking the count, the content and the exit status.
-async fn ours(client: &Client, bytes: u64) -> Result<Duration, String> {
+pub(super) async fn ours(client: &Client, bytes: u64) -> Result<Duration, String> {
     let started = Instant::now();
     let mut run = client
         .exec(ExecSpec::new(["sh", "-c", &command(bytes)]))
@@ -64,7 +64,7 @@ async fn ours(client: &Client, bytes: u64) -> Result<Duration, String> {
 }
 
 /// The same through ssh with AES-128-GCM.
-async fn ssh_bulk(ssh: &Ssh, bytes: u64) -> Result<Duration, String> {
+pub(super) async fn ssh_bulk(ssh: &Ssh, bytes: u64) -> Result<Duration, String> {
     let started = Instant::now();
     let mut child = ssh
         .command(None)

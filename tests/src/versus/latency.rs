@@ -176,27 +176,8 @@ impl ColdClient {
     /// to its local trace file.
     pub(crate) async fn run(&self) -> Result<Duration, String> {
         let started = Instant::now();
-        let out = tokio::process::Command::new(&self.binary)
-            .args([
-                "exec",
-                "-n",
-                "--relay",
-                &self.relay,
-                "--server",
-                &self.server,
-                "--key",
-            ])
-            .arg(&self.key)
-            .args(["--", "true"])
-            .env("REX_DATA_DIR", &self.data_dir)
-            .env("REX_TRACE_FILE", self.data_dir.join("traces.jsonl"))
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("TRACEPARENT")
-            .env("REX_AGENT_SOCKET", &self.agent_socket)
-            // Never the user's own config file, known servers or agent.
-            .env("XDG_CONFIG_HOME", self.data_dir.join("config"))
-            .envs(self.env.iter().copied())
+        let out = self
+            .exec(&["true"])
             .stdin(Stdio::null())
             .output()
             .await
@@ -216,6 +197,95 @@ impl ColdClient {
             ));
         }
         Ok(took)
+    }
+
+    /// Runs `core-client exec ... -- yes`, reads its output for a while,
+    /// then sends it SIGINT as Ctrl-C does; the time from the signal to
+    /// the CLI's exit (which must be 130: the remote `yes` died of
+    /// SIGINT), and the output bytes that arrived after the signal.
+    pub(crate) async fn ctrl_c(&self) -> Result<(Duration, u64), String> {
+        let mut child = self
+            .exec(&["yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        let mut stdout = child.stdout.take().ok_or("core-client: no stdout pipe")?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut before, reading) = (0u64, Instant::now());
+        while before == 0 || reading.elapsed() < Duration::from_millis(500) {
+            let n = stdout
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("core-client stdout: {e}"))?;
+            if n == 0 {
+                return Err("`yes` ended before Ctrl-C".into());
+            }
+            before += n as u64;
+        }
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or("core-client: no pid")?;
+        let signalled = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .map_err(|e| format!("SIGINT: {e}"))?;
+        let mut after = 0u64;
+        loop {
+            let n = stdout
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("core-client stdout: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            after += n as u64;
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("core-client: {e}"))?;
+        let took = signalled.elapsed();
+        if status.code() != Some(130) {
+            return Err(format!(
+                "Ctrl-C during `yes`: the CLI ended with {status}, not 130"
+            ));
+        }
+        Ok((took, after))
+    }
+
+    /// `core-client exec ... -- ARGV` with this client's settings: records
+    /// kept, spans written to its local trace file, never the user's own
+    /// configuration, known servers, agent or collector.
+    fn exec(&self, argv: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.args([
+            "exec",
+            "-n",
+            "--relay",
+            &self.relay,
+            "--server",
+            &self.server,
+            "--key",
+        ])
+        .arg(&self.key)
+        .arg("--")
+        .args(argv)
+        .env("REX_DATA_DIR", &self.data_dir)
+        .env("REX_TRACE_FILE", self.data_dir.join("traces.jsonl"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("TRACEPARENT")
+        .env("REX_AGENT_SOCKET", &self.agent_socket)
+        // Never the user's own config file, known servers or agent.
+        .env("XDG_CONFIG_HOME", self.data_dir.join("config"))
+        .envs(self.env.iter().copied());
+        cmd
     }
 
     /// Runs `core-client agent VERB` (`start`, `stop`) for the agent at

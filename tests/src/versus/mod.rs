@@ -29,6 +29,7 @@ pub mod bulk;
 pub mod forwarding;
 pub mod latency;
 pub mod network;
+pub mod path_bulk;
 pub mod pipe;
 pub mod rounds;
 pub mod scale;

@@ -8,7 +8,10 @@
 //! (the relay next to the exec-server, as deployed), ssh's between `ssh`
 //! and the local sshd. Each side is reported in milliseconds and in round
 //! trips (its median over the round trip; the TCP handshake with the
-//! emulator is on loopback, so it is not counted, for either tool).
+//! emulator is on loopback, so it is not counted, for either tool). Then,
+//! at 50 ms, Ctrl-C during a cold CLI's `yes`: the time from the signal to
+//! the CLI's exit (130), in round trips, and the output that arrived after
+//! the signal.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ const TARGET_RTT_MS: u64 = 50;
 const COLD_TARGET: f64 = 1.2;
 /// CLI through the agent at [`TARGET_RTT_MS`].
 const AGENT_TARGET: f64 = 1.1;
+/// Ctrl-C at [`TARGET_RTT_MS`]: two round trips and 50 ms, in round trips.
+const CTRL_C_TARGET: f64 = 3.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -93,6 +98,12 @@ pub async fn run(
     let outcome = measure(options, &ours, &theirs, &cold, &agent_client, &ssh, scratch).await;
     let _ = agent_client.agent("stop");
     let results = outcome?;
+    let ctrl_c = if options.rtts_ms.contains(&TARGET_RTT_MS) {
+        ours.set_rtt(Duration::from_millis(TARGET_RTT_MS));
+        Some(ctrl_c(options, &cold).await?)
+    } else {
+        None
+    };
     let stats = (ours.shutdown(), theirs.shutdown());
     let mut comparisons = Vec::new();
     if let Some(at) = results.iter().find(|r| r.rtt_ms == TARGET_RTT_MS) {
@@ -125,7 +136,52 @@ pub async fn run(
             });
         }
     }
+    if let Some((trips, after)) = ctrl_c {
+        comparisons.push(Comparison {
+            id: "network ctrl-c 50ms",
+            unit: Unit::RoundTrips,
+            ours: trips,
+            peer: None,
+            target: Target::AtMost(CTRL_C_TARGET),
+            notes: vec![format!(
+                "Ctrl-C (SIGINT to the CLI) after 0.5 s of a cold CLI's `yes`, to the CLI's exit with 130; {} runs per round; output after the signal: median {:.0} KiB, at most {:.0} KiB",
+                options.runs,
+                median(&after) / 1024.0,
+                min_max(&after).1 / 1024.0
+            )],
+        });
+    }
     Ok((comparisons, table(&results)))
+}
+
+/// Ctrl-C during `yes` across the emulator as it is set: per round, the
+/// median time to the CLI's exit in round trips of [`TARGET_RTT_MS`]; and
+/// every run's bytes after the signal.
+async fn ctrl_c(options: &NetworkOptions, cold: &ColdClient) -> Result<(Series, Vec<f64>), String> {
+    let mut trips = Series {
+        label: format!(
+            "Ctrl-C during `yes` across a {TARGET_RTT_MS} ms round trip, to the CLI's exit, in round trips"
+        ),
+        values: Vec::new(),
+        p99: Vec::new(),
+    };
+    let mut after = Vec::new();
+    for _ in 0..options.rounds {
+        let mut times = Vec::new();
+        for _ in 0..options.runs {
+            let (took, bytes) = cold.ctrl_c().await?;
+            times.push(took);
+            after.push(bytes as f64);
+        }
+        trips
+            .values
+            .push(percentile(&times, 0.5) / 1000.0 / TARGET_RTT_MS as f64);
+    }
+    eprintln!(
+        "network ctrl-c {TARGET_RTT_MS} ms: {:.2} round trips",
+        median(&trips.values)
+    );
+    Ok((trips, after))
 }
 
 async fn measure(
