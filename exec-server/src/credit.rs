@@ -316,6 +316,14 @@ impl Credit {
         }
     }
 
+    /// The call has ended: its floor of the exec-server's budget is no
+    /// longer set aside (what it holds stays charged until acknowledged).
+    pub fn finish(&self) {
+        if let Some(share) = &self.unacked {
+            share.finish();
+        }
+    }
+
     /// Gives back `amount` (acknowledged by the client, or reserved and
     /// not spent).
     pub fn release(&self, amount: u64) {

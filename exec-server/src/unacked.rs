@@ -90,7 +90,9 @@ impl State {
 pub(crate) struct Share {
     budget: Arc<Unacked>,
     key: Option<PublicKey>,
-    floor: u64,
+    /// Its floor while the command runs; 0 once it has ended (changed
+    /// only under the budget's lock).
+    floor: AtomicU64,
     /// Charged and not yet given back (changed only under the budget's
     /// lock).
     outstanding: AtomicU64,
@@ -117,7 +119,30 @@ impl Share {
     }
 
     fn excess(&self, held: u64) -> u64 {
-        held.saturating_sub(self.floor)
+        held.saturating_sub(self.floor.load(Ordering::Acquire))
+    }
+
+    /// The command has ended: its floor is no longer set aside, and what
+    /// it still holds (its last events, until acknowledged) counts in
+    /// full. A finished command kept for its client's acknowledgement (or
+    /// a resume) so holds only its unacknowledged bytes, not a floor it
+    /// can no longer use.
+    pub(crate) fn finish(&self) {
+        {
+            let mut state = self.budget.lock();
+            let floor = self.floor.swap(0, Ordering::AcqRel);
+            if floor == 0 {
+                return;
+            }
+            let held = self.outstanding.load(Ordering::Acquire);
+            // Its excess was what it held beyond the floor; now all of it.
+            let more = held.min(floor);
+            state.each(self.key, |h| {
+                h.floors = h.floors.saturating_sub(floor);
+                h.excess += more;
+            });
+        }
+        self.budget.freed.notify_waiters();
     }
 
     fn try_take(&self, n: u64) -> bool {
@@ -183,7 +208,7 @@ impl Drop for Share {
     fn drop(&mut self) {
         let held = *self.outstanding.get_mut();
         self.give(held);
-        let floor = self.floor;
+        let floor = *self.floor.get_mut();
         self.budget.lock().each(self.key, |h| {
             h.floors = h.floors.saturating_sub(floor);
         });
@@ -213,7 +238,7 @@ impl Unacked {
         Share {
             budget: Arc::clone(self),
             key,
-            floor,
+            floor: AtomicU64::new(floor),
             outstanding: AtomicU64::new(0),
         }
     }
@@ -294,6 +319,29 @@ mod tests {
         // Shares dropped give everything back, floors too.
         drop(b1);
         drop(a1);
+        assert_eq!((budget.used(), budget.floors()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_finished_command_gives_back_its_floor_and_holds_only_what_is_unacknowledged() {
+        let budget = Unacked::new(1000, 1000);
+        let a = StaticKeypair::generate().unwrap().public();
+        let done = budget.share(Some(a), 400);
+        done.take(50).await;
+        assert_eq!(budget.floors(), 400);
+        done.finish();
+        done.finish();
+        assert_eq!((budget.used(), budget.floors()), (50, 0));
+        // Room for another's 950 beyond its own floor: the finished one
+        // holds its 50, nothing set aside.
+        let next = budget.share(Some(a), 0);
+        let fits = tokio::time::timeout(std::time::Duration::from_millis(10), next.take(950)).await;
+        assert!(fits.is_ok(), "a finished command's floor still set aside");
+        let over = tokio::time::timeout(std::time::Duration::from_millis(10), next.take(1)).await;
+        assert!(over.is_err(), "what it holds still counts");
+        done.give(50);
+        drop(done);
+        drop(next);
         assert_eq!((budget.used(), budget.floors()), (0, 0));
     }
 

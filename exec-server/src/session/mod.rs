@@ -646,6 +646,7 @@ impl Runner {
         // known to be the last, and the call's spans end once the final
         // event's frame has left.
         self.unsent_chunks.retain(|(id, _)| *id != call_id);
+        call.credit.finish();
         self.finished.insert(call_id, call.credit.clone());
         let mut stages = std::mem::take(&mut call.stages);
         stages.append(out.stages);

@@ -108,10 +108,10 @@ impl<T> ClientSession<T> {
         }
         if last && let Some(call) = self.calls.remove(&call_id) {
             self.stdin_queued -= call.out.queued();
-            // The exec-server keeps the call for a resume until told.
-            if self.resumable.is_some() {
-                self.final_acks.push((call_id, seq));
-            }
+            // The exec-server keeps the call (for a resume) until told,
+            // whether or not this end would resume: told, it lets go of
+            // what the call holds of its memory and its budget.
+            self.final_acks.push((call_id, seq));
             // The call's own spans go after its final event.
             self.release_spans(call_id, now);
         }

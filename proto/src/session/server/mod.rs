@@ -156,7 +156,10 @@ pub enum ServerEvent {
         received: Received,
     },
     /// The client's caller has taken some of the call's output: `freed`
-    /// more credit may be sent.
+    /// more credit may be sent. Also for a finished call (whose credit an
+    /// endpoint gives back), and with `freed` 0 when an acknowledgement
+    /// settles a finished call: the session no longer keeps it
+    /// ([`ServerSession::call_ids`]).
     OutputAcked {
         /// The call.
         call_id: u64,
@@ -548,11 +551,14 @@ impl<T> ServerSession<T> {
                         .output
                         .ack(call_id, a.seq, call.next_seq)
                         .map_err(SessionError::Protocol)?;
-                    let finished = call.finished;
-                    if call.settled() {
+                    // Reported for a finished call too, and when nothing
+                    // was freed but the call is settled: the endpoint
+                    // lets go of what it holds for the call only then.
+                    let settled = call.settled();
+                    if settled {
                         self.calls.remove(&call_id);
                     }
-                    if freed > 0 && !finished {
+                    if freed > 0 || settled {
                         self.events
                             .push(ServerEvent::OutputAcked { call_id, freed });
                     }

@@ -983,3 +983,46 @@ fn a_resumed_session_forwards_spans_only_as_the_answer_says() {
     p.resume();
     assert_eq!(p.client.span_batch_max(), Some(2048));
 }
+
+#[test]
+fn settling_a_finished_call_is_reported_so_the_exec_server_lets_go_of_its_credit() {
+    let mut p = resumable();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, out("done"));
+    p.push(id, exit(0));
+    assert_output(&p, id, Some(b"done"), exit(0));
+    // Kept (finished, its events unacknowledged) until the client says.
+    assert_eq!(p.server.call_ids(), vec![id]);
+    p.server_events.clear();
+    p.client.ping(p.now).unwrap();
+    p.run();
+    assert!(p.server.call_ids().is_empty(), "{:?}", p.server.call_ids());
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::OutputAcked { call_id, .. } if *call_id == id)),
+        "the endpoint is never told the call is settled: {:?}",
+        p.server_events
+    );
+}
+
+#[test]
+fn a_client_that_does_not_resume_still_lets_the_exec_server_forget_finished_calls() {
+    let server = Limits {
+        resumable: true,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(Limits::client(), server);
+    p.run();
+    assert!(p.client.is_ready(), "{:?}", p.client_events);
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, out("done"));
+    p.push(id, exit(0));
+    assert_output(&p, id, Some(b"done"), exit(0));
+    assert_eq!(p.server.call_ids(), vec![id]);
+    p.client.ping(p.now).unwrap();
+    p.run();
+    assert!(p.server.call_ids().is_empty(), "{:?}", p.server.call_ids());
+}
