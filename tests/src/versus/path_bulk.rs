@@ -171,32 +171,10 @@ async fn measure(
             (Side::OursOut, "ours, output"),
             (Side::SshOut, "ssh, output"),
         ];
-        let [a, b] = two(
-            throughputs(options.rounds, out, &sides, async |side, warm| {
-                one(
-                    side,
-                    client,
-                    ssh,
-                    if warm { WARMUP_BYTES.min(out) } else { out },
-                )
-                .await
-            })
-            .await?,
-        )?;
+        let [a, b] = in_turn(options.rounds, out, &sides, client, ssh).await?;
         let input = in_bytes(options.bytes, rtt_ms);
         let sides = [(Side::OursIn, "ours, stdin"), (Side::SshIn, "ssh, stdin")];
-        let [c, d] = two(
-            throughputs(options.rounds, input, &sides, async |side, warm| {
-                one(
-                    side,
-                    client,
-                    ssh,
-                    if warm { WARMUP_BYTES.min(input) } else { input },
-                )
-                .await
-            })
-            .await?,
-        )?;
+        let [c, d] = in_turn(options.rounds, input, &sides, client, ssh).await?;
         eprintln!(
             "path_bulk {rtt_ms} ms: output ours {:.1} ssh {:.1}, stdin ours {:.1} ssh {:.1} MiB/s",
             median(&a.values),
@@ -215,36 +193,10 @@ async fn measure(
         ours.set_path(direction, capped);
     }
     // Each run takes about as long as an uncapped one at 50 ms would.
-    let out = options.bytes / 4;
     let sides = [(Side::OursOut, "ours, output, 100 Mbit/s")];
-    let [a] = <[Series; 1]>::try_from(
-        throughputs(options.rounds, out, &sides, async |side, warm| {
-            one(
-                side,
-                client,
-                ssh,
-                if warm { WARMUP_BYTES.min(out) } else { out },
-            )
-            .await
-        })
-        .await?,
-    )
-    .map_err(|_| "path_bulk: expected one series")?;
-    let input = options.bytes / 8;
+    let [a] = in_turn(options.rounds, options.bytes / 4, &sides, client, ssh).await?;
     let sides = [(Side::OursIn, "ours, stdin, 100 Mbit/s")];
-    let [b] = <[Series; 1]>::try_from(
-        throughputs(options.rounds, input, &sides, async |side, warm| {
-            one(
-                side,
-                client,
-                ssh,
-                if warm { WARMUP_BYTES.min(input) } else { input },
-            )
-            .await
-        })
-        .await?,
-    )
-    .map_err(|_| "path_bulk: expected one series")?;
+    let [b] = in_turn(options.rounds, options.bytes / 8, &sides, client, ssh).await?;
     eprintln!(
         "path_bulk 50 ms at 100 Mbit/s: output {:.1}, stdin {:.1} MiB/s",
         median(&a.values),
@@ -253,8 +205,21 @@ async fn measure(
     Ok((results, [a, b]))
 }
 
-fn two(series: Vec<Series>) -> Result<[Series; 2], String> {
-    <[Series; 2]>::try_from(series).map_err(|_| "path_bulk: expected two series".to_owned())
+/// `sides` in turn, `bytes` a run (fewer in the warm-up runs), for
+/// `rounds` rounds: a series of MiB/s per side.
+async fn in_turn<const N: usize>(
+    rounds: usize,
+    bytes: u64,
+    sides: &[(Side, &str); N],
+    client: &Client,
+    ssh: &Ssh,
+) -> Result<[Series; N], String> {
+    let series = throughputs(rounds, bytes, sides, async |side, warm| {
+        let n = if warm { WARMUP_BYTES.min(bytes) } else { bytes };
+        one(side, client, ssh, n).await
+    })
+    .await?;
+    <[Series; N]>::try_from(series).map_err(|_| format!("path_bulk: expected {N} series"))
 }
 
 async fn one(side: Side, client: &Client, ssh: &Ssh, bytes: u64) -> Result<Duration, String> {
