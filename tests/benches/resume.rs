@@ -232,22 +232,7 @@ async fn one(client: &Client, scenario: Scenario, bytes: u64) -> Result<(), Stri
     let mut run = client.exec(spec).await.map_err(|e| format!("exec: {e}"))?;
     let writer = (scenario == Scenario::Pipe).then(|| {
         let control = run.controller();
-        tokio::spawn(async move {
-            let chunk = vec![0u8; 256 * 1024];
-            let mut left = bytes;
-            while left > 0 {
-                let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-                control
-                    .write_stdin(&chunk[..n])
-                    .await
-                    .map_err(|e| format!("stdin: {e}"))?;
-                left -= n as u64;
-            }
-            control
-                .close_stdin()
-                .await
-                .map_err(|e| format!("stdin close: {e}"))
-        })
+        tokio::spawn(async move { integration_tests::bench::feed_zeros(&control, bytes).await })
     });
     let (mut got, mut zeros, mut status) = (0u64, true, None);
     while let Some(event) = run.next().await {

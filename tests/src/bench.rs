@@ -64,6 +64,25 @@ pub async fn exec_true(client: &Client) -> Result<Duration, String> {
     }
 }
 
+/// Writes `bytes` zeros to a call's stdin through `control`, 256 KiB at a
+/// time, then closes it: a bulk upload.
+pub async fn feed_zeros(control: &rex_client::Controller, bytes: u64) -> Result<(), String> {
+    let chunk = vec![0u8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        control
+            .write_stdin(&chunk[..n])
+            .await
+            .map_err(|e| format!("stdin: {e}"))?;
+        left -= n as u64;
+    }
+    control
+        .close_stdin()
+        .await
+        .map_err(|e| format!("stdin close: {e}"))
+}
+
 /// CPU time of every thread of this process so far, in nanoseconds,
 /// summed over `/proc/self/task/*/schedstat`. Threads that have ended are
 /// missing from the sum; commands the process spawned are not in it.

@@ -20,7 +20,7 @@ use super::bulk;
 use super::rounds::throughputs;
 use super::ssh::Ssh;
 use super::{Comparison, Series, Target, Unit};
-use crate::bench::{median, min_max};
+use crate::bench::{feed_zeros, median, min_max};
 
 /// What the scenario runs.
 #[derive(Debug, Clone)]
@@ -244,22 +244,7 @@ async fn ours_stdin(client: &Client, bytes: u64) -> Result<Duration, String> {
     spec.stdin = true;
     let mut run = client.exec(spec).await.map_err(|e| format!("exec: {e}"))?;
     let control = run.controller();
-    let writer = tokio::spawn(async move {
-        let chunk = vec![0u8; 256 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-            control
-                .write_stdin(&chunk[..n])
-                .await
-                .map_err(|e| format!("stdin: {e}"))?;
-            left -= n as u64;
-        }
-        control
-            .close_stdin()
-            .await
-            .map_err(|e| format!("stdin close: {e}"))
-    });
+    let writer = tokio::spawn(async move { feed_zeros(&control, bytes).await });
     let (mut out, mut status) = (Vec::new(), None);
     while let Some(event) = run.next().await {
         match event {
