@@ -14,6 +14,7 @@ use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, Status as SpanStatus, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::limits::MAX_CHUNK;
+use proto::session::StdinFlow;
 use telemetry::spans;
 use tokio::sync::mpsc;
 
@@ -117,6 +118,14 @@ impl Execution {
         self.call.counters()
     }
 
+    /// How the exec-server's stdin window treated the call (the widest
+    /// window it gave, the time stdin waited for it), once its final event
+    /// has arrived; `None` for a call without stdin, or through a local
+    /// agent.
+    pub fn stdin_flow(&self) -> Option<StdinFlow> {
+        self.call.stdin_flow()
+    }
+
     /// Whether the call's exec-server takes this client's forwarded spans
     /// ([`ClientConfig::span_source`](crate::ClientConfig::span_source));
     /// `None` for a call through a local agent, or before its session's
@@ -200,6 +209,9 @@ impl Execution {
             if let Some(mut span) = self.span.take() {
                 if let Some(c) = self.call.counters() {
                     counters_on(&mut span, c);
+                }
+                if let Some(f) = self.call.stdin_flow() {
+                    stdin_flow_on(&mut span, f);
                 }
                 if let Event::Failed(f) = &ev {
                     span.set_status(SpanStatus::error(f.to_string()));
@@ -664,6 +676,20 @@ fn counters_on(span: &mut BoxedSpan, c: SessionCounters) {
     span.set_attribute(KeyValue::new(
         spans::ATTR_SESSION_EARLY_RETRIES,
         i64::from(c.early_retries),
+    ));
+}
+
+/// How the call's stdin window treated it: the widest window and the time
+/// stdin waited for it.
+fn stdin_flow_on(span: &mut BoxedSpan, f: StdinFlow) {
+    let int = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+    span.set_attribute(KeyValue::new(
+        spans::ATTR_STDIN_WINDOW,
+        int(u128::from(f.window)),
+    ));
+    span.set_attribute(KeyValue::new(
+        spans::ATTR_STDIN_WINDOW_WAIT,
+        int(f.waited.as_nanos()),
     ));
 }
 

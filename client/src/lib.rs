@@ -83,6 +83,7 @@ pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
 pub use proto::noise::{EarlyTicket, TICKET_LEN};
 /// What a session's start cost, counted from the protocol's steps.
 pub use proto::session::Counters as SessionCounters;
+pub use proto::session::StdinFlow;
 /// TLS for `https://` targets: which CA certificates to trust, and the
 /// kinds of TLS failure.
 pub use proto::tls::{TlsError, TlsFailure, TlsSettings};

@@ -670,6 +670,9 @@ impl Router {
         {
             self.unreported(route, &ev.received);
         }
+        if let (Some(flow), Some(route)) = (ev.stdin, self.calls.get(&call_id)) {
+            route.call.set_stdin_flow(flow);
+        }
         let counters = machine.counters();
         self.shared.set_counters(counters);
         if ev.seq == 0

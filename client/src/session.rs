@@ -13,7 +13,7 @@ use bytes::Bytes;
 use opentelemetry::Context;
 use opentelemetry::trace::SpanContext;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
-use proto::session::{Closed, Counters};
+use proto::session::{Closed, Counters, StdinFlow};
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +79,8 @@ pub(crate) struct CallShared {
     /// The session's counters when the call's first event arrived, if the
     /// call was the session's first.
     counters: Mutex<Option<Counters>>,
+    /// How the call's stdin window treated it, once its final event came.
+    stdin: Mutex<Option<StdinFlow>>,
 }
 
 impl CallShared {
@@ -120,6 +122,15 @@ impl CallShared {
 
     pub(crate) fn counters(&self) -> Option<Counters> {
         *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The call's final event came, with how its stdin window treated it.
+    pub(crate) fn set_stdin_flow(&self, flow: StdinFlow) {
+        *self.stdin.lock().unwrap_or_else(PoisonError::into_inner) = Some(flow);
+    }
+
+    pub(crate) fn stdin_flow(&self) -> Option<StdinFlow> {
+        *self.stdin.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -124,7 +124,17 @@ pub struct ExecServerConfig {
     pub max_unacked_output: u64,
     /// The same, for the sessions of one client key.
     pub max_unacked_output_per_key: u64,
+    /// The widest a command's stdin window grows on a long path (it
+    /// starts at 256 KiB and follows the measured round trip and delivery
+    /// rate; at most this much of a command's stdin is ever in flight).
+    pub stdin_window_max: u32,
+    /// What stdin windows may hold beyond their first 256 KiB, for all
+    /// commands together (a window that would pass it grows no further).
+    pub max_stdin_buffer: u64,
 }
+
+/// Default [`ExecServerConfig::stdin_window_max`]: 16 MiB.
+pub const DEFAULT_STDIN_WINDOW_MAX: u32 = 16 * 1024 * 1024;
 
 /// Default [`ExecServerConfig::replay_window`].
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(120);
@@ -201,6 +211,8 @@ impl ExecServerConfig {
             resume_total_buffer: DEFAULT_RESUME_TOTAL_BUFFER,
             max_unacked_output: crate::unacked::DEFAULT_TOTAL,
             max_unacked_output_per_key: crate::unacked::DEFAULT_PER_KEY,
+            stdin_window_max: DEFAULT_STDIN_WINDOW_MAX,
+            max_stdin_buffer: proto::session::STDIN_BUDGET,
         }
     }
 }

@@ -216,6 +216,18 @@ struct RunArgs {
     /// The same, for the sessions of one client key. 64 MiB.
     #[arg(long, default_value_t = exec_server::unacked::DEFAULT_PER_KEY, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
     max_unacked_output_per_key: u64,
+    /// The widest a command's stdin window grows, in bytes. It starts at
+    /// 256 KiB and grows toward what the path carries in a round trip
+    /// (measured by the session), so uploads run at the path's speed far
+    /// away; at most this much of a command's stdin is in flight. 16 MiB;
+    /// 262144 keeps it fixed.
+    #[arg(long, default_value_t = exec_server::config::DEFAULT_STDIN_WINDOW_MAX, value_parser = clap::value_parser!(u32).range(262_144..=1_073_741_824), value_name = "BYTES")]
+    stdin_window_max: u32,
+    /// What stdin windows may hold beyond their first 256 KiB, for all
+    /// commands together, in bytes; a window that would pass it grows no
+    /// further (the command's upload is slower, never refused). 256 MiB.
+    #[arg(long, default_value_t = proto::session::STDIN_BUDGET, value_parser = clap::value_parser!(u64).range(0..), value_name = "BYTES")]
+    max_stdin_buffer: u64,
 }
 
 fn main() -> ExitCode {
@@ -420,6 +432,8 @@ fn serve(args: RunArgs) -> ExitCode {
     config.resume_total_buffer = args.resume_total_buffer;
     config.max_unacked_output = args.max_unacked_output;
     config.max_unacked_output_per_key = args.max_unacked_output_per_key;
+    config.stdin_window_max = args.stdin_window_max;
+    config.max_stdin_buffer = args.max_stdin_buffer;
     config.shutdown_grace = Duration::from_secs(10);
     // Process records are kept off the hot path; a store that cannot be
     // opened is reported once and the server runs without it.

@@ -205,7 +205,10 @@ mod tests {
                 spans: 3,
                 dropped: 1,
             }),
-            Body::StdinAck(s::StdinAck { consumed: 65_536 }),
+            Body::StdinAck(s::StdinAck {
+                consumed: 65_536,
+                window: 1 << 20,
+            }),
             Body::Signal(s::Signal { signal: 15 }),
             Body::Cancel(s::Cancel {}),
             Body::Ping(s::Ping { nonce: 99 }),

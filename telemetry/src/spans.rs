@@ -131,6 +131,12 @@ pub const ATTR_SESSION_EARLY_RETRIES: &str = "rex.session.early_retries";
 /// `noise.handshake`, `session.init`) are the dispatch's children, beside
 /// the call's path.
 pub const ATTR_SESSION_EARLY_DATA: &str = "rex.session.early_data";
+/// `tool.dispatch` attribute, on a call with stdin: the widest stdin
+/// window its exec-server gave (bytes; the window grows with the path).
+pub const ATTR_STDIN_WINDOW: &str = "rex.stdin.window";
+/// `tool.dispatch` attribute, on a call with stdin: nanoseconds its stdin
+/// was ready to go and waited for the window (window-limited time).
+pub const ATTR_STDIN_WINDOW_WAIT: &str = "rex.stdin.window_wait_ns";
 
 /// On the resource of a client's spans that its exec-server exported for
 /// it (forwarded through the session): the client key's id. A client's own
@@ -166,6 +172,8 @@ pub const ATTRIBUTES: &[&str] = &[
     ATTR_SESSION_ROUND_TRIPS,
     ATTR_SESSION_EARLY_RETRIES,
     ATTR_SESSION_EARLY_DATA,
+    ATTR_STDIN_WINDOW,
+    ATTR_STDIN_WINDOW_WAIT,
     ATTR_CLOCK_SOURCE,
     ATTR_CLOCK_OFFSET,
     ATTR_CLOCK_BOUND,

@@ -2,7 +2,8 @@
 //! through the link emulator (a 50 ms round trip), as a user tens of
 //! milliseconds away does. Output arrives byte-exact with its exit status
 //! (200 MB of it, compared with a local run of the same command), stdin of
-//! many megabytes arrives byte-exact (its digest on both sides),
+//! many megabytes arrives byte-exact (its digest on both sides) with more
+//! than its first window in flight (the window grew with the path),
 //! the emulator saw the bytes cross, and a link reset mid-command is
 //! survived (the session resumes through a new connection). Across a long
 //! path a call's output credit, not HTTP/2's window, is what bounds the
@@ -317,4 +318,9 @@ fn a_large_stdin_across_a_50ms_link_arrives_byte_exact() {
     );
     let stats = link.shutdown();
     assert!(stats.up.delivered > LEN as u64, "{stats}");
+    // The stdin window grew with the path: more than its first window
+    // (and a chunk) was on the path at once.
+    let first = u64::from(proto::session::Limits::server().stdin_window);
+    let chunk = proto::limits::MAX_CHUNK as u64;
+    assert!(stats.up.peak_queued > first + chunk + FRAMING, "{stats}");
 }

@@ -126,6 +126,8 @@ impl ServerContext {
         acceptor.replay =
             std::sync::Mutex::new(ReplayGuard::new(config.replay_window, REPLAY_CAPACITY));
         acceptor.clock = std::sync::RwLock::new(Some(telemetry::clock::status().to_wire()));
+        acceptor.stdin_budget =
+            Arc::new(proto::session::window::Budget::new(config.max_stdin_buffer));
         let acceptor = Arc::new(acceptor);
         let route = acceptor.route.clone();
         let sessions = Arc::new(tokio::sync::Semaphore::new(config.max_sessions));
@@ -164,6 +166,7 @@ impl ServerContext {
             handshake_timeout: self.config.handshake_timeout,
             max_calls: self.config.max_processes_per_session,
             output_window: self.config.resume_buffer,
+            stdin_window_max: self.config.stdin_window_max,
             resumable: !self.config.resume_grace.is_zero(),
             resume_grace: self.config.resume_grace,
             ..proto::session::Limits::server_idle(self.config.idle_timeout)

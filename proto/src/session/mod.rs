@@ -18,7 +18,11 @@
 //! - `link` (private): what both share: the Noise transport, clear frames,
 //!   marks and their hop headers, the backlog bound, close and linger;
 //! - `stdin` (private): per-call stdin flow control (a window of bytes
-//!   beyond the exec-server's acknowledgements);
+//!   beyond the exec-server's acknowledgements), and [`StdinFlow`];
+//! - [`window`]: windows that follow the path, at their receiver (the
+//!   round trip measured by a ping, the window sized from what it carried,
+//!   a shared budget); the exec-server's measurement is in
+//!   `server::measure`;
 //! - [`output`]: per-call output flow control (a window of output credit
 //!   beyond the client's acknowledgements, so that a caller that stops
 //!   reading holds up its own call only);
@@ -56,6 +60,7 @@ pub mod output;
 pub mod resume;
 mod server;
 mod stdin;
+pub mod window;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -70,9 +75,10 @@ pub use client::{
 };
 pub use error::{CallError, SessionError, Stage, Violation};
 pub use server::{
-    ABANDONED, Acceptor, Account, Adopted, KeySource, ServerEvent, ServerSession, SpanBatch,
-    Tombstone,
+    ABANDONED, Acceptor, Account, Adopted, KeySource, STDIN_BUDGET, ServerEvent, ServerSession,
+    SpanBatch, Tombstone,
 };
+pub use stdin::StdinFlow;
 
 use crate::noise::SessionConfig;
 use crate::pb::tunnel::Frame;
@@ -143,7 +149,13 @@ pub struct Limits {
     /// the process has taken (announced in the hello answer; more is a
     /// protocol violation). Stdin never has to wait in the exec-server, so
     /// a process that does not read its stdin holds up nothing else.
+    /// The window a call starts with: it grows with the path
+    /// ([`window`]) up to [`stdin_window_max`](Self::stdin_window_max).
     pub stdin_window: u32,
+    /// Exec-server: the widest a call's stdin window grows (beyond
+    /// [`stdin_window`](Self::stdin_window) it is taken from the
+    /// [`Acceptor`]'s stdin budget).
+    pub stdin_window_max: u32,
     /// Output credit of one call (its output bytes plus
     /// [`output::EVENT_COST`] per event) that may be unacknowledged:
     /// client, what it buffers per call; exec-server, what it keeps per
@@ -172,6 +184,7 @@ impl Limits {
             backlog: 256 * 1024,
             max_calls: 1024,
             stdin_window: 256 * 1024,
+            stdin_window_max: 16 * 1024 * 1024,
             output_window: 4 * 1024 * 1024,
             resumable: false,
             resume_grace: Duration::from_secs(60),

@@ -106,8 +106,10 @@ impl<T> ClientSession<T> {
                 let _ = self.link.send(call_id, None, ack, None, now);
             }
         }
+        let mut stdin = None;
         if last && let Some(call) = self.calls.remove(&call_id) {
             self.stdin_queued -= call.out.queued();
+            stdin = (call.stdin != Stdin::Null).then(|| call.out.flow(now.at));
             // The exec-server keeps the call (for a resume) until told,
             // whether or not this end would resume: told, it lets go of
             // what the call holds of its memory and its budget.
@@ -125,6 +127,7 @@ impl<T> ClientSession<T> {
                 timings: timings.filter(|_| last),
                 trace,
                 received,
+                stdin,
             }));
         }
         Ok(())
@@ -263,7 +266,7 @@ impl<T> ClientSession<T> {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return Ok(());
             };
-            if let Some(data) = call.out.next_chunk() {
+            if let Some(data) = call.out.next_chunk(now.at) {
                 self.stdin_queued -= data.len();
                 self.send_for(call_id, Body::Stdin(StdinData { data }), None, now)?;
             } else if let Some(mark) = call.out.take_close() {
@@ -278,6 +281,7 @@ impl<T> ClientSession<T> {
         &mut self,
         call_id: u64,
         consumed: u64,
+        window: u32,
         now: Now,
     ) -> Result<(), SessionError> {
         let Some(call) = self.calls.get_mut(&call_id) else {
@@ -289,7 +293,7 @@ impl<T> ClientSession<T> {
             };
         };
         call.out
-            .ack(call_id, consumed)
+            .ack(call_id, consumed, window)
             .map_err(SessionError::Protocol)?;
         // A session that is ending sends nothing more; that is not an error.
         let _ = self.flush_stdin(call_id, now);

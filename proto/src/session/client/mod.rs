@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::Mark;
+use super::StdinFlow;
 use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
 use super::link::{Link, handshake_frame};
@@ -90,6 +91,9 @@ pub struct CallEvent {
     pub trace: Option<TraceContext>,
     /// Where it came from.
     pub received: Received,
+    /// With the final event of a call that had stdin: how its window
+    /// treated it.
+    pub stdin: Option<StdinFlow>,
 }
 
 /// What the client machine tells its caller.
@@ -706,7 +710,7 @@ impl<T> ClientSession<T> {
                 self.pong(p, now);
                 Ok(())
             }
-            Some(Body::StdinAck(a)) => self.stdin_ack(env.call_id, a.consumed, now),
+            Some(Body::StdinAck(a)) => self.stdin_ack(env.call_id, a.consumed, a.window, now),
             Some(Body::Ping(p)) => {
                 let pong = Body::Pong(Pong {
                     nonce: p.nonce,

@@ -276,7 +276,7 @@ impl<T> ClientSession<T> {
                 replayed.push((c.call_id, c.replayed_bytes));
                 if let Some(call) = self.calls.get_mut(&c.call_id) {
                     let again = call.out.rewind(c.stdin_received, c.stdin_closed);
-                    let _ = call.out.ack(c.call_id, c.stdin_consumed);
+                    let _ = call.out.ack(c.call_id, c.stdin_consumed, 0);
                     self.stdin_queued += again;
                 }
                 continue;

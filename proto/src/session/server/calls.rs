@@ -111,7 +111,11 @@ impl<T> ServerSession<T> {
                 next_seq: 0,
                 stdin,
                 terminal: request.terminal.is_some(),
-                received: stdin::Incoming::default(),
+                received: stdin::Incoming::new(
+                    self.link.limits.stdin_window,
+                    self.link.limits.stdin_window_max,
+                    Some(self.acceptor.stdin_budget.clone()),
+                ),
                 output: output::Sent::default(),
                 trace: trace.clone(),
                 finished: false,
@@ -250,6 +254,9 @@ impl<T> ServerSession<T> {
                     call.trace = trace.cloned();
                 }
                 call.finished = last;
+                if last {
+                    call.received.close();
+                }
             }
             if last {
                 if keep {
@@ -272,17 +279,16 @@ impl<T> ServerSession<T> {
     /// The call's process has taken `n` more bytes of its stdin; the client
     /// is told (in batches) so that it may send more.
     pub fn stdin_taken(&mut self, call_id: u64, n: u64, now: Now) -> Result<(), CallError> {
-        let window = self.link.limits.stdin_window;
         let detached = self.detached;
         let call = self
             .calls
             .get_mut(&call_id)
             .filter(|c| !c.finished)
             .ok_or(CallError::UnknownCall(call_id))?;
-        if let Some(consumed) = call.received.taken(n, window)
+        if let Some((consumed, window)) = call.received.taken(n)
             && !detached
         {
-            let ack = Body::StdinAck(StdinAck { consumed });
+            let ack = Body::StdinAck(StdinAck { consumed, window });
             self.link.send(call_id, None, ack, None, now)?;
             self.after(now);
         }

@@ -3,6 +3,7 @@
 //! session's end; its call table is in `calls`.
 
 mod calls;
+mod measure;
 mod resume;
 
 pub use resume::{ABANDONED, Account, Adopted, Tombstone};
@@ -15,6 +16,7 @@ use bytes::Bytes;
 
 use super::events::Events;
 use super::link::{Link, handshake_frame};
+use super::window::{Budget, Probe};
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
 use super::{output, stdin};
 use crate::keys::{AuthorizedKeys, Origin, PublicKey, StaticKeypair};
@@ -65,7 +67,13 @@ pub struct Acceptor {
     /// What the endpoint last read of its clock, told in the hello answer
     /// and every pong (the endpoint refreshes it; `None`: tell nothing).
     pub clock: RwLock<Option<ClockStatus>>,
+    /// What calls' stdin windows may hold beyond their first window, in
+    /// all ([`STDIN_BUDGET`] by default).
+    pub stdin_budget: Arc<Budget>,
 }
+
+/// The default of [`Acceptor::stdin_budget`]: 256 MiB.
+pub const STDIN_BUDGET: u64 = 256 * 1024 * 1024;
 
 impl Acceptor {
     /// An acceptor for `key`, admitting `authorized`.
@@ -85,6 +93,7 @@ impl Acceptor {
             login_shell: true,
             span_batch_max: 0,
             clock: RwLock::new(None),
+            stdin_budget: Arc::new(Budget::new(STDIN_BUDGET)),
         }
     }
 
@@ -315,6 +324,8 @@ pub struct ServerSession<T> {
     spans_refused: u64,
     /// Probes sent to a quiet client (each ping's nonce).
     pub(super) pings_sent: u64,
+    /// The round trip measured for stdin windows.
+    probe: Probe,
     events: Events<ServerEvent>,
 }
 
@@ -351,6 +362,7 @@ impl<T> ServerSession<T> {
             trimmed: VecDeque::new(),
             spans_refused: 0,
             pings_sent: 0,
+            probe: Probe::default(),
             events: Events::default(),
         }
     }
@@ -539,7 +551,10 @@ impl<T> ServerSession<T> {
                 });
                 self.send(0, None, pong, now)
             }
-            Body::Pong(_) => Ok(()),
+            Body::Pong(p) => {
+                self.measured(p.nonce, now);
+                Ok(())
+            }
             Body::StdinAck(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "stdin acknowledgement",
             ))),
@@ -585,12 +600,12 @@ impl<T> ServerSession<T> {
             }
             Body::Stdin(d) => {
                 if self.stdin_open(call_id)? {
-                    let window = self.link.limits.stdin_window;
                     if let Some(call) = self.calls.get_mut(&call_id) {
                         call.received
-                            .receive(call_id, d.data.len(), window)
+                            .receive(call_id, d.data.len(), now.at)
                             .map_err(SessionError::Protocol)?;
                     }
+                    self.measure(now);
                     self.events.push(ServerEvent::Stdin {
                         call_id,
                         data: d.data,
@@ -606,6 +621,7 @@ impl<T> ServerSession<T> {
                     self.stdin_open(call_id)?;
                     if let Some(call) = self.calls.get_mut(&call_id) {
                         call.stdin = Stdin::Closed;
+                        call.received.close();
                     }
                 }
                 self.events.push(ServerEvent::StdinClose {
@@ -843,6 +859,7 @@ impl<T> ServerSession<T> {
                     && !self.link.keepalive_sent
                     && self.state == State::Ready
                 {
+                    self.idle_windows(now);
                     self.probe(now);
                 }
             }
@@ -918,6 +935,7 @@ impl<T> ServerSession<T> {
                 // the grace.
                 self.detached = true;
                 self.detached_at = Some(self.clock);
+                self.probe.cancel();
                 self.events.push(ServerEvent::Detached { error: e.clone() });
                 return;
             }

@@ -10,9 +10,9 @@ use ring::rand::SecureRandom;
 use super::{Call, ServerSession, State, Stdin};
 use crate::keys::PublicKey;
 use crate::pb::session::{Exited, Resumed, ResumedCall, StdinAck, envelope::Body, terminal_event};
-use crate::session::output;
 use crate::session::resume::{ResumeSecret, TOKEN_LEN};
 use crate::session::{Now, SessionError};
+use crate::session::{output, stdin};
 
 /// What a resume of the session is checked against.
 #[derive(Debug, Clone)]
@@ -310,17 +310,17 @@ impl<T> ServerSession<T> {
                 .link
                 .send(call_id, trace.as_ref(), Body::Event(event), None, now);
         }
-        let acks: Vec<(u64, u64)> = self
+        let acks: Vec<(u64, stdin::Ack)> = self
             .calls
-            .iter()
+            .iter_mut()
             .filter(|(_, c)| !c.finished && c.received.consumed() > 0)
-            .map(|(id, c)| (*id, c.received.consumed()))
+            .map(|(id, c)| (*id, c.received.ack()))
             .collect();
-        for (call_id, consumed) in acks {
+        for (call_id, (consumed, window)) in acks {
             let _ = self.link.send(
                 call_id,
                 None,
-                Body::StdinAck(StdinAck { consumed }),
+                Body::StdinAck(StdinAck { consumed, window }),
                 None,
                 now,
             );

@@ -29,6 +29,7 @@ mod resume;
 mod stdin;
 mod terminal;
 mod timers;
+mod window;
 
 type Tag = &'static str;
 
