@@ -9,7 +9,6 @@ use lifecycle::Tasks;
 use opentelemetry::trace::{Span, Status as SpanStatus, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::noise::EarlyTicket;
-use proto::session::output;
 use telemetry::spans;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -477,7 +476,7 @@ impl Client {
                                 &cx,
                                 call_queue(
                                     config.events_per_call,
-                                    limits.output_window.max(output::MIN_WINDOW),
+                                    limits.output_window.max(limits.output_window_max),
                                 ),
                             )
                         },
@@ -508,7 +507,10 @@ impl Client {
                             request.clone(),
                             dispatch.trace.clone(),
                             &cx,
-                            call_queue(config.events_per_call, session.output_window()),
+                            call_queue(
+                                config.events_per_call,
+                                session.output_window().max(limits.output_window_max),
+                            ),
                         ),
                     };
                     new.traced = Traced::at(&cx, "exec", ready);

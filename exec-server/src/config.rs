@@ -124,6 +124,11 @@ pub struct ExecServerConfig {
     pub max_unacked_output: u64,
     /// The same, for the sessions of one client key.
     pub max_unacked_output_per_key: u64,
+    /// The widest a command's output window grows when its client asks
+    /// (it starts at `resume_buffer`; the client widens it with the path).
+    /// What a command keeps unacknowledged is bounded by it, and by the
+    /// budgets for unacknowledged output.
+    pub output_window_max: u32,
     /// The widest a command's stdin window grows on a long path (it
     /// starts at 256 KiB and follows the measured round trip and delivery
     /// rate; at most this much of a command's stdin is ever in flight).
@@ -132,6 +137,9 @@ pub struct ExecServerConfig {
     /// commands together (a window that would pass it grows no further).
     pub max_stdin_buffer: u64,
 }
+
+/// Default [`ExecServerConfig::output_window_max`]: 32 MiB.
+pub const DEFAULT_OUTPUT_WINDOW_MAX: u32 = 32 * 1024 * 1024;
 
 /// Default [`ExecServerConfig::stdin_window_max`]: 16 MiB.
 pub const DEFAULT_STDIN_WINDOW_MAX: u32 = 16 * 1024 * 1024;
@@ -212,6 +220,7 @@ impl ExecServerConfig {
             max_unacked_output: crate::unacked::DEFAULT_TOTAL,
             max_unacked_output_per_key: crate::unacked::DEFAULT_PER_KEY,
             stdin_window_max: DEFAULT_STDIN_WINDOW_MAX,
+            output_window_max: DEFAULT_OUTPUT_WINDOW_MAX,
             max_stdin_buffer: proto::session::STDIN_BUDGET,
         }
     }

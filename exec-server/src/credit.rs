@@ -14,6 +14,7 @@
 //! the exec-server's budget for unacknowledged output ([`Unacked`]) until
 //! the client acknowledges it (or the call is over and gone).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use proto::keys::PublicKey;
@@ -231,6 +232,8 @@ impl Retention {
 pub struct Credit {
     /// `None`: no window (every reservation is granted at once).
     window: Option<Arc<Semaphore>>,
+    /// The window's size (it only grows: the client widens it).
+    size: Arc<AtomicU64>,
     /// Its session's bounds while the link is down.
     retention: Option<Arc<Retention>>,
     /// What the call holds of the exec-server's budget for unacknowledged
@@ -257,6 +260,7 @@ impl Credit {
     pub fn new(window: u32, retention: Option<Arc<Retention>>) -> Self {
         Self {
             window: (window != 0).then(|| Arc::new(Semaphore::new(window as usize))),
+            size: Arc::new(AtomicU64::new(u64::from(window))),
             retention,
             unacked: None,
         }
@@ -276,6 +280,7 @@ impl Credit {
     pub fn unlimited() -> Self {
         Self {
             window: None,
+            size: Arc::new(AtomicU64::new(0)),
             retention: None,
             unacked: None,
         }
@@ -332,6 +337,19 @@ impl Credit {
         }
         if let Some(share) = &self.unacked {
             share.give(amount);
+        }
+    }
+
+    /// The client widened the call's window to `window`: the difference is
+    /// free at once (a narrower one changes nothing).
+    pub fn widen(&self, window: u32) {
+        let Some(semaphore) = &self.window else {
+            return;
+        };
+        let old = self.size.fetch_max(u64::from(window), Ordering::AcqRel);
+        let more = u64::from(window).saturating_sub(old);
+        if more > 0 {
+            semaphore.add_permits(usize::try_from(more).unwrap_or(usize::MAX));
         }
     }
 

@@ -216,6 +216,11 @@ struct RunArgs {
     /// The same, for the sessions of one client key. 64 MiB.
     #[arg(long, default_value_t = exec_server::unacked::DEFAULT_PER_KEY, value_parser = clap::value_parser!(u64).range(65536..), value_name = "BYTES")]
     max_unacked_output_per_key: u64,
+    /// The widest a command's output window grows when its client asks,
+    /// in bytes (it starts at --resume-buffer; a client far away widens it
+    /// toward what its path carries in a round trip). 32 MiB.
+    #[arg(long, default_value_t = exec_server::config::DEFAULT_OUTPUT_WINDOW_MAX, value_parser = clap::value_parser!(u32).range(65_536..=1_073_741_824), value_name = "BYTES")]
+    output_window_max: u32,
     /// The widest a command's stdin window grows, in bytes. It starts at
     /// 256 KiB and grows toward what the path carries in a round trip
     /// (measured by the session), so uploads run at the path's speed far
@@ -433,6 +438,7 @@ fn serve(args: RunArgs) -> ExitCode {
     config.max_unacked_output = args.max_unacked_output;
     config.max_unacked_output_per_key = args.max_unacked_output_per_key;
     config.stdin_window_max = args.stdin_window_max;
+    config.output_window_max = args.output_window_max;
     config.max_stdin_buffer = args.max_stdin_buffer;
     config.shutdown_grace = Duration::from_secs(10);
     // Process records are kept off the hot path; a store that cannot be

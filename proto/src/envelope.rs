@@ -137,7 +137,10 @@ mod tests {
                     max_error_ns: 250_000,
                 }),
             }),
-            Body::OutputAck(s::OutputAck { seq: 9 }),
+            Body::OutputAck(s::OutputAck {
+                seq: 9,
+                window: 1 << 24,
+            }),
             Body::Resume(s::Resume {
                 token: Bytes::from_static(&[7; 16]),
                 proof: Bytes::from_static(&[9; 32]),

@@ -15,11 +15,12 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Per-stream HTTP/2 window of a client's link, the side that takes a
 /// session's output. A client reads what arrives at once (each call's
 /// output waits in its own queue, bounded by the call's output credit), so
-/// a large window costs it nothing; this one is a call's whole output
-/// credit ([`crate::session::Limits::client`]), so that across a long path
-/// the credit, not HTTP/2, is what limits a call (at the 1 MiB of the other
-/// links, a 50 ms round trip held output to about 20 MiB/s).
-pub const CLIENT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// a large window costs it nothing; this one is the widest a call's output
+/// credit grows ([`crate::session::Limits::client`]'s `output_window_max`),
+/// so that across a long path the credit, which follows the path, not
+/// HTTP/2, is what limits a call (at the 1 MiB of the other links, a 50 ms
+/// round trip held output to about 20 MiB/s).
+pub const CLIENT_STREAM_WINDOW: u32 = 32 * 1024 * 1024;
 /// Per-connection HTTP/2 window: the protocol's largest, so that it never
 /// binds. Data a receiver has not yet read holds its connection's window
 /// as well as its stream's; a relay that stops reading a session whose

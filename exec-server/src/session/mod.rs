@@ -166,6 +166,7 @@ impl ServerContext {
             handshake_timeout: self.config.handshake_timeout,
             max_calls: self.config.max_processes_per_session,
             output_window: self.config.resume_buffer,
+            output_window_max: self.config.output_window_max.max(self.config.resume_buffer),
             stdin_window_max: self.config.stdin_window_max,
             resumable: !self.config.resume_grace.is_zero(),
             resume_grace: self.config.resume_grace,
@@ -1044,9 +1045,16 @@ impl Endpoint<Machine> for Runner {
                     let _ = call.control.try_send(Control::Signal(signal));
                 }
             }
-            ServerEvent::OutputAcked { call_id, freed } => {
+            ServerEvent::OutputAcked {
+                call_id,
+                freed,
+                widened,
+            } => {
                 if let Some(call) = self.calls.get(&call_id) {
                     call.credit.release(freed);
+                    if widened > 0 {
+                        call.credit.widen(widened);
+                    }
                 } else if let Some(credit) = self.finished.get(&call_id) {
                     credit.release(freed);
                     self.forget_finished(machine);

@@ -159,8 +159,14 @@ pub struct Limits {
     /// Output credit of one call (its output bytes plus
     /// [`output::EVENT_COST`] per event) that may be unacknowledged:
     /// client, what it buffers per call; exec-server, what it keeps per
-    /// call. The session uses the smaller.
+    /// call. The session uses the smaller. The window a call starts with:
+    /// the client widens it with the path ([`window`]) up to
+    /// [`output_window_max`](Self::output_window_max).
     pub output_window: u32,
+    /// The widest a call's output window grows: client, what it asks for
+    /// at most (what a caller's queue for a call must hold); exec-server,
+    /// what it grants at most.
+    pub output_window_max: u32,
     /// Exec-server: offer resumes (keep a session whose link broke, and
     /// its calls' unacknowledged events). Client: take a session back over
     /// a new link when its link breaks.
@@ -186,6 +192,7 @@ impl Limits {
             stdin_window: 256 * 1024,
             stdin_window_max: 16 * 1024 * 1024,
             output_window: 4 * 1024 * 1024,
+            output_window_max: 32 * 1024 * 1024,
             resumable: false,
             resume_grace: Duration::from_secs(60),
         }

@@ -10,10 +10,17 @@
 //! large ones. The client acknowledges once a quarter window has been
 //! taken since its last acknowledgement: a call that prints little sends
 //! no acknowledgement at all.
+//!
+//! The window follows the path: the client widens it when a round trip
+//! carries most of it ([`window`](super::window)), up to its
+//! [`Limits::output_window_max`](super::Limits::output_window_max), and
+//! every acknowledgement tells the window; the exec-server grants up to
+//! its own ceiling and never narrows a call's window.
 
 use std::collections::VecDeque;
 
 use super::Violation;
+use super::window::Adaptive;
 use crate::pb::session::{TerminalEvent, terminal_event};
 
 /// The credit every event costs beyond its output bytes.
@@ -115,7 +122,10 @@ impl Sent {
     }
 }
 
-/// A call's output as the client receives it.
+/// A call's output as the client receives it. Its window follows the path
+/// ([`window`](super::window)): the client measures what a round trip
+/// carries and widens the window it grants, telling the exec-server in its
+/// acknowledgements.
 #[derive(Debug)]
 pub(super) struct Received {
     window: u64,
@@ -123,17 +133,31 @@ pub(super) struct Received {
     taken: u64,
     acked: u64,
     taken_seq: Option<u64>,
+    /// The last sequence number acknowledged.
+    acked_seq: Option<u64>,
+    flow: Adaptive,
+    /// Credit received when the last measurement began.
+    measured: u64,
 }
 
 impl Received {
-    pub(super) fn new(window: u32) -> Self {
+    /// A window of `window` that may grow to `ceiling`.
+    pub(super) fn new(window: u32, ceiling: u32) -> Self {
         Self {
             window: u64::from(window),
             received: 0,
             taken: 0,
             acked: 0,
             taken_seq: None,
+            acked_seq: None,
+            flow: Adaptive::new(u64::from(window), u64::from(ceiling)),
+            measured: 0,
         }
+    }
+
+    /// The window now (what every acknowledgement tells).
+    pub(super) fn window(&self) -> u32 {
+        u32::try_from(self.window).unwrap_or(u32::MAX)
     }
 
     /// An event of `cost` arrived: more than the window beyond the
@@ -156,7 +180,31 @@ impl Received {
             return None;
         }
         self.acked = self.taken;
+        self.acked_seq = self.taken_seq;
         self.taken_seq
+    }
+
+    /// Whether a measurement is worth its ping: the window could grow and
+    /// a quarter of it arrived since the last one began.
+    pub(super) fn worth_measuring(&self) -> bool {
+        self.window != 0 && self.flow.may_grow() && self.received - self.measured >= self.window / 4
+    }
+
+    /// A measurement of the round trip begins.
+    pub(super) fn begin(&mut self) {
+        self.measured = self.received;
+        self.flow.begin(self.received);
+    }
+
+    /// The measurement ends after `rtt`: if the window grew, the sequence
+    /// number to acknowledge again so that the exec-server hears of it now
+    /// (`None` before anything was acknowledged: the next acknowledgement
+    /// tells it).
+    pub(super) fn end(&mut self, rtt: std::time::Duration) -> Option<u64> {
+        let want = self.flow.end(self.received, rtt)?;
+        self.flow.settle(want);
+        self.window = self.flow.window();
+        self.acked_seq
     }
 }
 
@@ -217,7 +265,7 @@ mod tests {
 
     #[test]
     fn the_client_acknowledges_each_quarter_window_taken() {
-        let mut rx = Received::new(1000);
+        let mut rx = Received::new(1000, 1000);
         for _ in 0..4 {
             rx.receive(1, 100).unwrap();
         }
@@ -235,7 +283,7 @@ mod tests {
 
     #[test]
     fn without_a_window_nothing_is_acknowledged_or_refused() {
-        let mut rx = Received::new(0);
+        let mut rx = Received::new(0, 0);
         for i in 0..100 {
             rx.receive(1, 1 << 20).unwrap();
             assert_eq!(rx.taken(i, 1 << 20), None);

@@ -91,6 +91,10 @@ impl<T> ClientSession<T> {
         call.output
             .receive(call_id, cost)
             .map_err(SessionError::Protocol)?;
+        let output = matches!(
+            kind,
+            terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_)
+        );
         call.next_seq += 1;
         match &kind {
             terminal_event::Kind::Stdout(d) => call.received.0 += d.len() as u64,
@@ -102,7 +106,10 @@ impl<T> ClientSession<T> {
             // Nobody takes it: taken at once, so the exec-server is never
             // held up by a caller that has gone.
             if let Some(ack) = call.output.taken(seq, cost) {
-                let ack = Body::OutputAck(OutputAck { seq: ack });
+                let ack = Body::OutputAck(OutputAck {
+                    seq: ack,
+                    window: call.output.window(),
+                });
                 let _ = self.link.send(call_id, None, ack, None, now);
             }
         }
@@ -116,6 +123,9 @@ impl<T> ClientSession<T> {
             self.final_acks.push((call_id, seq));
             // The call's own spans go after its final event.
             self.release_spans(call_id, now);
+        }
+        if output && !last {
+            self.measure(now);
         }
         if !forgotten {
             self.events.push(ClientEvent::Call(CallEvent {
@@ -180,7 +190,10 @@ impl<T> ClientSession<T> {
                 terminal,
                 out: stdin::Outgoing::new(self.stdin_window),
                 forgotten: false,
-                output: output::Received::new(self.output_window),
+                output: output::Received::new(
+                    self.output_window,
+                    self.link.limits.output_window_max,
+                ),
                 trace,
                 received: (0, 0),
                 request: Some(kept),
@@ -312,7 +325,10 @@ impl<T> ClientSession<T> {
             return;
         };
         if let Some(ack) = call.output.taken(seq, cost) {
-            let ack = Body::OutputAck(OutputAck { seq: ack });
+            let ack = Body::OutputAck(OutputAck {
+                seq: ack,
+                window: call.output.window(),
+            });
             // A session that is ending sends nothing more; that is not an
             // error.
             let _ = self.link.send(call_id, None, ack, None, now);
@@ -324,7 +340,13 @@ impl<T> ClientSession<T> {
     /// peer that lies).
     #[cfg(test)]
     pub(crate) fn ack_for_tests(&mut self, call_id: u64, seq: u64, now: Now) {
-        let ack = Body::OutputAck(OutputAck { seq });
+        self.ack_window_for_tests(call_id, seq, 0, now);
+    }
+
+    /// Sends an output acknowledgement of `seq` asking for `window`.
+    #[cfg(test)]
+    pub(crate) fn ack_window_for_tests(&mut self, call_id: u64, seq: u64, window: u32, now: Now) {
+        let ack = Body::OutputAck(OutputAck { seq, window });
         let _ = self.link.send(call_id, None, ack, None, now);
     }
 

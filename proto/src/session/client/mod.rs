@@ -4,6 +4,7 @@
 
 mod calls;
 mod forward;
+mod measure;
 mod resume;
 
 pub use forward::{ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, SpanCounts};
@@ -17,6 +18,7 @@ use super::StdinFlow;
 use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
 use super::link::{Link, handshake_frame};
+use super::window::Probe;
 use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
@@ -277,6 +279,8 @@ pub struct ClientSession<T> {
     /// Final events received and not yet acknowledged: the exec-server
     /// keeps those calls for a resume until told (with the next message).
     final_acks: Vec<(u64, u64)>,
+    /// The round trip measured for output windows.
+    probe: Probe,
     /// Flights and round trips so far.
     counters: Counters,
     /// Something arrived since the last flight: the next frame sent starts
@@ -396,6 +400,7 @@ impl<T> ClientSession<T> {
             resumable: None,
             detached: false,
             final_acks: Vec::new(),
+            probe: Probe::default(),
             counters: Counters::default(),
             answered: true,
             first_call: None,
@@ -475,7 +480,7 @@ impl<T> ClientSession<T> {
                 // comes before the call's first event.
                 out: stdin::Outgoing::new(0),
                 forgotten: false,
-                output: output::Received::new(limits.output_window),
+                output: output::Received::new(limits.output_window, limits.output_window_max),
                 trace: trace.clone(),
                 received: (0, 0),
                 request: Some(request.clone()),
@@ -680,7 +685,10 @@ impl<T> ClientSession<T> {
                 // force (its first event comes after this answer).
                 for call in self.calls.values_mut() {
                     call.out = stdin::Outgoing::new(self.stdin_window);
-                    call.output = output::Received::new(self.output_window);
+                    call.output = output::Received::new(
+                        self.output_window,
+                        self.link.limits.output_window_max,
+                    );
                 }
                 self.state = State::Ready;
                 self.deadline = None;
@@ -755,6 +763,9 @@ impl<T> ClientSession<T> {
     }
 
     fn pong(&mut self, p: Pong, now: Now) {
+        if self.measured(p.nonce, now) {
+            return;
+        }
         let Some(i) = self.pings.iter().position(|(n, _)| *n == p.nonce) else {
             // Not ours, or long forgotten: nothing to learn from it.
             return;
@@ -972,6 +983,7 @@ impl<T> ClientSession<T> {
                 self.detached = true;
                 self.state = State::Ready;
                 self.pings.clear();
+                self.unmeasure();
                 self.events.push(ClientEvent::Detached { error: e.clone() });
                 return;
             }

@@ -333,7 +333,7 @@ impl<T> ClientSession<T> {
     /// next message, and with keepalives).
     pub(super) fn send_final_acks(&mut self, now: Now) {
         for (call_id, seq) in std::mem::take(&mut self.final_acks) {
-            let ack = Body::OutputAck(OutputAck { seq });
+            let ack = Body::OutputAck(OutputAck { seq, window: 0 });
             let _ = self.link.send(call_id, None, ack, None, now);
         }
     }

@@ -117,6 +117,7 @@ impl<T> ServerSession<T> {
                     Some(self.acceptor.stdin_budget.clone()),
                 ),
                 output: output::Sent::default(),
+                output_window: self.output_window,
                 trace: trace.clone(),
                 finished: false,
                 produced: (0, 0),
@@ -223,7 +224,7 @@ impl<T> ServerSession<T> {
             terminal_event::Kind::Exited(x) => Some(*x),
             _ => None,
         };
-        let window = u64::from(self.output_window);
+        let window = u64::from(call.output_window);
         if window != 0 && call.output.in_flight() + cost > window {
             return Err(CallError::OutputWindow(call_id));
         }

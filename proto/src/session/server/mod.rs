@@ -174,6 +174,9 @@ pub enum ServerEvent {
         call_id: u64,
         /// The credit freed.
         freed: u64,
+        /// The call's output window, when the client widened it (0: as
+        /// before): the endpoint gives the call that much more credit.
+        widened: u32,
     },
     /// The call's terminal window changed size (checked: the call has a
     /// terminal, and the size is within bounds).
@@ -266,6 +269,8 @@ struct Call {
     received: stdin::Incoming,
     /// Its output not yet acknowledged (kept for a resume).
     output: output::Sent,
+    /// Its output window: the session's, until the client widens it.
+    output_window: u32,
     /// The trace context its events last carried (a resume's replay
     /// carries it again).
     trace: Option<TraceContext>,
@@ -412,11 +417,17 @@ impl<T> ServerSession<T> {
         self.calls.values().map(|c| c.output.in_flight()).sum()
     }
 
-    /// The output credit one call may have unacknowledged (from the
-    /// hello; 0: no limit). The endpoint reads a call's output only while
-    /// it has credit ([`ServerEvent::OutputAcked`] gives some back).
+    /// The output credit a call may have unacknowledged when it starts
+    /// (from the hello; 0: no limit). The endpoint reads a call's output
+    /// only while it has credit ([`ServerEvent::OutputAcked`] gives some
+    /// back, and widens a call's window when the client asks).
     pub fn output_window(&self) -> u32 {
         self.output_window
+    }
+
+    /// A call's output window now (0 for a call it does not hold).
+    pub fn output_window_of(&self, call_id: u64) -> u32 {
+        self.calls.get(&call_id).map_or(0, |c| c.output_window)
     }
 
     /// Hands in a frame from the link.
@@ -566,6 +577,19 @@ impl<T> ServerSession<T> {
                         .output
                         .ack(call_id, a.seq, call.next_seq)
                         .map_err(SessionError::Protocol)?;
+                    // The client widens a running call's window (up to
+                    // our ceiling); it is never narrowed.
+                    let ceiling = self.link.limits.output_window_max.max(self.output_window);
+                    let asked = a.window.min(ceiling);
+                    let widened = if self.output_window != 0
+                        && !call.finished
+                        && asked > call.output_window
+                    {
+                        call.output_window = asked;
+                        asked
+                    } else {
+                        0
+                    };
                     // Reported for a finished call too, and when nothing
                     // was freed but the call is settled: the endpoint
                     // lets go of what it holds for the call only then.
@@ -573,9 +597,12 @@ impl<T> ServerSession<T> {
                     if settled {
                         self.calls.remove(&call_id);
                     }
-                    if freed > 0 || settled {
-                        self.events
-                            .push(ServerEvent::OutputAcked { call_id, freed });
+                    if freed > 0 || settled || widened > 0 {
+                        self.events.push(ServerEvent::OutputAcked {
+                            call_id,
+                            freed,
+                            widened,
+                        });
                     }
                 } else {
                     self.live(call_id)?;

@@ -26,7 +26,7 @@ fn acked(p: &Pair, id: u64) -> u64 {
     p.server_events
         .iter()
         .filter_map(|e| match e {
-            ServerEvent::OutputAcked { call_id, freed } if *call_id == id => Some(*freed),
+            ServerEvent::OutputAcked { call_id, freed, .. } if *call_id == id => Some(*freed),
             _ => None,
         })
         .sum()

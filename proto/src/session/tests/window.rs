@@ -1,6 +1,8 @@
-//! Stdin windows that follow the path, over a simulated one: a one-way
-//! delay each way and a bottleneck of a fixed rate on the way up (its
-//! queue unbounded, so a window too wide shows as a standing queue).
+//! Windows that follow the path, over a simulated one: a one-way delay
+//! each way and a bottleneck of a fixed rate in the direction of the bulk
+//! (its queue unbounded, so a window too wide shows as a standing queue).
+//! Stdin flows up (the exec-server sizes its window), output down (the
+//! client sizes it).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -24,6 +26,23 @@ struct Path {
     down: VecDeque<(Instant, Frame)>,
     /// When the bottleneck is free again.
     free_at: Option<Instant>,
+    /// The bottleneck is on the way down (output), not up (stdin).
+    down_bulk: bool,
+}
+
+impl Path {
+    /// When a frame that leaves at `now` arrives, through the bottleneck
+    /// if `bulk`.
+    fn arrival(&mut self, now: Instant, frame: &Frame, bulk: bool) -> Instant {
+        if !bulk {
+            return now + self.one_way;
+        }
+        let start = self.free_at.map_or(now, |f| f.max(now));
+        let len = frame.encoded_len() as u64;
+        let done = start + Duration::from_secs_f64(len as f64 / self.rate as f64);
+        self.free_at = Some(done);
+        done + self.one_way
+    }
 }
 
 struct Sim {
@@ -32,12 +51,41 @@ struct Sim {
     call: u64,
     /// Stdin bytes the process took, in all.
     taken: u64,
-    /// Whether the client keeps writing.
+    /// Whether the client keeps writing (stdin), or the process printing
+    /// (output).
     writing: bool,
+    /// Output bytes the caller took, in all.
+    printed: u64,
 }
 
 impl Sim {
     fn new(server_limits: Limits, one_way: Duration, rate: u64, budget: u64) -> Self {
+        Self::with(
+            Limits::client(),
+            server_limits,
+            one_way,
+            rate,
+            budget,
+            false,
+        )
+    }
+
+    /// Output flows: the process prints as fast as its credit allows.
+    fn output(client_limits: Limits, one_way: Duration, rate: u64) -> Self {
+        let mut sim = Self::with(client_limits, Limits::server(), one_way, rate, 0, true);
+        sim.p.push(sim.call, started());
+        sim.p.client_events.clear();
+        sim
+    }
+
+    fn with(
+        client_limits: Limits,
+        server_limits: Limits,
+        one_way: Duration,
+        rate: u64,
+        budget: u64,
+        down_bulk: bool,
+    ) -> Self {
         let (client_key, server_key) = keys();
         let mut acceptor = Acceptor::new(
             server_key.clone(),
@@ -48,7 +96,7 @@ impl Sim {
             &client_key,
             &server_key.public(),
             Arc::new(acceptor),
-            Limits::client(),
+            client_limits,
             server_limits,
         );
         p.run();
@@ -63,33 +111,47 @@ impl Sim {
                 up: VecDeque::new(),
                 down: VecDeque::new(),
                 free_at: None,
+                down_bulk,
             },
             call,
             taken: 0,
             writing: true,
+            printed: 0,
         }
     }
 
     /// One millisecond of the path.
     fn tick(&mut self) {
         let now = self.p.now;
-        if self.writing && self.p.client.backlog() < MIB as usize {
+        let down_bulk = self.path.down_bulk;
+        if self.writing && !down_bulk && self.p.client.backlog() < MIB as usize {
             self.p
                 .client
                 .write_stdin(self.call, Bytes::from_static(&ZEROS), now)
                 .unwrap();
         }
+        if self.writing && down_bulk {
+            // The process prints in chunks while its call has credit.
+            let chunk = crate::limits::MAX_CHUNK;
+            let cost = chunk as u64 + crate::session::output::EVENT_COST;
+            while self.p.server.retained_by(self.call) + cost
+                <= u64::from(self.p.server.output_window_of(self.call))
+                && self.p.server.backlog() < MIB as usize
+            {
+                let data = Bytes::from_static(&ZEROS[..chunk]);
+                self.p
+                    .server
+                    .push(self.call, Kind::Stdout(data), None, None, now)
+                    .unwrap();
+            }
+        }
         while let Some(t) = self.p.client.poll_transmit(now) {
-            let start = self.path.free_at.map_or(now.at, |f| f.max(now.at));
-            let len = t.frame.encoded_len() as u64;
-            let done = start + Duration::from_secs_f64(len as f64 / self.path.rate as f64);
-            self.path.free_at = Some(done);
-            self.path.up.push_back((done + self.path.one_way, t.frame));
+            let at = self.path.arrival(now.at, &t.frame, !down_bulk);
+            self.path.up.push_back((at, t.frame));
         }
         while let Some(t) = self.p.server.poll_transmit(now) {
-            self.path
-                .down
-                .push_back((now.at + self.path.one_way, t.frame));
+            let at = self.path.arrival(now.at, &t.frame, down_bulk);
+            self.path.down.push_back((at, t.frame));
         }
         while self.path.up.front().is_some_and(|(at, _)| *at <= now.at) {
             let Some((_, frame)) = self.path.up.pop_front() else {
@@ -112,7 +174,16 @@ impl Sim {
                 break;
             };
             self.p.client.handle_frame(frame, now);
-            while self.p.client.poll_event().is_some() {}
+            while let Some(ev) = self.p.client.poll_event() {
+                if let ClientEvent::Call(c) = ev {
+                    // The caller takes its output as it comes.
+                    if let Kind::Stdout(d) = &c.kind {
+                        self.printed += d.len() as u64;
+                    }
+                    let cost = crate::session::output::cost(&c.kind);
+                    self.p.client.output_taken(c.call_id, c.seq, cost, now);
+                }
+            }
         }
         self.p.now = now.after(TICK);
         if self
@@ -133,14 +204,16 @@ impl Sim {
         }
     }
 
-    /// Runs for `d`; returns the stdin bytes the process took meanwhile.
+    /// Runs for `d`; returns the bulk bytes that crossed meanwhile (stdin
+    /// the process took, or output the caller took).
     fn run_for(&mut self, d: Duration) -> u64 {
-        let before = self.taken;
+        let before = self.taken + self.printed;
         for _ in 0..d.as_millis() {
             self.tick();
         }
         assert!(!self.p.server.is_over(), "the session ended");
-        self.taken - before
+        assert!(!self.p.client.is_over(), "the session ended");
+        self.taken + self.printed - before
     }
 
     fn window(&self) -> u64 {
@@ -229,4 +302,67 @@ fn the_ceiling_and_the_budget_bound_the_window_and_give_back() {
     sim.p.client.close_stdin(sim.call, None, sim.p.now).unwrap();
     sim.run_for(Duration::from_millis(100));
     assert_eq!(budget.held(), 0);
+}
+
+#[test]
+fn the_output_window_grows_to_the_path_and_fills_it() {
+    let mut sim = Sim::output(Limits::client(), ONE_WAY, RATE);
+    let first = u64::from(Limits::client().output_window);
+    // 4 MiB a round trip already carries 80 MiB/s: a faster path.
+    let rate = 4 * RATE;
+    sim.path.rate = rate;
+    let bdp = 4 * BDP;
+    sim.run_for(Duration::from_secs(2));
+    let carried = sim.run_for(Duration::from_secs(1));
+    assert!(
+        carried >= rate * 9 / 10,
+        "{carried} bytes in a second, the path carries {rate}"
+    );
+    let window = u64::from(sim.p.client.output_window_of(sim.call));
+    assert!(window > first && window >= bdp, "window {window}");
+    assert!(window <= 3 * bdp, "window {window} beyond the path's need");
+    // The exec-server granted what the client asked.
+    assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), window);
+}
+
+#[test]
+fn the_output_window_stops_at_the_clients_ceiling_and_the_exec_servers() {
+    let ceiling = 6 * MIB as u32;
+    let client = Limits {
+        output_window_max: ceiling,
+        ..Limits::client()
+    };
+    let mut sim = Sim::output(client, ONE_WAY, 4 * RATE);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.p.client.output_window_of(sim.call), ceiling);
+    assert_eq!(sim.p.server.output_window_of(sim.call), ceiling);
+
+    // An exec-server with a lower ceiling grants only that: the client's
+    // check stays looser, the exec-server never sends beyond its own.
+    let (client_key, server_key) = keys();
+    let acceptor = Arc::new(Acceptor::new(
+        server_key.clone(),
+        AuthorizedKeys::from_keys([client_key.public()]),
+    ));
+    let server = Limits {
+        output_window_max: 5 * MIB as u32,
+        ..Limits::server()
+    };
+    let mut p = Pair::from_parts(
+        &client_key,
+        &server_key.public(),
+        acceptor,
+        Limits::client(),
+        server,
+    );
+    p.run();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.push(id, out("x"));
+    p.client
+        .output_taken(id, 1, crate::session::output::cost(&out("x")), p.now);
+    // A client asking for far more than the exec-server's ceiling.
+    p.client.ack_window_for_tests(id, 1, u32::MAX, p.now);
+    p.run();
+    assert_eq!(p.server.output_window_of(id), 5 * MIB as u32);
 }

@@ -1,0 +1,69 @@
+//! The client's measurement of the round trip, for output windows that
+//! follow the path ([`window`](crate::session::window)): a ping as output
+//! arrives, and at its pong each call's window grows if one round trip
+//! carried most of it (the exec-server is told at once).
+
+use super::{ClientSession, State};
+use crate::pb::session::{OutputAck, Ping, envelope::Body};
+use crate::session::Now;
+
+impl<T> ClientSession<T> {
+    /// Output arrived: begins a measurement if none is under way and a
+    /// call's window could still grow (and enough arrived to tell).
+    pub(super) fn measure(&mut self, now: Now) {
+        if !matches!(self.state, State::Ready) || self.detached || !self.probe.ready(now.at) {
+            return;
+        }
+        if !self.calls.values().any(|c| c.output.worth_measuring()) {
+            return;
+        }
+        for call in self.calls.values_mut() {
+            call.output.begin();
+        }
+        let nonce = self.probe.begin(now.at);
+        // A session that cannot send is ending anyway.
+        let _ = self
+            .link
+            .send(0, None, Body::Ping(Ping { nonce }), None, now);
+    }
+
+    /// A pong arrived: whether it ended the measurement (then each call's
+    /// window is sized from what arrived meanwhile).
+    pub(super) fn measured(&mut self, nonce: u64, now: Now) -> bool {
+        let Some(rtt) = self.probe.end(nonce, now.at) else {
+            return false;
+        };
+        let mut acks = Vec::new();
+        for (id, call) in &mut self.calls {
+            if let Some(seq) = call.output.end(rtt) {
+                acks.push((
+                    *id,
+                    OutputAck {
+                        seq,
+                        window: call.output.window(),
+                    },
+                ));
+            }
+        }
+        for (call_id, ack) in acks {
+            if self
+                .link
+                .send(call_id, None, Body::OutputAck(ack), None, now)
+                .is_err()
+            {
+                break;
+            }
+        }
+        true
+    }
+
+    /// The link broke: a measurement under way is void.
+    pub(super) fn unmeasure(&mut self) {
+        self.probe.cancel();
+    }
+
+    /// A call's output window now (0 for a call it does not hold).
+    pub fn output_window_of(&self, call_id: u64) -> u32 {
+        self.calls.get(&call_id).map_or(0, |c| c.output.window())
+    }
+}
