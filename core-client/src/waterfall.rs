@@ -12,7 +12,8 @@ use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFil
 use proto::session::clock::Source;
 use telemetry::spans::{
     ATTR_CLOCK_BOUND, ATTR_CLOCK_MEASURED, ATTR_CLOCK_OFFSET, ATTR_CLOCK_SOURCE, ATTR_CLOCK_SPLIT,
-    ATTR_ROUND_TRIP, ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS,
+    ATTR_OUTPUT_CREDIT_WAIT, ATTR_OUTPUT_WINDOW, ATTR_ROUND_TRIP, ATTR_SESSION_EARLY_RETRIES,
+    ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS, ATTR_STDIN_WINDOW, ATTR_STDIN_WINDOW_WAIT,
     LINK_TRANSIT, TERMINAL_DELIVERY, TERMINAL_PUSH,
 };
 
@@ -153,6 +154,7 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
         return out;
     }
     session_line(&mut out, &trace.spans);
+    window_line(&mut out, &trace.spans);
     remote_line(&mut out, &trace.spans);
     out.push('\n');
     waterfall(&mut out, &placed, t0, total, width);
@@ -194,6 +196,42 @@ fn session_line(out: &mut String, spans: &[SpanRecord]) {
         );
     }
     out.push('\n');
+}
+
+/// Whether a flow-control window held the command up: the time its stdin
+/// waited for the exec-server's window and its output for credit, with
+/// the widest windows (only when one of them waited).
+fn window_line(out: &mut String, spans: &[SpanRecord]) {
+    let value = |key: &str| {
+        spans.iter().find_map(|s| {
+            s.attributes
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        })
+    };
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut parts = Vec::new();
+    if let Some(wait) = value(ATTR_STDIN_WINDOW_WAIT).filter(|n| *n > 0) {
+        let window = value(ATTR_STDIN_WINDOW).unwrap_or(0);
+        parts.push(format!(
+            "stdin waited {:.1} ms for its window (widest {:.1} MiB)",
+            ms(wait),
+            mib(window)
+        ));
+    }
+    if let Some(wait) = value(ATTR_OUTPUT_CREDIT_WAIT).filter(|n| *n > 0) {
+        let window = value(ATTR_OUTPUT_WINDOW).unwrap_or(0);
+        parts.push(format!(
+            "output waited {:.1} ms for credit (window {:.1} MiB)",
+            ms(wait),
+            mib(window)
+        ));
+    }
+    if !parts.is_empty() {
+        let _ = writeln!(out, "window-limited: {}", parts.join("; "));
+    }
 }
 
 /// How the exec-server's side of a client's command got here: brought home
@@ -741,6 +779,34 @@ mod tests {
         );
         // A command on a session that was already there says nothing.
         assert!(!render(&sample(), 40).contains("session:"));
+    }
+
+    #[test]
+    fn the_window_line_says_how_long_stdin_and_output_waited_for_their_windows() {
+        let mut t = sample();
+        for (i, key, value) in [
+            (0, "rex.stdin.window", "4194304"),
+            (0, "rex.stdin.window_wait_ns", "120500000"),
+            (1, "rex.output.window", "12582912"),
+            (1, "rex.output.credit_wait_ns", "30000000"),
+        ] {
+            t.spans[i]
+                .attributes
+                .push((key.to_owned(), value.to_owned()));
+        }
+        let out = render(&t, 40);
+        assert!(
+            out.lines().any(|l| l
+                == "window-limited: stdin waited 120.5 ms for its window (widest 4.0 MiB); \
+                    output waited 30.0 ms for credit (window 12.0 MiB)"),
+            "{out}"
+        );
+        // No wait, no line.
+        t.spans[0]
+            .attributes
+            .retain(|(k, _)| !k.starts_with("rex.stdin"));
+        t.spans[1].attributes = vec![("rex.output.credit_wait_ns".into(), "0".into())];
+        assert!(!render(&t, 40).contains("window-limited"));
     }
 
     #[test]

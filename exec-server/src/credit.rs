@@ -353,6 +353,13 @@ impl Credit {
         }
     }
 
+    /// The window's size now (`None`: no window).
+    pub fn window(&self) -> Option<u64> {
+        self.window
+            .as_ref()
+            .map(|_| self.size.load(Ordering::Acquire))
+    }
+
     /// Credit free now (the window when nothing is in flight).
     pub fn available(&self) -> Option<u64> {
         self.window.as_ref().map(|w| w.available_permits() as u64)

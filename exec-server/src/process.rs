@@ -702,7 +702,18 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     // A pipe (or the terminal) is read only with credit for a whole chunk
     // in hand, taken while signals and cancels are still heard.
     let mut reserved: Option<Reserved> = None;
+    // Time a reader waited for output credit (window-limited), from when
+    // it needed a chunk's worth and none was free.
+    let mut credit_wait = Duration::ZERO;
+    let mut needs_credit: Option<Instant> = None;
     loop {
+        if reserved.is_none()
+            && needs_credit.is_none()
+            && (stdout.is_some() || stderr.is_some())
+            && credit.available().is_some_and(|free| free < CHUNK_CREDIT)
+        {
+            needs_credit = Some(Instant::now());
+        }
         if stdout.is_none()
             && let Some(w) = out_watch.take()
         {
@@ -725,7 +736,12 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         let reading = stdout.is_some() || stderr.is_some();
         tokio::select! {
             () = wrote(&mut writer), if writer.is_some() => writer = None,
-            r = credit.reserve(CHUNK_CREDIT), if reading && reserved.is_none() => reserved = Some(r),
+            r = credit.reserve(CHUNK_CREDIT), if reading && reserved.is_none() => {
+                reserved = Some(r);
+                if let Some(since) = needs_credit.take() {
+                    credit_wait += since.elapsed();
+                }
+            }
             () = cancel.cancelled(), if !killed => {
                 if ended.is_cancelled() {
                     // The session is gone: nobody can see this process
@@ -820,6 +836,16 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     match exit {
         exited::Status::Code(c) => run_span.set_int("process.exit.code", i64::from(c)),
         exited::Status::Signal(s) => run_span.set_int("rex.exit.signal", i64::from(s)),
+    }
+    run_span.set_int(
+        spans::ATTR_OUTPUT_CREDIT_WAIT,
+        i64::try_from(credit_wait.as_nanos()).unwrap_or(i64::MAX),
+    );
+    if let Some(window) = credit.window() {
+        run_span.set_int(
+            spans::ATTR_OUTPUT_WINDOW,
+            i64::try_from(window).unwrap_or(i64::MAX),
+        );
     }
     // Exit observed and both pipes drained.
     stages.push(run_span.end_at(SystemTime::now()));

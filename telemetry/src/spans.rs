@@ -131,6 +131,13 @@ pub const ATTR_SESSION_EARLY_RETRIES: &str = "rex.session.early_retries";
 /// `noise.handshake`, `session.init`) are the dispatch's children, beside
 /// the call's path.
 pub const ATTR_SESSION_EARLY_DATA: &str = "rex.session.early_data";
+/// `process.run` attribute (exec-server): nanoseconds the command's output
+/// readers waited for output credit (window-limited time, or the
+/// exec-server's budget for unacknowledged output).
+pub const ATTR_OUTPUT_CREDIT_WAIT: &str = "rex.output.credit_wait_ns";
+/// `process.run` attribute (exec-server): the command's output window when
+/// it ended (bytes; its client widens it with the path).
+pub const ATTR_OUTPUT_WINDOW: &str = "rex.output.window";
 /// `tool.dispatch` attribute, on a call with stdin: the widest stdin
 /// window its exec-server gave (bytes; the window grows with the path).
 pub const ATTR_STDIN_WINDOW: &str = "rex.stdin.window";
@@ -174,6 +181,8 @@ pub const ATTRIBUTES: &[&str] = &[
     ATTR_SESSION_EARLY_DATA,
     ATTR_STDIN_WINDOW,
     ATTR_STDIN_WINDOW_WAIT,
+    ATTR_OUTPUT_CREDIT_WAIT,
+    ATTR_OUTPUT_WINDOW,
     ATTR_CLOCK_SOURCE,
     ATTR_CLOCK_OFFSET,
     ATTR_CLOCK_BOUND,
