@@ -186,6 +186,12 @@ impl<T> Link<T> {
             .map(str::to_owned)
     }
 
+    /// Whether an envelope may be queued now ([`send`](Self::send) would
+    /// take it).
+    pub(super) fn accepts(&self) -> bool {
+        self.ending == Ending::Open && self.end.is_none() && self.transport.is_some()
+    }
+
     /// Queues an envelope; returns the stream offset just past it.
     pub(super) fn send(
         &mut self,

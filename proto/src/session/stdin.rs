@@ -176,6 +176,11 @@ impl<T> Outgoing<T> {
         Some(chunk)
     }
 
+    /// Whether a queued chunk may go now.
+    pub(super) fn may_send(&self) -> bool {
+        !self.queue.is_empty() && (self.window == 0 || self.sent < self.limit)
+    }
+
     /// The close, once nothing is queued before it.
     pub(super) fn take_close(&mut self) -> Option<Option<Mark<T>>> {
         if self.queue.is_empty() {

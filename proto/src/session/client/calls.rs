@@ -39,6 +39,43 @@ pub(super) fn check_request(request: &ExecRequest, login_shell: bool) -> Result<
     Ok(())
 }
 
+/// Stdin bytes that may wait in the link, ahead of whatever is sent next:
+/// a few chunks, so that the link always has stdin to send while control
+/// messages wait behind little.
+pub(super) const STDIN_LANE: usize = 4 * crate::limits::MAX_CHUNK;
+
+/// Stdin queued in calls waits for the link to drain below
+/// [`STDIN_LANE`]; [`refill_stdin`](ClientSession::refill_stdin) moves it.
+impl<T> ClientSession<T> {
+    /// Whether queued stdin could move into the link now.
+    pub(super) fn stdin_ready(&self) -> bool {
+        self.stdin_queued > 0
+            && !self.detached
+            && self.link.accepts()
+            && self.link.backlog() < STDIN_LANE
+            && self.calls.values().any(|c| c.out.may_send())
+    }
+
+    /// The link drained: calls' queued stdin moves into it, up to the lane.
+    pub(super) fn refill_stdin(&mut self, now: Now) {
+        if self.stdin_queued == 0 || self.link.backlog() >= STDIN_LANE {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.out.queued() > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            // A session that is ending sends nothing more.
+            if self.flush_stdin(id, now).is_err() || self.link.backlog() >= STDIN_LANE {
+                return;
+            }
+        }
+    }
+}
+
 impl<T> ClientSession<T> {
     pub(super) fn call_event(
         &mut self,
@@ -273,12 +310,18 @@ impl<T> ClientSession<T> {
     }
 
     /// Sends what the call's stdin window allows, then a close that waited
-    /// for it.
+    /// for it. Stdin goes into the link only while little waits there
+    /// ([`STDIN_LANE`]): the rest waits in the call's queue and follows as
+    /// the link drains, so a signal, a cancel or a resize sent meanwhile
+    /// overtakes it.
     pub(super) fn flush_stdin(&mut self, call_id: u64, now: Now) -> Result<(), CallError> {
         loop {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return Ok(());
             };
+            if call.out.queued() > 0 && self.link.backlog() >= STDIN_LANE {
+                return Ok(());
+            }
             if let Some(data) = call.out.next_chunk(now.at) {
                 self.stdin_queued -= data.len();
                 self.send_for(call_id, Body::Stdin(StdinData { data }), None, now)?;

@@ -829,6 +829,7 @@ impl<T> ClientSession<T> {
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
+        self.refill_stdin(now);
         let t = self.link.poll_transmit(now);
         if t.is_some() && self.answered {
             self.answered = false;
@@ -840,7 +841,7 @@ impl<T> ClientSession<T> {
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
     pub fn has_transmit(&self) -> bool {
-        self.link.has_transmit()
+        self.link.has_transmit() || self.stdin_ready()
     }
 
     /// Whether the driver should end our half of the link now (true once).

@@ -165,3 +165,46 @@ fn a_client_that_ignores_the_stdin_window_is_cut_off() {
         Some(Err(SessionError::Protocol(Violation::StdinWindow(_))))
     ));
 }
+
+#[test]
+fn a_signal_overtakes_stdin_the_window_let_go() {
+    // A window wide enough for all of it: only the session's own queueing
+    // could hold the signal behind the stdin.
+    let wide = Limits {
+        stdin_window: 8 << 20,
+        stdin_window_max: 8 << 20,
+        ..Limits::server()
+    };
+    let mut p = Pair::with(Limits::client(), wide);
+    p.run();
+    p.client_events.clear();
+    p.server_events.clear();
+    let id = p.exec(true);
+    p.client
+        .write_stdin(id, Bytes::from(vec![0u8; 4 << 20]), p.now)
+        .unwrap();
+    p.client.signal(id, 2, None, p.now).unwrap();
+    p.run();
+    let mut before = 0;
+    let mut signalled = false;
+    let mut total = 0;
+    for e in &p.server_events {
+        match e {
+            ServerEvent::Stdin { data, .. } => {
+                total += data.len();
+                if !signalled {
+                    before += data.len();
+                }
+            }
+            ServerEvent::Signal { .. } => signalled = true,
+            _ => {}
+        }
+    }
+    assert!(signalled);
+    assert_eq!(total, 4 << 20, "all of the stdin arrived");
+    // A few chunks at most went before it (the lane), not the window.
+    assert!(
+        before <= 256 * 1024,
+        "{before} bytes of stdin went before the signal"
+    );
+}
