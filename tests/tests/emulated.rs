@@ -9,7 +9,8 @@
 //! path a call's output credit, not HTTP/2's window, is what bounds the
 //! output in flight (it grows with the path, up to its ceiling), and
 //! Ctrl-C ends a command that prints without end with at most its credit
-//! after it. Counts and contents are asserted, never
+//! after it. Fifty bulk sessions at once stay inside the relay's budget
+//! (its resident memory read from /proc). Counts and contents are asserted, never
 //! elapsed times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,6 +20,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use integration_tests::binaries::{self, ProcStack};
+use integration_tests::memory::rss_kib;
 use link_emulator::{Config, CutKind, Emulator};
 
 fn emulated(stack: &ProcStack, rtt: Duration) -> Emulator {
@@ -328,4 +330,77 @@ fn a_large_stdin_across_a_50ms_link_arrives_byte_exact() {
     let first = u64::from(proto::session::Limits::server().stdin_window);
     let chunk = proto::limits::MAX_CHUNK as u64;
     assert!(stats.up.peak_queued > first + chunk + FRAMING, "{stats}");
+}
+
+#[test]
+fn fifty_concurrent_bulk_sessions_across_a_50ms_link_stay_inside_the_relays_budget() {
+    const SESSIONS: usize = 50;
+    const LEN: usize = 4_000_000;
+    // The relay's defaults: 128 KiB queued per direction of a session,
+    // 256 MiB for all sessions together.
+    const SESSION_BUFFER: u64 = 128 * 1024;
+    const BUDGET: u64 = 256 * 1024 * 1024;
+    let stack = ProcStack::start(&[]).unwrap();
+    let relay = stack.relay.child.id();
+    let relay_before = rss_kib(relay).unwrap();
+    let link = emulated(&stack, Duration::from_millis(50));
+    let mut clis = Vec::new();
+    for _ in 0..SESSIONS {
+        let cli = stack
+            .exec_via(
+                &link.url(),
+                &[],
+                &["head", "-c", &LEN.to_string(), "/dev/zero"],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        clis.push(cli);
+    }
+    // Each CLI's output is counted on a thread of its own while the
+    // relay's resident memory is sampled.
+    let readers: Vec<_> = clis
+        .iter_mut()
+        .map(|cli| {
+            let mut out = cli.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n = 0usize;
+                loop {
+                    match out.read(&mut buf).unwrap() {
+                        0 => return n,
+                        k => n += k,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut peak = relay_before;
+    while readers.iter().any(|r| !r.is_finished()) {
+        peak = peak.max(rss_kib(relay).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (reader, mut cli) in readers.into_iter().zip(clis) {
+        assert_eq!(reader.join().unwrap(), LEN);
+        let status = cli.wait().unwrap();
+        let mut err = String::new();
+        cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "{status:?}: {err}");
+    }
+    let grew = (peak.saturating_sub(relay_before)) * 1024;
+    eprintln!(
+        "{SESSIONS} bulk sessions across 50 ms: the relay grew by {} KiB at most ({} KiB a session)",
+        grew / 1024,
+        grew / 1024 / SESSIONS as u64
+    );
+    assert!(grew <= BUDGET, "{grew} bytes");
+    // Far less in fact: each session's queues, and its share of the
+    // links' buffers.
+    let per_session = grew / SESSIONS as u64;
+    assert!(
+        per_session <= 16 * SESSION_BUFFER,
+        "{per_session} bytes a session"
+    );
 }
