@@ -52,7 +52,10 @@ fn envelopes() -> Vec<Vec<u8>> {
             }),
             login_shell: false,
         }),
-        Body::OutputAck(session::OutputAck { seq: 7 }),
+        Body::OutputAck(session::OutputAck {
+            seq: 7,
+            window: 8 << 20,
+        }),
         Body::Resize(session::Resize {
             rows: 40,
             cols: 120,
