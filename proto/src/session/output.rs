@@ -128,43 +128,41 @@ impl Sent {
 /// acknowledgements.
 #[derive(Debug)]
 pub(super) struct Received {
-    window: u64,
     received: u64,
     taken: u64,
     acked: u64,
     taken_seq: Option<u64>,
     /// The last sequence number acknowledged.
     acked_seq: Option<u64>,
+    /// The window (0: none, and it never grows).
     flow: Adaptive,
-    /// Credit received when the last measurement began.
-    measured: u64,
 }
 
 impl Received {
-    /// A window of `window` that may grow to `ceiling`.
+    /// A window of `window` that may grow to `ceiling` (0: no window).
     pub(super) fn new(window: u32, ceiling: u32) -> Self {
+        let ceiling = if window == 0 { 0 } else { ceiling };
         Self {
-            window: u64::from(window),
             received: 0,
             taken: 0,
             acked: 0,
             taken_seq: None,
             acked_seq: None,
             flow: Adaptive::new(u64::from(window), u64::from(ceiling)),
-            measured: 0,
         }
     }
 
     /// The window now (what every acknowledgement tells).
     pub(super) fn window(&self) -> u32 {
-        u32::try_from(self.window).unwrap_or(u32::MAX)
+        u32::try_from(self.flow.window()).unwrap_or(u32::MAX)
     }
 
     /// An event of `cost` arrived: more than the window beyond the
     /// acknowledgements is a violation.
     pub(super) fn receive(&mut self, call_id: u64, cost: u64) -> Result<(), Violation> {
         self.received += cost;
-        if self.window != 0 && self.received - self.acked > self.window {
+        let window = self.flow.window();
+        if window != 0 && self.received - self.acked > window {
             return Err(Violation::OutputWindow(call_id));
         }
         Ok(())
@@ -176,7 +174,8 @@ impl Received {
     pub(super) fn taken(&mut self, seq: u64, cost: u64) -> Option<u64> {
         self.taken = (self.taken + cost).min(self.received);
         self.taken_seq = Some(self.taken_seq.map_or(seq, |s| s.max(seq)));
-        if self.window == 0 || self.taken - self.acked < (self.window / 4).max(1) {
+        let window = self.flow.window();
+        if window == 0 || self.taken - self.acked < (window / 4).max(1) {
             return None;
         }
         self.acked = self.taken;
@@ -184,15 +183,13 @@ impl Received {
         self.taken_seq
     }
 
-    /// Whether a measurement is worth its ping: the window could grow and
-    /// a quarter of it arrived since the last one began.
-    pub(super) fn worth_measuring(&self) -> bool {
-        self.window != 0 && self.flow.may_grow() && self.received - self.measured >= self.window / 4
+    /// Whether a measurement is worth its ping ([`Adaptive::due`]).
+    pub(super) fn due(&self) -> bool {
+        self.flow.due(self.received)
     }
 
     /// A measurement of the round trip begins.
     pub(super) fn begin(&mut self) {
-        self.measured = self.received;
         self.flow.begin(self.received);
     }
 
@@ -203,7 +200,6 @@ impl Received {
     pub(super) fn end(&mut self, rtt: std::time::Duration) -> Option<u64> {
         let want = self.flow.end(self.received, rtt)?;
         self.flow.settle(want);
-        self.window = self.flow.window();
         self.acked_seq
     }
 }

@@ -235,8 +235,6 @@ pub(super) struct Incoming {
     grant: Grant,
     /// More may still arrive (not closed, the call not finished).
     open: bool,
-    /// Bytes arrived when the last measurement began.
-    measured: u64,
 }
 
 /// An acknowledgement to send: bytes taken in all, and the window.
@@ -254,7 +252,6 @@ impl Incoming {
             flow: Adaptive::new(u64::from(first), u64::from(ceiling)),
             grant: Grant::new(budget),
             open: true,
-            measured: 0,
         }
     }
 
@@ -319,17 +316,14 @@ impl Incoming {
         self.settle();
     }
 
-    /// Whether a measurement is worth its ping: the window could grow, and
-    /// a quarter of it arrived since the last one began (a trickle, such
-    /// as typing, is never measured).
-    pub(super) fn worth_measuring(&self) -> bool {
-        self.open && self.flow.may_grow() && self.received - self.measured >= self.flow.window() / 4
+    /// Whether a measurement is worth its ping ([`Adaptive::due`]).
+    pub(super) fn due(&self) -> bool {
+        self.open && self.flow.due(self.received)
     }
 
     /// A measurement of the round trip begins.
     pub(super) fn begin(&mut self) {
         if self.open {
-            self.measured = self.received;
             self.flow.begin(self.received);
         }
     }

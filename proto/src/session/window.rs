@@ -126,6 +126,8 @@ pub(super) struct Adaptive {
     least: Option<Duration>,
     /// Bytes arrived when the measurement under way began.
     from: Option<u64>,
+    /// Bytes arrived when the last measurement began.
+    measured: u64,
     last_data: Option<Instant>,
 }
 
@@ -138,6 +140,7 @@ impl Adaptive {
             window: first,
             least: None,
             from: None,
+            measured: 0,
             last_data: None,
         }
     }
@@ -161,8 +164,16 @@ impl Adaptive {
         self.last_data = Some(now);
     }
 
+    /// Whether a measurement is worth its ping with `received` bytes
+    /// arrived in all: the window could grow, and a quarter of it arrived
+    /// since the last one began (a trickle, such as typing, never is).
+    pub(super) fn due(&self, received: u64) -> bool {
+        self.may_grow() && received.saturating_sub(self.measured) >= self.window / 4
+    }
+
     /// A measurement begins with `received` bytes arrived in all.
     pub(super) fn begin(&mut self, received: u64) {
+        self.measured = received;
         self.from = Some(received);
     }
 

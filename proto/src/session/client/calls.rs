@@ -56,20 +56,20 @@ impl<T> ClientSession<T> {
             && self.calls.values().any(|c| c.out.may_send())
     }
 
-    /// The link drained: calls' queued stdin moves into it, up to the lane.
+    /// The link drained: calls' queued stdin moves into it, up to the lane
+    /// (a call at a time, while one has stdin its window lets go).
     pub(super) fn refill_stdin(&mut self, now: Now) {
-        if self.stdin_queued == 0 || self.link.backlog() >= STDIN_LANE {
-            return;
-        }
-        let ids: Vec<u64> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| c.out.queued() > 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        while self.stdin_queued > 0 && self.link.backlog() < STDIN_LANE {
+            let Some(id) = self
+                .calls
+                .iter()
+                .find(|(_, c)| c.out.may_send())
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
             // A session that is ending sends nothing more.
-            if self.flush_stdin(id, now).is_err() || self.link.backlog() >= STDIN_LANE {
+            if self.flush_stdin(id, now).is_err() {
                 return;
             }
         }
@@ -162,7 +162,7 @@ impl<T> ClientSession<T> {
             self.release_spans(call_id, now);
         }
         if output && !last {
-            self.measure(now);
+            self.measure(call_id, now);
         }
         if !forgotten {
             self.events.push(ClientEvent::Call(CallEvent {

@@ -8,13 +8,14 @@ use crate::pb::session::{OutputAck, Ping, envelope::Body};
 use crate::session::Now;
 
 impl<T> ClientSession<T> {
-    /// Output arrived: begins a measurement if none is under way and a
-    /// call's window could still grow (and enough arrived to tell).
-    pub(super) fn measure(&mut self, now: Now) {
+    /// Output of `call_id` arrived: begins a measurement if none is under
+    /// way and that call's window is due one (only the arriving call is
+    /// looked at; once begun, every call is measured).
+    pub(super) fn measure(&mut self, call_id: u64, now: Now) {
         if !matches!(self.state, State::Ready) || self.detached || !self.probe.ready(now.at) {
             return;
         }
-        if !self.calls.values().any(|c| c.output.worth_measuring()) {
+        if !self.calls.get(&call_id).is_some_and(|c| c.output.due()) {
             return;
         }
         for call in self.calls.values_mut() {

@@ -632,7 +632,7 @@ impl<T> ServerSession<T> {
                             .receive(call_id, d.data.len(), now.at)
                             .map_err(SessionError::Protocol)?;
                     }
-                    self.measure(now);
+                    self.measure(call_id, now);
                     self.events.push(ServerEvent::Stdin {
                         call_id,
                         data: d.data,
