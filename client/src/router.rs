@@ -28,7 +28,7 @@ use proto::session::{
     Received, SessionError,
 };
 use telemetry::forward::SpanSource;
-use telemetry::framing;
+use telemetry::frame_spans;
 use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{mpsc, oneshot};
@@ -474,8 +474,9 @@ impl Router {
             .start_with_context(&self.tracer, &traced.parent);
         queue.end_with_timestamp(now.wall);
         let (span, _) =
-            framing::send_stage(&self.tracer, &traced.parent, traced.what, now.wall).into_parts();
-        let hop = framing::hop_header_for(traced.parent.span().span_context(), &traced.parent);
+            frame_spans::send_stage(&self.tracer, &traced.parent, traced.what, now.wall)
+                .into_parts();
+        let hop = frame_spans::hop_header_for(traced.parent.span().span_context(), &traced.parent);
         Mark::new(Tag { span, exec }, hop)
     }
 
@@ -898,7 +899,7 @@ impl Router {
             sent_unix_nanos,
             ..
         } = &ev.received;
-        let hop = framing::hop_context(hop);
+        let hop = frame_spans::hop_context(hop);
         let what = match &ev.kind {
             terminal_event::Kind::Started(_) => "started",
             terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_) => {
@@ -921,7 +922,7 @@ impl Router {
         if ev.last
             && let Some((a, d, h)) = call.last_chunk.take()
         {
-            framing::record_recv_until(
+            frame_spans::record_recv_until(
                 &self.tracer,
                 &call.parent,
                 (a, d),
@@ -936,7 +937,7 @@ impl Router {
         let attributes = transit_nanos(*arrived, *sent_unix_nanos, offset)
             .map(|t| vec![KeyValue::new("rex.transit_ns", t)])
             .unwrap_or_default();
-        let stage = framing::record_recv(
+        let stage = frame_spans::record_recv(
             &self.tracer,
             &call.parent,
             *arrived,

@@ -477,7 +477,7 @@ fn serve(args: RunArgs) -> ExitCode {
             .collect();
         // Forwarded spans leave on the schedule of the service's own.
         let limits = telemetry::forward::ForwardLimits {
-            linger: telemetry::setup::batch_delay(),
+            linger: telemetry::provider::batch_delay(),
             ..telemetry::forward::ForwardLimits::default()
         };
         match telemetry::forward::Forwarder::start(target, limits, own) {

@@ -350,7 +350,7 @@ fn start_forward(
         ])
         .start_with_context(tracer, &parent_cx);
     frame.hop_traceparent =
-        telemetry::framing::hop_header_for(span.span_context(), &parent_cx).unwrap_or_default();
+        telemetry::frame_spans::hop_header_for(span.span_context(), &parent_cx).unwrap_or_default();
     Some(Forward {
         span,
         arrived,

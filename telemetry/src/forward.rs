@@ -25,10 +25,12 @@ mod export;
 #[cfg(feature = "forward")]
 mod spool;
 
+#[cfg(feature = "export")]
+pub use budget::{ForwardLimits, Offered};
 #[cfg(feature = "forward")]
 pub use collect::{SpanCollector, SpanCollectorProcessor};
 #[cfg(feature = "export")]
-pub use export::{ForwardCounts, ForwardLimits, Forwarder, Offered};
+pub use export::{ForwardCounts, Forwarder};
 #[cfg(feature = "forward")]
 pub use spool::{Spool, SpoolLimits, Spooled, WithSpool};
 

@@ -11,7 +11,7 @@
 //! - [`otel`]: conversion to and from OpenTelemetry's `SpanContext`, and the
 //!   parent `Context` for the next span.
 //! - [`spans`]: the stage-span names (docs/spans.md).
-//! - [`framing`]: the `relay.frame.send`/`relay.frame.recv` spans both ends
+//! - [`frame_spans`]: the `relay.frame.send`/`relay.frame.recv` spans both ends
 //!   make for traced messages, and the hop header their frames carry.
 //! - [`remote`]: the exec-server's stage timings for a call, summarised
 //!   into its final event and placed on the client's clock, and the sink
@@ -33,6 +33,11 @@
 //!   client with feature `forward`; exported with feature `export`).
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
+//! - `otlp` (feature `export`): the OTLP protocol and endpoint the
+//!   environment names, and the exporter for them.
+//! - `provider` (feature `export`): the tracer providers every binary
+//!   builds (the service's resource, preset-capable ids) and their batch
+//!   processors.
 //! - `setup` (feature `export`, for binaries): the one place logging, tracer
 //!   providers and span export (OTLP over gRPC or HTTP, or the local trace
 //!   file) are set up.
@@ -53,12 +58,16 @@
 pub mod carriers;
 pub mod clock;
 pub mod forward;
-pub mod framing;
+pub mod frame_spans;
 pub mod hops;
 pub mod host;
 pub mod ids;
 pub mod limited;
 pub mod otel;
+#[cfg(feature = "export")]
+pub mod otlp;
+#[cfg(feature = "export")]
+pub mod provider;
 pub mod remote;
 pub mod semconv;
 #[cfg(feature = "export")]

@@ -21,7 +21,7 @@
 //!   spans that cannot be exported (a collector that refuses them or
 //!   cannot be reached, an exporter that cannot be built) are dropped with
 //!   one warning line, once per process, naming the endpoint and the
-//!   reason (`setup/reported.rs`);
+//!   reason (`otlp/reported.rs`);
 //! - otherwise: the local trace file, when the caller passes one (the CLI
 //!   does), else nowhere.
 //!
@@ -35,26 +35,14 @@
 //! [`TelemetryGuard::shutdown`] flushes them within a bound, so a collector
 //! that is down delays an exit by at most that bound and never fails it.
 
-mod http;
-pub(crate) mod reported;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider;
-use opentelemetry_otlp::{
-    RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
-};
-use opentelemetry_sdk::Resource;
 
-use crate::semconv;
-use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanExporter,
-    TracerProviderBuilder,
-};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -64,7 +52,11 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::spans;
 
-use crate::ids::PresetIdGenerator;
+use crate::otlp::{
+    self, ENDPOINT_VAR, HTTP_TRACES_PATH, OtlpTarget, PROTOCOL_VAR, Protocol, TRACES_ENDPOINT_VAR,
+    TRACES_PROTOCOL_VAR, reported,
+};
+use crate::provider::{base_builder, batch_processor};
 use crate::trace_file::{InlineProcessor, RemoteSpans, TraceFile};
 
 /// The `--help` text every service binary shows about span export.
@@ -89,67 +81,6 @@ pub enum LogDefault {
     Warn,
     /// Informational messages too (services).
     Info,
-}
-
-/// The variable naming the protocol for traces; wins over
-/// [`PROTOCOL_VAR`].
-pub const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
-/// The variable naming the protocol for every signal.
-pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-/// The full URL for traces; wins over [`ENDPOINT_VAR`].
-pub const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-/// The endpoint for every signal (over HTTP, a base URL).
-pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-/// The path appended to [`ENDPOINT_VAR`] for traces over HTTP.
-pub const HTTP_TRACES_PATH: &str = "/v1/traces";
-
-/// How spans travel to the OTLP endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// OTLP/gRPC (`grpc`, the default).
-    Grpc,
-    /// OTLP/HTTP with protobuf bodies (`http/protobuf`).
-    HttpProtobuf,
-    /// OTLP/HTTP with JSON bodies (`http/json`).
-    HttpJson,
-}
-
-impl Protocol {
-    /// Every protocol, in the order help texts list them.
-    pub const ALL: [Self; 3] = [Self::Grpc, Self::HttpProtobuf, Self::HttpJson];
-
-    /// The protocol's name in the `OTEL_EXPORTER_OTLP_*PROTOCOL` variables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Grpc => "grpc",
-            Self::HttpProtobuf => "http/protobuf",
-            Self::HttpJson => "http/json",
-        }
-    }
-
-    /// The protocol `value` names (surrounding blanks and ASCII case
-    /// ignored), if any.
-    pub fn parse(value: &str) -> Option<Self> {
-        let value = value.trim();
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(value))
-    }
-
-    /// Whether it is one of the OTLP/HTTP encodings.
-    pub fn is_http(self) -> bool {
-        !matches!(self, Self::Grpc)
-    }
-}
-
-/// Where OTLP export sends spans, and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpTarget {
-    /// The protocol.
-    pub protocol: Protocol,
-    /// The URL the exporter sends to (over HTTP, the full URL of the traces
-    /// endpoint).
-    pub endpoint: String,
 }
 
 /// The environment asks for something this build cannot do.
@@ -272,35 +203,6 @@ pub const SERVICE_SPAN_QUEUE: usize = 2048;
 /// short-lived process pays at each start (2,048 slots are hundreds of
 /// page faults).
 pub const COMMAND_SPAN_QUEUE: usize = 256;
-
-/// The batch processor's delay between exports: `OTEL_BSP_SCHEDULE_DELAY`
-/// (milliseconds) when it is a number, else the SDK's 5 s.
-pub fn batch_delay() -> Duration {
-    std::env::var("OTEL_BSP_SCHEDULE_DELAY")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::from_secs(5), Duration::from_millis)
-}
-
-/// A batch processor for `exporter` whose queue holds `queue` spans
-/// (unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise) and which exports
-/// when half of it is filled, so that spans keep arriving while a batch
-/// is written.
-pub(crate) fn batch_processor<E: SpanExporter + 'static>(
-    exporter: E,
-    queue: usize,
-) -> BatchSpanProcessor {
-    let mut config = BatchConfigBuilder::default();
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-        let queue = queue.max(2);
-        config = config
-            .with_max_queue_size(queue)
-            .with_max_export_batch_size((queue / 2).min(512));
-    }
-    BatchSpanProcessor::builder(exporter)
-        .with_batch_config(config.build())
-        .build()
-}
 
 impl Options {
     /// The environment's choice for a long-running service (retries on,
@@ -573,7 +475,7 @@ pub fn build_provider(service: String, options: &Options) -> SdkTracerProvider {
 fn build(
     service: String,
     options: &Options,
-) -> (SdkTracerProvider, Option<(String, ExporterError)>) {
+) -> (SdkTracerProvider, Option<(String, otlp::ExporterError)>) {
     build_with(service, options, None)
 }
 
@@ -582,7 +484,7 @@ fn build_with(
     service: String,
     options: &Options,
     collector: Option<&crate::forward::SpanCollector>,
-) -> (SdkTracerProvider, Option<(String, ExporterError)>) {
+) -> (SdkTracerProvider, Option<(String, otlp::ExporterError)>) {
     let mut unusable = None;
     let mut builder = base_builder(service);
     if let Some(c) = collector {
@@ -596,7 +498,7 @@ fn build_with(
         Export::File(file) => {
             builder.with_span_processor(batch_processor(file.exporter(), options.span_queue))
         }
-        Export::Otlp(target) => match otlp_exporter(target, options.retry) {
+        Export::Otlp(target) => match otlp::exporter(target, options.retry) {
             Ok(exporter) => builder.with_span_processor(batch_processor(
                 reported::Reported::new(exporter, target.endpoint.clone()),
                 options.span_queue,
@@ -608,115 +510,6 @@ fn build_with(
         },
     };
     (builder.build(), unusable)
-}
-
-/// A provider builder with the service's resource and the preset-capable id
-/// generator, and no exporter (tests add their own).
-pub fn base_builder(service: String) -> TracerProviderBuilder {
-    // The SDK's own detector is left out: the service name it would give
-    // (`unknown_service:` and the executable's name, read from /proc) is
-    // always replaced by ours, and reading it costs every process's start.
-    let mut resource = Resource::builder_empty()
-        .with_detectors(&[
-            Box::new(TelemetryResourceDetector),
-            Box::new(EnvResourceDetector::new()),
-        ])
-        .with_service_name(service);
-    // OTEL_RESOURCE_ATTRIBUTES may name the host and the version itself.
-    let named = |key: &str| {
-        std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
-            v.split(',')
-                .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == key))
-        })
-    };
-    if let Some(host) = crate::host::name().filter(|_| !named(semconv::HOST_NAME)) {
-        resource = resource.with_attribute(opentelemetry::KeyValue::new(
-            semconv::HOST_NAME,
-            host.to_owned(),
-        ));
-    }
-    if !named(semconv::SERVICE_VERSION) {
-        // The workspace's one version: every binary's.
-        resource = resource.with_attribute(opentelemetry::KeyValue::new(
-            semconv::SERVICE_VERSION,
-            env!("CARGO_PKG_VERSION"),
-        ));
-    }
-    let resource = resource.with_schema_url([], semconv::SCHEMA_URL);
-    SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_id_generator(PresetIdGenerator::default())
-}
-
-/// Why an OTLP exporter cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ExporterError {
-    #[error(transparent)]
-    Build(#[from] opentelemetry_otlp::ExporterBuildError),
-    #[error(transparent)]
-    Client(#[from] http::HttpClientError),
-    #[error("{0} is an https endpoint, but this build has no TLS: use http://")]
-    Https(String),
-}
-
-/// The export timeout the OTLP exporter also uses:
-/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`
-/// (milliseconds), else 10 s.
-fn export_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-    ]
-    .into_iter()
-    .find_map(|k| var(k)?.trim().parse().ok())
-    .map_or(
-        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
-        Duration::from_millis,
-    )
-}
-
-/// The exporter for `target`. Headers, timeout and compression come from
-/// the environment, read by the exporter itself.
-pub(crate) fn otlp_exporter(
-    target: &OtlpTarget,
-    retry: bool,
-) -> Result<opentelemetry_otlp::SpanExporter, ExporterError> {
-    let policy = if retry {
-        RetryPolicy::recommended()
-    } else {
-        RetryPolicy::disabled()
-    };
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match target.protocol {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(target.endpoint.clone())
-            .with_retry_policy(policy)
-            .build()?,
-        Protocol::HttpProtobuf | Protocol::HttpJson => {
-            if target
-                .endpoint
-                .get(..8)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-            {
-                return Err(ExporterError::Https(target.endpoint.clone()));
-            }
-            let protocol = if target.protocol == Protocol::HttpJson {
-                opentelemetry_otlp::Protocol::HttpJson
-            } else {
-                opentelemetry_otlp::Protocol::HttpBinary
-            };
-            let timeout = export_timeout(|k| std::env::var(k).ok());
-            builder
-                .with_http()
-                .with_protocol(protocol)
-                .with_endpoint(target.endpoint.clone())
-                .with_http_client(http::RuntimeHyperClient::new(timeout)?)
-                .with_retry_policy(policy)
-                .build()?
-        }
-    };
-    Ok(exporter)
 }
 
 /// A tracer provider that hands out each service's tracer by scope name.
@@ -943,56 +736,6 @@ mod tests {
             ]),
             Export::Off
         ));
-    }
-
-    #[test]
-    fn the_http_timeout_follows_the_exporter_variables() {
-        let t = |vars: &[(&str, &str)]| export_timeout(lookup(vars));
-        assert_eq!(t(&[]), Duration::from_secs(10));
-        assert_eq!(
-            t(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]),
-            Duration::from_millis(2500)
-        );
-        assert_eq!(
-            t(&[
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
-                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
-            ]),
-            Duration::from_millis(700)
-        );
-        assert_eq!(
-            t(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]),
-            Duration::from_secs(10)
-        );
-    }
-
-    fn http_target(endpoint: &str) -> OtlpTarget {
-        OtlpTarget {
-            protocol: Protocol::HttpProtobuf,
-            endpoint: endpoint.to_owned(),
-        }
-    }
-
-    #[test]
-    fn the_http_exporter_needs_a_runtime_and_plain_http() {
-        let plain = http_target("http://127.0.0.1:4318/v1/traces");
-        assert!(matches!(
-            otlp_exporter(&plain, false),
-            Err(ExporterError::Client(http::HttpClientError::NoRuntime))
-        ));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let _entered = runtime.enter();
-        assert!(otlp_exporter(&plain, true).is_ok());
-        let json = OtlpTarget {
-            protocol: Protocol::HttpJson,
-            ..plain
-        };
-        assert!(otlp_exporter(&json, false).is_ok());
-        let err = otlp_exporter(&http_target("HTTPS://c:4318/v1/traces"), false).unwrap_err();
-        assert!(matches!(err, ExporterError::Https(_)), "{err:?}");
-        assert!(err.to_string().contains("use http://"), "{err}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ async fn run_once(hop_headers: bool, exporter: &InMemorySpanExporter) -> Vec<Spa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_headers_give_relay_forward_spans_and_can_be_turned_off() {
     let exporter = InMemorySpanExporter::default();
-    let provider = telemetry::setup::base_builder("test".into())
+    let provider = telemetry::provider::base_builder("test".into())
         .with_simple_exporter(exporter.clone())
         .build();
     opentelemetry::global::set_tracer_provider(provider);

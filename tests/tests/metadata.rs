@@ -219,7 +219,7 @@ async fn flush(p: &metadata::Persister) -> Result<(), metadata::PersistError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_writers_never_hold_commands_up_and_catch_up_after() {
     // Real span contexts, so records carry trace ids.
-    let provider = telemetry::setup::base_builder("test".into()).build();
+    let provider = telemetry::provider::base_builder("test".into()).build();
     opentelemetry::global::set_tracer_provider(provider);
 
     let client_dir = tempfile::tempdir().unwrap();

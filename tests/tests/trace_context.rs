@@ -13,7 +13,7 @@ use telemetry::spans;
 #[tokio::test]
 async fn client_span_is_the_exec_server_parent_and_the_child_sees_the_trace() {
     let exporter = InMemorySpanExporter::default();
-    let provider = telemetry::setup::base_builder("test".into())
+    let provider = telemetry::provider::base_builder("test".into())
         .with_simple_exporter(exporter.clone())
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());

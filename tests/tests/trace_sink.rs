@@ -21,7 +21,8 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
-use telemetry::setup::{Export, Options, Protocol};
+use telemetry::otlp::Protocol;
+use telemetry::setup::{Export, Options};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +44,7 @@ fn provider(service: &str, endpoint: &str) -> SdkTracerProvider {
         .with_endpoint(endpoint)
         .build()
         .unwrap();
-    telemetry::setup::base_builder(service.to_owned())
+    telemetry::provider::base_builder(service.to_owned())
         .with_batch_exporter(exporter)
         .build()
 }

@@ -18,7 +18,7 @@ use integration_tests::otlp::{AttrValue, OtlpReceiver, RecordedSpan};
 use integration_tests::trace_check::{self, assert_contained, by_name, one};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use telemetry::setup::Protocol;
+use telemetry::otlp::Protocol;
 use telemetry::spans;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -37,7 +37,7 @@ use proto::session::{
     Acceptor, Closed, KeySource, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
     Stage as SessionStage,
 };
-use telemetry::framing;
+use telemetry::frame_spans;
 use telemetry::limited::Limiter;
 use telemetry::remote::Stage;
 use telemetry::{carriers, otel, spans};
@@ -552,12 +552,12 @@ impl Runner {
         let parent = trace
             .map(|t| otel::context_from(&carriers::envelope::extract(t)))
             .unwrap_or_default();
-        framing::record_recv(
+        frame_spans::record_recv(
             &self.tracer,
             &parent,
             received.arrived,
             what,
-            &[framing::hop_context(&received.hop)],
+            &[frame_spans::hop_context(&received.hop)],
             vec![],
         )
     }
@@ -612,7 +612,7 @@ impl Runner {
         let mut tag: Tag = Vec::new();
         if let Some(w) = what {
             let (span, stage) =
-                framing::send_stage(&self.tracer, &call.push.cx, w, now.wall).into_parts();
+                frame_spans::send_stage(&self.tracer, &call.push.cx, w, now.wall).into_parts();
             call.sending.push(stage);
             tag.push(Leaving {
                 span,
@@ -656,7 +656,7 @@ impl Runner {
         stages.append(out.stages);
         if let Some(chunk) = call.push.last_chunk.take() {
             let mut last =
-                framing::send_stage(&self.tracer, &call.push.cx, "output.last", chunk.taken);
+                frame_spans::send_stage(&self.tracer, &call.push.cx, "output.last", chunk.taken);
             last.set_int("rex.output.chunks", call.push.output_chunks());
             match chunk.sent {
                 Some(at) => stages.push(last.end_at(at)),

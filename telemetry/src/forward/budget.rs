@@ -8,7 +8,61 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::export::{ForwardLimits, Offered};
+/// Bounds on what an exec-server takes of its clients' spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardLimits {
+    /// The most bytes of one batch (announced in the hello answer).
+    pub batch_bytes: u32,
+    /// Spans per second one client key may forward (its bucket holds 4 s
+    /// worth).
+    pub key_spans_per_sec: u32,
+    /// Spans per second all clients together may forward (4 s worth held).
+    pub total_spans_per_sec: u32,
+    /// Bytes per second all clients together may forward (4 s held).
+    pub total_bytes_per_sec: u32,
+    /// Batches waiting for export, at most.
+    pub queue: usize,
+    /// Client keys whose buckets are remembered, at most.
+    pub keys: usize,
+    /// Spans each call a client runs adds to its key's and the total
+    /// budget, beyond the steady rates (up to 256 calls' worth held).
+    pub call_spans: u32,
+    /// Bytes each call adds to the total budget, likewise.
+    pub call_bytes: u32,
+    /// How long the first waiting batch waits for others before they are
+    /// exported together (a full group leaves at once): the exec-server
+    /// uses its batch processor's delay, `OTEL_BSP_SCHEDULE_DELAY`.
+    pub linger: Duration,
+}
+
+impl Default for ForwardLimits {
+    fn default() -> Self {
+        Self {
+            batch_bytes: 256 * 1024,
+            key_spans_per_sec: 500,
+            total_spans_per_sec: 5_000,
+            total_bytes_per_sec: 4 * 1024 * 1024,
+            queue: 64,
+            keys: 4096,
+            call_spans: 64,
+            call_bytes: 64 * 1024,
+            linger: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What became of an offered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued for export.
+    Queued,
+    /// Dropped: over the client key's rate.
+    KeyRate,
+    /// Dropped: over the total rate.
+    TotalRate,
+    /// Dropped: the export queue is full.
+    QueueFull,
+}
 
 /// How long a bucket's worth of steady rate is.
 pub(super) const BURST: Duration = Duration::from_secs(4);

@@ -25,65 +25,9 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::budget::Budget;
-use crate::setup::OtlpTarget;
+use super::budget::{Budget, ForwardLimits, Offered};
+use crate::otlp::OtlpTarget;
 use crate::spans;
-
-/// Bounds on what an exec-server takes of its clients' spans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardLimits {
-    /// The most bytes of one batch (announced in the hello answer).
-    pub batch_bytes: u32,
-    /// Spans per second one client key may forward (its bucket holds 4 s
-    /// worth).
-    pub key_spans_per_sec: u32,
-    /// Spans per second all clients together may forward (4 s worth held).
-    pub total_spans_per_sec: u32,
-    /// Bytes per second all clients together may forward (4 s held).
-    pub total_bytes_per_sec: u32,
-    /// Batches waiting for export, at most.
-    pub queue: usize,
-    /// Client keys whose buckets are remembered, at most.
-    pub keys: usize,
-    /// Spans each call a client runs adds to its key's and the total
-    /// budget, beyond the steady rates (up to 256 calls' worth held).
-    pub call_spans: u32,
-    /// Bytes each call adds to the total budget, likewise.
-    pub call_bytes: u32,
-    /// How long the first waiting batch waits for others before they are
-    /// exported together (a full group leaves at once): the exec-server
-    /// uses its batch processor's delay, `OTEL_BSP_SCHEDULE_DELAY`.
-    pub linger: Duration,
-}
-
-impl Default for ForwardLimits {
-    fn default() -> Self {
-        Self {
-            batch_bytes: 256 * 1024,
-            key_spans_per_sec: 500,
-            total_spans_per_sec: 5_000,
-            total_bytes_per_sec: 4 * 1024 * 1024,
-            queue: 64,
-            keys: 4096,
-            call_spans: 64,
-            call_bytes: 64 * 1024,
-            linger: Duration::from_secs(5),
-        }
-    }
-}
-
-/// What became of an offered batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offered {
-    /// Queued for export.
-    Queued,
-    /// Dropped: over the client key's rate.
-    KeyRate,
-    /// Dropped: over the total rate.
-    TotalRate,
-    /// Dropped: the export queue is full.
-    QueueFull,
-}
 
 /// Spans forwarded and dropped since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -157,11 +101,11 @@ impl Forwarder {
         limits: ForwardLimits,
         own: Vec<String>,
     ) -> Result<Self, ForwardError> {
-        let exporter = crate::setup::otlp_exporter(target, true).map_err(|e| ForwardError {
+        let exporter = crate::otlp::exporter(target, true).map_err(|e| ForwardError {
             endpoint: target.endpoint.clone(),
             reason: e.to_string(),
         })?;
-        let exporter = crate::setup::reported::Reported::new(exporter, target.endpoint.clone());
+        let exporter = crate::otlp::reported::Reported::new(exporter, target.endpoint.clone());
         Ok(Self::with_exporter(exporter, limits, own))
     }
 
@@ -656,7 +600,7 @@ mod tests {
     /// One client trace of `n` spans, encoded, as a client would send it.
     fn client_batch(service: &str, n: usize) -> (TraceId, Vec<u8>) {
         let collector = SpanCollector::default();
-        let provider = crate::setup::base_builder(service.into())
+        let provider = crate::provider::base_builder(service.into())
             .with_span_processor(collector.processor())
             .build();
         let tracer = provider.tracer("core-client");

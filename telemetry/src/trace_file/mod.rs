@@ -282,7 +282,8 @@ impl RemoteSpans {
     fn processors(&self) -> &Processors {
         self.processors.get_or_init(|| {
             let processor = |service: &'static str| {
-                let mut processor = crate::setup::batch_processor(self.file.exporter(), self.queue);
+                let mut processor =
+                    crate::provider::batch_processor(self.file.exporter(), self.queue);
                 processor
                     .set_resource(&Resource::builder_empty().with_service_name(service).build());
                 processor

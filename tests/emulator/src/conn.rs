@@ -12,8 +12,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{CutAt, CutKind, Direction, PathSettings};
-use crate::emulator::Shared;
 use crate::lane::{Item, Lane};
+use crate::live::Live;
 
 /// The largest read that becomes one chunk.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -46,17 +46,12 @@ pub(crate) struct Conn {
     /// Threads of this connection that have ended, for the timed cut.
     ended: Mutex<usize>,
     ended_changed: Condvar,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     index: u64,
 }
 
 impl Conn {
-    pub(crate) fn new(
-        client: TcpStream,
-        server: TcpStream,
-        shared: Arc<Shared>,
-        index: u64,
-    ) -> Self {
+    pub(crate) fn new(client: TcpStream, server: TcpStream, live: Arc<Live>, index: u64) -> Self {
         for s in [&client, &server] {
             let _ = s.set_nodelay(true);
             let _ = s.set_write_timeout(Some(WRITE_POLL));
@@ -68,7 +63,7 @@ impl Conn {
             cut: AtomicBool::new(false),
             ended: Mutex::new(0),
             ended_changed: Condvar::new(),
-            shared,
+            live,
             index,
         }
     }
@@ -95,7 +90,7 @@ impl Conn {
         if self.cut.swap(true, Ordering::AcqRel) {
             return;
         }
-        let counters = &self.shared.counters;
+        let counters = &self.live.counters;
         match kind {
             CutKind::Close => {
                 counters.closes.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +140,7 @@ impl Conn {
     /// Carries the connection until both directions have ended or it is
     /// cut.
     pub(crate) fn run(self: &Arc<Self>) {
-        let timed_cut = match self.shared.config.cut {
+        let timed_cut = match self.live.config.cut {
             Some(cut) => match cut.at {
                 CutAt::After(after) => Some((cut.kind, Instant::now() + after)),
                 CutAt::Bytes { .. } => None,
@@ -197,10 +192,10 @@ impl Conn {
     fn carry_in(&self, direction: Direction) {
         let (mut src, _) = self.ends(direction);
         let lane = self.lane(direction);
-        let counters = self.shared.counters.lane(direction);
-        let seed = self.shared.config.seed ^ (self.index << 1) ^ direction.index() as u64;
+        let counters = self.live.counters.lane(direction);
+        let seed = self.live.config.seed ^ (self.index << 1) ^ direction.index() as u64;
         let mut rng = SmallRng::seed_from_u64(seed);
-        let cut_at = match self.shared.config.cut {
+        let cut_at = match self.live.config.cut {
             Some(c) => match c.at {
                 CutAt::Bytes {
                     direction: d,
@@ -215,9 +210,9 @@ impl Conn {
         let start = Instant::now();
         let (mut last_departure, mut last_due) = (start, start);
         loop {
-            let path = self.shared.path(direction);
+            let path = self.live.path(direction);
             let chunk = chunk_size(&path);
-            if !lane.wait_for_room(chunk, self.shared.config.max_in_flight) {
+            if !lane.wait_for_room(chunk, self.live.config.max_in_flight) {
                 return;
             }
             if let Some(rate) = path.rate {
@@ -255,7 +250,7 @@ impl Conn {
                     // The sender reset (or its socket failed): so does the
                     // path, after what it sent before (a reset travels
                     // behind the data, as on a wire).
-                    let due = last_due.max(Instant::now() + self.shared.path(direction).delay);
+                    let due = last_due.max(Instant::now() + self.live.path(direction).delay);
                     lane.push(
                         Item::Cut {
                             kind: CutKind::Reset,
@@ -271,7 +266,7 @@ impl Conn {
             }
             let now = Instant::now();
             // The path as it is when the bytes arrive.
-            let path = self.shared.path(direction);
+            let path = self.live.path(direction);
             if n == 0 {
                 lane.push(
                     Item::End {
@@ -306,9 +301,9 @@ impl Conn {
     fn deliver(&self, direction: Direction) {
         let (_, dst) = self.ends(direction);
         let lane = self.lane(direction);
-        let counters = self.shared.counters.lane(direction);
+        let counters = self.live.counters.lane(direction);
         loop {
-            match lane.next(|| self.shared.stalled_until(direction)) {
+            match lane.next(|| self.live.stalled_until(direction)) {
                 None => return,
                 Some(Item::Data { bytes, .. }) => {
                     if !self.write_all(dst, &bytes) {

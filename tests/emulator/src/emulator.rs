@@ -4,13 +4,14 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{Config, CutKind, Direction, PathSettings};
 use crate::conn::Conn;
-use crate::stats::{Counters, LinkStats};
+use crate::live::Live;
+use crate::stats::LinkStats;
 
 /// How long dialling the target may take before the client is reset.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,12 +34,10 @@ pub enum Error {
     Thread(#[source] std::io::Error),
 }
 
-/// What the emulator's threads share.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    paths: RwLock<[PathSettings; 2]>,
-    stalls: Mutex<[Option<Instant>; 2]>,
-    pub(crate) counters: Counters,
+/// What the emulator's threads share: what every connection reads
+/// ([`Live`]) and the bookkeeping of the connections themselves.
+struct Shared {
+    live: Arc<Live>,
     conns: Mutex<Vec<Weak<Conn>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop: AtomicBool,
@@ -46,15 +45,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn path(&self, direction: Direction) -> PathSettings {
-        self.paths.read().unwrap_or_else(|p| p.into_inner())[direction.index()]
-    }
-
-    pub(crate) fn stalled_until(&self, direction: Direction) -> Option<Instant> {
-        let until = self.stalls.lock().unwrap_or_else(|p| p.into_inner())[direction.index()];
-        until.filter(|u| *u > Instant::now())
-    }
-
     fn live_conns(&self) -> Vec<Arc<Conn>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|w| w.strong_count() > 0);
@@ -82,10 +72,7 @@ impl Emulator {
             source,
         })?;
         let shared = Arc::new(Shared {
-            paths: RwLock::new([config.up, config.down]),
-            config,
-            stalls: Mutex::new([None, None]),
-            counters: Counters::default(),
+            live: Arc::new(Live::new(config)),
             conns: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -117,29 +104,26 @@ impl Emulator {
 
     /// The settings `direction` has now.
     pub fn path(&self, direction: Direction) -> PathSettings {
-        self.shared.path(direction)
+        self.shared.live.path(direction)
     }
 
     /// Changes `direction`'s settings for every byte read from now on
     /// (bytes already in a delay line keep the instant they were given).
     pub fn set_path(&self, direction: Direction, path: PathSettings) {
-        self.shared.paths.write().unwrap_or_else(|p| p.into_inner())[direction.index()] = path;
+        self.shared.live.set_path(direction, path);
     }
 
     /// Sets both directions to a round trip of `rtt`, half each way,
     /// keeping their other settings.
     pub fn set_rtt(&self, rtt: Duration) {
-        let mut paths = self.shared.paths.write().unwrap_or_else(|p| p.into_inner());
-        paths[0].delay = rtt / 2;
-        paths[1].delay = rtt - rtt / 2;
+        self.shared.live.set_rtt(rtt);
     }
 
     /// Holds every byte in `direction` for `duration` from now (a stalled
     /// path: nothing is lost, it arrives late, all at once); the senders
     /// are held back once the delay lines are full.
     pub fn stall(&self, direction: Direction, duration: Duration) {
-        self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner())[direction.index()] =
-            Some(Instant::now() + duration);
+        self.shared.live.stall(direction, duration);
         for conn in self.shared.live_conns() {
             conn.nudge();
         }
@@ -160,7 +144,7 @@ impl Emulator {
 
     /// What it carried so far.
     pub fn stats(&self) -> LinkStats {
-        self.shared.counters.snapshot()
+        self.shared.live.counters.snapshot()
     }
 
     /// Stops accepting, closes every connection and waits for their
@@ -204,7 +188,7 @@ impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emulator")
             .field("addr", &self.addr)
-            .field("target", &self.shared.config.target)
+            .field("target", &self.shared.live.config.target)
             .finish_non_exhaustive()
     }
 }
@@ -227,10 +211,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let counters = &shared.counters;
+        let counters = &shared.live.counters;
         let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
         threads.retain(|t| !t.is_finished());
-        if threads.len() >= shared.config.max_connections {
+        if threads.len() >= shared.live.config.max_connections {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             reset(&client);
             continue;
@@ -250,8 +234,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 
 /// Dials the target for `client` and carries the connection.
 fn carry(client: TcpStream, shared: Arc<Shared>) {
-    let counters = &shared.counters;
-    let server = match TcpStream::connect_timeout(&shared.config.target, CONNECT_TIMEOUT) {
+    let counters = &shared.live.counters;
+    let server = match TcpStream::connect_timeout(&shared.live.config.target, CONNECT_TIMEOUT) {
         Ok(server) => server,
         Err(_) => {
             counters.failed_connects.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +246,7 @@ fn carry(client: TcpStream, shared: Arc<Shared>) {
     counters.accepted.fetch_add(1, Ordering::Relaxed);
     counters.active.fetch_add(1, Ordering::Relaxed);
     let index = shared.next_index.fetch_add(1, Ordering::Relaxed);
-    let conn = Arc::new(Conn::new(client, server, Arc::clone(&shared), index));
+    let conn = Arc::new(Conn::new(client, server, Arc::clone(&shared.live), index));
     shared
         .conns
         .lock()

@@ -14,6 +14,8 @@
 //! - [`config`](Config): what a path does ([`PathSettings`] per
 //!   [`Direction`]), the bounds, and a [`Cut`] for every connection.
 //! - `lane`: one direction's delay line, bounded in bytes.
+//! - `live`: what every connection reads of a running emulator (its
+//!   configuration, the paths as changed live, stalls, counters).
 //! - `conn`: one connection, a reader and a writer thread per direction;
 //!   the bottleneck and the delay are applied as bytes are read, and each
 //!   chunk leaves when it is due.
@@ -40,6 +42,7 @@ mod config;
 mod conn;
 mod emulator;
 mod lane;
+mod live;
 mod stats;
 pub mod units;
 

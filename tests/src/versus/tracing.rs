@@ -181,10 +181,10 @@ impl Providers {
     pub fn new(receiver: &OtlpReceiver) -> Result<Self, String> {
         let batch = batch_to(receiver)?;
         Ok(Self {
-            propagation: telemetry::setup::base_builder("bench".into())
+            propagation: telemetry::provider::base_builder("bench".into())
                 .with_sampler(Sampler::AlwaysOff)
                 .build(),
-            full: telemetry::setup::base_builder("bench".into())
+            full: telemetry::provider::base_builder("bench".into())
                 .with_span_processor(batch)
                 .build(),
         })
