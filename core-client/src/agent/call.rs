@@ -99,7 +99,7 @@ pub(super) async fn serve(
                 started = Some(run);
                 break;
             }
-            Err(e) if n < last && crate::cli::next_relay_may_help(&e) => {}
+            Err(e) if n < last && e.next_relay_may_help() => {}
             Err(e) => {
                 let _ = writer
                     .send(encode(&failure(e.is_connection(), false, e.to_string())))

@@ -48,7 +48,6 @@ use crate::names::ServerNames;
 use crate::settings::{ServerArgs, SettingsError};
 
 pub use docs::{completions, man};
-pub(crate) use exec::next_relay_may_help;
 pub use exec::{Lifetime, exec};
 pub use identity::{keygen, pubkey, trust};
 pub use life::ProcessStart;
