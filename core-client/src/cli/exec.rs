@@ -288,7 +288,7 @@ async fn traced_exec(
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
     let tickets = data_dir.as_deref().map(crate::tickets::Tickets::in_dir);
-    let spool = data_dir.as_deref().map(spool_root);
+    let spool = data_dir.as_deref().map(rex_agent::spool_root);
     let result = exec_with(
         &args,
         &settings,
@@ -320,12 +320,6 @@ async fn traced_exec(
         }
     }
     result
-}
-
-/// Where spans not yet forwarded at exit wait for the next session, under
-/// the data directory.
-pub(crate) fn spool_root(data_dir: &Path) -> PathBuf {
-    data_dir.join("span_spool")
 }
 
 /// `-v`: the files read and where the settings that route the command
@@ -973,7 +967,7 @@ async fn through_agent(
     records: Option<metadata::Persister>,
     spec: &ExecSpec,
 ) -> Result<ThroughAgent, ClientError> {
-    let socket = crate::agent::place::socket_path();
+    let socket = rex_agent::place::socket_path();
     if !socket.exists() {
         return Ok(ThroughAgent::NoAgent);
     }
