@@ -113,3 +113,50 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => tokio::time::sleep(Duration::from_secs(1)).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ask::{self, AskError};
+    use crate::listener::{BindError, bind};
+
+    #[tokio::test]
+    async fn an_agent_answers_its_user_and_stops_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent").join("agent.sock");
+        let listener = bind(&socket).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(listener, Options::default(), shutdown.clone()));
+        // One agent a socket: a second one is refused while the first runs.
+        assert!(matches!(bind(&socket).await, Err(BindError::Running(_))));
+        let status = ask::status(&socket).await.unwrap();
+        assert_eq!(status.pid, std::process::id());
+        assert_eq!(status.max_sessions, 16);
+        assert_eq!(status.persist_ms, 600_000);
+        assert!(status.sessions.is_empty());
+        assert_eq!(ask::flushed(&socket).await.unwrap(), None);
+        let warmed = ask::warm(&socket, Vec::new()).await.unwrap();
+        assert!(warmed.sessions.is_empty() && warmed.refused.is_empty());
+        ask::stop(&socket).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!socket.exists(), "its socket is removed");
+        assert!(matches!(
+            ask::status(&socket).await,
+            Err(AskError::Connect(_))
+        ));
+        // A socket left by an agent that died is taken over.
+        let stale = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        drop(stale);
+        let again = bind(&socket).await.unwrap();
+        run(again, Options::default(), cancelled()).await;
+    }
+
+    fn cancelled() -> CancellationToken {
+        let token = CancellationToken::new();
+        token.cancel();
+        token
+    }
+}
