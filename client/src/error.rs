@@ -536,6 +536,23 @@ impl ClientError {
             Self::InvalidRequest(_) => false,
         }
     }
+
+    /// Whether a failure to start through one relay is worth trying the
+    /// next relay for: the relay could not be reached, or it does not have
+    /// the exec-server (another relay may). Told by the error's type, never
+    /// its text.
+    pub fn next_relay_may_help(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(
+                ConnectError::Unreachable { .. }
+                    | ConnectError::Tls { .. }
+                    | ConnectError::UnknownServer(_)
+                    | ConnectError::Busy(Busy::Link { .. })
+                    | ConnectError::Timeout(Waiting::Relay)
+            )
+        )
+    }
 }
 
 #[cfg(test)]
@@ -577,5 +594,18 @@ mod tests {
         assert!(!unavailable(ErrorKind::PermissionDenied).agent_gone());
         assert!(!AgentError::Busy("full".into()).agent_gone());
         assert!(!AgentError::Lost("closed the connection").agent_gone());
+    }
+
+    #[test]
+    fn only_relay_trouble_tries_the_next_relay() {
+        assert!(
+            ClientError::Connect(ConnectError::UnknownServer("x".into())).next_relay_may_help()
+        );
+        assert!(ClientError::Connect(ConnectError::Timeout(Waiting::Relay)).next_relay_may_help());
+        assert!(
+            !ClientError::Connect(ConnectError::Timeout(Waiting::ExecServer)).next_relay_may_help()
+        );
+        let key = proto::keys::StaticKeypair::generate().unwrap().public();
+        assert!(!ClientError::Connect(ConnectError::Unauthorized(key)).next_relay_may_help());
     }
 }

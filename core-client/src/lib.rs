@@ -5,8 +5,6 @@
 //!   show`, `history`, `trace show`, `report`, `agent`, `completions`, `man`,
 //!   `demo`) and
 //!   their one-line errors and exit codes.
-//! - [`agent`]: the local agent that holds warm sessions for later
-//!   `exec`s (`core-client agent`).
 //! - [`settings`]: a server's effective settings (flags over the config
 //!   file over built-in defaults) and where each came from.
 //! - [`config`]: the config file (named servers, `[defaults]`), checked
@@ -28,7 +26,6 @@
 //! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
 pub use proto::address;
-pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         CliCommand::Exec(args) => context().and_then(|ctx| {
             // Through a running agent, this process only relays one call:
             // one thread does it (no workers to start).
-            let flavor = if !args.no_agent && core_client::agent::place::socket_path().exists() {
+            let flavor = if !args.no_agent && rex_agent::place::socket_path().exists() {
                 Flavor::OneThread
             } else {
                 Flavor::Workers

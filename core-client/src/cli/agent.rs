@@ -1,20 +1,22 @@
-//! `agent start`, `agent stop`, `agent status`, `agent warm`: the local
-//! agent that holds warm sessions for later `exec`s (as ssh's
-//! ControlMaster).
+//! `agent start`, `agent stop`, `agent status`, `agent warm`, `agent
+//! flush`: the local agent that holds warm sessions for later `exec`s (as
+//! ssh's ControlMaster). The agent itself is `rex_agent`: these commands
+//! map their flags onto its options, ask it, and print what it says.
 
 use lifecycle::durations::parse as parse_duration;
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, Subcommand};
-use proto::pb::agent::{self as wire, reply, request};
+use proto::pb::agent as wire;
+use rex_agent::ask::{self, AskError};
+use rex_agent::place;
 use rex_client::WarmPolicy;
 
 use super::{CliError, Context, EXIT_USAGE};
-use crate::agent::{self, Options, place};
 use crate::config::options::Warm;
 use crate::names::ServerNames;
 use crate::settings::ServerArgs;
@@ -22,16 +24,6 @@ use crate::settings::ServerArgs;
 /// How long `agent start` waits for the agent to answer, and for the
 /// first warm of the servers it keeps warm from the start.
 const START_WAIT: Duration = Duration::from_secs(30);
-/// How long `agent stop` waits for the agent to be gone.
-const STOP_WAIT: Duration = Duration::from_secs(5);
-/// How long `agent status` and `agent stop` wait for an answer.
-const ANSWER_WAIT: Duration = Duration::from_secs(5);
-/// How long `agent warm` waits for the warms (each is bounded by the
-/// handshake timeout).
-const WARM_WAIT: Duration = Duration::from_secs(60);
-/// How long `agent flush` (and the readers' barrier) waits for the agent's
-/// writes (its record writer waits at most 1.5 s).
-const FLUSH_WAIT: Duration = Duration::from_secs(3);
 
 /// `agent` subcommands.
 #[derive(Debug, Subcommand)]
@@ -105,62 +97,30 @@ pub struct StartArgs {
     pub no_span_forwarding: bool,
 }
 
+/// The agent's options from `agent start`'s flags and the config file:
+/// its spans and records go where this process's would (`data_dir`), and
+/// its sessions forward their calls' spans unless turned off (as for
+/// `exec`).
 fn options(
     args: &StartArgs,
-    socket: PathBuf,
     flusher: Option<telemetry::setup::Flusher>,
     prewarm: Vec<wire::Route>,
-    (records, data_dir, config): (
-        Option<agent::AgentRecords>,
-        Option<&Path>,
-        Option<&crate::config::Config>,
-    ),
-) -> Options {
-    let forwarding = !args.no_span_forwarding
+    data_dir: Option<&Path>,
+    config: Option<&crate::config::Config>,
+) -> rex_agent::Options {
+    let mut options = rex_agent::Options::default();
+    options.persist = (!args.persist.is_zero()).then_some(args.persist);
+    options.max_sessions = args.max_sessions.max(1);
+    options.max_connections = args.max_connections.max(1);
+    options.warm = WarmPolicy::every(args.warm_interval);
+    options.prewarm = prewarm;
+    options.flusher = flusher;
+    options.data_dir = data_dir.map(Path::to_path_buf);
+    options.forward_spans = !args.no_span_forwarding
         && config
             .and_then(|c| c.defaults.span_forwarding.as_ref())
             .is_none_or(|f| f.value);
-    Options {
-        socket,
-        persist: (!args.persist.is_zero()).then_some(args.persist),
-        max_sessions: args.max_sessions.max(1),
-        max_connections: args.max_connections.max(1),
-        warm: WarmPolicy::every(args.warm_interval),
-        prewarm,
-        flusher,
-        records,
-        spans: span_forwarding(data_dir, forwarding),
-    }
-}
-
-/// The agent forwards its calls' spans, with the spools under
-/// `data_dir`, when it keeps its spans in the local trace file (no OTLP
-/// endpoint) and `forwarding` is not turned off (as for `exec`).
-fn span_forwarding(data_dir: Option<&Path>, forwarding: bool) -> agent::SpanForwarding {
-    agent::SpanForwarding {
-        source: forwarding.then(telemetry::forward::source).flatten(),
-        spool_root: data_dir
-            .and_then(|d| std::path::absolute(d).ok())
-            .map(|d| super::exec::spool_root(&d)),
-    }
-}
-
-/// The records the agent keeps for the CLIs whose data directory is
-/// `data_dir` (none when no data directory is known). The database is
-/// opened in the background with the first record; what goes wrong is
-/// logged (the calls' CLIs do not wait for their records), and told by
-/// `agent flush`.
-fn records(data_dir: Option<&Path>) -> Option<agent::AgentRecords> {
-    let dir = std::path::absolute(data_dir?).ok()?;
-    let writer = metadata::WriterConfig {
-        service: "core-client-agent",
-        log_failures: true,
-        // As the CLI's own: written through to the OS at each call's end.
-        durability: metadata::Durability::ProcessCrash,
-        ..metadata::WriterConfig::default()
-    };
-    let store = metadata::open_in_background(&dir, writer);
-    Some(agent::AgentRecords { dir, store })
+    options
 }
 
 /// The servers the agent keeps warm from its start: every server named in
@@ -219,7 +179,7 @@ pub fn start(
     place::prepare_dir(&socket).map_err(|e| CliError::failed(e.to_string()))?;
     let log = socket.with_file_name("agent.log");
     let runtime = runtime()?;
-    if let Ok(status) = runtime.block_on(status_of(&socket)) {
+    if let Ok(status) = runtime.block_on(ask::status(&socket)) {
         println!(
             "an agent is already running (pid {}) at {}",
             status.pid,
@@ -268,7 +228,7 @@ pub fn start(
         .map_err(|e| CliError::failed(format!("cannot start the agent: {e}")))?;
     let deadline = Instant::now() + START_WAIT;
     loop {
-        if let Ok(status) = runtime.block_on(status_of(&socket)) {
+        if let Ok(status) = runtime.block_on(ask::status(&socket)) {
             let status = first_warms(&runtime, &socket, status, deadline);
             let names = ctx.names();
             for h in &status.sessions {
@@ -336,7 +296,7 @@ fn first_warms(
     };
     while !done(&status) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        match runtime.block_on(status_of(socket)) {
+        match runtime.block_on(ask::status(socket)) {
             Ok(s) => status = s,
             Err(_) => break,
         }
@@ -352,24 +312,15 @@ pub async fn run_foreground(
     data_dir: Option<&Path>,
 ) -> Result<u8, CliError> {
     let socket = place::socket_path();
-    let listener = agent::bind(&socket)
+    let listener = rex_agent::bind(&socket)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     let (routes, skipped) = prewarm(&ctx);
     for why in &skipped {
         tracing::warn!("not kept warm: {why}");
     }
-    let tasks = lifecycle::Tasks::new();
-    let shutdown = lifecycle::signals::stop_on_signals(&tasks);
-    tracing::info!(socket = %socket.display(), "agent listening");
-    let options = options(
-        &args,
-        socket,
-        flusher,
-        routes,
-        (records(data_dir), data_dir, ctx.config.as_ref()),
-    );
-    agent::run(listener, options, shutdown).await;
+    let options = options(&args, flusher, routes, data_dir, ctx.config.as_ref());
+    rex_agent::serve(listener, options).await;
     Ok(0)
 }
 
@@ -377,19 +328,12 @@ pub async fn run_foreground(
 pub fn stop() -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
-    let reply = runtime
-        .block_on(agent::ask(
-            &socket,
-            request::Body::Stop(wire::Empty {}),
-            ANSWER_WAIT,
-        ))
-        .map_err(|e| not_running(&socket, &e))?;
-    if !matches!(reply.body, Some(reply::Body::Stopping(_))) {
-        return Err(CliError::failed("the agent did not agree to stop"));
-    }
-    let deadline = Instant::now() + STOP_WAIT;
-    while socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    match runtime.block_on(ask::stop(&socket)) {
+        Ok(()) => {}
+        Err(AskError::Unexpected) => {
+            return Err(CliError::failed("the agent did not agree to stop"));
+        }
+        Err(e) => return Err(not_running(&socket, &e)),
     }
     println!("agent stopped");
     Ok(0)
@@ -400,7 +344,7 @@ pub fn stop() -> Result<u8, CliError> {
 pub fn flush() -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
-    match runtime.block_on(agent::flushed(&socket, FLUSH_WAIT)) {
+    match runtime.block_on(ask::flushed(&socket)) {
         Ok(None) => Ok(0),
         Ok(Some(record_error)) => Err(CliError::failed(record_error)),
         Err(e) => Err(not_running(&socket, &e)),
@@ -416,7 +360,7 @@ pub fn barrier() {
         return;
     }
     if let Ok(runtime) = runtime() {
-        let _ = runtime.block_on(agent::flushed(&socket, FLUSH_WAIT));
+        let _ = runtime.block_on(ask::flushed(&socket));
     }
 }
 
@@ -425,7 +369,7 @@ pub fn status(json: bool, names: &ServerNames) -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
     let status = runtime
-        .block_on(status_of(&socket))
+        .block_on(ask::status(&socket))
         .map_err(|e| not_running(&socket, &e))?;
     let mut out = std::io::stdout().lock();
     let text = if json {
@@ -455,15 +399,10 @@ pub fn warm(args: &WarmArgs, ctx: &Context) -> Result<u8, CliError> {
         routes.push(route_of(ctx, &settings)?);
     }
     let runtime = runtime()?;
-    let reply = runtime
-        .block_on(agent::ask(
-            &socket,
-            request::Body::Warm(wire::WarmNow { routes }),
-            WARM_WAIT,
-        ))
-        .map_err(|e| not_running(&socket, &e))?;
-    let Some(reply::Body::Warmed(warmed)) = reply.body else {
-        return Err(CliError::failed("the agent answered something else"));
+    let warmed = match runtime.block_on(ask::warm(&socket, routes)) {
+        Ok(warmed) => warmed,
+        Err(e @ AskError::Unexpected) => return Err(CliError::failed(e.to_string())),
+        Err(e) => return Err(not_running(&socket, &e)),
     };
     let names = ctx.names();
     let text = warmed_lines(&warmed, &names, SystemTime::now());
@@ -509,27 +448,13 @@ fn server_label(names: &ServerNames, id: &str) -> String {
         .map_or_else(|| id[..id.len().min(16)].to_owned(), str::to_owned)
 }
 
-fn not_running(socket: &Path, e: &std::io::Error) -> CliError {
-    use std::io::ErrorKind;
-    let message = match e.kind() {
+fn not_running(socket: &Path, e: &AskError) -> CliError {
+    let message = match e {
         // There, but at its connection limit.
-        ErrorKind::ResourceBusy => format!("{e} (at {})", socket.display()),
+        AskError::Busy(_) => format!("{e} (at {})", socket.display()),
         _ => format!("no agent is running at {} ({e})", socket.display()),
     };
     CliError { message, code: 1 }
-}
-
-async fn status_of(socket: &Path) -> std::io::Result<wire::Status> {
-    match agent::ask(socket, request::Body::Status(wire::Empty {}), ANSWER_WAIT)
-        .await?
-        .body
-    {
-        Some(reply::Body::Status(s)) => Ok(s),
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the agent answered something else",
-        )),
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -565,12 +490,18 @@ fn relative(unix_ms: u64, now: SystemTime) -> String {
     if unix_ms == 0 {
         return "-".into();
     }
-    let now_ms = agent::unix_ms(now);
+    let now_ms = epoch_ms(now);
     if unix_ms >= now_ms {
         format!("in {}", human(Duration::from_millis(unix_ms - now_ms)))
     } else {
         format!("{} ago", human(Duration::from_millis(now_ms - unix_ms)))
     }
+}
+
+/// Milliseconds since the Unix epoch (as the agent's answers give times).
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The table `agent status` prints.
@@ -585,7 +516,7 @@ pub fn status_table(
         s.pid,
         socket.display(),
         human(Duration::from_millis(
-            agent::unix_ms(now).saturating_sub(s.started_unix_ms)
+            epoch_ms(now).saturating_sub(s.started_unix_ms)
         )),
         s.sessions.len(),
         s.max_sessions,

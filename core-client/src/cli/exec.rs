@@ -11,8 +11,8 @@ use proto::keys::{PublicKey, StaticKeypair};
 use proto::limits::MAX_TERMINAL_SIZE;
 use rex_client::agent::{AgentClient, AgentConfig};
 use rex_client::{
-    AgentError, Busy, Client, ClientConfig, ClientError, ConnectError, ExecSpec, LinkState, Target,
-    Terminal, TlsSettings, Waiting,
+    AgentError, Client, ClientConfig, ClientError, ExecSpec, LinkState, Target, Terminal,
+    TlsSettings,
 };
 use std::sync::Arc;
 use telemetry::forward::{Spool, SpoolLimits, WithSpool};
@@ -288,7 +288,7 @@ async fn traced_exec(
     let records = open_records(&args, data_dir.as_deref())?;
     let strict = args.strict_records;
     let tickets = data_dir.as_deref().map(crate::tickets::Tickets::in_dir);
-    let spool = data_dir.as_deref().map(spool_root);
+    let spool = data_dir.as_deref().map(rex_agent::spool_root);
     let result = exec_with(
         &args,
         &settings,
@@ -320,12 +320,6 @@ async fn traced_exec(
         }
     }
     result
-}
-
-/// Where spans not yet forwarded at exit wait for the next session, under
-/// the data directory.
-pub(crate) fn spool_root(data_dir: &Path) -> PathBuf {
-    data_dir.join("span_spool")
 }
 
 /// `-v`: the files read and where the settings that route the command
@@ -457,22 +451,6 @@ fn say(line: Option<String>) {
     if let Some(line) = line {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
-}
-
-/// Whether a failure to start through one relay is worth trying the next
-/// relay for: the relay could not be reached, or it does not have the
-/// exec-server (another relay may).
-pub(crate) fn next_relay_may_help(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect(
-            ConnectError::Unreachable { .. }
-                | ConnectError::Tls { .. }
-                | ConnectError::UnknownServer(_)
-                | ConnectError::Busy(Busy::Link { .. })
-                | ConnectError::Timeout(Waiting::Relay)
-        )
-    )
 }
 
 /// `NAME: ` when the server has a name, so errors say which server.
@@ -628,7 +606,7 @@ async fn exec_with(
             }
             // A request that left in message 1 is not sent again through
             // another relay (the library tried them with the same message 1).
-            Err(e) if i < last && next_relay_may_help(&e) && !client.request_left() => {
+            Err(e) if i < last && e.next_relay_may_help() && !client.request_left() => {
                 eprintln!("core-client: warning: {prefix}{e}; trying the next relay");
             }
             Err(e) if e.is_connection() => {
@@ -989,7 +967,7 @@ async fn through_agent(
     records: Option<metadata::Persister>,
     spec: &ExecSpec,
 ) -> Result<ThroughAgent, ClientError> {
-    let socket = crate::agent::place::socket_path();
+    let socket = rex_agent::place::socket_path();
     if !socket.exists() {
         return Ok(ThroughAgent::NoAgent);
     }
@@ -1242,23 +1220,6 @@ mod tests {
         assert_eq!(exit_code(3), 3);
         assert_eq!(exit_code(128 + 9), 137);
         assert_eq!(exit_code(256 + 1), 1);
-    }
-
-    #[test]
-    fn only_relay_trouble_tries_the_next_relay() {
-        assert!(next_relay_may_help(&ClientError::Connect(
-            ConnectError::UnknownServer("x".into())
-        )));
-        assert!(next_relay_may_help(&ClientError::Connect(
-            ConnectError::Timeout(Waiting::Relay)
-        )));
-        assert!(!next_relay_may_help(&ClientError::Connect(
-            ConnectError::Timeout(Waiting::ExecServer)
-        )));
-        let key = StaticKeypair::generate().unwrap().public();
-        assert!(!next_relay_may_help(&ClientError::Connect(
-            ConnectError::Unauthorized(key)
-        )));
     }
 
     fn parse(args: &[&str]) -> ExecArgs {

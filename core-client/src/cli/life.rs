@@ -12,7 +12,7 @@
 //! Through the agent, `cli.flush` is this process's own spans only: the
 //! agent writes its own (and keeps the record) once it has handed the
 //! exit on, off this process's path; readers pass its barrier first
-//! ([`crate::agent::flushed`]).
+//! ([`rex_agent::ask::flushed`]).
 
 use std::time::{Duration, SystemTime};
 

@@ -8,7 +8,8 @@
 //!   when there is one).
 //! - `call`: what `exec` does with a running call's events and this
 //!   process's signals, as a state machine without I/O.
-//! - [`agent`]: `agent start`, `stop` and `status`.
+//! - [`agent`]: `agent start`, `stop`, `status`, `warm` and `flush`, over
+//!   `rex_agent` (the agent itself).
 //! - `tty`: the local terminal in terminal mode (size, raw mode and its
 //!   restoration).
 //! - `identity`: `keygen`, `pubkey` and `trust` (keys and known servers).
@@ -48,7 +49,6 @@ use crate::names::ServerNames;
 use crate::settings::{ServerArgs, SettingsError};
 
 pub use docs::{completions, man};
-pub(crate) use exec::next_relay_may_help;
 pub use exec::{Lifetime, exec};
 pub use identity::{keygen, pubkey, trust};
 pub use life::ProcessStart;

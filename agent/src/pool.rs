@@ -4,30 +4,19 @@
 //! least recently among those with no call running (its session closes);
 //! when every one is in use, the call is refused as busy (the CLI then runs
 //! it itself). Each route is warmed as the latest call or warm for it asked
-//! (the server's `warm` option), else as the agent's `--warm-interval` says.
+//! (the server's `warm` option), else as the agent's own policy says
+//! ([`Options::warm`](crate::Options::warm)).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto::keys::{PublicKey, StaticKeypair};
-use rex_client::{Client, ClientConfig, Target, TlsSettings, WarmPolicy, WarmStatus};
-use telemetry::forward::{SpanSource, Spool, SpoolLimits, WithSpool};
+use rex_client::{Client, ClientConfig, TlsSettings, WarmPolicy, WarmStatus};
 
-/// What a session is held for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Route {
-    /// The targets, in the order they are tried.
-    pub targets: Vec<Target>,
-    /// The exec-server's key.
-    pub server: PublicKey,
-    /// The client's public key.
-    pub client: PublicKey,
-    /// The CA certificates `https://` relays are checked against (`None`:
-    /// the system's).
-    pub ca_file: Option<std::path::PathBuf>,
-}
+use crate::forwarding::SpanForwarding;
+use crate::route::Route;
 
 /// A route's clients (one per target, made when first tried) and counts.
 #[derive(Debug)]
@@ -44,7 +33,7 @@ struct Held {
 
 /// Why a route could not be served.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     /// Every session is in use.
     #[error("it holds {0} sessions, all of them running commands")]
     Busy(usize),
@@ -58,7 +47,7 @@ pub enum PoolError {
 
 /// The sessions held.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     held: Mutex<HashMap<Route, Held>>,
     max: usize,
     warm: WarmPolicy,
@@ -69,36 +58,9 @@ pub struct Pool {
     spans: SpanForwarding,
 }
 
-/// How the agent's sessions forward their calls' spans to an exec-server
-/// that takes them (docs/tracing.md, Forwarding).
-#[derive(Debug, Clone, Default)]
-pub struct SpanForwarding {
-    /// Where the spans are taken from: the agent's own collector, when it
-    /// has no OTLP endpoint and forwarding is not turned off (`None`:
-    /// nothing is forwarded).
-    pub source: Option<Arc<dyn SpanSource>>,
-    /// The spools (under the data directory) whose batches go with each
-    /// session's calls: what the CLIs and earlier processes left.
-    pub spool_root: Option<PathBuf>,
-}
-
-impl SpanForwarding {
-    /// The span source of a session to `server`.
-    fn for_server(&self, server: &PublicKey) -> Option<Arc<dyn SpanSource>> {
-        let source = self.source.as_ref()?;
-        Some(match &self.spool_root {
-            Some(root) => Arc::new(WithSpool::new(
-                Arc::clone(source),
-                Spool::new(root, &server.server_id(), SpoolLimits::default()),
-            )),
-            None => Arc::clone(source),
-        })
-    }
-}
-
 /// A call's claim on its route's session: counted as running until dropped.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     pool: Arc<Pool>,
     route: Route,
 }
@@ -119,25 +81,25 @@ impl Drop for Claim {
 
 /// One held session as `agent status` shows it.
 #[derive(Debug, Clone)]
-pub struct HeldStatus {
+pub(crate) struct HeldStatus {
     /// The exec-server's id.
-    pub server_id: String,
+    pub(crate) server_id: String,
     /// The target in use.
-    pub target: String,
+    pub(crate) target: String,
     /// The client's public key.
-    pub client: PublicKey,
+    pub(crate) client: PublicKey,
     /// Its warm policy's state.
-    pub warm: Option<WarmStatus>,
+    pub(crate) warm: Option<WarmStatus>,
     /// Calls running.
-    pub running: u32,
+    pub(crate) running: u32,
     /// Calls served in all.
-    pub served: u64,
+    pub(crate) served: u64,
 }
 
 impl Pool {
     /// A pool of at most `max` sessions, each kept warm by `warm` unless
     /// its calls ask otherwise.
-    pub fn new(
+    pub(crate) fn new(
         max: usize,
         warm: WarmPolicy,
         records: Option<metadata::Persister>,
@@ -153,19 +115,19 @@ impl Pool {
     }
 
     /// Whether the sessions forward their calls' spans.
-    pub fn forwards_spans(&self) -> bool {
+    pub(crate) fn forwards_spans(&self) -> bool {
         self.spans.source.is_some()
     }
 
     /// Most sessions held.
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 
     /// Claims `route`'s session for a call (making room, and reading the
     /// key file, for a new route; warming it as `warm` says, if it says);
     /// the targets' clients in the order to try them.
-    pub fn claim(
+    pub(crate) fn claim(
         self: &Arc<Self>,
         route: &Route,
         key_file: &Path,
@@ -206,7 +168,7 @@ impl Pool {
     /// it is new) without a call, warmed as `warm` says if it says: the
     /// client of the target tried first. Its session is established by its
     /// first warm (at once when warms are on) or call.
-    pub fn hold(
+    pub(crate) fn hold(
         &self,
         route: &Route,
         key_file: &Path,
@@ -226,7 +188,7 @@ impl Pool {
     }
 
     /// Every route held, with the client of the target tried first.
-    pub fn current(&self) -> Vec<(Route, Client)> {
+    pub(crate) fn current(&self) -> Vec<(Route, Client)> {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.iter()
             .filter_map(|(r, h)| {
@@ -288,7 +250,7 @@ impl Pool {
 
     /// Target `i` of `route` worked: it is tried first from now on, and
     /// kept warm instead of the one before.
-    pub fn worked(&self, route: &Route, i: usize) {
+    pub(crate) fn worked(&self, route: &Route, i: usize) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = held.get_mut(route)
             && h.current != i
@@ -304,13 +266,13 @@ impl Pool {
     }
 
     /// Calls running on every session.
-    pub fn running(&self) -> u32 {
+    pub(crate) fn running(&self) -> u32 {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.values().map(|h| h.running).sum()
     }
 
     /// Every session held, for `agent status`.
-    pub fn status(&self) -> Vec<HeldStatus> {
+    pub(crate) fn status(&self) -> Vec<HeldStatus> {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<HeldStatus> = held.iter().map(|(r, h)| status_of(r, h)).collect();
         out.sort_by(|a, b| a.server_id.cmp(&b.server_id).then(a.target.cmp(&b.target)));
@@ -318,13 +280,13 @@ impl Pool {
     }
 
     /// `route`'s session, if it is held.
-    pub fn status_of(&self, route: &Route) -> Option<HeldStatus> {
+    pub(crate) fn status_of(&self, route: &Route) -> Option<HeldStatus> {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.get(route).map(|h| status_of(route, h))
     }
 
     /// Closes every session cleanly (waiting, bounded by `within`).
-    pub async fn close_all(&self, within: Duration) {
+    pub(crate) async fn close_all(&self, within: Duration) {
         let clients: Vec<Client> = {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             held.drain()

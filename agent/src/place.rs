@@ -16,6 +16,7 @@ const SOCKET_NAME: &str = "agent.sock";
 
 /// A socket directory that may not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlaceError {
     /// It could not be made or inspected.
     #[error("{}: {source}", path.display())]
@@ -51,7 +52,10 @@ pub fn socket_path() -> PathBuf {
 }
 
 /// [`socket_path`] with the environment read through `var`, for `uid`.
-pub fn socket_path_from(var: impl Fn(&str) -> Option<std::ffi::OsString>, uid: u32) -> PathBuf {
+pub(crate) fn socket_path_from(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    uid: u32,
+) -> PathBuf {
     if let Some(p) = var(SOCKET_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
@@ -74,12 +78,12 @@ pub fn prepare_dir(socket: &Path) -> Result<(), PlaceError> {
         path: dir.to_path_buf(),
         source,
     };
-    crate::paths::create_private_dir(dir).map_err(io)?;
+    metadata::location::create_private_dir(dir).map_err(io)?;
     check_private(dir, nix::unistd::getuid().as_raw())
 }
 
 /// Checks that `dir` is owned by `uid` and that nobody else may enter it.
-pub fn check_private(dir: &Path, uid: u32) -> Result<(), PlaceError> {
+pub(crate) fn check_private(dir: &Path, uid: u32) -> Result<(), PlaceError> {
     let meta = fs::metadata(dir).map_err(|source| PlaceError::Io {
         path: dir.to_path_buf(),
         source,
