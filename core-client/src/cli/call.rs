@@ -205,12 +205,12 @@ impl Call {
                 return self.finish(Outcome::Done(EXIT_STDOUT_GONE));
             }
             Some(Event::Exited(status)) => {
-                return self.finish(Outcome::Done(super::exec::exit_code(status.shell_code())));
+                return self.finish(Outcome::Done(exit_code(status.shell_code())));
             }
             Some(Event::Failed(f)) => {
                 return self.finish(Outcome::Failed(CliError {
                     message: format!("{}{f}", self.prefix),
-                    code: super::exec::exit_code(f.shell_code()),
+                    code: exit_code(f.shell_code()),
                 }));
             }
             None => return self.finish(Outcome::Done(EXIT_CONNECTION)),
@@ -250,11 +250,23 @@ impl Call {
     }
 }
 
+/// The shell's exit code for a status.
+fn exit_code(code: i32) -> u8 {
+    u8::try_from(code & 0xff).unwrap_or(EXIT_CONNECTION)
+}
+
 #[cfg(test)]
 mod tests {
     use rex_client::{ExecFailure, ExitStatus};
 
     use super::*;
+
+    #[test]
+    fn shell_exit_codes() {
+        assert_eq!(exit_code(3), 3);
+        assert_eq!(exit_code(128 + 9), 137);
+        assert_eq!(exit_code(256 + 1), 1);
+    }
 
     fn out(s: &'static str) -> Input {
         Input::Event(Some(Event::Stdout(Bytes::from_static(s.as_bytes()))))

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
 use super::link_notice::LinkNotice;
-use super::{CliError, Context, EXIT_CONNECTION, ExecArgs, Verbose, tty};
+use super::{CliError, Context, ExecArgs, Verbose, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
 use crate::settings::{Inputs, Route, Settings, Source};
 
@@ -40,11 +40,6 @@ const RECORD_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 const CLOSE_SENT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a session ended by a local signal may take to close cleanly.
 const HANG_UP: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// The shell's exit code for a status.
-pub(super) fn exit_code(code: i32) -> u8 {
-    u8::try_from(code & 0xff).unwrap_or(EXIT_CONNECTION)
-}
 
 /// The effective settings for `exec` (or `config show`) from the flags,
 /// the process environment, the config file and the known servers.
@@ -1213,13 +1208,6 @@ mod tests {
         let mut buf = vec![0u8; 65536];
         rustix::io::read(&read, &mut buf).unwrap();
         assert!(writable_now(&[other.as_fd(), write.as_fd()]));
-    }
-
-    #[test]
-    fn shell_exit_codes() {
-        assert_eq!(exit_code(3), 3);
-        assert_eq!(exit_code(128 + 9), 137);
-        assert_eq!(exit_code(256 + 1), 1);
     }
 
     fn parse(args: &[&str]) -> ExecArgs {
