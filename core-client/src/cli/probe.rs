@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 
 use super::report::ReportArgs;
 use super::{CliError, Context};
-use crate::report::gate::Gate;
-use crate::report::source::{Filter, Input};
-use crate::report::text::duration;
 use crate::settings::ServerArgs;
+use analysis::gate::Gate;
+use analysis::source::{Filter, Input};
+use analysis::text::duration;
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
@@ -189,7 +189,7 @@ pub async fn probe(
     let page = args.html.as_deref().map(|path| {
         (
             path,
-            crate::report::waterfall::pick(&input.commands),
+            analysis::fall::pick(&input.commands),
             input.origin.clone(),
         )
     });
@@ -366,7 +366,7 @@ impl Progress {
             self.last = Some(Instant::now());
             let mut sorted = self.walls.clone();
             sorted.sort_unstable();
-            let median = crate::report::stats::percentile(&sorted, 50.0).unwrap_or_default();
+            let median = analysis::stats::percentile(&sorted, 50.0).unwrap_or_default();
             eprint!(
                 "\r\x1b[Kprobe: {}/{}  cold {}  warm {}  last {}  median {}  exit≠0 {}  errors {}",
                 self.done,
@@ -394,7 +394,7 @@ fn print_wall_times(outcomes: &[Outcome]) {
         .iter()
         .map(|o| u64::try_from(o.wall.as_nanos()).unwrap_or(u64::MAX))
         .collect();
-    if let Some(s) = crate::report::stats::Summary::of(&mut walls) {
+    if let Some(s) = analysis::stats::Summary::of(&mut walls) {
         println!(
             "{} commands: p50 {}  p90 {}  p99 {}  max {} (wall time measured by the probe)",
             s.count,

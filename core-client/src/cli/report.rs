@@ -9,13 +9,14 @@ use clap::Args;
 
 use super::CliError;
 use crate::names::ServerNames;
-use crate::report::compare::{self, Side};
-use crate::report::gate::Gate;
-use crate::report::html::{self, Extras};
-use crate::report::jaeger::Search;
-use crate::report::source::{self, Filter, Input, Origin};
-use crate::report::waterfall::{self, Pick};
-use crate::report::{Report, SCHEMA, aggregate, text};
+use analysis::compare::{self, Side};
+use analysis::fall::{self as waterfall, Pick};
+use analysis::gate::Gate;
+use analysis::html::{self, Extras};
+use analysis::jaeger::Search;
+use analysis::report::{Report, SCHEMA};
+use analysis::source::{self, Filter, Input, Origin};
+use analysis::{aggregate, text};
 
 /// Exit status when a gate fails.
 pub const EXIT_GATE_FAILED: u8 = 1;
@@ -134,7 +135,7 @@ pub(super) fn emit(
             .and_then(|json| out.write_all(&json))
             .and_then(|()| writeln!(out))
     } else {
-        out.write_all(text::render(report, &|id| names.label(id)).as_bytes())
+        out.write_all(text::render(report, names).as_bytes())
     };
     // A closed pipe (`| head`) is not an error of the report's.
     if let Err(e) = written
@@ -247,7 +248,7 @@ fn write_page(
         &Extras {
             waterfalls: &waterfalls,
             waterfall_error: error.as_deref(),
-            server: &|id| names.label(id),
+            names,
         },
     );
     std::fs::write(path, page)

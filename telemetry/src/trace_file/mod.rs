@@ -7,7 +7,8 @@
 //!   client brought home).
 //! - `inline`: [`InlineProcessor`], which writes a command's spans in
 //!   the thread that flushes them.
-//! - [`retention`]: how much is kept (the current file and its rotated
+//! - [`retention`] (`crate::trace_files`, which readers use without this
+//!   feature): how much is kept (the current file and its rotated
 //!   generations) and what was rotated away.
 //! - `compact`: lines without default values.
 //!
@@ -24,7 +25,7 @@
 
 mod compact;
 mod inline;
-pub mod retention;
+pub use crate::trace_files as retention;
 
 use std::collections::HashMap;
 use std::fmt;

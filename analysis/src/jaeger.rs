@@ -73,8 +73,8 @@ impl Search<'_> {
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
             return Err(JaegerError::Url(base.to_owned()));
         }
-        let min = super::aggregate::rfc3339(self.since_ns);
-        let max = super::aggregate::rfc3339(self.until_ns);
+        let min = crate::aggregate::rfc3339(self.since_ns);
+        let max = crate::aggregate::rfc3339(self.until_ns);
         let limit = self.limit.to_string();
         let params = [
             (["query.service_name", "query.serviceName"], self.service),

@@ -2,11 +2,12 @@
 
 use std::fmt::Write as _;
 
-use super::Report;
 use super::aggregate::{Numbers, StageRow};
 use super::compare::Comparison;
 use super::source::SourceInfo;
 use super::stats::{Shares, Summary};
+use crate::names::Names;
+use crate::report::Report;
 
 /// A duration in nanoseconds with three significant digits and a unit
 /// (`452µs`, `6.00ms`, `1.25s`).
@@ -41,8 +42,8 @@ fn pct(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
 }
 
-/// The report as text; `server` names a server id as the user knows it.
-pub fn render(report: &Report, server: &dyn Fn(&str) -> String) -> String {
+/// The report as text; `names` names a server id as the user knows it.
+pub fn render(report: &Report, names: &dyn Names) -> String {
     let mut out = String::new();
     header(&mut out, report);
     let n = &report.numbers;
@@ -50,7 +51,7 @@ pub fn render(report: &Report, server: &dyn Fn(&str) -> String) -> String {
         stages(&mut out, n);
         warmth(&mut out, n);
         first_output(&mut out, n);
-        slowest(&mut out, n, server);
+        slowest(&mut out, n, names);
         cli(&mut out, n);
     }
     if let Some(c) = &report.comparison {
@@ -306,7 +307,7 @@ fn first_output(out: &mut String, n: &Numbers) {
     }
 }
 
-fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
+fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
     if n.slowest.is_empty() {
         return;
     }
@@ -316,7 +317,7 @@ fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
             (Some(stage), Some(ns)) => format!(
                 "{stage} {} ({})",
                 d(ns),
-                pct(super::aggregate::share(ns, s.dispatch_ns))
+                pct(crate::aggregate::share(ns, s.dispatch_ns))
             ),
             _ => "-".to_owned(),
         };
@@ -326,7 +327,9 @@ fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
             d(s.dispatch_ns),
             s.trace_id,
             s.program.as_deref().unwrap_or("?"),
-            s.server.as_deref().map_or_else(|| "?".to_owned(), server),
+            s.server
+                .as_deref()
+                .map_or_else(|| "?".to_owned(), |id| names.label(id)),
             s.warmth.name(),
             s.start,
         );

@@ -316,7 +316,7 @@ fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64
             summary_field(time, *field)
         }
         Expr::Share(stage, field) => {
-            let whole = super::stats::Shares {
+            let whole = crate::stats::Shares {
                 p50: 1.0,
                 p90: 1.0,
                 mean: 1.0,
@@ -460,7 +460,7 @@ fn show(v: f64, k: Kind) -> String {
             let text = text.trim_end_matches('0').trim_end_matches('.');
             text.to_owned()
         }
-        Kind::Duration => super::text::duration(v),
+        Kind::Duration => crate::text::duration(v),
     }
 }
 
@@ -707,9 +707,9 @@ fn parse_field(name: &str) -> Option<Field> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::command::{Command, Reducer};
-    use super::super::scan::{Attrs, Span, TraceSpans};
     use super::*;
+    use crate::command::{Command, Reducer};
+    use crate::scan::{Attrs, Span, TraceSpans};
     use std::sync::Arc;
 
     fn numbers(count: u64) -> Numbers {
@@ -760,7 +760,7 @@ mod tests {
                 dropped: 0,
             }));
         }
-        super::super::aggregate::numbers(&commands, &reducer.table, 5)
+        crate::aggregate::numbers(&commands, &reducer.table, 5)
     }
 
     fn check(gate: &str, count: u64, min: u64) -> GateResult {

@@ -7,9 +7,11 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use crate::names::ServerNames;
-use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
-use proto::session::clock::Source;
+use crate::names::{Names, NoNames};
+use crate::trace_file::{
+    self as traces, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError,
+};
+use telemetry::spans::ClockSource as Source;
 use telemetry::spans::{
     ATTR_CLOCK_BOUND, ATTR_CLOCK_MEASURED, ATTR_CLOCK_OFFSET, ATTR_CLOCK_SOURCE, ATTR_CLOCK_SPLIT,
     ATTR_OUTPUT_CREDIT_WAIT, ATTR_OUTPUT_WINDOW, ATTR_ROUND_TRIP, ATTR_SESSION_EARLY_RETRIES,
@@ -58,7 +60,7 @@ pub const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
 pub fn show(
     path: &Path,
     selector: &str,
-    names: &ServerNames,
+    names: &dyn Names,
     out: &mut impl io::Write,
 ) -> Result<(), ShowError> {
     let selector: Selector = selector.parse()?;
@@ -85,12 +87,12 @@ impl Placed<'_> {
 /// Renders `trace` as a header line, a waterfall whose timeline is `width`
 /// cells wide (at least [`MIN_WIDTH`]), and a per-stage table.
 pub fn render(trace: &Trace, width: usize) -> String {
-    render_named(trace, width, &ServerNames::default())
+    render_named(trace, width, &NoNames)
 }
 
 /// [`render`], with a line naming the exec-server (as `names` name it,
 /// else by its id) when the trace says which it was.
-pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String {
+pub fn render_named(trace: &Trace, width: usize, names: &dyn Names) -> String {
     let width = width.max(MIN_WIDTH);
     let placed = tree_order(&trace.spans);
     let t0 = placed.iter().map(|p| p.start).min().unwrap_or(0);
@@ -248,7 +250,7 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
     let placed = |service: &str| {
         spans
             .iter()
-            .find(|s| s.service == service && crate::traces::is_placed(s))
+            .find(|s| s.service == service && crate::trace_file::is_placed(s))
     };
     if let Some(copy) = placed(telemetry::remote::EXEC_SERVER) {
         let _ = writeln!(
@@ -431,8 +433,9 @@ fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width
     let starts: Vec<String> = placed
         .iter()
         .map(|p| {
-            let bound = int_attr(p.span, ATTR_CLOCK_BOUND)
-                .filter(|b| crate::traces::is_placed(p.span) && *b > 0 && b.unsigned_abs() >= cell);
+            let bound = int_attr(p.span, ATTR_CLOCK_BOUND).filter(|b| {
+                crate::trace_file::is_placed(p.span) && *b > 0 && b.unsigned_abs() >= cell
+            });
             match bound {
                 Some(b) => format!("{}±{}", ms(p.start - t0), ms(b.unsigned_abs())),
                 None => ms(p.start - t0),
@@ -1012,8 +1015,7 @@ mod tests {
 
     #[test]
     fn the_server_is_named_as_the_user_named_it() {
-        let key = proto::keys::StaticKeypair::generate().unwrap().public();
-        let id = key.server_id();
+        let id = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned();
         let mut t = sample();
         t.spans[0]
             .attributes
@@ -1023,8 +1025,7 @@ mod tests {
             unnamed.lines().nth(1),
             Some(format!("server {id}").as_str())
         );
-        let mut names = ServerNames::default();
-        names.add("build-box", &key);
+        let names = std::collections::BTreeMap::from([(id.clone(), "build-box".to_owned())]);
         let named = render_named(&t, 40, &names);
         assert_eq!(
             named.lines().nth(1),
@@ -1274,7 +1275,7 @@ mod tests {
         .unwrap();
 
         let mut out = Vec::new();
-        show(&path, "last", &ServerNames::default(), &mut out).unwrap();
+        show(&path, "last", &NoNames, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with(&format!("trace {other}: 2.500 ms, 1 span")),
@@ -1283,13 +1284,7 @@ mod tests {
         assert!(text.contains(&"█".repeat(SHOW_WIDTH)));
 
         let mut out = Vec::new();
-        show(
-            &path,
-            &TRACE_ID.to_ascii_uppercase(),
-            &ServerNames::default(),
-            &mut out,
-        )
-        .unwrap();
+        show(&path, &TRACE_ID.to_ascii_uppercase(), &NoNames, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(&format!("trace {TRACE_ID}:")), "{text}");
         assert!(text.contains("tool.dispatch"));
@@ -1301,7 +1296,7 @@ mod tests {
         let path = dir.path().join("traces.jsonl");
         let mut out = Vec::new();
 
-        let err = show(&path, "last", &ServerNames::default(), &mut out).unwrap_err();
+        let err = show(&path, "last", &NoNames, &mut out).unwrap_err();
         assert!(matches!(
             err,
             ShowError::TraceFile(TraceFileError::NotFound(_))
@@ -1309,12 +1304,12 @@ mod tests {
         assert!(err.to_string().contains("no traces have been recorded"));
 
         std::fs::write(&path, otlp_line(TRACE_ID, "x")).unwrap();
-        let err = show(&path, "latest", &ServerNames::default(), &mut out).unwrap_err();
+        let err = show(&path, "latest", &NoNames, &mut out).unwrap_err();
         assert!(matches!(err, ShowError::Selector(_)));
         assert!(err.to_string().contains("32 hex digits"), "{err}");
 
         let missing = "0123456789abcdef0123456789abcdef";
-        let err = show(&path, missing, &ServerNames::default(), &mut out).unwrap_err();
+        let err = show(&path, missing, &NoNames, &mut out).unwrap_err();
         assert!(matches!(
             err,
             ShowError::TraceFile(TraceFileError::NoSuchTrace(..))
@@ -1322,14 +1317,8 @@ mod tests {
         assert!(err.to_string().contains(missing));
 
         for err in [
-            show(&path, "nope", &ServerNames::default(), &mut out).unwrap_err(),
-            show(
-                &dir.path().join("none"),
-                "last",
-                &ServerNames::default(),
-                &mut out,
-            )
-            .unwrap_err(),
+            show(&path, "nope", &NoNames, &mut out).unwrap_err(),
+            show(&dir.path().join("none"), "last", &NoNames, &mut out).unwrap_err(),
         ] {
             assert!(!err.to_string().contains('\n'), "{err}");
         }

@@ -1,7 +1,7 @@
 //! The waterfalls a report draws: which commands (the median one and the
 //! slowest), and their spans placed against their dispatch, in tree order,
 //! for a picture (the numbers alone hold no spans: the spans are read
-//! again from the source, [`super::source::Origin::traces`]).
+//! again from the source, [`crate::source::Origin::traces`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -227,9 +227,9 @@ fn subtree<'a>(spans: &'a [Span], root: &'a Span) -> Vec<(&'a Span, u32)> {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::command::Reducer;
-    use super::super::scan::Attrs;
     use super::*;
+    use crate::command::Reducer;
+    use crate::scan::Attrs;
 
     fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
         Span {

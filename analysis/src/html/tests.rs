@@ -1,14 +1,14 @@
 use std::sync::Arc;
 
-use super::super::SCHEMA;
-use super::super::aggregate::numbers;
-use super::super::command::{Command, Reducer};
-use super::super::compare::{Side, compare};
-use super::super::gate::Gate;
-use super::super::scan::{Attrs, Span, TraceSpans};
-use super::super::source::{Filter, SourceInfo};
-use super::super::waterfall::{self, Waterfall};
 use super::*;
+use crate::aggregate::numbers;
+use crate::command::{Command, Reducer};
+use crate::compare::{Side, compare};
+use crate::fall::{self as waterfall, Waterfall};
+use crate::gate::Gate;
+use crate::report::SCHEMA;
+use crate::scan::{Attrs, Span, TraceSpans};
+use crate::source::{Filter, SourceInfo};
 
 const EVIL: &str = "<script>alert(1)</script>";
 const EVIL_STAGE: &str = "x\"><img src=http://evil.example/x onerror=alert(1)>";
@@ -121,15 +121,41 @@ fn fixture(gates: &[&str], with_baseline: bool) -> Fixture {
     Fixture { report, waterfalls }
 }
 
+/// Names every server by its id and a `!`.
+struct Bang;
+
+impl crate::names::Names for Bang {
+    fn name(&self, _id: &str) -> Option<&str> {
+        None
+    }
+
+    fn label(&self, id: &str) -> String {
+        format!("{id}!")
+    }
+}
+
 fn page(f: &Fixture) -> String {
     render(
         &f.report,
         &Extras {
             waterfalls: &f.waterfalls,
             waterfall_error: None,
-            server: &|id| format!("{id}!"),
+            names: &Bang,
         },
     )
+}
+
+/// Names every server by its whole id.
+struct Ids;
+
+impl crate::names::Names for Ids {
+    fn name(&self, _id: &str) -> Option<&str> {
+        None
+    }
+
+    fn label(&self, id: &str) -> String {
+        id.to_owned()
+    }
 }
 
 fn count(haystack: &str, needle: &str) -> usize {
@@ -350,7 +376,7 @@ fn a_report_without_commands_says_why() {
         &Extras {
             waterfalls: &[],
             waterfall_error: None,
-            server: &|id| id.to_owned(),
+            names: &Ids,
         },
     );
     assert!(html.contains("0 commands from empty.jsonl"));
@@ -369,7 +395,7 @@ fn waterfalls_say_when_spans_are_missing_or_left_out() {
         &Extras {
             waterfalls: &f.waterfalls,
             waterfall_error: Some("reading <x>: gone"),
-            server: &|id| id.to_owned(),
+            names: &Ids,
         },
     );
     assert!(html.contains("The spans could not be read again: reading &lt;x&gt;: gone"));

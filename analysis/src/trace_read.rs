@@ -1,5 +1,5 @@
 //! Reading the local trace file's lines back (the file
-//! [`crate::trace_file`] writes): each line one OTLP JSON `TracesData`,
+//! `telemetry::trace_file` writes): each line one OTLP JSON `TracesData`,
 //! merged into traces across the lines that hold their spans, ordered by
 //! the line each trace was last seen on. Malformed lines are skipped and
 //! counted, never fatal: the bytes may come from anywhere.
@@ -76,7 +76,7 @@ pub fn spans_from_traces_data(data: &TracesData) -> Vec<SpanRecord> {
             resource
                 .attributes
                 .iter()
-                .find(|kv| kv.key == crate::host::HOST_NAME)
+                .find(|kv| kv.key == telemetry::host::HOST_NAME)
                 .map(|kv| value_text(kv.value.as_ref()))
                 .filter(|name| !name.is_empty())
         });
@@ -95,7 +95,7 @@ pub fn spans_from_traces_data(data: &TracesData) -> Vec<SpanRecord> {
                 let host = resource_host.clone().or_else(|| {
                     attributes
                         .iter()
-                        .find(|(k, _)| k == crate::host::HOST_NAME)
+                        .find(|(k, _)| k == telemetry::host::HOST_NAME)
                         .map(|(_, v)| v.clone())
                 });
                 out.push(SpanRecord {
@@ -227,7 +227,7 @@ impl Merger {
 pub fn is_placed(span: &SpanRecord) -> bool {
     span.attributes
         .iter()
-        .any(|(k, v)| k == crate::remote::PLACED && v == "true")
+        .any(|(k, v)| k == telemetry::remote::PLACED && v == "true")
 }
 
 /// Where the exec-server wrote its own spans into the same file (both on

@@ -424,9 +424,9 @@ pub fn rfc3339(nanos: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::command::Reducer;
-    use super::super::scan::{Attrs, Span, TraceSpans};
     use super::*;
+    use crate::command::Reducer;
+    use crate::scan::{Attrs, Span, TraceSpans};
 
     fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
         Span {

@@ -1,17 +1,17 @@
 //! Reading the local trace file back: every trace in it (the oldest rotated
 //! generation first), merged across the lines that hold its spans, and the
 //! trace a selector names (searched newest first). The file is written by
-//! [`telemetry::trace_file`] and its lines parsed by
-//! [`telemetry::trace_read`]; malformed lines are skipped and counted.
+//! `telemetry::trace_file` and its lines parsed by
+//! [`crate::trace_read`]; malformed lines are skipped and counted.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use telemetry::trace_file::files_newest_first;
-use telemetry::trace_read::Merger;
-pub use telemetry::trace_read::{SpanRecord, Trace, Traces, is_placed, spans_from_traces_data};
+use crate::trace_read::Merger;
+pub use crate::trace_read::{SpanRecord, Trace, Traces, is_placed, spans_from_traces_data};
+use telemetry::trace_files::files_newest_first;
 
 /// Reading the trace file failed.
 #[derive(Debug, thiserror::Error)]
@@ -602,9 +602,9 @@ mod tests {
         p.shutdown().unwrap();
         // Four files: the current one and three generations; "one" is gone
         // and said to be.
-        assert!(telemetry::trace_file::generation_path(&path, 3).exists());
-        assert!(!telemetry::trace_file::generation_path(&path, 4).exists());
-        assert!(telemetry::trace_file::rotated_away_before(&path).is_some());
+        assert!(telemetry::trace_files::generation_path(&path, 3).exists());
+        assert!(!telemetry::trace_files::generation_path(&path, 4).exists());
+        assert!(telemetry::trace_files::rotated_away_before(&path).is_some());
         let read_ids: Vec<String> = read(&path)
             .unwrap()
             .into_iter()

@@ -464,8 +464,8 @@ pub(super) fn without_placed_copies(spans: Vec<Span>) -> Vec<Span> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scan::Attrs;
     use super::*;
+    use crate::scan::Attrs;
 
     fn span(id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
         Span {

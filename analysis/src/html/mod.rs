@@ -15,14 +15,15 @@ mod svg;
 
 use std::fmt::{self, Write as _};
 
-use super::Report;
 use super::aggregate::{Numbers, share};
 use super::compare::Comparison;
+use super::fall::{MAX_BARS, Waterfall};
 use super::gate::GateResult;
 use super::histogram::Histogram;
 use super::stats::{Shares, Summary};
 use super::text::{self, duration};
-use super::waterfall::{MAX_BARS, Waterfall};
+use crate::names::Names;
+use crate::report::Report;
 
 /// Text escaped for HTML (element content and quoted attributes).
 pub struct Esc<'a>(pub &'a str);
@@ -102,8 +103,8 @@ pub struct Extras<'a> {
     /// Why there are none although there are commands (their spans could
     /// not be read again).
     pub waterfall_error: Option<&'a str>,
-    /// A server id as the user knows it (a configured or known name).
-    pub server: &'a dyn Fn(&str) -> String,
+    /// Server ids as the user knows them (configured or known names).
+    pub names: &'a dyn Names,
 }
 
 /// The page.
@@ -132,7 +133,7 @@ pub fn render(report: &Report, extras: &Extras<'_>) -> String {
         distributions(&mut out, n);
         warmth(&mut out, n);
         first_output(&mut out, n);
-        slowest(&mut out, n, extras.server);
+        slowest(&mut out, n, extras.names);
         waterfalls(&mut out, extras);
         cli(&mut out, n);
     }
@@ -628,7 +629,7 @@ fn first_output(out: &mut String, n: &Numbers) {
     out.push_str("</tbody></table>\n</section>\n");
 }
 
-fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
+fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
     section_start(
         out,
         "slowest",
@@ -654,7 +655,10 @@ fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
             d(s.dispatch_ns),
             Esc(&s.trace_id),
             Esc(s.program.as_deref().unwrap_or("?")),
-            Esc(&s.server.as_deref().map_or_else(|| "?".to_owned(), server)),
+            Esc(&s
+                .server
+                .as_deref()
+                .map_or_else(|| "?".to_owned(), |id| names.label(id))),
             Esc(&short_time(&s.start)),
             breakable_path(stage),
             took,
@@ -715,13 +719,13 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
     for w in extras.waterfalls {
         let p = &w.pick;
         let title = match p.role {
-            super::waterfall::Role::Median => "The median command",
-            super::waterfall::Role::Slowest => "The slowest command",
+            super::fall::Role::Median => "The median command",
+            super::fall::Role::Slowest => "The slowest command",
         };
         let server = p
             .server
             .as_deref()
-            .map_or_else(|| "?".to_owned(), extras.server);
+            .map_or_else(|| "?".to_owned(), |id| extras.names.label(id));
         let _ = write!(
             out,
             "<div class=\"fall\" id=\"fall-{}\"><h3>{title}: {}</h3><p class=\"fall-meta\"><code>{}</code> on {} · {} session · \
@@ -757,7 +761,7 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
 
 /// Which clock source placed each other host's spans on the client's
 /// clock, and within what bound: one line under a waterfall's title.
-fn clocks(out: &mut String, bars: &[super::waterfall::Bar]) {
+fn clocks(out: &mut String, bars: &[super::fall::Bar]) {
     let mut said: Vec<String> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for b in bars

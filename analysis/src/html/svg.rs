@@ -8,8 +8,8 @@ use super::super::command::Warmth;
 use super::super::histogram::Histogram;
 use super::super::stats::Summary;
 use super::super::text::duration;
-use super::super::waterfall::{Bar, Waterfall};
 use super::{Esc, Palette};
+use crate::fall::{Bar, Waterfall};
 
 /// A logarithmic time axis over whole decades, mapped to `x0..x1`.
 #[derive(Debug, Clone, Copy)]

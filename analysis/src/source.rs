@@ -39,7 +39,7 @@ pub enum SourceError {
     },
     /// Jaeger could not be asked or answered badly.
     #[error("{0}")]
-    Jaeger(#[from] super::jaeger::JaegerError),
+    Jaeger(#[from] crate::jaeger::JaegerError),
 }
 
 /// Which commands to keep.
@@ -138,7 +138,7 @@ pub enum Origin {
 
 impl Origin {
     /// The spans of the traces `ids` (at most
-    /// [`super::scan::MAX_SPANS_PER_TRACE`] each; a trace's spans from
+    /// [`crate::scan::MAX_SPANS_PER_TRACE`] each; a trace's spans from
     /// several files are one trace), in no particular order.
     pub fn traces(&self, ids: &HashSet<u128>) -> Result<Vec<TraceSpans>, SourceError> {
         let mut found: HashMap<u128, TraceSpans> = HashMap::new();
@@ -156,7 +156,7 @@ impl Origin {
         match self {
             Origin::Nothing => {}
             Origin::TraceFile(path) => {
-                let mut files = telemetry::trace_file::files_newest_first(path);
+                let mut files = telemetry::trace_files::files_newest_first(path);
                 files.reverse();
                 scan_files(&files, Some(ids), &mut sink)?;
             }
@@ -188,7 +188,7 @@ impl Input {
     /// oldest first, as one stream (a trace split by a rotation is one
     /// trace).
     pub fn trace_file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
-        let mut files = telemetry::trace_file::files_newest_first(path);
+        let mut files = telemetry::trace_files::files_newest_first(path);
         if files.is_empty() {
             return Err(SourceError::NotFound(path.to_path_buf()));
         }
@@ -197,7 +197,7 @@ impl Input {
         input.origin = Origin::TraceFile(path.to_path_buf());
         input.read_files(&files, filter)?;
         input.info.rotated_away_before =
-            telemetry::trace_file::rotated_away_before(path).map(system_rfc3339);
+            telemetry::trace_files::rotated_away_before(path).map(system_rfc3339);
         Ok(input)
     }
 
@@ -208,7 +208,7 @@ impl Input {
         filter: &Filter,
         wanted: &HashSet<u128>,
     ) -> Result<Input, SourceError> {
-        let files = telemetry::trace_file::files_newest_first(path);
+        let files = telemetry::trace_files::files_newest_first(path);
         if files.is_empty() {
             return Err(SourceError::NotFound(path.to_path_buf()));
         }
@@ -482,7 +482,7 @@ fn system_rfc3339(t: SystemTime) -> String {
     let nanos = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    super::aggregate::rfc3339(nanos)
+    crate::aggregate::rfc3339(nanos)
 }
 
 /// A time as `--since`, `--until` and windows take it: RFC 3339
@@ -589,7 +589,7 @@ mod tests {
         // Trace 1 was split by a rotation: one span in <path>.1, one in
         // <path>; trace 2 is not asked for; trace 3 is only in <path>.
         std::fs::write(
-            telemetry::trace_file::generation_path(&path, 1),
+            telemetry::trace_files::generation_path(&path, 1),
             format!("{}\n{}\n", line(1, 1, "a"), line(2, 2, "x")),
         )
         .unwrap();
