@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use telemetry::spans;
 
-use super::scan::{Span, TraceSpans};
+use crate::model::{Span, Trace, without_placed_copies};
 
 /// A stage path's index in a [`StageTable`].
 pub type StageId = u32;
@@ -234,7 +234,7 @@ pub struct Reducer {
 
 impl Reducer {
     /// The commands in `trace` (one per `tool.dispatch`).
-    pub fn commands(&mut self, trace: TraceSpans) -> Vec<Command> {
+    pub fn commands(&mut self, trace: Trace) -> Vec<Command> {
         let spans = without_placed_copies(trace.spans);
         let roots: Vec<usize> = spans
             .iter()
@@ -445,48 +445,16 @@ fn union_within(spans: &[&Span], start: u64, end: u64) -> u64 {
     covered
 }
 
-/// Where a span and the client's placed copy of it are both there (the
-/// exec-server wrote its own into the same file), the copy goes.
-pub(super) fn without_placed_copies(spans: Vec<Span>) -> Vec<Span> {
-    if !spans.iter().any(|s| s.attrs.placed) {
-        return spans;
-    }
-    let own: HashSet<u64> = spans
-        .iter()
-        .filter(|s| !s.attrs.placed)
-        .map(|s| s.id)
-        .collect();
-    spans
-        .into_iter()
-        .filter(|s| !s.attrs.placed || !own.contains(&s.id))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::Attrs;
 
     fn span(id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
-        Span {
-            trace: 7,
-            id,
-            parent,
-            name: Arc::from(name),
-            service: Arc::from("core-client"),
-            start,
-            end,
-            error: false,
-            attrs: Attrs::default(),
-        }
+        crate::model::client_span(7, id, parent, name, start, end)
     }
 
-    fn trace(spans: Vec<Span>) -> TraceSpans {
-        TraceSpans {
-            trace: 7,
-            spans,
-            dropped: 0,
-        }
+    fn trace(spans: Vec<Span>) -> Trace {
+        Trace::new(7, spans)
     }
 
     #[test]

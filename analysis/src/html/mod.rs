@@ -13,17 +13,20 @@
 
 mod svg;
 
+use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 
-use super::aggregate::{Numbers, share};
-use super::compare::Comparison;
-use super::fall::{MAX_BARS, Waterfall};
-use super::gate::GateResult;
-use super::histogram::Histogram;
-use super::stats::{Shares, Summary};
-use super::text::{self, duration};
+use crate::aggregate::{Numbers, share};
+use crate::compare::Comparison;
+use crate::fall::{self, MAX_BARS, Pick, Waterfall};
+use crate::format::{duration, ns as d, pct, plural, signed};
+use crate::gate::GateResult;
+use crate::histogram::Histogram;
 use crate::names::Names;
 use crate::report::Report;
+use crate::source::{Input, Origin};
+use crate::stats::{Shares, Summary};
+use crate::text;
 
 /// Text escaped for HTML (element content and quoted attributes).
 pub struct Esc<'a>(pub &'a str);
@@ -107,6 +110,48 @@ pub struct Extras<'a> {
     pub names: &'a dyn Names,
 }
 
+/// A page to write: the commands whose waterfalls it draws, picked from
+/// the commands read, and where their spans are read again from.
+#[derive(Debug, Clone)]
+pub struct Page {
+    picks: Vec<Pick>,
+    origin: Origin,
+}
+
+impl Page {
+    /// The page of `input`'s commands (pick before the report takes them).
+    pub fn of(input: &Input) -> Page {
+        Page {
+            picks: fall::pick(&input.commands),
+            origin: input.origin.clone(),
+        }
+    }
+
+    /// The page of `report`, its waterfalls' spans read again (what could
+    /// not be read is said on the page).
+    pub fn render(self, report: &Report, names: &dyn Names) -> String {
+        let ids: HashSet<u128> = self.picks.iter().map(|p| p.trace).collect();
+        let (waterfalls, error) = match self.origin.traces(&ids) {
+            Ok(traces) => (
+                self.picks
+                    .into_iter()
+                    .map(|p| fall::lay_out(p, &traces))
+                    .collect(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        render(
+            report,
+            &Extras {
+                waterfalls: &waterfalls,
+                waterfall_error: error.as_deref(),
+                names,
+            },
+        )
+    }
+}
+
 /// The page.
 pub fn render(report: &Report, extras: &Extras<'_>) -> String {
     let n = &report.numbers;
@@ -182,26 +227,6 @@ fn nav(out: &mut String, report: &Report) {
         let _ = write!(out, r##"<a href="#{id}">{name}</a>"##);
     }
     out.push_str("</nav>\n");
-}
-
-fn d(ns: u64) -> String {
-    duration(ns as f64)
-}
-
-fn signed(ns: i64) -> String {
-    if ns > 0 {
-        format!("+{}", duration(ns as f64))
-    } else {
-        duration(ns as f64)
-    }
-}
-
-fn pct(share: f64) -> String {
-    format!("{:.1}%", share * 100.0)
-}
-
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn header(out: &mut String, r: &Report) {

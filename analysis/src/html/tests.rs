@@ -6,31 +6,17 @@ use crate::command::{Command, Reducer};
 use crate::compare::{Side, compare};
 use crate::fall::{self as waterfall, Waterfall};
 use crate::gate::Gate;
+use crate::model::{Trace, client_span as span};
 use crate::report::SCHEMA;
-use crate::scan::{Attrs, Span, TraceSpans};
 use crate::source::{Filter, SourceInfo};
 
 const EVIL: &str = "<script>alert(1)</script>";
 const EVIL_STAGE: &str = "x\"><img src=http://evil.example/x onerror=alert(1)>";
 
-fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
-    Span {
-        trace,
-        id,
-        parent,
-        name: Arc::from(name),
-        service: Arc::from("core-client"),
-        start,
-        end,
-        error: false,
-        attrs: Attrs::default(),
-    }
-}
-
 /// One command's trace: `cli.run` over `cli.startup` and a dispatch of
 /// `total` µs whose session was `warmth`, with a remote stage and an odd
 /// stage name, run by `program`.
-fn trace(id: u128, total: u64, warmth: &str, program: &str) -> TraceSpans {
+fn trace(id: u128, total: u64, warmth: &str, program: &str) -> Trace {
     let us = 1_000;
     let t0 = 1_700_000_000_000_000_000 + u64::try_from(id).unwrap() * 1_000_000_000;
     let end = t0 + total * us;
@@ -52,8 +38,8 @@ fn trace(id: u128, total: u64, warmth: &str, program: &str) -> TraceSpans {
     );
     odd.service = Arc::from("<i>svc</i>");
     odd.error = true;
-    TraceSpans {
-        trace: id,
+    Trace {
+        id,
         spans: vec![
             span(id, 1, 0, "cli.run", t0 - 500 * us, end + 100 * us),
             span(id, 8, 1, "cli.startup", t0 - 500 * us, t0),

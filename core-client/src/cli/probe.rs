@@ -14,12 +14,12 @@ use rex_client::{Client, ClientConfig, Event, ExecSpec};
 use telemetry::setup::{Export, Flusher};
 use tokio::sync::mpsc;
 
-use super::report::ReportArgs;
 use super::{CliError, Context};
 use crate::settings::ServerArgs;
-use analysis::gate::Gate;
+use analysis::format::duration;
+use analysis::html::Page;
+use analysis::report::Options;
 use analysis::source::{Filter, Input};
-use analysis::text::duration;
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
@@ -87,11 +87,7 @@ pub async fn probe(
     export: Export,
     flusher: Flusher,
 ) -> Result<u8, CliError> {
-    let gates = args
-        .gates
-        .iter()
-        .map(|g| Gate::parse(g).map_err(|e| CliError::usage(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let gates = super::report::gates(&args.gates)?;
     let settings = super::exec::settings(&ctx, args.name.as_deref(), &args.server)?;
     let plan = super::exec::plan(&settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
     let Some(target) = plan.targets.first().cloned() else {
@@ -170,30 +166,9 @@ pub async fn probe(
     };
     let input =
         Input::recent(file.path(), &filter, &ids).map_err(|e| CliError::failed(e.to_string()))?;
-    let report_args = ReportArgs {
-        file: None,
-        jaeger: None,
-        service: None,
-        limit: 0,
-        since: None,
-        until: None,
-        program: None,
-        server: None,
-        top: args.top,
-        json: args.json,
-        html: args.html.clone(),
-        gates: args.gates.clone(),
-        min_count: args.min_count,
-        baseline: None,
-    };
-    let page = args.html.as_deref().map(|path| {
-        (
-            path,
-            analysis::fall::pick(&input.commands),
-            input.origin.clone(),
-        )
-    });
-    let report = super::report::build(&report_args, input, None, &gates, filter);
+    let page = args.html.as_deref().map(|path| (path, Page::of(&input)));
+    let options = Options::new(args.top, args.min_count);
+    let report = analysis::report::build(input, None, &gates, filter, options);
     super::report::emit(&report, args.json, page, &ctx.names())
 }
 
