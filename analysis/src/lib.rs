@@ -22,6 +22,7 @@ pub mod scan;
 pub mod show;
 pub mod source;
 pub mod stats;
+pub mod table;
 pub mod text;
 pub mod time;
 pub mod trace_file;

@@ -10,6 +10,7 @@ use crate::format::plural;
 use crate::layout::{self, Row};
 use crate::model::{Span, Trace};
 use crate::names::{Names, NoNames};
+use crate::table::{self, Align};
 use crate::trace_file::{self as traces, InvalidSelector, Selector, TraceFileError};
 use telemetry::spans::ClockSource as Source;
 use telemetry::spans::{
@@ -343,39 +344,30 @@ fn waterfall(out: &mut String, placed: &[Row<'_>], t0: u64, total: u64, width: u
             }
         })
         .collect();
-    let name_w = column_width("span", placed.iter().map(|p| label(p).chars().count()));
-    let service_w = column_width(
-        "service",
-        placed.iter().map(|p| p.span.service.chars().count()),
-    );
-    let start_w = column_width("start ms", starts.iter().map(|s| s.chars().count()));
-    let dur_w = column_width("dur ms", durations.iter().map(String::len));
-
-    let _ = writeln!(
-        out,
-        "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  timeline",
-        "span", "service", "start ms", "dur ms"
-    );
-    for ((p, start), duration) in placed.iter().zip(&starts).zip(&durations) {
-        let unsplit = p.span.attrs.split_unknown;
-        let mut drawn = bar(p.start - t0, p.end - t0, total, width);
-        if unsplit {
-            drawn = drawn.replace(FILLED, &UNSPLIT.to_string());
-        }
-        let _ = writeln!(
-            out,
-            "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  {drawn}{}",
-            label(p),
-            p.span.service,
-            start,
-            duration,
+    let rows: Vec<Vec<String>> = placed
+        .iter()
+        .zip(starts)
+        .zip(durations)
+        .map(|((p, start), duration)| {
+            let unsplit = p.span.attrs.split_unknown;
+            let mut drawn = bar(p.start - t0, p.end - t0, total, width);
             if unsplit {
-                round_trip_note(p.span)
-            } else {
-                String::new()
-            },
-        );
-    }
+                drawn = drawn.replace(FILLED, &UNSPLIT.to_string());
+                drawn.push_str(&round_trip_note(p.span));
+            }
+            vec![label(p), p.span.service.to_string(), start, duration, drawn]
+        })
+        .collect();
+    out.push_str(&table::render(
+        &[
+            ("span", Align::Left),
+            ("service", Align::Left),
+            ("start ms", Align::Right),
+            ("dur ms", Align::Right),
+            ("timeline", Align::Left),
+        ],
+        &rows,
+    ));
 }
 
 /// What a leg of an unknown split stands for: the round trip it makes
@@ -445,27 +437,18 @@ fn stage_table(out: &mut String, placed: &[Row<'_>], root_duration: Option<u64>)
             [(*name).to_owned(), count.to_string(), ms(*sum), share]
         })
         .collect();
-    let headers = ["stage", "count", "total ms", "share"];
-    let mut widths = [0; 4];
-    for (column, w) in widths.iter_mut().enumerate() {
-        let cells = rows.iter().filter_map(|row| row.get(column));
-        *w = column_width(
-            headers.get(column).copied().unwrap_or(""),
-            cells.map(|c| c.chars().count()),
-        );
-    }
-    let [name_w, count_w, total_w, share_w] = widths;
-    let [h0, h1, h2, h3] = headers;
-    let _ = writeln!(
-        out,
-        "{h0:<name_w$}  {h1:>count_w$}  {h2:>total_w$}  {h3:>share_w$}"
-    );
-    for [name, count, total, share] in &rows {
-        let _ = writeln!(
-            out,
-            "{name:<name_w$}  {count:>count_w$}  {total:>total_w$}  {share:>share_w$}"
-        );
-    }
+    out.push_str(&table::render(
+        &[
+            ("stage", Align::Left),
+            ("count", Align::Right),
+            ("total ms", Align::Right),
+            ("share", Align::Right),
+        ],
+        &rows
+            .into_iter()
+            .map(Vec::from)
+            .collect::<Vec<Vec<String>>>(),
+    ));
 }
 
 /// The `rex.*` attributes of the terminal spans, and any errors, one line
@@ -501,10 +484,6 @@ fn notes(out: &mut String, placed: &[Row<'_>]) {
             out.push('\n');
         }
     }
-}
-
-fn column_width(header: &str, cells: impl Iterator<Item = usize>) -> usize {
-    cells.fold(header.chars().count(), usize::max)
 }
 
 /// Nanoseconds as milliseconds with three decimals (rounded to the
