@@ -1,5 +1,10 @@
 //! How every renderer writes a number: durations with three significant
-//! digits and a unit, signed changes, shares and counts of things.
+//! digits and a unit, signed changes, shares and counts of things, and the
+//! cells the table and the page both show.
+
+use crate::aggregate::ProgramOutput;
+use crate::compare::CompareRow;
+use crate::stats::Summary;
 
 /// A duration in nanoseconds with three significant digits and a unit
 /// (`452µs`, `6.00ms`, `1.25s`).
@@ -35,6 +40,54 @@ pub(crate) fn signed(ns: i64) -> String {
 /// A share as a percentage, one decimal.
 pub(crate) fn pct(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
+}
+
+/// A statistic of a distribution that may be absent (`missing` then).
+pub(crate) fn stat(s: Option<&Summary>, f: fn(&Summary) -> u64, missing: &str) -> String {
+    s.map_or_else(|| missing.to_owned(), |s| ns(f(s)))
+}
+
+/// A distribution's count, p50, p90, p99 and max.
+pub(crate) fn summary_figures(s: &Summary) -> [String; 5] {
+    [
+        s.count.to_string(),
+        ns(s.p50_ns),
+        ns(s.p90_ns),
+        ns(s.p99_ns),
+        ns(s.max_ns),
+    ]
+}
+
+/// A program's time to first output and after it: before p50, before
+/// p90, after p50, after p90 (`missing` where it printed nothing).
+pub(crate) fn first_output_cells(p: &ProgramOutput, missing: &str) -> [String; 4] {
+    let (before, after) = (
+        p.before_first_output.as_ref(),
+        p.after_first_output.as_ref(),
+    );
+    [
+        stat(before, |s| s.p50_ns, missing),
+        stat(before, |s| s.p90_ns, missing),
+        stat(after, |s| s.p50_ns, missing),
+        stat(after, |s| s.p90_ns, missing),
+    ]
+}
+
+/// An A/B row's figures: base p50, now p50, base p90, now p90, the p50
+/// change, P(slower) and p (with `p_digits` after the point; `missing`
+/// where there is none).
+pub(crate) fn comparison_cells(r: &CompareRow, missing: &str, p_digits: usize) -> [String; 7] {
+    let (base, now) = (r.baseline.as_ref(), r.current.as_ref());
+    let or_missing = |v: Option<String>| v.unwrap_or_else(|| missing.to_owned());
+    [
+        stat(base, |s| s.p50_ns, missing),
+        stat(now, |s| s.p50_ns, missing),
+        stat(base, |s| s.p90_ns, missing),
+        stat(now, |s| s.p90_ns, missing),
+        or_missing(r.p50_change_ns.map(signed)),
+        or_missing(r.prob_slower.map(|p| format!("{p:.2}"))),
+        or_missing(r.p_value.map(|p| format!("{p:.p_digits$e}"))),
+    ]
 }
 
 /// `n` things: `1 command`, `2 commands`.

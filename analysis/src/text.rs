@@ -6,7 +6,7 @@ use super::aggregate::{Numbers, StageRow};
 use super::compare::Comparison;
 use super::source::SourceInfo;
 use super::stats::{Shares, Summary};
-use crate::format::{ns as d, pct, signed};
+use crate::format::{comparison_cells, first_output_cells, ns as d, pct, signed, summary_figures};
 use crate::names::Names;
 use crate::report::Report;
 
@@ -135,15 +135,19 @@ pub fn no_commands(r: &Report) -> Option<String> {
 
 const STAGE_WIDTH: usize = 34;
 
+/// A table's heading after a blank line: its title, then each column's
+/// name right-aligned in its width.
+fn heading(out: &mut String, title: &str, columns: &[(&str, usize)]) {
+    let _ = write!(out, "\n{title:<STAGE_WIDTH$}");
+    for (name, width) in columns {
+        let _ = write!(out, " {name:>width$}");
+    }
+    out.push('\n');
+}
+
 fn summary_cells(s: &Summary) -> String {
-    format!(
-        "{:>7} {:>9} {:>9} {:>9} {:>9}",
-        s.count,
-        d(s.p50_ns),
-        d(s.p90_ns),
-        d(s.p99_ns),
-        d(s.max_ns)
-    )
+    let [count, p50, p90, p99, max] = summary_figures(s);
+    format!("{count:>7} {p50:>9} {p90:>9} {p99:>9} {max:>9}")
 }
 
 fn share_cells(s: &Shares) -> String {
@@ -151,10 +155,18 @@ fn share_cells(s: &Shares) -> String {
 }
 
 fn stages(out: &mut String, n: &Numbers) {
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "stage", "count", "p50", "p90", "p99", "max", "share50", "share"
+        "stage",
+        &[
+            ("count", 7),
+            ("p50", 9),
+            ("p90", 9),
+            ("p99", 9),
+            ("max", 9),
+            ("share50", 8),
+            ("share", 8),
+        ],
     );
     if let Some(dispatch) = &n.dispatch {
         let _ = writeln!(
@@ -204,10 +216,16 @@ fn warmth(out: &mut String, n: &Numbers) {
     if n.warmth.is_empty() {
         return;
     }
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>12}",
-        "cold vs warm (dispatch)", "count", "p50", "p90", "max", "acquire p50"
+        "cold vs warm (dispatch)",
+        &[
+            ("count", 7),
+            ("p50", 9),
+            ("p90", 9),
+            ("max", 9),
+            ("acquire p50", 12),
+        ],
     );
     for w in &n.warmth {
         let _ = writeln!(
@@ -241,31 +259,26 @@ fn warmth(out: &mut String, n: &Numbers) {
 }
 
 fn first_output(out: &mut String, n: &Numbers) {
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
         "time to first output",
-        "count",
-        "printed",
-        "before p50",
-        "before p90",
-        "after p50",
-        "after p90"
+        &[
+            ("count", 7),
+            ("printed", 7),
+            ("before p50", 10),
+            ("before p90", 10),
+            ("after p50", 10),
+            ("after p90", 10),
+        ],
     );
     for p in &n.first_output {
-        let cells = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "-".to_owned(), |s| d(f(s)))
-        };
+        let [b50, b90, a50, a90] = first_output_cells(p, "-");
         let _ = write!(
             out,
-            "  {:<width$} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "  {:<width$} {:>7} {:>7} {b50:>10} {b90:>10} {a50:>10} {a90:>10}",
             p.program,
             p.commands,
             p.commands - p.without_output,
-            cells(&p.before_first_output, |s| s.p50_ns),
-            cells(&p.before_first_output, |s| s.p90_ns),
-            cells(&p.after_first_output, |s| s.p50_ns),
-            cells(&p.after_first_output, |s| s.p90_ns),
             width = STAGE_WIDTH - 2
         );
         if p.without_output > 0 {
@@ -308,10 +321,10 @@ fn cli(out: &mut String, n: &Numbers) {
     if n.cli.is_empty() {
         return;
     }
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "the CLI's own time", "count", "p50", "p90", "p99", "max"
+        "the CLI's own time",
+        &[("count", 7), ("p50", 9), ("p90", 9), ("p99", 9), ("max", 9)],
     );
     for row in &n.cli {
         let indent = if row.name == telemetry::spans::CLI_RUN {
@@ -336,22 +349,11 @@ fn comparison(out: &mut String, c: &Comparison) {
         "", "base p50", "now p50", "base p90", "now p90", "p50 change", "P(slower)", "p"
     );
     for r in &c.rows {
-        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "-".to_owned(), |s| d(f(s)))
-        };
+        let [b50, n50, b90, n90, change, slower, p] = comparison_cells(r, "-", 2);
         let _ = writeln!(
             out,
-            "  {:<width$} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}  {}",
+            "  {:<width$} {b50:>9} {n50:>9} {b90:>9} {n90:>9} {change:>10} {slower:>8} {p:>9}  {}",
             r.what,
-            cell(&r.baseline, |s| s.p50_ns),
-            cell(&r.current, |s| s.p50_ns),
-            cell(&r.baseline, |s| s.p90_ns),
-            cell(&r.current, |s| s.p90_ns),
-            r.p50_change_ns.map_or_else(|| "-".to_owned(), signed),
-            r.prob_slower
-                .map_or_else(|| "-".to_owned(), |p| format!("{p:.2}")),
-            r.p_value
-                .map_or_else(|| "-".to_owned(), |p| format!("{p:.2e}")),
             r.verdict,
             width = STAGE_WIDTH - 2
         );

@@ -226,13 +226,11 @@ mod tests {
     use opentelemetry::KeyValue as OtelKeyValue;
     use opentelemetry::trace::TraceId;
     use opentelemetry::trace::{
-        Link, Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
-        Tracer, TracerProvider,
+        Link, Span, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceState, Tracer,
+        TracerProvider,
     };
     use opentelemetry_sdk::Resource;
-    use opentelemetry_sdk::error::OTelSdkError;
     use opentelemetry_sdk::trace::SdkTracerProvider;
-    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
     use std::fs::OpenOptions;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
@@ -270,6 +268,41 @@ mod tests {
         kid.end_with_timestamp(at(7));
         root.end_with_timestamp(at(10));
         trace_id
+    }
+
+    /// A directory for a test, and the trace file's path in it.
+    fn fresh() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        (dir, path)
+    }
+
+    /// A provider of service `svc` writing to `path`.
+    fn svc(path: &Path) -> SdkTracerProvider {
+        provider(
+            &TraceFile::new(path.to_path_buf(), Retention::default()),
+            "svc",
+        )
+    }
+
+    /// A trace file rotated at every write, keeping `generations`.
+    fn small(path: &Path, generations: usize) -> TraceFile {
+        TraceFile::new(
+            path.to_path_buf(),
+            Retention {
+                file_bytes: 10,
+                generations,
+            },
+        )
+    }
+
+    /// The ids of the traces read from `path`, oldest first.
+    fn ids_in(path: &Path) -> Vec<String> {
+        read(path)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id_hex())
+            .collect()
     }
 
     fn lines(path: &Path) -> Vec<String> {
@@ -330,8 +363,7 @@ mod tests {
 
     #[test]
     fn services_sharing_a_file_merge_into_one_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
+        let (_dir, path) = fresh();
         let file = TraceFile::new(path.clone(), Retention::default());
         let client = provider(&file, "core-client");
         let server = provider(&file, "exec-server");
@@ -394,79 +426,10 @@ mod tests {
         assert_eq!(exec.error_message(), Some("boom"));
     }
 
-    fn span_data(trace: u128, span: u64, name: &'static str) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(trace),
-                SpanId::from(span),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: name.into(),
-            start_time: at(0),
-            end_time: at(1),
-            attributes: vec![],
-            dropped_attributes_count: 0,
-            events: Default::default(),
-            links: Default::default(),
-            status: Status::Unset,
-            instrumentation_scope: Default::default(),
-        }
-    }
-
-    #[test]
-    fn one_batch_with_two_traces_writes_one_line_per_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let mut exporter = file.exporter();
-        exporter.set_resource(&Resource::builder().with_service_name("batcher").build());
-        let batch = vec![
-            span_data(0xa, 1, "a1"),
-            span_data(0xb, 2, "b1"),
-            span_data(0xa, 3, "a2"),
-        ];
-        block_on_ready(exporter.export(batch)).unwrap();
-
-        let written = lines(&path);
-        assert_eq!(written.len(), 2);
-        let first = spans_of(&written[0]);
-        let names: Vec<&str> = first.iter().map(|s| &*s.name).collect();
-        assert_eq!(names, ["a1", "a2"]);
-        assert!(first.iter().all(|s| &*s.service == "batcher"));
-        assert!(first.iter().all(|s| s.trace == 0xa));
-        let second = spans_of(&written[1]);
-        assert_eq!(second.len(), 1);
-        assert_eq!(&*second[0].name, "b1");
-        assert_eq!(second[0].trace, 0xb);
-
-        // After shutdown the exporter refuses to write.
-        exporter.shutdown().unwrap();
-        let refused = block_on_ready(exporter.export(vec![span_data(0xa, 4, "late")]));
-        assert!(matches!(refused, Err(OTelSdkError::AlreadyShutdown)));
-        assert_eq!(lines(&path).len(), 2);
-    }
-
-    /// Polls a future that is ready on its first poll (the exporter's are).
-    fn block_on_ready<F: std::future::Future>(fut: F) -> F::Output {
-        let mut fut = std::pin::pin!(fut);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(out) => out,
-            std::task::Poll::Pending => panic!("export future was not ready"),
-        }
-    }
-
     #[test]
     fn links_are_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let tracer = p.tracer("t");
         let target = SpanContext::new(
             TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
@@ -490,10 +453,8 @@ mod tests {
 
     #[test]
     fn last_and_id_lookup() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let first = parent_child(&p, "first", "first.child");
         let second = parent_child(&p, "second", "second.child");
         // Background work written after the last command is skipped by `last`.
@@ -504,11 +465,7 @@ mod tests {
         );
         p.shutdown().unwrap();
 
-        let ids: Vec<String> = read(&path)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.id_hex())
-            .collect();
+        let ids: Vec<String> = ids_in(&path);
         assert_eq!(ids, [first.clone(), second.clone(), background.clone()]);
         assert_eq!(
             find(&path, &Selector::Id(hex_id(&background)))
@@ -533,10 +490,8 @@ mod tests {
 
     #[test]
     fn a_trace_is_positioned_by_its_last_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let tracer = p.tracer("t");
         // Trace A's child ends first, then trace B completes, then A's root.
         let mut a_root = tracer.start("a.root");
@@ -557,10 +512,8 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_skipped_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let first = parent_child(&p, "first", "first.child");
         {
             let mut raw = OpenOptions::new().append(true).open(&path).unwrap();
@@ -598,18 +551,10 @@ mod tests {
 
     #[test]
     fn rotation_keeps_one_older_file_and_reads_both() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
+        let (dir, path) = fresh();
         let rotated = rotated_path(&path);
         assert_eq!(rotated, dir.path().join("traces.jsonl.1"));
-        let file = TraceFile::new(
-            path.clone(),
-            Retention {
-                file_bytes: 10,
-                generations: 1,
-            },
-        );
-        let p = provider(&file, "svc");
+        let p = provider(&small(&path, 1), "svc");
         let mut ids = Vec::new();
         for name in ["one", "two", "three"] {
             let tracer = p.tracer("t");
@@ -625,11 +570,7 @@ mod tests {
         assert!(rotated.exists());
         assert_eq!(lines(&path).len(), 1);
         assert_eq!(lines(&rotated).len(), 1);
-        let read_ids: Vec<String> = read(&path)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.id_hex())
-            .collect();
+        let read_ids: Vec<String> = ids_in(&path);
         assert_eq!(read_ids, ids[1..]);
 
         // A large bound never rotates.
@@ -646,16 +587,8 @@ mod tests {
 
     #[test]
     fn a_trace_in_an_older_generation_is_found_and_all_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(
-            path.clone(),
-            Retention {
-                file_bytes: 10,
-                generations: 3,
-            },
-        );
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = provider(&small(&path, 3), "svc");
         let mut ids = Vec::new();
         for name in ["one", "two", "three", "four", "five"] {
             let mut span = p.tracer("t").start(name);
@@ -668,11 +601,7 @@ mod tests {
         assert!(telemetry::trace_files::generation_path(&path, 3).exists());
         assert!(!telemetry::trace_files::generation_path(&path, 4).exists());
         assert!(telemetry::trace_files::rotated_away_before(&path).is_some());
-        let read_ids: Vec<String> = read(&path)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.id_hex())
-            .collect();
+        let read_ids: Vec<String> = ids_in(&path);
         assert_eq!(read_ids, ids[1..]);
         let oldest = find(&path, &Selector::Id(hex_id(&ids[1]))).unwrap();
         assert_eq!(&*oldest.spans[0].name, "two");
@@ -684,16 +613,8 @@ mod tests {
 
     #[test]
     fn a_trace_split_by_rotation_is_merged() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(
-            path.clone(),
-            Retention {
-                file_bytes: 10,
-                generations: 1,
-            },
-        );
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = provider(&small(&path, 1), "svc");
         // The child's line is rotated into `.1` when the root's is written.
         let id = parent_child(&p, "root", "child");
         p.shutdown().unwrap();
@@ -707,10 +628,8 @@ mod tests {
 
     #[test]
     fn only_the_rotated_file_is_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let id = parent_child(&p, "x", "y");
         p.shutdown().unwrap();
         fs::rename(&path, rotated_path(&path)).unwrap();
@@ -719,10 +638,8 @@ mod tests {
 
     #[test]
     fn a_removed_file_is_recreated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         parent_child(&p, "x", "y");
         fs::remove_file(&path).unwrap();
         let id = parent_child(&p, "x", "y");

@@ -19,7 +19,10 @@ use std::fmt::{self, Write as _};
 use crate::aggregate::{Numbers, share};
 use crate::compare::Comparison;
 use crate::fall::{self, MAX_BARS, Pick, Waterfall};
-use crate::format::{duration, ns as d, pct, plural, signed};
+use crate::format::{
+    comparison_cells, duration, first_output_cells, ns as d, pct, plural, signed, stat,
+    summary_figures,
+};
 use crate::gate::GateResult;
 use crate::histogram::Histogram;
 use crate::names::Names;
@@ -392,9 +395,6 @@ fn comparison(out: &mut String, c: &Comparison) {
          <th>base p90</th><th>now p90</th><th>p50 change</th><th>P(slower)</th><th>p</th><th class=\"l\">verdict</th></tr></thead><tbody>",
     );
     for r in &c.rows {
-        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "–".to_owned(), |s| d(f(s)))
-        };
         let class = match r.verdict {
             "slower" => "v-slower",
             "faster" => "v-faster",
@@ -403,17 +403,9 @@ fn comparison(out: &mut String, c: &Comparison) {
         };
         let _ = write!(
             out,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\"><span class=\"verdict {class}\">{}</span></td></tr>",
+            "<tr><td class=\"l\">{}</td><td>{}</td><td class=\"l\"><span class=\"verdict {class}\">{}</span></td></tr>",
             Esc(&r.what),
-            cell(&r.baseline, |s| s.p50_ns),
-            cell(&r.current, |s| s.p50_ns),
-            cell(&r.baseline, |s| s.p90_ns),
-            cell(&r.current, |s| s.p90_ns),
-            r.p50_change_ns.map_or_else(|| "–".to_owned(), signed),
-            r.prob_slower
-                .map_or_else(|| "–".to_owned(), |p| format!("{p:.2}")),
-            r.p_value
-                .map_or_else(|| "–".to_owned(), |p| format!("{p:.1e}")),
+            comparison_cells(r, "–", 1).join("</td><td>"),
             Esc(r.verdict)
         );
     }
@@ -430,14 +422,7 @@ fn share_cell(share: f64) -> String {
 }
 
 fn summary_cells(s: &Summary) -> String {
-    format!(
-        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
-        s.count,
-        d(s.p50_ns),
-        d(s.p90_ns),
-        d(s.p99_ns),
-        d(s.max_ns)
-    )
+    format!("<td>{}</td>", summary_figures(s).join("</td><td>"))
 }
 
 fn shares_cells(s: &Shares) -> String {
@@ -596,17 +581,12 @@ fn warmth(out: &mut String, n: &Numbers) {
          <th>p99</th><th>max</th><th>acquire p50</th><th>acquire p90</th></tr></thead><tbody>",
     );
     for w in &n.warmth {
-        let acquire = |f: fn(&Summary) -> u64| {
-            w.acquire
-                .as_ref()
-                .map_or_else(|| "–".to_owned(), |a| d(f(a)))
-        };
         let _ = write!(
             out,
             "<tr><td class=\"l\"><span class=\"dot {name}\"></span>{name}</td>{}<td>{}</td><td>{}</td></tr>",
             summary_cells(&w.dispatch),
-            acquire(|a| a.p50_ns),
-            acquire(|a| a.p90_ns),
+            stat(w.acquire.as_ref(), |a| a.p50_ns, "–"),
+            stat(w.acquire.as_ref(), |a| a.p90_ns, "–"),
             name = w.warmth.name()
         );
     }
@@ -628,9 +608,6 @@ fn first_output(out: &mut String, n: &Numbers) {
          <th class=\"l\">p50s: before <span class=\"key before\"></span> after <span class=\"key after\"></span></th></tr></thead><tbody>",
     );
     for p in &n.first_output {
-        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "–".to_owned(), |s| d(f(s)))
-        };
         let (b, a) = (
             p.before_first_output.map_or(0, |s| s.p50_ns),
             p.after_first_output.map_or(0, |s| s.p50_ns),
@@ -639,15 +616,12 @@ fn first_output(out: &mut String, n: &Numbers) {
         let after = if a + b == 0 { 0.0 } else { 100.0 - before };
         let _ = write!(
             out,
-            "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"l\"><span class=\"split\"><span class=\"before\" style=\"width:{before:.1}%\"></span><span class=\"after\" style=\"width:{after:.1}%\"></span></span></td></tr>",
             Esc(&p.program),
             p.commands,
             p.commands - p.without_output,
-            cell(&p.before_first_output, |s| s.p50_ns),
-            cell(&p.before_first_output, |s| s.p90_ns),
-            cell(&p.after_first_output, |s| s.p50_ns),
-            cell(&p.after_first_output, |s| s.p90_ns),
+            first_output_cells(p, "–").join("</td><td>"),
             p.without_output,
         );
     }

@@ -85,26 +85,37 @@ fn fixture(gates: &[&str], with_baseline: bool) -> Fixture {
         .iter()
         .map(|g| Gate::parse(g).unwrap().check(&n, 10))
         .collect();
-    let report = Report {
-        schema: SCHEMA,
-        source: SourceInfo {
-            kind: "jaeger".into(),
-            read: vec!["http://jaeger.example:16686".into()],
-            skipped_lines: 1,
-            skipped_at: vec![format!("{EVIL}:3")],
-            commands_read: 12,
-            ..SourceInfo::default()
-        },
-        filter: Filter::default(),
-        numbers: n,
-        comparison,
-        gates,
+    let source = SourceInfo {
+        kind: "jaeger".into(),
+        read: vec!["http://jaeger.example:16686".into()],
+        skipped_lines: 1,
+        skipped_at: vec![format!("{EVIL}:3")],
+        commands_read: 12,
+        ..SourceInfo::default()
     };
+    let report = report_of(source, n, comparison, gates);
     let waterfalls = waterfall::pick(&commands)
         .into_iter()
         .map(|p| waterfall::lay_out(p, &traces))
         .collect();
     Fixture { report, waterfalls }
+}
+
+/// A report of `numbers` read from `source`.
+fn report_of(
+    source: SourceInfo,
+    numbers: Numbers,
+    comparison: Option<Comparison>,
+    gates: Vec<GateResult>,
+) -> Report {
+    Report {
+        schema: SCHEMA,
+        source,
+        filter: Filter::default(),
+        numbers,
+        comparison,
+        gates,
+    }
 }
 
 /// Names every server by its id and a `!`.
@@ -344,19 +355,18 @@ fn the_attribute_scan_finds_urls() {
 
 #[test]
 fn a_report_without_commands_says_why() {
-    let report = Report {
-        schema: SCHEMA,
-        source: SourceInfo {
-            kind: "file".into(),
-            read: vec!["empty.jsonl".into()],
-            traces_without_commands: 3,
-            ..SourceInfo::default()
-        },
-        filter: Filter::default(),
-        numbers: numbers(&[], &Default::default(), 10),
-        comparison: None,
-        gates: Vec::new(),
+    let source = SourceInfo {
+        kind: "file".into(),
+        read: vec!["empty.jsonl".into()],
+        traces_without_commands: 3,
+        ..SourceInfo::default()
     };
+    let report = report_of(
+        source,
+        numbers(&[], &Default::default(), 10),
+        None,
+        Vec::new(),
+    );
     let html = render(
         &report,
         &Extras {
