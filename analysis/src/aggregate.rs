@@ -174,7 +174,7 @@ pub struct Numbers {
 
 /// The numbers of `commands` (stage paths named in `table`), with the `top`
 /// slowest listed.
-pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers {
+pub(crate) fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers {
     let n = commands.len();
     let mut dispatch: Vec<u64> = commands.iter().map(|c| c.dispatch).collect();
     let (stages, stages_by_name) = stage_rows(commands, table);
@@ -241,7 +241,7 @@ pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers 
 }
 
 /// `part` as a share of `whole` (0 when the whole is 0).
-pub fn share(part: u64, whole: u64) -> f64 {
+pub(crate) fn share(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
@@ -250,7 +250,7 @@ pub fn share(part: u64, whole: u64) -> f64 {
 }
 
 /// Per command, each stage name's time summed over its paths.
-pub fn by_name(command: &Command, table: &StageTable) -> HashMap<Arc<str>, u64> {
+pub(crate) fn by_name(command: &Command, table: &StageTable) -> HashMap<Arc<str>, u64> {
     let mut sums: HashMap<Arc<str>, u64> = HashMap::new();
     for (id, ns) in &command.stages {
         if let Some(stage) = table.get(*id) {

@@ -16,6 +16,7 @@ pub type StageId = u32;
 /// `rex.session.warmth`, or `rex.session.reused` from older clients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Warmth {
     /// The dispatch established the session.
     Cold,

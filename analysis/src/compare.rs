@@ -65,7 +65,7 @@ pub struct Comparison {
 }
 
 /// One side: its commands and their stage names.
-pub struct Side<'a> {
+pub(crate) struct Side<'a> {
     /// The commands.
     pub commands: &'a [Command],
     /// Their stage paths.
@@ -74,7 +74,7 @@ pub struct Side<'a> {
 
 /// Compares `current` with `baseline`; rows with fewer than `min_count`
 /// commands on a side say so instead of testing.
-pub fn compare(
+pub(crate) fn compare(
     baseline_name: &str,
     baseline: &Side<'_>,
     current: &Side<'_>,
@@ -181,7 +181,7 @@ fn row(what: &str, mut baseline: Vec<u64>, mut current: Vec<u64>, min_count: u64
 
 /// The Mann–Whitney test of `current` against `baseline` (both sorted):
 /// the two-sided p-value and P(current > baseline) + ½P(equal).
-pub fn rank_test(baseline: &[u64], current: &[u64]) -> (f64, f64) {
+pub(crate) fn rank_test(baseline: &[u64], current: &[u64]) -> (f64, f64) {
     let (n1, n2) = (baseline.len() as f64, current.len() as f64);
     // Merge the two sorted lists, ranking ties by their average rank.
     let mut all: Vec<(u64, bool)> = baseline

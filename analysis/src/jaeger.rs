@@ -1,7 +1,7 @@
 //! A client for Jaeger v2's HTTP query API (api_v3): a search for a
 //! service's traces in a time window, one trace by id, the services, and
 //! any other `GET`, each within a timeout and read to a bounded size.
-//! Answers are OTLP JSON, which [`crate::scan`] reads.
+//! Answers are OTLP JSON, which the reader (`scan`) reads.
 //!
 //! Requests name every parameter twice, by the snake_case names all v2
 //! releases read (`query.service_name`, ...) and by the camelCase names

@@ -1,5 +1,5 @@
 //! The one trace model: a span as every view reads it, and the spans of
-//! one trace. The reader ([`crate::scan`]) fills it from OTLP JSON; the
+//! one trace. The reader (`scan`) fills it from OTLP JSON; the
 //! report keeps the few attributes it reads ([`Attrs`]), a view of one
 //! trace (`trace show`, the page's waterfalls) every attribute too
 //! ([`Detail`]).
@@ -119,7 +119,7 @@ pub struct Span {
     pub error: bool,
     /// The attributes a report reads.
     pub attrs: Attrs,
-    /// The rest, when the reader was asked for it ([`crate::scan::Scanner::full`]).
+    /// The rest, when the reader was asked for it (`Scanner::full`).
     pub detail: Option<Box<Detail>>,
 }
 

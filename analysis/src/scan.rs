@@ -296,6 +296,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     }
 
     /// The same scanner parsing on at most `threads` threads.
+    #[cfg(test)]
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self

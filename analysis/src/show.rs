@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::format::plural;
 use crate::layout::{self, Row};
 use crate::model::{Span, Trace};
-use crate::names::{Names, NoNames};
+use crate::names::Names;
 use crate::table::{self, Align};
 use crate::trace_file::{self as traces, InvalidSelector, Selector, TraceFileError};
 use telemetry::spans::ClockSource as Source;
@@ -25,7 +25,7 @@ const LEGACY_CLOCK_OFFSET: &str = "rex.clock_offset_ns";
 const LEGACY_CLOCK_MEASURED: &str = "rex.clock_offset_measured_ns";
 
 /// The narrowest timeline drawn, in cells.
-pub const MIN_WIDTH: usize = 10;
+pub(crate) const MIN_WIDTH: usize = 10;
 
 /// The timeline width [`show`] uses, in cells.
 pub const SHOW_WIDTH: usize = 40;
@@ -39,6 +39,7 @@ const INSTANT: char = '|';
 
 /// Showing a trace failed; every message fits on one line.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShowError {
     /// The selector is neither `last` nor a trace id.
     #[error(transparent)]
@@ -52,7 +53,7 @@ pub enum ShowError {
 }
 
 /// The attribute naming the exec-server a dispatch went to.
-pub const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
+pub(crate) const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
 
 /// Finds the trace `selector` names (`last` or a trace id) in the trace file
 /// at `path` and writes it, rendered with a [`SHOW_WIDTH`]-cell timeline
@@ -72,13 +73,14 @@ pub fn show(
 
 /// Renders `trace` as a header line, a waterfall whose timeline is `width`
 /// cells wide (at least [`MIN_WIDTH`]), and a per-stage table.
-pub fn render(trace: &Trace, width: usize) -> String {
-    render_named(trace, width, &NoNames)
+#[cfg(test)]
+pub(crate) fn render(trace: &Trace, width: usize) -> String {
+    render_named(trace, width, &crate::names::NoNames)
 }
 
 /// [`render`], with a line naming the exec-server (as `names` name it,
 /// else by its id) when the trace says which it was.
-pub fn render_named(trace: &Trace, width: usize, names: &dyn Names) -> String {
+pub(crate) fn render_named(trace: &Trace, width: usize, names: &dyn Names) -> String {
     let width = width.max(MIN_WIDTH);
     let placed = layout::tree(&trace.spans);
     let t0 = placed.iter().map(|p| p.start).min().unwrap_or(0);
@@ -497,6 +499,7 @@ fn ms(nanos: u64) -> String {
 mod tests {
     use super::*;
     use crate::model::Attrs;
+    use crate::names::NoNames;
     use std::sync::Arc;
 
     const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

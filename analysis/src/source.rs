@@ -26,6 +26,7 @@ const MAX_DOCUMENT: u64 = 512 * 1024 * 1024;
 
 /// Reading a source failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SourceError {
     /// There is no such file (nor any rotated generation of it).
     #[error("no traces at {}: the file does not exist", .0.display())]
@@ -70,6 +71,7 @@ pub enum Source {
 
 /// Which commands to keep.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Filter {
     /// Dispatched at or after, nanoseconds since the Unix epoch.
     pub since_ns: Option<u64>,
@@ -149,6 +151,7 @@ pub struct Input {
 /// traces can be read again once the report has picked them (its
 /// waterfalls).
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub enum Origin {
     /// Nowhere they can be read again.
     #[default]
@@ -164,7 +167,7 @@ pub enum Origin {
 
 impl Origin {
     /// The spans of the traces `ids` (at most
-    /// [`crate::scan::MAX_SPANS_PER_TRACE`] each; a trace's spans from
+    /// `scan::MAX_SPANS_PER_TRACE` each; a trace's spans from
     /// several files are one trace), in no particular order.
     pub fn traces(&self, ids: &HashSet<u128>) -> Result<Vec<Trace>, SourceError> {
         let mut found: HashMap<u128, Trace> = HashMap::new();

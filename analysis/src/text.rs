@@ -58,7 +58,7 @@ fn header(out: &mut String, r: &Report) {
 
 /// What was read, as the header says it (`the trace file X and 2 older
 /// generations`, `Jaeger at URL`, the files).
-pub fn source(i: &SourceInfo) -> String {
+pub(crate) fn source(i: &SourceInfo) -> String {
     match i.kind.as_str() {
         "jaeger" => format!("Jaeger at {}", i.read.join(", ")),
         "trace-file" => match i.read.len() {
@@ -79,7 +79,7 @@ pub fn source(i: &SourceInfo) -> String {
 
 /// The header's notes: failures, silent commands, what the filters left
 /// out, skipped and cut lines, and what was rotated away.
-pub fn notes(r: &Report) -> Vec<String> {
+pub(crate) fn notes(r: &Report) -> Vec<String> {
     let n = &r.numbers;
     let i = &r.source;
     let mut notes = Vec::new();
@@ -113,7 +113,7 @@ pub fn notes(r: &Report) -> Vec<String> {
 }
 
 /// Why there are no numbers, when there are no commands.
-pub fn no_commands(r: &Report) -> Option<String> {
+pub(crate) fn no_commands(r: &Report) -> Option<String> {
     let i = &r.source;
     (r.numbers.commands == 0).then(|| {
         format!(

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 /// Nanoseconds since the Unix epoch as RFC 3339 (UTC, microseconds).
-pub fn rfc3339(nanos: u64) -> String {
+pub(crate) fn rfc3339(nanos: u64) -> String {
     let ts =
         jiff::Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     format!("{:.6}", ts)

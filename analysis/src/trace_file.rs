@@ -27,6 +27,7 @@ pub struct Traces {
 
 /// Reading the trace file failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TraceFileError {
     /// Neither the file nor its rotated predecessor exists.
     #[error("no traces have been recorded at {} yet", .0.display())]

@@ -241,7 +241,7 @@ fn row_population(name: &str) -> Option<Pop> {
 
 /// Every row name the report prints for `n`, in its order: the dispatch,
 /// each stage, `unattributed`, each warmth, the CLI's own stages.
-pub fn row_names(n: &Numbers) -> Vec<String> {
+pub(crate) fn row_names(n: &Numbers) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let mut add = |name: &str| {
         if !names.iter().any(|known| known == name) {

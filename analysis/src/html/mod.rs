@@ -32,7 +32,7 @@ use crate::stats::{Shares, Summary};
 use crate::text;
 
 /// Text escaped for HTML (element content and quoted attributes).
-pub struct Esc<'a>(pub &'a str);
+pub(crate) struct Esc<'a>(pub &'a str);
 
 impl fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -56,7 +56,7 @@ impl fmt::Display for Esc<'_> {
 
 /// Colours for services: the three of this project always the same, any
 /// other in order of appearance.
-pub struct Palette {
+pub(crate) struct Palette {
     others: Vec<String>,
 }
 
@@ -82,7 +82,7 @@ impl Palette {
     }
 
     /// The colour of `service`.
-    pub fn colour(&self, service: &str) -> &'static str {
+    pub(crate) fn colour(&self, service: &str) -> &'static str {
         if let Some((_, c)) = KNOWN.iter().find(|(k, _)| *k == service) {
             return c;
         }
@@ -103,7 +103,7 @@ impl Palette {
 }
 
 /// What the page shows beyond the report's numbers.
-pub struct Extras<'a> {
+pub(crate) struct Extras<'a> {
     /// The waterfalls (the median command's, then the slowest's).
     pub waterfalls: &'a [Waterfall],
     /// Why there are none although there are commands (their spans could
@@ -156,7 +156,7 @@ impl Page {
 }
 
 /// The page.
-pub fn render(report: &Report, extras: &Extras<'_>) -> String {
+pub(crate) fn render(report: &Report, extras: &Extras<'_>) -> String {
     let n = &report.numbers;
     let mut out = String::with_capacity(64 * 1024);
     let _ = write!(

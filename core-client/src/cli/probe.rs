@@ -160,10 +160,8 @@ pub async fn probe(
         return Ok(0);
     };
     let ids: HashSet<u128> = outcomes.iter().filter_map(|o| o.trace).collect();
-    let filter = Filter {
-        traces: Some(ids.clone()),
-        ..Filter::default()
-    };
+    let mut filter = Filter::default();
+    filter.traces = Some(ids.clone());
     let input =
         Input::recent(file.path(), &filter, &ids).map_err(|e| CliError::failed(e.to_string()))?;
     let page = args.html.as_deref().map(|path| (path, Page::of(&input)));

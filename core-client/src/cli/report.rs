@@ -169,13 +169,12 @@ fn filter(args: &ReportArgs, names: &ServerNames, now: SystemTime) -> Result<Fil
         .as_deref()
         .map(|s| super::views::server_filter(s, names).map(str::to_owned))
         .transpose()?;
-    Ok(Filter {
-        since_ns,
-        until_ns,
-        program: args.program.clone(),
-        server,
-        traces: None,
-    })
+    let mut filter = Filter::default();
+    filter.since_ns = since_ns;
+    filter.until_ns = until_ns;
+    filter.program.clone_from(&args.program);
+    filter.server = server;
+    Ok(filter)
 }
 
 /// Reads the source the arguments name; with `keep_answer`, a Jaeger
@@ -231,21 +230,17 @@ fn baseline(
     let path = Path::new(spec);
     if path.is_file() {
         // A file: the same program and server, any time.
-        let f = Filter {
-            since_ns: None,
-            until_ns: None,
-            ..filter.clone()
-        };
+        let mut f = filter.clone();
+        f.since_ns = None;
+        f.until_ns = None;
         let input = Input::file(path, &f).map_err(|e| no_source(args, e, "--baseline: "))?;
         return Ok((spec.to_owned(), input));
     }
     let (since_ns, until_ns) = time::parse_window(spec, now)
         .map_err(|e| CliError::usage(format!("--baseline: {e} (no such file either)")))?;
-    let f = Filter {
-        since_ns,
-        until_ns,
-        ..filter.clone()
-    };
+    let mut f = filter.clone();
+    f.since_ns = since_ns;
+    f.until_ns = until_ns;
     let input = read(args, &f, trace_file, false)?;
     Ok((format!("the window {spec}"), input))
 }
