@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use telemetry::spans;
 
-use crate::model::{Span, Trace, without_placed_copies};
+use crate::model::{Interner, Span, Trace, without_placed_copies};
 
 /// A stage path's index in a [`StageTable`].
 pub type StageId = u32;
@@ -222,15 +222,26 @@ const SETUP_ALONGSIDE: &[&str] = &[
 ];
 
 /// Turns traces into commands, naming stage paths in one table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reducer {
     /// The stage paths seen so far.
     pub table: StageTable,
-    strings: HashMap<Box<str>, Arc<str>>,
+    strings: Interner,
     /// Traces read that held no `tool.dispatch`.
     pub traces_without_commands: u64,
     /// Commands made (before any filter).
     pub commands_read: u64,
+}
+
+impl Default for Reducer {
+    fn default() -> Reducer {
+        Reducer {
+            table: StageTable::default(),
+            strings: Interner::new(100_000),
+            traces_without_commands: 0,
+            commands_read: 0,
+        }
+    }
 }
 
 impl Reducer {
@@ -268,17 +279,6 @@ impl Reducer {
             .collect();
         self.commands_read += commands.len() as u64;
         commands
-    }
-
-    fn intern(&mut self, text: &str) -> Arc<str> {
-        if let Some(found) = self.strings.get(text) {
-            return found.clone();
-        }
-        let interned: Arc<str> = Arc::from(text);
-        if self.strings.len() < 100_000 {
-            self.strings.insert(text.into(), interned.clone());
-        }
-        interned
     }
 
     fn command(
@@ -341,8 +341,16 @@ impl Reducer {
             dominant(tree, &tiled).and_then(|s| stage_of.get(&s.id).map(|id| (*id, s.duration())));
         let mut stages: Vec<(StageId, u64)> = sums.into_iter().collect();
         stages.sort_unstable_by_key(|(id, _)| *id);
-        let program = dispatch.attrs.program.as_deref().map(|p| self.intern(p));
-        let server = dispatch.attrs.server.as_deref().map(|s| self.intern(s));
+        let program = dispatch
+            .attrs
+            .program
+            .as_deref()
+            .map(|p| self.strings.intern(p));
+        let server = dispatch
+            .attrs
+            .server
+            .as_deref()
+            .map(|s| self.strings.intern(s));
         let cli = by_id
             .get(&dispatch.parent)
             .and_then(|i| tree.spans.get(*i))

@@ -4,7 +4,7 @@
 //! trace (`trace show`, the page's waterfalls) every attribute too
 //! ([`Detail`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The attributes a report reads, typed.
@@ -230,6 +230,36 @@ impl Span {
         self.detail_mut()
             .attributes
             .push((Box::from(key), Box::from(value)));
+    }
+}
+
+/// Text seen, each kept once and shared (bounded: a hostile file's
+/// distinct texts are not all kept).
+#[derive(Debug)]
+pub(crate) struct Interner {
+    map: HashMap<Box<str>, Arc<str>>,
+    bound: usize,
+}
+
+impl Interner {
+    /// An interner keeping at most `bound` texts.
+    pub(crate) fn new(bound: usize) -> Interner {
+        Interner {
+            map: HashMap::new(),
+            bound,
+        }
+    }
+
+    /// `text`, shared with every earlier `text` kept.
+    pub(crate) fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(found) = self.map.get(text) {
+            return found.clone();
+        }
+        let interned: Arc<str> = Arc::from(text);
+        if self.map.len() < self.bound {
+            self.map.insert(text.into(), interned.clone());
+        }
+        interned
     }
 }
 

@@ -21,7 +21,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use crate::model::{Attrs, Detail, Span, Trace, Value};
+use crate::model::{Attrs, Detail, Interner, Span, Trace, Value};
 
 /// A trace not seen for this many lines is complete.
 pub const WINDOW_LINES: u64 = 4096;
@@ -47,25 +47,11 @@ pub struct ScanStats {
     pub spans: u64,
 }
 
-/// Names seen, each kept once (bounded: a hostile file's distinct names
-/// are not all kept).
-#[derive(Debug, Default)]
-pub struct Names {
-    map: HashMap<Box<str>, Arc<str>>,
-}
+/// Span, service and host names seen, each kept once.
+type Names = Interner;
 
-impl Names {
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(found) = self.map.get(name) {
-            return found.clone();
-        }
-        let interned: Arc<str> = Arc::from(name);
-        if self.map.len() < 10_000 {
-            self.map.insert(name.into(), interned.clone());
-        }
-        interned
-    }
-}
+/// How many names are kept once.
+const NAMES: usize = 10_000;
 
 /// What one line held.
 #[derive(Debug)]
@@ -199,10 +185,10 @@ fn value_text(value: &AnyValue<'_>) -> String {
     if let Some(b) = value.bool_value {
         return b.to_string();
     }
-    if let Some(Int(Some(i))) = value.int_value {
+    if let Some(i) = value.int_value.and_then(|n| n.int) {
         return i.to_string();
     }
-    if let Some(Double(Some(d))) = value.double_value {
+    if let Some(d) = value.double_value.and_then(|n| n.double) {
         return d.to_string();
     }
     if let Some(bytes) = &value.bytes_value {
@@ -258,7 +244,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
         Scanner {
             sink,
             open: HashMap::new(),
-            names: Names::default(),
+            names: Names::new(NAMES),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             full: false,
             window: Some(WINDOW_LINES),
@@ -329,7 +315,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
                     .iter()
                     .map(|chunk| {
                         let full = self.full;
-                        scope.spawn(move || parse_chunk(chunk, &mut Names::default(), full))
+                        scope.spawn(move || parse_chunk(chunk, &mut Names::new(NAMES), full))
                     })
                     .collect();
                 workers
@@ -596,9 +582,9 @@ struct AnyValue<'a> {
     #[serde(rename = "boolValue", default)]
     bool_value: Option<bool>,
     #[serde(rename = "intValue", default)]
-    int_value: Option<Int>,
+    int_value: Option<Number>,
     #[serde(rename = "doubleValue", default)]
-    double_value: Option<Double>,
+    double_value: Option<Number>,
     #[serde(borrow, rename = "bytesValue", default)]
     bytes_value: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "arrayValue", default)]
@@ -614,7 +600,7 @@ impl AnyValue<'_> {
             Value::Str(s)
         } else if let Some(b) = self.bool_value {
             Value::Bool(b)
-        } else if let Some(Int(Some(i))) = self.int_value {
+        } else if let Some(i) = self.int_value.and_then(|n| n.int) {
             Value::Int(i)
         } else {
             Value::Other
@@ -634,64 +620,52 @@ struct KvList<'a> {
     values: Vec<KeyValue<'a>>,
 }
 
-/// A double attribute: a number (or anything else: no value, never an
-/// error).
-struct Double(Option<f64>);
-
-impl<'de> Deserialize<'de> for Double {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Double;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Double, E> {
-                Ok(Double(Some(v as f64)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Double, E> {
-                Ok(Double(Some(v as f64)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Double, E> {
-                Ok(Double(Some(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Double, E> {
-                Ok(Double(v.parse().ok()))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Double, E> {
-                Ok(Double(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// A number attribute, as an integer and as a double: written as a number
+/// or a string (OTLP JSON writes int64 as a string); anything else is no
+/// value, never an error.
+#[derive(Clone, Copy)]
+struct Number {
+    int: Option<i64>,
+    double: Option<f64>,
 }
 
-/// An integer attribute: a string or a number (OTLP JSON writes int64 as
-/// a string); anything else is no value, never an error.
-struct Int(Option<i64>);
-
-impl<'de> Deserialize<'de> for Int {
+impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Int;
+            type Value = Number;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an integer as a string or a number")
+                f.write_str("a number, or one as a string")
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
-                Ok(Int(i64::try_from(v).ok()))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                Ok(Number {
+                    int: i64::try_from(v).ok(),
+                    double: Some(v as f64),
+                })
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
-                Ok(Int(Some(v)))
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number {
+                    int: Some(v),
+                    double: Some(v as f64),
+                })
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Int, E> {
-                Ok(Int(None))
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number {
+                    int: None,
+                    double: Some(v),
+                })
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Int, E> {
-                Ok(Int(None))
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Number, E> {
+                Ok(Number {
+                    int: None,
+                    double: None,
+                })
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Int, E> {
-                Ok(Int(v.parse().ok()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Number, E> {
+                Ok(Number {
+                    int: v.parse().ok(),
+                    double: v.parse().ok(),
+                })
             }
         }
         d.deserialize_any(V)
