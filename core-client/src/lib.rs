@@ -12,7 +12,8 @@
 //! - [`known`]: the known servers (trust on first use, opt-in).
 //! - [`address`]: relay addresses as people type them (`proto`'s, which
 //!   the exec-server's `--relay` reads too).
-//! - [`names`]: server ids shown as the names the user gave them.
+//! - [`names`]: server ids shown as the names the user gave them (what
+//!   the trace views of the `analysis` crate ask for).
 //! - [`paths`]: the config directory and the files in it.
 //! - [`tickets`]: the exec-servers' early-data tickets, kept between runs
 //!   in the data directory.
@@ -20,10 +21,6 @@
 //!   (the only place that links the relay and the exec-server).
 //! - [`stdout`]: stdout for a command that prints as it goes, where a
 //!   reader that went away is remembered (exit 141), never a panic.
-//! - [`traces`]: reading the local trace file back.
-//! - [`report`]: the numbers of many commands (`report`): percentiles,
-//!   cold and warm, first output, A/B and gates.
-//! - [`waterfall`]: a recorded trace rendered as text (`trace show`).
 
 pub use proto::address;
 pub mod cli;
@@ -32,9 +29,6 @@ pub mod demo;
 pub mod known;
 pub mod names;
 pub mod paths;
-pub mod report;
 pub mod settings;
 pub mod stdout;
 pub mod tickets;
-pub mod traces;
-pub mod waterfall;

@@ -151,12 +151,7 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
     match (export, &outcome.trace_id) {
         (Some(Export::File(file)), Some(id)) if out.failure().is_none() => {
             let _ = writeln!(out);
-            if let Err(e) = core_client::waterfall::show(
-                file.path(),
-                id,
-                &core_client::names::ServerNames::default(),
-                &mut out,
-            ) {
+            if let Err(e) = analysis::show::show(file.path(), id, &analysis::NoNames, &mut out) {
                 eprintln!("core-client: cannot show the demo's trace: {e}");
             }
             let _ = writeln!(

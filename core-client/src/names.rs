@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use analysis::Names;
 use proto::keys::PublicKey;
 
 use crate::config::{Config, ServerKey};
@@ -48,20 +49,20 @@ impl ServerNames {
         self.by_id.entry(id).or_insert_with(|| name.to_owned());
     }
 
-    /// The name for a server id, if it has one.
-    pub fn name(&self, id: &str) -> Option<&str> {
-        self.by_id.get(id).map(String::as_str)
-    }
-
     /// The server id a name stands for.
     pub fn id(&self, name: &str) -> Option<&str> {
         self.by_name.get(name).map(String::as_str)
     }
 
-    /// How a view shows a server: its name, else its id's first 8 digits.
-    pub fn label(&self, id: &str) -> String {
-        self.name(id)
-            .map_or_else(|| id.chars().take(8).collect(), str::to_owned)
+    /// The name for a server id, if it has one.
+    pub fn name(&self, id: &str) -> Option<&str> {
+        self.by_id.get(id).map(String::as_str)
+    }
+}
+
+impl Names for ServerNames {
+    fn name(&self, id: &str) -> Option<&str> {
+        ServerNames::name(self, id)
     }
 }
 

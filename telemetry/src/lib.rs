@@ -43,8 +43,9 @@
 //!   file) are set up.
 //! - `trace_file` (feature `export`): the local OTLP JSON trace file and its
 //!   exporter.
-//! - `trace_read` (feature `trace-read`): the trace file's lines read back
-//!   into traces.
+//! - [`trace_files`]: the trace file's rotated generations (their names,
+//!   rotation and retention), shared by its writer and its readers (the
+//!   `analysis` crate reads the file back).
 //!
 //! Without the `export` feature everything here uses the OpenTelemetry API
 //! only, which is all an embedder of the client library links.
@@ -75,6 +76,5 @@ pub mod setup;
 pub mod spans;
 #[cfg(feature = "export")]
 pub mod trace_file;
-#[cfg(feature = "trace-read")]
-pub mod trace_read;
+pub mod trace_files;
 pub mod w3c;

@@ -154,6 +154,9 @@ pub const FORWARDED_FOR: &str = "rex.forwarded_for";
 /// offset that placed them came from (`same-host`, `synchronized`,
 /// `two-way`; for a leg, the loosest of its two ends').
 pub const ATTR_CLOCK_SOURCE: &str = "rex.clock.source";
+/// The values of [`ATTR_CLOCK_SOURCE`], by name (`ClockSource::parse`,
+/// `ClockSource::as_str`).
+pub use proto::session::clock::Source as ClockSource;
 /// Placed spans and legs: the offset used, the peer's clock minus ours, in
 /// nanoseconds (exported timestamps are never shifted by it).
 pub const ATTR_CLOCK_OFFSET: &str = "rex.clock.offset_ns";

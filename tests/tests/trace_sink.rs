@@ -538,7 +538,7 @@ async fn the_health_endpoint_answers_and_the_probe_tells_up_from_down() {
     let health_url = sink.health_url();
     sink.shutdown().await.unwrap();
     let err = health::probe(&health_url, timeout).await.unwrap_err();
-    assert!(matches!(err, QueryError::Connect { .. }), "{err}");
+    assert!(matches!(err, QueryError::Unreachable { .. }), "{err}");
 }
 
 /// The address after `label` in the binary's start-up line.

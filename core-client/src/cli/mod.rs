@@ -19,7 +19,7 @@
 //! - `show`: `config show`.
 //! - `verbose`: `-v`, what `exec` does, one line a step.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
-//! - `report`: `report`, over many commands (see [`crate::report`]).
+//! - `report`: `report`, over many commands (see the `analysis` crate).
 //! - `probe`: `probe`, a command run many times and reported on.
 //! - `docs`: `completions` and `man`.
 

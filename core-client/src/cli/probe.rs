@@ -14,12 +14,12 @@ use rex_client::{Client, ClientConfig, Event, ExecSpec};
 use telemetry::setup::{Export, Flusher};
 use tokio::sync::mpsc;
 
-use super::report::ReportArgs;
 use super::{CliError, Context};
-use crate::report::gate::Gate;
-use crate::report::source::{Filter, Input};
-use crate::report::text::duration;
 use crate::settings::ServerArgs;
+use analysis::format::duration;
+use analysis::html::Page;
+use analysis::report::Options;
+use analysis::source::{Filter, Input};
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
@@ -87,11 +87,7 @@ pub async fn probe(
     export: Export,
     flusher: Flusher,
 ) -> Result<u8, CliError> {
-    let gates = args
-        .gates
-        .iter()
-        .map(|g| Gate::parse(g).map_err(|e| CliError::usage(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let gates = super::report::gates(&args.gates)?;
     let settings = super::exec::settings(&ctx, args.name.as_deref(), &args.server)?;
     let plan = super::exec::plan(&settings, ctx.config.as_ref().map(|c| c.path.as_path()))?;
     let Some(target) = plan.targets.first().cloned() else {
@@ -164,36 +160,13 @@ pub async fn probe(
         return Ok(0);
     };
     let ids: HashSet<u128> = outcomes.iter().filter_map(|o| o.trace).collect();
-    let filter = Filter {
-        traces: Some(ids.clone()),
-        ..Filter::default()
-    };
+    let mut filter = Filter::default();
+    filter.traces = Some(ids.clone());
     let input =
         Input::recent(file.path(), &filter, &ids).map_err(|e| CliError::failed(e.to_string()))?;
-    let report_args = ReportArgs {
-        file: None,
-        jaeger: None,
-        service: None,
-        limit: 0,
-        since: None,
-        until: None,
-        program: None,
-        server: None,
-        top: args.top,
-        json: args.json,
-        html: args.html.clone(),
-        gates: args.gates.clone(),
-        min_count: args.min_count,
-        baseline: None,
-    };
-    let page = args.html.as_deref().map(|path| {
-        (
-            path,
-            crate::report::waterfall::pick(&input.commands),
-            input.origin.clone(),
-        )
-    });
-    let report = super::report::build(&report_args, input, None, &gates, filter);
+    let page = args.html.as_deref().map(|path| (path, Page::of(&input)));
+    let options = Options::new(args.top, args.min_count);
+    let report = analysis::report::build(input, None, &gates, filter, options);
     super::report::emit(&report, args.json, page, &ctx.names())
 }
 
@@ -366,7 +339,7 @@ impl Progress {
             self.last = Some(Instant::now());
             let mut sorted = self.walls.clone();
             sorted.sort_unstable();
-            let median = crate::report::stats::percentile(&sorted, 50.0).unwrap_or_default();
+            let median = analysis::stats::percentile(&sorted, 50.0).unwrap_or_default();
             eprint!(
                 "\r\x1b[Kprobe: {}/{}  cold {}  warm {}  last {}  median {}  exit≠0 {}  errors {}",
                 self.done,
@@ -394,7 +367,7 @@ fn print_wall_times(outcomes: &[Outcome]) {
         .iter()
         .map(|o| u64::try_from(o.wall.as_nanos()).unwrap_or(u64::MAX))
         .collect();
-    if let Some(s) = crate::report::stats::Summary::of(&mut walls) {
+    if let Some(s) = analysis::stats::Summary::of(&mut walls) {
         println!(
             "{} commands: p50 {}  p90 {}  p99 {}  max {} (wall time measured by the probe)",
             s.count,

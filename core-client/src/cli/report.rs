@@ -1,6 +1,5 @@
 //! `report`: the numbers of many commands, with gates and a baseline.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -9,13 +8,12 @@ use clap::Args;
 
 use super::CliError;
 use crate::names::ServerNames;
-use crate::report::compare::{self, Side};
-use crate::report::gate::Gate;
-use crate::report::html::{self, Extras};
-use crate::report::jaeger::Search;
-use crate::report::source::{self, Filter, Input, Origin};
-use crate::report::waterfall::{self, Pick};
-use crate::report::{Report, SCHEMA, aggregate, text};
+use analysis::gate::Gate;
+use analysis::html::Page;
+use analysis::jaeger::JaegerError;
+use analysis::report::{self, Options, Report};
+use analysis::source::{Filter, Input, Source, SourceError};
+use analysis::{text, time};
 
 /// Exit status when a gate fails.
 pub const EXIT_GATE_FAILED: u8 = 1;
@@ -90,40 +88,35 @@ pub fn report(
     trace_file: Option<&Path>,
     names: &ServerNames,
 ) -> Result<u8, CliError> {
-    let gates = args
-        .gates
-        .iter()
-        .map(|g| Gate::parse(g).map_err(|e| CliError::usage(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let gates = gates(&args.gates)?;
     let now = SystemTime::now();
     let filter = filter(args, names, now)?;
     let current = read(args, &filter, trace_file, args.html.is_some())?;
     // The page's waterfalls: picked now, their spans read again later.
-    let page = args.html.as_deref().map(|path| {
-        (
-            path,
-            waterfall::pick(&current.commands),
-            current.origin.clone(),
-        )
-    });
+    let page = args.html.as_deref().map(|path| (path, Page::of(&current)));
     let baseline = match &args.baseline {
         None => None,
         Some(spec) => Some(baseline(args, spec, &filter, trace_file, now)?),
     };
-    let report = build(args, current, baseline, &gates, filter);
+    let options = Options::new(args.top, args.min_count);
+    let report = report::build(current, baseline, &gates, filter, options);
     emit(&report, args.json, page, names)
 }
 
-/// A page to write: where, the commands whose waterfalls it draws, and
-/// where their spans are read again from.
-pub(super) type Page<'a> = (&'a Path, Vec<Pick>, Origin);
+/// The gates given, read.
+pub(super) fn gates(given: &[String]) -> Result<Vec<Gate>, CliError> {
+    given
+        .iter()
+        .map(|g| Gate::parse(g).map_err(|e| CliError::usage(e.to_string())))
+        .collect()
+}
 
 /// Prints `report` (tables, or JSON), writes its page if asked, and gives
 /// the exit status (1 when a gate failed).
 pub(super) fn emit(
     report: &Report,
     json: bool,
-    page: Option<Page<'_>>,
+    page: Option<(&Path, Page)>,
     names: &ServerNames,
 ) -> Result<u8, CliError> {
     let mut out = std::io::stdout().lock();
@@ -134,7 +127,7 @@ pub(super) fn emit(
             .and_then(|json| out.write_all(&json))
             .and_then(|()| writeln!(out))
     } else {
-        out.write_all(text::render(report, &|id| names.label(id)).as_bytes())
+        out.write_all(text::render(report, names).as_bytes())
     };
     // A closed pipe (`| head`) is not an error of the report's.
     if let Err(e) = written
@@ -142,66 +135,29 @@ pub(super) fn emit(
     {
         return Err(CliError::failed(format!("writing the report: {e}")));
     }
-    if let Some((path, picks, origin)) = page {
-        write_page(path, report, picks, &origin, names)?;
+    if let Some((path, page)) = page {
+        std::fs::write(path, page.render(report, names))
+            .map_err(|e| CliError::failed(format!("writing the page {}: {e}", path.display())))?;
     }
-    Ok(if report.gates.iter().all(|g| g.pass) {
+    Ok(if report.gates_hold() {
         0
     } else {
         EXIT_GATE_FAILED
     })
 }
 
-/// The report of `current` (and the comparison with `baseline`), with the
-/// gates checked.
-pub fn build(
-    args: &ReportArgs,
-    current: Input,
-    baseline: Option<(String, Input)>,
-    gates: &[Gate],
-    filter: Filter,
-) -> Report {
-    let numbers = aggregate::numbers(&current.commands, &current.reducer.table, args.top);
-    let comparison = baseline.as_ref().map(|(name, base)| {
-        compare::compare(
-            name,
-            &Side {
-                commands: &base.commands,
-                table: &base.reducer.table,
-            },
-            &Side {
-                commands: &current.commands,
-                table: &current.reducer.table,
-            },
-            args.min_count,
-        )
-    });
-    let gates = gates
-        .iter()
-        .map(|g| g.check(&numbers, args.min_count))
-        .collect();
-    Report {
-        schema: SCHEMA,
-        source: current.info,
-        filter,
-        numbers,
-        comparison,
-        gates,
-    }
-}
-
 fn filter(args: &ReportArgs, names: &ServerNames, now: SystemTime) -> Result<Filter, CliError> {
     let time = |flag: &str, t: &Option<String>| -> Result<Option<u64>, CliError> {
         t.as_deref()
             .map(|t| {
-                source::parse_time(t, now).map_err(|e| CliError::usage(format!("--{flag}: {e}")))
+                time::parse_time(t, now).map_err(|e| CliError::usage(format!("--{flag}: {e}")))
             })
             .transpose()
     };
     let mut since_ns = time("since", &args.since)?;
     let until_ns = time("until", &args.until)?;
     if args.jaeger.is_some() && since_ns.is_none() {
-        since_ns = source::parse_time("7d", now).ok();
+        since_ns = time::parse_time("7d", now).ok();
     }
     if let (Some(a), Some(b)) = (since_ns, until_ns)
         && a >= b
@@ -213,45 +169,12 @@ fn filter(args: &ReportArgs, names: &ServerNames, now: SystemTime) -> Result<Fil
         .as_deref()
         .map(|s| super::views::server_filter(s, names).map(str::to_owned))
         .transpose()?;
-    Ok(Filter {
-        since_ns,
-        until_ns,
-        program: args.program.clone(),
-        server,
-        traces: None,
-    })
-}
-
-/// Writes the page of `report` to `path`, with the waterfalls of `picks`
-/// (their spans read again from `origin`).
-fn write_page(
-    path: &Path,
-    report: &Report,
-    picks: Vec<Pick>,
-    origin: &Origin,
-    names: &ServerNames,
-) -> Result<(), CliError> {
-    let ids: HashSet<u128> = picks.iter().map(|p| p.trace).collect();
-    let (waterfalls, error) = match origin.traces(&ids) {
-        Ok(traces) => (
-            picks
-                .into_iter()
-                .map(|p| waterfall::lay_out(p, &traces))
-                .collect(),
-            None,
-        ),
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
-    let page = html::render(
-        report,
-        &Extras {
-            waterfalls: &waterfalls,
-            waterfall_error: error.as_deref(),
-            server: &|id| names.label(id),
-        },
-    );
-    std::fs::write(path, page)
-        .map_err(|e| CliError::failed(format!("writing the page {}: {e}", path.display())))
+    let mut filter = Filter::default();
+    filter.since_ns = since_ns;
+    filter.until_ns = until_ns;
+    filter.program.clone_from(&args.program);
+    filter.server = server;
+    Ok(filter)
 }
 
 /// Reads the source the arguments name; with `keep_answer`, a Jaeger
@@ -262,58 +185,38 @@ fn read(
     trace_file: Option<&Path>,
     keep_answer: bool,
 ) -> Result<Input, CliError> {
-    let no_source = |e: source::SourceError| CliError {
-        message: e.to_string(),
-        code: EXIT_NO_SOURCE,
-    };
-    if let (Some(url), Some(service)) = (&args.jaeger, &args.service) {
-        return read_jaeger(url, service, args.limit, filter, keep_answer).map_err(no_source);
-    }
-    if let Some(file) = &args.file {
-        return Input::file(file, filter).map_err(no_source);
-    }
-    let Some(path) = trace_file else {
+    let source = if let (Some(url), Some(service)) = (&args.jaeger, &args.service) {
+        Source::Jaeger {
+            url: url.clone(),
+            service: service.clone(),
+            limit: args.limit,
+            keep_answer,
+        }
+    } else if let Some(file) = &args.file {
+        Source::File(file.clone())
+    } else if let Some(path) = trace_file {
+        Source::TraceFile(path.to_path_buf())
+    } else {
         return Err(CliError::usage(
             "no trace file: set --trace-file or REX_TRACE_FILE (no user data dir is known), or give --file or --jaeger",
         ));
     };
-    Input::trace_file(path, filter).map_err(no_source)
+    Input::read(&source, filter).map_err(|e| no_source(args, e, ""))
 }
 
-fn read_jaeger(
-    url: &str,
-    service: &str,
-    limit: u32,
-    filter: &Filter,
-    keep_answer: bool,
-) -> Result<Input, source::SourceError> {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let search = Search {
-        base: url,
-        service,
-        since_ns: filter.since_ns.unwrap_or(0),
-        until_ns: filter.until_ns.unwrap_or(now),
-        limit,
+/// A source that could not be read: its one line, and exit 3.
+fn no_source(args: &ReportArgs, e: SourceError, prefix: &str) -> CliError {
+    let message = match (&e, &args.jaeger) {
+        (SourceError::Jaeger(JaegerError::Url { .. }), Some(url)) => format!(
+            "--jaeger {}: give the query API's base URL, such as http://localhost:16686",
+            url.trim_end_matches('/')
+        ),
+        _ => e.to_string(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| source::SourceError::Io {
-            path: PathBuf::from(url),
-            source: e,
-        })?;
-    let body = runtime.block_on(search.run())?;
-    let mut input = Input::new("jaeger");
-    input.info.read.push(url.trim_end_matches('/').to_owned());
-    if !body.is_empty() {
-        input.jaeger_answer(&body, filter);
-        if keep_answer {
-            input.origin = Origin::Answer(body);
-        }
+    CliError {
+        message: format!("{prefix}{message}"),
+        code: EXIT_NO_SOURCE,
     }
-    Ok(input)
 }
 
 /// The baseline `spec` names: a file, else a window of the same source.
@@ -327,24 +230,17 @@ fn baseline(
     let path = Path::new(spec);
     if path.is_file() {
         // A file: the same program and server, any time.
-        let f = Filter {
-            since_ns: None,
-            until_ns: None,
-            ..filter.clone()
-        };
-        let input = Input::file(path, &f).map_err(|e| CliError {
-            message: format!("--baseline: {e}"),
-            code: EXIT_NO_SOURCE,
-        })?;
+        let mut f = filter.clone();
+        f.since_ns = None;
+        f.until_ns = None;
+        let input = Input::file(path, &f).map_err(|e| no_source(args, e, "--baseline: "))?;
         return Ok((spec.to_owned(), input));
     }
-    let (since_ns, until_ns) = source::parse_window(spec, now)
+    let (since_ns, until_ns) = time::parse_window(spec, now)
         .map_err(|e| CliError::usage(format!("--baseline: {e} (no such file either)")))?;
-    let f = Filter {
-        since_ns,
-        until_ns,
-        ..filter.clone()
-    };
+    let mut f = filter.clone();
+    f.since_ns = since_ns;
+    f.until_ns = until_ns;
     let input = read(args, &f, trace_file, false)?;
     Ok((format!("the window {spec}"), input))
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use analysis::Names;
+
 use super::CliError;
 use crate::names::ServerNames;
 
@@ -21,7 +23,7 @@ pub fn trace_show(
         ));
     };
     let mut out = std::io::stdout().lock();
-    crate::waterfall::show(path, selector, names, &mut out)
+    analysis::show::show(path, selector, names, &mut out)
         .map_err(|e| CliError::failed(e.to_string()))?;
     Ok(0)
 }

@@ -7,7 +7,8 @@
 //!   client brought home).
 //! - `inline`: [`InlineProcessor`], which writes a command's spans in
 //!   the thread that flushes them.
-//! - [`retention`]: how much is kept (the current file and its rotated
+//! - [`retention`] (`crate::trace_files`, which readers use without this
+//!   feature): how much is kept (the current file and its rotated
 //!   generations) and what was rotated away.
 //! - `compact`: lines without default values.
 //!
@@ -24,7 +25,7 @@
 
 mod compact;
 mod inline;
-pub mod retention;
+pub use crate::trace_files as retention;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -364,12 +365,12 @@ fn span_data(span: RemoteSpan) -> SpanData {
 mod tests {
     use super::*;
 
-    fn span_data(name: &'static str) -> SpanData {
+    fn span_data(trace: u128, span: u64, name: &'static str) -> SpanData {
         use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
         SpanData {
             span_context: SpanContext::new(
-                TraceId::from(1u128),
-                SpanId::from(1u64),
+                TraceId::from(trace),
+                SpanId::from(span),
                 TraceFlags::SAMPLED,
                 false,
                 TraceState::default(),
@@ -445,12 +446,81 @@ mod tests {
         let path = blocker.join("traces.jsonl");
         let file = TraceFile::new(path.clone(), Retention::default());
         let exporter = file.exporter();
-        match block_on_ready(exporter.export(vec![span_data("x")])) {
+        match block_on_ready(exporter.export(vec![span_data(1, 1, "x")])) {
             Err(OTelSdkError::InternalFailure(message)) => {
                 assert!(message.contains("blocker/traces.jsonl"), "{message}");
             }
             other => panic!("expected an internal failure, got {other:?}"),
         }
+    }
+
+    /// The service and the (name, trace id) of each span of one line.
+    fn line_spans(line: &str) -> (String, Vec<(String, u128)>) {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let data: TracesData = serde_json::from_str(line).unwrap();
+        let [resource_spans] = data.resource_spans.as_slice() else {
+            panic!("one resource per line: {line}");
+        };
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let spans = resource_spans
+            .scope_spans
+            .iter()
+            .flat_map(|s| &s.spans)
+            .map(|s| {
+                let id = s
+                    .trace_id
+                    .iter()
+                    .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+                (s.name.clone(), id)
+            })
+            .collect();
+        (service, spans)
+    }
+
+    #[test]
+    fn one_batch_with_two_traces_writes_one_line_per_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        let file = TraceFile::new(path.clone(), Retention::default());
+        let mut exporter = file.exporter();
+        exporter.set_resource(&Resource::builder().with_service_name("batcher").build());
+        let batch = vec![
+            span_data(0xa, 1, "a1"),
+            span_data(0xb, 2, "b1"),
+            span_data(0xa, 3, "a2"),
+        ];
+        block_on_ready(exporter.export(batch)).unwrap();
+
+        let lines = || -> Vec<String> {
+            fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        let written = lines();
+        assert_eq!(written.len(), 2);
+        let (service, first) = line_spans(&written[0]);
+        assert_eq!(service, "batcher");
+        assert_eq!(first, [("a1".to_owned(), 0xa), ("a2".to_owned(), 0xa)]);
+        let (service, second) = line_spans(&written[1]);
+        assert_eq!(service, "batcher");
+        assert_eq!(second, [("b1".to_owned(), 0xb)]);
+
+        // After shutdown the exporter refuses to write.
+        exporter.shutdown().unwrap();
+        let refused = block_on_ready(exporter.export(vec![span_data(0xa, 4, "late")]));
+        assert!(matches!(refused, Err(OTelSdkError::AlreadyShutdown)));
+        assert_eq!(lines().len(), 2);
     }
 
     #[test]

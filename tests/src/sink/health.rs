@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::query::ok;
-use crate::jaeger::{QueryError, fetch, http_client};
+use crate::jaeger::QueryError;
 
 /// The path of the health endpoint.
 pub const PATH: &str = "/status";
@@ -24,10 +24,5 @@ pub(crate) fn router() -> Router {
 
 /// `Ok(())` if `GET url` answers 200 within `timeout`; otherwise why not.
 pub async fn probe(url: &str, timeout: Duration) -> Result<(), QueryError> {
-    let (status, body) = fetch(&http_client(), url, timeout).await?;
-    if status == 200 {
-        Ok(())
-    } else {
-        Err(QueryError::status_error(url, status, &body))
-    }
+    crate::jaeger::get_ok(url, timeout).await
 }

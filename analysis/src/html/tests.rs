@@ -1,36 +1,22 @@
 use std::sync::Arc;
 
-use super::super::SCHEMA;
-use super::super::aggregate::numbers;
-use super::super::command::{Command, Reducer};
-use super::super::compare::{Side, compare};
-use super::super::gate::Gate;
-use super::super::scan::{Attrs, Span, TraceSpans};
-use super::super::source::{Filter, SourceInfo};
-use super::super::waterfall::{self, Waterfall};
 use super::*;
+use crate::aggregate::numbers;
+use crate::command::{Command, Reducer};
+use crate::compare::{Side, compare};
+use crate::fall::{self as waterfall, Waterfall};
+use crate::gate::Gate;
+use crate::model::{Trace, client_span as span};
+use crate::report::SCHEMA;
+use crate::source::{Filter, SourceInfo};
 
 const EVIL: &str = "<script>alert(1)</script>";
 const EVIL_STAGE: &str = "x\"><img src=http://evil.example/x onerror=alert(1)>";
 
-fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
-    Span {
-        trace,
-        id,
-        parent,
-        name: Arc::from(name),
-        service: Arc::from("core-client"),
-        start,
-        end,
-        error: false,
-        attrs: Attrs::default(),
-    }
-}
-
 /// One command's trace: `cli.run` over `cli.startup` and a dispatch of
 /// `total` µs whose session was `warmth`, with a remote stage and an odd
 /// stage name, run by `program`.
-fn trace(id: u128, total: u64, warmth: &str, program: &str) -> TraceSpans {
+fn trace(id: u128, total: u64, warmth: &str, program: &str) -> Trace {
     let us = 1_000;
     let t0 = 1_700_000_000_000_000_000 + u64::try_from(id).unwrap() * 1_000_000_000;
     let end = t0 + total * us;
@@ -52,8 +38,8 @@ fn trace(id: u128, total: u64, warmth: &str, program: &str) -> TraceSpans {
     );
     odd.service = Arc::from("<i>svc</i>");
     odd.error = true;
-    TraceSpans {
-        trace: id,
+    Trace {
+        id,
         spans: vec![
             span(id, 1, 0, "cli.run", t0 - 500 * us, end + 100 * us),
             span(id, 8, 1, "cli.startup", t0 - 500 * us, t0),
@@ -99,26 +85,50 @@ fn fixture(gates: &[&str], with_baseline: bool) -> Fixture {
         .iter()
         .map(|g| Gate::parse(g).unwrap().check(&n, 10))
         .collect();
-    let report = Report {
-        schema: SCHEMA,
-        source: SourceInfo {
-            kind: "jaeger".into(),
-            read: vec!["http://jaeger.example:16686".into()],
-            skipped_lines: 1,
-            skipped_at: vec![format!("{EVIL}:3")],
-            commands_read: 12,
-            ..SourceInfo::default()
-        },
-        filter: Filter::default(),
-        numbers: n,
-        comparison,
-        gates,
+    let source = SourceInfo {
+        kind: "jaeger".into(),
+        read: vec!["http://jaeger.example:16686".into()],
+        skipped_lines: 1,
+        skipped_at: vec![format!("{EVIL}:3")],
+        commands_read: 12,
+        ..SourceInfo::default()
     };
+    let report = report_of(source, n, comparison, gates);
     let waterfalls = waterfall::pick(&commands)
         .into_iter()
         .map(|p| waterfall::lay_out(p, &traces))
         .collect();
     Fixture { report, waterfalls }
+}
+
+/// A report of `numbers` read from `source`.
+fn report_of(
+    source: SourceInfo,
+    numbers: Numbers,
+    comparison: Option<Comparison>,
+    gates: Vec<GateResult>,
+) -> Report {
+    Report {
+        schema: SCHEMA,
+        source,
+        filter: Filter::default(),
+        numbers,
+        comparison,
+        gates,
+    }
+}
+
+/// Names every server by its id and a `!`.
+struct Bang;
+
+impl crate::names::Names for Bang {
+    fn name(&self, _id: &str) -> Option<&str> {
+        None
+    }
+
+    fn label(&self, id: &str) -> String {
+        format!("{id}!")
+    }
 }
 
 fn page(f: &Fixture) -> String {
@@ -127,9 +137,22 @@ fn page(f: &Fixture) -> String {
         &Extras {
             waterfalls: &f.waterfalls,
             waterfall_error: None,
-            server: &|id| format!("{id}!"),
+            names: &Bang,
         },
     )
+}
+
+/// Names every server by its whole id.
+struct Ids;
+
+impl crate::names::Names for Ids {
+    fn name(&self, _id: &str) -> Option<&str> {
+        None
+    }
+
+    fn label(&self, id: &str) -> String {
+        id.to_owned()
+    }
 }
 
 fn count(haystack: &str, needle: &str) -> usize {
@@ -332,25 +355,24 @@ fn the_attribute_scan_finds_urls() {
 
 #[test]
 fn a_report_without_commands_says_why() {
-    let report = Report {
-        schema: SCHEMA,
-        source: SourceInfo {
-            kind: "file".into(),
-            read: vec!["empty.jsonl".into()],
-            traces_without_commands: 3,
-            ..SourceInfo::default()
-        },
-        filter: Filter::default(),
-        numbers: numbers(&[], &Default::default(), 10),
-        comparison: None,
-        gates: Vec::new(),
+    let source = SourceInfo {
+        kind: "file".into(),
+        read: vec!["empty.jsonl".into()],
+        traces_without_commands: 3,
+        ..SourceInfo::default()
     };
+    let report = report_of(
+        source,
+        numbers(&[], &Default::default(), 10),
+        None,
+        Vec::new(),
+    );
     let html = render(
         &report,
         &Extras {
             waterfalls: &[],
             waterfall_error: None,
-            server: &|id| id.to_owned(),
+            names: &Ids,
         },
     );
     assert!(html.contains("0 commands from empty.jsonl"));
@@ -369,7 +391,7 @@ fn waterfalls_say_when_spans_are_missing_or_left_out() {
         &Extras {
             waterfalls: &f.waterfalls,
             waterfall_error: Some("reading <x>: gone"),
-            server: &|id| id.to_owned(),
+            names: &Ids,
         },
     );
     assert!(html.contains("The spans could not be read again: reading &lt;x&gt;: gone"));

@@ -174,7 +174,7 @@ pub struct Numbers {
 
 /// The numbers of `commands` (stage paths named in `table`), with the `top`
 /// slowest listed.
-pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers {
+pub(crate) fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers {
     let n = commands.len();
     let mut dispatch: Vec<u64> = commands.iter().map(|c| c.dispatch).collect();
     let (stages, stages_by_name) = stage_rows(commands, table);
@@ -187,7 +187,7 @@ pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers 
         .take(top)
         .map(|c| Slow {
             trace_id: c.trace_hex(),
-            start: rfc3339(c.start),
+            start: crate::time::rfc3339(c.start),
             program: c.program.as_deref().map(str::to_owned),
             server: c.server.as_deref().map(str::to_owned),
             dispatch_ns: c.dispatch,
@@ -217,8 +217,16 @@ pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers 
         without_output: commands.iter().filter(|c| c.first_output.is_none()).count() as u64,
         commands: n as u64,
         failed: commands.iter().filter(|c| c.failed).count() as u64,
-        first_start: commands.iter().map(|c| c.start).min().map(rfc3339),
-        last_start: commands.iter().map(|c| c.start).max().map(rfc3339),
+        first_start: commands
+            .iter()
+            .map(|c| c.start)
+            .min()
+            .map(crate::time::rfc3339),
+        last_start: commands
+            .iter()
+            .map(|c| c.start)
+            .max()
+            .map(crate::time::rfc3339),
         dispatch_histogram: Histogram::of(&dispatch),
         dispatch: Summary::of(&mut dispatch),
         stages,
@@ -233,7 +241,7 @@ pub fn numbers(commands: &[Command], table: &StageTable, top: usize) -> Numbers 
 }
 
 /// `part` as a share of `whole` (0 when the whole is 0).
-pub fn share(part: u64, whole: u64) -> f64 {
+pub(crate) fn share(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
@@ -242,7 +250,7 @@ pub fn share(part: u64, whole: u64) -> f64 {
 }
 
 /// Per command, each stage name's time summed over its paths.
-pub fn by_name(command: &Command, table: &StageTable) -> HashMap<Arc<str>, u64> {
+pub(crate) fn by_name(command: &Command, table: &StageTable) -> HashMap<Arc<str>, u64> {
     let mut sums: HashMap<Arc<str>, u64> = HashMap::new();
     for (id, ns) in &command.stages {
         if let Some(stage) = table.get(*id) {
@@ -415,32 +423,12 @@ fn cli_rows(commands: &[Command]) -> Vec<CliRow> {
         .collect()
 }
 
-/// Nanoseconds since the Unix epoch as RFC 3339 (UTC, microseconds).
-pub fn rfc3339(nanos: u64) -> String {
-    let ts =
-        jiff::Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    format!("{:.6}", ts)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::command::Reducer;
-    use super::super::scan::{Attrs, Span, TraceSpans};
     use super::*;
-
-    fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
-        Span {
-            trace,
-            id,
-            parent,
-            name: Arc::from(name),
-            service: Arc::from("core-client"),
-            start,
-            end,
-            error: false,
-            attrs: Attrs::default(),
-        }
-    }
+    use crate::command::Reducer;
+    use crate::model::Trace;
+    use crate::model::client_span as span;
 
     /// A command of `total` ns: acquire `acquire` ns (cold or warm), then
     /// the rest in `rpc.server.exec`; first output at `first` if any.
@@ -465,13 +453,7 @@ mod tests {
         if let Some(f) = first {
             spans.push(span(trace, 4, 1, "exec.first_output", 0, f));
         }
-        reducer
-            .commands(TraceSpans {
-                trace,
-                spans,
-                dropped: 0,
-            })
-            .remove(0)
+        reducer.commands(Trace::new(trace, spans)).remove(0)
     }
 
     #[test]
@@ -567,13 +549,5 @@ mod tests {
         assert_eq!(n.commands, 0);
         assert!(n.dispatch.is_none() && n.stages.is_empty() && n.warmth.is_empty());
         assert!(n.cold_start_cost.is_none());
-    }
-
-    #[test]
-    fn rfc3339_is_utc_with_microseconds() {
-        assert_eq!(
-            rfc3339(1_500_000_000_123_456_789),
-            "2017-07-14T02:40:00.123456Z"
-        );
     }
 }

@@ -2,19 +2,21 @@
 //! waterfall of its spans in tree order, and a per-stage table
 //! (`core-client trace show`).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use crate::names::ServerNames;
-use crate::traces::{self, InvalidSelector, Selector, SpanRecord, Trace, TraceFileError};
-use proto::session::clock::Source;
+use crate::format::plural;
+use crate::layout::{self, Row};
+use crate::model::{Span, Trace};
+use crate::names::Names;
+use crate::table::{self, Align};
+use crate::trace_file::{self as traces, InvalidSelector, Selector, TraceFileError};
+use telemetry::spans::ClockSource as Source;
 use telemetry::spans::{
-    ATTR_CLOCK_BOUND, ATTR_CLOCK_MEASURED, ATTR_CLOCK_OFFSET, ATTR_CLOCK_SOURCE, ATTR_CLOCK_SPLIT,
-    ATTR_OUTPUT_CREDIT_WAIT, ATTR_OUTPUT_WINDOW, ATTR_ROUND_TRIP, ATTR_SESSION_EARLY_RETRIES,
-    ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS, ATTR_STDIN_WINDOW, ATTR_STDIN_WINDOW_WAIT,
-    LINK_TRANSIT, TERMINAL_DELIVERY, TERMINAL_PUSH,
+    ATTR_CLOCK_MEASURED, ATTR_CLOCK_OFFSET, ATTR_OUTPUT_CREDIT_WAIT, ATTR_OUTPUT_WINDOW,
+    ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS, ATTR_STDIN_WINDOW,
+    ATTR_STDIN_WINDOW_WAIT, LINK_TRANSIT, TERMINAL_DELIVERY, TERMINAL_PUSH,
 };
 
 /// The offset attribute trace files written before clock sources name.
@@ -23,7 +25,7 @@ const LEGACY_CLOCK_OFFSET: &str = "rex.clock_offset_ns";
 const LEGACY_CLOCK_MEASURED: &str = "rex.clock_offset_measured_ns";
 
 /// The narrowest timeline drawn, in cells.
-pub const MIN_WIDTH: usize = 10;
+pub(crate) const MIN_WIDTH: usize = 10;
 
 /// The timeline width [`show`] uses, in cells.
 pub const SHOW_WIDTH: usize = 40;
@@ -37,6 +39,7 @@ const INSTANT: char = '|';
 
 /// Showing a trace failed; every message fits on one line.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShowError {
     /// The selector is neither `last` nor a trace id.
     #[error(transparent)]
@@ -50,7 +53,7 @@ pub enum ShowError {
 }
 
 /// The attribute naming the exec-server a dispatch went to.
-pub const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
+pub(crate) const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
 
 /// Finds the trace `selector` names (`last` or a trace id) in the trace file
 /// at `path` and writes it, rendered with a [`SHOW_WIDTH`]-cell timeline
@@ -58,7 +61,7 @@ pub const SERVER_ID_ATTRIBUTE: &str = "rex.server.id";
 pub fn show(
     path: &Path,
     selector: &str,
-    names: &ServerNames,
+    names: &dyn Names,
     out: &mut impl io::Write,
 ) -> Result<(), ShowError> {
     let selector: Selector = selector.parse()?;
@@ -68,31 +71,18 @@ pub fn show(
     Ok(())
 }
 
-/// One span placed in the tree, with its interval clamped (`end >= start`).
-struct Placed<'a> {
-    span: &'a SpanRecord,
-    depth: usize,
-    start: u64,
-    end: u64,
-}
-
-impl Placed<'_> {
-    fn duration(&self) -> u64 {
-        self.end - self.start
-    }
-}
-
 /// Renders `trace` as a header line, a waterfall whose timeline is `width`
 /// cells wide (at least [`MIN_WIDTH`]), and a per-stage table.
-pub fn render(trace: &Trace, width: usize) -> String {
-    render_named(trace, width, &ServerNames::default())
+#[cfg(test)]
+pub(crate) fn render(trace: &Trace, width: usize) -> String {
+    render_named(trace, width, &crate::names::NoNames)
 }
 
 /// [`render`], with a line naming the exec-server (as `names` name it,
 /// else by its id) when the trace says which it was.
-pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String {
+pub(crate) fn render_named(trace: &Trace, width: usize, names: &dyn Names) -> String {
     let width = width.max(MIN_WIDTH);
-    let placed = tree_order(&trace.spans);
+    let placed = layout::tree(&trace.spans);
     let t0 = placed.iter().map(|p| p.start).min().unwrap_or(0);
     let t1 = placed.iter().map(|p| p.end).max().unwrap_or(t0);
     let total = t1 - t0;
@@ -100,8 +90,8 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
     // Each service once, with the hosts its spans were made on.
     let mut services: Vec<(&str, Vec<&str>)> = Vec::new();
     for p in &placed {
-        let host = p.span.host.as_deref();
-        match services.iter_mut().find(|(s, _)| *s == p.span.service) {
+        let host = p.span.host();
+        match services.iter_mut().find(|(s, _)| *s == &*p.span.service) {
             Some((_, hosts)) => {
                 if let Some(h) = host.filter(|h| !hosts.contains(h)) {
                     hosts.push(h);
@@ -125,7 +115,7 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
     let _ = writeln!(
         out,
         "trace {}: {} ms, {} span{}, services: {}",
-        trace.trace_id,
+        trace.id_hex(),
         ms(total),
         placed.len(),
         if placed.len() == 1 { "" } else { "s" },
@@ -137,8 +127,8 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
     );
     let mut servers: Vec<&str> = Vec::new();
     for p in &placed {
-        for (key, value) in &p.span.attributes {
-            if key == SERVER_ID_ATTRIBUTE && !servers.contains(&value.as_str()) {
+        for (key, value) in p.span.attributes() {
+            if &**key == SERVER_ID_ATTRIBUTE && !servers.contains(&&**value) {
                 servers.push(value);
             }
         }
@@ -159,27 +149,21 @@ pub fn render_named(trace: &Trace, width: usize, names: &ServerNames) -> String 
     out.push('\n');
     waterfall(&mut out, &placed, t0, total, width);
     out.push('\n');
-    stage_table(&mut out, &placed, placed.first().map(Placed::duration));
+    stage_table(&mut out, &placed, placed.first().map(Row::duration));
     notes(&mut out, &placed);
     out
 }
 
 /// What opening its session cost the command, from the session's own
 /// counters (only a command that opened its session has them).
-fn session_line(out: &mut String, spans: &[SpanRecord]) {
-    let value = |span: &SpanRecord, key: &str| {
-        span.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-    };
+fn session_line(out: &mut String, spans: &[Span]) {
+    let value = |span: &Span, key: &str| span.text(key).and_then(|v| v.parse::<u64>().ok());
     let Some((span, round_trips)) = spans
         .iter()
         .find_map(|s| value(s, ATTR_SESSION_ROUND_TRIPS).map(|n| (s, n)))
     else {
         return;
     };
-    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let _ = write!(
         out,
         "session: {} before the first event",
@@ -201,14 +185,11 @@ fn session_line(out: &mut String, spans: &[SpanRecord]) {
 /// Whether a flow-control window held the command up: the time its stdin
 /// waited for the exec-server's window and its output for credit, with
 /// the widest windows (only when one of them waited).
-fn window_line(out: &mut String, spans: &[SpanRecord]) {
+fn window_line(out: &mut String, spans: &[Span]) {
     let value = |key: &str| {
-        spans.iter().find_map(|s| {
-            s.attributes
-                .iter()
-                .find(|(k, _)| k == key)
-                .and_then(|(_, v)| v.parse::<u64>().ok())
-        })
+        spans
+            .iter()
+            .find_map(|s| s.text(key).and_then(|v| v.parse::<u64>().ok()))
     };
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let ms = |ns: u64| ns as f64 / 1e6;
@@ -238,17 +219,17 @@ fn window_line(out: &mut String, spans: &[SpanRecord]) {
 /// in the session and placed on our clock (from which clock source, within
 /// what bound), or not known at all (an exec-server that sends no timings,
 /// with no collector).
-fn remote_line(out: &mut String, spans: &[SpanRecord]) {
+fn remote_line(out: &mut String, spans: &[Span]) {
     let client_dispatch = spans
         .iter()
-        .any(|s| s.name == telemetry::spans::TOOL_DISPATCH && s.service == "core-client");
+        .any(|s| &*s.name == telemetry::spans::TOOL_DISPATCH && &*s.service == "core-client");
     if !client_dispatch {
         return;
     }
     let placed = |service: &str| {
         spans
             .iter()
-            .find(|s| s.service == service && crate::traces::is_placed(s))
+            .find(|s| &*s.service == service && s.is_placed())
     };
     if let Some(copy) = placed(telemetry::remote::EXEC_SERVER) {
         let _ = writeln!(
@@ -258,7 +239,7 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
         );
     } else if !spans
         .iter()
-        .any(|s| s.service == telemetry::remote::EXEC_SERVER)
+        .any(|s| &*s.service == telemetry::remote::EXEC_SERVER)
     {
         out.push_str(
             "exec-server's stages: not known (it sent none; export its spans to a collector to see them)\n",
@@ -275,13 +256,15 @@ fn remote_line(out: &mut String, spans: &[SpanRecord]) {
 
 /// How a placed span was placed on our clock, in words: its clock source,
 /// the offset and its bound.
-fn placement(copy: &SpanRecord) -> String {
-    let offset = int_attr(copy, ATTR_CLOCK_OFFSET)
-        .or_else(|| int_attr(copy, LEGACY_CLOCK_OFFSET))
+fn placement(copy: &Span) -> String {
+    let offset = copy
+        .int(ATTR_CLOCK_OFFSET)
+        .or_else(|| copy.int(LEGACY_CLOCK_OFFSET))
         .unwrap_or(0);
-    let bound = int_attr(copy, ATTR_CLOCK_BOUND);
-    let moved = int_attr(copy, ATTR_CLOCK_MEASURED)
-        .or_else(|| int_attr(copy, LEGACY_CLOCK_MEASURED))
+    let bound = copy.attrs.clock_bound_ns;
+    let moved = copy
+        .int(ATTR_CLOCK_MEASURED)
+        .or_else(|| copy.int(LEGACY_CLOCK_MEASURED))
         .map(|measured| {
             format!(
                 " (estimated {} ms, moved to keep cause before effect)",
@@ -315,32 +298,10 @@ fn plus_minus(bound: Option<i64>) -> String {
         .unwrap_or_default()
 }
 
-/// An integer attribute of a span.
-fn int_attr(span: &SpanRecord, key: &str) -> Option<i64> {
-    span.attributes
-        .iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| v.parse().ok())
-}
-
-/// A text attribute of a span.
-fn text_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
-    span.attributes
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// The clock source that placed a span (`None`: not placed, or by a
 /// version that did not say).
-fn clock_source(span: &SpanRecord) -> Option<Source> {
-    text_attr(span, ATTR_CLOCK_SOURCE).and_then(Source::parse)
-}
-
-/// Whether a `link.transit` leg was placed by an estimate that cannot
-/// tell how its round trip splits.
-fn split_unknown(span: &SpanRecord) -> bool {
-    text_attr(span, ATTR_CLOCK_SPLIT) == Some("unknown")
+fn clock_source(span: &Span) -> Option<Source> {
+    span.attrs.clock_source.as_deref().and_then(Source::parse)
 }
 
 /// Nanoseconds as signed milliseconds, three decimals.
@@ -350,80 +311,12 @@ fn signed_ms(nanos: i64) -> String {
     format!("{sign}{}.{:03}", abs / 1_000_000, (abs % 1_000_000) / 1_000)
 }
 
-/// The spans in tree order with their depths, clamped. The first is the
-/// root span: the earliest-starting root.
-///
-/// A span whose parent is not in the trace is a root; roots and each span's
-/// children are ordered by start time. Spans caught in a parent cycle (no
-/// root above them) are placed as extra roots, so every span appears once.
-fn tree_order(spans: &[SpanRecord]) -> Vec<Placed<'_>> {
-    let bounds: Vec<(u64, u64)> = spans
-        .iter()
-        .map(|s| (s.start_unix_nanos, s.end_unix_nanos.max(s.start_unix_nanos)))
-        .collect();
-    let mut by_id: HashMap<&str, usize> = HashMap::new();
-    for (i, span) in spans.iter().enumerate() {
-        by_id.entry(span.span_id.as_str()).or_insert(i);
-    }
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
-    let mut roots: Vec<usize> = Vec::new();
-    for (i, span) in spans.iter().enumerate() {
-        let parent = span
-            .parent_span_id
-            .as_deref()
-            .and_then(|id| by_id.get(id).copied())
-            .filter(|parent| *parent != i);
-        match parent.and_then(|p| children.get_mut(p)) {
-            Some(siblings) => siblings.push(i),
-            None => roots.push(i),
+fn waterfall(out: &mut String, placed: &[Row<'_>], t0: u64, total: u64, width: usize) {
+    let label = |p: &Row<'_>| match p.span.text("rex.leg") {
+        Some(leg) if &*p.span.name == LINK_TRANSIT => {
+            format!("{}{} ({leg})", "  ".repeat(p.depth as usize), p.span.name)
         }
-    }
-    let by_start = |i: &usize| (bounds.get(*i).map_or(0, |b| b.0), *i);
-    roots.sort_by_key(by_start);
-    for siblings in &mut children {
-        siblings.sort_by_key(by_start);
-    }
-    // Cycle members, earliest first, as fallback roots after the real ones.
-    let mut everything: Vec<usize> = (0..spans.len()).collect();
-    everything.sort_by_key(by_start);
-    roots.extend(everything);
-
-    let mut order: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
-    let mut visited = vec![false; spans.len()];
-    for root in roots {
-        let mut stack = vec![(root, 0)];
-        while let Some((i, depth)) = stack.pop() {
-            match visited.get_mut(i) {
-                Some(seen) if !*seen => *seen = true,
-                _ => continue,
-            }
-            order.push((i, depth));
-            if let Some(kids) = children.get(i) {
-                stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
-            }
-        }
-    }
-
-    order
-        .into_iter()
-        .filter_map(|(i, depth)| {
-            let (start, end) = *bounds.get(i)?;
-            Some(Placed {
-                span: spans.get(i)?,
-                depth,
-                start,
-                end,
-            })
-        })
-        .collect()
-}
-
-fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width: usize) {
-    let label = |p: &Placed<'_>| match text_attr(p.span, "rex.leg") {
-        Some(leg) if p.span.name == LINK_TRANSIT => {
-            format!("{}{} ({leg})", "  ".repeat(p.depth), p.span.name)
-        }
-        _ => format!("{}{}", "  ".repeat(p.depth), p.span.name),
+        _ => format!("{}{}", "  ".repeat(p.depth as usize), p.span.name),
     };
     // A placed span's start carries its bound where the drawing can show
     // it: at least one timeline cell.
@@ -431,8 +324,11 @@ fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width
     let starts: Vec<String> = placed
         .iter()
         .map(|p| {
-            let bound = int_attr(p.span, ATTR_CLOCK_BOUND)
-                .filter(|b| crate::traces::is_placed(p.span) && *b > 0 && b.unsigned_abs() >= cell);
+            let bound = p
+                .span
+                .attrs
+                .clock_bound_ns
+                .filter(|b| p.span.is_placed() && *b > 0 && b.unsigned_abs() >= cell);
             match bound {
                 Some(b) => format!("{}±{}", ms(p.start - t0), ms(b.unsigned_abs())),
                 None => ms(p.start - t0),
@@ -443,55 +339,43 @@ fn waterfall(out: &mut String, placed: &[Placed<'_>], t0: u64, total: u64, width
     let durations: Vec<String> = placed
         .iter()
         .map(|p| {
-            if split_unknown(p.span) {
+            if p.span.attrs.split_unknown {
                 "?".to_owned()
             } else {
                 ms(p.duration())
             }
         })
         .collect();
-    let name_w = column_width("span", placed.iter().map(|p| label(p).chars().count()));
-    let service_w = column_width(
-        "service",
-        placed.iter().map(|p| p.span.service.chars().count()),
-    );
-    let start_w = column_width("start ms", starts.iter().map(|s| s.chars().count()));
-    let dur_w = column_width("dur ms", durations.iter().map(String::len));
-
-    let _ = writeln!(
-        out,
-        "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  timeline",
-        "span", "service", "start ms", "dur ms"
-    );
-    for ((p, start), duration) in placed.iter().zip(&starts).zip(&durations) {
-        let unsplit = split_unknown(p.span);
-        let mut drawn = bar(p.start - t0, p.end - t0, total, width);
-        if unsplit {
-            drawn = drawn.replace(FILLED, &UNSPLIT.to_string());
-        }
-        let _ = writeln!(
-            out,
-            "{:<name_w$}  {:<service_w$}  {:>start_w$}  {:>dur_w$}  {drawn}{}",
-            label(p),
-            p.span.service,
-            start,
-            duration,
+    let rows: Vec<Vec<String>> = placed
+        .iter()
+        .zip(starts)
+        .zip(durations)
+        .map(|((p, start), duration)| {
+            let unsplit = p.span.attrs.split_unknown;
+            let mut drawn = bar(p.start - t0, p.end - t0, total, width);
             if unsplit {
-                round_trip_note(p.span)
-            } else {
-                String::new()
-            },
-        );
-    }
+                drawn = drawn.replace(FILLED, &UNSPLIT.to_string());
+                drawn.push_str(&round_trip_note(p.span));
+            }
+            vec![label(p), p.span.service.to_string(), start, duration, drawn]
+        })
+        .collect();
+    out.push_str(&table::render(
+        &[
+            ("span", Align::Left),
+            ("service", Align::Left),
+            ("start ms", Align::Right),
+            ("dur ms", Align::Right),
+            ("timeline", Align::Left),
+        ],
+        &rows,
+    ));
 }
 
 /// What a leg of an unknown split stands for: the round trip it makes
 /// with its opposite leg, stated on the outbound leg.
-fn round_trip_note(span: &SpanRecord) -> String {
-    match (
-        text_attr(span, "rex.direction"),
-        int_attr(span, ATTR_ROUND_TRIP),
-    ) {
+fn round_trip_note(span: &Span) -> String {
+    match (span.attrs.direction.as_deref(), span.attrs.round_trip_ns) {
         (Some("to_server"), Some(rtt)) => format!(
             "  {} ms there and back, split unknown",
             ms(rtt.unsigned_abs())
@@ -531,10 +415,13 @@ fn bar(start: u64, end: u64, total: u64, width: usize) -> String {
 
 /// One row per span name, in order of first appearance: count, summed
 /// duration and its share of the root span's duration.
-fn stage_table(out: &mut String, placed: &[Placed<'_>], root_duration: Option<u64>) {
+fn stage_table(out: &mut String, placed: &[Row<'_>], root_duration: Option<u64>) {
     let mut stages: Vec<(&str, usize, u64)> = Vec::new();
     for p in placed {
-        match stages.iter_mut().find(|(name, _, _)| *name == p.span.name) {
+        match stages
+            .iter_mut()
+            .find(|(name, _, _)| *name == &*p.span.name)
+        {
             Some((_, count, sum)) => {
                 *count += 1;
                 *sum = sum.saturating_add(p.duration());
@@ -552,38 +439,29 @@ fn stage_table(out: &mut String, placed: &[Placed<'_>], root_duration: Option<u6
             [(*name).to_owned(), count.to_string(), ms(*sum), share]
         })
         .collect();
-    let headers = ["stage", "count", "total ms", "share"];
-    let mut widths = [0; 4];
-    for (column, w) in widths.iter_mut().enumerate() {
-        let cells = rows.iter().filter_map(|row| row.get(column));
-        *w = column_width(
-            headers.get(column).copied().unwrap_or(""),
-            cells.map(|c| c.chars().count()),
-        );
-    }
-    let [name_w, count_w, total_w, share_w] = widths;
-    let [h0, h1, h2, h3] = headers;
-    let _ = writeln!(
-        out,
-        "{h0:<name_w$}  {h1:>count_w$}  {h2:>total_w$}  {h3:>share_w$}"
-    );
-    for [name, count, total, share] in &rows {
-        let _ = writeln!(
-            out,
-            "{name:<name_w$}  {count:>count_w$}  {total:>total_w$}  {share:>share_w$}"
-        );
-    }
+    out.push_str(&table::render(
+        &[
+            ("stage", Align::Left),
+            ("count", Align::Right),
+            ("total ms", Align::Right),
+            ("share", Align::Right),
+        ],
+        &rows
+            .into_iter()
+            .map(Vec::from)
+            .collect::<Vec<Vec<String>>>(),
+    ));
 }
 
 /// The `rex.*` attributes of the terminal spans, and any errors, one line
 /// per span.
-fn notes(out: &mut String, placed: &[Placed<'_>]) {
+fn notes(out: &mut String, placed: &[Row<'_>]) {
     let mut lines: Vec<String> = Vec::new();
     for p in placed {
-        if p.span.name == TERMINAL_PUSH || p.span.name == TERMINAL_DELIVERY {
+        if &*p.span.name == TERMINAL_PUSH || &*p.span.name == TERMINAL_DELIVERY {
             let attributes: Vec<String> = p
                 .span
-                .attributes
+                .attributes()
                 .iter()
                 .filter(|(key, _)| key.starts_with("rex."))
                 .map(|(key, value)| format!("{key}={value}"))
@@ -594,7 +472,7 @@ fn notes(out: &mut String, placed: &[Placed<'_>]) {
         }
     }
     for p in placed {
-        if let Some(error) = &p.span.error {
+        if let Some(error) = p.span.error_message() {
             lines.push(format!(
                 "error in {} ({}): {error}",
                 p.span.name, p.span.service
@@ -610,10 +488,6 @@ fn notes(out: &mut String, placed: &[Placed<'_>]) {
     }
 }
 
-fn column_width(header: &str, cells: impl Iterator<Item = usize>) -> usize {
-    cells.fold(header.chars().count(), usize::max)
-}
-
 /// Nanoseconds as milliseconds with three decimals (rounded to the
 /// microsecond).
 fn ms(nanos: u64) -> String {
@@ -624,6 +498,9 @@ fn ms(nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Attrs;
+    use crate::names::NoNames;
+    use std::sync::Arc;
 
     const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const T0: u64 = 1_700_000_000_000_000_000;
@@ -636,26 +513,31 @@ mod tests {
         parent: Option<&str>,
         start: u64,
         end: u64,
-    ) -> SpanRecord {
-        SpanRecord {
-            service: service.to_owned(),
-            host: None,
-            name: name.to_owned(),
-            trace_id: TRACE_ID.to_owned(),
-            span_id: format!("{id:0>16}"),
-            parent_span_id: parent.map(|p| format!("{p:0>16}")),
-            start_unix_nanos: T0 + start,
-            end_unix_nanos: T0 + end,
-            attributes: Vec::new(),
-            links: Vec::new(),
-            error: None,
-        }
+    ) -> Span {
+        let hex = |id: &str| u64::from_str_radix(id, 16).unwrap();
+        let mut span = Span::new(
+            u128::from_str_radix(TRACE_ID, 16).unwrap(),
+            hex(id),
+            parent.map_or(0, hex),
+            name,
+            T0 + start,
+            T0 + end,
+        );
+        span.service = Arc::from(service);
+        span.detail = Some(Box::default());
+        span
     }
 
-    fn trace(spans: Vec<SpanRecord>) -> Trace {
-        Trace {
-            trace_id: TRACE_ID.to_owned(),
-            spans,
+    fn trace(spans: Vec<Span>) -> Trace {
+        Trace::new(u128::from_str_radix(TRACE_ID, 16).unwrap(), spans)
+    }
+
+    /// Sets `span`'s attributes to `attrs` (only).
+    fn set_attrs(span: &mut Span, attrs: &[(&str, &str)]) {
+        span.attrs = Attrs::default();
+        span.detail_mut().attributes.clear();
+        for (k, v) in attrs {
+            span.set_attribute(k, v);
         }
     }
 
@@ -755,9 +637,7 @@ mod tests {
             ("rex.session.flights", "1"),
             ("rex.session.early_retries", "0"),
         ] {
-            t.spans[0]
-                .attributes
-                .push((key.to_owned(), value.to_owned()));
+            t.spans[0].set_attribute(key, value);
         }
         let out = render(&t, 40);
         assert!(
@@ -765,11 +645,14 @@ mod tests {
                 .any(|l| l == "session: 1 round trip before the first event, 1 flight"),
             "{out}"
         );
-        t.spans[0].attributes = vec![
-            ("rex.session.round_trips".into(), "4".into()),
-            ("rex.session.flights".into(), "4".into()),
-            ("rex.session.early_retries".into(), "1".into()),
-        ];
+        set_attrs(
+            &mut t.spans[0],
+            &[
+                ("rex.session.round_trips", "4"),
+                ("rex.session.flights", "4"),
+                ("rex.session.early_retries", "1"),
+            ],
+        );
         let out = render(&t, 40);
         assert!(
             out.lines().any(|l| l
@@ -790,9 +673,7 @@ mod tests {
             (1, "rex.output.window", "12582912"),
             (1, "rex.output.credit_wait_ns", "30000000"),
         ] {
-            t.spans[i]
-                .attributes
-                .push((key.to_owned(), value.to_owned()));
+            t.spans[i].set_attribute(key, value);
         }
         let out = render(&t, 40);
         assert!(
@@ -802,10 +683,8 @@ mod tests {
             "{out}"
         );
         // No wait, no line.
-        t.spans[0]
-            .attributes
-            .retain(|(k, _)| !k.starts_with("rex.stdin"));
-        t.spans[1].attributes = vec![("rex.output.credit_wait_ns".into(), "0".into())];
+        set_attrs(&mut t.spans[0], &[]);
+        set_attrs(&mut t.spans[1], &[("rex.output.credit_wait_ns", "0")]);
         assert!(!render(&t, 40).contains("window-limited"));
     }
 
@@ -813,16 +692,13 @@ mod tests {
     fn the_header_names_the_hosts_each_service_ran_on() {
         let mut t = sample();
         for s in &mut t.spans {
-            s.host = Some(
-                if s.service == "core-client" {
-                    "laptop"
-                } else {
-                    "build-box"
-                }
-                .into(),
-            );
+            s.detail_mut().host = Some(Arc::from(if &*s.service == "core-client" {
+                "laptop"
+            } else {
+                "build-box"
+            }));
         }
-        t.spans[1].host = None;
+        t.spans[1].detail_mut().host = None;
         let out = render(&t, 40);
         let header = out.lines().next().unwrap();
         assert!(
@@ -912,19 +788,17 @@ mod tests {
         assert!(!out.contains("exec-server's stages"), "{out}");
     }
 
-    fn with_attrs(mut s: SpanRecord, attrs: &[(&str, &str)]) -> SpanRecord {
-        s.attributes.extend(
-            attrs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+    fn with_attrs(mut s: Span, attrs: &[(&str, &str)]) -> Span {
+        for (k, v) in attrs {
+            s.set_attribute(k, v);
+        }
         s
     }
 
     /// A dispatch of 0..100 ms with the exec-server's work at 40..60 and
     /// the legs to and from it, placed with `source`.
     fn legs(source: &str, split: &str, bound: &str) -> Trace {
-        let placed = |s: SpanRecord| {
+        let placed = |s: Span| {
             with_attrs(
                 s,
                 &[
@@ -1012,19 +886,15 @@ mod tests {
 
     #[test]
     fn the_server_is_named_as_the_user_named_it() {
-        let key = proto::keys::StaticKeypair::generate().unwrap().public();
-        let id = key.server_id();
+        let id = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned();
         let mut t = sample();
-        t.spans[0]
-            .attributes
-            .push((SERVER_ID_ATTRIBUTE.to_owned(), id.clone()));
+        t.spans[0].set_attribute(SERVER_ID_ATTRIBUTE, &id);
         let unnamed = render(&t, 40);
         assert_eq!(
             unnamed.lines().nth(1),
             Some(format!("server {id}").as_str())
         );
-        let mut names = ServerNames::default();
-        names.add("build-box", &key);
+        let names = std::collections::BTreeMap::from([(id.clone(), "build-box".to_owned())]);
         let named = render_named(&t, 40, &names);
         assert_eq!(
             named.lines().nth(1),
@@ -1140,12 +1010,16 @@ mod tests {
     #[test]
     fn terminal_attributes_and_errors_are_listed() {
         let mut t = sample();
-        t.spans[1].attributes = vec![
-            ("rex.stdout.bytes".to_owned(), "12".to_owned()),
-            ("thread.id".to_owned(), "7".to_owned()),
-            ("rex.events".to_owned(), "3".to_owned()),
-        ];
-        t.spans[5].error = Some("spawn failed".to_owned());
+        set_attrs(
+            &mut t.spans[1],
+            &[
+                ("rex.stdout.bytes", "12"),
+                ("thread.id", "7"),
+                ("rex.events", "3"),
+            ],
+        );
+        t.spans[5].error = true;
+        t.spans[5].detail_mut().error_message = Some(Box::from("spawn failed"));
         let out = render(&t, 40);
         assert!(
             out.lines()
@@ -1274,7 +1148,7 @@ mod tests {
         .unwrap();
 
         let mut out = Vec::new();
-        show(&path, "last", &ServerNames::default(), &mut out).unwrap();
+        show(&path, "last", &NoNames, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with(&format!("trace {other}: 2.500 ms, 1 span")),
@@ -1283,13 +1157,7 @@ mod tests {
         assert!(text.contains(&"█".repeat(SHOW_WIDTH)));
 
         let mut out = Vec::new();
-        show(
-            &path,
-            &TRACE_ID.to_ascii_uppercase(),
-            &ServerNames::default(),
-            &mut out,
-        )
-        .unwrap();
+        show(&path, &TRACE_ID.to_ascii_uppercase(), &NoNames, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(&format!("trace {TRACE_ID}:")), "{text}");
         assert!(text.contains("tool.dispatch"));
@@ -1301,7 +1169,7 @@ mod tests {
         let path = dir.path().join("traces.jsonl");
         let mut out = Vec::new();
 
-        let err = show(&path, "last", &ServerNames::default(), &mut out).unwrap_err();
+        let err = show(&path, "last", &NoNames, &mut out).unwrap_err();
         assert!(matches!(
             err,
             ShowError::TraceFile(TraceFileError::NotFound(_))
@@ -1309,12 +1177,12 @@ mod tests {
         assert!(err.to_string().contains("no traces have been recorded"));
 
         std::fs::write(&path, otlp_line(TRACE_ID, "x")).unwrap();
-        let err = show(&path, "latest", &ServerNames::default(), &mut out).unwrap_err();
+        let err = show(&path, "latest", &NoNames, &mut out).unwrap_err();
         assert!(matches!(err, ShowError::Selector(_)));
         assert!(err.to_string().contains("32 hex digits"), "{err}");
 
         let missing = "0123456789abcdef0123456789abcdef";
-        let err = show(&path, missing, &ServerNames::default(), &mut out).unwrap_err();
+        let err = show(&path, missing, &NoNames, &mut out).unwrap_err();
         assert!(matches!(
             err,
             ShowError::TraceFile(TraceFileError::NoSuchTrace(..))
@@ -1322,14 +1190,8 @@ mod tests {
         assert!(err.to_string().contains(missing));
 
         for err in [
-            show(&path, "nope", &ServerNames::default(), &mut out).unwrap_err(),
-            show(
-                &dir.path().join("none"),
-                "last",
-                &ServerNames::default(),
-                &mut out,
-            )
-            .unwrap_err(),
+            show(&path, "nope", &NoNames, &mut out).unwrap_err(),
+            show(&dir.path().join("none"), "last", &NoNames, &mut out).unwrap_err(),
         ] {
             assert!(!err.to_string().contains('\n'), "{err}");
         }

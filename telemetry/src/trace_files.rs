@@ -6,6 +6,9 @@
 //! generation to each other, and when the oldest generation is dropped
 //! the time of its last write is kept in `<path>.dropped`, so a reader can
 //! say what was rotated away instead of silently seeing less.
+//!
+//! The writer (`trace_file`, feature `export`) rotates; readers find the
+//! generations here without linking the writer.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -136,7 +139,8 @@ pub fn rotated_away_before(path: &Path) -> Option<SystemTime> {
 /// rotation lock: each generation moves one up, the oldest beyond the
 /// bound is removed (its last write time kept), and `<path>` becomes
 /// `<path>.1`.
-pub(super) fn rotate(path: &Path, retention: Retention) -> io::Result<()> {
+#[cfg_attr(not(feature = "export"), allow(dead_code))]
+pub(crate) fn rotate(path: &Path, retention: Retention) -> io::Result<()> {
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use telemetry::spans;
 
-use super::scan::{Span, TraceSpans};
+use crate::model::{Interner, Span, Trace, without_placed_copies};
 
 /// A stage path's index in a [`StageTable`].
 pub type StageId = u32;
@@ -16,6 +16,7 @@ pub type StageId = u32;
 /// `rex.session.warmth`, or `rex.session.reused` from older clients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Warmth {
     /// The dispatch established the session.
     Cold,
@@ -221,20 +222,31 @@ const SETUP_ALONGSIDE: &[&str] = &[
 ];
 
 /// Turns traces into commands, naming stage paths in one table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reducer {
     /// The stage paths seen so far.
     pub table: StageTable,
-    strings: HashMap<Box<str>, Arc<str>>,
+    strings: Interner,
     /// Traces read that held no `tool.dispatch`.
     pub traces_without_commands: u64,
     /// Commands made (before any filter).
     pub commands_read: u64,
 }
 
+impl Default for Reducer {
+    fn default() -> Reducer {
+        Reducer {
+            table: StageTable::default(),
+            strings: Interner::new(100_000),
+            traces_without_commands: 0,
+            commands_read: 0,
+        }
+    }
+}
+
 impl Reducer {
     /// The commands in `trace` (one per `tool.dispatch`).
-    pub fn commands(&mut self, trace: TraceSpans) -> Vec<Command> {
+    pub fn commands(&mut self, trace: Trace) -> Vec<Command> {
         let spans = without_placed_copies(trace.spans);
         let roots: Vec<usize> = spans
             .iter()
@@ -267,17 +279,6 @@ impl Reducer {
             .collect();
         self.commands_read += commands.len() as u64;
         commands
-    }
-
-    fn intern(&mut self, text: &str) -> Arc<str> {
-        if let Some(found) = self.strings.get(text) {
-            return found.clone();
-        }
-        let interned: Arc<str> = Arc::from(text);
-        if self.strings.len() < 100_000 {
-            self.strings.insert(text.into(), interned.clone());
-        }
-        interned
     }
 
     fn command(
@@ -340,8 +341,16 @@ impl Reducer {
             dominant(tree, &tiled).and_then(|s| stage_of.get(&s.id).map(|id| (*id, s.duration())));
         let mut stages: Vec<(StageId, u64)> = sums.into_iter().collect();
         stages.sort_unstable_by_key(|(id, _)| *id);
-        let program = dispatch.attrs.program.as_deref().map(|p| self.intern(p));
-        let server = dispatch.attrs.server.as_deref().map(|s| self.intern(s));
+        let program = dispatch
+            .attrs
+            .program
+            .as_deref()
+            .map(|p| self.strings.intern(p));
+        let server = dispatch
+            .attrs
+            .server
+            .as_deref()
+            .map(|s| self.strings.intern(s));
         let cli = by_id
             .get(&dispatch.parent)
             .and_then(|i| tree.spans.get(*i))
@@ -445,48 +454,16 @@ fn union_within(spans: &[&Span], start: u64, end: u64) -> u64 {
     covered
 }
 
-/// Where a span and the client's placed copy of it are both there (the
-/// exec-server wrote its own into the same file), the copy goes.
-pub(super) fn without_placed_copies(spans: Vec<Span>) -> Vec<Span> {
-    if !spans.iter().any(|s| s.attrs.placed) {
-        return spans;
-    }
-    let own: HashSet<u64> = spans
-        .iter()
-        .filter(|s| !s.attrs.placed)
-        .map(|s| s.id)
-        .collect();
-    spans
-        .into_iter()
-        .filter(|s| !s.attrs.placed || !own.contains(&s.id))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::scan::Attrs;
     use super::*;
 
     fn span(id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
-        Span {
-            trace: 7,
-            id,
-            parent,
-            name: Arc::from(name),
-            service: Arc::from("core-client"),
-            start,
-            end,
-            error: false,
-            attrs: Attrs::default(),
-        }
+        crate::model::client_span(7, id, parent, name, start, end)
     }
 
-    fn trace(spans: Vec<Span>) -> TraceSpans {
-        TraceSpans {
-            trace: 7,
-            spans,
-            dropped: 0,
-        }
+    fn trace(spans: Vec<Span>) -> Trace {
+        Trace::new(7, spans)
     }
 
     #[test]

@@ -4,12 +4,12 @@
 
 use std::fmt::Write as _;
 
-use super::super::command::Warmth;
-use super::super::histogram::Histogram;
-use super::super::stats::Summary;
-use super::super::text::duration;
-use super::super::waterfall::{Bar, Waterfall};
 use super::{Esc, Palette};
+use crate::command::Warmth;
+use crate::fall::{Bar, Waterfall};
+use crate::format::duration;
+use crate::histogram::Histogram;
+use crate::stats::Summary;
 
 /// A logarithmic time axis over whole decades, mapped to `x0..x1`.
 #[derive(Debug, Clone, Copy)]

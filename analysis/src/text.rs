@@ -2,47 +2,16 @@
 
 use std::fmt::Write as _;
 
-use super::Report;
 use super::aggregate::{Numbers, StageRow};
 use super::compare::Comparison;
 use super::source::SourceInfo;
 use super::stats::{Shares, Summary};
+use crate::format::{comparison_cells, first_output_cells, ns as d, pct, signed, summary_figures};
+use crate::names::Names;
+use crate::report::Report;
 
-/// A duration in nanoseconds with three significant digits and a unit
-/// (`452µs`, `6.00ms`, `1.25s`).
-pub fn duration(ns: f64) -> String {
-    let (value, unit) = match ns.abs() {
-        a if a < 1e3 => return format!("{ns:.0}ns"),
-        a if a < 1e6 => (ns / 1e3, "µs"),
-        a if a < 1e9 => (ns / 1e6, "ms"),
-        _ => (ns / 1e9, "s"),
-    };
-    let digits = match value.abs() {
-        a if a < 10.0 => 2,
-        a if a < 100.0 => 1,
-        _ => 0,
-    };
-    format!("{value:.digits$}{unit}")
-}
-
-fn d(ns: u64) -> String {
-    duration(ns as f64)
-}
-
-fn signed(ns: i64) -> String {
-    if ns > 0 {
-        format!("+{}", duration(ns as f64))
-    } else {
-        duration(ns as f64)
-    }
-}
-
-fn pct(share: f64) -> String {
-    format!("{:.1}%", share * 100.0)
-}
-
-/// The report as text; `server` names a server id as the user knows it.
-pub fn render(report: &Report, server: &dyn Fn(&str) -> String) -> String {
+/// The report as text; `names` names a server id as the user knows it.
+pub fn render(report: &Report, names: &dyn Names) -> String {
     let mut out = String::new();
     header(&mut out, report);
     let n = &report.numbers;
@@ -50,7 +19,7 @@ pub fn render(report: &Report, server: &dyn Fn(&str) -> String) -> String {
         stages(&mut out, n);
         warmth(&mut out, n);
         first_output(&mut out, n);
-        slowest(&mut out, n, server);
+        slowest(&mut out, n, names);
         cli(&mut out, n);
     }
     if let Some(c) = &report.comparison {
@@ -89,7 +58,7 @@ fn header(out: &mut String, r: &Report) {
 
 /// What was read, as the header says it (`the trace file X and 2 older
 /// generations`, `Jaeger at URL`, the files).
-pub fn source(i: &SourceInfo) -> String {
+pub(crate) fn source(i: &SourceInfo) -> String {
     match i.kind.as_str() {
         "jaeger" => format!("Jaeger at {}", i.read.join(", ")),
         "trace-file" => match i.read.len() {
@@ -110,7 +79,7 @@ pub fn source(i: &SourceInfo) -> String {
 
 /// The header's notes: failures, silent commands, what the filters left
 /// out, skipped and cut lines, and what was rotated away.
-pub fn notes(r: &Report) -> Vec<String> {
+pub(crate) fn notes(r: &Report) -> Vec<String> {
     let n = &r.numbers;
     let i = &r.source;
     let mut notes = Vec::new();
@@ -144,7 +113,7 @@ pub fn notes(r: &Report) -> Vec<String> {
 }
 
 /// Why there are no numbers, when there are no commands.
-pub fn no_commands(r: &Report) -> Option<String> {
+pub(crate) fn no_commands(r: &Report) -> Option<String> {
     let i = &r.source;
     (r.numbers.commands == 0).then(|| {
         format!(
@@ -166,15 +135,19 @@ pub fn no_commands(r: &Report) -> Option<String> {
 
 const STAGE_WIDTH: usize = 34;
 
+/// A table's heading after a blank line: its title, then each column's
+/// name right-aligned in its width.
+fn heading(out: &mut String, title: &str, columns: &[(&str, usize)]) {
+    let _ = write!(out, "\n{title:<STAGE_WIDTH$}");
+    for (name, width) in columns {
+        let _ = write!(out, " {name:>width$}");
+    }
+    out.push('\n');
+}
+
 fn summary_cells(s: &Summary) -> String {
-    format!(
-        "{:>7} {:>9} {:>9} {:>9} {:>9}",
-        s.count,
-        d(s.p50_ns),
-        d(s.p90_ns),
-        d(s.p99_ns),
-        d(s.max_ns)
-    )
+    let [count, p50, p90, p99, max] = summary_figures(s);
+    format!("{count:>7} {p50:>9} {p90:>9} {p99:>9} {max:>9}")
 }
 
 fn share_cells(s: &Shares) -> String {
@@ -182,10 +155,18 @@ fn share_cells(s: &Shares) -> String {
 }
 
 fn stages(out: &mut String, n: &Numbers) {
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "stage", "count", "p50", "p90", "p99", "max", "share50", "share"
+        "stage",
+        &[
+            ("count", 7),
+            ("p50", 9),
+            ("p90", 9),
+            ("p99", 9),
+            ("max", 9),
+            ("share50", 8),
+            ("share", 8),
+        ],
     );
     if let Some(dispatch) = &n.dispatch {
         let _ = writeln!(
@@ -235,10 +216,16 @@ fn warmth(out: &mut String, n: &Numbers) {
     if n.warmth.is_empty() {
         return;
     }
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>12}",
-        "cold vs warm (dispatch)", "count", "p50", "p90", "max", "acquire p50"
+        "cold vs warm (dispatch)",
+        &[
+            ("count", 7),
+            ("p50", 9),
+            ("p90", 9),
+            ("max", 9),
+            ("acquire p50", 12),
+        ],
     );
     for w in &n.warmth {
         let _ = writeln!(
@@ -272,31 +259,26 @@ fn warmth(out: &mut String, n: &Numbers) {
 }
 
 fn first_output(out: &mut String, n: &Numbers) {
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
         "time to first output",
-        "count",
-        "printed",
-        "before p50",
-        "before p90",
-        "after p50",
-        "after p90"
+        &[
+            ("count", 7),
+            ("printed", 7),
+            ("before p50", 10),
+            ("before p90", 10),
+            ("after p50", 10),
+            ("after p90", 10),
+        ],
     );
     for p in &n.first_output {
-        let cells = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "-".to_owned(), |s| d(f(s)))
-        };
+        let [b50, b90, a50, a90] = first_output_cells(p, "-");
         let _ = write!(
             out,
-            "  {:<width$} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "  {:<width$} {:>7} {:>7} {b50:>10} {b90:>10} {a50:>10} {a90:>10}",
             p.program,
             p.commands,
             p.commands - p.without_output,
-            cells(&p.before_first_output, |s| s.p50_ns),
-            cells(&p.before_first_output, |s| s.p90_ns),
-            cells(&p.after_first_output, |s| s.p50_ns),
-            cells(&p.after_first_output, |s| s.p90_ns),
             width = STAGE_WIDTH - 2
         );
         if p.without_output > 0 {
@@ -306,7 +288,7 @@ fn first_output(out: &mut String, n: &Numbers) {
     }
 }
 
-fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
+fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
     if n.slowest.is_empty() {
         return;
     }
@@ -316,7 +298,7 @@ fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
             (Some(stage), Some(ns)) => format!(
                 "{stage} {} ({})",
                 d(ns),
-                pct(super::aggregate::share(ns, s.dispatch_ns))
+                pct(crate::aggregate::share(ns, s.dispatch_ns))
             ),
             _ => "-".to_owned(),
         };
@@ -326,7 +308,9 @@ fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
             d(s.dispatch_ns),
             s.trace_id,
             s.program.as_deref().unwrap_or("?"),
-            s.server.as_deref().map_or_else(|| "?".to_owned(), server),
+            s.server
+                .as_deref()
+                .map_or_else(|| "?".to_owned(), |id| names.label(id)),
             s.warmth.name(),
             s.start,
         );
@@ -337,10 +321,10 @@ fn cli(out: &mut String, n: &Numbers) {
     if n.cli.is_empty() {
         return;
     }
-    let _ = writeln!(
+    heading(
         out,
-        "\n{:<STAGE_WIDTH$} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "the CLI's own time", "count", "p50", "p90", "p99", "max"
+        "the CLI's own time",
+        &[("count", 7), ("p50", 9), ("p90", 9), ("p99", 9), ("max", 9)],
     );
     for row in &n.cli {
         let indent = if row.name == telemetry::spans::CLI_RUN {
@@ -365,42 +349,14 @@ fn comparison(out: &mut String, c: &Comparison) {
         "", "base p50", "now p50", "base p90", "now p90", "p50 change", "P(slower)", "p"
     );
     for r in &c.rows {
-        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "-".to_owned(), |s| d(f(s)))
-        };
+        let [b50, n50, b90, n90, change, slower, p] = comparison_cells(r, "-", 2);
         let _ = writeln!(
             out,
-            "  {:<width$} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}  {}",
+            "  {:<width$} {b50:>9} {n50:>9} {b90:>9} {n90:>9} {change:>10} {slower:>8} {p:>9}  {}",
             r.what,
-            cell(&r.baseline, |s| s.p50_ns),
-            cell(&r.current, |s| s.p50_ns),
-            cell(&r.baseline, |s| s.p90_ns),
-            cell(&r.current, |s| s.p90_ns),
-            r.p50_change_ns.map_or_else(|| "-".to_owned(), signed),
-            r.prob_slower
-                .map_or_else(|| "-".to_owned(), |p| format!("{p:.2}")),
-            r.p_value
-                .map_or_else(|| "-".to_owned(), |p| format!("{p:.2e}")),
             r.verdict,
             width = STAGE_WIDTH - 2
         );
     }
     let _ = writeln!(out, "  ({})", c.method);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_with_three_digits() {
-        assert_eq!(duration(0.0), "0ns");
-        assert_eq!(duration(999.0), "999ns");
-        assert_eq!(duration(4_520.0), "4.52µs");
-        assert_eq!(duration(452_000.0), "452µs");
-        assert_eq!(duration(6_000_000.0), "6.00ms");
-        assert_eq!(duration(45_200_000.0), "45.2ms");
-        assert_eq!(duration(1_250_000_000.0), "1.25s");
-        assert_eq!(duration(-5_000_000.0), "-5.00ms");
-    }
 }

@@ -1,20 +1,33 @@
-//! Reading the local trace file back: every trace in it (the oldest rotated
-//! generation first), merged across the lines that hold its spans, and the
-//! trace a selector names (searched newest first). The file is written by
-//! [`telemetry::trace_file`] and its lines parsed by
-//! [`telemetry::trace_read`]; malformed lines are skipped and counted.
+//! Reading the local trace file back (the file `telemetry::trace_file`
+//! writes: each line one OTLP JSON `TracesData`): every trace in it (the
+//! oldest rotated generation first), merged across the lines that hold
+//! its spans and ordered by the line each was last seen on, and the trace
+//! a selector names (searched newest first). Malformed lines are skipped
+//! and counted, never fatal: the bytes may come from anywhere.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use telemetry::trace_file::files_newest_first;
-use telemetry::trace_read::Merger;
-pub use telemetry::trace_read::{SpanRecord, Trace, Traces, is_placed, spans_from_traces_data};
+use telemetry::trace_files::files_newest_first;
+
+use crate::model::{Trace, without_placed_copies};
+use crate::scan::Scanner;
+
+/// Everything read from a trace file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Traces {
+    /// The traces, oldest to newest by their last written line.
+    pub traces: Vec<Trace>,
+    /// Lines that could not be parsed and were skipped.
+    pub skipped_lines: usize,
+}
 
 /// Reading the trace file failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TraceFileError {
     /// Neither the file nor its rotated predecessor exists.
     #[error("no traces have been recorded at {} yet", .0.display())]
@@ -35,6 +48,14 @@ pub enum TraceFileError {
     },
 }
 
+/// The traces in the text of one trace file, read in full.
+pub fn parse(bytes: &[u8]) -> Traces {
+    let mut traces = Vec::new();
+    let mut scanner = scanner(&mut traces, true, None);
+    scanner.lines(bytes, 0, false);
+    finish(scanner.finish().skipped, traces)
+}
+
 /// Reads every trace in `path` and its rotated generations, ordered oldest
 /// to newest by each trace's last line. Malformed lines are skipped.
 pub fn read(path: &Path) -> Result<Vec<Trace>, TraceFileError> {
@@ -48,15 +69,45 @@ pub fn read_all(path: &Path) -> Result<Traces, TraceFileError> {
         return Err(TraceFileError::NotFound(path.to_path_buf()));
     }
     files.reverse();
-    read_files(&files)
+    read_files(&files, true, None)
+}
+
+/// A scanner holding every trace (only `only` if given) to the end, each
+/// span in full or only as much as picking a trace needs.
+fn scanner(
+    into: &mut Vec<Trace>,
+    full: bool,
+    only: Option<u128>,
+) -> Scanner<impl FnMut(Trace) + '_> {
+    let sink = |t| into.push(t);
+    let scanner = match only {
+        Some(id) => Scanner::only(sink, HashSet::from([id])),
+        None => Scanner::new(sink),
+    }
+    .whole();
+    if full { scanner.full() } else { scanner }
+}
+
+/// The traces read (oldest to newest by their last line), each without
+/// the copies of spans that are there themselves.
+fn finish(skipped: u64, mut traces: Vec<Trace>) -> Traces {
+    for trace in &mut traces {
+        trace.spans = without_placed_copies(std::mem::take(&mut trace.spans));
+    }
+    Traces {
+        traces,
+        skipped_lines: usize::try_from(skipped).unwrap_or(usize::MAX),
+    }
 }
 
 /// The traces in `files`, read in that order (oldest first).
-fn read_files(files: &[PathBuf]) -> Result<Traces, TraceFileError> {
-    let mut merger = Merger::default();
+fn read_files(files: &[PathBuf], full: bool, only: Option<u128>) -> Result<Traces, TraceFileError> {
+    let mut traces = Vec::new();
+    let mut scanner = scanner(&mut traces, full, only);
+    let mut line = 0;
     for file in files {
         match fs::read(file) {
-            Ok(bytes) => merger.lines(&bytes),
+            Ok(bytes) => line = scanner.lines(&bytes, line, false),
             // Rotated away while being read: what is left is read.
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -67,16 +118,18 @@ fn read_files(files: &[PathBuf]) -> Result<Traces, TraceFileError> {
             }
         }
     }
-    Ok(merger.finish())
+    let skipped = scanner.finish().skipped;
+    Ok(finish(skipped, traces))
 }
 
 /// Which trace to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Selector {
     /// The most recently written trace.
     Last,
-    /// The trace with this id (32 lowercase hex digits).
-    Id(String),
+    /// The trace with this id.
+    Id(u128),
 }
 
 /// A string that is neither `last` nor a trace id.
@@ -93,12 +146,15 @@ impl FromStr for Selector {
     fn from_str(s: &str) -> Result<Selector, InvalidSelector> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("last") {
-            Ok(Selector::Last)
-        } else if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Selector::Id(s.to_ascii_lowercase()))
-        } else {
-            Err(InvalidSelector(s.to_owned()))
+            return Ok(Selector::Last);
         }
+        if s.len() == 32
+            && s.bytes().all(|b| b.is_ascii_hexdigit())
+            && let Ok(id) = u128::from_str_radix(s, 16)
+        {
+            return Ok(Selector::Id(id));
+        }
+        Err(InvalidSelector(s.to_owned()))
     }
 }
 
@@ -122,20 +178,22 @@ pub fn find(path: &Path, selector: &Selector) -> Result<Trace, TraceFileError> {
         return Err(TraceFileError::NotFound(path.to_path_buf()));
     }
     for (at, file) in files.iter().enumerate() {
-        let traces = read_files(std::slice::from_ref(file))?.traces;
-        let Some(id) = pick(traces, selector).map(|t| t.trace_id) else {
+        let traces = read_files(std::slice::from_ref(file), false, None)?.traces;
+        let Some(id) = pick(traces, selector).map(|t| t.id) else {
             continue;
         };
         let mut both: Vec<PathBuf> = files.iter().skip(at).take(2).cloned().collect();
         both.reverse();
-        let merged = read_files(&both)?.traces;
-        if let Some(trace) = merged.into_iter().find(|t| t.trace_id == id) {
+        let merged = read_files(&both, true, Some(id))?.traces;
+        if let Some(trace) = merged.into_iter().find(|t| t.id == id) {
             return Ok(trace);
         }
     }
     Err(match selector {
         Selector::Last => TraceFileError::Empty(path.to_path_buf()),
-        Selector::Id(id) => TraceFileError::NoSuchTrace(id.clone(), path.to_path_buf()),
+        Selector::Id(id) => {
+            TraceFileError::NoSuchTrace(crate::model::trace_hex(*id), path.to_path_buf())
+        }
     })
 }
 
@@ -143,24 +201,37 @@ pub fn find(path: &Path, selector: &Selector) -> Result<Trace, TraceFileError> {
 fn pick(traces: Vec<Trace>, selector: &Selector) -> Option<Trace> {
     match selector {
         Selector::Last => traces.into_iter().rev().find(|t| !is_background(t)),
-        Selector::Id(id) => traces.into_iter().find(|trace| trace.trace_id == *id),
+        Selector::Id(id) => traces.into_iter().find(|trace| trace.id == *id),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Span as ReadSpan;
+
+    /// A trace id's value.
+    fn hex_id(hex: &str) -> u128 {
+        u128::from_str_radix(hex, 16).unwrap()
+    }
+
+    /// The spans of one line.
+    fn spans_of(line: &str) -> Vec<ReadSpan> {
+        parse(line.as_bytes())
+            .traces
+            .into_iter()
+            .flat_map(|t| t.spans)
+            .collect()
+    }
     use opentelemetry::Context;
     use opentelemetry::KeyValue as OtelKeyValue;
     use opentelemetry::trace::TraceId;
     use opentelemetry::trace::{
-        Link, Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
-        Tracer, TracerProvider,
+        Link, Span, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceState, Tracer,
+        TracerProvider,
     };
     use opentelemetry_sdk::Resource;
-    use opentelemetry_sdk::error::OTelSdkError;
     use opentelemetry_sdk::trace::SdkTracerProvider;
-    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
     use std::fs::OpenOptions;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
@@ -200,6 +271,41 @@ mod tests {
         trace_id
     }
 
+    /// A directory for a test, and the trace file's path in it.
+    fn fresh() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.jsonl");
+        (dir, path)
+    }
+
+    /// A provider of service `svc` writing to `path`.
+    fn svc(path: &Path) -> SdkTracerProvider {
+        provider(
+            &TraceFile::new(path.to_path_buf(), Retention::default()),
+            "svc",
+        )
+    }
+
+    /// A trace file rotated at every write, keeping `generations`.
+    fn small(path: &Path, generations: usize) -> TraceFile {
+        TraceFile::new(
+            path.to_path_buf(),
+            Retention {
+                file_bytes: 10,
+                generations,
+            },
+        )
+    }
+
+    /// The ids of the traces read from `path`, oldest first.
+    fn ids_in(path: &Path) -> Vec<String> {
+        read(path)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id_hex())
+            .collect()
+    }
+
     fn lines(path: &Path) -> Vec<String> {
         fs::read_to_string(path)
             .unwrap()
@@ -225,47 +331,40 @@ mod tests {
         let traces = read(&path).unwrap();
         assert_eq!(traces.len(), 1);
         let trace = &traces[0];
-        assert_eq!(trace.trace_id, id);
-        assert_eq!(trace.trace_id.len(), 32);
+        assert_eq!(trace.id_hex(), id);
+        assert_eq!(trace.id_hex().len(), 32);
         assert_eq!(trace.spans.len(), 2);
         let root = trace
             .spans
             .iter()
-            .find(|s| s.name == "tool.dispatch")
+            .find(|s| &*s.name == "tool.dispatch")
             .unwrap();
         let kid = trace
             .spans
             .iter()
-            .find(|s| s.name == "terminal.delivery")
+            .find(|s| &*s.name == "terminal.delivery")
             .unwrap();
-        assert_eq!(root.service, "core-client");
-        assert_eq!(kid.service, "core-client");
-        assert_eq!(root.parent_span_id, None);
-        assert_eq!(kid.parent_span_id.as_deref(), Some(root.span_id.as_str()));
-        assert_eq!(root.span_id.len(), 16);
-        assert!(root.start_unix_nanos < kid.start_unix_nanos);
-        assert!(kid.end_unix_nanos < root.end_unix_nanos);
-        assert_eq!(kid.end_unix_nanos - kid.start_unix_nanos, 5_000_000);
+        assert_eq!(&*root.service, "core-client");
+        assert_eq!(&*kid.service, "core-client");
+        assert_eq!(root.parent, 0);
+        assert_eq!(kid.parent, root.id);
+        assert_eq!(root.id_hex().len(), 16);
+        assert!(root.start < kid.start);
+        assert!(kid.end < root.end);
+        assert_eq!(kid.end - kid.start, 5_000_000);
         assert_eq!(
-            root.start_unix_nanos,
+            root.start,
             1_700_000_000 * 1_000_000_000,
             "times survive the JSON round trip"
         );
-        assert!(
-            kid.attributes
-                .contains(&("rex.stdout.bytes".to_owned(), "42".to_owned()))
-        );
-        assert!(
-            kid.attributes
-                .contains(&("rex.ok".to_owned(), "true".to_owned()))
-        );
-        assert_eq!(root.error, None);
+        assert_eq!(kid.text("rex.stdout.bytes"), Some("42"));
+        assert_eq!(kid.text("rex.ok"), Some("true"));
+        assert_eq!(root.error_message(), None);
     }
 
     #[test]
     fn services_sharing_a_file_merge_into_one_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
+        let (_dir, path) = fresh();
         let file = TraceFile::new(path.clone(), Retention::default());
         let client = provider(&file, "core-client");
         let server = provider(&file, "exec-server");
@@ -294,16 +393,17 @@ mod tests {
         for line in &written {
             let data: opentelemetry_proto::tonic::trace::v1::TracesData =
                 serde_json::from_str(line).unwrap();
-            let spans = spans_from_traces_data(&data);
+            assert_eq!(data.resource_spans.len(), 1);
+            let spans = spans_of(line);
             assert_eq!(spans.len(), 1);
-            assert_eq!(spans[0].trace_id, id);
+            assert_eq!(spans[0].trace_hex(), id);
         }
 
-        let trace = find(&path, &Selector::Id(id.clone())).unwrap();
+        let trace = find(&path, &Selector::Id(hex_id(&id))).unwrap();
         let mut services: Vec<(&str, &str)> = trace
             .spans
             .iter()
-            .map(|s| (s.name.as_str(), s.service.as_str()))
+            .map(|s| (&*s.name, &*s.service))
             .collect();
         services.sort();
         assert_eq!(
@@ -316,94 +416,21 @@ mod tests {
         let exec = trace
             .spans
             .iter()
-            .find(|s| s.name == "rpc.server.exec")
+            .find(|s| &*s.name == "rpc.server.exec")
             .unwrap();
         let root = trace
             .spans
             .iter()
-            .find(|s| s.name == "tool.dispatch")
+            .find(|s| &*s.name == "tool.dispatch")
             .unwrap();
-        assert_eq!(exec.parent_span_id.as_deref(), Some(root.span_id.as_str()));
-        assert_eq!(exec.error.as_deref(), Some("boom"));
-    }
-
-    fn span_data(trace: u128, span: u64, name: &'static str) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(trace),
-                SpanId::from(span),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: name.into(),
-            start_time: at(0),
-            end_time: at(1),
-            attributes: vec![],
-            dropped_attributes_count: 0,
-            events: Default::default(),
-            links: Default::default(),
-            status: Status::Unset,
-            instrumentation_scope: Default::default(),
-        }
-    }
-
-    #[test]
-    fn one_batch_with_two_traces_writes_one_line_per_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let mut exporter = file.exporter();
-        exporter.set_resource(&Resource::builder().with_service_name("batcher").build());
-        let batch = vec![
-            span_data(0xa, 1, "a1"),
-            span_data(0xb, 2, "b1"),
-            span_data(0xa, 3, "a2"),
-        ];
-        block_on_ready(exporter.export(batch)).unwrap();
-
-        let written = lines(&path);
-        assert_eq!(written.len(), 2);
-        let first = spans_from_traces_data(&serde_json::from_str(&written[0]).unwrap());
-        let names: Vec<&str> = first.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["a1", "a2"]);
-        assert!(first.iter().all(|s| s.service == "batcher"));
-        assert!(
-            first
-                .iter()
-                .all(|s| s.trace_id == format!("{:032x}", 0xa_u128))
-        );
-        let second = spans_from_traces_data(&serde_json::from_str(&written[1]).unwrap());
-        assert_eq!(second.len(), 1);
-        assert_eq!(second[0].name, "b1");
-        assert_eq!(second[0].trace_id, format!("{:032x}", 0xb_u128));
-
-        // After shutdown the exporter refuses to write.
-        exporter.shutdown().unwrap();
-        let refused = block_on_ready(exporter.export(vec![span_data(0xa, 4, "late")]));
-        assert!(matches!(refused, Err(OTelSdkError::AlreadyShutdown)));
-        assert_eq!(lines(&path).len(), 2);
-    }
-
-    /// Polls a future that is ready on its first poll (the exporter's are).
-    fn block_on_ready<F: std::future::Future>(fut: F) -> F::Output {
-        let mut fut = std::pin::pin!(fut);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(out) => out,
-            std::task::Poll::Pending => panic!("export future was not ready"),
-        }
+        assert_eq!(exec.parent, root.id);
+        assert_eq!(exec.error_message(), Some("boom"));
     }
 
     #[test]
     fn links_are_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let tracer = p.tracer("t");
         let target = SpanContext::new(
             TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
@@ -420,20 +447,15 @@ mod tests {
         p.shutdown().unwrap();
         let trace = find(&path, &Selector::Last).unwrap();
         assert_eq!(
-            trace.spans[0].links,
-            [(
-                "0af7651916cd43dd8448eb211c80319c".to_owned(),
-                "b7ad6b7169203331".to_owned()
-            )]
+            trace.spans[0].links(),
+            [(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331)]
         );
     }
 
     #[test]
     fn last_and_id_lookup() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let first = parent_child(&p, "first", "first.child");
         let second = parent_child(&p, "second", "second.child");
         // Background work written after the last command is skipped by `last`.
@@ -444,36 +466,33 @@ mod tests {
         );
         p.shutdown().unwrap();
 
-        let ids: Vec<String> = read(&path)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.trace_id)
-            .collect();
+        let ids: Vec<String> = ids_in(&path);
         assert_eq!(ids, [first.clone(), second.clone(), background.clone()]);
         assert_eq!(
-            find(&path, &Selector::Id(background)).unwrap().spans.len(),
+            find(&path, &Selector::Id(hex_id(&background)))
+                .unwrap()
+                .spans
+                .len(),
             2
         );
 
-        assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, second);
+        assert_eq!(find(&path, &Selector::Last).unwrap().id_hex(), second);
         let upper: Selector = first.to_ascii_uppercase().parse().unwrap();
-        assert_eq!(upper, Selector::Id(first.clone()));
+        assert_eq!(upper, Selector::Id(hex_id(&first)));
         let found = find(&path, &upper).unwrap();
-        assert_eq!(found.trace_id, first);
-        assert!(found.spans.iter().any(|s| s.name == "first"));
+        assert_eq!(found.id_hex(), first);
+        assert!(found.spans.iter().any(|s| &*s.name == "first"));
 
         let missing = "0123456789abcdef0123456789abcdef";
-        let err = find(&path, &Selector::Id(missing.to_owned())).unwrap_err();
+        let err = find(&path, &Selector::Id(hex_id(missing))).unwrap_err();
         assert!(matches!(&err, TraceFileError::NoSuchTrace(id, p) if id == missing && *p == path));
         assert!(err.to_string().contains(missing));
     }
 
     #[test]
     fn a_trace_is_positioned_by_its_last_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let tracer = p.tracer("t");
         // Trace A's child ends first, then trace B completes, then A's root.
         let mut a_root = tracer.start("a.root");
@@ -486,18 +505,16 @@ mod tests {
         p.shutdown().unwrap();
 
         let traces = read(&path).unwrap();
-        let ids: Vec<&str> = traces.iter().map(|t| t.trace_id.as_str()).collect();
+        let ids: Vec<String> = traces.iter().map(|t| t.id_hex()).collect();
         assert_eq!(ids, [b.as_str(), a.as_str()]);
         assert_eq!(traces[1].spans.len(), 2);
-        assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, a);
+        assert_eq!(find(&path, &Selector::Last).unwrap().id_hex(), a);
     }
 
     #[test]
     fn malformed_lines_are_skipped_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let first = parent_child(&p, "first", "first.child");
         {
             let mut raw = OpenOptions::new().append(true).open(&path).unwrap();
@@ -508,7 +525,7 @@ mod tests {
 
         let all = read_all(&path).unwrap();
         assert_eq!(all.skipped_lines, 3);
-        let ids: Vec<&str> = all.traces.iter().map(|t| t.trace_id.as_str()).collect();
+        let ids: Vec<String> = all.traces.iter().map(|t| t.id_hex()).collect();
         assert_eq!(ids, [first.as_str(), second.as_str()]);
     }
 
@@ -535,18 +552,10 @@ mod tests {
 
     #[test]
     fn rotation_keeps_one_older_file_and_reads_both() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
+        let (dir, path) = fresh();
         let rotated = rotated_path(&path);
         assert_eq!(rotated, dir.path().join("traces.jsonl.1"));
-        let file = TraceFile::new(
-            path.clone(),
-            Retention {
-                file_bytes: 10,
-                generations: 1,
-            },
-        );
-        let p = provider(&file, "svc");
+        let p = provider(&small(&path, 1), "svc");
         let mut ids = Vec::new();
         for name in ["one", "two", "three"] {
             let tracer = p.tracer("t");
@@ -562,11 +571,7 @@ mod tests {
         assert!(rotated.exists());
         assert_eq!(lines(&path).len(), 1);
         assert_eq!(lines(&rotated).len(), 1);
-        let read_ids: Vec<String> = read(&path)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.trace_id)
-            .collect();
+        let read_ids: Vec<String> = ids_in(&path);
         assert_eq!(read_ids, ids[1..]);
 
         // A large bound never rotates.
@@ -583,16 +588,8 @@ mod tests {
 
     #[test]
     fn a_trace_in_an_older_generation_is_found_and_all_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(
-            path.clone(),
-            Retention {
-                file_bytes: 10,
-                generations: 3,
-            },
-        );
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = provider(&small(&path, 3), "svc");
         let mut ids = Vec::new();
         for name in ["one", "two", "three", "four", "five"] {
             let mut span = p.tracer("t").start(name);
@@ -602,71 +599,55 @@ mod tests {
         p.shutdown().unwrap();
         // Four files: the current one and three generations; "one" is gone
         // and said to be.
-        assert!(telemetry::trace_file::generation_path(&path, 3).exists());
-        assert!(!telemetry::trace_file::generation_path(&path, 4).exists());
-        assert!(telemetry::trace_file::rotated_away_before(&path).is_some());
-        let read_ids: Vec<String> = read(&path)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.trace_id)
-            .collect();
+        assert!(telemetry::trace_files::generation_path(&path, 3).exists());
+        assert!(!telemetry::trace_files::generation_path(&path, 4).exists());
+        assert!(telemetry::trace_files::rotated_away_before(&path).is_some());
+        let read_ids: Vec<String> = ids_in(&path);
         assert_eq!(read_ids, ids[1..]);
-        let oldest = find(&path, &Selector::Id(ids[1].clone())).unwrap();
-        assert_eq!(oldest.spans[0].name, "two");
+        let oldest = find(&path, &Selector::Id(hex_id(&ids[1]))).unwrap();
+        assert_eq!(&*oldest.spans[0].name, "two");
         assert!(matches!(
-            find(&path, &Selector::Id(ids[0].clone())),
+            find(&path, &Selector::Id(hex_id(&ids[0]))),
             Err(TraceFileError::NoSuchTrace(..))
         ));
     }
 
     #[test]
     fn a_trace_split_by_rotation_is_merged() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(
-            path.clone(),
-            Retention {
-                file_bytes: 10,
-                generations: 1,
-            },
-        );
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = provider(&small(&path, 1), "svc");
         // The child's line is rotated into `.1` when the root's is written.
         let id = parent_child(&p, "root", "child");
         p.shutdown().unwrap();
         assert_eq!(lines(&rotated_path(&path)).len(), 1);
         assert_eq!(lines(&path).len(), 1);
         let trace = find(&path, &Selector::Last).unwrap();
-        assert_eq!(trace.trace_id, id);
-        let names: Vec<&str> = trace.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(trace.id_hex(), id);
+        let names: Vec<&str> = trace.spans.iter().map(|s| &*s.name).collect();
         assert_eq!(names, ["child", "root"]);
     }
 
     #[test]
     fn only_the_rotated_file_is_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         let id = parent_child(&p, "x", "y");
         p.shutdown().unwrap();
         fs::rename(&path, rotated_path(&path)).unwrap();
-        assert_eq!(find(&path, &Selector::Last).unwrap().trace_id, id);
+        assert_eq!(find(&path, &Selector::Last).unwrap().id_hex(), id);
     }
 
     #[test]
     fn a_removed_file_is_recreated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("traces.jsonl");
-        let file = TraceFile::new(path.clone(), Retention::default());
-        let p = provider(&file, "svc");
+        let (_dir, path) = fresh();
+        let p = svc(&path);
         parent_child(&p, "x", "y");
         fs::remove_file(&path).unwrap();
         let id = parent_child(&p, "x", "y");
         p.shutdown().unwrap();
         let traces = read(&path).unwrap();
         assert_eq!(traces.len(), 1);
-        assert_eq!(traces[0].trace_id, id);
+        assert_eq!(traces[0].id_hex(), id);
     }
 
     #[test]
@@ -676,7 +657,7 @@ mod tests {
             "4BF92F3577B34DA6A3CE929D0E0E4736"
                 .parse::<Selector>()
                 .unwrap(),
-            Selector::Id("4bf92f3577b34da6a3ce929d0e0e4736".to_owned())
+            Selector::Id(0x4bf92f3577b34da6a3ce929d0e0e4736)
         );
         for bad in [
             "",

@@ -1,19 +1,7 @@
 //! Go/no-go gates: small expressions over a report's numbers, each true or
 //! false, for scripts and CI (`--gate 'p90(link.transit) < 2ms'`).
 //!
-//! ```text
-//! gate    = expr CMP expr                      CMP: < <= > >= == !=
-//! expr    = term { (+|-) term }
-//! term    = factor { (*|/) factor }
-//! factor  = - factor | NUMBER [UNIT] | ( expr ) | stat
-//! stat    = STAT ( STAGE )                     a stage's time per command
-//!         | share ( STAGE ) . SHARE            its share of the dispatch
-//!         | POP . STAT                         a population's dispatch
-//! STAT    = p50 | p90 | p99 | max | mean | count
-//! SHARE   = p50 | p90 | mean | max
-//! POP     = all | cold | warm | waited | first_output | after_first_output | unattributed
-//! UNIT    = ns | us | µs | ms | s | %
-//! ```
+//! The language is in [`expr`] (its grammar there).
 //!
 //! STAGE names any row the report prints: a span name (`tool.dispatch`,
 //! the whole dispatch; `link.transit`: its time per command, summed over
@@ -27,12 +15,15 @@
 //! `count` is a number. A gate whose statistics rest on fewer commands
 //! than the minimum fails, saying so, rather than passing on no data.
 
+mod expr;
+
 use std::fmt;
 
 use serde::Serialize;
 
-use super::aggregate::Numbers;
-use super::stats::Summary;
+use self::expr::{Cmp, Expr, Field, Kind, Pop, kind};
+use crate::aggregate::Numbers;
+use crate::stats::Summary;
 
 /// A malformed gate, with what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,52 +93,6 @@ impl GateResult {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cmp {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Eq,
-    Ne,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Duration,
-    Number,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    P50,
-    P90,
-    P99,
-    Max,
-    Mean,
-    Count,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Pop {
-    All,
-    Warmth(&'static str),
-    FirstOutput,
-    AfterFirstOutput,
-    Unattributed,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Expr {
-    /// A number (durations in nanoseconds).
-    Lit(f64, Kind),
-    Stage(String, Field),
-    Share(String, Field),
-    Pop(Pop, Field),
-    Neg(Box<Expr>),
-    Bin(Box<Expr>, char, Box<Expr>),
-}
-
 impl Gate {
     /// Reads a gate.
     pub fn parse(text: &str) -> Result<Gate, GateError> {
@@ -155,30 +100,7 @@ impl Gate {
             expr: text.to_owned(),
             reason,
         };
-        let tokens = lex(text).map_err(fail)?;
-        let mut p = Parser { tokens, at: 0 };
-        let left = p.expr().map_err(fail)?;
-        let cmp = match p.next() {
-            Some(Token::Cmp(c)) => c,
-            Some(other) => {
-                return Err(fail(format!(
-                    "expected a comparison (< <= > >= == !=), found {other}"
-                )));
-            }
-            None => return Err(fail("expected a comparison such as `< 2ms`".into())),
-        };
-        let right = p.expr().map_err(fail)?;
-        if let Some(extra) = p.next() {
-            return Err(fail(format!("unexpected {extra} after the gate")));
-        }
-        let (lk, rk) = (kind(&left).map_err(fail)?, kind(&right).map_err(fail)?);
-        if lk != rk {
-            return Err(fail(format!(
-                "compares a {} with a {}: give the number a unit (such as 2ms) or compare a ratio",
-                kind_name(lk),
-                kind_name(rk)
-            )));
-        }
+        let expr::Parsed { left, cmp, right } = expr::parse(text).map_err(fail)?;
         Ok(Gate {
             text: text.trim().to_owned(),
             left,
@@ -233,46 +155,6 @@ impl Gate {
     }
 }
 
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Duration => "duration",
-        Kind::Number => "number",
-    }
-}
-
-/// The kind of `e`, or why it mixes kinds.
-fn kind(e: &Expr) -> Result<Kind, String> {
-    Ok(match e {
-        Expr::Lit(_, k) => *k,
-        Expr::Stage(_, f) | Expr::Pop(_, f) => {
-            if *f == Field::Count {
-                Kind::Number
-            } else {
-                Kind::Duration
-            }
-        }
-        Expr::Share(..) => Kind::Number,
-        Expr::Neg(inner) => kind(inner)?,
-        Expr::Bin(a, op, b) => {
-            let (ka, kb) = (kind(a)?, kind(b)?);
-            match (op, ka, kb) {
-                ('+' | '-', x, y) if x == y => x,
-                ('*', Kind::Number, y) => y,
-                ('*', x, Kind::Number) => x,
-                ('/', x, Kind::Number) => x,
-                ('/', Kind::Duration, Kind::Duration) => Kind::Number,
-                _ => {
-                    return Err(format!(
-                        "`{op}` between a {} and a {} has no meaning",
-                        kind_name(ka),
-                        kind_name(kb)
-                    ));
-                }
-            }
-        }
-    })
-}
-
 fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64, String> {
     let mut note = |count: u64, what: String| {
         if fewest.as_ref().is_none_or(|(c, _)| count < *c) {
@@ -316,7 +198,7 @@ fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64
             summary_field(time, *field)
         }
         Expr::Share(stage, field) => {
-            let whole = super::stats::Shares {
+            let whole = crate::stats::Shares {
                 p50: 1.0,
                 p90: 1.0,
                 mean: 1.0,
@@ -359,7 +241,7 @@ fn row_population(name: &str) -> Option<Pop> {
 
 /// Every row name the report prints for `n`, in its order: the dispatch,
 /// each stage, `unattributed`, each warmth, the CLI's own stages.
-pub fn row_names(n: &Numbers) -> Vec<String> {
+pub(crate) fn row_names(n: &Numbers) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let mut add = |name: &str| {
         if !names.iter().any(|known| known == name) {
@@ -460,257 +342,15 @@ fn show(v: f64, k: Kind) -> String {
             let text = text.trim_end_matches('0').trim_end_matches('.');
             text.to_owned()
         }
-        Kind::Duration => super::text::duration(v),
+        Kind::Duration => crate::format::duration(v),
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Token {
-    Num(f64, Kind),
-    Ident(String),
-    Quoted(String),
-    Cmp(Cmp),
-    Sym(char),
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Token::Num(v, _) => write!(f, "the number {v}"),
-            Token::Ident(s) => write!(f, "`{s}`"),
-            Token::Quoted(s) => write!(f, "\"{s}\""),
-            Token::Cmp(_) => write!(f, "a comparison"),
-            Token::Sym(c) => write!(f, "`{c}`"),
-        }
-    }
-}
-
-fn lex(text: &str) -> Result<Vec<Token>, String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(&c) = chars.get(i) {
-        if c.is_whitespace() {
-            i += 1;
-        } else if c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
-            let start = i;
-            while chars
-                .get(i)
-                .is_some_and(|c| c.is_ascii_digit() || *c == '.')
-            {
-                i += 1;
-            }
-            let digits: String = chars.get(start..i).unwrap_or_default().iter().collect();
-            let value: f64 = digits
-                .parse()
-                .map_err(|_| format!("`{digits}` is not a number"))?;
-            let unit_start = i;
-            while chars.get(i).is_some_and(|c| c.is_alphabetic() || *c == '%') {
-                i += 1;
-            }
-            let unit: String = chars
-                .get(unit_start..i)
-                .unwrap_or_default()
-                .iter()
-                .collect();
-            let (scale, kind) = match unit.as_str() {
-                "" => (1.0, Kind::Number),
-                "%" => (0.01, Kind::Number),
-                "ns" => (1.0, Kind::Duration),
-                "us" | "µs" => (1e3, Kind::Duration),
-                "ms" => (1e6, Kind::Duration),
-                "s" => (1e9, Kind::Duration),
-                other => {
-                    return Err(format!(
-                        "`{digits}{other}`: unknown unit `{other}` (use ns, us, ms, s or %)"
-                    ));
-                }
-            };
-            out.push(Token::Num(value * scale, kind));
-        } else if c.is_alphabetic() || c == '_' {
-            let start = i;
-            while chars
-                .get(i)
-                .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '/'))
-            {
-                i += 1;
-            }
-            out.push(Token::Ident(
-                chars.get(start..i).unwrap_or_default().iter().collect(),
-            ));
-        } else if c == '"' {
-            let start = i + 1;
-            i = start;
-            while chars.get(i).is_some_and(|c| *c != '"') {
-                i += 1;
-            }
-            if chars.get(i).is_none() {
-                return Err("a quoted stage name is not closed".into());
-            }
-            out.push(Token::Quoted(
-                chars.get(start..i).unwrap_or_default().iter().collect(),
-            ));
-            i += 1;
-        } else if matches!(c, '<' | '>' | '=' | '!') {
-            let two = chars.get(i + 1) == Some(&'=');
-            let cmp = match (c, two) {
-                ('<', false) => Cmp::Lt,
-                ('<', true) => Cmp::Le,
-                ('>', false) => Cmp::Gt,
-                ('>', true) => Cmp::Ge,
-                ('=', true) => Cmp::Eq,
-                ('!', true) => Cmp::Ne,
-                _ => return Err(format!("`{c}` is not a comparison (< <= > >= == !=)")),
-            };
-            out.push(Token::Cmp(cmp));
-            i += if two { 2 } else { 1 };
-        } else if matches!(c, '(' | ')' | '+' | '-' | '*' | '/' | '.') {
-            out.push(Token::Sym(c));
-            i += 1;
-        } else {
-            return Err(format!("unexpected `{c}`"));
-        }
-    }
-    Ok(out)
-}
-
-struct Parser {
-    tokens: Vec<Token>,
-    at: usize,
-}
-
-impl Parser {
-    fn peek(&self) -> Option<&Token> {
-        self.tokens.get(self.at)
-    }
-
-    fn next(&mut self) -> Option<Token> {
-        let t = self.tokens.get(self.at).cloned();
-        self.at += 1;
-        t
-    }
-
-    fn expect(&mut self, c: char) -> Result<(), String> {
-        match self.next() {
-            Some(Token::Sym(s)) if s == c => Ok(()),
-            Some(other) => Err(format!("expected `{c}`, found {other}")),
-            None => Err(format!("expected `{c}` before the end")),
-        }
-    }
-
-    fn expr(&mut self) -> Result<Expr, String> {
-        let mut left = self.term()?;
-        while let Some(Token::Sym(op @ ('+' | '-'))) = self.peek().cloned() {
-            self.at += 1;
-            left = Expr::Bin(Box::new(left), op, Box::new(self.term()?));
-        }
-        Ok(left)
-    }
-
-    fn term(&mut self) -> Result<Expr, String> {
-        let mut left = self.factor()?;
-        while let Some(Token::Sym(op @ ('*' | '/'))) = self.peek().cloned() {
-            self.at += 1;
-            left = Expr::Bin(Box::new(left), op, Box::new(self.factor()?));
-        }
-        Ok(left)
-    }
-
-    fn factor(&mut self) -> Result<Expr, String> {
-        match self.next() {
-            Some(Token::Sym('-')) => Ok(Expr::Neg(Box::new(self.factor()?))),
-            Some(Token::Num(v, k)) => Ok(Expr::Lit(v, k)),
-            Some(Token::Sym('(')) => {
-                let e = self.expr()?;
-                self.expect(')')?;
-                Ok(e)
-            }
-            Some(Token::Ident(name)) => self.stat(&name),
-            Some(other) => Err(format!("expected a number or a statistic, found {other}")),
-            None => Err("expected a number or a statistic before the end".into()),
-        }
-    }
-
-    fn stage(&mut self) -> Result<String, String> {
-        self.expect('(')?;
-        let stage = match self.next() {
-            Some(Token::Ident(s) | Token::Quoted(s)) if !s.is_empty() => s,
-            Some(other) => return Err(format!("expected a stage name, found {other}")),
-            None => return Err("expected a stage name".into()),
-        };
-        self.expect(')')?;
-        Ok(stage)
-    }
-
-    fn stat(&mut self, name: &str) -> Result<Expr, String> {
-        if name == "share" {
-            let stage = self.stage()?;
-            self.expect('.')?;
-            let field = match self.next() {
-                Some(Token::Ident(f)) => f,
-                _ => return Err("expected share(STAGE).p50, .p90, .mean or .max".into()),
-            };
-            let field = match field.as_str() {
-                "p50" => Field::P50,
-                "p90" => Field::P90,
-                "mean" => Field::Mean,
-                "max" => Field::Max,
-                other => return Err(format!("share(...).{other}: use p50, p90, mean or max")),
-            };
-            return Ok(Expr::Share(stage, field));
-        }
-        if let Some(field) = parse_field(name) {
-            if !matches!(self.peek(), Some(Token::Sym('('))) {
-                return Err(format!("`{name}` needs a stage: {name}(STAGE)"));
-            }
-            return Ok(Expr::Stage(self.stage()?, field));
-        }
-        if let Some((pop, field)) = name.rsplit_once('.') {
-            let pop = match pop {
-                "all" => Pop::All,
-                "cold" => Pop::Warmth("cold"),
-                "warm" => Pop::Warmth("warm"),
-                "waited" => Pop::Warmth("waited"),
-                "first_output" => Pop::FirstOutput,
-                "after_first_output" => Pop::AfterFirstOutput,
-                "unattributed" => Pop::Unattributed,
-                other => {
-                    return Err(format!(
-                        "`{other}` is not a population (all, cold, warm, waited, first_output, \
-                         after_first_output, unattributed)"
-                    ));
-                }
-            };
-            let field = parse_field(field)
-                .ok_or_else(|| format!("`{name}`: use .p50, .p90, .p99, .max, .mean or .count"))?;
-            return Ok(Expr::Pop(pop, field));
-        }
-        Err(format!(
-            "`{name}` is not a statistic: use p50(STAGE), share(STAGE).p50, cold.p50, ..."
-        ))
-    }
-}
-
-fn parse_field(name: &str) -> Option<Field> {
-    Some(match name {
-        "p50" => Field::P50,
-        "p90" => Field::P90,
-        "p99" => Field::P99,
-        "max" => Field::Max,
-        "mean" => Field::Mean,
-        "count" => Field::Count,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::command::{Command, Reducer};
-    use super::super::scan::{Attrs, Span, TraceSpans};
     use super::*;
-    use std::sync::Arc;
+    use crate::command::{Command, Reducer};
+    use crate::model::{Trace, client_span};
 
     fn numbers(count: u64) -> Numbers {
         let mut reducer = Reducer::default();
@@ -719,20 +359,9 @@ mod tests {
             let trace = u128::from(i) + 1;
             let span =
                 |id: u64, parent: u64, name: &str, start: u64, end: u64, warmth: Option<&str>| {
-                    Span {
-                        trace,
-                        id,
-                        parent,
-                        name: Arc::from(name),
-                        service: Arc::from("core-client"),
-                        start,
-                        end,
-                        error: false,
-                        attrs: Attrs {
-                            warmth: warmth.map(Box::from),
-                            ..Attrs::default()
-                        },
-                    }
+                    let mut span = client_span(trace, id, parent, name, start, end);
+                    span.attrs.warmth = warmth.map(Box::from);
+                    span
                 };
             let cold = i % 2 == 0;
             // Cold: 10 ms with 4 ms acquire; warm: 5 ms with 0.5 ms; the
@@ -754,13 +383,9 @@ mod tests {
                 ),
                 span(3, 1, "link.transit", acquire, total, None),
             ];
-            commands.extend(reducer.commands(TraceSpans {
-                trace,
-                spans,
-                dropped: 0,
-            }));
+            commands.extend(reducer.commands(Trace::new(trace, spans)));
         }
-        super::super::aggregate::numbers(&commands, &reducer.table, 5)
+        crate::aggregate::numbers(&commands, &reducer.table, 5)
     }
 
     fn check(gate: &str, count: u64, min: u64) -> GateResult {

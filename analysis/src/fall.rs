@@ -1,15 +1,16 @@
 //! The waterfalls a report draws: which commands (the median one and the
 //! slowest), and their spans placed against their dispatch, in tree order,
 //! for a picture (the numbers alone hold no spans: the spans are read
-//! again from the source, [`super::source::Origin::traces`]).
+//! again from the source, [`crate::source::Origin::traces`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use telemetry::spans::TOOL_DISPATCH;
 
-use super::command::{self, Command, Warmth};
-use super::scan::{Span, TraceSpans};
+use super::command::{Command, Warmth};
 use super::stats;
+use crate::layout::{self, Row};
+use crate::model::{Span, Trace, without_placed_copies};
 
 /// At most this many spans are drawn per waterfall (the shortest are left
 /// out first).
@@ -138,16 +139,21 @@ pub struct Waterfall {
 
 /// The waterfall of `pick`, from the spans of `traces` (those of other
 /// traces are ignored).
-pub fn lay_out(pick: Pick, traces: &[TraceSpans]) -> Waterfall {
+pub fn lay_out(pick: Pick, traces: &[Trace]) -> Waterfall {
     let spans: Vec<Span> = traces
         .iter()
-        .filter(|t| t.trace == pick.trace)
+        .filter(|t| t.id == pick.trace)
         .flat_map(|t| t.spans.iter().cloned())
         .collect();
-    let spans = command::without_placed_copies(spans);
-    let dispatches = || spans.iter().filter(|s| &*s.name == TOOL_DISPATCH);
-    let Some(root) = dispatches()
-        .find(|s| s.start == pick.start)
+    let spans = without_placed_copies(spans);
+    let dispatches = || {
+        spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| &*s.name == TOOL_DISPATCH)
+    };
+    let Some((at, root)) = dispatches()
+        .find(|(_, s)| s.start == pick.start)
         .or_else(|| dispatches().next())
     else {
         return Waterfall {
@@ -156,19 +162,20 @@ pub fn lay_out(pick: Pick, traces: &[TraceSpans]) -> Waterfall {
             left_out: 0,
         };
     };
-    let tree = subtree(&spans, root);
+    let tree = layout::subtree(&spans, at);
     let kept: HashSet<u64> = if tree.len() > MAX_BARS {
-        let mut longest: Vec<&(&Span, u32)> = tree.iter().collect();
+        let mut longest: Vec<&Row<'_>> = tree.iter().collect();
         // The dispatch first, then the longest; ties in tree order.
-        longest.sort_by_key(|(s, depth)| (*depth != 0, std::cmp::Reverse(s.duration())));
-        longest.iter().take(MAX_BARS).map(|(s, _)| s.id).collect()
+        longest.sort_by_key(|r| (r.depth != 0, std::cmp::Reverse(r.duration())));
+        longest.iter().take(MAX_BARS).map(|r| r.span.id).collect()
     } else {
-        tree.iter().map(|(s, _)| s.id).collect()
+        tree.iter().map(|r| r.span.id).collect()
     };
     let mut drawn: HashSet<u64> = HashSet::new();
     let mut bars = Vec::new();
-    for (span, depth) in &tree {
-        let parent_drawn = *depth == 0 || drawn.contains(&span.parent);
+    for row in &tree {
+        let span = row.span;
+        let parent_drawn = row.depth == 0 || drawn.contains(&span.parent);
         if !parent_drawn || !kept.contains(&span.id) {
             continue;
         }
@@ -176,9 +183,9 @@ pub fn lay_out(pick: Pick, traces: &[TraceSpans]) -> Waterfall {
         bars.push(Bar {
             name: span.name.to_string(),
             service: span.service.to_string(),
-            depth: *depth,
-            offset_ns: i64::try_from(i128::from(span.start) - i128::from(root.start)).unwrap_or(0),
-            duration_ns: span.duration(),
+            depth: row.depth,
+            offset_ns: i64::try_from(i128::from(row.start) - i128::from(root.start)).unwrap_or(0),
+            duration_ns: row.duration(),
             error: span.error,
             clock_source: span.attrs.clock_source.as_deref().map(str::to_owned),
             clock_bound_ns: span.attrs.clock_bound_ns.unwrap_or(0).max(0),
@@ -196,66 +203,18 @@ pub fn lay_out(pick: Pick, traces: &[TraceSpans]) -> Waterfall {
     }
 }
 
-/// `root` and the spans under it with their depths, in tree order
-/// (children by start); each span once, however the parents loop.
-fn subtree<'a>(spans: &'a [Span], root: &'a Span) -> Vec<(&'a Span, u32)> {
-    let mut children: HashMap<u64, Vec<&Span>> = HashMap::new();
-    for s in spans {
-        if s.parent != 0 && s.parent != s.id {
-            children.entry(s.parent).or_default().push(s);
-        }
-    }
-    for list in children.values_mut() {
-        list.sort_by_key(|s| (s.start, s.id));
-    }
-    let mut out = Vec::new();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut stack: Vec<(&Span, u32)> = vec![(root, 0)];
-    while let Some((span, depth)) = stack.pop() {
-        if !seen.insert(span.id) {
-            continue;
-        }
-        out.push((span, depth));
-        if let Some(kids) = children.get(&span.id) {
-            stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use super::super::command::Reducer;
-    use super::super::scan::Attrs;
     use super::*;
+    use crate::command::Reducer;
 
-    fn span(trace: u128, id: u64, parent: u64, name: &str, start: u64, end: u64) -> Span {
-        Span {
-            trace,
-            id,
-            parent,
-            name: Arc::from(name),
-            service: Arc::from("core-client"),
-            start,
-            end,
-            error: false,
-            attrs: Attrs::default(),
-        }
-    }
-
-    fn trace(trace: u128, spans: Vec<Span>) -> TraceSpans {
-        TraceSpans {
-            trace,
-            spans,
-            dropped: 0,
-        }
-    }
+    use crate::model::client_span as span;
 
     /// A trace with one dispatch of `total` ns starting at 1000.
-    fn simple(id: u128, total: u64) -> TraceSpans {
-        trace(
+    fn simple(id: u128, total: u64) -> Trace {
+        Trace::new(
             id,
             vec![
                 span(id, 1, 0, "cli.run", 0, 2000 + total),
@@ -333,8 +292,8 @@ mod tests {
             spans.push(span(1, id + 1, id, "inner", i, i + 1));
         }
         let mut r = Reducer::default();
-        let c = r.commands(trace(1, spans.clone())).remove(0);
-        let w = lay_out(Pick::of(Role::Slowest, &c), &[trace(1, spans)]);
+        let c = r.commands(Trace::new(1, spans.clone())).remove(0);
+        let w = lay_out(Pick::of(Role::Slowest, &c), &[Trace::new(1, spans)]);
         assert_eq!(w.bars.len(), MAX_BARS);
         assert_eq!(w.bars.len() + w.left_out, 801);
         assert_eq!(w.bars[0].name, "tool.dispatch");

@@ -13,19 +13,26 @@
 
 mod svg;
 
+use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 
-use super::Report;
-use super::aggregate::{Numbers, share};
-use super::compare::Comparison;
-use super::gate::GateResult;
-use super::histogram::Histogram;
-use super::stats::{Shares, Summary};
-use super::text::{self, duration};
-use super::waterfall::{MAX_BARS, Waterfall};
+use crate::aggregate::{Numbers, share};
+use crate::compare::Comparison;
+use crate::fall::{self, MAX_BARS, Pick, Waterfall};
+use crate::format::{
+    comparison_cells, duration, first_output_cells, ns as d, pct, plural, signed, stat,
+    summary_figures,
+};
+use crate::gate::GateResult;
+use crate::histogram::Histogram;
+use crate::names::Names;
+use crate::report::Report;
+use crate::source::{Input, Origin};
+use crate::stats::{Shares, Summary};
+use crate::text;
 
 /// Text escaped for HTML (element content and quoted attributes).
-pub struct Esc<'a>(pub &'a str);
+pub(crate) struct Esc<'a>(pub &'a str);
 
 impl fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,7 +56,7 @@ impl fmt::Display for Esc<'_> {
 
 /// Colours for services: the three of this project always the same, any
 /// other in order of appearance.
-pub struct Palette {
+pub(crate) struct Palette {
     others: Vec<String>,
 }
 
@@ -75,7 +82,7 @@ impl Palette {
     }
 
     /// The colour of `service`.
-    pub fn colour(&self, service: &str) -> &'static str {
+    pub(crate) fn colour(&self, service: &str) -> &'static str {
         if let Some((_, c)) = KNOWN.iter().find(|(k, _)| *k == service) {
             return c;
         }
@@ -96,18 +103,60 @@ impl Palette {
 }
 
 /// What the page shows beyond the report's numbers.
-pub struct Extras<'a> {
+pub(crate) struct Extras<'a> {
     /// The waterfalls (the median command's, then the slowest's).
     pub waterfalls: &'a [Waterfall],
     /// Why there are none although there are commands (their spans could
     /// not be read again).
     pub waterfall_error: Option<&'a str>,
-    /// A server id as the user knows it (a configured or known name).
-    pub server: &'a dyn Fn(&str) -> String,
+    /// Server ids as the user knows them (configured or known names).
+    pub names: &'a dyn Names,
+}
+
+/// A page to write: the commands whose waterfalls it draws, picked from
+/// the commands read, and where their spans are read again from.
+#[derive(Debug, Clone)]
+pub struct Page {
+    picks: Vec<Pick>,
+    origin: Origin,
+}
+
+impl Page {
+    /// The page of `input`'s commands (pick before the report takes them).
+    pub fn of(input: &Input) -> Page {
+        Page {
+            picks: fall::pick(&input.commands),
+            origin: input.origin.clone(),
+        }
+    }
+
+    /// The page of `report`, its waterfalls' spans read again (what could
+    /// not be read is said on the page).
+    pub fn render(self, report: &Report, names: &dyn Names) -> String {
+        let ids: HashSet<u128> = self.picks.iter().map(|p| p.trace).collect();
+        let (waterfalls, error) = match self.origin.traces(&ids) {
+            Ok(traces) => (
+                self.picks
+                    .into_iter()
+                    .map(|p| fall::lay_out(p, &traces))
+                    .collect(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        render(
+            report,
+            &Extras {
+                waterfalls: &waterfalls,
+                waterfall_error: error.as_deref(),
+                names,
+            },
+        )
+    }
 }
 
 /// The page.
-pub fn render(report: &Report, extras: &Extras<'_>) -> String {
+pub(crate) fn render(report: &Report, extras: &Extras<'_>) -> String {
     let n = &report.numbers;
     let mut out = String::with_capacity(64 * 1024);
     let _ = write!(
@@ -132,7 +181,7 @@ pub fn render(report: &Report, extras: &Extras<'_>) -> String {
         distributions(&mut out, n);
         warmth(&mut out, n);
         first_output(&mut out, n);
-        slowest(&mut out, n, extras.server);
+        slowest(&mut out, n, extras.names);
         waterfalls(&mut out, extras);
         cli(&mut out, n);
     }
@@ -181,26 +230,6 @@ fn nav(out: &mut String, report: &Report) {
         let _ = write!(out, r##"<a href="#{id}">{name}</a>"##);
     }
     out.push_str("</nav>\n");
-}
-
-fn d(ns: u64) -> String {
-    duration(ns as f64)
-}
-
-fn signed(ns: i64) -> String {
-    if ns > 0 {
-        format!("+{}", duration(ns as f64))
-    } else {
-        duration(ns as f64)
-    }
-}
-
-fn pct(share: f64) -> String {
-    format!("{:.1}%", share * 100.0)
-}
-
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn header(out: &mut String, r: &Report) {
@@ -366,9 +395,6 @@ fn comparison(out: &mut String, c: &Comparison) {
          <th>base p90</th><th>now p90</th><th>p50 change</th><th>P(slower)</th><th>p</th><th class=\"l\">verdict</th></tr></thead><tbody>",
     );
     for r in &c.rows {
-        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "–".to_owned(), |s| d(f(s)))
-        };
         let class = match r.verdict {
             "slower" => "v-slower",
             "faster" => "v-faster",
@@ -377,17 +403,9 @@ fn comparison(out: &mut String, c: &Comparison) {
         };
         let _ = write!(
             out,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\"><span class=\"verdict {class}\">{}</span></td></tr>",
+            "<tr><td class=\"l\">{}</td><td>{}</td><td class=\"l\"><span class=\"verdict {class}\">{}</span></td></tr>",
             Esc(&r.what),
-            cell(&r.baseline, |s| s.p50_ns),
-            cell(&r.current, |s| s.p50_ns),
-            cell(&r.baseline, |s| s.p90_ns),
-            cell(&r.current, |s| s.p90_ns),
-            r.p50_change_ns.map_or_else(|| "–".to_owned(), signed),
-            r.prob_slower
-                .map_or_else(|| "–".to_owned(), |p| format!("{p:.2}")),
-            r.p_value
-                .map_or_else(|| "–".to_owned(), |p| format!("{p:.1e}")),
+            comparison_cells(r, "–", 1).join("</td><td>"),
             Esc(r.verdict)
         );
     }
@@ -404,14 +422,7 @@ fn share_cell(share: f64) -> String {
 }
 
 fn summary_cells(s: &Summary) -> String {
-    format!(
-        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
-        s.count,
-        d(s.p50_ns),
-        d(s.p90_ns),
-        d(s.p99_ns),
-        d(s.max_ns)
-    )
+    format!("<td>{}</td>", summary_figures(s).join("</td><td>"))
 }
 
 fn shares_cells(s: &Shares) -> String {
@@ -570,17 +581,12 @@ fn warmth(out: &mut String, n: &Numbers) {
          <th>p99</th><th>max</th><th>acquire p50</th><th>acquire p90</th></tr></thead><tbody>",
     );
     for w in &n.warmth {
-        let acquire = |f: fn(&Summary) -> u64| {
-            w.acquire
-                .as_ref()
-                .map_or_else(|| "–".to_owned(), |a| d(f(a)))
-        };
         let _ = write!(
             out,
             "<tr><td class=\"l\"><span class=\"dot {name}\"></span>{name}</td>{}<td>{}</td><td>{}</td></tr>",
             summary_cells(&w.dispatch),
-            acquire(|a| a.p50_ns),
-            acquire(|a| a.p90_ns),
+            stat(w.acquire.as_ref(), |a| a.p50_ns, "–"),
+            stat(w.acquire.as_ref(), |a| a.p90_ns, "–"),
             name = w.warmth.name()
         );
     }
@@ -602,9 +608,6 @@ fn first_output(out: &mut String, n: &Numbers) {
          <th class=\"l\">p50s: before <span class=\"key before\"></span> after <span class=\"key after\"></span></th></tr></thead><tbody>",
     );
     for p in &n.first_output {
-        let cell = |s: &Option<Summary>, f: fn(&Summary) -> u64| {
-            s.as_ref().map_or_else(|| "–".to_owned(), |s| d(f(s)))
-        };
         let (b, a) = (
             p.before_first_output.map_or(0, |s| s.p50_ns),
             p.after_first_output.map_or(0, |s| s.p50_ns),
@@ -613,22 +616,19 @@ fn first_output(out: &mut String, n: &Numbers) {
         let after = if a + b == 0 { 0.0 } else { 100.0 - before };
         let _ = write!(
             out,
-            "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"l\"><span class=\"split\"><span class=\"before\" style=\"width:{before:.1}%\"></span><span class=\"after\" style=\"width:{after:.1}%\"></span></span></td></tr>",
             Esc(&p.program),
             p.commands,
             p.commands - p.without_output,
-            cell(&p.before_first_output, |s| s.p50_ns),
-            cell(&p.before_first_output, |s| s.p90_ns),
-            cell(&p.after_first_output, |s| s.p50_ns),
-            cell(&p.after_first_output, |s| s.p90_ns),
+            first_output_cells(p, "–").join("</td><td>"),
             p.without_output,
         );
     }
     out.push_str("</tbody></table>\n</section>\n");
 }
 
-fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
+fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
     section_start(
         out,
         "slowest",
@@ -654,7 +654,10 @@ fn slowest(out: &mut String, n: &Numbers, server: &dyn Fn(&str) -> String) {
             d(s.dispatch_ns),
             Esc(&s.trace_id),
             Esc(s.program.as_deref().unwrap_or("?")),
-            Esc(&s.server.as_deref().map_or_else(|| "?".to_owned(), server)),
+            Esc(&s
+                .server
+                .as_deref()
+                .map_or_else(|| "?".to_owned(), |id| names.label(id))),
             Esc(&short_time(&s.start)),
             breakable_path(stage),
             took,
@@ -715,13 +718,13 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
     for w in extras.waterfalls {
         let p = &w.pick;
         let title = match p.role {
-            super::waterfall::Role::Median => "The median command",
-            super::waterfall::Role::Slowest => "The slowest command",
+            super::fall::Role::Median => "The median command",
+            super::fall::Role::Slowest => "The slowest command",
         };
         let server = p
             .server
             .as_deref()
-            .map_or_else(|| "?".to_owned(), extras.server);
+            .map_or_else(|| "?".to_owned(), |id| extras.names.label(id));
         let _ = write!(
             out,
             "<div class=\"fall\" id=\"fall-{}\"><h3>{title}: {}</h3><p class=\"fall-meta\"><code>{}</code> on {} · {} session · \
@@ -757,7 +760,7 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
 
 /// Which clock source placed each other host's spans on the client's
 /// clock, and within what bound: one line under a waterfall's title.
-fn clocks(out: &mut String, bars: &[super::waterfall::Bar]) {
+fn clocks(out: &mut String, bars: &[super::fall::Bar]) {
     let mut said: Vec<String> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for b in bars

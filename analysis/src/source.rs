@@ -13,7 +13,8 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::command::{Command, Reducer};
-use super::scan::{MAX_SPANS_PER_TRACE, ScanStats, Scanner, TraceSpans};
+use crate::model::Trace;
+use crate::scan::{MAX_SPANS_PER_TRACE, ScanStats, Scanner};
 
 /// Files are read in blocks of this size.
 const BLOCK: usize = 8 * 1024 * 1024;
@@ -25,6 +26,7 @@ const MAX_DOCUMENT: u64 = 512 * 1024 * 1024;
 
 /// Reading a source failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SourceError {
     /// There is no such file (nor any rotated generation of it).
     #[error("no traces at {}: the file does not exist", .0.display())]
@@ -38,12 +40,38 @@ pub enum SourceError {
         source: io::Error,
     },
     /// Jaeger could not be asked or answered badly.
-    #[error("{0}")]
-    Jaeger(#[from] super::jaeger::JaegerError),
+    #[error(transparent)]
+    Jaeger(#[from] crate::jaeger::JaegerError),
+    /// No runtime could be made to ask Jaeger.
+    #[error("asking Jaeger: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+/// Where a report's commands are read from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Source {
+    /// The local trace file and its rotated generations.
+    TraceFile(PathBuf),
+    /// One OTLP JSON file (lines, or one document).
+    File(PathBuf),
+    /// Jaeger's query API.
+    Jaeger {
+        /// Its base URL.
+        url: String,
+        /// The service whose traces are searched.
+        service: String,
+        /// At most this many traces.
+        limit: u32,
+        /// Keep the answer to read spans from again (the page's
+        /// waterfalls).
+        keep_answer: bool,
+    },
 }
 
 /// Which commands to keep.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Filter {
     /// Dispatched at or after, nanoseconds since the Unix epoch.
     pub since_ns: Option<u64>,
@@ -123,6 +151,7 @@ pub struct Input {
 /// traces can be read again once the report has picked them (its
 /// waterfalls).
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub enum Origin {
     /// Nowhere they can be read again.
     #[default]
@@ -138,11 +167,11 @@ pub enum Origin {
 
 impl Origin {
     /// The spans of the traces `ids` (at most
-    /// [`super::scan::MAX_SPANS_PER_TRACE`] each; a trace's spans from
+    /// `scan::MAX_SPANS_PER_TRACE` each; a trace's spans from
     /// several files are one trace), in no particular order.
-    pub fn traces(&self, ids: &HashSet<u128>) -> Result<Vec<TraceSpans>, SourceError> {
-        let mut found: HashMap<u128, TraceSpans> = HashMap::new();
-        let mut sink = |trace: TraceSpans| match found.entry(trace.trace) {
+    pub fn traces(&self, ids: &HashSet<u128>) -> Result<Vec<Trace>, SourceError> {
+        let mut found: HashMap<u128, Trace> = HashMap::new();
+        let mut sink = |trace: Trace| match found.entry(trace.id) {
             Entry::Vacant(e) => {
                 e.insert(trace);
             }
@@ -156,7 +185,7 @@ impl Origin {
         match self {
             Origin::Nothing => {}
             Origin::TraceFile(path) => {
-                let mut files = telemetry::trace_file::files_newest_first(path);
+                let mut files = telemetry::trace_files::files_newest_first(path);
                 files.reverse();
                 scan_files(&files, Some(ids), &mut sink)?;
             }
@@ -188,7 +217,7 @@ impl Input {
     /// oldest first, as one stream (a trace split by a rotation is one
     /// trace).
     pub fn trace_file(path: &Path, filter: &Filter) -> Result<Input, SourceError> {
-        let mut files = telemetry::trace_file::files_newest_first(path);
+        let mut files = telemetry::trace_files::files_newest_first(path);
         if files.is_empty() {
             return Err(SourceError::NotFound(path.to_path_buf()));
         }
@@ -197,7 +226,7 @@ impl Input {
         input.origin = Origin::TraceFile(path.to_path_buf());
         input.read_files(&files, filter)?;
         input.info.rotated_away_before =
-            telemetry::trace_file::rotated_away_before(path).map(system_rfc3339);
+            telemetry::trace_files::rotated_away_before(path).map(crate::time::system_rfc3339);
         Ok(input)
     }
 
@@ -208,7 +237,7 @@ impl Input {
         filter: &Filter,
         wanted: &HashSet<u128>,
     ) -> Result<Input, SourceError> {
-        let files = telemetry::trace_file::files_newest_first(path);
+        let files = telemetry::trace_files::files_newest_first(path);
         if files.is_empty() {
             return Err(SourceError::NotFound(path.to_path_buf()));
         }
@@ -286,6 +315,56 @@ impl Input {
         self.info.commands_read = self.reducer.commands_read;
     }
 
+    /// Reads the commands `source` names.
+    pub fn read(source: &Source, filter: &Filter) -> Result<Input, SourceError> {
+        match source {
+            Source::TraceFile(path) => Input::trace_file(path, filter),
+            Source::File(path) => Input::file(path, filter),
+            Source::Jaeger {
+                url,
+                service,
+                limit,
+                keep_answer,
+            } => Input::jaeger(url, service, *limit, filter, *keep_answer),
+        }
+    }
+
+    /// Searches Jaeger at `url` for `service`'s traces in the filter's
+    /// window (at most `limit`); with `keep_answer`, the answer is kept to
+    /// read spans from again.
+    pub fn jaeger(
+        url: &str,
+        service: &str,
+        limit: u32,
+        filter: &Filter,
+        keep_answer: bool,
+    ) -> Result<Input, SourceError> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let client = crate::jaeger::Client::new(url)?;
+        let search = crate::jaeger::Search::new(
+            service,
+            filter.since_ns.unwrap_or(0),
+            filter.until_ns.unwrap_or(now),
+            limit,
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(SourceError::Runtime)?;
+        let body = runtime.block_on(client.search(&search))?;
+        let mut input = Input::new("jaeger");
+        input.info.read.push(client.base_url().to_owned());
+        if !body.is_empty() {
+            input.jaeger_answer(&body, filter);
+            if keep_answer {
+                input.origin = Origin::Answer(body);
+            }
+        }
+        Ok(input)
+    }
+
     /// Takes in the spans of one Jaeger answer.
     pub fn jaeger_answer(&mut self, body: &[u8], filter: &Filter) {
         let commands = &mut self.commands;
@@ -307,7 +386,7 @@ impl Input {
 }
 
 /// A scanner handing traces to `sink`, keeping only `only`'s if given.
-fn scanner<F: FnMut(TraceSpans)>(sink: F, only: Option<&HashSet<u128>>) -> Scanner<F> {
+fn scanner<F: FnMut(Trace)>(sink: F, only: Option<&HashSet<u128>>) -> Scanner<F> {
     match only {
         Some(ids) => Scanner::only(sink, ids.clone()),
         None => Scanner::new(sink),
@@ -322,7 +401,7 @@ fn scanner<F: FnMut(TraceSpans)>(sink: F, only: Option<&HashSet<u128>>) -> Scann
 fn scan_files(
     files: &[PathBuf],
     only: Option<&HashSet<u128>>,
-    sink: &mut dyn FnMut(TraceSpans),
+    sink: &mut dyn FnMut(Trace),
 ) -> Result<Vec<(PathBuf, ScanStats)>, SourceError> {
     let mut read = Vec::with_capacity(files.len());
     let mut documents = Vec::new();
@@ -358,7 +437,7 @@ fn scan_files(
 
 /// Reads `path`'s lines into `scanner`; what was read, and whether the
 /// file looked like OTLP JSON lines (something parsed, or nothing failed).
-fn scan_lines<F: FnMut(TraceSpans)>(
+fn scan_lines<F: FnMut(Trace)>(
     path: &Path,
     scanner: &mut Scanner<F>,
 ) -> Result<(ScanStats, bool), SourceError> {
@@ -427,7 +506,7 @@ fn scan_lines<F: FnMut(TraceSpans)>(
 fn read_document(
     path: &Path,
     only: Option<&HashSet<u128>>,
-    sink: &mut dyn FnMut(TraceSpans),
+    sink: &mut dyn FnMut(Trace),
 ) -> Result<Option<ScanStats>, SourceError> {
     let size = std::fs::metadata(path)
         .map_err(|e| io_error(path, e))?
@@ -456,7 +535,7 @@ fn io_error(path: &Path, source: io::Error) -> SourceError {
 fn scan_document(
     bytes: &[u8],
     only: Option<&HashSet<u128>>,
-    sink: &mut dyn FnMut(TraceSpans),
+    sink: &mut dyn FnMut(Trace),
 ) -> Result<ScanStats, ScanStats> {
     let mut scanner = scanner(sink, only);
     let parsed = scanner.document(bytes);
@@ -478,90 +557,9 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn system_rfc3339(t: SystemTime) -> String {
-    let nanos = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    super::aggregate::rfc3339(nanos)
-}
-
-/// A time as `--since`, `--until` and windows take it: RFC 3339
-/// (`2026-11-20T09:00:00Z`), a date (`2026-11-20`, midnight UTC), `now`,
-/// or a duration ago (`90m`, `2h`, `7d`, `1w`).
-pub fn parse_time(text: &str, now: SystemTime) -> Result<u64, String> {
-    let text = text.trim();
-    let now_ns = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    if text.eq_ignore_ascii_case("now") {
-        return Ok(now_ns);
-    }
-    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
-        return u64::try_from(ts.as_nanosecond()).map_err(|_| format!("{text:?} is before 1970"));
-    }
-    if let Ok(date) = text.parse::<jiff::civil::Date>() {
-        let ts = date
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .map_err(|e| format!("{text:?}: {e}"))?
-            .timestamp();
-        return u64::try_from(ts.as_nanosecond()).map_err(|_| format!("{text:?} is before 1970"));
-    }
-    let ago = duration_ago(text).ok_or_else(|| {
-        format!(
-            "{text:?} is not a time: give RFC 3339 (2026-11-20T09:00:00Z), a date (2026-11-20), \
-             `now`, or a duration ago (90m, 2h, 7d)"
-        )
-    })?;
-    Ok(now_ns.saturating_sub(ago))
-}
-
-/// A duration such as `90m`, `2h`, `7d`, `1w`, `1h30m`, in nanoseconds.
-fn duration_ago(text: &str) -> Option<u64> {
-    let span: jiff::Span = text.parse().ok()?;
-    let seconds = span.get_weeks() as i128 * 7 * 86_400
-        + span.get_days() as i128 * 86_400
-        + span.get_hours() as i128 * 3600
-        + span.get_minutes() as i128 * 60
-        + span.get_seconds() as i128;
-    if span.get_years() != 0 || span.get_months() != 0 || span.is_negative() {
-        return None;
-    }
-    let nanos = seconds * 1_000_000_000
-        + span.get_milliseconds() as i128 * 1_000_000
-        + span.get_microseconds() as i128 * 1_000
-        + span.get_nanoseconds() as i128;
-    u64::try_from(nanos).ok()
-}
-
-/// A window `START..END` (either may be empty: open).
-pub fn parse_window(text: &str, now: SystemTime) -> Result<(Option<u64>, Option<u64>), String> {
-    let (start, end) = text
-        .split_once("..")
-        .ok_or_else(|| format!("{text:?} is neither a file nor a window such as 14d..7d"))?;
-    let side = |s: &str| -> Result<Option<u64>, String> {
-        if s.trim().is_empty() {
-            Ok(None)
-        } else {
-            parse_time(s, now).map(Some)
-        }
-    };
-    let (start, end) = (side(start)?, side(end)?);
-    if let (Some(a), Some(b)) = (start, end)
-        && a >= b
-    {
-        return Err(format!("{text:?}: the window ends before it starts"));
-    }
-    Ok((start, end))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
 
     /// One OTLP JSON line with one span of `trace` named `name`.
     fn line(trace: u128, span: u64, name: &str) -> String {
@@ -570,14 +568,14 @@ mod tests {
         )
     }
 
-    fn names(mut traces: Vec<TraceSpans>) -> Vec<(u128, Vec<String>)> {
-        traces.sort_by_key(|t| t.trace);
+    fn names(mut traces: Vec<Trace>) -> Vec<(u128, Vec<String>)> {
+        traces.sort_by_key(|t| t.id);
         traces
             .into_iter()
             .map(|t| {
                 let mut names: Vec<String> = t.spans.iter().map(|s| s.name.to_string()).collect();
                 names.sort();
-                (t.trace, names)
+                (t.id, names)
             })
             .collect()
     }
@@ -589,7 +587,7 @@ mod tests {
         // Trace 1 was split by a rotation: one span in <path>.1, one in
         // <path>; trace 2 is not asked for; trace 3 is only in <path>.
         std::fs::write(
-            telemetry::trace_file::generation_path(&path, 1),
+            telemetry::trace_files::generation_path(&path, 1),
             format!("{}\n{}\n", line(1, 1, "a"), line(2, 2, "x")),
         )
         .unwrap();
@@ -623,38 +621,5 @@ mod tests {
             Origin::File(dir.path().join("gone")).traces(&ids),
             Err(SourceError::NotFound(_))
         ));
-    }
-
-    #[test]
-    fn times_as_people_write_them() {
-        let now = at(10 * 86_400);
-        let s = 1_000_000_000u64;
-        assert_eq!(parse_time("now", now), Ok(10 * 86_400 * s));
-        assert_eq!(parse_time("2h", now), Ok((10 * 86_400 - 7200) * s));
-        assert_eq!(parse_time("7d", now), Ok(3 * 86_400 * s));
-        assert_eq!(parse_time("1w", now), Ok(3 * 86_400 * s));
-        assert_eq!(parse_time("1h30m", now), Ok((10 * 86_400 - 5400) * s));
-        assert_eq!(parse_time("1970-01-02", now), Ok(86_400 * s));
-        assert_eq!(parse_time("1970-01-02T00:00:01Z", now), Ok(86_401 * s));
-        let err = parse_time("yesterday", now).unwrap_err();
-        assert!(err.contains("RFC 3339"), "{err}");
-        assert!(parse_time("1y", now).is_err());
-    }
-
-    #[test]
-    fn windows() {
-        let now = at(10 * 86_400);
-        let s = 1_000_000_000u64;
-        assert_eq!(
-            parse_window("8d..7d", now),
-            Ok((Some(2 * 86_400 * s), Some(3 * 86_400 * s)))
-        );
-        assert_eq!(parse_window("..7d", now), Ok((None, Some(3 * 86_400 * s))));
-        assert!(
-            parse_window("7d..8d", now)
-                .unwrap_err()
-                .contains("ends before")
-        );
-        assert!(parse_window("a-file.jsonl", now).is_err());
     }
 }

@@ -1,10 +1,12 @@
-//! Reading OTLP JSON quickly and in bounded memory: each line (or a whole
-//! document) is parsed into borrowed pieces, only what a report needs is
-//! kept ([`Span`]), and spans are grouped into traces over a window of
+//! The one OTLP JSON reader: each line (or a whole document) is parsed
+//! into borrowed pieces and only what is asked for is kept (a report's
+//! attributes, or every one with [`Scanner::full`]), into the one model
+//! ([`Span`], [`Trace`]). Spans are grouped into traces over a window of
 //! lines: a trace not seen for [`WINDOW_LINES`] lines is handed on as
 //! complete. A trace's lines lie close together in a trace file (one
 //! command's exporters write within moments of each other), so nothing is
-//! held for the whole file.
+//! held for the whole file ([`Scanner::whole`] holds every trace to the
+//! end, for a view that orders them all).
 //!
 //! Accepted: the trace file's lines (`{"resourceSpans": [...]}`), the same
 //! as one pretty-printed document, and Jaeger's query answers
@@ -19,6 +21,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::model::{Attrs, Detail, Interner, Span, Trace, Value};
+
 /// A trace not seen for this many lines is complete.
 pub const WINDOW_LINES: u64 = 4096;
 /// At most this many traces are held open at once (the oldest is handed
@@ -26,73 +30,6 @@ pub const WINDOW_LINES: u64 = 4096;
 const MAX_OPEN: usize = 16_384;
 /// At most this many spans are kept per trace (more are counted, not kept).
 pub const MAX_SPANS_PER_TRACE: usize = 4096;
-
-/// The attributes a report reads.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Attrs {
-    /// `process.executable.name`.
-    pub program: Option<Box<str>>,
-    /// `rex.server.id`.
-    pub server: Option<Box<str>>,
-    /// `rex.session.warmth`.
-    pub warmth: Option<Box<str>>,
-    /// `rex.session.reused`.
-    pub reused: Option<bool>,
-    /// `rex.direction`.
-    pub direction: Option<Box<str>>,
-    /// `rex.remote.placed`.
-    pub placed: bool,
-    /// `rex.clock.source`: the clock source that placed a span.
-    pub clock_source: Option<Box<str>>,
-    /// `rex.clock.bound_ns`: how far off its placement may be.
-    pub clock_bound_ns: Option<i64>,
-    /// `rex.clock.split` is `unknown`: a `link.transit` leg whose share of
-    /// its round trip is not known.
-    pub split_unknown: bool,
-    /// `rex.round_trip_ns`: the round trip such a leg is part of.
-    pub round_trip_ns: Option<i64>,
-}
-
-/// One span, as much of it as a report needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Span {
-    /// The trace id.
-    pub trace: u128,
-    /// The span id.
-    pub id: u64,
-    /// The parent span id, 0 for a root.
-    pub parent: u64,
-    /// The span name (interned).
-    pub name: Arc<str>,
-    /// The resource's `service.name` (interned).
-    pub service: Arc<str>,
-    /// Start, nanoseconds since the Unix epoch.
-    pub start: u64,
-    /// End, nanoseconds since the Unix epoch.
-    pub end: u64,
-    /// Whether its status is error.
-    pub error: bool,
-    /// The attributes read.
-    pub attrs: Attrs,
-}
-
-impl Span {
-    /// Its duration in nanoseconds (0 if it ends before it starts).
-    pub fn duration(&self) -> u64 {
-        self.end.saturating_sub(self.start)
-    }
-}
-
-/// The spans of one trace, from every line that held them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TraceSpans {
-    /// The trace id.
-    pub trace: u128,
-    /// Its spans, in the order read.
-    pub spans: Vec<Span>,
-    /// Spans beyond [`MAX_SPANS_PER_TRACE`], not kept.
-    pub dropped: usize,
-}
 
 /// What was read, beyond the traces themselves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,25 +47,11 @@ pub struct ScanStats {
     pub spans: u64,
 }
 
-/// Names seen, each kept once (bounded: a hostile file's distinct names
-/// are not all kept).
-#[derive(Debug, Default)]
-pub struct Names {
-    map: HashMap<Box<str>, Arc<str>>,
-}
+/// Span, service and host names seen, each kept once.
+type Names = Interner;
 
-impl Names {
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(found) = self.map.get(name) {
-            return found.clone();
-        }
-        let interned: Arc<str> = Arc::from(name);
-        if self.map.len() < 10_000 {
-            self.map.insert(name.into(), interned.clone());
-        }
-        interned
-    }
-}
+/// How many names are kept once.
+const NAMES: usize = 10_000;
 
 /// What one line held.
 #[derive(Debug)]
@@ -143,16 +66,16 @@ enum Parsed {
 }
 
 /// A line's outcome.
-fn parse_line(line: &[u8], names: &mut Names) -> Parsed {
+fn parse_line(line: &[u8], names: &mut Names, full: bool) -> Parsed {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Parsed::Blank;
     }
-    parse(line, names).map_or(Parsed::Failed, |(spans, all)| Parsed::Spans(spans, all))
+    parse(line, names, full).map_or(Parsed::Failed, |(spans, all)| Parsed::Spans(spans, all))
 }
 
 /// Parses one JSON value: its spans and how many it had in all, or `None`
-/// when it is not OTLP JSON.
-fn parse(json: &[u8], names: &mut Names) -> Option<(Vec<Span>, u64)> {
+/// when it is not OTLP JSON. With `full`, every attribute is kept.
+fn parse(json: &[u8], names: &mut Names, full: bool) -> Option<(Vec<Span>, u64)> {
     let doc = serde_json::from_slice::<Document<'_>>(json).ok()?;
     let resource_spans = doc
         .resource_spans
@@ -160,20 +83,21 @@ fn parse(json: &[u8], names: &mut Names) -> Option<(Vec<Span>, u64)> {
     let mut spans = Vec::new();
     let mut all = 0;
     for rs in resource_spans {
-        let service = rs
-            .resource
-            .and_then(|r| {
-                r.attributes
-                    .into_iter()
-                    .find(|kv| kv.key == "service.name")
-                    .and_then(|kv| kv.value.and_then(|v| v.string_value))
-            })
-            .unwrap_or(Cow::Borrowed("unknown"));
-        let service = names.intern(&service);
+        let mut service = None;
+        let mut host = None;
+        for kv in rs.resource.iter().flat_map(|r| &r.attributes) {
+            let value = || kv.value.as_ref().map(value_text).filter(|v| !v.is_empty());
+            match &*kv.key {
+                "service.name" => service = value(),
+                telemetry::host::HOST_NAME if full => host = value().map(|h| names.intern(&h)),
+                _ => {}
+            }
+        }
+        let service = names.intern(service.as_deref().unwrap_or("unknown"));
         for ss in rs.scope_spans {
             for raw in ss.spans {
                 all += 1;
-                if let Some(span) = span(raw, &service, names) {
+                if let Some(span) = span(raw, &service, host.as_ref(), names, full) {
                     spans.push(span);
                 }
             }
@@ -182,30 +106,58 @@ fn parse(json: &[u8], names: &mut Names) -> Option<(Vec<Span>, u64)> {
     Some((spans, all))
 }
 
-/// The span `raw` describes, if it has a trace and a span id.
-fn span(raw: RawSpan<'_>, service: &Arc<str>, names: &mut Names) -> Option<Span> {
+/// The span `raw` describes, if it has a trace and a span id; with
+/// `full`, with its [`Detail`] (`host`: its resource's host).
+fn span(
+    raw: RawSpan<'_>,
+    service: &Arc<str>,
+    host: Option<&Arc<str>>,
+    names: &mut Names,
+    full: bool,
+) -> Option<Span> {
     let trace = raw.trace_id.0?;
     let id = raw.span_id.0.and_then(|s| u64::try_from(s).ok())?;
     let mut attrs = Attrs::default();
-    for kv in raw.attributes {
-        let Some(value) = kv.value else { continue };
-        let text = || value.string_value.as_deref().map(Box::from);
-        match &*kv.key {
-            "process.executable.name" => attrs.program = text(),
-            "rex.server.id" => attrs.server = text(),
-            "rex.session.warmth" => attrs.warmth = text(),
-            "rex.direction" => attrs.direction = text(),
-            "rex.session.reused" => attrs.reused = value.bool_value,
-            "rex.remote.placed" => attrs.placed = value.bool_value == Some(true),
-            "rex.clock.source" => attrs.clock_source = text(),
-            "rex.clock.bound_ns" => attrs.clock_bound_ns = value.int_value.and_then(|i| i.0),
-            "rex.clock.split" => {
-                attrs.split_unknown = value.string_value.as_deref() == Some("unknown")
+    let mut texts = Vec::new();
+    for kv in &raw.attributes {
+        let Some(value) = &kv.value else {
+            if full {
+                texts.push((Box::from(&*kv.key), Box::from("")));
             }
-            "rex.round_trip_ns" => attrs.round_trip_ns = value.int_value.and_then(|i| i.0),
-            _ => {}
+            continue;
+        };
+        attrs.take(&kv.key, value.typed());
+        if full {
+            texts.push((Box::from(&*kv.key), value_text(value).into_boxed_str()));
         }
     }
+    let error = raw
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code.as_ref().is_some_and(|c| c.0 == 2));
+    let detail = full.then(|| {
+        let span_host = || {
+            texts
+                .iter()
+                .find(|(k, v)| &**k == telemetry::host::HOST_NAME && !v.is_empty())
+                .map(|(_, v)| names.intern(v))
+        };
+        Box::new(Detail {
+            host: host.cloned().or_else(span_host),
+            links: raw
+                .links
+                .iter()
+                .filter_map(|l| Some((l.trace_id.0?, u64::try_from(l.span_id.0?).ok()?)))
+                .collect(),
+            error_message: raw
+                .status
+                .as_ref()
+                .and_then(|s| s.message.as_deref())
+                .filter(|m| error && !m.is_empty())
+                .map(Box::from),
+            attributes: texts,
+        })
+    });
     Some(Span {
         trace,
         id,
@@ -218,9 +170,49 @@ fn span(raw: RawSpan<'_>, service: &Arc<str>, names: &mut Names) -> Option<Span>
         service: service.clone(),
         start: raw.start.map_or(0, |t| t.0),
         end: raw.end.map_or(0, |t| t.0),
-        error: raw.status.is_some_and(|s| s.code.is_some_and(|c| c.0 == 2)),
+        error,
         attrs,
+        detail,
     })
+}
+
+/// An attribute value as text: strings as they are, scalars as Rust
+/// prints them, arrays as `[a, b]`, maps as `{k=v, …}`, bytes as hex.
+fn value_text(value: &AnyValue<'_>) -> String {
+    if let Some(s) = &value.string_value {
+        return s.to_string();
+    }
+    if let Some(b) = value.bool_value {
+        return b.to_string();
+    }
+    if let Some(i) = value.int_value.and_then(|n| n.int) {
+        return i.to_string();
+    }
+    if let Some(d) = value.double_value.and_then(|n| n.double) {
+        return d.to_string();
+    }
+    if let Some(bytes) = &value.bytes_value {
+        return base64::engine::general_purpose::STANDARD
+            .decode(bytes.as_bytes())
+            .map(hex::encode)
+            .unwrap_or_default();
+    }
+    if let Some(array) = &value.array_value {
+        let items: Vec<String> = array.values.iter().map(value_text).collect();
+        return format!("[{}]", items.join(", "));
+    }
+    if let Some(list) = &value.kvlist_value {
+        let items: Vec<String> = list
+            .values
+            .iter()
+            .map(|kv| {
+                let v = kv.value.as_ref().map(value_text).unwrap_or_default();
+                format!("{}={v}", kv.key)
+            })
+            .collect();
+        return format!("{{{}}}", items.join(", "));
+    }
+    String::new()
 }
 
 /// Inputs at least this large are parsed on several threads.
@@ -228,25 +220,35 @@ const PARALLEL_FROM: usize = 1024 * 1024;
 
 /// Groups spans into traces over a window of lines and hands each
 /// complete trace to a sink.
-pub struct Scanner<F: FnMut(TraceSpans)> {
+pub struct Scanner<F: FnMut(Trace)> {
     sink: F,
-    open: HashMap<u128, (u64, TraceSpans)>,
+    open: HashMap<u128, (u64, Trace)>,
     names: Names,
     threads: usize,
+    /// Every attribute kept ([`Scanner::full`]).
+    full: bool,
+    /// Lines after which an unseen trace is complete; `None`: at the end.
+    window: Option<u64>,
+    /// Spans kept per trace.
+    max_spans: usize,
     line: u64,
     parsed: u64,
     stats: ScanStats,
     only: Option<HashSet<u128>>,
 }
 
-impl<F: FnMut(TraceSpans)> Scanner<F> {
-    /// A scanner handing complete traces to `sink`.
+impl<F: FnMut(Trace)> Scanner<F> {
+    /// A scanner handing complete traces to `sink`, keeping what a report
+    /// reads of each span.
     pub fn new(sink: F) -> Self {
         Scanner {
             sink,
             open: HashMap::new(),
-            names: Names::default(),
+            names: Names::new(NAMES),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            full: false,
+            window: Some(WINDOW_LINES),
+            max_spans: MAX_SPANS_PER_TRACE,
             line: 0,
             parsed: 0,
             stats: ScanStats::default(),
@@ -263,7 +265,24 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
         }
     }
 
+    /// The same scanner keeping every attribute, the host, the links and
+    /// the status message of each span (a view of one trace).
+    pub fn full(mut self) -> Self {
+        self.full = true;
+        self
+    }
+
+    /// The same scanner holding every trace, whole, until
+    /// [`Scanner::finish`] (a view that orders them all; memory grows with
+    /// the input).
+    pub fn whole(mut self) -> Self {
+        self.window = None;
+        self.max_spans = usize::MAX;
+        self
+    }
+
     /// The same scanner parsing on at most `threads` threads.
+    #[cfg(test)]
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
@@ -289,12 +308,15 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
             },
         );
         let parsed: Vec<Vec<Parsed>> = if chunks.len() == 1 {
-            vec![parse_chunk(body, &mut self.names)]
+            vec![parse_chunk(body, &mut self.names, self.full)]
         } else {
             std::thread::scope(|scope| {
                 let workers: Vec<_> = chunks
                     .iter()
-                    .map(|chunk| scope.spawn(move || parse_chunk(chunk, &mut Names::default())))
+                    .map(|chunk| {
+                        let full = self.full;
+                        scope.spawn(move || parse_chunk(chunk, &mut Names::new(NAMES), full))
+                    })
                     .collect();
                 workers
                     .into_iter()
@@ -357,7 +379,7 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
     pub fn document(&mut self, bytes: &[u8]) -> bool {
         self.line += 1;
         self.stats.lines += 1;
-        let Some((spans, all)) = parse(bytes, &mut self.names) else {
+        let Some((spans, all)) = parse(bytes, &mut self.names, self.full) else {
             return false;
         };
         self.parsed += 1;
@@ -382,27 +404,30 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
         let entry = self.open.entry(trace).or_insert_with(|| {
             (
                 line,
-                TraceSpans {
-                    trace,
+                Trace {
+                    id: trace,
                     spans: Vec::new(),
                     dropped: 0,
                 },
             )
         });
         entry.0 = line;
-        if entry.1.spans.len() < MAX_SPANS_PER_TRACE {
+        if entry.1.spans.len() < self.max_spans {
             entry.1.spans.push(span);
         } else {
             entry.1.dropped += 1;
         }
-        if self.open.len() > MAX_OPEN {
+        if self.window.is_some() && self.open.len() > MAX_OPEN {
             self.hand_on_oldest();
         }
     }
 
     /// Hands on every trace not seen for [`WINDOW_LINES`] lines.
     fn expire(&mut self) {
-        let horizon = self.line.saturating_sub(WINDOW_LINES);
+        let Some(window) = self.window else {
+            return;
+        };
+        let horizon = self.line.saturating_sub(window);
         let done: Vec<u128> = self
             .open
             .iter()
@@ -425,7 +450,7 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
 
     /// Hands on the traces `ids`, oldest last line first.
     fn hand_on(&mut self, ids: Vec<u128>) {
-        let mut done: Vec<(u64, TraceSpans)> =
+        let mut done: Vec<(u64, Trace)> =
             ids.iter().filter_map(|id| self.open.remove(id)).collect();
         done.sort_by_key(|(last, _)| *last);
         for (_, trace) in done {
@@ -442,10 +467,10 @@ impl<F: FnMut(TraceSpans)> Scanner<F> {
 }
 
 /// Each line of `chunk` parsed, in order.
-fn parse_chunk(chunk: &[u8], names: &mut Names) -> Vec<Parsed> {
+fn parse_chunk(chunk: &[u8], names: &mut Names, full: bool) -> Vec<Parsed> {
     chunk
         .split(|b| *b == b'\n')
-        .map(|line| parse_line(line, names))
+        .map(|line| parse_line(line, names, full))
         .collect()
 }
 
@@ -528,8 +553,18 @@ struct RawSpan<'a> {
     end: Option<Nanos>,
     #[serde(borrow, default)]
     attributes: Vec<KeyValue<'a>>,
+    #[serde(borrow, default)]
+    status: Option<Status<'a>>,
     #[serde(default)]
-    status: Option<Status>,
+    links: Vec<RawLink>,
+}
+
+#[derive(Deserialize)]
+struct RawLink {
+    #[serde(rename = "traceId", default)]
+    trace_id: Id<16>,
+    #[serde(rename = "spanId", default)]
+    span_id: Id<8>,
 }
 
 #[derive(Deserialize)]
@@ -547,35 +582,90 @@ struct AnyValue<'a> {
     #[serde(rename = "boolValue", default)]
     bool_value: Option<bool>,
     #[serde(rename = "intValue", default)]
-    int_value: Option<Int>,
+    int_value: Option<Number>,
+    #[serde(rename = "doubleValue", default)]
+    double_value: Option<Number>,
+    #[serde(borrow, rename = "bytesValue", default)]
+    bytes_value: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "arrayValue", default)]
+    array_value: Option<ArrayValue<'a>>,
+    #[serde(borrow, rename = "kvlistValue", default)]
+    kvlist_value: Option<KvList<'a>>,
 }
 
-/// An integer attribute: a string or a number (OTLP JSON writes int64 as
-/// a string); anything else is no value, never an error.
-struct Int(Option<i64>);
+impl AnyValue<'_> {
+    /// The value as [`Attrs`] reads it.
+    fn typed(&self) -> Value<'_> {
+        if let Some(s) = &self.string_value {
+            Value::Str(s)
+        } else if let Some(b) = self.bool_value {
+            Value::Bool(b)
+        } else if let Some(i) = self.int_value.and_then(|n| n.int) {
+            Value::Int(i)
+        } else {
+            Value::Other
+        }
+    }
+}
 
-impl<'de> Deserialize<'de> for Int {
+#[derive(Deserialize)]
+struct ArrayValue<'a> {
+    #[serde(borrow, default)]
+    values: Vec<AnyValue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct KvList<'a> {
+    #[serde(borrow, default)]
+    values: Vec<KeyValue<'a>>,
+}
+
+/// A number attribute, as an integer and as a double: written as a number
+/// or a string (OTLP JSON writes int64 as a string); anything else is no
+/// value, never an error.
+#[derive(Clone, Copy)]
+struct Number {
+    int: Option<i64>,
+    double: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Int;
+            type Value = Number;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an integer as a string or a number")
+                f.write_str("a number, or one as a string")
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
-                Ok(Int(i64::try_from(v).ok()))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                Ok(Number {
+                    int: i64::try_from(v).ok(),
+                    double: Some(v as f64),
+                })
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
-                Ok(Int(Some(v)))
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number {
+                    int: Some(v),
+                    double: Some(v as f64),
+                })
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Int, E> {
-                Ok(Int(None))
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number {
+                    int: None,
+                    double: Some(v),
+                })
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Int, E> {
-                Ok(Int(None))
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Number, E> {
+                Ok(Number {
+                    int: None,
+                    double: None,
+                })
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Int, E> {
-                Ok(Int(v.parse().ok()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Number, E> {
+                Ok(Number {
+                    int: v.parse().ok(),
+                    double: v.parse().ok(),
+                })
             }
         }
         d.deserialize_any(V)
@@ -583,9 +673,11 @@ impl<'de> Deserialize<'de> for Int {
 }
 
 #[derive(Deserialize)]
-struct Status {
+struct Status<'a> {
     #[serde(default)]
     code: Option<Code>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
 }
 
 /// A status code: a number, or its enum name.
@@ -681,7 +773,7 @@ fn parse_id<const N: usize>(text: &str) -> Option<u128> {
 mod tests {
     use super::*;
 
-    fn read(text: &str) -> (Vec<TraceSpans>, ScanStats) {
+    fn read(text: &str) -> (Vec<Trace>, ScanStats) {
         let mut traces = Vec::new();
         let mut scanner = Scanner::new(|t| traces.push(t));
         scanner.lines(text.as_bytes(), 0, true);
@@ -689,7 +781,7 @@ mod tests {
         (traces, stats)
     }
 
-    fn read_document(text: &str) -> (Vec<TraceSpans>, bool) {
+    fn read_document(text: &str) -> (Vec<Trace>, bool) {
         let mut traces = Vec::new();
         let mut scanner = Scanner::new(|t| traces.push(t));
         let parsed = scanner.document(text.as_bytes());
@@ -754,7 +846,7 @@ mod tests {
                 "\"spanId\":\"t61rcWkgMzE=\",\"parentSpanId\":\"\"",
             );
         let (traces, _) = read(&line);
-        assert_eq!(traces[0].trace, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(traces[0].id, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!(traces[0].spans[0].id, 0xb7ad6b7169203331);
         assert_eq!(traces[0].spans[0].parent, 0);
     }
@@ -777,8 +869,8 @@ mod tests {
         assert!(text.len() > PARALLEL_FROM);
         let run = |threads: usize| {
             let mut traces = Vec::new();
-            let mut scanner = Scanner::new(|t: TraceSpans| traces.push((t.trace, t.spans.len())))
-                .with_threads(threads);
+            let mut scanner =
+                Scanner::new(|t: Trace| traces.push((t.id, t.spans.len()))).with_threads(threads);
             let last = scanner.lines(text.as_bytes(), 0, true);
             let stats = scanner.finish();
             traces.sort_unstable();
@@ -824,7 +916,7 @@ mod tests {
         let stats = scanner.finish();
         assert_eq!(stats.spans, 3);
         assert_eq!(traces.len(), 1);
-        assert_eq!(traces[0].trace, 0xbb);
+        assert_eq!(traces[0].id, 0xbb);
         assert_eq!(traces[0].spans.len(), 1);
     }
 
@@ -832,7 +924,7 @@ mod tests {
     fn a_trace_unseen_for_the_window_is_handed_on_before_the_end() {
         let handed = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = handed.clone();
-        let mut scanner = Scanner::new(move |t: TraceSpans| sink.borrow_mut().push(t.trace));
+        let mut scanner = Scanner::new(move |t: Trace| sink.borrow_mut().push(t.id));
         let mut base = scanner.lines(format!("{LINE}\n").as_bytes(), 0, false);
         let other = LINE.replace(
             "0af7651916cd43dd8448eb211c80319c",

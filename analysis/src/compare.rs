@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
+use statrs::function::erf::erfc;
 
 use super::aggregate::by_name;
 use super::command::{Command, StageTable, Warmth};
@@ -64,7 +65,7 @@ pub struct Comparison {
 }
 
 /// One side: its commands and their stage names.
-pub struct Side<'a> {
+pub(crate) struct Side<'a> {
     /// The commands.
     pub commands: &'a [Command],
     /// Their stage paths.
@@ -73,7 +74,7 @@ pub struct Side<'a> {
 
 /// Compares `current` with `baseline`; rows with fewer than `min_count`
 /// commands on a side say so instead of testing.
-pub fn compare(
+pub(crate) fn compare(
     baseline_name: &str,
     baseline: &Side<'_>,
     current: &Side<'_>,
@@ -180,7 +181,7 @@ fn row(what: &str, mut baseline: Vec<u64>, mut current: Vec<u64>, min_count: u64
 
 /// The Mann–Whitney test of `current` against `baseline` (both sorted):
 /// the two-sided p-value and P(current > baseline) + ½P(equal).
-pub fn rank_test(baseline: &[u64], current: &[u64]) -> (f64, f64) {
+pub(crate) fn rank_test(baseline: &[u64], current: &[u64]) -> (f64, f64) {
     let (n1, n2) = (baseline.len() as f64, current.len() as f64);
     // Merge the two sorted lists, ranking ties by their average rank.
     let mut all: Vec<(u64, bool)> = baseline
@@ -222,23 +223,6 @@ pub fn rank_test(baseline: &[u64], current: &[u64]) -> (f64, f64) {
     }
     let z = ((u_current - mean).abs() - 0.5).max(0.0) / variance.sqrt();
     (erfc(z / std::f64::consts::SQRT_2).min(1.0), prob_slower)
-}
-
-/// The complementary error function (relative error below 1.2e-7, from
-/// Chebyshev fitting; enough for p-values).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * poly.exp();
-    if x >= 0.0 { r } else { 2.0 - r }
 }
 
 #[cfg(test)]

@@ -1,0 +1,94 @@
+//! Trace analysis, one library for every view: reading traces, placing
+//! their spans, statistics, gates, A/B and the renderers, for
+//! `core-client trace show`, `core-client report` and `probe` (which ends
+//! with a report). It links the trace layer (`telemetry`: the span
+//! vocabulary, the trace file's generations) and never a service or the
+//! client library.
+//!
+//! # Layout
+//!
+//! - [`model`]: the one trace model: [`model::Span`] (typed attributes a
+//!   report reads, every attribute when a view asks) and [`model::Trace`].
+//! - `scan`: the one OTLP JSON reader (lines or documents, hex or base64
+//!   ids), spans grouped into traces over a window of lines.
+//! - [`trace_file`]: the local trace file and its rotated generations: every
+//!   trace, or the one a selector names.
+//! - [`source`]: where a report's commands come from (the trace file, an
+//!   OTLP JSON file, Jaeger) and which it keeps.
+//! - [`jaeger`]: the client of Jaeger's query API (the report's and the
+//!   tests').
+//! - [`command`]: one trace's commands reduced to numbers.
+//! - [`stats`]: nearest-rank percentiles and shares.
+//! - [`histogram`]: logarithmic buckets.
+//! - [`aggregate`]: a population's numbers.
+//! - [`compare`]: A/B with a rank test.
+//! - [`gate`]: go/no-go expressions (the language in `gate::expr`).
+//! - [`report`]: a whole report, the `--json` schema, and how one is built.
+//! - `layout`: the one waterfall layout (tree order, depths, clamped
+//!   intervals) that both renderers draw.
+//! - `fall`: the page's waterfalls: which commands, their spans laid out.
+//! - [`show`]: `trace show`: one trace as text (header, waterfall, stages).
+//! - `table`: the terminal's tables.
+//! - [`text`]: the report as terminal tables.
+//! - [`html`]: the report as one self-contained page.
+//! - [`format`]: numbers as every renderer writes them.
+//! - [`time`]: times as reports write them and people give them.
+//! - [`names`]: server ids as the names the user gave them (the CLI knows
+//!   them).
+//!
+//! # One reader
+//!
+//! The reader is the hand-written scanner (borrowed serde pieces), not
+//! `opentelemetry-proto`'s serde types. Measured on the report benchmark's
+//! file (30,000 realistic commands, 152 MiB, 539,000 spans; optimised build
+//! on the 2-core development machine): the scanner reads 161 to 178 MiB/s
+//! on one thread (157 with every attribute kept) and up to 300 MiB/s on
+//! two; the serde types parse 203 to 214 MiB/s and, turned into this model
+//! and grouped by trace, 185 to 191 MiB/s, on one thread only. Comparable
+//! speed, then; the scanner is kept because it reads what the serde types
+//! refuse (base64 ids, as protobuf's JSON mapping and some Jaeger answers
+//! write them; a malformed value is no value, not a lost line), keeps only
+//! what is asked for, and parses large inputs in parallel.
+//!
+//! # Crates, and where the code is our own
+//!
+//! Adopted: `winnow` (the gate language), `statrs` (the rank test's erfc),
+//! `comfy-table` (trace show's tables). Kept, one line each:
+//! - histograms: the buckets' edges are fixed to the nanosecond by
+//!   `rex.report/1` (five a decade from 100 ns); `hdrhistogram` keeps 3 to 5
+//!   significant digits, so counts at an edge would move.
+//! - percentiles: nearest rank, every percentile a value that occurred (the
+//!   schema says so); `hdrhistogram`'s are the bucket's highest equivalent.
+//! - the report's terminal tables: fixed column widths that a long stage
+//!   name overflows (as documented); `comfy-table` sizes columns to their
+//!   content or wraps at a fixed width.
+//! - the page's HTML: its escaping also escapes `'` (pinned by its tests),
+//!   which `maud`'s escaper leaves, and templating the page in `maud` would
+//!   rewrite the 1,300 lines of markup its tests and docs fix.
+
+// Tests may unwrap; the library may not (the workspace lints deny it).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod aggregate;
+pub mod command;
+pub mod compare;
+mod fall;
+pub mod format;
+pub mod gate;
+pub mod histogram;
+pub mod html;
+pub mod jaeger;
+mod layout;
+pub mod model;
+pub mod names;
+pub mod report;
+mod scan;
+pub mod show;
+pub mod source;
+pub mod stats;
+mod table;
+pub mod text;
+pub mod time;
+pub mod trace_file;
+
+pub use names::{Names, NoNames};
