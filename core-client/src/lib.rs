@@ -2,9 +2,8 @@
 //!
 //! Layout:
 //! - [`cli`]: the commands (`exec`, `keygen`, `pubkey`, `trust`, `config
-//!   show`, `history`, `trace show`, `report`, `agent`, `completions`, `man`,
-//!   `demo`) and
-//!   their one-line errors and exit codes.
+//!   show`, `history`, `trace show`, `report`, `probe`, `agent`,
+//!   `completions`, `man`) and their one-line errors and exit codes.
 //! - [`settings`]: a server's effective settings (flags over the config
 //!   file over built-in defaults) and where each came from.
 //! - [`config`]: the config file (named servers, `[defaults]`), checked
@@ -17,18 +16,15 @@
 //! - [`paths`]: the config directory and the files in it.
 //! - [`tickets`]: the exec-servers' early-data tickets, kept between runs
 //!   in the data directory.
-//! - [`demo`]: relay, exec-server and client in one process, on loopback
-//!   (the only place that links the relay and the exec-server).
-//! - [`stdout`]: stdout for a command that prints as it goes, where a
-//!   reader that went away is remembered (exit 141), never a panic.
+//!
+//! It links neither service: the demo that runs all three in one process
+//! is a program of its own (`rex-demo`).
 
 pub use proto::address;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod known;
 pub mod names;
 pub mod paths;
 pub mod settings;
-pub mod stdout;
 pub mod tickets;

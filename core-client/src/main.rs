@@ -1,13 +1,10 @@
 //! `core-client`: run commands on exec-servers through an encrypted relay.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use core_client::cli::agent::AgentCommand;
-use core_client::cli::{
-    self, CliCommand, CliError, ConfigCommand, Context, EXIT_CONNECTION, TraceCommand,
-};
+use core_client::cli::{self, CliCommand, CliError, ConfigCommand, Context, TraceCommand};
 use telemetry::setup::{self, COMMAND_SPAN_QUEUE, Export, LogDefault, Options, SERVICE_SPAN_QUEUE};
 use telemetry::trace_file::{Retention, TraceFile};
 
@@ -45,7 +42,7 @@ fn main() -> ExitCode {
         CliCommand::Probe(args) => context().and_then(|ctx| {
             with_runtime(
                 trace_file,
-                &["core-client"],
+                "core-client",
                 Process::Service,
                 Flavor::Workers,
                 |export, flusher| cli::probe::probe(args, ctx, export, flusher),
@@ -61,7 +58,7 @@ fn main() -> ExitCode {
             };
             with_runtime(
                 trace_file,
-                &["core-client"],
+                "core-client",
                 Process::Command,
                 flavor,
                 |_, flusher| cli::exec(args, ctx, data_dir, cli::Lifetime { started, flusher }),
@@ -88,7 +85,7 @@ fn main() -> ExitCode {
                     if args.foreground {
                         with_runtime(
                             trace_file,
-                            &["core-client-agent"],
+                            "core-client-agent",
                             Process::Service,
                             Flavor::Workers,
                             |export, flusher| {
@@ -117,7 +114,6 @@ fn main() -> ExitCode {
         },
         CliCommand::Completions { shell } => cli::completions(shell),
         CliCommand::Man { subcommand } => cli::man(subcommand.as_deref()),
-        CliCommand::Demo => demo(trace_file),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -128,60 +124,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(trace_file: Option<PathBuf>) -> Result<u8, CliError> {
-    let mut export = None;
-    let outcome = with_runtime(
-        trace_file,
-        &["core-client", "relay", "exec-server"],
-        Process::Service,
-        Flavor::Workers,
-        |e, _| {
-            export = Some(e);
-            async {
-                core_client::demo::run().await.map_err(|e| CliError {
-                    message: e.to_string(),
-                    code: 1,
-                })
-            }
-        },
-    )?;
-    // The spans are flushed by now: show where the command's time went.
-    // (Writes to `out` never fail: a reader that went away is kept in it.)
-    let mut out = outcome.stdout;
-    match (export, &outcome.trace_id) {
-        (Some(Export::File(file)), Some(id)) if out.failure().is_none() => {
-            let _ = writeln!(out);
-            if let Err(e) = analysis::show::show(file.path(), id, &analysis::NoNames, &mut out) {
-                eprintln!("core-client: cannot show the demo's trace: {e}");
-            }
-            let _ = writeln!(
-                out,
-                "\n(saved in {}; `core-client trace show {id}` prints it again)",
-                file.path().display()
-            );
-        }
-        (Some(Export::Otlp(_)), Some(id)) => {
-            let _ = writeln!(
-                out,
-                "trace {id} was exported to the configured OTLP endpoint"
-            );
-        }
-        _ => {}
-    }
-    match out.exit_code() {
-        Some(Ok(code)) => Ok(code),
-        Some(Err(message)) => Err(CliError { message, code: 1 }),
-        None => Ok(u8::try_from(outcome.code & 0xff).unwrap_or(EXIT_CONNECTION)),
-    }
-}
-
 /// What kind of process this run is, for its span export.
 #[derive(Clone, Copy)]
 enum Process {
     /// One command: tens of spans, written by the command itself as it
     /// exits (no exporter thread).
     Command,
-    /// Long-running (the agent) or many calls (probe, demo): batched.
+    /// Long-running (the agent) or many calls (probe): batched.
     Service,
 }
 
@@ -194,12 +143,12 @@ enum Flavor {
     OneThread,
 }
 
-/// Runs `f` on a runtime of `flavor` with telemetry set up for `services`
+/// Runs `f` on a runtime of `flavor` with telemetry set up for `service`
 /// as `process` needs it, and flushes the spans (bounded) before
 /// returning, whatever `f` returned.
 fn with_runtime<F, Fut, T>(
     trace_file: Option<PathBuf>,
-    services: &[&'static str],
+    service: &'static str,
     process: Process,
     flavor: Flavor,
     f: F,
@@ -245,10 +194,7 @@ where
         // exec-server that exports them for this client.
         collect: true,
     };
-    let telemetry = match services {
-        [one] => setup::init(one, LogDefault::Warn, options.clone()),
-        many => setup::init_services(many, LogDefault::Warn, options.clone()),
-    };
+    let telemetry = setup::init(service, LogDefault::Warn, options.clone());
     let otlp = matches!(options.export, Export::Otlp(_));
     let result = runtime.block_on(f(options.export, telemetry.flusher()));
     match flavor {

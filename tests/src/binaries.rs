@@ -1,5 +1,5 @@
-//! The built `relay`, `exec-server` and `core-client` binaries, run as
-//! separate processes.
+//! The built `relay`, `exec-server`, `core-client` and `rex-demo` binaries,
+//! run as separate processes.
 
 use std::io::Write;
 use std::io::{BufRead, BufReader};
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::{FixtureError, Result};
 
-const BINARIES: [&str; 3] = ["relay", "exec-server", "core-client"];
+const BINARIES: [&str; 4] = ["relay", "exec-server", "core-client", "rex-demo"];
 
 /// The directory the binaries are built in: the profile directory of the
 /// running executable (test and bench executables live in
@@ -39,6 +39,8 @@ fn build() -> std::result::Result<PathBuf, String> {
         "exec-server",
         "-p",
         "core-client",
+        "-p",
+        "rex-demo",
     ]);
     if dir.ends_with("release") {
         cmd.arg("--release");

@@ -401,8 +401,7 @@ fn an_exec_server_that_sends_no_stages_still_gives_a_tiled_trace_and_a_waterfall
 fn demo_runs_a_command_and_prints_its_trace_from_all_three_services() {
     let dir = tempfile::tempdir().unwrap();
     let traces = dir.path().join("traces.jsonl");
-    let out = Command::new(binaries::path("core-client").unwrap())
-        .arg("demo")
+    let out = Command::new(binaries::path("rex-demo").unwrap())
         .env("REX_TRACE_FILE", &traces)
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -570,11 +569,10 @@ fn exec_into_a_reader_that_goes_away_exits_141_and_ends_the_remote_command() {
 #[test]
 fn demo_into_a_reader_that_went_away_exits_141_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    // `core-client demo | head -0`: a stdout whose reader is gone.
+    // `rex-demo | head -0`: a stdout whose reader is gone.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(binaries::path("core-client").unwrap())
-        .arg("demo")
+    let out = Command::new(binaries::path("rex-demo").unwrap())
         .env("REX_TRACE_FILE", dir.path().join("traces.jsonl"))
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

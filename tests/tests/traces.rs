@@ -403,13 +403,12 @@ async fn one_exec_is_one_trace(protocol: Protocol) {
     rx.shutdown().await.unwrap();
 }
 
-/// Runs `core-client demo` (the three services in one process) exporting
+/// Runs `rex-demo` (the three services in one process) exporting
 /// to `rx` over `protocol`, with `env` added; it must succeed.
 async fn demo(rx: &OtlpReceiver, protocol: Protocol, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(binaries::path("core-client").unwrap());
-    cmd.arg("demo")
-        .env("REX_TRACE_FILE", dir.path().join("traces.jsonl"))
+    let mut cmd = std::process::Command::new(binaries::path("rex-demo").unwrap());
+    cmd.env("REX_TRACE_FILE", dir.path().join("traces.jsonl"))
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
@@ -485,13 +484,14 @@ async fn otlp_headers_reach_the_collector_over_both_protocols() {
 #[test]
 fn an_unknown_protocol_stops_each_binary_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 4] = [
         ("relay", &["--listen", "127.0.0.1:0"]),
         (
             "exec-server",
             &["--relay", "http://127.0.0.1:9", "--no-records"],
         ),
-        ("core-client", &["demo"]),
+        ("core-client", &["exec", "--no-agent", "nowhere", "true"]),
+        ("rex-demo", &[]),
     ];
     for (binary, args) in cases {
         let out = std::process::Command::new(binaries::path(binary).unwrap())

@@ -172,9 +172,6 @@ pub enum CliCommand {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Run a relay, an exec-server and a client in this process, run a
-    /// short command through them (no setup needed) and print its trace.
-    Demo,
     /// A local agent that holds warm sessions, so that each `exec` finds
     /// its session established (as ssh's ControlMaster does).
     ///

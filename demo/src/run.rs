@@ -1,5 +1,5 @@
-//! The embedded demo: a relay, an exec-server and a client in one process
-//! on loopback, with ephemeral keys; runs a short command remotely.
+//! The demo's run: a relay, an exec-server and a client in one process on
+//! loopback, with ephemeral keys; runs a short command remotely.
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -1,8 +1,12 @@
-//! This process's stdout for a command that prints as it goes (`demo`):
-//! a reader that went away (`core-client demo | head -3`) is remembered,
+//! This process's stdout as the demo prints it: a reader that went away
+//! (`rex-demo | head -3`) is remembered,
 //! never a panic, and nothing more is written.
 
 use std::io::Write;
+
+/// The exit status of a process whose stdout's reader went away (killed
+/// by SIGPIPE, as a shell reports it).
+pub const EXIT_STDOUT_GONE: u8 = 141;
 
 /// Stdout, written until a write fails. As a [`Write`] it never fails:
 /// what cannot be written is dropped and the first failure kept, for the
@@ -29,7 +33,7 @@ impl Stdout {
     pub fn exit_code(&self) -> Option<Result<u8, String>> {
         self.failed.as_ref().map(|e| {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(crate::cli::EXIT_STDOUT_GONE)
+                Ok(EXIT_STDOUT_GONE)
             } else {
                 Err(format!("cannot write to stdout: {e}"))
             }
