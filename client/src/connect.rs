@@ -21,7 +21,7 @@ use proto::noise::EarlyTicket;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::routing::SERVER_ID_HEADER;
-use proto::session::{ClientSession, FirstCallError, Now};
+use proto::session::{ClientSession, FirstCallError, LinkFailure, LinkFailureKind, Now};
 use telemetry::{carriers, otel, semconv, spans};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -285,7 +285,8 @@ pub(crate) async fn open(
                     let now = Now::system();
                     if !machine.is_detached() {
                         // Stopped mid-attempt: that link is gone too.
-                        machine.handle_link_end(Some(tonic::Status::cancelled("stopped")), now);
+                        let stopped = LinkFailure::new(LinkFailureKind::Cancelled, "stopped");
+                        machine.handle_link_end(Some(stopped), now);
                     }
                     machine.give_up(error, now);
                     reconnect::drain(&mut machine, &mut router, now);

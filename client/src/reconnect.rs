@@ -15,7 +15,7 @@ use proto::link::FrameSender;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::routing::SERVER_ID_HEADER;
-use proto::session::{Now, SessionError, Stage};
+use proto::session::{LinkFailure, LinkFailureKind, Now, SessionError, Stage};
 use telemetry::spans;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -152,17 +152,18 @@ impl Reconnect {
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let opened = tokio::select! {
-            () = self.stop.cancelled() => Err(tonic::Status::cancelled("the client is stopping")),
-            r = tokio::time::timeout(config.handshake_timeout, client.open(request)) => {
-                r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")))
-            }
+            () = self.stop.cancelled() => Err(LinkFailure::new(LinkFailureKind::Cancelled, "the client is stopping")),
+            r = tokio::time::timeout(config.handshake_timeout, client.open(request)) => match r {
+                Ok(opened) => opened.map_err(LinkFailure::from),
+                Err(_) => Err(LinkFailure::new(LinkFailureKind::TimedOut, "no answer")),
+            },
         };
         match opened {
             Ok(response) => Some((response.into_inner(), tx)),
-            Err(status) => {
+            Err(failure) => {
                 // The new link did not come up: detached again.
                 let now = Now::system();
-                machine.handle_link_end(Some(status), now);
+                machine.handle_link_end(Some(failure), now);
                 drain(machine, router, now);
                 None
             }

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::{CallError, Closed, Limits, Mark, Now, Received, SessionError, Transmit};
+use super::{CallError, Closed, Limits, LinkFailure, Mark, Now, Received, SessionError, Transmit};
 use crate::envelope;
 use crate::noise::Transport;
 use crate::pb::session::{Envelope, TraceContext, envelope::Body};
@@ -420,11 +420,11 @@ impl<T> Link<T> {
     }
 
     /// The peer ended its half of the link (`failure`: it broke).
-    pub(super) fn link_ended(&mut self, failure: Option<tonic::Status>, now: Now) {
+    pub(super) fn link_ended(&mut self, failure: Option<LinkFailure>, now: Now) {
         self.peer_ended = true;
         if self.end.is_none() {
             let err = match failure {
-                Some(status) => SessionError::LinkFailed(status),
+                Some(failure) => SessionError::LinkFailed(failure),
                 None => SessionError::LinkEnded,
             };
             self.fail(err, None, now);

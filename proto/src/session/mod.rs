@@ -73,7 +73,7 @@ pub use client::{
     ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, Ready, ReattachError, SpanCounts,
     fits_early,
 };
-pub use error::{CallError, SessionError, Stage, Violation};
+pub use error::{CallError, LinkFailure, LinkFailureKind, SessionError, Stage, Violation};
 pub use server::{
     ABANDONED, Acceptor, Account, Adopted, KeySource, STDIN_BUDGET, ServerEvent, ServerSession,
     SpanBatch, Tombstone,

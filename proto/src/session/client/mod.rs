@@ -19,7 +19,9 @@ use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::window::Probe;
-use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
+use super::{
+    CallError, Closed, Limits, LinkFailure, Now, Received, SessionError, Stage, Transmit, Violation,
+};
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::{ClientHandshake, EarlyAnswer, EarlyTicket};
@@ -822,7 +824,7 @@ impl<T> ClientSession<T> {
     }
 
     /// The peer ended its half of the link (`failure`: the link broke).
-    pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
+    pub fn handle_link_end(&mut self, failure: Option<LinkFailure>, now: Now) {
         self.link.link_ended(failure, now);
         self.sync_end();
     }

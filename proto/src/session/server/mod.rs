@@ -17,7 +17,9 @@ use bytes::Bytes;
 use super::events::Events;
 use super::link::{Link, handshake_frame};
 use super::window::{Budget, Probe};
-use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
+use super::{
+    CallError, Closed, Limits, LinkFailure, Now, Received, SessionError, Stage, Transmit, Violation,
+};
 use super::{output, stdin};
 use crate::keys::{AuthorizedKeys, Origin, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
@@ -735,7 +737,7 @@ impl<T> ServerSession<T> {
     }
 
     /// The peer ended its half of the link (`failure`: the link broke).
-    pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
+    pub fn handle_link_end(&mut self, failure: Option<LinkFailure>, now: Now) {
         self.link.link_ended(failure, now);
         self.after(now);
     }

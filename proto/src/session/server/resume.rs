@@ -11,7 +11,7 @@ use super::{Call, ServerSession, State, Stdin};
 use crate::keys::PublicKey;
 use crate::pb::session::{Exited, Resumed, ResumedCall, StdinAck, envelope::Body, terminal_event};
 use crate::session::resume::{ResumeSecret, TOKEN_LEN};
-use crate::session::{Now, SessionError};
+use crate::session::{LinkFailure, LinkFailureKind, Now, SessionError};
 use crate::session::{output, stdin};
 
 /// What a resume of the session is checked against.
@@ -181,7 +181,10 @@ impl<T> ServerSession<T> {
         if self.detached || self.link.is_over() || self.resumable.is_none() {
             return;
         }
-        let why = tonic::Status::aborted("the client resumed the session over a new link");
+        let why = LinkFailure::new(
+            LinkFailureKind::Superseded,
+            "the client resumed the session over a new link",
+        );
         self.handle_link_end(Some(why), now);
     }
 
