@@ -57,7 +57,7 @@ pub(crate) async fn give_up(config: &ClientConfig, abandonment: Abandonment) -> 
 /// One attempt through `target`.
 async fn attempt(config: &ClientConfig, target: &Target, abandonment: Abandonment) -> bool {
     let Ok(endpoint) =
-        proto::link::client_endpoint(target.url(), config.connect_timeout, &config.tls)
+        proto::relay_link::client_endpoint(target.url(), config.connect_timeout, &config.tls)
     else {
         return false;
     };

@@ -48,7 +48,7 @@ pub(crate) async fn channel(config: &ClientConfig) -> Result<Channel, ConnectErr
 /// Connects a channel to `target` (the config's or one of its alternates).
 async fn channel_to(config: &ClientConfig, target: &Target) -> Result<Channel, ConnectError> {
     let url = target.url();
-    proto::link::client_endpoint(url, config.connect_timeout, &config.tls)
+    proto::relay_link::client_endpoint(url, config.connect_timeout, &config.tls)
         .map_err(|e| ConnectError::BadUrl {
             url: url.into(),
             source: Arc::new(e),

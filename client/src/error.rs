@@ -205,7 +205,7 @@ pub enum ConnectError {
         url: String,
         /// Why.
         #[source]
-        source: Arc<proto::link::EndpointError>,
+        source: Arc<proto::relay_link::EndpointError>,
     },
     /// The TLS handshake with the relay (or exec-server) failed: its
     /// certificate is not trusted or not for this name, or it does not

@@ -28,7 +28,7 @@
 //!   and what comes back ([`Event`]).
 //! - `error`: [`ClientError`], [`ConnectError`], [`SessionLost`].
 //! - `connect`: reaching the relay and starting a session's driver.
-//! - `link`: [`LinkState`], a session's link as callers watch it (up,
+//! - `link_state`: [`LinkState`], a session's link as callers watch it (up,
 //!   lost and being reconnected through which URL, ended).
 //! - `outbound`: a link's sending half as the transport takes it, and
 //!   when it has taken the last frame (a close sent, never waited for).
@@ -59,7 +59,7 @@ mod dispatch;
 mod error;
 mod exec;
 mod execution;
-mod link;
+mod link_state;
 mod outbound;
 mod reconnect;
 #[cfg(feature = "records")]
@@ -76,7 +76,7 @@ pub use error::{
 };
 pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Gap, Output, Recording, Terminal};
 pub use execution::{Controller, Execution};
-pub use link::LinkState;
+pub use link_state::LinkState;
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
 /// Names an exec-server's run, for early data ([`Client::early_ticket`]).

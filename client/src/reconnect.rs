@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use proto::limits::MAX_GRPC_MESSAGE;
-use proto::link::FrameSender;
 use proto::pb::tunnel::Frame;
 use proto::pb::tunnel::tunnel_client::TunnelClient;
+use proto::relay_link::FrameSender;
 use proto::routing::SERVER_ID_HEADER;
 use proto::session::{LinkFailure, LinkFailureKind, Now, SessionError, Stage};
 use telemetry::spans;
@@ -129,7 +129,7 @@ impl Reconnect {
         let url = target.url();
         router.link().trying(url);
         let endpoint =
-            proto::link::client_endpoint(url, config.connect_timeout, &config.tls).ok()?;
+            proto::relay_link::client_endpoint(url, config.connect_timeout, &config.tls).ok()?;
         let channel = tokio::select! {
             () = self.stop.cancelled() => return None,
             c = endpoint.connect() => c.ok()?,

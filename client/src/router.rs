@@ -290,7 +290,7 @@ impl Outage {
 
 impl Router {
     /// The link's state, as callers watch it.
-    pub(crate) fn link(&self) -> &crate::link::LinkWatch {
+    pub(crate) fn link(&self) -> &crate::link_state::LinkWatch {
         &self.shared.link
     }
 

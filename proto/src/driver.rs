@@ -16,8 +16,8 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::link::FrameSender;
 use crate::pb::tunnel::Frame;
+use crate::relay_link::FrameSender;
 use crate::session::{
     ClientEvent, ClientSession, LinkFailure, LinkFailureKind, Now, ServerEvent, ServerSession,
     Transmit,

@@ -11,7 +11,7 @@
 //!   message carries one record (`DATA`, `REKEY` or `CLOSE`): its body, then
 //!   its type as the last byte (a trailer, so that a received record is
 //!   opened in place where its body belongs); `DATA` records carry the
-//!   length-prefixed envelope stream ([`crate::framing`]);
+//!   length-prefixed envelope stream ([`crate::envelope_stream`]);
 //! - `cipher` (private): each direction's Noise `CipherState` over `ring`'s
 //!   AEAD, sealing and opening in place (the handshake is `snow`'s; its
 //!   split keys the two directions).

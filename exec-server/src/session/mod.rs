@@ -65,7 +65,7 @@ pub const ABANDONED_BY_CLIENT: &str = "abandoned by its client";
 pub const EVENT_QUEUE: usize = 64;
 
 /// The outbound half of a tunnel stream.
-pub use proto::link::FrameSender;
+pub use proto::relay_link::FrameSender;
 
 /// State shared by every session of one exec-server.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::SessionConfig;
 use super::cipher::{Cipher, KEY_LEN};
-use crate::framing::{FrameDecoder, FrameEncoder, FramingError};
+use crate::envelope_stream::{FrameDecoder, FrameEncoder, FramingError};
 use crate::keys::PublicKey;
 use crate::limits::{MAX_ENVELOPE, MAX_NOISE_MESSAGE, MAX_NOISE_PLAINTEXT, NOISE_TAG};
 

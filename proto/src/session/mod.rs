@@ -55,10 +55,10 @@ mod client;
 pub mod clock;
 mod error;
 mod events;
-mod link;
 pub mod output;
 pub mod resume;
 mod server;
+mod shared;
 mod stdin;
 pub mod window;
 

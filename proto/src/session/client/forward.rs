@@ -138,7 +138,7 @@ impl<T> ClientSession<T> {
         spans: u32,
         now: Now,
     ) -> Result<Forwarded, ForwardError> {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return Err(ForwardError::Ended);
         }
         let max = self.span_batch_max().ok_or(ForwardError::NotOffered)?;
@@ -240,7 +240,7 @@ impl<T> ClientSession<T> {
         };
         // An exec-server that came back (a resume) taking no spans, or a
         // backlog with no room: counted, not sent.
-        if self.forwarding.max == 0 || self.backlog() + g.bytes > self.link.limits.backlog {
+        if self.forwarding.max == 0 || self.backlog() + g.bytes > self.shared.limits.backlog {
             self.forwarding.drop_spans(g.spans);
             return;
         }
@@ -253,7 +253,7 @@ impl<T> ClientSession<T> {
             spans: g.spans,
             dropped: self.forwarding.unreported,
         });
-        match self.link.send(g.call_id, None, body, None, now) {
+        match self.shared.send(g.call_id, None, body, None, now) {
             Ok(_) => {
                 self.forwarding.unreported = 0;
                 self.forwarding.counts.sent += u64::from(g.spans);

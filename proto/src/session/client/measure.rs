@@ -24,7 +24,7 @@ impl<T> ClientSession<T> {
         let nonce = self.probe.begin(now.at);
         // A session that cannot send is ending anyway.
         let _ = self
-            .link
+            .shared
             .send(0, None, Body::Ping(Ping { nonce }), None, now);
     }
 
@@ -48,7 +48,7 @@ impl<T> ClientSession<T> {
         }
         for (call_id, ack) in acks {
             if self
-                .link
+                .shared
                 .send(call_id, None, Body::OutputAck(ack), None, now)
                 .is_err()
             {
