@@ -108,6 +108,26 @@ pub trait Endpoint<M: Machine>: Send {
     fn closing(&mut self, _machine: &mut M, _now: Now) {}
 }
 
+/// The machine's first flight: what it sends before the link is open
+/// (handshake message 1, with early data when it carries a call), so that
+/// it rides with the link's opening (a relay's `Open`) instead of a round
+/// trip after it. The endpoint is told of each frame as of one sent
+/// ([`Endpoint::transmitted`]); the driver sends the rest once the link is
+/// open.
+pub fn first_flight<M, E>(machine: &mut M, endpoint: &mut E, now: Now) -> Vec<Frame>
+where
+    M: Machine,
+    E: Endpoint<M>,
+{
+    let mut frames = Vec::new();
+    while let Some(t) = machine.poll_transmit(now) {
+        frames.push(t.frame);
+        let at = after_send(now, &t.done);
+        endpoint.transmitted(t.done, t.sent, at);
+    }
+    frames
+}
+
 /// How [`drive_link`] stopped.
 pub struct Driven<M, E, S> {
     /// The machine.
