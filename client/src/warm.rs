@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use proto::driver::sleep_until;
 use proto::session::Now;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -340,14 +341,6 @@ impl Drop for Warming<'_> {
         if !self.over {
             self.warm.update(|s, now| s.abandon(now));
         }
-    }
-}
-
-/// Sleeps until `due`, or forever without one.
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -273,7 +273,7 @@ where
                     }
                 }
             }
-            () = sleep(deadline) => {
+            () = sleep_until(deadline) => {
                 now = Now::system();
                 machine.handle_timeout(now);
             }
@@ -292,7 +292,10 @@ async fn reserve(
     tx?.reserve().await.ok()
 }
 
-async fn sleep(deadline: Option<Instant>) {
+/// Waits until `deadline` (a machine's next timer, or any other), or
+/// forever without one: the one timer wait of the session drivers and the
+/// loops beside them.
+pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,

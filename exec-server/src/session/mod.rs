@@ -28,7 +28,7 @@ use lifecycle::Tasks;
 use opentelemetry::KeyValue;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
-use proto::driver::{Delivery, Driven, Endpoint, Wake};
+use proto::driver::{Delivery, Driven, Endpoint, Wake, sleep_until};
 use proto::keys::{AuthorizedKeys, Origin, PublicKey};
 use proto::noise::{HandshakeError, ReplayGuard};
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
@@ -407,14 +407,6 @@ async fn park(
 async fn takeover(links: Option<&mut mpsc::Receiver<Handover>>) -> Option<Handover> {
     match links {
         Some(links) => links.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }
