@@ -59,11 +59,6 @@ const COMMAND_QUEUE: usize = 16;
 /// has written the call's spans.
 const FLUSHED_WITHIN: Duration = Duration::from_secs(2);
 
-/// An event as the caller sees it, from the agent protocol's form.
-pub fn event_of(kind: proto::pb::session::terminal_event::Kind) -> Event {
-    crate::router::to_event(kind)
-}
-
 /// What a reply of the agent's means for the call: an event (a failure the
 /// agent reported is one too, typed as the library types it), or `None`
 /// for a reply that carries none.

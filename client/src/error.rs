@@ -78,6 +78,7 @@ fn tls_detail(cause: &LinkCause) -> String {
 
 /// Why the exec-server (or the relay on its behalf) had no room.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Busy {
     /// What was dialled (the relay, or an exec-server reached directly)
     /// refused the session at one of its limits, which its words name.
@@ -122,6 +123,7 @@ impl fmt::Display for Busy {
 
 /// Why the handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeFailure {
     /// Message 2 did not prove the pinned key: the exec-server is not the
     /// one named (or the message was altered on the way).
@@ -150,6 +152,7 @@ impl fmt::Display for HandshakeFailure {
 
 /// Where setting up a session stopped for want of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Waiting {
     /// The relay (pairing the stream with the exec-server).
     Relay,
@@ -171,6 +174,7 @@ impl fmt::Display for Waiting {
 
 /// Why the exec-server could not be reached although the relay could.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unavailable {
     /// It is registered but did not take the session in time.
     NotAccepted,
@@ -196,6 +200,7 @@ impl fmt::Display for Unavailable {
 
 /// Why a session could not be established.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The URL is not usable (not a URL, not http:// or https://, or
     /// TLS cannot be set up for it, e.g. no CA certificates).
@@ -434,6 +439,7 @@ impl Error for SessionLost {
 
 /// Why a call could not be dispatched.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No session could be established.
     #[error(transparent)]
@@ -451,6 +457,7 @@ pub enum ClientError {
 
 /// Why a call through a local agent could not be made.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum AgentError {
     /// No agent answers at the socket (none runs, or the socket is stale).
     #[error("no agent answers at {}: {source}", path.display())]
@@ -494,6 +501,7 @@ impl AgentError {
 
 /// What is wrong with a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidRequest {
     /// No program was named.
     #[error("no program given")]

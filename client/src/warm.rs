@@ -35,6 +35,7 @@ use crate::error::ClientError;
 
 /// How a client keeps its session warm (off by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WarmPolicy {
     /// Whether warms are scheduled.
     pub enabled: bool,
@@ -75,6 +76,7 @@ impl Default for WarmPolicy {
 
 /// How the last warm went.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum WarmOutcome {
     /// The session answered a ping, or a new one was established.
     Ok,

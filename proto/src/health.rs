@@ -20,6 +20,7 @@ pub const RELAY: &str = "";
 
 /// Why a health probe did not find the service serving.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HealthError {
     /// The URL is not a valid endpoint (or TLS cannot be set up for it).
     #[error("{0}")]

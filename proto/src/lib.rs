@@ -102,4 +102,4 @@ pub mod pb {
 /// version fails the handshake). Version 2: the record type is a trailer,
 /// stdin is flow-controlled. Version 3: output is flow-controlled per call
 /// (an output window and acknowledgements).
-pub const PROTOCOL_VERSION: &str = "rex/3";
+pub(crate) const PROTOCOL_VERSION: &str = "rex/3";

@@ -162,16 +162,16 @@ impl ServerContext {
 
     /// The session machine's timers and bounds.
     fn limits(&self) -> proto::session::Limits {
-        proto::session::Limits {
-            handshake_timeout: self.config.handshake_timeout,
-            max_calls: self.config.max_processes_per_session,
-            output_window: self.config.resume_buffer,
-            output_window_max: self.config.output_window_max.max(self.config.resume_buffer),
-            stdin_window_max: self.config.stdin_window_max,
-            resumable: !self.config.resume_grace.is_zero(),
-            resume_grace: self.config.resume_grace,
-            ..proto::session::Limits::server_idle(self.config.idle_timeout)
-        }
+        let config = &self.config;
+        let mut limits = proto::session::Limits::server_idle(config.idle_timeout);
+        limits.handshake_timeout = config.handshake_timeout;
+        limits.max_calls = config.max_processes_per_session;
+        limits.output_window = config.resume_buffer;
+        limits.output_window_max = config.output_window_max.max(config.resume_buffer);
+        limits.stdin_window_max = config.stdin_window_max;
+        limits.resumable = !config.resume_grace.is_zero();
+        limits.resume_grace = config.resume_grace;
+        limits
     }
 }
 

@@ -11,6 +11,7 @@ use crate::pb::tunnel::CloseReason;
 
 /// Which part of a session a timeout cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Waiting for the peer's handshake message.
     Handshake,
@@ -35,6 +36,7 @@ impl fmt::Display for Stage {
 
 /// How a peer broke the session protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Violation {
     /// A frame of a kind that is not allowed at this point.
     UnexpectedFrame,
@@ -106,6 +108,7 @@ impl fmt::Display for Violation {
 /// Why a session ended abnormally. A session that fails ends alone: other
 /// sessions on the same link or exec-server are not affected.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The Noise handshake failed or was refused on this side.
     #[error(transparent)]
@@ -248,7 +251,7 @@ impl LinkFailure {
     }
 
     /// The same, naming the reason the far end gave for refusing.
-    pub fn with_refusal(mut self, reason: Option<CloseReason>) -> Self {
+    pub(crate) fn with_refusal(mut self, reason: Option<CloseReason>) -> Self {
         self.refusal = reason;
         self
     }
@@ -303,7 +306,7 @@ impl Error for LinkFailure {
 }
 
 /// A short phrase for a clear close reason.
-pub fn reason_text(reason: CloseReason) -> &'static str {
+pub(crate) fn reason_text(reason: CloseReason) -> &'static str {
     match reason {
         CloseReason::Unspecified => "no reason given",
         CloseReason::Unauthorized => "the client key is not authorized",
@@ -323,6 +326,7 @@ pub fn reason_text(reason: CloseReason) -> &'static str {
 
 /// Why a caller's command could not be queued. The session itself goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The session is not established yet.
     #[error("the session is not ready")]

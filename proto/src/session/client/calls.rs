@@ -240,7 +240,8 @@ impl<T> ClientSession<T> {
     }
 
     /// The smallest id the next [`start_call`](Self::start_call) may use.
-    pub fn next_call_id(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn next_call_id(&self) -> u64 {
         self.next_call
     }
 

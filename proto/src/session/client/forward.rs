@@ -20,13 +20,13 @@ use crate::pb::session::{ForwardedSpans, envelope::Body};
 use crate::session::Now;
 
 /// Batches held for calls still open, at most.
-pub const HELD_BATCHES: usize = 16;
+pub(crate) const HELD_BATCHES: usize = 16;
 
 /// Bytes of batches held for calls still open, at most.
-pub const HELD_BYTES: usize = 512 * 1024;
+pub(crate) const HELD_BYTES: usize = 512 * 1024;
 
 /// How long a batch ready to go waits for others to go with it, at most.
-pub const LINGER: Duration = Duration::from_millis(50);
+pub(crate) const LINGER: Duration = Duration::from_millis(50);
 
 /// What became of a batch handed to
 /// [`ClientSession::forward_spans`].
@@ -45,6 +45,7 @@ pub enum Forwarded {
 /// Why a batch was not taken at all: the caller keeps its spans (they stay
 /// where its own exporter puts them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ForwardError {
     /// The exec-server's hello answer does not take spans (or has not come
     /// yet).

@@ -64,7 +64,8 @@ impl<T> ClientSession<T> {
     }
 
     /// A call's output window now (0 for a call it does not hold).
-    pub fn output_window_of(&self, call_id: u64) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn output_window_of(&self, call_id: u64) -> u32 {
         self.calls.get(&call_id).map_or(0, |c| c.output.window())
     }
 }

@@ -7,7 +7,9 @@ mod forward;
 mod measure;
 mod resume;
 
-pub use forward::{ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, SpanCounts};
+pub use forward::{ForwardError, Forwarded, SpanCounts};
+#[cfg(test)]
+pub(crate) use forward::{HELD_BATCHES, LINGER};
 pub use resume::{Abandonment, ReattachError};
 
 use std::collections::{HashMap, VecDeque};
@@ -100,7 +102,9 @@ pub struct CallEvent {
     pub stdin: Option<StdinFlow>,
 }
 
-/// What the client machine tells its caller.
+/// What the client machine tells its caller. Exhaustive on purpose: an
+/// endpoint must handle every event, and a new one must not build until
+/// it does.
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     /// Handshake message 2 proved that the peer holds the pinned key.
@@ -510,12 +514,13 @@ impl<T> ClientSession<T> {
     }
 
     /// Whether the hello has been answered and the session not ended.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready) && !self.shared.is_over()
     }
 
     /// Whether the session is over (it takes no more commands).
-    pub fn is_over(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_over(&self) -> bool {
         self.shared.is_over()
     }
 
@@ -562,7 +567,8 @@ impl<T> ClientSession<T> {
     }
 
     /// Calls open on the session (including forgotten ones still running).
-    pub fn open_calls(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_calls(&self) -> usize {
         self.calls.len()
     }
 
@@ -842,7 +848,7 @@ impl<T> ClientSession<T> {
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
-    pub fn has_transmit(&self) -> bool {
+    pub(crate) fn has_transmit(&self) -> bool {
         self.shared.has_transmit() || self.stdin_ready()
     }
 
@@ -866,14 +872,14 @@ impl<T> ClientSession<T> {
     }
 
     /// Whether the machine reads frames now.
-    pub fn wants_frames(&self) -> bool {
+    pub(crate) fn wants_frames(&self) -> bool {
         // Once over, frames are only drained until the peer ends the link.
         self.shared.is_over() || self.events.is_empty()
     }
 
     /// Whether the machine takes commands now (ready, and the backlog
     /// under its bound).
-    pub fn wants_input(&self) -> bool {
+    pub(crate) fn wants_input(&self) -> bool {
         self.is_ready() && self.backlog() <= self.shared.limits.backlog
     }
 
@@ -952,7 +958,7 @@ impl<T> ClientSession<T> {
 
     /// Whether the session is completely over and every event taken: the
     /// driver can stop.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         (self.events.ended() || self.detached) && self.shared.is_done() && self.events.is_empty()
     }
 

@@ -38,6 +38,7 @@ impl Abandonment {
 
 /// Why a session cannot be taken back over a new link.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReattachError {
     /// The session is not waiting for a resume.
     #[error("the session is not detached")]

@@ -6,7 +6,7 @@ mod calls;
 mod measure;
 mod resume;
 
-pub use resume::{ABANDONED, Account, Adopted, Tombstone};
+pub use resume::{Account, Adopted, Tombstone};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -105,7 +105,9 @@ impl Acceptor {
     }
 }
 
-/// What the exec-server machine tells its caller.
+/// What the exec-server machine tells its caller. Exhaustive on purpose:
+/// an endpoint must handle every event, and a new one must not build until
+/// it does.
 #[derive(Debug, Clone)]
 pub enum ServerEvent {
     /// Handshake message 1 authenticated this client key (message 2 is on
@@ -387,7 +389,8 @@ impl<T> ServerSession<T> {
     }
 
     /// Whether the session is over.
-    pub fn is_over(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_over(&self) -> bool {
         self.shared.is_over()
     }
 
@@ -398,12 +401,13 @@ impl<T> ServerSession<T> {
 
     /// Spans of forwarded batches refused (over the limit the hello answer
     /// gave, or sent when it offered none).
-    pub fn spans_refused(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn spans_refused(&self) -> u64 {
         self.spans_refused
     }
 
     /// Calls running on the session.
-    pub fn open_calls(&self) -> usize {
+    pub(crate) fn open_calls(&self) -> usize {
         self.calls.values().filter(|c| !c.finished).count()
     }
 
@@ -428,7 +432,8 @@ impl<T> ServerSession<T> {
     }
 
     /// A call's output window now (0 for a call it does not hold).
-    pub fn output_window_of(&self, call_id: u64) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn output_window_of(&self, call_id: u64) -> u32 {
         self.calls.get(&call_id).map_or(0, |c| c.output_window)
     }
 
@@ -750,7 +755,7 @@ impl<T> ServerSession<T> {
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
-    pub fn has_transmit(&self) -> bool {
+    pub(crate) fn has_transmit(&self) -> bool {
         self.shared.has_transmit()
     }
 
@@ -822,13 +827,13 @@ impl<T> ServerSession<T> {
     /// Whether the machine reads frames now: not while events wait, nor
     /// while the backlog is over its bound (every frame may need an
     /// answer).
-    pub fn wants_frames(&self) -> bool {
+    pub(crate) fn wants_frames(&self) -> bool {
         self.shared.is_over()
             || (self.events.is_empty() && self.early.is_none() && !self.shared.over_backlog())
     }
 
     /// Whether the machine takes terminal events now.
-    pub fn wants_input(&self) -> bool {
+    pub(crate) fn wants_input(&self) -> bool {
         self.state == State::Ready && !self.shared.is_over() && !self.shared.over_backlog()
     }
 
@@ -919,7 +924,7 @@ impl<T> ServerSession<T> {
 
     /// Whether the session is completely over (or detached) and every
     /// event taken.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         (self.events.ended() || self.detached) && self.shared.is_done() && self.events.is_empty()
     }
 

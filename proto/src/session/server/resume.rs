@@ -76,7 +76,7 @@ impl Account {
 }
 
 /// The close a session given up by its client ends with.
-pub const ABANDONED: &str = "abandoned by the client";
+pub(crate) const ABANDONED: &str = "abandoned by the client";
 
 /// What a resume gave back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
