@@ -580,6 +580,28 @@ mod tests {
     }
 
     #[test]
+    fn a_link_that_failed_during_set_up_is_told_apart_by_its_kind_and_reason() {
+        let key = proto::keys::StaticKeypair::generate().unwrap().public();
+        let of = |failure: LinkFailure| {
+            let err = SessionError::LinkFailed(failure);
+            ConnectError::from_session(err, key, "http://relay:7600", "abcd")
+        };
+        // The relay's typed reason decides, whatever the words.
+        let refused = LinkFailure::new(LinkFailureKind::Refused, "busy")
+            .with_refusal(Some(CloseReason::UnknownServer));
+        assert!(matches!(of(refused), ConnectError::UnknownServer(id) if id == "abcd"));
+        let late = LinkFailure::new(LinkFailureKind::TimedOut, "");
+        assert!(matches!(of(late), ConnectError::Timeout(Waiting::Relay)));
+        let broken = LinkFailure::new(LinkFailureKind::Broken, "reset");
+        let e = of(broken);
+        assert!(matches!(
+            &e,
+            ConnectError::Unreachable { source: LinkCause::Link(f), .. } if f.message() == "reset"
+        ));
+        assert_eq!(e.to_string(), "cannot reach http://relay:7600: reset");
+    }
+
+    #[test]
     fn only_a_socket_nobody_listens_on_means_the_agent_is_gone() {
         let unavailable = |kind: ErrorKind| AgentError::Unavailable {
             path: "/run/rex/agent.sock".into(),

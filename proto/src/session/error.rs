@@ -251,7 +251,7 @@ impl LinkFailure {
     }
 
     /// The same, naming the reason the far end gave for refusing.
-    pub(crate) fn with_refusal(mut self, reason: Option<CloseReason>) -> Self {
+    pub fn with_refusal(mut self, reason: Option<CloseReason>) -> Self {
         self.refusal = reason;
         self
     }
