@@ -14,17 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::driver::{Delivery, Endpoint, Wake, drive};
-use proto::limits::MAX_GRPC_MESSAGE;
-use proto::pb::tunnel::tunnel_client::TunnelClient;
-use proto::routing::SERVER_ID_HEADER;
+use proto::driver::{Delivery, Endpoint, Wake, drive, first_flight};
 use proto::session::{Abandonment, ClientEvent, ClientSession, Now};
-use tokio::sync::mpsc;
-use tonic::metadata::MetadataValue;
 
 use crate::config::{ClientConfig, Target};
-use crate::connect::LINK_QUEUE;
-use crate::outbound::{Drained, Outbound};
+use crate::outbound::Drained;
+use crate::tunnel;
 
 /// How long giving a session up may take in all.
 pub(crate) const GIVE_UP_WITHIN: Duration = Duration::from_secs(5);
@@ -56,12 +51,7 @@ pub(crate) async fn give_up(config: &ClientConfig, abandonment: Abandonment) -> 
 
 /// One attempt through `target`.
 async fn attempt(config: &ClientConfig, target: &Target, abandonment: Abandonment) -> bool {
-    let Ok(endpoint) =
-        proto::link::client_endpoint(target.url(), config.connect_timeout, &config.tls)
-    else {
-        return false;
-    };
-    let Ok(channel) = endpoint.connect().await else {
+    let Ok(channel) = tunnel::channel(config, target).await else {
         return false;
     };
     let now = Now::system();
@@ -74,28 +64,15 @@ async fn attempt(config: &ClientConfig, target: &Target, abandonment: Abandonmen
     ) else {
         return false;
     };
-    let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    while let Some(t) = machine.poll_transmit(now) {
-        let _ = tx.try_send(Ok(t.frame));
-    }
-    let mut request = tonic::Request::new(Outbound::new(rx, Arc::new(Drained::default())));
-    if let Ok(v) = MetadataValue::try_from(config.server.server_id().as_str()) {
-        request.metadata_mut().insert(SERVER_ID_HEADER, v);
-    }
-    let mut client = TunnelClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let Ok(response) = client.open(request).await else {
+    let mut told = Told(false);
+    let first = first_flight(&mut machine, &mut told, now);
+    let server_id = config.server.server_id();
+    let drained = Arc::new(Drained::default());
+    let Ok((inbound, outbound)) = tunnel::open(channel, &first, &server_id, drained, None).await
+    else {
         return false;
     };
-    let (_, told) = drive(
-        machine,
-        Told(false),
-        response.into_inner(),
-        tx,
-        std::future::pending(),
-    )
-    .await;
+    let (_, told) = drive(machine, told, inbound, outbound, std::future::pending()).await;
     told.0
 }
 

@@ -37,29 +37,16 @@ use proto::pb::agent::{self as wire, reply, request};
 use proto::pb::session::exited;
 use telemetry::spans;
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::sync::CancellationToken;
 
+use crate::agent_call::AgentCall;
+pub use crate::agent_call::{STDIN_MESSAGE_COST, STDIN_WINDOW, stdin_cost};
 use crate::dispatch::{Dispatch, Records, request_for};
 use crate::error::{AgentError, ClientError};
 use crate::exec::{Event, ExecFailure, ExecSpec, ExitStatus, Recording};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
-use crate::session::{Control, Routed};
-
-/// Stdin of a call the CLI may send beyond the agent's acknowledgements,
-/// in [`stdin_cost`] units.
-pub const STDIN_WINDOW: u32 = 256 * 1024;
-/// What a stdin message costs in the window beyond its bytes (the room it
-/// takes in the agent's queue).
-pub const STDIN_MESSAGE_COST: u32 = 64;
-
-/// What a stdin message of `len` bytes costs in the window.
-pub fn stdin_cost(len: usize) -> u32 {
-    u32::try_from(len)
-        .unwrap_or(u32::MAX)
-        .saturating_add(STDIN_MESSAGE_COST)
-}
+use crate::session::Routed;
 
 /// The largest agent-protocol message (an exec request with a large
 /// environment, or an output chunk).
@@ -71,11 +58,6 @@ const COMMAND_QUEUE: usize = 16;
 /// How long, after a call's last event, to wait for the agent to say it
 /// has written the call's spans.
 const FLUSHED_WITHIN: Duration = Duration::from_secs(2);
-
-/// An event as the caller sees it, from the agent protocol's form.
-pub fn event_of(kind: proto::pb::session::terminal_event::Kind) -> Event {
-    crate::router::to_event(kind)
-}
 
 /// What a reply of the agent's means for the call: an event (a failure the
 /// agent reported is one too, typed as the library types it), or `None`
@@ -298,14 +280,7 @@ impl AgentClient {
         let (events_tx, events_rx) = mpsc::channel(REPLY_QUEUE);
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (controls, controls_rx) = mpsc::channel(COMMAND_QUEUE);
-        let call = AgentCall {
-            commands,
-            controls,
-            stdin: Arc::new(Semaphore::new(STDIN_WINDOW as usize)),
-            stop: CancellationToken::new(),
-            lost: Arc::new(Mutex::new(None)),
-            span_batch_max: Arc::new(std::sync::atomic::AtomicU32::new(0)),
-        };
+        let call = AgentCall::new(commands, controls);
         let link = Connection {
             framed,
             events: events_tx,
@@ -401,100 +376,6 @@ async fn next_reply(
     }
 }
 
-/// A call's handle on its agent connection: what its
-/// [`Controller`] sends and how it learns that the call was lost.
-#[derive(Debug, Clone)]
-pub(crate) struct AgentCall {
-    commands: mpsc::Sender<wire::Request>,
-    /// Signals, cancels and the stdin close: never behind stdin.
-    controls: mpsc::Sender<wire::Request>,
-    /// Stdin credit (the agent's window).
-    stdin: Arc<Semaphore>,
-    /// Cancelled when the caller goes away: the connection closes, and
-    /// the agent cancels the call.
-    stop: CancellationToken,
-    /// Why the connection ended before the call did.
-    lost: Arc<Mutex<Option<String>>>,
-    /// What the agent said with the last event: the call's exec-server
-    /// takes the agent's forwarded spans in batches of at most this many
-    /// bytes (0: no, or not said).
-    span_batch_max: Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl AgentCall {
-    /// The most bytes of a forwarded batch the call's exec-server takes
-    /// from the agent, once the last event said so.
-    pub(crate) fn span_batch_max(&self) -> Option<u32> {
-        Some(self.span_batch_max.load(Ordering::Relaxed)).filter(|m| *m > 0)
-    }
-
-    fn lost_reason(&self) -> String {
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| "the agent went away during the command".to_owned())
-    }
-
-    /// Why the call ended without its last event.
-    pub(crate) fn failure(&self) -> ExecFailure {
-        ExecFailure::Agent(self.lost_reason())
-    }
-
-    fn lost_error(&self) -> ClientError {
-        AgentError::Dispatch {
-            connection: true,
-            message: self.lost_reason(),
-        }
-        .into()
-    }
-
-    /// The caller went away: the connection closes.
-    pub(crate) fn cancel_on_drop(&self) {
-        self.stop.cancel();
-    }
-
-    /// Stdin, within the agent's window.
-    pub(crate) async fn write_stdin(&self, data: Bytes) -> Result<(), ClientError> {
-        match self.stdin.acquire_many(stdin_cost(data.len())).await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Err(self.lost_error()),
-        }
-        let msg = wire::Request {
-            body: Some(request::Body::Stdin(data)),
-        };
-        self.commands.send(msg).await.map_err(|_| self.lost_error())
-    }
-
-    /// A terminal's new window size (on the control queue: never behind
-    /// stdin).
-    pub(crate) async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
-        let msg = wire::Request {
-            body: Some(request::Body::Resize(proto::pb::session::Resize {
-                rows: u32::from(rows),
-                cols: u32::from(cols),
-            })),
-        };
-        self.controls.send(msg).await.map_err(|_| self.lost_error())
-    }
-
-    /// A control message.
-    pub(crate) async fn control(&self, control: Control) -> Result<(), ClientError> {
-        let body = match control {
-            Control::CloseStdin => request::Body::StdinClose(wire::Empty {}),
-            Control::Signal(n) => request::Body::Signal(n),
-            Control::Cancel => request::Body::Cancel(wire::Empty {}),
-        };
-        let msg = wire::Request { body: Some(body) };
-        // The close follows the stdin before it, on the same queue.
-        let queue = match control {
-            Control::CloseStdin => &self.commands,
-            _ => &self.controls,
-        };
-        queue.send(msg).await.map_err(|_| self.lost_error())
-    }
-}
-
 /// One call's connection to the agent, driven by a task of its own.
 struct Connection {
     framed: Framed<UnixStream, LengthDelimitedCodec>,
@@ -519,7 +400,7 @@ impl Connection {
             let room = self.events.clone();
             tokio::select! {
                 biased;
-                () = self.call.stop.cancelled() => return,
+                () = self.call.stopped() => return,
                 Some(msg) = self.controls.recv(), if writing => {
                     if self.framed.send(encode(&msg)).await.is_err() {
                         writing = false;
@@ -594,12 +475,7 @@ impl Connection {
 
     /// The connection ended before the call: the caller is told.
     fn lose(&mut self, reason: &str) {
-        *self
-            .call
-            .lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
-        self.call.stdin.close();
+        self.call.lose(reason);
         let _ = self.events.try_send(Routed {
             event: Event::Failed(ExecFailure::Agent(reason.to_owned())),
             at: Instant::now(),
@@ -614,22 +490,14 @@ impl Connection {
         let decoded = SystemTime::now();
         let event = match reply.body? {
             reply::Body::StdinTaken(n) => {
-                // Never more than the window (an agent that says more is
-                // not believed).
-                let room =
-                    (STDIN_WINDOW as usize).saturating_sub(self.call.stdin.available_permits());
-                self.call
-                    .stdin
-                    .add_permits(usize::try_from(n).unwrap_or(usize::MAX).min(room));
+                self.call.stdin_taken(n);
                 return None;
             }
             body => event_of_reply(body)?,
         };
         let last = matches!(event, Event::Exited(_) | Event::Failed(_));
         if last {
-            self.call
-                .span_batch_max
-                .store(reply.span_batch_max, Ordering::Relaxed);
+            self.call.set_span_batch_max(reply.span_batch_max);
         }
         if last && reply.ended_unix_nanos != 0 {
             // The last event's way from the agent's hand to ours.

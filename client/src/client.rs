@@ -21,6 +21,7 @@ use crate::exec::{ExecFailure, ExecSpec, Output};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
 use crate::router::FIRST_CALL;
 use crate::session::{NewCall, SessionHandle, Traced};
+use crate::tunnel;
 use crate::warm::{Perform, Trigger, Warm, WarmOutcome, WarmPolicy, WarmStatus, Warmed};
 
 /// A client for one exec-server.
@@ -330,7 +331,7 @@ impl Client {
                 match ch.as_ref() {
                     Some(c) => c.clone(),
                     None => {
-                        let c = connect::channel(config).await?;
+                        let c = tunnel::channel(config, &config.target).await?;
                         *ch = Some(c.clone());
                         c
                     }

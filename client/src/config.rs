@@ -39,6 +39,7 @@ pub const DEFAULT_RESUME: Duration = Duration::from_secs(60);
 
 /// Settings for a [`crate::Client`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The client's static key.
     pub key: StaticKeypair,
@@ -121,13 +122,12 @@ impl ClientConfig {
     /// handshake bound, a keepalive ping after `keepalive` of silence, and
     /// the exec-server declared dead after three unanswered keepalives.
     pub(crate) fn limits(&self) -> proto::session::Limits {
-        proto::session::Limits {
-            handshake_timeout: self.handshake_timeout,
-            keepalive: self.keepalive,
-            idle_timeout: self.keepalive.saturating_mul(3),
-            resumable: self.resume.is_some(),
-            ..proto::session::Limits::client()
-        }
+        let mut limits = proto::session::Limits::client();
+        limits.handshake_timeout = self.handshake_timeout;
+        limits.keepalive = self.keepalive;
+        limits.idle_timeout = self.keepalive.saturating_mul(3);
+        limits.resumable = self.resume.is_some();
+        limits
     }
 
     /// Takes the others of several ways to the same exec-server (this

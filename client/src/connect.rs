@@ -14,90 +14,22 @@ use std::time::SystemTime;
 use lifecycle::Tasks;
 use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use proto::driver::Endpoint as _;
-use proto::driver::drive_link;
-use proto::limits::MAX_GRPC_MESSAGE;
+use proto::driver::{drive_link, first_flight};
 use proto::noise::EarlyTicket;
-use proto::pb::tunnel::Frame;
-use proto::pb::tunnel::tunnel_client::TunnelClient;
-use proto::routing::SERVER_ID_HEADER;
-use proto::session::{ClientSession, FirstCallError, Now};
-use telemetry::{carriers, otel, semconv, spans};
+use proto::session::{ClientSession, FirstCallError, LinkFailure, LinkFailureKind, Now};
+use telemetry::{semconv, spans};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::abandon;
-use crate::config::{ClientConfig, Target};
+use crate::config::ClientConfig;
 use crate::error::{ConnectError, Waiting};
 use crate::exec::ExecFailure;
-use crate::outbound::Outbound;
 use crate::reconnect::{self, Reconnect};
 use crate::router::{FIRST_CALL, Router};
 use crate::session::{NewCall, SessionHandle, Shared};
-
-/// Frames queued toward the relay per session.
-pub(crate) const LINK_QUEUE: usize = 32;
-
-/// Connects a channel to the target.
-pub(crate) async fn channel(config: &ClientConfig) -> Result<Channel, ConnectError> {
-    channel_to(config, &config.target).await
-}
-
-/// Connects a channel to `target` (the config's or one of its alternates).
-async fn channel_to(config: &ClientConfig, target: &Target) -> Result<Channel, ConnectError> {
-    let url = target.url();
-    proto::link::client_endpoint(url, config.connect_timeout, &config.tls)
-        .map_err(|e| ConnectError::BadUrl {
-            url: url.into(),
-            source: Arc::new(e),
-        })?
-        .connect()
-        .await
-        .map_err(|e| ConnectError::unreachable(url, e))
-}
-
-/// Opens the tunnel stream on `channel` with `first` (handshake message 1)
-/// riding on it: the stream's two ends.
-async fn open_stream(
-    channel: Channel,
-    first: &[Frame],
-    (shared, connect_span): (&Shared, &mut opentelemetry::global::BoxedSpan),
-    (server_id, url): (&str, &str),
-    link_cx: &Context,
-) -> Result<
-    (
-        tonic::Streaming<Frame>,
-        mpsc::Sender<Result<Frame, tonic::Status>>,
-    ),
-    ConnectError,
-> {
-    let (tx, rx) = mpsc::channel(LINK_QUEUE);
-    for frame in first {
-        tx.try_send(Ok(frame.clone()))
-            .map_err(|_| ConnectError::Unavailable(crate::error::Unavailable::LinkEnded))?;
-    }
-    let frames = Outbound::new(rx, Arc::clone(&shared.drained));
-    let mut request = tonic::Request::new(frames);
-    if let Ok(v) = MetadataValue::try_from(server_id) {
-        request.metadata_mut().insert(SERVER_ID_HEADER, v);
-    }
-    if let Some(tc) = otel::trace_context_of(link_cx) {
-        carriers::metadata::inject(&tc, request.metadata_mut());
-    }
-    let mut client = TunnelClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let response = client.open(request).await;
-    if let Err(status) = &response {
-        let error = semconv::grpc_error_type(status.code());
-        connect_span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
-        connect_span.set_status(opentelemetry::trace::Status::error(error));
-    }
-    let response = response.map_err(|s| ConnectError::from_status(s, server_id, url))?;
-    Ok((response.into_inner(), tx))
-}
+use crate::tunnel;
 
 /// Whether the relay refused a session it says it did not take (it does
 /// not have the exec-server, is at a limit, or the exec-server did not
@@ -157,7 +89,7 @@ pub(crate) async fn open(
     let mut connect_span = tracer
         .span_builder(spans::RELAY_CONNECT)
         .with_kind(SpanKind::Client)
-        .with_attributes(connect_attributes(&url))
+        .with_attributes(tunnel::connect_attributes(&url))
         .start_with_context(&tracer, parent);
     let link_cx = parent.with_remote_span_context(connect_span.span_context().clone());
     let shared = Shared::new(&config.target);
@@ -195,25 +127,27 @@ pub(crate) async fn open(
         ),
     };
     // Message 1 rides with the stream opening, saving a round trip.
-    let mut first_frames = Vec::new();
-    while let Some(t) = machine.poll_transmit(now) {
-        first_frames.push(t.frame);
-        router.transmitted(t.done, t.sent, Now::system());
-    }
+    let first_frames = first_flight(&mut machine, &mut router, now);
     if first_at.is_some() {
         left.store(true, Ordering::Release);
     }
     let mut alternates = config.alternates.iter();
     let mut channel = channel;
     let (inbound, tx) = loop {
-        let opened = open_stream(
+        let opened = tunnel::open(
             channel,
             &first_frames,
-            (&shared, &mut connect_span),
-            (&server_id, &url),
-            &link_cx,
+            &server_id,
+            Arc::clone(&shared.drained),
+            Some(&link_cx),
         )
         .await;
+        let opened = opened.map_err(|status| {
+            let error = semconv::grpc_error_type(status.code());
+            connect_span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
+            connect_span.set_status(opentelemetry::trace::Status::error(error));
+            ConnectError::from_status(status, &server_id, &url)
+        });
         match opened {
             Ok(opened) => break opened,
             // The relay says it did not take the session; but its word is
@@ -226,7 +160,7 @@ pub(crate) async fn open(
                         connect_span.end();
                         return Err(e);
                     };
-                    if let Ok(c) = channel_to(config, target).await {
+                    if let Ok(c) = tunnel::channel(config, target).await {
                         break c;
                     }
                 };
@@ -285,7 +219,8 @@ pub(crate) async fn open(
                     let now = Now::system();
                     if !machine.is_detached() {
                         // Stopped mid-attempt: that link is gone too.
-                        machine.handle_link_end(Some(tonic::Status::cancelled("stopped")), now);
+                        let stopped = LinkFailure::new(LinkFailureKind::Cancelled, "stopped");
+                        machine.handle_link_end(Some(stopped), now);
                     }
                     machine.give_up(error, now);
                     reconnect::drain(&mut machine, &mut router, now);
@@ -348,12 +283,4 @@ pub(crate) async fn open(
         first_at,
         ticket: established.ready.early_ticket,
     })
-}
-
-/// `relay.connect`'s semantic-convention attributes: a gRPC call to
-/// `Tunnel/Open` at the URL's host and port.
-pub(crate) fn connect_attributes(url: &str) -> Vec<KeyValue> {
-    let mut attributes = semconv::rpc(semconv::TUNNEL_SERVICE, semconv::METHOD_OPEN).to_vec();
-    attributes.extend(semconv::server(url));
-    attributes
 }

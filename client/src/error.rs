@@ -1,6 +1,7 @@
 //! Typed errors of the client library. Every failure is told apart by a
-//! code (a gRPC status code, a close reason the relay or exec-server sent, a
-//! typed session error), never by message text; causes are kept as sources.
+//! code (a link failure's kind, a close reason the relay or exec-server
+//! sent, a typed session error), never by message text; causes are kept as
+//! sources.
 
 use std::error::Error;
 use std::fmt;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use proto::keys::PublicKey;
 use proto::noise::HandshakeError;
 use proto::pb::tunnel::CloseReason;
-use proto::session::{Closed, SessionError, Stage};
+use proto::session::{Closed, LinkFailure, LinkFailureKind, SessionError, Stage};
 
 /// What a link goes to: the relay, or an exec-server reached directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +30,16 @@ impl fmt::Display for Via {
     }
 }
 
-/// The cause of a failed connection: the transport's error or the gRPC
-/// status the far end answered with.
+/// The cause of a failed connection: the transport's error, or how the
+/// link failed (the far end's error status among them).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum LinkCause {
     /// The connection could not be made.
     Transport(Arc<tonic::transport::Error>),
-    /// The far end answered with an error status.
-    Status(tonic::Status),
+    /// The link failed (the far end answered with an error status, or the
+    /// link broke).
+    Link(LinkFailure),
 }
 
 impl fmt::Display for LinkCause {
@@ -50,8 +53,7 @@ impl fmt::Display for LinkCause {
                 }
                 write!(f, "{cur}")
             }
-            LinkCause::Status(s) if s.message().is_empty() => write!(f, "{}", s.code()),
-            LinkCause::Status(s) => f.write_str(s.message()),
+            LinkCause::Link(failure) => write!(f, "{failure}"),
         }
     }
 }
@@ -60,7 +62,7 @@ impl Error for LinkCause {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             LinkCause::Transport(e) => Some(e.as_ref()),
-            LinkCause::Status(s) => Some(s),
+            LinkCause::Link(failure) => Some(failure),
         }
     }
 }
@@ -70,12 +72,13 @@ impl Error for LinkCause {
 fn tls_detail(cause: &LinkCause) -> String {
     match cause {
         LinkCause::Transport(_) => format!(" ({cause})"),
-        LinkCause::Status(_) => String::new(),
+        LinkCause::Link(_) => String::new(),
     }
 }
 
 /// Why the exec-server (or the relay on its behalf) had no room.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Busy {
     /// What was dialled (the relay, or an exec-server reached directly)
     /// refused the session at one of its limits, which its words name.
@@ -120,6 +123,7 @@ impl fmt::Display for Busy {
 
 /// Why the handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeFailure {
     /// Message 2 did not prove the pinned key: the exec-server is not the
     /// one named (or the message was altered on the way).
@@ -148,6 +152,7 @@ impl fmt::Display for HandshakeFailure {
 
 /// Where setting up a session stopped for want of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Waiting {
     /// The relay (pairing the stream with the exec-server).
     Relay,
@@ -169,6 +174,7 @@ impl fmt::Display for Waiting {
 
 /// Why the exec-server could not be reached although the relay could.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unavailable {
     /// It is registered but did not take the session in time.
     NotAccepted,
@@ -194,6 +200,7 @@ impl fmt::Display for Unavailable {
 
 /// Why a session could not be established.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The URL is not usable (not a URL, not http:// or https://, or
     /// TLS cannot be set up for it, e.g. no CA certificates).
@@ -203,7 +210,7 @@ pub enum ConnectError {
         url: String,
         /// Why.
         #[source]
-        source: Arc<proto::link::EndpointError>,
+        source: Arc<proto::relay_link::EndpointError>,
     },
     /// The TLS handshake with the relay (or exec-server) failed: its
     /// certificate is not trusted or not for this name, or it does not
@@ -273,42 +280,47 @@ impl ConnectError {
     }
 
     /// The error for a refusing gRPC status from the relay (or a directly
-    /// reached exec-server). A relay names its reason in the status details;
-    /// the status code decides otherwise.
+    /// reached exec-server), as for the link failure it is.
     pub(crate) fn from_status(status: tonic::Status, server_id: &str, url: &str) -> Self {
-        use tonic::Code;
+        Self::from_link_failure(status.into(), server_id, url)
+    }
+
+    /// The error for a link that failed before the session was set up. A
+    /// relay names its reason for refusing (in the status details); the
+    /// failure's kind decides otherwise.
+    pub(crate) fn from_link_failure(failure: LinkFailure, server_id: &str, url: &str) -> Self {
         // A TLS listener refusing a plain client says so in HTTP/2.
-        if let Some(failure) = proto::tls::failure_in(&status) {
+        if let Some(tls) = proto::tls::failure_in(&failure) {
             return Self::Tls {
                 url: url.to_owned(),
-                failure,
-                source: LinkCause::Status(status),
+                failure: tls,
+                source: LinkCause::Link(failure),
             };
         }
-        if let Some(reason) = proto::routing::refusal(&status) {
+        if let Some(reason) = failure.refusal() {
             match reason {
                 CloseReason::UnknownServer => return Self::UnknownServer(server_id.to_owned()),
-                CloseReason::Busy => return Self::Busy(Busy::link(url, status.message())),
+                CloseReason::Busy => return Self::Busy(Busy::link(url, failure.message())),
                 CloseReason::NotAccepted | CloseReason::PeerGone => {
                     return Self::Unavailable(Unavailable::NotAccepted);
                 }
                 CloseReason::RouteUnreachable => {
                     return Self::Unavailable(Unavailable::RouteUnreachable(
-                        status.message().to_owned(),
+                        failure.message().to_owned(),
                     ));
                 }
                 _ => {}
             }
         }
-        match status.code() {
-            Code::NotFound => Self::UnknownServer(server_id.to_owned()),
-            Code::ResourceExhausted => Self::Busy(Busy::link(url, status.message())),
-            Code::DeadlineExceeded => Self::Timeout(Waiting::Relay),
-            Code::Unavailable | Code::Unknown | Code::Cancelled => Self::Unreachable {
+        match failure.kind() {
+            LinkFailureKind::NotFound => Self::UnknownServer(server_id.to_owned()),
+            LinkFailureKind::Exhausted => Self::Busy(Busy::link(url, failure.message())),
+            LinkFailureKind::TimedOut => Self::Timeout(Waiting::Relay),
+            LinkFailureKind::Broken | LinkFailureKind::Cancelled => Self::Unreachable {
                 url: url.to_owned(),
-                source: LinkCause::Status(status),
+                source: LinkCause::Link(failure),
             },
-            _ => Self::Protocol(Arc::new(status)),
+            _ => Self::Protocol(Arc::new(failure)),
         }
     }
 
@@ -324,7 +336,7 @@ impl ConnectError {
                 Self::Timeout(Waiting::ExecServer)
             }
             SessionError::LinkEnded => Self::Unavailable(Unavailable::LinkEnded),
-            SessionError::LinkFailed(status) => Self::from_status(status, id, url),
+            SessionError::LinkFailed(failure) => Self::from_link_failure(failure, id, url),
             other => Self::Protocol(Arc::new(other)),
         }
     }
@@ -387,8 +399,8 @@ impl fmt::Display for SessionLost {
             Ok(Closed::Local) => f.write_str("closed by the client"),
             Ok(Closed::Peer(reason)) => write!(f, "the exec-server closed the session: {reason}"),
             Err(SessionError::LinkEnded) => write!(f, "{via} ended the link"),
-            Err(SessionError::LinkFailed(s)) => {
-                write!(f, "the connection to {via} broke: {}", s.message())
+            Err(SessionError::LinkFailed(failure)) => {
+                write!(f, "the connection to {via} broke: {failure}")
             }
             Err(SessionError::LinkClosed(reason)) => f.write_str(match reason {
                 CloseReason::PeerGone => "the exec-server went away",
@@ -427,6 +439,7 @@ impl Error for SessionLost {
 
 /// Why a call could not be dispatched.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No session could be established.
     #[error(transparent)]
@@ -444,6 +457,7 @@ pub enum ClientError {
 
 /// Why a call through a local agent could not be made.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum AgentError {
     /// No agent answers at the socket (none runs, or the socket is stale).
     #[error("no agent answers at {}: {source}", path.display())]
@@ -487,6 +501,7 @@ impl AgentError {
 
 /// What is wrong with a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidRequest {
     /// No program was named.
     #[error("no program given")]
@@ -579,6 +594,28 @@ mod tests {
         let status = tonic::Status::resource_exhausted(long);
         let e = ConnectError::from_status(status, "abcd", "http://exec:7601");
         assert!(e.to_string().len() < MAX_REFUSAL_WORDS + 100, "{e}");
+    }
+
+    #[test]
+    fn a_link_that_failed_during_set_up_is_told_apart_by_its_kind_and_reason() {
+        let key = proto::keys::StaticKeypair::generate().unwrap().public();
+        let of = |failure: LinkFailure| {
+            let err = SessionError::LinkFailed(failure);
+            ConnectError::from_session(err, key, "http://relay:7600", "abcd")
+        };
+        // The relay's typed reason decides, whatever the words.
+        let refused = LinkFailure::new(LinkFailureKind::Refused, "busy")
+            .with_refusal(Some(CloseReason::UnknownServer));
+        assert!(matches!(of(refused), ConnectError::UnknownServer(id) if id == "abcd"));
+        let late = LinkFailure::new(LinkFailureKind::TimedOut, "");
+        assert!(matches!(of(late), ConnectError::Timeout(Waiting::Relay)));
+        let broken = LinkFailure::new(LinkFailureKind::Broken, "reset");
+        let e = of(broken);
+        assert!(matches!(
+            &e,
+            ConnectError::Unreachable { source: LinkCause::Link(f), .. } if f.message() == "reset"
+        ));
+        assert_eq!(e.to_string(), "cannot reach http://relay:7600: reset");
     }
 
     #[test]

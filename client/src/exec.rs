@@ -12,6 +12,7 @@ use proto::pb::session::{EnvVar, ExecErrorKind, ExecRequest, StdinMode, Terminal
 /// ([`ExecSpec::new`]), or the remote user's login shell
 /// ([`ExecSpec::login_shell`]).
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ExecSpec {
     /// Program and arguments. No shell is involved unless argv runs one.
     /// Empty for a login shell (anything else is refused).
@@ -194,7 +195,9 @@ impl ExitStatus {
     }
 }
 
-/// Why a call ended without an exit status.
+/// Why a call ended without an exit status. Exhaustive on purpose: the
+/// agent carries each failure in its own protocol, and a new one must be
+/// mapped there (and wherever a caller tells them apart) before it builds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExecFailure {
     /// The program does not exist on the exec-server.
@@ -302,7 +305,9 @@ impl ExecFailure {
     }
 }
 
-/// A terminal event, in the order the exec-server pushed it.
+/// A terminal event, in the order the exec-server pushed it. Exhaustive on
+/// purpose, as [`ExecFailure`]: the agent carries each event in its own
+/// protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The process started.

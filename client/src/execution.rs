@@ -347,7 +347,7 @@ pub(crate) enum Carrier {
     Session(SessionHandle),
     /// A connection to a local agent, which holds the session.
     #[cfg(feature = "agent")]
-    Agent(crate::agent::AgentCall),
+    Agent(crate::agent_call::AgentCall),
 }
 
 impl Carrier {

@@ -27,13 +27,19 @@
 //! - `exec`: what a call is ([`ExecSpec`], with an optional [`Terminal`])
 //!   and what comes back ([`Event`]).
 //! - `error`: [`ClientError`], [`ConnectError`], [`SessionLost`].
-//! - `connect`: reaching the relay and starting a session's driver.
-//! - `link`: [`LinkState`], a session's link as callers watch it (up,
+//! - `connect`: establishing a session: its first link, the machine's
+//!   first flight on it, and the session's driver.
+//! - `tunnel`: opening a link (the tunnel stream to a relay, or to an
+//!   exec-server directly) with a machine's first flight riding on it; every
+//!   link the client opens goes through it.
+//! - `link_state`: [`LinkState`], a session's link as callers watch it (up,
 //!   lost and being reconnected through which URL, ended).
 //! - `outbound`: a link's sending half as the transport takes it, and
 //!   when it has taken the last frame (a close sent, never waited for).
 //! - `reconnect`: a session whose link broke coming back (backoff, every
 //!   relay in turn, the resume) within [`ClientConfig::resume`].
+//! - `abandon`: giving a session up at the exec-server (a fresh link whose
+//!   resume ends its calls there rather than leaving them for its grace).
 //! - `session`: the handle callers hold on a session, and the state they
 //!   share with its driver.
 //! - `router`: the endpoint beside the session driver (the protocol itself
@@ -43,6 +49,9 @@
 //!   its span and `dispatch.prepare`, its record).
 //! - [`agent`] (feature `agent`): calls through a local agent that holds
 //!   the session ([`agent::AgentClient`]), with the same [`Execution`].
+//! - `agent_call` (feature `agent`): a call's handle on its agent
+//!   connection (stdin within the agent's window, controls, how it was
+//!   lost), what its [`Controller`] sends through.
 //! - `records` (feature `records`, on by default): each command's record.
 //!
 //! Tracing: the dispatch span is a child of [`ExecSpec::parent`], or of the
@@ -52,6 +61,8 @@
 mod abandon;
 #[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "agent")]
+mod agent_call;
 mod client;
 mod config;
 mod connect;
@@ -59,13 +70,14 @@ mod dispatch;
 mod error;
 mod exec;
 mod execution;
-mod link;
+mod link_state;
 mod outbound;
 mod reconnect;
 #[cfg(feature = "records")]
 mod records;
 mod router;
 mod session;
+mod tunnel;
 mod warm;
 
 pub use client::Client;
@@ -76,7 +88,7 @@ pub use error::{
 };
 pub use exec::{Event, ExecFailure, ExecSpec, ExitStatus, Gap, Output, Recording, Terminal};
 pub use execution::{Controller, Execution};
-pub use link::LinkState;
+pub use link_state::LinkState;
 /// Keys: the client's own static key and the exec-server's public key.
 pub use proto::keys::{KeyError, PublicKey, StaticKeypair};
 /// Names an exec-server's run, for early data ([`Client::early_ticket`]).

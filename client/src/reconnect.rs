@@ -10,22 +10,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use proto::limits::MAX_GRPC_MESSAGE;
-use proto::link::FrameSender;
-use proto::pb::tunnel::Frame;
-use proto::pb::tunnel::tunnel_client::TunnelClient;
-use proto::routing::SERVER_ID_HEADER;
-use proto::session::{Now, SessionError, Stage};
+use proto::driver::first_flight;
+use proto::session::{LinkFailure, LinkFailureKind, Now, SessionError, Stage};
 use telemetry::spans;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
-use tonic::metadata::MetadataValue;
 
 use crate::config::{ClientConfig, Target};
-use crate::connect::LINK_QUEUE;
-use crate::outbound::Outbound;
 use crate::router::{Machine, Router};
+use crate::tunnel::{self, Link};
 
 /// The first retry waits this long; each further one twice as long, up to
 /// [`MAX_BACKOFF`].
@@ -33,9 +25,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The longest wait between two rounds of attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// A new link's two halves.
-pub(crate) type NewLink = (Streaming<Frame>, FrameSender);
 
 /// What a session needs to come back.
 pub(crate) struct Reconnect {
@@ -70,7 +59,7 @@ impl Reconnect {
         &mut self,
         machine: &mut Machine,
         router: &mut Router,
-    ) -> Result<NewLink, SessionError> {
+    ) -> Result<Link, SessionError> {
         let within = self.config.resume.unwrap_or_default();
         let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + within);
         loop {
@@ -124,45 +113,34 @@ impl Reconnect {
         target: &Target,
         machine: &mut Machine,
         router: &mut Router,
-    ) -> Option<NewLink> {
+    ) -> Option<Link> {
         let config = &self.config;
-        let url = target.url();
-        router.link().trying(url);
-        let endpoint =
-            proto::link::client_endpoint(url, config.connect_timeout, &config.tls).ok()?;
+        router.link().trying(target.url());
         let channel = tokio::select! {
             () = self.stop.cancelled() => return None,
-            c = endpoint.connect() => c.ok()?,
+            c = tunnel::channel(config, target) => c.ok()?,
         };
         if !machine.is_detached() {
             return None;
         }
         let now = Now::system();
         machine.reattach(&config.key, &config.server, now).ok()?;
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        while let Some(t) = machine.poll_transmit(now) {
-            let _ = tx.try_send(Ok(t.frame));
-        }
-        let frames = Outbound::new(rx, router.drained());
-        let mut request = tonic::Request::new(frames);
-        if let Ok(v) = MetadataValue::try_from(config.server.server_id().as_str()) {
-            request.metadata_mut().insert(SERVER_ID_HEADER, v);
-        }
-        let mut client = TunnelClient::new(channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let first = first_flight(machine, router, now);
+        let server_id = config.server.server_id();
+        let open = tunnel::open(channel, &first, &server_id, router.drained(), None);
         let opened = tokio::select! {
-            () = self.stop.cancelled() => Err(tonic::Status::cancelled("the client is stopping")),
-            r = tokio::time::timeout(config.handshake_timeout, client.open(request)) => {
-                r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")))
-            }
+            () = self.stop.cancelled() => Err(LinkFailure::new(LinkFailureKind::Cancelled, "the client is stopping")),
+            r = tokio::time::timeout(config.handshake_timeout, open) => match r {
+                Ok(opened) => opened.map_err(LinkFailure::from),
+                Err(_) => Err(LinkFailure::new(LinkFailureKind::TimedOut, "no answer")),
+            },
         };
         match opened {
-            Ok(response) => Some((response.into_inner(), tx)),
-            Err(status) => {
+            Ok(link) => Some(link),
+            Err(failure) => {
                 // The new link did not come up: detached again.
                 let now = Now::system();
-                machine.handle_link_end(Some(status), now);
+                machine.handle_link_end(Some(failure), now);
                 drain(machine, router, now);
                 None
             }

@@ -15,7 +15,7 @@ pub(crate) const LOGIN_SHELL: &str = "(login shell)";
 
 /// A command's record and where it goes.
 #[derive(Debug)]
-pub struct CallRecord {
+pub(crate) struct CallRecord {
     store: Persister,
     record: CommandRecord,
     started: Instant,
@@ -28,7 +28,7 @@ fn micros(since: Instant) -> i64 {
 impl CallRecord {
     /// Records a dispatched command (its arguments only when `args` is
     /// given).
-    pub fn dispatched(
+    pub(crate) fn dispatched(
         store: &Persister,
         server_id: String,
         program: String,
@@ -66,7 +66,7 @@ impl CallRecord {
 
     /// The process started; `program` names a login shell the
     /// exec-server chose.
-    pub fn running(&mut self, program: Option<&str>) {
+    pub(crate) fn running(&mut self, program: Option<&str>) {
         self.record.progress = Progress::Running;
         if let Some(p) = program {
             p.clone_into(&mut self.record.program);
@@ -75,13 +75,13 @@ impl CallRecord {
     }
 
     /// The first output byte reached the caller.
-    pub fn first_output(&mut self) {
+    pub(crate) fn first_output(&mut self) {
         self.record.first_output_us = Some(micros(self.started));
         self.save();
     }
 
     /// The command ended (`Err` when it could not run or was cut off).
-    pub fn finished(&mut self, end: Result<ExitStatus, &ExecFailure>, out: u64, err: u64) {
+    pub(crate) fn finished(&mut self, end: Result<ExitStatus, &ExecFailure>, out: u64, err: u64) {
         self.record.progress = Progress::Finished;
         self.record.total_us = Some(micros(self.started));
         self.record.exit = Some(match end {
@@ -95,7 +95,7 @@ impl CallRecord {
     }
 
     /// The command could not be dispatched at all.
-    pub fn failed(&mut self, reason: &str) {
+    pub(crate) fn failed(&mut self, reason: &str) {
         self.record.progress = Progress::Finished;
         self.record.total_us = Some(micros(self.started));
         self.record.exit = Some(Exit::Error(reason.to_owned()));

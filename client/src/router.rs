@@ -290,7 +290,7 @@ impl Outage {
 
 impl Router {
     /// The link's state, as callers watch it.
-    pub(crate) fn link(&self) -> &crate::link::LinkWatch {
+    pub(crate) fn link(&self) -> &crate::link_state::LinkWatch {
         &self.shared.link
     }
 
@@ -419,7 +419,7 @@ impl Router {
                 // A call to Tunnel/Open, as the first link's, at the URL
                 // this attempt dialled.
                 let attributes = match dialled.next() {
-                    Some(url) => crate::connect::connect_attributes(url),
+                    Some(url) => crate::tunnel::connect_attributes(url),
                     None => telemetry::semconv::rpc(
                         telemetry::semconv::TUNNEL_SERVICE,
                         telemetry::semconv::METHOD_OPEN,

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Target;
 use crate::error::{SessionLost, Via};
 use crate::exec::{Event, ExecFailure};
-use crate::link::LinkWatch;
+use crate::link_state::LinkWatch;
 use crate::outbound::Drained;
 
 /// An event on its way to the caller, with when the driver handed it over

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use proto::driver::sleep_until;
 use proto::session::Now;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ use crate::error::ClientError;
 
 /// How a client keeps its session warm (off by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WarmPolicy {
     /// Whether warms are scheduled.
     pub enabled: bool,
@@ -74,6 +76,7 @@ impl Default for WarmPolicy {
 
 /// How the last warm went.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum WarmOutcome {
     /// The session answered a ping, or a new one was established.
     Ok,
@@ -340,14 +343,6 @@ impl Drop for Warming<'_> {
         if !self.over {
             self.warm.update(|s, now| s.abandon(now));
         }
-    }
-}
-
-/// Sleeps until `due`, or forever without one.
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::link::SESSION_QUEUE;
+use crate::registration::SESSION_QUEUE;
 use crate::session::{self, FrameSender, ServerContext};
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;

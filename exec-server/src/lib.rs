@@ -5,7 +5,8 @@
 //! Layout:
 //! - [`config`]: settings and their bounds.
 //! - [`server`]: start, run and graceful shutdown.
-//! - [`link`]: the dial-out registration with a relay and session accept.
+//! - [`registration`]: the dial-out registration with a relay (the
+//!   exec-server's link to it) and session accept.
 //! - [`credit`]: a call's output credit (the session's output window),
 //!   which its process reserves from before reading its output.
 //! - [`contain`]: a command's processes end with it and with the
@@ -38,9 +39,9 @@ pub mod credit;
 pub mod direct;
 pub mod environment;
 pub mod keys;
-pub mod link;
 pub mod process;
 pub mod pty;
+pub mod registration;
 pub mod server;
 pub mod session;
 pub mod shell;

@@ -34,6 +34,7 @@ use nix::unistd::Pid;
 use opentelemetry::Context;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanId, TraceContextExt, Tracer};
+use proto::driver::sleep_until;
 use proto::keys::EnvPolicy;
 use proto::limits::MAX_CHUNK;
 use proto::pb::session::{
@@ -697,7 +698,7 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         watching,
     ));
     let mut status = None;
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
     let mut killed = false;
     // A pipe (or the terminal) is read only with credit for a whole chunk
     // in hand, taken while signals and cancels are still heard.
@@ -727,12 +728,7 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         if status.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
-        let drain = async {
-            match drain_deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let drain = sleep_until(drain_deadline);
         let reading = stdout.is_some() || stderr.is_some();
         tokio::select! {
             () = wrote(&mut writer), if writer.is_some() => writer = None,
@@ -809,7 +805,7 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
                 if let Some(w) = exit_watch.take() {
                     w.end(&mut stages);
                 }
-                drain_deadline = Some(tokio::time::Instant::now() + launch.exit_drain);
+                drain_deadline = Some(Instant::now() + launch.exit_drain);
             }
             () = drain => {
                 // Descendants still hold the pipes open; stop waiting for them.

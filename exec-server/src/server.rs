@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ExecServerConfig, RelayMode};
 use crate::direct::DirectTunnel;
-use crate::link;
+use crate::registration;
 use crate::session::ServerContext;
 
 /// Why the exec-server could not start or stopped.
@@ -199,7 +199,7 @@ pub async fn start(
             Some(
                 tasks.spawn(
                     tracing::info_span!("direct", %addr),
-                    proto::link::server()
+                    proto::relay_link::server()
                         .add_service(svc)
                         .serve_with_incoming_shutdown(
                             proto::listener::incoming(
@@ -251,7 +251,7 @@ pub async fn start(
                 };
                 let run = async {
                     tokio::select! {
-                        () = link::run(urls, ctx, sessions, inner_tx) => {}
+                        () = registration::run(urls, ctx, sessions, inner_tx) => {}
                         () = link_shutdown.cancelled() => {}
                     }
                 };

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use prost::Message;
-use proto::framing::FrameEncoder;
+use proto::envelope_stream::FrameEncoder;
 use proto::noise::{ClientHandshake, SessionConfig};
 use proto::pb::session::{self, envelope::Body};
 use proto::pb::tunnel::{self, CloseReason, Frame, FrameKind};

@@ -1,10 +1,10 @@
 //! The length-prefixed envelope stream inside a session
-//! (`proto::framing`): bytes fed in pieces of every size give the same
+//! (`proto::envelope_stream`): bytes fed in pieces of every size give the same
 //! messages, never more than the bound, and nothing buffered past it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::framing::FrameDecoder;
+use proto::envelope_stream::FrameDecoder;
 
 /// A small bound, so that the fuzzer reaches it.
 const MAX: usize = 4096;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// The relay's port when an address names none.
-pub const DEFAULT_PORT: u16 = 7600;
+pub(crate) const DEFAULT_PORT: u16 = 7600;
 
 /// A relay address, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,7 @@ pub struct AddressError {
 
 /// What is wrong with an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Problem {
     /// Nothing was given.
     #[error("empty")]

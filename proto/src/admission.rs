@@ -51,6 +51,7 @@ pub struct Startups {
 
 /// Why a `start:rate:full` text is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartupsError {
     /// Not three numbers separated by colons (or a single number).
     #[error("expected START:RATE:FULL (e.g. 10:30:100) or a single number")]
@@ -63,7 +64,7 @@ pub enum StartupsError {
 impl Startups {
     /// The probability (0 to 1) that a new session is refused when
     /// `in_flight` are already admitted.
-    pub fn drop_probability(&self, in_flight: usize) -> f64 {
+    pub(crate) fn drop_probability(&self, in_flight: usize) -> f64 {
         if in_flight < self.start {
             return 0.0;
         }
@@ -216,7 +217,7 @@ impl Admission {
     }
 
     /// Gives back the place of a session [`settle`](Self::settle)d before.
-    pub fn release_settled(&mut self) {
+    pub(crate) fn release_settled(&mut self) {
         self.total = self.total.saturating_sub(1);
     }
 
@@ -226,13 +227,13 @@ impl Admission {
     }
 
     /// Sessions admitted from `source`.
-    pub fn from_source(&self, source: Source) -> usize {
+    pub(crate) fn held_by(&self, source: Source) -> usize {
         self.by_source.get(&source).copied().unwrap_or(0)
     }
 
     /// Whether `source` holds its whole share.
     pub fn over_share(&self, source: Source) -> bool {
-        self.from_source(source) >= self.limits.per_source
+        self.held_by(source) >= self.limits.per_source
     }
 }
 
@@ -555,7 +556,7 @@ mod tests {
         a.admit(None, 0.5).unwrap();
         a.release(v4(2));
         assert_eq!(
-            a.from_source(Source::of(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))),
+            a.held_by(Source::of(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))),
             1
         );
         a.admit(v4(2), 0.5).unwrap();

@@ -5,6 +5,10 @@
 //! [`Endpoint`] beside it (the client's call routing, the exec-server's
 //! processes). Everything the two ends say to each other is decided by the
 //! machine; the driver only moves bytes and time.
+//!
+//! It is also the edge between the machines and gRPC: a link's error
+//! status becomes the session core's [`LinkFailure`] here (the machines
+//! name no tonic or tokio type).
 
 use std::future::Future;
 use std::time::Instant;
@@ -12,9 +16,12 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::link::FrameSender;
 use crate::pb::tunnel::Frame;
-use crate::session::{ClientEvent, ClientSession, Now, ServerEvent, ServerSession, Transmit};
+use crate::relay_link::FrameSender;
+use crate::session::{
+    ClientEvent, ClientSession, LinkFailure, LinkFailureKind, Now, ServerEvent, ServerSession,
+    Transmit,
+};
 
 /// A session machine, as the driver sees it.
 pub trait Machine: Send {
@@ -25,7 +32,7 @@ pub trait Machine: Send {
     /// A frame from the link.
     fn handle_frame(&mut self, frame: Frame, now: Now);
     /// The link ended (`failure`: it broke).
-    fn handle_link_end(&mut self, failure: Option<Status>, now: Now);
+    fn handle_link_end(&mut self, failure: Option<LinkFailure>, now: Now);
     /// Timers due at `now`.
     fn handle_timeout(&mut self, now: Now);
     /// The local side is done (shutdown, or no more local input).
@@ -99,6 +106,26 @@ pub trait Endpoint<M: Machine>: Send {
     /// the last chance to queue what must go before the close (it is sent
     /// first).
     fn closing(&mut self, _machine: &mut M, _now: Now) {}
+}
+
+/// The machine's first flight: what it sends before the link is open
+/// (handshake message 1, with early data when it carries a call), so that
+/// it rides with the link's opening (a relay's `Open`) instead of a round
+/// trip after it. The endpoint is told of each frame as of one sent
+/// ([`Endpoint::transmitted`]); the driver sends the rest once the link is
+/// open.
+pub fn first_flight<M, E>(machine: &mut M, endpoint: &mut E, now: Now) -> Vec<Frame>
+where
+    M: Machine,
+    E: Endpoint<M>,
+{
+    let mut frames = Vec::new();
+    while let Some(t) = machine.poll_transmit(now) {
+        frames.push(t.frame);
+        let at = after_send(now, &t.done);
+        endpoint.transmitted(t.done, t.sent, at);
+    }
+    frames
 }
 
 /// How [`drive_link`] stopped.
@@ -226,7 +253,7 @@ where
                     Some(Ok(frame)) => machine.handle_frame(frame, now),
                     Some(Err(status)) => {
                         inbound_open = false;
-                        machine.handle_link_end(Some(status), now);
+                        machine.handle_link_end(Some(status.into()), now);
                     }
                     None => {
                         inbound_open = false;
@@ -246,14 +273,14 @@ where
                     }
                 }
             }
-            () = sleep(deadline) => {
+            () = sleep_until(deadline) => {
                 now = Now::system();
                 machine.handle_timeout(now);
             }
         }
         if link_gone {
             out = None;
-            let closed = Status::unavailable("the link closed");
+            let closed = LinkFailure::new(LinkFailureKind::Broken, "the link closed");
             machine.handle_link_end(Some(closed), now);
         }
     }
@@ -265,7 +292,10 @@ async fn reserve(
     tx?.reserve().await.ok()
 }
 
-async fn sleep(deadline: Option<Instant>) {
+/// Waits until `deadline` (a machine's next timer, or any other), or
+/// forever without one: the one timer wait of the session drivers and the
+/// loops beside them.
+pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
@@ -282,7 +312,7 @@ macro_rules! machine {
             fn handle_frame(&mut self, frame: Frame, now: Now) {
                 $machine::handle_frame(self, frame, now);
             }
-            fn handle_link_end(&mut self, failure: Option<Status>, now: Now) {
+            fn handle_link_end(&mut self, failure: Option<LinkFailure>, now: Now) {
                 $machine::handle_link_end(self, failure, now);
             }
             fn handle_timeout(&mut self, now: Now) {
@@ -325,9 +355,61 @@ macro_rules! machine {
 machine!(ClientSession, ClientEvent);
 machine!(ServerSession, ServerEvent);
 
+/// A link's error status as the session core knows it: its kind from the
+/// status code, the reason a relay named in its details
+/// ([`crate::routing::refusal`]), its words, and the status itself as the
+/// source.
+impl From<Status> for LinkFailure {
+    fn from(status: Status) -> Self {
+        use tonic::Code;
+        let kind = match status.code() {
+            Code::Unavailable | Code::Unknown => LinkFailureKind::Broken,
+            Code::Cancelled => LinkFailureKind::Cancelled,
+            Code::NotFound => LinkFailureKind::NotFound,
+            Code::ResourceExhausted => LinkFailureKind::Exhausted,
+            Code::DeadlineExceeded => LinkFailureKind::TimedOut,
+            _ => LinkFailureKind::Refused,
+        };
+        LinkFailure::new(kind, status.message())
+            .with_refusal(crate::routing::refusal(&status))
+            .with_source(std::sync::Arc::new(status))
+    }
+}
+
 /// The time a record carrying marked messages was handed to the link (read
 /// again, so that their send spans include the encoding and sealing); for
 /// other records the wake's time stands.
 fn after_send<T>(now: Now, done: &[T]) -> Now {
     if done.is_empty() { now } else { Now::system() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::tunnel::CloseReason;
+
+    #[test]
+    fn a_status_becomes_a_typed_link_failure_with_its_cause() {
+        let status = crate::routing::refuse(
+            tonic::Code::ResourceExhausted,
+            "the relay is busy",
+            CloseReason::Busy,
+        );
+        let failure = LinkFailure::from(status);
+        assert_eq!(failure.kind(), LinkFailureKind::Exhausted);
+        assert_eq!(failure.refusal(), Some(CloseReason::Busy));
+        assert_eq!(failure.message(), "the relay is busy");
+        let source = std::error::Error::source(&failure).and_then(|e| e.downcast_ref::<Status>());
+        assert_eq!(
+            source.map(Status::code),
+            Some(tonic::Code::ResourceExhausted)
+        );
+        // Told apart by code, never by words.
+        let reset = LinkFailure::from(Status::unavailable("not found"));
+        assert_eq!(reset.kind(), LinkFailureKind::Broken);
+        assert_eq!(reset.refusal(), None);
+        let other = LinkFailure::from(Status::aborted(""));
+        assert_eq!(other.kind(), LinkFailureKind::Refused);
+        assert_eq!(other.to_string(), "the far end refused");
+    }
 }

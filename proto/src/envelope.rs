@@ -11,6 +11,7 @@ use crate::pb::session::{Envelope, TraceContext, envelope::Body};
 
 /// Errors encoding or decoding an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnvelopeError {
     /// The envelope is larger than [`MAX_ENVELOPE`].
     #[error("envelope of {len} bytes exceeds the limit of {max} bytes")]

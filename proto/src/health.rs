@@ -20,12 +20,13 @@ pub const RELAY: &str = "";
 
 /// Why a health probe did not find the service serving.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HealthError {
     /// The URL is not a valid endpoint (or TLS cannot be set up for it).
     #[error("{0}")]
-    BadUrl(#[from] crate::link::EndpointError),
+    BadUrl(#[from] crate::relay_link::EndpointError),
     /// No connection could be made (TLS failures included).
-    #[error("cannot connect: {}", crate::link::why(.0))]
+    #[error("cannot connect: {}", crate::relay_link::why(.0))]
     Connect(#[source] tonic::transport::Error),
     /// The probe took longer than its timeout.
     #[error("no answer within {0:?}")]
@@ -57,7 +58,7 @@ pub async fn check(
 ) -> Result<(), HealthError> {
     // One deadline for the whole probe (below): a per-request timeout
     // would surface as a cancelled call instead.
-    let endpoint = crate::link::endpoint(url, timeout, tls)?;
+    let endpoint = crate::relay_link::endpoint(url, timeout, tls)?;
     let probe = async {
         let channel = endpoint.connect().await.map_err(HealthError::Connect)?;
         let request = pb::HealthCheckRequest {

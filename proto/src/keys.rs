@@ -32,10 +32,11 @@ use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
 /// Length of an X25519 key in bytes.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// Errors reading, parsing or writing keys.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The text is not base64 of exactly 32 bytes.
     #[error("not a valid key: expected 44 characters of base64 encoding 32 bytes")]
@@ -220,7 +221,7 @@ fn decode_key(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
 
 /// Where `keygen` writes the public half of the private key file `key`:
 /// beside it, `.pub` added to its name (`server.key` -> `server.key.pub`).
-pub fn public_key_path(key: &Path) -> std::path::PathBuf {
+pub(crate) fn public_key_path(key: &Path) -> std::path::PathBuf {
     let mut name = key.as_os_str().to_owned();
     name.push(".pub");
     std::path::PathBuf::from(name)
@@ -362,6 +363,7 @@ fn x25519_public(private: &[u8; KEY_LEN]) -> Result<[u8; KEY_LEN], KeyError> {
 
 /// Why the options of an authorized-keys line cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptionsError {
     /// An option this exec-server does not know (refused rather than
     /// ignored: an ignored restriction would admit more than meant).
@@ -479,6 +481,7 @@ pub enum Origin {
 
 /// The options of one authorized key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyOptions {
     /// `from=`: the source addresses admitted (none given: any). A key with
     /// `from=` is admitted on direct connections only.

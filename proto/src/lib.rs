@@ -8,7 +8,8 @@
 //! - [`keys`]: static X25519 keys, their text form, key files, authorized-keys
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
-//! - [`link`]: the gRPC endpoint and server settings every relay link shares.
+//! - [`relay_link`]: the gRPC endpoint and server settings every relay link
+//!   shares, and a link's sending half.
 //! - [`address`]: relay addresses as people type them (`HOST:PORT`,
 //!   `http://…`, `https://…`), for every `--relay` flag.
 //! - [`admission`]: admission of unauthenticated sessions (early drop as the
@@ -23,7 +24,8 @@
 //! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
 //!   transport with record framing, rekey and authenticated close).
 //! - [`frames`]: constructors for relay frames (handshake, data, close).
-//! - [`framing`]: the length-prefixed envelope stream inside the session.
+//! - [`envelope_stream`]: the length-prefixed envelope stream inside the
+//!   session.
 //! - [`envelope`]: envelope encode/decode with size limits.
 //! - [`registration`]: the sans-IO proof that a registering exec-server holds
 //!   its static key.
@@ -34,27 +36,28 @@
 //!   ([`session::ClientSession`], [`session::ServerSession`]).
 //! - [`clock`]: wall-clock helpers shared by the codecs.
 //!
-//! Apart from [`health`]'s probe, [`link`]'s settings and the listener, nothing here
-//! depends on an async runtime: the protocol cores take bytes and
-//! time and return bytes and events; the services drive them.
+//! Apart from [`health`]'s probe, [`relay_link`]'s settings, the listener and
+//! the [`driver`], nothing here depends on an async runtime: the protocol
+//! cores take bytes and time and return bytes and events; the services
+//! drive them.
 
 pub mod address;
 pub mod admission;
 pub mod clock;
 pub mod driver;
 pub mod envelope;
+pub mod envelope_stream;
 pub mod frames;
-pub mod framing;
 #[cfg(feature = "health")]
 pub mod health;
 pub mod keys;
 pub mod limits;
-pub mod link;
 #[cfg(feature = "server")]
 pub mod listener;
 pub mod noise;
 pub mod program;
 pub mod registration;
+pub mod relay_link;
 pub mod routing;
 pub mod session;
 #[cfg(feature = "tls")]
@@ -99,4 +102,4 @@ pub mod pb {
 /// version fails the handshake). Version 2: the record type is a trailer,
 /// stdin is flow-controlled. Version 3: output is flow-controlled per call
 /// (an output window and acknowledgements).
-pub const PROTOCOL_VERSION: &str = "rex/3";
+pub(crate) const PROTOCOL_VERSION: &str = "rex/3";

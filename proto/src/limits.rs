@@ -2,9 +2,9 @@
 //! one of these before anything is allocated.
 
 /// Largest Noise message, including the 16-byte authentication tag.
-pub const MAX_NOISE_MESSAGE: usize = 65_535;
+pub(crate) const MAX_NOISE_MESSAGE: usize = 65_535;
 /// Noise AEAD tag length.
-pub const NOISE_TAG: usize = 16;
+pub(crate) const NOISE_TAG: usize = 16;
 /// Largest plaintext in one Noise transport message.
 pub const MAX_NOISE_PLAINTEXT: usize = MAX_NOISE_MESSAGE - NOISE_TAG;
 /// Largest relay frame payload (one Noise message).
@@ -27,7 +27,7 @@ pub const MAX_HOP_TIMINGS: usize = 2 * RELAY_HOP_TIMINGS;
 /// Largest terminal window, in rows and in columns (the smallest is 1).
 pub const MAX_TERMINAL_SIZE: u32 = 10_000;
 /// Longest `TERM` value an exec request may carry.
-pub const MAX_TERM: usize = 128;
+pub(crate) const MAX_TERM: usize = 128;
 
 /// Whether a terminal window of `rows` by `cols` is within bounds.
 pub fn terminal_size_ok(rows: u32, cols: u32) -> bool {

@@ -549,7 +549,8 @@ impl Connected for Conn {
 
 impl Conn {
     /// Whether the connection uses TLS.
-    pub fn is_tls(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_tls(&self) -> bool {
         !matches!(self.io, Io::Plain(_))
     }
 

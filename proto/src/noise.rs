@@ -11,7 +11,7 @@
 //!   message carries one record (`DATA`, `REKEY` or `CLOSE`): its body, then
 //!   its type as the last byte (a trailer, so that a received record is
 //!   opened in place where its body belongs); `DATA` records carry the
-//!   length-prefixed envelope stream ([`crate::framing`]);
+//!   length-prefixed envelope stream ([`crate::envelope_stream`]);
 //! - `cipher` (private): each direction's Noise `CipherState` over `ring`'s
 //!   AEAD, sealing and opening in place (the handshake is `snow`'s; its
 //!   split keys the two directions).
@@ -48,28 +48,26 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use handshake::{
-    Accepted, AcceptedEarly, ClientHandshake, EarlyAnswer, MAX_EARLY_DATA, accept, accept_early,
-};
+pub use handshake::{Accepted, ClientHandshake, MAX_EARLY_DATA, accept};
+pub(crate) use handshake::{EarlyAnswer, accept_early};
 pub use replay::{Early, EarlyRefusal, EarlyTicket, ReplayGuard, TICKET_LEN};
-pub use transport::{
-    MAX_CLOSE_REASON, RECORD_CLOSE, RECORD_DATA, RECORD_REKEY, Transport, TransportError,
-    TransportStats,
-};
+#[cfg(test)]
+pub(crate) use transport::{RECORD_CLOSE, RECORD_DATA, RECORD_REKEY};
+pub use transport::{Transport, TransportError, TransportStats};
 
 use crate::PROTOCOL_VERSION;
 use crate::keys::PublicKey;
 use crate::limits::MAX_ENVELOPE;
 
 /// The Noise protocol name for sessions with the ChaChaPoly suite.
-pub const IK_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+pub(crate) const IK_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 
 /// The Noise protocol name for sessions with the AES-GCM suite (the
 /// default).
-pub const IK_PATTERN_AESGCM: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
+pub(crate) const IK_PATTERN_AESGCM: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 
 /// Length of the message-1 timestamp payload.
-pub const TIMESTAMP_LEN: usize = 12;
+pub(crate) const TIMESTAMP_LEN: usize = 12;
 
 /// The cipher suite of a session. Both sides must use the same one: it is
 /// part of the protocol name and the prologue, so a mismatch fails the
@@ -139,6 +137,7 @@ impl FromStr for Suite {
 
 /// Session parameters. Both sides must agree on `suite`; the rest is local.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// The cipher suite.
     pub suite: Suite,
@@ -171,7 +170,7 @@ pub fn prologue(suite: Suite, route: &[u8]) -> Vec<u8> {
 
 /// Encodes `t` as the 12-byte message-1 timestamp (times before the epoch
 /// encode as zero).
-pub fn encode_timestamp(t: SystemTime) -> [u8; TIMESTAMP_LEN] {
+pub(crate) fn encode_timestamp(t: SystemTime) -> [u8; TIMESTAMP_LEN] {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let mut out = [0u8; TIMESTAMP_LEN];
     let (secs, nanos) = out.split_at_mut(8);
@@ -182,7 +181,7 @@ pub fn encode_timestamp(t: SystemTime) -> [u8; TIMESTAMP_LEN] {
 
 /// Decodes a message-1 timestamp into a duration since the Unix epoch.
 /// `None` unless `bytes` is exactly 12 bytes with nanoseconds below 10^9.
-pub fn decode_timestamp(bytes: &[u8]) -> Option<Duration> {
+pub(crate) fn decode_timestamp(bytes: &[u8]) -> Option<Duration> {
     let raw: &[u8; TIMESTAMP_LEN] = bytes.try_into().ok()?;
     let (secs, nanos) = raw.split_at(8);
     let secs = u64::from_be_bytes(secs.try_into().ok()?);
@@ -195,6 +194,7 @@ pub fn decode_timestamp(bytes: &[u8]) -> Option<Duration> {
 
 /// Errors in the IK handshake. Display strings are one line, for users.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// A handshake message has the wrong length or shape.
     #[error("handshake failed: malformed handshake message")]

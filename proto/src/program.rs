@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Longest program name reported.
-pub const MAX_PROGRAM_NAME: usize = 64;
+pub(crate) const MAX_PROGRAM_NAME: usize = 64;
 
 /// The file name of `argv0`, lossily as UTF-8, cut to [`MAX_PROGRAM_NAME`]
 /// characters; empty if there is none.

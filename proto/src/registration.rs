@@ -28,14 +28,14 @@ use crate::keys::{KEY_LEN, PublicKey, StaticKeypair};
 use crate::limits::{MAX_NOISE_MESSAGE, NOISE_TAG};
 
 /// The Noise protocol used for registration proofs.
-pub const XN_PATTERN: &str = "Noise_XN_25519_ChaChaPoly_BLAKE2s";
+pub(crate) const XN_PATTERN: &str = "Noise_XN_25519_ChaChaPoly_BLAKE2s";
 
 /// Length of message 1 (`e`, empty unencrypted payload).
-pub const MSG1_LEN: usize = KEY_LEN;
+pub(crate) const MSG1_LEN: usize = KEY_LEN;
 /// Length of message 2 (`e, ee`, empty encrypted payload).
-pub const MSG2_LEN: usize = KEY_LEN + NOISE_TAG;
+pub(crate) const MSG2_LEN: usize = KEY_LEN + NOISE_TAG;
 /// Length of message 3 (`s` encrypted, `se`, empty encrypted payload).
-pub const MSG3_LEN: usize = KEY_LEN + NOISE_TAG + NOISE_TAG;
+pub(crate) const MSG3_LEN: usize = KEY_LEN + NOISE_TAG + NOISE_TAG;
 
 /// The registration prologue: `"{PROTOCOL_VERSION}\0register\0"`.
 pub fn prologue() -> Vec<u8> {
@@ -44,6 +44,7 @@ pub fn prologue() -> Vec<u8> {
 
 /// Errors in a registration proof.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistrationError {
     /// A proof message has the wrong length or shape.
     #[error("registration proof failed: malformed proof message")]

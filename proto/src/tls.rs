@@ -22,10 +22,12 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, TrustAnchor};
 
 /// The ALPN protocol both ends agree on: HTTP/2.
-pub const ALPN_H2: &[u8] = b"h2";
+#[cfg(feature = "server")]
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// Certificates and keys that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
     #[error("{}: {source}", path.display())]
@@ -188,7 +190,7 @@ impl TlsSettings {
 
     /// Trust only the CA certificates in `pem`; `what` names them in
     /// errors.
-    pub fn from_ca_pem(pem: &[u8], what: &str) -> Result<Self, TlsError> {
+    pub(crate) fn from_ca_pem(pem: &[u8], what: &str) -> Result<Self, TlsError> {
         let mut store = rustls::RootCertStore::empty();
         for cert in certificates(pem, what)? {
             store.add(cert).map_err(|source| TlsError::BadCa {
@@ -205,7 +207,8 @@ impl TlsSettings {
     }
 
     /// Whether these are the system's roots.
-    pub fn is_system(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_system(&self) -> bool {
         matches!(self.roots, Roots::System)
     }
 
@@ -330,7 +333,7 @@ impl ServerTls {
 
     /// [`ServerTls::from_files`] from PEM bytes; `cert_what` and
     /// `key_what` name them in errors.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         cert_pem: &[u8],
         cert_what: &str,
         key_pem: &[u8],
@@ -368,6 +371,7 @@ impl ServerTls {
 
 /// A TLS failure, as far as a person must tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TlsFailure {
     /// The far end's certificate does not chain to a trusted CA.
     UntrustedCertificate,

@@ -62,7 +62,7 @@ impl Peers {
             tls,
             links: Mutex::new(HashMap::new()),
             sessions: Arc::new(Semaphore::new(max_sessions)),
-            connect_timeout: proto::link::CONNECT_TIMEOUT,
+            connect_timeout: proto::relay_link::CONNECT_TIMEOUT,
         }
     }
 
@@ -77,7 +77,7 @@ impl Peers {
             return Ok(channel.clone());
         }
         let endpoint =
-            proto::link::endpoint(url, self.connect_timeout, &self.tls).map_err(|e| {
+            proto::relay_link::endpoint(url, self.connect_timeout, &self.tls).map_err(|e| {
                 proto::routing::refuse(
                     Code::Unavailable,
                     format!("the exec-server's relay ({url}) cannot be dialled: {e}"),

@@ -141,7 +141,7 @@ impl Relay {
         // to drain (an HTTP/2 GOAWAY: no new sessions, in-flight ones go on).
         let incoming = proto::listener::incoming(listener, connections, tls)
             .take_until(shutdown.clone().cancelled_owned());
-        let serving = proto::link::server()
+        let serving = proto::relay_link::server()
             .add_service(tunnel)
             .add_service(registry)
             .add_service(health)

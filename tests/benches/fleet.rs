@@ -4,7 +4,7 @@
 //!
 //! - **Registrations.** `--servers N` (1,000) exec-server registrations,
 //!   round-robin across the three relays, each made by the exec-server's
-//!   own registration code (`exec_server::link::register`) with a key of
+//!   own registration code (`exec_server::registration::register`) with a key of
 //!   its own over a connection of its own, and held to the end. The first
 //!   `--paced N` (100) are made one at a time (each once the previous is
 //!   seen everywhere); the rest `--at-once N` (16) at a time.
@@ -269,9 +269,9 @@ type Held = (
 /// Registers `key` at `url` as an exec-server does, over a connection of
 /// its own; the halves and when the relay's acceptance arrived.
 async fn register(url: String, key: StaticKeypair) -> Result<(Held, Instant), String> {
-    let channel = proto::link::endpoint(
+    let channel = proto::relay_link::endpoint(
         &url,
-        proto::link::CONNECT_TIMEOUT,
+        proto::relay_link::CONNECT_TIMEOUT,
         &proto::tls::TlsSettings::default(),
     )
     .map_err(|e| format!("relay URL: {e}"))?
@@ -279,7 +279,7 @@ async fn register(url: String, key: StaticKeypair) -> Result<(Held, Instant), St
     .await
     .map_err(|e| format!("cannot reach the relay: {e}"))?;
     let route = key.public().server_id();
-    let held = exec_server::link::register(&channel, &key, &route, PATIENCE)
+    let held = exec_server::registration::register(&channel, &key, &route, PATIENCE)
         .await
         .map_err(|e| format!("registration at {url}: {e}"))?;
     Ok((held, Instant::now()))

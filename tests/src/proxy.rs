@@ -309,7 +309,7 @@ pub async fn start(upstream: String, behaviour: Behaviour) -> Result<String> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TunnelServer::new(svc))
-            .serve_with_incoming(proto::link::incoming(listener)),
+            .serve_with_incoming(proto::relay_link::incoming(listener)),
     );
     Ok(format!("http://{addr}"))
 }

@@ -785,7 +785,7 @@ async fn silent_opens(
         }
         if channel.is_none() {
             // The relay may be down: tried again on a later tick.
-            let Ok(endpoint) = proto::link::endpoint(
+            let Ok(endpoint) = proto::relay_link::endpoint(
                 &url,
                 Duration::from_secs(5),
                 &proto::tls::TlsSettings::system(),

@@ -612,7 +612,7 @@ async fn open_with(
     server_id: &str,
     metadata: &[(&'static str, String)],
 ) -> Result<(), (tonic::Code, Option<CloseReason>, String)> {
-    let channel = proto::link::endpoint(
+    let channel = proto::relay_link::endpoint(
         url,
         Duration::from_secs(5),
         &proto::tls::TlsSettings::default(),
@@ -1035,7 +1035,7 @@ async fn opens_for_unknown_servers_cost_no_store_reads_and_hold_nothing() {
     let fleet = Fleet::start().await;
     let directory = fleet.a.directory().unwrap().clone();
     let before = directory.stats();
-    let channel = proto::link::endpoint(
+    let channel = proto::relay_link::endpoint(
         &fleet.a.url(),
         Duration::from_secs(5),
         &proto::tls::TlsSettings::default(),

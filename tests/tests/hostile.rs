@@ -42,7 +42,7 @@ fn attacker(n: u8) -> std::net::IpAddr {
 }
 
 async fn channel_from(url: &str, from: std::net::IpAddr) -> Channel {
-    proto::link::endpoint(
+    proto::relay_link::endpoint(
         url,
         Duration::from_secs(5),
         &proto::tls::TlsSettings::system(),
@@ -366,8 +366,13 @@ async fn a_registration_flood_neither_fills_the_relay_nor_keeps_a_real_exec_serv
             for _ in 0..40 {
                 let key = StaticKeypair::generate().unwrap();
                 let route = key.public().server_id();
-                match exec_server::link::register(&channel, &key, &route, Duration::from_secs(5))
-                    .await
+                match exec_server::registration::register(
+                    &channel,
+                    &key,
+                    &route,
+                    Duration::from_secs(5),
+                )
+                .await
                 {
                     Ok(registration) => held.push(registration),
                     Err(_) => refused += 1,
@@ -500,7 +505,7 @@ async fn throwaway_registrations(
             let key = StaticKeypair::generate().unwrap();
             let route = key.public().server_id();
             held.push(
-                exec_server::link::register(&channel, &key, &route, Duration::from_secs(5))
+                exec_server::registration::register(&channel, &key, &route, Duration::from_secs(5))
                     .await
                     .unwrap(),
             );
@@ -576,8 +581,9 @@ async fn an_allow_list_admits_only_its_keys_and_is_reread() {
     for _ in 0..10 {
         let key = StaticKeypair::generate().unwrap();
         let route = key.public().server_id();
-        let r = exec_server::link::register(&channel, &key, &route, Duration::from_secs(5)).await;
-        if matches!(r, Err(exec_server::link::LinkError::NotAllowed)) {
+        let r = exec_server::registration::register(&channel, &key, &route, Duration::from_secs(5))
+            .await;
+        if matches!(r, Err(exec_server::registration::LinkError::NotAllowed)) {
             refused += 1;
         }
     }
@@ -586,7 +592,7 @@ async fn an_allow_list_admits_only_its_keys_and_is_reread() {
     let route = real.public().server_id();
     let real_channel = channel_from(&relay.url(), std::net::Ipv4Addr::LOCALHOST.into()).await;
     let (_up, mut down) =
-        exec_server::link::register(&real_channel, &real, &route, Duration::from_secs(5))
+        exec_server::registration::register(&real_channel, &real, &route, Duration::from_secs(5))
             .await
             .unwrap();
     assert!(relay.stats.registry.is_registered(&route));
@@ -618,7 +624,7 @@ async fn a_second_registration_of_a_key_replaces_the_first_which_is_told() {
     // The same key registers again (another exec-server with a copy).
     let channel = channel_from(&relay.url(), std::net::Ipv4Addr::LOCALHOST.into()).await;
     let (_up, _down) =
-        exec_server::link::register(&channel, &first.key, &route, Duration::from_secs(5))
+        exec_server::registration::register(&channel, &first.key, &route, Duration::from_secs(5))
             .await
             .unwrap();
     // The first is told, and stops: it is not registered, and does not

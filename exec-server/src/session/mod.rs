@@ -28,7 +28,7 @@ use lifecycle::Tasks;
 use opentelemetry::KeyValue;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
-use proto::driver::{Delivery, Driven, Endpoint, Wake};
+use proto::driver::{Delivery, Driven, Endpoint, Wake, sleep_until};
 use proto::keys::{AuthorizedKeys, Origin, PublicKey};
 use proto::noise::{HandshakeError, ReplayGuard};
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
@@ -65,7 +65,7 @@ pub const ABANDONED_BY_CLIENT: &str = "abandoned by its client";
 pub const EVENT_QUEUE: usize = 64;
 
 /// The outbound half of a tunnel stream.
-pub use proto::link::FrameSender;
+pub use proto::relay_link::FrameSender;
 
 /// State shared by every session of one exec-server.
 #[derive(Debug)]
@@ -162,16 +162,16 @@ impl ServerContext {
 
     /// The session machine's timers and bounds.
     fn limits(&self) -> proto::session::Limits {
-        proto::session::Limits {
-            handshake_timeout: self.config.handshake_timeout,
-            max_calls: self.config.max_processes_per_session,
-            output_window: self.config.resume_buffer,
-            output_window_max: self.config.output_window_max.max(self.config.resume_buffer),
-            stdin_window_max: self.config.stdin_window_max,
-            resumable: !self.config.resume_grace.is_zero(),
-            resume_grace: self.config.resume_grace,
-            ..proto::session::Limits::server_idle(self.config.idle_timeout)
-        }
+        let config = &self.config;
+        let mut limits = proto::session::Limits::server_idle(config.idle_timeout);
+        limits.handshake_timeout = config.handshake_timeout;
+        limits.max_calls = config.max_processes_per_session;
+        limits.output_window = config.resume_buffer;
+        limits.output_window_max = config.output_window_max.max(config.resume_buffer);
+        limits.stdin_window_max = config.stdin_window_max;
+        limits.resumable = !config.resume_grace.is_zero();
+        limits.resume_grace = config.resume_grace;
+        limits
     }
 }
 
@@ -407,14 +407,6 @@ async fn park(
 async fn takeover(links: Option<&mut mpsc::Receiver<Handover>>) -> Option<Handover> {
     match links {
         Some(links) => links.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }

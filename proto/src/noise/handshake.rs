@@ -33,7 +33,7 @@ const EARLY_REFUSED: u8 = 0;
 
 /// What message 2 said of message 1's early data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EarlyAnswer {
+pub(crate) enum EarlyAnswer {
     /// Message 1 carried none (message 2's payload is empty).
     None,
     /// It is being run.
@@ -153,7 +153,7 @@ impl ClientHandshake {
 
     /// [`finish`](Self::finish), with what message 2 said of the early
     /// data message 1 carried.
-    pub fn finish_early(
+    pub(crate) fn finish_early(
         mut self,
         msg2: &[u8],
         now: Instant,
@@ -210,7 +210,7 @@ impl fmt::Debug for Accepted {
 /// A handshake the exec-server accepted, and the early data message 1
 /// carried when it may run ([`accept_early`]).
 #[derive(Debug)]
-pub struct AcceptedEarly {
+pub(crate) struct AcceptedEarly {
     /// The session.
     pub accepted: Accepted,
     /// What the guard said of message 1's early data (`None`: it carried
@@ -262,7 +262,7 @@ pub fn accept(
     clippy::too_many_arguments,
     reason = "each input is distinct: keys, route, message, both clocks, admission, replay, suite"
 )]
-pub fn accept_early(
+pub(crate) fn accept_early(
     local: &StaticKeypair,
     route: &[u8],
     msg1: &[u8],

@@ -237,7 +237,7 @@ fn oversized_envelope_is_refused_on_send() {
     let err = c.send(&vec![0u8; MAX_ENVELOPE + 1]).unwrap_err();
     assert!(matches!(
         err,
-        TransportError::Framing(crate::framing::FramingError::TooLarge { .. })
+        TransportError::Framing(crate::envelope_stream::FramingError::TooLarge { .. })
     ));
     // Not fatal.
     c.send(b"ok").unwrap();

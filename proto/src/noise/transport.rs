@@ -7,26 +7,27 @@ use bytes::{Bytes, BytesMut};
 
 use super::SessionConfig;
 use super::cipher::{Cipher, KEY_LEN};
-use crate::framing::{FrameDecoder, FrameEncoder, FramingError};
+use crate::envelope_stream::{FrameDecoder, FrameEncoder, FramingError};
 use crate::keys::PublicKey;
 use crate::limits::{MAX_ENVELOPE, MAX_NOISE_MESSAGE, MAX_NOISE_PLAINTEXT, NOISE_TAG};
 
 /// Record type: the body is the next bytes of the envelope stream.
-pub const RECORD_DATA: u8 = 0x01;
+pub(crate) const RECORD_DATA: u8 = 0x01;
 /// Record type: the sender rekeys its sending key right after this record;
 /// the receiver rekeys its receiving key right after reading it. Empty body.
-pub const RECORD_REKEY: u8 = 0x02;
+pub(crate) const RECORD_REKEY: u8 = 0x02;
 /// Record type: authenticated close; the body is an optional UTF-8 reason of
 /// at most [`MAX_CLOSE_REASON`] bytes. Nothing may follow it.
-pub const RECORD_CLOSE: u8 = 0x03;
+pub(crate) const RECORD_CLOSE: u8 = 0x03;
 /// Longest close reason, in bytes.
-pub const MAX_CLOSE_REASON: usize = 256;
+pub(crate) const MAX_CLOSE_REASON: usize = 256;
 
 /// Largest piece of the envelope stream in one `DATA` record.
 const MAX_DATA_BODY: usize = MAX_NOISE_PLAINTEXT - 1;
 
 /// Errors in an established session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// This side has closed the session; nothing more can be sent.
     #[error("the session is closed: nothing more can be sent")]
@@ -152,7 +153,7 @@ impl Transport {
     }
 
     /// The hash of the handshake that made this session.
-    pub fn handshake_hash(&self) -> &[u8] {
+    pub(crate) fn handshake_hash(&self) -> &[u8] {
         &self.handshake_hash
     }
 
@@ -169,7 +170,10 @@ impl Transport {
 
     /// Queues one message, encoding it straight into the stream (no
     /// intermediate buffer). Fails like [`send`](Self::send).
-    pub fn send_message(&mut self, message: &impl prost::Message) -> Result<(), TransportError> {
+    pub(crate) fn send_message(
+        &mut self,
+        message: &impl prost::Message,
+    ) -> Result<(), TransportError> {
         self.check_alive()?;
         if self.closed {
             return Err(TransportError::Closed);
@@ -180,7 +184,7 @@ impl Transport {
 
     /// Drops everything queued and not yet sent (the session is ending and
     /// it is no longer worth sending). Returns how many bytes were dropped.
-    pub fn discard_pending(&mut self) -> usize {
+    pub(crate) fn discard_pending(&mut self) -> usize {
         self.encoder.take(usize::MAX).len()
     }
 
@@ -200,7 +204,7 @@ impl Transport {
     /// does not run past stream offset `boundary` (when it lies ahead), so
     /// the envelope ending there is the last thing in its message. Senders
     /// use it to give a traced envelope a message (and frame) of its own.
-    pub fn poll_transmit_until(
+    pub(crate) fn poll_transmit_until(
         &mut self,
         now: Instant,
         boundary: Option<u64>,
@@ -229,12 +233,12 @@ impl Transport {
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to send.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.dead && !self.closed && self.encoder.pending() > 0
     }
 
     /// Bytes of envelope stream queued but not yet sent.
-    pub fn pending_bytes(&self) -> usize {
+    pub(crate) fn pending_bytes(&self) -> usize {
         self.encoder.pending()
     }
 
@@ -242,12 +246,12 @@ impl Transport {
     /// [`send`](Self::send). An envelope queued when this was `n` has left
     /// in a message once [`sent_offset`](Self::sent_offset) reaches `n`
     /// (senders use it to end per-message framing spans).
-    pub fn queued_offset(&self) -> u64 {
+    pub(crate) fn queued_offset(&self) -> u64 {
         self.stream_sent + self.encoder.pending() as u64
     }
 
     /// Envelope-stream bytes that have left in DATA messages so far.
-    pub fn sent_offset(&self) -> u64 {
+    pub(crate) fn sent_offset(&self) -> u64 {
         self.stream_sent
     }
 
@@ -271,7 +275,7 @@ impl Transport {
 
     /// Ends the session cleanly: every message still pending, then the
     /// authenticated `CLOSE` with `reason`, in the order to send them.
-    pub fn flush_and_close(
+    pub(crate) fn flush_and_close(
         &mut self,
         reason: &str,
         now: Instant,
@@ -383,7 +387,8 @@ impl Transport {
     }
 
     /// The peer's authenticated static key.
-    pub fn remote_static(&self) -> PublicKey {
+    #[cfg(test)]
+    pub(crate) fn remote_static(&self) -> PublicKey {
         self.remote
     }
 

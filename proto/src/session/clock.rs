@@ -23,7 +23,7 @@ use crate::pb::clock::ClockStatus;
 
 /// How fast two free-running clocks may drift apart, per second: NTP's
 /// tolerance (PHI, 15 parts per million).
-pub const DRIFT_PER_SECOND: Duration = Duration::from_micros(15);
+pub(crate) const DRIFT_PER_SECOND: Duration = Duration::from_micros(15);
 
 /// Where an offset came from, tightest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,7 +173,7 @@ fn drift(elapsed: Duration) -> Duration {
 }
 
 /// How many recent samples the estimate chooses from.
-pub const SAMPLES: usize = 8;
+pub(crate) const SAMPLES: usize = 8;
 
 /// One offset sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ impl Sample {
 
     /// How far off the offset may be at our wall time `now_unix_nanos`:
     /// half the round trip, plus the drift since it was taken.
-    pub fn bound_at(&self, now_unix_nanos: u64) -> Duration {
+    pub(crate) fn bound_at(&self, now_unix_nanos: u64) -> Duration {
         let age = Duration::from_nanos(now_unix_nanos.saturating_sub(self.at_unix_nanos));
         self.uncertainty().saturating_add(drift(age))
     }
@@ -277,7 +277,7 @@ impl Estimate {
     /// The sample with the smallest bound at our wall time
     /// `now_unix_nanos` (half its round trip plus the drift since it was
     /// taken; of equals, the newest), if any.
-    pub fn best_at(&self, now_unix_nanos: u64) -> Option<Sample> {
+    pub(crate) fn best_at(&self, now_unix_nanos: u64) -> Option<Sample> {
         let n = self.recent.len();
         (1..=n)
             .filter_map(|back| self.recent.get((self.next + n - back) % n))

@@ -1,7 +1,9 @@
 //! The errors of the session machines. None of them carries a byte of a
 //! command, its input or its output.
 
+use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::envelope::EnvelopeError;
 use crate::noise::{HandshakeError, TransportError};
@@ -9,6 +11,7 @@ use crate::pb::tunnel::CloseReason;
 
 /// Which part of a session a timeout cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Waiting for the peer's handshake message.
     Handshake,
@@ -33,6 +36,7 @@ impl fmt::Display for Stage {
 
 /// How a peer broke the session protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Violation {
     /// A frame of a kind that is not allowed at this point.
     UnexpectedFrame,
@@ -104,6 +108,7 @@ impl fmt::Display for Violation {
 /// Why a session ended abnormally. A session that fails ends alone: other
 /// sessions on the same link or exec-server are not affected.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The Noise handshake failed or was refused on this side.
     #[error(transparent)]
@@ -133,12 +138,12 @@ pub enum SessionError {
     #[error("the link ended")]
     LinkEnded,
     /// The link failed.
-    #[error("the link failed: {}", .0.message())]
-    LinkFailed(#[source] tonic::Status),
+    #[error("the link failed: {0}")]
+    LinkFailed(#[source] LinkFailure),
 }
 
 /// Equal when the same thing went wrong: the same variant with equal
-/// payloads (a failed link: the same status code and message).
+/// payloads (a failed link: the same kind, reason and words).
 impl PartialEq for SessionError {
     fn eq(&self, other: &Self) -> bool {
         use SessionError as E;
@@ -150,9 +155,7 @@ impl PartialEq for SessionError {
             (E::Envelope(a), E::Envelope(b)) => a == b,
             (E::Protocol(a), E::Protocol(b)) => a == b,
             (E::LinkEnded, E::LinkEnded) => true,
-            (E::LinkFailed(a), E::LinkFailed(b)) => {
-                a.code() == b.code() && a.message() == b.message()
-            }
+            (E::LinkFailed(a), E::LinkFailed(b)) => a == b,
             _ => false,
         }
     }
@@ -183,8 +186,127 @@ impl SessionError {
     }
 }
 
+/// What kind of failure ended a link, as the session's callers tell them
+/// apart (the link's own error, kept as the source, says more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkFailureKind {
+    /// The link broke or was reset, or the far end could not be reached
+    /// (or gave no reason).
+    Broken,
+    /// This end stopped using it.
+    Cancelled,
+    /// The far end knows nothing of what was asked for (no such
+    /// exec-server is registered).
+    NotFound,
+    /// The far end is at one of its limits.
+    Exhausted,
+    /// No answer came in time.
+    TimedOut,
+    /// The session went on over another link: its client resumed it over a
+    /// new one (the exec-server's side).
+    Superseded,
+    /// The far end refused for any other reason (a protocol error, a
+    /// permission).
+    Refused,
+}
+
+impl LinkFailureKind {
+    /// A short phrase, for a failure whose far end gave no words.
+    fn phrase(self) -> &'static str {
+        match self {
+            LinkFailureKind::Broken => "the link broke",
+            LinkFailureKind::Cancelled => "the link was given up",
+            LinkFailureKind::NotFound => "the far end does not know what was asked for",
+            LinkFailureKind::Exhausted => "the far end is at a limit",
+            LinkFailureKind::TimedOut => "no answer in time",
+            LinkFailureKind::Superseded => "the session went on over another link",
+            LinkFailureKind::Refused => "the far end refused",
+        }
+    }
+}
+
+/// Why a link failed, as the session core knows it: the kind of failure,
+/// the reason a relay names when it refuses (typed, in the failure's
+/// details, never in its words), the far end's words (untrusted: for
+/// people only), and the link's own error as the source. Made from the
+/// transport's error where the link is driven (`proto::driver`).
+#[derive(Debug, Clone)]
+pub struct LinkFailure {
+    kind: LinkFailureKind,
+    refusal: Option<CloseReason>,
+    message: String,
+    source: Option<Arc<dyn Error + Send + Sync>>,
+}
+
+impl LinkFailure {
+    /// A failure of `kind` this side tells of, in `message`.
+    pub fn new(kind: LinkFailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            refusal: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same, naming the reason the far end gave for refusing.
+    pub fn with_refusal(mut self, reason: Option<CloseReason>) -> Self {
+        self.refusal = reason;
+        self
+    }
+
+    /// The same, caused by `source` (the link's own error).
+    pub fn with_source(mut self, source: Arc<dyn Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// What kind of failure it was.
+    pub fn kind(&self) -> LinkFailureKind {
+        self.kind
+    }
+
+    /// The reason a relay named for refusing, if it named one.
+    pub fn refusal(&self) -> Option<CloseReason> {
+        self.refusal
+    }
+
+    /// The far end's words, or this side's (empty if none were given).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Equal when the kind, the reason named and the words are (whatever the
+/// source).
+impl PartialEq for LinkFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.refusal == other.refusal && self.message == other.message
+    }
+}
+
+impl Eq for LinkFailure {}
+
+/// The words given, or a phrase for the kind when there were none.
+impl fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            f.write_str(self.kind.phrase())
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+impl Error for LinkFailure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
 /// A short phrase for a clear close reason.
-pub fn reason_text(reason: CloseReason) -> &'static str {
+pub(crate) fn reason_text(reason: CloseReason) -> &'static str {
     match reason {
         CloseReason::Unspecified => "no reason given",
         CloseReason::Unauthorized => "the client key is not authorized",
@@ -204,6 +326,7 @@ pub fn reason_text(reason: CloseReason) -> &'static str {
 
 /// Why a caller's command could not be queued. The session itself goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The session is not established yet.
     #[error("the session is not ready")]

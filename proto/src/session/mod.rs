@@ -55,10 +55,10 @@ mod client;
 pub mod clock;
 mod error;
 mod events;
-mod link;
 pub mod output;
-pub mod resume;
+pub(crate) mod resume;
 mod server;
+mod shared;
 mod stdin;
 pub mod window;
 
@@ -70,13 +70,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{
     Abandonment, CallEvent, ClientEvent, ClientSession, Counters, FirstCall, FirstCallError,
-    ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, Ready, ReattachError, SpanCounts,
-    fits_early,
+    ForwardError, Forwarded, Ready, ReattachError, SpanCounts, fits_early,
 };
-pub use error::{CallError, SessionError, Stage, Violation};
+#[cfg(test)]
+pub(crate) use client::{HELD_BATCHES, LINGER};
+pub use error::{CallError, LinkFailure, LinkFailureKind, SessionError, Stage, Violation};
 pub use server::{
-    ABANDONED, Acceptor, Account, Adopted, KeySource, STDIN_BUDGET, ServerEvent, ServerSession,
-    SpanBatch, Tombstone,
+    Acceptor, Account, Adopted, KeySource, STDIN_BUDGET, ServerEvent, ServerSession, SpanBatch,
+    Tombstone,
 };
 pub use stdin::StdinFlow;
 
@@ -120,6 +121,7 @@ impl Now {
 
 /// Timers and bounds of one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// The Noise suite, rekey schedule and envelope limit.
     pub noise: SessionConfig,

@@ -18,11 +18,11 @@
 use ring::{digest, hmac};
 
 /// Length of a session's resume token.
-pub const TOKEN_LEN: usize = 16;
+pub(crate) const TOKEN_LEN: usize = 16;
 
 /// A session's resume secret (never sent).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ResumeSecret([u8; 32]);
+pub(crate) struct ResumeSecret([u8; 32]);
 
 impl std::fmt::Debug for ResumeSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,7 +42,7 @@ fn hash(parts: &[&[u8]]) -> [u8; 32] {
 
 impl ResumeSecret {
     /// The secret of a session whose handshake hash is `handshake_hash`.
-    pub fn from_handshake(handshake_hash: &[u8]) -> Self {
+    pub(crate) fn from_handshake(handshake_hash: &[u8]) -> Self {
         Self(hash(&[b"rex/resume/secret", handshake_hash]))
     }
 

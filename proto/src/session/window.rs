@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 /// A flow with nothing arriving for this long falls back to its first
 /// window.
-pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The least time between the end of one measurement and the start of the
 /// next (a flow on a short path is not measured at every chunk).
-pub const PROBE_GAP: Duration = Duration::from_millis(10);
+pub(crate) const PROBE_GAP: Duration = Duration::from_millis(10);
 
 /// Bytes that windows may hold beyond their first window, shared by every
 /// flow of an endpoint (for the exec-server: all its calls' stdin).

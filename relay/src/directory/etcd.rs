@@ -47,7 +47,7 @@ pub enum EtcdError {
     },
     /// An endpoint is not a URL this client dials.
     #[error("etcd endpoint {0:?}: {1}")]
-    Endpoint(String, #[source] proto::link::EndpointError),
+    Endpoint(String, #[source] proto::relay_link::EndpointError),
     /// A call failed.
     #[error("etcd {op}: {source}")]
     Call {
@@ -129,11 +129,11 @@ impl Etcd {
     ) -> Result<Self, EtcdError> {
         let mut why = String::from("no endpoint given");
         for url in endpoints {
-            let endpoint = proto::link::endpoint(url, timeout, tls)
+            let endpoint = proto::relay_link::endpoint(url, timeout, tls)
                 .map_err(|e| EtcdError::Endpoint(url.clone(), e))?;
             match endpoint.connect().await {
                 Ok(channel) => return Ok(Self::over(channel, timeout)),
-                Err(e) => why = format!("{url}: {}", proto::link::why(&e)),
+                Err(e) => why = format!("{url}: {}", proto::relay_link::why(&e)),
             }
         }
         Err(EtcdError::Unreachable {

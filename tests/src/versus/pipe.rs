@@ -22,7 +22,7 @@ mod socat;
 
 use std::time::Duration;
 
-use proto::framing::LEN_PREFIX;
+use proto::envelope_stream::LEN_PREFIX;
 use proto::limits::MAX_NOISE_PLAINTEXT;
 
 use super::{Comparison, Series, Target, Unit};

@@ -51,15 +51,15 @@ impl<T> ClientSession<T> {
     pub(super) fn stdin_ready(&self) -> bool {
         self.stdin_queued > 0
             && !self.detached
-            && self.link.accepts()
-            && self.link.backlog() < STDIN_LANE
+            && self.shared.accepts()
+            && self.shared.backlog() < STDIN_LANE
             && self.calls.values().any(|c| c.out.may_send())
     }
 
     /// The link drained: calls' queued stdin moves into it, up to the lane
     /// (a call at a time, while one has stdin its window lets go).
     pub(super) fn refill_stdin(&mut self, now: Now) {
-        while self.stdin_queued > 0 && self.link.backlog() < STDIN_LANE {
+        while self.stdin_queued > 0 && self.shared.backlog() < STDIN_LANE {
             let Some(id) = self
                 .calls
                 .iter()
@@ -147,7 +147,7 @@ impl<T> ClientSession<T> {
                     seq: ack,
                     window: call.output.window(),
                 });
-                let _ = self.link.send(call_id, None, ack, None, now);
+                let _ = self.shared.send(call_id, None, ack, None, now);
             }
         }
         let mut stdin = None;
@@ -210,7 +210,7 @@ impl<T> ClientSession<T> {
         };
         let kept = request.clone();
         let result = self
-            .link
+            .shared
             .send(id, trace.as_ref(), Body::Exec(request), mark, now);
         self.after(now);
         result?;
@@ -229,7 +229,7 @@ impl<T> ClientSession<T> {
                 forgotten: false,
                 output: output::Received::new(
                     self.output_window,
-                    self.link.limits.output_window_max,
+                    self.shared.limits.output_window_max,
                 ),
                 trace,
                 received: (0, 0),
@@ -240,12 +240,13 @@ impl<T> ClientSession<T> {
     }
 
     /// The smallest id the next [`start_call`](Self::start_call) may use.
-    pub fn next_call_id(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn next_call_id(&self) -> u64 {
         self.next_call
     }
 
     pub(super) fn check_ready(&self) -> Result<(), CallError> {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return Err(CallError::Ended);
         }
         match self.state {
@@ -255,7 +256,7 @@ impl<T> ClientSession<T> {
     }
 
     fn live_call(&mut self, call_id: u64) -> Result<&mut Call<T>, CallError> {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return Err(CallError::Ended);
         }
         match self.calls.get_mut(&call_id) {
@@ -274,7 +275,7 @@ impl<T> ClientSession<T> {
         now: Now,
     ) -> Result<(), CallError> {
         let trace = self.calls.get(&call_id).and_then(|c| c.trace.clone());
-        let result = self.link.send(call_id, trace.as_ref(), body, mark, now);
+        let result = self.shared.send(call_id, trace.as_ref(), body, mark, now);
         self.after(now);
         result.map(|_| ())
     }
@@ -319,7 +320,7 @@ impl<T> ClientSession<T> {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return Ok(());
             };
-            if call.out.queued() > 0 && self.link.backlog() >= STDIN_LANE {
+            if call.out.queued() > 0 && self.shared.backlog() >= STDIN_LANE {
                 return Ok(());
             }
             if let Some(data) = call.out.next_chunk(now.at) {
@@ -361,7 +362,7 @@ impl<T> ClientSession<T> {
     /// an acknowledgement goes out once a quarter window has been taken.
     /// Nothing happens for a call that is over.
     pub fn output_taken(&mut self, call_id: u64, seq: u64, cost: u64, now: Now) {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return;
         }
         let Some(call) = self.calls.get_mut(&call_id) else {
@@ -374,7 +375,7 @@ impl<T> ClientSession<T> {
             });
             // A session that is ending sends nothing more; that is not an
             // error.
-            let _ = self.link.send(call_id, None, ack, None, now);
+            let _ = self.shared.send(call_id, None, ack, None, now);
             self.after(now);
         }
     }
@@ -390,7 +391,7 @@ impl<T> ClientSession<T> {
     #[cfg(test)]
     pub(crate) fn ack_window_for_tests(&mut self, call_id: u64, seq: u64, window: u32, now: Now) {
         let ack = Body::OutputAck(OutputAck { seq, window });
-        let _ = self.link.send(call_id, None, ack, None, now);
+        let _ = self.shared.send(call_id, None, ack, None, now);
     }
 
     /// Delivers a signal to a call's process group.

@@ -20,13 +20,13 @@ use crate::pb::session::{ForwardedSpans, envelope::Body};
 use crate::session::Now;
 
 /// Batches held for calls still open, at most.
-pub const HELD_BATCHES: usize = 16;
+pub(crate) const HELD_BATCHES: usize = 16;
 
 /// Bytes of batches held for calls still open, at most.
-pub const HELD_BYTES: usize = 512 * 1024;
+pub(crate) const HELD_BYTES: usize = 512 * 1024;
 
 /// How long a batch ready to go waits for others to go with it, at most.
-pub const LINGER: Duration = Duration::from_millis(50);
+pub(crate) const LINGER: Duration = Duration::from_millis(50);
 
 /// What became of a batch handed to
 /// [`ClientSession::forward_spans`].
@@ -45,6 +45,7 @@ pub enum Forwarded {
 /// Why a batch was not taken at all: the caller keeps its spans (they stay
 /// where its own exporter puts them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ForwardError {
     /// The exec-server's hello answer does not take spans (or has not come
     /// yet).
@@ -138,7 +139,7 @@ impl<T> ClientSession<T> {
         spans: u32,
         now: Now,
     ) -> Result<Forwarded, ForwardError> {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return Err(ForwardError::Ended);
         }
         let max = self.span_batch_max().ok_or(ForwardError::NotOffered)?;
@@ -240,7 +241,7 @@ impl<T> ClientSession<T> {
         };
         // An exec-server that came back (a resume) taking no spans, or a
         // backlog with no room: counted, not sent.
-        if self.forwarding.max == 0 || self.backlog() + g.bytes > self.link.limits.backlog {
+        if self.forwarding.max == 0 || self.backlog() + g.bytes > self.shared.limits.backlog {
             self.forwarding.drop_spans(g.spans);
             return;
         }
@@ -253,7 +254,7 @@ impl<T> ClientSession<T> {
             spans: g.spans,
             dropped: self.forwarding.unreported,
         });
-        match self.link.send(g.call_id, None, body, None, now) {
+        match self.shared.send(g.call_id, None, body, None, now) {
             Ok(_) => {
                 self.forwarding.unreported = 0;
                 self.forwarding.counts.sent += u64::from(g.spans);

@@ -24,7 +24,7 @@ impl<T> ClientSession<T> {
         let nonce = self.probe.begin(now.at);
         // A session that cannot send is ending anyway.
         let _ = self
-            .link
+            .shared
             .send(0, None, Body::Ping(Ping { nonce }), None, now);
     }
 
@@ -48,7 +48,7 @@ impl<T> ClientSession<T> {
         }
         for (call_id, ack) in acks {
             if self
-                .link
+                .shared
                 .send(call_id, None, Body::OutputAck(ack), None, now)
                 .is_err()
             {
@@ -64,7 +64,8 @@ impl<T> ClientSession<T> {
     }
 
     /// A call's output window now (0 for a call it does not hold).
-    pub fn output_window_of(&self, call_id: u64) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn output_window_of(&self, call_id: u64) -> u32 {
         self.calls.get(&call_id).map_or(0, |c| c.output.window())
     }
 }

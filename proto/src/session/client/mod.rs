@@ -7,7 +7,9 @@ mod forward;
 mod measure;
 mod resume;
 
-pub use forward::{ForwardError, Forwarded, HELD_BATCHES, HELD_BYTES, LINGER, SpanCounts};
+pub use forward::{ForwardError, Forwarded, SpanCounts};
+#[cfg(test)]
+pub(crate) use forward::{HELD_BATCHES, LINGER};
 pub use resume::{Abandonment, ReattachError};
 
 use std::collections::{HashMap, VecDeque};
@@ -17,9 +19,11 @@ use super::Mark;
 use super::StdinFlow;
 use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
-use super::link::{Link, handshake_frame};
+use super::shared::{Shared, handshake_frame};
 use super::window::Probe;
-use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
+use super::{
+    CallError, Closed, Limits, LinkFailure, Now, Received, SessionError, Stage, Transmit, Violation,
+};
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::{ClientHandshake, EarlyAnswer, EarlyTicket};
@@ -98,7 +102,9 @@ pub struct CallEvent {
     pub stdin: Option<StdinFlow>,
 }
 
-/// What the client machine tells its caller.
+/// What the client machine tells its caller. Exhaustive on purpose: an
+/// endpoint must handle every event, and a new one must not build until
+/// it does.
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     /// Handshake message 2 proved that the peer holds the pinned key.
@@ -248,7 +254,7 @@ enum State {
 
 /// The client end of one session.
 pub struct ClientSession<T> {
-    pub(super) link: Link<T>,
+    pub(super) shared: Shared<T>,
     state: State,
     deadline: Option<Instant>,
     calls: HashMap<u64, Call<T>>,
@@ -307,7 +313,7 @@ impl<T> std::fmt::Debug for ClientSession<T> {
         f.debug_struct("ClientSession")
             .field("ready", &matches!(self.state, State::Ready))
             .field("calls", &self.calls.len())
-            .field("over", &self.link.is_over())
+            .field("over", &self.shared.is_over())
             .finish_non_exhaustive()
     }
 }
@@ -350,10 +356,10 @@ fn early_payload(
         send_time_unix_nanos: sent_unix_nanos,
         body: Some(Body::Exec(request.clone())),
     };
-    let mut early = crate::framing::FrameEncoder::with_max(limits.noise.max_envelope);
+    let mut early = crate::envelope_stream::FrameEncoder::with_max(limits.noise.max_envelope);
     for env in [&hello, &exec] {
         early.push_message(env).map_err(
-            |crate::framing::FramingError::TooLarge { len, max }| {
+            |crate::envelope_stream::FramingError::TooLarge { len, max }| {
                 CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max })
             },
         )?;
@@ -373,16 +379,16 @@ impl<T> ClientSession<T> {
         let route = server.server_id();
         let (hs, msg1) =
             ClientHandshake::start(key, server, route.as_bytes(), now.wall, limits.noise)?;
-        let mut link = Link::new(limits, now);
-        link.send_clear(handshake_frame(msg1));
-        Ok(Self::handshaking(link, hs, limits, now))
+        let mut shared = Shared::new(limits, now);
+        shared.send_clear(handshake_frame(msg1));
+        Ok(Self::handshaking(shared, hs, limits, now))
     }
 
     /// A session whose message 1 is queued on `link`, waiting for message
     /// 2, with no call yet.
-    fn handshaking(link: Link<T>, hs: ClientHandshake, limits: Limits, now: Now) -> Self {
+    fn handshaking(shared: Shared<T>, hs: ClientHandshake, limits: Limits, now: Now) -> Self {
         Self {
-            link,
+            shared,
             state: State::Handshaking { hs: Box::new(hs) },
             deadline: Some(now.at + limits.handshake_timeout),
             calls: HashMap::new(),
@@ -461,15 +467,15 @@ impl<T> ClientSession<T> {
             frame.hop_traceparent = mark.hop.unwrap_or_default();
             tag = Some(mark.tag);
         }
-        let mut link = Link::new(limits, now);
-        link.send_clear_marked(frame, tag);
+        let mut shared = Shared::new(limits, now);
+        shared.send_clear_marked(frame, tag);
         let terminal = request.terminal.is_some();
         let stdin = if request.stdin == StdinMode::Pipe as i32 {
             Stdin::Open
         } else {
             Stdin::Null
         };
-        let mut session = Self::handshaking(link, hs, limits, now);
+        let mut session = Self::handshaking(shared, hs, limits, now);
         session.calls.insert(
             id,
             Call {
@@ -508,13 +514,14 @@ impl<T> ClientSession<T> {
     }
 
     /// Whether the hello has been answered and the session not ended.
-    pub fn is_ready(&self) -> bool {
-        matches!(self.state, State::Ready) && !self.link.is_over()
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready) && !self.shared.is_over()
     }
 
     /// Whether the session is over (it takes no more commands).
-    pub fn is_over(&self) -> bool {
-        self.link.is_over()
+    #[cfg(test)]
+    pub(crate) fn is_over(&self) -> bool {
+        self.shared.is_over()
     }
 
     /// The best current estimate of the exec-server's clock minus ours.
@@ -545,7 +552,7 @@ impl<T> ClientSession<T> {
     /// Bytes queued to send and not yet handed to the link (stdin waiting
     /// for credit included).
     pub fn backlog(&self) -> usize {
-        self.link.backlog() + self.stdin_queued
+        self.shared.backlog() + self.stdin_queued
     }
 
     /// Flights sent and round trips waited on so far ([`Counters`]).
@@ -560,16 +567,17 @@ impl<T> ClientSession<T> {
     }
 
     /// Calls open on the session (including forgotten ones still running).
-    pub fn open_calls(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_calls(&self) -> usize {
         self.calls.len()
     }
 
     /// Hands in a frame from the link.
     pub fn handle_frame(&mut self, mut frame: Frame, now: Now) {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return;
         }
-        self.link.begin_frame(&mut frame, now);
+        self.shared.begin_frame(&mut frame, now);
         self.answered = true;
         if let Err(e) = self.frame(frame, now) {
             self.fail(e, now);
@@ -592,7 +600,7 @@ impl<T> ClientSession<T> {
                         }
                     };
                 let (transport, answer) = hs.finish_early(&frame.payload, now.at)?;
-                self.link.transport = Some(transport);
+                self.shared.transport = Some(transport);
                 self.events.push(ClientEvent::Secured);
                 let early = self.early.take();
                 let sent_unix_nanos = match (early, answer) {
@@ -607,7 +615,7 @@ impl<T> ClientSession<T> {
                     (Some(early), EarlyAnswer::Refused) => {
                         let sent_unix_nanos = now.unix_nanos();
                         self.send_hello(now)?;
-                        self.link
+                        self.shared
                             .send_with_hop(
                                 early.id,
                                 early.trace.as_ref(),
@@ -643,12 +651,12 @@ impl<T> ClientSession<T> {
                     State::Handshaking { .. } | State::Reattaching { .. }
                 ) =>
             {
-                self.link.receive(&frame.payload)?;
-                while let Some(env) = self.link.next_envelope()? {
+                self.shared.receive(&frame.payload)?;
+                while let Some(env) = self.shared.next_envelope()? {
                     self.envelope(env, now)?;
                 }
-                if let Some(reason) = self.link.peer_closed() {
-                    self.link.peer_close(reason, now);
+                if let Some(reason) = self.shared.peer_closed() {
+                    self.shared.peer_close(reason, now);
                 }
                 Ok(())
             }
@@ -657,7 +665,7 @@ impl<T> ClientSession<T> {
     }
 
     fn envelope(&mut self, env: Envelope, now: Now) -> Result<(), SessionError> {
-        let received = self.link.received(env.send_time_unix_nanos);
+        let received = self.shared.received(env.send_time_unix_nanos);
         match env.body {
             Some(Body::HelloAck(ack)) => {
                 let State::Hello { sent_unix_nanos } = self.state else {
@@ -679,7 +687,7 @@ impl<T> ClientSession<T> {
                 self.forwarding.max = ack.span_batch_max;
                 // The exec-server may not ask for more than we offered.
                 self.output_window =
-                    output::negotiate(ack.output_window, self.link.limits.output_window);
+                    output::negotiate(ack.output_window, self.shared.limits.output_window);
                 self.offered(&ack.resume_token);
                 // A call that rode in message 1 takes the windows now in
                 // force (its first event comes after this answer).
@@ -687,7 +695,7 @@ impl<T> ClientSession<T> {
                     call.out = stdin::Outgoing::new(self.stdin_window);
                     call.output = output::Received::new(
                         self.output_window,
-                        self.link.limits.output_window_max,
+                        self.shared.limits.output_window_max,
                     );
                 }
                 self.state = State::Ready;
@@ -726,7 +734,7 @@ impl<T> ClientSession<T> {
                     clock: None,
                 });
                 // Ending already: nothing to answer.
-                let _ = self.link.send(0, None, pong, None, now);
+                let _ = self.shared.send(0, None, pong, None, now);
                 Ok(())
             }
             Some(Body::Hello(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
@@ -754,9 +762,9 @@ impl<T> ClientSession<T> {
     fn send_hello(&mut self, now: Now) -> Result<(), SessionError> {
         let hello = Body::Hello(Hello {
             client_version: env!("CARGO_PKG_VERSION").into(),
-            output_window: self.link.limits.output_window,
+            output_window: self.shared.limits.output_window,
         });
-        self.link
+        self.shared
             .send(0, None, hello, None, now)
             .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
         Ok(())
@@ -794,7 +802,7 @@ impl<T> ClientSession<T> {
         self.send_final_acks(now);
         // The nonce is our send time: the pong gives a clock sample.
         let nonce = now.unix_nanos().max(self.last_nonce + 1);
-        self.link
+        self.shared
             .send(0, None, Body::Ping(Ping { nonce }), None, now)?;
         self.last_nonce = nonce;
         if self.pings.len() >= PINGS {
@@ -809,10 +817,10 @@ impl<T> ClientSession<T> {
     /// authenticated close; calls still open end with the session.
     pub fn close(&mut self, now: Now) {
         // Gathered spans go first, in the close's flight.
-        if !self.link.is_over() {
+        if !self.shared.is_over() {
             self.send_gathered(now);
         }
-        self.link.close("client closed the session", now);
+        self.shared.close("client closed the session", now);
         self.sync_end();
     }
 
@@ -822,15 +830,15 @@ impl<T> ClientSession<T> {
     }
 
     /// The peer ended its half of the link (`failure`: the link broke).
-    pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
-        self.link.link_ended(failure, now);
+    pub fn handle_link_end(&mut self, failure: Option<LinkFailure>, now: Now) {
+        self.shared.link_ended(failure, now);
         self.sync_end();
     }
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
         self.refill_stdin(now);
-        let t = self.link.poll_transmit(now);
+        let t = self.shared.poll_transmit(now);
         if t.is_some() && self.answered {
             self.answered = false;
             self.counters.flights = self.counters.flights.saturating_add(1);
@@ -840,13 +848,13 @@ impl<T> ClientSession<T> {
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
-    pub fn has_transmit(&self) -> bool {
-        self.link.has_transmit() || self.stdin_ready()
+    pub(crate) fn has_transmit(&self) -> bool {
+        self.shared.has_transmit() || self.stdin_ready()
     }
 
     /// Whether the driver should end our half of the link now (true once).
     pub fn poll_end_link(&mut self) -> bool {
-        self.link.poll_end_link()
+        self.shared.poll_end_link()
     }
 
     /// The next event for the caller.
@@ -860,45 +868,45 @@ impl<T> ClientSession<T> {
     /// then.
     pub fn defer(&mut self, event: ClientEvent) {
         self.events.defer(event);
-        self.link.stalled = true;
+        self.shared.stalled = true;
     }
 
     /// Whether the machine reads frames now.
-    pub fn wants_frames(&self) -> bool {
+    pub(crate) fn wants_frames(&self) -> bool {
         // Once over, frames are only drained until the peer ends the link.
-        self.link.is_over() || self.events.is_empty()
+        self.shared.is_over() || self.events.is_empty()
     }
 
     /// Whether the machine takes commands now (ready, and the backlog
     /// under its bound).
-    pub fn wants_input(&self) -> bool {
-        self.is_ready() && self.backlog() <= self.link.limits.backlog
+    pub(crate) fn wants_input(&self) -> bool {
+        self.is_ready() && self.backlog() <= self.shared.limits.backlog
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if let Some(linger) = self.link.linger_deadline() {
+        if let Some(linger) = self.shared.linger_deadline() {
             return Some(linger);
         }
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return None;
         }
         if let Some(d) = self.deadline {
             return Some(d);
         }
-        let limits = &self.link.limits;
+        let limits = &self.shared.limits;
         let spans = self.spans_due().filter(|_| !self.detached);
         // Something goes out at least every keepalive, reading or not, so
         // the exec-server knows we are here.
-        let send = self.link.last_sent + limits.keepalive;
+        let send = self.shared.last_sent + limits.keepalive;
         if !self.wants_frames() {
             return Some(spans.map_or(send, |s| s.min(send)));
         }
-        let idle = self.link.quiet_since + limits.idle_timeout;
-        let probe = if self.link.keepalive_sent {
+        let idle = self.shared.quiet_since + limits.idle_timeout;
+        let probe = if self.shared.keepalive_sent {
             idle
         } else {
-            self.link.quiet_since + limits.keepalive
+            self.shared.quiet_since + limits.keepalive
         };
         let due = send.min(idle).min(probe);
         Some(spans.map_or(due, |s| s.min(due)))
@@ -906,8 +914,8 @@ impl<T> ClientSession<T> {
 
     /// Fires whatever timers are due at `now`.
     pub fn handle_timeout(&mut self, now: Now) {
-        self.link.handle_linger(now);
-        if !self.link.is_over() {
+        self.shared.handle_linger(now);
+        if !self.shared.is_over() {
             self.timers(now);
         }
         self.sync_end();
@@ -915,7 +923,7 @@ impl<T> ClientSession<T> {
 
     fn timers(&mut self, now: Now) {
         let reading = self.wants_frames();
-        self.link.idle_clock(reading, now);
+        self.shared.idle_clock(reading, now);
         if self.deadline.is_some_and(|d| now.at >= d) {
             let stage = match self.state {
                 State::Handshaking { .. } | State::Reattaching { .. } => Stage::Handshake,
@@ -930,37 +938,37 @@ impl<T> ClientSession<T> {
         if !self.detached {
             self.spans_timer(now);
         }
-        let limits = self.link.limits;
-        let quiet = now.at.saturating_duration_since(self.link.quiet_since);
+        let limits = self.shared.limits;
+        let quiet = now.at.saturating_duration_since(self.shared.quiet_since);
         if reading && quiet >= limits.idle_timeout {
             self.fail(SessionError::Timeout(Stage::Idle), now);
             return;
         }
         // A probe when nothing has arrived for a keepalive (once per quiet
         // period), and a sign of life when nothing has left for one.
-        let probe = reading && quiet >= limits.keepalive && !self.link.keepalive_sent;
-        let silent = now.at.saturating_duration_since(self.link.last_sent) >= limits.keepalive;
+        let probe = reading && quiet >= limits.keepalive && !self.shared.keepalive_sent;
+        let silent = now.at.saturating_duration_since(self.shared.last_sent) >= limits.keepalive;
         if probe || silent {
             let sent = self.ping(now).is_ok();
             if sent && probe {
-                self.link.keepalive_sent = true;
+                self.shared.keepalive_sent = true;
             }
         }
     }
 
     /// Whether the session is completely over and every event taken: the
     /// driver can stop.
-    pub fn is_done(&self) -> bool {
-        (self.events.ended() || self.detached) && self.link.is_done() && self.events.is_empty()
+    pub(crate) fn is_done(&self) -> bool {
+        (self.events.ended() || self.detached) && self.shared.is_done() && self.events.is_empty()
     }
 
     fn fail(&mut self, err: SessionError, now: Now) {
-        self.link.fail(err, None, now);
+        self.shared.fail(err, None, now);
     }
 
     fn after(&mut self, now: Now) {
         let reading = self.wants_frames();
-        self.link.idle_clock(reading, now);
+        self.shared.idle_clock(reading, now);
         self.sync_end();
     }
 
@@ -975,7 +983,7 @@ impl<T> ClientSession<T> {
         if self.events.ended() || self.detached {
             return;
         }
-        if let Some(end) = self.link.end() {
+        if let Some(end) = self.shared.end() {
             let end = end.clone();
             if let Err(e) = &end
                 && self.detachable(e)

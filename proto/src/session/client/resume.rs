@@ -8,9 +8,9 @@ use super::{ClientEvent, ClientSession, State};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::ClientHandshake;
 use crate::pb::session::{OutputAck, Resume, ResumeCall, Resumed, envelope::Body};
-use crate::session::link::{Link, handshake_frame};
 use crate::session::output;
 use crate::session::resume::ResumeSecret;
+use crate::session::shared::{Shared, handshake_frame};
 use crate::session::{Now, SessionError, Stage, Violation};
 
 /// The session's resume token and secret.
@@ -38,6 +38,7 @@ impl Abandonment {
 
 /// Why a session cannot be taken back over a new link.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReattachError {
     /// The session is not waiting for a resume.
     #[error("the session is not detached")]
@@ -52,12 +53,12 @@ impl<T> ClientSession<T> {
     /// wants resumes).
     pub(super) fn offered(&mut self, token: &bytes::Bytes) {
         let hash = self
-            .link
+            .shared
             .transport
             .as_ref()
             .map(|t| t.handshake_hash().to_vec());
         self.resumable = match hash {
-            Some(hash) if !token.is_empty() && self.link.limits.resumable => Some(Resumable {
+            Some(hash) if !token.is_empty() && self.shared.limits.resumable => Some(Resumable {
                 token: token.clone(),
                 secret: ResumeSecret::from_handshake(&hash),
             }),
@@ -107,13 +108,13 @@ impl<T> ClientSession<T> {
         if !self.detached {
             return Err(ReattachError::NotDetached);
         }
-        let limits = self.link.limits;
+        let limits = self.shared.limits;
         let route = server.server_id();
         let (hs, msg1) =
             ClientHandshake::start(key, server, route.as_bytes(), now.wall, limits.noise)?;
-        let mut link = Link::new(limits, now);
-        link.send_clear(handshake_frame(msg1));
-        self.link = link;
+        let mut shared = Shared::new(limits, now);
+        shared.send_clear(handshake_frame(msg1));
+        self.shared = shared;
         self.state = State::Reattaching { hs: Box::new(hs) };
         self.deadline = Some(now.at + limits.handshake_timeout);
         self.detached = false;
@@ -141,7 +142,7 @@ impl<T> ClientSession<T> {
     pub fn abandonment(&self) -> Option<Abandonment> {
         let calls = if self.detached {
             self.calls.len()
-        } else if matches!(self.link.end(), Some(Err(_))) {
+        } else if matches!(self.shared.end(), Some(Err(_))) {
             self.orphaned
         } else {
             0
@@ -183,7 +184,7 @@ impl<T> ClientSession<T> {
         };
         let transport = hs.finish(msg2, now.at)?;
         let hash = transport.handshake_hash().to_vec();
-        self.link.transport = Some(transport);
+        self.shared.transport = Some(transport);
         self.events.push(ClientEvent::Secured);
         let Some(resumable) = self.resumable.as_ref() else {
             return Err(SessionError::Protocol(Violation::UnexpectedFrame));
@@ -202,7 +203,7 @@ impl<T> ClientSession<T> {
             calls,
             abandon: self.abandoning,
         });
-        self.link
+        self.shared
             .send(0, None, resume, None, now)
             .map_err(|_| SessionError::Protocol(Violation::UnexpectedFrame))?;
         Ok(())
@@ -223,25 +224,23 @@ impl<T> ClientSession<T> {
             return;
         }
         let hash = self
-            .link
+            .shared
             .transport
             .as_ref()
             .map(|t| t.handshake_hash().to_vec())
             .unwrap_or_default();
         if answer.expired {
             // A new session: the calls are gone.
-            self.resumable =
-                (!answer.resume_token.is_empty() && self.link.limits.resumable).then(|| {
-                    Resumable {
-                        token: answer.resume_token.clone(),
-                        secret: ResumeSecret::from_handshake(&hash),
-                    }
+            self.resumable = (!answer.resume_token.is_empty() && self.shared.limits.resumable)
+                .then(|| Resumable {
+                    token: answer.resume_token.clone(),
+                    secret: ResumeSecret::from_handshake(&hash),
                 });
         } else if let Some(r) = self.resumable.as_mut() {
             r.secret = r.secret.next(&hash);
         }
         self.output_window =
-            output::negotiate(answer.output_window, self.link.limits.output_window);
+            output::negotiate(answer.output_window, self.shared.limits.output_window);
         self.stdin_window = answer.stdin_window;
         self.login_shell = answer.login_shell;
         // Spans go only where the exec-server takes them now (it may have
@@ -267,7 +266,7 @@ impl<T> ClientSession<T> {
                 self.stdin_queued += again;
                 replayed.push((c.call_id, 0));
                 let _ = self
-                    .link
+                    .shared
                     .send(c.call_id, trace.as_ref(), Body::Exec(request), None, now);
                 continue;
             }
@@ -334,7 +333,7 @@ impl<T> ClientSession<T> {
     pub(super) fn send_final_acks(&mut self, now: Now) {
         for (call_id, seq) in std::mem::take(&mut self.final_acks) {
             let ack = Body::OutputAck(OutputAck { seq, window: 0 });
-            let _ = self.link.send(call_id, None, ack, None, now);
+            let _ = self.shared.send(call_id, None, ack, None, now);
         }
     }
 }

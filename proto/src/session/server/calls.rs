@@ -60,7 +60,7 @@ impl<T> ServerSession<T> {
     ) -> Result<(), SessionError> {
         let refusal = if call_id == 0 || call_id <= self.highest_call {
             Some((ExecErrorKind::BadRequest, "call id is zero or already used"))
-        } else if self.open_calls() >= self.link.limits.max_calls {
+        } else if self.open_calls() >= self.shared.limits.max_calls {
             Some((
                 ExecErrorKind::TooManyProcesses,
                 "too many processes on this session",
@@ -112,8 +112,8 @@ impl<T> ServerSession<T> {
                 stdin,
                 terminal: request.terminal.is_some(),
                 received: stdin::Incoming::new(
-                    self.link.limits.stdin_window,
-                    self.link.limits.stdin_window_max,
+                    self.shared.limits.stdin_window,
+                    self.shared.limits.stdin_window_max,
                     Some(self.acceptor.stdin_budget.clone()),
                 ),
                 output: output::Sent::default(),
@@ -201,7 +201,7 @@ impl<T> ServerSession<T> {
         mark: Option<Mark<T>>,
         now: Now,
     ) -> Result<Pushed, CallError> {
-        if self.link.is_over() && !self.detached {
+        if self.shared.is_over() && !self.detached {
             return Err(CallError::Ended);
         }
         let call = self
@@ -238,7 +238,7 @@ impl<T> ServerSession<T> {
             drop(mark);
             Ok(0)
         } else {
-            self.link
+            self.shared
                 .send(call_id, trace, Body::Event(event.clone()), mark, now)
         };
         if let Ok(offset) = result {
@@ -290,7 +290,7 @@ impl<T> ServerSession<T> {
             && !detached
         {
             let ack = Body::StdinAck(StdinAck { consumed, window });
-            self.link.send(call_id, None, ack, None, now)?;
+            self.shared.send(call_id, None, ack, None, now)?;
             self.after(now);
         }
         Ok(())

@@ -24,7 +24,7 @@ impl<T> ServerSession<T> {
         let nonce = self.probe.begin(now.at);
         // A session that cannot send is ending anyway.
         let _ = self
-            .link
+            .shared
             .send(0, None, Body::Ping(Ping { nonce }), None, now);
     }
 
@@ -45,7 +45,7 @@ impl<T> ServerSession<T> {
         }
         for (call_id, (consumed, window)) in acks {
             let ack = Body::StdinAck(StdinAck { consumed, window });
-            if self.link.send(call_id, None, ack, None, now).is_err() {
+            if self.shared.send(call_id, None, ack, None, now).is_err() {
                 return;
             }
         }

@@ -6,7 +6,7 @@ mod calls;
 mod measure;
 mod resume;
 
-pub use resume::{ABANDONED, Account, Adopted, Tombstone};
+pub use resume::{Account, Adopted, Tombstone};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,9 +15,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::events::Events;
-use super::link::{Link, handshake_frame};
+use super::shared::{Shared, handshake_frame};
 use super::window::{Budget, Probe};
-use super::{CallError, Closed, Limits, Now, Received, SessionError, Stage, Transmit, Violation};
+use super::{
+    CallError, Closed, Limits, LinkFailure, Now, Received, SessionError, Stage, Transmit, Violation,
+};
 use super::{output, stdin};
 use crate::keys::{AuthorizedKeys, Origin, PublicKey, StaticKeypair};
 use crate::limits::MAX_CHUNK;
@@ -103,7 +105,9 @@ impl Acceptor {
     }
 }
 
-/// What the exec-server machine tells its caller.
+/// What the exec-server machine tells its caller. Exhaustive on purpose:
+/// an endpoint must handle every event, and a new one must not build until
+/// it does.
 #[derive(Debug, Clone)]
 pub enum ServerEvent {
     /// Handshake message 1 authenticated this client key (message 2 is on
@@ -294,7 +298,7 @@ enum State {
 
 /// The exec-server end of one session.
 pub struct ServerSession<T> {
-    pub(super) link: Link<T>,
+    pub(super) shared: Shared<T>,
     acceptor: Arc<Acceptor>,
     state: State,
     deadline: Option<Instant>,
@@ -339,7 +343,7 @@ impl<T> std::fmt::Debug for ServerSession<T> {
         f.debug_struct("ServerSession")
             .field("state", &self.state)
             .field("calls", &self.calls.len())
-            .field("over", &self.link.is_over())
+            .field("over", &self.shared.is_over())
             .finish_non_exhaustive()
     }
 }
@@ -348,7 +352,7 @@ impl<T> ServerSession<T> {
     /// A session waiting for handshake message 1.
     pub fn new(acceptor: Arc<Acceptor>, limits: Limits, now: Now) -> Self {
         Self {
-            link: Link::new(limits, now),
+            shared: Shared::new(limits, now),
             acceptor,
             state: State::Handshaking,
             deadline: Some(now.at + limits.handshake_timeout),
@@ -385,23 +389,25 @@ impl<T> ServerSession<T> {
     }
 
     /// Whether the session is over.
-    pub fn is_over(&self) -> bool {
-        self.link.is_over()
+    #[cfg(test)]
+    pub(crate) fn is_over(&self) -> bool {
+        self.shared.is_over()
     }
 
     /// Bytes queued to send and not yet handed to the link.
     pub fn backlog(&self) -> usize {
-        self.link.backlog()
+        self.shared.backlog()
     }
 
     /// Spans of forwarded batches refused (over the limit the hello answer
     /// gave, or sent when it offered none).
-    pub fn spans_refused(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn spans_refused(&self) -> u64 {
         self.spans_refused
     }
 
     /// Calls running on the session.
-    pub fn open_calls(&self) -> usize {
+    pub(crate) fn open_calls(&self) -> usize {
         self.calls.values().filter(|c| !c.finished).count()
     }
 
@@ -426,16 +432,17 @@ impl<T> ServerSession<T> {
     }
 
     /// A call's output window now (0 for a call it does not hold).
-    pub fn output_window_of(&self, call_id: u64) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn output_window_of(&self, call_id: u64) -> u32 {
         self.calls.get(&call_id).map_or(0, |c| c.output_window)
     }
 
     /// Hands in a frame from the link.
     pub fn handle_frame(&mut self, mut frame: Frame, now: Now) {
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return;
         }
-        self.link.begin_frame(&mut frame, now);
+        self.shared.begin_frame(&mut frame, now);
         if let Err(e) = self.frame(frame, now) {
             self.fail(e, now);
         }
@@ -457,7 +464,7 @@ impl<T> ServerSession<T> {
                         now.at,
                         &keys,
                         &mut replay,
-                        self.link.limits.noise,
+                        self.shared.limits.noise,
                     )?;
                     // A key limited to some addresses (`from=`) is refused
                     // from anywhere else.
@@ -473,8 +480,8 @@ impl<T> ServerSession<T> {
                     self.early = answered.data.map(|d| (Bytes::from(d), now));
                     answered.accepted
                 };
-                self.link.send_clear(handshake_frame(accepted.msg2));
-                self.link.transport = Some(accepted.transport);
+                self.shared.send_clear(handshake_frame(accepted.msg2));
+                self.shared.transport = Some(accepted.transport);
                 self.client = Some(accepted.client);
                 self.state = State::Hello;
                 self.events.push(ServerEvent::Authenticated {
@@ -491,12 +498,12 @@ impl<T> ServerSession<T> {
                 })
             }
             Ok(FrameKind::Data) if self.state != State::Handshaking => {
-                self.link.receive(&frame.payload)?;
-                while let Some(env) = self.link.next_envelope()? {
+                self.shared.receive(&frame.payload)?;
+                while let Some(env) = self.shared.next_envelope()? {
                     self.envelope(env, now)?;
                 }
-                if let Some(reason) = self.link.peer_closed() {
-                    self.link.peer_close(reason, now);
+                if let Some(reason) = self.shared.peer_closed() {
+                    self.shared.peer_close(reason, now);
                 }
                 Ok(())
             }
@@ -507,13 +514,13 @@ impl<T> ServerSession<T> {
     fn envelope(&mut self, env: Envelope, now: Now) -> Result<(), SessionError> {
         let call_id = env.call_id;
         let trace = env.trace;
-        let received = self.link.received(env.send_time_unix_nanos);
+        let received = self.shared.received(env.send_time_unix_nanos);
         let body = env
             .body
             .ok_or(SessionError::Protocol(Violation::EmptyMessage))?;
         match body {
             Body::Hello(hello) if self.state == State::Hello => {
-                let limits = self.link.limits;
+                let limits = self.shared.limits;
                 self.output_window = output::negotiate(hello.output_window, limits.output_window);
                 let ack = HelloAck {
                     server_version: self.acceptor.version.clone(),
@@ -579,7 +586,7 @@ impl<T> ServerSession<T> {
                         .map_err(SessionError::Protocol)?;
                     // The client widens a running call's window (up to
                     // our ceiling); it is never narrowed.
-                    let ceiling = self.link.limits.output_window_max.max(self.output_window);
+                    let ceiling = self.shared.limits.output_window_max.max(self.output_window);
                     let asked = a.window.min(ceiling);
                     let widened = if self.output_window != 0
                         && !call.finished
@@ -697,7 +704,7 @@ impl<T> ServerSession<T> {
         body: Body,
         now: Now,
     ) -> Result<(), SessionError> {
-        match self.link.send(call_id, trace, body, None, now) {
+        match self.shared.send(call_id, trace, body, None, now) {
             Ok(_) | Err(CallError::Ended) => Ok(()),
             Err(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "message too large to answer",
@@ -711,11 +718,11 @@ impl<T> ServerSession<T> {
     /// client is told in the clear that the exec-server is busy. Does
     /// nothing once the hello has been answered.
     pub fn refuse_busy(&mut self, now: Now) {
-        if self.state != State::Hello || self.link.is_over() {
+        if self.state != State::Hello || self.shared.is_over() {
             return;
         }
-        self.link.retract_clear();
-        self.link.transport = None;
+        self.shared.retract_clear();
+        self.shared.transport = None;
         // Nothing of message 1 runs.
         self.early = None;
         self.fail(SessionError::Handshake(noise::HandshakeError::Busy), now);
@@ -725,7 +732,7 @@ impl<T> ServerSession<T> {
     /// Closes the session cleanly (shutting down): what is queued goes
     /// first, then the authenticated close.
     pub fn close(&mut self, reason: &'static str, now: Now) {
-        self.link.close(reason, now);
+        self.shared.close(reason, now);
         self.after(now);
     }
 
@@ -735,26 +742,26 @@ impl<T> ServerSession<T> {
     }
 
     /// The peer ended its half of the link (`failure`: the link broke).
-    pub fn handle_link_end(&mut self, failure: Option<tonic::Status>, now: Now) {
-        self.link.link_ended(failure, now);
+    pub fn handle_link_end(&mut self, failure: Option<LinkFailure>, now: Now) {
+        self.shared.link_ended(failure, now);
         self.after(now);
     }
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self, now: Now) -> Option<Transmit<T>> {
-        let t = self.link.poll_transmit(now);
+        let t = self.shared.poll_transmit(now);
         self.after(now);
         t
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.
-    pub fn has_transmit(&self) -> bool {
-        self.link.has_transmit()
+    pub(crate) fn has_transmit(&self) -> bool {
+        self.shared.has_transmit()
     }
 
     /// Whether the driver should end our half of the link now (true once).
     pub fn poll_end_link(&mut self) -> bool {
-        self.link.poll_end_link()
+        self.shared.poll_end_link()
     }
 
     /// The next event for the caller.
@@ -762,7 +769,7 @@ impl<T> ServerSession<T> {
         self.sync_end();
         if self.events.is_empty()
             && let Some((data, now)) = self.early.take()
-            && !self.link.is_over()
+            && !self.shared.is_over()
         {
             if let Err(e) = self.run_early(&data, now) {
                 self.fail(e, now);
@@ -780,7 +787,8 @@ impl<T> ServerSession<T> {
 
     /// Runs message 1's early data: the hello, then at most one call.
     fn run_early(&mut self, data: &Bytes, now: Now) -> Result<(), SessionError> {
-        let mut decoder = crate::framing::FrameDecoder::new(self.link.limits.noise.max_envelope);
+        let mut decoder =
+            crate::envelope_stream::FrameDecoder::new(self.shared.limits.noise.max_envelope);
         decoder.feed(data);
         let mut seen = 0;
         while let Some(bytes) = decoder
@@ -813,20 +821,20 @@ impl<T> ServerSession<T> {
     /// read until then.
     pub fn defer(&mut self, event: ServerEvent) {
         self.events.defer(event);
-        self.link.stalled = true;
+        self.shared.stalled = true;
     }
 
     /// Whether the machine reads frames now: not while events wait, nor
     /// while the backlog is over its bound (every frame may need an
     /// answer).
-    pub fn wants_frames(&self) -> bool {
-        self.link.is_over()
-            || (self.events.is_empty() && self.early.is_none() && !self.link.over_backlog())
+    pub(crate) fn wants_frames(&self) -> bool {
+        self.shared.is_over()
+            || (self.events.is_empty() && self.early.is_none() && !self.shared.over_backlog())
     }
 
     /// Whether the machine takes terminal events now.
-    pub fn wants_input(&self) -> bool {
-        self.state == State::Ready && !self.link.is_over() && !self.link.over_backlog()
+    pub(crate) fn wants_input(&self) -> bool {
+        self.state == State::Ready && !self.shared.is_over() && !self.shared.over_backlog()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -834,10 +842,10 @@ impl<T> ServerSession<T> {
         if self.detached {
             return self.grace_end();
         }
-        if let Some(linger) = self.link.linger_deadline() {
+        if let Some(linger) = self.shared.linger_deadline() {
             return Some(linger);
         }
-        if self.link.is_over() {
+        if self.shared.is_over() {
             return None;
         }
         if let Some(d) = self.deadline {
@@ -846,9 +854,9 @@ impl<T> ServerSession<T> {
         if !self.wants_frames() {
             return None;
         }
-        let idle = self.link.quiet_since + self.link.limits.idle_timeout;
-        if self.state == State::Ready && !self.link.keepalive_sent {
-            return Some(idle.min(self.link.quiet_since + self.link.limits.keepalive));
+        let idle = self.shared.quiet_since + self.shared.limits.idle_timeout;
+        if self.state == State::Ready && !self.shared.keepalive_sent {
+            return Some(idle.min(self.shared.quiet_since + self.shared.limits.keepalive));
         }
         Some(idle)
     }
@@ -856,7 +864,7 @@ impl<T> ServerSession<T> {
     /// When a detached session's grace ends.
     fn grace_end(&self) -> Option<Instant> {
         self.detached_at
-            .map(|at| at + self.link.limits.resume_grace)
+            .map(|at| at + self.shared.limits.resume_grace)
     }
 
     /// Fires whatever timers are due at `now`.
@@ -868,10 +876,10 @@ impl<T> ServerSession<T> {
             }
             return;
         }
-        self.link.handle_linger(now);
-        if !self.link.is_over() {
+        self.shared.handle_linger(now);
+        if !self.shared.is_over() {
             let reading = self.wants_frames();
-            self.link.idle_clock(reading, now);
+            self.shared.idle_clock(reading, now);
             if self.deadline.is_some_and(|d| now.at >= d) {
                 let stage = match self.state {
                     State::Handshaking => Stage::Handshake,
@@ -879,11 +887,11 @@ impl<T> ServerSession<T> {
                 };
                 self.fail(SessionError::Timeout(stage), now);
             } else if reading {
-                let quiet = now.at.saturating_duration_since(self.link.quiet_since);
-                if quiet >= self.link.limits.idle_timeout {
+                let quiet = now.at.saturating_duration_since(self.shared.quiet_since);
+                if quiet >= self.shared.limits.idle_timeout {
                     self.fail(SessionError::Timeout(Stage::Idle), now);
-                } else if quiet >= self.link.limits.keepalive
-                    && !self.link.keepalive_sent
+                } else if quiet >= self.shared.limits.keepalive
+                    && !self.shared.keepalive_sent
                     && self.state == State::Ready
                 {
                     self.idle_windows(now);
@@ -904,8 +912,8 @@ impl<T> ServerSession<T> {
             nonce: self.pings_sent,
         });
         // A session that cannot send is ending anyway.
-        let _ = self.link.send(0, None, ping, None, now);
-        self.link.keepalive_sent = true;
+        let _ = self.shared.send(0, None, ping, None, now);
+        self.shared.keepalive_sent = true;
     }
 
     /// Overrides the output window the hello set (a peer that ignores it).
@@ -916,25 +924,25 @@ impl<T> ServerSession<T> {
 
     /// Whether the session is completely over (or detached) and every
     /// event taken.
-    pub fn is_done(&self) -> bool {
-        (self.events.ended() || self.detached) && self.link.is_done() && self.events.is_empty()
+    pub(crate) fn is_done(&self) -> bool {
+        (self.events.ended() || self.detached) && self.shared.is_done() && self.events.is_empty()
     }
 
     fn fail(&mut self, err: SessionError, now: Now) {
         // Before the client can read an authenticated close, it is told in
         // the clear.
-        let clear = if self.link.transport.is_none() {
+        let clear = if self.shared.transport.is_none() {
             err.close_reason()
         } else {
             None
         };
-        self.link.fail(err, clear, now);
+        self.shared.fail(err, clear, now);
     }
 
     fn after(&mut self, now: Now) {
         self.clock = self.clock.max(now.at);
         let reading = self.wants_frames();
-        self.link.idle_clock(reading, now);
+        self.shared.idle_clock(reading, now);
         self.sync_end();
     }
 
@@ -952,7 +960,7 @@ impl<T> ServerSession<T> {
         if self.events.ended() || self.detached {
             return;
         }
-        if let Some(end) = self.link.end() {
+        if let Some(end) = self.shared.end() {
             let end = end.clone();
             if let Err(e) = &end
                 && self.detachable(e)

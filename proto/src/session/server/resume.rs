@@ -11,7 +11,7 @@ use super::{Call, ServerSession, State, Stdin};
 use crate::keys::PublicKey;
 use crate::pb::session::{Exited, Resumed, ResumedCall, StdinAck, envelope::Body, terminal_event};
 use crate::session::resume::{ResumeSecret, TOKEN_LEN};
-use crate::session::{Now, SessionError};
+use crate::session::{LinkFailure, LinkFailureKind, Now, SessionError};
 use crate::session::{output, stdin};
 
 /// What a resume of the session is checked against.
@@ -76,7 +76,7 @@ impl Account {
 }
 
 /// The close a session given up by its client ends with.
-pub const ABANDONED: &str = "abandoned by the client";
+pub(crate) const ABANDONED: &str = "abandoned by the client";
 
 /// What a resume gave back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,11 +98,11 @@ impl<T> ServerSession<T> {
     /// A resume token for the hello answer (empty: resume not offered),
     /// and the secret to check a resume against.
     pub(super) fn offer_resume(&mut self) -> bytes::Bytes {
-        if !self.link.limits.resumable {
+        if !self.shared.limits.resumable {
             return bytes::Bytes::new();
         }
         let Some(hash) = self
-            .link
+            .shared
             .transport
             .as_ref()
             .map(|t| t.handshake_hash().to_vec())
@@ -161,11 +161,11 @@ impl<T> ServerSession<T> {
         let (Some(asked), Some(resumable), Some(hash)) = (
             self.asked.as_ref(),
             parked.resumable.as_ref(),
-            self.link.transport.as_ref().map(|t| t.handshake_hash()),
+            self.shared.transport.as_ref().map(|t| t.handshake_hash()),
         ) else {
             return false;
         };
-        (parked.detached || !parked.link.is_over())
+        (parked.detached || !parked.shared.is_over())
             && asked.token.as_ref() == resumable.token.as_slice()
             && self.client.is_some()
             && parked.client == self.client
@@ -178,10 +178,13 @@ impl<T> ServerSession<T> {
     /// rather than the connection). The session detaches at once, its
     /// calls kept, ready to be adopted.
     pub fn supersede(&mut self, now: Now) {
-        if self.detached || self.link.is_over() || self.resumable.is_none() {
+        if self.detached || self.shared.is_over() || self.resumable.is_none() {
             return;
         }
-        let why = tonic::Status::aborted("the client resumed the session over a new link");
+        let why = LinkFailure::new(
+            LinkFailureKind::Superseded,
+            "the client resumed the session over a new link",
+        );
         self.handle_link_end(Some(why), now);
     }
 
@@ -196,7 +199,7 @@ impl<T> ServerSession<T> {
             return Adopted::default();
         };
         let hash = self
-            .link
+            .shared
             .transport
             .as_ref()
             .map(|t| t.handshake_hash().to_vec())
@@ -279,8 +282,8 @@ impl<T> ServerSession<T> {
             calls: answer,
             resume_token: bytes::Bytes::new(),
             output_window: self.output_window,
-            max_processes: u32::try_from(self.link.limits.max_calls).unwrap_or(u32::MAX),
-            stdin_window: self.link.limits.stdin_window,
+            max_processes: u32::try_from(self.shared.limits.max_calls).unwrap_or(u32::MAX),
+            stdin_window: self.shared.limits.stdin_window,
             login_shell: self.acceptor.login_shell,
             span_batch_max: self.acceptor.span_batch_max,
         };
@@ -307,7 +310,7 @@ impl<T> ServerSession<T> {
             }
             adopted.events += 1;
             let _ = self
-                .link
+                .shared
                 .send(call_id, trace.as_ref(), Body::Event(event), None, now);
         }
         let acks: Vec<(u64, stdin::Ack)> = self
@@ -317,7 +320,7 @@ impl<T> ServerSession<T> {
             .map(|(id, c)| (*id, c.received.ack()))
             .collect();
         for (call_id, (consumed, window)) in acks {
-            let _ = self.link.send(
+            let _ = self.shared.send(
                 call_id,
                 None,
                 Body::StdinAck(StdinAck { consumed, window }),
@@ -340,7 +343,7 @@ impl<T> ServerSession<T> {
             return;
         };
         let token = self.offer_resume();
-        let limits = self.link.limits;
+        let limits = self.shared.limits;
         self.output_window = output::negotiate(limits.output_window, limits.output_window);
         let calls = asked
             .calls
@@ -403,7 +406,7 @@ impl<T> ServerSession<T> {
     /// with its next message, so only a flood of short calls on a session
     /// whose client stopped talking comes here).
     pub(super) fn bound_finished(&mut self) {
-        let max = self.link.limits.max_calls;
+        let max = self.shared.limits.max_calls;
         let mut finished: Vec<u64> = self
             .calls
             .iter()

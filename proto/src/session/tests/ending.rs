@@ -78,12 +78,12 @@ fn the_exec_server_shutting_down_ends_the_clients_session() {
 fn a_lost_link_ends_the_session_with_its_cause() {
     let mut p = Pair::ready();
     p.exec(false);
-    p.client
-        .handle_link_end(Some(tonic::Status::unavailable("reset")), p.now);
+    let reset = LinkFailure::new(LinkFailureKind::Broken, "reset");
+    p.client.handle_link_end(Some(reset.clone()), p.now);
     p.run();
     assert!(matches!(
         p.client_end(),
-        Some(Err(SessionError::LinkFailed(s))) if s.message() == "reset"
+        Some(Err(SessionError::LinkFailed(f))) if *f == reset && f.kind() == LinkFailureKind::Broken
     ));
     // The exec-server sees its link end in turn.
     assert!(matches!(p.server_end(), Some(Err(SessionError::LinkEnded))));

@@ -245,7 +245,7 @@ fn the_exec_server_refuses_batches_over_its_limit_or_not_offered() {
             spans: 3,
             dropped: 0,
         });
-        p.client.link.send(0, None, batch, None, p.now).unwrap();
+        p.client.shared.send(0, None, batch, None, p.now).unwrap();
         p.run();
         assert!(batches(&p).is_empty());
         assert_eq!(p.server.spans_refused(), 3);

@@ -180,7 +180,7 @@ fn an_event_out_of_sequence_is_a_protocol_violation() {
     let id = p.exec(false);
     p.push(id, started());
     // A hostile exec-server skips a sequence number.
-    let transport = p.server.link.transport.as_mut().unwrap();
+    let transport = p.server.shared.transport.as_mut().unwrap();
     let env = crate::pb::session::Envelope {
         call_id: id,
         body: Some(crate::pb::session::envelope::Body::Event(
@@ -209,7 +209,7 @@ fn an_event_out_of_sequence_is_a_protocol_violation() {
 #[test]
 fn events_for_calls_never_started_are_violations() {
     let mut p = Pair::ready();
-    let transport = p.server.link.transport.as_mut().unwrap();
+    let transport = p.server.shared.transport.as_mut().unwrap();
     let env = crate::pb::session::Envelope {
         call_id: 99,
         body: Some(crate::pb::session::envelope::Body::Event(
@@ -233,7 +233,7 @@ fn events_for_calls_never_started_are_violations() {
 fn a_hostile_client_sending_stdin_for_a_null_stdin_call_is_cut_off() {
     let mut p = Pair::ready();
     let id = p.exec(false);
-    let transport = p.client.link.transport.as_mut().unwrap();
+    let transport = p.client.shared.transport.as_mut().unwrap();
     let env = crate::pb::session::Envelope {
         call_id: id,
         body: Some(crate::pb::session::envelope::Body::Stdin(

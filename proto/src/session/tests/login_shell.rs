@@ -112,7 +112,7 @@ fn the_exec_server_machine_refuses_a_login_shell_asked_for_wrongly() {
     // Sent raw, as a peer that skips the client machine's checks would.
     p.client_reads = false;
     p.client
-        .link
+        .shared
         .send(7, None, Body::Exec(login_shell()), None, p.now)
         .unwrap();
     p.run();
@@ -121,7 +121,7 @@ fn the_exec_server_machine_refuses_a_login_shell_asked_for_wrongly() {
     let mut with_command = login_shell();
     with_command.argv = vec![Bytes::from_static(b"sh")];
     p2.client
-        .link
+        .shared
         .send(8, None, Body::Exec(with_command), None, p2.now)
         .unwrap();
     p2.run();

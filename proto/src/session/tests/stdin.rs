@@ -146,7 +146,7 @@ fn a_client_that_ignores_the_stdin_window_is_cut_off() {
     let mut p = Pair::ready();
     p.server_consumes = false;
     let id = p.exec(true);
-    let transport = p.client.link.transport.as_mut().unwrap();
+    let transport = p.client.shared.transport.as_mut().unwrap();
     for _ in 0..(Limits::server().stdin_window as usize / crate::limits::MAX_CHUNK + 2) {
         let env = crate::pb::session::Envelope {
             call_id: id,

@@ -38,7 +38,7 @@ impl Pair {
     /// checks would.
     fn raw_resize(&mut self, call_id: u64, rows: u32, cols: u32) {
         self.client
-            .link
+            .shared
             .send(
                 call_id,
                 None,
@@ -190,7 +190,7 @@ fn the_exec_server_refuses_a_terminal_out_of_bounds_as_a_bad_request() {
     ];
     for (id, req) in cases {
         p.client
-            .link
+            .shared
             .send(id, None, Body::Exec(req), None, p.now)
             .unwrap();
     }
@@ -277,7 +277,7 @@ fn a_resize_from_the_exec_server_is_a_violation() {
     let mut p = Pair::ready();
     let id = p.exec_terminal(24, 80);
     p.server
-        .link
+        .shared
         .send(
             id,
             None,

@@ -155,8 +155,8 @@ fn rekey_under_traffic() {
         .collect();
     assert!(got_out == want_out, "stdout differs after rekeys");
     assert!(got_in == want_in, "stdin differs after rekeys");
-    let c = p.client.link.transport.as_ref().unwrap().stats();
-    let s = p.server.link.transport.as_ref().unwrap().stats();
+    let c = p.client.shared.transport.as_ref().unwrap().stats();
+    let s = p.server.shared.transport.as_ref().unwrap().stats();
     assert!(c.rekeys_sent > 10, "{c:?}");
     assert!(s.rekeys_sent > 10, "{s:?}");
     assert_eq!(c.rekeys_sent, s.rekeys_received);

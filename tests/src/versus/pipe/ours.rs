@@ -12,11 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use proto::envelope;
 use proto::keys::{PublicKey, StaticKeypair};
 use proto::limits::MAX_GRPC_MESSAGE;
-use proto::link::FrameSender;
 use proto::noise::{ClientHandshake, SessionConfig, Transport, TransportError};
 use proto::pb::session::{Hello, envelope::Body};
 use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::pb::tunnel::{Frame, FrameKind};
+use proto::relay_link::FrameSender;
 use proto::routing::SERVER_ID_HEADER;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -147,9 +147,9 @@ impl NoisePipe {
         let client_key = StaticKeypair::generate().map_err(|e| format!("client key: {e}"))?;
         let server = server_key.public();
         let responder = Responder::start(&relay.url(), server_key, client_key.public()).await?;
-        let channel = proto::link::endpoint(
+        let channel = proto::relay_link::endpoint(
             &relay.url(),
-            proto::link::CONNECT_TIMEOUT,
+            proto::relay_link::CONNECT_TIMEOUT,
             &proto::tls::TlsSettings::system(),
         )
         .map_err(|e| format!("client: {e}"))?
@@ -224,6 +224,6 @@ async fn send_all(
             }
         }
     }
-    proto::link::close_session(transport, &outbound, "done").await;
+    proto::relay_link::close_session(transport, &outbound, "done").await;
     Ok(outbound)
 }

@@ -1,6 +1,6 @@
 //! The receiving end of ours: a minimal responder that registers with the
 //! relay and accepts each announced session with the exec-server's own link
-//! code (`exec_server::link::register`, `open_session`), answers the IK
+//! code (`exec_server::registration::register`, `open_session`), answers the IK
 //! handshake and the session hello with the project's own code, then
 //! decrypts every record and checks and counts the plaintext until the
 //! client's authenticated close.
@@ -57,9 +57,9 @@ impl Responder {
         key: StaticKeypair,
         client: PublicKey,
     ) -> Result<Self, String> {
-        let link = proto::link::endpoint(
+        let link = proto::relay_link::endpoint(
             url,
-            proto::link::CONNECT_TIMEOUT,
+            proto::relay_link::CONNECT_TIMEOUT,
             &proto::tls::TlsSettings::system(),
         )
         .map_err(|e| format!("relay URL: {e}"))?
@@ -73,10 +73,14 @@ impl Responder {
             replay: Mutex::new(ReplayGuard::default()),
             pattern: Pattern::new(),
         });
-        let (up, down) =
-            exec_server::link::register(&link, &shared.key, &shared.route, REGISTRATION_WAIT)
-                .await
-                .map_err(|e| format!("responder registration: {e}"))?;
+        let (up, down) = exec_server::registration::register(
+            &link,
+            &shared.key,
+            &shared.route,
+            REGISTRATION_WAIT,
+        )
+        .await
+        .map_err(|e| format!("responder registration: {e}"))?;
         let (reports_tx, reports) = mpsc::channel(4);
         let task = tokio::spawn(serve(link, down, up, shared, reports_tx));
         Ok(Self { task, reports })
@@ -135,7 +139,7 @@ async fn next_frame(inbound: &mut Streaming<Frame>) -> Result<Frame, String> {
 /// One session: accept it, answer the handshake and the hello, then
 /// decrypt, check and count until the client's authenticated close.
 async fn respond(link: Channel, incoming: Incoming, ctx: &Shared) -> Result<Report, String> {
-    let (out, mut inbound) = exec_server::link::open_session(link, &ctx.route, &incoming)
+    let (out, mut inbound) = exec_server::registration::open_session(link, &ctx.route, &incoming)
         .await
         .map_err(|e| format!("responder: accept: {e}"))?;
     let msg1 = next_frame(&mut inbound).await?;

@@ -19,6 +19,7 @@ pub const LEN_PREFIX: usize = 4;
 
 /// Errors framing or deframing the envelope stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FramingError {
     /// A message is larger than the limit (on encode: the message given;
     /// on decode: the length the peer declared).

@@ -5,13 +5,16 @@
 use std::time::Duration;
 
 /// HTTP/2 keepalive interval (detects dead peers on idle links).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+#[cfg(any(feature = "channel", feature = "server"))]
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+#[cfg(any(feature = "channel", feature = "server"))]
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Per-stream HTTP/2 window: bounds what one session has in flight on a
 /// link, and what a relay holds unread of a session whose far side has
 /// stopped reading.
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
+#[cfg(any(feature = "channel", feature = "server"))]
+pub(crate) const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Per-stream HTTP/2 window of a client's link, the side that takes a
 /// session's output. A client reads what arrives at once (each call's
 /// output waits in its own queue, bounded by the call's output credit), so
@@ -28,13 +31,15 @@ pub const CLIENT_STREAM_WINDOW: u32 = 32 * 1024 * 1024;
 /// otherwise take from every other session on the same link (an
 /// exec-server's, or a fleet peer's) until a few such sessions held it all
 /// and the link carried nothing. Each stream's window is the bound.
-pub const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+#[cfg(any(feature = "channel", feature = "server"))]
+pub(crate) const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Default TCP/HTTP2 connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a link's endpoint cannot be made.
 #[cfg(feature = "channel")]
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EndpointError {
     /// The URL is not one.
     #[error("invalid URL: {0}")]

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::{CallError, Closed, Limits, Mark, Now, Received, SessionError, Transmit};
+use super::{CallError, Closed, Limits, LinkFailure, Mark, Now, Received, SessionError, Transmit};
 use crate::envelope;
 use crate::noise::Transport;
 use crate::pb::session::{Envelope, TraceContext, envelope::Body};
@@ -30,7 +30,7 @@ enum Ending {
     Open,
     /// Flushing what is queued, then the authenticated close.
     Flushing,
-    /// Our half of the link ends once the driver sees [`Link::poll_end_link`].
+    /// Our half of the link ends once the driver sees [`Shared::poll_end_link`].
     EndHalf,
     /// Our half has ended; waiting (bounded) for the peer's.
     Lingering,
@@ -38,7 +38,7 @@ enum Ending {
 
 /// The shared core of a session machine.
 #[derive(Debug)]
-pub(super) struct Link<T> {
+pub(super) struct Shared<T> {
     pub(super) limits: Limits,
     /// The Noise session, once the handshake is done.
     pub(super) transport: Option<Transport>,
@@ -72,7 +72,7 @@ pub(super) struct Link<T> {
     relay: Vec<crate::pb::tunnel::HopTiming>,
 }
 
-impl<T> Link<T> {
+impl<T> Shared<T> {
     pub(super) fn new(limits: Limits, now: Now) -> Self {
         Self {
             limits,
@@ -238,10 +238,9 @@ impl<T> Link<T> {
             body: Some(body),
         };
         transport.send_message(&env).map_err(|e| match e {
-            crate::noise::TransportError::Framing(crate::framing::FramingError::TooLarge {
-                len,
-                max,
-            }) => CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max }),
+            crate::noise::TransportError::Framing(
+                crate::envelope_stream::FramingError::TooLarge { len, max },
+            ) => CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max }),
             _ => CallError::Ended,
         })?;
         let end = transport.queued_offset();
@@ -420,11 +419,11 @@ impl<T> Link<T> {
     }
 
     /// The peer ended its half of the link (`failure`: it broke).
-    pub(super) fn link_ended(&mut self, failure: Option<tonic::Status>, now: Now) {
+    pub(super) fn link_ended(&mut self, failure: Option<LinkFailure>, now: Now) {
         self.peer_ended = true;
         if self.end.is_none() {
             let err = match failure {
-                Some(status) => SessionError::LinkFailed(status),
+                Some(failure) => SessionError::LinkFailed(failure),
                 None => SessionError::LinkEnded,
             };
             self.fail(err, None, now);

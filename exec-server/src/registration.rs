@@ -8,10 +8,10 @@ use std::time::Duration;
 use proto::keys::Origin;
 use proto::keys::StaticKeypair;
 use proto::limits::MAX_GRPC_MESSAGE;
-use proto::link::FrameSender;
 use proto::pb::tunnel::registry_client::RegistryClient;
 use proto::pb::tunnel::{Frame, Incoming, RegisterDown, RegisterUp, register_down, register_up};
 use proto::registration::ProofInitiator;
+use proto::relay_link::FrameSender;
 use proto::routing::{
     SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, SPARE_TOKEN_LEN,
     format_session_id,
@@ -48,9 +48,9 @@ const SPARE_FAILURES: u32 = 5;
 pub enum LinkError {
     /// The relay URL is not valid (or TLS cannot be set up for it).
     #[error("relay URL: {0}")]
-    BadUrl(#[from] proto::link::EndpointError),
+    BadUrl(#[from] proto::relay_link::EndpointError),
     /// The relay could not be reached (TLS failures included).
-    #[error("cannot reach the relay: {}", proto::link::why(.0))]
+    #[error("cannot reach the relay: {}", proto::relay_link::why(.0))]
     Connect(#[from] tonic::transport::Error),
     /// The relay refused or ended the registration.
     #[error("relay: {0}")]
@@ -305,7 +305,11 @@ async fn register_once(
     shutdown: &CancellationToken,
     registered: &watch::Sender<bool>,
 ) -> Result<bool, LinkError> {
-    let ep = proto::link::endpoint(url, proto::link::CONNECT_TIMEOUT, &ctx.config.relay_tls)?;
+    let ep = proto::relay_link::endpoint(
+        url,
+        proto::relay_link::CONNECT_TIMEOUT,
+        &ctx.config.relay_tls,
+    )?;
     let channel = tokio::select! {
         () = shutdown.cancelled() => return Ok(false),
         c = ep.connect() => c?,
