@@ -5,7 +5,7 @@
 //! (`persist`), until it is stopped.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -48,11 +48,14 @@ pub(crate) async fn run(listener: Listener, mut options: Options, shutdown: Canc
     }
     let uid = nix::unistd::getuid().as_raw();
     loop {
-        let idle = agent.idle_deadline();
+        // A call running may end at any time: look again at least every
+        // second.
+        let look = Instant::now() + Duration::from_secs(1);
+        let wake = agent.idle_deadline().map_or(look, |idle| idle.min(look));
         tokio::select! {
             () = agent.stop.cancelled() => break,
-            () = sleep_until(idle) => {
-                if agent.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now()) {
+            () = proto::driver::sleep_until(Some(wake)) => {
+                if agent.idle_deadline().is_some_and(|d| d <= Instant::now()) {
                     tracing::info!("idle for the persist time: stopping");
                     break;
                 }
@@ -100,18 +103,6 @@ pub(crate) async fn run(listener: Listener, mut options: Options, shutdown: Canc
     }
     let _ = std::fs::remove_file(&socket);
     agent.close(CLOSE_WITHIN).await;
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        // A call running may end at any time: look again at least every
-        // second.
-        Some(d) => {
-            tokio::time::sleep_until(d.min(tokio::time::Instant::now() + Duration::from_secs(1)))
-                .await
-        }
-        None => tokio::time::sleep(Duration::from_secs(1)).await,
-    }
 }
 
 #[cfg(test)]

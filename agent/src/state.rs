@@ -89,7 +89,7 @@ impl Agent {
     }
 
     /// When the agent stops for idleness, if it will.
-    pub(crate) fn idle_deadline(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
         let persist = self.persist?;
         if self.pool.running() > 0 {
             return None;
@@ -98,7 +98,7 @@ impl Agent {
             .last_activity
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        Some(tokio::time::Instant::from_std(since + persist))
+        Some(since + persist)
     }
 
     /// How a call whose CLI asked `asked` is recorded: in the agent's

@@ -433,14 +433,6 @@ async fn link_changed(link: &mut Option<watch::Receiver<LinkState>>) -> Option<L
     }
 }
 
-/// Ready at `deadline`; never without one.
-async fn until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Writes a notice's line to stderr, if there is one.
 fn say(line: Option<String>) {
     if let Some(line) = line {
@@ -721,7 +713,7 @@ async fn exec_with(
                 }
                 continue;
             }
-            () = until(notice.due()) => {
+            () = proto::driver::sleep_until(notice.due()) => {
                 say(notice.tell());
                 continue;
             }
