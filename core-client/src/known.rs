@@ -21,7 +21,7 @@ use proto::keys::PublicKey;
 
 /// One known server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
+pub(crate) struct Known {
     /// Its name (`None` for a nameless relay pairing).
     pub name: Option<String>,
     /// Its public key.
@@ -34,14 +34,14 @@ pub struct Known {
 
 /// The known servers file, read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KnownServers {
+pub(crate) struct KnownServers {
     path: PathBuf,
     entries: Vec<Known>,
 }
 
 /// Reading or writing the known servers failed.
 #[derive(Debug, thiserror::Error)]
-pub enum KnownError {
+pub(crate) enum KnownError {
     /// The file could not be read.
     #[error("cannot read known servers {}: {source}", path.display())]
     Read {
@@ -84,7 +84,7 @@ pub enum KnownError {
      core-client trust {name} --server NEW_KEY --replace\n\
      Refusing to connect to `{name}`."
 )]
-pub struct KeyChanged {
+pub(crate) struct KeyChanged {
     /// The server's name.
     pub name: String,
     /// The known key's server id.
@@ -99,7 +99,7 @@ pub struct KeyChanged {
 
 impl KnownServers {
     /// Reads the file at `path`; a missing file knows nothing yet.
-    pub fn load(path: &Path) -> Result<Self, KnownError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, KnownError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -143,24 +143,24 @@ impl KnownServers {
     }
 
     /// The file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Every entry, in file order.
-    pub fn entries(&self) -> &[Known] {
+    pub(crate) fn entries(&self) -> &[Known] {
         &self.entries
     }
 
     /// The entry for `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Known> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<&Known> {
         self.entries
             .iter()
             .find(|e| e.name.as_deref() == Some(name))
     }
 
     /// Whether `key` through `relay` is known, under any name or none.
-    pub fn knows_pairing(&self, relay: &str, key: &PublicKey) -> bool {
+    pub(crate) fn knows_pairing(&self, relay: &str, key: &PublicKey) -> bool {
         self.entries
             .iter()
             .any(|e| e.key == *key && (e.name.is_some() || e.relay.as_deref() == Some(relay)))
@@ -169,7 +169,7 @@ impl KnownServers {
     /// Checks `key` for `name`: `Ok(true)` when the name is known with
     /// this key, `Ok(false)` when the name is not known, and the ssh-style
     /// refusal when it is known with another key.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         name: &str,
         key: &PublicKey,
@@ -190,7 +190,7 @@ impl KnownServers {
 
     /// Records a server (appends a line), creating the file (0600) and its
     /// directory (0700) if needed.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         name: Option<&str>,
         key: PublicKey,
@@ -231,7 +231,7 @@ impl KnownServers {
 
     /// Replaces `name`'s line (its key and relay): its lines go, a new one
     /// is appended. The file is rewritten whole and renamed into place.
-    pub fn replace(
+    pub(crate) fn replace(
         &mut self,
         name: &str,
         key: PublicKey,

@@ -11,7 +11,7 @@ use crate::known::KnownServers;
 
 /// Names by server id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerNames {
+pub(crate) struct ServerNames {
     by_id: BTreeMap<String, String>,
     by_name: BTreeMap<String, String>,
 }
@@ -20,7 +20,7 @@ impl ServerNames {
     /// The names the config file and the known servers give. A config
     /// name wins over a known one for the same id; a key file that cannot
     /// be read names nothing.
-    pub fn load(config: Option<&Config>, known: &KnownServers) -> Self {
+    pub(crate) fn load(config: Option<&Config>, known: &KnownServers) -> Self {
         let mut names = Self::default();
         for (name, entry) in config.iter().flat_map(|c| &c.servers) {
             let key = match entry.server.as_ref().map(|s| &s.value) {
@@ -41,7 +41,7 @@ impl ServerNames {
     }
 
     /// Names `key`'s server `name`, unless either already has a name or id.
-    pub fn add(&mut self, name: &str, key: &PublicKey) {
+    pub(crate) fn add(&mut self, name: &str, key: &PublicKey) {
         let id = key.server_id();
         self.by_name
             .entry(name.to_owned())
@@ -50,12 +50,12 @@ impl ServerNames {
     }
 
     /// The server id a name stands for.
-    pub fn id(&self, name: &str) -> Option<&str> {
+    pub(crate) fn id(&self, name: &str) -> Option<&str> {
         self.by_name.get(name).map(String::as_str)
     }
 
     /// The name for a server id, if it has one.
-    pub fn name(&self, id: &str) -> Option<&str> {
+    pub(crate) fn name(&self, id: &str) -> Option<&str> {
         self.by_id.get(id).map(String::as_str)
     }
 }

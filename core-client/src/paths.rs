@@ -5,21 +5,21 @@
 use std::path::{Path, PathBuf};
 
 /// The config file's name in the config directory.
-pub const CONFIG_FILE: &str = "config.toml";
+pub(crate) const CONFIG_FILE: &str = "config.toml";
 /// The default client key's name in the config directory.
-pub const KEY_FILE: &str = "client.key";
+pub(crate) const KEY_FILE: &str = "client.key";
 /// The known servers' file name in the config directory.
-pub const KNOWN_FILE: &str = "known_servers";
+pub(crate) const KNOWN_FILE: &str = "known_servers";
 
 /// The CLI's config directory: `$XDG_CONFIG_HOME/rex` when that is set to
 /// an absolute path (as the XDG spec asks), else `$HOME/.config/rex`;
 /// `None` when neither is known.
-pub fn config_dir() -> Option<PathBuf> {
+pub(crate) fn config_dir() -> Option<PathBuf> {
     config_dir_from(|name| std::env::var_os(name))
 }
 
 /// [`config_dir`] with the environment read through `var`.
-pub fn config_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+pub(crate) fn config_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
     let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     var("XDG_CONFIG_HOME")
         .and_then(absolute)
@@ -28,25 +28,25 @@ pub fn config_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Opti
 }
 
 /// The default config file, if a config directory is known.
-pub fn default_config() -> Option<PathBuf> {
+pub(crate) fn default_config() -> Option<PathBuf> {
     config_dir().map(|d| d.join(CONFIG_FILE))
 }
 
 /// The default client key, if a config directory is known.
-pub fn default_key() -> Option<PathBuf> {
+pub(crate) fn default_key() -> Option<PathBuf> {
     config_dir().map(|d| d.join(KEY_FILE))
 }
 
 /// The known servers file, if a config directory is known.
-pub fn known_servers() -> Option<PathBuf> {
+pub(crate) fn known_servers() -> Option<PathBuf> {
     config_dir().map(|d| d.join(KNOWN_FILE))
 }
 
-pub use metadata::location::create_private_dir;
+pub(crate) use metadata::location::create_private_dir;
 
 /// `~/…` expanded with `$HOME`; a relative path taken relative to `base`
 /// (the directory of the file that named it).
-pub fn resolve(path: &Path, base: Option<&Path>) -> PathBuf {
+pub(crate) fn resolve(path: &Path, base: Option<&Path>) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("~")
         && let Some(home) = std::env::var_os("HOME")
     {

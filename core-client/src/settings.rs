@@ -18,7 +18,7 @@ use crate::known::{KeyChanged, KnownServers};
 /// The flags that say which server and how: shared by `exec` and
 /// `config show`.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Relay address (repeatable, or a comma-separated list): http://HOST:PORT,
     /// https://HOST:PORT, HOST:PORT, HOST (port 7600) or [IPV6]:PORT.
     /// https:// means TLS (never downgraded to plain) and http:// plain
@@ -85,7 +85,7 @@ pub struct ServerArgs {
 
 /// Where a setting came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A command-line flag.
     Flag(&'static str),
     /// An environment variable.
@@ -115,7 +115,7 @@ impl fmt::Display for Source {
 
 /// A value and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sourced<T> {
+pub(crate) struct Sourced<T> {
     /// The value.
     pub value: T,
     /// Its source.
@@ -128,7 +128,7 @@ fn sourced<T>(value: T, source: Source) -> Sourced<T> {
 
 /// How the exec-server is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Through these relays, tried in order.
     Relays(Vec<RelayAddress>),
     /// Straight to an exec-server's listener.
@@ -137,7 +137,7 @@ pub enum Route {
 
 /// The effective settings for one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The server's name, when it has one.
     pub name: Option<String>,
     /// How to reach it (`None`: nothing says).
@@ -169,7 +169,7 @@ pub struct Settings {
 
 /// The settings cannot be worked out.
 #[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
+pub(crate) enum SettingsError {
     /// A relay address is not one.
     #[error(transparent)]
     Address(#[from] AddressError),
@@ -208,7 +208,7 @@ pub enum SettingsError {
 }
 
 /// What the settings are worked out from.
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     /// The server's name, if one was given.
     pub name: Option<&'a str>,
     /// The flags.
@@ -232,7 +232,7 @@ fn first<T>(candidates: impl IntoIterator<Item = Option<Sourced<T>>>) -> Option<
 impl Settings {
     /// Works out the settings: flag > environment > the server's table >
     /// `[defaults]` > known servers (key and relay) > built-in default.
-    pub fn resolve(inputs: &Inputs<'_>) -> Result<Self, SettingsError> {
+    pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Self, SettingsError> {
         let Inputs {
             name,
             args,

@@ -17,30 +17,30 @@ use std::path::{Path, PathBuf};
 use rex_client::EarlyTicket;
 
 /// The file's name in the data directory.
-pub const FILE: &str = "early_tickets";
+pub(crate) const FILE: &str = "early_tickets";
 
 /// The most exec-servers whose tickets are kept (the oldest go first).
-pub const MAX_TICKETS: usize = 256;
+pub(crate) const MAX_TICKETS: usize = 256;
 
 /// The file's largest size read (a longer one is ignored).
 const MAX_FILE: u64 = 64 * 1024;
 
 /// The tickets file of a data directory.
 #[derive(Debug, Clone)]
-pub struct Tickets {
+pub(crate) struct Tickets {
     path: PathBuf,
 }
 
 impl Tickets {
     /// The tickets file in `dir`.
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         Self {
             path: dir.join(FILE),
         }
     }
 
     /// The ticket kept for the exec-server `server_id`, if any.
-    pub fn get(&self, server_id: &str) -> Option<EarlyTicket> {
+    pub(crate) fn get(&self, server_id: &str) -> Option<EarlyTicket> {
         self.read()
             .into_iter()
             .rev()
@@ -50,7 +50,7 @@ impl Tickets {
 
     /// Keeps `ticket` for `server_id` (replacing its earlier one), unless
     /// it is the one kept already.
-    pub fn put(&self, server_id: &str, ticket: EarlyTicket) -> std::io::Result<()> {
+    pub(crate) fn put(&self, server_id: &str, ticket: EarlyTicket) -> std::io::Result<()> {
         let mut all = self.read();
         if all.iter().any(|(id, t)| id == server_id && *t == ticket) {
             return Ok(());

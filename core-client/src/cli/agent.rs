@@ -27,7 +27,7 @@ const START_WAIT: Duration = Duration::from_secs(30);
 
 /// `agent` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {
+pub(crate) enum AgentCommand {
     /// Start the agent in the background (if none runs): later `exec`s
     /// for the same relay, server and key run on the sessions it holds,
     /// warm.
@@ -57,7 +57,7 @@ pub enum AgentCommand {
 
 /// `agent warm`'s servers.
 #[derive(Debug, Args, Clone)]
-pub struct WarmArgs {
+pub(crate) struct WarmArgs {
     /// Servers named in the config file or the known servers.
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
@@ -68,7 +68,7 @@ pub struct WarmArgs {
 
 /// `agent start`'s settings.
 #[derive(Debug, Args, Clone)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// Stop after this long with no command running (e.g. `10m`, `2h`;
     /// `0` never stops).
     #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
@@ -168,7 +168,7 @@ fn route_of(ctx: &Context, settings: &crate::settings::Settings) -> Result<wire:
 /// this one), or in the foreground with `--foreground`. In the background,
 /// it returns once the servers kept warm from the start have had their
 /// first warm (so that the next `exec` finds them warm).
-pub fn start(
+pub(crate) fn start(
     args: &StartArgs,
     trace_file: Option<&Path>,
     data_dir: Option<&Path>,
@@ -305,7 +305,7 @@ fn first_warms(
 }
 
 /// `agent start --foreground`: runs the agent until it is stopped.
-pub async fn run_foreground(
+pub(crate) async fn run_foreground(
     args: StartArgs,
     flusher: Option<telemetry::setup::Flusher>,
     ctx: Context,
@@ -325,7 +325,7 @@ pub async fn run_foreground(
 }
 
 /// `agent stop`.
-pub fn stop() -> Result<u8, CliError> {
+pub(crate) fn stop() -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
     match runtime.block_on(ask::stop(&socket)) {
@@ -341,7 +341,7 @@ pub fn stop() -> Result<u8, CliError> {
 
 /// `agent flush`: exit 0 once everything is written, 1 with a line when
 /// a record could not be saved or no agent runs.
-pub fn flush() -> Result<u8, CliError> {
+pub(crate) fn flush() -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
     match runtime.block_on(ask::flushed(&socket)) {
@@ -354,7 +354,7 @@ pub fn flush() -> Result<u8, CliError> {
 /// Before reading the trace file or the records: a running agent's
 /// barrier (nothing when none runs; an agent that does not answer in time
 /// is not waited for longer).
-pub fn barrier() {
+pub(crate) fn barrier() {
     let socket = place::socket_path();
     if !socket.exists() {
         return;
@@ -365,7 +365,7 @@ pub fn barrier() {
 }
 
 /// `agent status`.
-pub fn status(json: bool, names: &ServerNames) -> Result<u8, CliError> {
+pub(crate) fn status(json: bool, names: &ServerNames) -> Result<u8, CliError> {
     let socket = place::socket_path();
     let runtime = runtime()?;
     let status = runtime
@@ -382,7 +382,7 @@ pub fn status(json: bool, names: &ServerNames) -> Result<u8, CliError> {
 }
 
 /// `agent warm [NAME...]`: the sessions warmed, one line each.
-pub fn warm(args: &WarmArgs, ctx: &Context) -> Result<u8, CliError> {
+pub(crate) fn warm(args: &WarmArgs, ctx: &Context) -> Result<u8, CliError> {
     let socket = place::socket_path();
     let flags = !args.server.relay.is_empty()
         || args.server.direct.is_some()
@@ -419,7 +419,7 @@ pub fn warm(args: &WarmArgs, ctx: &Context) -> Result<u8, CliError> {
 
 /// One line per session `agent warm` warmed: how it went and when the
 /// next warm is.
-pub fn warmed_lines(w: &wire::Warmed, names: &ServerNames, now: SystemTime) -> String {
+pub(crate) fn warmed_lines(w: &wire::Warmed, names: &ServerNames, now: SystemTime) -> String {
     let mut out = String::new();
     if w.sessions.is_empty() && w.refused.is_empty() {
         out.push_str("no sessions held (name a server to warm it)\n");
@@ -505,7 +505,7 @@ fn epoch_ms(t: SystemTime) -> u64 {
 }
 
 /// The table `agent status` prints.
-pub fn status_table(
+pub(crate) fn status_table(
     s: &wire::Status,
     socket: &Path,
     names: &ServerNames,
@@ -583,7 +583,7 @@ pub fn status_table(
 
 /// The JSON `agent status --json` prints (times in Unix milliseconds,
 /// `null` when there is none).
-pub fn status_json(s: &wire::Status, socket: &Path) -> String {
+pub(crate) fn status_json(s: &wire::Status, socket: &Path) -> String {
     let ms = |v: u64| (v != 0).then_some(v);
     let sessions: Vec<serde_json::Value> = s
         .sessions
@@ -628,7 +628,7 @@ pub fn status_json(s: &wire::Status, socket: &Path) -> String {
 }
 
 /// Usage errors of `agent start`'s values.
-pub fn check(args: &StartArgs) -> Result<(), CliError> {
+pub(crate) fn check(args: &StartArgs) -> Result<(), CliError> {
     if args.warm_interval < WarmPolicy::MIN_INTERVAL {
         return Err(CliError {
             message: format!(

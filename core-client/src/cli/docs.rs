@@ -6,7 +6,7 @@ use clap::CommandFactory;
 use super::{Cli, CliError};
 
 /// Runs `completions SHELL`: the script on stdout.
-pub fn completions(shell: clap_complete::Shell) -> Result<u8, CliError> {
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<u8, CliError> {
     let mut command = Cli::command();
     let mut out = std::io::stdout().lock();
     clap_complete::generate(shell, &mut command, "core-client", &mut out);
@@ -14,7 +14,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<u8, CliError> {
 }
 
 /// Runs `man [SUBCOMMAND]`: the roff page on stdout.
-pub fn man(subcommand: Option<&str>) -> Result<u8, CliError> {
+pub(crate) fn man(subcommand: Option<&str>) -> Result<u8, CliError> {
     let command = Cli::command();
     let man = match subcommand {
         None => clap_mangen::Man::new(command),

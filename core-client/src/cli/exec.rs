@@ -224,7 +224,7 @@ fn open_records(
 
 /// What `exec` needs to trace its own life: when the process started, and
 /// a way to flush its spans while it times that.
-pub struct Lifetime {
+pub(crate) struct Lifetime {
     /// The process's start (read first thing in `main`).
     pub started: ProcessStart,
     /// Exports the spans ended so far.
@@ -234,7 +234,7 @@ pub struct Lifetime {
 /// Runs `exec`: returns the process's exit code. Its own life is traced
 /// (`cli.run`, under the caller's `TRACEPARENT` if any), and its spans are
 /// flushed before it returns.
-pub async fn exec(
+pub(crate) async fn exec(
     args: ExecArgs,
     mut ctx: Context,
     data_dir: Option<PathBuf>,

@@ -18,7 +18,7 @@ fn default_key() -> Result<PathBuf, CliError> {
 
 /// Runs `keygen`: writes `out`, or the default identity (its directory
 /// made with mode 0700), never over an existing file.
-pub fn keygen(out: Option<&Path>) -> Result<u8, CliError> {
+pub(crate) fn keygen(out: Option<&Path>) -> Result<u8, CliError> {
     let (path, default) = match out {
         Some(p) => (p.to_path_buf(), false),
         None => (default_key()?, true),
@@ -48,7 +48,7 @@ pub fn keygen(out: Option<&Path>) -> Result<u8, CliError> {
 }
 
 /// Runs `pubkey`: the public half of `key`, or of the default identity.
-pub fn pubkey(key: Option<&Path>) -> Result<u8, CliError> {
+pub(crate) fn pubkey(key: Option<&Path>) -> Result<u8, CliError> {
     let path = match key {
         Some(p) => p.to_path_buf(),
         None => default_key()?,
@@ -59,7 +59,7 @@ pub fn pubkey(key: Option<&Path>) -> Result<u8, CliError> {
 }
 
 /// Runs `trust`: records NAME's key in the known servers.
-pub fn trust(args: &TrustArgs, mut ctx: Context) -> Result<u8, CliError> {
+pub(crate) fn trust(args: &TrustArgs, mut ctx: Context) -> Result<u8, CliError> {
     if !crate::config::keys::valid_name(&args.name) {
         return Err(CliError::usage(format!(
             "`{}` cannot name a server (letters, digits, `.`, `_` and `-`, not starting with `-`)",

@@ -32,7 +32,7 @@ use telemetry::spans;
 /// minus the CPU time, which is exact when the process did not wait, and
 /// the difference to the tick-rounded age is kept as its uncertainty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessStart {
+pub(crate) struct ProcessStart {
     /// The estimated start, on the wall clock.
     pub at: SystemTime,
     /// How much earlier it may have been (waits before `main`, and the
@@ -43,7 +43,7 @@ pub struct ProcessStart {
 impl ProcessStart {
     /// Reads the estimate now (first thing in `main`: nothing has waited
     /// yet that the CPU time would not show).
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         let now = SystemTime::now();
         let cpu = cpu_time();
         let ticked = tick_age();
@@ -90,7 +90,7 @@ fn start_ticks(stat: &str) -> Option<u64> {
 }
 
 /// `cli.run` and where its next stage starts.
-pub struct CliRun {
+pub(super) struct CliRun {
     tracer: BoxedTracer,
     span: BoxedSpan,
     cx: Context,
@@ -106,7 +106,7 @@ pub struct CliRun {
 impl CliRun {
     /// Starts `cli.run` at the process's start, under `parent` (the
     /// caller's `TRACEPARENT`, or a new trace).
-    pub fn start(start: ProcessStart, parent: &Context) -> Self {
+    pub(super) fn start(start: ProcessStart, parent: &Context) -> Self {
         let tracer = opentelemetry::global::tracer("core-client");
         let span = tracer
             .span_builder(spans::CLI_RUN)
@@ -129,13 +129,13 @@ impl CliRun {
     }
 
     /// `cli.run`'s context: the parent of the dispatch.
-    pub fn context(&self) -> &Context {
+    pub(super) fn context(&self) -> &Context {
         &self.cx
     }
 
     /// Ends `cli.startup` now; returns the instant, where the dispatch
     /// starts.
-    pub fn ready(&mut self) -> SystemTime {
+    pub(super) fn ready(&mut self) -> SystemTime {
         let now = SystemTime::now();
         let mut startup = self.stage_from(spans::CLI_STARTUP, self.at);
         if let Some(u) = self.start.uncertainty {
@@ -152,13 +152,13 @@ impl CliRun {
     /// The dispatch ended at `ended` (when its last event was handed
     /// over); the next stage starts there. A dispatch that never produced
     /// an execution ends where the CLI learnt that.
-    pub fn dispatched(&mut self, ended: Option<SystemTime>) {
+    pub(super) fn dispatched(&mut self, ended: Option<SystemTime>) {
         let end = ended.unwrap_or_else(SystemTime::now);
         self.at = end.max(self.at);
     }
 
     /// Ends stage `name` now, from where the previous one ended.
-    pub fn stage(&mut self, name: &'static str) {
+    pub(super) fn stage(&mut self, name: &'static str) {
         let now = SystemTime::now().max(self.at);
         let mut span = self.stage_from(name, self.at);
         span.end_with_timestamp(now);
@@ -166,14 +166,14 @@ impl CliRun {
     }
 
     /// The command failed: `cli.run` says so.
-    pub fn failed(&mut self) {
+    pub(super) fn failed(&mut self) {
         self.failed = true;
     }
 
     /// The exec-server took this command's spans (batches of at most
     /// `max` bytes): those that end after the session closed (`cli.run`
     /// and its last stages) go to `spool`, for the next session to it.
-    pub fn spool_rest(&mut self, spool: Spool, max: u32) {
+    pub(super) fn spool_rest(&mut self, spool: Spool, max: u32) {
         self.spool = Some((spool, max));
     }
 
@@ -181,7 +181,10 @@ impl CliRun {
     /// `cli.flush` and `cli.run` where it finished; they leave with the
     /// exporters' shutdown (and, with [`CliRun::spool_rest`], their
     /// forwarded copies go to the spool: what it wrote is returned).
-    pub async fn flush(mut self, flusher: Flusher) -> Option<(Spool, std::io::Result<Spooled>)> {
+    pub(super) async fn flush(
+        mut self,
+        flusher: Flusher,
+    ) -> Option<(Spool, std::io::Result<Spooled>)> {
         let from = self.at;
         // Spans written here, in this thread, need no thread to wait on.
         if flusher.in_place() {

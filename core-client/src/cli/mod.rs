@@ -23,7 +23,7 @@
 //! - `probe`: `probe`, a command run many times and reported on.
 //! - `docs`: `completions` and `man`.
 
-pub mod agent;
+pub(crate) mod agent;
 mod call;
 mod docs;
 mod exec;
@@ -31,8 +31,8 @@ mod identity;
 mod life;
 mod link_notice;
 mod parse;
-pub mod probe;
-pub mod report;
+pub(crate) mod probe;
+pub(crate) mod report;
 mod show;
 mod tty;
 mod verbose;
@@ -48,22 +48,22 @@ use crate::known::{KnownError, KnownServers};
 use crate::names::ServerNames;
 use crate::settings::{ServerArgs, SettingsError};
 
-pub use docs::{completions, man};
-pub use exec::{Lifetime, exec};
-pub use identity::{keygen, pubkey, trust};
-pub use life::ProcessStart;
-pub use parse::parse;
-pub use show::config_show;
-pub use verbose::Verbose;
-pub use views::{history, history_table, trace_show, utc_time};
+pub(crate) use docs::{completions, man};
+pub(crate) use exec::{Lifetime, exec};
+pub(crate) use identity::{keygen, pubkey, trust};
+pub(crate) use life::ProcessStart;
+pub(crate) use parse::parse;
+pub(crate) use show::config_show;
+pub(crate) use verbose::Verbose;
+pub(crate) use views::{history, trace_show};
 
 /// Exit code for connection and authentication failures (as ssh uses).
-pub const EXIT_CONNECTION: u8 = 255;
+pub(crate) const EXIT_CONNECTION: u8 = 255;
 /// Exit code for usage and configuration errors.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit code once stdout is gone (`… | head -1`): that of a process
 /// killed by SIGPIPE, 128 + 13.
-pub const EXIT_STDOUT_GONE: u8 = 128 + 13;
+pub(crate) const EXIT_STDOUT_GONE: u8 = 128 + 13;
 
 /// Runs commands on exec-servers through an encrypted relay, and shows
 /// where each command's time went.
@@ -83,7 +83,7 @@ pub const EXIT_STDOUT_GONE: u8 = 128 + 13;
 /// OTEL_SDK_DISABLED=true turns export off.
 #[derive(Debug, Parser)]
 #[command(name = "core-client", version)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Options every subcommand takes.
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -94,7 +94,7 @@ pub struct Cli {
 
 /// Options every subcommand takes (before or after it).
 #[derive(Debug, Args)]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// The local trace file (OTLP JSON, one trace per line) [default:
     /// the user data dir's rex/traces.jsonl]
     #[arg(long, global = true, env = "REX_TRACE_FILE", value_name = "PATH")]
@@ -116,7 +116,7 @@ pub struct GlobalArgs {
 
 impl Cli {
     /// The data directory to use, if any can be named.
-    pub fn data_dir_path(&self) -> Option<PathBuf> {
+    pub(crate) fn data_dir_path(&self) -> Option<PathBuf> {
         self.global
             .data_dir
             .clone()
@@ -125,7 +125,7 @@ impl Cli {
     }
 
     /// The trace file to use, if any can be named.
-    pub fn trace_file_path(&self) -> Option<PathBuf> {
+    pub(crate) fn trace_file_path(&self) -> Option<PathBuf> {
         self.global
             .trace_file
             .clone()
@@ -136,7 +136,7 @@ impl Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum CliCommand {
+pub(crate) enum CliCommand {
     /// Run a command on an exec-server (its help is in `parse`, which the
     /// parser of `exec` alone shares).
     #[command(about = parse::EXEC_ABOUT, long_about = parse::EXEC_LONG_ABOUT)]
@@ -246,7 +246,7 @@ pub enum CliCommand {
 
 /// `trace` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum TraceCommand {
+pub(crate) enum TraceCommand {
     /// Print a trace from the local trace file as a waterfall and a
     /// per-stage table.
     Show {
@@ -258,7 +258,7 @@ pub enum TraceCommand {
 
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Print a server's effective settings and where each came from (a
     /// flag, the environment, a line of the config file, the known
     /// servers, or a built-in default). Takes the same flags as `exec`.
@@ -273,7 +273,7 @@ pub enum ConfigCommand {
 
 /// Arguments of `trust`.
 #[derive(Debug, Args)]
-pub struct TrustArgs {
+pub(crate) struct TrustArgs {
     /// The name to know the server by (as in [servers.NAME] and `exec NAME`).
     pub name: String,
     /// The exec-server's public key (as printed by `exec-server keygen`).
@@ -294,7 +294,7 @@ pub struct TrustArgs {
 
 /// Arguments of `exec`.
 #[derive(Debug, Clone, Args)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// A server named in the config file ([servers.NAME]) or the known
     /// servers.
     #[arg(value_name = "NAME")]
@@ -349,7 +349,7 @@ pub struct ExecArgs {
 
 /// An error at the CLI's edge: the message and the exit code.
 #[derive(Debug, PartialEq, Eq)]
-pub struct CliError {
+pub(crate) struct CliError {
     /// One clear line (a changed server key's warning is several, as
     /// ssh's is).
     pub message: String,
@@ -408,7 +408,7 @@ impl From<SettingsError> for CliError {
 /// What every command may read: the config file (if any) and the known
 /// servers.
 #[derive(Debug, Default)]
-pub struct Context {
+pub(crate) struct Context {
     /// The config file, read and checked.
     pub config: Option<Config>,
     /// The known servers.
@@ -420,7 +420,7 @@ pub struct Context {
 impl Context {
     /// Reads `--config FILE` (which must exist), else the default config
     /// file if there is one, and the known servers.
-    pub fn load(config: Option<&Path>) -> Result<Self, CliError> {
+    pub(crate) fn load(config: Option<&Path>) -> Result<Self, CliError> {
         let config = match config.filter(|p| !p.as_os_str().is_empty()) {
             Some(path) => Some(Config::load(path)?),
             None => match crate::paths::default_config() {
@@ -440,7 +440,7 @@ impl Context {
     }
 
     /// The names servers are shown by.
-    pub fn names(&self) -> ServerNames {
+    pub(crate) fn names(&self) -> ServerNames {
         ServerNames::load(self.config.as_ref(), &self.known)
     }
 }

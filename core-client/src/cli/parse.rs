@@ -14,7 +14,7 @@ use super::{Cli, CliCommand, ExecArgs, GlobalArgs};
 /// the one whose start-up counts, is parsed by a parser of `exec` alone:
 /// building every subcommand's parser is most of clap's cost at start-up.
 /// The outcome, help and errors are those of the whole parser (tested).
-pub fn parse() -> Cli {
+pub(crate) fn parse() -> Cli {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "exec") {
         return parse_exec(args).unwrap_or_else(|e| e.exit());

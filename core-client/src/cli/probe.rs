@@ -23,7 +23,7 @@ use analysis::source::{Filter, Input};
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// A server named in the config file or the known servers.
     #[arg(value_name = "NAME")]
     pub name: Option<String>,
@@ -81,7 +81,7 @@ struct Outcome {
 }
 
 /// Runs `probe`.
-pub async fn probe(
+pub(crate) async fn probe(
     args: ProbeArgs,
     ctx: Context,
     export: Export,

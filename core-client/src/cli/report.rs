@@ -16,13 +16,13 @@ use analysis::source::{Filter, Input, Source, SourceError};
 use analysis::{text, time};
 
 /// Exit status when a gate fails.
-pub const EXIT_GATE_FAILED: u8 = 1;
+pub(crate) const EXIT_GATE_FAILED: u8 = 1;
 /// Exit status when the source cannot be read.
-pub const EXIT_NO_SOURCE: u8 = 3;
+pub(crate) const EXIT_NO_SOURCE: u8 = 3;
 
 /// Arguments of `report`.
 #[derive(Debug, Clone, Args)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// Read this OTLP JSON file (one `TracesData` per line, or one
     /// document) instead of the local trace file.
     #[arg(long, value_name = "FILE", conflicts_with = "jaeger")]
@@ -83,7 +83,7 @@ pub struct ReportArgs {
 }
 
 /// Runs `report`.
-pub fn report(
+pub(crate) fn report(
     args: &ReportArgs,
     trace_file: Option<&Path>,
     names: &ServerNames,

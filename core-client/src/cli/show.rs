@@ -8,14 +8,18 @@ use crate::config::options::Resume;
 use crate::settings::{Route, ServerArgs, Settings, Source};
 
 /// Runs `config show`: prints the settings table.
-pub fn config_show(name: Option<&str>, args: &ServerArgs, ctx: &Context) -> Result<u8, CliError> {
+pub(crate) fn config_show(
+    name: Option<&str>,
+    args: &ServerArgs,
+    ctx: &Context,
+) -> Result<u8, CliError> {
     let settings = super::exec::settings(ctx, name, args)?;
     print!("{}", render(&settings, ctx));
     Ok(0)
 }
 
 /// The settings as a table of setting, value and source.
-pub fn render(s: &Settings, ctx: &Context) -> String {
+pub(super) fn render(s: &Settings, ctx: &Context) -> String {
     let mut rows: Vec<[String; 3]> = Vec::new();
     let mut row = |setting: &str, value: String, source: Option<&Source>| {
         rows.push([

@@ -10,7 +10,7 @@ use std::fmt;
 
 /// How much to say: 0 (nothing), 1 (`-v`) or 2 and more (`-vv`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verbose(pub u8);
+pub(crate) struct Verbose(pub u8);
 
 impl Verbose {
     /// Says `what` at `level` (1 or 2), if asked for.

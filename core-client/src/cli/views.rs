@@ -12,7 +12,7 @@ use super::CliError;
 use crate::names::ServerNames;
 
 /// Runs `trace show`: prints the trace to stdout.
-pub fn trace_show(
+pub(crate) fn trace_show(
     file: Option<&Path>,
     selector: &str,
     names: &ServerNames,
@@ -62,7 +62,7 @@ struct Row<'a> {
 
 /// Runs `history`: the newest `limit` command records (on `server`, if
 /// given), as a table or JSON.
-pub fn history(
+pub(crate) fn history(
     data_dir: Option<&Path>,
     limit: usize,
     json: bool,
@@ -108,7 +108,7 @@ pub fn history(
 }
 
 /// The `history` table.
-pub fn history_table(rows: &[metadata::CommandRecord], names: &ServerNames) -> String {
+pub(super) fn history_table(rows: &[metadata::CommandRecord], names: &ServerNames) -> String {
     let ms = |us: Option<i64>| {
         us.map(|u| format!("{:.3}", u as f64 / 1000.0))
             .unwrap_or_else(|| "-".into())
@@ -164,7 +164,7 @@ pub fn history_table(rows: &[metadata::CommandRecord], names: &ServerNames) -> S
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC for Unix milliseconds.
-pub fn utc_time(unix_ms: i64) -> String {
+pub(super) fn utc_time(unix_ms: i64) -> String {
     let secs = unix_ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (proleptic Gregorian).

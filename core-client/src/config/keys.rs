@@ -12,7 +12,7 @@ use crate::config::suggest::nearest;
 
 /// A key the file's shape does not know, or a server name that cannot be one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StrayKey {
+pub(crate) struct StrayKey {
     /// Where the key is.
     pub span: Range<usize>,
     /// The key.
@@ -27,7 +27,7 @@ pub struct StrayKey {
 
 /// Whether `name` can name a server: letters, digits, `.`, `_`, `-`,
 /// not starting with `-`.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('-')
         && name
@@ -36,7 +36,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// The first stray key in `doc`, in file order.
-pub fn first_stray(doc: &Spanned<DeTable<'_>>) -> Option<StrayKey> {
+pub(crate) fn first_stray(doc: &Spanned<DeTable<'_>>) -> Option<StrayKey> {
     let mut strays = Vec::new();
     check(doc.get_ref(), &ROOT_KEYS, "", &mut strays);
     if let Some(defaults) = table(doc.get_ref(), "defaults") {
@@ -67,7 +67,7 @@ pub fn first_stray(doc: &Spanned<DeTable<'_>>) -> Option<StrayKey> {
 /// The dotted name of the innermost key whose value spans `offset` (for
 /// naming the key a wrong type was given to). A table's own span covers
 /// only its header, so every table is searched.
-pub fn key_at(doc: &Spanned<DeTable<'_>>, offset: usize) -> Option<String> {
+pub(crate) fn key_at(doc: &Spanned<DeTable<'_>>, offset: usize) -> Option<String> {
     fn search(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
         for (key, value) in table {
             path.push(key.get_ref().to_string());

@@ -21,10 +21,10 @@
 //! Loading checks everything a file says (syntax, keys, types, values)
 //! and reports the first problem with its file, line and column.
 
-pub mod keys;
-pub mod options;
-pub mod schema;
-pub mod suggest;
+pub(crate) mod keys;
+pub(crate) mod options;
+pub(crate) mod schema;
+pub(crate) mod suggest;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -38,7 +38,7 @@ use options::{OptionError, Resume, Terminal, Warm};
 
 /// A value read from the file, with the line it is on (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FromFile<T> {
+pub(crate) struct FromFile<T> {
     /// The value.
     pub value: T,
     /// Its line.
@@ -47,7 +47,7 @@ pub struct FromFile<T> {
 
 /// Where a server's public key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerKey {
+pub(crate) enum ServerKey {
     /// Written in the file.
     Key(PublicKey),
     /// Read from this file (resolved against the config's directory).
@@ -56,7 +56,7 @@ pub enum ServerKey {
 
 /// One table's settings, checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The table's first line (its header, or its first key).
     pub line: usize,
     /// Relays, in order.
@@ -85,7 +85,7 @@ pub struct Entry {
 
 /// A config file, read and checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     /// The file.
     pub path: PathBuf,
     /// `[defaults]`.
@@ -97,7 +97,7 @@ pub struct Config {
 /// Reading the config file failed; the message names the file and, for a
 /// problem in it, the line and column.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
@@ -122,7 +122,7 @@ pub enum ConfigError {
 
 /// What is wrong in a config file.
 #[derive(Debug, thiserror::Error)]
-pub enum Problem {
+pub(crate) enum Problem {
     /// Not valid TOML.
     #[error("not valid TOML: {}", first_line(.0.message()))]
     Syntax(#[source] Box<toml::de::Error>),
@@ -183,7 +183,7 @@ fn hint_text(hint: &Option<&'static str>) -> String {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -192,7 +192,7 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 impl Config {
     /// Reads and checks the file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -202,7 +202,7 @@ impl Config {
 
     /// Reads the file at `path` if there is one: a missing default file
     /// is no config at all.
-    pub fn load_if_present(path: &Path) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn load_if_present(path: &Path) -> Result<Option<Self>, ConfigError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -214,7 +214,7 @@ impl Config {
     }
 
     /// Checks `text`, the contents of `path`.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let at = |span: Option<Range<usize>>, problem: Problem| {
             let (line, column) = line_column(text, span.map_or(0, |s| s.start));
             ConfigError::Invalid {
@@ -267,7 +267,7 @@ impl Config {
     }
 
     /// Where `line` of this file is, for a setting's provenance.
-    pub fn at(&self, line: usize) -> String {
+    pub(crate) fn at(&self, line: usize) -> String {
         format!("{}:{line}", self.path.display())
     }
 }

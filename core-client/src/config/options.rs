@@ -8,12 +8,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// The option keys, as written in the file and after `-o`.
-pub const OPTION_KEYS: [&str; 3] = ["warm", "resume", "terminal"];
+pub(crate) const OPTION_KEYS: [&str; 3] = ["warm", "resume", "terminal"];
 
 /// The warm policy: how the local agent (`core-client agent`) keeps the
 /// server's session ready between commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Warm {
+pub(crate) enum Warm {
     /// Not warmed on a timer (the agent still holds the session its
     /// commands use).
     #[default]
@@ -27,7 +27,7 @@ pub enum Warm {
 /// session to come back (through any of its relays) and goes on with
 /// nothing lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
+pub(crate) enum Resume {
     /// The command ends with its link.
     Off,
     /// The client keeps trying to come back for this long after the link
@@ -45,12 +45,12 @@ impl Default for Resume {
 
 impl Resume {
     /// `true` is the default time, `false` off.
-    pub fn from_flag(on: bool) -> Self {
+    pub(crate) fn from_flag(on: bool) -> Self {
         if on { Resume::default() } else { Resume::Off }
     }
 
     /// How long the client keeps trying (`None`: off).
-    pub fn duration(self) -> Option<Duration> {
+    pub(crate) fn duration(self) -> Option<Duration> {
         match self {
             Resume::Off => None,
             Resume::Within(d) => Some(d),
@@ -87,7 +87,7 @@ impl fmt::Display for Resume {
 /// When `exec` asks for a remote terminal (ssh's `RequestTTY`); `-t` and
 /// `-T` win over it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Terminal {
+pub(crate) enum Terminal {
     /// Never: a command and the login shell get pipes.
     Never,
     /// For the login shell (`exec` without a command) when the local stdin
@@ -101,7 +101,7 @@ pub enum Terminal {
 
 /// An option value that is not valid for its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OptionError {
+pub(crate) enum OptionError {
     /// `-o` without `=`.
     #[error("-o takes KEY=VALUE (KEY is one of: warm, resume, terminal, accept_new)")]
     NotKeyValue,
@@ -182,7 +182,7 @@ impl fmt::Display for Terminal {
 }
 
 /// `true`/`false` (also `yes`/`no`, as ssh's `-o` takes them).
-pub fn parse_bool(key: &'static str, s: &str) -> Result<bool, OptionError> {
+pub(crate) fn parse_bool(key: &'static str, s: &str) -> Result<bool, OptionError> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "yes" => Ok(true),
         "false" | "no" => Ok(false),
@@ -192,7 +192,7 @@ pub fn parse_bool(key: &'static str, s: &str) -> Result<bool, OptionError> {
 
 /// One option, as `-o KEY=VALUE` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptionValue {
+pub(crate) enum OptionValue {
     /// `warm=…`
     Warm(Warm),
     /// `resume=…`
@@ -205,7 +205,7 @@ pub enum OptionValue {
 
 impl OptionValue {
     /// Parses `KEY=VALUE`.
-    pub fn parse(text: &str) -> Result<Self, OptionError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, OptionError> {
         let (key, value) = text.split_once('=').ok_or(OptionError::NotKeyValue)?;
         let key = key.trim().replace('-', "_").to_ascii_lowercase();
         match key.as_str() {

@@ -11,7 +11,7 @@ use toml::Spanned;
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Document {
+pub(crate) struct Document {
     /// `[defaults]`: settings for every server.
     #[serde(default)]
     pub defaults: Table,
@@ -23,7 +23,7 @@ pub struct Document {
 /// One server's table (or `[defaults]`: the same keys less the server's own key).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Table {
+pub(crate) struct Table {
     /// Relay address, or several tried in order.
     pub relay: Option<Spanned<Relays>>,
     /// The exec-server's public key.
@@ -57,7 +57,7 @@ pub struct Table {
     untagged,
     expecting = "true, false, or a duration such as \"30s\" or \"5m\""
 )]
-pub enum ResumeValue {
+pub(crate) enum ResumeValue {
     /// On (for the default time) or off.
     Flag(bool),
     /// For this long.
@@ -67,7 +67,7 @@ pub enum ResumeValue {
 /// `relay = "ADDR"` or `relay = ["ADDR", …]`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged, expecting = "a relay address or an array of them")]
-pub enum Relays {
+pub(crate) enum Relays {
     /// One address.
     One(String),
     /// Several, tried in order.
@@ -76,7 +76,7 @@ pub enum Relays {
 
 impl Relays {
     /// The addresses, in order.
-    pub fn list(&self) -> Vec<&str> {
+    pub(crate) fn list(&self) -> Vec<&str> {
         match self {
             Relays::One(a) => vec![a.as_str()],
             Relays::Many(v) => v.iter().map(String::as_str).collect(),
@@ -85,7 +85,7 @@ impl Relays {
 }
 
 /// The keys a `[servers.NAME]` table may hold.
-pub const SERVER_KEYS: [&str; 12] = [
+pub(crate) const SERVER_KEYS: [&str; 12] = [
     "relay",
     "server",
     "server_file",
@@ -101,7 +101,7 @@ pub const SERVER_KEYS: [&str; 12] = [
 ];
 
 /// The keys `[defaults]` may hold: a server's own key belongs to it alone.
-pub const DEFAULT_KEYS: [&str; 10] = [
+pub(crate) const DEFAULT_KEYS: [&str; 10] = [
     "relay",
     "key",
     "ca",
@@ -115,4 +115,4 @@ pub const DEFAULT_KEYS: [&str; 10] = [
 ];
 
 /// The top-level tables.
-pub const ROOT_KEYS: [&str; 2] = ["defaults", "servers"];
+pub(crate) const ROOT_KEYS: [&str; 2] = ["defaults", "servers"];

@@ -2,7 +2,10 @@
 
 /// The candidate closest to `typed`, if any is close enough to be a
 /// plausible typo (`-` for `_` and case are forgiven outright).
-pub fn nearest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(
+    typed: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let normal = |s: &str| s.replace('-', "_").to_ascii_lowercase();
     let typed_n = normal(typed);
     let mut best: Option<(f64, &'a str)> = None;
@@ -20,7 +23,7 @@ pub fn nearest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -
 }
 
 /// ` (did you mean `KEY`?)`, or nothing.
-pub fn did_you_mean(suggestion: Option<&str>) -> String {
+pub(crate) fn did_you_mean(suggestion: Option<&str>) -> String {
     suggestion
         .map(|s| format!(" (did you mean `{s}`?)"))
         .unwrap_or_default()
