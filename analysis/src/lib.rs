@@ -26,7 +26,8 @@
 //! - [`report`]: a whole report, the `--json` schema, and how one is built.
 //! - `layout`: the one waterfall layout (tree order, depths, clamped
 //!   intervals) that both renderers draw.
-//! - `fall`: the page's waterfalls: which commands, their spans laid out.
+//! - `exemplars`: the commands the page draws as waterfalls (the median
+//!   and the slowest) and their spans laid out.
 //! - [`show`]: `trace show`: one trace as text (header, waterfall, stages).
 //! - `table`: the terminal's tables.
 //! - [`text`]: the report as terminal tables.
@@ -72,7 +73,7 @@
 pub mod aggregate;
 pub mod command;
 pub mod compare;
-mod fall;
+mod exemplars;
 pub mod format;
 pub mod gate;
 pub mod histogram;

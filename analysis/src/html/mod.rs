@@ -18,7 +18,7 @@ use std::fmt::{self, Write as _};
 
 use crate::aggregate::{Numbers, share};
 use crate::compare::Comparison;
-use crate::fall::{self, MAX_BARS, Pick, Waterfall};
+use crate::exemplars::{self, MAX_BARS, Pick, Waterfall};
 use crate::format::{
     comparison_cells, duration, first_output_cells, ns as d, pct, plural, signed, stat,
     summary_figures,
@@ -125,7 +125,7 @@ impl Page {
     /// The page of `input`'s commands (pick before the report takes them).
     pub fn of(input: &Input) -> Page {
         Page {
-            picks: fall::pick(&input.commands),
+            picks: exemplars::pick(&input.commands),
             origin: input.origin.clone(),
         }
     }
@@ -138,7 +138,7 @@ impl Page {
             Ok(traces) => (
                 self.picks
                     .into_iter()
-                    .map(|p| fall::lay_out(p, &traces))
+                    .map(|p| exemplars::lay_out(p, &traces))
                     .collect(),
                 None,
             ),
@@ -718,8 +718,8 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
     for w in extras.waterfalls {
         let p = &w.pick;
         let title = match p.role {
-            super::fall::Role::Median => "The median command",
-            super::fall::Role::Slowest => "The slowest command",
+            super::exemplars::Role::Median => "The median command",
+            super::exemplars::Role::Slowest => "The slowest command",
         };
         let server = p
             .server
@@ -760,7 +760,7 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
 
 /// Which clock source placed each other host's spans on the client's
 /// clock, and within what bound: one line under a waterfall's title.
-fn clocks(out: &mut String, bars: &[super::fall::Bar]) {
+fn clocks(out: &mut String, bars: &[super::exemplars::Bar]) {
     let mut said: Vec<String> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for b in bars

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{Esc, Palette};
 use crate::command::Warmth;
-use crate::fall::{Bar, Waterfall};
+use crate::exemplars::{Bar, Waterfall};
 use crate::format::duration;
 use crate::histogram::Histogram;
 use crate::stats::Summary;

@@ -4,7 +4,7 @@ use super::*;
 use crate::aggregate::numbers;
 use crate::command::{Command, Reducer};
 use crate::compare::{Side, compare};
-use crate::fall::{self as waterfall, Waterfall};
+use crate::exemplars::{self as waterfall, Waterfall};
 use crate::gate::Gate;
 use crate::model::{Trace, client_span as span};
 use crate::report::SCHEMA;
