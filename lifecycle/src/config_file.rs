@@ -12,10 +12,11 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 
 /// Largest config file read.
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigFileError {
     /// The file could not be read.
     #[error("{}: {source}", path.display())]
@@ -25,7 +26,7 @@ pub enum ConfigFileError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is larger than [`MAX_FILE_BYTES`].
+    /// The file is larger than a settings file may be (1 MiB).
     #[error("{}: larger than {MAX_FILE_BYTES} bytes", path.display())]
     TooLarge {
         /// The file.
@@ -79,7 +80,7 @@ pub fn parse<A: CommandFactory + FromArgMatches>(file_arg: &str) -> Result<A, Co
 }
 
 /// [`parse`] with the given arguments (the program's name first).
-pub fn parse_from<A: CommandFactory + FromArgMatches>(
+fn parse_from<A: CommandFactory + FromArgMatches>(
     args: Vec<OsString>,
     file_arg: &str,
 ) -> Result<A, ConfigFileError> {

@@ -4,7 +4,7 @@
 //! its span.
 //!
 //! Layout:
-//! - [`tasks`]: [`Tasks`], the tracked set every task is spawned through.
+//! - `tasks`: [`Tasks`], the tracked set every task is spawned through.
 //! - `signals` (feature `signals`, for service binaries): SIGINT and
 //!   SIGTERM start a graceful shutdown; SIGHUP is reported for a reload.
 //! - `limits` (feature `limits`): the descriptor limit raised at start.
@@ -22,6 +22,6 @@ pub mod durations;
 pub mod limits;
 #[cfg(feature = "signals")]
 pub mod signals;
-pub mod tasks;
+mod tasks;
 
 pub use tasks::Tasks;

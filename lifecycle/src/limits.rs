@@ -4,7 +4,7 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors a service keeps for itself beyond its connections (the
 /// listener, log and export sockets, files, child pipes).
-pub const RESERVED_DESCRIPTORS: u64 = 64;
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Raises the soft limit on open descriptors to the hard limit; returns
 /// the soft limit in force afterwards (the old one if it could not be
@@ -20,8 +20,8 @@ pub fn raise_nofile() -> Result<u64, nix::Error> {
     }
 }
 
-/// The most connections `nofile` descriptors allow with
-/// [`RESERVED_DESCRIPTORS`] kept back (at least 1).
+/// The most connections `nofile` descriptors allow once the descriptors a
+/// service keeps for itself are kept back (at least 1).
 pub fn connections_within(nofile: u64) -> usize {
     usize::try_from(nofile.saturating_sub(RESERVED_DESCRIPTORS).max(1)).unwrap_or(usize::MAX)
 }

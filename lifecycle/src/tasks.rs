@@ -28,15 +28,6 @@ impl Tasks {
         Self::default()
     }
 
-    /// A set whose token is this one's child (cancelled with it, or
-    /// alone), tracked by the same tracker.
-    pub fn child(&self) -> Self {
-        Self {
-            tracker: self.tracker.clone(),
-            token: self.token.child_token(),
-        }
-    }
-
     /// The token the tasks watch to stop.
     pub fn token(&self) -> &CancellationToken {
         &self.token
@@ -61,12 +52,14 @@ impl Tasks {
     }
 
     /// Tasks still running.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.tracker.len()
     }
 
     /// Whether no task is running.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }
 
@@ -113,16 +106,5 @@ mod tests {
         tasks.shutdown().await;
         assert_eq!(handle.await.unwrap(), TraceId::from_bytes([7; 16]));
         assert!(tasks.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_child_set_stops_alone_or_with_its_parent() {
-        let parent = Tasks::new();
-        let child = parent.child();
-        child.token().cancel();
-        assert!(!parent.token().is_cancelled());
-        let other = parent.child();
-        parent.token().cancel();
-        assert!(other.token().is_cancelled());
     }
 }
