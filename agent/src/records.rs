@@ -26,13 +26,11 @@ impl AgentRecords {
     /// not wait for their records), and told by `flush`.
     pub(crate) fn open(data_dir: &Path) -> Option<Self> {
         let dir = std::path::absolute(data_dir).ok()?;
-        let writer = metadata::WriterConfig {
-            service: "core-client-agent",
-            log_failures: true,
-            // As the CLI's own: written through to the OS at each call's end.
-            durability: metadata::Durability::ProcessCrash,
-            ..metadata::WriterConfig::default()
-        };
+        let mut writer = metadata::WriterConfig::default();
+        writer.service = "core-client-agent";
+        writer.log_failures = true;
+        // As the CLI's own: written through to the OS at each call's end.
+        writer.durability = metadata::Durability::ProcessCrash;
         let store = metadata::open_in_background(&dir, writer);
         Some(Self { dir, store })
     }

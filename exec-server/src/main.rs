@@ -448,10 +448,8 @@ fn serve(args: RunArgs) -> ExitCode {
         .or_else(metadata::location::default_dir)
         .filter(|_| !args.no_records);
     config.metadata = data_dir.and_then(|dir| {
-        let writer = metadata::WriterConfig {
-            service: "exec-server",
-            ..metadata::WriterConfig::default()
-        };
+        let mut writer = metadata::WriterConfig::default();
+        writer.service = "exec-server";
         metadata::open(&dir, writer)
             .map_err(|e| eprintln!("exec-server: warning: {e}; process records are not kept"))
             .ok()

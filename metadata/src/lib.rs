@@ -6,7 +6,7 @@
 //! - [`store`]: the embedded SQLite store (WAL, schema version, refuses a
 //!   newer schema), writes in one transaction per batch, and the queries
 //!   behind `core-client history`.
-//! - [`writer`]: [`Persister`], the background writer thread: `record`
+//! - `writer`: [`Persister`], the background writer thread: `record`
 //!   never waits for the disk; `flush` is the barrier.
 //! - [`location`]: where the database lives by default.
 
@@ -16,11 +16,11 @@
 pub mod location;
 pub mod record;
 pub mod store;
-pub mod writer;
+mod writer;
 
 pub use record::{CommandRecord, Exit, ProcessRecord, Progress, Record, TraceRef};
 pub use store::{Durability, Store, StoreError};
-pub use writer::{PersistError, Persister, WriterConfig};
+pub use writer::{Faults, PersistError, Persister, WriterConfig};
 
 /// Opens the store in `dir` and starts its writer.
 pub fn open(dir: &std::path::Path, config: WriterConfig) -> Result<Persister, StoreError> {
@@ -29,8 +29,9 @@ pub fn open(dir: &std::path::Path, config: WriterConfig) -> Result<Persister, St
 }
 
 /// Starts a writer for the store in `dir` that opens it itself, in the
-/// background: never waits for the disk or a lock (see
-/// [`Persister::start_opening`]).
+/// background: never waits for the disk or a lock. The writer's thread
+/// opens the database with the first record; a database that cannot be
+/// opened is retried like a failed write, and reported by the barriers.
 pub fn open_in_background(dir: &std::path::Path, config: WriterConfig) -> Persister {
     Persister::start_opening(dir.join(store::FILE_NAME), config)
 }

@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-/// How far a command or process has got.
+/// How far a command or process has got. Exhaustive on purpose: each case
+/// is a stored value, so a new one is a schema change every reader handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Progress {
@@ -28,7 +29,7 @@ impl Progress {
     }
 
     /// The value for stored text (unknown text reads as finished).
-    pub fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "dispatched" => Self::Dispatched,
             "running" => Self::Running,
@@ -37,7 +38,8 @@ impl Progress {
     }
 }
 
-/// How a command ended.
+/// How a command ended. Exhaustive on purpose: each case is stored in its
+/// own columns, so a new one is a schema change every reader handles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Exit {
@@ -76,7 +78,7 @@ pub struct CommandRecord {
     pub id: String,
     /// The exec-server's id.
     pub server_id: String,
-    /// The program name (argv[0]'s file name).
+    /// The program name (`argv[0]`'s file name).
     pub program: String,
     /// The arguments, only when the user opted in.
     pub args: Option<Vec<String>>,
@@ -107,7 +109,7 @@ pub struct ProcessRecord {
     pub session: String,
     /// The client's public key (base64).
     pub client_key: String,
-    /// The program name (argv[0]'s file name).
+    /// The program name (`argv[0]`'s file name).
     pub program: String,
     /// Its pid, once known.
     pub pid: Option<u32>,
@@ -127,7 +129,8 @@ pub struct ProcessRecord {
     pub stderr_bytes: u64,
 }
 
-/// A record of either side.
+/// A record of either side. Exhaustive on purpose: each kind is a table of
+/// the store, which writes every kind there is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A client's command.
@@ -138,7 +141,7 @@ pub enum Record {
 
 /// What identifies a record: its latest state replaces earlier ones.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Key {
+pub(crate) enum Key {
     /// A command's id.
     Command(String),
     /// A process's id.
@@ -147,7 +150,7 @@ pub enum Key {
 
 impl Record {
     /// The record's key.
-    pub fn key(&self) -> Key {
+    pub(crate) fn key(&self) -> Key {
         match self {
             Self::Command(c) => Key::Command(c.id.clone()),
             Self::Process(p) => Key::Process(p.id.clone()),
@@ -155,7 +158,7 @@ impl Record {
     }
 
     /// The record's trace.
-    pub fn trace(&self) -> &TraceRef {
+    pub(crate) fn trace(&self) -> &TraceRef {
         match self {
             Self::Command(c) => &c.trace,
             Self::Process(p) => &p.trace,

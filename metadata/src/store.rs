@@ -4,18 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use crate::record::{CommandRecord, Exit, ProcessRecord, Progress, Record, TraceRef};
 
 /// The schema this code writes and reads (SQLite's `user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 1;
 
 /// The database file inside a data directory.
 pub const FILE_NAME: &str = "metadata.sqlite3";
 
 /// Why the store cannot be used. Every message names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The file (or its directory) cannot be opened or created.
     #[error("cannot open the metadata database {path}: {reason}")]
@@ -266,6 +267,7 @@ fn process_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProcessRecord> {
 
 /// What a commit survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// A power loss or an OS crash: every commit is fsynced
     /// (`synchronous=FULL`). For services, whose writer is off every path.
@@ -286,7 +288,7 @@ impl Store {
     }
 
     /// [`open`](Self::open), with commits as durable as `durability` says.
-    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+    pub(crate) fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_owned(),
             reason,
@@ -310,7 +312,7 @@ impl Store {
     }
 
     /// The database file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -481,7 +483,8 @@ impl Store {
     }
 
     /// One command by id.
-    pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+    #[cfg(test)]
+    fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
         let sql = format!("{COMMANDS} WHERE id = ?1");
         Ok(self.query(&sql, id, command_row)?.pop())
     }
@@ -508,7 +511,9 @@ impl Store {
     }
 
     /// The schema version stored in the file.
-    pub fn schema_version(&self) -> Result<i64, StoreError> {
+    #[cfg(test)]
+    fn schema_version(&self) -> Result<i64, StoreError> {
+        use rusqlite::OptionalExtension as _;
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .optional()

@@ -36,20 +36,21 @@ use crate::store::{Store, StoreError};
 
 /// Settings of a [`Persister`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WriterConfig {
     /// Most commands waiting to be written; beyond it, new commands are
     /// refused and counted (a known command's update is always taken).
-    pub max_pending: usize,
+    max_pending: usize,
     /// First retry delay after a failed write (doubles up to `retry_max`).
-    pub retry_min: Duration,
+    retry_min: Duration,
     /// Longest retry delay.
-    pub retry_max: Duration,
+    retry_max: Duration,
     /// The service whose spans `metadata.persist`/`metadata.flush` are.
     pub service: &'static str,
     /// Group commit: after the first record of a batch arrives, wait this
     /// long for more before committing (a barrier cuts the wait short), so
     /// the commands' state changes share fsyncs.
-    pub group_commit: Duration,
+    group_commit: Duration,
     /// Log a warning when writes start failing. Off where the caller
     /// reports the barrier's error itself (one line, not two).
     pub log_failures: bool,
@@ -73,6 +74,7 @@ impl Default for WriterConfig {
 
 /// Why a barrier could not confirm durability.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PersistError {
     /// The database could not be written.
     #[error(transparent)]
@@ -111,7 +113,8 @@ pub struct Faults {
 
 impl Faults {
     /// Fails the next `n` write attempts (before touching the database).
-    pub fn fail_next(&self, n: usize) {
+    #[cfg(test)]
+    fn fail_next(&self, n: usize) {
         self.fail_next.store(n, Ordering::SeqCst);
     }
 
@@ -236,7 +239,7 @@ const MAX_LINKS: usize = 32;
 
 impl Persister {
     /// A writer for `store` (its thread starts with the first record).
-    pub fn start(store: Store, config: WriterConfig) -> Self {
+    pub(crate) fn start(store: Store, config: WriterConfig) -> Self {
         let path = store.path().to_owned();
         Self::spawn(path, Some(store), config)
     }
@@ -245,7 +248,7 @@ impl Persister {
     /// the first record) opens itself: nothing here waits for the disk or
     /// for another process's lock. A database that cannot be opened is retried like a
     /// failed write, and reported by the barriers.
-    pub fn start_opening(path: PathBuf, config: WriterConfig) -> Self {
+    pub(crate) fn start_opening(path: PathBuf, config: WriterConfig) -> Self {
         Self::spawn(path, None, config)
     }
 

@@ -196,15 +196,13 @@ fn open_records(
     if args.no_records {
         return Ok(None);
     }
-    let writer = metadata::WriterConfig {
-        service: "core-client",
-        // Failures are reported once, at exit, by the barrier.
-        log_failures: false,
-        // The exit waits for the record: written through to the OS (it
-        // survives this process however it ends), not fsynced.
-        durability: metadata::Durability::ProcessCrash,
-        ..metadata::WriterConfig::default()
-    };
+    let mut writer = metadata::WriterConfig::default();
+    writer.service = "core-client";
+    // Failures are reported once, at exit, by the barrier.
+    writer.log_failures = false;
+    // The exit waits for the record: written through to the OS (it
+    // survives this process however it ends), not fsynced.
+    writer.durability = metadata::Durability::ProcessCrash;
     let opened = match data_dir {
         Some(dir) if args.strict_records => metadata::open(dir, writer).map_err(|e| e.to_string()),
         Some(dir) => Ok(metadata::open_in_background(dir, writer)),
