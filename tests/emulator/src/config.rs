@@ -88,9 +88,10 @@ impl Default for PathSettings {
 
 /// The bottleneck buffer when none is given: 256 KiB, a typical router
 /// queue for a link of tens of Mbit/s.
-pub const DEFAULT_BUFFER: usize = 256 * 1024;
+const DEFAULT_BUFFER: usize = 256 * 1024;
 
-/// How a connection is cut.
+/// How a connection is cut. Exhaustive on purpose: a TCP connection ends
+/// in one of these two ways, and the soak test alternates them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutKind {
     /// Both ends get an orderly end of stream (FIN).
@@ -101,6 +102,7 @@ pub enum CutKind {
 
 /// When a connection is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CutAt {
     /// Once `bytes` have been delivered in `direction` (the receiver gets
     /// exactly that many, then the cut).
@@ -130,7 +132,7 @@ pub struct Config {
     /// Where it listens (default `127.0.0.1:0`, a free port).
     pub listen: SocketAddr,
     /// Where it forwards each connection.
-    pub target: SocketAddr,
+    pub(crate) target: SocketAddr,
     /// Client → server.
     pub up: PathSettings,
     /// Server → client.
@@ -144,9 +146,9 @@ pub struct Config {
     /// at once and counted as refused.
     pub max_connections: usize,
     /// A cut for every connection, if any.
-    pub cut: Option<Cut>,
+    pub(crate) cut: Option<Cut>,
     /// Seeds the jitter, so a run can be repeated.
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 impl Config {
@@ -176,13 +178,5 @@ impl Config {
     pub fn with_cut(mut self, cut: Cut) -> Self {
         self.cut = Some(cut);
         self
-    }
-
-    /// The settings of one direction.
-    pub fn path(&self, direction: Direction) -> PathSettings {
-        match direction {
-            Direction::Up => self.up,
-            Direction::Down => self.down,
-        }
     }
 }

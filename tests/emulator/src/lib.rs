@@ -46,6 +46,6 @@ mod live;
 mod stats;
 pub mod units;
 
-pub use config::{Config, Cut, CutAt, CutKind, DEFAULT_BUFFER, Direction, PathSettings};
+pub use config::{Config, Cut, CutAt, CutKind, Direction, PathSettings};
 pub use emulator::{Emulator, Error};
 pub use stats::{DirectionStats, LinkStats};

@@ -96,16 +96,6 @@ pub struct LinkStats {
     pub resets: u64,
 }
 
-impl LinkStats {
-    /// The stats of one direction.
-    pub fn direction(&self, direction: Direction) -> DirectionStats {
-        match direction {
-            Direction::Up => self.up,
-            Direction::Down => self.down,
-        }
-    }
-}
-
 impl fmt::Display for LinkStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, d) in [("up", self.up), ("down", self.down)] {
