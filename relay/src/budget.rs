@@ -30,7 +30,7 @@ pub struct Budget {
 
 /// One direction of one session: its queued bytes and its bound.
 #[derive(Debug)]
-pub struct Queue {
+pub(crate) struct Queue {
     cap: usize,
     queued: AtomicUsize,
     freed: Notify,
@@ -38,7 +38,7 @@ pub struct Queue {
 
 impl Queue {
     /// An empty queue bounded at `cap` bytes.
-    pub fn new(cap: usize) -> Arc<Self> {
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
             cap,
             queued: AtomicUsize::new(0),
@@ -47,14 +47,14 @@ impl Queue {
     }
 
     /// Bytes queued now.
-    pub fn queued(&self) -> usize {
+    fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 }
 
 /// Bytes of one queued frame, given back when it leaves (or is dropped).
 #[derive(Debug)]
-pub struct Charge {
+pub(crate) struct Charge {
     budget: Arc<Budget>,
     queue: Arc<Queue>,
     bytes: usize,
@@ -71,7 +71,7 @@ impl Drop for Charge {
 
 impl Budget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit,
             used: AtomicUsize::new(0),
@@ -79,11 +79,6 @@ impl Budget {
             waits: AtomicU64::new(0),
             freed: Notify::new(),
         })
-    }
-
-    /// The limit.
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 
     /// Bytes queued relay-wide now.
@@ -112,7 +107,7 @@ impl Budget {
     /// Waits until `bytes` may be queued on `queue` (its own bound and the
     /// budget), then counts them until the returned charge is dropped.
     /// `None` if `cancel` fired first. One producer per queue.
-    pub async fn charge(
+    pub(crate) async fn charge(
         self: &Arc<Self>,
         queue: &Arc<Queue>,
         bytes: usize,

@@ -19,20 +19,21 @@ use rcgen::{
 };
 
 /// The CA certificate file in the directory.
-pub const CA_CERT: &str = "ca.pem";
+const CA_CERT: &str = "ca.pem";
 /// The CA's private key file.
-pub const CA_KEY: &str = "ca.key";
+const CA_KEY: &str = "ca.key";
 /// The relay's certificate file.
-pub const RELAY_CERT: &str = "relay.pem";
+const RELAY_CERT: &str = "relay.pem";
 /// The relay's private key file.
-pub const RELAY_KEY: &str = "relay.key";
+const RELAY_KEY: &str = "relay.key";
 /// How long the CA is valid, in days.
-pub const CA_DAYS: u32 = 3650;
+const CA_DAYS: u32 = 3650;
 /// The CA's name (fixed, so that a CA made before can sign again).
 const CA_NAME: &str = "rex relay CA";
 
 /// What to make.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InitOptions {
     /// The directory (made, mode 0700, if missing).
     pub dir: PathBuf,
@@ -45,7 +46,26 @@ pub struct InitOptions {
     pub if_missing: bool,
 }
 
-/// What was done.
+/// How long a relay's certificate is valid when no validity is given, in
+/// days.
+pub const DEFAULT_DAYS: u32 = 825;
+
+impl InitOptions {
+    /// A CA (unless `dir` has one) and a certificate for the relay's
+    /// `names` in `dir`, valid for [`DEFAULT_DAYS`]; a certificate already
+    /// there is refused.
+    pub fn new(dir: PathBuf, names: Vec<String>) -> Self {
+        Self {
+            dir,
+            names,
+            days: DEFAULT_DAYS,
+            if_missing: false,
+        }
+    }
+}
+
+/// What was done. Exhaustive on purpose: `relay tls-init` tells each
+/// outcome, so a new one does not build until it is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// A certificate was made; `new_ca` if the CA was made too.
@@ -59,6 +79,7 @@ pub enum Outcome {
 
 /// Why nothing (or not everything) could be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertError {
     /// No name was given.
     #[error("give at least one --name (the host name or address clients dial)")]

@@ -9,6 +9,7 @@ use proto::listener::ConnLimits;
 
 /// Settings for one relay.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -19,7 +20,7 @@ pub struct RelayConfig {
     /// Frames buffered per direction of a session before backpressure
     /// (the byte bound, [`RelayConfig::session_buffer`], usually comes
     /// first).
-    pub session_queue: usize,
+    pub(crate) session_queue: usize,
     /// How long an exec-server has to accept an announced session.
     pub accept_timeout: Duration,
     /// How long a registration proof or a session's handshake may take.
@@ -29,7 +30,7 @@ pub struct RelayConfig {
     /// Whether to honour hop trace headers on frames.
     pub hop_headers: bool,
     /// Grace period for in-flight sessions at shutdown.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Connections: how many, per source, and the HTTP/2 preface deadline.
     pub connections: ConnLimits,
     /// Sessions not yet authenticated (until the exec-server's handshake
@@ -57,17 +58,35 @@ pub struct RelayConfig {
 /// What a relay of a fleet needs to forward sessions and take forwarded
 /// ones.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FleetConfig {
     /// The fleet's shared key.
-    pub fleet: std::sync::Arc<crate::fleet::Fleet>,
+    pub(crate) fleet: std::sync::Arc<crate::fleet::Fleet>,
     /// CA certificates for peers dialled with `https://`.
     pub peer_tls: proto::tls::TlsSettings,
     /// Most sessions forwarded to other relays at once.
     pub max_forwarded: usize,
 }
 
+/// Most sessions forwarded to other relays at once when none is set.
+pub const DEFAULT_MAX_FORWARDED: usize = 4096;
+
+impl FleetConfig {
+    /// Membership of the fleet whose key is `fleet`: peers dialled with
+    /// `https://` checked against the system's roots, at most
+    /// [`DEFAULT_MAX_FORWARDED`] sessions forwarded at once.
+    pub fn new(fleet: std::sync::Arc<crate::fleet::Fleet>) -> Self {
+        Self {
+            fleet,
+            peer_tls: proto::tls::TlsSettings::default(),
+            max_forwarded: DEFAULT_MAX_FORWARDED,
+        }
+    }
+}
+
 /// Who may register, and how often.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RegistrationLimits {
     /// If set, only the exec-server public keys listed in this file may
     /// register (one per line, `#` comments); re-read when it changes.

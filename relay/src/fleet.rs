@@ -23,11 +23,11 @@ use ring::hmac;
 /// The metadata key of a forwarded session's proof.
 pub const PROOF_HEADER: &str = "rex-fleet-proof";
 /// How far a proof's time may be from the receiving relay's clock.
-pub const PROOF_WINDOW: Duration = Duration::from_secs(60);
+const PROOF_WINDOW: Duration = Duration::from_secs(60);
 /// Most proofs remembered (against replay) at once: forwarded sessions
 /// opened within twice [`PROOF_WINDOW`]; past it, proofs are refused until
 /// older ones age out.
-pub const MAX_REMEMBERED: usize = 1 << 17;
+const MAX_REMEMBERED: usize = 1 << 17;
 /// Longest proof header accepted.
 const MAX_PROOF: usize = 256;
 const NONCE_LEN: usize = 16;
@@ -35,6 +35,7 @@ const CONTEXT: &[u8] = b"rex fleet forward v1";
 
 /// Why a forwarded session's proof is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProofError {
     /// This relay is in no fleet (it has no fleet key).
     #[error("this relay takes no forwarded sessions (no --fleet-key)")]

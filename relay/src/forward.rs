@@ -31,7 +31,7 @@ use crate::splice::{self, Charged};
 const MAX_PEERS: usize = 1024;
 
 /// The fleet as this relay reaches into it.
-pub struct Peers {
+pub(crate) struct Peers {
     fleet: Arc<Fleet>,
     tls: proto::tls::TlsSettings,
     links: Mutex<HashMap<String, Channel>>,
@@ -46,17 +46,21 @@ impl std::fmt::Debug for Peers {
 }
 
 /// A session opened at a peer relay.
-pub struct Opened {
+pub(crate) struct Opened {
     /// The peer's half of the session (message 1 already sent).
-    pub half: AcceptedHalf,
+    pub(crate) half: AcceptedHalf,
     /// Its place among this relay's forwarded sessions.
-    pub permit: OwnedSemaphorePermit,
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 impl Peers {
     /// Peers of `fleet`, dialled with `tls` for `https://` addresses, at
     /// most `max_sessions` forwarded sessions at once.
-    pub fn new(fleet: Arc<Fleet>, tls: proto::tls::TlsSettings, max_sessions: usize) -> Self {
+    pub(crate) fn new(
+        fleet: Arc<Fleet>,
+        tls: proto::tls::TlsSettings,
+        max_sessions: usize,
+    ) -> Self {
         Self {
             fleet,
             tls,
@@ -67,7 +71,7 @@ impl Peers {
     }
 
     /// This relay's fleet.
-    pub fn fleet(&self) -> &Fleet {
+    pub(crate) fn fleet(&self) -> &Fleet {
         &self.fleet
     }
 
@@ -98,7 +102,7 @@ impl Peers {
     /// link's trace context (`trace`) goes on with the opening. The peer's
     /// refusal is passed on with its reason, naming the peer.
     #[allow(clippy::too_many_arguments)]
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         url: &str,
         server_id: &str,

@@ -16,14 +16,14 @@ use tonic::{Request, Response, Status};
 use crate::registry::Registry;
 
 /// `grpc.health.v1.Health` for the relay.
-pub struct RelayHealth {
+pub(crate) struct RelayHealth {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 }
 
 impl RelayHealth {
     /// Answers from `registry`; reports not serving once `shutdown` is cancelled.
-    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
         Self { registry, shutdown }
     }
 

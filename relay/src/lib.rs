@@ -8,19 +8,19 @@
 //! - [`config`]: the relay's settings and their bounds.
 //! - [`registry`]: registered exec-servers and sessions waiting to be
 //!   accepted; shares of registrations per connection and per source.
-//! - [`registration`]: the allow-list of exec-server keys and the rate of
+//! - `registration`: the allow-list of exec-server keys and the rate of
 //!   registration attempts.
 //! - [`directory`]: the fleet's directory in etcd (which relay holds each
 //!   exec-server) and its local copy.
 //! - [`fleet`]: the fleet key, and the proof a forwarding relay gives.
-//! - [`forward`]: forwarding a session to the relay that holds its
+//! - `forward`: forwarding a session to the relay that holds its
 //!   exec-server.
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
-//! - [`service`]: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
-//! - [`splice`]: forwarding frames between the two halves of a session.
-//! - [`health`]: answers to the gRPC health protocol (the relay, and each
+//! - `service`: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
+//! - `splice`: forwarding frames between the two halves of a session.
+//! - `health`: answers to the gRPC health protocol (the relay, and each
 //!   registered exec-server).
-//! - [`server`]: binding, serving and graceful shutdown.
+//! - `server`: binding, serving and graceful shutdown ([`Relay`], [`run`]).
 //! - [`certs`]: `relay tls-init`, a private CA and the relay's certificate.
 
 pub mod budget;
@@ -28,13 +28,13 @@ pub mod certs;
 pub mod config;
 pub mod directory;
 pub mod fleet;
-pub mod forward;
-pub mod health;
-pub mod registration;
+mod forward;
+mod health;
+mod registration;
 pub mod registry;
-pub mod server;
-pub mod service;
-pub mod splice;
+mod server;
+mod service;
+mod splice;
 
 pub use config::RelayConfig;
 pub use server::{Relay, RelayError, RelayStats, bind, run, serve};

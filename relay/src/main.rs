@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use proto::admission::{AdmissionLimits, Startups};
 use proto::listener::ConnLimits;
 use relay::RelayConfig;
-use relay::config::{FleetConfig, RegistrationLimits};
+use relay::config::FleetConfig;
 use relay::directory::DirectoryConfig;
 
 /// Pairs core-client sessions with registered exec-servers and forwards their
@@ -175,7 +175,7 @@ struct Args {
     )]
     fleet_ca: Option<PathBuf>,
     /// Most sessions forwarded to other relays of the fleet at once.
-    #[arg(long, default_value_t = 4096, requires = "fleet_key")]
+    #[arg(long, default_value_t = relay::config::DEFAULT_MAX_FORWARDED, requires = "fleet_key")]
     max_forwarded: usize,
     /// The URL other relays of the fleet dial to reach this one [default:
     /// http(s)://<--listen>, when that is not an unspecified address].
@@ -233,7 +233,7 @@ enum Command {
         #[arg(long = "name", value_name = "HOST", required = true)]
         names: Vec<String>,
         /// Days the relay's certificate is valid (the CA's: 10 years).
-        #[arg(long, default_value_t = 825)]
+        #[arg(long, default_value_t = relay::certs::DEFAULT_DAYS)]
         days: u32,
         /// If DIR already has relay.pem and relay.key, keep them and
         /// succeed (for start-up scripts).
@@ -265,12 +265,10 @@ fn main() -> ExitCode {
             days,
             if_missing,
         }) => {
-            return tls_init(relay::certs::InitOptions {
-                dir,
-                names,
-                days,
-                if_missing,
-            });
+            let mut options = relay::certs::InitOptions::new(dir, names);
+            options.days = days;
+            options.if_missing = if_missing;
+            return tls_init(options);
         }
         Some(Command::FleetKey { out, if_missing }) => return fleet_key(&out, if_missing),
         None => {}
@@ -324,38 +322,34 @@ fn main() -> ExitCode {
             args.max_connections
         }
     };
-    let config = RelayConfig {
-        connections: ConnLimits {
-            max_connections,
-            per_source: args.max_connections_per_source,
-            preface_timeout: Duration::from_secs(args.preface_timeout_secs),
-        },
-        startups: AdmissionLimits {
-            startups: args.max_startups,
-            per_source: args.max_startups_per_source,
-        },
-        first_frame_timeout: Duration::from_secs(args.first_frame_timeout_secs),
-        registrations: RegistrationLimits {
-            allowed_servers: args.allowed_servers,
-            per_connection: args.max_registrations_per_connection,
-            per_source: args.max_registrations_per_source,
-            rate_per_source: args.registration_rate,
-            burst_per_source: args.registration_rate * 4.0,
-        },
-        session_buffer: args.session_buffer_kib.saturating_mul(1024),
-        max_buffered: args.max_buffered_mib.saturating_mul(1024 * 1024),
-        listen: args.listen,
-        max_registrations: args.max_registrations,
-        max_sessions_per_server: args.max_sessions_per_server,
-        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
-        accept_timeout: Duration::from_secs(args.handshake_timeout_secs),
-        hop_headers: !args.no_hop_headers,
-        tls,
-        directory,
-        fleet,
-        ..RelayConfig::default()
+    let mut config = RelayConfig::default();
+    config.connections = ConnLimits {
+        max_connections,
+        per_source: args.max_connections_per_source,
+        preface_timeout: Duration::from_secs(args.preface_timeout_secs),
     };
+    config.startups = AdmissionLimits {
+        startups: args.max_startups,
+        per_source: args.max_startups_per_source,
+    };
+    config.first_frame_timeout = Duration::from_secs(args.first_frame_timeout_secs);
+    config.registrations.allowed_servers = args.allowed_servers;
+    config.registrations.per_connection = args.max_registrations_per_connection;
+    config.registrations.per_source = args.max_registrations_per_source;
+    config.registrations.rate_per_source = args.registration_rate;
+    config.registrations.burst_per_source = args.registration_rate * 4.0;
+    config.session_buffer = args.session_buffer_kib.saturating_mul(1024);
+    config.max_buffered = args.max_buffered_mib.saturating_mul(1024 * 1024);
+    config.listen = args.listen;
+    config.max_registrations = args.max_registrations;
+    config.max_sessions_per_server = args.max_sessions_per_server;
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
+    config.accept_timeout = Duration::from_secs(args.handshake_timeout_secs);
+    config.hop_headers = !args.no_hop_headers;
+    config.tls = tls;
+    config.directory = directory;
+    config.fleet = fleet;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -439,23 +433,22 @@ fn directory_config(args: &Args) -> Result<Option<DirectoryConfig>, String> {
             .map_err(|e| format!("--directory-ca: {e}"))?,
         None => proto::tls::TlsSettings::default(),
     };
-    Ok(Some(DirectoryConfig {
-        endpoints: args
-            .directory
-            .iter()
-            .map(|e| {
-                if e.contains("://") {
-                    e.clone()
-                } else {
-                    format!("http://{e}")
-                }
-            })
-            .collect(),
-        prefix: args.directory_prefix.clone(),
-        ttl: Duration::from_secs(args.directory_ttl_secs),
-        advertise,
-        tls: ca,
-    }))
+    let endpoints = args
+        .directory
+        .iter()
+        .map(|e| {
+            if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect();
+    let mut config = DirectoryConfig::new(endpoints, advertise);
+    config.prefix = args.directory_prefix.clone();
+    config.ttl = Duration::from_secs(args.directory_ttl_secs);
+    config.tls = ca;
+    Ok(Some(config))
 }
 
 /// The fleet settings from the flags (`None` without --fleet-key).
@@ -470,11 +463,10 @@ fn fleet_config(args: &Args) -> Result<Option<FleetConfig>, String> {
         }
         None => proto::tls::TlsSettings::default(),
     };
-    Ok(Some(FleetConfig {
-        fleet: std::sync::Arc::new(fleet),
-        peer_tls,
-        max_forwarded: args.max_forwarded,
-    }))
+    let mut config = FleetConfig::new(std::sync::Arc::new(fleet));
+    config.peer_tls = peer_tls;
+    config.max_forwarded = args.max_forwarded;
+    Ok(Some(config))
 }
 
 fn fleet_key(out: &std::path::Path, if_missing: bool) -> ExitCode {

@@ -13,7 +13,7 @@ use proto::keys::{AuthorizedKeys, KeyError, PublicKey};
 
 /// The exec-server keys allowed to register, from a file.
 #[derive(Debug)]
-pub struct AllowList {
+pub(crate) struct AllowList {
     path: PathBuf,
     state: Mutex<Loaded>,
 }
@@ -35,7 +35,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// What a re-read found.
 #[derive(Debug)]
-pub enum Reload {
+pub(crate) enum Reload {
     /// The file did not change.
     Unchanged,
     /// The file changed and was read: this many keys now.
@@ -46,7 +46,7 @@ pub enum Reload {
 
 impl AllowList {
     /// Reads the list at `path`.
-    pub fn open(path: &Path) -> Result<Self, KeyError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, KeyError> {
         let stamp = stamp(path);
         let keys = AuthorizedKeys::read_file(path)?;
         Ok(Self {
@@ -60,7 +60,7 @@ impl AllowList {
     }
 
     /// The file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -70,7 +70,7 @@ impl AllowList {
 
     /// Re-reads the file if its modification time or size changed (looked
     /// at most every half second unless `force`).
-    pub fn refresh(&self, force: bool) -> Reload {
+    pub(crate) fn refresh(&self, force: bool) -> Reload {
         let mut state = self.lock();
         if !force && state.checked.is_some_and(|at| at.elapsed() < RECHECK) {
             return Reload::Unchanged;
@@ -95,7 +95,7 @@ impl AllowList {
     }
 
     /// Whether `key` may register (as of the last read).
-    pub fn allows(&self, key: &PublicKey) -> bool {
+    pub(crate) fn allows(&self, key: &PublicKey) -> bool {
         self.lock().keys.contains(key)
     }
 }
@@ -103,7 +103,7 @@ impl AllowList {
 /// A token bucket per source: `rate` attempts a second, `burst` at once.
 /// Time is handed in.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     buckets: HashMap<Source, (f64, Instant)>,
@@ -114,7 +114,7 @@ const MAX_TRACKED: usize = 16_384;
 
 impl RateLimiter {
     /// A limiter with no history.
-    pub fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self {
             rate,
             burst: burst.max(1.0),
@@ -123,7 +123,7 @@ impl RateLimiter {
     }
 
     /// Takes one attempt for `source` at `now`; false if over the rate.
-    pub fn allow(&mut self, source: Source, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, source: Source, now: Instant) -> bool {
         if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&source) {
             let (rate, burst) = (self.rate, self.burst);
             self.buckets

@@ -29,22 +29,22 @@ use tonic::{Status, Streaming};
 
 use crate::splice::Outbound;
 /// The control stream to a registered exec-server.
-pub type ControlSender = mpsc::Sender<Result<RegisterDown, Status>>;
+type ControlSender = mpsc::Sender<Result<RegisterDown, Status>>;
 /// A session id.
-pub type SessionId = [u8; SESSION_ID_LEN];
+pub(crate) type SessionId = [u8; SESSION_ID_LEN];
 
 /// The exec-server's half of a session, handed to the waiting client side.
 #[derive(Debug)]
-pub struct AcceptedHalf {
+pub(crate) struct AcceptedHalf {
     /// Frames from the exec-server.
-    pub inbound: Streaming<Frame>,
+    pub(crate) inbound: Streaming<Frame>,
     /// Frames to the exec-server.
-    pub outbound: Outbound,
+    pub(crate) outbound: Outbound,
 }
 
 /// Why a lookup or registration failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     /// No exec-server is registered under the id.
     #[error("no exec-server with id {0} is registered at this relay")]
     UnknownServer(String),
@@ -64,11 +64,11 @@ pub enum RegistryError {
 
 /// Where a registration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// The connection (its peer address).
-    pub connection: Option<SocketAddr>,
+    pub(crate) connection: Option<SocketAddr>,
     /// The proven key.
-    pub key: Option<PublicKey>,
+    pub(crate) key: Option<PublicKey>,
 }
 
 impl Origin {
@@ -79,11 +79,11 @@ impl Origin {
 
 /// Registrations one connection and one source may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shares {
+pub(crate) struct Shares {
     /// Per connection.
-    pub per_connection: usize,
+    pub(crate) per_connection: usize,
     /// Per source address.
-    pub per_source: usize,
+    pub(crate) per_source: usize,
 }
 
 impl Default for Shares {
@@ -102,7 +102,7 @@ fn same_token(a: &[u8; SPARE_TOKEN_LEN], b: &[u8; SPARE_TOKEN_LEN]) -> bool {
 }
 
 /// The most spare `Accept` streams one registration keeps at the relay.
-pub const MAX_SPARES: usize = 2;
+const MAX_SPARES: usize = 2;
 
 struct ServerEntry {
     generation: u64,
@@ -206,15 +206,15 @@ pub struct Registry {
 
 /// A registration held by a live control stream; dropping it unregisters
 /// (unless a newer registration for the same id replaced it).
-pub struct RegistrationGuard {
+pub(crate) struct RegistrationGuard {
     registry: Arc<Registry>,
     server_id: String,
     generation: u64,
     /// Cancelled when a newer registration of the same key replaces this
     /// one (the older exec-server has then been told).
-    pub replaced: CancellationToken,
+    pub(crate) replaced: CancellationToken,
     /// The token with which this registration keeps spare streams.
-    pub spare_token: [u8; SPARE_TOKEN_LEN],
+    pub(crate) spare_token: [u8; SPARE_TOKEN_LEN],
 }
 
 impl Drop for RegistrationGuard {
@@ -231,20 +231,21 @@ impl Drop for RegistrationGuard {
 }
 
 /// A session announced to an exec-server and not yet accepted.
-pub struct Announced {
+pub(crate) struct Announced {
     /// The session id.
-    pub session_id: SessionId,
+    pub(crate) session_id: SessionId,
     /// Resolves when the exec-server accepts.
-    pub accepted: oneshot::Receiver<AcceptedHalf>,
+    pub(crate) accepted: oneshot::Receiver<AcceptedHalf>,
     /// The session slot, held for the session's life.
-    pub permit: OwnedSemaphorePermit,
+    pub(crate) permit: OwnedSemaphorePermit,
     /// The exec-server's control stream, to send the announcement on.
-    pub control: ControlSender,
+    pub(crate) control: ControlSender,
 }
 
 impl Registry {
     /// A new, empty table.
-    pub fn new(max_registrations: usize, max_sessions_per_server: usize) -> Arc<Self> {
+    #[cfg(test)]
+    fn new(max_registrations: usize, max_sessions_per_server: usize) -> Arc<Self> {
         Self::with_shares(
             max_registrations,
             max_sessions_per_server,
@@ -254,7 +255,7 @@ impl Registry {
 
     /// A new, empty table whose registrations are shared out per
     /// connection and per source.
-    pub fn with_shares(
+    pub(crate) fn with_shares(
         max_registrations: usize,
         max_sessions_per_server: usize,
         shares: Shares,
@@ -280,7 +281,7 @@ impl Registry {
     /// key holder that came last wins, so an exec-server that reconnects
     /// after a blip or a relay restart always gets its route back. Room is
     /// made as the module says; a connection over its share is refused.
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         server_id: &str,
         control: ControlSender,
@@ -362,7 +363,7 @@ impl Registry {
 
     /// Ends the registrations `keep` no longer admits (the allow-list
     /// changed), telling each why. Returns how many ended.
-    pub fn retain(&self, keep: impl Fn(&Origin) -> bool) -> usize {
+    pub(crate) fn retain(&self, keep: impl Fn(&Origin) -> bool) -> usize {
         let mut inner = self.lock();
         let gone: Vec<String> = inner
             .servers
@@ -396,7 +397,7 @@ impl Registry {
 
     /// Reserves a session slot on an exec-server and records a pending
     /// session for it to accept.
-    pub fn announce(&self, server_id: &str) -> Result<Announced, RegistryError> {
+    pub(crate) fn announce(&self, server_id: &str) -> Result<Announced, RegistryError> {
         let mut inner = self.lock();
         let entry = inner
             .servers
@@ -433,7 +434,7 @@ impl Registry {
     /// `Open`: refused unless `token` is that registration's spare token
     /// (only the exec-server that proved its key was told it), and when it
     /// already keeps [`MAX_SPARES`] live ones.
-    pub fn add_spare(
+    pub(crate) fn add_spare(
         &self,
         server_id: &str,
         token: &[u8; SPARE_TOKEN_LEN],
@@ -458,7 +459,7 @@ impl Registry {
     /// A spare stream of `server_id` for a new session, with its session
     /// slot, if the registration keeps a live one; `None` when it keeps
     /// none (the session is then announced).
-    pub fn take_spare(
+    pub(crate) fn take_spare(
         &self,
         server_id: &str,
     ) -> Result<Option<(OwnedSemaphorePermit, AcceptedHalf)>, RegistryError> {
@@ -479,7 +480,7 @@ impl Registry {
     }
 
     /// Forgets a pending session (timed out or failed to announce).
-    pub fn cancel(&self, session_id: &SessionId) {
+    pub(crate) fn cancel(&self, session_id: &SessionId) {
         self.lock().pending.remove(session_id);
     }
 
@@ -512,7 +513,7 @@ impl Registry {
 
     /// Hands the exec-server's half to the waiting client side. Fails if the
     /// session is unknown or belongs to another exec-server.
-    pub fn accept(
+    pub(crate) fn accept(
         &self,
         session_id: &SessionId,
         server_id: &str,

@@ -30,6 +30,7 @@ const ALLOW_LIST_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -56,6 +57,7 @@ pub struct Relay {
 
 /// What a running relay holds, for tests and operators.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RelayStats {
     /// Open connections and what the listener refused.
     pub connections: Arc<Connections>,

@@ -44,17 +44,17 @@ const CONTROL_QUEUE: usize = 64;
 /// Registration attempts refused, since they were last taken (for
 /// summaries).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RegistrationRefusals {
+pub(crate) struct RegistrationRefusals {
     /// Over the source's attempt rate.
-    pub rate: u64,
+    pub(crate) rate: u64,
     /// Keys not on the allow-list.
-    pub not_allowed: u64,
+    pub(crate) not_allowed: u64,
     /// Over a connection's, a source's or the relay's share.
-    pub full: u64,
+    pub(crate) full: u64,
     /// Failed proofs.
-    pub proof: u64,
+    pub(crate) proof: u64,
     /// Forwarded sessions whose fleet proof was refused.
-    pub forward: u64,
+    pub(crate) forward: u64,
 }
 
 #[derive(Debug, Default)]
@@ -85,34 +85,34 @@ impl Counters {
 
 /// State shared by both services.
 #[derive(Clone)]
-pub struct RelayState {
+pub(crate) struct RelayState {
     /// The routing table.
-    pub registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// Settings.
-    pub config: Arc<RelayConfig>,
+    pub(crate) config: Arc<RelayConfig>,
     /// Every session and registration task; its token is cancelled at
     /// shutdown.
-    pub tasks: Tasks,
+    pub(crate) tasks: Tasks,
     /// Sessions not yet authenticated.
-    pub startups: Arc<Gate>,
+    pub(crate) startups: Arc<Gate>,
     /// Bytes queued in the relay.
-    pub budget: Arc<Budget>,
+    pub(crate) budget: Arc<Budget>,
     /// The exec-server keys allowed to register, if limited.
-    pub allowed: Option<Arc<AllowList>>,
+    pub(crate) allowed: Option<Arc<AllowList>>,
     /// The listener's connections: one that carries an authenticated
     /// session leaves its source's share.
-    pub connections: Arc<proto::listener::Connections>,
+    pub(crate) connections: Arc<proto::listener::Connections>,
     /// The fleet's directory, if the relay is in one.
-    pub directory: Option<Directory>,
+    pub(crate) directory: Option<Directory>,
     /// The other relays of its fleet, if it has a fleet key.
-    pub peers: Option<Arc<Peers>>,
+    peers: Option<Arc<Peers>>,
     registration_rate: Arc<Mutex<RateLimiter>>,
     refused: Arc<Counters>,
 }
 
 impl RelayState {
     /// New state for a relay (`allowed`: the allow-list, already read).
-    pub fn new(config: RelayConfig, tasks: Tasks, allowed: Option<AllowList>) -> Self {
+    pub(crate) fn new(config: RelayConfig, tasks: Tasks, allowed: Option<AllowList>) -> Self {
         let shares = Shares {
             per_connection: config.registrations.per_connection,
             per_source: config.registrations.per_source,
@@ -148,7 +148,7 @@ impl RelayState {
     }
 
     /// Registration attempts refused since the last call (and resets).
-    pub fn take_registration_refusals(&self) -> RegistrationRefusals {
+    pub(crate) fn take_registration_refusals(&self) -> RegistrationRefusals {
         self.refused.take()
     }
 
@@ -195,13 +195,13 @@ fn status_for(e: RegistryError) -> Status {
 
 /// The client-facing tunnel.
 #[derive(Clone)]
-pub struct TunnelService {
+pub(crate) struct TunnelService {
     state: RelayState,
 }
 
 impl TunnelService {
     /// A tunnel service over shared state.
-    pub fn new(state: RelayState) -> Self {
+    pub(crate) fn new(state: RelayState) -> Self {
         Self { state }
     }
 }
@@ -531,13 +531,13 @@ async fn announce(
 
 /// The exec-server-facing registry.
 #[derive(Clone)]
-pub struct RegistryServiceImpl {
+pub(crate) struct RegistryServiceImpl {
     state: RelayState,
 }
 
 impl RegistryServiceImpl {
     /// A registry service over shared state.
-    pub fn new(state: RelayState) -> Self {
+    pub(crate) fn new(state: RelayState) -> Self {
         Self { state }
     }
 }

@@ -47,14 +47,14 @@ use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
 /// A frame queued toward one side, with the bytes it holds of the budget
 /// (given back when the frame is taken to be sent).
 #[derive(Debug)]
-pub struct Charged {
+pub(crate) struct Charged {
     frame: Frame,
     _charge: Option<Charge>,
 }
 
 impl Charged {
     /// A frame that is not counted (a clear close: one per session end).
-    pub fn free(frame: Frame) -> Self {
+    fn free(frame: Frame) -> Self {
         Self {
             frame,
             _charge: None,
@@ -62,7 +62,7 @@ impl Charged {
     }
 
     /// A frame with its charge (none: not counted).
-    pub fn counted(frame: Frame, charge: Option<Charge>) -> Self {
+    pub(crate) fn counted(frame: Frame, charge: Option<Charge>) -> Self {
         Self {
             frame,
             _charge: charge,
@@ -71,11 +71,11 @@ impl Charged {
 }
 
 /// The relay's queue toward one side of a session.
-pub type Outbound = mpsc::Sender<Charged>;
+pub(crate) type Outbound = mpsc::Sender<Charged>;
 
 /// The response stream of a tunnel half: the frames queued on `rx`, each
 /// giving its bytes back as it is taken to be sent.
-pub fn response_stream(
+pub(crate) fn response_stream(
     rx: mpsc::Receiver<Charged>,
 ) -> impl futures::Stream<Item = Result<Frame, tonic::Status>> + Send + 'static {
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
@@ -85,7 +85,7 @@ pub fn response_stream(
 
 /// The request stream of a session opened at another relay: the frames
 /// queued on `rx`, each giving its bytes back as it is taken to be sent.
-pub fn request_stream(
+pub(crate) fn request_stream(
     rx: mpsc::Receiver<Charged>,
 ) -> impl futures::Stream<Item = Frame> + Send + 'static {
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| c.frame)
@@ -93,21 +93,21 @@ pub fn request_stream(
 
 /// What a pump counts its queued bytes against.
 #[derive(Debug, Clone)]
-pub struct Buffers {
+pub(crate) struct Buffers {
     /// The relay-wide budget.
-    pub budget: Arc<Budget>,
+    pub(crate) budget: Arc<Budget>,
     /// The share of one direction of a session.
-    pub session_buffer: usize,
+    pub(crate) session_buffer: usize,
 }
 
 /// The bytes a frame is counted for.
-pub fn cost(frame: &Frame) -> usize {
+pub(crate) fn cost(frame: &Frame) -> usize {
     frame.payload.len() + frame.hop_traceparent.len() + FRAME_OVERHEAD
 }
 
 /// Which way a pump forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Client to exec-server.
     ToServer,
     /// Exec-server to client.
@@ -116,13 +116,13 @@ pub enum Direction {
 
 /// Bounds that apply to one spliced session.
 #[derive(Debug, Clone, Copy)]
-pub struct SpliceLimits {
+pub(crate) struct SpliceLimits {
     /// Close the session when no frame moved either way for this long.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// The exec-server must answer the handshake within this long.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Whether hop headers are honoured (otherwise they are stripped).
-    pub hop_headers: bool,
+    pub(crate) hop_headers: bool,
     /// The source (toward the client) is the relay of the fleet this one
     /// forwarded the session to. Its timings on frames toward the client
     /// are kept, ahead of this relay's own (at most [`RELAY_HOP_TIMINGS`]
@@ -133,28 +133,28 @@ pub struct SpliceLimits {
     /// sent before the stream is let go (letting go of it first would reset
     /// the stream and lose them, and the exec-server would take the end for
     /// a broken link).
-    pub from_peer: bool,
+    pub(crate) from_peer: bool,
     /// This relay's place on the session's path, told on its timings: 0
     /// the client's relay, 1 the relay a session was forwarded to.
-    pub path_hop: u32,
+    pub(crate) path_hop: u32,
 }
 
 /// How long a session forwarded to another relay waits for that relay to
 /// end its stream once the client's side has ended.
-pub const PEER_DRAIN: Duration = Duration::from_secs(5);
+const PEER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Totals for one direction of a finished session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PumpStats {
+pub(crate) struct PumpStats {
     /// Frames forwarded.
-    pub frames: u64,
+    pub(crate) frames: u64,
     /// Payload bytes forwarded.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// How a pump ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PumpEnd {
+pub(crate) enum PumpEnd {
     /// The source ended its stream.
     SourceClosed,
     /// The source's stream failed (peer gone).
@@ -175,7 +175,7 @@ pub enum PumpEnd {
 /// protocol, an idle session, no handshake in time); `None` when a peer
 /// ended it (closed, or went away: a CLI leaves once its close is sent,
 /// without waiting) or the other half ended first.
-pub fn error_type(end: PumpEnd) -> Option<&'static str> {
+pub(crate) fn error_type(end: PumpEnd) -> Option<&'static str> {
     match end {
         PumpEnd::SourceClosed
         | PumpEnd::SourceFailed
@@ -189,19 +189,19 @@ pub fn error_type(end: PumpEnd) -> Option<&'static str> {
 
 /// Shared state of one spliced session.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     started: Instant,
     last_activity_ms: AtomicU64,
     /// Forwards toward the exec-server not yet told to the client (the
     /// newest [`RELAY_HOP_TIMINGS`] - 1; the client's frame carries its own).
     to_tell: std::sync::Mutex<std::collections::VecDeque<HopTiming>>,
     /// Cancelled when either pump ends; also a child of the relay's shutdown.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
 }
 
 impl Session {
     /// A new session whose cancellation follows `parent`.
-    pub fn new(parent: &CancellationToken) -> Arc<Self> {
+    pub(crate) fn new(parent: &CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
@@ -373,7 +373,7 @@ async fn drain(from: &mut Streaming<Frame>, within: Duration) {
 /// frame is (`None`: it breaks the protocol) and, with a hop header,
 /// traced as one (`relay.forward`), its timing kept to tell the client.
 /// Call [`FirstForward::sent`] once it has been handed on.
-pub fn first_frame(
+pub(crate) fn first_frame(
     frame: Frame,
     session: &Session,
     limits: &SpliceLimits,
@@ -402,14 +402,14 @@ pub fn first_frame(
 }
 
 /// The forward of message 1 ([`first_frame`]), ended once it was handed on.
-pub struct FirstForward {
+pub(crate) struct FirstForward {
     forward: Option<Forward>,
     ready: SystemTime,
 }
 
 impl FirstForward {
     /// It was handed on (`delivered`), or the exec-server was gone.
-    pub fn sent(self, delivered: bool) {
+    pub(crate) fn sent(self, delivered: bool) {
         if let Some(mut f) = self.forward {
             if !delivered {
                 f.span
@@ -424,7 +424,7 @@ impl FirstForward {
 /// `startup` is the session's place among the unauthenticated ones: the
 /// pump toward the client gives it back once the exec-server's first frame
 /// (its handshake answer) has passed.
-pub async fn pump(
+pub(crate) async fn pump(
     mut from: Streaming<Frame>,
     to: Outbound,
     dir: Direction,

@@ -51,22 +51,19 @@ impl TestRelay {
         ttl: std::time::Duration,
         fleet_secret: &[u8],
     ) -> Result<Self> {
-        config.fleet = Some(relay::config::FleetConfig {
-            fleet: std::sync::Arc::new(relay::fleet::Fleet::from_secret(fleet_secret)),
-            peer_tls: proto::tls::TlsSettings::default(),
-            max_forwarded: 4096,
-        });
+        config.fleet = Some(relay::config::FleetConfig::new(std::sync::Arc::new(
+            relay::fleet::Fleet::from_secret(fleet_secret),
+        )));
         let listener = bind_loopback().await?;
         let addr = listener
             .local_addr()
             .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;
-        config.directory = Some(relay::directory::DirectoryConfig {
-            endpoints: vec![etcd_url.to_owned()],
-            prefix: relay::directory::DEFAULT_PREFIX.to_owned(),
-            ttl,
-            advertise: format!("http://{addr}"),
-            tls: proto::tls::TlsSettings::default(),
-        });
+        let mut directory = relay::directory::DirectoryConfig::new(
+            vec![etcd_url.to_owned()],
+            format!("http://{addr}"),
+        );
+        directory.ttl = ttl;
+        config.directory = Some(directory);
         Self::serve_on(listener, config)
     }
 

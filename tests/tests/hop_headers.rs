@@ -13,12 +13,9 @@ use telemetry::spans;
 
 async fn run_once(hop_headers: bool, exporter: &InMemorySpanExporter) -> Vec<SpanData> {
     exporter.reset();
-    let relay = TestRelay::start_with(relay::RelayConfig {
-        hop_headers,
-        ..relay::RelayConfig::default()
-    })
-    .await
-    .unwrap();
+    let mut config = relay::RelayConfig::default();
+    config.hop_headers = hop_headers;
+    let relay = TestRelay::start_with(config).await.unwrap();
     let client_key = StaticKeypair::generate().unwrap();
     let server = TestServer::start(Some(relay.url()), false, &[&client_key])
         .await

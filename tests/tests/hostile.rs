@@ -518,10 +518,8 @@ async fn throwaway_registrations(
 async fn a_full_registration_table_cannot_keep_a_real_exec_server_out() {
     // A small table, and room for the attacker to fill it fast: 20
     // registrations, from the real exec-server's own address.
-    let mut config = relay::RelayConfig {
-        max_registrations: 20,
-        ..relay::RelayConfig::default()
-    };
+    let mut config = relay::RelayConfig::default();
+    config.max_registrations = 20;
     config.registrations.rate_per_source = 1000.0;
     config.registrations.burst_per_source = 1000.0;
     let relay = TestRelay::start_with(config).await.unwrap();
@@ -644,11 +642,9 @@ async fn clients_that_stop_reading_cannot_grow_the_relay() {
     const SESSION_BUFFER: usize = 64 * 1024;
     const BUDGET: usize = 256 * 1024;
     const STALLED: usize = 6;
-    let config = relay::RelayConfig {
-        session_buffer: SESSION_BUFFER,
-        max_buffered: BUDGET,
-        ..relay::RelayConfig::default()
-    };
+    let mut config = relay::RelayConfig::default();
+    config.session_buffer = SESSION_BUFFER;
+    config.max_buffered = BUDGET;
     let relay = TestRelay::start_with(config).await.unwrap();
     let client_key = StaticKeypair::generate().unwrap();
     let server = TestServer::start(Some(relay.url()), false, &[&client_key])

@@ -243,10 +243,8 @@ async fn the_library_tells_tls_failures_apart() {
     let dir = tempfile::tempdir().unwrap();
     let certs = binaries::tls_init(&dir.path().join("tls"), &["localhost"]).unwrap();
     let ca = rex_client::TlsSettings::from_ca_file(&certs.ca).unwrap();
-    let config = relay::RelayConfig {
-        tls: Some(proto::tls::ServerTls::from_files(&certs.cert, &certs.key).unwrap()),
-        ..relay::RelayConfig::default()
-    };
+    let mut config = relay::RelayConfig::default();
+    config.tls = Some(proto::tls::ServerTls::from_files(&certs.cert, &certs.key).unwrap());
     let relay = TestRelay::start_with(config).await.unwrap();
     let port = relay.addr.port();
     let client_key = StaticKeypair::generate().unwrap();

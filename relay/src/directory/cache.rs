@@ -8,11 +8,11 @@ use super::entry::{Entry, server_of};
 
 /// Most entries kept (a bound on what a store's contents can make the relay
 /// hold); entries past it are skipped and counted.
-pub const MAX_ENTRIES: usize = 1 << 20;
+const MAX_ENTRIES: usize = 1 << 20;
 
 /// What changed in the store, as the watch (or a snapshot) tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// A key was written with this value.
     Put {
         /// The key.
@@ -29,7 +29,7 @@ pub enum Change {
 
 /// The directory as last seen.
 #[derive(Debug)]
-pub struct Cache {
+pub(crate) struct Cache {
     servers: String,
     routes: HashMap<String, Entry>,
     /// Entries that did not parse or did not fit, since the start.
@@ -40,7 +40,7 @@ pub struct Cache {
 
 impl Cache {
     /// An empty cache of the entries under `servers` (the servers prefix).
-    pub fn new(servers: String) -> Self {
+    pub(crate) fn new(servers: String) -> Self {
         Self {
             servers,
             routes: HashMap::new(),
@@ -51,7 +51,7 @@ impl Cache {
 
     /// Replaces everything with a snapshot taken at `revision` (after a
     /// start, a reconnect or a compaction the watch could not follow).
-    pub fn replace(
+    pub(crate) fn replace(
         &mut self,
         revision: i64,
         snapshot: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
@@ -64,7 +64,7 @@ impl Cache {
     }
 
     /// Applies changes the watch reported at `revision`.
-    pub fn apply(&mut self, revision: i64, changes: impl IntoIterator<Item = Change>) {
+    pub(crate) fn apply(&mut self, revision: i64, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
             match change {
                 Change::Put { key, value } => self.put(&key, &value),
@@ -97,22 +97,22 @@ impl Cache {
     }
 
     /// Where `server_id`'s registration is held, if the directory says.
-    pub fn get(&self, server_id: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, server_id: &str) -> Option<&Entry> {
         self.routes.get(server_id)
     }
 
     /// Entries held.
-    pub fn entries(&self) -> usize {
+    pub(crate) fn entries(&self) -> usize {
         self.routes.len()
     }
 
     /// Entries skipped (not parsing, or over the bound) since the start.
-    pub fn skipped(&self) -> u64 {
+    pub(crate) fn skipped(&self) -> u64 {
         self.skipped
     }
 
     /// The revision the cache is current to.
-    pub fn revision(&self) -> i64 {
+    pub(crate) fn revision(&self) -> i64 {
         self.revision
     }
 }

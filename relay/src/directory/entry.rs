@@ -11,7 +11,7 @@
 use proto::routing::is_server_id;
 
 /// Longest value accepted (a URL and a timestamp need far less).
-pub const MAX_VALUE: usize = 1024;
+const MAX_VALUE: usize = 1024;
 /// Longest relay URL accepted.
 const MAX_URL: usize = 512;
 
@@ -21,16 +21,17 @@ pub struct Entry {
     /// The holding relay's forwarding address (`http://` or `https://`).
     pub relay: String,
     /// When the registration was accepted (RFC 3339, UTC).
-    pub registered_at: jiff::Timestamp,
+    pub(crate) registered_at: jiff::Timestamp,
 }
 
 /// Why a key or value is not a directory entry.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EntryError {
     /// The key is not `<prefix>/servers/<server id>`.
     #[error("not a server key of this directory")]
     Key,
-    /// The value is longer than [`MAX_VALUE`].
+    /// The value is longer than an entry may be.
     #[error("value of {0} bytes (at most {MAX_VALUE})")]
     TooLong(usize),
     /// The value is not the JSON of an entry.

@@ -30,13 +30,13 @@ pub(crate) use pb::{WatchResponse, event::EventType};
 /// Keys read per page of a snapshot.
 const PAGE: i64 = 1000;
 /// Most operations in one transaction (etcd's default `--max-txn-ops`).
-pub const MAX_TXN_OPS: usize = 128;
+pub(crate) const MAX_TXN_OPS: usize = 128;
 /// Largest response accepted (a page of entries is far less).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Why a call to the store failed.
 #[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
+pub(crate) enum EtcdError {
     /// No endpoint could be reached.
     #[error("cannot reach etcd at {endpoints}: {why}")]
     Unreachable {
@@ -73,7 +73,7 @@ pub enum EtcdError {
 
 /// A connection to one reachable etcd endpoint.
 #[derive(Clone)]
-pub struct Etcd {
+pub(crate) struct Etcd {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
     watch: WatchClient<Channel>,
@@ -81,14 +81,14 @@ pub struct Etcd {
 }
 
 /// A live keep-alive of one lease: send on `tx`, answers on `rx`.
-pub struct KeepAlive {
+pub(crate) struct KeepAlive {
     tx: mpsc::Sender<LeaseKeepAliveRequest>,
     rx: Streaming<pb::LeaseKeepAliveResponse>,
     id: i64,
 }
 
 /// A live watch of a prefix.
-pub struct Watch {
+pub(crate) struct Watch {
     // Dropping it ends the request stream, which cancels the watch.
     _tx: mpsc::Sender<WatchRequest>,
     rx: Streaming<WatchResponse>,
@@ -122,7 +122,7 @@ async fn bounded<T>(
 impl Etcd {
     /// Connects to the first endpoint that answers (each within
     /// `timeout`, which also bounds every later call).
-    pub async fn connect(
+    pub(crate) async fn connect(
         endpoints: &[String],
         tls: &proto::tls::TlsSettings,
         timeout: Duration,
@@ -152,7 +152,7 @@ impl Etcd {
     }
 
     /// A new lease of `ttl`; its id.
-    pub async fn grant(&mut self, ttl: Duration) -> Result<i64, EtcdError> {
+    pub(crate) async fn grant(&mut self, ttl: Duration) -> Result<i64, EtcdError> {
         let request = LeaseGrantRequest {
             ttl: i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
             id: 0,
@@ -165,7 +165,7 @@ impl Etcd {
     }
 
     /// Revokes a lease: its keys go at once.
-    pub async fn revoke(&mut self, id: i64) -> Result<(), EtcdError> {
+    pub(crate) async fn revoke(&mut self, id: i64) -> Result<(), EtcdError> {
         let request = LeaseRevokeRequest { id };
         bounded(
             "lease revoke",
@@ -177,7 +177,7 @@ impl Etcd {
     }
 
     /// Opens the keep-alive stream of lease `id`.
-    pub async fn keep_alive(&mut self, id: i64) -> Result<KeepAlive, EtcdError> {
+    pub(crate) async fn keep_alive(&mut self, id: i64) -> Result<KeepAlive, EtcdError> {
         let (tx, requests) = mpsc::channel(1);
         // The store answers the call once it has a request to answer.
         tx.try_send(LeaseKeepAliveRequest { id })
@@ -193,7 +193,7 @@ impl Etcd {
 
     /// Writes every one of `entries` (key, value; no key twice) under lease
     /// `lease`, in one transaction: at most [`MAX_TXN_OPS`].
-    pub async fn put_all(
+    pub(crate) async fn put_all(
         &mut self,
         entries: Vec<(String, Vec<u8>)>,
         lease: i64,
@@ -220,7 +220,11 @@ impl Etcd {
 
     /// Deletes `key` only if it is held under `lease` (another relay may
     /// have written it since); whether it was.
-    pub async fn delete_if_leased(&mut self, key: &str, lease: i64) -> Result<bool, EtcdError> {
+    pub(crate) async fn delete_if_leased(
+        &mut self,
+        key: &str,
+        lease: i64,
+    ) -> Result<bool, EtcdError> {
         let key = key.as_bytes().to_vec();
         let request = TxnRequest {
             compare: vec![Compare {
@@ -246,7 +250,7 @@ impl Etcd {
 
     /// Every key under `prefix` with its value, read page by page at one
     /// revision; and that revision.
-    pub async fn snapshot(
+    pub(crate) async fn snapshot(
         &mut self,
         prefix: &str,
     ) -> Result<(i64, Vec<(Vec<u8>, Vec<u8>)>), EtcdError> {
@@ -279,7 +283,11 @@ impl Etcd {
     }
 
     /// Watches every key under `prefix` from `start_revision` on.
-    pub async fn watch(&mut self, prefix: &str, start_revision: i64) -> Result<Watch, EtcdError> {
+    pub(crate) async fn watch(
+        &mut self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<Watch, EtcdError> {
         let (tx, requests) = mpsc::channel(1);
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -304,7 +312,7 @@ impl Etcd {
 
 impl KeepAlive {
     /// Asks for the lease to be renewed.
-    pub async fn renew(&self) -> Result<(), EtcdError> {
+    pub(crate) async fn renew(&self) -> Result<(), EtcdError> {
         self.tx
             .send(LeaseKeepAliveRequest { id: self.id })
             .await
@@ -312,7 +320,7 @@ impl KeepAlive {
     }
 
     /// The next answer: `Ok` while the lease lives.
-    pub async fn answer(&mut self) -> Result<(), EtcdError> {
+    pub(crate) async fn answer(&mut self) -> Result<(), EtcdError> {
         match self.rx.message().await {
             Ok(Some(a)) if a.ttl > 0 => Ok(()),
             Ok(Some(_)) => Err(EtcdError::LeaseLost),
@@ -327,7 +335,7 @@ impl KeepAlive {
 
 impl Watch {
     /// The next batch of events (or notice).
-    pub async fn next(&mut self) -> Result<WatchResponse, EtcdError> {
+    pub(crate) async fn next(&mut self) -> Result<WatchResponse, EtcdError> {
         match self.rx.message().await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(EtcdError::Ended("watch")),

@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 use cache::{Cache, Change};
 use dirty::Dirty;
-pub use entry::Entry;
-pub use etcd::EtcdError;
+use entry::Entry;
+pub(crate) use etcd::EtcdError;
 use etcd::{Etcd, EventType};
 
 /// The key prefix when none is set.
@@ -56,9 +56,10 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_
 
 /// Where the directory is and how this relay appears in it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DirectoryConfig {
     /// etcd v3 endpoints (`http://host:port` or `https://host:port`).
-    pub endpoints: Vec<String>,
+    endpoints: Vec<String>,
     /// Prefix of every key (entries are under `<prefix>/servers/`).
     pub prefix: String,
     /// Time to live of the relay's lease.
@@ -69,8 +70,25 @@ pub struct DirectoryConfig {
     pub tls: proto::tls::TlsSettings,
 }
 
+impl DirectoryConfig {
+    /// The directory at the etcd `endpoints`, where other relays reach this
+    /// one at `advertise`: keys under [`DEFAULT_PREFIX`], a lease of
+    /// [`DEFAULT_TTL`], `https://` endpoints checked against the system's
+    /// roots.
+    pub fn new(endpoints: Vec<String>, advertise: String) -> Self {
+        Self {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            ttl: DEFAULT_TTL,
+            advertise,
+            tls: proto::tls::TlsSettings::default(),
+        }
+    }
+}
+
 /// What the directory has done, for tests and operators.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DirectoryStats {
     /// Whether the store is reachable and the relay's lease alive.
     pub connected: bool,
@@ -124,7 +142,7 @@ struct Held {
 /// An entry this relay keeps in the directory while it lives: dropping it
 /// deletes the entry (unless a newer registration of the same server took
 /// its place meanwhile).
-pub struct Published {
+pub(crate) struct Published {
     inner: Arc<Inner>,
     server_id: String,
     generation: u64,
@@ -163,7 +181,7 @@ impl Inner {
 
 impl Directory {
     /// A directory handle; nothing is read or written until [`Self::run`].
-    pub fn new(config: DirectoryConfig) -> Self {
+    pub(crate) fn new(config: DirectoryConfig) -> Self {
         let servers = entry::servers_prefix(&config.prefix);
         Self {
             inner: Arc::new(Inner {
@@ -180,14 +198,9 @@ impl Directory {
         }
     }
 
-    /// The address other relays dial to reach this one.
-    pub fn advertise(&self) -> &str {
-        &self.inner.config.advertise
-    }
-
     /// Says in the directory that `server_id` is registered here, until the
     /// returned guard is dropped.
-    pub fn publish(&self, server_id: &str) -> Published {
+    pub(crate) fn publish(&self, server_id: &str) -> Published {
         let mut local = self.inner.lock_local();
         local.next += 1;
         let generation = local.next;
@@ -236,7 +249,7 @@ impl Directory {
     /// local copy in line with the directory, reconnecting when the store
     /// goes away, until `stop` is cancelled; then revokes the lease (this
     /// relay's entries go at once).
-    pub async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(self, stop: CancellationToken) {
         let mut wait = RETRY.0;
         let mut down_since: Option<String> = None;
         loop {
