@@ -13,6 +13,7 @@ use crate::keys::LiveKeys;
 
 /// How an exec-server holds the relays it is given.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RelayMode {
     /// A registration with every relay, each kept alive on its own:
     /// clients reach the exec-server through any of them.
@@ -27,12 +28,13 @@ pub enum RelayMode {
 
 /// Settings for one exec-server.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExecServerConfig {
     /// The exec-server's static key.
     pub key: StaticKeypair,
     /// Client keys allowed to open sessions (kept in step with their
     /// file, if they come from one).
-    pub keys: Arc<LiveKeys>,
+    pub(crate) keys: Arc<LiveKeys>,
     /// Relays to register with (`http://host:port`, or `https://…` for
     /// TLS): with every one, each registration kept alive on its own, so
     /// that clients reach the exec-server through any of them.
@@ -52,16 +54,16 @@ pub struct ExecServerConfig {
     /// Most concurrent processes per session.
     pub max_processes_per_session: usize,
     /// How long a client has to complete its handshake.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// After a process exits, how long to keep draining output that
     /// descendants still write to its pipes.
-    pub exit_drain: Duration,
+    pub(crate) exit_drain: Duration,
     /// Working directory for commands that do not name one.
     pub default_cwd: Option<PathBuf>,
     /// Grace period for in-flight commands at shutdown.
     pub shutdown_grace: Duration,
     /// Longest wait between relay reconnection attempts.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// Where process records go (off the hot path), if anywhere.
     pub metadata: Option<metadata::Persister>,
     /// The direct listener's connections: how many, per source, and the
@@ -75,7 +77,7 @@ pub struct ExecServerConfig {
     /// newer registration of this key took over.
     pub replaced_backoff: Duration,
     /// Give each command a cgroup v2 of its own where the exec-server can
-    /// make one (see [`crate::contain`]); on by default.
+    /// make one (see the `contain` module); on by default.
     pub cgroups: bool,
     /// Which of the exec-server's own variables its commands get (the
     /// default allow-list and `--pass-env`; never `REX_*` or `OTEL_*`).
@@ -145,13 +147,13 @@ pub const DEFAULT_OUTPUT_WINDOW_MAX: u32 = 32 * 1024 * 1024;
 pub const DEFAULT_STDIN_WINDOW_MAX: u32 = 16 * 1024 * 1024;
 
 /// Default [`ExecServerConfig::replay_window`].
-pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(120);
+const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(120);
 
 /// Default [`ExecServerConfig::idle_timeout`].
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Default [`ExecServerConfig::resume_grace`].
-pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(60);
+const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(60);
 
 /// Default [`ExecServerConfig::resume_buffer`]: 4 MiB.
 pub const DEFAULT_RESUME_BUFFER: u32 = 4 * 1024 * 1024;

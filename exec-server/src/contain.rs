@@ -72,7 +72,7 @@ fn spawner() -> Option<&'static mpsc::Sender<Job>> {
 
 /// Why a command could not be started contained.
 #[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
+pub(crate) enum SpawnError {
     /// The spawn itself failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -98,7 +98,7 @@ struct Cgroups {
 
 /// Containment for one exec-server's commands.
 #[derive(Debug)]
-pub struct Containment {
+pub(crate) struct Containment {
     cgroups: Option<Cgroups>,
 }
 
@@ -106,7 +106,7 @@ impl Containment {
     /// Sets up containment: the commands' cgroup where cgroup v2 allows
     /// one, with its guard. Says (once, in the log) which containment
     /// applies.
-    pub fn setup() -> Arc<Self> {
+    pub(crate) fn setup() -> Arc<Self> {
         let cgroups = match Cgroups::create() {
             Ok(c) => {
                 tracing::info!(cgroup = %c.base.display(), "each command runs in a cgroup of its own, killed when it ends");
@@ -124,12 +124,13 @@ impl Containment {
     }
 
     /// No cgroups: the process group and the death signal only.
-    pub fn without_cgroups() -> Arc<Self> {
+    pub(crate) fn without_cgroups() -> Arc<Self> {
         Arc::new(Self { cgroups: None })
     }
 
     /// Whether commands get a cgroup of their own.
-    pub fn has_cgroups(&self) -> bool {
+    #[cfg(test)]
+    fn has_cgroups(&self) -> bool {
         self.cgroups.is_some()
     }
 
@@ -139,7 +140,7 @@ impl Containment {
     /// user side of a pseudo-terminal), the child starts a new session
     /// with it as its controlling terminal; `cmd` must then not ask for a
     /// process group of its own (the session's is one).
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         self: &Arc<Self>,
         cmd: Command,
         terminal: Option<OwnedFd>,
@@ -179,14 +180,15 @@ impl Containment {
 
 /// A command's cgroup (if it has one): killed and removed when dropped.
 #[derive(Debug)]
-pub struct CommandGroup {
+pub(crate) struct CommandGroup {
     dir: Option<PathBuf>,
     owner: Arc<Containment>,
 }
 
 impl CommandGroup {
     /// The cgroup's directory, if the command has one.
-    pub fn dir(&self) -> Option<&Path> {
+    #[cfg(test)]
+    fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }
 }

@@ -4,7 +4,7 @@
 //! back to. A caller that stops reading so stops its own process's reads,
 //! and nothing else.
 //!
-//! While a session's link is down ([`Retention`]), what its processes may
+//! While a session's link is down (`Retention`), what its processes may
 //! still read is bounded twice more: per session and exec-server-wide.
 //! Every reservation is then also charged to both, and a process whose
 //! charge does not fit waits (it stops reading its pipes, so it blocks on
@@ -30,7 +30,7 @@ pub const CHUNK_CREDIT: u64 = MAX_CHUNK as u64 + EVENT_COST;
 /// Bytes of output retained for sessions whose link is down, against a
 /// bound: the exec-server's total.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     limit: u64,
     used: Mutex<u64>,
     freed: Notify,
@@ -38,7 +38,7 @@ pub struct Budget {
 
 impl Budget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: u64) -> Arc<Self> {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
         Arc::new(Self {
             limit,
             used: Mutex::new(0),
@@ -76,12 +76,12 @@ impl Budget {
     }
 
     /// Bytes charged now.
-    pub fn used(&self) -> u64 {
+    fn used(&self) -> u64 {
         *self.lock()
     }
 
     /// The bound.
-    pub fn limit(&self) -> u64 {
+    fn limit(&self) -> u64 {
         self.limit
     }
 }
@@ -92,7 +92,7 @@ impl Budget {
 /// when the session is resumed (its client acknowledges the output as
 /// usual from then on) or ends.
 #[derive(Debug)]
-pub struct Retention {
+pub(crate) struct Retention {
     session_limit: u64,
     total: Arc<Budget>,
     state: Mutex<Held>,
@@ -121,7 +121,7 @@ struct Charge {
 impl Retention {
     /// A session's retention: `session_limit` bytes for the session, and
     /// the exec-server's `total`.
-    pub fn new(session_limit: u64, total: Arc<Budget>) -> Arc<Self> {
+    pub(crate) fn new(session_limit: u64, total: Arc<Budget>) -> Arc<Self> {
         Arc::new(Self {
             session_limit,
             total,
@@ -137,7 +137,7 @@ impl Retention {
     /// The session's link broke with `retained` bytes of output already
     /// held (sent and unacknowledged, queued, or reserved): they are
     /// charged at once, and every reservation from now on too.
-    pub fn detach(&self, retained: u64) {
+    pub(crate) fn detach(&self, retained: u64) {
         let mut held = self.lock();
         if held.detached {
             return;
@@ -151,7 +151,7 @@ impl Retention {
 
     /// The session has a link again (or is over): everything charged is
     /// given back and processes waiting on a bound go on.
-    pub fn attach(&self) {
+    pub(crate) fn attach(&self) {
         {
             let mut held = self.lock();
             if held.detached {
@@ -164,7 +164,8 @@ impl Retention {
     }
 
     /// Bytes charged to the session now.
-    pub fn charged(&self) -> u64 {
+    #[cfg(test)]
+    fn charged(&self) -> u64 {
         self.lock().charged
     }
 
@@ -257,7 +258,7 @@ impl Drop for Pending<'_> {
 impl Credit {
     /// Credit of `window` (0: no limit), charged to `retention` while its
     /// session's link is down.
-    pub fn new(window: u32, retention: Option<Arc<Retention>>) -> Self {
+    pub(crate) fn new(window: u32, retention: Option<Arc<Retention>>) -> Self {
         Self {
             window: (window != 0).then(|| Arc::new(Semaphore::new(window as usize))),
             size: Arc::new(AtomicU64::new(u64::from(window))),
@@ -270,7 +271,12 @@ impl Credit {
     /// `key` until acknowledged. `window` is the call's output window
     /// (its client acknowledges once a quarter of it has been taken).
     #[must_use]
-    pub fn charged_to(mut self, budget: Arc<Unacked>, key: Option<PublicKey>, window: u32) -> Self {
+    pub(crate) fn charged_to(
+        mut self,
+        budget: Arc<Unacked>,
+        key: Option<PublicKey>,
+        window: u32,
+    ) -> Self {
         let floor = u64::from(window) / 4 + CHUNK_CREDIT;
         self.unacked = Some(Arc::new(budget.share(key, floor)));
         self
@@ -288,7 +294,7 @@ impl Credit {
 
     /// Waits until `amount` is free and takes it. Cancel-safe: nothing is
     /// taken unless it returns.
-    pub async fn reserve(&self, amount: u64) -> Reserved {
+    pub(crate) async fn reserve(&self, amount: u64) -> Reserved {
         let n = u32::try_from(amount).unwrap_or(u32::MAX);
         // The semaphore is never closed: acquiring only waits.
         let permit = match &self.window {
@@ -323,7 +329,7 @@ impl Credit {
 
     /// The call has ended: its floor of the exec-server's budget is no
     /// longer set aside (what it holds stays charged until acknowledged).
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(share) = &self.unacked {
             share.finish();
         }
@@ -331,7 +337,7 @@ impl Credit {
 
     /// Gives back `amount` (acknowledged by the client, or reserved and
     /// not spent).
-    pub fn release(&self, amount: u64) {
+    pub(crate) fn release(&self, amount: u64) {
         if let Some(window) = &self.window {
             window.add_permits(usize::try_from(amount).unwrap_or(usize::MAX));
         }
@@ -342,7 +348,7 @@ impl Credit {
 
     /// The client widened the call's window to `window`: the difference is
     /// free at once (a narrower one changes nothing).
-    pub fn widen(&self, window: u32) {
+    pub(crate) fn widen(&self, window: u32) {
         let Some(semaphore) = &self.window else {
             return;
         };
@@ -354,14 +360,14 @@ impl Credit {
     }
 
     /// The window's size now (`None`: no window).
-    pub fn window(&self) -> Option<u64> {
+    pub(crate) fn window(&self) -> Option<u64> {
         self.window
             .as_ref()
             .map(|_| self.size.load(Ordering::Acquire))
     }
 
     /// Credit free now (the window when nothing is in flight).
-    pub fn available(&self) -> Option<u64> {
+    pub(crate) fn available(&self) -> Option<u64> {
         self.window.as_ref().map(|w| w.available_permits() as u64)
     }
 }
@@ -369,7 +375,7 @@ impl Credit {
 /// Credit taken for one event not yet sent.
 #[derive(Debug)]
 #[must_use = "reserved credit is spent on an event or given back"]
-pub struct Reserved {
+pub(crate) struct Reserved {
     credit: Credit,
     amount: u64,
     charge: Charge,
@@ -377,7 +383,7 @@ pub struct Reserved {
 
 impl Reserved {
     /// The event costs `cost`: the rest of the reservation goes back.
-    pub fn spend(self, cost: u64) {
+    pub(crate) fn spend(self, cost: u64) {
         self.credit.release(self.amount.saturating_sub(cost));
         if let Some(r) = &self.credit.retention {
             r.refund(self.charge, cost);

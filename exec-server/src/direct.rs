@@ -25,7 +25,7 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'st
 
 /// Direct tunnel service.
 #[derive(Clone)]
-pub struct DirectTunnel {
+pub(crate) struct DirectTunnel {
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
     connections: Arc<Connections>,
@@ -34,7 +34,7 @@ pub struct DirectTunnel {
 impl DirectTunnel {
     /// A direct tunnel for this exec-server, whose listener holds
     /// `connections`.
-    pub fn new(
+    pub(crate) fn new(
         ctx: Arc<ServerContext>,
         shutdown: CancellationToken,
         connections: Arc<Connections>,

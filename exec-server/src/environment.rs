@@ -3,7 +3,7 @@
 //! A command gets, in this order (later settings of a name replace
 //! earlier ones):
 //! 1. the exec-server's own variables whose names are on the allow-list
-//!    ([`DEFAULT_PASSED`] plus the operator's additions, `--pass-env`),
+//!    (`DEFAULT_PASSED` plus the operator's additions, `--pass-env`),
 //!    unless the request asks for an empty environment;
 //! 2. what a login sets, for a call that asks for the login shell;
 //! 3. the request's variables (as the client key's options allow);
@@ -22,19 +22,20 @@ use std::sync::Arc;
 /// and as whom, the search path, the locale (`LC_*`: every `LC_`
 /// variable), the terminal type, the time zone and the directory for
 /// temporary files.
-pub const DEFAULT_PASSED: &[&str] = &[
+const DEFAULT_PASSED: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TERM", "TZ", "TMPDIR",
 ];
 
 /// Prefixes of names never passed on: the exec-server's own settings and
 /// telemetry settings.
-pub const NEVER_PASSED: &[&str] = &["REX_", "OTEL_"];
+const NEVER_PASSED: &[&str] = &["REX_", "OTEL_"];
 
 /// Most names and patterns on the allow-list.
-pub const MAX_PATTERNS: usize = 256;
+const MAX_PATTERNS: usize = 256;
 
 /// An allow-list addition that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PassEnvError {
     /// Empty, or holding `=`, a NUL or a `*` other than at its end.
     #[error("{0:?} is not a variable name (a name, or a prefix ending in *)")]
@@ -42,7 +43,7 @@ pub enum PassEnvError {
     /// A name the exec-server never passes on.
     #[error("{0} is never passed to commands (REX_* and OTEL_* are the exec-server's own)")]
     Reserved(String),
-    /// More than [`MAX_PATTERNS`].
+    /// More names and prefixes than an allow-list may hold.
     #[error("more than {MAX_PATTERNS} variables to pass on")]
     TooMany,
 }
@@ -91,7 +92,7 @@ impl PassEnv {
     }
 
     /// Whether a variable of this name is passed on.
-    pub fn passes(&self, name: &OsStr) -> bool {
+    fn passes(&self, name: &OsStr) -> bool {
         let name = name.as_bytes();
         if NEVER_PASSED.iter().any(|r| name.starts_with(r.as_bytes())) {
             return false;
@@ -103,7 +104,7 @@ impl PassEnv {
     }
 
     /// The variables of `vars` that are passed on, in their order.
-    pub fn select(
+    fn select(
         &self,
         vars: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Vec<(OsString, OsString)> {
@@ -111,13 +112,13 @@ impl PassEnv {
     }
 
     /// The exec-server's own variables that its commands get (read now).
-    pub fn from_process(&self) -> Inherited {
+    pub(crate) fn inherited(&self) -> Inherited {
         Arc::from(self.select(std::env::vars_os()))
     }
 }
 
 /// The exec-server's variables passed to every command, read once.
-pub type Inherited = Arc<[(OsString, OsString)]>;
+pub(crate) type Inherited = Arc<[(OsString, OsString)]>;
 
 #[cfg(test)]
 mod tests {

@@ -47,7 +47,7 @@ pub struct LiveKeys {
 
 impl LiveKeys {
     /// A set that never changes.
-    pub fn fixed(keys: AuthorizedKeys) -> Arc<Self> {
+    pub(crate) fn fixed(keys: AuthorizedKeys) -> Arc<Self> {
         Arc::new(Self {
             file: None,
             stamp: Mutex::new(None),
@@ -67,24 +67,19 @@ impl LiveKeys {
         }))
     }
 
-    /// The file, if the keys come from one.
-    pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
-    }
-
     /// The keys in force now (without looking at the file).
     pub fn snapshot(&self) -> Arc<AuthorizedKeys> {
         self.current.borrow().clone()
     }
 
     /// A watch that sees every new set.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<AuthorizedKeys>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<AuthorizedKeys>> {
         self.current.subscribe()
     }
 
     /// Re-reads the file if it changed since it was last read. Returns
     /// whether it was re-read.
-    pub fn refresh(&self) -> bool {
+    fn refresh(&self) -> bool {
         self.reread(false)
     }
 

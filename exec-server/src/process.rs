@@ -53,7 +53,7 @@ use crate::credit::{CHUNK_CREDIT, Credit, Reserved};
 use crate::pty;
 use crate::shell::LoginShell;
 use crate::spawn::{Child, Command, Stdio};
-use crate::stdin::StdinReceiver;
+pub use crate::stdin::StdinReceiver;
 
 /// The signal that ends a process group for good.
 const SIGKILL: i32 = NixSignal::SIGKILL as i32;
@@ -65,6 +65,7 @@ const SIGHUP: i32 = NixSignal::SIGHUP as i32;
 
 /// A control message for a running process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Control {
     /// Deliver a signal to the process group.
     Signal(i32),
@@ -75,30 +76,30 @@ pub enum Control {
 #[derive(Debug)]
 pub struct Outgoing {
     /// The call it belongs to.
-    pub call_id: u64,
+    pub(crate) call_id: u64,
     /// The event.
     pub kind: terminal_event::Kind,
     /// Whether this is the call's final event.
     pub last: bool,
     /// When it was queued (for the push's queue-residence total).
-    pub queued_at: Instant,
+    pub(crate) queued_at: Instant,
     /// With the final event: the process task's stages for the call's
     /// summary (empty otherwise).
-    pub stages: Timeline,
+    pub(crate) stages: Timeline,
 }
 
 /// Where a process task's spans hang.
 #[derive(Debug, Clone)]
 pub struct ProcessTrace {
     /// The dispatching call's context (parent of `rpc.server.queue`).
-    pub dispatch: Context,
+    pub(crate) dispatch: Context,
     /// `rpc.server.exec`'s context (parent of `process.spawn`/`process.run`).
-    pub exec: Context,
+    pub(crate) exec: Context,
     /// The id `process.run` gets (the child's `TRACEPARENT` names it);
     /// `SpanId::INVALID` when the provider cannot preset ids.
-    pub run_span_id: SpanId,
+    pub(crate) run_span_id: SpanId,
     /// When the request was queued for the task.
-    pub enqueued: SystemTime,
+    pub(crate) enqueued: SystemTime,
 }
 
 impl ProcessTrace {
@@ -172,30 +173,30 @@ pub struct ProcessIo {
 }
 
 /// Extra environment for the child (trace context).
-pub type ExtraEnv = Vec<(String, String)>;
+type ExtraEnv = Vec<(String, String)>;
 
 /// How a call's process is started.
 #[derive(Debug, Clone)]
 pub struct Launch {
     /// Working directory for a request that names none.
-    pub default_cwd: Option<PathBuf>,
+    pub(crate) default_cwd: Option<PathBuf>,
     /// The exec-server's variables the command gets (its allow-list's),
     /// unless the request asks for an empty environment.
-    pub inherited: crate::environment::Inherited,
+    pub(crate) inherited: crate::environment::Inherited,
     /// Extra environment (trace context), set by the exec-server.
-    pub extra_env: ExtraEnv,
+    pub(crate) extra_env: ExtraEnv,
     /// Which variables the client's key may set.
-    pub env_policy: EnvPolicy,
+    pub(crate) env_policy: EnvPolicy,
     /// After the process exits, how long descendants' output is drained.
-    pub exit_drain: Duration,
+    pub(crate) exit_drain: Duration,
     /// Death signal, process group and cgroup.
-    pub containment: Arc<Containment>,
+    pub(crate) containment: Arc<Containment>,
     /// Whether a command may have a terminal (`exec-server --no-tty`
     /// refuses them).
-    pub terminals: bool,
+    pub(crate) terminals: bool,
     /// The login shell for a request that asks for one, as read when the
     /// call started (None: the process task reads it).
-    pub login_shell: Option<LoginShell>,
+    pub(crate) login_shell: Option<LoginShell>,
 }
 
 impl Launch {
@@ -205,7 +206,7 @@ impl Launch {
     pub fn plain() -> Self {
         Self {
             default_cwd: None,
-            inherited: crate::environment::PassEnv::default().from_process(),
+            inherited: crate::environment::PassEnv::default().inherited(),
             extra_env: Vec::new(),
             env_policy: EnvPolicy::Any,
             exit_drain: Duration::from_secs(2),
@@ -272,7 +273,7 @@ fn exec_error(kind: ExecErrorKind, message: String) -> terminal_event::Kind {
 }
 
 /// Why a terminal request is refused on an exec-server run with `--no-tty`.
-pub const NO_TTY: &str =
+const NO_TTY: &str =
     "this exec-server gives commands no terminal (it runs with --no-tty): run without -t";
 
 /// The program the request runs, and its login shell if it asked for

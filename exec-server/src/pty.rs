@@ -30,7 +30,7 @@ const DEFAULT_EOF: u8 = 0x04;
 
 /// A pseudo-terminal pair, before the spawn.
 #[derive(Debug)]
-pub struct Pair {
+pub(crate) struct Pair {
     controller: OwnedFd,
     user: OwnedFd,
 }
@@ -47,7 +47,7 @@ fn winsize(rows: u16, cols: u16) -> Winsize {
 /// Opens a pseudo-terminal pair whose window is `rows` by `cols`. Fails
 /// when the system has no pseudo-terminal left (or this process no
 /// descriptor).
-pub fn open(rows: u16, cols: u16) -> io::Result<Pair> {
+pub(crate) fn open(rows: u16, cols: u16) -> io::Result<Pair> {
     let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
     let controller = openpt(flags)?;
     grantpt(&controller)?;
@@ -75,7 +75,7 @@ pub fn open(rows: u16, cols: u16) -> io::Result<Pair> {
 
 impl Pair {
     /// The child's stdin, stdout and stderr: the user side, three times.
-    pub fn stdio(&self) -> io::Result<[Stdio; 3]> {
+    pub(crate) fn stdio(&self) -> io::Result<[Stdio; 3]> {
         Ok([
             Stdio::Fd(self.user.try_clone()?),
             Stdio::Fd(self.user.try_clone()?),
@@ -84,14 +84,14 @@ impl Pair {
     }
 
     /// The descriptor the child makes its controlling terminal.
-    pub fn controlling(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn controlling(&self) -> io::Result<OwnedFd> {
         self.user.try_clone()
     }
 
     /// After the spawn: the user side is closed here (the child holds its
     /// own), and the controller side is handed to the runtime. Must be
     /// called within a Tokio runtime.
-    pub fn into_terminal(self) -> io::Result<Terminal> {
+    pub(crate) fn into_terminal(self) -> io::Result<Terminal> {
         let eof = tcgetattr(&self.user)
             .map(|t| t.special_codes[SpecialCodeIndex::VEOF])
             .ok()
@@ -120,7 +120,7 @@ fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 /// The controller side of a running process's terminal. Dropping every
 /// handle on it hangs the terminal up.
 #[derive(Debug)]
-pub struct Terminal {
+pub(crate) struct Terminal {
     fd: AsyncFd<OwnedFd>,
     /// The character that ends the input (VEOF).
     eof: u8,
@@ -129,7 +129,7 @@ pub struct Terminal {
 impl Terminal {
     /// Sets the window size; the terminal's foreground process group gets
     /// `SIGWINCH`.
-    pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+    pub(crate) fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
         Ok(tcsetwinsize(self.fd.get_ref(), winsize(rows, cols))?)
     }
 
@@ -184,7 +184,7 @@ fn write(fd: std::os::fd::BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
 
 /// Reads what the terminal shows (the process's stdout and stderr, merged).
 #[derive(Debug, Clone)]
-pub struct Reader(pub Arc<Terminal>);
+pub(crate) struct Reader(pub Arc<Terminal>);
 
 impl AsyncRead for Reader {
     fn poll_read(
@@ -200,14 +200,14 @@ impl AsyncRead for Reader {
 /// character once (as a person ending the input with Ctrl-D would): a
 /// terminal cannot be half-closed.
 #[derive(Debug)]
-pub struct Writer {
+pub(crate) struct Writer {
     terminal: Arc<Terminal>,
     ended: bool,
 }
 
 impl Writer {
     /// A writer into `terminal`.
-    pub fn new(terminal: Arc<Terminal>) -> Self {
+    pub(crate) fn new(terminal: Arc<Terminal>) -> Self {
         Self {
             terminal,
             ended: false,

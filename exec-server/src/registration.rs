@@ -28,11 +28,11 @@ use tracing::Instrument as _;
 use crate::session::{self, ServerContext};
 
 /// Frames queued toward the relay per session.
-pub const SESSION_QUEUE: usize = 32;
+pub(crate) const SESSION_QUEUE: usize = 32;
 
 /// A registration's halves (announced sessions arrive on the down half; it
 /// lasts while the up half is held) and its spare token, if any.
-pub type Registration = (
+type Registration = (
     mpsc::Sender<RegisterUp>,
     Streaming<RegisterDown>,
     Option<[u8; SPARE_TOKEN_LEN]>,
@@ -45,6 +45,7 @@ const SPARE_FAILURES: u32 = 5;
 
 /// Why one registration attempt ended.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The relay URL is not valid (or TLS cannot be set up for it).
     #[error("relay URL: {0}")]
@@ -120,7 +121,7 @@ fn registry_client(channel: Channel) -> RegistryClient<Channel> {
 /// each time a registration is lost or refused. With one URL, that relay
 /// is retried with backoff. `registered` is set to true while a
 /// registration is live.
-pub async fn run(
+pub(crate) async fn run(
     urls: Vec<String>,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
@@ -256,7 +257,7 @@ pub async fn register(
 
 /// [`register`], also returning the token with which this registration
 /// may keep spare streams at the relay (`None` if the relay keeps none).
-pub async fn register_with_spares(
+async fn register_with_spares(
     channel: &Channel,
     key: &StaticKeypair,
     route: &str,
@@ -386,7 +387,7 @@ async fn next(
 
 /// Opens this exec-server's half of the announced session `incoming` on
 /// `channel` (route `route`, the client link's trace context passed on):
-/// the frames toward the relay (bounded by [`SESSION_QUEUE`]) and the
+/// the frames toward the relay (a bounded queue) and the
 /// frames from it.
 pub async fn open_session(
     channel: Channel,

@@ -23,6 +23,7 @@ use crate::session::ServerContext;
 
 /// Why the exec-server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExecServerError {
     /// Neither a relay nor a listen address was given.
     #[error("nothing to do: give --relay URL, --listen ADDR, or both")]

@@ -2,7 +2,7 @@
 //! (`ExecRequest.login_shell`), as sshd starts one for a session without a
 //! command: the shell of the user the exec-server runs as, from the
 //! password database (`/bin/sh` when the entry names none, or there is no
-//! entry), started as a login shell (its argv[0] is its file name after a
+//! entry), started as a login shell (its `argv[0]` is its file name after a
 //! `-`), in that user's home directory, with `HOME`, `USER`, `LOGNAME`
 //! and `SHELL` set from the entry.
 
@@ -11,7 +11,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// The shell when the password database names none.
-pub const FALLBACK: &str = "/bin/sh";
+const FALLBACK: &str = "/bin/sh";
 
 /// The login shell of the user the exec-server runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +19,9 @@ pub struct LoginShell {
     /// The shell's path.
     pub path: PathBuf,
     /// The user's home directory, when the password database knows it.
-    pub home: Option<PathBuf>,
+    pub(crate) home: Option<PathBuf>,
     /// The user's name, when the password database knows it.
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
 }
 
 impl LoginShell {
@@ -62,7 +62,7 @@ impl LoginShell {
         proto::program::program_name(self.path.as_os_str().as_bytes())
     }
 
-    /// Its argv[0]: its file name after a `-` (`-bash`), which tells a
+    /// Its `argv[0]`: its file name after a `-` (`-bash`), which tells a
     /// shell it is a login shell.
     pub fn argv0(&self) -> OsString {
         let name = self
@@ -83,7 +83,7 @@ impl LoginShell {
 
     /// The variables a login sets: `HOME`, `USER`, `LOGNAME`, `SHELL`
     /// (those the entry knows).
-    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, OsString)> {
         let mut env = Vec::with_capacity(4);
         if let Some(home) = &self.home {
             env.push(("HOME", home.clone().into_os_string()));

@@ -55,7 +55,7 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// What one of the child's standard streams is.
 #[derive(Debug)]
-pub enum Stdio {
+pub(crate) enum Stdio {
     /// `/dev/null`.
     Null,
     /// A new pipe, whose other end the exec-server keeps.
@@ -67,7 +67,7 @@ pub enum Stdio {
 /// A program to start, with its arguments, environment, directory and
 /// standard streams.
 #[derive(Debug)]
-pub struct Command {
+pub(crate) struct Command {
     program: OsString,
     arg0: Option<OsString>,
     args: Vec<OsString>,
@@ -81,7 +81,7 @@ pub struct Command {
 impl Command {
     /// Runs `program` (found on the child's `PATH` unless it has a `/`),
     /// with the exec-server's environment, standard streams `/dev/null`.
-    pub fn new(program: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn new(program: impl AsRef<OsStr>) -> Self {
         Self {
             program: program.as_ref().to_owned(),
             arg0: None,
@@ -96,13 +96,13 @@ impl Command {
 
     /// The name the program sees as its `argv[0]` (the program's by
     /// default).
-    pub fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Self {
+    pub(crate) fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Self {
         self.arg0 = Some(arg0.as_ref().to_owned());
         self
     }
 
     /// Adds arguments.
-    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    pub(crate) fn args<I, S>(&mut self, args: I) -> &mut Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -113,46 +113,46 @@ impl Command {
     }
 
     /// Starts from an empty environment instead of the exec-server's.
-    pub fn env_clear(&mut self) -> &mut Self {
+    pub(crate) fn env_clear(&mut self) -> &mut Self {
         self.clear_env = true;
         self.env.clear();
         self
     }
 
     /// Sets a variable (a later setting of the same name wins).
-    pub fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+    pub(crate) fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
         self.env
             .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
     /// The directory the program starts in.
-    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
+    pub(crate) fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
         self.cwd = Some(dir.as_ref().to_owned());
         self
     }
 
     /// The standard input.
-    pub fn stdin(&mut self, s: Stdio) -> &mut Self {
+    pub(crate) fn stdin(&mut self, s: Stdio) -> &mut Self {
         self.stdio[0] = s;
         self
     }
 
     /// The standard output.
-    pub fn stdout(&mut self, s: Stdio) -> &mut Self {
+    pub(crate) fn stdout(&mut self, s: Stdio) -> &mut Self {
         self.stdio[1] = s;
         self
     }
 
     /// The standard error.
-    pub fn stderr(&mut self, s: Stdio) -> &mut Self {
+    pub(crate) fn stderr(&mut self, s: Stdio) -> &mut Self {
         self.stdio[2] = s;
         self
     }
 
     /// Whether the child starts a process group of its own (its pid is
     /// the group's id). A child given a terminal starts a session instead.
-    pub fn process_group(&mut self, own: bool) -> &mut Self {
+    pub(crate) fn process_group(&mut self, own: bool) -> &mut Self {
         self.group = own;
         self
     }
@@ -178,24 +178,24 @@ impl Command {
 /// Whether children given a cgroup are made in it by `clone3` (rather
 /// than moving themselves in, at the cost of a migration): true until the
 /// kernel has refused `clone3`.
-pub fn born_in_cgroups() -> bool {
+pub(crate) fn born_in_cgroups() -> bool {
     clone3::available()
 }
 
 /// How the child is contained, beyond its [`Command`].
 #[derive(Debug, Clone, Copy)]
-pub struct Placement<'a> {
+pub(crate) struct Placement<'a> {
     /// Its terminal: the child starts a new session with it as its
     /// controlling terminal.
-    pub terminal: Option<BorrowedFd<'a>>,
+    pub(crate) terminal: Option<BorrowedFd<'a>>,
     /// The directory of the cgroup it starts in (best effort: where it
     /// can be neither made there nor moved there, it runs outside).
-    pub cgroup: Option<BorrowedFd<'a>>,
+    pub(crate) cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// A started process, before the runtime takes its pipes.
 #[derive(Debug)]
-pub struct Started {
+pub(crate) struct Started {
     pid: libc::pid_t,
     pipes: [Option<OwnedFd>; 3],
 }
@@ -203,7 +203,7 @@ pub struct Started {
 impl Started {
     /// Hands the pipes to the runtime (must be called within one);
     /// `sigchld` must have been listening since before the start.
-    pub fn into_child(mut self, sigchld: Signal) -> io::Result<Child> {
+    pub(crate) fn into_child(mut self, sigchld: Signal) -> io::Result<Child> {
         let [stdin, stdout, stderr] = std::mem::take(&mut self.pipes);
         let pid = self.pid;
         // From here on the child's exit is `Child`'s to see.
@@ -231,31 +231,31 @@ impl Drop for Started {
 
 /// A running (or exited) child.
 #[derive(Debug)]
-pub struct Child {
+pub(crate) struct Child {
     pid: libc::pid_t,
     status: Option<ExitStatus>,
     sigchld: Signal,
     /// The exec-server's end of the child's stdin, if piped.
-    pub stdin: Option<pipe::Sender>,
+    pub(crate) stdin: Option<pipe::Sender>,
     /// The exec-server's end of the child's stdout, if piped.
-    pub stdout: Option<pipe::Receiver>,
+    pub(crate) stdout: Option<pipe::Receiver>,
     /// The exec-server's end of the child's stderr, if piped.
-    pub stderr: Option<pipe::Receiver>,
+    pub(crate) stderr: Option<pipe::Receiver>,
 }
 
 /// Listens for SIGCHLD: before a child starts, so that its exit is seen.
-pub fn listen_for_exits() -> io::Result<Signal> {
+pub(crate) fn listen_for_exits() -> io::Result<Signal> {
     signal(SignalKind::child())
 }
 
 impl Child {
     /// The process's id, until its exit has been seen.
-    pub fn id(&self) -> Option<u32> {
+    pub(crate) fn id(&self) -> Option<u32> {
         self.status.is_none().then(|| self.pid.unsigned_abs())
     }
 
     /// Waits for the process to exit (cancel-safe).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
             if let Some(s) = self.status {
                 return Ok(s);
@@ -494,7 +494,7 @@ fn streams(stdio: [Stdio; 3]) -> io::Result<([OwnedFd; 3], [Option<OwnedFd>; 3])
 
 /// Starts `cmd` from the calling thread, contained as `how` says. The
 /// child's death signal fires when this thread exits.
-pub fn start(cmd: Command, how: Placement<'_>) -> io::Result<Started> {
+pub(crate) fn start(cmd: Command, how: Placement<'_>) -> io::Result<Started> {
     reap_orphans();
     let plan = Plan::of(&cmd)?;
     let (theirs, ours) = streams(cmd.stdio)?;

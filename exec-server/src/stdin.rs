@@ -34,7 +34,7 @@ struct Shared {
 
 /// The session's end: it puts stdin in and reads back how much was taken.
 #[derive(Debug)]
-pub struct StdinSender {
+pub(crate) struct StdinSender {
     shared: Arc<Shared>,
 }
 
@@ -45,7 +45,7 @@ pub struct StdinReceiver {
 }
 
 /// A new pipe; `session` is woken whenever the writer takes something.
-pub fn pipe(session: Arc<Notify>) -> (StdinSender, StdinReceiver) {
+pub(crate) fn pipe(session: Arc<Notify>) -> (StdinSender, StdinReceiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         ready: Notify::new(),
@@ -69,14 +69,14 @@ impl Shared {
 
 impl StdinSender {
     /// Queues stdin for the process.
-    pub fn push(&self, data: Bytes) {
+    pub(crate) fn push(&self, data: Bytes) {
         self.shared.queue().chunks.push_back(data);
         self.shared.ready.notify_one();
     }
 
     /// Closes the stdin once everything queued has been written (the
     /// client closed it).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         {
             let mut q = self.shared.queue();
             q.closed = true;
@@ -86,7 +86,7 @@ impl StdinSender {
     }
 
     /// Bytes the process has taken so far, in all.
-    pub fn taken(&self) -> u64 {
+    pub(crate) fn taken(&self) -> u64 {
         self.shared.taken.load(Ordering::Acquire)
     }
 }
@@ -102,7 +102,7 @@ impl Drop for StdinSender {
 impl StdinReceiver {
     /// Everything queued, waiting until there is some; `None` once the
     /// stdin is closed and drained.
-    pub async fn next(&self) -> Option<Vec<Bytes>> {
+    pub(crate) async fn next(&self) -> Option<Vec<Bytes>> {
         loop {
             let ready = self.shared.ready.notified();
             {
@@ -120,13 +120,13 @@ impl StdinReceiver {
 
     /// Whether the stdin ended because the client closed it (rather than
     /// because the session went away).
-    pub fn closed_by_client(&self) -> bool {
+    pub(crate) fn closed_by_client(&self) -> bool {
         self.shared.queue().by_client
     }
 
     /// Reports `n` more bytes taken (written to the process, or dropped
     /// because it closed its stdin).
-    pub fn taken(&self, n: usize) {
+    pub(crate) fn taken(&self, n: usize) {
         self.shared.taken.fetch_add(n as u64, Ordering::Release);
         self.shared.session.notify_one();
     }

@@ -218,7 +218,7 @@ impl Drop for Share {
 
 impl Unacked {
     /// A budget of `total` bytes, `per_key` of them for one client key.
-    pub fn new(total: u64, per_key: u64) -> Arc<Self> {
+    pub(crate) fn new(total: u64, per_key: u64) -> Arc<Self> {
         Arc::new(Self {
             total,
             per_key,
@@ -266,16 +266,6 @@ impl Unacked {
     /// Reads that had to wait for room, in all.
     pub fn waits(&self) -> u64 {
         self.lock().waits
-    }
-
-    /// The total bound.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// The bound per client key.
-    pub fn per_key(&self) -> u64 {
-        self.per_key
     }
 }
 

@@ -32,7 +32,7 @@ use proto::driver::{Delivery, Driven, Endpoint, Wake, sleep_until};
 use proto::keys::{AuthorizedKeys, Origin, PublicKey};
 use proto::noise::{HandshakeError, ReplayGuard};
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
-use proto::pb::tunnel::{CloseReason, Frame};
+use proto::pb::tunnel::Frame;
 use proto::session::{
     Acceptor, Closed, KeySource, Mark, Now, Received, ServerEvent, ServerSession, SessionError,
     Stage as SessionStage,
@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use self::call::{Call, LastChunk};
-pub use self::park::Parked;
+pub(crate) use self::park::Parked;
 use self::park::{Handover, Inbound};
 use crate::config::ExecServerConfig;
 use crate::contain::Containment;
@@ -55,46 +55,46 @@ use crate::process::{Control, Outgoing};
 
 /// The authenticated close a session gets when its key is removed from
 /// the authorized keys (or no longer admitted from where it came).
-pub const KEY_REVOKED: &str = "the client key is no longer authorized on this exec-server";
+const KEY_REVOKED: &str = "the client key is no longer authorized on this exec-server";
 
 /// What a process's record says when its client gave its session up (a
 /// tampered link, a resume abandoned, the caller gone).
-pub const ABANDONED_BY_CLIENT: &str = "abandoned by its client";
+const ABANDONED_BY_CLIENT: &str = "abandoned by its client";
 
 /// Terminal events queued from a session's processes before they wait.
-pub const EVENT_QUEUE: usize = 64;
+const EVENT_QUEUE: usize = 64;
 
 /// The outbound half of a tunnel stream.
-pub use proto::relay_link::FrameSender;
+pub(crate) use proto::relay_link::FrameSender;
 
 /// State shared by every session of one exec-server.
 #[derive(Debug)]
-pub struct ServerContext {
+pub(crate) struct ServerContext {
     /// Settings.
-    pub config: ExecServerConfig,
+    pub(crate) config: ExecServerConfig,
     /// Keys, authorized keys and the replay guard, for handshakes.
-    pub acceptor: Arc<Acceptor>,
+    acceptor: Arc<Acceptor>,
     /// The route bound into the handshake prologue (this server's id).
-    pub route: String,
+    pub(crate) route: String,
     /// Limits concurrent sessions (authenticated ones: a slot is taken
     /// once message 1 has authenticated).
-    pub sessions: Arc<tokio::sync::Semaphore>,
+    sessions: Arc<tokio::sync::Semaphore>,
     /// Direct sessions not yet authenticated.
-    pub startups: Arc<proto::admission::Gate>,
+    pub(crate) startups: Arc<proto::admission::Gate>,
     /// Every session and process task.
-    pub tasks: Tasks,
+    pub(crate) tasks: Tasks,
     /// What keeps the commands' processes from outliving them.
-    pub containment: Arc<Containment>,
+    containment: Arc<Containment>,
     /// The exec-server's variables every command gets (read at start).
-    pub inherited: crate::environment::Inherited,
+    pub(crate) inherited: crate::environment::Inherited,
     /// Refusals anyone can cause, logged one line per kind per interval.
-    pub refusals: Limiter,
+    pub(crate) refusals: Limiter,
     /// Sessions whose link broke, waiting to be resumed.
-    pub parked: Parked,
+    parked: Parked,
     /// Output kept for those sessions, against the exec-server's bound.
-    pub retained: Arc<Budget>,
+    retained: Arc<Budget>,
     /// Output not yet acknowledged, per client key and in all.
-    pub unacked: Arc<crate::unacked::Unacked>,
+    pub(crate) unacked: Arc<crate::unacked::Unacked>,
 }
 
 /// Handshakes the replay guard remembers within its window.
@@ -103,7 +103,7 @@ const REPLAY_CAPACITY: usize = 65_536;
 impl ServerContext {
     /// Reads this host's clock state anew, for the next hello answers and
     /// pongs.
-    pub fn refresh_clock(&self) {
+    pub(crate) fn refresh_clock(&self) {
         let status = Some(telemetry::clock::status().to_wire());
         *self
             .acceptor
@@ -113,7 +113,7 @@ impl ServerContext {
     }
 
     /// Shared state for an exec-server.
-    pub fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
+    pub(crate) fn new(config: ExecServerConfig, tasks: Tasks) -> Arc<Self> {
         let keys: Arc<dyn KeySource> = config.keys.clone();
         let mut acceptor = Acceptor::with_source(config.key.clone(), keys);
         acceptor.login_shell = config.login_shells;
@@ -148,7 +148,7 @@ impl ServerContext {
             startups,
             tasks,
             containment,
-            inherited: config.pass_env.from_process(),
+            inherited: config.pass_env.inherited(),
             refusals: Limiter::default(),
             parked: Parked::default(),
             retained: Budget::new(config.resume_total_buffer),
@@ -175,14 +175,9 @@ impl ServerContext {
     }
 }
 
-/// Sends a clear close frame (best effort).
-pub fn send_clear_close(out: &FrameSender, reason: CloseReason) {
-    let _ = out.try_send(Ok(proto::frames::close(reason)));
-}
-
 /// Why a session could not be served or ended abnormally.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// The exec-server is at its session limit; the client was told.
     #[error("at the limit of concurrent sessions")]
     Busy,
@@ -198,7 +193,7 @@ pub enum ServeError {
 /// told the exec-server is busy).
 /// `origin` is where the session comes from (for keys limited by
 /// `from=`).
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     inbound: S,
     outbound: FrameSender,
     ctx: Arc<ServerContext>,

@@ -23,7 +23,7 @@ use tonic::Status;
 use super::{FrameSender, Machine};
 
 /// Tombstones kept for clients that come back late (oldest dropped first).
-pub const TOMBSTONES: usize = 1024;
+const TOMBSTONES: usize = 1024;
 
 /// Most sessions registered: each holds a session slot too, so this only
 /// bounds the registry.
@@ -62,7 +62,7 @@ impl Handover {
 /// The parked sessions of one exec-server, and the tombstones of those
 /// whose grace ran out.
 #[derive(Debug, Default)]
-pub struct Parked {
+pub(crate) struct Parked {
     inner: Mutex<Inner>,
 }
 
@@ -122,12 +122,14 @@ impl Parked {
     }
 
     /// How many sessions can be resumed.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().waiting.len()
     }
 
     /// Whether none is.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
