@@ -288,13 +288,10 @@ mod tests {
 
     /// A trace file rotated at every write, keeping `generations`.
     fn small(path: &Path, generations: usize) -> TraceFile {
-        TraceFile::new(
-            path.to_path_buf(),
-            Retention {
-                file_bytes: 10,
-                generations,
-            },
-        )
+        let mut retention = Retention::default();
+        retention.file_bytes = 10;
+        retention.generations = generations;
+        TraceFile::new(path.to_path_buf(), retention)
     }
 
     /// The ids of the traces read from `path`, oldest first.

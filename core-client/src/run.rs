@@ -180,22 +180,20 @@ where
         message: e.to_string(),
         code: 2,
     })?;
-    let options = Options {
-        export,
-        // A CLI tries each export once: a collector that is down must not
-        // hold the exit up.
-        retry: false,
-        // One command: its warnings are its one-line messages on stderr.
-        span_events: false,
-        span_queue: match process {
-            Process::Command => COMMAND_SPAN_QUEUE,
-            Process::Service => SERVICE_SPAN_QUEUE,
-        },
-        inline: matches!(process, Process::Command),
-        // With no collector, the spans of each call are kept for an
-        // exec-server that exports them for this client.
-        collect: true,
+    let mut options = Options::new(export);
+    // A CLI tries each export once: a collector that is down must not
+    // hold the exit up.
+    options.retry = false;
+    // One command: its warnings are its one-line messages on stderr.
+    options.span_events = false;
+    options.span_queue = match process {
+        Process::Command => COMMAND_SPAN_QUEUE,
+        Process::Service => SERVICE_SPAN_QUEUE,
     };
+    options.inline = matches!(process, Process::Command);
+    // With no collector, the spans of each call are kept for an
+    // exec-server that exports them for this client.
+    options.collect = true;
     let telemetry = setup::init(service, LogDefault::Warn, options.clone());
     let otlp = matches!(options.export, Export::Otlp(_));
     let result = runtime.block_on(f(options.export, telemetry.flusher()));

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use telemetry::setup::{self, Export, LogDefault, Options, SERVICE_SPAN_QUEUE};
+use telemetry::setup::{self, Export, LogDefault, Options};
 use telemetry::trace_file::{Retention, TraceFile};
 
 /// Run a relay, an exec-server and a client in this process, run a short
@@ -66,15 +66,8 @@ fn demo(trace_file: Option<PathBuf>) -> Result<u8, String> {
     let retention = Retention::from_env().map_err(|e| e.to_string())?;
     let export = Export::from_env(trace_file.map(|p| TraceFile::new(p, retention)))
         .map_err(|e| e.to_string())?;
-    let options = Options {
-        export,
-        // Tried once: a collector that is down must not hold the exit up.
-        retry: false,
-        span_events: false,
-        span_queue: SERVICE_SPAN_QUEUE,
-        inline: false,
-        collect: false,
-    };
+    // Tried once: a collector that is down must not hold the exit up.
+    let options = Options::new(export);
     let telemetry = setup::init_services(
         &["core-client", "relay", "exec-server"],
         LogDefault::Warn,

@@ -474,10 +474,8 @@ fn serve(args: RunArgs) -> ExitCode {
             .chain(["exec-server".to_owned(), "relay".to_owned()])
             .collect();
         // Forwarded spans leave on the schedule of the service's own.
-        let limits = telemetry::forward::ForwardLimits {
-            linger: telemetry::provider::batch_delay(),
-            ..telemetry::forward::ForwardLimits::default()
-        };
+        let mut limits = telemetry::forward::ForwardLimits::default();
+        limits.linger = telemetry::provider::batch_delay();
         match telemetry::forward::Forwarder::start(target, limits, own) {
             Ok(f) => config.span_forwarding = Some(f),
             Err(e) => tracing::warn!("{e}; clients' spans are not taken"),

@@ -16,7 +16,7 @@ use proto::session::clock::Status;
 use sha2::{Digest, Sha256};
 
 /// The environment variable that withholds this process's clock status.
-pub const STATUS_ENV: &str = "REX_CLOCK_STATUS";
+const STATUS_ENV: &str = "REX_CLOCK_STATUS";
 
 /// What this process tells of its clock now (the boot id read once, the
 /// kernel's synchronization state at each call).

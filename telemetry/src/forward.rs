@@ -30,7 +30,7 @@ pub use budget::{ForwardLimits, Offered};
 #[cfg(feature = "forward")]
 pub use collect::{SpanCollector, SpanCollectorProcessor};
 #[cfg(feature = "export")]
-pub use export::{ForwardCounts, Forwarder};
+pub use export::{ForwardError, Forwarder};
 #[cfg(feature = "forward")]
 pub use spool::{Spool, SpoolLimits, Spooled, WithSpool};
 
@@ -43,7 +43,8 @@ static SOURCE: RwLock<Option<Arc<dyn SpanSource>>> = RwLock::new(None);
 
 /// Installs (or, with `None`, removes) the process's span source: what a
 /// client forwards from when it is asked to.
-pub fn set_source(source: Option<Arc<dyn SpanSource>>) {
+#[cfg(feature = "export")]
+pub(crate) fn set_source(source: Option<Arc<dyn SpanSource>>) {
     *SOURCE.write().unwrap_or_else(PoisonError::into_inner) = source;
 }
 

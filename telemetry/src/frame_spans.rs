@@ -1,128 +1,21 @@
 //! Framing spans (`relay.frame.send`, `relay.frame.recv`) shared by both
-//! ends of a session.
-//!
-//! A traced message is encoded and queued to the Noise transport, whose
-//! record layer may coalesce it with others or split it over several
-//! records. Its `relay.frame.send` span therefore ends when the transport
-//! has sent every byte of it: the sender notes the transport's queued
-//! offset after queuing the message ([`SendTracker::track`]) and reports
-//! the sent offset after each record ([`SendTracker::transmitted`]). The
-//! first finished message that names a hop context gives the record's frame
-//! its hop header.
+//! ends of a session: a message's `relay.frame.send` span with its stage
+//! ([`send_stage`]), the `relay.frame.recv` span of a message received
+//! ([`record_recv`]), and the hop header a frame carries to the relay
+//! ([`hop_header_for`], read back by [`hop_context`]).
 
 use std::time::SystemTime;
 
-use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{Link, Span, SpanContext, Status, Tracer};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Link, SpanContext, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::remote::{Stage, StageSpan};
 use crate::{carriers, otel, spans};
 
-struct Pending {
-    mark: u64,
-    spans: Vec<BoxedSpan>,
-    hop: Option<String>,
-}
-
-/// Spans waiting for their message to leave in a record.
-#[derive(Default)]
-pub struct SendTracker {
-    pending: Vec<Pending>,
-}
-
-impl std::fmt::Debug for SendTracker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendTracker")
-            .field("pending", &self.pending.len())
-            .finish()
-    }
-}
-
-/// What one transmitted record finished.
-#[must_use = "end the spans once the frame is handed on"]
-pub struct Transmitted {
-    /// The hop header for the record's frame, if a finished message has one.
-    pub hop: Option<String>,
-    spans: Vec<BoxedSpan>,
-}
-
-impl Transmitted {
-    /// Ends the finished spans (call once the frame has been handed on).
-    pub fn end(self) {
-        for mut span in self.spans {
-            span.end();
-        }
-    }
-}
-
-impl SendTracker {
-    /// Ends `spans` once the transport's sent offset reaches `mark` (its
-    /// queued offset right after the message was queued). `hop` is the
-    /// traceparent the message's frame should carry to the relay.
-    pub fn track(&mut self, mark: u64, spans: Vec<BoxedSpan>, hop: Option<String>) {
-        self.pending.push(Pending { mark, spans, hop });
-    }
-
-    /// The stream offset at which the earliest waiting message ends: the
-    /// next record should end there, so each traced message completes in a
-    /// record (and frame, with one hop header) of its own.
-    pub fn next_boundary(&self) -> Option<u64> {
-        self.pending.iter().map(|p| p.mark).min()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-
-    /// Takes what a record has finished, now that `sent` bytes of the
-    /// envelope stream have left.
-    pub fn transmitted(&mut self, sent: u64) -> Transmitted {
-        let mut done = Transmitted {
-            hop: None,
-            spans: Vec::new(),
-        };
-        if self.pending.is_empty() {
-            return done;
-        }
-        let mut i = 0;
-        while i < self.pending.len() {
-            if self.pending[i].mark <= sent {
-                let p = self.pending.swap_remove(i);
-                if done.hop.is_none() {
-                    done.hop = p.hop;
-                }
-                done.spans.extend(p.spans);
-            } else {
-                i += 1;
-            }
-        }
-        done
-    }
-
-    /// Ends every waiting span with an error (the session ended first).
-    pub fn abandon(&mut self, reason: &str) {
-        for p in self.pending.drain(..) {
-            for mut span in p.spans {
-                span.set_status(Status::error(reason.to_owned()));
-                span.end();
-            }
-        }
-    }
-}
-
 /// Starts a `relay.frame.send` span for one message (`what`, e.g.
-/// `"exec"` or `"stdout.first"`), child of `parent`.
-pub fn send_span(tracer: &BoxedTracer, parent: &Context, what: &'static str) -> BoxedSpan {
-    tracer
-        .span_builder(spans::RELAY_FRAME_SEND)
-        .with_attributes(vec![KeyValue::new("rex.message", what)])
-        .start_with_context(tracer, parent)
-}
-
-/// [`send_span`] started at `at`, with its stage (for the exec-server's
-/// summary of a call).
+/// `"exec"` or `"stdout.first"`) at `at`, child of `parent`, with its stage
+/// (for the exec-server's summary of a call).
 pub fn send_stage(
     tracer: &BoxedTracer,
     parent: &Context,
@@ -200,12 +93,13 @@ pub fn hop_context(hop: &str) -> Option<SpanContext> {
 }
 
 /// The hop header naming `sc` (traceparent only).
-pub fn hop_header(sc: &SpanContext) -> Option<String> {
+#[cfg(test)]
+fn hop_header(sc: &SpanContext) -> Option<String> {
     otel::traceparent_of(sc).map(|tp| carriers::hop::inject(&tp))
 }
 
 /// The hop header naming `sc`, a span under `cx`, with the flags
-/// [`otel::traceparent_for`] gives it (the random flag as `cx` received it).
+/// `otel::traceparent_for` gives it (the random flag as `cx` received it).
 pub fn hop_header_for(sc: &SpanContext, cx: &Context) -> Option<String> {
     otel::traceparent_for(sc, cx).map(|tp| carriers::hop::inject(&tp))
 }
@@ -213,7 +107,7 @@ pub fn hop_header_for(sc: &SpanContext, cx: &Context) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{TraceContextExt, TracerProvider};
+    use opentelemetry::trace::{Span, TracerProvider};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 
     fn setup() -> (BoxedTracer, InMemorySpanExporter) {
@@ -223,50 +117,6 @@ mod tests {
             .build();
         let tracer = BoxedTracer::new(Box::new(provider.tracer("t")));
         (tracer, exporter)
-    }
-
-    fn names(e: &InMemorySpanExporter) -> Vec<String> {
-        e.get_finished_spans()
-            .unwrap()
-            .iter()
-            .map(|s| s.name.to_string())
-            .collect()
-    }
-
-    #[test]
-    fn spans_end_when_their_bytes_have_left() {
-        let (tracer, exporter) = setup();
-        let root = tracer.start("root");
-        let cx = Context::new().with_span(root);
-        let mut t = SendTracker::default();
-        t.track(10, vec![send_span(&tracer, &cx, "a")], Some("hop-a".into()));
-        t.track(20, vec![send_span(&tracer, &cx, "b")], None);
-        t.track(25, vec![send_span(&tracer, &cx, "c")], Some("hop-c".into()));
-        assert_eq!(t.next_boundary(), Some(10));
-        let first = t.transmitted(5);
-        assert!(first.hop.is_none());
-        first.end();
-        assert!(names(&exporter).is_empty());
-        let second = t.transmitted(20);
-        assert_eq!(second.hop.as_deref(), Some("hop-a"));
-        second.end();
-        assert_eq!(names(&exporter).len(), 2);
-        let third = t.transmitted(30);
-        assert_eq!(third.hop.as_deref(), Some("hop-c"));
-        third.end();
-        assert!(t.is_empty());
-        assert_eq!(names(&exporter), vec![spans::RELAY_FRAME_SEND; 3]);
-    }
-
-    #[test]
-    fn abandoned_spans_end_with_an_error() {
-        let (tracer, exporter) = setup();
-        let mut t = SendTracker::default();
-        t.track(10, vec![send_span(&tracer, &Context::new(), "a")], None);
-        t.abandon("session lost");
-        let spans = exporter.get_finished_spans().unwrap();
-        assert_eq!(spans.len(), 1);
-        assert!(matches!(spans[0].status, Status::Error { .. }));
     }
 
     #[test]

@@ -18,7 +18,7 @@ thread_local! {
 /// Random ids, except that the next span id may be preset for this thread.
 #[cfg(feature = "export")]
 #[derive(Debug, Default)]
-pub struct PresetIdGenerator {
+pub(crate) struct PresetIdGenerator {
     random: opentelemetry_sdk::trace::RandomIdGenerator,
 }
 
@@ -48,7 +48,7 @@ pub fn new_span_id() -> SpanId {
 
 /// Runs `start` (which must start exactly one span, synchronously) so that
 /// the span it starts gets `id`, when the provider uses
-/// [`PresetIdGenerator`]. Returns what `start` returns; callers compare the
+/// `PresetIdGenerator`. Returns what `start` returns; callers compare the
 /// started span's id with `id` if they must know it was honoured.
 pub fn start_with_span_id<T>(id: SpanId, start: impl FnOnce() -> T) -> T {
     PRESET.with(|p| p.set(Some(id)));

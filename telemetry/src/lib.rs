@@ -55,7 +55,6 @@
 
 // Tests may unwrap; the library may not (the workspace lints deny it).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod carriers;
 pub mod clock;
 pub mod forward;

@@ -46,7 +46,7 @@ impl Default for Limiter {
 
 impl Limiter {
     /// A limiter letting one event of each kind through per `interval`.
-    pub fn new(interval: Duration) -> Self {
+    fn new(interval: Duration) -> Self {
         Self {
             interval,
             slots: Mutex::new(HashMap::new()),
@@ -87,7 +87,7 @@ impl Limiter {
 
     /// Takes the counts of the kinds with events held back: one
     /// `(kind, count)` per kind, each count reset.
-    pub fn take_summaries(&self) -> Vec<(&'static str, u64)> {
+    fn take_summaries(&self) -> Vec<(&'static str, u64)> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<_> = slots
             .iter_mut()

@@ -75,7 +75,8 @@ fn otel_state(state: &TraceState) -> OtelTraceState {
 /// The flags are `sc`'s known flags; the tracestate is `sc`'s, re-validated
 /// by the strict parser (dropped if it fails). Prefer [`trace_context_of`]
 /// or [`trace_context_for`], which also carry what the SDK cannot.
-pub fn from_span_context(sc: &SpanContext) -> Option<TraceContext> {
+#[cfg(test)]
+fn from_span_context(sc: &SpanContext) -> Option<TraceContext> {
     let parent = traceparent_of(sc)?;
     Some(TraceContext {
         parent,
@@ -91,9 +92,9 @@ fn strict_state(sc: &SpanContext) -> Option<TraceState> {
 }
 
 /// The traceparent naming `sc` as the parent, with `sc`'s known flags (no
-/// tracestate: cheaper than [`from_span_context`] where only the
+/// tracestate: cheaper than `from_span_context` where only the
 /// traceparent travels); `None` if `sc` is invalid.
-pub fn traceparent_of(sc: &SpanContext) -> Option<TraceParent> {
+pub(crate) fn traceparent_of(sc: &SpanContext) -> Option<TraceParent> {
     sc.is_valid().then(|| TraceParent {
         trace_id: sc.trace_id().to_bytes(),
         parent_id: sc.span_id().to_bytes(),
@@ -120,7 +121,10 @@ fn received_for<'a>(sc: &SpanContext, cx: &'a opentelemetry::Context) -> Option<
 /// The traceparent naming `sc` (a span started under `cx`, or `cx`'s own
 /// span) as the parent, with the random flag as `cx` received it (or set, for
 /// a trace this process started); `None` if `sc` is invalid.
-pub fn traceparent_for(sc: &SpanContext, cx: &opentelemetry::Context) -> Option<TraceParent> {
+pub(crate) fn traceparent_for(
+    sc: &SpanContext,
+    cx: &opentelemetry::Context,
+) -> Option<TraceParent> {
     let mut parent = traceparent_of(sc)?;
     let random = match received_for(sc, cx) {
         Some(Received::Continued { random, .. }) => *random,
@@ -136,9 +140,9 @@ pub fn traceparent_for(sc: &SpanContext, cx: &opentelemetry::Context) -> Option<
 }
 
 /// The trace context to propagate for `sc`, a span started under `cx` (or
-/// one about to be, with its id drawn in advance): [`traceparent_for`], and
-/// the tracestate `cx` received for that trace (else `sc`'s, as
-/// [`from_span_context`] reads it). `None` if `sc` is invalid.
+/// one about to be, with its id drawn in advance): `traceparent_for`, and
+/// the tracestate `cx` received for that trace (else `sc`'s, through the
+/// strict parser). `None` if `sc` is invalid.
 pub fn trace_context_for(sc: &SpanContext, cx: &opentelemetry::Context) -> Option<TraceContext> {
     let parent = traceparent_for(sc, cx)?;
     let state = match received_for(sc, cx) {

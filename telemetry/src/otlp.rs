@@ -14,17 +14,18 @@ use opentelemetry_otlp::{
 
 /// The variable naming the protocol for traces; wins over
 /// [`PROTOCOL_VAR`].
-pub const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+pub(crate) const TRACES_PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 /// The variable naming the protocol for every signal.
-pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub(crate) const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// The full URL for traces; wins over [`ENDPOINT_VAR`].
-pub const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+pub(crate) const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 /// The endpoint for every signal (over HTTP, a base URL).
-pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub(crate) const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The path appended to [`ENDPOINT_VAR`] for traces over HTTP.
-pub const HTTP_TRACES_PATH: &str = "/v1/traces";
+pub(crate) const HTTP_TRACES_PATH: &str = "/v1/traces";
 
-/// How spans travel to the OTLP endpoint.
+/// How spans travel to the OTLP endpoint. Exhaustive on purpose: these are
+/// the three transports the OTLP specification defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// OTLP/gRPC (`grpc`, the default).
@@ -37,7 +38,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// Every protocol, in the order help texts list them.
-    pub const ALL: [Self; 3] = [Self::Grpc, Self::HttpProtobuf, Self::HttpJson];
+    pub(crate) const ALL: [Self; 3] = [Self::Grpc, Self::HttpProtobuf, Self::HttpJson];
 
     /// The protocol's name in the `OTEL_EXPORTER_OTLP_*PROTOCOL` variables.
     pub fn name(self) -> &'static str {
@@ -50,7 +51,7 @@ impl Protocol {
 
     /// The protocol `value` names (surrounding blanks and ASCII case
     /// ignored), if any.
-    pub fn parse(value: &str) -> Option<Self> {
+    pub(crate) fn parse(value: &str) -> Option<Self> {
         let value = value.trim();
         Self::ALL
             .into_iter()
@@ -67,10 +68,10 @@ impl Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpTarget {
     /// The protocol.
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// The URL the exporter sends to (over HTTP, the full URL of the traces
     /// endpoint).
-    pub endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 /// Why an OTLP exporter cannot be built.

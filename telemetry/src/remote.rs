@@ -4,9 +4,9 @@
 //! ([`place`]) so that a client with no collector can write them into its
 //! local trace file (through the [`RemoteSink`] the binary installs).
 //!
-//! The summary is bounded ([`MAX_STAGES`] stages of at most
-//! [`MAX_ATTRIBUTES`] attributes, texts of at most [`MAX_TEXT`] bytes) and
-//! versioned ([`VERSION`]); a stage whose name is not in the vocabulary is
+//! The summary is bounded (`MAX_STAGES` stages of at most
+//! `MAX_ATTRIBUTES` attributes, texts of at most `MAX_TEXT` bytes) and
+//! versioned (`VERSION`); a stage whose name is not in the vocabulary is
 //! left out on receipt. Times are offsets from the envelope's send time on
 //! the sender's clock, so one clock-offset estimate places them all.
 
@@ -22,17 +22,17 @@ use proto::session::clock::Offset;
 use crate::spans;
 
 /// The summary format this build writes and reads.
-pub const VERSION: u32 = 1;
+const VERSION: u32 = 1;
 /// Most stages one call's summary carries.
-pub const MAX_STAGES: usize = 32;
+const MAX_STAGES: usize = 32;
 /// Most attributes per stage.
-pub const MAX_ATTRIBUTES: usize = 8;
+const MAX_ATTRIBUTES: usize = 8;
 /// Longest attribute key or text value, in bytes.
-pub const MAX_TEXT: usize = 64;
+const MAX_TEXT: usize = 64;
 
 /// An attribute value: a counter, a short text or a flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
+enum Value {
     /// A count, size, duration or code.
     Int(i64),
     /// A short text (e.g. the program name).
@@ -45,23 +45,23 @@ pub enum Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
     /// Its vocabulary name.
-    pub name: &'static str,
+    name: &'static str,
     /// Its span id (as exported by the exec-server itself).
     pub span_id: SpanId,
     /// Its parent's span id (`SpanId::INVALID`: none).
-    pub parent: SpanId,
+    parent: SpanId,
     /// When it started.
-    pub start: SystemTime,
+    start: SystemTime,
     /// When it ended; `None` for a span that ends with the summary's own
     /// message (the call's exec and push spans).
     pub end: Option<SystemTime>,
     /// It ended in error.
-    pub error: bool,
+    error: bool,
     /// Counters and short texts (never arguments, environment or output).
-    pub attributes: Vec<(&'static str, Value)>,
+    attributes: Vec<(&'static str, Value)>,
 }
 
-/// The stages of one call, bounded: stages beyond [`MAX_STAGES`] are
+/// The stages of one call, bounded: stages beyond `MAX_STAGES` are
 /// counted, not kept.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timeline {
@@ -88,12 +88,14 @@ impl Timeline {
     }
 
     /// The stages kept.
-    pub fn stages(&self) -> &[Stage] {
+    #[cfg(test)]
+    fn stages(&self) -> &[Stage] {
         &self.stages
     }
 
     /// Stages left out.
-    pub fn dropped(&self) -> u32 {
+    #[cfg(test)]
+    fn dropped(&self) -> u32 {
         self.dropped
     }
 
@@ -150,24 +152,24 @@ impl Timeline {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteSpan {
     /// The service that made it: [`EXEC_SERVER`] or [`RELAY`].
-    pub service: &'static str,
+    pub(crate) service: &'static str,
     /// The call's trace.
-    pub trace_id: TraceId,
+    pub(crate) trace_id: TraceId,
     /// The exec-server's span id.
-    pub span_id: SpanId,
+    pub(crate) span_id: SpanId,
     /// Its parent (`SpanId::INVALID`: none).
-    pub parent: SpanId,
+    pub(crate) parent: SpanId,
     /// Its vocabulary name.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Start, on this host's clock.
-    pub start: SystemTime,
+    pub(crate) start: SystemTime,
     /// End, on this host's clock.
-    pub end: SystemTime,
+    pub(crate) end: SystemTime,
     /// It ended in error.
-    pub error: bool,
+    pub(crate) error: bool,
     /// Its attributes, and how it was placed (`rex.clock_offset_ns`,
     /// `rex.remote.placed`).
-    pub attributes: Vec<KeyValue>,
+    pub(crate) attributes: Vec<KeyValue>,
 }
 
 /// A call's remote stages on this host's clock.
@@ -195,6 +197,7 @@ impl Placed {
 
 /// Why a summary could not be placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Unplaced {
     /// A format this build does not read.
     #[error("remote timings in format version {0}, this build reads version {VERSION}")]
@@ -396,7 +399,7 @@ pub const RELAY: &str = "relay";
 /// The attribute that marks a span written by the client from the
 /// exec-server's summary (a copy of a span the exec-server exports
 /// itself): a reader that finds both keeps the exec-server's own.
-pub const PLACED: &str = "rex.remote.placed";
+pub(crate) const PLACED: &str = "rex.remote.placed";
 
 /// Where placed remote spans go: the local trace file, in the binaries
 /// that write one (installed by `telemetry::setup`).
@@ -408,7 +411,8 @@ pub trait RemoteSink: Send + Sync + 'static {
 static SINK: RwLock<Option<Arc<dyn RemoteSink>>> = RwLock::new(None);
 
 /// Installs (or, with `None`, removes) the process's remote-span sink.
-pub fn set_sink(sink: Option<Arc<dyn RemoteSink>>) {
+#[cfg(any(test, feature = "export"))]
+pub(crate) fn set_sink(sink: Option<Arc<dyn RemoteSink>>) {
     *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
 }
 
@@ -493,7 +497,7 @@ impl StageSpan {
 
     /// Notes an attribute in the stage only (the span was given it when it
     /// started).
-    pub fn note_text(&mut self, key: &'static str, value: &str) {
+    pub(crate) fn note_text(&mut self, key: &'static str, value: &str) {
         self.stage
             .attributes
             .push((key, Value::Text(value.to_owned())));
@@ -539,7 +543,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Attribute keys as the vocabulary writes them: lowercase letters,
-/// digits, `.` and `_`, within [`MAX_TEXT`].
+/// digits, `.` and `_`, within `MAX_TEXT`.
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= MAX_TEXT

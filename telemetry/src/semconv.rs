@@ -1,6 +1,6 @@
 //! The OpenTelemetry semantic-convention attributes the project's spans and
-//! resources carry, pinned to one version of the conventions:
-//! [`VERSION`] (`SCHEMA_URL` names it on every resource). These are the
+//! resources carry, pinned to one version of the conventions, 1.27.0
+//! (`SCHEMA_URL` names it on every resource). These are the
 //! names a collector's user filters on (`rpc.system=grpc`,
 //! `rpc.method=Open`, `error.type`, `service.version`); the project's own
 //! attributes are all under `rex.*`.
@@ -14,16 +14,15 @@
 
 use opentelemetry::KeyValue;
 
-/// The semantic-conventions version these names are pinned to.
-pub const VERSION: &str = "1.27.0";
+/// The schema URL of the semantic-conventions version these names are
+/// pinned to, on every resource.
+#[cfg(feature = "export")]
+pub(crate) const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.27.0";
 
-/// The schema URL of [`VERSION`], on every resource.
-pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.27.0";
-
-/// The remote-procedure-call system: always [`RPC_SYSTEM_GRPC`] here.
+/// The remote-procedure-call system: always `grpc` here.
 pub const RPC_SYSTEM: &str = "rpc.system";
 /// The value of [`RPC_SYSTEM`] for gRPC.
-pub const RPC_SYSTEM_GRPC: &str = "grpc";
+const RPC_SYSTEM_GRPC: &str = "grpc";
 /// The full name of the gRPC service (`rex.tunnel.v1.Tunnel`).
 pub const RPC_SERVICE: &str = "rpc.service";
 /// The gRPC method's name (`Open`).
@@ -62,7 +61,7 @@ pub fn rpc(service: &'static str, method: &'static str) -> [KeyValue; 3] {
 
 /// The host and port a URL (`http://host:port/...`, `https://[::1]:443`)
 /// names, the port defaulting to the scheme's; `None` if it names none.
-pub fn host_port(url: &str) -> Option<(&str, u16)> {
+fn host_port(url: &str) -> Option<(&str, u16)> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);

@@ -72,10 +72,11 @@ on SIGTERM. Logs go to stderr (RUST_LOG sets the filter); warnings and errors ar
 recorded as events on the exported spans.";
 
 /// How long shutdown waits for the last spans to be exported.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The log level used when `RUST_LOG` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LogDefault {
     /// Warnings and errors only (CLIs: keep stderr for the command).
     Warn,
@@ -85,6 +86,7 @@ pub enum LogDefault {
 
 /// The environment asks for something this build cannot do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A protocol variable names no protocol.
     #[error(
@@ -100,6 +102,7 @@ pub enum ConfigError {
 
 /// Where this process's spans go.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Export {
     /// Nowhere: `OTEL_SDK_DISABLED=true`, or no endpoint and no local file.
     Off,
@@ -168,6 +171,7 @@ fn signal_url(base: &str, path: &str) -> String {
 
 /// What a process exports and how patiently it flushes.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// Where spans go.
     pub export: Export,
@@ -205,6 +209,20 @@ pub const SERVICE_SPAN_QUEUE: usize = 2048;
 pub const COMMAND_SPAN_QUEUE: usize = 256;
 
 impl Options {
+    /// Spans to `export`, and nothing more: each export tried once, no
+    /// span events, a service's span queue, written by an exporter thread,
+    /// nothing collected for forwarding.
+    pub fn new(export: Export) -> Self {
+        Self {
+            export,
+            retry: false,
+            span_events: false,
+            span_queue: SERVICE_SPAN_QUEUE,
+            inline: false,
+            collect: false,
+        }
+    }
+
     /// The environment's choice for a long-running service (retries on,
     /// warnings and errors recorded on its spans); an error if the
     /// environment names an unknown protocol.
@@ -234,11 +252,6 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
-    /// The first (or only) tracer provider.
-    pub fn provider(&self) -> Option<&SdkTracerProvider> {
-        self.providers.first()
-    }
-
     /// Where spans go.
     pub fn export(&self) -> &Export {
         &self.export
@@ -255,7 +268,7 @@ impl TelemetryGuard {
     }
 
     /// Exports what is buffered and stops, waiting at most
-    /// [`FLUSH_TIMEOUT`] per provider. Blocking: call it outside async code
+    /// `FLUSH_TIMEOUT` per provider. Blocking: call it outside async code
     /// (or through `spawn_blocking`) while the runtime is still alive.
     pub fn shutdown(mut self) {
         self.stop();

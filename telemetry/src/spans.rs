@@ -177,7 +177,8 @@ pub const ATTR_CLOCK_SPLIT: &str = "rex.clock.split";
 pub const ATTR_ROUND_TRIP: &str = "rex.round_trip_ns";
 
 /// Every attribute name above.
-pub const ATTRIBUTES: &[&str] = &[
+#[cfg(test)]
+const ATTRIBUTES: &[&str] = &[
     ATTR_SESSION_FLIGHTS,
     ATTR_SESSION_ROUND_TRIPS,
     ATTR_SESSION_EARLY_RETRIES,
@@ -197,7 +198,7 @@ pub const ATTRIBUTES: &[&str] = &[
 
 /// The spans that are roots of their own, never part of a command's
 /// trace: background persistence and the session- and link-level spans.
-pub const BACKGROUND: &[&str] = &[
+const BACKGROUND: &[&str] = &[
     SESSION_WARM,
     METADATA_PERSIST,
     METADATA_FLUSH,
@@ -222,7 +223,7 @@ pub const RESUME: &[&str] = &[SESSION_REATTACH, SESSION_REATTACH_WAIT, SESSION_R
 /// call to one that did makes none.
 pub const UNREPORTED: &[&str] = &[REMOTE_UNREPORTED];
 
-/// Whether `name` is one of the [`BACKGROUND`] spans.
+/// Whether `name` is one of the `BACKGROUND` spans.
 pub fn is_background(name: &str) -> bool {
     BACKGROUND.contains(&name)
 }

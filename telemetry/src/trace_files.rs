@@ -19,10 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The environment variable giving the most disk the trace file and its
 /// rotated generations may take, in MiB.
-pub const MAX_MB_ENV: &str = "REX_TRACE_FILE_MAX_MB";
+const MAX_MB_ENV: &str = "REX_TRACE_FILE_MAX_MB";
 
 /// The default of [`MAX_MB_ENV`]: 256 MiB.
-pub const DEFAULT_MAX_MB: u64 = 256;
+const DEFAULT_MAX_MB: u64 = 256;
 
 /// How many files the budget is divided into (the current one and its
 /// rotated generations).
@@ -30,6 +30,7 @@ const FILES: u64 = 16;
 
 /// How much of the trace file is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Retention {
     /// A file over this size is rotated before the next write.
     pub file_bytes: u64,
@@ -43,22 +44,23 @@ impl Default for Retention {
     }
 }
 
-/// A value of [`MAX_MB_ENV`] that is not a whole number of MiB from 1 to
+/// A value of `REX_TRACE_FILE_MAX_MB` that is not a whole number of MiB from 1 to
 /// 1,048,576.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{MAX_MB_ENV}={0:?} is not a size in MiB from 1 to 1048576")]
+#[non_exhaustive]
 pub struct InvalidRetention(pub String);
 
 impl Retention {
     /// At most about `bytes` in all, in 16 files.
-    pub fn total(bytes: u64) -> Retention {
+    pub(crate) fn total(bytes: u64) -> Retention {
         Retention {
             file_bytes: (bytes / FILES).max(1),
             generations: usize::try_from(FILES - 1).unwrap_or(1),
         }
     }
 
-    /// The retention [`MAX_MB_ENV`] asks for, else the default.
+    /// The retention `REX_TRACE_FILE_MAX_MB` asks for, else the default.
     pub fn from_env() -> Result<Retention, InvalidRetention> {
         match std::env::var(MAX_MB_ENV) {
             Err(_) => Ok(Retention::default()),
@@ -67,7 +69,7 @@ impl Retention {
     }
 
     /// The retention a [`MAX_MB_ENV`] value asks for (empty: the default).
-    pub fn parse_mb(value: &str) -> Result<Retention, InvalidRetention> {
+    fn parse_mb(value: &str) -> Result<Retention, InvalidRetention> {
         if value.trim().is_empty() {
             return Ok(Retention::default());
         }
@@ -79,7 +81,8 @@ impl Retention {
 
     /// The most disk the file and its generations take (a file may pass
     /// its bound by the lines written before it is next rotated).
-    pub fn budget(&self) -> u64 {
+    #[cfg(test)]
+    fn budget(&self) -> u64 {
         self.file_bytes.saturating_mul(
             u64::try_from(self.generations)
                 .unwrap_or(u64::MAX)

@@ -17,13 +17,13 @@
 //!   or digit, then lowercase letters, digits, `_`, `-`, `*`, `/` and `@`, so
 //!   `tenant@system` and `foo@` are keys and `@foo` is not) and value
 //!   grammar. A list the grammar does not describe (a member without `=`,
-//!   with an invalid key or value, or more than [`MAX_TRACESTATE_MEMBERS`]
+//!   with an invalid key or value, or more than `MAX_TRACESTATE_MEMBERS`
 //!   members) cannot be parsed and is dropped whole, as the spec allows and
 //!   the W3C validation suite expects. A repeated key keeps its first
 //!   (left-most, most recent) member and the later ones are discarded. A list
-//!   longer than [`MAX_TRACESTATE_LEN`] characters is truncated by whole
+//!   longer than `MAX_TRACESTATE_LEN` characters is truncated by whole
 //!   members in the order the spec prefers: members longer than
-//!   [`TRACESTATE_LARGE_MEMBER`] characters first, then from the right.
+//!   `TRACESTATE_LARGE_MEMBER` characters first, then from the right.
 //! - Optional whitespace (OWS: spaces and horizontal tabs) around a header
 //!   value, and around tracestate list members, is not part of the value and
 //!   is removed before parsing (RFC 9110 §5.5, Trace Context §3.3.1.1). Any
@@ -38,41 +38,41 @@ use std::fmt;
 
 /// Largest `traceparent` value looked at, in bytes, before any trimming or
 /// parsing. A valid one is 55 bytes; the slack is for future versions.
-pub const MAX_TRACEPARENT_LEN: usize = 512;
+const MAX_TRACEPARENT_LEN: usize = 512;
 
 /// Most characters of a `tracestate` kept and propagated (its canonical
 /// form: members joined by `,`, no whitespace). The spec asks vendors to
 /// propagate at least 512; a longer list is truncated by whole members (see
 /// [`TraceState::parse`]).
-pub const MAX_TRACESTATE_LEN: usize = 512;
+const MAX_TRACESTATE_LEN: usize = 512;
 
 /// Largest `tracestate` input looked at, in bytes, including OWS, empty
 /// members and the `,` joining repeated headers; a longer one is dropped
 /// without being parsed. (The longest valid list, 32 members of 513
 /// characters, is about 16 KiB.)
-pub const MAX_TRACESTATE_INPUT_LEN: usize = 32 * 1024;
+const MAX_TRACESTATE_INPUT_LEN: usize = 32 * 1024;
 
 /// Most list-members a `tracestate` may hold (empty members not counted).
-pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+const MAX_TRACESTATE_MEMBERS: usize = 32;
 
 /// Longest `tracestate` key, in characters.
-pub const MAX_TRACESTATE_KEY_LEN: usize = 256;
+const MAX_TRACESTATE_KEY_LEN: usize = 256;
 
 /// Longest `tracestate` value, in characters.
-pub const MAX_TRACESTATE_VALUE_LEN: usize = 256;
+const MAX_TRACESTATE_VALUE_LEN: usize = 256;
 
 /// Members (`key=value`) longer than this many characters are the first
-/// removed when a `tracestate` is truncated to [`MAX_TRACESTATE_LEN`].
-pub const TRACESTATE_LARGE_MEMBER: usize = 128;
+/// removed when a `tracestate` is truncated to `MAX_TRACESTATE_LEN`.
+const TRACESTATE_LARGE_MEMBER: usize = 128;
 
 /// The sampled trace flag (Level 1).
-pub const FLAG_SAMPLED: u8 = 0x01;
+pub(crate) const FLAG_SAMPLED: u8 = 0x01;
 /// The random trace-id trace flag (Level 2): at least the right-most 7 bytes
 /// of the trace-id are random.
-pub const FLAG_RANDOM: u8 = 0x02;
+pub(crate) const FLAG_RANDOM: u8 = 0x02;
 /// Every trace flag this implementation knows; the others are reserved and
 /// sent as zero.
-pub const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
+pub(crate) const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
 
 /// Length of a version-00 traceparent, and of the prefix parsed from a
 /// future version's.
@@ -85,11 +85,12 @@ const SEPARATORS: [usize; 3] = [2, 35, 52];
 /// [`NotText`](Self::NotText)) are here too so that [`Extracted::Invalid`]
 /// can name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TraceParentError {
     /// The value is empty, or only whitespace.
     #[error("traceparent is empty")]
     Empty,
-    /// The value is longer than [`MAX_TRACEPARENT_LEN`]; nothing was parsed.
+    /// The value is longer than `MAX_TRACEPARENT_LEN`; nothing was parsed.
     #[error("traceparent is {len} bytes, over the {MAX_TRACEPARENT_LEN}-byte limit")]
     TooLong {
         /// The length of the rejected value, in bytes.
@@ -131,15 +132,16 @@ pub enum TraceParentError {
 /// dropped; the traceparent it came with is still used. (Repeated keys and
 /// an over-long list are not errors: see [`TraceState::parse`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TraceStateError {
-    /// The input is longer than [`MAX_TRACESTATE_INPUT_LEN`]; nothing was
+    /// The input is longer than `MAX_TRACESTATE_INPUT_LEN`; nothing was
     /// parsed.
     #[error("tracestate is {len} bytes, over the {MAX_TRACESTATE_INPUT_LEN}-byte limit")]
     TooLong {
         /// The length of the rejected value, in bytes.
         len: usize,
     },
-    /// More than [`MAX_TRACESTATE_MEMBERS`] non-empty list-members.
+    /// More than `MAX_TRACESTATE_MEMBERS` non-empty list-members.
     #[error("tracestate has more than {MAX_TRACESTATE_MEMBERS} list-members")]
     TooManyMembers,
     /// A non-empty list-member has no `=`.
@@ -174,9 +176,8 @@ fn trim_ows(s: &str) -> &str {
 /// A parsed `traceparent`.
 ///
 /// Values produced by [`TraceParent::parse`] always have non-zero ids. The
-/// fields are public so that other representations (the OpenTelemetry span
-/// context) can be converted; [`TraceParent::is_valid`] checks the ids of a
-/// value built by hand.
+/// ids are public so that other representations (the OpenTelemetry span
+/// context) can be made from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceParent {
     /// The trace-id, 16 bytes, not all zero.
@@ -186,13 +187,13 @@ pub struct TraceParent {
     /// The trace flags. For version 00 the byte is kept as received; for a
     /// future version only the [`KNOWN_FLAGS`] are kept. (The outgoing
     /// conversions in [`crate::otel`] send only the known flags.)
-    pub flags: u8,
+    pub(crate) flags: u8,
 }
 
 impl TraceParent {
     /// Parses one `traceparent` header value strictly (see the module docs).
     ///
-    /// Inputs longer than [`MAX_TRACEPARENT_LEN`] bytes are rejected before
+    /// Inputs longer than `MAX_TRACEPARENT_LEN` bytes are rejected before
     /// anything else is done. Leading and trailing spaces and tabs (OWS) are
     /// then removed; whitespace anywhere else is invalid.
     pub fn parse(value: &str) -> Result<Self, TraceParentError> {
@@ -267,17 +268,19 @@ impl TraceParent {
     }
 
     /// Whether the sampled flag is set.
-    pub fn sampled(&self) -> bool {
+    #[cfg(test)]
+    fn sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
     }
 
     /// Whether the random trace-id flag (Level 2) is set.
-    pub fn random(&self) -> bool {
+    pub(crate) fn random(&self) -> bool {
         self.flags & FLAG_RANDOM != 0
     }
 
     /// Whether both ids are non-zero (always true for a parsed value).
-    pub fn is_valid(&self) -> bool {
+    #[cfg(test)]
+    fn is_valid(&self) -> bool {
         self.trace_id != [0; 16] && self.parent_id != [0; 8]
     }
 }
@@ -306,7 +309,7 @@ impl std::str::FromStr for TraceParent {
 }
 
 /// A validated `tracestate` list, in header order, with unique keys and at
-/// most [`MAX_TRACESTATE_LEN`] characters in its canonical form.
+/// most `MAX_TRACESTATE_LEN` characters in its canonical form.
 ///
 /// May be empty: the spec requires accepting an empty header.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -317,21 +320,21 @@ pub struct TraceState {
 impl TraceState {
     /// Parses one `tracestate` value (or several already joined with `,`).
     ///
-    /// Inputs longer than [`MAX_TRACESTATE_INPUT_LEN`] bytes are rejected
+    /// Inputs longer than `MAX_TRACESTATE_INPUT_LEN` bytes are rejected
     /// before parsing. Members are separated by `,` and parsed one by one;
     /// OWS (spaces and tabs) around a member is removed, and empty members
-    /// are ignored and not counted toward [`MAX_TRACESTATE_MEMBERS`].
+    /// are ignored and not counted toward `MAX_TRACESTATE_MEMBERS`.
     ///
     /// - A member the grammar does not describe (no `=`, an invalid key or
     ///   value) makes the whole list invalid, as do more than
-    ///   [`MAX_TRACESTATE_MEMBERS`] members: the list cannot be parsed, and
+    ///   `MAX_TRACESTATE_MEMBERS` members: the list cannot be parsed, and
     ///   the spec lets a vendor discard it entirely (the W3C validation
     ///   suite expects that).
     /// - A key already seen keeps its first (left-most) member; the later
     ///   member is discarded (the spec lets vendors drop duplicates).
-    /// - A list longer than [`MAX_TRACESTATE_LEN`] characters is truncated
+    /// - A list longer than `MAX_TRACESTATE_LEN` characters is truncated
     ///   by whole members: the right-most member longer than
-    ///   [`TRACESTATE_LARGE_MEMBER`] characters first, while there is one,
+    ///   `TRACESTATE_LARGE_MEMBER` characters first, while there is one,
     ///   then the right-most member, until it fits.
     pub fn parse(value: &str) -> Result<Self, TraceStateError> {
         if value.len() > MAX_TRACESTATE_INPUT_LEN {
@@ -367,7 +370,7 @@ impl TraceState {
 
     /// Removes whole members until the canonical form is at most `max_len`
     /// characters: the right-most member longer than
-    /// [`TRACESTATE_LARGE_MEMBER`] characters while there is one, then the
+    /// `TRACESTATE_LARGE_MEMBER` characters while there is one, then the
     /// right-most member (Trace Context, "tracestate Limits").
     pub fn truncate(&mut self, max_len: usize) {
         while self.formatted_len() > max_len {
@@ -391,17 +394,19 @@ impl TraceState {
     }
 
     /// Whether the list has no members.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
     /// The number of members.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.members.len()
     }
 
     /// The value for `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    #[cfg(test)]
+    fn get(&self, key: &str) -> Option<&str> {
         self.members
             .iter()
             .find(|(k, _)| k == key)
@@ -409,7 +414,7 @@ impl TraceState {
     }
 
     /// The members as `(key, value)` pairs, in header order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.members.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
@@ -489,7 +494,8 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// A context with no tracestate.
-    pub fn new(parent: TraceParent) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(parent: TraceParent) -> Self {
         Self {
             parent,
             state: None,
@@ -497,7 +503,7 @@ impl TraceContext {
     }
 
     /// The tracestate, if there is a non-empty one.
-    pub fn state(&self) -> Option<&TraceState> {
+    pub(crate) fn state(&self) -> Option<&TraceState> {
         self.state.as_ref().filter(|s| !s.is_empty())
     }
 }
@@ -505,7 +511,8 @@ impl TraceContext {
 /// The outcome of reading a trace context from a carrier.
 ///
 /// Extraction never fails a call: [`Absent`](Self::Absent) and
-/// [`Invalid`](Self::Invalid) both mean "start a new trace".
+/// [`Invalid`](Self::Invalid) both mean "start a new trace". Exhaustive on
+/// purpose: a carrier's reader handles each of the three outcomes there are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Extracted {
     /// A valid traceparent (and any valid tracestate): continue this trace.
@@ -518,7 +525,8 @@ pub enum Extracted {
 
 impl Extracted {
     /// The context, if valid.
-    pub fn context(&self) -> Option<&TraceContext> {
+    #[cfg(test)]
+    pub(crate) fn context(&self) -> Option<&TraceContext> {
         match self {
             Self::Valid(cx) => Some(cx),
             Self::Absent | Self::Invalid(_) => None,
@@ -526,7 +534,8 @@ impl Extracted {
     }
 
     /// The context, if valid, by value.
-    pub fn into_context(self) -> Option<TraceContext> {
+    #[cfg(test)]
+    pub(crate) fn into_context(self) -> Option<TraceContext> {
         match self {
             Self::Valid(cx) => Some(cx),
             Self::Absent | Self::Invalid(_) => None,

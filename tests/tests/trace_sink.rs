@@ -65,14 +65,7 @@ fn http_provider(service: &str, endpoint: &str, protocol: Protocol) -> SdkTracer
         None,
     )
     .unwrap();
-    let options = Options {
-        export,
-        retry: false,
-        span_events: false,
-        span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
-        inline: false,
-        collect: false,
-    };
+    let options = Options::new(export);
     telemetry::setup::build_provider(service.to_owned(), &options)
 }
 

@@ -7,12 +7,9 @@ use std::ffi::OsString;
 use crate::w3c::{self, Extracted, TraceContext, TraceParentError};
 
 /// The variable holding the traceparent.
-pub const TRACEPARENT_VAR: &str = "TRACEPARENT";
+const TRACEPARENT_VAR: &str = "TRACEPARENT";
 /// The variable holding the tracestate.
-pub const TRACESTATE_VAR: &str = "TRACESTATE";
-/// Both variables, for removing inherited values before applying
-/// [`child_env`] (which omits `TRACESTATE` when there is none).
-pub const TRACE_VARS: [&str; 2] = [TRACEPARENT_VAR, TRACESTATE_VAR];
+const TRACESTATE_VAR: &str = "TRACESTATE";
 
 /// Reads the trace context from this process's environment.
 ///
@@ -25,7 +22,8 @@ pub fn extract_from_env() -> Extracted {
 
 /// Reads the trace context through `vars` (a variable name to its value), by
 /// the same rules as [`extract_from_env`].
-pub fn extract_from(vars: impl Fn(&str) -> Option<String>) -> Extracted {
+#[cfg(test)]
+fn extract_from(vars: impl Fn(&str) -> Option<String>) -> Extracted {
     extract_with(|name| vars(name).map(Ok))
 }
 

@@ -5,9 +5,9 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use crate::w3c::{self, Extracted, TraceContext, TraceParentError};
 
 /// The metadata key of the traceparent.
-pub const TRACEPARENT_KEY: &str = "traceparent";
+const TRACEPARENT_KEY: &str = "traceparent";
 /// The metadata key of the tracestate.
-pub const TRACESTATE_KEY: &str = "tracestate";
+const TRACESTATE_KEY: &str = "tracestate";
 
 /// Sets `traceparent` (and `tracestate` when `cx` has a non-empty one) in
 /// `map`, replacing any values already there; a stale `tracestate` is removed

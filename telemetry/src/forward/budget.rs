@@ -10,25 +10,26 @@ use std::time::{Duration, Instant};
 
 /// Bounds on what an exec-server takes of its clients' spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ForwardLimits {
     /// The most bytes of one batch (announced in the hello answer).
     pub batch_bytes: u32,
     /// Spans per second one client key may forward (its bucket holds 4 s
     /// worth).
-    pub key_spans_per_sec: u32,
+    pub(crate) key_spans_per_sec: u32,
     /// Spans per second all clients together may forward (4 s worth held).
-    pub total_spans_per_sec: u32,
+    pub(crate) total_spans_per_sec: u32,
     /// Bytes per second all clients together may forward (4 s held).
-    pub total_bytes_per_sec: u32,
+    pub(crate) total_bytes_per_sec: u32,
     /// Batches waiting for export, at most.
-    pub queue: usize,
+    pub(crate) queue: usize,
     /// Client keys whose buckets are remembered, at most.
-    pub keys: usize,
+    pub(crate) keys: usize,
     /// Spans each call a client runs adds to its key's and the total
     /// budget, beyond the steady rates (up to 256 calls' worth held).
-    pub call_spans: u32,
+    pub(crate) call_spans: u32,
     /// Bytes each call adds to the total budget, likewise.
-    pub call_bytes: u32,
+    pub(crate) call_bytes: u32,
     /// How long the first waiting batch waits for others before they are
     /// exported together (a full group leaves at once): the exec-server
     /// uses its batch processor's delay, `OTEL_BSP_SCHEDULE_DELAY`.
@@ -53,6 +54,7 @@ impl Default for ForwardLimits {
 
 /// What became of an offered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Offered {
     /// Queued for export.
     Queued,

@@ -18,7 +18,7 @@ use prost::Message as _;
 use super::{Batch, SpanSource, Taken};
 
 /// Spans kept in all, by default, until their calls take them.
-pub const DEFAULT_HELD: usize = 1024;
+const DEFAULT_HELD: usize = 1024;
 
 #[derive(Debug)]
 struct Held {
@@ -60,7 +60,7 @@ impl SpanCollector {
     /// A collector keeping at most `max` spans in all; when full, the
     /// oldest trace's spans go first (they stay wherever the provider's
     /// other processors put them).
-    pub fn new(max: usize) -> Self {
+    fn new(max: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 held: Mutex::new(Held {
@@ -84,7 +84,8 @@ impl SpanCollector {
     }
 
     /// Spans held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.shared.lock().spans
     }
 }

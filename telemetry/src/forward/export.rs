@@ -30,15 +30,16 @@ use crate::otlp::OtlpTarget;
 use crate::spans;
 
 /// Spans forwarded and dropped since start.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ForwardCounts {
+struct ForwardCounts {
     /// Spans handed to the exporter.
-    pub exported: u64,
+    exported: u64,
     /// Spans dropped here (rates, queue, undecodable batches, resources
     /// that claim to be a service of ours, a failed export).
-    pub dropped: u64,
+    dropped: u64,
     /// Spans the clients said they dropped themselves.
-    pub dropped_by_clients: u64,
+    dropped_by_clients: u64,
 }
 
 #[derive(Debug, Default)]
@@ -110,7 +111,7 @@ impl Forwarder {
     }
 
     /// [`start`](Self::start) with any exporter (tests).
-    pub fn with_exporter<E: SpanExporter + 'static>(
+    fn with_exporter<E: SpanExporter + 'static>(
         exporter: E,
         limits: ForwardLimits,
         own: Vec<String>,
@@ -156,7 +157,8 @@ impl Forwarder {
     }
 
     /// Spans exported and dropped so far.
-    pub fn counts(&self) -> ForwardCounts {
+    #[cfg(test)]
+    fn counts(&self) -> ForwardCounts {
         ForwardCounts {
             exported: self.counts.exported.load(Ordering::Relaxed),
             dropped: self.counts.dropped.load(Ordering::Relaxed),

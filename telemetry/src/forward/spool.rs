@@ -24,14 +24,14 @@ use opentelemetry::trace::TraceId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolLimits {
     /// Bytes of batches kept, at most (the oldest go first).
-    pub bytes: u64,
+    bytes: u64,
     /// Batches kept, at most (the oldest go first).
-    pub batches: usize,
+    batches: usize,
     /// A batch older than this is let go.
-    pub age: Duration,
+    age: Duration,
     /// Bytes handed out to one session's take, at most (the rest waits for
     /// the next).
-    pub take_bytes: usize,
+    take_bytes: usize,
 }
 
 impl Default for SpoolLimits {
@@ -47,6 +47,7 @@ impl Default for SpoolLimits {
 
 /// What [`Spool::write`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Spooled {
     /// Spans written.
     pub spans: u64,
@@ -123,7 +124,7 @@ impl Spool {
     /// up to the take's byte bound; each is removed as it is taken (by one
     /// process only). A batch over `max_bytes` or too old is let go and
     /// counted in [`Taken::dropped`], with the markers' counts.
-    pub fn take(&self, max_bytes: usize) -> Taken {
+    fn take(&self, max_bytes: usize) -> Taken {
         let mut taken = Taken::default();
         let now = nanos(SystemTime::now());
         let mut budget = self.limits.take_bytes;

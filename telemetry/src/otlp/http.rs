@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 
 /// Why the HTTP client cannot be built.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpClientError {
+pub(crate) enum HttpClientError {
     /// Built outside a Tokio runtime.
     #[error("OTLP/HTTP export must be set up inside a Tokio runtime")]
     NoRuntime,

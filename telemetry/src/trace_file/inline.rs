@@ -21,7 +21,7 @@ use super::{TraceFile, TraceFileExporter};
 /// counted) and appends them to the trace file on
 /// [`force_flush`](SpanProcessor::force_flush) and at shutdown.
 #[derive(Debug)]
-pub struct InlineProcessor {
+pub(crate) struct InlineProcessor {
     exporter: Mutex<TraceFileExporter>,
     ended: Mutex<Vec<SpanData>>,
     queue: usize,
@@ -32,7 +32,7 @@ pub struct InlineProcessor {
 impl InlineProcessor {
     /// A processor writing to `file`, holding at most `queue` spans
     /// between flushes.
-    pub fn new(file: &TraceFile, queue: usize) -> Self {
+    pub(crate) fn new(file: &TraceFile, queue: usize) -> Self {
         Self {
             exporter: Mutex::new(file.exporter()),
             ended: Mutex::new(Vec::new()),

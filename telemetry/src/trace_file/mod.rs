@@ -3,9 +3,9 @@
 //!
 //! Layout:
 //! - this module: [`TraceFile`] (appending whole lines under one lock) and
-//!   its span exporter, and [`RemoteSpans`] (the exec-server's stages a
+//!   its span exporter, and `RemoteSpans` (the exec-server's stages a
 //!   client brought home).
-//! - `inline`: [`InlineProcessor`], which writes a command's spans in
+//! - `inline`: `InlineProcessor`, which writes a command's spans in
 //!   the thread that flushes them.
 //! - [`retention`] (`crate::trace_files`, which readers use without this
 //!   feature): how much is kept (the current file and its rotated
@@ -25,7 +25,7 @@
 
 mod compact;
 mod inline;
-pub use crate::trace_files as retention;
+use crate::trace_files as retention;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,10 +50,8 @@ use opentelemetry_sdk::trace::{
 
 use crate::remote::{RemoteSink, RemoteSpan};
 
-pub use inline::InlineProcessor;
-pub use retention::{
-    Retention, files_newest_first, generation_path, rotated_away_before, rotated_path,
-};
+pub(crate) use inline::InlineProcessor;
+pub use retention::{Retention, rotated_path};
 
 /// The environment variable that overrides [`default_path`].
 pub const PATH_ENV: &str = "REX_TRACE_FILE";
@@ -256,7 +254,7 @@ impl SpanExporter for TraceFileExporter {
 /// processors (a queue and a thread each) start with the first spans: a
 /// command run through the agent brings nothing home itself.
 #[derive(Debug)]
-pub struct RemoteSpans {
+pub(crate) struct RemoteSpans {
     file: TraceFile,
     queue: usize,
     processors: OnceLock<Processors>,
@@ -271,7 +269,7 @@ struct Processors {
 
 impl RemoteSpans {
     /// A writer into `file`, each service's queue holding `queue` spans.
-    pub fn new(file: &TraceFile, queue: usize) -> Self {
+    pub(crate) fn new(file: &TraceFile, queue: usize) -> Self {
         Self {
             file: file.clone(),
             queue,
@@ -297,7 +295,7 @@ impl RemoteSpans {
     }
 
     /// Writes what is queued now.
-    pub fn flush(&self) -> OTelSdkResult {
+    pub(crate) fn flush(&self) -> OTelSdkResult {
         match self.processors.get() {
             Some(p) => p.exec_server.force_flush().and(p.relay.force_flush()),
             None => Ok(()),
@@ -305,7 +303,7 @@ impl RemoteSpans {
     }
 
     /// Writes what is queued and stops, waiting at most `timeout` for each.
-    pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
+    pub(crate) fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
         match self.processors.get() {
             Some(p) => p
                 .exec_server

@@ -86,14 +86,7 @@ fn main() -> ExitCode {
         };
     }
     // Logs only: the sink exports no spans of its own.
-    let off = Options {
-        export: Export::Off,
-        retry: false,
-        span_events: false,
-        span_queue: telemetry::setup::SERVICE_SPAN_QUEUE,
-        inline: false,
-        collect: false,
-    };
+    let off = Options::new(Export::Off);
     let telemetry = telemetry::setup::init("trace-sink", LogDefault::Info, off);
     if let Some(path) = &args.config {
         if !path.is_file() {
