@@ -120,6 +120,56 @@ pub struct Unattributed {
     pub share: Shares,
 }
 
+/// The commands a flow-control window held up: how long their stdin
+/// waited for its window and their output for credit, and the widest
+/// windows they had.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowLimited {
+    /// Commands whose stdin or output waited.
+    pub commands: u64,
+    /// Stdin's wait, over the commands whose stdin waited.
+    pub stdin_wait: Option<Summary>,
+    /// The widest stdin window any command had, in bytes.
+    pub stdin_window_max: u64,
+    /// Output's wait for credit, over the commands whose output waited.
+    pub output_wait: Option<Summary>,
+    /// The widest output window any command ended with, in bytes.
+    pub output_window_max: u64,
+}
+
+/// What windows held up in `commands`; `None` when nothing waited.
+fn window_limited(commands: &[Command]) -> Option<WindowLimited> {
+    let limited: Vec<&Command> = commands.iter().filter(|c| c.window.limited()).collect();
+    if limited.is_empty() {
+        return None;
+    }
+    let mut stdin: Vec<u64> = limited
+        .iter()
+        .map(|c| c.window.stdin_wait)
+        .filter(|w| *w > 0)
+        .collect();
+    let mut output: Vec<u64> = limited
+        .iter()
+        .map(|c| c.window.output_wait)
+        .filter(|w| *w > 0)
+        .collect();
+    Some(WindowLimited {
+        commands: limited.len() as u64,
+        stdin_wait: Summary::of(&mut stdin),
+        stdin_window_max: commands
+            .iter()
+            .map(|c| c.window.stdin_window)
+            .max()
+            .unwrap_or(0),
+        output_wait: Summary::of(&mut output),
+        output_window_max: commands
+            .iter()
+            .map(|c| c.window.output_window)
+            .max()
+            .unwrap_or(0),
+    })
+}
+
 /// One of the CLI's own stages (`cli.run` and its children other than the
 /// dispatch), over the commands run by the CLI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -168,6 +218,8 @@ pub struct Numbers {
     pub slowest: Vec<Slow>,
     /// What no stage covers.
     pub unattributed: Option<Unattributed>,
+    /// What flow-control windows held up, when they held any command up.
+    pub window_limited: Option<WindowLimited>,
     /// The CLI's own stages.
     pub cli: Vec<CliRow>,
 }
@@ -236,6 +288,7 @@ pub(crate) fn numbers(commands: &[Command], table: &StageTable, top: usize) -> N
         first_output: first_output_rows(commands),
         slowest,
         unattributed,
+        window_limited: window_limited(commands),
         cli: cli_rows(commands),
     }
 }
@@ -454,6 +507,48 @@ mod tests {
             spans.push(span(trace, 4, 1, "exec.first_output", 0, f));
         }
         reducer.commands(Trace::new(trace, spans)).remove(0)
+    }
+
+    #[test]
+    fn window_limited_time_is_gathered_from_the_dispatch_and_the_process() {
+        let mut r = Reducer::default();
+        let mut commands = Vec::new();
+        // Stdin waited 5, 1 and 3 ms (on the dispatch); output waited
+        // 20 ms once (on the process's run, under the exec); one command
+        // waited for nothing.
+        for (i, (stdin, output)) in [(5, 0), (1, 0), (3, 20), (0, 0)].into_iter().enumerate() {
+            let trace = i as u128 + 1;
+            let mut root = span(trace, 1, 0, "tool.dispatch", 0, 100_000_000);
+            root.attrs.stdin_window_wait_ns = Some(stdin * 1_000_000);
+            root.attrs.stdin_window = Some(262_144 << i);
+            let mut run = span(trace, 4, 3, "process.run", 10, 90_000_000);
+            run.attrs.output_credit_wait_ns = Some(output * 1_000_000);
+            run.attrs.output_window = Some(4 << 20);
+            let spans = vec![
+                root,
+                span(trace, 3, 1, "rpc.server.exec", 0, 100_000_000),
+                run,
+            ];
+            commands.push(r.commands(Trace::new(trace, spans)).remove(0));
+        }
+        let n = numbers(&commands, &r.table, 3);
+        let w = n.window_limited.expect("three commands waited");
+        assert_eq!(w.commands, 3);
+        let stdin = w.stdin_wait.unwrap();
+        assert_eq!(
+            (stdin.count, stdin.p50_ns, stdin.max_ns),
+            (3, 3_000_000, 5_000_000)
+        );
+        let output = w.output_wait.unwrap();
+        assert_eq!((output.count, output.max_ns), (1, 20_000_000));
+        assert_eq!(w.stdin_window_max, 262_144 << 3);
+        assert_eq!(w.output_window_max, 4 << 20);
+        // Nothing waited: nothing said.
+        assert!(
+            numbers(&commands[3..], &r.table, 3)
+                .window_limited
+                .is_none()
+        );
     }
 
     #[test]

@@ -189,6 +189,44 @@ pub struct Command {
     pub failed: bool,
     /// The CLI's own stages, when the dispatch is under `cli.run`.
     pub cli: Option<CliTimes>,
+    /// What its flow-control windows held it up.
+    pub window: WindowWaits,
+}
+
+/// How long a command's stdin and output waited for their windows
+/// (`rex.stdin.window_wait_ns` on the dispatch, `rex.output.credit_wait_ns`
+/// on the process's run), and the windows they had; 0 where not recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WindowWaits {
+    /// Stdin's wait for its window.
+    pub stdin_wait: u64,
+    /// The widest stdin window.
+    pub stdin_window: u64,
+    /// Output's wait for credit.
+    pub output_wait: u64,
+    /// The output window at the end.
+    pub output_window: u64,
+}
+
+impl WindowWaits {
+    /// Takes in what `span` says, keeping the largest of each.
+    fn note(&mut self, span: &Span) {
+        let take = |into: &mut u64, v: Option<i64>| {
+            if let Some(v) = v.and_then(|v| u64::try_from(v).ok()) {
+                *into = (*into).max(v);
+            }
+        };
+        take(&mut self.stdin_wait, span.attrs.stdin_window_wait_ns);
+        take(&mut self.stdin_window, span.attrs.stdin_window);
+        take(&mut self.output_wait, span.attrs.output_credit_wait_ns);
+        take(&mut self.output_window, span.attrs.output_window);
+    }
+
+    /// Whether a window held the command up.
+    pub fn limited(&self) -> bool {
+        self.stdin_wait > 0 || self.output_wait > 0
+    }
 }
 
 impl Command {
@@ -299,6 +337,8 @@ impl Reducer {
             .map(|i| (*i, None))
             .collect();
         let mut stage_of: HashMap<u64, StageId> = HashMap::new();
+        let mut window = WindowWaits::default();
+        window.note(dispatch);
         while let Some((i, parent)) = stack.pop() {
             let Some(span) = tree.spans.get(i) else {
                 continue;
@@ -306,6 +346,7 @@ impl Reducer {
             if !seen.insert(span.id) {
                 continue;
             }
+            window.note(span);
             let offset = span.start.saturating_sub(dispatch.start);
             let Some(id) = self.table.id(parent, &span.name, offset) else {
                 continue;
@@ -378,6 +419,7 @@ impl Reducer {
             dominant,
             failed: dispatch.error,
             cli,
+            window,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! digits and a unit, signed changes, shares and counts of things, and the
 //! cells the table and the page both show.
 
-use crate::aggregate::ProgramOutput;
+use crate::aggregate::{ProgramOutput, WindowLimited};
 use crate::compare::CompareRow;
 use crate::stats::Summary;
 
@@ -93,6 +93,34 @@ pub(crate) fn comparison_cells(r: &CompareRow, missing: &str, p_digits: usize) -
 /// `n` things: `1 command`, `2 commands`.
 pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// What windows held up, as the table and the page both say it: one
+/// clause for stdin and one for output, each when it waited (its
+/// median and 90th percentile wait over the commands that waited, and the
+/// widest window).
+pub(crate) fn window_clauses(w: &WindowLimited) -> Vec<String> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut out = Vec::new();
+    if let Some(s) = &w.stdin_wait {
+        out.push(format!(
+            "stdin waited for its window in {}: p50 {}, p90 {} (widest {:.1} MiB)",
+            plural(s.count, "command", "commands"),
+            ns(s.p50_ns),
+            ns(s.p90_ns),
+            mib(w.stdin_window_max)
+        ));
+    }
+    if let Some(s) = &w.output_wait {
+        out.push(format!(
+            "output waited for credit in {}: p50 {}, p90 {} (window up to {:.1} MiB)",
+            plural(s.count, "command", "commands"),
+            ns(s.p50_ns),
+            ns(s.p90_ns),
+            mib(w.output_window_max)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

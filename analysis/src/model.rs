@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use telemetry::spans;
+
 /// The attributes a report reads, typed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attrs {
@@ -31,6 +33,16 @@ pub struct Attrs {
     pub split_unknown: bool,
     /// `rex.round_trip_ns`: the round trip such a leg is part of.
     pub round_trip_ns: Option<i64>,
+    /// `rex.stdin.window_wait_ns`: how long a call's stdin waited for its
+    /// window.
+    pub stdin_window_wait_ns: Option<i64>,
+    /// `rex.stdin.window`: the widest stdin window a call had.
+    pub stdin_window: Option<i64>,
+    /// `rex.output.credit_wait_ns`: how long a call's output waited for
+    /// credit.
+    pub output_credit_wait_ns: Option<i64>,
+    /// `rex.output.window`: the output window a call ended with.
+    pub output_window: Option<i64>,
 }
 
 /// An attribute value as the reader met it (what [`Attrs`] is filled from).
@@ -69,6 +81,10 @@ impl Attrs {
             "rex.clock.bound_ns" => self.clock_bound_ns = int(value),
             "rex.clock.split" => self.split_unknown = value == Value::Str("unknown"),
             "rex.round_trip_ns" => self.round_trip_ns = int(value),
+            spans::ATTR_STDIN_WINDOW_WAIT => self.stdin_window_wait_ns = int(value),
+            spans::ATTR_STDIN_WINDOW => self.stdin_window = int(value),
+            spans::ATTR_OUTPUT_CREDIT_WAIT => self.output_credit_wait_ns = int(value),
+            spans::ATTR_OUTPUT_WINDOW => self.output_window = int(value),
             _ => {}
         }
     }

@@ -810,6 +810,19 @@ mod tests {
     }
 
     #[test]
+    fn window_waits_are_read_as_numbers_in_either_form() {
+        let line = LINE.replace(
+            r#"{"key":"rex.session.reused","value":{"boolValue":true}}"#,
+            r#"{"key":"rex.stdin.window_wait_ns","value":{"intValue":"120500000"}},{"key":"rex.stdin.window","value":{"intValue":4194304}}"#,
+        );
+        let (traces, _) = read(&format!("{line}\n"));
+        let attrs = &traces[0].spans[0].attrs;
+        assert_eq!(attrs.stdin_window_wait_ns, Some(120_500_000));
+        assert_eq!(attrs.stdin_window, Some(4_194_304));
+        assert_eq!(attrs.output_credit_wait_ns, None);
+    }
+
+    #[test]
     fn bad_lines_are_counted_a_cut_tail_is_told_apart_and_the_rest_read() {
         let text = format!("{LINE}\nnot json\n{{\"other\":1}}\n\n{}", &LINE[..60]);
         let (traces, stats) = read(&text);

@@ -6,7 +6,9 @@ use super::aggregate::{Numbers, StageRow};
 use super::compare::Comparison;
 use super::source::SourceInfo;
 use super::stats::{Shares, Summary};
-use crate::format::{comparison_cells, first_output_cells, ns as d, pct, signed, summary_figures};
+use crate::format::{
+    comparison_cells, first_output_cells, ns as d, pct, signed, summary_figures, window_clauses,
+};
 use crate::names::Names;
 use crate::report::Report;
 
@@ -19,6 +21,7 @@ pub fn render(report: &Report, names: &dyn Names) -> String {
         stages(&mut out, n);
         warmth(&mut out, n);
         first_output(&mut out, n);
+        windows(&mut out, n);
         slowest(&mut out, n, names);
         cli(&mut out, n);
     }
@@ -285,6 +288,21 @@ fn first_output(out: &mut String, n: &Numbers) {
             let _ = write!(out, "  ({} printed nothing)", p.without_output);
         }
         let _ = writeln!(out);
+    }
+}
+
+/// What flow-control windows held up, when they held any command up.
+fn windows(out: &mut String, n: &Numbers) {
+    let Some(w) = &n.window_limited else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nwindow-limited: {} of {} commands",
+        w.commands, n.commands
+    );
+    for clause in window_clauses(w) {
+        let _ = writeln!(out, "  {clause}");
     }
 }
 

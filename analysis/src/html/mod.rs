@@ -181,6 +181,7 @@ pub(crate) fn render(report: &Report, extras: &Extras<'_>) -> String {
         distributions(&mut out, n);
         warmth(&mut out, n);
         first_output(&mut out, n);
+        windows(&mut out, n);
         slowest(&mut out, n, extras.names);
         waterfalls(&mut out, extras);
         cli(&mut out, n);
@@ -210,9 +211,11 @@ fn sections(report: &Report) -> Vec<(&'static str, &'static str)> {
             ("distributions", "Distributions"),
             ("cold-warm", "Cold vs warm"),
             ("first-output", "First output"),
-            ("slowest", "Slowest"),
-            ("waterfalls", "Waterfalls"),
         ]);
+        if n.window_limited.is_some() {
+            out.push(("windows", "Windows"));
+        }
+        out.extend([("slowest", "Slowest"), ("waterfalls", "Waterfalls")]);
         if !n.cli.is_empty() {
             out.push(("cli", "CLI"));
         }
@@ -626,6 +629,28 @@ fn first_output(out: &mut String, n: &Numbers) {
         );
     }
     out.push_str("</tbody></table>\n</section>\n");
+}
+
+/// What flow-control windows held up, when they held any command up.
+fn windows(out: &mut String, n: &Numbers) {
+    let Some(w) = &n.window_limited else {
+        return;
+    };
+    section_start(
+        out,
+        "windows",
+        "Window-limited",
+        &format!(
+            "{} of {} commands waited for a flow-control window: their stdin for the \
+             exec-server's window, or their output for credit.",
+            w.commands, n.commands
+        ),
+    );
+    out.push_str("<ul>");
+    for clause in crate::format::window_clauses(w) {
+        let _ = write!(out, "<li>{}</li>", Esc(&clause));
+    }
+    out.push_str("</ul>\n</section>\n");
 }
 
 fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {

@@ -483,3 +483,36 @@ fn legs_of_an_unknown_split_are_one_round_trip_and_bounds_are_whiskers() {
         "{html}"
     );
 }
+
+#[test]
+fn window_limited_time_is_on_the_page_and_in_the_table_when_a_window_held_commands_up() {
+    let mut f = fixture(&[], false);
+    assert!(!page(&f).contains("id=\"windows\""), "nothing waited");
+    f.report.numbers.window_limited = Some(crate::aggregate::WindowLimited {
+        commands: 3,
+        stdin_wait: Summary::of(&mut [1_000_000, 3_000_000, 5_000_000]),
+        stdin_window_max: 4 << 20,
+        output_wait: Summary::of(&mut [20_000_000]),
+        output_window_max: 8 << 20,
+    });
+    let html = page(&f);
+    assert!(
+        html.contains(r##"<a href="#windows">Windows</a>"##),
+        "{html}"
+    );
+    assert!(html.contains("<section id=\"windows\">"));
+    assert!(html.contains("3 of 12 commands waited for a flow-control window"));
+    assert!(html.contains(
+        "<li>stdin waited for its window in 3 commands: p50 3.00ms, p90 5.00ms (widest 4.0 MiB)</li>"
+    ));
+    assert!(html.contains(
+        "<li>output waited for credit in 1 command: p50 20.0ms, p90 20.0ms (window up to 8.0 MiB)</li>"
+    ));
+    let text = crate::text::render(&f.report, &Bang);
+    assert!(
+        text.contains(
+            "\nwindow-limited: 3 of 12 commands\n  stdin waited for its window in 3 commands"
+        ),
+        "{text}"
+    );
+}
