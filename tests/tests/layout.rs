@@ -2,6 +2,8 @@
 //! only on the layers below it, the CLI links neither service, analysis
 //! links no network code, and no two modules of a crate import each other.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
