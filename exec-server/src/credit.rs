@@ -233,8 +233,14 @@ impl Retention {
 pub struct Credit {
     /// `None`: no window (every reservation is granted at once).
     window: Option<Arc<Semaphore>>,
-    /// The window's size (it only grows: the client widens it).
+    /// The window's size (the client widens it with the path, and
+    /// narrows it back when the call goes quiet).
     size: Arc<AtomicU64>,
+    /// The widest it has been.
+    widest: Arc<AtomicU64>,
+    /// Credit a narrower window still owes: taken out of what comes back
+    /// before it is free again.
+    owed: Arc<AtomicU64>,
     /// Its session's bounds while the link is down.
     retention: Option<Arc<Retention>>,
     /// What the call holds of the exec-server's budget for unacknowledged
@@ -262,6 +268,8 @@ impl Credit {
         Self {
             window: (window != 0).then(|| Arc::new(Semaphore::new(window as usize))),
             size: Arc::new(AtomicU64::new(u64::from(window))),
+            widest: Arc::new(AtomicU64::new(u64::from(window))),
+            owed: Arc::new(AtomicU64::new(0)),
             retention,
             unacked: None,
         }
@@ -287,6 +295,8 @@ impl Credit {
         Self {
             window: None,
             size: Arc::new(AtomicU64::new(0)),
+            widest: Arc::new(AtomicU64::new(0)),
+            owed: Arc::new(AtomicU64::new(0)),
             retention: None,
             unacked: None,
         }
@@ -339,31 +349,58 @@ impl Credit {
     /// not spent).
     pub(crate) fn release(&self, amount: u64) {
         if let Some(window) = &self.window {
-            window.add_permits(usize::try_from(amount).unwrap_or(usize::MAX));
+            let free = amount - self.repay(amount);
+            window.add_permits(usize::try_from(free).unwrap_or(usize::MAX));
         }
         if let Some(share) = &self.unacked {
             share.give(amount);
         }
     }
 
-    /// The client widened the call's window to `window`: the difference is
-    /// free at once (a narrower one changes nothing).
-    pub(crate) fn widen(&self, window: u32) {
+    /// The client changed the call's window to `window`: a wider one's
+    /// difference is free at once (first paying what a narrower one still
+    /// owed); a narrower one takes the difference out of the free credit,
+    /// and what is not free now out of what the client acknowledges next.
+    pub(crate) fn resize(&self, window: u32) {
         let Some(semaphore) = &self.window else {
             return;
         };
-        let old = self.size.fetch_max(u64::from(window), Ordering::AcqRel);
-        let more = u64::from(window).saturating_sub(old);
-        if more > 0 {
-            semaphore.add_permits(usize::try_from(more).unwrap_or(usize::MAX));
+        let new = u64::from(window);
+        let old = self.size.swap(new, Ordering::AcqRel);
+        self.widest.fetch_max(new, Ordering::AcqRel);
+        if new > old {
+            let more = new - old;
+            let free = more - self.repay(more);
+            if free > 0 {
+                semaphore.add_permits(usize::try_from(free).unwrap_or(usize::MAX));
+            }
+        } else if new < old {
+            let less = old - new;
+            let taken = semaphore.forget_permits(usize::try_from(less).unwrap_or(usize::MAX));
+            let owed = less.saturating_sub(taken as u64);
+            if owed > 0 {
+                self.owed.fetch_add(owed, Ordering::AcqRel);
+            }
         }
     }
 
-    /// The window's size now (`None`: no window).
-    pub(crate) fn window(&self) -> Option<u64> {
+    /// Pays up to `amount` of what a narrower window owes: returns how much.
+    fn repay(&self, amount: u64) -> u64 {
+        let mut paid = 0;
+        let _ = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                paid = owed.min(amount);
+                Some(owed - paid)
+            });
+        paid
+    }
+
+    /// The widest the window has been (`None`: no window).
+    pub(crate) fn widest(&self) -> Option<u64> {
         self.window
             .as_ref()
-            .map(|_| self.size.load(Ordering::Acquire))
+            .map(|_| self.widest.load(Ordering::Acquire))
     }
 
     /// Credit free now (the window when nothing is in flight).
@@ -413,6 +450,33 @@ mod tests {
         waiting.await.unwrap();
         // 100 spent, 600 unspent returned.
         assert_eq!(credit.available(), Some(900));
+    }
+
+    #[tokio::test]
+    async fn a_window_widens_at_once_and_narrows_as_credit_comes_back() {
+        let credit = Credit::new(1000, None);
+        credit.resize(3000);
+        assert_eq!(credit.available(), Some(3000));
+        credit.reserve(2500).await.spend(2500);
+        // Narrowed to 1000 with 2500 out: the 500 free go at once, the
+        // other 1500 from what the client acknowledges next.
+        credit.resize(1000);
+        assert_eq!(credit.available(), Some(0));
+        credit.release(1200);
+        assert_eq!(credit.available(), Some(0), "1200 of the 1500 owed");
+        credit.release(1300);
+        assert_eq!(credit.available(), Some(1000), "the narrower window, free");
+        // Widened again: owing nothing, the difference is free at once.
+        credit.resize(4000);
+        assert_eq!(credit.available(), Some(4000));
+        assert_eq!(credit.widest(), Some(4000));
+        // Narrowed and widened again before anything came back: what was
+        // owed is paid out of the widening first.
+        credit.reserve(4000).await.spend(4000);
+        credit.resize(1000);
+        credit.resize(2000);
+        credit.release(4000);
+        assert_eq!(credit.available(), Some(2000));
     }
 
     #[tokio::test]

@@ -838,7 +838,7 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         spans::ATTR_OUTPUT_CREDIT_WAIT,
         i64::try_from(credit_wait.as_nanos()).unwrap_or(i64::MAX),
     );
-    if let Some(window) = credit.window() {
+    if let Some(window) = credit.widest() {
         run_span.set_int(
             spans::ATTR_OUTPUT_WINDOW,
             i64::try_from(window).unwrap_or(i64::MAX),

@@ -135,8 +135,8 @@ pub const ATTR_SESSION_EARLY_DATA: &str = "rex.session.early_data";
 /// readers waited for output credit (window-limited time, or the
 /// exec-server's budget for unacknowledged output).
 pub const ATTR_OUTPUT_CREDIT_WAIT: &str = "rex.output.credit_wait_ns";
-/// `process.run` attribute (exec-server): the command's output window when
-/// it ended (bytes; its client widens it with the path).
+/// `process.run` attribute (exec-server): the widest the command's output
+/// window was (bytes; its client widens it with the path).
 pub const ATTR_OUTPUT_WINDOW: &str = "rex.output.window";
 /// `tool.dispatch` attribute, on a call with stdin: the widest stdin
 /// window its exec-server gave (bytes; the window grows with the path).

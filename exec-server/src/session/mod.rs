@@ -1035,12 +1035,12 @@ impl Endpoint<Machine> for Runner {
             ServerEvent::OutputAcked {
                 call_id,
                 freed,
-                widened,
+                window,
             } => {
                 if let Some(call) = self.calls.get(&call_id) {
                     call.credit.release(freed);
-                    if widened > 0 {
-                        call.credit.widen(widened);
+                    if window > 0 {
+                        call.credit.resize(window);
                     }
                 } else if let Some(credit) = self.finished.get(&call_id) {
                     credit.release(freed);

@@ -136,6 +136,9 @@ pub(super) struct Received {
     acked_seq: Option<u64>,
     /// The window (0: none, and it never grows).
     flow: Adaptive,
+    /// The widest window told: what the exec-server may have in flight
+    /// while it hears of a narrower one.
+    widest: u64,
 }
 
 impl Received {
@@ -149,6 +152,7 @@ impl Received {
             taken_seq: None,
             acked_seq: None,
             flow: Adaptive::new(u64::from(window), u64::from(ceiling)),
+            widest: u64::from(window),
         }
     }
 
@@ -157,22 +161,55 @@ impl Received {
         u32::try_from(self.flow.window()).unwrap_or(u32::MAX)
     }
 
-    /// An event of `cost` arrived: more than the window beyond the
-    /// acknowledgements is a violation.
-    pub(super) fn receive(&mut self, call_id: u64, cost: u64) -> Result<(), Violation> {
+    /// An event of `cost` arrived at `now`: more than the widest window
+    /// told beyond the acknowledgements is a violation.
+    pub(super) fn receive(
+        &mut self,
+        call_id: u64,
+        cost: u64,
+        now: std::time::Instant,
+    ) -> Result<(), Violation> {
         self.received += cost;
-        let window = self.flow.window();
-        if window != 0 && self.received - self.acked > window {
+        self.flow.arrived(now);
+        if self.widest != 0 && self.received - self.acked > self.widest {
             return Err(Violation::OutputWindow(call_id));
         }
         Ok(())
+    }
+
+    /// Widens (or narrows) the window to `window`.
+    fn settle(&mut self, window: u64) {
+        self.flow.settle(window);
+        self.widest = self.widest.max(self.flow.window());
+    }
+
+    /// When the window falls back if nothing arrives meanwhile (`None`:
+    /// it is at its first already).
+    pub(super) fn idle_at(&self) -> Option<std::time::Instant> {
+        self.flow.idle_at()
+    }
+
+    /// Falls back to the first window if nothing arrived for a while:
+    /// the sequence number to acknowledge again so that the exec-server
+    /// hears of it (`None` when it did not fall back, or nothing was
+    /// acknowledged yet: the next acknowledgement tells it).
+    pub(super) fn idle(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self.flow.idle(now) {
+            self.acked_seq
+        } else {
+            None
+        }
     }
 
     /// The caller took the events through `seq`, of `cost` in all since it
     /// last said. Returns the sequence number to acknowledge now, if any:
     /// once a quarter window has been taken since the last one.
     pub(super) fn taken(&mut self, seq: u64, cost: u64) -> Option<u64> {
+        let before = self.taken;
         self.taken = (self.taken + cost).min(self.received);
+        if let Some(want) = self.flow.delivered(self.taken - before) {
+            self.settle(want);
+        }
         self.taken_seq = Some(self.taken_seq.map_or(seq, |s| s.max(seq)));
         let window = self.flow.window();
         if window == 0 || self.taken - self.acked < (window / 4).max(1) {
@@ -199,7 +236,7 @@ impl Received {
     /// tells it).
     pub(super) fn end(&mut self, rtt: std::time::Duration) -> Option<u64> {
         let want = self.flow.end(self.received, rtt)?;
-        self.flow.settle(want);
+        self.settle(want);
         self.acked_seq
     }
 }
@@ -208,6 +245,7 @@ impl Received {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::time::Instant;
 
     #[test]
     fn an_event_costs_its_output_and_a_fixed_part() {
@@ -263,7 +301,7 @@ mod tests {
     fn the_client_acknowledges_each_quarter_window_taken() {
         let mut rx = Received::new(1000, 1000);
         for _ in 0..4 {
-            rx.receive(1, 100).unwrap();
+            rx.receive(1, 100, Instant::now()).unwrap();
         }
         assert_eq!(rx.taken(0, 100), None);
         assert_eq!(rx.taken(1, 100), None);
@@ -272,16 +310,19 @@ mod tests {
         // Up to the window beyond the acknowledgement may arrive; more is
         // a violation.
         for _ in 0..9 {
-            rx.receive(1, 100).unwrap();
+            rx.receive(1, 100, Instant::now()).unwrap();
         }
-        assert_eq!(rx.receive(1, 100), Err(Violation::OutputWindow(1)));
+        assert_eq!(
+            rx.receive(1, 100, Instant::now()),
+            Err(Violation::OutputWindow(1))
+        );
     }
 
     #[test]
     fn without_a_window_nothing_is_acknowledged_or_refused() {
         let mut rx = Received::new(0, 0);
         for i in 0..100 {
-            rx.receive(1, 1 << 20).unwrap();
+            rx.receive(1, 1 << 20, Instant::now()).unwrap();
             assert_eq!(rx.taken(i, 1 << 20), None);
         }
     }

@@ -292,7 +292,11 @@ impl Incoming {
     /// acknowledgement, or everything received has been taken (so a client
     /// waiting at the window's edge never waits for long).
     pub(super) fn taken(&mut self, n: u64) -> Option<Ack> {
+        let before = self.consumed;
         self.consumed = (self.consumed + n).min(self.received);
+        if let Some(want) = self.flow.delivered(self.consumed - before) {
+            self.grow(want);
+        }
         let since = self.consumed - self.acked;
         let ack = (since > 0
             && (since >= self.flow.window() / 4 || self.consumed == self.received))
@@ -332,12 +336,17 @@ impl Incoming {
     /// the window grew.
     pub(super) fn end(&mut self, rtt: Duration) -> Option<Ack> {
         let want = self.flow.end(self.received, rtt)?;
+        let before = self.flow.window();
+        self.grow(want);
+        (self.flow.window() > before).then(|| self.ack())
+    }
+
+    /// Widens the window toward `want`, as far as the budget allows.
+    fn grow(&mut self, want: u64) {
         let first = self.flow.first();
         let pending = self.limit.saturating_sub(self.consumed);
         let held = self.grant.set(want.max(pending).saturating_sub(first));
-        let before = self.flow.window();
         self.flow.settle(want.min(first + held));
-        (self.flow.window() > before).then(|| self.ack())
     }
 
     /// Falls back to the first window if nothing arrived for a while.

@@ -10,6 +10,19 @@
 //! and what a shared [`Budget`] has left; so at most about one round
 //! trip's worth ever stands in a queue. A flow that goes idle falls back
 //! to where it started.
+//!
+//! A window that grows only when a measurement ends doubles at best every
+//! second round trip: a wider window reaches the sender half a round trip
+//! after it is granted, and what it lets through arrives a round trip
+//! after that, so the measurement begun at the grant still sees the old
+//! one. While a flow is still finding its path's rate (the *ramp*, from its
+//! start or an idle fall-back), its window also grows by half of what the
+//! receiver takes, so that it grows about half again in every round trip;
+//! the ramp ends at the first measurement that shows a queue (a round trip
+//! a quarter over the least), or after two in a row that carried less than
+//! a quarter more than the best before.
+//! The first measurement begins once a little has arrived (not a quarter
+//! window), so that it sees most of the first window.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +32,18 @@ use std::time::{Duration, Instant};
 /// window.
 pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// The least time between the end of one measurement and the start of the
-/// next (a flow on a short path is not measured at every chunk).
+/// The least time between the start of one measurement and the start of
+/// the next (a flow on a short path is not measured at every chunk; on a
+/// path longer than this one follows the other at once).
 pub(crate) const PROBE_GAP: Duration = Duration::from_millis(10);
+
+/// Measurements in a row without a quarter more carried that end a ramp.
+const RAMP_FLAT: u8 = 2;
+
+/// What must arrive before a flow's first measurement: enough to tell
+/// bulk from typing, little enough that the measurement sees most of the
+/// first window.
+const FIRST_PROBE: u64 = 16 * 1024;
 
 /// Bytes that windows may hold beyond their first window, shared by every
 /// flow of an endpoint (for the exec-server: all its calls' stdin).
@@ -128,6 +150,16 @@ pub(super) struct Adaptive {
     from: Option<u64>,
     /// Bytes arrived when the last measurement began.
     measured: u64,
+    /// Whether a measurement ever began (since the start or the last fall-back).
+    begun: bool,
+    /// Still finding the path's rate: the window also grows with what is
+    /// taken ([`delivered`](Self::delivered)).
+    ramp: bool,
+    /// What the path carried in the last measurement's round trip (scaled
+    /// to the least round trip) that grew it, for the ramp's end.
+    carried: u64,
+    /// Measurements in a row that carried little more than `carried`.
+    flat: u8,
     last_data: Option<Instant>,
 }
 
@@ -141,6 +173,10 @@ impl Adaptive {
             least: None,
             from: None,
             measured: 0,
+            begun: false,
+            ramp: true,
+            carried: 0,
+            flat: 0,
             last_data: None,
         }
     }
@@ -166,15 +202,33 @@ impl Adaptive {
 
     /// Whether a measurement is worth its ping with `received` bytes
     /// arrived in all: the window could grow, and a quarter of it arrived
-    /// since the last one began (a trickle, such as typing, never is).
+    /// since the last one began, or for the flow's first one
+    /// [`FIRST_PROBE`] (a trickle, such as typing, never is).
     pub(super) fn due(&self, received: u64) -> bool {
-        self.may_grow() && received.saturating_sub(self.measured) >= self.window / 4
+        let since = received.saturating_sub(self.measured);
+        let enough = if self.begun {
+            self.window / 4
+        } else {
+            FIRST_PROBE.min(self.window / 4)
+        };
+        self.may_grow() && since >= enough
     }
 
     /// A measurement begins with `received` bytes arrived in all.
     pub(super) fn begin(&mut self, received: u64) {
         self.measured = received;
         self.from = Some(received);
+        self.begun = true;
+    }
+
+    /// The receiver took `n` more bytes: during the ramp, once a
+    /// measurement showed the window in use, the window it asks for
+    /// (half of `n` wider; the caller grants it, [`settle`](Self::settle)).
+    pub(super) fn delivered(&mut self, n: u64) -> Option<u64> {
+        if !self.ramp || self.carried == 0 || !self.may_grow() || n == 0 {
+            return None;
+        }
+        Some(self.window.saturating_add(n / 2).min(self.ceiling))
     }
 
     /// The measurement that began ends after `rtt` with `received` bytes
@@ -186,26 +240,55 @@ impl Adaptive {
         if rtt.is_zero() {
             return None;
         }
+        let queued = self.least.is_some_and(|l| rtt > l + l / 4);
         let least = self.least.map_or(rtt, |l| l.min(rtt));
         self.least = Some(least);
+        // What the path carries is the rate measured over the least round
+        // trip seen (a longer one is a queue the window filled).
+        let path = (bytes as f64 * least.as_secs_f64() / rtt.as_secs_f64()) as u64;
+        let filled = bytes.saturating_mul(3) >= self.window.saturating_mul(2);
+        if self.ramp {
+            if self.carried == 0 {
+                // The first window was not in use: nothing to ramp.
+                self.ramp = filled;
+                self.carried = path;
+            } else if path >= self.carried + self.carried / 4 {
+                self.carried = path;
+                self.flat = 0;
+            } else {
+                self.flat += 1;
+            }
+            // The ramp ends at a queue, or after two round trips in a row
+            // that carried less than a quarter more (one may be noise).
+            if queued || self.flat >= RAMP_FLAT {
+                self.ramp = false;
+            }
+        }
         if bytes == 0 || !self.may_grow() {
             return None;
         }
         // Most of the window crossed in one round trip: the window may be
-        // the limit. What the path carries is the rate measured over the
-        // least round trip seen (a longer one is a queue the window
-        // filled); twice that keeps it full while acknowledgements trail.
-        if bytes.saturating_mul(3) < self.window.saturating_mul(2) {
+        // the limit; twice what the path carries keeps it full while
+        // acknowledgements trail.
+        if !filled {
             return None;
         }
-        let path = bytes as f64 * least.as_secs_f64() / rtt.as_secs_f64();
-        let want = ((2.0 * path) as u64).min(self.ceiling);
+        let want = (path.saturating_mul(2)).min(self.ceiling);
         (want > self.window).then_some(want)
     }
 
     /// The window granted: at most what was asked, never below the first.
     pub(super) fn settle(&mut self, granted: u64) {
         self.window = granted.clamp(self.first, self.ceiling);
+    }
+
+    /// When the window falls back if nothing arrives meanwhile (`None`:
+    /// it is at its first).
+    pub(super) fn idle_at(&self) -> Option<Instant> {
+        (self.window > self.first)
+            .then_some(self.last_data)
+            .flatten()
+            .map(|t| t + IDLE_AFTER)
     }
 
     /// Falls back to the first window if nothing arrived for
@@ -218,6 +301,10 @@ impl Adaptive {
             self.window = self.first;
             self.least = None;
             self.from = None;
+            self.begun = false;
+            self.ramp = true;
+            self.carried = 0;
+            self.flat = 0;
             return true;
         }
         false
@@ -258,8 +345,9 @@ impl Probe {
             return None;
         }
         self.out = None;
-        self.next = Some(now + PROBE_GAP);
-        Some(now.saturating_duration_since(at))
+        let rtt = now.saturating_duration_since(at);
+        self.next = Some(now + PROBE_GAP.saturating_sub(rtt));
+        Some(rtt)
     }
 
     /// The measurement is dropped (the link broke under it).
@@ -387,10 +475,19 @@ mod tests {
         assert!(!probe.ready(t0));
         assert_eq!(probe.end(n ^ 1, t0), None, "another ping's pong");
         assert_eq!(probe.end(7, t0), None, "a keepalive's pong");
-        let later = t0 + Duration::from_millis(50);
+        // A short path: the next one waits until the gap has passed since
+        // this one began.
+        let rtt = Duration::from_millis(2);
+        assert_eq!(probe.end(n, t0 + rtt), Some(rtt));
+        assert!(!probe.ready(t0 + rtt));
+        assert!(!probe.ready(t0 + PROBE_GAP - Duration::from_millis(1)));
+        assert!(probe.ready(t0 + PROBE_GAP));
+        // A long one: the next may begin at once.
+        let t1 = t0 + PROBE_GAP;
+        let n = probe.begin(t1);
+        let later = t1 + Duration::from_millis(50);
         assert_eq!(probe.end(n, later), Some(Duration::from_millis(50)));
-        assert!(!probe.ready(later));
-        assert!(probe.ready(later + PROBE_GAP));
-        assert_eq!(probe.sent(), 1);
+        assert!(probe.ready(later));
+        assert_eq!(probe.sent(), 2);
     }
 }

@@ -126,7 +126,7 @@ impl<T> ClientSession<T> {
         );
         let cost = output::cost(&kind);
         call.output
-            .receive(call_id, cost)
+            .receive(call_id, cost, now.at)
             .map_err(SessionError::Protocol)?;
         let output = matches!(
             kind,

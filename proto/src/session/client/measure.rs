@@ -58,6 +58,38 @@ impl<T> ClientSession<T> {
         true
     }
 
+    /// Calls whose output went quiet fall back to their first window; the
+    /// exec-server is told at once.
+    pub(super) fn idle_windows(&mut self, now: Now) {
+        let mut acks = Vec::new();
+        for (id, call) in &mut self.calls {
+            if let Some(seq) = call.output.idle(now.at) {
+                acks.push((
+                    *id,
+                    OutputAck {
+                        seq,
+                        window: call.output.window(),
+                    },
+                ));
+            }
+        }
+        for (call_id, ack) in acks {
+            if self
+                .shared
+                .send(call_id, None, Body::OutputAck(ack), None, now)
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// When the first call whose output is quiet falls back to its first
+    /// window.
+    pub(super) fn windows_idle_at(&self) -> Option<std::time::Instant> {
+        self.calls.values().filter_map(|c| c.output.idle_at()).min()
+    }
+
     /// The link broke: a measurement under way is void.
     pub(super) fn unmeasure(&mut self) {
         self.probe.cancel();

@@ -895,7 +895,12 @@ impl<T> ClientSession<T> {
             return Some(d);
         }
         let limits = &self.shared.limits;
-        let spans = self.spans_due().filter(|_| !self.detached);
+        // Spans to send, and a quiet call's output window falling back.
+        let spans = match (self.spans_due(), self.windows_idle_at()) {
+            (Some(s), Some(w)) => Some(s.min(w)),
+            (s, w) => s.or(w),
+        }
+        .filter(|_| !self.detached);
         // Something goes out at least every keepalive, reading or not, so
         // the exec-server knows we are here.
         let send = self.shared.last_sent + limits.keepalive;
@@ -937,6 +942,7 @@ impl<T> ClientSession<T> {
         }
         if !self.detached {
             self.spans_timer(now);
+            self.idle_windows(now);
         }
         let limits = self.shared.limits;
         let quiet = now.at.saturating_duration_since(self.shared.quiet_since);

@@ -118,6 +118,7 @@ impl<T> ServerSession<T> {
                 ),
                 output: output::Sent::default(),
                 output_window: self.output_window,
+                output_widest: self.output_window,
                 trace: trace.clone(),
                 finished: false,
                 produced: (0, 0),
@@ -224,7 +225,7 @@ impl<T> ServerSession<T> {
             terminal_event::Kind::Exited(x) => Some(*x),
             _ => None,
         };
-        let window = u64::from(call.output_window);
+        let window = u64::from(call.output_widest);
         if window != 0 && call.output.in_flight() + cost > window {
             return Err(CallError::OutputWindow(call_id));
         }

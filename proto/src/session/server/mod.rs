@@ -178,9 +178,10 @@ pub enum ServerEvent {
         call_id: u64,
         /// The credit freed.
         freed: u64,
-        /// The call's output window, when the client widened it (0: as
-        /// before): the endpoint gives the call that much more credit.
-        widened: u32,
+        /// The call's output window, when the client changed it (0: as
+        /// before): the endpoint's credit follows (wider at once; narrower
+        /// as acknowledged credit comes back).
+        window: u32,
     },
     /// The call's terminal window changed size (checked: the call has a
     /// terminal, and the size is within bounds).
@@ -273,8 +274,12 @@ struct Call {
     received: stdin::Incoming,
     /// Its output not yet acknowledged (kept for a resume).
     output: output::Sent,
-    /// Its output window: the session's, until the client widens it.
+    /// Its output window: the session's, until the client widens it (or
+    /// narrows it back, as far as the session's).
     output_window: u32,
+    /// The widest it has been: what may still be in flight while the
+    /// endpoint's credit follows a narrower one.
+    output_widest: u32,
     /// The trace context its events last carried (a resume's replay
     /// carries it again).
     trace: Option<TraceContext>,
@@ -585,14 +590,17 @@ impl<T> ServerSession<T> {
                         .ack(call_id, a.seq, call.next_seq)
                         .map_err(SessionError::Protocol)?;
                     // The client widens a running call's window (up to
-                    // our ceiling); it is never narrowed.
+                    // our ceiling), or narrows it back when the call goes
+                    // quiet (never below the session's); 0 leaves it.
                     let ceiling = self.shared.limits.output_window_max.max(self.output_window);
-                    let asked = a.window.min(ceiling);
-                    let widened = if self.output_window != 0
+                    let asked = a.window.min(ceiling).max(self.output_window);
+                    let window = if self.output_window != 0
+                        && a.window != 0
                         && !call.finished
-                        && asked > call.output_window
+                        && asked != call.output_window
                     {
                         call.output_window = asked;
+                        call.output_widest = call.output_widest.max(asked);
                         asked
                     } else {
                         0
@@ -604,11 +612,11 @@ impl<T> ServerSession<T> {
                     if settled {
                         self.calls.remove(&call_id);
                     }
-                    if freed > 0 || settled || widened > 0 {
+                    if freed > 0 || settled || window > 0 {
                         self.events.push(ServerEvent::OutputAcked {
                             call_id,
                             freed,
-                            widened,
+                            window,
                         });
                     }
                 } else {

@@ -366,3 +366,56 @@ fn the_output_window_stops_at_the_clients_ceiling_and_the_exec_servers() {
     p.run();
     assert_eq!(p.server.output_window_of(id), 5 * MIB as u32);
 }
+
+#[test]
+fn a_quiet_calls_output_window_falls_back_and_the_exec_server_follows() {
+    let first = Limits::client().output_window;
+    let mut sim = Sim::output(Limits::client(), ONE_WAY, 4 * RATE);
+    sim.run_for(Duration::from_secs(2));
+    let wide = sim.p.client.output_window_of(sim.call);
+    assert!(wide > first, "window {wide}");
+    assert_eq!(sim.p.server.output_window_of(sim.call), wide);
+    // The process stops printing: a second later the window is back at
+    // its first, at both ends.
+    sim.writing = false;
+    sim.run_for(IDLE_AFTER - Duration::from_millis(100));
+    assert_eq!(sim.p.client.output_window_of(sim.call), wide, "not yet");
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.p.client.output_window_of(sim.call), first);
+    assert_eq!(sim.p.server.output_window_of(sim.call), first);
+    // It prints again: the window ramps again, and the path fills.
+    sim.writing = true;
+    sim.run_for(Duration::from_secs(2));
+    let carried = sim.run_for(Duration::from_secs(1));
+    assert!(carried >= 4 * RATE * 9 / 10, "{carried} bytes in a second");
+    let again = sim.p.client.output_window_of(sim.call);
+    assert!(again > first, "window {again}");
+    assert_eq!(sim.p.server.output_window_of(sim.call), again);
+}
+
+#[test]
+fn the_output_window_ramps_to_the_path_within_a_few_round_trips() {
+    // 320 MiB/s across 50 ms: 16 MiB in flight, four times the first
+    // window. Growing only as each measurement ends doubles the window at
+    // best every second round trip (it reached one BDP after 375 ms and
+    // carried 81 MiB in the first 500); the ramp grows it in every one.
+    let rate = 8 * RATE;
+    let bdp = 8 * BDP;
+    let mut sim = Sim::output(Limits::client(), ONE_WAY, rate);
+    let mut reached = None;
+    let mut carried = 0;
+    for ms in (25..=500).step_by(25) {
+        carried += sim.run_for(Duration::from_millis(25));
+        let window = u64::from(sim.p.client.output_window_of(sim.call));
+        if reached.is_none() && window >= bdp {
+            reached = Some(ms);
+        }
+    }
+    assert!(
+        reached.is_some_and(|ms| ms <= 300),
+        "the window reached one BDP at {reached:?} ms"
+    );
+    assert!(carried >= 95 * MIB, "{carried} bytes in the first 500 ms");
+    let window = u64::from(sim.p.client.output_window_of(sim.call));
+    assert!(window <= 3 * bdp, "window {window} beyond the path's need");
+}
