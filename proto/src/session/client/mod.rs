@@ -895,8 +895,12 @@ impl<T> ClientSession<T> {
             return Some(d);
         }
         let limits = &self.shared.limits;
-        // Spans to send, and a quiet call's output window falling back.
-        let spans = match (self.spans_due(), self.windows_idle_at()) {
+        // Spans to send, and a quiet call's output window falling back
+        // (only once ready: the timers fire nothing else before).
+        let idle = self
+            .windows_idle_at()
+            .filter(|_| matches!(self.state, State::Ready));
+        let spans = match (self.spans_due(), idle) {
             (Some(s), Some(w)) => Some(s.min(w)),
             (s, w) => s.or(w),
         }
