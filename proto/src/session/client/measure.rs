@@ -5,7 +5,7 @@
 
 use super::{ClientSession, State};
 use crate::pb::session::{OutputAck, Ping, envelope::Body};
-use crate::session::Now;
+use crate::session::{Now, output};
 
 impl<T> ClientSession<T> {
     /// Output of `call_id` arrived: begins a measurement if none is under
@@ -34,43 +34,29 @@ impl<T> ClientSession<T> {
         let Some(rtt) = self.probe.end(nonce, now.at) else {
             return false;
         };
-        let mut acks = Vec::new();
-        for (id, call) in &mut self.calls {
-            if let Some(seq) = call.output.end(rtt) {
-                acks.push((
-                    *id,
-                    OutputAck {
-                        seq,
-                        window: call.output.window(),
-                    },
-                ));
-            }
-        }
-        for (call_id, ack) in acks {
-            if self
-                .shared
-                .send(call_id, None, Body::OutputAck(ack), None, now)
-                .is_err()
-            {
-                break;
-            }
-        }
+        self.tell_windows(now, |output| output.end(rtt));
         true
     }
 
     /// Calls whose output went quiet fall back to their first window; the
     /// exec-server is told at once.
     pub(super) fn idle_windows(&mut self, now: Now) {
+        self.tell_windows(now, |output| output.idle(now.at));
+    }
+
+    /// Applies `change` to each call's output window and tells the
+    /// exec-server of each one it changed (the sequence number it returns
+    /// is acknowledged again, with the new window).
+    fn tell_windows(
+        &mut self,
+        now: Now,
+        mut change: impl FnMut(&mut output::Received) -> Option<u64>,
+    ) {
         let mut acks = Vec::new();
         for (id, call) in &mut self.calls {
-            if let Some(seq) = call.output.idle(now.at) {
-                acks.push((
-                    *id,
-                    OutputAck {
-                        seq,
-                        window: call.output.window(),
-                    },
-                ));
+            if let Some(seq) = change(&mut call.output) {
+                let window = call.output.window();
+                acks.push((*id, OutputAck { seq, window }));
             }
         }
         for (call_id, ack) in acks {
