@@ -203,7 +203,7 @@ impl Adaptive {
     /// Whether a measurement is worth its ping with `received` bytes
     /// arrived in all: the window could grow, and a quarter of it arrived
     /// since the last one began, or for the flow's first one
-    /// [`FIRST_PROBE`] (a trickle, such as typing, never is).
+    /// [`FIRST_PROBE`] (a trickle, such as typing, seldom is).
     pub(super) fn due(&self, received: u64) -> bool {
         let since = received.saturating_sub(self.measured);
         let enough = if self.begun {
