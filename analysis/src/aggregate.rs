@@ -133,7 +133,7 @@ pub struct WindowLimited {
     pub stdin_window_max: u64,
     /// Output's wait for credit, over the commands whose output waited.
     pub output_wait: Option<Summary>,
-    /// The widest output window any command ended with, in bytes.
+    /// The widest output window any command had, in bytes.
     pub output_window_max: u64,
 }
 
@@ -143,30 +143,19 @@ fn window_limited(commands: &[Command]) -> Option<WindowLimited> {
     if limited.is_empty() {
         return None;
     }
-    let mut stdin: Vec<u64> = limited
-        .iter()
-        .map(|c| c.window.stdin_wait)
-        .filter(|w| *w > 0)
-        .collect();
-    let mut output: Vec<u64> = limited
-        .iter()
-        .map(|c| c.window.output_wait)
-        .filter(|w| *w > 0)
-        .collect();
+    // Each flow's wait over the commands where it waited, and its widest
+    // window over all the commands.
+    let wait = |of: fn(&Command) -> u64| {
+        let mut waits: Vec<u64> = limited.iter().map(|c| of(c)).filter(|w| *w > 0).collect();
+        Summary::of(&mut waits)
+    };
+    let widest = |of: fn(&Command) -> u64| commands.iter().map(of).max().unwrap_or(0);
     Some(WindowLimited {
         commands: limited.len() as u64,
-        stdin_wait: Summary::of(&mut stdin),
-        stdin_window_max: commands
-            .iter()
-            .map(|c| c.window.stdin_window)
-            .max()
-            .unwrap_or(0),
-        output_wait: Summary::of(&mut output),
-        output_window_max: commands
-            .iter()
-            .map(|c| c.window.output_window)
-            .max()
-            .unwrap_or(0),
+        stdin_wait: wait(|c| c.window.stdin_wait),
+        stdin_window_max: widest(|c| c.window.stdin_window),
+        output_wait: wait(|c| c.window.output_wait),
+        output_window_max: widest(|c| c.window.output_window),
     })
 }
 
