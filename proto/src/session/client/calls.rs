@@ -149,6 +149,7 @@ impl<T> ClientSession<T> {
                 });
                 let _ = self.shared.send(call_id, None, ack, None, now);
             }
+            self.watch_window(call_id);
         }
         let mut stdin = None;
         if last && let Some(call) = self.calls.remove(&call_id) {
@@ -378,6 +379,7 @@ impl<T> ClientSession<T> {
             let _ = self.shared.send(call_id, None, ack, None, now);
             self.after(now);
         }
+        self.watch_window(call_id);
     }
 
     /// Sends an output acknowledgement of `seq`, whatever was received (a

@@ -38,10 +38,22 @@ impl<T> ClientSession<T> {
         true
     }
 
-    /// Calls whose output went quiet fall back to their first window; the
-    /// exec-server is told at once.
+    /// Calls whose output went quiet fall back to their first window (the
+    /// exec-server is told at once), once the earliest may have.
     pub(super) fn idle_windows(&mut self, now: Now) {
+        if self.window_check.is_none_or(|t| now.at < t) {
+            return;
+        }
         self.tell_windows(now, |output| output.idle(now.at));
+        self.window_check = self.calls.values().filter_map(|c| c.output.idle_at()).min();
+    }
+
+    /// `call_id`'s output window may have widened: the fall-back's timer
+    /// covers it.
+    pub(super) fn watch_window(&mut self, call_id: u64) {
+        if let Some(at) = self.calls.get(&call_id).and_then(|c| c.output.idle_at()) {
+            self.window_check = Some(self.window_check.map_or(at, |t| t.min(at)));
+        }
     }
 
     /// Applies `change` to each call's output window and tells the
@@ -59,6 +71,9 @@ impl<T> ClientSession<T> {
                 acks.push((*id, OutputAck { seq, window }));
             }
         }
+        for (call_id, _) in &acks {
+            self.watch_window(*call_id);
+        }
         for (call_id, ack) in acks {
             if self
                 .shared
@@ -68,12 +83,6 @@ impl<T> ClientSession<T> {
                 break;
             }
         }
-    }
-
-    /// When the first call whose output is quiet falls back to its first
-    /// window.
-    pub(super) fn windows_idle_at(&self) -> Option<std::time::Instant> {
-        self.calls.values().filter_map(|c| c.output.idle_at()).min()
     }
 
     /// The link broke: a measurement under way is void.

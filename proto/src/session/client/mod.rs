@@ -269,6 +269,10 @@ pub struct ClientSession<T> {
     login_shell: bool,
     /// Stdin bytes queued in all calls, waiting for credit.
     stdin_queued: usize,
+    /// No call's output window falls back before this (it may be early:
+    /// arrivals only delay a fall-back); `None` while every window is at
+    /// its first. Kept so that the timer needs no scan of the calls.
+    window_check: Option<Instant>,
     events: Events<ClientEvent>,
     clock: Estimate,
     /// What the exec-server last told of its clock.
@@ -398,6 +402,7 @@ impl<T> ClientSession<T> {
             output_window: 0,
             login_shell: false,
             stdin_queued: 0,
+            window_check: None,
             events: Events::default(),
             clock: Estimate::default(),
             peer_clock: Status::default(),
@@ -898,7 +903,7 @@ impl<T> ClientSession<T> {
         // Spans to send, and a quiet call's output window falling back
         // (only once ready: the timers fire nothing else before).
         let idle = self
-            .windows_idle_at()
+            .window_check
             .filter(|_| matches!(self.state, State::Ready));
         let spans = match (self.spans_due(), idle) {
             (Some(s), Some(w)) => Some(s.min(w)),
