@@ -11,7 +11,7 @@
 //! name no tonic or tokio type).
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tonic::Status;
@@ -159,6 +159,13 @@ where
     (d.machine, d.endpoint)
 }
 
+/// How long a link whose sending half is gone is still read: what the peer
+/// sent before its end (its close, say) may still be on its way in. A
+/// relay that has forwarded a session's last frames lets go of both halves
+/// of the stream, and the transport may drop ours (the reset) before the
+/// last frames it holds have been read.
+const READ_AFTER_SEND_GONE: Duration = Duration::from_secs(2);
+
 /// [`drive`], which also stops when the endpoint asks for a
 /// [hand-over](Endpoint::hand_over), giving the link back.
 pub async fn drive_link<M, E, S, F>(
@@ -179,6 +186,9 @@ where
     let mut input_open = true;
     let mut blocked = false;
     let mut shut = false;
+    // Set once the sending half is gone: when the link is given up if the
+    // peer's half has not ended by then.
+    let mut send_gone: Option<Instant> = None;
     tokio::pin!(shutdown);
     // The clock is read once per wake-up, and that reading serves the
     // rest of the turn.
@@ -255,11 +265,22 @@ where
                         inbound_open = false;
                         machine.handle_link_end(Some(status.into()), now);
                     }
+                    // The peer's half ended after ours was gone: the link
+                    // broke, as far as this end can tell.
+                    None if send_gone.is_some() => {
+                        inbound_open = false;
+                        machine.handle_link_end(Some(send_half_gone()), now);
+                    }
                     None => {
                         inbound_open = false;
                         machine.handle_link_end(None, now);
                     }
                 }
+            }
+            () = sleep_until(send_gone), if inbound_open && send_gone.is_some() => {
+                now = Now::system();
+                inbound_open = false;
+                machine.handle_link_end(Some(send_half_gone()), now);
             }
             wake = endpoint.wait(accepting, blocked) => {
                 now = Now::system();
@@ -280,10 +301,20 @@ where
         }
         if link_gone {
             out = None;
-            let closed = LinkFailure::new(LinkFailureKind::Broken, "the link closed");
-            machine.handle_link_end(Some(closed), now);
+            if inbound_open {
+                // What the peer sent first is read before the link is
+                // given up (for a bounded time).
+                send_gone = Some(now.at + READ_AFTER_SEND_GONE);
+            } else {
+                machine.handle_link_end(Some(send_half_gone()), now);
+            }
         }
     }
+}
+
+/// The link's end when its sending half went first.
+fn send_half_gone() -> LinkFailure {
+    LinkFailure::new(LinkFailureKind::Broken, "the link closed")
 }
 
 async fn reserve(
@@ -411,5 +442,109 @@ mod tests {
         let other = LinkFailure::from(Status::aborted(""));
         assert_eq!(other.kind(), LinkFailureKind::Refused);
         assert_eq!(other.to_string(), "the far end refused");
+    }
+
+    /// A machine that always has something to send and notes what it is
+    /// told, in order; over once its link ends.
+    #[derive(Default)]
+    struct Notes {
+        told: Vec<&'static str>,
+    }
+
+    impl Machine for Notes {
+        type Event = ();
+        type Tag = ();
+        fn handle_frame(&mut self, _frame: Frame, _now: Now) {
+            self.told.push("frame");
+        }
+        fn handle_link_end(&mut self, failure: Option<LinkFailure>, _now: Now) {
+            self.told.push(match failure {
+                Some(f) if f.kind() == LinkFailureKind::Broken => "broke",
+                Some(_) => "failed",
+                None => "ended",
+            });
+        }
+        fn handle_timeout(&mut self, _now: Now) {}
+        fn close(&mut self, _now: Now) {}
+        fn poll_transmit(&mut self, _now: Now) -> Option<Transmit<()>> {
+            Some(Transmit {
+                frame: crate::frames::close(CloseReason::Unspecified),
+                done: Vec::new(),
+                sent: 0,
+            })
+        }
+        fn has_transmit(&self) -> bool {
+            true
+        }
+        fn poll_end_link(&mut self) -> bool {
+            false
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+        fn defer(&mut self, _event: ()) {}
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn wants_frames(&self) -> bool {
+            true
+        }
+        fn wants_input(&self) -> bool {
+            false
+        }
+        fn is_done(&self) -> bool {
+            self.told.last().is_some_and(|t| *t != "frame")
+        }
+    }
+
+    /// An endpoint with no input.
+    struct Quiet;
+
+    impl Endpoint<Notes> for Quiet {
+        type Input = ();
+        async fn wait(&mut self, _accepting: bool, _blocked: bool) -> Wake<()> {
+            std::future::pending().await
+        }
+        fn apply(&mut self, _machine: &mut Notes, _input: (), _now: Now) {}
+        fn deliver(&mut self, _machine: &mut Notes, _event: (), _now: Now) -> Delivery<()> {
+            Delivery::Taken
+        }
+        fn transmitted(&mut self, _done: Vec<()>, _sent: u64, _now: Now) {}
+    }
+
+    /// The peer's last frames, already in, are read when the transport has
+    /// dropped our sending half first (a relay that forwarded a session's
+    /// close lets go of the stream, and the reset may close our half before
+    /// the close is read): the machine sees them before the link's end,
+    /// which comes when the peer's half ends, or after a bounded wait.
+    #[tokio::test(start_paused = true)]
+    async fn what_the_peer_sent_is_read_when_our_sending_half_went_first() {
+        let frame = || Ok(crate::frames::close(CloseReason::Unspecified));
+        // The peer's half ends after its frame.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(rx);
+        let inbound = futures::stream::iter([frame()]);
+        let (machine, _) =
+            drive(Notes::default(), Quiet, inbound, tx, std::future::pending()).await;
+        assert_eq!(machine.told, ["frame", "broke"]);
+        // The peer's half stays open: given up after a bounded wait.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(rx);
+        let inbound = futures::stream::iter([frame()]).chain(futures::stream::pending());
+        let started = tokio::time::Instant::now();
+        let (machine, _) =
+            drive(Notes::default(), Quiet, inbound, tx, std::future::pending()).await;
+        assert_eq!(machine.told, ["frame", "broke"]);
+        let waited = started.elapsed();
+        assert!(
+            waited >= READ_AFTER_SEND_GONE && waited < READ_AFTER_SEND_GONE * 2,
+            "{waited:?}"
+        );
+        // A peer that ended first: its end is a clean one, as before.
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let inbound = futures::stream::iter([frame()]);
+        let (machine, _) =
+            drive(Notes::default(), Quiet, inbound, tx, std::future::pending()).await;
+        assert_eq!(machine.told, ["frame", "ended"]);
     }
 }
