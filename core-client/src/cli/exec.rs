@@ -685,12 +685,21 @@ async fn exec_with(
     // Output held until the output thread has room for it.
     let mut held: Option<Chunk> = None;
     let (outcome, finish) = loop {
+        // In order: the link's news first (the session marks the link back
+        // before it hands over the output that came with its return, so
+        // "link back" is told before that output), then local signals, then
+        // the call's events.
         let input = tokio::select! {
-            ev = run.next(), if held.is_none() => Input::Event(ev),
-            permit = out.tx.reserve(), if held.is_some() => {
-                if let (Ok(permit), Some(chunk)) = (permit, held.take()) {
-                    permit.send(chunk);
+            biased;
+            state = link_changed(&mut link) => {
+                match state {
+                    Some(state) => say(notice.seen(&state)),
+                    None => link = None,
                 }
+                continue;
+            }
+            () = proto::driver::sleep_until(notice.due()) => {
+                say(notice.tell());
                 continue;
             }
             _ = sigint.recv() => Input::Signal(LocalSignal::Interrupt),
@@ -704,17 +713,13 @@ async fn exec_with(
                 stdout_gone = true;
                 Input::StdoutGone
             }
-            state = link_changed(&mut link) => {
-                match state {
-                    Some(state) => say(notice.seen(&state)),
-                    None => link = None,
+            permit = out.tx.reserve(), if held.is_some() => {
+                if let (Ok(permit), Some(chunk)) = (permit, held.take()) {
+                    permit.send(chunk);
                 }
                 continue;
             }
-            () = proto::driver::sleep_until(notice.due()) => {
-                say(notice.tell());
-                continue;
-            }
+            ev = run.next(), if held.is_none() => Input::Event(ev),
         };
         if let Input::Event(None) = &input {
             v.say(1, format_args!("the session ended"));
