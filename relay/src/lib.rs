@@ -37,4 +37,4 @@ mod service;
 mod splice;
 
 pub use config::RelayConfig;
-pub use server::{Relay, RelayError, RelayStats, bind, run, serve};
+pub use server::{BIND_WAIT, Relay, RelayError, RelayStats, bind, run, serve};

@@ -363,7 +363,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();
         let shutdown = lifecycle::signals::stop_on_signals(&signals);
-        let listener = match relay::bind(config.listen) {
+        let listener = match relay::bind(config.listen, relay::BIND_WAIT, &shutdown).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("relay: {e}");

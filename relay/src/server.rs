@@ -215,10 +215,25 @@ async fn watch_limits(state: RelayState, connections: Arc<Connections>) {
 /// The listen socket's backlog of connections not yet accepted.
 const BACKLOG: u32 = 1024;
 
+/// How long a relay waits for its port when another process still listens
+/// on it (the relay it replaces, told to stop a moment ago).
+pub const BIND_WAIT: Duration = Duration::from_secs(5);
+/// How often the port is tried again while it is held.
+const BIND_RETRY_EVERY: Duration = Duration::from_millis(50);
+
 /// Binds `addr` for listening with SO_REUSEADDR, so that a relay started
 /// right after another on the same port (a restart) takes it at once,
 /// whatever connections of the last one are still in TIME_WAIT.
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
+///
+/// While another process still listens on the port (the relay being
+/// replaced has been sent its stop signal but has not yet closed its listen
+/// socket), the bind is tried again for up to `wait`; `shutdown` ends the
+/// wait early. Any other error is returned at once.
+pub async fn bind(
+    addr: SocketAddr,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Result<TcpListener, RelayError> {
     let bind = || {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -229,13 +244,39 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
         socket.bind(addr)?;
         socket.listen(BACKLOG)
     };
-    bind().map_err(|source| RelayError::Bind { addr, source })
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match bind() {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !told {
+                    told = true;
+                    tracing::info!(
+                        %addr,
+                        wait_secs = wait.as_secs_f64(),
+                        "the listen address is in use; waiting for it to be released"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        return Err(RelayError::Bind { addr, source: e });
+                    }
+                    () = tokio::time::sleep(BIND_RETRY_EVERY) => {}
+                }
+            }
+            Err(source) => return Err(RelayError::Bind { addr, source }),
+        }
+    }
 }
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
     let addr = config.listen;
-    let listener = bind(addr)?;
+    let listener = bind(addr, BIND_WAIT, &shutdown).await?;
     tracing::info!(%addr, "relay listening");
     serve(listener, config, shutdown).await
 }
@@ -248,4 +289,47 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     Relay::new(config)?.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_still_held_is_waited_for_and_taken_when_released() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let binding = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { bind(addr, Duration::from_secs(60), &shutdown).await }
+        });
+        // Let the first attempts find the port held, then release it.
+        tokio::time::sleep(BIND_RETRY_EVERY * 3).await;
+        assert!(!binding.is_finished(), "bound a port another socket listens on");
+        drop(held);
+        let listener = binding.await.unwrap().unwrap();
+        assert_eq!(listener.local_addr().unwrap(), addr);
+    }
+
+    #[tokio::test]
+    async fn a_port_held_past_the_wait_or_the_shutdown_is_an_error_naming_it() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let err = bind(addr, Duration::ZERO, &shutdown).await.unwrap_err();
+        let RelayError::Bind { addr: named, source } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*named, addr);
+        assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&addr.to_string()));
+
+        shutdown.cancel();
+        let err = bind(addr, Duration::from_secs(3600), &shutdown)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RelayError::Bind { .. }), "{err:?}");
+        drop(held);
+    }
 }

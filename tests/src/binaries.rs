@@ -127,29 +127,39 @@ impl Proc {
 
 /// Waits (bounded) for a line from `lines` that `wanted` accepts; returns
 /// it. A [`FixtureError::Timeout`] if none came `within`, a
-/// [`FixtureError::Output`] if the lines ended first. `what` names the
-/// line awaited in those errors.
+/// [`FixtureError::Output`] if the lines ended first (with the last lines
+/// seen, so a process that exited says why). `what` names the line awaited
+/// in those errors.
 pub fn recv_line(
     lines: &mpsc::Receiver<String>,
     wanted: impl Fn(&str) -> bool,
     what: &str,
     within: Duration,
 ) -> Result<String> {
+    /// How many of the last lines an error quotes.
+    const QUOTED: usize = 4;
     let deadline = std::time::Instant::now() + within;
+    let mut last = std::collections::VecDeque::with_capacity(QUOTED);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) if wanted(&line) => return Ok(line),
-            Ok(_) => continue,
+            Ok(line) => {
+                if last.len() == QUOTED {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(FixtureError::Timeout {
                     what: format!("{what} ({within:?})"),
                 });
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let said = Vec::from(last).join(" | ");
                 return Err(FixtureError::output(
                     "the process's output",
-                    format!("it ended without {what}"),
+                    format!("it ended without {what}; its last lines: {said}"),
                 ));
             }
         }
