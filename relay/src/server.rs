@@ -306,7 +306,10 @@ mod tests {
         });
         // Let the first attempts find the port held, then release it.
         tokio::time::sleep(BIND_RETRY_EVERY * 3).await;
-        assert!(!binding.is_finished(), "bound a port another socket listens on");
+        assert!(
+            !binding.is_finished(),
+            "bound a port another socket listens on"
+        );
         drop(held);
         let listener = binding.await.unwrap().unwrap();
         assert_eq!(listener.local_addr().unwrap(), addr);
@@ -318,7 +321,11 @@ mod tests {
         let addr = held.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let err = bind(addr, Duration::ZERO, &shutdown).await.unwrap_err();
-        let RelayError::Bind { addr: named, source } = &err else {
+        let RelayError::Bind {
+            addr: named,
+            source,
+        } = &err
+        else {
             panic!("{err:?}")
         };
         assert_eq!(*named, addr);
