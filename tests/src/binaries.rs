@@ -166,7 +166,9 @@ pub fn recv_line(
     }
 }
 
-fn pump_stderr(stderr: ChildStderr) -> mpsc::Receiver<String> {
+/// The lines of a child's stderr, read by a thread of their own, for
+/// [`recv_line`].
+pub fn pump_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -212,7 +214,7 @@ pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Proc> {
     };
     Ok(Proc {
         child,
-        stderr_lines: pump_stderr(stderr),
+        stderr_lines: pump_lines(stderr),
     })
 }
 

@@ -7,9 +7,10 @@
 //! (even one that calls `setsid`) ending with the command and with the
 //! exec-server, commands starting with every signal's default action
 //! whatever the exec-server was started ignoring (as under `nohup`), a
-//! command whose client gave up on a tampered link ending at once, and one
+//! command whose client gave up on a tampered link ending at once, one
 //! whose client was killed outright, or whose path fell silent, ending
-//! when its resume grace runs out.
+//! when its resume grace runs out, and Ctrl-C while the session is still
+//! being opened reaching the command.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -915,4 +916,70 @@ fn abandoned_command_ends(stack: &ProcStack, via: Option<&str>, lose: impl FnOnc
             "its session was not resumed in time".into()
         ))
     );
+}
+
+/// A command run across a path slow enough (a second each way) that
+/// Ctrl-C, sent once `ready` holds (polled), lands while the CLI still
+/// waits for its handshake's answer. The CLI takes the signal (it is never
+/// the default action, which would end the CLI and leave a request that
+/// rode in message 1 running until the exec-server's 60 s resume grace):
+/// what may have left is signalled once it has started, and the CLI exits
+/// with the command's status; what has not left is never sent.
+fn ctrl_c_during_the_dispatch(stack: &ProcStack, ready: impl Fn(&str) -> bool) {
+    let path = link_emulator::Emulator::start(
+        link_emulator::Config::new(stack.relay_addr().unwrap()).rtt(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let sleeper = marker();
+    let mut cli = stack
+        .exec_via(&path.url(), &["--no-agent", "-v"], &["sleep", &sleeper])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = binaries::pump_lines(cli.stderr.take().unwrap());
+    binaries::recv_line(
+        &lines,
+        |l| l.contains("connecting to"),
+        "the CLI's dispatch",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(20), || ready(&sleeper)));
+    let pid = Pid::from_raw(i32::try_from(cli.id()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let status = exits(&mut cli, Duration::from_secs(30)).expect("the CLI exited");
+    let said: Vec<String> = lines.try_iter().collect();
+    let ended = eventually(Duration::from_secs(20), || with_marker(&sleeper).is_empty());
+    for pid in with_marker(&sleeper) {
+        let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL);
+    }
+    assert_eq!(status.code(), Some(130), "{status:?}: {said:#?}");
+    assert!(ended, "the command outlived the interrupted CLI: {said:#?}");
+}
+
+#[test]
+fn ctrl_c_while_the_session_opens_is_taken_before_the_exec_server_ran_anything() {
+    let stack = ProcStack::start(&[]).unwrap();
+    // No ticket of the exec-server's run yet: the request in message 1 is
+    // not run, and goes again after the handshake (two round trips).
+    ctrl_c_during_the_dispatch(&stack, |_| true);
+}
+
+#[test]
+fn ctrl_c_while_the_session_opens_reaches_a_command_that_rode_in_message_1() {
+    let stack = ProcStack::start(&[]).unwrap();
+    // A first command (directly) gives the CLI the exec-server run's
+    // ticket: the next one runs from message 1, half a round trip after it
+    // left, while the CLI still waits a second for message 2.
+    assert!(
+        stack
+            .exec(&["true"])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    ctrl_c_during_the_dispatch(&stack, |sleeper| !with_marker(sleeper).is_empty());
 }

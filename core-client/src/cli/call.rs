@@ -40,7 +40,7 @@ pub(super) enum LocalSignal {
 
 impl LocalSignal {
     /// Its number.
-    fn number(self) -> u8 {
+    pub(super) fn number(self) -> u8 {
         match self {
             Self::Interrupt => 2,
             Self::Terminate => 15,

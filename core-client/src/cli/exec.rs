@@ -19,12 +19,12 @@ use telemetry::forward::{Spool, SpoolLimits, WithSpool};
 use telemetry::setup::Flusher;
 use telemetry::spans;
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
 use super::link_notice::LinkNotice;
+use super::signals::{LocalSignals, delivered};
 use super::{CliError, Context, ExecArgs, Verbose, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
 use crate::settings::{Inputs, Route, Settings, Source};
@@ -172,15 +172,6 @@ fn remote_terminal(term: Option<String>) -> Terminal {
         rows,
         cols,
         term: term.filter(|t| !t.is_empty() && proto::limits::term_ok(t)),
-    }
-}
-
-/// The next delivery of a signal this mode listens for (never, for one it
-/// does not).
-async fn delivered(signal: &mut Option<Signal>) -> Option<()> {
-    match signal {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -510,8 +501,27 @@ async fn exec_with(
     let last = plan.targets.len().saturating_sub(1);
     let mut started = None;
     let v = ctx.verbose;
+    // The signals are ours from here on (see `signals`). One that comes
+    // before the call has started ends the dispatch when nothing can have
+    // reached the exec-server (or through the agent, which ends the call
+    // with its connection); once the request may have left in message 1,
+    // it is kept and forwarded as soon as the call starts, as if it had
+    // come then.
+    let mut call = Call::new(spec.terminal.is_some(), prefix.clone());
+    let mut signals = LocalSignals::new(&call, spec.terminal.is_some())?;
+    let mut pending: Option<LocalSignal> = None;
     if !args.no_agent {
-        match through_agent(args, settings, &plan, records.clone(), &spec).await {
+        let dispatch = through_agent(args, settings, &plan, records.clone(), &spec);
+        let through = tokio::select! {
+            biased;
+            through = dispatch => through,
+            s = signals.next() => {
+                v.say(1, format_args!("interrupted before the agent started the command"));
+                life.dispatched(None);
+                return Ok(128 + s.number());
+            }
+        };
+        match through {
             Ok(ThroughAgent::Started(run)) => {
                 v.say(1, format_args!("running through the agent's session"));
                 let run = *run;
@@ -572,7 +582,25 @@ async fn exec_with(
                 plan.server.server_id()
             ),
         );
-        let attempt = client.exec(spec.clone()).await;
+        let attempt = {
+            let mut exec = std::pin::pin!(client.exec(spec.clone()));
+            loop {
+                tokio::select! {
+                    biased;
+                    attempt = &mut exec => break attempt,
+                    s = signals.next() => {
+                        if pending.is_some() || !client.request_left() {
+                            v.say(1, format_args!("interrupted before the command was sent"));
+                            life.dispatched(None);
+                            return Ok(128 + s.number());
+                        }
+                        // It rode in message 1 (and may be running): the
+                        // signal is forwarded once the call has started.
+                        pending = Some(s);
+                    }
+                }
+            }
+        };
         // A later attempt's dispatch starts when it is made.
         spec.dispatched_at = None;
         match &attempt {
@@ -639,20 +667,8 @@ async fn exec_with(
             let _ = control.close_stdin().await;
         });
     }
-    // The signals the call listens for (see `call`'s rules). Output is
-    // written by a thread of its own, so a stdout nobody reads never keeps
-    // the signals from being seen.
-    let mut call = Call::new(terminal, prefix);
-    let sig = |kind| signal(kind).map_err(|e| CliError::usage(e.to_string()));
-    let mut sigint = sig(SignalKind::interrupt())?;
-    let mut sigterm = sig(SignalKind::terminate())?;
-    let mut sighup = call
-        .listens(LocalSignal::HangUp)
-        .then(|| sig(SignalKind::hangup()))
-        .transpose()?;
-    let mut winch = terminal
-        .then(|| sig(SignalKind::window_change()))
-        .transpose()?;
+    // Output is written by a thread of its own, so a stdout nobody reads
+    // never keeps the signals (see `call`'s rules) from being seen.
     let (size_tx, size_rx) = watch::channel(local_size());
     if terminal {
         // Only the latest size matters: a window dragged about sends what
@@ -688,38 +704,43 @@ async fn exec_with(
         // In order: the link's news first (the session marks the link back
         // before it hands over the output that came with its return, so
         // "link back" is told before that output), then local signals, then
-        // the call's events.
-        let input = tokio::select! {
-            biased;
-            state = link_changed(&mut link) => {
-                match state {
-                    Some(state) => say(notice.seen(&state)),
-                    None => link = None,
+        // the call's events. A signal that came during the dispatch goes
+        // first.
+        let input = if let Some(s) = pending.take() {
+            Input::Signal(s)
+        } else {
+            tokio::select! {
+                biased;
+                state = link_changed(&mut link) => {
+                    match state {
+                        Some(state) => say(notice.seen(&state)),
+                        None => link = None,
+                    }
+                    continue;
                 }
-                continue;
-            }
-            () = proto::driver::sleep_until(notice.due()) => {
-                say(notice.tell());
-                continue;
-            }
-            _ = sigint.recv() => Input::Signal(LocalSignal::Interrupt),
-            _ = sigterm.recv() => Input::Signal(LocalSignal::Terminate),
-            Some(()) = delivered(&mut sighup) => Input::Signal(LocalSignal::HangUp),
-            Some(()) = delivered(&mut winch) => {
-                size_tx.send_replace(local_size());
-                continue;
-            }
-            Ok(()) = &mut broken, if !stdout_gone => {
-                stdout_gone = true;
-                Input::StdoutGone
-            }
-            permit = out.tx.reserve(), if held.is_some() => {
-                if let (Ok(permit), Some(chunk)) = (permit, held.take()) {
-                    permit.send(chunk);
+                () = proto::driver::sleep_until(notice.due()) => {
+                    say(notice.tell());
+                    continue;
                 }
-                continue;
+                _ = signals.interrupt.recv() => Input::Signal(LocalSignal::Interrupt),
+                _ = signals.terminate.recv() => Input::Signal(LocalSignal::Terminate),
+                Some(()) = delivered(&mut signals.hangup) => Input::Signal(LocalSignal::HangUp),
+                Some(()) = delivered(&mut signals.winch) => {
+                    size_tx.send_replace(local_size());
+                    continue;
+                }
+                Ok(()) = &mut broken, if !stdout_gone => {
+                    stdout_gone = true;
+                    Input::StdoutGone
+                }
+                permit = out.tx.reserve(), if held.is_some() => {
+                    if let (Ok(permit), Some(chunk)) = (permit, held.take()) {
+                        permit.send(chunk);
+                    }
+                    continue;
+                }
+                ev = run.next(), if held.is_none() => Input::Event(ev),
             }
-            ev = run.next(), if held.is_none() => Input::Event(ev),
         };
         if let Input::Event(None) = &input {
             v.say(1, format_args!("the session ended"));
@@ -822,8 +843,8 @@ async fn exec_with(
         loop {
             let input = tokio::select! {
                 _ = &mut written => break,
-                _ = sigint.recv() => Input::Signal(LocalSignal::Interrupt),
-                _ = sigterm.recv() => Input::Signal(LocalSignal::Terminate),
+                _ = signals.interrupt.recv() => Input::Signal(LocalSignal::Interrupt),
+                _ = signals.terminate.recv() => Input::Signal(LocalSignal::Terminate),
             };
             if let Step::End(Outcome::GaveUp(code)) = call.input(input) {
                 return Ok(code);

@@ -17,6 +17,8 @@
 //! - `link_notice`: a lost link and its return, told on a terminal.
 //! - `parse`: parsing the command line (`exec` by a parser of its own).
 //! - `show`: `config show`.
+//! - `signals`: the local signals `exec` listens for, taken from before
+//!   its dispatch.
 //! - `verbose`: `-v`, what `exec` does, one line a step.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
 //! - `report`: `report`, over many commands (see the `analysis` crate).
@@ -34,6 +36,7 @@ mod parse;
 pub(crate) mod probe;
 pub(crate) mod report;
 mod show;
+mod signals;
 mod tty;
 mod verbose;
 mod views;
