@@ -362,9 +362,12 @@ impl Persister {
             if s.durable >= target {
                 break Ok(());
             }
-            // An attempt that began after this barrier failed.
+            // An attempt that began after this barrier failed (the last
+            // finished one; attempts run one after another). The next may
+            // be under way already, started at once because this barrier
+            // waits: waiting for it too would wait as long as every retry
+            // starts before this thread looks.
             if s.attempts_finished > from_attempt
-                && s.attempts_finished == s.attempts_started
                 && let Some(e) = &s.failure
             {
                 break Err(PersistError::Store(e.clone()));
