@@ -19,12 +19,13 @@ use telemetry::forward::{Spool, SpoolLimits, WithSpool};
 use telemetry::setup::Flusher;
 use telemetry::spans;
 use tokio::io::AsyncReadExt;
+use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 
 use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
 use super::life::{CliRun, ProcessStart};
 use super::link_notice::LinkNotice;
-use super::signals::{LocalSignals, delivered};
+use super::signals::{LocalSignals, delivered, sig};
 use super::{CliError, Context, ExecArgs, Verbose, tty};
 use crate::config::options::{Terminal as TerminalOption, Warm};
 use crate::settings::{Inputs, Route, Settings, Source};
@@ -508,7 +509,7 @@ async fn exec_with(
     // it is kept and forwarded as soon as the call starts, as if it had
     // come then.
     let mut call = Call::new(spec.terminal.is_some(), prefix.clone());
-    let mut signals = LocalSignals::new(&call, spec.terminal.is_some())?;
+    let mut signals = LocalSignals::new(&call)?;
     let mut pending: Option<LocalSignal> = None;
     if !args.no_agent {
         let dispatch = through_agent(args, settings, &plan, records.clone(), &spec);
@@ -516,9 +517,7 @@ async fn exec_with(
             biased;
             through = dispatch => through,
             s = signals.next() => {
-                v.say(1, format_args!("interrupted before the agent started the command"));
-                life.dispatched(None);
-                return Ok(128 + s.number());
+                return Ok(interrupted(s, "the agent started the command", v, life));
             }
         };
         match through {
@@ -590,9 +589,7 @@ async fn exec_with(
                     attempt = &mut exec => break attempt,
                     s = signals.next() => {
                         if pending.is_some() || !client.request_left() {
-                            v.say(1, format_args!("interrupted before the command was sent"));
-                            life.dispatched(None);
-                            return Ok(128 + s.number());
+                            return Ok(interrupted(s, "the command was sent", v, life));
                         }
                         // It rode in message 1 (and may be running): the
                         // signal is forwarded once the call has started.
@@ -669,6 +666,9 @@ async fn exec_with(
     }
     // Output is written by a thread of its own, so a stdout nobody reads
     // never keeps the signals (see `call`'s rules) from being seen.
+    let mut winch = terminal
+        .then(|| sig(SignalKind::window_change()))
+        .transpose()?;
     let (size_tx, size_rx) = watch::channel(local_size());
     if terminal {
         // Only the latest size matters: a window dragged about sends what
@@ -722,10 +722,8 @@ async fn exec_with(
                     say(notice.tell());
                     continue;
                 }
-                _ = signals.interrupt.recv() => Input::Signal(LocalSignal::Interrupt),
-                _ = signals.terminate.recv() => Input::Signal(LocalSignal::Terminate),
-                Some(()) = delivered(&mut signals.hangup) => Input::Signal(LocalSignal::HangUp),
-                Some(()) = delivered(&mut signals.winch) => {
+                s = signals.next() => Input::Signal(s),
+                Some(()) = delivered(&mut winch) => {
                     size_tx.send_replace(local_size());
                     continue;
                 }
@@ -843,8 +841,7 @@ async fn exec_with(
         loop {
             let input = tokio::select! {
                 _ = &mut written => break,
-                _ = signals.interrupt.recv() => Input::Signal(LocalSignal::Interrupt),
-                _ = signals.terminate.recv() => Input::Signal(LocalSignal::Terminate),
+                s = signals.next() => Input::Signal(s),
             };
             if let Step::End(Outcome::GaveUp(code)) = call.input(input) {
                 return Ok(code);
@@ -856,6 +853,14 @@ async fn exec_with(
         client.close_sent(CLOSE_SENT).await;
     }
     result
+}
+
+/// A signal ended the dispatch before `what`: said under `-v`, the
+/// dispatch ended; the exit status.
+fn interrupted(signal: LocalSignal, what: &str, v: Verbose, life: &mut CliRun) -> u8 {
+    v.say(1, format_args!("interrupted before {what}"));
+    life.dispatched(None);
+    128 + signal.number()
 }
 
 /// Keeps the ticket of the exec-server's run that the session was given,

@@ -9,19 +9,17 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::CliError;
 use super::call::{Call, LocalSignal};
 
-/// SIGINT, SIGTERM, SIGHUP (when the call listens for it) and SIGWINCH
-/// (on a terminal).
+/// SIGINT, SIGTERM and SIGHUP (when the call listens for it). SIGWINCH,
+/// whose default action is to do nothing, is `exec`'s own.
 pub(super) struct LocalSignals {
-    pub(super) interrupt: Signal,
-    pub(super) terminate: Signal,
-    pub(super) hangup: Option<Signal>,
-    pub(super) winch: Option<Signal>,
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Option<Signal>,
 }
 
 impl LocalSignals {
     /// Registers the signals `call` listens for.
-    pub(super) fn new(call: &Call, terminal: bool) -> Result<Self, CliError> {
-        let sig = |kind| signal(kind).map_err(|e| CliError::usage(e.to_string()));
+    pub(super) fn new(call: &Call) -> Result<Self, CliError> {
         Ok(Self {
             interrupt: sig(SignalKind::interrupt())?,
             terminate: sig(SignalKind::terminate())?,
@@ -29,21 +27,25 @@ impl LocalSignals {
                 .listens(LocalSignal::HangUp)
                 .then(|| sig(SignalKind::hangup()))
                 .transpose()?,
-            winch: terminal
-                .then(|| sig(SignalKind::window_change()))
-                .transpose()?,
         })
     }
 
-    /// The next SIGINT, SIGTERM or SIGHUP (not SIGWINCH).
+    /// The next SIGINT, SIGTERM or SIGHUP (not SIGWINCH), in that order
+    /// when more than one is waiting.
     pub(super) async fn next(&mut self) -> LocalSignal {
         tokio::select! {
+            biased;
             Some(()) = self.interrupt.recv() => LocalSignal::Interrupt,
             Some(()) = self.terminate.recv() => LocalSignal::Terminate,
             Some(()) = delivered(&mut self.hangup) => LocalSignal::HangUp,
             else => std::future::pending().await,
         }
     }
+}
+
+/// Registers `kind`.
+pub(super) fn sig(kind: SignalKind) -> Result<Signal, CliError> {
+    signal(kind).map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// The next delivery of a signal this mode listens for (never, for one it
