@@ -15,7 +15,8 @@
 //! carries most of it ([`window`](super::window)), up to its
 //! [`Limits::output_window_max`](super::Limits::output_window_max), and
 //! every acknowledgement tells the window; the exec-server grants up to
-//! its own ceiling and never narrows a call's window.
+//! its own ceiling. A call quiet for a while falls back to its first
+//! window at both ends, with everything taken acknowledged.
 
 use std::collections::VecDeque;
 
@@ -190,15 +191,19 @@ impl Received {
     }
 
     /// Falls back to the first window if nothing arrived for a while:
-    /// the sequence number to acknowledge again so that the exec-server
-    /// hears of it (`None` when it did not fall back, or nothing was
-    /// acknowledged yet: the next acknowledgement tells it).
+    /// the sequence number to acknowledge so that the exec-server hears of
+    /// it (`None` when it did not fall back, or nothing was taken yet: the
+    /// next acknowledgement tells it). Everything taken is acknowledged
+    /// with it: what was left for the wider window's next quarter may be
+    /// more than the narrower window, and an exec-server holding that much
+    /// unacknowledged would never send the output that brings the next.
     pub(super) fn idle(&mut self, now: std::time::Instant) -> Option<u64> {
-        if self.flow.idle(now) {
-            self.acked_seq
-        } else {
-            None
+        if !self.flow.idle(now) {
+            return None;
         }
+        self.acked = self.taken;
+        self.acked_seq = self.taken_seq;
+        self.acked_seq
     }
 
     /// The caller took the events through `seq`, of `cost` in all since it
@@ -316,6 +321,22 @@ mod tests {
             rx.receive(1, 100, Instant::now()),
             Err(Violation::OutputWindow(1))
         );
+    }
+
+    #[test]
+    fn a_window_falling_back_acknowledges_all_that_was_taken() {
+        let t0 = Instant::now();
+        let mut rx = Received::new(1000, 8000);
+        rx.settle(8000);
+        // Under a quarter of the wide window taken, so not acknowledged
+        // yet, and more than the first window: an exec-server told only of
+        // the narrower window would hold it all and send nothing more.
+        for seq in 0..15 {
+            rx.receive(1, 100, t0).unwrap();
+            assert_eq!(rx.taken(seq, 100), None);
+        }
+        assert_eq!(rx.idle(t0 + super::super::window::IDLE_AFTER), Some(14));
+        assert_eq!(rx.window(), 1000);
     }
 
     #[test]
