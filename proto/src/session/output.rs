@@ -163,19 +163,28 @@ impl Received {
     }
 
     /// An event of `cost` arrived at `now`: more than the widest window
-    /// told beyond the acknowledgements is a violation.
+    /// told beyond the acknowledgements is a violation. `rtt` is the
+    /// session's least round trip, if it measured one: if the window grew
+    /// on what arrived ([`Adaptive::arrived`]), the sequence number to
+    /// acknowledge again so that the exec-server hears of it now (as for
+    /// [`end`](Self::end)).
     pub(super) fn receive(
         &mut self,
         call_id: u64,
         cost: u64,
         now: std::time::Instant,
-    ) -> Result<(), Violation> {
+        rtt: Option<std::time::Duration>,
+    ) -> Result<Option<u64>, Violation> {
         self.received += cost;
-        self.flow.arrived(now);
+        let want = self.flow.arrived(now, self.received, rtt);
         if self.widest != 0 && self.received - self.acked > self.widest {
             return Err(Violation::OutputWindow(call_id));
         }
-        Ok(())
+        let Some(want) = want else {
+            return Ok(None);
+        };
+        self.settle(want);
+        Ok(self.acked_seq)
     }
 
     /// Widens (or narrows) the window to `window`.
@@ -306,7 +315,7 @@ mod tests {
     fn the_client_acknowledges_each_quarter_window_taken() {
         let mut rx = Received::new(1000, 1000);
         for _ in 0..4 {
-            rx.receive(1, 100, Instant::now()).unwrap();
+            rx.receive(1, 100, Instant::now(), None).unwrap();
         }
         assert_eq!(rx.taken(0, 100), None);
         assert_eq!(rx.taken(1, 100), None);
@@ -315,10 +324,10 @@ mod tests {
         // Up to the window beyond the acknowledgement may arrive; more is
         // a violation.
         for _ in 0..9 {
-            rx.receive(1, 100, Instant::now()).unwrap();
+            rx.receive(1, 100, Instant::now(), None).unwrap();
         }
         assert_eq!(
-            rx.receive(1, 100, Instant::now()),
+            rx.receive(1, 100, Instant::now(), None),
             Err(Violation::OutputWindow(1))
         );
     }
@@ -332,7 +341,7 @@ mod tests {
         // yet, and more than the first window: an exec-server told only of
         // the narrower window would hold it all and send nothing more.
         for seq in 0..15 {
-            rx.receive(1, 100, t0).unwrap();
+            rx.receive(1, 100, t0, None).unwrap();
             assert_eq!(rx.taken(seq, 100), None);
         }
         assert_eq!(rx.idle(t0 + super::super::window::IDLE_AFTER), Some(14));
@@ -343,7 +352,7 @@ mod tests {
     fn without_a_window_nothing_is_acknowledged_or_refused() {
         let mut rx = Received::new(0, 0);
         for i in 0..100 {
-            rx.receive(1, 1 << 20, Instant::now()).unwrap();
+            rx.receive(1, 1 << 20, Instant::now(), None).unwrap();
             assert_eq!(rx.taken(i, 1 << 20), None);
         }
     }

@@ -271,20 +271,25 @@ impl Incoming {
     }
 
     /// Stdin arrived at `now`: beyond the offset acknowledged (and a chunk)
-    /// is a violation.
+    /// is a violation. `rtt` is the session's least round trip, if it
+    /// measured one: the acknowledgement to send now if the window grew on
+    /// what arrived ([`Adaptive::arrived`]).
     pub(super) fn receive(
         &mut self,
         call_id: u64,
         len: usize,
         now: Instant,
-    ) -> Result<(), Violation> {
+        rtt: Option<Duration>,
+    ) -> Result<Option<Ack>, Violation> {
         self.received += len as u64;
         if self.received > self.limit + MAX_CHUNK as u64 {
             return Err(Violation::StdinWindow(call_id));
         }
         self.idle(now);
-        self.flow.arrived(now);
-        Ok(())
+        Ok(self
+            .flow
+            .arrived(now, self.received, rtt)
+            .and_then(|want| self.widen(want)))
     }
 
     /// The process took `n` more bytes. Returns what to acknowledge now, if
@@ -336,6 +341,12 @@ impl Incoming {
     /// the window grew.
     pub(super) fn end(&mut self, rtt: Duration) -> Option<Ack> {
         let want = self.flow.end(self.received, rtt)?;
+        self.widen(want)
+    }
+
+    /// Grows the window toward `want`: the acknowledgement to send now if
+    /// it grew.
+    fn widen(&mut self, want: u64) -> Option<Ack> {
         let before = self.flow.window();
         self.grow(want);
         (self.flow.window() > before).then(|| self.ack())
@@ -448,15 +459,15 @@ mod tests {
         let now = Instant::now();
         let window = 64 * 1024;
         let mut inc = Incoming::new(window, window, None);
-        inc.receive(1, 40 * 1024, now).unwrap();
+        inc.receive(1, 40 * 1024, now, None).unwrap();
         assert_eq!(inc.taken(1000), None, "less than a quarter");
         assert_eq!(inc.taken(16 * 1024), Some((17_384, window)));
         assert_eq!(inc.taken(100 * 1024), Some((40 * 1024, window)), "drained");
         assert_eq!(inc.taken(5), None, "nothing more to take");
         // A client that ignores the window is cut off: it may send up to
         // the last acknowledged offset plus the window, and a chunk.
-        inc.receive(1, 64 * 1024 + MAX_CHUNK, now).unwrap();
-        assert_eq!(inc.receive(1, 1, now), Err(Violation::StdinWindow(1)));
+        inc.receive(1, 64 * 1024 + MAX_CHUNK, now, None).unwrap();
+        assert_eq!(inc.receive(1, 1, now, None), Err(Violation::StdinWindow(1)));
     }
 
     #[test]
@@ -474,7 +485,7 @@ mod tests {
             // exec-server measures it, the process takes it all.
             inc.begin();
             while let Some(c) = out.next_chunk(now) {
-                inc.receive(1, c.len(), now).unwrap();
+                inc.receive(1, c.len(), now, None).unwrap();
             }
             in_flight_max = in_flight_max.max(inc.received() - inc.consumed());
             now += rtt;

@@ -23,6 +23,19 @@
 //! a quarter more than the best before.
 //! The first measurement begins once a little has arrived (not a quarter
 //! window), so that it sees most of the first window.
+//!
+//! A window narrower than its path arrives as a *train*: back to back at
+//! the path's rate, then nothing until the next one is granted. Counting
+//! its bytes over the whole round trip sees the window, not the path; so a
+//! measurement also times the train (its bytes from the first arrival to
+//! the last, over the time between them) and takes the higher of the two
+//! rates. Trains reach a path's rate at the first measurement, where the
+//! round trip alone would take several; one that does ends the ramp (the
+//! rate is known, and growing on would only build a queue). When the
+//! session knows the path's round trip already (from earlier
+//! measurements), the train is timed as it arrives: the window grows as
+//! soon as most of it has come, half a round trip or more before the
+//! measurement's pong would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +57,33 @@ const RAMP_FLAT: u8 = 2;
 /// bulk from typing, little enough that the measurement sees most of the
 /// first window.
 const FIRST_PROBE: u64 = 16 * 1024;
+
+/// A train shorter than this is not timed: arrivals batched by the
+/// receiver's scheduling would look like a path faster than it is.
+const TRAIN_SPAN: Duration = Duration::from_millis(2);
+
+/// A train that carried less than this is not timed (a few frames say
+/// little of a path's rate).
+const TRAIN_BYTES: u64 = 256 * 1024;
+
+/// The arrivals of the measurement under way.
+#[derive(Debug, Clone, Copy)]
+struct Train {
+    /// The first arrival, and the bytes in all once it had arrived.
+    first: (Instant, u64),
+    /// The last arrival, and the bytes in all once it had arrived.
+    last: (Instant, u64),
+}
+
+impl Train {
+    /// Bytes per second between the first arrival and the last, when long
+    /// enough to tell ([`TRAIN_SPAN`], [`TRAIN_BYTES`]).
+    fn rate(&self) -> Option<f64> {
+        let span = self.last.0.saturating_duration_since(self.first.0);
+        let bytes = self.last.1.saturating_sub(self.first.1);
+        (span >= TRAIN_SPAN && bytes >= TRAIN_BYTES).then(|| bytes as f64 / span.as_secs_f64())
+    }
+}
 
 /// Bytes that windows may hold beyond their first window, shared by every
 /// flow of an endpoint (for the exec-server: all its calls' stdin).
@@ -148,6 +188,8 @@ pub(super) struct Adaptive {
     least: Option<Duration>,
     /// Bytes arrived when the measurement under way began.
     from: Option<u64>,
+    /// Its arrivals since.
+    train: Option<Train>,
     /// Bytes arrived when the last measurement began.
     measured: u64,
     /// Whether a measurement ever began (since the start or the last fall-back).
@@ -172,6 +214,7 @@ impl Adaptive {
             window: first,
             least: None,
             from: None,
+            train: None,
             measured: 0,
             begun: false,
             ramp: true,
@@ -195,9 +238,39 @@ impl Adaptive {
         self.window < self.ceiling
     }
 
-    /// Data arrived at `now`.
-    pub(super) fn arrived(&mut self, now: Instant) {
+    /// Data arrived at `now`, `received` bytes in all with it. When a
+    /// round trip of the path is known already (`rtt`: the least the
+    /// session measured), a ramp's train that brought most of the window
+    /// in less than that round trip tells the path's rate at once, without
+    /// waiting for the measurement's pong: returns the window it asks for,
+    /// if larger (the caller grants what the budget allows, as for
+    /// [`end`](Self::end)), and ends the ramp.
+    pub(super) fn arrived(
+        &mut self,
+        now: Instant,
+        received: u64,
+        rtt: Option<Duration>,
+    ) -> Option<u64> {
         self.last_data = Some(now);
+        let from = self.from?;
+        let first = self.train.map_or((now, received), |t| t.first);
+        let train = Train {
+            first,
+            last: (now, received),
+        };
+        self.train = Some(train);
+        let rtt = self.least.into_iter().chain(rtt).min()?;
+        let filled =
+            received.saturating_sub(from).saturating_mul(3) >= self.window.saturating_mul(2);
+        let span = now.saturating_duration_since(first.0);
+        if !self.ramp || !self.may_grow() || !filled || span >= rtt {
+            return None;
+        }
+        let path = (train.rate()? * rtt.as_secs_f64()) as u64;
+        self.ramp = false;
+        self.carried = path;
+        let want = path.saturating_mul(2).min(self.ceiling);
+        (want > self.window).then_some(want)
     }
 
     /// Whether a measurement is worth its ping with `received` bytes
@@ -218,6 +291,7 @@ impl Adaptive {
     pub(super) fn begin(&mut self, received: u64) {
         self.measured = received;
         self.from = Some(received);
+        self.train = None;
         self.begun = true;
     }
 
@@ -236,6 +310,7 @@ impl Adaptive {
     /// caller grants what the budget allows ([`settle`](Self::settle)).
     pub(super) fn end(&mut self, received: u64, rtt: Duration) -> Option<u64> {
         let from = self.from.take()?;
+        let train = self.train.take().and_then(|t| t.rate());
         let bytes = received.saturating_sub(from);
         if rtt.is_zero() {
             return None;
@@ -244,10 +319,16 @@ impl Adaptive {
         let least = self.least.map_or(rtt, |l| l.min(rtt));
         self.least = Some(least);
         // What the path carries is the rate measured over the least round
-        // trip seen (a longer one is a queue the window filled).
-        let path = (bytes as f64 * least.as_secs_f64() / rtt.as_secs_f64()) as u64;
+        // trip seen (a longer one is a queue the window filled), or the
+        // train's, if higher (a window narrower than the path).
+        let rate = (bytes as f64 / rtt.as_secs_f64()).max(train.unwrap_or(0.0));
+        let path = (rate * least.as_secs_f64()) as u64;
         let filled = bytes.saturating_mul(3) >= self.window.saturating_mul(2);
-        if self.ramp {
+        if self.ramp && filled && train.is_some() {
+            // The train ran at the path's rate: nothing left to find.
+            self.ramp = false;
+            self.carried = path;
+        } else if self.ramp {
             if self.carried == 0 {
                 // The first window was not in use: nothing to ramp.
                 self.ramp = filled;
@@ -301,6 +382,7 @@ impl Adaptive {
             self.window = self.first;
             self.least = None;
             self.from = None;
+            self.train = None;
             self.begun = false;
             self.ramp = true;
             self.carried = 0;
@@ -319,6 +401,8 @@ pub(super) struct Probe {
     /// No measurement begins before this.
     next: Option<Instant>,
     sent: u64,
+    /// The least round trip seen on this link.
+    least: Option<Duration>,
 }
 
 /// Nonces of measuring pings carry this bit (keepalive probes do not).
@@ -347,12 +431,27 @@ impl Probe {
         self.out = None;
         let rtt = now.saturating_duration_since(at);
         self.next = Some(now + PROBE_GAP.saturating_sub(rtt));
+        self.seen(rtt);
         Some(rtt)
     }
 
-    /// The measurement is dropped (the link broke under it).
+    /// A round trip measured otherwise on the same link (another ping's).
+    pub(super) fn seen(&mut self, rtt: Duration) {
+        if !rtt.is_zero() {
+            self.least = Some(self.least.map_or(rtt, |l| l.min(rtt)));
+        }
+    }
+
+    /// The least round trip seen on this link, if any.
+    pub(super) fn least(&self) -> Option<Duration> {
+        self.least
+    }
+
+    /// The measurement is dropped (the link broke under it), and what was
+    /// seen of the link with it (the next may take another path).
     pub(super) fn cancel(&mut self) {
         self.out = None;
+        self.least = None;
     }
 
     /// Measurements begun so far.
@@ -443,7 +542,7 @@ mod tests {
         let t0 = Instant::now();
         let mut flow = Adaptive::new(256 * 1024, 64 * MIB);
         let mut grant = Grant::new(None);
-        flow.arrived(t0);
+        flow.arrived(t0, 0, None);
         run(
             &mut flow,
             &mut grant,
@@ -464,6 +563,108 @@ mod tests {
             10,
         );
         assert!(flow.window() >= 5 * MIB);
+    }
+
+    /// One measurement across `rtt` whose bytes arrive as a train: `n`
+    /// frames of `frame` bytes, `gap` apart, from its start.
+    fn train(
+        flow: &mut Adaptive,
+        t0: Instant,
+        n: u64,
+        frame: u64,
+        gap: Duration,
+        rtt: Duration,
+    ) -> Option<u64> {
+        flow.begin(0);
+        let mut received = 0;
+        for i in 0..n {
+            received += frame;
+            flow.arrived(t0 + gap * i as u32, received, None);
+        }
+        flow.end(received, rtt)
+    }
+
+    #[test]
+    fn a_train_tells_the_paths_rate_at_the_first_measurement() {
+        // A 4 MiB window across a path of 320 MiB/s and 50 ms: it arrives
+        // in 12.5 ms, then nothing. Over the round trip that is 80 MiB/s
+        // (the window's); the train says 320 (one BDP is 16 MiB).
+        let rtt = Duration::from_millis(50);
+        let mut flow = Adaptive::new(4 * MIB, 64 * MIB);
+        let t0 = Instant::now();
+        let gap = Duration::from_micros(195);
+        let want = train(&mut flow, t0, 64, 64 * 1024, gap, rtt).expect("it grows");
+        flow.settle(want);
+        assert!(want >= 16 * MIB, "{want} under one BDP");
+        assert!(want <= 2 * 16 * MIB + MIB, "{want} over two BDPs");
+        // The rate is known: no ramp on top of it.
+        assert_eq!(flow.delivered(4 * MIB), None);
+
+        // Without the train (the same bytes, no arrivals told) the window
+        // only doubles.
+        let mut flow = Adaptive::new(4 * MIB, 64 * MIB);
+        flow.begin(0);
+        assert_eq!(flow.end(4 * MIB, rtt), Some(8 * MIB));
+    }
+
+    #[test]
+    fn with_the_round_trip_known_a_train_grows_the_window_as_it_arrives() {
+        let rtt = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let gap = Duration::from_micros(195);
+        let mut flow = Adaptive::new(4 * MIB, 64 * MIB);
+        flow.begin(0);
+        let mut received = 0;
+        let mut grown = None;
+        for i in 0..64 {
+            received += 64 * 1024;
+            if let Some(want) = flow.arrived(t0 + gap * i, received, Some(rtt)) {
+                grown = Some((i, want));
+                break;
+            }
+        }
+        // Once two thirds of the window has come (in 8 ms): 320 MiB/s.
+        let (i, want) = grown.expect("it grows before the pong");
+        assert_eq!(i, 42);
+        assert!((30 * MIB..=33 * MIB).contains(&want), "{want}");
+        flow.settle(want);
+        assert_eq!(flow.delivered(MIB), None, "the ramp is over");
+        assert_eq!(flow.end(received, rtt), None, "the pong asks no more");
+
+        // Unknown round trip: nothing before the pong.
+        let mut flow = Adaptive::new(4 * MIB, 64 * MIB);
+        flow.begin(0);
+        for i in 0..64 {
+            let at = t0 + gap * i;
+            assert_eq!(flow.arrived(at, (u64::from(i) + 1) * 64 * 1024, None), None);
+        }
+        // A window that took longer than the round trip to come is the
+        // path's, not a train: nothing before the pong either.
+        let mut flow = Adaptive::new(4 * MIB, 64 * MIB);
+        flow.begin(0);
+        let slow = Duration::from_millis(2);
+        for i in 0..64 {
+            let at = t0 + slow * i;
+            assert_eq!(
+                flow.arrived(at, (u64::from(i) + 1) * 64 * 1024, Some(rtt)),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_or_small_train_is_not_timed() {
+        let rtt = Duration::from_millis(50);
+        let t0 = Instant::now();
+        // 4 MiB processed at once (a receiver that was not scheduled
+        // meanwhile): under the least span, so only the round trip counts.
+        let mut flow = Adaptive::new(4 * MIB, 64 * MIB);
+        let want = train(&mut flow, t0, 64, 64 * 1024, Duration::from_micros(10), rtt);
+        assert_eq!(want, Some(8 * MIB));
+        // A few frames over a long span: too few bytes to tell.
+        let mut flow = Adaptive::new(128 * 1024, 64 * MIB);
+        let want = train(&mut flow, t0, 3, 64 * 1024, Duration::from_millis(5), rtt);
+        assert_eq!(want, Some(384 * 1024));
     }
 
     #[test]

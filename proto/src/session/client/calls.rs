@@ -125,9 +125,17 @@ impl<T> ClientSession<T> {
             terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
         );
         let cost = output::cost(&kind);
-        call.output
-            .receive(call_id, cost, now.at)
+        let grown = call
+            .output
+            .receive(call_id, cost, now.at, self.probe.least())
             .map_err(SessionError::Protocol)?;
+        if let Some(seq) = grown {
+            // The window grew on what arrived: the exec-server hears of it
+            // at once.
+            let window = call.output.window();
+            let ack = Body::OutputAck(OutputAck { seq, window });
+            let _ = self.shared.send(call_id, None, ack, None, now);
+        }
         let output = matches!(
             kind,
             terminal_event::Kind::Stdout(_) | terminal_event::Kind::Stderr(_)
@@ -163,6 +171,7 @@ impl<T> ClientSession<T> {
             self.release_spans(call_id, now);
         }
         if output && !last {
+            self.watch_window(call_id);
             self.measure(call_id, now);
         }
         if !forgotten {

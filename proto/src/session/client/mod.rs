@@ -793,11 +793,10 @@ impl<T> ClientSession<T> {
         if let Some(c) = &p.clock {
             self.peer_clock = Status::from_wire(c);
         }
-        self.events.push(ClientEvent::Pong {
-            nonce,
-            rtt: now.at.saturating_duration_since(sent_at),
-            sample,
-        });
+        let rtt = now.at.saturating_duration_since(sent_at);
+        // A round trip of the link, for output windows that follow it.
+        self.probe.seen(rtt);
+        self.events.push(ClientEvent::Pong { nonce, rtt, sample });
     }
 
     /// Sends a ping; its pong comes back as [`ClientEvent::Pong`] with this

@@ -26,7 +26,8 @@ use crate::limits::MAX_CHUNK;
 use crate::noise::{self, ReplayGuard};
 use crate::pb::clock::ClockStatus;
 use crate::pb::session::{
-    Envelope, ExecErrorKind, ExecRequest, HelloAck, Ping, Pong, TraceContext, envelope::Body,
+    Envelope, ExecErrorKind, ExecRequest, HelloAck, Ping, Pong, StdinAck, TraceContext,
+    envelope::Body,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
 
@@ -642,10 +643,19 @@ impl<T> ServerSession<T> {
             }
             Body::Stdin(d) => {
                 if self.stdin_open(call_id)? {
-                    if let Some(call) = self.calls.get_mut(&call_id) {
-                        call.received
-                            .receive(call_id, d.data.len(), now.at)
-                            .map_err(SessionError::Protocol)?;
+                    let rtt = self.probe.least();
+                    let grown = match self.calls.get_mut(&call_id) {
+                        Some(call) => call
+                            .received
+                            .receive(call_id, d.data.len(), now.at, rtt)
+                            .map_err(SessionError::Protocol)?,
+                        None => None,
+                    };
+                    if let Some((consumed, window)) = grown {
+                        // The window grew on what arrived: the client hears
+                        // of it at once.
+                        let ack = Body::StdinAck(StdinAck { consumed, window });
+                        self.send(call_id, None, ack, now)?;
                     }
                     self.measure(call_id, now);
                     self.events.push(ServerEvent::Stdin {

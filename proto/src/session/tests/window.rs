@@ -394,11 +394,14 @@ fn a_quiet_calls_output_window_falls_back_and_the_exec_server_follows() {
 }
 
 #[test]
-fn the_output_window_ramps_to_the_path_within_a_few_round_trips() {
+fn the_output_window_reaches_the_path_at_its_first_measurement() {
     // 320 MiB/s across 50 ms: 16 MiB in flight, four times the first
     // window. Growing only as each measurement ends doubles the window at
     // best every second round trip (it reached one BDP after 375 ms and
-    // carried 81 MiB in the first 500); the ramp grows it in every one.
+    // carried 81 MiB in the first 500); growing by half of what is taken
+    // in every round trip reached it after 225 ms (102 MiB). Timing the
+    // first window's train tells the path's rate at once: the first
+    // measurement ends a round trip after the output began.
     let rate = 8 * RATE;
     let bdp = 8 * BDP;
     let mut sim = Sim::output(Limits::client(), ONE_WAY, rate);
@@ -412,10 +415,58 @@ fn the_output_window_ramps_to_the_path_within_a_few_round_trips() {
         }
     }
     assert!(
-        reached.is_some_and(|ms| ms <= 300),
+        reached.is_some_and(|ms| ms <= 125),
         "the window reached one BDP at {reached:?} ms"
     );
-    assert!(carried >= 95 * MIB, "{carried} bytes in the first 500 ms");
+    // The path carries 148 MiB in the 475 ms after the first output
+    // arrives.
+    assert!(carried >= 115 * MIB, "{carried} bytes in the first 500 ms");
     let window = u64::from(sim.p.client.output_window_of(sim.call));
     assert!(window <= 3 * bdp, "window {window} beyond the path's need");
+}
+
+/// Milliseconds of `sim` until the client's output window is `bytes` or
+/// more (at most 500).
+fn reaches(sim: &mut Sim, bytes: u64) -> Option<u64> {
+    (1..=500).find(|_| {
+        sim.run_for(TICK);
+        u64::from(sim.p.client.output_window_of(sim.call)) >= bytes
+    })
+}
+
+#[test]
+fn a_later_call_grows_its_output_window_before_its_first_pong() {
+    // The first call's measurements tell the session the path's round
+    // trip; a later call times its first window's train as it arrives and
+    // grows the window once most of it has come, without waiting for the
+    // pong of a measurement of its own.
+    let rate = 8 * RATE;
+    let bdp = 8 * BDP;
+    let mut sim = Sim::output(Limits::client(), ONE_WAY, rate);
+    let first = reaches(&mut sim, bdp).expect("the first call reaches the path");
+    sim.writing = false;
+    sim.run_for(Duration::from_millis(200));
+    sim.p
+        .server
+        .push(sim.call, exit(0), None, None, sim.p.now)
+        .unwrap();
+    sim.run_for(Duration::from_millis(200));
+
+    let call = sim.p.exec(false);
+    sim.p.push(call, started());
+    sim.call = call;
+    sim.writing = true;
+    let later = reaches(&mut sim, bdp).expect("the later call reaches the path");
+    // Its output takes 25 ms to arrive, and 4 MiB at 320 MiB/s 13 ms more:
+    // the window grows before the pong of a measurement begun as its output
+    // arrived could have come back (75 ms).
+    assert!(later < 75, "the later call reached one BDP at {later} ms");
+    assert!(
+        later + 25 <= first,
+        "{later} ms, against {first} for the first call"
+    );
+    sim.run_for(Duration::from_secs(1));
+    let window = u64::from(sim.p.client.output_window_of(sim.call));
+    assert!(window <= 3 * bdp, "window {window} beyond the path's need");
+    assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), window);
 }
