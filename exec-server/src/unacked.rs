@@ -9,9 +9,10 @@
 //!
 //! A command may always hold its *floor*: a quarter of its output window
 //! and one read (one chunk and its event). A client acknowledges output
-//! only once it has taken a quarter window since its last acknowledgement,
-//! so a command held below that would wait for an acknowledgement that
-//! never comes; with it, every command whose client reads goes on,
+//! only once it has taken part of its window since its last
+//! acknowledgement (an eighth, `proto::session::output::ACK_EVERY`; the
+//! floor leaves room for a client that waits for a quarter), so a command
+//! held below that would wait for an acknowledgement that never comes; with it, every command whose client reads goes on,
 //! however full the budget. Floors count against the budget while their
 //! commands run, and what a command holds beyond its floor must fit beside
 //! them: what is held exceeds the budget by at most the floors of the

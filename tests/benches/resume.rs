@@ -14,7 +14,7 @@
 //! resume on (the client's `ClientConfig::resume`, the exec-server's
 //! default grace), one with it off (no resume asked for or offered, so no
 //! final acknowledgements and no session kept). Output acknowledgements
-//! themselves are flow control (one per quarter window a caller takes, so
+//! themselves are flow control (one per eighth of its window a caller takes, so
 //! a caller that stops reading stops only its own command) and run in both:
 //! their count per GiB is printed, and their cost is in both columns. Two
 //! scenarios, each checked for its byte count and content: `bulk`
@@ -262,10 +262,11 @@ async fn one(client: &Client, scenario: Scenario, bytes: u64) -> Result<(), Stri
 async fn acks(opts: &Options) -> Result<(), String> {
     let sides = [Side::start("on", true)?, Side::start("off", false)?];
     let window = 4.0 * MIB;
+    let every = proto::session::output::ACK_EVERY as f64;
     println!(
-        "output acknowledgements: one per quarter window taken (window {:.0} MiB): {:.0} per GiB, with resume on and off alike",
+        "output acknowledgements: one per 1/{every} of the window taken (window {:.0} MiB): {:.0} per GiB, with resume on and off alike",
         window / MIB,
-        GIB / (window / 4.0)
+        GIB / (window / every)
     );
     for scenario in [Scenario::Bulk, Scenario::Pipe] {
         // Warm-up: each side once, unmeasured.

@@ -31,8 +31,8 @@ async fn commands_on_a_long_lived_session_give_back_their_share_of_the_exec_serv
     // What one finished command holds until its client's next message
     // acknowledges its last events.
     let floor = u64::from(window) / 4 + exec_server::credit::CHUNK_CREDIT;
-    // Less than a quarter window each: acknowledged only with the final
-    // event's acknowledgement.
+    // Less than an eighth of the window each: acknowledged only with the
+    // final event's acknowledgement.
     for i in 0..COMMANDS {
         let out = client
             .output(sh("head -c 300000 /dev/zero"))

@@ -369,7 +369,8 @@ impl<T> ClientSession<T> {
 
     /// The caller has taken the call's events through `seq`, of `cost`
     /// output credit in all since it last said ([`output::cost`] of each):
-    /// an acknowledgement goes out once a quarter window has been taken.
+    /// an acknowledgement goes out once an eighth of the window has been
+    /// taken.
     /// Nothing happens for a call that is over.
     pub fn output_taken(&mut self, call_id: u64, seq: u64, cost: u64, now: Now) {
         if self.shared.is_over() {

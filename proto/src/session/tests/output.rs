@@ -69,14 +69,15 @@ fn the_exec_server_sends_no_more_than_the_window_until_the_caller_takes_some() {
     let in_flight = EVENT_COST + (pushed - 1) * (size as u64 + EVENT_COST);
     assert!(in_flight <= u64::from(window));
     assert!(in_flight + size as u64 + EVENT_COST > u64::from(window));
-    // Nothing is acknowledged until the caller takes a quarter window.
+    // Nothing is acknowledged until the caller takes an eighth of the
+    // window.
     assert_eq!(acked(&p, id), 0);
     let events = p.client_calls();
     assert_eq!(events.len() as u64, pushed);
     p.client
         .output_taken(id, events[0].1, cost(&events[0].2), p.now);
     p.run();
-    assert_eq!(acked(&p, id), 0, "less than a quarter window taken");
+    assert_eq!(acked(&p, id), 0, "less than an eighth of the window taken");
     let last = events.last().unwrap().1;
     let rest: u64 = events[1..].iter().map(|e| cost(&e.2)).sum();
     p.client.output_taken(id, last, rest, p.now);
