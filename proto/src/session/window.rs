@@ -35,7 +35,9 @@
 //! session knows the path's round trip already (from earlier
 //! measurements), the train is timed as it arrives: the window grows as
 //! soon as most of it has come, half a round trip or more before the
-//! measurement's pong would.
+//! measurement's pong would. (A flow acknowledged as it is taken, such as
+//! stdin, arrives paced by its acknowledgements, not as trains: its
+//! window keeps to the ramp.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
