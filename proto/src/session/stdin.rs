@@ -294,8 +294,10 @@ impl Incoming {
 
     /// The process took `n` more bytes. Returns what to acknowledge now, if
     /// anything: once a quarter window has been taken since the last
-    /// acknowledgement, or everything received has been taken (so a client
-    /// waiting at the window's edge never waits for long).
+    /// acknowledgement. A client waiting at the window's edge has sent a
+    /// whole window since then, so it never waits for more than a quarter
+    /// of it to be taken; a process that keeps up with its stdin costs no
+    /// acknowledgement per read (nor a typed line one each).
     pub(super) fn taken(&mut self, n: u64) -> Option<Ack> {
         let before = self.consumed;
         self.consumed = (self.consumed + n).min(self.received);
@@ -303,9 +305,7 @@ impl Incoming {
             self.grow(want);
         }
         let since = self.consumed - self.acked;
-        let ack = (since > 0
-            && (since >= self.flow.window() / 4 || self.consumed == self.received))
-            .then(|| self.ack());
+        let ack = (since > 0 && since >= self.flow.window() / 4).then(|| self.ack());
         self.settle();
         ack
     }
@@ -455,18 +455,35 @@ mod tests {
     }
 
     #[test]
-    fn the_exec_server_acknowledges_in_quarters_and_when_drained() {
+    fn the_exec_server_acknowledges_each_quarter_window_taken() {
         let now = Instant::now();
         let window = 64 * 1024;
         let mut inc = Incoming::new(window, window, None);
         inc.receive(1, 40 * 1024, now, None).unwrap();
         assert_eq!(inc.taken(1000), None, "less than a quarter");
         assert_eq!(inc.taken(16 * 1024), Some((17_384, window)));
-        assert_eq!(inc.taken(100 * 1024), Some((40 * 1024, window)), "drained");
+        assert_eq!(inc.taken(100 * 1024), Some((40 * 1024, window)));
         assert_eq!(inc.taken(5), None, "nothing more to take");
+        // A process that keeps up, read by read: taking all that arrived
+        // is no reason to acknowledge (it was one per read).
+        for _ in 0..3 {
+            inc.receive(1, 4096, now, None).unwrap();
+            assert_eq!(inc.taken(4096), None);
+        }
+        inc.receive(1, 4096, now, None).unwrap();
+        assert_eq!(inc.taken(4096), Some((56 * 1024, window)), "a quarter");
+        // A client at the window's edge has a whole window unacknowledged:
+        // its first quarter taken lets it go on.
+        let edge = 56 * 1024 + u64::from(window) - 40 * 1024 - 16 * 1024;
+        inc.receive(1, usize::try_from(edge).unwrap(), now, None)
+            .unwrap();
+        assert_eq!(inc.received(), 56 * 1024 + u64::from(window));
+        assert_eq!(inc.taken(16 * 1024), Some((72 * 1024, window)));
         // A client that ignores the window is cut off: it may send up to
         // the last acknowledged offset plus the window, and a chunk.
-        inc.receive(1, 64 * 1024 + MAX_CHUNK, now, None).unwrap();
+        let room = 72 * 1024 + u64::from(window) - inc.received();
+        let room = usize::try_from(room).unwrap() + MAX_CHUNK;
+        inc.receive(1, room, now, None).unwrap();
         assert_eq!(inc.receive(1, 1, now, None), Err(Violation::StdinWindow(1)));
     }
 
