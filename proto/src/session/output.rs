@@ -29,7 +29,7 @@ pub const EVENT_COST: u64 = 128;
 
 /// The client acknowledges each time this fraction (1 / `ACK_EVERY`) of a
 /// call's window has been taken: across a long path the exec-server then
-/// waits for less of its window to come back (at a quarter it ran 4%
+/// waits for less of its window to come back (at a quarter it ran 1.5-4%
 /// slower across 50 ms).
 pub const ACK_EVERY: u64 = 8;
 

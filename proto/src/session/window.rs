@@ -261,16 +261,34 @@ impl Adaptive {
             last: (now, received),
         };
         self.train = Some(train);
-        let rtt = self.least.into_iter().chain(rtt).min()?;
-        let filled =
-            received.saturating_sub(from).saturating_mul(3) >= self.window.saturating_mul(2);
-        let span = now.saturating_duration_since(first.0);
-        if !self.ramp || !self.may_grow() || !filled || span >= rtt {
+        if !self.ramp || !self.may_grow() || !self.fills(received.saturating_sub(from)) {
             return None;
         }
-        let path = (train.rate()? * rtt.as_secs_f64()) as u64;
+        let rtt = self.least.into_iter().chain(rtt).min()?;
+        if now.saturating_duration_since(first.0) >= rtt {
+            return None;
+        }
+        self.found((train.rate()? * rtt.as_secs_f64()) as u64);
+        self.wants(self.carried)
+    }
+
+    /// Whether `bytes` in a round trip is most of the window (two thirds):
+    /// the window may be the limit.
+    fn fills(&self, bytes: u64) -> bool {
+        bytes.saturating_mul(3) >= self.window.saturating_mul(2)
+    }
+
+    /// A train told what the path carries in a round trip: the ramp is
+    /// over.
+    fn found(&mut self, path: u64) {
         self.ramp = false;
         self.carried = path;
+    }
+
+    /// The window asked for when the path carries `path` a round trip:
+    /// twice that (to keep the window full while acknowledgements trail),
+    /// up to the ceiling, if wider than now.
+    fn wants(&self, path: u64) -> Option<u64> {
         let want = path.saturating_mul(2).min(self.ceiling);
         (want > self.window).then_some(want)
     }
@@ -325,11 +343,10 @@ impl Adaptive {
         // train's, if higher (a window narrower than the path).
         let rate = (bytes as f64 / rtt.as_secs_f64()).max(train.unwrap_or(0.0));
         let path = (rate * least.as_secs_f64()) as u64;
-        let filled = bytes.saturating_mul(3) >= self.window.saturating_mul(2);
+        let filled = self.fills(bytes);
         if self.ramp && filled && train.is_some() {
             // The train ran at the path's rate: nothing left to find.
-            self.ramp = false;
-            self.carried = path;
+            self.found(path);
         } else if self.ramp {
             if self.carried == 0 {
                 // The first window was not in use: nothing to ramp.
@@ -351,13 +368,11 @@ impl Adaptive {
             return None;
         }
         // Most of the window crossed in one round trip: the window may be
-        // the limit; twice what the path carries keeps it full while
-        // acknowledgements trail.
+        // the limit.
         if !filled {
             return None;
         }
-        let want = (path.saturating_mul(2)).min(self.ceiling);
-        (want > self.window).then_some(want)
+        self.wants(path)
     }
 
     /// The window granted: at most what was asked, never below the first.

@@ -125,10 +125,12 @@ impl<T> ClientSession<T> {
             terminal_event::Kind::Exited(_) | terminal_event::Kind::Error(_)
         );
         let cost = output::cost(&kind);
+        let window = call.output.window();
         let grown = call
             .output
             .receive(call_id, cost, now.at, self.probe.least())
             .map_err(SessionError::Protocol)?;
+        let widened = call.output.window() != window;
         if let Some(seq) = grown {
             // The window grew on what arrived: the exec-server hears of it
             // at once.
@@ -170,8 +172,10 @@ impl<T> ClientSession<T> {
             // The call's own spans go after its final event.
             self.release_spans(call_id, now);
         }
-        if output && !last {
+        if widened && !last {
             self.watch_window(call_id);
+        }
+        if output && !last {
             self.measure(call_id, now);
         }
         if !forgotten {
