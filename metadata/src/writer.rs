@@ -49,8 +49,10 @@ pub struct WriterConfig {
     pub service: &'static str,
     /// Group commit: after the first record of a batch arrives, wait this
     /// long for more before committing (a barrier cuts the wait short), so
-    /// the commands' state changes share fsyncs.
-    group_commit: Duration,
+    /// the commands' state changes share fsyncs. Zero for a process of one
+    /// command: each state is written as it comes, so that the last one is
+    /// mostly written by the time the process waits for it.
+    pub group_commit: Duration,
     /// Log a warning when writes start failing. Off where the caller
     /// reports the barrier's error itself (one line, not two).
     pub log_failures: bool,
@@ -625,6 +627,27 @@ mod tests {
                 ("b".into(), Progress::Dispatched)
             ]
         );
+    }
+
+    #[test]
+    fn with_no_group_commit_a_record_is_written_without_a_barrier() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let p = Persister::start(
+            Store::open(&path).unwrap(),
+            WriterConfig {
+                group_commit: Duration::ZERO,
+                ..WriterConfig::default()
+            },
+        );
+        // The batch is not held for company: it is written with nothing
+        // else offered and no barrier (bounded, however slow the disk).
+        p.record(cmd("a", Progress::Finished));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stored(&path).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stored(&path), vec![("a".into(), Progress::Finished)]);
     }
 
     #[test]

@@ -308,10 +308,9 @@ pub struct Flusher {
 
 impl Flusher {
     /// Whether a flush only writes the local trace file, in the calling
-    /// thread (no network and no runtime to wait for; the exec-server's
-    /// stages a direct session brought home are still written by their
-    /// own threads, which need neither): it may then be called from async
-    /// code.
+    /// thread (no network, no runtime and no other thread to wait for; the
+    /// exec-server's stages a direct session brought home included): it
+    /// may then be called from async code.
     pub fn in_place(&self) -> bool {
         self.in_place
     }
@@ -404,7 +403,7 @@ pub fn init(service: &'static str, default: LogDefault, options: Options) -> Tel
     // home in its own file (with one, the exec-server exports its own).
     let remote = match &options.export {
         Export::File(file) => {
-            let remote = Arc::new(RemoteSpans::new(file, options.span_queue));
+            let remote = Arc::new(RemoteSpans::new(file, options.span_queue, options.inline));
             let sink: Arc<dyn crate::remote::RemoteSink> = remote.clone();
             crate::remote::set_sink(Some(sink));
             Some(remote)

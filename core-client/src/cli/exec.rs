@@ -195,6 +195,8 @@ fn open_records(
     // The exit waits for the record: written through to the OS (it
     // survives this process however it ends), not fsynced.
     writer.durability = metadata::Durability::ProcessCrash;
+    // One command: nothing to group its states with.
+    writer.group_commit = std::time::Duration::ZERO;
     let opened = match data_dir {
         Some(dir) if args.strict_records => metadata::open(dir, writer).map_err(|e| e.to_string()),
         Some(dir) => Ok(metadata::open_in_background(dir, writer)),

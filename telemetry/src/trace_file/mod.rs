@@ -44,9 +44,7 @@ use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor};
 
 use crate::remote::{RemoteSink, RemoteSpan};
 
@@ -249,30 +247,37 @@ impl SpanExporter for TraceFileExporter {
 
 /// Writes the exec-server's stages and the relay's forwards that a client
 /// brought home ([`crate::remote`], [`crate::hops`]) into the trace file as
-/// those services' spans, through batch processors of their own (off the
-/// caller's path; bounded: spans beyond their queues are dropped). The
-/// processors (a queue and a thread each) start with the first spans: a
-/// command run through the agent brings nothing home itself.
+/// those services' spans, through a processor per service (bounded: spans
+/// beyond their queues are dropped). A long-running client's are batch
+/// processors (a queue and a thread each, off the caller's path); a
+/// command's are inline, written by the thread that flushes them as it
+/// exits, as its own spans are (no thread to start, nothing to hand over).
+/// The processors start with the first spans: a command run through the
+/// agent brings nothing home itself.
 #[derive(Debug)]
 pub(crate) struct RemoteSpans {
     file: TraceFile,
     queue: usize,
+    inline: bool,
     processors: OnceLock<Processors>,
 }
 
-/// One batch processor per remote service.
+/// One processor per remote service.
 #[derive(Debug)]
 struct Processors {
-    exec_server: BatchSpanProcessor,
-    relay: BatchSpanProcessor,
+    exec_server: Box<dyn SpanProcessor>,
+    relay: Box<dyn SpanProcessor>,
 }
 
 impl RemoteSpans {
-    /// A writer into `file`, each service's queue holding `queue` spans.
-    pub(crate) fn new(file: &TraceFile, queue: usize) -> Self {
+    /// A writer into `file`, each service's queue holding `queue` spans;
+    /// `inline`: written by whoever flushes (a command), not by threads of
+    /// their own.
+    pub(crate) fn new(file: &TraceFile, queue: usize, inline: bool) -> Self {
         Self {
             file: file.clone(),
             queue,
+            inline,
             processors: OnceLock::new(),
         }
     }
@@ -280,12 +285,18 @@ impl RemoteSpans {
     /// The processors, started now if they were not.
     fn processors(&self) -> &Processors {
         self.processors.get_or_init(|| {
-            let processor = |service: &'static str| {
-                let mut processor =
-                    crate::provider::batch_processor(self.file.exporter(), self.queue);
-                processor
-                    .set_resource(&Resource::builder_empty().with_service_name(service).build());
-                processor
+            let processor = |service: &'static str| -> Box<dyn SpanProcessor> {
+                let resource = Resource::builder_empty().with_service_name(service).build();
+                if self.inline {
+                    let mut processor = InlineProcessor::new(&self.file, self.queue);
+                    processor.set_resource(&resource);
+                    Box::new(processor)
+                } else {
+                    let mut processor =
+                        crate::provider::batch_processor(self.file.exporter(), self.queue);
+                    processor.set_resource(&resource);
+                    Box::new(processor)
+                }
             };
             Processors {
                 exec_server: processor(crate::remote::EXEC_SERVER),
@@ -414,9 +425,19 @@ mod tests {
 
     #[test]
     fn remote_spans_start_their_writers_with_the_first_spans() {
+        for inline in [false, true] {
+            remote_spans_are_written(inline);
+        }
+    }
+
+    fn remote_spans_are_written(inline: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("traces.jsonl");
-        let remote = RemoteSpans::new(&TraceFile::new(path.clone(), Retention::default()), 8);
+        let remote = RemoteSpans::new(
+            &TraceFile::new(path.clone(), Retention::default()),
+            8,
+            inline,
+        );
         // Nothing brought home: no queue, no thread, nothing written.
         remote.record(Vec::new());
         assert!(remote.processors.get().is_none());
