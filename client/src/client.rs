@@ -326,16 +326,16 @@ impl Client {
         }
         let config = &self.inner.config;
         let result = async {
-            let channel = {
+            // The connection (the client's, kept for later sessions) is
+            // set up while message 1 is made.
+            let channel = async {
                 let mut ch = self.inner.channel.lock().await;
-                match ch.as_ref() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = tunnel::channel(config, &config.target).await?;
-                        *ch = Some(c.clone());
-                        c
-                    }
+                if let Some(c) = ch.as_ref() {
+                    return Ok(c.clone());
                 }
+                let c = tunnel::channel(config, &config.target).await?;
+                *ch = Some(c.clone());
+                Ok(c)
             };
             tokio::time::timeout(
                 config.handshake_timeout,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::SystemTime;
 
 use lifecycle::Tasks;
@@ -54,7 +55,8 @@ pub(crate) struct Opened {
     pub(crate) ticket: Option<EarlyTicket>,
 }
 
-/// Opens one session on `channel` and waits until it is ready, recording
+/// Opens one session on `channel` (a connection being set up: started
+/// first, awaited once message 1 is made) and waits until it is ready, recording
 /// the set-up spans under `parent`; `first`, if given, rides in handshake
 /// message 1 as call 1 with `ticket` (early data: see
 /// [`ClientSession::with_call`]), and its events arrive as the session's
@@ -66,7 +68,7 @@ pub(crate) struct Opened {
 /// session ends.
 pub(crate) async fn open(
     config: &ClientConfig,
-    channel: Channel,
+    channel: impl Future<Output = Result<Channel, ConnectError>>,
     parent: &Context,
     tasks: &Tasks,
     (first, ticket): (Option<(NewCall, Context)>, Option<EarlyTicket>),
@@ -84,6 +86,15 @@ pub(crate) async fn open(
     let server_id = config.server.server_id();
     let url = config.target.url().to_owned();
     let failed = |e| ConnectError::from_session(e, config.key.public(), &url, &server_id);
+    // The connection starts (its TCP handshake, or the name's look-up) and
+    // goes on while message 1 is made; a refusal known at once is the
+    // answer.
+    let mut connecting = std::pin::pin!(channel);
+    let connected = match std::future::poll_fn(|cx| Poll::Ready(connecting.as_mut().poll(cx))).await
+    {
+        Poll::Ready(c) => Some(c?),
+        Poll::Pending => None,
+    };
 
     // relay.connect: the tunnel stream is paired with the exec-server.
     let mut connect_span = tracer
@@ -128,11 +139,25 @@ pub(crate) async fn open(
     };
     // Message 1 rides with the stream opening, saving a round trip.
     let first_frames = first_flight(&mut machine, &mut router, now);
+    let mut alternates = config.alternates.iter();
+    let mut channel = match connected {
+        Some(c) => c,
+        None => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                connect_span.set_status(opentelemetry::trace::Status::error(
+                    "the connection could not be set up",
+                ));
+                connect_span.end();
+                return Err(e);
+            }
+        },
+    };
+    // Message 1 goes to a connection that was made: a relay that could not
+    // be reached never had the call.
     if first_at.is_some() {
         left.store(true, Ordering::Release);
     }
-    let mut alternates = config.alternates.iter();
-    let mut channel = channel;
     let (inbound, tx) = loop {
         let opened = tunnel::open(
             channel,
