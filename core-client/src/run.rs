@@ -205,14 +205,9 @@ where
         }
         _ => telemetry.shutdown(),
     }
+    // A blocking read of a terminal's stdin (the stdin pump) is not waited
+    // for at exit.
     drop(_entered);
-    match process {
-        // Its record is saved and its spans written: what is left (tasks
-        // to drop, threads to join, memory to free) the exit does at once.
-        Process::Command => runtime.shutdown_background(),
-        // A blocking read of a terminal's stdin (the stdin pump) is not
-        // waited for at exit.
-        Process::Service => runtime.shutdown_timeout(std::time::Duration::from_millis(500)),
-    }
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }
