@@ -387,19 +387,7 @@ impl Client {
     pub async fn close_sent(&self, bound: std::time::Duration) {
         let session = self.inner.session.lock().await.take();
         if let Some(s) = session {
-            s.close_sent(bound).await;
-            // The transport's own tasks (the link's body and its
-            // connection) write what the link took on their next turns, on
-            // the runtime's workers, not on this task's thread: two rounds
-            // of a task of ours through those workers let them take those
-            // turns before a process that exits next is gone.
-            for _ in 0..2 {
-                let _ = self
-                    .inner
-                    .tasks
-                    .spawn(tracing::Span::current(), tokio::task::yield_now())
-                    .await;
-            }
+            s.close_sent(bound, &self.inner.tasks).await;
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use lifecycle::Tasks;
 use opentelemetry::Context;
 use opentelemetry::trace::SpanContext;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
@@ -575,8 +576,10 @@ impl SessionHandle {
 
     /// Sends the session's authenticated close (after what is queued) and
     /// returns once the transport has taken it (or the driver stopped),
-    /// without waiting for the exec-server's answer; at most `bound`.
-    pub(crate) async fn close_sent(&self, bound: std::time::Duration) {
+    /// without waiting for the exec-server's answer; at most `bound`. The
+    /// transport's own tasks then get their turns (through `tasks`) to
+    /// write what it took.
+    pub(crate) async fn close_sent(&self, bound: std::time::Duration, tasks: &Tasks) {
         self.shared.closing.cancel();
         let _ = tokio::time::timeout(bound, async {
             tokio::select! {
@@ -585,9 +588,15 @@ impl SessionHandle {
             }
         })
         .await;
-        // The transport writes what it took on its next turns.
-        for _ in 0..4 {
-            tokio::task::yield_now().await;
+        // The transport's own tasks (the link's body and its connection)
+        // write what it took on their next turns, on the runtime's workers,
+        // not on this task's thread (yielding here gave them none): two
+        // rounds of a task of ours through those workers let them take
+        // those turns before a process that exits next is gone.
+        for _ in 0..2 {
+            let _ = tasks
+                .spawn(tracing::Span::current(), tokio::task::yield_now())
+                .await;
         }
     }
 
