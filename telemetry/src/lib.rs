@@ -33,6 +33,8 @@
 //!   client with feature `forward`; exported with feature `export`).
 //! - [`ids`]: span ids drawn before their span starts (the child's
 //!   `TRACEPARENT` names `process.run` before the process exists).
+//! - `otlp_wire` (feature `forward`): OTLP protobuf written straight
+//!   from the SDK's span data (for export and for forwarding).
 //! - `otlp` (feature `export`): the OTLP protocol and endpoint the
 //!   environment names, and the exporter for them.
 //! - `provider` (feature `export`): the tracer providers every binary
@@ -66,6 +68,8 @@ pub mod limited;
 pub mod otel;
 #[cfg(feature = "export")]
 pub mod otlp;
+#[cfg(feature = "forward")]
+mod otlp_wire;
 #[cfg(feature = "export")]
 pub mod provider;
 pub mod remote;

@@ -1,8 +1,10 @@
 //! OTLP export: the protocol and endpoint the environment names, and the
 //! exporter for them (gRPC, or HTTP with protobuf or JSON bodies on the
 //! project's own hyper client), whose failures are said once
-//! (`reported`).
+//! (`reported`). Over gRPC to a plain endpoint, batches are written
+//! straight to protobuf (`grpc`).
 
+mod grpc;
 mod http;
 pub(crate) mod reported;
 
@@ -11,6 +13,9 @@ use std::time::Duration;
 use opentelemetry_otlp::{
     RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 /// The variable naming the protocol for traces; wins over
 /// [`PROTOCOL_VAR`].
@@ -81,6 +86,8 @@ pub(crate) enum ExporterError {
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error(transparent)]
     Client(#[from] http::HttpClientError),
+    #[error(transparent)]
+    Grpc(#[from] tonic::transport::Error),
     #[error("{0} is an https endpoint, but this build has no TLS: use http://")]
     Https(String),
 }
@@ -101,9 +108,77 @@ fn export_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
     )
 }
 
+/// An OTLP span exporter: the project's own for gRPC to a plain endpoint,
+/// else the OTLP crate's.
+#[derive(Debug)]
+pub(crate) enum Exporter {
+    /// Batches written straight to protobuf ([`grpc::GrpcExporter`]).
+    Grpc(grpc::GrpcExporter),
+    /// The OTLP crate's exporter (HTTP, TLS, headers, compression).
+    Otlp(opentelemetry_otlp::SpanExporter),
+}
+
+impl SpanExporter for Exporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self {
+            Self::Grpc(e) => e.export(batch).await,
+            Self::Otlp(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Self::Grpc(e) => e.shutdown_with_timeout(timeout),
+            Self::Otlp(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match self {
+            Self::Grpc(e) => e.force_flush(),
+            Self::Otlp(e) => e.force_flush(),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Self::Grpc(e) => e.set_resource(resource),
+            Self::Otlp(e) => e.set_resource(resource),
+        }
+    }
+}
+
+/// Whether the project's own gRPC exporter carries out everything the
+/// environment asks for `target` (a plain `http://` endpoint; no headers,
+/// compression or certificates, which only the OTLP crate's applies).
+fn own_grpc(target: &OtlpTarget, var: impl Fn(&str) -> Option<String>) -> bool {
+    target.protocol == Protocol::Grpc
+        && target
+            .endpoint
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        && grpc::ITS_OWN
+            .iter()
+            .all(|k| var(k).is_none_or(|v| v.trim().is_empty()))
+}
+
 /// The exporter for `target`. Headers, timeout and compression come from
-/// the environment, read by the exporter itself.
-pub(crate) fn exporter(
+/// the environment.
+pub(crate) fn exporter(target: &OtlpTarget, retry: bool) -> Result<Exporter, ExporterError> {
+    if own_grpc(target, |k| std::env::var(k).ok()) {
+        let timeout = export_timeout(|k| std::env::var(k).ok());
+        return Ok(Exporter::Grpc(grpc::GrpcExporter::new(
+            &target.endpoint,
+            timeout,
+            retry,
+        )?));
+    }
+    Ok(Exporter::Otlp(library_exporter(target, retry)?))
+}
+
+/// The OTLP crate's exporter for `target`, which reads headers, timeout
+/// and compression from the environment itself.
+fn library_exporter(
     target: &OtlpTarget,
     retry: bool,
 ) -> Result<opentelemetry_otlp::SpanExporter, ExporterError> {
@@ -187,6 +262,39 @@ mod tests {
             protocol: Protocol::HttpProtobuf,
             endpoint: endpoint.to_owned(),
         }
+    }
+
+    #[test]
+    fn grpc_to_a_plain_endpoint_is_exported_by_our_own_exporter() {
+        let grpc = |endpoint: &str| OtlpTarget {
+            protocol: Protocol::Grpc,
+            endpoint: endpoint.to_owned(),
+        };
+        assert!(own_grpc(&grpc("http://127.0.0.1:4317"), lookup(&[])));
+        assert!(own_grpc(
+            &grpc("HTTP://c:4317"),
+            lookup(&[("OTEL_EXPORTER_OTLP_HEADERS", " ")])
+        ));
+        assert!(!own_grpc(&grpc("https://c:4317"), lookup(&[])));
+        assert!(!own_grpc(
+            &http_target("http://c:4318/v1/traces"),
+            lookup(&[])
+        ));
+        for var in grpc::ITS_OWN {
+            assert!(
+                !own_grpc(&grpc("http://c:4317"), lookup(&[(var, "x")])),
+                "{var}"
+            );
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        assert!(
+            grpc::GrpcExporter::new("http://127.0.0.1:4317", Duration::from_secs(1), true).is_ok()
+        );
+        assert!(grpc::GrpcExporter::new("not a url", Duration::from_secs(1), true).is_err());
     }
 
     #[test]

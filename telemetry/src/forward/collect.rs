@@ -7,15 +7,12 @@ use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry::trace::TraceId;
-use opentelemetry_proto::tonic::trace::v1::TracesData;
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
-use prost::Message as _;
 
 use super::{Batch, SpanSource, Taken};
+use crate::otlp_wire::{self, EncodedResource};
 
 /// Spans kept in all, by default, until their calls take them.
 const DEFAULT_HELD: usize = 1024;
@@ -33,7 +30,8 @@ struct Held {
 #[derive(Debug)]
 struct Shared {
     held: Mutex<Held>,
-    resource: Mutex<Resource>,
+    /// The provider's resource, encoded once.
+    resource: Mutex<Arc<EncodedResource>>,
     max: usize,
 }
 
@@ -69,7 +67,9 @@ impl SpanCollector {
                     spans: 0,
                     evicted: 0,
                 }),
-                resource: Mutex::new(Resource::builder_empty().build()),
+                resource: Mutex::new(Arc::new(EncodedResource::new(
+                    &Resource::builder_empty().build(),
+                ))),
                 max: max.max(1),
             }),
         }
@@ -137,7 +137,7 @@ impl SpanProcessor for SpanCollectorProcessor {
             .shared
             .resource
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = resource.clone();
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(EncodedResource::new(resource));
     }
 }
 
@@ -150,18 +150,19 @@ impl SpanSource for SpanCollector {
             held.order.retain(|t| *t != trace_id);
             (spans, std::mem::take(&mut held.evicted))
         };
-        let resource: ResourceAttributesWithSchema = (&*self
-            .shared
-            .resource
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-            .into();
+        let resource = Arc::clone(
+            &self
+                .shared
+                .resource
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let mut taken = Taken {
             batches: Vec::new(),
             dropped: evicted,
         };
         if !spans.is_empty() {
-            split(spans, &resource, max_bytes, &mut taken);
+            split(&spans, &resource, max_bytes, &mut taken);
         }
         taken
     }
@@ -169,51 +170,30 @@ impl SpanSource for SpanCollector {
 
 /// `spans` encoded as batches of at most `max` bytes: the whole, else
 /// each half in turn; a span alone over `max` is dropped and counted.
-fn split(
-    spans: Vec<SpanData>,
-    resource: &ResourceAttributesWithSchema,
-    max: usize,
-    taken: &mut Taken,
-) {
+fn split(spans: &[SpanData], resource: &EncodedResource, max: usize, taken: &mut Taken) {
     let count = u32::try_from(spans.len()).unwrap_or(u32::MAX);
-    if spans.len() > 1 {
-        let data = encode(spans.clone(), resource);
-        if data.len() <= max {
-            taken.batches.push(Batch {
-                traces: data,
-                spans: count,
-            });
-            return;
-        }
-        let mut first = spans;
-        let second = first.split_off(first.len() / 2);
-        split(first, resource, max, taken);
-        split(second, resource, max, taken);
-        return;
-    }
-    let data = encode(spans, resource);
+    let data = otlp_wire::encode(resource, spans);
     if data.len() <= max {
         taken.batches.push(Batch {
             traces: data,
             spans: count,
         });
+    } else if spans.len() > 1 {
+        let (first, second) = spans.split_at(spans.len() / 2);
+        split(first, resource, max, taken);
+        split(second, resource, max, taken);
     } else {
         taken.dropped = taken.dropped.saturating_add(count);
     }
-}
-
-fn encode(spans: Vec<SpanData>, resource: &ResourceAttributesWithSchema) -> Vec<u8> {
-    TracesData {
-        resource_spans: group_spans_by_resource_and_scope(spans, resource),
-    }
-    .encode_to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use opentelemetry_proto::tonic::trace::v1::TracesData;
     use opentelemetry_sdk::trace::SdkTracerProvider;
+    use prost::Message as _;
 
     fn provider(collector: &SpanCollector) -> SdkTracerProvider {
         SdkTracerProvider::builder()
