@@ -11,6 +11,7 @@
 //! The gRPC and HTTP servers and [`flatten`] (OTLP spans to
 //! [`RecordedSpan`]s) also serve [`crate::sink`] and [`crate::jaeger`].
 
+mod counting;
 pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
@@ -335,12 +336,10 @@ pub fn flatten(resource_spans: &[ResourceSpans]) -> Vec<RecordedSpan> {
     out
 }
 
-impl Exports for Shared {
-    fn export(
-        &self,
-        request: ExportTraceServiceRequest,
-        headers: &HeaderMap,
-    ) -> std::result::Result<ExportTraceServiceResponse, Status> {
+impl Shared {
+    /// Takes a request's `headers`, counted; an error if the receiver is
+    /// set to fail.
+    fn arrived(&self, headers: &HeaderMap) -> std::result::Result<(), Status> {
         self.headers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -350,6 +349,30 @@ impl Exports for Shared {
             self.rejected.fetch_add(1, Ordering::SeqCst);
             return Err(Status::unavailable("OTLP receiver set to fail"));
         }
+        Ok(())
+    }
+}
+
+impl counting::Counts for Shared {
+    fn count(
+        &self,
+        request: counting::Ids,
+        headers: &HeaderMap,
+    ) -> std::result::Result<(), Status> {
+        self.arrived(headers)?;
+        counting::add(&self.counts, &request);
+        self.recorded.notify_waiters();
+        Ok(())
+    }
+}
+
+impl Exports for Shared {
+    fn export(
+        &self,
+        request: ExportTraceServiceRequest,
+        headers: &HeaderMap,
+    ) -> std::result::Result<ExportTraceServiceResponse, Status> {
+        self.arrived(headers)?;
         if self.counting {
             let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
             for span in request
@@ -411,7 +434,24 @@ impl OtlpReceiver {
             ..Shared::default()
         });
         let shutdown = CancellationToken::new();
-        let grpc = serve(listener, shared.clone(), shutdown.clone());
+        // Counting over gRPC decodes the trace ids alone (the benchmarks'
+        // exporters use gRPC); over HTTP it decodes whole requests.
+        let grpc = {
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            async move {
+                if counting {
+                    tonic::transport::Server::builder()
+                        .add_service(counting::CountingServer(shared))
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(listener),
+                            shutdown.cancelled_owned(),
+                        )
+                        .await
+                } else {
+                    serve(listener, shared, shutdown).await
+                }
+            }
+        };
         let http = http::serve(http_listener, shared.clone(), shutdown.clone());
         // Both run until the token is cancelled; the first failure stops
         // the other.

@@ -699,20 +699,63 @@ async fn counting_mode_counts_spans_per_trace_and_records_nothing() {
         name: "s".into(),
         ..Default::default()
     };
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, InstrumentationScope, KeyValue, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let attr = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    // Every field around the trace ids is present, and skipped.
+    let full = |trace: u8, id: u8| Span {
+        parent_span_id: vec![9; 8],
+        attributes: vec![attr("a", "b")],
+        start_time_unix_nano: 5,
+        ..span(trace, id)
+    };
     let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![span(1, 1), span(1, 2), span(2, 3)],
+        resource_spans: vec![
+            ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(1, 1), span(1, 2), span(2, 3)],
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
-        }],
+            },
+            ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![attr("service.name", "other")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![
+                    ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "x".into(),
+                            ..Default::default()
+                        }),
+                        spans: vec![full(2, 4)],
+                        schema_url: "s".into(),
+                    },
+                    ScopeSpans {
+                        spans: vec![full(3, 5), full(1, 6)],
+                        ..Default::default()
+                    },
+                ],
+                schema_url: "r".into(),
+            },
+        ],
     };
     client.export(request).await.unwrap();
     let counts = rx.span_counts();
-    assert_eq!(counts.len(), 2);
-    assert_eq!(counts[&vec![1u8; 16]], 2);
-    assert_eq!(counts[&vec![2u8; 16]], 1);
+    assert_eq!(counts.len(), 3);
+    assert_eq!(counts[&vec![1u8; 16]], 3);
+    assert_eq!(counts[&vec![2u8; 16]], 2);
+    assert_eq!(counts[&vec![3u8; 16]], 1);
+    assert_eq!(rx.export_requests(), 1);
     assert!(rx.spans().is_empty(), "counting mode keeps no spans");
     rx.clear();
     assert!(rx.span_counts().is_empty());

@@ -176,17 +176,23 @@ pub fn batch_to(receiver: &OtlpReceiver) -> Result<BatchSpanProcessor, String> {
 }
 
 impl Providers {
-    /// The providers, the full one exporting to `receiver` (batched every
-    /// 200 ms, with room for every span of a round).
+    /// The providers, the full one exporting to `receiver` as a service
+    /// does (the services' OTLP/gRPC exporter and batch processor), with
+    /// room for every span of a round.
     pub fn new(receiver: &OtlpReceiver) -> Result<Self, String> {
-        let batch = batch_to(receiver)?;
+        let endpoint = receiver.endpoint();
+        let export = telemetry::setup::Export::decide(
+            |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone()),
+            None,
+        )
+        .map_err(|e| format!("OTLP export to the receiver: {e}"))?;
+        let mut options = telemetry::setup::Options::new(export);
+        options.span_queue = 65_536;
         Ok(Self {
             propagation: telemetry::provider::base_builder("bench".into())
                 .with_sampler(Sampler::AlwaysOff)
                 .build(),
-            full: telemetry::provider::base_builder("bench".into())
-                .with_span_processor(batch)
-                .build(),
+            full: telemetry::setup::build_provider("bench".into(), &options),
         })
     }
 
