@@ -13,6 +13,9 @@
 //! - `export` (feature `export`): [`Forwarder`], the exec-server's side:
 //!   batches decoded, checked, marked as forwarded for the client's key and
 //!   exported, within its budget.
+//! - `remark` (feature `export`): a forwarded batch passed on as it
+//!   arrived, its resources re-marked, for an exporter that takes encoded
+//!   requests.
 //! - `budget` (feature `export`): what clients may forward: steady rates
 //!   per key and in all, credited for each call a client runs.
 
@@ -22,6 +25,8 @@ mod budget;
 mod collect;
 #[cfg(feature = "export")]
 mod export;
+#[cfg(feature = "export")]
+mod remark;
 #[cfg(feature = "forward")]
 mod spool;
 

@@ -148,6 +148,42 @@ impl SpanExporter for Exporter {
     }
 }
 
+/// An exporter that may also take an export request already encoded (a
+/// client's forwarded spans, passed on as they arrived).
+pub(crate) trait EncodedExport: SpanExporter {
+    /// Whether [`EncodedExport::export_request`] can be used.
+    fn takes_requests(&self) -> bool {
+        false
+    }
+
+    /// Exports one encoded `ExportTraceServiceRequest`.
+    fn export_request(
+        &self,
+        _request: Vec<u8>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        std::future::ready(Err(
+            opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                "this exporter takes spans, not encoded requests".into(),
+            ),
+        ))
+    }
+}
+
+impl EncodedExport for Exporter {
+    fn takes_requests(&self) -> bool {
+        matches!(self, Self::Grpc(_))
+    }
+
+    async fn export_request(&self, request: Vec<u8>) -> OTelSdkResult {
+        match self {
+            Self::Grpc(e) => e.export_request(request.into()).await,
+            Self::Otlp(_) => Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                "this exporter takes spans, not encoded requests".into(),
+            )),
+        }
+    }
+}
+
 /// Whether the project's own gRPC exporter carries out everything the
 /// environment asks for `target` (a plain `http://` endpoint; no headers,
 /// compression or certificates, which only the OTLP crate's applies).

@@ -1,7 +1,9 @@
-//! The exec-server's side: a client's forwarded batches decoded, checked,
-//! marked as forwarded for the client's key and exported with the
-//! exec-server's own OTLP exporter, keeping the client's resource, scopes
-//! and timestamps. Bounded: per-key and total rates of spans and bytes
+//! The exec-server's side: a client's forwarded batches checked, marked as
+//! forwarded for the client's key and exported with the exec-server's own
+//! OTLP exporter, keeping the client's resource, scopes and timestamps.
+//! With the project's own gRPC exporter a batch's spans are passed on as
+//! the bytes they arrived as (`remark`: only each resource is decoded and
+//! rewritten); with any other exporter they are converted to the SDK's. Bounded: per-key and total rates of spans and bytes
 //! (token buckets), a queue of batches waiting for export; what does not
 //! fit is dropped and counted, with one warning per process. Batches leave
 //! on the exporter's own schedule: the first one waits up to `linger` for
@@ -26,7 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::budget::{Budget, ForwardLimits, Offered};
-use crate::otlp::OtlpTarget;
+use super::remark::{NotAsIs, remark};
+use crate::otlp::{EncodedExport, OtlpTarget};
 use crate::spans;
 
 /// Spans forwarded and dropped since start.
@@ -111,7 +114,7 @@ impl Forwarder {
     }
 
     /// [`start`](Self::start) with any exporter (tests).
-    fn with_exporter<E: SpanExporter + 'static>(
+    fn with_exporter<E: EncodedExport + 'static>(
         exporter: E,
         limits: ForwardLimits,
         own: Vec<String>,
@@ -239,7 +242,7 @@ struct Exports<E> {
 /// [`GROUP_JOBS`] and [`GROUP_BYTES`]), then they go together, and
 /// consecutive spans of one client and resource in one export request.
 /// At the end, what is queued goes at once.
-async fn run<E: SpanExporter>(
+async fn run<E: EncodedExport>(
     mut exports: Exports<E>,
     mut rx: mpsc::Receiver<Job>,
     linger: Duration,
@@ -313,10 +316,60 @@ impl Group {
     }
 }
 
-impl<E: SpanExporter> Exports<E> {
-    /// Decodes, checks and exports `jobs`, consecutive spans of one client
-    /// and resource in one request.
+impl<E: EncodedExport> Exports<E> {
+    /// Checks and exports `jobs`: passed on as they are in one request
+    /// when the exporter takes one, else (and for a batch with a span
+    /// whose ids are not ids) converted.
     async fn send(&mut self, jobs: Vec<Job>) {
+        let jobs = if self.exporter.takes_requests() {
+            self.send_as_is(jobs).await
+        } else {
+            jobs
+        };
+        if !jobs.is_empty() {
+            self.convert_and_send(jobs).await;
+        }
+    }
+
+    /// Exports `jobs` in one request, each resource re-marked and its
+    /// spans as they arrived; returns the jobs that must be converted.
+    async fn send_as_is(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        let counts = Arc::clone(&self.counts);
+        let mut request = Vec::with_capacity(jobs.iter().map(|j| j.traces.len() + 128).sum());
+        let mut spans = 0u64;
+        let mut convert = Vec::new();
+        for job in jobs {
+            match remark(&job.traces, &job.client, &self.own, &mut request) {
+                Ok(done) => {
+                    spans += done.spans;
+                    if done.claimed > 0 {
+                        counts.drop_spans(
+                            done.claimed,
+                            "a resource that claims to be a service of ours",
+                        );
+                        tracing::debug!(service = ?done.claimed_name, "forwarded spans refused");
+                    }
+                }
+                Err(NotAsIs::NotOtlp) => {
+                    counts.drop_spans(u64::from(job.spans), "a batch that is not OTLP");
+                }
+                Err(NotAsIs::BadIds) => convert.push(job),
+            }
+        }
+        if spans > 0 {
+            match self.exporter.export_request(request).await {
+                Ok(()) => {
+                    counts.exported.fetch_add(spans, Ordering::Relaxed);
+                }
+                Err(_) => counts.drop_spans(spans, "the export failed"),
+            }
+        }
+        convert
+    }
+
+    /// Decodes, checks and exports `jobs` as the SDK's spans, consecutive
+    /// spans of one client and resource in one request.
+    async fn convert_and_send(&mut self, jobs: Vec<Job>) {
         let counts = Arc::clone(&self.counts);
         let mut group: Option<(String, Resource, Vec<SpanData>)> = None;
         for job in jobs {
@@ -599,6 +652,40 @@ mod tests {
         }
     }
 
+    impl EncodedExport for Recording {}
+
+    /// An exporter that takes encoded requests, recording each (and any
+    /// spans converted as [`Recording`] does).
+    #[derive(Debug, Clone, Default)]
+    struct TakesRequests {
+        spans: Recording,
+        requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl SpanExporter for TakesRequests {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.spans.export(batch).await
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.spans.set_resource(resource);
+        }
+    }
+
+    impl EncodedExport for TakesRequests {
+        fn takes_requests(&self) -> bool {
+            true
+        }
+
+        async fn export_request(
+            &self,
+            request: Vec<u8>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.requests.lock().unwrap().push(request);
+            Ok(())
+        }
+    }
+
     /// One client trace of `n` spans, encoded, as a client would send it.
     fn client_batch(service: &str, n: usize) -> (TraceId, Vec<u8>) {
         let collector = SpanCollector::default();
@@ -679,6 +766,110 @@ mod tests {
             r.get(&opentelemetry::Key::new(spans::FORWARDED_FOR)),
             Some(Value::from("key1"))
         );
+    }
+
+    fn decode_request(
+        bytes: &[u8],
+    ) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        prost::Message::decode(bytes).unwrap()
+    }
+
+    fn string_attr(key: &str, value: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+        opentelemetry_proto::tonic::common::v1::KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn attr<'a>(
+        attributes: &'a [opentelemetry_proto::tonic::common::v1::KeyValue],
+        key: &str,
+    ) -> Vec<&'a any_value::Value> {
+        attributes
+            .iter()
+            .filter(|kv| kv.key == key)
+            .filter_map(|kv| kv.value.as_ref()?.value.as_ref())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn with_an_exporter_that_takes_requests_spans_pass_on_as_they_arrived() {
+        let exporter = TakesRequests::default();
+        let f = Forwarder::with_exporter(exporter.clone(), limits(), own());
+        let (_, first) = client_batch("core-client", 3);
+        // A client that marks its own resource as forwarded for another key.
+        let (_, second) = client_batch("core-client", 2);
+        let mut claims = TracesData::decode(second.as_slice()).unwrap();
+        if let Some(r) = claims.resource_spans[0].resource.as_mut() {
+            r.attributes
+                .push(string_attr(spans::FORWARDED_FOR, "someone-else"));
+        }
+        let second = claims.encode_to_vec();
+        let now = Instant::now();
+        assert_eq!(f.offer("key1", first.clone(), 3, 0, now), Offered::Queued);
+        assert_eq!(f.offer("key2", second.clone(), 2, 0, now), Offered::Queued);
+        settle(&f, 5).await;
+        assert_eq!(f.counts().exported, 5);
+        assert_eq!(f.counts().dropped, 0);
+        // One request for both, nothing converted.
+        let requests = exporter.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1);
+        assert!(
+            exporter
+                .spans
+                .inner
+                .get_finished_spans()
+                .unwrap()
+                .is_empty()
+        );
+        let request = decode_request(&requests[0]);
+        assert_eq!(request.resource_spans.len(), 2);
+        for (rs, (sent, key)) in request
+            .resource_spans
+            .iter()
+            .zip([(&first, "key1"), (&second, "key2")])
+        {
+            let sent = TracesData::decode(sent.as_slice()).unwrap();
+            // Scopes and spans byte for byte as the client sent them.
+            assert_eq!(rs.scope_spans, sent.resource_spans[0].scope_spans);
+            assert_eq!(rs.schema_url, sent.resource_spans[0].schema_url);
+            let attributes = &rs.resource.as_ref().unwrap().attributes;
+            assert_eq!(
+                attr(attributes, spans::FORWARDED_FOR),
+                [&any_value::Value::StringValue(key.into())]
+            );
+            assert_eq!(
+                attr(attributes, "service.name"),
+                [&any_value::Value::StringValue("core-client".into())]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn as_they_arrived_claims_garbage_and_bad_ids_are_handled_as_before() {
+        let exporter = TakesRequests::default();
+        let f = Forwarder::with_exporter(exporter.clone(), limits(), own());
+        let now = Instant::now();
+        let (_, claims) = client_batch("relay", 2);
+        assert_eq!(f.offer("k", claims, 2, 0, now), Offered::Queued);
+        assert_eq!(f.offer("k", vec![0xff; 8], 1, 0, now), Offered::Queued);
+        // One span whose trace id is three bytes: the batch is converted,
+        // and the span with good ids alone goes.
+        let (_, batch) = client_batch("core-client", 2);
+        let mut bad = TracesData::decode(batch.as_slice()).unwrap();
+        bad.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1, 2, 3];
+        assert_eq!(
+            f.offer("k", bad.encode_to_vec(), 2, 0, now),
+            Offered::Queued
+        );
+        settle(&f, 4).await;
+        assert_eq!(f.counts().dropped, 3);
+        assert_eq!(f.counts().exported, 1);
+        assert!(exporter.requests.lock().unwrap().is_empty());
+        assert_eq!(exporter.spans.inner.get_finished_spans().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -96,13 +96,13 @@ impl GrpcExporter {
     }
 }
 
-impl SpanExporter for GrpcExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl GrpcExporter {
+    /// Exports one encoded `ExportTraceServiceRequest`, retrying as
+    /// [`SpanExporter::export`] does.
+    pub(crate) async fn export_request(&self, body: bytes::Bytes) -> OTelSdkResult {
         if self.shut.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        let body = bytes::Bytes::from(otlp_wire::encode(&self.resource, &batch));
-        drop(batch);
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_DELAY;
         let mut attempt = 0;
@@ -127,6 +127,14 @@ impl SpanExporter for GrpcExporter {
             sleep(wait).await;
             delay = (delay * 2).min(MAX_DELAY);
         }
+    }
+}
+
+impl SpanExporter for GrpcExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let body = bytes::Bytes::from(otlp_wire::encode(&self.resource, &batch));
+        drop(batch);
+        self.export_request(body).await
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {

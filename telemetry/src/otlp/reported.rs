@@ -56,3 +56,17 @@ impl<E: SpanExporter> SpanExporter for Reported<E> {
         self.inner.set_resource(resource);
     }
 }
+
+impl<E: super::EncodedExport> super::EncodedExport for Reported<E> {
+    fn takes_requests(&self) -> bool {
+        self.inner.takes_requests()
+    }
+
+    async fn export_request(&self, request: Vec<u8>) -> OTelSdkResult {
+        let result = self.inner.export_request(request).await;
+        if let Err(e) = &result {
+            warn_once(&self.endpoint, e);
+        }
+        result
+    }
+}
