@@ -94,11 +94,10 @@ impl GrpcExporter {
             .await?;
         Ok(response.into_inner())
     }
-}
 
-impl GrpcExporter {
-    /// Exports one encoded `ExportTraceServiceRequest`, retrying as
-    /// [`SpanExporter::export`] does.
+    /// Exports one encoded `ExportTraceServiceRequest`; when the exporter
+    /// retries, a transient failure is tried again, every attempt within
+    /// the timeout.
     pub(crate) async fn export_request(&self, body: bytes::Bytes) -> OTelSdkResult {
         if self.shut.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
@@ -237,6 +236,29 @@ mod tests {
         assert!(!transient(Code::ResourceExhausted));
         assert!(!transient(Code::InvalidArgument));
         assert!(!transient(Code::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_cannot_be_reached_fails_the_export_with_or_without_retries() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for retry in [false, true] {
+            let exporter = GrpcExporter::new(&endpoint, Duration::from_secs(2), retry).unwrap();
+            let err = exporter.export(vec![]).await.unwrap_err().to_string();
+            assert!(err.contains("Unavailable"), "{err}");
+            exporter
+                .shutdown_with_timeout(Duration::from_secs(1))
+                .unwrap();
+            assert!(matches!(
+                exporter.export(vec![]).await,
+                Err(OTelSdkError::AlreadyShutdown)
+            ));
+        }
     }
 
     #[test]
