@@ -161,12 +161,15 @@ pub(crate) trait EncodedExport: SpanExporter {
         &self,
         _request: Vec<u8>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        std::future::ready(Err(
-            opentelemetry_sdk::error::OTelSdkError::InternalFailure(
-                "this exporter takes spans, not encoded requests".into(),
-            ),
-        ))
+        std::future::ready(takes_spans())
     }
+}
+
+/// The answer of an exporter asked for a request it cannot take.
+fn takes_spans() -> OTelSdkResult {
+    Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+        "this exporter takes spans, not encoded requests".into(),
+    ))
 }
 
 impl EncodedExport for Exporter {
@@ -177,9 +180,7 @@ impl EncodedExport for Exporter {
     async fn export_request(&self, request: Vec<u8>) -> OTelSdkResult {
         match self {
             Self::Grpc(e) => e.export_request(request.into()).await,
-            Self::Otlp(_) => Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
-                "this exporter takes spans, not encoded requests".into(),
-            )),
+            Self::Otlp(_) => takes_spans(),
         }
     }
 }

@@ -10,7 +10,6 @@
 //! both and compare): an `ExportTraceServiceRequest`, which is also a
 //! `TracesData`.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanId, SpanKind, Status};
@@ -55,16 +54,21 @@ impl EncodedResource {
 /// one `ResourceSpans` for `resource`, one `ScopeSpans` per instrumentation
 /// scope in the order the scopes first appear, each span where it was.
 pub(crate) fn encode(resource: &EncodedResource, spans: &[SpanData]) -> Vec<u8> {
+    // A process has a few scopes (one per tracer name): looked up in order.
     let mut scopes: Vec<(&InstrumentationScope, Vec<u8>)> = Vec::new();
-    let mut index: HashMap<&InstrumentationScope, usize> = HashMap::new();
     let mut scratch = Vec::with_capacity(512);
+    let mut nested = Vec::with_capacity(128);
     for span in spans {
-        let i = *index.entry(&span.instrumentation_scope).or_insert_with(|| {
-            scopes.push((&span.instrumentation_scope, Vec::with_capacity(4096)));
-            scopes.len() - 1
-        });
+        let scope = &span.instrumentation_scope;
+        let i = match scopes.iter().position(|(s, _)| *s == scope) {
+            Some(i) => i,
+            None => {
+                scopes.push((scope, Vec::with_capacity(4096)));
+                scopes.len() - 1
+            }
+        };
         scratch.clear();
-        write_span(span, &mut scratch);
+        write_span(span, &mut scratch, &mut nested);
         if let Some((_, out)) = scopes.get_mut(i) {
             message(2, &scratch, out);
         }
@@ -78,20 +82,14 @@ pub(crate) fn encode(resource: &EncodedResource, spans: &[SpanData]) -> Vec<u8> 
     for (scope, spans) in &scopes {
         scratch.clear();
         write_scope(scope, &mut scratch);
-        let mut header = Vec::with_capacity(scratch.len() + 8);
-        message(1, &scratch, &mut header);
-        let mut trailer = Vec::new();
-        if let Some(url) = scope.schema_url().filter(|u| !u.is_empty()) {
-            string(3, url, &mut trailer);
-        }
+        let url = scope.schema_url().unwrap_or_default();
+        // The scope (field 1), its spans (field 2), its schema URL (3).
+        let len = 1 + len_delimited(scratch.len()) + spans.len() + string_len(url);
         encode_key(2, WireType::LengthDelimited, &mut body);
-        encode_varint(
-            (header.len() + spans.len() + trailer.len()) as u64,
-            &mut body,
-        );
-        body.extend_from_slice(&header);
+        encode_varint(len as u64, &mut body);
+        message(1, &scratch, &mut body);
         body.extend_from_slice(spans);
-        body.extend_from_slice(&trailer);
+        string(3, url, &mut body);
     }
     body.extend_from_slice(&resource.schema_url);
     let mut out = Vec::with_capacity(body.len() + 8);
@@ -108,8 +106,9 @@ fn write_scope(scope: &InstrumentationScope, out: &mut Vec<u8>) {
     }
 }
 
-/// The fields of a `Span`, in field-number order (as prost writes them).
-fn write_span(span: &SpanData, out: &mut Vec<u8>) {
+/// The fields of a `Span`, in field-number order (as prost writes them);
+/// `nested` is scratch space for its events, links and status.
+fn write_span(span: &SpanData, out: &mut Vec<u8>, nested: &mut Vec<u8>) {
     let context = &span.span_context;
     bytes(1, &context.trace_id().to_bytes(), out);
     bytes(2, &context.span_id().to_bytes(), out);
@@ -132,34 +131,33 @@ fn write_span(span: &SpanData, out: &mut Vec<u8>) {
         key_value(9, kv.key.as_str(), &kv.value, out);
     }
     uint(10, u64::from(span.dropped_attributes_count), out);
-    let mut nested = Vec::new();
     for event in span.events.iter() {
         nested.clear();
-        fixed64(1, nanos(event.timestamp), &mut nested);
-        string(2, &event.name, &mut nested);
+        fixed64(1, nanos(event.timestamp), nested);
+        string(2, &event.name, nested);
         for kv in &event.attributes {
-            key_value(3, kv.key.as_str(), &kv.value, &mut nested);
+            key_value(3, kv.key.as_str(), &kv.value, nested);
         }
-        uint(4, u64::from(event.dropped_attributes_count), &mut nested);
-        message(11, &nested, out);
+        uint(4, u64::from(event.dropped_attributes_count), nested);
+        message(11, nested, out);
     }
     uint(12, u64::from(span.events.dropped_count), out);
     for link in span.links.iter() {
         nested.clear();
         let linked = &link.span_context;
-        bytes(1, &linked.trace_id().to_bytes(), &mut nested);
-        bytes(2, &linked.span_id().to_bytes(), &mut nested);
-        string(3, &linked.trace_state().header(), &mut nested);
+        bytes(1, &linked.trace_id().to_bytes(), nested);
+        bytes(2, &linked.span_id().to_bytes(), nested);
+        string(3, &linked.trace_state().header(), nested);
         for kv in &link.attributes {
-            key_value(4, kv.key.as_str(), &kv.value, &mut nested);
+            key_value(4, kv.key.as_str(), &kv.value, nested);
         }
-        uint(5, u64::from(link.dropped_attributes_count), &mut nested);
+        uint(5, u64::from(link.dropped_attributes_count), nested);
         fixed32(
             6,
             flags(linked.is_remote(), linked.trace_flags().to_u8()),
-            &mut nested,
+            nested,
         );
-        message(13, &nested, out);
+        message(13, nested, out);
     }
     uint(14, u64::from(span.links.dropped_count), out);
     nested.clear();
@@ -168,9 +166,9 @@ fn write_span(span: &SpanData, out: &mut Vec<u8>) {
         Status::Ok => (1, ""),
         Status::Error { description } => (2, description.as_ref()),
     };
-    string(2, description, &mut nested);
-    uint(3, code, &mut nested);
-    message(15, &nested, out);
+    string(2, description, nested);
+    uint(3, code, nested);
+    message(15, nested, out);
     fixed32(
         16,
         flags(span.parent_span_is_remote, context.trace_flags().to_u8()),
@@ -247,11 +245,7 @@ fn any_value(value: &Value, out: &mut Vec<u8>) {
             encode_key(4, WireType::SixtyFourBit, out);
             out.extend_from_slice(&f.to_le_bytes());
         }
-        Value::String(s) => {
-            encode_key(1, WireType::LengthDelimited, out);
-            encode_varint(s.as_str().len() as u64, out);
-            out.extend_from_slice(s.as_str().as_bytes());
-        }
+        Value::String(s) => string_value(s.as_str(), out),
         Value::Array(array) => {
             encode_key(5, WireType::LengthDelimited, out);
             encode_varint(array_len(array) as u64, out);
@@ -278,9 +272,23 @@ fn array_values(array: &Array, out: &mut Vec<u8>) {
         Array::Bool(v) => each(v, |b| Value::Bool(*b), out),
         Array::I64(v) => each(v, |i| Value::I64(*i), out),
         Array::F64(v) => each(v, |f| Value::F64(*f), out),
-        Array::String(v) => each(v, |s| Value::String(s.clone()), out),
+        Array::String(v) => {
+            for s in v {
+                let s = s.as_str();
+                encode_key(1, WireType::LengthDelimited, out);
+                encode_varint((1 + len_delimited(s.len())) as u64, out);
+                string_value(s, out);
+            }
+        }
         _ => {}
     }
+}
+
+/// An `AnyValue`'s `string_value` (written even when empty: a one-of).
+fn string_value(s: &str, out: &mut Vec<u8>) {
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// A length prefix and `len` bytes.
