@@ -3,7 +3,8 @@
 //! OTLP exporter, keeping the client's resource, scopes and timestamps.
 //! With the project's own gRPC exporter a batch's spans are passed on as
 //! the bytes they arrived as (`remark`: only each resource is decoded and
-//! rewritten); with any other exporter they are converted to the SDK's. Bounded: per-key and total rates of spans and bytes
+//! rewritten); with any other exporter they are converted to the SDK's.
+//! Bounded: per-key and total rates of spans and bytes
 //! (token buckets), a queue of batches waiting for export; what does not
 //! fit is dropped and counted, with one warning per process. Batches leave
 //! on the exporter's own schedule: the first one waits up to `linger` for
