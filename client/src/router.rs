@@ -751,16 +751,16 @@ impl Router {
         // received the final event after it left).
         let hops = place_hops(route, &sc, left, received, local);
         let window = match &hops {
-            Some(h) => telemetry::remote::Window {
+            Some(h) => telemetry::placement::stages::Window {
                 request_sent: h.nearest_server().to_server.1,
                 final_arrived: h.nearest_server().to_client.0,
             },
-            None => telemetry::remote::Window {
+            None => telemetry::placement::stages::Window {
                 request_sent: left,
                 final_arrived: received.arrived,
             },
         };
-        let placed = match telemetry::remote::place(
+        let placed = match telemetry::placement::stages::place(
             timings,
             sc.trace_id(),
             received.sent_unix_nanos,
@@ -989,7 +989,7 @@ fn exchange_sample(
     received: &Received,
 ) -> Option<ClockSample> {
     let (peer_received, peer_sent) =
-        telemetry::remote::peer_times(timings, received.sent_unix_nanos)?;
+        telemetry::placement::stages::peer_times(timings, received.sent_unix_nanos)?;
     let nanos = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .ok()
@@ -1310,12 +1310,12 @@ fn place_hops(
     left: SystemTime,
     received: &Received,
     local: &proto::session::clock::Status,
-) -> Option<telemetry::hops::PlacedHops> {
-    telemetry::hops::place(
+) -> Option<telemetry::placement::hops::PlacedHops> {
+    telemetry::placement::hops::place(
         &route.relay.all(),
         sc.trace_id(),
         sc.span_id(),
-        telemetry::hops::Legs {
+        telemetry::placement::hops::Legs {
             request_left: left,
             final_arrived: received.arrived,
         },
@@ -1339,7 +1339,7 @@ fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
 /// the legs between the two relays in the middle (toward the exec-server
 /// first).
 fn relay_legs(
-    hops: &telemetry::hops::PlacedHops,
+    hops: &telemetry::placement::hops::PlacedHops,
     left: SystemTime,
     arrived: SystemTime,
 ) -> Vec<Leg> {

@@ -14,13 +14,14 @@
 //! - [`frame_spans`]: the `relay.frame.send`/`relay.frame.recv` spans both ends
 //!   make for traced messages, and the hop header their frames carry.
 //! - [`remote`]: the exec-server's stage timings for a call, summarised
-//!   into its final event and placed on the client's clock, and the sink
-//!   that writes them into the client's local trace file.
+//!   into its final event, and the sink that writes remote spans into the
+//!   client's local trace file.
+//! - [`placement`]: every remote timing placed on the client's clock: the
+//!   exec-server's stages ([`placement::stages`]) and the relays' forwards
+//!   ([`placement::hops`], the wire's legs split at each relay), from the
+//!   tightest clock source there is and within the causal bounds.
 //! - [`limited`]: rate-limited logging of refusals anyone can cause (one
 //!   line per kind per interval, the rest counted and summarised).
-//! - [`hops`]: the relay's forwards of a call, brought home on the
-//!   client's frames and placed on its clock (the wire's legs split at the
-//!   relay).
 //! - [`clock`]: what this process tells its peers of its clock (its
 //!   kernel's boot id digest, whether the kernel says it is synchronized).
 //! - [`host`]: this host's name (`host.name` on every span and in the
@@ -61,7 +62,6 @@ pub mod carriers;
 pub mod clock;
 pub mod forward;
 pub mod frame_spans;
-pub mod hops;
 pub mod host;
 pub mod ids;
 pub mod limited;
@@ -70,6 +70,7 @@ pub mod otel;
 pub mod otlp;
 #[cfg(feature = "forward")]
 mod otlp_wire;
+pub mod placement;
 #[cfg(feature = "export")]
 pub mod provider;
 pub mod remote;

@@ -246,7 +246,7 @@ impl SpanExporter for TraceFileExporter {
 }
 
 /// Writes the exec-server's stages and the relay's forwards that a client
-/// brought home ([`crate::remote`], [`crate::hops`]) into the trace file as
+/// brought home and placed ([`crate::placement`]) into the trace file as
 /// those services' spans, through a processor per service (bounded: spans
 /// beyond their queues are dropped). A long-running client's are batch
 /// processors (a queue and a thread each, off the caller's path); a

@@ -4,36 +4,35 @@
 //! the relay's stage and the time on the wire split into its legs:
 //! client → relay → exec-server and back.
 //!
-//! The relay's clock is placed from the tightest source there is: the same
-//! kernel as ours (the relay's boot id digest, told on its timings, equals
-//! ours: offset exactly 0), both kernels synchronized (0, within the sum of
-//! their stated errors), else the call itself, as NTP does from four
-//! timestamps: the exec request leaving the client (t1), reaching the
-//! relay (t2, the relay's clock), the final event leaving the relay (t3)
-//! and reaching the client (t4); offset = ((t2 − t1) + (t3 − t4)) / 2.
-//! That estimate is the midpoint of the offsets under which both forwards
-//! lie between the request leaving and the final event arriving (there is
-//! none when they cannot), and half their spread is its bound: how the
-//! round trip splits between the two ways is unknown to it. The
-//! exec-server's stages are then
-//! placed between the two forwards (the request reached it after the
-//! relay forwarded it, and the final event left it before the relay
-//! received it), which causality always allows. A session that crossed two
-//! relays of a fleet brings both relays' forwards (each tells its place on
-//! the path): the second relay's are placed the same way between the
-//! first's, and the exec-server's stages between the second's. The timings are untrusted
-//! input: only those naming the call's trace and dispatch, with sane
-//! times, are placed, at most [`MAX_HOP_TIMINGS`].
+//! The relay's clock is placed from the tightest source there is (the
+//! rule: [`crate::placement`]): the same kernel as ours (the relay's boot
+//! id digest, told on its timings), both kernels synchronized, else the
+//! call itself, as NTP does from four timestamps: the exec request leaving
+//! the client (t1), reaching the relay (t2, the relay's clock), the final
+//! event leaving the relay (t3) and reaching the client (t4). That
+//! estimate is the midpoint of the offsets under which both forwards lie
+//! between the request leaving and the final event arriving (there is
+//! none when they cannot), and half their spread is its bound. The
+//! exec-server's stages are then placed between the two forwards (the
+//! request reached it after the relay forwarded it, and the final event
+//! left it before the relay received it), which causality always allows.
+//! A session that crossed two relays of a fleet brings both relays'
+//! forwards (each tells its place on the path): the second relay's are
+//! placed the same way between the first's, and the exec-server's stages
+//! between the second's. The timings are untrusted input: only those
+//! naming the call's trace and dispatch, with sane times, are placed, at
+//! most [`MAX_HOP_TIMINGS`].
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use proto::limits::MAX_HOP_TIMINGS;
 use proto::pb::tunnel::{HopDirection, HopTiming};
-use proto::session::clock::{Offset, Source, Status};
+use proto::session::clock::{Offset, Status};
 
-use crate::remote::{PLACED, RELAY, RemoteSpan};
+use super::offset::{CausalBounds, at, nanos, push_placed_by};
+use crate::remote::{RELAY, RemoteSpan};
 use crate::spans;
 
 /// A call's relay forwards on the client's clock.
@@ -75,16 +74,6 @@ pub struct Legs {
     pub request_left: SystemTime,
     /// The final event's frame arrived.
     pub final_arrived: SystemTime,
-}
-
-fn nanos(t: SystemTime) -> i128 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
-}
-
-fn at(n: i128) -> Option<SystemTime> {
-    let n = u64::try_from(n).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(n))
 }
 
 /// Places `timings` (as received, any number) for the call of `trace_id`
@@ -185,25 +174,19 @@ fn place_relay(
         .iter()
         .filter(|t| direction(t, HopDirection::ToClient))
         .max_by_key(|t| t.arrived_unix_nanos)?;
-    let (t1, t4) = (nanos(legs.request_left), nanos(legs.final_arrived));
     let t2 = i128::from(out.arrived_unix_nanos);
     let d2 = i128::from(out.duration_ns);
     let t3 = i128::from(back.arrived_unix_nanos);
     let d3 = i128::from(back.duration_ns);
-    let estimate = ((t2 - t1) + (t3 + d3 - t4)) / 2;
-    // Both forwards between the request leaving and the final event
-    // arriving: t2 - o >= t1 and t3 + d3 - o <= t4 (and the request's
+    // Both forwards between the request leaving (t1) and the final event
+    // arriving (t4): t2 - o >= t1 and t3 + d3 - o <= t4 (and the request's
     // forward before the final event's, on the relay's clock).
     // The estimate is their midpoint: it fits whenever any offset does.
-    let (high, low) = (t2 - t1, t3 + d3 - t4);
-    if low > high || t2 + d2 > t3 {
+    let causal = CausalBounds::between(t2, t3 + d3, legs.request_left, legs.final_arrived);
+    if causal.is_empty() || t2 + d2 > t3 {
         return None;
     }
-    let two_way = Offset {
-        source: Source::TwoWay,
-        offset_nanos: i64::try_from(estimate).ok()?,
-        bound: Duration::from_nanos(u64::try_from((high - low) / 2).ok()?),
-    };
+    let two_way = causal.two_way()?;
     let relay = out
         .clock
         .as_ref()
@@ -214,11 +197,10 @@ fn place_relay(
     // An exact source that contradicts what the call saw (a clock stepped
     // mid-call) is not believed: the call's own estimate is.
     let chosen = match chosen {
-        Some(c) if (low..=high).contains(&i128::from(c.offset_nanos)) => c,
+        Some(c) if causal.contains(i128::from(c.offset_nanos)) => c,
         _ => two_way,
     };
     let offset = i128::from(chosen.offset_nanos);
-    let used = chosen.offset_nanos;
     let place_one = |t: &HopTiming| -> Option<RemoteSpan> {
         let start = at(i128::from(t.arrived_unix_nanos) - offset)?;
         let end = at(i128::from(t.arrived_unix_nanos) + i128::from(t.duration_ns) - offset)?;
@@ -230,11 +212,8 @@ fn place_relay(
         let mut attributes = vec![
             KeyValue::new("rex.direction", direction),
             KeyValue::new("rex.frame.bytes", i64::from(t.frame_bytes)),
-            KeyValue::new(spans::ATTR_CLOCK_SOURCE, chosen.source.as_str()),
-            KeyValue::new(spans::ATTR_CLOCK_OFFSET, used),
-            KeyValue::new(spans::ATTR_CLOCK_BOUND, chosen.bound_nanos()),
-            KeyValue::new(PLACED, true),
         ];
+        push_placed_by(&mut attributes, &chosen, None);
         let host: String = t.host.chars().take(64).collect();
         if !host.is_empty() {
             attributes.push(KeyValue::new(crate::host::HOST_NAME, host));
@@ -276,6 +255,8 @@ fn place_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::session::clock::Source;
+    use std::time::Duration;
 
     const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
     const DISPATCH: u64 = 0x00f0_67aa_0ba9_02b7;
