@@ -21,8 +21,9 @@
 //!   TLS failure an error holds).
 //! - [`health`]: the gRPC health protocol the relay answers, and its probe.
 //! - [`program`]: a command's program name, the only part of it ever reported.
-//! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
-//!   transport with record framing, rekey and authenticated close).
+//! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard, the
+//!   transport's records carrying the envelope stream, rekey and
+//!   authenticated close).
 //! - [`frames`]: constructors for relay frames (handshake, data, close).
 //! - [`envelope_stream`]: the length-prefixed envelope stream inside the
 //!   session.

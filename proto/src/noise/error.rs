@@ -1,7 +1,7 @@
 //! The errors of an established session ([`TransportError`]): what the
 //! transport and each direction's cipher report.
 
-use crate::envelope_stream::FramingError;
+use crate::envelope_stream::EnvelopeStreamError;
 
 /// Errors in an established session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum TransportError {
     /// The envelope stream broke a size limit (sending: the envelope given;
     /// receiving: the length the peer declared).
     #[error("session stream: {0}")]
-    Framing(#[from] FramingError),
+    EnvelopeStream(#[from] EnvelopeStreamError),
     /// An earlier error ended the session; every call now fails.
     #[error("the session already failed and cannot be used")]
     Dead,

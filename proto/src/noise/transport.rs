@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::SessionConfig;
 use super::cipher::{Cipher, KEY_LEN};
 use super::error::TransportError;
-use crate::envelope_stream::{FrameDecoder, FrameEncoder};
+use crate::envelope_stream::{EnvelopeDecoder, EnvelopeEncoder};
 use crate::keys::PublicKey;
 use crate::limits::{MAX_ENVELOPE, MAX_NOISE_MESSAGE, MAX_NOISE_PLAINTEXT, NOISE_TAG};
 
@@ -59,8 +59,8 @@ pub struct Transport {
     recv: Cipher,
     remote: PublicKey,
     cfg: SessionConfig,
-    encoder: FrameEncoder,
-    decoder: FrameDecoder,
+    encoder: EnvelopeEncoder,
+    decoder: EnvelopeDecoder,
     sent_since_rekey: u64,
     last_rekey: Instant,
     closed: bool,
@@ -103,8 +103,8 @@ impl Transport {
             recv: Cipher::new(cfg.suite, recv)?,
             remote,
             cfg,
-            encoder: FrameEncoder::with_max(max),
-            decoder: FrameDecoder::new(max),
+            encoder: EnvelopeEncoder::with_max(max),
+            decoder: EnvelopeDecoder::new(max),
             sent_since_rekey: 0,
             last_rekey: now,
             closed: false,

@@ -360,10 +360,10 @@ fn early_payload(
         send_time_unix_nanos: sent_unix_nanos,
         body: Some(Body::Exec(request.clone())),
     };
-    let mut early = crate::envelope_stream::FrameEncoder::with_max(limits.noise.max_envelope);
+    let mut early = crate::envelope_stream::EnvelopeEncoder::with_max(limits.noise.max_envelope);
     for env in [&hello, &exec] {
         early.push_message(env).map_err(
-            |crate::envelope_stream::FramingError::TooLarge { len, max }| {
+            |crate::envelope_stream::EnvelopeStreamError::TooLarge { len, max }| {
                 CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max })
             },
         )?;
