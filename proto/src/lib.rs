@@ -35,7 +35,7 @@
 //!   link (either end).
 //! - [`session`]: the session protocol as sans-IO state machines
 //!   ([`session::ClientSession`], [`session::ServerSession`]).
-//! - [`clock`]: wall-clock helpers shared by the codecs.
+//! - [`wall_time`]: wall-clock helpers shared by the codecs.
 //!
 //! Apart from [`health`]'s probe, [`relay_link`]'s settings, the listener and
 //! the [`driver`], nothing here depends on an async runtime: the protocol
@@ -44,7 +44,6 @@
 
 pub mod address;
 pub mod admission;
-pub mod clock;
 pub mod driver;
 pub mod envelope;
 pub mod envelope_stream;
@@ -63,6 +62,7 @@ pub mod routing;
 pub mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod wall_time;
 
 mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]

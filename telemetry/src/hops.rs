@@ -31,7 +31,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use proto::limits::MAX_HOP_TIMINGS;
 use proto::pb::tunnel::{HopDirection, HopTiming};
-use proto::session::clock::{Offset, Source, Status};
+use proto::session::peer_clock::{Offset, Source, Status};
 
 use crate::remote::{PLACED, RELAY, RemoteSpan};
 use crate::spans;
@@ -210,7 +210,7 @@ fn place_relay(
         .or(back.clock.as_ref())
         .map(Status::from_wire)
         .unwrap_or_default();
-    let chosen = proto::session::clock::choose_with(local, &relay, Some(two_way));
+    let chosen = proto::session::peer_clock::choose_with(local, &relay, Some(two_way));
     // An exact source that contradicts what the call saw (a clock stepped
     // mid-call) is not believed: the call's own estimate is.
     let chosen = match chosen {

@@ -21,7 +21,7 @@
 //! - [`hops`]: the relay's forwards of a call, brought home on the
 //!   client's frames and placed on its clock (the wire's legs split at the
 //!   relay).
-//! - [`clock`]: what this process tells its peers of its clock (its
+//! - [`clock_status`]: what this process tells its peers of its clock (its
 //!   kernel's boot id digest, whether the kernel says it is synchronized).
 //! - [`host`]: this host's name (`host.name` on every span and in the
 //!   stage summaries).
@@ -58,7 +58,7 @@
 // Tests may unwrap; the library may not (the workspace lints deny it).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 pub mod carriers;
-pub mod clock;
+pub mod clock_status;
 pub mod forward;
 pub mod frame_spans;
 pub mod hops;

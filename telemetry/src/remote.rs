@@ -17,7 +17,7 @@ use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanContext, SpanId, Status, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::pb::session::{CallTimings, StageAttribute, StageTiming, stage_attribute};
-use proto::session::clock::Offset;
+use proto::session::peer_clock::Offset;
 
 use crate::spans;
 
@@ -555,7 +555,7 @@ fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::session::clock::Source;
+    use proto::session::peer_clock::Source;
 
     /// A two-way estimate of `nanos`, loose enough for any test's window.
     fn two_way(nanos: i64) -> Offset {

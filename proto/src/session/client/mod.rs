@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::Mark;
 use super::StdinFlow;
-use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
+use super::peer_clock::{self, Estimate, Offset, Sample, Status};
 use super::shared::{Shared, handshake_frame};
 use super::window::Probe;
 use super::{
@@ -535,10 +535,10 @@ impl<T> ClientSession<T> {
     }
 
     /// The exec-server's clock minus ours as an interval, from the
-    /// tightest source available now ([`clock::choose`]): `ours` is what
+    /// tightest source available now ([`peer_clock::choose`]): `ours` is what
     /// the caller read of its own clock, `now_unix_nanos` its wall clock.
     pub fn clock_interval(&self, ours: &Status, now_unix_nanos: u64) -> Option<Offset> {
-        clock::choose(ours, &self.peer_clock, &self.clock, now_unix_nanos)
+        peer_clock::choose(ours, &self.peer_clock, &self.clock, now_unix_nanos)
     }
 
     /// Adds a clock-offset sample the caller measured itself (a call's
