@@ -82,6 +82,7 @@ pub(crate) const TIMESTAMP_LEN: usize = 12;
 /// CPU per byte, and bulk output is bound by that CPU (`BENCHMARKS.md`,
 /// `pipe`). ChaChaPoly remains for peers without hardware AES.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Suite {
     /// X25519, ChaCha20-Poly1305, BLAKE2s.
     ChaChaPoly,

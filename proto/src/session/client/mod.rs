@@ -213,6 +213,11 @@ pub struct FirstCall<T> {
 }
 
 /// Why a session could not start with its first call in message 1.
+///
+/// Not `#[non_exhaustive]`: the split is closed (the call alone is at
+/// fault and the session can open without it, or the session cannot
+/// open); what goes wrong within each grows in [`CallError`] and
+/// [`SessionError`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FirstCallError {
     /// The call is not one that can be sent.
