@@ -67,23 +67,23 @@ pub mod wall_time;
 mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
     // The packages' own paths, which the generated code refers to.
-    pub mod rex {
-        pub mod clock {
+    pub(crate) mod rex {
+        pub(crate) mod clock {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.clock.v1.rs"));
             }
         }
-        pub mod tunnel {
+        pub(crate) mod tunnel {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.tunnel.v1.rs"));
             }
         }
-        pub mod session {
+        pub(crate) mod session {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.session.v1.rs"));
             }
         }
-        pub mod agent {
+        pub(crate) mod agent {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.agent.v1.rs"));
             }
