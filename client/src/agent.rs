@@ -101,6 +101,7 @@ pub fn encode(message: &impl Message) -> Bytes {
 
 /// How to reach an agent and what the calls need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AgentConfig {
     /// The agent's socket.
     pub socket: PathBuf,
@@ -135,6 +136,35 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The agent at `socket`, for the exec-server whose key is `server`,
+    /// with the client's key pair in `key_file` (`client` its public half),
+    /// waiting `timeout` for the agent to take a call: no relays and no
+    /// exec-server listener yet, the system's CA certificates, the agent's
+    /// own warm policy, and no records.
+    pub fn new(
+        socket: PathBuf,
+        server: PublicKey,
+        key_file: PathBuf,
+        client: PublicKey,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            socket,
+            relays: Vec::new(),
+            direct: None,
+            server,
+            key_file,
+            client,
+            ca_file: None,
+            warm: None,
+            timeout,
+            #[cfg(feature = "records")]
+            metadata: None,
+            record_args: false,
+            records_dir: None,
+        }
+    }
+
     /// The route as the agent protocol names it (the agent holds one
     /// session per route).
     pub fn route(&self) -> wire::Route {

@@ -9,6 +9,7 @@ use proto::tls::TlsSettings;
 /// with TLS (checked against [`ClientConfig::tls`], never downgraded to
 /// plain), an `http://` URL with plain HTTP/2.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Target {
     /// Through a relay at this URL (`http://host:port` or `https://…`).
     Relay(String),

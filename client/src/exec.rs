@@ -56,6 +56,7 @@ pub struct ExecSpec {
 
 /// Whether a call is recorded, when its client keeps records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Recording {
     /// As the client's configuration says (its `record_args` for the
     /// arguments).

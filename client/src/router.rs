@@ -22,7 +22,7 @@ use proto::limits::MAX_HOP_TIMINGS;
 use proto::noise::EarlyTicket;
 use proto::pb::session::{CallTimings, TraceContext as PbTrace, exited, terminal_event};
 use proto::pb::tunnel::{HopDirection, HopTiming};
-use proto::session::clock::{Offset, Sample as ClockSample, Source};
+use proto::session::peer_clock::{Offset, Sample as ClockSample, Source};
 use proto::session::{
     CallError, CallEvent, ClientEvent, ClientSession, Closed, FirstCall, Mark, Now, Ready,
     Received, SessionError,
@@ -661,7 +661,7 @@ impl Router {
             if let Some(sample) = exchange {
                 machine.add_clock_sample(sample);
             }
-            let local = telemetry::clock::status();
+            let local = telemetry::clock_status::status();
             let offset = self.refresh_offset(machine, &local);
             // Before the caller has its final event, so that the call's
             // trace is whole when it ends.
@@ -714,9 +714,10 @@ impl Router {
     fn refresh_offset(
         &self,
         machine: &Machine,
-        local: &proto::session::clock::Status,
+        local: &proto::session::peer_clock::Status,
     ) -> Option<Offset> {
-        let offset = machine.clock_interval(local, proto::clock::unix_nanos(SystemTime::now()))?;
+        let offset =
+            machine.clock_interval(local, proto::wall_time::unix_nanos(SystemTime::now()))?;
         self.shared.set_clock_offset(offset.offset_nanos);
         Some(offset)
     }
@@ -731,7 +732,7 @@ impl Router {
         timings: &CallTimings,
         received: &Received,
         offset: Option<Offset>,
-        local: &proto::session::clock::Status,
+        local: &proto::session::peer_clock::Status,
     ) {
         let sc = route.parent.span().span_context().clone();
         if !sc.is_sampled() {
@@ -840,7 +841,13 @@ impl Router {
             return;
         }
         let left = route.left.unwrap_or(route.started);
-        let hops = place_hops(route, &sc, left, received, &telemetry::clock::status());
+        let hops = place_hops(
+            route,
+            &sc,
+            left,
+            received,
+            &telemetry::clock_status::status(),
+        );
         match &hops {
             Some(h) => {
                 // The legs to and from the relay, as a reported call's are;
@@ -1119,7 +1126,7 @@ impl Endpoint<Machine> for Router {
             ClientEvent::Secured => self.secured_at = Some(now.wall),
             ClientEvent::Ready(ready) => {
                 self.shared.set_forwarding(machine.span_batch_max());
-                self.refresh_offset(machine, &telemetry::clock::status());
+                self.refresh_offset(machine, &telemetry::clock_status::status());
                 if let Some(tx) = self.ready.take() {
                     let _ = tx.send(Ok(Established {
                         ready,
@@ -1136,7 +1143,7 @@ impl Endpoint<Machine> for Router {
                 return delivery;
             }
             ClientEvent::Pong { nonce, rtt, .. } => {
-                self.refresh_offset(machine, &telemetry::clock::status());
+                self.refresh_offset(machine, &telemetry::clock_status::status());
                 if let Some(i) = self.pings.iter().position(|(n, _)| *n == nonce) {
                     let (_, reply) = self.pings.swap_remove(i);
                     let _ = reply.send(rtt);
@@ -1309,7 +1316,7 @@ fn place_hops(
     sc: &opentelemetry::trace::SpanContext,
     left: SystemTime,
     received: &Received,
-    local: &proto::session::clock::Status,
+    local: &proto::session::peer_clock::Status,
 ) -> Option<telemetry::placement::hops::PlacedHops> {
     telemetry::placement::hops::place(
         &route.relay.all(),

@@ -197,15 +197,8 @@ impl ExecServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             metadata: None,
-            listen_limits: ConnLimits {
-                max_connections: 1024,
-                per_source: 128,
-                preface_timeout: Duration::from_secs(5),
-            },
-            startups: AdmissionLimits {
-                startups: DEFAULT_STARTUPS,
-                per_source: 16,
-            },
+            listen_limits: ConnLimits::new(1024, 128, Duration::from_secs(5)),
+            startups: AdmissionLimits::new(DEFAULT_STARTUPS, 16),
             replaced_backoff: Duration::from_secs(60),
             cgroups: true,
             pass_env: crate::environment::PassEnv::default(),

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use prost::Message;
-use proto::envelope_stream::FrameEncoder;
+use proto::envelope_stream::EnvelopeEncoder;
 use proto::noise::{ClientHandshake, SessionConfig};
 use proto::pb::session::{self, envelope::Body};
 use proto::pb::tunnel::{self, CloseReason, Frame, FrameKind};
@@ -143,19 +143,27 @@ fn main() {
         b"\x040123456789abcdef0123456789abcdef",
     );
 
-    // Envelopes, and the same as a framed stream (pieces of 7 bytes).
+    // Envelopes, and the same as an envelope stream (pieces of 7 bytes).
     let envs = envelopes();
-    let mut encoder = FrameEncoder::with_max(4096);
+    let mut encoder = EnvelopeEncoder::with_max(4096);
     for (i, e) in envs.iter().enumerate() {
         write("envelope", &format!("envelope-{i}"), e);
         if let Err(err) = encoder.push(e) {
-            eprintln!("seeds: framing: {err}");
+            eprintln!("seeds: envelope stream: {err}");
             std::process::exit(1);
         }
     }
     let stream = encoder.take(usize::MAX);
-    write("framing", "stream", &[[7u8].as_slice(), &stream].concat());
-    write("framing", "too-long", &[1u8, 0, 0, 0x20, 0, 1, 2, 3]);
+    write(
+        "envelope_stream",
+        "stream",
+        &[[7u8].as_slice(), &stream].concat(),
+    );
+    write(
+        "envelope_stream",
+        "too-long",
+        &[1u8, 0, 0, 0x20, 0, 1, 2, 3],
+    );
 
     // Early data: the hello and the first call as message 1 carries them
     // (an envelope stream), and the shapes the exec-server must refuse.
@@ -185,7 +193,7 @@ fn main() {
         ("call-zero", vec![hello.clone(), exec(0)]),
     ];
     for (name, envs) in streams {
-        let mut early = FrameEncoder::with_max(64 * 1024);
+        let mut early = EnvelopeEncoder::with_max(64 * 1024);
         for env in &envs {
             if let Err(err) = early.push_message(env) {
                 eprintln!("seeds: early data: {err}");
@@ -278,7 +286,9 @@ fn main() {
     );
     let fleet = relay::fleet::Fleet::from_secret(&rex_fuzz::FLEET_SECRET);
     for (name, client) in [("v4", "10.1.2.3"), ("v6", "2001:db8::1")] {
-        let client = client.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let client = client
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
         let proof = fleet.prove(rex_fuzz::FLEET_SERVER, client, rex_fuzz::now());
         write("fleet_proof", name, proof.as_bytes());
     }

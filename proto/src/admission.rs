@@ -116,6 +116,7 @@ impl std::fmt::Display for Startups {
 
 /// The bounds of one admission table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AdmissionLimits {
     /// The table's size and its early drop.
     pub startups: Startups,
@@ -123,8 +124,20 @@ pub struct AdmissionLimits {
     pub per_source: usize,
 }
 
+impl AdmissionLimits {
+    /// A table sized and dropping early as `startups` says, where one
+    /// source holds at most `per_source` entries.
+    pub const fn new(startups: Startups, per_source: usize) -> Self {
+        Self {
+            startups,
+            per_source,
+        }
+    }
+}
+
 /// Why a session was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     /// Dropped early, at random, as the table fills.
     #[error("too many unauthenticated sessions (dropped early)")]

@@ -35,7 +35,7 @@ pub fn new(call_id: u64, trace: Option<TraceContext>, body: Body) -> Envelope {
     Envelope {
         call_id,
         trace,
-        send_time_unix_nanos: crate::clock::now_unix_nanos(),
+        send_time_unix_nanos: crate::wall_time::now_unix_nanos(),
         body: Some(body),
     }
 }

@@ -5,8 +5,8 @@
 //! boundaries, so several small messages share one record and a big one
 //! spans several.
 //!
-//! [`FrameEncoder`] queues messages and hands out the stream in pieces;
-//! [`FrameDecoder`] takes pieces in any chunking and yields whole messages.
+//! [`EnvelopeEncoder`] queues messages and hands out the stream in pieces;
+//! [`EnvelopeDecoder`] takes pieces in any chunking and yields whole messages.
 //! A declared length is checked against the decoder's limit before any
 //! space is reserved for it.
 
@@ -17,10 +17,10 @@ use crate::limits::MAX_ENVELOPE;
 /// Length of the big-endian length prefix.
 pub const LEN_PREFIX: usize = 4;
 
-/// Errors framing or deframing the envelope stream.
+/// Errors encoding or decoding the envelope stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum FramingError {
+pub enum EnvelopeStreamError {
     /// A message is larger than the limit (on encode: the message given;
     /// on decode: the length the peer declared).
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
@@ -32,21 +32,21 @@ pub enum FramingError {
     },
 }
 
-/// Queues messages as length-prefixed frames and hands out the resulting
-/// byte stream in pieces.
+/// Queues messages, each with its length prefix, and hands out the
+/// resulting byte stream in pieces.
 #[derive(Debug)]
-pub struct FrameEncoder {
+pub struct EnvelopeEncoder {
     buf: BytesMut,
     max: usize,
 }
 
-impl Default for FrameEncoder {
+impl Default for EnvelopeEncoder {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl FrameEncoder {
+impl EnvelopeEncoder {
     /// An empty encoder accepting messages up to [`MAX_ENVELOPE`] bytes.
     pub fn new() -> Self {
         Self::with_max(MAX_ENVELOPE)
@@ -66,10 +66,10 @@ impl FrameEncoder {
         self.max
     }
 
-    /// Appends `msg` as one frame. Fails, queuing nothing, if `msg` is
-    /// larger than the limit.
-    pub fn push(&mut self, msg: &[u8]) -> Result<(), FramingError> {
-        let too_large = FramingError::TooLarge {
+    /// Appends `msg` with its length prefix. Fails, queuing nothing, if
+    /// `msg` is larger than the limit.
+    pub fn push(&mut self, msg: &[u8]) -> Result<(), EnvelopeStreamError> {
+        let too_large = EnvelopeStreamError::TooLarge {
             len: msg.len(),
             max: self.max,
         };
@@ -83,11 +83,14 @@ impl FrameEncoder {
         Ok(())
     }
 
-    /// Appends `message` as one frame, encoded in place. Fails, queuing
-    /// nothing, if its encoded length is larger than the limit.
-    pub fn push_message(&mut self, message: &impl prost::Message) -> Result<(), FramingError> {
+    /// Appends `message` with its length prefix, encoded in place. Fails,
+    /// queuing nothing, if its encoded length is larger than the limit.
+    pub fn push_message(
+        &mut self,
+        message: &impl prost::Message,
+    ) -> Result<(), EnvelopeStreamError> {
         let len = message.encoded_len();
-        let too_large = FramingError::TooLarge { len, max: self.max };
+        let too_large = EnvelopeStreamError::TooLarge { len, max: self.max };
         if len > self.max {
             return Err(too_large);
         }
@@ -98,7 +101,7 @@ impl FrameEncoder {
         let before = self.buf.len();
         if message.encode(&mut self.buf).is_err() || self.buf.len() - before != len {
             self.buf.truncate(before - LEN_PREFIX);
-            return Err(FramingError::TooLarge { len, max: self.max });
+            return Err(EnvelopeStreamError::TooLarge { len, max: self.max });
         }
         Ok(())
     }
@@ -119,12 +122,12 @@ impl FrameEncoder {
 /// Reassembles length-prefixed messages from a byte stream fed in any
 /// chunking.
 #[derive(Debug)]
-pub struct FrameDecoder {
+pub struct EnvelopeDecoder {
     buf: BytesMut,
     max: usize,
 }
 
-impl FrameDecoder {
+impl EnvelopeDecoder {
     /// An empty decoder that rejects messages longer than `max` bytes.
     pub fn new(max: usize) -> Self {
         Self {
@@ -144,14 +147,14 @@ impl FrameDecoder {
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed, or
-    /// [`FramingError::TooLarge`] if the next declared length exceeds the
+    /// [`EnvelopeStreamError::TooLarge`] if the next declared length exceeds the
     /// limit (the error repeats on every later call: the stream cannot be
     /// resynchronised).
     #[allow(
         clippy::should_implement_trait,
         reason = "fallible, so not an Iterator; the name is the agreed API"
     )]
-    pub fn next(&mut self) -> Result<Option<Bytes>, FramingError> {
+    pub fn next(&mut self) -> Result<Option<Bytes>, EnvelopeStreamError> {
         let Some(prefix) = self.buf.get(..LEN_PREFIX) else {
             return Ok(None);
         };
@@ -160,7 +163,7 @@ impl FrameDecoder {
         let declared = u32::from_be_bytes(raw);
         let len = usize::try_from(declared).unwrap_or(usize::MAX);
         if len > self.max {
-            return Err(FramingError::TooLarge { len, max: self.max });
+            return Err(EnvelopeStreamError::TooLarge { len, max: self.max });
         }
         let needed = LEN_PREFIX.saturating_add(len);
         if self.buf.len() < needed {
@@ -192,7 +195,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn encode_all(msgs: &[Vec<u8>]) -> Vec<u8> {
-        let mut enc = FrameEncoder::new();
+        let mut enc = EnvelopeEncoder::new();
         for m in msgs {
             enc.push(m).unwrap();
         }
@@ -208,7 +211,7 @@ mod tests {
         let msgs = vec![b"hello".to_vec(), Vec::new(), vec![0xab; 300]];
         let stream = encode_all(&msgs);
         assert_eq!(stream.len(), 3 * 4 + 5 + 300);
-        let mut dec = FrameDecoder::new(1000);
+        let mut dec = EnvelopeDecoder::new(1000);
         dec.feed(&stream);
         for m in &msgs {
             assert_eq!(dec.next().unwrap().unwrap(), m.as_slice());
@@ -219,11 +222,11 @@ mod tests {
 
     #[test]
     fn encoder_rejects_oversized() {
-        let mut enc = FrameEncoder::new();
+        let mut enc = EnvelopeEncoder::new();
         let big = vec![0u8; MAX_ENVELOPE + 1];
         assert_eq!(
             enc.push(&big),
-            Err(FramingError::TooLarge {
+            Err(EnvelopeStreamError::TooLarge {
                 len: MAX_ENVELOPE + 1,
                 max: MAX_ENVELOPE
             })
@@ -231,14 +234,14 @@ mod tests {
         assert_eq!(enc.pending(), 0);
         enc.push(&big[..MAX_ENVELOPE]).unwrap();
         assert_eq!(enc.pending(), MAX_ENVELOPE + 4);
-        let mut small = FrameEncoder::with_max(10);
+        let mut small = EnvelopeEncoder::with_max(10);
         assert!(small.push(&[0; 11]).is_err());
         assert!(small.push(&[0; 10]).is_ok());
     }
 
     #[test]
     fn take_on_empty_is_empty() {
-        let mut enc = FrameEncoder::default();
+        let mut enc = EnvelopeEncoder::default();
         assert!(enc.take(100).is_empty());
         enc.push(b"ab").unwrap();
         assert_eq!(enc.take(0).len(), 0);
@@ -247,12 +250,12 @@ mod tests {
 
     #[test]
     fn oversized_length_is_rejected_before_allocation() {
-        let mut dec = FrameDecoder::new(16);
+        let mut dec = EnvelopeDecoder::new(16);
         dec.feed(&[0xff, 0xff, 0xff, 0xff]);
         let err = dec.next().unwrap_err();
         assert_eq!(
             err,
-            FramingError::TooLarge {
+            EnvelopeStreamError::TooLarge {
                 len: 0xffff_ffff,
                 max: 16
             }
@@ -264,7 +267,7 @@ mod tests {
 
     #[test]
     fn partial_prefix_and_body_wait() {
-        let mut dec = FrameDecoder::new(16);
+        let mut dec = EnvelopeDecoder::new(16);
         dec.feed(&[0, 0]);
         assert_eq!(dec.next().unwrap(), None);
         dec.feed(&[0, 3, b'x']);
@@ -280,7 +283,7 @@ mod tests {
             cuts in prop::collection::vec(1usize..257, 1..64),
         ) {
             let stream = encode_all(&msgs);
-            let mut dec = FrameDecoder::new(600);
+            let mut dec = EnvelopeDecoder::new(600);
             let mut got = Vec::new();
             let mut pos = 0;
             let mut i = 0;
@@ -304,7 +307,7 @@ mod tests {
         ) {
             let stream = encode_all(&msgs);
             let cut = cut.index(stream.len());
-            let mut dec = FrameDecoder::new(300);
+            let mut dec = EnvelopeDecoder::new(300);
             dec.feed(&stream[..cut]);
             let mut n = 0;
             loop {
@@ -324,11 +327,11 @@ mod tests {
             tail in prop::collection::vec(any::<u8>(), 0..64),
         ) {
             let declared = u32::try_from(max).unwrap().saturating_add(extra);
-            let mut dec = FrameDecoder::new(max);
+            let mut dec = EnvelopeDecoder::new(max);
             dec.feed(&declared.to_be_bytes());
             dec.feed(&tail);
             let err = dec.next().unwrap_err();
-            prop_assert_eq!(err, FramingError::TooLarge { len: declared as usize, max });
+            prop_assert_eq!(err, EnvelopeStreamError::TooLarge { len: declared as usize, max });
             prop_assert!(dec.buf.capacity() <= 4 + tail.len() + 64);
         }
     }

@@ -21,8 +21,9 @@
 //!   TLS failure an error holds).
 //! - [`health`]: the gRPC health protocol the relay answers, and its probe.
 //! - [`program`]: a command's program name, the only part of it ever reported.
-//! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard,
-//!   transport with record framing, rekey and authenticated close).
+//! - [`noise`]: the sans-IO Noise IK session (handshake, replay guard, the
+//!   transport's records carrying the envelope stream, rekey and
+//!   authenticated close).
 //! - [`frames`]: constructors for relay frames (handshake, data, close).
 //! - [`envelope_stream`]: the length-prefixed envelope stream inside the
 //!   session.
@@ -34,7 +35,7 @@
 //!   link (either end).
 //! - [`session`]: the session protocol as sans-IO state machines
 //!   ([`session::ClientSession`], [`session::ServerSession`]).
-//! - [`clock`]: wall-clock helpers shared by the codecs.
+//! - [`wall_time`]: wall-clock helpers shared by the codecs.
 //!
 //! Apart from [`health`]'s probe, [`relay_link`]'s settings, the listener and
 //! the [`driver`], nothing here depends on an async runtime: the protocol
@@ -43,7 +44,6 @@
 
 pub mod address;
 pub mod admission;
-pub mod clock;
 pub mod driver;
 pub mod envelope;
 pub mod envelope_stream;
@@ -62,27 +62,28 @@ pub mod routing;
 pub mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod wall_time;
 
 mod generated {
     #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
     // The packages' own paths, which the generated code refers to.
-    pub mod rex {
-        pub mod clock {
+    pub(crate) mod rex {
+        pub(crate) mod clock {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.clock.v1.rs"));
             }
         }
-        pub mod tunnel {
+        pub(crate) mod tunnel {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.tunnel.v1.rs"));
             }
         }
-        pub mod session {
+        pub(crate) mod session {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.session.v1.rs"));
             }
         }
-        pub mod agent {
+        pub(crate) mod agent {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/rex.agent.v1.rs"));
             }

@@ -53,6 +53,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Bounds on a listener's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnLimits {
     /// Most connections open at once.
     pub max_connections: usize,
@@ -61,6 +62,19 @@ pub struct ConnLimits {
     /// How long a new connection has to send the HTTP/2 preface and its
     /// first frame.
     pub preface_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// At most `max_connections` open at once, `per_source` of them from
+    /// one source, each given `preface_timeout` to send the HTTP/2 preface
+    /// and its first frame.
+    pub const fn new(max_connections: usize, per_source: usize, preface_timeout: Duration) -> Self {
+        Self {
+            max_connections,
+            per_source,
+            preface_timeout,
+        }
+    }
 }
 
 /// Counters of a listener, since the last [`Connections::take_summary`].

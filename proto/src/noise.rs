@@ -14,7 +14,9 @@
 //!   length-prefixed envelope stream ([`crate::envelope_stream`]);
 //! - `cipher` (private): each direction's Noise `CipherState` over `ring`'s
 //!   AEAD, sealing and opening in place (the handshake is `snow`'s; its
-//!   split keys the two directions).
+//!   split keys the two directions);
+//! - `error` (private): [`TransportError`], what the transport and its
+//!   ciphers report.
 //!
 //! Nothing here does I/O or reads a clock: the caller passes bytes and the
 //! current time in, and gets bytes and events out.
@@ -36,6 +38,7 @@
 //! handshake"): see [`ReplayGuard::check_early`].
 
 mod cipher;
+mod error;
 mod handshake;
 mod replay;
 mod transport;
@@ -48,12 +51,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use error::TransportError;
 pub use handshake::{Accepted, ClientHandshake, MAX_EARLY_DATA, accept};
 pub(crate) use handshake::{EarlyAnswer, accept_early};
 pub use replay::{Early, EarlyRefusal, EarlyTicket, ReplayGuard, TICKET_LEN};
 #[cfg(test)]
 pub(crate) use transport::{RECORD_CLOSE, RECORD_DATA, RECORD_REKEY};
-pub use transport::{Transport, TransportError, TransportStats};
+pub use transport::{Transport, TransportStats};
 
 use crate::PROTOCOL_VERSION;
 use crate::keys::PublicKey;
@@ -78,6 +82,7 @@ pub(crate) const TIMESTAMP_LEN: usize = 12;
 /// CPU per byte, and bulk output is bound by that CPU (`BENCHMARKS.md`,
 /// `pipe`). ChaChaPoly remains for peers without hardware AES.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Suite {
     /// X25519, ChaCha20-Poly1305, BLAKE2s.
     ChaChaPoly,

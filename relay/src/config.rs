@@ -132,15 +132,8 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(300),
             hop_headers: true,
             shutdown_grace: Duration::from_secs(5),
-            connections: ConnLimits {
-                max_connections: 4096,
-                per_source: 256,
-                preface_timeout: Duration::from_secs(5),
-            },
-            startups: AdmissionLimits {
-                startups: DEFAULT_STARTUPS,
-                per_source: 16,
-            },
+            connections: ConnLimits::new(4096, 256, Duration::from_secs(5)),
+            startups: AdmissionLimits::new(DEFAULT_STARTUPS, 16),
             first_frame_timeout: Duration::from_secs(5),
             registrations: RegistrationLimits::default(),
             session_buffer: 128 * 1024,

@@ -13,7 +13,7 @@
 //! - [`directory`]: the fleet's directory in etcd (which relay holds each
 //!   exec-server) and its local copy.
 //! - [`fleet`]: the fleet key, and the proof a forwarding relay gives.
-//! - `forward`: forwarding a session to the relay that holds its
+//! - `fleet_forward`: forwarding a session to the relay that holds its
 //!   exec-server.
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
 //! - `service`: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
@@ -28,7 +28,7 @@ pub mod certs;
 pub mod config;
 pub mod directory;
 pub mod fleet;
-mod forward;
+mod fleet_forward;
 mod health;
 mod registration;
 pub mod registry;

@@ -323,15 +323,12 @@ fn main() -> ExitCode {
         }
     };
     let mut config = RelayConfig::default();
-    config.connections = ConnLimits {
+    config.connections = ConnLimits::new(
         max_connections,
-        per_source: args.max_connections_per_source,
-        preface_timeout: Duration::from_secs(args.preface_timeout_secs),
-    };
-    config.startups = AdmissionLimits {
-        startups: args.max_startups,
-        per_source: args.max_startups_per_source,
-    };
+        args.max_connections_per_source,
+        Duration::from_secs(args.preface_timeout_secs),
+    );
+    config.startups = AdmissionLimits::new(args.max_startups, args.max_startups_per_source);
     config.first_frame_timeout = Duration::from_secs(args.first_frame_timeout_secs);
     config.registrations.allowed_servers = args.allowed_servers;
     config.registrations.per_connection = args.max_registrations_per_connection;

@@ -30,7 +30,7 @@ use crate::budget::{Budget, Queue};
 use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::fleet::{PROOF_HEADER, ProofError};
-use crate::forward::Peers;
+use crate::fleet_forward::Peers;
 use crate::registration::{AllowList, RateLimiter};
 use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares};
 use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};

@@ -306,7 +306,7 @@ impl Forward {
             host: telemetry::host::name()
                 .map(|h| h.chars().take(64).collect())
                 .unwrap_or_default(),
-            clock: Some(telemetry::clock::status().to_wire()),
+            clock: Some(telemetry::clock_status::status().to_wire()),
             path_hop,
         }
     }

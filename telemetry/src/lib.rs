@@ -22,7 +22,7 @@
 //!   tightest clock source there is and within the causal bounds.
 //! - [`limited`]: rate-limited logging of refusals anyone can cause (one
 //!   line per kind per interval, the rest counted and summarised).
-//! - [`clock`]: what this process tells its peers of its clock (its
+//! - [`clock_status`]: what this process tells its peers of its clock (its
 //!   kernel's boot id digest, whether the kernel says it is synchronized).
 //! - [`host`]: this host's name (`host.name` on every span and in the
 //!   stage summaries).
@@ -59,7 +59,7 @@
 // Tests may unwrap; the library may not (the workspace lints deny it).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 pub mod carriers;
-pub mod clock;
+pub mod clock_status;
 pub mod forward;
 pub mod frame_spans;
 pub mod host;

@@ -156,7 +156,7 @@ pub const FORWARDED_FOR: &str = "rex.forwarded_for";
 pub const ATTR_CLOCK_SOURCE: &str = "rex.clock.source";
 /// The values of [`ATTR_CLOCK_SOURCE`], by name (`ClockSource::parse`,
 /// `ClockSource::as_str`).
-pub use proto::session::clock::Source as ClockSource;
+pub use proto::session::peer_clock::Source as ClockSource;
 /// Placed spans and legs: the offset used, the peer's clock minus ours, in
 /// nanoseconds (exported timestamps are never shifted by it).
 pub const ATTR_CLOCK_OFFSET: &str = "rex.clock.offset_ns";

@@ -957,23 +957,24 @@ pub(super) fn agent_config(
             None,
         ),
     };
-    Some(AgentConfig {
+    let mut config = AgentConfig::new(
         socket,
-        relays,
-        direct,
-        server: plan.server,
+        plan.server,
         key_file,
-        client: plan.key.public(),
-        ca_file: settings
-            .ca
-            .as_ref()
-            .and_then(|ca| std::path::absolute(&ca.value).ok()),
-        warm: warm_policy(settings),
-        timeout: AGENT_TIMEOUT,
-        metadata: records,
-        record_args,
-        records_dir,
-    })
+        plan.key.public(),
+        AGENT_TIMEOUT,
+    );
+    config.relays = relays;
+    config.direct = direct;
+    config.ca_file = settings
+        .ca
+        .as_ref()
+        .and_then(|ca| std::path::absolute(&ca.value).ok());
+    config.warm = warm_policy(settings);
+    config.metadata = records;
+    config.record_args = record_args;
+    config.records_dir = records_dir;
+    Some(config)
 }
 
 /// Runs the call through a running agent, if there is one; otherwise

@@ -104,7 +104,7 @@ impl ServerContext {
     /// Reads this host's clock state anew, for the next hello answers and
     /// pongs.
     pub(crate) fn refresh_clock(&self) {
-        let status = Some(telemetry::clock::status().to_wire());
+        let status = Some(telemetry::clock_status::status().to_wire());
         *self
             .acceptor
             .clock
@@ -125,7 +125,7 @@ impl ServerContext {
         // so no early data made for an earlier run runs in this one.
         acceptor.replay =
             std::sync::Mutex::new(ReplayGuard::new(config.replay_window, REPLAY_CAPACITY));
-        acceptor.clock = std::sync::RwLock::new(Some(telemetry::clock::status().to_wire()));
+        acceptor.clock = std::sync::RwLock::new(Some(telemetry::clock_status::status().to_wire()));
         acceptor.stdin_budget =
             Arc::new(proto::session::window::Budget::new(config.max_stdin_buffer));
         let acceptor = Arc::new(acceptor);

@@ -15,7 +15,8 @@ use std::fmt;
 use bytes::BytesMut;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use super::{Suite, TransportError};
+use super::Suite;
+use super::error::TransportError;
 use crate::limits::NOISE_TAG;
 
 /// Length of a cipher key.

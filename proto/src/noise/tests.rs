@@ -237,7 +237,9 @@ fn oversized_envelope_is_refused_on_send() {
     let err = c.send(&vec![0u8; MAX_ENVELOPE + 1]).unwrap_err();
     assert!(matches!(
         err,
-        TransportError::Framing(crate::envelope_stream::FramingError::TooLarge { .. })
+        TransportError::EnvelopeStream(
+            crate::envelope_stream::EnvelopeStreamError::TooLarge { .. }
+        )
     ));
     // Not fatal.
     c.send(b"ok").unwrap();
@@ -274,7 +276,7 @@ fn peer_declaring_oversized_envelope_ends_the_session() {
     pump(&mut c, &mut srv, i0());
     assert!(matches!(
         srv.poll_envelope(),
-        Err(TransportError::Framing(_))
+        Err(TransportError::EnvelopeStream(_))
     ));
     assert_eq!(srv.poll_envelope(), Err(TransportError::Dead));
 }

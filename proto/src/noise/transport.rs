@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::SessionConfig;
 use super::cipher::{Cipher, KEY_LEN};
-use crate::envelope_stream::{FrameDecoder, FrameEncoder, FramingError};
+use super::error::TransportError;
+use crate::envelope_stream::{EnvelopeDecoder, EnvelopeEncoder};
 use crate::keys::PublicKey;
 use crate::limits::{MAX_ENVELOPE, MAX_NOISE_MESSAGE, MAX_NOISE_PLAINTEXT, NOISE_TAG};
 
@@ -24,37 +25,6 @@ pub(crate) const MAX_CLOSE_REASON: usize = 256;
 
 /// Largest piece of the envelope stream in one `DATA` record.
 const MAX_DATA_BODY: usize = MAX_NOISE_PLAINTEXT - 1;
-
-/// Errors in an established session.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransportError {
-    /// This side has closed the session; nothing more can be sent.
-    #[error("the session is closed: nothing more can be sent")]
-    Closed,
-    /// A received message has an impossible length or a malformed record.
-    #[error("malformed session message from the peer")]
-    Malformed,
-    /// A received message failed authentication. The session is over.
-    #[error("a session message failed authentication (tampered, reordered or not from the peer)")]
-    Decrypt,
-    /// A record of an unknown type was received.
-    #[error("unknown session record type {0:#04x} from the peer")]
-    UnknownRecord(u8),
-    /// The peer sent a record after its authenticated close.
-    #[error("the peer sent data after closing the session")]
-    AfterClose,
-    /// The envelope stream broke a size limit (sending: the envelope given;
-    /// receiving: the length the peer declared).
-    #[error("session stream: {0}")]
-    Framing(#[from] FramingError),
-    /// An earlier error ended the session; every call now fails.
-    #[error("the session already failed and cannot be used")]
-    Dead,
-    /// Another Noise error (snow's text; it contains no secrets).
-    #[error("session noise error: {0}")]
-    Noise(String),
-}
 
 /// Counters for observability.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,8 +59,8 @@ pub struct Transport {
     recv: Cipher,
     remote: PublicKey,
     cfg: SessionConfig,
-    encoder: FrameEncoder,
-    decoder: FrameDecoder,
+    encoder: EnvelopeEncoder,
+    decoder: EnvelopeDecoder,
     sent_since_rekey: u64,
     last_rekey: Instant,
     closed: bool,
@@ -133,8 +103,8 @@ impl Transport {
             recv: Cipher::new(cfg.suite, recv)?,
             remote,
             cfg,
-            encoder: FrameEncoder::with_max(max),
-            decoder: FrameDecoder::new(max),
+            encoder: EnvelopeEncoder::with_max(max),
+            decoder: EnvelopeDecoder::new(max),
             sent_since_rekey: 0,
             last_rekey: now,
             closed: false,

@@ -26,7 +26,8 @@
 //! - [`output`]: per-call output flow control (a window of output credit
 //!   beyond the client's acknowledgements, so that a caller that stops
 //!   reading holds up its own call only);
-//! - [`clock`]: the clock-offset estimate from request/answer pairs;
+//! - [`peer_clock`]: the peer's clock offset, estimated from request/answer
+//!   pairs;
 //! - [`SessionError`], [`Violation`], [`CallError`]: typed errors.
 //!
 //! # Driving a machine
@@ -52,10 +53,10 @@
 //! reading, so a slow reader is never mistaken for a dead peer.
 
 mod client;
-pub mod clock;
 mod error;
 mod events;
 pub mod output;
+pub mod peer_clock;
 pub(crate) mod resume;
 mod server;
 mod shared;
@@ -115,7 +116,7 @@ impl Now {
 
     /// The wall clock in nanoseconds since the Unix epoch.
     pub fn unix_nanos(&self) -> u64 {
-        crate::clock::unix_nanos(self.wall)
+        crate::wall_time::unix_nanos(self.wall)
     }
 }
 

@@ -47,12 +47,12 @@ impl ResumeSecret {
     }
 
     /// The secret after a resume over the handshake `new_hash`.
-    pub fn next(&self, new_hash: &[u8]) -> Self {
+    pub(crate) fn next(&self, new_hash: &[u8]) -> Self {
         Self(hash(&[b"rex/resume/next", &self.0, new_hash]))
     }
 
     /// The proof a client gives to resume over the handshake `new_hash`.
-    pub fn proof(&self, new_hash: &[u8]) -> [u8; 32] {
+    pub(crate) fn proof(&self, new_hash: &[u8]) -> [u8; 32] {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
         let tag = hmac::sign(&key, &[b"rex/resume/proof".as_slice(), new_hash].concat());
         let mut out = [0u8; 32];
@@ -62,7 +62,7 @@ impl ResumeSecret {
 
     /// Whether `proof` is this secret's for the handshake `new_hash`
     /// (compared in constant time).
-    pub fn verify(&self, new_hash: &[u8], proof: &[u8]) -> bool {
+    pub(crate) fn verify(&self, new_hash: &[u8], proof: &[u8]) -> bool {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
         hmac::verify(
             &key,

@@ -238,8 +238,8 @@ impl<T> Shared<T> {
             body: Some(body),
         };
         transport.send_message(&env).map_err(|e| match e {
-            crate::noise::TransportError::Framing(
-                crate::envelope_stream::FramingError::TooLarge { len, max },
+            crate::noise::TransportError::EnvelopeStream(
+                crate::envelope_stream::EnvelopeStreamError::TooLarge { len, max },
             ) => CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max }),
             _ => CallError::Ended,
         })?;

@@ -29,7 +29,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use proto::limits::MAX_HOP_TIMINGS;
 use proto::pb::tunnel::{HopDirection, HopTiming};
-use proto::session::clock::{Offset, Status};
+use proto::session::peer_clock::{Offset, Status};
 
 use super::offset::{CausalBounds, at, nanos, push_placed_by};
 use crate::remote::{RELAY, RemoteSpan};
@@ -193,7 +193,7 @@ fn place_relay(
         .or(back.clock.as_ref())
         .map(Status::from_wire)
         .unwrap_or_default();
-    let chosen = proto::session::clock::choose_with(local, &relay, Some(two_way));
+    let chosen = proto::session::peer_clock::choose_with(local, &relay, Some(two_way));
     // An exact source that contradicts what the call saw (a clock stepped
     // mid-call) is not believed: the call's own estimate is.
     let chosen = match chosen {
@@ -255,7 +255,7 @@ fn place_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::session::clock::Source;
+    use proto::session::peer_clock::Source;
     use std::time::Duration;
 
     const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
-use proto::session::clock::{Offset, Source};
+use proto::session::peer_clock::{Offset, Source};
 
 use crate::spans;
 

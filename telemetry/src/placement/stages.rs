@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use proto::pb::session::{CallTimings, stage_attribute};
-use proto::session::clock::Offset;
+use proto::session::peer_clock::Offset;
 
 use super::offset::{CausalBounds, at, push_placed_by};
 use crate::remote::{
@@ -205,7 +205,7 @@ mod tests {
     use crate::remote::tests::{stage, t};
     use crate::remote::{RemoteSink, Timeline, Value, set_sink, sink};
     use proto::pb::session::{StageAttribute, StageTiming};
-    use proto::session::clock::Source;
+    use proto::session::peer_clock::Source;
     use std::sync::Arc;
 
     /// A two-way estimate of `nanos`, loose enough for any test's window.

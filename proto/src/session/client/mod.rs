@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::Mark;
 use super::StdinFlow;
-use super::clock::{self, Estimate, Offset, Sample, Status};
 use super::events::Events;
+use super::peer_clock::{self, Estimate, Offset, Sample, Status};
 use super::shared::{Shared, handshake_frame};
 use super::window::Probe;
 use super::{
@@ -213,6 +213,11 @@ pub struct FirstCall<T> {
 }
 
 /// Why a session could not start with its first call in message 1.
+///
+/// Not `#[non_exhaustive]`: the split is closed (the call alone is at
+/// fault and the session can open without it, or the session cannot
+/// open); what goes wrong within each grows in [`CallError`] and
+/// [`SessionError`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FirstCallError {
     /// The call is not one that can be sent.
@@ -360,10 +365,10 @@ fn early_payload(
         send_time_unix_nanos: sent_unix_nanos,
         body: Some(Body::Exec(request.clone())),
     };
-    let mut early = crate::envelope_stream::FrameEncoder::with_max(limits.noise.max_envelope);
+    let mut early = crate::envelope_stream::EnvelopeEncoder::with_max(limits.noise.max_envelope);
     for env in [&hello, &exec] {
         early.push_message(env).map_err(
-            |crate::envelope_stream::FramingError::TooLarge { len, max }| {
+            |crate::envelope_stream::EnvelopeStreamError::TooLarge { len, max }| {
                 CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max })
             },
         )?;
@@ -535,10 +540,10 @@ impl<T> ClientSession<T> {
     }
 
     /// The exec-server's clock minus ours as an interval, from the
-    /// tightest source available now ([`clock::choose`]): `ours` is what
+    /// tightest source available now ([`peer_clock::choose`]): `ours` is what
     /// the caller read of its own clock, `now_unix_nanos` its wall clock.
     pub fn clock_interval(&self, ours: &Status, now_unix_nanos: u64) -> Option<Offset> {
-        clock::choose(ours, &self.peer_clock, &self.clock, now_unix_nanos)
+        peer_clock::choose(ours, &self.peer_clock, &self.clock, now_unix_nanos)
     }
 
     /// Adds a clock-offset sample the caller measured itself (a call's

@@ -806,7 +806,7 @@ impl<T> ServerSession<T> {
     /// Runs message 1's early data: the hello, then at most one call.
     fn run_early(&mut self, data: &Bytes, now: Now) -> Result<(), SessionError> {
         let mut decoder =
-            crate::envelope_stream::FrameDecoder::new(self.shared.limits.noise.max_envelope);
+            crate::envelope_stream::EnvelopeDecoder::new(self.shared.limits.noise.max_envelope);
         decoder.feed(data);
         let mut seen = 0;
         while let Some(bytes) = decoder

@@ -412,7 +412,7 @@ fn early_data_other_than_the_hello_and_one_call_ends_the_session_and_runs_nothin
         send_time_unix_nanos: 0,
         body: Some(crate::pb::session::envelope::Body::Exec(request())),
     };
-    let mut enc = crate::envelope_stream::FrameEncoder::new();
+    let mut enc = crate::envelope_stream::EnvelopeEncoder::new();
     enc.push_message(&exec).unwrap();
     let early = enc.take(usize::MAX);
     let route = server_key.public().server_id();

@@ -201,7 +201,7 @@ fn a_client_that_never_sends_its_handshake_is_dropped_with_a_clear_timeout() {
 
 #[test]
 fn the_exec_servers_clock_status_comes_in_the_hello_answer_and_pongs() {
-    use crate::session::clock::{Source, Status};
+    use crate::session::peer_clock::{Source, Status};
     let mut p = Pair::new();
     let same = Status {
         boot: Some([7; 16]),

@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use proto::session::clock::Status;
+use proto::session::peer_clock::Status;
 use sha2::{Digest, Sha256};
 
 /// The environment variable that withholds this process's clock status.

@@ -4,12 +4,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::envelope_stream::FrameDecoder;
+use proto::envelope_stream::EnvelopeDecoder;
 
 /// A small bound, so that the fuzzer reaches it.
 const MAX: usize = 4096;
 
-fn drain(d: &mut FrameDecoder, out: &mut Vec<Vec<u8>>) -> bool {
+fn drain(d: &mut EnvelopeDecoder, out: &mut Vec<Vec<u8>>) -> bool {
     loop {
         match d.next() {
             Ok(Some(msg)) => {
@@ -28,12 +28,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let piece = usize::from(piece).max(1);
     // All at once.
-    let mut whole = FrameDecoder::new(MAX);
+    let mut whole = EnvelopeDecoder::new(MAX);
     whole.feed(stream);
     let mut a = Vec::new();
     let whole_ok = drain(&mut whole, &mut a);
     // In pieces.
-    let mut pieces = FrameDecoder::new(MAX);
+    let mut pieces = EnvelopeDecoder::new(MAX);
     let mut b = Vec::new();
     let mut pieces_ok = true;
     for chunk in stream.chunks(piece) {
