@@ -480,3 +480,29 @@ fn a_program_s_root_is_a_crate_of_its_own() {
     // The program's `crate::` is the program's.
     assert_eq!(cycles_in(&files, "src/main.rs"), siblings(&["cli", "run"]));
 }
+
+#[test]
+fn an_inline_module_is_a_child_of_its_file_s_module() {
+    // `super` in `a`'s inline tests is `a`, `super::super` the root; what
+    // the tests import counts as `a`'s.
+    let b = "pub fn g() {}\nfn h() { crate::a::f() }\n";
+    let files = [
+        ("src/lib.rs", "mod a;\nmod b;\n"),
+        (
+            "src/a.rs",
+            "pub fn f() {}\n#[cfg(test)]\nmod tests {\n    use super::*;\n    use super::super::b::g;\n    fn t() { f(); g() }\n}\n",
+        ),
+        ("src/b.rs", b),
+    ];
+    assert_eq!(cycles_in(&files, "src/lib.rs"), siblings(&["a", "b"]));
+    // A test module's glob of its own module names nothing outside it.
+    let files = [
+        ("src/lib.rs", "mod a;\nmod b;\n"),
+        (
+            "src/a.rs",
+            "pub fn f() {}\nmod tests {\n    use super::*;\n    fn t() { f() }\n}\n",
+        ),
+        ("src/b.rs", b),
+    ];
+    assert!(cycles_in(&files, "src/lib.rs").is_empty());
+}
