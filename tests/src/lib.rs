@@ -13,6 +13,9 @@
 //!   (compose commands, one-off core-client containers, health, logs).
 //! - [`etcd`]: a real etcd (single member, loopback) for the fleet's
 //!   directory, that can be stopped and started again.
+//! - [`layout`]: the check that no two modules of a crate import each
+//!   other (the module tree followed from each crate's root, imports
+//!   resolved through re-exports and glob imports).
 //! - [`memory`]: searching a live process's memory for a byte string.
 //! - [`otlp`]: an OTLP trace receiver (gRPC and HTTP) that records
 //!   exported spans and the headers they came with.
@@ -52,6 +55,7 @@ pub mod crash_records;
 pub mod error;
 pub mod etcd;
 pub mod jaeger;
+pub mod layout;
 pub mod memory;
 pub mod otlp;
 pub mod proxy;

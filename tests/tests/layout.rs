@@ -1,12 +1,18 @@
 //! The house keeps its layout (docs/architecture.md): each crate depends
 //! only on the layers below it, the CLI links neither service, analysis
-//! links no network code, and no two modules of a crate import each other.
+//! links no network code, and no two modules of a crate import each other
+//! (siblings, with what is inside them; a module and its own child are
+//! listed by an ignored test). The check itself is
+//! `integration_tests::layout`; the tests at the end hold it to small
+//! crates in memory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use integration_tests::layout::{Cycle, CycleKind, crate_cycles};
 
 /// The workspace's root (this package is `tests/`).
 fn root() -> PathBuf {
@@ -16,9 +22,8 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Each workspace package's normal (not dev, not build) dependencies on
-/// other workspace packages, from `cargo metadata`.
-fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+/// The workspace's packages, from `cargo metadata`.
+fn workspace_packages() -> Vec<serde_json::Value> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args([
@@ -37,7 +42,13 @@ fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
         String::from_utf8_lossy(&out.stderr)
     );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let packages = meta["packages"].as_array().unwrap();
+    meta["packages"].as_array().unwrap().clone()
+}
+
+/// Each workspace package's normal (not dev, not build) dependencies on
+/// other workspace packages.
+fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let packages = workspace_packages();
     let names: BTreeSet<String> = packages
         .iter()
         .map(|p| p["name"].as_str().unwrap().to_owned())
@@ -128,299 +139,370 @@ fn each_crate_depends_only_on_the_layers_below_it() {
     }
 }
 
-/// A crate's modules by path (`a::b`), each with its file.
-fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
+/// Every `.rs` file under `dir`, by path.
+fn sources(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
-    let mut dirs = vec![src.to_path_buf()];
+    let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-                continue;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.insert(path, text);
             }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let rel = path.strip_prefix(src).unwrap().with_extension("");
-            let mut parts: Vec<String> = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
-            if matches!(
-                parts.last().map(String::as_str),
-                Some("mod" | "lib" | "main")
-            ) {
-                parts.pop();
-            }
-            // A binary's own modules (`src/bin/…`) are another crate.
-            if parts.first().is_some_and(|p| p == "bin") {
-                continue;
-            }
-            out.insert(parts, path);
         }
     }
     out
 }
 
-/// The paths a file names that start at `crate`, `super` or `self`,
-/// `use` trees expanded, each as its segments.
-fn named_paths(text: &str) -> Vec<(String, Vec<String>)> {
-    let text: String = text
-        .lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < text.len() {
-        let rest = &text[i..];
-        let head = ["crate", "super", "self"]
-            .into_iter()
-            .find(|h| rest.starts_with(&format!("{h}::")));
-        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        match head {
-            Some(h) if boundary => {
-                let tree_len = use_tree_len(&rest[h.len() + 2..]);
-                let tree = &rest[h.len() + 2..h.len() + 2 + tree_len];
-                for segs in expand(tree) {
-                    out.push((h.to_owned(), segs));
-                }
-                i += h.len() + 2 + tree_len.max(1);
-            }
-            _ => i += rest.chars().next().map_or(1, char::len_utf8),
-        }
-    }
-    out
-}
-
-/// How long the path or `use` tree at the start of `s` is.
-fn use_tree_len(s: &str) -> usize {
-    let mut depth = 0usize;
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return i,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return i + 1;
+/// What the check finds in each library and program of the workspace
+/// (a program's root is a crate of its own): `(crate, cycles)`, and every
+/// source file no crate reaches.
+fn workspace_cycles() -> (Vec<(String, Vec<Cycle>)>, Vec<String>) {
+    let root = root();
+    let mut found = Vec::new();
+    let mut unreached = Vec::new();
+    for package in workspace_packages() {
+        let manifest = PathBuf::from(package["manifest_path"].as_str().unwrap());
+        let src = manifest.parent().unwrap().join("src");
+        let files = sources(&src);
+        let mut reached = BTreeSet::new();
+        for target in package["targets"].as_array().unwrap() {
+            let kinds = target["kind"].as_array().unwrap();
+            let kind = if kinds.iter().any(|k| k == "lib") {
+                "lib"
+            } else if kinds.iter().any(|k| k == "bin") {
+                "bin"
+            } else {
+                continue;
+            };
+            let crate_root = PathBuf::from(target["src_path"].as_str().unwrap());
+            let checked = crate_cycles(&crate_root, &files);
+            assert!(
+                checked.missing.is_empty(),
+                "module files not found: {:?}",
+                checked.missing
+            );
+            reached.extend(checked.files);
+            let name = format!(
+                "{} ({kind} {})",
+                crate_root.strip_prefix(&root).unwrap().display(),
+                target["name"].as_str().unwrap()
+            );
+            let mut cycles = checked.cycles;
+            for cycle in &mut cycles {
+                for import in &mut cycle.imports {
+                    import.site.file = import.site.file.strip_prefix(&root).unwrap().into();
                 }
             }
-            _ if depth > 0 => {}
-            c if c.is_alphanumeric() || c == '_' || c == ':' => {}
-            _ => return i,
+            found.push((name, cycles));
         }
+        unreached.extend(
+            files
+                .keys()
+                .filter(|f| !reached.contains(*f))
+                .map(|f| f.strip_prefix(&root).unwrap().display().to_string()),
+        );
     }
-    s.len()
+    (found, unreached)
 }
 
-/// A `use` tree's paths: `a::{b, c::d}` is `a::b` and `a::c::d`.
-fn expand(tree: &str) -> Vec<Vec<String>> {
-    let tree = tree.trim().trim_end_matches(':');
-    if let Some(open) = tree.find('{') {
-        let prefix: Vec<String> = segments(&tree[..open]);
-        let inner = tree[open + 1..].trim_end().trim_end_matches('}');
-        let mut parts = Vec::new();
-        let mut depth = 0;
-        let mut cur = String::new();
-        for c in inner.chars() {
-            match c {
-                '{' => depth += 1,
-                '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    parts.push(std::mem::take(&mut cur));
-                    continue;
-                }
-                _ => {}
-            }
-            cur.push(c);
-        }
-        parts.push(cur);
-        return parts
-            .iter()
-            .filter(|p| !p.trim().is_empty())
-            .flat_map(|p| {
-                expand(p).into_iter().map(|rest| {
-                    let mut all = prefix.clone();
-                    all.extend(rest);
-                    all
-                })
-            })
-            .collect();
-    }
-    vec![segments(tree)]
-}
-
-fn segments(path: &str) -> Vec<String> {
-    path.split("::")
-        .map(|s| s.split_whitespace().next().unwrap_or("").to_owned())
-        .filter(|s| !s.is_empty() && s != "*")
+/// The cycles of `kind`, one per line with their imports.
+fn listed(found: &[(String, Vec<Cycle>)], kind: CycleKind) -> Vec<String> {
+    found
+        .iter()
+        .flat_map(|(name, cycles)| {
+            cycles
+                .iter()
+                .filter(move |c| c.kind == kind)
+                .map(move |c| format!("{name}: {c}"))
+        })
         .collect()
 }
 
-/// The sibling modules that import each other, in every crate under `src`
-/// (children counted as the sibling that holds them).
-fn cycles(src: &Path) -> Vec<Vec<String>> {
-    let mods = modules(src);
-    let mut edges: HashMap<Vec<String>, BTreeSet<Vec<String>>> = HashMap::new();
-    for (module, file) in &mods {
-        let text = std::fs::read_to_string(file).unwrap();
-        for (head, segs) in named_paths(&text) {
-            let mut base: Vec<String> = match head.as_str() {
-                "crate" => Vec::new(),
-                "self" => module.clone(),
-                _ => module[..module.len().saturating_sub(1)].to_vec(),
-            };
-            let mut segs = segs.as_slice();
-            while let Some(("super", rest)) = segs.split_first().map(|(s, r)| (s.as_str(), r)) {
-                base.pop();
-                segs = rest;
-            }
-            base.extend(segs.iter().cloned());
-            let target = (0..=base.len())
-                .rev()
-                .map(|k| base[..k].to_vec())
-                .find(|p| mods.contains_key(p));
-            if let Some(t) = target
-                && &t != module
-            {
-                edges.entry(module.clone()).or_default().insert(t);
-            }
-        }
-    }
-    // Under each parent, its children's graph; a cycle is a strongly
-    // connected set of two or more.
-    let parents: BTreeSet<Vec<String>> = mods
-        .keys()
-        .filter(|m| !m.is_empty())
-        .map(|m| m[..m.len() - 1].to_vec())
-        .collect();
-    let mut found = Vec::new();
-    for parent in parents {
-        let child = |m: &Vec<String>| -> Option<Vec<String>> {
-            (m.len() > parent.len() && m[..parent.len()] == parent[..])
-                .then(|| m[..=parent.len()].to_vec())
-        };
-        let mut g: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
-        for (from, tos) in &edges {
-            let Some(a) = child(from) else { continue };
-            for to in tos {
-                if let Some(b) = child(to)
-                    && a != b
-                {
-                    g.entry(a.clone()).or_default().insert(b);
-                }
-            }
-        }
-        for set in strongly_connected(&g) {
-            if set.len() > 1 {
-                found.push(set.iter().map(|m| m.join("::")).collect());
-            }
-        }
-    }
-    found
-}
-
-/// The strongly connected sets of `g` (Kosaraju's two passes).
-fn strongly_connected(
-    g: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
-) -> Vec<BTreeSet<Vec<String>>> {
-    let nodes: BTreeSet<&Vec<String>> = g.keys().chain(g.values().flatten()).collect();
-    let mut order = Vec::new();
-    let mut seen = BTreeSet::new();
-    for n in &nodes {
-        let mut stack = vec![((*n).clone(), false)];
-        while let Some((v, done)) = stack.pop() {
-            if done {
-                order.push(v);
-                continue;
-            }
-            if !seen.insert(v.clone()) {
-                continue;
-            }
-            stack.push((v.clone(), true));
-            for w in g.get(&v).into_iter().flatten() {
-                if !seen.contains(w) {
-                    stack.push((w.clone(), false));
-                }
-            }
-        }
-    }
-    let mut reverse: BTreeMap<&Vec<String>, Vec<&Vec<String>>> = BTreeMap::new();
-    for (v, ws) in g {
-        for w in ws {
-            reverse.entry(w).or_default().push(v);
-        }
-    }
-    let mut assigned = BTreeSet::new();
-    let mut sets = Vec::new();
-    for v in order.iter().rev() {
-        if assigned.contains(v) {
-            continue;
-        }
-        let mut set = BTreeSet::new();
-        let mut stack = vec![v];
-        while let Some(x) = stack.pop() {
-            if !assigned.insert(x.clone()) {
-                continue;
-            }
-            set.insert(x.clone());
-            for w in reverse.get(x).into_iter().flatten() {
-                if !assigned.contains(*w) {
-                    stack.push(w);
-                }
-            }
-        }
-        sets.push(set);
-    }
-    sets
-}
-
 #[test]
-fn no_two_modules_of_a_crate_import_each_other() {
-    let root = root();
-    let crates = [
-        "proto/src",
-        "telemetry/src",
-        "metadata/src",
-        "lifecycle/src",
-        "analysis/src",
-        "client/src",
-        "agent/src",
-        "relay/src",
-        "exec-server/src",
-        "core-client/src",
-        "demo/src",
-        "tests/emulator/src",
-    ];
-    let mut all = Vec::new();
-    for src in crates {
-        for cycle in cycles(&root.join(src)) {
-            all.push(format!("{src}: {}", cycle.join(" <-> ")));
-        }
-    }
+fn every_source_file_is_a_module_of_some_crate() {
+    let (_, unreached) = workspace_cycles();
     assert!(
-        all.is_empty(),
-        "modules that import each other:\n{}",
-        all.join("\n")
+        unreached.is_empty(),
+        "files no crate's module tree reaches (the check would not read them): {unreached:?}"
     );
 }
 
 #[test]
+fn no_two_modules_of_a_crate_import_each_other() {
+    let (found, _) = workspace_cycles();
+    let all = listed(&found, CycleKind::Siblings);
+    assert!(
+        all.is_empty(),
+        "modules that import each other (with what is inside them):\n{}",
+        all.join("\n")
+    );
+}
+
+/// A module's own items imported by its child while it imports the
+/// child's: many today, so listed on demand rather than enforced.
+#[test]
+#[ignore = "29 parent and child pairs import each other today; run with --ignored to list them"]
+fn no_module_and_its_child_import_each_other() {
+    let (found, _) = workspace_cycles();
+    let all = listed(&found, CycleKind::ParentAndChildren);
+    assert!(
+        all.is_empty(),
+        "modules and children that import each other:\n{}",
+        all.join("\n")
+    );
+}
+
+/// The cycles found in a crate given as `(path, source)` pairs, its root
+/// `src/lib.rs` unless a `src/main.rs` is given alone; each cycle as its
+/// members.
+fn cycles_in(files: &[(&str, &str)], root: &str) -> Vec<(CycleKind, Vec<String>)> {
+    let files: BTreeMap<PathBuf, String> = files
+        .iter()
+        .map(|(p, s)| (PathBuf::from(p), (*s).to_owned()))
+        .collect();
+    let checked = crate_cycles(Path::new(root), &files);
+    assert!(checked.missing.is_empty(), "{:?}", checked.missing);
+    checked
+        .cycles
+        .into_iter()
+        .map(|c| (c.kind, c.members))
+        .collect()
+}
+
+fn siblings(members: &[&str]) -> Vec<(CycleKind, Vec<String>)> {
+    vec![(
+        CycleKind::Siblings,
+        members.iter().map(|m| (*m).to_owned()).collect(),
+    )]
+}
+
+#[test]
 fn the_cycle_finder_finds_a_cycle_and_reads_use_trees() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path();
-    std::fs::write(src.join("lib.rs"), "mod a;\nmod b;\nmod c;\n").unwrap();
-    std::fs::write(src.join("a.rs"), "use crate::{b::{self, X}, c};\n").unwrap();
-    std::fs::write(src.join("b.rs"), "fn f() { super::a::g() }\n").unwrap();
-    std::fs::write(
-        src.join("c.rs"),
-        "// crate::a::g names a in a comment only\n",
-    )
-    .unwrap();
-    assert_eq!(cycles(src), [vec!["a".to_owned(), "b".to_owned()]]);
-    std::fs::write(src.join("b.rs"), "fn f() {}\n").unwrap();
-    assert!(cycles(src).is_empty());
+    let lib = "mod a;\nmod b;\nmod c;\n";
+    let c = "// crate::a::g names a in a comment only\n";
+    let cycle = [
+        ("src/lib.rs", lib),
+        ("src/a.rs", "use crate::{b::{self, X}, c};\npub fn g() {}\n"),
+        ("src/b.rs", "pub struct X;\nfn f() { super::a::g() }\n"),
+        ("src/c.rs", c),
+    ];
+    assert_eq!(cycles_in(&cycle, "src/lib.rs"), siblings(&["a", "b"]));
+    let none = [
+        ("src/lib.rs", lib),
+        ("src/a.rs", "use crate::{b::{self, X}, c};\npub fn g() {}\n"),
+        ("src/b.rs", "pub struct X;\nfn f() {}\n"),
+        ("src/c.rs", c),
+    ];
+    assert!(cycles_in(&none, "src/lib.rs").is_empty());
+}
+
+#[test]
+fn an_item_a_parent_re_exports_is_its_defining_module_s() {
+    // The shape of proto's noise: the parent re-exports transport's error,
+    // cipher imports it through the parent, transport imports cipher.
+    let parent = "mod cipher;\nmod transport;\npub use transport::{Transport, TransportError};\n";
+    let noise = [
+        ("src/lib.rs", "pub mod noise;\n"),
+        ("src/noise.rs", parent),
+        (
+            "src/noise/cipher.rs",
+            "use super::TransportError;\npub struct Cipher;\n",
+        ),
+        (
+            "src/noise/transport.rs",
+            "use super::cipher::Cipher;\npub struct Transport;\npub enum TransportError {}\n",
+        ),
+    ];
+    assert_eq!(
+        cycles_in(&noise, "src/lib.rs"),
+        siblings(&["noise::cipher", "noise::transport"])
+    );
+    // Every form of re-export is followed.
+    for reexport in [
+        "pub use self::transport::TransportError;",
+        "pub use transport::{Transport as _, TransportError};",
+        "pub(crate) use transport::TransportError;",
+        "pub use transport::*;",
+        "pub use self::transport::{self as t};\npub use t::TransportError;",
+    ] {
+        let parent = format!("mod cipher;\nmod transport;\n{reexport}\n");
+        let mut files = noise;
+        files[1].1 = &parent;
+        assert_eq!(
+            cycles_in(&files, "src/lib.rs"),
+            siblings(&["noise::cipher", "noise::transport"]),
+            "{reexport}"
+        );
+    }
+    // Through the crate's root, from afar.
+    let mut files = noise;
+    files[2].1 = "use crate::noise::TransportError;\npub struct Cipher;\n";
+    assert_eq!(
+        cycles_in(&files, "src/lib.rs"),
+        siblings(&["noise::cipher", "noise::transport"])
+    );
+}
+
+#[test]
+fn names_a_glob_import_brings_are_resolved() {
+    let parent = "mod a;\nmod b;\npub use b::Shared;\n";
+    for a in [
+        // A child module of the globbed module, named bare.
+        "use super::*;\npub fn f() { b::g() }\n",
+        // An item the globbed module re-exports, named bare.
+        "use super::*;\npub fn f(_: Shared) {}\n",
+        // A glob of a sibling, then a bare call.
+        "use crate::b::*;\npub fn f() { g() }\n",
+    ] {
+        let files = [
+            ("src/lib.rs", parent),
+            ("src/a.rs", a),
+            (
+                "src/b.rs",
+                "pub struct Shared;\npub fn g() {}\nfn h() { crate::a::f(); }\n",
+            ),
+        ];
+        assert_eq!(
+            cycles_in(&files, "src/lib.rs"),
+            siblings(&["a", "b"]),
+            "{a}"
+        );
+    }
+    // A name defined where it is used is not the glob's.
+    let files = [
+        ("src/lib.rs", parent),
+        (
+            "src/a.rs",
+            "use super::*;\npub struct Shared;\nfn f(_: Shared) {}\n",
+        ),
+        (
+            "src/b.rs",
+            "pub struct Shared;\nfn h() { crate::a::f(); }\n",
+        ),
+    ];
+    assert!(cycles_in(&files, "src/lib.rs").is_empty());
+}
+
+#[test]
+fn bare_and_inline_paths_are_resolved() {
+    for a in [
+        // A module brought in by `use`, then a path through it.
+        "use super::b;\npub fn f() { b::g() }\n",
+        // A fully qualified path with no `use`.
+        "pub fn f() { crate::b::g() }\n",
+        // A child of the parent, named bare from the parent's scope: here
+        // through `self`.
+        "pub fn f() { let _ = self::inner::X; }\nmod inner { pub const X: () = crate::b::G; }\n",
+    ] {
+        let files = [
+            ("src/lib.rs", "mod a;\nmod b;\n"),
+            ("src/a.rs", a),
+            (
+                "src/b.rs",
+                "pub fn g() {}\npub const G: () = ();\nfn h() { crate::a::f(); }\n",
+            ),
+        ];
+        assert_eq!(
+            cycles_in(&files, "src/lib.rs"),
+            siblings(&["a", "b"]),
+            "{a}"
+        );
+    }
+    // A parent's path to its own child, bare.
+    let files = [
+        ("src/lib.rs", "mod a;\nmod b;\nfn top() { a::f() }\n"),
+        ("src/a.rs", "pub fn f() { crate::top() }\n"),
+        ("src/b.rs", ""),
+    ];
+    assert_eq!(
+        cycles_in(&files, "src/lib.rs"),
+        [(
+            CycleKind::ParentAndChildren,
+            vec!["crate".to_owned(), "a".to_owned()]
+        )]
+    );
+}
+
+#[test]
+fn comments_and_literals_name_nothing() {
+    let b = "pub fn g() {}\nfn h() { crate::a::f(); }\n";
+    for a in [
+        "/* crate::b::g() */ pub fn f() {}\n",
+        "/* outer /* nested */ crate::b::g() */ pub fn f() {}\n",
+        "/// [`crate::b::g`]\npub fn f() {}\n",
+        "//! crate::b::g\npub fn f() {}\n",
+        "pub fn f() { let _ = \"crate::b::g()\"; }\n",
+        "pub fn f() { let _ = r#\"crate::b::g() \"quoted\" \"#; }\n",
+        "pub fn f() { let _ = ('\"', \"crate::b::g\"); }\n",
+        "pub fn f<'a>(_: &'a str) { let _ = b\"crate::b::g\"; }\n",
+    ] {
+        let files = [
+            ("src/lib.rs", "mod a;\nmod b;\n"),
+            ("src/a.rs", a),
+            ("src/b.rs", b),
+        ];
+        assert!(cycles_in(&files, "src/lib.rs").is_empty(), "{a}");
+    }
+    // And code after a comment or literal still counts.
+    let files = [
+        ("src/lib.rs", "mod a;\nmod b;\n"),
+        (
+            "src/a.rs",
+            "/* a /* b */ c */ pub fn f() { let _ = '\"'; crate::b::g() }\n",
+        ),
+        ("src/b.rs", b),
+    ];
+    assert_eq!(cycles_in(&files, "src/lib.rs"), siblings(&["a", "b"]));
+}
+
+#[test]
+fn a_program_s_root_is_a_crate_of_its_own() {
+    let files = [
+        ("src/lib.rs", "pub mod a;\npub mod b;\npub fn top() {}\n"),
+        ("src/a.rs", "use crate::b::g;\npub fn f() {}\n"),
+        ("src/b.rs", "pub fn g() {}\n"),
+        (
+            "src/main.rs",
+            "mod cli;\nmod run;\nuse mylib::a::f;\nfn main() { crate::run::go(); mylib::b::g(); }\n",
+        ),
+        ("src/cli.rs", "use crate::run::go;\npub struct Args;\n"),
+        (
+            "src/run.rs",
+            "pub fn go() {}\nfn h(_: crate::cli::Args) { mylib::top() }\n",
+        ),
+    ];
+    // The library has none: the program's paths are not its own.
+    assert!(cycles_in(&files, "src/lib.rs").is_empty());
+    // The program's `crate::` is the program's.
+    assert_eq!(cycles_in(&files, "src/main.rs"), siblings(&["cli", "run"]));
+}
+
+#[test]
+fn an_inline_module_is_a_child_of_its_file_s_module() {
+    // `super` in `a`'s inline tests is `a`, `super::super` the root; what
+    // the tests import counts as `a`'s.
+    let b = "pub fn g() {}\nfn h() { crate::a::f() }\n";
+    let files = [
+        ("src/lib.rs", "mod a;\nmod b;\n"),
+        (
+            "src/a.rs",
+            "pub fn f() {}\n#[cfg(test)]\nmod tests {\n    use super::*;\n    use super::super::b::g;\n    fn t() { f(); g() }\n}\n",
+        ),
+        ("src/b.rs", b),
+    ];
+    assert_eq!(cycles_in(&files, "src/lib.rs"), siblings(&["a", "b"]));
+    // A test module's glob of its own module names nothing outside it.
+    let files = [
+        ("src/lib.rs", "mod a;\nmod b;\n"),
+        (
+            "src/a.rs",
+            "pub fn f() {}\nmod tests {\n    use super::*;\n    fn t() { f() }\n}\n",
+        ),
+        ("src/b.rs", b),
+    ];
+    assert!(cycles_in(&files, "src/lib.rs").is_empty());
 }
