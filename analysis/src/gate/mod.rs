@@ -28,6 +28,7 @@ use crate::stats::Summary;
 /// A malformed gate, with what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--gate {expr:?}: {reason}")]
+#[non_exhaustive]
 pub struct GateError {
     /// The gate as given.
     pub expr: String,
@@ -46,6 +47,7 @@ pub struct Gate {
 
 /// A gate's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct GateResult {
     /// The gate as given.
     pub gate: String,
