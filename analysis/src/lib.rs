@@ -30,6 +30,8 @@
 //!   and the slowest) and their spans laid out.
 //! - [`show`]: `trace show`: one trace as text (header, waterfall, stages).
 //! - `table`: the terminal's tables.
+//! - [`views`]: the CLI's other views (`history`, `agent status`, `agent
+//!   warm`), drawn from the rows the CLI gathers.
 //! - [`text`]: the report as terminal tables.
 //! - [`html`]: the report as one self-contained page.
 //! - [`format`]: numbers as every renderer writes them.
@@ -91,5 +93,6 @@ mod table;
 pub mod text;
 pub mod time;
 pub mod trace_file;
+pub mod views;
 
 pub use names::{Names, NoNames};

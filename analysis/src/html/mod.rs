@@ -683,7 +683,7 @@ fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
                 .server
                 .as_deref()
                 .map_or_else(|| "?".to_owned(), |id| names.label(id))),
-            Esc(&short_time(&s.start)),
+            Esc(&crate::time::short(&s.start)),
             breakable_path(stage),
             took,
             part,
@@ -691,13 +691,6 @@ fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
         );
     }
     out.push_str("</tbody></table>\n</section>\n");
-}
-
-/// An RFC 3339 time to the second, as people read it
-/// (`2026-11-20 09:00:01`, UTC).
-fn short_time(rfc3339: &str) -> String {
-    let trimmed = rfc3339.split('.').next().unwrap_or(rfc3339);
-    trimmed.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 /// A stage path, escaped, that may break after each `/`.
