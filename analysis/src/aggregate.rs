@@ -179,6 +179,13 @@ pub struct CliRow {
     pub time: Summary,
 }
 
+impl CliRow {
+    /// Its depth in the CLI's tree: 0 for `cli.run`, 1 for its stages.
+    pub fn depth(&self) -> u32 {
+        u32::from(self.name != telemetry::spans::CLI_RUN)
+    }
+}
+
 /// The numbers of one population of commands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use crate::aggregate::{ProgramOutput, WindowLimited};
+use crate::aggregate::{ColdCost, ProgramOutput, Slow, WindowLimited, share};
 use crate::compare::CompareRow;
+use crate::names::Names;
 use crate::stats::Summary;
 
 /// A duration in nanoseconds with three significant digits and a unit
@@ -113,6 +114,29 @@ pub(crate) fn comparison_cells(r: &CompareRow, missing: &str, p_digits: usize) -
         or_missing(r.prob_slower.map(|p| format!("{p:.2}"))),
         or_missing(r.p_value.map(|p| format!("{p:.p_digits$e}"))),
     ]
+}
+
+/// A command's server as every renderer shows it: its name (else its id's
+/// first digits), `?` when the command did not say.
+pub(crate) fn server(id: Option<&str>, names: &dyn Names) -> String {
+    id.map_or_else(|| "?".to_owned(), |id| names.label(id))
+}
+
+/// A slow command's dominant stage: its name, its time and its share of
+/// the command's dispatch (none when no stage was found).
+pub(crate) fn dominant(s: &Slow) -> Option<(&str, String, String)> {
+    match (&s.dominant, s.dominant_ns) {
+        (Some(stage), Some(ns)) => {
+            Some((stage.as_str(), self::ns(ns), pct(share(ns, s.dispatch_ns))))
+        }
+        _ => None,
+    }
+}
+
+/// What a cold start costs at p50 and at p90 (the cold dispatch's
+/// percentile minus the warm one's), as changes.
+pub(crate) fn cold_cost(c: &ColdCost) -> [String; 2] {
+    [signed(c.p50_ns), signed(c.p90_ns)]
 }
 
 /// `n` things: `1 command`, `2 commands`.

@@ -206,12 +206,10 @@ fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64
                 mean: 1.0,
                 max: 1.0,
             };
-            let shares = if stage == "unattributed" || stage == "(unattributed)" {
-                n.unattributed.as_ref().map(|u| u.share)
-            } else if stage == telemetry::spans::TOOL_DISPATCH {
-                n.dispatch.map(|_| whole)
-            } else {
-                n.stages_by_name.get(stage).map(|s| s.share)
+            let shares = match row_population(stage) {
+                Some(Pop::Unattributed) => n.unattributed.as_ref().map(|u| u.share),
+                Some(Pop::All) => n.dispatch.map(|_| whole),
+                _ => n.stages_by_name.get(stage).map(|s| s.share),
             };
             let Some(s) = shares else {
                 return Err(unknown_row(stage, n));
