@@ -1,7 +1,7 @@
 //! Go/no-go gates: small expressions over a report's numbers, each true or
 //! false, for scripts and CI (`--gate 'p90(link.transit) < 2ms'`).
 //!
-//! The language is in [`expr`] (its grammar there).
+//! The language is in `expr` (its grammar there).
 //!
 //! STAGE names any row the report prints: a span name (`tool.dispatch`,
 //! the whole dispatch; `link.transit`: its time per command, summed over
