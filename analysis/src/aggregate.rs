@@ -22,6 +22,7 @@ const MAX_PROGRAMS: usize = 50;
 
 /// One stage path's row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct StageRow {
     /// The names from `tool.dispatch` (exclusive), joined by `/`.
     pub path: String,
@@ -41,6 +42,7 @@ pub struct StageRow {
 
 /// One stage name's numbers, whatever its path (what gates read).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct NameStats {
     /// Its duration per command (summed over its spans) over the commands
     /// that have it.
@@ -52,6 +54,7 @@ pub struct NameStats {
 
 /// The dispatch of the commands whose session was found one way.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct WarmthRow {
     /// `cold`, `warm`, `waited` or `unknown`.
     pub warmth: Warmth,
@@ -66,6 +69,7 @@ pub struct WarmthRow {
 /// What a cold start costs: the cold dispatch's percentiles minus the warm
 /// dispatch's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ColdCost {
     /// At the median, nanoseconds (negative: cold was faster).
     pub p50_ns: i64,
@@ -75,6 +79,7 @@ pub struct ColdCost {
 
 /// One program's time to first output and the rest.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ProgramOutput {
     /// The program's name (`(other)` for programs past the first 50,
     /// `(unknown)` when not recorded).
@@ -91,6 +96,7 @@ pub struct ProgramOutput {
 
 /// One of the slowest commands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Slow {
     /// The trace id (`core-client trace show ID`).
     pub trace_id: String,
@@ -112,6 +118,7 @@ pub struct Slow {
 
 /// The time of dispatches that none of their stages covers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Unattributed {
     /// Per command.
     #[serde(flatten)]
@@ -124,6 +131,7 @@ pub struct Unattributed {
 /// waited for its window and their output for credit, and the widest
 /// windows they had.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct WindowLimited {
     /// Commands whose stdin or output waited.
     pub commands: u64,
@@ -162,6 +170,7 @@ fn window_limited(commands: &[Command]) -> Option<WindowLimited> {
 /// One of the CLI's own stages (`cli.run` and its children other than the
 /// dispatch), over the commands run by the CLI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CliRow {
     /// The span name.
     pub name: String,
@@ -170,8 +179,16 @@ pub struct CliRow {
     pub time: Summary,
 }
 
+impl CliRow {
+    /// Its depth in the CLI's tree: 0 for `cli.run`, 1 for its stages.
+    pub fn depth(&self) -> u32 {
+        u32::from(self.name != telemetry::spans::CLI_RUN)
+    }
+}
+
 /// The numbers of one population of commands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Numbers {
     /// How many commands.
     pub commands: u64,

@@ -28,6 +28,7 @@ pub const METHOD: &str = "Mann-Whitney U rank test, two-sided (normal approximat
 
 /// One row: one quantity on both sides.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CompareRow {
     /// `tool.dispatch`, `cold`, `warm`, `first_output` or a stage name.
     pub what: String,
@@ -51,6 +52,7 @@ pub struct CompareRow {
 
 /// The whole comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Comparison {
     /// What the baseline is (a file, or a window).
     pub baseline: String,

@@ -14,11 +14,11 @@ use crate::model::{Span, Trace, without_placed_copies};
 
 /// At most this many spans are drawn per waterfall (the shortest are left
 /// out first).
-pub const MAX_BARS: usize = 300;
+pub(crate) const MAX_BARS: usize = 300;
 
 /// Why a command was picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Its dispatch is the median (nearest rank).
     Median,
     /// Its dispatch is the longest.
@@ -27,7 +27,7 @@ pub enum Role {
 
 impl Role {
     /// Its name in the page (`median`, `slowest`).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Role::Median => "median",
             Role::Slowest => "slowest",
@@ -37,7 +37,7 @@ impl Role {
 
 /// A command picked for a waterfall.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pick {
+pub(crate) struct Pick {
     /// Why.
     pub role: Role,
     /// Its trace.
@@ -68,7 +68,7 @@ impl Pick {
     }
 
     /// The trace id as 32 hex digits.
-    pub fn trace_hex(&self) -> String {
+    pub(crate) fn trace_hex(&self) -> String {
         format!("{:032x}", self.trace)
     }
 }
@@ -76,7 +76,7 @@ impl Pick {
 /// The median command (the one at the median's nearest rank when ordered
 /// by dispatch) and the slowest (the first of the report's slowest list),
 /// in that order; none without commands.
-pub fn pick(commands: &[Command]) -> Vec<Pick> {
+pub(crate) fn pick(commands: &[Command]) -> Vec<Pick> {
     let mut order: Vec<&Command> = commands.iter().collect();
     order.sort_by(|a, b| {
         a.dispatch
@@ -99,7 +99,7 @@ pub fn pick(commands: &[Command]) -> Vec<Pick> {
 
 /// One span of a waterfall.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bar {
+pub(crate) struct Bar {
     /// The span name.
     pub name: String,
     /// The service that made it.
@@ -126,7 +126,7 @@ pub struct Bar {
 
 /// A picked command's spans, laid out.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Waterfall {
+pub(crate) struct Waterfall {
     /// The command.
     pub pick: Pick,
     /// Its dispatch and the spans under it, in tree order (each after its
@@ -139,7 +139,7 @@ pub struct Waterfall {
 
 /// The waterfall of `pick`, from the spans of `traces` (those of other
 /// traces are ignored).
-pub fn lay_out(pick: Pick, traces: &[Trace]) -> Waterfall {
+pub(crate) fn lay_out(pick: Pick, traces: &[Trace]) -> Waterfall {
     let spans: Vec<Span> = traces
         .iter()
         .filter(|t| t.id == pick.trace)

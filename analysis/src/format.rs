@@ -1,9 +1,13 @@
 //! How every renderer writes a number: durations with three significant
-//! digits and a unit, signed changes, shares and counts of things, and the
-//! cells the table and the page both show.
+//! digits and a unit, durations as a person writes them, signed changes,
+//! shares and counts of things, and the cells the table and the page both
+//! show.
 
-use crate::aggregate::{ProgramOutput, WindowLimited};
+use std::time::Duration;
+
+use crate::aggregate::{ColdCost, ProgramOutput, Slow, WindowLimited, share};
 use crate::compare::CompareRow;
+use crate::names::Names;
 use crate::stats::Summary;
 
 /// A duration in nanoseconds with three significant digits and a unit
@@ -21,6 +25,28 @@ pub fn duration(ns: f64) -> String {
         _ => 0,
     };
     format!("{value:.digits$}{unit}")
+}
+
+/// A duration as a person writes it, to the second (`10m`, `1h30m`,
+/// `45s`; under a second `250ms`): how long, not how precisely measured.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 /// [`duration`] of whole nanoseconds.
@@ -90,6 +116,29 @@ pub(crate) fn comparison_cells(r: &CompareRow, missing: &str, p_digits: usize) -
     ]
 }
 
+/// A command's server as every renderer shows it: its name (else its id's
+/// first digits), `?` when the command did not say.
+pub(crate) fn server(id: Option<&str>, names: &dyn Names) -> String {
+    id.map_or_else(|| "?".to_owned(), |id| names.label(id))
+}
+
+/// A slow command's dominant stage: its name, its time and its share of
+/// the command's dispatch (none when no stage was found).
+pub(crate) fn dominant(s: &Slow) -> Option<(&str, String, String)> {
+    match (&s.dominant, s.dominant_ns) {
+        (Some(stage), Some(ns)) => {
+            Some((stage.as_str(), self::ns(ns), pct(share(ns, s.dispatch_ns))))
+        }
+        _ => None,
+    }
+}
+
+/// What a cold start costs at p50 and at p90 (the cold dispatch's
+/// percentile minus the warm one's), as changes.
+pub(crate) fn cold_cost(c: &ColdCost) -> [String; 2] {
+    [signed(c.p50_ns), signed(c.p90_ns)]
+}
+
 /// `n` things: `1 command`, `2 commands`.
 pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -137,5 +186,14 @@ mod tests {
         assert_eq!(duration(45_200_000.0), "45.2ms");
         assert_eq!(duration(1_250_000_000.0), "1.25s");
         assert_eq!(duration(-5_000_000.0), "-5.00ms");
+    }
+
+    #[test]
+    fn durations_as_people_write_them() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_secs(3601)), "1h1s");
     }
 }

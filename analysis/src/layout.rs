@@ -10,7 +10,7 @@ use crate::model::Span;
 
 /// One span placed in the tree.
 #[derive(Debug, Clone, Copy)]
-pub struct Row<'a> {
+pub(crate) struct Row<'a> {
     /// The span.
     pub span: &'a Span,
     /// 0 for a root, 1 for its children, ...
@@ -23,7 +23,7 @@ pub struct Row<'a> {
 
 impl Row<'_> {
     /// Its duration in nanoseconds.
-    pub fn duration(&self) -> u64 {
+    pub(crate) fn duration(&self) -> u64 {
         self.end - self.start
     }
 }
@@ -32,7 +32,7 @@ impl Row<'_> {
 /// there is a root; roots and each span's children are ordered by start
 /// (then as read). Spans caught in a parent cycle (no root above them)
 /// follow as extra roots, earliest first.
-pub fn tree(spans: &[Span]) -> Vec<Row<'_>> {
+pub(crate) fn tree(spans: &[Span]) -> Vec<Row<'_>> {
     let children = Children::of(spans);
     let mut roots: Vec<usize> = (0..spans.len())
         .filter(|i| children.parent.get(*i).copied().flatten().is_none())
@@ -47,7 +47,7 @@ pub fn tree(spans: &[Span]) -> Vec<Row<'_>> {
 
 /// `spans[root]` and the spans under it, in tree order (children by
 /// start, then as read); each span once, however the parents loop.
-pub fn subtree(spans: &[Span], root: usize) -> Vec<Row<'_>> {
+pub(crate) fn subtree(spans: &[Span], root: usize) -> Vec<Row<'_>> {
     Children::of(spans).walk(&[root])
 }
 

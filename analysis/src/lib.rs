@@ -1,9 +1,10 @@
 //! Trace analysis, one library for every view: reading traces, placing
 //! their spans, statistics, gates, A/B and the renderers, for
 //! `core-client trace show`, `core-client report` and `probe` (which ends
-//! with a report). It links the trace layer (`telemetry`: the span
-//! vocabulary, the trace file's generations) and never a service or the
-//! client library.
+//! with a report), and the CLI's other views (`history`, `agent status`).
+//! Of the workspace it links the trace layer (`telemetry`: the span
+//! vocabulary, the trace file's generations) and, through it, `proto`;
+//! never a service, the agent or the client library.
 //!
 //! # Layout
 //!
@@ -30,9 +31,11 @@
 //!   and the slowest) and their spans laid out.
 //! - [`show`]: `trace show`: one trace as text (header, waterfall, stages).
 //! - `table`: the terminal's tables.
+//! - [`views`]: the CLI's other views (`history`, `agent status`, `agent
+//!   warm`), drawn from the rows the CLI gathers.
 //! - [`text`]: the report as terminal tables.
 //! - [`html`]: the report as one self-contained page.
-//! - [`format`]: numbers as every renderer writes them.
+//! - [`format`](mod@format): numbers as every renderer writes them.
 //! - [`time`]: times as reports write them and people give them.
 //! - [`names`]: server ids as the names the user gave them (the CLI knows
 //!   them).
@@ -54,18 +57,25 @@
 //! # Crates, and where the code is our own
 //!
 //! Adopted: `winnow` (the gate language), `statrs` (the rank test's erfc),
-//! `comfy-table` (trace show's tables). Kept, one line each:
+//! `comfy-table` (the tables of `trace show`, `history` and `agent
+//! status`), `jiff` (every time written or read). Kept, one line each:
 //! - histograms: the buckets' edges are fixed to the nanosecond by
-//!   `rex.report/1` (five a decade from 100 ns); `hdrhistogram` keeps 3 to 5
-//!   significant digits, so counts at an edge would move.
+//!   `rex.report/1` (five a decade from 100 ns); `hdrhistogram`'s buckets
+//!   are binary, kept to 0 to 5 significant digits, so counts at an edge
+//!   would move.
 //! - percentiles: nearest rank, every percentile a value that occurred (the
 //!   schema says so); `hdrhistogram`'s are the bucket's highest equivalent.
-//! - the report's terminal tables: fixed column widths that a long stage
-//!   name overflows (as documented); `comfy-table` sizes columns to their
-//!   content or wraps at a fixed width.
-//! - the page's HTML: its escaping also escapes `'` (pinned by its tests),
-//!   which `maud`'s escaper leaves, and templating the page in `maud` would
-//!   rewrite the 1,300 lines of markup its tests and docs fix.
+//! - the report's terminal tables: every column a fixed width, a stage name
+//!   wider than its column pushing only its own row; `comfy-table` can fix
+//!   a column's least width, but a wider cell widens the whole column.
+//! - the page's HTML: written straight into one string, its escaping
+//!   (`html::Esc`, five characters as `&lt;` `&gt;` `&amp;` `&quot;`
+//!   `&#39;`, pinned by its tests) kept too. `maud`'s escaper leaves `'`;
+//!   `askama` (and `askama_escape` alone) escapes the same five but as
+//!   numeric references (`&#60;` for `<`), so every escaped byte the tests
+//!   and docs fix would change; and templating the page in either would
+//!   rewrite its 1,400 lines of markup and SVG for no change in what it
+//!   shows.
 
 // Tests may unwrap; the library may not (the workspace lints deny it).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -91,5 +101,6 @@ mod table;
 pub mod text;
 pub mod time;
 pub mod trace_file;
+pub mod views;
 
 pub use names::{Names, NoNames};

@@ -13,6 +13,7 @@ pub const SCHEMA: &str = "rex.report/1";
 
 /// A whole report: what was read, the numbers, the comparison and gates.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// [`SCHEMA`].
     pub schema: &'static str,

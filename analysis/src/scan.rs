@@ -24,16 +24,16 @@ use serde::de::{self, Deserializer, Visitor};
 use crate::model::{Attrs, Detail, Interner, Span, Trace, Value};
 
 /// A trace not seen for this many lines is complete.
-pub const WINDOW_LINES: u64 = 4096;
+pub(crate) const WINDOW_LINES: u64 = 4096;
 /// At most this many traces are held open at once (the oldest is handed
 /// on first).
 const MAX_OPEN: usize = 16_384;
 /// At most this many spans are kept per trace (more are counted, not kept).
-pub const MAX_SPANS_PER_TRACE: usize = 4096;
+pub(crate) const MAX_SPANS_PER_TRACE: usize = 4096;
 
 /// What was read, beyond the traces themselves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScanStats {
+pub(crate) struct ScanStats {
     /// Lines (or documents) read.
     pub lines: u64,
     /// Lines that were not OTLP JSON, skipped.
@@ -220,7 +220,7 @@ const PARALLEL_FROM: usize = 1024 * 1024;
 
 /// Groups spans into traces over a window of lines and hands each
 /// complete trace to a sink.
-pub struct Scanner<F: FnMut(Trace)> {
+pub(crate) struct Scanner<F: FnMut(Trace)> {
     sink: F,
     open: HashMap<u128, (u64, Trace)>,
     names: Names,
@@ -240,7 +240,7 @@ pub struct Scanner<F: FnMut(Trace)> {
 impl<F: FnMut(Trace)> Scanner<F> {
     /// A scanner handing complete traces to `sink`, keeping what a report
     /// reads of each span.
-    pub fn new(sink: F) -> Self {
+    pub(crate) fn new(sink: F) -> Self {
         Scanner {
             sink,
             open: HashMap::new(),
@@ -258,7 +258,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
 
     /// A scanner that keeps only the spans of the traces `ids` (the others
     /// are counted, not kept).
-    pub fn only(sink: F, ids: HashSet<u128>) -> Self {
+    pub(crate) fn only(sink: F, ids: HashSet<u128>) -> Self {
         Scanner {
             only: Some(ids),
             ..Scanner::new(sink)
@@ -267,7 +267,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
 
     /// The same scanner keeping every attribute, the host, the links and
     /// the status message of each span (a view of one trace).
-    pub fn full(mut self) -> Self {
+    pub(crate) fn full(mut self) -> Self {
         self.full = true;
         self
     }
@@ -275,7 +275,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     /// The same scanner holding every trace, whole, until
     /// [`Scanner::finish`] (a view that orders them all; memory grows with
     /// the input).
-    pub fn whole(mut self) -> Self {
+    pub(crate) fn whole(mut self) -> Self {
         self.window = None;
         self.max_spans = usize::MAX;
         self
@@ -283,7 +283,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
 
     /// The same scanner parsing on at most `threads` threads.
     #[cfg(test)]
-    pub fn with_threads(mut self, threads: usize) -> Self {
+    pub(crate) fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
     }
@@ -293,7 +293,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     /// lack its newline; one that does not parse is a cut tail, not a
     /// skipped line. A large input is parsed on several threads and taken
     /// in in order.
-    pub fn lines(&mut self, bytes: &[u8], line_base: u64, at_end: bool) -> u64 {
+    pub(crate) fn lines(&mut self, bytes: &[u8], line_base: u64, at_end: bool) -> u64 {
         let unterminated = at_end && !bytes.is_empty() && !bytes.ends_with(b"\n");
         let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
         if body.is_empty() {
@@ -334,13 +334,13 @@ impl<F: FnMut(Trace)> Scanner<F> {
     }
 
     /// Lines that parsed so far.
-    pub fn parsed_lines(&self) -> u64 {
+    pub(crate) fn parsed_lines(&self) -> u64 {
         self.parsed
     }
 
     /// What was read since the last call (one input's part), the traces
     /// still open kept open.
-    pub fn take_stats(&mut self) -> ScanStats {
+    pub(crate) fn take_stats(&mut self) -> ScanStats {
         std::mem::take(&mut self.stats)
     }
 
@@ -376,7 +376,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     }
 
     /// Reads `bytes` as one JSON document; whether it parsed.
-    pub fn document(&mut self, bytes: &[u8]) -> bool {
+    pub(crate) fn document(&mut self, bytes: &[u8]) -> bool {
         self.line += 1;
         self.stats.lines += 1;
         let Some((spans, all)) = parse(bytes, &mut self.names, self.full) else {
@@ -459,7 +459,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     }
 
     /// Hands on every trace still open and returns what was read.
-    pub fn finish(mut self) -> ScanStats {
+    pub(crate) fn finish(mut self) -> ScanStats {
         let all: Vec<u128> = self.open.keys().copied().collect();
         self.hand_on(all);
         self.stats

@@ -110,6 +110,7 @@ impl Filter {
 
 /// What was read, for the report's header and its warnings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct SourceInfo {
     /// `trace-file`, `file` or `jaeger`.
     pub kind: String,
@@ -136,6 +137,7 @@ pub struct SourceInfo {
 
 /// Commands read from a source, and how the reading went.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Input {
     /// The commands kept, in the order read.
     pub commands: Vec<Command>,

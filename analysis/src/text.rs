@@ -7,7 +7,8 @@ use super::compare::Comparison;
 use super::source::SourceInfo;
 use super::stats::{Shares, Summary};
 use crate::format::{
-    comparison_cells, first_output_cells, ns as d, pct, signed, summary_figures, window_clauses,
+    cold_cost, comparison_cells, dominant, first_output_cells, ns as d, pct, server, stat,
+    summary_figures, window_clauses,
 };
 use crate::names::Names;
 use crate::report::Report;
@@ -239,17 +240,15 @@ fn warmth(out: &mut String, n: &Numbers) {
             d(w.dispatch.p50_ns),
             d(w.dispatch.p90_ns),
             d(w.dispatch.max_ns),
-            w.acquire.map_or_else(|| "-".to_owned(), |a| d(a.p50_ns)),
+            stat(w.acquire.as_ref(), |a| a.p50_ns, "-"),
             width = STAGE_WIDTH - 2
         );
     }
-    match n.cold_start_cost {
-        Some(cost) => {
+    match n.cold_start_cost.as_ref().map(cold_cost) {
+        Some([p50, p90]) => {
             let _ = writeln!(
                 out,
-                "  a cold start costs {} at p50 and {} at p90 (cold minus warm)",
-                signed(cost.p50_ns),
-                signed(cost.p90_ns)
+                "  a cold start costs {p50} at p50 and {p90} at p90 (cold minus warm)"
             );
         }
         None => {
@@ -312,23 +311,17 @@ fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
     }
     let _ = writeln!(out, "\nslowest commands (core-client trace show TRACE)");
     for s in &n.slowest {
-        let dominant = match (&s.dominant, s.dominant_ns) {
-            (Some(stage), Some(ns)) => format!(
-                "{stage} {} ({})",
-                d(ns),
-                pct(crate::aggregate::share(ns, s.dispatch_ns))
-            ),
-            _ => "-".to_owned(),
-        };
+        let dominant = dominant(s).map_or_else(
+            || "-".to_owned(),
+            |(stage, took, part)| format!("{stage} {took} ({part})"),
+        );
         let _ = writeln!(
             out,
             "  {:>9}  {}  {:<12} {:<14} {:<6}  {}  dominant: {dominant}",
             d(s.dispatch_ns),
             s.trace_id,
             s.program.as_deref().unwrap_or("?"),
-            s.server
-                .as_deref()
-                .map_or_else(|| "?".to_owned(), |id| names.label(id)),
+            server(s.server.as_deref(), names),
             s.warmth.name(),
             s.start,
         );
@@ -345,11 +338,7 @@ fn cli(out: &mut String, n: &Numbers) {
         &[("count", 7), ("p50", 9), ("p90", 9), ("p99", 9), ("max", 9)],
     );
     for row in &n.cli {
-        let indent = if row.name == telemetry::spans::CLI_RUN {
-            ""
-        } else {
-            "  "
-        };
+        let indent = "  ".repeat(usize::try_from(row.depth()).unwrap_or(0));
         let label = format!("{indent}{}", row.name);
         let _ = writeln!(out, "{label:<STAGE_WIDTH$} {}", summary_cells(&row.time));
     }

@@ -1,7 +1,10 @@
-//! Times as reports write them (RFC 3339, UTC, microseconds) and as
+//! Times as reports write them (RFC 3339, UTC, microseconds), as the
+//! tables show them (`2026-11-20 09:00:01`, UTC; `in 12s`, `3s ago`) and as
 //! people give them (`--since`, `--until`, windows).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use crate::format::human;
 
 /// Nanoseconds since the Unix epoch as RFC 3339 (UTC, microseconds).
 pub(crate) fn rfc3339(nanos: u64) -> String {
@@ -16,6 +19,46 @@ pub(crate) fn system_rfc3339(t: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     rfc3339(nanos)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC for Unix milliseconds (the number itself
+/// beyond the years 9999 BC to AD 9999).
+pub fn utc_seconds(unix_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(unix_ms).map_or_else(
+        |_| unix_ms.to_string(),
+        |ts| ts.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+/// An RFC 3339 time as [`utc_seconds`] writes it (as given when it is
+/// not one).
+pub(crate) fn short(rfc3339: &str) -> String {
+    rfc3339.parse::<jiff::Timestamp>().map_or_else(
+        |_| rfc3339.to_owned(),
+        |ts| ts.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `in 12s` / `3s ago` from Unix milliseconds (0, none: `-`).
+pub fn relative(unix_ms_then: u64, now: SystemTime) -> String {
+    if unix_ms_then == 0 {
+        return "-".into();
+    }
+    let now_ms = unix_ms(now);
+    if unix_ms_then >= now_ms {
+        format!("in {}", human(Duration::from_millis(unix_ms_then - now_ms)))
+    } else {
+        format!(
+            "{} ago",
+            human(Duration::from_millis(now_ms - unix_ms_then))
+        )
+    }
 }
 
 /// A time as `--since`, `--until` and windows take it: RFC 3339
@@ -102,6 +145,27 @@ mod tests {
             rfc3339(1_500_000_000_123_456_789),
             "2017-07-14T02:40:00.123456Z"
         );
+    }
+
+    #[test]
+    fn utc_seconds_for_any_millisecond() {
+        assert_eq!(utc_seconds(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_seconds(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc_seconds(1_795_269_845_123), "2026-11-21 14:04:05");
+        assert_eq!(utc_seconds(-1_000), "1969-12-31 23:59:59");
+        assert_eq!(utc_seconds(-1), "1969-12-31 23:59:59");
+        assert_eq!(short("2026-11-21T14:04:05.123456Z"), "2026-11-21 14:04:05");
+        assert_eq!(short("2026-11-21T14:04:05Z"), "2026-11-21 14:04:05");
+        assert_eq!(short("?"), "?");
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = at(1_000);
+        assert_eq!(relative(0, now), "-");
+        assert_eq!(relative(1_012_000, now), "in 12s");
+        assert_eq!(relative(997_000, now), "3s ago");
+        assert_eq!(relative(1_000_250, now), "in 250ms");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::scan::Scanner;
 
 /// Everything read from a trace file.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Traces {
     /// The traces, oldest to newest by their last written line.
     pub traces: Vec<Trace>,

@@ -1,7 +1,7 @@
 //! Go/no-go gates: small expressions over a report's numbers, each true or
 //! false, for scripts and CI (`--gate 'p90(link.transit) < 2ms'`).
 //!
-//! The language is in [`expr`] (its grammar there).
+//! The language is in `expr` (its grammar there).
 //!
 //! STAGE names any row the report prints: a span name (`tool.dispatch`,
 //! the whole dispatch; `link.transit`: its time per command, summed over
@@ -28,6 +28,7 @@ use crate::stats::Summary;
 /// A malformed gate, with what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--gate {expr:?}: {reason}")]
+#[non_exhaustive]
 pub struct GateError {
     /// The gate as given.
     pub expr: String,
@@ -46,6 +47,7 @@ pub struct Gate {
 
 /// A gate's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct GateResult {
     /// The gate as given.
     pub gate: String,
@@ -204,12 +206,10 @@ fn eval(e: &Expr, n: &Numbers, fewest: &mut Option<(u64, String)>) -> Result<f64
                 mean: 1.0,
                 max: 1.0,
             };
-            let shares = if stage == "unattributed" || stage == "(unattributed)" {
-                n.unattributed.as_ref().map(|u| u.share)
-            } else if stage == telemetry::spans::TOOL_DISPATCH {
-                n.dispatch.map(|_| whole)
-            } else {
-                n.stages_by_name.get(stage).map(|s| s.share)
+            let shares = match row_population(stage) {
+                Some(Pop::Unattributed) => n.unattributed.as_ref().map(|u| u.share),
+                Some(Pop::All) => n.dispatch.map(|_| whole),
+                _ => n.stages_by_name.get(stage).map(|s| s.share),
             };
             let Some(s) = shares else {
                 return Err(unknown_row(stage, n));

@@ -20,8 +20,8 @@ use crate::aggregate::{Numbers, share};
 use crate::compare::Comparison;
 use crate::exemplars::{self, MAX_BARS, Pick, Waterfall};
 use crate::format::{
-    comparison_cells, duration, first_output_cells, ns as d, pct, plural, signed, stat,
-    summary_figures,
+    cold_cost, comparison_cells, dominant, duration, first_output_cells, ns as d, pct, plural,
+    server, stat, summary_figures,
 };
 use crate::gate::GateResult;
 use crate::histogram::Histogram;
@@ -289,12 +289,8 @@ fn tiles(out: &mut String, n: &Numbers) {
             ),
         ));
     }
-    tiles.push(match n.cold_start_cost {
-        Some(c) => (
-            "Cold start costs",
-            signed(c.p50_ns),
-            format!("at p50; {} at p90", signed(c.p90_ns)),
-        ),
+    tiles.push(match n.cold_start_cost.as_ref().map(cold_cost) {
+        Some([p50, p90]) => ("Cold start costs", p50, format!("at p50; {p90} at p90")),
         None => (
             "Cold start costs",
             "–".to_owned(),
@@ -556,13 +552,11 @@ fn warmth(out: &mut String, n: &Numbers) {
         "The dispatch of the commands that established their session (cold) against those that found one \
          (warm), or waited for one being established.",
     );
-    if let Some(cost) = n.cold_start_cost {
+    if let Some([p50, p90]) = n.cold_start_cost.as_ref().map(cold_cost) {
         let _ = write!(
             out,
-            "<p class=\"callout\" id=\"cold-cost\">A cold start costs <strong>{}</strong> at p50 and <strong>{}</strong> at p90 \
-             (the cold dispatch's percentile minus the warm one's).</p>",
-            signed(cost.p50_ns),
-            signed(cost.p90_ns)
+            "<p class=\"callout\" id=\"cold-cost\">A cold start costs <strong>{p50}</strong> at p50 and <strong>{p90}</strong> at p90 \
+             (the cold dispatch's percentile minus the warm one's).</p>"
         );
     } else {
         out.push_str(
@@ -667,10 +661,8 @@ fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
          <th>its time</th><th>share</th></tr></thead><tbody>",
     );
     for s in &n.slowest {
-        let (stage, took, part) = match (&s.dominant, s.dominant_ns) {
-            (Some(stage), Some(ns)) => (stage.as_str(), d(ns), pct(share(ns, s.dispatch_ns))),
-            _ => ("–", "–".to_owned(), "–".to_owned()),
-        };
+        let (stage, took, part) =
+            dominant(s).unwrap_or_else(|| ("–", "–".to_owned(), "–".to_owned()));
         let _ = write!(
             out,
             "<tr><td>{}</td><td class=\"l\"><code class=\"trace\">{}</code></td><td class=\"l\"><code>{}</code></td>\
@@ -679,11 +671,8 @@ fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
             d(s.dispatch_ns),
             Esc(&s.trace_id),
             Esc(s.program.as_deref().unwrap_or("?")),
-            Esc(&s
-                .server
-                .as_deref()
-                .map_or_else(|| "?".to_owned(), |id| names.label(id))),
-            Esc(&short_time(&s.start)),
+            Esc(&server(s.server.as_deref(), names)),
+            Esc(&crate::time::short(&s.start)),
             breakable_path(stage),
             took,
             part,
@@ -691,13 +680,6 @@ fn slowest(out: &mut String, n: &Numbers, names: &dyn Names) {
         );
     }
     out.push_str("</tbody></table>\n</section>\n");
-}
-
-/// An RFC 3339 time to the second, as people read it
-/// (`2026-11-20 09:00:01`, UTC).
-fn short_time(rfc3339: &str) -> String {
-    let trimmed = rfc3339.split('.').next().unwrap_or(rfc3339);
-    trimmed.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 /// A stage path, escaped, that may break after each `/`.
@@ -746,10 +728,7 @@ fn waterfalls(out: &mut String, extras: &Extras<'_>) {
             super::exemplars::Role::Median => "The median command",
             super::exemplars::Role::Slowest => "The slowest command",
         };
-        let server = p
-            .server
-            .as_deref()
-            .map_or_else(|| "?".to_owned(), |id| extras.names.label(id));
+        let server = server(p.server.as_deref(), extras.names);
         let _ = write!(
             out,
             "<div class=\"fall\" id=\"fall-{}\"><h3>{title}: {}</h3><p class=\"fall-meta\"><code>{}</code> on {} · {} session · \
@@ -833,11 +812,10 @@ fn cli(out: &mut String, n: &Numbers) {
          <th>max</th></tr></thead><tbody>",
     );
     for row in &n.cli {
-        let depth = u32::from(row.name != telemetry::spans::CLI_RUN);
         let _ = write!(
             out,
             "<tr><td class=\"l\" style=\"{}\">{}</td>{}</tr>",
-            indent(depth),
+            indent(row.depth()),
             Esc(&row.name),
             summary_cells(&row.time)
         );

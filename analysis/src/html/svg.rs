@@ -13,7 +13,7 @@ use crate::stats::Summary;
 
 /// A logarithmic time axis over whole decades, mapped to `x0..x1`.
 #[derive(Debug, Clone, Copy)]
-pub struct LogAxis {
+pub(crate) struct LogAxis {
     lo: f64,
     hi: f64,
     x0: f64,
@@ -23,7 +23,7 @@ pub struct LogAxis {
 impl LogAxis {
     /// The decades around `min_ns..=max_ns` (at least one), drawn from
     /// `x0` to `x1`.
-    pub fn around(min_ns: u64, max_ns: u64, x0: f64, x1: f64) -> LogAxis {
+    pub(crate) fn around(min_ns: u64, max_ns: u64, x0: f64, x1: f64) -> LogAxis {
         let log = |ns: u64| (ns.max(1) as f64).log10();
         let lo = log(min_ns).floor().max(0.0);
         let hi = log(max_ns.max(min_ns)).ceil().max(lo + 1.0);
@@ -33,7 +33,7 @@ impl LogAxis {
     }
 
     /// Where `ns` is drawn.
-    pub fn x(&self, ns: u64) -> f64 {
+    pub(crate) fn x(&self, ns: u64) -> f64 {
         let v = (ns.max(1) as f64).log10().clamp(self.lo, self.hi);
         self.x0 + (v - self.lo) / (self.hi - self.lo) * (self.x1 - self.x0)
     }
@@ -62,12 +62,12 @@ fn decade_label(ns: u64) -> String {
 }
 
 /// Width of a distribution strip.
-pub const STRIP_WIDTH: f64 = 640.0;
+pub(crate) const STRIP_WIDTH: f64 = 640.0;
 /// Height of a distribution strip.
 const STRIP_HEIGHT: f64 = 34.0;
 
 /// The decade labels above (or below) the distribution strips.
-pub fn strip_axis(out: &mut String, axis: &LogAxis, id: &str) {
+pub(crate) fn strip_axis(out: &mut String, axis: &LogAxis, id: &str) {
     let _ = write!(
         out,
         r#"<svg class="axis" id="{id}" width="{STRIP_WIDTH}" height="18" viewBox="0 0 {STRIP_WIDTH} 18" role="img" aria-label="time axis, logarithmic">"#
@@ -98,7 +98,7 @@ fn anchor_at(x: f64, lo: f64, hi: f64) -> &'static str {
 /// One distribution on `axis`: its histogram (bars scaled to its own
 /// peak) over the decades' grid lines, then the median as a line across,
 /// p50 to p90 as a box, p90 to p99 as a whisker, and the maximum as a dot.
-pub fn strip(
+pub(crate) fn strip(
     out: &mut String,
     id: &str,
     axis: &LogAxis,
@@ -186,7 +186,7 @@ const WARMTH_ROW: f64 = 56.0;
 
 /// The dispatch of each population (cold, warm, ...) on one logarithmic
 /// axis: histograms in the population's colour with their percentiles.
-pub fn warmth(out: &mut String, rows: &[(Warmth, &Histogram, &Summary)]) {
+pub(crate) fn warmth(out: &mut String, rows: &[(Warmth, &Histogram, &Summary)]) {
     let min = rows
         .iter()
         .flat_map(|(_, h, _)| h.buckets().map(|(lo, _, _)| lo).next())
@@ -248,7 +248,7 @@ const INDENT: f64 = 13.0;
 /// `fall` as a waterfall: a row per span, indented by depth, its bar
 /// placed by start and length on a linear axis from the dispatch's start,
 /// coloured by service, with its duration beside it.
-pub fn waterfall(out: &mut String, fall: &Waterfall, palette: &Palette) {
+pub(crate) fn waterfall(out: &mut String, fall: &Waterfall, palette: &Palette) {
     let role = fall.pick.role.name();
     let lo = fall
         .bars
@@ -379,7 +379,7 @@ fn row(out: &mut String, bar: &Bar, y: f64, x: &dyn Fn(i64) -> f64, palette: &Pa
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.
-pub fn ellipsis(text: &str, max: usize) -> String {
+pub(crate) fn ellipsis(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use analysis::views::{self, AgentStatus, HeldSession};
 use clap::{Args, Subcommand};
 use proto::pb::agent as wire;
 use rex_agent::ask::{self, AskError};
@@ -235,7 +236,7 @@ pub(crate) fn start(
                 if !h.last_warm_failure.is_empty() {
                     eprintln!(
                         "core-client: warning: {}: its first warm failed: {}",
-                        server_label(&names, &h.server_id),
+                        views::session_label(&names, &h.server_id),
                         h.last_warm_failure
                     );
                 }
@@ -243,7 +244,10 @@ pub(crate) fn start(
             let persist = if args.persist.is_zero() {
                 "it runs until `core-client agent stop`".to_owned()
             } else {
-                format!("it stops after {} with no command", human(args.persist))
+                format!(
+                    "it stops after {} with no command",
+                    analysis::format::human(args.persist)
+                )
             };
             let warm = match status.sessions.len() {
                 0 => String::new(),
@@ -420,32 +424,23 @@ pub(crate) fn warm(args: &WarmArgs, ctx: &Context) -> Result<u8, CliError> {
 /// One line per session `agent warm` warmed: how it went and when the
 /// next warm is.
 pub(crate) fn warmed_lines(w: &wire::Warmed, names: &ServerNames, now: SystemTime) -> String {
-    let mut out = String::new();
-    if w.sessions.is_empty() && w.refused.is_empty() {
-        out.push_str("no sessions held (name a server to warm it)\n");
-    }
-    for h in &w.sessions {
-        let server = server_label(names, &h.server_id);
-        let how = if h.last_warm_failure.is_empty() {
-            format!("warm ({:.3} ms)", h.last_latency_us as f64 / 1000.0)
-        } else {
-            format!("failed: {}", h.last_warm_failure)
-        };
-        let next = if h.warm_enabled {
-            format!("next warm {}", relative(h.next_warm_unix_ms, now))
-        } else {
-            "not warmed on a timer".to_owned()
-        };
-        out.push_str(&format!("{server} via {}: {how}; {next}\n", h.target));
-    }
-    out
+    let sessions: Vec<HeldSession<'_>> = w.sessions.iter().map(held).collect();
+    views::warmed(&sessions, !w.refused.is_empty(), names, now)
 }
 
-/// A server as the user knows it: its name, else its id's first digits.
-fn server_label(names: &ServerNames, id: &str) -> String {
-    names
-        .name(id)
-        .map_or_else(|| id[..id.len().min(16)].to_owned(), str::to_owned)
+/// A held session as the views show it.
+fn held(h: &wire::Held) -> HeldSession<'_> {
+    HeldSession {
+        server_id: &h.server_id,
+        target: &h.target,
+        warm_enabled: h.warm_enabled,
+        next_warm_unix_ms: h.next_warm_unix_ms,
+        last_warm_unix_ms: h.last_warm_unix_ms,
+        last_warm_failure: &h.last_warm_failure,
+        last_latency_us: h.last_latency_us,
+        calls_running: h.calls_running,
+        calls_served: h.calls_served,
+    }
 }
 
 fn not_running(socket: &Path, e: &AskError) -> CliError {
@@ -464,46 +459,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::failed(format!("cannot start runtime: {e}")))
 }
 
-/// A duration as a person writes it: `10m`, `1h30m`, `45s`, `250ms`.
-fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs();
-    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
-/// `in 12s` / `3s ago` from Unix milliseconds (none: `-`).
-fn relative(unix_ms: u64, now: SystemTime) -> String {
-    if unix_ms == 0 {
-        return "-".into();
-    }
-    let now_ms = epoch_ms(now);
-    if unix_ms >= now_ms {
-        format!("in {}", human(Duration::from_millis(unix_ms - now_ms)))
-    } else {
-        format!("{} ago", human(Duration::from_millis(now_ms - unix_ms)))
-    }
-}
-
-/// Milliseconds since the Unix epoch (as the agent's answers give times).
-fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The table `agent status` prints.
 pub(crate) fn status_table(
     s: &wire::Status,
@@ -511,74 +466,16 @@ pub(crate) fn status_table(
     names: &ServerNames,
     now: SystemTime,
 ) -> String {
-    let mut out = format!(
-        "agent pid {} at {}: up {}, {} of {} sessions held, {} command{} running",
-        s.pid,
-        socket.display(),
-        human(Duration::from_millis(
-            epoch_ms(now).saturating_sub(s.started_unix_ms)
-        )),
-        s.sessions.len(),
-        s.max_sessions,
-        s.calls_running,
-        if s.calls_running == 1 { "" } else { "s" },
-    );
-    if s.idle_until_unix_ms != 0 {
-        out.push_str(&format!(
-            "; stops {} if idle",
-            relative(s.idle_until_unix_ms, now)
-        ));
-    }
-    out.push('\n');
-    if s.sessions.is_empty() {
-        out.push_str("no sessions held yet (the first exec through the agent opens one)\n");
-        return out;
-    }
-    out.push_str(&format!(
-        "{:<20} {:<28} {:<10} {:<10} {:>10} {:>8} {:>7}  {}\n",
-        "server",
-        "via",
-        "next warm",
-        "last warm",
-        "round trip",
-        "running",
-        "served",
-        "last outcome"
-    ));
-    for h in &s.sessions {
-        let server = server_label(names, &h.server_id);
-        let next = if !h.warm_enabled {
-            "off".to_owned()
-        } else if h.next_warm_unix_ms == 0 && h.calls_running > 0 {
-            "(in use)".to_owned()
-        } else {
-            relative(h.next_warm_unix_ms, now)
-        };
-        let rtt = if h.last_latency_us == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.3} ms", h.last_latency_us as f64 / 1000.0)
-        };
-        let outcome = if h.last_warm_unix_ms == 0 {
-            "-".to_owned()
-        } else if h.last_warm_failure.is_empty() {
-            "ok".to_owned()
-        } else {
-            format!("failed: {}", h.last_warm_failure)
-        };
-        out.push_str(&format!(
-            "{:<20} {:<28} {:<10} {:<10} {:>10} {:>8} {:>7}  {}\n",
-            server,
-            h.target,
-            next,
-            relative(h.last_warm_unix_ms, now),
-            rtt,
-            h.calls_running,
-            h.calls_served,
-            outcome
-        ));
-    }
-    out
+    let status = AgentStatus {
+        pid: s.pid,
+        socket,
+        started_unix_ms: s.started_unix_ms,
+        idle_until_unix_ms: s.idle_until_unix_ms,
+        max_sessions: s.max_sessions,
+        calls_running: s.calls_running,
+        sessions: s.sessions.iter().map(held).collect(),
+    };
+    views::agent_status(&status, names, now)
 }
 
 /// The JSON `agent status --json` prints (times in Unix milliseconds,

@@ -1,11 +1,68 @@
 //! Parsing the command line: the whole parser ([`Cli`]), and for a command
-//! line that starts with `exec` a parser of `exec` alone.
+//! line that starts with `exec` a parser of `exec` alone, with `exec`'s
+//! arguments ([`ExecArgs`]).
 
 use std::ffi::OsString;
 
 use clap::{Args, FromArgMatches, Parser};
 
-use super::{Cli, CliCommand, ExecArgs, GlobalArgs};
+use super::{Cli, CliCommand, GlobalArgs};
+use crate::settings::ServerArgs;
+
+/// Arguments of `exec`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ExecArgs {
+    /// A server named in the config file ([servers.NAME]) or the known
+    /// servers.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where and how.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Do not forward stdin (the remote stdin is /dev/null; on a terminal,
+    /// nothing is typed into it).
+    #[arg(short = 'n', long)]
+    pub no_stdin: bool,
+    /// Run the command on a terminal (a pseudo-terminal on the exec-server),
+    /// as `ssh -t` does: for interactive programs (shells, editors, REPLs,
+    /// password prompts). Sized as the local window (24x80 when there is
+    /// none); the local terminal, if stdin is one, goes into raw mode.
+    #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never run the command (or the login shell) on a terminal: pipes
+    /// only, as `ssh -T` gives, whatever the `terminal` option says.
+    /// Without -t or -T the `terminal` option decides, as ssh's
+    /// RequestTTY: `auto` (the default) gives the login shell a terminal
+    /// when the local stdin and stdout are terminals and -n is not given,
+    /// and a command pipes; `always` gives both a terminal; `never`
+    /// neither.
+    #[arg(short = 'T', long = "no-tty")]
+    pub no_tty: bool,
+    /// Print the command's trace id on stderr when it ends.
+    #[arg(long)]
+    pub print_trace_id: bool,
+    /// Record the command's arguments too (by default only the program
+    /// name is recorded).
+    #[arg(long)]
+    pub record_args: bool,
+    /// Do not run the command unless its record can be kept, and fail if
+    /// it could not be saved.
+    #[arg(long, conflicts_with = "no_records")]
+    pub strict_records: bool,
+    /// Keep no record of this command.
+    #[arg(long)]
+    pub no_records: bool,
+    /// Do not use a running agent (`core-client agent start`): open a
+    /// session of this command's own.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// The program and its arguments (no shell unless you run one): the
+    /// first word after NAME starts it, as with ssh, and every word after
+    /// that is the command's, options too; or give it after `--`. Without
+    /// a command: the remote user's login shell.
+    #[arg(last = true, num_args = 1..)]
+    pub command: Vec<OsString>,
+}
 
 /// Parses this process's arguments, exiting with clap's message (and
 /// status 2, or 0 for help) when they are not valid.

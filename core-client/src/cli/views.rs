@@ -6,8 +6,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use analysis::Names;
-
 use super::CliError;
 use crate::names::ServerNames;
 
@@ -109,80 +107,22 @@ pub(crate) fn history(
 
 /// The `history` table.
 pub(super) fn history_table(rows: &[metadata::CommandRecord], names: &ServerNames) -> String {
-    let ms = |us: Option<i64>| {
-        us.map(|u| format!("{:.3}", u as f64 / 1000.0))
-            .unwrap_or_else(|| "-".into())
-    };
-    let mut table = vec![[
-        "when (UTC)".to_owned(),
-        "server".into(),
-        "program".into(),
-        "exit".into(),
-        "first out ms".into(),
-        "total ms".into(),
-        "trace".into(),
-    ]];
-    for r in rows {
-        let exit = match (&r.exit, r.progress) {
-            (Some(e), _) => e.short(),
-            (None, p) => p.as_str().to_owned(),
-        };
-        table.push([
-            utc_time(r.started_unix_ms),
-            names.label(&r.server_id),
-            r.program.clone(),
-            exit,
-            ms(r.first_output_us),
-            ms(r.total_us),
-            if r.trace.trace_id.is_empty() {
-                "-".into()
-            } else {
-                r.trace.trace_id.clone()
+    let rows: Vec<analysis::views::HistoryRow<'_>> = rows
+        .iter()
+        .map(|r| analysis::views::HistoryRow {
+            started_unix_ms: r.started_unix_ms,
+            server_id: &r.server_id,
+            program: &r.program,
+            exit: match (&r.exit, r.progress) {
+                (Some(e), _) => e.short(),
+                (None, p) => p.as_str().to_owned(),
             },
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| {
-            table
-                .iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
+            first_output_us: r.first_output_us,
+            total_us: r.total_us,
+            trace_id: &r.trace.trace_id,
         })
         .collect();
-    let mut text = String::new();
-    for row in &table {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        text.push_str(cells.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC for Unix milliseconds.
-pub(super) fn utc_time(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    analysis::views::history(&rows, names)
 }
 
 #[cfg(test)]
@@ -208,14 +148,6 @@ mod tests {
             stdout_bytes: 1,
             stderr_bytes: 0,
         }
-    }
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
-        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(utc_time(1_795_269_845_123), "2026-11-21 14:04:05");
-        assert_eq!(utc_time(-1_000), "1969-12-31 23:59:59");
     }
 
     #[test]
