@@ -93,3 +93,4 @@ pub mod time;
 pub mod trace_file;
 
 pub use names::{Names, NoNames};
+pub use scan::read_spans;
