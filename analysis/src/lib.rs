@@ -104,3 +104,4 @@ pub mod trace_file;
 pub mod views;
 
 pub use names::{Names, NoNames};
+pub use scan::read_spans;

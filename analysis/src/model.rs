@@ -2,7 +2,9 @@
 //! one trace. The reader (`scan`) fills it from OTLP JSON; the
 //! report keeps the few attributes it reads ([`Attrs`]), a view of one
 //! trace (`trace show`, the page's waterfalls) every attribute too
-//! ([`Detail`]).
+//! ([`Detail`]), and a reader that checks spans whole
+//! ([`crate::read_spans`], the tests') everything else the span was
+//! written with ([`Record`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -112,6 +114,55 @@ pub struct Detail {
     /// The status message when the status is error (`error` if it has
     /// none).
     pub error_message: Option<Box<str>>,
+    /// The span as written, when it was read whole ([`crate::read_spans`]).
+    pub record: Option<Box<Record>>,
+}
+
+/// A span as written, beyond what a view reads: its scope, its kind, its
+/// resource's and its own attributes typed, and its events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Record {
+    /// The instrumentation scope's name (empty if it has none).
+    pub scope: Box<str>,
+    /// The span kind, as OTLP numbers it (0: unspecified, 1: internal,
+    /// 2: server, 3: client, 4: producer, 5: consumer).
+    pub kind: i32,
+    /// The resource's attributes, in the order written.
+    pub resource: Vec<(Box<str>, AttrValue)>,
+    /// The span's attributes, in the order written.
+    pub attributes: Vec<(Box<str>, AttrValue)>,
+    /// The span's events, in the order written.
+    pub events: Vec<Event>,
+}
+
+/// An event on a span.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Event {
+    /// Its name (for a `tracing` event, its message).
+    pub name: Box<str>,
+    /// Its attributes, in the order written.
+    pub attributes: Vec<(Box<str>, AttrValue)>,
+}
+
+/// An attribute value as written, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    /// A string.
+    Str(Box<str>),
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Double(f64),
+    /// Bytes (base64 in the JSON).
+    Bytes(Box<[u8]>),
+    /// An array.
+    Array(Vec<AttrValue>),
+    /// A list of keys and values, in the order written.
+    Map(Vec<(Box<str>, AttrValue)>),
+    /// No value, or one that could not be read.
+    Empty,
 }
 
 /// One span.
@@ -189,6 +240,11 @@ impl Span {
     /// Attribute `key` as an integer.
     pub fn int(&self, key: &str) -> Option<i64> {
         self.text(key).and_then(|v| v.parse().ok())
+    }
+
+    /// The span as written, if it was read whole ([`crate::read_spans`]).
+    pub fn record(&self) -> Option<&Record> {
+        self.detail.as_ref().and_then(|d| d.record.as_deref())
     }
 
     /// The links, as (trace id, span id).

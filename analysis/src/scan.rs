@@ -11,7 +11,14 @@
 //! Accepted: the trace file's lines (`{"resourceSpans": [...]}`), the same
 //! as one pretty-printed document, and Jaeger's query answers
 //! (`{"result": {"resourceSpans": [...]}}`). Ids are hex, as the OTLP JSON
-//! mapping says, or base64 (protobuf's JSON mapping, which some tools use).
+//! mapping says (and as Jaeger v2 writes them), or base64 (protobuf's
+//! generic JSON mapping, which some tools and Jaeger's older releases
+//! write, and which `opentelemetry-proto`'s serde types refuse).
+//!
+//! [`read_spans`] reads one such document's spans whole, in the order
+//! written (every attribute typed, the scope, the kind, the events:
+//! [`Record`]), for a reader that checks what was exported rather than
+//! reporting on it (the project's tests).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -20,8 +27,9 @@ use std::sync::Arc;
 use base64::Engine;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde_json::value::RawValue;
 
-use crate::model::{Attrs, Detail, Interner, Span, Trace, Value};
+use crate::model::{AttrValue, Attrs, Detail, Event, Interner, Record, Span, Trace, Value};
 
 /// A trace not seen for this many lines is complete.
 pub(crate) const WINDOW_LINES: u64 = 4096;
@@ -53,6 +61,34 @@ type Names = Interner;
 /// How many names are kept once.
 const NAMES: usize = 10_000;
 
+/// How much of each span is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// What a report reads ([`Attrs`]).
+    Report,
+    /// Every attribute as text, the host, the links, the status message
+    /// ([`Detail`]).
+    Detail,
+    /// The detail and the span as written ([`Record`]).
+    Record,
+}
+
+impl Keep {
+    /// Whether the detail is kept.
+    fn detail(self) -> bool {
+        self != Keep::Report
+    }
+}
+
+/// Every span of one OTLP JSON document (a trace-file line, a whole
+/// document, or a Jaeger query answer), in the order written, each read
+/// whole: its [`Detail`] with its [`Record`]. Spans without a trace id or
+/// a span id are left out. An error if it is not JSON, or holds neither
+/// `resourceSpans` nor `result.resourceSpans`.
+pub fn read_spans(json: &[u8]) -> Result<Vec<Span>, serde_json::Error> {
+    parse_document(json, &mut Names::new(NAMES), Keep::Record).map(|(spans, _)| spans)
+}
+
 /// What one line held.
 #[derive(Debug)]
 enum Parsed {
@@ -66,20 +102,35 @@ enum Parsed {
 }
 
 /// A line's outcome.
-fn parse_line(line: &[u8], names: &mut Names, full: bool) -> Parsed {
+fn parse_line(line: &[u8], names: &mut Names, keep: Keep) -> Parsed {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Parsed::Blank;
     }
-    parse(line, names, full).map_or(Parsed::Failed, |(spans, all)| Parsed::Spans(spans, all))
+    parse(line, names, keep).map_or(Parsed::Failed, |(spans, all)| Parsed::Spans(spans, all))
 }
 
 /// Parses one JSON value: its spans and how many it had in all, or `None`
-/// when it is not OTLP JSON. With `full`, every attribute is kept.
-fn parse(json: &[u8], names: &mut Names, full: bool) -> Option<(Vec<Span>, u64)> {
-    let doc = serde_json::from_slice::<Document<'_>>(json).ok()?;
+/// when it is not OTLP JSON.
+fn parse(json: &[u8], names: &mut Names, keep: Keep) -> Option<(Vec<Span>, u64)> {
+    parse_document(json, names, keep).ok()
+}
+
+/// Parses one JSON value: its spans and how many it had in all, or why it
+/// is not OTLP JSON.
+fn parse_document(
+    json: &[u8],
+    names: &mut Names,
+    keep: Keep,
+) -> Result<(Vec<Span>, u64), serde_json::Error> {
+    let doc = serde_json::from_slice::<Document<'_>>(json)?;
     let resource_spans = doc
         .resource_spans
-        .or(doc.result.map(|r| r.resource_spans))?;
+        .or(doc.result.map(|r| r.resource_spans))
+        .ok_or_else(|| {
+            <serde_json::Error as de::Error>::custom(
+                "neither resourceSpans nor result.resourceSpans",
+            )
+        })?;
     let mut spans = Vec::new();
     let mut all = 0;
     for rs in resource_spans {
@@ -89,32 +140,58 @@ fn parse(json: &[u8], names: &mut Names, full: bool) -> Option<(Vec<Span>, u64)>
             let value = || kv.value.as_ref().map(value_text).filter(|v| !v.is_empty());
             match &*kv.key {
                 "service.name" => service = value(),
-                telemetry::host::HOST_NAME if full => host = value().map(|h| names.intern(&h)),
+                telemetry::host::HOST_NAME if keep.detail() => {
+                    host = value().map(|h| names.intern(&h));
+                }
                 _ => {}
             }
         }
         let service = names.intern(service.as_deref().unwrap_or("unknown"));
+        let resource = if keep == Keep::Record {
+            rs.resource
+                .as_ref()
+                .map(|r| typed_attributes(&r.attributes))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         for ss in rs.scope_spans {
+            let written = (keep == Keep::Record).then(|| Written {
+                scope: ss.scope.as_ref().map_or("", |s| &s.name),
+                resource: &resource,
+            });
             for raw in ss.spans {
                 all += 1;
-                if let Some(span) = span(raw, &service, host.as_ref(), names, full) {
+                if let Some(span) = span(raw, &service, host.as_ref(), names, keep, written) {
                     spans.push(span);
                 }
             }
         }
     }
-    Some((spans, all))
+    Ok((spans, all))
 }
 
-/// The span `raw` describes, if it has a trace and a span id; with
-/// `full`, with its [`Detail`] (`host`: its resource's host).
+/// What a span read whole takes from its resource and scope.
+#[derive(Clone, Copy)]
+struct Written<'s> {
+    /// The scope's name.
+    scope: &'s str,
+    /// The resource's attributes.
+    resource: &'s [(Box<str>, AttrValue)],
+}
+
+/// The span `raw` describes, if it has a trace and a span id; with its
+/// [`Detail`] if `keep` says so (`host`: its resource's host), and its
+/// [`Record`] (from `written`) when read whole.
 fn span(
     raw: RawSpan<'_>,
     service: &Arc<str>,
     host: Option<&Arc<str>>,
     names: &mut Names,
-    full: bool,
+    keep: Keep,
+    written: Option<Written<'_>>,
 ) -> Option<Span> {
+    let full = keep.detail();
     let trace = raw.trace_id.0?;
     let id = raw.span_id.0.and_then(|s| u64::try_from(s).ok())?;
     let mut attrs = Attrs::default();
@@ -156,6 +233,7 @@ fn span(
                 .filter(|m| error && !m.is_empty())
                 .map(Box::from),
             attributes: texts,
+            record: written.map(|w| Box::new(record(&raw, w))),
         })
     });
     Some(Span {
@@ -174,6 +252,70 @@ fn span(
         attrs,
         detail,
     })
+}
+
+/// The span `raw` as written, with its resource and scope.
+fn record(raw: &RawSpan<'_>, written: Written<'_>) -> Record {
+    let events: Vec<RawEvent<'_>> = raw
+        .events
+        .and_then(|e| serde_json::from_str(e.get()).ok())
+        .unwrap_or_default();
+    Record {
+        scope: Box::from(written.scope),
+        kind: raw
+            .kind
+            .and_then(|k| k.int)
+            .and_then(|k| i32::try_from(k).ok())
+            .unwrap_or(0),
+        resource: written.resource.to_vec(),
+        attributes: typed_attributes(&raw.attributes),
+        events: events
+            .iter()
+            .map(|e| Event {
+                name: Box::from(&*e.name),
+                attributes: typed_attributes(&e.attributes),
+            })
+            .collect(),
+    }
+}
+
+/// Attributes as written, typed.
+fn typed_attributes(kvs: &[KeyValue<'_>]) -> Vec<(Box<str>, AttrValue)> {
+    kvs.iter()
+        .map(|kv| {
+            let value = kv.value.as_ref().map_or(AttrValue::Empty, typed_value);
+            (Box::from(&*kv.key), value)
+        })
+        .collect()
+}
+
+/// An attribute value as written, typed (what does not read is
+/// [`AttrValue::Empty`]).
+fn typed_value(value: &AnyValue<'_>) -> AttrValue {
+    if let Some(s) = &value.string_value {
+        return AttrValue::Str(Box::from(&**s));
+    }
+    if let Some(b) = value.bool_value {
+        return AttrValue::Bool(b);
+    }
+    if let Some(i) = value.int_value.and_then(|n| n.int) {
+        return AttrValue::Int(i);
+    }
+    if let Some(d) = value.double_value.and_then(|n| n.double) {
+        return AttrValue::Double(d);
+    }
+    if let Some(bytes) = &value.bytes_value {
+        return base64::engine::general_purpose::STANDARD
+            .decode(bytes.as_bytes())
+            .map_or(AttrValue::Empty, |b| AttrValue::Bytes(b.into_boxed_slice()));
+    }
+    if let Some(array) = &value.array_value {
+        return AttrValue::Array(array.values.iter().map(typed_value).collect());
+    }
+    if let Some(list) = &value.kvlist_value {
+        return AttrValue::Map(typed_attributes(&list.values));
+    }
+    AttrValue::Empty
 }
 
 /// An attribute value as text: strings as they are, scalars as Rust
@@ -226,7 +368,7 @@ pub(crate) struct Scanner<F: FnMut(Trace)> {
     names: Names,
     threads: usize,
     /// Every attribute kept ([`Scanner::full`]).
-    full: bool,
+    keep: Keep,
     /// Lines after which an unseen trace is complete; `None`: at the end.
     window: Option<u64>,
     /// Spans kept per trace.
@@ -246,7 +388,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
             open: HashMap::new(),
             names: Names::new(NAMES),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
-            full: false,
+            keep: Keep::Report,
             window: Some(WINDOW_LINES),
             max_spans: MAX_SPANS_PER_TRACE,
             line: 0,
@@ -268,7 +410,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     /// The same scanner keeping every attribute, the host, the links and
     /// the status message of each span (a view of one trace).
     pub(crate) fn full(mut self) -> Self {
-        self.full = true;
+        self.keep = Keep::Detail;
         self
     }
 
@@ -308,14 +450,14 @@ impl<F: FnMut(Trace)> Scanner<F> {
             },
         );
         let parsed: Vec<Vec<Parsed>> = if chunks.len() == 1 {
-            vec![parse_chunk(body, &mut self.names, self.full)]
+            vec![parse_chunk(body, &mut self.names, self.keep)]
         } else {
             std::thread::scope(|scope| {
                 let workers: Vec<_> = chunks
                     .iter()
                     .map(|chunk| {
-                        let full = self.full;
-                        scope.spawn(move || parse_chunk(chunk, &mut Names::new(NAMES), full))
+                        let keep = self.keep;
+                        scope.spawn(move || parse_chunk(chunk, &mut Names::new(NAMES), keep))
                     })
                     .collect();
                 workers
@@ -379,7 +521,7 @@ impl<F: FnMut(Trace)> Scanner<F> {
     pub(crate) fn document(&mut self, bytes: &[u8]) -> bool {
         self.line += 1;
         self.stats.lines += 1;
-        let Some((spans, all)) = parse(bytes, &mut self.names, self.full) else {
+        let Some((spans, all)) = parse(bytes, &mut self.names, self.keep) else {
             return false;
         };
         self.parsed += 1;
@@ -467,10 +609,10 @@ impl<F: FnMut(Trace)> Scanner<F> {
 }
 
 /// Each line of `chunk` parsed, in order.
-fn parse_chunk(chunk: &[u8], names: &mut Names, full: bool) -> Vec<Parsed> {
+fn parse_chunk(chunk: &[u8], names: &mut Names, keep: Keep) -> Vec<Parsed> {
     chunk
         .split(|b| *b == b'\n')
-        .map(|line| parse_line(line, names, full))
+        .map(|line| parse_line(line, names, keep))
         .collect()
 }
 
@@ -534,7 +676,15 @@ struct Resource<'a> {
 #[derive(Deserialize)]
 struct ScopeSpans<'a> {
     #[serde(borrow, default)]
+    scope: Option<Scope<'a>>,
+    #[serde(borrow, default)]
     spans: Vec<RawSpan<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Scope<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +707,21 @@ struct RawSpan<'a> {
     status: Option<Status<'a>>,
     #[serde(default)]
     links: Vec<RawLink>,
+    /// A number (or one as a string); read only for a [`Record`].
+    #[serde(default)]
+    kind: Option<Number>,
+    /// Left unparsed unless the span is read whole (a report never reads
+    /// them).
+    #[serde(borrow, default)]
+    events: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    attributes: Vec<KeyValue<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -862,6 +1027,123 @@ mod tests {
         assert_eq!(traces[0].id, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!(traces[0].spans[0].id, 0xb7ad6b7169203331);
         assert_eq!(traces[0].spans[0].parent, 0);
+    }
+
+    /// A span with everything OTLP JSON carries: a scope, a kind, typed
+    /// resource and span attributes, events, a link, an error status.
+    const WHOLE: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"svc"}},{"key":"service.version","value":{"stringValue":"1.2"}},{"key":"host.name","value":{"stringValue":"h1"}}]},"scopeSpans":[{"scope":{"name":"scope-a"},"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"b7ad6b7169203331","parentSpanId":"00000000000000aa","name":"call","kind":3,"startTimeUnixNano":"1000","endTimeUnixNano":"5000","attributes":[{"key":"s","value":{"stringValue":"x"}},{"key":"b","value":{"boolValue":false}},{"key":"i","value":{"intValue":"-7"}},{"key":"d","value":{"doubleValue":1.5}},{"key":"y","value":{"bytesValue":"AQI="}},{"key":"a","value":{"arrayValue":{"values":[{"intValue":1},{"stringValue":"two"}]}}},{"key":"m","value":{"kvlistValue":{"values":[{"key":"k","value":{"boolValue":true}}]}}},{"key":"e","value":{}}],"events":[{"timeUnixNano":"2000","name":"refused","attributes":[{"key":"level","value":{"stringValue":"WARN"}}]}],"links":[{"traceId":"000000000000000000000000000000bb","spanId":"00000000000000cc"}],"status":{"code":2,"message":"boom"}}]},{"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"00000000000000dd","name":"bare"}]}]}]}"#;
+
+    #[test]
+    fn spans_read_whole_carry_everything_written_in_order() {
+        let spans = read_spans(WHOLE.as_bytes()).unwrap();
+        assert_eq!(spans.len(), 2);
+        let (call, bare) = (&spans[0], &spans[1]);
+        assert_eq!(
+            (call.parent, &*call.name, &*call.service),
+            (0xaa, "call", "svc")
+        );
+        assert_eq!(call.host(), Some("h1"));
+        assert_eq!(call.links(), [(0xbb, 0xcc)]);
+        assert_eq!(call.error_message(), Some("boom"));
+        assert_eq!(call.text("i"), Some("-7"));
+        let record = call.record().unwrap();
+        assert_eq!((&*record.scope, record.kind), ("scope-a", 3));
+        let key = |k: &str, v: AttrValue| (Box::from(k), v);
+        let text = |t: &str| AttrValue::Str(Box::from(t));
+        assert_eq!(
+            record.resource,
+            [
+                key("service.name", text("svc")),
+                key("service.version", text("1.2")),
+                key("host.name", text("h1")),
+            ]
+        );
+        assert_eq!(
+            record.attributes,
+            [
+                key("s", text("x")),
+                key("b", AttrValue::Bool(false)),
+                key("i", AttrValue::Int(-7)),
+                key("d", AttrValue::Double(1.5)),
+                key("y", AttrValue::Bytes(Box::from([1u8, 2].as_slice()))),
+                key("a", AttrValue::Array(vec![AttrValue::Int(1), text("two")])),
+                key("m", AttrValue::Map(vec![key("k", AttrValue::Bool(true))])),
+                key("e", AttrValue::Empty),
+            ]
+        );
+        assert_eq!(
+            record.events,
+            [Event {
+                name: Box::from("refused"),
+                attributes: vec![key("level", text("WARN"))],
+            }]
+        );
+        let bare_record = bare.record().unwrap();
+        assert_eq!((&*bare_record.scope, bare_record.kind), ("", 0));
+        assert!(bare_record.attributes.is_empty() && bare_record.events.is_empty());
+        assert_eq!(bare_record.resource, record.resource);
+        assert!(!bare.error);
+    }
+
+    #[test]
+    fn spans_read_whole_agree_with_the_reference_decoder() {
+        use opentelemetry_proto::tonic::trace::v1::TracesData;
+        let reference: TracesData = serde_json::from_str(WHOLE).unwrap();
+        let spans = read_spans(WHOLE.as_bytes()).unwrap();
+        let theirs: Vec<_> = reference.resource_spans[0]
+            .scope_spans
+            .iter()
+            .flat_map(|ss| &ss.spans)
+            .collect();
+        assert_eq!(theirs.len(), spans.len());
+        for (ours, theirs) in spans.iter().zip(theirs) {
+            assert_eq!(ours.trace_hex(), hex::encode(&theirs.trace_id));
+            assert_eq!(ours.id_hex(), hex::encode(&theirs.span_id));
+            assert_eq!(&*ours.name, theirs.name);
+            assert_eq!(ours.record().unwrap().kind, theirs.kind);
+            assert_eq!(
+                (ours.start, ours.end),
+                (theirs.start_time_unix_nano, theirs.end_time_unix_nano)
+            );
+            assert_eq!(
+                ours.record().unwrap().attributes.len(),
+                theirs.attributes.len()
+            );
+            assert_eq!(ours.record().unwrap().events.len(), theirs.events.len());
+        }
+    }
+
+    #[test]
+    fn a_jaeger_answer_with_base64_ids_is_read_whole_and_other_json_is_an_error() {
+        let answer = format!(
+            "{{\"result\":{}}}",
+            WHOLE.replace(
+                "0af7651916cd43dd8448eb211c80319c",
+                "CvdlGRbNQ92ESOshHIAxnA=="
+            )
+        );
+        let spans = read_spans(answer.as_bytes()).unwrap();
+        assert_eq!(spans.len(), 2);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.trace == 0x0af7651916cd43dd8448eb211c80319c)
+        );
+        assert!(read_spans(br#"{"result":{}}"#).unwrap().is_empty());
+        assert!(read_spans(br#"{"other":1}"#).is_err());
+        assert!(read_spans(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_report_keeps_no_detail_and_a_view_no_record() {
+        let (traces, _) = read(&format!("{LINE}\n"));
+        assert!(traces[0].spans[0].detail.is_none());
+        let mut traces = Vec::new();
+        let mut scanner = Scanner::new(|t| traces.push(t)).full();
+        scanner.lines(WHOLE.as_bytes(), 0, true);
+        scanner.finish();
+        assert!(traces[0].spans[0].detail.is_some());
+        assert!(traces[0].spans[0].record().is_none());
     }
 
     #[test]

@@ -1,16 +1,15 @@
 //! Jaeger v2's HTTP query API (api_v3) for tests that check exported
 //! traces against real Jaeger or against [`crate::sink`], its stand-in:
-//! the report's client (`analysis::jaeger`), with its answers decoded
-//! into [`RecordedSpan`]s so that [`crate::trace_check`] applies to both.
+//! the report's client (`analysis::jaeger`), with its answers read by the
+//! report's reader into [`RecordedSpan`]s ([`crate::otlp::read_json`]) so
+//! that [`crate::trace_check`] applies to both.
 
 use std::time::{Duration, SystemTime};
 
 use analysis::jaeger::{Client, Search};
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use serde::Deserialize;
 
 use crate::error::FixtureError;
-use crate::otlp::{RecordedSpan, flatten};
+use crate::otlp::{RecordedSpan, read_json};
 
 pub use analysis::jaeger::JaegerError as QueryError;
 
@@ -35,19 +34,6 @@ pub async fn get_ok(url: &str, timeout: Duration) -> Result<(), QueryError> {
         .get_ok("")
         .await
         .map(drop)
-}
-
-/// The body of a trace answer: `{"result":{"resourceSpans":[...]}}`.
-#[derive(Deserialize)]
-struct TracesAnswer {
-    result: TracesResult,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TracesResult {
-    #[serde(default)]
-    resource_spans: Vec<ResourceSpans>,
 }
 
 /// A client for one Jaeger query endpoint (or the trace sink's).
@@ -136,16 +122,19 @@ impl JaegerQuery {
         self.decode(&body)
     }
 
-    /// The spans of a trace answer.
+    /// The spans of a trace answer, `{"result":{"resourceSpans":[...]}}`.
     fn spans(&self, body: &[u8]) -> Result<Vec<QueriedSpan>, QueryError> {
-        let answer: TracesAnswer = self.decode(body)?;
-        Ok(flatten(&answer.result.resource_spans))
+        read_json(body).map_err(|source| self.json_error(source))
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, QueryError> {
-        serde_json::from_slice(body).map_err(|source| QueryError::Json {
+        serde_json::from_slice(body).map_err(|source| self.json_error(source))
+    }
+
+    fn json_error(&self, source: serde_json::Error) -> QueryError {
+        QueryError::Json {
             url: self.client.base_url().to_owned(),
             source,
-        })
+        }
     }
 }

@@ -9,7 +9,9 @@
 //! the recorded spans.
 //!
 //! The gRPC and HTTP servers and [`flatten`] (OTLP spans to
-//! [`RecordedSpan`]s) also serve [`crate::sink`] and [`crate::jaeger`].
+//! [`RecordedSpan`]s) also serve [`crate::sink`]. OTLP JSON (a trace
+//! file's lines, Jaeger's answers) is read by the project's one reader,
+//! `analysis::read_spans`, into the same [`RecordedSpan`]s ([`read_json`]).
 
 mod counting;
 pub mod http;
@@ -20,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use analysis::model;
 use axum::http::HeaderMap;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -76,6 +79,29 @@ impl AttrValue {
             Some(Value::StringValueStrindex(_)) | None => Self::Empty,
         }
     }
+}
+
+impl From<&model::AttrValue> for AttrValue {
+    fn from(value: &model::AttrValue) -> Self {
+        match value {
+            model::AttrValue::Str(s) => Self::Str(s.to_string()),
+            model::AttrValue::Bool(b) => Self::Bool(*b),
+            model::AttrValue::Int(i) => Self::Int(*i),
+            model::AttrValue::Double(d) => Self::Double(*d),
+            model::AttrValue::Bytes(b) => Self::Bytes(b.to_vec()),
+            model::AttrValue::Array(a) => Self::Array(a.iter().map(Self::from).collect()),
+            model::AttrValue::Map(kvs) => Self::Map(read_attributes(kvs)),
+            model::AttrValue::Empty => Self::Empty,
+        }
+    }
+}
+
+/// Attributes as the reader read them, keyed (a key written twice: the
+/// last value).
+fn read_attributes(kvs: &[(Box<str>, model::AttrValue)]) -> BTreeMap<String, AttrValue> {
+    kvs.iter()
+        .map(|(k, v)| (k.to_string(), AttrValue::from(v)))
+        .collect()
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, AttrValue> {
@@ -167,6 +193,53 @@ impl RecordedSpan {
                 .map(|e| RecordedEvent {
                     name: e.name.clone(),
                     attributes: attributes(&e.attributes),
+                })
+                .collect(),
+        }
+    }
+
+    /// The view of a span the project's reader read whole
+    /// (`analysis::read_spans`): the fields the receiver
+    /// takes from an export, from the same span written as OTLP JSON.
+    pub fn from_read(span: &model::Span) -> Self {
+        let record = span.record().cloned().unwrap_or_default();
+        let service = record
+            .resource
+            .iter()
+            .find(|(k, _)| &**k == "service.name")
+            .map_or(String::new(), |(_, v)| match v {
+                model::AttrValue::Str(s) => s.to_string(),
+                _ => String::new(),
+            });
+        let status_message = span
+            .detail
+            .as_ref()
+            .and_then(|d| d.error_message.as_deref())
+            .unwrap_or("");
+        Self {
+            service,
+            resource: read_attributes(&record.resource),
+            scope: record.scope.to_string(),
+            name: span.name.to_string(),
+            trace_id: span.trace_hex(),
+            span_id: span.id_hex(),
+            parent_span_id: (span.parent != 0).then(|| format!("{:016x}", span.parent)),
+            kind: record.kind,
+            start_unix_nanos: span.start,
+            end_unix_nanos: span.end,
+            attributes: read_attributes(&record.attributes),
+            links: span
+                .links()
+                .iter()
+                .map(|(trace, id)| (model::trace_hex(*trace), format!("{id:016x}")))
+                .collect(),
+            status_error: span.error.then(|| status_message.to_owned()),
+            events: record
+                .events
+                .iter()
+                .map(|e| RecordedEvent {
+                    name: e.name.to_string(),
+                    attributes: read_attributes(&e.attributes),
                 })
                 .collect(),
         }
@@ -311,6 +384,17 @@ pub(crate) fn service_name(resource: Option<&Resource>) -> &str {
             any_value::Value::StringValue(s) => s.as_str(),
             _ => "",
         })
+}
+
+/// The spans of one OTLP JSON document (a trace file's line, a whole
+/// document, or a Jaeger query answer), in the order written, read by the
+/// project's reader (`analysis::read_spans`; spans without a trace or span
+/// id are left out). An error if it is not OTLP JSON.
+pub fn read_json(json: &[u8]) -> std::result::Result<Vec<RecordedSpan>, serde_json::Error> {
+    Ok(analysis::read_spans(json)?
+        .iter()
+        .map(RecordedSpan::from_read)
+        .collect())
 }
 
 /// The spans of `resource_spans`, each flattened with its resource's

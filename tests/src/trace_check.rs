@@ -376,7 +376,7 @@ pub fn path_spans(spans: &[RecordedSpan]) -> Option<Vec<RecordedSpan>> {
 }
 
 /// The spans of trace `trace_id` in a local trace file (OTLP JSON, one
-/// `TracesData` per line).
+/// `TracesData` per line, read by the project's reader).
 pub fn from_trace_file(path: &std::path::Path, trace_id: &str) -> Vec<RecordedSpan> {
     all_from_trace_file(path)
         .into_iter()
@@ -384,14 +384,13 @@ pub fn from_trace_file(path: &std::path::Path, trace_id: &str) -> Vec<RecordedSp
         .collect()
 }
 
-/// Every span in a local trace file.
+/// Every span in a local trace file, in the order written (lines that are
+/// not OTLP JSON skipped).
 pub fn all_from_trace_file(path: &std::path::Path) -> Vec<RecordedSpan> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .filter_map(|l| {
-            serde_json::from_str::<opentelemetry_proto::tonic::trace::v1::TracesData>(l).ok()
-        })
-        .flat_map(|data| crate::otlp::flatten(&data.resource_spans))
+        .filter_map(|l| crate::otlp::read_json(l.as_bytes()).ok())
+        .flatten()
         .collect()
 }
 
