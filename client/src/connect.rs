@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use lifecycle::Tasks;
 use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use proto::driver::{drive_link, first_flight};
+use proto::driver::{deliver_events, drive_link, first_flight};
 use proto::noise::EarlyTicket;
 use proto::session::{ClientSession, FirstCallError, LinkFailure, LinkFailureKind, Now};
 use telemetry::{semconv, spans};
@@ -27,7 +27,7 @@ use crate::abandon;
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, Waiting};
 use crate::exec::ExecFailure;
-use crate::reconnect::{self, Reconnect};
+use crate::reconnect::Reconnect;
 use crate::router::{FIRST_CALL, Router};
 use crate::session::{NewCall, SessionHandle, Shared};
 use crate::tunnel;
@@ -248,7 +248,7 @@ pub(crate) async fn open(
                         machine.handle_link_end(Some(stopped), now);
                     }
                     machine.give_up(error, now);
-                    reconnect::drain(&mut machine, &mut router, now);
+                    deliver_events(&mut machine, &mut router, now);
                     break (machine, router);
                 }
             }

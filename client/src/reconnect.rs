@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use proto::driver::first_flight;
+use proto::driver::{deliver_events, first_flight};
 use proto::session::{LinkFailure, LinkFailureKind, Now, SessionError, Stage};
 use telemetry::spans;
 use tokio_util::sync::CancellationToken;
@@ -141,18 +141,12 @@ impl Reconnect {
                 // The new link did not come up: detached again.
                 let now = Now::system();
                 machine.handle_link_end(Some(failure), now);
-                drain(machine, router, now);
+                // Its `Detached` (an event the router cannot take yet
+                // stays in the machine for the next drive).
+                deliver_events(machine, router, now);
                 None
             }
         }
-    }
-}
-
-/// Hands the machine's events to the router between drives.
-pub(crate) fn drain(machine: &mut Machine, router: &mut Router, now: Now) {
-    use proto::driver::Endpoint;
-    while let Some(event) = machine.poll_event() {
-        let _ = router.deliver(machine, event, now);
     }
 }
 

@@ -4,7 +4,10 @@
 //! transmits until the link is full, and hands its events to the
 //! [`Endpoint`] beside it (the client's call routing, the exec-server's
 //! processes). Everything the two ends say to each other is decided by the
-//! machine; the driver only moves bytes and time.
+//! machine; the driver only moves bytes and time. It also runs a machine
+//! with no link ([`drive_detached`]: a session whose link broke, waiting
+//! for its client to come back), and it is the one place a machine's
+//! events are handed to its endpoint ([`deliver_events`]).
 //!
 //! It is also the edge between the machines and gRPC: a link's error
 //! status becomes the session core's [`LinkFailure`] here (the machines
@@ -55,6 +58,9 @@ pub trait Machine: Send {
     fn wants_input(&self) -> bool;
     /// Whether the session is over and everything taken.
     fn is_done(&self) -> bool;
+    /// Whether its link broke and it waits for a new one, its calls kept
+    /// (see [`drive_detached`]).
+    fn is_detached(&self) -> bool;
 }
 
 /// What woke an endpoint's [`wait`](Endpoint::wait).
@@ -99,6 +105,8 @@ pub trait Endpoint<M: Machine>: Send {
     /// Whether the driver should stop and give the link back: the session
     /// goes on elsewhere (detached, waiting for a new link; or a resume,
     /// handed to the session it names). Asked after events are delivered.
+    /// For a [detached](drive_detached) session: the endpoint holds a new
+    /// link to take it over.
     fn hand_over(&self) -> bool {
         false
     }
@@ -126,6 +134,27 @@ where
         endpoint.transmitted(t.done, t.sent, at);
     }
     frames
+}
+
+/// Hands the machine's events to the endpoint, in order, until there are
+/// none or the endpoint cannot take one: that one goes back to the
+/// machine ([`Machine::defer`]), the next the machine gives, and `true` is
+/// returned (nothing more is offered until the endpoint's
+/// [`Wake::Ready`]). The one place events are delivered: the drivers below
+/// and any code that moves a machine between them (a failed reattach, a
+/// session given up) call it.
+pub fn deliver_events<M, E>(machine: &mut M, endpoint: &mut E, now: Now) -> bool
+where
+    M: Machine,
+    E: Endpoint<M>,
+{
+    while let Some(event) = machine.poll_event() {
+        if let Delivery::Later(event) = endpoint.deliver(machine, event, now) {
+            machine.defer(event);
+            return true;
+        }
+    }
+    false
 }
 
 /// How [`drive_link`] stopped.
@@ -195,13 +224,7 @@ where
     let mut now = Now::system();
     loop {
         if !blocked {
-            while let Some(event) = machine.poll_event() {
-                if let Delivery::Later(event) = endpoint.deliver(&mut machine, event, now) {
-                    machine.defer(event);
-                    blocked = true;
-                    break;
-                }
-            }
+            blocked = deliver_events(&mut machine, &mut endpoint, now);
         }
         if endpoint.hand_over() {
             return Driven {
@@ -312,6 +335,68 @@ where
     }
 }
 
+/// How [`drive_detached`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// The endpoint holds a new link to take the session over
+    /// ([`Endpoint::hand_over`]).
+    HandedOver,
+    /// The machine is no longer detached and every event is taken: the
+    /// session is over (its grace passed).
+    Over,
+    /// `shutdown` completed first; the machine is still detached.
+    Shutdown,
+}
+
+/// Runs a [detached](Machine::is_detached) machine, one with no link: its
+/// timers, the endpoint's local input (taken throughout: what a detached
+/// session is given is kept for its next link) and its events, until the
+/// endpoint has a link to take the session over, the machine is no longer
+/// detached (its events all taken), or `shutdown` completes. Checked in
+/// that order each turn, and woken by shutdown first, then the deadline,
+/// then the endpoint.
+pub async fn drive_detached<M, E, F>(machine: &mut M, endpoint: &mut E, shutdown: F) -> Detached
+where
+    M: Machine,
+    E: Endpoint<M>,
+    F: Future<Output = ()> + Send,
+{
+    let mut input_open = true;
+    let mut blocked = false;
+    tokio::pin!(shutdown);
+    let mut now = Now::system();
+    loop {
+        if !blocked {
+            blocked = deliver_events(machine, endpoint, now);
+        }
+        if endpoint.hand_over() {
+            return Detached::HandedOver;
+        }
+        if !blocked && !machine.is_detached() {
+            return Detached::Over;
+        }
+        let deadline = machine.poll_timeout();
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Detached::Shutdown,
+            () = sleep_until(deadline) => {
+                now = Now::system();
+                machine.handle_timeout(now);
+            }
+            wake = endpoint.wait(input_open, blocked) => {
+                now = Now::system();
+                match wake {
+                    Wake::Input(input) => endpoint.apply(machine, input, now),
+                    Wake::Ready => blocked = false,
+                    // Nothing to close without a link: the session waits
+                    // on for one, or for its end.
+                    Wake::Closed => input_open = false,
+                }
+            }
+        }
+    }
+}
+
 /// The link's end when its sending half went first.
 fn send_half_gone() -> LinkFailure {
     LinkFailure::new(LinkFailureKind::Broken, "the link closed")
@@ -378,6 +463,9 @@ macro_rules! machine {
             }
             fn is_done(&self) -> bool {
                 $machine::is_done(self)
+            }
+            fn is_detached(&self) -> bool {
+                $machine::is_detached(self)
             }
         }
     };
@@ -495,6 +583,9 @@ mod tests {
         fn is_done(&self) -> bool {
             self.told.last().is_some_and(|t| *t != "frame")
         }
+        fn is_detached(&self) -> bool {
+            false
+        }
     }
 
     /// An endpoint with no input.
@@ -546,5 +637,255 @@ mod tests {
         let (machine, _) =
             drive(Notes::default(), Quiet, inbound, tx, std::future::pending()).await;
         assert_eq!(machine.told, ["frame", "ended"]);
+    }
+
+    /// A machine with no link, as a parked session's: it gives the events
+    /// it holds in order, takes back one refused, and its timer, when due,
+    /// fires once, with an event (ending its wait with `expiry` when it has
+    /// one).
+    #[derive(Default)]
+    struct Waiting {
+        events: std::collections::VecDeque<&'static str>,
+        deferred: usize,
+        deadline: Option<Instant>,
+        timeouts: usize,
+        expiry: Option<&'static str>,
+        detached: bool,
+    }
+
+    impl Waiting {
+        fn detached() -> Self {
+            Self {
+                detached: true,
+                ..Self::default()
+            }
+        }
+    }
+
+    impl Machine for Waiting {
+        type Event = &'static str;
+        type Tag = ();
+        fn handle_frame(&mut self, _frame: Frame, _now: Now) {}
+        fn handle_link_end(&mut self, _failure: Option<LinkFailure>, _now: Now) {}
+        fn handle_timeout(&mut self, _now: Now) {
+            // The test's clock is tokio's, paused: its deadline has come
+            // when the driver says so.
+            self.timeouts += 1;
+            self.deadline = None;
+            match self.expiry.take() {
+                Some(expiry) => {
+                    self.events.push_back(expiry);
+                    self.detached = false;
+                }
+                None => self.events.push_back("timeout"),
+            }
+        }
+        fn close(&mut self, _now: Now) {}
+        fn poll_transmit(&mut self, _now: Now) -> Option<Transmit<()>> {
+            None
+        }
+        fn has_transmit(&self) -> bool {
+            false
+        }
+        fn poll_end_link(&mut self) -> bool {
+            false
+        }
+        fn poll_event(&mut self) -> Option<&'static str> {
+            self.events.pop_front()
+        }
+        fn defer(&mut self, event: &'static str) {
+            self.deferred += 1;
+            self.events.push_front(event);
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn wants_frames(&self) -> bool {
+            false
+        }
+        fn wants_input(&self) -> bool {
+            false
+        }
+        fn is_done(&self) -> bool {
+            self.events.is_empty()
+        }
+        fn is_detached(&self) -> bool {
+            self.detached
+        }
+    }
+
+    /// What the test feeds [`Taker`]: local input (an event for the
+    /// machine to give back), room for the event it refused, or a new link
+    /// (taken as input, as the exec-server's runner takes one).
+    #[derive(Debug)]
+    enum Step {
+        Input(&'static str),
+        Room,
+        Link,
+    }
+
+    /// An endpoint that notes the events it takes, refuses `refuse` once,
+    /// hands local input to the machine as events, and asks to hand over
+    /// once given a link.
+    struct Taker {
+        taken: Vec<&'static str>,
+        refuse: Option<&'static str>,
+        steps: tokio::sync::mpsc::UnboundedReceiver<Step>,
+        link: bool,
+    }
+
+    impl Taker {
+        fn new() -> (Self, tokio::sync::mpsc::UnboundedSender<Step>) {
+            let (tx, steps) = tokio::sync::mpsc::unbounded_channel();
+            let taker = Self {
+                taken: Vec::new(),
+                refuse: None,
+                steps,
+                link: false,
+            };
+            (taker, tx)
+        }
+    }
+
+    impl Endpoint<Waiting> for Taker {
+        type Input = Step;
+        async fn wait(&mut self, accepting: bool, blocked: bool) -> Wake<Step> {
+            assert!(accepting, "a detached machine takes input throughout");
+            match self.steps.recv().await {
+                Some(Step::Room) if blocked => Wake::Ready,
+                Some(Step::Room) => panic!("room offered while not blocked"),
+                Some(step) => Wake::Input(step),
+                None => std::future::pending().await,
+            }
+        }
+        fn apply(&mut self, machine: &mut Waiting, step: Step, _now: Now) {
+            match step {
+                Step::Input(input) => machine.events.push_back(input),
+                Step::Link => self.link = true,
+                Step::Room => {}
+            }
+        }
+        fn deliver(
+            &mut self,
+            _machine: &mut Waiting,
+            event: &'static str,
+            _now: Now,
+        ) -> Delivery<&'static str> {
+            if self.refuse == Some(event) {
+                self.refuse = None;
+                return Delivery::Later(event);
+            }
+            self.taken.push(event);
+            Delivery::Taken
+        }
+        fn transmitted(&mut self, _done: Vec<()>, _sent: u64, _now: Now) {}
+        fn hand_over(&self) -> bool {
+            self.link
+        }
+    }
+
+    /// Events go to the endpoint in order; one it cannot take goes back to
+    /// the machine, ahead of the rest, and stops the delivery until the
+    /// endpoint has room.
+    #[test]
+    fn events_are_delivered_in_order_and_a_refused_one_waits_first() {
+        let mut machine = Waiting::default();
+        machine.events.extend(["a", "b", "c"]);
+        let (mut taker, _steps) = Taker::new();
+        taker.refuse = Some("b");
+        let now = Now::system();
+        assert!(deliver_events(&mut machine, &mut taker, now));
+        assert_eq!(taker.taken, ["a"]);
+        assert_eq!(machine.deferred, 1);
+        assert_eq!(machine.events, ["b", "c"]);
+        assert!(!deliver_events(&mut machine, &mut taker, now));
+        assert_eq!(taker.taken, ["a", "b", "c"]);
+        assert!(machine.events.is_empty());
+    }
+
+    /// The machine's timer fires when due, and a session no longer
+    /// detached (its grace passed) ends the drive once its last event is
+    /// taken.
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_drive_fires_its_timer_and_ends_with_the_session() {
+        let grace = Duration::from_secs(5);
+        let mut machine = Waiting::detached();
+        machine.deadline = Some(Instant::now() + grace);
+        machine.expiry = Some("expired");
+        let (mut taker, _steps) = Taker::new();
+        let started = tokio::time::Instant::now();
+        let how = drive_detached(&mut machine, &mut taker, std::future::pending()).await;
+        assert_eq!(how, Detached::Over);
+        assert_eq!(machine.timeouts, 1);
+        assert_eq!(taker.taken, ["expired"]);
+        let waited = started.elapsed();
+        assert!(waited >= grace && waited < grace * 2, "{waited:?}");
+    }
+
+    /// A session over is not left while an event of it waits for room.
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_drive_waits_for_room_for_the_last_event() {
+        let mut machine = Waiting::default();
+        machine.events.push_back("expired");
+        let (mut taker, steps) = Taker::new();
+        taker.refuse = Some("expired");
+        let room = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = steps.send(Step::Room);
+            steps
+        });
+        let started = tokio::time::Instant::now();
+        let how = drive_detached(&mut machine, &mut taker, std::future::pending()).await;
+        assert_eq!(how, Detached::Over);
+        assert_eq!(machine.deferred, 1);
+        assert_eq!(taker.taken, ["expired"]);
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        drop(room.await);
+    }
+
+    /// Local input is taken while detached, its events delivered, and a
+    /// link the endpoint takes ends the drive with the machine still
+    /// detached; a due timer is fired before the endpoint is heard.
+    #[tokio::test(start_paused = true)]
+    async fn a_link_ends_the_detached_drive() {
+        let mut machine = Waiting::detached();
+        machine.deadline = Instant::now().checked_sub(Duration::from_secs(1));
+        let (mut taker, steps) = Taker::new();
+        for step in [Step::Input("out 1"), Step::Input("out 2"), Step::Link] {
+            let _ = steps.send(step);
+        }
+        let how = drive_detached(&mut machine, &mut taker, std::future::pending()).await;
+        assert_eq!(how, Detached::HandedOver);
+        assert_eq!(taker.taken, ["timeout", "out 1", "out 2"]);
+        assert_eq!(machine.timeouts, 1);
+        assert!(machine.is_detached());
+    }
+
+    /// Shutdown ends the drive, first of whatever is due (the events
+    /// already there are delivered before).
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_detached_drive() {
+        let mut machine = Waiting::detached();
+        machine.events.push_back("detached");
+        machine.deadline = Some(Instant::now());
+        machine.expiry = Some("expired");
+        let (mut taker, steps) = Taker::new();
+        let _ = steps.send(Step::Input("out"));
+        let how = drive_detached(&mut machine, &mut taker, std::future::ready(())).await;
+        assert_eq!(how, Detached::Shutdown);
+        assert_eq!(taker.taken, ["detached"]);
+        assert_eq!(machine.timeouts, 0);
+        assert!(machine.is_detached());
+        // Later, while it waits: the grace has not passed.
+        let mut machine = Waiting::detached();
+        machine.deadline = Some(Instant::now() + Duration::from_secs(60));
+        let (mut taker, _steps) = Taker::new();
+        let started = tokio::time::Instant::now();
+        let shutdown = tokio::time::sleep(Duration::from_secs(1));
+        let how = drive_detached(&mut machine, &mut taker, shutdown).await;
+        assert_eq!(how, Detached::Shutdown);
+        assert_eq!(machine.timeouts, 0);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(60));
     }
 }

@@ -28,7 +28,7 @@ use lifecycle::Tasks;
 use opentelemetry::KeyValue;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanKind, Status as SpanStatus, Tracer};
-use proto::driver::{Delivery, Driven, Endpoint, Wake, sleep_until};
+use proto::driver::{Delivery, Detached, Driven, Endpoint, Wake, drive_detached};
 use proto::keys::{AuthorizedKeys, Origin, PublicKey};
 use proto::noise::{HandshakeError, ReplayGuard};
 use proto::pb::session::{TraceContext as PbTrace, terminal_event};
@@ -322,10 +322,10 @@ async fn park(
 ) -> Option<Handover> {
     let grace = ctx.config.resume_grace;
     runner.register(machine);
-    let (Some(token), Some(mut links)) = (runner.token.clone(), runner.takeovers.take()) else {
+    if runner.token.is_none() || runner.takeovers.is_none() {
         runner.expire();
         return None;
-    };
+    }
     // What is held now (sent and unacknowledged, queued, or reserved for a
     // read) counts against the bounds at once; what the processes read
     // from now on, as they read it.
@@ -349,50 +349,17 @@ async fn park(
         held_bytes = held,
         "a session's link broke: its commands keep running while its client comes back"
     );
-    loop {
-        while let Some(event) = machine.poll_event() {
-            let now = Now::system();
-            // Its grace passed (the machine's timer): what a late client is
-            // told is kept, and its commands end.
-            if let ServerEvent::Expired { tombstone } = &event {
-                ctx.parked.bury(&token, tombstone.clone());
-                tracing::info!(
-                    processes = runner.calls.len(),
-                    "a session was not resumed within its grace: its commands end"
-                );
-            }
-            if let Delivery::Later(event) = runner.deliver(machine, event, now) {
-                machine.defer(event);
-                break;
-            }
-        }
-        if runner.end.is_some() {
-            return None;
-        }
-        let deadline = machine.poll_timeout();
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                runner.expire();
-                return None;
-            }
-            () = sleep_until(deadline) => machine.handle_timeout(Now::system()),
-            link = links.recv() => match link {
-                Some(link) if link.machine.may_resume(machine) => {
-                    // Still registered: the resumed session may be taken
-                    // back again.
-                    runner.takeovers = Some(links);
-                    return Some(link);
-                }
-                // Not this session's client (or a resume seen before).
-                Some(link) => link.refuse(),
-                None => {}
-            },
-            wake = runner.wait(true, false) => {
-                if let Wake::Input(input) = wake {
-                    runner.apply(machine, input, Now::system());
-                }
-            }
+    // The driver runs it without a link: its grace (the machine's timer),
+    // its processes' events, and the links whose client asks to resume it
+    // (the runner takes the one that may, and refuses the others).
+    match drive_detached(machine, runner, shutdown.cancelled()).await {
+        // Still registered: the resumed session may be taken back again.
+        Detached::HandedOver => runner.takeover.take(),
+        // Its grace passed: the runner has ended it (`runner.end`).
+        Detached::Over => None,
+        Detached::Shutdown => {
+            runner.expire();
+            None
         }
     }
 }
@@ -890,17 +857,21 @@ impl Endpoint<Machine> for Runner {
         match input {
             Input::Event(out) => self.push(machine, out, now),
             Input::StdinTaken => self.report_stdin(machine, now),
-            // Its client came back over a new link while this one still
-            // looked alive: this one is given up for it.
+            // Its client came back over a new link: while parked, the new
+            // link takes the session over; while this one still looked
+            // alive, this one is given up for it.
             Input::Takeover(link) => {
                 if self.takeover.is_none() && link.machine.may_resume(machine) {
-                    tracing::info!(
-                        "a session's client came back over a new link before its old one was \
-                         found broken"
-                    );
-                    machine.supersede(now);
+                    if !machine.is_detached() {
+                        tracing::info!(
+                            "a session's client came back over a new link before its old one \
+                             was found broken"
+                        );
+                        machine.supersede(now);
+                    }
                     self.takeover = Some(*link);
                 } else {
+                    // Not this session's client (or a resume seen before).
                     link.refuse();
                 }
             }
@@ -1077,8 +1048,18 @@ impl Endpoint<Machine> for Runner {
                     );
                 }
             }
-            // The endpoint kept its tombstone (see `park`).
-            ServerEvent::Expired { .. } => self.expire(),
+            // Its grace passed (the machine's timer, while parked): what a
+            // late client is told is kept, and its commands end.
+            ServerEvent::Expired { tombstone } => {
+                if let Some(token) = &self.token {
+                    self.ctx.parked.bury(token, tombstone);
+                }
+                tracing::info!(
+                    processes = self.calls.len(),
+                    "a session was not resumed within its grace: its commands end"
+                );
+                self.expire();
+            }
             ServerEvent::Ended(end) => {
                 self.ended(&end);
                 self.end = Some(end);
