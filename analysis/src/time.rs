@@ -4,7 +4,27 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::format::human;
+/// A duration as a person writes it, to the second (`10m`, `1h30m`,
+/// `45s`; under a second `250ms`): how long, not how precisely measured.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
 
 /// Nanoseconds since the Unix epoch as RFC 3339 (UTC, microseconds).
 pub(crate) fn rfc3339(nanos: u64) -> String {
@@ -134,6 +154,15 @@ pub fn parse_window(text: &str, now: SystemTime) -> Result<(Option<u64>, Option<
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn durations_as_people_write_them() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_secs(3601)), "1h1s");
+    }
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)

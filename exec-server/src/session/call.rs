@@ -16,7 +16,7 @@ use telemetry::{carriers, otel, spans};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::ServerContext;
+use super::context::ServerContext;
 use crate::credit::{Credit, Retention};
 use crate::process::{self, Control, Outgoing, ProcessIo, ProcessTrace};
 use crate::stdin::StdinSender;

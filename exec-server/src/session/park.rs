@@ -20,7 +20,8 @@ use proto::session::Tombstone;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use super::{FrameSender, Machine};
+use super::FrameSender;
+use super::machine::Machine;
 
 /// Tombstones kept for clients that come back late (oldest dropped first).
 const TOMBSTONES: usize = 1024;
