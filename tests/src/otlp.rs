@@ -14,7 +14,10 @@
 //! `analysis::read_spans`, into the same [`RecordedSpan`]s ([`read_json`]).
 
 mod counting;
+mod exports;
 pub mod http;
+
+pub(crate) use exports::Exports;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -311,19 +314,6 @@ impl Shared {
     fn spans(&self) -> MutexGuard<'_, Vec<RecordedSpan>> {
         self.spans.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// What an OTLP trace server (gRPC or HTTP) does with each export
-/// request: the receiver here records or counts spans, the trace sink
-/// stores them.
-pub(crate) trait Exports: Send + Sync + 'static {
-    /// Takes one export request, which came with `headers` (gRPC: its
-    /// metadata); an error status rejects it.
-    fn export(
-        &self,
-        request: ExportTraceServiceRequest,
-        headers: &HeaderMap,
-    ) -> std::result::Result<ExportTraceServiceResponse, Status>;
 }
 
 /// The `TraceService` implementation over an [`Exports`].

@@ -15,7 +15,7 @@ use std::fmt;
 use bytes::BytesMut;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use super::Suite;
+use super::config::Suite;
 use super::error::TransportError;
 use crate::limits::NOISE_TAG;
 
@@ -125,7 +125,7 @@ impl Cipher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::noise::prologue;
+    use crate::noise::config::prologue;
 
     /// One IK handshake done with `snow` alone: its raw split for our
     /// ciphers, and `snow`'s own transports from the same handshake.

@@ -5,12 +5,12 @@ use std::time::{Instant, SystemTime};
 
 use snow::HandshakeState;
 
+use super::config::{SessionConfig, prologue};
+use super::error::{HandshakeError, handshake_err};
+use super::replay::ReplayGuard;
 use super::replay::{Early, EarlyTicket, TICKET_LEN};
+use super::timestamp::{TIMESTAMP_LEN, decode_timestamp, encode_timestamp};
 use super::transport::Transport;
-use super::{
-    HandshakeError, ReplayGuard, SessionConfig, TIMESTAMP_LEN, decode_timestamp, encode_timestamp,
-    handshake_err, prologue,
-};
 use crate::keys::{AuthorizedKeys, KEY_LEN, PublicKey, StaticKeypair};
 use crate::limits::{MAX_NOISE_MESSAGE, NOISE_TAG};
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::HandshakeError;
+use super::error::HandshakeError;
 use crate::keys::{KEY_LEN, PublicKey};
 
 type Entry = [u8; 2 * KEY_LEN];

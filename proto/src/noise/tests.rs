@@ -6,7 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use proptest::prelude::*;
 
+use super::config::IK_PATTERN_AESGCM;
 use super::handshake::{MSG1_LEN, MSG2_LEN};
+use super::timestamp::{decode_timestamp, encode_timestamp};
 use super::*;
 use crate::envelope;
 use crate::keys::{AuthorizedKeys, StaticKeypair};

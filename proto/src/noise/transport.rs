@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::SessionConfig;
 use super::cipher::{Cipher, KEY_LEN};
+use super::config::SessionConfig;
 use super::error::TransportError;
 use crate::envelope_stream::{EnvelopeDecoder, EnvelopeEncoder};
 use crate::keys::PublicKey;

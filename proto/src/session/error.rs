@@ -1,5 +1,6 @@
-//! The errors of the session machines. None of them carries a byte of a
-//! command, its input or its output.
+//! How a session machine ends: [`Closed`] without an error, and the typed
+//! errors. None of them carries a byte of a command, its input or its
+//! output.
 
 use std::error::Error;
 use std::fmt;
@@ -382,4 +383,13 @@ pub enum CallError {
     /// A login shell asked for with a command too.
     #[error("a login shell is asked for with no command")]
     LoginShellWithCommand,
+}
+
+/// How a session ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// This side closed it.
+    Local,
+    /// The peer closed it with an authenticated close, giving this reason.
+    Peer(String),
 }

@@ -11,7 +11,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
-use super::{Batch, SpanSource, Taken};
+use super::source::{Batch, SpanSource, Taken};
 use crate::otlp_wire::{self, EncodedResource};
 
 /// Spans kept in all, by default, until their calls take them.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Batch, SpanSource, Taken};
+use super::source::{Batch, SpanSource, Taken};
 use opentelemetry::trace::TraceId;
 
 /// The spool's bounds, per exec-server.

@@ -15,7 +15,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
 
-use super::{TraceFile, TraceFileExporter};
+use super::writer::{TraceFile, TraceFileExporter};
 
 /// Buffers ended spans (at most `queue`; later ones are dropped and
 /// counted) and appends them to the trace file on

@@ -20,7 +20,7 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Exports;
+use super::exports::Exports;
 
 /// The path of the traces endpoint.
 pub const TRACES_PATH: &str = "/v1/traces";

@@ -7,7 +7,8 @@
 //! [`crate::jaeger::JaegerQuery`], so they pass against real Jaeger too.
 //!
 //! Layout:
-//! - [`store`]: the bounded span store (oldest traces evicted whole).
+//! - [`store`]: the bounded span store (oldest traces evicted whole) and
+//!   its lock.
 //! - `query`: the api_v3 HTTP routes.
 //! - `otlp_json`: spans as OTLP JSON, shaped as Jaeger emits them.
 //! - `params`: reading query parameters as Jaeger (Go) reads them.
@@ -23,7 +24,7 @@ mod query;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -33,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use query::DEFAULT_SEARCH_DEPTH;
+use store::lock;
 pub use store::{SpanStore, TraceQuery};
 
 use crate::error::{FixtureError, Result};
@@ -84,12 +86,6 @@ impl SinkConfig {
             max_spans,
         }
     }
-}
-
-/// The store, even if a panicking thread poisoned its lock (every
-/// operation leaves it consistent before it can panic).
-pub(crate) fn lock(store: &Mutex<SpanStore>) -> MutexGuard<'_, SpanStore> {
-    store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Exports for Mutex<SpanStore> {

@@ -27,10 +27,9 @@ use axum::routing::get;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde_json::{Value, json};
 
-use super::lock;
 use super::otlp_json::traces_data;
 use super::params::{Malformed, Params, parse_bool, parse_duration, parse_trace_id};
-use super::store::{SpanStore, TraceQuery};
+use super::store::{SpanStore, TraceQuery, lock};
 use crate::rfc3339;
 
 /// How many traces a search returns when it does not say (Jaeger's

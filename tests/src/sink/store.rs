@@ -4,6 +4,7 @@
 //! arrived) are evicted whole until it is within the bound again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -241,4 +242,10 @@ fn split_by_trace(
         .into_iter()
         .map(|(id, scopes)| (id, scopes.into_iter().map(|(_, s)| s).collect()))
         .collect()
+}
+
+/// The store, even if a panicking thread poisoned its lock (every
+/// operation leaves it consistent before it can panic).
+pub(crate) fn lock(store: &Mutex<SpanStore>) -> MutexGuard<'_, SpanStore> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -8,7 +8,8 @@
 //!   records through it, the session opened as the client library opens
 //!   one;
 //!   `responder`: the far end, registered as an exec-server registers,
-//!   which decrypts, checks and counts the plaintext.
+//!   which decrypts, checks and counts the plaintext;
+//!   `pattern`: what ours sends, numbered envelopes of a fixed pattern.
 //! - `socat`: the peer, a fresh `socat` per round between two loopback
 //!   sockets, the bench writing into one and counting at the other.
 //!
@@ -17,14 +18,13 @@
 //! that differs is an error; a slow run is only reported.
 
 mod ours;
+mod pattern;
 mod responder;
 mod socat;
 
 use std::time::Duration;
 
-use proto::envelope_stream::LEN_PREFIX;
-use proto::limits::MAX_NOISE_PLAINTEXT;
-
+use self::pattern::CHUNK;
 use super::{Comparison, Series, Target, Unit};
 use crate::bench::{median, process_cpu_nanos, rotated};
 
@@ -41,37 +41,6 @@ pub struct PipeOptions {
 const WARM_UP: u64 = 64 * 1024 * 1024;
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
-
-/// Plaintext bytes per envelope of ours: with its length prefix and the
-/// record's type byte it fills one Noise transport message (65,535 bytes).
-const CHUNK: usize = MAX_NOISE_PLAINTEXT - 1 - LEN_PREFIX;
-
-/// What ours sends: envelope `n` is `n` (big-endian `u64`) then a fixed
-/// pattern, cut to its length; cheap to build and to check.
-struct Pattern(Vec<u8>);
-
-impl Pattern {
-    fn new() -> Self {
-        Self((0..CHUNK).map(|i| (i ^ (i >> 8) ^ 0x5a) as u8).collect())
-    }
-
-    /// Envelope `seq`, `len` bytes long (at most [`CHUNK`]).
-    fn envelope(&mut self, seq: u64, len: usize) -> &[u8] {
-        let len = len.min(CHUNK);
-        let head = len.min(8);
-        self.0[..head].copy_from_slice(&seq.to_be_bytes()[..head]);
-        &self.0[..len]
-    }
-
-    /// Whether `env` is envelope `seq` (of its length).
-    fn matches(&self, seq: u64, env: &[u8]) -> bool {
-        if env.len() > CHUNK {
-            return false;
-        }
-        let head = env.len().min(8);
-        env[..head] == seq.to_be_bytes()[..head] && env[head..] == self.0[head..env.len()]
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -188,25 +157,4 @@ async fn measure(pipe: &mut ours::NoisePipe, options: &PipeOptions) -> Result<Me
         }
     }
     Ok(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_are_told_apart_by_number_and_content() {
-        let (mut sent, seen) = (Pattern::new(), Pattern::new());
-        for (seq, len) in [(0, CHUNK), (1, CHUNK), (300, 5), (7, 0), (9, 1000)] {
-            let env = sent.envelope(seq, len).to_vec();
-            assert_eq!(env.len(), len);
-            assert!(seen.matches(seq, &env));
-            // (A short last envelope holds only part of its number.)
-            assert!(len < 8 || !seen.matches(seq + 1, &env));
-        }
-        let mut env = sent.envelope(2, CHUNK).to_vec();
-        env[CHUNK / 2] ^= 1;
-        assert!(!seen.matches(2, &env));
-        assert!(!seen.matches(2, &[0; CHUNK + 1]));
-    }
 }

@@ -4,40 +4,14 @@
 
 use bytes::Bytes;
 
-use super::{Call, ClientEvent, ClientSession, State, Stdin};
-use crate::limits::{term_ok, terminal_size_ok};
+use super::{Call, ClientEvent, ClientSession, State, Stdin, check_request};
+use crate::limits::terminal_size_ok;
 use crate::pb::session::{
     Cancel, ExecRequest, OutputAck, Resize, Signal, StdinClose, StdinData, StdinMode,
     TerminalEvent, TraceContext, envelope::Body, terminal_event,
 };
 use crate::session::{CallError, CallEvent, Mark, Now, Received, SessionError, Violation};
 use crate::session::{output, stdin};
-
-/// Checks a call before it is sent: a login shell without a command, and
-/// only to an exec-server that offers them (`login_shell`); a terminal of
-/// a size and type within bounds.
-pub(super) fn check_request(request: &ExecRequest, login_shell: bool) -> Result<(), CallError> {
-    if request.login_shell {
-        if !request.argv.is_empty() {
-            return Err(CallError::LoginShellWithCommand);
-        }
-        if !login_shell {
-            return Err(CallError::NoLoginShell);
-        }
-    }
-    if let Some(t) = &request.terminal {
-        if !terminal_size_ok(t.rows, t.cols) {
-            return Err(CallError::TerminalSize {
-                rows: t.rows,
-                cols: t.cols,
-            });
-        }
-        if !term_ok(&t.term) {
-            return Err(CallError::TermValue);
-        }
-    }
-    Ok(())
-}
 
 /// Stdin bytes that may wait in the link, ahead of whatever is sent next:
 /// a few chunks, so that the link always has stdin to send while control

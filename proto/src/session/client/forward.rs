@@ -11,100 +11,16 @@
 //! one or two per call.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::ClientSession;
+use super::spans::{
+    ForwardError, Forwarded, Gathered, HELD_BATCHES, HELD_BYTES, Held, LINGER, SpanCounts,
+};
 use crate::pb::session::{ForwardedSpans, envelope::Body};
 use crate::session::Now;
-
-/// Batches held for calls still open, at most.
-pub(crate) const HELD_BATCHES: usize = 16;
-
-/// Bytes of batches held for calls still open, at most.
-pub(crate) const HELD_BYTES: usize = 512 * 1024;
-
-/// How long a batch ready to go waits for others to go with it, at most.
-pub(crate) const LINGER: Duration = Duration::from_millis(50);
-
-/// What became of a batch handed to
-/// [`ClientSession::forward_spans`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarded {
-    /// Queued to send (the call's final event has arrived): within
-    /// [`LINGER`], or with the session's close.
-    Sent,
-    /// Held until the call's final event arrives, then sent.
-    Held,
-    /// Not sent, and counted ([`SpanCounts::dropped`]): over the
-    /// exec-server's batch limit, the held bound or the session's backlog.
-    Dropped,
-}
-
-/// Why a batch was not taken at all: the caller keeps its spans (they stay
-/// where its own exporter puts them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ForwardError {
-    /// The exec-server's hello answer does not take spans (or has not come
-    /// yet).
-    #[error("the exec-server does not take forwarded spans")]
-    NotOffered,
-    /// The session is over.
-    #[error("the session is over")]
-    Ended,
-}
-
-/// Spans forwarded and dropped on one session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpanCounts {
-    /// Spans queued to send.
-    pub sent: u64,
-    /// Spans not forwarded because of a bound.
-    pub dropped: u64,
-}
-
-/// A batch waiting for its call's final event.
-#[derive(Debug)]
-struct Held {
-    call_id: u64,
-    traces: Bytes,
-    spans: u32,
-}
-
-/// Batches ready to go, gathered into one message.
-#[derive(Debug)]
-struct Gathered {
-    /// The call of the latest batch (the envelope's).
-    call_id: u64,
-    parts: Vec<Bytes>,
-    bytes: usize,
-    spans: u32,
-    /// When the first was gathered.
-    since: Instant,
-}
-
-/// The client machine's forwarding state.
-#[derive(Debug, Default)]
-pub(super) struct Forwarding {
-    /// The exec-server's batch limit (0: it takes none).
-    pub(super) max: u32,
-    held: VecDeque<Held>,
-    held_bytes: usize,
-    gathered: Option<Gathered>,
-    counts: SpanCounts,
-    /// Dropped since the last batch sent (said in the next one).
-    unreported: u32,
-}
-
-impl Forwarding {
-    fn drop_spans(&mut self, spans: u32) -> Forwarded {
-        self.counts.dropped += u64::from(spans);
-        self.unreported = self.unreported.saturating_add(spans);
-        Forwarded::Dropped
-    }
-}
 
 impl<T> ClientSession<T> {
     /// The most bytes of one batch the exec-server takes, once its hello

@@ -1,16 +1,21 @@
 //! The client's session machine: the initiator of the Noise handshake, the
 //! session hello, keepalive pings and the clock-offset estimate, timers and
-//! the session's end; its call table is in `calls`.
+//! the session's end. Its other methods are in `calls` (the call table),
+//! `forward` (the spans it forwards), `measure` (output windows) and
+//! `resume` (detach, reattach, give up); what those keep is in `spans` and
+//! `resumable`.
 
 mod calls;
 mod forward;
 mod measure;
+mod resumable;
 mod resume;
+mod spans;
 
-pub use forward::{ForwardError, Forwarded, SpanCounts};
+pub use resumable::{Abandonment, ReattachError};
+pub use spans::{ForwardError, Forwarded, SpanCounts};
 #[cfg(test)]
-pub(crate) use forward::{HELD_BATCHES, LINGER};
-pub use resume::{Abandonment, ReattachError};
+pub(crate) use spans::{HELD_BATCHES, LINGER};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -26,6 +31,7 @@ use super::{
 };
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
+use crate::limits::{term_ok, terminal_size_ok};
 use crate::noise::{ClientHandshake, EarlyAnswer, EarlyTicket};
 use crate::pb::session::{
     CallTimings, Envelope, ExecRequest, Hello, Ping, Pong, StdinMode, TraceContext, envelope::Body,
@@ -287,7 +293,7 @@ pub struct ClientSession<T> {
     last_nonce: u64,
     /// The session's resume token and secret, when the exec-server offers
     /// resumes.
-    resumable: Option<resume::Resumable>,
+    resumable: Option<resumable::Resumable>,
     /// The link broke: calls are kept until the session is resumed over a
     /// new link (or given up).
     detached: bool,
@@ -314,7 +320,7 @@ pub struct ClientSession<T> {
     /// This machine only gives a session up ([`ClientSession::abandon`]).
     abandoning: bool,
     /// The client's spans forwarded to the exec-server.
-    forwarding: forward::Forwarding,
+    forwarding: spans::Forwarding,
 }
 
 impl<T> std::fmt::Debug for ClientSession<T> {
@@ -376,6 +382,32 @@ fn early_payload(
     Ok(early.take(usize::MAX))
 }
 
+/// Checks a call before it is sent: a login shell without a command, and
+/// only to an exec-server that offers them (`login_shell`); a terminal of
+/// a size and type within bounds.
+fn check_request(request: &ExecRequest, login_shell: bool) -> Result<(), CallError> {
+    if request.login_shell {
+        if !request.argv.is_empty() {
+            return Err(CallError::LoginShellWithCommand);
+        }
+        if !login_shell {
+            return Err(CallError::NoLoginShell);
+        }
+    }
+    if let Some(t) = &request.terminal {
+        if !terminal_size_ok(t.rows, t.cols) {
+            return Err(CallError::TerminalSize {
+                rows: t.rows,
+                cols: t.cols,
+            });
+        }
+        if !term_ok(&t.term) {
+            return Err(CallError::TermValue);
+        }
+    }
+    Ok(())
+}
+
 impl<T> ClientSession<T> {
     /// Starts a session with the exec-server whose static key is `server`
     /// (pinned), as `key`. The first frame to send is handshake message 1.
@@ -424,7 +456,7 @@ impl<T> ClientSession<T> {
             early: None,
             orphaned: 0,
             abandoning: false,
-            forwarding: forward::Forwarding::default(),
+            forwarding: spans::Forwarding::default(),
         }
     }
 
@@ -455,7 +487,7 @@ impl<T> ClientSession<T> {
         if id == 0 {
             return Err(CallError::StaleCallId(id).into());
         }
-        calls::check_request(&request, false)?;
+        check_request(&request, false)?;
         let sent_unix_nanos = now.unix_nanos();
         let early = early_payload(&limits, sent_unix_nanos, id, &request, trace.as_ref())?;
         let route = server.server_id();

@@ -4,6 +4,7 @@
 //! again from what arrived, calls the exec-server no longer has reported
 //! lost). See [`crate::session::resume`].
 
+use super::resumable::{Abandonment, ReattachError, Resumable};
 use super::{ClientEvent, ClientSession, State};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::ClientHandshake;
@@ -12,41 +13,6 @@ use crate::session::output;
 use crate::session::resume::ResumeSecret;
 use crate::session::shared::{Shared, handshake_frame};
 use crate::session::{Now, SessionError, Stage, Violation};
-
-/// The session's resume token and secret.
-#[derive(Debug, Clone)]
-pub(in crate::session) struct Resumable {
-    token: bytes::Bytes,
-    secret: ResumeSecret,
-}
-
-/// What giving a session up takes: its token and secret, which prove to
-/// the exec-server that the session is this client's
-/// ([`ClientSession::abandonment`], [`ClientSession::abandon`]).
-#[derive(Debug, Clone)]
-pub struct Abandonment {
-    resumable: Resumable,
-    calls: usize,
-}
-
-impl Abandonment {
-    /// The calls the session still had when it was lost.
-    pub fn calls(&self) -> usize {
-        self.calls
-    }
-}
-
-/// Why a session cannot be taken back over a new link.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReattachError {
-    /// The session is not waiting for a resume.
-    #[error("the session is not detached")]
-    NotDetached,
-    /// The new handshake could not start.
-    #[error(transparent)]
-    Handshake(#[from] crate::noise::HandshakeError),
-}
 
 impl<T> ClientSession<T> {
     /// The hello answer's token: the session can be resumed (if this end

@@ -1,12 +1,15 @@
 //! The exec-server's session machine: the responder of the Noise handshake
 //! (authorized keys, replay guard), the hello answer, pongs, timers and the
-//! session's end; its call table is in `calls`.
+//! session's end. Its other methods are in `calls` (the call table),
+//! `measure` (stdin windows) and `resume` (detach and adoption by a new
+//! link); what a resume keeps and leaves behind is in `resumable`.
 
 mod calls;
 mod measure;
+mod resumable;
 mod resume;
 
-pub use resume::{Account, Adopted, Tombstone};
+pub use resumable::{Account, Adopted, Tombstone};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -315,7 +318,7 @@ pub struct ServerSession<T> {
     /// The session's output window (from the hello; 0: none).
     output_window: u32,
     /// What a resume of this session is checked against, when offered.
-    resumable: Option<resume::Resumable>,
+    resumable: Option<resumable::Resumable>,
     /// The resume the client asked for, until adopted or refused.
     asked: Option<crate::pb::session::Resume>,
     /// The link broke (when): the calls are kept for a resume until the

@@ -23,8 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use super::pattern::{CHUNK, Pattern};
 use super::responder::Responder;
-use super::{CHUNK, Pattern};
 use crate::stack::TestRelay;
 
 /// How long the responder's count may take to arrive once everything is

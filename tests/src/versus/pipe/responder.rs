@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{CHUNK, Pattern};
+use super::pattern::{CHUNK, Pattern};
 
 /// How long each registration answer from the relay may take.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
