@@ -1,9 +1,6 @@
 //! How every renderer writes a number: durations with three significant
-//! digits and a unit, durations as a person writes them, signed changes,
-//! shares and counts of things, and the cells the table and the page both
-//! show.
-
-use std::time::Duration;
+//! digits and a unit, signed changes, shares and counts of things, and the
+//! cells the table and the page both show.
 
 use crate::aggregate::{ColdCost, ProgramOutput, Slow, WindowLimited, share};
 use crate::compare::CompareRow;
@@ -25,28 +22,6 @@ pub fn duration(ns: f64) -> String {
         _ => 0,
     };
     format!("{value:.digits$}{unit}")
-}
-
-/// A duration as a person writes it, to the second (`10m`, `1h30m`,
-/// `45s`; under a second `250ms`): how long, not how precisely measured.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs();
-    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }
 
 /// [`duration`] of whole nanoseconds.
@@ -186,14 +161,5 @@ mod tests {
         assert_eq!(duration(45_200_000.0), "45.2ms");
         assert_eq!(duration(1_250_000_000.0), "1.25s");
         assert_eq!(duration(-5_000_000.0), "-5.00ms");
-    }
-
-    #[test]
-    fn durations_as_people_write_them() {
-        assert_eq!(human(Duration::from_millis(250)), "250ms");
-        assert_eq!(human(Duration::from_secs(45)), "45s");
-        assert_eq!(human(Duration::from_secs(600)), "10m");
-        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(human(Duration::from_secs(3601)), "1h1s");
     }
 }

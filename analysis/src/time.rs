@@ -1,10 +1,9 @@
 //! Times as reports write them (RFC 3339, UTC, microseconds), as the
 //! tables show them (`2026-11-20 09:00:01`, UTC; `in 12s`, `3s ago`) and as
-//! people give them (`--since`, `--until`, windows).
+//! people give them (`--since`, `--until`, windows); durations as people
+//! write them (`1h30m`).
 
 use std::time::{Duration, SystemTime};
-
-use crate::format::human;
 
 /// Nanoseconds since the Unix epoch as RFC 3339 (UTC, microseconds).
 pub(crate) fn rfc3339(nanos: u64) -> String {
@@ -43,6 +42,28 @@ pub(crate) fn short(rfc3339: &str) -> String {
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A duration as a person writes it, to the second (`10m`, `1h30m`,
+/// `45s`; under a second `250ms`): how long, not how precisely measured.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 /// `in 12s` / `3s ago` from Unix milliseconds (0, none: `-`).
@@ -137,6 +158,15 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn durations_as_people_write_them() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_secs(3601)), "1h1s");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::format::human;
 use crate::names::Names;
 use crate::table::{Align, render};
+use crate::time::human;
 use crate::time::{relative, unix_ms, utc_seconds};
 
 /// One command of `history`.

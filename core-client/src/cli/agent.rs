@@ -247,7 +247,7 @@ pub(crate) fn start(
             } else {
                 format!(
                     "it stops after {} with no command",
-                    analysis::format::human(args.persist)
+                    analysis::time::human(args.persist)
                 )
             };
             let warm = match status.sessions.len() {
