@@ -36,7 +36,8 @@
 //! - [`text`]: the report as terminal tables.
 //! - [`html`]: the report as one self-contained page.
 //! - [`format`](mod@format): numbers as every renderer writes them.
-//! - [`time`]: times as reports write them and people give them.
+//! - [`time`]: times as reports write them and people give them, and
+//!   durations as people write them.
 //! - [`names`]: server ids as the names the user gave them (the CLI knows
 //!   them).
 //!

@@ -11,11 +11,15 @@
 //! commands; the waterfalls of the median and the slowest command; the
 //! CLI's own stages.
 
+mod escape;
+mod palette;
 mod svg;
 
 use std::collections::HashSet;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
+use self::escape::Esc;
+use self::palette::Palette;
 use crate::aggregate::{Numbers, share};
 use crate::compare::Comparison;
 use crate::exemplars::{self, MAX_BARS, Pick, Waterfall};
@@ -30,77 +34,6 @@ use crate::report::Report;
 use crate::source::{Input, Origin};
 use crate::stats::{Shares, Summary};
 use crate::text;
-
-/// Text escaped for HTML (element content and quoted attributes).
-pub(crate) struct Esc<'a>(pub &'a str);
-
-impl fmt::Display for Esc<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
-        while let Some(at) = rest.find(['<', '>', '&', '"', '\'']) {
-            let (plain, special) = rest.split_at(at);
-            f.write_str(plain)?;
-            let mut chars = special.chars();
-            f.write_str(match chars.next() {
-                Some('<') => "&lt;",
-                Some('>') => "&gt;",
-                Some('&') => "&amp;",
-                Some('"') => "&quot;",
-                _ => "&#39;",
-            })?;
-            rest = chars.as_str();
-        }
-        f.write_str(rest)
-    }
-}
-
-/// Colours for services: the three of this project always the same, any
-/// other in order of appearance.
-pub(crate) struct Palette {
-    others: Vec<String>,
-}
-
-const KNOWN: [(&str, &str); 3] = [
-    ("core-client", "#4e79a7"),
-    ("relay", "#f28e2b"),
-    ("exec-server", "#59a14f"),
-];
-const OTHERS: [&str; 7] = [
-    "#b07aa1", "#e15759", "#76b7b2", "#c9a227", "#9c755f", "#ff9da7", "#8c8c8c",
-];
-
-impl Palette {
-    /// A palette for `services`, in the order given (repeats allowed).
-    fn new<'a>(services: impl Iterator<Item = &'a str>) -> Palette {
-        let mut others: Vec<String> = Vec::new();
-        for s in services {
-            if !KNOWN.iter().any(|(k, _)| *k == s) && !others.iter().any(|o| o == s) {
-                others.push(s.to_owned());
-            }
-        }
-        Palette { others }
-    }
-
-    /// The colour of `service`.
-    pub(crate) fn colour(&self, service: &str) -> &'static str {
-        if let Some((_, c)) = KNOWN.iter().find(|(k, _)| *k == service) {
-            return c;
-        }
-        let i = self.others.iter().position(|o| o == service).unwrap_or(0);
-        OTHERS.get(i % OTHERS.len()).copied().unwrap_or("#8c8c8c")
-    }
-
-    /// Every service with its colour: the known ones present first.
-    fn entries<'a>(&'a self, present: &[&'a str]) -> Vec<(&'a str, &'static str)> {
-        let mut out: Vec<(&str, &str)> = KNOWN
-            .iter()
-            .filter(|(k, _)| present.contains(k))
-            .map(|(k, c)| (*k, *c))
-            .collect();
-        out.extend(self.others.iter().map(|o| (o.as_str(), self.colour(o))));
-        out
-    }
-}
 
 /// What the page shows beyond the report's numbers.
 pub(crate) struct Extras<'a> {

@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Esc, Palette};
+use super::escape::Esc;
+use super::palette::Palette;
 use crate::command::Warmth;
 use crate::exemplars::{Bar, Waterfall};
 use crate::format::duration;

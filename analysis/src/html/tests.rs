@@ -402,12 +402,6 @@ fn waterfalls_say_when_spans_are_missing_or_left_out() {
 }
 
 #[test]
-fn escaping() {
-    assert_eq!(Esc("a<b>&\"c'").to_string(), "a&lt;b&gt;&amp;&quot;c&#39;");
-    assert_eq!(Esc("µs – plain").to_string(), "µs – plain");
-}
-
-#[test]
 fn legs_of_an_unknown_split_are_one_round_trip_and_bounds_are_whiskers() {
     let mut f = fixture(&[], false);
     let ms = 1_000_000i64;

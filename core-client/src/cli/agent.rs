@@ -17,7 +17,8 @@ use rex_agent::ask::{self, AskError};
 use rex_agent::place;
 use rex_client::WarmPolicy;
 
-use super::{CliError, Context, EXIT_USAGE};
+use super::context::Context;
+use super::error::{CliError, EXIT_USAGE};
 use crate::config::options::Warm;
 use crate::names::ServerNames;
 use crate::settings::ServerArgs;

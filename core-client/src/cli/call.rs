@@ -25,7 +25,7 @@
 use bytes::Bytes;
 use rex_client::Event;
 
-use super::{CliError, EXIT_CONNECTION, EXIT_STDOUT_GONE};
+use super::error::{CliError, EXIT_CONNECTION, EXIT_STDOUT_GONE};
 
 /// A signal to this process that the call listens for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

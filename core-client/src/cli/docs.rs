@@ -3,7 +3,8 @@
 
 use clap::CommandFactory;
 
-use super::{Cli, CliError};
+use super::error::CliError;
+use super::parse::Cli;
 
 /// Runs `completions SHELL`: the script on stdout.
 pub(crate) fn completions(shell: clap_complete::Shell) -> Result<u8, CliError> {

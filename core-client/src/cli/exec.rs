@@ -23,10 +23,14 @@ use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 
 use super::call::{Call, Chunk, Drain, Input, LocalSignal, Outcome, Step};
+use super::context::Context;
+use super::error::CliError;
+use super::exec_args::ExecArgs;
 use super::life::{CliRun, ProcessStart};
 use super::link_notice::LinkNotice;
 use super::signals::{LocalSignals, delivered, sig};
-use super::{CliError, Context, ExecArgs, Verbose, tty};
+use super::tty;
+use super::verbose::Verbose;
 use crate::config::options::{Terminal as TerminalOption, Warm};
 use crate::settings::{Inputs, Route, Settings, Source};
 
@@ -1234,15 +1238,20 @@ mod tests {
         assert!(writable_now(&[other.as_fd(), write.as_fd()]));
     }
 
+    /// A parser of `exec`'s arguments alone (that the whole parser parses
+    /// them alike is `parse`'s to test).
+    #[derive(Debug, clap::Parser)]
+    struct ExecAlone {
+        #[command(flatten)]
+        args: ExecArgs,
+    }
+
+    /// `exec ARGS`.
     fn parse(args: &[&str]) -> ExecArgs {
         use clap::Parser;
-        let cli =
-            super::super::Cli::try_parse_from(["core-client", "exec"].iter().chain(args).copied())
-                .unwrap();
-        match cli.command {
-            super::super::CliCommand::Exec(a) => a,
-            other => panic!("{other:?}"),
-        }
+        ExecAlone::try_parse_from(["exec"].iter().chain(args).copied())
+            .unwrap()
+            .args
     }
 
     /// `exec FLAGS -- sh`: a command.
@@ -1336,9 +1345,7 @@ mod tests {
     #[test]
     fn minus_t_and_minus_big_t_conflict() {
         use clap::Parser;
-        let err =
-            super::super::Cli::try_parse_from(["core-client", "exec", "-t", "-T", "--", "sh"])
-                .unwrap_err();
+        let err = ExecAlone::try_parse_from(["exec", "-t", "-T", "--", "sh"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use proto::keys::{KeyError, PublicKey, StaticKeypair};
 
-use super::{CliError, Context, TrustArgs};
+use super::context::Context;
+use super::error::CliError;
+use super::parse::TrustArgs;
 
 /// The default identity's path, or why there is none.
 fn default_key() -> Result<PathBuf, CliError> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rex_client::LinkState;
 
-use super::Verbose;
+use super::verbose::Verbose;
 
 /// How long a link must have been lost before the terminal is told.
 pub(super) const NOTICE_AFTER: Duration = Duration::from_millis(1500);

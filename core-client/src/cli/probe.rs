@@ -14,7 +14,8 @@ use rex_client::{Client, ClientConfig, Event, ExecSpec};
 use telemetry::setup::{Export, Flusher};
 use tokio::sync::mpsc;
 
-use super::{CliError, Context};
+use super::context::Context;
+use super::error::CliError;
 use crate::settings::ServerArgs;
 use analysis::format::duration;
 use analysis::html::Page;

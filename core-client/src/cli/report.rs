@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-use super::CliError;
+use super::error::CliError;
 use crate::names::ServerNames;
 use analysis::gate::Gate;
 use analysis::html::Page;

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{CliError, Context};
+use super::context::Context;
+use super::error::CliError;
 use crate::config::options::Resume;
 use crate::settings::{Route, ServerArgs, Settings, Source};
 

@@ -6,8 +6,8 @@
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::CliError;
 use super::call::{Call, LocalSignal};
+use super::error::CliError;
 
 /// SIGINT, SIGTERM and SIGHUP (when the call listens for it). SIGWINCH,
 /// whose default action is to do nothing, is `exec`'s own.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::CliError;
+use super::error::CliError;
 use crate::names::ServerNames;
 
 /// Runs `trace show`: prints the trace to stdout.

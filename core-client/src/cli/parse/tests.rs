@@ -1,11 +1,12 @@
 use std::ffi::OsString;
+use std::path::Path;
 
 use clap::CommandFactory;
 
 use super::*;
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-    super::parse::parse_whole(
+    super::parse_whole(
         std::iter::once("core-client")
             .chain(args.iter().copied())
             .map(OsString::from)
@@ -311,12 +312,8 @@ fn the_parser_of_exec_alone_agrees_with_the_whole_parser() {
     };
     for line in lines {
         let args = || std::iter::once("core-client").chain(line.iter().copied());
-        let whole = outcome(super::parse::parse_whole(
-            args().map(OsString::from).collect(),
-        ));
-        let alone = outcome(super::parse::parse_exec(
-            args().map(OsString::from).collect(),
-        ));
+        let whole = outcome(super::parse_whole(args().map(OsString::from).collect()));
+        let alone = outcome(super::parse_exec(args().map(OsString::from).collect()));
         assert_eq!(alone, whole, "core-client {}", line.join(" "));
     }
 }
