@@ -1,8 +1,9 @@
 //! The house keeps its layout (docs/architecture.md): each crate depends
 //! only on the layers below it, the CLI links neither service, analysis
 //! links no network code, and no two modules of a crate import each other
-//! (siblings, with what is inside them; a module and its own child are
-//! listed by an ignored test). The check itself is
+//! (siblings, with what is inside them, and a module and its own child:
+//! a parent that imports its children is a facade they never import
+//! back). The check itself is
 //! `integration_tests::layout`; the tests at the end hold it to small
 //! crates in memory.
 
@@ -242,10 +243,9 @@ fn no_two_modules_of_a_crate_import_each_other() {
     );
 }
 
-/// A module's own items imported by its child while it imports the
-/// child's: many today, so listed on demand rather than enforced.
+/// No child imports its parent's own items while the parent imports the
+/// child's: what both need lives in a module of its own.
 #[test]
-#[ignore = "29 parent and child pairs import each other today; run with --ignored to list them"]
 fn no_module_and_its_child_import_each_other() {
     let (found, _) = workspace_cycles();
     let all = listed(&found, CycleKind::ParentAndChildren);
