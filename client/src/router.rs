@@ -29,6 +29,7 @@ use proto::session::{
 };
 use telemetry::forward::SpanSource;
 use telemetry::frame_spans;
+use telemetry::placement::clock_attributes;
 use telemetry::w3c::Extracted;
 use telemetry::{carriers, otel, spans};
 use tokio::sync::{mpsc, oneshot};
@@ -1328,16 +1329,6 @@ fn place_hops(
         },
         local,
     )
-}
-
-/// How a stage placed with `offset` was placed: its source, the offset
-/// and its bound.
-fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
-    [
-        KeyValue::new(spans::ATTR_CLOCK_SOURCE, offset.source.as_str()),
-        KeyValue::new(spans::ATTR_CLOCK_OFFSET, offset.offset_nanos),
-        KeyValue::new(spans::ATTR_CLOCK_BOUND, offset.bound_nanos()),
-    ]
 }
 
 /// The legs between us and the relay: from the request leaving (`left`)

@@ -39,10 +39,13 @@
 //! Layout:
 //! - `offset`: the arithmetic both share (instants as Unix nanoseconds
 //!   and back, the causal bounds, the four-timestamp estimate, the move
-//!   into the bounds, the attributes of a placed span).
+//!   into the bounds, the attributes of a placed span; [`clock_attributes`]
+//!   for any span that says how a peer's clock was known).
 //! - [`stages`]: the exec-server's stage summary placed.
 //! - [`hops`]: the relays' forwards placed.
 
 pub mod hops;
 pub(crate) mod offset;
 pub mod stages;
+
+pub use offset::clock_attributes;

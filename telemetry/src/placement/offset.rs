@@ -105,16 +105,21 @@ impl CausalBounds {
     }
 }
 
+/// What a span says of the offset that placed it (or that a peer's clock
+/// is known by): its source, value and bound.
+pub fn clock_attributes(offset: &Offset) -> [KeyValue; 3] {
+    [
+        KeyValue::new(spans::ATTR_CLOCK_SOURCE, offset.source.as_str()),
+        KeyValue::new(spans::ATTR_CLOCK_OFFSET, offset.offset_nanos),
+        KeyValue::new(spans::ATTR_CLOCK_BOUND, offset.bound_nanos()),
+    ]
+}
+
 /// Appends how a span was placed: the source, the offset `used` and its
 /// bound, the source's own offset (`measured`) when the one used was
 /// moved from it, and the mark of a placed copy.
 pub(crate) fn push_placed_by(attributes: &mut Vec<KeyValue>, used: &Offset, measured: Option<i64>) {
-    attributes.push(KeyValue::new(
-        spans::ATTR_CLOCK_SOURCE,
-        used.source.as_str(),
-    ));
-    attributes.push(KeyValue::new(spans::ATTR_CLOCK_OFFSET, used.offset_nanos));
-    attributes.push(KeyValue::new(spans::ATTR_CLOCK_BOUND, used.bound_nanos()));
+    attributes.extend(clock_attributes(used));
     if let Some(measured) = measured {
         attributes.push(KeyValue::new(spans::ATTR_CLOCK_MEASURED, measured));
     }
