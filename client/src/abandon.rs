@@ -19,6 +19,7 @@ use proto::session::{Abandonment, ClientEvent, ClientSession, Now};
 
 use crate::config::{ClientConfig, Target};
 use crate::outbound::Drained;
+use crate::transport_tasks::TransportTasks;
 use crate::tunnel;
 
 /// How long giving a session up may take in all.
@@ -29,11 +30,15 @@ type Giver = ClientSession<()>;
 /// Gives up the session `abandonment` names at its exec-server; whether
 /// the exec-server answered (its processes have been told to end, or had
 /// ended already).
-pub(crate) async fn give_up(config: &ClientConfig, abandonment: Abandonment) -> bool {
+pub(crate) async fn give_up(
+    config: &ClientConfig,
+    transport: &TransportTasks,
+    abandonment: Abandonment,
+) -> bool {
     let calls = abandonment.calls();
     let told = tokio::time::timeout(GIVE_UP_WITHIN, async {
         for target in config.targets() {
-            if attempt(config, target, abandonment.clone()).await {
+            if attempt(config, transport, target, abandonment.clone()).await {
                 return true;
             }
         }
@@ -50,8 +55,13 @@ pub(crate) async fn give_up(config: &ClientConfig, abandonment: Abandonment) -> 
 }
 
 /// One attempt through `target`.
-async fn attempt(config: &ClientConfig, target: &Target, abandonment: Abandonment) -> bool {
-    let Ok(channel) = tunnel::channel(config, target).await else {
+async fn attempt(
+    config: &ClientConfig,
+    transport: &TransportTasks,
+    target: &Target,
+    abandonment: Abandonment,
+) -> bool {
+    let Ok(channel) = tunnel::channel(config, target, transport).await else {
         return false;
     };
     let now = Now::system();

@@ -21,6 +21,7 @@ use crate::exec::{ExecFailure, ExecSpec, Output};
 use crate::execution::{Carrier, Controller, Delivery, Execution, Sent};
 use crate::router::FIRST_CALL;
 use crate::session::{NewCall, SessionHandle, Traced};
+use crate::transport_tasks::TransportTasks;
 use crate::tunnel;
 use crate::warm::{Perform, Trigger, Warm, WarmOutcome, WarmPolicy, WarmStatus, Warmed};
 
@@ -36,6 +37,9 @@ struct Inner {
     /// The exec-server's id (derived from its key once, not per call).
     server_id: String,
     channel: Mutex<Option<Channel>>,
+    /// The tasks of its connections (theirs, not its own: see
+    /// [`TransportTasks`]).
+    transport: TransportTasks,
     session: Mutex<Option<SessionHandle>>,
     /// Sessions established so far (counted under `session`'s lock, so
     /// that a dispatch that had to wait for the lock knows whether a
@@ -95,6 +99,7 @@ impl Client {
                 warm: Arc::new(Warm::new(config.warm)),
                 config,
                 channel: Mutex::new(None),
+                transport: TransportTasks::default(),
                 session: Mutex::new(None),
                 sessions_opened: AtomicU64::new(0),
                 early_ticket: std::sync::Mutex::new(config_ticket),
@@ -333,7 +338,7 @@ impl Client {
                 if let Some(c) = ch.as_ref() {
                     return Ok(c.clone());
                 }
-                let c = tunnel::channel(config, &config.target).await?;
+                let c = tunnel::channel(config, &config.target, &self.inner.transport).await?;
                 *ch = Some(c.clone());
                 Ok(c)
             };
@@ -343,7 +348,7 @@ impl Client {
                     config,
                     channel,
                     cx,
-                    &self.inner.tasks,
+                    (&self.inner.tasks, &self.inner.transport),
                     (first, self.early_ticket()),
                     &self.inner.early_left,
                 ),
@@ -379,16 +384,31 @@ impl Client {
     }
 
     /// Closes the session without waiting for the exec-server's answer:
-    /// its authenticated close is sent (after anything queued) and this
-    /// returns once the transport has taken it, so a process that exits
-    /// next spends no round trip on closing. The exec-server ends the
-    /// session (and any command still running in it) when the close
-    /// arrives. Waits at most `bound` for a link that takes nothing.
-    pub async fn close_sent(&self, bound: std::time::Duration) {
+    /// its authenticated close is sent (after anything queued), the link
+    /// and the client's connections are let go, and this returns once each
+    /// connection has written what it held and closed, so a process that
+    /// exits next spends no round trip on closing and loses nothing it
+    /// sent. The exec-server ends the session (and any command still
+    /// running in it) when the close arrives. True once it was all
+    /// written; false if `bound` passed first (a link that takes nothing).
+    pub async fn close_sent(&self, bound: std::time::Duration) -> bool {
         let session = self.inner.session.lock().await.take();
-        if let Some(s) = session {
-            s.close_sent(bound, &self.inner.tasks).await;
-        }
+        tokio::time::timeout(bound, async {
+            if let Some(s) = session {
+                s.close_handed().await;
+                // The connection's task writes the close before the link
+                // is let go: letting go resets the stream, and a reset
+                // takes with it what the stream has not yet written.
+                self.inner.transport.settled().await;
+                s.let_go().await;
+            }
+            // Nothing holds a connection now: each writes out what it
+            // holds, says goodbye, and its tasks end.
+            drop(self.inner.channel.lock().await.take());
+            self.inner.transport.ended().await;
+        })
+        .await
+        .is_ok()
     }
 
     /// A ready session for a call, from `start`: the session, when it was

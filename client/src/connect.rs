@@ -30,6 +30,7 @@ use crate::exec::ExecFailure;
 use crate::reconnect::Reconnect;
 use crate::router::{FIRST_CALL, Router};
 use crate::session::{NewCall, SessionHandle, Shared};
+use crate::transport_tasks::TransportTasks;
 use crate::tunnel;
 
 /// Whether the relay refused a session it says it did not take (it does
@@ -70,7 +71,7 @@ pub(crate) async fn open(
     config: &ClientConfig,
     channel: impl Future<Output = Result<Channel, ConnectError>>,
     parent: &Context,
-    tasks: &Tasks,
+    (tasks, transport): (&Tasks, &TransportTasks),
     (first, ticket): (Option<(NewCall, Context)>, Option<EarlyTicket>),
     left: &AtomicBool,
 ) -> Result<Opened, ConnectError> {
@@ -185,7 +186,7 @@ pub(crate) async fn open(
                         connect_span.end();
                         return Err(e);
                     };
-                    if let Ok(c) = tunnel::channel(config, target).await {
+                    if let Ok(c) = tunnel::channel(config, target, transport).await {
                         break c;
                     }
                 };
@@ -202,13 +203,14 @@ pub(crate) async fn open(
 
     // The driver runs the handshake and the hello from here on.
     let closing = shared.closing.clone();
-    let link = Arc::clone(&shared);
     let stop = tasks.token().clone();
     // Closing the session or stopping the client also stops coming back.
     let giving_up = CancellationToken::new();
-    let mut reconnect = Reconnect::new(config.clone(), giving_up.clone());
+    let mut reconnect = Reconnect::new(config.clone(), giving_up.clone(), transport.clone());
+    let let_go = shared.let_go.clone();
+    let watched = Arc::clone(&shared);
     let span = tracing::info_span!(parent: None, spans::SESSION_CLIENT, rex.server.short_id = %&server_id[..8]);
-    tasks.spawn(span, async move {
+    let session = async move {
         let shutdown = move || {
             let (closing, stop, giving_up) = (closing.clone(), stop.clone(), giving_up.clone());
             async move {
@@ -257,12 +259,24 @@ pub(crate) async fn open(
         // it is told to end them before their callers hear of the end.
         if let Some((end, at)) = router.take_held_end() {
             let ended = match machine.abandonment() {
-                Some(abandonment) => abandon::give_up(&reconnect.config, abandonment).await,
+                Some(abandonment) => {
+                    abandon::give_up(&reconnect.config, &reconnect.transport, abandonment).await
+                }
                 None => false,
             };
             router.end_session(end, ended, at);
         }
-        link.link.ended();
+    };
+    tasks.spawn(span, async move {
+        tokio::select! {
+            biased;
+            () = session => {}
+            // A close sent at exit, its answer not waited for: the driver
+            // lets the link go (the transport then writes what it holds,
+            // and closes the connection).
+            () = let_go.cancelled() => {}
+        }
+        watched.link.ended();
     });
     let established = match ready_rx.await {
         Ok(Ok(established)) => established,

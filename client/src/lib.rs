@@ -32,10 +32,15 @@
 //! - `tunnel`: opening a link (the tunnel stream to a relay, or to an
 //!   exec-server directly) with a machine's first flight riding on it; every
 //!   link the client opens goes through it.
+//! - `transport_tasks`: the transport's own tasks (hyper's connection and
+//!   stream tasks, tonic's buffer), spawned through the client's executor:
+//!   tracked, with their wake-ups noted, so an exit can wait until what it
+//!   handed over has been written and each connection has closed.
 //! - `link_state`: [`LinkState`], a session's link as callers watch it (up,
 //!   lost and being reconnected through which URL, ended).
 //! - `outbound`: a link's sending half as the transport takes it, and
-//!   when it has taken the last frame (a close sent, never waited for).
+//!   when the transport is done with it (its last frame, a close sent at
+//!   exit, handed to the stream).
 //! - `reconnect`: a session whose link broke coming back (backoff, every
 //!   relay in turn, the resume) within [`ClientConfig::resume`].
 //! - `abandon`: giving a session up at the exec-server (a fresh link whose
@@ -77,6 +82,7 @@ mod reconnect;
 mod records;
 mod router;
 mod session;
+mod transport_tasks;
 mod tunnel;
 mod warm;
 

@@ -1,8 +1,10 @@
 //! The link's sending half as the transport takes it: the frames the
-//! session driver hands over, as a stream that says when the transport has
-//! taken the last of them (the driver ended our half, and the transport
-//! read to the end). A process that closes its session and exits waits for
-//! that, never for the exec-server's answer: closing costs no round trip.
+//! session driver hands over, as a stream that says when the transport is
+//! done with it: it read to the end (the driver ended our half) and handed
+//! the last frame to its HTTP/2 stream, then let go of it. A process that
+//! closes its session and exits waits for that (and then for the transport
+//! to write it), never for the exec-server's answer: closing costs no round
+//! trip.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use proto::pb::tunnel::Frame;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Whether the current link's sending half has been taken to its end.
+/// Whether the transport is done with the current link's sending half.
 #[derive(Debug, Default)]
 pub(crate) struct Drained {
     done: AtomicBool,
@@ -29,7 +31,8 @@ impl Drained {
         }
     }
 
-    /// Waits until the transport has taken the current link's last frame.
+    /// Waits until the transport is done with the current link's sending
+    /// half (its last frame handed to the stream, or the stream gone).
     pub(crate) async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
@@ -47,12 +50,11 @@ impl Drained {
 pub(crate) struct Outbound {
     frames: ReceiverStream<Result<Frame, tonic::Status>>,
     drained: Arc<Drained>,
-    ended: bool,
 }
 
 impl Outbound {
-    /// The stream of what `rx` receives; `drained` is marked once it has
-    /// all been taken (and unmarked now: this is a new link).
+    /// The stream of what `rx` receives; `drained` is marked once the
+    /// transport lets go of it (and unmarked now: this is a new link).
     pub(crate) fn new(
         rx: mpsc::Receiver<Result<Frame, tonic::Status>>,
         drained: Arc<Drained>,
@@ -61,14 +63,6 @@ impl Outbound {
         Self {
             frames: ReceiverStream::new(rx),
             drained,
-            ended: false,
-        }
-    }
-
-    fn end(&mut self) {
-        if !self.ended {
-            self.ended = true;
-            self.drained.set(true);
         }
     }
 }
@@ -82,10 +76,9 @@ impl Stream for Outbound {
                 Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(frame)),
                 // Errors are never sent on a client's link; skip one.
                 Poll::Ready(Some(Err(_))) => continue,
-                Poll::Ready(None) => {
-                    self.end();
-                    return Poll::Ready(None);
-                }
+                // The end is not yet the transport being done: the last
+                // frame it took may still be on its way to the stream.
+                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -94,9 +87,10 @@ impl Stream for Outbound {
 
 impl Drop for Outbound {
     fn drop(&mut self) {
-        // The transport let go of it (the stream ended or was reset):
-        // nothing more of this link will be sent.
-        self.end();
+        // The transport let go of it: it handed the last frame to the
+        // stream (or the stream ended or was reset), and nothing more of
+        // this link will be sent.
+        self.drained.set(true);
     }
 }
 
@@ -106,7 +100,7 @@ mod tests {
     use futures::StreamExt;
 
     #[tokio::test]
-    async fn drained_once_the_last_frame_is_taken() {
+    async fn drained_once_the_transport_lets_go() {
         let drained = Arc::new(Drained::default());
         let (tx, rx) = mpsc::channel(4);
         let mut out = Outbound::new(rx, Arc::clone(&drained));
@@ -120,6 +114,12 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "a frame was taken, the end not yet");
         assert!(out.next().await.is_none());
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "read to the end, but the transport still holds the stream"
+        );
+        drop(out);
         let marked = tokio::time::timeout(std::time::Duration::from_secs(30), waiter).await;
         assert!(marked.is_ok_and(|r| r.is_ok()), "drained was never marked");
         // A new link starts undrained; dropping it marks it.

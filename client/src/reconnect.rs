@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClientConfig, Target};
 use crate::router::{Machine, Router};
+use crate::transport_tasks::TransportTasks;
 use crate::tunnel::{self, Link};
 
 /// The first retry waits this long; each further one twice as long, up to
@@ -31,6 +32,8 @@ pub(crate) struct Reconnect {
     pub(crate) config: ClientConfig,
     /// The session is closing, or the client is stopping: give up.
     pub(crate) stop: CancellationToken,
+    /// Where its links' transport tasks are spawned.
+    pub(crate) transport: TransportTasks,
     /// When the current outage must be over.
     deadline: Option<Instant>,
     /// Rounds of attempts in the current outage.
@@ -38,10 +41,15 @@ pub(crate) struct Reconnect {
 }
 
 impl Reconnect {
-    pub(crate) fn new(config: ClientConfig, stop: CancellationToken) -> Self {
+    pub(crate) fn new(
+        config: ClientConfig,
+        stop: CancellationToken,
+        transport: TransportTasks,
+    ) -> Self {
         Self {
             config,
             stop,
+            transport,
             deadline: None,
             rounds: 0,
         }
@@ -118,7 +126,7 @@ impl Reconnect {
         router.link().trying(target.url());
         let channel = tokio::select! {
             () = self.stop.cancelled() => return None,
-            c = tunnel::channel(config, target) => c.ok()?,
+            c = tunnel::channel(config, target, &self.transport) => c.ok()?,
         };
         if !machine.is_detached() {
             return None;

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use lifecycle::Tasks;
 use opentelemetry::Context;
 use opentelemetry::trace::SpanContext;
 use proto::pb::session::{ExecRequest, TraceContext as PbTrace};
@@ -279,7 +278,10 @@ pub(crate) struct Shared {
     counters: Mutex<Counters>,
     /// Cancelled to close the session.
     pub(crate) closing: CancellationToken,
-    /// Whether the transport has taken the current link's last frame.
+    /// Cancelled once a close was sent whose answer is not waited for:
+    /// the driver stops and lets the link go.
+    pub(crate) let_go: CancellationToken,
+    /// Whether the transport is done with the current link's sending half.
     pub(crate) drained: Arc<Drained>,
     /// What the link goes to.
     pub(crate) via: Via,
@@ -310,6 +312,7 @@ impl Shared {
             clock_offset: AtomicI64::new(0),
             counters: Mutex::new(Counters::default()),
             closing: CancellationToken::new(),
+            let_go: CancellationToken::new(),
             drained: Arc::new(Drained::default()),
             via: target.via(),
             link: LinkWatch::new(target.url()),
@@ -574,30 +577,26 @@ impl SessionHandle {
         self.shared.link.subscribe()
     }
 
-    /// Sends the session's authenticated close (after what is queued) and
-    /// returns once the transport has taken it (or the driver stopped),
-    /// without waiting for the exec-server's answer; at most `bound`. The
-    /// transport's own tasks then get their turns (through `tasks`) to
-    /// write what it took.
-    pub(crate) async fn close_sent(&self, bound: std::time::Duration, tasks: &Tasks) {
+    /// Sends the session's authenticated close (after what is queued)
+    /// without waiting for the exec-server's answer: returns once the
+    /// transport is done with the link's sending half (its last frame, the
+    /// close, handed to the HTTP/2 stream) or the driver stopped. The
+    /// transport then still has to write it: see [`Client::close_sent`].
+    ///
+    /// [`Client::close_sent`]: crate::Client::close_sent
+    pub(crate) async fn close_handed(&self) {
         self.shared.closing.cancel();
-        let _ = tokio::time::timeout(bound, async {
-            tokio::select! {
-                () = self.shared.drained.wait() => {}
-                () = self.commands.closed() => {}
-            }
-        })
-        .await;
-        // The transport's own tasks (the link's body and its connection)
-        // write what it took on their next turns, on the runtime's workers,
-        // not on this task's thread (yielding here gave them none): two
-        // rounds of a task of ours through those workers let them take
-        // those turns before a process that exits next is gone.
-        for _ in 0..2 {
-            let _ = tasks
-                .spawn(tracing::Span::current(), tokio::task::yield_now())
-                .await;
+        tokio::select! {
+            () = self.shared.drained.wait() => {}
+            () = self.commands.closed() => {}
         }
+    }
+
+    /// Stops the driver without waiting for the exec-server's answer, and
+    /// returns once it has let go of the link.
+    pub(crate) async fn let_go(&self) {
+        self.shared.let_go.cancel();
+        self.commands.closed().await;
     }
 
     /// Closes the session cleanly and waits until its driver has stopped.

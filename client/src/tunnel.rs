@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 use crate::config::{ClientConfig, Target};
 use crate::error::ConnectError;
 use crate::outbound::{Drained, Outbound};
+use crate::transport_tasks::TransportTasks;
 
 /// Frames queued toward the relay per session.
 pub(crate) const LINK_QUEUE: usize = 32;
@@ -34,10 +35,12 @@ pub(crate) const LINK_QUEUE: usize = 32;
 pub(crate) type Link = (Streaming<Frame>, FrameSender);
 
 /// Connects a channel to `target` (the config's or one of its alternates)
-/// with the link settings of a client.
+/// with the link settings of a client, its tasks spawned through
+/// `transport`.
 pub(crate) async fn channel(
     config: &ClientConfig,
     target: &Target,
+    transport: &TransportTasks,
 ) -> Result<Channel, ConnectError> {
     let url = target.url();
     proto::relay_link::client_endpoint(url, config.connect_timeout, &config.tls)
@@ -45,6 +48,7 @@ pub(crate) async fn channel(
             url: url.into(),
             source: Arc::new(e),
         })?
+        .executor(transport.clone())
         .connect()
         .await
         .map_err(|e| ConnectError::unreachable(url, e))

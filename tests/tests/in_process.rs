@@ -551,3 +551,55 @@ async fn a_signal_or_cancel_right_after_the_start_is_not_lost() {
     .expect("the signal was lost");
     assert_eq!(last, Some(Event::Exited(ExitStatus::Signal(15))));
 }
+
+/// `close_sent` returns only once the close has been written: a process
+/// that exits right after (its runtime gone, no task of it ever runs
+/// again) still ends its session cleanly, and the exec-server ends the
+/// command the session was running, rather than holding the session for
+/// a resume that will never come.
+#[tokio::test]
+async fn a_close_sent_at_exit_reaches_the_exec_server() {
+    let stack = Stack::start().await.unwrap();
+    for round in 0..5 {
+        let config = stack.client_config();
+        // The "process": a runtime of its own, shut down the moment
+        // `close_sent` returns, as an exit would end it.
+        let pid = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (pid, written) = runtime.block_on(async {
+                let client = Client::new(config);
+                let mut run = client.exec(ExecSpec::new(["sleep", "1000"])).await.unwrap();
+                let Some(Event::Started { pid, .. }) = run.next().await else {
+                    panic!("no start");
+                };
+                let written = client.close_sent(Duration::from_secs(30)).await;
+                (pid, written)
+            });
+            runtime.shutdown_background();
+            assert!(
+                written,
+                "round {round}: close_sent gave up before the close was written"
+            );
+            pid
+        })
+        .await
+        .unwrap();
+        // The exec-server read the close and ended the command: it does
+        // not outlive the session by the resume grace (60 s).
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        let gone = tokio::time::timeout(Duration::from_secs(30), async {
+            while nix::sys::signal::kill(pid, None).is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            gone.is_ok(),
+            "round {round}: the command still runs: the close was lost"
+        );
+    }
+}

@@ -855,8 +855,13 @@ async fn exec_with(
         }
     }
     // The close is sent, never waited for: the exit costs no round trip.
-    if let Some(client) = client {
-        client.close_sent(CLOSE_SENT).await;
+    if let Some(client) = client
+        && !client.close_sent(CLOSE_SENT).await
+    {
+        v.say(
+            1,
+            format_args!("the connection did not take the close in time: it may not have left"),
+        );
     }
     result
 }
