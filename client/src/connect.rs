@@ -208,7 +208,7 @@ pub(crate) async fn open(
     let giving_up = CancellationToken::new();
     let mut reconnect = Reconnect::new(config.clone(), giving_up.clone(), transport.clone());
     let let_go = shared.let_go.clone();
-    let watched = Arc::clone(&shared);
+    let link = Arc::clone(&shared);
     let span = tracing::info_span!(parent: None, spans::SESSION_CLIENT, rex.server.short_id = %&server_id[..8]);
     let session = async move {
         let shutdown = move || {
@@ -276,7 +276,7 @@ pub(crate) async fn open(
             // and closes the connection).
             () = let_go.cancelled() => {}
         }
-        watched.link.ended();
+        link.link.ended();
     });
     let established = match ready_rx.await {
         Ok(Ok(established)) => established,

@@ -19,10 +19,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
+use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -91,7 +92,7 @@ where
         let flag = Arc::new(Flag {
             woken: AtomicBool::new(true),
             activity: Arc::clone(&self.activity),
-            waker: Mutex::new(None),
+            waker: AtomicWaker::new(),
         });
         let watched = Watched {
             future: Box::pin(future),
@@ -109,7 +110,7 @@ struct Flag {
     woken: AtomicBool,
     activity: Arc<Activity>,
     /// The runtime's waker for the task, as of its latest run.
-    waker: Mutex<Option<Waker>>,
+    waker: AtomicWaker,
 }
 
 impl Wake for Flag {
@@ -121,10 +122,9 @@ impl Wake for Flag {
         if !self.woken.swap(true, Ordering::AcqRel) {
             self.activity.woken.fetch_add(1, Ordering::AcqRel);
         }
-        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(w) = waker.as_ref() {
-            w.wake_by_ref();
-        }
+        // Every run registers the runtime's waker again, so one taken by
+        // an earlier wake-up is back before the next can be missed.
+        self.waker.wake();
     }
 }
 
@@ -139,16 +139,7 @@ impl Future for Watched {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut waker = self
-                .flag
-                .waker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *waker = Some(cx.waker().clone());
-            }
-        }
+        self.flag.waker.register(cx.waker());
         // Cleared before the run: a wake-up during it counts again.
         let was_woken = self.flag.woken.swap(false, Ordering::AcqRel);
         let this = &mut *self;
