@@ -36,9 +36,6 @@ pub enum ExecServerError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The direct gRPC server failed.
-    #[error("direct listener failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }
 
 /// A running exec-server.
@@ -47,7 +44,7 @@ pub struct ExecServerHandle {
     registered: watch::Receiver<bool>,
     local_addr: Option<SocketAddr>,
     server_id: String,
-    direct: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    direct: Option<JoinHandle<()>>,
     /// One link per relay.
     links: Vec<JoinHandle<()>>,
     /// Every task; its token ends the sessions (after the grace period).
@@ -102,13 +99,10 @@ impl ExecServerHandle {
             tracing::warn!("grace period over; ending the remaining sessions");
         }
         self.tasks.shutdown().await;
-        match self.direct.take() {
-            Some(direct) => match direct.await {
-                Ok(Err(e)) => Err(ExecServerError::Serve(e)),
-                _ => Ok(()),
-            },
-            None => Ok(()),
+        if let Some(direct) = self.direct.take() {
+            let _ = direct.await;
         }
+        Ok(())
     }
 }
 
@@ -197,21 +191,14 @@ pub async fn start(
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
             let shutdown = shutdown.clone();
-            Some(
-                tasks.spawn(
-                    tracing::info_span!("direct", %addr),
-                    proto::relay_link::server()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(
-                            proto::listener::incoming(
-                                listener,
-                                conns,
-                                ctx.config.listen_tls.clone(),
-                            ),
-                            async move { shutdown.cancelled().await },
-                        ),
+            Some(tasks.spawn(
+                tracing::info_span!("direct", %addr),
+                proto::link_server::serve(
+                    tonic::service::Routes::new(svc),
+                    proto::listener::incoming(listener, conns, ctx.config.listen_tls.clone()),
+                    async move { shutdown.cancelled().await },
                 ),
-            )
+            ))
         }
         None => None,
     };

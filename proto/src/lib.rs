@@ -8,8 +8,11 @@
 //! - [`keys`]: static X25519 keys, their text form, key files, authorized-keys
 //!   files and the exec-server id derived from a public key.
 //! - [`limits`]: every size bound on the wire, in one place.
-//! - [`relay_link`]: the gRPC endpoint and server settings every relay link
+//! - [`relay_link`]: the gRPC endpoint and HTTP/2 settings every relay link
 //!   shares, and a link's sending half.
+//! - `link_server` (feature `server`): serving the links' gRPC services over
+//!   hyper with those settings and a small per-stream send buffer, every
+//!   connection a tracked task, drained at shutdown.
 //! - [`address`]: relay addresses as people type them (`HOST:PORT`,
 //!   `http://…`, `https://…`), for every `--relay` flag.
 //! - [`admission`]: admission of unauthenticated sessions (early drop as the
@@ -37,8 +40,8 @@
 //!   ([`session::ClientSession`], [`session::ServerSession`]).
 //! - [`wall_time`]: wall-clock helpers shared by the codecs.
 //!
-//! Apart from [`health`]'s probe, [`relay_link`]'s settings, the listener and
-//! the [`driver`], nothing here depends on an async runtime: the protocol
+//! Apart from [`health`]'s probe, [`relay_link`]'s settings, the listener,
+//! the link server and the [`driver`], nothing here depends on an async runtime: the protocol
 //! cores take bytes and time and return bytes and events; the services
 //! drive them.
 
@@ -52,6 +55,8 @@ pub mod frames;
 pub mod health;
 pub mod keys;
 pub mod limits;
+#[cfg(feature = "server")]
+pub mod link_server;
 #[cfg(feature = "server")]
 pub mod listener;
 pub mod noise;

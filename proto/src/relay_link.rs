@@ -113,22 +113,12 @@ pub fn why(err: &(dyn std::error::Error + 'static)) -> String {
     innermost.to_string()
 }
 
-/// The accepted connections of `listener`, with Nagle off on each (the
-/// server builder's own setting only applies to listeners it binds itself).
+/// The accepted connections of `listener`, with Nagle off on each (for a
+/// server that takes any connection; the services use
+/// `listener::incoming`, which bounds them).
 #[cfg(feature = "server")]
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// A gRPC server builder with the link settings.
-#[cfg(feature = "server")]
-pub fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .initial_stream_window_size(Some(STREAM_WINDOW))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW))
 }
 
 /// The sending half of a tunnel stream, as both ends hold it.

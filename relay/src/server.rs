@@ -43,9 +43,6 @@ pub enum RelayError {
     /// The allow-list of exec-server keys could not be read.
     #[error("--allowed-servers: {0}")]
     AllowList(#[from] proto::keys::KeyError),
-    /// The gRPC server failed.
-    #[error("relay server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }
 
 /// A relay ready to serve, with its counters readable while it runs.
@@ -143,11 +140,11 @@ impl Relay {
         // to drain (an HTTP/2 GOAWAY: no new sessions, in-flight ones go on).
         let incoming = proto::listener::incoming(listener, connections, tls)
             .take_until(shutdown.clone().cancelled_owned());
-        let serving = proto::relay_link::server()
-            .add_service(tunnel)
+        let routes = tonic::service::Routes::new(tunnel)
             .add_service(registry)
-            .add_service(health)
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+            .add_service(health);
+        let serving =
+            proto::link_server::serve(routes, incoming, shutdown.clone().cancelled_owned());
         let drain = async {
             shutdown.cancelled().await;
             tracing::info!("relay shutting down");
@@ -156,9 +153,9 @@ impl Relay {
                 sessions.cancel();
             }
         };
-        let (result, ()) = tokio::join!(serving, drain);
+        tokio::join!(serving, drain);
         tasks.shutdown().await;
-        result.map_err(RelayError::from)
+        Ok(())
     }
 }
 
