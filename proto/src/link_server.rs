@@ -4,11 +4,12 @@
 //!
 //! The setting that needs this is the send buffer. hyper buffers up to
 //! 400 KiB of each stream's outgoing data by default whenever the socket
-//! cannot take it; for a relay that is what every session whose reader
-//! stopped (a frozen process, a laptop asleep) holds on top of the relay's
-//! own queue. Here a stream buffers at most [`SEND_BUFFER`]: the bytes wait
-//! in the relay's queue, which is counted and budgeted, and then in the
-//! sender's socket and its session credit, never in an uncounted copy.
+//! cannot take it, a copy nothing counts. Here a stream buffers at most
+//! [`SEND_BUFFER`]: what its peer cannot take waits in the relay's queue,
+//! which is counted and budgeted, and behind it in the sender's HTTP/2
+//! window and session credit. (Of what a session whose reader stopped
+//! holds at a relay, most is now what its sender could still push into the
+//! relay's receive window: see the security notes.)
 //!
 //! Every connection is a task of this server, tracked, carrying the span
 //! current when [`serve`] was called; so is every stream task hyper
