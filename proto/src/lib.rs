@@ -41,9 +41,9 @@
 //! - [`wall_time`]: wall-clock helpers shared by the codecs.
 //!
 //! Apart from [`health`]'s probe, [`relay_link`]'s settings, the listener,
-//! the link server and the [`driver`], nothing here depends on an async runtime: the protocol
-//! cores take bytes and time and return bytes and events; the services
-//! drive them.
+//! the link server and the [`driver`], nothing here depends on an async
+//! runtime: the protocol cores take bytes and time and return bytes and
+//! events; the services drive them.
 
 pub mod address;
 pub mod admission;

@@ -140,9 +140,12 @@ mod tests {
     const CHUNK: usize = 16 * 1024;
 
     /// Answers every call with endless output, counting what the server
-    /// took of it.
+    /// took of it, and notes the caller's address as the call saw it.
     #[derive(Clone)]
-    struct Flood(Arc<AtomicUsize>);
+    struct Flood {
+        taken: Arc<AtomicUsize>,
+        peer: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    }
 
     impl NamedService for Flood {
         const NAME: &'static str = "test.Flood";
@@ -157,8 +160,12 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _: hyper::Request<tonic::body::Body>) -> Self::Future {
-            let taken = Arc::clone(&self.0);
+        fn call(&mut self, req: hyper::Request<tonic::body::Body>) -> Self::Future {
+            *self.peer.lock().unwrap() = req
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr);
+            let taken = Arc::clone(&self.taken);
             let chunks = futures::stream::repeat_with(move || {
                 taken.fetch_add(CHUNK, Ordering::Relaxed);
                 Ok::<_, tonic::Status>(hyper::body::Frame::data(Bytes::from(vec![0; CHUNK])))
@@ -195,15 +202,15 @@ mod tests {
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let listener: TcpListener = socket.listen(8).unwrap();
         let addr = listener.local_addr().unwrap();
-        let incoming = futures::stream::unfold(listener, |l| async move {
-            let accepted = l.accept().await.map(|(s, _)| s);
-            Some((accepted, l))
-        });
         let taken = Arc::new(AtomicUsize::new(0));
+        let peer = Arc::new(std::sync::Mutex::new(None));
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(
-            Routes::new(Flood(Arc::clone(&taken))),
-            incoming,
+            Routes::new(Flood {
+                taken: Arc::clone(&taken),
+                peer: Arc::clone(&peer),
+            }),
+            crate::relay_link::incoming(listener),
             stop.clone().cancelled_owned(),
         ));
 
@@ -212,6 +219,7 @@ mod tests {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let tcp = socket.connect(addr).await.unwrap();
+        let client_addr = tcp.local_addr().unwrap();
         let (mut client, conn) = h2::client::Builder::new()
             .initial_window_size(64 << 20)
             .initial_connection_window_size(64 << 20)
@@ -230,6 +238,9 @@ mod tests {
             r = &mut conn => panic!("connection ended: {r:?}"),
         };
         assert_eq!(answer.status(), 200);
+        // The connection's address reaches the call (per-source limits
+        // read it there).
+        assert_eq!(*peer.lock().unwrap(), Some(client_addr));
 
         let held = settled(&taken).await;
         // With hyper's default send buffer the server took 432 KiB here;
