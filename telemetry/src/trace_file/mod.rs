@@ -11,7 +11,8 @@
 //! - [`retention`] (`crate::trace_files`, which readers use without this
 //!   feature): how much is kept (the current file and its rotated
 //!   generations) and what was rotated away.
-//! - `compact`: lines without default values.
+//! - `json`: a batch's line, written straight from the span data, without
+//!   default values (`compact`, which the tests hold it to, says which).
 //!
 //! Format: JSON Lines. Each line is one OTLP JSON `TracesData` message
 //! holding the spans of one trace that one exporter wrote in one batch, so a
@@ -24,8 +25,10 @@
 //! [`Retention::file_bytes`] is rotated (see [`retention`]); readers read
 //! the generations oldest first (`<path>.N` ... `<path>.1`, then `<path>`).
 
+#[cfg(test)]
 mod compact;
 mod inline;
+mod json;
 mod writer;
 use crate::trace_files as retention;
 

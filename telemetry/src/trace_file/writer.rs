@@ -13,14 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::trace::TraceId;
-use opentelemetry_proto::tonic::trace::v1::TracesData;
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-use super::compact;
+use super::json;
 use super::retention::{self, Retention};
 
 /// A trace file that any number of exporters append to. Cloning shares the
@@ -137,14 +134,10 @@ impl TraceFileExporter {
     /// Serializes `batch` as one line per trace id, in order of first
     /// appearance, and appends the lines.
     pub(super) fn write_batch(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let resource: ResourceAttributesWithSchema = (&self.resource).into();
+        let mut line = Vec::with_capacity(4096);
         for spans in group_by_trace(batch) {
-            let data = TracesData {
-                resource_spans: group_spans_by_resource_and_scope(spans, &resource),
-            };
-            let mut value = serde_json::to_value(&data).map_err(|err| self.failure(&err))?;
-            compact::compact(&mut value);
-            let mut line = serde_json::to_vec(&value).map_err(|err| self.failure(&err))?;
+            line.clear();
+            json::write_line(&self.resource, &spans, &mut line);
             line.push(b'\n');
             self.file
                 .append_line(&line)
@@ -208,6 +201,7 @@ impl SpanExporter for TraceFileExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::trace::v1::TracesData;
 
     fn span_data(trace: u128, span: u64, name: &'static str) -> SpanData {
         use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
