@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{CallError, Closed, Limits, LinkFailure, Mark, Now, Received, SessionError, Transmit};
 use crate::envelope;
 use crate::noise::Transport;
-use crate::pb::session::{Envelope, TraceContext, envelope::Body};
+use crate::pb::session::{Envelope, TerminalEvent, TraceContext, envelope::Body};
 use crate::pb::tunnel::{CloseReason, Frame};
 
 /// A marked message waiting to leave.
@@ -227,27 +227,65 @@ impl<T> Shared<T> {
         mark: Option<(Option<T>, Option<String>)>,
         now: Now,
     ) -> Result<u64, CallError> {
+        self.send_lent(call_id, trace, body, mark, now).0
+    }
+
+    /// [`send`](Self::send) of a call's terminal event, which is handed
+    /// back once encoded (a call keeps its events for a resume: it need
+    /// not copy them, stage timings and all).
+    pub(super) fn send_event(
+        &mut self,
+        call_id: u64,
+        trace: Option<&TraceContext>,
+        event: TerminalEvent,
+        mark: Option<Mark<T>>,
+        now: Now,
+    ) -> (Result<u64, CallError>, TerminalEvent) {
+        let mark = mark.map(|m| (Some(m.tag), m.hop));
+        let (result, body) = self.send_lent(call_id, trace, Body::Event(event), mark, now);
+        let event = match body {
+            Some(Body::Event(event)) => event,
+            _ => TerminalEvent::default(),
+        };
+        (result, event)
+    }
+
+    /// Encodes and queues `body`, and hands it back.
+    fn send_lent(
+        &mut self,
+        call_id: u64,
+        trace: Option<&TraceContext>,
+        body: Body,
+        mark: Option<(Option<T>, Option<String>)>,
+        now: Now,
+    ) -> (Result<u64, CallError>, Option<Body>) {
         if self.ending != Ending::Open || self.end.is_some() {
-            return Err(CallError::Ended);
+            return (Err(CallError::Ended), Some(body));
         }
-        let transport = self.transport.as_mut().ok_or(CallError::NotReady)?;
+        let Some(transport) = self.transport.as_mut() else {
+            return (Err(CallError::NotReady), Some(body));
+        };
         let env = Envelope {
             call_id,
             trace: trace.cloned(),
             send_time_unix_nanos: now.unix_nanos(),
             body: Some(body),
         };
-        transport.send_message(&env).map_err(|e| match e {
+        let sent = transport.send_message(&env).map_err(|e| match e {
             crate::noise::TransportError::EnvelopeStream(
                 crate::envelope_stream::EnvelopeStreamError::TooLarge { len, max },
             ) => CallError::TooLarge(crate::envelope::EnvelopeError::TooLarge { len, max }),
             _ => CallError::Ended,
-        })?;
+        });
         let end = transport.queued_offset();
+        let body = env.body;
+        if let Err(e) = sent {
+            return (Err(e), body);
+        }
         if let Some((tag, hop)) = mark {
             self.marks.push_back(Pending { end, hop, tag });
         }
-        Ok(end)
+        (Ok(end), body)
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a frame.

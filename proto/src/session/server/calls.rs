@@ -235,12 +235,11 @@ impl<T> ServerSession<T> {
             timings: timings.filter(|_| last),
         };
         // Detached, the event is only kept: a resume sends it.
-        let result = if self.detached {
+        let (result, event) = if self.detached {
             drop(mark);
-            Ok(0)
+            (Ok(0), event)
         } else {
-            self.shared
-                .send(call_id, trace, Body::Event(event.clone()), mark, now)
+            self.shared.send_event(call_id, trace, event, mark, now)
         };
         if let Ok(offset) = result {
             let keep = self.keep_finished();
