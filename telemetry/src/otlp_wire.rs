@@ -117,14 +117,7 @@ fn write_span(span: &SpanData, out: &mut Vec<u8>, nested: &mut Vec<u8>) {
         bytes(4, &span.parent_span_id.to_bytes(), out);
     }
     string(5, &span.name, out);
-    let kind = match span.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    uint(6, kind, out);
+    uint(6, kind(&span.span_kind), out);
     fixed64(7, nanos(span.start_time), out);
     fixed64(8, nanos(span.end_time), out);
     for kv in &span.attributes {
@@ -176,9 +169,20 @@ fn write_span(span: &SpanData, out: &mut Vec<u8>, nested: &mut Vec<u8>) {
     );
 }
 
+/// OTLP's number for a span kind.
+pub(crate) fn kind(kind: &SpanKind) -> u64 {
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
 /// OTLP's span flags: the W3C trace flags, and whether the parent (or the
 /// linked span) was remote.
-fn flags(remote: bool, trace_flags: u8) -> u32 {
+pub(crate) fn flags(remote: bool, trace_flags: u8) -> u32 {
     let mut flags = u32::from(trace_flags) | HAS_IS_REMOTE;
     if remote {
         flags |= IS_REMOTE;
@@ -187,7 +191,7 @@ fn flags(remote: bool, trace_flags: u8) -> u32 {
 }
 
 /// Nanoseconds since the epoch (0 before it), as OTLP counts.
-fn nanos(time: SystemTime) -> u64 {
+pub(crate) fn nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -367,7 +371,7 @@ pub(crate) fn reference(resource: &Resource, spans: Vec<SpanData>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::borrow::Cow;
     use std::time::Duration;
@@ -378,7 +382,8 @@ mod tests {
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message as _;
 
-    fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
+    /// A sampled span context (`state`: the value of a trace state `k`).
+    pub(crate) fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
         SpanContext::new(
             TraceId::from(trace),
             SpanId::from(span),
@@ -389,7 +394,8 @@ mod tests {
         )
     }
 
-    fn every_value() -> Vec<KeyValue> {
+    /// Every kind of value the SDK has.
+    pub(crate) fn every_value() -> Vec<KeyValue> {
         vec![
             KeyValue::new("s", "text"),
             KeyValue::new("empty", ""),
@@ -412,7 +418,8 @@ mod tests {
         ]
     }
 
-    fn span(
+    /// A span with every field set: events, links, dropped counts.
+    pub(crate) fn span(
         id: u64,
         parent: u64,
         scope: &InstrumentationScope,

@@ -202,7 +202,7 @@ impl<T> Shared<T> {
         now: Now,
     ) -> Result<u64, CallError> {
         let mark = mark.map(|m| (Some(m.tag), m.hop));
-        self.send_hopped(call_id, trace, body, mark, now)
+        self.send_lent(call_id, trace, body, mark, now).0
     }
 
     /// [`send`](Self::send) with `hop` as the hop header of the frame that
@@ -216,17 +216,6 @@ impl<T> Shared<T> {
         now: Now,
     ) -> Result<u64, CallError> {
         let mark = hop.is_some().then_some((None, hop));
-        self.send_hopped(call_id, trace, body, mark, now)
-    }
-
-    fn send_hopped(
-        &mut self,
-        call_id: u64,
-        trace: Option<&TraceContext>,
-        body: Body,
-        mark: Option<(Option<T>, Option<String>)>,
-        now: Now,
-    ) -> Result<u64, CallError> {
         self.send_lent(call_id, trace, body, mark, now).0
     }
 
