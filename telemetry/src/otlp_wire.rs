@@ -418,6 +418,26 @@ pub(crate) mod tests {
         ]
     }
 
+    /// A span with every field at its default (an empty name, and an end
+    /// before its start).
+    pub(crate) fn bare_span(scope: InstrumentationScope) -> SpanData {
+        SpanData {
+            span_context: context(1, 2, false, ""),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: Cow::Borrowed(""),
+            start_time: UNIX_EPOCH,
+            end_time: UNIX_EPOCH - Duration::from_secs(1),
+            attributes: vec![],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope,
+        }
+    }
+
     /// A span with every field set: events, links, dropped counts.
     pub(crate) fn span(
         id: u64,
@@ -511,22 +531,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_empty_resource_and_a_bare_span_match_too() {
-        let scope = InstrumentationScope::builder("").build();
-        let bare = SpanData {
-            span_context: context(1, 2, false, ""),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: Cow::Borrowed(""),
-            start_time: UNIX_EPOCH,
-            end_time: UNIX_EPOCH - Duration::from_secs(1),
-            attributes: vec![],
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: scope,
-        };
+        let bare = bare_span(InstrumentationScope::builder("").build());
         let resource = Resource::builder_empty().build();
         let ours = encode(
             &EncodedResource::new(&resource),
