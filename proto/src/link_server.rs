@@ -30,12 +30,15 @@ use tonic::service::Routes;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::Instrument;
 
-use crate::relay_link::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAM_WINDOW};
+use crate::relay_link::{
+    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
+};
 
 /// Most bytes of one stream's outgoing data the server buffers while the
-/// socket cannot take them (hyper's default is 400 KiB). Two full HTTP/2
-/// frames: enough that a stream always has a frame ready when the socket
-/// has room, not enough to matter per stalled session.
+/// socket cannot take them (hyper's default is 400 KiB): enough that a
+/// stream always has data ready when the socket has room, not enough to
+/// matter per stalled session. (A message is handed over whole, so a
+/// stream may hold one tunnel message beyond it.)
 pub const SEND_BUFFER: usize = 32 * 1024;
 
 /// Spawns hyper's stream tasks as tracked tasks in the current span.
@@ -72,7 +75,8 @@ where
         .max_concurrent_streams(None)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .max_send_buf_size(SEND_BUFFER);
+        .max_send_buf_size(SEND_BUFFER)
+        .max_frame_size(MAX_FRAME_SIZE);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     {
         let mut incoming = pin!(incoming);
@@ -253,6 +257,81 @@ mod tests {
         assert!(held >= CHUNK, "nothing was sent ({held} bytes)");
 
         drop(conn);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    /// Notes the size of each DATA frame of every call's request body.
+    #[derive(Clone, Default)]
+    struct Frames(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl NamedService for Frames {
+        const NAME: &'static str = "test.Frames";
+    }
+
+    impl Service<hyper::Request<tonic::body::Body>> for Frames {
+        type Response = hyper::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: hyper::Request<tonic::body::Body>) -> Self::Future {
+            let sizes = Arc::clone(&self.0);
+            Box::pin(async move {
+                let mut body = req.into_body();
+                while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                    if let Some(data) = frame.data_ref() {
+                        sizes.lock().unwrap().push(data.len());
+                    }
+                }
+                Ok(hyper::Response::new(tonic::body::Body::empty()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_tunnel_message_arrives_as_one_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frames = Frames::default();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            Routes::new(frames.clone()),
+            crate::relay_link::incoming(listener),
+            stop.clone().cancelled_owned(),
+        ));
+
+        // The largest message a tunnel stream carries, with its gRPC
+        // prefix.
+        let message = crate::limits::MAX_GRPC_MESSAGE + 5;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let request = || {
+            hyper::Request::post("http://127.0.0.1/test.Frames/Go")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap()
+        };
+        // A first call, answered, so that the server's settings are in
+        // force (before them a dialler sends at the protocol's defaults).
+        let mut client = client.ready().await.unwrap();
+        let (answer, _) = client.send_request(request(), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        let mut client = client.ready().await.unwrap();
+        let (answer, mut send) = client.send_request(request(), false).unwrap();
+        send.reserve_capacity(message);
+        send.send_data(Bytes::from(vec![7; message]), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+
+        // h2 splits what it sends at the frame size its peer allows (16 KiB
+        // unless told more); the window (1 MiB) does not split it here.
+        assert_eq!(*frames.0.lock().unwrap(), vec![message]);
+        conn.abort();
         stop.cancel();
         server.await.unwrap();
     }
