@@ -306,7 +306,7 @@ mod tests {
 
         // The largest message a tunnel stream carries, with its gRPC
         // prefix.
-        let message = crate::limits::MAX_GRPC_MESSAGE + 5;
+        let message = crate::limits::MAX_GRPC_MESSAGE + crate::relay_link::GRPC_PREFIX;
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
         let conn = tokio::spawn(conn);
