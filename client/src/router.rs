@@ -1126,7 +1126,8 @@ impl Endpoint<Machine> for Router {
         match event {
             ClientEvent::Secured => self.secured_at = Some(now.wall),
             ClientEvent::Ready(ready) => {
-                self.shared.set_forwarding(machine.span_batch_max());
+                self.shared
+                    .set_forwarding(machine.span_batch_max(), self.span_source.is_some());
                 self.refresh_offset(machine, &telemetry::clock_status::status());
                 if let Some(tx) = self.ready.take() {
                     let _ = tx.send(Ok(Established {

@@ -293,6 +293,11 @@ pub(crate) struct Shared {
     /// The most bytes of a forwarded batch the exec-server takes (its
     /// hello answer): 0 it takes none, [`NOT_KNOWN`] not known yet.
     forwarding: std::sync::atomic::AtomicU64,
+    /// Whether the driver forwards spans at all: it has a span source and
+    /// the exec-server takes batches. Until it does, asking it to forward
+    /// would only wake it for nothing (on the command's path: the caller
+    /// asks as its final event arrives).
+    forwards_spans: std::sync::atomic::AtomicBool,
 }
 
 /// Calls waiting for their spans to be forwarded, at most (more stay
@@ -318,12 +323,19 @@ impl Shared {
             link: LinkWatch::new(target.url()),
             forwards: Mutex::new(Vec::new()),
             forwarding: std::sync::atomic::AtomicU64::new(NOT_KNOWN),
+            forwards_spans: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Asks the driver to forward call `call_id`'s spans of `trace_id`
     /// ended so far (never waits; beyond [`FORWARDS`] they stay local).
     pub(crate) fn forward(&self, call_id: u64, trace_id: opentelemetry::trace::TraceId) {
+        if !self
+            .forwards_spans
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         {
             let mut f = self.forwards.lock().unwrap_or_else(PoisonError::into_inner);
             if f.len() >= FORWARDS {
@@ -340,12 +352,14 @@ impl Shared {
     }
 
     /// Records the most bytes of a forwarded batch the exec-server takes
-    /// (`None`: it takes none).
-    pub(crate) fn set_forwarding(&self, max: Option<u32>) {
-        self.forwarding.store(
-            max.map_or(0, u64::from),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    /// (`None`: it takes none) and whether the driver, which may have no
+    /// spans to give (`has_source`), forwards any.
+    pub(crate) fn set_forwarding(&self, max: Option<u32>, has_source: bool) {
+        let max = max.map_or(0, u64::from);
+        self.forwarding
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+        self.forwards_spans
+            .store(has_source && max > 0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The most bytes of a forwarded batch the exec-server takes:
@@ -642,5 +656,39 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![1, 2]);
         assert!(shared.take_cancelled().is_empty(), "taken once");
+    }
+
+    /// Whether the driver was woken (a stored permit), taking the permit.
+    async fn woken(shared: &Shared) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, shared.wake.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_forward_wakes_the_driver_only_when_it_forwards() {
+        let shared = Shared::new(&Target::Relay("http://relay".into()));
+        let trace = opentelemetry::trace::TraceId::from_bytes([7; 16]);
+        // Before the hello's answer, with no spans to give, or to an
+        // exec-server that takes none: asked for nothing, not woken.
+        for (max, source) in [
+            (None, false),
+            (Some(64 * 1024), false),
+            (Some(0), true),
+            (None, true),
+        ] {
+            if max.is_some() || source {
+                shared.set_forwarding(max, source);
+            }
+            shared.forward(1, trace);
+            assert!(shared.take_forwards().is_empty(), "{max:?} {source}");
+            assert!(!woken(&shared).await, "{max:?} {source}");
+        }
+        // Spans to give, and an exec-server that takes them.
+        shared.set_forwarding(Some(64 * 1024), true);
+        assert_eq!(shared.forwarding(), Some(64 * 1024));
+        shared.forward(2, trace);
+        assert!(woken(&shared).await);
+        assert_eq!(shared.take_forwards(), vec![(2, trace)]);
     }
 }
