@@ -132,10 +132,13 @@ pub async fn run_mode(
     for _ in 0..WARMUP {
         exec_true(client).await?;
     }
+    // Every mode pauses as long between its warm-up and its timed execs:
+    // the first execs after a pause are slower (caches, parked threads),
+    // so a pause in one mode alone would be counted as that mode's cost.
+    tokio::time::sleep(SETTLE).await;
     if mode == Mode::Full {
         // Drop the warm-up traces (and the previous session's close, if any)
         // so the receiver holds exactly the timed execs.
-        tokio::time::sleep(SETTLE).await;
         flush(&providers.full).await?;
         receiver.clear();
     }
