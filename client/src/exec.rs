@@ -136,6 +136,8 @@ impl ExecSpec {
                 term: t.term.clone().unwrap_or_default(),
             }),
             login_shell: self.login_shell,
+            // The session sets it from what it measured of its path.
+            output_window: 0,
         }
     }
 }

@@ -181,6 +181,7 @@ mod tests {
                 clear_env: true,
                 terminal: None,
                 login_shell: false,
+                output_window: 1 << 23,
             }),
             Body::Exec(s::ExecRequest {
                 login_shell: true,

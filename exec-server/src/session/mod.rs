@@ -801,6 +801,12 @@ impl Endpoint<Machine> for Runner {
                 {
                     forwarder.called(&client.to_string(), std::time::Instant::now());
                 }
+                // The call's own window: the client may have asked for a
+                // wider one than the session's (from a path it measured).
+                let window = match machine.output_window_of(call_id) {
+                    0 => machine.output_window(),
+                    w => w,
+                };
                 let call = Call::start(
                     &self.ctx,
                     &self.tracer,
@@ -815,7 +821,7 @@ impl Endpoint<Machine> for Runner {
                     self.events_tx.clone(),
                     &self.session_cancel,
                     &self.stdin_wake,
-                    (machine.output_window(), &self.retention),
+                    (window, &self.retention),
                 );
                 self.calls.insert(call_id, call);
             }

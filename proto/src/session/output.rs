@@ -163,6 +163,18 @@ impl Received {
         }
     }
 
+    /// A window of `window` that may grow to `ceiling`, starting at
+    /// `start` (what an earlier call measured of the path).
+    pub(super) fn starting_at(window: u32, ceiling: u32, start: u32) -> Self {
+        let mut received = Self::new(window, ceiling);
+        if window != 0 {
+            received.flow =
+                Adaptive::starting_at(u64::from(window), u64::from(ceiling), u64::from(start));
+            received.widest = received.flow.window();
+        }
+        received
+    }
+
     /// The window now (what every acknowledgement tells).
     pub(super) fn window(&self) -> u32 {
         u32::try_from(self.flow.window()).unwrap_or(u32::MAX)

@@ -47,6 +47,14 @@ use std::time::{Duration, Instant};
 /// window.
 pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// A call started within this of the end of a call whose output window
+/// had grown starts with that window (the exec-server told in its request),
+/// not the session's first: the session has measured its path, as a TCP
+/// stack keeps a destination's metrics for its next connection. Long
+/// enough for the commands a user or a script runs one after another;
+/// short enough that a path that changed is soon measured afresh.
+pub(crate) const PATH_MEMORY: Duration = Duration::from_secs(30);
+
 /// The least time between the start of one measurement and the start of
 /// the next (a flow on a short path is not measured at every chunk; on a
 /// path longer than this one follows the other at once).
@@ -224,6 +232,19 @@ impl Adaptive {
             flat: 0,
             last_data: None,
         }
+    }
+
+    /// A window of `first` bytes that may grow up to `ceiling`, starting
+    /// at `window` (a path measured before: no ramp to find it again; a
+    /// measurement still widens it if the path carries more).
+    pub(super) fn starting_at(first: u64, ceiling: u64, window: u64) -> Self {
+        let mut flow = Self::new(first, ceiling);
+        if window > flow.first {
+            flow.window = window.min(flow.ceiling);
+            flow.ramp = false;
+            flow.carried = flow.window / 2;
+        }
+        flow
     }
 
     pub(super) fn window(&self) -> u64 {

@@ -10,6 +10,7 @@ use crate::pb::session::{
     Cancel, ExecRequest, OutputAck, Resize, Signal, StdinClose, StdinData, StdinMode,
     TerminalEvent, TraceContext, envelope::Body, terminal_event,
 };
+use crate::session::window::PATH_MEMORY;
 use crate::session::{CallError, CallEvent, Mark, Now, Received, SessionError, Violation};
 use crate::session::{output, stdin};
 
@@ -137,6 +138,10 @@ impl<T> ClientSession<T> {
         }
         let mut stdin = None;
         if last && let Some(call) = self.calls.remove(&call_id) {
+            let ended = call.output.window();
+            if ended > self.output_window {
+                self.path_window = Some((ended, now.at));
+            }
             self.stdin_queued -= call.out.queued();
             stdin = (call.stdin != Stdin::Null).then(|| call.out.flow(now.at));
             // The exec-server keeps the call (for a resume) until told,
@@ -190,6 +195,9 @@ impl<T> ClientSession<T> {
             return Err(CallError::TooManyCalls(self.max_calls));
         }
         check_request(&request, self.login_shell)?;
+        let mut request = request;
+        let start = self.first_output_window(now.at);
+        request.output_window = if start > self.output_window { start } else { 0 };
         let terminal = request.terminal.is_some();
         let stdin = if request.stdin == StdinMode::Pipe as i32 {
             Stdin::Open
@@ -215,9 +223,10 @@ impl<T> ClientSession<T> {
                 terminal,
                 out: stdin::Outgoing::new(self.stdin_window),
                 forgotten: false,
-                output: output::Received::new(
+                output: output::Received::starting_at(
                     self.output_window,
                     self.shared.limits.output_window_max,
+                    start,
                 ),
                 trace,
                 received: (0, 0),
@@ -225,6 +234,23 @@ impl<T> ClientSession<T> {
             },
         );
         Ok(())
+    }
+
+    /// The output window a call started at `now` begins with: where the
+    /// latest call that ended with a wider one than the session's left it,
+    /// if that was within [`PATH_MEMORY`], else the session's (never above
+    /// this end's ceiling).
+    fn first_output_window(&self, now: std::time::Instant) -> u32 {
+        match self.path_window {
+            Some((window, at))
+                if self.output_window != 0 && now.saturating_duration_since(at) < PATH_MEMORY =>
+            {
+                window
+                    .min(self.shared.limits.output_window_max)
+                    .max(self.output_window)
+            }
+            _ => self.output_window,
+        }
     }
 
     /// The smallest id the next [`start_call`](Self::start_call) may use.
@@ -378,6 +404,11 @@ impl<T> ClientSession<T> {
     }
 
     /// Sends an output acknowledgement of `seq` asking for `window`.
+    #[cfg(test)]
+    pub(crate) fn remember_path_for_tests(&mut self, window: u32, at: std::time::Instant) {
+        self.path_window = Some((window, at));
+    }
+
     #[cfg(test)]
     pub(crate) fn ack_window_for_tests(&mut self, call_id: u64, seq: u64, window: u32, now: Now) {
         let ack = Body::OutputAck(OutputAck { seq, window });

@@ -284,6 +284,10 @@ pub struct ClientSession<T> {
     /// arrivals only delay a fall-back); `None` while every window is at
     /// its first. Kept so that the timer needs no scan of the calls.
     window_check: Option<Instant>,
+    /// The output window of the latest call that ended with one wider than
+    /// the session's, and when it ended: where the next call starts, within
+    /// [`PATH_MEMORY`](crate::session::window::PATH_MEMORY).
+    path_window: Option<(u32, Instant)>,
     events: Events<ClientEvent>,
     clock: Estimate,
     /// What the exec-server last told of its clock.
@@ -440,6 +444,7 @@ impl<T> ClientSession<T> {
             login_shell: false,
             stdin_queued: 0,
             window_check: None,
+            path_window: None,
             events: Events::default(),
             clock: Estimate::default(),
             peer_clock: Status::default(),

@@ -207,6 +207,8 @@ impl<T> ClientSession<T> {
         }
         self.output_window =
             output::negotiate(answer.output_window, self.shared.limits.output_window);
+        // A new link may be a new path: measured afresh.
+        self.path_window = None;
         self.stdin_window = answer.stdin_window;
         self.login_shell = answer.login_shell;
         // Spans go only where the exec-server takes them now (it may have

@@ -105,6 +105,14 @@ impl<T> ServerSession<T> {
         } else {
             Stdin::Null
         };
+        // A client that measured its path asks for a wider first window:
+        // granted up to our ceiling, never below the session's.
+        let output_window = if self.output_window != 0 && request.output_window != 0 {
+            let ceiling = self.shared.limits.output_window_max.max(self.output_window);
+            request.output_window.min(ceiling).max(self.output_window)
+        } else {
+            self.output_window
+        };
         self.calls.insert(
             call_id,
             Call {
@@ -117,8 +125,8 @@ impl<T> ServerSession<T> {
                     Some(self.acceptor.stdin_budget.clone()),
                 ),
                 output: output::Sent::default(),
-                output_window: self.output_window,
-                output_widest: self.output_window,
+                output_window,
+                output_widest: output_window,
                 trace: trace.clone(),
                 finished: false,
                 produced: (0, 0),

@@ -440,9 +440,9 @@ impl<T> ServerSession<T> {
         self.output_window
     }
 
-    /// A call's output window now (0 for a call it does not hold).
-    #[cfg(test)]
-    pub(crate) fn output_window_of(&self, call_id: u64) -> u32 {
+    /// A call's output window now (0 for a call it does not hold): the
+    /// session's, or what the client asked for the call, as granted.
+    pub fn output_window_of(&self, call_id: u64) -> u32 {
         self.calls.get(&call_id).map_or(0, |c| c.output_window)
     }
 

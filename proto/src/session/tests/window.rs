@@ -10,7 +10,7 @@ use std::time::Instant;
 use prost::Message;
 
 use super::*;
-use crate::session::window::IDLE_AFTER;
+use crate::session::window::{IDLE_AFTER, PATH_MEMORY};
 
 const MIB: u64 = 1024 * 1024;
 const TICK: Duration = Duration::from_millis(1);
@@ -475,4 +475,103 @@ fn a_later_call_grows_its_output_window_before_its_first_pong() {
     let window = u64::from(sim.p.client.output_window_of(sim.call));
     assert!(window <= 3 * bdp, "window {window} beyond the path's need");
     assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), window);
+}
+
+/// Ends `sim`'s call (its process prints no more and exits) and lets the
+/// last of it cross.
+fn end_call(sim: &mut Sim) {
+    sim.writing = false;
+    sim.run_for(Duration::from_millis(200));
+    sim.p
+        .server
+        .push(sim.call, exit(0), None, None, sim.p.now)
+        .unwrap();
+    sim.run_for(Duration::from_millis(200));
+}
+
+/// Starts a call on `sim` that prints as fast as its credit allows.
+fn next_call(sim: &mut Sim) {
+    let call = sim.p.exec(false);
+    sim.p.push(call, started());
+    sim.call = call;
+    sim.writing = true;
+}
+
+#[test]
+fn a_call_soon_after_a_bulk_one_starts_where_its_window_ended() {
+    // 320 MiB/s across 50 ms: 16 MiB in flight, four times the first
+    // window. The first call finds the path; the next, started moments
+    // after it ended, starts with the window it ended with, at both ends:
+    // none of its round trips is spent finding the path again.
+    let first = u64::from(Limits::client().output_window);
+    let rate = 8 * RATE;
+    let bdp = 8 * BDP;
+    let mut sim = Sim::output(Limits::client(), ONE_WAY, rate);
+    reaches(&mut sim, bdp).expect("the first call reaches the path");
+    sim.run_for(Duration::from_millis(500));
+    let ended = sim.p.client.output_window_of(sim.call);
+    assert!(u64::from(ended) >= bdp, "window {ended}");
+    end_call(&mut sim);
+
+    // (The request reaches the exec-server at once here; the output then
+    // crosses the path.)
+    next_call(&mut sim);
+    assert_eq!(sim.p.client.output_window_of(sim.call), ended);
+    assert_eq!(sim.p.server.output_window_of(sim.call), ended);
+    // The output comes at the path's rate from its first arrival: 100 ms
+    // of it carry what the path does (ramping from the first window, even
+    // with the round trip known, they carried 18 of its 32 MiB).
+    let carried = sim.run_for(ONE_WAY + Duration::from_millis(100));
+    let path = rate / 10;
+    assert!(
+        carried >= path * 95 / 100,
+        "{carried} bytes in the first 100 ms of output, the path carries {path}"
+    );
+    let window = u64::from(sim.p.client.output_window_of(sim.call));
+    assert!(window <= 3 * bdp, "window {window} beyond the path's need");
+
+    // Quiet for longer than the session remembers its path: the next call
+    // starts at the session's first window, and finds the path again.
+    end_call(&mut sim);
+    sim.run_for(PATH_MEMORY);
+    next_call(&mut sim);
+    assert_eq!(u64::from(sim.p.client.output_window_of(sim.call)), first);
+    assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), first);
+    reaches(&mut sim, bdp).expect("the call finds the path again");
+}
+
+#[test]
+fn a_calls_first_window_is_granted_up_to_the_exec_servers_ceiling() {
+    let (client_key, server_key) = keys();
+    let acceptor = Arc::new(Acceptor::new(
+        server_key.clone(),
+        AuthorizedKeys::from_keys([client_key.public()]),
+    ));
+    let server = Limits {
+        output_window_max: 5 * MIB as u32,
+        ..Limits::server()
+    };
+    let mut p = Pair::from_parts(
+        &client_key,
+        &server_key.public(),
+        acceptor,
+        Limits::client(),
+        server,
+    );
+    p.run();
+    let first = Limits::client().output_window;
+    let ceiling = Limits::client().output_window_max;
+    // A path measured moments ago, wider than either ceiling: the client
+    // asks for its own ceiling, the exec-server grants its own.
+    p.client.remember_path_for_tests(u32::MAX, p.now.at);
+    let id = p.exec(false);
+    p.run();
+    assert_eq!(p.client.output_window_of(id), ceiling);
+    assert_eq!(p.server.output_window_of(id), 5 * MIB as u32);
+    // Narrower than the session's window: the session's.
+    p.client.remember_path_for_tests(first / 2, p.now.at);
+    let id = p.exec(false);
+    p.run();
+    assert_eq!(p.client.output_window_of(id), first);
+    assert_eq!(p.server.output_window_of(id), first);
 }
