@@ -599,6 +599,8 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
         ended,
         mut resize,
     } = io;
+    // Before anything is read: the window the call starts with.
+    let first_window = credit.widest();
     let mut seq = Events {
         call_id,
         events,
@@ -841,6 +843,12 @@ pub async fn run(req: ExecRequest, io: ProcessIo, launch: Launch, trace: Process
     if let Some(window) = credit.widest() {
         run_span.set_int(
             spans::ATTR_OUTPUT_WINDOW,
+            i64::try_from(window).unwrap_or(i64::MAX),
+        );
+    }
+    if let Some(window) = first_window {
+        run_span.set_int(
+            spans::ATTR_OUTPUT_WINDOW_FIRST,
             i64::try_from(window).unwrap_or(i64::MAX),
         );
     }

@@ -138,6 +138,10 @@ pub const ATTR_OUTPUT_CREDIT_WAIT: &str = "rex.output.credit_wait_ns";
 /// `process.run` attribute (exec-server): the widest the command's output
 /// window was (bytes; its client widens it with the path).
 pub const ATTR_OUTPUT_WINDOW: &str = "rex.output.window";
+/// `process.run` attribute (exec-server): the window the command's output
+/// started with (bytes: the session's, or wider when the session had
+/// measured its path on a call that ended moments before).
+pub const ATTR_OUTPUT_WINDOW_FIRST: &str = "rex.output.window_first";
 /// `tool.dispatch` attribute, on a call with stdin: the widest stdin
 /// window its exec-server gave (bytes; the window grows with the path).
 pub const ATTR_STDIN_WINDOW: &str = "rex.stdin.window";
@@ -187,6 +191,7 @@ const ATTRIBUTES: &[&str] = &[
     ATTR_STDIN_WINDOW_WAIT,
     ATTR_OUTPUT_CREDIT_WAIT,
     ATTR_OUTPUT_WINDOW,
+    ATTR_OUTPUT_WINDOW_FIRST,
     ATTR_CLOCK_SOURCE,
     ATTR_CLOCK_OFFSET,
     ATTR_CLOCK_BOUND,
