@@ -15,8 +15,9 @@ use crate::trace_file::{self as traces, InvalidSelector, Selector, TraceFileErro
 use telemetry::spans::ClockSource as Source;
 use telemetry::spans::{
     ATTR_CLOCK_MEASURED, ATTR_CLOCK_OFFSET, ATTR_OUTPUT_CREDIT_WAIT, ATTR_OUTPUT_WINDOW,
-    ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS, ATTR_SESSION_ROUND_TRIPS, ATTR_STDIN_WINDOW,
-    ATTR_STDIN_WINDOW_WAIT, LINK_TRANSIT, TERMINAL_DELIVERY, TERMINAL_PUSH,
+    ATTR_OUTPUT_WINDOW_FIRST, ATTR_SESSION_EARLY_RETRIES, ATTR_SESSION_FLIGHTS,
+    ATTR_SESSION_ROUND_TRIPS, ATTR_STDIN_WINDOW, ATTR_STDIN_WINDOW_WAIT, LINK_TRANSIT,
+    TERMINAL_DELIVERY, TERMINAL_PUSH,
 };
 
 /// The offset attribute trace files written before clock sources name.
@@ -204,10 +205,14 @@ fn window_line(out: &mut String, spans: &[Span]) {
     }
     if let Some(wait) = value(ATTR_OUTPUT_CREDIT_WAIT).filter(|n| *n > 0) {
         let window = value(ATTR_OUTPUT_WINDOW).unwrap_or(0);
+        // Where it started, when it grew from there.
+        let window = match value(ATTR_OUTPUT_WINDOW_FIRST).filter(|f| *f < window) {
+            Some(first) => format!("{:.1} → {:.1} MiB", mib(first), mib(window)),
+            None => format!("{:.1} MiB", mib(window)),
+        };
         parts.push(format!(
-            "output waited {:.1} ms for credit (window {:.1} MiB)",
+            "output waited {:.1} ms for credit (window {window})",
             ms(wait),
-            mib(window)
         ));
     }
     if !parts.is_empty() {
@@ -681,6 +686,15 @@ mod tests {
                 == "window-limited: stdin waited 120.5 ms for its window (widest 4.0 MiB); \
                     output waited 30.0 ms for credit (window 12.0 MiB)"),
             "{out}"
+        );
+        // A window that grew from where it started says both.
+        t.spans[1].set_attribute("rex.output.window_first", "4194304");
+        assert!(
+            render(&t, 40)
+                .lines()
+                .any(|l| l.ends_with("output waited 30.0 ms for credit (window 4.0 → 12.0 MiB)")),
+            "{}",
+            render(&t, 40)
         );
         // No wait, no line.
         set_attrs(&mut t.spans[0], &[]);
