@@ -181,7 +181,7 @@ impl<T> ClientSession<T> {
     pub fn start_call(
         &mut self,
         id: u64,
-        request: ExecRequest,
+        mut request: ExecRequest,
         trace: Option<TraceContext>,
         mark: Option<Mark<T>>,
         now: Now,
@@ -195,7 +195,6 @@ impl<T> ClientSession<T> {
             return Err(CallError::TooManyCalls(self.max_calls));
         }
         check_request(&request, self.login_shell)?;
-        let mut request = request;
         let start = self.first_output_window(now.at);
         request.output_window = if start > self.output_window { start } else { 0 };
         let terminal = request.terminal.is_some();
@@ -403,12 +402,14 @@ impl<T> ClientSession<T> {
         self.ack_window_for_tests(call_id, seq, 0, now);
     }
 
-    /// Sends an output acknowledgement of `seq` asking for `window`.
+    /// Remembers `window` as measured of the path by a call that ended
+    /// `at`.
     #[cfg(test)]
     pub(crate) fn remember_path_for_tests(&mut self, window: u32, at: std::time::Instant) {
         self.path_window = Some((window, at));
     }
 
+    /// Sends an output acknowledgement of `seq` asking for `window`.
     #[cfg(test)]
     pub(crate) fn ack_window_for_tests(&mut self, call_id: u64, seq: u64, window: u32, now: Now) {
         let ack = Body::OutputAck(OutputAck { seq, window });

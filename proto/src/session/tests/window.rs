@@ -541,6 +541,39 @@ fn a_call_soon_after_a_bulk_one_starts_where_its_window_ended() {
 }
 
 #[test]
+fn a_call_that_starts_wide_falls_back_when_it_goes_quiet() {
+    // A ceiling the first call reaches: the later call starts there and
+    // no measurement widens it again; its fall-back is armed as its
+    // caller takes its output.
+    let ceiling = 8 * MIB as u32;
+    let client = Limits {
+        output_window_max: ceiling,
+        ..Limits::client()
+    };
+    let first = Limits::client().output_window;
+    let mut sim = Sim::output(client, ONE_WAY, 8 * RATE);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.p.client.output_window_of(sim.call), ceiling);
+    end_call(&mut sim);
+    sim.run_for(2 * IDLE_AFTER);
+
+    next_call(&mut sim);
+    assert_eq!(sim.p.client.output_window_of(sim.call), ceiling);
+    sim.run_for(Duration::from_millis(300));
+    sim.writing = false;
+    let fell = (1..=150).find(|_| {
+        sim.run_for(Duration::from_millis(10));
+        sim.p.client.output_window_of(sim.call) == first
+    });
+    assert!(
+        fell.is_some(),
+        "the window that started wide did not fall back"
+    );
+    sim.run_for(ONE_WAY + TICK);
+    assert_eq!(sim.p.server.output_window_of(sim.call), first);
+}
+
+#[test]
 fn a_calls_first_window_is_granted_up_to_the_exec_servers_ceiling() {
     let (client_key, server_key) = keys();
     let acceptor = Arc::new(Acceptor::new(
