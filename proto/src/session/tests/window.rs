@@ -325,6 +325,28 @@ fn the_output_window_grows_to_the_path_and_fills_it() {
     assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), window);
 }
 
+/// A ready pair whose exec-server grants output windows up to `ceiling`.
+fn pair_with_server_ceiling(ceiling: u32) -> Pair {
+    let (client_key, server_key) = keys();
+    let acceptor = Arc::new(Acceptor::new(
+        server_key.clone(),
+        AuthorizedKeys::from_keys([client_key.public()]),
+    ));
+    let server = Limits {
+        output_window_max: ceiling,
+        ..Limits::server()
+    };
+    let mut p = Pair::from_parts(
+        &client_key,
+        &server_key.public(),
+        acceptor,
+        Limits::client(),
+        server,
+    );
+    p.run();
+    p
+}
+
 #[test]
 fn the_output_window_stops_at_the_clients_ceiling_and_the_exec_servers() {
     let ceiling = 6 * MIB as u32;
@@ -339,23 +361,7 @@ fn the_output_window_stops_at_the_clients_ceiling_and_the_exec_servers() {
 
     // An exec-server with a lower ceiling grants only that: the client's
     // check stays looser, the exec-server never sends beyond its own.
-    let (client_key, server_key) = keys();
-    let acceptor = Arc::new(Acceptor::new(
-        server_key.clone(),
-        AuthorizedKeys::from_keys([client_key.public()]),
-    ));
-    let server = Limits {
-        output_window_max: 5 * MIB as u32,
-        ..Limits::server()
-    };
-    let mut p = Pair::from_parts(
-        &client_key,
-        &server_key.public(),
-        acceptor,
-        Limits::client(),
-        server,
-    );
-    p.run();
+    let mut p = pair_with_server_ceiling(5 * MIB as u32);
     let id = p.exec(false);
     p.push(id, started());
     p.push(id, out("x"));
@@ -440,43 +446,6 @@ fn reaches(sim: &mut Sim, bytes: u64) -> Option<u64> {
     })
 }
 
-#[test]
-fn a_later_call_grows_its_output_window_before_its_first_pong() {
-    // The first call's measurements tell the session the path's round
-    // trip; a later call times its first window's train as it arrives and
-    // grows the window once most of it has come, without waiting for the
-    // pong of a measurement of its own.
-    let rate = 8 * RATE;
-    let bdp = 8 * BDP;
-    let mut sim = Sim::output(Limits::client(), ONE_WAY, rate);
-    let first = reaches(&mut sim, bdp).expect("the first call reaches the path");
-    sim.writing = false;
-    sim.run_for(Duration::from_millis(200));
-    sim.p
-        .server
-        .push(sim.call, exit(0), None, None, sim.p.now)
-        .unwrap();
-    sim.run_for(Duration::from_millis(200));
-
-    let call = sim.p.exec(false);
-    sim.p.push(call, started());
-    sim.call = call;
-    sim.writing = true;
-    let later = reaches(&mut sim, bdp).expect("the later call reaches the path");
-    // Its output takes 25 ms to arrive, and 4 MiB at 320 MiB/s 13 ms more:
-    // the window grows before the pong of a measurement begun as its output
-    // arrived could have come back (75 ms).
-    assert!(later < 75, "the later call reached one BDP at {later} ms");
-    assert!(
-        later + 25 <= first,
-        "{later} ms, against {first} for the first call"
-    );
-    sim.run_for(Duration::from_secs(1));
-    let window = u64::from(sim.p.client.output_window_of(sim.call));
-    assert!(window <= 3 * bdp, "window {window} beyond the path's need");
-    assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), window);
-}
-
 /// Ends `sim`'s call (its process prints no more and exits) and lets the
 /// last of it cross.
 fn end_call(sim: &mut Sim) {
@@ -495,6 +464,38 @@ fn next_call(sim: &mut Sim) {
     sim.p.push(call, started());
     sim.call = call;
     sim.writing = true;
+}
+
+#[test]
+fn a_later_call_grows_its_output_window_before_its_first_pong() {
+    // The first call's measurements tell the session the path's round
+    // trip; a later call times its first window's train as it arrives and
+    // grows the window once most of it has come, without waiting for the
+    // pong of a measurement of its own.
+    let rate = 8 * RATE;
+    let bdp = 8 * BDP;
+    let mut sim = Sim::output(Limits::client(), ONE_WAY, rate);
+    let first = reaches(&mut sim, bdp).expect("the first call reaches the path");
+    end_call(&mut sim);
+    // Long enough that the later call starts from the session's first
+    // window (not from the window the first ended with), with the path's
+    // round trip still known.
+    sim.run_for(PATH_MEMORY);
+
+    next_call(&mut sim);
+    let later = reaches(&mut sim, bdp).expect("the later call reaches the path");
+    // Its output takes 25 ms to arrive, and 4 MiB at 320 MiB/s 13 ms more:
+    // the window grows before the pong of a measurement begun as its output
+    // arrived could have come back (75 ms).
+    assert!(later < 75, "the later call reached one BDP at {later} ms");
+    assert!(
+        later + 25 <= first,
+        "{later} ms, against {first} for the first call"
+    );
+    sim.run_for(Duration::from_secs(1));
+    let window = u64::from(sim.p.client.output_window_of(sim.call));
+    assert!(window <= 3 * bdp, "window {window} beyond the path's need");
+    assert_eq!(u64::from(sim.p.server.output_window_of(sim.call)), window);
 }
 
 #[test]
@@ -575,23 +576,7 @@ fn a_call_that_starts_wide_falls_back_when_it_goes_quiet() {
 
 #[test]
 fn a_calls_first_window_is_granted_up_to_the_exec_servers_ceiling() {
-    let (client_key, server_key) = keys();
-    let acceptor = Arc::new(Acceptor::new(
-        server_key.clone(),
-        AuthorizedKeys::from_keys([client_key.public()]),
-    ));
-    let server = Limits {
-        output_window_max: 5 * MIB as u32,
-        ..Limits::server()
-    };
-    let mut p = Pair::from_parts(
-        &client_key,
-        &server_key.public(),
-        acceptor,
-        Limits::client(),
-        server,
-    );
-    p.run();
+    let mut p = pair_with_server_ceiling(5 * MIB as u32);
     let first = Limits::client().output_window;
     let ceiling = Limits::client().output_window_max;
     // A path measured moments ago, wider than either ceiling: the client
