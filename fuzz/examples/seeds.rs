@@ -51,6 +51,8 @@ fn envelopes() -> Vec<Vec<u8>> {
                 term: "xterm".into(),
             }),
             login_shell: false,
+            // The session's window (not encoded): the seed's bytes as before.
+            output_window: 0,
         }),
         Body::OutputAck(session::OutputAck {
             seq: 7,
