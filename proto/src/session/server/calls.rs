@@ -108,8 +108,7 @@ impl<T> ServerSession<T> {
         // A client that measured its path asks for a wider first window:
         // granted up to our ceiling, never below the session's.
         let output_window = if self.output_window != 0 && request.output_window != 0 {
-            let ceiling = self.shared.limits.output_window_max.max(self.output_window);
-            request.output_window.min(ceiling).max(self.output_window)
+            self.granted_output_window(request.output_window)
         } else {
             self.output_window
         };

@@ -440,6 +440,13 @@ impl<T> ServerSession<T> {
         self.output_window
     }
 
+    /// The output window granted for `asked`: up to our ceiling, never
+    /// below the session's.
+    pub(super) fn granted_output_window(&self, asked: u32) -> u32 {
+        let ceiling = self.shared.limits.output_window_max.max(self.output_window);
+        asked.min(ceiling).max(self.output_window)
+    }
+
     /// A call's output window now (0 for a call it does not hold): the
     /// session's, or what the client asked for the call, as granted.
     pub fn output_window_of(&self, call_id: u64) -> u32 {
@@ -588,6 +595,7 @@ impl<T> ServerSession<T> {
             Body::OutputAck(a) => {
                 // An acknowledgement may come for a finished call (kept for
                 // a resume), or cross a call's end.
+                let asked = self.granted_output_window(a.window);
                 if let Some(call) = self.calls.get_mut(&call_id) {
                     let freed = call
                         .output
@@ -596,8 +604,6 @@ impl<T> ServerSession<T> {
                     // The client widens a running call's window (up to
                     // our ceiling), or narrows it back when the call goes
                     // quiet (never below the session's); 0 leaves it.
-                    let ceiling = self.shared.limits.output_window_max.max(self.output_window);
-                    let asked = a.window.min(ceiling).max(self.output_window);
                     let window = if self.output_window != 0
                         && a.window != 0
                         && !call.finished
