@@ -762,13 +762,24 @@ impl Router {
                 final_arrived: received.arrived,
             },
         };
-        let placed = match telemetry::placement::stages::place(
-            timings,
-            sc.trace_id(),
-            received.sent_unix_nanos,
-            offset,
-            Some(window),
-        ) {
+        // Without a sink for them (the exec-server exports its own), the
+        // stages are placed for their times only, not made into spans.
+        let sink = telemetry::remote::sink();
+        let placed = match match sink {
+            Some(_) => telemetry::placement::stages::place(
+                timings,
+                sc.trace_id(),
+                received.sent_unix_nanos,
+                offset,
+                Some(window),
+            ),
+            None => telemetry::placement::stages::locate(
+                timings,
+                received.sent_unix_nanos,
+                offset,
+                Some(window),
+            ),
+        } {
             Ok(placed) => placed,
             Err(e) => {
                 tracing::debug!(error = %e, "the exec-server's timings were left out");
@@ -821,7 +832,7 @@ impl Router {
             let attributes = leg.attributes(&legs, &server, hops.as_ref().map(|h| &h.first.offset));
             self.placed_stage(route, spans::LINK_TRANSIT, leg.from, leg.to, attributes);
         }
-        if let Some(sink) = telemetry::remote::sink() {
+        if let Some(sink) = sink {
             let mut spans = placed.spans;
             if let Some(h) = hops {
                 spans.extend(h.spans);

@@ -24,17 +24,14 @@ pub struct Placed {
     pub sent: SystemTime,
     /// The offset used (the peer's clock minus ours) and its source.
     pub offset: Offset,
+    /// The earliest start of the stages placed (made into spans or not).
+    earliest: Option<SystemTime>,
 }
 
 impl Placed {
     /// Where the remote work starts: its earliest stage, or the send time.
     pub fn first_start(&self) -> SystemTime {
-        self.spans
-            .iter()
-            .map(|s| s.start)
-            .min()
-            .unwrap_or(self.sent)
-            .min(self.sent)
+        self.earliest.unwrap_or(self.sent).min(self.sent)
     }
 }
 
@@ -95,6 +92,36 @@ pub fn place(
     offset: Offset,
     window: Option<Window>,
 ) -> Result<Placed, Unplaced> {
+    place_with(timings, trace_id, sent_unix_nanos, offset, window, true)
+}
+
+/// [`place`] without making the spans (`Placed::spans` is empty): the
+/// times only, all a host that keeps no remote spans needs (one whose
+/// exec-servers export their own) to place what lies around them.
+pub fn locate(
+    timings: &CallTimings,
+    sent_unix_nanos: u64,
+    offset: Offset,
+    window: Option<Window>,
+) -> Result<Placed, Unplaced> {
+    place_with(
+        timings,
+        TraceId::INVALID,
+        sent_unix_nanos,
+        offset,
+        window,
+        false,
+    )
+}
+
+fn place_with(
+    timings: &CallTimings,
+    trace_id: TraceId,
+    sent_unix_nanos: u64,
+    offset: Offset,
+    window: Option<Window>,
+    make_spans: bool,
+) -> Result<Placed, Unplaced> {
     let offset_ns = offset.offset_nanos;
     if timings.version != VERSION {
         return Err(Unplaced::Version(timings.version));
@@ -123,6 +150,7 @@ pub fn place(
     };
     let sent_at = at(sent_here).ok_or(Unplaced::OutOfRange)?;
     let host = truncate(&timings.host, MAX_TEXT);
+    let mut earliest: Option<SystemTime> = None;
     let spans = timings
         .stages
         .iter()
@@ -136,6 +164,10 @@ pub fn place(
             let start_nanos = sent_here + i128::from(s.start_ns);
             let start = at(start_nanos)?;
             let end = at(start_nanos + i128::from(s.duration_ns))?;
+            earliest = Some(earliest.map_or(start, |e| e.min(start)));
+            if !make_spans {
+                return None;
+            }
             let mut attributes: Vec<KeyValue> = s
                 .attributes
                 .iter()
@@ -174,6 +206,7 @@ pub fn place(
         spans,
         sent: sent_at,
         offset: placed_by,
+        earliest,
     })
 }
 
@@ -447,6 +480,30 @@ mod tests {
         let attrs = &placed[0].attributes;
         assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_SOURCE, "two-way")));
         assert!(attrs.contains(&KeyValue::new(spans::ATTR_CLOCK_MEASURED, 0i64)));
+    }
+
+    #[test]
+    fn located_stages_have_the_times_of_placed_ones_and_no_spans() {
+        let (wire, sent, window) = work_10_to_20();
+        let placed = place(
+            &wire,
+            TraceId::from(1u128),
+            nanos(sent),
+            two_way(0),
+            Some(window),
+        )
+        .unwrap();
+        let located = locate(&wire, nanos(sent), two_way(0), Some(window)).unwrap();
+        assert!(located.spans.is_empty());
+        assert_eq!(placed.spans.len(), 2);
+        assert_eq!(located.sent, placed.sent);
+        assert_eq!(located.offset, placed.offset);
+        // The earliest placed stage, not the send time: the work began
+        // before the summary left.
+        let earliest = placed.spans.iter().map(|s| s.start).min().unwrap();
+        assert!(earliest < placed.sent);
+        assert_eq!(placed.first_start(), earliest);
+        assert_eq!(located.first_start(), earliest);
     }
 
     #[test]
