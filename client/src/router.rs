@@ -653,25 +653,6 @@ impl Router {
             return Delivery::Later(ClientEvent::Call(ev));
         }
         let decoded = self.trace_recv(&ev);
-        if ev.last
-            && let (Some(route), Some(timings)) = (self.calls.get(&call_id), ev.timings.as_ref())
-        {
-            // The call's own exchange is a clock sample too (often the
-            // best one a short-lived session gets); later calls use it.
-            let exchange = exchange_sample(route, timings, &ev.received);
-            if let Some(sample) = exchange {
-                machine.add_clock_sample(sample);
-            }
-            let local = telemetry::clock_status::status();
-            let offset = self.refresh_offset(machine, &local);
-            // Before the caller has its final event, so that the call's
-            // trace is whole when it ends.
-            self.bring_home(route, timings, &ev.received, offset, &local);
-        } else if ev.last
-            && let Some(route) = self.calls.get(&call_id)
-        {
-            self.unreported(route, &ev.received);
-        }
         if let (Some(flow), Some(route)) = (ev.stdin, self.calls.get(&call_id)) {
             route.call.set_stdin_flow(flow);
         }
@@ -684,10 +665,21 @@ impl Router {
             // The call opened the session: what that cost it.
             route.call.set_counters(counters);
         }
-        let flow = Some((ev.seq, proto::session::output::cost(&ev.kind)));
-        let event = to_event(ev.kind);
+        let CallEvent {
+            seq,
+            kind,
+            last,
+            timings,
+            received,
+            ..
+        } = ev;
+        // The caller has its final event first; the exec-server's stages
+        // are placed just after, off the call's path. A flush waits for
+        // them (`placing` is the barrier), so a flushed trace is whole.
+        let placing = last.then(telemetry::placement::pending::placing);
+        let flow = Some((seq, proto::session::output::cost(&kind)));
         let routed = Routed {
-            event,
+            event: to_event(kind),
             at: Instant::now(),
             decoded,
             flow,
@@ -696,9 +688,8 @@ impl Router {
         if let Some(route) = self.calls.get(&call_id) {
             let _ = route.sink.try_send(routed);
         }
-        if ev.last
-            && let Some(route) = self.calls.remove(&call_id)
-        {
+        if last && let Some(route) = self.calls.remove(&call_id) {
+            self.place_final(machine, &route, timings, &received);
             // The call's spans ended so far go after its final event (the
             // rest when its dispatch ends: `Shared::forward`).
             let sc = route.parent.span().span_context().clone();
@@ -706,7 +697,37 @@ impl Router {
                 self.forward_spans(machine, call_id, sc.trace_id(), now);
             }
         }
+        drop(placing);
         Delivery::Taken
+    }
+
+    /// Places what lies between a finished call's request and its final
+    /// event: the exec-server's stages and the legs to them when it sent
+    /// its timings (the call's own exchange taken as a clock sample too:
+    /// often the best one a short-lived session gets, and later calls use
+    /// it), else one `remote.unreported` stage. Timings that do not decode
+    /// lose the call its stages only.
+    fn place_final(
+        &self,
+        machine: &mut Machine,
+        route: &Route,
+        timings: Option<proto::session::EncodedTimings>,
+        received: &Received,
+    ) {
+        let timings = match timings.map(|t| t.decode()) {
+            Some(Ok(timings)) => timings,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "the exec-server's timings did not decode");
+                return self.unreported(route, received);
+            }
+            None => return self.unreported(route, received),
+        };
+        if let Some(sample) = exchange_sample(route, &timings, received) {
+            machine.add_clock_sample(sample);
+        }
+        let local = telemetry::clock_status::status();
+        let offset = self.refresh_offset(machine, &local);
+        self.bring_home(route, &timings, received, offset, &local);
     }
 
     /// The exec-server's clock minus ours from the best source now (`local`

@@ -73,6 +73,9 @@ recorded as events on the exported spans.";
 
 /// How long shutdown waits for the last spans to be exported.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a flush waits for calls whose stages are being placed
+/// ([`crate::placement::pending`]; microseconds in practice).
+const PLACING_WAIT: Duration = Duration::from_secs(1);
 
 /// The log level used when `RUST_LOG` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +281,7 @@ impl TelemetryGuard {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        crate::placement::pending::wait_placed(PLACING_WAIT);
         for p in &self.providers {
             if let Err(e) = p.shutdown_with_timeout(FLUSH_TIMEOUT) {
                 match &self.export {
@@ -319,6 +323,8 @@ impl Flusher {
     /// timeouts) until it is written. Blocking, like
     /// [`TelemetryGuard::shutdown`].
     pub fn flush(&self) {
+        // Calls whose final event was handed on just now are whole first.
+        crate::placement::pending::wait_placed(PLACING_WAIT);
         for p in &self.providers {
             if let Err(e) = p.force_flush() {
                 tracing::debug!(error = %e, "span export failed");

@@ -29,6 +29,8 @@
 //!   reading holds up its own call only);
 //! - [`peer_clock`]: the peer's clock offset, estimated from request/answer
 //!   pairs;
+//! - `timings` (private): [`EncodedTimings`], a call's stage timings as its
+//!   final event carries them, decoded when they are placed;
 //! - `error` (private): [`Closed`] (an end without an error) and the typed
 //!   errors [`SessionError`], [`Violation`], [`CallError`].
 //!
@@ -66,6 +68,7 @@ pub(crate) mod resume;
 mod server;
 mod shared;
 mod stdin;
+mod timings;
 pub mod window;
 
 #[cfg(test)]
@@ -87,3 +90,4 @@ pub use server::{
     Tombstone,
 };
 pub use stdin::StdinFlow;
+pub use timings::EncodedTimings;

@@ -43,9 +43,12 @@
 //!   for any span that says how a peer's clock was known).
 //! - [`stages`]: the exec-server's stage summary placed.
 //! - [`hops`]: the relays' forwards placed.
+//! - [`pending`]: the flush barrier for calls whose stages are being
+//!   placed after their final event was handed on.
 
 pub mod hops;
 pub(crate) mod offset;
+pub mod pending;
 pub mod stages;
 
 pub use offset::clock_attributes;

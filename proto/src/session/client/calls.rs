@@ -164,7 +164,9 @@ impl<T> ClientSession<T> {
                 kind,
                 last,
                 // Only a final event brings the call's remote timings.
-                timings: timings.filter(|_| last),
+                timings: timings
+                    .filter(|_| last)
+                    .map(crate::session::EncodedTimings::from_wire),
                 trace,
                 received,
                 stdin,

@@ -21,7 +21,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::Mark;
-use super::StdinFlow;
 use super::events::Events;
 use super::peer_clock::{self, Estimate, Offset, Sample, Status};
 use super::shared::{Shared, handshake_frame};
@@ -29,12 +28,13 @@ use super::window::Probe;
 use super::{
     CallError, Closed, Limits, LinkFailure, Now, Received, SessionError, Stage, Transmit, Violation,
 };
+use super::{EncodedTimings, StdinFlow};
 use super::{output, stdin};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::limits::{term_ok, terminal_size_ok};
 use crate::noise::{ClientHandshake, EarlyAnswer, EarlyTicket};
 use crate::pb::session::{
-    CallTimings, Envelope, ExecRequest, Hello, Ping, Pong, StdinMode, TraceContext, envelope::Body,
+    Envelope, ExecRequest, Hello, Ping, Pong, StdinMode, TraceContext, envelope::Body,
     terminal_event,
 };
 use crate::pb::tunnel::{CloseReason, Frame, FrameKind};
@@ -97,8 +97,8 @@ pub struct CallEvent {
     /// Whether it is the call's final event (exited or error).
     pub last: bool,
     /// With the final event: the exec-server's stage timings for the call,
-    /// when it sent them.
-    pub timings: Option<CallTimings>,
+    /// when it sent them (decoded by whoever places them).
+    pub timings: Option<EncodedTimings>,
     /// The trace context the exec-server sent with it.
     pub trace: Option<TraceContext>,
     /// Where it came from.

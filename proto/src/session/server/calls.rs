@@ -8,7 +8,7 @@ use crate::pb::session::{
     CallTimings, ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent,
     TraceContext, envelope::Body, terminal_event,
 };
-use crate::session::{CallError, Mark, Now, Received, SessionError, Violation};
+use crate::session::{CallError, EncodedTimings, Mark, Now, Received, SessionError, Violation};
 use crate::session::{output, stdin};
 
 /// Why an exec request's terminal size was refused (the bounds are
@@ -239,7 +239,9 @@ impl<T> ServerSession<T> {
         let event = TerminalEvent {
             seq,
             kind: Some(kind),
-            timings: timings.filter(|_| last),
+            timings: timings
+                .filter(|_| last)
+                .map(|t| EncodedTimings::encode(&t).into_wire()),
         };
         // Detached, the event is only kept: a resume sends it.
         let (result, event) = if self.detached {

@@ -303,7 +303,9 @@ fn the_final_event_brings_the_remote_timings_and_no_other_does() {
         .client_events
         .iter()
         .filter_map(|e| match e {
-            ClientEvent::Call(ev) => Some((ev.last, ev.timings.clone())),
+            ClientEvent::Call(ev) => {
+                Some((ev.last, ev.timings.as_ref().map(|t| t.decode().unwrap())))
+            }
             _ => None,
         })
         .collect();
