@@ -36,6 +36,8 @@
 //!   `TRACEPARENT` names `process.run` before the process exists).
 //! - `otlp_wire` (feature `forward`): OTLP protobuf written straight
 //!   from the SDK's span data (for export and for forwarding).
+//! - `timings_wire` (feature `forward`): a call's stage summary written
+//!   straight from its timeline, for the final event.
 //! - `otlp` (feature `export`): the OTLP protocol and endpoint the
 //!   environment names, and the exporter for them.
 //! - `provider` (feature `export`): the tracer providers every binary
@@ -78,6 +80,8 @@ pub mod semconv;
 #[cfg(feature = "export")]
 pub mod setup;
 pub mod spans;
+#[cfg(feature = "forward")]
+mod timings_wire;
 #[cfg(feature = "export")]
 pub mod trace_file;
 pub mod trace_files;

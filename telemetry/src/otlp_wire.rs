@@ -311,7 +311,7 @@ fn string_len(s: &str) -> usize {
 }
 
 /// A string field, left out when empty (proto3's default).
-fn string(tag: u32, s: &str, out: &mut Vec<u8>) {
+pub(crate) fn string(tag: u32, s: &str, out: &mut Vec<u8>) {
     bytes(tag, s.as_bytes(), out);
 }
 
@@ -325,14 +325,14 @@ fn bytes(tag: u32, b: &[u8], out: &mut Vec<u8>) {
 }
 
 /// A nested message field (written even when empty: a present message).
-fn message(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn message(tag: u32, body: &[u8], out: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, out);
     encode_varint(body.len() as u64, out);
     out.extend_from_slice(body);
 }
 
 /// A varint field, left out when zero.
-fn uint(tag: u32, v: u64, out: &mut Vec<u8>) {
+pub(crate) fn uint(tag: u32, v: u64, out: &mut Vec<u8>) {
     if v != 0 {
         encode_key(tag, WireType::Varint, out);
         encode_varint(v, out);
@@ -340,7 +340,7 @@ fn uint(tag: u32, v: u64, out: &mut Vec<u8>) {
 }
 
 /// A fixed64 field, left out when zero.
-fn fixed64(tag: u32, v: u64, out: &mut Vec<u8>) {
+pub(crate) fn fixed64(tag: u32, v: u64, out: &mut Vec<u8>) {
     if v != 0 {
         encode_key(tag, WireType::SixtyFourBit, out);
         out.extend_from_slice(&v.to_le_bytes());

@@ -43,28 +43,40 @@ pub(crate) enum Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
     /// Its vocabulary name.
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// Its span id (as exported by the exec-server itself).
     pub span_id: SpanId,
     /// Its parent's span id (`SpanId::INVALID`: none).
-    parent: SpanId,
+    pub(crate) parent: SpanId,
     /// When it started.
-    start: SystemTime,
+    pub(crate) start: SystemTime,
     /// When it ended; `None` for a span that ends with the summary's own
     /// message (the call's exec and push spans).
     pub end: Option<SystemTime>,
     /// It ended in error.
-    error: bool,
+    pub(crate) error: bool,
     /// Counters and short texts (never arguments, environment or output).
     pub(crate) attributes: Vec<(&'static str, Value)>,
+}
+
+impl Stage {
+    /// Its start relative to `sent` (negative: before it) and its length,
+    /// in nanoseconds; open, it ends at `sent`.
+    pub(crate) fn relative_to(&self, sent: SystemTime) -> (i64, u64) {
+        let end = self.end.unwrap_or(sent);
+        let duration = end
+            .duration_since(self.start)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        (signed_nanos(self.start, sent), duration)
+    }
 }
 
 /// The stages of one call, bounded: stages beyond `MAX_STAGES` are
 /// counted, not kept.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timeline {
-    stages: Vec<Stage>,
-    dropped: u32,
+    pub(crate) stages: Vec<Stage>,
+    pub(crate) dropped: u32,
 }
 
 impl Timeline {
@@ -97,6 +109,14 @@ impl Timeline {
         self.dropped
     }
 
+    /// [`to_wire`](Self::to_wire)'s summary, encoded as it travels,
+    /// written straight from the stages (no owned copy of each name, key
+    /// and text made first).
+    #[cfg(feature = "forward")]
+    pub fn encode(&self, sent: SystemTime, host: Option<&str>) -> proto::session::EncodedTimings {
+        proto::session::EncodedTimings::from_bytes(crate::timings_wire::encode(self, sent, host))
+    }
+
     /// The wire summary, with times relative to `sent` (the send time the
     /// carrying envelope states), made on `host`. Open stages end at
     /// `sent`.
@@ -106,15 +126,13 @@ impl Timeline {
             .iter()
             .filter(|s| s.span_id != SpanId::INVALID)
             .map(|s| {
-                let end = s.end.unwrap_or(sent);
+                let (start_ns, duration_ns) = s.relative_to(sent);
                 StageTiming {
                     name: s.name.to_owned(),
                     span_id: u64::from_be_bytes(s.span_id.to_bytes()),
                     parent_span_id: u64::from_be_bytes(s.parent.to_bytes()),
-                    start_ns: signed_nanos(s.start, sent),
-                    duration_ns: end
-                        .duration_since(s.start)
-                        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                    start_ns,
+                    duration_ns,
                     error: s.error,
                     attributes: s
                         .attributes

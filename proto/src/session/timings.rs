@@ -18,9 +18,10 @@ impl EncodedTimings {
         Self(Bytes::from(timings.encode_to_vec()))
     }
 
-    /// Timings as they came in the final event.
-    pub(crate) fn from_wire(bytes: Bytes) -> Self {
-        Self(bytes)
+    /// Bytes that are a `CallTimings` message: as they came in a final
+    /// event, or as a writer of the message made them.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        Self(bytes.into())
     }
 
     /// The timings' bytes, to send.
@@ -74,10 +75,10 @@ mod tests {
         let encoded = EncodedTimings::encode(&timings);
         assert_eq!(encoded.len(), timings.encoded_len());
         assert_eq!(encoded.decode().unwrap(), timings);
-        let wire = EncodedTimings::from_wire(encoded.clone().into_wire());
+        let wire = EncodedTimings::from_bytes(encoded.clone().into_wire());
         assert_eq!(wire, encoded);
         assert!(
-            EncodedTimings::from_wire(Bytes::from_static(&[0x12, 0xff]))
+            EncodedTimings::from_bytes(Bytes::from_static(&[0x12, 0xff]))
                 .decode()
                 .is_err()
         );

@@ -166,7 +166,7 @@ impl<T> ClientSession<T> {
                 // Only a final event brings the call's remote timings.
                 timings: timings
                     .filter(|_| last)
-                    .map(crate::session::EncodedTimings::from_wire),
+                    .map(crate::session::EncodedTimings::from_bytes),
                 trace,
                 received,
                 stdin,

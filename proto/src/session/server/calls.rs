@@ -5,8 +5,8 @@
 use super::{Call, Pushed, ServerEvent, ServerSession, Stdin};
 use crate::limits::{term_ok, terminal_size_ok};
 use crate::pb::session::{
-    CallTimings, ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent,
-    TraceContext, envelope::Body, terminal_event,
+    ExecError, ExecErrorKind, ExecRequest, StdinAck, StdinMode, TerminalEvent, TraceContext,
+    envelope::Body, terminal_event,
 };
 use crate::session::{CallError, EncodedTimings, Mark, Now, Received, SessionError, Violation};
 use crate::session::{output, stdin};
@@ -192,7 +192,7 @@ impl<T> ServerSession<T> {
         &mut self,
         call_id: u64,
         kind: terminal_event::Kind,
-        timings: CallTimings,
+        timings: EncodedTimings,
         trace: Option<&TraceContext>,
         mark: Option<Mark<T>>,
         now: Now,
@@ -204,7 +204,7 @@ impl<T> ServerSession<T> {
         &mut self,
         call_id: u64,
         kind: terminal_event::Kind,
-        timings: Option<CallTimings>,
+        timings: Option<EncodedTimings>,
         trace: Option<&TraceContext>,
         mark: Option<Mark<T>>,
         now: Now,
@@ -239,9 +239,7 @@ impl<T> ServerSession<T> {
         let event = TerminalEvent {
             seq,
             kind: Some(kind),
-            timings: timings
-                .filter(|_| last)
-                .map(|t| EncodedTimings::encode(&t).into_wire()),
+            timings: timings.filter(|_| last).map(EncodedTimings::into_wire),
         };
         // Detached, the event is only kept: a resume sends it.
         let (result, event) = if self.detached {

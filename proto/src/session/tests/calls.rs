@@ -293,10 +293,24 @@ fn the_final_event_brings_the_remote_timings_and_no_other_does() {
     };
     // Offered with an event that is not the last: left out.
     p.server
-        .push_final(id, out("x"), timings.clone(), None, None, p.now)
+        .push_final(
+            id,
+            out("x"),
+            EncodedTimings::encode(&timings),
+            None,
+            None,
+            p.now,
+        )
         .unwrap();
     p.server
-        .push_final(id, exit(0), timings.clone(), None, None, p.now)
+        .push_final(
+            id,
+            exit(0),
+            EncodedTimings::encode(&timings),
+            None,
+            None,
+            p.now,
+        )
         .unwrap();
     p.run();
     let got: Vec<(bool, Option<CallTimings>)> = p
