@@ -11,7 +11,9 @@
 //! `relay.forward` span from its arrival to its write on the other side,
 //! child of that traceparent; the header is rewritten to name the
 //! `relay.forward` span before the frame goes on (the relay is a trace hop).
-//! An invalid or oversized header is removed and the frame forwarded as is.
+//! An invalid or oversized header is removed and the frame forwarded as is;
+//! a header whose trace is not sampled goes on unchanged, with no span and
+//! no timing (nothing of that trace is recorded anywhere).
 //!
 //! The relay's forwards of traced frames are also told to the client, in
 //! clear on its frames (`Frame.hop_timings`): each traced frame toward the
@@ -332,6 +334,11 @@ fn start_forward(
         frame.hop_traceparent.clear();
         return None;
     };
+    // A trace not sampled records nothing anywhere: no span, no timing,
+    // and the header goes on as it came.
+    if !parent.sampled() {
+        return None;
+    }
     let parent_cx = otel::context_from(&Extracted::Valid(TraceContext {
         parent,
         state: None,
@@ -743,6 +750,11 @@ mod tests {
         }
         let mut f = frame(FrameKind::Data as i32, 10, "");
         assert!(start_forward(&tracer, &mut f, Direction::ToServer, arrived).is_none());
+        // A trace not sampled: no span, and the header goes on unchanged.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut f = frame(FrameKind::Data as i32, 10, unsampled);
+        assert!(start_forward(&tracer, &mut f, Direction::ToServer, arrived).is_none());
+        assert_eq!(f.hop_traceparent, unsampled);
         assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
     }
 

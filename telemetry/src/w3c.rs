@@ -268,8 +268,7 @@ impl TraceParent {
     }
 
     /// Whether the sampled flag is set.
-    #[cfg(test)]
-    fn sampled(&self) -> bool {
+    pub fn sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
     }
 
