@@ -786,7 +786,7 @@ impl Router {
         // Without a sink for them (the exec-server exports its own), the
         // stages are placed for their times only, not made into spans.
         let sink = telemetry::remote::sink();
-        let placed = match match sink {
+        let placed = match sink {
             Some(_) => telemetry::placement::stages::place(
                 timings,
                 sc.trace_id(),
@@ -800,7 +800,8 @@ impl Router {
                 offset,
                 Some(window),
             ),
-        } {
+        };
+        let placed = match placed {
             Ok(placed) => placed,
             Err(e) => {
                 tracing::debug!(error = %e, "the exec-server's timings were left out");
