@@ -74,6 +74,34 @@ fn envelopes() -> Vec<Vec<u8>> {
             )),
             timings: None,
         }),
+        // A final event with its stage timings (bytes: a `CallTimings`).
+        Body::Event(session::TerminalEvent {
+            seq: 4,
+            kind: Some(session::terminal_event::Kind::Exited(session::Exited {
+                status: Some(session::exited::Status::Code(0)),
+            })),
+            timings: Some(
+                session::CallTimings {
+                    version: 1,
+                    stages: vec![session::StageTiming {
+                        name: "process.run".into(),
+                        span_id: 7,
+                        parent_span_id: 3,
+                        start_ns: -1_000,
+                        duration_ns: 900,
+                        error: false,
+                        attributes: vec![session::StageAttribute {
+                            key: "process.pid".into(),
+                            value: Some(session::stage_attribute::Value::Int(42)),
+                        }],
+                    }],
+                    dropped: 0,
+                    host: "box".into(),
+                }
+                .encode_to_vec()
+                .into(),
+            ),
+        }),
     ];
     bodies
         .into_iter()
