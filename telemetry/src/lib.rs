@@ -37,7 +37,8 @@
 //! - `otlp_wire` (feature `forward`): OTLP protobuf written straight
 //!   from the SDK's span data (for export and for forwarding).
 //! - `timings_wire` (feature `forward`): a call's stage summary written
-//!   straight from its timeline, for the final event.
+//!   straight from its timeline ([`remote::Timeline`]) into the bytes its
+//!   final event carries.
 //! - `otlp` (feature `export`): the OTLP protocol and endpoint the
 //!   environment names, and the exporter for them.
 //! - `provider` (feature `export`): the tracer providers every binary
@@ -81,7 +82,7 @@ pub mod semconv;
 pub mod setup;
 pub mod spans;
 #[cfg(feature = "forward")]
-mod timings_wire;
+pub mod timings_wire;
 #[cfg(feature = "export")]
 pub mod trace_file;
 pub mod trace_files;

@@ -109,17 +109,10 @@ impl Timeline {
         self.dropped
     }
 
-    /// [`to_wire`](Self::to_wire)'s summary, encoded as it travels,
-    /// written straight from the stages (no owned copy of each name, key
-    /// and text made first).
-    #[cfg(feature = "forward")]
-    pub fn encode(&self, sent: SystemTime, host: Option<&str>) -> proto::session::EncodedTimings {
-        proto::session::EncodedTimings::from_bytes(crate::timings_wire::encode(self, sent, host))
-    }
-
     /// The wire summary, with times relative to `sent` (the send time the
     /// carrying envelope states), made on `host`. Open stages end at
-    /// `sent`.
+    /// `sent`. (An exec-server sends the same bytes written straight from
+    /// the stages, without this copy: `timings_wire`.)
     pub fn to_wire(&self, sent: SystemTime, host: Option<&str>) -> CallTimings {
         let stages = self
             .stages

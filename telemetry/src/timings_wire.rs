@@ -9,13 +9,20 @@ use std::time::SystemTime;
 
 use opentelemetry::trace::SpanId;
 use prost::encoding::{WireType, encode_key, encode_varint};
+use proto::session::EncodedTimings;
 
 use crate::otlp_wire::{fixed64, message, string, uint};
 use crate::remote::{MAX_ATTRIBUTES, MAX_TEXT, Stage, Timeline, VERSION, Value, truncate};
 
-/// `timeline` as a `CallTimings` message, times relative to `sent`, made
-/// on `host`.
-pub(crate) fn encode(timeline: &Timeline, sent: SystemTime, host: Option<&str>) -> Vec<u8> {
+/// `timeline`'s summary as it travels (a `CallTimings` message), times
+/// relative to `sent` (the send time the carrying envelope states), made
+/// on `host`; open stages end at `sent`.
+pub fn encode(timeline: &Timeline, sent: SystemTime, host: Option<&str>) -> EncodedTimings {
+    EncodedTimings::from_bytes(write(timeline, sent, host))
+}
+
+/// The summary's bytes.
+fn write(timeline: &Timeline, sent: SystemTime, host: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let mut stage = Vec::with_capacity(256);
     let mut attribute = Vec::with_capacity(64);
@@ -116,11 +123,15 @@ mod tests {
         let sent = t(20);
         for host in [None, Some(""), Some("build-box"), Some(&*"h".repeat(100))] {
             let want = tl.to_wire(sent, host).encode_to_vec();
-            assert_eq!(encode(&tl, sent, host), want, "host {host:?}");
+            assert_eq!(write(&tl, sent, host), want, "host {host:?}");
+            assert_eq!(
+                encode(&tl, sent, host).decode().unwrap(),
+                tl.to_wire(sent, host)
+            );
         }
         let empty = Timeline::default();
         assert_eq!(
-            encode(&empty, sent, None),
+            write(&empty, sent, None),
             empty.to_wire(sent, None).encode_to_vec()
         );
     }

@@ -518,7 +518,8 @@ impl Runner {
         // recorded nowhere.
         let mark = Some(Mark::new(tag, hop));
         let _ = if call.sampled {
-            let timings = stages.encode(now.wall, telemetry::host::name());
+            let timings =
+                telemetry::timings_wire::encode(&stages, now.wall, telemetry::host::name());
             machine.push_final(call_id, out.kind, timings, Some(&trace), mark, now)
         } else {
             machine.push(call_id, out.kind, Some(&trace), mark, now)
