@@ -1,6 +1,7 @@
 //! The remote side comes home (docs/spans.md, "The remote side comes home"): the exec-server's stage
-//! spans for one call, summarised into the call's final event
-//! ([`Timeline::to_wire`]), to be placed on the client's clock
+//! spans for one call, kept as a [`Timeline`] and summarised into the
+//! call's final event (written by `timings_wire`), to be placed on the
+//! client's clock
 //! ([`crate::placement::stages`]) so that a client with no collector can
 //! write them into its local trace file (as [`RemoteSpan`]s, through the
 //! [`RemoteSink`] the binary installs).
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{Span, SpanContext, SpanId, Status, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
+#[cfg(test)]
 use proto::pb::session::{CallTimings, StageAttribute, StageTiming, stage_attribute};
 
 /// The summary format this build writes and reads.
@@ -62,6 +64,7 @@ pub struct Stage {
 impl Stage {
     /// Its start relative to `sent` (negative: before it) and its length,
     /// in nanoseconds; open, it ends at `sent`.
+    #[cfg(any(test, feature = "forward"))]
     pub(crate) fn relative_to(&self, sent: SystemTime) -> (i64, u64) {
         let end = self.end.unwrap_or(sent);
         let duration = end
@@ -109,11 +112,12 @@ impl Timeline {
         self.dropped
     }
 
-    /// The wire summary, with times relative to `sent` (the send time the
-    /// carrying envelope states), made on `host`. Open stages end at
-    /// `sent`. (An exec-server sends the same bytes written straight from
-    /// the stages, without this copy: `timings_wire`.)
-    pub fn to_wire(&self, sent: SystemTime, host: Option<&str>) -> CallTimings {
+    /// The wire summary as a message, with times relative to `sent` (the
+    /// send time the carrying envelope states), made on `host`; open stages
+    /// end at `sent`. The tests' reference: an exec-server sends the same
+    /// bytes written straight from the stages (`timings_wire`).
+    #[cfg(test)]
+    pub(crate) fn to_wire(&self, sent: SystemTime, host: Option<&str>) -> CallTimings {
         let stages = self
             .stages
             .iter()
@@ -309,6 +313,7 @@ impl StageSpan {
 }
 
 /// `b - a` in nanoseconds, signed, saturating.
+#[cfg(any(test, feature = "forward"))]
 fn signed_nanos(a: SystemTime, b: SystemTime) -> i64 {
     match a.duration_since(b) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),

@@ -1,9 +1,9 @@
 //! A call's stage summary (`CallTimings`) written straight from its
 //! [`Timeline`]: each stage and attribute through a scratch buffer reused
 //! for the whole summary, names and keys written from the vocabulary's
-//! strings, nothing copied into owned protobuf structs first (as
-//! [`Timeline::to_wire`] does). The bytes are prost's encoding of
-//! `to_wire`'s message (the tests compare them).
+//! strings, nothing copied into owned protobuf structs first. The bytes
+//! are prost's encoding of the same message built as structs (the tests
+//! compare them with the timeline's `to_wire`).
 
 use std::time::SystemTime;
 

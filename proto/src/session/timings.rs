@@ -35,16 +35,6 @@ impl EncodedTimings {
     pub fn decode(&self) -> Result<CallTimings, prost::DecodeError> {
         CallTimings::decode(self.0.clone())
     }
-
-    /// Their size in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none (an empty `CallTimings`).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -73,7 +63,7 @@ mod tests {
             host: "box".into(),
         };
         let encoded = EncodedTimings::encode(&timings);
-        assert_eq!(encoded.len(), timings.encoded_len());
+        assert_eq!(encoded.clone().into_wire(), timings.encode_to_vec());
         assert_eq!(encoded.decode().unwrap(), timings);
         let wire = EncodedTimings::from_bytes(encoded.clone().into_wire());
         assert_eq!(wire, encoded);
