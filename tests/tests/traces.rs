@@ -878,13 +878,31 @@ async fn exported_spans_keep_a_skewed_clock_and_carry_the_offset() {
         .filter(|s| s.service == "exec-server")
         .collect();
     assert!(remote.len() >= 8, "{} exec-server spans", remote.len());
-    let slack = 1_000_000;
+    // Only a stdin close that crossed the exit event on the wire (taken
+    // after the exit had left) may end after the dispatch did (as in
+    // `one_exec_is_one_trace`); it too starts after the moved dispatch's
+    // start.
+    let exited_sent = remote
+        .iter()
+        .find(|s| s.name == spans::RELAY_FRAME_SEND && s.attr_str("rex.message") == Some("exited"))
+        .expect("the exit was sent")
+        .start_unix_nanos;
+    let crossed = |s: &RecordedSpan| {
+        s.name == spans::RELAY_FRAME_RECV
+            && s.attr_str("rex.message") == Some("stdin_close")
+            && s.start_unix_nanos >= exited_sent
+    };
+    let slack: i128 = 1_000_000;
     for s in &remote {
+        let moved = |at: u64, of: u64| i128::from(at) - i128::from(of + SKEW_NS);
+        let after_start = moved(s.start_unix_nanos, dispatch.start_unix_nanos);
+        let after_end = moved(s.end_unix_nanos, dispatch.end_unix_nanos);
         assert!(
-            s.start_unix_nanos + slack >= dispatch.start_unix_nanos + SKEW_NS
-                && s.end_unix_nanos <= dispatch.end_unix_nanos + SKEW_NS + slack,
-            "{} is not on the exec-server's own (skewed) clock",
-            s.name
+            after_start + slack >= 0 && (after_end <= slack || crossed(s)),
+            "{} ({:?}) is not on the exec-server's own (skewed) clock: it starts {after_start} ns \
+             after the moved dispatch starts and ends {after_end} ns after it ends",
+            s.name,
+            s.attr_str("rex.message"),
         );
     }
     rx.shutdown().await.unwrap();
