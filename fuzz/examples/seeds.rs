@@ -150,6 +150,16 @@ fn main() {
             &[[0u8].as_slice(), &f.encode_to_vec()].concat(),
         );
     }
+    // The same frames as one gRPC body (each message a flag, a length and
+    // the frame), read in DATA frames of 7 bytes.
+    let mut body = vec![7u8];
+    for f in &frames {
+        let message = f.encode_to_vec();
+        body.push(0);
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+    }
+    write("frame_wire", "body", &body);
     let up = tunnel::RegisterUp {
         msg: Some(tunnel::register_up::Msg::Proof(vec![3u8; 48].into())),
     };

@@ -28,6 +28,9 @@
 //!   transport's records carrying the envelope stream, rekey and
 //!   authenticated close).
 //! - [`frames`]: constructors for relay frames (handshake, data, close).
+//! - `frame_wire` (feature `server`): tunnel frames read from and written
+//!   to gRPC bodies without tonic's codec, so that a relay passes each
+//!   payload on as the bytes it arrived as.
 //! - [`envelope_stream`]: the length-prefixed envelope stream inside the
 //!   session.
 //! - [`envelope`]: envelope encode/decode with size limits.
@@ -50,6 +53,8 @@ pub mod admission;
 pub mod driver;
 pub mod envelope;
 pub mod envelope_stream;
+#[cfg(feature = "server")]
+pub mod frame_wire;
 pub mod frames;
 #[cfg(feature = "health")]
 pub mod health;

@@ -25,6 +25,7 @@ use tonic::{Code, Request, Status};
 use crate::fleet::{Fleet, PROOF_HEADER};
 use crate::registry::AcceptedHalf;
 use crate::splice::{self, Charged};
+use crate::wire::Inbound;
 
 /// Most peer relays this relay keeps a link to (beyond it, links are
 /// dropped and made again as needed).
@@ -146,7 +147,7 @@ impl Peers {
         match tokio::time::timeout(within, peer.open(request)).await {
             Ok(Ok(response)) => Ok(Opened {
                 half: AcceptedHalf {
-                    inbound: response.into_inner(),
+                    inbound: Inbound::Tonic(response.into_inner()),
                     outbound: tx,
                 },
                 permit,

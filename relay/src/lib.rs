@@ -18,6 +18,8 @@
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
 //! - `service`: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
 //! - `splice`: forwarding frames between the two halves of a session.
+//! - `wire`: the tunnel streams served without tonic's codec, so that each
+//!   payload passes through as the bytes it arrived as.
 //! - `health`: answers to the gRPC health protocol (the relay, and each
 //!   registered exec-server).
 //! - `server`: binding, serving and graceful shutdown ([`Relay`], [`run`]).
@@ -35,6 +37,7 @@ pub mod registry;
 mod server;
 mod service;
 mod splice;
+mod wire;
 
 pub use config::RelayConfig;
 pub use server::{BIND_WAIT, Relay, RelayError, RelayStats, bind, run, serve};

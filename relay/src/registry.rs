@@ -21,13 +21,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::admission::Source;
 use proto::keys::PublicKey;
-use proto::pb::tunnel::{CloseReason, Frame, RegisterDown};
+use proto::pb::tunnel::{CloseReason, RegisterDown};
 use proto::routing::{SESSION_ID_LEN, SPARE_TOKEN_LEN};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::splice::Outbound;
+use crate::wire::Inbound;
 /// The control stream to a registered exec-server.
 type ControlSender = mpsc::Sender<Result<RegisterDown, Status>>;
 /// A session id.
@@ -37,7 +38,7 @@ pub(crate) type SessionId = [u8; SESSION_ID_LEN];
 #[derive(Debug)]
 pub(crate) struct AcceptedHalf {
     /// Frames from the exec-server.
-    pub(crate) inbound: Streaming<Frame>,
+    pub(crate) inbound: Inbound,
     /// Frames to the exec-server.
     pub(crate) outbound: Outbound,
 }

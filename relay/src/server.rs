@@ -21,7 +21,8 @@ use crate::config::RelayConfig;
 use crate::health::RelayHealth;
 use crate::registration::{AllowList, Reload};
 use crate::registry::Registry;
-use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
+use crate::service::{ACCEPT_PATH, OPEN_PATH, RegistryServiceImpl, RelayState, TunnelService};
+use crate::wire;
 
 /// How often refusals are summarised in the log.
 const SUMMARY_EVERY: Duration = telemetry::limited::SUMMARY_INTERVAL;
@@ -129,12 +130,18 @@ impl Relay {
             Arc::clone(&state.registry),
             shutdown.clone(),
         ));
-        let tunnel = TunnelServer::new(TunnelService::new(state.clone()))
+        // The tunnel streams are served without tonic's codec (`wire`);
+        // registrations, and any other method, by tonic's services.
+        let tunnel_service = TunnelService::new(state.clone());
+        let tunnel = TunnelServer::new(tunnel_service.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let registry = RegistryServer::new(RegistryServiceImpl::new(state))
+        let tunnel = wire::Raw::new(tunnel, OPEN_PATH, tunnel_service);
+        let registry_service = RegistryServiceImpl::new(state);
+        let registry = RegistryServer::new(registry_service.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let registry = wire::Raw::new(registry, ACCEPT_PATH, registry_service);
         // The listener goes first on shutdown (the port is free at once for
         // a relay started in this one's place); connections are then told
         // to drain (an HTTP/2 GOAWAY: no new sessions, in-flight ones go on).
@@ -291,6 +298,19 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_paths_served_without_tonic_are_its_services_methods() {
+        use tonic::server::NamedService;
+        assert_eq!(
+            OPEN_PATH,
+            format!("/{}/Open", TunnelServer::<TunnelService>::NAME)
+        );
+        assert_eq!(
+            ACCEPT_PATH,
+            format!("/{}/Accept", RegistryServer::<RegistryServiceImpl>::NAME)
+        );
+    }
 
     #[tokio::test]
     async fn a_port_still_held_is_waited_for_and_taken_when_released() {

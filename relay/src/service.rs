@@ -34,8 +34,8 @@ use crate::fleet_forward::Peers;
 use crate::registration::{AllowList, RateLimiter};
 use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares};
 use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};
+use crate::wire::{self, FrameStream, Inbound};
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
 type DownStream = Pin<Box<dyn Stream<Item = Result<RegisterDown, Status>> + Send + 'static>>;
 
 /// Frames queued on an exec-server's control stream before announcements fail.
@@ -206,6 +206,13 @@ impl TunnelService {
     }
 }
 
+/// The path [`TunnelService`] serves without tonic's codec.
+pub(crate) const OPEN_PATH: &str = "/rex.tunnel.v1.Tunnel/Open";
+/// The path [`RegistryServiceImpl`]'s `Accept` is served at, without
+/// tonic's codec.
+pub(crate) const ACCEPT_PATH: &str = "/rex.tunnel.v1.Registry/Accept";
+
+/// Served by [`wire::Raw`]; tonic's path (the trait) reaches the same code.
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
     type OpenStream = FrameStream;
@@ -214,6 +221,26 @@ impl Tunnel for TunnelService {
         &self,
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
+        self.open_stream(request.map(Inbound::Tonic)).await
+    }
+}
+
+impl wire::Handler for TunnelService {
+    fn call(
+        &self,
+        request: Request<Inbound>,
+    ) -> impl std::future::Future<Output = Result<Response<FrameStream>, Status>> + Send {
+        self.open_stream(request)
+    }
+}
+
+impl TunnelService {
+    /// A client's session: its handshake message 1, then its frames both
+    /// ways.
+    async fn open_stream(
+        &self,
+        request: Request<Inbound>,
+    ) -> Result<Response<FrameStream>, Status> {
         let server_id = header(&request, SERVER_ID_HEADER)
             .filter(|s| is_server_id(s))
             .ok_or_else(|| {
@@ -740,6 +767,20 @@ impl RegistryService for RegistryServiceImpl {
         &self,
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Self::AcceptStream>, Status> {
+        self.accept_stream(request.map(Inbound::Tonic))
+    }
+}
+
+impl wire::Handler for RegistryServiceImpl {
+    async fn call(&self, request: Request<Inbound>) -> Result<Response<FrameStream>, Status> {
+        self.accept_stream(request)
+    }
+}
+
+impl RegistryServiceImpl {
+    /// The exec-server's half of one session (or a spare, kept for the
+    /// next `Open`).
+    fn accept_stream(&self, request: Request<Inbound>) -> Result<Response<FrameStream>, Status> {
         let server_id = header(&request, SERVER_ID_HEADER)
             .filter(|s| is_server_id(s))
             .ok_or_else(|| Status::invalid_argument("missing or malformed server id"))?

@@ -39,12 +39,12 @@ use telemetry::{carriers, otel, spans};
 use proto::limits::{MAX_FRAME_PAYLOAD, MAX_HOP_HEADER, RELAY_HOP_TIMINGS};
 use proto::pb::tunnel::{CloseReason, Frame, FrameKind, HopDirection, HopTiming};
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 
 use proto::admission::Ticket;
 use tokio::sync::mpsc;
 
 use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
+use crate::wire::Inbound;
 
 /// A frame queued toward one side, with the bytes it holds of the budget
 /// (given back when the frame is taken to be sent).
@@ -368,7 +368,7 @@ fn start_forward(
 
 /// Reads and drops what `from` still sends until it ends, for at most
 /// `within`.
-async fn drain(from: &mut Streaming<Frame>, within: Duration) {
+async fn drain(from: &mut Inbound, within: Duration) {
     let _ = tokio::time::timeout(within, async {
         while let Ok(Some(_)) = from.message().await {}
     })
@@ -432,7 +432,7 @@ impl FirstForward {
 /// pump toward the client gives it back once the exec-server's first frame
 /// (its handshake answer) has passed.
 pub(crate) async fn pump(
-    mut from: Streaming<Frame>,
+    mut from: Inbound,
     to: Outbound,
     dir: Direction,
     session: Arc<Session>,

@@ -1,0 +1,66 @@
+//! The relay's own reading of tunnel streams (`proto::frame_wire`), which
+//! takes a client's bytes before any session is authenticated: gRPC
+//! messages cut into DATA frames anywhere read the same as the whole body
+//! does (the same frames, then the same end or error), and each frame read
+//! writes back to bytes that read as the same frame.
+#![no_main]
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures::executor::block_on;
+use futures::stream;
+use http_body::Frame as BodyFrame;
+use http_body_util::{BodyExt, StreamBody};
+use libfuzzer_sys::fuzz_target;
+use proto::frame_wire::{FrameBody, FrameReader};
+use proto::pb::tunnel::Frame;
+
+/// A small limit, so that oversized messages are reached.
+const MAX: usize = 4096;
+
+/// Every frame of `chunks`, and how the reading ended (`None`: cleanly;
+/// else the error's code).
+fn read(chunks: Vec<Bytes>) -> (Vec<Frame>, Option<i32>) {
+    read_within(chunks, MAX)
+}
+
+/// [`read`] with messages of at most `max` bytes.
+fn read_within(chunks: Vec<Bytes>, max: usize) -> (Vec<Frame>, Option<i32>) {
+    let body = StreamBody::new(stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, Infallible>(BodyFrame::data(c))),
+    ));
+    let mut reader = FrameReader::new(body, max);
+    let mut frames = Vec::new();
+    loop {
+        match block_on(reader.message()) {
+            Ok(Some(frame)) => frames.push(frame),
+            Ok(None) => return (frames, None),
+            Err(status) => return (frames, Some(status.code() as i32)),
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let whole = read(vec![Bytes::copy_from_slice(rest)]);
+    let size = usize::from(cut).max(1);
+    let pieces = read(rest.chunks(size).map(Bytes::copy_from_slice).collect());
+    assert_eq!(whole, pieces, "cut into pieces of {size}");
+    // What was read writes back as the same frames.
+    let (frames, _) = whole;
+    // (A message may write back longer than it came, e.g. a varint sent
+    // short: at most twice.)
+    let mut body = FrameBody::new(stream::iter(frames.clone().into_iter().map(Ok)), 2 * MAX);
+    let mut written = Vec::new();
+    while let Some(frame) = block_on(body.frame()) {
+        if let Ok(data) = frame.expect("the body itself never fails").into_data() {
+            written.push(data);
+        }
+    }
+    assert_eq!(read_within(written, 2 * MAX), (frames, None));
+});

@@ -1,0 +1,213 @@
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame as BodyFrame;
+use prost::Message;
+use tonic::{Code, Status};
+
+use super::{FrameBody, FrameReader};
+use crate::frames;
+use crate::pb::tunnel::{CloseReason, Frame, HopDirection, HopTiming};
+
+const MAX: usize = 70 * 1024;
+
+fn traced(payload: &[u8]) -> Frame {
+    let mut frame = frames::data(Bytes::copy_from_slice(payload));
+    frame.hop_traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
+    frame.hop_timings = vec![HopTiming {
+        trace_id: Bytes::from_static(&[7; 16]),
+        parent_span_id: 1,
+        span_id: 2,
+        direction: HopDirection::ToClient as i32,
+        arrived_unix_nanos: 3,
+        duration_ns: 4,
+        frame_bytes: 5,
+        host: "relay-1".to_owned(),
+        clock: None,
+        path_hop: 0,
+    }];
+    frame
+}
+
+fn sample() -> Vec<Frame> {
+    vec![
+        frames::handshake(Bytes::from_static(b"message 1")),
+        traced(&[0xab; 65_535]),
+        frames::data(Bytes::from_static(b"x")),
+        frames::close(CloseReason::Timeout),
+        traced(b""),
+    ]
+}
+
+/// A body of `chunks`, each one DATA frame.
+fn body(
+    chunks: Vec<Bytes>,
+) -> StreamBody<impl futures::Stream<Item = Result<BodyFrame<Bytes>, Infallible>>> {
+    StreamBody::new(stream::iter(
+        chunks.into_iter().map(|c| Ok(BodyFrame::data(c))),
+    ))
+}
+
+/// What `FrameBody` writes for `frames`: its data chunks and its trailers.
+async fn written(frames: Vec<Result<Frame, Status>>) -> (Vec<Bytes>, Status) {
+    let mut out = FrameBody::new(stream::iter(frames), MAX);
+    let mut chunks = Vec::new();
+    while let Some(frame) = out.frame().await {
+        let frame = frame.expect("the body itself never fails");
+        match frame.into_data() {
+            Ok(data) => chunks.push(data),
+            Err(frame) => {
+                let trailers = frame.into_trailers().expect("data or trailers");
+                let status = Status::from_header_map(&trailers).expect("grpc-status");
+                assert!(out.frame().await.is_none(), "nothing after the trailers");
+                return (chunks, status);
+            }
+        }
+    }
+    panic!("no trailers");
+}
+
+/// Every frame `reader` yields, to its end.
+async fn read_all<B>(mut reader: FrameReader<B>) -> Result<Vec<Frame>, Status>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut frames = Vec::new();
+    while let Some(frame) = reader.message().await? {
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
+/// gRPC's framing of `frame` as prost writes it (what a tonic peer sends).
+fn grpc(frame: &Frame) -> Vec<u8> {
+    let body = frame.encode_to_vec();
+    let mut out = vec![0];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test]
+async fn what_it_writes_is_grpc_that_prost_reads_back_field_for_field() {
+    let (chunks, status) = written(sample().into_iter().map(Ok).collect()).await;
+    assert_eq!(status.code(), Code::Ok);
+    let mut wire = BytesMut::new();
+    for c in &chunks {
+        wire.extend_from_slice(c);
+    }
+    let mut wire = wire.freeze();
+    let mut decoded = Vec::new();
+    while wire.has_remaining() {
+        assert_eq!(wire.get_u8(), 0, "uncompressed");
+        let len = wire.get_u32() as usize;
+        decoded.push(Frame::decode(wire.split_to(len)).unwrap());
+    }
+    assert_eq!(decoded, sample());
+    // The same length as prost's own encoding (the fields in another
+    // order, none twice).
+    let expected: usize = sample().iter().map(|f| grpc(f).len()).sum();
+    assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), expected);
+}
+
+#[tokio::test]
+async fn a_payload_goes_out_as_the_bytes_it_came_in() {
+    let frame = traced(&[1; 4096]);
+    let payload = frame.payload.clone();
+    let (chunks, _) = written(vec![Ok(frame)]).await;
+    assert_eq!(chunks.len(), 2, "the head, then the payload");
+    assert_eq!(
+        chunks[1].as_ptr(),
+        payload.as_ptr(),
+        "the payload was copied"
+    );
+}
+
+#[tokio::test]
+async fn a_message_whole_in_one_data_frame_is_read_in_place() {
+    let frame = traced(&[2; 60_000]);
+    let wire = Bytes::from(grpc(&frame));
+    let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+    let read = read_all(FrameReader::new(body(vec![wire.clone()]), MAX))
+        .await
+        .unwrap();
+    assert_eq!(read, vec![frame]);
+    assert!(
+        range.contains(&(read[0].payload.as_ptr() as usize)),
+        "the payload was copied out of the DATA frame"
+    );
+}
+
+#[tokio::test]
+async fn frames_read_back_whatever_the_data_frames_cut() {
+    let wire: Vec<u8> = sample().iter().flat_map(grpc).collect();
+    // Whole; one byte at a time; and cuts of several sizes, so that
+    // prefixes, messages and their starts straddle DATA frames.
+    let mut cuttings: Vec<Vec<Bytes>> = vec![vec![Bytes::from(wire.clone())]];
+    for size in [1, 3, 5, 7, 4096, 65_536, 65_541] {
+        cuttings.push(wire.chunks(size).map(Bytes::copy_from_slice).collect());
+    }
+    for chunks in cuttings {
+        let n = chunks.len();
+        let read = read_all(FrameReader::new(body(chunks), MAX)).await.unwrap();
+        assert_eq!(read, sample(), "cut into {n} DATA frames");
+    }
+}
+
+#[tokio::test]
+async fn trailers_end_the_frames() {
+    let wire = Bytes::from(grpc(&frames::data(Bytes::from_static(b"x"))));
+    let chunks = vec![
+        Ok::<_, Infallible>(BodyFrame::data(wire)),
+        Ok(BodyFrame::trailers(Default::default())),
+    ];
+    let mut reader = FrameReader::new(StreamBody::new(stream::iter(chunks)), MAX);
+    assert!(reader.message().await.unwrap().is_some());
+    assert!(reader.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn bad_messages_are_errors_of_their_kind() {
+    let whole = grpc(&frames::data(Bytes::from_static(b"abc")));
+    let mut compressed = whole.clone();
+    compressed[0] = 1;
+    let mut oversized = vec![0];
+    oversized.extend_from_slice(&u32::try_from(MAX + 1).unwrap().to_be_bytes());
+    let cut = whole[..whole.len() - 1].to_vec();
+    // A field of wire type 7, which does not exist.
+    let garbage = vec![0, 0, 0, 0, 1, 0x0f];
+    for (wire, code) in [
+        (compressed, Code::Unimplemented),
+        (oversized, Code::OutOfRange),
+        (cut, Code::Internal),
+        (garbage, Code::Internal),
+    ] {
+        let err = read_all(FrameReader::new(body(vec![Bytes::from(wire)]), MAX))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_error_ends_the_body_with_its_status() {
+    let (chunks, status) = written(vec![
+        Ok(frames::data(Bytes::from_static(b"a"))),
+        Err(Status::resource_exhausted("the relay is busy")),
+        Ok(frames::data(Bytes::from_static(b"never"))),
+    ])
+    .await;
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "the relay is busy");
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_is_not_written() {
+    let (chunks, status) = written(vec![Ok(frames::data(Bytes::from(vec![0; MAX])))]).await;
+    assert!(chunks.is_empty());
+    assert_eq!(status.code(), Code::OutOfRange);
+}
