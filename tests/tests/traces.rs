@@ -324,16 +324,24 @@ async fn one_exec_is_one_trace(protocol: Protocol) {
         resent, 1,
         "a first exec to this exec-server knows no ticket"
     );
+    // A stdin close that crossed the exit may have been forwarded by the
+    // relay and still not read by the exec-server, whose session was
+    // ending: toward the server, every message received, and at most
+    // every message sent.
     let forwards = by_name(&spans, spans::RELAY_FORWARD);
-    assert_eq!(forwards.len(), received.len() + hops + resent);
-    for dir in ["to_server", "to_client"] {
-        assert!(
-            forwards
-                .iter()
-                .any(|f| f.attr_str("rex.direction") == Some(dir)),
-            "no relay.forward {dir}"
-        );
-    }
+    let toward = |dir: &str| {
+        forwards
+            .iter()
+            .filter(|f| f.attr_str("rex.direction") == Some(dir))
+            .count()
+    };
+    let to_server = toward("to_server");
+    assert!(
+        (received.len() + resent..=requests.len() + resent).contains(&to_server),
+        "{to_server} relay.forward to_server for {received:?} received of {requests:?} sent"
+    );
+    assert_eq!(toward("to_client"), hops);
+    assert_eq!(forwards.len(), to_server + hops);
     // Each receiver links the relay hop it came through.
     let forwards: BTreeSet<&str> = by_name(&spans, spans::RELAY_FORWARD)
         .iter()
