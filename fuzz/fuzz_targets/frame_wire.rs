@@ -13,7 +13,7 @@ use futures::stream;
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
 use libfuzzer_sys::fuzz_target;
-use proto::frame_wire::{FrameBody, FrameReader};
+use proto::frame_wire::{FrameBody, FrameReader, Outgoing};
 use proto::pb::tunnel::Frame;
 
 /// A small limit, so that oversized messages are reached.
@@ -51,11 +51,24 @@ fuzz_target!(|data: &[u8]| {
     let size = usize::from(cut).max(1);
     let pieces = read(rest.chunks(size).map(Bytes::copy_from_slice).collect());
     assert_eq!(whole, pieces, "cut into pieces of {size}");
-    // What was read writes back as the same frames.
+    // What was read writes back as the same frames, each passed on as it
+    // came where the reader allows it.
     let (frames, _) = whole;
+    let mut reader = FrameReader::new(
+        StreamBody::new(stream::iter([Ok::<_, Infallible>(BodyFrame::data(
+            Bytes::copy_from_slice(rest),
+        ))])),
+        MAX,
+    );
+    let mut outgoing = Vec::new();
+    while let Ok(Some(arrived)) = block_on(reader.next()) {
+        let (frame, message) = arrived.unchanged();
+        outgoing.push(Ok(Outgoing { frame, message }));
+    }
+    assert_eq!(outgoing.len(), frames.len());
     // (A message may write back longer than it came, e.g. a varint sent
     // short: at most twice.)
-    let mut body = FrameBody::new(stream::iter(frames.clone().into_iter().map(Ok)), 2 * MAX);
+    let mut body = FrameBody::new(stream::iter(outgoing), 2 * MAX);
     let mut written = Vec::new();
     while let Some(frame) = block_on(body.frame()) {
         if let Ok(data) = frame.expect("the body itself never fails").into_data() {

@@ -14,8 +14,14 @@
 //! where it lies. The wire is gRPC's, unchanged: peers using tonic read
 //! and write the same bytes.
 //!
+//! A frame the relay passes on unchanged (no hop header, no timings: a
+//! bulk frame) goes further: the gRPC message it arrived in is written
+//! out as it is, one chunk, one DATA frame ([`Arrived::unchanged`]).
+//!
 //! - [`FrameReader`]: the frames of a request (or response) body.
-//! - [`FrameBody`]: a response body of frames, ending with gRPC's trailers.
+//! - [`Arrived`], [`Message`]: a frame as read, and the message it came in.
+//! - [`Outgoing`], [`FrameBody`]: a response body of frames, ending with
+//!   gRPC's trailers.
 
 use std::error::Error;
 use std::pin::Pin;
@@ -24,7 +30,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use hyper::body::{Body, Frame as BodyFrame};
-use prost::Message;
+use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tonic::codegen::http::HeaderMap;
 use tonic::{Code, Status};
@@ -67,11 +73,16 @@ where
     /// compressed or oversized message, one that does not decode, or a
     /// body that ends inside a message is an error, as is the body's own.
     pub async fn message(&mut self) -> Result<Option<Frame>, Status> {
+        Ok(self.next().await?.map(|a| a.frame))
+    }
+
+    /// [`Self::message`], with the message the frame arrived in.
+    pub async fn next(&mut self) -> Result<Option<Arrived>, Status> {
         loop {
             if let Some(message) = self.take()? {
-                return Frame::decode(message)
-                    .map(Some)
-                    .map_err(|e| Status::internal(format!("a frame that does not decode: {e}")));
+                let frame = Frame::decode(message.slice(PREFIX..))
+                    .map_err(|e| Status::internal(format!("a frame that does not decode: {e}")))?;
+                return Ok(Some(Arrived { frame, message }));
             }
             if self.ended {
                 return if self.partial.is_empty() && self.pending.is_empty() {
@@ -108,23 +119,33 @@ where
             self.pending = Bytes::new();
         }
         // Bounded: a message's length is checked once its prefix is in,
-        // and a DATA frame by HTTP/2's frame size.
+        // and a DATA frame by HTTP/2's frame size. Room for the whole
+        // message is made once, not grown into.
         self.partial.extend_from_slice(&data);
+        if let Ok(Some(len)) = self.length(&self.partial) {
+            self.partial
+                .reserve((PREFIX + len).saturating_sub(self.partial.len()));
+        }
     }
 
-    /// A whole message's bytes, if there is one.
+    /// A whole message's bytes, its prefix included, if there is one.
     fn take(&mut self) -> Result<Option<Bytes>, Status> {
         if self.partial.is_empty() {
             if let Some(len) = self.length(&self.pending)?
                 && self.pending.len() >= PREFIX + len
             {
-                let message = self.pending.slice(PREFIX..PREFIX + len);
+                let message = self.pending.slice(..PREFIX + len);
                 self.pending.advance(PREFIX + len);
                 return Ok(Some(message));
             }
             // Not whole: gathered from here on (a copy only for a message
             // split across DATA frames).
             if !self.pending.is_empty() {
+                let whole = match self.length(&self.pending)? {
+                    Some(len) => PREFIX + len,
+                    None => PREFIX,
+                };
+                self.partial.reserve(whole);
                 self.partial.extend_from_slice(&self.pending);
                 self.pending = Bytes::new();
             }
@@ -132,8 +153,7 @@ where
         }
         match self.length(&self.partial)? {
             Some(len) if self.partial.len() >= PREFIX + len => {
-                let mut message = self.partial.split_to(PREFIX + len);
-                message.advance(PREFIX);
+                let message = self.partial.split_to(PREFIX + len);
                 // What follows it (the start of the next) goes back to
                 // being read in place.
                 if !self.partial.is_empty() {
@@ -168,6 +188,64 @@ where
     }
 }
 
+/// A frame as read, with the gRPC message (prefix included) it arrived in.
+#[derive(Debug)]
+pub struct Arrived {
+    /// The frame.
+    pub frame: Frame,
+    message: Bytes,
+}
+
+impl Arrived {
+    /// The frame, and the message it arrived in when that can be passed on
+    /// for it: when the frame has no hop header and no timings (nothing a
+    /// relay rewrites) and the message holds nothing else (exactly the
+    /// frame's own encoding length: no unknown or repeated fields).
+    pub fn unchanged(self) -> (Frame, Option<Message>) {
+        let passable = self.frame.hop_traceparent.is_empty()
+            && self.frame.hop_timings.is_empty()
+            && self.message.len() == PREFIX + self.frame.encoded_len();
+        let message = passable.then_some(Message(self.message));
+        (self.frame, message)
+    }
+}
+
+/// A gRPC message as it arrived (prefix included), that encodes the frame
+/// it was read as and nothing else; only [`Arrived::unchanged`] makes one.
+#[derive(Debug, Clone)]
+pub struct Message(Bytes);
+
+impl Message {
+    /// Its length on the wire.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a message has at least its prefix.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A frame going out: written from the frame, or as the message it
+/// arrived in when that was kept.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The frame.
+    pub frame: Frame,
+    /// The message it arrived in, passed on as it is.
+    pub message: Option<Message>,
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Self {
+            frame,
+            message: None,
+        }
+    }
+}
+
 /// A gRPC response body of the frames `frames` yields, ending with the
 /// trailers of success, or of the first error it yields.
 pub struct FrameBody<S> {
@@ -192,7 +270,7 @@ impl<S> FrameBody<S> {
 
 impl<S> Body for FrameBody<S>
 where
-    S: Stream<Item = Result<Frame, Status>> + Unpin,
+    S: Stream<Item = Result<Outgoing, Status>> + Unpin,
 {
     type Data = Bytes;
     type Error = Status;
@@ -208,7 +286,12 @@ where
             return Poll::Ready(None);
         }
         let end = match ready!(self.frames.poll_next_unpin(cx)) {
-            Some(Ok(frame)) => match head(frame, self.max) {
+            // Passed on as it came: one chunk, one DATA frame.
+            Some(Ok(Outgoing {
+                message: Some(Message(message)),
+                ..
+            })) => return Poll::Ready(Some(Ok(BodyFrame::data(message)))),
+            Some(Ok(Outgoing { frame, .. })) => match head(frame, self.max) {
                 Ok((head, payload)) => {
                     self.payload = payload;
                     return Poll::Ready(Some(Ok(BodyFrame::data(head))));

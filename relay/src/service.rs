@@ -212,16 +212,28 @@ pub(crate) const OPEN_PATH: &str = "/rex.tunnel.v1.Tunnel/Open";
 /// tonic's codec.
 pub(crate) const ACCEPT_PATH: &str = "/rex.tunnel.v1.Registry/Accept";
 
+/// The frames of a tunnel method reached through tonic's service.
+type TonicFrames = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+/// What tonic's codec writes: the frames alone.
+fn through_tonic(response: Response<FrameStream>) -> Response<TonicFrames> {
+    response.map(|frames| {
+        Box::pin(futures::StreamExt::map(frames, |r| r.map(|o| o.frame))) as TonicFrames
+    })
+}
+
 /// Served by [`wire::Raw`]; tonic's path (the trait) reaches the same code.
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
-    type OpenStream = FrameStream;
+    type OpenStream = TonicFrames;
 
     async fn open(
         &self,
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
-        self.open_stream(request.map(Inbound::Tonic)).await
+        self.open_stream(request.map(Inbound::Tonic))
+            .await
+            .map(through_tonic)
     }
 }
 
@@ -599,7 +611,7 @@ async fn refuse_registration(tx: &mpsc::Sender<Result<RegisterDown, Status>>, st
 #[tonic::async_trait]
 impl RegistryService for RegistryServiceImpl {
     type RegisterStream = DownStream;
-    type AcceptStream = FrameStream;
+    type AcceptStream = TonicFrames;
 
     async fn register(
         &self,
@@ -768,6 +780,7 @@ impl RegistryService for RegistryServiceImpl {
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Self::AcceptStream>, Status> {
         self.accept_stream(request.map(Inbound::Tonic))
+            .map(through_tonic)
     }
 }
 

@@ -15,6 +15,10 @@
 //! a header whose trace is not sampled goes on unchanged, with no span and
 //! no timing (nothing of that trace is recorded anywhere).
 //!
+//! A frame the relay leaves as it is (no hop header, no timings: most
+//! frames of a bulk transfer) goes on as the gRPC message it arrived in,
+//! its bytes untouched (`proto::frame_wire`); the others are written anew.
+//!
 //! The relay's forwards of traced frames are also told to the client, in
 //! clear on its frames (`Frame.hop_timings`): each traced frame toward the
 //! client carries its own forward and those toward the exec-server since
@@ -45,12 +49,15 @@ use tokio::sync::mpsc;
 
 use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
 use crate::wire::Inbound;
+use proto::frame_wire::{Message, Outgoing};
 
 /// A frame queued toward one side, with the bytes it holds of the budget
 /// (given back when the frame is taken to be sent).
 #[derive(Debug)]
 pub(crate) struct Charged {
     frame: Frame,
+    /// The message it arrived in, passed on as it is.
+    message: Option<Message>,
     _charge: Option<Charge>,
 }
 
@@ -59,6 +66,7 @@ impl Charged {
     fn free(frame: Frame) -> Self {
         Self {
             frame,
+            message: None,
             _charge: None,
         }
     }
@@ -67,6 +75,7 @@ impl Charged {
     pub(crate) fn counted(frame: Frame, charge: Option<Charge>) -> Self {
         Self {
             frame,
+            message: None,
             _charge: charge,
         }
     }
@@ -79,9 +88,12 @@ pub(crate) type Outbound = mpsc::Sender<Charged>;
 /// giving its bytes back as it is taken to be sent.
 pub(crate) fn response_stream(
     rx: mpsc::Receiver<Charged>,
-) -> impl futures::Stream<Item = Result<Frame, tonic::Status>> + Send + 'static {
+) -> impl futures::Stream<Item = Result<Outgoing, tonic::Status>> + Send + 'static {
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
-        Ok(c.frame)
+        Ok(Outgoing {
+            frame: c.frame,
+            message: c.message,
+        })
     })
 }
 
@@ -472,9 +484,9 @@ pub(crate) async fn pump(
                 timer.as_mut().reset(tokio::time::Instant::now() + (limits.idle_timeout - idle));
                 continue;
             }
-            r = from.message() => r,
+            r = from.next() => r,
         };
-        let frame = match next {
+        let (frame, mut message) = match next {
             Ok(Some(f)) => f,
             Ok(None) => break PumpEnd::SourceClosed,
             Err(_) => break PumpEnd::SourceFailed,
@@ -532,8 +544,14 @@ pub(crate) async fn pump(
             }
             ready
         });
+        // Unchanged (no hop header, no timings, as most frames of a bulk
+        // transfer): the message it arrived in goes on as it is.
+        if !frame.hop_traceparent.is_empty() || !frame.hop_timings.is_empty() {
+            message = None;
+        }
         let charged = Charged {
             frame,
+            message,
             _charge: Some(charge),
         };
         let sent = tokio::select! {
@@ -606,6 +624,50 @@ mod tests {
             close_reason: 0,
             hop_timings: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn an_untouched_frame_goes_on_as_the_message_it_came_in() {
+        use proto::frame_wire::{FrameBody, FrameReader};
+        use proto::limits::MAX_GRPC_MESSAGE;
+        let hop = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sent = vec![
+            frame(FrameKind::Handshake as i32, 40, ""),
+            frame(FrameKind::Data as i32, 60_000, ""),
+            frame(FrameKind::Data as i32, 10, hop),
+        ];
+        let frames = sent.clone().into_iter().map(|f| Ok(Outgoing::from(f)));
+        let body = FrameBody::new(futures::stream::iter(frames), MAX_GRPC_MESSAGE);
+        let from = Inbound::Served(FrameReader::new(
+            tonic::body::Body::new(body),
+            MAX_GRPC_MESSAGE,
+        ));
+        let (tx, mut rx) = mpsc::channel(8);
+        let buffers = Buffers {
+            budget: Budget::new(1 << 20),
+            session_buffer: 1 << 20,
+        };
+        let session = Session::new(&CancellationToken::new());
+        let (end, stats) = pump(
+            from,
+            tx,
+            Direction::ToServer,
+            session,
+            limits(true),
+            buffers,
+            None,
+        )
+        .await;
+        assert_eq!((end, stats.frames), (PumpEnd::SourceClosed, 3));
+        let mut got = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            got.push(c);
+        }
+        // The untraced ones as they came; the traced one written anew (its
+        // hop header is the relay's to rewrite).
+        let passed: Vec<bool> = got.iter().map(|c| c.message.is_some()).collect();
+        assert_eq!(passed, [true, true, false]);
+        assert_eq!(got[1].frame, sent[1]);
     }
 
     #[test]

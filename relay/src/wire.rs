@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use proto::frame_wire::{FrameBody, FrameReader};
+use proto::frame_wire::{FrameBody, FrameReader, Message, Outgoing};
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::Frame;
 use tonic::body::Body;
@@ -23,8 +23,10 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
-/// The frames the relay sends one half of a session.
-pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+/// The frames the relay sends one half of a session, each written anew or
+/// passed on as the message it arrived in.
+pub(crate) type FrameStream =
+    Pin<Box<dyn Stream<Item = Result<Outgoing, Status>> + Send + 'static>>;
 
 /// The frames one half of a session sends the relay.
 pub(crate) enum Inbound {
@@ -52,6 +54,15 @@ impl Inbound {
         match self {
             Self::Served(reader) => reader.message().await,
             Self::Tonic(stream) => stream.message().await,
+        }
+    }
+
+    /// [`Self::message`], with the message it arrived in when that can be
+    /// passed on for it ([`proto::frame_wire::Arrived::unchanged`]).
+    pub(crate) async fn next(&mut self) -> Result<Option<(Frame, Option<Message>)>, Status> {
+        match self {
+            Self::Served(reader) => Ok(reader.next().await?.map(|a| a.unchanged())),
+            Self::Tonic(stream) => Ok(stream.message().await?.map(|f| (f, None))),
         }
     }
 }
@@ -160,7 +171,7 @@ mod tests {
             let mut inbound = request.into_inner();
             let mut frames = Vec::new();
             while let Some(frame) = inbound.message().await? {
-                frames.push(Ok(frame));
+                frames.push(Ok(Outgoing::from(frame)));
             }
             let mut response = Response::new(Box::pin(stream::iter(frames)) as FrameStream);
             response.metadata_mut().insert("x-server", server);
@@ -191,7 +202,8 @@ mod tests {
         frames: Vec<Frame>,
         server: Option<&'static str>,
     ) -> http::Request<Body> {
-        let body = FrameBody::new(stream::iter(frames.into_iter().map(Ok)), MAX_GRPC_MESSAGE);
+        let frames = frames.into_iter().map(|f| Ok(Outgoing::from(f)));
+        let body = FrameBody::new(stream::iter(frames), MAX_GRPC_MESSAGE);
         let mut req = http::Request::new(Body::new(body));
         *req.uri_mut() = path.parse().unwrap();
         if let Some(s) = server {

@@ -7,7 +7,7 @@ use hyper::body::Frame as BodyFrame;
 use prost::Message;
 use tonic::{Code, Status};
 
-use super::{FrameBody, FrameReader};
+use super::{FrameBody, FrameReader, Outgoing};
 use crate::frames;
 use crate::pb::tunnel::{CloseReason, Frame, HopDirection, HopTiming};
 
@@ -52,6 +52,11 @@ fn body(
 
 /// What `FrameBody` writes for `frames`: its data chunks and its trailers.
 async fn written(frames: Vec<Result<Frame, Status>>) -> (Vec<Bytes>, Status) {
+    written_as(frames.into_iter().map(|r| r.map(Outgoing::from)).collect()).await
+}
+
+/// [`written`], of frames that may be passed on as they arrived.
+async fn written_as(frames: Vec<Result<Outgoing, Status>>) -> (Vec<Bytes>, Status) {
     let mut out = FrameBody::new(stream::iter(frames), MAX);
     let mut chunks = Vec::new();
     while let Some(frame) = out.frame().await {
@@ -210,4 +215,58 @@ async fn a_frame_over_the_limit_is_not_written() {
     let (chunks, status) = written(vec![Ok(frames::data(Bytes::from(vec![0; MAX])))]).await;
     assert!(chunks.is_empty());
     assert_eq!(status.code(), Code::OutOfRange);
+}
+
+/// What `FrameReader::next` reads from one body of `frames`, each frame
+/// with the message it may be passed on as.
+async fn arrived(frames: &[Frame], extra: &[u8]) -> Vec<Outgoing> {
+    let mut wire = Vec::new();
+    for f in frames {
+        let mut message = f.encode_to_vec();
+        message.extend_from_slice(extra);
+        wire.push(0);
+        wire.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(&message);
+    }
+    let mut reader = FrameReader::new(body(vec![Bytes::from(wire)]), MAX);
+    let mut out = Vec::new();
+    while let Some(a) = reader.next().await.unwrap() {
+        let (frame, message) = a.unchanged();
+        out.push(Outgoing { frame, message });
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_frame_with_nothing_to_rewrite_goes_on_as_the_message_it_came_in() {
+    let bulk = frames::data(Bytes::from(vec![5; 50_000]));
+    let read = arrived(std::slice::from_ref(&bulk), b"").await;
+    let message = read[0].message.clone().expect("a bulk frame is passed on");
+    assert_eq!(message.len(), grpc(&bulk).len());
+    let (chunks, status) = written_as(read.into_iter().map(Ok).collect()).await;
+    assert_eq!(status.code(), Code::Ok);
+    assert_eq!(chunks.len(), 1, "one chunk: one DATA frame");
+    assert_eq!(chunks[0], Bytes::from(grpc(&bulk)));
+    assert_eq!(
+        chunks[0].as_ptr(),
+        message.0.as_ptr(),
+        "the message was copied"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_a_relay_may_rewrite_or_one_carrying_more_is_written_anew() {
+    // A hop header, timings, or bytes beyond the frame's own encoding (an
+    // unknown field, 99: varint 1) are never passed on as they came.
+    let mut timed = frames::data(Bytes::from_static(b"t"));
+    timed.hop_timings = traced(b"").hop_timings;
+    for (frame, extra) in [
+        (traced(b"x"), &b""[..]),
+        (timed, &b""[..]),
+        (frames::data(Bytes::from_static(b"y")), &[0x98, 0x06, 1][..]),
+    ] {
+        let read = arrived(std::slice::from_ref(&frame), extra).await;
+        assert!(read[0].message.is_none(), "{frame:?} passed on as it came");
+        assert_eq!(read[0].frame, frame);
+    }
 }
