@@ -120,7 +120,10 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         if req.uri().path() != self.path {
             let mut tonic = self.tonic.clone();
-            return Box::pin(async move { tonic.call(req).await });
+            return Box::pin(async move {
+                std::future::poll_fn(|cx| tonic.poll_ready(cx)).await?;
+                tonic.call(req).await
+            });
         }
         let handler = self.handler.clone();
         Box::pin(async move {
