@@ -1,8 +1,11 @@
-//! The relay's own reading of tunnel streams (`proto::frame_wire`), which
-//! takes a client's bytes before any session is authenticated: gRPC
-//! messages cut into DATA frames anywhere read the same as the whole body
-//! does (the same frames, then the same end or error), and each frame read
-//! writes back to bytes that read as the same frame.
+//! The reading of tunnel streams without tonic's codec
+//! (`proto::frame_wire`): the relay's, which takes a client's bytes before
+//! any session is authenticated, and an end's, of the answer a relay (or
+//! an exec-server listening itself) sends. gRPC messages cut into DATA
+//! frames anywhere read the same as the whole body does (the same frames,
+//! then the same end or error); read as an answer ending with trailers,
+//! they read the same frames and end as the trailers say; and each frame
+//! read writes back to bytes that read as the same frame.
 #![no_main]
 
 use std::convert::Infallible;
@@ -43,6 +46,26 @@ fn read_within(chunks: Vec<Bytes>, max: usize) -> (Vec<Frame>, Option<i32>) {
     }
 }
 
+/// [`read`] as an answer whose trailers give the gRPC status `code`.
+fn read_answer(chunks: Vec<Bytes>, code: i32) -> (Vec<Frame>, Option<i32>) {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", code.into());
+    let frames = chunks
+        .into_iter()
+        .map(BodyFrame::data)
+        .chain([BodyFrame::trailers(trailers)]);
+    let body = StreamBody::new(stream::iter(frames.map(Ok::<_, Infallible>)));
+    let mut reader = FrameReader::response(body, http::StatusCode::OK, MAX);
+    let mut frames = Vec::new();
+    loop {
+        match block_on(reader.message()) {
+            Ok(Some(frame)) => frames.push(frame),
+            Ok(None) => return (frames, None),
+            Err(status) => return (frames, Some(status.code() as i32)),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, rest)) = data.split_first() else {
         return;
@@ -51,6 +74,15 @@ fuzz_target!(|data: &[u8]| {
     let size = usize::from(cut).max(1);
     let pieces = read(rest.chunks(size).map(Bytes::copy_from_slice).collect());
     assert_eq!(whole, pieces, "cut into pieces of {size}");
+    // As an answer: the same frames, and the trailers' status at a clean
+    // end (0 to 16 are gRPC's codes).
+    let code = i32::from(cut % 17);
+    let (frames, end) = read_answer(rest.chunks(size).map(Bytes::copy_from_slice).collect(), code);
+    assert_eq!(frames, whole.0, "as an answer");
+    match whole.1 {
+        Some(error) => assert_eq!(end, Some(error), "as an answer"),
+        None => assert_eq!(end, (code != 0).then_some(code), "as an answer"),
+    }
     // What was read writes back as the same frames, each passed on as it
     // came where the reader allows it.
     let (frames, _) = whole;

@@ -1,27 +1,35 @@
-//! Tunnel frames on a gRPC stream without tonic's codec, for a relay that
-//! passes them on: each frame is read out of the HTTP/2 data it arrived
-//! in, and its payload written to the other side as the same bytes.
+//! Tunnel frames on a gRPC stream without tonic's codec: each frame is
+//! read out of the HTTP/2 data it arrived in, and a relay writes each
+//! payload to the other side as the same bytes.
 //!
-//! tonic's codec copies every message twice on such a path: into its
+//! tonic's codec copies every message twice on a relay's path: into its
 //! decode buffer (growing it, and copying what it held, when a message is
 //! larger than the buffer) and into its encode buffer. Here a message that
 //! arrives whole in one DATA frame (a sender using [`crate::relay_link`]'s
 //! frame size sends each tunnel message in one) is decoded from that
 //! frame's bytes, its payload a slice of them; only a message split
 //! across DATA frames is gathered into a buffer first. A frame going out
-//! is two chunks of the response body: the gRPC prefix with every field
-//! but the payload, then the payload itself, which HTTP/2 writes from
-//! where it lies. The wire is gRPC's, unchanged: peers using tonic read
-//! and write the same bytes.
+//! is two chunks of the body: the gRPC prefix with every field but the
+//! payload, then the payload itself, which HTTP/2 writes from where it
+//! lies. The wire is gRPC's, unchanged: peers using tonic read and write
+//! the same bytes.
 //!
 //! A frame the relay passes on unchanged (no hop header, no timings: a
 //! bulk frame) goes further: the gRPC message it arrived in is written
 //! out as it is, one chunk, one DATA frame ([`Arrived::unchanged`]).
 //!
-//! - [`FrameReader`]: the frames of a request (or response) body.
+//! The dialling side of every tunnel stream (a client's `Open`, an
+//! exec-server's `Accept`, a relay's `Open` at a fleet peer) makes its
+//! call with `call` (feature `channel`): its answer's frames are read in
+//! place too, and gRPC's end of a response (the trailers' status, or one
+//! inferred when they are missing) is the reader's end.
+//!
+//! - [`FrameReader`]: the frames of a request or response body.
 //! - [`Arrived`], [`Message`]: a frame as read, and the message it came in.
-//! - [`Outgoing`], [`FrameBody`]: a response body of frames, ending with
-//!   gRPC's trailers.
+//! - [`Outgoing`], [`FrameBody`]: a body of frames; a response's ends
+//!   with gRPC's trailers.
+//! - `call`, `encoded` (feature `channel`): a tunnel call, and a request
+//!   body written as tonic's client writes one.
 
 use std::error::Error;
 use std::pin::Pin;
@@ -29,10 +37,10 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use hyper::body::{Body, Frame as BodyFrame};
+use http_body::{Body, Frame as BodyFrame};
 use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-use tonic::codegen::http::HeaderMap;
+use tonic::codegen::http::{HeaderMap, StatusCode};
 use tonic::{Code, Status};
 
 use crate::pb::tunnel::Frame;
@@ -43,6 +51,9 @@ const PREFIX: usize = 5;
 const PAYLOAD_FIELD: u32 = 2;
 
 /// The frames of a gRPC body, each at most `max` bytes encoded.
+///
+/// As a [`Stream`] it yields each frame, then the error that ended the
+/// body if one did (once), then `None`.
 pub struct FrameReader<B> {
     body: B,
     /// What is left of the last DATA frame, not yet a whole message.
@@ -50,7 +61,13 @@ pub struct FrameReader<B> {
     /// A message gathered across DATA frames (empty when none is).
     partial: BytesMut,
     max: usize,
-    ended: bool,
+    /// How the body ended, once it has: `Ok` cleanly, else the error
+    /// given once the frames before it are read.
+    end: Option<Result<(), Status>>,
+    /// What the end of a response body means ([`Self::response`]).
+    response: Option<StatusCode>,
+    /// The error was given: the stream is over.
+    finished: bool,
 }
 
 impl<B> FrameReader<B>
@@ -58,14 +75,27 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn Error + Send + Sync>>,
 {
-    /// Reads frames of at most `max` encoded bytes from `body`.
+    /// Reads frames of at most `max` encoded bytes from `body` (a
+    /// request's: it ends with the body, its trailers are not read).
     pub fn new(body: B, max: usize) -> Self {
         Self {
             body,
             pending: Bytes::new(),
             partial: BytesMut::new(),
             max,
-            ended: false,
+            end: None,
+            response: None,
+            finished: false,
+        }
+    }
+
+    /// Reads the frames of a response body that came with HTTP status
+    /// `status`: as gRPC's, it ends in error unless its trailers say
+    /// otherwise (a body that ends without a final status was cut short).
+    pub fn response(body: B, status: StatusCode, max: usize) -> Self {
+        Self {
+            response: Some(status),
+            ..Self::new(body, max)
         }
     }
 
@@ -78,32 +108,43 @@ where
 
     /// [`Self::message`], with the message the frame arrived in.
     pub async fn next(&mut self) -> Result<Option<Arrived>, Status> {
+        std::future::poll_fn(|cx| self.poll_arrived(cx)).await
+    }
+
+    /// Polls for [`Self::next`].
+    pub fn poll_arrived(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Arrived>, Status>> {
         loop {
             if let Some(message) = self.take()? {
                 let frame = Frame::decode(message.slice(PREFIX..))
                     .map_err(|e| Status::internal(format!("a frame that does not decode: {e}")))?;
-                return Ok(Some(Arrived { frame, message }));
+                return Poll::Ready(Ok(Some(Arrived { frame, message })));
             }
-            if self.ended {
-                return if self.partial.is_empty() && self.pending.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Status::internal("the stream ended inside a message"))
-                };
+            if let Some(end) = &self.end {
+                if !(self.partial.is_empty() && self.pending.is_empty()) {
+                    return Poll::Ready(Err(Status::internal("the stream ended inside a message")));
+                }
+                return Poll::Ready(end.clone().map(|()| None));
             }
-            match std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await {
-                Some(Ok(frame)) => {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.add(data),
                     // Trailers end a body; anything else but data is not
                     // ours to read.
-                    if let Ok(data) = frame.into_data() {
-                        self.add(data);
-                    } else {
-                        self.ended = true;
+                    Err(frame) => {
+                        self.end = Some(self.ended(frame.into_trailers().ok().as_ref()));
                     }
-                }
-                Some(Err(e)) => return Err(Status::from_error(e.into())),
-                None => self.ended = true,
+                },
+                Some(Err(e)) => return Poll::Ready(Err(Status::from_error(e.into()))),
+                None => self.end = Some(self.ended(None)),
             }
+        }
+    }
+
+    /// How the body ended, given its trailers if any.
+    fn ended(&self, trailers: Option<&HeaderMap>) -> Result<(), Status> {
+        match self.response {
+            None => Ok(()),
+            Some(status) => final_status(trailers, status),
         }
     }
 
@@ -188,6 +229,65 @@ where
     }
 }
 
+impl<B> Stream for FrameReader<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    type Item = Result<Frame, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match ready!(self.poll_arrived(cx)) {
+            Ok(Some(arrived)) => Poll::Ready(Some(Ok(arrived.frame))),
+            Ok(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Err(status) => {
+                self.finished = true;
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+}
+
+/// What ended a gRPC response: the status its trailers (or, for a
+/// response of headers only, its headers) give, else one inferred from
+/// its HTTP status, as gRPC's mapping says. A body that ended with status
+/// 200 and no final status was cut short.
+pub(crate) fn final_status(trailers: Option<&HeaderMap>, status: StatusCode) -> Result<(), Status> {
+    if let Some(status) = trailers.and_then(Status::from_header_map) {
+        return if status.code() == Code::Ok {
+            Ok(())
+        } else {
+            Err(status)
+        };
+    }
+    let code = match status {
+        StatusCode::OK => {
+            return Err(Status::unknown(
+                "the stream ended without a final status (cut short on the way)",
+            ));
+        }
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Err(Status::new(
+        code,
+        format!("no gRPC status, HTTP status {}", status.as_u16()),
+    ))
+}
+
 /// A frame as read, with the gRPC message (prefix included) it arrived in.
 #[derive(Debug)]
 pub struct Arrived {
@@ -246,24 +346,36 @@ impl From<Frame> for Outgoing {
     }
 }
 
-/// A gRPC response body of the frames `frames` yields, ending with the
-/// trailers of success, or of the first error it yields.
+/// A gRPC body of the frames `frames` yields: a response's ends with the
+/// trailers of success, or of the first error it yields; a request's ends
+/// with the last frame, or fails with that error.
 pub struct FrameBody<S> {
     frames: S,
     /// The payload of the frame whose head was the last chunk.
     payload: Option<Bytes>,
     max: usize,
+    /// A response's: it ends with trailers.
+    trailers: bool,
     done: bool,
 }
 
 impl<S> FrameBody<S> {
-    /// A body of `frames`, each at most `max` bytes encoded.
+    /// A response body of `frames`, each at most `max` bytes encoded.
     pub fn new(frames: S, max: usize) -> Self {
         Self {
             frames,
             payload: None,
             max,
+            trailers: true,
             done: false,
+        }
+    }
+
+    /// A request body of `frames`, each at most `max` bytes encoded.
+    pub fn request(frames: S, max: usize) -> Self {
+        Self {
+            trailers: false,
+            ..Self::new(frames, max)
         }
     }
 }
@@ -302,7 +414,13 @@ where
             None => Status::new(Code::Ok, ""),
         };
         self.done = true;
-        Poll::Ready(Some(Ok(BodyFrame::trailers(trailers(&end)))))
+        if self.trailers {
+            Poll::Ready(Some(Ok(BodyFrame::trailers(trailers(&end)))))
+        } else if end.code() == Code::Ok {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Err(end)))
+        }
     }
 }
 
@@ -347,6 +465,11 @@ fn trailers(status: &Status) -> HeaderMap {
     }
     map
 }
+
+#[cfg(feature = "channel")]
+mod call;
+#[cfg(feature = "channel")]
+pub use call::{call, encoded};
 
 #[cfg(test)]
 mod tests;

@@ -28,9 +28,11 @@
 //!   transport's records carrying the envelope stream, rekey and
 //!   authenticated close).
 //! - [`frames`]: constructors for relay frames (handshake, data, close).
-//! - `frame_wire` (feature `server`): tunnel frames read from and written
-//!   to gRPC bodies without tonic's codec, so that a relay passes each
-//!   payload on as the bytes it arrived as.
+//! - `frame_wire` (features `channel` and `server`): tunnel frames read
+//!   from and written to gRPC bodies without tonic's codec, so that a
+//!   relay passes each payload on as the bytes it arrived as and an end
+//!   reads each frame where it arrived; `frame_wire::call` (feature
+//!   `channel`) makes a tunnel call so.
 //! - [`envelope_stream`]: the length-prefixed envelope stream inside the
 //!   session.
 //! - [`envelope`]: envelope encode/decode with size limits.
@@ -53,7 +55,7 @@ pub mod admission;
 pub mod driver;
 pub mod envelope;
 pub mod envelope_stream;
-#[cfg(feature = "server")]
+#[cfg(any(feature = "channel", feature = "server"))]
 pub mod frame_wire;
 pub mod frames;
 #[cfg(feature = "health")]

@@ -2,6 +2,12 @@
 
 /// Request header naming the exec-server a client wants (its server id).
 pub const SERVER_ID_HEADER: &str = "rex-server-id";
+/// The path of `Tunnel/Open` (a client's, or a relay's at a fleet peer),
+/// served and called without tonic's codec ([`crate::pb`]'s generated code
+/// names the same).
+pub const OPEN_PATH: &str = "/rex.tunnel.v1.Tunnel/Open";
+/// The path of `Registry/Accept` (an exec-server's half of a session).
+pub const ACCEPT_PATH: &str = "/rex.tunnel.v1.Registry/Accept";
 /// Request header naming the session an exec-server accepts (hex).
 pub const SESSION_ID_HEADER: &str = "rex-session-id";
 /// Request metadata naming a spare `Accept` stream by its registration's

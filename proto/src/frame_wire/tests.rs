@@ -2,8 +2,8 @@ use std::convert::Infallible;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::stream;
+use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame as BodyFrame;
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -77,7 +77,7 @@ async fn written_as(frames: Vec<Result<Outgoing, Status>>) -> (Vec<Bytes>, Statu
 /// Every frame `reader` yields, to its end.
 async fn read_all<B>(mut reader: FrameReader<B>) -> Result<Vec<Frame>, Status>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut frames = Vec::new();
@@ -268,5 +268,238 @@ async fn a_frame_a_relay_may_rewrite_or_one_carrying_more_is_written_anew() {
         let read = arrived(std::slice::from_ref(&frame), extra).await;
         assert!(read[0].message.is_none(), "{frame:?} passed on as it came");
         assert_eq!(read[0].frame, frame);
+    }
+}
+
+/// A response body of `frames` (gRPC-framed, one DATA frame each) and
+/// then `trailers`, if any.
+fn answer(
+    frames: &[Frame],
+    trailers: Option<Status>,
+) -> StreamBody<impl futures::Stream<Item = Result<BodyFrame<Bytes>, Infallible>> + use<>> {
+    let mut chunks: Vec<_> = frames
+        .iter()
+        .map(|f| Ok(BodyFrame::data(Bytes::from(grpc(f)))))
+        .collect();
+    if let Some(status) = trailers {
+        let mut map = tonic::codegen::http::HeaderMap::new();
+        status.add_header(&mut map).unwrap();
+        chunks.push(Ok(BodyFrame::trailers(map)));
+    }
+    StreamBody::new(stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn a_response_ends_as_its_trailers_say_after_its_frames() {
+    use tonic::codegen::http::StatusCode;
+    let sent = sample();
+    let ok = FrameReader::response(answer(&sent, Some(Status::ok(""))), StatusCode::OK, MAX);
+    assert_eq!(read_all(ok).await.unwrap(), sent);
+
+    let mut refused = FrameReader::response(
+        answer(&sent[..2], Some(Status::resource_exhausted("busy"))),
+        StatusCode::OK,
+        MAX,
+    );
+    assert_eq!(refused.message().await.unwrap().as_ref(), Some(&sent[0]));
+    assert_eq!(refused.message().await.unwrap().as_ref(), Some(&sent[1]));
+    let err = refused.message().await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::ResourceExhausted, "busy")
+    );
+}
+
+#[tokio::test]
+async fn a_response_without_a_final_status_was_cut_short() {
+    use tonic::codegen::http::StatusCode;
+    for (http, code) in [
+        (StatusCode::OK, Code::Unknown),
+        (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+        (StatusCode::NOT_FOUND, Code::Unimplemented),
+        (StatusCode::IM_A_TEAPOT, Code::Unknown),
+    ] {
+        let reader = FrameReader::response(answer(&sample(), None), http, MAX);
+        let err = read_all(reader).await.unwrap_err();
+        assert_eq!(err.code(), code, "HTTP {http}: {err}");
+    }
+    // A request's body has no final status: its end is the end.
+    let request = FrameReader::new(answer(&sample(), None), MAX);
+    assert_eq!(read_all(request).await.unwrap(), sample());
+}
+
+#[tokio::test]
+async fn as_a_stream_it_gives_the_frames_then_the_error_once_then_ends() {
+    use futures::StreamExt;
+    use tonic::codegen::http::StatusCode;
+    let sent = sample();
+    let reader = FrameReader::response(
+        answer(&sent, Some(Status::unavailable("gone"))),
+        StatusCode::OK,
+        MAX,
+    );
+    let items: Vec<_> = reader.collect().await;
+    assert_eq!(items.len(), sent.len() + 1);
+    for (item, frame) in items.iter().zip(&sent) {
+        assert_eq!(item.as_ref().unwrap(), frame);
+    }
+    assert_eq!(
+        items[sent.len()].as_ref().unwrap_err().code(),
+        Code::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_ends_with_its_last_frame_or_fails_with_its_error() {
+    let outgoing = |v: Vec<Result<Frame, Status>>| {
+        stream::iter(
+            v.into_iter()
+                .map(|r| r.map(Outgoing::from))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut ok = FrameBody::request(outgoing(sample().into_iter().map(Ok).collect()), MAX);
+    let mut data = BytesMut::new();
+    while let Some(frame) = ok.frame().await {
+        let chunk = frame
+            .unwrap()
+            .into_data()
+            .expect("a request body has no trailers");
+        data.extend_from_slice(&chunk);
+    }
+    let read = read_all(FrameReader::new(body(vec![data.freeze()]), MAX)).await;
+    assert_eq!(read.unwrap(), sample());
+
+    let mut failed = FrameBody::request(
+        outgoing(vec![
+            Ok(frames::data(Bytes::from_static(b"a"))),
+            Err(Status::cancelled("dropped")),
+        ]),
+        MAX,
+    );
+    assert!(failed.frame().await.unwrap().unwrap().is_data());
+    assert!(failed.frame().await.unwrap().unwrap().is_data());
+    let err = failed.frame().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Cancelled);
+    assert!(failed.frame().await.is_none());
+}
+
+#[cfg(feature = "channel")]
+mod calls {
+    use std::future::Ready;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tonic::body::Body;
+    use tonic::codegen::Service;
+    use tonic::codegen::http;
+    use tonic::metadata::{MetadataMap, MetadataValue};
+
+    use super::*;
+    use crate::frame_wire::{call, encoded};
+
+    /// A link that records the request it is called with and answers
+    /// with `answer`'s frames and trailers, or with headers only.
+    #[derive(Clone)]
+    struct Link {
+        seen: Arc<Mutex<Option<http::Request<Body>>>>,
+        frames: Vec<Frame>,
+        headers_only: Option<Status>,
+    }
+
+    impl Service<http::Request<Body>> for Link {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            *self.seen.lock().unwrap() = Some(request);
+            let response = match &self.headers_only {
+                Some(status) => status.clone().into_http(),
+                None => http::Response::new(Body::new(answer(&self.frames, Some(Status::ok(""))))),
+            };
+            std::future::ready(Ok(response))
+        }
+    }
+
+    fn link(frames: Vec<Frame>, headers_only: Option<Status>) -> Link {
+        Link {
+            seen: Arc::default(),
+            frames,
+            headers_only,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_is_a_grpc_request_and_its_answer_reads_as_frames() {
+        let link = link(sample(), None);
+        let mut metadata = MetadataMap::new();
+        metadata.insert("rex-server-id", MetadataValue::from_static("srv"));
+        let sent = vec![frames::handshake(Bytes::from_static(b"message 1"))];
+        let body = encoded(stream::iter(sent.clone()), MAX);
+        let reader = call(link.clone(), crate::routing::OPEN_PATH, metadata, body, MAX)
+            .await
+            .unwrap();
+        assert_eq!(read_all(reader).await.unwrap(), sample());
+
+        let request = link.seen.lock().unwrap().take().unwrap();
+        assert_eq!(request.method(), http::Method::POST);
+        assert_eq!(request.uri().path(), crate::routing::OPEN_PATH);
+        assert_eq!(request.version(), http::Version::HTTP_2);
+        let headers = request.headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["rex-server-id"], "srv");
+        // The request's frames as tonic's client writes them.
+        let data = request.into_body().collect().await.unwrap().to_bytes();
+        let read = read_all(FrameReader::new(body_of(data), MAX)).await;
+        assert_eq!(read.unwrap(), sent);
+    }
+
+    fn body_of(
+        data: Bytes,
+    ) -> StreamBody<impl futures::Stream<Item = Result<BodyFrame<Bytes>, Infallible>>> {
+        body(vec![data])
+    }
+
+    #[tokio::test]
+    async fn a_refusal_in_the_answers_headers_is_the_calls_error_with_its_metadata() {
+        let refusal = crate::routing::refuse(
+            Code::ResourceExhausted,
+            "the exec-server is busy",
+            CloseReason::Busy,
+        );
+        let refusing = link(sample(), Some(refusal));
+        let body = encoded(stream::iter(Vec::new()), MAX);
+        let Err(err) = call(
+            refusing,
+            crate::routing::OPEN_PATH,
+            MetadataMap::new(),
+            body,
+            MAX,
+        )
+        .await
+        else {
+            panic!("a refusal is an error");
+        };
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert_eq!(err.message(), "the exec-server is busy");
+        assert_eq!(crate::routing::refusal(&err), Some(CloseReason::Busy));
+
+        // Headers only, with success: a stream with no frames.
+        let empty = link(Vec::new(), Some(Status::ok("")));
+        let body = encoded(stream::iter(Vec::new()), MAX);
+        let reader = call(
+            empty,
+            crate::routing::OPEN_PATH,
+            MetadataMap::new(),
+            body,
+            MAX,
+        );
+        assert!(read_all(reader.await.unwrap()).await.unwrap().is_empty());
     }
 }
