@@ -12,15 +12,15 @@
 use std::sync::Arc;
 
 use opentelemetry::{Context, KeyValue};
+use proto::frame_wire::{self, FrameReader};
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::Frame;
-use proto::pb::tunnel::tunnel_client::TunnelClient;
 use proto::relay_link::FrameSender;
-use proto::routing::SERVER_ID_HEADER;
+use proto::routing::{OPEN_PATH, SERVER_ID_HEADER};
 use telemetry::{carriers, otel, semconv};
 use tokio::sync::mpsc;
-use tonic::Streaming;
-use tonic::metadata::MetadataValue;
+use tonic::body::Body;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::config::{ClientConfig, Target};
@@ -31,8 +31,9 @@ use crate::transport_tasks::TransportTasks;
 /// Frames queued toward the relay per session.
 pub(crate) const LINK_QUEUE: usize = 32;
 
-/// A link's two halves: what arrives, and where frames to send go.
-pub(crate) type Link = (Streaming<Frame>, FrameSender);
+/// A link's two halves: what arrives (each frame read where it arrived),
+/// and where frames to send go.
+pub(crate) type Link = (FrameReader<Body>, FrameSender);
 
 /// Connects a channel to `target` (the config's or one of its alternates)
 /// with the link settings of a client, its tasks spawned through
@@ -72,18 +73,16 @@ pub(crate) async fn open(
         // Cannot fail: the queue has room and its receiver is below.
         let _ = tx.try_send(Ok(frame.clone()));
     }
-    let mut request = tonic::Request::new(Outbound::new(rx, drained));
+    let mut metadata = MetadataMap::new();
     if let Ok(v) = MetadataValue::try_from(server_id) {
-        request.metadata_mut().insert(SERVER_ID_HEADER, v);
+        metadata.insert(SERVER_ID_HEADER, v);
     }
     if let Some(tc) = trace.and_then(otel::trace_context_of) {
-        carriers::metadata::inject(&tc, request.metadata_mut());
+        carriers::metadata::inject(&tc, &mut metadata);
     }
-    let mut client = TunnelClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let response = client.open(request).await?;
-    Ok((response.into_inner(), tx))
+    let body = frame_wire::encoded(Outbound::new(rx, drained), MAX_GRPC_MESSAGE);
+    let inbound = frame_wire::call(channel, OPEN_PATH, metadata, body, MAX_GRPC_MESSAGE).await?;
+    Ok((inbound, tx))
 }
 
 /// `relay.connect`'s semantic-convention attributes: a gRPC call to

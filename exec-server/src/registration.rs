@@ -5,23 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::frame_wire::{self, FrameReader};
 use proto::keys::Origin;
 use proto::keys::StaticKeypair;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::registry_client::RegistryClient;
-use proto::pb::tunnel::{Frame, Incoming, RegisterDown, RegisterUp, register_down, register_up};
+use proto::pb::tunnel::{Incoming, RegisterDown, RegisterUp, register_down, register_up};
 use proto::registration::ProofInitiator;
 use proto::relay_link::FrameSender;
 use proto::routing::{
-    SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, SPARE_TOKEN_LEN,
-    format_session_id,
+    ACCEPT_PATH, SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER,
+    SPARE_TOKEN_LEN, format_session_id,
 };
 use telemetry::semconv;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::metadata::MetadataValue;
+use tonic::body::Body;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tracing::Instrument as _;
 
@@ -385,6 +387,10 @@ async fn next(
     }
 }
 
+/// The frames of a session's half at the relay, each read where it
+/// arrived.
+pub type Inbound = FrameReader<Body>;
+
 /// Opens this exec-server's half of the announced session `incoming` on
 /// `channel` (route `route`, the client link's trace context passed on):
 /// the frames toward the relay (a bounded queue) and the
@@ -393,7 +399,7 @@ pub async fn open_session(
     channel: Channel,
     route: &str,
     incoming: &Incoming,
-) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
+) -> Result<(FrameSender, Inbound), LinkError> {
     let session_id = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref())
         .map_err(|_| LinkError::Protocol)?;
     // The relay passes on the client link's (validated) trace context.
@@ -413,7 +419,7 @@ async fn open_spare(
     channel: Channel,
     route: &str,
     token: &[u8; SPARE_TOKEN_LEN],
-) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
+) -> Result<(FrameSender, Inbound), LinkError> {
     open_half(channel, route, (SPARE_TOKEN_HEADER, token), None).await
 }
 
@@ -424,13 +430,12 @@ async fn open_half(
     route: &str,
     (header, name): (&'static str, &[u8; SESSION_ID_LEN]),
     traceparent: Option<&str>,
-) -> Result<(FrameSender, Streaming<Frame>), LinkError> {
+) -> Result<(FrameSender, Inbound), LinkError> {
     let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
     // The session writes `Result` frames (shared with the server-side
     // streams); a request stream carries plain frames.
     let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
-    let mut request = tonic::Request::new(frames);
-    let md = request.metadata_mut();
+    let mut md = MetadataMap::new();
     if let Ok(v) = MetadataValue::try_from(route) {
         md.insert(SERVER_ID_HEADER, v);
     }
@@ -440,7 +445,8 @@ async fn open_half(
     if let Some(Ok(v)) = traceparent.map(MetadataValue::try_from) {
         md.insert("traceparent", v);
     }
-    let inbound = registry_client(channel).accept(request).await?.into_inner();
+    let body = frame_wire::encoded(frames, MAX_GRPC_MESSAGE);
+    let inbound = frame_wire::call(channel, ACCEPT_PATH, md, body, MAX_GRPC_MESSAGE).await?;
     Ok((out_tx, inbound))
 }
 

@@ -13,14 +13,17 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use proto::frame_wire::{self, FrameBody};
+use proto::limits::MAX_GRPC_MESSAGE;
 use proto::pb::tunnel::CloseReason;
-use proto::pb::tunnel::tunnel_client::TunnelClient;
-use proto::routing::SERVER_ID_HEADER;
+use proto::routing::{OPEN_PATH, SERVER_ID_HEADER};
 use telemetry::carriers;
 use telemetry::w3c::TraceContext;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tonic::body::Body;
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 use crate::fleet::{Fleet, PROOF_HEADER};
 use crate::registry::AcceptedHalf;
@@ -127,8 +130,7 @@ impl Peers {
         // Message 1 goes with the opening: the peer waits for it before
         // telling its exec-server.
         let _ = tx.try_send(first);
-        let mut request = Request::new(splice::request_stream(rx));
-        let metadata = request.metadata_mut();
+        let mut metadata = MetadataMap::new();
         let proof = self.fleet.prove(server_id, client, SystemTime::now());
         for (key, value) in [
             (SERVER_ID_HEADER, server_id),
@@ -139,15 +141,19 @@ impl Peers {
             }
         }
         if let Some(cx) = trace {
-            carriers::metadata::inject(cx, metadata);
+            carriers::metadata::inject(cx, &mut metadata);
         }
-        let mut peer = TunnelClient::new(channel)
-            .max_decoding_message_size(proto::limits::MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(proto::limits::MAX_GRPC_MESSAGE);
-        match tokio::time::timeout(within, peer.open(request)).await {
-            Ok(Ok(response)) => Ok(Opened {
+        // Frames the peer sends, and those sent to it, pass as they
+        // arrived, as on the links this relay serves.
+        let body = Body::new(FrameBody::request(
+            Box::pin(splice::body_stream(rx)),
+            MAX_GRPC_MESSAGE,
+        ));
+        let call = frame_wire::call(channel, OPEN_PATH, metadata, body, MAX_GRPC_MESSAGE);
+        match tokio::time::timeout(within, call).await {
+            Ok(Ok(inbound)) => Ok(Opened {
                 half: AcceptedHalf {
-                    inbound: Inbound::Tonic(response.into_inner()),
+                    inbound: Inbound::Wire(inbound),
                     outbound: tx,
                 },
                 permit,

@@ -13,6 +13,7 @@ use proto::limits::MAX_GRPC_MESSAGE;
 use proto::listener::Connections;
 use proto::pb::tunnel::registry_server::RegistryServer;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
+use proto::routing::{ACCEPT_PATH, OPEN_PATH};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,7 @@ use crate::config::RelayConfig;
 use crate::health::RelayHealth;
 use crate::registration::{AllowList, Reload};
 use crate::registry::Registry;
-use crate::service::{ACCEPT_PATH, OPEN_PATH, RegistryServiceImpl, RelayState, TunnelService};
+use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
 use crate::wire;
 
 /// How often refusals are summarised in the log.

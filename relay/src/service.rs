@@ -206,12 +206,6 @@ impl TunnelService {
     }
 }
 
-/// The path [`TunnelService`] serves without tonic's codec.
-pub(crate) const OPEN_PATH: &str = "/rex.tunnel.v1.Tunnel/Open";
-/// The path [`RegistryServiceImpl`]'s `Accept` is served at, without
-/// tonic's codec.
-pub(crate) const ACCEPT_PATH: &str = "/rex.tunnel.v1.Registry/Accept";
-
 /// The frames of a tunnel method reached through tonic's service.
 type TonicFrames = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
 
@@ -466,7 +460,7 @@ impl TunnelService {
             );
             drop(permit);
         });
-        Ok(Response::new(Box::pin(splice::response_stream(client_rx))))
+        Ok(Response::new(Box::pin(splice::body_stream(client_rx))))
     }
 }
 
@@ -825,6 +819,6 @@ impl RegistryServiceImpl {
             }
             (None, None) => return Err(Status::invalid_argument("missing session id")),
         }
-        Ok(Response::new(Box::pin(splice::response_stream(rx))))
+        Ok(Response::new(Box::pin(splice::body_stream(rx))))
     }
 }

@@ -84,9 +84,11 @@ impl Charged {
 /// The relay's queue toward one side of a session.
 pub(crate) type Outbound = mpsc::Sender<Charged>;
 
-/// The response stream of a tunnel half: the frames queued on `rx`, each
-/// giving its bytes back as it is taken to be sent.
-pub(crate) fn response_stream(
+/// The frames of a tunnel half's body (the response of a stream this
+/// relay serves, or the request of a session it opened at a fleet peer):
+/// those queued on `rx`, each giving its bytes back as it is taken to be
+/// sent.
+pub(crate) fn body_stream(
     rx: mpsc::Receiver<Charged>,
 ) -> impl futures::Stream<Item = Result<Outgoing, tonic::Status>> + Send + 'static {
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
@@ -95,14 +97,6 @@ pub(crate) fn response_stream(
             message: c.message,
         })
     })
-}
-
-/// The request stream of a session opened at another relay: the frames
-/// queued on `rx`, each giving its bytes back as it is taken to be sent.
-pub(crate) fn request_stream(
-    rx: mpsc::Receiver<Charged>,
-) -> impl futures::Stream<Item = Frame> + Send + 'static {
-    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| c.frame)
 }
 
 /// What a pump counts its queued bytes against.
@@ -638,7 +632,7 @@ mod tests {
         ];
         let frames = sent.clone().into_iter().map(|f| Ok(Outgoing::from(f)));
         let body = FrameBody::new(futures::stream::iter(frames), MAX_GRPC_MESSAGE);
-        let from = Inbound::Served(FrameReader::new(
+        let from = Inbound::Wire(FrameReader::new(
             tonic::body::Body::new(body),
             MAX_GRPC_MESSAGE,
         ));

@@ -5,7 +5,9 @@
 //! to the tonic services as before.
 //!
 //! - [`Inbound`]: the frames one half of a session sends the relay, from a
-//!   stream it serves or from a fleet peer it dialled.
+//!   stream it serves or from a fleet peer it dialled (called with
+//!   [`proto::frame_wire::call`], its frames passed on as they arrived
+//!   too).
 //! - [`Raw`]: a tonic service with its tunnel method served here.
 
 use std::convert::Infallible;
@@ -30,19 +32,19 @@ pub(crate) type FrameStream =
 
 /// The frames one half of a session sends the relay.
 pub(crate) enum Inbound {
-    /// A stream this relay serves (a client's `Open`, an exec-server's
-    /// `Accept`).
-    Served(FrameReader<Body>),
-    /// A stream read by tonic's codec: the answer of a fleet peer this
-    /// relay forwarded a session to (or a tunnel method reached through
-    /// tonic's service).
+    /// Read where it arrived: a stream this relay serves (a client's
+    /// `Open`, an exec-server's `Accept`), or the answer of a fleet peer
+    /// this relay forwarded a session to.
+    Wire(FrameReader<Body>),
+    /// A stream read by tonic's codec: a tunnel method reached through
+    /// tonic's service.
     Tonic(Streaming<Frame>),
 }
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Served(_) => "Inbound::Served",
+            Self::Wire(_) => "Inbound::Wire",
             Self::Tonic(_) => "Inbound::Tonic",
         })
     }
@@ -52,7 +54,7 @@ impl Inbound {
     /// The next frame; `None` once the stream has ended.
     pub(crate) async fn message(&mut self) -> Result<Option<Frame>, Status> {
         match self {
-            Self::Served(reader) => reader.message().await,
+            Self::Wire(reader) => reader.message().await,
             Self::Tonic(stream) => stream.message().await,
         }
     }
@@ -61,7 +63,7 @@ impl Inbound {
     /// passed on for it ([`proto::frame_wire::Arrived::unchanged`]).
     pub(crate) async fn next(&mut self) -> Result<Option<(Frame, Option<Message>)>, Status> {
         match self {
-            Self::Served(reader) => Ok(reader.next().await?.map(|a| a.unchanged())),
+            Self::Wire(reader) => Ok(reader.next().await?.map(|a| a.unchanged())),
             Self::Tonic(stream) => Ok(stream.message().await?.map(|f| (f, None))),
         }
     }
@@ -128,7 +130,7 @@ where
         let handler = self.handler.clone();
         Box::pin(async move {
             let request = Request::from_http(
-                req.map(|body| Inbound::Served(FrameReader::new(body, MAX_GRPC_MESSAGE))),
+                req.map(|body| Inbound::Wire(FrameReader::new(body, MAX_GRPC_MESSAGE))),
             );
             Ok(match handler.call(request).await {
                 Ok(response) => respond(response),

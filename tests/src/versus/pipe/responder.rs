@@ -124,7 +124,7 @@ async fn serve(
     }
 }
 
-async fn next_frame(inbound: &mut Streaming<Frame>) -> Result<Frame, String> {
+async fn next_frame(inbound: &mut exec_server::registration::Inbound) -> Result<Frame, String> {
     match inbound.message().await {
         Ok(Some(f)) if f.kind == FrameKind::Close as i32 => Err(format!(
             "responder: closed by the relay ({})",
