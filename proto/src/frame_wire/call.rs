@@ -16,7 +16,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
-use super::FrameReader;
+use super::reader::FrameReader;
 use crate::pb::tunnel::Frame;
 
 /// Calls the streaming method at `path` (`/package.Service/Method`) on
