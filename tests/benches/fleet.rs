@@ -27,6 +27,13 @@
 //!   `--bulk-mib N` (64) MiB to the caller through A and through B,
 //!   `--rounds N` (5) rounds, the order rotating: MiB/s of each, the ratio
 //!   forwarded/direct (target ≥ 0.9), and this process's CPU per GiB.
+//! - **Many sessions over one hop.** `--forwarded N` (1,000) client
+//!   sessions through A to the same exec-server at B, opened 32 at a time,
+//!   then one `true` on each, all at once: whether they all open and run,
+//!   the time each step took, and how many connections B gained (A carries
+//!   every forwarded session to B on its one link, as HTTP/2 streams; the
+//!   relays set no HTTP/2 stream limit, their own session limits bound
+//!   them).
 //!
 //! Run: `cargo bench -p integration-tests --bench fleet` (options after
 //! `--` as above; `--quick` starts from small counts: a check that it runs,
@@ -72,6 +79,7 @@ struct Options {
     execs: usize,
     bulk_bytes: u64,
     rounds: usize,
+    forwarded: usize,
 }
 
 fn options() -> Options {
@@ -86,6 +94,7 @@ fn options() -> Options {
     } else {
         (50, 300, 64, 5)
     };
+    let mut forwarded = if quick { 50 } else { 1000 };
     integration_tests::bench::parse_args(
         &mut [
             ("--servers", &mut servers),
@@ -96,6 +105,7 @@ fn options() -> Options {
             ("--execs", &mut execs),
             ("--bulk-mib", &mut bulk_mib),
             ("--rounds", &mut rounds),
+            ("--forwarded", &mut forwarded),
         ],
         &[],
         |_, _| {},
@@ -109,6 +119,7 @@ fn options() -> Options {
         execs,
         bulk_bytes: bulk_mib as u64 * 1024 * 1024,
         rounds,
+        forwarded,
     }
 }
 
@@ -780,6 +791,66 @@ async fn forwarding(
     Ok(())
 }
 
+/// Sessions forwarded together at once through A.
+const OPEN_AT_ONCE: usize = 32;
+
+/// `--forwarded` sessions through A at once, all forwarded to B: opened
+/// [`OPEN_AT_ONCE`] at a time, then one `true` on each, all at once.
+async fn many_forwarded(
+    opts: &Options,
+    relays: &[TestRelay; RELAYS],
+    client_key: &StaticKeypair,
+    server: &TestServer,
+    table: &mut Table,
+) -> Result<(), String> {
+    use futures::StreamExt as _;
+    let (a, b) = (&relays[0], &relays[1]);
+    let n = opts.forwarded;
+    let config = ClientConfig::new(
+        client_key.clone(),
+        server.key.public(),
+        Target::Relay(a.url()),
+    );
+    let clients: Vec<Client> = (0..n).map(|_| Client::new(config.clone())).collect();
+    let b_connections = b.stats.connections.open();
+    let started = Instant::now();
+    let failed: Vec<String> = futures::stream::iter(&clients)
+        .map(Client::connect)
+        .buffer_unordered(OPEN_AT_ONCE)
+        .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
+        .collect()
+        .await;
+    if let Some(first) = failed.first() {
+        return Err(format!(
+            "{} of {n} forwarded sessions failed to open; first: {first}",
+            failed.len()
+        ));
+    }
+    let opened = started.elapsed();
+    let gained = b.stats.connections.open().saturating_sub(b_connections);
+    let started = Instant::now();
+    let ran =
+        futures::future::join_all(clients.iter().map(integration_tests::bench::exec_true)).await;
+    let execs = started.elapsed();
+    if let Some(Err(first)) = ran.iter().find(|r| r.is_err()) {
+        return Err(format!(
+            "{} of {n} execs on forwarded sessions failed; first: {first}",
+            ran.iter().filter(|r| r.is_err()).count()
+        ));
+    }
+    futures::future::join_all(clients.iter().map(Client::close)).await;
+    table.row(
+        format!("{n} sessions forwarded at once"),
+        format!(
+            "all opened through A ({OPEN_AT_ONCE} at a time) in {:.2} s and ran `true` (all at \
+             once) in {:.2} s; B's connections grew by {gained} (A's one link to B carries them)",
+            opened.as_secs_f64(),
+            execs.as_secs_f64(),
+        ),
+    );
+    Ok(())
+}
+
 /// What the relays and etcd did over a quiet window.
 async fn steady_state(
     opts: &Options,
@@ -919,6 +990,7 @@ async fn bench(opts: Options, etcd_url: String) -> Result<bool, String> {
 
     steady_state(&opts, &relays, &etcd_url, &mut table).await?;
     forwarding(&opts, &relays, &client_key, &server, &mut table).await?;
+    many_forwarded(&opts, &relays, &client_key, &server, &mut table).await?;
     drop(held);
     println!();
     println!("{}", table.markdown());
