@@ -35,15 +35,7 @@ fn read_within(chunks: Vec<Bytes>, max: usize) -> (Vec<Frame>, Option<i32>) {
             .into_iter()
             .map(|c| Ok::<_, Infallible>(BodyFrame::data(c))),
     ));
-    let mut reader = FrameReader::new(body, max);
-    let mut frames = Vec::new();
-    loop {
-        match block_on(reader.message()) {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => return (frames, None),
-            Err(status) => return (frames, Some(status.code() as i32)),
-        }
-    }
+    drain(FrameReader::new(body, max))
 }
 
 /// [`read`] as an answer whose trailers give the gRPC status `code`.
@@ -55,7 +47,15 @@ fn read_answer(chunks: Vec<Bytes>, code: i32) -> (Vec<Frame>, Option<i32>) {
         .map(BodyFrame::data)
         .chain([BodyFrame::trailers(trailers)]);
     let body = StreamBody::new(stream::iter(frames.map(Ok::<_, Infallible>)));
-    let mut reader = FrameReader::response(body, http::StatusCode::OK, MAX);
+    drain(FrameReader::response(body, http::StatusCode::OK, MAX))
+}
+
+/// Every frame `reader` reads, and how the reading ended.
+fn drain<B>(mut reader: FrameReader<B>) -> (Vec<Frame>, Option<i32>)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut frames = Vec::new();
     loop {
         match block_on(reader.message()) {
@@ -77,7 +77,10 @@ fuzz_target!(|data: &[u8]| {
     // As an answer: the same frames, and the trailers' status at a clean
     // end (0 to 16 are gRPC's codes).
     let code = i32::from(cut % 17);
-    let (frames, end) = read_answer(rest.chunks(size).map(Bytes::copy_from_slice).collect(), code);
+    let (frames, end) = read_answer(
+        rest.chunks(size).map(Bytes::copy_from_slice).collect(),
+        code,
+    );
     assert_eq!(frames, whole.0, "as an answer");
     match whole.1 {
         Some(error) => assert_eq!(end, Some(error), "as an answer"),
