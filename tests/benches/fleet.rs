@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use integration_tests::bench::{
-    median, min_max, percentile, print_machine, process_cpu_nanos, ratio,
+    OPEN_AT_ONCE, median, min_max, open_all, percentile, print_machine, process_cpu_nanos, ratio,
 };
 use integration_tests::etcd::Etcd;
 use integration_tests::stack::{TestRelay, TestServer};
@@ -791,9 +791,6 @@ async fn forwarding(
     Ok(())
 }
 
-/// Sessions forwarded together at once through A.
-const OPEN_AT_ONCE: usize = 32;
-
 /// `--forwarded` sessions through A at once, all forwarded to B: opened
 /// [`OPEN_AT_ONCE`] at a time, then one `true` on each, all at once.
 async fn many_forwarded(
@@ -803,7 +800,6 @@ async fn many_forwarded(
     server: &TestServer,
     table: &mut Table,
 ) -> Result<(), String> {
-    use futures::StreamExt as _;
     let (a, b) = (&relays[0], &relays[1]);
     let n = opts.forwarded;
     let config = ClientConfig::new(
@@ -814,18 +810,9 @@ async fn many_forwarded(
     let clients: Vec<Client> = (0..n).map(|_| Client::new(config.clone())).collect();
     let b_connections = b.stats.connections.open();
     let started = Instant::now();
-    let failed: Vec<String> = futures::stream::iter(&clients)
-        .map(Client::connect)
-        .buffer_unordered(OPEN_AT_ONCE)
-        .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
-        .collect()
-        .await;
-    if let Some(first) = failed.first() {
-        return Err(format!(
-            "{} of {n} forwarded sessions failed to open; first: {first}",
-            failed.len()
-        ));
-    }
+    open_all(&clients)
+        .await
+        .map_err(|e| format!("through A to B: {e}"))?;
     let opened = started.elapsed();
     let gained = b.stats.connections.open().saturating_sub(b_connections);
     let started = Instant::now();

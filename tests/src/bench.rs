@@ -64,6 +64,31 @@ pub async fn exec_true(client: &Client) -> Result<Duration, String> {
     }
 }
 
+/// Sessions a benchmark opens at once. The relay announces each opening
+/// session on the exec-server's control stream, whose queue (64) refuses
+/// when full.
+pub const OPEN_AT_ONCE: usize = 32;
+
+/// Opens a session for each of `clients`, [`OPEN_AT_ONCE`] at a time; an
+/// error saying how many failed, and the first failure.
+pub async fn open_all(clients: &[Client]) -> Result<(), String> {
+    use futures::StreamExt as _;
+    let failed: Vec<String> = futures::stream::iter(clients)
+        .map(Client::connect)
+        .buffer_unordered(OPEN_AT_ONCE)
+        .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
+        .collect()
+        .await;
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "{} of {} sessions failed to open; first: {first}",
+            failed.len(),
+            clients.len()
+        )),
+    }
+}
+
 /// Writes `bytes` zeros to a call's stdin through `control`, 256 KiB at a
 /// time, then closes it: a bulk upload.
 pub async fn feed_zeros(control: &rex_client::Controller, bytes: u64) -> Result<(), String> {

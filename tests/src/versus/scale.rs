@@ -18,7 +18,6 @@ mod relay_proc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use proto::keys::StaticKeypair;
 use rex_client::{Client, ClientConfig, Target as Via};
 use tokio::time::timeout;
@@ -26,12 +25,9 @@ use tokio::time::timeout;
 use self::execs::{Numbers, run_execs};
 use self::relay_proc::RelayProc;
 use super::{Comparison, Series, Target, Unit};
-use crate::bench::{median, min_max};
+use crate::bench::{OPEN_AT_ONCE, median, min_max, open_all};
 use crate::stack::TestServer;
 
-/// Sessions opened at once. The relay announces each opening session on
-/// the exec-server's control stream, whose queue (64) refuses when full.
-const OPEN_CONCURRENCY: usize = 32;
 /// How long the relay is left alone before its RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
 /// The bound on the warm-up, the exec-server's start and stop, and closing.
@@ -105,7 +101,7 @@ pub async fn run(options: &ScaleOptions) -> Result<Comparison, String> {
             mib(|r| r.after_close),
         ),
         format!(
-            "seconds to open all sessions ({OPEN_CONCURRENCY} at a time) {}; for all execs {} \
+            "seconds to open all sessions ({OPEN_AT_ONCE} at a time) {}; for all execs {} \
              ({exec_mib:.0} MiB in all); to close all sessions (at once) until the relay ended \
              them {}",
             secs(|r| r.open),
@@ -228,22 +224,7 @@ async fn measure(
     let clients: Vec<Client> = (0..sessions).map(|_| Client::new(config.clone())).collect();
     let started = Instant::now();
     let within = Duration::from_secs(30) + Duration::from_millis(50) * sessions as u32;
-    bounded("opening the sessions", within, async {
-        let failed: Vec<String> = futures::stream::iter(&clients)
-            .map(Client::connect)
-            .buffer_unordered(OPEN_CONCURRENCY)
-            .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
-            .collect()
-            .await;
-        match failed.first() {
-            None => Ok(()),
-            Some(e) => Err(format!(
-                "{} of {sessions} sessions failed to open; first: {e}",
-                failed.len()
-            )),
-        }
-    })
-    .await?;
+    bounded("opening the sessions", within, open_all(&clients)).await?;
     let open = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     let with_sessions = relay.status_kib("VmRSS")?;
