@@ -102,6 +102,10 @@ ssh "${ssh_opts[@]}" "$user@127.0.0.1" true \
 
 echo "== release binaries"
 cargo build --release --locked -p core-client -p relay -p exec-server
+# The CLI as it is shipped (and as the compose images hold it): static.
+# Every scenario that starts `core-client` runs this one, the agent too.
+echo "== the CLI, static (scripts/static-build.sh)"
+scripts/static-build.sh -p core-client --bin core-client
 
 echo "== benchmark"
 write="$PWD/BENCHMARKS.md"
@@ -110,5 +114,5 @@ for arg in "$@"; do
 done
 cargo bench --locked -p integration-tests --bench versus -- \
     --ssh-port "$port" --ssh-key "$work/client_key" --ssh-user "$user" \
-    --core-client "$PWD/target/release/core-client" \
+    --core-client "$PWD/target/x86_64-unknown-linux-gnu/release/core-client" \
     ${write:+--write "$write"} "$@"

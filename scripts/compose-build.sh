@@ -39,18 +39,15 @@ for tool in etcd etcdctl; do
         || die "no $tool found (install Debian's etcd-server and etcd-client)"
 done
 
-echo "== static binaries ($target, crt-static)"
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --target "$target" \
+echo "== static binaries (scripts/static-build.sh)"
+scripts/static-build.sh \
     -p relay -p exec-server -p core-client -p integration-tests \
     --bin relay --bin exec-server --bin core-client --bin trace-sink
 
 rm -rf "$context"
 mkdir -p "$context"
 for bin in relay exec-server core-client trace-sink; do
-    src=target/$target/release/$bin
-    is_static "$src" || die "$src is not statically linked"
-    strip -o "$context/$bin" "$src"
+    strip -o "$context/$bin" "target/$target/release/$bin"
 done
 cp "$busybox" "$context/busybox"
 
