@@ -43,6 +43,22 @@ fn exec_through_separate_processes() {
     assert!(out.status.success());
     assert!(out.stdout == input, "stdin did not round-trip");
 
+    // Stdin the null device: the remote stdin is at its end at once.
+    let out = run(stack.exec(&["sh", "-c", "cat; echo end"]));
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"end\n");
+    // Stdin a file: read to its end, byte-exact.
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &input[..100_000]).unwrap();
+    std::io::Seek::rewind(&mut file).unwrap();
+    let mut cmd = stack.exec(&["cat"]);
+    let out = cmd.stdin(file).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout == input[..100_000],
+        "a file's stdin did not round-trip"
+    );
+
     // Killed by a signal: 128 + N.
     let out = run(stack.exec(&["sh", "-c", "kill -9 $$"]));
     assert_eq!(out.status.code(), Some(137));

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use telemetry::forward::{Spool, SpoolLimits, WithSpool};
 use telemetry::setup::Flusher;
 use telemetry::spans;
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 
@@ -29,6 +28,7 @@ use super::exec_args::ExecArgs;
 use super::life::{CliRun, ProcessStart};
 use super::link_notice::LinkNotice;
 use super::signals::{LocalSignals, delivered, sig};
+use super::stdin;
 use super::tty;
 use super::verbose::Verbose;
 use crate::config::options::{Terminal as TerminalOption, Warm};
@@ -653,22 +653,7 @@ async fn exec_with(
     // does).
     let tasks = lifecycle::Tasks::new();
     if !args.no_stdin {
-        let control = control.clone();
-        tasks.spawn(tracing::debug_span!("stdin"), async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; proto::limits::MAX_CHUNK];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if control.write_stdin(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = control.close_stdin().await;
-        });
+        stdin::pump(&tasks, control.clone());
     }
     // Output is written by a thread of its own, so a stdout nobody reads
     // never keeps the signals (see `call`'s rules) from being seen.

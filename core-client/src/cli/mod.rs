@@ -23,6 +23,8 @@
 //! - `show`: `config show`.
 //! - `signals`: the local signals `exec` listens for, taken from before
 //!   its dispatch.
+//! - `stdin`: `exec`'s stdin sent as it is read (the null device closed
+//!   at once).
 //! - `verbose`: `-v`, what `exec` does, one line a step.
 //! - `views`: `history` and `trace show`, naming servers as the user did.
 //! - `report`: `report`, over many commands (see the `analysis` crate).
@@ -44,6 +46,7 @@ pub(crate) mod probe;
 pub(crate) mod report;
 mod show;
 mod signals;
+mod stdin;
 mod tty;
 mod verbose;
 mod views;
