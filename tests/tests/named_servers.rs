@@ -95,6 +95,8 @@ fn core_client_in(dir: &Path, args: &[&str]) -> Output {
         .env("HOME", dir)
         .env("REX_DATA_DIR", dir.join("client-data"))
         .env("REX_TRACE_FILE", dir.join("traces.jsonl"))
+        // Nor the user's agent: a test's own would listen here.
+        .env("REX_AGENT_SOCKET", dir.join("agent").join("agent.sock"))
         .env_remove("REX_RELAY")
         .env_remove("REX_SERVER")
         .env_remove("REX_SERVER_FILE")

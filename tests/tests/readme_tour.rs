@@ -106,6 +106,9 @@ fn the_readme_tour_runs_verbatim() {
         .env_clear()
         .env("PATH", path)
         .env("HOME", &home)
+        // Never the user's running agent (its socket would otherwise be
+        // the default, shared with the user's own commands).
+        .env("REX_AGENT_SOCKET", home.join("agent.sock"))
         .env("LANG", "C.UTF-8")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
