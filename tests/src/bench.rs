@@ -79,12 +79,17 @@ pub async fn open_all(clients: &[Client]) -> Result<(), String> {
         .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
         .collect()
         .await;
+    all_ok(&failed, clients.len(), "sessions failed to open")
+}
+
+/// `Ok` when nothing `failed`; else an error saying how many of `total`
+/// `what` (e.g. "execs failed"), and the first failure.
+pub fn all_ok(failed: &[String], total: usize, what: &str) -> Result<(), String> {
     match failed.first() {
         None => Ok(()),
         Some(first) => Err(format!(
-            "{} of {} sessions failed to open; first: {first}",
-            failed.len(),
-            clients.len()
+            "{} of {total} {what}; first: {first}",
+            failed.len()
         )),
     }
 }
@@ -289,6 +294,16 @@ mod tests {
 
     fn words(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn failures_are_counted_and_the_first_one_told() {
+        assert_eq!(all_ok(&[], 5, "execs failed"), Ok(()));
+        let failed = ["refused".to_owned(), "reset".to_owned()];
+        assert_eq!(
+            all_ok(&failed, 5, "execs failed"),
+            Err("2 of 5 execs failed; first: refused".to_owned())
+        );
     }
 
     #[test]

@@ -103,14 +103,7 @@ pub(super) async fn run_execs(clients: &[Client], numbers: &Arc<Numbers>) -> Res
             Err(e) => failed.push(format!("an exec task failed: {e}")),
         }
     }
-    match failed.first() {
-        None => Ok(()),
-        Some(e) => Err(format!(
-            "{} of {} execs failed; first: {e}",
-            failed.len(),
-            clients.len()
-        )),
-    }
+    crate::bench::all_ok(&failed, clients.len(), "execs failed")
 }
 
 #[cfg(test)]
