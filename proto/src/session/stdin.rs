@@ -255,6 +255,24 @@ impl Incoming {
         }
     }
 
+    /// Like [`new`](Self::new), starting at a window of `start` bytes (a
+    /// path measured before, as far as the ceiling and the budget allow):
+    /// no ramp to find it again.
+    pub(super) fn starting_at(
+        first: u32,
+        ceiling: u32,
+        budget: Option<Arc<Budget>>,
+        start: u32,
+    ) -> Self {
+        let mut incoming = Self::new(first, ceiling, budget);
+        incoming.flow =
+            Adaptive::starting_at(u64::from(first), u64::from(ceiling), u64::from(start));
+        let want = incoming.flow.window();
+        incoming.flow.settle(u64::from(first));
+        incoming.grow(want);
+        incoming
+    }
+
     /// Bytes that arrived in all.
     pub(super) fn received(&self) -> u64 {
         self.received

@@ -50,6 +50,17 @@ impl<T> ServerSession<T> {
         }
     }
 
+    /// The stdin window a call started at `now` begins with, if the latest
+    /// call whose stdin widened its window ended within
+    /// [`PATH_MEMORY`](crate::session::window::PATH_MEMORY).
+    fn remembered_stdin_window(&self, now: std::time::Instant) -> Option<u32> {
+        self.stdin_path
+            .filter(|(_, at)| {
+                now.saturating_duration_since(*at) < crate::session::window::PATH_MEMORY
+            })
+            .map(|(window, _)| window)
+    }
+
     pub(super) fn exec(
         &mut self,
         call_id: u64,
@@ -112,17 +123,29 @@ impl<T> ServerSession<T> {
         } else {
             self.output_window
         };
+        // Stdin starts where the session's path left it, if a call's
+        // stdin widened its window moments ago.
+        let mut input = match (stdin, self.remembered_stdin_window(now.at)) {
+            (Stdin::Open, Some(start)) => stdin::Incoming::starting_at(
+                self.shared.limits.stdin_window,
+                self.shared.limits.stdin_window_max,
+                Some(self.acceptor.stdin_budget.clone()),
+                start,
+            ),
+            _ => stdin::Incoming::new(
+                self.shared.limits.stdin_window,
+                self.shared.limits.stdin_window_max,
+                Some(self.acceptor.stdin_budget.clone()),
+            ),
+        };
+        let wider = (input.window() > self.shared.limits.stdin_window).then(|| input.ack());
         self.calls.insert(
             call_id,
             Call {
                 next_seq: 0,
                 stdin,
                 terminal: request.terminal.is_some(),
-                received: stdin::Incoming::new(
-                    self.shared.limits.stdin_window,
-                    self.shared.limits.stdin_window_max,
-                    Some(self.acceptor.stdin_budget.clone()),
-                ),
+                received: input,
                 output: output::Sent::default(),
                 output_window,
                 output_widest: output_window,
@@ -138,6 +161,12 @@ impl<T> ServerSession<T> {
             trace,
             received,
         });
+        // The client hears of the wider window at once (it sends within
+        // the session's first window until then).
+        if let Some((consumed, window)) = wider {
+            let ack = Body::StdinAck(StdinAck { consumed, window });
+            self.send(call_id, None, ack, now)?;
+        }
         Ok(())
     }
 
@@ -263,7 +292,11 @@ impl<T> ServerSession<T> {
                 }
                 call.finished = last;
                 if last {
+                    let window = call.received.window();
                     call.received.close();
+                    if window > self.shared.limits.stdin_window {
+                        self.stdin_path = Some((window, now.at));
+                    }
                 }
             }
             if last {

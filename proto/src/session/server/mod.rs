@@ -344,6 +344,10 @@ pub struct ServerSession<T> {
     pub(super) pings_sent: u64,
     /// The round trip measured for stdin windows.
     probe: Probe,
+    /// The stdin window the latest call that widened its own ended with,
+    /// and when: a call started within
+    /// [`PATH_MEMORY`](crate::session::window::PATH_MEMORY) starts there.
+    stdin_path: Option<(u32, Instant)>,
     events: Events<ServerEvent>,
 }
 
@@ -381,6 +385,7 @@ impl<T> ServerSession<T> {
             spans_refused: 0,
             pings_sent: 0,
             probe: Probe::default(),
+            stdin_path: None,
             events: Events::default(),
         }
     }

@@ -159,6 +159,9 @@ impl Sim {
             };
             self.p.server.handle_frame(frame, now);
             while let Some(ev) = self.p.server.poll_event() {
+                if let ServerEvent::Ended(end) = &ev {
+                    panic!("the exec-server's session ended: {end:?}");
+                }
                 if let ServerEvent::Stdin { call_id, data } = &ev {
                     // The process takes its stdin as it comes.
                     self.taken += data.len() as u64;
@@ -175,6 +178,9 @@ impl Sim {
             };
             self.p.client.handle_frame(frame, now);
             while let Some(ev) = self.p.client.poll_event() {
+                if let ClientEvent::Ended(end) = &ev {
+                    panic!("the client's session ended: {end:?}");
+                }
                 if let ClientEvent::Call(c) = ev {
                     // The caller takes its output as it comes.
                     if let Kind::Stdout(d) = &c.kind {
@@ -592,4 +598,72 @@ fn a_calls_first_window_is_granted_up_to_the_exec_servers_ceiling() {
     p.run();
     assert_eq!(p.client.output_window_of(id), first);
     assert_eq!(p.server.output_window_of(id), first);
+}
+
+/// Ends `sim`'s stdin call: the client stops writing and closes its stdin,
+/// and once that has crossed the process exits.
+fn end_stdin_call(sim: &mut Sim) {
+    sim.writing = false;
+    sim.run_for(Duration::from_millis(200));
+    sim.p.client.close_stdin(sim.call, None, sim.p.now).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    sim.p
+        .server
+        .push(sim.call, exit(0), None, None, sim.p.now)
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+}
+
+/// Starts a call on `sim` whose client writes its stdin as fast as its
+/// window allows.
+fn next_stdin_call(sim: &mut Sim) {
+    sim.call = sim.p.exec(true);
+    sim.p.push(sim.call, started());
+    sim.writing = true;
+}
+
+#[test]
+fn a_call_soon_after_an_upload_starts_where_its_stdin_window_ended() {
+    // 40 MiB/s across 50 ms. The first call's stdin window finds the path;
+    // the next, started moments after it ended, starts with the window it
+    // ended with, and the exec-server tells the client at once: its stdin
+    // crosses at the path's rate from the first round trip (from the
+    // session's first window it carried about a third of that).
+    let first = u64::from(Limits::server().stdin_window);
+    let mut sim = Sim::new(Limits::server(), ONE_WAY, RATE, 256 * MIB);
+    sim.p.push(sim.call, started());
+    sim.run_for(Duration::from_secs(2));
+    let ended = sim.window();
+    assert!(ended >= BDP, "window {ended}");
+    end_stdin_call(&mut sim);
+    let budget = Arc::clone(&sim.p.acceptor.stdin_budget);
+    assert_eq!(budget.held(), 0, "a finished call holds nothing");
+
+    // (The request reaches the exec-server at once here; stdin then
+    // crosses the path.)
+    next_stdin_call(&mut sim);
+    assert_eq!(sim.window(), ended);
+    assert_eq!(budget.held(), ended - first);
+    let carried = sim.run_for(ONE_WAY + Duration::from_millis(100));
+    let path = RATE / 10;
+    assert!(
+        carried >= path * 9 / 10,
+        "{carried} bytes in the first 100 ms of stdin, the path carries {path}"
+    );
+    let window = sim.window();
+    assert!(window <= 3 * BDP, "window {window} beyond the path's need");
+
+    // Quiet for longer than the session remembers its path: the next call
+    // starts at the session's first window, and finds the path again.
+    end_stdin_call(&mut sim);
+    sim.run_for(PATH_MEMORY);
+    next_stdin_call(&mut sim);
+    assert_eq!(sim.window(), first);
+    let carried = sim.run_for(ONE_WAY + Duration::from_millis(100));
+    assert!(
+        carried < path * 9 / 10,
+        "{carried} bytes: the first window carried the path's rate"
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.window() >= BDP, "the call finds the path again");
 }
