@@ -1003,6 +1003,8 @@ impl<T> ServerSession<T> {
                 self.detached = true;
                 self.detached_at = Some(self.clock);
                 self.probe.cancel();
+                // A resume may come over another path: measured afresh.
+                self.stdin_path = None;
                 self.events.push(ServerEvent::Detached { error: e.clone() });
                 return;
             }
