@@ -347,6 +347,7 @@ pub struct ServerSession<T> {
     /// The stdin window the latest call that widened its own ended with,
     /// and when: a call started within
     /// [`PATH_MEMORY`](crate::session::window::PATH_MEMORY) starts there.
+    /// Not adopted by a resume, which may come over another path.
     stdin_path: Option<(u32, Instant)>,
     events: Events<ServerEvent>,
 }
@@ -1003,8 +1004,6 @@ impl<T> ServerSession<T> {
                 self.detached = true;
                 self.detached_at = Some(self.clock);
                 self.probe.cancel();
-                // A resume may come over another path: measured afresh.
-                self.stdin_path = None;
                 self.events.push(ServerEvent::Detached { error: e.clone() });
                 return;
             }
