@@ -49,7 +49,8 @@ pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// A call started within this of the end of a call whose output window
 /// had grown starts with that window (the exec-server told in its request),
-/// not the session's first: the session has measured its path, as a TCP
+/// not the session's first, and likewise its stdin window (the client told
+/// in a `StdinAck` with the call's start): the session has measured its path, as a TCP
 /// stack keeps a destination's metrics for its next connection. Long
 /// enough for the commands a user or a script runs one after another;
 /// short enough that a path that changed is soon measured afresh.
