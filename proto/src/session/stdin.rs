@@ -267,6 +267,8 @@ impl Incoming {
         let mut incoming = Self::new(first, ceiling, budget);
         incoming.flow =
             Adaptive::starting_at(u64::from(first), u64::from(ceiling), u64::from(start));
+        // Beyond the first window it is held from the budget, as any
+        // growth is: from the first window, as far as the budget allows.
         let want = incoming.flow.window();
         incoming.flow.settle(u64::from(first));
         incoming.grow(want);

@@ -601,17 +601,12 @@ fn a_calls_first_window_is_granted_up_to_the_exec_servers_ceiling() {
 }
 
 /// Ends `sim`'s stdin call: the client stops writing and closes its stdin,
-/// and once that has crossed the process exits.
+/// and the process exits ([`end_call`]).
 fn end_stdin_call(sim: &mut Sim) {
     sim.writing = false;
     sim.run_for(Duration::from_millis(200));
     sim.p.client.close_stdin(sim.call, None, sim.p.now).unwrap();
-    sim.run_for(Duration::from_millis(100));
-    sim.p
-        .server
-        .push(sim.call, exit(0), None, None, sim.p.now)
-        .unwrap();
-    sim.run_for(Duration::from_millis(100));
+    end_call(sim);
 }
 
 /// Starts a call on `sim` whose client writes its stdin as fast as its
