@@ -7,6 +7,8 @@
 //! - `server`: start ([`start`]), run ([`run`]) and graceful shutdown.
 //! - [`registration`]: the dial-out registration with a relay (the
 //!   exec-server's link to it) and session accept.
+//! - `link_credit`: the relay's credit for a session's frames toward its
+//!   client, a frame sent only within what the relay granted.
 //! - [`credit`]: a call's output credit (the session's output window),
 //!   which its process reserves from before reading its output.
 //! - `contain`: a command's processes end with it and with the
@@ -39,6 +41,7 @@ pub mod credit;
 mod direct;
 pub mod environment;
 pub mod keys;
+mod link_credit;
 pub mod process;
 mod pty;
 pub mod registration;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use proto::frame_wire::{self, FrameReader};
 use proto::keys::Origin;
 use proto::keys::StaticKeypair;
@@ -14,8 +15,8 @@ use proto::pb::tunnel::{Incoming, RegisterDown, RegisterUp, register_down, regis
 use proto::registration::ProofInitiator;
 use proto::relay_link::FrameSender;
 use proto::routing::{
-    ACCEPT_PATH, SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER,
-    SPARE_TOKEN_LEN, format_session_id,
+    ACCEPT_PATH, CREDIT_STREAM_HEADER, CREDIT_WINDOW_HEADER, SERVER_ID_HEADER, SESSION_ID_HEADER,
+    SESSION_ID_LEN, SPARE_TOKEN_HEADER, SPARE_TOKEN_LEN, format_session_id,
 };
 use telemetry::semconv;
 use tokio::sync::{mpsc, watch};
@@ -27,18 +28,23 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tracing::Instrument as _;
 
+use crate::link_credit::{CloseOnDrop, Credits, Gated};
 use crate::session::{self, ServerContext};
 
 /// Frames queued toward the relay per session.
 pub(crate) const SESSION_QUEUE: usize = 32;
 
-/// A registration's halves (announced sessions arrive on the down half; it
-/// lasts while the up half is held) and its spare token, if any.
-type Registration = (
-    mpsc::Sender<RegisterUp>,
-    Streaming<RegisterDown>,
-    Option<[u8; SPARE_TOKEN_LEN]>,
-);
+/// One registration with a relay.
+struct Registration {
+    /// Held while it lasts.
+    _up: mpsc::Sender<RegisterUp>,
+    /// Announced sessions and credit grants.
+    down: Streaming<RegisterDown>,
+    /// The token for spare streams, if the relay keeps them.
+    spare: Option<[u8; SPARE_TOKEN_LEN]>,
+    /// The relay's least credit window (0: no credit).
+    credit_window: u32,
+}
 
 /// How many times in a row a spare stream may fail to open (or be dropped
 /// unused by the relay) before this registration stops keeping one; the
@@ -253,8 +259,8 @@ pub async fn register(
     route: &str,
     timeout: Duration,
 ) -> Result<(mpsc::Sender<RegisterUp>, Streaming<RegisterDown>), LinkError> {
-    let (up, down, _) = register_with_spares(channel, key, route, timeout).await?;
-    Ok((up, down))
+    let r = register_with_spares(channel, key, route, timeout).await?;
+    Ok((r._up, r.down))
 }
 
 /// [`register`], also returning the token with which this registration
@@ -292,10 +298,12 @@ async fn register_with_spares(
         .await
         .map_err(|_| LinkError::Protocol)?;
     match next(&mut down, timeout).await? {
-        register_down::Msg::Registered(r) if r.server_id == route => {
-            let spare = <[u8; SPARE_TOKEN_LEN]>::try_from(r.spare_token.as_ref()).ok();
-            Ok((up_tx, down, spare))
-        }
+        register_down::Msg::Registered(r) if r.server_id == route => Ok(Registration {
+            _up: up_tx,
+            down,
+            spare: <[u8; SPARE_TOKEN_LEN]>::try_from(r.spare_token.as_ref()).ok(),
+            credit_window: r.credit_window,
+        }),
         _ => Err(LinkError::Protocol),
     }
 }
@@ -317,7 +325,12 @@ async fn register_once(
         () = shutdown.cancelled() => return Ok(false),
         c = ep.connect() => c?,
     };
-    let (_up, mut down, spare) = register_with_spares(
+    let Registration {
+        _up,
+        mut down,
+        spare,
+        credit_window,
+    } = register_with_spares(
         &channel,
         &ctx.config.key,
         &ctx.route,
@@ -326,6 +339,13 @@ async fn register_once(
     .await?;
     tracing::info!(server_id = %ctx.route, "registered with relay");
     registered.send_replace(true);
+    // The relay's credit for this registration's sessions, if it grants
+    // any; once it ends, they stop waiting for grants.
+    let credits = match credit_window {
+        0 => None,
+        w => Credits::new(w, link_round_trip(&channel).await),
+    };
+    let _close_credits = CloseOnDrop(credits.clone());
     // A spare stream at the relay while this registration lasts.
     let spares = shutdown.child_token();
     let _stop_spares = spares.clone().drop_guard();
@@ -337,8 +357,8 @@ async fn register_once(
                 channel.clone(),
                 token,
                 Arc::clone(ctx),
-                shutdown.clone(),
-                spares,
+                (shutdown.clone(), spares),
+                credits.clone(),
             ),
         );
     }
@@ -354,9 +374,15 @@ async fn register_once(
                     let ctx = Arc::clone(ctx);
                     let shutdown = shutdown.clone();
                     let span = tracing::info_span!(parent: None, telemetry::spans::SESSION_SERVER);
+                    let credits = credits.clone();
                     ctx.tasks
                         .clone()
-                        .spawn(span, accept(channel, incoming, ctx, shutdown));
+                        .spawn(span, accept(channel, incoming, ctx, shutdown, credits));
+                }
+                Some(register_down::Msg::Credit(credit)) => {
+                    if let Some(credits) = &credits {
+                        credits.grant(&credit);
+                    }
                 }
                 _ => return Err(LinkError::Protocol),
             },
@@ -371,6 +397,22 @@ async fn register_once(
             }
         }
     }
+}
+
+/// How many round trips of a new link are timed (the shortest counts).
+const RTT_SAMPLES: usize = 2;
+
+/// The shortest of [`RTT_SAMPLES`] round trips of `channel`'s link (health
+/// checks of the relay), which sizes the credit its sessions ask for;
+/// `None` if none was answered within a second.
+async fn link_round_trip(channel: &Channel) -> Option<Duration> {
+    let mut shortest = None;
+    for _ in 0..RTT_SAMPLES {
+        if let Some(rtt) = proto::health::round_trip(channel, Duration::from_secs(1)).await {
+            shortest = Some(shortest.map_or(rtt, |s: Duration| s.min(rtt)));
+        }
+    }
+    shortest
 }
 
 async fn next(
@@ -400,6 +442,16 @@ pub async fn open_session(
     route: &str,
     incoming: &Incoming,
 ) -> Result<(FrameSender, Inbound), LinkError> {
+    open_announced(channel, route, incoming, None).await
+}
+
+/// [`open_session`], under the relay's credit when `credits` is given.
+async fn open_announced(
+    channel: Channel,
+    route: &str,
+    incoming: &Incoming,
+    credits: Option<&Credits>,
+) -> Result<(FrameSender, Inbound), LinkError> {
     let session_id = <[u8; SESSION_ID_LEN]>::try_from(incoming.session_id.as_ref())
         .map_err(|_| LinkError::Protocol)?;
     // The relay passes on the client link's (validated) trace context.
@@ -409,6 +461,7 @@ pub async fn open_session(
         route,
         (SESSION_ID_HEADER, &session_id),
         traceparent,
+        credits,
     )
     .await
 }
@@ -419,23 +472,34 @@ async fn open_spare(
     channel: Channel,
     route: &str,
     token: &[u8; SPARE_TOKEN_LEN],
+    credits: Option<&Credits>,
 ) -> Result<(FrameSender, Inbound), LinkError> {
-    open_half(channel, route, (SPARE_TOKEN_HEADER, token), None).await
+    open_half(channel, route, (SPARE_TOKEN_HEADER, token), None, credits).await
 }
 
 /// An `Accept` call for route `route`, named by `name` (a session id or a
-/// spare token, in hex), with the client link's `traceparent` if known.
+/// spare token, in hex), with the client link's `traceparent` if known,
+/// its frames sent within the relay's credit when `credits` is given.
 async fn open_half(
     channel: Channel,
     route: &str,
     (header, name): (&'static str, &[u8; SESSION_ID_LEN]),
     traceparent: Option<&str>,
+    credits: Option<&Credits>,
 ) -> Result<(FrameSender, Inbound), LinkError> {
     let (out_tx, out_rx) = mpsc::channel(SESSION_QUEUE);
     // The session writes `Result` frames (shared with the server-side
     // streams); a request stream carries plain frames.
     let frames = tokio_stream::StreamExt::filter_map(ReceiverStream::new(out_rx), Result::ok);
     let mut md = MetadataMap::new();
+    let frames = match credits.map(Credits::open) {
+        Some((stream, window, credit)) => {
+            md.insert(CREDIT_STREAM_HEADER, MetadataValue::from(stream));
+            md.insert(CREDIT_WINDOW_HEADER, MetadataValue::from(window));
+            Gated::new(frames, credit).left_stream()
+        }
+        None => frames.right_stream(),
+    };
     if let Ok(v) = MetadataValue::try_from(route) {
         md.insert(SERVER_ID_HEADER, v);
     }
@@ -446,7 +510,12 @@ async fn open_half(
         md.insert("traceparent", v);
     }
     let body = frame_wire::encoded(frames, MAX_GRPC_MESSAGE);
+    let asked = std::time::Instant::now();
     let inbound = frame_wire::call(channel, ACCEPT_PATH, md, body, MAX_GRPC_MESSAGE).await?;
+    // The relay answers an `Accept` at once: a round trip of the link.
+    if let Some(credits) = credits {
+        credits.sample(asked.elapsed());
+    }
     Ok((out_tx, inbound))
 }
 
@@ -459,14 +528,14 @@ async fn keep_spare(
     channel: Channel,
     token: [u8; SPARE_TOKEN_LEN],
     ctx: Arc<ServerContext>,
-    shutdown: CancellationToken,
-    spares: CancellationToken,
+    (shutdown, spares): (CancellationToken, CancellationToken),
+    credits: Option<Arc<Credits>>,
 ) {
     let mut failures = 0;
     while failures < SPARE_FAILURES {
         let opened = tokio::select! {
             () = spares.cancelled() => return,
-            o = open_spare(channel.clone(), &ctx.route, &token) => o,
+            o = open_spare(channel.clone(), &ctx.route, &token, credits.as_deref()) => o,
         };
         let first = match opened {
             Ok((out_tx, mut inbound)) => {
@@ -512,8 +581,10 @@ async fn accept(
     incoming: Incoming,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
+    credits: Option<Arc<Credits>>,
 ) {
-    let (out_tx, inbound) = match open_session(channel, &ctx.route, &incoming).await {
+    let opened = open_announced(channel, &ctx.route, &incoming, credits.as_deref()).await;
+    let (out_tx, inbound) = match opened {
         Ok(halves) => halves,
         Err(e) => {
             tracing::debug!(error = %e, "could not accept announced session");

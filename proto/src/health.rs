@@ -47,6 +47,24 @@ pub enum HealthError {
     Tls(crate::tls::TlsFailure),
 }
 
+/// One round trip of `channel`'s link, as a health check of the server
+/// itself takes (`None` if it fails or takes longer than `timeout`): a
+/// call the server answers at once, with no work of its own to speak of.
+pub async fn round_trip(
+    channel: &tonic::transport::Channel,
+    timeout: Duration,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let request = pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut client = HealthClient::new(channel.clone());
+    match tokio::time::timeout(timeout, client.check(request)).await {
+        Ok(Ok(_)) => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
 /// Asks the gRPC server at `url` whether `service` is serving; `Ok(())` only
 /// if it is. The whole probe (connect and call) is bounded by `timeout`.
 /// An `https://` URL is probed over TLS, trusting `tls`.

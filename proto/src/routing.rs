@@ -13,6 +13,39 @@ pub const SESSION_ID_HEADER: &str = "rex-session-id";
 /// Request metadata naming a spare `Accept` stream by its registration's
 /// spare token (hex), instead of a session id.
 pub const SPARE_TOKEN_HEADER: &str = "rex-spare-token";
+/// Request header by which an exec-server names an `Accept` stream for
+/// the relay's credit (a decimal number, unique within its registration;
+/// see `Registered.credit_window`). Without it, a stream gets none.
+pub const CREDIT_STREAM_HEADER: &str = "rex-credit-stream";
+/// The least credit window a relay tells (one frame of the largest
+/// payload must always fit in it); an exec-server takes a smaller one as
+/// no credit.
+pub const MIN_CREDIT_WINDOW: u32 = crate::limits::MAX_FRAME_PAYLOAD as u32;
+/// Request header by which an exec-server asks for the credit window of an
+/// `Accept` stream (decimal bytes): one round trip of its link to the
+/// relay at [`CREDIT_RATE`] ([`credit_window_for`]). The relay gives it
+/// within the registration's window and [`MAX_CREDIT_WINDOW`].
+pub const CREDIT_WINDOW_HEADER: &str = "rex-credit-window";
+/// The rate a session's credit is sized for: one round trip of the link
+/// at it.
+pub const CREDIT_RATE: u64 = 100 * 1024 * 1024;
+/// The widest credit window a relay gives: HTTP/2's stream window bounds
+/// a stream beyond it anyway.
+pub const MAX_CREDIT_WINDOW: u32 = 1024 * 1024;
+
+/// The credit window for a link whose round trip is `rtt`, at least
+/// `least`: one round trip at [`CREDIT_RATE`], at most
+/// [`MAX_CREDIT_WINDOW`] (unless `least` is wider).
+pub fn credit_window_for(least: u32, rtt: std::time::Duration) -> u32 {
+    let path = u64::try_from(rtt.as_micros())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(CREDIT_RATE)
+        / 1_000_000;
+    u32::try_from(path)
+        .unwrap_or(u32::MAX)
+        .clamp(least, MAX_CREDIT_WINDOW.max(least))
+}
+
 /// The length of a registration's spare token.
 pub const SPARE_TOKEN_LEN: usize = 16;
 /// Length of a session id in bytes.
@@ -69,6 +102,28 @@ pub fn format_session_id(id: &[u8; SESSION_ID_LEN]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_credit_window_is_one_round_trip_of_the_link_within_its_bounds() {
+        use std::time::Duration;
+        // Next to the relay: the least.
+        assert_eq!(
+            super::credit_window_for(65_536, Duration::from_micros(300)),
+            65_536
+        );
+        // 4 ms away: 4 ms at 100 MiB/s.
+        assert_eq!(
+            super::credit_window_for(65_536, Duration::from_millis(4)),
+            419_430
+        );
+        // Far away: HTTP/2's window is the most.
+        assert_eq!(
+            super::credit_window_for(65_536, Duration::from_millis(80)),
+            super::MAX_CREDIT_WINDOW
+        );
+        // A least wider than that is kept.
+        assert_eq!(super::credit_window_for(4 << 20, Duration::ZERO), 4 << 20);
+    }
+
     use super::*;
 
     #[test]

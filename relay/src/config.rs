@@ -45,6 +45,12 @@ pub struct RelayConfig {
     pub session_buffer: usize,
     /// Bytes all sessions together may have queued in the relay.
     pub max_buffered: usize,
+    /// The credit each session of an exec-server that asks for it gets
+    /// for its frames toward the client, in payload bytes: what such a
+    /// session may have here, queued or not yet read, at most. 0: none
+    /// (every session is bounded by HTTP/2's window alone); otherwise at
+    /// least [`proto::routing::MIN_CREDIT_WINDOW`].
+    pub session_credit: u32,
     /// Serve TLS with this certificate and key (then only TLS is served);
     /// plain HTTP/2 when `None`.
     pub tls: Option<proto::tls::ServerTls>,
@@ -70,6 +76,9 @@ pub struct FleetConfig {
 
 /// Most sessions forwarded to other relays at once when none is set.
 pub const DEFAULT_MAX_FORWARDED: usize = 4096;
+
+/// The default [`RelayConfig::session_credit`]: 64 KiB.
+pub const DEFAULT_SESSION_CREDIT: u32 = 64 * 1024;
 
 impl FleetConfig {
     /// Membership of the fleet whose key is `fleet`: peers dialled with
@@ -138,6 +147,7 @@ impl Default for RelayConfig {
             registrations: RegistrationLimits::default(),
             session_buffer: 128 * 1024,
             max_buffered: 256 * 1024 * 1024,
+            session_credit: DEFAULT_SESSION_CREDIT,
             tls: None,
             directory: None,
             fleet: None,

@@ -155,6 +155,8 @@ impl Peers {
                 half: AcceptedHalf {
                     inbound: Inbound::Wire(inbound),
                     outbound: tx,
+                    // A peer relay's stream: HTTP/2's window bounds it.
+                    credit: None,
                 },
                 permit,
             }),

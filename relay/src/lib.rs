@@ -16,6 +16,8 @@
 //! - `fleet_forward`: forwarding a session to the relay that holds its
 //!   exec-server.
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
+//! - `credit`: the relay's credit for what an exec-server sends toward a
+//!   client, granted on its registration stream as frames are forwarded.
 //! - `service`: the `Tunnel` (clients) and `Registry` (exec-servers) gRPC services.
 //! - `splice`: forwarding frames between the two halves of a session.
 //! - `wire`: the tunnel streams served without tonic's codec, so that each
@@ -28,6 +30,7 @@
 pub mod budget;
 pub mod certs;
 pub mod config;
+mod credit;
 pub mod directory;
 pub mod fleet;
 mod fleet_forward;
@@ -40,4 +43,5 @@ mod splice;
 mod wire;
 
 pub use config::RelayConfig;
+pub use credit::CreditStats;
 pub use server::{BIND_WAIT, Relay, RelayError, RelayStats, bind, run, serve};

@@ -118,6 +118,14 @@ struct Args {
     /// KiB one direction of a session may have queued in the relay.
     #[arg(long, default_value_t = 128)]
     session_buffer_kib: usize,
+    /// KiB of credit each session gets for its frames toward the client,
+    /// from an exec-server that asks for it: the most such a session whose
+    /// client stopped reading holds here. 0: no credit (sessions are
+    /// bounded by HTTP/2's 1 MiB stream window instead); otherwise at
+    /// least 64 (one frame of the largest payload).
+    #[arg(long, default_value_t = relay::config::DEFAULT_SESSION_CREDIT / 1024,
+          value_parser = credit_kib)]
+    session_credit_kib: u32,
     /// MiB all sessions together may have queued in the relay (each
     /// direction may always hold one frame beyond it).
     #[arg(long, default_value_t = 256)]
@@ -337,6 +345,7 @@ fn main() -> ExitCode {
     config.registrations.burst_per_source = args.registration_rate * 4.0;
     config.session_buffer = args.session_buffer_kib.saturating_mul(1024);
     config.max_buffered = args.max_buffered_mib.saturating_mul(1024 * 1024);
+    config.session_credit = args.session_credit_kib.saturating_mul(1024);
     config.listen = args.listen;
     config.max_registrations = args.max_registrations;
     config.max_sessions_per_server = args.max_sessions_per_server;
@@ -404,6 +413,18 @@ fn main() -> ExitCode {
 }
 
 /// The directory settings from the flags (`None` without --directory).
+/// `--session-credit-kib`: 0, or room for a frame of the largest payload
+/// (64 KiB) up to 1 GiB.
+fn credit_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    let min = proto::routing::MIN_CREDIT_WINDOW.div_ceil(1024);
+    if kib == 0 || (min..=1 << 20).contains(&kib) {
+        Ok(kib)
+    } else {
+        Err(format!("0 (no credit) or {min} to {} KiB", 1 << 20))
+    }
+}
+
 fn directory_config(args: &Args) -> Result<Option<DirectoryConfig>, String> {
     if args.directory.is_empty() {
         return Ok(None);

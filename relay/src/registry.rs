@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::credit::{CreditStats, Outbox, SessionCredit};
 use crate::splice::Outbound;
 use crate::wire::Inbound;
 /// The control stream to a registered exec-server.
@@ -41,6 +42,18 @@ pub(crate) struct AcceptedHalf {
     pub(crate) inbound: Inbound,
     /// Frames to the exec-server.
     pub(crate) outbound: Outbound,
+    /// The relay's credit for the frames from the exec-server, when it
+    /// asked for it.
+    pub(crate) credit: Option<Arc<SessionCredit>>,
+}
+
+/// An `Accept` stream that asked for the relay's credit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamCredit {
+    /// Its name (`rex-credit-stream`).
+    pub(crate) stream: u64,
+    /// The window it asked for (`rex-credit-window`; 0: the least).
+    pub(crate) asked: u32,
 }
 
 /// Why a lookup or registration failed.
@@ -118,11 +131,16 @@ struct ServerEntry {
     reserved: bool,
     /// Whether it has accepted a session (a client reached it).
     served: bool,
+    /// Its sessions' credit grants, waiting for its control stream.
+    outbox: Arc<Outbox>,
 }
 
 struct Pending {
     server_id: String,
     deliver: oneshot::Sender<AcceptedHalf>,
+    /// The announcing registration's grants (its session's `Accept` is
+    /// counted there, even if a newer registration of the key came since).
+    outbox: Arc<Outbox>,
 }
 
 #[derive(Default)]
@@ -203,6 +221,7 @@ pub struct Registry {
     max_registrations: usize,
     max_sessions_per_server: usize,
     shares: Shares,
+    credit: Arc<CreditStats>,
 }
 
 /// A registration held by a live control stream; dropping it unregisters
@@ -216,10 +235,13 @@ pub(crate) struct RegistrationGuard {
     pub(crate) replaced: CancellationToken,
     /// The token with which this registration keeps spare streams.
     pub(crate) spare_token: [u8; SPARE_TOKEN_LEN],
+    /// Its sessions' credit grants, for its control stream to send.
+    pub(crate) outbox: Arc<Outbox>,
 }
 
 impl Drop for RegistrationGuard {
     fn drop(&mut self) {
+        self.outbox.close();
         let mut inner = self.registry.lock();
         if inner
             .servers
@@ -266,7 +288,13 @@ impl Registry {
             max_registrations,
             max_sessions_per_server,
             shares,
+            credit: Arc::default(),
         })
+    }
+
+    /// What the relay's credit for its registrations' sessions has done.
+    pub fn credit(&self) -> &Arc<CreditStats> {
+        &self.credit
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -275,19 +303,32 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers an exec-server (it has proven its key; `reserved`: the
-    /// key is on the allow-list). A registration
-    /// of a key already registered replaces the older one, which is told
-    /// why on its control stream (and its guard's `replaced` fires): the
-    /// key holder that came last wins, so an exec-server that reconnects
-    /// after a blip or a relay restart always gets its route back. Room is
-    /// made as the module says; a connection over its share is refused.
+    /// [`Registry::register_with_credit`] with no credit.
+    #[cfg(test)]
     pub(crate) fn register(
         self: &Arc<Self>,
         server_id: &str,
         control: ControlSender,
         origin: Origin,
         reserved: bool,
+    ) -> Result<RegistrationGuard, RegistryError> {
+        self.register_with_credit(server_id, control, (origin, reserved), 0)
+    }
+
+    /// Registers an exec-server (it has proven its key; `reserved`: the
+    /// key is on the allow-list), told `credit_window` for its sessions (0:
+    /// none). A registration
+    /// of a key already registered replaces the older one, which is told
+    /// why on its control stream (and its guard's `replaced` fires): the
+    /// key holder that came last wins, so an exec-server that reconnects
+    /// after a blip or a relay restart always gets its route back. Room is
+    /// made as the module says; a connection over its share is refused.
+    pub(crate) fn register_with_credit(
+        self: &Arc<Self>,
+        server_id: &str,
+        control: ControlSender,
+        (origin, reserved): (Origin, bool),
+        credit_window: u32,
     ) -> Result<RegistrationGuard, RegistryError> {
         let mut inner = self.lock();
         let old = inner.servers.get(server_id).map(|e| e.origin);
@@ -338,6 +379,7 @@ impl Registry {
         rand::fill(&mut spare_token);
         let sessions = Arc::new(Semaphore::new(self.max_sessions_per_server));
         let replaced = CancellationToken::new();
+        let outbox = Outbox::new(&self.credit, credit_window);
         inner.servers.insert(
             server_id.to_owned(),
             ServerEntry {
@@ -350,6 +392,7 @@ impl Registry {
                 replaced: replaced.clone(),
                 reserved,
                 served: false,
+                outbox: Arc::clone(&outbox),
             },
         );
         inner.count(origin, true);
@@ -359,6 +402,7 @@ impl Registry {
             generation,
             replaced,
             spare_token,
+            outbox,
         })
     }
 
@@ -408,6 +452,7 @@ impl Registry {
             .try_acquire_owned()
             .map_err(|_| RegistryError::ServerBusy(server_id.to_owned()))?;
         let control = entry.control.clone();
+        let outbox = Arc::clone(&entry.outbox);
         let mut session_id = [0u8; SESSION_ID_LEN];
         loop {
             rand::fill(&mut session_id);
@@ -421,6 +466,7 @@ impl Registry {
             Pending {
                 server_id: server_id.to_owned(),
                 deliver,
+                outbox,
             },
         );
         Ok(Announced {
@@ -439,7 +485,8 @@ impl Registry {
         &self,
         server_id: &str,
         token: &[u8; SPARE_TOKEN_LEN],
-        half: AcceptedHalf,
+        mut half: AcceptedHalf,
+        credit: Option<StreamCredit>,
     ) -> Result<(), Status> {
         let mut inner = self.lock();
         let entry = inner
@@ -453,6 +500,8 @@ impl Registry {
                 "this registration already keeps its spare streams",
             ));
         }
+        half.credit =
+            credit.and_then(|c| SessionCredit::new(c.stream, c.asked, Arc::clone(&entry.outbox)));
         entry.spares.push(half);
         Ok(())
     }
@@ -492,7 +541,7 @@ impl Registry {
         &self,
         session_id: &SessionId,
         server_id: &str,
-    ) -> Result<oneshot::Sender<AcceptedHalf>, Status> {
+    ) -> Result<(oneshot::Sender<AcceptedHalf>, Arc<Outbox>), Status> {
         let mut inner = self.lock();
         match inner.pending.get(session_id) {
             Some(p) if p.server_id != server_id => Err(Status::permission_denied(
@@ -505,7 +554,7 @@ impl Registry {
                 inner
                     .pending
                     .remove(session_id)
-                    .map(|p| p.deliver)
+                    .map(|p| (p.deliver, p.outbox))
                     .ok_or_else(|| Status::not_found("no such session is waiting"))
             }
             None => Err(Status::not_found("no such session is waiting (timed out?)")),
@@ -518,9 +567,12 @@ impl Registry {
         &self,
         session_id: &SessionId,
         server_id: &str,
-        half: AcceptedHalf,
+        mut half: AcceptedHalf,
+        credit: Option<StreamCredit>,
     ) -> Result<(), Status> {
-        self.claim(session_id, server_id)?
+        let (deliver, outbox) = self.claim(session_id, server_id)?;
+        half.credit = credit.and_then(|c| SessionCredit::new(c.stream, c.asked, outbox));
+        deliver
             .send(half)
             .map_err(|_| Status::not_found("the client gave up on this session"))
     }

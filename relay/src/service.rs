@@ -17,8 +17,8 @@ use proto::pb::tunnel::{
 };
 use proto::registration::ProofResponder;
 use proto::routing::{
-    SERVER_ID_HEADER, SESSION_ID_HEADER, SESSION_ID_LEN, SPARE_TOKEN_HEADER, format_session_id,
-    is_server_id, parse_session_id,
+    CREDIT_STREAM_HEADER, CREDIT_WINDOW_HEADER, SERVER_ID_HEADER, SESSION_ID_HEADER,
+    SESSION_ID_LEN, SPARE_TOKEN_HEADER, format_session_id, is_server_id, parse_session_id,
 };
 use telemetry::w3c::Extracted;
 use telemetry::{carriers, semconv};
@@ -32,7 +32,9 @@ use crate::directory::Directory;
 use crate::fleet::{PROOF_HEADER, ProofError};
 use crate::fleet_forward::Peers;
 use crate::registration::{AllowList, RateLimiter};
-use crate::registry::{AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares};
+use crate::registry::{
+    AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares, StreamCredit,
+};
 use crate::splice::{self, Buffers, Charged, Direction, Session, SpliceLimits};
 use crate::wire::{self, FrameStream, Inbound};
 
@@ -405,6 +407,7 @@ impl TunnelService {
             limits,
             buffers.clone(),
             None,
+            None,
         );
         // From the relay it was forwarded to: read to its end when the
         // client's side ends, and its timings on the frames toward the
@@ -421,6 +424,7 @@ impl TunnelService {
             down_limits,
             buffers,
             Some(startup),
+            half.credit,
         );
         let span = tracing::info_span!(
             parent: None,
@@ -718,10 +722,15 @@ impl RegistryService for RegistryServiceImpl {
                 };
                 // Past the allow-list (if any): its keys have room reserved.
                 let reserved = state.allowed.is_some();
-                let guard = match state
-                    .registry
-                    .register(&server_id, tx.clone(), origin, reserved)
-                {
+                // The least window of its sessions (each asks for one
+                // round trip of its link).
+                let credit_window = state.config.session_credit;
+                let guard = match state.registry.register_with_credit(
+                    &server_id,
+                    tx.clone(),
+                    (origin, reserved),
+                    credit_window,
+                ) {
                     Ok(g) => g,
                     Err(e) => {
                         Counters::note(&state.refused.full);
@@ -733,6 +742,7 @@ impl RegistryService for RegistryServiceImpl {
                     msg: Some(register_down::Msg::Registered(Registered {
                         server_id: server_id.clone(),
                         spare_token: guard.spare_token.to_vec().into(),
+                        credit_window,
                     })),
                 };
                 if tx.send(Ok(registered)).await.is_err() {
@@ -743,11 +753,23 @@ impl RegistryService for RegistryServiceImpl {
                 let published = state.directory.as_ref().map(|d| d.publish(&server_id));
                 // Hold the registration while the control stream lives.
                 let replaced = guard.replaced.clone();
-                loop {
+                let outbox = Arc::clone(&guard.outbox);
+                'held: loop {
+                    // Grants, ahead of nothing: this stream carries no
+                    // data, and the exec-server always reads it.
+                    while let Some(credit) = outbox.take() {
+                        let grant = RegisterDown {
+                            msg: Some(register_down::Msg::Credit(credit)),
+                        };
+                        if tx.send(Ok(grant)).await.is_err() {
+                            break 'held;
+                        }
+                    }
                     tokio::select! {
                         () = state.tasks.token().cancelled() => break,
                         () = replaced.cancelled() => break,
                         () = tx.closed() => break,
+                        () = outbox.posted() => {}
                         m = inbound.message() => match m {
                             Ok(Some(_)) => continue,
                             Ok(None) | Err(_) => break,
@@ -803,19 +825,41 @@ impl RegistryServiceImpl {
                     .ok_or_else(|| Status::invalid_argument("missing or malformed session id"))?,
             ),
         };
+        // Credit, if the stream asks (and its registration was told a
+        // window): its name, and the window it asks for.
+        let number = |name: &str| {
+            header(&request, name)
+                .map(|s| {
+                    s.parse::<u64>()
+                        .map_err(|_| Status::invalid_argument(format!("malformed {name}")))
+                })
+                .transpose()
+        };
+        let credit = match (number(CREDIT_STREAM_HEADER)?, number(CREDIT_WINDOW_HEADER)?) {
+            (Some(stream), asked) => Some(StreamCredit {
+                stream,
+                asked: asked.map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+            }),
+            (None, _) => None,
+        };
         let (tx, rx) = mpsc::channel(self.state.config.session_queue);
         let half = AcceptedHalf {
             inbound: request.into_inner(),
             outbound: tx,
+            credit: None,
         };
         match (spare, session_id) {
             (Some(token), _) => {
                 let token =
                     token.ok_or_else(|| Status::invalid_argument("malformed spare token"))?;
-                self.state.registry.add_spare(&server_id, &token, half)?;
+                self.state
+                    .registry
+                    .add_spare(&server_id, &token, half, credit)?;
             }
             (None, Some(session_id)) => {
-                self.state.registry.accept(&session_id, &server_id, half)?;
+                self.state
+                    .registry
+                    .accept(&session_id, &server_id, half, credit)?;
             }
             (None, None) => return Err(Status::invalid_argument("missing session id")),
         }

@@ -48,6 +48,7 @@ use proto::admission::Ticket;
 use tokio::sync::mpsc;
 
 use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
+use crate::credit::{Forwarding, SessionCredit};
 use crate::wire::Inbound;
 use proto::frame_wire::{Message, Outgoing};
 
@@ -59,6 +60,9 @@ pub(crate) struct Charged {
     /// The message it arrived in, passed on as it is.
     message: Option<Message>,
     _charge: Option<Charge>,
+    /// Its payload under the exec-server's credit, granted again as it
+    /// leaves.
+    _forwarding: Option<Forwarding>,
 }
 
 impl Charged {
@@ -68,6 +72,7 @@ impl Charged {
             frame,
             message: None,
             _charge: None,
+            _forwarding: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl Charged {
             frame,
             message: None,
             _charge: charge,
+            _forwarding: None,
         }
     }
 }
@@ -436,7 +442,10 @@ impl FirstForward {
 /// Forwards frames from `from` to `to` until something ends the session.
 /// `startup` is the session's place among the unauthenticated ones: the
 /// pump toward the client gives it back once the exec-server's first frame
-/// (its handshake answer) has passed.
+/// (its handshake answer) has passed. `credit`: the relay's credit for
+/// the frames from `from` (an exec-server that asked for it), checked as
+/// each arrives and granted again as each is taken toward the client.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump(
     mut from: Inbound,
     to: Outbound,
@@ -445,6 +454,7 @@ pub(crate) async fn pump(
     limits: SpliceLimits,
     buffers: Buffers,
     mut startup: Option<Ticket>,
+    credit: Option<Arc<SessionCredit>>,
 ) -> (PumpEnd, PumpStats) {
     let queue = Queue::new(buffers.session_buffer);
     let mut stats = PumpStats::default();
@@ -503,6 +513,10 @@ pub(crate) async fn pump(
             _ => None,
         };
         let len = frame.payload.len() as u64;
+        // Past its grant: the exec-server broke the protocol.
+        if credit.as_ref().is_some_and(|c| !c.received(len)) {
+            break PumpEnd::Protocol;
+        }
         let is_close = frame.kind == FrameKind::Close as i32;
         let is_handshake = frame.kind == FrameKind::Handshake as i32;
         // A traced frame toward the client will carry timings (and a
@@ -547,6 +561,7 @@ pub(crate) async fn pump(
             frame,
             message,
             _charge: Some(charge),
+            _forwarding: credit.as_ref().map(|c| Forwarding::new(c, len)),
         };
         let sent = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
@@ -649,6 +664,7 @@ mod tests {
             session,
             limits(true),
             buffers,
+            None,
             None,
         )
         .await;

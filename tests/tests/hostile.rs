@@ -645,6 +645,9 @@ async fn clients_that_stop_reading_cannot_grow_the_relay() {
     let mut config = relay::RelayConfig::default();
     config.session_buffer = SESSION_BUFFER;
     config.max_buffered = BUDGET;
+    // No credit (as for an exec-server that does not ask for it, an older
+    // or a rogue one): the queues and the budget are what bound it.
+    config.session_credit = 0;
     let relay = TestRelay::start_with(config).await.unwrap();
     let client_key = StaticKeypair::generate().unwrap();
     let server = TestServer::start(Some(relay.url()), false, &[&client_key])

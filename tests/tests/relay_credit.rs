@@ -1,0 +1,210 @@
+//! The relay's credit for what an exec-server sends toward its clients:
+//! a session whose client stops reading holds at most the credit window at
+//! the relay, whatever HTTP/2's window; a session whose client reads gets
+//! everything, byte-exact; and without credit (a relay that grants none)
+//! the same stalled session holds more.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use integration_tests::stack::{TestRelay, TestServer};
+use proto::keys::StaticKeypair;
+use rex_client::{Client, ClientConfig, Event, ExecSpec, ExitStatus, Target};
+
+fn sh(script: &str) -> ExecSpec {
+    ExecSpec::new(["sh", "-c", script])
+}
+
+const WINDOW: u32 = 64 * 1024;
+
+/// A relay granting `credit`, and an exec-server whose calls start with a
+/// wide output window (16 MiB: more than the sockets of a stalled path
+/// take, so that the rest reaches the relay).
+async fn stack(credit: u32) -> (TestRelay, TestServer, ClientConfig) {
+    let mut config = relay::RelayConfig::default();
+    config.session_credit = credit;
+    let relay = TestRelay::start_with(config).await.unwrap();
+    let client_key = StaticKeypair::generate().unwrap();
+    let server = TestServer::start_configured(Some(relay.url()), false, &[&client_key], |c| {
+        c.resume_buffer = 16 << 20;
+    })
+    .await
+    .unwrap();
+    let config = ClientConfig::new(client_key, server.key.public(), Target::Relay(relay.url()));
+    (relay, server, config)
+}
+
+/// Output read to the end: its bytes and the final event.
+async fn read_all(mut run: rex_client::Execution) -> (u64, Option<Event>) {
+    let mut bytes = 0u64;
+    let mut digest = 0u64;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), run.next()).await;
+        let Ok(next) = next else {
+            panic!("output stopped after {bytes} bytes");
+        };
+        match next {
+            Some(Event::Stdout(d)) => {
+                for b in d.iter() {
+                    digest = digest.wrapping_mul(31).wrapping_add(u64::from(*b));
+                }
+                bytes += d.len() as u64;
+            }
+            Some(Event::Started { .. } | Event::Stderr(_)) => {}
+            last => {
+                assert_eq!(digest, expected_digest(bytes));
+                return (bytes, last);
+            }
+        }
+    }
+}
+
+/// The digest of `len` bytes of `yes abcdefg`'s output.
+fn expected_digest(len: u64) -> u64 {
+    b"abcdefg\n"
+        .iter()
+        .cycle()
+        .take(usize::try_from(len).unwrap())
+        .fold(0u64, |d, b| d.wrapping_mul(31).wrapping_add(u64::from(*b)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_under_credit_carries_its_output_whole_and_holds_at_most_the_window() {
+    let (relay, _server, config) = stack(WINDOW).await;
+    let client = Client::new(config);
+    let run = client
+        .exec(sh("yes abcdefg | head -c 8000000"))
+        .await
+        .unwrap();
+    let (bytes, last) = read_all(run).await;
+    assert_eq!(bytes, 8_000_000);
+    assert_eq!(last, Some(Event::Exited(ExitStatus::Code(0))));
+    let credit = relay.stats.registry.credit();
+    eprintln!(
+        "credit: {} sessions, widest window {} bytes, peak held {} bytes, {} overruns",
+        credit.sessions(),
+        credit.widest_window(),
+        credit.peak_held(),
+        credit.overruns()
+    );
+    assert!(credit.sessions() >= 1);
+    // Each stream asks for a round trip of the link (next to the relay:
+    // the least); none held more than it was given.
+    assert!(credit.widest_window() >= u64::from(WINDOW));
+    assert!(credit.peak_held() <= credit.widest_window());
+    assert_eq!(credit.overruns(), 0);
+}
+
+/// A client on a thread of its own that runs `yes` for `len` bytes, reads
+/// the first `first` of them, says so on `ready`, and then freezes (its
+/// thread blocked: nothing reads its socket, as with a process stopped)
+/// until `thaw` says, before reading the rest.
+fn frozen_client(
+    config: ClientConfig,
+    len: u64,
+    ready: std::sync::mpsc::Sender<()>,
+    thaw: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<(u64, Option<Event>)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Client::new(config);
+        let mut run = rt
+            .block_on(client.exec(sh(&format!("yes abcdefg | head -c {len}"))))
+            .unwrap();
+        let mut bytes = 0u64;
+        let mut digest = 0u64;
+        let mut take = |d: &[u8], bytes: &mut u64| {
+            for b in d {
+                digest = digest.wrapping_mul(31).wrapping_add(u64::from(*b));
+            }
+            *bytes += d.len() as u64;
+        };
+        rt.block_on(async {
+            while bytes < 1 << 20 {
+                match run.next().await {
+                    Some(Event::Stdout(d)) => take(&d, &mut bytes),
+                    Some(Event::Started { .. }) => {}
+                    other => panic!("{other:?} before the freeze"),
+                }
+            }
+        });
+        ready.send(()).unwrap();
+        thaw.recv().unwrap();
+        let last = rt.block_on(async {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(60), run.next())
+                    .await
+                    .expect("output stopped after the thaw")
+                {
+                    Some(Event::Stdout(d)) => take(&d, &mut bytes),
+                    Some(Event::Started { .. } | Event::Stderr(_)) => {}
+                    last => return last,
+                }
+            }
+        });
+        assert_eq!(digest, expected_digest(bytes));
+        drop(client);
+        (bytes, last)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_frozen_mid_output_hold_at_most_the_window_each_and_lose_nothing() {
+    const SESSIONS: usize = 4;
+    const LEN: u64 = 64_000_000;
+    let (relay, _server, config) = stack(WINDOW).await;
+    let mut frozen = Vec::new();
+    for _ in 0..SESSIONS {
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (thaw, thaw_rx) = std::sync::mpsc::channel();
+        let client = frozen_client(config.clone(), LEN, ready_tx, thaw_rx);
+        frozen.push((client, ready, thaw));
+    }
+    for (_, ready, _) in &frozen {
+        ready.recv().unwrap();
+    }
+    // While they are frozen (what they would take waits in the sockets,
+    // the relay and the exec-server, each as far as it lets it).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A session of another client meanwhile.
+    let honest = Client::new(config.clone());
+    let run = honest
+        .exec(sh("yes abcdefg | head -c 100000"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(run).await,
+        (100_000, Some(Event::Exited(ExitStatus::Code(0))))
+    );
+    let credit = relay.stats.registry.credit();
+    eprintln!(
+        "{SESSIONS} clients frozen: the relay queued at most {} bytes; credit: {} sessions, \
+         widest window {} bytes, peak held {} bytes, {} overruns",
+        relay.stats.budget.peak(),
+        credit.sessions(),
+        credit.widest_window(),
+        credit.peak_held(),
+        credit.overruns()
+    );
+    for (client, _, thaw) in frozen {
+        thaw.send(()).unwrap();
+        let got = tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got, (LEN, Some(Event::Exited(ExitStatus::Code(0)))));
+    }
+    // Each session's frames in the relay's queue toward its client (the
+    // honest one's too), with what the relay counts for each frame beyond
+    // its payload, were never more than the window's worth at once: without
+    // credit each could queue its whole share (`--session-buffer-kib`, 128).
+    let per_frame = relay::budget::FRAME_OVERHEAD as u64 + 128;
+    let bound = (SESSIONS as u64 + 1) * (credit.widest_window() + 8 * per_frame);
+    let queued_most = relay.stats.budget.peak() as u64;
+    assert!(queued_most <= bound, "{queued_most} queued, over {bound}");
+    assert!(credit.peak_held() <= credit.widest_window());
+    assert_eq!(credit.overruns(), 0);
+}
