@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use proto::limits::MAX_FRAME_PAYLOAD;
 use proto::pb::tunnel::{Credit, Grant as PbGrant};
 use proto::routing::MAX_CREDIT_WINDOW;
 use tokio::sync::Notify;
@@ -201,15 +202,22 @@ impl SessionCredit {
 
     /// Counts `bytes` of payload forwarded toward the client, and grants
     /// as much more once a quarter of the window has gone, or whenever
-    /// everything received has gone (the exec-server may then be waiting
-    /// for room for a frame larger than what the last grant left: without
-    /// this grant nothing else would come).
+    /// everything received has gone while what is left of the grant might
+    /// not fit the largest frame (the exec-server may then be waiting for
+    /// room for its next frame: without this grant nothing else would
+    /// come).
     pub(crate) fn forwarded(&self, bytes: u64) {
         let forwarded = self.forwarded.fetch_add(bytes, Ordering::AcqRel) + bytes;
         let target = forwarded + self.window;
-        let drained = forwarded >= self.received.load(Ordering::Acquire);
-        let step = if drained { 1 } else { (self.window / 4).max(1) };
+        let received = self.received.load(Ordering::Acquire);
         let mut granted = self.granted.load(Ordering::Acquire);
+        let may_wait =
+            forwarded >= received && granted.saturating_sub(received) < MAX_FRAME_PAYLOAD as u64;
+        let step = if may_wait {
+            1
+        } else {
+            (self.window / 4).max(1)
+        };
         while target >= granted + step {
             match self.granted.compare_exchange_weak(
                 granted,
@@ -298,6 +306,12 @@ mod tests {
         drop(Forwarding::new(&credit, 10_000));
         assert_eq!(grants(&outbox), vec![(1, 30_000 + 64 * 1024)]);
         assert!(credit.received(60_000));
+        // With room for any frame still granted, nothing is sent early.
+        let outbox = Outbox::new(&Arc::default(), 1 << 20);
+        let credit = SessionCredit::new(2, 1 << 20, Arc::clone(&outbox)).unwrap();
+        assert!(credit.received(20_000));
+        drop(Forwarding::new(&credit, 20_000));
+        assert!(grants(&outbox).is_empty());
     }
 
     #[test]
