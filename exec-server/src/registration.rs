@@ -36,8 +36,8 @@ pub(crate) const SESSION_QUEUE: usize = 32;
 
 /// One registration with a relay.
 struct Registration {
-    /// Held while it lasts.
-    _up: mpsc::Sender<RegisterUp>,
+    /// The up half: the registration lasts while it is held.
+    up: mpsc::Sender<RegisterUp>,
     /// Announced sessions and credit grants.
     down: Streaming<RegisterDown>,
     /// The token for spare streams, if the relay keeps them.
@@ -260,7 +260,7 @@ pub async fn register(
     timeout: Duration,
 ) -> Result<(mpsc::Sender<RegisterUp>, Streaming<RegisterDown>), LinkError> {
     let r = register_with_spares(channel, key, route, timeout).await?;
-    Ok((r._up, r.down))
+    Ok((r.up, r.down))
 }
 
 /// [`register`], also returning the token with which this registration
@@ -299,7 +299,7 @@ async fn register_with_spares(
         .map_err(|_| LinkError::Protocol)?;
     match next(&mut down, timeout).await? {
         register_down::Msg::Registered(r) if r.server_id == route => Ok(Registration {
-            _up: up_tx,
+            up: up_tx,
             down,
             spare: <[u8; SPARE_TOKEN_LEN]>::try_from(r.spare_token.as_ref()).ok(),
             credit_window: r.credit_window,
@@ -326,7 +326,7 @@ async fn register_once(
         c = ep.connect() => c?,
     };
     let Registration {
-        _up,
+        up: _up,
         mut down,
         spare,
         credit_window,

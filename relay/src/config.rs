@@ -77,8 +77,12 @@ pub struct FleetConfig {
 /// Most sessions forwarded to other relays at once when none is set.
 pub const DEFAULT_MAX_FORWARDED: usize = 4096;
 
-/// The default [`RelayConfig::session_credit`]: 64 KiB.
-pub const DEFAULT_SESSION_CREDIT: u32 = 64 * 1024;
+/// The default [`RelayConfig::session_credit`]: 256 KiB. A narrower
+/// window holds less of a stalled session, but costs throughput next to
+/// the relay, where the grants' own round trip (through three processes)
+/// is what a window must cover: 64 KiB took about 40% off loopback bulk
+/// through the relay, 256 KiB about 5% (BENCHMARKS.md).
+pub const DEFAULT_SESSION_CREDIT: u32 = 256 * 1024;
 
 impl FleetConfig {
     /// Membership of the fleet whose key is `fleet`: peers dialled with

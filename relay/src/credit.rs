@@ -5,8 +5,10 @@
 //! what a session whose client stopped reading leaves at the relay is that
 //! window, whatever the session's path needs. An exec-server that asks for
 //! it (naming its `Accept` stream with `rex-credit-stream`) instead sends a
-//! session's frames only within what the relay grants it: the relay's
-//! credit window at the start (`Registered.credit_window`), and as much
+//! session's frames only within what the relay grants it: a window at the
+//! start (the one the stream asks for, `rex-credit-window`: a round trip of
+//! its link, within the least the registration was told,
+//! `Registered.credit_window`, and [`MAX_CREDIT_WINDOW`]), and as much
 //! again as the relay has forwarded toward the client since, a payload
 //! byte for a payload byte. So a stalled session holds at most the window
 //! here, and the rest waits at the exec-server, under its own budget for

@@ -118,11 +118,12 @@ struct Args {
     /// KiB one direction of a session may have queued in the relay.
     #[arg(long, default_value_t = 128)]
     session_buffer_kib: usize,
-    /// KiB of credit each session gets for its frames toward the client,
-    /// from an exec-server that asks for it: the most such a session whose
-    /// client stopped reading holds here. 0: no credit (sessions are
-    /// bounded by HTTP/2's 1 MiB stream window instead); otherwise at
-    /// least 64 (one frame of the largest payload).
+    /// KiB of credit each session gets at least for its frames toward the
+    /// client, from an exec-server that asks for it (one farther away gets
+    /// a round trip of its link at 100 MiB/s, up to 1 MiB): the most such
+    /// a session whose client stopped reading holds here. 0: no credit
+    /// (sessions are bounded by HTTP/2's 1 MiB stream window instead);
+    /// otherwise at least 64 (one frame of the largest payload).
     #[arg(long, default_value_t = relay::config::DEFAULT_SESSION_CREDIT / 1024,
           value_parser = credit_kib)]
     session_credit_kib: u32,
