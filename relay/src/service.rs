@@ -761,7 +761,14 @@ impl RegistryService for RegistryServiceImpl {
                         let grant = RegisterDown {
                             msg: Some(register_down::Msg::Credit(credit)),
                         };
-                        if tx.send(Ok(grant)).await.is_err() {
+                        // An exec-server that stops reading holds up its
+                        // own grants only, and never the relay's stop.
+                        let sent = tokio::select! {
+                            () = state.tasks.token().cancelled() => false,
+                            () = replaced.cancelled() => false,
+                            r = tx.send(Ok(grant)) => r.is_ok(),
+                        };
+                        if !sent {
                             break 'held;
                         }
                     }
