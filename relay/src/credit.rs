@@ -50,7 +50,8 @@ pub struct CreditStats {
 }
 
 impl CreditStats {
-    /// Sessions that were under credit.
+    /// `Accept` streams given credit: sessions, and the spares kept for
+    /// the next ones.
     pub fn sessions(&self) -> u64 {
         self.sessions.load(Ordering::Relaxed)
     }
