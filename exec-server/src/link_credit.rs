@@ -179,9 +179,14 @@ impl<S: Stream<Item = Frame> + Unpin> Stream for Gated<S> {
             },
         };
         let after = this.sent + frame.payload.len() as u64;
-        // Registered before the check, so that a grant in between wakes.
-        this.credit.waker.register(cx.waker());
-        if after <= this.credit.granted.load(Ordering::Acquire) {
+        let fits = || after <= this.credit.granted.load(Ordering::Acquire);
+        // Within the grant (as nearly every frame is): no waker to keep.
+        // Otherwise registered, then checked again, so that a grant in
+        // between wakes.
+        if fits() || {
+            this.credit.waker.register(cx.waker());
+            fits()
+        } {
             this.sent = after;
             Poll::Ready(Some(frame))
         } else {
@@ -263,7 +268,11 @@ mod tests {
         });
         tokio::task::yield_now().await;
         drop(CloseOnDrop(Some(Arc::clone(&credits))));
-        assert_eq!(waiting.await.unwrap(), 2);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(30), waiting);
+        assert_eq!(
+            done.await.expect("still waiting after the close").unwrap(),
+            2
+        );
     }
 
     #[test]

@@ -35,38 +35,57 @@ async fn stack(credit: u32) -> (TestRelay, TestServer, ClientConfig) {
     (relay, server, config)
 }
 
-/// Output read to the end: its bytes and the final event.
-async fn read_all(mut run: rex_client::Execution) -> (u64, Option<Event>) {
-    let mut bytes = 0u64;
-    let mut digest = 0u64;
+/// Output counted as it comes, and checked against `yes abcdefg`'s.
+#[derive(Default)]
+struct Tally {
+    bytes: u64,
+    digest: u64,
+}
+
+fn step(digest: u64, b: u8) -> u64 {
+    digest.wrapping_mul(31).wrapping_add(u64::from(b))
+}
+
+impl Tally {
+    fn add(&mut self, d: &[u8]) {
+        self.digest = d.iter().fold(self.digest, |h, b| step(h, *b));
+        self.bytes += d.len() as u64;
+    }
+
+    /// The bytes counted, once they are checked to be what `yes abcdefg`
+    /// prints, in order.
+    fn checked(&self) -> u64 {
+        let len = usize::try_from(self.bytes).unwrap();
+        let expected = b"abcdefg\n"
+            .iter()
+            .cycle()
+            .take(len)
+            .fold(0, |h, b| step(h, *b));
+        assert_eq!(self.digest, expected, "{} bytes not as printed", self.bytes);
+        self.bytes
+    }
+}
+
+/// The rest of `run`'s output, counted into `tally`: its final event.
+async fn read_rest(run: &mut rex_client::Execution, tally: &mut Tally) -> Option<Event> {
     loop {
         let next = tokio::time::timeout(Duration::from_secs(60), run.next()).await;
         let Ok(next) = next else {
-            panic!("output stopped after {bytes} bytes");
+            panic!("output stopped after {} bytes", tally.bytes);
         };
         match next {
-            Some(Event::Stdout(d)) => {
-                for b in d.iter() {
-                    digest = digest.wrapping_mul(31).wrapping_add(u64::from(*b));
-                }
-                bytes += d.len() as u64;
-            }
+            Some(Event::Stdout(d)) => tally.add(&d),
             Some(Event::Started { .. } | Event::Stderr(_)) => {}
-            last => {
-                assert_eq!(digest, expected_digest(bytes));
-                return (bytes, last);
-            }
+            last => return last,
         }
     }
 }
 
-/// The digest of `len` bytes of `yes abcdefg`'s output.
-fn expected_digest(len: u64) -> u64 {
-    b"abcdefg\n"
-        .iter()
-        .cycle()
-        .take(usize::try_from(len).unwrap())
-        .fold(0u64, |d, b| d.wrapping_mul(31).wrapping_add(u64::from(*b)))
+/// Output read to the end: its bytes and the final event.
+async fn read_all(mut run: rex_client::Execution) -> (u64, Option<Event>) {
+    let mut tally = Tally::default();
+    let last = read_rest(&mut run, &mut tally).await;
+    (tally.checked(), last)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,18 +134,11 @@ fn frozen_client(
         let mut run = rt
             .block_on(client.exec(sh(&format!("yes abcdefg | head -c {len}"))))
             .unwrap();
-        let mut bytes = 0u64;
-        let mut digest = 0u64;
-        let mut take = |d: &[u8], bytes: &mut u64| {
-            for b in d {
-                digest = digest.wrapping_mul(31).wrapping_add(u64::from(*b));
-            }
-            *bytes += d.len() as u64;
-        };
+        let mut tally = Tally::default();
         rt.block_on(async {
-            while bytes < 1 << 20 {
+            while tally.bytes < 1 << 20 {
                 match run.next().await {
-                    Some(Event::Stdout(d)) => take(&d, &mut bytes),
+                    Some(Event::Stdout(d)) => tally.add(&d),
                     Some(Event::Started { .. }) => {}
                     other => panic!("{other:?} before the freeze"),
                 }
@@ -134,21 +146,9 @@ fn frozen_client(
         });
         ready.send(()).unwrap();
         thaw.recv().unwrap();
-        let last = rt.block_on(async {
-            loop {
-                match tokio::time::timeout(Duration::from_secs(60), run.next())
-                    .await
-                    .expect("output stopped after the thaw")
-                {
-                    Some(Event::Stdout(d)) => take(&d, &mut bytes),
-                    Some(Event::Started { .. } | Event::Stderr(_)) => {}
-                    last => return last,
-                }
-            }
-        });
-        assert_eq!(digest, expected_digest(bytes));
+        let last = rt.block_on(read_rest(&mut run, &mut tally));
         drop(client);
-        (bytes, last)
+        (tally.checked(), last)
     })
 }
 
