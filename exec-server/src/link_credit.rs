@@ -283,12 +283,12 @@ mod tests {
         // A first sample of 20 ms: the widest window.
         credits.sample(Duration::from_millis(20));
         assert_eq!(credits.open().1, proto::routing::MAX_CREDIT_WINDOW);
-        // An `Accept` answered in 4 ms: the link is no longer than that.
-        credits.sample(Duration::from_millis(4));
+        // An `Accept` answered in 1 ms: the link is no longer than that.
+        credits.sample(Duration::from_millis(1));
         credits.sample(Duration::from_millis(9));
         assert_eq!(credits.open().1, 419_430);
         // Next to the relay: the least.
-        credits.sample(Duration::from_micros(200));
+        credits.sample(Duration::from_micros(100));
         let (_, window, credit) = credits.open();
         assert_eq!(window, 65_536);
         assert_eq!(credit.granted.load(Ordering::Relaxed), 65_536);

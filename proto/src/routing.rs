@@ -28,7 +28,7 @@ pub const MIN_CREDIT_WINDOW: u32 = crate::limits::MAX_FRAME_PAYLOAD as u32;
 pub const CREDIT_WINDOW_HEADER: &str = "rex-credit-window";
 /// The rate a session's credit is sized for: one round trip of the link
 /// at it.
-pub const CREDIT_RATE: u64 = 100 * 1024 * 1024;
+pub const CREDIT_RATE: u64 = 400 * 1024 * 1024;
 /// The widest credit window a relay gives: HTTP/2's stream window bounds
 /// a stream beyond it anyway.
 pub const MAX_CREDIT_WINDOW: u32 = 1024 * 1024;
@@ -107,12 +107,12 @@ mod tests {
         use std::time::Duration;
         // Next to the relay: the least.
         assert_eq!(
-            super::credit_window_for(65_536, Duration::from_micros(300)),
+            super::credit_window_for(65_536, Duration::from_micros(100)),
             65_536
         );
-        // 4 ms away: 4 ms at 100 MiB/s.
+        // 1 ms away: 1 ms at 400 MiB/s.
         assert_eq!(
-            super::credit_window_for(65_536, Duration::from_millis(4)),
+            super::credit_window_for(65_536, Duration::from_millis(1)),
             419_430
         );
         // Far away: HTTP/2's window is the most.

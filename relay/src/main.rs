@@ -120,7 +120,7 @@ struct Args {
     session_buffer_kib: usize,
     /// KiB of credit each session gets at least for its frames toward the
     /// client, from an exec-server that asks for it (one farther away gets
-    /// a round trip of its link at 100 MiB/s, up to 1 MiB): the most such
+    /// a round trip of its link at 400 MiB/s, up to 1 MiB): the most such
     /// a session whose client stopped reading holds here. 0: no credit
     /// (sessions are bounded by HTTP/2's 1 MiB stream window instead);
     /// otherwise at least 64 (one frame of the largest payload).
