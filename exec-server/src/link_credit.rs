@@ -2,11 +2,12 @@
 //!
 //! A relay that tells a credit window at registration
 //! (`Registered.credit_window`) holds, of each session whose `Accept`
-//! stream names itself (`rex-credit-stream`), at most that many payload
+//! stream names itself (`rex-credit-stream`), at most the window it asks for, in payload
 //! bytes: the stream sends a frame only when everything it has sent,
-//! that frame included, is within what the relay has granted (the window
-//! at the start, and the `Credit` grants on the registration stream as
-//! the relay forwards). What does not fit waits here, in the session's
+//! that frame included, is within what the relay has granted (the floor,
+//! `CREDIT_FLOOR`, at the start, and the `Credit` grants on the
+//! registration stream as the relay forwards, up to the window the stream
+//! asked for as far as the relay's pool allows). What does not fit waits here, in the session's
 //! bounded queue, and the session's own backlog bound and the
 //! exec-server's budget for unacknowledged output take it from there: a
 //! session whose client stopped reading holds the window at the relay,
@@ -92,13 +93,14 @@ impl Credits {
     }
 
     /// A new stream's name (for `rex-credit-stream`), the window it asks
-    /// for (`rex-credit-window`) and its credit, that window to start
-    /// with.
+    /// for (`rex-credit-window`) and its credit, the floor to start with
+    /// (the relay grants the rest of the window once the stream moves, as
+    /// far as its pool allows).
     pub(crate) fn open(&self) -> (u64, u32, Arc<StreamCredit>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let window = self.window();
         let credit = Arc::new(StreamCredit {
-            granted: AtomicU64::new(u64::from(window)),
+            granted: AtomicU64::new(u64::from(window.min(proto::routing::CREDIT_FLOOR))),
             waker: AtomicWaker::new(),
         });
         let mut streams = self.lock();
@@ -227,27 +229,29 @@ mod tests {
     async fn frames_go_within_the_grant_and_wait_for_the_next() {
         let credits = Credits::new(100_000, None).unwrap();
         let (id, window, credit) = credits.open();
+        // It asks for its window and starts with the floor.
         assert_eq!(window, 100_000);
+        assert_eq!(credit.granted.load(Ordering::Relaxed), 65_536);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut gated = Gated::new(tokio_stream::wrappers::ReceiverStream::new(rx), credit);
         for _ in 0..3 {
-            tx.send(data(40_000)).await.unwrap();
+            tx.send(data(30_000)).await.unwrap();
         }
-        // Two fit in the window; the third waits.
-        assert_eq!(gated.next().await.unwrap().payload.len(), 40_000);
-        assert_eq!(gated.next().await.unwrap().payload.len(), 40_000);
+        // Two fit in the floor; the third waits.
+        assert_eq!(gated.next().await.unwrap().payload.len(), 30_000);
+        assert_eq!(gated.next().await.unwrap().payload.len(), 30_000);
         let third = tokio::time::timeout(std::time::Duration::from_millis(50), gated.next());
-        assert!(third.await.is_err(), "past the window");
+        assert!(third.await.is_err(), "past the floor");
         // A grant for another stream changes nothing; one short of the
         // frame neither.
         credits.grant(&grant(id + 1, 1 << 30));
-        credits.grant(&grant(id, 119_999));
+        credits.grant(&grant(id, 89_999));
         let third = tokio::time::timeout(std::time::Duration::from_millis(50), gated.next());
         assert!(third.await.is_err(), "one byte short");
         let waiting = tokio::spawn(async move { gated.next().await.map(|f| f.payload.len()) });
         tokio::task::yield_now().await;
-        credits.grant(&grant(id, 120_000));
-        assert_eq!(waiting.await.unwrap(), Some(40_000));
+        credits.grant(&grant(id, 90_000));
+        assert_eq!(waiting.await.unwrap(), Some(30_000));
     }
 
     #[tokio::test]
@@ -289,9 +293,8 @@ mod tests {
         assert_eq!(credits.open().1, 419_430);
         // Next to the relay: the least.
         credits.sample(Duration::from_micros(100));
-        let (_, window, credit) = credits.open();
+        let (_, window, _) = credits.open();
         assert_eq!(window, 65_536);
-        assert_eq!(credit.granted.load(Ordering::Relaxed), 65_536);
     }
 
     #[test]

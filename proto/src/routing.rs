@@ -21,6 +21,11 @@ pub const CREDIT_STREAM_HEADER: &str = "rex-credit-stream";
 /// payload must always fit in it); an exec-server takes a smaller one as
 /// no credit.
 pub const MIN_CREDIT_WINDOW: u32 = crate::limits::MAX_FRAME_PAYLOAD as u32;
+/// What a stream under credit is granted at the start, whatever its
+/// window (room for a frame of the largest payload): the rest of its
+/// window comes in grants, drawn from the relay's pool once the stream
+/// moves.
+pub const CREDIT_FLOOR: u32 = 64 * 1024;
 /// Request header by which an exec-server asks for the credit window of an
 /// `Accept` stream (decimal bytes): one round trip of its link to the
 /// relay at [`CREDIT_RATE`] ([`credit_window_for`]). The relay gives it

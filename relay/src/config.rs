@@ -45,12 +45,18 @@ pub struct RelayConfig {
     pub session_buffer: usize,
     /// Bytes all sessions together may have queued in the relay.
     pub max_buffered: usize,
-    /// The credit each session of an exec-server that asks for it gets
-    /// for its frames toward the client, in payload bytes: what such a
+    /// The credit window each session of an exec-server that asks for it
+    /// gets at least for its frames toward the client, in payload bytes,
+    /// while the pool ([`RelayConfig::credit_pool`]) has room: what such a
     /// session may have here, queued or not yet read, at most. 0: none
     /// (every session is bounded by HTTP/2's window alone); otherwise at
     /// least [`proto::routing::MIN_CREDIT_WINDOW`].
     pub session_credit: u32,
+    /// Bytes of credit all sessions together may hold beyond each one's
+    /// floor ([`proto::routing::CREDIT_FLOOR`], 64 KiB: room for one frame
+    /// of the largest payload): however many sessions stall, the relay holds at
+    /// most a floor for each and this pool.
+    pub credit_pool: u64,
     /// Serve TLS with this certificate and key (then only TLS is served);
     /// plain HTTP/2 when `None`.
     pub tls: Option<proto::tls::ServerTls>,
@@ -78,11 +84,16 @@ pub struct FleetConfig {
 pub const DEFAULT_MAX_FORWARDED: usize = 4096;
 
 /// The default [`RelayConfig::session_credit`]: 256 KiB. A narrower
-/// window holds less of a stalled session, but costs throughput next to
-/// the relay, where the grants' own round trip (through three processes)
-/// is what a window must cover: 64 KiB took about 40% off loopback bulk
-/// through the relay, 256 KiB about 5% (BENCHMARKS.md).
+/// window costs throughput next to the relay, where the grants' own round
+/// trip (through three processes) is what a window must cover: 64 KiB took
+/// about 40% off loopback bulk through the relay, 256 KiB about 5%
+/// (BENCHMARKS.md). What stalled sessions hold is bounded by the pool.
 pub const DEFAULT_SESSION_CREDIT: u32 = 256 * 1024;
+
+/// The default [`RelayConfig::credit_pool`]: 4 MiB, the whole window of
+/// 21 sessions moving at once next to the relay, or of 4 whose
+/// exec-servers are 2.5 ms or more away (1 MiB each).
+pub const DEFAULT_CREDIT_POOL: u64 = 4 * 1024 * 1024;
 
 impl FleetConfig {
     /// Membership of the fleet whose key is `fleet`: peers dialled with
@@ -152,6 +163,7 @@ impl Default for RelayConfig {
             session_buffer: 128 * 1024,
             max_buffered: 256 * 1024 * 1024,
             session_credit: DEFAULT_SESSION_CREDIT,
+            credit_pool: DEFAULT_CREDIT_POOL,
             tls: None,
             directory: None,
             fleet: None,

@@ -14,6 +14,13 @@
 //! here, and the rest waits at the exec-server, under its own budget for
 //! unacknowledged output.
 //!
+//! Of each window, only the floor ([`CREDIT_FLOOR`]: room for one frame of
+//! the largest payload) is the session's own. The rest is drawn from one
+//! relay-wide pool while the session holds it, and given back as its
+//! frames leave: a grant is cut to what the pool has left. So a session
+//! moving fast gets its whole window while few do, and however many
+//! sessions stall, together they hold at most the floor each and the pool.
+//!
 //! A grant travels on the exec-server's registration stream (`Credit`),
 //! never behind the session's own frames the other way, which the
 //! exec-server stops reading while that session's backlog is full: it
@@ -34,22 +41,41 @@ use std::sync::{Arc, Mutex};
 
 use proto::limits::MAX_FRAME_PAYLOAD;
 use proto::pb::tunnel::{Credit, Grant as PbGrant};
-use proto::routing::MAX_CREDIT_WINDOW;
+use proto::routing::{CREDIT_FLOOR, MAX_CREDIT_WINDOW};
 use tokio::sync::Notify;
 
 /// Most grants one `Credit` message carries.
 const GRANTS_PER_MESSAGE: usize = 256;
 
-/// What the relay's credit has done, relay-wide.
-#[derive(Debug, Default)]
+/// The relay's credit, relay-wide: its pool and what it has done.
+#[derive(Debug)]
 pub struct CreditStats {
     sessions: AtomicU64,
     peak_held: AtomicU64,
     overruns: AtomicU64,
     widest: AtomicU64,
+    pool: u64,
+    pooled: AtomicU64,
+    peak_pooled: AtomicU64,
+    cut: AtomicU64,
 }
 
 impl CreditStats {
+    /// Nothing done yet, with a pool of `pool` bytes to share beyond each
+    /// session's floor.
+    pub(crate) fn new(pool: u64) -> Arc<Self> {
+        Arc::new(Self {
+            sessions: AtomicU64::new(0),
+            peak_held: AtomicU64::new(0),
+            overruns: AtomicU64::new(0),
+            widest: AtomicU64::new(0),
+            pool,
+            pooled: AtomicU64::new(0),
+            peak_pooled: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+        })
+    }
+
     /// `Accept` streams given credit: sessions, and the spares kept for
     /// the next ones.
     pub fn sessions(&self) -> u64 {
@@ -72,11 +98,66 @@ impl CreditStats {
     pub fn overruns(&self) -> u64 {
         self.overruns.load(Ordering::Relaxed)
     }
+
+    /// The pool's size: the credit all sessions together may hold beyond
+    /// their floors.
+    pub fn pool(&self) -> u64 {
+        self.pool
+    }
+
+    /// Credit drawn from the pool now.
+    pub fn pooled(&self) -> u64 {
+        self.pooled.load(Ordering::Relaxed)
+    }
+
+    /// The most credit drawn from the pool at once.
+    pub fn peak_pooled(&self) -> u64 {
+        self.peak_pooled.load(Ordering::Relaxed)
+    }
+
+    /// Grants cut short of their session's window because the pool had
+    /// too little left.
+    pub fn cut_grants(&self) -> u64 {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    /// Draws up to `want` bytes from the pool: what it had left of them.
+    fn draw(&self, want: u64) -> u64 {
+        if want == 0 {
+            return 0;
+        }
+        let mut used = self.pooled.load(Ordering::Acquire);
+        loop {
+            let got = want.min(self.pool.saturating_sub(used));
+            if got == 0 {
+                return 0;
+            }
+            match self.pooled.compare_exchange_weak(
+                used,
+                used + got,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.peak_pooled.fetch_max(used + got, Ordering::Relaxed);
+                    return got;
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Gives `bytes` drawn before back to the pool.
+    fn give_back(&self, bytes: u64) {
+        if bytes > 0 {
+            self.pooled.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The grants of one registration waiting to be sent, each stream's
 /// latest.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Outbox {
     pending: Mutex<HashMap<u64, u64>>,
     posted: Notify,
@@ -92,9 +173,11 @@ impl Outbox {
     /// `stats`.
     pub(crate) fn new(stats: &Arc<CreditStats>, window: u32) -> Arc<Self> {
         Arc::new(Self {
+            pending: Mutex::default(),
+            posted: Notify::new(),
+            closed: AtomicBool::new(false),
             stats: Arc::clone(stats),
             window,
-            ..Self::default()
         })
     }
 
@@ -153,37 +236,46 @@ impl Outbox {
 #[derive(Debug)]
 pub(crate) struct SessionCredit {
     stream: u64,
+    /// The window it asked for, within its bounds.
     window: u64,
+    /// Its own part of the window: the rest is drawn from the pool.
+    floor: u64,
     /// Payload bytes received from the exec-server.
     received: AtomicU64,
     /// Payload bytes taken from the queue toward the client.
     forwarded: AtomicU64,
     /// The latest grant posted (the window at the start).
     granted: AtomicU64,
+    /// Credit drawn from the pool now: what is granted and not yet
+    /// forwarded beyond the floor. Held while a grant is worked out.
+    pooled: Mutex<u64>,
     outbox: Arc<Outbox>,
 }
 
 impl SessionCredit {
     /// The credit of stream `stream` of the registration whose grants go
-    /// through `outbox`, starting at the window the stream `asked` for
-    /// (within the registration's least and [`MAX_CREDIT_WINDOW`]);
-    /// `None` when its registration was told none.
+    /// through `outbox`, wanting the window the stream `asked` for (within
+    /// the registration's least and [`MAX_CREDIT_WINDOW`]); `None` when
+    /// its registration was told none. It starts with its floor: the rest
+    /// of its window is drawn from the pool once it moves (a spare stream,
+    /// or a session that prints little, holds none of it).
     pub(crate) fn new(stream: u64, asked: u32, outbox: Arc<Outbox>) -> Option<Arc<Self>> {
         if outbox.window == 0 {
             return None;
         }
-        let window = asked.clamp(outbox.window, MAX_CREDIT_WINDOW.max(outbox.window));
-        outbox.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        outbox
-            .stats
-            .widest
-            .fetch_max(u64::from(window), Ordering::Relaxed);
+        let window = u64::from(asked.clamp(outbox.window, MAX_CREDIT_WINDOW.max(outbox.window)));
+        let floor = window.min(u64::from(CREDIT_FLOOR));
+        let stats = &outbox.stats;
+        stats.sessions.fetch_add(1, Ordering::Relaxed);
+        stats.widest.fetch_max(floor, Ordering::Relaxed);
         Some(Arc::new(Self {
             stream,
-            window: u64::from(window),
+            window,
+            floor,
             received: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
-            granted: AtomicU64::new(u64::from(window)),
+            granted: AtomicU64::new(floor),
+            pooled: Mutex::new(0),
             outbox,
         }))
     }
@@ -203,38 +295,65 @@ impl SessionCredit {
         within
     }
 
-    /// Counts `bytes` of payload forwarded toward the client, and grants
-    /// as much more once a quarter of the window has gone, or whenever
-    /// everything received has gone while what is left of the grant might
-    /// not fit the largest frame (the exec-server may then be waiting for
-    /// room for its next frame: without this grant nothing else would
-    /// come).
+    /// Counts `bytes` of payload forwarded toward the client: what they
+    /// held of the pool goes back to it. Once the session moves (it has
+    /// sent half its floor), it is granted again up to its window, as far
+    /// as the pool allows, whenever a quarter of what it may hold has gone;
+    /// and at once whenever everything received has gone while what is
+    /// left of the grant might not fit the largest frame (the exec-server
+    /// may then be waiting for room for its next frame: without this grant
+    /// nothing else would come).
     pub(crate) fn forwarded(&self, bytes: u64) {
+        let stats = &self.outbox.stats;
+        let mut pooled = self.pooled.lock().unwrap_or_else(|e| e.into_inner());
         let forwarded = self.forwarded.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let target = forwarded + self.window;
+        if self.outbox.is_closed() {
+            // No grant can reach it any more: it needs none of the pool.
+            stats.give_back(std::mem::take(&mut *pooled));
+            return;
+        }
+        let granted = self.granted.load(Ordering::Acquire);
+        // What the grant still allows beyond the floor is all it needs of
+        // the pool now.
+        let still = granted.saturating_sub(forwarded).saturating_sub(self.floor);
+        if *pooled > still {
+            stats.give_back(*pooled - still);
+            *pooled = still;
+        }
         let received = self.received.load(Ordering::Acquire);
-        let mut granted = self.granted.load(Ordering::Acquire);
         let may_wait =
             forwarded >= received && granted.saturating_sub(received) < MAX_FRAME_PAYLOAD as u64;
-        let step = if may_wait {
-            1
-        } else {
-            (self.window / 4).max(1)
-        };
-        while target >= granted + step {
-            match self.granted.compare_exchange_weak(
-                granted,
-                target,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.outbox.post(self.stream, target);
-                    return;
-                }
-                Err(now) => granted = now,
-            }
+        let moving = received >= self.floor / 2;
+        if !moving && !may_wait {
+            return;
         }
+        let drawn = if moving {
+            stats.draw(self.window - self.floor - *pooled)
+        } else {
+            0
+        };
+        let holds = self.floor + *pooled + drawn;
+        let target = forwarded + holds;
+        let step = if may_wait { 1 } else { (holds / 4).max(1) };
+        if target >= granted + step {
+            *pooled += drawn;
+            self.granted.store(target, Ordering::Release);
+            stats.widest.fetch_max(holds, Ordering::Relaxed);
+            if moving && holds < self.window {
+                stats.cut.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(pooled);
+            self.outbox.post(self.stream, target);
+        } else {
+            stats.give_back(drawn);
+        }
+    }
+}
+
+impl Drop for SessionCredit {
+    fn drop(&mut self) {
+        let pooled = self.pooled.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.outbox.stats.give_back(*pooled);
     }
 }
 
@@ -266,6 +385,11 @@ impl Drop for Forwarding {
 mod tests {
     use super::*;
 
+    /// Stats with a pool no test here exhausts.
+    fn roomy() -> Arc<CreditStats> {
+        CreditStats::new(1 << 30)
+    }
+
     fn grants(outbox: &Outbox) -> Vec<(u64, u64)> {
         let mut all = Vec::new();
         while let Some(c) = outbox.take() {
@@ -277,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_stream_is_granted_what_it_forwarded_a_quarter_window_at_a_time() {
-        let outbox = Outbox::new(&Arc::default(), 64 * 1024);
+        let outbox = Outbox::new(&roomy(), 64 * 1024);
         let credit = SessionCredit::new(7, 0, Arc::clone(&outbox)).unwrap();
         // The whole window at once, nothing beyond it.
         assert!(credit.received(64 * 1024));
@@ -300,7 +424,7 @@ mod tests {
         // grant leaves, and everything it sent has been forwarded: a grant
         // must come even though less than a quarter window went since the
         // last one.
-        let outbox = Outbox::new(&Arc::default(), 64 * 1024);
+        let outbox = Outbox::new(&roomy(), 64 * 1024);
         let credit = SessionCredit::new(1, 0, Arc::clone(&outbox)).unwrap();
         assert!(credit.received(20_000));
         drop(Forwarding::new(&credit, 20_000));
@@ -310,8 +434,11 @@ mod tests {
         assert_eq!(grants(&outbox), vec![(1, 30_000 + 64 * 1024)]);
         assert!(credit.received(60_000));
         // With room for any frame still granted, nothing is sent early.
-        let outbox = Outbox::new(&Arc::default(), 1 << 20);
+        let outbox = Outbox::new(&roomy(), 1 << 20);
         let credit = SessionCredit::new(2, 1 << 20, Arc::clone(&outbox)).unwrap();
+        assert!(credit.received(40_000));
+        drop(Forwarding::new(&credit, 40_000));
+        assert_eq!(grants(&outbox), vec![(2, 40_000 + (1 << 20))]);
         assert!(credit.received(20_000));
         drop(Forwarding::new(&credit, 20_000));
         assert!(grants(&outbox).is_empty());
@@ -319,12 +446,14 @@ mod tests {
 
     #[test]
     fn the_outbox_keeps_each_streams_latest_grant_only() {
-        let outbox = Outbox::new(&Arc::default(), 4096);
+        let outbox = Outbox::new(&roomy(), 4096);
         let a = SessionCredit::new(1, 0, Arc::clone(&outbox)).unwrap();
         let b = SessionCredit::new(2, 0, Arc::clone(&outbox)).unwrap();
         for _ in 0..100 {
+            assert!(a.received(2048));
             a.forwarded(2048);
         }
+        assert!(b.received(4096));
         b.forwarded(4096);
         assert_eq!(outbox.pending.lock().unwrap().len(), 2);
         assert_eq!(grants(&outbox), vec![(1, 4096 + 204_800), (2, 8192)]);
@@ -333,13 +462,13 @@ mod tests {
 
     #[test]
     fn a_registration_told_no_window_gives_no_credit() {
-        let outbox = Outbox::new(&Arc::default(), 0);
+        let outbox = Outbox::new(&roomy(), 0);
         assert!(SessionCredit::new(1, 1 << 20, outbox).is_none());
     }
 
     #[test]
     fn a_stream_gets_the_window_it_asks_for_within_its_bounds() {
-        let outbox = Outbox::new(&Arc::default(), 65_536);
+        let outbox = Outbox::new(&roomy(), 65_536);
         let window = |asked| {
             SessionCredit::new(1, asked, Arc::clone(&outbox))
                 .unwrap()
@@ -352,13 +481,17 @@ mod tests {
 
     #[test]
     fn a_closed_registration_neither_grants_nor_counts() {
-        let outbox = Outbox::new(&Arc::default(), 1024);
+        let stats = roomy();
+        let outbox = Outbox::new(&stats, 4 * CREDIT_FLOOR);
         let credit = SessionCredit::new(3, 0, Arc::clone(&outbox)).unwrap();
-        credit.forwarded(512);
+        assert!(credit.received(FLOOR));
+        credit.forwarded(FLOOR / 2);
+        assert_eq!(stats.pooled(), 3 * FLOOR);
         outbox.close();
         assert!(outbox.take().is_none(), "what waited is dropped");
         credit.forwarded(4096);
         assert!(outbox.take().is_none());
+        assert_eq!(stats.pooled(), 0, "its share went back to the pool");
         assert!(
             credit.received(1 << 20),
             "no grant can come: none is needed"
@@ -367,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_message_carries_a_bounded_number_of_grants() {
-        let outbox = Outbox::new(&Arc::default(), 1024);
+        let outbox = Outbox::new(&roomy(), 1024);
         for stream in 0..(GRANTS_PER_MESSAGE as u64 + 10) {
             let credit = SessionCredit::new(stream, 0, Arc::clone(&outbox)).unwrap();
             credit.forwarded(1024);
@@ -376,5 +509,76 @@ mod tests {
         assert_eq!(first.grants.len(), GRANTS_PER_MESSAGE);
         assert_eq!(outbox.take().unwrap().grants.len(), 10);
         assert!(outbox.take().is_none());
+    }
+
+    const FLOOR: u64 = CREDIT_FLOOR as u64;
+
+    #[test]
+    fn a_window_beyond_the_floor_is_drawn_from_the_pool_once_it_moves() {
+        const HALF: u64 = FLOOR / 2;
+        let stats = CreditStats::new(3 * FLOOR);
+        let outbox = Outbox::new(&stats, 4 * CREDIT_FLOOR);
+        let a = SessionCredit::new(1, 0, Arc::clone(&outbox)).unwrap();
+        assert!(a.received(FLOOR), "a floor to start with");
+        assert!(!a.received(1), "and no more");
+        let a = SessionCredit::new(1, 0, Arc::clone(&outbox)).unwrap();
+        assert_eq!(stats.pooled(), 0, "nothing drawn before it moves");
+        // It moves: its next grant is its whole window, the pool had room.
+        assert!(a.received(FLOOR));
+        drop(Forwarding::new(&a, HALF));
+        assert_eq!(grants(&outbox), vec![(1, HALF + 4 * FLOOR)]);
+        assert_eq!(stats.pooled(), 3 * FLOOR);
+        // The pool is spent: the next session moves within its floor.
+        let b = SessionCredit::new(2, 0, Arc::clone(&outbox)).unwrap();
+        assert!(b.received(FLOOR));
+        drop(Forwarding::new(&b, HALF));
+        assert_eq!(grants(&outbox), vec![(2, HALF + FLOOR)]);
+        assert_eq!(stats.cut_grants(), 1);
+        // What `a` forwards goes back to the pool, and `a` draws it again
+        // for its next grant: it keeps its window while it moves.
+        assert!(a.received(2 * FLOOR));
+        drop(Forwarding::new(&a, 2 * FLOOR));
+        assert_eq!(grants(&outbox), vec![(1, HALF + 6 * FLOOR)]);
+        assert_eq!(stats.pooled(), 3 * FLOOR);
+        // Once `a` is gone, `b` grows into what it held.
+        drop(a);
+        assert_eq!(stats.pooled(), 0);
+        drop(Forwarding::new(&b, HALF));
+        assert_eq!(grants(&outbox), vec![(2, FLOOR + 4 * FLOOR)]);
+        assert_eq!(stats.pooled(), 3 * FLOOR);
+        assert_eq!(stats.peak_pooled(), stats.pool());
+    }
+
+    #[test]
+    fn stalled_sessions_hold_at_most_their_floors_and_the_pool() {
+        // Sessions that each sent a little, were granted again, then sent
+        // their whole grant and never had another byte forwarded (their
+        // clients stopped reading): whatever the order, together they may
+        // have been sent no more than a floor each and the pool.
+        const POOL: u64 = 5 * FLOOR;
+        const SESSIONS: u64 = 20;
+        let stats = CreditStats::new(POOL);
+        let outbox = Outbox::new(&stats, 8 * CREDIT_FLOOR);
+        let mut sessions = Vec::new();
+        for stream in 0..SESSIONS {
+            let credit = SessionCredit::new(stream, 0, Arc::clone(&outbox)).unwrap();
+            if stream % 3 != 0 {
+                assert!(credit.received(FLOOR));
+                drop(Forwarding::new(&credit, FLOOR / 2));
+            }
+            sessions.push(credit);
+        }
+        let mut held = 0;
+        for credit in &sessions {
+            let granted = credit.granted.load(Ordering::Relaxed);
+            let received = credit.received.load(Ordering::Relaxed);
+            assert!(credit.received(granted - received));
+            held += granted - credit.forwarded.load(Ordering::Relaxed);
+        }
+        assert!(held <= SESSIONS * FLOOR + POOL, "{held} held");
+        assert_eq!(stats.pooled(), POOL, "the pool was used up");
+        assert_eq!(held, SESSIONS * FLOOR + stats.pooled());
+        drop(sessions);
+        assert_eq!(stats.pooled(), 0, "every session gave its share back");
     }
 }

@@ -120,13 +120,21 @@ struct Args {
     session_buffer_kib: usize,
     /// KiB of credit each session gets at least for its frames toward the
     /// client, from an exec-server that asks for it (one farther away gets
-    /// a round trip of its link at 400 MiB/s, up to 1 MiB): the most such
-    /// a session whose client stopped reading holds here. 0: no credit
-    /// (sessions are bounded by HTTP/2's 1 MiB stream window instead);
-    /// otherwise at least 64 (one frame of the largest payload).
+    /// a round trip of its link at 400 MiB/s, up to 1 MiB), while the
+    /// credit pool has room: the most such a session whose client stopped
+    /// reading holds here. 0: no credit (sessions are bounded by HTTP/2's
+    /// 1 MiB stream window instead); otherwise at least 64 (one frame of
+    /// the largest payload).
     #[arg(long, default_value_t = relay::config::DEFAULT_SESSION_CREDIT / 1024,
           value_parser = credit_kib)]
     session_credit_kib: u32,
+    /// KiB of credit all sessions together may hold beyond 64 KiB each:
+    /// however many stall, the relay holds at most 64 KiB of each and this
+    /// pool. A window is cut to what the pool has left (0: every session
+    /// gets 64 KiB).
+    #[arg(long, default_value_t = relay::config::DEFAULT_CREDIT_POOL / 1024,
+          value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    credit_pool_kib: u64,
     /// MiB all sessions together may have queued in the relay (each
     /// direction may always hold one frame beyond it).
     #[arg(long, default_value_t = 256)]
@@ -347,6 +355,7 @@ fn main() -> ExitCode {
     config.session_buffer = args.session_buffer_kib.saturating_mul(1024);
     config.max_buffered = args.max_buffered_mib.saturating_mul(1024 * 1024);
     config.session_credit = args.session_credit_kib.saturating_mul(1024);
+    config.credit_pool = args.credit_pool_kib.saturating_mul(1024);
     config.listen = args.listen;
     config.max_registrations = args.max_registrations;
     config.max_sessions_per_server = args.max_sessions_per_server;
@@ -413,7 +422,6 @@ fn main() -> ExitCode {
     code
 }
 
-/// The directory settings from the flags (`None` without --directory).
 /// `--session-credit-kib`: 0, or room for a frame of the largest payload
 /// (64 KiB) up to 1 GiB.
 fn credit_kib(s: &str) -> Result<u32, String> {
@@ -426,6 +434,7 @@ fn credit_kib(s: &str) -> Result<u32, String> {
     }
 }
 
+/// The directory settings from the flags (`None` without --directory).
 fn directory_config(args: &Args) -> Result<Option<DirectoryConfig>, String> {
     if args.directory.is_empty() {
         return Ok(None);

@@ -273,22 +273,25 @@ impl Registry {
             max_registrations,
             max_sessions_per_server,
             Shares::default(),
+            0,
         )
     }
 
     /// A new, empty table whose registrations are shared out per
-    /// connection and per source.
+    /// connection and per source, and whose sessions share a pool of
+    /// `credit_pool` bytes of credit beyond their floors.
     pub(crate) fn with_shares(
         max_registrations: usize,
         max_sessions_per_server: usize,
         shares: Shares,
+        credit_pool: u64,
     ) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
             max_registrations,
             max_sessions_per_server,
             shares,
-            credit: Arc::default(),
+            credit: CreditStats::new(credit_pool),
         })
     }
 
@@ -602,6 +605,7 @@ mod tests {
                 per_connection: 2,
                 per_source: 3,
             },
+            0,
         );
         let (c1, mut r1) = control();
         let (c2, _r2) = control();
@@ -653,6 +657,7 @@ mod tests {
                 per_connection: 10,
                 per_source: 3,
             },
+            0,
         );
         let (c, mut seen) = control();
         let (other, _o) = control();
@@ -691,6 +696,7 @@ mod tests {
                 per_connection: 100,
                 per_source: 100,
             },
+            0,
         );
         let (c, _rx) = control();
         // The real exec-server registered first; then a flood from one
@@ -734,6 +740,7 @@ mod tests {
                 per_connection: 1,
                 per_source: 1,
             },
+            0,
         );
         let (c, _rx) = control();
         let mut held = Vec::new();

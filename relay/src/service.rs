@@ -123,6 +123,7 @@ impl RelayState {
             config.max_registrations,
             config.max_sessions_per_server,
             shares,
+            config.credit_pool,
         );
         let rate = RateLimiter::new(
             config.registrations.rate_per_source,

@@ -1,8 +1,8 @@
 //! The relay's credit for what an exec-server sends toward its clients:
 //! a session whose client stops reading holds at most the credit window at
 //! the relay, whatever HTTP/2's window; a session whose client reads gets
-//! everything, byte-exact; and without credit (a relay that grants none)
-//! the same stalled session holds more.
+//! everything, byte-exact; and sessions that stall together hold at most
+//! a floor each and the relay's pool.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,6 +24,11 @@ const WINDOW: u32 = 64 * 1024;
 async fn stack(credit: u32) -> (TestRelay, TestServer, ClientConfig) {
     let mut config = relay::RelayConfig::default();
     config.session_credit = credit;
+    stack_with(config).await
+}
+
+/// [`stack`] with a relay configured as `config`.
+async fn stack_with(config: relay::RelayConfig) -> (TestRelay, TestServer, ClientConfig) {
     let relay = TestRelay::start_with(config).await.unwrap();
     let client_key = StaticKeypair::generate().unwrap();
     let server = TestServer::start_configured(Some(relay.url()), false, &[&client_key], |c| {
@@ -152,16 +157,15 @@ fn frozen_client(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_frozen_mid_output_hold_at_most_the_window_each_and_lose_nothing() {
-    const SESSIONS: usize = 4;
-    const LEN: u64 = 64_000_000;
-    let (relay, _server, config) = stack(WINDOW).await;
+/// Freezes `sessions` clients of `config` mid-output (each running `yes`
+/// for `len` bytes), runs another client's command meanwhile, then thaws
+/// them and checks that every byte of each arrives.
+async fn freeze_and_thaw(config: &ClientConfig, relay: &TestRelay, sessions: usize, len: u64) {
     let mut frozen = Vec::new();
-    for _ in 0..SESSIONS {
+    for _ in 0..sessions {
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (thaw, thaw_rx) = std::sync::mpsc::channel();
-        let client = frozen_client(config.clone(), LEN, ready_tx, thaw_rx);
+        let client = frozen_client(config.clone(), len, ready_tx, thaw_rx);
         frozen.push((client, ready, thaw));
     }
     for (_, ready, _) in &frozen {
@@ -182,12 +186,16 @@ async fn clients_frozen_mid_output_hold_at_most_the_window_each_and_lose_nothing
     );
     let credit = relay.stats.registry.credit();
     eprintln!(
-        "{SESSIONS} clients frozen: the relay queued at most {} bytes; credit: {} sessions, \
-         widest window {} bytes, peak held {} bytes, {} overruns",
+        "{sessions} clients frozen: the relay queued at most {} bytes; credit: {} sessions, \
+         widest window {} bytes, peak held {} bytes, pool {} bytes (at most {} drawn), \
+         {} grants cut, {} overruns",
         relay.stats.budget.peak(),
         credit.sessions(),
         credit.widest_window(),
         credit.peak_held(),
+        credit.pool(),
+        credit.peak_pooled(),
+        credit.cut_grants(),
         credit.overruns()
     );
     for (client, _, thaw) in frozen {
@@ -195,16 +203,56 @@ async fn clients_frozen_mid_output_hold_at_most_the_window_each_and_lose_nothing
         let got = tokio::task::spawn_blocking(move || client.join().unwrap())
             .await
             .unwrap();
-        assert_eq!(got, (LEN, Some(Event::Exited(ExitStatus::Code(0)))));
+        assert_eq!(got, (len, Some(Event::Exited(ExitStatus::Code(0)))));
     }
+}
+
+/// What the relay counts for each queued frame beyond its payload, with
+/// room for the frames' own headers.
+const PER_FRAME: u64 = relay::budget::FRAME_OVERHEAD as u64 + 128;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_frozen_mid_output_hold_at_most_the_window_each_and_lose_nothing() {
+    const SESSIONS: usize = 4;
+    let (relay, _server, config) = stack(WINDOW).await;
+    freeze_and_thaw(&config, &relay, SESSIONS, 64_000_000).await;
     // Each session's frames in the relay's queue toward its client (the
     // honest one's too), with what the relay counts for each frame beyond
     // its payload, were never more than the window's worth at once: without
     // credit each could queue its whole share (`--session-buffer-kib`, 128).
-    let per_frame = relay::budget::FRAME_OVERHEAD as u64 + 128;
-    let bound = (SESSIONS as u64 + 1) * (credit.widest_window() + 8 * per_frame);
+    let credit = relay.stats.registry.credit();
+    let bound = (SESSIONS as u64 + 1) * (credit.widest_window() + 8 * PER_FRAME);
     let queued_most = relay.stats.budget.peak() as u64;
     assert!(queued_most <= bound, "{queued_most} queued, over {bound}");
     assert!(credit.peak_held() <= credit.widest_window());
     assert_eq!(credit.overruns(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_clients_share_the_relays_pool_and_hold_a_floor_each_beyond_it() {
+    // Windows of 256 KiB, but a pool of only 128 KiB beyond each session's
+    // 64 KiB floor; and a queue share wide enough to hold a whole window,
+    // so that the queue shows all a session holds here.
+    const SESSIONS: usize = 4;
+    const POOL: u64 = 128 * 1024;
+    let floor = u64::from(proto::routing::CREDIT_FLOOR);
+    let mut config = relay::RelayConfig::default();
+    config.session_credit = 256 * 1024;
+    config.credit_pool = POOL;
+    config.session_buffer = 1 << 20;
+    let (relay, _server, config) = stack_with(config).await;
+    freeze_and_thaw(&config, &relay, SESSIONS, 64_000_000).await;
+    let credit = relay.stats.registry.credit();
+    // Sessions moved beyond their floor while the pool had room, and the
+    // pool ran short of what they asked for.
+    assert!(credit.widest_window() > floor);
+    assert!(credit.cut_grants() > 0);
+    assert!(credit.peak_pooled() <= POOL);
+    // Together, never more than a floor each and the pool: without the
+    // pool each frozen session would hold its whole 256 KiB.
+    let bound = POOL + (SESSIONS as u64 + 1) * (floor + 8 * PER_FRAME);
+    let queued_most = relay.stats.budget.peak() as u64;
+    assert!(queued_most <= bound, "{queued_most} queued, over {bound}");
+    assert_eq!(credit.overruns(), 0);
+    assert_eq!(credit.pooled(), 0, "every session gave its share back");
 }
