@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use lifecycle::Tasks;
+use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use proto::driver::{deliver_events, drive_link, first_flight};
@@ -43,6 +44,35 @@ pub(crate) fn relay_refused(e: &ConnectError) -> bool {
             | ConnectError::Busy(crate::error::Busy::Link { .. })
             | ConnectError::Timeout(Waiting::Relay)
     )
+}
+
+/// Whether what was dialled refused the session at one of its limits
+/// (its table of sessions still in their handshake, its sessions per
+/// exec-server): a refusal that a moment later, when others have finished,
+/// may not come.
+fn busy(e: &ConnectError) -> bool {
+    matches!(e, ConnectError::Busy(crate::error::Busy::Link { .. }))
+}
+
+/// Most times a session refused as busy is tried again on the same link:
+/// with [`busy_backoff`], 1.6 to 4.9 s of pauses in all, long enough for a
+/// burst of sessions on a small machine to drain, short enough that a
+/// limit that stays is said within seconds.
+const BUSY_RETRIES: u32 = 8;
+/// The pause before the first of those tries, doubling for each after it.
+const BUSY_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between two of them.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before busy retry `n` (from 1): [`BUSY_BACKOFF`] doubled
+/// `n - 1` times, at most [`BUSY_BACKOFF_MAX`], times a factor from a half
+/// to one and a half by `roll` (uniform in `[0, 1)`), so that clients
+/// refused together do not come back together.
+fn busy_backoff(n: u32, roll: f64) -> Duration {
+    BUSY_BACKOFF
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(BUSY_BACKOFF_MAX)
+        .mul_f64(0.5 + roll.clamp(0.0, 1.0))
 }
 
 /// A session just opened.
@@ -159,32 +189,51 @@ pub(crate) async fn open(
     if first_at.is_some() {
         left.store(true, Ordering::Release);
     }
+    let mut busy_retries = 0;
     let (inbound, tx) = loop {
         let opened = tunnel::open(
-            channel,
+            channel.clone(),
             &first_frames,
             &server_id,
             Arc::clone(&shared.drained),
             Some(&link_cx),
         )
         .await;
+        // The span says why only when it is the end: a refusal tried
+        // again, or passed over for another relay, is not its outcome.
         let opened = opened.map_err(|status| {
             let error = semconv::grpc_error_type(status.code());
-            connect_span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
-            connect_span.set_status(opentelemetry::trace::Status::error(error));
-            ConnectError::from_status(status, &server_id, &url)
+            (error, ConnectError::from_status(status, &server_id, &url))
         });
+        let give_up = |mut span: BoxedSpan, error: &'static str, e| {
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
+            span.set_status(opentelemetry::trace::Status::error(error));
+            span.end();
+            Err(e)
+        };
         match opened {
             Ok(opened) => break opened,
+            // At a limit that others' sessions finishing relieves (an
+            // honest burst of sessions, or a flood, filling the table of
+            // handshakes): the same message 1 again, on the same link, after
+            // a pause. The exec-server runs it at most once, as below.
+            Err((_, e)) if busy(&e) && busy_retries < BUSY_RETRIES => {
+                busy_retries += 1;
+                machine.first_flight_sent_again();
+                connect_span.set_attribute(KeyValue::new(
+                    spans::ATTR_BUSY_RETRIES,
+                    i64::from(busy_retries),
+                ));
+                tokio::time::sleep(busy_backoff(busy_retries, proto::admission::roll())).await;
+            }
             // The relay says it did not take the session; but its word is
             // no proof that message 1, with the call, did not reach the
             // exec-server. The same message 1 goes through the next relay:
             // the exec-server runs it at most once (it refuses a replay).
-            Err(e) if first_at.is_some() && relay_refused(&e) => {
+            Err((error, e)) if first_at.is_some() && relay_refused(&e) => {
                 let next = loop {
                     let Some(target) = alternates.next() else {
-                        connect_span.end();
-                        return Err(e);
+                        return give_up(connect_span, error, e);
                     };
                     if let Ok(c) = tunnel::channel(config, target, transport).await {
                         break c;
@@ -192,10 +241,7 @@ pub(crate) async fn open(
                 };
                 channel = next;
             }
-            Err(e) => {
-                connect_span.end();
-                return Err(e);
-            }
+            Err((error, e)) => return give_up(connect_span, error, e),
         }
     };
     connect_span.end();
@@ -322,4 +368,28 @@ pub(crate) async fn open(
         first_at,
         ticket: established.ready.early_ticket,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_retries_back_off_doubling_to_a_bound_with_jitter() {
+        let ms = |n, roll| busy_backoff(n, roll).as_secs_f64() * 1000.0;
+        assert!((ms(1, 0.5) - 20.0).abs() < 1e-6);
+        assert!((ms(2, 0.5) - 40.0).abs() < 1e-6);
+        assert!((ms(1, 0.0) - 10.0).abs() < 1e-6);
+        assert!((ms(1, 1.0) - 30.0).abs() < 1e-6);
+        assert!((ms(7, 0.5) - 1000.0).abs() < 1e-6, "capped");
+        assert!((ms(40, 0.5) - 1000.0).abs() < 1e-6);
+        // All the pauses together, at the least and at the most.
+        let total = |roll| {
+            (1..=BUSY_RETRIES)
+                .map(|n| busy_backoff(n, roll))
+                .sum::<Duration>()
+        };
+        assert_eq!(total(0.0), Duration::from_millis(1630));
+        assert!(total(1.0) <= Duration::from_millis(4890));
+    }
 }

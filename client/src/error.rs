@@ -114,9 +114,11 @@ impl Busy {
 impl fmt::Display for Busy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Busy::Link { url, said } if said.is_empty() => write!(f, "{url} is at a limit"),
+            Busy::Link { url, said } if said.is_empty() => {
+                write!(f, "{url} refused the session at one of its limits")
+            }
             Busy::Link { url, said } => write!(f, "{url} refused the session: {said}"),
-            Busy::ExecServer => f.write_str("too many sessions"),
+            Busy::ExecServer => f.write_str("the exec-server is busy: too many sessions"),
         }
     }
 }
@@ -237,8 +239,9 @@ pub enum ConnectError {
     /// The relay knows no exec-server with this key's id.
     #[error("no exec-server with this key is registered at the relay (id {0})")]
     UnknownServer(String),
-    /// The exec-server or relay is at a limit.
-    #[error("the exec-server is busy: {0}")]
+    /// The exec-server or relay is at a limit (tried again a few times
+    /// first, when what was dialled refused the session).
+    #[error("{0}")]
     Busy(Busy),
     /// The exec-server did not answer.
     #[error("the exec-server did not answer: {0}")]
@@ -586,7 +589,7 @@ mod tests {
         let text = e.to_string();
         assert_eq!(
             text,
-            "the exec-server is busy: http://relay:7600 refused the session: the relay is busy: \
+            "http://relay:7600 refused the session: the relay is busy: \
              too many unauthenticated sessions [31m(--max-startups)"
         );
         // The far end's words are bounded.

@@ -495,8 +495,9 @@ impl Gate {
 }
 
 /// A uniform roll in `[0, 1)` from the system's random source (a roll
-/// that cannot be made counts as 0: admitted unless the table is full).
-fn roll() -> f64 {
+/// that cannot be made counts as 0: admitted unless the table is full;
+/// a client's pause before trying a busy relay again is its shortest).
+pub fn roll() -> f64 {
     use ring::rand::SecureRandom as _;
     let mut b = [0u8; 4];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {

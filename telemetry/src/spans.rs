@@ -125,6 +125,11 @@ pub const ATTR_SESSION_ROUND_TRIPS: &str = "rex.session.round_trips";
 /// opened its session: calls sent again after the exec-server refused to
 /// run them from handshake message 1.
 pub const ATTR_SESSION_EARLY_RETRIES: &str = "rex.session.early_retries";
+/// `relay.connect` attribute: times the tunnel's opening was refused as
+/// busy (what was dialled was at one of its limits) and tried again on the
+/// same link, with the same handshake message 1; each is a round trip more
+/// in [`ATTR_SESSION_ROUND_TRIPS`].
+pub const ATTR_BUSY_RETRIES: &str = "rex.busy_retries";
 /// `session.acquire` attribute: true when the call established its session
 /// with itself in handshake message 1 (early data); the span then ends as
 /// the call leaves, and the session's set-up spans (`relay.connect`,
@@ -187,6 +192,7 @@ const ATTRIBUTES: &[&str] = &[
     ATTR_SESSION_ROUND_TRIPS,
     ATTR_SESSION_EARLY_RETRIES,
     ATTR_SESSION_EARLY_DATA,
+    ATTR_BUSY_RETRIES,
     ATTR_STDIN_WINDOW,
     ATTR_STDIN_WINDOW_WAIT,
     ATTR_OUTPUT_CREDIT_WAIT,

@@ -607,6 +607,17 @@ impl<T> ClientSession<T> {
         self.counters
     }
 
+    /// The first flight (handshake message 1, with the call riding in it
+    /// if any) was refused by what was dialled before it reached the
+    /// exec-server, and is sent again as it was: one flight more, and one
+    /// more round trip before whatever it carried is answered.
+    pub fn first_flight_sent_again(&mut self) {
+        self.counters.flights = self.counters.flights.saturating_add(1);
+        if let Some(f) = &mut self.first_flight {
+            *f = f.saturating_add(1);
+        }
+    }
+
     /// The session's first call, once started (the call
     /// [`Counters::round_trips`] is about).
     pub fn first_call(&self) -> Option<u64> {

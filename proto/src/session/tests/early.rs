@@ -155,6 +155,28 @@ fn an_accepted_call_runs_from_message_1_in_one_round_trip() {
 }
 
 #[test]
+fn a_first_flight_sent_again_after_a_refusal_counts_one_round_trip_more() {
+    // What the client does when the relay refuses the `Open` as busy:
+    // message 1, the call in it, goes again as it was.
+    let (client_key, server_key) = keys();
+    let now = Now::system();
+    let acceptor = running(&server_key, &client_key);
+    let (mut p, _) = early_pair(&client_key, &server_key, acceptor, now, Duration::ZERO);
+    p.client.first_flight_sent_again();
+    p.run();
+    p.push(1, started());
+    assert_eq!(execs(&p.server_events), [1]);
+    assert_eq!(
+        p.client.counters(),
+        Counters {
+            flights: 2,
+            round_trips: Some(2),
+            early_retries: 0,
+        }
+    );
+}
+
+#[test]
 fn the_same_message_1_replayed_inside_the_window_is_refused_and_runs_nothing() {
     let (client_key, server_key) = keys();
     let now = Now::system();
