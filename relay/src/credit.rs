@@ -123,28 +123,17 @@ impl CreditStats {
 
     /// Draws up to `want` bytes from the pool: what it had left of them.
     fn draw(&self, want: u64) -> u64 {
-        if want == 0 {
-            return 0;
+        let mut got = 0;
+        let drawn = self
+            .pooled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                got = want.min(self.pool.saturating_sub(used));
+                (got > 0).then_some(used + got)
+            });
+        if let Ok(used) = drawn {
+            self.peak_pooled.fetch_max(used + got, Ordering::Relaxed);
         }
-        let mut used = self.pooled.load(Ordering::Acquire);
-        loop {
-            let got = want.min(self.pool.saturating_sub(used));
-            if got == 0 {
-                return 0;
-            }
-            match self.pooled.compare_exchange_weak(
-                used,
-                used + got,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.peak_pooled.fetch_max(used + got, Ordering::Relaxed);
-                    return got;
-                }
-                Err(now) => used = now,
-            }
-        }
+        got
     }
 
     /// Gives `bytes` drawn before back to the pool.

@@ -222,6 +222,8 @@ pub struct Registry {
     max_sessions_per_server: usize,
     shares: Shares,
     credit: Arc<CreditStats>,
+    /// Sessions refused because their exec-server had its whole share.
+    busy: std::sync::atomic::AtomicU64,
 }
 
 /// A registration held by a live control stream; dropping it unregisters
@@ -292,6 +294,7 @@ impl Registry {
             max_sessions_per_server,
             shares,
             credit: CreditStats::new(credit_pool),
+            busy: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -443,6 +446,19 @@ impl Registry {
         self.lock().servers.len()
     }
 
+    /// Sessions refused so far because their exec-server had its whole
+    /// share of sessions here (`--max-sessions-per-server`).
+    pub fn busy_refusals(&self) -> u64 {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The refusal of a session of `server_id`, which has its whole share
+    /// of sessions, counted.
+    fn server_busy(&self, server_id: &str) -> RegistryError {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RegistryError::ServerBusy(server_id.to_owned())
+    }
+
     /// Reserves a session slot on an exec-server and records a pending
     /// session for it to accept.
     pub(crate) fn announce(&self, server_id: &str) -> Result<Announced, RegistryError> {
@@ -453,7 +469,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownServer(server_id.to_owned()))?;
         let permit = Arc::clone(&entry.sessions)
             .try_acquire_owned()
-            .map_err(|_| RegistryError::ServerBusy(server_id.to_owned()))?;
+            .map_err(|_| self.server_busy(server_id))?;
         let control = entry.control.clone();
         let outbox = Arc::clone(&entry.outbox);
         let mut session_id = [0u8; SESSION_ID_LEN];
@@ -527,7 +543,7 @@ impl Registry {
         }
         let permit = Arc::clone(&entry.sessions)
             .try_acquire_owned()
-            .map_err(|_| RegistryError::ServerBusy(server_id.to_owned()))?;
+            .map_err(|_| self.server_busy(server_id))?;
         entry.served = true;
         Ok(entry.spares.pop().map(|half| (permit, half)))
     }

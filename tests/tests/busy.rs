@@ -59,7 +59,7 @@ async fn run(config: ClientConfig, spec: ExecSpec) -> (u32, bool) {
 async fn a_session_refused_at_the_exec_servers_share_is_tried_again_and_runs_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ran");
-    let (_relay, _server, config) = stack(|c| c.max_sessions_per_server = 1).await;
+    let (relay, _server, config) = stack(|c| c.max_sessions_per_server = 1).await;
     let spec = sh(&format!("echo ran >> {}", log.display()));
     let (alone, ok) = run(config.clone(), spec.clone()).await;
     assert!(ok);
@@ -67,9 +67,16 @@ async fn a_session_refused_at_the_exec_servers_share_is_tried_again_and_runs_onc
     let holder = Client::new(config.clone());
     holder.connect().await.unwrap();
     let refused = tokio::spawn(run(config.clone(), spec));
-    // Refused while the share is held (the first pause is 10 to 30 ms,
-    // the pauses together at least 1.6 s), then let in once it is free.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Refused while the share is held; let in once it is free (its tries
+    // go on for at least 1.6 s after the first refusal).
+    let registry = &relay.stats.registry;
+    for _ in 0..600 {
+        if registry.busy_refusals() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registry.busy_refusals() > 0, "never refused");
     holder.close().await;
     let (round_trips, ok) = refused.await.unwrap();
     assert!(ok);
