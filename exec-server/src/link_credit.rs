@@ -2,16 +2,16 @@
 //!
 //! A relay that tells a credit window at registration
 //! (`Registered.credit_window`) holds, of each session whose `Accept`
-//! stream names itself (`rex-credit-stream`), at most the window it asks for, in payload
-//! bytes: the stream sends a frame only when everything it has sent,
-//! that frame included, is within what the relay has granted (the floor,
-//! `CREDIT_FLOOR`, at the start, and the `Credit` grants on the
-//! registration stream as the relay forwards, up to the window the stream
-//! asked for as far as the relay's pool allows). What does not fit waits here, in the session's
-//! bounded queue, and the session's own backlog bound and the
-//! exec-server's budget for unacknowledged output take it from there: a
-//! session whose client stopped reading holds the window at the relay,
-//! not HTTP/2's window.
+//! stream names itself (`rex-credit-stream`), at most the window the
+//! stream asks for, in payload bytes: the stream sends a frame only when
+//! everything it has sent, that frame included, is within what the relay
+//! has granted (the floor, `CREDIT_FLOOR`, at the start, and the `Credit`
+//! grants on the registration stream as the relay forwards, up to that
+//! window as far as the relay's pool allows). What does not fit waits
+//! here, in the session's bounded queue, and the session's own backlog
+//! bound and the exec-server's budget for unacknowledged output take it
+//! from there: a session whose client stopped reading holds at most its
+//! window at the relay, not HTTP/2's window.
 //!
 //! When the registration ends, no grant can come: its streams stop
 //! waiting for one (HTTP/2's window bounds them, as it does a stream
