@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::admission::Source;
@@ -223,7 +224,7 @@ pub struct Registry {
     shares: Shares,
     credit: Arc<CreditStats>,
     /// Sessions refused because their exec-server had its whole share.
-    busy: std::sync::atomic::AtomicU64,
+    busy: AtomicU64,
 }
 
 /// A registration held by a live control stream; dropping it unregisters
@@ -294,7 +295,7 @@ impl Registry {
             max_sessions_per_server,
             shares,
             credit: CreditStats::new(credit_pool),
-            busy: std::sync::atomic::AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         })
     }
 
@@ -449,13 +450,13 @@ impl Registry {
     /// Sessions refused so far because their exec-server had its whole
     /// share of sessions here (`--max-sessions-per-server`).
     pub fn busy_refusals(&self) -> u64 {
-        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+        self.busy.load(Ordering::Relaxed)
     }
 
     /// The refusal of a session of `server_id`, which has its whole share
     /// of sessions, counted.
     fn server_busy(&self, server_id: &str) -> RegistryError {
-        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::Relaxed);
         RegistryError::ServerBusy(server_id.to_owned())
     }
 
