@@ -44,9 +44,6 @@ pub struct Execution {
     finished: bool,
     /// When the last event was handed over.
     ended: Option<SystemTime>,
-    /// The latest event taken and the output credit taken since the
-    /// driver was last told.
-    untold: (u64, u64),
     /// The call, as the warm schedule counts it (ended with the last
     /// event, or when dropped).
     active: Option<ActiveCall>,
@@ -71,7 +68,6 @@ impl Execution {
             call,
             finished: false,
             ended: None,
-            untold: (0, 0),
             active,
             span,
             delivery,
@@ -231,20 +227,19 @@ impl Execution {
     }
 
     /// Counts an event taken; once a quarter of the session's output
-    /// window has been taken since the last report, the driver is told
-    /// (it acknowledges, and the exec-server may send that much more).
+    /// window has been taken since the last report, or at once when the
+    /// exec-server asked, the driver is told (it acknowledges, and the
+    /// exec-server may send that much more).
     fn took(&mut self, seq: u64, cost: u64) {
         let window = u64::from(self.control.carrier.output_window());
         if window == 0 {
             return;
         }
-        self.untold.0 = seq;
-        self.untold.1 += cost;
-        if self.untold.1 >= (window / 4).max(1) {
+        if let Some((seq, cost)) = self.call.took(seq, cost, window / 4) {
             self.control.carrier.report_taken(Taken {
                 call_id: self.control.call_id,
                 seq,
-                cost: std::mem::take(&mut self.untold.1),
+                cost,
             });
         }
     }

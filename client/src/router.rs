@@ -1177,6 +1177,14 @@ impl Endpoint<Machine> for Router {
                 }
                 return delivery;
             }
+            // What the caller took and holds back is reported now (or its
+            // next take is).
+            ClientEvent::AckWanted { call_id } => {
+                if let Some((seq, cost)) = self.calls.get(&call_id).and_then(|r| r.call.ask()) {
+                    machine.output_taken(call_id, seq, cost, now);
+                }
+                machine.answer_ack_wanted(call_id, now);
+            }
             ClientEvent::Pong { nonce, rtt, .. } => {
                 self.refresh_offset(machine, &telemetry::clock_status::status());
                 if let Some(i) = self.pings.iter().position(|(n, _)| *n == nonce) {

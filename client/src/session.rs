@@ -81,9 +81,49 @@ pub(crate) struct CallShared {
     counters: Mutex<Option<Counters>>,
     /// How the call's stdin window treated it, once its final event came.
     stdin: Mutex<Option<StdinFlow>>,
+    /// Output its caller took that the driver was not told of yet.
+    untold: Mutex<Untold>,
+}
+
+/// Output a caller took and has not reported: its caller reports it in
+/// steps of a quarter of the window, or at once when the exec-server asked.
+#[derive(Debug, Default)]
+struct Untold {
+    /// The latest event taken, and the credit taken since the last report.
+    seq: u64,
+    cost: u64,
+    /// The exec-server asked while there was nothing to report: the next
+    /// take is reported at once.
+    asked: bool,
 }
 
 impl CallShared {
+    /// The caller took event `seq`, of output credit `cost`: what to
+    /// report now (once `step` has been taken since the last report, or
+    /// the exec-server asked), as `(seq, cost)`.
+    pub(crate) fn took(&self, seq: u64, cost: u64, step: u64) -> Option<(u64, u64)> {
+        let mut untold = self.untold.lock().unwrap_or_else(PoisonError::into_inner);
+        untold.seq = seq;
+        untold.cost += cost;
+        if untold.cost < step.max(1) && !untold.asked {
+            return None;
+        }
+        untold.asked = false;
+        Some((seq, std::mem::take(&mut untold.cost)))
+    }
+
+    /// The exec-server asked for the call's output to be acknowledged:
+    /// what the caller took and did not report, as `(seq, cost)`, or
+    /// `None` (its next take is then reported at once).
+    pub(crate) fn ask(&self) -> Option<(u64, u64)> {
+        let mut untold = self.untold.lock().unwrap_or_else(PoisonError::into_inner);
+        if untold.cost == 0 {
+            untold.asked = true;
+            return None;
+        }
+        Some((untold.seq, std::mem::take(&mut untold.cost)))
+    }
+
     /// Sets how the call ended (the first word stands).
     pub(crate) fn end(&self, failure: ExecFailure) {
         self.fate

@@ -27,6 +27,21 @@ use crate::unacked::{Share, Unacked};
 /// What one read of a pipe may cost: its largest chunk and the event.
 pub const CHUNK_CREDIT: u64 = MAX_CHUNK as u64 + EVENT_COST;
 
+/// The floor of a command whose client acknowledges when asked: two reads
+/// (each a chunk and its event).
+pub const ASKED_FLOOR: u64 = 2 * CHUNK_CREDIT;
+
+/// The floor of a command whose output window is `window`: [`ASKED_FLOOR`]
+/// if its client acknowledges when asked, else a quarter of the window and
+/// one read.
+pub(crate) fn floor(window: u32, acks_when_asked: bool) -> u64 {
+    if acks_when_asked {
+        ASKED_FLOOR
+    } else {
+        u64::from(window) / 4 + CHUNK_CREDIT
+    }
+}
+
 /// Bytes of output retained for sessions whose link is down, against a
 /// bound: the exec-server's total.
 #[derive(Debug)]
@@ -276,18 +291,25 @@ impl Credit {
     }
 
     /// The same credit, each reservation also charged to `budget` for
-    /// `key` until acknowledged. `window` is the call's output window
-    /// (its client acknowledges once a quarter of it has been taken).
+    /// `key` until acknowledged, with `floor` of it always the call's
+    /// ([`floor`]); `wake` is told when a reservation
+    /// waits for room in the budget ([`take_asked`](Self::take_asked)).
     #[must_use]
     pub(crate) fn charged_to(
         mut self,
         budget: Arc<Unacked>,
         key: Option<PublicKey>,
-        window: u32,
+        floor: u64,
+        wake: Option<Arc<Notify>>,
     ) -> Self {
-        let floor = u64::from(window) / 4 + CHUNK_CREDIT;
-        self.unacked = Some(Arc::new(budget.share(key, floor)));
+        self.unacked = Some(Arc::new(budget.share(key, floor, wake)));
         self
+    }
+
+    /// Whether a reservation waited for room in the exec-server's budget
+    /// since last asked: the session asks the client to acknowledge.
+    pub(crate) fn take_asked(&self) -> bool {
+        self.unacked.as_ref().is_some_and(|s| s.take_asked())
     }
 
     /// No limit.

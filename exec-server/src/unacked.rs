@@ -7,19 +7,23 @@
 //! reader. So clients that stop reading, however many, hold at most this
 //! much of the exec-server's memory, and one key at most its own share.
 //!
-//! A command may always hold its *floor*: a quarter of its output window
-//! and one read (one chunk and its event). A client acknowledges output
-//! only once it has taken part of its window since its last
-//! acknowledgement (an eighth, `proto::session::output::ACK_EVERY`; the
-//! floor leaves room for a client that waits for a quarter), so a command
-//! held below that would wait for an acknowledgement that never comes; with it, every command whose client reads goes on,
-//! however full the budget. Floors count against the budget while their
-//! commands run, and what a command holds beyond its floor must fit beside
-//! them: what is held exceeds the budget by at most the floors of the
-//! commands that started while it was full.
+//! A command may always hold its *floor*, so that every command whose
+//! client reads goes on, however full the budget. A client acknowledges
+//! output once it has taken part of its window since its last
+//! acknowledgement (an eighth, `proto::session::output::ACK_EVERY`), or at
+//! once when asked (`AckWanted`, for a client whose hello says it answers
+//! one). A read that finds no room asks (the session sends the ask), so
+//! for such a client the floor is two reads (`credit::ASKED_FLOOR`: one held
+//! until the ask is answered, one more to read meanwhile); for a client
+//! that never answers an ask it is a quarter of its output window and one
+//! read (the floor leaves room for a client that waits for a quarter).
+//! Floors count against the budget while their commands run, and what a
+//! command holds beyond its floor must fit beside them: what is held
+//! exceeds the budget by at most the floors of the commands that started
+//! while it was full.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use proto::keys::PublicKey;
@@ -97,6 +101,12 @@ pub(crate) struct Share {
     /// Charged and not yet given back (changed only under the budget's
     /// lock).
     outstanding: AtomicU64,
+    /// A take found no room since [`take_asked`](Self::take_asked) last
+    /// looked: the command's client should acknowledge what it has.
+    asked: AtomicBool,
+    /// Told when a take finds no room (the session then asks the client
+    /// for an acknowledgement).
+    wake: Option<Arc<Notify>>,
 }
 
 impl Share {
@@ -115,8 +125,21 @@ impl Share {
                 waited = true;
                 self.budget.lock().waits += 1;
             }
+            // What it holds comes back only as its client acknowledges it:
+            // ask for that now, not once a window's eighth is taken; and
+            // again after each answer that did not make room (the session
+            // keeps one ask outstanding per call at most).
+            self.asked.store(true, Ordering::Release);
+            if let Some(wake) = &self.wake {
+                wake.notify_one();
+            }
             freed.await;
         }
+    }
+
+    /// Whether a take found no room since last asked (and forgets it).
+    pub(crate) fn take_asked(&self) -> bool {
+        self.asked.swap(false, Ordering::AcqRel)
     }
 
     fn excess(&self, held: u64) -> u64 {
@@ -233,14 +256,22 @@ impl Unacked {
     }
 
     /// A share for a new command of `key` whose floor is `floor` (set
-    /// aside until the share is dropped).
-    pub(crate) fn share(self: &Arc<Self>, key: Option<PublicKey>, floor: u64) -> Share {
+    /// aside until the share is dropped); `wake` is told when a take finds
+    /// no room.
+    pub(crate) fn share(
+        self: &Arc<Self>,
+        key: Option<PublicKey>,
+        floor: u64,
+        wake: Option<Arc<Notify>>,
+    ) -> Share {
         self.lock().each(key, |h| h.floors += floor);
         Share {
             budget: Arc::clone(self),
             key,
             floor: AtomicU64::new(floor),
             outstanding: AtomicU64::new(0),
+            asked: AtomicBool::new(false),
+            wake,
         }
     }
 
@@ -287,8 +318,8 @@ mod tests {
         let budget = Unacked::new(1000, 600);
         let a = StaticKeypair::generate().unwrap().public();
         let b = StaticKeypair::generate().unwrap().public();
-        let a1 = Arc::new(budget.share(Some(a), 100));
-        let b1 = budget.share(Some(b), 100);
+        let a1 = Arc::new(budget.share(Some(a), 100, None));
+        let b1 = budget.share(Some(b), 100, None);
         a1.take(600).await;
         // Over a's share (its floor and 500 beyond): waits, while b still
         // gets in.
@@ -317,7 +348,7 @@ mod tests {
     async fn a_finished_command_gives_back_its_floor_and_holds_only_what_is_unacknowledged() {
         let budget = Unacked::new(1000, 1000);
         let a = StaticKeypair::generate().unwrap().public();
-        let done = budget.share(Some(a), 400);
+        let done = budget.share(Some(a), 400, None);
         done.take(50).await;
         assert_eq!(budget.floors(), 400);
         done.finish();
@@ -325,7 +356,7 @@ mod tests {
         assert_eq!((budget.used(), budget.floors()), (50, 0));
         // Room for another's 950 beyond its own floor: the finished one
         // holds its 50, nothing set aside.
-        let next = budget.share(Some(a), 0);
+        let next = budget.share(Some(a), 0, None);
         let fits = tokio::time::timeout(std::time::Duration::from_millis(10), next.take(950)).await;
         assert!(fits.is_ok(), "a finished command's floor still set aside");
         let over = tokio::time::timeout(std::time::Duration::from_millis(10), next.take(1)).await;
@@ -340,8 +371,8 @@ mod tests {
     async fn a_command_within_its_floor_always_reads_and_floors_are_set_aside() {
         let budget = Unacked::new(1000, 1000);
         let a = StaticKeypair::generate().unwrap().public();
-        let big = budget.share(Some(a), 100);
-        let small = budget.share(Some(a), 100);
+        let big = budget.share(Some(a), 100, None);
+        let small = budget.share(Some(a), 100, None);
         // 800 beyond the big one's floor fits beside both floors...
         big.take(900).await;
         // ...and nothing more beyond a floor does, but the small one's
@@ -356,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn more_floors_than_the_budget_hold_only_their_floors() {
         let budget = Unacked::new(1000, 1000);
-        let shares: Vec<Share> = (0..20).map(|_| budget.share(None, 100)).collect();
+        let shares: Vec<Share> = (0..20).map(|_| budget.share(None, 100, None)).collect();
         for s in &shares {
             s.take(100).await;
         }

@@ -31,6 +31,7 @@ fn envelopes() -> Vec<Vec<u8>> {
         Body::Hello(session::Hello {
             client_version: "rex/3".into(),
             output_window: 4 << 20,
+            acks_when_asked: true,
         }),
         Body::Exec(session::ExecRequest {
             argv: vec![
@@ -58,6 +59,7 @@ fn envelopes() -> Vec<Vec<u8>> {
             seq: 7,
             window: 8 << 20,
         }),
+        Body::AckWanted(session::AckWanted {}),
         Body::Resize(session::Resize {
             rows: 40,
             cols: 120,
@@ -214,6 +216,7 @@ fn main() {
         body: Some(Body::Hello(session::Hello {
             client_version: "rex/3".into(),
             output_window: 4 << 20,
+            acks_when_asked: true,
         })),
     };
     let exec = |call_id: u64| session::Envelope {

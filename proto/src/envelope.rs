@@ -121,6 +121,7 @@ mod tests {
             Body::Hello(s::Hello {
                 client_version: "1.0".into(),
                 output_window: 1 << 22,
+                acks_when_asked: true,
             }),
             Body::HelloAck(s::HelloAck {
                 server_version: "1.0".into(),
@@ -142,6 +143,7 @@ mod tests {
                 seq: 9,
                 window: 1 << 24,
             }),
+            Body::AckWanted(s::AckWanted {}),
             Body::Resume(s::Resume {
                 token: Bytes::from_static(&[7; 16]),
                 proof: Bytes::from_static(&[9; 32]),
@@ -150,6 +152,7 @@ mod tests {
                     next_seq: 12,
                 }],
                 abandon: true,
+                acks_when_asked: true,
             }),
             Body::Resumed(s::Resumed {
                 expired: true,

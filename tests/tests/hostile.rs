@@ -705,10 +705,12 @@ async fn clients_that_stop_reading_hold_at_most_the_exec_servers_budget_and_then
     const WINDOW: u32 = 4 * 1024 * 1024;
     const TOTAL: u64 = 3 * 1024 * 1024;
     const PER_KEY: u64 = 2 * 1024 * 1024;
-    // What each command may always hold (what its client takes before it
-    // acknowledges, and one read): the budget is exceeded by at most the
-    // floors of commands started while it was full.
-    const FLOOR: u64 = WINDOW as u64 / 4 + exec_server::credit::CHUNK_CREDIT;
+    // What each command may always hold (two reads: its client
+    // acknowledges when the exec-server asks): the budget is exceeded by
+    // at most the floors of commands started while it was full. (Before
+    // clients answered asks, a quarter of the window and a read: eight
+    // stalled readers could hold 8 MiB beyond the budget.)
+    const FLOOR: u64 = exec_server::credit::ASKED_FLOOR;
     // More than a command's whole window: each must wait on its output.
     const OUTPUT: usize = 6 * 1024 * 1024 + 17;
     let relay = TestRelay::start().await.unwrap();

@@ -24,6 +24,19 @@ use crate::stdin::StdinSender;
 /// Signals queued per process.
 const CONTROL_QUEUE: usize = 16;
 
+/// How a new call's output is credited.
+pub(super) struct OutputCredit<'a> {
+    /// The call's output window.
+    pub(super) window: u32,
+    /// Its session's bounds while the link is down.
+    pub(super) retention: &'a std::sync::Arc<Retention>,
+    /// Its client acknowledges when asked (the call's floor of the
+    /// exec-server's budget is then two reads).
+    pub(super) acks_when_asked: bool,
+    /// Told when the call's process waits for room in that budget.
+    pub(super) ack_wake: &'a std::sync::Arc<tokio::sync::Notify>,
+}
+
 /// A running call.
 pub(super) struct Call {
     pub(super) control: mpsc::Sender<Control>,
@@ -171,8 +184,14 @@ impl Call {
         events: mpsc::Sender<Outgoing>,
         session_cancel: &CancellationToken,
         stdin_wake: &std::sync::Arc<tokio::sync::Notify>,
-        (output_window, retention): (u32, &std::sync::Arc<Retention>),
+        output: OutputCredit<'_>,
     ) -> Self {
+        let OutputCredit {
+            window: output_window,
+            retention,
+            acks_when_asked,
+            ack_wake,
+        } = output;
         let Starting {
             call_id,
             client,
@@ -280,7 +299,8 @@ impl Call {
         let credit = Credit::new(output_window, Some(std::sync::Arc::clone(retention))).charged_to(
             std::sync::Arc::clone(&ctx.unacked),
             client,
-            output_window,
+            crate::credit::floor(output_window, acks_when_asked),
+            Some(std::sync::Arc::clone(ack_wake)),
         );
         let io = ProcessIo {
             call_id,

@@ -275,6 +275,9 @@ struct Runner {
     session_cancel: CancellationToken,
     /// Woken when a process has taken stdin.
     stdin_wake: Arc<Notify>,
+    /// Woken when a process waits for room in the exec-server's budget
+    /// for unacknowledged output.
+    ack_wake: Arc<Notify>,
     client: Option<PublicKey>,
     /// Where the session comes from.
     origin: Origin,
@@ -338,6 +341,7 @@ impl Runner {
             events_rx,
             session_cancel,
             stdin_wake: Arc::new(Notify::new()),
+            ack_wake: Arc::new(Notify::new()),
             client: None,
             session_id: metadata::record::new_id(),
             unsent_chunks: Vec::new(),
@@ -694,6 +698,9 @@ enum Input {
     Event(Outgoing),
     /// Some process has taken stdin.
     StdinTaken,
+    /// Some process waits for room in the exec-server's budget for
+    /// unacknowledged output: its client is asked to acknowledge.
+    AckWanted,
     /// The authorized keys changed.
     KeysChanged,
     /// A new link whose client asks to resume this session (boxed: its
@@ -710,6 +717,7 @@ impl Endpoint<Machine> for Runner {
         _blocked: bool,
     ) -> impl std::future::Future<Output = Wake<Input>> + Send {
         let stdin = Arc::clone(&self.stdin_wake);
+        let acks = Arc::clone(&self.ack_wake);
         let events = &mut self.events_rx;
         let keys = &mut self.keys;
         let takeovers = self.takeovers.as_mut();
@@ -720,6 +728,8 @@ impl Endpoint<Machine> for Runner {
                 // Acknowledgements are taken even over the backlog: one per
                 // call at most, and a client may be waiting for them.
                 () = stdin.notified() => Wake::Input(Input::StdinTaken),
+                // As small, and what frees the exec-server's budget.
+                () = acks.notified() => Wake::Input(Input::AckWanted),
                 Ok(()) = keys.changed() => Wake::Input(Input::KeysChanged),
                 out = events.recv(), if accepting => match out {
                     Some(out) => Wake::Input(Input::Event(out)),
@@ -734,6 +744,13 @@ impl Endpoint<Machine> for Runner {
         match input {
             Input::Event(out) => self.push(machine, out, now),
             Input::StdinTaken => self.report_stdin(machine, now),
+            Input::AckWanted => {
+                for (call_id, call) in &self.calls {
+                    if call.credit.take_asked() {
+                        machine.want_ack(*call_id, now);
+                    }
+                }
+            }
             // Its client came back over a new link: while parked, the new
             // link takes the session over; while this one still looked
             // alive, this one is given up for it.
@@ -822,7 +839,12 @@ impl Endpoint<Machine> for Runner {
                     self.events_tx.clone(),
                     &self.session_cancel,
                     &self.stdin_wake,
-                    (window, &self.retention),
+                    call::OutputCredit {
+                        window,
+                        retention: &self.retention,
+                        acks_when_asked: machine.acks_when_asked(),
+                        ack_wake: &self.ack_wake,
+                    },
                 );
                 self.calls.insert(call_id, call);
             }

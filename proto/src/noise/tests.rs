@@ -120,6 +120,7 @@ fn handshake_and_envelopes_both_ways() {
         body: Some(Body::Hello(s::Hello {
             client_version: "test".into(),
             output_window: 0,
+            acks_when_asked: false,
         })),
         ..Default::default()
     };

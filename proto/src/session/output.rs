@@ -146,6 +146,9 @@ pub(super) struct Received {
     /// The widest window told: what the exec-server may have in flight
     /// while it hears of a narrower one.
     widest: u64,
+    /// The exec-server asked for an acknowledgement ([`asked`](Self::asked))
+    /// when nothing taken was left to acknowledge: the next take answers.
+    asked: bool,
 }
 
 impl Received {
@@ -160,6 +163,7 @@ impl Received {
             acked_seq: None,
             flow: Adaptive::new(u64::from(window), u64::from(ceiling)),
             widest: u64::from(window),
+            asked: false,
         }
     }
 
@@ -244,12 +248,32 @@ impl Received {
         }
         self.taken_seq = Some(self.taken_seq.map_or(seq, |s| s.max(seq)));
         let window = self.flow.window();
-        if window == 0 || self.taken - self.acked < (window / ACK_EVERY).max(1) {
+        let due = self.asked || self.taken - self.acked >= (window / ACK_EVERY).max(1);
+        if window == 0 || !due {
             return None;
         }
+        self.asked = false;
         self.acked = self.taken;
         self.acked_seq = self.taken_seq;
         self.taken_seq
+    }
+
+    /// The exec-server asked for an acknowledgement (its memory for
+    /// unacknowledged output is short): the sequence number to acknowledge
+    /// now if the caller took anything since the last one; otherwise the
+    /// next take is acknowledged at once, whatever its size.
+    pub(super) fn asked(&mut self) -> Option<u64> {
+        if self.flow.window() == 0 {
+            return None;
+        }
+        if self.taken > self.acked {
+            self.asked = false;
+            self.acked = self.taken;
+            self.acked_seq = self.taken_seq;
+            return self.taken_seq;
+        }
+        self.asked = true;
+        None
     }
 
     /// Whether a measurement is worth its ping ([`Adaptive::due`]).
@@ -364,6 +388,27 @@ mod tests {
         }
         assert_eq!(rx.idle(t0 + super::super::window::IDLE_AFTER), Some(14));
         assert_eq!(rx.window(), 1000);
+    }
+
+    #[test]
+    fn asked_the_client_acknowledges_what_was_taken_at_once_or_with_the_next_take() {
+        let mut rx = Received::new(8000, 8000);
+        for _ in 0..3 {
+            rx.receive(1, 100, Instant::now(), None).unwrap();
+        }
+        // Nothing taken yet: the next take answers, however small.
+        assert_eq!(rx.asked(), None);
+        assert_eq!(rx.taken(0, 100), Some(0));
+        // Asked once, answered once: the eighth of the window applies again.
+        assert_eq!(rx.taken(1, 100), None);
+        // Taken and not acknowledged: acknowledged at once.
+        assert_eq!(rx.asked(), Some(1));
+        assert_eq!(rx.taken(2, 100), None);
+        // Without a window nothing is ever acknowledged.
+        let mut none = Received::new(0, 0);
+        none.receive(1, 100, Instant::now(), None).unwrap();
+        assert_eq!(none.asked(), None);
+        assert_eq!(none.taken(0, 100), None);
     }
 
     #[test]

@@ -397,6 +397,38 @@ impl<T> ClientSession<T> {
         self.watch_window(call_id);
     }
 
+    /// The exec-server asked for the call's output to be acknowledged: the
+    /// endpoint hears of it ([`ClientEvent::AckWanted`]), reports what its
+    /// caller took, and answers ([`answer_ack_wanted`](Self::answer_ack_wanted)).
+    /// Nothing happens for a call that is over (the ask crossed its end).
+    pub(super) fn ack_wanted(&mut self, call_id: u64) {
+        if self.calls.contains_key(&call_id) {
+            self.events.push(ClientEvent::AckWanted { call_id });
+        }
+    }
+
+    /// Answers the exec-server's ask for the call's output to be
+    /// acknowledged ([`ClientEvent::AckWanted`]), once the endpoint has
+    /// reported what its caller took: all of it is acknowledged now, or,
+    /// if nothing was taken since the last acknowledgement, the next
+    /// report is, however small.
+    pub fn answer_ack_wanted(&mut self, call_id: u64, now: Now) {
+        if self.shared.is_over() {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if let Some(seq) = call.output.asked() {
+            let ack = Body::OutputAck(OutputAck {
+                seq,
+                window: call.output.window(),
+            });
+            let _ = self.shared.send(call_id, None, ack, None, now);
+            self.after(now);
+        }
+    }
+
     /// Sends an output acknowledgement of `seq`, whatever was received (a
     /// peer that lies).
     #[cfg(test)]

@@ -119,6 +119,15 @@ pub enum ClientEvent {
     Ready(Ready),
     /// A call's terminal event.
     Call(CallEvent),
+    /// The exec-server asked for the call's output to be acknowledged (its
+    /// memory for unacknowledged output is short). An endpoint that holds
+    /// back what its caller took (to report it in larger steps) reports it
+    /// now with [`ClientSession::output_taken`], or with the caller's next
+    /// take: the machine acknowledges the next report at once.
+    AckWanted {
+        /// The call.
+        call_id: u64,
+    },
     /// A ping was answered.
     Pong {
         /// The ping's nonce (from [`ClientSession::ping`]).
@@ -367,6 +376,7 @@ fn early_payload(
         body: Some(Body::Hello(Hello {
             client_version: env!("CARGO_PKG_VERSION").into(),
             output_window: limits.output_window,
+            acks_when_asked: true,
         })),
     };
     let exec = Envelope {
@@ -813,6 +823,10 @@ impl<T> ClientSession<T> {
             Some(Body::Spans(_)) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "forwarded spans",
             ))),
+            Some(Body::AckWanted(_)) => {
+                self.ack_wanted(env.call_id);
+                Ok(())
+            }
             None => Err(SessionError::Protocol(Violation::EmptyMessage)),
         }
     }
@@ -821,6 +835,7 @@ impl<T> ClientSession<T> {
         let hello = Body::Hello(Hello {
             client_version: env!("CARGO_PKG_VERSION").into(),
             output_window: self.shared.limits.output_window,
+            acks_when_asked: true,
         });
         self.shared
             .send(0, None, hello, None, now)

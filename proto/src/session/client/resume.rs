@@ -168,6 +168,7 @@ impl<T> ClientSession<T> {
             proof: bytes::Bytes::copy_from_slice(&resumable.secret.proof(&hash)),
             calls,
             abandon: self.abandoning,
+            acks_when_asked: true,
         });
         self.shared
             .send(0, None, resume, None, now)

@@ -153,6 +153,7 @@ impl<T> ServerSession<T> {
                 finished: false,
                 produced: (0, 0),
                 exit: None,
+                ack: super::Ask::No,
             },
         );
         self.events.push(ServerEvent::Exec {
@@ -299,6 +300,8 @@ impl<T> ServerSession<T> {
                     }
                 }
             }
+            // An ask that waited for output to reach the link goes now.
+            self.send_ask(call_id, now);
             if last {
                 if keep {
                     self.bound_finished();

@@ -294,6 +294,23 @@ struct Call {
     produced: (u64, u64),
     /// Its exit, once pushed.
     exit: Option<crate::pb::session::Exited>,
+    /// Where an ask for an acknowledgement stands
+    /// ([`ServerSession::want_ack`]).
+    ack: Ask,
+}
+
+/// A call's ask for an acknowledgement of its output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Ask {
+    /// None wanted.
+    #[default]
+    No,
+    /// Wanted, not sent yet: nothing unacknowledged has reached the link
+    /// (what the process holds is still on its way), or the link is down.
+    /// Sent with the call's next event, or once a resume replays it.
+    Wanted,
+    /// Sent; no acknowledgement that freed anything has come since.
+    Sent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +334,8 @@ pub struct ServerSession<T> {
     highest_call: u64,
     /// The session's output window (from the hello; 0: none).
     output_window: u32,
+    /// The client acknowledges output when asked (from its hello or resume).
+    acks_when_asked: bool,
     /// What a resume of this session is checked against, when offered.
     resumable: Option<resumable::Resumable>,
     /// The resume the client asked for, until adopted or refused.
@@ -375,6 +394,7 @@ impl<T> ServerSession<T> {
             calls: HashMap::new(),
             highest_call: 0,
             output_window: 0,
+            acks_when_asked: false,
             resumable: None,
             asked: None,
             detached: false,
@@ -444,6 +464,57 @@ impl<T> ServerSession<T> {
     /// back, and widens a call's window when the client asks).
     pub fn output_window(&self) -> u32 {
         self.output_window
+    }
+
+    /// Whether the client acknowledges a call's output when asked
+    /// ([`want_ack`](Self::want_ack)), whatever part of its window it has
+    /// taken: the endpoint may then hold a call's unacknowledged output to
+    /// far less than its window.
+    pub fn acks_when_asked(&self) -> bool {
+        self.acks_when_asked
+    }
+
+    /// Asks the client to acknowledge what it has taken of the call's
+    /// output (the endpoint's memory for unacknowledged output is short
+    /// and the call's process waits for room). Only a client that
+    /// [acknowledges when asked](Self::acks_when_asked) is asked, at most
+    /// once until it next acknowledges the call, and only once something
+    /// unacknowledged has been sent: an ask made before that (the output
+    /// the process holds still on its way, or the link down) goes with the
+    /// call's next event, or after a resume's replay.
+    pub fn want_ack(&mut self, call_id: u64, now: Now) {
+        if !self.acks_when_asked {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if call.ack == Ask::Sent {
+            return;
+        }
+        call.ack = Ask::Wanted;
+        self.send_ask(call_id, now);
+    }
+
+    /// Sends the call's wanted ask, if it may go now.
+    fn send_ask(&mut self, call_id: u64, now: Now) {
+        if self.state != State::Ready || self.detached {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if call.ack != Ask::Wanted || call.output.is_empty() {
+            return;
+        }
+        call.ack = Ask::Sent;
+        // Nothing of the call's trace rides on it: it is flow control.
+        let _ = self.send(
+            call_id,
+            None,
+            Body::AckWanted(crate::pb::session::AckWanted {}),
+            now,
+        );
     }
 
     /// The output window granted for `asked`: up to our ceiling, never
@@ -544,6 +615,7 @@ impl<T> ServerSession<T> {
             Body::Hello(hello) if self.state == State::Hello => {
                 let limits = self.shared.limits;
                 self.output_window = output::negotiate(hello.output_window, limits.output_window);
+                self.acks_when_asked = hello.acks_when_asked;
                 let ack = HelloAck {
                     server_version: self.acceptor.version.clone(),
                     max_processes: u32::try_from(limits.max_calls).unwrap_or(u32::MAX),
@@ -607,6 +679,12 @@ impl<T> ServerSession<T> {
                         .output
                         .ack(call_id, a.seq, call.next_seq)
                         .map_err(SessionError::Protocol)?;
+                    // An acknowledgement that frees nothing (one that only
+                    // tells a wider window) does not answer an ask: the
+                    // process that asked waits on, and asks no more.
+                    if freed > 0 && call.ack == Ask::Sent {
+                        call.ack = Ask::No;
+                    }
                     // The client widens a running call's window (up to
                     // our ceiling), or narrows it back when the call goes
                     // quiet (never below the session's); 0 leaves it.
@@ -726,6 +804,9 @@ impl<T> ServerSession<T> {
             )),
             Body::Event(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
                 "terminal event",
+            ))),
+            Body::AckWanted(_) => Err(SessionError::Protocol(Violation::UnexpectedMessage(
+                "acknowledgement asked for",
             ))),
         }
     }

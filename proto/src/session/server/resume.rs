@@ -136,9 +136,17 @@ impl<T> ServerSession<T> {
             })
         });
         self.output_window = parked.output_window;
+        self.acks_when_asked = asked.acks_when_asked;
         self.highest_call = parked.highest_call;
         self.trimmed = std::mem::take(&mut parked.trimmed);
         let mut calls = std::mem::take(&mut parked.calls);
+        // An ask sent while the link was breaking may be lost: it is sent
+        // again after the replay.
+        for call in calls.values_mut() {
+            if call.ack == super::Ask::Sent {
+                call.ack = super::Ask::Wanted;
+            }
+        }
         // A client that gives the session up wants none of its calls.
         let wanted: BTreeMap<u64, u64> = asked
             .calls
@@ -251,6 +259,10 @@ impl<T> ServerSession<T> {
                 now,
             );
         }
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for call_id in ids {
+            self.send_ask(call_id, now);
+        }
         if adopted.abandoned {
             self.close(ABANDONED, now);
         }
@@ -268,6 +280,7 @@ impl<T> ServerSession<T> {
         let token = self.offer_resume();
         let limits = self.shared.limits;
         self.output_window = output::negotiate(limits.output_window, limits.output_window);
+        self.acks_when_asked = asked.acks_when_asked;
         let calls = asked
             .calls
             .iter()

@@ -168,3 +168,103 @@ fn an_acknowledgement_of_output_never_sent_ends_the_session() {
         Some(Err(SessionError::Protocol(Violation::OutputAck(call)))) if *call == id
     ));
 }
+
+/// Delivers the exec-server's ask to the client and answers it, as an
+/// endpoint does once it has reported what its caller took.
+fn answer(p: &mut Pair, id: u64) {
+    p.run();
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::AckWanted { call_id } if *call_id == id)),
+        "the client's endpoint heard of the ask"
+    );
+    p.client_events.clear();
+    p.client.answer_ack_wanted(id, p.now);
+    p.run();
+}
+
+#[test]
+fn asked_for_an_acknowledgement_the_client_gives_what_its_caller_took() {
+    let window = MIN_WINDOW * 8;
+    let mut p = windowed(window);
+    assert!(
+        p.server.acks_when_asked(),
+        "the client said so in its hello"
+    );
+    let id = p.exec(false);
+    p.push(id, started());
+    for _ in 0..3 {
+        p.push(id, chunk(1000));
+    }
+    let events = p.client_calls();
+    assert_eq!(events.len(), 4);
+    // Far less than an eighth of the window taken: no acknowledgement.
+    let first: u64 = events[..2].iter().map(|e| cost(&e.2)).sum();
+    p.client.output_taken(id, events[1].1, first, p.now);
+    p.run();
+    assert_eq!(acked(&p, id), 0);
+    // Asked, the client acknowledges what its caller took, and no more.
+    p.server.want_ack(id, p.now);
+    answer(&mut p, id);
+    assert_eq!(acked(&p, id), first);
+    // Asked when its caller took nothing since, it answers the next take
+    // at once, however small.
+    p.server.want_ack(id, p.now);
+    answer(&mut p, id);
+    assert_eq!(acked(&p, id), first);
+    p.client
+        .output_taken(id, events[2].1, cost(&events[2].2), p.now);
+    p.run();
+    assert_eq!(acked(&p, id), first + cost(&events[2].2));
+    // Nothing unacknowledged is left to ask for once the caller took all.
+    p.client
+        .output_taken(id, events[3].1, cost(&events[3].2), p.now);
+    p.server.want_ack(id, p.now);
+    answer(&mut p, id);
+    assert_eq!(
+        acked(&p, id),
+        first + cost(&events[2].2) + cost(&events[3].2)
+    );
+    p.push(id, exit(0));
+}
+
+#[test]
+fn an_ask_made_before_output_reaches_the_link_goes_with_the_next_event() {
+    let mut p = windowed(MIN_WINDOW * 8);
+    let id = p.exec(false);
+    p.push(id, started());
+    let events = p.client_calls();
+    let first = cost(&events[0].2);
+    p.client.output_taken(id, events[0].1, first, p.now);
+    p.server.want_ack(id, p.now);
+    answer(&mut p, id);
+    assert_eq!(acked(&p, id), first);
+    // The process waits for room while its read is still on its way:
+    // nothing unacknowledged has been sent, so the ask waits...
+    p.server.want_ack(id, p.now);
+    p.run();
+    let asks = |p: &Pair| {
+        p.client_events
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::AckWanted { .. }))
+            .count()
+    };
+    assert_eq!(asks(&p), 0, "asked with nothing to acknowledge");
+    // ...and goes with the call's next event (asked again meanwhile, once).
+    p.server.want_ack(id, p.now);
+    p.push(id, chunk(1000));
+    p.run();
+    assert_eq!(asks(&p), 1);
+    let events = p.client_calls();
+    let (_, seq, kind, _) = events.last().unwrap();
+    answer(&mut p, id);
+    p.client.output_taken(id, *seq, cost(kind), p.now);
+    p.run();
+    assert_eq!(
+        acked(&p, id),
+        first + cost(kind),
+        "the next take answered the ask at once"
+    );
+    p.push(id, exit(0));
+}

@@ -113,6 +113,7 @@ async fn open(
     let hello = Body::Hello(Hello {
         client_version: env!("CARGO_PKG_VERSION").into(),
         output_window: 0,
+        acks_when_asked: false,
     });
     let hello = envelope::encode_new(0, None, hello).map_err(|e| e.to_string())?;
     transport.send(&hello).map_err(noise)?;
