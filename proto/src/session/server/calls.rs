@@ -280,7 +280,9 @@ impl<T> ServerSession<T> {
         };
         if let Ok(offset) = result {
             let keep = self.keep_finished();
+            let mut ask = false;
             if let Some(call) = self.calls.get_mut(&call_id) {
+                ask = call.ack == super::Ask::Wanted;
                 call.next_seq += 1;
                 call.produced.0 += bytes.0;
                 call.produced.1 += bytes.1;
@@ -301,7 +303,9 @@ impl<T> ServerSession<T> {
                 }
             }
             // An ask that waited for output to reach the link goes now.
-            self.send_ask(call_id, now);
+            if ask {
+                self.send_ask(call_id, now);
+            }
             if last {
                 if keep {
                     self.bound_finished();
