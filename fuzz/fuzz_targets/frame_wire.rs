@@ -98,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
     let mut outgoing = Vec::new();
     while let Ok(Some(arrived)) = block_on(reader.next()) {
         let (frame, message) = arrived.unchanged();
-        outgoing.push(Ok(Outgoing { frame, message }));
+        outgoing.push(Ok(Outgoing {
+            frame,
+            message,
+            until_sent: None,
+        }));
     }
     assert_eq!(outgoing.len(), frames.len());
     // (A message may write back longer than it came, e.g. a varint sent

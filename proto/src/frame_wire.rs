@@ -27,7 +27,8 @@
 //! - [`FrameReader`]: the frames of a request or response body.
 //! - [`Arrived`], [`Message`]: a frame as read, and the message it came in.
 //! - [`Outgoing`], [`FrameBody`]: a body of frames; a response's ends
-//!   with gRPC's trailers.
+//!   with gRPC's trailers. [`UntilSent`]: kept with a frame's bytes until
+//!   HTTP/2 has written them.
 //! - `call`, `encoded` (feature `channel`): a tunnel call, and a request
 //!   body written as tonic's client writes one.
 
@@ -36,7 +37,7 @@ mod body;
 mod call;
 mod reader;
 
-pub use body::{FrameBody, Outgoing};
+pub use body::{FrameBody, Outgoing, UntilSent};
 #[cfg(feature = "channel")]
 pub use call::{call, encoded};
 pub use reader::{Arrived, FrameReader, Message};

@@ -83,7 +83,7 @@ impl CreditStats {
     }
 
     /// The most payload one session under credit had here at once
-    /// (received from its exec-server and not yet taken toward its
+    /// (received from its exec-server and not yet sent toward its
     /// client).
     pub fn peak_held(&self) -> u64 {
         self.peak_held.load(Ordering::Relaxed)
@@ -231,7 +231,8 @@ pub(crate) struct SessionCredit {
     floor: u64,
     /// Payload bytes received from the exec-server.
     received: AtomicU64,
-    /// Payload bytes taken from the queue toward the client.
+    /// Payload bytes sent toward the client: written to its connection,
+    /// out of the relay's queue and HTTP/2's buffers both.
     forwarded: AtomicU64,
     /// The latest grant posted (the window at the start).
     granted: AtomicU64,
@@ -347,7 +348,8 @@ impl Drop for SessionCredit {
 }
 
 /// A frame's payload on its way to the client: forwarded (and granted
-/// again) when it is taken to be sent, or dropped with its session.
+/// again) once HTTP/2 has written it to the client's connection, or
+/// dropped with its session.
 #[derive(Debug)]
 pub(crate) struct Forwarding {
     credit: Arc<SessionCredit>,

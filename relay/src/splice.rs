@@ -50,40 +50,49 @@ use tokio::sync::mpsc;
 use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
 use crate::credit::{Forwarding, SessionCredit};
 use crate::wire::Inbound;
-use proto::frame_wire::{Message, Outgoing};
+use proto::frame_wire::{Message, Outgoing, UntilSent};
 
 /// A frame queued toward one side, with the bytes it holds of the budget
-/// (given back when the frame is taken to be sent).
+/// (given back when the frame has been sent). Boxed: a queue's slots are
+/// allocated in blocks, and a session's two queues cost a pointer a slot
+/// rather than a frame's fields.
 #[derive(Debug)]
-pub(crate) struct Charged {
+pub(crate) struct Charged(Box<Queued>);
+
+#[derive(Debug)]
+struct Queued {
     frame: Frame,
     /// The message it arrived in, passed on as it is.
     message: Option<Message>,
-    _charge: Option<Charge>,
-    /// Its payload under the exec-server's credit, granted again as it
-    /// leaves.
-    _forwarding: Option<Forwarding>,
+    charge: Option<Charge>,
+    /// Its payload under the exec-server's credit, granted again once it
+    /// has been sent.
+    forwarding: Option<Forwarding>,
 }
 
 impl Charged {
+    fn new(
+        frame: Frame,
+        message: Option<Message>,
+        charge: Option<Charge>,
+        forwarding: Option<Forwarding>,
+    ) -> Self {
+        Self(Box::new(Queued {
+            frame,
+            message,
+            charge,
+            forwarding,
+        }))
+    }
+
     /// A frame that is not counted (a clear close: one per session end).
     fn free(frame: Frame) -> Self {
-        Self {
-            frame,
-            message: None,
-            _charge: None,
-            _forwarding: None,
-        }
+        Self::new(frame, None, None, None)
     }
 
     /// A frame with its charge (none: not counted).
     pub(crate) fn counted(frame: Frame, charge: Option<Charge>) -> Self {
-        Self {
-            frame,
-            message: None,
-            _charge: charge,
-            _forwarding: None,
-        }
+        Self::new(frame, None, charge, None)
     }
 }
 
@@ -92,15 +101,28 @@ pub(crate) type Outbound = mpsc::Sender<Charged>;
 
 /// The frames of a tunnel half's body (the response of a stream this
 /// relay serves, or the request of a session it opened at a fleet peer):
-/// those queued on `rx`, each giving its bytes back as it is taken to be
-/// sent.
+/// those queued on `rx`, each giving its bytes back (to the budget, and to
+/// its session's credit) once HTTP/2 has written it to the connection. So
+/// what HTTP/2 buffers for a peer that stopped reading is counted as the
+/// queue is: a stalled session holds at most its credit here, in all.
 pub(crate) fn body_stream(
     rx: mpsc::Receiver<Charged>,
 ) -> impl futures::Stream<Item = Result<Outgoing, tonic::Status>> + Send + 'static {
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
+        let Queued {
+            frame,
+            message,
+            charge,
+            forwarding,
+        } = *c.0;
+        let until_sent = match (charge, forwarding) {
+            (None, None) => None,
+            counted => Some(UntilSent::new(counted)),
+        };
         Ok(Outgoing {
-            frame: c.frame,
-            message: c.message,
+            frame,
+            message,
+            until_sent,
         })
     })
 }
@@ -444,7 +466,7 @@ impl FirstForward {
 /// pump toward the client gives it back once the exec-server's first frame
 /// (its handshake answer) has passed. `credit`: the relay's credit for
 /// the frames from `from` (an exec-server that asked for it), checked as
-/// each arrives and granted again as each is taken toward the client.
+/// each arrives and granted again as each is sent toward the client.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump(
     mut from: Inbound,
@@ -557,12 +579,12 @@ pub(crate) async fn pump(
         if !frame.hop_traceparent.is_empty() || !frame.hop_timings.is_empty() {
             message = None;
         }
-        let charged = Charged {
+        let charged = Charged::new(
             frame,
             message,
-            _charge: Some(charge),
-            _forwarding: credit.as_ref().map(|c| Forwarding::new(c, len)),
-        };
+            Some(charge),
+            credit.as_ref().map(|c| Forwarding::new(c, len)),
+        );
         let sent = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
             r = to.send(charged) => r,
@@ -675,9 +697,9 @@ mod tests {
         }
         // The untraced ones as they came; the traced one written anew (its
         // hop header is the relay's to rewrite).
-        let passed: Vec<bool> = got.iter().map(|c| c.message.is_some()).collect();
+        let passed: Vec<bool> = got.iter().map(|c| c.0.message.is_some()).collect();
         assert_eq!(passed, [true, true, false]);
-        assert_eq!(got[1].frame, sent[1]);
+        assert_eq!(got[1].0.frame, sent[1]);
     }
 
     #[test]

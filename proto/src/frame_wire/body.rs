@@ -25,6 +25,8 @@ pub struct Outgoing {
     pub frame: Frame,
     /// The message it arrived in, passed on as it is.
     pub message: Option<Message>,
+    /// Kept until the frame's bytes have left this process.
+    pub until_sent: Option<UntilSent>,
 }
 
 impl From<Frame> for Outgoing {
@@ -32,7 +34,54 @@ impl From<Frame> for Outgoing {
         Self {
             frame,
             message: None,
+            until_sent: None,
         }
+    }
+}
+
+/// A value kept with a frame's bytes until HTTP/2 has written them to the
+/// connection (or dropped them with the stream), then dropped: so what
+/// counts the bytes a relay holds (its budget, its credit) counts them in
+/// HTTP/2's buffers too, not only in its own queue.
+pub struct UntilSent {
+    _value: Box<dyn Send + 'static>,
+}
+
+impl UntilSent {
+    /// Keeps `value` until the bytes it goes with are sent.
+    pub fn new(value: impl Send + 'static) -> Self {
+        Self {
+            _value: Box::new(value),
+        }
+    }
+}
+
+impl std::fmt::Debug for UntilSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UntilSent")
+    }
+}
+
+/// Bytes that keep a value alive for as long as any of them is held.
+struct Kept {
+    bytes: Bytes,
+    _until_sent: UntilSent,
+}
+
+impl AsRef<[u8]> for Kept {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// `bytes`, keeping `until_sent` (if any) until the last of them is dropped.
+fn kept(bytes: Bytes, until_sent: Option<UntilSent>) -> Bytes {
+    match until_sent {
+        Some(until_sent) => Bytes::from_owner(Kept {
+            bytes,
+            _until_sent: until_sent,
+        }),
+        None => bytes,
     }
 }
 
@@ -91,12 +140,19 @@ where
             // Passed on as it came: one chunk, one DATA frame.
             Some(Ok(Outgoing {
                 message: Some(Message(message)),
+                until_sent,
                 ..
-            })) => return Poll::Ready(Some(Ok(BodyFrame::data(message)))),
-            Some(Ok(Outgoing { frame, .. })) => match head(frame, self.max) {
-                Ok((head, payload)) => {
-                    self.payload = payload;
+            })) => return Poll::Ready(Some(Ok(BodyFrame::data(kept(message, until_sent))))),
+            Some(Ok(Outgoing {
+                frame, until_sent, ..
+            })) => match head(frame, self.max) {
+                // What is kept goes with the last chunk of the frame.
+                Ok((head, Some(payload))) => {
+                    self.payload = Some(kept(payload, until_sent));
                     return Poll::Ready(Some(Ok(BodyFrame::data(head))));
+                }
+                Ok((head, None)) => {
+                    return Poll::Ready(Some(Ok(BodyFrame::data(kept(head, until_sent)))));
                 }
                 Err(status) => status,
             },

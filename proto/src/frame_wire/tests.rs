@@ -232,7 +232,11 @@ async fn arrived(frames: &[Frame], extra: &[u8]) -> Vec<Outgoing> {
     let mut out = Vec::new();
     while let Some(a) = reader.next().await.unwrap() {
         let (frame, message) = a.unchanged();
-        out.push(Outgoing { frame, message });
+        out.push(Outgoing {
+            frame,
+            message,
+            until_sent: None,
+        });
     }
     out
 }
@@ -502,4 +506,55 @@ mod calls {
         );
         assert!(read_all(reader.await.unwrap()).await.unwrap().is_empty());
     }
+}
+
+/// Counts its drops.
+struct Dropped(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn what_is_kept_until_sent_lives_as_long_as_the_frames_bytes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let kept = |frame: Frame, message| {
+        Ok(Outgoing {
+            frame,
+            message,
+            until_sent: Some(super::UntilSent::new(Dropped(Arc::clone(&dropped)))),
+        })
+    };
+    let bulk = frames::data(Bytes::from(vec![5; 50_000]));
+    let passed_on = arrived(std::slice::from_ref(&bulk), b"").await.remove(0);
+    let frames = vec![
+        // Passed on as it arrived: one chunk.
+        kept(passed_on.frame, passed_on.message),
+        // Written anew: its head, then its payload.
+        kept(traced(&[1; 1000]), None),
+        // Written anew with no payload: its head only.
+        kept(frames::close(CloseReason::Timeout), None),
+    ];
+    let (chunks, status) = written_as(frames).await;
+    assert_eq!(status.code(), Code::Ok);
+    assert_eq!(chunks.len(), 4);
+    // The body has let go of every frame, but not of what their bytes keep.
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    let mut chunks = chunks.into_iter();
+    // A slice of the bytes (as HTTP/2 takes them) keeps it too.
+    let first = chunks.next().unwrap().slice(10..20);
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(first);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    // The rewritten frame's head keeps nothing; its payload does.
+    drop(chunks.next());
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    drop(chunks.next());
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    drop(chunks.next());
+    assert_eq!(dropped.load(Ordering::SeqCst), 3);
 }
