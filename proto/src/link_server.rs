@@ -7,9 +7,9 @@
 //! cannot take it, a copy nothing counts. Here a stream buffers at most
 //! [`SEND_BUFFER`]: what its peer cannot take waits in the relay's queue,
 //! which is counted and budgeted, and behind it in the sender's HTTP/2
-//! window and session credit. (The relay's count of a frame ends only when
-//! HTTP/2 has written it, `frame_wire::UntilSent`: what this buffer holds
-//! is counted too.) (Of what a session whose reader stopped
+//! window and session credit. The relay's count of a frame ends only when
+//! HTTP/2 has written it (`frame_wire::UntilSent`), so what this buffer
+//! holds is counted too. (Of what a session whose reader stopped
 //! holds at a relay, most is now what its sender could still push into the
 //! relay's receive window: see the security notes.)
 //!
