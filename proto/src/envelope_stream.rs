@@ -5,12 +5,17 @@
 //! boundaries, so several small messages share one record and a big one
 //! spans several.
 //!
-//! [`EnvelopeEncoder`] queues messages and hands out the stream in pieces;
+//! [`EnvelopeEncoder`] queues messages, their large byte fields shared
+//! rather than copied, and hands out the stream in pieces;
 //! [`EnvelopeDecoder`] takes pieces in any chunking and yields whole messages.
 //! A declared length is checked against the decoder's limit before any
 //! space is reserved for it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+mod pieces;
+
+use pieces::{Pieces, SHARED_FROM};
 
 use crate::limits::MAX_ENVELOPE;
 
@@ -34,9 +39,15 @@ pub enum EnvelopeStreamError {
 
 /// Queues messages, each with its length prefix, and hands out the
 /// resulting byte stream in pieces.
+///
+/// A large byte field of a message (a command's output, a client's
+/// stdin) is not copied into the stream: the stream holds the field's own
+/// bytes as one of its pieces, so what a session keeps for a resume and
+/// what waits to be encrypted are the same memory, and the one copy a
+/// byte takes on its way out is into its encrypted record.
 #[derive(Debug)]
 pub struct EnvelopeEncoder {
-    buf: BytesMut,
+    stream: Pieces,
     max: usize,
 }
 
@@ -56,7 +67,7 @@ impl EnvelopeEncoder {
     /// [`MAX_ENVELOPE`]).
     pub fn with_max(max: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
+            stream: Pieces::default(),
             max: max.min(MAX_ENVELOPE),
         }
     }
@@ -77,14 +88,15 @@ impl EnvelopeEncoder {
             return Err(too_large);
         }
         let len = u32::try_from(msg.len()).map_err(|_| too_large)?;
-        self.buf.reserve(LEN_PREFIX + msg.len());
-        self.buf.put_u32(len);
-        self.buf.put_slice(msg);
+        let mut w = self.stream.writer(LEN_PREFIX + msg.len());
+        w.put_u32(len);
+        w.put_slice(msg);
         Ok(())
     }
 
-    /// Appends `message` with its length prefix, encoded in place. Fails,
-    /// queuing nothing, if its encoded length is larger than the limit.
+    /// Appends `message` with its length prefix, encoded in place, its
+    /// large byte fields shared rather than copied. Fails, queuing
+    /// nothing, if its encoded length is larger than the limit.
     pub fn push_message(
         &mut self,
         message: &impl prost::Message,
@@ -94,28 +106,42 @@ impl EnvelopeEncoder {
         if len > self.max {
             return Err(too_large);
         }
-        let prefix = u32::try_from(len).map_err(|_| too_large)?;
-        self.buf.reserve(LEN_PREFIX + len);
-        self.buf.put_u32(prefix);
-        // Room is reserved: encoding into a growable buffer cannot fail.
-        let before = self.buf.len();
-        if message.encode(&mut self.buf).is_err() || self.buf.len() - before != len {
-            self.buf.truncate(before - LEN_PREFIX);
-            return Err(EnvelopeStreamError::TooLarge { len, max: self.max });
+        let Ok(prefix) = u32::try_from(len) else {
+            return Err(too_large);
+        };
+        let before = self.pending();
+        let mut w = self.stream.writer(LEN_PREFIX + len.min(SHARED_FROM));
+        w.put_u32(prefix);
+        // The writer grows as needed: encoding into it cannot fail.
+        let encoded = message.encode(&mut w).is_ok();
+        if !encoded || self.pending() - before != LEN_PREFIX + len {
+            self.stream.truncate(before);
+            return Err(too_large);
         }
         Ok(())
     }
 
     /// Bytes of encoded stream not yet taken.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.stream.len()
     }
 
     /// Takes up to `max` bytes off the front of the encoded stream (without
-    /// copying). Returns an empty buffer when nothing is pending.
+    /// copying when they lie in one piece). Returns an empty buffer when
+    /// nothing is pending.
     pub fn take(&mut self, max: usize) -> Bytes {
-        let n = max.min(self.buf.len());
-        self.buf.split_to(n).freeze()
+        self.stream.take(max)
+    }
+
+    /// Copies up to `max` bytes off the front of the encoded stream onto
+    /// the end of `out` (a record being built); returns how many.
+    pub fn take_into(&mut self, out: &mut BytesMut, max: usize) -> usize {
+        self.stream.take_into(out, max)
+    }
+
+    /// Drops everything pending; returns how many bytes that was.
+    pub fn clear(&mut self) -> usize {
+        self.stream.clear()
     }
 }
 
@@ -248,6 +274,72 @@ mod tests {
         assert_eq!(enc.take(100).as_ref(), &[0, 0, 0, 2, b'a', b'b']);
     }
 
+    fn output(seq: u64, data: Bytes) -> crate::pb::session::Envelope {
+        use crate::pb::session::{Envelope, TerminalEvent, envelope::Body, terminal_event::Kind};
+        Envelope {
+            call_id: 7,
+            trace: None,
+            send_time_unix_nanos: 1,
+            body: Some(Body::Event(TerminalEvent {
+                seq,
+                kind: Some(Kind::Stdout(data)),
+                timings: None,
+            })),
+        }
+    }
+
+    fn framed(msg: &impl prost::Message) -> Vec<u8> {
+        let mut v = (msg.encoded_len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(&msg.encode_to_vec());
+        v
+    }
+
+    #[test]
+    fn a_large_field_is_shared_not_copied() {
+        let data = Bytes::from(vec![0x5a; 40_000]);
+        let mut enc = EnvelopeEncoder::new();
+        enc.push(b"before").unwrap();
+        enc.push_message(&output(1, data.clone())).unwrap();
+        let want = [
+            &[0, 0, 0, 6][..],
+            b"before",
+            &framed(&output(1, data.clone())),
+        ]
+        .concat();
+        assert_eq!(enc.pending(), want.len());
+        // The stream holds the field itself: what comes before it in one
+        // piece, then the field's own memory.
+        let head = enc.take(want.len() - data.len());
+        assert_eq!(head.as_ref(), &want[..head.len()]);
+        let field = enc.take(usize::MAX);
+        assert_eq!(field.as_ptr(), data.as_ptr(), "the field was copied");
+        assert_eq!(field.len(), data.len());
+        assert_eq!(enc.pending(), 0);
+        // A small field is written in place.
+        enc.push_message(&output(2, Bytes::from_static(b"small")))
+            .unwrap();
+        assert_eq!(
+            enc.take(usize::MAX).as_ref(),
+            framed(&output(2, Bytes::from_static(b"small")))
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_leaves_the_stream_as_it_was() {
+        let mut enc = EnvelopeEncoder::with_max(10_000);
+        enc.push(b"kept").unwrap();
+        let err = enc.push_message(&output(1, Bytes::from(vec![1; 20_000])));
+        assert!(matches!(
+            err,
+            Err(EnvelopeStreamError::TooLarge { max: 10_000, .. })
+        ));
+        assert_eq!(
+            enc.take(usize::MAX).as_ref(),
+            &[&[0, 0, 0, 4][..], b"kept"].concat()
+        );
+        assert_eq!(enc.clear(), 0);
+    }
+
     #[test]
     fn oversized_length_is_rejected_before_allocation() {
         let mut dec = EnvelopeDecoder::new(16);
@@ -298,6 +390,47 @@ mod tests {
             }
             prop_assert_eq!(got, msgs);
             prop_assert_eq!(dec.buffered(), 0);
+        }
+
+        #[test]
+        fn messages_with_shared_fields_come_out_whole_however_taken(
+            sizes in prop::collection::vec(0usize..9000, 1..12),
+            cuts in prop::collection::vec((1usize..20_000, any::<bool>()), 1..32),
+        ) {
+            let mut enc = EnvelopeEncoder::new();
+            let mut want = Vec::new();
+            for (i, n) in sizes.iter().enumerate() {
+                let data = Bytes::from(vec![i as u8; *n]);
+                if i % 3 == 2 {
+                    enc.push(&data).unwrap();
+                    want.extend_from_slice(&(*n as u32).to_be_bytes());
+                    want.extend_from_slice(&data);
+                } else {
+                    let msg = output(i as u64, data);
+                    enc.push_message(&msg).unwrap();
+                    want.extend_from_slice(&framed(&msg));
+                }
+            }
+            prop_assert_eq!(enc.pending(), want.len());
+            let mut got = Vec::new();
+            let mut i = 0;
+            while enc.pending() > 0 {
+                let (n, into) = cuts[i % cuts.len()];
+                i += 1;
+                let before = enc.pending();
+                if into {
+                    let mut out = BytesMut::from(&b"x"[..]);
+                    let k = enc.take_into(&mut out, n);
+                    prop_assert_eq!(k, n.min(before));
+                    got.extend_from_slice(&out[1..]);
+                } else {
+                    let b = enc.take(n);
+                    prop_assert_eq!(b.len(), n.min(before));
+                    got.extend_from_slice(&b);
+                }
+                prop_assert_eq!(enc.pending(), before - n.min(before));
+            }
+            prop_assert_eq!(got, want);
         }
 
         #[test]

@@ -194,8 +194,8 @@ async fn hand_over(
     let Some(session) = ctx.parked.find(token) else {
         return Some(link);
     };
-    if let Err(e) = session.send(link).await {
-        return Some(e.0);
+    if let Err(e) = session.send(Box::new(link)).await {
+        return Some(*e.0);
     }
     back.await.ok()
 }
@@ -256,7 +256,7 @@ async fn park(
 
 /// The next link asking to take the session over, or never without a
 /// registration.
-async fn takeover(links: Option<&mut mpsc::Receiver<Handover>>) -> Option<Handover> {
+async fn takeover(links: Option<&mut mpsc::Receiver<Box<Handover>>>) -> Option<Box<Handover>> {
     match links {
         Some(links) => links.recv().await,
         None => std::future::pending().await,
@@ -308,7 +308,7 @@ struct Runner {
     /// [`Runner::register`]).
     token: Option<Vec<u8>>,
     /// New links whose client asks to resume this session.
-    takeovers: Option<mpsc::Receiver<Handover>>,
+    takeovers: Option<mpsc::Receiver<Box<Handover>>>,
     /// A new link that takes the session over from its current one.
     takeover: Option<Handover>,
     /// The output credit of finished calls whose output the client has
@@ -724,7 +724,7 @@ impl Endpoint<Machine> for Runner {
         async move {
             tokio::select! {
                 biased;
-                Some(link) = takeover(takeovers) => Wake::Input(Input::Takeover(Box::new(link))),
+                Some(link) = takeover(takeovers) => Wake::Input(Input::Takeover(link)),
                 // Acknowledgements are taken even over the backlog: one per
                 // call at most, and a client may be waiting for them.
                 () = stdin.notified() => Wake::Input(Input::StdinTaken),

@@ -69,7 +69,9 @@ pub(crate) struct Parked {
 
 #[derive(Debug, Default)]
 struct Inner {
-    waiting: HashMap<Vec<u8>, mpsc::Sender<Handover>>,
+    /// Boxed: a queue allocates its slots in blocks, and a hand-over holds
+    /// a whole machine.
+    waiting: HashMap<Vec<u8>, mpsc::Sender<Box<Handover>>>,
     tombstones: VecDeque<(Vec<u8>, Tombstone)>,
 }
 
@@ -83,7 +85,7 @@ impl Parked {
 
     /// Registers the session `token` names; what arrives on the receiver
     /// is a link that asks to resume it. `None` when too many are.
-    pub(super) fn park(&self, token: &[u8]) -> Option<mpsc::Receiver<Handover>> {
+    pub(super) fn park(&self, token: &[u8]) -> Option<mpsc::Receiver<Box<Handover>>> {
         let mut inner = self.lock();
         if inner.waiting.len() >= MAX_PARKED {
             return None;
@@ -99,7 +101,7 @@ impl Parked {
     }
 
     /// Where a resume of `token` goes, if that session can be resumed.
-    pub(super) fn find(&self, token: &[u8]) -> Option<mpsc::Sender<Handover>> {
+    pub(super) fn find(&self, token: &[u8]) -> Option<mpsc::Sender<Box<Handover>>> {
         self.lock().waiting.get(token).cloned()
     }
 

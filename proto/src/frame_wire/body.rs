@@ -17,6 +17,10 @@ use crate::pb::tunnel::Frame;
 /// `Frame.payload`'s field number.
 const PAYLOAD_FIELD: u32 = 2;
 
+/// The largest payload copied into its frame's head: below it a second
+/// DATA frame costs more than the copy.
+const INLINE_PAYLOAD: usize = 1024;
+
 /// A frame going out: written from the frame, or as the message it
 /// arrived in when that was kept.
 #[derive(Debug)]
@@ -171,7 +175,8 @@ where
 }
 
 /// The gRPC prefix and every field of `frame` but its payload, then the
-/// payload (`None` when empty).
+/// payload (`None` when it is empty or small enough to go in the head:
+/// one chunk, one DATA frame).
 fn head(mut frame: Frame, max: usize) -> Result<(Bytes, Option<Bytes>), Status> {
     let payload = std::mem::take(&mut frame.payload);
     let rest = frame.encoded_len();
@@ -186,7 +191,9 @@ fn head(mut frame: Frame, max: usize) -> Result<(Bytes, Option<Bytes>), Status> 
             "a frame of {len} bytes, over the limit of {max}"
         )));
     }
-    let mut head = BytesMut::with_capacity(PREFIX + rest + 11);
+    let inline = payload.len() <= INLINE_PAYLOAD;
+    let mut head =
+        BytesMut::with_capacity(PREFIX + rest + 11 + if inline { payload.len() } else { 0 });
     head.put_u8(0);
     // Within `max`, itself a u32 message length.
     head.put_u32(u32::try_from(len).map_err(|_| Status::out_of_range("a frame too large"))?);
@@ -198,6 +205,10 @@ fn head(mut frame: Frame, max: usize) -> Result<(Bytes, Option<Bytes>), Status> 
     }
     encode_key(PAYLOAD_FIELD, WireType::LengthDelimited, &mut head);
     encode_varint(payload.len() as u64, &mut head);
+    if inline {
+        head.extend_from_slice(&payload);
+        return Ok((head.freeze(), None));
+    }
     Ok((head.freeze(), Some(payload)))
 }
 

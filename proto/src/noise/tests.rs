@@ -235,6 +235,49 @@ fn one_mib_envelope_spans_messages() {
 }
 
 #[test]
+fn shared_output_fields_arrive_whole_and_in_order() {
+    use prost::Message as _;
+    let (mut c, mut srv) = pair();
+    // Output fields large enough to be shared, small ones written in
+    // place, and a whole envelope between them, spanning records.
+    let sizes = [100_000, 10, 4096, 70_000, 2047, 2048];
+    let sent: Vec<Envelope> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Envelope {
+            call_id: i as u64,
+            body: Some(Body::Event(s::TerminalEvent {
+                seq: i as u64,
+                kind: Some(s::terminal_event::Kind::Stdout(Bytes::from(vec![
+                    i as u8;
+                    n
+                ]))),
+                timings: None,
+            })),
+            ..Default::default()
+        })
+        .collect();
+    for (i, e) in sent.iter().enumerate() {
+        srv.send_message(e).unwrap();
+        if i == 2 {
+            srv.send(&ping(9)).unwrap();
+        }
+    }
+    let msgs = pump(&mut srv, &mut c, i0());
+    assert!(msgs.iter().all(|m| m.len() <= MAX_NOISE_MESSAGE));
+    let mut got = drain(&mut c)
+        .into_iter()
+        .map(|b| Envelope::decode(b).unwrap());
+    for (i, e) in sent.iter().enumerate() {
+        assert_eq!(got.next().as_ref(), Some(e));
+        if i == 2 {
+            assert_eq!(got.next().unwrap().call_id, 9);
+        }
+    }
+    assert!(got.next().is_none());
+}
+
+#[test]
 fn oversized_envelope_is_refused_on_send() {
     let (mut c, _srv) = pair();
     let err = c.send(&vec![0u8; MAX_ENVELOPE + 1]).unwrap_err();

@@ -155,7 +155,7 @@ impl Transport {
     /// Drops everything queued and not yet sent (the session is ending and
     /// it is no longer worth sending). Returns how many bytes were dropped.
     pub(crate) fn discard_pending(&mut self) -> usize {
-        self.encoder.take(usize::MAX).len()
+        self.encoder.clear()
     }
 
     /// The next Noise message to send, or `None` when nothing is pending.
@@ -195,9 +195,14 @@ impl Transport {
             .filter(|b| *b > self.stream_sent)
             .and_then(|b| usize::try_from(b - self.stream_sent).ok())
             .map_or(MAX_DATA_BODY, |n| n.min(MAX_DATA_BODY));
-        let chunk = self.encoder.take(limit);
-        self.stream_sent += chunk.len() as u64;
-        let msg = self.encrypt_record(RECORD_DATA, &chunk)?;
+        // The body straight from the stream's pieces, its type as a
+        // trailer, and room for the tag: encrypted in place, one copy of
+        // the body in all.
+        let n = limit.min(self.encoder.pending());
+        let mut out = BytesMut::with_capacity(n + 1 + NOISE_TAG);
+        self.stream_sent += self.encoder.take_into(&mut out, n) as u64;
+        out.extend_from_slice(&[RECORD_DATA]);
+        let msg = self.seal_record(out)?;
         self.sent_since_rekey = self.sent_since_rekey.saturating_add(1);
         Ok(Some(msg))
     }
@@ -239,7 +244,7 @@ impl Transport {
         let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
         let msg = self.encrypt_record(RECORD_CLOSE, reason.as_bytes())?;
         self.closed = true;
-        let _discarded = self.encoder.take(usize::MAX);
+        self.encoder.clear();
         Ok(msg)
     }
 
@@ -410,7 +415,16 @@ impl Transport {
         let mut out = BytesMut::with_capacity(body.len() + 1 + NOISE_TAG);
         out.extend_from_slice(body);
         out.extend_from_slice(&[kind]);
-        self.send.seal(&mut out)?;
+        self.seal_record(out)
+    }
+
+    /// Encrypts a record's body and type trailer (`out`) in place. Any
+    /// failure ends the session.
+    fn seal_record(&mut self, mut out: BytesMut) -> Result<Bytes, TransportError> {
+        if let Err(e) = self.send.seal(&mut out) {
+            self.dead = true;
+            return Err(e);
+        }
         let n = out.len();
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += n as u64;
