@@ -11,8 +11,9 @@
 //! across DATA frames is gathered into a buffer first. A frame going out
 //! is two chunks of the body: the gRPC prefix with every field but the
 //! payload, then the payload itself, which HTTP/2 writes from where it
-//! lies. The wire is gRPC's, unchanged: peers using tonic read and write
-//! the same bytes.
+//! lies; a payload of at most 1 KiB is copied into the first chunk, so a
+//! small frame is one DATA frame that its reader finds whole. The wire is
+//! gRPC's, unchanged: peers using tonic read and write the same bytes.
 //!
 //! A frame the relay passes on unchanged (no hop header, no timings: a
 //! bulk frame) goes further: the gRPC message it arrived in is written
