@@ -340,6 +340,47 @@ mod tests {
         assert_eq!(enc.clear(), 0);
     }
 
+    /// A message that writes one byte more than it says it will.
+    #[derive(Debug)]
+    struct Lying(Bytes);
+
+    impl prost::Message for Lying {
+        fn encode_raw(&self, buf: &mut impl BufMut) {
+            prost::encoding::bytes::encode(1, &self.0, buf);
+            buf.put_u8(0);
+        }
+        fn merge_field(
+            &mut self,
+            _: u32,
+            _: prost::encoding::WireType,
+            _: &mut impl Buf,
+            _: prost::encoding::DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            Ok(())
+        }
+        fn encoded_len(&self) -> usize {
+            prost::encoding::bytes::encoded_len(1, &self.0)
+        }
+        fn clear(&mut self) {}
+    }
+
+    #[test]
+    fn a_message_that_writes_other_than_its_length_is_taken_back_whole() {
+        for n in [10, 40_000] {
+            let mut enc = EnvelopeEncoder::new();
+            enc.push(b"kept").unwrap();
+            let err = enc.push_message(&Lying(Bytes::from(vec![1; n])));
+            assert!(matches!(err, Err(EnvelopeStreamError::TooLarge { .. })));
+            // Written in place or shared, all of it is gone again.
+            assert_eq!(enc.pending(), 8, "a field of {n} bytes");
+            enc.push(b"next").unwrap();
+            assert_eq!(
+                enc.take(usize::MAX).as_ref(),
+                &[&[0, 0, 0, 4][..], b"kept", &[0, 0, 0, 4], b"next"].concat()
+            );
+        }
+    }
+
     #[test]
     fn oversized_length_is_rejected_before_allocation() {
         let mut dec = EnvelopeDecoder::new(16);

@@ -142,7 +142,6 @@ unsafe impl BufMut for Writer<'_> {
         self.stream.tail.remaining_mut()
     }
 
-    #[allow(unsafe_code)]
     unsafe fn advance_mut(&mut self, cnt: usize) {
         // SAFETY: the caller initialised `cnt` bytes of the chunk that
         // `chunk_mut` returned, which is the tail's.
@@ -163,12 +162,7 @@ unsafe impl BufMut for Writer<'_> {
     {
         let n = src.remaining();
         if n < SHARED_FROM {
-            while src.has_remaining() {
-                let chunk = src.chunk();
-                let k = chunk.len();
-                self.stream.tail.extend_from_slice(chunk);
-                src.advance(k);
-            }
+            self.stream.tail.put(src);
             return;
         }
         // A `Bytes` hands itself over without a copy.
