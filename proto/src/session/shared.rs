@@ -13,6 +13,14 @@ use crate::noise::Transport;
 use crate::pb::session::{Envelope, TerminalEvent, TraceContext, envelope::Body};
 use crate::pb::tunnel::{CloseReason, Frame};
 
+/// Room above the backlog bound for what the peer's frames ask in reply
+/// (pongs, acknowledgements of stdin). A machine's own output stops at the
+/// bound (one chunk past it at most), and an exec-server stops reading only
+/// once replies have filled this room too: a session full of its own output
+/// still reads its peer (acknowledgements, a cancel, its link's end), while
+/// a peer that asks and never reads still cannot grow it.
+pub(super) const REPLY_ROOM: usize = crate::limits::MAX_CHUNK + 16 * 1024;
+
 /// A marked message waiting to leave.
 #[derive(Debug)]
 struct Pending<T> {
@@ -133,6 +141,12 @@ impl<T> Shared<T> {
     /// Whether the backlog is over its bound.
     pub(super) fn over_backlog(&self) -> bool {
         self.backlog() > self.limits.backlog
+    }
+
+    /// Whether the backlog is over its bound and the [room](REPLY_ROOM)
+    /// above it for replies.
+    pub(super) fn over_reply_room(&self) -> bool {
+        self.backlog() > self.limits.backlog + REPLY_ROOM
     }
 
     /// Notes a frame arriving (for [`Received`] and the idle clock).

@@ -939,11 +939,12 @@ impl<T> ServerSession<T> {
     }
 
     /// Whether the machine reads frames now: not while events wait, nor
-    /// while the backlog is over its bound (every frame may need an
-    /// answer).
+    /// while replies have filled the backlog's room above its bound (every
+    /// frame may need an answer). A backlog over its bound from the
+    /// session's own output alone stops its output, not its reading.
     pub(crate) fn wants_frames(&self) -> bool {
         self.shared.is_over()
-            || (self.events.is_empty() && self.early.is_none() && !self.shared.over_backlog())
+            || (self.events.is_empty() && self.early.is_none() && !self.shared.over_reply_room())
     }
 
     /// Whether the machine takes terminal events now.

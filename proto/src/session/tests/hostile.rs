@@ -275,6 +275,37 @@ fn the_exec_server_stops_taking_events_over_its_backlog() {
 }
 
 #[test]
+fn an_exec_server_full_of_its_own_output_still_reads_its_client() {
+    let mut p = Pair::ready();
+    let id = p.exec(false);
+    p.push(id, started());
+    p.client_reads = false;
+    let chunk = Bytes::from(vec![3u8; crate::limits::MAX_CHUNK]);
+    let mut pushed = 0;
+    while p.server.wants_input() {
+        p.server
+            .push(id, Kind::Stdout(chunk.clone()), None, None, p.now)
+            .unwrap();
+        pushed += 1;
+        p.run();
+        assert!(pushed < 10_000, "the backlog bound never applied");
+    }
+    assert!(p.server.backlog() > Limits::server().backlog);
+    // Its own output stopped its output, not its reading: the client's
+    // cancel gets through, and so would its link's end.
+    assert!(p.server.wants_frames());
+    p.client.forget(id, None, p.now);
+    p.run();
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Cancel { .. })),
+        "{:?}",
+        p.server_events
+    );
+}
+
+#[test]
 fn the_clients_backlog_bound_stops_its_commands_not_its_reading() {
     let mut p = Pair::ready();
     let id = p.exec(true);
