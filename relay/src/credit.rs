@@ -23,8 +23,9 @@
 //!
 //! A grant travels on the exec-server's registration stream (`Credit`),
 //! never behind the session's own frames the other way, which the
-//! exec-server stops reading while that session's backlog is full: it
-//! always reads its registration stream. Grants are cumulative, so the
+//! exec-server stops reading once that session's backlog and the room
+//! above it for replies are full: it always reads its registration
+//! stream. Grants are cumulative, so the
 //! [`Outbox`] keeps only each stream's latest until the registration's
 //! writer takes them: it holds at most one entry per live stream.
 //!
