@@ -251,9 +251,10 @@ fn a_hostile_client_sending_stdin_for_a_null_stdin_call_is_cut_off() {
     ));
 }
 
-#[test]
-fn the_exec_server_stops_taking_events_over_its_backlog() {
-    let mut p = Pair::ready();
+/// Starts a call whose client stops reading, and pushes its output until
+/// the exec-server takes no more: the backlog's bound applied. Returns
+/// the call.
+fn fill_with_output(p: &mut Pair) -> u64 {
     let id = p.exec(false);
     p.push(id, started());
     p.client_reads = false;
@@ -267,6 +268,13 @@ fn the_exec_server_stops_taking_events_over_its_backlog() {
         p.run();
         assert!(pushed < 10_000, "the backlog bound never applied");
     }
+    id
+}
+
+#[test]
+fn the_exec_server_stops_taking_events_over_its_backlog() {
+    let mut p = Pair::ready();
+    fill_with_output(&mut p);
     assert!(p.server.backlog() <= Limits::server().backlog + crate::limits::MAX_CHUNK + 64);
     // Once the client reads again, the exec-server takes events again.
     p.client_reads = true;
@@ -277,22 +285,11 @@ fn the_exec_server_stops_taking_events_over_its_backlog() {
 #[test]
 fn an_exec_server_full_of_its_own_output_still_reads_its_client() {
     let mut p = Pair::ready();
-    let id = p.exec(false);
-    p.push(id, started());
-    p.client_reads = false;
-    let chunk = Bytes::from(vec![3u8; crate::limits::MAX_CHUNK]);
-    let mut pushed = 0;
-    while p.server.wants_input() {
-        p.server
-            .push(id, Kind::Stdout(chunk.clone()), None, None, p.now)
-            .unwrap();
-        pushed += 1;
-        p.run();
-        assert!(pushed < 10_000, "the backlog bound never applied");
-    }
+    let id = fill_with_output(&mut p);
     assert!(p.server.backlog() > Limits::server().backlog);
-    // Its own output stopped its output, not its reading: the client's
-    // cancel gets through, and so would its link's end.
+    // Its own output stopped its output, not its reading: it still wants
+    // frames (so its driver reads the link, and sees the link's end), and
+    // the client's cancel gets through.
     assert!(p.server.wants_frames());
     p.client.forget(id, None, p.now);
     p.run();
