@@ -1,7 +1,15 @@
 //! The client's side: finished spans kept per trace until a call takes
 //! them for forwarding.
+//!
+//! When full, the oldest trace goes first, but a trace a call has already
+//! taken from goes only once no other is left: its spans since are ones
+//! that ended after the call's (the caller's own span around it) and will
+//! be taken again, whereas a process's other traces (spans of code that
+//! makes no call, an HTTP/2 library's own under a `tracing` layer that
+//! records everything) may never be; without this, enough of those would
+//! push a caller's span out before its call looked again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,14 +25,58 @@ use crate::otlp_wire::{self, EncodedResource};
 /// Spans kept in all, by default, until their calls take them.
 const DEFAULT_HELD: usize = 1024;
 
+/// Traces remembered as taken from, at most (the latest).
+const CLAIMED: usize = 256;
+
 #[derive(Debug)]
 struct Held {
     traces: HashMap<TraceId, Vec<SpanData>>,
-    /// Trace ids, oldest first (the first to go when full).
+    /// Held traces no call has taken from, oldest first (the first to go
+    /// when full).
     order: VecDeque<TraceId>,
+    /// Held traces a call has taken from, oldest first (to go only once
+    /// `order` is empty).
+    claimed_order: VecDeque<TraceId>,
+    /// The traces calls have taken from, the latest [`CLAIMED`].
+    claimed: HashSet<TraceId>,
+    /// The same, oldest first, to forget the oldest.
+    claimed_fifo: VecDeque<TraceId>,
     spans: usize,
     /// Spans let go unforwarded (evicted when full), not yet said.
     evicted: u32,
+}
+
+impl Held {
+    /// Lets the oldest trace go, one no call took from first; false if
+    /// none is held.
+    fn evict(&mut self) -> bool {
+        let Some(oldest) = self
+            .order
+            .pop_front()
+            .or_else(|| self.claimed_order.pop_front())
+        else {
+            return false;
+        };
+        let gone = self.traces.remove(&oldest).map_or(0, |s| s.len());
+        self.spans -= gone;
+        self.evicted = self
+            .evicted
+            .saturating_add(u32::try_from(gone).unwrap_or(u32::MAX));
+        true
+    }
+
+    /// Remembers that a call took from `trace_id`.
+    fn claim(&mut self, trace_id: TraceId) {
+        if !self.claimed.insert(trace_id) {
+            return;
+        }
+        self.claimed_fifo.push_back(trace_id);
+        if self.claimed_fifo.len() > CLAIMED
+            && let Some(old) = self.claimed_fifo.pop_front()
+        {
+            self.claimed.remove(&old);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -64,6 +116,9 @@ impl SpanCollector {
                 held: Mutex::new(Held {
                     traces: HashMap::new(),
                     order: VecDeque::new(),
+                    claimed_order: VecDeque::new(),
+                    claimed: HashSet::new(),
+                    claimed_fifo: VecDeque::new(),
                     spans: 0,
                     evicted: 0,
                 }),
@@ -105,22 +160,17 @@ impl SpanProcessor for SpanCollectorProcessor {
         }
         let trace_id = span.span_context.trace_id();
         let mut held = self.shared.lock();
-        while held.spans >= self.shared.max {
-            let Some(oldest) = held.order.pop_front() else {
-                break;
-            };
-            let gone = held.traces.remove(&oldest).map_or(0, |s| s.len());
-            held.spans -= gone;
-            held.evicted = held
-                .evicted
-                .saturating_add(u32::try_from(gone).unwrap_or(u32::MAX));
-        }
+        while held.spans >= self.shared.max && held.evict() {}
         let spans = held.traces.entry(trace_id).or_default();
         let new = spans.is_empty();
         spans.push(span);
         held.spans += 1;
         if new {
-            held.order.push_back(trace_id);
+            if held.claimed.contains(&trace_id) {
+                held.claimed_order.push_back(trace_id);
+            } else {
+                held.order.push_back(trace_id);
+            }
         }
     }
 
@@ -147,7 +197,11 @@ impl SpanSource for SpanCollector {
             let mut held = self.shared.lock();
             let spans = held.traces.remove(&trace_id).unwrap_or_default();
             held.spans -= spans.len();
-            held.order.retain(|t| *t != trace_id);
+            if !spans.is_empty() {
+                held.order.retain(|t| *t != trace_id);
+                held.claimed_order.retain(|t| *t != trace_id);
+            }
+            held.claim(trace_id);
             (spans, std::mem::take(&mut held.evicted))
         };
         let resource = Arc::clone(
@@ -306,5 +360,30 @@ mod tests {
         let taken = collector.take(second, 1 << 20);
         assert_eq!(taken.batches[0].spans, 3);
         assert_eq!(taken.dropped, 0);
+    }
+
+    #[test]
+    fn a_trace_a_call_took_from_outlasts_traces_none_did() {
+        use opentelemetry::trace::{Span as _, TraceContextExt as _};
+        let collector = SpanCollector::new(4);
+        let provider = provider(&collector);
+        let tracer = provider.tracer("t");
+        // A caller's span around its call, and the call's own span.
+        let caller = tracer.start("request");
+        let cx = Context::current_with_span(caller);
+        let trace = cx.span().span_context().trace_id();
+        tracer.start_with_context("call", &cx).end();
+        assert_eq!(collector.take(trace, 1 << 20).batches[0].spans, 1);
+        // The caller's span ends after the call's were taken; then more
+        // than the collector holds of traces no call takes.
+        cx.span().end();
+        for _ in 0..10 {
+            tracer.start_with_context("noise", &Context::new()).end();
+        }
+        assert_eq!(collector.held(), 4);
+        let taken = collector.take(trace, 1 << 20);
+        assert_eq!(taken.batches.len(), 1, "the caller's span was let go");
+        assert_eq!(taken.batches[0].spans, 1);
+        assert_eq!(taken.dropped, 7, "the noise let go is counted");
     }
 }
