@@ -338,15 +338,29 @@ impl Router {
     /// `call_id`'s, if the exec-server takes them (otherwise they stay
     /// where the process keeps them).
     fn forward_spans(&mut self, machine: &mut Machine, call_id: u64, trace_id: TraceId, now: Now) {
-        let (Some(source), Some(max)) = (&self.span_source, machine.span_batch_max()) else {
+        if self.span_source.is_none() || machine.span_batch_max().is_none() {
             return;
-        };
+        }
         if !self.forwarded.contains(&(call_id, trace_id)) {
-            if self.forwarded.len() >= crate::session::FORWARDS {
-                self.forwarded.pop_front();
+            if self.forwarded.len() >= crate::session::FORWARDS
+                && let Some((old_call, old_trace)) = self.forwarded.pop_front()
+            {
+                // Its last look: a span of its trace that ended after the
+                // call's own (a frame's, its write told late) goes now,
+                // not never.
+                self.send_spans(machine, old_call, old_trace, now);
             }
             self.forwarded.push_back((call_id, trace_id));
         }
+        self.send_spans(machine, call_id, trace_id, now);
+    }
+
+    /// Sends the spans of `trace_id` that have ended and were not sent yet,
+    /// as call `call_id`'s.
+    fn send_spans(&mut self, machine: &mut Machine, call_id: u64, trace_id: TraceId, now: Now) {
+        let (Some(source), Some(max)) = (&self.span_source, machine.span_batch_max()) else {
+            return;
+        };
         let taken = source.take(trace_id, max as usize);
         machine.spans_dropped(taken.dropped);
         for batch in taken.batches {

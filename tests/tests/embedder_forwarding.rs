@@ -42,8 +42,15 @@ mod app {
 
 /// The application's start-up: a tracer provider with no exporter, only
 /// the collector's processor; the `tracing-opentelemetry` layer on it; the
-/// same provider as the global one (which the library's spans use).
+/// same provider as the global one (which the library's spans use). Once
+/// for the process (its tests share it).
 fn install() -> (SdkTracerProvider, SpanCollector) {
+    static INSTALLED: std::sync::OnceLock<(SdkTracerProvider, SpanCollector)> =
+        std::sync::OnceLock::new();
+    INSTALLED.get_or_init(install_once).clone()
+}
+
+fn install_once() -> (SdkTracerProvider, SpanCollector) {
     let collector = SpanCollector::default();
     let provider = SdkTracerProvider::builder()
         .with_resource(
@@ -62,16 +69,12 @@ fn install() -> (SdkTracerProvider, SpanCollector) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedders_own_span_reaches_the_exec_servers_collector_once() {
-    let (_provider, collector) = install();
-    let rx = OtlpReceiver::start().await.unwrap();
-    let endpoint = rx.endpoint();
-    let stack = ProcStack::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]).unwrap();
-    let key = StaticKeypair::read_file(&stack.client_key).unwrap();
-    let client_key = key.public().to_string();
-    let server: PublicKey = stack.server_pub.parse().unwrap();
-    let mut config = ClientConfig::new(key, server, Target::Relay(stack.relay_url.clone()));
-    config.span_source = Some(Arc::new(collector.clone()));
-    let client = Client::new(config);
+    let (collector, rx, stack) = exporting().await;
+    let client_key = StaticKeypair::read_file(&stack.client_key)
+        .unwrap()
+        .public()
+        .to_string();
+    let client = client_of(&stack, &collector);
 
     app::handle_request(&client, 7).await;
     // The app's span ended after the call: it goes before the close.
@@ -122,6 +125,68 @@ async fn an_embedders_own_span_reaches_the_exec_servers_collector_once() {
         rx.spans()
             .iter()
             .any(|s| s.trace_id == trace && s.service == "exec-server")
+    );
+    rx.shutdown().await.unwrap();
+}
+
+/// The app's collector, a receiver, and a relay and an exec-server
+/// exporting to it.
+async fn exporting() -> (SpanCollector, OtlpReceiver, ProcStack) {
+    let (_provider, collector) = install();
+    let rx = OtlpReceiver::start().await.unwrap();
+    let endpoint = rx.endpoint();
+    let stack = ProcStack::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]).unwrap();
+    (collector, rx, stack)
+}
+
+/// A client of `stack`'s exec-server whose spans come from `collector`.
+fn client_of(stack: &ProcStack, collector: &SpanCollector) -> Client {
+    let key = StaticKeypair::read_file(&stack.client_key).unwrap();
+    let server: PublicKey = stack.server_pub.parse().unwrap();
+    let mut config = ClientConfig::new(key, server, Target::Relay(stack.relay_url.clone()));
+    config.span_source = Some(Arc::new(collector.clone()));
+    Client::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_that_ends_long_after_its_call_still_goes_once() {
+    // The session looks again at the traces of its last 64 calls when it
+    // closes. A span of an older call's trace that ended after that call's
+    // spans went (here the app's own, ended two calls later) goes when its
+    // call leaves those 64, not never; and meanwhile the spans of traces no
+    // call takes (HTTP/2's own, which this app's `tracing` layer records
+    // too: more than the collector holds) do not push it out.
+    use tracing::Instrument as _;
+    let (collector, rx, stack) = exporting().await;
+    let client = client_of(&stack, &collector);
+    let run = || async {
+        let out = client
+            .output(ExecSpec::new(["true"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.status, ExitStatus::Code(0));
+    };
+    let first = tracing::info_span!("first_request");
+    run().instrument(first.clone()).await;
+    run().await;
+    run().await;
+    drop(first);
+    for _ in 0..70 {
+        run().await;
+    }
+    client.close().await;
+    let all = rx
+        .wait_for(WAIT, |s| s.iter().any(|x| x.name == "first_request"))
+        .await;
+    let first: Vec<_> = all.iter().filter(|s| s.name == "first_request").collect();
+    assert_eq!(first.len(), 1, "{first:#?}");
+    // In the trace of its call, with the library's dispatch as its child.
+    assert!(
+        all.iter().any(|s| s.name == spans::TOOL_DISPATCH
+            && s.trace_id == first[0].trace_id
+            && s.parent_span_id.as_deref() == Some(first[0].span_id.as_str())),
+        "{all:#?}"
     );
     rx.shutdown().await.unwrap();
 }
