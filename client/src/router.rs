@@ -346,7 +346,7 @@ impl Router {
                 && let Some((old_call, old_trace)) = self.forwarded.pop_front()
             {
                 // Its last look: a span of its trace that ended after the
-                // call's own (a frame's, its write told late) goes now,
+                // call's own (the caller's span around it, say) goes now,
                 // not never.
                 self.send_spans(machine, old_call, old_trace, now);
             }
