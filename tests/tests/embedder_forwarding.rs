@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use integration_tests::bench::exec_true;
 use integration_tests::binaries::ProcStack;
 use integration_tests::otlp::{AttrValue, OtlpReceiver};
 use opentelemetry::trace::TracerProvider as _;
@@ -160,12 +161,7 @@ async fn a_span_that_ends_long_after_its_call_still_goes_once() {
     let (collector, rx, stack) = exporting().await;
     let client = client_of(&stack, &collector);
     let run = || async {
-        let out = client
-            .output(ExecSpec::new(["true"]))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(out.status, ExitStatus::Code(0));
+        exec_true(&client).await.unwrap();
     };
     let first = tracing::info_span!("first_request");
     run().instrument(first.clone()).await;
