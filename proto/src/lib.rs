@@ -11,7 +11,8 @@
 //! - [`relay_link`]: the gRPC endpoint and HTTP/2 settings every relay link
 //!   shares, and a link's sending half.
 //! - `link_server` (feature `server`): serving the links' gRPC services over
-//!   hyper with those settings and a small per-stream send buffer, every
+//!   HTTP/2 (h2) with those settings, a small per-stream send buffer and
+//!   a stream window a service may widen for its connection, every
 //!   connection a tracked task, drained at shutdown.
 //! - [`address`]: relay addresses as people type them (`HOST:PORT`,
 //!   `http://…`, `https://…`), for every `--relay` flag.

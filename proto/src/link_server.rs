@@ -1,40 +1,52 @@
 //! Serving links: the gRPC services of the relay (or of an exec-server's
-//! `--listen` port) over HTTP/2, with hyper's connection settings chosen
-//! here rather than left to a server builder that hides them.
+//! `--listen` port) over HTTP/2, served with the h2 crate directly so that
+//! the connection's settings are chosen here and can change while it runs.
 //!
-//! The setting that needs this is the send buffer. hyper buffers up to
-//! 400 KiB of each stream's outgoing data by default whenever the socket
-//! cannot take it, a copy nothing counts. Here a stream buffers at most
-//! [`SEND_BUFFER`]: what its peer cannot take waits in the relay's queue,
-//! which is counted and budgeted, and behind it in the sender's HTTP/2
-//! window and session credit. The relay's count of a frame ends only when
-//! HTTP/2 has written it (`frame_wire::UntilSent`), so what this buffer
-//! holds is counted too. (Of what a session whose reader stopped
-//! holds at a relay, most is now what its sender could still push into the
-//! relay's receive window: see the security notes.)
+//! Layout: `connection` serves one connection (its streams, keepalive,
+//! drain and window); `stream` serves one stream (the request's body read
+//! as HTTP/2 delivers it, the answer written within the send buffer);
+//! `window` is the stream window a service may widen ([`StreamWindow`]).
+//!
+//! Two settings need this:
+//! - The send buffer. A stream buffers at most [`SEND_BUFFER`] of its
+//!   outgoing data while the socket cannot take it: what its peer cannot
+//!   take waits in the relay's queue, which is counted and budgeted, and
+//!   behind it in the sender's HTTP/2 window and session credit. The
+//!   relay's count of a frame ends only when HTTP/2 has written it
+//!   (`frame_wire::UntilSent`), so what this buffer holds is counted too.
+//! - The stream window. Every connection starts with the links' 1 MiB
+//!   window for each stream its peer opens: what a session whose reader
+//!   stopped can leave unread here. A service that learns the connection
+//!   is one whose streams are bounded otherwise (an exec-server's, whose
+//!   sessions send only within the relay's credit) widens it
+//!   ([`StreamWindow`]), so that across a long path the credit, which
+//!   follows the path, is what limits a session, not HTTP/2. (hyper, which
+//!   served the links before, sets one window for every connection it
+//!   serves and never changes it.)
 //!
 //! Every connection is a task of this server, tracked, carrying the span
-//! current when [`serve`] was called; so is every stream task hyper
-//! starts. At `stop` the listener goes first, each connection is then told
-//! to drain (an HTTP/2 `GOAWAY`: no new streams, open ones go on), and
-//! [`serve`] returns once they have all closed.
+//! current when [`serve`] was called; so is every stream. At `stop` the
+//! listener goes first, each connection is then told to drain (an HTTP/2
+//! `GOAWAY`: no new streams, open ones go on), and [`serve`] returns once
+//! they have all closed.
+
+mod connection;
+mod stream;
+mod window;
+
+pub use window::StreamWindow;
 
 use std::future::Future;
 use std::pin::pin;
 
 use futures::{Stream, StreamExt};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
-use tonic::codegen::Service;
 use tonic::service::Routes;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::Instrument;
 
-use crate::relay_link::{
-    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
-};
+use crate::relay_link::{CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW};
 
 /// Most bytes of one stream's outgoing data the server buffers while the
 /// socket cannot take them (hyper's default is 400 KiB): enough that a
@@ -43,19 +55,16 @@ use crate::relay_link::{
 /// stream may hold one tunnel message beyond it.)
 pub const SEND_BUFFER: usize = 32 * 1024;
 
-/// Spawns hyper's stream tasks as tracked tasks in the current span.
-#[derive(Clone)]
-struct Tracked(TaskTracker);
+/// Most bytes of headers one request may carry.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-impl<F> hyper::rt::Executor<F> for Tracked
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        self.0.spawn(future.in_current_span());
-    }
-}
+/// Most streams a peer may have reset before the server took them (a
+/// flood of opened-and-reset streams costs the server nothing beyond it).
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Most streams the server may reset for a peer's errors before it closes
+/// the connection.
+const MAX_ERROR_RESETS: usize = 1024;
 
 /// Serves `routes` on each connection `incoming` yields until `stop`
 /// resolves, then drains the open connections and returns when the last
@@ -68,17 +77,17 @@ where
 {
     let routes = routes.prepare();
     let tracker = TaskTracker::new();
-    let mut builder = hyper::server::conn::http2::Builder::new(Tracked(tracker.clone()));
+    let mut builder = h2::server::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        // The services bound their own sessions; HTTP/2 does not.
-        .max_concurrent_streams(None)
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .max_send_buf_size(SEND_BUFFER)
-        .max_frame_size(MAX_FRAME_SIZE);
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(MAX_ERROR_RESETS));
+    // The services bound their own sessions; HTTP/2 does not (no stream
+    // limit is set).
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     {
         let mut incoming = pin!(incoming);
@@ -94,23 +103,15 @@ where
                 None => break,
             };
             let info = io.connect_info();
-            let routes = routes.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                routes.clone().call(req)
-            });
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            let mut drain = drain_rx.clone();
             tracker.spawn(
-                async move {
-                    let mut conn = pin!(conn);
-                    tokio::select! {
-                        result = &mut conn => return log_end(result),
-                        _ = drain.wait_for(|d| *d) => {}
-                    }
-                    conn.as_mut().graceful_shutdown();
-                    log_end(conn.await);
-                }
+                connection::serve(
+                    io,
+                    builder.clone(),
+                    routes.clone(),
+                    info,
+                    tracker.clone(),
+                    drain_rx.clone(),
+                )
                 .in_current_span(),
             );
         }
@@ -119,13 +120,6 @@ where
     let _ = drain_tx.send(true);
     tracker.close();
     tracker.wait().await;
-}
-
-/// A connection's error ends that connection only: it is logged at debug.
-fn log_end(result: Result<(), hyper::Error>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "link connection ended");
-    }
 }
 
 #[cfg(test)]
@@ -139,6 +133,7 @@ mod tests {
     use bytes::Bytes;
     use tokio::net::{TcpListener, TcpSocket};
     use tokio_util::sync::CancellationToken;
+    use tonic::codegen::{Service, http};
     use tonic::server::NamedService;
 
     use super::*;
@@ -157,8 +152,8 @@ mod tests {
         const NAME: &'static str = "test.Flood";
     }
 
-    impl Service<hyper::Request<tonic::body::Body>> for Flood {
-        type Response = hyper::Response<tonic::body::Body>;
+    impl Service<http::Request<tonic::body::Body>> for Flood {
+        type Response = http::Response<tonic::body::Body>;
         type Error = Infallible;
         type Future = std::future::Ready<Result<Self::Response, Infallible>>;
 
@@ -166,7 +161,7 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, req: hyper::Request<tonic::body::Body>) -> Self::Future {
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
             *self.peer.lock().unwrap() = req
                 .extensions()
                 .get::<TcpConnectInfo>()
@@ -174,10 +169,10 @@ mod tests {
             let taken = Arc::clone(&self.taken);
             let chunks = futures::stream::repeat_with(move || {
                 taken.fetch_add(CHUNK, Ordering::Relaxed);
-                Ok::<_, tonic::Status>(hyper::body::Frame::data(Bytes::from(vec![0; CHUNK])))
+                Ok::<_, tonic::Status>(http_body::Frame::data(Bytes::from(vec![0; CHUNK])))
             });
             let body = tonic::body::Body::new(http_body_util::StreamBody::new(chunks));
-            std::future::ready(Ok(hyper::Response::new(body)))
+            std::future::ready(Ok(http::Response::new(body)))
         }
     }
 
@@ -233,7 +228,7 @@ mod tests {
             .await
             .unwrap();
         let mut conn = Box::pin(conn);
-        let request = hyper::Request::post("http://127.0.0.1/test.Flood/Go")
+        let request = http::Request::post("http://127.0.0.1/test.Flood/Go")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(())
@@ -263,16 +258,18 @@ mod tests {
         server.await.unwrap();
     }
 
-    /// Notes the size of each DATA frame of every call's request body.
+    /// Notes the size of each DATA frame of every call's request body,
+    /// and answers once the body has ended; a call to `/test.Frames/Widen`
+    /// first widens its connection's stream window to `.1` bytes.
     #[derive(Clone, Default)]
-    struct Frames(Arc<std::sync::Mutex<Vec<usize>>>);
+    struct Frames(Arc<std::sync::Mutex<Vec<usize>>>, u32);
 
     impl NamedService for Frames {
         const NAME: &'static str = "test.Frames";
     }
 
-    impl Service<hyper::Request<tonic::body::Body>> for Frames {
-        type Response = hyper::Response<tonic::body::Body>;
+    impl Service<http::Request<tonic::body::Body>> for Frames {
+        type Response = http::Response<tonic::body::Body>;
         type Error = Infallible;
         type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
 
@@ -280,7 +277,13 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, req: hyper::Request<tonic::body::Body>) -> Self::Future {
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            if req.uri().path() == "/test.Frames/Widen" {
+                req.extensions()
+                    .get::<StreamWindow>()
+                    .unwrap()
+                    .widen(self.1);
+            }
             let sizes = Arc::clone(&self.0);
             Box::pin(async move {
                 let mut body = req.into_body();
@@ -289,7 +292,7 @@ mod tests {
                         sizes.lock().unwrap().push(data.len());
                     }
                 }
-                Ok(hyper::Response::new(tonic::body::Body::empty()))
+                Ok(http::Response::new(tonic::body::Body::empty()))
             })
         }
     }
@@ -313,7 +316,7 @@ mod tests {
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
         let conn = tokio::spawn(conn);
         let request = || {
-            hyper::Request::post("http://127.0.0.1/test.Frames/Go")
+            http::Request::post("http://127.0.0.1/test.Frames/Go")
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .body(())
@@ -334,6 +337,90 @@ mod tests {
         // unless told more); the window (1 MiB) does not split it here.
         assert_eq!(*frames.0.lock().unwrap(), vec![message]);
         conn.abort();
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    /// The send window the server gives a new stream of `client`'s
+    /// connection, once it has settled (read as what the stream may send
+    /// of far more than any window).
+    async fn window_of_a_new_stream(client: h2::client::SendRequest<Bytes>, path: &str) -> usize {
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://127.0.0.1{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (_answer, mut send) = client.send_request(request, false).unwrap();
+        send.reserve_capacity(64 << 20);
+        let mut last = 0;
+        let mut same = 0;
+        // Settled once it has not moved for a while (a SETTINGS change
+        // arrives after the stream opened).
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = send.capacity();
+            same = if now == last { same + 1 } else { 0 };
+            if same == 10 {
+                break;
+            }
+            last = now;
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn a_service_widens_the_stream_window_of_its_connection_only() {
+        const WIDE: u32 = 8 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            Routes::new(Frames(Arc::default(), WIDE)),
+            crate::relay_link::incoming(listener),
+            stop.clone().cancelled_owned(),
+        ));
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (client, conn) = h2::client::Builder::new()
+                .initial_window_size(64 << 20)
+                .initial_connection_window_size(1 << 30)
+                .max_send_buffer_size(64 << 20)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap();
+            (client, tokio::spawn(conn))
+        };
+        let (widened, widened_conn) = connect().await;
+        let (other, other_conn) = connect().await;
+
+        // Before any widening: the links' window.
+        assert_eq!(
+            window_of_a_new_stream(other.clone(), "/test.Frames/Other").await,
+            STREAM_WINDOW as usize
+        );
+        // A call that widens: the streams of its connection get the wider
+        // window.
+        let mut ask = widened.clone().ready().await.unwrap();
+        let request = http::Request::post("http://127.0.0.1/test.Frames/Widen")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (answer, _) = ask.send_request(request, true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        assert_eq!(
+            window_of_a_new_stream(widened.clone(), "/test.Frames/Other").await,
+            WIDE as usize
+        );
+        // The other connection keeps the links' window.
+        assert_eq!(
+            window_of_a_new_stream(other, "/test.Frames/Other").await,
+            STREAM_WINDOW as usize
+        );
+
+        widened_conn.abort();
+        other_conn.abort();
         stop.cancel();
         server.await.unwrap();
     }
