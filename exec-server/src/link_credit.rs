@@ -284,8 +284,8 @@ mod tests {
         // Not known yet: the least.
         let credits = Credits::new(65_536, None).unwrap();
         assert_eq!(credits.open().1, 65_536);
-        // A first sample of 20 ms: the widest window.
-        credits.sample(Duration::from_millis(20));
+        // A first sample of 50 ms: the widest window.
+        credits.sample(Duration::from_millis(50));
         assert_eq!(credits.open().1, proto::routing::MAX_CREDIT_WINDOW);
         // An `Accept` answered in 1 ms: the link is no longer than that.
         credits.sample(Duration::from_millis(1));

@@ -34,9 +34,25 @@ pub const CREDIT_WINDOW_HEADER: &str = "rex-credit-window";
 /// The rate a session's credit is sized for: one round trip of the link
 /// at it.
 pub const CREDIT_RATE: u64 = 400 * 1024 * 1024;
-/// The widest credit window a relay gives: HTTP/2's stream window bounds
-/// a stream beyond it anyway.
-pub const MAX_CREDIT_WINDOW: u32 = 1024 * 1024;
+/// The widest credit window a relay gives: a round trip of 40 ms at
+/// [`CREDIT_RATE`]. (What a relay lends beyond each session's floor comes
+/// from its pool, so the pool, not this, bounds what stalled sessions
+/// hold.) The relay's HTTP/2 window for a stream under credit is widened
+/// to match ([`stream_window_for_credit`]).
+pub const MAX_CREDIT_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// The HTTP/2 stream window a stream under `credit` bytes of payload
+/// credit needs so that the credit, not HTTP/2, is what limits it: the
+/// credit, an eighth more for what frames carry besides their payload,
+/// and one whole message (at most HTTP/2's largest window).
+pub fn stream_window_for_credit(credit: u64) -> u32 {
+    let message = (crate::limits::MAX_GRPC_MESSAGE + 5) as u64;
+    let window = credit.saturating_add(credit / 8).saturating_add(message);
+    u32::try_from(window).map_or(MAX_STREAM_WINDOW, |w| w.min(MAX_STREAM_WINDOW))
+}
+
+/// HTTP/2's largest window.
+const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
 
 /// The credit window for a link whose round trip is `rtt`, at least
 /// `least`: one round trip at [`CREDIT_RATE`], at most
@@ -120,13 +136,31 @@ mod tests {
             super::credit_window_for(65_536, Duration::from_millis(1)),
             419_430
         );
-        // Far away: HTTP/2's window is the most.
+        // 20 ms away: 20 ms at 400 MiB/s, past the links' 1 MiB.
+        assert_eq!(
+            super::credit_window_for(65_536, Duration::from_millis(20)),
+            8_388_608
+        );
+        // Far away: the most.
         assert_eq!(
             super::credit_window_for(65_536, Duration::from_millis(80)),
             super::MAX_CREDIT_WINDOW
         );
         // A least wider than that is kept.
         assert_eq!(super::credit_window_for(4 << 20, Duration::ZERO), 4 << 20);
+    }
+
+    #[test]
+    fn a_stream_under_credit_gets_a_window_the_credit_fills_first() {
+        let message = (crate::limits::MAX_GRPC_MESSAGE + 5) as u32;
+        // The links' own window stays for the least credit.
+        let least = super::stream_window_for_credit(u64::from(MIN_CREDIT_WINDOW));
+        assert!(least > MIN_CREDIT_WINDOW + message);
+        // The widest credit, with room for the frames around its payload.
+        let widest = super::stream_window_for_credit(u64::from(MAX_CREDIT_WINDOW));
+        assert_eq!(widest, MAX_CREDIT_WINDOW + MAX_CREDIT_WINDOW / 8 + message);
+        // Never past HTTP/2's largest.
+        assert_eq!(super::stream_window_for_credit(u64::MAX), (1 << 31) - 1);
     }
 
     use super::*;

@@ -91,8 +91,9 @@ pub const DEFAULT_MAX_FORWARDED: usize = 4096;
 pub const DEFAULT_SESSION_CREDIT: u32 = 256 * 1024;
 
 /// The default [`RelayConfig::credit_pool`]: 4 MiB, the whole window of
-/// 21 sessions moving at once next to the relay, or of 4 whose
-/// exec-servers are 2.5 ms or more away (1 MiB each).
+/// 21 sessions moving at once next to the relay, or of one whose
+/// exec-server is 10 ms or more away (a window is one round trip of the
+/// exec-server's link at 400 MiB/s, up to 16 MiB).
 pub const DEFAULT_CREDIT_POOL: u64 = 4 * 1024 * 1024;
 
 impl FleetConfig {

@@ -1,7 +1,7 @@
 //! The relay's own flow control of what an exec-server sends toward its
 //! clients: a credit per session, told apart from the data.
 //!
-//! HTTP/2 bounds a stream by a window fixed for its whole connection, so
+//! HTTP/2 bounds a stream by a window set for its whole connection, so
 //! what a session whose client stopped reading leaves at the relay is that
 //! window, whatever the session's path needs. An exec-server that asks for
 //! it (naming its `Accept` stream with `rex-credit-stream`) instead sends a
@@ -12,7 +12,10 @@
 //! again as the relay has forwarded toward the client since, a payload
 //! byte for a payload byte. So a stalled session holds at most the window
 //! here, and the rest waits at the exec-server, under its own budget for
-//! unacknowledged output.
+//! unacknowledged output. (Once the registry takes such a stream, the
+//! relay widens its connection's HTTP/2 stream window to match the
+//! window, `proto::link_server::StreamWindow`: across a long path the
+//! credit, not HTTP/2, is then what limits the session.)
 //!
 //! Of each window, only the floor ([`CREDIT_FLOOR`]: room for one frame of
 //! the largest payload) is the session's own. The rest is drawn from one
@@ -269,6 +272,11 @@ impl SessionCredit {
             pooled: Mutex::new(0),
             outbox,
         }))
+    }
+
+    /// The session's window: the most payload it may have here.
+    pub(crate) fn window(&self) -> u64 {
+        self.window
     }
 
     /// Counts `bytes` of payload received; false if they go past the

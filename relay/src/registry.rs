@@ -500,14 +500,15 @@ impl Registry {
     /// Keeps `half` as a spare of `server_id`'s registration, for the next
     /// `Open`: refused unless `token` is that registration's spare token
     /// (only the exec-server that proved its key was told it), and when it
-    /// already keeps [`MAX_SPARES`] live ones.
+    /// already keeps [`MAX_SPARES`] live ones. Returns the stream's credit
+    /// window, if it has credit.
     pub(crate) fn add_spare(
         &self,
         server_id: &str,
         token: &[u8; SPARE_TOKEN_LEN],
         mut half: AcceptedHalf,
         credit: Option<StreamCredit>,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<u64>, Status> {
         let mut inner = self.lock();
         let entry = inner
             .servers
@@ -522,8 +523,9 @@ impl Registry {
         }
         half.credit =
             credit.and_then(|c| SessionCredit::new(c.stream, c.asked, Arc::clone(&entry.outbox)));
+        let window = half.credit.as_ref().map(|c| c.window());
         entry.spares.push(half);
-        Ok(())
+        Ok(window)
     }
 
     /// A spare stream of `server_id` for a new session, with its session
@@ -582,19 +584,22 @@ impl Registry {
     }
 
     /// Hands the exec-server's half to the waiting client side. Fails if the
-    /// session is unknown or belongs to another exec-server.
+    /// session is unknown or belongs to another exec-server. Returns the
+    /// stream's credit window, if it has credit.
     pub(crate) fn accept(
         &self,
         session_id: &SessionId,
         server_id: &str,
         mut half: AcceptedHalf,
         credit: Option<StreamCredit>,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<u64>, Status> {
         let (deliver, outbox) = self.claim(session_id, server_id)?;
         half.credit = credit.and_then(|c| SessionCredit::new(c.stream, c.asked, outbox));
+        let window = half.credit.as_ref().map(|c| c.window());
         deliver
             .send(half)
-            .map_err(|_| Status::not_found("the client gave up on this session"))
+            .map_err(|_| Status::not_found("the client gave up on this session"))?;
+        Ok(window)
     }
 }
 

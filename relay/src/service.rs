@@ -850,26 +850,38 @@ impl RegistryServiceImpl {
             }),
             (None, _) => None,
         };
+        // The connection's stream window, widened below once a stream of
+        // it is known to send within the relay's credit.
+        let window = request
+            .extensions()
+            .get::<proto::link_server::StreamWindow>()
+            .cloned();
         let (tx, rx) = mpsc::channel(self.state.config.session_queue);
         let half = AcceptedHalf {
             inbound: request.into_inner(),
             outbound: tx,
             credit: None,
         };
-        match (spare, session_id) {
+        let credited = match (spare, session_id) {
             (Some(token), _) => {
                 let token =
                     token.ok_or_else(|| Status::invalid_argument("malformed spare token"))?;
                 self.state
                     .registry
-                    .add_spare(&server_id, &token, half, credit)?;
+                    .add_spare(&server_id, &token, half, credit)?
             }
             (None, Some(session_id)) => {
                 self.state
                     .registry
-                    .accept(&session_id, &server_id, half, credit)?;
+                    .accept(&session_id, &server_id, half, credit)?
             }
             (None, None) => return Err(Status::invalid_argument("missing session id")),
+        };
+        // A registered exec-server's stream under credit: the credit bounds
+        // what it leaves here, so HTTP/2 must not bound it more tightly
+        // (across a long path the credit grows past the links' 1 MiB).
+        if let (Some(credit), Some(window)) = (credited, window) {
+            window.widen(proto::routing::stream_window_for_credit(credit));
         }
         Ok(Response::new(Box::pin(splice::body_stream(rx))))
     }

@@ -9,7 +9,9 @@
 //! path a call's output credit, not HTTP/2's window, is what bounds the
 //! output in flight (it grows with the path, up to its ceiling), and
 //! Ctrl-C ends a command that prints without end with at most its credit
-//! after it. Fifty bulk sessions at once stay inside the relay's budget
+//! after it. An exec-server far from its relay likewise sends within the
+//! relay's credit, which follows its path, and not within HTTP/2's window
+//! for the relay's links. Fifty bulk sessions at once stay inside the relay's budget
 //! (its resident memory read from /proc). Counts and contents are asserted, never
 //! elapsed times.
 
@@ -35,6 +37,17 @@ fn credit() -> u64 {
 /// HTTP/2 frame headers and control frames beside the data.
 const FRAMING: u64 = 64 * 1024;
 
+/// `out` is a successful run that printed `len` zero bytes.
+fn assert_zeros(out: &std::process::Output, len: usize) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), len);
+    assert!(out.stdout.iter().all(|&b| b == 0));
+}
+
 #[test]
 fn across_a_long_path_the_calls_credit_grows_and_bounds_the_output_in_flight_not_http2() {
     const LEN: usize = 48 * 1024 * 1024;
@@ -52,13 +65,7 @@ fn across_a_long_path_the_calls_credit_grows_and_bounds_the_output_in_flight_not
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), LEN);
-    assert!(out.stdout.iter().all(|&b| b == 0));
+    assert_zeros(&out, LEN);
     let stats = link.shutdown();
     // More than the call's first credit was on the path at once (the
     // client widened it with the path; at 1 MiB of HTTP/2 window a 50 ms
@@ -67,6 +74,40 @@ fn across_a_long_path_the_calls_credit_grows_and_bounds_the_output_in_flight_not
     assert!(stats.down.peak_queued > credit() + FRAMING, "{stats}");
     let widest = u64::from(proto::session::Limits::client().output_window_max);
     assert!(stats.down.peak_queued <= widest + FRAMING, "{stats}");
+}
+
+/// The relay's HTTP/2 window for each stream of its links until it widens
+/// a connection: what an exec-server's session had in flight at most,
+/// however far away it was.
+const LINK_STREAM_WINDOW: u64 = 1024 * 1024;
+
+#[test]
+fn an_exec_server_across_a_long_path_sends_within_its_credit_not_the_links_window() {
+    const LEN: usize = 32 * 1024 * 1024;
+    let mut stack = ProcStack::start(&[]).unwrap();
+    // The exec-server registers through a 100 ms round trip; the CLI is
+    // next to the relay.
+    let link = emulated(&stack, Duration::from_millis(100));
+    stack.restart_server_via(&[&link.url()], &[], 1).unwrap();
+    let out = stack
+        .exec(&["head", "-c", &LEN.to_string(), "/dev/zero"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_zeros(&out, LEN);
+    let stats = link.shutdown();
+    // More than HTTP/2's window for one stream was on the path at once
+    // (the relay widened the exec-server's connection for its credit, which
+    // grew with the path), and never more than the widest credit.
+    assert!(
+        stats.up.peak_queued > LINK_STREAM_WINDOW + FRAMING,
+        "{stats}"
+    );
+    let widest = u64::from(proto::routing::MAX_CREDIT_WINDOW);
+    assert!(
+        stats.up.peak_queued <= widest + widest / 8 + FRAMING,
+        "{stats}"
+    );
 }
 
 #[test]
