@@ -239,8 +239,8 @@ where
             let Some(t) = machine.poll_transmit(now) else {
                 break;
             };
-            permit.send(Ok(t.frame));
             now = after_send(now, &t.done);
+            permit.send(Ok(t.frame));
             endpoint.transmitted(t.done, t.sent, now);
         }
         if machine.poll_end_link() {
@@ -271,8 +271,8 @@ where
                 match permit {
                     Some(permit) => {
                         if let Some(t) = machine.poll_transmit(now) {
-                            permit.send(Ok(t.frame));
                             now = after_send(now, &t.done);
+                            permit.send(Ok(t.frame));
                             endpoint.transmitted(t.done, t.sent, now);
                         }
                     }
@@ -497,7 +497,12 @@ impl From<Status> for LinkFailure {
 
 /// The time a record carrying marked messages was handed to the link (read
 /// again, so that their send spans include the encoding and sealing); for
-/// other records the wake's time stands.
+/// other records the wake's time stands. Read before the hand-over, never
+/// after: once handed over, the record may reach the peer (and a relay
+/// time its forward) while this thread waits to run, and a time of
+/// leaving later than that would put the far end's times before it (the
+/// placement of a relay's forwards, which must lie between a request
+/// leaving and its answer arriving, then finds no room).
 fn after_send<T>(now: Now, done: &[T]) -> Now {
     if done.is_empty() { now } else { Now::system() }
 }
