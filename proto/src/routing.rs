@@ -51,6 +51,13 @@ pub fn stream_window_for_credit(credit: u64) -> u32 {
     u32::try_from(window).map_or(MAX_STREAM_WINDOW, |w| w.min(MAX_STREAM_WINDOW))
 }
 
+/// The most a relay widens an authenticated client's connection to (for
+/// each stream, before [`stream_window_for_credit`]'s margin): what a
+/// call's stdin may have in flight across a long path (8 MiB: 160 MiB/s
+/// across a 50 ms round trip). A call's stdin window, which the
+/// exec-server enforces, bounds an honest client below it.
+pub const MAX_CLIENT_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// HTTP/2's largest window.
 const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
 

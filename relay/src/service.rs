@@ -285,13 +285,26 @@ impl TunnelService {
             )
         })?;
         // Once the session has authenticated, its connection is no
-        // longer an unauthenticated one of its address.
-        if let Some(client) = client {
-            let connections = Arc::clone(&state.connections);
-            startup = startup.on_authenticated(move || {
+        // longer an unauthenticated one of its address, and its streams
+        // get a window for a call's widest stdin window: what a client
+        // sends is then bounded by the exec-server's stdin windows, which
+        // follow the path, not by the links' 1 MiB (which held stdin across
+        // a 50 ms round trip to about 15 MiB/s).
+        let window = request
+            .extensions()
+            .get::<proto::link_server::StreamWindow>()
+            .cloned();
+        let connections = Arc::clone(&state.connections);
+        startup = startup.on_authenticated(move || {
+            if let Some(client) = client {
                 connections.trust(client);
-            });
-        }
+            }
+            if let Some(window) = window {
+                window.widen(proto::routing::stream_window_for_credit(u64::from(
+                    proto::routing::MAX_CLIENT_WINDOW,
+                )));
+            }
+        });
         // Handshake message 1 rides with the stream's opening: the
         // exec-server hears of the session only once it has arrived.
         let mut inbound = request.into_inner();

@@ -4,7 +4,9 @@
 //! (200 MB of it, compared with a local run of the same command), stdin of
 //! many megabytes arrives byte-exact (its digest on both sides) with more
 //! than its first window in flight (the window grew with the path),
-//! the emulator saw the bytes cross, and a link reset mid-command is
+//! the emulator saw the bytes cross (more than the relay's HTTP/2 window
+//! for a stream at once: the relay widens an authenticated client's
+//! connection), and a link reset mid-command is
 //! survived (the session resumes through a new connection). Across a long
 //! path a call's output credit, not HTTP/2's window, is what bounds the
 //! output in flight (it grows with the path, up to its ceiling), and
@@ -367,10 +369,16 @@ fn a_large_stdin_across_a_50ms_link_arrives_byte_exact() {
     let stats = link.shutdown();
     assert!(stats.up.delivered > LEN as u64, "{stats}");
     // The stdin window grew with the path: more than its first window
-    // (and a chunk) was on the path at once.
+    // (and a chunk) was on the path at once; and more than HTTP/2's window
+    // for a stream of the relay's links (the relay widened the client's
+    // connection once its session had authenticated).
     let first = u64::from(proto::session::Limits::server().stdin_window);
     let chunk = proto::limits::MAX_CHUNK as u64;
     assert!(stats.up.peak_queued > first + chunk + FRAMING, "{stats}");
+    assert!(
+        stats.up.peak_queued > LINK_STREAM_WINDOW + FRAMING,
+        "{stats}"
+    );
 }
 
 #[test]
