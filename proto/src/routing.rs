@@ -54,8 +54,9 @@ pub fn stream_window_for_credit(credit: u64) -> u32 {
 /// The most a relay widens an authenticated client's connection to (for
 /// each stream, before [`stream_window_for_credit`]'s margin): what a
 /// call's stdin may have in flight across a long path (8 MiB: 160 MiB/s
-/// across a 50 ms round trip). A call's stdin window, which the
-/// exec-server enforces, bounds an honest client below it.
+/// across a 50 ms round trip). An honest client sends within its call's
+/// stdin window, which the exec-server enforces; this bounds what any
+/// authenticated client's stream can leave unread at the relay.
 pub const MAX_CLIENT_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// HTTP/2's largest window.

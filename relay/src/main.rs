@@ -120,7 +120,7 @@ struct Args {
     session_buffer_kib: usize,
     /// KiB of credit each session gets at least for its frames toward the
     /// client, from an exec-server that asks for it (one farther away gets
-    /// a round trip of its link at 400 MiB/s, up to 1 MiB), while the
+    /// a round trip of its link at 400 MiB/s, up to 16 MiB), while the
     /// credit pool has room: the most such a session whose client stopped
     /// reading holds here. 0: no credit (sessions are bounded by HTTP/2's
     /// 1 MiB stream window instead); otherwise at least 64 (one frame of
@@ -131,7 +131,9 @@ struct Args {
     /// KiB of credit all sessions together may hold beyond 64 KiB each:
     /// however many stall, the relay holds at most 64 KiB of each and this
     /// pool. A window is cut to what the pool has left (0: every session
-    /// gets 64 KiB).
+    /// gets 64 KiB); an exec-server far from the relay moves a session's
+    /// output at about its window per round trip, so give such a relay a
+    /// pool of a few windows.
     #[arg(long, default_value_t = relay::config::DEFAULT_CREDIT_POOL / 1024,
           value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
     credit_pool_kib: u64,

@@ -286,10 +286,10 @@ impl TunnelService {
         })?;
         // Once the session has authenticated, its connection is no
         // longer an unauthenticated one of its address, and its streams
-        // get a window for a call's widest stdin window: what a client
-        // sends is then bounded by the exec-server's stdin windows, which
-        // follow the path, not by the links' 1 MiB (which held stdin across
-        // a 50 ms round trip to about 15 MiB/s).
+        // get a wider window (`MAX_CLIENT_WINDOW`): what a client sends is
+        // then held by the call's stdin window, which follows the path,
+        // not by the links' 1 MiB (which held stdin across a 50 ms round
+        // trip to about 15 MiB/s).
         let window = request
             .extensions()
             .get::<proto::link_server::StreamWindow>()
