@@ -140,6 +140,15 @@ mod tests {
 
     const CHUNK: usize = 16 * 1024;
 
+    /// A gRPC call's request head for `path` on the test server.
+    fn call(path: &str) -> http::Request<()> {
+        http::Request::post(format!("http://127.0.0.1{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    }
+
     /// Answers every call with endless output, counting what the server
     /// took of it, and notes the caller's address as the call saw it.
     #[derive(Clone)]
@@ -228,12 +237,7 @@ mod tests {
             .await
             .unwrap();
         let mut conn = Box::pin(conn);
-        let request = http::Request::post("http://127.0.0.1/test.Flood/Go")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (answer, _) = client.send_request(request, true).unwrap();
+        let (answer, _) = client.send_request(call("/test.Flood/Go"), true).unwrap();
         let answer = tokio::select! {
             a = answer => a.unwrap(),
             r = &mut conn => panic!("connection ended: {r:?}"),
@@ -315,20 +319,13 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
         let conn = tokio::spawn(conn);
-        let request = || {
-            http::Request::post("http://127.0.0.1/test.Frames/Go")
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap()
-        };
         // A first call, answered, so that the server's settings are in
         // force (before them a dialler sends at the protocol's defaults).
         let mut client = client.ready().await.unwrap();
-        let (answer, _) = client.send_request(request(), true).unwrap();
+        let (answer, _) = client.send_request(call("/test.Frames/Go"), true).unwrap();
         assert_eq!(answer.await.unwrap().status(), 200);
         let mut client = client.ready().await.unwrap();
-        let (answer, mut send) = client.send_request(request(), false).unwrap();
+        let (answer, mut send) = client.send_request(call("/test.Frames/Go"), false).unwrap();
         send.reserve_capacity(message);
         send.send_data(Bytes::from(vec![7; message]), true).unwrap();
         assert_eq!(answer.await.unwrap().status(), 200);
@@ -342,31 +339,26 @@ mod tests {
     }
 
     /// The send window the server gives a new stream of `client`'s
-    /// connection, once it has settled (read as what the stream may send
-    /// of far more than any window).
-    async fn window_of_a_new_stream(client: h2::client::SendRequest<Bytes>, path: &str) -> usize {
+    /// connection: what the stream may send of far more than any window,
+    /// once it is at least `least` (a SETTINGS change may arrive after the
+    /// stream opened; waited for as HTTP/2 assigns capacity, not by time).
+    async fn window_of_a_new_stream(
+        client: h2::client::SendRequest<Bytes>,
+        path: &str,
+        least: usize,
+    ) -> usize {
         let mut client = client.ready().await.unwrap();
-        let request = http::Request::post(format!("http://127.0.0.1{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (_answer, mut send) = client.send_request(request, false).unwrap();
+        let (_answer, mut send) = client.send_request(call(path), false).unwrap();
         send.reserve_capacity(64 << 20);
-        let mut last = 0;
-        let mut same = 0;
-        // Settled once it has not moved for a while (a SETTINGS change
-        // arrives after the stream opened).
-        for _ in 0..400 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let now = send.capacity();
-            same = if now == last { same + 1 } else { 0 };
-            if same == 10 {
-                break;
-            }
-            last = now;
+        while send.capacity() < least {
+            let more = std::future::poll_fn(|cx| send.poll_capacity(cx));
+            tokio::time::timeout(Duration::from_secs(30), more)
+                .await
+                .expect("no capacity assigned")
+                .unwrap()
+                .unwrap();
         }
-        last
+        send.capacity()
     }
 
     #[tokio::test]
@@ -395,28 +387,28 @@ mod tests {
         let (other, other_conn) = connect().await;
 
         // Before any widening: the links' window.
+        let links = STREAM_WINDOW as usize;
         assert_eq!(
-            window_of_a_new_stream(other.clone(), "/test.Frames/Other").await,
-            STREAM_WINDOW as usize
+            window_of_a_new_stream(other.clone(), "/test.Frames/Other", links).await,
+            links
         );
         // A call that widens: the streams of its connection get the wider
         // window.
         let mut ask = widened.clone().ready().await.unwrap();
-        let request = http::Request::post("http://127.0.0.1/test.Frames/Widen")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (answer, _) = ask.send_request(request, true).unwrap();
+        let (answer, _) = ask.send_request(call("/test.Frames/Widen"), true).unwrap();
         assert_eq!(answer.await.unwrap().status(), 200);
         assert_eq!(
-            window_of_a_new_stream(widened.clone(), "/test.Frames/Other").await,
+            window_of_a_new_stream(widened.clone(), "/test.Frames/Other", WIDE as usize).await,
             WIDE as usize
         );
-        // The other connection keeps the links' window.
+        // The other connection keeps the links' window (looked at after a
+        // call it has answered since).
+        let mut again = other.clone().ready().await.unwrap();
+        let (answer, _) = again.send_request(call("/test.Frames/Go"), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
         assert_eq!(
-            window_of_a_new_stream(other, "/test.Frames/Other").await,
-            STREAM_WINDOW as usize
+            window_of_a_new_stream(other, "/test.Frames/Other", links).await,
+            links
         );
 
         widened_conn.abort();
