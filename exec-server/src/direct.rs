@@ -83,16 +83,22 @@ impl Tunnel for DirectTunnel {
             }
         };
         // Once the session has authenticated, its connection is no
-        // longer an unauthenticated one of its address.
-        let startup = match request.remote_addr() {
-            Some(client) => {
-                let connections = Arc::clone(&self.connections);
-                startup.on_authenticated(move || {
-                    connections.trust(client);
-                })
+        // longer an unauthenticated one of its address, and its streams
+        // get an authenticated client's window, as at a relay.
+        let client = request.remote_addr();
+        let window = request
+            .extensions()
+            .get::<proto::link_server::StreamWindow>()
+            .cloned();
+        let connections = Arc::clone(&self.connections);
+        let startup = startup.on_authenticated(move || {
+            if let Some(client) = client {
+                connections.trust(client);
             }
-            None => startup,
-        };
+            if let Some(window) = window {
+                window.widen_for_authenticated_client();
+            }
+        });
         let local = request.local_addr();
         let origin = request
             .remote_addr()

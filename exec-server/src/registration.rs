@@ -316,7 +316,7 @@ async fn register_once(
     shutdown: &CancellationToken,
     registered: &watch::Sender<bool>,
 ) -> Result<bool, LinkError> {
-    let ep = proto::relay_link::endpoint(
+    let ep = proto::relay_link::exec_server_endpoint(
         url,
         proto::relay_link::CONNECT_TIMEOUT,
         &ctx.config.relay_tls,

@@ -113,6 +113,26 @@ pub fn client_endpoint(
     Ok(endpoint(url, connect_timeout, tls)?.initial_stream_window_size(Some(CLIENT_STREAM_WINDOW)))
 }
 
+/// [`endpoint`] for an exec-server's link to its relay: the same settings,
+/// with each stream's window as wide as what the relay lets an
+/// authenticated client have in flight
+/// ([`crate::routing::MAX_CLIENT_WINDOW`] and its margin), so that a
+/// client's stdin toward an exec-server far from its relay is held by the
+/// call's stdin window, which follows the path, not by HTTP/2's 1 MiB
+/// (which held it to about 20 MiB/s across a 50 ms round trip). An
+/// exec-server reads each session's frames as they come; what a stream can
+/// leave unread there is what its client sent beyond the stdin window
+/// while the session's backlog was full.
+#[cfg(feature = "channel")]
+pub fn exec_server_endpoint(
+    url: &str,
+    connect_timeout: Duration,
+    tls: &crate::tls::TlsSettings,
+) -> Result<tonic::transport::Endpoint, EndpointError> {
+    let window = crate::routing::authenticated_client_stream_window();
+    Ok(endpoint(url, connect_timeout, tls)?.initial_stream_window_size(Some(window)))
+}
+
 /// Why a connection failed, in words a person can act on: the innermost
 /// cause, preceded by the kind of TLS failure when there is one.
 pub fn why(err: &(dyn std::error::Error + 'static)) -> String {
@@ -197,14 +217,22 @@ mod tests {
         const INITIAL_WINDOW_SIZE: u16 = 0x4;
         const MAX_FRAME: u16 = 0x5;
         let tls = crate::tls::TlsSettings::default();
-        for (client, stream_window) in [(false, STREAM_WINDOW), (true, CLIENT_STREAM_WINDOW)] {
+        let exec_server = crate::routing::authenticated_client_stream_window();
+        assert!(exec_server > crate::routing::MAX_CLIENT_WINDOW);
+        type Make = fn(
+            &str,
+            Duration,
+            &crate::tls::TlsSettings,
+        ) -> Result<tonic::transport::Endpoint, EndpointError>;
+        let links: [(Make, u32); 3] = [
+            (endpoint, STREAM_WINDOW),
+            (client_endpoint, CLIENT_STREAM_WINDOW),
+            (exec_server_endpoint, exec_server),
+        ];
+        for (make, stream_window) in links {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
-            let endpoint = match client {
-                false => endpoint(&url, CONNECT_TIMEOUT, &tls),
-                true => client_endpoint(&url, CONNECT_TIMEOUT, &tls),
-            }
-            .unwrap();
+            let endpoint = make(&url, CONNECT_TIMEOUT, &tls).unwrap();
             let settings = first_settings(endpoint, listener).await;
             assert!(
                 settings.contains(&(MAX_FRAME, MAX_FRAME_SIZE)),

@@ -59,6 +59,15 @@ pub fn stream_window_for_credit(credit: u64) -> u32 {
 /// authenticated client's stream can leave unread at the relay.
 pub const MAX_CLIENT_WINDOW: u32 = 8 * 1024 * 1024;
 
+/// The HTTP/2 stream window of a link whose streams carry an
+/// authenticated client's frames: [`MAX_CLIENT_WINDOW`] and
+/// [`stream_window_for_credit`]'s margin (a relay's or a listening
+/// exec-server's connection from a client whose session has authenticated,
+/// and an exec-server's link to its relay).
+pub fn authenticated_client_stream_window() -> u32 {
+    stream_window_for_credit(u64::from(MAX_CLIENT_WINDOW))
+}
+
 /// HTTP/2's largest window.
 const MAX_STREAM_WINDOW: u32 = (1 << 31) - 1;
 

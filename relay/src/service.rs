@@ -300,9 +300,7 @@ impl TunnelService {
                 connections.trust(client);
             }
             if let Some(window) = window {
-                window.widen(proto::routing::stream_window_for_credit(u64::from(
-                    proto::routing::MAX_CLIENT_WINDOW,
-                )));
+                window.widen_for_authenticated_client();
             }
         });
         // Handshake message 1 rides with the stream's opening: the

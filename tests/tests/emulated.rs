@@ -6,7 +6,9 @@
 //! than its first window in flight (the window grew with the path),
 //! the emulator saw the bytes cross (more than the relay's HTTP/2 window
 //! for a stream at once: the relay widens an authenticated client's
-//! connection), and a link reset mid-command is
+//! connection; so does an exec-server that clients reach directly, and an
+//! exec-server far from its relay takes as wide a window on its own link),
+//! and a link reset mid-command is
 //! survived (the session resumes through a new connection). Across a long
 //! path a call's output credit, not HTTP/2's window, is what bounds the
 //! output in flight (it grows with the path, up to its ceiling), and
@@ -339,46 +341,91 @@ fn two_hundred_megabytes_across_a_50ms_link_arrive_byte_exact() {
     assert!(stats.down.delivered > total, "{stats}");
 }
 
-#[test]
-fn a_large_stdin_across_a_50ms_link_arrives_byte_exact() {
-    const LEN: usize = 24 * 1024 * 1024;
-    let data = pattern(LEN);
-    let stack = ProcStack::start(&[]).unwrap();
-    let link = emulated(&stack, Duration::from_millis(50));
-    let cmd = stack.exec_via(&link.url(), &[], &["sha256sum"]);
-    let out = binaries::run_with_stdin(cmd, &data).unwrap();
+/// Runs `cmd` (a remote `sha256sum`) with `data` on its stdin and checks
+/// that it printed what `sha256sum` here prints for `data`.
+fn assert_same_digest(cmd: std::process::Command, data: &[u8]) {
+    let out = binaries::run_with_stdin(cmd, data).unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let local = binaries::run_with_stdin(
-        {
-            let mut c = std::process::Command::new("sha256sum");
-            c.stdin(Stdio::piped());
-            c
-        },
-        &data,
-    )
-    .unwrap();
+    let mut here = std::process::Command::new("sha256sum");
+    here.stdin(Stdio::piped());
+    let local = binaries::run_with_stdin(here, data).unwrap();
     assert!(local.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&local.stdout)
     );
-    let stats = link.shutdown();
-    assert!(stats.up.delivered > LEN as u64, "{stats}");
-    // The stdin window grew with the path: more than its first window
-    // (and a chunk) was on the path at once; and more than HTTP/2's window
-    // for a stream of the relay's links (the relay widened the client's
-    // connection once its session had authenticated).
+}
+
+/// What a large stdin across a long path must have had in flight at once
+/// (`peak`, the bytes on the path toward the exec-server): more than its
+/// call's first stdin window and a chunk (the window grew with the path),
+/// and more than HTTP/2's window for a stream of the links (the link's
+/// receiving end widened it for an authenticated client).
+fn assert_stdin_window_followed_the_path(peak: u64, stats: &impl std::fmt::Display) {
     let first = u64::from(proto::session::Limits::server().stdin_window);
     let chunk = proto::limits::MAX_CHUNK as u64;
-    assert!(stats.up.peak_queued > first + chunk + FRAMING, "{stats}");
-    assert!(
-        stats.up.peak_queued > LINK_STREAM_WINDOW + FRAMING,
-        "{stats}"
-    );
+    assert!(peak > first + chunk + FRAMING, "{stats}");
+    assert!(peak > LINK_STREAM_WINDOW + FRAMING, "{stats}");
+}
+
+const STDIN_LEN: usize = 24 * 1024 * 1024;
+
+#[test]
+fn a_large_stdin_across_a_50ms_link_arrives_byte_exact() {
+    let data = pattern(STDIN_LEN);
+    let stack = ProcStack::start(&[]).unwrap();
+    let link = emulated(&stack, Duration::from_millis(50));
+    assert_same_digest(stack.exec_via(&link.url(), &[], &["sha256sum"]), &data);
+    let stats = link.shutdown();
+    assert!(stats.up.delivered > STDIN_LEN as u64, "{stats}");
+    // The relay widened the client's connection once its session had
+    // authenticated.
+    assert_stdin_window_followed_the_path(stats.up.peak_queued, &stats);
+}
+
+#[test]
+fn a_large_stdin_to_an_exec_server_50ms_from_its_relay_arrives_byte_exact() {
+    let data = pattern(STDIN_LEN);
+    let mut stack = ProcStack::start(&[]).unwrap();
+    // The exec-server registers through a 50 ms round trip; the CLI is
+    // next to the relay.
+    let link = emulated(&stack, Duration::from_millis(50));
+    stack.restart_server_via(&[&link.url()], &[], 1).unwrap();
+    assert_same_digest(stack.exec(&["sha256sum"]), &data);
+    let stats = link.shutdown();
+    assert!(stats.down.delivered > STDIN_LEN as u64, "{stats}");
+    // The exec-server's own link to the relay takes a wide window.
+    assert_stdin_window_followed_the_path(stats.down.peak_queued, &stats);
+}
+
+#[test]
+fn a_large_stdin_to_a_listening_exec_server_50ms_away_arrives_byte_exact() {
+    let data = pattern(STDIN_LEN);
+    let mut stack = ProcStack::start(&[]).unwrap();
+    stack
+        .restart_server(&["--listen", "127.0.0.1:0"], 0)
+        .unwrap();
+    let line = stack
+        .server
+        .wait_for_line("accepting clients directly", Duration::from_secs(30))
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_once("addr=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    let link = Emulator::start(Config::new(addr).rtt(Duration::from_millis(50))).unwrap();
+    assert_same_digest(stack.exec_via(&link.url(), &[], &["sha256sum"]), &data);
+    let stats = link.shutdown();
+    assert!(stats.up.delivered > STDIN_LEN as u64, "{stats}");
+    // The exec-server widened the client's connection once its session had
+    // authenticated, as a relay does.
+    assert_stdin_window_followed_the_path(stats.up.peak_queued, &stats);
 }
 
 #[test]
