@@ -17,7 +17,10 @@
 //!   `clone3(CLONE_INTO_CGROUP)`, or, where that is refused, moves itself
 //!   in before the program starts; so every descendant, including one that
 //!   calls `setsid` or double-forks, stays inside. The cgroup is killed
-//!   (`cgroup.kill`) when the command ends and removed once empty. A guard
+//!   (`cgroup.kill`) when the command ends and removed once empty; a
+//!   cgroup its command left empty is kept for a later command instead
+//!   ([`cgroups`]: a few are kept ready, so a command's path makes and
+//!   removes none). A guard
 //!   process (`sh`, in its own process group) holds a pipe from the
 //!   exec-server and kills every command's cgroup when the pipe closes,
 //!   that is when the exec-server exits or is killed.
@@ -29,24 +32,21 @@
 //! and descendants other than the direct child survive the exec-server's
 //! death. The exec-server says at start which of the two applies.
 
-use std::ffi::OsString;
+mod cgroups;
+
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::spawn::{self, Child, Command};
+use cgroups::Cgroups;
+pub use cgroups::READY as READY_CGROUPS;
 
 /// Spawn requests waiting for the spawning thread.
 const SPAWN_QUEUE: usize = 64;
-
-/// Sub-cgroups of killed commands waiting to be removed (they can be
-/// removed only once their processes are gone).
-const MAX_LEFTOVERS: usize = 1024;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -81,21 +81,6 @@ pub(crate) enum SpawnError {
     NoSpawner,
 }
 
-/// Where the commands' cgroups go, when cgroup v2 can be used.
-#[derive(Debug)]
-struct Cgroups {
-    /// `rex-exec.<pid>.<n>` in the exec-server's own cgroup.
-    base: PathBuf,
-    next: AtomicU64,
-    /// Killed commands' cgroups not removed yet.
-    leftovers: Arc<Mutex<Vec<PathBuf>>>,
-    /// Wakes the sweeper (which removes them once empty); it ends when
-    /// this is dropped.
-    sweeper: Option<std::sync::mpsc::SyncSender<()>>,
-    /// The guard's stdin: closed when the exec-server goes.
-    _guard: Option<std::process::ChildStdin>,
-}
-
 /// Containment for one exec-server's commands.
 #[derive(Debug)]
 pub(crate) struct Containment {
@@ -109,7 +94,7 @@ impl Containment {
     pub(crate) fn setup() -> Arc<Self> {
         let cgroups = match Cgroups::create() {
             Ok(c) => {
-                tracing::info!(cgroup = %c.base.display(), "each command runs in a cgroup of its own, killed when it ends");
+                tracing::info!(cgroup = %c.base().display(), "each command runs in a cgroup of its own, killed when it ends");
                 Some(c)
             }
             Err(why) => {
@@ -128,14 +113,8 @@ impl Containment {
         Arc::new(Self { cgroups: None })
     }
 
-    /// Whether commands get a cgroup of their own.
-    #[cfg(test)]
-    fn has_cgroups(&self) -> bool {
-        self.cgroups.is_some()
-    }
-
     /// Spawns `cmd` contained: from the spawning thread, with the death
-    /// signal set and (where available) inside a new cgroup, which the
+    /// signal set and (where available) inside a cgroup of its own, which the
     /// returned [`CommandGroup`] kills when dropped. With `terminal` (the
     /// user side of a pseudo-terminal), the child starts a new session
     /// with it as its controlling terminal; `cmd` must then not ask for a
@@ -145,7 +124,7 @@ impl Containment {
         cmd: Command,
         terminal: Option<OwnedFd>,
     ) -> Result<(Child, CommandGroup), SpawnError> {
-        let dir = self.cgroups.as_ref().and_then(Cgroups::new_group);
+        let dir = self.cgroups.as_ref().and_then(Cgroups::take);
         let group = CommandGroup {
             dir,
             owner: Arc::clone(self),
@@ -188,7 +167,7 @@ pub(crate) struct CommandGroup {
 impl CommandGroup {
     /// The cgroup's directory, if the command has one.
     #[cfg(test)]
-    fn dir(&self) -> Option<&Path> {
+    fn dir(&self) -> Option<&std::path::Path> {
         self.dir.as_deref()
     }
 }
@@ -198,173 +177,8 @@ impl Drop for CommandGroup {
         let (Some(dir), Some(cgroups)) = (self.dir.take(), self.owner.cgroups.as_ref()) else {
             return;
         };
-        kill_cgroup(&dir);
-        cgroups.remove_later(dir);
+        cgroups.give_back(dir);
     }
-}
-
-/// Kills every process in the cgroup `dir` (and its descendants).
-fn kill_cgroup(dir: &Path) {
-    if let Ok(mut f) = File::options().write(true).open(dir.join("cgroup.kill")) {
-        let _ = f.write_all(b"1");
-    }
-}
-
-impl Cgroups {
-    /// Finds the exec-server's cgroup v2 directory and makes the
-    /// commands' base cgroup in it, with its guard.
-    fn create() -> Result<Self, String> {
-        let dir = own_cgroup_dir().ok_or("cgroup v2 is not mounted")?;
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let base = dir.join(format!(
-            "rex-exec.{}.{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-        if !base.join("cgroup.kill").exists() {
-            let _ = std::fs::remove_dir(&base);
-            return Err("the kernel has no cgroup.kill (Linux 5.14 or later)".into());
-        }
-        let guard = start_guard(&base);
-        if guard.is_none() {
-            tracing::warn!(
-                "cannot start the cgroup guard (sh): commands are killed when they end, but not \
-                 if the exec-server is killed"
-            );
-        }
-        let leftovers = Arc::new(Mutex::new(Vec::new()));
-        Ok(Self {
-            base,
-            next: AtomicU64::new(0),
-            sweeper: start_sweeper(Arc::clone(&leftovers)),
-            leftovers,
-            _guard: guard,
-        })
-    }
-
-    /// A new, empty cgroup for one command.
-    fn new_group(&self) -> Option<PathBuf> {
-        self.sweep();
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let dir = self.base.join(format!("cmd-{n}"));
-        std::fs::create_dir(&dir).ok().map(|()| dir)
-    }
-
-    /// Notes a killed command's cgroup for removal (once its processes
-    /// are gone).
-    fn remove_later(&self, dir: PathBuf) {
-        if std::fs::remove_dir(&dir).is_ok() {
-            return;
-        }
-        {
-            let mut left = self
-                .leftovers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if left.len() < MAX_LEFTOVERS {
-                left.push(dir);
-            }
-        }
-        if let Some(wake) = &self.sweeper {
-            // Full: the sweeper is already awake.
-            let _ = wake.try_send(());
-        }
-    }
-
-    /// Removes the killed commands' cgroups that have emptied.
-    fn sweep(&self) {
-        sweep(&self.leftovers);
-    }
-}
-
-/// Removes the cgroups in `leftovers` that have emptied; true when none
-/// is left.
-fn sweep(leftovers: &Mutex<Vec<PathBuf>>) -> bool {
-    let mut left = leftovers.lock().unwrap_or_else(PoisonError::into_inner);
-    left.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
-    left.is_empty()
-}
-
-/// How often the sweeper tries again while killed cgroups are not empty.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Rounds the sweeper tries for, once woken, before it waits to be woken
-/// again (the next spawn sweeps too).
-const SWEEP_ROUNDS: u32 = 500;
-
-/// A thread that, when woken, removes killed commands' cgroups as they
-/// empty (their processes take a moment to die after `cgroup.kill`).
-fn start_sweeper(leftovers: Arc<Mutex<Vec<PathBuf>>>) -> Option<std::sync::mpsc::SyncSender<()>> {
-    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("cgroup-sweeper".into())
-        .spawn(move || {
-            while woken.recv().is_ok() {
-                for _ in 0..SWEEP_ROUNDS {
-                    if sweep(&leftovers) {
-                        break;
-                    }
-                    std::thread::sleep(SWEEP_EVERY);
-                }
-            }
-        })
-        .ok()
-        .map(|_| wake)
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        // The guard (its stdin now closing) kills what is left and removes
-        // the directories.
-        kill_cgroup(&self.base);
-    }
-}
-
-/// The guard: waits for its stdin (a pipe from the exec-server) to close,
-/// then kills every command's cgroup and removes the directories once
-/// they are empty (for a few seconds at most).
-const GUARD_SCRIPT: &str = r#"cat >/dev/null
-echo 1 > "$1/cgroup.kill" 2>/dev/null
-i=0
-while [ $i -lt 50 ]; do
-  for d in "$1"/cmd-*; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
-  rmdir "$1" 2>/dev/null && exit 0
-  i=$((i+1))
-  sleep 0.1
-done"#;
-
-fn start_guard(base: &Path) -> Option<std::process::ChildStdin> {
-    use std::os::unix::process::CommandExt;
-    let mut guard = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(GUARD_SCRIPT)
-        .arg("rex-cgroup-guard")
-        .arg(OsString::from(base.as_os_str()))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        // Not in the exec-server's process group: a Ctrl-C meant for the
-        // exec-server does not take the guard first.
-        .process_group(0)
-        .spawn()
-        .ok()?;
-    // The guard outlives the exec-server by design (it is not waited for).
-    guard.stdin.take()
-}
-
-/// The exec-server's own cgroup v2 directory, from /proc/self/mountinfo
-/// (where cgroup2 is mounted) and /proc/self/cgroup (the `0::` line).
-fn own_cgroup_dir() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })?;
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(mount.join(own.trim_start_matches('/')))
 }
 
 #[cfg(test)]
@@ -387,17 +201,54 @@ mod tests {
             .read_to_string(&mut out)
             .await
             .unwrap();
-        assert!(child.wait().await.unwrap().success());
+        let status = child.wait().await.unwrap();
+        assert!(status.success(), "{status:?}: {out}");
         (out, group)
     }
 
-    #[tokio::test]
-    async fn a_command_starts_inside_a_cgroup_of_its_own_which_is_removed_after() {
+    /// Containment with cgroups, or `None` (with a notice) where this
+    /// machine has no writable cgroup v2.
+    fn contained() -> Option<Arc<Containment>> {
         let c = Containment::setup();
-        if !c.has_cgroups() {
+        if c.cgroups.is_none() {
             eprintln!("notice: no writable cgroup v2 here; skipped");
-            return;
+            return None;
         }
+        Some(c)
+    }
+
+    /// Whether the cgroup `dir` holds no process.
+    fn empty(dir: &std::path::Path) -> bool {
+        std::fs::read_to_string(dir.join("cgroup.events"))
+            .unwrap()
+            .lines()
+            .any(|l| l == "populated 0")
+    }
+
+    /// The commands' cgroups under the base now.
+    fn commands_cgroups(c: &Cgroups) -> Vec<PathBuf> {
+        std::fs::read_dir(c.base())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("cmd-"))
+            .collect()
+    }
+
+    /// Waits (bounded) until `ok` holds.
+    fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+        for _ in 0..1000 {
+            if ok() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        ok()
+    }
+
+    #[tokio::test]
+    async fn a_command_starts_inside_a_cgroup_of_its_own_which_is_emptied_after() {
+        let Some(c) = contained() else { return };
+        let cgroups = c.cgroups.as_ref().unwrap();
         let (first, group) = cat_own_cgroup(&c).await;
         let dir = group.dir().unwrap().to_path_buf();
         let line = first.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
@@ -413,23 +264,32 @@ mod tests {
         let (sleeper, third) = c.spawn(cmd, None).await.unwrap();
         let pid = sleeper.id().unwrap();
         let third_dir = third.dir().unwrap().to_path_buf();
+        assert!(!empty(&third_dir));
         std::mem::forget(sleeper);
         drop(group);
         drop(other);
         drop(third);
-        // Killed and removed, without another spawn (bounded wait).
-        for _ in 0..1000 {
-            if !dir.exists() && !other_dir.exists() && !third_dir.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!dir.exists(), "{} is left behind", dir.display());
+        // Without another spawn: the cgroups their commands left empty are
+        // kept ready for later commands or removed, the one left holding a
+        // process is killed and removed once empty; every cgroup left is a
+        // ready one, empty, and at most a few are kept.
+        let dirs = [&dir, &other_dir, &third_dir];
+        let settled = || {
+            let ready = cgroups.ready();
+            dirs.iter().all(|d| !d.exists() || ready.contains(d))
+                && commands_cgroups(cgroups).len() == ready.len()
+        };
         assert!(
-            !third_dir.exists(),
-            "{} is left behind",
-            third_dir.display()
+            eventually(settled),
+            "left behind: {:?} (ready: {:?})",
+            commands_cgroups(cgroups),
+            cgroups.ready()
         );
+        let ready = cgroups.ready();
+        assert!(ready.len() <= cgroups::READY, "{ready:?}");
+        assert!(ready.iter().all(|d| empty(d)), "{ready:?}");
+        // The cgroup that had to be killed is not used again.
+        assert!(!third_dir.exists(), "{ready:?}");
         let status = rustix::process::waitpid(
             rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()),
             rustix::process::WaitOptions::empty(),
@@ -439,5 +299,47 @@ mod tests {
         .1;
         assert_eq!(status.terminating_signal(), Some(9));
         eprintln!("born in the cgroup by clone3: {}", spawn::born_in_cgroups());
+    }
+
+    #[tokio::test]
+    async fn an_emptied_cgroup_is_used_again_and_the_stock_stays_bounded() {
+        let Some(c) = contained() else { return };
+        let cgroups = c.cgroups.as_ref().unwrap();
+        // The stock is made at the start.
+        assert!(eventually(|| cgroups.ready().len() == cgroups::READY));
+        let (_, group) = cat_own_cgroup(&c).await;
+        let dir = group.dir().unwrap().to_path_buf();
+        drop(group);
+        // Given back empty, it goes back to the stock...
+        assert!(eventually(|| cgroups.ready().last() == Some(&dir)));
+        // ... and the next command runs in it, alone.
+        let (cgroup, again) = cat_own_cgroup(&c).await;
+        assert_eq!(again.dir(), Some(dir.as_path()));
+        let line = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        assert!(dir.ends_with(line.trim_start_matches('/')), "{cgroup}");
+        drop(again);
+        // Many at once, then none: what is kept is the stock, no more.
+        let mut groups = Vec::new();
+        for _ in 0..3 * cgroups::READY {
+            groups.push(cat_own_cgroup(&c).await.1);
+        }
+        let mut all: Vec<PathBuf> = groups
+            .iter()
+            .filter_map(|g| g.dir().map(PathBuf::from))
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            3 * cgroups::READY,
+            "two commands shared a cgroup"
+        );
+        drop(groups);
+        assert!(
+            eventually(|| commands_cgroups(cgroups).len() == cgroups::READY
+                && cgroups.ready().len() == cgroups::READY),
+            "{:?}",
+            commands_cgroups(cgroups)
+        );
     }
 }

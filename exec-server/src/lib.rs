@@ -12,7 +12,9 @@
 //! - [`credit`]: a call's output credit (the session's output window),
 //!   which its process reserves from before reading its output.
 //! - `contain`: a command's processes end with it and with the
-//!   exec-server (death signal, process group, a cgroup v2 per command).
+//!   exec-server (death signal, process group, a cgroup v2 per command;
+//!   `contain::cgroups` keeps a few empty cgroups ready for the next
+//!   commands).
 //! - `spawn`: starting a process without copying the exec-server
 //!   (`clone(CLONE_VM | CLONE_VFORK)`, the containment steps in the child),
 //!   and waiting for its exit.
@@ -53,4 +55,5 @@ mod stdin;
 pub mod unacked;
 
 pub use config::ExecServerConfig;
+pub use contain::READY_CGROUPS;
 pub use server::{ExecServerError, ExecServerHandle, run, start};

@@ -447,9 +447,10 @@ fn a_setsid_descendant_ends_when_the_command_ends_and_its_cgroup_is_removed() {
     // The command starts a sleeper in a session of its own (out of the
     // command's process group), which writes its pid; the command ends
     // (its leader exits) once the pid is written.
+    // (It writes its cgroup first, for the test to find.)
     let script = format!(
-        "setsid sh -c 'echo $$ > \"$1\"; exec sleep {sleeper}' sh \"$1\" \
-         </dev/null >/dev/null 2>&1 & \
+        "setsid sh -c 'cat /proc/self/cgroup > \"$1.cgroup\"; echo $$ > \"$1\"; \
+         exec sleep {sleeper}' sh \"$1\" </dev/null >/dev/null 2>&1 & \
          i=0; while [ ! -s \"$1\" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
     );
     let out = stack
@@ -471,21 +472,40 @@ fn a_setsid_descendant_ends_when_the_command_ends_and_its_cgroup_is_removed() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     assert!(ended, "the setsid sleeper outlived its command: {stat}");
-    // The command's cgroup is removed once empty (only the exec-server's
-    // base directory is left).
+    // The command's cgroup (killed: it still held the sleeper) is removed
+    // once empty; what is left is the exec-server's stock of empty ones
+    // for later commands, no more.
+    let own = std::fs::read_to_string(dir.path().join("escapee.pid.cgroup")).unwrap();
+    let name = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap()
+        .to_owned();
+    assert!(name.starts_with("cmd-"), "{own}");
     let cmd_groups = || {
         std::fs::read_dir(&cgroup)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("cmd-"))
-            .count()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
     };
     assert!(
-        eventually(Duration::from_secs(20), || cmd_groups() == 0),
-        "{} command cgroups left in {}",
-        cmd_groups(),
+        eventually(Duration::from_secs(20), || !cgroup.join(&name).exists()),
+        "the command's cgroup {name} is left in {}",
         cgroup.display()
     );
+    let left = cmd_groups();
+    assert!(left.len() <= exec_server::READY_CGROUPS, "{left:?}");
+    for d in &left {
+        let events = std::fs::read_to_string(d.join("cgroup.events")).unwrap_or_default();
+        assert!(
+            events.lines().any(|l| l == "populated 0"),
+            "{} holds a process",
+            d.display()
+        );
+    }
 }
 
 #[test]
