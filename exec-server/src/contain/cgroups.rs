@@ -68,7 +68,7 @@ fn empty(dir: &Path) -> bool {
 }
 
 /// Kills every process in the cgroup `dir` (and its descendants).
-pub(super) fn kill(dir: &Path) {
+fn kill(dir: &Path) {
     if let Ok(mut f) = File::options().write(true).open(dir.join("cgroup.kill")) {
         let _ = f.write_all(b"1");
     }
