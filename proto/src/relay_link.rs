@@ -119,7 +119,7 @@ pub fn client_endpoint(
 /// ([`crate::routing::MAX_CLIENT_WINDOW`] and its margin), so that a
 /// client's stdin toward an exec-server far from its relay is held by the
 /// call's stdin window, which follows the path, not by HTTP/2's 1 MiB
-/// (which held it to about 20 MiB/s across a 50 ms round trip). An
+/// (which held it to about 17 MiB/s across a 50 ms round trip). An
 /// exec-server reads each session's frames as they come; what a stream can
 /// leave unread there is what its client sent beyond the stdin window
 /// while the session's backlog was full.
