@@ -115,7 +115,8 @@ impl Containment {
 
     /// Spawns `cmd` contained: from the spawning thread, with the death
     /// signal set and (where available) inside a cgroup of its own, which the
-    /// returned [`CommandGroup`] kills when dropped. With `terminal` (the
+    /// returned [`CommandGroup`] gives back when dropped (killing what is
+    /// left in it). With `terminal` (the
     /// user side of a pseudo-terminal), the child starts a new session
     /// with it as its controlling terminal; `cmd` must then not ask for a
     /// process group of its own (the session's is one).
@@ -157,7 +158,9 @@ impl Containment {
     }
 }
 
-/// A command's cgroup (if it has one): killed and removed when dropped.
+/// A command's cgroup (if it has one): given back when dropped, kept for
+/// a later command if the command left it empty, killed and removed if
+/// not.
 #[derive(Debug)]
 pub(crate) struct CommandGroup {
     dir: Option<PathBuf>,

@@ -170,17 +170,21 @@ impl Cgroups {
         } else {
             kill(&dir);
         }
-        {
-            let mut left = lock(&self.dirs.leftovers);
-            if left.len() < MAX_LEFTOVERS {
-                left.push(dir);
-            } else {
-                drop(left);
-                // Full (the guard removes it at the end if this fails).
-                let _ = std::fs::remove_dir(&dir);
-                return;
-            }
+        self.remove_later(dir);
+    }
+
+    /// Leaves `dir` to the sweeper, which removes it once empty; when too
+    /// many wait, it is removed here if it can be (the guard removes it at
+    /// the end if not).
+    fn remove_later(&self, dir: PathBuf) {
+        let mut left = lock(&self.dirs.leftovers);
+        if left.len() >= MAX_LEFTOVERS {
+            drop(left);
+            let _ = std::fs::remove_dir(&dir);
+            return;
         }
+        left.push(dir);
+        drop(left);
         self.wake();
     }
 
