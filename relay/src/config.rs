@@ -90,11 +90,16 @@ pub const DEFAULT_MAX_FORWARDED: usize = 4096;
 /// (BENCHMARKS.md). What stalled sessions hold is bounded by the pool.
 pub const DEFAULT_SESSION_CREDIT: u32 = 256 * 1024;
 
-/// The default [`RelayConfig::credit_pool`]: 4 MiB, the whole window of
-/// 21 sessions moving at once next to the relay, or of one whose
-/// exec-server is 10 ms or more away (a window is one round trip of the
-/// exec-server's link at 400 MiB/s, up to 16 MiB).
-pub const DEFAULT_CREDIT_POOL: u64 = 4 * 1024 * 1024;
+/// The default [`RelayConfig::credit_pool`]: 16 MiB, the widest window
+/// ([`proto::routing::MAX_CREDIT_WINDOW`]): the whole window of one session
+/// whose exec-server is 40 ms or more away (a window is one round trip of
+/// the exec-server's link at 400 MiB/s), or of 85 sessions moving at once
+/// next to the relay. A far exec-server moves a session's output at about
+/// its window per round trip: with 4 MiB, one 50 ms away was held to
+/// about 55 MiB/s, under twice what ssh carries across the same link
+/// (BENCHMARKS.md). However many sessions stall, together they hold at
+/// most their floors and this.
+pub const DEFAULT_CREDIT_POOL: u64 = proto::routing::MAX_CREDIT_WINDOW as u64;
 
 impl FleetConfig {
     /// Membership of the fleet whose key is `fleet`: peers dialled with

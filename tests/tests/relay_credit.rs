@@ -1,8 +1,9 @@
 //! The relay's credit for what an exec-server sends toward its clients:
 //! a session whose client stops reading holds at most the credit window at
 //! the relay, whatever HTTP/2's window; a session whose client reads gets
-//! everything, byte-exact; and sessions that stall together hold at most
-//! a floor each and the relay's pool.
+//! everything, byte-exact; sessions that stall together hold at most a
+//! floor each and the relay's pool; and with the defaults, one session of
+//! an exec-server far from the relay gets the widest window.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -118,6 +119,46 @@ async fn a_session_under_credit_carries_its_output_whole_and_holds_at_most_the_w
     assert!(credit.widest_window() >= u64::from(WINDOW));
     assert!(credit.peak_held() <= credit.widest_window());
     assert_eq!(credit.overruns(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_defaults_a_far_exec_servers_session_gets_the_widest_window() {
+    // An exec-server 100 ms from the relay asks for the widest window (one
+    // round trip of its link at the rate credit is sized for); the relay's
+    // default pool lends it all of it. (With the 4 MiB pool it once had, a
+    // session 50 ms away was held to about 55 MiB/s.)
+    let relay = TestRelay::start_with(relay::RelayConfig::default())
+        .await
+        .unwrap();
+    let link = link_emulator::Emulator::start(
+        link_emulator::Config::new(relay.addr).rtt(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let client_key = StaticKeypair::generate().unwrap();
+    let server = TestServer::start_configured(Some(link.url()), false, &[&client_key], |_| {})
+        .await
+        .unwrap();
+    let config = ClientConfig::new(client_key, server.key.public(), Target::Relay(relay.url()));
+    let run = Client::new(config)
+        .exec(sh("yes abcdefg | head -c 24000000"))
+        .await
+        .unwrap();
+    let (bytes, last) = read_all(run).await;
+    assert_eq!(bytes, 24_000_000);
+    assert_eq!(last, Some(Event::Exited(ExitStatus::Code(0))));
+    let credit = relay.stats.registry.credit();
+    let widest = u64::from(proto::routing::MAX_CREDIT_WINDOW);
+    assert!(
+        credit.widest_window() >= widest,
+        "widest window {} of {widest}; pool {}, at most {} drawn",
+        credit.widest_window(),
+        credit.pool(),
+        credit.peak_pooled()
+    );
+    assert!(credit.peak_held() <= credit.widest_window());
+    assert_eq!(credit.overruns(), 0);
+    drop(server);
+    link.shutdown();
 }
 
 /// A client on a thread of its own that runs `yes` for `len` bytes, reads
