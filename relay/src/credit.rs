@@ -181,9 +181,11 @@ impl Outbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // A writer waiting for grants finds it closed.
+        self.posted.notify_one();
     }
 
-    fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 

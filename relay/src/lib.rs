@@ -15,6 +15,10 @@
 //! - [`fleet`]: the fleet key, and the proof a forwarding relay gives.
 //! - `fleet_forward`: forwarding a session to the relay that holds its
 //!   exec-server.
+//! - `peer_credit`: a forwarding relay's credit for what the holding relay
+//!   sends it, and the gates that hold the holding relay to it.
+//! - `peer_grants`: the `PeerCredit` gRPC service, on which a forwarding
+//!   relay sends its grants.
 //! - [`budget`]: the bytes queued in the relay, per session and relay-wide.
 //! - `credit`: the relay's credit for what an exec-server sends toward a
 //!   client, granted on its registration stream as frames are forwarded.
@@ -35,6 +39,8 @@ pub mod directory;
 pub mod fleet;
 mod fleet_forward;
 mod health;
+mod peer_credit;
+mod peer_grants;
 mod registration;
 pub mod registry;
 mod server;

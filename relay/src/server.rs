@@ -11,6 +11,7 @@ use lifecycle::Tasks;
 use proto::admission::Gate;
 use proto::limits::MAX_GRPC_MESSAGE;
 use proto::listener::Connections;
+use proto::pb::tunnel::peer_credit_server::PeerCreditServer;
 use proto::pb::tunnel::registry_server::RegistryServer;
 use proto::pb::tunnel::tunnel_server::TunnelServer;
 use proto::routing::{ACCEPT_PATH, OPEN_PATH};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::Budget;
 use crate::config::RelayConfig;
 use crate::health::RelayHealth;
+use crate::peer_grants::PeerGrants;
 use crate::registration::{AllowList, Reload};
 use crate::registry::Registry;
 use crate::service::{RegistryServiceImpl, RelayState, TunnelService};
@@ -138,6 +140,10 @@ impl Relay {
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let tunnel = wire::Raw::new(tunnel, OPEN_PATH, tunnel_service);
+        // A fleet peer's credit for the sessions it forwards here.
+        let grants = PeerCreditServer::new(PeerGrants::new(state.clone()))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let registry_service = RegistryServiceImpl::new(state);
         let registry = RegistryServer::new(registry_service.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
@@ -150,6 +156,7 @@ impl Relay {
             .take_until(shutdown.clone().cancelled_owned());
         let routes = tonic::service::Routes::new(tunnel)
             .add_service(registry)
+            .add_service(grants)
             .add_service(health);
         let serving =
             proto::link_server::serve(routes, incoming, shutdown.clone().cancelled_owned());

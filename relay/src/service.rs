@@ -31,6 +31,7 @@ use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::fleet::{PROOF_HEADER, ProofError};
 use crate::fleet_forward::Peers;
+use crate::peer_credit::{self, Gates, PEER_CREDIT_HEADER};
 use crate::registration::{AllowList, RateLimiter};
 use crate::registry::{
     AcceptedHalf, Origin, Registry, RegistryError, SessionId, Shares, StreamCredit,
@@ -108,6 +109,8 @@ pub(crate) struct RelayState {
     pub(crate) directory: Option<Directory>,
     /// The other relays of its fleet, if it has a fleet key.
     peers: Option<Arc<Peers>>,
+    /// The credit of the relays that forward sessions here, by link.
+    pub(crate) gates: Arc<Gates>,
     registration_rate: Arc<Mutex<RateLimiter>>,
     refused: Arc<Counters>,
 }
@@ -129,6 +132,7 @@ impl RelayState {
             config.registrations.rate_per_source,
             config.registrations.burst_per_source,
         );
+        let credit = Arc::clone(registry.credit());
         Self {
             registry,
             connections: proto::listener::Connections::new(config.connections),
@@ -141,8 +145,11 @@ impl RelayState {
                     Arc::clone(&f.fleet),
                     f.peer_tls.clone(),
                     f.max_forwarded,
+                    Arc::clone(&credit),
+                    tasks.clone(),
                 ))
             }),
+            gates: Arc::default(),
             registration_rate: Arc::new(Mutex::new(rate)),
             refused: Arc::new(Counters::default()),
             config: Arc::new(config),
@@ -272,6 +279,17 @@ impl TunnelService {
         let forwarded_for = match header(&request, PROOF_HEADER) {
             None => None,
             Some(proof) => Some(verify_forward(state, proof, &server_id)?),
+        };
+        // Forwarded under the forwarding relay's credit: its frames toward
+        // that relay wait for its grants.
+        let gate = match header(&request, PEER_CREDIT_HEADER) {
+            Some(value) if forwarded_for.is_some() => {
+                let (link, stream) = peer_credit::parse_stream(value).ok_or_else(|| {
+                    Status::invalid_argument(format!("malformed {PEER_CREDIT_HEADER}"))
+                })?;
+                state.gates.gate(link, stream)
+            }
+            _ => None,
         };
         let client = peer(&request);
         let source = forwarded_for.or(client.map(|a| a.ip()));
@@ -420,6 +438,7 @@ impl TunnelService {
             buffers.clone(),
             None,
             None,
+            None,
         );
         // From the relay it was forwarded to: read to its end when the
         // client's side ends, and its timings on the frames toward the
@@ -437,6 +456,7 @@ impl TunnelService {
             buffers,
             Some(startup),
             half.credit,
+            gate,
         );
         let span = tracing::info_span!(
             parent: None,
@@ -515,7 +535,7 @@ async fn charged_first(
 
 /// Checks the proof of a forwarded session: the client address it vouches
 /// for, or the refusal.
-fn verify_forward(
+pub(crate) fn verify_forward(
     state: &RelayState,
     proof: &str,
     server_id: &str,

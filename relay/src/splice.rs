@@ -49,6 +49,7 @@ use tokio::sync::mpsc;
 
 use crate::budget::{Budget, Charge, FRAME_OVERHEAD, Queue};
 use crate::credit::{Forwarding, SessionCredit};
+use crate::peer_credit::Gate;
 use crate::wire::Inbound;
 use proto::frame_wire::{Message, Outgoing, UntilSent};
 
@@ -465,8 +466,11 @@ impl FirstForward {
 /// `startup` is the session's place among the unauthenticated ones: the
 /// pump toward the client gives it back once the exec-server's first frame
 /// (its handshake answer) has passed. `credit`: the relay's credit for
-/// the frames from `from` (an exec-server that asked for it), checked as
-/// each arrives and granted again as each is sent toward the client.
+/// the frames from `from` (an exec-server that asked for it, or a peer
+/// relay this relay forwarded the session to), checked as each arrives and
+/// granted again as each is sent toward the client. `gate`: the credit of
+/// the relay that forwarded the session here, which each frame toward it
+/// waits for.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump(
     mut from: Inbound,
@@ -477,10 +481,13 @@ pub(crate) async fn pump(
     buffers: Buffers,
     mut startup: Option<Ticket>,
     credit: Option<Arc<SessionCredit>>,
+    gate: Option<Arc<Gate>>,
 ) -> (PumpEnd, PumpStats) {
     let queue = Queue::new(buffers.session_buffer);
     let mut stats = PumpStats::default();
     let mut first = true;
+    // Payload bytes let through `gate`.
+    let mut gated = 0;
     // The exec-server's first frame (handshake message 2) is bounded by the
     // handshake timeout; after that only the session idle timeout applies.
     // One timer serves the whole pump: it is re-armed when it fires (from the
@@ -585,6 +592,15 @@ pub(crate) async fn pump(
             Some(charge),
             credit.as_ref().map(|c| Forwarding::new(c, len)),
         );
+        // Toward a forwarding relay, within its credit: until then the
+        // frame waits here, holding its charge and the exec-server's credit.
+        if let Some(gate) = &gate {
+            gated += len;
+            tokio::select! {
+                () = session.cancel.cancelled() => break PumpEnd::Cancelled,
+                () = gate.until(gated) => {}
+            }
+        }
         let sent = tokio::select! {
             () = session.cancel.cancelled() => break PumpEnd::Cancelled,
             r = to.send(charged) => r,
@@ -686,6 +702,7 @@ mod tests {
             session,
             limits(true),
             buffers,
+            None,
             None,
             None,
         )

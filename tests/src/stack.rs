@@ -46,10 +46,26 @@ impl TestRelay {
     /// directory is the etcd at `etcd_url` (its lease living `ttl`) and
     /// whose key is `fleet_secret`.
     pub async fn start_in_fleet(
+        config: relay::RelayConfig,
+        etcd_url: &str,
+        ttl: std::time::Duration,
+        fleet_secret: &[u8],
+    ) -> Result<Self> {
+        Self::start_in_fleet_at(config, etcd_url, ttl, fleet_secret, |addr| {
+            format!("http://{addr}")
+        })
+        .await
+    }
+
+    /// [`TestRelay::start_in_fleet`], its peers told to dial the URL
+    /// `advertise` gives for its listening address (e.g. a link emulator's
+    /// in front of it).
+    pub async fn start_in_fleet_at(
         mut config: relay::RelayConfig,
         etcd_url: &str,
         ttl: std::time::Duration,
         fleet_secret: &[u8],
+        advertise: impl FnOnce(SocketAddr) -> String,
     ) -> Result<Self> {
         config.fleet = Some(relay::config::FleetConfig::new(std::sync::Arc::new(
             relay::fleet::Fleet::from_secret(fleet_secret),
@@ -58,10 +74,8 @@ impl TestRelay {
         let addr = listener
             .local_addr()
             .map_err(|e| FixtureError::io("reading the relay listener's address", e))?;
-        let mut directory = relay::directory::DirectoryConfig::new(
-            vec![etcd_url.to_owned()],
-            format!("http://{addr}"),
-        );
+        let mut directory =
+            relay::directory::DirectoryConfig::new(vec![etcd_url.to_owned()], advertise(addr));
         directory.ttl = ttl;
         config.directory = Some(directory);
         Self::serve_on(listener, config)

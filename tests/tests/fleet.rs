@@ -509,26 +509,52 @@ struct Fleet {
     b: TestRelay,
     server: TestServer,
     client: StaticKeypair,
+    /// The link emulator in front of B that its peers dial, if any.
+    front: Option<link_emulator::Emulator>,
 }
 
 impl Fleet {
     async fn start() -> Self {
+        Self::start_behind(None).await
+    }
+
+    /// [`Fleet::start`], with B's peers dialling it through a link emulator
+    /// of round trip `rtt`, if given.
+    async fn start_behind(rtt: Option<Duration>) -> Self {
         let store = Etcd::start().unwrap();
         let a = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
             .await
             .unwrap();
-        let b = TestRelay::start_in_fleet(relay::RelayConfig::default(), &store.url(), TTL, &FLEET)
-            .await
-            .unwrap();
+        let mut front = None;
+        let b = TestRelay::start_in_fleet_at(
+            relay::RelayConfig::default(),
+            &store.url(),
+            TTL,
+            &FLEET,
+            |addr| match rtt {
+                Some(rtt) => {
+                    let link =
+                        link_emulator::Emulator::start(link_emulator::Config::new(addr).rtt(rtt))
+                            .unwrap();
+                    let url = link.url();
+                    front = Some(link);
+                    url
+                }
+                None => format!("http://{addr}"),
+            },
+        )
+        .await
+        .unwrap();
         let client = StaticKeypair::generate().unwrap();
         let server = TestServer::start(Some(b.url()), false, &[&client])
             .await
             .unwrap();
         let id = server.key.public().server_id();
         let seen_by_a = a.directory().unwrap().clone();
+        let advertised = front.as_ref().map_or_else(|| b.url(), |f| f.url());
         assert!(
             eventually(Duration::from_secs(20), || holder(&seen_by_a, &id)
-                == Some(b.url()))
+                == Some(advertised.clone()))
             .await
         );
         Self {
@@ -537,6 +563,7 @@ impl Fleet {
             b,
             server,
             client,
+            front,
         }
     }
 
@@ -606,6 +633,52 @@ async fn a_client_of_one_relay_reaches_an_exec_server_registered_at_another_byte
     assert_eq!(echoed.len(), input.len());
     assert!(echoed == input, "stdin came back different");
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_sessions_output_crosses_a_long_hop_within_the_forwarding_relays_credit() {
+    if !etcd::available(
+        "a_forwarded_sessions_output_crosses_a_long_hop_within_the_forwarding_relays_credit",
+    ) {
+        return;
+    }
+    // Relay B, which holds the exec-server, is 100 ms from relay A, which
+    // the client dials: A reaches B through the emulator.
+    let mut fleet = Fleet::start_behind(Some(Duration::from_millis(100))).await;
+    const LEN: usize = 24_000_000;
+    let out = fleet
+        .client_via(&fleet.a)
+        .output(ExecSpec::new([
+            "sh",
+            "-c",
+            &format!("yes hop | head -c {LEN}"),
+        ]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(0));
+    assert!(out.stdout == yes_output("hop", LEN), "output differs");
+    // A lent the forwarded stream the widest window from its pool, and B
+    // sent within it.
+    let credit = fleet.a.stats.registry.credit();
+    let widest = u64::from(proto::routing::MAX_CREDIT_WINDOW);
+    assert!(
+        credit.widest_window() >= widest,
+        "widest window {} of {widest}",
+        credit.widest_window()
+    );
+    assert!(credit.peak_held() <= credit.widest_window());
+    assert_eq!(credit.overruns(), 0);
+    let stats = fleet.front.take().unwrap().shutdown();
+    // More than the relay-to-relay link's old 1 MiB window was on the hop
+    // at once (which held a forwarded session to about 1 MiB per round
+    // trip), and never more than the credit and what frames carry besides.
+    let old_window = 1024 * 1024 + 64 * 1024;
+    assert!(stats.down.peak_queued > old_window, "{stats}");
+    assert!(
+        stats.down.peak_queued <= widest + widest / 8 + 64 * 1024,
+        "{stats}"
+    );
 }
 
 /// Opens a session at `url` for `server_id` with `metadata` and message 1
