@@ -146,9 +146,14 @@ pub fn peer_endpoint(
     connect_timeout: Duration,
     tls: &crate::tls::TlsSettings,
 ) -> Result<tonic::transport::Endpoint, EndpointError> {
-    let window =
-        crate::routing::stream_window_for_credit(u64::from(crate::routing::MAX_CREDIT_WINDOW));
-    Ok(endpoint(url, connect_timeout, tls)?.initial_stream_window_size(Some(window)))
+    Ok(endpoint(url, connect_timeout, tls)?.initial_stream_window_size(Some(peer_stream_window())))
+}
+
+/// The stream window of a link to a peer relay: room for the widest credit
+/// a session's output can be given, and its framing.
+#[cfg(feature = "channel")]
+fn peer_stream_window() -> u32 {
+    crate::routing::stream_window_for_credit(u64::from(crate::routing::MAX_CREDIT_WINDOW))
 }
 
 /// Why a connection failed, in words a person can act on: the innermost
@@ -242,8 +247,7 @@ mod tests {
             Duration,
             &crate::tls::TlsSettings,
         ) -> Result<tonic::transport::Endpoint, EndpointError>;
-        let peer =
-            crate::routing::stream_window_for_credit(u64::from(crate::routing::MAX_CREDIT_WINDOW));
+        let peer = peer_stream_window();
         assert!(peer > crate::routing::MAX_CREDIT_WINDOW);
         let links: [(Make, u32); 4] = [
             (endpoint, STREAM_WINDOW),

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::PROOF_HEADER;
 use crate::peer_credit::{self, AttachError, MAX_GRANTS, PEER_LINK_HEADER};
-use crate::service::{RelayState, verify_forward};
+use crate::service::{RelayState, header, verify_forward};
 
 /// What the stream sends back: nothing, then its end.
 type Nothing = Pin<Box<dyn Stream<Item = Result<Credit, Status>> + Send + 'static>>;
@@ -39,13 +39,12 @@ impl PeerCredit for PeerGrants {
         &self,
         request: Request<Streaming<Credit>>,
     ) -> Result<Response<Self::GrantsStream>, Status> {
-        let text = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
-        let link: u64 = text(PEER_LINK_HEADER)
+        let link: u64 = header(&request, PEER_LINK_HEADER)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| {
                 Status::invalid_argument(format!("missing or malformed {PEER_LINK_HEADER}"))
             })?;
-        let proof = text(PROOF_HEADER)
+        let proof = header(&request, PROOF_HEADER)
             .ok_or_else(|| Status::permission_denied("grants from a relay with no fleet proof"))?;
         verify_forward(&self.state, proof, &peer_credit::proof_subject(link))?;
         let gates = std::sync::Arc::clone(&self.state.gates);

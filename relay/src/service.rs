@@ -180,7 +180,7 @@ impl RelayState {
     }
 }
 
-fn header<'a, T>(req: &'a Request<T>, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a, T>(req: &'a Request<T>, name: &str) -> Option<&'a str> {
     req.metadata().get(name).and_then(|v| v.to_str().ok())
 }
 
