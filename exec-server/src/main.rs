@@ -233,6 +233,11 @@ struct RunArgs {
     /// further (the command's upload is slower, never refused). 256 MiB.
     #[arg(long, default_value_t = proto::session::STDIN_BUDGET, value_parser = clap::value_parser!(u64).range(0..), value_name = "BYTES")]
     max_stdin_buffer: u64,
+    /// Worker threads of the exec-server's runtime (default: one per core).
+    /// On a small machine, one worker moves a command's output for less CPU
+    /// (fewer thread switches) but serves all sessions on at most one core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -455,7 +460,10 @@ fn serve(args: RunArgs) -> ExitCode {
             .ok()
     });
     let records = config.metadata.clone();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let workers = args
+        .worker_threads
+        .and_then(|n| std::num::NonZeroUsize::new(usize::from(n)));
+    let runtime = match lifecycle::runtime::build(workers) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
@@ -481,7 +489,12 @@ fn serve(args: RunArgs) -> ExitCode {
             Err(e) => tracing::warn!("{e}; clients' spans are not taken"),
         }
     }
-    tracing::info!(server_id = %config.key.public().server_id(), public_key = %config.key.public(), "exec-server starting");
+    tracing::info!(
+        server_id = %config.key.public().server_id(),
+        public_key = %config.key.public(),
+        workers = runtime.metrics().num_workers(),
+        "exec-server starting"
+    );
     let forwarder = config.span_forwarding.clone();
     let code = runtime.block_on(async move {
         let signals = lifecycle::Tasks::new();

@@ -11,6 +11,8 @@
 //! - `durations` (feature `durations`): durations on command lines.
 //! - `config_file` (feature `config-file`): a service's settings from a
 //!   TOML file, each key a flag's long name.
+//! - `runtime` (feature `runtime`): the multi-thread runtime a service
+//!   runs on, with the workers it is given.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -20,6 +22,8 @@ pub mod config_file;
 pub mod durations;
 #[cfg(feature = "limits")]
 pub mod limits;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 #[cfg(feature = "signals")]
 pub mod signals;
 mod tasks;

@@ -274,3 +274,24 @@ fn a_relay_takes_its_settings_from_a_config_file_and_its_flags_win() {
         "{err}"
     );
 }
+
+#[test]
+fn a_service_runs_on_the_workers_it_is_given_and_refuses_none() {
+    let relay = binaries::spawn(
+        "relay",
+        &["--listen", "127.0.0.1:0", "--worker-threads", "1"],
+        &[],
+    )
+    .unwrap();
+    let line = relay
+        .wait_for_line("relay starting", Duration::from_secs(30))
+        .unwrap();
+    assert!(line.contains("workers=1"), "{line}");
+    drop(relay);
+    for service in ["relay", "exec-server"] {
+        let out = probe(service, &["--worker-threads", "0"]);
+        assert_eq!(out.status.code(), Some(2), "{service}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--worker-threads"), "{service}: {err}");
+    }
+}
