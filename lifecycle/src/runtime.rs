@@ -2,8 +2,9 @@
 //! many workers as the machine has cores unless told otherwise.
 //!
 //! Fewer workers trade a service's share of many cores for fewer hand-offs:
-//! with two workers a relay moving one bulk session switches threads about
-//! three times as often per MiB as with one (docs/operations.md).
+//! on a 2-core machine shared with its exec-server and client, a relay
+//! moving one bulk session on two workers switched threads about three
+//! times as often per MiB as on one (docs/operations.md).
 
 use std::num::NonZeroUsize;
 
