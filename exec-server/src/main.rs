@@ -460,10 +460,7 @@ fn serve(args: RunArgs) -> ExitCode {
             .ok()
     });
     let records = config.metadata.clone();
-    let workers = args
-        .worker_threads
-        .and_then(|n| std::num::NonZeroUsize::new(usize::from(n)));
-    let runtime = match lifecycle::runtime::build(workers) {
+    let runtime = match lifecycle::runtime::build(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };

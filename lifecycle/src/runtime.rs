@@ -6,14 +6,13 @@
 //! moving one bulk session on two workers switched threads about three
 //! times as often per MiB as on one (docs/operations.md).
 
-use std::num::NonZeroUsize;
-
-/// A multi-thread runtime with every driver, and `workers` workers (`None`:
-/// one per core, or `TOKIO_WORKER_THREADS` when it is set).
-pub fn build(workers: Option<NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+/// A multi-thread runtime with every driver, and `workers` workers (as a
+/// service's `--worker-threads` gives it; `None` or 0: one per core, or
+/// `TOKIO_WORKER_THREADS` when it is set).
+pub fn build(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.get());
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        builder.worker_threads(usize::from(n));
     }
     builder.enable_all().build()
 }
@@ -24,9 +23,9 @@ mod tests {
 
     #[test]
     fn a_runtime_has_the_workers_it_was_given() {
-        for n in [1, 3] {
-            let runtime = build(NonZeroUsize::new(n)).unwrap();
-            assert_eq!(runtime.metrics().num_workers(), n);
+        for n in [1u16, 3] {
+            let runtime = build(Some(n)).unwrap();
+            assert_eq!(runtime.metrics().num_workers(), usize::from(n));
             assert_eq!(runtime.block_on(async { 2 + 2 }), 4);
         }
     }

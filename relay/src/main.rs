@@ -374,10 +374,7 @@ fn main() -> ExitCode {
     config.tls = tls;
     config.directory = directory;
     config.fleet = fleet;
-    let workers = args
-        .worker_threads
-        .and_then(|n| std::num::NonZeroUsize::new(usize::from(n)));
-    let runtime = match lifecycle::runtime::build(workers) {
+    let runtime = match lifecycle::runtime::build(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("relay: cannot start runtime: {e}");
