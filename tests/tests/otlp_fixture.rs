@@ -760,3 +760,66 @@ async fn counting_mode_counts_spans_per_trace_and_records_nothing() {
     rx.clear();
     assert!(rx.span_counts().is_empty());
 }
+
+#[tokio::test]
+async fn deferred_mode_records_what_recording_mode_records_once_asked() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let request = |trace: u8, ids: &[u8]| ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("svc".into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: ids
+                    .iter()
+                    .map(|&id| Span {
+                        trace_id: vec![trace; 16],
+                        span_id: vec![id; 8],
+                        name: format!("s{id}"),
+                        start_time_unix_nano: 10,
+                        end_time_unix_nano: 20 + u64::from(id),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let recorded = OtlpReceiver::start().await.unwrap();
+    let deferred = OtlpReceiver::start_deferred().await.unwrap();
+    for rx in [&recorded, &deferred] {
+        let mut client = TraceServiceClient::connect(rx.endpoint()).await.unwrap();
+        client.export(request(1, &[1, 2])).await.unwrap();
+        // Asked for between exports: what came first stays first.
+        assert_eq!(rx.spans().len(), 2);
+        let gzip = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        gzip.clone().export(request(2, &[3])).await.unwrap();
+        gzip.clone().export(request(1, &[4])).await.unwrap();
+        assert_eq!(rx.export_requests(), 3);
+    }
+    let spans = deferred.spans();
+    assert_eq!(spans, recorded.spans());
+    let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["s1", "s2", "s3", "s4"]);
+    assert_eq!(spans[0].service, "svc");
+    assert_eq!(deferred.trace(&"01".repeat(16)).len(), 3);
+    // What is cleared is gone, asked for or not.
+    let mut client = TraceServiceClient::connect(deferred.endpoint())
+        .await
+        .unwrap();
+    client.export(request(3, &[5])).await.unwrap();
+    deferred.clear();
+    assert!(deferred.spans().is_empty());
+}

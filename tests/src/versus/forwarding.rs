@@ -1,7 +1,10 @@
 //! `forwarding`: the client's spans travel home through the session. Two
 //! pairs of a relay and an exec-server run as their own processes, side by
-//! side: one exports over OTLP (to a recording receiver here) and so takes
-//! its clients' spans; the other has no collector. Against them:
+//! side: one exports over OTLP (to a recording receiver here, which keeps
+//! each export as its bytes and decodes them only for the checks after
+//! the timed execs: a collector would not share the machine with what it
+//! measures) and so takes its clients' spans; the other has no collector.
+//! Against them:
 //!
 //! - `cold forwarded`: the cold CLI (no OTLP endpoint of its own, as by
 //!   default) against the exporting pair, forwarding on against forwarding
@@ -62,7 +65,7 @@ pub struct Pairs {
 impl Pairs {
     /// Starts the receiver and both pairs.
     pub async fn start() -> Result<Self, String> {
-        let receiver = OtlpReceiver::start()
+        let receiver = OtlpReceiver::start_deferred()
             .await
             .map_err(|e| format!("OTLP receiver: {e}"))?;
         let endpoint = receiver.endpoint();

@@ -1,12 +1,19 @@
-//! The counting receiver's gRPC service: each export request is decoded
-//! for its spans' trace ids only (every other field is skipped, not copied
-//! out), and the spans are counted per trace. A benchmark's receiver
-//! shares the machine with what it measures; a collector would not.
+//! The light receivers' gRPC service, for benchmarks: a benchmark's
+//! receiver shares the machine with what it measures; a collector would
+//! not. Two codecs:
+//!
+//! - [`IdsCodec`] (counting): each export request is decoded for its
+//!   spans' trace ids only (every other field is skipped, not copied out),
+//!   and the spans are counted per trace.
+//! - [`RawCodec`] (deferred): each request is kept as the bytes it came
+//!   as, decoded only when someone asks for the spans (after the timed
+//!   part of a benchmark, not during it).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::body::Body;
@@ -57,11 +64,11 @@ impl Ids {
     }
 }
 
-/// What the counting service does with each request (an error status
-/// rejects it).
-pub(crate) trait Counts: Send + Sync + 'static {
+/// What the service does with each request, as its codec decoded it into
+/// a `T` (an error status rejects it).
+pub(crate) trait Takes<T>: Send + Sync + 'static {
     /// Takes one request, which came with `headers`.
-    fn count(&self, request: Ids, headers: &http::HeaderMap) -> Result<(), Status>;
+    fn take(&self, request: T, headers: &http::HeaderMap) -> Result<(), Status>;
 }
 
 /// Adds `ids` to `counts`.
@@ -77,21 +84,38 @@ pub(crate) fn add(counts: &Mutex<HashMap<Vec<u8>, usize>>, ids: &Ids) {
     }
 }
 
-/// The OTLP trace service, counting.
-pub(crate) struct CountingServer<C>(pub(crate) Arc<C>);
+/// The OTLP trace service, each request decoded by the codec `K` and
+/// handed to `C`.
+pub(crate) struct LightServer<C, K> {
+    taker: Arc<C>,
+    codec: K,
+}
 
-impl<C> Clone for CountingServer<C> {
-    fn clone(&self) -> Self {
-        Self(Arc::clone(&self.0))
+impl<C, K> LightServer<C, K> {
+    /// A service handing what `codec` decodes to `taker`.
+    pub(crate) fn new(taker: Arc<C>, codec: K) -> Self {
+        Self { taker, codec }
     }
 }
 
-impl<C> NamedService for CountingServer<C> {
+impl<C, K: Clone> Clone for LightServer<C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            taker: Arc::clone(&self.taker),
+            codec: self.codec.clone(),
+        }
+    }
+}
+
+impl<C, K> NamedService for LightServer<C, K> {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-impl<C: Counts, B> Service<http::Request<B>> for CountingServer<C>
+impl<C, K, B> Service<http::Request<B>> for LightServer<C, K>
 where
+    C: Takes<K::Decode>,
+    K: Codec<Encode = ExportTraceServiceResponse> + Clone + Send + 'static,
+    K::Decode: Send + 'static,
     B: HttpBody + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -109,27 +133,28 @@ where
                 Ok(Status::unimplemented("not an OTLP trace export").into_http())
             });
         }
-        let service = Export(Arc::clone(&self.0));
+        let service = Export(Arc::clone(&self.taker));
+        let codec = self.codec.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(IdsCodec)
+            let mut grpc = tonic::server::Grpc::new(codec)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
             Ok(grpc.unary(service, req).await)
         })
     }
 }
 
-/// One export, counted.
+/// One export, taken.
 struct Export<C>(Arc<C>);
 
-impl<C: Counts> UnaryService<Ids> for Export<C> {
+impl<T: Send + 'static, C: Takes<T>> UnaryService<T> for Export<C> {
     type Response = ExportTraceServiceResponse;
     type Future = BoxFuture<Response<Self::Response>, Status>;
 
-    fn call(&mut self, request: Request<Ids>) -> Self::Future {
-        let counts = Arc::clone(&self.0);
+    fn call(&mut self, request: Request<T>) -> Self::Future {
+        let taker = Arc::clone(&self.0);
         Box::pin(async move {
             let headers = request.metadata().clone().into_headers();
-            counts.count(request.into_inner(), &headers)?;
+            taker.take(request.into_inner(), &headers)?;
             Ok(Response::new(ExportTraceServiceResponse::default()))
         })
     }
@@ -137,7 +162,7 @@ impl<C: Counts> UnaryService<Ids> for Export<C> {
 
 /// Decodes [`Ids`]; encodes the (empty) answer.
 #[derive(Debug, Clone, Copy)]
-struct IdsCodec;
+pub(crate) struct IdsCodec;
 
 impl Codec for IdsCodec {
     type Encode = ExportTraceServiceResponse;
@@ -159,9 +184,14 @@ impl Encoder for IdsCodec {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding the answer: {e}")))
+        encode_answer(item, dst)
     }
+}
+
+/// Encodes the (empty) answer to an export.
+fn encode_answer(item: ExportTraceServiceResponse, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    item.encode(dst)
+        .map_err(|e| Status::internal(format!("encoding the answer: {e}")))
 }
 
 impl Decoder for IdsCodec {
@@ -172,5 +202,43 @@ impl Decoder for IdsCodec {
         Ids::decode(src)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("not an OTLP export request: {e}")))
+    }
+}
+
+/// Keeps each request as its bytes; encodes the (empty) answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        encode_answer(item, dst)
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        let len = src.remaining();
+        Ok(Some(src.copy_to_bytes(len)))
     }
 }
