@@ -568,13 +568,13 @@ impl OtlpReceiver {
                     Keeping::Recorded => serve(listener, shared, shutdown).await,
                     Keeping::Counted => {
                         server
-                            .add_service(light::LightServer::new(shared, light::IdsCodec))
+                            .add_service(light::LightServer::<_, light::Ids>::new(shared))
                             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
                             .await
                     }
                     Keeping::Deferred => {
                         server
-                            .add_service(light::LightServer::new(shared, light::RawCodec))
+                            .add_service(light::LightServer::<_, Bytes>::new(shared))
                             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
                             .await
                     }

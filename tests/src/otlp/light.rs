@@ -1,16 +1,17 @@
 //! The light receivers' gRPC service, for benchmarks: a benchmark's
 //! receiver shares the machine with what it measures; a collector would
-//! not. Two codecs:
+//! not. Each request is taken as one of two [`Taken`] forms:
 //!
-//! - [`IdsCodec`] (counting): each export request is decoded for its
-//!   spans' trace ids only (every other field is skipped, not copied out),
-//!   and the spans are counted per trace.
-//! - [`RawCodec`] (deferred): each request is kept as the bytes it came
-//!   as, decoded only when someone asks for the spans (after the timed
-//!   part of a benchmark, not during it).
+//! - [`Ids`] (counting): each export request is decoded for its spans'
+//!   trace ids only (every other field is skipped, not copied out), and
+//!   the spans are counted per trace.
+//! - [`Bytes`] (deferred): each request is kept as the bytes it came as,
+//!   decoded only when someone asks for the spans (after the timed part of
+//!   a benchmark, not during it).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, Bytes};
@@ -84,38 +85,36 @@ pub(crate) fn add(counts: &Mutex<HashMap<Vec<u8>, usize>>, ids: &Ids) {
     }
 }
 
-/// The OTLP trace service, each request decoded by the codec `K` and
-/// handed to `C`.
-pub(crate) struct LightServer<C, K> {
+/// The OTLP trace service, each request taken as a `T` and handed to `C`.
+pub(crate) struct LightServer<C, T> {
     taker: Arc<C>,
-    codec: K,
+    taken: PhantomData<fn() -> T>,
 }
 
-impl<C, K> LightServer<C, K> {
-    /// A service handing what `codec` decodes to `taker`.
-    pub(crate) fn new(taker: Arc<C>, codec: K) -> Self {
-        Self { taker, codec }
-    }
-}
-
-impl<C, K: Clone> Clone for LightServer<C, K> {
-    fn clone(&self) -> Self {
+impl<C, T> LightServer<C, T> {
+    /// A service handing each request, as a `T`, to `taker`.
+    pub(crate) fn new(taker: Arc<C>) -> Self {
         Self {
-            taker: Arc::clone(&self.taker),
-            codec: self.codec.clone(),
+            taker,
+            taken: PhantomData,
         }
     }
 }
 
-impl<C, K> NamedService for LightServer<C, K> {
+impl<C, T> Clone for LightServer<C, T> {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.taker))
+    }
+}
+
+impl<C, T> NamedService for LightServer<C, T> {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-impl<C, K, B> Service<http::Request<B>> for LightServer<C, K>
+impl<C, T, B> Service<http::Request<B>> for LightServer<C, T>
 where
-    C: Takes<K::Decode>,
-    K: Codec<Encode = ExportTraceServiceResponse> + Clone + Send + 'static,
-    K::Decode: Send + 'static,
+    C: Takes<T>,
+    T: Taken,
     B: HttpBody + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -134,9 +133,8 @@ where
             });
         }
         let service = Export(Arc::clone(&self.taker));
-        let codec = self.codec.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(codec)
+            let mut grpc = tonic::server::Grpc::new(LightCodec::<T>(PhantomData))
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
             Ok(grpc.unary(service, req).await)
         })
@@ -160,85 +158,59 @@ impl<T: Send + 'static, C: Takes<T>> UnaryService<T> for Export<C> {
     }
 }
 
-/// Decodes [`Ids`]; encodes the (empty) answer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IdsCodec;
-
-impl Codec for IdsCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = Ids;
-    type Encoder = IdsCodec;
-    type Decoder = IdsCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        IdsCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        IdsCodec
-    }
+/// What a request is taken as: decoded from its (decompressed) bytes.
+pub(crate) trait Taken: Sized + Send + 'static {
+    /// Takes the request in `src`.
+    fn take(src: &mut DecodeBuf<'_>) -> Result<Self, Status>;
 }
 
-impl Encoder for IdsCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        encode_answer(item, dst)
-    }
-}
-
-/// Encodes the (empty) answer to an export.
-fn encode_answer(item: ExportTraceServiceResponse, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-    item.encode(dst)
-        .map_err(|e| Status::internal(format!("encoding the answer: {e}")))
-}
-
-impl Decoder for IdsCodec {
-    type Item = Ids;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+impl Taken for Ids {
+    fn take(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
         Ids::decode(src)
-            .map(Some)
             .map_err(|e| Status::invalid_argument(format!("not an OTLP export request: {e}")))
     }
 }
 
-/// Keeps each request as its bytes; encodes the (empty) answer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
+impl Taken for Bytes {
+    fn take(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        let len = src.remaining();
+        Ok(src.copy_to_bytes(len))
     }
 }
 
-impl Encoder for RawCodec {
+/// Takes each request as a `T`; encodes the (empty) answer.
+struct LightCodec<T>(PhantomData<fn() -> T>);
+
+impl<T: Taken> Codec for LightCodec<T> {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = T;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Self(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Encoder for LightCodec<T> {
     type Item = ExportTraceServiceResponse;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        encode_answer(item, dst)
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the answer: {e}")))
     }
 }
 
-impl Decoder for RawCodec {
-    type Item = Bytes;
+impl<T: Taken> Decoder for LightCodec<T> {
+    type Item = T;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        let len = src.remaining();
-        Ok(Some(src.copy_to_bytes(len)))
+        T::take(src).map(Some)
     }
 }
